@@ -1,0 +1,1 @@
+//! Benchmark package: the benches live in the `[[bench]]` targets.

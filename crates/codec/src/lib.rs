@@ -1,0 +1,1 @@
+//! rallymq-codec (in progress)

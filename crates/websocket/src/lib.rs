@@ -1,0 +1,1 @@
+//! rallymq-websocket (in progress)

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every test of the project: sets up the peers, then the Rust workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo test --workspace --locked
