@@ -1,0 +1,1 @@
+//! Example package: the examples live in the `[[example]]` targets.
