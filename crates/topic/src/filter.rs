@@ -6,8 +6,8 @@ use std::str::FromStr;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::Error;
 use crate::name::validate_common;
+use crate::{Error, TopicName};
 
 const SHARE_PREFIX: &str = "$share/";
 
@@ -29,13 +29,19 @@ impl TopicFilter {
     pub fn new(text: impl Into<String>) -> Result<Self, Error> {
         let text: String = text.into();
         let filter_start = validate_filter(&text)?;
-        Ok(Self { text: ByteString::from(text), filter_start })
+        Ok(Self {
+            text: ByteString::from(text),
+            filter_start,
+        })
     }
 
     /// A topic filter from a `'static` string, checked once.
     pub fn from_static(text: &'static str) -> Result<Self, Error> {
         let filter_start = validate_filter(text)?;
-        Ok(Self { text: ByteString::from_static(text), filter_start })
+        Ok(Self {
+            text: ByteString::from_static(text),
+            filter_start,
+        })
     }
 
     /// Validates `bytes` as a topic filter without copying them.
@@ -78,6 +84,11 @@ impl TopicFilter {
     /// Whether the matching filter holds `+` or `#`.
     pub fn has_wildcards(&self) -> bool {
         self.filter().bytes().any(|b| b == b'+' || b == b'#')
+    }
+
+    /// Whether this filter matches `name`; the same as [`matches()`](crate::matches).
+    pub fn matches(&self, name: &TopicName) -> bool {
+        crate::matches(self, name)
     }
 
     /// The levels of the matching filter, split on `/` (empty levels included).
@@ -163,5 +174,154 @@ impl TryFrom<Bytes> for TopicFilter {
     type Error = Error;
     fn try_from(bytes: Bytes) -> Result<Self, Error> {
         Self::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_4_7_1_1_multi_level_wildcard_alone_and_last() {
+        for valid in ["#", "sport/#", "sport/tennis/#", "/#", "+/#"] {
+            assert!(TopicFilter::new(valid).is_ok(), "{valid}");
+        }
+        for invalid in [
+            "sport/tennis#",
+            "sport/tennis/#/ranking",
+            "#/",
+            "##",
+            "a/#b",
+        ] {
+            assert_eq!(
+                TopicFilter::new(invalid),
+                Err(Error::InvalidMultiLevelWildcard),
+                "{invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_1_2_single_level_wildcard_fills_whole_level_when_parsing() {
+        for valid in ["+", "+/tennis/#", "sport/+/player1", "/+", "+/+", "a//+"] {
+            assert!(TopicFilter::new(valid).is_ok(), "{valid}");
+        }
+        for invalid in ["sport+", "sport/+tennis", "++", "a/b+/c"] {
+            assert_eq!(
+                TopicFilter::new(invalid),
+                Err(Error::InvalidSingleLevelWildcard),
+                "{invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_0_1_wildcards_are_refused_in_topic_names() {
+        for invalid in ["sport/+", "#", "a/b#", "+x"] {
+            assert_eq!(
+                TopicName::new(invalid),
+                Err(Error::WildcardInName),
+                "{invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_3_1_names_and_filters_are_at_least_one_character() {
+        assert_eq!(TopicName::new(""), Err(Error::Empty));
+        assert_eq!(TopicFilter::new(""), Err(Error::Empty));
+        // "/" is two empty levels, and valid.
+        assert!(TopicName::new("/").is_ok());
+        assert!(TopicFilter::new("/").is_ok());
+    }
+
+    #[test]
+    fn mqtt_4_7_3_2_null_character_is_refused() {
+        assert_eq!(TopicName::new("a\0b"), Err(Error::NullCharacter));
+        assert_eq!(TopicFilter::new("a/\0"), Err(Error::NullCharacter));
+    }
+
+    #[test]
+    fn mqtt_4_7_3_3_at_most_65535_bytes() {
+        let longest = "a".repeat(crate::MAX_TOPIC_LEN);
+        assert!(TopicName::new(longest.clone()).is_ok());
+        assert!(TopicFilter::new(longest.clone()).is_ok());
+        // Two-byte characters: the limit is on encoded bytes, not characters.
+        let too_long = "\u{e9}".repeat(crate::MAX_TOPIC_LEN / 2 + 1);
+        assert_eq!(
+            TopicName::new(too_long.clone()),
+            Err(Error::TooLong(too_long.len()))
+        );
+        assert_eq!(
+            TopicFilter::new(too_long.clone()),
+            Err(Error::TooLong(too_long.len()))
+        );
+    }
+
+    #[test]
+    fn mqtt_1_5_3_1_invalid_utf8_is_refused() {
+        assert_eq!(
+            TopicName::from_bytes(Bytes::from_static(b"a/\xff")),
+            Err(Error::InvalidUtf8)
+        );
+        assert_eq!(
+            TopicFilter::from_bytes(Bytes::from_static(b"\xc3")),
+            Err(Error::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn mqtt_4_8_2_1_shared_filter_has_share_prefix_and_non_empty_share_name() {
+        let shared = TopicFilter::new("$share/consumer1/sport/tennis/+").unwrap();
+        assert_eq!(shared.share_name(), Some("consumer1"));
+        assert_eq!(shared.filter(), "sport/tennis/+");
+        assert!(shared.is_shared());
+        let plain = TopicFilter::new("sport/tennis/+").unwrap();
+        assert_eq!(
+            (plain.share_name(), plain.filter(), plain.is_shared()),
+            (None, "sport/tennis/+", false)
+        );
+        assert_eq!(TopicFilter::new("$share//a"), Err(Error::InvalidShareName));
+        assert_eq!(TopicFilter::new("$share/"), Err(Error::InvalidShareName));
+        // Without the slash, "$share" is an ordinary filter level.
+        assert_eq!(TopicFilter::new("$share").unwrap().share_name(), None);
+    }
+
+    #[test]
+    fn mqtt_4_8_2_2_share_name_without_wildcards_and_followed_by_a_filter() {
+        assert_eq!(
+            TopicFilter::new("$share/a+/x"),
+            Err(Error::InvalidShareName)
+        );
+        assert_eq!(
+            TopicFilter::new("$share/a#/x"),
+            Err(Error::InvalidShareName)
+        );
+        assert_eq!(TopicFilter::new("$share/+/x"), Err(Error::InvalidShareName));
+        assert_eq!(
+            TopicFilter::new("$share/group"),
+            Err(Error::MissingSharedFilter)
+        );
+        assert_eq!(
+            TopicFilter::new("$share/group/"),
+            Err(Error::MissingSharedFilter)
+        );
+        let shared = TopicFilter::new("$share/group/#").unwrap();
+        assert_eq!((shared.share_name(), shared.filter()), (Some("group"), "#"));
+        let nested = TopicFilter::new("$share/g/$share/h/x").unwrap();
+        assert_eq!(
+            (nested.share_name(), nested.filter()),
+            (Some("g"), "$share/h/x")
+        );
+        assert!(TopicFilter::new("$share/g/a/+b").is_err());
+    }
+
+    #[test]
+    fn wildcard_flags_and_levels() {
+        let filter = TopicFilter::new("$share/g/a//+").unwrap();
+        assert!(filter.has_wildcards());
+        assert_eq!(filter.levels().collect::<Vec<_>>(), ["a", "", "+"]);
+        assert!(!TopicFilter::new("$share/g/a").unwrap().has_wildcards());
+        assert!(!TopicFilter::new("a/b").unwrap().has_wildcards());
     }
 }

@@ -1,0 +1,840 @@
+//! The subscription index: which subscriptions match a published topic name.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::store::{Edges, ID_LIMIT, Interner, NONE, Slab, level_at};
+use crate::{TopicFilter, TopicName};
+
+/// The root node, which stands for the empty prefix and is never freed.
+const ROOT: u32 = 0;
+/// The `level` of a node reached through `+`.
+const PLUS: u32 = NONE - 1;
+/// The `level` of a node reached through `#`.
+const HASH: u32 = NONE - 2;
+/// Marks a reverse-index entry that points at shared groups rather than ordinary subscribers.
+const SHARED_BIT: u32 = ID_LIMIT;
+
+/// Every subscription of a broker, indexed for matching published topic names.
+///
+/// `S` identifies a subscriber (a client id, a session key: something cheap to clone, since the
+/// index keeps one copy per subscription plus one per subscriber) and `D` is what the broker
+/// keeps per subscription (granted QoS, No Local, Retain As Published, the subscription
+/// identifier, ...).
+///
+/// One subscriber has at most one subscription per filter: inserting the same subscriber and
+/// filter again replaces the data (MQTT-3.8.4-3). `a/b` and `$share/g/a/b` are different filters,
+/// as are `$share/g/a/b` and `$share/h/a/b`.
+///
+/// Matching walks a trie of filter levels, following at each level the literal child and the `+`
+/// child and reporting the `#` child, so its cost depends on the topic's levels and the number of
+/// matches, not on how many subscriptions are stored. It does not allocate (except on topics
+/// that fan out through more than eight `+` branches at once).
+///
+/// ```
+/// use rallymq_topic::{Match, SubscriptionIndex, TopicFilter, TopicName};
+///
+/// let mut index = SubscriptionIndex::new();
+/// let qos1 = 1u8;
+/// index.insert("sensor-dashboard", &TopicFilter::new("site/+/temp").unwrap(), qos1);
+/// index.insert("archiver", &TopicFilter::new("site/#").unwrap(), 0);
+/// index.insert("worker-1", &TopicFilter::new("$share/workers/site/+/temp").unwrap(), 1);
+/// index.insert("worker-2", &TopicFilter::new("$share/workers/site/+/temp").unwrap(), 1);
+///
+/// let topic = TopicName::new("site/7/temp").unwrap();
+/// let mut deliveries = Vec::new();
+/// index.for_each_match(&topic, |found| match found {
+///     Match::Subscription { subscriber, data } => deliveries.push((*subscriber, *data)),
+///     // One member of each shared group gets the message, taking turns.
+///     Match::Shared(group) => {
+///         let (worker, qos) = group.pick_round_robin().unwrap();
+///         deliveries.push((*worker, *qos));
+///     }
+/// });
+/// deliveries.sort();
+/// assert_eq!(deliveries, [("archiver", 0), ("sensor-dashboard", 1), ("worker-1", 1)]);
+///
+/// assert_eq!(index.remove_subscriber(&"worker-1"), 1);
+/// assert_eq!(index.len(), 3);
+/// ```
+pub struct SubscriptionIndex<S, D> {
+    nodes: Slab<Node<S, D>>,
+    /// Literal children: (parent, interned level) -> child.
+    edges: Edges,
+    levels: Interner,
+    /// For each subscriber, the nodes holding its subscriptions ([`SHARED_BIT`] set for shared
+    /// ones), so that removing a subscriber does not scan the trie.
+    by_subscriber: HashMap<S, Vec<u32>>,
+    len: usize,
+}
+
+/// One filter level. Ordinary and shared subscriptions of the filter ending here are stored in
+/// the node; the shared ones behind a box because most filters have none.
+struct Node<S, D> {
+    parent: u32,
+    /// Interned level id, or [`PLUS`] / [`HASH`].
+    level: u32,
+    plus: u32,
+    hash: u32,
+    literal_children: u32,
+    subscribers: Vec<Entry<S, D>>,
+    shared: Option<Box<SharedGroups<S, D>>>,
+}
+
+struct Entry<S, D> {
+    subscriber: S,
+    data: D,
+}
+
+struct SharedGroups<S, D>(Vec<Group<S, D>>);
+
+/// The members of one shared subscription group for one filter; never empty.
+struct Group<S, D> {
+    name: Box<str>,
+    members: Vec<Entry<S, D>>,
+    /// Round-robin position. Atomic so that matching needs only `&self` and the index stays
+    /// `Sync` (a broker can match from several threads under a read lock).
+    cursor: AtomicUsize,
+}
+
+/// One match reported by [`SubscriptionIndex::for_each_match`].
+#[derive(Debug)]
+pub enum Match<'a, S, D> {
+    /// An ordinary subscription. A subscriber whose several filters match the topic is reported
+    /// once per filter; MQTT 5 lets the broker send one message carrying all their
+    /// subscription identifiers, or one message per subscription.
+    Subscription {
+        /// Who subscribed.
+        subscriber: &'a S,
+        /// What the broker stored with the subscription.
+        data: &'a D,
+    },
+    /// A shared subscription group (`$share/{name}/{filter}`) whose filter matches: the broker
+    /// delivers the message to one member of the group (MQTT 5.0 §4.8.2).
+    Shared(SharedGroup<'a, S, D>),
+}
+
+/// A shared subscription group whose filter matches a topic: its name and members.
+pub struct SharedGroup<'a, S, D> {
+    group: &'a Group<S, D>,
+}
+
+impl<S, D> Clone for SharedGroup<'_, S, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S, D> Copy for SharedGroup<'_, S, D> {}
+
+impl<'a, S, D> SharedGroup<'a, S, D> {
+    /// The ShareName, as in `$share/{ShareName}/{filter}`.
+    pub fn name(&self) -> &'a str {
+        &self.group.name
+    }
+
+    /// How many subscribers are in the group (at least one).
+    pub fn len(&self) -> usize {
+        self.group.members.len()
+    }
+
+    /// Always `false`: the index drops a group with its last member. Here for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.group.members.is_empty()
+    }
+
+    /// The members of the group and their subscription data, in no particular order.
+    pub fn members(&self) -> impl ExactSizeIterator<Item = (&'a S, &'a D)> + 'a {
+        self.group
+            .members
+            .iter()
+            .map(|entry| (&entry.subscriber, &entry.data))
+    }
+
+    /// The next member in turn: successive calls for the same group and filter cycle through
+    /// the members.
+    pub fn pick_round_robin(&self) -> Option<(&'a S, &'a D)> {
+        self.pick_round_robin_where(|_, _| true)
+    }
+
+    /// The next member in turn for which `eligible` holds (say, one that is connected and has
+    /// room in its receive window), trying each member at most once. The turn moves past the
+    /// member chosen, so the others are preferred next time.
+    pub fn pick_round_robin_where(
+        &self,
+        mut eligible: impl FnMut(&S, &D) -> bool,
+    ) -> Option<(&'a S, &'a D)> {
+        let members = &self.group.members;
+        let count = members.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.group.cursor.load(Ordering::Relaxed);
+        for step in 0..count {
+            let position = start.wrapping_add(step) % count;
+            let entry = &members[position];
+            if eligible(&entry.subscriber, &entry.data) {
+                // Relaxed: the cursor only spreads load; a lost update under a race skips or
+                // repeats a turn, which is harmless.
+                self.group
+                    .cursor
+                    .store(position.wrapping_add(1), Ordering::Relaxed);
+                return Some((&entry.subscriber, &entry.data));
+            }
+        }
+        None
+    }
+}
+
+impl<S: fmt::Debug, D: fmt::Debug> fmt::Debug for SharedGroup<'_, S, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedGroup")
+            .field("name", &self.name())
+            .field("members", &self.members().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<S, D> Node<S, D> {
+    fn new(parent: u32, level: u32) -> Self {
+        Self {
+            parent,
+            level,
+            plus: NONE,
+            hash: NONE,
+            literal_children: 0,
+            subscribers: Vec::new(),
+            shared: None,
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty()
+            && self.shared.is_none()
+            && self.plus == NONE
+            && self.hash == NONE
+            && self.literal_children == 0
+    }
+}
+
+impl<S, D> Default for SubscriptionIndex<S, D> {
+    fn default() -> Self {
+        let mut nodes = Slab::new();
+        let root = nodes.alloc(Node::new(NONE, NONE));
+        debug_assert_eq!(root, ROOT);
+        Self {
+            nodes,
+            edges: Edges::default(),
+            levels: Interner::default(),
+            by_subscriber: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<S, D> fmt::Debug for SubscriptionIndex<S, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionIndex")
+            .field("subscriptions", &self.len)
+            .field("subscribers", &self.by_subscriber.len())
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many subscriptions are stored (each shared group member counts as one).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no subscription is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many distinct subscribers hold at least one subscription.
+    pub fn subscriber_count(&self) -> usize {
+        self.by_subscriber.len()
+    }
+
+    /// Adds the subscription of `subscriber` to `filter`. If the subscriber already has a
+    /// subscription to exactly this filter, its data is replaced and the old data returned.
+    pub fn insert(&mut self, subscriber: S, filter: &TopicFilter, data: D) -> Option<D> {
+        let node_id = self.find_or_create_path(filter.filter());
+        let node = self.nodes.get_mut(node_id);
+        let (entries, key) = match filter.share_name() {
+            None => (&mut node.subscribers, node_id),
+            Some(share_name) => {
+                let groups = &mut node
+                    .shared
+                    .get_or_insert_with(|| Box::new(SharedGroups(Vec::new())))
+                    .0;
+                let position = match groups.iter().position(|group| &*group.name == share_name) {
+                    Some(position) => position,
+                    None => {
+                        groups.push(Group {
+                            name: share_name.into(),
+                            members: Vec::new(),
+                            cursor: AtomicUsize::new(0),
+                        });
+                        groups.len() - 1
+                    }
+                };
+                (&mut groups[position].members, node_id | SHARED_BIT)
+            }
+        };
+        if let Some(entry) = entries
+            .iter_mut()
+            .find(|entry| entry.subscriber == subscriber)
+        {
+            return Some(std::mem::replace(&mut entry.data, data));
+        }
+        push_compact(
+            entries,
+            Entry {
+                subscriber: subscriber.clone(),
+                data,
+            },
+        );
+        push_compact(self.by_subscriber.entry(subscriber).or_default(), key);
+        self.len += 1;
+        None
+    }
+
+    /// The data of the subscription of `subscriber` to exactly `filter`, if there is one.
+    pub fn get(&self, subscriber: &S, filter: &TopicFilter) -> Option<&D> {
+        let node = self.nodes.get(self.find_path(filter.filter())?);
+        let entries = match filter.share_name() {
+            None => &node.subscribers,
+            Some(share_name) => {
+                &node
+                    .shared
+                    .as_ref()?
+                    .0
+                    .iter()
+                    .find(|group| &*group.name == share_name)?
+                    .members
+            }
+        };
+        entries
+            .iter()
+            .find(|entry| entry.subscriber == *subscriber)
+            .map(|entry| &entry.data)
+    }
+
+    /// Removes the subscription of `subscriber` to exactly `filter` (an UNSUBSCRIBE), returning
+    /// its data, or `None` if there was no such subscription.
+    pub fn remove(&mut self, subscriber: &S, filter: &TopicFilter) -> Option<D> {
+        let node_id = self.find_path(filter.filter())?;
+        let node = self.nodes.get_mut(node_id);
+        let (data, key) = match filter.share_name() {
+            None => (take_entry(&mut node.subscribers, subscriber)?, node_id),
+            Some(share_name) => {
+                let groups = &mut node.shared.as_mut()?.0;
+                let position = groups.iter().position(|group| &*group.name == share_name)?;
+                let data = take_entry(&mut groups[position].members, subscriber)?;
+                if groups[position].members.is_empty() {
+                    groups.swap_remove(position);
+                    if groups.is_empty() {
+                        node.shared = None;
+                    }
+                }
+                (data, node_id | SHARED_BIT)
+            }
+        };
+        if let Some(keys) = self.by_subscriber.get_mut(subscriber) {
+            if let Some(position) = keys.iter().position(|&k| k == key) {
+                keys.swap_remove(position);
+                shrink_if_sparse(keys);
+            }
+            if keys.is_empty() {
+                self.by_subscriber.remove(subscriber);
+            }
+        }
+        self.len -= 1;
+        self.prune(node_id);
+        Some(data)
+    }
+
+    /// Removes every subscription of `subscriber` (a session that ends), returning how many
+    /// there were. Costs time in proportion to that subscriber's subscriptions, not to the
+    /// size of the index.
+    pub fn remove_subscriber(&mut self, subscriber: &S) -> usize {
+        let Some(mut keys) = self.by_subscriber.remove(subscriber) else {
+            return 0;
+        };
+        // A subscriber in two groups of the same filter has the same key twice; one visit of
+        // the node removes it from both.
+        keys.sort_unstable();
+        keys.dedup();
+        let mut removed = 0;
+        for key in keys {
+            let node_id = key & !SHARED_BIT;
+            let node = self.nodes.get_mut(node_id);
+            if key & SHARED_BIT == 0 {
+                if take_entry(&mut node.subscribers, subscriber).is_some() {
+                    removed += 1;
+                }
+            } else if let Some(groups) = &mut node.shared {
+                for group in &mut groups.0 {
+                    let before = group.members.len();
+                    group
+                        .members
+                        .retain(|entry| entry.subscriber != *subscriber);
+                    removed += before - group.members.len();
+                    shrink_if_sparse(&mut group.members);
+                }
+                groups.0.retain(|group| !group.members.is_empty());
+                if groups.0.is_empty() {
+                    node.shared = None;
+                }
+            }
+            self.prune(node_id);
+        }
+        self.len -= removed;
+        removed
+    }
+
+    /// Calls `visit` once for every ordinary subscription whose filter matches `topic`, and
+    /// once for every shared group whose filter matches it, in no particular order.
+    ///
+    /// Filters whose first level is a wildcard do not match topics starting with `$`
+    /// (MQTT-4.7.2-1). The same results as testing [`matches()`](crate::matches) against every
+    /// stored filter, without looking at the filters that cannot match.
+    pub fn for_each_match<'a>(&'a self, topic: &TopicName, mut visit: impl FnMut(Match<'a, S, D>)) {
+        let topic = topic.as_str();
+        // Wildcards directly under the root are skipped for `$` topics (MQTT-4.7.2-1).
+        let system = topic.starts_with('$');
+        let end = topic.len() + 1;
+        let mut pending = PendingBranches::new();
+        pending.push(ROOT, 0);
+        while let Some((mut node_id, mut offset)) = pending.pop() {
+            loop {
+                let node = self.nodes.get(node_id);
+                let wildcards_apply = !(system && node_id == ROOT);
+                // `prefix/#` matches every topic that starts with `prefix`, and `prefix` itself.
+                if wildcards_apply && node.hash != NONE {
+                    self.report(node.hash, &mut visit);
+                }
+                if offset == end {
+                    self.report(node_id, &mut visit);
+                    break;
+                }
+                let (level, next_offset) = level_at(topic, offset);
+                let literal = self
+                    .levels
+                    .get(level)
+                    .and_then(|level| self.edges.get(node_id, level));
+                let plus = if wildcards_apply { node.plus } else { NONE };
+                node_id = match (literal, plus) {
+                    (Some(literal), NONE) => literal,
+                    (Some(literal), plus) => {
+                        pending.push(plus, next_offset);
+                        literal
+                    }
+                    (None, NONE) => break,
+                    (None, plus) => plus,
+                };
+                offset = next_offset;
+            }
+        }
+    }
+
+    fn report<'a>(&'a self, node_id: u32, visit: &mut impl FnMut(Match<'a, S, D>)) {
+        let node = self.nodes.get(node_id);
+        for entry in &node.subscribers {
+            visit(Match::Subscription {
+                subscriber: &entry.subscriber,
+                data: &entry.data,
+            });
+        }
+        if let Some(groups) = &node.shared {
+            for group in &groups.0 {
+                visit(Match::Shared(SharedGroup { group }));
+            }
+        }
+    }
+
+    /// The node where `filter` (without `$share/` prefix) ends, if it exists.
+    fn find_path(&self, filter: &str) -> Option<u32> {
+        let mut node_id = ROOT;
+        for level in filter.split('/') {
+            let node = self.nodes.get(node_id);
+            node_id = match level {
+                "+" => node.plus,
+                "#" => node.hash,
+                literal => self.edges.get(node_id, self.levels.get(literal)?)?,
+            };
+            if node_id == NONE {
+                return None;
+            }
+        }
+        Some(node_id)
+    }
+
+    fn find_or_create_path(&mut self, filter: &str) -> u32 {
+        let mut node_id = ROOT;
+        for level in filter.split('/') {
+            let node = self.nodes.get(node_id);
+            let existing = match level {
+                "+" => node.plus,
+                "#" => node.hash,
+                literal => self
+                    .levels
+                    .get(literal)
+                    .and_then(|level| self.edges.get(node_id, level))
+                    .unwrap_or(NONE),
+            };
+            if existing != NONE {
+                node_id = existing;
+                continue;
+            }
+            let child = match level {
+                "+" => {
+                    let child = self.nodes.alloc(Node::new(node_id, PLUS));
+                    self.nodes.get_mut(node_id).plus = child;
+                    child
+                }
+                "#" => {
+                    let child = self.nodes.alloc(Node::new(node_id, HASH));
+                    self.nodes.get_mut(node_id).hash = child;
+                    child
+                }
+                literal => {
+                    let level = self.levels.acquire(literal);
+                    let child = self.nodes.alloc(Node::new(node_id, level));
+                    self.edges.insert(node_id, level, child);
+                    self.nodes.get_mut(node_id).literal_children += 1;
+                    child
+                }
+            };
+            node_id = child;
+        }
+        node_id
+    }
+
+    /// Frees `node_id` and its ancestors as long as they hold nothing.
+    fn prune(&mut self, mut node_id: u32) {
+        while node_id != ROOT {
+            let node = self.nodes.get_mut(node_id);
+            if !node.is_unused() || node.parent == NONE {
+                return;
+            }
+            let (parent, level) = (node.parent, node.level);
+            // Marks the slot free (parent NONE) and drops its buffers.
+            *node = Node::new(NONE, NONE);
+            self.nodes.free(node_id);
+            let parent_node = self.nodes.get_mut(parent);
+            match level {
+                PLUS => parent_node.plus = NONE,
+                HASH => parent_node.hash = NONE,
+                literal => {
+                    parent_node.literal_children -= 1;
+                    self.edges.remove(parent, literal);
+                    self.levels.release(literal);
+                }
+            }
+            node_id = parent;
+        }
+    }
+}
+
+/// Pushes onto `entries`, growing the capacity by doubling from one instead of `Vec`'s minimum
+/// of four: most filters have a single subscriber, and at a million filters the three unused
+/// slots would cost more than the rest of the subscription.
+fn push_compact<T>(entries: &mut Vec<T>, value: T) {
+    if entries.len() == entries.capacity() {
+        entries.reserve_exact(entries.len().max(1));
+    }
+    entries.push(value);
+}
+
+/// Gives memory back once a list has shrunk to a quarter of its capacity.
+fn shrink_if_sparse<T>(entries: &mut Vec<T>) {
+    if entries.capacity() > 4 && entries.len() <= entries.capacity() / 4 {
+        entries.shrink_to(entries.len() * 2);
+    }
+}
+
+fn take_entry<S: Eq, D>(entries: &mut Vec<Entry<S, D>>, subscriber: &S) -> Option<D> {
+    let position = entries
+        .iter()
+        .position(|entry| entry.subscriber == *subscriber)?;
+    let entry = entries.swap_remove(position);
+    shrink_if_sparse(entries);
+    Some(entry.data)
+}
+
+/// The `+` branches still to follow, as (node, byte offset of the next topic level). Kept on
+/// the stack for the usual handful; a topic that branches more spills to the heap.
+struct PendingBranches {
+    inline: [(u32, u32); 8],
+    inline_len: usize,
+    spilled: Vec<(u32, u32)>,
+}
+
+impl PendingBranches {
+    fn new() -> Self {
+        Self {
+            inline: [(0, 0); 8],
+            inline_len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, node_id: u32, offset: usize) {
+        // Offsets are at most MAX_TOPIC_LEN + 1.
+        let branch = (node_id, offset as u32);
+        if self.inline_len < self.inline.len() {
+            self.inline[self.inline_len] = branch;
+            self.inline_len += 1;
+        } else {
+            self.spilled.push(branch);
+        }
+    }
+
+    fn pop(&mut self) -> Option<(u32, usize)> {
+        let (node_id, offset) = match self.spilled.pop() {
+            Some(branch) => branch,
+            None if self.inline_len > 0 => {
+                self.inline_len -= 1;
+                self.inline[self.inline_len]
+            }
+            None => return None,
+        };
+        Some((node_id, offset as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(text: &str) -> TopicFilter {
+        TopicFilter::new(text).unwrap()
+    }
+
+    type Members = Vec<(u32, u32)>;
+
+    /// Ordinary matches as sorted (subscriber, data) and shared ones as sorted
+    /// (group, sorted members).
+    fn matched(
+        index: &SubscriptionIndex<u32, u32>,
+        topic: &str,
+    ) -> (Members, Vec<(String, Members)>) {
+        let mut plain = Vec::new();
+        let mut shared = Vec::new();
+        index.for_each_match(&TopicName::new(topic).unwrap(), |found| match found {
+            Match::Subscription { subscriber, data } => plain.push((*subscriber, *data)),
+            Match::Shared(group) => {
+                let mut members: Vec<_> = group.members().map(|(s, d)| (*s, *d)).collect();
+                members.sort();
+                shared.push((group.name().to_owned(), members));
+            }
+        });
+        plain.sort();
+        shared.sort();
+        (plain, shared)
+    }
+
+    fn subscribers(index: &SubscriptionIndex<u32, u32>, topic: &str) -> Vec<u32> {
+        matched(index, topic)
+            .0
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    #[test]
+    fn mqtt_4_7_1_1_multi_level_wildcard_matches_parent_level_in_index() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("sport/tennis/player1/#"), 0);
+        index.insert(2, &filter("sport/#"), 0);
+        index.insert(3, &filter("#"), 0);
+        assert_eq!(subscribers(&index, "sport/tennis/player1"), [1, 2, 3]);
+        assert_eq!(
+            subscribers(&index, "sport/tennis/player1/score/wimbledon"),
+            [1, 2, 3]
+        );
+        assert_eq!(subscribers(&index, "sport"), [2, 3]);
+        assert_eq!(subscribers(&index, "sport/tennis"), [2, 3]);
+        assert_eq!(subscribers(&index, "news"), [3]);
+    }
+
+    #[test]
+    fn mqtt_4_7_1_2_single_level_wildcard_fills_whole_level_in_index() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("sport/tennis/+"), 0);
+        index.insert(2, &filter("sport/+"), 0);
+        index.insert(3, &filter("+/+"), 0);
+        index.insert(4, &filter("/+"), 0);
+        index.insert(5, &filter("+"), 0);
+        assert_eq!(subscribers(&index, "sport/tennis/player1"), [1]);
+        assert_eq!(
+            subscribers(&index, "sport/tennis/player1/ranking"),
+            Vec::<u32>::new()
+        );
+        assert_eq!(subscribers(&index, "sport"), [5]);
+        assert_eq!(subscribers(&index, "sport/"), [2, 3]);
+        assert_eq!(subscribers(&index, "/finance"), [3, 4]);
+    }
+
+    #[test]
+    fn mqtt_4_7_2_1_wildcard_first_level_does_not_match_dollar_topics_in_index() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("#"), 0);
+        index.insert(2, &filter("+/monitor/Clients"), 0);
+        index.insert(3, &filter("$SYS/monitor/+"), 0);
+        index.insert(4, &filter("$SYS/#"), 0);
+        index.insert(5, &filter("$share/g/#"), 0);
+        index.insert(6, &filter("a/+"), 0);
+        assert_eq!(
+            matched(&index, "$SYS/monitor/Clients"),
+            (vec![(3, 0), (4, 0)], vec![])
+        );
+        assert_eq!(subscribers(&index, "x/monitor/Clients"), [1, 2]);
+        assert_eq!(subscribers(&index, "a/$b"), [1, 6]);
+    }
+
+    #[test]
+    fn mqtt_4_7_3_1_empty_levels_are_matched_as_levels() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("a//b"), 0);
+        index.insert(2, &filter("a/+/b"), 0);
+        index.insert(3, &filter("/"), 0);
+        index.insert(4, &filter("+/+"), 0);
+        assert_eq!(subscribers(&index, "a//b"), [1, 2]);
+        assert_eq!(subscribers(&index, "a/b"), [4]);
+        assert_eq!(subscribers(&index, "/"), [3, 4]);
+        assert_eq!(subscribers(&index, "//"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn mqtt_3_8_4_3_same_subscriber_and_filter_replaces_the_subscription() {
+        let mut index = SubscriptionIndex::new();
+        assert_eq!(index.insert(1, &filter("a/+"), 10), None);
+        assert_eq!(index.insert(1, &filter("a/+"), 11), Some(10));
+        assert_eq!(index.insert(1, &filter("a/#"), 12), None);
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.get(&1, &filter("a/+")), Some(&11));
+        // Overlapping filters of one subscriber are each reported; the broker decides.
+        assert_eq!(matched(&index, "a/b").0, [(1, 11), (1, 12)]);
+    }
+
+    #[test]
+    fn mqtt_4_8_2_1_shared_groups_come_back_per_group_and_filter() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("$share/g/a/+"), 1);
+        index.insert(2, &filter("$share/g/a/+"), 2);
+        index.insert(3, &filter("$share/h/a/+"), 3);
+        index.insert(4, &filter("$share/g/a/#"), 4);
+        index.insert(1, &filter("a/+"), 5);
+        let (plain, shared) = matched(&index, "a/b");
+        assert_eq!(plain, [(1, 5)]);
+        assert_eq!(
+            shared,
+            [
+                ("g".to_owned(), vec![(1, 1), (2, 2)]),
+                ("g".to_owned(), vec![(4, 4)]),
+                ("h".to_owned(), vec![(3, 3)]),
+            ]
+        );
+        assert_eq!(index.remove(&1, &filter("$share/g/a/+")), Some(1));
+        assert_eq!(index.remove(&1, &filter("$share/g/a/+")), None);
+        assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn round_robin_cycles_through_the_group_members() {
+        let mut index = SubscriptionIndex::new();
+        for member in 1..=3 {
+            index.insert(member, &filter("$share/workers/jobs"), 0);
+        }
+        let topic = TopicName::new("jobs").unwrap();
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            index.for_each_match(&topic, |found| {
+                if let Match::Shared(group) = found {
+                    picked.push(*group.pick_round_robin().unwrap().0);
+                }
+            });
+        }
+        assert_eq!(picked[..3], picked[3..]);
+        let mut first_turn = picked[..3].to_vec();
+        first_turn.sort();
+        assert_eq!(first_turn, [1, 2, 3]);
+
+        let mut eligible_picks = Vec::new();
+        for _ in 0..4 {
+            index.for_each_match(&topic, |found| {
+                if let Match::Shared(group) = found {
+                    eligible_picks.push(
+                        group
+                            .pick_round_robin_where(|s, _| *s != 2)
+                            .map(|(s, _)| *s),
+                    );
+                }
+            });
+        }
+        assert!(
+            eligible_picks
+                .iter()
+                .all(|pick| matches!(pick, Some(1 | 3)))
+        );
+        assert!(eligible_picks.contains(&Some(1)) && eligible_picks.contains(&Some(3)));
+        index.for_each_match(&topic, |found| {
+            if let Match::Shared(group) = found {
+                assert_eq!(group.pick_round_robin_where(|_, _| false), None);
+            }
+        });
+    }
+
+    #[test]
+    fn remove_subscriber_removes_everything_and_frees_the_trie() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(7, &filter("a/b/c"), 0);
+        index.insert(7, &filter("a/+/c"), 0);
+        index.insert(7, &filter("$share/g/a/b/c"), 0);
+        index.insert(7, &filter("$share/h/a/b/c"), 0);
+        index.insert(8, &filter("a/b"), 0);
+        assert_eq!(index.remove_subscriber(&7), 4);
+        assert_eq!(index.remove_subscriber(&7), 0);
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.subscriber_count(), 1);
+        // root, "a", "b" remain.
+        assert_eq!(index.nodes.len(), 3);
+        assert_eq!(index.levels.get("c"), None);
+        assert_eq!(index.remove(&8, &filter("a/b")), Some(0));
+        assert_eq!(index.nodes.len(), 1);
+        assert!(index.is_empty());
+        assert_eq!(index.subscriber_count(), 0);
+    }
+
+    #[test]
+    fn many_branches_spill_without_losing_matches() {
+        let mut index = SubscriptionIndex::new();
+        // Every prefix of "+/+/.../+" with literal "x" levels creates a branch at each level.
+        let mut expected = Vec::new();
+        for length in 1..=20u32 {
+            let levels: Vec<&str> = (0..length)
+                .map(|i| if i % 2 == 0 { "+" } else { "x" })
+                .collect();
+            index.insert(length, &filter(&levels.join("/")), 0);
+            let all_plus = vec!["+"; length as usize].join("/");
+            index.insert(100 + length, &filter(&all_plus), 0);
+            if length == 20 {
+                expected.extend([length, 100 + length]);
+            }
+        }
+        let topic = vec!["x"; 20].join("/");
+        assert_eq!(subscribers(&index, &topic), expected);
+    }
+}
