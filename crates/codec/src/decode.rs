@@ -26,6 +26,9 @@ impl Default for Limits {
     }
 }
 
+/// Most that one incomplete decode reserves ahead of the bytes actually received.
+const MAX_RESERVE_STEP: usize = 64 * 1024;
+
 /// A fixed header whose packet type and flags have been checked.
 struct FixedHeader {
     packet_type: PacketType,
@@ -88,7 +91,7 @@ fn fixed_header(
 /// Decodes one packet from the front of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not hold a whole packet yet; nothing is consumed then (the
-/// buffer may be grown to fit the announced packet). On success the packet's bytes are split
+/// buffer may be grown toward the announced size, by at most 64 KiB at a time). On success the packet's bytes are split
 /// off the front of `buf`, and its payload, topic and string fields are slices of them: no
 /// copy. A CONNECT is decoded for its own protocol level whatever `version` says; every other
 /// packet is decoded as `version` says.
@@ -112,7 +115,9 @@ fn decode_inner(
         return Ok(None);
     };
     if buf.len() < header.total_len {
-        buf.reserve(header.total_len - buf.len());
+        // Grow toward the announced size, but only by a bounded step: a peer that announces a
+        // large packet and sends nothing must not make us allocate it up front.
+        buf.reserve((header.total_len - buf.len()).min(MAX_RESERVE_STEP));
         return Ok(None);
     }
     let mut frame = buf.split_to(header.total_len).freeze();
