@@ -388,7 +388,8 @@ impl Connection {
 
     fn take_text(&mut self, mut frame: IncomingFrame) -> Result<Progress, Error> {
         let single_frame = frame.header.fin && frame.header.opcode == OpCode::Text;
-        if single_frame && frame.offset == 0 && self.rx.len() as u64 >= frame.remaining {
+        let untouched = frame.offset == 0 && self.message.is_none();
+        if single_frame && untouched && self.rx.len() as u64 >= frame.remaining {
             // The whole message is here: validate it in place and hand it out without a copy.
             let Some(payload) = self.take_whole_payload(frame) else {
                 return Ok(Progress::NeedMore);
