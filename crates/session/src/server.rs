@@ -1,0 +1,711 @@
+//! The server side of an MQTT connection.
+
+use std::collections::{HashSet, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rallymq_codec::{
+    Auth, ConnAck, ConnAckProperties, Connect, Decoder, Disconnect, DisconnectProperties, Limits,
+    MqttString, Packet, PacketId, ProtocolVersion, Publish, ReasonCode, SubAck, SubAckProperties,
+    UnsubAck, Will,
+};
+
+use crate::core::{Core, Outcome, Phase};
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::{AckHandle, CloseReason, Error, PublishToken, ServerEvent, SessionState, Timestamp};
+
+/// CONNACK with return code 0x01 "unacceptable protocol version", in the MQTT 3.1.1 layout:
+/// the only answer a client of an unknown protocol level can be given (MQTT-3.1.2-2).
+const CONNACK_UNSUPPORTED_VERSION: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+
+/// How a server connection behaves: the limits it enforces on the client and announces in
+/// CONNACK (MQTT 5).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How long a new connection may take to send CONNECT before it is closed.
+    pub connect_timeout: Duration,
+    /// Largest packet accepted from the client (announced as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Most unacknowledged QoS 1 and 2 messages the client may send at once (announced as
+    /// Receive Maximum; a client exceeding it is disconnected with 0x93).
+    pub receive_maximum: u16,
+    /// Highest topic alias the client may use (announced as Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Highest topic alias this side uses towards the client, also bounded by the client's
+    /// Topic Alias Maximum; 0 sends no aliases.
+    pub outgoing_topic_alias_maximum: u16,
+    /// Most QoS 1 and 2 deliveries in flight at once (also bounded by the client's Receive
+    /// Maximum).
+    pub max_in_flight: u16,
+    /// Most QoS 1 and 2 deliveries waiting for room in the window; past it `deliver` fails
+    /// with [`Error::Full`].
+    pub max_queued: usize,
+    /// The longest keep alive accepted from an MQTT 5 client: a larger (or zero) request is
+    /// answered with this value as Server Keep Alive. `None` accepts the client's value.
+    pub max_keep_alive: Option<u16>,
+    /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
+    /// acknowledging on arrival. A broker that must not lose a message acknowledges once it
+    /// has stored or routed it.
+    pub manual_acks: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 128,
+            topic_alias_maximum: 64,
+            outgoing_topic_alias_maximum: 0,
+            max_in_flight: 64,
+            max_queued: 1000,
+            max_keep_alive: None,
+            manual_acks: false,
+        }
+    }
+}
+
+/// How the server accepts a CONNECT.
+#[derive(Debug, Clone, Default)]
+pub struct Accept {
+    /// The session state resumed, if the server kept one for this client id and the client
+    /// did not ask for a clean start. `None` starts a new session.
+    pub resumed: Option<SessionState>,
+    /// The client identifier assigned when the client sent an empty one (required then).
+    pub assigned_client_id: Option<MqttString>,
+    /// CONNACK properties the server sets itself (Maximum QoS, Retain Available, Wildcard,
+    /// Shared and Subscription Identifier availability, Response Information, a changed
+    /// Session Expiry Interval, user properties...). Receive Maximum, Maximum Packet Size,
+    /// Topic Alias Maximum, Server Keep Alive and Assigned Client Identifier are filled in
+    /// from the [`ServerConfig`] where left empty.
+    pub properties: ConnAckProperties,
+}
+
+/// The server side of one MQTT connection, as a state machine. See the crate docs for the
+/// order in which to call its methods.
+pub struct ServerConnection {
+    config: ServerConfig,
+    core: Core,
+    events: VecDeque<ServerEvent>,
+    created_at: Timestamp,
+    /// The CONNECT, once received.
+    connect: Option<Connect>,
+    /// CONNECT received and not yet accepted or refused: later packets wait in the buffer.
+    deciding: bool,
+    keep_alive: Duration,
+    session_expiry_interval: u32,
+    /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer.
+    pending_requests: HashSet<PacketId>,
+    will: Option<Will>,
+    will_due_at: Option<Timestamp>,
+    /// CONNACK with success was sent.
+    accepted: bool,
+}
+
+impl ServerConnection {
+    /// A server connection for a transport that has just been accepted.
+    pub fn new(config: ServerConfig, now: Timestamp) -> Self {
+        let limits = Limits {
+            max_packet_size: config.max_packet_size,
+        };
+        let outbound = Outbound::new(
+            SessionState::default(),
+            config.max_in_flight,
+            config.max_queued,
+            now,
+        );
+        let inbound = Inbound::new(Vec::new(), config.receive_maximum.max(1));
+        // The version is a placeholder until CONNECT says which one the client speaks.
+        let core = Core::new(
+            Decoder::new(limits),
+            ProtocolVersion::V5,
+            outbound,
+            inbound,
+            config.manual_acks,
+            now,
+        );
+        Self {
+            config,
+            core,
+            events: VecDeque::new(),
+            created_at: now,
+            connect: None,
+            deciding: false,
+            keep_alive: Duration::ZERO,
+            session_expiry_interval: 0,
+            pending_requests: HashSet::new(),
+            will: None,
+            will_due_at: None,
+            accepted: false,
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Accepts the CONNECT reported by [`ServerEvent::ConnectReceived`]: sends CONNACK, resends
+    /// the in-flight messages of a resumed session (PUBLISH with DUP, then PUBREL, in their
+    /// original order) and goes on with the packets the client sent after CONNECT.
+    pub fn accept(&mut self, now: Timestamp, accept: Accept) -> Result<(), Error> {
+        if !self.deciding {
+            return Err(Error::InvalidState("no CONNECT awaits a decision"));
+        }
+        // Present while deciding: set together with `deciding`.
+        let connect = self.connect.as_ref().expect("CONNECT kept while deciding");
+        let version = connect.protocol;
+        let needs_id = connect.client_id.as_str().is_empty();
+        if needs_id && accept.assigned_client_id.is_none() {
+            return Err(Error::InvalidState(
+                "the client sent an empty client id: assign one",
+            ));
+        }
+        // A clean start discards any stored session (MQTT-3.1.2-4, MQTT-3.2.2-2).
+        let resumed = if connect.clean_start {
+            None
+        } else {
+            accept.resumed
+        };
+        let session_present = resumed.is_some();
+        let client_properties = connect.properties.clone();
+
+        let mut properties = accept.properties;
+        if let Some(expiry) = properties.session_expiry_interval {
+            self.session_expiry_interval = expiry;
+        }
+        if version.is_v5() {
+            properties.receive_maximum = properties
+                .receive_maximum
+                .or(NonZeroU16::new(self.config.receive_maximum));
+            properties.maximum_packet_size = properties
+                .maximum_packet_size
+                .or(NonZeroU32::new(self.config.max_packet_size));
+            if properties.topic_alias_maximum.is_none() && self.config.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            }
+            if needs_id {
+                properties.assigned_client_identifier = accept.assigned_client_id;
+            }
+            if let Some(max) = self.config.max_keep_alive {
+                let requested = connect.keep_alive;
+                if properties.server_keep_alive.is_none() && (requested == 0 || requested > max) {
+                    properties.server_keep_alive = Some(max);
+                }
+            }
+            if let Some(keep_alive) = properties.server_keep_alive {
+                // The client must use the server's value (MQTT-3.2.2-21).
+                self.keep_alive = Duration::from_secs(u64::from(keep_alive));
+            }
+        } else {
+            properties = ConnAckProperties::default();
+        }
+        let receive_maximum = properties.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
+
+        let state = resumed.unwrap_or_default();
+        self.core.inbound = Inbound::new(state.inbound_awaiting_release.clone(), receive_maximum);
+        self.core.outbound = Outbound::new(
+            state,
+            self.config.max_in_flight,
+            self.config.max_queued,
+            now,
+        );
+        let client_receive_maximum = client_properties
+            .receive_maximum
+            .map_or(u16::MAX, NonZeroU16::get);
+        self.core
+            .outbound
+            .set_window(client_receive_maximum.min(self.config.max_in_flight));
+        self.core.peer_max_packet_size = client_properties.maximum_packet_size.map(NonZeroU32::get);
+        let outgoing_alias_maximum = client_properties
+            .topic_alias_maximum
+            .unwrap_or(0)
+            .min(self.config.outgoing_topic_alias_maximum);
+        self.core.reset_aliases(
+            outgoing_alias_maximum,
+            properties.topic_alias_maximum.unwrap_or(0),
+        );
+
+        self.core.send(Packet::ConnAck(ConnAck {
+            session_present,
+            reason_code: ReasonCode::Success,
+            properties,
+        }))?;
+        self.core.phase = Phase::Connected;
+        self.accepted = true;
+        self.deciding = false;
+        if session_present {
+            self.core.resend_in_flight();
+        }
+        self.core.pump(now);
+        self.process(now);
+        Ok(())
+    }
+
+    /// Refuses the CONNECT with a failure reason code (MQTT 3.1.1 clients get the nearest
+    /// CONNACK return code) and closes. MQTT 5 properties (a reason string, a Server Reference
+    /// with 0x9C/0x9D) go with it.
+    pub fn refuse(
+        &mut self,
+        reason_code: ReasonCode,
+        properties: ConnAckProperties,
+    ) -> Result<(), Error> {
+        if !self.deciding {
+            return Err(Error::InvalidState("no CONNECT awaits a decision"));
+        }
+        if !reason_code.is_error() {
+            return Err(Error::InvalidState("refusing needs a failure reason code"));
+        }
+        self.deciding = false;
+        self.refuse_connect(reason_code, properties);
+        // A refused connection has no will, so the time the will would be due from is moot.
+        self.flush_close(self.core.last_received);
+        Ok(())
+    }
+
+    /// Delivers a message to the client. QoS 0 is sent at once; QoS 1 and 2 go in flight if
+    /// the window (bounded by the client's Receive Maximum) has room, else into the bounded
+    /// queue, and their outcome comes back as [`ServerEvent::DeliveryAcknowledged`] or
+    /// [`ServerEvent::DeliveryCompleted`]. A message larger than the client's Maximum Packet
+    /// Size fails with [`Error::PacketTooLarge`]: the spec says to drop it (MQTT-3.1.2-25).
+    /// Never blocks; fails with [`Error::Full`] when window and queue are full.
+    pub fn deliver(
+        &mut self,
+        now: Timestamp,
+        publish: Publish,
+    ) -> Result<Option<PublishToken>, Error> {
+        if self.core.phase != Phase::Connected {
+            return Err(if self.core.is_closed() {
+                Error::Closed
+            } else {
+                Error::NotConnected
+            });
+        }
+        self.core.publish(now, publish)
+    }
+
+    /// Answers a [`ServerEvent::Subscribe`]: one reason code per subscription (the granted QoS
+    /// or a failure), in order.
+    pub fn answer_subscribe(
+        &mut self,
+        packet_id: PacketId,
+        reason_codes: Vec<ReasonCode>,
+        properties: SubAckProperties,
+    ) -> Result<(), Error> {
+        self.take_request(packet_id)?;
+        self.core.send(Packet::SubAck(SubAck {
+            packet_id,
+            properties,
+            reason_codes,
+        }))
+    }
+
+    /// Answers a [`ServerEvent::Unsubscribe`]: one reason code per filter (MQTT 5; ignored
+    /// before).
+    pub fn answer_unsubscribe(
+        &mut self,
+        packet_id: PacketId,
+        reason_codes: Vec<ReasonCode>,
+        properties: SubAckProperties,
+    ) -> Result<(), Error> {
+        self.take_request(packet_id)?;
+        let (reason_codes, properties) = if self.core.version.is_v5() {
+            (reason_codes, properties)
+        } else {
+            (Vec::new(), SubAckProperties::default())
+        };
+        self.core.send(Packet::UnsubAck(UnsubAck {
+            packet_id,
+            properties,
+            reason_codes,
+        }))
+    }
+
+    /// Acknowledges an inbound message (with manual acknowledgements): a failure reason code
+    /// refuses it (MQTT 5).
+    pub fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
+        self.core.acknowledge(handle, reason_code);
+    }
+
+    /// Sends an AUTH packet (MQTT 5 extended authentication), before or after accepting.
+    pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
+        if self.core.is_closed() {
+            return Err(Error::Closed);
+        }
+        if !self.core.version.is_v5() {
+            return Err(Error::InvalidState("AUTH needs MQTT 5"));
+        }
+        self.core.send(Packet::Auth(auth))
+    }
+
+    /// Closes the connection, telling an MQTT 5 client why with DISCONNECT (0x8B Server
+    /// shutting down, 0x8E Session taken over, ...); earlier versions just close. The will is
+    /// published unless the reason says otherwise (see [`CloseReason::publishes_will`]).
+    pub fn disconnect(
+        &mut self,
+        now: Timestamp,
+        reason_code: ReasonCode,
+        properties: DisconnectProperties,
+    ) {
+        if self.core.is_closed() {
+            return;
+        }
+        if self.core.version.is_v5() && self.core.phase == Phase::Connected {
+            self.core.send_control(Packet::Disconnect(Disconnect {
+                reason_code,
+                properties,
+            }));
+        }
+        self.close(now, CloseReason::LocalDisconnect(reason_code));
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// Feeds bytes received from the transport.
+    pub fn handle_bytes(&mut self, now: Timestamp, bytes: &[u8]) {
+        self.core.receive(now, bytes);
+        self.process(now);
+    }
+
+    /// The transport closed (or failed).
+    pub fn handle_transport_closed(&mut self, now: Timestamp) {
+        self.close(now, CloseReason::TransportClosed);
+    }
+
+    /// Advances timers to `now`: the CONNECT deadline, the keep-alive (1.5 times the keep
+    /// alive with nothing received closes, MQTT-3.1.2-24 / MQTT-3.1.2-22) and a pending
+    /// will's delay.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.core.is_closed() {
+            if self.will_due_at.is_some_and(|due| now >= due) {
+                self.will_due_at = None;
+                if let Some(will) = self.will.take() {
+                    self.events.push_back(ServerEvent::WillDue(will));
+                }
+            }
+            return;
+        }
+        if self.connect.is_none() {
+            if now >= self.created_at + self.config.connect_timeout {
+                self.close(now, CloseReason::ConnectTimeout);
+            }
+            return;
+        }
+        if self.core.phase == Phase::Connected
+            && !self.keep_alive.is_zero()
+            && now >= self.keep_alive_deadline()
+        {
+            if self.core.version.is_v5() {
+                self.core.send_control(Packet::Disconnect(Disconnect::new(
+                    ReasonCode::KeepAliveTimeout,
+                )));
+            }
+            self.close(now, CloseReason::KeepAliveTimeout);
+        }
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    /// Bytes to write to the transport: everything pending, in one buffer.
+    pub fn poll_transmit(&mut self, now: Timestamp) -> Option<Bytes> {
+        self.core.poll_transmit(now)
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.core.is_closed() {
+            return self.will_due_at;
+        }
+        if self.connect.is_none() {
+            return Some(self.created_at + self.config.connect_timeout);
+        }
+        (self.core.phase == Phase::Connected && !self.keep_alive.is_zero())
+            .then(|| self.keep_alive_deadline())
+    }
+
+    // ------------------------------------------------------------------ state
+
+    /// Whether the connection has ended (a will may still be pending: keep calling
+    /// `handle_timeout` while `poll_timeout` says so).
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// Whether the CONNECT was accepted and the connection has not ended.
+    pub fn is_connected(&self) -> bool {
+        self.core.phase == Phase::Connected
+    }
+
+    /// The CONNECT received, once it has come.
+    pub fn connect_packet(&self) -> Option<&Connect> {
+        self.connect.as_ref()
+    }
+
+    /// The protocol version, once CONNECT has come.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.connect.as_ref().map(|connect| connect.protocol)
+    }
+
+    /// The keep alive in force (zero when off).
+    pub fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+
+    /// QoS 1 and 2 deliveries in flight and queued.
+    pub fn pending_messages(&self) -> (usize, usize) {
+        (
+            self.core.outbound.in_flight_len(),
+            self.core.outbound.queued_len(),
+        )
+    }
+
+    /// Outgoing packets dropped because they exceeded the client's Maximum Packet Size even
+    /// without optional properties.
+    pub fn dropped_packets(&self) -> u64 {
+        self.core.dropped
+    }
+
+    /// The session state to persist, or to resume on the client's next connection; its
+    /// `session_expiry_interval` says how long to keep it after this connection closes
+    /// (0: discard at once).
+    pub fn session_state(&self) -> SessionState {
+        self.core.outbound.to_state(
+            self.core.inbound.awaiting_release(),
+            self.session_expiry_interval,
+        )
+    }
+
+    /// Stops a pending will from being published: the client reconnected within the Will
+    /// Delay and resumed the session (MQTT 5 §3.1.3.2.2).
+    pub fn cancel_will(&mut self) {
+        self.will = None;
+        self.will_due_at = None;
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn keep_alive_deadline(&self) -> Timestamp {
+        // One and a half times the keep alive, in milliseconds to keep odd values exact.
+        let grace = Duration::from_millis(self.keep_alive.as_millis() as u64 * 3 / 2);
+        self.core.last_received + grace
+    }
+
+    fn take_request(&mut self, packet_id: PacketId) -> Result<(), Error> {
+        if self.core.is_closed() {
+            return Err(Error::Closed);
+        }
+        if !self.pending_requests.remove(&packet_id) {
+            return Err(Error::InvalidState(
+                "no SUBSCRIBE or UNSUBSCRIBE with this identifier awaits an answer",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes and handles buffered packets. While a CONNECT awaits the caller's decision, only
+    /// AUTH packets are read; the rest wait in the buffer.
+    fn process(&mut self, now: Timestamp) {
+        loop {
+            if self.deciding && self.core.peek_packet_type() != Some(15) {
+                break;
+            }
+            match self.core.try_next_packet() {
+                Ok(Some(packet)) => self.handle_packet(now, packet),
+                Ok(None) => break,
+                Err(error) => {
+                    self.decode_failed(now, error);
+                    break;
+                }
+            }
+        }
+        self.flush_close(now);
+    }
+
+    fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error) {
+        if self.connect.is_none() {
+            if error.reason_code() == ReasonCode::UnsupportedProtocolVersion {
+                // The client's version is unknown, so answer as MQTT 3.1.1 does (MQTT-3.1.2-2).
+                self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION);
+                self.close(
+                    now,
+                    CloseReason::Refused(ReasonCode::UnsupportedProtocolVersion),
+                );
+            } else {
+                // Not a valid CONNECT: close without a word (MQTT-3.1.0-1, MQTT-3.1.4-1).
+                self.close(
+                    now,
+                    CloseReason::ProtocolViolation {
+                        reason_code: error.reason_code(),
+                        detail: error.to_string(),
+                    },
+                );
+            }
+            return;
+        }
+        self.core.violation(error.reason_code(), error.to_string());
+    }
+
+    fn handle_packet(&mut self, now: Timestamp, packet: Packet) {
+        match packet {
+            Packet::Connect(connect) => self.on_connect(connect),
+            Packet::Auth(auth) if self.core.version.is_v5() => {
+                self.events.push_back(ServerEvent::Auth(auth))
+            }
+            _ if self.core.phase != Phase::Connected => {
+                self.core.violation(
+                    ReasonCode::ProtocolError,
+                    format!("{:?} before CONNACK", packet.packet_type()),
+                );
+            }
+            Packet::Publish(publish) => {
+                if let Some(message) = self.core.on_publish(publish) {
+                    self.events.push_back(ServerEvent::Message(message));
+                }
+            }
+            ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
+                if let Some(outcome) = self.core.on_ack(ack, now) {
+                    self.events.push_back(match outcome {
+                        Outcome::Acknowledged(outcome) => {
+                            ServerEvent::DeliveryAcknowledged(outcome)
+                        }
+                        Outcome::Completed(outcome) => ServerEvent::DeliveryCompleted(outcome),
+                    });
+                }
+            }
+            Packet::PubRel(ack) => self.core.on_pubrel(ack.packet_id),
+            Packet::Subscribe(subscribe) => {
+                self.pending_requests.insert(subscribe.packet_id);
+                self.events.push_back(ServerEvent::Subscribe(subscribe));
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.pending_requests.insert(unsubscribe.packet_id);
+                self.events.push_back(ServerEvent::Unsubscribe(unsubscribe));
+            }
+            Packet::PingReq => self.core.send_control(Packet::PingResp),
+            Packet::Disconnect(disconnect) => self.on_disconnect(now, disconnect),
+            other => self.core.violation(
+                ReasonCode::ProtocolError,
+                format!("a client does not send {:?}", other.packet_type()),
+            ),
+        }
+    }
+
+    fn on_connect(&mut self, connect: Connect) {
+        if self.connect.is_some() {
+            // A second CONNECT is a protocol violation (MQTT-3.1.0-2).
+            self.core
+                .violation(ReasonCode::ProtocolError, "second CONNECT".into());
+            return;
+        }
+        let version = connect.protocol;
+        self.core.set_version(version);
+        self.keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
+        self.session_expiry_interval = if version.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let empty_id = connect.client_id.as_str().is_empty();
+        let refuse_empty_id = match version {
+            // MQTT 3.1 requires 1 to 23 characters.
+            ProtocolVersion::V3_1 => true,
+            // An empty id needs a clean session (MQTT-3.1.3-7, MQTT-3.1.3-8).
+            ProtocolVersion::V3_1_1 => !connect.clean_start,
+            _ => false,
+        };
+        self.will = connect.will.clone();
+        self.connect = Some(connect.clone());
+        if empty_id && refuse_empty_id {
+            self.refuse_connect(
+                ReasonCode::ClientIdentifierNotValid,
+                ConnAckProperties::default(),
+            );
+            return;
+        }
+        self.deciding = true;
+        self.events.push_back(ServerEvent::ConnectReceived {
+            connect: Box::new(connect),
+            needs_client_id: empty_id,
+        });
+    }
+
+    fn on_disconnect(&mut self, now: Timestamp, disconnect: Disconnect) {
+        if let Some(expiry) = disconnect.properties.session_expiry_interval {
+            if self.session_expiry_interval == 0 && expiry != 0 {
+                // MQTT-3.14.2-2: a session that was to end with the connection cannot be
+                // given a lifetime at DISCONNECT.
+                self.core.violation(
+                    ReasonCode::ProtocolError,
+                    "session expiry set at DISCONNECT after 0 at CONNECT".into(),
+                );
+                self.flush_close(now);
+                return;
+            }
+            self.session_expiry_interval = expiry;
+        }
+        self.close(
+            now,
+            CloseReason::PeerDisconnected {
+                reason_code: disconnect.reason_code,
+                properties: disconnect.properties,
+            },
+        );
+    }
+
+    fn refuse_connect(&mut self, reason_code: ReasonCode, mut properties: ConnAckProperties) {
+        if !self.core.version.is_v5() {
+            properties = ConnAckProperties::default();
+        }
+        self.core.send_control(Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code,
+            properties,
+        }));
+        // A refused connection has no session and no will (MQTT-3.2.2-6, MQTT-3.1.4-5).
+        self.session_expiry_interval = 0;
+        self.will = None;
+        self.core.close(CloseReason::Refused(reason_code));
+    }
+
+    fn close(&mut self, now: Timestamp, reason: CloseReason) {
+        if !self.core.is_closed() {
+            self.core.close(reason);
+        }
+        self.flush_close(now);
+    }
+
+    /// Reports the close once and schedules the will: at once, or after its Will Delay but no
+    /// later than the session's end (MQTT 5 §3.1.3.2.2).
+    fn flush_close(&mut self, now: Timestamp) {
+        let Some(reason) = self.core.close_reason.take() else {
+            return;
+        };
+        self.deciding = false;
+        // Only an accepted connection has a will (MQTT-3.1.4-5 for refused ones).
+        if !(self.accepted && reason.publishes_will()) {
+            self.will = None;
+        }
+        self.events.push_back(ServerEvent::Closed(reason));
+        if let Some(will) = &self.will {
+            let delay = will
+                .properties
+                .will_delay_interval
+                .unwrap_or(0)
+                .min(self.session_expiry_interval);
+            if delay == 0 {
+                self.will_due_at = None;
+                if let Some(will) = self.will.take() {
+                    self.events.push_back(ServerEvent::WillDue(will));
+                }
+            } else {
+                self.will_due_at = Some(now + Duration::from_secs(u64::from(delay)));
+            }
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! Connecting, keep-alive, wills and disconnecting, on both sides. Test names carry the
+//! normative statement they check (`mqtt_X_Y_Z_N_...`, MQTT 5.0 unless marked `v311`).
+
+mod support;
+
+use std::time::Duration;
+
+use rallymq_codec::{
+    Auth, ConnAckProperties, Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion,
+    QoS, ReasonCode, TopicName, Will, WillProperties,
+};
+use rallymq_session::{
+    Accept, ClientConfig, ClientConnection, ClientEvent, CloseReason, Error, ServerConfig,
+    ServerConnection, ServerEvent, Timestamp,
+};
+use support::{Pair, connect_packet, publish};
+
+const V31: ProtocolVersion = ProtocolVersion::V3_1;
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const T0: Timestamp = Timestamp::ZERO;
+
+fn encode(packet: Packet, version: ProtocolVersion) -> Vec<u8> {
+    packet.to_bytes(version).expect("encodable").to_vec()
+}
+
+fn connect_bytes(version: ProtocolVersion, client_id: &str, clean: bool) -> Vec<u8> {
+    let mut connect = connect_packet(version, client_id);
+    connect.clean_start = clean;
+    encode(Packet::Connect(connect), version)
+}
+
+fn will(delay: Option<u32>) -> Will {
+    Will {
+        topic: TopicName::new("clients/1/status").unwrap(),
+        payload: "offline".into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    }
+}
+
+fn pair_with_will(
+    version: ProtocolVersion,
+    delay: Option<u32>,
+    session_expiry: Option<u32>,
+) -> Pair {
+    let mut connect = connect_packet(version, "with-will");
+    connect.will = Some(will(delay));
+    connect.properties.session_expiry_interval = session_expiry;
+    let mut pair = Pair::new(ClientConfig::new(connect), ServerConfig::default());
+    pair.connect();
+    assert!(pair.server.is_connected());
+    pair
+}
+
+fn wills_due(pair: &Pair) -> usize {
+    pair.server_events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::WillDue(_)))
+        .count()
+}
+
+fn sent_by_server(server: &mut ServerConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(bytes) = server.poll_transmit(T0) {
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn server_events(server: &mut ServerConnection) -> Vec<ServerEvent> {
+    std::iter::from_fn(|| server.poll_event()).collect()
+}
+
+// ------------------------------------------------------------------ CONNECT first and once
+
+#[test]
+fn mqtt_3_1_0_1_first_packet_must_be_connect() {
+    for version in [V311, V5] {
+        let mut server = ServerConnection::new(ServerConfig::default(), T0);
+        server.handle_bytes(T0, &[0xC0, 0x00]); // PINGREQ
+        assert!(server.is_closed());
+        assert!(
+            sent_by_server(&mut server).is_empty(),
+            "nothing is sent to a peer that did not CONNECT ({version:?})"
+        );
+        let events = server_events(&mut server);
+        assert!(
+            matches!(
+                events.as_slice(),
+                [ServerEvent::Closed(CloseReason::ProtocolViolation { .. })]
+            ),
+            "{events:?}"
+        );
+    }
+}
+
+#[test]
+fn mqtt_3_1_0_2_second_connect_is_a_protocol_error() {
+    let mut pair = Pair::connected(V5);
+    pair.inject_to_server(&connect_bytes(V5, "client-1", true));
+    assert!(pair.server.is_closed());
+    assert!(matches!(
+        pair.server_close(),
+        Some(CloseReason::ProtocolViolation {
+            reason_code: ReasonCode::ProtocolError,
+            ..
+        })
+    ));
+    let last = pair.packets_to_client(V5).pop();
+    assert_eq!(
+        last,
+        Some(Packet::Disconnect(Disconnect::new(
+            ReasonCode::ProtocolError
+        )))
+    );
+}
+
+#[test]
+fn mqtt_3_1_0_2_v311_second_connect_closes() {
+    let mut pair = Pair::connected(V311);
+    pair.inject_to_server(&connect_bytes(V311, "client-1", true));
+    assert!(pair.server.is_closed());
+    assert!(matches!(
+        pair.server_close(),
+        Some(CloseReason::ProtocolViolation { .. })
+    ));
+}
+
+#[test]
+fn server_closes_when_no_connect_arrives_in_time() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    assert_eq!(server.poll_timeout(), Some(T0 + Duration::from_secs(10)));
+    server.handle_timeout(T0 + Duration::from_millis(9_999));
+    assert!(!server.is_closed());
+    server.handle_timeout(T0 + Duration::from_secs(10));
+    assert!(server.is_closed());
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::Closed(CloseReason::ConnectTimeout)]
+    );
+}
+
+// ------------------------------------------------------------------ protocol levels
+
+#[test]
+fn mqtt_3_1_2_2_v311_unsupported_level_gets_connack_0x01_and_close() {
+    // CONNECT "MQTT" level 6.
+    let connect = [
+        0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 60, 0, 1, b'c',
+    ];
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect);
+    assert_eq!(sent_by_server(&mut server), vec![0x20, 0x02, 0x00, 0x01]);
+    assert!(server.is_closed());
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::Closed(CloseReason::Refused(
+            ReasonCode::UnsupportedProtocolVersion
+        ))]
+    );
+}
+
+#[test]
+fn mqtt_3_1_2_1_v311_wrong_protocol_name_is_refused() {
+    // "MQTT" with level 3 (3.1 is "MQIsdp"): the name does not fit the level.
+    let connect = [
+        0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 3, 0x02, 0, 60, 0, 1, b'c',
+    ];
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect);
+    assert!(server.is_closed());
+    assert!(!server.is_connected());
+}
+
+#[test]
+fn all_three_versions_connect() {
+    for version in [V31, V311, V5] {
+        let pair = Pair::connected(version);
+        assert!(pair.client.is_connected(), "{version:?}");
+        assert_eq!(pair.server.version(), Some(version));
+    }
+}
+
+// ------------------------------------------------------------------ client identifiers
+
+#[test]
+fn mqtt_3_1_3_8_v311_empty_client_id_without_clean_session_gets_0x02() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect_bytes(V311, "", false));
+    assert_eq!(sent_by_server(&mut server), vec![0x20, 0x02, 0x00, 0x02]);
+    assert!(server.is_closed());
+}
+
+#[test]
+fn mqtt_3_1_3_6_v311_empty_client_id_with_clean_session_is_assigned() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect_bytes(V311, "", true));
+    let events = server_events(&mut server);
+    assert!(matches!(
+        events.as_slice(),
+        [ServerEvent::ConnectReceived {
+            needs_client_id: true,
+            ..
+        }]
+    ));
+    assert_eq!(
+        server.accept(T0, Accept::default()),
+        Err(Error::InvalidState(
+            "the client sent an empty client id: assign one"
+        ))
+    );
+    let accept = Accept {
+        assigned_client_id: Some(MqttString::from_static("auto-1").unwrap()),
+        ..Accept::default()
+    };
+    server.accept(T0, accept).unwrap();
+    assert_eq!(sent_by_server(&mut server), vec![0x20, 0x02, 0x00, 0x00]);
+}
+
+#[test]
+fn v31_empty_client_id_is_rejected() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect_bytes(V31, "", true));
+    assert_eq!(sent_by_server(&mut server), vec![0x20, 0x02, 0x00, 0x02]);
+    assert!(server.is_closed());
+}
+
+#[test]
+fn mqtt_3_1_3_7_assigned_client_identifier_is_returned_in_connack() {
+    let mut pair = Pair::new(
+        ClientConfig::new(connect_packet(V5, "")),
+        ServerConfig::default(),
+    );
+    pair.connect();
+    let Some(ClientEvent::Connected { connack, .. }) = pair.client_events.first() else {
+        panic!("not connected")
+    };
+    assert_eq!(
+        connack
+            .properties
+            .assigned_client_identifier
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("assigned-1")
+    );
+}
+
+// ------------------------------------------------------------------ CONNACK and sessions
+
+#[test]
+fn mqtt_3_1_4_6_refused_connect_processes_nothing_after_it() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    let mut bytes = connect_bytes(V5, "c", true);
+    bytes.extend(encode(
+        Packet::Publish(publish("a/b", QoS::AtMostOnce, b"x")),
+        V5,
+    ));
+    server.handle_bytes(T0, &bytes);
+    assert!(matches!(
+        server_events(&mut server).as_slice(),
+        [ServerEvent::ConnectReceived { .. }]
+    ));
+    server
+        .refuse(ReasonCode::NotAuthorized, ConnAckProperties::default())
+        .unwrap();
+    let events = server_events(&mut server);
+    assert_eq!(
+        events,
+        vec![ServerEvent::Closed(CloseReason::Refused(
+            ReasonCode::NotAuthorized
+        ))]
+    );
+    let sent = sent_by_server(&mut server);
+    assert_eq!(&sent[..4], &[0x20, 0x03, 0x00, 0x87]);
+}
+
+#[test]
+fn mqtt_3_2_2_7_client_closes_after_a_failure_connack() {
+    let mut client = ClientConnection::new(ClientConfig::new(connect_packet(V5, "c")), None, T0);
+    client.connect(T0).unwrap();
+    client.handle_bytes(T0, &[0x20, 0x03, 0x00, 0x86, 0x00]);
+    assert!(client.is_closed());
+    assert_eq!(
+        client.poll_event(),
+        Some(ClientEvent::Closed(CloseReason::Refused(
+            ReasonCode::BadUserNameOrPassword
+        )))
+    );
+}
+
+#[test]
+fn packets_sent_before_connack_are_processed_after_accept() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    let mut bytes = connect_bytes(V311, "c", true);
+    bytes.extend(encode(
+        Packet::Publish(publish("a/b", QoS::AtMostOnce, b"early")),
+        V311,
+    ));
+    server.handle_bytes(T0, &bytes);
+    assert!(matches!(
+        server_events(&mut server).as_slice(),
+        [ServerEvent::ConnectReceived { .. }]
+    ));
+    server.accept(T0, Accept::default()).unwrap();
+    let events = server_events(&mut server);
+    assert!(
+        matches!(&events[..], [ServerEvent::Message(m)] if m.publish.payload == "early"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn mqtt_3_2_2_2_clean_start_never_resumes_a_session() {
+    for version in [V311, V5] {
+        let mut pair = Pair::connected(version);
+        pair.server_session = Some(Default::default());
+        pair.reconnect(true);
+        let Some(ClientEvent::Connected {
+            session_present, ..
+        }) = pair
+            .client_events
+            .iter()
+            .rev()
+            .find(|e| matches!(e, ClientEvent::Connected { .. }))
+        else {
+            panic!("not reconnected")
+        };
+        assert!(!session_present, "{version:?}");
+    }
+}
+
+#[test]
+fn mqtt_3_2_2_4_client_without_session_state_closes_on_session_present() {
+    let mut connect = connect_packet(V5, "c");
+    connect.clean_start = false;
+    let mut client = ClientConnection::new(ClientConfig::new(connect), None, T0);
+    client.connect(T0).unwrap();
+    client.handle_bytes(T0, &[0x20, 0x03, 0x01, 0x00, 0x00]);
+    assert!(client.is_closed());
+    assert!(matches!(
+        client.poll_event(),
+        Some(ClientEvent::Closed(CloseReason::ProtocolViolation { .. }))
+    ));
+}
+
+#[test]
+fn mqtt_3_2_2_1_v311_session_present_after_clean_session_is_refused_by_the_client() {
+    let mut client = ClientConnection::new(ClientConfig::new(connect_packet(V311, "c")), None, T0);
+    client.connect(T0).unwrap();
+    client.handle_bytes(T0, &[0x20, 0x02, 0x01, 0x00]);
+    assert!(client.is_closed());
+}
+
+#[test]
+fn mqtt_3_2_0_2_server_sends_only_auth_before_connack() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect_bytes(V5, "c", true));
+    let _ = server_events(&mut server);
+    assert_eq!(
+        server.deliver(T0, publish("a", QoS::AtMostOnce, b"x")),
+        Err(Error::NotConnected),
+        "no PUBLISH before CONNACK"
+    );
+    server.send_auth(Auth::default()).unwrap();
+    let sent = sent_by_server(&mut server);
+    assert_eq!(sent[0] >> 4, 15, "AUTH may go before CONNACK");
+}
+
+#[test]
+fn auth_exchange_before_accept_is_handed_to_both_callers() {
+    let mut connect = connect_packet(V5, "c");
+    connect.properties.authentication_method =
+        Some(MqttString::from_static("SCRAM-SHA-1").unwrap());
+    let mut client = ClientConnection::new(ClientConfig::new(connect), None, T0);
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    client.connect(T0).unwrap();
+    server.handle_bytes(T0, &client.poll_transmit(T0).unwrap());
+    assert!(matches!(
+        server.poll_event(),
+        Some(ServerEvent::ConnectReceived { .. })
+    ));
+    let mut challenge = Auth {
+        reason_code: ReasonCode::ContinueAuthentication,
+        ..Auth::default()
+    };
+    challenge.properties.authentication_method =
+        Some(MqttString::from_static("SCRAM-SHA-1").unwrap());
+    server.send_auth(challenge.clone()).unwrap();
+    client.handle_bytes(T0, &server.poll_transmit(T0).unwrap());
+    assert_eq!(
+        client.poll_event(),
+        Some(ClientEvent::Auth(challenge.clone()))
+    );
+    client.send_auth(challenge.clone()).unwrap();
+    server.handle_bytes(T0, &client.poll_transmit(T0).unwrap());
+    assert_eq!(server.poll_event(), Some(ServerEvent::Auth(challenge)));
+    server.accept(T0, Accept::default()).unwrap();
+    client.handle_bytes(T0, &server.poll_transmit(T0).unwrap());
+    assert!(client.is_connected());
+}
+
+// ------------------------------------------------------------------ keep alive
+
+fn keep_alive_pair(version: ProtocolVersion, keep_alive: u16) -> Pair {
+    let mut connect = connect_packet(version, "ka");
+    connect.keep_alive = keep_alive;
+    let mut pair = Pair::new(ClientConfig::new(connect), ServerConfig::default());
+    pair.connect();
+    pair
+}
+
+#[test]
+fn mqtt_3_1_2_22_server_closes_after_one_and_a_half_keep_alives_of_silence() {
+    for version in [V311, V5] {
+        let mut server = ServerConnection::new(ServerConfig::default(), T0);
+        let mut connect = connect_packet(version, "ka");
+        connect.keep_alive = 10;
+        server.handle_bytes(T0, &encode(Packet::Connect(connect), version));
+        let _ = server_events(&mut server);
+        server.accept(T0, Accept::default()).unwrap();
+        let _ = sent_by_server(&mut server);
+        assert_eq!(server.poll_timeout(), Some(T0 + Duration::from_secs(15)));
+        server.handle_timeout(T0 + Duration::from_millis(14_999));
+        assert!(server.is_connected(), "{version:?}: not before 1.5x");
+        server.handle_timeout(T0 + Duration::from_secs(15));
+        assert!(server.is_closed(), "{version:?}: at 1.5x");
+        assert_eq!(
+            server_events(&mut server),
+            vec![ServerEvent::Closed(CloseReason::KeepAliveTimeout)]
+        );
+        let sent = sent_by_server(&mut server);
+        if version.is_v5() {
+            assert_eq!(
+                sent,
+                vec![0xE0, 0x01, 0x8D],
+                "DISCONNECT 0x8D Keep Alive timeout"
+            );
+        } else {
+            assert!(sent.is_empty());
+        }
+    }
+}
+
+#[test]
+fn mqtt_3_1_2_24_v311_any_packet_resets_the_keep_alive_timer() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    let mut connect = connect_packet(V311, "ka");
+    connect.keep_alive = 4;
+    server.handle_bytes(T0, &encode(Packet::Connect(connect), V311));
+    let _ = server_events(&mut server);
+    server.accept(T0, Accept::default()).unwrap();
+    assert_eq!(sent_by_server(&mut server), [0x20, 0x02, 0x00, 0x00]);
+    let t5 = T0 + Duration::from_secs(5);
+    server.handle_bytes(t5, &[0xC0, 0x00]);
+    assert_eq!(
+        sent_by_server(&mut server),
+        [0xD0, 0x00],
+        "MQTT-3.12.4-1: PINGRESP answers PINGREQ"
+    );
+    assert_eq!(server.poll_timeout(), Some(t5 + Duration::from_secs(6)));
+    server.handle_timeout(T0 + Duration::from_secs(10));
+    assert!(server.is_connected());
+}
+
+#[test]
+fn mqtt_3_1_2_20_client_sends_pingreq_when_idle_and_the_connection_lives() {
+    let mut pair = keep_alive_pair(V5, 30);
+    pair.advance(Duration::from_secs(600));
+    assert!(pair.client.is_connected() && pair.server.is_connected());
+    let pings = pair
+        .packets_to_server(V5)
+        .iter()
+        .filter(|p| **p == Packet::PingReq)
+        .count();
+    assert!(
+        (19..=21).contains(&pings),
+        "one PINGREQ per 30 s idle, got {pings}"
+    );
+    let pongs = pair
+        .packets_to_client(V5)
+        .iter()
+        .filter(|p| **p == Packet::PingResp)
+        .count();
+    assert_eq!(pings, pongs, "MQTT-3.12.4-1");
+}
+
+#[test]
+fn client_closes_when_pingresp_does_not_come() {
+    let mut connect = connect_packet(V311, "ka");
+    connect.keep_alive = 10;
+    let mut client = ClientConnection::new(ClientConfig::new(connect), None, T0);
+    client.connect(T0).unwrap();
+    let _ = client.poll_transmit(T0);
+    client.handle_bytes(T0, &[0x20, 0x02, 0x00, 0x00]);
+    assert!(client.is_connected());
+    let t10 = T0 + Duration::from_secs(10);
+    assert_eq!(client.poll_timeout(), Some(t10));
+    client.handle_timeout(t10);
+    assert_eq!(
+        client.poll_transmit(t10).as_deref(),
+        Some(&[0xC0, 0x00][..])
+    );
+    let deadline = client.poll_timeout().expect("waiting for PINGRESP");
+    client.handle_timeout(deadline);
+    assert!(client.is_closed());
+    assert!(matches!(
+        client.poll_event(),
+        Some(ClientEvent::Connected { .. })
+    ));
+    assert_eq!(
+        client.poll_event(),
+        Some(ClientEvent::Closed(CloseReason::KeepAliveTimeout))
+    );
+}
+
+#[test]
+fn mqtt_3_2_2_21_client_uses_server_keep_alive() {
+    let mut connect = connect_packet(V5, "ka");
+    connect.keep_alive = 0;
+    let config = ServerConfig {
+        max_keep_alive: Some(20),
+        ..ServerConfig::default()
+    };
+    let mut pair = Pair::new(ClientConfig::new(connect), config);
+    pair.connect();
+    assert_eq!(pair.server.keep_alive(), Duration::from_secs(20));
+    let Some(ClientEvent::Connected { connack, .. }) = pair.client_events.first() else {
+        panic!()
+    };
+    assert_eq!(connack.properties.server_keep_alive, Some(20));
+    pair.advance(Duration::from_secs(100));
+    let pings = pair
+        .packets_to_server(V5)
+        .iter()
+        .filter(|p| **p == Packet::PingReq)
+        .count();
+    assert_eq!(
+        pings, 5,
+        "a PINGREQ every 20 s though the client asked for none"
+    );
+    assert!(pair.server.is_connected());
+}
+
+// ------------------------------------------------------------------ wills
+
+#[test]
+fn mqtt_3_1_2_8_v311_will_published_when_connection_drops() {
+    let mut pair = pair_with_will(V311, None, None);
+    pair.drop_link();
+    let last = pair.server_events.last().cloned();
+    assert_eq!(last, Some(ServerEvent::WillDue(will(None))));
+}
+
+#[test]
+fn mqtt_3_14_4_3_v311_will_discarded_on_disconnect() {
+    let mut pair = pair_with_will(V311, None, None);
+    pair.client.disconnect(Disconnect::new(ReasonCode::Success));
+    pair.drive();
+    assert!(pair.server.is_closed());
+    assert_eq!(wills_due(&pair), 0);
+}
+
+#[test]
+fn mqtt_3_14_4_3_will_discarded_on_disconnect_0x00_but_sent_on_0x04() {
+    let mut pair = pair_with_will(V5, None, None);
+    pair.client.disconnect(Disconnect::new(ReasonCode::Success));
+    pair.drive();
+    assert_eq!(wills_due(&pair), 0);
+
+    let mut pair = pair_with_will(V5, None, None);
+    pair.client
+        .disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage));
+    pair.drive();
+    assert_eq!(wills_due(&pair), 1);
+}
+
+#[test]
+fn will_published_on_protocol_violation_and_keep_alive_timeout() {
+    let mut pair = pair_with_will(V5, None, None);
+    pair.inject_to_server(&[0x20, 0x02, 0x00, 0x00]); // a CONNACK from a client
+    assert_eq!(wills_due(&pair), 1);
+}
+
+#[test]
+fn will_delay_postpones_the_will_until_the_delay_or_the_session_end() {
+    let mut pair = pair_with_will(V5, Some(30), Some(3600));
+    pair.drop_link();
+    assert_eq!(wills_due(&pair), 0);
+    let closed_at = pair.now;
+    assert_eq!(
+        pair.server.poll_timeout(),
+        Some(closed_at + Duration::from_secs(30))
+    );
+    pair.server
+        .handle_timeout(closed_at + Duration::from_secs(29));
+    assert!(pair.server.poll_event().is_none());
+    pair.server
+        .handle_timeout(closed_at + Duration::from_secs(30));
+    assert_eq!(
+        pair.server.poll_event(),
+        Some(ServerEvent::WillDue(will(Some(30))))
+    );
+
+    // A session that ends sooner than the delay brings the will forward.
+    let mut pair = pair_with_will(V5, Some(30), Some(5));
+    pair.drop_link();
+    let closed_at = pair.now;
+    assert_eq!(
+        pair.server.poll_timeout(),
+        Some(closed_at + Duration::from_secs(5))
+    );
+
+    // A resumed session cancels it.
+    let mut pair = pair_with_will(V5, Some(30), Some(3600));
+    pair.drop_link();
+    pair.server.cancel_will();
+    assert_eq!(pair.server.poll_timeout(), None);
+}
+
+#[test]
+fn refused_connection_never_publishes_its_will() {
+    let mut connect = connect_packet(V5, "c");
+    connect.will = Some(will(None));
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &encode(Packet::Connect(connect), V5));
+    let _ = server_events(&mut server);
+    server
+        .refuse(ReasonCode::NotAuthorized, ConnAckProperties::default())
+        .unwrap();
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::Closed(CloseReason::Refused(
+            ReasonCode::NotAuthorized
+        ))]
+    );
+}
+
+// ------------------------------------------------------------------ disconnect
+
+#[test]
+fn session_expiry_cannot_be_given_at_disconnect_after_zero_at_connect() {
+    let mut pair = Pair::connected(V5);
+    let mut disconnect = Disconnect::new(ReasonCode::Success);
+    disconnect.properties.session_expiry_interval = Some(60);
+    pair.inject_to_server(&encode(Packet::Disconnect(disconnect), V5));
+    assert!(matches!(
+        pair.server_close(),
+        Some(CloseReason::ProtocolViolation {
+            reason_code: ReasonCode::ProtocolError,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn session_expiry_changed_at_disconnect_is_kept() {
+    let mut connect = connect_packet(V5, "c");
+    connect.properties.session_expiry_interval = Some(60);
+    let mut pair = Pair::new(ClientConfig::new(connect), ServerConfig::default());
+    pair.connect();
+    let mut disconnect = Disconnect::new(ReasonCode::Success);
+    disconnect.properties.session_expiry_interval = Some(0);
+    pair.client.disconnect(disconnect);
+    pair.drive();
+    assert_eq!(pair.server.session_state().session_expiry_interval, 0);
+    assert_eq!(pair.client.session_state().session_expiry_interval, 0);
+}
+
+#[test]
+fn server_disconnect_tells_v5_clients_why() {
+    let mut pair = Pair::connected(V5);
+    pair.server.disconnect(
+        pair.now,
+        ReasonCode::SessionTakenOver,
+        DisconnectProperties::default(),
+    );
+    pair.drive();
+    assert!(matches!(
+        pair.client_close(),
+        Some(CloseReason::PeerDisconnected {
+            reason_code: ReasonCode::SessionTakenOver,
+            ..
+        })
+    ));
+    assert_eq!(
+        pair.server_close(),
+        Some(&CloseReason::LocalDisconnect(ReasonCode::SessionTakenOver))
+    );
+}
+
+#[test]
+fn mqtt_4_13_1_1_malformed_packet_closes_with_0x81() {
+    let mut pair = Pair::connected(V5);
+    pair.inject_to_server(&[0x30, 0x02, 0x00, 0x05]); // a topic length past the packet's end
+    assert!(matches!(
+        pair.server_close(),
+        Some(CloseReason::ProtocolViolation {
+            reason_code: ReasonCode::MalformedPacket,
+            ..
+        })
+    ));
+    assert_eq!(
+        pair.packets_to_client(V5).pop(),
+        Some(Packet::Disconnect(Disconnect::new(
+            ReasonCode::MalformedPacket
+        )))
+    );
+}
+
+#[test]
+fn oversize_packet_is_refused_from_its_header_with_0x95() {
+    let config = ServerConfig {
+        max_packet_size: 100,
+        ..ServerConfig::default()
+    };
+    let mut pair = Pair::new(ClientConfig::new(connect_packet(V5, "c")), config);
+    pair.connect();
+    let Some(ClientEvent::Connected { connack, .. }) = pair.client_events.first() else {
+        panic!()
+    };
+    assert_eq!(
+        connack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(100)
+    );
+    // Only the fixed header of a 1,000-byte PUBLISH: refused before its body arrives.
+    pair.inject_to_server(&[0x30, 0xE8, 0x07]);
+    assert!(matches!(
+        pair.server_close(),
+        Some(CloseReason::ProtocolViolation {
+            reason_code: ReasonCode::PacketTooLarge,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn commands_after_close_fail_cleanly() {
+    let mut pair = Pair::connected(V5);
+    pair.drop_link();
+    assert_eq!(
+        pair.client
+            .publish(pair.now, publish("a", QoS::AtMostOnce, b"x")),
+        Err(Error::Closed)
+    );
+    assert_eq!(
+        pair.server
+            .deliver(pair.now, publish("a", QoS::AtMostOnce, b"x")),
+        Err(Error::Closed)
+    );
+    assert_eq!(
+        pair.client.subscribe(vec![], Default::default()),
+        Err(Error::Closed)
+    );
+}
