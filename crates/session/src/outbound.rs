@@ -15,6 +15,8 @@ struct Queued {
 }
 
 /// What an acknowledgement did to the window.
+// Returned and matched at once, never stored: boxing would cost an allocation per ack.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AckResult {
     /// The flow finished: report it.
     Finished(OutgoingMessage),

@@ -42,6 +42,8 @@ pub struct Pair {
     pub auto_broker: bool,
     /// The session the server keeps between connections.
     pub server_session: Option<SessionState>,
+    /// Whether what the server sends reaches the client (off: recorded, then lost).
+    pub server_to_client: bool,
     link: VecDeque<(Timestamp, Direction, Bytes)>,
     link_up: bool,
 }
@@ -83,6 +85,7 @@ impl Pair {
             sent_to_client: Vec::new(),
             auto_broker: true,
             server_session: None,
+            server_to_client: true,
             link: VecDeque::new(),
             link_up: true,
         }
@@ -125,6 +128,22 @@ impl Pair {
             }
         }
         panic!("the pair did not settle");
+    }
+
+    /// Delivers the oldest chunk in transit, if any (advancing time to its arrival), and
+    /// collects what it caused. Lets a test cut the link in the middle of a flow.
+    pub fn step(&mut self) -> bool {
+        self.collect();
+        let Some((arrival, direction, bytes)) = self.link.pop_front() else {
+            return false;
+        };
+        self.now = self.now.max(arrival);
+        match direction {
+            Direction::ToServer => self.server.handle_bytes(self.now, &bytes),
+            Direction::ToClient => self.client.handle_bytes(self.now, &bytes),
+        }
+        self.collect();
+        true
     }
 
     /// Advances time by `by`, firing every timer due on the way, and drives.
@@ -170,7 +189,7 @@ impl Pair {
             while let Some(bytes) = self.server.poll_transmit(self.now) {
                 progressed = true;
                 self.sent_to_client.push(bytes.clone());
-                if self.link_up {
+                if self.link_up && self.server_to_client {
                     self.link
                         .push_back((self.now + self.latency, Direction::ToClient, bytes));
                 }
