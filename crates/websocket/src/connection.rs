@@ -3,12 +3,12 @@
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 
+use crate::Error;
 use crate::close::{CloseCode, CloseFrame};
 use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, OpCode, encode_frame};
 use crate::mask::apply_mask_at;
 use crate::random::RandomSource;
 use crate::utf8::Utf8Validator;
-use crate::Error;
 
 /// Which end of the connection this is: it decides who masks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -305,8 +305,7 @@ impl Connection {
             (OpCode::Text | OpCode::Binary, Some(_)) => Err(Error::ExpectedContinuation),
             (OpCode::Continuation, Some(message)) => {
                 let len = message.len + header.payload_len;
-                if !message.streamed && len > self.config.max_message_len as u64
-                {
+                if !message.streamed && len > self.config.max_message_len as u64 {
                     return Err(Error::MessageTooLarge {
                         len,
                         limit: self.config.max_message_len,
@@ -402,10 +401,7 @@ impl Connection {
             text: true,
             ..IncomingMessage::default()
         });
-        message
-            .utf8
-            .feed(&piece)
-            .map_err(|_| Error::InvalidUtf8)?;
+        message.utf8.feed(&piece).map_err(|_| Error::InvalidUtf8)?;
         message.len += piece.len() as u64;
         message.data.unsplit(piece);
         if frame.remaining > 0 {
@@ -414,10 +410,7 @@ impl Connection {
         if !frame.header.fin {
             return Ok(Progress::Continue);
         }
-        let message = self
-            .message
-            .take()
-            .expect("the message was inserted above");
+        let message = self.message.take().expect("the message was inserted above");
         message.utf8.finish().map_err(|_| Error::InvalidUtf8)?;
         let text = ByteString::try_from(message.data.freeze()).map_err(|_| Error::InvalidUtf8)?;
         Ok(Progress::Event(Event::Text(text)))

@@ -392,7 +392,8 @@ mod tests {
     #[test]
     fn non_minimal_lengths_are_accepted() {
         // "Hi" with a 16-bit and then a 64-bit length.
-        let mut input = BytesMut::from(&b"\x82\x7e\x00\x02Hi\x82\x7f\x00\x00\x00\x00\x00\x00\x00\x02Hi"[..]);
+        let mut input =
+            BytesMut::from(&b"\x82\x7e\x00\x02Hi\x82\x7f\x00\x00\x00\x00\x00\x00\x00\x02Hi"[..]);
         let mut decoder = FrameDecoder::new(Role::Client, 100);
         for _ in 0..2 {
             let frame = decoder.decode(&mut input).unwrap().unwrap();

@@ -298,12 +298,14 @@ impl Accept {
 /// assert_eq!(rejection.status(), 426);
 /// let head = rejection.to_bytes();
 /// assert!(head.starts_with(b"HTTP/1.1 426 Upgrade Required\r\n"));
-/// assert!(head.windows(25).any(|w| w == b"Sec-WebSocket-Version: 13"));
+/// // Header names are case-insensitive; `http` writes them in lower case.
+/// assert!(head.windows(25).any(|w| w == b"sec-websocket-version: 13"));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Rejection {
     status: StatusCode,
-    headers: HeaderMap,
+    /// Extra headers, few: a list keeps the value small enough to travel in a `Result`.
+    headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
 }
 
@@ -311,12 +313,12 @@ impl Rejection {
     /// A response with `status` and its reason phrase as a plain-text body.
     pub fn new(status: StatusCode) -> Self {
         let reason = status.canonical_reason().unwrap_or("Error");
-        let mut headers = HeaderMap::new();
+        let mut headers = Vec::new();
         if status == StatusCode::UPGRADE_REQUIRED {
-            headers.insert(
+            headers.push((
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
-            );
+            ));
         }
         Self {
             status,
@@ -359,7 +361,7 @@ impl Rejection {
 
     /// Adds a header.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -379,7 +381,7 @@ impl Rejection {
             )
             .as_bytes(),
         );
-        encode_headers(&self.headers, dst);
+        encode_headers(self.headers.iter().map(|(name, value)| (name, value)), dst);
         dst.put_slice(b"\r\n");
         dst.put_slice(&self.body);
     }
@@ -452,7 +454,9 @@ impl ClientRequest {
         let host = HeaderValue::from_str(host).map_err(|_| Error::InvalidHeadValue("host"))?;
         let valid_target = target.starts_with('/')
             && target.parse::<http::uri::PathAndQuery>().is_ok()
-            && !target.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+            && !target
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
         if !valid_target {
             return Err(Error::InvalidHeadValue("target"));
         }
@@ -580,9 +584,7 @@ impl ClientRequest {
         let mut selected = tokens(&headers, &header::SEC_WEBSOCKET_PROTOCOL);
         let subprotocol = match (selected.next(), selected.next()) {
             (None, _) => None,
-            (Some(one), None) if self.subprotocols.iter().any(|p| p == one) => {
-                Some(one.to_owned())
-            }
+            (Some(one), None) if self.subprotocols.iter().any(|p| p == one) => Some(one.to_owned()),
             _ => return Err(Error::UnofferedSubprotocol),
         };
         drop(selected);
@@ -653,7 +655,10 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-fn encode_headers(headers: &HeaderMap, dst: &mut BytesMut) {
+fn encode_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    dst: &mut BytesMut,
+) {
     for (name, value) in headers {
         dst.put_slice(name.as_str().as_bytes());
         dst.put_slice(b": ");
@@ -714,7 +719,10 @@ mod tests {
         assert_eq!(request.host(), "server.example.com");
         assert_eq!(request.origin(), Some("http://example.com"));
         assert_eq!(request.subprotocols(), ["chat", "superchat"]);
-        assert_eq!(request.pick_subprotocol(&["superchat", "chat"]), Some("chat"));
+        assert_eq!(
+            request.pick_subprotocol(&["superchat", "chat"]),
+            Some("chat")
+        );
         let accept = request.accept(Some("chat")).unwrap();
         assert_eq!(&accept.to_bytes()[..], RFC_1_3_RESPONSE);
         assert_eq!(
@@ -744,7 +752,11 @@ mod tests {
     fn request_validation_errors() {
         let cases = [
             ("GET /chat", "POST /chat", Error::MethodNotGet),
-            ("HTTP/1.1\r\nHost", "HTTP/1.0\r\nHost", Error::HttpVersionTooOld),
+            (
+                "HTTP/1.1\r\nHost",
+                "HTTP/1.0\r\nHost",
+                Error::HttpVersionTooOld,
+            ),
             ("Host: server.example.com\r\n", "", Error::MissingHost),
             ("Upgrade: websocket", "Upgrade: h2c", Error::MissingUpgrade),
             (
@@ -752,10 +764,18 @@ mod tests {
                 "Connection: keep-alive",
                 Error::MissingConnectionUpgrade,
             ),
-            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==", Error::InvalidKey),
+            (
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "dGhlIHNhbXBsZQ==",
+                Error::InvalidKey,
+            ),
             ("dGhlIHNhbXBsZSBub25jZQ==", "not base64!", Error::InvalidKey),
             ("Version: 13", "Version: 8", Error::UnsupportedVersion),
-            ("Sec-WebSocket-Version: 13\r\n", "", Error::UnsupportedVersion),
+            (
+                "Sec-WebSocket-Version: 13\r\n",
+                "",
+                Error::UnsupportedVersion,
+            ),
         ];
         for (from, to, error) in cases {
             let bytes = request_with(from, to);
@@ -840,7 +860,11 @@ mod tests {
             )
         };
         let good = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        let check = |text: String| request.parse_response(text.as_bytes()).map(|r| r.unwrap().0);
+        let check = |text: String| {
+            request
+                .parse_response(text.as_bytes())
+                .map(|r| r.unwrap().0)
+        };
         assert!(check(response("", good)).unwrap().subprotocol().is_none());
         assert_eq!(
             check(response("", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")).unwrap_err(),
@@ -851,7 +875,11 @@ mod tests {
             Error::UnofferedSubprotocol
         );
         assert_eq!(
-            check(response("Sec-WebSocket-Extensions: permessage-deflate\r\n", good)).unwrap_err(),
+            check(response(
+                "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+                good
+            ))
+            .unwrap_err(),
             Error::UnofferedExtension
         );
         assert_eq!(
@@ -882,7 +910,10 @@ mod tests {
                 .unwrap();
             assert_eq!(head + length, bytes.len());
             assert_eq!(
-                rejection.to_http_response().headers().contains_key("sec-websocket-version"),
+                rejection
+                    .to_http_response()
+                    .headers()
+                    .contains_key("sec-websocket-version"),
                 status == 426
             );
         }

@@ -48,7 +48,9 @@ const MAX_WRITE_MESSAGE: usize = 64 * 1024;
 
 /// The crate's error inside an `io::Error` made by this module, if there is one.
 pub fn protocol_error(error: &io::Error) -> Option<&Error> {
-    error.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
 }
 
 fn to_io(error: Error) -> io::Error {
@@ -72,6 +74,8 @@ pub struct WebSocketStream<S> {
     eof: bool,
     /// The transport's write side was shut down after the close handshake.
     shut_down: bool,
+    /// Bytes were written since the transport was last flushed.
+    unflushed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
@@ -83,6 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             connection,
             eof: false,
             shut_down: false,
+            unflushed: false,
         }
     }
 
@@ -120,10 +125,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// [`recv`](Self::recv) as a poll function.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Event>>> {
         loop {
-            // Answers (pongs, closes) go out as soon as the transport takes them; a transport
-            // that is not writable does not stop reading.
+            // Queued frames (answers to pings and closes, queued messages) go out as soon as
+            // the transport takes them; a transport that is not writable does not stop reading.
             if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
                 return Poll::Ready(Some(Err(e)));
+            }
+            if self.unflushed && self.connection.pending_transmit().is_empty() {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => {}
+                }
             }
             match self.connection.poll_event() {
                 Ok(Some(event)) => return Poll::Ready(Some(Ok(event))),
@@ -170,11 +182,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// Writes out the connection's transmit buffer.
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.connection.pending_transmit().is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, self.connection.pending_transmit()))?;
+            let n =
+                ready!(Pin::new(&mut self.io).poll_write(cx, self.connection.pending_transmit()))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.connection.advance_transmit(n);
+            self.unflushed = true;
         }
         Poll::Ready(Ok(()))
     }
@@ -186,7 +200,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
 
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_write_pending(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a text message without writing it: the next `recv`, send or `flush` writes it.
+    /// An echo loop that queues each answer sends them in as few writes as the reads allow.
+    pub fn queue_text(&mut self, text: &str) -> io::Result<()> {
+        self.connection.send_text(text).map_err(to_io)
+    }
+
+    /// Queues a binary message without writing it (see [`queue_text`](Self::queue_text)).
+    pub fn queue_binary(&mut self, data: &[u8]) -> io::Result<()> {
+        self.connection.send_binary(data).map_err(to_io)
     }
 
     /// Sends a text message.
@@ -313,7 +340,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ByteStream<S> {
         let n = buf.len().min(MAX_WRITE_MESSAGE);
         match this.ws.connection.send_binary(&buf[..n]) {
             Ok(()) => {}
-            Err(Error::SendAfterClose) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Err(Error::SendAfterClose) => {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             Err(e) => return Poll::Ready(Err(to_io(e))),
         }
         // Start sending now; what the transport does not take yet goes with the next call.

@@ -113,7 +113,9 @@ fn autobahn_2_10_and_2_11_ten_pings_ten_pongs_in_order() {
             server.feed_chopped(&pings, chop)
         };
         let pongs: Vec<_> = outcome.pongs().into_iter().map(|f| f.payload).collect();
-        let expected: Vec<_> = (0..10).map(|i| format!("payload-{i}").into_bytes()).collect();
+        let expected: Vec<_> = (0..10)
+            .map(|i| format!("payload-{i}").into_bytes())
+            .collect();
         assert_eq!(pongs, expected);
     }
 }
@@ -124,9 +126,21 @@ fn autobahn_2_10_and_2_11_ten_pings_ten_pongs_in_order() {
 fn autobahn_3_1_to_3_7_reserved_bits_fail_1002() {
     let cases = [
         vec![Raw::text("Hello, world!").rsv(1)],
-        vec![Raw::text("Hello, world!"), Raw::text("Hello, world!").rsv(2), Raw::ping("")],
-        vec![Raw::text("Hello, world!"), Raw::text("Hello, world!").rsv(3), Raw::ping("")],
-        vec![Raw::text("Hello, world!"), Raw::text("Hello, world!").rsv(4), Raw::ping("")],
+        vec![
+            Raw::text("Hello, world!"),
+            Raw::text("Hello, world!").rsv(2),
+            Raw::ping(""),
+        ],
+        vec![
+            Raw::text("Hello, world!"),
+            Raw::text("Hello, world!").rsv(3),
+            Raw::ping(""),
+        ],
+        vec![
+            Raw::text("Hello, world!"),
+            Raw::text("Hello, world!").rsv(4),
+            Raw::ping(""),
+        ],
         vec![Raw::binary([0xff; 8]).rsv(5)],
         vec![Raw::ping("Hello, world!").rsv(6)],
         vec![Raw::close_code(1000, "").rsv(7)],
@@ -141,7 +155,11 @@ fn autobahn_3_1_to_3_7_reserved_bits_fail_1002() {
             };
             outcome.assert_failed(CloseCode::PROTOCOL_ERROR);
             // A valid frame before the bad one is echoed; the ping after it is not answered.
-            assert_eq!(outcome.echoed().len(), usize::from(frames.len() > 1), "case {i}");
+            assert_eq!(
+                outcome.echoed().len(),
+                usize::from(frames.len() > 1),
+                "case {i}"
+            );
             assert!(outcome.pongs().is_empty(), "case {i}");
         }
     }
@@ -257,8 +275,7 @@ fn autobahn_5_16_and_5_17_repeated_bad_continuations_fail_1002() {
 #[test]
 fn autobahn_5_18_two_text_frames_in_one_message_fail_1002() {
     let mut server = EchoServer::default_config();
-    let outcome =
-        server.feed_frames(&[Raw::text("fragment1").fin(false), Raw::text("fragment2")]);
+    let outcome = server.feed_frames(&[Raw::text("fragment1").fin(false), Raw::text("fragment2")]);
     outcome.assert_failed(CloseCode::PROTOCOL_ERROR);
 }
 
@@ -301,7 +318,11 @@ fn autobahn_5_fragmentation_binary_and_empty_fragments() {
 fn autobahn_6_1_empty_text_frames_and_fragments() {
     let cases: [&[Raw]; 3] = [
         &[Raw::text("")],
-        &[Raw::text("").fin(false), Raw::cont("").fin(false), Raw::cont("")],
+        &[
+            Raw::text("").fin(false),
+            Raw::cont("").fin(false),
+            Raw::cont(""),
+        ],
         &[
             Raw::text("").fin(false),
             Raw::cont("middle").fin(false),
@@ -310,7 +331,10 @@ fn autobahn_6_1_empty_text_frames_and_fragments() {
     ];
     for (frames, expected) in cases.iter().zip(["", "", "middle"]) {
         let mut server = EchoServer::default_config();
-        assert_eq!(server.feed_frames(frames).events, [Event::Text(expected.into())]);
+        assert_eq!(
+            server.feed_frames(frames).events,
+            [Event::Text(expected.into())]
+        );
     }
 }
 
@@ -345,7 +369,8 @@ fn valid_samples() -> Vec<Vec<u8>> {
 /// surrogate and out-of-range sequences.
 fn invalid_samples() -> Vec<Vec<u8>> {
     let mut samples: Vec<Vec<u8>> = vec![
-        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64".to_vec(),
+        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64"
+            .to_vec(),
         b"\xf8\x88\x80\x80\x80".to_vec(),
         b"\xfc\x84\x80\x80\x80\x80".to_vec(),
         b"\xf4\x90\x80\x80".to_vec(),
@@ -472,7 +497,10 @@ fn autobahn_6_utf8_code_point_split_across_three_fragments() {
         Raw::ping("between"),
         Raw::cont(&emoji[3..]),
     ]);
-    assert_eq!(outcome.events.last(), Some(&Event::Text("\u{1f600}".into())));
+    assert_eq!(
+        outcome.events.last(),
+        Some(&Event::Text("\u{1f600}".into()))
+    );
 }
 
 // ---- 7: close handling ----------------------------------------------------------------------
@@ -516,8 +544,11 @@ fn autobahn_7_1_5_unfinished_fragment_then_close() {
 fn autobahn_7_1_6_large_message_ping_then_close() {
     let mut server = EchoServer::default_config();
     let text = "BAsd7&jh23".repeat(26214);
-    let outcome =
-        server.feed_frames(&[Raw::text(&text), Raw::ping("ping"), Raw::close_code(1000, "")]);
+    let outcome = server.feed_frames(&[
+        Raw::text(&text),
+        Raw::ping("ping"),
+        Raw::close_code(1000, ""),
+    ]);
     let kinds: Vec<_> = outcome.sent.iter().map(|f| f.opcode).collect();
     assert_eq!(kinds, [OpCode::Text, OpCode::Pong, OpCode::Close]);
 }
@@ -554,7 +585,9 @@ fn autobahn_7_3_close_payload_shapes() {
 #[test]
 fn autobahn_7_5_1_close_reason_invalid_utf8_fails_1007() {
     let mut payload = 1000u16.to_be_bytes().to_vec();
-    payload.extend_from_slice(b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64");
+    payload.extend_from_slice(
+        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64",
+    );
     let mut server = EchoServer::default_config();
     server
         .feed_frames(&[Raw::close(payload)])
@@ -563,7 +596,9 @@ fn autobahn_7_5_1_close_reason_invalid_utf8_fails_1007() {
 
 #[test]
 fn autobahn_7_7_valid_close_codes_are_echoed() {
-    for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+    for code in [
+        1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+    ] {
         let mut server = EchoServer::default_config();
         let outcome = server.feed_frames(&[Raw::close_code(code, "")]);
         assert_eq!(outcome.close_sent(), Some(Some(CloseCode(code))), "{code}");
@@ -573,7 +608,9 @@ fn autobahn_7_7_valid_close_codes_are_echoed() {
 
 #[test]
 fn autobahn_7_9_invalid_close_codes_fail_1002() {
-    for code in [0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+    for code in [
+        0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
         let mut server = EchoServer::default_config();
         server
             .feed_frames(&[Raw::close_code(code, "")])
@@ -584,7 +621,10 @@ fn autobahn_7_9_invalid_close_codes_fail_1002() {
 #[test]
 fn autobahn_7_close_started_by_us_then_answered() {
     let mut server = EchoServer::default_config();
-    server.ws.close(Some(CloseCode::GOING_AWAY), "restart").unwrap();
+    server
+        .ws
+        .close(Some(CloseCode::GOING_AWAY), "restart")
+        .unwrap();
     assert_eq!(server.ws.state(), State::Closing);
     assert_eq!(
         server.ws.send_text("late"),
@@ -624,13 +664,21 @@ fn autobahn_9_3_and_9_4_fragmented_4_mib_messages() {
             .chunks(fragment)
             .enumerate()
             .map(|(i, chunk)| {
-                let raw = if i == 0 { Raw::text(chunk) } else { Raw::cont(chunk) };
+                let raw = if i == 0 {
+                    Raw::text(chunk)
+                } else {
+                    Raw::cont(chunk)
+                };
                 raw.fin((i + 1) * fragment >= len)
             })
             .collect();
         let mut server = EchoServer::default_config();
         let outcome = server.feed_chopped(&frames, 256 << 10);
-        assert_eq!(outcome.echoed()[0].payload.len(), len, "fragment {fragment}");
+        assert_eq!(
+            outcome.echoed()[0].payload.len(),
+            len,
+            "fragment {fragment}"
+        );
     }
 }
 
@@ -664,7 +712,9 @@ fn autobahn_9_limits_frame_and_message_size_fail_1009() {
     // One frame over the frame limit: refused from its header alone.
     let mut server = EchoServer::new(config.clone());
     let header = &Raw::binary(vec![0; 1001]).bytes()[..8];
-    server.feed(header).assert_failed(CloseCode::MESSAGE_TOO_BIG);
+    server
+        .feed(header)
+        .assert_failed(CloseCode::MESSAGE_TOO_BIG);
     // Fragments under the frame limit that add up over the message limit.
     let mut server = EchoServer::new(config.clone());
     let outcome = server.feed_frames(&[
@@ -700,7 +750,11 @@ fn autobahn_10_1_1_text_65536_in_fragments_of_1300_chopped() {
         .iter()
         .enumerate()
         .map(|(i, chunk)| {
-            let raw = if i == 0 { Raw::text(chunk) } else { Raw::cont(chunk) };
+            let raw = if i == 0 {
+                Raw::text(chunk)
+            } else {
+                Raw::cont(chunk)
+            };
             raw.fin(i + 1 == chunks.len())
         })
         .collect();

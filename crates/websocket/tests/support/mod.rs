@@ -102,11 +102,17 @@ impl Outcome {
         self.sent
             .iter()
             .find(|f| f.opcode == OpCode::Close)
-            .map(|f| (f.payload.len() >= 2).then(|| CloseCode(u16::from_be_bytes([f.payload[0], f.payload[1]]))))
+            .map(|f| {
+                (f.payload.len() >= 2)
+                    .then(|| CloseCode(u16::from_be_bytes([f.payload[0], f.payload[1]])))
+            })
     }
     /// Asserts the server failed the connection with `code` and sent nothing after the Close.
     pub fn assert_failed(&self, code: CloseCode) {
-        let error = self.error.as_ref().expect("the connection should have failed");
+        let error = self
+            .error
+            .as_ref()
+            .expect("the connection should have failed");
         assert_eq!(error.close_code(), Some(code), "{error}");
         assert_eq!(self.close_sent(), Some(Some(code)));
         assert_eq!(self.sent.last().map(|f| f.opcode), Some(OpCode::Close));
