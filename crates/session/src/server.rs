@@ -148,6 +148,9 @@ impl ServerConnection {
     /// the in-flight messages of a resumed session (PUBLISH with DUP, then PUBREL, in their
     /// original order) and goes on with the packets the client sent after CONNECT.
     pub fn accept(&mut self, now: Timestamp, accept: Accept) -> Result<(), Error> {
+        if self.core.is_closed() {
+            return Err(Error::Closed);
+        }
         if !self.deciding {
             return Err(Error::InvalidState("no CONNECT awaits a decision"));
         }
@@ -249,6 +252,9 @@ impl ServerConnection {
         reason_code: ReasonCode,
         properties: ConnAckProperties,
     ) -> Result<(), Error> {
+        if self.core.is_closed() {
+            return Err(Error::Closed);
+        }
         if !self.deciding {
             return Err(Error::InvalidState("no CONNECT awaits a decision"));
         }

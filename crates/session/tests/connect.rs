@@ -757,3 +757,16 @@ fn commands_after_close_fail_cleanly() {
         Err(Error::Closed)
     );
 }
+
+#[test]
+fn accept_after_the_connection_ended_fails_with_closed() {
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect_bytes(V5, "c", true));
+    server.handle_transport_closed(T0);
+    let events = server_events(&mut server);
+    assert!(matches!(
+        events.as_slice(),
+        [ServerEvent::ConnectReceived { .. }, ServerEvent::Closed(_)]
+    ));
+    assert_eq!(server.accept(T0, Accept::default()), Err(Error::Closed));
+}
