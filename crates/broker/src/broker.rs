@@ -1,0 +1,321 @@
+//! The broker: shared state, startup, the in-process handle and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rallymq_codec::{Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::BrokerConfig;
+use crate::router::{Router, SubscriptionData};
+use crate::session::{Attachment, Registry, Session};
+use crate::stats::Stats;
+use crate::{Error, listener, sys};
+
+/// State every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) router: Router,
+    pub(crate) registry: Registry,
+    pub(crate) stats: Stats,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) next_connection_id: AtomicU64,
+    pub(crate) open_connections: AtomicUsize,
+    pub(crate) started: Instant,
+}
+
+impl Shared {
+    /// Publishes a message into the broker: updates the retained store if it is retained, and
+    /// routes it. Returns how many subscribers it was queued for.
+    pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> usize {
+        Stats::add(&self.stats.messages_received, 1);
+        if publish.retain {
+            self.router.retain(publish);
+        }
+        let (queued, dropped) =
+            self.router
+                .route(sender, publish, self.config.limits.max_queued_messages);
+        Stats::add(&self.stats.messages_sent, queued as u64);
+        Stats::add(&self.stats.messages_dropped, dropped as u64);
+        queued
+    }
+
+    /// Drops offline sessions whose expiry has passed.
+    fn sweep_expired_sessions(&self) {
+        let now = Instant::now();
+        for session in self.registry.all() {
+            let expired = {
+                let inner = session.lock();
+                inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now)
+            };
+            if expired {
+                self.router.remove_session(&session);
+                self.registry.remove(&session);
+            }
+        }
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    Tcp,
+    /// HTTP and MQTT over WebSockets.
+    WebSocket,
+}
+
+/// A bound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundListener {
+    /// What it serves.
+    pub kind: ListenerKind,
+    /// The address it is bound to (with the real port when 0 was asked for).
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for BoundListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ListenerKind::Tcp => write!(f, "tcp://{}", self.addr),
+            ListenerKind::WebSocket => write!(f, "ws://{}/mqtt", self.addr),
+        }
+    }
+}
+
+/// The broker. Start it with [`Broker::start`].
+#[derive(Debug)]
+pub struct Broker;
+
+impl Broker {
+    /// Binds every listener of `config`, logs one `listening: ...` line per listener, and
+    /// serves in the background on the current tokio runtime.
+    pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, Error> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tcp = Vec::new();
+        for addr in &config.tcp {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            tcp.push(listener);
+        }
+        let mut ws = Vec::new();
+        for addr in &config.ws {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            ws.push(listener);
+        }
+        let sys_interval = config.sys_interval;
+        let shared = Arc::new(Shared {
+            config,
+            router: Router::default(),
+            registry: Registry::default(),
+            stats: Stats::default(),
+            shutdown: shutdown_rx,
+            next_connection_id: AtomicU64::new(1),
+            open_connections: AtomicUsize::new(0),
+            started: Instant::now(),
+        });
+        let mut listeners = Vec::new();
+        let mut tasks = Vec::new();
+        for listener in tcp {
+            let bound = BoundListener {
+                kind: ListenerKind::Tcp,
+                addr: listener.local_addr().map_err(|source| Error::Bind {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source,
+                })?,
+            };
+            info!("listening: {bound}");
+            listeners.push(bound);
+            tasks.push(tokio::spawn(listener::serve_tcp(listener, shared.clone())));
+        }
+        for listener in ws {
+            let bound = BoundListener {
+                kind: ListenerKind::WebSocket,
+                addr: listener.local_addr().map_err(|source| Error::Bind {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source,
+                })?,
+            };
+            info!("listening: {bound}");
+            listeners.push(bound);
+            tasks.push(tokio::spawn(listener::serve_websocket(
+                listener,
+                shared.clone(),
+            )));
+        }
+        let sweeper = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut shutdown = sweeper.shutdown.clone();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => sweeper.sweep_expired_sessions(),
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }));
+        if let Some(interval) = sys_interval {
+            tasks.push(tokio::spawn(sys::publish_periodically(
+                shared.clone(),
+                interval,
+            )));
+        }
+        Ok(BrokerHandle {
+            shared,
+            listeners,
+            shutdown: shutdown_tx,
+            tasks,
+            next_local: AtomicU64::new(1),
+        })
+    }
+}
+
+/// A running broker: its addresses, in-process publish and subscribe, and shutdown.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    shared: Arc<Shared>,
+    listeners: Vec<BoundListener>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    next_local: AtomicU64,
+}
+
+/// Messages from an in-process subscription.
+#[derive(Debug)]
+pub struct LocalSubscription {
+    receiver: mpsc::Receiver<Publish>,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+}
+
+impl LocalSubscription {
+    /// The next message, or `None` once the broker has shut down.
+    pub async fn recv(&mut self) -> Option<Publish> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for LocalSubscription {
+    fn drop(&mut self) {
+        self.shared.router.remove_session(&self.session);
+        self.shared.registry.remove(&self.session);
+    }
+}
+
+impl BrokerHandle {
+    /// The bound listeners, in the order of the configuration (TCP first).
+    pub fn listeners(&self) -> &[BoundListener] {
+        &self.listeners
+    }
+
+    /// The address of the first listener of `kind`.
+    pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.kind == kind)
+            .map(|l| l.addr)
+    }
+
+    /// Publishes a message as if a client had (retained messages are stored). Returns how many
+    /// subscribers it was queued for.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<usize, Error> {
+        let mut publish = Publish::new(TopicName::new(topic)?, payload.into());
+        publish.qos = qos;
+        publish.retain = retain;
+        Ok(self.shared.publish(None, &publish))
+    }
+
+    /// Subscribes in-process to `filter` at `qos`; messages arrive on the returned
+    /// subscription (at most `max_queued_messages` waiting; more are dropped and counted).
+    pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<LocalSubscription, Error> {
+        let filter = TopicFilter::new(filter)?;
+        let id = format!("$local-{}", self.next_local.fetch_add(1, Ordering::Relaxed));
+        let (session, _) = self.shared.registry.get_or_create(&id);
+        let (control, _control_rx) = mpsc::channel(1);
+        session.lock().attachment = Some(Attachment { id: 0, control });
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        self.shared.router.subscribe(
+            &session,
+            &filter,
+            SubscriptionData::new(&options, qos, None),
+        );
+        let (sender, receiver) = mpsc::channel(64);
+        let pump = session.clone();
+        let mut shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = pump.lock().pending.pop_front();
+                match next {
+                    Some(queued) => {
+                        if sender.send(queued.publish).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => tokio::select! {
+                        _ = pump.wake.notified() => {}
+                        _ = shutdown.changed() => return,
+                    },
+                }
+            }
+        });
+        Ok(LocalSubscription {
+            receiver,
+            session,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Clients connected now.
+    pub fn clients_connected(&self) -> usize {
+        self.shared.stats.clients_connected.load(Ordering::Relaxed)
+    }
+
+    /// Sessions known (connected and offline).
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Whether a session exists for `client_id`.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.shared.registry.contains(client_id)
+    }
+
+    /// Stops accepting, tells MQTT 5 clients DISCONNECT 0x8B (Server shutting down), and waits
+    /// up to `grace` for the connections to end.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + grace;
+        while self.shared.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! What a broker is built with: its listeners and its limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How a broker listens and what it allows. `Default` is the embedded configuration: MQTT over
+/// TCP on 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Addresses for MQTT over TCP. Port 0 binds a free port.
+    pub tcp: Vec<SocketAddr>,
+    /// Addresses for HTTP and MQTT over WebSockets. Port 0 binds a free port.
+    pub ws: Vec<SocketAddr>,
+    /// Paths on the WebSocket listeners where the upgrade to MQTT is accepted.
+    pub ws_paths: Vec<String>,
+    /// Limits that keep memory bounded.
+    pub limits: Limits,
+    /// How often the `$SYS` topics are published; `None` turns them off.
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
+            limits: Limits::default(),
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// A configuration with no listeners (add some, or use the broker in-process only).
+    pub fn without_listeners() -> Self {
+        Self {
+            tcp: Vec::new(),
+            ws: Vec::new(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The broker's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections at once; more are closed on accept.
+    pub max_connections: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted (announced to MQTT 5 clients as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Most unacknowledged QoS 1 and 2 messages a client may send at once (Receive Maximum).
+    pub receive_maximum: u16,
+    /// Highest topic alias a client may use.
+    pub topic_alias_maximum: u16,
+    /// Most QoS 1 and 2 messages in flight to one client at once.
+    pub max_in_flight: u16,
+    /// Most messages waiting for one session (online or offline). Past it, QoS 0 messages are
+    /// dropped at once and QoS 1 and 2 messages are dropped too; every drop is counted in
+    /// `$SYS/broker/messages/dropped`.
+    pub max_queued_messages: usize,
+    /// Largest session expiry granted, in seconds (MQTT 5 clients asking for more get this).
+    pub max_session_expiry: u32,
+    /// Longest keep alive accepted from MQTT 5 clients (longer or none gets Server Keep Alive).
+    pub max_keep_alive: Option<u16>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 128,
+            topic_alias_maximum: 64,
+            max_in_flight: 64,
+            max_queued_messages: 1000,
+            max_session_expiry: u32::MAX,
+            max_keep_alive: None,
+        }
+    }
+}

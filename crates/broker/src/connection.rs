@@ -1,0 +1,557 @@
+//! One client connection: a driver around `rallymq_session::ServerConnection`. It feeds the
+//! engine what the transport reads, writes what the engine transmits, arms the engine's timer,
+//! and turns the engine's events into broker actions (sessions, routing, retained messages).
+//! No protocol rule is decided here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rallymq_codec::{
+    ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubAckProperties, Subscribe, Unsubscribe,
+};
+use rallymq_session::{
+    Accept, CloseReason, Error as SessionError, ServerConfig, ServerConnection, ServerEvent,
+    Timestamp,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use crate::broker::Shared;
+use crate::router::{SubscriptionData, copy_for};
+use crate::session::{Attachment, Control, Session};
+use crate::stats::Stats;
+
+/// Bytes read from the transport at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How long a new connection waits for the connection it takes over to hand its state.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves one client over `io` until it ends.
+pub(crate) async fn serve<IO>(io: IO, shared: Arc<Shared>, peer: String)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut driver = Driver::new(shared, peer);
+    driver.run(io).await;
+    driver.finish();
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    peer: String,
+    epoch: Instant,
+    engine: ServerConnection,
+    session: Option<Arc<Session>>,
+    connection_id: u64,
+    control_tx: mpsc::Sender<Control>,
+    control_rx: mpsc::Receiver<Control>,
+    version: Option<ProtocolVersion>,
+    /// The connection was taken over: its state went to the new connection.
+    taken_over: Option<oneshot::Sender<rallymq_session::SessionState>>,
+    counted_connected: bool,
+    /// Set once the close has been handled (session saved or dropped).
+    closed_handled: bool,
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, peer: String) -> Self {
+        let limits = &shared.config.limits;
+        let config = ServerConfig {
+            connect_timeout: limits.connect_timeout,
+            max_packet_size: limits.max_packet_size,
+            receive_maximum: limits.receive_maximum.max(1),
+            topic_alias_maximum: limits.topic_alias_maximum,
+            outgoing_topic_alias_maximum: 0,
+            max_in_flight: limits.max_in_flight.max(1),
+            // The session's queue in the broker is the real one; the engine keeps a little.
+            max_queued: 16,
+            max_keep_alive: limits.max_keep_alive,
+            // Acknowledged once routed: the single point where a durable store will wait.
+            manual_acks: true,
+        };
+        let epoch = Instant::now();
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let connection_id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        Self {
+            engine: ServerConnection::new(config, Timestamp::ZERO),
+            shared,
+            peer,
+            epoch,
+            session: None,
+            connection_id,
+            control_tx,
+            control_rx,
+            version: None,
+            taken_over: None,
+            counted_connected: false,
+            closed_handled: false,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_since_epoch(self.epoch.elapsed())
+    }
+
+    fn instant(&self, at: Timestamp) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + at.since_epoch())
+    }
+
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, mut io: IO) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut read_buf = BytesMut::new();
+        let mut transport_open = true;
+        loop {
+            self.process_events().await;
+            if transport_open {
+                if let Err(error) = self.flush(&mut io).await {
+                    debug!(peer = %self.peer, %error, "write failed");
+                    transport_open = false;
+                    self.engine.handle_transport_closed(self.now());
+                    continue;
+                }
+                if self.engine.is_closed() {
+                    let _ = io.shutdown().await;
+                    transport_open = false;
+                    // Give the buffer back: a closed connection waiting for a will owns none.
+                    read_buf = BytesMut::new();
+                }
+            }
+            let deadline = self.engine.poll_timeout();
+            if self.engine.is_closed() && deadline.is_none() {
+                return;
+            }
+            let session = self.session.clone();
+            let connected = self.engine.is_connected();
+            if read_buf.capacity() < 512 {
+                read_buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                read = io.read_buf(&mut read_buf), if transport_open => match read {
+                    Ok(0) | Err(_) => {
+                        transport_open = false;
+                        self.engine.handle_transport_closed(self.now());
+                    }
+                    Ok(n) => {
+                        Stats::add(&self.shared.stats.bytes_received, n as u64);
+                        self.engine.handle_bytes(self.now(), &read_buf);
+                        read_buf.clear();
+                    }
+                },
+                _ = sleep_until(deadline.map(|at| self.instant(at))), if deadline.is_some() => {
+                    self.engine.handle_timeout(self.now());
+                }
+                _ = wait_for_messages(session.as_deref()), if connected => {
+                    self.drain_pending();
+                }
+                Some(control) = self.control_rx.recv() => self.on_control(control),
+                _ = shutdown.changed(), if !self.engine.is_closed() => {
+                    self.engine.disconnect(self.now(), ReasonCode::ServerShuttingDown, DisconnectProperties::default());
+                }
+            }
+        }
+    }
+
+    async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<()> {
+        let mut wrote = false;
+        while let Some(bytes) = self.engine.poll_transmit(self.now()) {
+            Stats::add(&self.shared.stats.bytes_sent, bytes.len() as u64);
+            io.write_all(&bytes).await?;
+            wrote = true;
+        }
+        if wrote {
+            io.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::TakeOver(reply) => {
+                self.taken_over = Some(reply);
+                self.engine.disconnect(
+                    self.now(),
+                    ReasonCode::SessionTakenOver,
+                    DisconnectProperties::default(),
+                );
+            }
+            Control::EndWill { publish } => {
+                if publish {
+                    // The session ended: the will goes now. Advancing far past any delay fires it.
+                    self.engine
+                        .handle_timeout(Timestamp::from_since_epoch(Duration::from_secs(
+                            u64::from(u32::MAX),
+                        )));
+                } else {
+                    self.engine.cancel_will();
+                }
+            }
+        }
+    }
+
+    /// Handles every event the engine has, then feeds it waiting messages.
+    async fn process_events(&mut self) {
+        while let Some(event) = self.engine.poll_event() {
+            match event {
+                ServerEvent::ConnectReceived {
+                    connect,
+                    needs_client_id,
+                } => {
+                    self.on_connect(*connect, needs_client_id).await;
+                }
+                ServerEvent::Message(message) => {
+                    let publish = message.publish;
+                    Stats::add(&self.shared.stats.publish_received, 1);
+                    let sender = self.session.as_ref().map(|s| s.client_id.clone());
+                    let matched = self.shared.publish(sender.as_deref(), &publish);
+                    // The message is safe once routed (queued for every subscriber). A durable
+                    // store will await its write here, before the acknowledgement.
+                    if let Some(ack) = message.ack {
+                        let code =
+                            if matched == 0 && self.version.is_some_and(ProtocolVersion::is_v5) {
+                                ReasonCode::NoMatchingSubscribers
+                            } else {
+                                ReasonCode::Success
+                            };
+                        self.engine.acknowledge(ack, code);
+                    }
+                }
+                ServerEvent::Subscribe(subscribe) => self.on_subscribe(subscribe),
+                ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+                ServerEvent::DeliveryAcknowledged(_) | ServerEvent::DeliveryCompleted(_) => {}
+                ServerEvent::Auth(_) => {
+                    // No extended authentication method is supported (MQTT-4.12.0-1 asks for
+                    // a CONNACK refusal when the method is unknown, done at CONNECT).
+                    self.engine.disconnect(
+                        self.now(),
+                        ReasonCode::BadAuthenticationMethod,
+                        DisconnectProperties::default(),
+                    );
+                }
+                ServerEvent::WillDue(will) => {
+                    let mut publish = Publish::new(will.topic, will.payload);
+                    publish.qos = will.qos;
+                    publish.retain = will.retain;
+                    let properties = will.properties;
+                    publish.properties.payload_format_indicator =
+                        properties.payload_format_indicator;
+                    publish.properties.message_expiry_interval = properties.message_expiry_interval;
+                    publish.properties.content_type = properties.content_type;
+                    publish.properties.response_topic = properties.response_topic;
+                    publish.properties.correlation_data = properties.correlation_data;
+                    publish.properties.user_properties = properties.user_properties;
+                    let sender = self.session.as_ref().map(|s| s.client_id.clone());
+                    self.shared.publish(sender.as_deref(), &publish);
+                    if let Some(session) = &self.session {
+                        session.lock().will_waiter = None;
+                    }
+                }
+                ServerEvent::Closed(reason) => self.on_closed(reason),
+                _ => {}
+            }
+        }
+        if self.engine.is_connected() {
+            self.drain_pending();
+        }
+    }
+
+    async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
+        let now = self.now();
+        let version = connect.protocol;
+        self.version = Some(version);
+        if connect.properties.authentication_method.is_some() {
+            let _ = self.engine.refuse(
+                ReasonCode::BadAuthenticationMethod,
+                ConnAckProperties::default(),
+            );
+            return;
+        }
+        let assigned = needs_client_id.then(|| {
+            let id = format!("rallymq-{}", self.connection_id);
+            // Letters, digits and '-' only: a valid MQTT string.
+            MqttString::new(id).expect("a generated id is valid")
+        });
+        let client_id: String = match &assigned {
+            Some(id) => id.as_str().to_owned(),
+            None => connect.client_id.as_str().to_owned(),
+        };
+        let limits = &self.shared.config.limits;
+        let requested_expiry = if version.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let granted_expiry = requested_expiry.min(limits.max_session_expiry);
+        let (session, existed) = self.shared.registry.get_or_create(&client_id);
+
+        // Take over a live connection of the same client id (MQTT-3.1.4-2), and settle a will
+        // still waiting on its delay.
+        let (previous, will_waiter) = {
+            let mut inner = session.lock();
+            (inner.attachment.take(), inner.will_waiter.take())
+        };
+        if let Some(previous) = previous {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if previous
+                .control
+                .send(Control::TakeOver(reply_tx))
+                .await
+                .is_ok()
+                && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
+            {
+                let mut inner = session.lock();
+                inner.saved = Some(state);
+                inner.persistent = true;
+            }
+        }
+        if let Some(waiter) = will_waiter {
+            let _ = waiter.try_send(Control::EndWill {
+                publish: connect.clean_start,
+            });
+        }
+
+        let resumed = {
+            let mut inner = session.lock();
+            let resumable = existed && inner.persistent && !connect.clean_start;
+            if !resumable {
+                // A new session (MQTT-3.1.2-4): nothing of the old one survives.
+                inner.pending.clear();
+                inner.saved = None;
+                inner.subscriptions.clear();
+            }
+            inner.persistent = granted_expiry > 0;
+            inner.expires_at = None;
+            inner.version = Some(version);
+            inner.attachment = Some(Attachment {
+                id: self.connection_id,
+                control: self.control_tx.clone(),
+            });
+            resumable.then(|| inner.saved.take().unwrap_or_default())
+        };
+        if resumed.is_none() {
+            self.shared.router.remove_session(&session);
+        }
+        let mut properties = ConnAckProperties::default();
+        if version.is_v5() && granted_expiry != requested_expiry {
+            properties.session_expiry_interval = Some(granted_expiry);
+        }
+        let session_present = resumed.is_some();
+        self.session = Some(session.clone());
+        let accept = Accept {
+            resumed,
+            assigned_client_id: assigned,
+            properties,
+        };
+        if self.engine.accept(now, accept).is_ok() {
+            self.shared.stats.client_connected();
+            self.counted_connected = true;
+            info!(client_id = %client_id, peer = %self.peer, version = ?version, session_present, "client connected");
+        }
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let v5 = self.version.is_some_and(ProtocolVersion::is_v5);
+        let identifier = subscribe.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained = Vec::new();
+        for subscription in &subscribe.subscriptions {
+            let filter = &subscription.filter;
+            if filter.is_shared() && subscription.options.no_local && v5 {
+                // MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error.
+                self.engine.disconnect(
+                    self.now(),
+                    ReasonCode::ProtocolError,
+                    DisconnectProperties::default(),
+                );
+                return;
+            }
+            let granted = subscription.options.qos;
+            let data = SubscriptionData::new(&subscription.options, granted, identifier);
+            let existed = self.shared.router.subscribe(&session, filter, data.clone());
+            session
+                .lock()
+                .subscriptions
+                .insert(filter.clone(), data.clone());
+            codes.push(match granted {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            // Retained messages on subscribe, per Retain Handling; never for shared
+            // subscriptions (MQTT-3.3.1-10, MQTT-3.8.4-4).
+            let send_retained = !filter.is_shared()
+                && match data.retain_handling {
+                    rallymq_codec::RetainHandling::SendAtSubscribe => true,
+                    rallymq_codec::RetainHandling::SendAtSubscribeIfNew => !existed,
+                    rallymq_codec::RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in self.shared.router.retained_matching(filter) {
+                    // Retained messages sent on subscribe keep the retain flag (MQTT-3.3.1-8).
+                    retained.push(copy_for(
+                        &message,
+                        granted,
+                        true,
+                        identifier.into_iter().collect(),
+                    ));
+                }
+            }
+        }
+        let _ =
+            self.engine
+                .answer_subscribe(subscribe.packet_id, codes, SubAckProperties::default());
+        let limit = self.shared.config.limits.max_queued_messages;
+        for message in retained {
+            if !session.enqueue(message, limit) {
+                Stats::add(&self.shared.stats.messages_dropped, 1);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let codes = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                session.lock().subscriptions.remove(filter);
+                if self.shared.router.unsubscribe(&session, filter) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        let _ = self.engine.answer_unsubscribe(
+            unsubscribe.packet_id,
+            codes,
+            SubAckProperties::default(),
+        );
+    }
+
+    /// Hands waiting messages to the engine while its window and queue have room.
+    fn drain_pending(&mut self) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let now = self.now();
+        let mut inner = session.lock();
+        while let Some(queued) = inner.pending.pop_front() {
+            let mut publish = queued.publish;
+            if let Some(interval) = publish.properties.message_expiry_interval {
+                // Message Expiry counts down while the message waits (MQTT-3.3.2-5, -6).
+                let waited = queued.since.elapsed().as_secs();
+                let Some(left) = u64::from(interval)
+                    .checked_sub(waited)
+                    .filter(|left| *left > 0)
+                else {
+                    continue;
+                };
+                publish.properties.message_expiry_interval = Some(left as u32);
+            }
+            match self.engine.deliver(now, publish.clone()) {
+                Ok(_) => Stats::add(&self.shared.stats.publish_sent, 1),
+                Err(SessionError::Full) => {
+                    inner.pending.push_front(crate::session::Queued {
+                        publish,
+                        since: queued.since,
+                    });
+                    break;
+                }
+                Err(SessionError::PacketTooLarge { .. }) => {
+                    Stats::add(&self.shared.stats.messages_dropped, 1)
+                }
+                Err(_) => {
+                    inner.pending.push_front(crate::session::Queued {
+                        publish,
+                        since: queued.since,
+                    });
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_closed(&mut self, reason: CloseReason) {
+        if self.counted_connected {
+            self.shared.stats.client_disconnected();
+            self.counted_connected = false;
+        }
+        let Some(session) = self.session.clone() else {
+            debug!(peer = %self.peer, ?reason, "connection closed before CONNECT was accepted");
+            return;
+        };
+        info!(client_id = %session.client_id, peer = %self.peer, ?reason, "client disconnected");
+        self.closed_handled = true;
+        let state = self.engine.session_state();
+        if let Some(reply) = self.taken_over.take() {
+            // The new connection carries on with the session.
+            let _ = reply.send(state);
+            if self.engine.poll_timeout().is_some() {
+                session.lock().will_waiter = Some(self.control_tx.clone());
+            }
+            return;
+        }
+        let mut inner = session.lock();
+        if inner
+            .attachment
+            .as_ref()
+            .is_some_and(|a| a.id == self.connection_id)
+        {
+            inner.attachment = None;
+        } else {
+            // Another connection already owns the session.
+            return;
+        }
+        let expiry = state.session_expiry_interval;
+        if self.engine.poll_timeout().is_some() {
+            inner.will_waiter = Some(self.control_tx.clone());
+        }
+        if expiry == 0 {
+            inner.persistent = false;
+            inner.pending.clear();
+            inner.subscriptions.clear();
+            drop(inner);
+            self.shared.router.remove_session(&session);
+            self.shared.registry.remove(&session);
+        } else {
+            inner.persistent = true;
+            inner.saved = Some(state);
+            inner.expires_at = (expiry != u32::MAX)
+                .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.counted_connected {
+            self.shared.stats.client_disconnected();
+        }
+        self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.closed_handled;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_for_messages(session: Option<&Session>) {
+    match session {
+        Some(session) => session.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}

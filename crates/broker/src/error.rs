@@ -1,0 +1,23 @@
+//! The one error type of this crate.
+
+use std::net::SocketAddr;
+
+/// What can go wrong starting or using a broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The broker has shut down.
+    #[error("the broker has shut down")]
+    Shutdown,
+    /// A topic or filter given to the in-process handle is not valid.
+    #[error(transparent)]
+    Topic(#[from] rallymq_topic::Error),
+}

@@ -1,0 +1,40 @@
+//! The rallymq MQTT broker as a library: MQTT 3.1, 3.1.1 and 5.0 over TCP and WebSockets, for
+//! any tokio program. Every protocol rule comes from the rallymq protocol crates (codec,
+//! topic, websocket, session); this crate drives them over sockets and routes messages.
+//!
+//! ```no_run
+//! use rallymq_broker::{Broker, BrokerConfig, ListenerKind};
+//! use rallymq_codec::QoS;
+//!
+//! # async fn run() -> Result<(), rallymq_broker::Error> {
+//! let mut config = BrokerConfig::default();
+//! config.tcp = vec!["127.0.0.1:0".parse().unwrap()]; // a free port
+//! config.ws = vec!["127.0.0.1:0".parse().unwrap()];
+//! let broker = Broker::start(config).await?;
+//! println!("MQTT on {:?}", broker.local_addr(ListenerKind::Tcp));
+//!
+//! let mut scores = broker.subscribe("tennis/+/score", QoS::AtLeastOnce)?;
+//! broker.publish("tennis/court-1/score", "15-0", QoS::AtLeastOnce, true)?;
+//! let message = scores.recv().await.expect("delivered in-process");
+//! assert_eq!(message.payload, "15-0");
+//! broker.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Memory stays bounded: connections that send no CONNECT in time are dropped, the number of
+//! connections is capped, and each session has one bounded queue (see [`Limits`]).
+
+mod broker;
+mod config;
+mod connection;
+mod error;
+mod listener;
+mod router;
+mod session;
+mod stats;
+mod sys;
+
+pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
+pub use config::{BrokerConfig, Limits};
+pub use error::Error;

@@ -1,0 +1,210 @@
+//! Routing: the subscription index and the retained messages, and what a publish turns into
+//! for each subscriber. Topic rules all come from `rallymq-topic`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rallymq_codec::{
+    Publish, QoS, RetainHandling, SubscriptionId, SubscriptionOptions, TopicFilter,
+};
+use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex};
+
+use crate::session::{Session, SessionRef};
+
+/// What the broker keeps with each subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubscriptionData {
+    /// The granted QoS: deliveries are downgraded to it.
+    pub(crate) qos: QoS,
+    pub(crate) no_local: bool,
+    pub(crate) retain_as_published: bool,
+    pub(crate) retain_handling: RetainHandling,
+    pub(crate) identifier: Option<SubscriptionId>,
+}
+
+impl SubscriptionData {
+    pub(crate) fn new(
+        options: &SubscriptionOptions,
+        granted: QoS,
+        identifier: Option<SubscriptionId>,
+    ) -> Self {
+        Self {
+            qos: granted,
+            no_local: options.no_local,
+            retain_as_published: options.retain_as_published,
+            retain_handling: options.retain_handling,
+            identifier,
+        }
+    }
+}
+
+/// One subscriber's copy of a publish, merged over its overlapping subscriptions: the highest
+/// granted QoS, and every subscription identifier (MQTT-3.3.4-2, MQTT-3.3.4-3, MQTT-3.3.5-1).
+struct Delivery {
+    session: Arc<Session>,
+    qos: QoS,
+    retain_as_published: bool,
+    identifiers: Vec<SubscriptionId>,
+}
+
+/// The routing table and the retained messages.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    index: RwLock<SubscriptionIndex<SessionRef, SubscriptionData>>,
+    retained: RwLock<RetainedIndex<Publish>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The copy of `publish` a subscriber receives.
+pub(crate) fn copy_for(
+    publish: &Publish,
+    qos: QoS,
+    retain: bool,
+    identifiers: Vec<SubscriptionId>,
+) -> Publish {
+    let mut copy = publish.clone();
+    copy.qos = qos.min(publish.qos);
+    copy.retain = retain;
+    copy.dup = false;
+    copy.packet_id = None;
+    copy.properties.topic_alias = None;
+    copy.properties.subscription_identifiers = identifiers;
+    copy
+}
+
+impl Router {
+    /// Adds or replaces a subscription; returns whether it existed.
+    pub(crate) fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &TopicFilter,
+        data: SubscriptionData,
+    ) -> bool {
+        write(&self.index)
+            .insert(SessionRef(session.clone()), filter, data)
+            .is_some()
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
+        write(&self.index)
+            .remove(&SessionRef(session.clone()), filter)
+            .is_some()
+    }
+
+    /// Removes every subscription of a session.
+    pub(crate) fn remove_session(&self, session: &Arc<Session>) {
+        write(&self.index).remove_subscriber(&SessionRef(session.clone()));
+    }
+
+    pub(crate) fn subscription_count(&self) -> usize {
+        read(&self.index).len()
+    }
+
+    pub(crate) fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+
+    /// Stores, replaces or (empty payload) clears the retained message of a topic
+    /// (MQTT-3.3.1-5 to -7 in 3.1.1; MQTT-3.3.1-5 to -7 and -10 in 5.0).
+    pub(crate) fn retain(&self, publish: &Publish) {
+        let Some(topic) = &publish.topic else { return };
+        let mut retained = write(&self.retained);
+        if publish.payload.is_empty() {
+            retained.remove(topic.as_str());
+        } else {
+            let mut stored = publish.clone();
+            stored.dup = false;
+            stored.packet_id = None;
+            stored.properties.topic_alias = None;
+            stored.properties.subscription_identifiers.clear();
+            retained.insert(topic.clone(), stored);
+        }
+    }
+
+    /// The retained messages matching `filter`.
+    pub(crate) fn retained_matching(&self, filter: &TopicFilter) -> Vec<Publish> {
+        let retained = read(&self.retained);
+        retained
+            .matching(filter)
+            .map(|(_, publish)| publish.clone())
+            .collect()
+    }
+
+    /// Routes `publish` (its topic set) from `sender` (a client id, `None` in-process) to every
+    /// matching session: one copy per subscriber, one per shared group. Returns how many copies
+    /// were queued and how many were dropped.
+    pub(crate) fn route(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        queue_limit: usize,
+    ) -> (usize, usize) {
+        let Some(topic) = &publish.topic else {
+            return (0, 0);
+        };
+        let mut deliveries: HashMap<*const Session, Delivery> = HashMap::new();
+        let mut shared: Vec<(Arc<Session>, QoS, Option<SubscriptionId>)> = Vec::new();
+        {
+            let index = read(&self.index);
+            index.for_each_match(topic, |found| match found {
+                Match::Subscription { subscriber, data } => {
+                    // No Local: not back to the connection that published it (MQTT-3.8.3-3).
+                    if data.no_local && sender == Some(&*subscriber.0.client_id) {
+                        return;
+                    }
+                    let delivery =
+                        deliveries
+                            .entry(Arc::as_ptr(&subscriber.0))
+                            .or_insert_with(|| Delivery {
+                                session: subscriber.0.clone(),
+                                qos: QoS::AtMostOnce,
+                                retain_as_published: false,
+                                identifiers: Vec::new(),
+                            });
+                    delivery.qos = delivery.qos.max(data.qos);
+                    delivery.retain_as_published |= data.retain_as_published;
+                    delivery.identifiers.extend(data.identifier);
+                }
+                Match::Shared(group) => {
+                    // One member per group; prefer a connected one.
+                    let picked = group
+                        .pick_round_robin_where(|member, _| member.0.lock().attachment.is_some())
+                        .or_else(|| group.pick_round_robin());
+                    if let Some((member, data)) = picked {
+                        shared.push((member.0.clone(), data.qos, data.identifier));
+                    }
+                }
+            });
+        }
+        let (mut queued, mut dropped) = (0, 0);
+        for delivery in deliveries.into_values() {
+            // Retain As Published keeps the flag; otherwise forwarded messages carry 0
+            // (MQTT-3.3.1-12, MQTT-3.3.1-9 in 3.1.1).
+            let retain = delivery.retain_as_published && publish.retain;
+            let copy = copy_for(publish, delivery.qos, retain, delivery.identifiers);
+            if delivery.session.enqueue(copy, queue_limit) {
+                queued += 1
+            } else {
+                dropped += 1
+            }
+        }
+        for (session, qos, identifier) in shared {
+            let copy = copy_for(publish, qos, false, identifier.into_iter().collect());
+            if session.enqueue(copy, queue_limit) {
+                queued += 1
+            } else {
+                dropped += 1
+            }
+        }
+        (queued, dropped)
+    }
+}

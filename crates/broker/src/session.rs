@@ -1,0 +1,171 @@
+//! The broker's sessions: one per client identifier, outliving connections. A session holds
+//! the messages waiting for its client (the one bounded queue, online or offline), the engine
+//! state saved when its connection closed, its subscriptions, and a way to reach its live
+//! connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
+use rallymq_session::SessionState;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::router::SubscriptionData;
+
+/// What the broker tells a live connection.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Another connection took the client id: disconnect with 0x8E and hand over the state.
+    TakeOver(oneshot::Sender<SessionState>),
+    /// The session's will is pending (Will Delay) and the client came back: drop the will, or
+    /// publish it now if the new connection ended the session (clean start).
+    EndWill { publish: bool },
+}
+
+/// A live connection of a session.
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    pub(crate) id: u64,
+    pub(crate) control: mpsc::Sender<Control>,
+}
+
+/// A message waiting for a session, with when it started waiting (Message Expiry counts down).
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) publish: Publish,
+    pub(crate) since: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SessionInner {
+    /// Messages routed to the session and not yet handed to its connection's engine.
+    pub(crate) pending: VecDeque<Queued>,
+    pub(crate) attachment: Option<Attachment>,
+    /// A closed connection still waiting to publish a delayed will.
+    pub(crate) will_waiter: Option<mpsc::Sender<Control>>,
+    /// The engine state saved when the last connection closed.
+    pub(crate) saved: Option<SessionState>,
+    /// Whether a session outlives its connection (expiry > 0) and so can be resumed.
+    pub(crate) persistent: bool,
+    /// When an offline session expires; `None` while connected or never.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) subscriptions: HashMap<TopicFilter, SubscriptionData>,
+    pub(crate) version: Option<ProtocolVersion>,
+}
+
+/// One session. Compared and hashed by client identifier, so the subscription index can use
+/// it as the subscriber.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: Arc<str>,
+    inner: Mutex<SessionInner>,
+    /// Wakes the connection when messages are pending.
+    pub(crate) wake: Notify,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: Arc<str>) -> Self {
+        Self {
+            client_id,
+            inner: Mutex::new(SessionInner::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionInner> {
+        // A panic while holding the lock would be a bug; the data stays usable either way.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a message for the client. Returns false when it was dropped: the queue is full,
+    /// or the client is offline and the message is QoS 0.
+    pub(crate) fn enqueue(&self, publish: Publish, limit: usize) -> bool {
+        let mut inner = self.lock();
+        let online = inner.attachment.is_some();
+        if (!online && publish.qos == QoS::AtMostOnce) || inner.pending.len() >= limit {
+            return false;
+        }
+        inner.pending.push_back(Queued {
+            publish,
+            since: Instant::now(),
+        });
+        drop(inner);
+        if online {
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
+/// The subscriber identity in the subscription index.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionRef(pub(crate) Arc<Session>);
+
+impl PartialEq for SessionRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for SessionRef {}
+
+impl Hash for SessionRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.client_id.hash(state);
+    }
+}
+
+/// Every session by client identifier.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The session for `client_id`, created if there is none; and whether it existed.
+    pub(crate) fn get_or_create(&self, client_id: &str) -> (Arc<Session>, bool) {
+        let mut sessions = self.lock();
+        if let Some(session) = sessions.get(client_id) {
+            return (session.clone(), true);
+        }
+        let client_id: Arc<str> = client_id.into();
+        let session = Arc::new(Session::new(client_id.clone()));
+        sessions.insert(client_id, session.clone());
+        (session, false)
+    }
+
+    /// Removes `session` if it is still the one registered under its id.
+    pub(crate) fn remove(&self, session: &Arc<Session>) -> bool {
+        let mut sessions = self.lock();
+        match sessions.get(&session.client_id) {
+            Some(current) if Arc::ptr_eq(current, session) => {
+                sessions.remove(&session.client_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn contains(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
+    /// Every session, for sweeps.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}

@@ -1,0 +1,150 @@
+//! `$SYS` topics with Mosquitto's names, published retained every interval.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rallymq_codec::{Publish, QoS, TopicName};
+
+use crate::broker::Shared;
+use crate::stats::Stats;
+
+/// An exponentially weighted moving average per minute, as Mosquitto's `load/*` topics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    one: f64,
+    five: f64,
+    fifteen: f64,
+    last: u64,
+}
+
+impl Load {
+    fn update(&mut self, total: u64, interval: Duration) {
+        let per_minute =
+            (total.saturating_sub(self.last)) as f64 * 60.0 / interval.as_secs_f64().max(0.001);
+        self.last = total;
+        let step = interval.as_secs_f64();
+        for (value, window) in [
+            (&mut self.one, 60.0),
+            (&mut self.five, 300.0),
+            (&mut self.fifteen, 900.0),
+        ] {
+            let factor = (-step / window).exp();
+            *value = *value * factor + per_minute * (1.0 - factor);
+        }
+    }
+}
+
+fn publish(shared: &Shared, topic: &str, value: String) {
+    // The names below are valid topic names, so this never fails.
+    let Ok(topic) = TopicName::new(topic) else {
+        return;
+    };
+    let mut message = Publish::new(topic, value);
+    message.qos = QoS::AtMostOnce;
+    message.retain = true;
+    shared.router.retain(&message);
+    shared
+        .router
+        .route(None, &message, shared.config.limits.max_queued_messages);
+}
+
+pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(interval);
+    let mut loads = [Load::default(); 5];
+    publish(
+        &shared,
+        "$SYS/broker/version",
+        format!("rallymq version {}", env!("CARGO_PKG_VERSION")),
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let stats = &shared.stats;
+        let counters = [
+            ("messages/received", Stats::get(&stats.messages_received)),
+            ("messages/sent", Stats::get(&stats.messages_sent)),
+            ("bytes/received", Stats::get(&stats.bytes_received)),
+            ("bytes/sent", Stats::get(&stats.bytes_sent)),
+            ("connections", Stats::get(&stats.connections_total)),
+        ];
+        for ((name, total), load) in counters.iter().zip(loads.iter_mut()) {
+            load.update(*total, interval);
+            publish(
+                &shared,
+                &format!("$SYS/broker/load/{name}/1min"),
+                format!("{:.2}", load.one),
+            );
+            publish(
+                &shared,
+                &format!("$SYS/broker/load/{name}/5min"),
+                format!("{:.2}", load.five),
+            );
+            publish(
+                &shared,
+                &format!("$SYS/broker/load/{name}/15min"),
+                format!("{:.2}", load.fifteen),
+            );
+        }
+        let connected = stats.clients_connected.load(Ordering::Relaxed);
+        let sessions = shared.registry.len();
+        let values = [
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", shared.started.elapsed().as_secs()),
+            ),
+            ("$SYS/broker/clients/connected", connected.to_string()),
+            (
+                "$SYS/broker/clients/disconnected",
+                sessions.saturating_sub(connected).to_string(),
+            ),
+            ("$SYS/broker/clients/total", sessions.to_string()),
+            (
+                "$SYS/broker/clients/maximum",
+                stats.clients_maximum.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                Stats::get(&stats.messages_received).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                Stats::get(&stats.messages_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/received",
+                Stats::get(&stats.publish_received).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/sent",
+                Stats::get(&stats.publish_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                Stats::get(&stats.messages_dropped).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                Stats::get(&stats.bytes_received).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/sent",
+                Stats::get(&stats.bytes_sent).to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                shared.router.subscription_count().to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                shared.router.retained_count().to_string(),
+            ),
+        ];
+        for (topic, value) in values {
+            publish(&shared, topic, value);
+        }
+    }
+}
