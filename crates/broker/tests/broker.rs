@@ -1,0 +1,665 @@
+//! The broker end to end over TCP, with clients driven by the rallymq session engine. Test
+//! names carry the normative statement they check (MQTT 5.0 unless marked `v311`).
+
+mod support;
+
+use std::time::Duration;
+
+use rallymq_codec::{
+    ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscribeProperties, SubscriptionId,
+    SubscriptionOptions, TopicFilter, UserProperty, Will,
+};
+use rallymq_session::{ClientEvent, CloseReason};
+use support::{
+    TestClient, connect_packet, message, payload_str, start_broker, subscription, tcp_addr,
+    topic_str,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const V31: ProtocolVersion = ProtocolVersion::V3_1;
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const SHORT: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn qos_0_1_2_end_to_end_downgraded_to_the_granted_qos() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "sub")).await;
+    let (mut publisher, _) = TestClient::tcp(addr, connect_packet(V5, "pub")).await;
+    let codes = sub
+        .subscribe(vec![
+            subscription("q/two", QoS::ExactlyOnce),
+            subscription("q/one", QoS::AtLeastOnce),
+        ])
+        .await;
+    assert_eq!(codes, [ReasonCode::GrantedQoS2, ReasonCode::GrantedQoS1]);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let code = publisher
+            .publish(message("q/two", &format!("{qos:?}"), qos))
+            .await;
+        assert_eq!(code, ReasonCode::Success);
+        let got = sub.recv().await.expect("delivered");
+        assert_eq!((payload_str(&got), got.qos), (format!("{qos:?}"), qos));
+    }
+    // MQTT-3.8.4-6 / MQTT-3.3.5-1 (v311): delivered at the lower of publish and granted QoS.
+    publisher
+        .publish(message("q/one", "down", QoS::ExactlyOnce))
+        .await;
+    assert_eq!(sub.recv().await.unwrap().qos, QoS::AtLeastOnce);
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn no_matching_subscribers_is_reported_to_v5_publishers() {
+    let broker = start_broker(|_| {}).await;
+    let (mut publisher, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "p")).await;
+    assert_eq!(
+        publisher
+            .publish(message("nobody/here", "x", QoS::AtLeastOnce))
+            .await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn every_version_talks_to_every_other() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let versions = [V31, V311, V5];
+    let mut clients = Vec::new();
+    for (i, version) in versions.iter().enumerate() {
+        let (mut client, connected) =
+            TestClient::tcp(addr, connect_packet(*version, &format!("c{i}"))).await;
+        assert!(
+            matches!(connected, ClientEvent::Connected { .. }),
+            "{version:?}: {connected:?}"
+        );
+        client
+            .subscribe(vec![subscription("mix/#", QoS::AtLeastOnce)])
+            .await;
+        clients.push(client);
+    }
+    for i in 0..3 {
+        let mut publish = message(&format!("mix/{i}"), &format!("from {i}"), QoS::AtLeastOnce);
+        if versions[i].is_v5() {
+            publish
+                .properties
+                .user_properties
+                .push(UserProperty::new("k", "v").unwrap());
+            publish.properties.content_type =
+                Some(rallymq_codec::MqttString::new("text/plain").unwrap());
+        }
+        clients[i].publish(publish).await;
+        for (j, client) in clients.iter_mut().enumerate() {
+            let got = client
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("{j} got nothing from {i}"));
+            assert_eq!(payload_str(&got), format!("from {i}"));
+            if versions[j].is_v5() && versions[i].is_v5() {
+                assert_eq!(
+                    got.properties.user_properties.len(),
+                    1,
+                    "properties pass through between 5.0 clients"
+                );
+            } else {
+                assert!(
+                    got.properties.user_properties.is_empty(),
+                    "no properties reach a 3.x client"
+                );
+            }
+        }
+    }
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_with_every_identifier() {
+    let broker = start_broker(|_| {}).await;
+    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "overlap")).await;
+    let props = |id| SubscribeProperties {
+        subscription_identifier: SubscriptionId::new(id),
+        ..Default::default()
+    };
+    client
+        .subscribe_with(vec![subscription("a/+", QoS::AtMostOnce)], props(1))
+        .await;
+    client
+        .subscribe_with(vec![subscription("a/#", QoS::ExactlyOnce)], props(2))
+        .await;
+    client.publish(message("a/b", "x", QoS::ExactlyOnce)).await;
+    let got = client.recv().await.unwrap();
+    assert_eq!(
+        got.qos,
+        QoS::ExactlyOnce,
+        "MQTT-3.3.4-2: the maximum QoS of the matching subscriptions"
+    );
+    let mut ids: Vec<u32> = got
+        .properties
+        .subscription_identifiers
+        .iter()
+        .map(|id| id.get())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [1, 2],
+        "MQTT-3.3.4-3: every matching subscription identifier"
+    );
+    client.expect_silence(SHORT).await;
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_3_1_5_retained_set_replaced_cleared_and_sent_on_subscribe() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut publisher, _) = TestClient::tcp(addr, connect_packet(V311, "p")).await;
+    let mut retained = message("r/1", "first", QoS::AtLeastOnce);
+    retained.retain = true;
+    publisher.publish(retained.clone()).await;
+    retained.payload = "second".into();
+    publisher.publish(retained.clone()).await;
+
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V311, "s1")).await;
+    sub.subscribe(vec![subscription("r/#", QoS::AtLeastOnce)])
+        .await;
+    let got = sub.recv().await.expect("the retained message on subscribe");
+    assert_eq!(
+        (payload_str(&got), got.retain),
+        ("second".to_owned(), true),
+        "MQTT-3.3.1-6: replaced; -8: flag set"
+    );
+    sub.expect_silence(SHORT).await;
+
+    // Live delivery of a retained publish to an existing subscription clears the flag (v311
+    // MQTT-3.3.1-9).
+    retained.payload = "third".into();
+    publisher.publish(retained.clone()).await;
+    assert!(!sub.recv().await.unwrap().retain);
+
+    // MQTT-3.3.1-10/-11: an empty retained payload clears the topic.
+    retained.payload = bytes::Bytes::new();
+    publisher.publish(retained).await;
+    let _ = sub.recv().await;
+    let (mut late, _) = TestClient::tcp(addr, connect_packet(V311, "s2")).await;
+    late.subscribe(vec![subscription("r/#", QoS::AtLeastOnce)])
+        .await;
+    late.expect_silence(SHORT).await;
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_3_1_9_retain_handling_and_retain_as_published() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    broker
+        .publish("rh/t", "kept", QoS::AtMostOnce, true)
+        .unwrap();
+    let (mut client, _) = TestClient::tcp(addr, connect_packet(V5, "rh")).await;
+    let with = |handling, rap| rallymq_codec::Subscription {
+        filter: TopicFilter::new("rh/#").unwrap(),
+        options: SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            retain_handling: handling,
+            retain_as_published: rap,
+            ..Default::default()
+        },
+    };
+    client
+        .subscribe(vec![with(RetainHandling::DoNotSend, false)])
+        .await;
+    client.expect_silence(SHORT).await;
+    client
+        .subscribe(vec![with(RetainHandling::SendAtSubscribeIfNew, false)])
+        .await;
+    client.expect_silence(SHORT).await; // the subscription existed already
+    client.unsubscribe("rh/#").await;
+    client
+        .subscribe(vec![with(RetainHandling::SendAtSubscribeIfNew, true)])
+        .await;
+    assert_eq!(
+        payload_str(&client.recv().await.expect("new subscription gets it")),
+        "kept"
+    );
+    client
+        .subscribe(vec![with(RetainHandling::SendAtSubscribe, true)])
+        .await;
+    assert_eq!(
+        payload_str(&client.recv().await.expect("always sent")),
+        "kept"
+    );
+    // Retain As Published keeps the flag on live delivery.
+    let mut live = message("rh/t", "live", QoS::AtLeastOnce);
+    live.retain = true;
+    client.publish(live).await;
+    assert!(client.recv().await.unwrap().retain);
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_8_3_3_no_local_does_not_echo() {
+    let broker = start_broker(|_| {}).await;
+    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "nl")).await;
+    let mut sub = subscription("echo/#", QoS::AtLeastOnce);
+    sub.options.no_local = true;
+    client.subscribe(vec![sub]).await;
+    client
+        .publish(message("echo/1", "x", QoS::AtLeastOnce))
+        .await;
+    client.expect_silence(SHORT).await;
+    broker
+        .publish("echo/1", "from elsewhere", QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(payload_str(&client.recv().await.unwrap()), "from elsewhere");
+    broker.shutdown(SHORT).await;
+}
+
+fn will_connect(version: ProtocolVersion, id: &str, delay: Option<u32>) -> rallymq_codec::Connect {
+    let mut connect = connect_packet(version, id);
+    connect.will = Some(Will {
+        topic: rallymq_codec::TopicName::new("wills/x").unwrap(),
+        payload: "gone".into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: rallymq_codec::WillProperties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    });
+    if version.is_v5() {
+        connect.properties.session_expiry_interval = Some(60);
+    }
+    connect
+}
+
+#[tokio::test]
+async fn mqtt_3_1_2_8_wills_on_abnormal_end_not_after_disconnect_0x00_but_after_0x04() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut watcher, _) = TestClient::tcp(addr, connect_packet(V5, "watcher")).await;
+    watcher
+        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
+        .await;
+
+    let (mut dies, _) = TestClient::tcp(addr, will_connect(V311, "dies", None)).await;
+    dies.kill();
+    assert_eq!(
+        payload_str(
+            &watcher
+                .recv()
+                .await
+                .expect("will after a dropped connection")
+        ),
+        "gone"
+    );
+
+    let (mut polite, _) = TestClient::tcp(addr, will_connect(V5, "polite", None)).await;
+    polite.disconnect(ReasonCode::Success).await;
+    watcher.expect_silence(SHORT).await;
+
+    let (mut asks, _) = TestClient::tcp(addr, will_connect(V5, "asks", None)).await;
+    asks.disconnect(ReasonCode::DisconnectWithWillMessage).await;
+    assert_eq!(
+        payload_str(&watcher.recv().await.expect("will after DISCONNECT 0x04")),
+        "gone"
+    );
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn will_delay_waits_and_a_quick_reconnect_cancels_it() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut watcher, _) = TestClient::tcp(addr, connect_packet(V5, "watcher")).await;
+    watcher
+        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
+        .await;
+
+    let (mut delayed, _) = TestClient::tcp(addr, will_connect(V5, "delayed", Some(1))).await;
+    delayed.kill();
+    watcher.expect_silence(Duration::from_millis(600)).await;
+    assert!(
+        watcher.recv_within(Duration::from_secs(3)).await.is_some(),
+        "the will after its 1 s delay"
+    );
+
+    let (mut back, _) = TestClient::tcp(addr, will_connect(V5, "back", Some(2))).await;
+    back.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = will_connect(V5, "back", Some(2));
+    again.clean_start = false;
+    let (_back_again, connected) = TestClient::tcp(addr, again).await;
+    assert!(matches!(
+        connected,
+        ClientEvent::Connected {
+            session_present: true,
+            ..
+        }
+    ));
+    watcher.expect_silence(Duration::from_secs(3)).await;
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn session_takeover_disconnects_the_first_connection_with_0x8e() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut first, _) = TestClient::tcp(addr, connect_packet(V5, "same-id")).await;
+    let (_second, connected) = TestClient::tcp(addr, connect_packet(V5, "same-id")).await;
+    assert!(matches!(connected, ClientEvent::Connected { .. }));
+    assert!(matches!(
+        first.closed().await,
+        Some(CloseReason::PeerDisconnected {
+            reason_code: ReasonCode::SessionTakenOver,
+            ..
+        })
+    ));
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn messages_queue_for_an_offline_persistent_session() {
+    for version in [V311, V5] {
+        let broker = start_broker(|_| {}).await;
+        let addr = tcp_addr(&broker);
+        let mut connect = connect_packet(version, "offline");
+        connect.clean_start = false;
+        if version.is_v5() {
+            connect.properties.session_expiry_interval = Some(300);
+        }
+        let (mut client, _) = TestClient::tcp(addr, connect.clone()).await;
+        client
+            .subscribe(vec![subscription("o/#", QoS::AtLeastOnce)])
+            .await;
+        client.disconnect(ReasonCode::Success).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..5 {
+            broker
+                .publish(&format!("o/{i}"), format!("m{i}"), QoS::AtLeastOnce, false)
+                .unwrap();
+        }
+        broker
+            .publish(
+                "o/zero",
+                "qos0 is not queued offline",
+                QoS::AtMostOnce,
+                false,
+            )
+            .unwrap();
+        let (mut client, connected) = TestClient::tcp(addr, connect).await;
+        assert!(
+            matches!(
+                connected,
+                ClientEvent::Connected {
+                    session_present: true,
+                    ..
+                }
+            ),
+            "{version:?}"
+        );
+        for i in 0..5 {
+            let got = client
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("{version:?}: m{i} lost"));
+            assert_eq!(payload_str(&got), format!("m{i}"), "{version:?}: in order");
+        }
+        client.expect_silence(SHORT).await;
+        broker.shutdown(SHORT).await;
+    }
+}
+
+#[tokio::test]
+async fn mqtt_3_1_2_4_clean_start_discards_the_session() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let mut connect = connect_packet(V5, "cs");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(300);
+    let (mut client, _) = TestClient::tcp(addr, connect.clone()).await;
+    client
+        .subscribe(vec![subscription("cs/#", QoS::AtLeastOnce)])
+        .await;
+    client.disconnect(ReasonCode::Success).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    connect.clean_start = true;
+    let (mut client, connected) = TestClient::tcp(addr, connect).await;
+    assert!(matches!(
+        connected,
+        ClientEvent::Connected {
+            session_present: false,
+            ..
+        }
+    ));
+    broker
+        .publish("cs/1", "x", QoS::AtLeastOnce, false)
+        .unwrap();
+    client.expect_silence(SHORT).await;
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn session_expiry_removes_an_offline_session() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let mut connect = connect_packet(V5, "expires");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(1);
+    let (mut client, _) = TestClient::tcp(addr, connect).await;
+    client.disconnect(ReasonCode::Success).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(broker.has_session("expires"));
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(!broker.has_session("expires"), "gone after its 1 s expiry");
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn shared_subscriptions_deliver_each_message_to_one_member() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let (mut member, _) = TestClient::tcp(addr, connect_packet(V5, &format!("m{i}"))).await;
+        member
+            .subscribe(vec![subscription(
+                "$share/workers/jobs/+",
+                QoS::AtLeastOnce,
+            )])
+            .await;
+        members.push(member);
+    }
+    for i in 0..30 {
+        broker
+            .publish(
+                &format!("jobs/{i}"),
+                format!("{i}"),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for member in &mut members {
+        let mut count = 0;
+        while let Some(got) = member.recv_within(Duration::from_millis(500)).await {
+            seen.push(payload_str(&got));
+            count += 1;
+        }
+        assert!(count >= 5, "round robin spreads the load, got {count}");
+    }
+    seen.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(
+        seen,
+        (0..30).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_3_7_empty_client_id_gets_an_assigned_one() {
+    let broker = start_broker(|_| {}).await;
+    let (_client, connected) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "")).await;
+    let ClientEvent::Connected { connack, .. } = connected else {
+        panic!("{connected:?}")
+    };
+    let assigned = connack
+        .properties
+        .assigned_client_identifier
+        .expect("an assigned id");
+    assert!(broker.has_session(assigned.as_str()));
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_12_topic_alias_from_the_client_is_resolved() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V311, "s")).await;
+    sub.subscribe(vec![subscription("alias/#", QoS::AtMostOnce)])
+        .await;
+    // Raw bytes: an engine never sends a PUBLISH without its topic on its own.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connect = rallymq_codec::Packet::Connect(connect_packet(V5, "p"))
+        .to_bytes(V5)
+        .unwrap();
+    raw.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack[0], 0x20, "CONNACK, got {:02x?}", &connack[..n]);
+    let mut first = message("alias/long/topic", "1", QoS::AtMostOnce);
+    first.properties.topic_alias = std::num::NonZeroU16::new(1);
+    let mut second = first.clone();
+    second.topic = None;
+    second.payload = "2".into();
+    for publish in [first, second] {
+        raw.write_all(
+            &rallymq_codec::Packet::Publish(publish)
+                .to_bytes(V5)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    for expected in ["1", "2"] {
+        let got = sub.recv().await.expect("delivered");
+        assert_eq!(
+            (topic_str(&got), payload_str(&got)),
+            ("alias/long/topic".to_owned(), expected.to_owned())
+        );
+    }
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn sys_topics_are_published() {
+    let broker =
+        start_broker(|config| config.sys_interval = Some(Duration::from_millis(100))).await;
+    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V311, "sys")).await;
+    client
+        .subscribe(vec![subscription(
+            "$SYS/broker/clients/connected",
+            QoS::AtMostOnce,
+        )])
+        .await;
+    let got = client
+        .recv_within(Duration::from_secs(3))
+        .await
+        .expect("$SYS/broker/clients/connected");
+    assert_eq!(payload_str(&got), "1");
+    client
+        .subscribe(vec![subscription("$SYS/broker/version", QoS::AtMostOnce)])
+        .await;
+    let got = client.recv().await.expect("version");
+    assert!(payload_str(&got).starts_with("rallymq version"));
+    // MQTT-4.7.2-1: a wildcard at the first level does not match $SYS.
+    let (mut all, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V311, "all")).await;
+    all.subscribe(vec![subscription("#", QoS::AtMostOnce)])
+        .await;
+    all.expect_silence(SHORT).await;
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_dropped_after_the_connect_timeout() {
+    let broker =
+        start_broker(|config| config.limits.connect_timeout = Duration::from_millis(300)).await;
+    let mut raw = tokio::net::TcpStream::connect(tcp_addr(&broker))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(read.ok(), Some(0), "closed without a word");
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused() {
+    let broker = start_broker(|config| config.limits.max_connections = 2).await;
+    let addr = tcp_addr(&broker);
+    let (_a, _) = TestClient::tcp(addr, connect_packet(V311, "a")).await;
+    let (_b, _) = TestClient::tcp(addr, connect_packet(V311, "b")).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(read.ok(), Some(0));
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn oversize_packets_are_refused_with_0x95() {
+    let broker = start_broker(|config| config.limits.max_packet_size = 1024).await;
+    let (client, connected) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "big")).await;
+    let ClientEvent::Connected { connack, .. } = connected else {
+        panic!()
+    };
+    assert_eq!(
+        connack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(1024)
+    );
+    // The engine refuses to send it; write the header of a 2,000-byte PUBLISH raw instead.
+    let mut raw = tokio::net::TcpStream::connect(tcp_addr(&broker))
+        .await
+        .unwrap();
+    let connect = rallymq_codec::Packet::Connect(connect_packet(V5, "raw"))
+        .to_bytes(V5)
+        .unwrap();
+    raw.write_all(&connect).await.unwrap();
+    raw.write_all(&[0x30, 0xD0, 0x0F]).await.unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), raw.read_to_end(&mut received)).await;
+    assert!(
+        received.ends_with(&[0xE0, 0x01, 0x95]),
+        "DISCONNECT 0x95, got {received:02x?}"
+    );
+    let _ = client.engine.is_connected();
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_0x8b_to_v5_clients() {
+    let broker = start_broker(|_| {}).await;
+    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "bye")).await;
+    let waiting = tokio::spawn(async move { client.closed().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.shutdown(Duration::from_secs(2)).await;
+    let reason = waiting.await.unwrap();
+    assert!(matches!(
+        reason,
+        Some(CloseReason::PeerDisconnected {
+            reason_code: ReasonCode::ServerShuttingDown,
+            ..
+        })
+    ));
+}

@@ -1,0 +1,281 @@
+//! A test MQTT client over any async byte stream, driven by the rallymq session engine, with
+//! every wait bounded.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
+use rallymq_codec::{
+    Connect, Disconnect, MqttString, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+use rallymq_session::{
+    ClientConfig, ClientConnection, ClientEvent, CloseReason, PublishToken, SessionState, Timestamp,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long any single expectation may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A broker on free ports of 127.0.0.1 with `$SYS` off unless asked.
+pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> BrokerHandle {
+    let mut config = BrokerConfig::without_listeners();
+    config.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+    config.ws = vec!["127.0.0.1:0".parse().unwrap()];
+    config.sys_interval = None;
+    tune(&mut config);
+    Broker::start(config).await.expect("broker starts")
+}
+
+pub fn tcp_addr(broker: &BrokerHandle) -> SocketAddr {
+    broker
+        .local_addr(ListenerKind::Tcp)
+        .expect("a TCP listener")
+}
+
+/// A CONNECT for `version` and `client_id`, clean, keep alive 30 s.
+pub fn connect_packet(version: ProtocolVersion, client_id: &str) -> Connect {
+    let mut connect = Connect::new(version, MqttString::new(client_id).unwrap());
+    connect.keep_alive = 30;
+    connect
+}
+
+pub fn message(topic: &str, payload: &str, qos: QoS) -> Publish {
+    let mut publish = Publish::new(
+        TopicName::new(topic).unwrap(),
+        Bytes::copy_from_slice(payload.as_bytes()),
+    );
+    publish.qos = qos;
+    publish
+}
+
+pub fn subscription(filter: &str, qos: QoS) -> Subscription {
+    Subscription {
+        filter: TopicFilter::new(filter).unwrap(),
+        options: SubscriptionOptions {
+            qos,
+            ..Default::default()
+        },
+    }
+}
+
+pub struct TestClient<IO> {
+    io: Option<IO>,
+    pub engine: ClientConnection,
+    epoch: Instant,
+    pub events: VecDeque<ClientEvent>,
+}
+
+impl TestClient<TcpStream> {
+    /// Connects over TCP and waits for CONNACK; returns the client and the Connected event.
+    pub async fn tcp(addr: SocketAddr, connect: Connect) -> (Self, ClientEvent) {
+        let stream = TcpStream::connect(addr).await.expect("TCP connect");
+        Self::over(stream, connect).await
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
+    pub async fn over(io: IO, connect: Connect) -> (Self, ClientEvent) {
+        let epoch = Instant::now();
+        let mut client = Self {
+            io: Some(io),
+            // A client asking to resume has (empty) session state of its own (MQTT-3.2.2-4).
+            engine: ClientConnection::new(
+                ClientConfig::new(connect.clone()),
+                (!connect.clean_start).then(SessionState::default),
+                Timestamp::ZERO,
+            ),
+            epoch,
+            events: VecDeque::new(),
+        };
+        client.engine.connect(client.now()).unwrap();
+        let event = client
+            .wait_for(|e| matches!(e, ClientEvent::Connected { .. } | ClientEvent::Closed(_)))
+            .await
+            .expect("CONNACK or close in time");
+        (client, event)
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_since_epoch(self.epoch.elapsed())
+    }
+
+    /// Drives the connection until an event matching `pred` arrives (removed from the queue
+    /// and returned) or `WAIT` passes.
+    pub async fn wait_for(&mut self, pred: impl Fn(&ClientEvent) -> bool) -> Option<ClientEvent> {
+        self.wait_for_within(WAIT, pred).await
+    }
+
+    pub async fn wait_for_within(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&ClientEvent) -> bool,
+    ) -> Option<ClientEvent> {
+        let deadline = Instant::now() + within;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(event) = self.engine.poll_event() {
+                self.events.push_back(event);
+            }
+            if let Some(position) = self.events.iter().position(&pred) {
+                return self.events.remove(position);
+            }
+            self.flush().await;
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let timer = self
+                .engine
+                .poll_timeout()
+                .map(|t| self.epoch + t.since_epoch());
+            let wake = timer.map_or(deadline, |t| t.min(deadline));
+            let Some(io) = self.io.as_mut() else {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+                self.engine.handle_timeout(self.now());
+                continue;
+            };
+            tokio::select! {
+                read = io.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        self.io = None;
+                        self.engine.handle_transport_closed();
+                    }
+                    Ok(n) => {
+                        let now = self.now();
+                        self.engine.handle_bytes(now, &buf[..n]);
+                    }
+                },
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let now = self.now();
+                    self.engine.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(bytes) = self.engine.poll_transmit(self.now()) {
+            if let Some(io) = self.io.as_mut()
+                && io.write_all(&bytes).await.is_err()
+            {
+                self.io = None;
+                self.engine.handle_transport_closed();
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, subscriptions: Vec<Subscription>) -> Vec<ReasonCode> {
+        self.subscribe_with(subscriptions, Default::default()).await
+    }
+
+    pub async fn subscribe_with(
+        &mut self,
+        subscriptions: Vec<Subscription>,
+        properties: rallymq_codec::SubscribeProperties,
+    ) -> Vec<ReasonCode> {
+        let token = self
+            .engine
+            .subscribe(subscriptions, properties)
+            .expect("subscribe");
+        match self
+            .wait_for(|e| matches!(e, ClientEvent::Subscribed { token: t, .. } if *t == token))
+            .await
+        {
+            Some(ClientEvent::Subscribed { reason_codes, .. }) => reason_codes,
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, filter: &str) -> Vec<ReasonCode> {
+        let token = self
+            .engine
+            .unsubscribe(vec![TopicFilter::new(filter).unwrap()], Default::default())
+            .unwrap();
+        match self
+            .wait_for(|e| matches!(e, ClientEvent::Unsubscribed { token: t, .. } if *t == token))
+            .await
+        {
+            Some(ClientEvent::Unsubscribed { reason_codes, .. }) => reason_codes,
+            other => panic!("no UNSUBACK: {other:?}"),
+        }
+    }
+
+    /// Publishes and, for QoS 1 and 2, waits for the flow to complete; returns the reason code.
+    pub async fn publish(&mut self, publish: Publish) -> ReasonCode {
+        let now = self.now();
+        let token: Option<PublishToken> = self.engine.publish(now, publish).expect("publish");
+        let Some(token) = token else {
+            self.flush().await;
+            return ReasonCode::Success;
+        };
+        match self
+            .wait_for(|e| {
+                matches!(e, ClientEvent::PublishAcknowledged(o) | ClientEvent::PublishCompleted(o) if o.token == token)
+            })
+            .await
+        {
+            Some(ClientEvent::PublishAcknowledged(o) | ClientEvent::PublishCompleted(o)) => o.reason_code,
+            other => panic!("publish not acknowledged: {other:?}"),
+        }
+    }
+
+    /// The next message received, within `WAIT`.
+    pub async fn recv(&mut self) -> Option<Publish> {
+        self.recv_within(WAIT).await
+    }
+
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Publish> {
+        match self
+            .wait_for_within(within, |e| matches!(e, ClientEvent::Message(_)))
+            .await
+        {
+            Some(ClientEvent::Message(message)) => Some(message.publish),
+            _ => None,
+        }
+    }
+
+    /// Asserts no message arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        if let Some(message) = self.recv_within(within).await {
+            panic!("unexpected message: {message:?}");
+        }
+    }
+
+    /// The close reason, once the connection ends (within `WAIT`).
+    pub async fn closed(&mut self) -> Option<CloseReason> {
+        match self.wait_for(|e| matches!(e, ClientEvent::Closed(_))).await {
+            Some(ClientEvent::Closed(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub async fn disconnect(&mut self, reason_code: ReasonCode) {
+        self.engine.disconnect(Disconnect::new(reason_code));
+        self.flush().await;
+        if let Some(mut io) = self.io.take() {
+            let _ = io.shutdown().await;
+        }
+    }
+
+    /// Drops the transport without DISCONNECT (an abnormal end).
+    pub fn kill(&mut self) {
+        self.io = None;
+    }
+}
+
+pub fn payload_str(publish: &Publish) -> String {
+    String::from_utf8(publish.payload.to_vec()).unwrap()
+}
+
+pub fn topic_str(publish: &Publish) -> String {
+    publish
+        .topic
+        .as_ref()
+        .map(|t| t.as_str().to_owned())
+        .unwrap_or_default()
+}
