@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use rallymq_codec::{
     ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish, QoS, ReasonCode,
     SubAckProperties, Subscribe, Unsubscribe,
@@ -25,8 +26,12 @@ use crate::router::{SubscriptionData, copy_for};
 use crate::session::{Attachment, Control, Session};
 use crate::stats::Stats;
 
-/// Bytes read from the transport at a time.
-const READ_CHUNK: usize = 8 * 1024;
+/// Bytes an idle connection waits to read into: small, because an idle connection should own
+/// no large buffer.
+const PROBE: usize = 64;
+
+/// Bytes read at a time once data is flowing; the buffer is given back after each burst.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// How long a new connection waits for the connection it takes over to hand its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -103,7 +108,7 @@ impl Driver {
 
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, mut io: IO) {
         let mut shutdown = self.shared.shutdown.clone();
-        let mut read_buf = BytesMut::new();
+        let mut probe = [0u8; PROBE];
         let mut transport_open = true;
         loop {
             self.process_events().await;
@@ -117,8 +122,6 @@ impl Driver {
                 if self.engine.is_closed() {
                     let _ = io.shutdown().await;
                     transport_open = false;
-                    // Give the buffer back: a closed connection waiting for a will owns none.
-                    read_buf = BytesMut::new();
                 }
             }
             let deadline = self.engine.poll_timeout();
@@ -127,19 +130,19 @@ impl Driver {
             }
             let session = self.session.clone();
             let connected = self.engine.is_connected();
-            if read_buf.capacity() < 512 {
-                read_buf.reserve(READ_CHUNK);
-            }
             tokio::select! {
-                read = io.read_buf(&mut read_buf), if transport_open => match read {
+                read = io.read(&mut probe), if transport_open => match read {
                     Ok(0) | Err(_) => {
                         transport_open = false;
                         self.engine.handle_transport_closed(self.now());
                     }
                     Ok(n) => {
                         Stats::add(&self.shared.stats.bytes_received, n as u64);
-                        self.engine.handle_bytes(self.now(), &read_buf);
-                        read_buf.clear();
+                        self.engine.handle_bytes(self.now(), &probe[..n]);
+                        if n == PROBE && !self.read_burst(&mut io) {
+                            transport_open = false;
+                            self.engine.handle_transport_closed(self.now());
+                        }
                     }
                 },
                 _ = sleep_until(deadline.map(|at| self.instant(at))), if deadline.is_some() => {
@@ -151,6 +154,26 @@ impl Driver {
                 Some(control) = self.control_rx.recv() => self.on_control(control),
                 _ = shutdown.changed(), if !self.engine.is_closed() => {
                     self.engine.disconnect(self.now(), ReasonCode::ServerShuttingDown, DisconnectProperties::default());
+                }
+            }
+        }
+    }
+
+    /// Reads whatever else is ready right now, without waiting, into a buffer that is dropped
+    /// afterwards; everything read is decoded in one go. Returns false when the transport ended.
+    fn read_burst<IO: AsyncRead + Unpin>(&mut self, io: &mut IO) -> bool {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.clear();
+            match io.read_buf(&mut buf).now_or_never() {
+                None => return true,
+                Some(Ok(0)) | Some(Err(_)) => return false,
+                Some(Ok(n)) => {
+                    Stats::add(&self.shared.stats.bytes_received, n as u64);
+                    self.engine.handle_bytes(self.now(), &buf);
+                    if n < buf.capacity() {
+                        return true;
+                    }
                 }
             }
         }

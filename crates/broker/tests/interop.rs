@@ -1,0 +1,754 @@
+//! Interop tests with real peers over loopback: paho-mqtt (Python) over TCP and WebSockets,
+//! `mosquitto_pub` / `mosquitto_sub` over TCP with MQTT 3.1, 3.1.1 and 5.0, and MQTT.js (Node)
+//! over `ws://`. Each test starts the broker in-process on free ports and runs the peers as
+//! child processes, every one with a bounded time. Where it makes sense the same peer script
+//! also runs against a real Mosquitto broker, and both must show the same outcome.
+//!
+//! The peers are installed by `bash scripts/setup.sh` (Mosquitto and its clients from Debian,
+//! paho-mqtt from `scripts/requirements.txt`, MQTT.js from `tests/interop/package-lock.json`). A
+//! missing peer fails the test with a message saying so; it is never skipped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
+
+/// Longest a peer script may run.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a single step with a command-line peer may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// A short id unique to this process run, for client ids and topics.
+fn run_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:05x}{n:x}", (nanos ^ std::process::id()) & 0xf_ffff)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Brokers under test: ours in-process, and Mosquitto as the reference.
+
+/// Our broker on free TCP and WebSocket ports, on its own runtime; the test thread stays free
+/// to run peers synchronously.
+struct OurBroker {
+    runtime: tokio::runtime::Runtime,
+    handle: Option<BrokerHandle>,
+}
+
+impl OurBroker {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let mut config = BrokerConfig::without_listeners();
+        config.tcp.push("127.0.0.1:0".parse().expect("an address"));
+        config.ws.push("127.0.0.1:0".parse().expect("an address"));
+        config.sys_interval = None;
+        let handle = runtime
+            .block_on(Broker::start(config))
+            .expect("the broker starts");
+        Self {
+            runtime,
+            handle: Some(handle),
+        }
+    }
+
+    fn addr(&self, kind: ListenerKind) -> SocketAddr {
+        self.handle
+            .as_ref()
+            .and_then(|h| h.local_addr(kind))
+            .expect("the listener is bound")
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            name: "rallymq",
+            tcp: self.addr(ListenerKind::Tcp).port(),
+            ws: self.addr(ListenerKind::WebSocket).port(),
+        }
+    }
+}
+
+impl Drop for OurBroker {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.runtime
+                .block_on(handle.shutdown(Duration::from_millis(500)));
+        }
+    }
+}
+
+/// A Mosquitto broker on free ports (MQTT over TCP, and over WebSockets on `/mqtt` as any path
+/// works there), anonymous, on 127.0.0.1 only.
+struct Mosquitto {
+    child: Child,
+    dir: PathBuf,
+    tcp: u16,
+    ws: u16,
+}
+
+impl Mosquitto {
+    fn start() -> Self {
+        require_peer("mosquitto", Command::new("mosquitto").arg("-h"), |_| true);
+        let tcp = free_port();
+        let ws = free_port();
+        let dir = std::env::temp_dir().join(format!("rallymq-interop-mosquitto-{}", run_id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+                 listener {tcp} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\n"
+            ),
+        )
+        .expect("the Mosquitto configuration is written");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("Mosquitto does not start: {e}"));
+        let mut broker = Self {
+            child,
+            dir,
+            tcp,
+            ws,
+        };
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        for port in [tcp, ws] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = broker.child.try_wait() {
+                    panic!("Mosquitto exited at start ({status}); port {port} taken?");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Mosquitto does not listen on {port} within {STEP_TIMEOUT:?}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        broker
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            name: "Mosquitto",
+            tcp: self.tcp,
+            ws: self.ws,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Where a peer connects.
+#[derive(Debug, Clone, Copy)]
+struct Endpoint {
+    name: &'static str,
+    tcp: u16,
+    ws: u16,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running peers.
+
+/// Fails the test, never skips it, when a peer is not installed.
+fn require_peer(peer: &str, command: &mut Command, ok: impl Fn(&str) -> bool) {
+    let output = command.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("interop peer {peer} is missing ({e}); run bash scripts/setup.sh")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        ok(&text),
+        "interop peer {peer} is missing or broken; run bash scripts/setup.sh:\n{text}"
+    );
+}
+
+fn require_paho() {
+    require_peer(
+        "paho-mqtt (Python)",
+        Command::new("python3").args([
+            "-c",
+            "import paho.mqtt; print('paho', paho.mqtt.__version__)",
+        ]),
+        |out| out.starts_with("paho 2."),
+    );
+}
+
+fn require_mosquitto_clients() {
+    for client in ["mosquitto_pub", "mosquitto_sub"] {
+        require_peer(client, Command::new(client).arg("--help"), |out| {
+            out.contains("mosquitto")
+        });
+    }
+}
+
+fn require_mqttjs() {
+    require_peer(
+        "MQTT.js (npm mqtt, run npm ci in crates/broker/tests/interop)",
+        Command::new("node")
+            .args([
+                "-e",
+                "console.log('mqtt', require('mqtt/package.json').version)",
+            ])
+            .current_dir(interop_dir()),
+        |out| out.starts_with("mqtt "),
+    );
+}
+
+/// Collects a pipe in a thread.
+fn drain_pipe(pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(pipe).read_to_string(&mut text);
+        text
+    })
+}
+
+/// Runs a peer to its end within `timeout`; its stdout, or why it failed.
+fn run_peer(command: &mut Command, timeout: Duration) -> Result<String, String> {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: does not start: {e}"))?;
+    let stdout = drain_pipe(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain_pipe(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) if status.success() => Ok(stdout.trim().to_owned()),
+        Some(status) => Err(format!(
+            "{what}: {status}\n{}{}",
+            stderr.trim(),
+            stdout.trim()
+        )),
+        None => Err(format!(
+            "{what}: still running after {timeout:?}, killed\n{stderr}"
+        )),
+    }
+}
+
+/// A peer that runs alongside the test, read line by line (a `mosquitto_sub`).
+struct Streaming {
+    what: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Streaming {
+    fn spawn(command: &mut Command) -> Result<Self, String> {
+        let what = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{what}: does not start: {e}"))?;
+        let (tx, lines) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().expect("stdout is piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr is piped")),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line.trim_end().to_owned()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            what,
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits for the next line that `wanted` accepts.
+    fn wait_for(&mut self, wanted: impl Fn(&str) -> bool, what: &str) -> Result<String, String> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "{}: no {what} within {STEP_TIMEOUT:?}; output:\n{}",
+                        self.what,
+                        self.seen.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The next `count` message lines (those starting with `MSG `), sorted.
+    fn messages(&mut self, count: usize) -> Result<Vec<String>, String> {
+        let mut messages = Vec::new();
+        for _ in 0..count {
+            messages.push(self.wait_for(|l| l.starts_with("MSG "), "message")?);
+        }
+        messages.sort();
+        Ok(messages)
+    }
+
+    /// Waits for the peer to exit with success.
+    fn finish(mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("{}: {status}", self.what)),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                _ => return Err(format!("{}: did not exit", self.what)),
+            }
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that no case failed, listing every failure.
+fn assert_no_failures(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} interop case(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// paho-mqtt (Python): tests/interop/paho_scenarios.py
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    WebSockets,
+}
+
+/// Runs one paho scenario against `endpoint`; its JSON outcome.
+fn paho(
+    scenario: &str,
+    endpoint: Endpoint,
+    transport: Transport,
+    version: &str,
+) -> Result<String, String> {
+    let (transport, port) = match transport {
+        Transport::Tcp => ("tcp", endpoint.tcp),
+        Transport::WebSockets => ("websockets", endpoint.ws),
+    };
+    run_peer(
+        Command::new("python3")
+            .arg(interop_dir().join("paho_scenarios.py"))
+            .arg(scenario)
+            .args(["--port", &port.to_string(), "--transport", transport])
+            .args(["--version", version]),
+        PEER_TIMEOUT,
+    )
+}
+
+/// Runs a paho scenario for each MQTT version over TCP and WebSockets against our broker, and
+/// over TCP against Mosquitto; every outcome must be the expected one.
+fn paho_matrix(scenario: &str, versions: &[&str], expected: impl Fn(&str) -> String) {
+    require_paho();
+    let ours = OurBroker::start();
+    let reference = Mosquitto::start();
+    let cases = [
+        (ours.endpoint(), Transport::Tcp),
+        (ours.endpoint(), Transport::WebSockets),
+        (reference.endpoint(), Transport::Tcp),
+    ];
+    // The cases run side by side: each scenario uses its own topics and client ids.
+    let results: Vec<_> = thread::scope(|scope| {
+        let runs: Vec<_> = versions
+            .iter()
+            .flat_map(|version| cases.iter().map(move |case| (*version, *case)))
+            .map(|(version, (endpoint, transport))| {
+                let run = scope.spawn(move || paho(scenario, endpoint, transport, version));
+                (version, endpoint, transport, run)
+            })
+            .collect();
+        runs.into_iter()
+            .map(|(version, endpoint, transport, run)| {
+                let result = run.join().unwrap_or_else(|_| Err("panicked".to_owned()));
+                (version, endpoint, transport, result)
+            })
+            .collect()
+    });
+    let mut failures = Vec::new();
+    for (version, endpoint, transport, result) in results {
+        let case = format!(
+            "paho {scenario}, MQTT {version} over {transport:?} to {}",
+            endpoint.name
+        );
+        match result {
+            Ok(outcome) if outcome == expected(version) => {}
+            Ok(outcome) => failures.push(format!(
+                "{case}:\n  expected {}\n  observed {outcome}",
+                expected(version)
+            )),
+            Err(error) => failures.push(format!("{case}: {error}")),
+        }
+    }
+    assert_no_failures(failures);
+}
+
+/// A message as the paho script describes it (topic relative to the scenario's prefix).
+fn msg(topic: &str, payload: &str, qos: u8, retain: bool) -> String {
+    format!(r#"{{"payload":"{payload}","qos":{qos},"retain":{retain},"topic":"{topic}"}}"#)
+}
+
+fn list(messages: &[String]) -> String {
+    format!("[{}]", messages.join(","))
+}
+
+/// QoS 0, 1 and 2 end to end; a message goes out at the lower of its QoS and the granted one
+/// (3.1.1 MQTT-3.8.4-6, 5.0 MQTT-3.8.4-8).
+#[test]
+fn mqtt_3_8_4_6_paho_qos_0_1_2_round_trips_downgraded_to_granted_qos() {
+    paho_matrix("qos", &["311", "5"], |_| {
+        let high = [
+            msg("0", "q0", 0, false),
+            msg("1", "q1", 1, false),
+            msg("2", "q2", 2, false),
+        ];
+        let low = [
+            msg("0", "q0", 0, false),
+            msg("1", "q1", 1, false),
+            msg("2", "q2", 1, false),
+        ];
+        format!(
+            r#"{{"granted":[2,1],"sub_qos1":{},"sub_qos2":{}}}"#,
+            list(&low),
+            list(&high)
+        )
+    });
+}
+
+/// Retained messages: stored (MQTT-3.3.1-5), sent on subscribe with RETAIN 1 (3.1.1
+/// MQTT-3.3.1-6, -8), replaced, forwarded live with RETAIN 0 (3.1.1 MQTT-3.3.1-9), and removed
+/// by an empty payload, which is still forwarded (3.1.1 MQTT-3.3.1-10, -11; 5.0 MQTT-3.3.1-6,
+/// -7).
+#[test]
+fn mqtt_3_3_1_5_paho_retained_set_replace_clear_and_sent_on_subscribe() {
+    paho_matrix("retained", &["311", "5"], |_| {
+        format!(
+            r#"{{"after_clear":{},"live_clear":{},"live_replace":{},"on_subscribe_first":{},"on_subscribe_second":{}}}"#,
+            list(&[msg("", "end", 1, false)]),
+            list(&[msg("", "", 1, false)]),
+            list(&[msg("", "two", 1, false)]),
+            list(&[msg("", "one", 1, true)]),
+            list(&[msg("", "two", 1, true)]),
+        )
+    });
+}
+
+/// The will is published when the network connection closes without DISCONNECT (MQTT-3.1.2-8)
+/// and discarded on DISCONNECT (3.1.1 MQTT-3.14.4-3 and MQTT-3.1.2-10; 5.0 MQTT-3.14.4-3 for
+/// reason 0x00), but sent after an MQTT 5 DISCONNECT 0x04.
+#[test]
+fn mqtt_3_1_2_8_paho_will_on_abnormal_disconnect_not_after_disconnect() {
+    paho_matrix("will", &["311", "5"], |version| {
+        let mut after_disconnect = Vec::new();
+        if version == "5" {
+            after_disconnect.push(msg("asked", "sent on request", 1, false));
+        }
+        after_disconnect.push(msg("marker", "end", 1, false));
+        format!(
+            r#"{{"after_disconnect":{},"after_kill":{}}}"#,
+            list(&after_disconnect),
+            list(&[msg("abnormal", "gone", 1, false)]),
+        )
+    });
+}
+
+/// A shared subscription `$share/group/filter` gives each message to exactly one member of the
+/// group (MQTT 5 section 4.8.2), beside a plain subscription that gets every message. Mosquitto
+/// allows it for MQTT 3.1.1 clients too, and so do we.
+#[test]
+fn paho_shared_subscription_gives_each_message_to_one_member() {
+    paho_matrix("shared", &["311", "5"], |_| {
+        r#"{"every_member_served":true,"granted":[1,1,1],"group_count":10,"group_distinct":10,"group_missing":[],"plain_count":10}"#.to_owned()
+    });
+}
+
+/// Topic aliases from client to broker (MQTT 5 section 3.3.2.3.4): set with a topic, used with
+/// an empty topic, remapped to another topic.
+#[test]
+fn paho_topic_alias_from_client_to_broker() {
+    paho_matrix("alias", &["5"], |_| {
+        format!(
+            r#"{{"received":{}}}"#,
+            list(&[
+                msg("a", "first", 1, false),
+                msg("a", "second", 1, false),
+                msg("b", "third", 1, false),
+                msg("b", "fourth", 1, false),
+            ])
+        )
+    });
+}
+
+/// A persistent session resumes (3.1.1 MQTT-3.1.2-4, 5.0 MQTT-3.1.2-5): Session Present is
+/// set, the QoS 1 message published while offline is delivered (3.1.1 MQTT-3.1.2-5), the QoS 0
+/// one is not (as Mosquitto does by default), and the subscription still works.
+#[test]
+fn mqtt_3_1_2_4_paho_session_resume_delivers_messages_queued_offline() {
+    paho_matrix("resume", &["311", "5"], |_| {
+        format!(
+            r#"{{"first_session_present":false,"online":{},"queued":{},"resumed_session_present":true}}"#,
+            list(&[msg("", "online", 1, false)]),
+            list(&[msg("", "offline-qos1", 1, false)]),
+        )
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// mosquitto_pub / mosquitto_sub over TCP.
+
+/// A `mosquitto_sub` on `topic`, printing each message as `MSG <format>`, once subscribed.
+fn mosquitto_sub(
+    port: u16,
+    version: &str,
+    topic: &str,
+    format: &str,
+    count: usize,
+) -> Result<Streaming, String> {
+    let mut sub = Streaming::spawn(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+            .args(["-i", &format!("s{}", run_id())])
+            .args(["-t", topic, "-q", "2", "-d"])
+            .args(["-C", &count.to_string(), "-W", "10"])
+            .args(["-F", &format!("MSG {format}")]),
+    )?;
+    // `-d` prints the SUBACK: past it, the subscription is in place.
+    sub.wait_for(|l| l.contains("received SUBACK"), "SUBACK")?;
+    Ok(sub)
+}
+
+fn mosquitto_pub(
+    port: u16,
+    version: &str,
+    topic: &str,
+    qos: u8,
+    payload: &str,
+    extra: &[&str],
+) -> Result<(), String> {
+    run_peer(
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+            .args(["-i", &format!("p{}", run_id())])
+            .args(["-t", topic, "-q", &qos.to_string(), "-m", payload])
+            .args(extra),
+        STEP_TIMEOUT,
+    )
+    .map(drop)
+}
+
+/// Runs `case` against our broker and Mosquitto; both must give `expected`.
+fn against_both(
+    what: &str,
+    expected: &[String],
+    case: impl Fn(u16) -> Result<Vec<String>, String> + Sync,
+) {
+    require_mosquitto_clients();
+    let ours = OurBroker::start();
+    let reference = Mosquitto::start();
+    let mut failures = Vec::new();
+    for endpoint in [ours.endpoint(), reference.endpoint()] {
+        match case(endpoint.tcp) {
+            Ok(observed) if observed == expected => {}
+            Ok(observed) => failures.push(format!(
+                "{what} with {}:\n  expected {expected:?}\n  observed {observed:?}",
+                endpoint.name
+            )),
+            Err(error) => failures.push(format!("{what} with {}: {error}", endpoint.name)),
+        }
+    }
+    assert_no_failures(failures);
+}
+
+/// `mosquitto_sub` and `mosquitto_pub` of one protocol version, QoS 0, 1 and 2, for MQTT 3.1,
+/// 3.1.1 and 5.0.
+#[test]
+fn mosquitto_clients_round_trip_qos_0_1_2_with_mqttv31_mqttv311_mqttv5() {
+    let expected: Vec<String> = ["mqttv31", "mqttv311", "mqttv5"]
+        .iter()
+        .flat_map(|v| (0..3).map(move |q| format!("{v}: MSG {q} 0 p{q}")))
+        .collect();
+    against_both("QoS round trips", &expected, |port| {
+        let mut observed = Vec::new();
+        for version in ["mqttv31", "mqttv311", "mqttv5"] {
+            let topic = format!("interop/{}/mosq", run_id());
+            let mut sub = mosquitto_sub(port, version, &topic, "%q %r %p", 3)?;
+            for qos in 0..3 {
+                mosquitto_pub(port, version, &topic, qos, &format!("p{qos}"), &[])?;
+            }
+            observed.extend(
+                sub.messages(3)?
+                    .into_iter()
+                    .map(|line| format!("{version}: {line}")),
+            );
+            sub.finish()?;
+        }
+        Ok(observed)
+    });
+}
+
+/// An MQTT 3.1 client and an MQTT 5.0 client exchange messages both ways.
+#[test]
+fn mosquitto_clients_mqttv31_and_mqttv5_exchange_messages_both_ways() {
+    let expected = vec![
+        "to 3.1: MSG 1 from five".to_owned(),
+        "to 5.0: MSG 1 from three-one".to_owned(),
+    ];
+    against_both("3.1 <-> 5.0", &expected, |port| {
+        let run = run_id();
+        let (to_v31, to_v5) = (format!("interop/{run}/to31"), format!("interop/{run}/to5"));
+        let mut v31 = mosquitto_sub(port, "mqttv31", &to_v31, "%q %p", 1)?;
+        let mut v5 = mosquitto_sub(port, "mqttv5", &to_v5, "%q %p", 1)?;
+        mosquitto_pub(port, "mqttv5", &to_v31, 1, "from five", &[])?;
+        mosquitto_pub(port, "mqttv31", &to_v5, 1, "from three-one", &[])?;
+        let mut observed = Vec::new();
+        observed.extend(v31.messages(1)?.into_iter().map(|l| format!("to 3.1: {l}")));
+        observed.extend(v5.messages(1)?.into_iter().map(|l| format!("to 5.0: {l}")));
+        v31.finish()?;
+        v5.finish()?;
+        Ok(observed)
+    });
+}
+
+/// An MQTT 5.0 publish with user properties reaches an MQTT 3.1.1 subscriber, without them
+/// (it could not parse them), and an MQTT 5.0 subscriber with them, in order.
+#[test]
+fn mosquitto_clients_v5_user_properties_reach_v311_subscriber_without_them() {
+    let expected = vec![
+        "3.1.1: MSG 1 hello".to_owned(),
+        "5.0: MSG 1 hello team:rally court:1".to_owned(),
+    ];
+    against_both("user properties 5.0 -> 3.1.1", &expected, |port| {
+        let topic = format!("interop/{}/props", run_id());
+        let mut v311 = mosquitto_sub(port, "mqttv311", &topic, "%q %p %P", 1)?;
+        let mut v5 = mosquitto_sub(port, "mqttv5", &topic, "%q %p %P", 1)?;
+        let properties = [
+            "-D",
+            "publish",
+            "user-property",
+            "team",
+            "rally",
+            "-D",
+            "publish",
+            "user-property",
+            "court",
+            "1",
+        ];
+        mosquitto_pub(port, "mqttv5", &topic, 1, "hello", &properties)?;
+        let mut observed = Vec::new();
+        observed.extend(v311.messages(1)?.into_iter().map(|l| format!("3.1.1: {l}")));
+        observed.extend(v5.messages(1)?.into_iter().map(|l| format!("5.0: {l}")));
+        v311.finish()?;
+        v5.finish()?;
+        Ok(observed)
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT.js (Node) over WebSockets: tests/interop/mqttjs_ws.js
+
+/// MQTT.js connects over `ws://ADDR/mqtt` (subprotocol `mqtt`), subscribes, publishes at QoS 1
+/// and receives its message, with MQTT 3.1.1 and 5.0, against our broker and Mosquitto.
+#[test]
+fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
+    require_mqttjs();
+    let ours = OurBroker::start();
+    let reference = Mosquitto::start();
+    let expected = r#"{"granted":[1],"message":{"topic":"TOPIC","payload":"hello from MQTT.js","qos":1,"retain":false}}"#;
+    let mut failures = Vec::new();
+    for endpoint in [ours.endpoint(), reference.endpoint()] {
+        for version in ["4", "5"] {
+            let url = format!("ws://127.0.0.1:{}/mqtt", endpoint.ws);
+            let result = run_peer(
+                Command::new("node")
+                    .arg(interop_dir().join("mqttjs_ws.js"))
+                    .args([&url, version])
+                    .current_dir(interop_dir()),
+                PEER_TIMEOUT,
+            );
+            let case = format!("MQTT.js protocol {version} to {}", endpoint.name);
+            match result {
+                Ok(observed) if observed == expected => {}
+                Ok(observed) => failures.push(format!(
+                    "{case}:\n  expected {expected}\n  observed {observed}"
+                )),
+                Err(error) => failures.push(format!("{case}: {error}")),
+            }
+        }
+    }
+    assert_no_failures(failures);
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Interop with MQTT.js (npm `mqtt`) over WebSockets, against a broker: ours or Mosquitto.
+//
+//   node mqttjs_ws.js URL VERSION        (URL like ws://127.0.0.1:PORT/mqtt, VERSION 4 or 5)
+//
+// Connects a subscriber and a publisher, subscribes at QoS 1, publishes at QoS 1 and waits for
+// the message. Prints what it observed as one line of JSON; on a failure or after 5 s prints a
+// clear message to stderr and exits with status 1.
+'use strict';
+
+const mqtt = require('mqtt');
+
+const [url, version] = process.argv.slice(2);
+if (!url || !['4', '5'].includes(version)) {
+  console.error('usage: node mqttjs_ws.js ws://HOST:PORT/mqtt 4|5');
+  process.exit(2);
+}
+const protocolVersion = Number(version);
+const run = Math.random().toString(16).slice(2, 12);
+const topic = `interop/${run}/mqttjs`;
+const clients = [];
+
+function fail(message) {
+  console.error(`MQTT.js (MQTT ${protocolVersion === 5 ? '5' : '3.1.1'}, ${url}): ${message}`);
+  for (const client of clients) client.end(true);
+  process.exit(1);
+}
+
+const timer = setTimeout(() => fail('no result within 5s'), 5000);
+
+function connect(name) {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(url, {
+      protocolVersion,
+      clientId: `${name}-${run}`,
+      reconnectPeriod: 0,
+      connectTimeout: 4000,
+    });
+    clients.push(client);
+    client.once('connect', (connack) => resolve({ client, connack }));
+    client.once('error', (error) => reject(new Error(`${name}: ${error.message}`)));
+    client.once('close', () => reject(new Error(`${name}: connection closed`)));
+  });
+}
+
+async function main() {
+  const { client: subscriber } = await connect('sub');
+  const { client: publisher } = await connect('pub');
+  const received = new Promise((resolve) => {
+    subscriber.once('message', (topicName, payload, packet) =>
+      resolve({ topic: topicName, payload: payload.toString(), qos: packet.qos, retain: packet.retain }),
+    );
+  });
+  const granted = await subscriber.subscribeAsync(topic, { qos: 1 });
+  await publisher.publishAsync(topic, 'hello from MQTT.js', { qos: 1 });
+  const message = await received;
+  message.topic = message.topic === topic ? 'TOPIC' : message.topic;
+  await Promise.all([subscriber.endAsync(), publisher.endAsync()]);
+  clearTimeout(timer);
+  console.log(JSON.stringify({ granted: granted.map((g) => g.qos), message }));
+}
+
+main().catch((error) => fail(error.message));

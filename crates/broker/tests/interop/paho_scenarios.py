@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Interop scenarios run with paho-mqtt (Python) against a broker: ours or Mosquitto.
+
+    paho_scenarios.py SCENARIO --port PORT [--transport tcp|websockets] [--version 311|5]
+
+Runs one scenario and prints what it observed as one line of JSON (sorted keys, no spaces), so
+that the caller can compare it with the expected outcome and with Mosquitto's. Every wait is
+bounded; on a failure (timeout, refused connection, a peer error) it prints a clear message to
+stderr and exits with status 1. Topics and client ids carry a random run id, so scenarios can
+share a broker.
+"""
+
+import argparse
+import json
+import queue
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+# How long any one wait may take.
+TIMEOUT = 5.0
+# How long to keep listening for messages that must not come.
+QUIET = 0.4
+
+
+class Failure(Exception):
+    """The scenario could not run to its end."""
+
+
+class Peer:
+    """One paho client driven synchronously: every step waits, bounded, for its answer."""
+
+    def __init__(self, args, name, client_id=None, clean=True):
+        self.args = args
+        self.v5 = args.version == "5"
+        self.name = name
+        self.client_id = client_id or f"{name}-{args.run}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            transport=args.transport,
+            clean_session=None if self.v5 else clean,
+            reconnect_on_failure=False,
+        )
+        if args.transport == "websockets":
+            self.client.ws_set_options(path=args.path)
+        self.messages = queue.Queue()
+        self.connacks = queue.Queue()
+        self.subacks = queue.Queue()
+        self.disconnected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda _c, _u, message: self.messages.put(message)
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = lambda *_: self.disconnected.set()
+
+    def _on_connect(self, _client, _userdata, flags, reason_code, _properties):
+        self.connacks.put((bool(flags.session_present), reason_code))
+
+    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties):
+        self.subacks.put((mid, [code.value for code in reason_codes]))
+
+    def connect(self, clean=True, expiry=None, will=None, loop=True):
+        """Connects and waits for CONNACK; returns Session Present."""
+        if will is not None:
+            topic, payload, qos = will
+            self.client.will_set(topic, payload, qos)
+        kwargs = {}
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)
+            if expiry is not None:
+                properties.SessionExpiryInterval = expiry
+            kwargs = {"clean_start": clean, "properties": properties}
+        try:
+            self.client.connect(self.args.host, self.args.port, keepalive=30, **kwargs)
+        except OSError as error:
+            raise Failure(f"{self.name}: connect to {self.args.host}:{self.args.port}: {error}")
+        if loop:
+            self.client.loop_start()
+            session_present, code = get(self.connacks, f"{self.name}: CONNACK")
+        else:
+            # Driven by hand, so nothing reconnects once the socket is killed.
+            deadline = time.monotonic() + TIMEOUT
+            while self.connacks.empty():
+                if time.monotonic() > deadline:
+                    raise Failure(f"{self.name}: no CONNACK within {TIMEOUT}s")
+                self.client.loop(0.05)
+            session_present, code = self.connacks.get()
+        if code.is_failure:
+            raise Failure(f"{self.name}: connection refused: {code}")
+        return session_present
+
+    def subscribe(self, topic, qos):
+        """Subscribes and waits for SUBACK; returns the granted QoS (or reason code)."""
+        result, mid = self.client.subscribe(topic, qos)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise Failure(f"{self.name}: subscribe {topic}: {mqtt.error_string(result)}")
+        got_mid, codes = get(self.subacks, f"{self.name}: SUBACK for {topic}")
+        if got_mid != mid:
+            raise Failure(f"{self.name}: SUBACK for packet {got_mid}, expected {mid}")
+        return codes[0]
+
+    def publish(self, topic, payload, qos=0, retain=False, properties=None):
+        """Publishes and waits until the flow completes (PUBACK, PUBCOMP, or written)."""
+        info = self.client.publish(topic, payload, qos, retain, properties)
+        info.wait_for_publish(TIMEOUT)
+        if not info.is_published():
+            raise Failure(f"{self.name}: publish to {topic!r} at QoS {qos} not completed")
+
+    def receive(self, count, what):
+        """The next `count` messages, each waited for at most TIMEOUT."""
+        return [describe(get(self.messages, f"{self.name}: {what}")) for _ in range(count)]
+
+    def receive_until(self, payload, what):
+        """Messages up to and including the one with `payload`."""
+        received = []
+        while True:
+            message = describe(get(self.messages, f"{self.name}: {what}"))
+            received.append(message)
+            if message["payload"] == payload:
+                return received
+
+    def drain(self):
+        """Messages that arrive within QUIET: what must not have come."""
+        time.sleep(QUIET)
+        extra = []
+        while not self.messages.empty():
+            extra.append(describe(self.messages.get()))
+        return extra
+
+    def disconnect(self, reason=None):
+        if self.v5 and reason is not None:
+            self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, reason))
+        else:
+            self.client.disconnect()
+        if not self.disconnected.wait(TIMEOUT):
+            raise Failure(f"{self.name}: disconnect not completed")
+        self.client.loop_stop()
+
+    def kill(self):
+        """Ends the network connection without DISCONNECT (an abnormal disconnect)."""
+        sock = self.client.socket()
+        raw = getattr(sock, "_socket", sock)  # the TCP socket under paho's WebSocket wrapper
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raw.close()
+
+
+def get(q, what):
+    try:
+        return q.get(timeout=TIMEOUT)
+    except queue.Empty:
+        raise Failure(f"{what}: nothing within {TIMEOUT}s") from None
+
+
+def describe(message):
+    out = {
+        "topic": message.topic,
+        "payload": message.payload.decode("utf-8", "replace"),
+        "qos": message.qos,
+        "retain": bool(message.retain),
+    }
+    properties = getattr(message, "properties", None)
+    user = getattr(properties, "UserProperty", None) if properties is not None else None
+    if user:
+        out["user"] = [list(pair) for pair in user]
+    return out
+
+
+def relative(messages, prefix):
+    for message in messages:
+        if message["topic"].startswith(prefix):
+            message["topic"] = message["topic"][len(prefix):]
+    return messages
+
+
+def scenario_qos(args):
+    """QoS 0, 1 and 2 end to end, downgraded to each subscription's granted QoS."""
+    prefix = f"interop/{args.run}/qos/"
+    high = Peer(args, "sub-qos2")
+    low = Peer(args, "sub-qos1")
+    publisher = Peer(args, "pub")
+    for peer in (high, low, publisher):
+        peer.connect()
+    granted = [high.subscribe(prefix + "#", 2), low.subscribe(prefix + "#", 1)]
+    for qos in (0, 1, 2):
+        publisher.publish(f"{prefix}{qos}", f"q{qos}", qos)
+    result = {"granted": granted}
+    for key, peer in (("sub_qos2", high), ("sub_qos1", low)):
+        got = peer.receive(3, "QoS messages") + peer.drain()
+        result[key] = sorted(relative(got, prefix), key=lambda m: m["topic"])
+    for peer in (high, low, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_retained(args):
+    """Retained messages: set, sent on subscribe, replaced, cleared with an empty payload."""
+    topic = f"interop/{args.run}/retained"
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(topic, "one", 1, retain=True)
+    first = Peer(args, "sub-first")
+    first.connect()
+    first.subscribe(topic, 1)
+    result = {"on_subscribe_first": first.receive(1, "the retained message")}
+    publisher.publish(topic, "two", 1, retain=True)
+    result["live_replace"] = first.receive(1, "the replacing message")
+    second = Peer(args, "sub-second")
+    second.connect()
+    second.subscribe(topic, 1)
+    result["on_subscribe_second"] = second.receive(1, "the replaced retained message")
+    publisher.publish(topic, "", 1, retain=True)
+    result["live_clear"] = first.receive(1, "the clearing message") + first.drain()
+    third = Peer(args, "sub-third")
+    third.connect()
+    third.subscribe(topic, 1)
+    publisher.publish(topic, "end", 1)
+    result["after_clear"] = third.receive_until("end", "the end marker") + third.drain()
+    for peer in (first, second, third, publisher):
+        peer.disconnect()
+    for messages in result.values():
+        relative(messages, topic)
+    return result
+
+
+def scenario_will(args):
+    """The will is published on an abnormal disconnect, not after a clean DISCONNECT."""
+    prefix = f"interop/{args.run}/will/"
+    watcher = Peer(args, "watcher")
+    watcher.connect()
+    watcher.subscribe(prefix + "#", 1)
+
+    dying = Peer(args, "dying")
+    dying.connect(will=(prefix + "abnormal", "gone", 1), loop=False)
+    dying.kill()
+    result = {"after_kill": watcher.receive(1, "the will after the socket was killed")}
+
+    polite = Peer(args, "polite")
+    polite.connect(will=(prefix + "clean", "must not be sent", 1))
+    polite.disconnect()
+    if args.version == "5":
+        # DISCONNECT 0x04 ends the connection cleanly and asks for the will.
+        asking = Peer(args, "asking")
+        asking.connect(will=(prefix + "asked", "sent on request", 1))
+        asking.disconnect(reason="Disconnect with will message")
+    time.sleep(QUIET)
+    marker = Peer(args, "marker")
+    marker.connect()
+    marker.publish(prefix + "marker", "end", 1)
+    result["after_disconnect"] = watcher.receive_until("end", "the end marker")
+    result["after_disconnect"] += watcher.drain()
+    for peer in (watcher, marker):
+        peer.disconnect()
+    for messages in result.values():
+        relative(messages, prefix)
+    return result
+
+
+def scenario_shared(args):
+    """A shared subscription gives each message to exactly one member of the group."""
+    topic = f"interop/{args.run}/shared"
+    members = [Peer(args, f"member-{i}") for i in range(2)]
+    plain = Peer(args, "plain")
+    publisher = Peer(args, "pub")
+    for peer in members + [plain, publisher]:
+        peer.connect()
+    granted = [member.subscribe(f"$share/group-{args.run}/{topic}", 1) for member in members]
+    granted.append(plain.subscribe(topic, 1))
+    count = 10
+    for i in range(count):
+        publisher.publish(topic, f"m{i}", 1)
+    got_plain = plain.receive(count, "messages on the plain subscription") + plain.drain()
+    got_members = [[] for _ in members]
+    deadline = time.monotonic() + TIMEOUT
+    while sum(map(len, got_members)) < count and time.monotonic() < deadline:
+        for i, member in enumerate(members):
+            while not member.messages.empty():
+                got_members[i].append(describe(member.messages.get()))
+        time.sleep(0.02)
+    for i, member in enumerate(members):
+        got_members[i] += member.drain()
+    payloads = [m["payload"] for got in got_members for m in got]
+    result = {
+        "granted": granted,
+        "plain_count": len(got_plain),
+        "group_count": len(payloads),
+        "group_distinct": len(set(payloads)),
+        "group_missing": sorted({f"m{i}" for i in range(count)} - set(payloads)),
+        "every_member_served": all(got_members),
+    }
+    for peer in members + [plain, publisher]:
+        peer.disconnect()
+    return result
+
+
+def scenario_alias(args):
+    """Topic aliases from client to broker: set, used with an empty topic, remapped."""
+    if args.version != "5":
+        raise Failure("topic aliases need MQTT 5")
+    prefix = f"interop/{args.run}/alias/"
+    subscriber = Peer(args, "sub")
+    publisher = Peer(args, "pub")
+    subscriber.connect()
+    publisher.connect()
+    subscriber.subscribe(prefix + "#", 1)
+    steps = [("a", "first"), ("", "second"), ("b", "third"), ("", "fourth")]
+    for topic, payload in steps:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.TopicAlias = 1
+        publisher.publish(prefix + topic if topic else "", payload, 1, properties=properties)
+    got = subscriber.receive(len(steps), "aliased messages") + subscriber.drain()
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": relative(got, prefix)}
+
+
+def scenario_resume(args):
+    """A persistent session keeps its subscriptions and QoS 1 messages while offline."""
+    topic = f"interop/{args.run}/resume"
+    client_id = f"resume-{args.run}"
+    # MQTT 3.1.1: Clean Session 0; MQTT 5: Clean Start 0 with a Session Expiry.
+    subscriber = Peer(args, "sub", client_id=client_id, clean=False)
+    result = {"first_session_present": subscriber.connect(clean=True, expiry=60)}
+    subscriber.subscribe(topic, 1)
+    subscriber.disconnect()
+
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(topic, "offline-qos0", 0)
+    publisher.publish(topic, "offline-qos1", 1)
+
+    back = Peer(args, "sub-again", client_id=client_id, clean=False)
+    result["resumed_session_present"] = back.connect(clean=False, expiry=60)
+    result["queued"] = back.receive(1, "the message queued while offline") + back.drain()
+    publisher.publish(topic, "online", 1)
+    result["online"] = back.receive(1, "a message on the resumed subscription") + back.drain()
+    back.disconnect()
+    # End the session so that it does not linger in the broker.
+    cleanup = Peer(args, "sub-cleanup", client_id=client_id, clean=True)
+    cleanup.connect(clean=True, expiry=0)
+    cleanup.disconnect()
+    publisher.disconnect()
+    for key in ("queued", "online"):
+        relative(result[key], topic)
+    return result
+
+
+SCENARIOS = {
+    "qos": scenario_qos,
+    "retained": scenario_retained,
+    "will": scenario_will,
+    "shared": scenario_shared,
+    "alias": scenario_alias,
+    "resume": scenario_resume,
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
+    parser.add_argument("--path", default="/mqtt", help="WebSocket path")
+    parser.add_argument("--version", choices=["311", "5"], default="311")
+    args = parser.parse_args()
+    args.run = uuid.uuid4().hex[:10]
+    try:
+        result = SCENARIOS[args.scenario](args)
+    except Failure as failure:
+        print(
+            f"paho {args.scenario} ({args.transport}, MQTT {args.version}): {failure}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    print(json.dumps(result, sort_keys=True, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
