@@ -12,3 +12,15 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 
 # Python peers for interop tests.
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+
+# Mosquitto (the reference broker) and its command-line clients, for the broker's interop tests.
+# (Debian puts mosquitto in /usr/sbin, which may not be on a user's PATH.)
+if ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } \
+  || ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+
+# MQTT.js (npm mqtt, pinned by package-lock.json) for the broker's interop tests.
+(cd crates/broker/tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

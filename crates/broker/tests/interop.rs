@@ -105,7 +105,8 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Self {
-        require_peer("mosquitto", Command::new("mosquitto").arg("-h"), |_| true);
+        let program = mosquitto_program();
+        require_peer("mosquitto", Command::new(program).arg("-h"), |_| true);
         let tcp = free_port();
         let ws = free_port();
         let dir = std::env::temp_dir().join(format!("rallymq-interop-mosquitto-{}", run_id()));
@@ -119,7 +120,7 @@ impl Mosquitto {
             ),
         )
         .expect("the Mosquitto configuration is written");
-        let child = Command::new("mosquitto")
+        let child = Command::new(program)
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -163,6 +164,18 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian installs `mosquitto` in /usr/sbin, which may not be on a user's PATH.
+fn mosquitto_program() -> &'static str {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("mosquitto").is_file())
+    });
+    if !on_path && Path::new("/usr/sbin/mosquitto").is_file() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
     }
 }
 
@@ -579,8 +592,10 @@ fn mosquitto_sub(
     format: &str,
     count: usize,
 ) -> Result<Streaming, String> {
+    // Line-buffered: its stdout is a pipe here, and each line is awaited.
     let mut sub = Streaming::spawn(
-        Command::new("mosquitto_sub")
+        Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
             .args(["-i", &format!("s{}", run_id())])
             .args(["-t", topic, "-q", "2", "-d"])
