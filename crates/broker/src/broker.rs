@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::BrokerConfig;
-use crate::router::{Router, SubscriptionData};
+use crate::router::{RouteOutcome, Router, SubscriptionData};
 use crate::session::{Attachment, Registry, Session};
 use crate::stats::Stats;
 use crate::{Error, listener, sys};
@@ -33,18 +33,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Publishes a message into the broker: updates the retained store if it is retained, and
-    /// routes it. Returns how many subscribers it was queued for.
-    pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> usize {
+    /// routes it.
+    pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> RouteOutcome {
         Stats::add(&self.stats.messages_received, 1);
         if publish.retain {
             self.router.retain(publish);
         }
-        let (queued, dropped) =
-            self.router
-                .route(sender, publish, self.config.limits.max_queued_messages);
-        Stats::add(&self.stats.messages_sent, queued as u64);
-        Stats::add(&self.stats.messages_dropped, dropped as u64);
-        queued
+        let outcome = self.router.route(sender, publish, &self.config.limits);
+        Stats::add(&self.stats.messages_sent, outcome.queued as u64);
+        Stats::add(&self.stats.messages_dropped, outcome.dropped as u64);
+        outcome
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -244,7 +242,7 @@ impl BrokerHandle {
         let mut publish = Publish::new(TopicName::new(topic)?, payload.into());
         publish.qos = qos;
         publish.retain = retain;
-        Ok(self.shared.publish(None, &publish))
+        Ok(self.shared.publish(None, &publish).queued)
     }
 
     /// Subscribes in-process to `filter` at `qos`; messages arrive on the returned
@@ -270,6 +268,7 @@ impl BrokerHandle {
         tokio::spawn(async move {
             loop {
                 let next = pump.lock().pending.pop_front();
+                pump.space.notify_waiters();
                 match next {
                     Some(queued) => {
                         if sender.send(queued.publish).await.is_err() {

@@ -57,10 +57,14 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     /// Most QoS 1 and 2 messages in flight to one client at once.
     pub max_in_flight: u16,
-    /// Most messages waiting for one session (online or offline). Past it, QoS 0 messages are
-    /// dropped at once and QoS 1 and 2 messages are dropped too; every drop is counted in
-    /// `$SYS/broker/messages/dropped`.
+    /// Most messages waiting for one session (online or offline). Past it, `queue_full`
+    /// decides which message is dropped; every drop is counted in
+    /// `$SYS/broker/publish/messages/dropped`. Publishers are slowed (their reads pause, for up to
+    /// a second at a time) while a subscriber's queue is three quarters full, so drops happen
+    /// only to consumers that stay too slow.
     pub max_queued_messages: usize,
+    /// What to drop when a session's queue is full.
+    pub queue_full: QueueFullPolicy,
     /// Largest session expiry granted, in seconds (MQTT 5 clients asking for more get this).
     pub max_session_expiry: u32,
     /// Longest keep alive accepted from MQTT 5 clients (longer or none gets Server Keep Alive).
@@ -77,8 +81,20 @@ impl Default for Limits {
             topic_alias_maximum: 64,
             max_in_flight: 64,
             max_queued_messages: 1000,
+            queue_full: QueueFullPolicy::DropNewest,
             max_session_expiry: u32::MAX,
             max_keep_alive: None,
         }
     }
+}
+
+/// What a full session queue drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueFullPolicy {
+    /// The message that does not fit (Mosquitto's behaviour).
+    #[default]
+    DropNewest,
+    /// The oldest waiting message, to make room: fresh data wins (a scoreboard, a sensor).
+    DropOldest,
 }

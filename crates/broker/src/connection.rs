@@ -23,7 +23,7 @@ use tracing::{debug, info};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attachment, Control, Session};
+use crate::session::{Attachment, Control, Enqueued, Session};
 use crate::stats::Stats;
 
 /// Bytes an idle connection waits to read into: small, because an idle connection should own
@@ -32,6 +32,9 @@ const PROBE: usize = 64;
 
 /// Bytes read at a time once data is flowing; the buffer is given back after each burst.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The longest a publisher is paused for slow subscribers at a time.
+const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long a new connection waits for the connection it takes over to hand its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,6 +62,9 @@ struct Driver {
     /// The connection was taken over: its state went to the new connection.
     taken_over: Option<oneshot::Sender<rallymq_session::SessionState>>,
     counted_connected: bool,
+    /// Subscribers whose queues this connection's messages filled past their high-water mark:
+    /// reading pauses until they drain (back-pressure instead of unbounded buffering).
+    congested: Vec<Arc<Session>>,
     /// Set once the close has been handled (session saved or dropped).
     closed_handled: bool,
 }
@@ -94,6 +100,7 @@ impl Driver {
             version: None,
             taken_over: None,
             counted_connected: false,
+            congested: Vec::new(),
             closed_handled: false,
         }
     }
@@ -128,6 +135,9 @@ impl Driver {
             if self.engine.is_closed() && deadline.is_none() {
                 return;
             }
+            if !self.congested.is_empty() {
+                self.wait_for_subscribers().await;
+            }
             let session = self.session.clone();
             let connected = self.engine.is_connected();
             tokio::select! {
@@ -159,22 +169,39 @@ impl Driver {
         }
     }
 
-    /// Reads whatever else is ready right now, without waiting, into a buffer that is dropped
-    /// afterwards; everything read is decoded in one go. Returns false when the transport ended.
+    /// Pauses this publisher until the subscribers it congested drain below their high-water
+    /// mark, for at most `BACK_PRESSURE_LIMIT` in all: a subscriber that stays stuck then loses
+    /// messages to its queue limit instead of stalling everyone.
+    async fn wait_for_subscribers(&mut self) {
+        let deadline = tokio::time::Instant::now() + BACK_PRESSURE_LIMIT;
+        let limits = &self.shared.config.limits;
+        for session in std::mem::take(&mut self.congested) {
+            loop {
+                let space = session.space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if !session.is_congested(limits) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads one more chunk if it is ready right now, without waiting, into a buffer that is
+    /// dropped afterwards. One chunk at a time, so that routing (and back-pressure) keeps up
+    /// with reading. Returns false when the transport ended.
     fn read_burst<IO: AsyncRead + Unpin>(&mut self, io: &mut IO) -> bool {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            buf.clear();
-            match io.read_buf(&mut buf).now_or_never() {
-                None => return true,
-                Some(Ok(0)) | Some(Err(_)) => return false,
-                Some(Ok(n)) => {
-                    Stats::add(&self.shared.stats.bytes_received, n as u64);
-                    self.engine.handle_bytes(self.now(), &buf);
-                    if n < buf.capacity() {
-                        return true;
-                    }
-                }
+        match io.read_buf(&mut buf).now_or_never() {
+            None => true,
+            Some(Ok(0)) | Some(Err(_)) => false,
+            Some(Ok(n)) => {
+                Stats::add(&self.shared.stats.bytes_received, n as u64);
+                self.engine.handle_bytes(self.now(), &buf);
+                true
             }
         }
     }
@@ -230,7 +257,9 @@ impl Driver {
                     let publish = message.publish;
                     Stats::add(&self.shared.stats.publish_received, 1);
                     let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                    let matched = self.shared.publish(sender.as_deref(), &publish);
+                    let outcome = self.shared.publish(sender.as_deref(), &publish);
+                    let matched = outcome.queued;
+                    self.congested.extend(outcome.congested);
                     // The message is safe once routed (queued for every subscriber). A durable
                     // store will await its write here, before the acknowledgement.
                     if let Some(ack) = message.ack {
@@ -418,23 +447,19 @@ impl Driver {
                     rallymq_codec::RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for message in self.shared.router.retained_matching(filter) {
+                for (message, stored_at) in self.shared.router.retained_matching(filter) {
                     // Retained messages sent on subscribe keep the retain flag (MQTT-3.3.1-8).
-                    retained.push(copy_for(
-                        &message,
-                        granted,
-                        true,
-                        identifier.into_iter().collect(),
-                    ));
+                    let copy = copy_for(&message, granted, true, identifier.into_iter().collect());
+                    retained.push((copy, stored_at));
                 }
             }
         }
         let _ =
             self.engine
                 .answer_subscribe(subscribe.packet_id, codes, SubAckProperties::default());
-        let limit = self.shared.config.limits.max_queued_messages;
-        for message in retained {
-            if !session.enqueue(message, limit) {
+        for (message, stored_at) in retained {
+            let outcome = session.enqueue(message, stored_at, &self.shared.config.limits);
+            if matches!(outcome, Enqueued::Dropped | Enqueued::DroppedOldest) {
                 Stats::add(&self.shared.stats.messages_dropped, 1);
             }
         }
@@ -504,6 +529,8 @@ impl Driver {
                 }
             }
         }
+        drop(inner);
+        session.space.notify_waiters();
     }
 
     fn on_closed(&mut self, reason: CloseReason) {

@@ -36,5 +36,5 @@ mod stats;
 mod sys;
 
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
-pub use config::{BrokerConfig, Limits};
+pub use config::{BrokerConfig, Limits, QueueFullPolicy};
 pub use error::Error;

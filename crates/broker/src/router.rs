@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use rallymq_codec::{
     Publish, QoS, RetainHandling, SubscriptionId, SubscriptionOptions, TopicFilter,
 };
 use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex};
 
-use crate::session::{Session, SessionRef};
+use crate::config::Limits;
+use crate::session::{Enqueued, Session, SessionRef};
 
 /// What the broker keeps with each subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +53,8 @@ struct Delivery {
 #[derive(Debug, Default)]
 pub(crate) struct Router {
     index: RwLock<SubscriptionIndex<SessionRef, SubscriptionData>>,
-    retained: RwLock<RetainedIndex<Publish>>,
+    /// Retained messages with when they were stored: Message Expiry counts from then.
+    retained: RwLock<RetainedIndex<(Publish, Instant)>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -126,30 +129,30 @@ impl Router {
             stored.packet_id = None;
             stored.properties.topic_alias = None;
             stored.properties.subscription_identifiers.clear();
-            retained.insert(topic.clone(), stored);
+            retained.insert(topic.clone(), (stored, Instant::now()));
         }
     }
 
-    /// The retained messages matching `filter`.
-    pub(crate) fn retained_matching(&self, filter: &TopicFilter) -> Vec<Publish> {
+    /// The retained messages matching `filter`, with when each was stored.
+    pub(crate) fn retained_matching(&self, filter: &TopicFilter) -> Vec<(Publish, Instant)> {
         let retained = read(&self.retained);
         retained
             .matching(filter)
-            .map(|(_, publish)| publish.clone())
+            .map(|(_, stored)| stored.clone())
             .collect()
     }
 
     /// Routes `publish` (its topic set) from `sender` (a client id, `None` in-process) to every
-    /// matching session: one copy per subscriber, one per shared group. Returns how many copies
-    /// were queued and how many were dropped.
+    /// matching session: one copy per subscriber, one per shared group.
     pub(crate) fn route(
         &self,
         sender: Option<&str>,
         publish: &Publish,
-        queue_limit: usize,
-    ) -> (usize, usize) {
+        limits: &Limits,
+    ) -> RouteOutcome {
+        let mut outcome = RouteOutcome::default();
         let Some(topic) = &publish.topic else {
-            return (0, 0);
+            return outcome;
         };
         let mut deliveries: HashMap<*const Session, Delivery> = HashMap::new();
         let mut shared: Vec<(Arc<Session>, QoS, Option<SubscriptionId>)> = Vec::new();
@@ -185,26 +188,46 @@ impl Router {
                 }
             });
         }
-        let (mut queued, mut dropped) = (0, 0);
+        let now = Instant::now();
+        let mut offer =
+            |session: Arc<Session>, copy: Publish| match session.enqueue(copy, now, limits) {
+                Enqueued::Queued => outcome.queued += 1,
+                Enqueued::DroppedOldest => {
+                    outcome.queued += 1;
+                    outcome.dropped += 1;
+                }
+                Enqueued::Congested => {
+                    outcome.queued += 1;
+                    outcome.congested.push(session);
+                }
+                Enqueued::Dropped => outcome.dropped += 1,
+            };
         for delivery in deliveries.into_values() {
             // Retain As Published keeps the flag; otherwise forwarded messages carry 0
             // (MQTT-3.3.1-12, MQTT-3.3.1-9 in 3.1.1).
             let retain = delivery.retain_as_published && publish.retain;
-            let copy = copy_for(publish, delivery.qos, retain, delivery.identifiers);
-            if delivery.session.enqueue(copy, queue_limit) {
-                queued += 1
-            } else {
-                dropped += 1
-            }
+            offer(
+                delivery.session,
+                copy_for(publish, delivery.qos, retain, delivery.identifiers),
+            );
         }
         for (session, qos, identifier) in shared {
-            let copy = copy_for(publish, qos, false, identifier.into_iter().collect());
-            if session.enqueue(copy, queue_limit) {
-                queued += 1
-            } else {
-                dropped += 1
-            }
+            offer(
+                session,
+                copy_for(publish, qos, false, identifier.into_iter().collect()),
+            );
         }
-        (queued, dropped)
+        outcome
     }
+}
+
+/// What routing one message did.
+#[derive(Debug, Default)]
+pub(crate) struct RouteOutcome {
+    /// Copies queued.
+    pub(crate) queued: usize,
+    /// Copies dropped (queue full, or QoS 0 for an offline session).
+    pub(crate) dropped: usize,
+    /// Sessions whose queue is past its high-water mark: the publisher should wait for them.
+    pub(crate) congested: Vec<Arc<Session>>,
 }

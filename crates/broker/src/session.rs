@@ -12,6 +12,7 @@ use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_session::SessionState;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
 
 /// What the broker tells a live connection.
@@ -63,6 +64,8 @@ pub(crate) struct Session {
     inner: Mutex<SessionInner>,
     /// Wakes the connection when messages are pending.
     pub(crate) wake: Notify,
+    /// Wakes slowed publishers when the queue drains below its high-water mark.
+    pub(crate) space: Notify,
 }
 
 impl Session {
@@ -71,6 +74,7 @@ impl Session {
             client_id,
             inner: Mutex::new(SessionInner::default()),
             wake: Notify::new(),
+            space: Notify::new(),
         }
     }
 
@@ -81,24 +85,58 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a message for the client. Returns false when it was dropped: the queue is full,
-    /// or the client is offline and the message is QoS 0.
-    pub(crate) fn enqueue(&self, publish: Publish, limit: usize) -> bool {
+    /// Queues a message for the client, waiting since `since` (Message Expiry counts from then).
+    pub(crate) fn enqueue(&self, publish: Publish, since: Instant, limits: &Limits) -> Enqueued {
         let mut inner = self.lock();
         let online = inner.attachment.is_some();
-        if (!online && publish.qos == QoS::AtMostOnce) || inner.pending.len() >= limit {
-            return false;
+        if !online && publish.qos == QoS::AtMostOnce {
+            // QoS 0 messages are not kept for offline sessions (MQTT 5 §3.1.2.4 allows either).
+            return Enqueued::Dropped;
         }
-        inner.pending.push_back(Queued {
-            publish,
-            since: Instant::now(),
-        });
+        let mut outcome = Enqueued::Queued;
+        if inner.pending.len() >= limits.max_queued_messages {
+            match limits.queue_full {
+                QueueFullPolicy::DropOldest if limits.max_queued_messages > 0 => {
+                    inner.pending.pop_front();
+                    outcome = Enqueued::DroppedOldest;
+                }
+                _ => return Enqueued::Dropped,
+            }
+        }
+        inner.pending.push_back(Queued { publish, since });
+        let congested = inner.pending.len() >= high_water(limits);
         drop(inner);
         if online {
             self.wake.notify_one();
         }
-        true
+        if congested && outcome == Enqueued::Queued {
+            Enqueued::Congested
+        } else {
+            outcome
+        }
     }
+
+    /// Whether the queue is at or above its high-water mark.
+    pub(crate) fn is_congested(&self, limits: &Limits) -> bool {
+        self.lock().pending.len() >= high_water(limits)
+    }
+}
+
+/// Three quarters of the queue: above it, publishers to this session are slowed.
+fn high_water(limits: &Limits) -> usize {
+    (limits.max_queued_messages * 3 / 4).max(1)
+}
+
+/// What became of a message offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Queued,
+    /// Queued, and the queue is past its high-water mark: slow the publisher.
+    Congested,
+    /// Queued after dropping the oldest waiting message.
+    DroppedOldest,
+    /// Not queued.
+    Dropped,
 }
 
 /// The subscriber identity in the subscription index.

@@ -44,9 +44,7 @@ fn publish(shared: &Shared, topic: &str, value: String) {
     message.qos = QoS::AtMostOnce;
     message.retain = true;
     shared.router.retain(&message);
-    shared
-        .router
-        .route(None, &message, shared.config.limits.max_queued_messages);
+    shared.router.route(None, &message, &shared.config.limits);
 }
 
 pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration) {

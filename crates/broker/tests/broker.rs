@@ -663,3 +663,115 @@ async fn shutdown_sends_0x8b_to_v5_clients() {
         })
     ));
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
+    let broker = start_broker(|config| config.limits.max_queued_messages = 20).await;
+    let addr = tcp_addr(&broker);
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "slow")).await;
+    sub.subscribe(vec![subscription("flood", QoS::AtMostOnce)])
+        .await;
+    // 400 messages of 32 KiB: far more than the subscriber's queue and the socket buffers.
+    let count = 400;
+    let publisher = tokio::spawn(async move {
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connect = rallymq_codec::Packet::Connect(connect_packet(V311, "fast"))
+            .to_bytes(V311)
+            .unwrap();
+        raw.write_all(&connect).await.unwrap();
+        let payload = "p".repeat(32 * 1024);
+        for i in 0..count {
+            let mut publish = message("flood", &payload, QoS::AtMostOnce);
+            publish.payload = format!("{i:05}{payload}").into();
+            raw.write_all(
+                &rallymq_codec::Packet::Publish(publish)
+                    .to_bytes(V311)
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        raw
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut received = 0;
+    while let Some(got) = sub.recv_within(Duration::from_secs(5)).await {
+        assert_eq!(
+            payload_str(&got)[..5],
+            format!("{received:05}"),
+            "in order, none missing"
+        );
+        received += 1;
+        if received == count {
+            break;
+        }
+    }
+    assert_eq!(
+        received, count,
+        "every QoS 0 message arrived: the publisher was paused, not dropped"
+    );
+    drop(publisher.await.unwrap());
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn drop_oldest_policy_keeps_the_freshest_messages() {
+    let broker = start_broker(|config| {
+        config.limits.max_queued_messages = 3;
+        config.limits.queue_full = rallymq_broker::QueueFullPolicy::DropOldest;
+    })
+    .await;
+    let addr = tcp_addr(&broker);
+    let mut connect = connect_packet(V5, "fresh");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(60);
+    let (mut client, _) = TestClient::tcp(addr, connect.clone()).await;
+    client
+        .subscribe(vec![subscription("score", QoS::AtLeastOnce)])
+        .await;
+    client.disconnect(ReasonCode::Success).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..10 {
+        broker
+            .publish("score", format!("{i}"), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    let (mut client, _) = TestClient::tcp(addr, connect).await;
+    let mut got = Vec::new();
+    while let Some(message) = client.recv_within(SHORT).await {
+        got.push(payload_str(&message));
+    }
+    assert_eq!(got, ["7", "8", "9"]);
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_5_expired_messages_are_not_delivered() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let (mut publisher, _) = TestClient::tcp(addr, connect_packet(V5, "p")).await;
+    let mut short = message("exp/short", "gone", QoS::AtLeastOnce);
+    short.retain = true;
+    short.properties.message_expiry_interval = Some(1);
+    publisher.publish(short).await;
+    let mut long = message("exp/long", "kept", QoS::AtLeastOnce);
+    long.retain = true;
+    long.properties.message_expiry_interval = Some(100);
+    publisher.publish(long).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "s")).await;
+    sub.subscribe(vec![subscription("exp/#", QoS::AtLeastOnce)])
+        .await;
+    let got = sub.recv().await.expect("the unexpired retained message");
+    assert_eq!(payload_str(&got), "kept");
+    let left = got
+        .properties
+        .message_expiry_interval
+        .expect("expiry passed on");
+    assert!(
+        (98..=99).contains(&left),
+        "MQTT-3.3.2-6: counted down, got {left}"
+    );
+    sub.expect_silence(SHORT).await;
+    broker.shutdown(SHORT).await;
+}

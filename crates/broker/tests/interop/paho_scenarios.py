@@ -19,11 +19,14 @@ import threading
 import time
 import uuid
 
+import hashlib
+
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 # How long any one wait may take.
 TIMEOUT = 5.0
@@ -46,7 +49,7 @@ class Peer:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            protocol={"31": mqtt.MQTTv31, "311": mqtt.MQTTv311, "5": mqtt.MQTTv5}[args.version],
             transport=args.transport,
             clean_session=None if self.v5 else clean,
             reconnect_on_failure=False,
@@ -57,22 +60,33 @@ class Peer:
         self.connacks = queue.Queue()
         self.subacks = queue.Queue()
         self.disconnected = threading.Event()
+        self.disconnect_reason = None
+        self.connack_properties = None
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda _c, _u, message: self.messages.put(message)
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = lambda *_: self.disconnected.set()
+        self.client.on_disconnect = self._on_disconnect
 
-    def _on_connect(self, _client, _userdata, flags, reason_code, _properties):
+    def _on_connect(self, _client, _userdata, flags, reason_code, properties):
+        self.connack_properties = properties
         self.connacks.put((bool(flags.session_present), reason_code))
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties):
+        self.disconnect_reason = reason_code.value
+        self.disconnected.set()
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties):
         self.subacks.put((mid, [code.value for code in reason_codes]))
 
-    def connect(self, clean=True, expiry=None, will=None, loop=True):
+    def connect(self, clean=True, expiry=None, will=None, loop=True, will_delay=None):
         """Connects and waits for CONNACK; returns Session Present."""
         if will is not None:
             topic, payload, qos = will
-            self.client.will_set(topic, payload, qos)
+            will_properties = None
+            if will_delay is not None:
+                will_properties = Properties(PacketTypes.WILLMESSAGE)
+                will_properties.WillDelayInterval = will_delay
+            self.client.will_set(topic, payload, qos, properties=will_properties)
         kwargs = {}
         if self.v5:
             properties = Properties(PacketTypes.CONNECT)
@@ -98,9 +112,12 @@ class Peer:
             raise Failure(f"{self.name}: connection refused: {code}")
         return session_present
 
-    def subscribe(self, topic, qos):
+    def subscribe(self, topic, qos=0, options=None, properties=None):
         """Subscribes and waits for SUBACK; returns the granted QoS (or reason code)."""
-        result, mid = self.client.subscribe(topic, qos)
+        if options is not None:
+            result, mid = self.client.subscribe(topic, options=options, properties=properties)
+        else:
+            result, mid = self.client.subscribe(topic, qos, properties=properties)
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise Failure(f"{self.name}: subscribe {topic}: {mqtt.error_string(result)}")
         got_mid, codes = get(self.subacks, f"{self.name}: SUBACK for {topic}")
@@ -174,6 +191,15 @@ def describe(message):
     user = getattr(properties, "UserProperty", None) if properties is not None else None
     if user:
         out["user"] = [list(pair) for pair in user]
+    identifiers = getattr(properties, "SubscriptionIdentifier", None)
+    if identifiers:
+        out["subscription_ids"] = sorted(identifiers)
+    expiry = getattr(properties, "MessageExpiryInterval", None)
+    if expiry is not None:
+        # What is left of it when delivered: report whether it was counted down at all.
+        out["expiry_left"] = "full" if expiry >= 60 else ("counted down" if expiry > 0 else "0")
+    if len(message.payload) > 1024:
+        out["payload"] = f"{len(message.payload)} bytes, sha256 {hashlib.sha256(message.payload).hexdigest()[:16]}"
     return out
 
 
