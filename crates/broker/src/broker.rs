@@ -14,8 +14,9 @@ use tracing::info;
 
 use crate::config::BrokerConfig;
 use crate::router::{RouteOutcome, Router, SubscriptionData};
-use crate::session::{Attachment, Registry, Session};
+use crate::session::{Attachment, Queued, Registry, Session};
 use crate::stats::Stats;
+use crate::store::{MemoryStore, Store};
 use crate::{Error, listener, sys};
 
 /// State every connection task shares.
@@ -29,6 +30,7 @@ pub(crate) struct Shared {
     pub(crate) next_connection_id: AtomicU64,
     pub(crate) open_connections: AtomicUsize,
     pub(crate) started: Instant,
+    pub(crate) store: Arc<dyn Store>,
 }
 
 impl Shared {
@@ -38,11 +40,58 @@ impl Shared {
         Stats::add(&self.stats.messages_received, 1);
         if publish.retain {
             self.router.retain(publish);
+            match &publish.topic {
+                Some(topic) if publish.payload.is_empty() => {
+                    self.store.remove_retained(topic.as_str())
+                }
+                Some(_) => self.store.save_retained(publish),
+                None => {}
+            }
         }
         let outcome = self.router.route(sender, publish, &self.config.limits);
         Stats::add(&self.stats.messages_sent, outcome.queued as u64);
         Stats::add(&self.stats.messages_dropped, outcome.dropped as u64);
         outcome
+    }
+
+    /// Loads the store: retained messages, and persistent sessions as offline sessions.
+    fn restore(&self) {
+        let snapshot = self.store.load();
+        for message in &snapshot.retained {
+            self.router.retain(message);
+        }
+        let now = Instant::now();
+        for stored in snapshot.sessions {
+            let (session, _) = self.registry.get_or_create(&stored.client_id);
+            for (filter, options, identifier) in &stored.subscriptions {
+                let data = SubscriptionData::new(options, options.qos, *identifier);
+                self.router.subscribe(&session, filter, data.clone());
+                session.lock().subscriptions.insert(filter.clone(), data);
+            }
+            let mut inner = session.lock();
+            let expiry = stored.state.session_expiry_interval;
+            inner.expires_at =
+                (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry)));
+            inner.persistent = true;
+            inner.pending = stored
+                .pending
+                .into_iter()
+                .map(|publish| Queued {
+                    publish,
+                    since: now,
+                })
+                .collect();
+            inner.saved = Some(stored.state);
+        }
+    }
+
+    /// Writes every persistent session to the store.
+    fn save_sessions(&self) {
+        for session in self.registry.all() {
+            if session.lock().persistent {
+                self.store.save_session(session.to_stored());
+            }
+        }
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -56,6 +105,7 @@ impl Shared {
             if expired {
                 self.router.remove_session(&session);
                 self.registry.remove(&session);
+                self.store.remove_session(&session.client_id);
             }
         }
     }
@@ -94,8 +144,18 @@ pub struct Broker;
 
 impl Broker {
     /// Binds every listener of `config`, logs one `listening: ...` line per listener, and
-    /// serves in the background on the current tokio runtime.
+    /// serves in the background on the current tokio runtime, keeping sessions and retained
+    /// messages in a fresh [`MemoryStore`].
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, Error> {
+        Self::start_with_store(config, Arc::new(MemoryStore::new())).await
+    }
+
+    /// As [`Broker::start`], resuming the persistent sessions and retained messages of `store`
+    /// and writing them back to it.
+    pub async fn start_with_store(
+        config: BrokerConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tcp = Vec::new();
         for addr in &config.tcp {
@@ -127,7 +187,9 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
             started: Instant::now(),
+            store,
         });
+        shared.restore();
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for listener in tcp {
@@ -316,5 +378,6 @@ impl BrokerHandle {
         for task in self.tasks {
             task.abort();
         }
+        self.shared.save_sessions();
     }
 }

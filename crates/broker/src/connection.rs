@@ -263,6 +263,8 @@ impl Driver {
                     // The message is safe once routed (queued for every subscriber). A durable
                     // store will await its write here, before the acknowledgement.
                     if let Some(ack) = message.ack {
+                        // The durability barrier: acknowledged only once the store says safe.
+                        self.shared.store.durable().await;
                         let code =
                             if matched == 0 && self.version.is_some_and(ProtocolVersion::is_v5) {
                                 ReasonCode::NoMatchingSubscribers
@@ -388,6 +390,7 @@ impl Driver {
         };
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
+            self.shared.store.remove_session(&client_id);
         }
         let mut properties = ConnAckProperties::default();
         if version.is_v5() && granted_expiry != requested_expiry {
@@ -575,11 +578,14 @@ impl Driver {
             drop(inner);
             self.shared.router.remove_session(&session);
             self.shared.registry.remove(&session);
+            self.shared.store.remove_session(&session.client_id);
         } else {
             inner.persistent = true;
             inner.saved = Some(state);
             inner.expires_at = (expiry != u32::MAX)
                 .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+            drop(inner);
+            self.shared.store.save_session(session.to_stored());
         }
     }
 

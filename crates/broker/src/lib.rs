@@ -33,8 +33,10 @@ mod listener;
 mod router;
 mod session;
 mod stats;
+mod store;
 mod sys;
 
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, QueueFullPolicy};
 pub use error::Error;
+pub use store::{MemoryStore, Store, StoreSnapshot, StoredSession};

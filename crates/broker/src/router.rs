@@ -25,6 +25,16 @@ pub(crate) struct SubscriptionData {
 }
 
 impl SubscriptionData {
+    /// The options as granted, for storage.
+    pub(crate) fn options(&self) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos: self.qos,
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            retain_handling: self.retain_handling,
+        }
+    }
+
     pub(crate) fn new(
         options: &SubscriptionOptions,
         granted: QoS,

@@ -139,6 +139,27 @@ pub(crate) enum Enqueued {
     Dropped,
 }
 
+impl Session {
+    /// The session as stored, from its saved engine state and its queue.
+    pub(crate) fn to_stored(&self) -> crate::store::StoredSession {
+        let inner = self.lock();
+        crate::store::StoredSession {
+            client_id: self.client_id.to_string(),
+            subscriptions: inner
+                .subscriptions
+                .iter()
+                .map(|(filter, data)| (filter.clone(), data.options(), data.identifier))
+                .collect(),
+            state: inner.saved.clone().unwrap_or_default(),
+            pending: inner
+                .pending
+                .iter()
+                .map(|queued| queued.publish.clone())
+                .collect(),
+        }
+    }
+}
+
 /// The subscriber identity in the subscription index.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionRef(pub(crate) Arc<Session>);

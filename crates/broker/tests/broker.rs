@@ -775,3 +775,70 @@ async fn mqtt_3_3_2_5_expired_messages_are_not_delivered() {
     sub.expect_silence(SHORT).await;
     broker.shutdown(SHORT).await;
 }
+
+#[tokio::test]
+async fn a_restart_on_the_same_store_keeps_sessions_queued_messages_and_retained() {
+    use std::sync::Arc;
+    let store = Arc::new(rallymq_broker::MemoryStore::new());
+    let config = || {
+        let mut config = rallymq_broker::BrokerConfig::without_listeners();
+        config.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+        config.sys_interval = None;
+        config
+    };
+    let broker = rallymq_broker::Broker::start_with_store(config(), store.clone())
+        .await
+        .unwrap();
+    let mut connect = connect_packet(V5, "durable");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect.clone()).await;
+    client
+        .subscribe(vec![subscription("d/#", QoS::AtLeastOnce)])
+        .await;
+    client.disconnect(ReasonCode::Success).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker
+        .publish("d/queued", "while offline", QoS::AtLeastOnce, false)
+        .unwrap();
+    broker
+        .publish("d/retained", "kept", QoS::AtLeastOnce, true)
+        .unwrap();
+    broker.shutdown(SHORT).await;
+
+    let broker = rallymq_broker::Broker::start_with_store(config(), store)
+        .await
+        .unwrap();
+    assert!(broker.has_session("durable"));
+    let (mut client, connected) = TestClient::tcp(tcp_addr(&broker), connect).await;
+    assert!(matches!(
+        connected,
+        ClientEvent::Connected {
+            session_present: true,
+            ..
+        }
+    ));
+    let mut got = Vec::new();
+    while let Some(message) = client.recv_within(SHORT).await {
+        got.push((payload_str(&message), message.retain));
+    }
+    got.sort();
+    // The retained message was also routed live to the (offline) subscription.
+    assert_eq!(
+        got,
+        [
+            ("kept".to_owned(), false),
+            ("while offline".to_owned(), false)
+        ]
+    );
+    let (mut fresh, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "fresh")).await;
+    fresh
+        .subscribe(vec![subscription("d/#", QoS::AtLeastOnce)])
+        .await;
+    let retained = fresh.recv().await.expect("retained survives the restart");
+    assert_eq!(
+        (payload_str(&retained), retained.retain),
+        ("kept".to_owned(), true)
+    );
+    broker.shutdown(SHORT).await;
+}

@@ -196,8 +196,7 @@ def describe(message):
         out["subscription_ids"] = sorted(identifiers)
     expiry = getattr(properties, "MessageExpiryInterval", None)
     if expiry is not None:
-        # What is left of it when delivered: report whether it was counted down at all.
-        out["expiry_left"] = "full" if expiry >= 60 else ("counted down" if expiry > 0 else "0")
+        out["expiry"] = expiry
     if len(message.payload) > 1024:
         out["payload"] = f"{len(message.payload)} bytes, sha256 {hashlib.sha256(message.payload).hexdigest()[:16]}"
     return out
@@ -382,7 +381,266 @@ def scenario_resume(args):
     return result
 
 
+def scenario_burst(args):
+    """Hundreds of QoS 1 and QoS 2 messages back to back all arrive, in order, once each."""
+    prefix = f"interop/{args.run}/burst/"
+    subscriber = Peer(args, "sub")
+    publisher = Peer(args, "pub")
+    for peer in (subscriber, publisher):
+        # More in flight at once than the broker's Receive Maximum: flow control must hold.
+        peer.client.max_inflight_messages_set(200)
+        peer.client.max_queued_messages_set(0)
+        peer.connect()
+    subscriber.subscribe(prefix + "#", 2)
+    count = {1: 400, 2: 200}
+    infos = []
+    for qos, n in count.items():
+        for i in range(n):
+            infos.append(publisher.client.publish(f"{prefix}{qos}", f"{i}", qos))
+    deadline = time.monotonic() + 3 * TIMEOUT
+    for info in infos:
+        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+    if not all(info.is_published() for info in infos):
+        raise Failure("not every publish flow completed")
+    received = {1: [], 2: []}
+    while sum(map(len, received.values())) < sum(count.values()):
+        try:
+            message = subscriber.messages.get(timeout=TIMEOUT)
+        except queue.Empty:
+            got = {qos: len(r) for qos, r in received.items()}
+            raise Failure(f"messages stopped arriving: {got} of {count}") from None
+        received[message.qos].append(int(message.payload))
+    extra = subscriber.drain()
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {
+        f"qos{qos}": "all in order" if got == list(range(count[qos])) else f"{len(got)} out of order"
+        for qos, got in received.items()
+    } | {"extra": len(extra)}
+
+
+def scenario_large(args):
+    """A 300 KiB payload (many TCP segments and WebSocket frames) arrives intact."""
+    topic = f"interop/{args.run}/large"
+    subscriber = Peer(args, "sub")
+    publisher = Peer(args, "pub")
+    subscriber.connect()
+    publisher.connect()
+    subscriber.subscribe(topic, 1)
+    payload = bytes((i * 7 + 3) % 251 for i in range(300 * 1024))
+    publisher.publish(topic, payload, 1)
+    got = subscriber.receive(1, "the large message")
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": relative(got, topic)}
+
+
+def scenario_takeover(args):
+    """A second connection with the same client id takes the session over: the first one is
+    disconnected (MQTT 5: with reason 0x8E), the second stays."""
+    client_id = f"takeover-{args.run}"
+    topic = f"interop/{args.run}/takeover"
+    first = Peer(args, "first", client_id=client_id)
+    first.connect()
+    second = Peer(args, "second", client_id=client_id)
+    second.connect()
+    result = {"first_disconnected": first.disconnected.wait(TIMEOUT)}
+    if args.version == "5":
+        result["first_reason"] = first.disconnect_reason
+    second.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(topic, "to the new connection", 1)
+    result["second_receives"] = relative(second.receive(1, "a message"), topic)
+    result["second_connected"] = not second.disconnected.is_set()
+    for peer in (second, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_options(args):
+    """MQTT 5 subscription options: No Local (MQTT-3.8.3-3), Retain As Published
+    (MQTT-3.3.1-12, -13), Retain Handling 0, 1 and 2 (MQTT-3.3.1-9, -10, -11)."""
+    if args.version != "5":
+        raise Failure("subscription options need MQTT 5")
+    prefix = f"interop/{args.run}/options/"
+    client = Peer(args, "self")
+    client.connect()
+    client.publish(prefix + "kept", "retained", 1, retain=True)
+
+    def sub(filter_, **options):
+        return client.subscribe(prefix + filter_, options=SubscribeOptions(qos=1, **options))
+
+    sub("local", noLocal=True)
+    client.publish(prefix + "local", "own message", 1)
+    client.publish(prefix + "end", "end", 1)  # not subscribed yet: goes nowhere
+    sub("rap/#", retainAsPublished=True)
+    sub("norap/#", retainAsPublished=False)
+    result = {"no_local": client.drain()}
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(prefix + "rap/x", "kept flag", 1, retain=True)
+    publisher.publish(prefix + "norap/x", "cleared flag", 1, retain=True)
+    result["retain_as_published"] = sorted(
+        relative(client.receive(2, "retained messages forwarded"), prefix),
+        key=lambda m: m["topic"],
+    )
+    handling = {}
+    for name, value in (("send", 0), ("send_if_new", 1), ("never", 2)):
+        first = sub("kept", retainHandling=value)
+        got = client.drain()
+        again = sub("kept", retainHandling=value)
+        got_again = client.drain()
+        handling[name] = {
+            "granted": [first, again],
+            "first": [m["payload"] for m in got],
+            "again": [m["payload"] for m in got_again],
+        }
+        client.client.unsubscribe(prefix + "kept")
+        time.sleep(0.1)
+    result["retain_handling"] = handling
+    for topic in ("kept", "rap/x", "norap/x"):
+        publisher.publish(prefix + topic, "", 1, retain=True)
+    for peer in (client, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_expiry(args):
+    """MQTT 5 Message Expiry (MQTT-3.3.2-5, -6): a message queued for an offline session
+    past its expiry is not delivered; one within it is, its interval counted down."""
+    if args.version != "5":
+        raise Failure("message expiry needs MQTT 5")
+    topic = f"interop/{args.run}/expiry"
+    client_id = f"expiry-{args.run}"
+    subscriber = Peer(args, "sub", client_id=client_id)
+    subscriber.connect(clean=True, expiry=60)
+    subscriber.subscribe(topic, 1)
+    subscriber.disconnect()
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    for payload, interval in (("short", 1), ("long", 60)):
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.MessageExpiryInterval = interval
+        publisher.publish(topic, payload, 1, properties=properties)
+    time.sleep(2.5)
+    back = Peer(args, "sub-again", client_id=client_id)
+    back.connect(clean=False, expiry=0)
+    got = back.receive(1, "the message not yet expired") + back.drain()
+    for message in got:
+        left = message.get("expiry")
+        if left is not None:
+            message["expiry"] = "counted down" if 0 < left <= 58 else left
+    for peer in (back, publisher):
+        peer.disconnect()
+    return {"received": relative(got, topic)}
+
+
+def scenario_subid(args):
+    """MQTT 5 Subscription Identifiers (MQTT-3.3.4-3, MQTT-3.8.2-1): every matching
+    subscription's identifier comes with the message, none for a subscription without."""
+    if args.version != "5":
+        raise Failure("subscription identifiers need MQTT 5")
+    prefix = f"interop/{args.run}/subid/"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    for filter_, identifier in (("a/#", 7), ("a/+", 300), ("+/b", None)):
+        properties = None
+        if identifier is not None:
+            properties = Properties(PacketTypes.SUBSCRIBE)
+            properties.SubscriptionIdentifier = identifier
+        subscriber.subscribe(prefix + filter_, 1, properties=properties)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(prefix + "a/b", "all three", 1)
+    publisher.publish(prefix + "a/c", "two", 1)
+    publisher.publish(prefix + "z/b", "none", 1)
+    got = subscriber.receive(3, "messages") + subscriber.drain()
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": sorted(relative(got, prefix), key=lambda m: m["payload"])}
+
+
+def scenario_assigned(args):
+    """An empty client id: MQTT 5 gets an Assigned Client Identifier (MQTT-3.1.3-7, 3.2.2.3.7);
+    MQTT 3.1.1 with Clean Session 1 is accepted (MQTT-3.1.3-6); messages flow either way."""
+    topic = f"interop/{args.run}/assigned"
+    peer = Peer(args, "anonymous", client_id="")
+    peer.connect()
+    result = {}
+    if args.version == "5":
+        assigned = getattr(peer.connack_properties, "AssignedClientIdentifier", None)
+        result["assigned"] = bool(assigned)
+    peer.subscribe(topic, 1)
+    peer.publish(topic, "hello", 1)
+    result["received"] = relative(peer.receive(1, "its own message"), topic)
+    peer.disconnect()
+    return result
+
+
+def scenario_unsubscribe(args):
+    """After UNSUBSCRIBE no more messages arrive on that filter (MQTT-3.10.4-2); others go on."""
+    prefix = f"interop/{args.run}/unsub/"
+    subscriber = Peer(args, "sub")
+    publisher = Peer(args, "pub")
+    subscriber.connect()
+    publisher.connect()
+    subscriber.subscribe(prefix + "a", 1)
+    subscriber.subscribe(prefix + "b", 1)
+    publisher.publish(prefix + "a", "before", 1)
+    before = subscriber.receive(1, "a message before unsubscribing")
+    done = threading.Event()
+    subscriber.client.on_unsubscribe = lambda *_: done.set()
+    subscriber.client.unsubscribe(prefix + "a")
+    if not done.wait(TIMEOUT):
+        raise Failure(f"no UNSUBACK within {TIMEOUT}s")
+    publisher.publish(prefix + "a", "after", 1)
+    publisher.publish(prefix + "b", "end", 1)
+    after = subscriber.receive_until("end", "the end marker") + subscriber.drain()
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"before": relative(before, prefix), "after": relative(after, prefix)}
+
+
+def scenario_will_delay(args):
+    """MQTT 5 Will Delay (MQTT-3.1.3-9): a client back within the delay cancels its will;
+    one that does not come back has it published after the delay."""
+    if args.version != "5":
+        raise Failure("will delay needs MQTT 5")
+    prefix = f"interop/{args.run}/willdelay/"
+    watcher = Peer(args, "watcher")
+    watcher.connect()
+    watcher.subscribe(prefix + "#", 1)
+    returning_id = f"returning-{args.run}"
+    returning = Peer(args, "returning", client_id=returning_id)
+    returning.connect(will=(prefix + "returning", "must not be sent", 1), will_delay=2,
+                      expiry=60, loop=False)
+    returning.kill()
+    leaving = Peer(args, "leaving")
+    leaving.connect(will=(prefix + "leaving", "after the delay", 1), will_delay=1,
+                    expiry=60, loop=False)
+    leaving.kill()
+    time.sleep(0.3)
+    back = Peer(args, "back", client_id=returning_id)
+    back.connect(clean=False, expiry=0)
+    early = watcher.drain()
+    time.sleep(2.5)
+    late = watcher.drain()
+    back.disconnect()
+    watcher.disconnect()
+    return {"within_delay": relative(early, prefix), "after_delays": relative(late, prefix)}
+
+
 SCENARIOS = {
+    "burst": scenario_burst,
+    "large": scenario_large,
+    "takeover": scenario_takeover,
+    "options": scenario_options,
+    "expiry": scenario_expiry,
+    "subid": scenario_subid,
+    "assigned": scenario_assigned,
+    "unsubscribe": scenario_unsubscribe,
+    "will_delay": scenario_will_delay,
     "qos": scenario_qos,
     "retained": scenario_retained,
     "will": scenario_will,
@@ -399,7 +657,7 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
     parser.add_argument("--path", default="/mqtt", help="WebSocket path")
-    parser.add_argument("--version", choices=["311", "5"], default="311")
+    parser.add_argument("--version", choices=["31", "311", "5"], default="311")
     args = parser.parse_args()
     args.run = uuid.uuid4().hex[:10]
     try:
