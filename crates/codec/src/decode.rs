@@ -1,6 +1,6 @@
 //! Streaming decode: whole packets out of a growing buffer.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use crate::wire::{VarIntScan, scan_var_int};
 use crate::{Error, Packet, PacketType, ProtocolVersion};
@@ -120,12 +120,14 @@ fn decode_inner(
         buf.reserve((header.total_len - buf.len()).min(MAX_RESERVE_STEP));
         return Ok(None);
     }
-    let mut frame = buf.split_to(header.total_len).freeze();
-    let body = frame.split_off(header.header_len);
+    // Skip the fixed header in place, then cut the body out: one shared allocation for the
+    // whole buffer, and no reference count taken for the header.
+    buf.advance(header.header_len);
+    let body = buf.split_to(header.total_len - header.header_len).freeze();
     // A CONNECT ignores `version`; the fallback only serves packets that cannot get here
     // without a version (fixed_header refused them).
     let version = version.unwrap_or(ProtocolVersion::V5);
-    Packet::read(header.packet_type, header.flags, &body, version).map(Some)
+    Packet::read(header.packet_type, header.flags, body, version).map(Some)
 }
 
 /// A stateful decoder for one connection: it learns the protocol level from CONNECT (server

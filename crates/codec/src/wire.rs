@@ -127,12 +127,6 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Everything left, shared with the body.
-    pub(crate) fn rest(&mut self) -> Bytes {
-        let slice = std::mem::take(&mut self.rest);
-        self.source.slice_ref(slice)
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.rest.is_empty()
     }

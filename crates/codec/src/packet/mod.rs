@@ -158,14 +158,15 @@ impl Packet {
     pub(crate) fn read(
         packet_type: PacketType,
         flags: u8,
-        body: &Bytes,
+        body: Bytes,
         version: ProtocolVersion,
     ) -> Result<Self, Error> {
-        let reader = &mut Reader::new(body);
+        let reader = &mut Reader::new(&body);
         Ok(match packet_type {
             PacketType::Connect => Self::Connect(Connect::read(reader)?),
             PacketType::ConnAck => Self::ConnAck(ConnAck::read(reader, version)?),
-            PacketType::Publish => Self::Publish(Publish::read(reader, flags, version)?),
+            // PUBLISH takes the body itself, to keep it as the payload.
+            PacketType::Publish => Self::Publish(Publish::read(body, flags, version)?),
             PacketType::PubAck => Self::PubAck(Ack::read(reader, packet_type, version)?),
             PacketType::PubRec => Self::PubRec(Ack::read(reader, packet_type, version)?),
             PacketType::PubRel => Self::PubRel(Ack::read(reader, packet_type, version)?),

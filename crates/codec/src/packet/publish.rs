@@ -1,6 +1,6 @@
 //! PUBLISH (MQTT 5 §3.3) and the four acknowledgements PUBACK, PUBREC, PUBREL, PUBCOMP.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use rallymq_topic::TopicName;
 
 use crate::property::{AckProperties, PublishProperties};
@@ -41,11 +41,10 @@ impl Publish {
         }
     }
 
-    pub(crate) fn read(
-        reader: &mut Reader<'_>,
-        flags: u8,
-        version: ProtocolVersion,
-    ) -> Result<Self, Error> {
+    /// Reads a PUBLISH from its whole `body`, which becomes the payload once the fields before
+    /// it are read: the payload costs no reference count of its own.
+    pub(crate) fn read(body: Bytes, flags: u8, version: ProtocolVersion) -> Result<Self, Error> {
+        let reader = &mut Reader::new(&body);
         let dup = flags & 0b1000 != 0;
         let qos = QoS::from_bits((flags >> 1) & 0b11)?;
         if dup && qos == QoS::AtMostOnce {
@@ -70,6 +69,9 @@ impl Publish {
         } else {
             Some(TopicName::from_bytes(topic).map_err(Error::TopicName)?)
         };
+        let payload_start = body.len() - reader.remaining();
+        let mut payload = body;
+        payload.advance(payload_start);
         Ok(Self {
             dup,
             qos,
@@ -77,7 +79,7 @@ impl Publish {
             topic,
             packet_id,
             properties,
-            payload: reader.rest(),
+            payload,
         })
     }
 
