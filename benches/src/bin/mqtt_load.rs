@@ -1,0 +1,1187 @@
+//! Whole-broker load over loopback: the shapes the broker issue is judged on, run with the same
+//! client against our broker and Mosquitto, in the same session.
+//!
+//! ```text
+//! cargo build --release -p rallymq-benches --bins
+//! # both brokers, started and stopped by the tool (fresh processes for every measurement):
+//! target/release/mqtt_load compare [--rounds 3] [--duration 5] [--idle 10000]
+//! # one broker that is already running (RSS needs its pid):
+//! target/release/mqtt_load run --tcp 127.0.0.1:1883 --ws 127.0.0.1:8080 [--pid PID]
+//! ```
+//!
+//! Shapes, each over `mqtt://` (TCP) and `ws://ADDR/mqtt` (subprotocol `mqtt`), MQTT 3.1.1,
+//! 64-byte payloads:
+//! - `fan-in`: 8 publishers on `…/in/N`, QoS 0, one subscriber on `…/in/+`;
+//! - `fan-out`: 1 publisher, QoS 0, 50 subscribers on the same topic;
+//! - `qos1`: 50 pairs, each publisher sends QoS 1 to its own subscriber (QoS 1 subscription,
+//!   every message acknowledged both ways), at most `--qos1-window` (16) unacknowledged per
+//!   publisher;
+//! - `idle`: `--idle` (10,000) connections that send CONNECT, get CONNACK and then sit; the
+//!   broker's VmRSS (from `/proc/PID/status`) before and after, divided by the count.
+//!
+//! Throughput is what subscribers *received*, per second, over `--duration` seconds after a
+//! 0.5 s warm-up. QoS 0 publishers write 32 pre-encoded PUBLISH packets per write and are
+//! flow-controlled from the subscriber side: they pause while more than `--window` (2000)
+//! copies per subscriber are sent but not yet received, so neither broker is pushed into
+//! dropping QoS 0 messages and the number is the rate it sustains (`--window 0` publishes
+//! flat out instead). After the window, publishing stops, the tool waits up to 2 s for the
+//! copies still on their way, and reports those never received as `lost`. Broker CPU is the
+//! process's user + system time over the window (100% = one core).
+//!
+//! Every run is bounded: fixed connection counts, fixed time per shape (about 6-7 s including
+//! setup), a deadline on connecting. The default `compare` (one round) takes about two minutes.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rallymq_codec::{
+    Ack, Connect, Limits, MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
+    Subscribe, SubscribeProperties, Subscription, TopicFilter, TopicName,
+};
+use rallymq_websocket::ClientRequest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
+const PAYLOAD_LEN: usize = 64;
+/// QoS 0 PUBLISH packets per write.
+const BATCH: u64 = 32;
+const WARMUP: Duration = Duration::from_millis(500);
+/// Longest wait for the copies still in flight when publishing stops.
+const DRAIN: Duration = Duration::from_secs(2);
+/// Longest time to set up one shape's connections.
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+/// Connections opened at once in the idle shape.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Read room kept free in a receive buffer.
+const READ_ROOM: usize = 16 * 1024;
+
+// ---- options --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Shape {
+    Idle,
+    FanIn,
+    FanOut,
+    Qos1,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::FanIn => "fan-in",
+            Self::FanOut => "fan-out",
+            Self::Qos1 => "qos1",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Self::Idle, Self::FanIn, Self::FanOut, Self::Qos1]
+            .into_iter()
+            .find(|shape| shape.name() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Transport {
+    Tcp,
+    Ws,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Ws => "ws",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "tcp" | "mqtt" => Some(Self::Tcp),
+            "ws" => Some(Self::Ws),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    rounds: usize,
+    duration: Duration,
+    idle: usize,
+    window: u64,
+    qos1_window: usize,
+    fan_in_publishers: usize,
+    fan_out_subscribers: usize,
+    qos1_pairs: usize,
+    shapes: Vec<Shape>,
+    transports: Vec<Transport>,
+    brokers: Vec<String>,
+    broker_threads: Option<usize>,
+    client_threads: usize,
+    mosquitto: String,
+    bench_broker: Option<PathBuf>,
+    // `run` only
+    tcp: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    pid: Option<u32>,
+    name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rounds: 1,
+            duration: Duration::from_secs(5),
+            idle: 10_000,
+            window: 2000,
+            qos1_window: 16,
+            fan_in_publishers: 8,
+            fan_out_subscribers: 50,
+            qos1_pairs: 50,
+            shapes: vec![Shape::Idle, Shape::FanIn, Shape::FanOut, Shape::Qos1],
+            transports: vec![Transport::Tcp, Transport::Ws],
+            brokers: vec!["rallymq".to_owned(), "mosquitto".to_owned()],
+            broker_threads: None,
+            client_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            mosquitto: "mosquitto".to_owned(),
+            bench_broker: None,
+            tcp: None,
+            ws: None,
+            pid: None,
+            name: "broker".to_owned(),
+        }
+    }
+}
+
+const USAGE: &str = "\
+usage: mqtt_load compare [options]      start rallymq_bench_broker and mosquitto, compare them
+       mqtt_load run --tcp ADDR --ws ADDR [--pid PID] [--name NAME] [options]
+options:
+  --rounds N              whole comparisons, alternating which broker goes first (1)
+  --duration SECS         measured seconds per throughput shape (5)
+  --idle N                idle connections (10000)
+  --window N              QoS 0 copies in flight per subscriber; 0 = no flow control (2000)
+  --qos1-window N         unacknowledged QoS 1 messages per publisher (16)
+  --fan-in-publishers N   (8)     --fan-out-subscribers N (50)     --qos1-pairs N (50)
+  --shapes LIST           idle,fan-in,fan-out,qos1
+  --transports LIST       tcp,ws
+  --brokers LIST          rallymq,mosquitto (compare)
+  --broker-threads N      worker threads of rallymq_bench_broker (default: all cores)
+  --client-threads N      worker threads of this load client (default: all cores)
+  --mosquitto PATH        the mosquitto binary (mosquitto)
+  --bench-broker PATH     rallymq_bench_broker (default: next to this binary)";
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut iter = args.iter();
+    while let Some(flag) = iter.next() {
+        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag}: not a number: {value}"))
+        };
+        let list = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+        match flag.as_str() {
+            "--rounds" => options.rounds = number()?.max(1),
+            "--duration" => {
+                let secs: f64 = value
+                    .parse()
+                    .map_err(|_| format!("--duration: not a number: {value}"))?;
+                options.duration = Duration::from_secs_f64(secs.clamp(0.1, 600.0));
+            }
+            "--idle" => options.idle = number()?,
+            "--window" => options.window = number()? as u64,
+            "--qos1-window" => options.qos1_window = number()?.max(1),
+            "--fan-in-publishers" => options.fan_in_publishers = number()?.max(1),
+            "--fan-out-subscribers" => options.fan_out_subscribers = number()?.max(1),
+            "--qos1-pairs" => options.qos1_pairs = number()?.max(1),
+            "--shapes" => {
+                options.shapes = list()
+                    .map(|s| Shape::parse(s).ok_or_else(|| format!("unknown shape {s}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--transports" => {
+                options.transports = list()
+                    .map(|s| Transport::parse(s).ok_or_else(|| format!("unknown transport {s}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--brokers" => {
+                options.brokers = list().map(str::to_owned).collect();
+                if let Some(unknown) = options
+                    .brokers
+                    .iter()
+                    .find(|b| *b != "rallymq" && *b != "mosquitto")
+                {
+                    return Err(format!("unknown broker {unknown}"));
+                }
+            }
+            "--broker-threads" => options.broker_threads = Some(number()?.max(1)),
+            "--client-threads" => options.client_threads = number()?.max(1),
+            "--mosquitto" => options.mosquitto = value.clone(),
+            "--bench-broker" => options.bench_broker = Some(PathBuf::from(value)),
+            "--tcp" | "--ws" => {
+                let addr = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: not an address: {value}"))?;
+                if flag == "--tcp" {
+                    options.tcp = Some(addr);
+                } else {
+                    options.ws = Some(addr);
+                }
+            }
+            "--pid" => options.pid = Some(number()? as u32),
+            "--name" => options.name = value.clone(),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(options)
+}
+
+// ---- MQTT client side, on our codec and our WebSocket crate -----------------------------------
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type Io = Box<dyn Stream>;
+
+fn invalid(error: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error.to_string())
+}
+
+fn encode(packet: &Packet, out: &mut BytesMut) {
+    // Every packet here is built from validated parts, so encoding cannot fail; if it ever
+    // did, the run would show it as missing traffic, not as a wrong number.
+    let _ = packet.encode(VERSION, out);
+}
+
+/// Opens the transport: plain TCP, or a WebSocket on `/mqtt` with subprotocol `mqtt` whose
+/// binary messages carry the MQTT byte stream.
+async fn open(addr: SocketAddr, transport: Transport) -> io::Result<Io> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    match transport {
+        Transport::Tcp => Ok(Box::new(tcp)),
+        Transport::Ws => {
+            let request = ClientRequest::new(&addr.to_string(), "/mqtt")
+                .and_then(|request| request.with_subprotocols(&["mqtt"]))
+                .map_err(invalid)?;
+            let (ws, _) = rallymq_websocket::tokio::connect(
+                tcp,
+                &request,
+                rallymq_websocket::Config::default(),
+            )
+            .await?;
+            Ok(Box::new(ws.into_byte_stream()))
+        }
+    }
+}
+
+/// Reads until one whole packet is decoded.
+async fn read_packet(io: &mut Io, buf: &mut BytesMut) -> io::Result<Packet> {
+    let limits = Limits::default();
+    loop {
+        if let Some(packet) = rallymq_codec::decode(buf, VERSION, &limits).map_err(invalid)? {
+            return Ok(packet);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// An MQTT 3.1.1 connection after CONNACK, with what was read past it.
+struct Client {
+    io: Io,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, transport: Transport, client_id: &str) -> io::Result<Self> {
+        let mut io = open(addr, transport).await?;
+        let connect = Connect::new(VERSION, MqttString::new(client_id).map_err(invalid)?);
+        let mut out = BytesMut::new();
+        encode(&Packet::Connect(connect), &mut out);
+        io.write_all(&out).await?;
+        io.flush().await?;
+        let mut buf = BytesMut::new();
+        match read_packet(&mut io, &mut buf).await? {
+            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::Success => Ok(Self { io, buf }),
+            other => Err(invalid(format!("CONNECT answered with {other:?}"))),
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
+        let subscribe = Subscribe {
+            packet_id: PacketId::new(1).ok_or_else(|| invalid("packet id 0"))?,
+            properties: SubscribeProperties::default(),
+            subscriptions: vec![Subscription::new(
+                TopicFilter::new(filter).map_err(invalid)?,
+                qos,
+            )],
+        };
+        let mut out = BytesMut::new();
+        encode(&Packet::Subscribe(subscribe), &mut out);
+        self.io.write_all(&out).await?;
+        self.io.flush().await?;
+        loop {
+            if let Packet::SubAck(ack) = read_packet(&mut self.io, &mut self.buf).await? {
+                if ack.reason_codes.iter().any(|code| code.is_error()) {
+                    return Err(invalid(format!("SUBSCRIBE refused: {ack:?}")));
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn publish_packet(topic: &str, qos: QoS) -> io::Result<Packet> {
+    let mut publish = Publish::new(
+        TopicName::new(topic).map_err(invalid)?,
+        vec![0xA5u8; PAYLOAD_LEN],
+    );
+    publish.qos = qos;
+    if qos != QoS::AtMostOnce {
+        publish.packet_id = PacketId::new(1);
+    }
+    Ok(Packet::Publish(publish))
+}
+
+// ---- flow and counting --------------------------------------------------------------------------
+
+/// What publishers and subscribers of one shape share.
+#[derive(Debug)]
+struct Flow {
+    /// Messages written by publishers.
+    sent: AtomicU64,
+    /// Copies decoded by subscribers.
+    received: AtomicU64,
+    /// Copies of each message the subscribers get.
+    copies: u64,
+    /// Most copies sent and not yet received before QoS 0 publishers wait; 0 = no limit.
+    limit: u64,
+    waiting: AtomicBool,
+    wake: Notify,
+    stop: AtomicBool,
+}
+
+impl Flow {
+    fn new(copies: u64, limit: u64) -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            copies,
+            limit,
+            waiting: AtomicBool::new(false),
+            wake: Notify::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn outstanding(&self) -> u64 {
+        (self.sent.load(Ordering::Relaxed) * self.copies)
+            .saturating_sub(self.received.load(Ordering::Relaxed))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn on_received(&self, copies: u64) {
+        self.received.fetch_add(copies, Ordering::Relaxed);
+        if self.waiting.load(Ordering::Relaxed)
+            && self.outstanding() <= self.limit / 2
+            && self.waiting.swap(false, Ordering::SeqCst)
+        {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Waits until `more` copies fit under the limit.
+    async fn room_for(&self, more: u64) {
+        if self.limit == 0 {
+            return;
+        }
+        loop {
+            if self.outstanding() + more <= self.limit || self.stopped() {
+                return;
+            }
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.outstanding() + more <= self.limit || self.stopped() {
+                return;
+            }
+            // The timeout only guards against a lost wake-up; it is not the normal path.
+            let _ = tokio::time::timeout(Duration::from_millis(5), notified).await;
+        }
+    }
+}
+
+/// Keeps a receive buffer's free room at least `READ_ROOM`.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(4 * READ_ROOM);
+    }
+}
+
+/// Counts the PUBLISH packets it receives; acknowledges QoS 1 ones (one write per read).
+async fn subscriber(mut client: Client, flow: Arc<Flow>) -> io::Result<()> {
+    let limits = Limits::default();
+    let mut acks = BytesMut::new();
+    loop {
+        let mut count = 0;
+        while let Some(packet) =
+            rallymq_codec::decode(&mut client.buf, VERSION, &limits).map_err(invalid)?
+        {
+            if let Packet::Publish(publish) = packet {
+                count += 1;
+                if let Some(id) = publish.packet_id {
+                    encode(&Packet::PubAck(Ack::new(id)), &mut acks);
+                }
+            }
+        }
+        if !acks.is_empty() {
+            client.io.write_all(&acks).await?;
+            client.io.flush().await?;
+            acks.clear();
+        }
+        if count > 0 {
+            flow.on_received(count);
+        }
+        make_room(&mut client.buf);
+        if client.io.read_buf(&mut client.buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// QoS 0 publisher: the same pre-encoded batch of PUBLISH packets, written while the flow
+/// has room.
+async fn qos0_publisher(client: Client, topic: String, flow: Arc<Flow>) -> io::Result<()> {
+    let packet = publish_packet(&topic, QoS::AtMostOnce)?;
+    let mut batch = BytesMut::new();
+    for _ in 0..BATCH {
+        encode(&packet, &mut batch);
+    }
+    let batch = batch.freeze();
+    let (mut read, mut write) = tokio::io::split(client.io);
+    // Nothing is expected back, but reading keeps WebSocket control frames answered.
+    let drain = tokio::spawn(async move {
+        let mut sink = BytesMut::with_capacity(4096);
+        while matches!(read.read_buf(&mut sink).await, Ok(n) if n > 0) {
+            sink.clear();
+        }
+    });
+    let result = async {
+        while !flow.stopped() {
+            flow.room_for(BATCH * flow.copies).await;
+            if flow.stopped() {
+                break;
+            }
+            write.write_all(&batch).await?;
+            flow.sent.fetch_add(BATCH, Ordering::Relaxed);
+        }
+        write.flush().await
+    }
+    .await;
+    drain.abort();
+    result
+}
+
+/// QoS 1 publisher: at most `window` messages waiting for their PUBACK; all that the window
+/// allows go out in one write.
+async fn qos1_publisher(
+    client: Client,
+    topic: String,
+    flow: Arc<Flow>,
+    window: usize,
+) -> io::Result<()> {
+    let mut packet = publish_packet(&topic, QoS::AtLeastOnce)?;
+    let credits = Arc::new(Semaphore::new(window));
+    let Client { io, buf } = client;
+    let (mut read, mut write) = tokio::io::split(io);
+    let reader_credits = credits.clone();
+    let reader = tokio::spawn(async move {
+        let limits = Limits::default();
+        let mut buf = buf;
+        loop {
+            let mut acked = 0;
+            while let Ok(Some(packet)) = rallymq_codec::decode(&mut buf, VERSION, &limits) {
+                if matches!(packet, Packet::PubAck(_)) {
+                    acked += 1;
+                }
+            }
+            reader_credits.add_permits(acked);
+            make_room(&mut buf);
+            if !matches!(read.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    });
+    let mut next_id: u16 = 0;
+    let mut out = BytesMut::new();
+    let result = async {
+        while !flow.stopped() {
+            let Ok(Ok(first)) =
+                tokio::time::timeout(Duration::from_millis(100), credits.acquire()).await
+            else {
+                continue;
+            };
+            first.forget();
+            let mut n = 1;
+            while let Ok(more) = credits.try_acquire() {
+                more.forget();
+                n += 1;
+            }
+            for _ in 0..n {
+                next_id = next_id % u16::MAX + 1;
+                if let Packet::Publish(publish) = &mut packet {
+                    publish.packet_id = PacketId::new(next_id);
+                }
+                encode(&packet, &mut out);
+            }
+            write.write_all(&out).await?;
+            out.clear();
+            flow.sent.fetch_add(n, Ordering::Relaxed);
+        }
+        write.flush().await
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+// ---- shapes -------------------------------------------------------------------------------------
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outcome {
+    /// Copies received by subscribers per second (throughput shapes).
+    delivered: f64,
+    /// Messages published per second.
+    sent: f64,
+    /// Copies sent and never received.
+    lost: u64,
+    /// Broker CPU over the measured window, 1.0 = one core.
+    cpu: Option<f64>,
+    /// Broker bytes per idle connection (idle shape).
+    bytes_per_connection: Option<f64>,
+    connections: usize,
+}
+
+/// The broker's resident memory in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The broker's user + system CPU time in seconds (USER_HZ is 100 on Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+async fn connect_all(
+    addr: SocketAddr,
+    transport: Transport,
+    ids: Vec<String>,
+) -> io::Result<Vec<Client>> {
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let tasks: Vec<JoinHandle<io::Result<Client>>> = ids
+        .into_iter()
+        .map(|id| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
+                Client::connect(addr, transport, &id).await
+            })
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        clients.push(task.await.map_err(io::Error::other)??);
+    }
+    Ok(clients)
+}
+
+async fn run_idle(
+    addr: SocketAddr,
+    transport: Transport,
+    count: usize,
+    pid: Option<u32>,
+) -> io::Result<Outcome> {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = pid.and_then(rss_bytes);
+    let ids = (0..count).map(|i| format!("idle-{run}-{i}")).collect();
+    let clients = tokio::time::timeout(SETUP_DEADLINE, connect_all(addr, transport, ids))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle connections: too slow"))??;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = pid.and_then(rss_bytes);
+    let connections = clients.len();
+    drop(clients);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bytes_per_connection = match (before, after) {
+        (Some(before), Some(after)) if connections > 0 => {
+            Some((after as f64 - before as f64) / connections as f64)
+        }
+        _ => None,
+    };
+    Ok(Outcome {
+        bytes_per_connection,
+        connections,
+        ..Outcome::default()
+    })
+}
+
+async fn run_throughput(
+    shape: Shape,
+    addr: SocketAddr,
+    transport: Transport,
+    options: &Options,
+    pid: Option<u32>,
+) -> io::Result<Outcome> {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let base = format!("bench/{run}");
+    // (filter, QoS) per subscriber, topic per publisher, copies per message.
+    let (subscriptions, topics, copies, qos) = match shape {
+        Shape::FanIn => (
+            vec![format!("{base}/in/+")],
+            (0..options.fan_in_publishers)
+                .map(|i| format!("{base}/in/{i}"))
+                .collect::<Vec<_>>(),
+            1,
+            QoS::AtMostOnce,
+        ),
+        Shape::FanOut => (
+            vec![format!("{base}/out"); options.fan_out_subscribers],
+            vec![format!("{base}/out")],
+            options.fan_out_subscribers as u64,
+            QoS::AtMostOnce,
+        ),
+        Shape::Qos1 => {
+            let topics: Vec<String> = (0..options.qos1_pairs)
+                .map(|i| format!("{base}/q1/{i}"))
+                .collect();
+            (topics.clone(), topics, 1, QoS::AtLeastOnce)
+        }
+        Shape::Idle => return Err(io::Error::other("not a throughput shape")),
+    };
+    let limit = if qos == QoS::AtMostOnce {
+        options.window * subscriptions.len() as u64
+    } else {
+        0
+    };
+    let flow = Arc::new(Flow::new(copies, limit));
+
+    let setup = async {
+        let sub_ids = (0..subscriptions.len())
+            .map(|i| format!("sub-{run}-{i}"))
+            .collect();
+        let mut subscribers = connect_all(addr, transport, sub_ids).await?;
+        for (client, filter) in subscribers.iter_mut().zip(&subscriptions) {
+            client.subscribe(filter, qos).await?;
+        }
+        let pub_ids = (0..topics.len())
+            .map(|i| format!("pub-{run}-{i}"))
+            .collect();
+        let publishers = connect_all(addr, transport, pub_ids).await?;
+        Ok::<_, io::Error>((subscribers, publishers))
+    };
+    let (subscribers, publishers) = tokio::time::timeout(SETUP_DEADLINE, setup)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "setup: too slow"))??;
+
+    let mut tasks: Vec<JoinHandle<io::Result<()>>> = Vec::new();
+    for client in subscribers {
+        tasks.push(tokio::spawn(subscriber(client, flow.clone())));
+    }
+    for (client, topic) in publishers.into_iter().zip(topics) {
+        let flow = flow.clone();
+        tasks.push(match qos {
+            QoS::AtMostOnce => tokio::spawn(qos0_publisher(client, topic, flow)),
+            _ => tokio::spawn(qos1_publisher(client, topic, flow, options.qos1_window)),
+        });
+    }
+
+    tokio::time::sleep(WARMUP).await;
+    let (r0, s0, c0, t0) = (
+        flow.received.load(Ordering::Relaxed),
+        flow.sent.load(Ordering::Relaxed),
+        pid.and_then(cpu_seconds),
+        Instant::now(),
+    );
+    tokio::time::sleep(options.duration).await;
+    let (r1, s1, c1, elapsed) = (
+        flow.received.load(Ordering::Relaxed),
+        flow.sent.load(Ordering::Relaxed),
+        pid.and_then(cpu_seconds),
+        t0.elapsed().as_secs_f64(),
+    );
+    flow.stop.store(true, Ordering::SeqCst);
+    flow.wake.notify_waiters();
+    let drain_start = Instant::now();
+    while flow.outstanding() > 0 && drain_start.elapsed() < DRAIN {
+        if tasks.iter().all(JoinHandle::is_finished) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lost = flow.outstanding();
+    let mut failure = None;
+    for task in tasks {
+        if task.is_finished() {
+            if let Ok(Err(error)) = task.await {
+                failure.get_or_insert(error);
+            }
+        } else {
+            task.abort();
+        }
+    }
+    if let Some(error) = failure
+        && r1 == r0
+    {
+        return Err(error);
+    }
+    Ok(Outcome {
+        delivered: (r1 - r0) as f64 / elapsed,
+        sent: (s1 - s0) as f64 / elapsed,
+        lost,
+        cpu: c0.zip(c1).map(|(c0, c1)| (c1 - c0) / elapsed),
+        bytes_per_connection: None,
+        connections: 0,
+    })
+}
+
+fn run_shape(
+    runtime: &tokio::runtime::Runtime,
+    shape: Shape,
+    transport: Transport,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    options: &Options,
+) -> io::Result<Outcome> {
+    runtime.block_on(async {
+        match shape {
+            Shape::Idle => run_idle(addr, transport, options.idle, pid).await,
+            _ => run_throughput(shape, addr, transport, options, pid).await,
+        }
+    })
+}
+
+fn describe(outcome: &Outcome, shape: Shape) -> String {
+    let cpu = outcome
+        .cpu
+        .map(|cpu| format!("  broker cpu {:>4.0}%", cpu * 100.0))
+        .unwrap_or_default();
+    match shape {
+        Shape::Idle => match outcome.bytes_per_connection {
+            Some(bytes) => format!(
+                "{:>9.0} bytes/connection ({} connections)",
+                bytes, outcome.connections
+            ),
+            None => format!(
+                "{} connections (no pid: memory not measured)",
+                outcome.connections
+            ),
+        },
+        _ => format!(
+            "{:>9.0} msg/s delivered  {:>9.0} msg/s sent  undelivered {}{cpu}",
+            outcome.delivered, outcome.sent, outcome.lost
+        ),
+    }
+}
+
+// ---- brokers --------------------------------------------------------------------------------------
+
+/// A broker process of ours; killed (by its own pid) when dropped.
+struct BrokerProcess {
+    child: Child,
+    tcp: SocketAddr,
+    ws: SocketAddr,
+    _dir: Option<PathBuf>,
+}
+
+impl BrokerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn addr(&self, transport: Transport) -> SocketAddr {
+        match transport {
+            Transport::Tcp => self.tcp,
+            Transport::Ws => self.ws,
+        }
+    }
+
+    fn start(name: &str, options: &Options) -> io::Result<Self> {
+        match name {
+            "rallymq" => Self::start_rallymq(options),
+            _ => Self::start_mosquitto(options),
+        }
+    }
+
+    fn start_rallymq(options: &Options) -> io::Result<Self> {
+        let path = match &options.bench_broker {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("rallymq_bench_broker"),
+        };
+        let mut command = Command::new(&path);
+        command
+            .args(["--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(threads) = options.broker_threads {
+            command.args(["--threads", &threads.to_string()]);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            return Err(io::Error::other("no stdout"));
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut tcp, mut ws) = (None, None);
+        while tcp.is_none() || ws.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other("rallymq_bench_broker did not start"));
+            };
+            if let Some(rest) = line.strip_prefix("listening: tcp://") {
+                tcp = rest.parse().ok();
+            } else if let Some(rest) = line.strip_prefix("listening: ws://") {
+                ws = rest.trim_end_matches("/mqtt").parse().ok();
+            }
+        }
+        // Keep reading so the broker never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let (Some(tcp), Some(ws)) = (tcp, ws) else {
+            unreachable!("the loop above ends only with both addresses")
+        };
+        Ok(Self {
+            child,
+            tcp,
+            ws,
+            _dir: None,
+        })
+    }
+
+    fn start_mosquitto(options: &Options) -> io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("mqtt_load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        // Free ports: bound, noted, released just before mosquitto binds them.
+        let (tcp, ws) = {
+            let a = StdTcpListener::bind("127.0.0.1:0")?;
+            let b = StdTcpListener::bind("127.0.0.1:0")?;
+            (a.local_addr()?, b.local_addr()?)
+        };
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "# written by mqtt_load\n\
+                 per_listener_settings false\n\
+                 allow_anonymous true\n\
+                 persistence false\n\
+                 max_connections -1\n\
+                 log_dest stderr\n\
+                 log_type error\n\
+                 log_type warning\n\
+                 listener {} 127.0.0.1\n\
+                 protocol mqtt\n\
+                 listener {} 127.0.0.1\n\
+                 protocol websockets\n",
+                tcp.port(),
+                ws.port()
+            ),
+        )?;
+        let mut child = Command::new(&options.mosquitto)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", options.mosquitto)))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while StdTcpStream::connect(tcp).is_err() || StdTcpStream::connect(ws).is_err() {
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other("mosquitto did not start"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            child,
+            tcp,
+            ws,
+            _dir: Some(dir),
+        })
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- reports --------------------------------------------------------------------------------------
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn value_of(shape: Shape, outcome: &Outcome) -> Option<f64> {
+    match shape {
+        Shape::Idle => outcome.bytes_per_connection,
+        _ => Some(outcome.delivered),
+    }
+}
+
+type Results = BTreeMap<(Shape, Transport), BTreeMap<String, Vec<Outcome>>>;
+
+fn summary(results: &Results, options: &Options) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n| shape | transport | rallymq | mosquitto | rallymq / mosquitto (median of rounds) | rallymq cpu | mosquitto cpu |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    for ((shape, transport), by_broker) in results {
+        let values = |broker: &str| -> Vec<Option<f64>> {
+            by_broker
+                .get(broker)
+                .map(|v| v.iter().map(|o| value_of(*shape, o)).collect())
+                .unwrap_or_default()
+        };
+        let cpus = |broker: &str| -> Option<f64> {
+            let mut cpus: Vec<f64> = by_broker
+                .get(broker)?
+                .iter()
+                .filter_map(|o| o.cpu)
+                .collect();
+            median(&mut cpus)
+        };
+        let ours = values("rallymq");
+        let theirs = values("mosquitto");
+        let mut ratios: Vec<f64> = ours
+            .iter()
+            .zip(&theirs)
+            .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+            .filter(|r| r.is_finite())
+            .collect();
+        let mut ours: Vec<f64> = ours.into_iter().flatten().collect();
+        let mut theirs: Vec<f64> = theirs.into_iter().flatten().collect();
+        let unit = match shape {
+            Shape::Idle => "B/conn",
+            _ => "msg/s",
+        };
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} {unit}"));
+        let show_cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}%", v * 100.0));
+        let label = match shape {
+            Shape::Idle => format!("idle ({} conns)", options.idle),
+            Shape::FanIn => format!("fan-in ({} pub, 1 sub)", options.fan_in_publishers),
+            Shape::FanOut => format!("fan-out (1 pub, {} subs)", options.fan_out_subscribers),
+            Shape::Qos1 => format!("qos1 ({} pairs)", options.qos1_pairs),
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            transport.name(),
+            show(median(&mut ours)),
+            show(median(&mut theirs)),
+            median(&mut ratios).map_or("-".to_owned(), |r| format!("{r:.2}x")),
+            show_cpu(cpus("rallymq")),
+            show_cpu(cpus("mosquitto")),
+        );
+    }
+    out
+}
+
+// ---- main -----------------------------------------------------------------------------------------
+
+fn plan(options: &Options) -> Vec<(Shape, Transport)> {
+    let mut plan = Vec::new();
+    for shape in &options.shapes {
+        for transport in &options.transports {
+            plan.push((*shape, *transport));
+        }
+    }
+    plan
+}
+
+fn compare(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<()> {
+    let mut results = Results::new();
+    println!(
+        "mqtt_load compare: {} round(s), {:?} per shape, load average {}",
+        options.rounds,
+        options.duration,
+        load_average()
+    );
+    for round in 0..options.rounds {
+        println!("-- round {} (load average {})", round + 1, load_average());
+        for (index, (shape, transport)) in plan(options).into_iter().enumerate() {
+            let mut order = options.brokers.clone();
+            if (round + index) % 2 == 1 {
+                order.reverse();
+            }
+            for name in order {
+                // A fresh broker for every measurement: same starting state for both, and the
+                // idle shape's RSS is not flattered by memory an earlier shape freed.
+                let broker = BrokerProcess::start(&name, options)?;
+                let outcome = run_shape(
+                    runtime,
+                    shape,
+                    transport,
+                    broker.addr(transport),
+                    Some(broker.pid()),
+                    options,
+                );
+                drop(broker);
+                match outcome {
+                    Ok(outcome) => {
+                        println!(
+                            "{:<8} {:<3} {:<9} {}",
+                            shape.name(),
+                            transport.name(),
+                            name,
+                            describe(&outcome, shape)
+                        );
+                        results
+                            .entry((shape, transport))
+                            .or_default()
+                            .entry(name)
+                            .or_default()
+                            .push(outcome);
+                    }
+                    Err(error) => println!(
+                        "{:<8} {:<3} {:<9} failed: {error}",
+                        shape.name(),
+                        transport.name(),
+                        name
+                    ),
+                }
+            }
+        }
+    }
+    print!("{}", summary(&results, options));
+    println!("load average at the end {}", load_average());
+    Ok(())
+}
+
+fn run_one(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<()> {
+    for round in 0..options.rounds {
+        println!("-- round {} (load average {})", round + 1, load_average());
+        for (shape, transport) in plan(options) {
+            let addr = match transport {
+                Transport::Tcp => options.tcp,
+                Transport::Ws => options.ws,
+            };
+            let Some(addr) = addr else {
+                continue;
+            };
+            match run_shape(runtime, shape, transport, addr, options.pid, options) {
+                Ok(outcome) => println!(
+                    "{:<8} {:<3} {:<9} {}",
+                    shape.name(),
+                    transport.name(),
+                    options.name,
+                    describe(&outcome, shape)
+                ),
+                Err(error) => println!(
+                    "{:<8} {:<3} {:<9} failed: {error}",
+                    shape.name(),
+                    transport.name(),
+                    options.name
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let options = match parse_args(rest) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("{error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.client_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot build the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command.as_str() {
+        "compare" => compare(&runtime, &options),
+        "run" if options.tcp.is_some() || options.ws.is_some() => run_one(&runtime, &options),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mqtt_load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
