@@ -202,8 +202,11 @@ impl Driver {
     /// One connection, from opening the transport to its end.
     async fn connection(&mut self, clean_start: bool) -> End {
         let url = self.options.url.clone();
-        let opened =
-            tokio::time::timeout(self.options.connect_timeout, transport::open(&url)).await;
+        let opened = tokio::time::timeout(
+            self.options.connect_timeout,
+            transport::open(&url, &self.options.tls),
+        )
+        .await;
         let mut io = match opened {
             Ok(Ok(io)) => io,
             Ok(Err(error)) => return End::Lost(error),

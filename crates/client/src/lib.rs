@@ -1,5 +1,5 @@
-//! An async MQTT 3.1.1 and 5.0 client for tokio, over TCP (`mqtt://`) and WebSockets
-//! (`ws://`). It is a thin driver over the [`rallymq_session`] engine, with no protocol logic of
+//! An async MQTT 3.1.1 and 5.0 client for tokio, over TCP (`mqtt://`), TLS (`mqtts://`) and
+//! WebSockets (`ws://`, `wss://`). It is a thin driver over the [`rallymq_session`] engine, with no protocol logic of
 //! its own.
 //!
 //! - A cloneable [`Client`] handle, usable from any number of tasks: [`Client::publish`]
@@ -36,6 +36,6 @@ mod url;
 
 pub use client::{Ack, Client, Messages};
 pub use error::Error;
-pub use options::{Backoff, ClientOptions};
+pub use options::{Backoff, ClientOptions, TlsOptions};
 pub use store::{MemorySessionStore, SessionStore};
 pub use url::{BrokerUrl, Scheme};

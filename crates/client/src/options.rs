@@ -66,6 +66,19 @@ pub struct ClientOptions {
     pub message_buffer: usize,
     /// Where the session state is kept between connections and restarts.
     pub session_store: Arc<dyn SessionStore>,
+    /// TLS for `mqtts://` and `wss://`.
+    pub tls: TlsOptions,
+}
+
+/// How TLS connections verify the broker.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Trust only the certificates in this PEM file (as `--cafile`); without it, the operating
+    /// system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A complete rustls configuration (client certificates, custom verification); it takes
+    /// precedence over `ca_file`.
+    pub config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientOptions {
@@ -95,6 +108,7 @@ impl ClientOptions {
             max_queued: 1024,
             message_buffer: 1024,
             session_store: Arc::new(MemorySessionStore::new()),
+            tls: TlsOptions::default(),
         })
     }
 
@@ -147,6 +161,12 @@ impl ClientOptions {
     /// Turns reconnecting off (`None`) or sets its backoff.
     pub fn reconnect(mut self, backoff: Option<Backoff>) -> Self {
         self.reconnect = backoff;
+        self
+    }
+
+    /// Trusts the certificates in the PEM file `path` for TLS instead of the system's roots.
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
         self
     }
 

@@ -1,53 +1,131 @@
-//! Opening the byte stream a URL names.
+//! Opening the byte stream a URL names: TCP, TLS, WebSocket, or WebSocket over TLS.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rallymq_websocket::tokio::{ByteStream, connect};
 use rallymq_websocket::{ClientRequest, Config};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::Error;
+use crate::options::TlsOptions;
 use crate::url::{BrokerUrl, Scheme};
 
 /// WebSocket subprotocol offered to the broker (MQTT-6.0.0-3).
 const SUBPROTOCOL: &str = "mqtt";
 
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// A connected transport: MQTT bytes in, MQTT bytes out.
 pub(crate) enum Transport {
     Tcp(TcpStream),
+    Tls(Box<TlsStream>),
     WebSocket(Box<ByteStream<TcpStream>>),
+    WebSocketTls(Box<ByteStream<TlsStream>>),
 }
 
-pub(crate) async fn open(url: &BrokerUrl) -> Result<Transport, Error> {
-    if url.scheme.is_tls() {
-        return Err(Error::Transport(format!(
-            "{:?} (TLS) is not supported by this build yet",
-            url.scheme
-        )));
+fn transport_error(error: impl std::fmt::Display) -> Error {
+    Error::Transport(error.to_string())
+}
+
+/// The TLS configuration: the caller's, or one trusting `ca_file` or the system's roots.
+pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, Error> {
+    if let Some(config) = &tls.config {
+        return Ok(config.clone());
     }
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                Error::InvalidArgument(format!("{}: {e}", path.display()))
+            };
+            for certificate in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots
+                    .add(certificate.map_err(|e| bad(&e))?)
+                    .map_err(|e| bad(&e))?;
+            }
+        }
+        None => {
+            for certificate in rustls_native_certs::load_native_certs().certs {
+                // A system root rustls cannot use is skipped, as browsers do.
+                let _ = roots.add(certificate);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(transport_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+async fn tls(tcp: TcpStream, url: &BrokerUrl, options: &TlsOptions) -> Result<TlsStream, Error> {
+    let connector = tokio_rustls::TlsConnector::from(tls_config(options)?);
+    let name =
+        ServerName::try_from(url.host.clone()).map_err(|e| Error::InvalidUrl(e.to_string()))?;
+    connector.connect(name, tcp).await.map_err(transport_error)
+}
+
+async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    url: &BrokerUrl,
+) -> Result<ByteStream<S>, Error> {
+    let request = ClientRequest::new(&url.authority(), &url.path)
+        .and_then(|request| request.with_subprotocols(&[SUBPROTOCOL]))
+        .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+    let (ws, response) = connect(io, &request, Config::default())
+        .await
+        .map_err(transport_error)?;
+    if response.subprotocol() != Some(SUBPROTOCOL) {
+        return Err(Error::Transport(
+            "the server did not accept the mqtt subprotocol".into(),
+        ));
+    }
+    Ok(ws.into_byte_stream())
+}
+
+pub(crate) async fn open(url: &BrokerUrl, options: &TlsOptions) -> Result<Transport, Error> {
     let tcp = TcpStream::connect(url.authority())
         .await
-        .map_err(|e| Error::Transport(e.to_string()))?;
+        .map_err(transport_error)?;
     let _ = tcp.set_nodelay(true);
-    match url.scheme {
-        Scheme::Ws | Scheme::Wss => {
-            let request = ClientRequest::new(&url.authority(), &url.path)
-                .and_then(|request| request.with_subprotocols(&[SUBPROTOCOL]))
-                .map_err(|e| Error::InvalidUrl(e.to_string()))?;
-            let (ws, response) = connect(tcp, &request, Config::default())
-                .await
-                .map_err(|e| Error::Transport(e.to_string()))?;
-            if response.subprotocol() != Some(SUBPROTOCOL) {
-                return Err(Error::Transport(
-                    "the server did not accept the mqtt subprotocol".into(),
-                ));
+    Ok(match url.scheme {
+        Scheme::Mqtt => Transport::Tcp(tcp),
+        Scheme::Mqtts => Transport::Tls(Box::new(tls(tcp, url, options).await?)),
+        Scheme::Ws => Transport::WebSocket(Box::new(websocket(tcp, url).await?)),
+        Scheme::Wss => Transport::WebSocketTls(Box::new(
+            websocket(tls(tcp, url, options).await?, url).await?,
+        )),
+    })
+}
+
+macro_rules! each {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            Transport::Tcp($io) => {
+                let $io = Pin::new($io);
+                $call
             }
-            Ok(Transport::WebSocket(Box::new(ws.into_byte_stream())))
+            Transport::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $call
+            }
+            Transport::WebSocket($io) => {
+                let $io = Pin::new($io.as_mut());
+                $call
+            }
+            Transport::WebSocketTls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $call
+            }
         }
-        Scheme::Mqtt | Scheme::Mqtts => Ok(Transport::Tcp(tcp)),
-    }
+    };
 }
 
 impl AsyncRead for Transport {
@@ -56,10 +134,7 @@ impl AsyncRead for Transport {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::WebSocket(ws) => Pin::new(ws.as_mut()).poll_read(cx, buf),
-        }
+        each!(self, io => io.poll_read(cx, buf))
     }
 }
 
@@ -69,23 +144,14 @@ impl AsyncWrite for Transport {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Self::WebSocket(ws) => Pin::new(ws.as_mut()).poll_write(cx, buf),
-        }
+        each!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::WebSocket(ws) => Pin::new(ws.as_mut()).poll_flush(cx),
-        }
+        each!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::WebSocket(ws) => Pin::new(ws.as_mut()).poll_shutdown(cx),
-        }
+        each!(self, io => io.poll_shutdown(cx))
     }
 }
