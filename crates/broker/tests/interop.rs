@@ -710,6 +710,96 @@ fn paho_v5_will_delay_cancelled_by_reconnect_else_published() {
     });
 }
 
+/// Unacknowledged QoS 1 messages are sent again with DUP set, in order, when the persistent
+/// session comes back (MQTT-4.4.0-1; 3.1.1 MQTT-3.3.1-1).
+#[test]
+fn mqtt_4_4_0_1_paho_unacknowledged_messages_sent_again_on_resume() {
+    paho_matrix("redeliver", &["311", "5"], |_| {
+        let first: Vec<_> = (0..3)
+            .map(|i| msg("", &format!("m{i}"), 1, false))
+            .collect();
+        let again: Vec<_> = first
+            .iter()
+            .map(|m| m.replacen('{', r#"{"dup":true,"#, 1))
+            .collect();
+        format!(
+            r#"{{"again":{},"first":{},"resumed_session_present":true}}"#,
+            list(&again),
+            list(&first)
+        )
+    });
+}
+
+/// MQTT 5 Receive Maximum from the client: no more unacknowledged QoS 1 messages at once than
+/// it allows (MQTT-3.3.4-9); each acknowledgement lets the next one go.
+#[test]
+fn mqtt_3_3_4_9_paho_v5_client_receive_maximum_respected() {
+    paho_matrix("receive_max", &["5"], |_| {
+        r#"{"after_acks":["m2","m3","m4"],"before_ack":["m0","m1"],"extra":0}"#.to_owned()
+    });
+}
+
+/// MQTT 5 Maximum Packet Size from the client: a message too large for it is not sent
+/// (MQTT-3.1.2-24, -25) and the connection goes on.
+#[test]
+fn mqtt_3_1_2_24_paho_v5_client_maximum_packet_size_respected() {
+    paho_matrix("max_packet", &["5"], |_| {
+        format!(
+            r#"{{"received":{},"still_connected":true}}"#,
+            list(&[msg("", "fits", 1, false)])
+        )
+    });
+}
+
+/// MQTT 5 PUBLISH properties reach the subscriber unaltered: Response Topic (MQTT-3.3.2-15),
+/// Correlation Data (MQTT-3.3.2-16), User Properties in order (MQTT-3.3.2-17, -18), Content
+/// Type (MQTT-3.3.2-20) and Payload Format Indicator (MQTT-3.3.2-4).
+#[test]
+fn mqtt_3_3_2_15_paho_v5_publish_properties_forwarded_unaltered() {
+    paho_matrix("properties", &["5"], |_| {
+        r#"{"received":[{"content_type":"text/plain","correlation":"0001636f7272","payload":"with properties","payload_format":1,"qos":1,"response_topic":"reply/here","retain":false,"topic":"","user":[["b","2"],["a","1"],["b","3"]]}]}"#.to_owned()
+    });
+}
+
+/// Many retained messages on several levels: a new subscription gets exactly those its filter
+/// matches (3.1.1 MQTT-3.3.1-6, 5.0 MQTT-3.3.1-9), wildcards as in MQTT-4.7.1-2 and -3.
+#[test]
+fn mqtt_3_3_1_6_paho_retained_messages_matching_each_filter() {
+    let mut all: Vec<String> = ["x", "y", "z"]
+        .into_iter()
+        .flat_map(|a| (0..10).map(move |b| format!("/{a}/{b}")))
+        .collect();
+    all.extend(["/x".into(), "/y".into(), "/x/1/deep".into()]);
+    all.sort();
+    let quoted = |topics: Vec<String>| {
+        let quoted: Vec<_> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+        format!("[{}]", quoted.join(","))
+    };
+    let under_x = all
+        .iter()
+        .filter(|t| t.starts_with("/x"))
+        .cloned()
+        .collect();
+    let expected = format!(
+        r##"{{"#":{},"+":["/x","/y"],"+/+/+":["/x/1/deep"],"+/3":["/x/3","/y/3","/z/3"],"x/#":{},"x/+/deep":["/x/1/deep"],"y/7":["/y/7"]}}"##,
+        quoted(all.clone()),
+        quoted(under_x)
+    );
+    paho_matrix("retained_many", &["311", "5"], |_| expected.clone());
+}
+
+/// A client with a 1 s keep alive idle for 3 s keeps its connection: its PINGREQs are
+/// answered (MQTT-3.12.4-1), and messages still flow.
+#[test]
+fn mqtt_3_12_4_1_paho_keep_alive_pings_answered() {
+    paho_matrix("keepalive", &["311", "5"], |_| {
+        format!(
+            r#"{{"received":{},"still_connected":true}}"#,
+            list(&[msg("", "still here", 1, false)])
+        )
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 

@@ -41,7 +41,7 @@ class Failure(Exception):
 class Peer:
     """One paho client driven synchronously: every step waits, bounded, for its answer."""
 
-    def __init__(self, args, name, client_id=None, clean=True):
+    def __init__(self, args, name, client_id=None, clean=True, manual_ack=False):
         self.args = args
         self.v5 = args.version == "5"
         self.name = name
@@ -53,6 +53,7 @@ class Peer:
             transport=args.transport,
             clean_session=None if self.v5 else clean,
             reconnect_on_failure=False,
+            manual_ack=manual_ack,
         )
         if args.transport == "websockets":
             self.client.ws_set_options(path=args.path)
@@ -78,7 +79,8 @@ class Peer:
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties):
         self.subacks.put((mid, [code.value for code in reason_codes]))
 
-    def connect(self, clean=True, expiry=None, will=None, loop=True, will_delay=None):
+    def connect(self, clean=True, expiry=None, will=None, loop=True, will_delay=None,
+                keepalive=30, **connect_properties):
         """Connects and waits for CONNACK; returns Session Present."""
         if will is not None:
             topic, payload, qos = will
@@ -92,9 +94,11 @@ class Peer:
             properties = Properties(PacketTypes.CONNECT)
             if expiry is not None:
                 properties.SessionExpiryInterval = expiry
+            for name, value in connect_properties.items():
+                setattr(properties, name, value)
             kwargs = {"clean_start": clean, "properties": properties}
         try:
-            self.client.connect(self.args.host, self.args.port, keepalive=30, **kwargs)
+            self.client.connect(self.args.host, self.args.port, keepalive=keepalive, **kwargs)
         except OSError as error:
             raise Failure(f"{self.name}: connect to {self.args.host}:{self.args.port}: {error}")
         if loop:
@@ -187,10 +191,20 @@ def describe(message):
         "qos": message.qos,
         "retain": bool(message.retain),
     }
+    if message.dup:
+        out["dup"] = True
     properties = getattr(message, "properties", None)
     user = getattr(properties, "UserProperty", None) if properties is not None else None
     if user:
         out["user"] = [list(pair) for pair in user]
+    for name, key in (("ResponseTopic", "response_topic"), ("ContentType", "content_type"),
+                      ("PayloadFormatIndicator", "payload_format")):
+        value = getattr(properties, name, None)
+        if value is not None:
+            out[key] = value
+    correlation = getattr(properties, "CorrelationData", None)
+    if correlation is not None:
+        out["correlation"] = correlation.hex()
     identifiers = getattr(properties, "SubscriptionIdentifier", None)
     if identifiers:
         out["subscription_ids"] = sorted(identifiers)
@@ -635,7 +649,166 @@ def scenario_will_delay(args):
     return {"within_delay": relative(early, prefix), "after_delays": relative(late, prefix)}
 
 
+def scenario_redeliver(args):
+    """Unacknowledged QoS 1 messages are sent again, with DUP set and in order, when the
+    persistent session reconnects (MQTT-4.4.0-1, 3.1.1 MQTT-3.3.1-1)."""
+    topic = f"interop/{args.run}/redeliver"
+    client_id = f"redeliver-{args.run}"
+    subscriber = Peer(args, "sub", client_id=client_id, clean=False, manual_ack=True)
+    subscriber.connect(clean=True, expiry=60, loop=False)
+    subscriber.client.loop_start()
+    subscriber.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    for i in range(3):
+        publisher.publish(topic, f"m{i}", 1)
+    first = subscriber.receive(3, "messages, not acknowledged")
+    subscriber.client.loop_stop()
+    subscriber.kill()
+    time.sleep(0.2)
+    back = Peer(args, "sub-again", client_id=client_id, clean=False)
+    result = {"resumed_session_present": back.connect(clean=False, expiry=0)}
+    result["first"] = relative(first, topic)
+    result["again"] = relative(back.receive(3, "messages sent again") + back.drain(), topic)
+    for peer in (back, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_receive_max(args):
+    """MQTT 5 Receive Maximum from the client: at most that many unacknowledged QoS 1
+    messages are sent to it at once (MQTT-3.3.4-9); the next goes once one is acknowledged."""
+    if args.version != "5":
+        raise Failure("Receive Maximum needs MQTT 5")
+    topic = f"interop/{args.run}/receive-max"
+    subscriber = Peer(args, "sub", manual_ack=True)
+    subscriber.connect(ReceiveMaximum=2)
+    subscriber.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    for i in range(5):
+        publisher.publish(topic, f"m{i}", 1)
+    result = {"before_ack": [], "after_acks": []}
+    pending = []
+    while not subscriber.messages.empty() or not pending:
+        message = get(subscriber.messages, "sub: the first messages")
+        pending.append(message)
+        result["before_ack"].append(message.payload.decode())
+        if len(pending) >= 2:
+            break
+    time.sleep(QUIET)
+    while not subscriber.messages.empty():
+        message = subscriber.messages.get()
+        pending.append(message)
+        result["before_ack"].append(message.payload.decode())
+    # Acknowledge one at a time: each acknowledgement lets one more through.
+    while pending:
+        message = pending.pop(0)
+        subscriber.client.ack(message.mid, message.qos)
+        if len(result["before_ack"]) + len(result["after_acks"]) < 5:
+            message = get(subscriber.messages, "sub: a message after an acknowledgement")
+            pending.append(message)
+            result["after_acks"].append(message.payload.decode())
+    result["extra"] = len(subscriber.drain())
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_max_packet(args):
+    """MQTT 5 Maximum Packet Size from the client: a message too large for it is not sent to
+    it (MQTT-3.1.2-24, -25), smaller ones are."""
+    if args.version != "5":
+        raise Failure("Maximum Packet Size needs MQTT 5")
+    topic = f"interop/{args.run}/max-packet"
+    small = Peer(args, "small")
+    small.connect(MaximumPacketSize=512)
+    small.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(topic, "x" * 2000, 1)
+    publisher.publish(topic, "fits", 1)
+    got = small.receive_until("fits", "the message that fits") + small.drain()
+    still = not small.disconnected.is_set()
+    for peer in (small, publisher):
+        peer.disconnect()
+    return {"received": relative(got, topic), "still_connected": still}
+
+
+def scenario_properties(args):
+    """MQTT 5 PUBLISH properties reach the subscriber unaltered: Response Topic
+    (MQTT-3.3.2-15), Correlation Data (MQTT-3.3.2-16), User Properties in order (MQTT-3.3.2-17,
+    -18), Content Type (MQTT-3.3.2-20), Payload Format Indicator (MQTT-3.3.2-4)."""
+    if args.version != "5":
+        raise Failure("PUBLISH properties need MQTT 5")
+    topic = f"interop/{args.run}/properties"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    subscriber.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = "reply/here"
+    properties.CorrelationData = b"\x00\x01corr"
+    properties.ContentType = "text/plain"
+    properties.PayloadFormatIndicator = 1
+    properties.UserProperty = [("b", "2"), ("a", "1"), ("b", "3")]
+    publisher.publish(topic, "with properties", 1, properties=properties)
+    got = subscriber.receive(1, "the message with properties")
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": relative(got, topic)}
+
+
+def scenario_retained_many(args):
+    """Many retained messages on many levels: each subscription gets exactly those its filter
+    matches (MQTT-3.3.1-6 in 3.1.1, MQTT-3.3.1-9 in 5.0; topic matching MQTT-4.7.1-2, -3)."""
+    prefix = f"interop/{args.run}/many"
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    topics = [f"{prefix}/{a}/{b}" for a in ("x", "y", "z") for b in range(10)]
+    topics += [f"{prefix}/{a}" for a in ("x", "y")] + [f"{prefix}/x/1/deep"]
+    for topic in topics:
+        publisher.publish(topic, topic[len(prefix):], 1, retain=True)
+    result = {}
+    for filter_ in ("#", "x/#", "+/3", "+", "x/+/deep", "+/+/+", "y/7"):
+        subscriber = Peer(args, "sub")
+        subscriber.connect()
+        subscriber.subscribe(f"{prefix}/{filter_}", 1)
+        marker = f"{prefix}/marker"
+        subscriber.subscribe(marker, 1)
+        publisher.publish(marker, "end", 1)
+        got = subscriber.receive_until("end", f"retained messages for {filter_}")
+        result[filter_] = sorted(m["payload"] for m in got if m["payload"] != "end")
+        subscriber.disconnect()
+    for topic in topics:
+        publisher.publish(topic, "", 1, retain=True)
+    publisher.disconnect()
+    return result
+
+
+def scenario_keepalive(args):
+    """A client with a 1 s keep alive that stays idle for 3 s keeps its connection
+    (PINGREQ answered, MQTT-3.12.4-1), and messages still flow."""
+    topic = f"interop/{args.run}/keepalive"
+    client = Peer(args, "idle")
+    client.connect(keepalive=1)
+    client.subscribe(topic, 1)
+    time.sleep(3)
+    still = not client.disconnected.is_set()
+    client.publish(topic, "still here", 1)
+    got = client.receive(1, "its own message after idling")
+    client.disconnect()
+    return {"still_connected": still, "received": relative(got, topic)}
+
+
 SCENARIOS = {
+    "redeliver": scenario_redeliver,
+    "receive_max": scenario_receive_max,
+    "max_packet": scenario_max_packet,
+    "properties": scenario_properties,
+    "retained_many": scenario_retained_many,
+    "keepalive": scenario_keepalive,
     "burst": scenario_burst,
     "large": scenario_large,
     "takeover": scenario_takeover,
