@@ -24,9 +24,9 @@
 //! # }
 //! ```
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -37,11 +37,11 @@ use crate::{
     UpgradeRequest, UpgradeResponse,
 };
 
-/// How much is read from the transport at a time, at least.
+/// How much room is made in the receive buffer when it runs low.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// How much is read from the transport at a time, at most.
-const MAX_READ_CHUNK: usize = 256 * 1024;
+/// Below this much spare capacity, the receive buffer is grown before a read.
+const MIN_READ_ROOM: usize = 2 * 1024;
 
 /// The most one `poll_write` of a [`ByteStream`] puts in a single binary message.
 const MAX_WRITE_MESSAGE: usize = 64 * 1024;
@@ -250,23 +250,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     }
 }
 
-/// Reads once from `io` into the spare room of `buf`, growing it first.
+/// Reads once from `io` into the spare capacity of `buf`, growing it first if little is left.
+///
+/// tokio's `read_buf` reads into uninitialized capacity (so nothing is zeroed first, which
+/// matters for small messages) and reads a whole reserved frame at once when it has arrived. Its
+/// future holds no state of its own: made afresh on every poll and dropped when pending, it
+/// loses nothing.
 fn poll_read_into<S: AsyncRead + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    let start = buf.len();
-    // Read into the capacity reserved for a large frame, within bounds: the room is zeroed.
-    let room = (buf.capacity() - start).clamp(READ_CHUNK, MAX_READ_CHUNK);
-    // Zero-filling the room costs far less than the read; it keeps this module free of unsafe.
-    buf.resize(start + room, 0);
-    let mut read_buf = ReadBuf::new(&mut buf[start..]);
-    let result = Pin::new(io).poll_read(cx, &mut read_buf);
-    let filled = read_buf.filled().len();
-    buf.truncate(start + filled);
-    ready!(result)?;
-    Poll::Ready(Ok(filled))
+    if buf.capacity() - buf.len() < MIN_READ_ROOM {
+        buf.reserve(READ_CHUNK);
+    }
+    pin!(io.read_buf(buf)).poll(cx)
 }
 
 /// A byte stream carried in binary messages: `AsyncRead` yields the payload bytes of every
