@@ -1,0 +1,235 @@
+//! The `--config` file: TOML whose keys mirror the `rallymq broker` flags, merged with them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rallymq_broker::BrokerConfig;
+use serde::Deserialize;
+
+use crate::BrokerArgs;
+
+/// The settings of a config file. Every key is optional; an unknown key is an error, so a typo
+/// does not silently leave a default in place.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub(crate) tcp: Option<Vec<SocketAddr>>,
+    pub(crate) ws: Option<Vec<SocketAddr>>,
+    pub(crate) ws_paths: Option<Vec<String>>,
+    pub(crate) sys_interval_secs: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) connect_timeout_secs: Option<u64>,
+    pub(crate) max_packet_size: Option<u32>,
+    pub(crate) receive_maximum: Option<u16>,
+    pub(crate) topic_alias_maximum: Option<u16>,
+    pub(crate) max_in_flight: Option<u16>,
+    pub(crate) max_queued_messages: Option<usize>,
+    pub(crate) max_keep_alive: Option<u16>,
+    pub(crate) max_session_expiry: Option<u32>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`; the error is one line naming the file (and the line and column
+    /// for a syntax or type error).
+    pub(crate) fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text; the error is one line.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let message = e.message().trim().replace('\n', "; ");
+            match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message,
+            }
+        })
+    }
+}
+
+/// `file = flag` when the flag was given.
+fn set<T>(flag: Option<T>, file: &mut Option<T>) {
+    if flag.is_some() {
+        *file = flag;
+    }
+}
+
+/// File settings with the flags laid over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings(FileConfig);
+
+impl Settings {
+    pub(crate) fn from_file(file: FileConfig) -> Self {
+        Self(file)
+    }
+
+    /// Lays the flags over the file: a flag given wins. Listeners go as one group: if any
+    /// `--tcp` or `--ws` is given, the file's `tcp` and `ws` are both ignored.
+    pub(crate) fn with_flags(self, args: &BrokerArgs) -> Self {
+        let mut s = self.0;
+        if !args.tcp.is_empty() || !args.ws.is_empty() {
+            s.tcp = Some(args.tcp.clone());
+            s.ws = Some(args.ws.clone());
+        }
+        if !args.ws_paths.is_empty() {
+            s.ws_paths = Some(args.ws_paths.clone());
+        }
+        set(args.sys_interval_secs, &mut s.sys_interval_secs);
+        set(args.max_connections, &mut s.max_connections);
+        set(args.connect_timeout_secs, &mut s.connect_timeout_secs);
+        set(args.max_packet_size, &mut s.max_packet_size);
+        set(args.receive_maximum, &mut s.receive_maximum);
+        set(args.topic_alias_maximum, &mut s.topic_alias_maximum);
+        set(args.max_in_flight, &mut s.max_in_flight);
+        set(args.max_queued_messages, &mut s.max_queued_messages);
+        set(args.max_keep_alive, &mut s.max_keep_alive);
+        set(args.max_session_expiry, &mut s.max_session_expiry);
+        Self(s)
+    }
+
+    /// Checks the settings and fills what is unset from [`BrokerConfig::default`].
+    pub(crate) fn into_broker_config(self) -> Result<BrokerConfig, String> {
+        let s = self.0;
+        let mut config = BrokerConfig::default();
+        // Listeners go as one group: naming any replaces all the default ones.
+        if s.tcp.is_some() || s.ws.is_some() {
+            config.tcp = s.tcp.unwrap_or_default();
+            config.ws = s.ws.unwrap_or_default();
+        }
+        if config.tcp.is_empty() && config.ws.is_empty() {
+            return Err("no listeners: give at least one of --tcp, --ws (or tcp, ws)".to_owned());
+        }
+        if let Some(paths) = s.ws_paths {
+            if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(format!("ws_paths: {bad:?} must start with '/'"));
+            }
+            config.ws_paths = paths;
+        }
+        if let Some(secs) = s.sys_interval_secs {
+            config.sys_interval = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        let limits = &mut config.limits;
+        if let Some(n) = s.max_connections {
+            limits.max_connections = n;
+        }
+        if let Some(secs) = s.connect_timeout_secs {
+            if secs == 0 {
+                return Err("connect_timeout_secs must be at least 1".to_owned());
+            }
+            limits.connect_timeout = Duration::from_secs(secs);
+        }
+        if let Some(n) = s.max_packet_size {
+            limits.max_packet_size = n;
+        }
+        if let Some(n) = s.receive_maximum {
+            if n == 0 {
+                return Err("receive_maximum must be at least 1".to_owned());
+            }
+            limits.receive_maximum = n;
+        }
+        if let Some(n) = s.topic_alias_maximum {
+            limits.topic_alias_maximum = n;
+        }
+        if let Some(n) = s.max_in_flight {
+            if n == 0 {
+                return Err("max_in_flight must be at least 1".to_owned());
+            }
+            limits.max_in_flight = n;
+        }
+        if let Some(n) = s.max_queued_messages {
+            limits.max_queued_messages = n;
+        }
+        if let Some(secs) = s.max_keep_alive {
+            limits.max_keep_alive = (secs > 0).then_some(secs);
+        }
+        if let Some(secs) = s.max_session_expiry {
+            limits.max_session_expiry = secs;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_names_every_key() {
+        let text = include_str!("../../../rallymq.example.toml");
+        // The example shows every key commented out; uncommented, it must parse in full.
+        let uncommented: String = text
+            .lines()
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .filter(|l| {
+                        l.split_once(" = ").is_some_and(|(key, _)| {
+                            key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        })
+                    })
+                    .unwrap_or(line)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let file = FileConfig::parse(&uncommented).expect("the example parses");
+        assert!(file.tcp.is_some() && file.ws.is_some() && file.ws_paths.is_some());
+        assert!(file.sys_interval_secs.is_some());
+        assert!(file.max_connections.is_some() && file.connect_timeout_secs.is_some());
+        assert!(file.max_packet_size.is_some() && file.receive_maximum.is_some());
+        assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
+        assert!(file.max_queued_messages.is_some() && file.max_keep_alive.is_some());
+        assert!(file.max_session_expiry.is_some());
+        // As shipped (all commented out) it is the embedded defaults.
+        assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
+    }
+
+    #[test]
+    fn file_keys_reach_the_broker_config() {
+        let file = FileConfig::parse(
+            "tcp = [\"127.0.0.1:0\"]\nmax_packet_size = 4096\nsys_interval_secs = 0\n",
+        )
+        .expect("valid");
+        let config = Settings::from_file(file)
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(config.tcp, vec!["127.0.0.1:0".parse().unwrap()]);
+        assert!(
+            config.ws.is_empty(),
+            "a listener key replaces every default listener"
+        );
+        assert_eq!(config.limits.max_packet_size, 4096);
+        assert_eq!(config.sys_interval, None);
+    }
+
+    #[test]
+    fn errors_are_one_line_with_a_position() {
+        let error = FileConfig::parse("tcp = [\"127.0.0.1:0\"]\nmax_conections = 3\n")
+            .expect_err("unknown key");
+        assert!(error.starts_with("line 2, column 1: "), "{error}");
+        assert!(error.contains("max_conections"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+
+        let error = FileConfig::parse("tcp = [\"nowhere\"]").expect_err("bad address");
+        assert!(error.starts_with("line 1, column "), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+
+        let error = FileConfig::parse("receive_maximum = 70000").expect_err("too big");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn empty_listener_lists_are_refused() {
+        let file = FileConfig::parse("tcp = []\nws = []").expect("valid TOML");
+        let error = Settings::from_file(file)
+            .into_broker_config()
+            .expect_err("no listener");
+        assert!(error.contains("no listeners"), "{error}");
+    }
+}

@@ -1,0 +1,309 @@
+//! `rallymq`: the command that runs the rallymq MQTT broker.
+//!
+//! `rallymq broker` starts a broker on the embedded defaults (MQTT over TCP on
+//! 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080); `--tcp`, `--ws` and
+//! `--config FILE` change that. See `rallymq broker --help` and `rallymq.example.toml`.
+
+#![forbid(unsafe_code)]
+
+mod config;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rallymq_broker::{Broker, BrokerConfig};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+use crate::config::{FileConfig, Settings};
+
+/// How long connections get to close after SIGINT or SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// rallymq: MQTT 3.1, 3.1.1 and 5.0 over TCP and WebSockets.
+#[derive(Debug, Parser)]
+#[command(name = "rallymq", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an MQTT broker (TCP, and HTTP + MQTT over WebSockets).
+    Broker(BrokerArgs),
+}
+
+/// `rallymq broker` flags. Every flag has a key of the same name (with `_` for `-`) in the
+/// `--config` file; a flag given on the command line wins over the file.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Listeners: with no --tcp or --ws (and no tcp or ws key in the config file) the broker
+listens on tcp://127.0.0.1:1883 and ws://127.0.0.1:8080/mqtt. Giving any listener replaces
+ALL the default listeners, as Mosquitto's `listener` does: `--tcp 0.0.0.0:1883` alone serves
+no WebSockets. Port 0 binds a free port; the log names it (`listening: tcp://ADDR`).
+
+Logs go to stderr; RUST_LOG sets the filter (default: info). SIGINT or SIGTERM shuts down
+gracefully: MQTT 5 clients get DISCONNECT 0x8B (Server shutting down), exit code 0.
+Exit codes: 0 after a clean shutdown, 1 for a runtime error (unreadable config, a port
+in use), 2 for a usage error.")]
+pub(crate) struct BrokerArgs {
+    /// Read settings from this TOML file (see rallymq.example.toml); flags override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Listen for MQTT over TCP on ADDR (repeatable). Replaces the default listeners.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) tcp: Vec<SocketAddr>,
+
+    /// Listen for HTTP and MQTT over WebSockets on ADDR (repeatable). Replaces the default
+    /// listeners.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) ws: Vec<SocketAddr>,
+
+    /// An HTTP path where the WebSocket upgrade to MQTT is accepted (repeatable; default
+    /// /mqtt and /).
+    #[arg(long = "ws-path", value_name = "PATH")]
+    pub(crate) ws_paths: Vec<String>,
+
+    /// Seconds between $SYS topic updates; 0 turns $SYS off (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) sys_interval_secs: Option<u64>,
+
+    /// Most connections at once.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_connections: Option<usize>,
+
+    /// Seconds a new connection gets to send CONNECT.
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) connect_timeout_secs: Option<u64>,
+
+    /// Largest MQTT packet accepted, in bytes.
+    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
+    pub(crate) max_packet_size: Option<u32>,
+
+    /// Most unacknowledged QoS 1 and 2 messages a client may send at once.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) receive_maximum: Option<u16>,
+
+    /// Highest topic alias a client may use.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) topic_alias_maximum: Option<u16>,
+
+    /// Most QoS 1 and 2 messages in flight to one client at once.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_in_flight: Option<u16>,
+
+    /// Most messages waiting for one session; past it, messages are dropped and counted.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_queued_messages: Option<usize>,
+
+    /// Longest keep alive accepted from MQTT 5 clients, in seconds (0: no limit).
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) max_keep_alive: Option<u16>,
+
+    /// Largest session expiry granted, in seconds.
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) max_session_expiry: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    // Usage errors print clap's message and exit with code 2; --help and --version exit 0.
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Broker(args) => run_broker(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, one compact line per event, filtered by RUST_LOG (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .compact()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// The broker configuration from the config file (if any) and the flags.
+fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    Settings::from_file(file)
+        .with_flags(args)
+        .into_broker_config()
+}
+
+fn run_broker(args: BrokerArgs) -> Result<(), String> {
+    let config = broker_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        // Handlers first: a signal that arrives once the listeners are up must not kill us.
+        let mut signals = Signals::new()?;
+        let broker = Broker::start(config).await.map_err(|e| e.to_string())?;
+        let signal = signals.recv().await;
+        info!("{signal} received: shutting down (up to {SHUTDOWN_GRACE:?})");
+        tokio::select! {
+            () = broker.shutdown(SHUTDOWN_GRACE) => {
+                info!("shut down");
+                Ok(())
+            }
+            signal = signals.recv() => {
+                warn!("{signal} received again: exiting without waiting");
+                Err(format!("{signal} received during shutdown"))
+            }
+        }
+    })
+}
+
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind, name| {
+            signal(kind).map_err(|e| format!("cannot install the {name} handler: {e}"))
+        };
+        Ok(Self {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> Result<Self, String> {
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal and names it.
+    #[cfg(unix)]
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(&mut self) -> &'static str {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot wait for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+        "Ctrl-C"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> BrokerArgs {
+        let cli = Cli::try_parse_from(args).expect("valid arguments");
+        match cli.command {
+            Command::Broker(args) => args,
+        }
+    }
+
+    #[test]
+    fn no_flags_gives_the_embedded_defaults() {
+        let config = broker_config(&parse(&["rallymq", "broker"])).expect("no file to read");
+        let defaults = BrokerConfig::default();
+        assert_eq!(config.tcp, defaults.tcp);
+        assert_eq!(config.ws, defaults.ws);
+        assert_eq!(config.ws_paths, defaults.ws_paths);
+        assert_eq!(config.sys_interval, defaults.sys_interval);
+    }
+
+    #[test]
+    fn any_listener_flag_replaces_all_default_listeners() {
+        let config = broker_config(&parse(&["rallymq", "broker", "--tcp", "0.0.0.0:1884"]))
+            .expect("no file to read");
+        assert_eq!(config.tcp, vec!["0.0.0.0:1884".parse().unwrap()]);
+        assert!(config.ws.is_empty());
+
+        let config = broker_config(&parse(&[
+            "rallymq",
+            "broker",
+            "--ws",
+            "127.0.0.1:9001",
+            "--ws",
+            "[::1]:9001",
+        ]))
+        .expect("no file to read");
+        assert!(config.tcp.is_empty());
+        assert_eq!(config.ws.len(), 2);
+    }
+
+    #[test]
+    fn limit_flags_reach_the_broker_config() {
+        let config = broker_config(&parse(&[
+            "rallymq",
+            "broker",
+            "--max-connections",
+            "7",
+            "--connect-timeout-secs",
+            "3",
+            "--max-keep-alive",
+            "0",
+            "--sys-interval-secs",
+            "0",
+            "--ws-path",
+            "/x",
+        ]))
+        .expect("no file to read");
+        assert_eq!(config.limits.max_connections, 7);
+        assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.limits.max_keep_alive, None);
+        assert_eq!(config.sys_interval, None);
+        assert_eq!(config.ws_paths, vec!["/x".to_owned()]);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for args in [
+            &["rallymq", "broker", "--tcp", "not-an-address"][..],
+            &["rallymq", "broker", "--no-such-flag"],
+            &["rallymq"],
+            &["rallymq", "broker", "--receive-maximum", "70000"],
+        ] {
+            let error = Cli::try_parse_from(args).expect_err("invalid");
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+        }
+    }
+}

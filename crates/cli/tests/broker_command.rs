@@ -1,0 +1,383 @@
+//! Runs the built `rallymq` binary: listeners on free ports, MQTT over TCP, HTTP on the
+//! WebSocket port, graceful shutdown on SIGTERM and SIGINT, `--config`, and the exit codes of
+//! bad arguments. Every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rallymq");
+/// How long the broker gets to print its listening lines.
+const STARTUP: Duration = Duration::from_secs(20);
+/// How long the broker gets to exit after a signal.
+const EXIT: Duration = Duration::from_secs(10);
+/// How long one socket read may block.
+const IO: Duration = Duration::from_secs(10);
+
+/// A running `rallymq` process, killed if a test fails before it exits.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line so far, for assertions and failure messages.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the rallymq binary runs");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        // Drains stderr until the process closes it, so the broker never blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                kept.lock().expect("no panic while held").push(line.clone());
+                let _ = sender.send(line);
+            }
+        });
+        Self { child, lines, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("no panic while held").join("\n")
+    }
+
+    /// Reads stderr until `tcp` TCP and `ws` WebSocket listening lines have appeared, and
+    /// returns their ports.
+    fn listening(&mut self, tcp: usize, ws: usize) -> (Vec<u16>, Vec<u16>) {
+        let deadline = Instant::now() + STARTUP;
+        let (mut tcp_ports, mut ws_ports) = (Vec::new(), Vec::new());
+        while tcp_ports.len() < tcp || ws_ports.len() < ws {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no listening lines within {STARTUP:?}:\n{}", self.log())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("rallymq exited before listening:\n{}", self.log())
+                }
+            };
+            if let Some(port) = port_after(&line, "listening: tcp://127.0.0.1:", "") {
+                tcp_ports.push(port);
+            } else if let Some(port) = port_after(&line, "listening: ws://127.0.0.1:", "/mqtt") {
+                ws_ports.push(port);
+            }
+        }
+        (tcp_ports, ws_ports)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most [`EXIT`].
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + EXIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                // Let the reader thread take the last lines.
+                let until = Instant::now() + Duration::from_secs(2);
+                while self
+                    .lines
+                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                    .is_ok()
+                {}
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rallymq still running {EXIT:?} after the signal:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The port in `line` just after `prefix`, if the rest of the address is exactly `suffix`.
+fn port_after(line: &str, prefix: &str, suffix: &str) -> Option<u16> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let after = &rest[digits..];
+    if !(after.starts_with(suffix) && after[suffix.len()..].trim().is_empty()) {
+        return None;
+    }
+    rest[..digits].parse().ok()
+}
+
+/// A unique scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("rallymq-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("the target tmp dir is writable");
+    dir
+}
+
+fn runs_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    let mut running = Running::start(args);
+    let status = running.wait();
+    (status, running.log())
+}
+
+// --- a few bytes of MQTT 5, written out by hand -------------------------------------------
+
+fn connect(port: u16, client_id: &str) -> TcpStream {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, IO).expect("the TCP listener accepts");
+    stream.set_read_timeout(Some(IO)).expect("timeouts work");
+    stream.set_write_timeout(Some(IO)).expect("timeouts work");
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).expect("CONNECT is sent");
+    stream
+}
+
+/// One MQTT packet: its first byte and its body.
+fn read_packet(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut byte = [0u8];
+    stream.read_exact(&mut byte).expect("a packet arrives");
+    let first = byte[0];
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        stream.read_exact(&mut byte).expect("a remaining length");
+        length |= usize::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        assert!(shift <= 21, "remaining length too long");
+    }
+    let mut body = vec![0; length];
+    stream
+        .read_exact(&mut body)
+        .expect("the packet body arrives");
+    (first, body)
+}
+
+/// Reads a CONNACK, checks it accepts, and returns its Maximum Packet Size property.
+fn expect_connack(stream: &mut TcpStream) -> Option<u32> {
+    let (first, body) = read_packet(stream);
+    assert_eq!(first, 0x20, "CONNACK expected, got {first:#04x} {body:?}");
+    assert_eq!(body.get(1), Some(&0x00), "CONNACK reason Success: {body:?}");
+    let (length, used) = varint(&body[2..]);
+    let mut properties = &body[2 + used..2 + used + length];
+    let mut max_packet_size = None;
+    while let [id, rest @ ..] = properties {
+        let size = match id {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x13 | 0x21 | 0x22 => 2,
+            0x11 | 0x27 => 4,
+            0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
+                2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]))
+            }
+            0x26 => {
+                let key = 2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                key + 2 + usize::from(u16::from_be_bytes([rest[key], rest[key + 1]]))
+            }
+            other => panic!("unexpected CONNACK property {other:#04x}"),
+        };
+        if *id == 0x27 {
+            max_packet_size = Some(u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]));
+        }
+        properties = &rest[size..];
+    }
+    max_packet_size
+}
+
+fn varint(bytes: &[u8]) -> (usize, usize) {
+    let mut value = 0;
+    for (i, byte) in bytes.iter().enumerate().take(4) {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    panic!("bad variable byte integer");
+}
+
+// --- the tests ------------------------------------------------------------------------------
+
+#[test]
+fn serves_tcp_and_http_then_shuts_down_gracefully_on_sigterm() {
+    let mut broker = Running::start(&["broker", "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"]);
+    let (tcp, ws) = broker.listening(1, 1);
+
+    let mut client = connect(tcp[0], "cli-test");
+    expect_connack(&mut client);
+
+    let mut http = TcpStream::connect(("127.0.0.1", ws[0])).expect("the WebSocket port accepts");
+    http.set_read_timeout(Some(IO)).expect("timeouts work");
+    http.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("the request is sent");
+    let mut response = String::new();
+    http.read_to_string(&mut response).expect("a response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("text/html"),
+        "{response}"
+    );
+    assert!(
+        response.to_ascii_lowercase().contains("<html"),
+        "{response}"
+    );
+
+    broker.signal("TERM");
+    let (first, body) = read_packet(&mut client);
+    assert_eq!(
+        first, 0xE0,
+        "DISCONNECT expected, got {first:#04x} {body:?}"
+    );
+    assert_eq!(
+        body.first(),
+        Some(&0x8B),
+        "reason Server shutting down: {body:?}"
+    );
+
+    let status = broker.wait();
+    assert_eq!(status.code(), Some(0), "{status}:\n{}", broker.log());
+}
+
+#[test]
+fn sigint_also_shuts_down_with_exit_code_0() {
+    let mut broker = Running::start(&["broker", "--tcp", "127.0.0.1:0"]);
+    broker.listening(1, 0);
+    broker.signal("INT");
+    let status = broker.wait();
+    assert_eq!(status.code(), Some(0), "{status}:\n{}", broker.log());
+}
+
+#[test]
+fn config_file_sets_listeners_and_limits_and_flags_override_it() {
+    let dir = scratch("config");
+    let path = dir.join("rallymq.toml");
+    std::fs::write(
+        &path,
+        "tcp = [\"127.0.0.1:0\"]\nws = [\"127.0.0.1:0\"]\nmax_packet_size = 4096\n\
+         sys_interval_secs = 0\n",
+    )
+    .expect("the config file is written");
+    let path = path.to_str().expect("a UTF-8 path");
+
+    // The file alone: both its listeners, and its packet size limit announced in CONNACK.
+    let mut broker = Running::start(&["broker", "--config", path]);
+    let (tcp, _) = broker.listening(1, 1);
+    let mut client = connect(tcp[0], "from-file");
+    assert_eq!(expect_connack(&mut client), Some(4096));
+    broker.signal("TERM");
+    assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
+
+    // Flags win: --tcp replaces the file's listeners as a group (so no WebSocket listener),
+    // and --max-packet-size replaces its limit.
+    let mut broker = Running::start(&[
+        "broker",
+        "--config",
+        path,
+        "--tcp",
+        "127.0.0.1:0",
+        "--max-packet-size",
+        "5000",
+    ]);
+    let (tcp, _) = broker.listening(1, 0);
+    let mut client = connect(tcp[0], "from-flags");
+    assert_eq!(expect_connack(&mut client), Some(5000));
+    broker.signal("TERM");
+    assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
+    assert!(
+        !broker.log().contains("listening: ws://"),
+        "the file's ws listener must be replaced:\n{}",
+        broker.log()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_arguments_exit_with_code_2() {
+    for args in [
+        &["broker", "--no-such-flag"][..],
+        &["broker", "--tcp", "not-an-address"],
+        &["no-such-command"],
+        &[],
+    ] {
+        let (status, log) = runs_to_exit(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {status}\n{log}");
+        assert!(
+            log.contains("error") || log.contains("Usage"),
+            "{args:?}: {log}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_exit_with_code_0() {
+    for args in [&["--help"][..], &["--version"], &["broker", "--help"]] {
+        let (status, _) = runs_to_exit(args);
+        assert_eq!(status.code(), Some(0), "{args:?}: {status}");
+    }
+}
+
+#[test]
+fn runtime_errors_are_one_line_and_exit_with_code_1() {
+    let dir = scratch("errors");
+    let bad_key = dir.join("bad-key.toml");
+    std::fs::write(&bad_key, "tcp = [\"127.0.0.1:0\"]\nmax_conections = 3\n").expect("written");
+    let missing = dir.join("missing.toml");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let taken = taken.local_addr().expect("bound").to_string();
+
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec!["broker", "--config", bad_key.to_str().expect("UTF-8")],
+            "line 2, column 1",
+        ),
+        (
+            vec!["broker", "--config", missing.to_str().expect("UTF-8")],
+            "cannot read config file",
+        ),
+        (vec!["broker", "--tcp", &taken], "cannot listen on"),
+    ];
+    for (args, expected) in cases {
+        let (status, log) = runs_to_exit(&args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {status}\n{log}");
+        let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: one error line expected:\n{log}");
+        assert!(errors[0].contains(expected), "{args:?}: {log}");
+        assert!(
+            !log.contains("listening:"),
+            "{args:?}: nothing listens:\n{log}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
