@@ -105,12 +105,17 @@ impl Driver {
         status: Arc<Status>,
         first_connect: oneshot::Sender<Result<ConnAck, Error>>,
     ) -> Self {
+        // Resuming, the client has session state even when the store holds none: an empty one
+        // (a new process that lost nothing in flight), so the broker's session is accepted.
         let state = if options.connect.clean_start {
             None
         } else {
-            options
-                .session_store
-                .load(options.connect.client_id.as_str())
+            Some(
+                options
+                    .session_store
+                    .load(options.connect.client_id.as_str())
+                    .unwrap_or_default(),
+            )
         };
         Self {
             options,

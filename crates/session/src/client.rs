@@ -440,10 +440,13 @@ impl ClientConnection {
         if session_present && (clean_start || (self.core.version.is_v5() && !self.had_state)) {
             // A clean start cannot resume a session (MQTT-3.2.2-1 in 3.1.1, MQTT-3.2.2-2 in
             // 5.0), and a client without session state must not accept one (MQTT-3.2.2-4).
-            self.core.violation(
-                ReasonCode::ProtocolError,
-                "session present after clean start".into(),
-            );
+            let detail = if clean_start {
+                "session present after a clean start"
+            } else {
+                "session present but this client has no session state"
+            };
+            self.core
+                .violation(ReasonCode::ProtocolError, detail.into());
             return;
         }
         let requeued = if session_present {

@@ -1,0 +1,112 @@
+//! Test helpers shared by rallymq's test suites (h2's `tests/h2-support` pattern): a real
+//! Mosquitto broker on free ports, started and stopped by the test. A missing peer fails the
+//! test with a clear message; it is never skipped.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a peer may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the peer to take).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// A unique name part for temporary files of this process.
+pub fn run_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Debian installs `mosquitto` in /usr/sbin, which may not be on a user's PATH.
+pub fn mosquitto_program() -> &'static str {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("mosquitto").is_file())
+    });
+    if !on_path && Path::new("/usr/sbin/mosquitto").is_file() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}
+
+/// A Mosquitto broker on free ports of 127.0.0.1: MQTT over TCP, and over WebSockets (any
+/// path), anonymous, no persistence. Killed when dropped.
+pub struct Mosquitto {
+    child: Child,
+    dir: PathBuf,
+    /// The MQTT over TCP port.
+    pub tcp: u16,
+    /// The MQTT over WebSockets port.
+    pub ws: u16,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto and waits until both ports accept connections. Panics with an
+    /// explanation when Mosquitto is not installed (`apt-get install mosquitto`).
+    pub fn start() -> Self {
+        let program = mosquitto_program();
+        let tcp = free_port();
+        let ws = free_port();
+        let dir = std::env::temp_dir().join(format!("rallymq-mosquitto-{}", run_id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+                 listener {tcp} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\n"
+            ),
+        )
+        .expect("the Mosquitto configuration is written");
+        let child = Command::new(program)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Mosquitto does not start ({e}): install it with `apt-get install mosquitto`"
+                )
+            });
+        let mut broker = Self {
+            child,
+            dir,
+            tcp,
+            ws,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        for port in [tcp, ws] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = broker.child.try_wait() {
+                    panic!("Mosquitto exited at start ({status}); port {port} taken?");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Mosquitto does not listen on {port} within {START_TIMEOUT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        broker
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
