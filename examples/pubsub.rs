@@ -1,0 +1,60 @@
+//! Publish and subscribe with `rallymq-client`.
+//!
+//! `cargo run -p rallymq-examples --example pubsub -- mqtt://127.0.0.1:1883` (or `ws://...`);
+//! with no URL it starts a broker of its own on a free port.
+
+use rallymq_broker::{Broker, BrokerConfig, ListenerKind};
+use rallymq_client::{Client, ClientOptions};
+use rallymq_codec::QoS;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (url, _broker) = match std::env::args().nth(1) {
+        Some(url) => (url, None),
+        None => {
+            let mut config = BrokerConfig::without_listeners();
+            config.tcp = vec!["127.0.0.1:0".parse()?];
+            let broker = Broker::start(config).await?;
+            (
+                format!(
+                    "mqtt://{}",
+                    broker
+                        .local_addr(ListenerKind::Tcp)
+                        .expect("a TCP listener")
+                ),
+                Some(broker),
+            )
+        }
+    };
+    let (client, mut messages, _) =
+        Client::connect(ClientOptions::new(&url)?.client_id("pubsub-example")?).await?;
+    client
+        .subscribe("example/scores/#", QoS::AtLeastOnce)
+        .await?;
+    for (court, score) in [("1", "15-0"), ("2", "30-15"), ("1", "30-0")] {
+        // Resolves once the broker has acknowledged the message (PUBACK).
+        let ack = client
+            .publish(
+                &format!("example/scores/{court}"),
+                score,
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await?;
+        println!("published {score} on court {court}: {:?}", ack.reason_code);
+    }
+    for _ in 0..3 {
+        let message = messages.recv().await.ok_or("the client ended")?;
+        let topic = message
+            .topic
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default();
+        println!(
+            "received {topic}: {}",
+            String::from_utf8_lossy(&message.payload)
+        );
+    }
+    client.disconnect().await?;
+    Ok(())
+}
