@@ -43,6 +43,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Below this much spare capacity, the receive buffer is grown before a read.
 const MIN_READ_ROOM: usize = 2 * 1024;
 
+/// With this much queued for a transport that takes none of it, receiving stops reading.
+const MAX_UNSENT: usize = 1 << 20;
+
 /// The most one `poll_write` of a [`ByteStream`] puts in a single binary message.
 const MAX_WRITE_MESSAGE: usize = 64 * 1024;
 
@@ -66,6 +69,10 @@ fn to_io(error: Error) -> io::Error {
 /// Receiving ([`recv`](Self::recv)) is cancel-safe: every byte read is kept in the connection.
 /// Sending queues the frame in the connection first, so a cancelled send is completed by the
 /// next send, flush or receive.
+///
+/// Receiving also writes what is queued (answers to pings, queued messages). While more than
+/// 1 MiB is queued and the transport takes none of it, receiving stops reading: a peer that
+/// sends without reading cannot make an echo loop buffer without bound.
 #[derive(Debug)]
 pub struct WebSocketStream<S> {
     io: S,
@@ -150,6 +157,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             }
             if self.eof {
                 return Poll::Ready(None);
+            }
+            if self.connection.pending_transmit().len() >= MAX_UNSENT {
+                // Back-pressure: the write above is pending (it would have emptied the buffer
+                // otherwise) and will wake us; read no more until the peer takes some.
+                return Poll::Pending;
             }
             let buf = self.connection.receive_buffer();
             if ready!(poll_read_into(&mut self.io, cx, buf))? == 0 {

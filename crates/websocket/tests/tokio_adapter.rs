@@ -260,3 +260,45 @@ async fn the_byte_stream_refuses_text_with_1003() {
     assert!(ws.recv().await.is_none());
     server.await.unwrap();
 }
+
+/// A peer that sends without reading: the echo server stops reading once 1 MiB of answers is
+/// unsent, so the peer's sends block instead of the server buffering everything.
+#[tokio::test]
+async fn an_echo_loop_pushes_back_on_a_peer_that_does_not_read() {
+    let (client_io, server_io) = duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut ws = accept(server_io, Config::default()).await.unwrap();
+        while let Some(Ok(event)) = ws.recv().await {
+            if let Event::Binary(data) = event {
+                ws.queue_binary(&data).unwrap();
+            }
+        }
+    });
+    let (mut ws, _) = connect(client_io, &request("/"), Config::default())
+        .await
+        .unwrap();
+    let message = vec![7; 64 * 1024];
+    let mut sent = 0;
+    let sending = async {
+        loop {
+            ws.send_binary(&message).await.unwrap();
+            sent += 1;
+        }
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_millis(500), sending).await;
+    assert!(result.is_err(), "the sends never blocked");
+    // 1 MiB unsent at the server, plus what the two pipe buffers and the two read buffers hold.
+    assert!(
+        sent < 48,
+        "{sent} messages of 64 KiB went in before the sends blocked"
+    );
+    // Reading the echoes lets everything flow again, in order.
+    for _ in 0..sent {
+        assert_eq!(
+            ws.recv().await.unwrap().unwrap(),
+            Event::Binary(message.clone().into())
+        );
+    }
+    drop(ws);
+    server.await.unwrap();
+}
