@@ -51,6 +51,11 @@ struct OurBroker {
 
 impl OurBroker {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts with the test configuration changed by `configure`.
+    fn start_with(configure: impl FnOnce(&mut BrokerConfig)) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -60,6 +65,7 @@ impl OurBroker {
         config.tcp.push("127.0.0.1:0".parse().expect("an address"));
         config.ws.push("127.0.0.1:0".parse().expect("an address"));
         config.sys_interval = None;
+        configure(&mut config);
         let handle = runtime
             .block_on(Broker::start(config))
             .expect("the broker starts");
@@ -105,6 +111,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts with `extra` appended to the general part of the configuration.
+    fn start_with(extra: &str) -> Self {
         let program = mosquitto_program();
         require_peer("mosquitto", Command::new(program).arg("-h"), |_| true);
         let tcp = free_port();
@@ -115,7 +126,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+                "per_listener_settings false\nallow_anonymous true\npersistence false\n{extra}\
                  listener {tcp} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\n"
             ),
         )
@@ -364,6 +375,21 @@ impl Streaming {
         Ok(messages)
     }
 
+    /// The message lines (those starting with `MSG `) that come within `window`.
+    fn messages_for(&mut self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut messages = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.starts_with("MSG ") {
+                messages.push(line);
+            }
+        }
+        messages
+    }
+
     /// Waits for the peer to exit with success.
     fn finish(mut self) -> Result<(), String> {
         let deadline = Instant::now() + STEP_TIMEOUT;
@@ -438,14 +464,27 @@ fn paho_matrix_per_broker(
     versions: &[&str],
     expected: impl Fn(&str, &str) -> String,
 ) {
+    paho_cases(
+        scenario,
+        versions,
+        &[Transport::Tcp, Transport::WebSockets],
+        expected,
+    );
+}
+
+/// Runs a paho scenario for each MQTT version over `transports` against our broker, and over
+/// TCP against Mosquitto.
+fn paho_cases(
+    scenario: &str,
+    versions: &[&str],
+    transports: &[Transport],
+    expected: impl Fn(&str, &str) -> String,
+) {
     require_paho();
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
-    let cases = [
-        (ours.endpoint(), Transport::Tcp),
-        (ours.endpoint(), Transport::WebSockets),
-        (reference.endpoint(), Transport::Tcp),
-    ];
+    let mut cases: Vec<_> = transports.iter().map(|t| (ours.endpoint(), *t)).collect();
+    cases.push((reference.endpoint(), Transport::Tcp));
     // The cases run side by side: each scenario uses its own topics and client ids.
     let results: Vec<_> = thread::scope(|scope| {
         let runs: Vec<_> = versions
@@ -800,6 +839,24 @@ fn mqtt_3_12_4_1_paho_keep_alive_pings_answered() {
     });
 }
 
+/// QoS 2 exactly once, driven by hand over TCP: a PUBLISH sent again with DUP before PUBREL is
+/// answered with PUBREC and not delivered twice (3.1.1 MQTT-4.3.3-2); once PUBCOMP is sent the
+/// packet id is free, and a new message on it is delivered.
+#[test]
+fn mqtt_4_3_3_2_qos2_publish_sent_again_before_pubrel_delivered_once() {
+    paho_cases(
+        "qos2_dup",
+        &["31", "311", "5"],
+        &[Transport::Tcp],
+        |_, _| {
+            format!(
+                r#"{{"received":{}}}"#,
+                list(&[msg("", "once", 2, false), msg("", "next", 2, false)])
+            )
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 
@@ -952,11 +1009,80 @@ fn mosquitto_clients_v5_user_properties_reach_v311_subscriber_without_them() {
     });
 }
 
+/// The `$SYS` topics carry Mosquitto's names: each one we publish is one Mosquitto publishes
+/// too (both every second here, with some traffic), and the ones the broker issue asks for are
+/// all there.
+#[test]
+fn sys_topics_use_mosquittos_names() {
+    require_mosquitto_clients();
+    let ours = OurBroker::start_with(|config| config.sys_interval = Some(Duration::from_secs(1)));
+    let reference = Mosquitto::start_with("sys_interval 1\n");
+    let mut seen = Vec::new();
+    for endpoint in [ours.endpoint(), reference.endpoint()] {
+        let topics = (|| {
+            let mut sys = mosquitto_sub(endpoint.tcp, "mqttv311", "$SYS/#", "%t", 100_000)?;
+            let topic = format!("interop/{}/sys", run_id());
+            mosquitto_pub(endpoint.tcp, "mqttv311", &topic, 1, "kept", &["-r"])?;
+            let mut topics: Vec<String> = sys
+                .messages_for(Duration::from_millis(2500))
+                .into_iter()
+                .map(|line| line.trim_start_matches("MSG ").to_owned())
+                .collect();
+            topics.sort();
+            topics.dedup();
+            Ok::<_, String>(topics)
+        })()
+        .unwrap_or_else(|error| panic!("{}: {error}", endpoint.name));
+        seen.push(topics);
+    }
+    let (ours, mosquitto) = (&seen[0], &seen[1]);
+    let not_mosquittos: Vec<_> = ours.iter().filter(|t| !mosquitto.contains(t)).collect();
+    assert!(
+        not_mosquittos.is_empty(),
+        "$SYS topics Mosquitto does not have: {not_mosquittos:?}\nMosquitto's: {mosquitto:?}"
+    );
+    let wanted = [
+        "$SYS/broker/version",
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/connected",
+        "$SYS/broker/clients/total",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/messages/sent",
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/bytes/sent",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
+        "$SYS/broker/publish/messages/dropped",
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/load/messages/sent/1min",
+        "$SYS/broker/load/bytes/received/1min",
+        "$SYS/broker/load/bytes/sent/1min",
+        "$SYS/broker/load/connections/1min",
+    ];
+    let missing: Vec<_> = wanted
+        .iter()
+        .filter(|t| !ours.iter().any(|o| o == *t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "$SYS topics missing: {missing:?}\npublished: {ours:?}"
+    );
+    let mosquitto_missing: Vec<_> = wanted
+        .iter()
+        .filter(|t| !mosquitto.iter().any(|o| o == *t))
+        .collect();
+    assert!(
+        mosquitto_missing.is_empty(),
+        "the reference lacks {mosquitto_missing:?}: the list is wrong"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // MQTT.js (Node) over WebSockets: tests/interop/mqttjs_ws.js
 
-/// MQTT.js connects over `ws://ADDR/mqtt` (subprotocol `mqtt`), subscribes, publishes at QoS 1
-/// and receives its message, with MQTT 3.1.1 and 5.0, against our broker and Mosquitto.
+/// MQTT.js connects over `ws://ADDR/mqtt` (subprotocol `mqtt`, or `mqttv3.1` for MQTT 3.1),
+/// subscribes, publishes at QoS 1 and receives its message, with MQTT 3.1, 3.1.1 and 5.0,
+/// against our broker and Mosquitto.
 #[test]
 fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
     require_mqttjs();
@@ -965,7 +1091,7 @@ fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
     let expected = r#"{"granted":[1],"message":{"topic":"TOPIC","payload":"hello from MQTT.js","qos":1,"retain":false}}"#;
     let mut failures = Vec::new();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
-        for version in ["4", "5"] {
+        for version in ["3", "4", "5"] {
             let url = format!("ws://127.0.0.1:{}/mqtt", endpoint.ws);
             let result = run_peer(
                 Command::new("node")

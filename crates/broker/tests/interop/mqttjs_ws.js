@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Interop with MQTT.js (npm `mqtt`) over WebSockets, against a broker: ours or Mosquitto.
 //
-//   node mqttjs_ws.js URL VERSION        (URL like ws://127.0.0.1:PORT/mqtt, VERSION 4 or 5)
+//   node mqttjs_ws.js URL VERSION    (URL like ws://127.0.0.1:PORT/mqtt; VERSION 3, 4 or 5
+//                                     for MQTT 3.1, 3.1.1 or 5.0)
 //
 // Connects a subscriber and a publisher, subscribes at QoS 1, publishes at QoS 1 and waits for
 // the message. Prints what it observed as one line of JSON; on a failure or after 5 s prints a
@@ -11,8 +12,8 @@
 const mqtt = require('mqtt');
 
 const [url, version] = process.argv.slice(2);
-if (!url || !['4', '5'].includes(version)) {
-  console.error('usage: node mqttjs_ws.js ws://HOST:PORT/mqtt 4|5');
+if (!url || !['3', '4', '5'].includes(version)) {
+  console.error('usage: node mqttjs_ws.js ws://HOST:PORT/mqtt 3|4|5');
   process.exit(2);
 }
 const protocolVersion = Number(version);
@@ -21,7 +22,7 @@ const topic = `interop/${run}/mqttjs`;
 const clients = [];
 
 function fail(message) {
-  console.error(`MQTT.js (MQTT ${protocolVersion === 5 ? '5' : '3.1.1'}, ${url}): ${message}`);
+  console.error(`MQTT.js (protocol level ${protocolVersion}, ${url}): ${message}`);
   for (const client of clients) client.end(true);
   process.exit(1);
 }
@@ -32,6 +33,8 @@ function connect(name) {
   return new Promise((resolve, reject) => {
     const client = mqtt.connect(url, {
       protocolVersion,
+      // MQTT 3.1 names its protocol MQIsdp (and asks for the WebSocket subprotocol mqttv3.1).
+      protocolId: protocolVersion === 3 ? 'MQIsdp' : 'MQTT',
       clientId: `${name}-${run}`,
       reconnectPeriod: 0,
       connectTimeout: 4000,

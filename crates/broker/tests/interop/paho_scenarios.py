@@ -802,7 +802,103 @@ def scenario_keepalive(args):
     return {"still_connected": still, "received": relative(got, topic)}
 
 
+class RawClient:
+    """A hand-written MQTT client over TCP, for flows no library lets a test drive (a QoS 2
+    PUBLISH sent again before PUBREL)."""
+
+    def __init__(self, args, client_id):
+        if args.transport != "tcp":
+            raise Failure("the raw client speaks TCP only")
+        self.v5 = args.version == "5"
+        self.sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+        level = {"31": 3, "311": 4, "5": 5}[args.version]
+        name = b"MQIsdp" if level == 3 else b"MQTT"
+        variable = self.string(name) + bytes([level, 0x02, 0, 30]) + self.properties()
+        self.send(0x10, variable + self.string(client_id.encode()))
+        kind, body = self.read()
+        if kind != 0x20 or body[1] != 0:
+            raise Failure(f"raw CONNECT refused: {kind:#x} {body.hex()}")
+
+    @staticmethod
+    def string(data):
+        return len(data).to_bytes(2, "big") + data
+
+    def properties(self):
+        return b"\x00" if self.v5 else b""
+
+    def send(self, first, body):
+        length, encoded = len(body), b""
+        while True:
+            byte, length = length % 128, length // 128
+            encoded += bytes([byte | (0x80 if length else 0)])
+            if not length:
+                break
+        self.sock.sendall(bytes([first]) + encoded + body)
+
+    def read_exact(self, n):
+        data = b""
+        while len(data) < n:
+            try:
+                chunk = self.sock.recv(n - len(data))
+            except socket.timeout:
+                raise Failure(f"raw client: nothing within {TIMEOUT}s") from None
+            if not chunk:
+                raise Failure("raw client: connection closed")
+            data += chunk
+        return data
+
+    def read(self):
+        first = self.read_exact(1)[0]
+        length, shift = 0, 0
+        while True:
+            byte = self.read_exact(1)[0]
+            length += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        return first, self.read_exact(length)
+
+    def expect(self, kind, packet_id, what):
+        first, body = self.read()
+        if first & 0xF0 != kind or body[:2] != packet_id.to_bytes(2, "big"):
+            raise Failure(f"raw client: expected {what}, got {first:#x} {body.hex()}")
+
+    def publish_qos2(self, topic, payload, packet_id, dup=False):
+        body = self.string(topic.encode()) + packet_id.to_bytes(2, "big") + self.properties()
+        self.send(0x34 | (0x08 if dup else 0), body + payload.encode())
+
+    def close(self):
+        self.send(0xE0, b"")
+        self.sock.close()
+
+
+def scenario_qos2_dup(args):
+    """QoS 2 exactly once: a PUBLISH sent again (DUP) before PUBREL is acknowledged with PUBREC
+    again and not delivered twice (MQTT-4.3.3-2 in 3.1.1); the packet id is free once PUBCOMP
+    is sent, and a new message on it is delivered."""
+    topic = f"interop/{args.run}/qos2dup"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    subscriber.subscribe(topic, 2)
+    raw = RawClient(args, f"raw-{args.run}")
+    raw.publish_qos2(topic, "once", 1)
+    raw.expect(0x50, 1, "PUBREC")
+    raw.publish_qos2(topic, "once", 1, dup=True)
+    raw.expect(0x50, 1, "PUBREC for the duplicate")
+    raw.send(0x62, (1).to_bytes(2, "big"))
+    raw.expect(0x70, 1, "PUBCOMP")
+    raw.publish_qos2(topic, "next", 1)
+    raw.expect(0x50, 1, "PUBREC for the next message")
+    raw.send(0x62, (1).to_bytes(2, "big"))
+    raw.expect(0x70, 1, "PUBCOMP for the next message")
+    got = subscriber.receive_until("next", "the messages") + subscriber.drain()
+    raw.close()
+    subscriber.disconnect()
+    return {"received": relative(got, topic)}
+
+
 SCENARIOS = {
+    "qos2_dup": scenario_qos2_dup,
     "redeliver": scenario_redeliver,
     "receive_max": scenario_receive_max,
     "max_packet": scenario_max_packet,
