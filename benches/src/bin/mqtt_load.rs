@@ -25,8 +25,13 @@
 //! copies per subscriber are sent but not yet received, so neither broker is pushed into
 //! dropping QoS 0 messages and the number is the rate it sustains (`--window 0` publishes
 //! flat out instead). After the window, publishing stops, the tool waits up to 2 s for the
-//! copies still on their way, and reports those never received as `lost`. Broker CPU is the
-//! process's user + system time over the window (100% = one core).
+//! copies still on their way, and reports those never received as `undelivered`. Broker CPU
+//! is the process's user + system time over the window (100% = one core); "per CPU-s" divides
+//! the delivered rate by it, which keeps the comparison meaningful when the machine is shared
+//! (a two-thread broker gets a larger share of a busy machine than a one-thread one).
+//!
+//! The summary gives medians over rounds, and the median of the per-round ratios
+//! rallymq / Mosquitto (higher is better for rates; for bytes per idle connection, lower is).
 //!
 //! Every run is bounded: fixed connection counts, fixed time per shape (about 6-7 s including
 //! setup), a deadline on connecting. The default `compare` (one round) takes about two minutes.
@@ -985,59 +990,72 @@ fn value_of(shape: Shape, outcome: &Outcome) -> Option<f64> {
 
 type Results = BTreeMap<(Shape, Transport), BTreeMap<String, Vec<Outcome>>>;
 
+/// Medians over rounds of `metric` for rallymq and Mosquitto, and the median of the per-round
+/// ratios (rounds ran back to back, so each ratio compares like with like).
+fn medians(
+    by_broker: &BTreeMap<String, Vec<Outcome>>,
+    metric: impl Fn(&Outcome) -> Option<f64>,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let values = |broker: &str| -> Vec<Option<f64>> {
+        by_broker
+            .get(broker)
+            .map(|v| v.iter().map(&metric).collect())
+            .unwrap_or_default()
+    };
+    let ours = values("rallymq");
+    let theirs = values("mosquitto");
+    let mut ratios: Vec<f64> = ours
+        .iter()
+        .zip(&theirs)
+        .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+        .filter(|r| r.is_finite())
+        .collect();
+    let mut ours: Vec<f64> = ours.into_iter().flatten().collect();
+    let mut theirs: Vec<f64> = theirs.into_iter().flatten().collect();
+    (median(&mut ours), median(&mut theirs), median(&mut ratios))
+}
+
 fn summary(results: &Results, options: &Options) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n| shape | transport | rallymq | mosquitto | rallymq / mosquitto (median of rounds) | rallymq cpu | mosquitto cpu |"
+        "\n| shape | transport | rallymq | mosquitto | ratio | rallymq per CPU-s | mosquitto per CPU-s | ratio per CPU | rallymq cpu | mosquitto cpu |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let number = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let ratio = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}x"));
+    let percent = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}%", v * 100.0));
     for ((shape, transport), by_broker) in results {
-        let values = |broker: &str| -> Vec<Option<f64>> {
-            by_broker
-                .get(broker)
-                .map(|v| v.iter().map(|o| value_of(*shape, o)).collect())
-                .unwrap_or_default()
-        };
-        let cpus = |broker: &str| -> Option<f64> {
-            let mut cpus: Vec<f64> = by_broker
-                .get(broker)?
-                .iter()
-                .filter_map(|o| o.cpu)
-                .collect();
-            median(&mut cpus)
-        };
-        let ours = values("rallymq");
-        let theirs = values("mosquitto");
-        let mut ratios: Vec<f64> = ours
-            .iter()
-            .zip(&theirs)
-            .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
-            .filter(|r| r.is_finite())
-            .collect();
-        let mut ours: Vec<f64> = ours.into_iter().flatten().collect();
-        let mut theirs: Vec<f64> = theirs.into_iter().flatten().collect();
-        let unit = match shape {
-            Shape::Idle => "B/conn",
-            _ => "msg/s",
-        };
-        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} {unit}"));
-        let show_cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}%", v * 100.0));
         let label = match shape {
-            Shape::Idle => format!("idle ({} conns)", options.idle),
-            Shape::FanIn => format!("fan-in ({} pub, 1 sub)", options.fan_in_publishers),
-            Shape::FanOut => format!("fan-out (1 pub, {} subs)", options.fan_out_subscribers),
-            Shape::Qos1 => format!("qos1 ({} pairs)", options.qos1_pairs),
+            Shape::Idle => format!("idle, B/conn ({} conns)", options.idle),
+            Shape::FanIn => format!("fan-in, msg/s ({} pub, 1 sub)", options.fan_in_publishers),
+            Shape::FanOut => format!(
+                "fan-out, msg/s (1 pub, {} subs)",
+                options.fan_out_subscribers
+            ),
+            Shape::Qos1 => format!("qos1, msg/s ({} pairs)", options.qos1_pairs),
         };
+        let (ours, theirs, ratio_value) = medians(by_broker, |o| value_of(*shape, o));
+        let (ours_eff, theirs_eff, ratio_eff) = if *shape == Shape::Idle {
+            (None, None, None)
+        } else {
+            medians(by_broker, |o| {
+                o.cpu.filter(|c| *c > 0.0).map(|c| o.delivered / c)
+            })
+        };
+        let (ours_cpu, theirs_cpu, _) = medians(by_broker, |o| o.cpu);
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             transport.name(),
-            show(median(&mut ours)),
-            show(median(&mut theirs)),
-            median(&mut ratios).map_or("-".to_owned(), |r| format!("{r:.2}x")),
-            show_cpu(cpus("rallymq")),
-            show_cpu(cpus("mosquitto")),
+            number(ours),
+            number(theirs),
+            ratio(ratio_value),
+            number(ours_eff),
+            number(theirs_eff),
+            ratio(ratio_eff),
+            percent(ours_cpu),
+            percent(theirs_cpu),
         );
     }
     out
