@@ -92,10 +92,20 @@ pub(crate) async fn serve_websocket(listener: TcpListener, shared: Arc<Shared>) 
                 let shared = service_shared.clone();
                 async move { Ok::<_, Infallible>(handle_http(request, shared, peer.to_string())) }
             });
-            let served = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            tokio::pin!(connection);
+            // On shutdown, an idle keep-alive connection (a browser's) closes at once instead
+            // of holding the shutdown for its whole grace period; a request in progress ends.
+            let mut shutdown = shared.shutdown.clone();
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             if let Err(error) = served {
                 debug!(%peer, %error, "HTTP connection ended with an error");
             }
