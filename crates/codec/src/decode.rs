@@ -127,7 +127,7 @@ fn decode_inner(
     // A CONNECT ignores `version`; the fallback only serves packets that cannot get here
     // without a version (fixed_header refused them).
     let version = version.unwrap_or(ProtocolVersion::V5);
-    Packet::read(header.packet_type, header.flags, body, version).map(Some)
+    Packet::read(header.packet_type, header.flags, body, version)
 }
 
 /// A stateful decoder for one connection: it learns the protocol level from CONNECT (server

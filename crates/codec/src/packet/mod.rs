@@ -154,15 +154,17 @@ impl Packet {
         Ok(buf.freeze())
     }
 
-    /// Decodes one packet body whose fixed header has been checked.
+    /// Decodes one packet body whose fixed header has been checked. Never `Ok(None)`: the
+    /// result is already in [`decode`](crate::decode)'s shape so that the packet, hundreds of
+    /// bytes, is built in place rather than moved into an `Option` afterwards.
     pub(crate) fn read(
         packet_type: PacketType,
         flags: u8,
         body: Bytes,
         version: ProtocolVersion,
-    ) -> Result<Self, Error> {
+    ) -> Result<Option<Self>, Error> {
         let reader = &mut Reader::new(&body);
-        Ok(match packet_type {
+        Ok(Some(match packet_type {
             PacketType::Connect => Self::Connect(Connect::read(reader)?),
             PacketType::ConnAck => Self::ConnAck(ConnAck::read(reader, version)?),
             // PUBLISH takes the body itself, to keep it as the payload.
@@ -185,7 +187,7 @@ impl Packet {
             }
             PacketType::Disconnect => Self::Disconnect(Disconnect::read(reader, version)?),
             PacketType::Auth => Self::Auth(Auth::read(reader)?),
-        })
+        }))
     }
 }
 

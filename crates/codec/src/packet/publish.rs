@@ -43,6 +43,7 @@ impl Publish {
 
     /// Reads a PUBLISH from its whole `body`, which becomes the payload once the fields before
     /// it are read: the payload costs no reference count of its own.
+    #[inline]
     pub(crate) fn read(body: Bytes, flags: u8, version: ProtocolVersion) -> Result<Self, Error> {
         let reader = &mut Reader::new(&body);
         let dup = flags & 0b1000 != 0;
