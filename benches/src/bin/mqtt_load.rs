@@ -136,6 +136,8 @@ struct Options {
     broker_threads: Option<usize>,
     client_threads: usize,
     mosquitto: String,
+    /// Extra lines for mosquitto.conf (global section), e.g. `set_tcp_nodelay true`.
+    mosquitto_options: Vec<String>,
     bench_broker: Option<PathBuf>,
     // `run` only
     tcp: Option<SocketAddr>,
@@ -161,6 +163,7 @@ impl Default for Options {
             broker_threads: None,
             client_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             mosquitto: "mosquitto".to_owned(),
+            mosquitto_options: Vec::new(),
             bench_broker: None,
             tcp: None,
             ws: None,
@@ -186,6 +189,7 @@ options:
   --broker-threads N      worker threads of rallymq_bench_broker (default: all cores)
   --client-threads N      worker threads of this load client (default: all cores)
   --mosquitto PATH        the mosquitto binary (mosquitto)
+  --mosquitto-option LINE a global mosquitto.conf line, e.g. \"set_tcp_nodelay true\" (repeatable)
   --bench-broker PATH     rallymq_bench_broker (default: next to this binary)";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -236,6 +240,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--broker-threads" => options.broker_threads = Some(number()?.max(1)),
             "--client-threads" => options.client_threads = number()?.max(1),
             "--mosquitto" => options.mosquitto = value.clone(),
+            "--mosquitto-option" => options.mosquitto_options.push(value.clone()),
             "--bench-broker" => options.bench_broker = Some(PathBuf::from(value)),
             "--tcp" | "--ws" => {
                 let addr = value
@@ -919,10 +924,12 @@ impl BrokerProcess {
                  log_dest stderr\n\
                  log_type error\n\
                  log_type warning\n\
+                 {}\n\
                  listener {} 127.0.0.1\n\
                  protocol mqtt\n\
                  listener {} 127.0.0.1\n\
                  protocol websockets\n",
+                options.mosquitto_options.join("\n"),
                 tcp.port(),
                 ws.port()
             ),
