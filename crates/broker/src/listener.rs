@@ -2,11 +2,14 @@
 //! the upgrade, `rallymq-websocket` validates the handshake and carries the MQTT byte stream).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -31,8 +34,129 @@ pub(crate) const MQTT_SUBPROTOCOLS: [&str; 6] = [
     "mqttv3.1.1",
 ];
 
-const INDEX_HTML: &str = include_str!("../static/index.html");
-const CLIENT_JS: &str = include_str!("../static/rallymq.js");
+/// A file served from the binary. The copies under `static/` mirror `web/` at the workspace
+/// root (`scripts/sync-static.sh`; `tests/static_files.rs` fails when they differ).
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+macro_rules! asset {
+    ($path:literal, $file:literal, $content_type:expr) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_bytes!(concat!("../static/", $file)),
+        }
+    };
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// Every static file, by URL path. A directory's `index.html` is served at `dir/`.
+static ASSETS: &[Asset] = &[
+    asset!("/", "index.html", HTML),
+    asset!("/rallymq.js", "rallymq.js", JS),
+    asset!("/tennis/", "tennis/index.html", HTML),
+    asset!("/tennis/tennis.js", "tennis/tennis.js", JS),
+    asset!("/tennis/tennis.css", "tennis/tennis.css", CSS),
+    asset!("/dashboard/", "dashboard/index.html", HTML),
+    asset!("/dashboard/dashboard.js", "dashboard/dashboard.js", JS),
+    asset!("/dashboard/dashboard.css", "dashboard/dashboard.css", CSS),
+];
+
+/// The gzip encoding of each asset, compressed once, on first use.
+fn gzipped(index: usize) -> Option<&'static Bytes> {
+    static GZIPPED: OnceLock<Vec<Bytes>> = OnceLock::new();
+    GZIPPED
+        .get_or_init(|| {
+            ASSETS
+                .iter()
+                .map(|asset| {
+                    let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+                    // Writing into a Vec cannot fail.
+                    let _ = encoder.write_all(asset.body);
+                    Bytes::from(encoder.finish().unwrap_or_default())
+                })
+                .collect()
+        })
+        .get(index)
+        .filter(|gzip| !gzip.is_empty())
+}
+
+/// Whether an `Accept-Encoding` header value accepts gzip (`gzip` or `*`, with a non-zero q).
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default();
+        let refused = parts.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
+/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404.
+fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = match request.uri().path() {
+        "/index.html" => "/",
+        path => path.strip_suffix("index.html").unwrap_or(path),
+    };
+    let Some(index) = ASSETS.iter().position(|asset| asset.path == path) else {
+        let with_slash = format!("{path}/");
+        if ASSETS.iter().any(|asset| asset.path == with_slash) {
+            return Response::builder()
+                .status(StatusCode::MOVED_PERMANENTLY)
+                .header(header::LOCATION, with_slash)
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        }
+        return response(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n",
+        );
+    };
+    let head = request.method() == Method::HEAD;
+    if !head && request.method() != Method::GET {
+        return response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        );
+    }
+    let asset = &ASSETS[index];
+    let gzip = request
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(accepts_gzip)
+        .then(|| gzipped(index))
+        .flatten();
+    let body = gzip
+        .cloned()
+        .unwrap_or_else(|| Bytes::from_static(asset.body));
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, asset.content_type)
+        .header(header::CONTENT_LENGTH, body.len())
+        .header(header::VARY, "accept-encoding")
+        .header(header::CACHE_CONTROL, "no-cache");
+    if gzip.is_some() {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+    }
+    let body = if head { Bytes::new() } else { body };
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
 
 /// Accepts a socket if the connection limit allows; counts it open.
 fn admit(shared: &Shared, stream: &TcpStream) -> bool {
@@ -175,13 +299,5 @@ fn handle_http(
     if wants_upgrade {
         return rejection(Rejection::not_found());
     }
-    match path.as_str() {
-        "/" | "/index.html" => response(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
-        "/rallymq.js" => response(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS),
-        _ => response(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n",
-        ),
-    }
+    serve_static(&request)
 }
