@@ -1,4 +1,5 @@
-//! `rallymq`: the command that runs the rallymq MQTT broker.
+//! `rallymq`: the command that runs the rallymq MQTT broker (`rallymq broker`) and its
+//! clients (`rallymq pub`, `rallymq sub`, with mosquitto_pub and mosquitto_sub's flags).
 //!
 //! `rallymq broker` starts a broker on the embedded defaults (MQTT over TCP on
 //! 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080); `--tcp`, `--ws` and
@@ -7,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod pubsub;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -38,6 +40,10 @@ struct Cli {
 enum Command {
     /// Run an MQTT broker (TCP, and HTTP + MQTT over WebSockets).
     Broker(BrokerArgs),
+    /// Publish messages, with mosquitto_pub's flags (-h is the host; help is --help).
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print messages, with mosquitto_sub's flags (-h is the host; help is --help).
+    Sub(pubsub::SubArgs),
 }
 
 /// `rallymq broker` flags. Every flag has a key of the same name (with `_` for `-`) in the
@@ -119,12 +125,25 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Broker(args) => run_broker(args),
+        Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
+        Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of `pub` or `sub`, with the error on stderr as Mosquitto's clients print it.
+fn client_exit(result: Result<(), pubsub::Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("Error: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }
@@ -237,6 +256,7 @@ mod tests {
         let cli = Cli::try_parse_from(args).expect("valid arguments");
         match cli.command {
             Command::Broker(args) => args,
+            other => panic!("not the broker command: {other:?}"),
         }
     }
 

@@ -54,6 +54,12 @@ impl Mosquitto {
     /// Starts Mosquitto and waits until both ports accept connections. Panics with an
     /// explanation when Mosquitto is not installed (`apt-get install mosquitto`).
     pub fn start() -> Self {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// As [`Mosquitto::start`], with `settings` (Mosquitto configuration lines, such as
+    /// `allow_anonymous false`) instead of allowing anonymous clients.
+    pub fn start_with(settings: &str) -> Self {
         let program = mosquitto_program();
         let tcp = free_port();
         let ws = free_port();
@@ -63,7 +69,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+                "per_listener_settings false\npersistence false\n{settings}\
                  listener {tcp} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\n"
             ),
         )
