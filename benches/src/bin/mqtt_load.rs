@@ -832,7 +832,8 @@ struct BrokerProcess {
     child: Child,
     tcp: SocketAddr,
     ws: SocketAddr,
-    _dir: Option<PathBuf>,
+    /// Mosquitto's generated config directory, removed with the process.
+    dir: Option<PathBuf>,
 }
 
 impl BrokerProcess {
@@ -899,7 +900,7 @@ impl BrokerProcess {
             child,
             tcp,
             ws,
-            _dir: None,
+            dir: None,
         })
     }
 
@@ -955,7 +956,7 @@ impl BrokerProcess {
             child,
             tcp,
             ws,
-            _dir: Some(dir),
+            dir: Some(dir),
         })
     }
 }
@@ -964,6 +965,9 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -1176,6 +1180,10 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    if command == "--help" || command == "-h" || command == "help" {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let options = match parse_args(rest) {
         Ok(options) => options,
         Err(error) => {
