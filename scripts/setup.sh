@@ -24,3 +24,6 @@ fi
 
 # MQTT.js (npm mqtt, pinned by package-lock.json) for the broker's interop tests.
 (cd crates/broker/tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
+# esbuild and ws (pinned by web/package-lock.json) for rallymq.js's tests in web/test.
+(cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

@@ -4,3 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo test --workspace --locked
+# rallymq.js: codec vectors, size limit and end-to-end tests against the broker (node --test).
+(cd web && npm test)
