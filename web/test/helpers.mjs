@@ -123,8 +123,12 @@ export async function fakeBroker(version = 5) {
     accept(ms = 10000) {
       if (peers.length) return Promise.resolve(peers.shift())
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('no connection')), ms)
-        waiting.push(p => (clearTimeout(timer), resolve(p)))
+        const w = p => (clearTimeout(timer), resolve(p))
+        const timer = setTimeout(() => {
+          waiting.splice(waiting.indexOf(w) >>> 0, 1)
+          reject(new Error('no connection'))
+        }, ms)
+        waiting.push(w)
       })
     },
     close() {
@@ -154,8 +158,12 @@ class Peer {
   next(ms = 10000) {
     if (this.packets.length) return Promise.resolve(this.packets.shift())
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('no packet within ' + ms + ' ms')), ms)
-      this.waiters.push(p => (clearTimeout(timer), resolve(p)))
+      const w = p => (clearTimeout(timer), resolve(p))
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter(x => x != w)
+        reject(new Error('no packet within ' + ms + ' ms'))
+      }, ms)
+      this.waiters.push(w)
     })
   }
   /** Skips PINGREQs (answering them) until another packet. */
