@@ -184,7 +184,9 @@ impl Driver {
                     break;
                 }
                 if tokio::time::timeout_at(deadline, space).await.is_err() {
-                    return;
+                    // Stuck: not waited for again until it drains (its queue limit drops).
+                    session.lock().stalled = true;
+                    break;
                 }
             }
         }

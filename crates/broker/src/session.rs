@@ -54,6 +54,9 @@ pub(crate) struct SessionInner {
     pub(crate) expires_at: Option<Instant>,
     pub(crate) subscriptions: HashMap<TopicFilter, SubscriptionData>,
     pub(crate) version: Option<ProtocolVersion>,
+    /// A publisher waited its longest for this queue to drain, in vain: publishers are not
+    /// slowed for it again until it is below its high-water mark (its limit drops instead).
+    pub(crate) stalled: bool,
 }
 
 /// One session. Compared and hashed by client identifier, so the subscription index can use
@@ -104,7 +107,10 @@ impl Session {
             }
         }
         inner.pending.push_back(Queued { publish, since });
-        let congested = inner.pending.len() >= high_water(limits);
+        if inner.pending.len() < high_water(limits) {
+            inner.stalled = false;
+        }
+        let congested = inner.pending.len() >= high_water(limits) && !inner.stalled;
         drop(inner);
         if online {
             self.wake.notify_one();
@@ -118,7 +124,8 @@ impl Session {
 
     /// Whether the queue is at or above its high-water mark.
     pub(crate) fn is_congested(&self, limits: &Limits) -> bool {
-        self.lock().pending.len() >= high_water(limits)
+        let inner = self.lock();
+        inner.pending.len() >= high_water(limits) && !inner.stalled
     }
 }
 
