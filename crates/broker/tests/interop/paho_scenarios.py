@@ -806,11 +806,15 @@ class RawClient:
     """A hand-written MQTT client over TCP, for flows no library lets a test drive (a QoS 2
     PUBLISH sent again before PUBREL)."""
 
-    def __init__(self, args, client_id):
+    def __init__(self, args, client_id, receive_buffer=None):
         if args.transport != "tcp":
             raise Failure("the raw client speaks TCP only")
         self.v5 = args.version == "5"
-        self.sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect((args.host, args.port))
         level = {"31": 3, "311": 4, "5": 5}[args.version]
         name = b"MQIsdp" if level == 3 else b"MQTT"
         variable = self.string(name) + bytes([level, 0x02, 0, 30]) + self.properties()
@@ -867,6 +871,11 @@ class RawClient:
         body = self.string(topic.encode()) + packet_id.to_bytes(2, "big") + self.properties()
         self.send(0x34 | (0x08 if dup else 0), body + payload.encode())
 
+    def subscribe(self, topic_filter, qos, packet_id=1):
+        body = packet_id.to_bytes(2, "big") + self.properties()
+        self.send(0x82, body + self.string(topic_filter.encode()) + bytes([qos]))
+        self.expect(0x90, packet_id, "SUBACK")
+
     def close(self):
         self.send(0xE0, b"")
         self.sock.close()
@@ -897,7 +906,107 @@ def scenario_qos2_dup(args):
     return {"received": relative(got, topic)}
 
 
+def scenario_slow_consumer(args):
+    """A subscriber that stops reading does not stall the broker: the publisher's messages all
+    complete, and a healthy subscriber gets them; the stuck one's queue is bounded."""
+    topic = f"interop/{args.run}/slow"
+    stuck = RawClient(args, f"stuck-{args.run}", receive_buffer=4096)
+    stuck.subscribe(topic, 1)  # and never reads again
+    healthy = Peer(args, "healthy")
+    healthy.connect()
+    healthy.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    payload = "x" * 4096
+    count = 3000
+    started = time.monotonic()
+    infos = [publisher.client.publish(topic, payload, 0) for _ in range(count)]
+    for info in infos:
+        info.wait_for_publish(max(0.0, started + 3 * TIMEOUT - time.monotonic()))
+    publisher.publish(topic, "end", 1)
+    published = all(info.is_published() for info in infos)
+    got = 0
+    deadline = time.monotonic() + 3 * TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            message = healthy.messages.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if message.payload == b"end":
+            break
+        got += 1
+    else:
+        raise Failure("the healthy subscriber did not get the end marker")
+    result = {
+        "publisher_done": published,
+        # QoS 0 may be dropped under load, but most arrive.
+        "healthy_got_most": got >= count // 2,
+    }
+    stuck.sock.close()
+    for peer in (healthy, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_session_expiry(args):
+    """MQTT 5 Session Expiry: a session is kept for its interval after the connection closes
+    (MQTT-3.1.2-23) and is gone after it: Session Present 0 then."""
+    if args.version != "5":
+        raise Failure("session expiry needs MQTT 5")
+    client_id = f"expiring-{args.run}"
+    result = {}
+    for wait in (0.2, 2.5):
+        client = Peer(args, "expiring", client_id=client_id)
+        client.connect(clean=True, expiry=1)
+        client.subscribe(f"interop/{args.run}/expiring", 1)
+        client.disconnect()
+        time.sleep(wait)
+        back = Peer(args, "back", client_id=client_id)
+        result[f"present_after_{wait}s"] = back.connect(clean=False, expiry=0)
+        back.disconnect()
+    return result
+
+
+def scenario_will_retained(args):
+    """A will with RETAIN set is published as a retained message (MQTT-3.1.2-17 in 3.1.1)."""
+    topic = f"interop/{args.run}/will-retained"
+    dying = Peer(args, "dying")
+    dying.client.will_set(topic, "last words", 1, retain=True)
+    dying.connect(loop=False)
+    dying.kill()
+    time.sleep(0.5)
+    later = Peer(args, "later")
+    later.connect()
+    later.subscribe(topic, 1)
+    got = later.receive(1, "the retained will")
+    later.publish(topic, "", 1, retain=True)
+    later.disconnect()
+    return {"received": relative(got, topic)}
+
+
+def scenario_overlap(args):
+    """Overlapping subscriptions of one client: the message comes once, at the highest granted
+    QoS (3.1.1 MQTT-3.3.5-1; 5.0 MQTT-3.3.4-2 allows more copies, brokers here send one)."""
+    prefix = f"interop/{args.run}/overlap/"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    subscriber.subscribe(prefix + "#", 0)
+    subscriber.subscribe(prefix + "+", 2)
+    subscriber.subscribe(prefix + "x", 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(prefix + "x", "once", 2)
+    got = subscriber.receive(1, "the message") + subscriber.drain()
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": sorted(relative(got, prefix), key=lambda m: m["qos"])}
+
+
 SCENARIOS = {
+    "slow_consumer": scenario_slow_consumer,
+    "session_expiry": scenario_session_expiry,
+    "will_retained": scenario_will_retained,
+    "overlap": scenario_overlap,
     "qos2_dup": scenario_qos2_dup,
     "redeliver": scenario_redeliver,
     "receive_max": scenario_receive_max,
