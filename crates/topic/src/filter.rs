@@ -118,17 +118,42 @@ fn validate_filter(text: &str) -> Result<u32, Error> {
         }
         None => 0,
     };
-    let filter = &text[filter_start as usize..];
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(Error::InvalidMultiLevelWildcard);
-        }
-        if level.contains('+') && level != "+" {
-            return Err(Error::InvalidSingleLevelWildcard);
+    validate_wildcards(&text[filter_start as usize..])?;
+    Ok(filter_start)
+}
+
+/// Checks that `+` fills whole levels and `#` only the whole last level, in one pass over the
+/// bytes (filters are validated for every SUBSCRIBE, so this is on a broker's hot path). The
+/// first offending level decides the error, as [`level_wildcard_error`] says.
+fn validate_wildcards(filter: &str) -> Result<(), Error> {
+    let bytes = filter.as_bytes();
+    let mut level_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let valid = match byte {
+            b'/' => {
+                level_start = i + 1;
+                true
+            }
+            b'#' => i == level_start && i + 1 == bytes.len(),
+            b'+' => i == level_start && bytes.get(i + 1).is_none_or(|&next| next == b'/'),
+            _ => true,
+        };
+        if !valid {
+            let level = filter[level_start..].split('/').next().unwrap_or_default();
+            return Err(level_wildcard_error(level));
         }
     }
-    Ok(filter_start)
+    Ok(())
+}
+
+/// The error for a level that misuses a wildcard: a misplaced `#` first, then a `+` that does
+/// not fill the level.
+fn level_wildcard_error(level: &str) -> Error {
+    if level.contains('#') {
+        Error::InvalidMultiLevelWildcard
+    } else {
+        Error::InvalidSingleLevelWildcard
+    }
 }
 
 impl AsRef<str> for TopicFilter {
@@ -180,6 +205,55 @@ impl TryFrom<Bytes> for TopicFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wildcard rules stated level by level (MQTT-4.7.1-2, MQTT-4.7.1-3): the reference the
+    /// one-pass [`validate_wildcards`] must agree with, error included.
+    fn wildcards_level_by_level(filter: &str) -> Result<(), Error> {
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+                return Err(Error::InvalidMultiLevelWildcard);
+            }
+            if level.contains('+') && level != "+" {
+                return Err(Error::InvalidSingleLevelWildcard);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn one_pass_wildcard_check_agrees_with_the_level_by_level_rules() {
+        // Every string of up to eight characters over `a`, `/`, `+` and `#`.
+        let alphabet = ['a', '/', '+', '#'];
+        let mut filters = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..8 {
+            let mut longer = Vec::with_capacity(filters.len() * alphabet.len());
+            for filter in &filters {
+                for c in alphabet {
+                    let mut next = filter.clone();
+                    next.push(c);
+                    assert_eq!(
+                        validate_wildcards(&next),
+                        wildcards_level_by_level(&next),
+                        "{next:?}"
+                    );
+                    checked += 1;
+                    longer.push(next);
+                }
+            }
+            filters = longer;
+        }
+        assert_eq!(checked, (1..=8).map(|n| 4usize.pow(n)).sum::<usize>());
+        assert_eq!(
+            validate_wildcards("a+#/b"),
+            Err(Error::InvalidMultiLevelWildcard)
+        );
+        assert_eq!(
+            validate_wildcards("a/+b/#/c"),
+            Err(Error::InvalidSingleLevelWildcard)
+        );
+    }
 
     #[test]
     fn mqtt_4_7_1_1_multi_level_wildcard_alone_and_last() {
