@@ -911,6 +911,70 @@ fn mqtt_3_3_5_1_paho_overlapping_subscriptions_one_copy_at_highest_qos() {
     });
 }
 
+/// One publisher, 40 subscribers: each gets every QoS 1 message, in order.
+#[test]
+fn paho_fan_out_to_40_subscribers_all_in_order() {
+    paho_matrix("fanout", &["311", "5"], |_| {
+        r#"{"extra":0,"subscribers_with_all_in_order":40}"#.to_owned()
+    });
+}
+
+/// MQTT 5: a will whose delay is longer than the session expiry is published when the session
+/// ends (MQTT-3.1.3-9).
+#[test]
+fn mqtt_3_1_3_9_paho_v5_will_sent_at_session_end_before_its_delay() {
+    paho_matrix("will_session_end", &["5"], |_| {
+        format!(
+            r#"{{"received":{},"within_3s":true}}"#,
+            list(&[msg("", "session ended", 1, false)])
+        )
+    });
+}
+
+/// MQTT 5: a client that accepts topic aliases from the broker sees every message with its
+/// topic.
+#[test]
+fn paho_v5_client_accepting_topic_aliases_sees_every_topic() {
+    paho_matrix("alias_in", &["5"], |_| {
+        r#"{"topics":["a","a","b","a","b"]}"#.to_owned()
+    });
+}
+
+/// MQTT 5: an expired retained message is not sent to a new subscriber (MQTT-3.3.2-5); one
+/// without expiry is.
+#[test]
+fn mqtt_3_3_2_5_paho_v5_expired_retained_message_not_sent() {
+    paho_matrix("retained_expiry", &["5"], |_| {
+        r#"{"received":["stays","end"]}"#.to_owned()
+    });
+}
+
+/// A shared subscription gets no retained messages when it is made, a plain one does (MQTT 5
+/// sections 3.3.1.3 and 4.8.2: retained messages go to new non-shared subscriptions).
+/// Mosquitto 2.0 sends them to shared subscriptions too.
+#[test]
+fn paho_shared_subscription_gets_no_retained_messages() {
+    paho_matrix_per_broker("shared_retained", &["311", "5"], |_, broker| {
+        if broker == "Mosquitto" {
+            r#"{"member":["retained","live"],"plain":["retained","live"]}"#.to_owned()
+        } else {
+            r#"{"member":["live"],"plain":["retained","live"]}"#.to_owned()
+        }
+    });
+}
+
+/// MQTT 3.1.1: an empty client id with Clean Session 0 is refused with CONNACK 0x02
+/// (MQTT-3.1.3-8) and the connection is closed (MQTT-3.2.2-5). Driven by hand over TCP.
+#[test]
+fn mqtt_3_1_3_8_empty_client_id_with_persistent_session_refused() {
+    paho_cases(
+        "empty_id_persistent",
+        &["311"],
+        &[Transport::Tcp],
+        |_, _| r#"{"closed":true,"connack":"20020002"}"#.to_owned(),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 

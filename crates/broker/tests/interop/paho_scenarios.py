@@ -1002,7 +1002,139 @@ def scenario_overlap(args):
     return {"received": sorted(relative(got, prefix), key=lambda m: m["qos"])}
 
 
+def scenario_fanout(args):
+    """One publisher, 40 subscribers: every subscriber gets every QoS 1 message, in order."""
+    topic = f"interop/{args.run}/fanout"
+    subscribers = [Peer(args, f"sub-{i}") for i in range(40)]
+    for subscriber in subscribers:
+        subscriber.connect()
+        subscriber.subscribe(topic, 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    count = 25
+    for i in range(count):
+        publisher.publish(topic, f"{i}", 1)
+    complete = 0
+    for subscriber in subscribers:
+        got = [m["payload"] for m in subscriber.receive(count, "fan-out messages")]
+        complete += got == [f"{i}" for i in range(count)]
+    extra = sum(len(subscriber.drain()) for subscriber in subscribers[:1])
+    for peer in subscribers + [publisher]:
+        peer.disconnect()
+    return {"subscribers_with_all_in_order": complete, "extra": extra}
+
+
+def scenario_will_session_end(args):
+    """MQTT 5: a will whose delay is longer than the session expiry is published when the
+    session ends (MQTT-3.1.3-9), not after the delay."""
+    if args.version != "5":
+        raise Failure("will delay needs MQTT 5")
+    topic = f"interop/{args.run}/will-session-end"
+    watcher = Peer(args, "watcher")
+    watcher.connect()
+    watcher.subscribe(topic, 1)
+    dying = Peer(args, "dying")
+    dying.connect(will=(topic, "session ended", 1), will_delay=30, expiry=1, loop=False)
+    dying.kill()
+    started = time.monotonic()
+    got = watcher.receive(1, "the will at session end")
+    waited = time.monotonic() - started
+    watcher.disconnect()
+    return {"received": relative(got, topic), "within_3s": waited < 3}
+
+
+def scenario_alias_in(args):
+    """MQTT 5: a client that accepts topic aliases from the broker still sees every message
+    with its topic (whether or not the broker uses aliases, MQTT-3.3.2-12 ff.)."""
+    if args.version != "5":
+        raise Failure("topic aliases need MQTT 5")
+    prefix = f"interop/{args.run}/alias-in/"
+    subscriber = Peer(args, "sub")
+    subscriber.connect(TopicAliasMaximum=5)
+    subscriber.subscribe(prefix + "#", 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    for topic in ("a", "a", "b", "a", "b"):
+        publisher.publish(prefix + topic, topic, 1)
+    got = subscriber.receive(5, "messages") + subscriber.drain()
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"topics": [m["topic"] for m in relative(got, prefix)]}
+
+
+def scenario_retained_expiry(args):
+    """MQTT 5: a retained message with a Message Expiry is not sent to subscribers once it has
+    expired (MQTT-3.3.2-5); one without expiry still is."""
+    if args.version != "5":
+        raise Failure("message expiry needs MQTT 5")
+    prefix = f"interop/{args.run}/retained-expiry/"
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.MessageExpiryInterval = 1
+    publisher.publish(prefix + "short", "expires", 1, retain=True, properties=properties)
+    publisher.publish(prefix + "kept", "stays", 1, retain=True)
+    time.sleep(2.2)
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    subscriber.subscribe(prefix + "#", 1)
+    publisher.publish(prefix + "marker", "end", 1)
+    got = subscriber.receive_until("end", "the end marker") + subscriber.drain()
+    for topic in ("short", "kept"):
+        publisher.publish(prefix + topic, "", 1, retain=True)
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": [m["payload"] for m in got]}
+
+
+def scenario_shared_retained(args):
+    """A shared subscription gets no retained messages when it is made (MQTT 5
+    MQTT-3.8.4-4 territory; 4.8.2), while a plain one does."""
+    topic = f"interop/{args.run}/shared-retained"
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(topic, "retained", 1, retain=True)
+    member = Peer(args, "member")
+    member.connect()
+    member.subscribe(f"$share/g-{args.run}/{topic}", 1)
+    plain = Peer(args, "plain")
+    plain.connect()
+    plain.subscribe(topic, 1)
+    publisher.publish(topic, "live", 1)
+    result = {
+        "member": [m["payload"] for m in member.receive_until("live", "the live message")],
+        "plain": [m["payload"] for m in plain.receive_until("live", "the live message")],
+    }
+    publisher.publish(topic, "", 1, retain=True)
+    for peer in (member, plain, publisher):
+        peer.disconnect()
+    return result
+
+
+def scenario_empty_id_persistent(args):
+    """MQTT 3.1.1: an empty client id with Clean Session 0 is refused with CONNACK 0x02
+    (MQTT-3.1.3-8), and the connection closed (MQTT-3.2.2-5)."""
+    if args.version != "311":
+        raise Failure("this is the MQTT 3.1.1 rule")
+    sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+    body = RawClient.string(b"MQTT") + bytes([4, 0x00, 0, 30]) + RawClient.string(b"")
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    connack = sock.recv(4)
+    try:
+        closed = sock.recv(1) == b""
+    except (socket.timeout, ConnectionResetError):
+        closed = False
+    sock.close()
+    return {"connack": connack.hex(), "closed": closed}
+
+
 SCENARIOS = {
+    "fanout": scenario_fanout,
+    "will_session_end": scenario_will_session_end,
+    "alias_in": scenario_alias_in,
+    "retained_expiry": scenario_retained_expiry,
+    "shared_retained": scenario_shared_retained,
+    "empty_id_persistent": scenario_empty_id_persistent,
     "slow_consumer": scenario_slow_consumer,
     "session_expiry": scenario_session_expiry,
     "will_retained": scenario_will_retained,
