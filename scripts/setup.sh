@@ -27,3 +27,12 @@ fi
 
 # esbuild and ws (pinned by web/package-lock.json) for rallymq.js's tests in web/test.
 (cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
+# Headless Chromium (Debian's package) and playwright-core (pinned by web/e2e/package-lock.json)
+# for the browser tests in web/e2e. playwright-core downloads no browser of its own.
+if [ ! -x /usr/bin/chromium ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+(cd web/e2e && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

@@ -509,7 +509,7 @@ export class Client {
         properties: five ? { sessionExpiryInterval: o.sessionExpiry, ...o.properties } : {},
       })
     }
-    ws.onmessage = ev => ws == this.ws && this.data(new Uint8Array(ev.data))
+    ws.onmessage = ev => ws == this.ws && (typeof ev.data == 'string' ? this.kill(fail('rallymq: text frame')) : this.data(new Uint8Array(ev.data)))
     ws.onclose = () => this.closed(ws)
     ws.onerror = noop
     this.timer = setTimeout(() => this.kill(fail('rallymq: no CONNACK in time')), this.o.connectTimeout)
