@@ -104,10 +104,12 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
 
 /// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404.
 fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = match request.uri().path() {
-        "/index.html" => "/",
-        path => path.strip_suffix("index.html").unwrap_or(path),
-    };
+    let path = request.uri().path();
+    // `dir/index.html` is `dir/`.
+    let path = path
+        .strip_suffix("index.html")
+        .filter(|dir| dir.ends_with('/'))
+        .unwrap_or(path);
     let Some(index) = ASSETS.iter().position(|asset| asset.path == path) else {
         let with_slash = format!("{path}/");
         if ASSETS.iter().any(|asset| asset.path == with_slash) {

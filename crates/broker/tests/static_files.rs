@@ -194,8 +194,13 @@ async fn the_broker_serves_every_static_file_plain_and_gzipped() {
         http(addr, "GET", "/dashboard/index.html", "").await.status,
         200
     );
+    assert_eq!(http(addr, "GET", "/index.html", "").await.status, 200);
     assert_eq!(
         http(addr, "GET", "/tennis/nothing.js", "").await.status,
+        404
+    );
+    assert_eq!(
+        http(addr, "GET", "/tennis/xindex.html", "").await.status,
         404
     );
     assert_eq!(
