@@ -91,6 +91,15 @@ impl OurBroker {
     }
 }
 
+impl OurBroker {
+    /// Shuts the broker down now, with `grace` for the connections to end.
+    fn shutdown(&mut self, grace: Duration) {
+        if let Some(handle) = self.handle.take() {
+            self.runtime.block_on(handle.shutdown(grace));
+        }
+    }
+}
+
 impl Drop for OurBroker {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
@@ -1210,6 +1219,30 @@ fn sys_topics_use_mosquittos_names() {
         mosquitto_missing.is_empty(),
         "the reference lacks {mosquitto_missing:?}: the list is wrong"
     );
+}
+
+/// On shutdown an MQTT 5 `mosquitto_sub` is told DISCONNECT 0x8B (Server shutting down) and
+/// exits. (An MQTT 3.1.1 one only sees the connection close, and quietly tries to reconnect.)
+#[test]
+fn mosquitto_clients_told_server_shutting_down() {
+    require_mosquitto_clients();
+    let mut ours = OurBroker::start();
+    let topic = format!("interop/{}/shutdown", run_id());
+    let mut v5 = mosquitto_sub(ours.endpoint().tcp, "mqttv5", &topic, "%p", 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    ours.shutdown(Duration::from_secs(2));
+    let told = v5
+        .wait_for(|l| l.contains("DISCONNECT"), "DISCONNECT from the broker")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(told.contains("139"), "not DISCONNECT 0x8B (139): {told}");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !matches!(v5.child.try_wait(), Ok(Some(_))) {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto_sub still runs after DISCONNECT"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
