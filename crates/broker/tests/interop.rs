@@ -1001,6 +1001,65 @@ fn mqtt_4_4_0_1_qos2_to_subscriber_resumed_publish_then_pubrel() {
     });
 }
 
+/// Eight publishers, one wildcard subscriber: every QoS 1 message arrives, each publisher's in
+/// its order (MQTT-4.6.0-5).
+#[test]
+fn mqtt_4_6_0_5_paho_fan_in_from_8_publishers_in_order() {
+    paho_matrix("fanin", &["311", "5"], |_| {
+        r#"{"extra":0,"publishers_all_in_order":8}"#.to_owned()
+    });
+}
+
+/// UTF-8 topics and filters (wildcards beside multi-byte characters) and binary payloads go
+/// through unchanged.
+#[test]
+fn paho_utf8_topics_and_binary_payloads_unchanged() {
+    paho_matrix("unicode", &["31", "311", "5"], |_| {
+        r#"{"received":[["court-\u00df/\ud83c\udfbe","bytes 0 to 255"],["\u65e5\u672c/\ud83c\udfbe","\u30c6\u30cb\u30b9"]]}"#.to_owned()
+    });
+}
+
+/// One SUBSCRIBE with several filters gets one return code each, in order (3.1.1
+/// MQTT-3.8.4-5), and each filter delivers at its own QoS.
+#[test]
+fn mqtt_3_8_4_5_paho_one_subscribe_several_filters() {
+    paho_matrix("multi_sub", &["31", "311", "5"], |_| {
+        r#"{"granted":[0,1,2],"received":[["a",0],["b",1],["c/d",2]]}"#.to_owned()
+    });
+}
+
+/// MQTT 3.1, 3.1.1 and 5.0 clients over TCP and WebSockets at once, six in all, each publishing
+/// to the others: every one gets all six messages (its own included), on our broker as on
+/// Mosquitto.
+#[test]
+fn paho_all_versions_over_tcp_and_websockets_talk_to_each_other() {
+    require_paho();
+    let ours = OurBroker::start();
+    let reference = Mosquitto::start();
+    let expected =
+        r#"{"31-tc":true,"31-we":true,"311-tc":true,"311-we":true,"5-tc":true,"5-we":true}"#;
+    let mut failures = Vec::new();
+    for endpoint in [ours.endpoint(), reference.endpoint()] {
+        let result = run_peer(
+            Command::new("python3")
+                .arg(interop_dir().join("paho_scenarios.py"))
+                .args(["cross", "--port", "0"])
+                .args(["--tcp-port", &endpoint.tcp.to_string()])
+                .args(["--ws-port", &endpoint.ws.to_string()]),
+            PEER_TIMEOUT,
+        );
+        match result {
+            Ok(observed) if observed == expected => {}
+            Ok(observed) => failures.push(format!(
+                "cross with {}:\n  expected {expected}\n  observed {observed}",
+                endpoint.name
+            )),
+            Err(error) => failures.push(format!("cross with {}: {error}", endpoint.name)),
+        }
+    }
+    assert_no_failures(failures);
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 

@@ -1202,7 +1202,108 @@ def scenario_qos2_resume(args):
     return result
 
 
+def scenario_fanin(args):
+    """Eight publishers, one wildcard subscriber: every QoS 1 message arrives, each
+    publisher's in its order (MQTT-4.6.0-5)."""
+    prefix = f"interop/{args.run}/fanin/"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    subscriber.subscribe(prefix + "#", 1)
+    publishers = [Peer(args, f"pub-{i}") for i in range(8)]
+    for publisher in publishers:
+        publisher.connect()
+    count = 100
+    infos = []
+    for i in range(count):
+        for n, publisher in enumerate(publishers):
+            infos.append(publisher.client.publish(f"{prefix}{n}", f"{i}", 1))
+    deadline = time.monotonic() + 3 * TIMEOUT
+    for info in infos:
+        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+    got = {}
+    for message in subscriber.receive(count * len(publishers), "fan-in messages"):
+        got.setdefault(message["topic"], []).append(int(message["payload"]))
+    extra = subscriber.drain()
+    for peer in publishers + [subscriber]:
+        peer.disconnect()
+    in_order = sum(got.get(f"{prefix}{n}") == list(range(count)) for n in range(len(publishers)))
+    return {"publishers_all_in_order": in_order, "extra": len(extra)}
+
+
+def scenario_cross(args):
+    """MQTT 3.1, 3.1.1 and 5.0 clients over TCP and WebSockets at once, each publishing to
+    all the others: every one gets every other's message."""
+    if not (args.tcp_port and args.ws_port):
+        raise Failure("cross needs --tcp-port and --ws-port")
+    topic = f"interop/{args.run}/cross"
+    peers = []
+    for version in ("31", "311", "5"):
+        for transport, port in (("tcp", args.tcp_port), ("websockets", args.ws_port)):
+            variant = argparse.Namespace(**vars(args))
+            variant.version, variant.transport, variant.port = version, transport, port
+            peer = Peer(variant, f"{version}-{transport[:2]}")
+            peer.connect()
+            peer.subscribe(topic, 1)
+            peers.append(peer)
+    for peer in peers:
+        peer.publish(topic, f"from {peer.name}", 1)
+    result = {}
+    for peer in peers:
+        got = sorted(m["payload"] for m in peer.receive(len(peers), "everyone's message"))
+        got += [m["payload"] for m in peer.drain()]
+        result[peer.name] = got == sorted(f"from {p.name}" for p in peers) or got
+    for peer in peers:
+        peer.disconnect()
+    return result
+
+
+def scenario_unicode(args):
+    """UTF-8 topics and filters, and binary payloads, arrive unchanged (MQTT 1.5.3/1.5.4)."""
+    prefix = f"interop/{args.run}/ünïcødé/"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    subscriber.subscribe(prefix + "+/🎾", 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    binary = bytes(range(256))
+    publisher.publish(prefix + "court-ß/🎾", binary, 1)
+    publisher.publish(prefix + "日本/🎾", "テニス", 1)
+    got = []
+    for _ in range(2):
+        message = get(subscriber.messages, "sub: unicode messages")
+        payload = "bytes 0 to 255" if message.payload == binary else message.payload.decode()
+        got.append([message.topic[len(prefix):], payload])
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"received": sorted(got)}
+
+
+def scenario_multi_sub(args):
+    """One SUBSCRIBE with several filters: one return code each, in order (MQTT-3.8.4-5 in
+    3.1.1), each filter working at its own QoS."""
+    prefix = f"interop/{args.run}/multi/"
+    subscriber = Peer(args, "sub")
+    subscriber.connect()
+    result, mid = subscriber.client.subscribe([(prefix + "a", 0), (prefix + "b", 1),
+                                               (prefix + "c/#", 2)])
+    if result != mqtt.MQTT_ERR_SUCCESS:
+        raise Failure(f"subscribe: {mqtt.error_string(result)}")
+    _, codes = get(subscriber.subacks, "sub: SUBACK")
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    for topic in ("a", "b", "c/d"):
+        publisher.publish(prefix + topic, topic, 2)
+    got = sorted(relative(subscriber.receive(3, "messages"), prefix), key=lambda m: m["topic"])
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"granted": codes, "received": [[m["topic"], m["qos"]] for m in got]}
+
+
 SCENARIOS = {
+    "fanin": scenario_fanin,
+    "cross": scenario_cross,
+    "unicode": scenario_unicode,
+    "multi_sub": scenario_multi_sub,
     "qos2_resume": scenario_qos2_resume,
     "fanout": scenario_fanout,
     "will_session_end": scenario_will_session_end,
@@ -1246,6 +1347,8 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
     parser.add_argument("--path", default="/mqtt", help="WebSocket path")
+    parser.add_argument("--tcp-port", type=int, help="the TCP port, for scenarios using both")
+    parser.add_argument("--ws-port", type=int, help="the WebSocket port, for scenarios using both")
     parser.add_argument("--version", choices=["31", "311", "5"], default="311")
     args = parser.parse_args()
     args.run = uuid.uuid4().hex[:10]
