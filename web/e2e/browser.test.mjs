@@ -38,9 +38,9 @@ async function runCleanups() {
 }
 
 function browserTest(name, timeout, body) {
-  test(name, { timeout }, async () => {
+  test(name, { timeout }, async (t) => {
     try {
-      await body();
+      await body(t);
     } finally {
       await runCleanups();
     }
@@ -134,7 +134,7 @@ async function waitForCard(pageHandle, id, message, timeout) {
   }
 }
 
-browserTest('the tennis page shows a match within 1 s of its first publish and follows its updates', 120_000, async () => {
+browserTest('the tennis page shows a match within 1 s of its first publish and follows its updates', 120_000, async (t) => {
   const server = await broker();
   const tennis = await page();
   const publisher = await pahoPeer('pub', server.tcpPort);
@@ -148,6 +148,7 @@ browserTest('the tennis page shows a match within 1 s of its first publish and f
   await publisher.publish({ topic: 'tennis/e2e-1/score', payload: JSON.stringify(first), qos: 1, retain: true });
   await shown;
   const elapsed = Date.now() - started;
+  t.diagnostic(`the card appeared ${elapsed} ms after the publish started`);
   await waitForCard(tennis, 'e2e-1', first, 1000 - Math.min(elapsed, 999));
 
   const updates = [
