@@ -1060,6 +1060,65 @@ fn paho_all_versions_over_tcp_and_websockets_talk_to_each_other() {
     assert_no_failures(failures);
 }
 
+/// Protocol violations, driven by hand over TCP: each closes the connection, as on Mosquitto
+/// (first packet not CONNECT MQTT-3.1.0-1, second CONNECT MQTT-3.1.0-2, reserved flag
+/// MQTT-3.1.2-3, unknown protocol level MQTT-3.1.2-2, wildcard in a topic name MQTT-3.3.2-2,
+/// ill-formed UTF-8 MQTT-1.5.3-1, reserved header flags MQTT-3.8.1-1, invalid filter
+/// MQTT-4.7.1-2, empty SUBSCRIBE MQTT-3.8.3-3, bad topic aliases MQTT-3.3.2-8 ff.). MQTT 5
+/// clients are told why first: we name the reason more precisely than Mosquitto does (Topic
+/// Name invalid, Topic Filter invalid, Topic Alias invalid, Protocol Error where it sends
+/// Malformed Packet), and also tell about a second CONNECT, which Mosquitto just closes.
+#[test]
+fn mqtt_3_1_0_1_protocol_violations_close_the_connection() {
+    paho_cases(
+        "violations",
+        &["311", "5"],
+        &[Transport::Tcp],
+        |version, broker| {
+            let closed_after_connack = r#"["CONNACK 0x00","closed"]"#;
+            let told = |code: &str| format!(r#"["CONNACK 0x00","DISCONNECT {code}","closed"]"#);
+            let mosquitto = broker == "Mosquitto";
+            let outcome = |ours: &str, theirs: &str| match version {
+                "5" if mosquitto => told(theirs),
+                "5" => told(ours),
+                _ => closed_after_connack.to_owned(),
+            };
+            let mut cases = vec![
+                ("SUBSCRIBE with no filter", outcome("0x82", "0x81")),
+                ("bad SUBSCRIBE header flags", outcome("0x81", "0x81")),
+                ("first packet not CONNECT", r#"["closed"]"#.to_owned()),
+                ("invalid UTF-8 in topic", outcome("0x90", "0x81")),
+                ("invalid filter a/#/b", outcome("0x8f", "0x81")),
+                ("reserved CONNECT flag set", r#"["closed"]"#.to_owned()),
+                (
+                    "second CONNECT",
+                    if version == "5" && !mosquitto {
+                        told("0x82")
+                    } else {
+                        closed_after_connack.to_owned()
+                    },
+                ),
+            ];
+            if version == "5" {
+                cases.push(("topic alias 0", outcome("0x94", "0x81")));
+                cases.push(("topic alias above the maximum", outcome("0x94", "0x94")));
+                cases.push(("unknown alias with an empty topic", outcome("0x82", "0x82")));
+            }
+            cases.push((
+                "unknown protocol level",
+                r#"["CONNACK 0x01","closed"]"#.to_owned(),
+            ));
+            cases.push(("wildcard in PUBLISH topic", outcome("0x90", "0x82")));
+            cases.sort();
+            let fields: Vec<_> = cases
+                .iter()
+                .map(|(name, outcome)| format!(r#""{name}":{outcome}"#))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 

@@ -1299,7 +1299,86 @@ def scenario_multi_sub(args):
     return {"granted": codes, "received": [[m["topic"], m["qos"]] for m in got]}
 
 
+def scenario_violations(args):
+    """Protocol violations from a hand-driven client over TCP, and what the broker does about
+    each: what it sends back (packet names, with the reason code of CONNACK and DISCONNECT),
+    then whether it closes the connection."""
+    v5 = args.version == "5"
+    level = 5 if v5 else 4
+    props = b"\x00" if v5 else b""
+
+    def string(data):
+        return len(data).to_bytes(2, "big") + data
+
+    def packet(first, body):
+        return bytes([first, len(body)]) + body
+
+    def connect(client_id=b"v", level=level, flags=0x02, protocol=b"MQTT"):
+        variable = string(protocol) + bytes([level, flags, 0, 30]) + (props if level == 5 else b"")
+        return packet(0x10, variable + string(client_id))
+
+    def publish(topic, payload=b"x", alias=None):
+        properties = props
+        if v5 and alias is not None:
+            properties = b"\x03\x23" + alias.to_bytes(2, "big")
+        return packet(0x30, string(topic) + properties + payload)
+
+    def subscribe(filter_, first=0x82):
+        return packet(first, b"\x00\x01" + props + string(filter_) + b"\x00")
+
+    cases = {
+        "first packet not CONNECT": publish(b"t"),
+        "second CONNECT": connect() + connect(),
+        "unknown protocol level": connect(level=9),
+        "reserved CONNECT flag set": connect(flags=0x03),
+        "wildcard in PUBLISH topic": connect() + publish(b"a/+"),
+        "invalid UTF-8 in topic": connect() + publish(b"a/\xc3\x28"),
+        "bad SUBSCRIBE header flags": connect() + subscribe(b"a", first=0x80),
+        "invalid filter a/#/b": connect() + subscribe(b"a/#/b"),
+        "SUBSCRIBE with no filter": connect() + packet(0x82, b"\x00\x01" + props),
+    }
+    if v5:
+        cases["topic alias 0"] = connect() + publish(b"t", alias=0)
+        cases["topic alias above the maximum"] = connect() + publish(b"t", alias=60000)
+        cases["unknown alias with an empty topic"] = connect() + publish(b"", alias=7)
+    names = {2: "CONNACK", 3: "PUBLISH", 9: "SUBACK", 13: "PINGRESP", 14: "DISCONNECT"}
+    result = {}
+    for name, data in cases.items():
+        sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+        sock.sendall(data)
+        received, closed = b"", False
+        sock.settimeout(1.5)
+        try:
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    closed = True
+                    break
+                received += chunk
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            closed = True
+        sock.close()
+        seen = []
+        while len(received) >= 2:
+            kind, length = received[0] >> 4, received[1]
+            body = received[2:2 + length]
+            label = names.get(kind, str(kind))
+            if kind == 2 and len(body) >= 2:
+                label += f" {body[1]:#04x}"
+            if kind == 9 and len(body) >= 3:
+                label += f" {body[-1]:#04x}"
+            if kind == 14:
+                label += f" {body[0]:#04x}" if body else " 0x00"
+            seen.append(label)
+            received = received[2 + length:]
+        result[name] = seen + ["closed" if closed else "open"]
+    return result
+
+
 SCENARIOS = {
+    "violations": scenario_violations,
     "fanin": scenario_fanin,
     "cross": scenario_cross,
     "unicode": scenario_unicode,
