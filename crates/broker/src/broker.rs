@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::config::BrokerConfig;
 use crate::router::{RouteOutcome, Router, SubscriptionData};
-use crate::session::{Attachment, Queued, Registry, Session};
+use crate::session::{Attachment, ControlBox, Queued, Registry, Session};
 use crate::stats::Stats;
 use crate::store::{MemoryStore, Store};
 use crate::{Error, listener, sys};
@@ -313,7 +313,7 @@ impl BrokerHandle {
         let filter = TopicFilter::new(filter)?;
         let id = format!("$local-{}", self.next_local.fetch_add(1, Ordering::Relaxed));
         let (session, _) = self.shared.registry.get_or_create(&id);
-        let (control, _control_rx) = mpsc::channel(1);
+        let control = Arc::new(ControlBox::default());
         session.lock().attachment = Some(Attachment { id: 0, control });
         let options = SubscriptionOptions {
             qos,

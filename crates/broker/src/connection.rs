@@ -18,12 +18,12 @@ use rallymq_session::{
     Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attachment, Control, Enqueued, Session};
+use crate::session::{Attachment, Control, ControlBox, Enqueued, Session};
 use crate::stats::Stats;
 
 /// Bytes an idle connection waits to read into: small, because an idle connection should own
@@ -56,8 +56,7 @@ struct Driver {
     engine: ServerConnection,
     session: Option<Arc<Session>>,
     connection_id: u64,
-    control_tx: mpsc::Sender<Control>,
-    control_rx: mpsc::Receiver<Control>,
+    control: Arc<ControlBox>,
     version: Option<ProtocolVersion>,
     /// The connection was taken over: its state went to the new connection.
     taken_over: Option<oneshot::Sender<rallymq_session::SessionState>>,
@@ -86,7 +85,6 @@ impl Driver {
             manual_acks: true,
         };
         let epoch = Instant::now();
-        let (control_tx, control_rx) = mpsc::channel(4);
         let connection_id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
         Self {
             engine: ServerConnection::new(config, Timestamp::ZERO),
@@ -95,8 +93,7 @@ impl Driver {
             epoch,
             session: None,
             connection_id,
-            control_tx,
-            control_rx,
+            control: Arc::new(ControlBox::default()),
             version: None,
             taken_over: None,
             counted_connected: false,
@@ -139,6 +136,7 @@ impl Driver {
                 self.wait_for_subscribers().await;
             }
             let session = self.session.clone();
+            let control_box = self.control.clone();
             let connected = self.engine.is_connected();
             tokio::select! {
                 read = io.read(&mut probe), if transport_open => match read {
@@ -161,7 +159,7 @@ impl Driver {
                 _ = wait_for_messages(session.as_deref()), if connected => {
                     self.drain_pending();
                 }
-                Some(control) = self.control_rx.recv() => self.on_control(control),
+                control = control_box.recv() => self.on_control(control),
                 _ = shutdown.changed(), if !self.engine.is_closed() => {
                     self.engine.disconnect(self.now(), ReasonCode::ServerShuttingDown, DisconnectProperties::default());
                 }
@@ -313,6 +311,10 @@ impl Driver {
         if self.engine.is_connected() {
             self.drain_pending();
         }
+        if !self.engine.is_closed() && self.engine.pending_messages() == (0, 0) {
+            // Nothing in flight: the connection is quiet, keep no buffers while it waits.
+            self.engine.shrink_buffers();
+        }
     }
 
     async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
@@ -354,11 +356,7 @@ impl Driver {
         };
         if let Some(previous) = previous {
             let (reply_tx, reply_rx) = oneshot::channel();
-            if previous
-                .control
-                .send(Control::TakeOver(reply_tx))
-                .await
-                .is_ok()
+            if previous.control.send(Control::TakeOver(reply_tx)).is_ok()
                 && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
             {
                 let mut inner = session.lock();
@@ -367,7 +365,7 @@ impl Driver {
             }
         }
         if let Some(waiter) = will_waiter {
-            let _ = waiter.try_send(Control::EndWill {
+            let _ = waiter.send(Control::EndWill {
                 publish: connect.clean_start,
             });
         }
@@ -386,7 +384,7 @@ impl Driver {
             inner.version = Some(version);
             inner.attachment = Some(Attachment {
                 id: self.connection_id,
-                control: self.control_tx.clone(),
+                control: self.control.clone(),
             });
             resumable.then(|| inner.saved.take().unwrap_or_default())
         };
@@ -554,7 +552,7 @@ impl Driver {
             // The new connection carries on with the session.
             let _ = reply.send(state);
             if self.engine.poll_timeout().is_some() {
-                session.lock().will_waiter = Some(self.control_tx.clone());
+                session.lock().will_waiter = Some(self.control.clone());
             }
             return;
         }
@@ -571,7 +569,7 @@ impl Driver {
         }
         let expiry = state.session_expiry_interval;
         if self.engine.poll_timeout().is_some() {
-            inner.will_waiter = Some(self.control_tx.clone());
+            inner.will_waiter = Some(self.control.clone());
         }
         if expiry == 0 {
             inner.persistent = false;
@@ -592,6 +590,7 @@ impl Driver {
     }
 
     fn finish(&mut self) {
+        self.control.close();
         if self.counted_connected {
             self.shared.stats.client_disconnected();
         }

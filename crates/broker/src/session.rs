@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_session::SessionState;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
@@ -25,11 +25,60 @@ pub(crate) enum Control {
     EndWill { publish: bool },
 }
 
+/// The way to reach one connection's driver with [`Control`]s: rare messages, so a slot and a
+/// `Notify` rather than a channel (an idle connection keeps about 100 bytes for it, not 1 KB).
+#[derive(Debug, Default)]
+pub(crate) struct ControlBox {
+    slot: Mutex<VecDeque<Control>>,
+    notify: Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl ControlBox {
+    /// Hands `control` to the driver; gives it back if the driver has ended.
+    pub(crate) fn send(&self, control: Control) -> Result<(), Control> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(control);
+        }
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(control);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The next control message (the driver's side).
+    pub(crate) async fn recv(&self) -> Control {
+        loop {
+            if let Some(control) = self
+                .slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            {
+                return control;
+            }
+            // notify_one keeps a permit when nobody waits, so a send between the check and
+            // this await is not lost.
+            self.notify.notified().await;
+        }
+    }
+
+    /// The driver has ended: later sends fail, and waiting messages are dropped (their reply
+    /// channels close, so whoever waits on them learns at once).
+    pub(crate) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
 /// A live connection of a session.
 #[derive(Debug)]
 pub(crate) struct Attachment {
     pub(crate) id: u64,
-    pub(crate) control: mpsc::Sender<Control>,
+    pub(crate) control: Arc<ControlBox>,
 }
 
 /// A message waiting for a session, with when it started waiting (Message Expiry counts down).
@@ -45,7 +94,7 @@ pub(crate) struct SessionInner {
     pub(crate) pending: VecDeque<Queued>,
     pub(crate) attachment: Option<Attachment>,
     /// A closed connection still waiting to publish a delayed will.
-    pub(crate) will_waiter: Option<mpsc::Sender<Control>>,
+    pub(crate) will_waiter: Option<Arc<ControlBox>>,
     /// The engine state saved when the last connection closed.
     pub(crate) saved: Option<SessionState>,
     /// Whether a session outlives its connection (expiry > 0) and so can be resumed.

@@ -179,6 +179,16 @@ impl Core {
         }
     }
 
+    /// Releases the receive and transmit buffers when they hold nothing.
+    pub(crate) fn shrink_buffers(&mut self) {
+        if self.received.is_empty() {
+            self.received = BytesMut::new();
+        }
+        if self.transmit.is_empty() {
+            self.transmit = BytesMut::new();
+        }
+    }
+
     pub(crate) fn poll_transmit(&mut self, now: Timestamp) -> Option<Bytes> {
         if self.transmit.is_empty() {
             return None;

@@ -421,6 +421,16 @@ impl ServerConnection {
         self.events.pop_front()
     }
 
+    /// Gives back memory that only a burst needed: the event queue and the empty receive and
+    /// transmit buffers. A driver calls it when the connection goes quiet, so that an idle
+    /// connection holds no buffers.
+    pub fn shrink_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        self.core.shrink_buffers();
+    }
+
     /// When `handle_timeout` must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         if self.core.is_closed() {
