@@ -1119,6 +1119,38 @@ fn mqtt_3_1_0_1_protocol_violations_close_the_connection() {
     );
 }
 
+/// 300 QoS 1 messages queued for an offline persistent session all arrive in order when it
+/// comes back, more than any in-flight window holds at once (MQTT-4.6.0-5).
+#[test]
+fn paho_resume_delivers_300_queued_messages_in_order() {
+    paho_matrix("resume_many", &["311", "5"], |_| {
+        r#"{"extra":0,"in_order":true}"#.to_owned()
+    });
+}
+
+/// A client silent past one and a half times its keep alive is disconnected (3.1.1
+/// MQTT-3.1.2-24, 5.0 MQTT-3.1.2-22), not before, and its will is published; we tell an MQTT 5
+/// client DISCONNECT 0x8D (Keep Alive timeout) first, Mosquitto just closes. Driven by hand.
+#[test]
+fn mqtt_3_1_2_24_silent_client_disconnected_after_keep_alive_and_will_sent() {
+    paho_cases(
+        "keepalive_expired",
+        &["311", "5"],
+        &[Transport::Tcp],
+        |version, broker| {
+            let told = if version == "5" && broker != "Mosquitto" {
+                "e0018d"
+            } else {
+                ""
+            };
+            format!(
+                r#"{{"closed":true,"connack":"0000","not_before_1.5s":true,"told":"{told}","will":{}}}"#,
+                list(&[msg("", "timed out", 1, false)])
+            )
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 

@@ -1377,7 +1377,77 @@ def scenario_violations(args):
     return result
 
 
+def scenario_resume_many(args):
+    """300 QoS 1 messages queued for an offline persistent session all arrive, in order, when
+    it comes back (more than any in-flight window at once)."""
+    topic = f"interop/{args.run}/resume-many"
+    client_id = f"resume-many-{args.run}"
+    subscriber = Peer(args, "sub", client_id=client_id, clean=False)
+    subscriber.connect(clean=True, expiry=60)
+    subscriber.subscribe(topic, 1)
+    subscriber.disconnect()
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    count = 300
+    infos = [publisher.client.publish(topic, f"{i}", 1) for i in range(count)]
+    deadline = time.monotonic() + 3 * TIMEOUT
+    for info in infos:
+        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+    back = Peer(args, "sub-again", client_id=client_id, clean=False)
+    back.connect(clean=False, expiry=0)
+    got = [int(m["payload"]) for m in back.receive(count, "queued messages")]
+    extra = back.drain()
+    for peer in (back, publisher):
+        peer.disconnect()
+    return {"in_order": got == list(range(count)), "extra": len(extra)}
+
+
+def scenario_keepalive_expired(args):
+    """A client silent for longer than one and a half times its keep alive is disconnected
+    (MQTT-3.1.2-24 in 3.1.1, MQTT-3.1.2-22 in 5.0), and its will is published."""
+    topic = f"interop/{args.run}/keepalive-expired"
+    watcher = Peer(args, "watcher")
+    watcher.connect()
+    watcher.subscribe(topic, 1)
+    sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+    v5 = args.version == "5"
+    props = b"\x00" if v5 else b""
+    # Will flag, will QoS 1, clean: keep alive 1 s.
+    variable = RawClient.string(b"MQTT") + bytes([5 if v5 else 4, 0x0E, 0, 1]) + props
+    payload = (RawClient.string(f"silent-{args.run}".encode()) + props
+               + RawClient.string(topic.encode()) + RawClient.string(b"timed out"))
+    body = variable + payload
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    started = time.monotonic()
+    connack = sock.recv(64)
+    # Mosquitto checks keep alives only every few seconds: wait longer than usual.
+    sock.settimeout(3 * TIMEOUT)
+    after, closed = b"", False
+    try:
+        while True:
+            chunk = sock.recv(64)
+            if not chunk:
+                closed = True
+                break
+            after += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    waited = time.monotonic() - started
+    sock.close()
+    got = watcher.receive(1, "the will of the silent client")
+    watcher.disconnect()
+    return {
+        "connack": connack[2:4].hex(),  # flags and return code
+        "closed": closed,
+        "not_before_1.5s": waited >= 1.45,
+        "told": after.hex(),
+        "will": relative(got, topic),
+    }
+
+
 SCENARIOS = {
+    "resume_many": scenario_resume_many,
+    "keepalive_expired": scenario_keepalive_expired,
     "violations": scenario_violations,
     "fanin": scenario_fanin,
     "cross": scenario_cross,
