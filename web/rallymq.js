@@ -490,6 +490,7 @@ export class Client {
     try {
       ws = this.ws = new WS(this.url, 'mqtt')
     } catch (e) {
+      this.no(e)
       this.emit('error', e)
       return this.retry()
     }
@@ -543,6 +544,7 @@ export class Client {
       this.connected = this.was = true
       this.tries = 0
       this.max = p.properties.receiveMaximum || 65535
+      this.mps = p.properties.maximumPacketSize || 1 / 0
       const ka = p.properties.serverKeepAlive ?? this.o.keepalive
       if (ka) {
         this.pong = true
@@ -606,14 +608,20 @@ export class Client {
   }
 
   send(e) {
-    const p = e.p
+    const p = e.p, map = p.type == 'publish' ? this.out : this.acks
     if (p.type != 'publish' || p.qos) {
       do this.n = (this.n % 65535) + 1
       while (this.out.has(this.n) || this.acks.has(this.n))
-      p.id = this.n
-      ;(p.type == 'publish' ? this.out : this.acks).set(p.id, e)
+      map.set((p.id = this.n), e)
     }
-    this.write(p)
+    const b = encode(p, this.v)
+    if (b.length > this.mps) {
+      // over the broker's Maximum Packet Size: it would close the connection
+      map.delete(p.id)
+      p.qos && this.save()
+      return e.no(fail('rallymq: packet larger than the broker accepts', 0x95))
+    }
+    this.ws.send(b)
     p.type == 'publish' && (p.qos ? this.save() : e.ok())
   }
 
@@ -667,7 +675,7 @@ export class Client {
     clearInterval(this.ping)
     const was = this.connected
     this.connected = false
-    for (const e of this.acks.values()) delete e.p.id, this.q.unshift(e)
+    this.q.unshift(...this.acks.values()) // subscribe and unsubscribe: sent again, with new ids
     this.acks.clear()
     this.no(error || fail('rallymq: connection failed'))
     was && this.emit('offline')

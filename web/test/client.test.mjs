@@ -1,13 +1,21 @@
 // The client's protocol behaviour against a scripted peer (a WebSocket server speaking MQTT
 // through the same codec): resend with DUP, PUBREL after PUBREC, inbound QoS 2 once,
 // resubscription, keep-alive, strict decoding, backoff, Receive Maximum, events.
-import { test } from 'node:test'
+import { test, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
 import WebSocket from 'ws'
-import { connect, createClient, encode, text } from '../rallymq.js'
-import { fakeBroker, next, until, FakeStorage } from './helpers.mjs'
+import { connect as connectClient, createClient as create, encode, text } from '../rallymq.js'
+import { fakeBroker as fakeServer, next, until, FakeStorage } from './helpers.mjs'
+const fakeBroker = (...a) => fakeServer(...a).then(s => (live.push(s), s))
 
 const T = { timeout: 20000 }
+// Whatever a test leaves open (after a failure too) is closed, so the file always ends.
+const live = []
+const connect = (...a) => connectClient(...a).then(c => (live.push(c), c))
+const createClient = (...a) => (c => (live.push(c), c))(create(...a))
+afterEach(async () => {
+  for (const x of live.splice(0)) await (x.end ? x.end() : x.close())
+})
 const opts = extra => ({ WebSocket, reconnect: { min: 20, max: 100 }, ...extra })
 
 async function session(extra = {}, version = 5, connack = {}) {
@@ -394,3 +402,19 @@ test('end() sends DISCONNECT', T, async () => {
   await server.close()
 })
 
+
+test('connect() rejects on a URL the WebSocket refuses', T, async () => {
+  await assert.rejects(connect('not a url', opts()), Error)
+})
+
+test("a message over the broker's Maximum Packet Size is refused, not sent", T, async () => {
+  const storage = new FakeStorage()
+  const { server, peer, client } = await session({ clientId: 'mps', persistence: storage }, 5, { maximumPacketSize: 100 })
+  await assert.rejects(client.publish('big', 'x'.repeat(200), { qos: 1 }), { code: 0x95 })
+  assert.equal(storage.getItem(`rallymq:${server.url}:mps`), null, 'not kept in storage')
+  const ok = client.publish('small', 'y', { qos: 0 })
+  assert.equal((await peer.expect('publish')).topic, 'small')
+  await ok
+  await client.end()
+  await server.close()
+})
