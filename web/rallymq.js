@@ -537,8 +537,8 @@ export class Client {
 
   handle(p) {
     const t = p.type, id = p.id, e = this.out.get(id)
+    if ((t == 'connack') == this.connected) throw fail('rallymq: unexpected ' + t, 0x82)
     if (t == 'connack') {
-      if (this.connected) throw fail('second CONNACK', 0x82)
       clearTimeout(this.timer)
       if (p.code) throw fail('connection refused, reason code ' + p.code, p.code)
       this.connected = this.was = true

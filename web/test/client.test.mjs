@@ -418,3 +418,21 @@ test("a message over the broker's Maximum Packet Size is refused, not sent", T, 
   await client.end()
   await server.close()
 })
+
+test('a packet before CONNACK, or a second CONNACK, is a protocol error', T, async () => {
+  const server = await fakeBroker()
+  const client = createClient(server.url, opts())
+  const errors = []
+  client.on('error', e => errors.push(e.message))
+  const first = await server.accept()
+  await first.expect('connect')
+  first.send({ type: 'publish', topic: 'early', qos: 0, payload: 'x', properties: {} })
+  await first.closed
+  const second = await server.accept()
+  await second.connack()
+  await next(client, 'connect')
+  second.send({ type: 'connack', code: 0, properties: {} })
+  assert.equal((await second.next()).type, 'disconnect')
+  await second.closed
+  assert.deepEqual(errors, ['rallymq: unexpected publish', 'rallymq: unexpected connack'])
+})
