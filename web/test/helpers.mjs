@@ -11,7 +11,7 @@ let binary
 export function brokerBinary() {
   if (binary) return binary
   if (process.env.RALLYMQ_BIN) return (binary = process.env.RALLYMQ_BIN)
-  const out = execFileSync('cargo', ['build', '-q', '-p', 'rallymq', '--message-format=json-render-diagnostics'], {
+  const out = execFileSync('cargo', ['build', '-q', '--locked', '-p', 'rallymq', '--message-format=json-render-diagnostics'], {
     cwd: root,
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
