@@ -521,10 +521,12 @@ export class Client {
   }
 
   data(chunk) {
+    const ws = this.ws
     let b = this.buf.length ? new Uint8Array(this.buf.length + chunk.length) : chunk
     if (b != chunk) b.set(this.buf), b.set(chunk, this.buf.length)
     try {
-      for (let r; (r = decode(b, this.v)); ) {
+      // stop if a packet (DISCONNECT, an error) closed the connection
+      for (let r; ws == this.ws && (r = decode(b, this.v)); ) {
         b = b.subarray(r[1])
         this.handle(r[0])
       }
@@ -669,7 +671,7 @@ export class Client {
   }
 
   closed(ws, error) {
-    if (ws != this.ws) return
+    if (!ws || ws != this.ws) return
     this.ws = null
     clearTimeout(this.timer)
     clearInterval(this.ping)
@@ -698,7 +700,7 @@ export class Client {
     this.ended = true
     clearTimeout(this.timer)
     if (this.connected) this.write({ type: 'disconnect' })
-    if (this.ws) this.kill()
+    this.kill()
     const err = fail('rallymq: client ended')
     for (const e of [...this.q, ...this.out.values()]) e.no(err)
     this.q = []

@@ -436,3 +436,21 @@ test('a packet before CONNACK, or a second CONNACK, is a protocol error', T, asy
   await second.closed
   assert.deepEqual(errors, ['rallymq: unexpected publish', 'rallymq: unexpected connack'])
 })
+
+test('packets after a DISCONNECT in the same message are ignored; one close, one reconnect', T, async () => {
+  const { server, peer, client } = await session()
+  const events = []
+  for (const e of ['close', 'offline', 'reconnect', 'message']) client.on(e, () => events.push(e))
+  client.on('error', () => {})
+  const disconnect = encode({ type: 'disconnect', code: 0x8b, properties: {} })
+  const publish = encode({ type: 'publish', topic: 'late', qos: 1, id: 1, payload: 'x', properties: {} })
+  const both = new Uint8Array(disconnect.length + publish.length)
+  both.set(disconnect)
+  both.set(publish, disconnect.length)
+  peer.send(both)
+  const again = await server.accept()
+  await again.connack()
+  await next(client, 'connect')
+  await assert.rejects(server.accept(300), /no connection/)
+  assert.deepEqual(events, ['offline', 'close', 'reconnect'])
+})
