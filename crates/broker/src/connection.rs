@@ -360,8 +360,11 @@ impl Driver {
                 && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
             {
                 let mut inner = session.lock();
+                // The session outlives the old connection only if that one asked for it: Clean
+                // Session 1 (MQTT-3.1.2-6 in 3.1.1) or Session Expiry 0 ends it with the
+                // connection, and the new one starts afresh.
+                inner.persistent = state.session_expiry_interval > 0;
                 inner.saved = Some(state);
-                inner.persistent = true;
             }
         }
         if let Some(waiter) = will_waiter {
