@@ -682,6 +682,16 @@ fn mqtt_3_1_4_2_paho_session_takeover_disconnects_the_first_connection() {
     });
 }
 
+/// A Clean Session 1 connection (MQTT 5: Session Expiry 0) taken over by one asking for a
+/// persistent session: the old session ended with its connection (3.1.1 MQTT-3.1.2-6), so
+/// Session Present is 0 and the old subscription delivers nothing.
+#[test]
+fn mqtt_3_1_2_6_paho_takeover_of_a_clean_session_starts_afresh() {
+    paho_matrix("takeover_clean", &["311", "5"], |_| {
+        r#"{"old_subscription_delivers":false,"session_present":false}"#.to_owned()
+    });
+}
+
 /// MQTT 5 subscription options: No Local (MQTT-3.8.3-3), Retain As Published (MQTT-3.3.1-12,
 /// -13) and Retain Handling 0, 1 and 2 (MQTT-3.3.1-9, -10, -11).
 #[test]

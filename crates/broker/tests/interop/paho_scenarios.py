@@ -1445,7 +1445,28 @@ def scenario_keepalive_expired(args):
     }
 
 
+def scenario_takeover_clean(args):
+    """A connection with Clean Session 1 (MQTT 5: Session Expiry 0) taken over by one asking
+    for a persistent session: the old session ended with its connection (MQTT-3.1.2-6 in
+    3.1.1), so Session Present is 0 and its subscription is gone."""
+    client_id = f"takeover-clean-{args.run}"
+    topic = f"interop/{args.run}/takeover-clean"
+    first = Peer(args, "first", client_id=client_id, clean=True)
+    first.connect(clean=True, expiry=0)
+    first.subscribe(topic, 1)
+    second = Peer(args, "second", client_id=client_id, clean=False)
+    result = {"session_present": second.connect(clean=False, expiry=60)}
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    publisher.publish(topic, "to the old subscription", 1)
+    result["old_subscription_delivers"] = bool(second.drain())
+    for peer in (second, publisher):
+        peer.disconnect()
+    return result
+
+
 SCENARIOS = {
+    "takeover_clean": scenario_takeover_clean,
     "resume_many": scenario_resume_many,
     "keepalive_expired": scenario_keepalive_expired,
     "violations": scenario_violations,
