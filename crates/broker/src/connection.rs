@@ -133,7 +133,8 @@ impl Driver {
                 return;
             }
             if !self.congested.is_empty() {
-                self.wait_for_subscribers().await;
+                // Boxed: rare, and its state would otherwise sit in every idle connection's task.
+                Box::pin(self.wait_for_subscribers()).await;
             }
             let session = self.session.clone();
             let control_box = self.control.clone();
@@ -221,8 +222,11 @@ impl Driver {
 
     fn on_control(&mut self, control: Control) {
         match control {
-            Control::TakeOver(reply) => {
+            Control::TakeOver { reply, resume } => {
                 self.taken_over = Some(reply);
+                if resume {
+                    self.engine.cancel_will();
+                }
                 self.engine.disconnect(
                     self.now(),
                     ReasonCode::SessionTakenOver,
@@ -251,7 +255,9 @@ impl Driver {
                     connect,
                     needs_client_id,
                 } => {
-                    self.on_connect(*connect, needs_client_id).await;
+                    // Boxed: runs once, and its state (takeover, timeout) would otherwise sit
+                    // in every idle connection's task.
+                    Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
                 ServerEvent::Message(message) => {
                     let publish = message.publish;
@@ -355,8 +361,9 @@ impl Driver {
             (inner.attachment.take(), inner.will_waiter.take())
         };
         if let Some(previous) = previous {
-            let (reply_tx, reply_rx) = oneshot::channel();
-            if previous.control.send(Control::TakeOver(reply_tx)).is_ok()
+            let (reply, reply_rx) = oneshot::channel();
+            let resume = !connect.clean_start && session.lock().persistent;
+            if previous.control.send(Control::TakeOver { reply, resume }).is_ok()
                 && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
             {
                 let mut inner = session.lock();

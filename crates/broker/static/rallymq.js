@@ -490,6 +490,7 @@ export class Client {
     try {
       ws = this.ws = new WS(this.url, 'mqtt')
     } catch (e) {
+      this.no(e)
       this.emit('error', e)
       return this.retry()
     }
@@ -520,10 +521,12 @@ export class Client {
   }
 
   data(chunk) {
+    const ws = this.ws
     let b = this.buf.length ? new Uint8Array(this.buf.length + chunk.length) : chunk
     if (b != chunk) b.set(this.buf), b.set(chunk, this.buf.length)
     try {
-      for (let r; (r = decode(b, this.v)); ) {
+      // stop if a packet (DISCONNECT, an error) closed the connection
+      for (let r; ws == this.ws && (r = decode(b, this.v)); ) {
         b = b.subarray(r[1])
         this.handle(r[0])
       }
@@ -536,13 +539,14 @@ export class Client {
 
   handle(p) {
     const t = p.type, id = p.id, e = this.out.get(id)
+    if ((t == 'connack') == this.connected) throw fail('rallymq: unexpected ' + t, 0x82)
     if (t == 'connack') {
-      if (this.connected) throw fail('second CONNACK', 0x82)
       clearTimeout(this.timer)
       if (p.code) throw fail('connection refused, reason code ' + p.code, p.code)
       this.connected = this.was = true
       this.tries = 0
       this.max = p.properties.receiveMaximum || 65535
+      this.mps = p.properties.maximumPacketSize || 1 / 0
       const ka = p.properties.serverKeepAlive ?? this.o.keepalive
       if (ka) {
         this.pong = true
@@ -606,14 +610,20 @@ export class Client {
   }
 
   send(e) {
-    const p = e.p
+    const p = e.p, map = p.type == 'publish' ? this.out : this.acks
     if (p.type != 'publish' || p.qos) {
       do this.n = (this.n % 65535) + 1
       while (this.out.has(this.n) || this.acks.has(this.n))
-      p.id = this.n
-      ;(p.type == 'publish' ? this.out : this.acks).set(p.id, e)
+      map.set((p.id = this.n), e)
     }
-    this.write(p)
+    const b = encode(p, this.v)
+    if (b.length > this.mps) {
+      // over the broker's Maximum Packet Size: it would close the connection
+      map.delete(p.id)
+      p.qos && this.save()
+      return e.no(fail('rallymq: packet larger than the broker accepts', 0x95))
+    }
+    this.ws.send(b)
     p.type == 'publish' && (p.qos ? this.save() : e.ok())
   }
 
@@ -661,13 +671,13 @@ export class Client {
   }
 
   closed(ws, error) {
-    if (ws != this.ws) return
+    if (!ws || ws != this.ws) return
     this.ws = null
     clearTimeout(this.timer)
     clearInterval(this.ping)
     const was = this.connected
     this.connected = false
-    for (const e of this.acks.values()) delete e.p.id, this.q.unshift(e)
+    this.q.unshift(...this.acks.values()) // subscribe and unsubscribe: sent again, with new ids
     this.acks.clear()
     this.no(error || fail('rallymq: connection failed'))
     was && this.emit('offline')
@@ -690,7 +700,7 @@ export class Client {
     this.ended = true
     clearTimeout(this.timer)
     if (this.connected) this.write({ type: 'disconnect' })
-    if (this.ws) this.kill()
+    this.kill()
     const err = fail('rallymq: client ended')
     for (const e of [...this.q, ...this.out.values()]) e.no(err)
     this.q = []
