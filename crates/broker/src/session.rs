@@ -19,7 +19,12 @@ use crate::router::SubscriptionData;
 #[derive(Debug)]
 pub(crate) enum Control {
     /// Another connection took the client id: disconnect with 0x8E and hand over the state.
-    TakeOver(oneshot::Sender<SessionState>),
+    /// `resume`: the new connection carries the session on, so the will is not published (it
+    /// came before the will was due, MQTT 5 section 3.1.2.5); otherwise the session ends here.
+    TakeOver {
+        reply: oneshot::Sender<SessionState>,
+        resume: bool,
+    },
     /// The session's will is pending (Will Delay) and the client came back: drop the will, or
     /// publish it now if the new connection ended the session (clean start).
     EndWill { publish: bool },
