@@ -692,6 +692,22 @@ fn mqtt_3_1_2_6_paho_takeover_of_a_clean_session_starts_afresh() {
     });
 }
 
+/// Session takeover, case by case: a persistent session taken over by a clean connection
+/// starts afresh; taken over by a persistent one it carries on, subscription and all. The old
+/// connection's will goes out only when the takeover ends its session: a new connection came
+/// before the will was due (MQTT 5 section 3.1.2.5, MQTT-3.1.4-3), as Mosquitto does.
+#[test]
+fn mqtt_3_1_4_3_paho_takeover_keeps_or_ends_the_session_and_its_will() {
+    paho_matrix("takeover_cases", &["311", "5"], |_| {
+        concat!(
+            r#"{"persistent_then_clean":{"old_subscription_delivers":false,"session_present":false},"#,
+            r#""persistent_then_persistent":{"old_subscription_delivers":true,"session_present":true},"#,
+            r#""wills":["persistent_then_clean"]}"#
+        )
+        .to_owned()
+    });
+}
+
 /// MQTT 5 subscription options: No Local (MQTT-3.8.3-3), Retain As Published (MQTT-3.3.1-12,
 /// -13) and Retain Handling 0, 1 and 2 (MQTT-3.3.1-9, -10, -11).
 #[test]

@@ -1465,7 +1465,44 @@ def scenario_takeover_clean(args):
     return result
 
 
+def scenario_takeover_cases(args):
+    """Session takeover, by case: a persistent session taken over by a clean one starts afresh;
+    one taken over by a persistent one carries on (subscription kept); and whether the old
+    connection's will (no delay) is published when it is taken over."""
+    prefix = f"interop/{args.run}/takeover-cases/"
+    watcher = Peer(args, "watcher")
+    watcher.connect()
+    watcher.subscribe(prefix + "will/#", 1)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    result = {}
+    for name, second_clean in (("persistent_then_clean", True),
+                               ("persistent_then_persistent", False)):
+        client_id = f"{name[:14]}-{args.run}"
+        topic = f"{prefix}{name}"
+        first = Peer(args, "first", client_id=client_id, clean=False)
+        first.connect(clean=True, expiry=60, will=(f"{prefix}will/{name}", "taken over", 1))
+        first.subscribe(topic, 1)
+        second = Peer(args, "second", client_id=client_id, clean=second_clean)
+        present = second.connect(clean=second_clean, expiry=0 if second_clean else 60)
+        publisher.publish(topic, "after takeover", 1)
+        result[name] = {
+            "session_present": present,
+            "old_subscription_delivers": bool(second.drain()),
+        }
+        second.disconnect()
+    # The wills are published, if at all, when the old connections are taken over.
+    publisher.publish(prefix + "will/marker", "end", 1)
+    wills = watcher.receive_until("end", "the end marker")
+    result["wills"] = sorted(m["topic"][len(prefix + "will/"):] for m in wills
+                             if m["payload"] != "end")
+    for peer in (watcher, publisher):
+        peer.disconnect()
+    return result
+
+
 SCENARIOS = {
+    "takeover_cases": scenario_takeover_cases,
     "takeover_clean": scenario_takeover_clean,
     "resume_many": scenario_resume_many,
     "keepalive_expired": scenario_keepalive_expired,
