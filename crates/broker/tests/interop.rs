@@ -1425,14 +1425,19 @@ fn mosquitto_clients_told_server_shutting_down() {
 // MQTT.js (Node) over WebSockets: tests/interop/mqttjs_ws.js
 
 /// MQTT.js connects over `ws://ADDR/mqtt` (subprotocol `mqtt`, or `mqttv3.1` for MQTT 3.1),
-/// subscribes, publishes at QoS 1 and receives its message, with MQTT 3.1, 3.1.1 and 5.0,
-/// against our broker and Mosquitto.
+/// subscribes, publishes at QoS 1 and receives its message, then gets a QoS 2 retained message
+/// on a new subscription with RETAIN set, with MQTT 3.1, 3.1.1 and 5.0, against our broker and
+/// Mosquitto.
 #[test]
 fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
     require_mqttjs();
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
-    let expected = r#"{"granted":[1],"message":{"topic":"TOPIC","payload":"hello from MQTT.js","qos":1,"retain":false}}"#;
+    let expected = concat!(
+        r#"{"granted":[1],"#,
+        r#""message":{"topic":"TOPIC","payload":"hello from MQTT.js","qos":1,"retain":false},"#,
+        r#""retained":{"payload":"kept","qos":2,"retain":true}}"#
+    );
     let mut failures = Vec::new();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
         for version in ["3", "4", "5"] {

@@ -5,7 +5,7 @@
 //                                     for MQTT 3.1, 3.1.1 or 5.0)
 //
 // Connects a subscriber and a publisher, subscribes at QoS 1, publishes at QoS 1 and waits for
-// the message. Prints what it observed as one line of JSON; on a failure or after 5 s prints a
+// the message; then publishes a retained message at QoS 2 and subscribes to it. Prints what it observed as one line of JSON; on a failure or after 5 s prints a
 // clear message to stderr and exits with status 1.
 'use strict';
 
@@ -58,9 +58,22 @@ async function main() {
   await publisher.publishAsync(topic, 'hello from MQTT.js', { qos: 1 });
   const message = await received;
   message.topic = message.topic === topic ? 'TOPIC' : message.topic;
+
+  // A retained message at QoS 2, sent to a subscription made afterwards with RETAIN set.
+  const retainedTopic = `${topic}/retained`;
+  await publisher.publishAsync(retainedTopic, 'kept', { qos: 2, retain: true });
+  const retained = new Promise((resolve) => {
+    subscriber.once('message', (topicName, payload, packet) =>
+      resolve({ payload: payload.toString(), qos: packet.qos, retain: packet.retain }),
+    );
+  });
+  await subscriber.subscribeAsync(retainedTopic, { qos: 2 });
+  const kept = await retained;
+  await publisher.publishAsync(retainedTopic, '', { qos: 1, retain: true });
+
   await Promise.all([subscriber.endAsync(), publisher.endAsync()]);
   clearTimeout(timer);
-  console.log(JSON.stringify({ granted: granted.map((g) => g.qos), message }));
+  console.log(JSON.stringify({ granted: granted.map((g) => g.qos), message, retained: kept }));
 }
 
 main().catch((error) => fail(error.message));
