@@ -1177,6 +1177,22 @@ fn mqtt_3_1_2_24_silent_client_disconnected_after_keep_alive_and_will_sent() {
     );
 }
 
+/// MQTT 5 reason codes and properties a client sees, as on Mosquitto: PUBACK 0x10 (No matching
+/// subscribers; paho reports the PUBCOMP's 0 for QoS 2), UNSUBACK 0x11 (No subscription
+/// existed), the subscription identifier on a retained message sent on subscribe
+/// (MQTT-3.3.4-3), and Session Expiry 0 on DISCONNECT ending the session.
+#[test]
+fn paho_v5_reason_codes_and_disconnect_session_expiry() {
+    paho_matrix("v5_codes", &["5"], |_| {
+        concat!(
+            r#"{"present_after_expiry_0_on_disconnect":false,"qos1_no_subscribers":16,"#,
+            r#""qos2_no_subscribers":0,"retained_on_subscribe":[{"payload":"retained","qos":1,"#,
+            r#""retain":true,"subscription_ids":[42],"topic":"kept"}],"unsubscribe_unknown":[17]}"#
+        )
+        .to_owned()
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // mosquitto_pub / mosquitto_sub over TCP.
 

@@ -1501,7 +1501,52 @@ def scenario_takeover_cases(args):
     return result
 
 
+def scenario_v5_codes(args):
+    """MQTT 5 reason codes a client sees: PUBACK and PUBREC 0x10 (No matching subscribers),
+    UNSUBACK 0x11 (No subscription existed), a retained message sent on subscribe carrying the
+    subscription identifier, and a DISCONNECT that sets Session Expiry 0 ending the session."""
+    if args.version != "5":
+        raise Failure("reason codes need MQTT 5")
+    prefix = f"interop/{args.run}/codes/"
+    client = Peer(args, "client")
+    acks = queue.Queue()
+    client.client.on_publish = lambda _c, _u, mid, code, _p: acks.put(code.value)
+    unsubacks = queue.Queue()
+    client.client.on_unsubscribe = lambda _c, _u, mid, codes, _p: unsubacks.put(
+        [c.value for c in codes])
+    client.connect()
+    result = {}
+    for qos in (1, 2):
+        client.client.publish(prefix + "nobody", "x", qos)
+        result[f"qos{qos}_no_subscribers"] = get(acks, "the acknowledgement")
+    client.client.unsubscribe(prefix + "never")
+    result["unsubscribe_unknown"] = get(unsubacks, "UNSUBACK")
+    client.publish(prefix + "kept", "retained", 1, retain=True)
+    properties = Properties(PacketTypes.SUBSCRIBE)
+    properties.SubscriptionIdentifier = 42
+    client.subscribe(prefix + "kept", 1, properties=properties)
+    result["retained_on_subscribe"] = relative(client.receive(1, "the retained message"), prefix)
+    client.publish(prefix + "kept", "", 1, retain=True)
+    client.drain()
+    client.disconnect()
+
+    client_id = f"codes-{args.run}"
+    persistent = Peer(args, "persistent", client_id=client_id)
+    persistent.connect(clean=True, expiry=60)
+    disconnect = Properties(PacketTypes.DISCONNECT)
+    disconnect.SessionExpiryInterval = 0
+    persistent.client.disconnect(properties=disconnect)
+    persistent.disconnected.wait(TIMEOUT)
+    persistent.client.loop_stop()
+    time.sleep(0.2)
+    back = Peer(args, "back", client_id=client_id)
+    result["present_after_expiry_0_on_disconnect"] = back.connect(clean=False, expiry=0)
+    back.disconnect()
+    return result
+
+
 SCENARIOS = {
+    "v5_codes": scenario_v5_codes,
     "takeover_cases": scenario_takeover_cases,
     "takeover_clean": scenario_takeover_clean,
     "resume_many": scenario_resume_many,
