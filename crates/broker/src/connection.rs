@@ -232,6 +232,14 @@ impl Driver {
                     ReasonCode::SessionTakenOver,
                     DisconnectProperties::default(),
                 );
+                if !resume {
+                    // The session ends here: a will waiting on its delay goes now
+                    // (MQTT-3.1.3-9: the delay or the session's end, whichever comes first).
+                    self.engine
+                        .handle_timeout(Timestamp::from_since_epoch(Duration::from_secs(
+                            u64::from(u32::MAX),
+                        )));
+                }
             }
             Control::EndWill { publish } => {
                 if publish {
