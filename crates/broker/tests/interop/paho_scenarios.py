@@ -1306,6 +1306,7 @@ def scenario_violations(args):
     v5 = args.version == "5"
     level = 5 if v5 else 4
     props = b"\x00" if v5 else b""
+    counter = iter(range(1000))
 
     def string(data):
         return len(data).to_bytes(2, "big") + data
@@ -1313,7 +1314,9 @@ def scenario_violations(args):
     def packet(first, body):
         return bytes([first, len(body)]) + body
 
-    def connect(client_id=b"v", level=level, flags=0x02, protocol=b"MQTT"):
+    def connect(client_id=None, level=level, flags=0x02, protocol=b"MQTT"):
+        # A fresh id each time: a connection still open must not be taken over.
+        client_id = client_id or f"v{args.run}-{next(counter)}".encode()
         variable = string(protocol) + bytes([level, flags, 0, 30]) + (props if level == 5 else b"")
         return packet(0x10, variable + string(client_id))
 
@@ -1326,27 +1329,37 @@ def scenario_violations(args):
     def subscribe(filter_, first=0x82):
         return packet(first, b"\x00\x01" + props + string(filter_) + b"\x00")
 
+    # Each case: what goes first (a CONNECT, its CONNACK read before going on), then the
+    # violation on its own, so that the broker has read everything when it closes (a close
+    # with unread data is a reset, which can swallow its DISCONNECT on the way).
     cases = {
-        "first packet not CONNECT": publish(b"t"),
-        "second CONNECT": connect() + connect(),
-        "unknown protocol level": connect(level=9),
-        "reserved CONNECT flag set": connect(flags=0x03),
-        "wildcard in PUBLISH topic": connect() + publish(b"a/+"),
-        "invalid UTF-8 in topic": connect() + publish(b"a/\xc3\x28"),
-        "bad SUBSCRIBE header flags": connect() + subscribe(b"a", first=0x80),
-        "invalid filter a/#/b": connect() + subscribe(b"a/#/b"),
-        "SUBSCRIBE with no filter": connect() + packet(0x82, b"\x00\x01" + props),
+        "first packet not CONNECT": (b"", publish(b"t")),
+        "second CONNECT": (connect(), connect()),
+        "unknown protocol level": (b"", connect(level=9)),
+        "reserved CONNECT flag set": (b"", connect(flags=0x03)),
+        "wildcard in PUBLISH topic": (connect(), publish(b"a/+")),
+        "invalid UTF-8 in topic": (connect(), publish(b"a/\xc3\x28")),
+        "bad SUBSCRIBE header flags": (connect(), subscribe(b"a", first=0x80)),
+        "invalid filter a/#/b": (connect(), subscribe(b"a/#/b")),
+        "SUBSCRIBE with no filter": (connect(), packet(0x82, b"\x00\x01" + props)),
     }
     if v5:
-        cases["topic alias 0"] = connect() + publish(b"t", alias=0)
-        cases["topic alias above the maximum"] = connect() + publish(b"t", alias=60000)
-        cases["unknown alias with an empty topic"] = connect() + publish(b"", alias=7)
+        cases["topic alias 0"] = (connect(), publish(b"t", alias=0))
+        cases["topic alias above the maximum"] = (connect(), publish(b"t", alias=60000))
+        cases["unknown alias with an empty topic"] = (connect(), publish(b"", alias=7))
     names = {2: "CONNACK", 3: "PUBLISH", 9: "SUBACK", 13: "PINGRESP", 14: "DISCONNECT"}
     result = {}
-    for name, data in cases.items():
+    for name, (setup, violation) in cases.items():
         sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
-        sock.sendall(data)
         received, closed = b"", False
+        if setup:
+            sock.sendall(setup)
+            while len(received) < 2 or len(received) < 2 + received[1]:
+                chunk = sock.recv(64)
+                if not chunk:
+                    raise Failure(f"{name}: closed before CONNACK")
+                received += chunk
+        sock.sendall(violation)
         sock.settimeout(1.5)
         try:
             while True:
@@ -1545,7 +1558,38 @@ def scenario_v5_codes(args):
     return result
 
 
+def scenario_takeover_will_delay(args):
+    """MQTT 5 Will Delay across a takeover (MQTT-3.1.3-9): taken over by a clean start, the
+    session ends, so a will waiting on its delay goes at once; taken over by a connection that
+    resumes the session, the will is not sent, even once its delay has passed."""
+    if args.version != "5":
+        raise Failure("will delay needs MQTT 5")
+    prefix = f"interop/{args.run}/takeover-will-delay/"
+    watcher = Peer(args, "watcher")
+    watcher.connect()
+    watcher.subscribe(prefix + "#", 1)
+    result = {}
+    for name, clean in (("clean_takeover", True), ("resuming_takeover", False)):
+        client_id = f"{name[:8]}-{args.run}"
+        first = Peer(args, "first", client_id=client_id)
+        first.connect(clean=True, expiry=60, will=(prefix + name, "will", 1),
+                      will_delay=4 if clean else 1)
+        second = Peer(args, "second", client_id=client_id)
+        started = time.monotonic()
+        second.connect(clean=clean, expiry=60)
+        try:
+            watcher.receive(1, "the will")
+            waited = time.monotonic() - started
+            result[name] = "will at once" if waited < 2.5 else "will after its delay"
+        except Failure:
+            result[name] = "no will within 5 s"
+        second.disconnect()
+    watcher.disconnect()
+    return result
+
+
 SCENARIOS = {
+    "takeover_will_delay": scenario_takeover_will_delay,
     "v5_codes": scenario_v5_codes,
     "takeover_cases": scenario_takeover_cases,
     "takeover_clean": scenario_takeover_clean,
