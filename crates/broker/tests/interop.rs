@@ -2,7 +2,15 @@
 //! `mosquitto_pub` / `mosquitto_sub` over TCP with MQTT 3.1, 3.1.1 and 5.0, and MQTT.js (Node)
 //! over `ws://`. Each test starts the broker in-process on free ports and runs the peers as
 //! child processes, every one with a bounded time. Where it makes sense the same peer script
-//! also runs against a real Mosquitto broker, and both must show the same outcome.
+//! also runs against a real Mosquitto broker, and both must show the same outcome; where the
+//! two differ within what the spec allows (or Mosquitto strays from it), the expectation names
+//! the broker and the test says why.
+//!
+//! The scenarios live in `tests/interop/paho_scenarios.py` (one scenario a run; it prints what
+//! it observed as one line of JSON, or exits 1 saying what did not happen in time), some of
+//! them driving a hand-written client where no library lets a test break the rules, and in
+//! `tests/interop/mqttjs_ws.js`. To run one by hand, `serve_for_manual_runs` (ignored) serves
+//! both brokers and prints their ports.
 //!
 //! The peers are installed by `bash scripts/setup.sh` (Mosquitto and its clients from Debian,
 //! paho-mqtt from `scripts/requirements.txt`, MQTT.js from `tests/interop/package-lock.json`). A
