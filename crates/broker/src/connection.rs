@@ -371,7 +371,10 @@ impl Driver {
         if let Some(previous) = previous {
             let (reply, reply_rx) = oneshot::channel();
             let resume = !connect.clean_start && session.lock().persistent;
-            if previous.control.send(Control::TakeOver { reply, resume }).is_ok()
+            if previous
+                .control
+                .send(Control::TakeOver { reply, resume })
+                .is_ok()
                 && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
             {
                 let mut inner = session.lock();
