@@ -17,7 +17,7 @@
 //! missing peer fails the test with a message saying so; it is never skipped.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
+use rallymq_test_support::Mosquitto;
 
 /// Longest a peer script may run.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,67 +118,13 @@ impl Drop for OurBroker {
     }
 }
 
-/// A Mosquitto broker on free ports (MQTT over TCP, and over WebSockets on `/mqtt` as any path
-/// works there), anonymous, on 127.0.0.1 only.
-struct Mosquitto {
-    child: Child,
-    dir: PathBuf,
-    tcp: u16,
-    ws: u16,
+/// Where the reference broker listens (rallymq-test-support's Mosquitto: anonymous, on
+/// 127.0.0.1 only, MQTT over TCP and over WebSockets on any path).
+trait ReferenceEndpoint {
+    fn endpoint(&self) -> Endpoint;
 }
 
-impl Mosquitto {
-    fn start() -> Self {
-        Self::start_with("")
-    }
-
-    /// Starts with `extra` appended to the general part of the configuration.
-    fn start_with(extra: &str) -> Self {
-        let program = mosquitto_program();
-        require_peer("mosquitto", Command::new(program).arg("-h"), |_| true);
-        let tcp = free_port();
-        let ws = free_port();
-        let dir = std::env::temp_dir().join(format!("rallymq-interop-mosquitto-{}", run_id()));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "per_listener_settings false\nallow_anonymous true\npersistence false\n{extra}\
-                 listener {tcp} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\n"
-            ),
-        )
-        .expect("the Mosquitto configuration is written");
-        let child = Command::new(program)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("Mosquitto does not start: {e}"));
-        let mut broker = Self {
-            child,
-            dir,
-            tcp,
-            ws,
-        };
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        for port in [tcp, ws] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Ok(Some(status)) = broker.child.try_wait() {
-                    panic!("Mosquitto exited at start ({status}); port {port} taken?");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Mosquitto does not listen on {port} within {STEP_TIMEOUT:?}"
-                );
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        broker
-    }
-
+impl ReferenceEndpoint for Mosquitto {
     fn endpoint(&self) -> Endpoint {
         Endpoint {
             name: "Mosquitto",
@@ -185,33 +132,6 @@ impl Mosquitto {
             ws: self.ws,
         }
     }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Debian installs `mosquitto` in /usr/sbin, which may not be on a user's PATH.
-fn mosquitto_program() -> &'static str {
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("mosquitto").is_file())
-    });
-    if !on_path && Path::new("/usr/sbin/mosquitto").is_file() {
-        "/usr/sbin/mosquitto"
-    } else {
-        "mosquitto"
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// Where a peer connects.
@@ -1407,7 +1327,7 @@ fn mosquitto_clients_v5_user_properties_reach_v311_subscriber_without_them() {
 fn sys_topics_use_mosquittos_names() {
     require_mosquitto_clients();
     let ours = OurBroker::start_with(|config| config.sys_interval = Some(Duration::from_secs(1)));
-    let reference = Mosquitto::start_with("sys_interval 1\n");
+    let reference = Mosquitto::start_with("allow_anonymous true\nsys_interval 1\n");
     let mut seen = Vec::new();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
         let topics = (|| {
