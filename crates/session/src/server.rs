@@ -91,14 +91,18 @@ pub struct ServerConnection {
     events: VecDeque<ServerEvent>,
     created_at: Timestamp,
     /// The CONNECT, once received.
-    connect: Option<Connect>,
+    connect: Option<Box<Connect>>,
+    /// The protocol version, once CONNECT has come (the CONNECT itself is dropped once
+    /// decided: an accepted connection does not carry it around).
+    protocol: Option<ProtocolVersion>,
     /// CONNECT received and not yet accepted or refused: later packets wait in the buffer.
     deciding: bool,
     keep_alive: Duration,
     session_expiry_interval: u32,
     /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer.
     pending_requests: HashSet<PacketId>,
-    will: Option<Will>,
+    /// Boxed: only connections with a will pay for one.
+    will: Option<Box<Will>>,
     will_due_at: Option<Timestamp>,
     /// CONNACK with success was sent.
     accepted: bool,
@@ -132,6 +136,7 @@ impl ServerConnection {
             events: VecDeque::new(),
             created_at: now,
             connect: None,
+            protocol: None,
             deciding: false,
             keep_alive: Duration::ZERO,
             session_expiry_interval: 0,
@@ -235,6 +240,8 @@ impl ServerConnection {
         }))?;
         self.core.phase = Phase::Connected;
         self.accepted = true;
+        // Decided: the CONNECT is not needed any more (its will is kept apart).
+        self.connect = None;
         self.deciding = false;
         if session_present {
             self.core.resend_in_flight();
@@ -385,12 +392,12 @@ impl ServerConnection {
             if self.will_due_at.is_some_and(|due| now >= due) {
                 self.will_due_at = None;
                 if let Some(will) = self.will.take() {
-                    self.events.push_back(ServerEvent::WillDue(will));
+                    self.events.push_back(ServerEvent::WillDue(*will));
                 }
             }
             return;
         }
-        if self.connect.is_none() {
+        if self.protocol.is_none() {
             if now >= self.created_at + self.config.connect_timeout {
                 self.close(now, CloseReason::ConnectTimeout);
             }
@@ -436,7 +443,7 @@ impl ServerConnection {
         if self.core.is_closed() {
             return self.will_due_at;
         }
-        if self.connect.is_none() {
+        if self.protocol.is_none() {
             return Some(self.created_at + self.config.connect_timeout);
         }
         (self.core.phase == Phase::Connected && !self.keep_alive.is_zero())
@@ -456,14 +463,15 @@ impl ServerConnection {
         self.core.phase == Phase::Connected
     }
 
-    /// The CONNECT received, once it has come.
+    /// The CONNECT received, while the decision on it is pending (dropped once accepted or
+    /// refused).
     pub fn connect_packet(&self) -> Option<&Connect> {
-        self.connect.as_ref()
+        self.connect.as_deref()
     }
 
     /// The protocol version, once CONNECT has come.
     pub fn version(&self) -> Option<ProtocolVersion> {
-        self.connect.as_ref().map(|connect| connect.protocol)
+        self.protocol
     }
 
     /// The keep alive in force (zero when off).
@@ -542,7 +550,7 @@ impl ServerConnection {
     }
 
     fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error) {
-        if self.connect.is_none() {
+        if self.protocol.is_none() {
             if error.reason_code() == ReasonCode::UnsupportedProtocolVersion {
                 // The client's version is unknown, so answer as MQTT 3.1.1 does (MQTT-3.1.2-2).
                 self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION);
@@ -611,7 +619,7 @@ impl ServerConnection {
     }
 
     fn on_connect(&mut self, connect: Connect) {
-        if self.connect.is_some() {
+        if self.protocol.is_some() {
             // A second CONNECT is a protocol violation (MQTT-3.1.0-2).
             self.core
                 .violation(ReasonCode::ProtocolError, "second CONNECT".into());
@@ -635,8 +643,9 @@ impl ServerConnection {
             ProtocolVersion::V3_1_1 => !connect.clean_start,
             _ => false,
         };
-        self.will = connect.will.clone();
-        self.connect = Some(connect.clone());
+        self.will = connect.will.clone().map(Box::new);
+        self.protocol = Some(version);
+        self.connect = Some(Box::new(connect.clone()));
         if empty_id && refuse_empty_id {
             self.refuse_connect(
                 ReasonCode::ClientIdentifierNotValid,
@@ -675,6 +684,7 @@ impl ServerConnection {
     }
 
     fn refuse_connect(&mut self, reason_code: ReasonCode, mut properties: ConnAckProperties) {
+        self.connect = None;
         if !self.core.version.is_v5() {
             properties = ConnAckProperties::default();
         }
@@ -717,7 +727,7 @@ impl ServerConnection {
             if delay == 0 {
                 self.will_due_at = None;
                 if let Some(will) = self.will.take() {
-                    self.events.push_back(ServerEvent::WillDue(will));
+                    self.events.push_back(ServerEvent::WillDue(*will));
                 }
             } else {
                 self.will_due_at = Some(now + Duration::from_secs(u64::from(delay)));
