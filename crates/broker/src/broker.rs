@@ -157,25 +157,21 @@ impl Broker {
         store: Arc<dyn Store>,
     ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut tcp = Vec::new();
-        for addr in &config.tcp {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
+        // Bind every address before serving any, so a port in use fails the start as a whole.
+        let mut bound = Vec::new();
+        for (kind, addrs) in [
+            (ListenerKind::Tcp, &config.tcp),
+            (ListenerKind::WebSocket, &config.ws),
+        ] {
+            for addr in addrs {
+                let bind_error = |source| Error::Bind {
                     addr: *addr,
                     source,
-                })?;
-            tcp.push(listener);
-        }
-        let mut ws = Vec::new();
-        for addr in &config.ws {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            ws.push(listener);
+                };
+                let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+                let addr = listener.local_addr().map_err(bind_error)?;
+                bound.push((BoundListener { kind, addr }, listener));
+            }
         }
         let sys_interval = config.sys_interval;
         let shared = Arc::new(Shared {
@@ -192,32 +188,16 @@ impl Broker {
         shared.restore();
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
-        for listener in tcp {
-            let bound = BoundListener {
-                kind: ListenerKind::Tcp,
-                addr: listener.local_addr().map_err(|source| Error::Bind {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    source,
-                })?,
-            };
+        for (bound, listener) in bound {
             info!("listening: {bound}");
             listeners.push(bound);
-            tasks.push(tokio::spawn(listener::serve_tcp(listener, shared.clone())));
-        }
-        for listener in ws {
-            let bound = BoundListener {
-                kind: ListenerKind::WebSocket,
-                addr: listener.local_addr().map_err(|source| Error::Bind {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    source,
-                })?,
+            let serve = match bound.kind {
+                ListenerKind::Tcp => tokio::spawn(listener::serve_tcp(listener, shared.clone())),
+                ListenerKind::WebSocket => {
+                    tokio::spawn(listener::serve_websocket(listener, shared.clone()))
+                }
             };
-            info!("listening: {bound}");
-            listeners.push(bound);
-            tasks.push(tokio::spawn(listener::serve_websocket(
-                listener,
-                shared.clone(),
-            )));
+            tasks.push(serve);
         }
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {

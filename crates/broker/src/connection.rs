@@ -64,8 +64,6 @@ struct Driver {
     /// Subscribers whose queues this connection's messages filled past their high-water mark:
     /// reading pauses until they drain (back-pressure instead of unbounded buffering).
     congested: Vec<Arc<Session>>,
-    /// Set once the close has been handled (session saved or dropped).
-    closed_handled: bool,
 }
 
 impl Driver {
@@ -98,7 +96,6 @@ impl Driver {
             taken_over: None,
             counted_connected: false,
             congested: Vec::new(),
-            closed_handled: false,
         }
     }
 
@@ -567,7 +564,6 @@ impl Driver {
             return;
         };
         info!(client_id = %session.client_id, peer = %self.peer, ?reason, "client disconnected");
-        self.closed_handled = true;
         let state = self.engine.session_state();
         if let Some(reply) = self.taken_over.take() {
             // The new connection carries on with the session.
@@ -616,7 +612,6 @@ impl Driver {
             self.shared.stats.client_disconnected();
         }
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.closed_handled;
     }
 }
 

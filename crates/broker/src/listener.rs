@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -19,6 +20,7 @@ use rallymq_websocket::{
     Config as WsConfig, Connection as WsConnection, Rejection, UpgradeRequest,
 };
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::broker::Shared;
@@ -173,44 +175,35 @@ fn admit(shared: &Shared, stream: &TcpStream) -> bool {
     true
 }
 
-pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
+/// The next connection the limit admits, or `None` once the broker shuts down.
+async fn next_connection(
+    listener: &TcpListener,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return None,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                debug!(%error, "accept failed");
-                continue;
-            }
-        };
-        if !admit(&shared, &stream) {
-            continue;
+        match accepted {
+            Ok((stream, peer)) if admit(shared, &stream) => return Some((stream, peer)),
+            Ok(_) => {}
+            Err(error) => debug!(%error, "accept failed"),
         }
+    }
+}
+
+pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
         tokio::spawn(connection::serve(stream, shared.clone(), peer.to_string()));
     }
 }
 
 pub(crate) async fn serve_websocket(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                debug!(%error, "accept failed");
-                continue;
-            }
-        };
-        if !admit(&shared, &stream) {
-            continue;
-        }
+    while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
         let shared = shared.clone();
         tokio::spawn(async move {
             let service_shared = shared.clone();
