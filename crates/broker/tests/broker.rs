@@ -11,8 +11,8 @@ use rallymq_codec::{
 };
 use rallymq_session::{ClientEvent, CloseReason};
 use support::{
-    TestClient, connect_packet, message, payload_str, start_broker, subscription, tcp_addr,
-    topic_str,
+    TestClient, connect_packet, message, payload_str, persistent_connect, start_broker,
+    subscription, tcp_addr, topic_str,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -365,11 +365,7 @@ async fn messages_queue_for_an_offline_persistent_session() {
     for version in [V311, V5] {
         let broker = start_broker(|_| {}).await;
         let addr = tcp_addr(&broker);
-        let mut connect = connect_packet(version, "offline");
-        connect.clean_start = false;
-        if version.is_v5() {
-            connect.properties.session_expiry_interval = Some(300);
-        }
+        let connect = persistent_connect(version, "offline", 300);
         let (mut client, _) = TestClient::tcp(addr, connect.clone()).await;
         client
             .subscribe(vec![subscription("o/#", QoS::AtLeastOnce)])
@@ -416,9 +412,7 @@ async fn messages_queue_for_an_offline_persistent_session() {
 async fn mqtt_3_1_2_4_clean_start_discards_the_session() {
     let broker = start_broker(|_| {}).await;
     let addr = tcp_addr(&broker);
-    let mut connect = connect_packet(V5, "cs");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(300);
+    let mut connect = persistent_connect(V5, "cs", 300);
     let (mut client, _) = TestClient::tcp(addr, connect.clone()).await;
     client
         .subscribe(vec![subscription("cs/#", QoS::AtLeastOnce)])
@@ -445,9 +439,7 @@ async fn mqtt_3_1_2_4_clean_start_discards_the_session() {
 async fn session_expiry_removes_an_offline_session() {
     let broker = start_broker(|_| {}).await;
     let addr = tcp_addr(&broker);
-    let mut connect = connect_packet(V5, "expires");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(1);
+    let connect = persistent_connect(V5, "expires", 1);
     let (mut client, _) = TestClient::tcp(addr, connect).await;
     client.disconnect(ReasonCode::Success).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -722,9 +714,7 @@ async fn drop_oldest_policy_keeps_the_freshest_messages() {
     })
     .await;
     let addr = tcp_addr(&broker);
-    let mut connect = connect_packet(V5, "fresh");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(60);
+    let connect = persistent_connect(V5, "fresh", 60);
     let (mut client, _) = TestClient::tcp(addr, connect.clone()).await;
     client
         .subscribe(vec![subscription("score", QoS::AtLeastOnce)])
@@ -789,9 +779,7 @@ async fn a_restart_on_the_same_store_keeps_sessions_queued_messages_and_retained
     let broker = rallymq_broker::Broker::start_with_store(config(), store.clone())
         .await
         .unwrap();
-    let mut connect = connect_packet(V5, "durable");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(3600);
+    let connect = persistent_connect(V5, "durable", 3600);
     let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect.clone()).await;
     client
         .subscribe(vec![subscription("d/#", QoS::AtLeastOnce)])

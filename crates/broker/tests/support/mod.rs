@@ -45,6 +45,17 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str) -> Connect {
     connect
 }
 
+/// A CONNECT resuming a persistent session: clean start off and, for MQTT 5, the given Session
+/// Expiry Interval (before MQTT 5, clean session off is what keeps the session).
+pub fn persistent_connect(version: ProtocolVersion, client_id: &str, expiry: u32) -> Connect {
+    let mut connect = connect_packet(version, client_id);
+    connect.clean_start = false;
+    if version.is_v5() {
+        connect.properties.session_expiry_interval = Some(expiry);
+    }
+    connect
+}
+
 pub fn message(topic: &str, payload: &str, qos: QoS) -> Publish {
     let mut publish = Publish::new(
         TopicName::new(topic).unwrap(),
