@@ -5,29 +5,12 @@
 //! no URL it starts a broker of its own on a free port.
 
 use bytes::Bytes;
-use rallymq_broker::{Broker, BrokerConfig, ListenerKind};
 use rallymq_client::{Client, ClientOptions};
 use rallymq_codec::{Publish, QoS, TopicName};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (url, _broker) = match std::env::args().nth(1) {
-        Some(url) => (url, None),
-        None => {
-            let mut config = BrokerConfig::without_listeners();
-            config.tcp = vec!["127.0.0.1:0".parse()?];
-            let broker = Broker::start(config).await?;
-            (
-                format!(
-                    "mqtt://{}",
-                    broker
-                        .local_addr(ListenerKind::Tcp)
-                        .expect("a TCP listener")
-                ),
-                Some(broker),
-            )
-        }
-    };
+    let (url, _broker) = rallymq_examples::broker_url_or_own().await?;
 
     // The responder: squares the number it is sent.
     let (responder, mut requests, _) =
