@@ -349,6 +349,22 @@ impl Drop for Streaming {
 }
 
 /// Asserts that no case failed, listing every failure.
+/// Records in `failures` how `observed` (a peer run) differs from `expected`, if it does.
+fn check_observed<T: PartialEq + std::fmt::Debug>(
+    failures: &mut Vec<String>,
+    case: &str,
+    observed: Result<T, String>,
+    expected: &T,
+) {
+    match observed {
+        Ok(observed) if observed == *expected => {}
+        Ok(observed) => failures.push(format!(
+            "{case}:\n  expected {expected:?}\n  observed {observed:?}"
+        )),
+        Err(error) => failures.push(format!("{case}: {error}")),
+    }
+}
+
 fn assert_no_failures(failures: Vec<String>) {
     assert!(
         failures.is_empty(),
@@ -1018,14 +1034,8 @@ fn paho_all_versions_over_tcp_and_websockets_talk_to_each_other() {
                 .args(["--ws-port", &endpoint.ws.to_string()]),
             PEER_TIMEOUT,
         );
-        match result {
-            Ok(observed) if observed == expected => {}
-            Ok(observed) => failures.push(format!(
-                "cross with {}:\n  expected {expected}\n  observed {observed}",
-                endpoint.name
-            )),
-            Err(error) => failures.push(format!("cross with {}: {error}", endpoint.name)),
-        }
+        let case = format!("cross with {}", endpoint.name);
+        check_observed(&mut failures, &case, result, &expected.to_owned());
     }
     assert_no_failures(failures);
 }
@@ -1224,14 +1234,8 @@ fn against_both(
     let reference = Mosquitto::start();
     let mut failures = Vec::new();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
-        match case(endpoint.tcp) {
-            Ok(observed) if observed == expected => {}
-            Ok(observed) => failures.push(format!(
-                "{what} with {}:\n  expected {expected:?}\n  observed {observed:?}",
-                endpoint.name
-            )),
-            Err(error) => failures.push(format!("{what} with {}: {error}", endpoint.name)),
-        }
+        let name = format!("{what} with {}", endpoint.name);
+        check_observed(&mut failures, &name, case(endpoint.tcp), &expected.to_vec());
     }
     assert_no_failures(failures);
 }
@@ -1441,13 +1445,7 @@ fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
                 PEER_TIMEOUT,
             );
             let case = format!("MQTT.js protocol {version} to {}", endpoint.name);
-            match result {
-                Ok(observed) if observed == expected => {}
-                Ok(observed) => failures.push(format!(
-                    "{case}:\n  expected {expected}\n  observed {observed}"
-                )),
-                Err(error) => failures.push(format!("{case}: {error}")),
-            }
+            check_observed(&mut failures, &case, result, &expected.to_owned());
         }
     }
     assert_no_failures(failures);
