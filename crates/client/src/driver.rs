@@ -146,7 +146,10 @@ impl Driver {
         let mut attempt = 0;
         loop {
             let end = self.connection(clean_start).await;
-            self.status.connected.store(false, Ordering::Relaxed);
+            // A connection that got as far as CONNACK starts the backoff over.
+            if self.status.connected.swap(false, Ordering::Relaxed) {
+                attempt = 0;
+            }
             let client_id = self.options.connect.client_id.as_str().to_owned();
             if let Some(state) = &self.state {
                 self.options.session_store.save(&client_id, state);
@@ -198,9 +201,6 @@ impl Driver {
             // A persistent session is resumed; otherwise a new one starts and the client
             // restores its subscriptions and resends what was not acknowledged.
             clean_start = !self.options.persistent();
-            if self.status.connected.load(Ordering::Relaxed) {
-                attempt = 0;
-            }
         }
     }
 
