@@ -230,21 +230,13 @@ impl Driver {
                     DisconnectProperties::default(),
                 );
                 if !resume {
-                    // The session ends here: a will waiting on its delay goes now
-                    // (MQTT-3.1.3-9: the delay or the session's end, whichever comes first).
-                    self.engine
-                        .handle_timeout(Timestamp::from_since_epoch(Duration::from_secs(
-                            u64::from(u32::MAX),
-                        )));
+                    // The session ends here: a will waiting on its delay goes now.
+                    self.engine.end_session();
                 }
             }
             Control::EndWill { publish } => {
                 if publish {
-                    // The session ended: the will goes now. Advancing far past any delay fires it.
-                    self.engine
-                        .handle_timeout(Timestamp::from_since_epoch(Duration::from_secs(
-                            u64::from(u32::MAX),
-                        )));
+                    self.engine.end_session();
                 } else {
                     self.engine.cancel_will();
                 }

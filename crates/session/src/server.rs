@@ -510,6 +510,17 @@ impl ServerConnection {
         self.will_due_at = None;
     }
 
+    /// The session ended before its Will Delay passed (a clean start took it over, or the
+    /// driver ended it): a will still waiting is due now, as MQTT-3.1.3-9 has it published at the
+    /// delay or the session's end, whichever comes first.
+    pub fn end_session(&mut self) {
+        if self.core.is_closed() && self.will_due_at.take().is_some() {
+            if let Some(will) = self.will.take() {
+                self.events.push_back(ServerEvent::WillDue(*will));
+            }
+        }
+    }
+
     // ------------------------------------------------------------------ internals
 
     fn keep_alive_deadline(&self) -> Timestamp {

@@ -770,3 +770,18 @@ fn accept_after_the_connection_ended_fails_with_closed() {
     ));
     assert_eq!(server.accept(T0, Accept::default()), Err(Error::Closed));
 }
+
+#[test]
+fn mqtt_3_1_3_9_a_delayed_will_goes_when_the_session_ends_first() {
+    let mut pair = pair_with_will(V5, Some(30), Some(3600));
+    pair.drop_link();
+    assert_eq!(wills_due(&pair), 0, "still within its delay");
+    pair.server.end_session();
+    assert_eq!(
+        pair.server.poll_event(),
+        Some(ServerEvent::WillDue(will(Some(30))))
+    );
+    assert_eq!(pair.server.poll_timeout(), None, "nothing left to wait for");
+    pair.server.end_session();
+    assert_eq!(pair.server.poll_event(), None, "published once");
+}
