@@ -14,8 +14,7 @@ use rallymq_codec::{
     SubAckProperties, Subscribe, Unsubscribe,
 };
 use rallymq_session::{
-    Accept, CloseReason, Error as SessionError, ServerConfig, ServerConnection, ServerEvent,
-    Timestamp,
+    Accept, CloseReason, ServerConfig, ServerConnection, ServerEvent, Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -508,7 +507,14 @@ impl Driver {
         };
         let now = self.now();
         let mut inner = session.lock();
-        while let Some(queued) = inner.pending.pop_front() {
+        while let Some(queued) = inner.pending.front() {
+            if !self.engine.can_deliver(queued.publish.qos) {
+                // Stays queued, in order, until acknowledgements make room.
+                break;
+            }
+            let Some(queued) = inner.pending.pop_front() else {
+                break;
+            };
             let mut publish = queued.publish;
             if let Some(interval) = publish.properties.message_expiry_interval {
                 // Message Expiry counts down while the message waits (MQTT-3.3.2-5, -6).
@@ -521,24 +527,12 @@ impl Driver {
                 };
                 publish.properties.message_expiry_interval = Some(left as u32);
             }
-            match self.engine.deliver(now, publish.clone()) {
+            match self.engine.deliver(now, publish) {
                 Ok(_) => Stats::add(&self.shared.stats.publish_sent, 1),
-                Err(SessionError::Full) => {
-                    inner.pending.push_front(crate::session::Queued {
-                        publish,
-                        since: queued.since,
-                    });
-                    break;
-                }
-                Err(SessionError::PacketTooLarge { .. }) => {
-                    Stats::add(&self.shared.stats.messages_dropped, 1)
-                }
-                Err(_) => {
-                    inner.pending.push_front(crate::session::Queued {
-                        publish,
-                        since: queued.since,
-                    });
-                    break;
+                // Over the client's Maximum Packet Size: dropped, as the spec says (MQTT-3.1.2-25).
+                Err(error) => {
+                    debug!(client_id = %session.client_id, %error, "delivery dropped");
+                    Stats::add(&self.shared.stats.messages_dropped, 1);
                 }
             }
         }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rallymq_codec::{
     Auth, ConnAck, ConnAckProperties, Connect, Decoder, Disconnect, DisconnectProperties, Limits,
-    MqttString, Packet, PacketId, ProtocolVersion, Publish, ReasonCode, SubAck, SubAckProperties,
-    UnsubAck, Will,
+    MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    SubAckProperties, UnsubAck, Will,
 };
 
 use crate::core::{Core, Outcome, Phase};
@@ -477,6 +477,16 @@ impl ServerConnection {
     /// The keep alive in force (zero when off).
     pub fn keep_alive(&self) -> Duration {
         self.keep_alive
+    }
+
+    /// Whether [`deliver`](Self::deliver) would take a message of `qos` now: connected, and for
+    /// QoS 1 and 2 room in the window or the queue. Lets a driver keep a message it cannot hand
+    /// over yet instead of copying it in case `deliver` refuses.
+    pub fn can_deliver(&self, qos: QoS) -> bool {
+        self.core.phase == Phase::Connected
+            && (qos == QoS::AtMostOnce
+                || self.core.outbound.has_room()
+                || self.core.outbound.queue_has_room())
     }
 
     /// QoS 1 and 2 deliveries in flight and queued.

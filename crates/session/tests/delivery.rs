@@ -757,3 +757,43 @@ fn mqtt_3_3_2_6_queued_message_expiry_counts_down_and_expired_ones_are_dropped()
         "60 s less the 10 s it waited"
     );
 }
+
+#[test]
+fn can_deliver_says_when_the_window_and_queue_are_full() {
+    let mut connect = connect_packet(V5, "c");
+    connect.properties.receive_maximum = NonZeroU16::new(1);
+    let config = ServerConfig {
+        max_queued: 1,
+        ..ServerConfig::default()
+    };
+    let mut pair = Pair::new(ClientConfig::new(connect), config);
+    assert!(
+        !pair.server.can_deliver(QoS::AtMostOnce),
+        "not before CONNACK"
+    );
+    pair.connect();
+    for _ in 0..2 {
+        assert!(pair.server.can_deliver(QoS::AtLeastOnce));
+        pair.server
+            .deliver(pair.now, publish("a", QoS::AtLeastOnce, b"x"))
+            .unwrap();
+    }
+    assert!(
+        !pair.server.can_deliver(QoS::ExactlyOnce),
+        "one in flight, one queued"
+    );
+    assert!(
+        pair.server.can_deliver(QoS::AtMostOnce),
+        "QoS 0 needs no room"
+    );
+    assert_eq!(
+        pair.server
+            .deliver(pair.now, publish("a", QoS::AtLeastOnce, b"x")),
+        Err(Error::Full)
+    );
+    pair.drive();
+    assert!(
+        pair.server.can_deliver(QoS::AtLeastOnce),
+        "acknowledgements made room"
+    );
+}
