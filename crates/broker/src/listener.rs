@@ -36,8 +36,9 @@ pub(crate) const MQTT_SUBPROTOCOLS: [&str; 6] = [
     "mqttv3.1.1",
 ];
 
-/// A file served from the binary. The copies under `static/` mirror `web/` at the workspace
-/// root (`scripts/sync-static.sh`; `tests/static_files.rs` fails when they differ).
+/// A file served from the binary. The files under `static/` are symbolic links to `web/` at the
+/// workspace root, the one source (`cargo package` stores their contents in the crate);
+/// `tests/static_files.rs` checks that every served file of `web/` has one.
 struct Asset {
     path: &'static str,
     content_type: &'static str,

@@ -1,4 +1,5 @@
-//! The pages the broker embeds (`static/`) are copies of `web/`, their source of truth, and the
+//! The pages the broker embeds (`static/`, symbolic links to `web/`, their one source) are exactly
+//! the served files of `web/`, and the
 //! broker serves every one of them, gzip-compressed when the request accepts it.
 
 use std::collections::BTreeMap;
@@ -12,7 +13,8 @@ use rallymq_broker::{Broker, BrokerConfig, ListenerKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const RESYNC: &str = "run `bash scripts/sync-static.sh` to copy web/ to crates/broker/static/";
+const RESYNC: &str = "each served file of web/ needs a symbolic link at the same path under crates/broker/static/ \
+     (e.g. `ln -s ../../../web/rallymq.js crates/broker/static/rallymq.js`) and a line in ASSETS";
 
 fn static_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("static")
