@@ -55,7 +55,7 @@ fuzz_target!(|input: Input| {
     let _ = client.connect(now);
     let _ = client.poll_transmit(now);
     if input.valid_connect {
-        let bytes = Packet::Connect(connect).to_bytes(version).expect("valid CONNECT encodes");
+        let bytes = Packet::from(connect).to_bytes(version).expect("valid CONNECT encodes");
         server.handle_bytes(now, &bytes);
     }
     if input.valid_connack {

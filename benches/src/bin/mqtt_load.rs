@@ -322,7 +322,7 @@ impl Client {
         let mut io = open(addr, transport).await?;
         let connect = Connect::new(VERSION, MqttString::new(client_id).map_err(invalid)?);
         let mut out = BytesMut::new();
-        encode(&Packet::Connect(connect), &mut out);
+        encode(&Packet::from(connect), &mut out);
         io.write_all(&out).await?;
         io.flush().await?;
         let mut buf = BytesMut::new();
@@ -335,7 +335,7 @@ impl Client {
     async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
         let subscribe = Subscribe {
             packet_id: PacketId::new(1).ok_or_else(|| invalid("packet id 0"))?,
-            properties: SubscribeProperties::default(),
+            properties: SubscribeProperties::default().into(),
             subscriptions: vec![Subscription::new(
                 TopicFilter::new(filter).map_err(invalid)?,
                 qos,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::FutureExt;
 use rallymq_codec::{
-    ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish, QoS, ReasonCode,
-    SubAckProperties, Subscribe, Unsubscribe,
+    ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish,
+    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, Unsubscribe,
 };
 use rallymq_session::{
     Accept, CloseReason, ServerConfig, ServerConnection, ServerEvent, Timestamp,
@@ -292,14 +292,17 @@ impl Driver {
                     let mut publish = Publish::new(will.topic, will.payload);
                     publish.qos = will.qos;
                     publish.retain = will.retain;
-                    let properties = will.properties;
-                    publish.properties.payload_format_indicator =
-                        properties.payload_format_indicator;
-                    publish.properties.message_expiry_interval = properties.message_expiry_interval;
-                    publish.properties.content_type = properties.content_type;
-                    publish.properties.response_topic = properties.response_topic;
-                    publish.properties.correlation_data = properties.correlation_data;
-                    publish.properties.user_properties = properties.user_properties;
+                    let properties = will.properties.into_inner();
+                    publish.properties = PublishProperties {
+                        payload_format_indicator: properties.payload_format_indicator,
+                        message_expiry_interval: properties.message_expiry_interval,
+                        content_type: properties.content_type,
+                        response_topic: properties.response_topic,
+                        correlation_data: properties.correlation_data,
+                        user_properties: properties.user_properties,
+                        ..PublishProperties::default()
+                    }
+                    .into();
                     let sender = self.session.as_ref().map(|s| s.client_id.clone());
                     self.shared.publish(sender.as_deref(), &publish);
                     if let Some(session) = &self.session {

@@ -88,8 +88,13 @@ pub(crate) fn copy_for(
     copy.retain = retain;
     copy.dup = false;
     copy.packet_id = None;
-    copy.properties.topic_alias = None;
-    copy.properties.subscription_identifiers = identifiers;
+    if let Some(properties) = copy.properties.get_mut() {
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+    }
+    if !identifiers.is_empty() {
+        copy.properties.subscription_identifiers = identifiers;
+    }
     copy
 }
 
@@ -137,8 +142,10 @@ impl Router {
             let mut stored = publish.clone();
             stored.dup = false;
             stored.packet_id = None;
-            stored.properties.topic_alias = None;
-            stored.properties.subscription_identifiers.clear();
+            if let Some(properties) = stored.properties.get_mut() {
+                properties.topic_alias = None;
+                properties.subscription_identifiers.clear();
+            }
             retained.insert(topic.clone(), (stored, Instant::now()));
         }
     }

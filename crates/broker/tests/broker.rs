@@ -267,7 +267,8 @@ fn will_connect(version: ProtocolVersion, id: &str, delay: Option<u32>) -> rally
         properties: rallymq_codec::WillProperties {
             will_delay_interval: delay,
             ..Default::default()
-        },
+        }
+        .into(),
     });
     if version.is_v5() {
         connect.properties.session_expiry_interval = Some(60);
@@ -502,6 +503,7 @@ async fn mqtt_3_1_3_7_empty_client_id_gets_an_assigned_one() {
     let assigned = connack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("an assigned id");
     assert!(broker.has_session(assigned.as_str()));
     broker.shutdown(SHORT).await;
@@ -516,7 +518,7 @@ async fn mqtt_3_3_2_12_topic_alias_from_the_client_is_resolved() {
         .await;
     // Raw bytes: an engine never sends a PUBLISH without its topic on its own.
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let connect = rallymq_codec::Packet::Connect(connect_packet(V5, "p"))
+    let connect = rallymq_codec::Packet::from(connect_packet(V5, "p"))
         .to_bytes(V5)
         .unwrap();
     raw.write_all(&connect).await.unwrap();
@@ -624,7 +626,7 @@ async fn oversize_packets_are_refused_with_0x95() {
     let mut raw = tokio::net::TcpStream::connect(tcp_addr(&broker))
         .await
         .unwrap();
-    let connect = rallymq_codec::Packet::Connect(connect_packet(V5, "raw"))
+    let connect = rallymq_codec::Packet::from(connect_packet(V5, "raw"))
         .to_bytes(V5)
         .unwrap();
     raw.write_all(&connect).await.unwrap();
@@ -667,7 +669,7 @@ async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
     let count = 400;
     let publisher = tokio::spawn(async move {
         let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let connect = rallymq_codec::Packet::Connect(connect_packet(V311, "fast"))
+        let connect = rallymq_codec::Packet::from(connect_packet(V311, "fast"))
             .to_bytes(V311)
             .unwrap();
         raw.write_all(&connect).await.unwrap();

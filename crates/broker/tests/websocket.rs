@@ -135,7 +135,7 @@ async fn several_packets_in_one_frame_and_one_packet_across_frames() {
         .unwrap();
     let (mut ws, _) = connect(tcp, &request, Config::default()).await.unwrap();
     let version = ProtocolVersion::V3_1_1;
-    let connect_bytes = rallymq_codec::Packet::Connect(connect_packet(version, "frames"))
+    let connect_bytes = rallymq_codec::Packet::from(connect_packet(version, "frames"))
         .to_bytes(version)
         .unwrap();
     // CONNECT split over three frames, then PINGREQ twice in one frame.

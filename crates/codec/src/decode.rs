@@ -3,7 +3,7 @@
 use bytes::{Buf, BytesMut};
 
 use crate::wire::{VarIntScan, scan_var_int};
-use crate::{Error, Packet, PacketType, ProtocolVersion};
+use crate::{Error, Packet, PacketType, ProtocolVersion, Publish};
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,13 +120,20 @@ fn decode_inner(
         buf.reserve((header.total_len - buf.len()).min(MAX_RESERVE_STEP));
         return Ok(None);
     }
-    // Skip the fixed header in place, then cut the body out: one shared allocation for the
-    // whole buffer, and no reference count taken for the header.
-    buf.advance(header.header_len);
-    let body = buf.split_to(header.total_len - header.header_len).freeze();
+    // Cut the whole packet out, then skip its fixed header in the frozen slice: one shared
+    // allocation for the whole buffer, no reference count taken for the header, and
+    // `Bytes::advance` inlines where `BytesMut::advance` does not.
+    let mut body = buf.split_to(header.total_len).freeze();
+    body.advance(header.header_len);
     // A CONNECT ignores `version`; the fallback only serves packets that cannot get here
     // without a version (fixed_header refused them).
     let version = version.unwrap_or(ProtocolVersion::V5);
+    if header.packet_type == PacketType::Publish {
+        // The packet that streams by: read here, inlined, so that the body just cut from the
+        // buffer stays in registers (passed on to `Packet::read` it was reloaded through
+        // memory, a store-forwarding stall in profiles).
+        return Publish::read(body, header.flags, version).map(|publish| Some(publish.into()));
+    }
     Packet::read(header.packet_type, header.flags, body, version)
 }
 

@@ -43,6 +43,7 @@
 mod decode;
 mod error;
 mod packet;
+mod properties;
 mod property;
 mod reason;
 mod string;
@@ -55,6 +56,7 @@ pub use packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, Publish, RetainHandling, SubAck, Subscribe,
     Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
+pub use properties::{Properties, PropertySet};
 pub use property::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
     PayloadFormat, PublishProperties, SubAckProperties, SubscribeProperties, UnsubscribeProperties,

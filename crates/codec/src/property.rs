@@ -9,6 +9,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytes::{BufMut, Bytes};
 use rallymq_topic::TopicName;
 
+use crate::properties::{Properties, PropertySet, sealed};
 use crate::wire::{Reader, field_len, put_field, put_var_int, var_int_len};
 use crate::{Error, MqttString, QoS, SubscriptionId, UserProperty};
 
@@ -301,13 +302,33 @@ macro_rules! property_set {
             $( $(#[$mmeta])* pub $mfield: Vec<$mty>, )*
         }
 
+        impl sealed::Sealed for $name {}
+
+        impl PropertySet for $name {
+            fn empty() -> &'static Self {
+                static EMPTY: $name = $name {
+                    $( $field: None, )*
+                    $( $mfield: Vec::new(), )*
+                };
+                &EMPTY
+            }
+
+            fn is_empty(&self) -> bool {
+                $name::is_empty(self)
+            }
+        }
+
         impl $name {
             /// Whether no property is set.
             pub fn is_empty(&self) -> bool {
                 true $( && self.$field.is_none() )* $( && self.$mfield.is_empty() )*
             }
 
-            pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, Error> {
+            pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Properties<Self>, Error> {
+                // Most sections are empty: skip building (and allocating) a set for them.
+                if reader.skip_zero_byte() {
+                    return Ok(Properties::default());
+                }
                 let mut set = Self::default();
                 read_properties(reader, |property| match property {
                     $( Property::$variant(value) => set_once(&mut set.$field, value, id::$variant), )*
@@ -315,7 +336,7 @@ macro_rules! property_set {
                     #[allow(unreachable_patterns)]
                     other => Err(Error::PropertyNotAllowed { id: other.id(), packet: $where }),
                 })?;
-                Ok(set)
+                Ok(Properties::from(set))
             }
 
             /// Bytes the properties take, without the length prefix.

@@ -8,8 +8,7 @@ use bytes::{BufMut, Bytes};
 use nom::IResult;
 use nom::Parser;
 use nom::bytes::complete::take;
-use nom::multi::length_data;
-use nom::number::complete::{be_u8, be_u16, be_u32};
+use nom::number::complete::{be_u8, be_u32};
 
 use crate::{Error, MqttString};
 
@@ -88,8 +87,17 @@ impl<'a> Reader<'a> {
         self.run(be_u8)
     }
 
+    /// Written out rather than through nom: with [`binary`](Self::binary) it reads every
+    /// PUBLISH's topic and packet identifier, and the open-coded version inlines.
+    #[inline]
     pub(crate) fn u16(&mut self) -> Result<u16, Error> {
-        self.run(be_u16)
+        match *self.rest {
+            [high, low, ref rest @ ..] => {
+                self.rest = rest;
+                Ok(u16::from_be_bytes([high, low]))
+            }
+            _ => Err(Error::Truncated),
+        }
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, Error> {
@@ -108,9 +116,15 @@ impl<'a> Reader<'a> {
     }
 
     /// Binary Data: a two-byte length and that many bytes, shared with the body.
+    #[inline]
     pub(crate) fn binary(&mut self) -> Result<Bytes, Error> {
-        let slice = self.run(length_data(be_u16))?;
-        Ok(self.source.slice_ref(slice))
+        let len = usize::from(self.u16()?);
+        if self.rest.len() < len {
+            return Err(Error::Truncated);
+        }
+        let (field, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(self.source.slice_ref(field))
     }
 
     /// A UTF-8 Encoded String, validated, shared with the body.
@@ -125,6 +139,17 @@ impl<'a> Reader<'a> {
             source: self.source,
             rest: slice,
         })
+    }
+
+    /// Moves past the next byte if it is 0 (a zero length), and says whether it did.
+    pub(crate) fn skip_zero_byte(&mut self) -> bool {
+        match self.rest.split_first() {
+            Some((0, rest)) => {
+                self.rest = rest;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -520,7 +520,7 @@ fn common() -> Vec<(&'static str, Packet)> {
             "subscribe-three",
             Subscribe {
                 packet_id: id(10),
-                properties: SubscribeProperties::default(),
+                properties: SubscribeProperties::default().into(),
                 subscriptions: vec![
                     Subscription::new(filter("tennis/+/score"), AtMostOnce),
                     Subscription::new(filter("$SYS/#"), AtLeastOnce),
@@ -533,7 +533,7 @@ fn common() -> Vec<(&'static str, Packet)> {
             "suback",
             SubAck {
                 packet_id: id(10),
-                properties: SubAckProperties::default(),
+                properties: SubAckProperties::default().into(),
                 reason_codes: vec![
                     R::Success,
                     R::GrantedQoS1,
@@ -547,7 +547,7 @@ fn common() -> Vec<(&'static str, Packet)> {
             "unsubscribe-two",
             Unsubscribe {
                 packet_id: id(11),
-                properties: UnsubscribeProperties::default(),
+                properties: UnsubscribeProperties::default().into(),
                 filters: vec![filter("tennis/+/score"), filter("#")],
             }
             .into(),
@@ -567,7 +567,7 @@ fn v4_only() -> Vec<(&'static str, Packet)> {
         payload: Bytes::from_static(b"offline"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: WillProperties::default(),
+        properties: WillProperties::default().into(),
     });
     full.username = Some(ms("user"));
     full.password = Some(Bytes::from_static(b"secret\x00\xff"));
@@ -588,7 +588,7 @@ fn v4_only() -> Vec<(&'static str, Packet)> {
             "unsuback",
             UnsubAck {
                 packet_id: id(11),
-                properties: SubAckProperties::default(),
+                properties: SubAckProperties::default().into(),
                 reason_codes: Vec::new(),
             }
             .into(),
@@ -612,7 +612,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
         authentication_method: None,
         authentication_data: None,
         user_properties: vec![user("app", "scoreboard"), user("app", "twice")],
-    };
+    }
+    .into();
     full.will = Some(Will {
         topic: topic("clients/client-5/status"),
         payload: Bytes::from_static(b"gone"),
@@ -626,7 +627,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
             response_topic: Some(topic("clients/replies")),
             correlation_data: Some(Bytes::from_static(&[1, 2, 3])),
             user_properties: vec![user("k", "v")],
-        },
+        }
+        .into(),
     });
     full.username = Some(ms("user"));
     full.password = Some(Bytes::from_static(b"pw"));
@@ -650,7 +652,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
             SubscriptionId::new(1).expect("valid id"),
             SubscriptionId::new(268_435_455).expect("valid id"),
         ],
-    };
+    }
+    .into();
     let mut alias_only = Publish::new(topic("x"), Bytes::from_static(b"aliased"));
     alias_only.topic = None;
     alias_only.properties.topic_alias = std::num::NonZeroU16::new(3);
@@ -686,7 +689,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                     authentication_method: Some(ms("m")),
                     authentication_data: Some(Bytes::from_static(b"d")),
                     user_properties: vec![user("node", "1")],
-                },
+                }
+                .into(),
             }
             .into(),
         ),
@@ -698,7 +702,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                 properties: ConnAckProperties {
                     reason_string: Some(ms("go away")),
                     ..ConnAckProperties::default()
-                },
+                }
+                .into(),
             }
             .into(),
         ),
@@ -732,7 +737,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                 properties: SubscribeProperties {
                     subscription_identifier: SubscriptionId::new(42),
                     user_properties: vec![user("s", "t")],
-                },
+                }
+                .into(),
                 subscriptions: vec![
                     subscription("a/#", AtLeastOnce, true, true, RetainHandling::DoNotSend),
                     subscription(
@@ -753,7 +759,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                 properties: SubAckProperties {
                     reason_string: Some(ms("partly")),
                     user_properties: Vec::new(),
-                },
+                }
+                .into(),
                 reason_codes: vec![
                     R::GrantedQoS1,
                     R::NotAuthorized,
@@ -770,7 +777,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                 packet_id: id(13),
                 properties: UnsubscribeProperties {
                     user_properties: vec![user("u", "v")],
-                },
+                }
+                .into(),
                 filters: vec![filter("a/#")],
             }
             .into(),
@@ -779,7 +787,7 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
             "unsuback",
             UnsubAck {
                 packet_id: id(13),
-                properties: SubAckProperties::default(),
+                properties: SubAckProperties::default().into(),
                 reason_codes: vec![R::Success, R::NoSubscriptionExisted],
             }
             .into(),
@@ -797,7 +805,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                     reason_string: Some(ms("another connection")),
                     server_reference: Some(ms("b:1883")),
                     user_properties: vec![user("why", "takeover")],
-                },
+                }
+                .into(),
             }
             .into(),
         ),
@@ -811,7 +820,8 @@ fn v5_only() -> Vec<(&'static str, Packet)> {
                     authentication_data: Some(Bytes::from_static(b"server-first")),
                     reason_string: None,
                     user_properties: Vec::new(),
-                },
+                }
+                .into(),
             }
             .into(),
         ),

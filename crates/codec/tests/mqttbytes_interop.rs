@@ -820,9 +820,9 @@ fn will(version: ProtocolVersion) -> impl Strategy<Value = Will> {
             qos,
             retain,
             properties: if version.is_v5() {
-                properties
+                properties.into()
             } else {
-                WillProperties::default()
+                WillProperties::default().into()
             },
         },
     )
@@ -852,9 +852,9 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 };
                 connect.password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
                 if version.is_v5() {
-                    connect.properties = properties;
+                    connect.properties = properties.into();
                 }
-                Packet::Connect(connect)
+                Packet::from(connect)
             },
         )
 }
@@ -937,9 +937,9 @@ fn connack(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 session_present: session_present && reason_code == ReasonCode::Success,
                 reason_code,
                 properties: if version.is_v5() {
-                    properties
+                    properties.into()
                 } else {
-                    ConnAckProperties::default()
+                    ConnAckProperties::default().into()
                 },
             })
         },
@@ -995,7 +995,7 @@ fn publish(version: ProtocolVersion, payload_max: usize) -> impl Strategy<Value 
                     if alias_only && properties.topic_alias.is_some() {
                         publish.topic = None;
                     }
-                    publish.properties = properties;
+                    publish.properties = properties.into();
                 }
                 Packet::Publish(publish)
             },
@@ -1020,7 +1020,7 @@ fn ack(
         let mut ack = Ack::new(id);
         if version.is_v5() {
             ack.reason_code = code;
-            ack.properties = properties;
+            ack.properties = properties.into();
         }
         wrap(ack)
     })
@@ -1069,7 +1069,7 @@ fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             }
             Packet::Subscribe(Subscribe {
                 packet_id,
-                properties,
+                properties: properties.into(),
                 subscriptions,
             })
         })
@@ -1102,9 +1102,9 @@ fn suback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             Packet::SubAck(SubAck {
                 packet_id,
                 properties: if version.is_v5() {
-                    properties
+                    properties.into()
                 } else {
-                    SubAckProperties::default()
+                    SubAckProperties::default().into()
                 },
                 reason_codes,
             })
@@ -1120,7 +1120,7 @@ fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         }
         Packet::Unsubscribe(Unsubscribe {
             packet_id,
-            properties,
+            properties: properties.into(),
             filters,
         })
     })
@@ -1137,13 +1137,13 @@ fn unsuback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             Packet::UnsubAck(if version.is_v5() {
                 UnsubAck {
                     packet_id,
-                    properties,
+                    properties: properties.into(),
                     reason_codes: codes,
                 }
             } else {
                 UnsubAck {
                     packet_id,
-                    properties: SubAckProperties::default(),
+                    properties: SubAckProperties::default().into(),
                     reason_codes: Vec::new(),
                 }
             })
@@ -1174,7 +1174,7 @@ fn disconnect_v5() -> impl Strategy<Value = Disconnect> {
     )
         .prop_map(|(reason_code, properties)| Disconnect {
             reason_code,
-            properties,
+            properties: properties.into(),
         })
 }
 

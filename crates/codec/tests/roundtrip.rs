@@ -303,7 +303,7 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             payload,
             qos,
             retain,
-            properties,
+            properties: properties.into(),
         });
     (
         any::<bool>(),
@@ -322,11 +322,11 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 } else {
                     None
                 };
-                Packet::Connect(Connect {
+                Packet::from(Connect {
                     protocol: version,
                     clean_start,
                     keep_alive,
-                    properties,
+                    properties: properties.into(),
                     client_id,
                     will,
                     username,
@@ -355,7 +355,7 @@ fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             Packet::ConnAck(ConnAck {
                 session_present: present && reason_code == ReasonCode::Success,
                 reason_code,
-                properties,
+                properties: properties.into(),
             })
         })
         .boxed()
@@ -387,7 +387,7 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     retain,
                     topic,
                     packet_id: acknowledged.then_some(id),
-                    properties,
+                    properties: properties.into(),
                     payload,
                 })
             },
@@ -405,7 +405,7 @@ fn ack(version: ProtocolVersion, packet: PacketType) -> impl Strategy<Value = Pa
             let ack = Ack {
                 packet_id,
                 reason_code,
-                properties,
+                properties: properties.into(),
             };
             match packet {
                 PacketType::PubAck => Packet::PubAck(ack),
@@ -454,7 +454,7 @@ fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         |(packet_id, properties, subscriptions)| {
             Packet::Subscribe(Subscribe {
                 packet_id,
-                properties,
+                properties: properties.into(),
                 subscriptions,
             })
         },
@@ -481,7 +481,7 @@ fn suback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         .prop_map(|(packet_id, properties, reason_codes)| {
             Packet::SubAck(SubAck {
                 packet_id,
-                properties,
+                properties: properties.into(),
                 reason_codes,
             })
         })
@@ -496,7 +496,7 @@ fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         |(packet_id, properties, filters)| {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id,
-                properties,
+                properties: properties.into(),
                 filters,
             })
         },
@@ -513,7 +513,7 @@ fn unsuback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         |(packet_id, properties, reason_codes)| {
             Packet::UnsubAck(UnsubAck {
                 packet_id,
-                properties,
+                properties: properties.into(),
                 reason_codes,
             })
         },
@@ -529,7 +529,7 @@ fn disconnect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (code, v5_only(version, disconnect_properties())).prop_map(|(reason_code, properties)| {
         Packet::Disconnect(Disconnect {
             reason_code,
-            properties,
+            properties: properties.into(),
         })
     })
 }
@@ -538,7 +538,7 @@ fn auth() -> impl Strategy<Value = Packet> {
     (reason_code(PacketType::Auth), auth_properties()).prop_map(|(reason_code, properties)| {
         Packet::Auth(Auth {
             reason_code,
-            properties,
+            properties: properties.into(),
         })
     })
 }

@@ -43,7 +43,8 @@ fn publish(payload_len: usize, version: ProtocolVersion) -> Packet {
             response_topic: Some(TopicName::new("replies/17").expect("valid topic")),
             user_properties: vec![UserProperty::new("trace", "abc123").expect("valid")],
             ..PublishProperties::default()
-        };
+        }
+        .into();
     }
     Packet::Publish(publish)
 }

@@ -24,7 +24,9 @@ impl OutgoingAliases {
     /// a topic carries topic and alias, later ones the alias and an empty topic. Once the
     /// peer's maximum is reached, further topics go without alias.
     pub(crate) fn apply(&mut self, publish: &mut Publish) {
-        publish.properties.topic_alias = None;
+        if let Some(properties) = publish.properties.get_mut() {
+            properties.topic_alias = None;
+        }
         if self.maximum == 0 {
             return;
         }
@@ -68,7 +70,11 @@ impl IncomingAliases {
     /// Resolves the alias of `publish` in place: sets or replaces the mapping when a topic
     /// comes with it, fills the topic in when it does not, and removes the alias property.
     pub(crate) fn resolve(&mut self, publish: &mut Publish) -> Result<(), AliasError> {
-        let Some(alias) = publish.properties.topic_alias.take() else {
+        let Some(alias) = publish
+            .properties
+            .get_mut()
+            .and_then(|properties| properties.topic_alias.take())
+        else {
             return Ok(());
         };
         if alias.get() > self.maximum {

@@ -114,8 +114,7 @@ impl ClientConnection {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
-        self.core
-            .send(Packet::Connect(self.config.connect.clone()))?;
+        self.core.send(Packet::from(self.config.connect.clone()))?;
         self.connect_sent_at = Some(now);
         Ok(())
     }
@@ -147,7 +146,7 @@ impl ClientConnection {
         let packet_id = self.request_id()?;
         self.core.send(Packet::Subscribe(Subscribe {
             packet_id,
-            properties,
+            properties: properties.into(),
             subscriptions,
         }))?;
         self.core.pending_requests.insert(packet_id, true);
@@ -163,7 +162,7 @@ impl ClientConnection {
         let packet_id = self.request_id()?;
         self.core.send(Packet::Unsubscribe(Unsubscribe {
             packet_id,
-            properties,
+            properties: properties.into(),
             filters,
         }))?;
         self.core.pending_requests.insert(packet_id, false);
@@ -369,7 +368,7 @@ impl ClientConnection {
                     self.events.push_back(ClientEvent::Subscribed {
                         token: RequestToken(suback.packet_id),
                         reason_codes: suback.reason_codes,
-                        properties: suback.properties,
+                        properties: suback.properties.into_inner(),
                     });
                 }
             }
@@ -378,14 +377,14 @@ impl ClientConnection {
                     self.events.push_back(ClientEvent::Unsubscribed {
                         token: RequestToken(unsuback.packet_id),
                         reason_codes: unsuback.reason_codes,
-                        properties: unsuback.properties,
+                        properties: unsuback.properties.into_inner(),
                     });
                 }
             }
             Packet::PingResp => self.ping_sent_at = None,
             Packet::Disconnect(disconnect) => self.core.close(CloseReason::PeerDisconnected {
                 reason_code: disconnect.reason_code,
-                properties: disconnect.properties,
+                properties: disconnect.properties.into_inner(),
             }),
             Packet::Auth(auth) => self.events.push_back(ClientEvent::Auth(auth)),
             other => self.core.violation(

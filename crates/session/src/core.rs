@@ -239,7 +239,9 @@ impl Core {
         }
         publish.packet_id = None;
         publish.dup = false;
-        publish.properties.topic_alias = None;
+        if let Some(properties) = publish.properties.get_mut() {
+            properties.topic_alias = None;
+        }
         if let Some(max) = self.peer_max_packet_size {
             // Checked on the full-topic form, identifier included: an alias only shrinks it.
             let size = Packet::Publish(publish.clone()).encoded_len(self.version)
@@ -463,7 +465,7 @@ fn outcome(message: OutgoingMessage, ack: Ack) -> PublishOutcome {
         token: message.token,
         qos: message.publish.qos,
         reason_code: ack.reason_code,
-        properties: ack.properties,
+        properties: ack.properties.into_inner(),
     }
 }
 
@@ -496,13 +498,17 @@ fn trim_properties(packet: Packet) -> Packet {
             Packet::UnsubAck(unsuback)
         }
         Packet::Disconnect(mut disconnect) => {
-            disconnect.properties.reason_string = None;
-            disconnect.properties.user_properties.clear();
+            if let Some(properties) = disconnect.properties.get_mut() {
+                properties.reason_string = None;
+                properties.user_properties.clear();
+            }
             Packet::Disconnect(disconnect)
         }
         Packet::ConnAck(mut connack) => {
-            connack.properties.reason_string = None;
-            connack.properties.user_properties.clear();
+            if let Some(properties) = connack.properties.get_mut() {
+                properties.reason_string = None;
+                properties.user_properties.clear();
+            }
             Packet::ConnAck(connack)
         }
         other => other,

@@ -236,7 +236,7 @@ impl ServerConnection {
         self.core.send(Packet::ConnAck(ConnAck {
             session_present,
             reason_code: ReasonCode::Success,
-            properties,
+            properties: properties.into(),
         }))?;
         self.core.phase = Phase::Connected;
         self.accepted = true;
@@ -307,7 +307,7 @@ impl ServerConnection {
         self.take_request(packet_id)?;
         self.core.send(Packet::SubAck(SubAck {
             packet_id,
-            properties,
+            properties: properties.into(),
             reason_codes,
         }))
     }
@@ -328,7 +328,7 @@ impl ServerConnection {
         };
         self.core.send(Packet::UnsubAck(UnsubAck {
             packet_id,
-            properties,
+            properties: properties.into(),
             reason_codes,
         }))
     }
@@ -365,7 +365,7 @@ impl ServerConnection {
         if self.core.version.is_v5() && self.core.phase == Phase::Connected {
             self.core.send_control(Packet::Disconnect(Disconnect {
                 reason_code,
-                properties,
+                properties: properties.into(),
             }));
         }
         self.close(now, CloseReason::LocalDisconnect(reason_code));
@@ -596,7 +596,7 @@ impl ServerConnection {
 
     fn handle_packet(&mut self, now: Timestamp, packet: Packet) {
         match packet {
-            Packet::Connect(connect) => self.on_connect(connect),
+            Packet::Connect(connect) => self.on_connect(*connect),
             Packet::Auth(auth) if self.core.version.is_v5() => {
                 self.events.push_back(ServerEvent::Auth(auth))
             }
@@ -699,7 +699,7 @@ impl ServerConnection {
             now,
             CloseReason::PeerDisconnected {
                 reason_code: disconnect.reason_code,
-                properties: disconnect.properties,
+                properties: disconnect.properties.into_inner(),
             },
         );
     }
@@ -712,7 +712,7 @@ impl ServerConnection {
         self.core.send_control(Packet::ConnAck(ConnAck {
             session_present: false,
             reason_code,
-            properties,
+            properties: properties.into(),
         }));
         // A refused connection has no session and no will (MQTT-3.2.2-6, MQTT-3.1.4-5).
         self.session_expiry_interval = 0;

@@ -27,7 +27,7 @@ fn encode(packet: Packet, version: ProtocolVersion) -> Vec<u8> {
 fn connect_bytes(version: ProtocolVersion, client_id: &str, clean: bool) -> Vec<u8> {
     let mut connect = connect_packet(version, client_id);
     connect.clean_start = clean;
-    encode(Packet::Connect(connect), version)
+    encode(Packet::from(connect), version)
 }
 
 fn will(delay: Option<u32>) -> Will {
@@ -39,7 +39,8 @@ fn will(delay: Option<u32>) -> Will {
         properties: WillProperties {
             will_delay_interval: delay,
             ..Default::default()
-        },
+        }
+        .into(),
     }
 }
 
@@ -420,7 +421,7 @@ fn mqtt_3_1_2_22_server_closes_after_one_and_a_half_keep_alives_of_silence() {
         let mut server = ServerConnection::new(ServerConfig::default(), T0);
         let mut connect = connect_packet(version, "ka");
         connect.keep_alive = 10;
-        server.handle_bytes(T0, &encode(Packet::Connect(connect), version));
+        server.handle_bytes(T0, &encode(Packet::from(connect), version));
         let _ = server_events(&mut server);
         server.accept(T0, Accept::default()).unwrap();
         let _ = sent_by_server(&mut server);
@@ -451,7 +452,7 @@ fn mqtt_3_1_2_24_v311_any_packet_resets_the_keep_alive_timer() {
     let mut server = ServerConnection::new(ServerConfig::default(), T0);
     let mut connect = connect_packet(V311, "ka");
     connect.keep_alive = 4;
-    server.handle_bytes(T0, &encode(Packet::Connect(connect), V311));
+    server.handle_bytes(T0, &encode(Packet::from(connect), V311));
     let _ = server_events(&mut server);
     server.accept(T0, Accept::default()).unwrap();
     assert_eq!(sent_by_server(&mut server), [0x20, 0x02, 0x00, 0x00]);
@@ -627,7 +628,7 @@ fn refused_connection_never_publishes_its_will() {
     let mut connect = connect_packet(V5, "c");
     connect.will = Some(will(None));
     let mut server = ServerConnection::new(ServerConfig::default(), T0);
-    server.handle_bytes(T0, &encode(Packet::Connect(connect), V5));
+    server.handle_bytes(T0, &encode(Packet::from(connect), V5));
     let _ = server_events(&mut server);
     server
         .refuse(ReasonCode::NotAuthorized, ConnAckProperties::default())

@@ -78,8 +78,13 @@ pub(crate) fn validate_common(text: &str) -> Result<(), Error> {
 }
 
 fn validate_name(text: &str) -> Result<(), Error> {
-    validate_common(text)?;
-    if text.bytes().any(|b| b == b'+' || b == b'#') {
+    // Every received PUBLISH is checked here: one pass looks for all three forbidden bytes,
+    // and only a topic holding one of them pays for working out which error it is.
+    if text.is_empty()
+        || text.len() > MAX_TOPIC_LEN
+        || text.bytes().any(|b| matches!(b, 0 | b'+' | b'#'))
+    {
+        validate_common(text)?;
         return Err(Error::WildcardInName);
     }
     Ok(())

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes};
 use rallymq_topic::TopicName;
 
+use crate::Properties;
 use crate::property::{ConnAckProperties, ConnectProperties, WillProperties};
 use crate::wire::{Reader, check_binary, field_len, put_field};
 use crate::{Error, MqttString, PacketType, ProtocolVersion, QoS, ReasonCode};
@@ -17,7 +18,7 @@ pub struct Connect {
     /// Keep alive in seconds; 0 turns keep-alive off.
     pub keep_alive: u16,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: ConnectProperties,
+    pub properties: Properties<ConnectProperties>,
     /// The client identifier; may be empty (the server assigns one or refuses).
     pub client_id: MqttString,
     /// The will message, if any.
@@ -35,7 +36,7 @@ impl Connect {
             protocol,
             clean_start: true,
             keep_alive: 60,
-            properties: ConnectProperties::default(),
+            properties: Properties::default(),
             client_id,
             will: None,
             username: None,
@@ -56,7 +57,7 @@ pub struct Will {
     /// Whether the will is published retained.
     pub retain: bool,
     /// MQTT 5 will properties (empty before MQTT 5).
-    pub properties: WillProperties,
+    pub properties: Properties<WillProperties>,
 }
 
 const FLAG_RESERVED: u8 = 0b0000_0001;
@@ -97,14 +98,14 @@ impl Connect {
         let properties = if protocol.is_v5() {
             ConnectProperties::read(reader)?
         } else {
-            ConnectProperties::default()
+            Properties::default()
         };
         let client_id = reader.string()?;
         let will = if has_will {
             let properties = if protocol.is_v5() {
                 WillProperties::read(reader)?
             } else {
-                WillProperties::default()
+                Properties::default()
             };
             let topic = TopicName::from_bytes(reader.binary()?).map_err(Error::TopicName)?;
             let payload = reader.binary()?;
@@ -232,7 +233,7 @@ pub struct ConnAck {
     /// [`ConnAck`]'s encoding (others become "server unavailable" or "not authorized").
     pub reason_code: ReasonCode,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: ConnAckProperties,
+    pub properties: Properties<ConnAckProperties>,
 }
 
 /// CONNACK return codes of MQTT 3.1 and 3.1.1, as reason codes, indexed by return code.
@@ -286,7 +287,7 @@ impl ConnAck {
         let properties = if version.is_v5() {
             ConnAckProperties::read(reader)?
         } else {
-            ConnAckProperties::default()
+            Properties::default()
         };
         reader.finish()?;
         Ok(Self {

@@ -2,6 +2,7 @@
 
 use bytes::BufMut;
 
+use crate::Properties;
 use crate::packet::publish::{
     read_reason_and_properties, reason_and_properties_len, write_reason_and_properties,
 };
@@ -15,7 +16,7 @@ pub struct Disconnect {
     /// Why the connection ends (MQTT 5).
     pub reason_code: ReasonCode,
     /// MQTT 5 properties.
-    pub properties: DisconnectProperties,
+    pub properties: Properties<DisconnectProperties>,
 }
 
 impl Disconnect {
@@ -23,7 +24,7 @@ impl Disconnect {
     pub fn new(reason_code: ReasonCode) -> Self {
         Self {
             reason_code,
-            properties: DisconnectProperties::default(),
+            properties: Properties::default(),
         }
     }
 
@@ -31,7 +32,7 @@ impl Disconnect {
         let (reason_code, properties) = if version.is_v5() {
             read_reason_and_properties(reader, PacketType::Disconnect, DisconnectProperties::read)?
         } else {
-            (ReasonCode::Success, DisconnectProperties::default())
+            (ReasonCode::Success, Properties::default())
         };
         reader.finish()?;
         Ok(Self {
@@ -57,7 +58,7 @@ impl Disconnect {
             write_reason_and_properties(
                 buf,
                 self.reason_code,
-                &self.properties,
+                &*self.properties,
                 DisconnectProperties::is_empty,
                 DisconnectProperties::write,
             );
@@ -71,7 +72,7 @@ pub struct Auth {
     /// Success, Continue authentication or Re-authenticate.
     pub reason_code: ReasonCode,
     /// Authentication method, data and diagnostics.
-    pub properties: AuthProperties,
+    pub properties: Properties<AuthProperties>,
 }
 
 impl Auth {
@@ -97,7 +98,7 @@ impl Auth {
         write_reason_and_properties(
             buf,
             self.reason_code,
-            &self.properties,
+            &*self.properties,
             AuthProperties::is_empty,
             AuthProperties::write,
         );

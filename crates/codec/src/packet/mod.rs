@@ -21,7 +21,8 @@ use crate::{Error, PacketType, ProtocolVersion};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)] // each variant is the packet of the same name
 pub enum Packet {
-    Connect(Connect),
+    /// Boxed: a CONNECT is far larger than the packets that stream by, and comes once.
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
     PubAck(Ack),
@@ -155,8 +156,8 @@ impl Packet {
     }
 
     /// Decodes one packet body whose fixed header has been checked. Never `Ok(None)`: the
-    /// result is already in [`decode`](crate::decode)'s shape so that the packet, hundreds of
-    /// bytes, is built in place rather than moved into an `Option` afterwards.
+    /// result is already in [`decode`](crate::decode)'s shape so that the packet is built in
+    /// place rather than moved into an `Option` afterwards.
     pub(crate) fn read(
         packet_type: PacketType,
         flags: u8,
@@ -165,7 +166,7 @@ impl Packet {
     ) -> Result<Option<Self>, Error> {
         let reader = &mut Reader::new(&body);
         Ok(Some(match packet_type {
-            PacketType::Connect => Self::Connect(Connect::read(reader)?),
+            PacketType::Connect => Self::Connect(Box::new(Connect::read(reader)?)),
             PacketType::ConnAck => Self::ConnAck(ConnAck::read(reader, version)?),
             // PUBLISH takes the body itself, to keep it as the payload.
             PacketType::Publish => Self::Publish(Publish::read(body, flags, version)?),
@@ -201,8 +202,13 @@ macro_rules! impl_from {
     };
 }
 
+impl From<Connect> for Packet {
+    fn from(connect: Connect) -> Self {
+        Self::Connect(Box::new(connect))
+    }
+}
+
 impl_from!(
-    Connect(Connect),
     ConnAck(ConnAck),
     Publish(Publish),
     Subscribe(Subscribe),

@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use rallymq_topic::TopicName;
 
+use crate::Properties;
 use crate::property::{AckProperties, PublishProperties};
 use crate::wire::{Reader, field_len, put_field};
 use crate::{Error, PacketId, PacketType, ProtocolVersion, QoS, ReasonCode};
@@ -22,7 +23,7 @@ pub struct Publish {
     /// Present exactly when QoS is 1 or 2.
     pub packet_id: Option<PacketId>,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: PublishProperties,
+    pub properties: Properties<PublishProperties>,
     /// The payload: a slice of the received buffer when decoded.
     pub payload: Bytes,
 }
@@ -36,7 +37,7 @@ impl Publish {
             retain: false,
             topic: Some(topic),
             packet_id: None,
-            properties: PublishProperties::default(),
+            properties: Properties::default(),
             payload: payload.into(),
         }
     }
@@ -60,7 +61,7 @@ impl Publish {
         let properties = if version.is_v5() {
             PublishProperties::read(reader)?
         } else {
-            PublishProperties::default()
+            Properties::default()
         };
         let topic = if topic.is_empty() {
             if properties.topic_alias.is_none() {
@@ -141,7 +142,7 @@ pub struct Ack {
     /// The result (MQTT 5; always [`ReasonCode::Success`] before MQTT 5).
     pub reason_code: ReasonCode,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: AckProperties,
+    pub properties: Properties<AckProperties>,
 }
 
 impl Ack {
@@ -150,7 +151,7 @@ impl Ack {
         Self {
             packet_id,
             reason_code: ReasonCode::Success,
-            properties: AckProperties::default(),
+            properties: Properties::default(),
         }
     }
 
@@ -163,7 +164,7 @@ impl Ack {
         let (reason_code, properties) = if version.is_v5() {
             read_reason_and_properties(reader, packet, AckProperties::read)?
         } else {
-            (ReasonCode::Success, AckProperties::default())
+            (ReasonCode::Success, Properties::default())
         };
         reader.finish()?;
         Ok(Self {
@@ -191,7 +192,7 @@ impl Ack {
             write_reason_and_properties(
                 buf,
                 self.reason_code,
-                &self.properties,
+                &*self.properties,
                 AckProperties::is_empty,
                 AckProperties::write,
             );

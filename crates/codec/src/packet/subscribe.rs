@@ -3,6 +3,7 @@
 use bytes::BufMut;
 use rallymq_topic::TopicFilter;
 
+use crate::Properties;
 use crate::packet::publish::read_packet_id;
 use crate::property::{SubAckProperties, SubscribeProperties, UnsubscribeProperties};
 use crate::wire::{Reader, field_len, put_field};
@@ -96,7 +97,7 @@ pub struct Subscribe {
     /// Packet identifier, echoed in SUBACK.
     pub packet_id: PacketId,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: SubscribeProperties,
+    pub properties: Properties<SubscribeProperties>,
     /// At least one subscription (MQTT-3.8.3-3).
     pub subscriptions: Vec<Subscription>,
 }
@@ -111,7 +112,7 @@ impl Subscribe {
         let properties = if version.is_v5() {
             SubscribeProperties::read(reader)?
         } else {
-            SubscribeProperties::default()
+            Properties::default()
         };
         let mut subscriptions = Vec::new();
         while !reader.is_empty() {
@@ -170,7 +171,7 @@ pub struct SubAck {
     /// The SUBSCRIBE's packet identifier.
     pub packet_id: PacketId,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: SubAckProperties,
+    pub properties: Properties<SubAckProperties>,
     /// Granted QoS ([`ReasonCode::Success`] is Granted QoS 0) or a failure, per subscription.
     /// Before MQTT 5 every failure travels as return code 0x80.
     pub reason_codes: Vec<ReasonCode>,
@@ -198,7 +199,7 @@ impl SubAck {
         let properties = if version.is_v5() {
             SubAckProperties::read(reader)?
         } else {
-            SubAckProperties::default()
+            Properties::default()
         };
         let reason_codes = read_reason_codes(reader, PacketType::SubAck)?;
         if !version.is_v5()
@@ -248,7 +249,7 @@ pub struct Unsubscribe {
     /// Packet identifier, echoed in UNSUBACK.
     pub packet_id: PacketId,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: UnsubscribeProperties,
+    pub properties: Properties<UnsubscribeProperties>,
     /// At least one filter (MQTT-3.10.3-2).
     pub filters: Vec<TopicFilter>,
 }
@@ -259,7 +260,7 @@ impl Unsubscribe {
         let properties = if version.is_v5() {
             UnsubscribeProperties::read(reader)?
         } else {
-            UnsubscribeProperties::default()
+            Properties::default()
         };
         let mut filters = Vec::new();
         while !reader.is_empty() {
@@ -312,7 +313,7 @@ pub struct UnsubAck {
     /// The UNSUBSCRIBE's packet identifier.
     pub packet_id: PacketId,
     /// MQTT 5 properties (empty before MQTT 5).
-    pub properties: SubAckProperties,
+    pub properties: Properties<SubAckProperties>,
     /// One result per filter (MQTT 5; empty before MQTT 5).
     pub reason_codes: Vec<ReasonCode>,
 }
@@ -324,7 +325,7 @@ impl UnsubAck {
             reader.finish()?;
             return Ok(Self {
                 packet_id,
-                properties: SubAckProperties::default(),
+                properties: Properties::default(),
                 reason_codes: Vec::new(),
             });
         }
