@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes};
 use nom::IResult;
 use nom::Parser;
 use nom::bytes::complete::take;
-use nom::number::complete::{be_u8, be_u32};
+use nom::number::complete::be_u32;
 
 use crate::{Error, MqttString};
 
@@ -83,8 +83,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8, Error> {
-        self.run(be_u8)
+        let (&byte, rest) = self.rest.split_first().ok_or(Error::Truncated)?;
+        self.rest = rest;
+        Ok(byte)
     }
 
     /// Written out rather than through nom: with [`binary`](Self::binary) it reads every
@@ -150,6 +153,21 @@ impl<'a> Reader<'a> {
             }
             _ => false,
         }
+    }
+
+    /// How many length-prefixed fields, each followed by `trailing` bytes, the rest holds (the
+    /// whole ones, counting at most `limit`): enough to size a list before reading it. The
+    /// limit keeps a packet of unchecked fields from reserving more than a few kilobytes.
+    pub(crate) fn count_fields(&self, trailing: usize, limit: usize) -> usize {
+        let mut rest = self.rest;
+        let mut count = 0;
+        while let ([high, low, after @ ..], true) = (rest, count < limit) {
+            let len = usize::from(u16::from_be_bytes([*high, *low])) + trailing;
+            let Some(next) = after.get(len..) else { break };
+            rest = next;
+            count += 1;
+        }
+        count
     }
 
     pub(crate) fn is_empty(&self) -> bool {

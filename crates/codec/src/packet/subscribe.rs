@@ -102,6 +102,10 @@ pub struct Subscribe {
     pub subscriptions: Vec<Subscription>,
 }
 
+/// Most filters a SUBSCRIBE or UNSUBSCRIBE list is sized for before they are read; a longer list
+/// grows as usual.
+const PRESIZE_LIMIT: usize = 128;
+
 fn read_filter(reader: &mut Reader<'_>) -> Result<TopicFilter, Error> {
     TopicFilter::from_bytes(reader.binary()?).map_err(Error::TopicFilter)
 }
@@ -114,7 +118,9 @@ impl Subscribe {
         } else {
             Properties::default()
         };
-        let mut subscriptions = Vec::new();
+        // Sized up front: a SUBSCRIBE often carries many filters, and growing the list as they
+        // come reallocates and moves it several times.
+        let mut subscriptions = Vec::with_capacity(reader.count_fields(1, PRESIZE_LIMIT));
         while !reader.is_empty() {
             let filter = read_filter(reader)?;
             let options = SubscriptionOptions::read(reader.u8()?, version)?;
@@ -262,7 +268,7 @@ impl Unsubscribe {
         } else {
             Properties::default()
         };
-        let mut filters = Vec::new();
+        let mut filters = Vec::with_capacity(reader.count_fields(0, PRESIZE_LIMIT));
         while !reader.is_empty() {
             filters.push(read_filter(reader)?);
         }
