@@ -13,6 +13,9 @@
 //!   says how much it will write.
 //! * Every error a peer can cause maps to the MQTT 5 reason code to answer it with:
 //!   [`Error::reason_code`].
+//! * Each packet's MQTT 5 properties are a typed set (such as [`PublishProperties`]) held in a
+//!   [`Properties`], which allocates only when a property is set: a [`Packet`] is 80 bytes,
+//!   and the many packets that carry no property cost no allocation for them.
 //!
 //! ```
 //! use bytes::BytesMut;
