@@ -152,6 +152,15 @@ impl Error {
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             Self::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            // Ill-formed UTF-8 and U+0000 make any string field a Malformed Packet
+            // (MQTT-1.5.4-1, MQTT-1.5.4-2), topics included; the topic reason codes are for
+            // topics that are well-formed strings but not valid topics.
+            Self::TopicName(
+                rallymq_topic::Error::InvalidUtf8 | rallymq_topic::Error::NullCharacter,
+            )
+            | Self::TopicFilter(
+                rallymq_topic::Error::InvalidUtf8 | rallymq_topic::Error::NullCharacter,
+            ) => ReasonCode::MalformedPacket,
             Self::TopicName(_) => ReasonCode::TopicNameInvalid,
             Self::TopicFilter(_) => ReasonCode::TopicFilterInvalid,
             Self::InvalidProtocolName { .. } | Self::UnsupportedProtocolLevel(_) => {

@@ -265,6 +265,14 @@ fn mqtt_1_5_4_1_ill_formed_utf8_is_malformed() {
             Error::TopicName(rallymq_topic::Error::InvalidUtf8),
             "topic {topic:02x?}"
         );
+        assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+        // the same in a SUBSCRIBE filter: packet id 1, the filter, options 0
+        let mut subscribe = vec![0x82, (5 + topic.len()) as u8, 0, 1, 0, topic.len() as u8];
+        subscribe.extend_from_slice(topic);
+        subscribe.push(0);
+        let error = refused(&subscribe, V311);
+        assert_eq!(error, Error::TopicFilter(rallymq_topic::Error::InvalidUtf8));
+        assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
     }
     // the same in a client identifier
     let error = refused(
@@ -282,6 +290,13 @@ fn mqtt_1_5_4_1_ill_formed_utf8_is_malformed() {
 fn mqtt_1_5_4_2_null_character_in_a_string_is_malformed() {
     let error = refused(&[0x30, 0x05, 0x00, 0x03, b'a', 0x00, b'b'], V311);
     assert_eq!(error, Error::TopicName(rallymq_topic::Error::NullCharacter));
+    assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+    let error = refused(&[0x82, 0x07, 0, 1, 0x00, 0x02, b'a', 0x00, 0], V311);
+    assert_eq!(
+        error,
+        Error::TopicFilter(rallymq_topic::Error::NullCharacter)
+    );
+    assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
     let mut connect = connect_v3(b"MQTT", 4, 0x02, &[]);
     let last = connect.len() - 1;
     connect[last] = 0; // client id "\0"
