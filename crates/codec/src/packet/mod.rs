@@ -115,14 +115,14 @@ impl Packet {
     /// MQTT 5 fields (properties, reason codes other than success) of packets encoded for an
     /// earlier version are left out, as those versions have no place for them.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut impl BufMut) -> Result<(), Error> {
+        if let Self::Publish(publish) = self {
+            // The packet a broker sends most: checked, measured and written in one inlined
+            // piece rather than through three matches over every packet type.
+            return publish.encode(version, buf);
+        }
         self.check(version)?;
         let remaining = self.remaining_len(version);
-        if remaining > MAX_VARIABLE_BYTE_INTEGER as usize {
-            return Err(Error::PacketTooLarge {
-                size: (1 + var_int_len(remaining) + remaining) as u64,
-                max: u64::from(MAX_VARIABLE_BYTE_INTEGER) + 5,
-            });
-        }
+        check_remaining_len(remaining)?;
         let version = self.effective_version(version);
         let flags = match self {
             Self::Publish(publish) => publish.flags(),
@@ -190,6 +190,18 @@ impl Packet {
             PacketType::Auth => Self::Auth(Auth::read(reader)?),
         }))
     }
+}
+
+/// Refuses a body longer than a Remaining Length can say.
+#[inline]
+pub(crate) fn check_remaining_len(remaining: usize) -> Result<(), Error> {
+    if remaining > MAX_VARIABLE_BYTE_INTEGER as usize {
+        return Err(Error::PacketTooLarge {
+            size: (1 + var_int_len(remaining) + remaining) as u64,
+            max: u64::from(MAX_VARIABLE_BYTE_INTEGER) + 5,
+        });
+    }
+    Ok(())
 }
 
 macro_rules! impl_from {

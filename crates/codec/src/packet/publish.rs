@@ -4,8 +4,9 @@ use bytes::{Buf, BufMut, Bytes};
 use rallymq_topic::TopicName;
 
 use crate::Properties;
+use crate::packet::check_remaining_len;
 use crate::property::{AckProperties, PublishProperties};
-use crate::wire::{Reader, field_len, put_field};
+use crate::wire::{Reader, field_len, put_field, put_var_int};
 use crate::{Error, PacketId, PacketType, ProtocolVersion, QoS, ReasonCode};
 
 /// PUBLISH: an application message.
@@ -85,6 +86,24 @@ impl Publish {
         })
     }
 
+    /// The whole packet, fixed header included: what [`Packet::encode`](crate::Packet::encode)
+    /// does for a PUBLISH.
+    #[inline]
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        buf: &mut impl BufMut,
+    ) -> Result<(), Error> {
+        self.check(version)?;
+        let remaining = self.body_len(version);
+        check_remaining_len(remaining)?;
+        buf.put_u8(((PacketType::Publish as u8) << 4) | self.flags());
+        put_var_int(buf, remaining);
+        self.write_body(version, buf);
+        Ok(())
+    }
+
+    #[inline]
     pub(crate) fn check(&self, version: ProtocolVersion) -> Result<(), Error> {
         if self.packet_id.is_some() != (self.qos != QoS::AtMostOnce) {
             return Err(Error::PacketIdMismatch);
@@ -102,6 +121,7 @@ impl Publish {
         (u8::from(self.dup) << 3) | (self.qos.bits() << 1) | u8::from(self.retain)
     }
 
+    #[inline]
     pub(crate) fn body_len(&self, version: ProtocolVersion) -> usize {
         field_len(self.topic.as_ref().map_or(0, |topic| topic.len()))
             + if self.packet_id.is_some() { 2 } else { 0 }
@@ -113,6 +133,7 @@ impl Publish {
             + self.payload.len()
     }
 
+    #[inline]
     pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut impl BufMut) {
         put_field(
             buf,
