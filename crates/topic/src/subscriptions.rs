@@ -5,6 +5,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::exact::ExactFilters;
 use crate::store::{Edges, ID_LIMIT, Interner, NONE, Slab, level_at};
 use crate::{TopicFilter, TopicName};
 
@@ -16,6 +17,9 @@ const PLUS: u32 = NONE - 1;
 const HASH: u32 = NONE - 2;
 /// Marks a reverse-index entry that points at shared groups rather than ordinary subscribers.
 const SHARED_BIT: u32 = ID_LIMIT;
+/// Marks a reverse-index entry that names an exact filter by its hash (shifted right by one,
+/// the bit [`ExactFilters::hash`] always sets) rather than a trie node.
+const EXACT_KEY: u64 = 1 << 63;
 
 /// Every subscription of a broker, indexed for matching published topic names.
 ///
@@ -28,10 +32,11 @@ const SHARED_BIT: u32 = ID_LIMIT;
 /// filter again replaces the data (MQTT-3.8.4-3). `a/b` and `$share/g/a/b` are different filters,
 /// as are `$share/g/a/b` and `$share/h/a/b`.
 ///
-/// Matching walks a trie of filter levels, following at each level the literal child and the `+`
-/// child and reporting the `#` child, so its cost depends on the topic's levels and the number of
-/// matches, not on how many subscriptions are stored. It does not allocate (except on topics
-/// that fan out through more than eight `+` branches at once).
+/// Ordinary subscriptions to filters without wildcards are found with one hash probe of the whole
+/// topic name. The other filters are in a trie of filter levels: matching follows at each level
+/// the literal child and the `+` child and reports the `#` child. So its cost depends on the
+/// topic's levels and the number of matches, not on how many subscriptions are stored. It does
+/// not allocate (except on topics that fan out through more than eight `+` branches at once).
 ///
 /// ```
 /// use rallymq_topic::{Match, SubscriptionIndex, TopicFilter, TopicName};
@@ -60,13 +65,18 @@ const SHARED_BIT: u32 = ID_LIMIT;
 /// assert_eq!(index.len(), 3);
 /// ```
 pub struct SubscriptionIndex<S, D> {
+    /// Ordinary (not shared) subscriptions to filters without wildcards. Most subscriptions
+    /// are of this kind, and the trie, without them, is small enough to stay in cache.
+    exact: ExactFilters<Vec<Entry<S, D>>>,
+    /// Every other subscription, by filter level.
     nodes: Slab<Node<S, D>>,
     /// Literal children: (parent, interned level) -> child.
     edges: Edges,
     levels: Interner,
-    /// For each subscriber, the nodes holding its subscriptions ([`SHARED_BIT`] set for shared
-    /// ones), so that removing a subscriber does not scan the trie.
-    by_subscriber: HashMap<S, Vec<u32>>,
+    /// For each subscriber, where its subscriptions are: trie nodes ([`SHARED_BIT`] set for
+    /// shared ones) and exact filters ([`EXACT_KEY`]), so that removing a subscriber does not
+    /// scan the index.
+    by_subscriber: HashMap<S, Vec<u64>>,
     len: usize,
 }
 
@@ -225,6 +235,7 @@ impl<S, D> Default for SubscriptionIndex<S, D> {
         let root = nodes.alloc(Node::new(NONE, NONE));
         debug_assert_eq!(root, ROOT);
         Self {
+            exact: ExactFilters::default(),
             nodes,
             edges: Edges::default(),
             levels: Interner::default(),
@@ -239,6 +250,7 @@ impl<S, D> fmt::Debug for SubscriptionIndex<S, D> {
         f.debug_struct("SubscriptionIndex")
             .field("subscriptions", &self.len)
             .field("subscribers", &self.by_subscriber.len())
+            .field("exact_filters", &self.exact.len())
             .field("nodes", &self.nodes.len())
             .finish_non_exhaustive()
     }
@@ -268,6 +280,17 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// Adds the subscription of `subscriber` to `filter`. If the subscriber already has a
     /// subscription to exactly this filter, its data is replaced and the old data returned.
     pub fn insert(&mut self, subscriber: S, filter: &TopicFilter, data: D) -> Option<D> {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            let entries = self
+                .exact
+                .get_or_insert_with(hash, filter.filter(), Vec::new);
+            let replaced = insert_entry(entries, &subscriber, data);
+            if replaced.is_none() {
+                self.record(subscriber, exact_key(hash));
+            }
+            return replaced;
+        }
         let node_id = self.find_or_create_path(filter.filter());
         let node = self.nodes.get_mut(node_id);
         let (entries, key) = match filter.share_name() {
@@ -291,26 +314,44 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 (&mut groups[position].members, node_id | SHARED_BIT)
             }
         };
-        if let Some(entry) = entries
-            .iter_mut()
-            .find(|entry| entry.subscriber == subscriber)
-        {
-            return Some(std::mem::replace(&mut entry.data, data));
+        let replaced = insert_entry(entries, &subscriber, data);
+        if replaced.is_none() {
+            self.record(subscriber, u64::from(key));
         }
-        push_compact(
-            entries,
-            Entry {
-                subscriber: subscriber.clone(),
-                data,
-            },
-        );
+        replaced
+    }
+
+    /// Counts a new subscription and notes where it is stored under its subscriber.
+    fn record(&mut self, subscriber: S, key: u64) {
         push_compact(self.by_subscriber.entry(subscriber).or_default(), key);
         self.len += 1;
-        None
+    }
+
+    /// Undoes [`Self::record`] for a subscription just removed.
+    fn forget(&mut self, subscriber: &S, key: u64) {
+        if let Some(keys) = self.by_subscriber.get_mut(subscriber) {
+            if let Some(position) = keys.iter().position(|&k| k == key) {
+                keys.swap_remove(position);
+                shrink_if_sparse(keys);
+            }
+            if keys.is_empty() {
+                self.by_subscriber.remove(subscriber);
+            }
+        }
+        self.len -= 1;
     }
 
     /// The data of the subscription of `subscriber` to exactly `filter`, if there is one.
     pub fn get(&self, subscriber: &S, filter: &TopicFilter) -> Option<&D> {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            return self
+                .exact
+                .get(hash, filter.filter())?
+                .iter()
+                .find(|entry| entry.subscriber == *subscriber)
+                .map(|entry| &entry.data);
+        }
         let node = self.nodes.get(self.find_path(filter.filter())?);
         let entries = match filter.share_name() {
             None => &node.subscribers,
@@ -333,6 +374,14 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// Removes the subscription of `subscriber` to exactly `filter` (an UNSUBSCRIBE), returning
     /// its data, or `None` if there was no such subscription.
     pub fn remove(&mut self, subscriber: &S, filter: &TopicFilter) -> Option<D> {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            let data = take_entry(self.exact.get_mut(hash, filter.filter())?, subscriber)?;
+            self.exact
+                .remove_if_unused(hash, filter.filter(), Vec::is_empty);
+            self.forget(subscriber, exact_key(hash));
+            return Some(data);
+        }
         let node_id = self.find_path(filter.filter())?;
         let node = self.nodes.get_mut(node_id);
         let (data, key) = match filter.share_name() {
@@ -350,16 +399,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 (data, node_id | SHARED_BIT)
             }
         };
-        if let Some(keys) = self.by_subscriber.get_mut(subscriber) {
-            if let Some(position) = keys.iter().position(|&k| k == key) {
-                keys.swap_remove(position);
-                shrink_if_sparse(keys);
-            }
-            if keys.is_empty() {
-                self.by_subscriber.remove(subscriber);
-            }
-        }
-        self.len -= 1;
+        self.forget(subscriber, u64::from(key));
         self.prune(node_id);
         Some(data)
     }
@@ -371,12 +411,29 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
         let Some(mut keys) = self.by_subscriber.remove(subscriber) else {
             return 0;
         };
-        // A subscriber in two groups of the same filter has the same key twice; one visit of
-        // the node removes it from both.
         keys.sort_unstable();
-        keys.dedup();
         let mut removed = 0;
+        let mut previous = None;
         for key in keys {
+            if key & EXACT_KEY != 0 {
+                // Two exact filters with the same hash give the same key twice, each standing
+                // for one of them.
+                let taken = self.exact.update_where(
+                    (key << 1) | 1,
+                    |entries| entries.iter().any(|entry| entry.subscriber == *subscriber),
+                    |entries| take_entry(entries, subscriber),
+                    Vec::is_empty,
+                );
+                removed += usize::from(taken.flatten().is_some());
+                continue;
+            }
+            // A subscriber in two groups of the same filter has the same key twice; one visit
+            // of the node removes it from both.
+            if previous.replace(key) == Some(key) {
+                continue;
+            }
+            // Not an exact key, so the trie key in the low 32 bits.
+            let key = key as u32;
             let node_id = key & !SHARED_BIT;
             let node = self.nodes.get_mut(node_id);
             if key & SHARED_BIT == 0 {
@@ -411,6 +468,14 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// stored filter, without looking at the filters that cannot match.
     pub fn for_each_match<'a>(&'a self, topic: &TopicName, mut visit: impl FnMut(Match<'a, S, D>)) {
         let topic = topic.as_str();
+        if let Some(entries) = self.exact.get(self.exact.hash(topic), topic) {
+            for entry in entries {
+                visit(Match::Subscription {
+                    subscriber: &entry.subscriber,
+                    data: &entry.data,
+                });
+            }
+        }
         // Wildcards directly under the root are skipped for `$` topics (MQTT-4.7.2-1).
         let system = topic.starts_with('$');
         let end = topic.len() + 1;
@@ -545,6 +610,39 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             node_id = parent;
         }
     }
+}
+
+/// Whether `filter` is stored with the exact filters rather than in the trie.
+fn is_exact(filter: &TopicFilter) -> bool {
+    !filter.is_shared() && !filter.has_wildcards()
+}
+
+/// The reverse-index key of the exact filter with hash `hash`.
+fn exact_key(hash: u64) -> u64 {
+    EXACT_KEY | (hash >> 1)
+}
+
+/// Replaces the data of `subscriber` in `entries` and returns the old data, or adds it and
+/// returns `None`.
+fn insert_entry<S: Eq + Clone, D>(
+    entries: &mut Vec<Entry<S, D>>,
+    subscriber: &S,
+    data: D,
+) -> Option<D> {
+    if let Some(entry) = entries
+        .iter_mut()
+        .find(|entry| entry.subscriber == *subscriber)
+    {
+        return Some(std::mem::replace(&mut entry.data, data));
+    }
+    push_compact(
+        entries,
+        Entry {
+            subscriber: subscriber.clone(),
+            data,
+        },
+    );
+    None
 }
 
 /// Pushes onto `entries`, growing the capacity by doubling from one instead of `Vec`'s minimum
@@ -809,11 +907,13 @@ mod tests {
         assert_eq!(index.remove_subscriber(&7), 0);
         assert_eq!(index.len(), 1);
         assert_eq!(index.subscriber_count(), 1);
-        // root, "a", "b" remain.
-        assert_eq!(index.nodes.len(), 3);
-        assert_eq!(index.levels.get("c"), None);
-        assert_eq!(index.remove(&8, &filter("a/b")), Some(0));
+        // Only the exact "a/b" of subscriber 8 remains, outside the trie, which is back to its
+        // root.
         assert_eq!(index.nodes.len(), 1);
+        assert_eq!(index.levels.get("c"), None);
+        assert_eq!(index.exact.len(), 1);
+        assert_eq!(index.remove(&8, &filter("a/b")), Some(0));
+        assert_eq!(index.exact.len(), 0);
         assert!(index.is_empty());
         assert_eq!(index.subscriber_count(), 0);
     }
