@@ -67,7 +67,7 @@ const EXACT_KEY: u64 = 1 << 63;
 pub struct SubscriptionIndex<S, D> {
     /// Ordinary (not shared) subscriptions to filters without wildcards. Most subscriptions
     /// are of this kind, and the trie, without them, is small enough to stay in cache.
-    exact: ExactFilters<Vec<Entry<S, D>>>,
+    exact: ExactFilters<Subscribers<S, D>>,
     /// Every other subscription, by filter level.
     nodes: Slab<Node<S, D>>,
     /// Literal children: (parent, interned level) -> child.
@@ -89,13 +89,22 @@ struct Node<S, D> {
     plus: u32,
     hash: u32,
     literal_children: u32,
-    subscribers: Vec<Entry<S, D>>,
+    subscribers: Subscribers<S, D>,
     shared: Option<Box<SharedGroups<S, D>>>,
 }
 
 struct Entry<S, D> {
     subscriber: S,
     data: D,
+}
+
+/// The ordinary subscribers of one filter. Most filters have a single one, stored inline: it
+/// needs no allocation of its own, and a publish that matches it does not miss the cache once
+/// more to read it.
+enum Subscribers<S, D> {
+    One(Entry<S, D>),
+    /// Never exactly one entry; empty (without allocation) when the filter has none.
+    Many(Vec<Entry<S, D>>),
 }
 
 struct SharedGroups<S, D>(Vec<Group<S, D>>);
@@ -215,7 +224,7 @@ impl<S, D> Node<S, D> {
             plus: NONE,
             hash: NONE,
             literal_children: 0,
-            subscribers: Vec::new(),
+            subscribers: Subscribers::default(),
             shared: None,
         }
     }
@@ -282,10 +291,10 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     pub fn insert(&mut self, subscriber: S, filter: &TopicFilter, data: D) -> Option<D> {
         if is_exact(filter) {
             let hash = self.exact.hash(filter.filter());
-            let entries = self
+            let replaced = self
                 .exact
-                .get_or_insert_with(hash, filter.filter(), Vec::new);
-            let replaced = insert_entry(entries, &subscriber, data);
+                .get_or_insert_with(hash, filter.filter(), Subscribers::default)
+                .insert(&subscriber, data);
             if replaced.is_none() {
                 self.record(subscriber, exact_key(hash));
             }
@@ -293,8 +302,8 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
         }
         let node_id = self.find_or_create_path(filter.filter());
         let node = self.nodes.get_mut(node_id);
-        let (entries, key) = match filter.share_name() {
-            None => (&mut node.subscribers, node_id),
+        let (replaced, key) = match filter.share_name() {
+            None => (node.subscribers.insert(&subscriber, data), node_id),
             Some(share_name) => {
                 let groups = &mut node
                     .shared
@@ -311,10 +320,12 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                         groups.len() - 1
                     }
                 };
-                (&mut groups[position].members, node_id | SHARED_BIT)
+                (
+                    insert_entry(&mut groups[position].members, &subscriber, data),
+                    node_id | SHARED_BIT,
+                )
             }
         };
-        let replaced = insert_entry(entries, &subscriber, data);
         if replaced.is_none() {
             self.record(subscriber, u64::from(key));
         }
@@ -348,13 +359,14 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             return self
                 .exact
                 .get(hash, filter.filter())?
+                .as_slice()
                 .iter()
                 .find(|entry| entry.subscriber == *subscriber)
                 .map(|entry| &entry.data);
         }
         let node = self.nodes.get(self.find_path(filter.filter())?);
         let entries = match filter.share_name() {
-            None => &node.subscribers,
+            None => node.subscribers.as_slice(),
             Some(share_name) => {
                 &node
                     .shared
@@ -376,16 +388,19 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     pub fn remove(&mut self, subscriber: &S, filter: &TopicFilter) -> Option<D> {
         if is_exact(filter) {
             let hash = self.exact.hash(filter.filter());
-            let data = take_entry(self.exact.get_mut(hash, filter.filter())?, subscriber)?;
+            let data = self
+                .exact
+                .get_mut(hash, filter.filter())?
+                .take(subscriber)?;
             self.exact
-                .remove_if_unused(hash, filter.filter(), Vec::is_empty);
+                .remove_if_unused(hash, filter.filter(), Subscribers::is_empty);
             self.forget(subscriber, exact_key(hash));
             return Some(data);
         }
         let node_id = self.find_path(filter.filter())?;
         let node = self.nodes.get_mut(node_id);
         let (data, key) = match filter.share_name() {
-            None => (take_entry(&mut node.subscribers, subscriber)?, node_id),
+            None => (node.subscribers.take(subscriber)?, node_id),
             Some(share_name) => {
                 let groups = &mut node.shared.as_mut()?.0;
                 let position = groups.iter().position(|group| &*group.name == share_name)?;
@@ -420,9 +435,9 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 // for one of them.
                 let taken = self.exact.update_where(
                     (key << 1) | 1,
-                    |entries| entries.iter().any(|entry| entry.subscriber == *subscriber),
-                    |entries| take_entry(entries, subscriber),
-                    Vec::is_empty,
+                    |entries| entries.contains(subscriber),
+                    |entries| entries.take(subscriber),
+                    Subscribers::is_empty,
                 );
                 removed += usize::from(taken.flatten().is_some());
                 continue;
@@ -437,7 +452,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             let node_id = key & !SHARED_BIT;
             let node = self.nodes.get_mut(node_id);
             if key & SHARED_BIT == 0 {
-                if take_entry(&mut node.subscribers, subscriber).is_some() {
+                if node.subscribers.take(subscriber).is_some() {
                     removed += 1;
                 }
             } else if let Some(groups) = &mut node.shared {
@@ -469,7 +484,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     pub fn for_each_match<'a>(&'a self, topic: &TopicName, mut visit: impl FnMut(Match<'a, S, D>)) {
         let topic = topic.as_str();
         if let Some(entries) = self.exact.get(self.exact.hash(topic), topic) {
-            for entry in entries {
+            for entry in entries.as_slice() {
                 visit(Match::Subscription {
                     subscriber: &entry.subscriber,
                     data: &entry.data,
@@ -515,7 +530,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
 
     fn report<'a>(&'a self, node_id: u32, visit: &mut impl FnMut(Match<'a, S, D>)) {
         let node = self.nodes.get(node_id);
-        for entry in &node.subscribers {
+        for entry in node.subscribers.as_slice() {
             visit(Match::Subscription {
                 subscriber: &entry.subscriber,
                 data: &entry.data,
@@ -609,6 +624,85 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             }
             node_id = parent;
         }
+    }
+}
+
+impl<S, D> Default for Subscribers<S, D> {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
+
+impl<S, D> Subscribers<S, D> {
+    fn as_slice(&self) -> &[Entry<S, D>] {
+        match self {
+            Self::One(entry) => std::slice::from_ref(entry),
+            Self::Many(entries) => entries,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl<S: Eq + Clone, D> Subscribers<S, D> {
+    fn contains(&self, subscriber: &S) -> bool {
+        self.as_slice()
+            .iter()
+            .any(|entry| entry.subscriber == *subscriber)
+    }
+
+    /// Replaces the data of `subscriber` and returns the old data, or adds it and returns
+    /// `None`.
+    fn insert(&mut self, subscriber: &S, data: D) -> Option<D> {
+        let existing = match self {
+            Self::One(entry) => std::slice::from_mut(entry),
+            Self::Many(entries) => entries,
+        }
+        .iter_mut()
+        .find(|entry| entry.subscriber == *subscriber);
+        if let Some(entry) = existing {
+            return Some(std::mem::replace(&mut entry.data, data));
+        }
+        let entry = Entry {
+            subscriber: subscriber.clone(),
+            data,
+        };
+        *self = match std::mem::take(self) {
+            Self::One(first) => Self::Many(vec![first, entry]),
+            Self::Many(entries) if entries.is_empty() => Self::One(entry),
+            Self::Many(mut entries) => {
+                push_compact(&mut entries, entry);
+                Self::Many(entries)
+            }
+        };
+        None
+    }
+
+    /// Removes the subscription of `subscriber`, returning its data.
+    fn take(&mut self, subscriber: &S) -> Option<D> {
+        let position = self
+            .as_slice()
+            .iter()
+            .position(|entry| entry.subscriber == *subscriber)?;
+        let (rest, taken) = match std::mem::take(self) {
+            Self::One(entry) => (Self::default(), entry),
+            Self::Many(mut entries) => {
+                let taken = entries.swap_remove(position);
+                let rest = match (entries.pop(), entries.is_empty()) {
+                    (Some(only), true) => Self::One(only),
+                    (last, _) => {
+                        entries.extend(last);
+                        shrink_if_sparse(&mut entries);
+                        Self::Many(entries)
+                    }
+                };
+                (rest, taken)
+            }
+        };
+        *self = rest;
+        Some(taken.data)
     }
 }
 
