@@ -509,10 +509,15 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                     break;
                 }
                 let (level, next_offset) = level_at(topic, offset);
-                let literal = self
-                    .levels
-                    .get(level)
-                    .and_then(|level| self.edges.get(node_id, level));
+                // A node with no literal child (a `+` leaf's parent, a prefix only of `#`) needs
+                // no hashing of the level and no probe of the edge map.
+                let literal = if node.literal_children == 0 {
+                    None
+                } else {
+                    self.levels
+                        .get(level)
+                        .and_then(|level| self.edges.get(node_id, level))
+                };
                 let plus = if wildcards_apply { node.plus } else { NONE };
                 node_id = match (literal, plus) {
                     (Some(literal), NONE) => literal,
