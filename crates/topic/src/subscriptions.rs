@@ -1018,6 +1018,48 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_go_from_one_inline_to_many_and_back() {
+        let mut entries = Subscribers::default();
+        assert!(entries.is_empty());
+        assert_eq!(entries.insert(&1u32, 10u32), None);
+        assert!(matches!(entries, Subscribers::One(_)));
+        assert_eq!(entries.insert(&1, 11), Some(10));
+        assert_eq!(entries.insert(&2, 20), None);
+        assert_eq!(entries.insert(&3, 30), None);
+        assert!(matches!(&entries, Subscribers::Many(list) if list.len() == 3));
+        assert_eq!(entries.take(&4), None);
+        assert_eq!(entries.take(&1), Some(11));
+        assert_eq!(entries.take(&3), Some(30));
+        assert!(matches!(&entries, Subscribers::One(entry) if entry.subscriber == 2));
+        assert!(entries.contains(&2) && !entries.contains(&1));
+        assert_eq!(entries.take(&2), Some(20));
+        assert!(entries.is_empty());
+        assert_eq!(entries.take(&2), None);
+    }
+
+    #[test]
+    fn exact_filters_stay_out_of_the_trie() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("a/b"), 1);
+        index.insert(2, &filter("a/b"), 2);
+        index.insert(1, &filter("$SYS/x"), 3);
+        index.insert(1, &filter("$share/g/a/b"), 4);
+        // The shared one is in the trie: root, "a", "b".
+        assert_eq!(index.nodes.len(), 3);
+        assert_eq!(index.exact.len(), 2);
+        assert_eq!(index.get(&2, &filter("a/b")), Some(&2));
+        assert_eq!(
+            matched(&index, "a/b"),
+            (vec![(1, 1), (2, 2)], vec![("g".to_owned(), vec![(1, 4)])])
+        );
+        assert_eq!(matched(&index, "$SYS/x").0, [(1, 3)]);
+        assert_eq!(index.remove_subscriber(&1), 3);
+        assert_eq!(index.exact.len(), 1);
+        assert_eq!(index.nodes.len(), 1);
+        assert_eq!(matched(&index, "a/b").0, [(2, 2)]);
+    }
+
+    #[test]
     fn many_branches_spill_without_losing_matches() {
         let mut index = SubscriptionIndex::new();
         // Every prefix of "+/+/.../+" with literal "x" levels creates a branch at each level.
