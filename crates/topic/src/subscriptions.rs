@@ -17,8 +17,8 @@ const PLUS: u32 = NONE - 1;
 const HASH: u32 = NONE - 2;
 /// Marks a reverse-index entry that points at shared groups rather than ordinary subscribers.
 const SHARED_BIT: u32 = ID_LIMIT;
-/// Marks a reverse-index entry that names an exact filter by its hash (shifted right by one,
-/// the bit [`ExactFilters::hash`] always sets) rather than a trie node.
+/// Marks a reverse-index entry that names an exact filter, by the upper 63 bits of its hash
+/// (the lowest is always set, see [`ExactFilters::hash`]), rather than a trie node.
 const EXACT_KEY: u64 = 1 << 63;
 
 /// Every subscription of a broker, indexed for matching published topic names.
@@ -434,7 +434,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 // Two exact filters with the same hash give the same key twice, each standing
                 // for one of them.
                 let taken = self.exact.update_where(
-                    (key << 1) | 1,
+                    exact_hash(key),
                     |entries| entries.contains(subscriber),
                     |entries| entries.take(subscriber),
                     Subscribers::is_empty,
@@ -719,6 +719,11 @@ fn is_exact(filter: &TopicFilter) -> bool {
 /// The reverse-index key of the exact filter with hash `hash`.
 fn exact_key(hash: u64) -> u64 {
     EXACT_KEY | (hash >> 1)
+}
+
+/// The hash of the exact filter named by the reverse-index key `key`: [`exact_key`] undone.
+fn exact_hash(key: u64) -> u64 {
+    (key << 1) | 1
 }
 
 /// Replaces the data of `subscriber` in `entries` and returns the old data, or adds it and
