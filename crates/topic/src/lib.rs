@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod exact;
 mod filter;
 mod matcher;
 mod name;

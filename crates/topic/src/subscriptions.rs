@@ -5,6 +5,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::exact::ExactFilters;
 use crate::store::{Edges, ID_LIMIT, Interner, NONE, Slab, level_at};
 use crate::{TopicFilter, TopicName};
 
@@ -16,6 +17,9 @@ const PLUS: u32 = NONE - 1;
 const HASH: u32 = NONE - 2;
 /// Marks a reverse-index entry that points at shared groups rather than ordinary subscribers.
 const SHARED_BIT: u32 = ID_LIMIT;
+/// Marks a reverse-index entry that names an exact filter, by the upper 63 bits of its hash
+/// (the lowest is always set, see [`ExactFilters::hash`]), rather than a trie node.
+const EXACT_KEY: u64 = 1 << 63;
 
 /// Every subscription of a broker, indexed for matching published topic names.
 ///
@@ -28,10 +32,11 @@ const SHARED_BIT: u32 = ID_LIMIT;
 /// filter again replaces the data (MQTT-3.8.4-3). `a/b` and `$share/g/a/b` are different filters,
 /// as are `$share/g/a/b` and `$share/h/a/b`.
 ///
-/// Matching walks a trie of filter levels, following at each level the literal child and the `+`
-/// child and reporting the `#` child, so its cost depends on the topic's levels and the number of
-/// matches, not on how many subscriptions are stored. It does not allocate (except on topics
-/// that fan out through more than eight `+` branches at once).
+/// Ordinary subscriptions to filters without wildcards are found with one hash probe of the whole
+/// topic name. The other filters are in a trie of filter levels: matching follows at each level
+/// the literal child and the `+` child and reports the `#` child. So its cost depends on the
+/// topic's levels and the number of matches, not on how many subscriptions are stored. It does
+/// not allocate (except on topics that fan out through more than eight `+` branches at once).
 ///
 /// ```
 /// use rallymq_topic::{Match, SubscriptionIndex, TopicFilter, TopicName};
@@ -60,13 +65,18 @@ const SHARED_BIT: u32 = ID_LIMIT;
 /// assert_eq!(index.len(), 3);
 /// ```
 pub struct SubscriptionIndex<S, D> {
+    /// Ordinary (not shared) subscriptions to filters without wildcards. Most subscriptions
+    /// are of this kind, and the trie, without them, is small enough to stay in cache.
+    exact: ExactFilters<Subscribers<S, D>>,
+    /// Every other subscription, by filter level.
     nodes: Slab<Node<S, D>>,
     /// Literal children: (parent, interned level) -> child.
     edges: Edges,
     levels: Interner,
-    /// For each subscriber, the nodes holding its subscriptions ([`SHARED_BIT`] set for shared
-    /// ones), so that removing a subscriber does not scan the trie.
-    by_subscriber: HashMap<S, Vec<u32>>,
+    /// For each subscriber, where its subscriptions are: trie nodes ([`SHARED_BIT`] set for
+    /// shared ones) and exact filters ([`EXACT_KEY`]), so that removing a subscriber does not
+    /// scan the index.
+    by_subscriber: HashMap<S, Vec<u64>>,
     len: usize,
 }
 
@@ -79,13 +89,22 @@ struct Node<S, D> {
     plus: u32,
     hash: u32,
     literal_children: u32,
-    subscribers: Vec<Entry<S, D>>,
+    subscribers: Subscribers<S, D>,
     shared: Option<Box<SharedGroups<S, D>>>,
 }
 
 struct Entry<S, D> {
     subscriber: S,
     data: D,
+}
+
+/// The ordinary subscribers of one filter. Most filters have a single one, stored inline: it
+/// needs no allocation of its own, and a publish that matches it does not miss the cache once
+/// more to read it.
+enum Subscribers<S, D> {
+    One(Entry<S, D>),
+    /// Never exactly one entry; empty (without allocation) when the filter has none.
+    Many(Vec<Entry<S, D>>),
 }
 
 struct SharedGroups<S, D>(Vec<Group<S, D>>);
@@ -205,7 +224,7 @@ impl<S, D> Node<S, D> {
             plus: NONE,
             hash: NONE,
             literal_children: 0,
-            subscribers: Vec::new(),
+            subscribers: Subscribers::default(),
             shared: None,
         }
     }
@@ -225,6 +244,7 @@ impl<S, D> Default for SubscriptionIndex<S, D> {
         let root = nodes.alloc(Node::new(NONE, NONE));
         debug_assert_eq!(root, ROOT);
         Self {
+            exact: ExactFilters::default(),
             nodes,
             edges: Edges::default(),
             levels: Interner::default(),
@@ -239,6 +259,7 @@ impl<S, D> fmt::Debug for SubscriptionIndex<S, D> {
         f.debug_struct("SubscriptionIndex")
             .field("subscriptions", &self.len)
             .field("subscribers", &self.by_subscriber.len())
+            .field("exact_filters", &self.exact.len())
             .field("nodes", &self.nodes.len())
             .finish_non_exhaustive()
     }
@@ -268,10 +289,21 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// Adds the subscription of `subscriber` to `filter`. If the subscriber already has a
     /// subscription to exactly this filter, its data is replaced and the old data returned.
     pub fn insert(&mut self, subscriber: S, filter: &TopicFilter, data: D) -> Option<D> {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            let replaced = self
+                .exact
+                .get_or_insert_with(hash, filter.filter(), Subscribers::default)
+                .insert(&subscriber, data);
+            if replaced.is_none() {
+                self.record(subscriber, exact_key(hash));
+            }
+            return replaced;
+        }
         let node_id = self.find_or_create_path(filter.filter());
         let node = self.nodes.get_mut(node_id);
-        let (entries, key) = match filter.share_name() {
-            None => (&mut node.subscribers, node_id),
+        let (replaced, key) = match filter.share_name() {
+            None => (node.subscribers.insert(&subscriber, data), node_id),
             Some(share_name) => {
                 let groups = &mut node
                     .shared
@@ -288,32 +320,53 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                         groups.len() - 1
                     }
                 };
-                (&mut groups[position].members, node_id | SHARED_BIT)
+                (
+                    insert_entry(&mut groups[position].members, &subscriber, data),
+                    node_id | SHARED_BIT,
+                )
             }
         };
-        if let Some(entry) = entries
-            .iter_mut()
-            .find(|entry| entry.subscriber == subscriber)
-        {
-            return Some(std::mem::replace(&mut entry.data, data));
+        if replaced.is_none() {
+            self.record(subscriber, u64::from(key));
         }
-        push_compact(
-            entries,
-            Entry {
-                subscriber: subscriber.clone(),
-                data,
-            },
-        );
+        replaced
+    }
+
+    /// Counts a new subscription and notes where it is stored under its subscriber.
+    fn record(&mut self, subscriber: S, key: u64) {
         push_compact(self.by_subscriber.entry(subscriber).or_default(), key);
         self.len += 1;
-        None
+    }
+
+    /// Undoes [`Self::record`] for a subscription just removed.
+    fn forget(&mut self, subscriber: &S, key: u64) {
+        if let Some(keys) = self.by_subscriber.get_mut(subscriber) {
+            if let Some(position) = keys.iter().position(|&k| k == key) {
+                keys.swap_remove(position);
+                shrink_if_sparse(keys);
+            }
+            if keys.is_empty() {
+                self.by_subscriber.remove(subscriber);
+            }
+        }
+        self.len -= 1;
     }
 
     /// The data of the subscription of `subscriber` to exactly `filter`, if there is one.
     pub fn get(&self, subscriber: &S, filter: &TopicFilter) -> Option<&D> {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            return self
+                .exact
+                .get(hash, filter.filter())?
+                .as_slice()
+                .iter()
+                .find(|entry| entry.subscriber == *subscriber)
+                .map(|entry| &entry.data);
+        }
         let node = self.nodes.get(self.find_path(filter.filter())?);
         let entries = match filter.share_name() {
-            None => &node.subscribers,
+            None => node.subscribers.as_slice(),
             Some(share_name) => {
                 &node
                     .shared
@@ -333,10 +386,21 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// Removes the subscription of `subscriber` to exactly `filter` (an UNSUBSCRIBE), returning
     /// its data, or `None` if there was no such subscription.
     pub fn remove(&mut self, subscriber: &S, filter: &TopicFilter) -> Option<D> {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            let data = self
+                .exact
+                .get_mut(hash, filter.filter())?
+                .take(subscriber)?;
+            self.exact
+                .remove_if_unused(hash, filter.filter(), Subscribers::is_empty);
+            self.forget(subscriber, exact_key(hash));
+            return Some(data);
+        }
         let node_id = self.find_path(filter.filter())?;
         let node = self.nodes.get_mut(node_id);
         let (data, key) = match filter.share_name() {
-            None => (take_entry(&mut node.subscribers, subscriber)?, node_id),
+            None => (node.subscribers.take(subscriber)?, node_id),
             Some(share_name) => {
                 let groups = &mut node.shared.as_mut()?.0;
                 let position = groups.iter().position(|group| &*group.name == share_name)?;
@@ -350,16 +414,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 (data, node_id | SHARED_BIT)
             }
         };
-        if let Some(keys) = self.by_subscriber.get_mut(subscriber) {
-            if let Some(position) = keys.iter().position(|&k| k == key) {
-                keys.swap_remove(position);
-                shrink_if_sparse(keys);
-            }
-            if keys.is_empty() {
-                self.by_subscriber.remove(subscriber);
-            }
-        }
-        self.len -= 1;
+        self.forget(subscriber, u64::from(key));
         self.prune(node_id);
         Some(data)
     }
@@ -371,16 +426,33 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
         let Some(mut keys) = self.by_subscriber.remove(subscriber) else {
             return 0;
         };
-        // A subscriber in two groups of the same filter has the same key twice; one visit of
-        // the node removes it from both.
         keys.sort_unstable();
-        keys.dedup();
         let mut removed = 0;
+        let mut previous = None;
         for key in keys {
+            if key & EXACT_KEY != 0 {
+                // Two exact filters with the same hash give the same key twice, each standing
+                // for one of them.
+                let taken = self.exact.update_where(
+                    exact_hash(key),
+                    |entries| entries.contains(subscriber),
+                    |entries| entries.take(subscriber),
+                    Subscribers::is_empty,
+                );
+                removed += usize::from(taken.flatten().is_some());
+                continue;
+            }
+            // A subscriber in two groups of the same filter has the same key twice; one visit
+            // of the node removes it from both.
+            if previous.replace(key) == Some(key) {
+                continue;
+            }
+            // Not an exact key, so the trie key in the low 32 bits.
+            let key = key as u32;
             let node_id = key & !SHARED_BIT;
             let node = self.nodes.get_mut(node_id);
             if key & SHARED_BIT == 0 {
-                if take_entry(&mut node.subscribers, subscriber).is_some() {
+                if node.subscribers.take(subscriber).is_some() {
                     removed += 1;
                 }
             } else if let Some(groups) = &mut node.shared {
@@ -411,6 +483,14 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// stored filter, without looking at the filters that cannot match.
     pub fn for_each_match<'a>(&'a self, topic: &TopicName, mut visit: impl FnMut(Match<'a, S, D>)) {
         let topic = topic.as_str();
+        if let Some(entries) = self.exact.get(self.exact.hash(topic), topic) {
+            for entry in entries.as_slice() {
+                visit(Match::Subscription {
+                    subscriber: &entry.subscriber,
+                    data: &entry.data,
+                });
+            }
+        }
         // Wildcards directly under the root are skipped for `$` topics (MQTT-4.7.2-1).
         let system = topic.starts_with('$');
         let end = topic.len() + 1;
@@ -429,10 +509,15 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                     break;
                 }
                 let (level, next_offset) = level_at(topic, offset);
-                let literal = self
-                    .levels
-                    .get(level)
-                    .and_then(|level| self.edges.get(node_id, level));
+                // A node with no literal child (a `+` leaf's parent, a prefix only of `#`) needs
+                // no hashing of the level and no probe of the edge map.
+                let literal = if node.literal_children == 0 {
+                    None
+                } else {
+                    self.levels
+                        .get(level)
+                        .and_then(|level| self.edges.get(node_id, level))
+                };
                 let plus = if wildcards_apply { node.plus } else { NONE };
                 node_id = match (literal, plus) {
                     (Some(literal), NONE) => literal,
@@ -450,7 +535,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
 
     fn report<'a>(&'a self, node_id: u32, visit: &mut impl FnMut(Match<'a, S, D>)) {
         let node = self.nodes.get(node_id);
-        for entry in &node.subscribers {
+        for entry in node.subscribers.as_slice() {
             visit(Match::Subscription {
                 subscriber: &entry.subscriber,
                 data: &entry.data,
@@ -545,6 +630,123 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             node_id = parent;
         }
     }
+}
+
+impl<S, D> Default for Subscribers<S, D> {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
+
+impl<S, D> Subscribers<S, D> {
+    fn as_slice(&self) -> &[Entry<S, D>] {
+        match self {
+            Self::One(entry) => std::slice::from_ref(entry),
+            Self::Many(entries) => entries,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl<S: Eq + Clone, D> Subscribers<S, D> {
+    fn contains(&self, subscriber: &S) -> bool {
+        self.as_slice()
+            .iter()
+            .any(|entry| entry.subscriber == *subscriber)
+    }
+
+    /// Replaces the data of `subscriber` and returns the old data, or adds it and returns
+    /// `None`.
+    fn insert(&mut self, subscriber: &S, data: D) -> Option<D> {
+        let existing = match self {
+            Self::One(entry) => std::slice::from_mut(entry),
+            Self::Many(entries) => entries,
+        }
+        .iter_mut()
+        .find(|entry| entry.subscriber == *subscriber);
+        if let Some(entry) = existing {
+            return Some(std::mem::replace(&mut entry.data, data));
+        }
+        let entry = Entry {
+            subscriber: subscriber.clone(),
+            data,
+        };
+        *self = match std::mem::take(self) {
+            Self::One(first) => Self::Many(vec![first, entry]),
+            Self::Many(entries) if entries.is_empty() => Self::One(entry),
+            Self::Many(mut entries) => {
+                push_compact(&mut entries, entry);
+                Self::Many(entries)
+            }
+        };
+        None
+    }
+
+    /// Removes the subscription of `subscriber`, returning its data.
+    fn take(&mut self, subscriber: &S) -> Option<D> {
+        let position = self
+            .as_slice()
+            .iter()
+            .position(|entry| entry.subscriber == *subscriber)?;
+        let (rest, taken) = match std::mem::take(self) {
+            Self::One(entry) => (Self::default(), entry),
+            Self::Many(mut entries) => {
+                let taken = entries.swap_remove(position);
+                let rest = match (entries.pop(), entries.is_empty()) {
+                    (Some(only), true) => Self::One(only),
+                    (last, _) => {
+                        entries.extend(last);
+                        shrink_if_sparse(&mut entries);
+                        Self::Many(entries)
+                    }
+                };
+                (rest, taken)
+            }
+        };
+        *self = rest;
+        Some(taken.data)
+    }
+}
+
+/// Whether `filter` is stored with the exact filters rather than in the trie.
+fn is_exact(filter: &TopicFilter) -> bool {
+    !filter.is_shared() && !filter.has_wildcards()
+}
+
+/// The reverse-index key of the exact filter with hash `hash`.
+fn exact_key(hash: u64) -> u64 {
+    EXACT_KEY | (hash >> 1)
+}
+
+/// The hash of the exact filter named by the reverse-index key `key`: [`exact_key`] undone.
+fn exact_hash(key: u64) -> u64 {
+    (key << 1) | 1
+}
+
+/// Replaces the data of `subscriber` in `entries` and returns the old data, or adds it and
+/// returns `None`.
+fn insert_entry<S: Eq + Clone, D>(
+    entries: &mut Vec<Entry<S, D>>,
+    subscriber: &S,
+    data: D,
+) -> Option<D> {
+    if let Some(entry) = entries
+        .iter_mut()
+        .find(|entry| entry.subscriber == *subscriber)
+    {
+        return Some(std::mem::replace(&mut entry.data, data));
+    }
+    push_compact(
+        entries,
+        Entry {
+            subscriber: subscriber.clone(),
+            data,
+        },
+    );
+    None
 }
 
 /// Pushes onto `entries`, growing the capacity by doubling from one instead of `Vec`'s minimum
@@ -809,13 +1011,57 @@ mod tests {
         assert_eq!(index.remove_subscriber(&7), 0);
         assert_eq!(index.len(), 1);
         assert_eq!(index.subscriber_count(), 1);
-        // root, "a", "b" remain.
-        assert_eq!(index.nodes.len(), 3);
-        assert_eq!(index.levels.get("c"), None);
-        assert_eq!(index.remove(&8, &filter("a/b")), Some(0));
+        // Only the exact "a/b" of subscriber 8 remains, outside the trie, which is back to its
+        // root.
         assert_eq!(index.nodes.len(), 1);
+        assert_eq!(index.levels.get("c"), None);
+        assert_eq!(index.exact.len(), 1);
+        assert_eq!(index.remove(&8, &filter("a/b")), Some(0));
+        assert_eq!(index.exact.len(), 0);
         assert!(index.is_empty());
         assert_eq!(index.subscriber_count(), 0);
+    }
+
+    #[test]
+    fn subscribers_go_from_one_inline_to_many_and_back() {
+        let mut entries = Subscribers::default();
+        assert!(entries.is_empty());
+        assert_eq!(entries.insert(&1u32, 10u32), None);
+        assert!(matches!(entries, Subscribers::One(_)));
+        assert_eq!(entries.insert(&1, 11), Some(10));
+        assert_eq!(entries.insert(&2, 20), None);
+        assert_eq!(entries.insert(&3, 30), None);
+        assert!(matches!(&entries, Subscribers::Many(list) if list.len() == 3));
+        assert_eq!(entries.take(&4), None);
+        assert_eq!(entries.take(&1), Some(11));
+        assert_eq!(entries.take(&3), Some(30));
+        assert!(matches!(&entries, Subscribers::One(entry) if entry.subscriber == 2));
+        assert!(entries.contains(&2) && !entries.contains(&1));
+        assert_eq!(entries.take(&2), Some(20));
+        assert!(entries.is_empty());
+        assert_eq!(entries.take(&2), None);
+    }
+
+    #[test]
+    fn exact_filters_stay_out_of_the_trie() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("a/b"), 1);
+        index.insert(2, &filter("a/b"), 2);
+        index.insert(1, &filter("$SYS/x"), 3);
+        index.insert(1, &filter("$share/g/a/b"), 4);
+        // The shared one is in the trie: root, "a", "b".
+        assert_eq!(index.nodes.len(), 3);
+        assert_eq!(index.exact.len(), 2);
+        assert_eq!(index.get(&2, &filter("a/b")), Some(&2));
+        assert_eq!(
+            matched(&index, "a/b"),
+            (vec![(1, 1), (2, 2)], vec![("g".to_owned(), vec![(1, 4)])])
+        );
+        assert_eq!(matched(&index, "$SYS/x").0, [(1, 3)]);
+        assert_eq!(index.remove_subscriber(&1), 3);
+        assert_eq!(index.exact.len(), 1);
+        assert_eq!(index.nodes.len(), 1);
+        assert_eq!(matched(&index, "a/b").0, [(2, 2)]);
     }
 
     #[test]
