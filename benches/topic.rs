@@ -354,6 +354,14 @@ fn subscriptions(c: &mut Criterion) {
         allocated().saturating_sub(before)
     );
     assert!(index.is_empty());
+    let started = Instant::now();
+    index.shrink_to_fit();
+    println!(
+        "topic/subscriptions: shrink_to_fit of the empty index took {:.2?}; {} bytes left \
+         allocated ({index:?})",
+        started.elapsed(),
+        allocated().saturating_sub(before)
+    );
 }
 
 fn retained(c: &mut Criterion) {

@@ -138,6 +138,13 @@ impl<T> ExactFilters<T> {
         Some(result)
     }
 
+    /// Gives back the table's spare room.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        let hasher = &self.hasher;
+        self.table
+            .shrink_to_fit(|entry| hash_bytes(hasher, entry.filter.as_bytes()));
+    }
+
     /// Drops `filter` if `is_unused` holds for its value.
     pub(crate) fn remove_if_unused(
         &mut self,

@@ -100,6 +100,15 @@ impl<V> RetainedIndex<V> {
         self.len
     }
 
+    /// Gives back memory kept for reuse after names were removed: the spare room of the hash
+    /// tables and the node pages past the last node in use (nodes in use never move). Costs
+    /// time in proportion to the index.
+    pub fn shrink_to_fit(&mut self) {
+        self.nodes.shrink_to_fit();
+        self.edges.shrink_to_fit();
+        self.levels.shrink_to_fit();
+    }
+
     /// Whether no name holds a value.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -75,6 +75,29 @@ impl<T> Slab<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    /// Gives back the pages past the last node in use, and the free list's spare room. Ids
+    /// are positions, so free slots before the last node in use stay (nodes never move).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        let slots: usize = self.pages.iter().map(Vec::len).sum();
+        let mut free = vec![false; slots];
+        for &id in &self.free {
+            free[id as usize] = true;
+        }
+        let used_end = free
+            .iter()
+            .rposition(|&is_free| !is_free)
+            .map_or(0, |last| last + 1);
+        let page_count = used_end.div_ceil(PAGE_LEN);
+        self.pages.truncate(page_count);
+        if let Some(last) = self.pages.last_mut() {
+            // Keeps its capacity: `alloc` fills a page up to PAGE_LEN without reallocating.
+            last.truncate(used_end - (page_count - 1) * PAGE_LEN);
+        }
+        self.pages.shrink_to_fit();
+        self.free.retain(|&id| (id as usize) < used_end);
+        self.free.shrink_to_fit();
+    }
 }
 
 /// Hashes the `u64` edge keys, which are node and level ids this crate assigns itself (so no
@@ -120,6 +143,10 @@ impl Edges {
 
     pub(crate) fn remove(&mut self, parent: u32, level: u32) {
         self.0.remove(&Self::key(parent, level));
+    }
+
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
     }
 }
 
@@ -178,6 +205,20 @@ impl Interner {
         };
         self.ids.insert(text, id);
         id
+    }
+
+    /// Gives back spare room: the map's, and the ids past the last one in use.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.ids.shrink_to_fit();
+        let used_end = self
+            .levels
+            .iter()
+            .rposition(|level| level.uses > 0)
+            .map_or(0, |last| last + 1);
+        self.levels.truncate(used_end);
+        self.levels.shrink_to_fit();
+        self.free.retain(|&id| (id as usize) < used_end);
+        self.free.shrink_to_fit();
     }
 
     /// Counts one use less of `id`, freeing the string when no node uses it any more.
@@ -243,5 +284,51 @@ mod tests {
         assert_eq!(slab.alloc(99), ids[5]);
         assert_eq!(*slab.get(ids[5]), 99);
         assert_eq!(slab.pages.len(), 2);
+    }
+
+    #[test]
+    fn shrinking_gives_back_the_pages_past_the_last_node_in_use() {
+        let mut slab = Slab::new();
+        let ids: Vec<u32> = (0..3 * PAGE_LEN as u32).map(|i| slab.alloc(i)).collect();
+        assert_eq!(slab.pages.len(), 3);
+        // Keep one node in the second page; free everything else but the first node.
+        let kept = ids[PAGE_LEN + 7];
+        for &id in &ids[1..] {
+            if id != kept {
+                slab.free(id);
+            }
+        }
+        slab.shrink_to_fit();
+        assert_eq!(slab.pages.len(), 2);
+        assert_eq!(slab.pages[1].len(), 8);
+        assert_eq!(slab.len(), 2);
+        assert_eq!(
+            (*slab.get(ids[0]), *slab.get(kept)),
+            (0, PAGE_LEN as u32 + 7)
+        );
+        // Every free id left is below the kept node, and new nodes take them before growing.
+        let mut reused: Vec<u32> = (0..PAGE_LEN as u32 + 6).map(|i| slab.alloc(i)).collect();
+        reused.sort_unstable();
+        let expected: Vec<u32> = (1..kept).collect();
+        assert_eq!(reused, expected);
+        assert_eq!(slab.alloc(1), kept + 1);
+        assert_eq!(slab.pages.len(), 2);
+    }
+
+    #[test]
+    fn shrinking_the_interner_keeps_the_ids_in_use() {
+        let mut interner = Interner::default();
+        let ids: Vec<u32> = (0..100)
+            .map(|i| interner.acquire(&format!("l{i}")))
+            .collect();
+        for &id in &ids[10..] {
+            interner.release(id);
+        }
+        interner.shrink_to_fit();
+        assert_eq!(interner.levels.len(), 10);
+        assert_eq!(interner.get("l9"), Some(ids[9]));
+        assert_eq!(interner.get("l10"), None);
+        assert_eq!(interner.acquire("new"), 10);
+        assert_eq!(interner.text(10), "new");
     }
 }

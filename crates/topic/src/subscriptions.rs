@@ -475,6 +475,25 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
         removed
     }
 
+    /// Gives back memory kept for reuse after subscriptions went away: the spare room of the
+    /// hash tables and lists, and the node pages past the last node in use.
+    ///
+    /// Like `HashMap`, the index keeps its capacity as subscriptions come and go, so that
+    /// the next ones cost no allocation. A broker whose subscriptions shrank for good (a fleet
+    /// decommissioned, a load test over) calls this to return the memory. It costs time in
+    /// proportion to the index, and nodes in use are never moved, so a node page with one
+    /// node still in use stays allocated.
+    pub fn shrink_to_fit(&mut self) {
+        self.exact.shrink_to_fit();
+        self.nodes.shrink_to_fit();
+        self.edges.shrink_to_fit();
+        self.levels.shrink_to_fit();
+        self.by_subscriber.shrink_to_fit();
+        for keys in self.by_subscriber.values_mut() {
+            keys.shrink_to_fit();
+        }
+    }
+
     /// Calls `visit` once for every ordinary subscription whose filter matches `topic`, and
     /// once for every shared group whose filter matches it, in no particular order.
     ///

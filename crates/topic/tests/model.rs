@@ -49,6 +49,8 @@ enum SubscriptionOp {
     Insert(u8, TopicFilter, u16),
     Remove(u8, TopicFilter),
     RemoveSubscriber(u8),
+    /// Changes nothing the model can see.
+    ShrinkToFit,
 }
 
 fn subscription_op() -> impl Strategy<Value = SubscriptionOp> {
@@ -56,6 +58,7 @@ fn subscription_op() -> impl Strategy<Value = SubscriptionOp> {
         6 => (0..4u8, filter(), any::<u16>()).prop_map(|(s, f, d)| SubscriptionOp::Insert(s, f, d)),
         3 => (0..4u8, filter()).prop_map(|(s, f)| SubscriptionOp::Remove(s, f)),
         1 => (0..4u8).prop_map(SubscriptionOp::RemoveSubscriber),
+        1 => Just(SubscriptionOp::ShrinkToFit),
     ]
 }
 
@@ -139,6 +142,7 @@ proptest! {
                     model.retain(|(s, _, _)| *s != subscriber);
                     prop_assert_eq!(index.remove_subscriber(&subscriber), before - model.len());
                 }
+                SubscriptionOp::ShrinkToFit => index.shrink_to_fit(),
             }
             prop_assert_eq!(index.len(), model.len());
         }
@@ -160,15 +164,21 @@ proptest! {
 
     #[test]
     fn retained_index_agrees_with_linear_scan(
-        ops in prop::collection::vec((name(), prop::option::weighted(0.7, any::<u16>())), 0..40),
+        ops in prop::collection::vec(
+            (name(), prop::option::weighted(0.7, any::<u16>()), prop::bool::weighted(0.1)),
+            0..40,
+        ),
         filters in prop::collection::vec(filter(), 1..12),
     ) {
         let mut index = RetainedIndex::new();
         let mut model: BTreeMap<TopicName, u16> = BTreeMap::new();
-        for (name, value) in ops {
+        for (name, value, shrink_after) in ops {
             match value {
                 Some(value) => prop_assert_eq!(index.insert(name.clone(), value), model.insert(name, value)),
                 None => prop_assert_eq!(index.remove(&name), model.remove(&name)),
+            }
+            if shrink_after {
+                index.shrink_to_fit();
             }
             prop_assert_eq!(index.len(), model.len());
         }
