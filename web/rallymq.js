@@ -547,6 +547,7 @@ export class Client {
       this.tries = 0
       this.max = p.properties.receiveMaximum || 65535
       this.mps = p.properties.maximumPacketSize || 1 / 0
+      this.mqos = p.properties.maximumQoS ?? 2
       const ka = p.properties.serverKeepAlive ?? this.o.keepalive
       if (ka) {
         this.pong = true
@@ -611,6 +612,11 @@ export class Client {
 
   send(e) {
     const p = e.p, map = p.type == 'publish' ? this.out : this.acks
+    if (p.qos > this.mqos) {
+      // above the broker's Maximum QoS (MQTT-3.2.2-11): refused here, never sent
+      this.save()
+      return e.no(fail('rallymq: QoS ' + p.qos + ' above the broker maximum', 0x9b))
+    }
     if (p.type != 'publish' || p.qos) {
       do this.n = (this.n % 65535) + 1
       while (this.out.has(this.n) || this.acks.has(this.n))

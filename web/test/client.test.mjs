@@ -419,6 +419,20 @@ test("a message over the broker's Maximum Packet Size is refused, not sent", T, 
   await server.close()
 })
 
+test("a message above the broker's Maximum QoS is refused, not sent (MQTT-3.2.2-11)", T, async () => {
+  const storage = new FakeStorage()
+  const { server, peer, client } = await session({ clientId: 'mqos', persistence: storage }, 5, { maximumQoS: 1 })
+  await assert.rejects(client.publish('q2', 'x', { qos: 2 }), { code: 0x9b })
+  assert.equal(storage.getItem(`rallymq:${server.url}:mqos`), null, 'not kept in storage')
+  const ok = client.publish('q1', 'y', { qos: 1 })
+  const sent = await peer.expect('publish')
+  assert.deepEqual([sent.topic, sent.qos], ['q1', 1])
+  peer.send({ type: 'puback', id: sent.id, code: 0, properties: {} })
+  await ok
+  await client.end()
+  await server.close()
+})
+
 test('a packet before CONNACK, or a second CONNACK, is a protocol error', T, async () => {
   const server = await fakeBroker()
   const client = createClient(server.url, opts())
