@@ -548,6 +548,7 @@ export class Client {
       this.max = p.properties.receiveMaximum || 65535
       this.mps = p.properties.maximumPacketSize || 1 / 0
       this.mqos = p.properties.maximumQoS ?? 2
+      this.alias = new Map()
       const ka = p.properties.serverKeepAlive ?? this.o.keepalive
       if (ka) {
         this.pong = true
@@ -567,7 +568,13 @@ export class Client {
       this.emit('connect', p)
       this.ok(this)
     } else if (t == 'publish') {
-      if (!p.topic) throw fail('topic alias not negotiated', 0x94)
+      const a = p.properties.topicAlias
+      if (a) {
+        // aliases the broker may use up to the Topic Alias Maximum we sent; they last one connection
+        if (a > (this.o.properties?.topicAliasMaximum || 0)) throw fail('rallymq: topic alias ' + a + ' out of range', 0x94)
+        p.topic ? this.alias.set(a, p.topic) : (p.topic = this.alias.get(a))
+        if (!p.topic) throw fail('rallymq: unknown topic alias ' + a, 0x82)
+      }
       const q2 = p.qos == 2
       if (!q2 || !this.inq.has(id)) {
         if (q2) {

@@ -433,6 +433,34 @@ test("a message above the broker's Maximum QoS is refused, not sent (MQTT-3.2.2-
   await server.close()
 })
 
+test('inbound topic aliases up to the Topic Alias Maximum sent; one out of range is refused with 0x94', T, async () => {
+  const { server, peer, client } = await session({ properties: { topicAliasMaximum: 2 } })
+  const got = []
+  client.on('message', (t, p) => got.push(t + '=' + text(p)))
+  const publish = (topic, topicAlias, payload) => peer.send(encode({ type: 'publish', topic, qos: 0, payload, properties: { topicAlias } }, 5))
+  publish('a/b', 1, '1')
+  publish('', 1, '2')
+  publish('c', 2, '3')
+  publish('a/c', 1, '4') // a new topic for alias 1
+  publish('', 1, '5')
+  publish('', 2, '6')
+  await until(() => got.length == 6)
+  assert.deepEqual(got, ['a/b=1', 'a/b=2', 'c=3', 'a/c=4', 'a/c=5', 'c=6'])
+  const error = next(client, 'error')
+  publish('d', 3, '7')
+  assert.equal((await error)[0].code, 0x94)
+  assert.deepEqual([(await peer.next(2000)).type, got.length], ['disconnect', 6])
+  // aliases last one connection: on the next one, alias 1 without a topic is unknown
+  const again = await server.accept()
+  await again.connack(false)
+  const unknown = next(client, 'error')
+  again.send(encode({ type: 'publish', topic: '', qos: 0, payload: 'x', properties: { topicAlias: 1 } }, 5))
+  assert.equal((await unknown)[0].code, 0x82)
+  assert.equal(got.length, 6)
+  await client.end()
+  await server.close()
+})
+
 test('a packet before CONNACK, or a second CONNACK, is a protocol error', T, async () => {
   const server = await fakeBroker()
   const client = createClient(server.url, opts())
