@@ -1,8 +1,9 @@
 //! The broker: shared state, startup, the in-process handle and shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use tracing::info;
 
 use crate::config::BrokerConfig;
 use crate::router::{RouteOutcome, Router, SubscriptionData};
-use crate::session::{Attachment, ControlBox, Queued, Registry, Session};
+use crate::session::{Attachment, ControlBox, Queued, Registry, Session, signal};
 use crate::stats::Stats;
 use crate::store::{MemoryStore, Store};
 use crate::{Error, listener, sys};
@@ -31,9 +32,48 @@ pub(crate) struct Shared {
     pub(crate) open_connections: AtomicUsize,
     pub(crate) started: Instant,
     pub(crate) store: Arc<dyn Store>,
+    /// Every live connection, to be told of shutdown.
+    pub(crate) connections: Mutex<Connections>,
+}
+
+/// The live connections' [`ControlBox`]es. Shutdown reaches each through its own, so that a
+/// connection waits on one signal word rather than keeping a watch future of its own.
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    stopping: bool,
+    controls: HashMap<u64, Arc<ControlBox>>,
 }
 
 impl Shared {
+    /// Adds a new connection to those told of shutdown (at once if it has begun).
+    pub(crate) fn register_connection(&self, id: u64, control: &Arc<ControlBox>) {
+        let mut connections = self.lock_connections();
+        if connections.stopping {
+            control.signal(signal::SHUTDOWN);
+        }
+        connections.controls.insert(id, control.clone());
+    }
+
+    pub(crate) fn unregister_connection(&self, id: u64) {
+        self.lock_connections().controls.remove(&id);
+    }
+
+    /// Tells every connection, now and later, that the broker is shutting down.
+    fn signal_shutdown(&self) {
+        let mut connections = self.lock_connections();
+        connections.stopping = true;
+        for control in connections.controls.values() {
+            control.signal(signal::SHUTDOWN);
+        }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        // A panic while holding the lock would be a bug; the map stays usable either way.
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Publishes a message into the broker: updates the retained store if it is retained, and
     /// routes it.
     pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> RouteOutcome {
@@ -184,6 +224,7 @@ impl Broker {
             open_connections: AtomicUsize::new(0),
             started: Instant::now(),
             store,
+            connections: Mutex::default(),
         });
         shared.restore();
         let mut listeners = Vec::new();
@@ -199,6 +240,13 @@ impl Broker {
             };
             tasks.push(serve);
         }
+        let stopping = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut shutdown = stopping.shutdown.clone();
+            // Sent, or the handle dropped without a shutdown: the connections end either way.
+            let _ = shutdown.changed().await;
+            stopping.signal_shutdown();
+        }));
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut shutdown = sweeper.shutdown.clone();
@@ -294,7 +342,10 @@ impl BrokerHandle {
         let id = format!("$local-{}", self.next_local.fetch_add(1, Ordering::Relaxed));
         let (session, _) = self.shared.registry.get_or_create(&id);
         let control = Arc::new(ControlBox::default());
-        session.lock().attachment = Some(Attachment { id: 0, control });
+        session.lock().attachment = Some(Attachment {
+            id: 0,
+            control: control.clone(),
+        });
         let options = SubscriptionOptions {
             qos,
             ..SubscriptionOptions::default()
@@ -318,7 +369,7 @@ impl BrokerHandle {
                         }
                     }
                     None => tokio::select! {
-                        _ = pump.wake.notified() => {}
+                        _ = control.signalled() => {}
                         _ = shutdown.changed() => return,
                     },
                 }

@@ -3,6 +3,8 @@
 //! and turns the engine's events into broker actions (sessions, routing, retained messages).
 //! No protocol rule is decided here.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use rallymq_codec::{
     SubAckProperties, Subscribe, Unsubscribe,
 };
 use rallymq_session::{
-    Accept, CloseReason, ServerConfig, ServerConnection, ServerEvent, Timestamp,
+    Accept, AckHandle, CloseReason, ServerConfig, ServerConnection, ServerEvent, Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -22,7 +24,7 @@ use tracing::{debug, info};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attachment, Control, ControlBox, Enqueued, Session};
+use crate::session::{Attachment, Control, ControlBox, Enqueued, Session, signal};
 use crate::stats::Stats;
 
 /// Bytes an idle connection waits to read into: small, because an idle connection should own
@@ -38,8 +40,26 @@ const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the connection it takes over to hand its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The client's address, for the logs: kept as an address, not formatted, since every idle
+/// connection carries it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) websocket: bool,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.websocket {
+            write!(f, "ws:{}", self.addr)
+        } else {
+            write!(f, "{}", self.addr)
+        }
+    }
+}
+
 /// Serves one client over `io` until it ends.
-pub(crate) async fn serve<IO>(io: IO, shared: Arc<Shared>, peer: String)
+pub(crate) async fn serve<IO>(io: IO, shared: Arc<Shared>, peer: Peer)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -48,10 +68,17 @@ where
     driver.finish();
 }
 
+/// What handling one engine event leaves for the driver to await.
+enum Next {
+    Nothing,
+    Connect(Box<rallymq_codec::Connect>, bool),
+    /// Acknowledge once the store says the message is durable.
+    Acknowledge(AckHandle, ReasonCode),
+}
+
 struct Driver {
     shared: Arc<Shared>,
-    peer: String,
-    epoch: Instant,
+    peer: Peer,
     engine: ServerConnection,
     session: Option<Arc<Session>>,
     connection_id: u64,
@@ -66,7 +93,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(shared: Arc<Shared>, peer: String) -> Self {
+    fn new(shared: Arc<Shared>, peer: Peer) -> Self {
         let limits = &shared.config.limits;
         let config = ServerConfig {
             connect_timeout: limits.connect_timeout,
@@ -81,16 +108,19 @@ impl Driver {
             // Acknowledged once routed: the single point where a durable store will wait.
             manual_acks: true,
         };
-        let epoch = Instant::now();
         let connection_id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let control = Arc::new(ControlBox::default());
+        shared.register_connection(connection_id, &control);
+        // Every connection's clock counts from the broker's start: one `Instant` less in each.
+        let now = Timestamp::from_since_epoch(shared.started.elapsed());
+        let engine = ServerConnection::new(config, now);
         Self {
-            engine: ServerConnection::new(config, Timestamp::ZERO),
+            engine,
             shared,
             peer,
-            epoch,
             session: None,
             connection_id,
-            control: Arc::new(ControlBox::default()),
+            control,
             version: None,
             taken_over: None,
             counted_connected: false,
@@ -99,15 +129,14 @@ impl Driver {
     }
 
     fn now(&self) -> Timestamp {
-        Timestamp::from_since_epoch(self.epoch.elapsed())
+        Timestamp::from_since_epoch(self.shared.started.elapsed())
     }
 
     fn instant(&self, at: Timestamp) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.epoch + at.since_epoch())
+        tokio::time::Instant::from_std(self.shared.started + at.since_epoch())
     }
 
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, mut io: IO) {
-        let mut shutdown = self.shared.shutdown.clone();
         let mut probe = [0u8; PROBE];
         let mut transport_open = true;
         loop {
@@ -132,9 +161,7 @@ impl Driver {
                 // Boxed: rare, and its state would otherwise sit in every idle connection's task.
                 Box::pin(self.wait_for_subscribers()).await;
             }
-            let session = self.session.clone();
-            let control_box = self.control.clone();
-            let connected = self.engine.is_connected();
+            let control = self.control.clone();
             tokio::select! {
                 read = io.read(&mut probe), if transport_open => match read {
                     Ok(0) | Err(_) => {
@@ -153,14 +180,26 @@ impl Driver {
                 _ = sleep_until(deadline.map(|at| self.instant(at))), if deadline.is_some() => {
                     self.engine.handle_timeout(self.now());
                 }
-                _ = wait_for_messages(session.as_deref()), if connected => {
-                    self.drain_pending();
-                }
-                control = control_box.recv() => self.on_control(control),
-                _ = shutdown.changed(), if !self.engine.is_closed() => {
-                    self.engine.disconnect(self.now(), ReasonCode::ServerShuttingDown, DisconnectProperties::default());
-                }
+                signals = control.signalled() => self.on_signals(signals),
             }
+        }
+    }
+
+    fn on_signals(&mut self, signals: u8) {
+        if signals & signal::CONTROL != 0 {
+            while let Some(control) = self.control.try_recv() {
+                self.on_control(control);
+            }
+        }
+        if signals & signal::SHUTDOWN != 0 && !self.engine.is_closed() {
+            self.engine.disconnect(
+                self.now(),
+                ReasonCode::ServerShuttingDown,
+                DisconnectProperties::default(),
+            );
+        }
+        if signals & signal::MESSAGES != 0 && self.engine.is_connected() {
+            self.drain_pending();
         }
     }
 
@@ -245,69 +284,25 @@ impl Driver {
 
     /// Handles every event the engine has, then feeds it waiting messages.
     async fn process_events(&mut self) {
-        while let Some(event) = self.engine.poll_event() {
-            match event {
-                ServerEvent::ConnectReceived {
-                    connect,
-                    needs_client_id,
-                } => {
+        loop {
+            // Each event is handled without awaiting, so that no event (a `ServerEvent` is
+            // hundreds of bytes) is held across an await in every connection's task.
+            let next = match self.engine.poll_event() {
+                Some(event) => self.on_event(event),
+                None => break,
+            };
+            match next {
+                Next::Nothing => {}
+                Next::Connect(connect, needs_client_id) => {
                     // Boxed: runs once, and its state (takeover, timeout) would otherwise sit
                     // in every idle connection's task.
                     Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
-                ServerEvent::Message(message) => {
-                    let publish = message.publish;
-                    Stats::add(&self.shared.stats.publish_received, 1);
-                    let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                    let outcome = self.shared.publish(sender.as_deref(), &publish);
-                    let matched = outcome.queued;
-                    self.congested.extend(outcome.congested);
-                    // The message is safe once routed (queued for every subscriber). A durable
-                    // store will await its write here, before the acknowledgement.
-                    if let Some(ack) = message.ack {
-                        // The durability barrier: acknowledged only once the store says safe.
-                        self.shared.store.durable().await;
-                        let code =
-                            if matched == 0 && self.version.is_some_and(ProtocolVersion::is_v5) {
-                                ReasonCode::NoMatchingSubscribers
-                            } else {
-                                ReasonCode::Success
-                            };
-                        self.engine.acknowledge(ack, code);
-                    }
+                Next::Acknowledge(ack, code) => {
+                    // The durability barrier: acknowledged only once the store says safe.
+                    self.shared.store.durable().await;
+                    self.engine.acknowledge(ack, code);
                 }
-                ServerEvent::Subscribe(subscribe) => self.on_subscribe(subscribe),
-                ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
-                ServerEvent::DeliveryAcknowledged(_) | ServerEvent::DeliveryCompleted(_) => {}
-                ServerEvent::Auth(_) => {
-                    // No extended authentication method is supported (MQTT-4.12.0-1 asks for
-                    // a CONNACK refusal when the method is unknown, done at CONNECT).
-                    self.engine.disconnect(
-                        self.now(),
-                        ReasonCode::BadAuthenticationMethod,
-                        DisconnectProperties::default(),
-                    );
-                }
-                ServerEvent::WillDue(will) => {
-                    let mut publish = Publish::new(will.topic, will.payload);
-                    publish.qos = will.qos;
-                    publish.retain = will.retain;
-                    let properties = will.properties;
-                    publish.properties.payload_format_indicator =
-                        properties.payload_format_indicator;
-                    publish.properties.message_expiry_interval = properties.message_expiry_interval;
-                    publish.properties.content_type = properties.content_type;
-                    publish.properties.response_topic = properties.response_topic;
-                    publish.properties.correlation_data = properties.correlation_data;
-                    publish.properties.user_properties = properties.user_properties;
-                    let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                    self.shared.publish(sender.as_deref(), &publish);
-                    if let Some(session) = &self.session {
-                        session.lock().will_waiter = None;
-                    }
-                }
-                ServerEvent::Closed(reason) => self.on_closed(reason),
-                _ => {}
             }
         }
         if self.engine.is_connected() {
@@ -317,6 +312,65 @@ impl Driver {
             // Nothing in flight: the connection is quiet, keep no buffers while it waits.
             self.engine.shrink_buffers();
         }
+    }
+
+    fn on_event(&mut self, event: ServerEvent) -> Next {
+        match event {
+            ServerEvent::ConnectReceived {
+                connect,
+                needs_client_id,
+            } => return Next::Connect(connect, needs_client_id),
+            ServerEvent::Message(message) => {
+                let publish = message.publish;
+                Stats::add(&self.shared.stats.publish_received, 1);
+                let sender = self.session.as_ref().map(|s| s.client_id.clone());
+                let outcome = self.shared.publish(sender.as_deref(), &publish);
+                let matched = outcome.queued;
+                self.congested.extend(outcome.congested);
+                // The message is safe once routed (queued for every subscriber). A durable
+                // store will await its write before the acknowledgement.
+                if let Some(ack) = message.ack {
+                    let code = if matched == 0 && self.version.is_some_and(ProtocolVersion::is_v5) {
+                        ReasonCode::NoMatchingSubscribers
+                    } else {
+                        ReasonCode::Success
+                    };
+                    return Next::Acknowledge(ack, code);
+                }
+            }
+            ServerEvent::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            ServerEvent::DeliveryAcknowledged(_) | ServerEvent::DeliveryCompleted(_) => {}
+            ServerEvent::Auth(_) => {
+                // No extended authentication method is supported (MQTT-4.12.0-1 asks for
+                // a CONNACK refusal when the method is unknown, done at CONNECT).
+                self.engine.disconnect(
+                    self.now(),
+                    ReasonCode::BadAuthenticationMethod,
+                    DisconnectProperties::default(),
+                );
+            }
+            ServerEvent::WillDue(will) => {
+                let mut publish = Publish::new(will.topic, will.payload);
+                publish.qos = will.qos;
+                publish.retain = will.retain;
+                let properties = will.properties;
+                publish.properties.payload_format_indicator = properties.payload_format_indicator;
+                publish.properties.message_expiry_interval = properties.message_expiry_interval;
+                publish.properties.content_type = properties.content_type;
+                publish.properties.response_topic = properties.response_topic;
+                publish.properties.correlation_data = properties.correlation_data;
+                publish.properties.user_properties = properties.user_properties;
+                let sender = self.session.as_ref().map(|s| s.client_id.clone());
+                self.shared.publish(sender.as_deref(), &publish);
+                if let Some(session) = &self.session {
+                    session.lock().will_waiter = None;
+                }
+            }
+            ServerEvent::Closed(reason) => self.on_closed(reason),
+            _ => {}
+        }
+        Next::Nothing
     }
 
     async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
@@ -594,6 +648,7 @@ impl Driver {
 
     fn finish(&mut self) {
         self.control.close();
+        self.shared.unregister_connection(self.connection_id);
         if self.counted_connected {
             self.shared.stats.client_disconnected();
         }
@@ -604,13 +659,6 @@ impl Driver {
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_for_messages(session: Option<&Session>) {
-    match session {
-        Some(session) => session.wake.notified().await,
         None => std::future::pending().await,
     }
 }
