@@ -1,6 +1,6 @@
 //! The server side of an MQTT connection.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use rallymq_codec::{
 
 use crate::core::{Core, Outcome, Phase};
 use crate::inbound::Inbound;
+use crate::lazy::LazyMap;
 use crate::outbound::Outbound;
 use crate::{AckHandle, CloseReason, Error, PublishToken, ServerEvent, SessionState, Timestamp};
 
@@ -100,7 +101,7 @@ pub struct ServerConnection {
     keep_alive: Duration,
     session_expiry_interval: u32,
     /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer.
-    pending_requests: HashSet<PacketId>,
+    pending_requests: LazyMap<PacketId, ()>,
     /// Boxed: only connections with a will pay for one.
     will: Option<Box<Will>>,
     will_due_at: Option<Timestamp>,
@@ -140,7 +141,7 @@ impl ServerConnection {
             deciding: false,
             keep_alive: Duration::ZERO,
             session_expiry_interval: 0,
-            pending_requests: HashSet::new(),
+            pending_requests: LazyMap::default(),
             will: None,
             will_due_at: None,
             accepted: false,
@@ -436,6 +437,7 @@ impl ServerConnection {
             self.events = VecDeque::new();
         }
         self.core.shrink_buffers();
+        self.pending_requests.release_if_empty();
     }
 
     /// When `handle_timeout` must be called next, if ever.
@@ -543,7 +545,7 @@ impl ServerConnection {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
-        if !self.pending_requests.remove(&packet_id) {
+        if self.pending_requests.remove(&packet_id).is_none() {
             return Err(Error::InvalidState(
                 "no SUBSCRIBE or UNSUBSCRIBE with this identifier awaits an answer",
             ));
@@ -623,11 +625,11 @@ impl ServerConnection {
             }
             Packet::PubRel(ack) => self.core.on_pubrel(ack.packet_id),
             Packet::Subscribe(subscribe) => {
-                self.pending_requests.insert(subscribe.packet_id);
+                self.pending_requests.insert(subscribe.packet_id, ());
                 self.events.push_back(ServerEvent::Subscribe(subscribe));
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.pending_requests.insert(unsubscribe.packet_id);
+                self.pending_requests.insert(unsubscribe.packet_id, ());
                 self.events.push_back(ServerEvent::Unsubscribe(unsubscribe));
             }
             Packet::PingReq => self.core.send_control(Packet::PingResp),
@@ -738,7 +740,7 @@ impl ServerConnection {
         if !(self.accepted && reason.publishes_will()) {
             self.will = None;
         }
-        self.events.push_back(ServerEvent::Closed(reason));
+        self.events.push_back(ServerEvent::Closed(*reason));
         if let Some(will) = &self.will {
             let delay = will
                 .properties
