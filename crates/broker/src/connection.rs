@@ -4,13 +4,15 @@
 //! No protocol rule is decided here.
 
 use std::fmt;
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures::FutureExt;
 use rallymq_codec::{
     ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish, QoS, ReasonCode,
     SubAckProperties, Subscribe, Unsubscribe,
@@ -18,7 +20,7 @@ use rallymq_codec::{
 use rallymq_session::{
     Accept, AckHandle, CloseReason, ServerConfig, ServerConnection, ServerEvent, Timestamp,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
@@ -27,11 +29,8 @@ use crate::router::{SubscriptionData, copy_for};
 use crate::session::{Attachment, Control, ControlBox, Enqueued, Session, signal};
 use crate::stats::Stats;
 
-/// Bytes an idle connection waits to read into: small, because an idle connection should own
-/// no large buffer.
-const PROBE: usize = 64;
-
-/// Bytes read at a time once data is flowing; the buffer is given back after each burst.
+/// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
+/// `Driver::poll_read`).
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The longest a publisher is paused for slow subscribers at a time.
@@ -59,13 +58,14 @@ impl fmt::Display for Peer {
 }
 
 /// Serves one client over `io` until it ends.
-pub(crate) async fn serve<IO>(io: IO, shared: Arc<Shared>, peer: Peer)
+///
+/// Not an `async fn`: one keeps room for its arguments in its state for its whole life, even
+/// once they are moved into the driver, and this future is most of an idle connection's memory.
+pub(crate) fn serve<IO>(io: IO, shared: Arc<Shared>, peer: Peer) -> impl Future<Output = ()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut driver = Driver::new(shared, peer);
-    driver.run(io).await;
-    driver.finish();
+    Driver::new(shared, peer).serve(io)
 }
 
 /// What handling one engine event leaves for the driver to await.
@@ -136,52 +136,58 @@ impl Driver {
         tokio::time::Instant::from_std(self.shared.started + at.since_epoch())
     }
 
-    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, mut io: IO) {
-        let mut probe = [0u8; PROBE];
-        let mut transport_open = true;
-        loop {
-            self.process_events().await;
-            if transport_open {
-                if let Err(error) = self.flush(&mut io).await {
-                    debug!(peer = %self.peer, %error, "write failed");
-                    transport_open = false;
-                    self.engine.handle_transport_closed(self.now());
-                    continue;
-                }
-                if self.engine.is_closed() {
-                    let _ = io.shutdown().await;
-                    transport_open = false;
-                }
-            }
-            let deadline = self.engine.poll_timeout();
-            if self.engine.is_closed() && deadline.is_none() {
-                return;
-            }
-            if !self.congested.is_empty() {
-                // Boxed: rare, and its state would otherwise sit in every idle connection's task.
-                Box::pin(self.wait_for_subscribers()).await;
-            }
-            let control = self.control.clone();
-            tokio::select! {
-                read = io.read(&mut probe), if transport_open => match read {
-                    Ok(0) | Err(_) => {
+    /// The connection's whole life. An `async` block capturing the driver and the transport,
+    /// rather than an `async fn` taking them: an `async fn` moves its arguments into locals,
+    /// and its state keeps room for both the arguments and the locals (clippy's
+    /// `manual_async_fn` does not know).
+    #[allow(clippy::manual_async_fn)]
+    fn serve<IO: AsyncRead + AsyncWrite + Unpin>(mut self, mut io: IO) -> impl Future<Output = ()> {
+        async move {
+            let mut transport_open = true;
+            loop {
+                self.process_events().await;
+                if transport_open {
+                    if let Err(error) = self.flush(&mut io).await {
+                        debug!(peer = %self.peer, %error, "write failed");
                         transport_open = false;
                         self.engine.handle_transport_closed(self.now());
+                        continue;
                     }
-                    Ok(n) => {
-                        Stats::add(&self.shared.stats.bytes_received, n as u64);
-                        self.engine.handle_bytes(self.now(), &probe[..n]);
-                        if n == PROBE && !self.read_burst(&mut io) {
+                    if self.engine.is_closed() {
+                        let _ = io.shutdown().await;
+                        transport_open = false;
+                    } else if self.engine.pending_messages() == (0, 0) {
+                        // Nothing in flight and everything written: the connection is quiet,
+                        // so it keeps no buffers while it waits.
+                        self.engine.shrink_buffers();
+                    }
+                }
+                let deadline = self.engine.poll_timeout();
+                if self.engine.is_closed() && deadline.is_none() {
+                    break;
+                }
+                if !self.congested.is_empty() {
+                    // Boxed: rare, and its state would otherwise sit in every idle
+                    // connection's task.
+                    Box::pin(self.wait_for_subscribers()).await;
+                }
+                let control = self.control.clone();
+                let timer = deadline.is_some();
+                let wake_at = self.instant(deadline.unwrap_or(Timestamp::ZERO));
+                tokio::select! {
+                    read = poll_fn(|cx| self.poll_read(cx, &mut io)), if transport_open => {
+                        if matches!(read, Ok(0) | Err(_)) {
                             transport_open = false;
                             self.engine.handle_transport_closed(self.now());
                         }
                     }
-                },
-                _ = sleep_until(deadline.map(|at| self.instant(at))), if deadline.is_some() => {
-                    self.engine.handle_timeout(self.now());
+                    _ = tokio::time::sleep_until(wake_at), if timer => {
+                        self.engine.handle_timeout(self.now());
+                    }
+                    signals = control.signalled() => self.on_signals(signals),
                 }
-                signals = control.signalled() => self.on_signals(signals),
             }
+            self.finish();
         }
     }
 
@@ -226,20 +232,24 @@ impl Driver {
         }
     }
 
-    /// Reads one more chunk if it is ready right now, without waiting, into a buffer that is
-    /// dropped afterwards. One chunk at a time, so that routing (and back-pressure) keeps up
-    /// with reading. Returns false when the transport ended.
-    fn read_burst<IO: AsyncRead + Unpin>(&mut self, io: &mut IO) -> bool {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        match io.read_buf(&mut buf).now_or_never() {
-            None => true,
-            Some(Ok(0)) | Some(Err(_)) => false,
-            Some(Ok(n)) => {
-                Stats::add(&self.shared.stats.bytes_received, n as u64);
-                self.engine.handle_bytes(self.now(), &buf);
-                true
-            }
+    /// Reads what the transport has, up to `READ_CHUNK`, and hands it to the engine. The
+    /// buffer lives on the stack of this one poll: a connection waiting to read owns none,
+    /// and no read buffer is allocated. One chunk per wake-up, so that routing (and
+    /// back-pressure) keeps up with reading. `Ok(0)` is the end of the transport.
+    fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut IO,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+        let read = buf.filled();
+        if !read.is_empty() {
+            Stats::add(&self.shared.stats.bytes_received, read.len() as u64);
+            self.engine.handle_bytes(self.now(), read);
         }
+        Poll::Ready(Ok(read.len()))
     }
 
     async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<()> {
@@ -307,10 +317,6 @@ impl Driver {
         }
         if self.engine.is_connected() {
             self.drain_pending();
-        }
-        if !self.engine.is_closed() && self.engine.pending_messages() == (0, 0) {
-            // Nothing in flight: the connection is quiet, keep no buffers while it waits.
-            self.engine.shrink_buffers();
         }
     }
 
@@ -653,12 +659,5 @@ impl Driver {
             self.shared.stats.client_disconnected();
         }
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
