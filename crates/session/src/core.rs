@@ -188,6 +188,7 @@ impl Core {
             self.transmit = BytesMut::new();
         }
         self.inbound.release_if_empty();
+        self.outbound.release_if_empty();
         self.pending_requests.release_if_empty();
     }
 
