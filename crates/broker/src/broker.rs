@@ -121,7 +121,7 @@ impl Shared {
                     since: now,
                 })
                 .collect();
-            inner.saved = Some(stored.state);
+            inner.saved = Some(Box::new(stored.state));
         }
     }
 

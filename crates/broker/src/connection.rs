@@ -89,7 +89,9 @@ struct Driver {
     counted_connected: bool,
     /// Subscribers whose queues this connection's messages filled past their high-water mark:
     /// reading pauses until they drain (back-pressure instead of unbounded buffering).
-    congested: Vec<Arc<Session>>,
+    /// Boxed, and only while there are some: 8 bytes in every idle connection instead of 24.
+    #[allow(clippy::box_collection)]
+    congested: Option<Box<Vec<Arc<Session>>>>,
 }
 
 impl Driver {
@@ -124,7 +126,7 @@ impl Driver {
             version: None,
             taken_over: None,
             counted_connected: false,
-            congested: Vec::new(),
+            congested: None,
         }
     }
 
@@ -166,23 +168,24 @@ impl Driver {
                 if self.engine.is_closed() && deadline.is_none() {
                     break;
                 }
-                if !self.congested.is_empty() {
+                if self.congested.is_some() {
                     // Boxed: rare, and its state would otherwise sit in every idle
                     // connection's task.
                     Box::pin(self.wait_for_subscribers()).await;
                 }
                 let control = self.control.clone();
-                let timer = deadline.is_some();
-                let wake_at = self.instant(deadline.unwrap_or(Timestamp::ZERO));
+                // The timer's branch comes first so that its instant is computed before the
+                // read borrows `self`: no `Instant` local is kept across the wait.
                 tokio::select! {
+                    _ = tokio::time::sleep_until(self.instant(deadline.unwrap_or_default())),
+                        if deadline.is_some() => {
+                        self.engine.handle_timeout(self.now());
+                    }
                     read = poll_fn(|cx| self.poll_read(cx, &mut io)), if transport_open => {
                         if matches!(read, Ok(0) | Err(_)) {
                             transport_open = false;
                             self.engine.handle_transport_closed(self.now());
                         }
-                    }
-                    _ = tokio::time::sleep_until(wake_at), if timer => {
-                        self.engine.handle_timeout(self.now());
                     }
                     signals = control.signalled() => self.on_signals(signals),
                 }
@@ -215,7 +218,12 @@ impl Driver {
     async fn wait_for_subscribers(&mut self) {
         let deadline = tokio::time::Instant::now() + BACK_PRESSURE_LIMIT;
         let limits = &self.shared.config.limits;
-        for session in std::mem::take(&mut self.congested) {
+        for session in self
+            .congested
+            .take()
+            .map(|sessions| *sessions)
+            .unwrap_or_default()
+        {
             loop {
                 let space = session.space.notified();
                 tokio::pin!(space);
@@ -332,7 +340,10 @@ impl Driver {
                 let sender = self.session.as_ref().map(|s| s.client_id.clone());
                 let outcome = self.shared.publish(sender.as_deref(), &publish);
                 let matched = outcome.queued;
-                self.congested.extend(outcome.congested);
+                if !outcome.congested.is_empty() {
+                    let congested = self.congested.get_or_insert_default();
+                    congested.extend(outcome.congested);
+                }
                 // The message is safe once routed (queued for every subscriber). A durable
                 // store will await its write before the acknowledgement.
                 if let Some(ack) = message.ack {
@@ -430,7 +441,7 @@ impl Driver {
                 // Session 1 (MQTT-3.1.2-6 in 3.1.1) or Session Expiry 0 ends it with the
                 // connection, and the new one starts afresh.
                 inner.persistent = state.session_expiry_interval > 0;
-                inner.saved = Some(state);
+                inner.saved = Some(Box::new(state));
             }
         }
         if let Some(waiter) = will_waiter {
@@ -455,7 +466,7 @@ impl Driver {
                 id: self.connection_id,
                 control: self.control.clone(),
             });
-            resumable.then(|| inner.saved.take().unwrap_or_default())
+            resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default())
         };
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
@@ -644,7 +655,7 @@ impl Driver {
             self.shared.store.remove_session(&session.client_id);
         } else {
             inner.persistent = true;
-            inner.saved = Some(state);
+            inner.saved = Some(Box::new(state));
             inner.expires_at = (expiry != u32::MAX)
                 .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
             drop(inner);
