@@ -68,6 +68,22 @@ where
     Driver::new(shared, peer).serve(io)
 }
 
+/// A publisher counted in `Shared::space_waiters` while it lives (also if its wait is dropped).
+struct SpaceWaiter<'a>(&'a Shared);
+
+impl<'a> SpaceWaiter<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.space_waiters.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for SpaceWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.space_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What handling one engine event leaves for the driver to await.
 enum Next {
     Nothing,
@@ -218,6 +234,10 @@ impl Driver {
     async fn wait_for_subscribers(&mut self) {
         let deadline = tokio::time::Instant::now() + BACK_PRESSURE_LIMIT;
         let limits = &self.shared.config.limits;
+        // Counted before each check of a queue, which takes the session's lock: a drain that
+        // finds no waiter counted released that lock before this check took it, so the check
+        // sees the room it made.
+        let _waiting = SpaceWaiter::new(&self.shared);
         for session in self
             .congested
             .take()
@@ -225,7 +245,7 @@ impl Driver {
             .unwrap_or_default()
         {
             loop {
-                let space = session.space.notified();
+                let space = self.shared.space.notified();
                 tokio::pin!(space);
                 space.as_mut().enable();
                 if !session.is_congested(limits) {
@@ -468,6 +488,9 @@ impl Driver {
             });
             resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default())
         };
+        // Attached: shutdown reaches the connection through its session from now on.
+        self.shared
+            .unregister_connection(self.connection_id, &self.control);
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
             self.shared.store.remove_session(&client_id);
@@ -608,7 +631,7 @@ impl Driver {
             }
         }
         drop(inner);
-        session.space.notify_waiters();
+        self.shared.space_freed();
     }
 
     fn on_closed(&mut self, reason: CloseReason) {
@@ -665,7 +688,8 @@ impl Driver {
 
     fn finish(&mut self) {
         self.control.close();
-        self.shared.unregister_connection(self.connection_id);
+        self.shared
+            .unregister_connection(self.connection_id, &self.control);
         if self.counted_connected {
             self.shared.stats.client_disconnected();
         }

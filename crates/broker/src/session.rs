@@ -3,7 +3,7 @@
 //! state saved when its connection closed, its subscriptions, and a way to reach its live
 //! connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +14,7 @@ use futures::task::AtomicWaker;
 
 use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_session::SessionState;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
@@ -50,7 +50,9 @@ pub(crate) mod signal {
 /// (64 to 120 bytes apiece); waiting on this keeps no state at all.
 #[derive(Debug, Default)]
 pub(crate) struct ControlBox {
-    slot: Mutex<VecDeque<Control>>,
+    /// Boxed: controls are rare, and every idle connection has a `ControlBox`.
+    #[allow(clippy::box_collection)]
+    slot: Mutex<Option<Box<VecDeque<Control>>>>,
     signals: AtomicU8,
     waker: AtomicWaker,
     closed: AtomicBool,
@@ -65,6 +67,7 @@ impl ControlBox {
         self.slot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_default()
             .push_back(control);
         self.signal(signal::CONTROL);
         Ok(())
@@ -72,10 +75,12 @@ impl ControlBox {
 
     /// The next control message waiting, if any (the driver's side).
     pub(crate) fn try_recv(&self) -> Option<Control> {
-        self.slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let control = slot.as_mut()?.pop_front();
+        if control.is_none() {
+            *slot = None;
+        }
+        control
     }
 
     /// Sets `bits` and wakes the driver, unless they were set already (it has not looked yet,
@@ -106,7 +111,7 @@ impl ControlBox {
     /// channels close, so whoever waits on them learns at once).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -181,8 +186,6 @@ impl Subscriptions {
 pub(crate) struct Session {
     pub(crate) client_id: Arc<str>,
     inner: Mutex<SessionInner>,
-    /// Wakes slowed publishers when the queue drains below its high-water mark.
-    pub(crate) space: Notify,
 }
 
 impl Session {
@@ -190,7 +193,6 @@ impl Session {
         Self {
             client_id,
             inner: Mutex::new(SessionInner::default()),
-            space: Notify::new(),
         }
     }
 
@@ -299,14 +301,40 @@ impl Hash for SessionRef {
     }
 }
 
+/// A session in the registry, found by its client identifier: a set of these takes 8 bytes a
+/// slot where a map from a second copy of the id would take 24.
+#[derive(Debug)]
+struct ById(Arc<Session>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that a `&str` finds it (`Borrow`).
+        self.0.client_id.as_ref().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
 /// Every session by client identifier.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    sessions: Mutex<HashSet<ById>>,
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    fn lock(&self) -> MutexGuard<'_, HashSet<ById>> {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -315,21 +343,20 @@ impl Registry {
     /// The session for `client_id`, created if there is none; and whether it existed.
     pub(crate) fn get_or_create(&self, client_id: &str) -> (Arc<Session>, bool) {
         let mut sessions = self.lock();
-        if let Some(session) = sessions.get(client_id) {
+        if let Some(ById(session)) = sessions.get(client_id) {
             return (session.clone(), true);
         }
-        let client_id: Arc<str> = client_id.into();
-        let session = Arc::new(Session::new(client_id.clone()));
-        sessions.insert(client_id, session.clone());
+        let session = Arc::new(Session::new(client_id.into()));
+        sessions.insert(ById(session.clone()));
         (session, false)
     }
 
     /// Removes `session` if it is still the one registered under its id.
     pub(crate) fn remove(&self, session: &Arc<Session>) -> bool {
         let mut sessions = self.lock();
-        match sessions.get(&session.client_id) {
-            Some(current) if Arc::ptr_eq(current, session) => {
-                sessions.remove(&session.client_id);
+        match sessions.get(session.client_id.as_ref()) {
+            Some(ById(current)) if Arc::ptr_eq(current, session) => {
+                sessions.remove(session.client_id.as_ref());
                 true
             }
             _ => false,
@@ -337,12 +364,15 @@ impl Registry {
     }
 
     pub(crate) fn contains(&self, client_id: &str) -> bool {
-        self.lock().contains_key(client_id)
+        self.lock().contains(client_id)
     }
 
     /// Every session, for sweeps.
     pub(crate) fn all(&self) -> Vec<Arc<Session>> {
-        self.lock().values().cloned().collect()
+        self.lock()
+            .iter()
+            .map(|ById(session)| session.clone())
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {
