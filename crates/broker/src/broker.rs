@@ -376,7 +376,6 @@ impl BrokerHandle {
         let (session, _) = self.shared.registry.get_or_create(&id);
         let control = Arc::new(ControlBox::default());
         session.lock().attachment = Some(Attachment {
-            id: 0,
             control: control.clone(),
         });
         let options = SubscriptionOptions {

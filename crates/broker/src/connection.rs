@@ -483,7 +483,6 @@ impl Driver {
             inner.expires_at = None;
             inner.version = Some(version);
             inner.attachment = Some(Attachment {
-                id: self.connection_id,
                 control: self.control.clone(),
             });
             resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default())
@@ -657,7 +656,7 @@ impl Driver {
         if inner
             .attachment
             .as_ref()
-            .is_some_and(|a| a.id == self.connection_id)
+            .is_some_and(|a| Arc::ptr_eq(&a.control, &self.control))
         {
             inner.attachment = None;
         } else {

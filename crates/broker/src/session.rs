@@ -7,10 +7,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Instant;
-
-use futures::task::AtomicWaker;
 
 use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_session::SessionState;
@@ -50,23 +48,34 @@ pub(crate) mod signal {
 /// (64 to 120 bytes apiece); waiting on this keeps no state at all.
 #[derive(Debug, Default)]
 pub(crate) struct ControlBox {
-    /// Boxed: controls are rare, and every idle connection has a `ControlBox`.
-    #[allow(clippy::box_collection)]
-    slot: Mutex<Option<Box<VecDeque<Control>>>>,
+    inbox: Mutex<Inbox>,
     signals: AtomicU8,
-    waker: AtomicWaker,
     closed: AtomicBool,
 }
 
+/// The driver's waker and the controls waiting for it, under one lock: a separate
+/// `AtomicWaker` would cost another word in every connection.
+#[derive(Debug, Default)]
+struct Inbox {
+    waker: Option<Waker>,
+    /// Boxed: controls are rare, and every idle connection has a `ControlBox`.
+    #[allow(clippy::box_collection)]
+    controls: Option<Box<VecDeque<Control>>>,
+}
+
 impl ControlBox {
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        // A panic while holding the lock would be a bug; the inbox stays usable either way.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Hands `control` to the driver; gives it back if the driver has ended.
     pub(crate) fn send(&self, control: Control) -> Result<(), Control> {
         if self.closed.load(Ordering::Acquire) {
             return Err(control);
         }
-        self.slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
+            .controls
             .get_or_insert_default()
             .push_back(control);
         self.signal(signal::CONTROL);
@@ -75,10 +84,10 @@ impl ControlBox {
 
     /// The next control message waiting, if any (the driver's side).
     pub(crate) fn try_recv(&self) -> Option<Control> {
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let control = slot.as_mut()?.pop_front();
+        let mut inbox = self.lock();
+        let control = inbox.controls.as_mut()?.pop_front();
         if control.is_none() {
-            *slot = None;
+            inbox.controls = None;
         }
         control
     }
@@ -87,7 +96,10 @@ impl ControlBox {
     /// so it has a wake-up coming).
     pub(crate) fn signal(&self, bits: u8) {
         if self.signals.fetch_or(bits, Ordering::AcqRel) & bits != bits {
-            self.waker.wake();
+            let waker = self.lock().waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 
@@ -98,8 +110,15 @@ impl ControlBox {
             if bits != 0 {
                 return Poll::Ready(bits);
             }
-            self.waker.register(cx.waker());
-            // A signal between the swap and the registration found no waker to wake.
+            {
+                let mut inbox = self.lock();
+                match &mut inbox.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    waker => *waker = Some(cx.waker().clone()),
+                }
+            }
+            // A signal set before the waker was stored found none to wake. (Both are
+            // read-modify-writes of `signals`: the later one sees the lock released.)
             match self.signals.swap(0, Ordering::AcqRel) {
                 0 => Poll::Pending,
                 bits => Poll::Ready(bits),
@@ -111,14 +130,15 @@ impl ControlBox {
     /// channels close, so whoever waits on them learns at once).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut inbox = self.lock();
+        inbox.controls = None;
+        inbox.waker = None;
     }
 }
 
-/// A live connection of a session.
+/// A live connection of a session, known by its [`ControlBox`] (`Arc::ptr_eq`).
 #[derive(Debug)]
 pub(crate) struct Attachment {
-    pub(crate) id: u64,
     pub(crate) control: Arc<ControlBox>,
 }
 
@@ -132,7 +152,7 @@ pub(crate) struct Queued {
 #[derive(Debug, Default)]
 pub(crate) struct SessionInner {
     /// Messages routed to the session and not yet handed to its connection's engine.
-    pub(crate) pending: VecDeque<Queued>,
+    pub(crate) pending: Pending,
     pub(crate) attachment: Option<Attachment>,
     /// A closed connection still waiting to publish a delayed will.
     pub(crate) will_waiter: Option<Arc<ControlBox>>,
@@ -148,6 +168,46 @@ pub(crate) struct SessionInner {
     /// A publisher waited its longest for this queue to drain, in vain: publishers are not
     /// slowed for it again until it is below its high-water mark (its limit drops instead).
     pub(crate) stalled: bool,
+}
+
+/// A session's queue of waiting messages, allocated with the first message: 8 bytes in a
+/// session that never had one (an empty `VecDeque` takes 32). Once allocated it stays, so
+/// that a busy subscriber does not allocate its queue again after every drain.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+pub(crate) struct Pending(Option<Box<VecDeque<Queued>>>);
+
+impl Pending {
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |queue| queue.len())
+    }
+
+    pub(crate) fn front(&self) -> Option<&Queued> {
+        self.0.as_ref()?.front()
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Queued> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    pub(crate) fn push_back(&mut self, queued: Queued) {
+        self.0.get_or_insert_default().push_back(queued);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Queued> {
+        self.0.iter().flat_map(|queue| queue.iter())
+    }
+}
+
+impl FromIterator<Queued> for Pending {
+    fn from_iter<I: IntoIterator<Item = Queued>>(items: I) -> Self {
+        let queue: VecDeque<Queued> = items.into_iter().collect();
+        Self((!queue.is_empty()).then(|| Box::new(queue)))
+    }
 }
 
 /// A session's subscriptions, allocated with the first: 8 bytes in a session that has none
