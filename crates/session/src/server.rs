@@ -756,3 +756,17 @@ impl ServerConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServerConnection;
+
+    /// Every idle broker connection carries one inline: what few connections use is boxed or
+    /// allocated on first use. It was 784 bytes before the idle-memory work; look at what
+    /// grew before raising this.
+    #[test]
+    fn a_server_connection_stays_small() {
+        let size = size_of::<ServerConnection>();
+        assert!(size <= 352, "ServerConnection takes {size} bytes");
+    }
+}
