@@ -429,9 +429,9 @@ impl ServerConnection {
         self.events.pop_front()
     }
 
-    /// Gives back memory that only a burst needed: the event queue and the empty receive and
-    /// transmit buffers. A driver calls it when the connection goes quiet, so that an idle
-    /// connection holds no buffers.
+    /// Gives back memory that only a burst needed: the event queue, the empty receive and
+    /// transmit buffers, and the in-flight and acknowledgement state left empty. A driver calls
+    /// it when the connection goes quiet, so that an idle connection holds no buffers.
     pub fn shrink_buffers(&mut self) {
         self.events.release_if_empty();
         self.core.shrink_buffers();
