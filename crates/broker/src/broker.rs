@@ -1,20 +1,21 @@
 //! The broker: shared state, startup, the in-process handle and shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rallymq_codec::{Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::BrokerConfig;
 use crate::router::{RouteOutcome, Router, SubscriptionData};
-use crate::session::{Attachment, ControlBox, Queued, Registry, Session};
+use crate::session::{Attachment, ControlBox, Queued, Registry, Session, signal};
 use crate::stats::Stats;
 use crate::store::{MemoryStore, Store};
 use crate::{Error, listener, sys};
@@ -31,9 +32,79 @@ pub(crate) struct Shared {
     pub(crate) open_connections: AtomicUsize,
     pub(crate) started: Instant,
     pub(crate) store: Arc<dyn Store>,
+    /// Connections not attached to a session yet, to be told of shutdown.
+    pub(crate) connecting: Mutex<Connecting>,
+    /// Wakes publishers paused for congested subscribers whenever a subscriber's queue drains:
+    /// one for the broker rather than one in every session, since publishers rarely wait.
+    pub(crate) space: Notify,
+    /// Publishers waiting on `space`: drains skip the notification while there are none.
+    pub(crate) space_waiters: AtomicUsize,
+}
+
+/// Shutdown reaches each connection through its [`ControlBox`], so that a connection waits on
+/// one signal word rather than keeping a watch future of its own: an attached connection
+/// through its session's attachment, one still before CONNECT through this list. (Listing
+/// only those keeps an idle connection out of a broker-wide map.)
+#[derive(Debug, Default)]
+pub(crate) struct Connecting {
+    stopping: bool,
+    controls: HashMap<u64, Arc<ControlBox>>,
 }
 
 impl Shared {
+    /// Adds a new connection to those told of shutdown (at once if it has begun).
+    pub(crate) fn register_connection(&self, id: u64, control: &Arc<ControlBox>) {
+        let mut connecting = self.lock_connecting();
+        if connecting.stopping {
+            control.signal(signal::SHUTDOWN);
+        }
+        connecting.controls.insert(id, control.clone());
+    }
+
+    /// The connection is now its session's attachment (set before this call), where shutdown
+    /// finds it; or it has ended.
+    pub(crate) fn unregister_connection(&self, id: u64, control: &ControlBox) {
+        let mut connecting = self.lock_connecting();
+        if connecting.controls.remove(&id).is_some() && connecting.stopping {
+            // Shutdown may have passed its session before the attachment was set.
+            control.signal(signal::SHUTDOWN);
+        }
+    }
+
+    /// Tells every connection, now and later, that the broker is shutting down. The listed
+    /// ones first: one that leaves the list after this sees `stopping` itself, one that left
+    /// before is attached already, so the sessions' turn finds it.
+    fn signal_shutdown(&self) {
+        {
+            let mut connecting = self.lock_connecting();
+            connecting.stopping = true;
+            for control in connecting.controls.values() {
+                control.signal(signal::SHUTDOWN);
+            }
+        }
+        for session in self.registry.all() {
+            if let Some(attachment) = &session.lock().attachment {
+                attachment.control.signal(signal::SHUTDOWN);
+            }
+        }
+    }
+
+    fn lock_connecting(&self) -> std::sync::MutexGuard<'_, Connecting> {
+        // A panic while holding the lock would be a bug; the map stays usable either way.
+        self.connecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A subscriber's queue drained: wakes the publishers waiting for room, if any. Called
+    /// after the session's lock is released, which orders it with a waiter's check (see
+    /// `Driver::wait_for_subscribers`).
+    pub(crate) fn space_freed(&self) {
+        if self.space_waiters.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
     /// Publishes a message into the broker: updates the retained store if it is retained, and
     /// routes it.
     pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> RouteOutcome {
@@ -81,7 +152,7 @@ impl Shared {
                     since: now,
                 })
                 .collect();
-            inner.saved = Some(stored.state);
+            inner.saved = Some(Box::new(stored.state));
         }
     }
 
@@ -184,6 +255,9 @@ impl Broker {
             open_connections: AtomicUsize::new(0),
             started: Instant::now(),
             store,
+            connecting: Mutex::default(),
+            space: Notify::new(),
+            space_waiters: AtomicUsize::new(0),
         });
         shared.restore();
         let mut listeners = Vec::new();
@@ -199,6 +273,13 @@ impl Broker {
             };
             tasks.push(serve);
         }
+        let stopping = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut shutdown = stopping.shutdown.clone();
+            // Sent, or the handle dropped without a shutdown: the connections end either way.
+            let _ = shutdown.changed().await;
+            stopping.signal_shutdown();
+        }));
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut shutdown = sweeper.shutdown.clone();
@@ -294,7 +375,9 @@ impl BrokerHandle {
         let id = format!("$local-{}", self.next_local.fetch_add(1, Ordering::Relaxed));
         let (session, _) = self.shared.registry.get_or_create(&id);
         let control = Arc::new(ControlBox::default());
-        session.lock().attachment = Some(Attachment { id: 0, control });
+        session.lock().attachment = Some(Attachment {
+            control: control.clone(),
+        });
         let options = SubscriptionOptions {
             qos,
             ..SubscriptionOptions::default()
@@ -306,11 +389,12 @@ impl BrokerHandle {
         );
         let (sender, receiver) = mpsc::channel(64);
         let pump = session.clone();
+        let pump_shared = self.shared.clone();
         let mut shutdown = self.shared.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 let next = pump.lock().pending.pop_front();
-                pump.space.notify_waiters();
+                pump_shared.space_freed();
                 match next {
                     Some(queued) => {
                         if sender.send(queued.publish).await.is_err() {
@@ -318,7 +402,7 @@ impl BrokerHandle {
                         }
                     }
                     None => tokio::select! {
-                        _ = pump.wake.notified() => {}
+                        _ = control.signalled() => {}
                         _ = shutdown.changed() => return,
                     },
                 }

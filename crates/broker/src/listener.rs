@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::broker::Shared;
-use crate::connection;
+use crate::connection::{self, Peer};
 
 /// WebSocket subprotocols accepted for MQTT, in order of preference.
 pub(crate) const MQTT_SUBPROTOCOLS: [&str; 6] = [
@@ -198,7 +198,11 @@ async fn next_connection(
 pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
-        tokio::spawn(connection::serve(stream, shared.clone(), peer.to_string()));
+        let peer = Peer {
+            addr: peer,
+            websocket: false,
+        };
+        tokio::spawn(connection::serve(stream, shared.clone(), peer));
     }
 }
 
@@ -210,7 +214,7 @@ pub(crate) async fn serve_websocket(listener: TcpListener, shared: Arc<Shared>) 
             let service_shared = shared.clone();
             let service = service_fn(move |request| {
                 let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(handle_http(request, shared, peer.to_string())) }
+                async move { Ok::<_, Infallible>(handle_http(request, shared, peer)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -254,7 +258,7 @@ fn rejection(rejection: Rejection) -> Response<Full<Bytes>> {
 fn handle_http(
     mut request: Request<Incoming>,
     shared: Arc<Shared>,
-    peer: String,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let wants_upgrade = request.headers().contains_key(header::UPGRADE);
@@ -282,7 +286,11 @@ fn handle_http(
                         WsConnection::server(WsConfig::default().with_stream_binary(true));
                     let stream =
                         WebSocketStream::new(TokioIo::new(upgraded), connection).into_byte_stream();
-                    connection::serve(stream, shared, format!("ws:{peer}")).await;
+                    let peer = Peer {
+                        addr: peer,
+                        websocket: true,
+                    };
+                    connection::serve(stream, shared, peer).await;
                 }
                 Err(error) => {
                     debug!(%peer, %error, "WebSocket upgrade failed");

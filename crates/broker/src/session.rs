@@ -3,14 +3,16 @@
 //! state saved when its connection closed, its subscriptions, and a way to reach its live
 //! connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_session::SessionState;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
@@ -30,59 +32,113 @@ pub(crate) enum Control {
     EndWill { publish: bool },
 }
 
-/// The way to reach one connection's driver with [`Control`]s: rare messages, so a slot and a
-/// `Notify` rather than a channel (an idle connection keeps about 100 bytes for it, not 1 KB).
+/// Why a connection's driver was woken (bits of [`ControlBox`]'s signal word).
+pub(crate) mod signal {
+    /// Messages are waiting in the session's queue.
+    pub(crate) const MESSAGES: u8 = 1;
+    /// A [`super::Control`] is waiting in the slot.
+    pub(crate) const CONTROL: u8 = 2;
+    /// The broker is shutting down.
+    pub(crate) const SHUTDOWN: u8 = 4;
+}
+
+/// The one way to wake a connection's driver: queued messages, [`Control`]s and shutdown set a
+/// bit and wake one registered waker. One word and a waker instead of a `Notify` per source,
+/// because each `Notified` future the driver waits on sits in every idle connection's task
+/// (64 to 120 bytes apiece); waiting on this keeps no state at all.
 #[derive(Debug, Default)]
 pub(crate) struct ControlBox {
-    slot: Mutex<VecDeque<Control>>,
-    notify: Notify,
-    closed: std::sync::atomic::AtomicBool,
+    inbox: Mutex<Inbox>,
+    signals: AtomicU8,
+    closed: AtomicBool,
+}
+
+/// The driver's waker and the controls waiting for it, under one lock: a separate
+/// `AtomicWaker` would cost another word in every connection.
+#[derive(Debug, Default)]
+struct Inbox {
+    waker: Option<Waker>,
+    /// Boxed: controls are rare, and every idle connection has a `ControlBox`.
+    #[allow(clippy::box_collection)]
+    controls: Option<Box<VecDeque<Control>>>,
 }
 
 impl ControlBox {
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        // A panic while holding the lock would be a bug; the inbox stays usable either way.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Hands `control` to the driver; gives it back if the driver has ended.
     pub(crate) fn send(&self, control: Control) -> Result<(), Control> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) {
             return Err(control);
         }
-        self.slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
+            .controls
+            .get_or_insert_default()
             .push_back(control);
-        self.notify.notify_one();
+        self.signal(signal::CONTROL);
         Ok(())
     }
 
-    /// The next control message (the driver's side).
-    pub(crate) async fn recv(&self) -> Control {
-        loop {
-            if let Some(control) = self
-                .slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
-            {
-                return control;
-            }
-            // notify_one keeps a permit when nobody waits, so a send between the check and
-            // this await is not lost.
-            self.notify.notified().await;
+    /// The next control message waiting, if any (the driver's side).
+    pub(crate) fn try_recv(&self) -> Option<Control> {
+        let mut inbox = self.lock();
+        let control = inbox.controls.as_mut()?.pop_front();
+        if control.is_none() {
+            inbox.controls = None;
         }
+        control
+    }
+
+    /// Sets `bits` and wakes the driver, unless they were set already (it has not looked yet,
+    /// so it has a wake-up coming).
+    pub(crate) fn signal(&self, bits: u8) {
+        if self.signals.fetch_or(bits, Ordering::AcqRel) & bits != bits {
+            let waker = self.lock().waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Waits until some bit is set, and takes every bit set.
+    pub(crate) fn signalled(&self) -> impl Future<Output = u8> + '_ {
+        std::future::poll_fn(|cx| {
+            let bits = self.signals.swap(0, Ordering::AcqRel);
+            if bits != 0 {
+                return Poll::Ready(bits);
+            }
+            {
+                let mut inbox = self.lock();
+                match &mut inbox.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    waker => *waker = Some(cx.waker().clone()),
+                }
+            }
+            // A signal set before the waker was stored found none to wake. (Both are
+            // read-modify-writes of `signals`: the later one sees the lock released.)
+            match self.signals.swap(0, Ordering::AcqRel) {
+                0 => Poll::Pending,
+                bits => Poll::Ready(bits),
+            }
+        })
     }
 
     /// The driver has ended: later sends fail, and waiting messages are dropped (their reply
     /// channels close, so whoever waits on them learns at once).
     pub(crate) fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.closed.store(true, Ordering::Release);
+        let mut inbox = self.lock();
+        inbox.controls = None;
+        inbox.waker = None;
     }
 }
 
-/// A live connection of a session.
+/// A live connection of a session, known by its [`ControlBox`] (`Arc::ptr_eq`).
 #[derive(Debug)]
 pub(crate) struct Attachment {
-    pub(crate) id: u64,
     pub(crate) control: Arc<ControlBox>,
 }
 
@@ -96,21 +152,92 @@ pub(crate) struct Queued {
 #[derive(Debug, Default)]
 pub(crate) struct SessionInner {
     /// Messages routed to the session and not yet handed to its connection's engine.
-    pub(crate) pending: VecDeque<Queued>,
+    pub(crate) pending: Pending,
     pub(crate) attachment: Option<Attachment>,
     /// A closed connection still waiting to publish a delayed will.
     pub(crate) will_waiter: Option<Arc<ControlBox>>,
-    /// The engine state saved when the last connection closed.
-    pub(crate) saved: Option<SessionState>,
+    /// The engine state saved when the last connection closed. Boxed: a connected session
+    /// has none, and every idle connection has a session.
+    pub(crate) saved: Option<Box<SessionState>>,
     /// Whether a session outlives its connection (expiry > 0) and so can be resumed.
     pub(crate) persistent: bool,
     /// When an offline session expires; `None` while connected or never.
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) subscriptions: HashMap<TopicFilter, SubscriptionData>,
+    pub(crate) subscriptions: Subscriptions,
     pub(crate) version: Option<ProtocolVersion>,
     /// A publisher waited its longest for this queue to drain, in vain: publishers are not
     /// slowed for it again until it is below its high-water mark (its limit drops instead).
     pub(crate) stalled: bool,
+}
+
+/// A session's queue of waiting messages, allocated with the first message: 8 bytes in a
+/// session that never had one (an empty `VecDeque` takes 32). Once allocated it stays, so
+/// that a busy subscriber does not allocate its queue again after every drain.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+pub(crate) struct Pending(Option<Box<VecDeque<Queued>>>);
+
+impl Pending {
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |queue| queue.len())
+    }
+
+    pub(crate) fn front(&self) -> Option<&Queued> {
+        self.0.as_ref()?.front()
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Queued> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    pub(crate) fn push_back(&mut self, queued: Queued) {
+        self.0.get_or_insert_default().push_back(queued);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Queued> {
+        self.0.iter().flat_map(|queue| queue.iter())
+    }
+}
+
+impl FromIterator<Queued> for Pending {
+    fn from_iter<I: IntoIterator<Item = Queued>>(items: I) -> Self {
+        let queue: VecDeque<Queued> = items.into_iter().collect();
+        Self((!queue.is_empty()).then(|| Box::new(queue)))
+    }
+}
+
+/// A session's subscriptions, allocated with the first: 8 bytes in a session that has none
+/// (an empty `HashMap` takes 48; clippy's `box_collection` assumes the inline size does not
+/// matter).
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions(Option<Box<HashMap<TopicFilter, SubscriptionData>>>);
+
+impl Subscriptions {
+    pub(crate) fn insert(&mut self, filter: TopicFilter, data: SubscriptionData) {
+        self.0.get_or_insert_default().insert(filter, data);
+    }
+
+    pub(crate) fn remove(&mut self, filter: &TopicFilter) {
+        if let Some(map) = &mut self.0 {
+            map.remove(filter);
+            if map.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionData)> {
+        self.0.iter().flat_map(|map| map.iter())
+    }
 }
 
 /// One session. Compared and hashed by client identifier, so the subscription index can use
@@ -119,10 +246,6 @@ pub(crate) struct SessionInner {
 pub(crate) struct Session {
     pub(crate) client_id: Arc<str>,
     inner: Mutex<SessionInner>,
-    /// Wakes the connection when messages are pending.
-    pub(crate) wake: Notify,
-    /// Wakes slowed publishers when the queue drains below its high-water mark.
-    pub(crate) space: Notify,
 }
 
 impl Session {
@@ -130,8 +253,6 @@ impl Session {
         Self {
             client_id,
             inner: Mutex::new(SessionInner::default()),
-            wake: Notify::new(),
-            space: Notify::new(),
         }
     }
 
@@ -165,10 +286,11 @@ impl Session {
             inner.stalled = false;
         }
         let congested = inner.pending.len() >= high_water(limits) && !inner.stalled;
-        drop(inner);
-        if online {
-            self.wake.notify_one();
+        if let Some(attachment) = &inner.attachment {
+            // Under the lock: the attachment may change as soon as it is released.
+            attachment.control.signal(signal::MESSAGES);
         }
+        drop(inner);
         if congested && outcome == Enqueued::Queued {
             Enqueued::Congested
         } else {
@@ -211,7 +333,7 @@ impl Session {
                 .iter()
                 .map(|(filter, data)| (filter.clone(), data.options(), data.identifier))
                 .collect(),
-            state: inner.saved.clone().unwrap_or_default(),
+            state: inner.saved.as_deref().cloned().unwrap_or_default(),
             pending: inner
                 .pending
                 .iter()
@@ -239,14 +361,40 @@ impl Hash for SessionRef {
     }
 }
 
+/// A session in the registry, found by its client identifier: a set of these takes 8 bytes a
+/// slot where a map from a second copy of the id would take 24.
+#[derive(Debug)]
+struct ById(Arc<Session>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that a `&str` finds it (`Borrow`).
+        self.0.client_id.as_ref().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
 /// Every session by client identifier.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    sessions: Mutex<HashSet<ById>>,
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    fn lock(&self) -> MutexGuard<'_, HashSet<ById>> {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -255,21 +403,20 @@ impl Registry {
     /// The session for `client_id`, created if there is none; and whether it existed.
     pub(crate) fn get_or_create(&self, client_id: &str) -> (Arc<Session>, bool) {
         let mut sessions = self.lock();
-        if let Some(session) = sessions.get(client_id) {
+        if let Some(ById(session)) = sessions.get(client_id) {
             return (session.clone(), true);
         }
-        let client_id: Arc<str> = client_id.into();
-        let session = Arc::new(Session::new(client_id.clone()));
-        sessions.insert(client_id, session.clone());
+        let session = Arc::new(Session::new(client_id.into()));
+        sessions.insert(ById(session.clone()));
         (session, false)
     }
 
     /// Removes `session` if it is still the one registered under its id.
     pub(crate) fn remove(&self, session: &Arc<Session>) -> bool {
         let mut sessions = self.lock();
-        match sessions.get(&session.client_id) {
-            Some(current) if Arc::ptr_eq(current, session) => {
-                sessions.remove(&session.client_id);
+        match sessions.get(session.client_id.as_ref()) {
+            Some(ById(current)) if Arc::ptr_eq(current, session) => {
+                sessions.remove(session.client_id.as_ref());
                 true
             }
             _ => false,
@@ -277,12 +424,15 @@ impl Registry {
     }
 
     pub(crate) fn contains(&self, client_id: &str) -> bool {
-        self.lock().contains_key(client_id)
+        self.lock().contains(client_id)
     }
 
     /// Every session, for sweeps.
     pub(crate) fn all(&self) -> Vec<Arc<Session>> {
-        self.lock().values().cloned().collect()
+        self.lock()
+            .iter()
+            .map(|ById(session)| session.clone())
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {

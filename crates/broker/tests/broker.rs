@@ -659,6 +659,47 @@ async fn shutdown_sends_0x8b_to_v5_clients() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_a_connection_that_has_not_sent_connect() {
+    // Such a connection is reached through the broker's list of connecting ones, not a session.
+    let broker = start_broker(|_| {}).await;
+    let mut raw = tokio::net::TcpStream::connect(tcp_addr(&broker))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    broker.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not held for the grace period (nor the 10 s connect timeout)"
+    );
+    let mut buf = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(read.ok(), Some(0));
+}
+
+#[tokio::test]
+async fn dropping_the_handle_disconnects_clients_as_shutdown_does() {
+    let broker = start_broker(|_| {}).await;
+    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "dropped")).await;
+    let waiting = tokio::spawn(async move { client.closed().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(broker);
+    let reason = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert!(matches!(
+        reason,
+        Some(CloseReason::PeerDisconnected {
+            reason_code: ReasonCode::ServerShuttingDown,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
 async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
     let broker = start_broker(|config| config.limits.max_queued_messages = 20).await;
     let addr = tcp_addr(&broker);

@@ -1,22 +1,23 @@
 //! Topic aliases (MQTT 5 §3.3.2.3.4), both ways, per connection.
 
-use std::collections::HashMap;
 use std::num::NonZeroU16;
 
 use rallymq_codec::{Publish, TopicName};
+
+use crate::lazy::LazyMap;
 
 /// Aliases this side assigns to topics it sends, within the peer's Topic Alias Maximum.
 #[derive(Default)]
 pub(crate) struct OutgoingAliases {
     maximum: u16,
-    assigned: HashMap<TopicName, NonZeroU16>,
+    assigned: LazyMap<TopicName, NonZeroU16>,
 }
 
 impl OutgoingAliases {
     pub(crate) fn new(maximum: u16) -> Self {
         Self {
             maximum,
-            assigned: HashMap::new(),
+            assigned: LazyMap::default(),
         }
     }
 
@@ -56,14 +57,14 @@ pub(crate) enum AliasError {
 #[derive(Default)]
 pub(crate) struct IncomingAliases {
     maximum: u16,
-    topics: HashMap<u16, TopicName>,
+    topics: LazyMap<u16, TopicName>,
 }
 
 impl IncomingAliases {
     pub(crate) fn new(maximum: u16) -> Self {
         Self {
             maximum,
-            topics: HashMap::new(),
+            topics: LazyMap::default(),
         }
     }
 

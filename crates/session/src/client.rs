@@ -339,7 +339,7 @@ impl ClientConnection {
     /// Reports the close once.
     fn flush_close(&mut self) {
         if let Some(reason) = self.core.close_reason.take() {
-            self.events.push_back(ClientEvent::Closed(reason));
+            self.events.push_back(ClientEvent::Closed(*reason));
         }
     }
 

@@ -2,8 +2,6 @@
 //! path (window, queue, aliases, size limit) and the inbound publish path (aliases, Receive
 //! Maximum, QoS 2 deduplication, acknowledgements).
 
-use std::collections::HashMap;
-
 use bytes::{Bytes, BytesMut};
 use rallymq_codec::{
     Ack, Decoder, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
@@ -11,6 +9,7 @@ use rallymq_codec::{
 
 use crate::alias::{AliasError, IncomingAliases, OutgoingAliases};
 use crate::inbound::{Arrival, Inbound};
+use crate::lazy::LazyMap;
 use crate::outbound::{AckResult, Outbound};
 use crate::{
     AckHandle, CloseReason, Error, InboundMessage, OutgoingMessage, PublishOutcome, PublishToken,
@@ -37,7 +36,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Core {
     pub(crate) version: ProtocolVersion,
     pub(crate) phase: Phase,
-    pub(crate) close_reason: Option<CloseReason>,
+    /// Boxed: every connection carries the field, few get to use it.
+    pub(crate) close_reason: Option<Box<CloseReason>>,
     decoder: Decoder,
     received: BytesMut,
     transmit: BytesMut,
@@ -52,7 +52,7 @@ pub(crate) struct Core {
     pub(crate) manual_acks: bool,
     /// Client side: SUBSCRIBE (true) and UNSUBSCRIBE (false) awaiting acknowledgement; their
     /// identifiers are in use as much as those of in-flight messages (MQTT-2.2.1-3).
-    pub(crate) pending_requests: HashMap<PacketId, bool>,
+    pub(crate) pending_requests: LazyMap<PacketId, bool>,
     /// Outbound QoS 0 messages dropped for size, and similar drops, for the driver's counters.
     pub(crate) dropped: u64,
 }
@@ -81,7 +81,7 @@ impl Core {
             last_received: now,
             last_sent: now,
             manual_acks,
-            pending_requests: HashMap::new(),
+            pending_requests: LazyMap::default(),
             dropped: 0,
         }
     }
@@ -187,6 +187,9 @@ impl Core {
         if self.transmit.is_empty() {
             self.transmit = BytesMut::new();
         }
+        self.inbound.release_if_empty();
+        self.outbound.release_if_empty();
+        self.pending_requests.release_if_empty();
     }
 
     pub(crate) fn poll_transmit(&mut self, now: Timestamp) -> Option<Bytes> {
@@ -204,7 +207,7 @@ impl Core {
         self.phase = Phase::Closed;
         self.inbound.reset_pending();
         self.received = BytesMut::new();
-        self.close_reason = Some(reason);
+        self.close_reason = Some(Box::new(reason));
     }
 
     /// The peer broke the protocol: MQTT 5 peers get DISCONNECT with the reason (MQTT 5

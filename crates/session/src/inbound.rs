@@ -1,7 +1,7 @@
 //! Inbound QoS 1 and 2 messages: Receive Maximum enforcement, QoS 2 exactly-once delivery
 //! (an identifier awaiting PUBREL is never surfaced twice), and manual acknowledgement.
 
-use std::collections::{HashMap, HashSet};
+use crate::lazy::LazyMap;
 
 use rallymq_codec::{PacketId, QoS};
 
@@ -20,17 +20,17 @@ pub(crate) enum Arrival {
 
 pub(crate) struct Inbound {
     /// QoS 2 identifiers surfaced whose PUBREL has not come.
-    qos2_unreleased: HashSet<PacketId>,
+    qos2_unreleased: LazyMap<PacketId, ()>,
     /// Surfaced messages the driver has not acknowledged yet.
-    pending_ack: HashMap<PacketId, QoS>,
+    pending_ack: LazyMap<PacketId, QoS>,
     receive_maximum: u16,
 }
 
 impl Inbound {
     pub(crate) fn new(awaiting_release: Vec<PacketId>, receive_maximum: u16) -> Self {
         Self {
-            qos2_unreleased: awaiting_release.into_iter().collect(),
-            pending_ack: HashMap::new(),
+            qos2_unreleased: awaiting_release.into_iter().map(|id| (id, ())).collect(),
+            pending_ack: LazyMap::default(),
             receive_maximum,
         }
     }
@@ -50,7 +50,7 @@ impl Inbound {
         if self.pending_ack.contains_key(&id) {
             return Arrival::Pending;
         }
-        if qos == QoS::ExactlyOnce && self.qos2_unreleased.contains(&id) {
+        if qos == QoS::ExactlyOnce && self.qos2_unreleased.contains_key(&id) {
             return Arrival::RepeatPubRec;
         }
         if self.unacknowledged() >= usize::from(self.receive_maximum) {
@@ -58,7 +58,7 @@ impl Inbound {
         }
         self.pending_ack.insert(id, qos);
         if qos == QoS::ExactlyOnce {
-            self.qos2_unreleased.insert(id);
+            self.qos2_unreleased.insert(id, ());
         }
         Arrival::New
     }
@@ -76,7 +76,7 @@ impl Inbound {
     /// PUBREL arrived; whether `id` was awaiting it.
     pub(crate) fn release(&mut self, id: PacketId) -> bool {
         self.pending_ack.remove(&id);
-        self.qos2_unreleased.remove(&id)
+        self.qos2_unreleased.remove(&id).is_some()
     }
 
     /// Identifiers to keep with the session: QoS 2 messages acknowledged but not released.
@@ -86,7 +86,7 @@ impl Inbound {
         let mut ids: Vec<PacketId> = self
             .qos2_unreleased
             .iter()
-            .copied()
+            .map(|(id, ())| *id)
             .filter(|id| !self.pending_ack.contains_key(id))
             .collect();
         ids.sort_unstable();
@@ -95,7 +95,7 @@ impl Inbound {
 
     /// A new connection: acknowledgements pending on the old one cannot be sent any more.
     pub(crate) fn reset_pending(&mut self) {
-        for (id, qos) in self.pending_ack.drain() {
+        for (id, qos) in self.pending_ack.take() {
             if qos == QoS::ExactlyOnce {
                 self.qos2_unreleased.remove(&id);
             }
@@ -105,5 +105,11 @@ impl Inbound {
     pub(crate) fn clear(&mut self) {
         self.qos2_unreleased.clear();
         self.pending_ack.clear();
+    }
+
+    /// Frees the maps that are empty (the connection went quiet).
+    pub(crate) fn release_if_empty(&mut self) {
+        self.qos2_unreleased.release_if_empty();
+        self.pending_ack.release_if_empty();
     }
 }

@@ -72,6 +72,7 @@ mod core;
 mod error;
 mod event;
 mod inbound;
+mod lazy;
 mod outbound;
 mod server;
 mod state;

@@ -1,11 +1,11 @@
 //! Outgoing QoS 1 and 2 messages: packet identifiers, the in-flight window bounded by the
 //! peer's Receive Maximum, the bounded queue behind it, and the acknowledgement flows.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use rallymq_codec::{PacketId, Publish, QoS};
 
+use crate::lazy::LazyDeque;
 use crate::{OutgoingMessage, OutgoingStage, PublishToken, QueuedMessage, SessionState, Timestamp};
 
 /// A queued message and when it must be dropped if still unsent (Message Expiry).
@@ -27,8 +27,8 @@ pub(crate) enum AckResult {
 }
 
 pub(crate) struct Outbound {
-    in_flight: VecDeque<OutgoingMessage>,
-    queued: VecDeque<Queued>,
+    in_flight: LazyDeque<OutgoingMessage>,
+    queued: LazyDeque<Queued>,
     max_queued: usize,
     max_in_flight: u16,
     next_packet_id: PacketId,
@@ -43,7 +43,7 @@ impl Outbound {
         now: Timestamp,
     ) -> Self {
         Self {
-            in_flight: state.in_flight.into(),
+            in_flight: state.in_flight.into_iter().collect(),
             queued: state
                 .queued
                 .into_iter()
@@ -57,6 +57,12 @@ impl Outbound {
             next_packet_id: state.next_packet_id,
             next_token: state.next_token,
         }
+    }
+
+    /// Frees the queues that are empty (the connection went quiet).
+    pub(crate) fn release_if_empty(&mut self) {
+        self.in_flight.release_if_empty();
+        self.queued.release_if_empty();
     }
 
     pub(crate) fn set_window(&mut self, max_in_flight: u16) {
@@ -179,9 +185,10 @@ impl Outbound {
     }
 
     fn finish(&mut self, id: PacketId, qos: QoS, stage: OutgoingStage) -> AckResult {
-        match self.in_flight.iter().position(|m| {
+        let position = self.in_flight.iter().position(|m| {
             m.publish.packet_id == Some(id) && m.publish.qos == qos && m.stage == stage
-        }) {
+        });
+        match position {
             Some(index) => match self.in_flight.remove(index) {
                 Some(message) => AckResult::Finished(message),
                 None => AckResult::Unknown,
@@ -200,7 +207,7 @@ impl Outbound {
     /// with the server already and are returned as finished.
     pub(crate) fn requeue_unacknowledged(&mut self, now: Timestamp) -> Vec<OutgoingMessage> {
         let mut finished = Vec::new();
-        for message in std::mem::take(&mut self.in_flight).into_iter().rev() {
+        for message in self.in_flight.take().into_iter().rev() {
             match message.stage {
                 OutgoingStage::Published => {
                     let mut publish = message.publish;
