@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attachment, Control, ControlBox, Enqueued, Session, signal};
+use crate::session::{Attachment, Control, ControlBox, Session, signal};
 use crate::stats::Stats;
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
@@ -342,6 +342,17 @@ impl Driver {
                     self.engine.acknowledge(ack, code);
                 }
             }
+            if self.congested.is_some() {
+                // A subscriber's queue reached its high-water mark: the rest of what this read
+                // brought waits until it drains. Pausing only the next read let one read's
+                // worth of messages (hundreds) from each of several publishers through, past
+                // the room between the mark and the queue limit, which then dropped QoS 0.
+                // Our own queue is drained first, in case this client is the subscriber.
+                if self.engine.is_connected() {
+                    self.drain_pending();
+                }
+                Box::pin(self.wait_for_subscribers()).await;
+            }
         }
         if self.engine.is_connected() {
             self.drain_pending();
@@ -568,7 +579,7 @@ impl Driver {
                 .answer_subscribe(subscribe.packet_id, codes, SubAckProperties::default());
         for (message, stored_at) in retained {
             let outcome = session.enqueue(message, stored_at, &self.shared.config.limits);
-            if matches!(outcome, Enqueued::Dropped | Enqueued::DroppedOldest) {
+            if outcome.dropped {
                 Stats::add(&self.shared.stats.messages_dropped, 1);
             }
         }

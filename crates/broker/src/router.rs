@@ -11,7 +11,7 @@ use rallymq_codec::{
 use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex};
 
 use crate::config::Limits;
-use crate::session::{Enqueued, Session, SessionRef};
+use crate::session::{Session, SessionRef};
 
 /// What the broker keeps with each subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,19 +206,14 @@ impl Router {
             });
         }
         let now = Instant::now();
-        let mut offer =
-            |session: Arc<Session>, copy: Publish| match session.enqueue(copy, now, limits) {
-                Enqueued::Queued => outcome.queued += 1,
-                Enqueued::DroppedOldest => {
-                    outcome.queued += 1;
-                    outcome.dropped += 1;
-                }
-                Enqueued::Congested => {
-                    outcome.queued += 1;
-                    outcome.congested.push(session);
-                }
-                Enqueued::Dropped => outcome.dropped += 1,
-            };
+        let mut offer = |session: Arc<Session>, copy: Publish| {
+            let enqueued = session.enqueue(copy, now, limits);
+            outcome.queued += usize::from(enqueued.queued);
+            outcome.dropped += usize::from(enqueued.dropped);
+            if enqueued.congested {
+                outcome.congested.push(session);
+            }
+        };
         for delivery in deliveries.into_values() {
             // Retain As Published keeps the flag; otherwise forwarded messages carry 0
             // (MQTT-3.3.1-12, MQTT-3.3.1-9 in 3.1.1).

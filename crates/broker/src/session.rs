@@ -269,33 +269,42 @@ impl Session {
         let online = inner.attachment.is_some();
         if !online && publish.qos == QoS::AtMostOnce {
             // QoS 0 messages are not kept for offline sessions (MQTT 5 §3.1.2.4 allows either).
-            return Enqueued::Dropped;
+            return Enqueued {
+                queued: false,
+                dropped: true,
+                congested: false,
+            };
         }
-        let mut outcome = Enqueued::Queued;
+        let mut enqueued = Enqueued {
+            queued: true,
+            dropped: false,
+            congested: false,
+        };
         if inner.pending.len() >= limits.max_queued_messages {
+            enqueued.dropped = true;
             match limits.queue_full {
                 QueueFullPolicy::DropOldest if limits.max_queued_messages > 0 => {
                     inner.pending.pop_front();
-                    outcome = Enqueued::DroppedOldest;
                 }
-                _ => return Enqueued::Dropped,
+                _ => enqueued.queued = false,
             }
         }
-        inner.pending.push_back(Queued { publish, since });
+        if enqueued.queued {
+            inner.pending.push_back(Queued { publish, since });
+        }
         if inner.pending.len() < high_water(limits) {
             inner.stalled = false;
         }
-        let congested = inner.pending.len() >= high_water(limits) && !inner.stalled;
-        if let Some(attachment) = &inner.attachment {
+        // Also when the message was dropped: several publishers reaching a full queue at once
+        // must all be slowed, not only the ones that queued past the mark.
+        enqueued.congested = inner.pending.len() >= high_water(limits) && !inner.stalled;
+        if enqueued.queued
+            && let Some(attachment) = &inner.attachment
+        {
             // Under the lock: the attachment may change as soon as it is released.
             attachment.control.signal(signal::MESSAGES);
         }
-        drop(inner);
-        if congested && outcome == Enqueued::Queued {
-            Enqueued::Congested
-        } else {
-            outcome
-        }
+        enqueued
     }
 
     /// Whether the queue is at or above its high-water mark.
@@ -312,14 +321,13 @@ fn high_water(limits: &Limits) -> usize {
 
 /// What became of a message offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Enqueued {
-    Queued,
-    /// Queued, and the queue is past its high-water mark: slow the publisher.
-    Congested,
-    /// Queued after dropping the oldest waiting message.
-    DroppedOldest,
-    /// Not queued.
-    Dropped,
+pub(crate) struct Enqueued {
+    /// The message is in the queue.
+    pub(crate) queued: bool,
+    /// A message was dropped: this one, or the oldest waiting one to make room for it.
+    pub(crate) dropped: bool,
+    /// The queue is at its high-water mark (and its client is not stuck): slow the publisher.
+    pub(crate) congested: bool,
 }
 
 impl Session {

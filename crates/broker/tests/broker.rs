@@ -749,6 +749,77 @@ async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
     broker.shutdown(SHORT).await;
 }
 
+/// Back-pressure holds within one read: a read of a publisher brings many small messages,
+/// more than the room between a subscriber's high-water mark and its queue limit, and several
+/// publishers read at once. They must pause after the message that reached the mark, not after
+/// the whole read, or the queue limit drops QoS 0 messages.
+#[tokio::test]
+async fn several_publishers_pause_mid_read_instead_of_overrunning_a_queue() {
+    // High-water mark at 3/4 of 40: the room past it is 10 messages, more than there are
+    // publishers (each may add one before it sees the mark), and one 16 KiB read holds 15.
+    let broker = start_broker(|config| config.limits.max_queued_messages = 40).await;
+    let addr = tcp_addr(&broker);
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "sink")).await;
+    sub.subscribe(vec![subscription("burst/+", QoS::AtMostOnce)])
+        .await;
+    let (publishers, count) = (4, 2000);
+    let payload = "p".repeat(1024);
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut bytes = rallymq_codec::Packet::from(connect_packet(V311, &format!("burst{p}")))
+                .to_bytes(V311)
+                .unwrap()
+                .to_vec();
+            for i in 0..count {
+                let publish = message(
+                    &format!("burst/{p}"),
+                    &format!("{i:05}{payload}"),
+                    QoS::AtMostOnce,
+                );
+                bytes.extend_from_slice(
+                    &rallymq_codec::Packet::Publish(publish)
+                        .to_bytes(V311)
+                        .unwrap(),
+                );
+            }
+            raw.write_all(&bytes).await.unwrap();
+            raw
+        }));
+    }
+    // Not reading for a while (well under the 1 s a publisher waits for a stuck subscriber):
+    // the subscriber's socket fills and its queue reaches the mark.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut next = vec![0; publishers];
+    let mut received = 0;
+    while let Some(got) = sub.recv_within(Duration::from_secs(5)).await {
+        let p: usize = got.topic.as_ref().unwrap()["burst/".len()..]
+            .parse()
+            .unwrap();
+        assert_eq!(
+            payload_str(&got)[..5],
+            format!("{:05}", next[p]),
+            "publisher {p}: in order, none missing"
+        );
+        next[p] += 1;
+        received += 1;
+        if received == publishers * count {
+            break;
+        }
+    }
+    assert_eq!(
+        next,
+        vec![count; publishers],
+        "every QoS 0 message of every publisher arrived"
+    );
+    for task in tasks {
+        drop(task.await.unwrap());
+    }
+    broker.shutdown(SHORT).await;
+}
+
 #[tokio::test]
 async fn drop_oldest_policy_keeps_the_freshest_messages() {
     let broker = start_broker(|config| {
