@@ -351,7 +351,9 @@ impl Session {
     }
 }
 
-/// The subscriber identity in the subscription index.
+/// A session compared and hashed by its client identifier: the subscriber identity in the
+/// subscription index, and the key of the registry, where a set of these (found by `&str`)
+/// takes 8 bytes a slot where a map from a second copy of the id would take 24.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionRef(pub(crate) Arc<Session>);
 
@@ -365,31 +367,12 @@ impl Eq for SessionRef {}
 
 impl Hash for SessionRef {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.client_id.hash(state);
-    }
-}
-
-/// A session in the registry, found by its client identifier: a set of these takes 8 bytes a
-/// slot where a map from a second copy of the id would take 24.
-#[derive(Debug)]
-struct ById(Arc<Session>);
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.client_id == other.0.client_id
-    }
-}
-
-impl Eq for ById {}
-
-impl Hash for ById {
-    fn hash<H: Hasher>(&self, state: &mut H) {
         // As `str` hashes, so that a `&str` finds it (`Borrow`).
         self.0.client_id.as_ref().hash(state);
     }
 }
 
-impl std::borrow::Borrow<str> for ById {
+impl std::borrow::Borrow<str> for SessionRef {
     fn borrow(&self) -> &str {
         &self.0.client_id
     }
@@ -398,11 +381,11 @@ impl std::borrow::Borrow<str> for ById {
 /// Every session by client identifier.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashSet<ById>>,
+    sessions: Mutex<HashSet<SessionRef>>,
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashSet<ById>> {
+    fn lock(&self) -> MutexGuard<'_, HashSet<SessionRef>> {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -411,11 +394,11 @@ impl Registry {
     /// The session for `client_id`, created if there is none; and whether it existed.
     pub(crate) fn get_or_create(&self, client_id: &str) -> (Arc<Session>, bool) {
         let mut sessions = self.lock();
-        if let Some(ById(session)) = sessions.get(client_id) {
+        if let Some(SessionRef(session)) = sessions.get(client_id) {
             return (session.clone(), true);
         }
         let session = Arc::new(Session::new(client_id.into()));
-        sessions.insert(ById(session.clone()));
+        sessions.insert(SessionRef(session.clone()));
         (session, false)
     }
 
@@ -423,7 +406,7 @@ impl Registry {
     pub(crate) fn remove(&self, session: &Arc<Session>) -> bool {
         let mut sessions = self.lock();
         match sessions.get(session.client_id.as_ref()) {
-            Some(ById(current)) if Arc::ptr_eq(current, session) => {
+            Some(SessionRef(current)) if Arc::ptr_eq(current, session) => {
                 sessions.remove(session.client_id.as_ref());
                 true
             }
@@ -439,7 +422,7 @@ impl Registry {
     pub(crate) fn all(&self) -> Vec<Arc<Session>> {
         self.lock()
             .iter()
-            .map(|ById(session)| session.clone())
+            .map(|SessionRef(session)| session.clone())
             .collect()
     }
 
