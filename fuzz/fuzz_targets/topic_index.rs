@@ -101,6 +101,8 @@ enum Op {
     QueryRetained {
         filter: Topic,
     },
+    /// Gives back spare memory of both indexes; nothing the model sees may change.
+    ShrinkToFit,
 }
 
 /// MQTT §4.7 and §4.8.2 for a name, restated without the crate's code.
@@ -268,6 +270,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 model.subscriptions.retain(|(owner, _), _| *owner != s);
                 let removed = before - model.subscriptions.len();
                 assert_eq!(index.remove_subscriber(&s), removed);
+            }
+            Op::ShrinkToFit => {
+                index.shrink_to_fit();
+                retained.shrink_to_fit();
             }
             Op::Get {
                 subscriber: id,
