@@ -7,10 +7,12 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use rallymq_codec::{
-    Connect, MqttString, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAckProperties, TopicName,
+    Connect, MqttString, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAckProperties,
+    TopicName,
 };
 use rallymq_session::{
-    Accept, ClientConfig, ClientConnection, ClientEvent, ServerConfig, ServerConnection, ServerEvent, Timestamp,
+    Accept, ClientConfig, ClientConnection, ClientEvent, ServerConfig, ServerConnection,
+    ServerEvent, Timestamp,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -45,21 +47,35 @@ fn message(qos_n: u8, payload: Vec<u8>) -> Publish {
 }
 
 fuzz_target!(|input: Input| {
-    let version = [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5][usize::from(input.level % 3)];
+    let version = [
+        ProtocolVersion::V3_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ][usize::from(input.level % 3)];
     let mut now = Timestamp::ZERO;
     let mut connect = Connect::new(version, MqttString::from_static("fuzz").expect("valid id"));
     connect.keep_alive = u16::from(input.keep_alive);
-    let config = ServerConfig { max_packet_size: 4096, receive_maximum: 4, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_packet_size: 4096,
+        receive_maximum: 4,
+        ..ServerConfig::default()
+    };
     let mut server = ServerConnection::new(config, now);
     let mut client = ClientConnection::new(ClientConfig::new(connect.clone()), None, now);
     let _ = client.connect(now);
     let _ = client.poll_transmit(now);
     if input.valid_connect {
-        let bytes = Packet::from(connect).to_bytes(version).expect("valid CONNECT encodes");
+        let bytes = Packet::from(connect)
+            .to_bytes(version)
+            .expect("valid CONNECT encodes");
         server.handle_bytes(now, &bytes);
     }
     if input.valid_connack {
-        let connack = if version.is_v5() { &[0x20, 0x03, 0x00, 0x00, 0x00][..] } else { &[0x20, 0x02, 0x00, 0x00][..] };
+        let connack = if version.is_v5() {
+            &[0x20, 0x03, 0x00, 0x00, 0x00][..]
+        } else {
+            &[0x20, 0x02, 0x00, 0x00][..]
+        };
         client.handle_bytes(now, connack);
     }
     for action in input.actions {
@@ -84,24 +100,38 @@ fuzz_target!(|input: Input| {
         while client.poll_transmit(now).is_some() {}
         while let Some(event) = server.poll_event() {
             match event {
-                ServerEvent::ConnectReceived { needs_client_id, .. } => {
+                ServerEvent::ConnectReceived {
+                    needs_client_id, ..
+                } => {
                     let accept = Accept {
-                        assigned_client_id: needs_client_id.then(|| MqttString::from_static("a").expect("valid")),
+                        assigned_client_id: needs_client_id
+                            .then(|| MqttString::from_static("a").expect("valid")),
                         ..Accept::default()
                     };
                     // The connection may have ended since the event (a transport close, a
                     // timeout): then, and only then, accepting fails.
                     if let Err(error) = server.accept(now, accept) {
-                        assert!(server.is_closed(), "accept failed on a live connection: {error}");
+                        assert!(
+                            server.is_closed(),
+                            "accept failed on a live connection: {error}"
+                        );
                     }
                 }
                 ServerEvent::Subscribe(subscribe) => {
                     let codes = vec![ReasonCode::GrantedQoS1; subscribe.subscriptions.len()];
-                    let _ = server.answer_subscribe(subscribe.packet_id, codes, SubAckProperties::default());
+                    let _ = server.answer_subscribe(
+                        subscribe.packet_id,
+                        codes,
+                        SubAckProperties::default(),
+                    );
                 }
                 ServerEvent::Unsubscribe(unsubscribe) => {
                     let codes = vec![ReasonCode::Success; unsubscribe.filters.len()];
-                    let _ = server.answer_unsubscribe(unsubscribe.packet_id, codes, SubAckProperties::default());
+                    let _ = server.answer_unsubscribe(
+                        unsubscribe.packet_id,
+                        codes,
+                        SubAckProperties::default(),
+                    );
                 }
                 _ => {}
             }
