@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rallymq_codec::{
@@ -641,14 +642,20 @@ async fn oversize_packets_are_refused_with_0x95() {
     broker.shutdown(SHORT).await;
 }
 
-#[tokio::test]
-async fn shutdown_sends_0x8b_to_v5_clients() {
+/// Connects an MQTT 5 client, ends the broker with `end`, and checks that the client was told
+/// DISCONNECT 0x8B (Server shutting down) within 3 s.
+async fn check_told_server_shutting_down<F: Future<Output = ()>>(
+    end: impl FnOnce(rallymq_broker::BrokerHandle) -> F,
+) {
     let broker = start_broker(|_| {}).await;
     let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "bye")).await;
     let waiting = tokio::spawn(async move { client.closed().await });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    broker.shutdown(Duration::from_secs(2)).await;
-    let reason = waiting.await.unwrap();
+    end(broker).await;
+    let reason = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("closed in time")
+        .unwrap();
     assert!(matches!(
         reason,
         Some(CloseReason::PeerDisconnected {
@@ -656,6 +663,14 @@ async fn shutdown_sends_0x8b_to_v5_clients() {
             ..
         })
     ));
+}
+
+#[tokio::test]
+async fn shutdown_sends_0x8b_to_v5_clients() {
+    check_told_server_shutting_down(|broker| async move {
+        broker.shutdown(Duration::from_secs(2)).await;
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -681,39 +696,44 @@ async fn shutdown_closes_a_connection_that_has_not_sent_connect() {
 
 #[tokio::test]
 async fn dropping_the_handle_disconnects_clients_as_shutdown_does() {
-    let broker = start_broker(|_| {}).await;
-    let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect_packet(V5, "dropped")).await;
-    let waiting = tokio::spawn(async move { client.closed().await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    drop(broker);
-    let reason = tokio::time::timeout(Duration::from_secs(3), waiting)
-        .await
-        .expect("closed in time")
+    check_told_server_shutting_down(|broker| async move { drop(broker) }).await;
+}
+
+/// A broker whose sessions queue at most `limit` messages, and a QoS 0 subscriber to `filter`
+/// on it, which reads only while the test awaits it: a subscriber as slow as the test wants.
+async fn broker_with_slow_subscriber(
+    limit: usize,
+    filter: &str,
+) -> (
+    rallymq_broker::BrokerHandle,
+    SocketAddr,
+    TestClient<tokio::net::TcpStream>,
+) {
+    let broker = start_broker(|config| config.limits.max_queued_messages = limit).await;
+    let addr = tcp_addr(&broker);
+    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "slow")).await;
+    sub.subscribe(vec![subscription(filter, QoS::AtMostOnce)])
+        .await;
+    (broker, addr, sub)
+}
+
+/// A raw MQTT 3.1.1 connection that has sent its CONNECT, for writing packets in bulk.
+async fn raw_publisher(addr: SocketAddr, client_id: &str) -> tokio::net::TcpStream {
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connect = rallymq_codec::Packet::from(connect_packet(V311, client_id))
+        .to_bytes(V311)
         .unwrap();
-    assert!(matches!(
-        reason,
-        Some(CloseReason::PeerDisconnected {
-            reason_code: ReasonCode::ServerShuttingDown,
-            ..
-        })
-    ));
+    raw.write_all(&connect).await.unwrap();
+    raw
 }
 
 #[tokio::test]
 async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
-    let broker = start_broker(|config| config.limits.max_queued_messages = 20).await;
-    let addr = tcp_addr(&broker);
-    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "slow")).await;
-    sub.subscribe(vec![subscription("flood", QoS::AtMostOnce)])
-        .await;
+    let (broker, addr, mut sub) = broker_with_slow_subscriber(20, "flood").await;
     // 400 messages of 32 KiB: far more than the subscriber's queue and the socket buffers.
     let count = 400;
     let publisher = tokio::spawn(async move {
-        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let connect = rallymq_codec::Packet::from(connect_packet(V311, "fast"))
-            .to_bytes(V311)
-            .unwrap();
-        raw.write_all(&connect).await.unwrap();
+        let mut raw = raw_publisher(addr, "fast").await;
         let payload = "p".repeat(32 * 1024);
         for i in 0..count {
             let mut publish = message("flood", &payload, QoS::AtMostOnce);
@@ -757,22 +777,15 @@ async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
 async fn several_publishers_pause_mid_read_instead_of_overrunning_a_queue() {
     // High-water mark at 3/4 of 40: the room past it is 10 messages, more than there are
     // publishers (each may add one before it sees the mark), and one 16 KiB read holds 15.
-    let broker = start_broker(|config| config.limits.max_queued_messages = 40).await;
-    let addr = tcp_addr(&broker);
-    let (mut sub, _) = TestClient::tcp(addr, connect_packet(V5, "sink")).await;
-    sub.subscribe(vec![subscription("burst/+", QoS::AtMostOnce)])
-        .await;
+    let (broker, addr, mut sub) = broker_with_slow_subscriber(40, "burst/+").await;
     let (publishers, count) = (4, 2000);
     let payload = "p".repeat(1024);
     let mut tasks = Vec::new();
     for p in 0..publishers {
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut bytes = rallymq_codec::Packet::from(connect_packet(V311, &format!("burst{p}")))
-                .to_bytes(V311)
-                .unwrap()
-                .to_vec();
+            let mut raw = raw_publisher(addr, &format!("burst{p}")).await;
+            let mut bytes = Vec::new();
             for i in 0..count {
                 let publish = message(
                     &format!("burst/{p}"),
