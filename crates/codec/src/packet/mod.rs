@@ -63,6 +63,7 @@ impl Packet {
     }
 
     /// CONNECT carries its own version; every other packet is encoded as `version` says.
+    #[inline]
     fn effective_version(&self, version: ProtocolVersion) -> ProtocolVersion {
         match self {
             Self::Connect(connect) => connect.protocol,
@@ -71,6 +72,7 @@ impl Packet {
     }
 
     /// The Remaining Length: bytes after the fixed header.
+    #[inline]
     fn remaining_len(&self, version: ProtocolVersion) -> usize {
         let version = self.effective_version(version);
         match self {
@@ -97,6 +99,7 @@ impl Packet {
     }
 
     /// Checks that the packet can be encoded for `version` (caller errors).
+    #[inline]
     fn check(&self, version: ProtocolVersion) -> Result<(), Error> {
         match self {
             Self::Connect(connect) => connect.check(),
@@ -115,14 +118,14 @@ impl Packet {
     /// MQTT 5 fields (properties, reason codes other than success) of packets encoded for an
     /// earlier version are left out, as those versions have no place for them.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut impl BufMut) -> Result<(), Error> {
-        if let Self::Publish(publish) = self {
-            // The packet a broker sends most: checked, measured and written in one inlined
-            // piece rather than through three matches over every packet type.
-            return publish.encode(version, buf);
-        }
         self.check(version)?;
         let remaining = self.remaining_len(version);
-        check_remaining_len(remaining)?;
+        if remaining > MAX_VARIABLE_BYTE_INTEGER as usize {
+            return Err(Error::PacketTooLarge {
+                size: (1 + var_int_len(remaining) + remaining) as u64,
+                max: u64::from(MAX_VARIABLE_BYTE_INTEGER) + 5,
+            });
+        }
         let version = self.effective_version(version);
         let flags = match self {
             Self::Publish(publish) => publish.flags(),
@@ -190,18 +193,6 @@ impl Packet {
             PacketType::Auth => Self::Auth(Auth::read(reader)?),
         }))
     }
-}
-
-/// Refuses a body longer than a Remaining Length can say.
-#[inline]
-pub(crate) fn check_remaining_len(remaining: usize) -> Result<(), Error> {
-    if remaining > MAX_VARIABLE_BYTE_INTEGER as usize {
-        return Err(Error::PacketTooLarge {
-            size: (1 + var_int_len(remaining) + remaining) as u64,
-            max: u64::from(MAX_VARIABLE_BYTE_INTEGER) + 5,
-        });
-    }
-    Ok(())
 }
 
 macro_rules! impl_from {

@@ -4,9 +4,8 @@ use bytes::{Buf, BufMut, Bytes};
 use rallymq_topic::TopicName;
 
 use crate::Properties;
-use crate::packet::check_remaining_len;
 use crate::property::{AckProperties, PublishProperties};
-use crate::wire::{Reader, field_len, put_field, put_var_int};
+use crate::wire::{Reader, field_len, put_field};
 use crate::{Error, PacketId, PacketType, ProtocolVersion, QoS, ReasonCode};
 
 /// PUBLISH: an application message.
@@ -84,23 +83,6 @@ impl Publish {
             properties,
             payload,
         })
-    }
-
-    /// The whole packet, fixed header included: what [`Packet::encode`](crate::Packet::encode)
-    /// does for a PUBLISH.
-    #[inline]
-    pub(crate) fn encode(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut impl BufMut,
-    ) -> Result<(), Error> {
-        self.check(version)?;
-        let remaining = self.body_len(version);
-        check_remaining_len(remaining)?;
-        buf.put_u8(((PacketType::Publish as u8) << 4) | self.flags());
-        put_var_int(buf, remaining);
-        self.write_body(version, buf);
-        Ok(())
     }
 
     #[inline]
