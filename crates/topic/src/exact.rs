@@ -84,12 +84,6 @@ impl<T> ExactFilters<T> {
             .map(|entry| &entry.value)
     }
 
-    pub(crate) fn get_mut(&mut self, hash: u64, filter: &str) -> Option<&mut T> {
-        self.table
-            .find_mut(hash, |entry| entry.filter.as_bytes() == filter.as_bytes())
-            .map(|entry| &mut entry.value)
-    }
-
     /// The value of `filter`, stored first with `make` if the filter is new.
     pub(crate) fn get_or_insert_with(
         &mut self,
@@ -112,9 +106,27 @@ impl<T> ExactFilters<T> {
             .value
     }
 
-    /// Applies `update` to the value of the first filter with hash `hash` for which `wanted`
-    /// holds, then drops the filter if `is_unused` says its value holds nothing any more.
-    /// Returns what `update` returned, or `None` if no such filter is stored.
+    /// Applies `update` to the value of `filter`, then drops the filter if `is_unused` says its
+    /// value holds nothing any more. Returns what `update` returned, or `None` if the filter is
+    /// not stored.
+    pub(crate) fn update<R>(
+        &mut self,
+        hash: u64,
+        filter: &str,
+        update: impl FnOnce(&mut T) -> R,
+        is_unused: impl FnOnce(&T) -> bool,
+    ) -> Option<R> {
+        update_found(
+            &mut self.table,
+            hash,
+            |entry| entry.filter.as_bytes() == filter.as_bytes(),
+            update,
+            is_unused,
+        )
+    }
+
+    /// As [`update`](Self::update), for the first filter with hash `hash` for which `wanted`
+    /// holds: for a caller that kept the hash but not the text.
     pub(crate) fn update_where<R>(
         &mut self,
         hash: u64,
@@ -125,17 +137,13 @@ impl<T> ExactFilters<T> {
         let hasher = &self.hasher;
         // Checking the full hash as well: the table compares only a few bits of it before
         // calling the predicate, and `wanted` alone may hold for another filter.
-        let mut entry = self
-            .table
-            .find_entry(hash, |entry| {
-                hash_bytes(hasher, entry.filter.as_bytes()) == hash && wanted(&entry.value)
-            })
-            .ok()?;
-        let result = update(&mut entry.get_mut().value);
-        if is_unused(&entry.get().value) {
-            entry.remove();
-        }
-        Some(result)
+        update_found(
+            &mut self.table,
+            hash,
+            |entry| wanted(&entry.value) && hash_bytes(hasher, entry.filter.as_bytes()) == hash,
+            update,
+            is_unused,
+        )
     }
 
     /// Gives back the table's spare room.
@@ -144,23 +152,22 @@ impl<T> ExactFilters<T> {
         self.table
             .shrink_to_fit(|entry| hash_bytes(hasher, entry.filter.as_bytes()));
     }
+}
 
-    /// Drops `filter` if `is_unused` holds for its value.
-    pub(crate) fn remove_if_unused(
-        &mut self,
-        hash: u64,
-        filter: &str,
-        is_unused: impl FnOnce(&T) -> bool,
-    ) {
-        if let Ok(entry) = self
-            .table
-            .find_entry(hash, |entry| entry.filter.as_bytes() == filter.as_bytes())
-        {
-            if is_unused(&entry.get().value) {
-                entry.remove();
-            }
-        }
+/// The one probe behind [`ExactFilters::update`] and [`ExactFilters::update_where`].
+fn update_found<T, R>(
+    table: &mut HashTable<ExactFilter<T>>,
+    hash: u64,
+    is_it: impl FnMut(&ExactFilter<T>) -> bool,
+    update: impl FnOnce(&mut T) -> R,
+    is_unused: impl FnOnce(&T) -> bool,
+) -> Option<R> {
+    let mut entry = table.find_entry(hash, is_it).ok()?;
+    let result = update(&mut entry.get_mut().value);
+    if is_unused(&entry.get().value) {
+        entry.remove();
     }
+    Some(result)
 }
 
 /// The one hash function of the table: the stored text is bytes, so the hash is of bytes on
@@ -190,11 +197,17 @@ mod tests {
             Vec::is_empty,
         );
         assert_eq!(removed, Some(()));
-        assert_eq!(filters.get_mut(hash, "a/b"), Some(&mut vec![1]));
-        filters.remove_if_unused(hash, "a/b", Vec::is_empty);
+        assert_eq!(filters.get(hash, "a/b"), Some(&vec![1]));
+        assert_eq!(
+            filters.update(hash, "a/b", |value| value.len(), Vec::is_empty),
+            Some(1)
+        );
         assert_eq!(filters.len(), 1);
-        filters.get_mut(hash, "a/b").unwrap().clear();
-        filters.remove_if_unused(hash, "a/b", Vec::is_empty);
+        assert_eq!(
+            filters.update(hash, "a/c", |value| value.len(), Vec::is_empty),
+            None
+        );
+        filters.update(hash, "a/b", Vec::clear, Vec::is_empty);
         assert_eq!(filters.len(), 0);
     }
 

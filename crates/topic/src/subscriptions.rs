@@ -390,10 +390,13 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             let hash = self.exact.hash(filter.filter());
             let data = self
                 .exact
-                .get_mut(hash, filter.filter())?
-                .take(subscriber)?;
-            self.exact
-                .remove_if_unused(hash, filter.filter(), Subscribers::is_empty);
+                .update(
+                    hash,
+                    filter.filter(),
+                    |entries| entries.take(subscriber),
+                    Subscribers::is_empty,
+                )
+                .flatten()?;
             self.forget(subscriber, exact_key(hash));
             return Some(data);
         }
@@ -426,25 +429,25 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
         let Some(mut keys) = self.by_subscriber.remove(subscriber) else {
             return 0;
         };
+        // A subscriber in two groups of the same filter has the same key twice, and so do two
+        // exact filters whose hashes agree in the key's bits: one visit of a key removes all.
         keys.sort_unstable();
+        keys.dedup();
         let mut removed = 0;
-        let mut previous = None;
         for key in keys {
             if key & EXACT_KEY != 0 {
-                // Two exact filters with the same hash give the same key twice, each standing
-                // for one of them.
-                let taken = self.exact.update_where(
-                    exact_hash(key),
-                    |entries| entries.contains(subscriber),
-                    |entries| entries.take(subscriber),
-                    Subscribers::is_empty,
-                );
-                removed += usize::from(taken.flatten().is_some());
-                continue;
-            }
-            // A subscriber in two groups of the same filter has the same key twice; one visit
-            // of the node removes it from both.
-            if previous.replace(key) == Some(key) {
+                while self
+                    .exact
+                    .update_where(
+                        exact_hash(key),
+                        |entries| entries.contains(subscriber),
+                        |entries| entries.take(subscriber),
+                        Subscribers::is_empty,
+                    )
+                    .is_some()
+                {
+                    removed += 1;
+                }
                 continue;
             }
             // Not an exact key, so the trie key in the low 32 bits.
