@@ -681,55 +681,44 @@ impl<S: Eq + Clone, D> Subscribers<S, D> {
     }
 
     /// Replaces the data of `subscriber` and returns the old data, or adds it and returns
-    /// `None`.
+    /// `None`. Only the switch between one inline entry and a list is done here; the list
+    /// itself is handled as every subscriber list is ([`insert_entry`]).
     fn insert(&mut self, subscriber: &S, data: D) -> Option<D> {
-        let existing = match self {
-            Self::One(entry) => std::slice::from_mut(entry),
-            Self::Many(entries) => entries,
-        }
-        .iter_mut()
-        .find(|entry| entry.subscriber == *subscriber);
-        if let Some(entry) = existing {
-            return Some(std::mem::replace(&mut entry.data, data));
-        }
-        let entry = Entry {
-            subscriber: subscriber.clone(),
-            data,
-        };
-        *self = match std::mem::take(self) {
-            Self::One(first) => Self::Many(vec![first, entry]),
-            Self::Many(entries) if entries.is_empty() => Self::One(entry),
-            Self::Many(mut entries) => {
-                push_compact(&mut entries, entry);
-                Self::Many(entries)
+        match self {
+            Self::One(entry) if entry.subscriber == *subscriber => {
+                Some(std::mem::replace(&mut entry.data, data))
             }
-        };
-        None
+            Self::Many(entries) if !entries.is_empty() => insert_entry(entries, subscriber, data),
+            _ => {
+                let entry = Entry {
+                    subscriber: subscriber.clone(),
+                    data,
+                };
+                *self = match std::mem::take(self) {
+                    Self::One(first) => Self::Many(vec![first, entry]),
+                    Self::Many(_) => Self::One(entry),
+                };
+                None
+            }
+        }
     }
 
     /// Removes the subscription of `subscriber`, returning its data.
     fn take(&mut self, subscriber: &S) -> Option<D> {
-        let position = self
-            .as_slice()
-            .iter()
-            .position(|entry| entry.subscriber == *subscriber)?;
-        let (rest, taken) = match std::mem::take(self) {
-            Self::One(entry) => (Self::default(), entry),
-            Self::Many(mut entries) => {
-                let taken = entries.swap_remove(position);
-                let rest = match (entries.pop(), entries.is_empty()) {
-                    (Some(only), true) => Self::One(only),
-                    (last, _) => {
-                        entries.extend(last);
-                        shrink_if_sparse(&mut entries);
-                        Self::Many(entries)
-                    }
-                };
-                (rest, taken)
+        match self {
+            Self::One(entry) if entry.subscriber == *subscriber => match std::mem::take(self) {
+                Self::One(entry) => Some(entry.data),
+                Self::Many(_) => None,
+            },
+            Self::One(_) => None,
+            Self::Many(entries) => {
+                let data = take_entry(entries, subscriber)?;
+                if entries.len() == 1 {
+                    *self = Self::One(entries.pop().expect("one entry"));
+                }
+                Some(data)
             }
-        };
-        *self = rest;
-        Some(taken.data)
+        }
     }
 }
 
