@@ -79,15 +79,18 @@ impl<T> Slab<T> {
     /// Gives back the pages past the last node in use, and the free list's spare room. Ids
     /// are positions, so free slots before the last node in use stay (nodes never move).
     pub(crate) fn shrink_to_fit(&mut self) {
-        let slots: usize = self.pages.iter().map(Vec::len).sum();
-        let mut free = vec![false; slots];
-        for &id in &self.free {
-            free[id as usize] = true;
+        // The slots past the last node in use are the largest free ids, consecutive up to
+        // the end: sorted, they come off the top of the free list.
+        let mut used_end: usize = self.pages.iter().map(Vec::len).sum();
+        self.free.sort_unstable();
+        while self
+            .free
+            .last()
+            .is_some_and(|&id| id as usize + 1 == used_end)
+        {
+            self.free.pop();
+            used_end -= 1;
         }
-        let used_end = free
-            .iter()
-            .rposition(|&is_free| !is_free)
-            .map_or(0, |last| last + 1);
         let page_count = used_end.div_ceil(PAGE_LEN);
         self.pages.truncate(page_count);
         if let Some(last) = self.pages.last_mut() {
@@ -95,7 +98,6 @@ impl<T> Slab<T> {
             last.truncate(used_end - (page_count - 1) * PAGE_LEN);
         }
         self.pages.shrink_to_fit();
-        self.free.retain(|&id| (id as usize) < used_end);
         self.free.shrink_to_fit();
     }
 }
