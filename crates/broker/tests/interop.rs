@@ -482,6 +482,11 @@ fn list(messages: &[String]) -> String {
     format!("[{}]", messages.join(","))
 }
 
+/// A scenario's whole result when it reports only the messages received.
+fn received(messages: &[String]) -> String {
+    format!(r#"{{"received":{}}}"#, list(messages))
+}
+
 /// QoS 0, 1 and 2 end to end with MQTT 3.1, 3.1.1 and 5.0; a message goes out at the lower of its QoS and the granted one
 /// (3.1.1 MQTT-3.8.4-6, 5.0 MQTT-3.8.4-8).
 #[test]
@@ -557,15 +562,12 @@ fn paho_shared_subscription_gives_each_message_to_one_member() {
 #[test]
 fn paho_topic_alias_from_client_to_broker() {
     paho_matrix("alias", &["5"], |_| {
-        format!(
-            r#"{{"received":{}}}"#,
-            list(&[
-                msg("a", "first", 1, false),
-                msg("a", "second", 1, false),
-                msg("b", "third", 1, false),
-                msg("b", "fourth", 1, false),
-            ])
-        )
+        received(&[
+            msg("a", "first", 1, false),
+            msg("a", "second", 1, false),
+            msg("b", "third", 1, false),
+            msg("b", "fourth", 1, false),
+        ])
     });
 }
 
@@ -596,10 +598,7 @@ fn mqtt_4_6_0_5_paho_burst_of_qos1_and_qos2_messages_arrives_in_order() {
 #[test]
 fn paho_large_payload_arrives_intact() {
     paho_matrix("large", &["311", "5"], |_| {
-        format!(
-            r#"{{"received":{}}}"#,
-            list(&[msg("", "307200 bytes, sha256 d3560a80a6bbac80", 1, false)])
-        )
+        received(&[msg("", "307200 bytes, sha256 d3560a80a6bbac80", 1, false)])
     });
 }
 
@@ -843,12 +842,7 @@ fn mqtt_4_3_3_2_qos2_publish_sent_again_before_pubrel_delivered_once() {
         "qos2_dup",
         &["31", "311", "5"],
         &[Transport::Tcp],
-        |_, _| {
-            format!(
-                r#"{{"received":{}}}"#,
-                list(&[msg("", "once", 2, false), msg("", "next", 2, false)])
-            )
-        },
+        |_, _| received(&[msg("", "once", 2, false), msg("", "next", 2, false)]),
     );
 }
 
@@ -877,10 +871,7 @@ fn mqtt_3_1_2_23_paho_v5_session_kept_for_its_expiry_interval_only() {
 #[test]
 fn mqtt_3_1_2_17_paho_retained_will_is_retained() {
     paho_matrix("will_retained", &["311", "5"], |_| {
-        format!(
-            r#"{{"received":{}}}"#,
-            list(&[msg("", "last words", 1, true)])
-        )
+        received(&[msg("", "last words", 1, true)])
     });
 }
 
@@ -902,7 +893,7 @@ fn mqtt_3_3_5_1_paho_overlapping_subscriptions_one_copy_at_highest_qos() {
             ],
             _ => vec![msg("x", "once", 2, false)],
         };
-        format!(r#"{{"received":{}}}"#, list(&copies))
+        received(&copies)
     });
 }
 
