@@ -1191,16 +1191,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.client_threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match rallymq_benches::multi_thread_runtime(options.client_threads) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot build the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = match command.as_str() {
         "compare" => compare(&runtime, &options),

@@ -59,16 +59,9 @@ fn main() -> ExitCode {
     if config.tcp.is_empty() && config.ws.is_empty() {
         return usage();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match rallymq_benches::multi_thread_runtime(threads) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot build the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let started = runtime.block_on(async {
         let handle = Broker::start(config).await?;
