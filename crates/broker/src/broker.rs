@@ -90,10 +90,7 @@ impl Shared {
     }
 
     fn lock_connecting(&self) -> std::sync::MutexGuard<'_, Connecting> {
-        // A panic while holding the lock would be a bug; the map stays usable either way.
-        self.connecting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.connecting)
     }
 
     /// A subscriber's queue drained: wakes the publishers waiting for room, if any. Called

@@ -40,3 +40,11 @@ pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscri
 pub use config::{BrokerConfig, Limits, QueueFullPolicy};
 pub use error::Error;
 pub use store::{MemoryStore, Store, StoreSnapshot, StoredSession};
+
+/// Locks one of the broker's mutexes. A panic while holding one would be a bug, and the data
+/// stays usable either way, so a poisoned lock is taken as it is.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -65,8 +65,7 @@ struct Inbox {
 
 impl ControlBox {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
-        // A panic while holding the lock would be a bug; the inbox stays usable either way.
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inbox)
     }
 
     /// Hands `control` to the driver; gives it back if the driver has ended.
@@ -257,10 +256,7 @@ impl Session {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionInner> {
-        // A panic while holding the lock would be a bug; the data stays usable either way.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// Queues a message for the client, waiting since `since` (Message Expiry counts from then).
@@ -386,9 +382,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashSet<SessionRef>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.sessions)
     }
 
     /// The session for `client_id`, created if there is none; and whether it existed.

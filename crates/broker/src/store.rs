@@ -10,6 +10,8 @@ use futures::future::BoxFuture;
 use rallymq_codec::{Publish, SubscriptionId, SubscriptionOptions, TopicFilter};
 use rallymq_session::SessionState;
 
+use crate::lock;
+
 /// A session as stored: everything needed to resume it after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
@@ -64,12 +66,6 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Store for MemoryStore {
