@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -50,7 +50,6 @@ pub(crate) mod signal {
 pub(crate) struct ControlBox {
     inbox: Mutex<Inbox>,
     signals: AtomicU8,
-    closed: AtomicBool,
 }
 
 /// The driver's waker and the controls waiting for it, under one lock: a separate
@@ -61,6 +60,10 @@ struct Inbox {
     /// Boxed: controls are rare, and every idle connection has a `ControlBox`.
     #[allow(clippy::box_collection)]
     controls: Option<Box<VecDeque<Control>>>,
+    /// Set by [`ControlBox::close`]. Under the lock with `controls`, so that no control can
+    /// land in the box between the driver's close and its last look (its reply would never
+    /// come).
+    closed: bool,
 }
 
 impl ControlBox {
@@ -70,13 +73,13 @@ impl ControlBox {
 
     /// Hands `control` to the driver; gives it back if the driver has ended.
     pub(crate) fn send(&self, control: Control) -> Result<(), Control> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(control);
+        {
+            let mut inbox = self.lock();
+            if inbox.closed {
+                return Err(control);
+            }
+            inbox.controls.get_or_insert_default().push_back(control);
         }
-        self.lock()
-            .controls
-            .get_or_insert_default()
-            .push_back(control);
         self.signal(signal::CONTROL);
         Ok(())
     }
@@ -128,8 +131,8 @@ impl ControlBox {
     /// The driver has ended: later sends fail, and waiting messages are dropped (their reply
     /// channels close, so whoever waits on them learns at once).
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
         let mut inbox = self.lock();
+        inbox.closed = true;
         inbox.controls = None;
         inbox.waker = None;
     }
