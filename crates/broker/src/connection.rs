@@ -184,11 +184,6 @@ impl Driver {
                 if self.engine.is_closed() && deadline.is_none() {
                     break;
                 }
-                if self.congested.is_some() {
-                    // Boxed: rare, and its state would otherwise sit in every idle
-                    // connection's task.
-                    Box::pin(self.wait_for_subscribers()).await;
-                }
                 let control = self.control.clone();
                 // The timer's branch comes first so that its instant is computed before the
                 // read borrows `self`: no `Instant` local is kept across the wait.
@@ -223,9 +218,8 @@ impl Driver {
                 DisconnectProperties::default(),
             );
         }
-        if signals & signal::MESSAGES != 0 && self.engine.is_connected() {
-            self.drain_pending();
-        }
+        // `signal::MESSAGES` needs nothing here: the loop's next `process_events` drains the
+        // session's queue whatever woke it.
     }
 
     /// Pauses this publisher until the subscribers it congested drain below their high-water
@@ -615,6 +609,7 @@ impl Driver {
         };
         let now = self.now();
         let mut inner = session.lock();
+        let waiting = inner.pending.len();
         while let Some(queued) = inner.pending.front() {
             if !self.engine.can_deliver(queued.publish.qos) {
                 // Stays queued, in order, until acknowledgements make room.
@@ -644,8 +639,14 @@ impl Driver {
                 }
             }
         }
+        let drained = inner.pending.len() < waiting;
         drop(inner);
-        self.shared.space_freed();
+        // Only a drain that made room can end a publisher's wait: waking them all for
+        // nothing, on every pass of every connection, would cost most when they wait, under
+        // load.
+        if drained {
+            self.shared.space_freed();
+        }
     }
 
     fn on_closed(&mut self, reason: CloseReason) {
