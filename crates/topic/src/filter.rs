@@ -6,8 +6,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::name::validate_common;
-use crate::{Error, TopicName};
+use crate::{Error, MAX_TOPIC_LEN, TopicName};
 
 const SHARE_PREFIX: &str = "$share/";
 
@@ -99,9 +98,18 @@ impl TopicFilter {
 
 /// Validates a filter and returns where its matching part starts.
 fn validate_filter(text: &str) -> Result<u32, Error> {
-    validate_common(text)?;
+    if text.is_empty() {
+        return Err(Error::Empty);
+    }
+    if text.len() > MAX_TOPIC_LEN {
+        return Err(Error::TooLong(text.len()));
+    }
     let filter_start = match text.strip_prefix(SHARE_PREFIX) {
         Some(rest) => {
+            // The filter's NUL check is in `validate_wildcards`; this is the rest's.
+            if rest.contains('\0') {
+                return Err(Error::NullCharacter);
+            }
             let (share_name, filter) = rest.split_once('/').ok_or(if rest.is_empty() {
                 Error::InvalidShareName
             } else {
@@ -122,14 +130,16 @@ fn validate_filter(text: &str) -> Result<u32, Error> {
     Ok(filter_start)
 }
 
-/// Checks that `+` fills whole levels and `#` only the whole last level, in one pass over the
-/// bytes (filters are validated for every SUBSCRIBE, so this is on a broker's hot path). The
-/// first offending level decides the error, as [`level_wildcard_error`] says.
+/// Checks that `+` fills whole levels, `#` only the whole last level, and that no U+0000 is
+/// present, in one pass over the bytes (filters are validated for every SUBSCRIBE, so this is
+/// on a broker's hot path). The first offending level decides the wildcard error, as
+/// [`level_wildcard_error`] says; a NUL anywhere wins over it.
 fn validate_wildcards(filter: &str) -> Result<(), Error> {
     let bytes = filter.as_bytes();
     let mut level_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
         let valid = match byte {
+            0 => return Err(Error::NullCharacter),
             b'/' => {
                 level_start = i + 1;
                 true
@@ -139,6 +149,9 @@ fn validate_wildcards(filter: &str) -> Result<(), Error> {
             _ => true,
         };
         if !valid {
+            if bytes[i..].contains(&0) {
+                return Err(Error::NullCharacter);
+            }
             let level = filter[level_start..].split('/').next().unwrap_or_default();
             return Err(level_wildcard_error(level));
         }
@@ -313,7 +326,8 @@ mod tests {
     fn mqtt_4_7_3_2_null_character_is_refused() {
         assert_eq!(TopicName::new("a\0b"), Err(Error::NullCharacter));
         assert_eq!(TopicFilter::new("a/\0"), Err(Error::NullCharacter));
-        // A NUL wins over any wildcard or share name error, wherever it is.
+        // Checked in the same pass as the wildcards, but it wins over them wherever it is,
+        // and over a bad share name.
         assert_eq!(TopicName::new("a+/\0"), Err(Error::NullCharacter));
         assert_eq!(TopicFilter::new("a+/\0"), Err(Error::NullCharacter));
         assert_eq!(TopicFilter::new("\0/#/x"), Err(Error::NullCharacter));
@@ -323,11 +337,11 @@ mod tests {
 
     #[test]
     fn mqtt_4_7_3_3_at_most_65535_bytes() {
-        let longest = "a".repeat(crate::MAX_TOPIC_LEN);
+        let longest = "a".repeat(MAX_TOPIC_LEN);
         assert!(TopicName::new(longest.clone()).is_ok());
         assert!(TopicFilter::new(longest.clone()).is_ok());
         // Two-byte characters: the limit is on encoded bytes, not characters.
-        let too_long = "\u{e9}".repeat(crate::MAX_TOPIC_LEN / 2 + 1);
+        let too_long = "\u{e9}".repeat(MAX_TOPIC_LEN / 2 + 1);
         assert_eq!(
             TopicName::new(too_long.clone()),
             Err(Error::TooLong(too_long.len()))
