@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// How many times [`Mosquitto::start_with`] tries, each on new ports.
+const START_ATTEMPTS: usize = 3;
+
 /// How long a peer may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,6 +63,20 @@ impl Mosquitto {
     /// As [`Mosquitto::start`], with `settings` (Mosquitto configuration lines, such as
     /// `allow_anonymous false`) instead of allowing anonymous clients.
     pub fn start_with(settings: &str) -> Self {
+        // A free port can be taken by another test between `free_port` and Mosquitto's bind;
+        // Mosquitto then exits at once, and new ports are tried.
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(settings) {
+                Ok(broker) => return broker,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("Mosquitto did not start: {}", failures.join("; "));
+    }
+
+    /// One attempt of [`Mosquitto::start_with`]: `Err` when Mosquitto exited at start.
+    fn try_start(settings: &str) -> Result<Self, String> {
         let program = mosquitto_program();
         let tcp = free_port();
         let ws = free_port();
@@ -96,7 +113,7 @@ impl Mosquitto {
         for port in [tcp, ws] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if let Ok(Some(status)) = broker.child.try_wait() {
-                    panic!("Mosquitto exited at start ({status}); port {port} taken?");
+                    return Err(format!("exited at start ({status}); port {port} taken?"));
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -105,7 +122,7 @@ impl Mosquitto {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        broker
+        Ok(broker)
     }
 }
 
