@@ -15,7 +15,30 @@ const START_ATTEMPTS: usize = 3;
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the peer to take).
+///
+/// Taken below the system's ephemeral range when it can be: a port the system hands out for
+/// `bind(0)` is one it may hand out again at once, to another test's listener or to the local
+/// end of any outgoing connection, before the peer has bound it (Mosquitto then fails to
+/// start, or a test talks to the wrong listener). Ports below that range are only ever chosen
+/// by this function, which walks them from a point that differs per process.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start > LOWEST {
+        let span = u64::from(ephemeral_start - LOWEST);
+        let start = u64::from(std::process::id()) * 7_919;
+        for _ in 0..span {
+            let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = LOWEST + offset as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("a bound address").port()
 }
