@@ -10,6 +10,13 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 
+# make, which the jemalloc allocator of the broker binary needs to build its C sources.
+if ! command -v make >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq make >/dev/null
+fi
+
 # Python peers for interop tests.
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 

@@ -17,6 +17,11 @@ use std::process::ExitCode;
 
 use rallymq_broker::{Broker, BrokerConfig};
 
+/// The `rallymq` binary's allocator: the process measured is the one people run.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn usage() -> ExitCode {
     eprintln!(
         "usage: rallymq_bench_broker [--tcp ADDR]... [--ws ADDR]... [--threads N] [--exit-on-stdin-eof]"

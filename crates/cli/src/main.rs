@@ -24,6 +24,12 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::config::{FileConfig, Settings};
 
+/// jemalloc, for a smaller idle connection than glibc's malloc gives at the same throughput
+/// (see the dependency's comment in Cargo.toml).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// How long connections get to close after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
