@@ -171,7 +171,10 @@ impl Packet {
         Ok(Some(match packet_type {
             PacketType::Connect => Self::Connect(Box::new(Connect::read(reader)?)),
             PacketType::ConnAck => Self::ConnAck(ConnAck::read(reader, version)?),
-            // PUBLISH takes the body itself, to keep it as the payload.
+            // No caller reaches this arm today: `decode` reads PUBLISH before calling here, as
+            // routing it through this function (inlined) measured 3-4% slower for a small
+            // PUBLISH. The arm keeps the match total without a panic path, and `flags` is kept
+            // for it.
             PacketType::Publish => Self::Publish(Publish::read(body, flags, version)?),
             PacketType::PubAck => Self::PubAck(Ack::read(reader, packet_type, version)?),
             PacketType::PubRec => Self::PubRec(Ack::read(reader, packet_type, version)?),
