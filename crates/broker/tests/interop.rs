@@ -349,8 +349,27 @@ impl Drop for Streaming {
 }
 
 /// Asserts that no case failed, listing every failure.
+/// A peer run's outcome as a failure message shows it.
+trait Outcome: PartialEq {
+    fn readable(&self) -> String;
+}
+
+/// JSON or a line as it is, without `{:?}`'s escaped quotes.
+impl Outcome for String {
+    fn readable(&self) -> String {
+        self.clone()
+    }
+}
+
+/// Lines as a list.
+impl Outcome for Vec<String> {
+    fn readable(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
 /// Records in `failures` how `observed` (a peer run) differs from `expected`, if it does.
-fn check_observed<T: PartialEq + std::fmt::Debug>(
+fn check_observed<T: Outcome>(
     failures: &mut Vec<String>,
     case: &str,
     observed: Result<T, String>,
@@ -359,7 +378,9 @@ fn check_observed<T: PartialEq + std::fmt::Debug>(
     match observed {
         Ok(observed) if observed == *expected => {}
         Ok(observed) => failures.push(format!(
-            "{case}:\n  expected {expected:?}\n  observed {observed:?}"
+            "{case}:\n  expected {}\n  observed {}",
+            expected.readable(),
+            observed.readable()
         )),
         Err(error) => failures.push(format!("{case}: {error}")),
     }
@@ -461,14 +482,12 @@ fn paho_cases(
             "paho {scenario}, MQTT {version} over {transport:?} to {}",
             endpoint.name
         );
-        match result {
-            Ok(outcome) if outcome == expected(version, endpoint.name) => {}
-            Ok(outcome) => failures.push(format!(
-                "{case}:\n  expected {}\n  observed {outcome}",
-                expected(version, endpoint.name)
-            )),
-            Err(error) => failures.push(format!("{case}: {error}")),
-        }
+        check_observed(
+            &mut failures,
+            &case,
+            result,
+            &expected(version, endpoint.name),
+        );
     }
     assert_no_failures(failures);
 }
