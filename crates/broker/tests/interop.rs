@@ -348,7 +348,6 @@ impl Drop for Streaming {
     }
 }
 
-/// Asserts that no case failed, listing every failure.
 /// A peer run's outcome as a failure message shows it.
 trait Outcome: PartialEq {
     fn readable(&self) -> String;
@@ -386,6 +385,7 @@ fn check_observed<T: Outcome>(
     }
 }
 
+/// Asserts that no case failed, listing every failure.
 fn assert_no_failures(failures: Vec<String>) {
     assert!(
         failures.is_empty(),
