@@ -20,13 +20,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
-use rallymq_test_support::Mosquitto;
+use rallymq_test_support::{Mosquitto, run_id};
 
 /// Longest a peer script may run.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,17 +34,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// A short id unique to this process run, for client ids and topics.
-fn run_id() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{:05x}{n:x}", (nanos ^ std::process::id()) & 0xf_ffff)
 }
 
 // ---------------------------------------------------------------------------------------------
