@@ -518,11 +518,7 @@ async fn mqtt_3_3_2_12_topic_alias_from_the_client_is_resolved() {
     sub.subscribe(vec![subscription("alias/#", QoS::AtMostOnce)])
         .await;
     // Raw bytes: an engine never sends a PUBLISH without its topic on its own.
-    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let connect = rallymq_codec::Packet::from(connect_packet(V5, "p"))
-        .to_bytes(V5)
-        .unwrap();
-    raw.write_all(&connect).await.unwrap();
+    let mut raw = raw_publisher(addr, V5, "p").await;
     let mut connack = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut connack))
         .await
@@ -624,13 +620,7 @@ async fn oversize_packets_are_refused_with_0x95() {
         Some(1024)
     );
     // The engine refuses to send it; write the header of a 2,000-byte PUBLISH raw instead.
-    let mut raw = tokio::net::TcpStream::connect(tcp_addr(&broker))
-        .await
-        .unwrap();
-    let connect = rallymq_codec::Packet::from(connect_packet(V5, "raw"))
-        .to_bytes(V5)
-        .unwrap();
-    raw.write_all(&connect).await.unwrap();
+    let mut raw = raw_publisher(tcp_addr(&broker), V5, "raw").await;
     raw.write_all(&[0x30, 0xD0, 0x0F]).await.unwrap();
     let mut received = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), raw.read_to_end(&mut received)).await;
@@ -717,11 +707,16 @@ async fn broker_with_slow_subscriber(
     (broker, addr, sub)
 }
 
-/// A raw MQTT 3.1.1 connection that has sent its CONNECT, for writing packets in bulk.
-async fn raw_publisher(addr: SocketAddr, client_id: &str) -> tokio::net::TcpStream {
+/// A raw TCP connection that has sent the CONNECT of `version` with `client_id`, for writing
+/// packets in bulk or ones an engine would not send.
+async fn raw_publisher(
+    addr: SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+) -> tokio::net::TcpStream {
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let connect = rallymq_codec::Packet::from(connect_packet(V311, client_id))
-        .to_bytes(V311)
+    let connect = rallymq_codec::Packet::from(connect_packet(version, client_id))
+        .to_bytes(version)
         .unwrap();
     raw.write_all(&connect).await.unwrap();
     raw
@@ -733,7 +728,7 @@ async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
     // 400 messages of 32 KiB: far more than the subscriber's queue and the socket buffers.
     let count = 400;
     let publisher = tokio::spawn(async move {
-        let mut raw = raw_publisher(addr, "fast").await;
+        let mut raw = raw_publisher(addr, V311, "fast").await;
         let payload = "p".repeat(32 * 1024);
         for i in 0..count {
             let mut publish = message("flood", &payload, QoS::AtMostOnce);
@@ -784,7 +779,7 @@ async fn several_publishers_pause_mid_read_instead_of_overrunning_a_queue() {
     for p in 0..publishers {
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let mut raw = raw_publisher(addr, &format!("burst{p}")).await;
+            let mut raw = raw_publisher(addr, V311, &format!("burst{p}")).await;
             let mut bytes = Vec::new();
             for i in 0..count {
                 let publish = message(

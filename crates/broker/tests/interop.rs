@@ -20,13 +20,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
-use rallymq_test_support::Mosquitto;
+use rallymq_test_support::{Mosquitto, run_id};
 
 /// Longest a peer script may run.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,17 +34,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// A short id unique to this process run, for client ids and topics.
-fn run_id() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{:05x}{n:x}", (nanos ^ std::process::id()) & 0xf_ffff)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,9 +336,27 @@ impl Drop for Streaming {
     }
 }
 
-/// Asserts that no case failed, listing every failure.
+/// A peer run's outcome as a failure message shows it.
+trait Outcome: PartialEq {
+    fn readable(&self) -> String;
+}
+
+/// JSON or a line as it is, without `{:?}`'s escaped quotes.
+impl Outcome for String {
+    fn readable(&self) -> String {
+        self.clone()
+    }
+}
+
+/// Lines as a list.
+impl Outcome for Vec<String> {
+    fn readable(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
 /// Records in `failures` how `observed` (a peer run) differs from `expected`, if it does.
-fn check_observed<T: PartialEq + std::fmt::Debug>(
+fn check_observed<T: Outcome>(
     failures: &mut Vec<String>,
     case: &str,
     observed: Result<T, String>,
@@ -359,12 +365,15 @@ fn check_observed<T: PartialEq + std::fmt::Debug>(
     match observed {
         Ok(observed) if observed == *expected => {}
         Ok(observed) => failures.push(format!(
-            "{case}:\n  expected {expected:?}\n  observed {observed:?}"
+            "{case}:\n  expected {}\n  observed {}",
+            expected.readable(),
+            observed.readable()
         )),
         Err(error) => failures.push(format!("{case}: {error}")),
     }
 }
 
+/// Asserts that no case failed, listing every failure.
 fn assert_no_failures(failures: Vec<String>) {
     assert!(
         failures.is_empty(),
@@ -461,14 +470,12 @@ fn paho_cases(
             "paho {scenario}, MQTT {version} over {transport:?} to {}",
             endpoint.name
         );
-        match result {
-            Ok(outcome) if outcome == expected(version, endpoint.name) => {}
-            Ok(outcome) => failures.push(format!(
-                "{case}:\n  expected {}\n  observed {outcome}",
-                expected(version, endpoint.name)
-            )),
-            Err(error) => failures.push(format!("{case}: {error}")),
-        }
+        check_observed(
+            &mut failures,
+            &case,
+            result,
+            &expected(version, endpoint.name),
+        );
     }
     assert_no_failures(failures);
 }
@@ -1084,26 +1091,21 @@ fn mqtt_3_1_0_1_protocol_violations_close_the_connection() {
         let expected = format!("{{{}}}", fields.join(","));
         for endpoint in [ours.endpoint(), reference.endpoint()] {
             let mosquitto = endpoint.name == "Mosquitto";
-            let (expected, observed) = match paho("violations", endpoint, Transport::Tcp, version) {
-                Ok(observed) if mosquitto => (
-                    without_disconnects(&expected),
-                    without_disconnects(&observed),
-                ),
-                Ok(observed) => (expected.clone(), observed),
-                Err(error) => {
-                    failures.push(format!(
-                        "violations, MQTT {version}, {}: {error}",
-                        endpoint.name
-                    ));
-                    continue;
+            let normalised = |outcome: &str| {
+                if mosquitto {
+                    without_disconnects(outcome)
+                } else {
+                    outcome.to_owned()
                 }
             };
-            if observed != expected {
-                failures.push(format!(
-                    "violations, MQTT {version}, {}:\n  expected {expected}\n  observed {observed}",
-                    endpoint.name
-                ));
-            }
+            let observed = paho("violations", endpoint, Transport::Tcp, version);
+            let case = format!("violations, MQTT {version}, {}", endpoint.name);
+            check_observed(
+                &mut failures,
+                &case,
+                observed.map(|observed| normalised(&observed)),
+                &normalised(&expected),
+            );
         }
     }
     assert_no_failures(failures);
