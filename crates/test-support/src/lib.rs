@@ -43,7 +43,8 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("a bound address").port()
 }
 
-/// A unique name part for temporary files of this process.
+/// A name part unique within this process (its id and a counter): for temporary files, and for
+/// client ids and topics that must not meet those of another test.
 pub fn run_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
