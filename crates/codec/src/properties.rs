@@ -56,7 +56,7 @@ impl<T> Properties<T> {
     where
         T: Default,
     {
-        self.0.take().map(|set| *set).unwrap_or_default()
+        std::mem::take(self).into_inner()
     }
 
     /// The set, by value.
