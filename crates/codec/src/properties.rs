@@ -27,7 +27,6 @@ use std::ops::{Deref, DerefMut};
 ///     ..PublishProperties::default()
 /// }));
 /// ```
-#[derive(Clone)]
 pub struct Properties<T>(Option<Box<T>>);
 
 /// A property set that [`Properties`] can hold: one of this crate's `*Properties` structs.
@@ -46,7 +45,8 @@ pub(crate) mod sealed {
 }
 
 impl<T> Properties<T> {
-    /// The allocated set, if any property was ever set (it may have been cleared since).
+    /// The allocated set, if any property was ever set (it may have been cleared since; a clone
+    /// of a cleared set has none).
     pub fn get_mut(&mut self) -> Option<&mut T> {
         self.0.as_deref_mut()
     }
@@ -56,7 +56,7 @@ impl<T> Properties<T> {
     where
         T: Default,
     {
-        self.0.take().map(|set| *set).unwrap_or_default()
+        std::mem::take(self).into_inner()
     }
 
     /// The set, by value.
@@ -71,6 +71,18 @@ impl<T> Properties<T> {
 impl<T> Default for Properties<T> {
     fn default() -> Self {
         Self(None)
+    }
+}
+
+impl<T: PropertySet + Clone> Clone for Properties<T> {
+    /// Clones the set; an allocated set that holds no property any more (emptied through
+    /// [`get_mut`](Self::get_mut)) clones to no set, as [`Properties::default()`], rather than to
+    /// a new empty allocation. A broker clones a PUBLISH once per subscriber copy.
+    fn clone(&self) -> Self {
+        match &self.0 {
+            Some(set) if !set.is_empty() => Self(Some(set.clone())),
+            _ => Self(None),
+        }
     }
 }
 
@@ -122,7 +134,10 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::{Limits, Packet, ProtocolVersion, Publish, PublishProperties, TopicName, decode};
+    use crate::{
+        Limits, Packet, ProtocolVersion, Publish, PublishProperties, SubscriptionId, TopicName,
+        decode,
+    };
 
     #[cfg(target_pointer_width = "64")]
     #[test]
@@ -173,5 +188,28 @@ mod tests {
         assert_eq!(allocated, Properties::default());
         assert_eq!(allocated.take(), PublishProperties::default());
         assert!(allocated.get_mut().is_none());
+    }
+
+    #[test]
+    fn a_clone_of_an_emptied_set_allocates_no_set() {
+        let set = PublishProperties {
+            message_expiry_interval: Some(5),
+            subscription_identifiers: vec![SubscriptionId::new(7).unwrap()],
+            ..PublishProperties::default()
+        };
+        let mut emptied = Properties::from(set.clone());
+        let inner = emptied.get_mut().unwrap();
+        inner.message_expiry_interval = None;
+        inner.subscription_identifiers.clear();
+        assert!(emptied.get_mut().is_some());
+        let mut clone = emptied.clone();
+        assert!(clone.get_mut().is_none());
+        assert_eq!(clone, emptied);
+
+        let mut full = Properties::from(set);
+        let mut clone = full.clone();
+        assert!(clone.get_mut().is_some());
+        assert_eq!(clone, full);
+        assert_eq!(clone.get_mut(), full.get_mut());
     }
 }

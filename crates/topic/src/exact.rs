@@ -78,6 +78,11 @@ impl<T> ExactFilters<T> {
         self.table.len()
     }
 
+    /// Whether no filter is stored.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     pub(crate) fn get(&self, hash: u64, filter: &str) -> Option<&T> {
         self.table
             .find(hash, |entry| entry.filter.as_bytes() == filter.as_bytes())

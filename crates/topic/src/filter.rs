@@ -6,7 +6,8 @@ use std::str::FromStr;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::{Error, MAX_TOPIC_LEN, TopicName};
+use crate::name::validate_length;
+use crate::{Error, TopicName};
 
 const SHARE_PREFIX: &str = "$share/";
 
@@ -98,12 +99,7 @@ impl TopicFilter {
 
 /// Validates a filter and returns where its matching part starts.
 fn validate_filter(text: &str) -> Result<u32, Error> {
-    if text.is_empty() {
-        return Err(Error::Empty);
-    }
-    if text.len() > MAX_TOPIC_LEN {
-        return Err(Error::TooLong(text.len()));
-    }
+    validate_length(text)?;
     let filter_start = match text.strip_prefix(SHARE_PREFIX) {
         Some(rest) => {
             // The filter's NUL check is in `validate_wildcards`; this is the rest's.
@@ -121,7 +117,7 @@ fn validate_filter(text: &str) -> Result<u32, Error> {
             if filter.is_empty() {
                 return Err(Error::MissingSharedFilter);
             }
-            // Bounded by MAX_TOPIC_LEN (65,535), checked above.
+            // Bounded by MAX_TOPIC_LEN (65,535), checked by `validate_length` above.
             (SHARE_PREFIX.len() + share_name.len() + 1) as u32
         }
         None => 0,
@@ -218,6 +214,7 @@ impl TryFrom<Bytes> for TopicFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_TOPIC_LEN;
 
     /// The wildcard rules stated level by level (MQTT-4.7.1-2, MQTT-4.7.1-3): the reference the
     /// one-pass [`validate_wildcards`] must agree with, error included.

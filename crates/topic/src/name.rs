@@ -65,14 +65,22 @@ impl TopicName {
 
 /// Checks the rules shared by names and filters: length, UTF-8 (already given by `&str`), U+0000.
 pub(crate) fn validate_common(text: &str) -> Result<(), Error> {
+    validate_length(text)?;
+    if text.as_bytes().contains(&0) {
+        return Err(Error::NullCharacter);
+    }
+    Ok(())
+}
+
+/// Checks the length rules shared by names and filters: not empty, at most [`MAX_TOPIC_LEN`]
+/// bytes.
+#[inline]
+pub(crate) fn validate_length(text: &str) -> Result<(), Error> {
     if text.is_empty() {
         return Err(Error::Empty);
     }
     if text.len() > MAX_TOPIC_LEN {
         return Err(Error::TooLong(text.len()));
-    }
-    if text.as_bytes().contains(&0) {
-        return Err(Error::NullCharacter);
     }
     Ok(())
 }

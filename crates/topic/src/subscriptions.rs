@@ -354,27 +354,22 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
 
     /// The data of the subscription of `subscriber` to exactly `filter`, if there is one.
     pub fn get(&self, subscriber: &S, filter: &TopicFilter) -> Option<&D> {
-        if is_exact(filter) {
+        let entries = if is_exact(filter) {
             let hash = self.exact.hash(filter.filter());
-            return self
-                .exact
-                .get(hash, filter.filter())?
-                .as_slice()
-                .iter()
-                .find(|entry| entry.subscriber == *subscriber)
-                .map(|entry| &entry.data);
-        }
-        let node = self.nodes.get(self.find_path(filter.filter())?);
-        let entries = match filter.share_name() {
-            None => node.subscribers.as_slice(),
-            Some(share_name) => {
-                &node
-                    .shared
-                    .as_ref()?
-                    .0
-                    .iter()
-                    .find(|group| &*group.name == share_name)?
-                    .members
+            self.exact.get(hash, filter.filter())?.as_slice()
+        } else {
+            let node = self.nodes.get(self.find_path(filter.filter())?);
+            match filter.share_name() {
+                None => node.subscribers.as_slice(),
+                Some(share_name) => {
+                    &node
+                        .shared
+                        .as_ref()?
+                        .0
+                        .iter()
+                        .find(|group| &*group.name == share_name)?
+                        .members
+                }
             }
         };
         entries
@@ -505,12 +500,10 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
     /// stored filter, without looking at the filters that cannot match.
     pub fn for_each_match<'a>(&'a self, topic: &TopicName, mut visit: impl FnMut(Match<'a, S, D>)) {
         let topic = topic.as_str();
-        if let Some(entries) = self.exact.get(self.exact.hash(topic), topic) {
-            for entry in entries.as_slice() {
-                visit(Match::Subscription {
-                    subscriber: &entry.subscriber,
-                    data: &entry.data,
-                });
+        // With no exact filter stored there is nothing to find: skip hashing the whole topic.
+        if !self.exact.is_empty() {
+            if let Some(entries) = self.exact.get(self.exact.hash(topic), topic) {
+                report_entries(entries.as_slice(), &mut visit);
             }
         }
         // Wildcards directly under the root are skipped for `$` topics (MQTT-4.7.2-1).
@@ -557,12 +550,7 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
 
     fn report<'a>(&'a self, node_id: u32, visit: &mut impl FnMut(Match<'a, S, D>)) {
         let node = self.nodes.get(node_id);
-        for entry in node.subscribers.as_slice() {
-            visit(Match::Subscription {
-                subscriber: &entry.subscriber,
-                data: &entry.data,
-            });
-        }
+        report_entries(node.subscribers.as_slice(), visit);
         if let Some(groups) = &node.shared {
             for group in &groups.0 {
                 visit(Match::Shared(SharedGroup { group }));
@@ -723,6 +711,17 @@ impl<S: Eq + Clone, D> Subscribers<S, D> {
 }
 
 /// Whether `filter` is stored with the exact filters rather than in the trie.
+/// Calls `visit` once for each ordinary subscription in `entries`.
+#[inline]
+fn report_entries<'a, S, D>(entries: &'a [Entry<S, D>], visit: &mut impl FnMut(Match<'a, S, D>)) {
+    for entry in entries {
+        visit(Match::Subscription {
+            subscriber: &entry.subscriber,
+            data: &entry.data,
+        });
+    }
+}
+
 fn is_exact(filter: &TopicFilter) -> bool {
     !filter.is_shared() && !filter.has_wildcards()
 }
