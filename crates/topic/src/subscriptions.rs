@@ -710,7 +710,6 @@ impl<S: Eq + Clone, D> Subscribers<S, D> {
     }
 }
 
-/// Whether `filter` is stored with the exact filters rather than in the trie.
 /// Calls `visit` once for each ordinary subscription in `entries`.
 #[inline]
 fn report_entries<'a, S, D>(entries: &'a [Entry<S, D>], visit: &mut impl FnMut(Match<'a, S, D>)) {
@@ -722,6 +721,7 @@ fn report_entries<'a, S, D>(entries: &'a [Entry<S, D>], visit: &mut impl FnMut(M
     }
 }
 
+/// Whether `filter` is stored with the exact filters rather than in the trie.
 fn is_exact(filter: &TopicFilter) -> bool {
     !filter.is_shared() && !filter.has_wildcards()
 }
