@@ -342,15 +342,11 @@ impl Driver {
                 // worth of messages (hundreds) from each of several publishers through, past
                 // the room between the mark and the queue limit, which then dropped QoS 0.
                 // Our own queue is drained first, in case this client is the subscriber.
-                if self.engine.is_connected() {
-                    self.drain_pending();
-                }
+                self.drain_pending();
                 Box::pin(self.wait_for_subscribers()).await;
             }
         }
-        if self.engine.is_connected() {
-            self.drain_pending();
-        }
+        self.drain_pending();
     }
 
     fn on_event(&mut self, event: ServerEvent) -> Next {
@@ -602,8 +598,12 @@ impl Driver {
         );
     }
 
-    /// Hands waiting messages to the engine while its window and queue have room.
+    /// Hands waiting messages to the engine while its window and queue have room (none until
+    /// the connection is accepted, nor after it ends).
     fn drain_pending(&mut self) {
+        if !self.engine.is_connected() {
+            return;
+        }
         let Some(session) = self.session.clone() else {
             return;
         };
