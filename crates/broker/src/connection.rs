@@ -714,11 +714,8 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
-
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::{Notify, watch};
+    use tokio::sync::watch;
 
     use super::*;
 
@@ -729,20 +726,11 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_future_stays_small() {
         let (_shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            config: crate::BrokerConfig::default(),
-            router: Default::default(),
-            registry: Default::default(),
-            stats: Default::default(),
-            shutdown: shutdown_rx,
-            next_connection_id: AtomicU64::new(1),
-            open_connections: AtomicUsize::new(0),
-            started: Instant::now(),
-            store: Arc::new(crate::store::MemoryStore::new()),
-            connecting: Mutex::default(),
-            space: Notify::new(),
-            space_waiters: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(
+            crate::BrokerConfig::default(),
+            shutdown_rx,
+            Arc::new(crate::store::MemoryStore::new()),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await
