@@ -99,7 +99,6 @@ struct Driver {
     session: Option<Arc<Session>>,
     connection_id: u64,
     control: Arc<ControlBox>,
-    version: Option<ProtocolVersion>,
     /// The connection was taken over: its state went to the new connection.
     taken_over: Option<oneshot::Sender<rallymq_session::SessionState>>,
     counted_connected: bool,
@@ -139,7 +138,6 @@ impl Driver {
             session: None,
             connection_id,
             control,
-            version: None,
             taken_over: None,
             counted_connected: false,
             congested: None,
@@ -368,7 +366,9 @@ impl Driver {
                 // The message is safe once routed (queued for every subscriber). A durable
                 // store will await its write before the acknowledgement.
                 if let Some(ack) = message.ack {
-                    let code = if matched == 0 && self.version.is_some_and(ProtocolVersion::is_v5) {
+                    let code = if matched == 0
+                        && self.engine.version().is_some_and(ProtocolVersion::is_v5)
+                    {
                         ReasonCode::NoMatchingSubscribers
                     } else {
                         ReasonCode::Success
@@ -418,7 +418,6 @@ impl Driver {
     async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
         let now = self.now();
         let version = connect.protocol;
-        self.version = Some(version);
         if connect.properties.authentication_method.is_some() {
             let _ = self.engine.refuse(
                 ReasonCode::BadAuthenticationMethod,
@@ -521,7 +520,7 @@ impl Driver {
         let Some(session) = self.session.clone() else {
             return;
         };
-        let v5 = self.version.is_some_and(ProtocolVersion::is_v5);
+        let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
         let identifier = subscribe.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
