@@ -356,8 +356,8 @@ impl Driver {
             ServerEvent::Message(message) => {
                 let publish = message.publish;
                 Stats::add(&self.shared.stats.publish_received, 1);
-                let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                let outcome = self.shared.publish(sender.as_deref(), &publish);
+                let sender = self.session.as_deref().map(|s| &*s.client_id);
+                let outcome = self.shared.publish(sender, &publish);
                 let matched = outcome.queued;
                 if !outcome.congested.is_empty() {
                     let congested = self.congested.get_or_insert_default();
@@ -403,8 +403,8 @@ impl Driver {
                     ..PublishProperties::default()
                 }
                 .into();
-                let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                self.shared.publish(sender.as_deref(), &publish);
+                let sender = self.session.as_deref().map(|s| &*s.client_id);
+                self.shared.publish(sender, &publish);
                 if let Some(session) = &self.session {
                     session.lock().will_waiter = None;
                 }
