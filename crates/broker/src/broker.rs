@@ -52,6 +52,28 @@ pub(crate) struct Connecting {
 }
 
 impl Shared {
+    /// A broker's state before any connection or restored session, its clock starting now.
+    pub(crate) fn new(
+        config: BrokerConfig,
+        shutdown: watch::Receiver<bool>,
+        store: Arc<dyn Store>,
+    ) -> Self {
+        Self {
+            config,
+            router: Router::default(),
+            registry: Registry::default(),
+            stats: Stats::default(),
+            shutdown,
+            next_connection_id: AtomicU64::new(1),
+            open_connections: AtomicUsize::new(0),
+            started: Instant::now(),
+            store,
+            connecting: Mutex::default(),
+            space: Notify::new(),
+            space_waiters: AtomicUsize::new(0),
+        }
+    }
+
     /// Adds a new connection to those told of shutdown (at once if it has begun).
     pub(crate) fn register_connection(&self, id: u64, control: &Arc<ControlBox>) {
         let mut connecting = self.lock_connecting();
@@ -242,20 +264,7 @@ impl Broker {
             }
         }
         let sys_interval = config.sys_interval;
-        let shared = Arc::new(Shared {
-            config,
-            router: Router::default(),
-            registry: Registry::default(),
-            stats: Stats::default(),
-            shutdown: shutdown_rx,
-            next_connection_id: AtomicU64::new(1),
-            open_connections: AtomicUsize::new(0),
-            started: Instant::now(),
-            store,
-            connecting: Mutex::default(),
-            space: Notify::new(),
-            space_waiters: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(config, shutdown_rx, store));
         shared.restore();
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();

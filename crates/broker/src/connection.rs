@@ -99,7 +99,6 @@ struct Driver {
     session: Option<Arc<Session>>,
     connection_id: u64,
     control: Arc<ControlBox>,
-    version: Option<ProtocolVersion>,
     /// The connection was taken over: its state went to the new connection.
     taken_over: Option<oneshot::Sender<rallymq_session::SessionState>>,
     counted_connected: bool,
@@ -139,7 +138,6 @@ impl Driver {
             session: None,
             connection_id,
             control,
-            version: None,
             taken_over: None,
             counted_connected: false,
             congested: None,
@@ -342,15 +340,11 @@ impl Driver {
                 // worth of messages (hundreds) from each of several publishers through, past
                 // the room between the mark and the queue limit, which then dropped QoS 0.
                 // Our own queue is drained first, in case this client is the subscriber.
-                if self.engine.is_connected() {
-                    self.drain_pending();
-                }
+                self.drain_pending();
                 Box::pin(self.wait_for_subscribers()).await;
             }
         }
-        if self.engine.is_connected() {
-            self.drain_pending();
-        }
+        self.drain_pending();
     }
 
     fn on_event(&mut self, event: ServerEvent) -> Next {
@@ -362,8 +356,8 @@ impl Driver {
             ServerEvent::Message(message) => {
                 let publish = message.publish;
                 Stats::add(&self.shared.stats.publish_received, 1);
-                let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                let outcome = self.shared.publish(sender.as_deref(), &publish);
+                let sender = self.session.as_deref().map(|s| &*s.client_id);
+                let outcome = self.shared.publish(sender, &publish);
                 let matched = outcome.queued;
                 if !outcome.congested.is_empty() {
                     let congested = self.congested.get_or_insert_default();
@@ -372,7 +366,9 @@ impl Driver {
                 // The message is safe once routed (queued for every subscriber). A durable
                 // store will await its write before the acknowledgement.
                 if let Some(ack) = message.ack {
-                    let code = if matched == 0 && self.version.is_some_and(ProtocolVersion::is_v5) {
+                    let code = if matched == 0
+                        && self.engine.version().is_some_and(ProtocolVersion::is_v5)
+                    {
                         ReasonCode::NoMatchingSubscribers
                     } else {
                         ReasonCode::Success
@@ -407,8 +403,8 @@ impl Driver {
                     ..PublishProperties::default()
                 }
                 .into();
-                let sender = self.session.as_ref().map(|s| s.client_id.clone());
-                self.shared.publish(sender.as_deref(), &publish);
+                let sender = self.session.as_deref().map(|s| &*s.client_id);
+                self.shared.publish(sender, &publish);
                 if let Some(session) = &self.session {
                     session.lock().will_waiter = None;
                 }
@@ -422,7 +418,6 @@ impl Driver {
     async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
         let now = self.now();
         let version = connect.protocol;
-        self.version = Some(version);
         if connect.properties.authentication_method.is_some() {
             let _ = self.engine.refuse(
                 ReasonCode::BadAuthenticationMethod,
@@ -525,7 +520,7 @@ impl Driver {
         let Some(session) = self.session.clone() else {
             return;
         };
-        let v5 = self.version.is_some_and(ProtocolVersion::is_v5);
+        let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
         let identifier = subscribe.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
@@ -602,8 +597,12 @@ impl Driver {
         );
     }
 
-    /// Hands waiting messages to the engine while its window and queue have room.
+    /// Hands waiting messages to the engine while its window and queue have room (none until
+    /// the connection is accepted, nor after it ends).
     fn drain_pending(&mut self) {
+        if !self.engine.is_connected() {
+            return;
+        }
         let Some(session) = self.session.clone() else {
             return;
         };
@@ -714,11 +713,8 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
-
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::{Notify, watch};
+    use tokio::sync::watch;
 
     use super::*;
 
@@ -729,20 +725,11 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_future_stays_small() {
         let (_shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            config: crate::BrokerConfig::default(),
-            router: Default::default(),
-            registry: Default::default(),
-            stats: Default::default(),
-            shutdown: shutdown_rx,
-            next_connection_id: AtomicU64::new(1),
-            open_connections: AtomicUsize::new(0),
-            started: Instant::now(),
-            store: Arc::new(crate::store::MemoryStore::new()),
-            connecting: Mutex::default(),
-            space: Notify::new(),
-            space_waiters: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(
+            crate::BrokerConfig::default(),
+            shutdown_rx,
+            Arc::new(crate::store::MemoryStore::new()),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -391,10 +391,7 @@ impl ServerConnection {
     pub fn handle_timeout(&mut self, now: Timestamp) {
         if self.core.is_closed() {
             if self.will_due_at.is_some_and(|due| now >= due) {
-                self.will_due_at = None;
-                if let Some(will) = self.will.take() {
-                    self.events.push_back(ServerEvent::WillDue(*will));
-                }
+                self.will_due_now();
             }
             return;
         }
@@ -524,10 +521,8 @@ impl ServerConnection {
     /// driver ended it): a will still waiting is due now, as MQTT-3.1.3-9 has it published at the
     /// delay or the session's end, whichever comes first.
     pub fn end_session(&mut self) {
-        if self.core.is_closed() && self.will_due_at.take().is_some() {
-            if let Some(will) = self.will.take() {
-                self.events.push_back(ServerEvent::WillDue(*will));
-            }
+        if self.core.is_closed() && self.will_due_at.is_some() {
+            self.will_due_now();
         }
     }
 
@@ -727,6 +722,14 @@ impl ServerConnection {
         self.flush_close(now);
     }
 
+    /// Publishes the will now, if there is one: its delay, if any, no longer applies.
+    fn will_due_now(&mut self) {
+        self.will_due_at = None;
+        if let Some(will) = self.will.take() {
+            self.events.push_back(ServerEvent::WillDue(*will));
+        }
+    }
+
     /// Reports the close once and schedules the will: at once, or after its Will Delay but no
     /// later than the session's end (MQTT 5 §3.1.3.2.2).
     fn flush_close(&mut self, now: Timestamp) {
@@ -746,10 +749,7 @@ impl ServerConnection {
                 .unwrap_or(0)
                 .min(self.session_expiry_interval);
             if delay == 0 {
-                self.will_due_at = None;
-                if let Some(will) = self.will.take() {
-                    self.events.push_back(ServerEvent::WillDue(*will));
-                }
+                self.will_due_now();
             } else {
                 self.will_due_at = Some(now + Duration::from_secs(u64::from(delay)));
             }
