@@ -188,13 +188,14 @@ impl Shared {
     fn sweep_expired_sessions(&self) {
         let now = Instant::now();
         for session in self.registry.all() {
-            let expired = {
-                let inner = session.lock();
-                inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now)
-            };
+            // Checked and removed under the registry's lock: a connection attaching meanwhile
+            // keeps its session.
+            let expired = self.registry.remove_if(
+                &session,
+                |inner| inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now),
+                || self.router.remove_session(&session),
+            );
             if expired {
-                self.router.remove_session(&session);
-                self.registry.remove(&session);
                 self.store.remove_session(&session.client_id);
             }
         }

@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attachment, Control, ControlBox, Session, signal};
+use crate::session::{Attached, Control, ControlBox, Detached, Session, signal};
 use crate::stats::Stats;
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
@@ -288,6 +288,11 @@ impl Driver {
     fn on_control(&mut self, control: Control) {
         match control {
             Control::TakeOver { reply, resume } => {
+                if self.engine.is_closed() {
+                    // Closed already (its close was handled): nothing to end, only to hand on.
+                    let _ = reply.send(self.engine.session_state());
+                    return;
+                }
                 self.taken_over = Some(reply);
                 if resume {
                     self.engine.cancel_will();
@@ -443,30 +448,31 @@ impl Driver {
             u32::MAX
         };
         let granted_expiry = requested_expiry.min(limits.max_session_expiry);
-        let (session, existed) = self.shared.registry.get_or_create(&client_id);
 
         // Take over a live connection of the same client id (MQTT-3.1.4-2), and settle a will
-        // still waiting on its delay.
-        let (previous, will_waiter) = {
+        // still waiting on its delay. Attaching is atomic per client id: from here on this
+        // connection is the session's, and a later CONNECT takes it over in turn.
+        let Attached {
+            session,
+            existed,
+            previous_state,
+            will_waiter,
+        } = self
+            .shared
+            .registry
+            .attach(&client_id, &self.control, !connect.clean_start);
+        // Attached: shutdown reaches the connection through its session from now on.
+        self.shared
+            .unregister_connection(self.connection_id, &self.control);
+        if let Some(previous_state) = previous_state
+            && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, previous_state).await
+        {
             let mut inner = session.lock();
-            (inner.attachment.take(), inner.will_waiter.take())
-        };
-        if let Some(previous) = previous {
-            let (reply, reply_rx) = oneshot::channel();
-            let resume = !connect.clean_start && session.lock().persistent;
-            if previous
-                .control
-                .send(Control::TakeOver { reply, resume })
-                .is_ok()
-                && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
-            {
-                let mut inner = session.lock();
-                // The session outlives the old connection only if that one asked for it: Clean
-                // Session 1 (MQTT-3.1.2-6 in 3.1.1) or Session Expiry 0 ends it with the
-                // connection, and the new one starts afresh.
-                inner.persistent = state.session_expiry_interval > 0;
-                inner.saved = Some(Box::new(state));
-            }
+            // The session outlives the old connection only if that one asked for it: Clean
+            // Session 1 (MQTT-3.1.2-6 in 3.1.1) or Session Expiry 0 ends it with the
+            // connection, and the new one starts afresh.
+            inner.persistent = state.session_expiry_interval > 0;
+            inner.saved = Some(Box::new(state));
         }
         if let Some(waiter) = will_waiter {
             let _ = waiter.send(Control::EndWill {
@@ -486,14 +492,8 @@ impl Driver {
             inner.persistent = granted_expiry > 0;
             inner.expires_at = None;
             inner.version = Some(version);
-            inner.attachment = Some(Attachment {
-                control: self.control.clone(),
-            });
             resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default())
         };
-        // Attached: shutdown reaches the connection through its session from now on.
-        self.shared
-            .unregister_connection(self.connection_id, &self.control);
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
             self.shared.store.remove_session(&client_id);
@@ -658,45 +658,47 @@ impl Driver {
             return;
         };
         info!(client_id = %session.client_id, peer = %self.peer, ?reason, "client disconnected");
-        let state = self.engine.session_state();
-        if let Some(reply) = self.taken_over.take() {
-            // The new connection carries on with the session.
-            let _ = reply.send(state);
-            if self.engine.poll_timeout().is_some() {
+        let mut state = Some(self.engine.session_state());
+        let will_pending = self.engine.poll_timeout().is_some();
+        let mut reply = self.taken_over.take();
+        if reply.is_none() {
+            let router = &self.shared.router;
+            let detached = self.shared.registry.detach(
+                &session,
+                &self.control,
+                |inner| {
+                    if will_pending {
+                        inner.will_waiter = Some(self.control.clone());
+                    }
+                    let state = state.take().unwrap_or_default();
+                    let expiry = state.session_expiry_interval;
+                    if expiry == 0 {
+                        inner.persistent = false;
+                        inner.pending.clear();
+                        inner.subscriptions.clear();
+                        return true;
+                    }
+                    inner.persistent = true;
+                    inner.saved = Some(Box::new(state));
+                    inner.expires_at = (expiry != u32::MAX)
+                        .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+                    false
+                },
+                || router.remove_session(&session),
+            );
+            match detached {
+                Detached::TakenOver(taken_over) => reply = Some(taken_over),
+                Detached::Ended => self.shared.store.remove_session(&session.client_id),
+                Detached::Kept => self.shared.store.save_session(session.to_stored()),
+                Detached::Elsewhere => {}
+            }
+        }
+        if let Some(reply) = reply {
+            // Taken over: the new connection carries on with the session.
+            let _ = reply.send(state.take().unwrap_or_default());
+            if will_pending {
                 session.lock().will_waiter = Some(self.control.clone());
             }
-            return;
-        }
-        let mut inner = session.lock();
-        if inner
-            .attachment
-            .as_ref()
-            .is_some_and(|a| Arc::ptr_eq(&a.control, &self.control))
-        {
-            inner.attachment = None;
-        } else {
-            // Another connection already owns the session.
-            return;
-        }
-        let expiry = state.session_expiry_interval;
-        if self.engine.poll_timeout().is_some() {
-            inner.will_waiter = Some(self.control.clone());
-        }
-        if expiry == 0 {
-            inner.persistent = false;
-            inner.pending.clear();
-            inner.subscriptions.clear();
-            drop(inner);
-            self.shared.router.remove_session(&session);
-            self.shared.registry.remove(&session);
-            self.shared.store.remove_session(&session.client_id);
-        } else {
-            inner.persistent = true;
-            inner.saved = Some(Box::new(state));
-            inner.expires_at = (expiry != u32::MAX)
-                .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
-            drop(inner);
-            self.shared.store.save_session(session.to_stored());
         }
     }
 
