@@ -541,6 +541,8 @@ impl Registry {
         Self::remove_locked(&mut self.lock(), session)
     }
 
+    // A `SessionRef` hashes and compares by its client id, which never changes.
+    #[allow(clippy::mutable_key_type)]
     fn remove_locked(sessions: &mut HashSet<SessionRef>, session: &Arc<Session>) -> bool {
         match sessions.get(session.client_id.as_ref()) {
             Some(SessionRef(current)) if Arc::ptr_eq(current, session) => {
