@@ -39,6 +39,12 @@ const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the connection it takes over to hand its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a connection the broker closes keeps reading, and discarding, what the client still
+/// sends, once its last packet (a DISCONNECT, a refusing CONNACK) is written and its write side
+/// shut down. Closing a socket with unread input makes the kernel answer with a reset: the
+/// client's next write fails, and what it had not read yet (the reason code) can be lost.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// The client's address, for the logs: kept as an address, not formatted, since every idle
 /// connection carries it.
 #[derive(Debug, Clone, Copy)]
@@ -163,14 +169,23 @@ impl Driver {
             loop {
                 self.process_events().await;
                 if transport_open {
-                    if let Err(error) = self.flush(&mut io).await {
-                        debug!(peer = %self.peer, %error, "write failed");
-                        transport_open = false;
-                        self.engine.handle_transport_closed(self.now());
-                        continue;
-                    }
+                    let wrote = match self.flush(&mut io).await {
+                        Ok(wrote) => wrote,
+                        Err(error) => {
+                            debug!(peer = %self.peer, %error, "write failed");
+                            transport_open = false;
+                            self.engine.handle_transport_closed(self.now());
+                            continue;
+                        }
+                    };
                     if self.engine.is_closed() {
                         let _ = io.shutdown().await;
+                        if wrote {
+                            // The close wrote a last packet (DISCONNECT, a refusing CONNACK)
+                            // for the client to read. Boxed: runs once, and its state would
+                            // sit in every connection's task.
+                            Box::pin(linger(&mut io)).await;
+                        }
                         transport_open = false;
                     } else if self.engine.pending_messages() == (0, 0) {
                         // Nothing in flight and everything written: the connection is quiet,
@@ -272,7 +287,8 @@ impl Driver {
         Poll::Ready(Ok(read.len()))
     }
 
-    async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<()> {
+    /// Writes what the engine has to send; returns whether there was anything.
+    async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<bool> {
         let mut wrote = false;
         while let Some(bytes) = self.engine.poll_transmit(self.now()) {
             Stats::add(&self.shared.stats.bytes_sent, bytes.len() as u64);
@@ -282,7 +298,7 @@ impl Driver {
         if wrote {
             io.flush().await?;
         }
-        Ok(())
+        Ok(wrote)
     }
 
     fn on_control(&mut self, control: Control) {
@@ -711,6 +727,23 @@ impl Driver {
         }
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Reads and discards until the client closes its side, the transport fails, or `LINGER`
+/// passes (see there).
+async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
+    let discard = poll_fn(|cx| {
+        loop {
+            // On the stack of this poll, as in `Driver::poll_read`.
+            let mut storage = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut storage);
+            match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => {}
+                _ => return Poll::Ready(()),
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 #[cfg(test)]
