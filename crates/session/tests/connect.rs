@@ -786,3 +786,55 @@ fn mqtt_3_1_3_9_a_delayed_will_goes_when_the_session_ends_first() {
     pair.server.end_session();
     assert_eq!(pair.server.poll_event(), None, "published once");
 }
+
+/// A driver that handles events before it writes (and stops at `Closed`) still finds the
+/// DISCONNECT of `disconnect` waiting in `poll_transmit`: the engine keeps the last bytes
+/// after `Closed`, as the crate docs say, whichever output is drained first.
+#[test]
+fn client_disconnect_is_there_to_write_after_closed() {
+    for version in [V311, V5] {
+        let mut pair = Pair::connected(version);
+        pair.client.disconnect(Disconnect::new(ReasonCode::Success));
+        assert_eq!(
+            pair.client.poll_event(),
+            Some(ClientEvent::Closed(CloseReason::LocalDisconnect(
+                ReasonCode::Success
+            )))
+        );
+        let last = pair
+            .client
+            .poll_transmit(pair.now)
+            .expect("DISCONNECT still to write after Closed");
+        let packets = support::decode_all(std::slice::from_ref(&last), version);
+        assert!(
+            matches!(&packets[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::Success),
+            "{version:?}: {packets:?}"
+        );
+        // Written, the server sees a clean end: no will.
+        pair.server.handle_bytes(pair.now, &last);
+        assert!(server_events(&mut pair.server).iter().any(|event| matches!(
+            event,
+            ServerEvent::Closed(reason) if !reason.publishes_will()
+        )));
+    }
+}
+
+/// The server side keeps its last packet after `Closed` the same way.
+#[test]
+fn server_disconnect_is_there_to_write_after_closed() {
+    let mut pair = Pair::connected(V5);
+    pair.server.disconnect(
+        pair.now,
+        ReasonCode::ServerShuttingDown,
+        DisconnectProperties::default(),
+    );
+    assert!(
+        server_events(&mut pair.server)
+            .iter()
+            .any(|event| matches!(event, ServerEvent::Closed(_)))
+    );
+    let packets = support::decode_all(&[pair.server.poll_transmit(pair.now).unwrap()], V5);
+    assert!(
+        matches!(&packets[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ServerShuttingDown)
+    );
+}

@@ -60,6 +60,19 @@ pub struct Will {
     pub properties: Properties<WillProperties>,
 }
 
+impl Will {
+    /// A will of `payload` on `topic`: QoS 0, not retained, no properties.
+    pub fn new(topic: TopicName, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic,
+            payload: payload.into(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        }
+    }
+}
+
 const FLAG_RESERVED: u8 = 0b0000_0001;
 const FLAG_CLEAN_START: u8 = 0b0000_0010;
 const FLAG_WILL: u8 = 0b0000_0100;
