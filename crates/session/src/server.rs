@@ -42,8 +42,10 @@ pub struct ServerConfig {
     /// Most QoS 1 and 2 deliveries waiting for room in the window; past it `deliver` fails
     /// with [`Error::Full`].
     pub max_queued: usize,
-    /// The longest keep alive accepted from an MQTT 5 client: a larger (or zero) request is
-    /// answered with this value as Server Keep Alive. `None` accepts the client's value.
+    /// The longest keep alive accepted, as Mosquitto's `max_keepalive`. An MQTT 5 client asking
+    /// for more, or for none (0), is told this value as Server Keep Alive; an MQTT 3.1 or 3.1.1
+    /// client doing so is refused with CONNACK return code 0x02 (identifier rejected), since
+    /// those versions cannot be told another value. `None` accepts any keep alive.
     pub max_keep_alive: Option<u16>,
     /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
     /// acknowledging on arrival. A broker that must not lose a message acknowledges once it
@@ -195,11 +197,8 @@ impl ServerConnection {
             if needs_id {
                 properties.assigned_client_identifier = accept.assigned_client_id;
             }
-            if let Some(max) = self.config.max_keep_alive {
-                let requested = connect.keep_alive;
-                if properties.server_keep_alive.is_none() && (requested == 0 || requested > max) {
-                    properties.server_keep_alive = Some(max);
-                }
+            if properties.server_keep_alive.is_none() && self.keep_alive_over_max(connect) {
+                properties.server_keep_alive = self.config.max_keep_alive;
             }
             if let Some(keep_alive) = properties.server_keep_alive {
                 // The client must use the server's value (MQTT-3.2.2-21).
@@ -528,6 +527,14 @@ impl ServerConnection {
 
     // ------------------------------------------------------------------ internals
 
+    /// Whether `connect` asks for a keep alive longer than [`ServerConfig::max_keep_alive`], or
+    /// for none (0) while there is a maximum.
+    fn keep_alive_over_max(&self, connect: &Connect) -> bool {
+        self.config
+            .max_keep_alive
+            .is_some_and(|max| connect.keep_alive == 0 || connect.keep_alive > max)
+    }
+
     fn keep_alive_deadline(&self) -> Timestamp {
         // One and a half times the keep alive, in milliseconds to keep odd values exact.
         let grace = Duration::from_millis(u64::from(self.keep_alive) * 1500);
@@ -662,7 +669,10 @@ impl ServerConnection {
         self.will = connect.will.clone().map(Box::new);
         self.protocol = Some(version);
         self.connect = Some(Box::new(connect.clone()));
-        if empty_id && refuse_empty_id {
+        // Before MQTT 5 a keep alive over the maximum cannot be corrected, only refused; the
+        // code is the one Mosquitto 2.0.12 and later send for it.
+        let refuse_keep_alive = !version.is_v5() && self.keep_alive_over_max(&connect);
+        if (empty_id && refuse_empty_id) || refuse_keep_alive {
             self.refuse_connect(
                 ReasonCode::ClientIdentifierNotValid,
                 ConnAckProperties::default(),

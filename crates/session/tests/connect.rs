@@ -547,6 +547,113 @@ fn mqtt_3_2_2_21_client_uses_server_keep_alive() {
     assert!(pair.server.is_connected());
 }
 
+/// A server with a keep alive maximum of 60 s, fed a CONNECT asking for `keep_alive`: what it
+/// sends back, and the keep alive it then enforces (`None` when it refused).
+fn max_keep_alive_outcome(version: ProtocolVersion, keep_alive: u16) -> (Packet, Option<u16>) {
+    let config = ServerConfig {
+        max_keep_alive: Some(60),
+        ..ServerConfig::default()
+    };
+    let mut server = ServerConnection::new(config, T0);
+    let mut connect = connect_packet(version, "ka");
+    connect.keep_alive = keep_alive;
+    server.handle_bytes(T0, &encode(Packet::from(connect), version));
+    if let [ServerEvent::ConnectReceived { .. }] = server_events(&mut server).as_slice() {
+        server.accept(T0, Accept::default()).unwrap();
+    }
+    let sent = sent_by_server(&mut server);
+    let mut decoder = rallymq_codec::Decoder::with_version(version, Default::default());
+    let connack = decoder
+        .decode(&mut bytes::BytesMut::from(&sent[..]))
+        .expect("a valid packet")
+        .expect("a whole CONNACK");
+    let enforced = server
+        .is_connected()
+        .then(|| server.keep_alive().as_secs() as u16);
+    (connack, enforced)
+}
+
+#[test]
+fn max_keep_alive_v5_over_it_or_none_gets_server_keep_alive() {
+    for (asked, told, enforced) in [
+        (0, Some(60), 60),
+        (30, None, 30),
+        (60, None, 60),
+        (61, Some(60), 60),
+        (65535, Some(60), 60),
+    ] {
+        let (connack, kept) = max_keep_alive_outcome(V5, asked);
+        let Packet::ConnAck(connack) = connack else {
+            panic!("not a CONNACK: {connack:?}");
+        };
+        assert_eq!(connack.reason_code, ReasonCode::Success, "asked {asked}");
+        assert_eq!(connack.properties.server_keep_alive, told, "asked {asked}");
+        assert_eq!(kept, Some(enforced), "asked {asked}");
+    }
+}
+
+/// MQTT 3.1 and 3.1.1 have no Server Keep Alive: a keep alive over the maximum, or none, is
+/// refused with return code 0x02 (identifier rejected), as Mosquitto 2.0.12 and later do.
+#[test]
+fn max_keep_alive_v311_and_v31_over_it_or_none_refused_with_0x02() {
+    for version in [V31, V311] {
+        for (asked, accepted) in [
+            (0, false),
+            (30, true),
+            (60, true),
+            (61, false),
+            (65535, false),
+        ] {
+            let (connack, kept) = max_keep_alive_outcome(version, asked);
+            let Packet::ConnAck(connack) = connack else {
+                panic!("not a CONNACK: {connack:?}");
+            };
+            let expected = if accepted {
+                ReasonCode::Success
+            } else {
+                ReasonCode::ClientIdentifierNotValid
+            };
+            assert_eq!(connack.reason_code, expected, "{version:?} asked {asked}");
+            assert_eq!(kept, accepted.then_some(asked), "{version:?} asked {asked}");
+        }
+    }
+    // The refusal is on the wire as 3.1.1's return code 2, and the connection ends.
+    let mut server = ServerConnection::new(
+        ServerConfig {
+            max_keep_alive: Some(60),
+            ..ServerConfig::default()
+        },
+        T0,
+    );
+    let mut connect = connect_packet(V311, "ka");
+    connect.keep_alive = 61;
+    server.handle_bytes(T0, &encode(Packet::from(connect), V311));
+    assert_eq!(sent_by_server(&mut server), [0x20, 0x02, 0x00, 0x02]);
+    assert!(server.is_closed());
+    assert_eq!(
+        server_events(&mut server),
+        [ServerEvent::Closed(CloseReason::Refused(
+            ReasonCode::ClientIdentifierNotValid
+        ))]
+    );
+}
+
+#[test]
+fn without_max_keep_alive_any_keep_alive_is_accepted() {
+    for version in [V31, V311, V5] {
+        for keep_alive in [0, 65535] {
+            let mut server = ServerConnection::new(ServerConfig::default(), T0);
+            let mut connect = connect_packet(version, "ka");
+            connect.keep_alive = keep_alive;
+            server.handle_bytes(T0, &encode(Packet::from(connect), version));
+            let _ = server_events(&mut server);
+            server.accept(T0, Accept::default()).unwrap();
+            assert!(server.is_connected(), "{version:?} {keep_alive}");
+            assert_eq!(server.keep_alive().as_secs(), u64::from(keep_alive));
+        }
+    }
+}
+
 // ------------------------------------------------------------------ wills
 
 #[test]

@@ -1,0 +1,85 @@
+//! Conformance rules checked end to end, over TCP against the broker: where the broker once
+//! strayed from the spec (or from Mosquitto where the spec leaves the choice open). Test names
+//! carry the statement they check where there is one.
+
+mod support;
+
+use std::time::Duration;
+
+use rallymq_codec::ProtocolVersion;
+use rallymq_codec::ReasonCode;
+use rallymq_session::{ClientEvent, CloseReason};
+use support::{TestClient, connect_packet, start_broker, tcp_addr};
+
+const V31: ProtocolVersion = ProtocolVersion::V3_1;
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const SHORT: Duration = Duration::from_millis(300);
+
+// ------------------------------------------------------------------ max keep alive
+
+/// What a client asking for `keep_alive` gets: `Ok(Server Keep Alive)` when accepted, or the
+/// refusal's reason code.
+async fn keep_alive_outcome(
+    addr: std::net::SocketAddr,
+    version: ProtocolVersion,
+    keep_alive: u16,
+) -> Result<Option<u16>, ReasonCode> {
+    let mut connect = connect_packet(version, &format!("ka-{keep_alive}"));
+    connect.keep_alive = keep_alive;
+    let (mut client, event) = TestClient::tcp(addr, connect).await;
+    match event {
+        ClientEvent::Connected { connack, .. } => {
+            client.disconnect(ReasonCode::Success).await;
+            Ok(connack.properties.server_keep_alive)
+        }
+        ClientEvent::Closed(CloseReason::Refused(code)) => Err(code),
+        other => panic!("neither CONNACK nor a refusal: {other:?}"),
+    }
+}
+
+/// With `max_keep_alive` 60, an MQTT 5 client asking for more or for none is told 60 as
+/// Server Keep Alive, and MQTT 3.1 and 3.1.1 clients asking so are refused with 0x02
+/// (identifier rejected), as Mosquitto's `max_keepalive`.
+#[tokio::test]
+async fn max_keep_alive_corrects_v5_and_refuses_v311_over_it() {
+    let broker = start_broker(|config| config.limits.max_keep_alive = Some(60)).await;
+    let addr = tcp_addr(&broker);
+    for keep_alive in [0, 30, 60, 61, 65535] {
+        let within = (1..=60).contains(&keep_alive);
+        let expected = if within { Ok(None) } else { Ok(Some(60)) };
+        assert_eq!(
+            keep_alive_outcome(addr, V5, keep_alive).await,
+            expected,
+            "MQTT 5, keep alive {keep_alive}"
+        );
+        for version in [V31, V311] {
+            let expected = if within {
+                Ok(None)
+            } else {
+                Err(ReasonCode::ClientIdentifierNotValid)
+            };
+            assert_eq!(
+                keep_alive_outcome(addr, version, keep_alive).await,
+                expected,
+                "{version:?}, keep alive {keep_alive}"
+            );
+        }
+    }
+    broker.shutdown(SHORT).await;
+}
+
+/// The default maximum is Mosquitto's, 65535: only a keep alive of 0 (none) is over it.
+#[tokio::test]
+async fn max_keep_alive_default_is_65535_as_mosquittos() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    assert_eq!(keep_alive_outcome(addr, V5, 0).await, Ok(Some(65535)));
+    assert_eq!(keep_alive_outcome(addr, V5, 65535).await, Ok(None));
+    assert_eq!(
+        keep_alive_outcome(addr, V311, 0).await,
+        Err(ReasonCode::ClientIdentifierNotValid)
+    );
+    assert_eq!(keep_alive_outcome(addr, V311, 65535).await, Ok(None));
+    broker.shutdown(SHORT).await;
+}
