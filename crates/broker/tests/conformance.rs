@@ -10,6 +10,7 @@ use rallymq_codec::ProtocolVersion;
 use rallymq_codec::ReasonCode;
 use rallymq_session::{ClientEvent, CloseReason};
 use support::{TestClient, connect_packet, start_broker, tcp_addr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const V31: ProtocolVersion = ProtocolVersion::V3_1;
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -81,5 +82,50 @@ async fn max_keep_alive_default_is_65535_as_mosquittos() {
         Err(ReasonCode::ClientIdentifierNotValid)
     );
     assert_eq!(keep_alive_outcome(addr, V311, 65535).await, Ok(None));
+    broker.shutdown(SHORT).await;
+}
+
+// ------------------------------------------------------------------ HTTP
+
+/// The status line's code of the answer to `request`, sent raw to the WebSocket listener.
+async fn http_status(broker: &rallymq_broker::BrokerHandle, request: &str) -> u16 {
+    let addr = broker
+        .local_addr(rallymq_broker::ListenerKind::WebSocket)
+        .expect("a WebSocket listener");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(support::WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any with two, is answered 400; HTTP/1.0
+/// may leave Host out.
+#[tokio::test]
+async fn rfc9112_3_2_http_1_1_request_without_host_is_400() {
+    let broker = start_broker(|_| {}).await;
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        ("GET / HTTP/1.0\r\n\r\n", 200),
+    ] {
+        assert_eq!(http_status(&broker, request).await, status, "{request:?}");
+    }
     broker.shutdown(SHORT).await;
 }
