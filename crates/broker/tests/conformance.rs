@@ -6,10 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use rallymq_codec::ProtocolVersion;
-use rallymq_codec::ReasonCode;
+use bytes::BytesMut;
+use rallymq_codec::{
+    Decoder, Disconnect, Limits, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionId,
+};
 use rallymq_session::{ClientEvent, CloseReason};
-use support::{TestClient, connect_packet, start_broker, tcp_addr};
+use support::{TestClient, connect_packet, message, start_broker, tcp_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const V31: ProtocolVersion = ProtocolVersion::V3_1;
@@ -82,6 +84,64 @@ async fn max_keep_alive_default_is_65535_as_mosquittos() {
         Err(ReasonCode::ClientIdentifierNotValid)
     );
     assert_eq!(keep_alive_outcome(addr, V311, 65535).await, Ok(None));
+    broker.shutdown(SHORT).await;
+}
+
+// ------------------------------------------------------------------ raw MQTT 5
+
+/// Connects a raw MQTT 5 client, sends `packet` once CONNACK has come and returns what the
+/// broker sends after CONNACK until it closes the connection (within `WAIT`).
+async fn broker_answer_to(addr: std::net::SocketAddr, packet: Packet) -> Vec<Packet> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let connect = Packet::from(connect_packet(
+        V5,
+        &format!("raw-{}", rallymq_test_support::run_id()),
+    ));
+    stream
+        .write_all(&connect.to_bytes(V5).unwrap())
+        .await
+        .expect("write");
+    let mut decoder = Decoder::with_version(V5, Limits::default());
+    let mut buffer = BytesMut::new();
+    let mut packets = Vec::new();
+    let mut sent = false;
+    loop {
+        while let Some(received) = decoder.decode(&mut buffer).expect("a valid packet") {
+            packets.push(received);
+        }
+        if !sent && !packets.is_empty() {
+            assert!(
+                matches!(packets.remove(0), Packet::ConnAck(c) if c.reason_code == ReasonCode::Success),
+                "CONNECT not accepted"
+            );
+            stream
+                .write_all(&packet.to_bytes(V5).unwrap())
+                .await
+                .expect("write");
+            sent = true;
+        }
+        let read = tokio::time::timeout(support::WAIT, stream.read_buf(&mut buffer))
+            .await
+            .expect("the broker closes in time");
+        if matches!(read, Ok(0) | Err(_)) {
+            return packets;
+        }
+    }
+}
+
+/// MQTT-3.3.4-6: a PUBLISH from a client must not carry a Subscription Identifier; the broker
+/// answers DISCONNECT 0x82 (Protocol Error) and closes.
+#[tokio::test]
+async fn mqtt_3_3_4_6_client_publish_with_subscription_identifier_gets_disconnect_0x82() {
+    let broker = start_broker(|_| {}).await;
+    let mut publish = message("a/b", "x", QoS::AtMostOnce);
+    publish.properties.subscription_identifiers = vec![SubscriptionId::new(1).unwrap()];
+    assert_eq!(
+        broker_answer_to(tcp_addr(&broker), Packet::Publish(publish)).await,
+        [Packet::Disconnect(Disconnect::new(
+            ReasonCode::ProtocolError
+        ))]
+    );
     broker.shutdown(SHORT).await;
 }
 

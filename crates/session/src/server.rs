@@ -608,6 +608,13 @@ impl ServerConnection {
                     format!("{:?} before CONNACK", packet.packet_type()),
                 );
             }
+            // Subscription Identifiers are the server's to add on delivery (MQTT-3.3.4-6).
+            Packet::Publish(publish) if !publish.properties.subscription_identifiers.is_empty() => {
+                self.core.violation(
+                    ReasonCode::ProtocolError,
+                    "PUBLISH from the client carries a Subscription Identifier".into(),
+                );
+            }
             Packet::Publish(publish) => {
                 if let Some(message) = self.core.on_publish(publish) {
                     self.events.push_back(ServerEvent::Message(message));
