@@ -132,6 +132,32 @@ fn mqtt_3_1_0_2_v311_second_connect_closes() {
     ));
 }
 
+/// "It is a Protocol Error to include Authentication Data if there is no Authentication
+/// Method" (MQTT 5 §3.1.2.11.10): such a CONNECT is not surfaced, and the connection closes as
+/// for any invalid CONNECT (MQTT-3.1.4-1), without CONNACK.
+#[test]
+fn mqtt_3_1_2_11_10_authentication_data_without_method_closes_the_connection() {
+    // CONNECT v5, client id "c", with Authentication Data (0x16) "x" and no method.
+    let connect = [
+        0x10, 0x12, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 4, 0x16, 0, 1, b'x', 0, 1, b'c',
+    ];
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect);
+    assert!(server.is_closed());
+    assert!(sent_by_server(&mut server).is_empty());
+    let events = server_events(&mut server);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ServerEvent::Closed(CloseReason::ProtocolViolation {
+                reason_code: ReasonCode::ProtocolError,
+                ..
+            })]
+        ),
+        "{events:?}"
+    );
+}
+
 #[test]
 fn server_closes_when_no_connect_arrives_in_time() {
     let mut server = ServerConnection::new(ServerConfig::default(), T0);
