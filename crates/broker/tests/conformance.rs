@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rallymq_codec::{
-    Decoder, Disconnect, Limits, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionId,
+    Auth, Decoder, Disconnect, Limits, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionId,
 };
 use rallymq_session::{ClientEvent, CloseReason};
 use support::{TestClient, connect_packet, message, start_broker, tcp_addr};
@@ -138,6 +138,20 @@ async fn mqtt_3_3_4_6_client_publish_with_subscription_identifier_gets_disconnec
     publish.properties.subscription_identifiers = vec![SubscriptionId::new(1).unwrap()];
     assert_eq!(
         broker_answer_to(tcp_addr(&broker), Packet::Publish(publish)).await,
+        [Packet::Disconnect(Disconnect::new(
+            ReasonCode::ProtocolError
+        ))]
+    );
+    broker.shutdown(SHORT).await;
+}
+
+/// MQTT-4.12.0-7: a client whose CONNECT named no Authentication Method must not send AUTH; the
+/// broker answers DISCONNECT 0x82 (Protocol Error), not 0x8C (Bad authentication method).
+#[tokio::test]
+async fn mqtt_4_12_0_7_auth_without_authentication_method_gets_disconnect_0x82() {
+    let broker = start_broker(|_| {}).await;
+    assert_eq!(
+        broker_answer_to(tcp_addr(&broker), Packet::Auth(Auth::default())).await,
         [Packet::Disconnect(Disconnect::new(
             ReasonCode::ProtocolError
         ))]

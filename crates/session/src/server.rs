@@ -109,6 +109,9 @@ pub struct ServerConnection {
     will_due_at: Option<Timestamp>,
     /// CONNACK with success was sent.
     accepted: bool,
+    /// The CONNECT named an Authentication Method: only then may the client send AUTH
+    /// (MQTT-4.12.0-7).
+    extended_auth: bool,
 }
 
 impl ServerConnection {
@@ -147,6 +150,7 @@ impl ServerConnection {
             will: None,
             will_due_at: None,
             accepted: false,
+            extended_auth: false,
         }
     }
 
@@ -599,9 +603,13 @@ impl ServerConnection {
     fn handle_packet(&mut self, now: Timestamp, packet: Packet) {
         match packet {
             Packet::Connect(connect) => self.on_connect(*connect),
-            Packet::Auth(auth) if self.core.version.is_v5() => {
+            Packet::Auth(auth) if self.core.version.is_v5() && self.extended_auth => {
                 self.events.push_back(ServerEvent::Auth(auth))
             }
+            Packet::Auth(_) if self.core.version.is_v5() => self.core.violation(
+                ReasonCode::ProtocolError,
+                "AUTH without an Authentication Method in CONNECT".into(),
+            ),
             _ if self.core.phase != Phase::Connected => {
                 self.core.violation(
                     ReasonCode::ProtocolError,
@@ -674,6 +682,7 @@ impl ServerConnection {
             _ => false,
         };
         self.will = connect.will.clone().map(Box::new);
+        self.extended_auth = connect.properties.authentication_method.is_some();
         self.protocol = Some(version);
         self.connect = Some(Box::new(connect.clone()));
         // Before MQTT 5 a keep alive over the maximum cannot be corrected, only refused; the

@@ -398,6 +398,46 @@ fn mqtt_3_2_0_2_server_sends_only_auth_before_connack() {
     assert_eq!(sent[0] >> 4, 15, "AUTH may go before CONNACK");
 }
 
+/// A client whose CONNECT had no Authentication Method must not send AUTH (MQTT-4.12.0-7): the
+/// server does not hand it on, and closes with DISCONNECT 0x82 (Protocol Error).
+#[test]
+fn mqtt_4_12_0_7_auth_without_authentication_method_is_a_protocol_error() {
+    let mut pair = Pair::connected(V5);
+    pair.inject_to_server(&encode(Packet::Auth(Auth::default()), V5));
+    assert!(
+        !pair
+            .server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Auth(_))),
+        "AUTH handed on"
+    );
+    assert!(matches!(
+        pair.server_close(),
+        Some(CloseReason::ProtocolViolation {
+            reason_code: ReasonCode::ProtocolError,
+            ..
+        })
+    ));
+    assert_eq!(
+        pair.packets_to_client(V5).last(),
+        Some(&Packet::Disconnect(Disconnect::new(
+            ReasonCode::ProtocolError
+        )))
+    );
+    // Before CONNACK too: the connection closes (no DISCONNECT before CONNACK).
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    let mut bytes = connect_bytes(V5, "c", true);
+    bytes.extend_from_slice(&encode(Packet::Auth(Auth::default()), V5));
+    server.handle_bytes(T0, &bytes);
+    assert!(server.is_closed());
+    assert!(
+        !server_events(&mut server)
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Auth(_)))
+    );
+    assert!(sent_by_server(&mut server).is_empty());
+}
+
 #[test]
 fn auth_exchange_before_accept_is_handed_to_both_callers() {
     let mut connect = connect_packet(V5, "c");
