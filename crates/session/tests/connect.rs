@@ -105,20 +105,7 @@ fn mqtt_3_1_0_2_second_connect_is_a_protocol_error() {
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&connect_bytes(V5, "client-1", true));
     assert!(pair.server.is_closed());
-    assert!(matches!(
-        pair.server_close(),
-        Some(CloseReason::ProtocolViolation {
-            reason_code: ReasonCode::ProtocolError,
-            ..
-        })
-    ));
-    let last = pair.packets_to_client(V5).pop();
-    assert_eq!(
-        last,
-        Some(Packet::Disconnect(Disconnect::new(
-            ReasonCode::ProtocolError
-        )))
-    );
+    pair.assert_server_disconnected_with(ReasonCode::ProtocolError);
 }
 
 #[test]
@@ -411,19 +398,7 @@ fn mqtt_4_12_0_7_auth_without_authentication_method_is_a_protocol_error() {
             .any(|e| matches!(e, ServerEvent::Auth(_))),
         "AUTH handed on"
     );
-    assert!(matches!(
-        pair.server_close(),
-        Some(CloseReason::ProtocolViolation {
-            reason_code: ReasonCode::ProtocolError,
-            ..
-        })
-    ));
-    assert_eq!(
-        pair.packets_to_client(V5).last(),
-        Some(&Packet::Disconnect(Disconnect::new(
-            ReasonCode::ProtocolError
-        )))
-    );
+    pair.assert_server_disconnected_with(ReasonCode::ProtocolError);
     // Before CONNACK too: the connection closes (no DISCONNECT before CONNACK).
     let mut server = ServerConnection::new(ServerConfig::default(), T0);
     let mut bytes = connect_bytes(V5, "c", true);
@@ -871,19 +846,7 @@ fn server_disconnect_tells_v5_clients_why() {
 fn mqtt_4_13_1_1_malformed_packet_closes_with_0x81() {
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&[0x30, 0x02, 0x00, 0x05]); // a topic length past the packet's end
-    assert!(matches!(
-        pair.server_close(),
-        Some(CloseReason::ProtocolViolation {
-            reason_code: ReasonCode::MalformedPacket,
-            ..
-        })
-    ));
-    assert_eq!(
-        pair.packets_to_client(V5).pop(),
-        Some(Packet::Disconnect(Disconnect::new(
-            ReasonCode::MalformedPacket
-        )))
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
 use rallymq_codec::{
-    Ack, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, SubAckProperties,
+    Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, SubAckProperties,
     Subscription, SubscriptionId, TopicFilter,
 };
 use rallymq_session::{
@@ -658,19 +658,7 @@ fn mqtt_3_3_4_6_client_publish_with_a_subscription_identifier_is_a_protocol_erro
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&bytes);
     assert!(pair.server_messages().is_empty(), "delivered");
-    assert!(matches!(
-        pair.server_close(),
-        Some(CloseReason::ProtocolViolation {
-            reason_code: ReasonCode::ProtocolError,
-            ..
-        })
-    ));
-    assert_eq!(
-        pair.packets_to_client(V5).last(),
-        Some(&Packet::Disconnect(Disconnect::new(
-            ReasonCode::ProtocolError
-        )))
-    );
+    pair.assert_server_disconnected_with(ReasonCode::ProtocolError);
 
     let mut pair = Pair::connected(V5);
     pair.inject_to_client(&bytes);
