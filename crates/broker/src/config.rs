@@ -67,7 +67,10 @@ pub struct Limits {
     pub queue_full: QueueFullPolicy,
     /// Largest session expiry granted, in seconds (MQTT 5 clients asking for more get this).
     pub max_session_expiry: u32,
-    /// Longest keep alive accepted from MQTT 5 clients (longer or none gets Server Keep Alive).
+    /// Longest keep alive accepted, in seconds, as Mosquitto's `max_keepalive` (and its
+    /// default, 65535): an MQTT 5 client asking for more, or for none, is given this as Server
+    /// Keep Alive; an MQTT 3.1 or 3.1.1 client doing so is refused with return code 0x02.
+    /// `None` accepts any keep alive, 0 (none) included.
     pub max_keep_alive: Option<u16>,
 }
 
@@ -83,7 +86,7 @@ impl Default for Limits {
             max_queued_messages: 1000,
             queue_full: QueueFullPolicy::DropNewest,
             max_session_expiry: u32::MAX,
-            max_keep_alive: None,
+            max_keep_alive: Some(u16::MAX),
         }
     }
 }

@@ -401,8 +401,9 @@ impl Driver {
             ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             ServerEvent::DeliveryAcknowledged(_) | ServerEvent::DeliveryCompleted(_) => {}
             ServerEvent::Auth(_) => {
-                // No extended authentication method is supported (MQTT-4.12.0-1 asks for
-                // a CONNACK refusal when the method is unknown, done at CONNECT).
+                // Only AUTH in an exchange gets here (the engine makes one without an
+                // Authentication Method in CONNECT a protocol error, MQTT-4.12.0-7), and no
+                // method is supported: its CONNECT is refused with 0x8C too (MQTT-4.12.0-1).
                 self.engine.disconnect(
                     self.now(),
                     ReasonCode::BadAuthenticationMethod,

@@ -260,6 +260,11 @@ fn handle_http(
     shared: Arc<Shared>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one.
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == http::Version::HTTP_11) {
+        return rejection(Rejection::bad_request().with_body("exactly one Host header is needed"));
+    }
     let path = request.uri().path().to_owned();
     let wants_upgrade = request.headers().contains_key(header::UPGRADE);
     if wants_upgrade && shared.config.ws_paths.contains(&path) {

@@ -25,7 +25,9 @@ pub(crate) struct FileConfig {
     pub(crate) topic_alias_maximum: Option<u16>,
     pub(crate) max_in_flight: Option<u16>,
     pub(crate) max_queued_messages: Option<usize>,
-    pub(crate) max_keep_alive: Option<u16>,
+    /// `max_keep_alive`, its spelling before it took Mosquitto's, is still read.
+    #[serde(alias = "max_keep_alive")]
+    pub(crate) max_keepalive: Option<u16>,
     pub(crate) max_session_expiry: Option<u32>,
 }
 
@@ -90,7 +92,7 @@ impl Settings {
         set(args.topic_alias_maximum, &mut s.topic_alias_maximum);
         set(args.max_in_flight, &mut s.max_in_flight);
         set(args.max_queued_messages, &mut s.max_queued_messages);
-        set(args.max_keep_alive, &mut s.max_keep_alive);
+        set(args.max_keepalive, &mut s.max_keepalive);
         set(args.max_session_expiry, &mut s.max_session_expiry);
         Self(s)
     }
@@ -147,7 +149,7 @@ impl Settings {
         if let Some(n) = s.max_queued_messages {
             limits.max_queued_messages = n;
         }
-        if let Some(secs) = s.max_keep_alive {
+        if let Some(secs) = s.max_keepalive {
             limits.max_keep_alive = (secs > 0).then_some(secs);
         }
         if let Some(secs) = s.max_session_expiry {
@@ -184,7 +186,7 @@ mod tests {
         assert!(file.max_connections.is_some() && file.connect_timeout_secs.is_some());
         assert!(file.max_packet_size.is_some() && file.receive_maximum.is_some());
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
-        assert!(file.max_queued_messages.is_some() && file.max_keep_alive.is_some());
+        assert!(file.max_queued_messages.is_some() && file.max_keepalive.is_some());
         assert!(file.max_session_expiry.is_some());
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
@@ -206,6 +208,22 @@ mod tests {
         );
         assert_eq!(config.limits.max_packet_size, 4096);
         assert_eq!(config.sys_interval, None);
+    }
+
+    #[test]
+    fn max_keepalive_key_and_its_old_spelling() {
+        for text in ["max_keepalive = 30", "max_keep_alive = 30"] {
+            let file = FileConfig::parse(text).expect("valid");
+            let config = Settings::from_file(file)
+                .into_broker_config()
+                .expect("valid");
+            assert_eq!(config.limits.max_keep_alive, Some(30), "{text}");
+        }
+        let file = FileConfig::parse("max_keepalive = 0").expect("valid");
+        let config = Settings::from_file(file)
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(config.limits.max_keep_alive, None, "0 is no limit");
     }
 
     #[test]

@@ -42,8 +42,10 @@ pub struct ServerConfig {
     /// Most QoS 1 and 2 deliveries waiting for room in the window; past it `deliver` fails
     /// with [`Error::Full`].
     pub max_queued: usize,
-    /// The longest keep alive accepted from an MQTT 5 client: a larger (or zero) request is
-    /// answered with this value as Server Keep Alive. `None` accepts the client's value.
+    /// The longest keep alive accepted, as Mosquitto's `max_keepalive`. An MQTT 5 client asking
+    /// for more, or for none (0), is told this value as Server Keep Alive; an MQTT 3.1 or 3.1.1
+    /// client doing so is refused with CONNACK return code 0x02 (identifier rejected), since
+    /// those versions cannot be told another value. `None` accepts any keep alive.
     pub max_keep_alive: Option<u16>,
     /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
     /// acknowledging on arrival. A broker that must not lose a message acknowledges once it
@@ -107,6 +109,9 @@ pub struct ServerConnection {
     will_due_at: Option<Timestamp>,
     /// CONNACK with success was sent.
     accepted: bool,
+    /// The CONNECT named an Authentication Method: only then may the client send AUTH
+    /// (MQTT-4.12.0-7).
+    extended_auth: bool,
 }
 
 impl ServerConnection {
@@ -145,6 +150,7 @@ impl ServerConnection {
             will: None,
             will_due_at: None,
             accepted: false,
+            extended_auth: false,
         }
     }
 
@@ -195,11 +201,8 @@ impl ServerConnection {
             if needs_id {
                 properties.assigned_client_identifier = accept.assigned_client_id;
             }
-            if let Some(max) = self.config.max_keep_alive {
-                let requested = connect.keep_alive;
-                if properties.server_keep_alive.is_none() && (requested == 0 || requested > max) {
-                    properties.server_keep_alive = Some(max);
-                }
+            if properties.server_keep_alive.is_none() && self.keep_alive_over_max(connect) {
+                properties.server_keep_alive = self.config.max_keep_alive;
             }
             if let Some(keep_alive) = properties.server_keep_alive {
                 // The client must use the server's value (MQTT-3.2.2-21).
@@ -528,6 +531,14 @@ impl ServerConnection {
 
     // ------------------------------------------------------------------ internals
 
+    /// Whether `connect` asks for a keep alive longer than [`ServerConfig::max_keep_alive`], or
+    /// for none (0) while there is a maximum.
+    fn keep_alive_over_max(&self, connect: &Connect) -> bool {
+        self.config
+            .max_keep_alive
+            .is_some_and(|max| connect.keep_alive == 0 || connect.keep_alive > max)
+    }
+
     fn keep_alive_deadline(&self) -> Timestamp {
         // One and a half times the keep alive, in milliseconds to keep odd values exact.
         let grace = Duration::from_millis(u64::from(self.keep_alive) * 1500);
@@ -592,13 +603,24 @@ impl ServerConnection {
     fn handle_packet(&mut self, now: Timestamp, packet: Packet) {
         match packet {
             Packet::Connect(connect) => self.on_connect(*connect),
-            Packet::Auth(auth) if self.core.version.is_v5() => {
+            Packet::Auth(auth) if self.core.version.is_v5() && self.extended_auth => {
                 self.events.push_back(ServerEvent::Auth(auth))
             }
+            Packet::Auth(_) if self.core.version.is_v5() => self.core.violation(
+                ReasonCode::ProtocolError,
+                "AUTH without an Authentication Method in CONNECT".into(),
+            ),
             _ if self.core.phase != Phase::Connected => {
                 self.core.violation(
                     ReasonCode::ProtocolError,
                     format!("{:?} before CONNACK", packet.packet_type()),
+                );
+            }
+            // Subscription Identifiers are the server's to add on delivery (MQTT-3.3.4-6).
+            Packet::Publish(publish) if !publish.properties.subscription_identifiers.is_empty() => {
+                self.core.violation(
+                    ReasonCode::ProtocolError,
+                    "PUBLISH from the client carries a Subscription Identifier".into(),
                 );
             }
             Packet::Publish(publish) => {
@@ -660,9 +682,13 @@ impl ServerConnection {
             _ => false,
         };
         self.will = connect.will.clone().map(Box::new);
+        self.extended_auth = connect.properties.authentication_method.is_some();
         self.protocol = Some(version);
         self.connect = Some(Box::new(connect.clone()));
-        if empty_id && refuse_empty_id {
+        // Before MQTT 5 a keep alive over the maximum cannot be corrected, only refused; the
+        // code is the one Mosquitto 2.0.12 and later send for it.
+        let refuse_keep_alive = !version.is_v5() && self.keep_alive_over_max(&connect);
+        if (empty_id && refuse_empty_id) || refuse_keep_alive {
             self.refuse_connect(
                 ReasonCode::ClientIdentifierNotValid,
                 ConnAckProperties::default(),

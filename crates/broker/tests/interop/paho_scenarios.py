@@ -802,6 +802,31 @@ def scenario_keepalive(args):
     return {"still_connected": still, "received": relative(got, topic)}
 
 
+def scenario_max_keepalive(args):
+    """Connects asking for keep alives 0, 30, 60, 61 and 65535 (the broker's maximum is 60):
+    for each, the CONNACK reason code (paho gives MQTT 3.1.1's return code 2 as 0x85) and the
+    Server Keep Alive, if any."""
+    result = {}
+    for keepalive in (0, 30, 60, 61, 65535):
+        peer = Peer(args, f"ka{keepalive}")
+        kwargs = {"clean_start": True} if peer.v5 else {}
+        try:
+            peer.client.connect(args.host, args.port, keepalive=keepalive, **kwargs)
+        except OSError as error:
+            raise Failure(f"connect to {args.host}:{args.port}: {error}")
+        peer.client.loop_start()
+        _, code = get(peer.connacks, f"CONNACK for keep alive {keepalive}")
+        properties = peer.connack_properties
+        result[str(keepalive)] = {
+            "code": code.value,
+            "server_keep_alive": getattr(properties, "ServerKeepAlive", None),
+        }
+        if not code.is_failure:
+            peer.client.disconnect()
+        peer.client.loop_stop()
+    return result
+
+
 class RawClient:
     """A hand-written MQTT client over TCP, for flows no library lets a test drive (a QoS 2
     PUBLISH sent again before PUBREL)."""
@@ -1618,6 +1643,7 @@ SCENARIOS = {
     "properties": scenario_properties,
     "retained_many": scenario_retained_many,
     "keepalive": scenario_keepalive,
+    "max_keepalive": scenario_max_keepalive,
     "burst": scenario_burst,
     "large": scenario_large,
     "takeover": scenario_takeover,

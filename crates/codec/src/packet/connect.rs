@@ -113,6 +113,7 @@ impl Connect {
         } else {
             Properties::default()
         };
+        check_authentication(&properties)?;
         let client_id = reader.string()?;
         let will = if has_will {
             let properties = if protocol.is_v5() {
@@ -168,7 +169,7 @@ impl Connect {
         if !self.protocol.is_v5() && !self.properties.is_empty() {
             return Err(Error::NotInVersion("CONNECT properties"));
         }
-        Ok(())
+        check_authentication(&self.properties)
     }
 
     pub(crate) fn body_len(&self) -> usize {
@@ -235,6 +236,15 @@ impl Connect {
             put_field(buf, password);
         }
     }
+}
+
+/// Authentication Data only goes with an Authentication Method: "It is a Protocol Error to
+/// include Authentication Data if there is no Authentication Method" (MQTT 5 §3.1.2.11.10).
+fn check_authentication(properties: &ConnectProperties) -> Result<(), Error> {
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(Error::AuthenticationDataWithoutMethod);
+    }
+    Ok(())
 }
 
 /// CONNACK: the server's answer to CONNECT.

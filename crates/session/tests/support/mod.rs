@@ -321,6 +321,26 @@ impl Pair {
             })
     }
 
+    /// Asserts the server closed an MQTT 5 connection for a protocol violation with
+    /// `reason_code`, and told the client so in the last packet it sent: DISCONNECT with it.
+    pub fn assert_server_disconnected_with(&self, reason_code: ReasonCode) {
+        assert!(
+            matches!(
+                self.server_close(),
+                Some(rallymq_session::CloseReason::ProtocolViolation { reason_code: code, .. })
+                    if *code == reason_code
+            ),
+            "closed with {:?}, not a violation with {reason_code:?}",
+            self.server_close()
+        );
+        assert_eq!(
+            self.packets_to_client(ProtocolVersion::V5).pop(),
+            Some(rallymq_codec::Packet::Disconnect(
+                rallymq_codec::Disconnect::new(reason_code)
+            ))
+        );
+    }
+
     /// The last close reason the client reported.
     pub fn client_close(&self) -> Option<&rallymq_session::CloseReason> {
         self.client_events
