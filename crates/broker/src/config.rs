@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// How a broker listens and what it allows. `Default` is the embedded configuration: MQTT over
-/// TCP on 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080.
+/// How a broker listens and what it allows. `Default` is for a library: MQTT over TCP and HTTP
+/// with MQTT over WebSockets, each on a free port of 127.0.0.1 (the handle's
+/// [`local_addr`](crate::BrokerHandle::local_addr) tells which), so that embedders and tests
+/// never collide. [`BrokerConfig::standard_ports`] gives the `rallymq broker` command's
+/// listeners, 1883 and 8080.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Addresses for MQTT over TCP. Port 0 binds a free port.
@@ -22,8 +25,8 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
-            ws: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
@@ -37,6 +40,16 @@ impl BrokerConfig {
         Self {
             tcp: Vec::new(),
             ws: Vec::new(),
+            ..Self::default()
+        }
+    }
+
+    /// The `rallymq broker` command's listeners: MQTT over TCP on 127.0.0.1:1883, HTTP and MQTT
+    /// over WebSockets on 127.0.0.1:8080 (Mosquitto's and the usual WebSocket port).
+    pub fn standard_ports() -> Self {
+        Self {
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             ..Self::default()
         }
     }

@@ -537,10 +537,6 @@ impl Registry {
     }
 
     /// Removes `session` if it is still the one registered under its id.
-    pub(crate) fn remove(&self, session: &Arc<Session>) -> bool {
-        Self::remove_locked(&mut self.lock(), session)
-    }
-
     // A `SessionRef` hashes and compares by its client id, which never changes.
     #[allow(clippy::mutable_key_type)]
     fn remove_locked(sessions: &mut HashSet<SessionRef>, session: &Arc<Session>) -> bool {

@@ -97,10 +97,10 @@ impl Settings {
         Self(s)
     }
 
-    /// Checks the settings and fills what is unset from [`BrokerConfig::default`].
+    /// Checks the settings and fills what is unset from [`BrokerConfig::standard_ports`].
     pub(crate) fn into_broker_config(self) -> Result<BrokerConfig, String> {
         let s = self.0;
-        let mut config = BrokerConfig::default();
+        let mut config = BrokerConfig::standard_ports();
         // Listeners go as one group: naming any replaces all the default ones.
         if s.tcp.is_some() || s.ws.is_some() {
             config.tcp = s.tcp.unwrap_or_default();

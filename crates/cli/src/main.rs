@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn no_flags_gives_the_embedded_defaults() {
         let config = broker_config(&parse(&["rallymq", "broker"])).expect("no file to read");
-        let defaults = BrokerConfig::default();
+        let defaults = BrokerConfig::standard_ports();
         assert_eq!(config.tcp, defaults.tcp);
         assert_eq!(config.ws, defaults.ws);
         assert_eq!(config.ws_paths, defaults.ws_paths);

@@ -71,3 +71,9 @@ pub use reason::{ALL_REASON_CODES, ReasonCode};
 pub use string::{MAX_STRING_LEN, MqttString, UserProperty};
 pub use types::{PacketId, PacketType, ProtocolVersion, QoS, SubscriptionId};
 pub use wire::MAX_VARIABLE_BYTE_INTEGER;
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

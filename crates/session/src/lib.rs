@@ -91,3 +91,9 @@ pub use event::{
 pub use server::{Accept, ServerConfig, ServerConnection};
 pub use state::{OutgoingMessage, OutgoingStage, PublishToken, QueuedMessage, SessionState};
 pub use time::Timestamp;
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
