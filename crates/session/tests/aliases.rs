@@ -10,7 +10,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 use proptest::prelude::*;
 use rallymq_codec::{Packet, ProtocolVersion, QoS};
-use rallymq_session::{ClientConfig, ClientEvent, CloseReason, Error, ServerConfig, ServerEvent};
+use rallymq_session::{ClientConfig, Error, ServerConfig};
 use support::{Pair, connect_packet, publish};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -173,15 +173,8 @@ fn run(
             }
             Op::Reconnect => pair.reconnect(false),
         }
-        for event in &pair.server_events {
-            if let ServerEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) = event {
-                prop_assert!(false, "server saw a protocol violation: {detail}");
-            }
-        }
-        for event in &pair.client_events {
-            if let ClientEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) = event {
-                prop_assert!(false, "client saw a protocol violation: {detail}");
-            }
+        if let Some(violation) = pair.protocol_violation() {
+            prop_assert!(false, "{violation}");
         }
     }
     pair.reconnect(false);
