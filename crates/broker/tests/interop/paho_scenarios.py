@@ -1068,45 +1068,41 @@ def scenario_will_session_end(args):
     return {"received": relative(got, topic), "before_the_delay": waited < 30}
 
 
-def scenario_alias_in(args):
-    """MQTT 5: a client that accepts topic aliases from the broker still sees every message
-    with its topic (whether or not the broker uses aliases, MQTT-3.3.2-12 ff.)."""
+def alias_traffic(args, name, maximum, topics):
+    """A subscriber announcing Topic Alias Maximum `maximum` gets one QoS 1 message on each
+    of `topics` in turn; returns the topics it saw (resolved, after the run's prefix) and how
+    the broker used aliases."""
     if args.version != "5":
         raise Failure("topic aliases need MQTT 5")
-    prefix = f"interop/{args.run}/alias-in/"
+    prefix = f"interop/{args.run}/{name}/"
     subscriber = Peer(args, "sub")
-    subscriber.connect(TopicAliasMaximum=5)
+    subscriber.connect(TopicAliasMaximum=maximum)
     subscriber.subscribe(prefix + "#", 1)
     publisher = Peer(args, "pub")
     publisher.connect()
-    for topic in ("a", "a", "b", "a", "b"):
-        publisher.publish(prefix + topic, topic, 1)
-    got = subscriber.receive(5, "messages") + subscriber.drain()
+    for i, topic in enumerate(topics):
+        publisher.publish(prefix + topic, str(i), 1)
+    got = subscriber.receive(len(topics), "messages") + subscriber.drain()
     for peer in (subscriber, publisher):
         peer.disconnect()
-    return {"topics": [m["topic"] for m in relative(got, prefix)]}
+    return [m["topic"] for m in relative(got, prefix)], subscriber.alias_use
+
+
+def scenario_alias_in(args):
+    """MQTT 5: a client that accepts topic aliases from the broker still sees every message
+    with its topic (whether or not the broker uses aliases, MQTT-3.3.2-12 ff.)."""
+    topics, _ = alias_traffic(args, "alias-in", 5, ("a", "a", "b", "a", "b"))
+    return {"topics": topics}
 
 
 def scenario_alias_out(args):
     """MQTT 5: a subscriber announcing Topic Alias Maximum 10 gets messages on three topics;
     reports the topics (resolved) and how the broker used aliases (MQTT-3.3.2-11: none above
     10)."""
-    if args.version != "5":
-        raise Failure("topic aliases need MQTT 5")
-    prefix = f"interop/{args.run}/alias-out/"
-    subscriber = Peer(args, "sub")
-    subscriber.connect(TopicAliasMaximum=10)
-    subscriber.subscribe(prefix + "#", 1)
-    publisher = Peer(args, "pub")
-    publisher.connect()
-    topics = ("court/1/score", "court/2/score", "court/1/score", "court/3/score",
-              "court/2/score", "court/1/score", "court/3/score", "court/1/score")
-    for i, topic in enumerate(topics):
-        publisher.publish(prefix + topic, str(i), 1)
-    got = subscriber.receive(len(topics), "messages") + subscriber.drain()
-    for peer in (subscriber, publisher):
-        peer.disconnect()
-    return {"topics": [m["topic"] for m in relative(got, prefix)], **subscriber.alias_use}
+    topics, alias_use = alias_traffic(args, "alias-out", 10, (
+        "court/1/score", "court/2/score", "court/1/score", "court/3/score",
+        "court/2/score", "court/1/score", "court/3/score", "court/1/score"))
+    return {"topics": topics, **alias_use}
 
 
 def scenario_retained_expiry(args):
