@@ -218,6 +218,31 @@ mod tests {
     }
 
     #[test]
+    fn errors_are_one_line_with_a_position() {
+        let error = FileConfig::parse("tcp = [\"127.0.0.1:0\"]\nmax_conections = 3\n")
+            .expect_err("unknown key");
+        assert!(error.starts_with("line 2, column 1: "), "{error}");
+        assert!(error.contains("max_conections"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+
+        let error = FileConfig::parse("tcp = [\"nowhere\"]").expect_err("bad address");
+        assert!(error.starts_with("line 1, column "), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+
+        let error = FileConfig::parse("receive_maximum = 70000").expect_err("too big");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn empty_listener_lists_are_refused() {
+        let file = FileConfig::parse("tcp = []\nws = []").expect("valid TOML");
+        let error = Settings::from_file(file)
+            .into_broker_config()
+            .expect_err("no listener");
+        assert!(error.contains("no listeners"), "{error}");
+    }
+
+    #[test]
     fn outgoing_topic_aliases_are_on_by_default_and_the_key_or_flag_sets_them() {
         let defaults = Settings::from_file(FileConfig::default())
             .into_broker_config()
@@ -243,30 +268,5 @@ mod tests {
             .into_broker_config()
             .expect("valid");
         assert_eq!(from_flag.limits.outgoing_topic_alias_maximum, 10);
-    }
-
-    #[test]
-    fn errors_are_one_line_with_a_position() {
-        let error = FileConfig::parse("tcp = [\"127.0.0.1:0\"]\nmax_conections = 3\n")
-            .expect_err("unknown key");
-        assert!(error.starts_with("line 2, column 1: "), "{error}");
-        assert!(error.contains("max_conections"), "{error}");
-        assert!(!error.contains('\n'), "{error}");
-
-        let error = FileConfig::parse("tcp = [\"nowhere\"]").expect_err("bad address");
-        assert!(error.starts_with("line 1, column "), "{error}");
-        assert!(!error.contains('\n'), "{error}");
-
-        let error = FileConfig::parse("receive_maximum = 70000").expect_err("too big");
-        assert!(!error.contains('\n'), "{error}");
-    }
-
-    #[test]
-    fn empty_listener_lists_are_refused() {
-        let file = FileConfig::parse("tcp = []\nws = []").expect("valid TOML");
-        let error = Settings::from_file(file)
-            .into_broker_config()
-            .expect_err("no listener");
-        assert!(error.contains("no listeners"), "{error}");
     }
 }
