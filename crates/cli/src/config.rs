@@ -192,9 +192,9 @@ mod tests {
         assert!(file.max_connections.is_some() && file.connect_timeout_secs.is_some());
         assert!(file.max_packet_size.is_some() && file.receive_maximum.is_some());
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
-        assert!(file.outgoing_topic_alias_maximum.is_some());
         assert!(file.max_queued_messages.is_some() && file.max_keep_alive.is_some());
         assert!(file.max_session_expiry.is_some());
+        assert!(file.outgoing_topic_alias_maximum.is_some());
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
     }
