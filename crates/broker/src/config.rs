@@ -68,6 +68,11 @@ pub struct Limits {
     pub receive_maximum: u16,
     /// Highest topic alias a client may use.
     pub topic_alias_maximum: u16,
+    /// Most topic aliases the broker gives the topics it sends to one MQTT 5 client (also
+    /// bounded by the client's own Topic Alias Maximum; 0: none). Once all are taken, an alias
+    /// moves to a topic sent more often of late. Each alias in use keeps its topic in memory
+    /// for the connection. FlashMQ's `max_outgoing_topic_alias_value`.
+    pub outgoing_topic_alias_maximum: u16,
     /// Most QoS 1 and 2 messages in flight to one client at once.
     pub max_in_flight: u16,
     /// Most messages waiting for one session (online or offline). Past it, `queue_full`
@@ -95,6 +100,7 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             receive_maximum: 128,
             topic_alias_maximum: 64,
+            outgoing_topic_alias_maximum: 64,
             max_in_flight: 64,
             max_queued_messages: 1000,
             queue_full: QueueFullPolicy::DropNewest,

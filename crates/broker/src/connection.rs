@@ -123,7 +123,7 @@ impl Driver {
             max_packet_size: limits.max_packet_size,
             receive_maximum: limits.receive_maximum.max(1),
             topic_alias_maximum: limits.topic_alias_maximum,
-            outgoing_topic_alias_maximum: 0,
+            outgoing_topic_alias_maximum: limits.outgoing_topic_alias_maximum,
             max_in_flight: limits.max_in_flight.max(1),
             // The session's queue in the broker is the real one; the engine keeps a little.
             max_queued: 16,

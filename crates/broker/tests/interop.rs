@@ -1004,6 +1004,29 @@ fn paho_v5_client_accepting_topic_aliases_sees_every_topic() {
     });
 }
 
+/// MQTT 5: a paho subscriber announcing Topic Alias Maximum 10 gets aliases from our broker
+/// (on by default): each topic's first message sets one, the later ones come on the alias
+/// alone, none above 10 (MQTT-3.3.2-11), and every message resolves to its topic. Mosquitto
+/// sends no aliases.
+#[test]
+fn mqtt_3_3_2_11_paho_v5_subscriber_gets_topic_aliases_from_the_broker() {
+    paho_matrix_per_broker("alias_out", &["5"], |_, broker| {
+        let (set, alone, highest) = if broker == "Mosquitto" {
+            (0, 0, 0)
+        } else {
+            (3, 5, 3)
+        };
+        format!(
+            concat!(
+                r#"{{"alone":{},"highest":{},"set":{},"topics":["court/1/score","court/2/score","#,
+                r#""court/1/score","court/3/score","court/2/score","court/1/score","court/3/score","#,
+                r#""court/1/score"]}}"#
+            ),
+            alone, highest, set
+        )
+    });
+}
+
 /// MQTT 5: an expired retained message is not sent to a new subscriber (MQTT-3.3.2-5); one
 /// without expiry is.
 #[test]
@@ -1512,6 +1535,42 @@ fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
             let case = format!("MQTT.js protocol {version} to {}", endpoint.name);
             check_observed(&mut failures, &case, result, &expected.to_owned());
         }
+    }
+    assert_no_failures(failures);
+}
+
+/// MQTT.js (MQTT 5, Topic Alias Maximum 10) over WebSockets gets aliases from our broker: each
+/// topic's first message sets one, later ones come on the alias alone, none above 10
+/// (MQTT-3.3.2-11), and MQTT.js resolves every topic. Mosquitto sends no aliases.
+/// `tests/interop/mqttjs_aliases.js`.
+#[test]
+fn mqtt_3_3_2_11_mqttjs_gets_topic_aliases_from_the_broker() {
+    require_mqttjs();
+    let ours = OurBroker::start();
+    let reference = Mosquitto::start();
+    let mut failures = Vec::new();
+    for (endpoint, (set, alone, highest)) in [
+        (ours.endpoint(), (3, 5, 3)),
+        (reference.endpoint(), (0, 0, 0)),
+    ] {
+        let url = format!("ws://127.0.0.1:{}/mqtt", endpoint.ws);
+        let result = run_peer(
+            Command::new("node")
+                .arg(interop_dir().join("mqttjs_aliases.js"))
+                .arg(&url)
+                .current_dir(interop_dir()),
+            PEER_TIMEOUT,
+        );
+        let expected = format!(
+            concat!(
+                r#"{{"topics":["court/1/score","court/2/score","court/1/score","court/3/score","#,
+                r#""court/2/score","court/1/score","court/3/score","court/1/score"],"#,
+                r#""set":{},"alone":{},"highest":{}}}"#
+            ),
+            set, alone, highest
+        );
+        let case = format!("MQTT.js topic aliases from {}", endpoint.name);
+        check_observed(&mut failures, &case, result, &expected);
     }
     assert_no_failures(failures);
 }

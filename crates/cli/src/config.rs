@@ -23,6 +23,7 @@ pub(crate) struct FileConfig {
     pub(crate) max_packet_size: Option<u32>,
     pub(crate) receive_maximum: Option<u16>,
     pub(crate) topic_alias_maximum: Option<u16>,
+    pub(crate) outgoing_topic_alias_maximum: Option<u16>,
     pub(crate) max_in_flight: Option<u16>,
     pub(crate) max_queued_messages: Option<usize>,
     /// `max_keep_alive`, its spelling before it took Mosquitto's, is still read.
@@ -90,6 +91,10 @@ impl Settings {
         set(args.max_packet_size, &mut s.max_packet_size);
         set(args.receive_maximum, &mut s.receive_maximum);
         set(args.topic_alias_maximum, &mut s.topic_alias_maximum);
+        set(
+            args.outgoing_topic_alias_maximum,
+            &mut s.outgoing_topic_alias_maximum,
+        );
         set(args.max_in_flight, &mut s.max_in_flight);
         set(args.max_queued_messages, &mut s.max_queued_messages);
         set(args.max_keepalive, &mut s.max_keepalive);
@@ -140,6 +145,9 @@ impl Settings {
         if let Some(n) = s.topic_alias_maximum {
             limits.topic_alias_maximum = n;
         }
+        if let Some(n) = s.outgoing_topic_alias_maximum {
+            limits.outgoing_topic_alias_maximum = n;
+        }
         if let Some(n) = s.max_in_flight {
             if n == 0 {
                 return Err("max_in_flight must be at least 1".to_owned());
@@ -188,6 +196,7 @@ mod tests {
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
         assert!(file.max_queued_messages.is_some() && file.max_keepalive.is_some());
         assert!(file.max_session_expiry.is_some());
+        assert!(file.outgoing_topic_alias_maximum.is_some());
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
     }
@@ -249,5 +258,33 @@ mod tests {
             .into_broker_config()
             .expect_err("no listener");
         assert!(error.contains("no listeners"), "{error}");
+    }
+
+    #[test]
+    fn outgoing_topic_aliases_are_on_by_default_and_the_key_or_flag_sets_them() {
+        let defaults = Settings::from_file(FileConfig::default())
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(defaults.limits.outgoing_topic_alias_maximum, 64);
+        let file = FileConfig::parse("outgoing_topic_alias_maximum = 0\n").expect("valid");
+        let from_file = Settings::from_file(file.clone())
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(from_file.limits.outgoing_topic_alias_maximum, 0);
+        let cli = <crate::Cli as clap::Parser>::try_parse_from([
+            "rallymq",
+            "broker",
+            "--outgoing-topic-alias-maximum",
+            "10",
+        ])
+        .expect("valid flags");
+        let crate::Command::Broker(args) = cli.command else {
+            panic!("the broker command")
+        };
+        let from_flag = Settings::from_file(file)
+            .with_flags(&args)
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(from_flag.limits.outgoing_topic_alias_maximum, 10);
     }
 }

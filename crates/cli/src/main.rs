@@ -108,6 +108,11 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub(crate) topic_alias_maximum: Option<u16>,
 
+    /// Most topic aliases the broker uses towards one MQTT 5 client (also bounded by the
+    /// client's Topic Alias Maximum; 0: none; default 64).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) outgoing_topic_alias_maximum: Option<u16>,
+
     /// Most QoS 1 and 2 messages in flight to one client at once.
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub(crate) max_in_flight: Option<u16>,

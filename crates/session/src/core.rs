@@ -7,7 +7,7 @@ use rallymq_codec::{
     Ack, Decoder, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
 };
 
-use crate::alias::{AliasError, IncomingAliases, OutgoingAliases};
+use crate::alias::{ALIAS_GROWTH, AliasError, IncomingAliases, OutgoingAliases};
 use crate::inbound::{Arrival, Inbound};
 use crate::lazy::LazyMap;
 use crate::outbound::{AckResult, Outbound};
@@ -287,9 +287,17 @@ impl Core {
     }
 
     /// Encodes one PUBLISH with the outgoing topic alias applied.
-    fn send_publish(&mut self, mut publish: Publish) -> Result<(), Error> {
-        self.outgoing_aliases.apply(&mut publish);
-        self.send(Packet::Publish(publish))
+    fn send_publish(&mut self, publish: Publish) -> Result<(), Error> {
+        let mut packet = Packet::Publish(publish);
+        // `publish` checked the full-topic form against the peer's limit; a new alias makes
+        // that form longer, so it is set only where the limit leaves room.
+        let may_grow = self
+            .peer_max_packet_size
+            .is_none_or(|max| packet.encoded_len(self.version) + ALIAS_GROWTH <= max as usize);
+        if let Packet::Publish(publish) = &mut packet {
+            self.outgoing_aliases.apply(publish, may_grow);
+        }
+        self.send(packet)
     }
 
     /// Moves queued messages into the window while it has room.

@@ -34,7 +34,9 @@ pub struct ServerConfig {
     /// Highest topic alias the client may use (announced as Topic Alias Maximum).
     pub topic_alias_maximum: u16,
     /// Highest topic alias this side uses towards the client, also bounded by the client's
-    /// Topic Alias Maximum; 0 sends no aliases.
+    /// Topic Alias Maximum; 0 sends no aliases. Once all are taken, an alias moves to a topic
+    /// sent more often of late than its holder; topics of 3 bytes or less get none (an alias
+    /// costs as much).
     pub outgoing_topic_alias_maximum: u16,
     /// Most QoS 1 and 2 deliveries in flight at once (also bounded by the client's Receive
     /// Maximum).

@@ -586,7 +586,7 @@ fn mqtt_3_3_2_11_server_aliases_stay_within_the_client_maximum() {
     };
     let mut pair = Pair::new(ClientConfig::new(connect), config);
     pair.connect();
-    for topic in ["t/1", "t/2", "t/3", "t/1", "t/2", "t/3"] {
+    for topic in ["top/1", "top/2", "top/3", "top/1", "top/2", "top/3"] {
         pair.server
             .deliver(pair.now, publish(topic, QoS::AtMostOnce, topic.as_bytes()))
             .unwrap();
@@ -609,7 +609,7 @@ fn mqtt_3_3_2_11_server_aliases_stay_within_the_client_maximum() {
         .collect();
     assert_eq!(
         received,
-        ["t/1", "t/2", "t/3", "t/1", "t/2", "t/3"],
+        ["top/1", "top/2", "top/3", "top/1", "top/2", "top/3"],
         "the client resolves every alias"
     );
 }

@@ -14,8 +14,8 @@ use rallymq_codec::{
     TopicName,
 };
 use rallymq_session::{
-    Accept, ClientConfig, ClientConnection, ClientEvent, ServerConfig, ServerConnection,
-    ServerEvent, SessionState, Timestamp,
+    Accept, ClientConfig, ClientConnection, ClientEvent, CloseReason, ServerConfig,
+    ServerConnection, ServerEvent, SessionState, Timestamp,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,8 +310,26 @@ impl Pair {
             .collect()
     }
 
+    /// The detail of the first protocol violation either side reported, if any: in a
+    /// scenario where both sides follow the protocol, there must be none.
+    pub fn protocol_violation(&self) -> Option<String> {
+        let server = self.server_events.iter().filter_map(|event| match event {
+            ServerEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) => {
+                Some(format!("server saw a protocol violation: {detail}"))
+            }
+            _ => None,
+        });
+        let client = self.client_events.iter().filter_map(|event| match event {
+            ClientEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) => {
+                Some(format!("client saw a protocol violation: {detail}"))
+            }
+            _ => None,
+        });
+        server.chain(client).next()
+    }
+
     /// The last close reason the server reported.
-    pub fn server_close(&self) -> Option<&rallymq_session::CloseReason> {
+    pub fn server_close(&self) -> Option<&CloseReason> {
         self.server_events
             .iter()
             .rev()
@@ -342,7 +360,7 @@ impl Pair {
     }
 
     /// The last close reason the client reported.
-    pub fn client_close(&self) -> Option<&rallymq_session::CloseReason> {
+    pub fn client_close(&self) -> Option<&CloseReason> {
         self.client_events
             .iter()
             .rev()
