@@ -385,3 +385,152 @@ impl Pair {
         decode_all(&self.sent_to_server, version)
     }
 }
+
+/// A server engine driven by hand with raw bytes: every output is collected after each input.
+/// For tests of what the server does with packets a well-behaved client engine never sends.
+pub struct RawServer {
+    pub now: Timestamp,
+    pub server: ServerConnection,
+    pub version: ProtocolVersion,
+    /// Every byte the server sent, in order.
+    pub sent: Vec<u8>,
+    pub events: Vec<ServerEvent>,
+}
+
+impl RawServer {
+    /// A server connection that has received nothing yet.
+    pub fn new(version: ProtocolVersion) -> Self {
+        Self {
+            now: Timestamp::ZERO,
+            server: ServerConnection::new(ServerConfig::default(), Timestamp::ZERO),
+            version,
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// A server connection that has accepted `connect` (a new session), its CONNACK and
+    /// events cleared.
+    pub fn accepted(connect: Connect) -> Self {
+        let mut raw = Self::new(connect.protocol);
+        raw.feed(
+            &rallymq_codec::Packet::from(connect)
+                .to_bytes(raw.version)
+                .expect("encodable"),
+        );
+        raw.server
+            .accept(raw.now, Accept::default())
+            .expect("CONNECT awaits a decision");
+        raw.collect();
+        raw.sent.clear();
+        raw.events.clear();
+        raw
+    }
+
+    /// Feeds `bytes` as received from the client, then collects.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.server.handle_bytes(self.now, bytes);
+        self.collect();
+    }
+
+    /// Feeds `packet` encoded for this connection's version.
+    pub fn feed_packet(&mut self, packet: rallymq_codec::Packet) {
+        let bytes = packet.to_bytes(self.version).expect("encodable");
+        self.feed(&bytes);
+    }
+
+    /// Drains transmits and events.
+    pub fn collect(&mut self) {
+        while let Some(bytes) = self.server.poll_transmit(self.now) {
+            self.sent.extend_from_slice(&bytes);
+        }
+        self.events
+            .extend(std::iter::from_fn(|| self.server.poll_event()));
+    }
+
+    /// The packets sent so far, decoded.
+    pub fn sent_packets(&self) -> Vec<rallymq_codec::Packet> {
+        decode_all(&[Bytes::copy_from_slice(&self.sent)], self.version)
+    }
+
+    /// The close reason reported, if the connection ended.
+    pub fn close_reason(&self) -> Option<&rallymq_session::CloseReason> {
+        self.events.iter().find_map(|event| match event {
+            ServerEvent::Closed(reason) => Some(reason),
+            _ => None,
+        })
+    }
+}
+
+/// A client engine driven by hand with raw bytes, as `RawServer` is for the server side.
+pub struct RawClient {
+    pub now: Timestamp,
+    pub client: ClientConnection,
+    pub version: ProtocolVersion,
+    pub sent: Vec<u8>,
+    pub events: Vec<ClientEvent>,
+}
+
+impl RawClient {
+    /// A client that sent `config.connect` and got CONNACK 0 with `session_present`, resuming
+    /// `state` if given; its CONNECT and events are cleared, what it sent after CONNACK kept.
+    pub fn connected(
+        config: ClientConfig,
+        state: Option<SessionState>,
+        session_present: bool,
+    ) -> Self {
+        let version = config.connect.protocol;
+        let mut raw = Self {
+            now: Timestamp::ZERO,
+            client: ClientConnection::new(config, state, Timestamp::ZERO),
+            version,
+            sent: Vec::new(),
+            events: Vec::new(),
+        };
+        raw.client.connect(raw.now).expect("CONNECT can be sent");
+        raw.collect();
+        raw.sent.clear();
+        let connack = rallymq_codec::Packet::ConnAck(rallymq_codec::ConnAck {
+            session_present,
+            ..Default::default()
+        });
+        raw.feed_packet(connack);
+        assert!(raw.client.is_connected(), "CONNACK accepted");
+        raw.events.clear();
+        raw
+    }
+
+    /// Feeds `bytes` as received from the server, then collects.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.client.handle_bytes(self.now, bytes);
+        self.collect();
+    }
+
+    /// Feeds `packet` encoded for this connection's version.
+    pub fn feed_packet(&mut self, packet: rallymq_codec::Packet) {
+        let bytes = packet.to_bytes(self.version).expect("encodable");
+        self.feed(&bytes);
+    }
+
+    /// Drains transmits and events.
+    pub fn collect(&mut self) {
+        while let Some(bytes) = self.client.poll_transmit(self.now) {
+            self.sent.extend_from_slice(&bytes);
+        }
+        self.events
+            .extend(std::iter::from_fn(|| self.client.poll_event()));
+    }
+
+    /// The packets sent so far, decoded.
+    pub fn sent_packets(&self) -> Vec<rallymq_codec::Packet> {
+        decode_all(&[Bytes::copy_from_slice(&self.sent)], self.version)
+    }
+
+    /// The close reason reported, if the connection ended.
+    pub fn close_reason(&self) -> Option<&rallymq_session::CloseReason> {
+        self.events.iter().find_map(|event| match event {
+            ClientEvent::Closed(reason) => Some(reason),
+            _ => None,
+        })
+    }
+}
