@@ -106,13 +106,24 @@ impl ClientConnection {
 
     // ------------------------------------------------------------------ commands
 
-    /// Sends CONNECT. Call once, when the transport is up.
+    /// Sends CONNECT. Call once, when the transport is up. Before MQTT 5 an empty client id
+    /// needs a clean session (MQTT-3.1.3-7): such a CONNECT is refused with
+    /// [`Error::InvalidState`], as the server would refuse it with 0x02.
     pub fn connect(&mut self, now: Timestamp) -> Result<(), Error> {
         if self.connect_sent_at.is_some() {
             return Err(Error::InvalidState("CONNECT already sent"));
         }
         if self.core.is_closed() {
             return Err(Error::Closed);
+        }
+        let connect = &self.config.connect;
+        if !connect.protocol.is_v5()
+            && connect.client_id.as_str().is_empty()
+            && !connect.clean_start
+        {
+            return Err(Error::InvalidState(
+                "an empty client id needs a clean session before MQTT 5",
+            ));
         }
         self.core.send(Packet::from(self.config.connect.clone()))?;
         self.connect_sent_at = Some(now);

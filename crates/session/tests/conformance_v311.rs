@@ -845,6 +845,30 @@ fn mqtt_3_1_3_4_client_identifier_is_utf8() {
 }
 
 #[test]
+fn mqtt_3_1_3_7_client_with_empty_identifier_sets_clean_session() {
+    let mut connect = connect_packet(V311, "");
+    connect.clean_start = false;
+    let mut client = ClientConnection::new(ClientConfig::new(connect), None, Timestamp::ZERO);
+    assert!(matches!(
+        client.connect(Timestamp::ZERO),
+        Err(Error::InvalidState(_))
+    ));
+    assert_eq!(
+        client.poll_transmit(Timestamp::ZERO),
+        None,
+        "no CONNECT sent"
+    );
+
+    let mut clean = ClientConnection::new(
+        ClientConfig::new(connect_packet(V311, "")),
+        None,
+        Timestamp::ZERO,
+    );
+    clean.connect(Timestamp::ZERO).unwrap();
+    assert!(clean.poll_transmit(Timestamp::ZERO).is_some());
+}
+
+#[test]
 fn mqtt_3_1_3_9_rejected_client_identifier_gets_connack_0x02_and_close() {
     let mut raw = RawServer::new(V311);
     raw.feed(&connect_raw(0x02, &field(b"not-welcome")));
