@@ -1650,6 +1650,58 @@ fn mqtt_4_6_0_1_resends_go_in_the_original_order() {
     assert_eq!(flow(&server.sent_packets())[1..], expected);
 }
 
+/// A client acknowledging by hand, fed QoS `qos` messages with identifiers `ids`, which it
+/// acknowledges in the order `acks` (indices into `ids`).
+fn manual_acks(qos: QoS, ids: &[u16], acks: &[usize]) -> Vec<String> {
+    let config = ClientConfig {
+        manual_acks: true,
+        ..v311_client()
+    };
+    let mut raw = RawClient::connected(config, None, false);
+    for id in ids {
+        raw.feed(&publish_raw(
+            0x30 | (qos.bits() << 1),
+            b"a",
+            Some(*id),
+            b"x",
+        ));
+    }
+    let handles: Vec<_> = raw
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(m) => m.ack,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handles.len(), ids.len());
+    for &index in acks {
+        raw.client.acknowledge(handles[index], ReasonCode::Success);
+        raw.collect();
+    }
+    flow(&raw.sent_packets())
+}
+
+#[test]
+fn mqtt_4_6_0_2_client_sends_puback_in_the_order_publishes_arrived() {
+    assert_eq!(
+        manual_acks(QoS::AtLeastOnce, &[5, 3, 9], &[2, 0, 1]),
+        ["PUBACK 5", "PUBACK 3", "PUBACK 9"]
+    );
+    assert_eq!(
+        manual_acks(QoS::AtLeastOnce, &[5, 3, 9], &[0, 1, 2]),
+        ["PUBACK 5", "PUBACK 3", "PUBACK 9"]
+    );
+}
+
+#[test]
+fn mqtt_4_6_0_3_client_sends_pubrec_in_the_order_publishes_arrived() {
+    assert_eq!(
+        manual_acks(QoS::ExactlyOnce, &[8, 1, 4], &[1, 2, 0]),
+        ["PUBREC 8", "PUBREC 1", "PUBREC 4"]
+    );
+}
+
 #[test]
 fn mqtt_4_6_0_4_client_sends_pubrel_in_the_order_pubrecs_arrived() {
     let mut raw = connected_client();
