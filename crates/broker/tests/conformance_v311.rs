@@ -1579,6 +1579,22 @@ async fn mqtt_6_0_0_2_packets_need_not_align_with_frames() {
     broker.shutdown(SHORT).await;
 }
 
+#[tokio::test]
+async fn mqtt_6_0_0_4_the_server_selects_mqtt() {
+    let broker = start_broker(|_| {}).await;
+    for offered in [
+        &["mqtt"][..],
+        &["mqttv3.1", "mqtt"],
+        &["mqtt", "mqttv3.1.1"],
+    ] {
+        let (mut ws, picked) = websocket(&broker, offered).await;
+        assert_eq!(picked.as_deref(), Some("mqtt"), "offered {offered:?}");
+        ws.send_binary(&connect_bytes("sub")).await.unwrap();
+        assert_eq!(ws_read(&mut ws, 4).await, Ok(vec![0x20, 0x02, 0x00, 0x00]));
+    }
+    broker.shutdown(SHORT).await;
+}
+
 // ------------------------------------------------------------------ conformance
 
 #[tokio::test]
