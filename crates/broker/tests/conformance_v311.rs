@@ -101,6 +101,14 @@ impl Raw {
         self.next().await.expect("a packet in time")
     }
 
+    async fn expect_n(&mut self, n: usize) -> Vec<Packet> {
+        let mut packets = Vec::with_capacity(n);
+        for _ in 0..n {
+            packets.push(self.expect().await);
+        }
+        packets
+    }
+
     async fn expect_silence(&mut self) {
         assert_eq!(self.next_within(SHORT).await, Err(NoPacket::Timeout));
     }
@@ -154,6 +162,28 @@ async fn client(broker: &BrokerHandle, client_id: &str) -> TestClient<TcpStream>
     client
 }
 
+/// A client of `client_id` subscribed to `filter` at `qos`.
+async fn subscriber(
+    broker: &BrokerHandle,
+    client_id: &str,
+    filter: &str,
+    qos: QoS,
+) -> TestClient<TcpStream> {
+    let mut subscriber = client(broker, client_id).await;
+    subscriber.subscribe(vec![subscription(filter, qos)]).await;
+    subscriber
+}
+
+/// Publishes each message in turn, each flow completed before the next.
+async fn publish_all(
+    publisher: &mut TestClient<TcpStream>,
+    messages: impl IntoIterator<Item = Publish>,
+) {
+    for publish in messages {
+        publisher.publish(publish).await;
+    }
+}
+
 /// Connects with `connect` and returns the client and its Session Present flag.
 async fn connect_with(broker: &BrokerHandle, connect: Connect) -> (TestClient<TcpStream>, bool) {
     let (client, connected) = TestClient::tcp(tcp_addr(broker), connect).await;
@@ -173,6 +203,18 @@ fn persistent(client_id: &str) -> Connect {
 async fn next_message(client: &mut TestClient<TcpStream>) -> (String, String, QoS, bool) {
     let got = client.recv().await.expect("a message in time");
     (topic_str(&got), payload_str(&got), got.qos, got.retain)
+}
+
+/// The next `n` messages, as `next_message` gives them.
+async fn next_messages(
+    client: &mut TestClient<TcpStream>,
+    n: usize,
+) -> Vec<(String, String, QoS, bool)> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        got.push(next_message(client).await);
+    }
+    got
 }
 
 fn m(topic: &str, payload: &str, qos: QoS, retain: bool) -> (String, String, QoS, bool) {
@@ -266,17 +308,12 @@ async fn mqtt_3_1_2_5_qos_1_and_2_messages_are_stored_while_disconnected() {
     }
     let (mut back, present) = connect_with(&broker, persistent("away")).await;
     assert!(present);
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let (_, payload, qos, _) = next_message(&mut back).await;
-        got.push((payload, qos));
-    }
     assert_eq!(
-        got,
+        next_messages(&mut back, 3).await,
         [
-            ("m0".to_owned(), QoS::AtLeastOnce),
-            ("m1".to_owned(), QoS::ExactlyOnce),
-            ("m2".to_owned(), QoS::AtLeastOnce)
+            m("away/0", "m0", QoS::AtLeastOnce, false),
+            m("away/1", "m1", QoS::ExactlyOnce, false),
+            m("away/2", "m2", QoS::AtLeastOnce, false)
         ]
     );
     broker.shutdown(SHORT).await;
@@ -312,10 +349,7 @@ async fn mqtt_3_1_2_6_clean_session_1_discards_the_session_and_keeps_none() {
 #[tokio::test]
 async fn mqtt_3_1_2_8_will_published_when_the_connection_closes_without_disconnect() {
     let broker = start_broker(|_| {}).await;
-    let mut watcher = client(&broker, "watcher").await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = subscriber(&broker, "watcher", "wills/#", QoS::AtLeastOnce).await;
     let mut connect = connect_packet(V311, "dies");
     connect.will = Some(will("wills/dies", false));
     let (mut dies, _) = connect_with(&broker, connect.clone()).await;
@@ -332,10 +366,7 @@ async fn mqtt_3_1_2_8_will_published_when_the_connection_closes_without_disconne
 #[tokio::test]
 async fn mqtt_3_1_2_10_will_is_forgotten_once_published_or_after_disconnect() {
     let broker = start_broker(|_| {}).await;
-    let mut watcher = client(&broker, "watcher").await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = subscriber(&broker, "watcher", "wills/#", QoS::AtLeastOnce).await;
     for polite in [false, true] {
         let id = if polite { "polite" } else { "dies" };
         let mut connect = persistent(id);
@@ -359,18 +390,13 @@ async fn mqtt_3_1_2_10_will_is_forgotten_once_published_or_after_disconnect() {
 
 async fn will_as_published(retain: bool) -> ((String, String, QoS, bool), Option<Publish>) {
     let broker = start_broker(|_| {}).await;
-    let mut watcher = client(&broker, "watcher").await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = subscriber(&broker, "watcher", "wills/#", QoS::AtLeastOnce).await;
     let mut connect = connect_packet(V311, "dies");
     connect.will = Some(will("wills/dies", retain));
     let (mut dies, _) = connect_with(&broker, connect).await;
     dies.kill();
     let live = next_message(&mut watcher).await;
-    let mut late = client(&broker, "late").await;
-    late.subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut late = subscriber(&broker, "late", "wills/#", QoS::AtLeastOnce).await;
     let stored = late.recv_within(SHORT).await;
     broker.shutdown(SHORT).await;
     (live, stored)
@@ -534,8 +560,7 @@ async fn mqtt_3_2_2_3_no_stored_session_gets_session_present_0() {
 #[tokio::test]
 async fn mqtt_4_1_0_2_clean_session_lasts_as_long_as_its_connection() {
     let broker = start_broker(|_| {}).await;
-    let mut c = client(&broker, "short-lived").await;
-    c.subscribe(vec![subscription("s", QoS::AtLeastOnce)]).await;
+    let mut c = subscriber(&broker, "short-lived", "s", QoS::AtLeastOnce).await;
     for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(broker.has_session("short-lived"), "round {i}");
@@ -552,9 +577,7 @@ async fn mqtt_4_1_0_2_clean_session_lasts_as_long_as_its_connection() {
 #[tokio::test]
 async fn mqtt_3_3_1_3_dup_of_an_incoming_publish_is_not_propagated() {
     let broker = start_broker(|_| {}).await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("d/#", QoS::ExactlyOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "d/#", QoS::ExactlyOnce).await;
     let (mut raw, _) = Raw::connect(tcp_addr(&broker), connect_packet(V311, "pub")).await;
     for (qos, packet_id) in [(QoS::AtLeastOnce, 1), (QoS::ExactlyOnce, 2)] {
         let Packet::Publish(mut publish) =
@@ -574,23 +597,17 @@ async fn mqtt_3_3_1_3_dup_of_an_incoming_publish_is_not_propagated() {
 async fn mqtt_3_3_1_5_retained_message_is_stored_with_its_qos() {
     let broker = start_broker(|_| {}).await;
     let mut publisher = client(&broker, "pub").await;
-    publisher
-        .publish(retained("r/one", "at 1", QoS::AtLeastOnce))
-        .await;
-    publisher
-        .publish(retained("r/zero", "at 0", QoS::AtMostOnce))
-        .await;
-    publisher
-        .publish(retained("r/two", "at 2", QoS::ExactlyOnce))
-        .await;
-    let mut future = client(&broker, "future").await;
-    future
-        .subscribe(vec![subscription("r/#", QoS::ExactlyOnce)])
-        .await;
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        got.push(next_message(&mut future).await);
-    }
+    publish_all(
+        &mut publisher,
+        [
+            retained("r/one", "at 1", QoS::AtLeastOnce),
+            retained("r/zero", "at 0", QoS::AtMostOnce),
+            retained("r/two", "at 2", QoS::ExactlyOnce),
+        ],
+    )
+    .await;
+    let mut future = subscriber(&broker, "future", "r/#", QoS::ExactlyOnce).await;
+    let mut got = next_messages(&mut future, 3).await;
     got.sort();
     assert_eq!(
         got,
@@ -618,10 +635,8 @@ async fn mqtt_3_3_1_6_new_subscription_gets_the_last_retained_message_of_each_ma
             .publish(retained(topic, payload, QoS::AtLeastOnce))
             .await;
     }
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("s/+", QoS::AtLeastOnce)])
-        .await;
-    let mut got = vec![next_message(&mut sub).await, next_message(&mut sub).await];
+    let mut sub = subscriber(&broker, "sub", "s/+", QoS::AtLeastOnce).await;
+    let mut got = next_messages(&mut sub, 2).await;
     got.sort();
     assert_eq!(
         got,
@@ -638,15 +653,15 @@ async fn mqtt_3_3_1_6_new_subscription_gets_the_last_retained_message_of_each_ma
 async fn mqtt_3_3_1_7_retained_qos_0_message_replaces_the_previous_one() {
     let broker = start_broker(|_| {}).await;
     let mut publisher = client(&broker, "pub").await;
-    publisher
-        .publish(retained("q0", "earlier at 1", QoS::AtLeastOnce))
-        .await;
-    publisher
-        .publish(retained("q0", "later at 0", QoS::AtMostOnce))
-        .await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("q0", QoS::AtLeastOnce)])
-        .await;
+    publish_all(
+        &mut publisher,
+        [
+            retained("q0", "earlier at 1", QoS::AtLeastOnce),
+            retained("q0", "later at 0", QoS::AtMostOnce),
+        ],
+    )
+    .await;
+    let mut sub = subscriber(&broker, "sub", "q0", QoS::AtLeastOnce).await;
     // Storing the QoS 0 message is a SHOULD; keeping the earlier one is forbidden.
     assert_eq!(
         next_message(&mut sub).await,
@@ -663,9 +678,7 @@ async fn mqtt_3_3_1_8_retained_message_sent_for_a_new_subscription_has_retain_1(
     publisher
         .publish(retained("k/t", "kept", QoS::AtLeastOnce))
         .await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("k/#", QoS::AtLeastOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "k/#", QoS::AtLeastOnce).await;
     assert_eq!(
         next_message(&mut sub).await,
         m("k/t", "kept", QoS::AtLeastOnce, true)
@@ -676,9 +689,7 @@ async fn mqtt_3_3_1_8_retained_message_sent_for_a_new_subscription_has_retain_1(
 #[tokio::test]
 async fn mqtt_3_3_1_9_live_delivery_has_retain_0_however_it_was_published() {
     let broker = start_broker(|_| {}).await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("l/#", QoS::ExactlyOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "l/#", QoS::ExactlyOnce).await;
     let mut publisher = client(&broker, "pub").await;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         publisher.publish(retained("l/t", "retained", qos)).await;
@@ -699,9 +710,7 @@ async fn mqtt_3_3_1_10_empty_retained_message_is_forwarded_and_clears_the_topic(
     publisher
         .publish(retained("e/t", "kept", QoS::AtLeastOnce))
         .await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("e/#", QoS::AtLeastOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "e/#", QoS::AtLeastOnce).await;
     assert_eq!(next_message(&mut sub).await.1, "kept");
     publisher
         .publish(retained("e/t", "", QoS::AtLeastOnce))
@@ -711,9 +720,7 @@ async fn mqtt_3_3_1_10_empty_retained_message_is_forwarded_and_clears_the_topic(
         m("e/t", "", QoS::AtLeastOnce, false),
         "processed as normal and sent to the subscription"
     );
-    let mut late = client(&broker, "late").await;
-    late.subscribe(vec![subscription("e/#", QoS::AtLeastOnce)])
-        .await;
+    let mut late = subscriber(&broker, "late", "e/#", QoS::AtLeastOnce).await;
     late.expect_silence(SHORT).await;
     broker.shutdown(SHORT).await;
 }
@@ -725,9 +732,7 @@ async fn mqtt_3_3_1_11_empty_retained_message_is_not_stored() {
     publisher
         .publish(retained("n/t", "", QoS::AtLeastOnce))
         .await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("n/#", QoS::AtLeastOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "n/#", QoS::AtLeastOnce).await;
     publisher
         .publish(message("n/t", "marker", QoS::AtLeastOnce))
         .await;
@@ -743,21 +748,17 @@ async fn mqtt_3_3_1_11_empty_retained_message_is_not_stored() {
 async fn mqtt_3_3_1_12_retain_0_neither_stores_nor_replaces_nor_removes() {
     let broker = start_broker(|_| {}).await;
     let mut publisher = client(&broker, "pub").await;
-    publisher
-        .publish(message("p/fresh", "plain", QoS::AtLeastOnce))
-        .await;
-    publisher
-        .publish(retained("p/kept", "kept", QoS::AtLeastOnce))
-        .await;
-    publisher
-        .publish(message("p/kept", "plain", QoS::AtLeastOnce))
-        .await;
-    publisher
-        .publish(message("p/kept", "", QoS::AtLeastOnce))
-        .await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("p/#", QoS::AtLeastOnce)])
-        .await;
+    publish_all(
+        &mut publisher,
+        [
+            message("p/fresh", "plain", QoS::AtLeastOnce),
+            retained("p/kept", "kept", QoS::AtLeastOnce),
+            message("p/kept", "plain", QoS::AtLeastOnce),
+            message("p/kept", "", QoS::AtLeastOnce),
+        ],
+    )
+    .await;
+    let mut sub = subscriber(&broker, "sub", "p/#", QoS::AtLeastOnce).await;
     assert_eq!(
         next_message(&mut sub).await,
         m("p/kept", "kept", QoS::AtLeastOnce, true)
@@ -803,12 +804,14 @@ async fn mqtt_3_3_5_1_one_copy_at_the_maximum_qos_of_the_matching_subscriptions(
     ])
     .await;
     let mut publisher = client(&broker, "pub").await;
-    publisher
-        .publish(message("o/x", "2", QoS::ExactlyOnce))
-        .await;
-    publisher
-        .publish(message("o/y", "1", QoS::AtLeastOnce))
-        .await;
+    publish_all(
+        &mut publisher,
+        [
+            message("o/x", "2", QoS::ExactlyOnce),
+            message("o/y", "1", QoS::AtLeastOnce),
+        ],
+    )
+    .await;
     assert_eq!(
         next_message(&mut sub).await,
         m("o/x", "2", QoS::ExactlyOnce, false)
@@ -917,9 +920,7 @@ async fn mqtt_3_8_4_3_the_same_filter_again_replaces_resends_retained_and_keeps_
     broker
         .publish("same/r", "retained", QoS::AtLeastOnce, true)
         .unwrap();
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("same/#", QoS::AtMostOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "same/#", QoS::AtMostOnce).await;
     assert_eq!(
         next_message(&mut sub).await,
         m("same/r", "retained", QoS::AtMostOnce, true)
@@ -1050,17 +1051,12 @@ async fn mqtt_3_8_4_5_a_return_code_per_filter_the_qos_granted() {
     for topic in ["g/0", "g/1", "g/2"] {
         broker.publish(topic, "x", QoS::ExactlyOnce, false).unwrap();
     }
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let (topic, _, qos, _) = next_message(&mut sub).await;
-        got.push((topic, qos));
-    }
     assert_eq!(
-        got,
+        next_messages(&mut sub, 3).await,
         [
-            ("g/0".to_owned(), QoS::AtMostOnce),
-            ("g/1".to_owned(), QoS::AtLeastOnce),
-            ("g/2".to_owned(), QoS::ExactlyOnce)
+            m("g/0", "x", QoS::AtMostOnce, false),
+            m("g/1", "x", QoS::AtLeastOnce, false),
+            m("g/2", "x", QoS::ExactlyOnce, false)
         ]
     );
     broker.shutdown(SHORT).await;
@@ -1290,14 +1286,8 @@ async fn mqtt_4_5_0_1_message_goes_to_every_session_with_a_matching_subscription
         .subscribe(vec![subscription("own/#", QoS::AtLeastOnce)])
         .await;
     leave(&mut offline).await;
-    let mut online = client(&broker, "online").await;
-    online
-        .subscribe(vec![subscription("own/+", QoS::AtLeastOnce)])
-        .await;
-    let mut elsewhere = client(&broker, "elsewhere").await;
-    elsewhere
-        .subscribe(vec![subscription("other/#", QoS::AtLeastOnce)])
-        .await;
+    let mut online = subscriber(&broker, "online", "own/+", QoS::AtLeastOnce).await;
+    let mut elsewhere = subscriber(&broker, "elsewhere", "other/#", QoS::AtLeastOnce).await;
     let mut publisher = client(&broker, "pub").await;
     publisher
         .publish(message("own/x", "owned", QoS::AtLeastOnce))
@@ -1371,9 +1361,7 @@ fn sent_by_tag_and_qos(tag: char, count: u16, granted: QoS) -> Vec<((char, u8), 
 #[tokio::test]
 async fn mqtt_4_6_0_5_a_topic_is_ordered_by_default() {
     let broker = start_broker(|_| {}).await;
-    let mut sub = client(&broker, "sub").await;
-    sub.subscribe(vec![subscription("ordered", QoS::ExactlyOnce)])
-        .await;
+    let mut sub = subscriber(&broker, "sub", "ordered", QoS::ExactlyOnce).await;
     let (mut raw, _) = Raw::connect(tcp_addr(&broker), connect_packet(V311, "pub")).await;
     burst(&mut raw, "ordered", "a", 150).await;
     assert_eq!(
@@ -1426,17 +1414,16 @@ async fn mqtt_4_7_2_1_filters_starting_with_a_wildcard_do_not_match_dollar_topic
         subscription("+/status", QoS::AtLeastOnce),
     ])
     .await;
-    let mut dollar = client(&broker, "dollar").await;
-    dollar
-        .subscribe(vec![subscription("$app/#", QoS::AtLeastOnce)])
-        .await;
+    let mut dollar = subscriber(&broker, "dollar", "$app/#", QoS::AtLeastOnce).await;
     let mut publisher = client(&broker, "pub").await;
-    publisher
-        .publish(message("$app/status", "hidden", QoS::AtLeastOnce))
-        .await;
-    publisher
-        .publish(message("app/status", "seen", QoS::AtLeastOnce))
-        .await;
+    publish_all(
+        &mut publisher,
+        [
+            message("$app/status", "hidden", QoS::AtLeastOnce),
+            message("app/status", "seen", QoS::AtLeastOnce),
+        ],
+    )
+    .await;
     assert_eq!(payload_str(&dollar.recv().await.unwrap()), "hidden");
     assert_eq!(
         payload_str(&wild.recv().await.unwrap()),
@@ -1617,10 +1604,7 @@ async fn mqtt_7_0_0_2_a_client_of_the_standard_alone_is_served() {
         0x32, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0B, b'h', b'i',
     ])
     .await;
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        got.push(raw.expect().await);
-    }
+    let got = raw.expect_n(2).await;
     assert!(got.contains(&Packet::PubAck(Ack::new(id(11)))), "{got:?}");
     assert!(
         got.iter()
@@ -1656,7 +1640,7 @@ async fn mqtt_7_1_1_1_broker_reads_mqtt_from_a_tcp_byte_stream_however_it_is_cut
     }
     assert!(matches!(raw.expect().await, Packet::ConnAck(_)));
     assert!(matches!(raw.expect().await, Packet::SubAck(_)));
-    let mut got = [raw.expect().await, raw.expect().await];
+    let mut got = raw.expect_n(2).await;
     got.sort_by_key(|p| p.packet_type() as u8);
     assert!(matches!(&got[0], Packet::Publish(p) if payload_str(p) == payload));
     assert_eq!(got[1], Packet::PubAck(Ack::new(id(2))));

@@ -85,6 +85,14 @@ fn strings_in_every_field(text: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Asserts that `bad` is refused in every string field, with an error `expected` accepts.
+fn assert_refused_in_every_string(bad: &[u8], expected: impl Fn(&Error) -> bool) {
+    for (place, bytes) in strings_in_every_field(bad) {
+        let error = refused(&bytes);
+        assert!(expected(&error), "{place} {bad:02x?}: {error:?}");
+    }
+}
+
 #[test]
 fn mqtt_1_5_3_1_ill_formed_utf8_and_surrogates_are_refused_in_every_string() {
     // A byte never in UTF-8, an overlong '/', a truncated sequence, U+D800 and U+DFFF.
@@ -95,18 +103,14 @@ fn mqtt_1_5_3_1_ill_formed_utf8_and_surrogates_are_refused_in_every_string() {
         b"\xed\xa0\x80",
         b"\xed\xbf\xbf",
     ] {
-        for (place, bytes) in strings_in_every_field(bad) {
-            let error = refused(&bytes);
-            assert!(
-                matches!(
-                    error,
-                    Error::InvalidUtf8
-                        | Error::TopicName(rallymq_topic::Error::InvalidUtf8)
-                        | Error::TopicFilter(rallymq_topic::Error::InvalidUtf8)
-                ),
-                "{place} {bad:02x?}: {error:?}"
-            );
-        }
+        assert_refused_in_every_string(bad, |error| {
+            matches!(
+                error,
+                Error::InvalidUtf8
+                    | Error::TopicName(rallymq_topic::Error::InvalidUtf8)
+                    | Error::TopicFilter(rallymq_topic::Error::InvalidUtf8)
+            )
+        });
         // Nor can the sending side make such a string.
         assert!(MqttString::from_bytes(Bytes::copy_from_slice(bad)).is_err());
         assert!(TopicName::from_bytes(Bytes::copy_from_slice(bad)).is_err());
@@ -116,18 +120,14 @@ fn mqtt_1_5_3_1_ill_formed_utf8_and_surrogates_are_refused_in_every_string() {
 #[test]
 fn mqtt_1_5_3_2_null_character_is_refused_in_every_string() {
     for bad in [&b"\0"[..], b"a\0", b"a/\0/b"] {
-        for (place, bytes) in strings_in_every_field(bad) {
-            let error = refused(&bytes);
-            assert!(
-                matches!(
-                    error,
-                    Error::NullCharacter
-                        | Error::TopicName(rallymq_topic::Error::NullCharacter)
-                        | Error::TopicFilter(rallymq_topic::Error::NullCharacter)
-                ),
-                "{place} {bad:02x?}: {error:?}"
-            );
-        }
+        assert_refused_in_every_string(bad, |error| {
+            matches!(
+                error,
+                Error::NullCharacter
+                    | Error::TopicName(rallymq_topic::Error::NullCharacter)
+                    | Error::TopicFilter(rallymq_topic::Error::NullCharacter)
+            )
+        });
     }
     assert!(MqttString::new("a\0b").is_err());
     assert!(TopicName::new("a\0b").is_err());

@@ -18,7 +18,7 @@ use rallymq_session::{
     OutgoingStage, PublishToken, ServerConfig, ServerConnection, ServerEvent, SessionState,
     Timestamp,
 };
-use support::{Pair, RawClient, RawServer, connect_packet, pid, publish};
+use support::{Engine, Pair, Raw, RawClient, RawServer, connect_packet, pid, publish};
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 
@@ -115,58 +115,15 @@ fn connected_client() -> RawClient {
     RawClient::connected(v311_client(), None, false)
 }
 
-/// Whether the server handed the caller anything from the client.
-fn surfaced(events: &[ServerEvent]) -> bool {
-    events.iter().any(|event| {
-        matches!(
-            event,
-            ServerEvent::Message(_) | ServerEvent::Subscribe(_) | ServerEvent::Unsubscribe(_)
-        )
-    })
-}
-
 /// Feeds `bytes` to an accepted 3.1.1 server connection and asserts that it closed the
-/// connection as a protocol violation, sending nothing (3.1.1 has no DISCONNECT from the
-/// server) and handing nothing of the packet to the caller.
+/// connection as a protocol violation, sending nothing and surfacing nothing.
 fn assert_server_closes(bytes: &[u8]) -> RawServer {
-    let mut raw = connected_server();
-    raw.feed(bytes);
-    assert!(raw.server.is_closed(), "still open after {bytes:02x?}");
-    assert!(
-        matches!(
-            raw.close_reason(),
-            Some(CloseReason::ProtocolViolation { .. })
-        ),
-        "{bytes:02x?}: {:?}",
-        raw.events
-    );
-    assert!(raw.sent.is_empty(), "{bytes:02x?}: sent {:02x?}", raw.sent);
-    assert!(!surfaced(&raw.events), "{bytes:02x?}: {:?}", raw.events);
-    raw
+    connected_server().assert_closes_on(bytes)
 }
 
-/// Feeds `bytes` to a connected 3.1.1 client and asserts that it closed the connection as a
-/// protocol violation, answering nothing and reporting no message.
+/// Feeds `bytes` to a connected 3.1.1 client and asserts the same.
 fn assert_client_closes(bytes: &[u8]) {
-    let mut raw = connected_client();
-    raw.feed(bytes);
-    assert!(raw.client.is_closed(), "still open after {bytes:02x?}");
-    assert!(
-        matches!(
-            raw.close_reason(),
-            Some(CloseReason::ProtocolViolation { .. })
-        ),
-        "{bytes:02x?}: {:?}",
-        raw.events
-    );
-    assert!(raw.sent.is_empty(), "{bytes:02x?}: sent {:02x?}", raw.sent);
-    assert!(
-        !raw.events
-            .iter()
-            .any(|e| matches!(e, ClientEvent::Message(_))),
-        "{bytes:02x?}: {:?}",
-        raw.events
-    );
+    connected_client().assert_closes_on(bytes);
 }
 
 /// Feeds `bytes` as the first thing on a new connection and asserts that the server closed it
@@ -174,7 +131,7 @@ fn assert_client_closes(bytes: &[u8]) {
 fn assert_connect_refused_silently(bytes: &[u8]) {
     let mut raw = RawServer::new(V311);
     raw.feed(bytes);
-    assert!(raw.server.is_closed(), "still open after {bytes:02x?}");
+    assert!(raw.engine.is_closed(), "still open after {bytes:02x?}");
     assert!(raw.sent.is_empty(), "{bytes:02x?}: sent {:02x?}", raw.sent);
     assert!(
         matches!(
@@ -196,24 +153,14 @@ fn connect_received(bytes: &[u8]) -> Connect {
     }
 }
 
-fn messages(events: &[ServerEvent]) -> Vec<Publish> {
-    events
-        .iter()
-        .filter_map(|event| match event {
-            ServerEvent::Message(message) => Some(message.publish.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn client_messages(events: &[ClientEvent]) -> Vec<Publish> {
-    events
-        .iter()
-        .filter_map(|event| match event {
-            ClientEvent::Message(message) => Some(message.publish.clone()),
-            _ => None,
-        })
-        .collect()
+/// Feeds `inputs` to `raw` one after the other; returns what it answered (as `flow` shows
+/// it) and the payloads of the messages it surfaced.
+fn answers<E: Engine>(mut raw: Raw<E>, inputs: &[Vec<u8>]) -> (Vec<String>, Vec<Bytes>) {
+    for input in inputs {
+        raw.feed(input);
+    }
+    let payloads = raw.messages().into_iter().map(|m| m.payload).collect();
+    (flow(&raw.sent_packets()), payloads)
 }
 
 fn topic(publish: &Publish) -> &str {
@@ -262,7 +209,7 @@ fn resumed_server(state: SessionState) -> RawServer {
     connect.clean_start = false;
     let mut raw = RawServer::new(V311);
     raw.feed(&encode(Packet::from(connect)));
-    raw.server
+    raw.engine
         .accept(
             raw.now,
             Accept {
@@ -318,7 +265,7 @@ fn mqtt_1_5_3_3_byte_order_mark_is_neither_skipped_nor_stripped() {
     let mut raw = connected_server();
     raw.feed(&publish_raw(0x30, b"\xef\xbb\xbfa/b", None, b"x"));
     raw.feed(&subscribe_raw(0x82, 3, &[(b"\xef\xbb\xbfa/+", 0)]));
-    let received = messages(&raw.events);
+    let received = raw.messages();
     assert_eq!(received.len(), 1, "{:?}", raw.events);
     assert_eq!(topic(&received[0]), format!("{bom}a/b"));
     let filter = raw.events.iter().find_map(|event| match event {
@@ -332,7 +279,7 @@ fn mqtt_1_5_3_3_byte_order_mark_is_neither_skipped_nor_stripped() {
 
     let mut client = connected_client();
     client.feed(&publish_raw(0x30, b"x/\xef\xbb\xbf", None, b"y"));
-    let received = client_messages(&client.events);
+    let received = client.messages();
     assert_eq!(
         received.iter().map(topic).collect::<Vec<_>>(),
         [format!("x/{bom}")]
@@ -402,7 +349,7 @@ fn mqtt_2_3_1_1_server_closes_on_packet_identifier_0() {
     let mut raw = connected_server();
     raw.feed(&publish_raw(0x32, b"a", Some(1), b"x"));
     raw.feed(&subscribe_raw(0x82, 1, &[(b"a", 0)]));
-    assert!(raw.server.is_connected());
+    assert!(raw.engine.is_connected());
 }
 
 #[test]
@@ -426,14 +373,14 @@ fn mqtt_2_3_1_2_client_assigns_a_currently_unused_identifier() {
         )]
     };
     for round in 0..3u8 {
-        raw.client
+        raw.engine
             .publish(raw.now, publish("t", QoS::AtLeastOnce, &[round]))
             .unwrap();
-        raw.client.subscribe(filter(), Default::default()).unwrap();
-        raw.client
+        raw.engine.subscribe(filter(), Default::default()).unwrap();
+        raw.engine
             .publish(raw.now, publish("t", QoS::ExactlyOnce, &[round]))
             .unwrap();
-        raw.client
+        raw.engine
             .unsubscribe(vec![TopicFilter::new("f/#").unwrap()], Default::default())
             .unwrap();
     }
@@ -454,10 +401,10 @@ fn mqtt_2_3_1_2_client_assigns_a_currently_unused_identifier() {
 #[test]
 fn mqtt_2_3_1_3_client_resends_with_the_same_identifier_which_stays_in_use_until_acknowledged() {
     let mut raw = RawClient::connected(persistent_client(), Some(SessionState::default()), false);
-    raw.client
+    raw.engine
         .publish(raw.now, publish("a", QoS::AtLeastOnce, b"1"))
         .unwrap();
-    raw.client
+    raw.engine
         .publish(raw.now, publish("a", QoS::ExactlyOnce, b"2"))
         .unwrap();
     raw.collect();
@@ -467,15 +414,15 @@ fn mqtt_2_3_1_3_client_resends_with_the_same_identifier_which_stays_in_use_until
         ["PUBLISH 1 qos=1 dup=0", "PUBLISH 2 qos=2 dup=0", "PUBREL 2"]
     );
     // Neither identifier is free before its flow ends: PUBACK for 1, PUBCOMP for 2.
-    raw.client
+    raw.engine
         .publish(raw.now, publish("a", QoS::AtLeastOnce, b"3"))
         .unwrap();
     raw.collect();
     assert_eq!(flow(&raw.sent_packets())[3], "PUBLISH 3 qos=1 dup=0");
 
     // The connection is lost: the next one resends with the same identifiers.
-    raw.client.handle_transport_closed();
-    let state = raw.client.session_state();
+    raw.engine.handle_transport_closed();
+    let state = raw.engine.session_state();
     let mut again = RawClient::connected(persistent_client(), Some(state), true);
     assert_eq!(
         flow(&again.sent_packets()),
@@ -483,8 +430,8 @@ fn mqtt_2_3_1_3_client_resends_with_the_same_identifier_which_stays_in_use_until
     );
     again.sent.clear();
     // Lost once more before any acknowledgement: the same identifiers again.
-    again.client.handle_transport_closed();
-    let state = again.client.session_state();
+    again.engine.handle_transport_closed();
+    let state = again.engine.session_state();
     let third = RawClient::connected(persistent_client(), Some(state), true);
     assert_eq!(
         flow(&third.sent_packets()),
@@ -504,7 +451,7 @@ fn mqtt_2_3_1_4_server_assigns_unused_identifiers_and_resends_with_the_same() {
         .into_iter()
         .enumerate()
     {
-        raw.server
+        raw.engine
             .deliver(raw.now, publish("d", qos, &[i as u8]))
             .unwrap();
     }
@@ -522,8 +469,8 @@ fn mqtt_2_3_1_4_server_assigns_unused_identifiers_and_resends_with_the_same() {
         ],
         "1 was in use: new deliveries take 2, 3 and 4"
     );
-    raw.server.handle_transport_closed(raw.now);
-    let again = resumed_server(raw.server.session_state());
+    raw.engine.handle_transport_closed(raw.now);
+    let again = resumed_server(raw.engine.session_state());
     assert_eq!(
         flow(&again.sent_packets()),
         [
@@ -544,12 +491,12 @@ fn mqtt_2_3_1_5_qos_0_publish_carries_no_identifier() {
     let expected = [0x30, 0x07, 0x00, 0x03, b'a', b'/', b'b', b'p', b'l'];
 
     let mut client = connected_client();
-    client.client.publish(client.now, message.clone()).unwrap();
+    client.engine.publish(client.now, message.clone()).unwrap();
     client.collect();
     assert_eq!(client.sent, expected);
 
     let mut server = connected_server();
-    server.server.deliver(server.now, message).unwrap();
+    server.engine.deliver(server.now, message).unwrap();
     server.collect();
     assert_eq!(server.sent, expected);
 
@@ -557,7 +504,7 @@ fn mqtt_2_3_1_5_qos_0_publish_carries_no_identifier() {
     // are payload.
     let mut raw = connected_server();
     raw.feed(&publish_raw(0x30, b"a", None, &[0x00, 0x07]));
-    let received = messages(&raw.events);
+    let received = raw.messages();
     assert_eq!(received[0].packet_id, None);
     assert_eq!(&received[0].payload[..], [0x00, 0x07]);
 }
@@ -577,7 +524,7 @@ fn mqtt_2_3_1_6_acknowledgements_carry_the_identifier_of_their_publish() {
     client.feed(&publish_raw(0x32, b"a", Some(0x0101), b"1"));
     client.feed(&publish_raw(0x34, b"a", Some(0x0202), b"2"));
     let token = client
-        .client
+        .engine
         .publish(client.now, publish("up", QoS::ExactlyOnce, b"3"))
         .unwrap();
     client.collect();
@@ -612,7 +559,7 @@ fn mqtt_2_3_1_7_suback_and_unsuback_carry_the_identifier_of_their_request() {
     let mut raw = connected_server();
     raw.feed(&subscribe_raw(0x82, 7, &[(b"a", 0)]));
     assert!(matches!(
-        raw.server.answer_subscribe(
+        raw.engine.answer_subscribe(
             pid(8),
             vec![ReasonCode::Success],
             SubAckProperties::default()
@@ -767,11 +714,11 @@ fn mqtt_3_1_2_23_client_sends_pingreq_when_it_has_nothing_else_to_send() {
     for step in 0..=1200u64 {
         raw.now = Timestamp::ZERO + Duration::from_millis(step * 100);
         if step > 600 && step % 40 == 0 {
-            raw.client
+            raw.engine
                 .publish(raw.now, publish("a", QoS::AtMostOnce, b"x"))
                 .unwrap();
         }
-        raw.client.handle_timeout(raw.now);
+        raw.engine.handle_timeout(raw.now);
         let before = raw.sent.len();
         raw.collect();
         if raw.sent.len() > before {
@@ -782,7 +729,7 @@ fn mqtt_3_1_2_23_client_sends_pingreq_when_it_has_nothing_else_to_send() {
             sent_at.push(raw.now);
         }
     }
-    assert!(raw.client.is_connected());
+    assert!(raw.engine.is_connected());
     let longest = sent_at
         .windows(2)
         .map(|w| w[1].saturating_duration_since(w[0]))
@@ -812,15 +759,15 @@ fn mqtt_3_1_2_24_server_disconnects_after_one_and_a_half_keep_alives_as_if_the_n
     raw.feed(&[0xC0, 0x00]);
     raw.sent.clear();
     raw.now = Timestamp::ZERO + Duration::from_millis(23_999);
-    raw.server.handle_timeout(raw.now);
+    raw.engine.handle_timeout(raw.now);
     assert!(
-        raw.server.is_connected(),
+        raw.engine.is_connected(),
         "not before 1.5 times the keep alive"
     );
     raw.now = Timestamp::ZERO + Duration::from_secs(24);
-    raw.server.handle_timeout(raw.now);
+    raw.engine.handle_timeout(raw.now);
     raw.collect();
-    assert!(raw.server.is_closed());
+    assert!(raw.engine.is_closed());
     assert!(raw.sent.is_empty(), "3.1.1 has nothing to tell the client");
     assert!(matches!(
         raw.events.as_slice(),
@@ -872,12 +819,12 @@ fn mqtt_3_1_3_7_client_with_empty_identifier_sets_clean_session() {
 fn mqtt_3_1_3_9_rejected_client_identifier_gets_connack_0x02_and_close() {
     let mut raw = RawServer::new(V311);
     raw.feed(&connect_raw(0x02, &field(b"not-welcome")));
-    raw.server
+    raw.engine
         .refuse(ReasonCode::ClientIdentifierNotValid, Default::default())
         .unwrap();
     raw.collect();
     assert_eq!(raw.sent, [0x20, 0x02, 0x00, 0x02]);
-    assert!(raw.server.is_closed());
+    assert!(raw.engine.is_closed());
 }
 
 #[test]
@@ -921,10 +868,10 @@ fn mqtt_3_1_4_4_accepted_connect_gets_connack_with_return_code_0() {
     let mut raw = RawServer::new(V311);
     raw.feed(&connect_raw(0x02, &field(b"c")));
     assert!(raw.sent.is_empty(), "nothing before the caller decides");
-    raw.server.accept(raw.now, Accept::default()).unwrap();
+    raw.engine.accept(raw.now, Accept::default()).unwrap();
     raw.collect();
     assert_eq!(raw.sent, [0x20, 0x02, 0x00, 0x00]);
-    assert!(raw.server.is_connected());
+    assert!(raw.engine.is_connected());
 }
 
 #[test]
@@ -937,13 +884,13 @@ fn mqtt_3_1_4_5_refused_connect_processes_nothing_sent_after_it() {
     let mut bytes = connect_raw(0x02, &field(b"c"));
     bytes.extend_from_slice(&rest);
     raw.feed(&bytes);
-    raw.server
+    raw.engine
         .refuse(ReasonCode::NotAuthorized, Default::default())
         .unwrap();
     raw.collect();
     raw.feed(&rest);
     assert_eq!(raw.sent, [0x20, 0x02, 0x00, 0x05], "only the CONNACK");
-    assert!(!surfaced(&raw.events), "{:?}", raw.events);
+    assert!(!raw.surfaced(), "{:?}", raw.events);
 
     // Refused by the engine itself: an empty client id without Clean Session.
     let mut raw = RawServer::new(V311);
@@ -951,7 +898,7 @@ fn mqtt_3_1_4_5_refused_connect_processes_nothing_sent_after_it() {
     bytes.extend_from_slice(&rest);
     raw.feed(&bytes);
     assert_eq!(raw.sent, [0x20, 0x02, 0x00, 0x02], "only the CONNACK");
-    assert!(!surfaced(&raw.events), "{:?}", raw.events);
+    assert!(!raw.surfaced(), "{:?}", raw.events);
 }
 
 // ------------------------------------------------------------------ 3.2 CONNACK
@@ -965,7 +912,7 @@ fn mqtt_3_2_0_1_first_packet_from_the_server_is_connack() {
     bytes.extend([0xC0, 0x00]); // PINGREQ right behind the CONNECT
     raw.feed(&bytes);
     assert_eq!(
-        raw.server
+        raw.engine
             .deliver(raw.now, publish("a", QoS::AtMostOnce, b"x")),
         Err(Error::NotConnected)
     );
@@ -975,7 +922,7 @@ fn mqtt_3_2_0_1_first_packet_from_the_server_is_connack() {
         in_flight: vec![in_flight(1, QoS::AtLeastOnce, OutgoingStage::Published)],
         ..SessionState::default()
     };
-    raw.server
+    raw.engine
         .accept(
             raw.now,
             Accept {
@@ -999,7 +946,7 @@ fn mqtt_3_2_2_1_clean_session_gets_session_present_0() {
         in_flight: vec![in_flight(1, QoS::AtLeastOnce, OutgoingStage::Published)],
         ..SessionState::default()
     };
-    raw.server
+    raw.engine
         .accept(
             raw.now,
             Accept {
@@ -1026,7 +973,7 @@ fn mqtt_3_2_2_2_stored_session_gets_session_present_1() {
 fn mqtt_3_2_2_3_no_stored_session_gets_session_present_0() {
     let mut raw = RawServer::new(V311);
     raw.feed(&connect_raw(0x00, &field(b"c")));
-    raw.server.accept(raw.now, Accept::default()).unwrap();
+    raw.engine.accept(raw.now, Accept::default()).unwrap();
     raw.collect();
     assert_eq!(raw.sent, [0x20, 0x02, 0x00, 0x00]);
 }
@@ -1042,7 +989,7 @@ fn mqtt_3_2_2_4_refusal_has_session_present_0() {
     ] {
         let mut raw = RawServer::new(V311);
         raw.feed(&connect_raw(0x00, &field(b"persistent"))); // Clean Session 0
-        raw.server.refuse(code, Default::default()).unwrap();
+        raw.engine.refuse(code, Default::default()).unwrap();
         raw.collect();
         assert_eq!(raw.sent, [0x20, 0x02, 0x00, byte], "{code:?}");
     }
@@ -1052,16 +999,16 @@ fn mqtt_3_2_2_4_refusal_has_session_present_0() {
 fn mqtt_3_2_2_5_refusal_closes_the_connection() {
     let mut raw = RawServer::new(V311);
     raw.feed(&connect_raw(0x02, &field(b"c")));
-    raw.server
+    raw.engine
         .refuse(ReasonCode::BadUserNameOrPassword, Default::default())
         .unwrap();
     raw.collect();
-    assert!(raw.server.is_closed());
+    assert!(raw.engine.is_closed());
     assert_eq!(
         raw.close_reason(),
         Some(&CloseReason::Refused(ReasonCode::BadUserNameOrPassword))
     );
-    assert_eq!(raw.server.poll_timeout(), None, "nothing left to wait for");
+    assert_eq!(raw.engine.poll_timeout(), None, "nothing left to wait for");
     raw.feed(&[0xC0, 0x00]);
     assert_eq!(
         raw.sent,
@@ -1135,10 +1082,10 @@ fn mqtt_3_3_1_2_qos_0_goes_with_dup_0_and_dup_1_is_refused() {
     let mut message = publish("a", QoS::AtMostOnce, b"x");
     message.dup = true;
     let mut client = connected_client();
-    client.client.publish(client.now, message.clone()).unwrap();
+    client.engine.publish(client.now, message.clone()).unwrap();
     client.collect();
     let mut server = connected_server();
-    server.server.deliver(server.now, message).unwrap();
+    server.engine.deliver(server.now, message).unwrap();
     server.collect();
     assert_eq!(client.sent[0], 0x30);
     assert_eq!(server.sent[0], 0x30);
@@ -1162,7 +1109,7 @@ fn mqtt_3_3_2_1_topic_name_comes_first_and_is_utf8() {
     assert_server_closes(&publish_raw(0x30, b"a\xff", None, b""));
     let mut raw = connected_server();
     raw.feed(&publish_raw(0x32, b"t/1", Some(5), b"body"));
-    let received = messages(&raw.events);
+    let received = raw.messages();
     assert_eq!(
         (topic(&received[0]), &received[0].payload[..]),
         ("t/1", &b"body"[..])
@@ -1179,19 +1126,17 @@ fn mqtt_3_3_2_2_wildcards_in_a_topic_name_close_the_connection() {
 
 #[test]
 fn mqtt_3_3_4_1_publish_is_answered_as_its_qos_requires() {
-    let mut server = connected_server();
-    server.feed(&publish_raw(0x30, b"q", None, b"0"));
-    server.feed(&publish_raw(0x32, b"q", Some(1), b"1"));
-    server.feed(&publish_raw(0x34, b"q", Some(2), b"2"));
-    assert_eq!(flow(&server.sent_packets()), ["PUBACK 1", "PUBREC 2"]);
-    assert_eq!(messages(&server.events).len(), 3);
-
-    let mut client = connected_client();
-    client.feed(&publish_raw(0x30, b"q", None, b"0"));
-    client.feed(&publish_raw(0x32, b"q", Some(1), b"1"));
-    client.feed(&publish_raw(0x34, b"q", Some(2), b"2"));
-    assert_eq!(flow(&client.sent_packets()), ["PUBACK 1", "PUBREC 2"]);
-    assert_eq!(client_messages(&client.events).len(), 3);
+    let inputs = [
+        publish_raw(0x30, b"q", None, b"0"),
+        publish_raw(0x32, b"q", Some(1), b"1"),
+        publish_raw(0x34, b"q", Some(2), b"2"),
+    ];
+    let expected = (
+        vec!["PUBACK 1".to_owned(), "PUBREC 2".to_owned()],
+        vec![Bytes::from("0"), Bytes::from("1"), Bytes::from("2")],
+    );
+    assert_eq!(answers(connected_server(), &inputs), expected);
+    assert_eq!(answers(connected_client(), &inputs), expected);
 }
 
 // ------------------------------------------------------------------ 3.6 - 3.14
@@ -1215,7 +1160,7 @@ fn mqtt_3_8_1_1_subscribe_flags_other_than_0010_close_the_connection() {
     }
     let mut raw = connected_server();
     raw.feed(&subscribe_raw(0x82, 1, &[(b"a/#", 1)]));
-    assert!(surfaced(&raw.events));
+    assert!(raw.surfaced());
 }
 
 #[test]
@@ -1240,12 +1185,12 @@ fn mqtt_3_8_3_3_subscribe_needs_a_filter() {
     assert_server_closes(&subscribe_raw(0x82, 1, &[]));
     let mut raw = connected_client();
     assert!(matches!(
-        raw.client.subscribe(vec![], Default::default()),
+        raw.engine.subscribe(vec![], Default::default()),
         Err(Error::Codec(_))
     ));
     raw.collect();
     assert!(raw.sent.is_empty(), "no empty SUBSCRIBE sent");
-    assert!(raw.client.is_connected());
+    assert!(raw.engine.is_connected());
 }
 
 #[test]
@@ -1253,7 +1198,7 @@ fn mqtt_3_9_3_2_suback_uses_only_0_1_2_and_0x80() {
     let mut raw = connected_server();
     let filters: Vec<(&[u8], u8)> = vec![(b"a", 1); 6];
     raw.feed(&subscribe_raw(0x82, 9, &filters));
-    raw.server
+    raw.engine
         .answer_subscribe(
             pid(9),
             vec![
@@ -1281,7 +1226,7 @@ fn mqtt_3_10_1_1_unsubscribe_flags_other_than_0010_close_the_connection() {
     }
     let mut raw = connected_server();
     raw.feed(&unsubscribe_raw(0xA2, 1, &[b"a/#"]));
-    assert!(surfaced(&raw.events));
+    assert!(raw.surfaced());
 }
 
 #[test]
@@ -1296,7 +1241,7 @@ fn mqtt_3_10_3_2_unsubscribe_needs_a_filter() {
     assert_server_closes(&unsubscribe_raw(0xA2, 1, &[]));
     let mut raw = connected_client();
     assert!(matches!(
-        raw.client.unsubscribe(vec![], Default::default()),
+        raw.engine.unsubscribe(vec![], Default::default()),
         Err(Error::Codec(_))
     ));
     raw.collect();
@@ -1310,7 +1255,7 @@ fn mqtt_3_12_4_1_pingreq_is_answered_with_pingresp() {
         raw.feed(&[0xC0, 0x00]);
         assert_eq!(raw.sent, [0xD0, 0x00].repeat(i));
     }
-    assert!(raw.server.is_connected());
+    assert!(raw.engine.is_connected());
 }
 
 #[test]
@@ -1326,7 +1271,7 @@ fn mqtt_3_14_1_1_disconnect_with_reserved_bits_set_is_a_violation_not_a_disconne
         });
         let mut raw = RawServer::accepted(connect);
         raw.feed(&[first, 0x00]);
-        assert!(raw.server.is_closed());
+        assert!(raw.engine.is_closed());
         assert!(
             matches!(
                 raw.events.as_slice(),
@@ -1344,16 +1289,16 @@ fn mqtt_3_14_1_1_disconnect_with_reserved_bits_set_is_a_violation_not_a_disconne
 #[test]
 fn mqtt_3_14_4_1_client_closes_the_connection_after_disconnect() {
     let mut raw = connected_client();
-    raw.client.disconnect(Disconnect::new(ReasonCode::Success));
+    raw.engine.disconnect(Disconnect::new(ReasonCode::Success));
     raw.collect();
     assert_eq!(raw.sent, [0xE0, 0x00]);
-    assert!(raw.client.is_closed());
+    assert!(raw.engine.is_closed());
     assert_eq!(
         raw.close_reason(),
         Some(&CloseReason::LocalDisconnect(ReasonCode::Success)),
         "the driver is told to close the transport"
     );
-    assert_eq!(raw.client.poll_timeout(), None);
+    assert_eq!(raw.engine.poll_timeout(), None);
 }
 
 #[test]
@@ -1361,35 +1306,35 @@ fn mqtt_3_14_4_2_client_sends_nothing_after_disconnect() {
     let mut connect = connect_packet(V311, "c");
     connect.keep_alive = 5;
     let mut raw = RawClient::connected(ClientConfig::new(connect), None, false);
-    raw.client.disconnect(Disconnect::new(ReasonCode::Success));
+    raw.engine.disconnect(Disconnect::new(ReasonCode::Success));
     raw.collect();
     raw.sent.clear();
     assert_eq!(
-        raw.client
+        raw.engine
             .publish(raw.now, publish("a", QoS::AtMostOnce, b"x")),
         Err(Error::Closed)
     );
     assert_eq!(
-        raw.client
+        raw.engine
             .publish(raw.now, publish("a", QoS::AtLeastOnce, b"x")),
         Err(Error::Closed)
     );
     let filter = TopicFilter::new("a").unwrap();
     assert_eq!(
-        raw.client.subscribe(
+        raw.engine.subscribe(
             vec![Subscription::new(filter.clone(), QoS::AtMostOnce)],
             Default::default()
         ),
         Err(Error::Closed)
     );
     assert_eq!(
-        raw.client.unsubscribe(vec![filter], Default::default()),
+        raw.engine.unsubscribe(vec![filter], Default::default()),
         Err(Error::Closed)
     );
     raw.feed(&publish_raw(0x32, b"a", Some(1), b"late"));
     raw.now = raw.now + Duration::from_secs(60);
-    raw.client.handle_timeout(raw.now);
-    raw.client.disconnect(Disconnect::new(ReasonCode::Success));
+    raw.engine.handle_timeout(raw.now);
+    raw.engine.disconnect(Disconnect::new(ReasonCode::Success));
     raw.collect();
     assert!(raw.sent.is_empty(), "sent {:02x?}", raw.sent);
 }
@@ -1460,7 +1405,7 @@ fn mqtt_4_3_1_1_qos_0_is_sent_once_with_qos_0_and_dup_0() {
 fn mqtt_4_3_2_1_qos_1_sender_keeps_the_message_until_puback() {
     let mut client = connected_client();
     let token = client
-        .client
+        .engine
         .publish(client.now, publish("a", QoS::AtLeastOnce, b"x"))
         .unwrap();
     client.collect();
@@ -1468,12 +1413,12 @@ fn mqtt_4_3_2_1_qos_1_sender_keeps_the_message_until_puback() {
     client.feed(&ack_raw(0x40, 2)); // another identifier
     client.feed(&ack_raw(0x50, 1)); // the wrong acknowledgement
     assert_eq!(
-        client.client.pending_messages(),
+        client.engine.pending_messages(),
         (1, 0),
         "still unacknowledged"
     );
     client.feed(&ack_raw(0x40, 1));
-    assert_eq!(client.client.pending_messages(), (0, 0));
+    assert_eq!(client.engine.pending_messages(), (0, 0));
     assert!(
         client
             .events
@@ -1483,34 +1428,29 @@ fn mqtt_4_3_2_1_qos_1_sender_keeps_the_message_until_puback() {
 
     let mut server = connected_server();
     server
-        .server
+        .engine
         .deliver(server.now, publish("a", QoS::AtLeastOnce, b"x"))
         .unwrap();
     server.collect();
     assert_eq!(flow(&server.sent_packets()), ["PUBLISH 1 qos=1 dup=0"]);
     server.feed(&ack_raw(0x40, 2));
-    assert_eq!(server.server.pending_messages(), (1, 0));
+    assert_eq!(server.engine.pending_messages(), (1, 0));
     server.feed(&ack_raw(0x40, 1));
-    assert_eq!(server.server.pending_messages(), (0, 0));
+    assert_eq!(server.engine.pending_messages(), (0, 0));
 }
 
 #[test]
 fn mqtt_4_3_2_2_qos_1_receiver_acknowledges_and_then_takes_the_identifier_as_new() {
-    let mut server = connected_server();
-    server.feed(&publish_raw(0x32, b"a", Some(3), b"first"));
-    server.feed(&publish_raw(0x3A, b"a", Some(3), b"again")); // DUP 1
-    assert_eq!(flow(&server.sent_packets()), ["PUBACK 3", "PUBACK 3"]);
-    let payloads: Vec<Bytes> = messages(&server.events)
-        .into_iter()
-        .map(|m| m.payload)
-        .collect();
-    assert_eq!(payloads, ["first", "again"], "each is a new publication");
-
-    let mut client = connected_client();
-    client.feed(&publish_raw(0x32, b"a", Some(3), b"first"));
-    client.feed(&publish_raw(0x3A, b"a", Some(3), b"again"));
-    assert_eq!(flow(&client.sent_packets()), ["PUBACK 3", "PUBACK 3"]);
-    assert_eq!(client_messages(&client.events).len(), 2);
+    let inputs = [
+        publish_raw(0x32, b"a", Some(3), b"first"),
+        publish_raw(0x3A, b"a", Some(3), b"again"), // DUP 1
+    ];
+    let expected = (
+        vec!["PUBACK 3".to_owned(), "PUBACK 3".to_owned()],
+        vec![Bytes::from("first"), Bytes::from("again")],
+    );
+    assert_eq!(answers(connected_server(), &inputs), expected, "server");
+    assert_eq!(answers(connected_client(), &inputs), expected, "client");
 }
 
 #[test]
@@ -1518,7 +1458,7 @@ fn mqtt_4_3_3_1_qos_2_sender_publishes_releases_and_never_publishes_again_after_
     let mut client =
         RawClient::connected(persistent_client(), Some(SessionState::default()), false);
     client
-        .client
+        .engine
         .publish(client.now, publish("a", QoS::ExactlyOnce, b"x"))
         .unwrap();
     client.collect();
@@ -1527,18 +1467,18 @@ fn mqtt_4_3_3_1_qos_2_sender_publishes_releases_and_never_publishes_again_after_
         flow(&client.sent_packets()),
         ["PUBLISH 1 qos=2 dup=0", "PUBREL 1"]
     );
-    assert_eq!(client.client.pending_messages(), (1, 0), "until PUBCOMP");
+    assert_eq!(client.engine.pending_messages(), (1, 0), "until PUBCOMP");
     // Resumed after PUBREL: PUBREL again, not the PUBLISH.
-    client.client.handle_transport_closed();
-    let state = client.client.session_state();
+    client.engine.handle_transport_closed();
+    let state = client.engine.session_state();
     let mut resumed = RawClient::connected(persistent_client(), Some(state), true);
     assert_eq!(flow(&resumed.sent_packets()), ["PUBREL 1"]);
     resumed.feed(&ack_raw(0x70, 1));
-    assert_eq!(resumed.client.pending_messages(), (0, 0));
+    assert_eq!(resumed.engine.pending_messages(), (0, 0));
 
     let mut server = connected_server();
     server
-        .server
+        .engine
         .deliver(server.now, publish("a", QoS::ExactlyOnce, b"x"))
         .unwrap();
     server.collect();
@@ -1547,39 +1487,28 @@ fn mqtt_4_3_3_1_qos_2_sender_publishes_releases_and_never_publishes_again_after_
         flow(&server.sent_packets()),
         ["PUBLISH 1 qos=2 dup=0", "PUBREL 1"]
     );
-    assert_eq!(server.server.pending_messages(), (1, 0));
-    server.server.handle_transport_closed(server.now);
-    let resumed = resumed_server(server.server.session_state());
+    assert_eq!(server.engine.pending_messages(), (1, 0));
+    server.engine.handle_transport_closed(server.now);
+    let resumed = resumed_server(server.engine.session_state());
     assert_eq!(flow(&resumed.sent_packets()), ["ConnAck", "PUBREL 1"]);
 }
 
 #[test]
 fn mqtt_4_3_3_2_qos_2_receiver_delivers_once_until_pubrel_then_takes_the_identifier_as_new() {
-    let mut server = connected_server();
-    server.feed(&publish_raw(0x34, b"a", Some(7), b"one"));
-    server.feed(&publish_raw(0x3C, b"a", Some(7), b"one")); // DUP 1, before PUBREL
-    server.feed(&ack_raw(0x62, 7));
-    server.feed(&publish_raw(0x34, b"a", Some(7), b"two"));
-    assert_eq!(
-        flow(&server.sent_packets()),
+    let inputs = [
+        publish_raw(0x34, b"a", Some(7), b"one"),
+        publish_raw(0x3C, b"a", Some(7), b"one"), // DUP 1, before PUBREL
+        ack_raw(0x62, 7),
+        publish_raw(0x34, b"a", Some(7), b"two"),
+    ];
+    let expected = (
         ["PUBREC 7", "PUBREC 7", "PUBCOMP 7", "PUBREC 7"]
+            .map(str::to_owned)
+            .to_vec(),
+        vec![Bytes::from("one"), Bytes::from("two")],
     );
-    let payloads: Vec<Bytes> = messages(&server.events)
-        .into_iter()
-        .map(|m| m.payload)
-        .collect();
-    assert_eq!(payloads, ["one", "two"]);
-
-    let mut client = connected_client();
-    client.feed(&publish_raw(0x34, b"a", Some(7), b"one"));
-    client.feed(&publish_raw(0x3C, b"a", Some(7), b"one"));
-    client.feed(&ack_raw(0x62, 7));
-    client.feed(&publish_raw(0x34, b"a", Some(7), b"two"));
-    assert_eq!(
-        flow(&client.sent_packets()),
-        ["PUBREC 7", "PUBREC 7", "PUBCOMP 7", "PUBREC 7"]
-    );
-    assert_eq!(client_messages(&client.events).len(), 2);
+    assert_eq!(answers(connected_server(), &inputs), expected, "server");
+    assert_eq!(answers(connected_client(), &inputs), expected, "client");
 }
 
 #[test]
@@ -1676,7 +1605,7 @@ fn manual_acks(qos: QoS, ids: &[u16], acks: &[usize]) -> Vec<String> {
         .collect();
     assert_eq!(handles.len(), ids.len());
     for &index in acks {
-        raw.client.acknowledge(handles[index], ReasonCode::Success);
+        raw.engine.acknowledge(handles[index], ReasonCode::Success);
         raw.collect();
     }
     flow(&raw.sent_packets())
@@ -1706,7 +1635,7 @@ fn mqtt_4_6_0_3_client_sends_pubrec_in_the_order_publishes_arrived() {
 fn mqtt_4_6_0_4_client_sends_pubrel_in_the_order_pubrecs_arrived() {
     let mut raw = connected_client();
     for i in 0..4u8 {
-        raw.client
+        raw.engine
             .publish(raw.now, publish("a", QoS::ExactlyOnce, &[i]))
             .unwrap();
     }
@@ -1732,7 +1661,7 @@ fn mqtt_4_7_1_1_wildcards_in_filters_but_not_in_topic_names() {
         &[(b"a/+/c", 0), (b"a/#", 1), (b"+", 2)],
     ));
     raw.feed(&unsubscribe_raw(0xA2, 2, &[b"a/+/c", b"#"]));
-    assert!(raw.server.is_connected());
+    assert!(raw.engine.is_connected());
     assert_eq!(
         raw.events
             .iter()
@@ -1752,10 +1681,10 @@ fn mqtt_4_7_1_1_wildcards_in_filters_but_not_in_topic_names() {
 fn server_takes_filter(filter: &[u8]) -> bool {
     let mut raw = connected_server();
     raw.feed(&subscribe_raw(0x82, 1, &[(filter, 0)]));
-    let subscribed = raw.server.is_connected() && surfaced(&raw.events);
+    let subscribed = raw.engine.is_connected() && raw.surfaced();
     let mut raw = connected_server();
     raw.feed(&unsubscribe_raw(0xA2, 1, &[filter]));
-    let unsubscribed = raw.server.is_connected() && surfaced(&raw.events);
+    let unsubscribed = raw.engine.is_connected() && raw.surfaced();
     assert_eq!(subscribed, unsubscribed, "{filter:?}");
     subscribed
 }
@@ -1899,13 +1828,15 @@ fn exchange_byte_by_byte() -> (Vec<Bytes>, Vec<Bytes>, usize) {
             .unwrap();
     }
     step(&mut client, &mut server);
-    let up = messages(&server_events)
-        .into_iter()
-        .map(|m| m.payload)
+    let up = server_events
+        .iter()
+        .filter_map(<ServerConnection as Engine>::message)
+        .map(|m| m.payload.clone())
         .collect();
-    let down = client_messages(&client_events)
-        .into_iter()
-        .map(|m| m.payload)
+    let down = client_events
+        .iter()
+        .filter_map(<ClientConnection as Engine>::message)
+        .map(|m| m.payload.clone())
         .collect();
     let outcomes = client_events
         .iter()
