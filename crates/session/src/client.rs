@@ -31,7 +31,8 @@ pub struct ClientConfig {
     /// with [`Error::Full`].
     pub max_queued: usize,
     /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
-    /// acknowledging on arrival.
+    /// acknowledging on arrival. PUBACK and PUBREC still go out in the order the messages
+    /// arrived (MQTT-4.6.0-2, -3): one acknowledged early waits for those before it.
     pub manual_acks: bool,
     /// How long to wait for CONNACK, and for PINGRESP after a PINGREQ.
     pub response_timeout: Duration,
@@ -195,7 +196,8 @@ impl ClientConnection {
             .ok_or(Error::Full)
     }
 
-    /// Acknowledges an inbound message (with manual acknowledgements).
+    /// Acknowledges an inbound message (with manual acknowledgements). The PUBACK or PUBREC is
+    /// sent once every message that arrived before this one is acknowledged too.
     pub fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
         self.core.acknowledge(handle, reason_code);
     }
