@@ -272,7 +272,12 @@ fn handle_http(
             Ok(upgrade) => upgrade,
             Err(error) => return rejection(Rejection::for_error(&error)),
         };
-        let Some(subprotocol) = upgrade.pick_subprotocol(&MQTT_SUBPROTOCOLS) else {
+        // Our order of preference decides, not the client's: a client offering "mqtt" among
+        // others gets "mqtt" (MQTT-6.0.0-4, in 3.1.1 and 5.0).
+        let picked = MQTT_SUBPROTOCOLS
+            .iter()
+            .find_map(|name| upgrade.pick_subprotocol(&[name]));
+        let Some(subprotocol) = picked else {
             return rejection(
                 Rejection::bad_request().with_body("the WebSocket subprotocol must be mqtt"),
             );

@@ -444,21 +444,20 @@ impl Core {
         }
     }
 
-    /// Sends PUBACK or PUBREC for an inbound message once the driver says it is safe.
+    /// Sends PUBACK or PUBREC for an inbound message once the driver says it is safe, after
+    /// those of the messages that arrived before it (MQTT-4.6.0-2, -3): an answer given out of
+    /// order waits for the earlier ones.
     pub(crate) fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
-        let Some(qos) = self
-            .inbound
-            .acknowledge(handle.packet_id, reason_code.is_error())
-        else {
-            return;
-        };
-        let mut ack = Ack::new(handle.packet_id);
-        ack.reason_code = reason_code;
-        self.send_control(if qos == QoS::AtLeastOnce {
-            Packet::PubAck(ack)
-        } else {
-            Packet::PubRec(ack)
-        });
+        self.inbound.acknowledge(handle.packet_id, reason_code);
+        while let Some((id, qos, reason_code)) = self.inbound.next_due() {
+            let mut ack = Ack::new(id);
+            ack.reason_code = reason_code;
+            self.send_control(if qos == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            });
+        }
     }
 
     /// PUBREL: ends an inbound QoS 2 flow with PUBCOMP.

@@ -51,7 +51,7 @@ pub struct ServerConfig {
     pub max_keep_alive: Option<u16>,
     /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
     /// acknowledging on arrival. A broker that must not lose a message acknowledges once it
-    /// has stored or routed it.
+    /// has stored or routed it. Acknowledgements go out in the order the messages arrived.
     pub manual_acks: bool,
 }
 
@@ -340,7 +340,8 @@ impl ServerConnection {
     }
 
     /// Acknowledges an inbound message (with manual acknowledgements): a failure reason code
-    /// refuses it (MQTT 5).
+    /// refuses it (MQTT 5). It is sent once the messages that arrived before it are
+    /// acknowledged too.
     pub fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
         self.core.acknowledge(handle, reason_code);
     }
