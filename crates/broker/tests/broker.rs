@@ -1120,3 +1120,33 @@ async fn mqtt_3_1_2_27_no_aliases_without_a_client_maximum_or_with_the_limit_at_
     );
     broker.shutdown(SHORT).await;
 }
+
+/// In-process subscriptions are no client sessions: they are not counted, and a client whose
+/// id is the name they once had (`$local-1`) is a session of its own, routed apart.
+#[tokio::test]
+async fn in_process_subscriptions_are_not_sessions() {
+    let broker = start_broker(|_| {}).await;
+    let mut local = broker.subscribe("inproc/#", QoS::AtMostOnce).unwrap();
+    assert_eq!(broker.session_count(), 0);
+    assert!(!broker.has_session("$local-1"));
+    let (mut client, _) =
+        TestClient::tcp(tcp_addr(&broker), connect_packet(V311, "$local-1")).await;
+    client
+        .subscribe(vec![subscription("client/#", QoS::AtMostOnce)])
+        .await;
+    assert_eq!(broker.session_count(), 1);
+    broker
+        .publish("inproc/x", "to the local one", QoS::AtMostOnce, false)
+        .unwrap();
+    broker
+        .publish("client/x", "to the client", QoS::AtMostOnce, false)
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), local.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.payload, "to the local one");
+    assert_eq!(payload_str(&client.recv().await.unwrap()), "to the client");
+    client.expect_silence(SHORT).await;
+    broker.shutdown(SHORT).await;
+}
