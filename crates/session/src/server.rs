@@ -20,6 +20,11 @@ use crate::{AckHandle, CloseReason, Error, PublishToken, ServerEvent, SessionSta
 /// the only answer a client of an unknown protocol level can be given (MQTT-3.1.2-2).
 const CONNACK_UNSUPPORTED_VERSION: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
+/// CONNACK with reason code 0x84 "Unsupported Protocol Version" in the MQTT 5 layout, for a
+/// client that gave level 5 with a protocol name other than "MQTT" (MQTT-3.1.2-1): it reads
+/// MQTT 5 packets, and the 3.1.1 layout's return code 1 is no MQTT 5 reason code.
+const CONNACK_UNSUPPORTED_VERSION_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x84, 0x00];
+
 /// How a server connection behaves: the limits it enforces on the client and announces in
 /// CONNACK (MQTT 5).
 #[derive(Debug, Clone)]
@@ -568,8 +573,13 @@ impl ServerConnection {
     fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error) {
         if self.protocol.is_none() {
             if error.reason_code() == ReasonCode::UnsupportedProtocolVersion {
-                // The client's version is unknown, so answer as MQTT 3.1.1 does (MQTT-3.1.2-2).
-                self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION);
+                if matches!(error, rallymq_codec::Error::InvalidProtocolName { level: 5 }) {
+                    self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION_V5);
+                } else {
+                    // The client's version is unknown, so answer as MQTT 3.1.1 does
+                    // (MQTT-3.1.2-2).
+                    self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION);
+                }
                 self.close(
                     now,
                     CloseReason::Refused(ReasonCode::UnsupportedProtocolVersion),
