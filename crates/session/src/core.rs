@@ -50,6 +50,10 @@ pub(crate) struct Core {
     pub(crate) last_received: Timestamp,
     pub(crate) last_sent: Timestamp,
     pub(crate) manual_acks: bool,
+    /// Whether Reason Strings and User Properties may go on packets other than PUBLISH,
+    /// CONNACK and DISCONNECT: a client that sets Request Problem Information to 0 gets none
+    /// there from the server (MQTT-3.1.2-29).
+    pub(crate) send_problem_information: bool,
     /// Client side: SUBSCRIBE (true) and UNSUBSCRIBE (false) awaiting acknowledgement; their
     /// identifiers are in use as much as those of in-flight messages (MQTT-2.2.1-3).
     pub(crate) pending_requests: LazyMap<PacketId, bool>,
@@ -81,6 +85,7 @@ impl Core {
             last_received: now,
             last_sent: now,
             manual_acks,
+            send_problem_information: true,
             pending_requests: LazyMap::default(),
             dropped: 0,
         }
@@ -156,6 +161,15 @@ impl Core {
     /// an acknowledgement's reason string and user properties are dropped first, as MQTT 5
     /// allows (MQTT-3.4.2-2 and others); anything still too large fails.
     pub(crate) fn send(&mut self, packet: Packet) -> Result<(), Error> {
+        let packet = if self.send_problem_information
+            || matches!(
+                packet,
+                Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
+            ) {
+            packet
+        } else {
+            trim_properties(packet)
+        };
         let packet = match self.peer_max_packet_size {
             Some(max) if packet.encoded_len(self.version) > max as usize => {
                 let trimmed = trim_properties(packet);

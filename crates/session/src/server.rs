@@ -200,6 +200,10 @@ impl ServerConnection {
             if needs_id {
                 properties.assigned_client_identifier = accept.assigned_client_id;
             }
+            if client_properties.request_response_information != Some(true) {
+                // Only a client that asked for it gets it (MQTT-3.1.2-28).
+                properties.response_information = None;
+            }
             if let Some(max) = self.config.max_keep_alive {
                 let requested = connect.keep_alive;
                 if properties.server_keep_alive.is_none() && (requested == 0 || requested > max) {
@@ -653,6 +657,8 @@ impl ServerConnection {
         }
         let version = connect.protocol;
         self.core.set_version(version);
+        self.core.send_problem_information =
+            !(version.is_v5() && connect.properties.request_problem_information == Some(false));
         self.keep_alive = connect.keep_alive;
         self.session_expiry_interval = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
