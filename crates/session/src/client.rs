@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rallymq_codec::{
-    Auth, ConnAck, Connect, Decoder, Disconnect, Limits, Packet, PacketId, ProtocolVersion,
-    Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription, TopicFilter,
-    Unsubscribe, UnsubscribeProperties,
+    Auth, ConnAck, Connect, Decoder, Disconnect, Limits, Packet, PacketId, PacketType,
+    ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription,
+    TopicFilter, Unsubscribe, UnsubscribeProperties,
 };
 
-use crate::core::{Core, Outcome, Phase};
+use crate::core::{Core, Outcome, Phase, fit_reason_code};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::{
@@ -199,10 +199,11 @@ impl ClientConnection {
 
     /// Sends DISCONNECT and closes. With MQTT 5, `disconnect` carries the reason (0x04 asks the
     /// server to publish the will) and may change the session expiry.
-    pub fn disconnect(&mut self, disconnect: Disconnect) {
+    pub fn disconnect(&mut self, mut disconnect: Disconnect) {
         if self.core.is_closed() {
             return;
         }
+        disconnect.reason_code = fit_reason_code(disconnect.reason_code, PacketType::Disconnect);
         if let Some(expiry) = disconnect.properties.session_expiry_interval {
             self.session_expiry_interval = expiry;
         }

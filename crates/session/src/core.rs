@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use rallymq_codec::{
-    Ack, Decoder, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
+    Ack, Decoder, Disconnect, Packet, PacketId, PacketType, ProtocolVersion, Publish, QoS,
+    ReasonCode,
 };
 
 use crate::alias::{AliasError, IncomingAliases, OutgoingAliases};
@@ -452,6 +453,12 @@ impl Core {
 
     /// Sends PUBACK or PUBREC for an inbound message once the driver says it is safe.
     pub(crate) fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
+        let packet = if handle.qos == QoS::AtLeastOnce {
+            PacketType::PubAck
+        } else {
+            PacketType::PubRec
+        };
+        let reason_code = fit_reason_code(reason_code, packet);
         let Some(qos) = self
             .inbound
             .acknowledge(handle.packet_id, reason_code.is_error())
@@ -474,6 +481,20 @@ impl Core {
             complete.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
         self.send_control(Packet::PubComp(complete));
+    }
+}
+
+/// `code` if a packet of type `packet` can carry it, else the nearest code it can: 0x80
+/// Unspecified error for a failure, 0x00 for anything else. The commands that cannot fail
+/// (acknowledging, disconnecting) go through it, so that no packet carries a reason code its
+/// type does not define (MQTT-3.4.2-1, MQTT-3.5.2-1, MQTT-3.14.2-1).
+pub(crate) fn fit_reason_code(code: ReasonCode, packet: PacketType) -> ReasonCode {
+    if code.is_valid_for(packet) {
+        code
+    } else if code.is_error() {
+        ReasonCode::UnspecifiedError
+    } else {
+        ReasonCode::Success
     }
 }
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use rallymq_codec::{
     Auth, ConnAck, ConnAckProperties, Connect, Decoder, Disconnect, DisconnectProperties, Limits,
-    MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    MqttString, Packet, PacketId, PacketType, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
     SubAckProperties, UnsubAck, Will,
 };
 
-use crate::core::{Core, Outcome, Phase};
+use crate::core::{Core, Outcome, Phase, fit_reason_code};
 use crate::inbound::Inbound;
 use crate::lazy::{LazyDeque, LazyMap};
 use crate::outbound::Outbound;
@@ -105,8 +105,9 @@ pub struct ServerConnection {
     /// In seconds, as on the wire (a `Duration` would take 16 bytes).
     keep_alive: u16,
     session_expiry_interval: u32,
-    /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer.
-    pending_requests: LazyMap<PacketId, ()>,
+    /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer, with the answer's
+    /// packet type and how many reason codes it carries (one per topic filter).
+    pending_requests: LazyMap<PacketId, (PacketType, usize)>,
     /// Boxed: only connections with a will pay for one.
     will: Option<Box<Will>>,
     will_due_at: Option<Timestamp>,
@@ -275,8 +276,11 @@ impl ServerConnection {
         if !self.deciding {
             return Err(Error::InvalidState("no CONNECT awaits a decision"));
         }
-        if !reason_code.is_error() {
-            return Err(Error::InvalidState("refusing needs a failure reason code"));
+        if !reason_code.is_error() || !reason_code.is_valid_for(PacketType::ConnAck) {
+            // Only the Connect Reason Codes may go in CONNACK (MQTT-3.2.2-8).
+            return Err(Error::InvalidState(
+                "refusing needs a failure reason code that CONNACK can carry",
+            ));
         }
         self.deciding = false;
         self.refuse_connect(reason_code, properties);
@@ -307,13 +311,16 @@ impl ServerConnection {
     }
 
     /// Answers a [`ServerEvent::Subscribe`]: one reason code per subscription (the granted QoS
-    /// or a failure), in order.
+    /// or a failure), in order. Fails, leaving the SUBSCRIBE unanswered, when the number of
+    /// codes is not the number of subscriptions (MQTT-3.8.4-6) or a code is not a SUBACK one
+    /// (MQTT-3.9.3-2).
     pub fn answer_subscribe(
         &mut self,
         packet_id: PacketId,
         reason_codes: Vec<ReasonCode>,
         properties: SubAckProperties,
     ) -> Result<(), Error> {
+        self.check_answer(packet_id, PacketType::SubAck, &reason_codes)?;
         self.take_request(packet_id)?;
         self.core.send(Packet::SubAck(SubAck {
             packet_id,
@@ -322,14 +329,19 @@ impl ServerConnection {
         }))
     }
 
-    /// Answers a [`ServerEvent::Unsubscribe`]: one reason code per filter (MQTT 5; ignored
-    /// before).
+    /// Answers a [`ServerEvent::Unsubscribe`]: one reason code per filter, in order (MQTT 5;
+    /// ignored before). Fails, leaving the UNSUBSCRIBE unanswered, when the number of codes is
+    /// not the number of filters (MQTT-3.11.3-1) or a code is not an UNSUBACK one
+    /// (MQTT-3.11.3-2).
     pub fn answer_unsubscribe(
         &mut self,
         packet_id: PacketId,
         reason_codes: Vec<ReasonCode>,
         properties: SubAckProperties,
     ) -> Result<(), Error> {
+        if self.core.version.is_v5() {
+            self.check_answer(packet_id, PacketType::UnsubAck, &reason_codes)?;
+        }
         self.take_request(packet_id)?;
         let (reason_codes, properties) = if self.core.version.is_v5() {
             (reason_codes, properties)
@@ -362,7 +374,9 @@ impl ServerConnection {
 
     /// Closes the connection, telling an MQTT 5 client why with DISCONNECT (0x8B Server
     /// shutting down, 0x8E Session taken over, ...); earlier versions just close. The will is
-    /// published unless the reason says otherwise (see [`CloseReason::publishes_will`]).
+    /// published unless the reason says otherwise (see [`CloseReason::publishes_will`]). A
+    /// reason code DISCONNECT cannot carry goes as 0x80 Unspecified error (0x00 if it is no
+    /// failure).
     pub fn disconnect(
         &mut self,
         now: Timestamp,
@@ -372,6 +386,7 @@ impl ServerConnection {
         if self.core.is_closed() {
             return;
         }
+        let reason_code = fit_reason_code(reason_code, PacketType::Disconnect);
         if self.core.version.is_v5() && self.core.phase == Phase::Connected {
             self.core.send_control(Packet::Disconnect(Disconnect {
                 reason_code,
@@ -543,6 +558,34 @@ impl ServerConnection {
         self.core.last_received + grace
     }
 
+    /// Whether `reason_codes` answer the pending request `packet_id` with a `packet`: one code
+    /// per topic filter, each one `packet` can carry.
+    fn check_answer(
+        &self,
+        packet_id: PacketId,
+        packet: PacketType,
+        reason_codes: &[ReasonCode],
+    ) -> Result<(), Error> {
+        let Some(&(expected, filters)) = self.pending_requests.get(&packet_id) else {
+            // `take_request` says why.
+            return Ok(());
+        };
+        if expected != packet {
+            return Err(Error::InvalidState(
+                "this identifier belongs to the other kind of request",
+            ));
+        }
+        if reason_codes.len() != filters {
+            return Err(Error::InvalidState(
+                "the answer needs one reason code per topic filter",
+            ));
+        }
+        if reason_codes.iter().any(|code| !code.is_valid_for(packet)) {
+            return Err(Error::InvalidState("a reason code the answer cannot carry"));
+        }
+        Ok(())
+    }
+
     fn take_request(&mut self, packet_id: PacketId) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
@@ -577,7 +620,10 @@ impl ServerConnection {
     fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error) {
         if self.protocol.is_none() {
             if error.reason_code() == ReasonCode::UnsupportedProtocolVersion {
-                if matches!(error, rallymq_codec::Error::InvalidProtocolName { level: 5 }) {
+                if matches!(
+                    error,
+                    rallymq_codec::Error::InvalidProtocolName { level: 5 }
+                ) {
                     self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION_V5);
                 } else {
                     // The client's version is unknown, so answer as MQTT 3.1.1 does
@@ -632,11 +678,17 @@ impl ServerConnection {
             }
             Packet::PubRel(ack) => self.core.on_pubrel(ack.packet_id),
             Packet::Subscribe(subscribe) => {
-                self.pending_requests.insert(subscribe.packet_id, ());
+                self.pending_requests.insert(
+                    subscribe.packet_id,
+                    (PacketType::SubAck, subscribe.subscriptions.len()),
+                );
                 self.events.push_back(ServerEvent::Subscribe(subscribe));
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.pending_requests.insert(unsubscribe.packet_id, ());
+                self.pending_requests.insert(
+                    unsubscribe.packet_id,
+                    (PacketType::UnsubAck, unsubscribe.filters.len()),
+                );
                 self.events.push_back(ServerEvent::Unsubscribe(unsubscribe));
             }
             Packet::PingReq => self.core.send_control(Packet::PingResp),
