@@ -376,17 +376,20 @@ impl ServerConnection {
     /// shutting down, 0x8E Session taken over, ...); earlier versions just close. The will is
     /// published unless the reason says otherwise (see [`CloseReason::publishes_will`]). A
     /// reason code DISCONNECT cannot carry goes as 0x80 Unspecified error (0x00 if it is no
-    /// failure).
+    /// failure), and a Session Expiry Interval in `properties` is left out: a server does not
+    /// send one.
     pub fn disconnect(
         &mut self,
         now: Timestamp,
         reason_code: ReasonCode,
-        properties: DisconnectProperties,
+        mut properties: DisconnectProperties,
     ) {
         if self.core.is_closed() {
             return;
         }
         let reason_code = fit_reason_code(reason_code, PacketType::Disconnect);
+        // Only the client may change the session's expiry at DISCONNECT (MQTT-3.14.2-2).
+        properties.session_expiry_interval = None;
         if self.core.version.is_v5() && self.core.phase == Phase::Connected {
             self.core.send_control(Packet::Disconnect(Disconnect {
                 reason_code,
