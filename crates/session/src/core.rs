@@ -549,6 +549,13 @@ fn trim_properties(packet: Packet) -> Packet {
             }
             Packet::ConnAck(connack)
         }
+        Packet::Auth(mut auth) => {
+            if let Some(properties) = auth.properties.get_mut() {
+                properties.reason_string = None;
+                properties.user_properties.clear();
+            }
+            Packet::Auth(auth)
+        }
         other => other,
     }
 }

@@ -714,6 +714,11 @@ impl ServerConnection {
         self.core.set_version(version);
         self.core.send_problem_information =
             !(version.is_v5() && connect.properties.request_problem_information == Some(false));
+        if version.is_v5() {
+            // The client's limit holds from its CONNECT on: for AUTH and a refusing CONNACK too.
+            self.core.peer_max_packet_size =
+                connect.properties.maximum_packet_size.map(NonZeroU32::get);
+        }
         self.keep_alive = connect.keep_alive;
         self.session_expiry_interval = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
