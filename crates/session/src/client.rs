@@ -123,7 +123,8 @@ impl ClientConnection {
     /// flight if the window has room, else into the bounded queue (also before CONNACK), and
     /// their token comes back in [`ClientEvent::PublishAcknowledged`] or
     /// [`ClientEvent::PublishCompleted`]. Never blocks; fails with [`Error::Full`] when both
-    /// window and queue are full.
+    /// window and queue are full, and with [`Error::NotAllowed`] for a QoS above the server's
+    /// Maximum QoS or a retained message the server does not support.
     pub fn publish(
         &mut self,
         now: Timestamp,
@@ -133,6 +134,15 @@ impl ClientConnection {
             && publish.qos > max_qos
         {
             return Err(Error::NotAllowed(ReasonCode::QoSNotSupported));
+        }
+        if publish.retain
+            && self
+                .server_connack
+                .as_ref()
+                .is_some_and(|c| c.properties.retain_available == Some(false))
+        {
+            // MQTT-3.2.2-14.
+            return Err(Error::NotAllowed(ReasonCode::RetainNotSupported));
         }
         self.core.publish(now, publish)
     }

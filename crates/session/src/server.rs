@@ -88,6 +88,16 @@ pub struct Accept {
     pub properties: ConnAckProperties,
 }
 
+/// Limits the CONNACK announced that the client's PUBLISH packets are held to. Boxed, and only
+/// allocated when the server announced one: most servers support QoS 2 and retained messages.
+#[derive(Debug, Default)]
+struct Announced {
+    /// Maximum QoS below 2 (MQTT-3.2.2-9): a PUBLISH above it is answered with 0x9B.
+    maximum_qos: Option<QoS>,
+    /// Retain Available 0: a retained PUBLISH is answered with 0x9A.
+    retain_unavailable: bool,
+}
+
 /// The server side of one MQTT connection, as a state machine. See the crate docs for the
 /// order in which to call its methods.
 pub struct ServerConnection {
@@ -113,6 +123,8 @@ pub struct ServerConnection {
     will_due_at: Option<Timestamp>,
     /// CONNACK with success was sent.
     accepted: bool,
+    /// What the CONNACK announced, when it limits the client's PUBLISH packets.
+    announced: Option<Box<Announced>>,
 }
 
 impl ServerConnection {
@@ -151,6 +163,7 @@ impl ServerConnection {
             will: None,
             will_due_at: None,
             accepted: false,
+            announced: None,
         }
     }
 
@@ -159,6 +172,11 @@ impl ServerConnection {
     /// Accepts the CONNECT reported by [`ServerEvent::ConnectReceived`]: sends CONNACK, resends
     /// the in-flight messages of a resumed session (PUBLISH with DUP, then PUBREL, in their
     /// original order) and goes on with the packets the client sent after CONNECT.
+    ///
+    /// A Maximum QoS or Retain Available 0 in `accept.properties` holds the client to it: a
+    /// PUBLISH beyond it closes the connection with 0x9B or 0x9A. A will beyond it cannot be
+    /// published, so the connection is refused with that code instead, and this returns
+    /// [`Error::NotAllowed`] with it.
     pub fn accept(&mut self, now: Timestamp, accept: Accept) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
@@ -217,6 +235,30 @@ impl ServerConnection {
             }
         } else {
             properties = ConnAckProperties::default();
+        }
+        let maximum_qos = properties.maximum_qos;
+        let retain_unavailable = properties.retain_available == Some(false);
+        // A will the server could not publish refuses the connection (MQTT-3.2.2-12, -13).
+        let refusal = self.will.as_ref().and_then(|will| {
+            if maximum_qos.is_some_and(|max| will.qos > max) {
+                Some(ReasonCode::QoSNotSupported)
+            } else if will.retain && retain_unavailable {
+                Some(ReasonCode::RetainNotSupported)
+            } else {
+                None
+            }
+        });
+        if let Some(reason_code) = refusal {
+            self.deciding = false;
+            self.refuse_connect(reason_code, ConnAckProperties::default());
+            self.flush_close(now);
+            return Err(Error::NotAllowed(reason_code));
+        }
+        if maximum_qos.is_some() || retain_unavailable {
+            self.announced = Some(Box::new(Announced {
+                maximum_qos,
+                retain_unavailable,
+            }));
         }
         let receive_maximum = properties.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
 
@@ -664,11 +706,14 @@ impl ServerConnection {
                     format!("{:?} before CONNACK", packet.packet_type()),
                 );
             }
-            Packet::Publish(publish) => {
-                if let Some(message) = self.core.on_publish(publish) {
-                    self.events.push_back(ServerEvent::Message(message));
+            Packet::Publish(publish) => match self.beyond_announced(&publish) {
+                Some((reason_code, detail)) => self.core.violation(reason_code, detail.into()),
+                None => {
+                    if let Some(message) = self.core.on_publish(publish) {
+                        self.events.push_back(ServerEvent::Message(message));
+                    }
                 }
-            }
+            },
             ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
                 if let Some(outcome) = self.core.on_ack(ack, now) {
                     self.events.push_back(match outcome {
@@ -700,6 +745,26 @@ impl ServerConnection {
                 ReasonCode::ProtocolError,
                 format!("a client does not send {:?}", other.packet_type()),
             ),
+        }
+    }
+
+    /// Why `publish` goes beyond what the CONNACK announced, if it does: a QoS above Maximum
+    /// QoS (MQTT-3.2.2-11), or RETAIN where retained messages are not available
+    /// (MQTT-3.2.2-14).
+    fn beyond_announced(&self, publish: &Publish) -> Option<(ReasonCode, &'static str)> {
+        let announced = self.announced.as_deref()?;
+        if announced.maximum_qos.is_some_and(|max| publish.qos > max) {
+            Some((
+                ReasonCode::QoSNotSupported,
+                "PUBLISH above the announced Maximum QoS",
+            ))
+        } else if publish.retain && announced.retain_unavailable {
+            Some((
+                ReasonCode::RetainNotSupported,
+                "retained PUBLISH though Retain Available is 0",
+            ))
+        } else {
+            None
         }
     }
 
