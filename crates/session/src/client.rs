@@ -10,7 +10,7 @@ use rallymq_codec::{
     TopicFilter, Unsubscribe, UnsubscribeProperties,
 };
 
-use crate::core::{Core, Outcome, Phase, fit_reason_code};
+use crate::core::{Core, Outcome, Phase, fit_reason_code, repeat_authentication_method};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::{
@@ -199,11 +199,38 @@ impl ClientConnection {
         self.core.acknowledge(handle, reason_code);
     }
 
-    /// Sends an AUTH packet (MQTT 5 extended authentication).
-    pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
+    /// Sends an AUTH packet (MQTT 5 extended authentication), which only a client whose CONNECT
+    /// gave an Authentication Method may send (MQTT-4.12.0-7). Before CONNACK its reason code
+    /// is 0x18 Continue authentication (MQTT-4.12.0-3); after, 0x19 starts a
+    /// re-authentication and 0x18 continues one. It carries the CONNECT's Authentication
+    /// Method, filled in if left out (MQTT-4.12.0-5, MQTT-4.12.1-1).
+    pub fn send_auth(&mut self, mut auth: Auth) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
+        let method = self
+            .config
+            .connect
+            .properties
+            .authentication_method
+            .as_ref()
+            .ok_or(Error::InvalidState(
+                "no Authentication Method in CONNECT, so no AUTH",
+            ))?;
+        let allowed: &[ReasonCode] = if self.core.phase == Phase::Connected {
+            &[
+                ReasonCode::ReAuthenticate,
+                ReasonCode::ContinueAuthentication,
+            ]
+        } else {
+            &[ReasonCode::ContinueAuthentication]
+        };
+        if !allowed.contains(&auth.reason_code) {
+            return Err(Error::InvalidState(
+                "a client's AUTH continues authentication (0x18), or starts a re-authentication (0x19)",
+            ));
+        }
+        repeat_authentication_method(&mut auth.properties.authentication_method, Some(method))?;
         self.core.send(Packet::Auth(auth))
     }
 
@@ -397,7 +424,23 @@ impl ClientConnection {
                 reason_code: disconnect.reason_code,
                 properties: disconnect.properties.into_inner(),
             }),
-            Packet::Auth(auth) => self.events.push_back(ClientEvent::Auth(auth)),
+            Packet::Auth(auth) => {
+                let ours = self
+                    .config
+                    .connect
+                    .properties
+                    .authentication_method
+                    .as_ref();
+                if ours.is_none() || auth.properties.authentication_method.as_ref() != ours {
+                    // MQTT-4.12.0-5, and MQTT-4.12.0-6 from the server's side.
+                    self.core.violation(
+                        ReasonCode::ProtocolError,
+                        "AUTH without this client's Authentication Method".into(),
+                    );
+                } else {
+                    self.events.push_back(ClientEvent::Auth(auth));
+                }
+            }
             other => self.core.violation(
                 ReasonCode::ProtocolError,
                 format!("a server does not send {:?}", other.packet_type()),
@@ -420,6 +463,16 @@ impl ClientConnection {
         }
         if connack.reason_code.is_error() {
             self.core.close(CloseReason::Refused(connack.reason_code));
+            return;
+        }
+        if connack.properties.authentication_method
+            != self.config.connect.properties.authentication_method
+        {
+            // A successful CONNACK repeats the CONNECT's method, if any (MQTT-4.12.0-5, -6).
+            self.core.violation(
+                ReasonCode::ProtocolError,
+                "CONNACK without this client's Authentication Method".into(),
+            );
             return;
         }
         let properties = &connack.properties;

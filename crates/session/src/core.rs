@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use rallymq_codec::{
-    Ack, Decoder, Disconnect, Packet, PacketId, PacketType, ProtocolVersion, Publish, QoS,
-    ReasonCode,
+    Ack, Decoder, Disconnect, MqttString, Packet, PacketId, PacketType, ProtocolVersion, Publish,
+    QoS, ReasonCode,
 };
 
 use crate::alias::{AliasError, IncomingAliases, OutgoingAliases};
@@ -481,6 +481,26 @@ impl Core {
             complete.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
         self.send_control(Packet::PubComp(complete));
+    }
+}
+
+/// Sets the Authentication Method of an outgoing AUTH or successful CONNACK to `method`, the
+/// CONNECT's, which it must repeat (MQTT-4.12.0-5), where the caller left it out. Fails if the
+/// caller named another method, or one when the CONNECT had none (MQTT-4.12.0-6).
+pub(crate) fn repeat_authentication_method(
+    slot: &mut Option<MqttString>,
+    method: Option<&MqttString>,
+) -> Result<(), Error> {
+    match (method, slot.as_ref()) {
+        (Some(method), None) => {
+            *slot = Some(method.clone());
+            Ok(())
+        }
+        (Some(method), Some(given)) if given == method => Ok(()),
+        (None, None) => Ok(()),
+        _ => Err(Error::InvalidState(
+            "AUTH and CONNACK carry the CONNECT's Authentication Method, and none without one",
+        )),
     }
 }
 

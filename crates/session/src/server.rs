@@ -10,7 +10,7 @@ use rallymq_codec::{
     SubAckProperties, UnsubAck, Will,
 };
 
-use crate::core::{Core, Outcome, Phase, fit_reason_code};
+use crate::core::{Core, Outcome, Phase, fit_reason_code, repeat_authentication_method};
 use crate::inbound::Inbound;
 use crate::lazy::{LazyDeque, LazyMap};
 use crate::outbound::Outbound;
@@ -88,14 +88,17 @@ pub struct Accept {
     pub properties: ConnAckProperties,
 }
 
-/// Limits the CONNACK announced that the client's PUBLISH packets are held to. Boxed, and only
-/// allocated when the server announced one: most servers support QoS 2 and retained messages.
+/// What the CONNECT and CONNACK settled that later packets are held to. Boxed, and only
+/// allocated when there is something to hold to: most clients do not use extended
+/// authentication, and most servers support QoS 2 and retained messages.
 #[derive(Debug, Default)]
-struct Announced {
+struct Negotiated {
     /// Maximum QoS below 2 (MQTT-3.2.2-9): a PUBLISH above it is answered with 0x9B.
     maximum_qos: Option<QoS>,
     /// Retain Available 0: a retained PUBLISH is answered with 0x9A.
     retain_unavailable: bool,
+    /// The client's Authentication Method, which every AUTH repeats (MQTT-4.12.0-5).
+    authentication_method: Option<MqttString>,
 }
 
 /// The server side of one MQTT connection, as a state machine. See the crate docs for the
@@ -123,8 +126,8 @@ pub struct ServerConnection {
     will_due_at: Option<Timestamp>,
     /// CONNACK with success was sent.
     accepted: bool,
-    /// What the CONNACK announced, when it limits the client's PUBLISH packets.
-    announced: Option<Box<Announced>>,
+    /// What the CONNECT and CONNACK settled, when it holds later packets to something.
+    negotiated: Option<Box<Negotiated>>,
 }
 
 impl ServerConnection {
@@ -163,7 +166,7 @@ impl ServerConnection {
             will: None,
             will_due_at: None,
             accepted: false,
-            announced: None,
+            negotiated: None,
         }
     }
 
@@ -203,6 +206,19 @@ impl ServerConnection {
         let client_properties = connect.properties.clone();
 
         let mut properties = accept.properties;
+        if version.is_v5() {
+            repeat_authentication_method(
+                &mut properties.authentication_method,
+                client_properties.authentication_method.as_ref(),
+            )?;
+            if client_properties.authentication_method.is_none()
+                && properties.authentication_data.is_some()
+            {
+                return Err(Error::InvalidState(
+                    "Authentication Data for a client that gave no Authentication Method",
+                ));
+            }
+        }
         if let Some(expiry) = properties.session_expiry_interval {
             self.session_expiry_interval = expiry;
         }
@@ -255,10 +271,9 @@ impl ServerConnection {
             return Err(Error::NotAllowed(reason_code));
         }
         if maximum_qos.is_some() || retain_unavailable {
-            self.announced = Some(Box::new(Announced {
-                maximum_qos,
-                retain_unavailable,
-            }));
+            let negotiated = self.negotiated.get_or_insert_default();
+            negotiated.maximum_qos = maximum_qos;
+            negotiated.retain_unavailable = retain_unavailable;
         }
         let receive_maximum = properties.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
 
@@ -403,14 +418,36 @@ impl ServerConnection {
         self.core.acknowledge(handle, reason_code);
     }
 
-    /// Sends an AUTH packet (MQTT 5 extended authentication), before or after accepting.
-    pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
+    /// Sends an AUTH packet (MQTT 5 extended authentication), before or after accepting, to a
+    /// client that gave an Authentication Method (MQTT-4.12.0-6). Before CONNACK its reason
+    /// code is 0x18 Continue authentication (MQTT-4.12.0-2); after, 0x18 or 0x00 Success to end
+    /// a re-authentication. It carries the client's Authentication Method, filled in if left
+    /// out (MQTT-4.12.0-5).
+    pub fn send_auth(&mut self, mut auth: Auth) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
         if !self.core.version.is_v5() {
             return Err(Error::InvalidState("AUTH needs MQTT 5"));
         }
+        let method = self
+            .negotiated
+            .as_deref()
+            .and_then(|n| n.authentication_method.as_ref())
+            .ok_or(Error::InvalidState(
+                "the client gave no Authentication Method, so it gets no AUTH",
+            ))?;
+        let allowed: &[ReasonCode] = if self.core.phase == Phase::Connected {
+            &[ReasonCode::ContinueAuthentication, ReasonCode::Success]
+        } else {
+            &[ReasonCode::ContinueAuthentication]
+        };
+        if !allowed.contains(&auth.reason_code) {
+            return Err(Error::InvalidState(
+                "a server's AUTH continues authentication (0x18), or ends a re-authentication (0x00)",
+            ));
+        }
+        repeat_authentication_method(&mut auth.properties.authentication_method, Some(method))?;
         self.core.send(Packet::Auth(auth))
     }
 
@@ -752,13 +789,13 @@ impl ServerConnection {
     /// QoS (MQTT-3.2.2-11), or RETAIN where retained messages are not available
     /// (MQTT-3.2.2-14).
     fn beyond_announced(&self, publish: &Publish) -> Option<(ReasonCode, &'static str)> {
-        let announced = self.announced.as_deref()?;
-        if announced.maximum_qos.is_some_and(|max| publish.qos > max) {
+        let negotiated = self.negotiated.as_deref()?;
+        if negotiated.maximum_qos.is_some_and(|max| publish.qos > max) {
             Some((
                 ReasonCode::QoSNotSupported,
                 "PUBLISH above the announced Maximum QoS",
             ))
-        } else if publish.retain && announced.retain_unavailable {
+        } else if publish.retain && negotiated.retain_unavailable {
             Some((
                 ReasonCode::RetainNotSupported,
                 "retained PUBLISH though Retain Available is 0",
@@ -783,6 +820,11 @@ impl ServerConnection {
             // The client's limit holds from its CONNECT on: for AUTH and a refusing CONNACK too.
             self.core.peer_max_packet_size =
                 connect.properties.maximum_packet_size.map(NonZeroU32::get);
+            if let Some(method) = &connect.properties.authentication_method {
+                self.negotiated
+                    .get_or_insert_default()
+                    .authentication_method = Some(method.clone());
+            }
         }
         self.keep_alive = connect.keep_alive;
         self.session_expiry_interval = if version.is_v5() {
