@@ -580,3 +580,118 @@ fn mqtt_3_6_1_1_pubrel_flags_are_0010() {
         0x62
     );
 }
+
+// ------------------------------------------------------------------ the same rules at level 5
+
+/// A DISCONNECT whose Reason String is `reason`.
+fn disconnect_with_reason(reason: &[u8]) -> Vec<u8> {
+    let mut properties = vec![0x1F];
+    properties.extend(field(reason));
+    let mut body = vec![0x80, properties.len() as u8];
+    body.extend(&properties);
+    packet(0xE0, &body)
+}
+
+#[test]
+fn mqtt_1_5_4_1_ill_formed_utf8_in_an_mqtt_5_string_is_malformed() {
+    for ill in [&SURROGATE[..], &[0xC0, 0x80], &[b'a', 0xFF]] {
+        assert_ill_formed(decoded_v5(&disconnect_with_reason(ill)));
+        assert_ill_formed(decoded_v5(&publish_bytes(ill, &[])));
+        assert_ill_formed(decoded(&connect(CLEAN, &field(ill))));
+    }
+}
+
+#[test]
+fn mqtt_1_5_4_2_null_character_in_an_mqtt_5_string_is_malformed() {
+    for error in [
+        refused(decoded_v5(&disconnect_with_reason(b"no\0pe"))),
+        refused(decoded_v5(&publish_bytes(b"a\0b", &[]))),
+        refused(decoded(&connect(CLEAN, &field(b"\0")))),
+    ] {
+        assert!(
+            matches!(
+                error,
+                Error::NullCharacter | Error::TopicName(rallymq_topic::Error::NullCharacter)
+            ),
+            "{error:?}"
+        );
+        assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+    }
+}
+
+#[test]
+fn mqtt_3_1_2_11_will_qos_without_the_will_flag_is_malformed() {
+    for will_qos in [0x08, 0x10] {
+        let error = refused(decoded(&connect(CLEAN | will_qos, &field(b"c"))));
+        assert_eq!(error, Error::InvalidWillFlags);
+        assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+    }
+}
+
+#[test]
+fn mqtt_3_1_2_12_will_qos_is_0_1_or_2() {
+    let mut payload = field(b"c");
+    payload.push(0);
+    payload.extend(field(b"w"));
+    payload.extend(field(b"p"));
+    for (bits, qos) in [
+        (0x00, QoS::AtMostOnce),
+        (0x08, QoS::AtLeastOnce),
+        (0x10, QoS::ExactlyOnce),
+    ] {
+        let Ok(Some(Packet::Connect(read))) = decoded(&connect(CLEAN | WILL | bits, &payload))
+        else {
+            panic!("a CONNECT with will QoS {qos:?}")
+        };
+        assert_eq!(read.will.map(|w| w.qos), Some(qos));
+    }
+    let error = refused(decoded(&connect(CLEAN | WILL | 0x18, &payload)));
+    assert_eq!(error, Error::InvalidWillFlags);
+    assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+}
+
+#[test]
+fn mqtt_3_1_2_13_will_retain_without_the_will_flag_is_malformed() {
+    let error = refused(decoded(&connect(CLEAN | 0x20, &field(b"c"))));
+    assert_eq!(error, Error::InvalidWillFlags);
+    assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+}
+
+#[test]
+fn mqtt_3_2_2_1_connack_reserved_flags_are_0() {
+    for flags in [0x02u8, 0x80, 0xFE] {
+        let error = refused(decoded_v5(&[0x20, 0x03, flags, 0x00, 0x00]));
+        assert_eq!(error, Error::ReservedConnAckFlags);
+        assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+    }
+    let mut connack = rallymq_codec::ConnAck {
+        session_present: true,
+        ..Default::default()
+    };
+    assert_eq!(encoded(connack.clone())[2], 0x01);
+    connack.session_present = false;
+    assert_eq!(encoded(connack)[2], 0x00);
+}
+
+#[test]
+fn mqtt_3_3_1_2_dup_on_an_mqtt_5_qos_0_publish_is_malformed() {
+    let error = refused(decoded_v5(&[0x38, 0x04, 0x00, 0x01, b'a', 0x00]));
+    assert_eq!(error, Error::DupOnQoS0);
+    assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+    let mut publish = Publish::new(TopicName::new("a").unwrap(), "");
+    publish.dup = true;
+    assert_eq!(
+        Packet::Publish(publish).to_bytes(V5),
+        Err(Error::DupOnQoS0),
+        "nor is one written"
+    );
+}
+
+#[test]
+fn mqtt_3_3_1_4_mqtt_5_publish_with_both_qos_bits_set_is_malformed() {
+    let error = refused(decoded_v5(&[
+        0x36, 0x06, 0x00, 0x01, b'a', 0x00, 0x01, 0x00,
+    ]));
+    assert_eq!(error, Error::InvalidQoS);
+    assert_eq!(error.reason_code(), ReasonCode::MalformedPacket);
+}
