@@ -10,7 +10,7 @@ use rallymq_codec::{
     TopicFilter, Unsubscribe, UnsubscribeProperties,
 };
 
-use crate::core::{Core, Outcome, Phase, fit_reason_code, repeat_authentication_method};
+use crate::core::{Core, Outcome, Phase, fit_reason_code};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::{
@@ -204,34 +204,15 @@ impl ClientConnection {
     /// is 0x18 Continue authentication (MQTT-4.12.0-3); after, 0x19 starts a
     /// re-authentication and 0x18 continues one. It carries the CONNECT's Authentication
     /// Method, filled in if left out (MQTT-4.12.0-5, MQTT-4.12.1-1).
-    pub fn send_auth(&mut self, mut auth: Auth) -> Result<(), Error> {
-        if self.core.is_closed() {
-            return Err(Error::Closed);
-        }
+    pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
         let method = self
             .config
             .connect
             .properties
             .authentication_method
-            .as_ref()
-            .ok_or(Error::InvalidState(
-                "no Authentication Method in CONNECT, so no AUTH",
-            ))?;
-        let allowed: &[ReasonCode] = if self.core.phase == Phase::Connected {
-            &[
-                ReasonCode::ReAuthenticate,
-                ReasonCode::ContinueAuthentication,
-            ]
-        } else {
-            &[ReasonCode::ContinueAuthentication]
-        };
-        if !allowed.contains(&auth.reason_code) {
-            return Err(Error::InvalidState(
-                "a client's AUTH continues authentication (0x18), or starts a re-authentication (0x19)",
-            ));
-        }
-        repeat_authentication_method(&mut auth.properties.authentication_method, Some(method))?;
-        self.core.send(Packet::Auth(auth))
+            .as_ref();
+        self.core
+            .send_auth(auth, method, ReasonCode::ReAuthenticate)
     }
 
     /// Sends DISCONNECT and closes. With MQTT 5, `disconnect` carries the reason (0x04 asks the

@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use rallymq_codec::{
-    Ack, Decoder, Disconnect, MqttString, Packet, PacketId, PacketType, ProtocolVersion, Publish,
-    QoS, ReasonCode,
+    Ack, Auth, Decoder, Disconnect, MqttString, Packet, PacketId, PacketType, ProtocolVersion,
+    Publish, QoS, ReasonCode,
 };
 
 use crate::alias::{AliasError, IncomingAliases, OutgoingAliases};
@@ -192,6 +192,38 @@ impl Core {
         if self.send(packet).is_err() {
             self.dropped += 1;
         }
+    }
+
+    /// Sends an AUTH on a connection whose CONNECT gave Authentication Method `method`; without
+    /// one there is no AUTH at all (MQTT-4.12.0-6, -7). Before CONNACK an AUTH continues the
+    /// authentication, 0x18 (MQTT-4.12.0-2, -3); after it, `connected_code` is the other code
+    /// this side may send: 0x19 for a client starting a re-authentication, 0x00 for a server
+    /// ending one. The method is filled in where left out (MQTT-4.12.0-5, MQTT-4.12.1-1).
+    pub(crate) fn send_auth(
+        &mut self,
+        mut auth: Auth,
+        method: Option<&MqttString>,
+        connected_code: ReasonCode,
+    ) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let Some(method) = method else {
+            return Err(Error::InvalidState(
+                "no Authentication Method in CONNECT, so no AUTH",
+            ));
+        };
+        let code = auth.reason_code;
+        if code != ReasonCode::ContinueAuthentication
+            && !(self.phase == Phase::Connected && code == connected_code)
+        {
+            return Err(Error::InvalidState(
+                "AUTH continues authentication (0x18); after CONNACK a client may also start a \
+                 re-authentication (0x19) and a server end one (0x00)",
+            ));
+        }
+        repeat_authentication_method(&mut auth.properties.authentication_method, Some(method))?;
+        self.send(Packet::Auth(auth))
     }
 
     /// Releases the receive and transmit buffers when they hold nothing.

@@ -423,7 +423,7 @@ impl ServerConnection {
     /// code is 0x18 Continue authentication (MQTT-4.12.0-2); after, 0x18 or 0x00 Success to end
     /// a re-authentication. It carries the client's Authentication Method, filled in if left
     /// out (MQTT-4.12.0-5).
-    pub fn send_auth(&mut self, mut auth: Auth) -> Result<(), Error> {
+    pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
@@ -433,22 +433,8 @@ impl ServerConnection {
         let method = self
             .negotiated
             .as_deref()
-            .and_then(|n| n.authentication_method.as_ref())
-            .ok_or(Error::InvalidState(
-                "the client gave no Authentication Method, so it gets no AUTH",
-            ))?;
-        let allowed: &[ReasonCode] = if self.core.phase == Phase::Connected {
-            &[ReasonCode::ContinueAuthentication, ReasonCode::Success]
-        } else {
-            &[ReasonCode::ContinueAuthentication]
-        };
-        if !allowed.contains(&auth.reason_code) {
-            return Err(Error::InvalidState(
-                "a server's AUTH continues authentication (0x18), or ends a re-authentication (0x00)",
-            ));
-        }
-        repeat_authentication_method(&mut auth.properties.authentication_method, Some(method))?;
-        self.core.send(Packet::Auth(auth))
+            .and_then(|n| n.authentication_method.as_ref());
+        self.core.send_auth(auth, method, ReasonCode::Success)
     }
 
     /// Closes the connection, telling an MQTT 5 client why with DISCONNECT (0x8B Server
