@@ -951,17 +951,30 @@ async fn mqtt_3_8_4_5_several_filters_are_handled_as_several_subscribes() {
     broker.shutdown(SHUTDOWN).await;
 }
 
-#[tokio::test]
-async fn mqtt_3_8_4_7_suback_codes_give_the_granted_qos() {
+/// The SUBACK codes of one SUBSCRIBE of `filters` at their QoS.
+async fn suback_codes(filters: &[(&str, QoS)]) -> Vec<ReasonCode> {
     let broker = start_broker(|_| {}).await;
     let mut sub = client(tcp_addr(&broker), "granted").await;
     let codes = sub
-        .subscribe(vec![
-            subscription("g/0", QoS::AtMostOnce),
-            subscription("g/1", QoS::AtLeastOnce),
-            subscription("g/2", QoS::ExactlyOnce),
-        ])
+        .subscribe(
+            filters
+                .iter()
+                .map(|(f, qos)| subscription(f, *qos))
+                .collect(),
+        )
         .await;
+    broker.shutdown(SHUTDOWN).await;
+    codes
+}
+
+#[tokio::test]
+async fn mqtt_3_8_4_7_suback_codes_give_the_granted_qos() {
+    let codes = suback_codes(&[
+        ("g/0", QoS::AtMostOnce),
+        ("g/1", QoS::AtLeastOnce),
+        ("g/2", QoS::ExactlyOnce),
+    ])
+    .await;
     assert_eq!(
         codes,
         [
@@ -970,7 +983,6 @@ async fn mqtt_3_8_4_7_suback_codes_give_the_granted_qos() {
             ReasonCode::GrantedQoS2
         ]
     );
-    broker.shutdown(SHUTDOWN).await;
 }
 
 #[tokio::test]
@@ -991,16 +1003,13 @@ async fn mqtt_3_8_4_8_delivery_qos_is_the_lower_of_published_and_granted() {
 
 #[tokio::test]
 async fn mqtt_3_9_3_1_suback_codes_follow_the_filter_order() {
-    let broker = start_broker(|_| {}).await;
-    let mut sub = client(tcp_addr(&broker), "order").await;
-    let codes = sub
-        .subscribe(vec![
-            subscription("o/2", QoS::ExactlyOnce),
-            subscription("o/0", QoS::AtMostOnce),
-            subscription("o/1", QoS::AtLeastOnce),
-            subscription("o/2b", QoS::ExactlyOnce),
-        ])
-        .await;
+    let codes = suback_codes(&[
+        ("o/2", QoS::ExactlyOnce),
+        ("o/0", QoS::AtMostOnce),
+        ("o/1", QoS::AtLeastOnce),
+        ("o/2b", QoS::ExactlyOnce),
+    ])
+    .await;
     assert_eq!(
         codes,
         [
@@ -1010,7 +1019,6 @@ async fn mqtt_3_9_3_1_suback_codes_follow_the_filter_order() {
             ReasonCode::GrantedQoS2
         ]
     );
-    broker.shutdown(SHUTDOWN).await;
 }
 
 #[tokio::test]

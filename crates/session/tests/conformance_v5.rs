@@ -1621,6 +1621,27 @@ fn pair_with_pending_ack(qos: QoS) -> (Pair, rallymq_session::AckHandle) {
     (pair, handle)
 }
 
+/// The reason code that goes out when the server acknowledges a QoS `qos` message with
+/// `given`. Decoding it checks that its packet type defines it.
+fn acknowledged_as(qos: QoS, given: ReasonCode) -> ReasonCode {
+    let (mut pair, handle) = pair_with_pending_ack(qos);
+    pair.server.acknowledge(handle, given);
+    pair.drive();
+    let kind = if qos == QoS::AtLeastOnce {
+        PacketType::PubAck
+    } else {
+        PacketType::PubRec
+    };
+    let answers: Vec<_> = ack_packets(&pair.packets_to_client(V5))
+        .into_iter()
+        .filter(|(k, ..)| *k == kind)
+        .collect();
+    match answers.as_slice() {
+        [(_, 1, code)] => *code,
+        other => panic!("{given:?}: {other:?}"),
+    }
+}
+
 #[test]
 fn mqtt_3_4_2_1_puback_carries_only_puback_reason_codes() {
     for (given, sent) in [
@@ -1633,12 +1654,7 @@ fn mqtt_3_4_2_1_puback_carries_only_puback_reason_codes() {
         (ReasonCode::SessionTakenOver, ReasonCode::UnspecifiedError),
         (ReasonCode::GrantedQoS2, ReasonCode::Success),
     ] {
-        let (mut pair, handle) = pair_with_pending_ack(QoS::AtLeastOnce);
-        pair.server.acknowledge(handle, given);
-        pair.drive();
-        // Decoding refuses a code the packet cannot carry.
-        let answered = ack_packets(&pair.packets_to_client(V5));
-        assert_eq!(answered, [(PacketType::PubAck, 1, sent)], "{given:?}");
+        assert_eq!(acknowledged_as(QoS::AtLeastOnce, given), sent, "{given:?}");
     }
 }
 
@@ -1656,14 +1672,7 @@ fn mqtt_3_5_2_1_pubrec_carries_only_pubrec_reason_codes() {
         (ReasonCode::KeepAliveTimeout, ReasonCode::UnspecifiedError),
         (ReasonCode::GrantedQoS1, ReasonCode::Success),
     ] {
-        let (mut pair, handle) = pair_with_pending_ack(QoS::ExactlyOnce);
-        pair.server.acknowledge(handle, given);
-        pair.drive();
-        let answered: Vec<_> = ack_packets(&pair.packets_to_client(V5))
-            .into_iter()
-            .filter(|(kind, ..)| *kind == PacketType::PubRec)
-            .collect();
-        assert_eq!(answered, [(PacketType::PubRec, 1, sent)], "{given:?}");
+        assert_eq!(acknowledged_as(QoS::ExactlyOnce, given), sent, "{given:?}");
     }
 }
 
@@ -1747,43 +1756,75 @@ fn mqtt_3_8_1_1_subscribe_with_wrong_flags_is_malformed() {
     );
 }
 
-#[test]
-fn mqtt_3_8_4_6_suback_has_one_reason_code_per_subscription() {
+/// A connected pair whose server answers by hand, with a request pending: SUBSCRIBE (`kind`
+/// SUBACK) or UNSUBSCRIBE (UNSUBACK) with identifier 1 and these `filters`.
+fn pair_with_request(kind: PacketType, filters: &[&str]) -> Pair {
     let mut pair = Pair::connected(V5);
     pair.auto_broker = false;
-    pair.inject_to_server(&wire(subscribe_packet(
-        1,
-        &[("a", QoS::AtMostOnce), ("b", QoS::AtLeastOnce)],
-    )));
-    for codes in [vec![ReasonCode::Success], vec![ReasonCode::Success; 3]] {
-        assert!(
-            matches!(
-                pair.server
-                    .answer_subscribe(pid(1), codes.clone(), SubAckProperties::default()),
-                Err(Error::InvalidState(_))
-            ),
-            "{codes:?}"
-        );
+    let request = if kind == PacketType::SubAck {
+        let filters: Vec<(&str, QoS)> = filters.iter().map(|f| (*f, QoS::AtMostOnce)).collect();
+        subscribe_packet(1, &filters)
+    } else {
+        unsubscribe_packet(1, filters)
+    };
+    pair.inject_to_server(&wire(request));
+    pair
+}
+
+/// Answers the pending request 1 of `pair` with `codes`.
+fn answer(pair: &mut Pair, kind: PacketType, codes: Vec<ReasonCode>) -> Result<(), Error> {
+    let properties = SubAckProperties::default();
+    if kind == PacketType::SubAck {
+        pair.server.answer_subscribe(pid(1), codes, properties)
+    } else {
+        pair.server.answer_unsubscribe(pid(1), codes, properties)
     }
-    pair.server
-        .answer_subscribe(
-            pid(1),
-            vec![ReasonCode::Success, ReasonCode::GrantedQoS1],
-            SubAckProperties::default(),
-        )
-        .unwrap();
-    pair.drive();
-    let subacks: Vec<Vec<ReasonCode>> = pair
-        .packets_to_client(V5)
+}
+
+/// The reason codes of the `kind` answers the client received on the wire.
+fn answered_codes(pair: &Pair, kind: PacketType) -> Vec<Vec<ReasonCode>> {
+    pair.packets_to_client(V5)
         .into_iter()
         .filter_map(|p| match p {
-            Packet::SubAck(s) => Some(s.reason_codes),
+            Packet::SubAck(s) if kind == PacketType::SubAck => Some(s.reason_codes),
+            Packet::UnsubAck(u) if kind == PacketType::UnsubAck => Some(u.reason_codes),
             _ => None,
         })
-        .collect();
-    assert_eq!(
-        subacks,
-        [vec![ReasonCode::Success, ReasonCode::GrantedQoS1]]
+        .collect()
+}
+
+/// Asserts that answering the pending request of `pair` with each of `refused` fails, leaving
+/// it pending, and that `accepted` then goes out.
+fn assert_answers(
+    pair: &mut Pair,
+    kind: PacketType,
+    refused: &[Vec<ReasonCode>],
+    accepted: Vec<ReasonCode>,
+) {
+    for codes in refused {
+        assert!(
+            matches!(
+                answer(pair, kind, codes.clone()),
+                Err(Error::InvalidState(_))
+            ),
+            "{kind:?} {codes:?}"
+        );
+    }
+    answer(pair, kind, accepted.clone()).unwrap();
+    pair.drive();
+    assert_eq!(answered_codes(pair, kind), [accepted]);
+    assert!(pair.client.is_connected());
+}
+
+#[test]
+fn mqtt_3_8_4_6_suback_has_one_reason_code_per_subscription() {
+    let kind = PacketType::SubAck;
+    let mut pair = pair_with_request(kind, &["a", "b"]);
+    assert_answers(
+        &mut pair,
+        kind,
+        &[vec![ReasonCode::Success], vec![ReasonCode::Success; 3]],
+        vec![ReasonCode::Success, ReasonCode::GrantedQoS1],
     );
 }
 
@@ -1798,89 +1839,89 @@ fn small_client_pair(max: u32) -> Pair {
     pair
 }
 
-fn suback_properties(pair: &Pair) -> Vec<SubAckProperties> {
-    pair.packets_to_client(V5)
+/// The properties of the answer the client receives when the server answers a `kind` request
+/// with `properties`, the client accepting packets of at most 24 bytes.
+fn answered_properties(kind: PacketType, properties: SubAckProperties) -> SubAckProperties {
+    let mut pair = small_client_pair(24);
+    let (request, code) = if kind == PacketType::SubAck {
+        (
+            subscribe_packet(1, &[("a", QoS::AtMostOnce)]),
+            ReasonCode::Success,
+        )
+    } else {
+        (
+            unsubscribe_packet(1, &["a"]),
+            ReasonCode::NoSubscriptionExisted,
+        )
+    };
+    pair.inject_to_server(&wire(request));
+    let sent = if kind == PacketType::SubAck {
+        pair.server.answer_subscribe(pid(1), vec![code], properties)
+    } else {
+        pair.server
+            .answer_unsubscribe(pid(1), vec![code], properties)
+    };
+    sent.unwrap();
+    pair.drive();
+    assert!(pair.client.is_connected());
+    let answers: Vec<SubAckProperties> = pair
+        .packets_to_client(V5)
         .into_iter()
         .filter_map(|p| match p {
             Packet::SubAck(s) => Some(s.properties.into_inner()),
             Packet::UnsubAck(u) => Some(u.properties.into_inner()),
             _ => None,
         })
-        .collect()
+        .collect();
+    match answers.as_slice() {
+        [properties] => properties.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn reason_string(value: MqttString) -> SubAckProperties {
+    SubAckProperties {
+        reason_string: Some(value),
+        ..Default::default()
+    }
+}
+
+fn long_user_property() -> SubAckProperties {
+    SubAckProperties {
+        user_properties: vec![UserProperty::new("k", "v".repeat(30)).unwrap()],
+        ..Default::default()
+    }
 }
 
 #[test]
 fn mqtt_3_9_2_1_suback_reason_string_left_out_over_the_client_maximum_packet_size() {
-    let mut pair = small_client_pair(24);
-    pair.inject_to_server(&wire(subscribe_packet(1, &[("a", QoS::AtMostOnce)])));
-    pair.inject_to_server(&wire(subscribe_packet(2, &[("b", QoS::AtMostOnce)])));
-    for (id, reason) in [(1, long_text(64)), (2, text("ok"))] {
-        pair.server
-            .answer_subscribe(
-                pid(id),
-                vec![ReasonCode::Success],
-                SubAckProperties {
-                    reason_string: Some(reason),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-    }
-    pair.drive();
-    let reasons: Vec<Option<MqttString>> = suback_properties(&pair)
-        .into_iter()
-        .map(|p| p.reason_string)
-        .collect();
-    assert_eq!(reasons, [None, Some(text("ok"))], "kept where it fits");
+    let kind = PacketType::SubAck;
+    let left_out = answered_properties(kind, reason_string(long_text(64)));
+    assert_eq!(left_out, SubAckProperties::default());
+    let kept = answered_properties(kind, reason_string(text("ok")));
+    assert_eq!(kept, reason_string(text("ok")), "kept where it fits");
 }
 
 #[test]
 fn mqtt_3_9_2_2_suback_user_properties_left_out_over_the_client_maximum_packet_size() {
-    let mut pair = small_client_pair(24);
-    pair.inject_to_server(&wire(subscribe_packet(1, &[("a", QoS::AtMostOnce)])));
-    pair.server
-        .answer_subscribe(
-            pid(1),
-            vec![ReasonCode::Success],
-            SubAckProperties {
-                user_properties: vec![UserProperty::new("k", "v".repeat(30)).unwrap()],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    pair.drive();
-    assert_eq!(suback_properties(&pair), [SubAckProperties::default()]);
-    assert!(pair.client.is_connected());
+    let answered = answered_properties(PacketType::SubAck, long_user_property());
+    assert_eq!(answered, SubAckProperties::default());
 }
 
 #[test]
 fn mqtt_3_9_3_2_suback_carries_only_subscribe_reason_codes() {
-    let mut pair = Pair::connected(V5);
-    pair.auto_broker = false;
-    pair.inject_to_server(&wire(subscribe_packet(1, &[("a", QoS::AtMostOnce)])));
-    for code in [
-        ReasonCode::NoSubscriptionExisted,
-        ReasonCode::SessionTakenOver,
-        ReasonCode::DisconnectWithWillMessage,
-    ] {
-        assert!(
-            matches!(
-                pair.server
-                    .answer_subscribe(pid(1), vec![code], SubAckProperties::default()),
-                Err(Error::InvalidState(_))
-            ),
-            "{code:?}"
-        );
-    }
-    pair.server
-        .answer_subscribe(
-            pid(1),
-            vec![ReasonCode::WildcardSubscriptionsNotSupported],
-            SubAckProperties::default(),
-        )
-        .unwrap();
-    pair.drive();
-    assert!(pair.client.is_connected());
+    let kind = PacketType::SubAck;
+    let mut pair = pair_with_request(kind, &["a"]);
+    assert_answers(
+        &mut pair,
+        kind,
+        &[
+            vec![ReasonCode::NoSubscriptionExisted],
+            vec![ReasonCode::SessionTakenOver],
+            vec![ReasonCode::DisconnectWithWillMessage],
+        ],
+        vec![ReasonCode::WildcardSubscriptionsNotSupported],
+    );
 }
 
 #[test]
@@ -1932,99 +1973,41 @@ fn mqtt_3_10_4_3_deliveries_under_way_complete_after_unsubscribe() {
 
 #[test]
 fn mqtt_3_11_2_1_unsuback_reason_string_left_out_over_the_client_maximum_packet_size() {
-    let mut pair = small_client_pair(24);
-    pair.inject_to_server(&wire(unsubscribe_packet(1, &["a"])));
-    pair.server
-        .answer_unsubscribe(
-            pid(1),
-            vec![ReasonCode::NoSubscriptionExisted],
-            SubAckProperties {
-                reason_string: Some(long_text(64)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    pair.drive();
-    assert_eq!(suback_properties(&pair), [SubAckProperties::default()]);
+    let answered = answered_properties(PacketType::UnsubAck, reason_string(long_text(64)));
+    assert_eq!(answered, SubAckProperties::default());
 }
 
 #[test]
 fn mqtt_3_11_2_2_unsuback_user_properties_left_out_over_the_client_maximum_packet_size() {
-    let mut pair = small_client_pair(24);
-    pair.inject_to_server(&wire(unsubscribe_packet(1, &["a"])));
-    pair.server
-        .answer_unsubscribe(
-            pid(1),
-            vec![ReasonCode::Success],
-            SubAckProperties {
-                user_properties: vec![UserProperty::new("k", "v".repeat(30)).unwrap()],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    pair.drive();
-    assert_eq!(suback_properties(&pair), [SubAckProperties::default()]);
+    let answered = answered_properties(PacketType::UnsubAck, long_user_property());
+    assert_eq!(answered, SubAckProperties::default());
 }
 
 #[test]
 fn mqtt_3_11_3_1_unsuback_has_one_reason_code_per_filter_in_order() {
-    let mut pair = Pair::connected(V5);
-    pair.auto_broker = false;
-    pair.inject_to_server(&wire(unsubscribe_packet(1, &["a", "b"])));
-    assert!(matches!(
-        pair.server.answer_unsubscribe(
-            pid(1),
-            vec![ReasonCode::Success],
-            SubAckProperties::default()
-        ),
-        Err(Error::InvalidState(_))
-    ));
-    pair.server
-        .answer_unsubscribe(
-            pid(1),
-            vec![ReasonCode::NoSubscriptionExisted, ReasonCode::Success],
-            SubAckProperties::default(),
-        )
-        .unwrap();
-    pair.drive();
-    let codes: Vec<Vec<ReasonCode>> = pair
-        .packets_to_client(V5)
-        .into_iter()
-        .filter_map(|p| match p {
-            Packet::UnsubAck(u) => Some(u.reason_codes),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        codes,
-        [vec![ReasonCode::NoSubscriptionExisted, ReasonCode::Success]]
+    let kind = PacketType::UnsubAck;
+    let mut pair = pair_with_request(kind, &["a", "b"]);
+    assert_answers(
+        &mut pair,
+        kind,
+        &[vec![ReasonCode::Success]],
+        vec![ReasonCode::NoSubscriptionExisted, ReasonCode::Success],
     );
 }
 
 #[test]
 fn mqtt_3_11_3_2_unsuback_carries_only_unsubscribe_reason_codes() {
-    let mut pair = Pair::connected(V5);
-    pair.auto_broker = false;
-    pair.inject_to_server(&wire(unsubscribe_packet(1, &["a"])));
-    for code in [ReasonCode::GrantedQoS1, ReasonCode::QuotaExceeded] {
-        assert!(
-            matches!(
-                pair.server
-                    .answer_unsubscribe(pid(1), vec![code], SubAckProperties::default()),
-                Err(Error::InvalidState(_))
-            ),
-            "{code:?}"
-        );
-    }
-    pair.server
-        .answer_unsubscribe(
-            pid(1),
-            vec![ReasonCode::NoSubscriptionExisted],
-            SubAckProperties::default(),
-        )
-        .unwrap();
-    pair.drive();
-    assert!(pair.client.is_connected());
+    let kind = PacketType::UnsubAck;
+    let mut pair = pair_with_request(kind, &["a"]);
+    assert_answers(
+        &mut pair,
+        kind,
+        &[
+            vec![ReasonCode::GrantedQoS1],
+            vec![ReasonCode::QuotaExceeded],
+        ],
+        vec![ReasonCode::NoSubscriptionExisted],
+    );
 }
 
 // ------------------------------------------------------------------ 3.12 - 3.15
