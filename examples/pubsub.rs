@@ -3,14 +3,13 @@
 //! `cargo run -p rallymq-examples --example pubsub -- mqtt://127.0.0.1:1883` (or `ws://...`);
 //! with no URL it starts a broker of its own on a free port.
 
-use rallymq_client::{Client, ClientOptions};
-use rallymq_codec::QoS;
+use rallymq_client::{Client, ClientOptions, QoS};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (url, _broker) = rallymq_examples::broker_url_or_own().await?;
     let (client, mut messages, _) =
-        Client::connect(ClientOptions::new(&url)?.client_id("pubsub-example")?).await?;
+        Client::connect(ClientOptions::new(&url).client_id("pubsub-example")).await?;
     client
         .subscribe("example/scores/#", QoS::AtLeastOnce)
         .await?;
@@ -28,13 +27,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for _ in 0..3 {
         let message = messages.recv().await.ok_or("the client ended")?;
-        let topic = message
-            .topic
-            .as_ref()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default();
         println!(
-            "received {topic}: {}",
+            "received {}: {}",
+            message.topic,
             String::from_utf8_lossy(&message.payload)
         );
     }

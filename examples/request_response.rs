@@ -5,8 +5,7 @@
 //! no URL it starts a broker of its own on a free port.
 
 use bytes::Bytes;
-use rallymq_client::{Client, ClientOptions};
-use rallymq_codec::{Publish, QoS, TopicName};
+use rallymq_client::{Client, ClientOptions, Message, QoS, TopicName};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The responder: squares the number it is sent.
     let (responder, mut requests, _) =
-        Client::connect(ClientOptions::new(&url)?.client_id("squarer")?).await?;
+        Client::connect(ClientOptions::new(&url).client_id("squarer")).await?;
     responder
         .subscribe("example/square", QoS::AtLeastOnce)
         .await?;
@@ -26,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let n: i64 = String::from_utf8_lossy(&request.payload)
                 .parse()
                 .unwrap_or(0);
-            let mut response = Publish::new(reply_to, Bytes::from((n * n).to_string()));
+            let mut response = Message::new(reply_to, Bytes::from((n * n).to_string()));
             response.qos = QoS::AtLeastOnce;
             response.properties.correlation_data = request.properties.correlation_data.clone();
             if responder.publish_message(response).await.is_err() {
@@ -37,11 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The requester.
     let (requester, mut responses, _) =
-        Client::connect(ClientOptions::new(&url)?.client_id("asker")?).await?;
+        Client::connect(ClientOptions::new(&url).client_id("asker")).await?;
     let reply_to = "example/square/replies/asker";
     requester.subscribe(reply_to, QoS::AtLeastOnce).await?;
     for (id, n) in [(1u8, 7), (2, 12)] {
-        let mut request = Publish::new(
+        let mut request = Message::new(
             TopicName::new("example/square")?,
             Bytes::from(n.to_string()),
         );

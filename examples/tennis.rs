@@ -218,7 +218,7 @@ async fn main() {
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
-    let client_options = ClientOptions::new(&options.broker)?.client_id("tennis-simulator")?;
+    let client_options = ClientOptions::new(&options.broker).client_id("tennis-simulator");
     let (client, _messages, _) = Client::connect(client_options).await?;
     println!(
         "tennis: {} matches at {} points per second on {} (seed {})",

@@ -168,6 +168,12 @@ export interface ConnectOptions {
   storeLimit?: number
   /** Milliseconds to wait for CONNACK (default 30000). */
   connectTimeout?: number
+  /**
+   * MQTT 5 Topic Alias Maximum announced in CONNECT (default 64; 0 announces none): the broker
+   * may then send an alias instead of a topic it sent before. Messages always come out with
+   * their topic. `properties.topicAliasMaximum`, if given, wins.
+   */
+  topicAliasMaximum?: number
   /** Extra MQTT 5 CONNECT properties. */
   properties?: Properties
   /** A WebSocket constructor (e.g. from the `ws` package in Node). Default: globalThis.WebSocket. */

@@ -17,6 +17,7 @@
  *     queueLimit: 1000,    // bounded offline queue (messages); past it publish() rejects
  *     storeLimit: 262144,  // bytes of persisted state; past it a QuotaExceededError is reported
  *     connectTimeout: 30000,
+ *     topicAliasMaximum: 64, // MQTT 5: aliases the broker may use for topics it sends; 0: none
  *     properties,          // extra MQTT 5 CONNECT properties, e.g. { receiveMaximum: 100 }
  *     WebSocket,           // a WebSocket constructor (Node); default globalThis.WebSocket
  *   })
@@ -414,7 +415,7 @@ const noop = () => {}
 
 export class Client {
   constructor(url, options = {}) {
-    const o = (this.o = { keepalive: 60, protocolVersion: 5, clean: true, queueLimit: 1000, storeLimit: 262144, connectTimeout: 30000, ...options })
+    const o = (this.o = { keepalive: 60, protocolVersion: 5, clean: true, queueLimit: 1000, storeLimit: 262144, connectTimeout: 30000, topicAliasMaximum: 64, ...options })
     this.url = url
     this.v = o.protocolVersion
     this.clientId = o.clientId ?? 'rallymq-' + Math.random().toString(36).slice(2, 12)
@@ -498,6 +499,9 @@ export class Client {
     this.buf = new Uint8Array(0)
     ws.onopen = () => {
       const o = this.o, five = this.v > 4
+      const properties = five ? { sessionExpiryInterval: o.sessionExpiry, topicAliasMaximum: o.topicAliasMaximum || undefined, ...o.properties } : {}
+      // the broker's aliases may go up to what we announce; they last one connection
+      this.tam = properties.topicAliasMaximum || 0
       this.write({
         type: 'connect',
         version: this.v,
@@ -507,7 +511,7 @@ export class Client {
         username: o.username,
         password: o.password,
         will: o.will && { ...o.will, payload: bytes(o.will.payload) },
-        properties: five ? { sessionExpiryInterval: o.sessionExpiry, ...o.properties } : {},
+        properties,
       })
     }
     ws.onmessage = ev => ws == this.ws && (typeof ev.data == 'string' ? this.kill(fail('rallymq: text frame')) : this.data(new Uint8Array(ev.data)))
@@ -570,8 +574,7 @@ export class Client {
     } else if (t == 'publish') {
       const a = p.properties.topicAlias
       if (a) {
-        // aliases the broker may use up to the Topic Alias Maximum we sent; they last one connection
-        if (a > (this.o.properties?.topicAliasMaximum || 0)) throw fail('rallymq: topic alias ' + a + ' out of range', 0x94)
+        if (a > this.tam) throw fail('rallymq: topic alias ' + a + ' out of range', 0x94)
         p.topic ? this.alias.set(a, p.topic) : (p.topic = this.alias.get(a))
         if (!p.topic) throw fail('rallymq: unknown topic alias ' + a, 0x82)
       }

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import WebSocket from 'ws'
-import { connect, createClient, text, json } from '../rallymq.js'
+import { connect, createClient, text, json, decode } from '../rallymq.js'
 import { startBroker, brokerBinary, next, until, sleep, FakeStorage } from './helpers.mjs'
 
 const T = { timeout: 30000 }
@@ -209,4 +209,42 @@ test('the offline queue is bounded', T, async () => {
   await c.end()
   await assert.rejects(a, /ended/)
   await assert.rejects(b, /ended/)
+})
+
+test("the broker's topic aliases: a default MQTT 5 client gets them and every message with its topic; with 0, none", T, async () => {
+  // A WebSocket that also decodes what arrives: the PUBLISHes as they were on the wire.
+  const tapped = wire =>
+    class extends WebSocket {
+      constructor(...a) {
+        super(...a)
+        let buf = new Uint8Array(0)
+        this.on('message', data => {
+          buf = Buffer.concat([buf, new Uint8Array(data)])
+          for (let r; (r = decode(buf, 5)); ) {
+            buf = buf.subarray(r[1])
+            if (r[0].type == 'publish') wire.push([r[0].topic, r[0].properties.topicAlias])
+          }
+        })
+      }
+    }
+  const topics = [1, 2, 1, 3, 2, 1, 3].map(n => `alias/court/${n}/score`)
+  const run = async (extra, wire) => {
+    const sub = await open({ ...extra, WebSocket: tapped(wire) })
+    const pub = await open()
+    const got = []
+    sub.on('message', (topic, payload) => got.push([topic, text(payload)]))
+    await sub.subscribe('alias/#', { qos: 1 })
+    for (const [i, topic] of topics.entries()) await pub.publish(topic, String(i), { qos: 1 })
+    await until(() => got.length >= topics.length, 5000, 'every message')
+    assert.deepEqual(got, topics.map((t, i) => [t, String(i)]))
+    await sub.end()
+  }
+  const aliased = []
+  await run({}, aliased)
+  assert.deepEqual(aliased, [
+    [topics[0], 1], [topics[1], 2], ['', 1], [topics[3], 3], ['', 2], ['', 1], ['', 3],
+  ])
+  const plain = []
+  await run({ topicAliasMaximum: 0 }, plain)
+  assert.deepEqual(plain, topics.map(t => [t, undefined]))
 })

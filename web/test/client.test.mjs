@@ -44,7 +44,7 @@ test('CONNECT carries the options', T, async () => {
   assert.equal(text(connectPacket.password), 'p')
   assert.equal(connectPacket.keepalive, 30)
   assert.equal(connectPacket.clean, false)
-  assert.deepEqual(connectPacket.properties, { sessionExpiryInterval: 60, receiveMaximum: 10 })
+  assert.deepEqual(connectPacket.properties, { sessionExpiryInterval: 60, topicAliasMaximum: 64, receiveMaximum: 10 })
   assert.equal(connectPacket.will.topic, 'clients/opts')
   assert.equal(text(connectPacket.will.payload), 'gone')
   assert.equal(connectPacket.will.qos, 1)
@@ -459,6 +459,33 @@ test('inbound topic aliases up to the Topic Alias Maximum sent; one out of range
   assert.equal(got.length, 6)
   await client.end()
   await server.close()
+})
+
+test('CONNECT announces Topic Alias Maximum 64 by default; the option sets it, 0 announces none and refuses any alias with 0x94', T, async () => {
+  const announced = async extra => {
+    const { server, peer, client, connectPacket } = await session(extra, extra.protocolVersion)
+    return { server, peer, client, tam: connectPacket.properties?.topicAliasMaximum }
+  }
+  for (const [extra, tam] of [[{}, 64], [{ topicAliasMaximum: 3 }, 3], [{ topicAliasMaximum: 0 }, undefined], [{ protocolVersion: 4 }, undefined]]) {
+    const { server, client, tam: got } = await announced(extra)
+    assert.equal(got, tam, JSON.stringify(extra))
+    await client.end()
+    await server.close()
+  }
+  for (const [topicAliasMaximum, alias] of [[3, 4], [0, 1]]) {
+    const { server, peer, client } = await announced({ topicAliasMaximum })
+    const got = []
+    client.on('message', t => got.push(t))
+    peer.send({ type: 'publish', topic: 'a/b', qos: 0, payload: 'x', properties: { topicAlias: topicAliasMaximum || undefined } })
+    await until(() => got.length == 1)
+    const error = next(client, 'error')
+    peer.send({ type: 'publish', topic: 'a/c', qos: 0, payload: 'y', properties: { topicAlias: alias } })
+    assert.equal((await error)[0].code, 0x94)
+    const disconnect = await peer.next(2000)
+    assert.deepEqual([disconnect.type, disconnect.code, got], ['disconnect', 0x94, ['a/b']])
+    await client.end()
+    await server.close()
+  }
 })
 
 test('a packet before CONNACK, or a second CONNACK, is a protocol error', T, async () => {

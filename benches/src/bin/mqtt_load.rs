@@ -50,7 +50,6 @@ use rallymq_codec::{
     Ack, Connect, Limits, MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
     Subscribe, SubscribeProperties, Subscription, TopicFilter, TopicName,
 };
-use rallymq_websocket::ClientRequest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
@@ -283,18 +282,9 @@ async fn open(addr: SocketAddr, transport: Transport) -> io::Result<Io> {
     tcp.set_nodelay(true)?;
     match transport {
         Transport::Tcp => Ok(Box::new(tcp)),
-        Transport::Ws => {
-            let request = ClientRequest::new(&addr.to_string(), "/mqtt")
-                .and_then(|request| request.with_subprotocols(&["mqtt"]))
-                .map_err(invalid)?;
-            let (ws, _) = rallymq_websocket::tokio::connect(
-                tcp,
-                &request,
-                rallymq_websocket::Config::default(),
-            )
-            .await?;
-            Ok(Box::new(ws.into_byte_stream()))
-        }
+        Transport::Ws => Ok(Box::new(
+            rallymq_benches::mqtt_over_websocket(tcp, &addr.to_string()).await?,
+        )),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rallymq_codec::{Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use rallymq_codec::{Message, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -188,13 +188,14 @@ impl Shared {
     fn sweep_expired_sessions(&self) {
         let now = Instant::now();
         for session in self.registry.all() {
-            let expired = {
-                let inner = session.lock();
-                inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now)
-            };
+            // Checked and removed under the registry's lock: a connection attaching meanwhile
+            // keeps its session.
+            let expired = self.registry.remove_if(
+                &session,
+                |inner| inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now),
+                || self.router.remove_session(&session),
+            );
             if expired {
-                self.router.remove_session(&session);
-                self.registry.remove(&session);
                 self.store.remove_session(&session.client_id);
             }
         }
@@ -314,7 +315,15 @@ impl Broker {
 }
 
 /// A running broker: its addresses, in-process publish and subscribe, and shutdown.
+///
+/// **The broker runs as long as this handle lives.** Dropping it stops the broker as
+/// [`BrokerHandle::shutdown`] does, without waiting: clients are told DISCONNECT 0x8B and the
+/// listeners close. Keep it (`let broker = Broker::start(..).await?;`, not `let _ = ...`) for as
+/// long as the broker should serve; a program that only serves can await
+/// [`tokio::signal::ctrl_c`](https://docs.rs/tokio/latest/tokio/signal/fn.ctrl_c.html) and then
+/// call `shutdown`.
 #[derive(Debug)]
+#[must_use = "dropping the handle shuts the broker down"]
 pub struct BrokerHandle {
     shared: Arc<Shared>,
     listeners: Vec<BoundListener>,
@@ -323,17 +332,17 @@ pub struct BrokerHandle {
     next_local: AtomicU64,
 }
 
-/// Messages from an in-process subscription.
+/// Messages from an in-process subscription. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct LocalSubscription {
-    receiver: mpsc::Receiver<Publish>,
+    receiver: mpsc::Receiver<Message>,
     session: Arc<Session>,
     shared: Arc<Shared>,
 }
 
 impl LocalSubscription {
     /// The next message, or `None` once the broker has shut down.
-    pub async fn recv(&mut self) -> Option<Publish> {
+    pub async fn recv(&mut self) -> Option<Message> {
         self.receiver.recv().await
     }
 }
@@ -341,7 +350,6 @@ impl LocalSubscription {
 impl Drop for LocalSubscription {
     fn drop(&mut self) {
         self.shared.router.remove_session(&self.session);
-        self.shared.registry.remove(&self.session);
     }
 }
 
@@ -368,18 +376,31 @@ impl BrokerHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<usize, Error> {
-        let mut publish = Publish::new(TopicName::new(topic)?, payload.into());
-        publish.qos = qos;
-        publish.retain = retain;
-        Ok(self.shared.publish(None, &publish).queued)
+        let mut message = Message::new(TopicName::new(topic)?, payload);
+        message.qos = qos;
+        message.retain = retain;
+        Ok(self.publish_message(message))
+    }
+
+    /// Publishes a prepared message (MQTT 5 properties: content type, user properties, message
+    /// expiry...) as [`BrokerHandle::publish`] does; returns how many subscribers it was queued
+    /// for.
+    pub fn publish_message(&self, message: Message) -> usize {
+        self.shared.publish(None, &Publish::from(message)).queued
     }
 
     /// Subscribes in-process to `filter` at `qos`; messages arrive on the returned
     /// subscription (at most `max_queued_messages` waiting; more are dropped and counted).
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<LocalSubscription, Error> {
         let filter = TopicFilter::new(filter)?;
-        let id = format!("$local-{}", self.next_local.fetch_add(1, Ordering::Relaxed));
-        let (session, _) = self.shared.registry.get_or_create(&id);
+        // Not a client's session: kept out of the registry (and so out of `session_count`,
+        // `has_session` and `$SYS`), and named with a NUL, which no MQTT client id can hold,
+        // since the subscription index tells subscribers apart by name.
+        let id = format!(
+            "\0local-{}",
+            self.next_local.fetch_add(1, Ordering::Relaxed)
+        );
+        let session = Arc::new(Session::new(id.into()));
         let control = Arc::new(ControlBox::default());
         session.lock().attachment = Some(Attachment {
             control: control.clone(),
@@ -403,7 +424,10 @@ impl BrokerHandle {
                 pump_shared.space_freed();
                 match next {
                     Some(queued) => {
-                        if sender.send(queued.publish).await.is_err() {
+                        let Some(message) = Message::from_publish(queued.publish) else {
+                            continue;
+                        };
+                        if sender.send(message).await.is_err() {
                             return;
                         }
                     }

@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// How a broker listens and what it allows. `Default` is the embedded configuration: MQTT over
-/// TCP on 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080.
+/// How a broker listens and what it allows. `Default` is for a library: MQTT over TCP and HTTP
+/// with MQTT over WebSockets, each on a free port of 127.0.0.1 (the handle's
+/// [`local_addr`](crate::BrokerHandle::local_addr) tells which), so that embedders and tests
+/// never collide. [`BrokerConfig::standard_ports`] gives the `rallymq broker` command's
+/// listeners, 1883 and 8080.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Addresses for MQTT over TCP. Port 0 binds a free port.
@@ -22,8 +25,8 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
-            ws: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
@@ -37,6 +40,16 @@ impl BrokerConfig {
         Self {
             tcp: Vec::new(),
             ws: Vec::new(),
+            ..Self::default()
+        }
+    }
+
+    /// The `rallymq broker` command's listeners: MQTT over TCP on 127.0.0.1:1883, HTTP and MQTT
+    /// over WebSockets on 127.0.0.1:8080 (Mosquitto's and the usual WebSocket port).
+    pub fn standard_ports() -> Self {
+        Self {
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             ..Self::default()
         }
     }
@@ -55,6 +68,11 @@ pub struct Limits {
     pub receive_maximum: u16,
     /// Highest topic alias a client may use.
     pub topic_alias_maximum: u16,
+    /// Most topic aliases the broker gives the topics it sends to one MQTT 5 client (also
+    /// bounded by the client's own Topic Alias Maximum; 0: none). Once all are taken, an alias
+    /// moves to a topic sent more often of late. Each alias in use keeps its topic in memory
+    /// for the connection. FlashMQ's `max_outgoing_topic_alias_value`.
+    pub outgoing_topic_alias_maximum: u16,
     /// Most QoS 1 and 2 messages in flight to one client at once.
     pub max_in_flight: u16,
     /// Most messages waiting for one session (online or offline). Past it, `queue_full`
@@ -67,7 +85,10 @@ pub struct Limits {
     pub queue_full: QueueFullPolicy,
     /// Largest session expiry granted, in seconds (MQTT 5 clients asking for more get this).
     pub max_session_expiry: u32,
-    /// Longest keep alive accepted from MQTT 5 clients (longer or none gets Server Keep Alive).
+    /// Longest keep alive accepted, in seconds, as Mosquitto's `max_keepalive` (and its
+    /// default, 65535): an MQTT 5 client asking for more, or for none, is given this as Server
+    /// Keep Alive; an MQTT 3.1 or 3.1.1 client doing so is refused with return code 0x02.
+    /// `None` accepts any keep alive, 0 (none) included.
     pub max_keep_alive: Option<u16>,
 }
 
@@ -79,11 +100,12 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             receive_maximum: 128,
             topic_alias_maximum: 64,
+            outgoing_topic_alias_maximum: 64,
             max_in_flight: 64,
             max_queued_messages: 1000,
             queue_full: QueueFullPolicy::DropNewest,
             max_session_expiry: u32::MAX,
-            max_keep_alive: None,
+            max_keep_alive: Some(u16::MAX),
         }
     }
 }

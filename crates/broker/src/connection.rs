@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attachment, Control, ControlBox, Session, signal};
+use crate::session::{Attached, Control, ControlBox, Detached, Session, signal};
 use crate::stats::Stats;
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
@@ -38,6 +38,12 @@ const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long a new connection waits for the connection it takes over to hand its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a connection the broker closes keeps reading, and discarding, what the client still
+/// sends, once its last packet (a DISCONNECT, a refusing CONNACK) is written and its write side
+/// shut down. Closing a socket with unread input makes the kernel answer with a reset: the
+/// client's next write fails, and what it had not read yet (the reason code) can be lost.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The client's address, for the logs: kept as an address, not formatted, since every idle
 /// connection carries it.
@@ -117,7 +123,7 @@ impl Driver {
             max_packet_size: limits.max_packet_size,
             receive_maximum: limits.receive_maximum.max(1),
             topic_alias_maximum: limits.topic_alias_maximum,
-            outgoing_topic_alias_maximum: 0,
+            outgoing_topic_alias_maximum: limits.outgoing_topic_alias_maximum,
             max_in_flight: limits.max_in_flight.max(1),
             // The session's queue in the broker is the real one; the engine keeps a little.
             max_queued: 16,
@@ -163,14 +169,23 @@ impl Driver {
             loop {
                 self.process_events().await;
                 if transport_open {
-                    if let Err(error) = self.flush(&mut io).await {
-                        debug!(peer = %self.peer, %error, "write failed");
-                        transport_open = false;
-                        self.engine.handle_transport_closed(self.now());
-                        continue;
-                    }
+                    let wrote = match self.flush(&mut io).await {
+                        Ok(wrote) => wrote,
+                        Err(error) => {
+                            debug!(peer = %self.peer, %error, "write failed");
+                            transport_open = false;
+                            self.engine.handle_transport_closed(self.now());
+                            continue;
+                        }
+                    };
                     if self.engine.is_closed() {
                         let _ = io.shutdown().await;
+                        if wrote {
+                            // The close wrote a last packet (DISCONNECT, a refusing CONNACK)
+                            // for the client to read. Boxed: runs once, and its state would
+                            // sit in every connection's task.
+                            Box::pin(linger(&mut io)).await;
+                        }
                         transport_open = false;
                     } else if self.engine.pending_messages() == (0, 0) {
                         // Nothing in flight and everything written: the connection is quiet,
@@ -272,7 +287,8 @@ impl Driver {
         Poll::Ready(Ok(read.len()))
     }
 
-    async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<()> {
+    /// Writes what the engine has to send; returns whether there was anything.
+    async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<bool> {
         let mut wrote = false;
         while let Some(bytes) = self.engine.poll_transmit(self.now()) {
             Stats::add(&self.shared.stats.bytes_sent, bytes.len() as u64);
@@ -282,12 +298,17 @@ impl Driver {
         if wrote {
             io.flush().await?;
         }
-        Ok(())
+        Ok(wrote)
     }
 
     fn on_control(&mut self, control: Control) {
         match control {
             Control::TakeOver { reply, resume } => {
+                if self.engine.is_closed() {
+                    // Closed already (its close was handled): nothing to end, only to hand on.
+                    let _ = reply.send(self.engine.session_state());
+                    return;
+                }
                 self.taken_over = Some(reply);
                 if resume {
                     self.engine.cancel_will();
@@ -380,8 +401,9 @@ impl Driver {
             ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             ServerEvent::DeliveryAcknowledged(_) | ServerEvent::DeliveryCompleted(_) => {}
             ServerEvent::Auth(_) => {
-                // No extended authentication method is supported (MQTT-4.12.0-1 asks for
-                // a CONNACK refusal when the method is unknown, done at CONNECT).
+                // Only AUTH in an exchange gets here (the engine makes one without an
+                // Authentication Method in CONNECT a protocol error, MQTT-4.12.0-7), and no
+                // method is supported: its CONNECT is refused with 0x8C too (MQTT-4.12.0-1).
                 self.engine.disconnect(
                     self.now(),
                     ReasonCode::BadAuthenticationMethod,
@@ -443,30 +465,31 @@ impl Driver {
             u32::MAX
         };
         let granted_expiry = requested_expiry.min(limits.max_session_expiry);
-        let (session, existed) = self.shared.registry.get_or_create(&client_id);
 
         // Take over a live connection of the same client id (MQTT-3.1.4-2), and settle a will
-        // still waiting on its delay.
-        let (previous, will_waiter) = {
+        // still waiting on its delay. Attaching is atomic per client id: from here on this
+        // connection is the session's, and a later CONNECT takes it over in turn.
+        let Attached {
+            session,
+            existed,
+            previous_state,
+            will_waiter,
+        } = self
+            .shared
+            .registry
+            .attach(&client_id, &self.control, !connect.clean_start);
+        // Attached: shutdown reaches the connection through its session from now on.
+        self.shared
+            .unregister_connection(self.connection_id, &self.control);
+        if let Some(previous_state) = previous_state
+            && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, previous_state).await
+        {
             let mut inner = session.lock();
-            (inner.attachment.take(), inner.will_waiter.take())
-        };
-        if let Some(previous) = previous {
-            let (reply, reply_rx) = oneshot::channel();
-            let resume = !connect.clean_start && session.lock().persistent;
-            if previous
-                .control
-                .send(Control::TakeOver { reply, resume })
-                .is_ok()
-                && let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await
-            {
-                let mut inner = session.lock();
-                // The session outlives the old connection only if that one asked for it: Clean
-                // Session 1 (MQTT-3.1.2-6 in 3.1.1) or Session Expiry 0 ends it with the
-                // connection, and the new one starts afresh.
-                inner.persistent = state.session_expiry_interval > 0;
-                inner.saved = Some(Box::new(state));
-            }
+            // The session outlives the old connection only if that one asked for it: Clean
+            // Session 1 (MQTT-3.1.2-6 in 3.1.1) or Session Expiry 0 ends it with the
+            // connection, and the new one starts afresh.
+            inner.persistent = state.session_expiry_interval > 0;
+            inner.saved = Some(Box::new(state));
         }
         if let Some(waiter) = will_waiter {
             let _ = waiter.send(Control::EndWill {
@@ -486,14 +509,8 @@ impl Driver {
             inner.persistent = granted_expiry > 0;
             inner.expires_at = None;
             inner.version = Some(version);
-            inner.attachment = Some(Attachment {
-                control: self.control.clone(),
-            });
             resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default())
         };
-        // Attached: shutdown reaches the connection through its session from now on.
-        self.shared
-            .unregister_connection(self.connection_id, &self.control);
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
             self.shared.store.remove_session(&client_id);
@@ -658,45 +675,47 @@ impl Driver {
             return;
         };
         info!(client_id = %session.client_id, peer = %self.peer, ?reason, "client disconnected");
-        let state = self.engine.session_state();
-        if let Some(reply) = self.taken_over.take() {
-            // The new connection carries on with the session.
-            let _ = reply.send(state);
-            if self.engine.poll_timeout().is_some() {
+        let mut state = Some(self.engine.session_state());
+        let will_pending = self.engine.poll_timeout().is_some();
+        let mut reply = self.taken_over.take();
+        if reply.is_none() {
+            let router = &self.shared.router;
+            let detached = self.shared.registry.detach(
+                &session,
+                &self.control,
+                |inner| {
+                    if will_pending {
+                        inner.will_waiter = Some(self.control.clone());
+                    }
+                    let state = state.take().unwrap_or_default();
+                    let expiry = state.session_expiry_interval;
+                    if expiry == 0 {
+                        inner.persistent = false;
+                        inner.pending.clear();
+                        inner.subscriptions.clear();
+                        return true;
+                    }
+                    inner.persistent = true;
+                    inner.saved = Some(Box::new(state));
+                    inner.expires_at = (expiry != u32::MAX)
+                        .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+                    false
+                },
+                || router.remove_session(&session),
+            );
+            match detached {
+                Detached::TakenOver(taken_over) => reply = Some(taken_over),
+                Detached::Ended => self.shared.store.remove_session(&session.client_id),
+                Detached::Kept => self.shared.store.save_session(session.to_stored()),
+                Detached::Elsewhere => {}
+            }
+        }
+        if let Some(reply) = reply {
+            // Taken over: the new connection carries on with the session.
+            let _ = reply.send(state.take().unwrap_or_default());
+            if will_pending {
                 session.lock().will_waiter = Some(self.control.clone());
             }
-            return;
-        }
-        let mut inner = session.lock();
-        if inner
-            .attachment
-            .as_ref()
-            .is_some_and(|a| Arc::ptr_eq(&a.control, &self.control))
-        {
-            inner.attachment = None;
-        } else {
-            // Another connection already owns the session.
-            return;
-        }
-        let expiry = state.session_expiry_interval;
-        if self.engine.poll_timeout().is_some() {
-            inner.will_waiter = Some(self.control.clone());
-        }
-        if expiry == 0 {
-            inner.persistent = false;
-            inner.pending.clear();
-            inner.subscriptions.clear();
-            drop(inner);
-            self.shared.router.remove_session(&session);
-            self.shared.registry.remove(&session);
-            self.shared.store.remove_session(&session.client_id);
-        } else {
-            inner.persistent = true;
-            inner.saved = Some(Box::new(state));
-            inner.expires_at = (expiry != u32::MAX)
-                .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
-            drop(inner);
-            self.shared.store.save_session(session.to_stored());
         }
     }
 
@@ -709,6 +728,23 @@ impl Driver {
         }
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Reads and discards until the client closes its side, the transport fails, or `LINGER`
+/// passes (see there).
+async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
+    let discard = poll_fn(|cx| {
+        loop {
+            // On the stack of this poll, as in `Driver::poll_read`.
+            let mut storage = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut storage);
+            match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => {}
+                _ => return Poll::Ready(()),
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 #[cfg(test)]

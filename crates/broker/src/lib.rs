@@ -3,20 +3,18 @@
 //! topic, websocket, session); this crate drives them over sockets and routes messages.
 //!
 //! ```no_run
-//! use rallymq_broker::{Broker, BrokerConfig, ListenerKind};
-//! use rallymq_codec::QoS;
+//! use rallymq_broker::{Broker, BrokerConfig, ListenerKind, QoS};
 //!
 //! # async fn run() -> Result<(), rallymq_broker::Error> {
-//! let mut config = BrokerConfig::default();
-//! config.tcp = vec!["127.0.0.1:0".parse().unwrap()]; // a free port
-//! config.ws = vec!["127.0.0.1:0".parse().unwrap()];
-//! let broker = Broker::start(config).await?;
+//! // TCP and WebSockets on free ports of 127.0.0.1; `BrokerConfig::standard_ports()` is 1883/8080.
+//! let broker = Broker::start(BrokerConfig::default()).await?;
 //! println!("MQTT on {:?}", broker.local_addr(ListenerKind::Tcp));
 //!
 //! let mut scores = broker.subscribe("tennis/+/score", QoS::AtLeastOnce)?;
 //! broker.publish("tennis/court-1/score", "15-0", QoS::AtLeastOnce, true)?;
 //! let message = scores.recv().await.expect("delivered in-process");
-//! assert_eq!(message.payload, "15-0");
+//! println!("{}: {:?}", message.topic, message.payload);
+//! // The broker runs while `broker` lives; dropping the handle stops it too.
 //! broker.shutdown(std::time::Duration::from_secs(1)).await;
 //! # Ok(())
 //! # }
@@ -41,6 +39,12 @@ pub use config::{BrokerConfig, Limits, QueueFullPolicy};
 pub use error::Error;
 pub use store::{MemoryStore, Store, StoreSnapshot, StoredSession};
 
+// The protocol types an embedder touches, so that depending on this crate is enough.
+pub use rallymq_codec::{
+    Message, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, TopicFilter, TopicName,
+    UserProperty,
+};
+
 /// Locks one of the broker's mutexes. A panic while holding one would be a bug, and the data
 /// stays usable either way, so a poisoned lock is taken as it is.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -48,3 +52,9 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -260,6 +260,11 @@ fn handle_http(
     shared: Arc<Shared>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one.
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == http::Version::HTTP_11) {
+        return rejection(Rejection::bad_request().with_body("exactly one Host header is needed"));
+    }
     let path = request.uri().path().to_owned();
     let wants_upgrade = request.headers().contains_key(header::UPGRADE);
     if wants_upgrade && shared.config.ws_paths.contains(&path) {
@@ -267,7 +272,12 @@ fn handle_http(
             Ok(upgrade) => upgrade,
             Err(error) => return rejection(Rejection::for_error(&error)),
         };
-        let Some(subprotocol) = upgrade.pick_subprotocol(&MQTT_SUBPROTOCOLS) else {
+        // Our order of preference decides, not the client's: a client offering "mqtt" among
+        // others gets "mqtt" (MQTT-6.0.0-4, in 3.1.1 and 5.0).
+        let picked = MQTT_SUBPROTOCOLS
+            .iter()
+            .find_map(|name| upgrade.pick_subprotocol(&[name]));
+        let Some(subprotocol) = picked else {
             return rejection(
                 Rejection::bad_request().with_body("the WebSocket subprotocol must be mqtt"),
             );

@@ -94,6 +94,19 @@ impl ControlBox {
         control
     }
 
+    /// Takes a takeover request waiting in the box, if any; other controls stay.
+    pub(crate) fn take_over_request(&self) -> Option<oneshot::Sender<SessionState>> {
+        let mut inbox = self.lock();
+        let controls = inbox.controls.as_mut()?;
+        let position = controls
+            .iter()
+            .position(|control| matches!(control, Control::TakeOver { .. }))?;
+        match controls.remove(position) {
+            Some(Control::TakeOver { reply, .. }) => Some(reply),
+            _ => None,
+        }
+    }
+
     /// Sets `bits` and wakes the driver, unless they were set already (it has not looked yet,
     /// so it has a wake-up coming).
     pub(crate) fn signal(&self, bits: u8) {
@@ -377,6 +390,30 @@ impl std::borrow::Borrow<str> for SessionRef {
     }
 }
 
+/// What [`Registry::attach`] found.
+pub(crate) struct Attached {
+    pub(crate) session: Arc<Session>,
+    /// The session existed before this connection.
+    pub(crate) existed: bool,
+    /// A connection was attached before: it was told to hand over, and its session state
+    /// arrives here when it has closed (dropped unanswered if it ended first).
+    pub(crate) previous_state: Option<oneshot::Receiver<SessionState>>,
+    /// A closed connection waiting to publish the session's delayed will.
+    pub(crate) will_waiter: Option<Arc<ControlBox>>,
+}
+
+/// What became of a session as [`Registry::detach`] detached its connection.
+pub(crate) enum Detached {
+    /// Another connection took the session over: answer it with the session state.
+    TakenOver(oneshot::Sender<SessionState>),
+    /// The session stays, offline: a persistent one, to be saved.
+    Kept,
+    /// Another connection owns the session and asked nothing of this one.
+    Elsewhere,
+    /// The session ended and was removed.
+    Ended,
+}
+
 /// Every session by client identifier.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
@@ -399,9 +436,110 @@ impl Registry {
         (session, false)
     }
 
-    /// Removes `session` if it is still the one registered under its id.
-    pub(crate) fn remove(&self, session: &Arc<Session>) -> bool {
+    /// Attaches the connection behind `control` to the session of `client_id` (created if
+    /// there is none), taking over the connection attached before it. Registry and session
+    /// are locked throughout, so the CONNECTs of one client id take over one after another:
+    /// each new connection replaces the last one attached and tells it so, and no two can both
+    /// find the session free (MQTT-3.1.4-2). `resume_requested`: the CONNECT asks to resume
+    /// (no clean start), so a persistent session goes on and the previous connection's will
+    /// is not published.
+    pub(crate) fn attach(
+        &self,
+        client_id: &str,
+        control: &Arc<ControlBox>,
+        resume_requested: bool,
+    ) -> Attached {
         let mut sessions = self.lock();
+        let (session, existed) = match sessions.get(client_id) {
+            Some(SessionRef(session)) => (session.clone(), true),
+            None => {
+                let session = Arc::new(Session::new(client_id.into()));
+                sessions.insert(SessionRef(session.clone()));
+                (session, false)
+            }
+        };
+        let mut inner = session.lock();
+        let previous = inner.attachment.replace(Attachment {
+            control: control.clone(),
+        });
+        let previous_state = previous.and_then(|previous| {
+            let (reply, state) = oneshot::channel();
+            let resume = resume_requested && inner.persistent;
+            // Sent under the session's lock: a connection that finds itself detached finds
+            // this in its box (see `Registry::detach`).
+            previous
+                .control
+                .send(Control::TakeOver { reply, resume })
+                .ok()
+                .map(|()| state)
+        });
+        let will_waiter = inner.will_waiter.take();
+        drop(inner);
+        Attached {
+            session,
+            existed,
+            previous_state,
+            will_waiter,
+        }
+    }
+
+    /// Detaches the connection behind `control` from `session` as it closes. If another
+    /// connection has attached meanwhile, it took the session over: the takeover request it
+    /// sent is taken from `control`'s box and returned, for the closing connection to answer
+    /// with its state. Otherwise `detached` settles the session (under its lock) and says
+    /// whether it ends (else it is kept offline); an ended session is removed from the registry and `cleanup` runs, both
+    /// under the registry's lock, so that no new connection of the same client id finds the
+    /// session, or subscribes under the same id, before it is gone.
+    pub(crate) fn detach(
+        &self,
+        session: &Arc<Session>,
+        control: &Arc<ControlBox>,
+        detached: impl FnOnce(&mut SessionInner) -> bool,
+        cleanup: impl FnOnce(),
+    ) -> Detached {
+        let mut sessions = self.lock();
+        let mut inner = session.lock();
+        let ours = inner
+            .attachment
+            .as_ref()
+            .is_some_and(|attachment| Arc::ptr_eq(&attachment.control, control));
+        if !ours {
+            return match control.take_over_request() {
+                Some(reply) => Detached::TakenOver(reply),
+                None => Detached::Elsewhere,
+            };
+        }
+        inner.attachment = None;
+        if !detached(&mut inner) {
+            return Detached::Kept;
+        }
+        drop(inner);
+        Self::remove_locked(&mut sessions, session);
+        cleanup();
+        Detached::Ended
+    }
+
+    /// Removes `session` if `ends(inner)` says so (under the session's lock) and it is still
+    /// the one registered under its id; `cleanup` runs under the registry's lock after
+    /// removing it (see [`Registry::detach`]).
+    pub(crate) fn remove_if(
+        &self,
+        session: &Arc<Session>,
+        ends: impl FnOnce(&mut SessionInner) -> bool,
+        cleanup: impl FnOnce(),
+    ) -> bool {
+        let mut sessions = self.lock();
+        if !ends(&mut session.lock()) || !Self::remove_locked(&mut sessions, session) {
+            return false;
+        }
+        cleanup();
+        true
+    }
+
+    /// Removes `session` if it is still the one registered under its id.
+    // A `SessionRef` hashes and compares by its client id, which never changes.
+    #[allow(clippy::mutable_key_type)]
+    fn remove_locked(sessions: &mut HashSet<SessionRef>, session: &Arc<Session>) -> bool {
         match sessions.get(session.client_id.as_ref()) {
             Some(SessionRef(current)) if Arc::ptr_eq(current, session) => {
                 sessions.remove(session.client_id.as_ref());

@@ -952,3 +952,171 @@ async fn a_restart_on_the_same_store_keeps_sessions_queued_messages_and_retained
     );
     broker.shutdown(SHORT).await;
 }
+
+// ------------------------------------------------------------------ topic aliases to clients
+
+/// A TCP stream that keeps a copy of every byte read: what the broker put on the wire.
+struct Tap {
+    inner: tokio::net::TcpStream,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = poll {
+            let read = buf.filled()[before..].to_vec();
+            self.seen.lock().unwrap().extend_from_slice(&read);
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How a PUBLISH came on the wire: its topic ("" when only the alias stood for it) and alias.
+type Wire = (String, Option<u16>);
+
+/// A subscriber to `alias/#` whose CONNECT announces `maximum` (MQTT 5) and whose received
+/// bytes are kept; a publisher sends `topics` in order at QoS 1. Returns the topics the
+/// subscriber's engine resolved and the PUBLISHes as they were on the wire.
+async fn aliased_traffic(
+    broker: &rallymq_broker::BrokerHandle,
+    version: ProtocolVersion,
+    maximum: Option<u16>,
+    topics: &[&str],
+) -> (Vec<String>, Vec<Wire>) {
+    let addr = tcp_addr(broker);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tap = Tap {
+        inner: tokio::net::TcpStream::connect(addr).await.unwrap(),
+        seen: seen.clone(),
+    };
+    let mut connect = connect_packet(version, "aliased");
+    connect.properties.topic_alias_maximum = maximum;
+    let (mut sub, _) = TestClient::over(tap, connect).await;
+    sub.subscribe(vec![subscription("alias/#", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) = TestClient::tcp(addr, connect_packet(V5, "aliaser")).await;
+    let mut resolved = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        publisher
+            .publish(message(topic, &i.to_string(), QoS::AtLeastOnce))
+            .await;
+        let got = sub.recv().await.expect("delivered");
+        assert_eq!(payload_str(&got), i.to_string());
+        resolved.push(topic_str(&got));
+    }
+    let mut bytes = bytes::BytesMut::from(&seen.lock().unwrap()[..]);
+    let mut decoder = rallymq_codec::Decoder::with_version(version, Default::default());
+    let mut wire = Vec::new();
+    while let Some(packet) = decoder.decode(&mut bytes).expect("valid packets") {
+        if let rallymq_codec::Packet::Publish(publish) = packet {
+            wire.push((
+                topic_str(&publish),
+                publish.properties.topic_alias.map(|alias| alias.get()),
+            ));
+        }
+    }
+    (resolved, wire)
+}
+
+const ALIASED_TOPICS: [&str; 7] = [
+    "alias/court/1/score",
+    "alias/court/2/score",
+    "alias/court/1/score",
+    "alias/court/3/score",
+    "alias/court/2/score",
+    "alias/court/1/score",
+    "alias/court/3/score",
+];
+
+/// A client announcing Topic Alias Maximum 10 gets aliases (on by default): the first PUBLISH
+/// on a topic carries topic and alias, later ones the alias and an empty topic, and its engine
+/// resolves every one (MQTT-3.3.2-11: none above its maximum).
+#[tokio::test]
+async fn mqtt_3_3_2_11_broker_sends_aliases_within_the_client_maximum() {
+    let broker = start_broker(|_| {}).await;
+    let (resolved, wire) = aliased_traffic(&broker, V5, Some(10), &ALIASED_TOPICS).await;
+    assert_eq!(resolved, ALIASED_TOPICS);
+    let wire: Vec<(&str, Option<u16>)> = wire.iter().map(|(t, a)| (t.as_str(), *a)).collect();
+    assert_eq!(
+        wire,
+        [
+            ("alias/court/1/score", Some(1)),
+            ("alias/court/2/score", Some(2)),
+            ("", Some(1)),
+            ("alias/court/3/score", Some(3)),
+            ("", Some(2)),
+            ("", Some(1)),
+            ("", Some(3)),
+        ]
+    );
+    broker.shutdown(SHORT).await;
+}
+
+/// The broker's own limit bounds the aliases too: with 2, the third topic goes in full.
+#[tokio::test]
+async fn the_broker_limit_bounds_outgoing_aliases() {
+    let broker = start_broker(|config| config.limits.outgoing_topic_alias_maximum = 2).await;
+    let (resolved, wire) = aliased_traffic(&broker, V5, Some(10), &ALIASED_TOPICS).await;
+    assert_eq!(resolved, ALIASED_TOPICS);
+    assert!(
+        wire.iter().all(|(_, alias)| alias.is_none_or(|a| a <= 2)),
+        "{wire:?}"
+    );
+    assert_eq!(wire[3], ("alias/court/3/score".to_owned(), None));
+    assert_eq!(wire[5], (String::new(), Some(1)));
+    broker.shutdown(SHORT).await;
+}
+
+/// No aliases to a client that announces no Topic Alias Maximum (or 0), to an MQTT 3.1.1
+/// client, or from a broker whose limit is 0 (MQTT-3.1.2-27).
+#[tokio::test]
+async fn mqtt_3_1_2_27_no_aliases_without_a_client_maximum_or_with_the_limit_at_0() {
+    let broker = start_broker(|_| {}).await;
+    for (version, maximum) in [(V5, None), (V5, Some(0)), (V311, None)] {
+        let (resolved, wire) = aliased_traffic(&broker, version, maximum, &ALIASED_TOPICS).await;
+        assert_eq!(resolved, ALIASED_TOPICS);
+        let full: Vec<Wire> = ALIASED_TOPICS
+            .iter()
+            .map(|t| (t.to_string(), None))
+            .collect();
+        assert_eq!(wire, full, "{version:?}, maximum {maximum:?}");
+    }
+    broker.shutdown(SHORT).await;
+    let broker = start_broker(|config| config.limits.outgoing_topic_alias_maximum = 0).await;
+    let (_, wire) = aliased_traffic(&broker, V5, Some(10), &ALIASED_TOPICS).await;
+    assert!(
+        wire.iter()
+            .all(|(topic, alias)| alias.is_none() && !topic.is_empty())
+    );
+    broker.shutdown(SHORT).await;
+}

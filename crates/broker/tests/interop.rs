@@ -445,6 +445,18 @@ fn paho_cases(
     require_paho();
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
+    paho_cases_on(&ours, &reference, scenario, versions, transports, expected);
+}
+
+/// [`paho_cases`] against brokers the caller started (with settings of its own).
+fn paho_cases_on(
+    ours: &OurBroker,
+    reference: &Mosquitto,
+    scenario: &str,
+    versions: &[&str],
+    transports: &[Transport],
+    expected: impl Fn(&str, &str) -> String,
+) {
     let mut cases: Vec<_> = transports.iter().map(|t| (ours.endpoint(), *t)).collect();
     cases.push((reference.endpoint(), Transport::Tcp));
     // The cases run side by side: each scenario uses its own topics and client ids.
@@ -840,6 +852,65 @@ fn mqtt_3_12_4_1_paho_keep_alive_pings_answered() {
     });
 }
 
+/// The installed Mosquitto's version, from `mosquitto -h` ("mosquitto version 2.0.11").
+fn mosquitto_version() -> (u32, u32, u32) {
+    let output = Command::new(rallymq_test_support::mosquitto_program())
+        .arg("-h")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("Mosquitto is missing ({e}); run bash scripts/setup.sh"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let parsed = text
+        .split_whitespace()
+        .skip_while(|word| *word != "version")
+        .nth(1)
+        .and_then(|version| {
+            let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??, parts.next()??))
+        });
+    parsed.unwrap_or_else(|| panic!("no version in `mosquitto -h`: {text}"))
+}
+
+/// Mosquitto's `max_keepalive` (here 60): paho asks for keep alives 0, 30, 60, 61 and 65535.
+/// An MQTT 5 client over the maximum, or asking for none, is told the maximum as Server Keep
+/// Alive; an MQTT 3.1 or 3.1.1 one is refused with return code 2 (which paho reports as 0x85).
+/// Both brokers must answer alike. Mosquitto applies the limit to 3.1 and 3.1.1 clients since
+/// 2.0.12 (its ChangeLog: "Fix `max_keepalive` not applying to MQTT v3.1.1 and v3.1
+/// connections"); an older Mosquitto accepts them all, and is expected to.
+#[test]
+fn mosquitto_max_keepalive_corrects_v5_and_refuses_v311_over_it() {
+    require_paho();
+    let ours = OurBroker::start_with(|config| config.limits.max_keep_alive = Some(60));
+    let reference = Mosquitto::start_with("allow_anonymous true\nmax_keepalive 60\n");
+    let refuses_v311 = mosquitto_version() >= (2, 0, 12);
+    let expected = |version: &str, broker: &str| {
+        let cases: Vec<String> = [0u16, 30, 60, 61, 65535]
+            .iter()
+            .map(|&keep_alive| {
+                let over = keep_alive == 0 || keep_alive > 60;
+                let (code, told) = match version {
+                    "5" if over => (0, "60"),
+                    "5" => (0, "null"),
+                    _ if over && (broker == "rallymq" || refuses_v311) => (0x85, "null"),
+                    _ => (0, "null"),
+                };
+                format!(r#""{keep_alive}":{{"code":{code},"server_keep_alive":{told}}}"#)
+            })
+            .collect();
+        format!("{{{}}}", cases.join(","))
+    };
+    paho_cases_on(
+        &ours,
+        &reference,
+        "max_keepalive",
+        &["31", "311", "5"],
+        // Over TCP only: paho makes its socket non-blocking for a keep alive of 0
+        // (`settimeout(keepalive)`), and its WebSocket handshake then fails with EAGAIN.
+        &[Transport::Tcp],
+        expected,
+    );
+}
+
 /// QoS 2 exactly once, driven by hand over TCP: a PUBLISH sent again with DUP before PUBREL is
 /// answered with PUBREC and not delivered twice (3.1.1 MQTT-4.3.3-2); once PUBCOMP is sent the
 /// packet id is free, and a new message on it is delivered.
@@ -930,6 +1001,29 @@ fn mqtt_3_1_3_9_paho_v5_will_sent_at_session_end_before_its_delay() {
 fn paho_v5_client_accepting_topic_aliases_sees_every_topic() {
     paho_matrix("alias_in", &["5"], |_| {
         r#"{"topics":["a","a","b","a","b"]}"#.to_owned()
+    });
+}
+
+/// MQTT 5: a paho subscriber announcing Topic Alias Maximum 10 gets aliases from our broker
+/// (on by default): each topic's first message sets one, the later ones come on the alias
+/// alone, none above 10 (MQTT-3.3.2-11), and every message resolves to its topic. Mosquitto
+/// sends no aliases.
+#[test]
+fn mqtt_3_3_2_11_paho_v5_subscriber_gets_topic_aliases_from_the_broker() {
+    paho_matrix_per_broker("alias_out", &["5"], |_, broker| {
+        let (set, alone, highest) = if broker == "Mosquitto" {
+            (0, 0, 0)
+        } else {
+            (3, 5, 3)
+        };
+        format!(
+            concat!(
+                r#"{{"alone":{},"highest":{},"set":{},"topics":["court/1/score","court/2/score","#,
+                r#""court/1/score","court/3/score","court/2/score","court/1/score","court/3/score","#,
+                r#""court/1/score"]}}"#
+            ),
+            alone, highest, set
+        )
     });
 }
 
@@ -1441,6 +1535,42 @@ fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
             let case = format!("MQTT.js protocol {version} to {}", endpoint.name);
             check_observed(&mut failures, &case, result, &expected.to_owned());
         }
+    }
+    assert_no_failures(failures);
+}
+
+/// MQTT.js (MQTT 5, Topic Alias Maximum 10) over WebSockets gets aliases from our broker: each
+/// topic's first message sets one, later ones come on the alias alone, none above 10
+/// (MQTT-3.3.2-11), and MQTT.js resolves every topic. Mosquitto sends no aliases.
+/// `tests/interop/mqttjs_aliases.js`.
+#[test]
+fn mqtt_3_3_2_11_mqttjs_gets_topic_aliases_from_the_broker() {
+    require_mqttjs();
+    let ours = OurBroker::start();
+    let reference = Mosquitto::start();
+    let mut failures = Vec::new();
+    for (endpoint, (set, alone, highest)) in [
+        (ours.endpoint(), (3, 5, 3)),
+        (reference.endpoint(), (0, 0, 0)),
+    ] {
+        let url = format!("ws://127.0.0.1:{}/mqtt", endpoint.ws);
+        let result = run_peer(
+            Command::new("node")
+                .arg(interop_dir().join("mqttjs_aliases.js"))
+                .arg(&url)
+                .current_dir(interop_dir()),
+            PEER_TIMEOUT,
+        );
+        let expected = format!(
+            concat!(
+                r#"{{"topics":["court/1/score","court/2/score","court/1/score","court/3/score","#,
+                r#""court/2/score","court/1/score","court/3/score","court/1/score"],"#,
+                r#""set":{},"alone":{},"highest":{}}}"#
+            ),
+            set, alone, highest
+        );
+        let case = format!("MQTT.js topic aliases from {}", endpoint.name);
+        check_observed(&mut failures, &case, result, &expected);
     }
     assert_no_failures(failures);
 }

@@ -23,9 +23,12 @@ pub(crate) struct FileConfig {
     pub(crate) max_packet_size: Option<u32>,
     pub(crate) receive_maximum: Option<u16>,
     pub(crate) topic_alias_maximum: Option<u16>,
+    pub(crate) outgoing_topic_alias_maximum: Option<u16>,
     pub(crate) max_in_flight: Option<u16>,
     pub(crate) max_queued_messages: Option<usize>,
-    pub(crate) max_keep_alive: Option<u16>,
+    /// `max_keep_alive`, its spelling before it took Mosquitto's, is still read.
+    #[serde(alias = "max_keep_alive")]
+    pub(crate) max_keepalive: Option<u16>,
     pub(crate) max_session_expiry: Option<u32>,
 }
 
@@ -88,17 +91,21 @@ impl Settings {
         set(args.max_packet_size, &mut s.max_packet_size);
         set(args.receive_maximum, &mut s.receive_maximum);
         set(args.topic_alias_maximum, &mut s.topic_alias_maximum);
+        set(
+            args.outgoing_topic_alias_maximum,
+            &mut s.outgoing_topic_alias_maximum,
+        );
         set(args.max_in_flight, &mut s.max_in_flight);
         set(args.max_queued_messages, &mut s.max_queued_messages);
-        set(args.max_keep_alive, &mut s.max_keep_alive);
+        set(args.max_keepalive, &mut s.max_keepalive);
         set(args.max_session_expiry, &mut s.max_session_expiry);
         Self(s)
     }
 
-    /// Checks the settings and fills what is unset from [`BrokerConfig::default`].
+    /// Checks the settings and fills what is unset from [`BrokerConfig::standard_ports`].
     pub(crate) fn into_broker_config(self) -> Result<BrokerConfig, String> {
         let s = self.0;
-        let mut config = BrokerConfig::default();
+        let mut config = BrokerConfig::standard_ports();
         // Listeners go as one group: naming any replaces all the default ones.
         if s.tcp.is_some() || s.ws.is_some() {
             config.tcp = s.tcp.unwrap_or_default();
@@ -138,6 +145,9 @@ impl Settings {
         if let Some(n) = s.topic_alias_maximum {
             limits.topic_alias_maximum = n;
         }
+        if let Some(n) = s.outgoing_topic_alias_maximum {
+            limits.outgoing_topic_alias_maximum = n;
+        }
         if let Some(n) = s.max_in_flight {
             if n == 0 {
                 return Err("max_in_flight must be at least 1".to_owned());
@@ -147,7 +157,7 @@ impl Settings {
         if let Some(n) = s.max_queued_messages {
             limits.max_queued_messages = n;
         }
-        if let Some(secs) = s.max_keep_alive {
+        if let Some(secs) = s.max_keepalive {
             limits.max_keep_alive = (secs > 0).then_some(secs);
         }
         if let Some(secs) = s.max_session_expiry {
@@ -184,8 +194,9 @@ mod tests {
         assert!(file.max_connections.is_some() && file.connect_timeout_secs.is_some());
         assert!(file.max_packet_size.is_some() && file.receive_maximum.is_some());
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
-        assert!(file.max_queued_messages.is_some() && file.max_keep_alive.is_some());
+        assert!(file.max_queued_messages.is_some() && file.max_keepalive.is_some());
         assert!(file.max_session_expiry.is_some());
+        assert!(file.outgoing_topic_alias_maximum.is_some());
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
     }
@@ -206,6 +217,22 @@ mod tests {
         );
         assert_eq!(config.limits.max_packet_size, 4096);
         assert_eq!(config.sys_interval, None);
+    }
+
+    #[test]
+    fn max_keepalive_key_and_its_old_spelling() {
+        for text in ["max_keepalive = 30", "max_keep_alive = 30"] {
+            let file = FileConfig::parse(text).expect("valid");
+            let config = Settings::from_file(file)
+                .into_broker_config()
+                .expect("valid");
+            assert_eq!(config.limits.max_keep_alive, Some(30), "{text}");
+        }
+        let file = FileConfig::parse("max_keepalive = 0").expect("valid");
+        let config = Settings::from_file(file)
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(config.limits.max_keep_alive, None, "0 is no limit");
     }
 
     #[test]
@@ -231,5 +258,33 @@ mod tests {
             .into_broker_config()
             .expect_err("no listener");
         assert!(error.contains("no listeners"), "{error}");
+    }
+
+    #[test]
+    fn outgoing_topic_aliases_are_on_by_default_and_the_key_or_flag_sets_them() {
+        let defaults = Settings::from_file(FileConfig::default())
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(defaults.limits.outgoing_topic_alias_maximum, 64);
+        let file = FileConfig::parse("outgoing_topic_alias_maximum = 0\n").expect("valid");
+        let from_file = Settings::from_file(file.clone())
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(from_file.limits.outgoing_topic_alias_maximum, 0);
+        let cli = <crate::Cli as clap::Parser>::try_parse_from([
+            "rallymq",
+            "broker",
+            "--outgoing-topic-alias-maximum",
+            "10",
+        ])
+        .expect("valid flags");
+        let crate::Command::Broker(args) = cli.command else {
+            panic!("the broker command")
+        };
+        let from_flag = Settings::from_file(file)
+            .with_flags(&args)
+            .into_broker_config()
+            .expect("valid");
+        assert_eq!(from_flag.limits.outgoing_topic_alias_maximum, 10);
     }
 }

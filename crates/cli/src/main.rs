@@ -108,6 +108,11 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub(crate) topic_alias_maximum: Option<u16>,
 
+    /// Most topic aliases the broker uses towards one MQTT 5 client (also bounded by the
+    /// client's Topic Alias Maximum; 0: none; default 64).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) outgoing_topic_alias_maximum: Option<u16>,
+
     /// Most QoS 1 and 2 messages in flight to one client at once.
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub(crate) max_in_flight: Option<u16>,
@@ -116,9 +121,16 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub(crate) max_queued_messages: Option<usize>,
 
-    /// Longest keep alive accepted from MQTT 5 clients, in seconds (0: no limit).
-    #[arg(long, value_name = "SECS", help_heading = "Limits")]
-    pub(crate) max_keep_alive: Option<u16>,
+    /// Longest keep alive accepted, in seconds, as Mosquitto's max_keepalive (default 65535;
+    /// 0: no limit). MQTT 5 clients asking for more, or for none, are given it as Server Keep
+    /// Alive; MQTT 3.1 and 3.1.1 clients are refused (return code 2).
+    #[arg(
+        long,
+        alias = "max-keep-alive",
+        value_name = "SECS",
+        help_heading = "Limits"
+    )]
+    pub(crate) max_keepalive: Option<u16>,
 
     /// Largest session expiry granted, in seconds.
     #[arg(long, value_name = "SECS", help_heading = "Limits")]
@@ -269,7 +281,7 @@ mod tests {
     #[test]
     fn no_flags_gives_the_embedded_defaults() {
         let config = broker_config(&parse(&["rallymq", "broker"])).expect("no file to read");
-        let defaults = BrokerConfig::default();
+        let defaults = BrokerConfig::standard_ports();
         assert_eq!(config.tcp, defaults.tcp);
         assert_eq!(config.ws, defaults.ws);
         assert_eq!(config.ws_paths, defaults.ws_paths);
@@ -305,7 +317,7 @@ mod tests {
             "7",
             "--connect-timeout-secs",
             "3",
-            "--max-keep-alive",
+            "--max-keepalive",
             "0",
             "--sys-interval-secs",
             "0",
@@ -318,6 +330,15 @@ mod tests {
         assert_eq!(config.limits.max_keep_alive, None);
         assert_eq!(config.sys_interval, None);
         assert_eq!(config.ws_paths, vec!["/x".to_owned()]);
+    }
+
+    #[test]
+    fn max_keepalive_defaults_to_mosquittos_and_keeps_its_old_spelling() {
+        let default = broker_config(&parse(&["rallymq", "broker"])).expect("no file to read");
+        assert_eq!(default.limits.max_keep_alive, Some(65535));
+        let old_spelling = parse(&["rallymq", "broker", "--max-keep-alive", "30"]);
+        let config = broker_config(&old_spelling).expect("no file to read");
+        assert_eq!(config.limits.max_keep_alive, Some(30));
     }
 
     #[test]

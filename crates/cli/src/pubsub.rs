@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{ArgAction, Args};
 use rallymq_client::{Client, ClientOptions, Error as ClientError};
-use rallymq_codec::{ProtocolVersion, Publish, QoS, ReasonCode, TopicName, UserProperty};
+use rallymq_codec::{Message, ProtocolVersion, QoS, ReasonCode, TopicName, UserProperty};
 
 /// Exit code when the broker refuses the connection (Mosquitto's MOSQ_ERR_CONN_REFUSED).
 pub(crate) const EXIT_REFUSED: u8 = 5;
@@ -180,14 +180,14 @@ impl ConnectionArgs {
             .id
             .clone()
             .unwrap_or_else(|| format!("rallymq-{role}-{}", std::process::id()));
-        let mut options = ClientOptions::new(&url)?
+        let mut options = ClientOptions::new(&url)
             .version(self.protocol_version)
-            .client_id(&id)?
+            .client_id(&id)
             .clean_start(!self.persistent)
             .keep_alive(self.keepalive)
             .reconnect(None);
         if let Some(username) = &self.username {
-            options = options.credentials(username, self.password.as_deref().map(str::as_bytes))?;
+            options = options.credentials(username, self.password.as_deref().map(str::as_bytes));
         } else if self.password.is_some() {
             return Err(Failure::new(2, "-P needs -u"));
         }
@@ -198,6 +198,7 @@ impl ConnectionArgs {
             options = options.ca_file(cafile);
         }
         options.connect.properties.user_properties = self.user_properties("connect")?;
+        options.validate()?;
         Ok(options)
     }
 }
@@ -300,11 +301,11 @@ pub(crate) fn run_pub(args: PubArgs) -> Result<(), Failure> {
     let options = args.connection.options("pub")?;
     let level = qos(args.connection.qos);
     let message = |payload: Bytes| {
-        let mut publish = Publish::new(topic.clone(), payload);
-        publish.qos = level;
-        publish.retain = args.retain;
-        publish.properties.user_properties = user_properties.clone();
-        publish
+        let mut message = Message::new(topic.clone(), payload);
+        message.qos = level;
+        message.retain = args.retain;
+        message.properties.user_properties = user_properties.clone();
+        message
     };
     let payloads: Vec<Bytes> = if args.lines {
         Vec::new()
@@ -403,9 +404,7 @@ pub(crate) fn run_sub(args: SubArgs) -> Result<(), Failure> {
             received += 1;
             let mut line = Vec::with_capacity(message.payload.len() + 64);
             if args.verbose {
-                line.extend_from_slice(
-                    message.topic.as_ref().map_or("", |t| t.as_str()).as_bytes(),
-                );
+                line.extend_from_slice(message.topic.as_bytes());
                 line.push(b' ');
             }
             line.extend_from_slice(&message.payload);

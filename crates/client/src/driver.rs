@@ -3,12 +3,12 @@
 //! done. No protocol decision is made here; the engine makes them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use rallymq_codec::{
-    AckProperties, ConnAck, Disconnect, Publish, QoS, ReasonCode, SubscribeProperties,
+    AckProperties, ConnAck, Disconnect, Message, Publish, QoS, ReasonCode, SubscribeProperties,
     Subscription, TopicFilter, UnsubscribeProperties,
 };
 use rallymq_session::{
@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
-use crate::{Ack, ClientOptions, Error, transport};
+use crate::event::Listeners;
+use crate::url::BrokerUrl;
+use crate::{Ack, ClientOptions, ConnectionEvent, Error, transport};
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -50,18 +52,29 @@ pub(crate) struct Status {
     pub(crate) connected: AtomicBool,
     /// The engine's window and queue are full: `try_publish` refuses at once.
     pub(crate) saturated: AtomicBool,
+    /// Why the driver ended, once it has: what every later command fails with.
+    pub(crate) ended: OnceLock<Error>,
+    /// Readers of connection events.
+    pub(crate) listeners: Listeners,
+}
+
+impl Status {
+    /// The error for a command the driver can no longer answer.
+    pub(crate) fn end_error(&self) -> Error {
+        self.ended.get().cloned().unwrap_or(Error::Closed)
+    }
 }
 
 /// What woke the connection loop.
 // Made and matched at once in the loop, never stored: boxing would cost an allocation per wake.
 #[allow(clippy::large_enum_variant)]
 enum Wake {
-    /// Bytes read (0: the transport ended).
-    Read(usize),
+    /// Bytes read (0: the transport ended), or the transport's failure.
+    Read(std::io::Result<usize>),
     Timer,
     Command(Option<Command>),
     /// Room in the message stream (`None`: the stream was dropped).
-    Room(Option<mpsc::OwnedPermit<Publish>>),
+    Room(Option<mpsc::OwnedPermit<Message>>),
 }
 
 /// Why a connection ended.
@@ -76,8 +89,9 @@ enum End {
 
 pub(crate) struct Driver {
     options: ClientOptions,
+    url: BrokerUrl,
     commands: mpsc::Receiver<Command>,
-    messages: mpsc::Sender<Publish>,
+    messages: mpsc::Sender<Message>,
     /// The `Messages` stream was dropped: received messages are discarded.
     messages_gone: bool,
     status: Arc<Status>,
@@ -90,8 +104,10 @@ pub(crate) struct Driver {
     restoring: HashSet<RequestToken>,
     /// Commands that need an established connection, waiting for CONNACK.
     deferred: VecDeque<Command>,
+    /// Publishes among `deferred`: bounded by `max_queued`.
+    deferred_publishes: usize,
     /// Messages received while the stream's buffer is full; reading pauses until it drains.
-    stash: VecDeque<Publish>,
+    stash: VecDeque<Message>,
     first_connect: Option<oneshot::Sender<Result<ConnAck, Error>>>,
     disconnect_replies: Vec<Reply<()>>,
     epoch: Instant,
@@ -100,8 +116,9 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         options: ClientOptions,
+        url: BrokerUrl,
         commands: mpsc::Receiver<Command>,
-        messages: mpsc::Sender<Publish>,
+        messages: mpsc::Sender<Message>,
         status: Arc<Status>,
         first_connect: oneshot::Sender<Result<ConnAck, Error>>,
     ) -> Self {
@@ -119,6 +136,7 @@ impl Driver {
         };
         Self {
             options,
+            url,
             commands,
             messages,
             messages_gone: false,
@@ -130,6 +148,7 @@ impl Driver {
             unsubscribe_replies: HashMap::new(),
             restoring: HashSet::new(),
             deferred: VecDeque::new(),
+            deferred_publishes: 0,
             stash: VecDeque::new(),
             first_connect: Some(first_connect),
             disconnect_replies: Vec::new(),
@@ -155,27 +174,26 @@ impl Driver {
                 self.options.session_store.save(&client_id, state);
             }
             let error = match end {
-                End::Local => {
-                    self.fail_all(Error::Closed);
-                    for reply in self.disconnect_replies.drain(..) {
-                        let _ = reply.send(Ok(()));
-                    }
-                    return;
-                }
+                End::Local => return self.end(Error::Closed, None),
                 End::Refused(code) => Error::Refused(code),
                 End::Lost(error) => error,
             };
             if let Some(first) = self.first_connect.take() {
                 // The first connection must succeed for `connect` to return a client.
-                let _ = first.send(Err(error));
-                return;
+                let _ = first.send(Err(error.clone()));
+                return self.end(error, None);
             }
+            self.status
+                .listeners
+                .send(&ConnectionEvent::Disconnected(error.clone()));
             let Some(backoff) = self.options.reconnect else {
-                self.fail_all(Error::ConnectionLost);
-                return;
+                return self.end(Error::ConnectionLost, Some(error));
             };
             self.fail_requests(Error::ConnectionLost);
             let delay = backoff.delay(attempt);
+            self.status
+                .listeners
+                .send(&ConnectionEvent::Reconnecting { attempt, delay });
             attempt = attempt.saturating_add(1);
             info!(%error, ?delay, "connection lost; reconnecting");
             let wake = tokio::time::Instant::now() + delay;
@@ -186,15 +204,11 @@ impl Driver {
                         // While waiting, commands wait for the next connection; a disconnect
                         // (or every handle gone) ends the client now.
                         Some(Command::Disconnect { reply }) => {
-                            self.fail_all(Error::Closed);
-                            let _ = reply.send(Ok(()));
-                            return;
+                            self.disconnect_replies.push(reply);
+                            return self.end(Error::Closed, None);
                         }
-                        Some(command) => self.deferred.push_back(command),
-                        None => {
-                            self.fail_all(Error::Closed);
-                            return;
-                        }
+                        Some(command) => self.defer(command),
+                        None => return self.end(Error::Closed, None),
                     },
                 }
             }
@@ -204,12 +218,27 @@ impl Driver {
         }
     }
 
+    /// Ends the client: every waiting command fails with `error`, as every later one will, and
+    /// the event readers hear why (`gave_up`: the connection was lost and is not retried).
+    fn end(&mut self, error: Error, gave_up: Option<Error>) {
+        let _ = self.status.ended.set(error.clone());
+        self.fail_all(error.clone());
+        for reply in self.disconnect_replies.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+        let event = match gave_up {
+            Some(cause) => ConnectionEvent::GaveUp(cause),
+            None => ConnectionEvent::Disconnected(error),
+        };
+        self.status.listeners.send(&event);
+        self.status.listeners.close();
+    }
+
     /// One connection, from opening the transport to its end.
     async fn connection(&mut self, clean_start: bool) -> End {
-        let url = self.options.url.clone();
         let opened = tokio::time::timeout(
             self.options.connect_timeout,
-            transport::open(&url, &self.options.tls),
+            transport::open(&self.url, &self.options.tls),
         )
         .await;
         let mut io = match opened {
@@ -228,18 +257,29 @@ impl Driver {
             return End::Lost(error.into());
         }
         let mut local = false;
+        // The transport's failure, if that is how the connection ends.
+        let mut io_error: Option<std::io::Error> = None;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             while let Some(event) = engine.poll_event() {
-                if let Some(end) = self.on_event(&mut engine, event, local) {
+                if let Some(end) = self.on_event(&mut engine, event, local, &mut io_error) {
                     self.state = Some(engine.session_state());
+                    // The engine's last bytes (the DISCONNECT of `disconnect()`, or one telling
+                    // the broker of a protocol error) are still to be written: `Closed` comes
+                    // with them, not after them.
+                    while let Some(bytes) = engine.poll_transmit(self.now()) {
+                        if io.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
                     let _ = io.shutdown().await;
                     return end;
                 }
             }
             let mut write_failed = false;
             while let Some(bytes) = engine.poll_transmit(self.now()) {
-                if io.write_all(&bytes).await.is_err() {
+                if let Err(error) = io.write_all(&bytes).await {
+                    io_error = Some(error);
                     write_failed = true;
                     break;
                 }
@@ -258,14 +298,18 @@ impl Driver {
             let reading = self.stash.is_empty();
             let stashing = !self.stash.is_empty();
             let wake = tokio::select! {
-                read = io.read(&mut buf), if reading => Wake::Read(read.unwrap_or(0)),
+                read = io.read(&mut buf), if reading => Wake::Read(read),
                 _ = sleep_until(deadline), if deadline.is_some() => Wake::Timer,
                 command = self.commands.recv(), if !local => Wake::Command(command),
                 permit = self.messages.clone().reserve_owned(), if stashing => Wake::Room(permit.ok()),
             };
             match wake {
-                Wake::Read(0) => engine.handle_transport_closed(),
-                Wake::Read(n) => engine.handle_bytes(self.now(), &buf[..n]),
+                Wake::Read(Ok(0)) => engine.handle_transport_closed(),
+                Wake::Read(Ok(n)) => engine.handle_bytes(self.now(), &buf[..n]),
+                Wake::Read(Err(error)) => {
+                    io_error = Some(error);
+                    engine.handle_transport_closed();
+                }
                 Wake::Timer => engine.handle_timeout(self.now()),
                 Wake::Command(Some(Command::Disconnect { reply })) => {
                     self.disconnect_replies.push(reply);
@@ -297,6 +341,7 @@ impl Driver {
         engine: &mut ClientConnection,
         event: ClientEvent,
         local: bool,
+        io_error: &mut Option<std::io::Error>,
     ) -> Option<End> {
         match event {
             ClientEvent::Connected {
@@ -305,8 +350,14 @@ impl Driver {
             } => {
                 self.status.connected.store(true, Ordering::Relaxed);
                 debug!(session_present, "connected");
-                if let Some(first) = self.first_connect.take() {
-                    let _ = first.send(Ok(connack));
+                match self.first_connect.take() {
+                    Some(first) => {
+                        let _ = first.send(Ok(connack));
+                    }
+                    None => self.status.listeners.send(&ConnectionEvent::Connected {
+                        session_present,
+                        connack,
+                    }),
                 }
                 if !session_present {
                     for (subscription, properties) in self.subscriptions.clone() {
@@ -315,11 +366,17 @@ impl Driver {
                         }
                     }
                 }
+                self.deferred_publishes = 0;
                 while let Some(command) = self.deferred.pop_front() {
                     self.on_command(engine, command);
                 }
             }
-            ClientEvent::Message(message) => self.deliver(message.publish),
+            ClientEvent::Message(message) => {
+                // The engine resolved any topic alias: every message has its topic.
+                if let Some(message) = Message::from_publish(message.publish) {
+                    self.deliver(message);
+                }
+            }
             ClientEvent::PublishAcknowledged(outcome) | ClientEvent::PublishCompleted(outcome) => {
                 if let Some(reply) = self.publish_replies.remove(&outcome.token) {
                     let _ = reply.send(Ok(Ack {
@@ -355,7 +412,11 @@ impl Driver {
                     CloseReason::LocalDisconnect(_) => End::Local,
                     CloseReason::Refused(code) => End::Refused(code),
                     CloseReason::KeepAliveTimeout => End::Lost(Error::Timeout),
-                    other => End::Lost(Error::Transport(format!("{other:?}"))),
+                    CloseReason::TransportClosed => End::Lost(match io_error.take() {
+                        Some(error) => error.into(),
+                        None => Error::Disconnected(CloseReason::TransportClosed),
+                    }),
+                    other => End::Lost(Error::Disconnected(other)),
                 });
             }
             _ => {}
@@ -363,7 +424,7 @@ impl Driver {
         None
     }
 
-    fn deliver(&mut self, message: Publish) {
+    fn deliver(&mut self, message: Message) {
         if self.messages_gone {
             return;
         }
@@ -383,7 +444,7 @@ impl Driver {
         match command {
             Command::Publish { publish, reply } => {
                 if !connected && publish.qos == QoS::AtMostOnce {
-                    self.deferred.push_back(Command::Publish { publish, reply });
+                    self.defer(Command::Publish { publish, reply });
                     return;
                 }
                 match engine.publish(self.now(), publish) {
@@ -407,7 +468,7 @@ impl Driver {
                 reply,
             } => {
                 if !connected {
-                    self.deferred.push_back(Command::Subscribe {
+                    self.defer(Command::Subscribe {
                         subscriptions,
                         properties,
                         reply,
@@ -435,7 +496,7 @@ impl Driver {
                 reply,
             } => {
                 if !connected {
-                    self.deferred.push_back(Command::Unsubscribe {
+                    self.defer(Command::Unsubscribe {
                         filters,
                         properties,
                         reply,
@@ -457,6 +518,21 @@ impl Driver {
         }
     }
 
+    /// Keeps a command for the next connection. Publishes wait in a queue bounded by
+    /// `max_queued`: past it they fail with [`Error::Full`] at once.
+    fn defer(&mut self, command: Command) {
+        if matches!(command, Command::Publish { .. }) {
+            if self.deferred_publishes >= self.options.max_queued {
+                if let Command::Publish { reply, .. } = command {
+                    let _ = reply.send(Err(Error::Full));
+                }
+                return;
+            }
+            self.deferred_publishes += 1;
+        }
+        self.deferred.push_back(command);
+    }
+
     /// Subscribe and unsubscribe requests of a lost connection fail; publishes stay pending
     /// (they are resent on the next connection).
     fn fail_requests(&mut self, error: Error) {
@@ -475,6 +551,7 @@ impl Driver {
         for (_, reply) in self.publish_replies.drain() {
             let _ = reply.send(Err(error.clone()));
         }
+        self.deferred_publishes = 0;
         for command in self.deferred.drain(..) {
             match command {
                 Command::Publish { reply, .. } => {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rallymq_codec::{Connect, MqttString, ProtocolVersion, Will};
+use rallymq_codec::{Connect, MqttString, ProtocolVersion, QoS, TopicName, Will};
 
 use crate::url::BrokerUrl;
 use crate::{Error, MemorySessionStore, SessionStore};
@@ -43,21 +43,41 @@ impl Backoff {
     }
 }
 
-/// Everything a client needs to connect. Build with [`ClientOptions::new`] and the setters.
+/// Everything a client needs to connect. Build with [`ClientOptions::new`] and the setters,
+/// which all chain without a `?`: an invalid value (URL, client id, user name, will topic) is
+/// kept and reported once, by [`Client::connect`](crate::Client::connect) or
+/// [`ClientOptions::validate`], as reqwest's builders do.
+///
+/// ```
+/// use rallymq_client::{ClientOptions, Error};
+/// use rallymq_codec::QoS;
+///
+/// let options = ClientOptions::new("mqtt://127.0.0.1:1883")
+///     .client_id("scoreboard")
+///     .keep_alive(30)
+///     .last_will("scoreboard/status", "offline", QoS::AtLeastOnce, true);
+/// assert!(options.validate().is_ok());
+///
+/// let invalid = ClientOptions::new("mqtt://127.0.0.1:1883").last_will("a/#", "x", QoS::AtMostOnce, false);
+/// assert!(matches!(invalid.validate(), Err(Error::InvalidArgument(_))));
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Where to connect.
-    pub url: BrokerUrl,
+    /// Where to connect (`None` when the URL given was invalid: see `error`).
+    url: Option<BrokerUrl>,
     /// The CONNECT to send (version, client id, clean start, keep alive, credentials, will,
-    /// MQTT 5 properties).
+    /// MQTT 5 properties such as user properties or a Receive Maximum).
     pub connect: Connect,
-    /// Reconnect after losing the connection; `None` ends the client instead.
+    /// Reconnect after losing the connection; `None` ends the client instead. The first
+    /// connection is not retried: [`Client::connect`](crate::Client::connect) fails at once
+    /// when it fails, so that a wrong address or a refused login is reported, not hidden.
     pub reconnect: Option<Backoff>,
     /// How long to wait for the transport and for CONNACK.
     pub connect_timeout: Duration,
     /// Most QoS 1/2 messages in flight (also bounded by the broker's Receive Maximum).
     pub max_in_flight: u16,
-    /// Most QoS 1/2 messages queued behind the window before publishing reports
+    /// Most messages waiting: QoS 1/2 messages queued behind the window, and messages of any
+    /// QoS published while the client reconnects. Past it, publishing reports
     /// [`Error::Full`].
     pub max_queued: usize,
     /// Received messages buffered for the [`Messages`](crate::Messages) stream. When it is full
@@ -68,40 +88,37 @@ pub struct ClientOptions {
     pub session_store: Arc<dyn SessionStore>,
     /// TLS for `mqtts://` and `wss://`.
     pub tls: TlsOptions,
+    /// The first invalid setting, reported by `validate` and `Client::connect`.
+    error: Option<Error>,
 }
 
-/// How TLS connections verify the broker.
+/// How TLS connections verify the broker, and prove who the client is.
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
     /// Trust only the certificates in this PEM file (as `--cafile`); without it, the operating
     /// system's roots.
     pub ca_file: Option<std::path::PathBuf>,
-    /// A complete rustls configuration (client certificates, custom verification); it takes
-    /// precedence over `ca_file`.
+    /// A client certificate chain and its private key, as PEM files (as `--cert` and `--key`),
+    /// for brokers that ask for one.
+    pub client_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A complete rustls configuration (custom verification, keys in memory); it takes
+    /// precedence over the files above.
     pub config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientOptions {
-    /// Options for `url` (`mqtt://host:1883`, `ws://host:8080/mqtt`, ...): MQTT 5, a random
-    /// client id, clean start, keep alive 60 s, reconnect with the default backoff.
-    pub fn new(url: &str) -> Result<Self, Error> {
-        let url = BrokerUrl::parse(url)?;
+    /// Options for `url` (`mqtt://host:1883`, `mqtts://host:8883`, `ws://host:8080/mqtt`,
+    /// `wss://...`, with an optional `user:password@`): MQTT 5, a random client id, clean start,
+    /// keep alive 60 s, reconnect with the default backoff.
+    pub fn new(url: &str) -> Self {
         let mut random = [0u8; 6];
         let _ = getrandom::fill(&mut random);
         let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let mut connect = Connect::new(
-            ProtocolVersion::V5,
-            MqttString::new(format!("rallymq-{id}")).map_err(invalid)?,
-        );
-        if let Some(username) = &url.username {
-            connect.username = Some(MqttString::new(username.clone()).map_err(invalid)?);
-        }
-        if let Some(password) = &url.password {
-            connect.password = Some(Bytes::from(password.clone()));
-        }
-        Ok(Self {
-            url,
-            connect,
+        // Letters, digits and '-': a valid MQTT string.
+        let client_id = MqttString::new(format!("rallymq-{id}")).expect("a valid client id");
+        let mut options = Self {
+            url: None,
+            connect: Connect::new(ProtocolVersion::V5, client_id),
             reconnect: Some(Backoff::default()),
             connect_timeout: Duration::from_secs(10),
             max_in_flight: 64,
@@ -109,7 +126,47 @@ impl ClientOptions {
             message_buffer: 1024,
             session_store: Arc::new(MemorySessionStore::new()),
             tls: TlsOptions::default(),
-        })
+            error: None,
+        };
+        match BrokerUrl::parse(url) {
+            Ok(url) => {
+                if let Some(username) = url.username.clone() {
+                    let password = url.password.clone();
+                    options =
+                        options.credentials(&username, password.as_deref().map(str::as_bytes));
+                }
+                options.url = Some(url);
+            }
+            Err(error) => options.fail(error),
+        }
+        options
+    }
+
+    /// The broker URL, if the one given is valid.
+    pub fn url(&self) -> Option<&BrokerUrl> {
+        self.url.as_ref()
+    }
+
+    /// The first invalid setting, if any: what [`Client::connect`](crate::Client::connect)
+    /// would fail with before opening a connection.
+    pub fn validate(&self) -> Result<(), Error> {
+        match &self.error {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The URL, once the options are valid.
+    pub(crate) fn validated_url(&self) -> Result<&BrokerUrl, Error> {
+        self.validate()?;
+        self.url
+            .as_ref()
+            .ok_or_else(|| Error::InvalidUrl("no URL".into()))
+    }
+
+    /// Keeps the first error.
+    fn fail(&mut self, error: Error) {
+        self.error.get_or_insert(error);
     }
 
     /// Sets the protocol version (MQTT 3.1.1 or 5.0).
@@ -121,10 +178,13 @@ impl ClientOptions {
         self
     }
 
-    /// Sets the client identifier.
-    pub fn client_id(mut self, client_id: &str) -> Result<Self, Error> {
-        self.connect.client_id = MqttString::new(client_id).map_err(invalid)?;
-        Ok(self)
+    /// Sets the client identifier (an empty one asks the broker to assign one).
+    pub fn client_id(mut self, client_id: &str) -> Self {
+        match MqttString::new(client_id) {
+            Ok(id) => self.connect.client_id = id,
+            Err(e) => self.fail(invalid(format!("client id: {e}"))),
+        }
+        self
     }
 
     /// Sets Clean Start (Clean Session before MQTT 5).
@@ -146,16 +206,39 @@ impl ClientOptions {
     }
 
     /// Sets user name and password.
-    pub fn credentials(mut self, username: &str, password: Option<&[u8]>) -> Result<Self, Error> {
-        self.connect.username = Some(MqttString::new(username).map_err(invalid)?);
-        self.connect.password = password.map(Bytes::copy_from_slice);
-        Ok(self)
+    pub fn credentials(mut self, username: &str, password: Option<&[u8]>) -> Self {
+        match MqttString::new(username) {
+            Ok(username) => {
+                self.connect.username = Some(username);
+                self.connect.password = password.map(Bytes::copy_from_slice);
+            }
+            Err(e) => self.fail(invalid(format!("user name: {e}"))),
+        }
+        self
     }
 
-    /// Sets the will message.
+    /// Sets the will message, published by the broker if the connection ends without a clean
+    /// disconnect ([`Client::disconnect`](crate::Client::disconnect), or dropping every handle).
     pub fn will(mut self, will: Will) -> Self {
         self.connect.will = Some(will);
         self
+    }
+
+    /// Sets the will message from its parts (see [`ClientOptions::will`]).
+    pub fn last_will(self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Self {
+        match TopicName::new(topic) {
+            Ok(topic) => {
+                let mut will = Will::new(topic, payload);
+                will.qos = qos;
+                will.retain = retain;
+                self.will(will)
+            }
+            Err(e) => {
+                let mut options = self;
+                options.fail(invalid(format!("will topic {topic:?}: {e}")));
+                options
+            }
+        }
     }
 
     /// Turns reconnecting off (`None`) or sets its backoff.
@@ -164,9 +247,26 @@ impl ClientOptions {
         self
     }
 
+    /// Sets how long to wait for the transport and for CONNACK.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Trusts the certificates in the PEM file `path` for TLS instead of the system's roots.
     pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the client certificate chain in the PEM file `certificate` with the private key
+    /// in the PEM file `key`, for brokers that ask for one.
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.client_certificate = Some((certificate.into(), key.into()));
         self
     }
 

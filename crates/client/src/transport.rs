@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use rallymq_websocket::tokio::{ByteStream, connect};
 use rallymq_websocket::{ClientRequest, Config};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -26,10 +26,6 @@ pub(crate) enum Transport {
     Tls(Box<TlsStream>),
     WebSocket(Box<ByteStream<TcpStream>>),
     WebSocketTls(Box<ByteStream<TlsStream>>),
-}
-
-fn transport_error(error: impl std::fmt::Display) -> Error {
-    Error::Transport(error.to_string())
 }
 
 /// The TLS configuration: the caller's, or one trusting `ca_file` or the system's roots.
@@ -57,11 +53,26 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(transport_error)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+    let config = match &tls.client_certificate {
+        Some((certificate_file, key_file)) => {
+            let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+                Error::InvalidArgument(format!("{}: {e}", path.display()))
+            };
+            let chain = CertificateDer::pem_file_iter(certificate_file)
+                .map_err(|e| bad(certificate_file, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(certificate_file, &e))?;
+            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| bad(key_file, &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad(certificate_file, &e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -69,7 +80,7 @@ async fn tls(tcp: TcpStream, url: &BrokerUrl, options: &TlsOptions) -> Result<Tl
     let connector = tokio_rustls::TlsConnector::from(tls_config(options)?);
     let name =
         ServerName::try_from(url.host.clone()).map_err(|e| Error::InvalidUrl(e.to_string()))?;
-    connector.connect(name, tcp).await.map_err(transport_error)
+    Ok(connector.connect(name, tcp).await?)
 }
 
 async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
@@ -79,21 +90,19 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     let request = ClientRequest::new(&url.authority(), &url.path)
         .and_then(|request| request.with_subprotocols(&[SUBPROTOCOL]))
         .map_err(|e| Error::InvalidUrl(e.to_string()))?;
-    let (ws, response) = connect(io, &request, Config::default())
-        .await
-        .map_err(transport_error)?;
+    let (ws, response) = connect(io, &request, Config::default()).await?;
     if response.subprotocol() != Some(SUBPROTOCOL) {
-        return Err(Error::Transport(
-            "the server did not accept the mqtt subprotocol".into(),
-        ));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the server did not accept the mqtt subprotocol",
+        )
+        .into());
     }
     Ok(ws.into_byte_stream())
 }
 
 pub(crate) async fn open(url: &BrokerUrl, options: &TlsOptions) -> Result<Transport, Error> {
-    let tcp = TcpStream::connect(url.authority())
-        .await
-        .map_err(transport_error)?;
+    let tcp = TcpStream::connect(url.authority()).await?;
     let _ = tcp.set_nodelay(true);
     Ok(match url.scheme {
         Scheme::Mqtt => Transport::Tcp(tcp),

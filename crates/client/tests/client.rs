@@ -44,7 +44,7 @@ fn fast_reconnect() -> Option<Backoff> {
     })
 }
 
-async fn next(messages: &mut rallymq_client::Messages) -> rallymq_codec::Publish {
+async fn next(messages: &mut rallymq_client::Messages) -> rallymq_client::Message {
     tokio::time::timeout(WAIT, messages.recv())
         .await
         .expect("a message in time")
@@ -56,7 +56,7 @@ async fn qos_0_1_2_round_trips_over_tcp_and_websockets_both_versions() {
     let broker = broker().await;
     for url in urls(&broker) {
         for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-            let options = ClientOptions::new(&url).unwrap().version(version);
+            let options = ClientOptions::new(&url).version(version);
             let (client, mut messages, _) = Client::connect(options).await.expect("connects");
             assert!(client.is_connected());
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -127,9 +127,7 @@ async fn publish_resolves_only_after_the_acknowledgement() {
             server.handle_bytes(Timestamp::ZERO, &buf[..n]);
         }
     });
-    let options = ClientOptions::new(&format!("mqtt://{addr}"))
-        .unwrap()
-        .reconnect(None);
+    let options = ClientOptions::new(&format!("mqtt://{addr}")).reconnect(None);
     let (client, _messages, _) = Client::connect(options).await.unwrap();
     let publishing = tokio::spawn({
         let client = client.clone();
@@ -155,16 +153,12 @@ async fn publish_resolves_only_after_the_acknowledgement() {
 async fn many_tasks_publish_at_once_on_one_handle() {
     let broker = broker().await;
     let [tcp, _] = urls(&broker);
-    let (subscriber, mut messages, _) = Client::connect(ClientOptions::new(&tcp).unwrap())
-        .await
-        .unwrap();
+    let (subscriber, mut messages, _) = Client::connect(ClientOptions::new(&tcp)).await.unwrap();
     subscriber
         .subscribe("many/#", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let (client, _unused, _) = Client::connect(ClientOptions::new(&tcp).unwrap())
-        .await
-        .unwrap();
+    let (client, _unused, _) = Client::connect(ClientOptions::new(&tcp)).await.unwrap();
     let tasks: Vec<_> = (0..20)
         .map(|task| {
             let client = client.clone();
@@ -192,7 +186,7 @@ async fn many_tasks_publish_at_once_on_one_handle() {
     let mut per_task = std::collections::HashMap::<String, Vec<u32>>::new();
     for _ in 0..1000 {
         let got = next(&mut messages).await;
-        let topic = got.topic.unwrap().as_str().to_owned();
+        let topic = got.topic.to_string();
         per_task
             .entry(topic)
             .or_default()
@@ -217,9 +211,7 @@ async fn reconnects_after_a_broker_restart_and_loses_nothing_acknowledged() {
     let url = format!("mqtt://{tcp_addr}");
     let persistent = |id: &str| {
         ClientOptions::new(&url)
-            .unwrap()
             .client_id(id)
-            .unwrap()
             .clean_start(false)
             .session_expiry(3600)
             .reconnect(fast_reconnect())
@@ -280,9 +272,7 @@ async fn subscriptions_are_restored_when_the_broker_kept_no_session() {
     let broker = broker().await;
     let tcp_addr = broker.local_addr(ListenerKind::Tcp).unwrap();
     let url = format!("mqtt://{tcp_addr}");
-    let options = ClientOptions::new(&url)
-        .unwrap()
-        .reconnect(fast_reconnect());
+    let options = ClientOptions::new(&url).reconnect(fast_reconnect());
     let (client, mut messages, _) = Client::connect(options).await.unwrap();
     client
         .subscribe("restore/#", QoS::AtLeastOnce)
@@ -319,24 +309,28 @@ async fn subscriptions_are_restored_when_the_broker_kept_no_session() {
 async fn a_refused_connection_is_a_clear_error() {
     let broker = broker().await;
     let [tcp, _] = urls(&broker);
-    let mut options = ClientOptions::new(&tcp)
-        .unwrap()
-        .version(ProtocolVersion::V5);
+    let mut options = ClientOptions::new(&tcp).version(ProtocolVersion::V5);
     options.connect.properties.authentication_method =
         Some(rallymq_codec::MqttString::new("SCRAM-SHA-1").unwrap());
     assert_eq!(
         Client::connect(options).await.err(),
         Some(Error::Refused(ReasonCode::BadAuthenticationMethod))
     );
-    let unreachable = ClientOptions::new("mqtt://127.0.0.1:1")
-        .unwrap()
-        .reconnect(None);
+    let unreachable = ClientOptions::new("mqtt://127.0.0.1:1").reconnect(None);
+    let refused = Client::connect(unreachable)
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(
+        refused.io_error().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "the io::Error is kept: {refused}"
+    );
     assert!(matches!(
-        Client::connect(unreachable).await,
-        Err(Error::Transport(_))
+        ClientOptions::new("http://x").validate(),
+        Err(Error::InvalidUrl(_))
     ));
     assert!(matches!(
-        ClientOptions::new("http://x"),
+        Client::connect(ClientOptions::new("http://x")).await,
         Err(Error::InvalidUrl(_))
     ));
     broker.shutdown(Duration::from_millis(300)).await;
@@ -373,21 +367,14 @@ async fn try_publish_reports_full_instead_of_waiting() {
             server.handle_bytes(Timestamp::ZERO, &buf[..n]);
         }
     });
-    let mut options = ClientOptions::new(&format!("mqtt://{addr}"))
-        .unwrap()
-        .reconnect(None);
+    let mut options = ClientOptions::new(&format!("mqtt://{addr}")).reconnect(None);
     options.max_in_flight = 4;
     options.max_queued = 16;
     let (client, _messages, _) = Client::connect(options).await.unwrap();
     let mut accepted = 0;
     let mut full = false;
     for i in 0..200 {
-        let mut publish = rallymq_codec::Publish::new(
-            rallymq_codec::TopicName::new("t").unwrap(),
-            format!("{i}"),
-        );
-        publish.qos = QoS::AtLeastOnce;
-        match client.try_publish(publish) {
+        match client.try_publish("t", format!("{i}"), QoS::AtLeastOnce, false) {
             Ok(_pending) => accepted += 1,
             Err(Error::Full) => {
                 full = true;

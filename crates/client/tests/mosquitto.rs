@@ -14,7 +14,7 @@ async fn qos_round_trips_and_a_persistent_session_with_mosquitto() {
         format!("ws://127.0.0.1:{}/mqtt", mosquitto.ws),
     ] {
         for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-            let options = ClientOptions::new(&url).unwrap().version(version);
+            let options = ClientOptions::new(&url).version(version);
             let (client, mut messages, _) = Client::connect(options)
                 .await
                 .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -42,9 +42,7 @@ async fn qos_round_trips_and_a_persistent_session_with_mosquitto() {
     let url = format!("mqtt://127.0.0.1:{}", mosquitto.tcp);
     let persistent = || {
         ClientOptions::new(&url)
-            .unwrap()
             .client_id("away")
-            .unwrap()
             .clean_start(false)
             .session_expiry(600)
     };
@@ -55,9 +53,7 @@ async fn qos_round_trips_and_a_persistent_session_with_mosquitto() {
         .unwrap();
     subscriber.disconnect().await.unwrap();
     drop(messages);
-    let (publisher, _unused, _) = Client::connect(ClientOptions::new(&url).unwrap())
-        .await
-        .unwrap();
+    let (publisher, _unused, _) = Client::connect(ClientOptions::new(&url)).await.unwrap();
     publisher
         .publish("away/1", "kept for you", QoS::AtLeastOnce, false)
         .await

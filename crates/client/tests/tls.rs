@@ -79,10 +79,7 @@ async fn mqtts_and_wss_with_a_given_ca() {
         format!("mqtts://localhost:{mqtts}"),
         format!("wss://localhost:{wss}/mqtt"),
     ] {
-        let options = ClientOptions::new(&url)
-            .unwrap()
-            .ca_file(&ca_file)
-            .reconnect(None);
+        let options = ClientOptions::new(&url).ca_file(&ca_file).reconnect(None);
         let (client, mut messages, _) = Client::connect(options)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -102,7 +99,7 @@ async fn mqtts_and_wss_with_a_given_ca() {
         client.disconnect().await.unwrap();
 
         // Without the CA, the self-signed certificate is not trusted.
-        let untrusting = ClientOptions::new(&url).unwrap().reconnect(None);
+        let untrusting = ClientOptions::new(&url).reconnect(None);
         assert!(
             matches!(Client::connect(untrusting).await, Err(Error::Transport(_))),
             "{url}"

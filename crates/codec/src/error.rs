@@ -91,6 +91,9 @@ pub enum Error {
     /// Password flag set without the User Name flag, before MQTT 5 (MQTT-3.1.2-22).
     #[error("password without a user name")]
     PasswordWithoutUsername,
+    /// CONNECT has Authentication Data but no Authentication Method (MQTT 5 §3.1.2.11.10).
+    #[error("CONNECT has Authentication Data without an Authentication Method")]
+    AuthenticationDataWithoutMethod,
     /// The reserved bits of the CONNACK acknowledge flags are set (MQTT-3.2.2-1).
     #[error("reserved CONNACK flags are set")]
     ReservedConnAckFlags,
@@ -171,6 +174,7 @@ impl Error {
             }
             Self::DuplicateProperty(_)
             | Self::InvalidPropertyValue(_)
+            | Self::AuthenticationDataWithoutMethod
             | Self::NoTopicFilters(_)
             | Self::InvalidRetainHandling
             | Self::MissingTopic

@@ -19,8 +19,7 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use rallymq_codec::{Decoder, Limits, Packet, ProtocolVersion, Publish, QoS, PacketId};
-//! use rallymq_topic::TopicName;
+//! use rallymq_codec::{Decoder, Limits, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicName};
 //!
 //! let mut publish = Publish::new(TopicName::new("sport/tennis/score")?, "15-30");
 //! publish.qos = QoS::AtLeastOnce;
@@ -45,6 +44,7 @@
 
 mod decode;
 mod error;
+mod message;
 mod packet;
 mod properties;
 mod property;
@@ -55,6 +55,7 @@ mod wire;
 
 pub use decode::{Decoder, Limits, decode};
 pub use error::Error;
+pub use message::Message;
 pub use packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, Publish, RetainHandling, SubAck, Subscribe,
     Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
@@ -70,3 +71,9 @@ pub use reason::{ALL_REASON_CODES, ReasonCode};
 pub use string::{MAX_STRING_LEN, MqttString, UserProperty};
 pub use types::{PacketId, PacketType, ProtocolVersion, QoS, SubscriptionId};
 pub use wire::MAX_VARIABLE_BYTE_INTEGER;
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

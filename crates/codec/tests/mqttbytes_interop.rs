@@ -781,8 +781,9 @@ fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
                     topic_alias_maximum: alias_max,
                     request_response_information: rri,
                     request_problem_information: rpi,
+                    // Authentication Data needs a method (MQTT 5 §3.1.2.11.10).
+                    authentication_data: data.filter(|_| method.is_some()),
                     authentication_method: method,
-                    authentication_data: data,
                     user_properties: user,
                 }
             },

@@ -124,8 +124,9 @@ fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
                 topic_alias_maximum: tam,
                 request_response_information: rri,
                 request_problem_information: rpi,
+                // Authentication Data needs a method (MQTT 5 §3.1.2.11.10).
+                authentication_data: ad.filter(|_| am.is_some()),
                 authentication_method: am,
-                authentication_data: ad,
                 user_properties: user,
             },
         )

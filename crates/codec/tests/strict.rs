@@ -422,6 +422,45 @@ fn mqtt_3_1_2_receive_maximum_0_is_a_protocol_error() {
 }
 
 #[test]
+fn mqtt_3_1_2_11_10_authentication_data_without_method_is_a_protocol_error() {
+    // CONNECT v5 with Authentication Data (0x16) "x" and no Authentication Method (0x15)
+    let connect = |properties: &[u8]| {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60];
+        body.push(properties.len() as u8);
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&[0, 1, b'c']);
+        let mut bytes = vec![0x10, body.len() as u8];
+        bytes.append(&mut body);
+        bytes
+    };
+    assert_refused(
+        &connect(&[0x16, 0, 1, b'x']),
+        V5,
+        Error::AuthenticationDataWithoutMethod,
+        ReasonCode::ProtocolError,
+    );
+    // With the method, the same data is fine.
+    let Packet::Connect(with_method) =
+        decode_one(&connect(&[0x15, 0, 1, b'm', 0x16, 0, 1, b'x']), V5)
+            .unwrap()
+            .unwrap()
+    else {
+        panic!("not a CONNECT")
+    };
+    assert_eq!(
+        with_method.properties.authentication_data.as_deref(),
+        Some(&b"x"[..])
+    );
+    // Nor does the encoder write what the decoder refuses.
+    let mut without_method = with_method;
+    without_method.properties.authentication_method = None;
+    assert_eq!(
+        Packet::Connect(without_method).to_bytes(V5),
+        Err(Error::AuthenticationDataWithoutMethod)
+    );
+}
+
+#[test]
 fn flag_property_other_than_0_or_1_is_a_protocol_error() {
     // Payload Format Indicator (0x01) = 2
     let bytes = [0x30, 0x07, 0x00, 0x01, b'a', 0x02, 0x01, 0x02, b'x'];

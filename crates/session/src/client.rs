@@ -31,7 +31,8 @@ pub struct ClientConfig {
     /// with [`Error::Full`].
     pub max_queued: usize,
     /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
-    /// acknowledging on arrival.
+    /// acknowledging on arrival. PUBACK and PUBREC still go out in the order the messages
+    /// arrived (MQTT-4.6.0-2, -3): one acknowledged early waits for those before it.
     pub manual_acks: bool,
     /// How long to wait for CONNACK, and for PINGRESP after a PINGREQ.
     pub response_timeout: Duration,
@@ -106,13 +107,24 @@ impl ClientConnection {
 
     // ------------------------------------------------------------------ commands
 
-    /// Sends CONNECT. Call once, when the transport is up.
+    /// Sends CONNECT. Call once, when the transport is up. Before MQTT 5 an empty client id
+    /// needs a clean session (MQTT-3.1.3-7): such a CONNECT is refused with
+    /// [`Error::InvalidState`], as the server would refuse it with 0x02.
     pub fn connect(&mut self, now: Timestamp) -> Result<(), Error> {
         if self.connect_sent_at.is_some() {
             return Err(Error::InvalidState("CONNECT already sent"));
         }
         if self.core.is_closed() {
             return Err(Error::Closed);
+        }
+        let connect = &self.config.connect;
+        if !connect.protocol.is_v5()
+            && connect.client_id.as_str().is_empty()
+            && !connect.clean_start
+        {
+            return Err(Error::InvalidState(
+                "an empty client id needs a clean session before MQTT 5",
+            ));
         }
         self.core.send(Packet::from(self.config.connect.clone()))?;
         self.connect_sent_at = Some(now);
@@ -194,7 +206,8 @@ impl ClientConnection {
             .ok_or(Error::Full)
     }
 
-    /// Acknowledges an inbound message (with manual acknowledgements).
+    /// Acknowledges an inbound message (with manual acknowledgements). The PUBACK or PUBREC is
+    /// sent once every message that arrived before this one is acknowledged too.
     pub fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
         self.core.acknowledge(handle, reason_code);
     }

@@ -8,7 +8,7 @@ use rallymq_codec::{
     Publish, QoS, ReasonCode,
 };
 
-use crate::alias::{AliasError, IncomingAliases, OutgoingAliases};
+use crate::alias::{ALIAS_GROWTH, AliasError, IncomingAliases, OutgoingAliases};
 use crate::inbound::{Arrival, Inbound};
 use crate::lazy::LazyMap;
 use crate::outbound::{AckResult, Outbound};
@@ -334,9 +334,17 @@ impl Core {
     }
 
     /// Encodes one PUBLISH with the outgoing topic alias applied.
-    fn send_publish(&mut self, mut publish: Publish) -> Result<(), Error> {
-        self.outgoing_aliases.apply(&mut publish);
-        self.send(Packet::Publish(publish))
+    fn send_publish(&mut self, publish: Publish) -> Result<(), Error> {
+        let mut packet = Packet::Publish(publish);
+        // `publish` checked the full-topic form against the peer's limit; a new alias makes
+        // that form longer, so it is set only where the limit leaves room.
+        let may_grow = self
+            .peer_max_packet_size
+            .is_none_or(|max| packet.encoded_len(self.version) + ALIAS_GROWTH <= max as usize);
+        if let Packet::Publish(publish) = &mut packet {
+            self.outgoing_aliases.apply(publish, may_grow);
+        }
+        self.send(packet)
     }
 
     /// Moves queued messages into the window while it has room.
@@ -483,7 +491,9 @@ impl Core {
         }
     }
 
-    /// Sends PUBACK or PUBREC for an inbound message once the driver says it is safe.
+    /// Sends PUBACK or PUBREC for an inbound message once the driver says it is safe, after
+    /// those of the messages that arrived before it (MQTT-4.6.0-2, -3): an answer given out of
+    /// order waits for the earlier ones.
     pub(crate) fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
         let packet = if handle.qos == QoS::AtLeastOnce {
             PacketType::PubAck
@@ -491,19 +501,16 @@ impl Core {
             PacketType::PubRec
         };
         let reason_code = fit_reason_code(reason_code, packet);
-        let Some(qos) = self
-            .inbound
-            .acknowledge(handle.packet_id, reason_code.is_error())
-        else {
-            return;
-        };
-        let mut ack = Ack::new(handle.packet_id);
-        ack.reason_code = reason_code;
-        self.send_control(if qos == QoS::AtLeastOnce {
-            Packet::PubAck(ack)
-        } else {
-            Packet::PubRec(ack)
-        });
+        self.inbound.acknowledge(handle.packet_id, reason_code);
+        while let Some((id, qos, reason_code)) = self.inbound.next_due() {
+            let mut ack = Ack::new(id);
+            ack.reason_code = reason_code;
+            self.send_control(if qos == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            });
+        }
     }
 
     /// PUBREL: ends an inbound QoS 2 flow with PUBCOMP.

@@ -139,6 +139,11 @@ pub enum ClientEvent {
     /// An AUTH packet arrived (MQTT 5 extended authentication): answer with `send_auth`.
     Auth(Auth),
     /// The connection ended; nothing more happens on it. Take the session state to resume.
+    ///
+    /// The last bytes of the connection may still be waiting in `poll_transmit`: the
+    /// DISCONNECT of `disconnect`, or the one telling the server why this side closed. Write
+    /// them before closing the transport, or a clean disconnect looks like a lost connection
+    /// to the server, which then publishes the will.
     Closed(CloseReason),
 }
 
@@ -172,5 +177,8 @@ pub enum ServerEvent {
     WillDue(Will),
     /// The connection ended. If it left a will with a delay, a `WillDue` follows when the
     /// delay passes, unless the driver drops the connection first (session resumed).
+    ///
+    /// As with [`ClientEvent::Closed`], the last bytes (a DISCONNECT, a refusing CONNACK) may
+    /// still be waiting in `poll_transmit`: write them before closing the transport.
     Closed(CloseReason),
 }

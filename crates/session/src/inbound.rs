@@ -1,9 +1,10 @@
 //! Inbound QoS 1 and 2 messages: Receive Maximum enforcement, QoS 2 exactly-once delivery
-//! (an identifier awaiting PUBREL is never surfaced twice), and manual acknowledgement.
+//! (an identifier awaiting PUBREL is never surfaced twice), and manual acknowledgement, whose
+//! PUBACKs and PUBRECs go out in the order the messages arrived.
 
-use crate::lazy::LazyMap;
+use crate::lazy::{LazyDeque, LazyMap};
 
-use rallymq_codec::{PacketId, QoS};
+use rallymq_codec::{PacketId, QoS, ReasonCode};
 
 /// What to do with an inbound QoS 1 or 2 PUBLISH.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,11 +19,21 @@ pub(crate) enum Arrival {
     OverReceiveMaximum,
 }
 
+/// A surfaced message whose acknowledgement has not been sent.
+struct Pending {
+    qos: QoS,
+    /// The driver's answer, once given; it waits until the messages before it are answered.
+    answer: Option<ReasonCode>,
+}
+
 pub(crate) struct Inbound {
     /// QoS 2 identifiers surfaced whose PUBREL has not come.
     qos2_unreleased: LazyMap<PacketId, ()>,
-    /// Surfaced messages the driver has not acknowledged yet.
-    pending_ack: LazyMap<PacketId, QoS>,
+    /// Surfaced messages whose acknowledgement has not been sent.
+    pending_ack: LazyMap<PacketId, Pending>,
+    /// The identifiers of `pending_ack` in the order their messages arrived: PUBACK and PUBREC
+    /// go out in this order whatever order the driver answers in (MQTT-4.6.0-2, -3).
+    arrival_order: LazyDeque<PacketId>,
     receive_maximum: u16,
 }
 
@@ -31,6 +42,7 @@ impl Inbound {
         Self {
             qos2_unreleased: awaiting_release.into_iter().map(|id| (id, ())).collect(),
             pending_ack: LazyMap::default(),
+            arrival_order: LazyDeque::default(),
             receive_maximum,
         }
     }
@@ -42,7 +54,7 @@ impl Inbound {
             + self
                 .pending_ack
                 .values()
-                .filter(|qos| **qos == QoS::AtLeastOnce)
+                .filter(|pending| pending.qos == QoS::AtLeastOnce)
                 .count()
     }
 
@@ -56,26 +68,54 @@ impl Inbound {
         if self.unacknowledged() >= usize::from(self.receive_maximum) {
             return Arrival::OverReceiveMaximum;
         }
-        self.pending_ack.insert(id, qos);
+        self.pending_ack.insert(id, Pending { qos, answer: None });
+        self.arrival_order.push_back(id);
         if qos == QoS::ExactlyOnce {
             self.qos2_unreleased.insert(id, ());
         }
         Arrival::New
     }
 
-    /// The driver acknowledged `id`; returns its QoS if it was pending. A QoS 2 message
-    /// refused with a failure code ends its flow at PUBREC.
-    pub(crate) fn acknowledge(&mut self, id: PacketId, failed: bool) -> Option<QoS> {
-        let qos = self.pending_ack.remove(&id)?;
-        if qos == QoS::ExactlyOnce && failed {
-            self.qos2_unreleased.remove(&id);
+    /// The driver answered the message `id` with `reason_code` (a second answer, or one for a
+    /// message not pending, is ignored). Its acknowledgement is due once every message that
+    /// arrived before it is answered: see [`next_due`](Self::next_due).
+    pub(crate) fn acknowledge(&mut self, id: PacketId, reason_code: ReasonCode) {
+        if let Some(pending) = self.pending_ack.get_mut(&id) {
+            pending.answer.get_or_insert(reason_code);
         }
-        Some(qos)
+    }
+
+    /// The next acknowledgement to send, in arrival order: the oldest pending message, if the
+    /// driver has answered it. A QoS 2 message refused with a failure code ends its flow at
+    /// PUBREC.
+    pub(crate) fn next_due(&mut self) -> Option<(PacketId, QoS, ReasonCode)> {
+        loop {
+            let id = *self.arrival_order.front()?;
+            let Some(pending) = self.pending_ack.get(&id) else {
+                // Not pending any more (cannot happen: leaving `pending_ack` leaves the order
+                // too); dropped so that it cannot hold the others back.
+                self.arrival_order.pop_front();
+                continue;
+            };
+            let reason_code = pending.answer?;
+            let qos = pending.qos;
+            self.arrival_order.pop_front();
+            self.pending_ack.remove(&id);
+            if qos == QoS::ExactlyOnce && reason_code.is_error() {
+                self.qos2_unreleased.remove(&id);
+            }
+            return Some((id, qos, reason_code));
+        }
     }
 
     /// PUBREL arrived; whether `id` was awaiting it.
     pub(crate) fn release(&mut self, id: PacketId) -> bool {
-        self.pending_ack.remove(&id);
+        if self.pending_ack.remove(&id).is_some() {
+            let index = self.arrival_order.iter().position(|pending| *pending == id);
+            if let Some(index) = index {
+                self.arrival_order.remove(index);
+            }
+        }
         self.qos2_unreleased.remove(&id).is_some()
     }
 
@@ -95,21 +135,24 @@ impl Inbound {
 
     /// A new connection: acknowledgements pending on the old one cannot be sent any more.
     pub(crate) fn reset_pending(&mut self) {
-        for (id, qos) in self.pending_ack.take() {
-            if qos == QoS::ExactlyOnce {
+        for (id, pending) in self.pending_ack.take() {
+            if pending.qos == QoS::ExactlyOnce {
                 self.qos2_unreleased.remove(&id);
             }
         }
+        self.arrival_order.take();
     }
 
     pub(crate) fn clear(&mut self) {
         self.qos2_unreleased.clear();
         self.pending_ack.clear();
+        self.arrival_order.take();
     }
 
     /// Frees the maps that are empty (the connection went quiet).
     pub(crate) fn release_if_empty(&mut self) {
         self.qos2_unreleased.release_if_empty();
         self.pending_ack.release_if_empty();
+        self.arrival_order.release_if_empty();
     }
 }

@@ -39,6 +39,14 @@ impl<K: Eq + Hash, V> LazyMap<K, V> {
         self.get(key).is_some()
     }
 
+    pub(crate) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.0.as_mut()?.get_mut(key)
+    }
+
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.0.get_or_insert_default().insert(key, value)
     }
@@ -117,6 +125,10 @@ impl<T> LazyDeque<T> {
 
     pub(crate) fn push_front(&mut self, item: T) {
         self.0.get_or_insert_default().push_front(item);
+    }
+
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.0.as_ref()?.front()
     }
 
     pub(crate) fn pop_front(&mut self) -> Option<T> {

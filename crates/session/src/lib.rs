@@ -50,6 +50,11 @@
 //! re-arm the timer from `poll_timeout`. Nothing happens between inputs, so a driver that
 //! follows this rule never misses a packet to send or a deadline.
 //!
+//! The `Closed` event ends the connection, but not its output: the packet that closed it (the
+//! DISCONNECT that `disconnect` sends, or one with the reason for a protocol error, or a
+//! refusing CONNACK) comes with the event, not before it. A driver that stops at `Closed` must
+//! still drain `poll_transmit` and write what it gives before closing the transport.
+//!
 //! # Sessions
 //!
 //! A [`SessionState`] holds the in-flight outgoing messages and their stage, the queued ones,
@@ -86,3 +91,9 @@ pub use event::{
 pub use server::{Accept, ServerConfig, ServerConnection};
 pub use state::{OutgoingMessage, OutgoingStage, PublishToken, QueuedMessage, SessionState};
 pub use time::Timestamp;
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

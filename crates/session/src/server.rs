@@ -39,7 +39,9 @@ pub struct ServerConfig {
     /// Highest topic alias the client may use (announced as Topic Alias Maximum).
     pub topic_alias_maximum: u16,
     /// Highest topic alias this side uses towards the client, also bounded by the client's
-    /// Topic Alias Maximum; 0 sends no aliases.
+    /// Topic Alias Maximum; 0 sends no aliases. Once all are taken, an alias moves to a topic
+    /// sent more often of late than its holder; topics of 3 bytes or less get none (an alias
+    /// costs as much).
     pub outgoing_topic_alias_maximum: u16,
     /// Most QoS 1 and 2 deliveries in flight at once (also bounded by the client's Receive
     /// Maximum).
@@ -47,12 +49,14 @@ pub struct ServerConfig {
     /// Most QoS 1 and 2 deliveries waiting for room in the window; past it `deliver` fails
     /// with [`Error::Full`].
     pub max_queued: usize,
-    /// The longest keep alive accepted from an MQTT 5 client: a larger (or zero) request is
-    /// answered with this value as Server Keep Alive. `None` accepts the client's value.
+    /// The longest keep alive accepted, as Mosquitto's `max_keepalive`. An MQTT 5 client asking
+    /// for more, or for none (0), is told this value as Server Keep Alive; an MQTT 3.1 or 3.1.1
+    /// client doing so is refused with CONNACK return code 0x02 (identifier rejected), since
+    /// those versions cannot be told another value. `None` accepts any keep alive.
     pub max_keep_alive: Option<u16>,
     /// Hand inbound QoS 1/2 acknowledgements to the caller (`acknowledge`) instead of
     /// acknowledging on arrival. A broker that must not lose a message acknowledges once it
-    /// has stored or routed it.
+    /// has stored or routed it. Acknowledgements go out in the order the messages arrived.
     pub manual_acks: bool,
 }
 
@@ -101,6 +105,14 @@ struct Negotiated {
     authentication_method: Option<MqttString>,
 }
 
+/// The client's will, kept while the connection lives, and when it is due once the connection
+/// has closed and it waits on its Will Delay: the two go together, so they share one box.
+#[derive(Debug)]
+struct PendingWill {
+    will: Will,
+    due_at: Option<Timestamp>,
+}
+
 /// The server side of one MQTT connection, as a state machine. See the crate docs for the
 /// order in which to call its methods.
 pub struct ServerConnection {
@@ -122,11 +134,11 @@ pub struct ServerConnection {
     /// packet type and how many reason codes it carries (one per topic filter).
     pending_requests: LazyMap<PacketId, (PacketType, usize)>,
     /// Boxed: only connections with a will pay for one.
-    will: Option<Box<Will>>,
-    will_due_at: Option<Timestamp>,
+    will: Option<Box<PendingWill>>,
     /// CONNACK with success was sent.
     accepted: bool,
-    /// What the CONNECT and CONNACK settled, when it holds later packets to something.
+    /// What the CONNECT and CONNACK settled, when it holds later packets to something: the
+    /// client may send AUTH only if it named an Authentication Method (MQTT-4.12.0-7).
     negotiated: Option<Box<Negotiated>>,
 }
 
@@ -164,7 +176,6 @@ impl ServerConnection {
             session_expiry_interval: 0,
             pending_requests: LazyMap::default(),
             will: None,
-            will_due_at: None,
             accepted: false,
             negotiated: None,
         }
@@ -239,11 +250,8 @@ impl ServerConnection {
                 // Only a client that asked for it gets it (MQTT-3.1.2-28).
                 properties.response_information = None;
             }
-            if let Some(max) = self.config.max_keep_alive {
-                let requested = connect.keep_alive;
-                if properties.server_keep_alive.is_none() && (requested == 0 || requested > max) {
-                    properties.server_keep_alive = Some(max);
-                }
+            if properties.server_keep_alive.is_none() && self.keep_alive_over_max(connect) {
+                properties.server_keep_alive = self.config.max_keep_alive;
             }
             if let Some(keep_alive) = properties.server_keep_alive {
                 // The client must use the server's value (MQTT-3.2.2-21).
@@ -255,7 +263,8 @@ impl ServerConnection {
         let maximum_qos = properties.maximum_qos;
         let retain_unavailable = properties.retain_available == Some(false);
         // A will the server could not publish refuses the connection (MQTT-3.2.2-12, -13).
-        let refusal = self.will.as_ref().and_then(|will| {
+        let refusal = self.will.as_ref().and_then(|pending| {
+            let will = &pending.will;
             if maximum_qos.is_some_and(|max| will.qos > max) {
                 Some(ReasonCode::QoSNotSupported)
             } else if will.retain && retain_unavailable {
@@ -413,7 +422,8 @@ impl ServerConnection {
     }
 
     /// Acknowledges an inbound message (with manual acknowledgements): a failure reason code
-    /// refuses it (MQTT 5).
+    /// refuses it (MQTT 5). It is sent once the messages that arrived before it are
+    /// acknowledged too.
     pub fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
         self.core.acknowledge(handle, reason_code);
     }
@@ -482,7 +492,7 @@ impl ServerConnection {
     /// will's delay.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         if self.core.is_closed() {
-            if self.will_due_at.is_some_and(|due| now >= due) {
+            if self.will_due_at().is_some_and(|due| now >= due) {
                 self.will_due_now();
             }
             return;
@@ -530,7 +540,7 @@ impl ServerConnection {
     /// When `handle_timeout` must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         if self.core.is_closed() {
-            return self.will_due_at;
+            return self.will_due_at();
         }
         if self.protocol.is_none() {
             return Some(self.created_at + self.config.connect_timeout);
@@ -606,19 +616,26 @@ impl ServerConnection {
     /// Delay and resumed the session (MQTT 5 §3.1.3.2.2).
     pub fn cancel_will(&mut self) {
         self.will = None;
-        self.will_due_at = None;
     }
 
     /// The session ended before its Will Delay passed (a clean start took it over, or the
     /// driver ended it): a will still waiting is due now, as MQTT-3.1.3-9 has it published at the
     /// delay or the session's end, whichever comes first.
     pub fn end_session(&mut self) {
-        if self.core.is_closed() && self.will_due_at.is_some() {
+        if self.core.is_closed() && self.will_due_at().is_some() {
             self.will_due_now();
         }
     }
 
     // ------------------------------------------------------------------ internals
+
+    /// Whether `connect` asks for a keep alive longer than [`ServerConfig::max_keep_alive`], or
+    /// for none (0) while there is a maximum.
+    fn keep_alive_over_max(&self, connect: &Connect) -> bool {
+        self.config
+            .max_keep_alive
+            .is_some_and(|max| connect.keep_alive == 0 || connect.keep_alive > max)
+    }
 
     fn keep_alive_deadline(&self) -> Timestamp {
         // One and a half times the keep alive, in milliseconds to keep odd values exact.
@@ -720,13 +737,26 @@ impl ServerConnection {
     fn handle_packet(&mut self, now: Timestamp, packet: Packet) {
         match packet {
             Packet::Connect(connect) => self.on_connect(*connect),
-            Packet::Auth(auth) if self.core.version.is_v5() => {
+            Packet::Auth(auth)
+                if self.core.version.is_v5() && self.authentication_method().is_some() =>
+            {
                 self.events.push_back(ServerEvent::Auth(auth))
             }
+            Packet::Auth(_) if self.core.version.is_v5() => self.core.violation(
+                ReasonCode::ProtocolError,
+                "AUTH without an Authentication Method in CONNECT".into(),
+            ),
             _ if self.core.phase != Phase::Connected => {
                 self.core.violation(
                     ReasonCode::ProtocolError,
                     format!("{:?} before CONNACK", packet.packet_type()),
+                );
+            }
+            // Subscription Identifiers are the server's to add on delivery (MQTT-3.3.4-6).
+            Packet::Publish(publish) if !publish.properties.subscription_identifiers.is_empty() => {
+                self.core.violation(
+                    ReasonCode::ProtocolError,
+                    "PUBLISH from the client carries a Subscription Identifier".into(),
                 );
             }
             Packet::Publish(publish) => match self.beyond_announced(&publish) {
@@ -769,6 +799,13 @@ impl ServerConnection {
                 format!("a client does not send {:?}", other.packet_type()),
             ),
         }
+    }
+
+    /// The Authentication Method the client's CONNECT named, if any.
+    fn authentication_method(&self) -> Option<&MqttString> {
+        self.negotiated
+            .as_deref()
+            .and_then(|n| n.authentication_method.as_ref())
     }
 
     /// Why `publish` goes beyond what the CONNACK announced, if it does: a QoS above Maximum
@@ -828,10 +865,16 @@ impl ServerConnection {
             ProtocolVersion::V3_1_1 => !connect.clean_start,
             _ => false,
         };
-        self.will = connect.will.clone().map(Box::new);
+        self.will = connect
+            .will
+            .clone()
+            .map(|will| Box::new(PendingWill { will, due_at: None }));
         self.protocol = Some(version);
         self.connect = Some(Box::new(connect.clone()));
-        if empty_id && refuse_empty_id {
+        // Before MQTT 5 a keep alive over the maximum cannot be corrected, only refused; the
+        // code is the one Mosquitto 2.0.12 and later send for it.
+        let refuse_keep_alive = !version.is_v5() && self.keep_alive_over_max(&connect);
+        if (empty_id && refuse_empty_id) || refuse_keep_alive {
             self.refuse_connect(
                 ReasonCode::ClientIdentifierNotValid,
                 ConnAckProperties::default(),
@@ -893,10 +936,14 @@ impl ServerConnection {
 
     /// Publishes the will now, if there is one: its delay, if any, no longer applies.
     fn will_due_now(&mut self) {
-        self.will_due_at = None;
-        if let Some(will) = self.will.take() {
-            self.events.push_back(ServerEvent::WillDue(*will));
+        if let Some(pending) = self.will.take() {
+            self.events.push_back(ServerEvent::WillDue(pending.will));
         }
+    }
+
+    /// When the will waiting on its delay is due, if one is.
+    fn will_due_at(&self) -> Option<Timestamp> {
+        self.will.as_ref().and_then(|pending| pending.due_at)
     }
 
     /// Reports the close once and schedules the will: at once, or after its Will Delay but no
@@ -911,17 +958,20 @@ impl ServerConnection {
             self.will = None;
         }
         self.events.push_back(ServerEvent::Closed(*reason));
-        if let Some(will) = &self.will {
-            let delay = will
+        let delay = self.will.as_ref().map(|pending| {
+            pending
+                .will
                 .properties
                 .will_delay_interval
                 .unwrap_or(0)
-                .min(self.session_expiry_interval);
-            if delay == 0 {
-                self.will_due_now();
-            } else {
-                self.will_due_at = Some(now + Duration::from_secs(u64::from(delay)));
+                .min(self.session_expiry_interval)
+        });
+        match (delay, &mut self.will) {
+            (Some(0), _) => self.will_due_now(),
+            (Some(delay), Some(pending)) => {
+                pending.due_at = Some(now + Duration::from_secs(u64::from(delay)));
             }
+            _ => {}
         }
     }
 }

@@ -105,20 +105,7 @@ fn mqtt_3_1_0_2_second_connect_is_a_protocol_error() {
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&connect_bytes(V5, "client-1", true));
     assert!(pair.server.is_closed());
-    assert!(matches!(
-        pair.server_close(),
-        Some(CloseReason::ProtocolViolation {
-            reason_code: ReasonCode::ProtocolError,
-            ..
-        })
-    ));
-    let last = pair.packets_to_client(V5).pop();
-    assert_eq!(
-        last,
-        Some(Packet::Disconnect(Disconnect::new(
-            ReasonCode::ProtocolError
-        )))
-    );
+    pair.assert_server_disconnected_with(ReasonCode::ProtocolError);
 }
 
 #[test]
@@ -130,6 +117,32 @@ fn mqtt_3_1_0_2_v311_second_connect_closes() {
         pair.server_close(),
         Some(CloseReason::ProtocolViolation { .. })
     ));
+}
+
+/// "It is a Protocol Error to include Authentication Data if there is no Authentication
+/// Method" (MQTT 5 §3.1.2.11.10): such a CONNECT is not surfaced, and the connection closes as
+/// for any invalid CONNECT (MQTT-3.1.4-1), without CONNACK.
+#[test]
+fn mqtt_3_1_2_11_10_authentication_data_without_method_closes_the_connection() {
+    // CONNECT v5, client id "c", with Authentication Data (0x16) "x" and no method.
+    let connect = [
+        0x10, 0x12, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 4, 0x16, 0, 1, b'x', 0, 1, b'c',
+    ];
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    server.handle_bytes(T0, &connect);
+    assert!(server.is_closed());
+    assert!(sent_by_server(&mut server).is_empty());
+    let events = server_events(&mut server);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ServerEvent::Closed(CloseReason::ProtocolViolation {
+                reason_code: ReasonCode::ProtocolError,
+                ..
+            })]
+        ),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -381,6 +394,34 @@ fn mqtt_3_2_0_2_server_sends_only_auth_before_connack() {
     assert_eq!(sent[0] >> 4, 15, "AUTH may go before CONNACK");
 }
 
+/// A client whose CONNECT had no Authentication Method must not send AUTH (MQTT-4.12.0-7): the
+/// server does not hand it on, and closes with DISCONNECT 0x82 (Protocol Error).
+#[test]
+fn mqtt_4_12_0_7_auth_without_authentication_method_is_a_protocol_error() {
+    let mut pair = Pair::connected(V5);
+    pair.inject_to_server(&encode(Packet::Auth(Auth::default()), V5));
+    assert!(
+        !pair
+            .server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Auth(_))),
+        "AUTH handed on"
+    );
+    pair.assert_server_disconnected_with(ReasonCode::ProtocolError);
+    // Before CONNACK too: the connection closes (no DISCONNECT before CONNACK).
+    let mut server = ServerConnection::new(ServerConfig::default(), T0);
+    let mut bytes = connect_bytes(V5, "c", true);
+    bytes.extend_from_slice(&encode(Packet::Auth(Auth::default()), V5));
+    server.handle_bytes(T0, &bytes);
+    assert!(server.is_closed());
+    assert!(
+        !server_events(&mut server)
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Auth(_)))
+    );
+    assert!(sent_by_server(&mut server).is_empty());
+}
+
 #[test]
 fn auth_exchange_before_accept_is_handed_to_both_callers() {
     let mut connect = connect_packet(V5, "c");
@@ -556,6 +597,113 @@ fn mqtt_3_2_2_21_client_uses_server_keep_alive() {
     assert!(pair.server.is_connected());
 }
 
+/// A server with a keep alive maximum of 60 s, fed a CONNECT asking for `keep_alive`: what it
+/// sends back, and the keep alive it then enforces (`None` when it refused).
+fn max_keep_alive_outcome(version: ProtocolVersion, keep_alive: u16) -> (Packet, Option<u16>) {
+    let config = ServerConfig {
+        max_keep_alive: Some(60),
+        ..ServerConfig::default()
+    };
+    let mut server = ServerConnection::new(config, T0);
+    let mut connect = connect_packet(version, "ka");
+    connect.keep_alive = keep_alive;
+    server.handle_bytes(T0, &encode(Packet::from(connect), version));
+    if let [ServerEvent::ConnectReceived { .. }] = server_events(&mut server).as_slice() {
+        server.accept(T0, Accept::default()).unwrap();
+    }
+    let sent = sent_by_server(&mut server);
+    let mut decoder = rallymq_codec::Decoder::with_version(version, Default::default());
+    let connack = decoder
+        .decode(&mut bytes::BytesMut::from(&sent[..]))
+        .expect("a valid packet")
+        .expect("a whole CONNACK");
+    let enforced = server
+        .is_connected()
+        .then(|| server.keep_alive().as_secs() as u16);
+    (connack, enforced)
+}
+
+#[test]
+fn max_keep_alive_v5_over_it_or_none_gets_server_keep_alive() {
+    for (asked, told, enforced) in [
+        (0, Some(60), 60),
+        (30, None, 30),
+        (60, None, 60),
+        (61, Some(60), 60),
+        (65535, Some(60), 60),
+    ] {
+        let (connack, kept) = max_keep_alive_outcome(V5, asked);
+        let Packet::ConnAck(connack) = connack else {
+            panic!("not a CONNACK: {connack:?}");
+        };
+        assert_eq!(connack.reason_code, ReasonCode::Success, "asked {asked}");
+        assert_eq!(connack.properties.server_keep_alive, told, "asked {asked}");
+        assert_eq!(kept, Some(enforced), "asked {asked}");
+    }
+}
+
+/// MQTT 3.1 and 3.1.1 have no Server Keep Alive: a keep alive over the maximum, or none, is
+/// refused with return code 0x02 (identifier rejected), as Mosquitto 2.0.12 and later do.
+#[test]
+fn max_keep_alive_v311_and_v31_over_it_or_none_refused_with_0x02() {
+    for version in [V31, V311] {
+        for (asked, accepted) in [
+            (0, false),
+            (30, true),
+            (60, true),
+            (61, false),
+            (65535, false),
+        ] {
+            let (connack, kept) = max_keep_alive_outcome(version, asked);
+            let Packet::ConnAck(connack) = connack else {
+                panic!("not a CONNACK: {connack:?}");
+            };
+            let expected = if accepted {
+                ReasonCode::Success
+            } else {
+                ReasonCode::ClientIdentifierNotValid
+            };
+            assert_eq!(connack.reason_code, expected, "{version:?} asked {asked}");
+            assert_eq!(kept, accepted.then_some(asked), "{version:?} asked {asked}");
+        }
+    }
+    // The refusal is on the wire as 3.1.1's return code 2, and the connection ends.
+    let mut server = ServerConnection::new(
+        ServerConfig {
+            max_keep_alive: Some(60),
+            ..ServerConfig::default()
+        },
+        T0,
+    );
+    let mut connect = connect_packet(V311, "ka");
+    connect.keep_alive = 61;
+    server.handle_bytes(T0, &encode(Packet::from(connect), V311));
+    assert_eq!(sent_by_server(&mut server), [0x20, 0x02, 0x00, 0x02]);
+    assert!(server.is_closed());
+    assert_eq!(
+        server_events(&mut server),
+        [ServerEvent::Closed(CloseReason::Refused(
+            ReasonCode::ClientIdentifierNotValid
+        ))]
+    );
+}
+
+#[test]
+fn without_max_keep_alive_any_keep_alive_is_accepted() {
+    for version in [V31, V311, V5] {
+        for keep_alive in [0, 65535] {
+            let mut server = ServerConnection::new(ServerConfig::default(), T0);
+            let mut connect = connect_packet(version, "ka");
+            connect.keep_alive = keep_alive;
+            server.handle_bytes(T0, &encode(Packet::from(connect), version));
+            let _ = server_events(&mut server);
+            server.accept(T0, Accept::default()).unwrap();
+            assert!(server.is_connected(), "{version:?} {keep_alive}");
+            assert_eq!(server.keep_alive().as_secs(), u64::from(keep_alive));
+        }
+    }
+}
+
 // ------------------------------------------------------------------ wills
 
 #[test]
@@ -707,19 +855,7 @@ fn server_disconnect_tells_v5_clients_why() {
 fn mqtt_4_13_1_1_malformed_packet_closes_with_0x81() {
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&[0x30, 0x02, 0x00, 0x05]); // a topic length past the packet's end
-    assert!(matches!(
-        pair.server_close(),
-        Some(CloseReason::ProtocolViolation {
-            reason_code: ReasonCode::MalformedPacket,
-            ..
-        })
-    ));
-    assert_eq!(
-        pair.packets_to_client(V5).pop(),
-        Some(Packet::Disconnect(Disconnect::new(
-            ReasonCode::MalformedPacket
-        )))
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
 }
 
 #[test]
@@ -794,4 +930,56 @@ fn mqtt_3_1_3_9_a_delayed_will_goes_when_the_session_ends_first() {
     assert_eq!(pair.server.poll_timeout(), None, "nothing left to wait for");
     pair.server.end_session();
     assert_eq!(pair.server.poll_event(), None, "published once");
+}
+
+/// A driver that handles events before it writes (and stops at `Closed`) still finds the
+/// DISCONNECT of `disconnect` waiting in `poll_transmit`: the engine keeps the last bytes
+/// after `Closed`, as the crate docs say, whichever output is drained first.
+#[test]
+fn client_disconnect_is_there_to_write_after_closed() {
+    for version in [V311, V5] {
+        let mut pair = Pair::connected(version);
+        pair.client.disconnect(Disconnect::new(ReasonCode::Success));
+        assert_eq!(
+            pair.client.poll_event(),
+            Some(ClientEvent::Closed(CloseReason::LocalDisconnect(
+                ReasonCode::Success
+            )))
+        );
+        let last = pair
+            .client
+            .poll_transmit(pair.now)
+            .expect("DISCONNECT still to write after Closed");
+        let packets = support::decode_all(std::slice::from_ref(&last), version);
+        assert!(
+            matches!(&packets[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::Success),
+            "{version:?}: {packets:?}"
+        );
+        // Written, the server sees a clean end: no will.
+        pair.server.handle_bytes(pair.now, &last);
+        assert!(server_events(&mut pair.server).iter().any(|event| matches!(
+            event,
+            ServerEvent::Closed(reason) if !reason.publishes_will()
+        )));
+    }
+}
+
+/// The server side keeps its last packet after `Closed` the same way.
+#[test]
+fn server_disconnect_is_there_to_write_after_closed() {
+    let mut pair = Pair::connected(V5);
+    pair.server.disconnect(
+        pair.now,
+        ReasonCode::ServerShuttingDown,
+        DisconnectProperties::default(),
+    );
+    assert!(
+        server_events(&mut pair.server)
+            .iter()
+            .any(|event| matches!(event, ServerEvent::Closed(_)))
+    );
+    let packets = support::decode_all(&[pair.server.poll_transmit(pair.now).unwrap()], V5);
+    assert!(
+        matches!(&packets[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ServerShuttingDown)
+    );
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rallymq_codec::{
     Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, SubAckProperties,
-    Subscription, TopicFilter,
+    Subscription, SubscriptionId, TopicFilter,
 };
 use rallymq_session::{
     ClientConfig, ClientEvent, CloseReason, Error, OutgoingStage, PublishToken, ServerConfig,
@@ -586,7 +586,7 @@ fn mqtt_3_3_2_11_server_aliases_stay_within_the_client_maximum() {
     };
     let mut pair = Pair::new(ClientConfig::new(connect), config);
     pair.connect();
-    for topic in ["t/1", "t/2", "t/3", "t/1", "t/2", "t/3"] {
+    for topic in ["top/1", "top/2", "top/3", "top/1", "top/2", "top/3"] {
         pair.server
             .deliver(pair.now, publish(topic, QoS::AtMostOnce, topic.as_bytes()))
             .unwrap();
@@ -609,7 +609,7 @@ fn mqtt_3_3_2_11_server_aliases_stay_within_the_client_maximum() {
         .collect();
     assert_eq!(
         received,
-        ["t/1", "t/2", "t/3", "t/1", "t/2", "t/3"],
+        ["top/1", "top/2", "top/3", "top/1", "top/2", "top/3"],
         "the client resolves every alias"
     );
 }
@@ -643,6 +643,37 @@ fn mqtt_3_3_2_12_server_accepts_aliases_up_to_its_maximum_and_refuses_above() {
             ..
         })
     ));
+}
+
+/// A PUBLISH from a client must not carry a Subscription Identifier: the server closes with
+/// DISCONNECT 0x82 (Protocol Error) and delivers nothing. From a server to a client it is how
+/// the client learns which subscriptions matched, and the client takes it.
+#[test]
+fn mqtt_3_3_4_6_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    let mut message = publish("a/b", QoS::AtLeastOnce, b"1");
+    message.packet_id = Some(pid(1));
+    message.properties.subscription_identifiers = vec![SubscriptionId::new(7).unwrap()];
+    let bytes = Packet::Publish(message).to_bytes(V5).unwrap();
+
+    let mut pair = Pair::connected(V5);
+    pair.inject_to_server(&bytes);
+    assert!(pair.server_messages().is_empty(), "delivered");
+    pair.assert_server_disconnected_with(ReasonCode::ProtocolError);
+
+    let mut pair = Pair::connected(V5);
+    pair.inject_to_client(&bytes);
+    let received: Vec<_> = pair
+        .client_events
+        .iter()
+        .filter_map(|event| match event {
+            ClientEvent::Message(message) => {
+                Some(message.publish.properties.subscription_identifiers.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received, [vec![SubscriptionId::new(7).unwrap()]]);
+    assert!(pair.client.is_connected());
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use rallymq_codec::{PacketId, ProtocolVersion, QoS};
 use rallymq_session::{
-    ClientConfig, ClientConnection, ClientEvent, CloseReason, Error, ServerConfig,
-    ServerConnection, ServerEvent, SessionState, Timestamp,
+    ClientConfig, ClientConnection, ClientEvent, Error, ServerConfig, ServerConnection,
+    SessionState, Timestamp,
 };
 use support::{Pair, connect_packet, publish};
 
@@ -188,15 +188,8 @@ fn run_scenario(
             ids_unique(&pair.server.session_state()),
             "server reuses an identifier in flight"
         );
-        for event in &pair.server_events {
-            if let ServerEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) = event {
-                prop_assert!(false, "server saw a protocol violation: {detail}");
-            }
-        }
-        for event in &pair.client_events {
-            if let ClientEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) = event {
-                prop_assert!(false, "client saw a protocol violation: {detail}");
-            }
+        if let Some(violation) = pair.protocol_violation() {
+            prop_assert!(false, "{violation}");
         }
     }
 

@@ -60,3 +60,9 @@ pub use matcher::matches;
 pub use name::{MAX_TOPIC_LEN, TopicName};
 pub use retained::{RetainedIndex, RetainedMatches};
 pub use subscriptions::{Match, SharedGroup, SubscriptionIndex};
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -31,6 +31,10 @@ pub enum Error {
     /// A 64-bit payload length had its most significant bit set.
     #[error("64-bit payload length with the most significant bit set")]
     PayloadLengthTopBitSet,
+    /// A payload length was not in its shortest encoding (RFC 6455 §5.2: "the minimal number of
+    /// bytes MUST be used"): a 16-bit length below 126, or a 64-bit one below 65,536.
+    #[error("payload length {0} not in its shortest encoding")]
+    NonMinimalPayloadLength(u64),
     /// A control frame (close, ping, pong) carried more than 125 bytes.
     #[error("control frame payload of {0} bytes exceeds 125")]
     ControlFrameTooLong(u64),
@@ -178,6 +182,7 @@ impl Error {
             | Self::UnmaskedFrame
             | Self::MaskedFrame
             | Self::PayloadLengthTopBitSet
+            | Self::NonMinimalPayloadLength(_)
             | Self::ControlFrameTooLong(_)
             | Self::FragmentedControlFrame
             | Self::UnexpectedContinuation

@@ -80,9 +80,9 @@ impl FrameHeader {
     /// Parses a header from the start of `buf`, returning it and its length in bytes.
     ///
     /// `Ok(None)` means `buf` holds only part of a header. Errors are reported as soon as the
-    /// bytes that show them are present: reserved bits and opcodes from the first two bytes.
-    /// Any length encoding is accepted (peers need not use the shortest), except a 64-bit
-    /// length with its top bit set.
+    /// bytes that show them are present: reserved bits and opcodes from the first two bytes, a
+    /// length not in its shortest encoding (RFC 6455 §5.2) or a 64-bit one with its top bit set
+    /// from the length bytes.
     pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>, Error> {
         let [b0, b1, ..] = *buf else {
             return Ok(None);
@@ -112,6 +112,15 @@ impl FrameHeader {
             },
             short => (u64::from(short), 2),
         };
+        // The shortest encoding is the one `encode` writes: 7 bits up to 125, 16 up to 65,535.
+        let shortest = match payload_len {
+            0..=125 => 2,
+            126..=0xffff => 4,
+            _ => 10,
+        };
+        if len_end != shortest {
+            return Err(Error::NonMinimalPayloadLength(payload_len));
+        }
         let (mask, header_len) = if masked {
             match buf.get(len_end..len_end + 4) {
                 Some(&[a, b, c, d]) => (Some([a, b, c, d]), len_end + 4),
@@ -390,14 +399,28 @@ mod tests {
     }
 
     #[test]
-    fn non_minimal_lengths_are_accepted() {
-        // "Hi" with a 16-bit and then a 64-bit length.
-        let mut input =
-            BytesMut::from(&b"\x82\x7e\x00\x02Hi\x82\x7f\x00\x00\x00\x00\x00\x00\x00\x02Hi"[..]);
-        let mut decoder = FrameDecoder::new(Role::Client, 100);
-        for _ in 0..2 {
-            let frame = decoder.decode(&mut input).unwrap().unwrap();
-            assert_eq!(&frame.payload[..], b"Hi");
+    fn rfc6455_5_2_non_minimal_lengths_are_refused() {
+        // "Hi" with a 16-bit length, then with a 64-bit one; 300 bytes with a 64-bit length.
+        for (bytes, len) in [
+            (&b"\x82\x7e\x00\x02Hi"[..], 2),
+            (b"\x82\x7f\x00\x00\x00\x00\x00\x00\x00\x02Hi", 2),
+            (b"\x82\x7f\x00\x00\x00\x00\x00\x00\x01\x2c", 300),
+        ] {
+            assert_eq!(
+                FrameHeader::parse(bytes),
+                Err(Error::NonMinimalPayloadLength(len)),
+                "{bytes:x?}"
+            );
+        }
+        // The shortest encodings at each boundary parse.
+        for (bytes, len) in [
+            (&b"\x82\x7d"[..], 125),
+            (b"\x82\x7e\x00\x7e", 126),
+            (b"\x82\x7e\xff\xff", 65535),
+            (b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00", 65536),
+        ] {
+            let (header, _) = FrameHeader::parse(bytes).unwrap().unwrap();
+            assert_eq!(header.payload_len, len);
         }
     }
 

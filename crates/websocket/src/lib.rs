@@ -114,3 +114,9 @@ pub use random::RandomSource;
 pub use bytes;
 pub use bytestring;
 pub use http;
+
+/// The README's code, compiled and run as doctests, so that the README cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

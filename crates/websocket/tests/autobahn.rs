@@ -782,15 +782,20 @@ fn autobahn_10_masking_rules_per_role() {
     assert_eq!(client.state(), State::Closed);
 }
 
+/// RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the length". "Hi"
+/// announced with a 64-bit length, then with a 16-bit one, fails the connection with 1002.
 #[test]
-fn autobahn_10_non_minimal_length_encodings_are_accepted() {
-    // "Hi" announced with a 64-bit length.
-    let mut bytes = vec![0x81, 0x80 | 127];
-    bytes.extend_from_slice(&2u64.to_be_bytes());
-    bytes.extend_from_slice(&support::KEY);
-    let mut payload = *b"Hi";
-    rallymq_websocket::apply_mask(&mut payload, support::KEY);
-    bytes.extend_from_slice(&payload);
-    let mut server = EchoServer::default_config();
-    assert_eq!(server.feed(&bytes).events, [Event::Text("Hi".into())]);
+fn rfc6455_5_2_non_minimal_length_encodings_fail_1002() {
+    for (marker, length) in [(127u8, 2u64.to_be_bytes().to_vec()), (126, vec![0, 2])] {
+        let mut bytes = vec![0x81, 0x80 | marker];
+        bytes.extend_from_slice(&length);
+        bytes.extend_from_slice(&support::KEY);
+        let mut payload = *b"Hi";
+        rallymq_websocket::apply_mask(&mut payload, support::KEY);
+        bytes.extend_from_slice(&payload);
+        let mut server = EchoServer::default_config();
+        let outcome = server.feed(&bytes);
+        assert!(outcome.events.is_empty(), "{:?}", outcome.events);
+        outcome.assert_failed(CloseCode::PROTOCOL_ERROR);
+    }
 }

@@ -63,18 +63,37 @@ class Peer:
         self.disconnected = threading.Event()
         self.disconnect_reason = None
         self.connack_properties = None
+        # The broker's topic aliases on this connection, and how many PUBLISHes set one
+        # (topic and alias) or stood on one alone (empty topic).
+        self.aliases = {}
+        self.alias_use = {"set": 0, "alone": 0, "highest": 0}
         self.client.on_connect = self._on_connect
-        self.client.on_message = lambda _c, _u, message: self.messages.put(message)
+        self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, _client, _userdata, flags, reason_code, properties):
         self.connack_properties = properties
+        self.aliases = {}  # aliases live for one connection (MQTT-3.3.2-7)
         self.connacks.put((bool(flags.session_present), reason_code))
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties):
         self.disconnect_reason = reason_code.value
         self.disconnected.set()
+
+    def _on_message(self, _client, _userdata, message):
+        """Resolves the broker's topic alias: paho 2.1 hands a PUBLISH over as it came, with
+        an empty topic where the alias alone stands for it."""
+        alias = getattr(getattr(message, "properties", None), "TopicAlias", None)
+        if alias is not None:
+            self.alias_use["highest"] = max(self.alias_use["highest"], alias)
+            if message.topic:
+                self.aliases[alias] = message.topic
+                self.alias_use["set"] += 1
+            else:
+                self.alias_use["alone"] += 1
+                message.topic = self.aliases.get(alias, f"<unknown alias {alias}>").encode()
+        self.messages.put(message)
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties):
         self.subacks.put((mid, [code.value for code in reason_codes]))
@@ -802,6 +821,31 @@ def scenario_keepalive(args):
     return {"still_connected": still, "received": relative(got, topic)}
 
 
+def scenario_max_keepalive(args):
+    """Connects asking for keep alives 0, 30, 60, 61 and 65535 (the broker's maximum is 60):
+    for each, the CONNACK reason code (paho gives MQTT 3.1.1's return code 2 as 0x85) and the
+    Server Keep Alive, if any."""
+    result = {}
+    for keepalive in (0, 30, 60, 61, 65535):
+        peer = Peer(args, f"ka{keepalive}")
+        kwargs = {"clean_start": True} if peer.v5 else {}
+        try:
+            peer.client.connect(args.host, args.port, keepalive=keepalive, **kwargs)
+        except OSError as error:
+            raise Failure(f"connect to {args.host}:{args.port}: {error}")
+        peer.client.loop_start()
+        _, code = get(peer.connacks, f"CONNACK for keep alive {keepalive}")
+        properties = peer.connack_properties
+        result[str(keepalive)] = {
+            "code": code.value,
+            "server_keep_alive": getattr(properties, "ServerKeepAlive", None),
+        }
+        if not code.is_failure:
+            peer.client.disconnect()
+        peer.client.loop_stop()
+    return result
+
+
 class RawClient:
     """A hand-written MQTT client over TCP, for flows no library lets a test drive (a QoS 2
     PUBLISH sent again before PUBREL)."""
@@ -1049,23 +1093,41 @@ def scenario_will_session_end(args):
     return {"received": relative(got, topic), "before_the_delay": waited < 30}
 
 
-def scenario_alias_in(args):
-    """MQTT 5: a client that accepts topic aliases from the broker still sees every message
-    with its topic (whether or not the broker uses aliases, MQTT-3.3.2-12 ff.)."""
+def alias_traffic(args, name, maximum, topics):
+    """A subscriber announcing Topic Alias Maximum `maximum` gets one QoS 1 message on each
+    of `topics` in turn; returns the topics it saw (resolved, after the run's prefix) and how
+    the broker used aliases."""
     if args.version != "5":
         raise Failure("topic aliases need MQTT 5")
-    prefix = f"interop/{args.run}/alias-in/"
+    prefix = f"interop/{args.run}/{name}/"
     subscriber = Peer(args, "sub")
-    subscriber.connect(TopicAliasMaximum=5)
+    subscriber.connect(TopicAliasMaximum=maximum)
     subscriber.subscribe(prefix + "#", 1)
     publisher = Peer(args, "pub")
     publisher.connect()
-    for topic in ("a", "a", "b", "a", "b"):
-        publisher.publish(prefix + topic, topic, 1)
-    got = subscriber.receive(5, "messages") + subscriber.drain()
+    for i, topic in enumerate(topics):
+        publisher.publish(prefix + topic, str(i), 1)
+    got = subscriber.receive(len(topics), "messages") + subscriber.drain()
     for peer in (subscriber, publisher):
         peer.disconnect()
-    return {"topics": [m["topic"] for m in relative(got, prefix)]}
+    return [m["topic"] for m in relative(got, prefix)], subscriber.alias_use
+
+
+def scenario_alias_in(args):
+    """MQTT 5: a client that accepts topic aliases from the broker still sees every message
+    with its topic (whether or not the broker uses aliases, MQTT-3.3.2-12 ff.)."""
+    topics, _ = alias_traffic(args, "alias-in", 5, ("a", "a", "b", "a", "b"))
+    return {"topics": topics}
+
+
+def scenario_alias_out(args):
+    """MQTT 5: a subscriber announcing Topic Alias Maximum 10 gets messages on three topics;
+    reports the topics (resolved) and how the broker used aliases (MQTT-3.3.2-11: none above
+    10)."""
+    topics, alias_use = alias_traffic(args, "alias-out", 10, (
+        "court/1/score", "court/2/score", "court/1/score", "court/3/score",
+        "court/2/score", "court/1/score", "court/3/score", "court/1/score"))
+    return {"topics": topics, **alias_use}
 
 
 def scenario_retained_expiry(args):
@@ -1604,6 +1666,7 @@ SCENARIOS = {
     "fanout": scenario_fanout,
     "will_session_end": scenario_will_session_end,
     "alias_in": scenario_alias_in,
+    "alias_out": scenario_alias_out,
     "retained_expiry": scenario_retained_expiry,
     "shared_retained": scenario_shared_retained,
     "empty_id_persistent": scenario_empty_id_persistent,
@@ -1618,6 +1681,7 @@ SCENARIOS = {
     "properties": scenario_properties,
     "retained_many": scenario_retained_many,
     "keepalive": scenario_keepalive,
+    "max_keepalive": scenario_max_keepalive,
     "burst": scenario_burst,
     "large": scenario_large,
     "takeover": scenario_takeover,

@@ -60,6 +60,19 @@ pub struct Will {
     pub properties: Properties<WillProperties>,
 }
 
+impl Will {
+    /// A will of `payload` on `topic`: QoS 0, not retained, no properties.
+    pub fn new(topic: TopicName, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic,
+            payload: payload.into(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        }
+    }
+}
+
 const FLAG_RESERVED: u8 = 0b0000_0001;
 const FLAG_CLEAN_START: u8 = 0b0000_0010;
 const FLAG_WILL: u8 = 0b0000_0100;
@@ -100,6 +113,7 @@ impl Connect {
         } else {
             Properties::default()
         };
+        check_authentication(&properties)?;
         let client_id = reader.string()?;
         let will = if has_will {
             let properties = if protocol.is_v5() {
@@ -155,7 +169,7 @@ impl Connect {
         if !self.protocol.is_v5() && !self.properties.is_empty() {
             return Err(Error::NotInVersion("CONNECT properties"));
         }
-        Ok(())
+        check_authentication(&self.properties)
     }
 
     pub(crate) fn body_len(&self) -> usize {
@@ -222,6 +236,15 @@ impl Connect {
             put_field(buf, password);
         }
     }
+}
+
+/// Authentication Data only goes with an Authentication Method: "It is a Protocol Error to
+/// include Authentication Data if there is no Authentication Method" (MQTT 5 §3.1.2.11.10).
+fn check_authentication(properties: &ConnectProperties) -> Result<(), Error> {
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(Error::AuthenticationDataWithoutMethod);
+    }
+    Ok(())
 }
 
 /// CONNACK: the server's answer to CONNECT.

@@ -14,8 +14,8 @@ use rallymq_codec::{
     TopicName,
 };
 use rallymq_session::{
-    Accept, ClientConfig, ClientConnection, ClientEvent, ServerConfig, ServerConnection,
-    ServerEvent, SessionState, Timestamp,
+    Accept, ClientConfig, ClientConnection, ClientEvent, CloseReason, ServerConfig,
+    ServerConnection, ServerEvent, SessionState, Timestamp,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,8 +310,26 @@ impl Pair {
             .collect()
     }
 
+    /// The detail of the first protocol violation either side reported, if any: in a
+    /// scenario where both sides follow the protocol, there must be none.
+    pub fn protocol_violation(&self) -> Option<String> {
+        let server = self.server_events.iter().filter_map(|event| match event {
+            ServerEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) => {
+                Some(format!("server saw a protocol violation: {detail}"))
+            }
+            _ => None,
+        });
+        let client = self.client_events.iter().filter_map(|event| match event {
+            ClientEvent::Closed(CloseReason::ProtocolViolation { detail, .. }) => {
+                Some(format!("client saw a protocol violation: {detail}"))
+            }
+            _ => None,
+        });
+        server.chain(client).next()
+    }
+
     /// The last close reason the server reported.
-    pub fn server_close(&self) -> Option<&rallymq_session::CloseReason> {
+    pub fn server_close(&self) -> Option<&CloseReason> {
         self.server_events
             .iter()
             .rev()
@@ -321,8 +339,28 @@ impl Pair {
             })
     }
 
+    /// Asserts the server closed an MQTT 5 connection for a protocol violation with
+    /// `reason_code`, and told the client so in the last packet it sent: DISCONNECT with it.
+    pub fn assert_server_disconnected_with(&self, reason_code: ReasonCode) {
+        assert!(
+            matches!(
+                self.server_close(),
+                Some(rallymq_session::CloseReason::ProtocolViolation { reason_code: code, .. })
+                    if *code == reason_code
+            ),
+            "closed with {:?}, not a violation with {reason_code:?}",
+            self.server_close()
+        );
+        assert_eq!(
+            self.packets_to_client(ProtocolVersion::V5).pop(),
+            Some(rallymq_codec::Packet::Disconnect(
+                rallymq_codec::Disconnect::new(reason_code)
+            ))
+        );
+    }
+
     /// The last close reason the client reported.
-    pub fn client_close(&self) -> Option<&rallymq_session::CloseReason> {
+    pub fn client_close(&self) -> Option<&CloseReason> {
         self.client_events
             .iter()
             .rev()
@@ -383,5 +421,226 @@ impl Pair {
 
     pub fn packets_to_server(&self, version: ProtocolVersion) -> Vec<rallymq_codec::Packet> {
         decode_all(&self.sent_to_server, version)
+    }
+}
+
+/// What `Raw` needs of an engine: the inputs and outputs both roles share.
+pub trait Engine {
+    type Event: std::fmt::Debug;
+    fn handle_bytes(&mut self, now: Timestamp, bytes: &[u8]);
+    fn poll_transmit(&mut self, now: Timestamp) -> Option<Bytes>;
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    fn is_closed(&self) -> bool;
+    /// The close reason, if `event` reports the end of the connection.
+    fn close_reason(event: &Self::Event) -> Option<&rallymq_session::CloseReason>;
+    /// Whether `event` hands the caller something the peer sent (a message or a request).
+    fn surfaces(event: &Self::Event) -> bool;
+    /// The message `event` reports, if it reports one.
+    fn message(event: &Self::Event) -> Option<&Publish>;
+}
+
+impl Engine for ServerConnection {
+    type Event = ServerEvent;
+    fn handle_bytes(&mut self, now: Timestamp, bytes: &[u8]) {
+        Self::handle_bytes(self, now, bytes)
+    }
+    fn poll_transmit(&mut self, now: Timestamp) -> Option<Bytes> {
+        Self::poll_transmit(self, now)
+    }
+    fn poll_event(&mut self) -> Option<ServerEvent> {
+        Self::poll_event(self)
+    }
+    fn is_closed(&self) -> bool {
+        Self::is_closed(self)
+    }
+    fn close_reason(event: &ServerEvent) -> Option<&rallymq_session::CloseReason> {
+        match event {
+            ServerEvent::Closed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+    fn surfaces(event: &ServerEvent) -> bool {
+        matches!(
+            event,
+            ServerEvent::Message(_) | ServerEvent::Subscribe(_) | ServerEvent::Unsubscribe(_)
+        )
+    }
+    fn message(event: &ServerEvent) -> Option<&Publish> {
+        match event {
+            ServerEvent::Message(message) => Some(&message.publish),
+            _ => None,
+        }
+    }
+}
+
+impl Engine for ClientConnection {
+    type Event = ClientEvent;
+    fn handle_bytes(&mut self, now: Timestamp, bytes: &[u8]) {
+        Self::handle_bytes(self, now, bytes)
+    }
+    fn poll_transmit(&mut self, now: Timestamp) -> Option<Bytes> {
+        Self::poll_transmit(self, now)
+    }
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        Self::poll_event(self)
+    }
+    fn is_closed(&self) -> bool {
+        Self::is_closed(self)
+    }
+    fn close_reason(event: &ClientEvent) -> Option<&rallymq_session::CloseReason> {
+        match event {
+            ClientEvent::Closed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+    fn surfaces(event: &ClientEvent) -> bool {
+        matches!(event, ClientEvent::Message(_))
+    }
+    fn message(event: &ClientEvent) -> Option<&Publish> {
+        match event {
+            ClientEvent::Message(message) => Some(&message.publish),
+            _ => None,
+        }
+    }
+}
+
+/// One engine driven by hand with raw bytes, every output collected after each input: for
+/// tests of what an engine does with packets a well-behaved peer engine never sends.
+pub struct Raw<E: Engine> {
+    pub now: Timestamp,
+    pub engine: E,
+    pub version: ProtocolVersion,
+    /// Every byte the engine sent, in order.
+    pub sent: Vec<u8>,
+    pub events: Vec<E::Event>,
+}
+
+pub type RawServer = Raw<ServerConnection>;
+pub type RawClient = Raw<ClientConnection>;
+
+impl<E: Engine> Raw<E> {
+    fn with(engine: E, version: ProtocolVersion) -> Self {
+        Self {
+            now: Timestamp::ZERO,
+            engine,
+            version,
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Feeds `bytes` as received from the peer, then collects.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.engine.handle_bytes(self.now, bytes);
+        self.collect();
+    }
+
+    /// Feeds `packet` encoded for this connection's version.
+    pub fn feed_packet(&mut self, packet: rallymq_codec::Packet) {
+        let bytes = packet.to_bytes(self.version).expect("encodable");
+        self.feed(&bytes);
+    }
+
+    /// Drains transmits and events.
+    pub fn collect(&mut self) {
+        while let Some(bytes) = self.engine.poll_transmit(self.now) {
+            self.sent.extend_from_slice(&bytes);
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.events.push(event);
+        }
+    }
+
+    /// The packets sent so far, decoded.
+    pub fn sent_packets(&self) -> Vec<rallymq_codec::Packet> {
+        decode_all(&[Bytes::copy_from_slice(&self.sent)], self.version)
+    }
+
+    /// The close reason reported, if the connection ended.
+    pub fn close_reason(&self) -> Option<&rallymq_session::CloseReason> {
+        self.events.iter().find_map(E::close_reason)
+    }
+
+    /// The messages received so far.
+    pub fn messages(&self) -> Vec<Publish> {
+        self.events.iter().filter_map(E::message).cloned().collect()
+    }
+
+    /// Whether the engine handed its caller anything the peer sent.
+    pub fn surfaced(&self) -> bool {
+        self.events.iter().any(E::surfaces)
+    }
+
+    /// Feeds `bytes` and asserts that the engine closed the connection as a protocol
+    /// violation, sending nothing (3.1.1 has no DISCONNECT to tell why) and handing its
+    /// caller nothing of what the peer sent.
+    pub fn assert_closes_on(mut self, bytes: &[u8]) -> Self {
+        self.feed(bytes);
+        assert!(self.engine.is_closed(), "still open after {bytes:02x?}");
+        assert!(
+            matches!(
+                self.close_reason(),
+                Some(rallymq_session::CloseReason::ProtocolViolation { .. })
+            ),
+            "{bytes:02x?}: {:?}",
+            self.events
+        );
+        assert!(
+            self.sent.is_empty(),
+            "{bytes:02x?}: sent {:02x?}",
+            self.sent
+        );
+        assert!(!self.surfaced(), "{bytes:02x?}: {:?}", self.events);
+        self
+    }
+}
+
+impl RawServer {
+    /// A server connection that has received nothing yet.
+    pub fn new(version: ProtocolVersion) -> Self {
+        Self::with(
+            ServerConnection::new(ServerConfig::default(), Timestamp::ZERO),
+            version,
+        )
+    }
+
+    /// A server connection that has accepted `connect` (a new session), its CONNACK and
+    /// events cleared.
+    pub fn accepted(connect: Connect) -> Self {
+        let mut raw = Self::new(connect.protocol);
+        raw.feed_packet(rallymq_codec::Packet::from(connect));
+        raw.engine
+            .accept(raw.now, Accept::default())
+            .expect("CONNECT awaits a decision");
+        raw.collect();
+        raw.sent.clear();
+        raw.events.clear();
+        raw
+    }
+}
+
+impl RawClient {
+    /// A client that sent `config.connect` and got CONNACK 0 with `session_present`, resuming
+    /// `state` if given; its CONNECT and events are cleared, what it sent after CONNACK kept.
+    pub fn connected(
+        config: ClientConfig,
+        state: Option<SessionState>,
+        session_present: bool,
+    ) -> Self {
+        let version = config.connect.protocol;
+        let mut raw = Self::with(
+            ClientConnection::new(config, state, Timestamp::ZERO),
+            version,
+        );
+        raw.engine.connect(raw.now).expect("CONNECT can be sent");
+        raw.collect();
+        raw.sent.clear();
+        raw.feed_packet(rallymq_codec::Packet::ConnAck(rallymq_codec::ConnAck {
+            session_present,
+            ..Default::default()
+        }));
+        assert!(raw.engine.is_connected(), "CONNACK accepted");
+        raw.events.clear();
+        raw
     }
 }
