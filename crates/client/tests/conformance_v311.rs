@@ -46,9 +46,7 @@ async fn mqtt_6_0_0_3_client_offers_the_mqtt_subprotocol() {
             .await;
         String::from_utf8_lossy(&request).into_owned()
     });
-    let mut options = ClientOptions::new(&format!("ws://{addr}/mqtt"))
-        .unwrap()
-        .version(V311);
+    let mut options = ClientOptions::new(&format!("ws://{addr}/mqtt")).version(V311);
     options.reconnect = None;
     let refused = timeout(WAIT, Client::connect(options))
         .await
@@ -76,7 +74,7 @@ async fn mqtt_7_1_2_1_client_speaks_mqtt_over_tcp_and_websockets() {
         ),
     ];
     for url in urls {
-        let options = ClientOptions::new(&url).unwrap().version(V311);
+        let options = ClientOptions::new(&url).version(V311);
         let (client, mut messages, _) = timeout(WAIT, Client::connect(options))
             .await
             .expect("in time")

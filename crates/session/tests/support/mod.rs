@@ -345,7 +345,7 @@ impl Pair {
         assert!(
             matches!(
                 self.server_close(),
-                Some(rallymq_session::CloseReason::ProtocolViolation { reason_code: code, .. })
+                Some(CloseReason::ProtocolViolation { reason_code: code, .. })
                     if *code == reason_code
             ),
             "closed with {:?}, not a violation with {reason_code:?}",
@@ -432,7 +432,7 @@ pub trait Engine {
     fn poll_event(&mut self) -> Option<Self::Event>;
     fn is_closed(&self) -> bool;
     /// The close reason, if `event` reports the end of the connection.
-    fn close_reason(event: &Self::Event) -> Option<&rallymq_session::CloseReason>;
+    fn close_reason(event: &Self::Event) -> Option<&CloseReason>;
     /// Whether `event` hands the caller something the peer sent (a message or a request).
     fn surfaces(event: &Self::Event) -> bool;
     /// The message `event` reports, if it reports one.
@@ -453,7 +453,7 @@ impl Engine for ServerConnection {
     fn is_closed(&self) -> bool {
         Self::is_closed(self)
     }
-    fn close_reason(event: &ServerEvent) -> Option<&rallymq_session::CloseReason> {
+    fn close_reason(event: &ServerEvent) -> Option<&CloseReason> {
         match event {
             ServerEvent::Closed(reason) => Some(reason),
             _ => None,
@@ -487,7 +487,7 @@ impl Engine for ClientConnection {
     fn is_closed(&self) -> bool {
         Self::is_closed(self)
     }
-    fn close_reason(event: &ClientEvent) -> Option<&rallymq_session::CloseReason> {
+    fn close_reason(event: &ClientEvent) -> Option<&CloseReason> {
         match event {
             ClientEvent::Closed(reason) => Some(reason),
             _ => None,
@@ -557,7 +557,7 @@ impl<E: Engine> Raw<E> {
     }
 
     /// The close reason reported, if the connection ended.
-    pub fn close_reason(&self) -> Option<&rallymq_session::CloseReason> {
+    pub fn close_reason(&self) -> Option<&CloseReason> {
         self.events.iter().find_map(E::close_reason)
     }
 
@@ -580,7 +580,7 @@ impl<E: Engine> Raw<E> {
         assert!(
             matches!(
                 self.close_reason(),
-                Some(rallymq_session::CloseReason::ProtocolViolation { .. })
+                Some(CloseReason::ProtocolViolation { .. })
             ),
             "{bytes:02x?}: {:?}",
             self.events
