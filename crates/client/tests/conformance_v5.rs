@@ -24,9 +24,7 @@ async fn mqtt_6_0_0_3_websocket_client_offers_the_mqtt_subprotocol() {
         }
         String::from_utf8(request).unwrap()
     });
-    let options = ClientOptions::new(&format!("ws://{addr}/mqtt"))
-        .unwrap()
-        .reconnect(None);
+    let options = ClientOptions::new(&format!("ws://{addr}/mqtt")).reconnect(None);
     let connecting = tokio::spawn(Client::connect(options));
     let request = tokio::time::timeout(Duration::from_secs(5), peer)
         .await
