@@ -136,12 +136,18 @@ impl ClientConnection {
     /// their token comes back in [`ClientEvent::PublishAcknowledged`] or
     /// [`ClientEvent::PublishCompleted`]. Never blocks; fails with [`Error::Full`] when both
     /// window and queue are full, and with [`Error::NotAllowed`] for a QoS above the server's
-    /// Maximum QoS or a retained message the server does not support.
+    /// Maximum QoS or a retained message the server does not support. Subscription Identifiers
+    /// are left out: only a server sends them.
     pub fn publish(
         &mut self,
         now: Timestamp,
-        publish: Publish,
+        mut publish: Publish,
     ) -> Result<Option<PublishToken>, Error> {
+        if let Some(properties) = publish.properties.get_mut() {
+            // The server's to add on delivery (MQTT-3.3.4-6): a message received and sent on
+            // as it came would carry them.
+            properties.subscription_identifiers.clear();
+        }
         if let Some(max_qos) = self.server_maximum_qos()
             && publish.qos > max_qos
         {
