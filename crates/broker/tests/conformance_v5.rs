@@ -27,7 +27,9 @@ use tokio::net::TcpStream;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 /// How long a test waits to be sure nothing (more) arrives.
 const QUIET: Duration = Duration::from_millis(250);
-const SHUTDOWN: Duration = Duration::from_millis(300);
+/// The grace a test gives the broker's connections at shutdown: none of them is waited for (the
+/// test clients are still open, so a longer grace would only be waited out).
+const SHUTDOWN: Duration = Duration::from_millis(10);
 
 type Client = TestClient<TcpStream>;
 
@@ -123,12 +125,16 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr, client_id: &str) -> Self {
+        Self::connect_with(addr, connect_packet(V5, client_id)).await
+    }
+
+    async fn connect_with(addr: SocketAddr, connect: Connect) -> Self {
         let mut raw = Self {
             stream: TcpStream::connect(addr).await.unwrap(),
             received: BytesMut::new(),
             decoder: Decoder::with_version(V5, Limits::default()),
         };
-        raw.send(Packet::from(connect_packet(V5, client_id))).await;
+        raw.send(Packet::from(connect)).await;
         match raw.recv().await {
             Some(Packet::ConnAck(ConnAck {
                 reason_code: ReasonCode::Success,
@@ -432,6 +438,50 @@ async fn mqtt_3_1_4_4_clean_start_1_discards_the_session() {
         .publish("clean/2", "after", QoS::AtLeastOnce, false)
         .unwrap();
     again.expect_silence(QUIET).await;
+    broker.shutdown(SHUTDOWN).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_2_26_no_topic_alias_above_the_client_topic_alias_maximum() {
+    let broker = start_broker(|_| {}).await;
+    let mut connect = connect_packet(V5, "two-aliases");
+    connect.properties.topic_alias_maximum = Some(2);
+    let mut raw = Raw::connect_with(tcp_addr(&broker), connect).await;
+    raw.send(raw_subscribe(1, &[("courts/#", QoS::AtMostOnce)]))
+        .await;
+    assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))));
+    // Five topics, some far busier than others: more topics than aliases.
+    let topics: Vec<String> = (0..40)
+        .map(|i| format!("courts/{}/score", [1, 1, 1, 2, 2, 3, 4, 5][i % 8]))
+        .collect();
+    for topic in &topics {
+        broker
+            .publish(topic, "15-0", QoS::AtMostOnce, false)
+            .unwrap();
+    }
+    let mut aliases = std::collections::HashMap::new();
+    let mut resolved = Vec::new();
+    let mut used = Vec::new();
+    while resolved.len() < topics.len() {
+        let Some(Packet::Publish(publish)) = raw.recv().await else {
+            panic!("after {} messages", resolved.len())
+        };
+        let alias = publish.properties.topic_alias.map(|a| a.get());
+        let topic = match (&publish.topic, alias) {
+            (Some(topic), Some(alias)) => {
+                aliases.insert(alias, topic.as_str().to_owned());
+                topic.as_str().to_owned()
+            }
+            (Some(topic), None) => topic.as_str().to_owned(),
+            (None, Some(alias)) => aliases[&alias].clone(),
+            (None, None) => panic!("no topic and no alias"),
+        };
+        used.extend(alias);
+        resolved.push(topic);
+    }
+    assert_eq!(resolved, topics);
+    assert!(!used.is_empty(), "aliases are used");
+    assert!(used.iter().all(|a| (1..=2).contains(a)), "{used:?}");
     broker.shutdown(SHUTDOWN).await;
 }
 

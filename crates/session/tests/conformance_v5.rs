@@ -1525,6 +1525,24 @@ fn mqtt_3_3_4_1_the_answer_to_a_publish_follows_its_qos() {
     }
 }
 
+#[test]
+fn mqtt_3_3_4_6_client_sends_no_subscription_identifier() {
+    let mut pair = Pair::connected(V5);
+    // A message the client received, forwarded as it came: with its identifiers.
+    let mut forwarded = publish("relay/out", QoS::AtLeastOnce, b"x");
+    forwarded.properties.subscription_identifiers =
+        vec![rallymq_codec::SubscriptionId::new(7).unwrap()];
+    pair.client.publish(pair.now, forwarded).unwrap();
+    pair.drive();
+    let sent = publishes(&pair.packets_to_server(V5));
+    assert!(
+        matches!(sent.as_slice(), [p] if p.properties.subscription_identifiers.is_empty()),
+        "{sent:?}"
+    );
+    assert_eq!(pair.server_messages().len(), 1);
+    assert!(pair.server.is_connected());
+}
+
 /// A pair whose client holds its acknowledgements (so the server's window stays full) and
 /// allows one unacknowledged message.
 fn pair_with_full_server_window() -> Pair {
