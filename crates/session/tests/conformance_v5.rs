@@ -86,14 +86,7 @@ fn connecting_client(connect: Connect) -> ClientConnection {
     client
 }
 
-/// The reason code the server closed with, if it closed for a protocol violation.
-fn server_violation(pair: &Pair) -> Option<ReasonCode> {
-    match pair.server_close() {
-        Some(CloseReason::ProtocolViolation { reason_code, .. }) => Some(*reason_code),
-        _ => None,
-    }
-}
-
+/// The reason code the client closed with, if it closed for a protocol violation.
 fn client_violation(pair: &Pair) -> Option<ReasonCode> {
     match pair.client_close() {
         Some(CloseReason::ProtocolViolation { reason_code, .. }) => Some(*reason_code),
@@ -1051,11 +1044,7 @@ fn mqtt_3_2_2_11_no_publish_above_the_maximum_qos() {
         9,
         b"x",
     ))));
-    assert_eq!(server_violation(&pair), Some(ReasonCode::QoSNotSupported));
-    assert_eq!(
-        disconnects(&pair.packets_to_client(V5)),
-        [ReasonCode::QoSNotSupported]
-    );
+    pair.assert_server_disconnected_with(ReasonCode::QoSNotSupported);
     assert_eq!(pair.server_messages().len(), 1, "the message is not taken");
 }
 
@@ -1135,10 +1124,7 @@ fn mqtt_3_2_2_14_no_retained_publish_without_retain_support() {
     let mut retained = numbered("a", QoS::AtLeastOnce, 3, b"x");
     retained.retain = true;
     pair.inject_to_server(&wire(Packet::Publish(retained)));
-    assert_eq!(
-        server_violation(&pair),
-        Some(ReasonCode::RetainNotSupported)
-    );
+    pair.assert_server_disconnected_with(ReasonCode::RetainNotSupported);
     assert!(pair.server_messages().is_empty());
 }
 
@@ -1456,7 +1442,7 @@ fn mqtt_3_3_2_9_client_sends_no_topic_alias_above_the_server_maximum() {
     let mut message = publish("d", QoS::AtMostOnce, b"x");
     message.properties.topic_alias = NonZeroU16::new(2);
     pair.inject_to_server(&wire(Packet::Publish(message)));
-    assert_eq!(server_violation(&pair), Some(ReasonCode::TopicAliasInvalid));
+    pair.assert_server_disconnected_with(ReasonCode::TopicAliasInvalid);
 }
 
 #[test]
@@ -1714,11 +1700,7 @@ fn mqtt_3_5_2_1_pubrec_carries_only_pubrec_reason_codes() {
 fn mqtt_3_6_1_1_pubrel_with_wrong_flags_is_malformed() {
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&[0x60, 0x02, 0x00, 0x01]);
-    assert_eq!(server_violation(&pair), Some(ReasonCode::MalformedPacket));
-    assert_eq!(
-        disconnects(&pair.packets_to_client(V5)),
-        [ReasonCode::MalformedPacket]
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
     assert!(pair.server.is_closed());
 }
 
@@ -1777,11 +1759,7 @@ fn mqtt_3_8_1_1_subscribe_with_wrong_flags_is_malformed() {
     assert_eq!(bytes[0], 0x82);
     bytes[0] = 0x80;
     pair.inject_to_server(&bytes);
-    assert_eq!(server_violation(&pair), Some(ReasonCode::MalformedPacket));
-    assert_eq!(
-        disconnects(&pair.packets_to_client(V5)),
-        [ReasonCode::MalformedPacket]
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
     assert!(
         !pair
             .server_events
@@ -1965,11 +1943,7 @@ fn mqtt_3_10_1_1_unsubscribe_with_wrong_flags_is_malformed() {
     assert_eq!(bytes[0], 0xA2);
     bytes[0] = 0xA3;
     pair.inject_to_server(&bytes);
-    assert_eq!(server_violation(&pair), Some(ReasonCode::MalformedPacket));
-    assert_eq!(
-        disconnects(&pair.packets_to_client(V5)),
-        [ReasonCode::MalformedPacket]
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
 }
 
 #[test]
@@ -2101,11 +2075,7 @@ fn mqtt_3_14_0_1_no_disconnect_before_a_successful_connack() {
 fn mqtt_3_14_1_1_disconnect_with_reserved_bits_set_is_malformed() {
     let mut pair = Pair::connected(V5);
     pair.inject_to_server(&[0xE1, 0x00]);
-    assert_eq!(server_violation(&pair), Some(ReasonCode::MalformedPacket));
-    assert_eq!(
-        disconnects(&pair.packets_to_client(V5)),
-        [ReasonCode::MalformedPacket]
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
     let mut pair = Pair::connected(V5);
     pair.inject_to_client(&[0xE2, 0x00]);
     assert_eq!(client_violation(&pair), Some(ReasonCode::MalformedPacket));
@@ -2326,11 +2296,7 @@ fn auth_pair(method: &str) -> Pair {
 fn mqtt_3_15_1_1_auth_with_reserved_bits_set_is_malformed() {
     let mut pair = auth_pair("SCRAM-SHA-1");
     pair.inject_to_server(&[0xF1, 0x00]);
-    assert_eq!(server_violation(&pair), Some(ReasonCode::MalformedPacket));
-    assert_eq!(
-        disconnects(&pair.packets_to_client(V5)),
-        [ReasonCode::MalformedPacket]
-    );
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
     let mut pair = auth_pair("SCRAM-SHA-1");
     pair.inject_to_client(&[0xF8, 0x00]);
     assert_eq!(client_violation(&pair), Some(ReasonCode::MalformedPacket));
@@ -2366,7 +2332,7 @@ fn mqtt_3_15_2_1_auth_carries_only_authenticate_reason_codes() {
     }
     // A peer that sends one is malformed.
     pair.inject_to_server(&[0xF0, 0x01, 0x87]);
-    assert_eq!(server_violation(&pair), Some(ReasonCode::MalformedPacket));
+    pair.assert_server_disconnected_with(ReasonCode::MalformedPacket);
 }
 
 #[test]
