@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rallymq_codec::{
-    Auth, ConnAck, Connect, Decoder, Disconnect, Limits, Packet, PacketId, ProtocolVersion,
-    Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription, TopicFilter,
-    Unsubscribe, UnsubscribeProperties,
+    Auth, ConnAck, Connect, Decoder, Disconnect, Limits, Packet, PacketId, PacketType,
+    ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, Subscription,
+    TopicFilter, Unsubscribe, UnsubscribeProperties,
 };
 
-use crate::core::{Core, Outcome, Phase};
+use crate::core::{Core, Outcome, Phase, fit_reason_code};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::{
@@ -135,16 +135,32 @@ impl ClientConnection {
     /// flight if the window has room, else into the bounded queue (also before CONNACK), and
     /// their token comes back in [`ClientEvent::PublishAcknowledged`] or
     /// [`ClientEvent::PublishCompleted`]. Never blocks; fails with [`Error::Full`] when both
-    /// window and queue are full.
+    /// window and queue are full, and with [`Error::NotAllowed`] for a QoS above the server's
+    /// Maximum QoS or a retained message the server does not support. Subscription Identifiers
+    /// are left out: only a server sends them.
     pub fn publish(
         &mut self,
         now: Timestamp,
-        publish: Publish,
+        mut publish: Publish,
     ) -> Result<Option<PublishToken>, Error> {
+        if let Some(properties) = publish.properties.get_mut() {
+            // The server's to add on delivery (MQTT-3.3.4-6): a message received and sent on
+            // as it came would carry them.
+            properties.subscription_identifiers.clear();
+        }
         if let Some(max_qos) = self.server_maximum_qos()
             && publish.qos > max_qos
         {
             return Err(Error::NotAllowed(ReasonCode::QoSNotSupported));
+        }
+        if publish.retain
+            && self
+                .server_connack
+                .as_ref()
+                .is_some_and(|c| c.properties.retain_available == Some(false))
+        {
+            // MQTT-3.2.2-14.
+            return Err(Error::NotAllowed(ReasonCode::RetainNotSupported));
         }
         self.core.publish(now, publish)
     }
@@ -202,20 +218,29 @@ impl ClientConnection {
         self.core.acknowledge(handle, reason_code);
     }
 
-    /// Sends an AUTH packet (MQTT 5 extended authentication).
+    /// Sends an AUTH packet (MQTT 5 extended authentication), which only a client whose CONNECT
+    /// gave an Authentication Method may send (MQTT-4.12.0-7). Before CONNACK its reason code
+    /// is 0x18 Continue authentication (MQTT-4.12.0-3); after, 0x19 starts a
+    /// re-authentication and 0x18 continues one. It carries the CONNECT's Authentication
+    /// Method, filled in if left out (MQTT-4.12.0-5, MQTT-4.12.1-1).
     pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
-        if self.core.is_closed() {
-            return Err(Error::Closed);
-        }
-        self.core.send(Packet::Auth(auth))
+        let method = self
+            .config
+            .connect
+            .properties
+            .authentication_method
+            .as_ref();
+        self.core
+            .send_auth(auth, method, ReasonCode::ReAuthenticate)
     }
 
     /// Sends DISCONNECT and closes. With MQTT 5, `disconnect` carries the reason (0x04 asks the
     /// server to publish the will) and may change the session expiry.
-    pub fn disconnect(&mut self, disconnect: Disconnect) {
+    pub fn disconnect(&mut self, mut disconnect: Disconnect) {
         if self.core.is_closed() {
             return;
         }
+        disconnect.reason_code = fit_reason_code(disconnect.reason_code, PacketType::Disconnect);
         if let Some(expiry) = disconnect.properties.session_expiry_interval {
             self.session_expiry_interval = expiry;
         }
@@ -399,7 +424,23 @@ impl ClientConnection {
                 reason_code: disconnect.reason_code,
                 properties: disconnect.properties.into_inner(),
             }),
-            Packet::Auth(auth) => self.events.push_back(ClientEvent::Auth(auth)),
+            Packet::Auth(auth) => {
+                let ours = self
+                    .config
+                    .connect
+                    .properties
+                    .authentication_method
+                    .as_ref();
+                if ours.is_none() || auth.properties.authentication_method.as_ref() != ours {
+                    // MQTT-4.12.0-5, and MQTT-4.12.0-6 from the server's side.
+                    self.core.violation(
+                        ReasonCode::ProtocolError,
+                        "AUTH without this client's Authentication Method".into(),
+                    );
+                } else {
+                    self.events.push_back(ClientEvent::Auth(auth));
+                }
+            }
             other => self.core.violation(
                 ReasonCode::ProtocolError,
                 format!("a server does not send {:?}", other.packet_type()),
@@ -422,6 +463,16 @@ impl ClientConnection {
         }
         if connack.reason_code.is_error() {
             self.core.close(CloseReason::Refused(connack.reason_code));
+            return;
+        }
+        if connack.properties.authentication_method
+            != self.config.connect.properties.authentication_method
+        {
+            // A successful CONNACK repeats the CONNECT's method, if any (MQTT-4.12.0-5, -6).
+            self.core.violation(
+                ReasonCode::ProtocolError,
+                "CONNACK without this client's Authentication Method".into(),
+            );
             return;
         }
         let properties = &connack.properties;

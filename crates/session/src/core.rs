@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use rallymq_codec::{
-    Ack, Decoder, Disconnect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
+    Ack, Auth, Decoder, Disconnect, MqttString, Packet, PacketId, PacketType, ProtocolVersion,
+    Publish, QoS, ReasonCode,
 };
 
 use crate::alias::{ALIAS_GROWTH, AliasError, IncomingAliases, OutgoingAliases};
@@ -50,6 +51,10 @@ pub(crate) struct Core {
     pub(crate) last_received: Timestamp,
     pub(crate) last_sent: Timestamp,
     pub(crate) manual_acks: bool,
+    /// Whether Reason Strings and User Properties may go on packets other than PUBLISH,
+    /// CONNACK and DISCONNECT: a client that sets Request Problem Information to 0 gets none
+    /// there from the server (MQTT-3.1.2-29).
+    pub(crate) send_problem_information: bool,
     /// Client side: SUBSCRIBE (true) and UNSUBSCRIBE (false) awaiting acknowledgement; their
     /// identifiers are in use as much as those of in-flight messages (MQTT-2.2.1-3).
     pub(crate) pending_requests: LazyMap<PacketId, bool>,
@@ -81,6 +86,7 @@ impl Core {
             last_received: now,
             last_sent: now,
             manual_acks,
+            send_problem_information: true,
             pending_requests: LazyMap::default(),
             dropped: 0,
         }
@@ -156,6 +162,15 @@ impl Core {
     /// an acknowledgement's reason string and user properties are dropped first, as MQTT 5
     /// allows (MQTT-3.4.2-2 and others); anything still too large fails.
     pub(crate) fn send(&mut self, packet: Packet) -> Result<(), Error> {
+        let packet = if self.send_problem_information
+            || matches!(
+                packet,
+                Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_)
+            ) {
+            packet
+        } else {
+            trim_properties(packet)
+        };
         let packet = match self.peer_max_packet_size {
             Some(max) if packet.encoded_len(self.version) > max as usize => {
                 let trimmed = trim_properties(packet);
@@ -177,6 +192,38 @@ impl Core {
         if self.send(packet).is_err() {
             self.dropped += 1;
         }
+    }
+
+    /// Sends an AUTH on a connection whose CONNECT gave Authentication Method `method`; without
+    /// one there is no AUTH at all (MQTT-4.12.0-6, -7). Before CONNACK an AUTH continues the
+    /// authentication, 0x18 (MQTT-4.12.0-2, -3); after it, `connected_code` is the other code
+    /// this side may send: 0x19 for a client starting a re-authentication, 0x00 for a server
+    /// ending one. The method is filled in where left out (MQTT-4.12.0-5, MQTT-4.12.1-1).
+    pub(crate) fn send_auth(
+        &mut self,
+        mut auth: Auth,
+        method: Option<&MqttString>,
+        connected_code: ReasonCode,
+    ) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let Some(method) = method else {
+            return Err(Error::InvalidState(
+                "no Authentication Method in CONNECT, so no AUTH",
+            ));
+        };
+        let code = auth.reason_code;
+        if code != ReasonCode::ContinueAuthentication
+            && !(self.phase == Phase::Connected && code == connected_code)
+        {
+            return Err(Error::InvalidState(
+                "AUTH continues authentication (0x18); after CONNACK a client may also start a \
+                 re-authentication (0x19) and a server end one (0x00)",
+            ));
+        }
+        repeat_authentication_method(&mut auth.properties.authentication_method, Some(method))?;
+        self.send(Packet::Auth(auth))
     }
 
     /// Releases the receive and transmit buffers when they hold nothing.
@@ -448,6 +495,12 @@ impl Core {
     /// those of the messages that arrived before it (MQTT-4.6.0-2, -3): an answer given out of
     /// order waits for the earlier ones.
     pub(crate) fn acknowledge(&mut self, handle: AckHandle, reason_code: ReasonCode) {
+        let packet = if handle.qos == QoS::AtLeastOnce {
+            PacketType::PubAck
+        } else {
+            PacketType::PubRec
+        };
+        let reason_code = fit_reason_code(reason_code, packet);
         self.inbound.acknowledge(handle.packet_id, reason_code);
         while let Some((id, qos, reason_code)) = self.inbound.next_due() {
             let mut ack = Ack::new(id);
@@ -467,6 +520,40 @@ impl Core {
             complete.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
         self.send_control(Packet::PubComp(complete));
+    }
+}
+
+/// Sets the Authentication Method of an outgoing AUTH or successful CONNACK to `method`, the
+/// CONNECT's, which it must repeat (MQTT-4.12.0-5), where the caller left it out. Fails if the
+/// caller named another method, or one when the CONNECT had none (MQTT-4.12.0-6).
+pub(crate) fn repeat_authentication_method(
+    slot: &mut Option<MqttString>,
+    method: Option<&MqttString>,
+) -> Result<(), Error> {
+    match (method, slot.as_ref()) {
+        (Some(method), None) => {
+            *slot = Some(method.clone());
+            Ok(())
+        }
+        (Some(method), Some(given)) if given == method => Ok(()),
+        (None, None) => Ok(()),
+        _ => Err(Error::InvalidState(
+            "AUTH and CONNACK carry the CONNECT's Authentication Method, and none without one",
+        )),
+    }
+}
+
+/// `code` if a packet of type `packet` can carry it, else the nearest code it can: 0x80
+/// Unspecified error for a failure, 0x00 for anything else. The commands that cannot fail
+/// (acknowledging, disconnecting) go through it, so that no packet carries a reason code its
+/// type does not define (MQTT-3.4.2-1, MQTT-3.5.2-1, MQTT-3.14.2-1).
+pub(crate) fn fit_reason_code(code: ReasonCode, packet: PacketType) -> ReasonCode {
+    if code.is_valid_for(packet) {
+        code
+    } else if code.is_error() {
+        ReasonCode::UnspecifiedError
+    } else {
+        ReasonCode::Success
     }
 }
 
@@ -520,6 +607,13 @@ fn trim_properties(packet: Packet) -> Packet {
                 properties.user_properties.clear();
             }
             Packet::ConnAck(connack)
+        }
+        Packet::Auth(mut auth) => {
+            if let Some(properties) = auth.properties.get_mut() {
+                properties.reason_string = None;
+                properties.user_properties.clear();
+            }
+            Packet::Auth(auth)
         }
         other => other,
     }

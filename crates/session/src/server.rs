@@ -6,11 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use rallymq_codec::{
     Auth, ConnAck, ConnAckProperties, Connect, Decoder, Disconnect, DisconnectProperties, Limits,
-    MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    MqttString, Packet, PacketId, PacketType, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
     SubAckProperties, UnsubAck, Will,
 };
 
-use crate::core::{Core, Outcome, Phase};
+use crate::core::{Core, Outcome, Phase, fit_reason_code, repeat_authentication_method};
 use crate::inbound::Inbound;
 use crate::lazy::{LazyDeque, LazyMap};
 use crate::outbound::Outbound;
@@ -19,6 +19,11 @@ use crate::{AckHandle, CloseReason, Error, PublishToken, ServerEvent, SessionSta
 /// CONNACK with return code 0x01 "unacceptable protocol version", in the MQTT 3.1.1 layout:
 /// the only answer a client of an unknown protocol level can be given (MQTT-3.1.2-2).
 const CONNACK_UNSUPPORTED_VERSION: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+
+/// CONNACK with reason code 0x84 "Unsupported Protocol Version" in the MQTT 5 layout, for a
+/// client that gave level 5 with a protocol name other than "MQTT" (MQTT-3.1.2-1): it reads
+/// MQTT 5 packets, and the 3.1.1 layout's return code 1 is no MQTT 5 reason code.
+const CONNACK_UNSUPPORTED_VERSION_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x84, 0x00];
 
 /// How a server connection behaves: the limits it enforces on the client and announces in
 /// CONNACK (MQTT 5).
@@ -87,6 +92,27 @@ pub struct Accept {
     pub properties: ConnAckProperties,
 }
 
+/// What the CONNECT and CONNACK settled that later packets are held to. Boxed, and only
+/// allocated when there is something to hold to: most clients do not use extended
+/// authentication, and most servers support QoS 2 and retained messages.
+#[derive(Debug, Default)]
+struct Negotiated {
+    /// Maximum QoS below 2 (MQTT-3.2.2-9): a PUBLISH above it is answered with 0x9B.
+    maximum_qos: Option<QoS>,
+    /// Retain Available 0: a retained PUBLISH is answered with 0x9A.
+    retain_unavailable: bool,
+    /// The client's Authentication Method, which every AUTH repeats (MQTT-4.12.0-5).
+    authentication_method: Option<MqttString>,
+}
+
+/// The client's will, kept while the connection lives, and when it is due once the connection
+/// has closed and it waits on its Will Delay: the two go together, so they share one box.
+#[derive(Debug)]
+struct PendingWill {
+    will: Will,
+    due_at: Option<Timestamp>,
+}
+
 /// The server side of one MQTT connection, as a state machine. See the crate docs for the
 /// order in which to call its methods.
 pub struct ServerConnection {
@@ -104,16 +130,16 @@ pub struct ServerConnection {
     /// In seconds, as on the wire (a `Duration` would take 16 bytes).
     keep_alive: u16,
     session_expiry_interval: u32,
-    /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer.
-    pending_requests: LazyMap<PacketId, ()>,
+    /// SUBSCRIBE and UNSUBSCRIBE identifiers awaiting the caller's answer, with the answer's
+    /// packet type and how many reason codes it carries (one per topic filter).
+    pending_requests: LazyMap<PacketId, (PacketType, usize)>,
     /// Boxed: only connections with a will pay for one.
-    will: Option<Box<Will>>,
-    will_due_at: Option<Timestamp>,
+    will: Option<Box<PendingWill>>,
     /// CONNACK with success was sent.
     accepted: bool,
-    /// The CONNECT named an Authentication Method: only then may the client send AUTH
-    /// (MQTT-4.12.0-7).
-    extended_auth: bool,
+    /// What the CONNECT and CONNACK settled, when it holds later packets to something: the
+    /// client may send AUTH only if it named an Authentication Method (MQTT-4.12.0-7).
+    negotiated: Option<Box<Negotiated>>,
 }
 
 impl ServerConnection {
@@ -150,9 +176,8 @@ impl ServerConnection {
             session_expiry_interval: 0,
             pending_requests: LazyMap::default(),
             will: None,
-            will_due_at: None,
             accepted: false,
-            extended_auth: false,
+            negotiated: None,
         }
     }
 
@@ -161,6 +186,11 @@ impl ServerConnection {
     /// Accepts the CONNECT reported by [`ServerEvent::ConnectReceived`]: sends CONNACK, resends
     /// the in-flight messages of a resumed session (PUBLISH with DUP, then PUBREL, in their
     /// original order) and goes on with the packets the client sent after CONNECT.
+    ///
+    /// A Maximum QoS or Retain Available 0 in `accept.properties` holds the client to it: a
+    /// PUBLISH beyond it closes the connection with 0x9B or 0x9A. A will beyond it cannot be
+    /// published, so the connection is refused with that code instead, and this returns
+    /// [`Error::NotAllowed`] with it.
     pub fn accept(&mut self, now: Timestamp, accept: Accept) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
@@ -187,6 +217,19 @@ impl ServerConnection {
         let client_properties = connect.properties.clone();
 
         let mut properties = accept.properties;
+        if version.is_v5() {
+            repeat_authentication_method(
+                &mut properties.authentication_method,
+                client_properties.authentication_method.as_ref(),
+            )?;
+            if client_properties.authentication_method.is_none()
+                && properties.authentication_data.is_some()
+            {
+                return Err(Error::InvalidState(
+                    "Authentication Data for a client that gave no Authentication Method",
+                ));
+            }
+        }
         if let Some(expiry) = properties.session_expiry_interval {
             self.session_expiry_interval = expiry;
         }
@@ -203,6 +246,10 @@ impl ServerConnection {
             if needs_id {
                 properties.assigned_client_identifier = accept.assigned_client_id;
             }
+            if client_properties.request_response_information != Some(true) {
+                // Only a client that asked for it gets it (MQTT-3.1.2-28).
+                properties.response_information = None;
+            }
             if properties.server_keep_alive.is_none() && self.keep_alive_over_max(connect) {
                 properties.server_keep_alive = self.config.max_keep_alive;
             }
@@ -212,6 +259,30 @@ impl ServerConnection {
             }
         } else {
             properties = ConnAckProperties::default();
+        }
+        let maximum_qos = properties.maximum_qos;
+        let retain_unavailable = properties.retain_available == Some(false);
+        // A will the server could not publish refuses the connection (MQTT-3.2.2-12, -13).
+        let refusal = self.will.as_ref().and_then(|pending| {
+            let will = &pending.will;
+            if maximum_qos.is_some_and(|max| will.qos > max) {
+                Some(ReasonCode::QoSNotSupported)
+            } else if will.retain && retain_unavailable {
+                Some(ReasonCode::RetainNotSupported)
+            } else {
+                None
+            }
+        });
+        if let Some(reason_code) = refusal {
+            self.deciding = false;
+            self.refuse_connect(reason_code, ConnAckProperties::default());
+            self.flush_close(now);
+            return Err(Error::NotAllowed(reason_code));
+        }
+        if maximum_qos.is_some() || retain_unavailable {
+            let negotiated = self.negotiated.get_or_insert_default();
+            negotiated.maximum_qos = maximum_qos;
+            negotiated.retain_unavailable = retain_unavailable;
         }
         let receive_maximum = properties.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
 
@@ -271,8 +342,11 @@ impl ServerConnection {
         if !self.deciding {
             return Err(Error::InvalidState("no CONNECT awaits a decision"));
         }
-        if !reason_code.is_error() {
-            return Err(Error::InvalidState("refusing needs a failure reason code"));
+        if !reason_code.is_error() || !reason_code.is_valid_for(PacketType::ConnAck) {
+            // Only the Connect Reason Codes may go in CONNACK (MQTT-3.2.2-8).
+            return Err(Error::InvalidState(
+                "refusing needs a failure reason code that CONNACK can carry",
+            ));
         }
         self.deciding = false;
         self.refuse_connect(reason_code, properties);
@@ -303,13 +377,16 @@ impl ServerConnection {
     }
 
     /// Answers a [`ServerEvent::Subscribe`]: one reason code per subscription (the granted QoS
-    /// or a failure), in order.
+    /// or a failure), in order. Fails, leaving the SUBSCRIBE unanswered, when the number of
+    /// codes is not the number of subscriptions (MQTT-3.8.4-6) or a code is not a SUBACK one
+    /// (MQTT-3.9.3-2).
     pub fn answer_subscribe(
         &mut self,
         packet_id: PacketId,
         reason_codes: Vec<ReasonCode>,
         properties: SubAckProperties,
     ) -> Result<(), Error> {
+        self.check_answer(packet_id, PacketType::SubAck, &reason_codes)?;
         self.take_request(packet_id)?;
         self.core.send(Packet::SubAck(SubAck {
             packet_id,
@@ -318,14 +395,19 @@ impl ServerConnection {
         }))
     }
 
-    /// Answers a [`ServerEvent::Unsubscribe`]: one reason code per filter (MQTT 5; ignored
-    /// before).
+    /// Answers a [`ServerEvent::Unsubscribe`]: one reason code per filter, in order (MQTT 5;
+    /// ignored before). Fails, leaving the UNSUBSCRIBE unanswered, when the number of codes is
+    /// not the number of filters (MQTT-3.11.3-1) or a code is not an UNSUBACK one
+    /// (MQTT-3.11.3-2).
     pub fn answer_unsubscribe(
         &mut self,
         packet_id: PacketId,
         reason_codes: Vec<ReasonCode>,
         properties: SubAckProperties,
     ) -> Result<(), Error> {
+        if self.core.version.is_v5() {
+            self.check_answer(packet_id, PacketType::UnsubAck, &reason_codes)?;
+        }
         self.take_request(packet_id)?;
         let (reason_codes, properties) = if self.core.version.is_v5() {
             (reason_codes, properties)
@@ -346,7 +428,11 @@ impl ServerConnection {
         self.core.acknowledge(handle, reason_code);
     }
 
-    /// Sends an AUTH packet (MQTT 5 extended authentication), before or after accepting.
+    /// Sends an AUTH packet (MQTT 5 extended authentication), before or after accepting, to a
+    /// client that gave an Authentication Method (MQTT-4.12.0-6). Before CONNACK its reason
+    /// code is 0x18 Continue authentication (MQTT-4.12.0-2); after, 0x18 or 0x00 Success to end
+    /// a re-authentication. It carries the client's Authentication Method, filled in if left
+    /// out (MQTT-4.12.0-5).
     pub fn send_auth(&mut self, auth: Auth) -> Result<(), Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
@@ -354,21 +440,31 @@ impl ServerConnection {
         if !self.core.version.is_v5() {
             return Err(Error::InvalidState("AUTH needs MQTT 5"));
         }
-        self.core.send(Packet::Auth(auth))
+        let method = self
+            .negotiated
+            .as_deref()
+            .and_then(|n| n.authentication_method.as_ref());
+        self.core.send_auth(auth, method, ReasonCode::Success)
     }
 
     /// Closes the connection, telling an MQTT 5 client why with DISCONNECT (0x8B Server
     /// shutting down, 0x8E Session taken over, ...); earlier versions just close. The will is
-    /// published unless the reason says otherwise (see [`CloseReason::publishes_will`]).
+    /// published unless the reason says otherwise (see [`CloseReason::publishes_will`]). A
+    /// reason code DISCONNECT cannot carry goes as 0x80 Unspecified error (0x00 if it is no
+    /// failure), and a Session Expiry Interval in `properties` is left out: a server does not
+    /// send one.
     pub fn disconnect(
         &mut self,
         now: Timestamp,
         reason_code: ReasonCode,
-        properties: DisconnectProperties,
+        mut properties: DisconnectProperties,
     ) {
         if self.core.is_closed() {
             return;
         }
+        let reason_code = fit_reason_code(reason_code, PacketType::Disconnect);
+        // Only the client may change the session's expiry at DISCONNECT (MQTT-3.14.2-2).
+        properties.session_expiry_interval = None;
         if self.core.version.is_v5() && self.core.phase == Phase::Connected {
             self.core.send_control(Packet::Disconnect(Disconnect {
                 reason_code,
@@ -396,7 +492,7 @@ impl ServerConnection {
     /// will's delay.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         if self.core.is_closed() {
-            if self.will_due_at.is_some_and(|due| now >= due) {
+            if self.will_due_at().is_some_and(|due| now >= due) {
                 self.will_due_now();
             }
             return;
@@ -444,7 +540,7 @@ impl ServerConnection {
     /// When `handle_timeout` must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         if self.core.is_closed() {
-            return self.will_due_at;
+            return self.will_due_at();
         }
         if self.protocol.is_none() {
             return Some(self.created_at + self.config.connect_timeout);
@@ -520,14 +616,13 @@ impl ServerConnection {
     /// Delay and resumed the session (MQTT 5 §3.1.3.2.2).
     pub fn cancel_will(&mut self) {
         self.will = None;
-        self.will_due_at = None;
     }
 
     /// The session ended before its Will Delay passed (a clean start took it over, or the
     /// driver ended it): a will still waiting is due now, as MQTT-3.1.3-9 has it published at the
     /// delay or the session's end, whichever comes first.
     pub fn end_session(&mut self) {
-        if self.core.is_closed() && self.will_due_at.is_some() {
+        if self.core.is_closed() && self.will_due_at().is_some() {
             self.will_due_now();
         }
     }
@@ -546,6 +641,34 @@ impl ServerConnection {
         // One and a half times the keep alive, in milliseconds to keep odd values exact.
         let grace = Duration::from_millis(u64::from(self.keep_alive) * 1500);
         self.core.last_received + grace
+    }
+
+    /// Whether `reason_codes` answer the pending request `packet_id` with a `packet`: one code
+    /// per topic filter, each one `packet` can carry.
+    fn check_answer(
+        &self,
+        packet_id: PacketId,
+        packet: PacketType,
+        reason_codes: &[ReasonCode],
+    ) -> Result<(), Error> {
+        let Some(&(expected, filters)) = self.pending_requests.get(&packet_id) else {
+            // `take_request` says why.
+            return Ok(());
+        };
+        if expected != packet {
+            return Err(Error::InvalidState(
+                "this identifier belongs to the other kind of request",
+            ));
+        }
+        if reason_codes.len() != filters {
+            return Err(Error::InvalidState(
+                "the answer needs one reason code per topic filter",
+            ));
+        }
+        if reason_codes.iter().any(|code| !code.is_valid_for(packet)) {
+            return Err(Error::InvalidState("a reason code the answer cannot carry"));
+        }
+        Ok(())
     }
 
     fn take_request(&mut self, packet_id: PacketId) -> Result<(), Error> {
@@ -582,8 +705,16 @@ impl ServerConnection {
     fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error) {
         if self.protocol.is_none() {
             if error.reason_code() == ReasonCode::UnsupportedProtocolVersion {
-                // The client's version is unknown, so answer as MQTT 3.1.1 does (MQTT-3.1.2-2).
-                self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION);
+                if matches!(
+                    error,
+                    rallymq_codec::Error::InvalidProtocolName { level: 5 }
+                ) {
+                    self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION_V5);
+                } else {
+                    // The client's version is unknown, so answer as MQTT 3.1.1 does
+                    // (MQTT-3.1.2-2).
+                    self.core.send_raw(&CONNACK_UNSUPPORTED_VERSION);
+                }
                 self.close(
                     now,
                     CloseReason::Refused(ReasonCode::UnsupportedProtocolVersion),
@@ -606,7 +737,9 @@ impl ServerConnection {
     fn handle_packet(&mut self, now: Timestamp, packet: Packet) {
         match packet {
             Packet::Connect(connect) => self.on_connect(*connect),
-            Packet::Auth(auth) if self.core.version.is_v5() && self.extended_auth => {
+            Packet::Auth(auth)
+                if self.core.version.is_v5() && self.authentication_method().is_some() =>
+            {
                 self.events.push_back(ServerEvent::Auth(auth))
             }
             Packet::Auth(_) if self.core.version.is_v5() => self.core.violation(
@@ -626,11 +759,14 @@ impl ServerConnection {
                     "PUBLISH from the client carries a Subscription Identifier".into(),
                 );
             }
-            Packet::Publish(publish) => {
-                if let Some(message) = self.core.on_publish(publish) {
-                    self.events.push_back(ServerEvent::Message(message));
+            Packet::Publish(publish) => match self.beyond_announced(&publish) {
+                Some((reason_code, detail)) => self.core.violation(reason_code, detail.into()),
+                None => {
+                    if let Some(message) = self.core.on_publish(publish) {
+                        self.events.push_back(ServerEvent::Message(message));
+                    }
                 }
-            }
+            },
             ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
                 if let Some(outcome) = self.core.on_ack(ack, now) {
                     self.events.push_back(match outcome {
@@ -643,11 +779,17 @@ impl ServerConnection {
             }
             Packet::PubRel(ack) => self.core.on_pubrel(ack.packet_id),
             Packet::Subscribe(subscribe) => {
-                self.pending_requests.insert(subscribe.packet_id, ());
+                self.pending_requests.insert(
+                    subscribe.packet_id,
+                    (PacketType::SubAck, subscribe.subscriptions.len()),
+                );
                 self.events.push_back(ServerEvent::Subscribe(subscribe));
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.pending_requests.insert(unsubscribe.packet_id, ());
+                self.pending_requests.insert(
+                    unsubscribe.packet_id,
+                    (PacketType::UnsubAck, unsubscribe.filters.len()),
+                );
                 self.events.push_back(ServerEvent::Unsubscribe(unsubscribe));
             }
             Packet::PingReq => self.core.send_control(Packet::PingResp),
@@ -656,6 +798,33 @@ impl ServerConnection {
                 ReasonCode::ProtocolError,
                 format!("a client does not send {:?}", other.packet_type()),
             ),
+        }
+    }
+
+    /// The Authentication Method the client's CONNECT named, if any.
+    fn authentication_method(&self) -> Option<&MqttString> {
+        self.negotiated
+            .as_deref()
+            .and_then(|n| n.authentication_method.as_ref())
+    }
+
+    /// Why `publish` goes beyond what the CONNACK announced, if it does: a QoS above Maximum
+    /// QoS (MQTT-3.2.2-11), or RETAIN where retained messages are not available
+    /// (MQTT-3.2.2-14).
+    fn beyond_announced(&self, publish: &Publish) -> Option<(ReasonCode, &'static str)> {
+        let negotiated = self.negotiated.as_deref()?;
+        if negotiated.maximum_qos.is_some_and(|max| publish.qos > max) {
+            Some((
+                ReasonCode::QoSNotSupported,
+                "PUBLISH above the announced Maximum QoS",
+            ))
+        } else if publish.retain && negotiated.retain_unavailable {
+            Some((
+                ReasonCode::RetainNotSupported,
+                "retained PUBLISH though Retain Available is 0",
+            ))
+        } else {
+            None
         }
     }
 
@@ -668,6 +837,18 @@ impl ServerConnection {
         }
         let version = connect.protocol;
         self.core.set_version(version);
+        self.core.send_problem_information =
+            !(version.is_v5() && connect.properties.request_problem_information == Some(false));
+        if version.is_v5() {
+            // The client's limit holds from its CONNECT on: for AUTH and a refusing CONNACK too.
+            self.core.peer_max_packet_size =
+                connect.properties.maximum_packet_size.map(NonZeroU32::get);
+            if let Some(method) = &connect.properties.authentication_method {
+                self.negotiated
+                    .get_or_insert_default()
+                    .authentication_method = Some(method.clone());
+            }
+        }
         self.keep_alive = connect.keep_alive;
         self.session_expiry_interval = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -684,8 +865,10 @@ impl ServerConnection {
             ProtocolVersion::V3_1_1 => !connect.clean_start,
             _ => false,
         };
-        self.will = connect.will.clone().map(Box::new);
-        self.extended_auth = connect.properties.authentication_method.is_some();
+        self.will = connect
+            .will
+            .clone()
+            .map(|will| Box::new(PendingWill { will, due_at: None }));
         self.protocol = Some(version);
         self.connect = Some(Box::new(connect.clone()));
         // Before MQTT 5 a keep alive over the maximum cannot be corrected, only refused; the
@@ -753,10 +936,14 @@ impl ServerConnection {
 
     /// Publishes the will now, if there is one: its delay, if any, no longer applies.
     fn will_due_now(&mut self) {
-        self.will_due_at = None;
-        if let Some(will) = self.will.take() {
-            self.events.push_back(ServerEvent::WillDue(*will));
+        if let Some(pending) = self.will.take() {
+            self.events.push_back(ServerEvent::WillDue(pending.will));
         }
+    }
+
+    /// When the will waiting on its delay is due, if one is.
+    fn will_due_at(&self) -> Option<Timestamp> {
+        self.will.as_ref().and_then(|pending| pending.due_at)
     }
 
     /// Reports the close once and schedules the will: at once, or after its Will Delay but no
@@ -771,17 +958,20 @@ impl ServerConnection {
             self.will = None;
         }
         self.events.push_back(ServerEvent::Closed(*reason));
-        if let Some(will) = &self.will {
-            let delay = will
+        let delay = self.will.as_ref().map(|pending| {
+            pending
+                .will
                 .properties
                 .will_delay_interval
                 .unwrap_or(0)
-                .min(self.session_expiry_interval);
-            if delay == 0 {
-                self.will_due_now();
-            } else {
-                self.will_due_at = Some(now + Duration::from_secs(u64::from(delay)));
+                .min(self.session_expiry_interval)
+        });
+        match (delay, &mut self.will) {
+            (Some(0), _) => self.will_due_now(),
+            (Some(delay), Some(pending)) => {
+                pending.due_at = Some(now + Duration::from_secs(u64::from(delay)));
             }
+            _ => {}
         }
     }
 }

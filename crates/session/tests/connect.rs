@@ -373,14 +373,23 @@ fn mqtt_3_2_2_1_v311_session_present_after_clean_session_is_refused_by_the_clien
 #[test]
 fn mqtt_3_2_0_2_server_sends_only_auth_before_connack() {
     let mut server = ServerConnection::new(ServerConfig::default(), T0);
-    server.handle_bytes(T0, &connect_bytes(V5, "c", true));
+    // AUTH goes only to a client that gave an Authentication Method (MQTT-4.12.0-6), and
+    // continues the authentication before CONNACK (MQTT-4.12.0-2).
+    let mut connect = connect_packet(V5, "c");
+    connect.properties.authentication_method = Some(MqttString::from_static("M").unwrap());
+    server.handle_bytes(T0, &encode(Packet::from(connect), V5));
     let _ = server_events(&mut server);
     assert_eq!(
         server.deliver(T0, publish("a", QoS::AtMostOnce, b"x")),
         Err(Error::NotConnected),
         "no PUBLISH before CONNACK"
     );
-    server.send_auth(Auth::default()).unwrap();
+    server
+        .send_auth(Auth {
+            reason_code: ReasonCode::ContinueAuthentication,
+            ..Auth::default()
+        })
+        .unwrap();
     let sent = sent_by_server(&mut server);
     assert_eq!(sent[0] >> 4, 15, "AUTH may go before CONNACK");
 }

@@ -88,17 +88,30 @@ impl TestClient<TcpStream> {
         let stream = TcpStream::connect(addr).await.expect("TCP connect");
         Self::over(stream, connect).await
     }
+
+    /// As [`tcp`](Self::tcp), with a whole client configuration.
+    pub async fn tcp_with(addr: SocketAddr, config: ClientConfig) -> (Self, ClientEvent) {
+        let stream = TcpStream::connect(addr).await.expect("TCP connect");
+        Self::over_with(stream, config).await
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     pub async fn over(io: IO, connect: Connect) -> (Self, ClientEvent) {
+        Self::over_with(io, ClientConfig::new(connect)).await
+    }
+
+    /// As [`over`](Self::over), with a whole client configuration (manual acknowledgements,
+    /// say).
+    pub async fn over_with(io: IO, config: ClientConfig) -> (Self, ClientEvent) {
         let epoch = Instant::now();
+        let resumes = !config.connect.clean_start;
         let mut client = Self {
             io: Some(io),
             // A client asking to resume has (empty) session state of its own (MQTT-3.2.2-4).
             engine: ClientConnection::new(
-                ClientConfig::new(connect.clone()),
-                (!connect.clean_start).then(SessionState::default),
+                config,
+                resumes.then(SessionState::default),
                 Timestamp::ZERO,
             ),
             epoch,
