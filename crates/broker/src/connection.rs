@@ -447,15 +447,6 @@ impl Driver {
             );
             return;
         }
-        let assigned = needs_client_id.then(|| {
-            let id = format!("rallymq-{}", self.connection_id);
-            // Letters, digits and '-' only: a valid MQTT string.
-            MqttString::new(id).expect("a generated id is valid")
-        });
-        let client_id: String = match &assigned {
-            Some(id) => id.as_str().to_owned(),
-            None => connect.client_id.as_str().to_owned(),
-        };
         let limits = &self.shared.config.limits;
         let requested_expiry = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -469,15 +460,26 @@ impl Driver {
         // Take over a live connection of the same client id (MQTT-3.1.4-2), and settle a will
         // still waiting on its delay. Attaching is atomic per client id: from here on this
         // connection is the session's, and a later CONNECT takes it over in turn.
+        let registry = &self.shared.registry;
         let Attached {
             session,
             existed,
             previous_state,
             will_waiter,
-        } = self
-            .shared
-            .registry
-            .attach(&client_id, &self.control, !connect.clean_start);
+        } = if needs_client_id {
+            // One no session has (MQTT-3.1.3-6): a client may have connected as rallymq-N.
+            registry.attach_assigned(&format!("rallymq-{}", self.connection_id), &self.control)
+        } else {
+            registry.attach(
+                connect.client_id.as_str(),
+                &self.control,
+                !connect.clean_start,
+            )
+        };
+        let client_id: &str = &session.client_id;
+        // Letters, digits and '-' only: a valid MQTT string.
+        let assigned = needs_client_id
+            .then(|| MqttString::new(client_id.to_owned()).expect("a generated id is valid"));
         // Attached: shutdown reaches the connection through its session from now on.
         self.shared
             .unregister_connection(self.connection_id, &self.control);

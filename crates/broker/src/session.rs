@@ -458,6 +458,33 @@ impl Registry {
                 (session, false)
             }
         };
+        Self::attach_to(session, existed, control, resume_requested)
+    }
+
+    /// Attaches the connection behind `control` to a new session whose client id the broker
+    /// assigns (the client sent an empty one): `base`, or `base-2`, `base-3`... whichever is no
+    /// session's yet, chosen under the registry's lock so that no other connection can take
+    /// it meanwhile.
+    pub(crate) fn attach_assigned(&self, base: &str, control: &Arc<ControlBox>) -> Attached {
+        let mut sessions = self.lock();
+        let mut client_id = base.to_owned();
+        let mut n = 1u64;
+        while sessions.contains(client_id.as_str()) {
+            n += 1;
+            client_id = format!("{base}-{n}");
+        }
+        let session = Arc::new(Session::new(client_id.into()));
+        sessions.insert(SessionRef(session.clone()));
+        Self::attach_to(session, false, control, false)
+    }
+
+    /// [`Registry::attach`] once the session is found or created, with the registry locked.
+    fn attach_to(
+        session: Arc<Session>,
+        existed: bool,
+        control: &Arc<ControlBox>,
+        resume_requested: bool,
+    ) -> Attached {
         let mut inner = session.lock();
         let previous = inner.attachment.replace(Attachment {
             control: control.clone(),

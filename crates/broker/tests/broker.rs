@@ -510,6 +510,52 @@ async fn mqtt_3_1_3_7_empty_client_id_gets_an_assigned_one() {
     broker.shutdown(SHORT).await;
 }
 
+/// An assigned client id is one no session has (MQTT-3.1.3-6: unique on the server): clients
+/// that connected as `rallymq-31`... keep their sessions, though `rallymq-N` is the name the
+/// broker gives the client of its Nth connection and the anonymous clients come 31st to 40th.
+#[tokio::test]
+async fn mqtt_3_1_3_6_an_assigned_client_id_takes_over_no_session() {
+    let broker = start_broker(|_| {}).await;
+    let addr = tcp_addr(&broker);
+    let mut named = Vec::new();
+    for n in 31..=60 {
+        let (client, _) = TestClient::tcp(addr, connect_packet(V5, &format!("rallymq-{n}"))).await;
+        named.push(client);
+    }
+    let mut assigned = std::collections::HashSet::new();
+    let mut anonymous = Vec::new();
+    for _ in 0..10 {
+        let (client, connected) = TestClient::tcp(addr, connect_packet(V5, "")).await;
+        let ClientEvent::Connected { connack, .. } = connected else {
+            panic!("{connected:?}")
+        };
+        let id = connack
+            .properties
+            .assigned_client_identifier
+            .clone()
+            .unwrap();
+        assert!(
+            assigned.insert(id.as_str().to_owned()),
+            "{id:?} assigned twice"
+        );
+        anonymous.push(client);
+    }
+    assert_eq!(broker.session_count(), 40);
+    for (n, client) in named.iter_mut().enumerate() {
+        let closed = client
+            .wait_for_within(Duration::from_millis(50), |e| {
+                matches!(e, ClientEvent::Closed(_))
+            })
+            .await;
+        assert!(
+            closed.is_none(),
+            "rallymq-{} was taken over: {closed:?}",
+            n + 31
+        );
+    }
+    broker.shutdown(SHORT).await;
+}
+
 #[tokio::test]
 async fn mqtt_3_3_2_12_topic_alias_from_the_client_is_resolved() {
     let broker = start_broker(|_| {}).await;
