@@ -515,7 +515,7 @@ impl Driver {
         };
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
-            self.shared.store.remove_session(&client_id);
+            self.shared.store.remove_session(client_id);
         }
         let mut properties = ConnAckProperties::default();
         if version.is_v5() && granted_expiry != requested_expiry {
