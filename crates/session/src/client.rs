@@ -400,7 +400,9 @@ impl ClientConnection {
                     self.push_outcome(outcome);
                 }
             }
-            Packet::PubRel(ack) => self.core.on_pubrel(ack.packet_id),
+            Packet::PubRel(ack) => {
+                self.core.on_pubrel(ack.packet_id);
+            }
             Packet::SubAck(suback) => {
                 if self.core.pending_requests.remove(&suback.packet_id) == Some(true) {
                     self.events.push_back(ClientEvent::Subscribed {
@@ -452,6 +454,8 @@ impl ClientConnection {
         self.events.push_back(match outcome {
             Outcome::Acknowledged(outcome) => ClientEvent::PublishAcknowledged(outcome),
             Outcome::Completed(outcome) => ClientEvent::PublishCompleted(outcome),
+            // The client keeps its session state in memory: nothing to record.
+            Outcome::Released(_) => return,
         });
     }
 

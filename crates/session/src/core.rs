@@ -32,6 +32,8 @@ pub(crate) enum Phase {
 pub(crate) enum Outcome {
     Acknowledged(PublishOutcome),
     Completed(PublishOutcome),
+    /// A QoS 2 message's PUBREC came: PUBREL is queued for sending.
+    Released(PublishToken),
 }
 
 pub(crate) struct Core {
@@ -399,9 +401,9 @@ impl Core {
                 .on_pubrec(ack.packet_id, ack.reason_code.is_error())
             {
                 AckResult::Finished(message) => Some(Outcome::Completed(outcome(message, ack))),
-                AckResult::Release(id) => {
+                AckResult::Release { id, token, newly } => {
                     self.send_control(Packet::PubRel(Ack::new(id)));
-                    None
+                    newly.then_some(Outcome::Released(token))
                 }
                 AckResult::Unknown => {
                     // MQTT 5: answer an unknown PUBREC so the peer can end its flow.
@@ -513,13 +515,16 @@ impl Core {
         }
     }
 
-    /// PUBREL: ends an inbound QoS 2 flow with PUBCOMP.
-    pub(crate) fn on_pubrel(&mut self, id: PacketId) {
+    /// PUBREL: ends an inbound QoS 2 flow with PUBCOMP; returns whether the identifier was
+    /// one awaiting release.
+    pub(crate) fn on_pubrel(&mut self, id: PacketId) -> bool {
         let mut complete = Ack::new(id);
-        if !self.inbound.release(id) {
+        let known = self.inbound.release(id);
+        if !known {
             complete.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
         self.send_control(Packet::PubComp(complete));
+        known
     }
 }
 

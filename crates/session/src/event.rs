@@ -166,6 +166,15 @@ pub enum ServerEvent {
     DeliveryAcknowledged(PublishOutcome),
     /// A message delivered at QoS 2 completed (or failed at PUBREC).
     DeliveryCompleted(PublishOutcome),
+    /// PUBREC came for a message delivered at QoS 2: it moved to the Released stage, and its
+    /// PUBREL waits in `poll_transmit`. A driver that keeps deliveries durable records the
+    /// stage before it writes the PUBREL, so that after a crash the message is released, not
+    /// delivered again.
+    DeliveryReleased(PublishToken),
+    /// PUBREL came for a QoS 2 message from the client: its packet identifier is free again
+    /// (PUBCOMP waits in `poll_transmit`). A driver that keeps the identifiers awaiting release
+    /// durable forgets this one.
+    MessageReleased(PacketId),
     /// A SUBSCRIBE arrived: answer it with `answer_subscribe`.
     Subscribe(Subscribe),
     /// An UNSUBSCRIBE arrived: answer it with `answer_unsubscribe`.

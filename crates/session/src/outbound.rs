@@ -20,8 +20,13 @@ struct Queued {
 pub(crate) enum AckResult {
     /// The flow finished: report it.
     Finished(OutgoingMessage),
-    /// PUBREC accepted: send PUBREL for this identifier.
-    Release(PacketId),
+    /// PUBREC accepted: send PUBREL for this identifier. `newly` when this PUBREC moved the
+    /// message to the Released stage (not a repeated one after a resend).
+    Release {
+        id: PacketId,
+        token: PublishToken,
+        newly: bool,
+    },
     /// No such message in the stage this acknowledgement belongs to.
     Unknown,
 }
@@ -172,8 +177,13 @@ impl Outbound {
         {
             Some(message) => {
                 // A repeated PUBREC (after a resend) is answered with PUBREL again.
+                let newly = message.stage == OutgoingStage::Published;
                 message.stage = OutgoingStage::Released;
-                AckResult::Release(id)
+                AckResult::Release {
+                    id,
+                    token: message.token,
+                    newly,
+                }
             }
             None => AckResult::Unknown,
         }
@@ -195,6 +205,14 @@ impl Outbound {
             },
             None => AckResult::Unknown,
         }
+    }
+
+    /// The packet identifier of the in-flight message of `token`.
+    pub(crate) fn packet_id_of(&self, token: PublishToken) -> Option<PacketId> {
+        self.in_flight
+            .iter()
+            .find(|message| message.token == token)
+            .and_then(|message| message.publish.packet_id)
     }
 
     /// The in-flight messages, oldest first, for resending on a resumed session.

@@ -588,6 +588,13 @@ impl ServerConnection {
                 || self.core.outbound.queue_has_room())
     }
 
+    /// The packet identifier of a delivery in flight (`None` while it waits in the queue, and
+    /// once its flow has completed). A driver that keeps deliveries durable records it: a
+    /// resumed session must resend a message with its original identifier (MQTT-4.4.0-1).
+    pub fn delivery_packet_id(&self, token: PublishToken) -> Option<PacketId> {
+        self.core.outbound.packet_id_of(token)
+    }
+
     /// QoS 1 and 2 deliveries in flight and queued.
     pub fn pending_messages(&self) -> (usize, usize) {
         (
@@ -774,10 +781,16 @@ impl ServerConnection {
                             ServerEvent::DeliveryAcknowledged(outcome)
                         }
                         Outcome::Completed(outcome) => ServerEvent::DeliveryCompleted(outcome),
+                        Outcome::Released(token) => ServerEvent::DeliveryReleased(token),
                     });
                 }
             }
-            Packet::PubRel(ack) => self.core.on_pubrel(ack.packet_id),
+            Packet::PubRel(ack) => {
+                if self.core.on_pubrel(ack.packet_id) {
+                    self.events
+                        .push_back(ServerEvent::MessageReleased(ack.packet_id));
+                }
+            }
             Packet::Subscribe(subscribe) => {
                 self.pending_requests.insert(
                     subscribe.packet_id,

@@ -828,3 +828,54 @@ fn can_deliver_says_when_the_window_and_queue_are_full() {
         "acknowledgements made room"
     );
 }
+
+/// What a driver that keeps deliveries durable needs from the server engine: the packet
+/// identifier of a delivery as soon as it is in flight, `DeliveryReleased` once per QoS 2
+/// message when PUBREC moves it on (with its PUBREL still unsent), and `MessageReleased` when
+/// the client's PUBREL frees an inbound identifier.
+#[test]
+fn the_server_reports_what_a_durable_driver_records() {
+    for version in [V311, V5] {
+        let mut pair = Pair::connected(version);
+        let token = pair
+            .server
+            .deliver(pair.now, publish("c/d", QoS::ExactlyOnce, b"down"))
+            .unwrap()
+            .unwrap();
+        let id = pair
+            .server
+            .delivery_packet_id(token)
+            .expect("in flight at once: the window has room");
+        // Up to the client's PUBREC: the server's PUBREL is queued, not yet sent.
+        pair.step(); // PUBLISH to the client
+        pair.step(); // PUBREC to the server
+        assert_eq!(
+            pair.server_events
+                .iter()
+                .filter(|e| matches!(e, ServerEvent::DeliveryReleased(t) if *t == token))
+                .count(),
+            1,
+            "{version:?}"
+        );
+        assert_eq!(pair.server.delivery_packet_id(token), Some(id));
+        pair.drive();
+        assert_eq!(pair.server.delivery_packet_id(token), None, "completed");
+
+        let up = pair
+            .client
+            .publish(pair.now, publish("a/b", QoS::ExactlyOnce, b"up"))
+            .unwrap()
+            .unwrap();
+        pair.drive();
+        assert!(acknowledged(&pair).contains(&up));
+        let released: Vec<_> = pair
+            .server_events
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::MessageReleased(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(released.len(), 1, "{version:?}: {released:?}");
+    }
+}
