@@ -4,20 +4,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rallymq_codec::{Message, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use rallymq_session::SessionState;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::config::BrokerConfig;
-use crate::router::{RouteOutcome, Router, SubscriptionData};
-use crate::session::{Attachment, ControlBox, Queued, Registry, Session, signal};
+use crate::config::{BrokerConfig, Storage};
+use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
+use crate::session::{
+    Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
+};
 use crate::stats::Stats;
-use crate::store::{MemoryStore, Store};
+use crate::store::{Change, DiskStore, Store, StoreError, StoredMessage, StoredWill, Ticket};
 use crate::{Error, listener, sys};
 
 /// State every connection task shares.
@@ -31,7 +34,11 @@ pub(crate) struct Shared {
     pub(crate) next_connection_id: AtomicU64,
     pub(crate) open_connections: AtomicUsize,
     pub(crate) started: Instant,
-    pub(crate) store: Arc<dyn Store>,
+    /// Where persistent sessions, their queues and retained messages are kept; `None` in
+    /// memory only.
+    pub(crate) store: Option<Arc<dyn Store>>,
+    /// The next stored message's id.
+    pub(crate) next_message_id: AtomicU64,
     /// Connections not attached to a session yet, to be told of shutdown.
     pub(crate) connecting: Mutex<Connecting>,
     /// Wakes publishers paused for congested subscribers whenever a subscriber's queue drains:
@@ -56,7 +63,7 @@ impl Shared {
     pub(crate) fn new(
         config: BrokerConfig,
         shutdown: watch::Receiver<bool>,
-        store: Arc<dyn Store>,
+        store: Option<Arc<dyn Store>>,
     ) -> Self {
         Self {
             config,
@@ -68,6 +75,7 @@ impl Shared {
             open_connections: AtomicUsize::new(0),
             started: Instant::now(),
             store,
+            next_message_id: AtomicU64::new(0),
             connecting: Mutex::default(),
             space: Notify::new(),
             space_waiters: AtomicUsize::new(0),
@@ -125,63 +133,132 @@ impl Shared {
     }
 
     /// Publishes a message into the broker: updates the retained store if it is retained, and
-    /// routes it.
+    /// routes it. The outcome's ticket is what the publisher's acknowledgement waits for.
     pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> RouteOutcome {
         Stats::add(&self.stats.messages_received, 1);
+        let received_at = SystemTime::now();
+        let mut retained = Ticket::default();
         if publish.retain {
             self.router.retain(publish);
-            match &publish.topic {
-                Some(topic) if publish.payload.is_empty() => {
-                    self.store.remove_retained(topic.as_str())
-                }
-                Some(_) => self.store.save_retained(publish),
-                None => {}
+            if let (Some(store), Some(topic)) = (&self.store, &publish.topic) {
+                let change = if publish.payload.is_empty() {
+                    Change::DeleteRetained(topic.clone())
+                } else {
+                    Change::PutRetained(Arc::new(StoredMessage {
+                        publish: stored_copy(publish),
+                        received_at,
+                    }))
+                };
+                retained = store.write(vec![change]);
             }
         }
-        let outcome = self.router.route(sender, publish, &self.config.limits);
+        let persisting = self.store.as_deref().map(|store| Persisting {
+            store,
+            next_message_id: &self.next_message_id,
+            message: publish,
+            received_at,
+            id: None,
+            ticket: Ticket::default(),
+        });
+        let mut outcome = self
+            .router
+            .route(sender, publish, &self.config.limits, persisting);
+        outcome.ticket = outcome.ticket.max(retained);
         Stats::add(&self.stats.messages_sent, outcome.queued as u64);
         Stats::add(&self.stats.messages_dropped, outcome.dropped as u64);
         outcome
     }
 
-    /// Loads the store: retained messages, and persistent sessions as offline sessions.
-    fn restore(&self) {
-        let snapshot = self.store.load();
-        for message in &snapshot.retained {
-            self.router.retain(message);
+    /// Writes `changes` to the store, if there is one; returns their ticket.
+    pub(crate) fn write(&self, changes: Vec<Change>) -> Ticket {
+        match &self.store {
+            Some(store) if !changes.is_empty() => store.write(changes),
+            _ => Ticket::default(),
         }
+    }
+
+    /// Resolves once `ticket` is durable (at once without a store).
+    pub(crate) async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) if ticket > Ticket::default() => store.durable(ticket).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the record of a persistent session (with a store).
+    pub(crate) fn save_record(&self, session: &Session) -> Ticket {
+        match session.record() {
+            Some(record) => self.write(vec![Change::PutSession(Box::new(record))]),
+            None => Ticket::default(),
+        }
+    }
+
+    /// Loads the store: retained messages, and persistent sessions as offline sessions whose
+    /// queues stay in the store until their clients come back.
+    fn restore(self: &Arc<Self>) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let loaded = store.load()?;
+        self.next_message_id
+            .store(loaded.next_message_id, Ordering::Relaxed);
         let now = Instant::now();
-        for stored in snapshot.sessions {
-            let (session, _) = self.registry.get_or_create(&stored.client_id);
-            for (filter, options, identifier) in &stored.subscriptions {
+        let wall = SystemTime::now();
+        // A time in the past, as an `Instant` (Message Expiry and session expiry count from it).
+        let instant_of = |at: SystemTime| {
+            let ago = wall.duration_since(at).unwrap_or_default();
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        for message in &loaded.retained {
+            self.router
+                .retain_since(&message.publish, instant_of(message.received_at));
+        }
+        for stored in loaded.sessions {
+            let record = stored.record;
+            let (session, _) = self.registry.get_or_create(&record.client_id);
+            for (filter, options, identifier) in &record.subscriptions {
                 let data = SubscriptionData::new(options, options.qos, *identifier);
                 self.router.subscribe(&session, filter, data.clone());
                 session.lock().subscriptions.insert(filter.clone(), data);
             }
+            // A session still marked connected ended when the broker stopped: now, as far as
+            // its expiry and will are concerned.
+            let disconnected_at = record.disconnected_at.unwrap_or(wall);
+            let will = record.will.map(|mut will| {
+                if will.due_at.is_none() || record.disconnected_at.is_none() {
+                    let delay = will.delay.min(record.expiry_interval);
+                    will.due_at = Some(wall + Duration::from_secs(u64::from(delay)));
+                }
+                will
+            });
             let mut inner = session.lock();
-            let expiry = stored.state.session_expiry_interval;
-            inner.expires_at =
-                (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry)));
             inner.persistent = true;
-            inner.pending = stored
-                .pending
-                .into_iter()
-                .map(|publish| Queued {
-                    publish,
-                    since: now,
-                })
-                .collect();
-            inner.saved = Some(Box::new(stored.state));
-        }
-    }
-
-    /// Writes every persistent session to the store.
-    fn save_sessions(&self) {
-        for session in self.registry.all() {
-            if session.lock().persistent {
-                self.store.save_session(session.to_stored());
+            inner.expires_at = (record.expiry_interval != u32::MAX).then(|| {
+                instant_of(disconnected_at) + Duration::from_secs(u64::from(record.expiry_interval))
+            });
+            inner.saved = Some(Box::new(SessionState {
+                inbound_awaiting_release: stored.inbound,
+                session_expiry_interval: record.expiry_interval,
+                ..SessionState::default()
+            }));
+            inner.durable = Some(Box::new(Durable {
+                next_seq: stored.next_seq,
+                tail_len: stored.queue_len,
+                tail_bytes: stored.queue_bytes,
+                tail_from: 0,
+                expiry_interval: record.expiry_interval,
+                disconnected_at: Some(disconnected_at),
+                will: will.clone(),
+                ..Durable::default()
+            }));
+            if let Some(will) = will {
+                let waiter = Arc::new(ControlBox::default());
+                inner.will_waiter = Some(waiter.clone());
+                drop(inner);
+                tokio::spawn(restored_will(self.clone(), session.clone(), waiter, will));
             }
         }
+        Ok(())
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -196,9 +273,52 @@ impl Shared {
                 || self.router.remove_session(&session),
             );
             if expired {
-                self.store.remove_session(&session.client_id);
+                self.write(vec![Change::DeleteSession(session.client_id.clone())]);
             }
         }
+    }
+}
+
+/// Publishes the will of a session restored from the store when it is due, unless its client
+/// comes back first (a resuming client cancels it, a clean start publishes it at once).
+async fn restored_will(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    waiter: Arc<ControlBox>,
+    will: StoredWill,
+) {
+    let due = will
+        .due_at
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    let publish_now = tokio::select! {
+        _ = tokio::time::sleep(due) => true,
+        _ = waiter.signalled() => matches!(
+            waiter.try_recv(),
+            Some(Control::EndWill { publish: true })
+        ),
+    };
+    waiter.close();
+    if publish_now {
+        shared.publish(Some(&session.client_id), &will.publish);
+    }
+    let cleared = {
+        let mut inner = session.lock();
+        if inner
+            .will_waiter
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &waiter))
+        {
+            inner.will_waiter = None;
+        }
+        let offline = inner.attachment.is_none();
+        match inner.durable.as_deref_mut() {
+            Some(durable) if offline => durable.will.take().is_some(),
+            _ => false,
+        }
+    };
+    if cleared {
+        shared.save_record(&session);
     }
 }
 
@@ -235,17 +355,35 @@ pub struct Broker;
 
 impl Broker {
     /// Binds every listener of `config`, logs one `listening: ...` line per listener, and
-    /// serves in the background on the current tokio runtime, keeping sessions and retained
-    /// messages in a fresh [`MemoryStore`].
+    /// serves in the background on the current tokio runtime. With
+    /// [`Storage::Directory`](crate::Storage::Directory) it opens (or creates) the store there
+    /// and resumes what it holds; with [`Storage::InMemory`](crate::Storage::InMemory) nothing
+    /// outlives the broker.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, Error> {
-        Self::start_with_store(config, Arc::new(MemoryStore::new())).await
+        let store: Option<Arc<dyn Store>> = match &config.storage {
+            Storage::InMemory => None,
+            Storage::Directory(dir) => {
+                let store = DiskStore::open(dir)?;
+                info!(dir = %dir.display(), "storing sessions and messages");
+                Some(Arc::new(store))
+            }
+        };
+        Self::start_on(config, store).await
     }
 
-    /// As [`Broker::start`], resuming the persistent sessions and retained messages of `store`
-    /// and writing them back to it.
+    /// As [`Broker::start`], keeping what must survive in `store` (whatever
+    /// `config.storage` says), and resuming what it holds: a [`MemoryStore`](crate::MemoryStore)
+    /// carries sessions across broker restarts within one process.
     pub async fn start_with_store(
         config: BrokerConfig,
         store: Arc<dyn Store>,
+    ) -> Result<BrokerHandle, Error> {
+        Self::start_on(config, Some(store)).await
+    }
+
+    async fn start_on(
+        config: BrokerConfig,
+        store: Option<Arc<dyn Store>>,
     ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         // Bind every address before serving any, so a port in use fails the start as a whole.
@@ -266,7 +404,7 @@ impl Broker {
         }
         let sys_interval = config.sys_interval;
         let shared = Arc::new(Shared::new(config, shutdown_rx, store));
-        shared.restore();
+        shared.restore()?;
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for (bound, listener) in bound {
@@ -420,7 +558,7 @@ impl BrokerHandle {
         let mut shutdown = self.shared.shutdown.clone();
         tokio::spawn(async move {
             loop {
-                let next = pump.lock().pending.pop_front();
+                let next = pump.lock().pop_pending();
                 pump_shared.space_freed();
                 match next {
                     Some(queued) => {
@@ -472,6 +610,9 @@ impl BrokerHandle {
         for task in self.tasks {
             task.abort();
         }
-        self.shared.save_sessions();
+        // What the connections wrote as they closed is on disk before the broker is gone.
+        if let Some(store) = &self.shared.store {
+            let _ = store.durable(store.write(Vec::new())).await;
+        }
     }
 }

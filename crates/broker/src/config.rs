@@ -1,6 +1,7 @@
 //! What a broker is built with: its listeners and its limits.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a broker listens and what it allows. `Default` is for a library: MQTT over TCP and HTTP
@@ -20,6 +21,21 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// How often the `$SYS` topics are published; `None` turns them off.
     pub sys_interval: Option<Duration>,
+    /// Where persistent sessions, their queued messages and retained messages are kept.
+    pub storage: Storage,
+}
+
+/// Where a broker keeps what must survive it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Storage {
+    /// In memory only: a restart loses sessions, queued and retained messages (the library's
+    /// default; `rallymq broker --in-memory`).
+    #[default]
+    InMemory,
+    /// On disk, in this directory (created if needed): every message acknowledged to a
+    /// publisher survives a crash (`rallymq broker`'s default, `./rallymq-data`).
+    Directory(PathBuf),
 }
 
 impl Default for BrokerConfig {
@@ -30,6 +46,7 @@ impl Default for BrokerConfig {
             ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
+            storage: Storage::default(),
         }
     }
 }
@@ -81,6 +98,9 @@ pub struct Limits {
     /// a second at a time) while a subscriber's queue is three quarters full, so drops happen
     /// only to consumers that stay too slow.
     pub max_queued_messages: usize,
+    /// Most bytes (topics and payloads) waiting for one session; 0 for no limit (Mosquitto's
+    /// `max_queued_bytes`). Past it, as past `max_queued_messages`.
+    pub max_queued_bytes: u64,
     /// What to drop when a session's queue is full.
     pub queue_full: QueueFullPolicy,
     /// Largest session expiry granted, in seconds (MQTT 5 clients asking for more get this).
@@ -103,6 +123,7 @@ impl Default for Limits {
             outgoing_topic_alias_maximum: 64,
             max_in_flight: 64,
             max_queued_messages: 1000,
+            max_queued_bytes: 0,
             queue_full: QueueFullPolicy::DropNewest,
             max_session_expiry: u32::MAX,
             max_keep_alive: Some(u16::MAX),

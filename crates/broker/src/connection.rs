@@ -3,6 +3,7 @@
 //! and turns the engine's events into broker actions (sessions, routing, retained messages).
 //! No protocol rule is decided here.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -11,23 +12,28 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rallymq_codec::{
     ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish,
-    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, Unsubscribe,
+    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, Unsubscribe, Will,
 };
 use rallymq_session::{
-    Accept, AckHandle, CloseReason, ServerConfig, ServerConnection, ServerEvent, Timestamp,
+    Accept, AckHandle, CloseReason, OutgoingMessage, OutgoingStage, PublishToken, ServerConfig,
+    ServerConnection, ServerEvent, SessionState, Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
-use crate::session::{Attached, Control, ControlBox, Detached, Session, signal};
+use crate::session::{
+    Attached, Control, ControlBox, Detached, Persisting, Queued, Session, SessionInner, StoredRef,
+    signal,
+};
 use crate::stats::Stats;
+use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
 /// `Driver::poll_read`).
@@ -35,6 +41,9 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// The longest a publisher is paused for slow subscribers at a time.
 const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Queue entries read from the store at a time.
+const PAGE: usize = 256;
 
 /// How long a new connection waits for the connection it takes over to hand its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -94,8 +103,21 @@ impl Drop for SpaceWaiter<'_> {
 enum Next {
     Nothing,
     Connect(Box<rallymq_codec::Connect>, bool),
-    /// Acknowledge once the store says the message is durable.
-    Acknowledge(AckHandle, ReasonCode),
+}
+
+/// What a connection of a broker with a store keeps: the store entries of its deliveries in
+/// flight, the acknowledgements waiting for the store, and what must be durable before its
+/// next bytes are written. Boxed: only a broker with a store has it.
+#[derive(Debug, Default)]
+struct Durability {
+    /// Deliveries in flight that are entries in the store: token → (entry number, entry).
+    deliveries: HashMap<PublishToken, (u64, QueueEntry)>,
+    /// Inbound QoS 1 and 2 messages to acknowledge once their ticket is durable, in arrival
+    /// order.
+    acks: Vec<(AckHandle, ReasonCode, Ticket)>,
+    /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
+    /// stage, a subscription).
+    barrier: Ticket,
 }
 
 struct Driver {
@@ -106,13 +128,15 @@ struct Driver {
     connection_id: u64,
     control: Arc<ControlBox>,
     /// The connection was taken over: its state went to the new connection.
-    taken_over: Option<oneshot::Sender<rallymq_session::SessionState>>,
+    taken_over: Option<oneshot::Sender<SessionState>>,
     counted_connected: bool,
     /// Subscribers whose queues this connection's messages filled past their high-water mark:
     /// reading pauses until they drain (back-pressure instead of unbounded buffering).
     /// Boxed, and only while there are some: 8 bytes in every idle connection instead of 24.
     #[allow(clippy::box_collection)]
     congested: Option<Box<Vec<Arc<Session>>>>,
+    /// Present when the broker has a store.
+    durability: Option<Box<Durability>>,
 }
 
 impl Driver {
@@ -137,6 +161,7 @@ impl Driver {
         // Every connection's clock counts from the broker's start: one `Instant` less in each.
         let now = Timestamp::from_since_epoch(shared.started.elapsed());
         let engine = ServerConnection::new(config, now);
+        let durability = shared.store.is_some().then(Box::default);
         Self {
             engine,
             shared,
@@ -147,6 +172,7 @@ impl Driver {
             taken_over: None,
             counted_connected: false,
             congested: None,
+            durability,
         }
     }
 
@@ -167,7 +193,14 @@ impl Driver {
         async move {
             let mut transport_open = true;
             loop {
-                self.process_events().await;
+                if !self.process_events().await && transport_open {
+                    // The store failed what the next bytes depend on (a PUBREL's stage, a QoS 2
+                    // delivery's identifier): they are dropped with the connection, unsent.
+                    while self.engine.poll_transmit(self.now()).is_some() {}
+                    transport_open = false;
+                    self.engine.handle_transport_closed(self.now());
+                    continue;
+                }
                 if transport_open {
                     let wrote = match self.flush(&mut io).await {
                         Ok(wrote) => wrote,
@@ -333,8 +366,10 @@ impl Driver {
         }
     }
 
-    /// Handles every event the engine has, then feeds it waiting messages.
-    async fn process_events(&mut self) {
+    /// Handles every event the engine has, then feeds it waiting messages; with a store,
+    /// waits until what they wrote is durable and acknowledges. Returns `false` when the store
+    /// failed a write that the next bytes depend on: they must not be written.
+    async fn process_events(&mut self) -> bool {
         loop {
             // Each event is handled without awaiting, so that no event (a `ServerEvent` is
             // hundreds of bytes) is held across an await in every connection's task.
@@ -349,11 +384,6 @@ impl Driver {
                     // in every idle connection's task.
                     Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
-                Next::Acknowledge(ack, code) => {
-                    // The durability barrier: acknowledged only once the store says safe.
-                    self.shared.store.durable().await;
-                    self.engine.acknowledge(ack, code);
-                }
             }
             if self.congested.is_some() {
                 // A subscriber's queue reached its high-water mark: the rest of what this read
@@ -365,7 +395,54 @@ impl Driver {
                 Box::pin(self.wait_for_subscribers()).await;
             }
         }
+        if self.durability.is_some() {
+            Box::pin(self.read_stored_queue()).await;
+        }
         self.drain_pending();
+        match &self.durability {
+            Some(durability) if !durability.acks.is_empty() || durability.barrier.0 > 0 => {
+                Box::pin(self.settle()).await
+            }
+            _ => true,
+        }
+    }
+
+    /// Waits until the store has made durable what this connection wrote, then acknowledges
+    /// the messages waiting for it: with success, or (MQTT 5) with the failure the store met
+    /// (0x97 when the disk is full, 0x80 otherwise); an MQTT 3 publisher cannot be told, and is
+    /// disconnected. Returns `false` if the barrier for the next bytes failed.
+    async fn settle(&mut self) -> bool {
+        let Some(durability) = self.durability.as_deref_mut() else {
+            return true;
+        };
+        let acks = std::mem::take(&mut durability.acks);
+        let barrier = std::mem::take(&mut durability.barrier);
+        let last = acks
+            .iter()
+            .map(|(_, _, ticket)| *ticket)
+            .fold(barrier, Ticket::max);
+        // Every ticket up to the last is decided once it is; the rest answer at once.
+        let _ = self.shared.durable(last).await;
+        let barrier_held = self.shared.durable(barrier).await.is_ok();
+        let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
+        for (handle, code, ticket) in acks {
+            match self.shared.durable(ticket).await {
+                Ok(()) => self.engine.acknowledge(handle, code),
+                Err(error) if v5 => {
+                    let code = match error {
+                        StoreError::Full(_) => ReasonCode::QuotaExceeded,
+                        _ => ReasonCode::UnspecifiedError,
+                    };
+                    self.engine.acknowledge(handle, code);
+                }
+                Err(_) => {
+                    // MQTT 3 has no negative acknowledgement: closing is how it is told.
+                    self.engine.handle_transport_closed(self.now());
+                    return barrier_held;
+                }
+            }
+        }
+        barrier_held
     }
 
     fn on_event(&mut self, event: ServerEvent) -> Next {
@@ -380,12 +457,13 @@ impl Driver {
                 let sender = self.session.as_deref().map(|s| &*s.client_id);
                 let outcome = self.shared.publish(sender, &publish);
                 let matched = outcome.queued;
+                let mut ticket = outcome.ticket;
                 if !outcome.congested.is_empty() {
                     let congested = self.congested.get_or_insert_default();
                     congested.extend(outcome.congested);
                 }
-                // The message is safe once routed (queued for every subscriber). A durable
-                // store will await its write before the acknowledgement.
+                // The message is safe once routed (queued for every subscriber) and, with a
+                // store, once what routing wrote is durable (`settle`).
                 if let Some(ack) = message.ack {
                     let code = if matched == 0
                         && self.engine.version().is_some_and(ProtocolVersion::is_v5)
@@ -394,12 +472,63 @@ impl Driver {
                     } else {
                         ReasonCode::Success
                     };
-                    return Next::Acknowledge(ack, code);
+                    if ack.qos() == QoS::ExactlyOnce
+                        && let Some(client_id) = self.durable_client_id()
+                    {
+                        // Committed with the message, before PUBREC: a publisher resending
+                        // after a crash is not delivered twice.
+                        ticket = ticket.max(self.shared.write(vec![Change::PutInbound {
+                            client_id,
+                            packet_id: ack.packet_id(),
+                        }]));
+                    }
+                    match self.durability.as_deref_mut() {
+                        Some(durability) => durability.acks.push((ack, code, ticket)),
+                        None => self.engine.acknowledge(ack, code),
+                    }
                 }
             }
             ServerEvent::Subscribe(subscribe) => self.on_subscribe(subscribe),
             ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
-            ServerEvent::DeliveryAcknowledged(_) | ServerEvent::DeliveryCompleted(_) => {}
+            ServerEvent::DeliveryAcknowledged(outcome)
+            | ServerEvent::DeliveryCompleted(outcome) => {
+                let delivered = self
+                    .durability
+                    .as_deref_mut()
+                    .and_then(|durability| durability.deliveries.remove(&outcome.token));
+                if let (Some((seq, _)), Some(session)) = (delivered, &self.session) {
+                    self.shared.write(vec![Change::DeleteEntry {
+                        client_id: session.client_id.clone(),
+                        seq,
+                    }]);
+                }
+            }
+            ServerEvent::DeliveryReleased(token) => {
+                let released = self.durability.as_deref_mut().and_then(|durability| {
+                    let (seq, entry) = durability.deliveries.get_mut(&token)?;
+                    let (packet_id, _) = entry.in_flight?;
+                    entry.in_flight = Some((packet_id, OutgoingStage::Released));
+                    Some((*seq, entry.clone()))
+                });
+                if let (Some((seq, entry)), Some(session)) = (released, &self.session) {
+                    // Durable before the PUBREL goes out: after a crash the message is
+                    // released, never delivered a second time.
+                    let ticket = self.shared.write(vec![Change::UpdateEntry {
+                        client_id: session.client_id.clone(),
+                        seq,
+                        entry,
+                    }]);
+                    self.raise_barrier(ticket);
+                }
+            }
+            ServerEvent::MessageReleased(packet_id) => {
+                if let Some(client_id) = self.durable_client_id() {
+                    self.shared.write(vec![Change::DeleteInbound {
+                        client_id,
+                        packet_id,
+                    }]);
+                }
+            }
             ServerEvent::Auth(_) => {
                 // Only AUTH in an exchange gets here (the engine makes one without an
                 // Authentication Method in CONNECT a protocol error, MQTT-4.12.0-7), and no
@@ -411,30 +540,45 @@ impl Driver {
                 );
             }
             ServerEvent::WillDue(will) => {
-                let mut publish = Publish::new(will.topic, will.payload);
-                publish.qos = will.qos;
-                publish.retain = will.retain;
-                let properties = will.properties.into_inner();
-                publish.properties = PublishProperties {
-                    payload_format_indicator: properties.payload_format_indicator,
-                    message_expiry_interval: properties.message_expiry_interval,
-                    content_type: properties.content_type,
-                    response_topic: properties.response_topic,
-                    correlation_data: properties.correlation_data,
-                    user_properties: properties.user_properties,
-                    ..PublishProperties::default()
-                }
-                .into();
+                let publish = will_message(&will);
                 let sender = self.session.as_deref().map(|s| &*s.client_id);
                 self.shared.publish(sender, &publish);
                 if let Some(session) = &self.session {
-                    session.lock().will_waiter = None;
+                    let published = {
+                        let mut inner = session.lock();
+                        inner.will_waiter = None;
+                        let offline = inner.attachment.is_none();
+                        match inner.durable.as_deref_mut() {
+                            Some(durable) if offline => durable.will.take().is_some(),
+                            _ => false,
+                        }
+                    };
+                    if published {
+                        self.shared.save_record(session);
+                    }
                 }
             }
             ServerEvent::Closed(reason) => self.on_closed(reason),
             _ => {}
         }
         Next::Nothing
+    }
+
+    /// The client id of this connection's session if it is kept in the store.
+    fn durable_client_id(&self) -> Option<Arc<str>> {
+        let session = self.session.as_ref()?;
+        session
+            .lock()
+            .durable
+            .is_some()
+            .then(|| session.client_id.clone())
+    }
+
+    /// Makes `ticket` a condition for writing the next bytes.
+    fn raise_barrier(&mut self, ticket: Ticket) {
+        if let Some(durability) = self.durability.as_deref_mut() {
+            durability.barrier = durability.barrier.max(ticket);
+        }
     }
 
     async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
@@ -499,23 +643,55 @@ impl Driver {
             });
         }
 
-        let resumed = {
+        let has_store = self.shared.store.is_some();
+        let (mut resumed, handed_over) = {
             let mut inner = session.lock();
             let resumable = existed && inner.persistent && !connect.clean_start;
             if !resumable {
                 // A new session (MQTT-3.1.2-4): nothing of the old one survives.
-                inner.pending.clear();
+                inner.clear_pending();
                 inner.saved = None;
                 inner.subscriptions.clear();
+                inner.durable = None;
             }
             inner.persistent = granted_expiry > 0;
             inner.expires_at = None;
             inner.version = Some(version);
-            resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default())
+            if has_store && (granted_expiry > 0 || inner.durable.is_some()) {
+                let durable = inner.durable.get_or_insert_default();
+                durable.expiry_interval = granted_expiry;
+                durable.disconnected_at = None;
+                durable.will = connect.will.as_ref().map(|will| StoredWill {
+                    publish: will_message(will),
+                    delay: will.properties.will_delay_interval.unwrap_or(0),
+                    due_at: None,
+                });
+            }
+            let handed_over = inner
+                .durable
+                .as_deref_mut()
+                .map(|durable| std::mem::take(&mut durable.deliveries))
+                .unwrap_or_default();
+            let resumed =
+                resumable.then(|| inner.saved.take().map(|saved| *saved).unwrap_or_default());
+            (resumed, handed_over)
         };
         if resumed.is_none() {
             self.shared.router.remove_session(&session);
-            self.shared.store.remove_session(client_id);
+            if existed {
+                self.shared
+                    .write(vec![Change::DeleteSession(session.client_id.clone())]);
+            }
+        }
+        // The record as this connection made it (expiry, will; subscriptions if resumed).
+        self.shared.save_record(&session);
+        if let Some(durability) = self.durability.as_deref_mut() {
+            durability.deliveries = handed_over;
+        }
+        if let Some(state) = resumed.as_mut() {
+            // After a restart the deliveries in flight are only in the store, at the head of
+            // the queue: they go back in flight, with their identifiers and stage.
+            Box::pin(self.resume_in_flight(&session, state)).await;
         }
         let mut properties = ConnAckProperties::default();
         if version.is_v5() && granted_expiry != requested_expiry {
@@ -585,12 +761,29 @@ impl Driver {
         let _ =
             self.engine
                 .answer_subscribe(subscribe.packet_id, codes, SubAckProperties::default());
+        let received_at = SystemTime::now();
         for (message, stored_at) in retained {
-            let outcome = session.enqueue(message, stored_at, &self.shared.config.limits);
+            let mut persisting = self.shared.store.as_deref().map(|store| Persisting {
+                store,
+                next_message_id: &self.shared.next_message_id,
+                message: &message,
+                received_at,
+                id: None,
+                ticket: Ticket::default(),
+            });
+            let outcome = session.enqueue(
+                message.clone(),
+                stored_at,
+                &self.shared.config.limits,
+                persisting.as_mut(),
+            );
             if outcome.dropped {
                 Stats::add(&self.shared.stats.messages_dropped, 1);
             }
         }
+        // The subscriptions are in the record before SUBACK goes out.
+        let ticket = self.shared.save_record(&session);
+        self.raise_barrier(ticket);
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -614,6 +807,122 @@ impl Driver {
             codes,
             SubAckProperties::default(),
         );
+        let ticket = self.shared.save_record(&session);
+        self.raise_barrier(ticket);
+    }
+
+    /// Reads the head of a resumed session's queue from the store when no delivery in flight
+    /// was handed over in memory (the broker restarted): entries in flight become the
+    /// engine's in-flight messages again (resent with DUP and their identifier, or PUBREL,
+    /// MQTT-4.4.0-1), the others wait in memory.
+    async fn resume_in_flight(&mut self, session: &Arc<Session>, state: &mut SessionState) {
+        let handed_over = self
+            .durability
+            .as_deref()
+            .is_some_and(|durability| !durability.deliveries.is_empty());
+        if handed_over || !state.in_flight.is_empty() {
+            return;
+        }
+        let Some(entries) = self.read_page(session).await else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        for loaded in entries {
+            let (publish, since) = delivered_copy(&loaded);
+            let reference = StoredRef {
+                seq: loaded.seq,
+                message: loaded.entry.message,
+                size: loaded.entry.size,
+            };
+            match (loaded.entry.in_flight, self.durability.as_deref_mut()) {
+                (Some((packet_id, stage)), Some(durability)) if waiting.is_empty() => {
+                    let token = PublishToken(state.next_token);
+                    state.next_token += 1;
+                    let mut publish = publish;
+                    publish.packet_id = Some(packet_id);
+                    state.in_flight.push(OutgoingMessage {
+                        token,
+                        stage,
+                        publish,
+                    });
+                    durability
+                        .deliveries
+                        .insert(token, (loaded.seq, loaded.entry));
+                }
+                _ => waiting.push(Queued {
+                    publish,
+                    since,
+                    stored: Some(reference),
+                }),
+            }
+        }
+        let mut inner = session.lock();
+        inner.prepend_pending(waiting);
+    }
+
+    /// Reads the next page of the session's queue that is only in the store, once what was
+    /// written to it is durable; counts it off the tail. `None` when there is none.
+    async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
+        let store = self.shared.store.clone()?;
+        let (from, ticket) = {
+            let inner = session.lock();
+            let durable = inner.durable.as_deref()?;
+            if durable.tail_len == 0 {
+                return None;
+            }
+            (durable.tail_from, durable.last_ticket)
+        };
+        self.shared.durable(ticket).await.ok()?;
+        let entries = match store.read_queue(&session.client_id, from, PAGE) {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(client_id = %session.client_id, %error, "reading the queue from the store failed");
+                return None;
+            }
+        };
+        let mut inner = session.lock();
+        let durable = inner.durable.as_deref_mut()?;
+        if entries.is_empty() {
+            // Fewer in the store than counted (writes that failed): nothing more to read.
+            durable.tail_len = 0;
+            durable.tail_bytes = 0;
+            return None;
+        }
+        for loaded in &entries {
+            durable.tail_len = durable.tail_len.saturating_sub(1);
+            durable.tail_bytes = durable
+                .tail_bytes
+                .saturating_sub(u64::from(loaded.entry.size));
+            durable.tail_from = loaded.seq + 1;
+        }
+        Some(entries)
+    }
+
+    /// Refills the session's queue in memory from the store when it has drained and the client
+    /// can take more: an offline session's queue, and a long one, stay on disk.
+    async fn read_stored_queue(&mut self) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        if !self.engine.can_send(QoS::AtLeastOnce) || !session.lock().pending.is_empty() {
+            return;
+        }
+        let Some(entries) = self.read_page(&session).await else {
+            return;
+        };
+        let mut inner = session.lock();
+        for loaded in entries {
+            let (publish, since) = delivered_copy(&loaded);
+            inner.push_pending(Queued {
+                publish,
+                since,
+                stored: Some(StoredRef {
+                    seq: loaded.seq,
+                    message: loaded.entry.message,
+                    size: loaded.entry.size,
+                }),
+            });
+        }
     }
 
     /// Hands waiting messages to the engine while its window and queue have room (none until
@@ -626,17 +935,34 @@ impl Driver {
             return;
         };
         let now = self.now();
+        let mut changes = Vec::new();
+        let mut needs_barrier = false;
         let mut inner = session.lock();
         let waiting = inner.pending.len();
         while let Some(queued) = inner.pending.front() {
-            if !self.engine.can_deliver(queued.publish.qos) {
+            // A stored message is sent only when it goes in flight at once, with its packet
+            // identifier, which is recorded; others may wait in the engine's small queue.
+            let room = match queued.stored {
+                Some(_) => self.engine.can_send(queued.publish.qos),
+                None => self.engine.can_deliver(queued.publish.qos),
+            };
+            if !room {
                 // Stays queued, in order, until acknowledgements make room.
                 break;
             }
-            let Some(queued) = inner.pending.pop_front() else {
+            let Some(queued) = inner.pop_pending() else {
                 break;
             };
             let mut publish = queued.publish;
+            let stored = queued.stored;
+            let forget = |changes: &mut Vec<Change>| {
+                if let Some(stored) = stored {
+                    changes.push(Change::DeleteEntry {
+                        client_id: session.client_id.clone(),
+                        seq: stored.seq,
+                    });
+                }
+            };
             if let Some(interval) = publish.properties.message_expiry_interval {
                 // Message Expiry counts down while the message waits (MQTT-3.3.2-5, -6).
                 let waited = queued.since.elapsed().as_secs();
@@ -644,21 +970,49 @@ impl Driver {
                     .checked_sub(waited)
                     .filter(|left| *left > 0)
                 else {
+                    forget(&mut changes);
                     continue;
                 };
                 publish.properties.message_expiry_interval = Some(left as u32);
             }
+            let entry = stored.map(|stored| stored.entry(&publish, None));
+            let qos = publish.qos;
             match self.engine.deliver(now, publish) {
-                Ok(_) => Stats::add(&self.shared.stats.publish_sent, 1),
+                Ok(token) => {
+                    Stats::add(&self.shared.stats.publish_sent, 1);
+                    if let (Some(token), Some(stored), Some(mut entry), Some(durability)) =
+                        (token, stored, entry, self.durability.as_deref_mut())
+                    {
+                        if let Some(packet_id) = self.engine.delivery_packet_id(token) {
+                            entry.in_flight = Some((packet_id, OutgoingStage::Published));
+                            changes.push(Change::UpdateEntry {
+                                client_id: session.client_id.clone(),
+                                seq: stored.seq,
+                                entry: entry.clone(),
+                            });
+                            // QoS 2: its identifier is durable before the PUBLISH goes out,
+                            // or after a crash it would be delivered again under another.
+                            needs_barrier |= qos == QoS::ExactlyOnce;
+                        }
+                        durability.deliveries.insert(token, (stored.seq, entry));
+                    }
+                }
                 // Over the client's Maximum Packet Size: dropped, as the spec says (MQTT-3.1.2-25).
                 Err(error) => {
                     debug!(client_id = %session.client_id, %error, "delivery dropped");
                     Stats::add(&self.shared.stats.messages_dropped, 1);
+                    forget(&mut changes);
                 }
             }
         }
         let drained = inner.pending.len() < waiting;
         drop(inner);
+        if !changes.is_empty() {
+            let ticket = self.shared.write(changes);
+            if needs_barrier {
+                self.raise_barrier(ticket);
+            }
+        }
         // Only a drain that made room can end a publisher's wait: waking them all for
         // nothing, on every pass of every connection, would cost most when they wait, under
         // load.
@@ -679,21 +1033,28 @@ impl Driver {
         info!(client_id = %session.client_id, peer = %self.peer, ?reason, "client disconnected");
         let mut state = Some(self.engine.session_state());
         let will_pending = self.engine.poll_timeout().is_some();
+        let deliveries = self
+            .durability
+            .as_deref_mut()
+            .map(|durability| std::mem::take(&mut durability.deliveries))
+            .unwrap_or_default();
         let mut reply = self.taken_over.take();
         if reply.is_none() {
             let router = &self.shared.router;
+            let control = &self.control;
+            let mut deliveries = Some(deliveries);
             let detached = self.shared.registry.detach(
                 &session,
-                &self.control,
+                control,
                 |inner| {
                     if will_pending {
-                        inner.will_waiter = Some(self.control.clone());
+                        inner.will_waiter = Some(control.clone());
                     }
                     let state = state.take().unwrap_or_default();
                     let expiry = state.session_expiry_interval;
                     if expiry == 0 {
                         inner.persistent = false;
-                        inner.pending.clear();
+                        inner.clear_pending();
                         inner.subscriptions.clear();
                         return true;
                     }
@@ -701,16 +1062,31 @@ impl Driver {
                     inner.saved = Some(Box::new(state));
                     inner.expires_at = (expiry != u32::MAX)
                         .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+                    go_offline(inner, expiry, will_pending, deliveries.take());
                     false
                 },
                 || router.remove_session(&session),
             );
             match detached {
-                Detached::TakenOver(taken_over) => reply = Some(taken_over),
-                Detached::Ended => self.shared.store.remove_session(&session.client_id),
-                Detached::Kept => self.shared.store.save_session(session.to_stored()),
+                Detached::TakenOver(taken_over) => {
+                    reply = Some(taken_over);
+                    if let Some(deliveries) = deliveries.take()
+                        && let Some(durable) = session.lock().durable.as_deref_mut()
+                    {
+                        durable.deliveries = deliveries;
+                    }
+                }
+                Detached::Ended => {
+                    self.shared
+                        .write(vec![Change::DeleteSession(session.client_id.clone())]);
+                }
+                Detached::Kept => {
+                    self.shared.save_record(&session);
+                }
                 Detached::Elsewhere => {}
             }
+        } else if let Some(durable) = session.lock().durable.as_deref_mut() {
+            durable.deliveries = deliveries;
         }
         if let Some(reply) = reply {
             // Taken over: the new connection carries on with the session.
@@ -730,6 +1106,85 @@ impl Driver {
         }
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A persistent session whose connection closed: with a store, the deliveries in flight wait
+/// for the next connection, the messages in memory go back to being read from the store (an
+/// offline session keeps none in memory; QoS 0 ones are dropped, as for any offline session),
+/// and the record says when it closed and whether a will waits on its delay.
+fn go_offline(
+    inner: &mut SessionInner,
+    expiry: u32,
+    will_pending: bool,
+    deliveries: Option<HashMap<PublishToken, (u64, QueueEntry)>>,
+) {
+    let first_stored = inner.pending.iter().find_map(|queued| queued.stored);
+    let (count, bytes) = inner
+        .pending
+        .iter()
+        .filter_map(|queued| queued.stored)
+        .fold((0u64, 0u64), |(count, bytes), stored| {
+            (count + 1, bytes + u64::from(stored.size))
+        });
+    let Some(durable) = inner.durable.as_deref_mut() else {
+        return;
+    };
+    durable.deliveries = deliveries.unwrap_or_default();
+    durable.expiry_interval = expiry;
+    let now = SystemTime::now();
+    durable.disconnected_at = Some(now);
+    durable.will = match durable.will.take() {
+        Some(mut will) if will_pending => {
+            let delay = will.delay.min(expiry);
+            will.due_at = Some(now + Duration::from_secs(u64::from(delay)));
+            Some(will)
+        }
+        // Published as the connection closed, or discarded by a clean DISCONNECT.
+        _ => None,
+    };
+    if let Some(first) = first_stored {
+        durable.tail_from = first.seq;
+        durable.tail_len += count;
+        durable.tail_bytes += bytes;
+        inner.clear_pending();
+    }
+}
+
+/// The message a will publishes.
+fn will_message(will: &Will) -> Publish {
+    let mut publish = Publish::new(will.topic.clone(), will.payload.clone());
+    publish.qos = will.qos;
+    publish.retain = will.retain;
+    let properties = &will.properties;
+    if !properties.is_empty() {
+        publish.properties = PublishProperties {
+            payload_format_indicator: properties.payload_format_indicator,
+            message_expiry_interval: properties.message_expiry_interval,
+            content_type: properties.content_type.clone(),
+            response_topic: properties.response_topic.clone(),
+            correlation_data: properties.correlation_data.clone(),
+            user_properties: properties.user_properties.clone(),
+            ..PublishProperties::default()
+        }
+        .into();
+    }
+    publish
+}
+
+/// The PUBLISH a stored queue entry delivers, and since when it has waited (its Message
+/// Expiry counts from when the broker received it, across restarts).
+fn delivered_copy(loaded: &LoadedEntry) -> (Publish, Instant) {
+    let mut publish = loaded.message.publish.clone();
+    publish.qos = loaded.entry.qos;
+    publish.retain = loaded.entry.retain;
+    if !loaded.entry.subscription_ids.is_empty() {
+        publish.properties.subscription_identifiers = loaded.entry.subscription_ids.clone();
+    }
+    let waited = SystemTime::now()
+        .duration_since(loaded.message.received_at)
+        .unwrap_or_default();
+    let now = Instant::now();
+    (publish, now.checked_sub(waited).unwrap_or(now))
 }
 
 /// Reads and discards until the client closes its side, the transport fails, or `LINGER`
@@ -766,7 +1221,7 @@ mod tests {
         let shared = Arc::new(Shared::new(
             crate::BrokerConfig::default(),
             shutdown_rx,
-            Arc::new(crate::store::MemoryStore::new()),
+            None,
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())

@@ -20,4 +20,7 @@ pub enum Error {
     /// A topic or filter given to the in-process handle is not valid.
     #[error(transparent)]
     Topic(#[from] rallymq_topic::Error),
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }

@@ -35,9 +35,12 @@ mod store;
 mod sys;
 
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
-pub use config::{BrokerConfig, Limits, QueueFullPolicy};
+pub use config::{BrokerConfig, Limits, QueueFullPolicy, Storage};
 pub use error::Error;
-pub use store::{MemoryStore, Store, StoreSnapshot, StoredSession};
+pub use store::{
+    Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,
+    QueueEntry, SessionRecord, Store, StoreError, StoredMessage, StoredWill, Ticket,
+};
 
 // The protocol types an embedder touches, so that depending on this crate is enough.
 pub use rallymq_codec::{

@@ -11,7 +11,8 @@ use rallymq_codec::{
 use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex};
 
 use crate::config::Limits;
-use crate::session::{Session, SessionRef};
+use crate::session::{Persisting, Session, SessionRef};
+use crate::store::Ticket;
 
 /// What the broker keeps with each subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,20 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// `publish` as the broker keeps it (retained, or stored for persistent sessions): without
+/// what belongs to one connection (packet identifier, DUP, topic alias) or to one
+/// subscription (subscription identifiers).
+pub(crate) fn stored_copy(publish: &Publish) -> Publish {
+    let mut stored = publish.clone();
+    stored.dup = false;
+    stored.packet_id = None;
+    if let Some(properties) = stored.properties.get_mut() {
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+    }
+    stored
+}
+
 /// The copy of `publish` a subscriber receives.
 pub(crate) fn copy_for(
     publish: &Publish,
@@ -134,19 +149,17 @@ impl Router {
     /// Stores, replaces or (empty payload) clears the retained message of a topic
     /// (MQTT-3.3.1-5 to -7 in 3.1.1; MQTT-3.3.1-5 to -7 and -10 in 5.0).
     pub(crate) fn retain(&self, publish: &Publish) {
+        self.retain_since(publish, Instant::now());
+    }
+
+    /// As [`Router::retain`], for a message received at `stored_at` (a restored one).
+    pub(crate) fn retain_since(&self, publish: &Publish, stored_at: Instant) {
         let Some(topic) = &publish.topic else { return };
         let mut retained = write(&self.retained);
         if publish.payload.is_empty() {
             retained.remove(topic.as_str());
         } else {
-            let mut stored = publish.clone();
-            stored.dup = false;
-            stored.packet_id = None;
-            if let Some(properties) = stored.properties.get_mut() {
-                properties.topic_alias = None;
-                properties.subscription_identifiers.clear();
-            }
-            retained.insert(topic.clone(), (stored, Instant::now()));
+            retained.insert(topic.clone(), (stored_copy(publish), stored_at));
         }
     }
 
@@ -166,6 +179,7 @@ impl Router {
         sender: Option<&str>,
         publish: &Publish,
         limits: &Limits,
+        mut persisting: Option<Persisting<'_>>,
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         let Some(topic) = &publish.topic else {
@@ -207,7 +221,7 @@ impl Router {
         }
         let now = Instant::now();
         let mut offer = |session: Arc<Session>, copy: Publish| {
-            let enqueued = session.enqueue(copy, now, limits);
+            let enqueued = session.enqueue(copy, now, limits, persisting.as_mut());
             outcome.queued += usize::from(enqueued.queued);
             outcome.dropped += usize::from(enqueued.dropped);
             if enqueued.congested {
@@ -229,6 +243,9 @@ impl Router {
                 copy_for(publish, qos, false, identifier.into_iter().collect()),
             );
         }
+        if let Some(persisting) = persisting {
+            outcome.ticket = persisting.ticket;
+        }
         outcome
     }
 }
@@ -242,4 +259,7 @@ pub(crate) struct RouteOutcome {
     pub(crate) dropped: usize,
     /// Sessions whose queue is past its high-water mark: the publisher should wait for them.
     pub(crate) congested: Vec<Arc<Session>>,
+    /// The store's ticket for what routing wrote (the message and its queue entries): the
+    /// publisher is acknowledged once it is durable.
+    pub(crate) ticket: Ticket,
 }

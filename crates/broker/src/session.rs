@@ -5,17 +5,20 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use rallymq_codec::{ProtocolVersion, Publish, QoS, TopicFilter};
-use rallymq_session::SessionState;
+use rallymq_codec::{PacketId, ProtocolVersion, Publish, QoS, TopicFilter};
+use rallymq_session::{OutgoingStage, PublishToken, SessionState};
 use tokio::sync::oneshot;
 
 use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
+use crate::store::{
+    Change, MessageId, QueueEntry, SessionRecord, Store, StoredMessage, StoredWill, Ticket,
+};
 
 /// What the broker tells a live connection.
 #[derive(Debug)]
@@ -157,11 +160,105 @@ pub(crate) struct Attachment {
     pub(crate) control: Arc<ControlBox>,
 }
 
-/// A message waiting for a session, with when it started waiting (Message Expiry counts down).
+/// A message waiting for a session, with when it started waiting (Message Expiry counts down)
+/// and, for a persistent session with a store, its entry in the store.
 #[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) publish: Publish,
     pub(crate) since: Instant,
+    pub(crate) stored: Option<StoredRef>,
+}
+
+/// A queue entry in the store: a queued message, or a delivery in flight, carries it so that
+/// its acknowledgement (or stage) can be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredRef {
+    pub(crate) seq: u64,
+    pub(crate) message: MessageId,
+    pub(crate) size: u32,
+}
+
+impl StoredRef {
+    /// The entry as stored, for a message delivered as `publish`.
+    pub(crate) fn entry(
+        &self,
+        publish: &Publish,
+        in_flight: Option<(PacketId, OutgoingStage)>,
+    ) -> QueueEntry {
+        QueueEntry {
+            message: self.message,
+            qos: publish.qos,
+            retain: publish.retain,
+            subscription_ids: publish.properties.subscription_identifiers.clone(),
+            in_flight,
+            size: self.size,
+        }
+    }
+}
+
+/// How many messages a connected persistent session keeps in memory; the rest of its queue is
+/// read from the store as these drain. An offline session keeps none.
+pub(crate) const MEMORY_WINDOW: usize = 1024;
+
+/// What a persistent session keeps when the broker has a store: the part of its queue that is
+/// only in the store, and what its record holds.
+#[derive(Debug, Default)]
+pub(crate) struct Durable {
+    /// The number the next entry takes.
+    pub(crate) next_seq: u64,
+    /// Entries in the store that are not in memory: every one after those in memory.
+    pub(crate) tail_len: u64,
+    pub(crate) tail_bytes: u64,
+    /// Where reading the tail resumes.
+    pub(crate) tail_from: u64,
+    /// The last ticket that wrote one of the session's entries: reading waits for it.
+    pub(crate) last_ticket: Ticket,
+    /// Deliveries in flight (token → entry number and entry), handed from a closed
+    /// connection to the next one.
+    pub(crate) deliveries: HashMap<PublishToken, (u64, QueueEntry)>,
+    /// The will of the session's connection while it may still be published.
+    pub(crate) will: Option<StoredWill>,
+    /// The session's expiry interval, as granted.
+    pub(crate) expiry_interval: u32,
+    /// When its last connection closed (`None` while connected).
+    pub(crate) disconnected_at: Option<SystemTime>,
+}
+
+/// The message being routed, stored the first time a persistent session's queue takes it.
+pub(crate) struct Persisting<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) next_message_id: &'a AtomicU64,
+    pub(crate) message: &'a Publish,
+    pub(crate) received_at: SystemTime,
+    pub(crate) id: Option<MessageId>,
+    /// The highest ticket of what was written: the publisher waits for it.
+    pub(crate) ticket: Ticket,
+}
+
+impl Persisting<'_> {
+    /// The message's id, storing the message the first time.
+    fn message_id(&mut self) -> MessageId {
+        if let Some(id) = self.id {
+            return id;
+        }
+        let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let message = StoredMessage {
+            publish: crate::router::stored_copy(self.message),
+            received_at: self.received_at,
+        };
+        self.ticket = self.ticket.max(
+            self.store
+                .write(vec![Change::PutMessage(id, Arc::new(message))]),
+        );
+        self.id = Some(id);
+        id
+    }
+}
+
+/// The size a message counts for in a queue's byte limit: its topic and payload.
+pub(crate) fn message_size(publish: &Publish) -> u32 {
+    let topic = publish.topic.as_ref().map_or(0, |topic| topic.len());
+    u32::try_from(topic + publish.payload.len()).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +280,54 @@ pub(crate) struct SessionInner {
     /// A publisher waited its longest for this queue to drain, in vain: publishers are not
     /// slowed for it again until it is below its high-water mark (its limit drops instead).
     pub(crate) stalled: bool,
+    /// Topic and payload bytes of the messages in `pending`.
+    pub(crate) pending_bytes: u64,
+    /// Present for a persistent session when the broker has a store. Boxed: most sessions are
+    /// not.
+    pub(crate) durable: Option<Box<Durable>>,
+}
+
+impl SessionInner {
+    /// Messages waiting, in memory and in the store only, and their bytes.
+    pub(crate) fn queue_size(&self) -> (u64, u64) {
+        let (tail_len, tail_bytes) = self
+            .durable
+            .as_ref()
+            .map_or((0, 0), |durable| (durable.tail_len, durable.tail_bytes));
+        (
+            self.pending.len() as u64 + tail_len,
+            self.pending_bytes + tail_bytes,
+        )
+    }
+
+    /// Takes the oldest message in memory (bytes counted off).
+    pub(crate) fn pop_pending(&mut self) -> Option<Queued> {
+        let queued = self.pending.pop_front()?;
+        self.pending_bytes = self
+            .pending_bytes
+            .saturating_sub(u64::from(message_size(&queued.publish)));
+        Some(queued)
+    }
+
+    /// Adds a message at the end of those in memory.
+    pub(crate) fn push_pending(&mut self, queued: Queued) {
+        self.pending_bytes += u64::from(message_size(&queued.publish));
+        self.pending.push_back(queued);
+    }
+
+    /// Puts `queued` in front of the messages in memory, in their order.
+    pub(crate) fn prepend_pending(&mut self, queued: Vec<Queued>) {
+        for queued in queued.into_iter().rev() {
+            self.pending_bytes += u64::from(message_size(&queued.publish));
+            self.pending.push_front(queued);
+        }
+    }
+
+    /// Empties the queue in memory.
+    pub(crate) fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
 }
 
 /// A session's queue of waiting messages, allocated with the first message: 8 bytes in a
@@ -193,6 +338,10 @@ pub(crate) struct SessionInner {
 pub(crate) struct Pending(Option<Box<VecDeque<Queued>>>);
 
 impl Pending {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |queue| queue.len())
     }
@@ -203,6 +352,10 @@ impl Pending {
 
     pub(crate) fn pop_front(&mut self) -> Option<Queued> {
         self.0.as_mut()?.pop_front()
+    }
+
+    pub(crate) fn push_front(&mut self, queued: Queued) {
+        self.0.get_or_insert_default().push_front(queued);
     }
 
     pub(crate) fn push_back(&mut self, queued: Queued) {
@@ -276,7 +429,17 @@ impl Session {
     }
 
     /// Queues a message for the client, waiting since `since` (Message Expiry counts from then).
-    pub(crate) fn enqueue(&self, publish: Publish, since: Instant, limits: &Limits) -> Enqueued {
+    /// For a persistent session with a store, a QoS 1 or 2 message is written to the store
+    /// through `persisting` (under the session's lock, so that the session's entries are
+    /// written in the order of their numbers), and kept in memory only while the client is
+    /// connected and the queue short.
+    pub(crate) fn enqueue(
+        &self,
+        publish: Publish,
+        since: Instant,
+        limits: &Limits,
+        persisting: Option<&mut Persisting<'_>>,
+    ) -> Enqueued {
         let mut inner = self.lock();
         let online = inner.attachment.is_some();
         if !online && publish.qos == QoS::AtMostOnce {
@@ -292,24 +455,75 @@ impl Session {
             dropped: false,
             congested: false,
         };
-        if inner.pending.len() >= limits.max_queued_messages {
+        let size = message_size(&publish);
+        let (len, bytes) = inner.queue_size();
+        let over_bytes =
+            limits.max_queued_bytes > 0 && bytes + u64::from(size) > limits.max_queued_bytes;
+        if len >= limits.max_queued_messages as u64 || over_bytes {
             enqueued.dropped = true;
+            // Only a message in memory can make room: the oldest one in the store is read
+            // when its turn comes.
             match limits.queue_full {
-                QueueFullPolicy::DropOldest if limits.max_queued_messages > 0 => {
-                    inner.pending.pop_front();
+                QueueFullPolicy::DropOldest
+                    if limits.max_queued_messages > 0 && !inner.pending.is_empty() =>
+                {
+                    if let Some(dropped) = inner.pop_pending()
+                        && let (Some(stored), Some(persisting)) =
+                            (dropped.stored, persisting.as_deref())
+                    {
+                        persisting.store.write(vec![Change::DeleteEntry {
+                            client_id: self.client_id.clone(),
+                            seq: stored.seq,
+                        }]);
+                    }
                 }
                 _ => enqueued.queued = false,
             }
         }
         if enqueued.queued {
-            inner.pending.push_back(Queued { publish, since });
+            let mut stored = None;
+            if publish.qos != QoS::AtMostOnce
+                && let Some(persisting) = persisting
+                && inner.durable.is_some()
+            {
+                let message = persisting.message_id();
+                let pending_len = inner.pending.len();
+                let durable = inner.durable.as_deref_mut().expect("checked above");
+                let reference = StoredRef {
+                    seq: durable.next_seq,
+                    message,
+                    size,
+                };
+                durable.next_seq += 1;
+                let ticket = persisting.store.write(vec![Change::AddEntry {
+                    client_id: self.client_id.clone(),
+                    seq: reference.seq,
+                    entry: reference.entry(&publish, None),
+                }]);
+                durable.last_ticket = ticket;
+                persisting.ticket = persisting.ticket.max(ticket);
+                if !online || durable.tail_len > 0 || pending_len >= MEMORY_WINDOW {
+                    // In the store only; read back when the queue in memory drains.
+                    if durable.tail_len == 0 {
+                        durable.tail_from = reference.seq;
+                    }
+                    durable.tail_len += 1;
+                    durable.tail_bytes += u64::from(size);
+                } else {
+                    stored = Some(reference);
+                }
+                if stored.is_none() {
+                    enqueued.congested = self.congestion(&mut inner, limits);
+                    return enqueued;
+                }
+            }
+            inner.push_pending(Queued {
+                publish,
+                since,
+                stored,
+            });
         }
-        if inner.pending.len() < high_water(limits) {
-            inner.stalled = false;
-        }
-        // Also when the message was dropped: several publishers reaching a full queue at once
-        // must all be slowed, not only the ones that queued past the mark.
-        enqueued.congested = inner.pending.len() >= high_water(limits) && !inner.stalled;
+        enqueued.congested = self.congestion(&mut inner, limits);
         if enqueued.queued
             && let Some(attachment) = &inner.attachment
         {
@@ -319,10 +533,21 @@ impl Session {
         enqueued
     }
 
+    /// Whether publishers should wait for this queue, after a change to it. Also when the
+    /// message was dropped: several publishers reaching a full queue at once must all be
+    /// slowed, not only the ones that queued past the mark.
+    fn congestion(&self, inner: &mut SessionInner, limits: &Limits) -> bool {
+        let len = inner.queue_size().0 as usize;
+        if len < high_water(limits) {
+            inner.stalled = false;
+        }
+        len >= high_water(limits) && !inner.stalled
+    }
+
     /// Whether the queue is at or above its high-water mark.
     pub(crate) fn is_congested(&self, limits: &Limits) -> bool {
         let inner = self.lock();
-        inner.pending.len() >= high_water(limits) && !inner.stalled
+        inner.queue_size().0 as usize >= high_water(limits) && !inner.stalled
     }
 }
 
@@ -343,23 +568,21 @@ pub(crate) struct Enqueued {
 }
 
 impl Session {
-    /// The session as stored, from its saved engine state and its queue.
-    pub(crate) fn to_stored(&self) -> crate::store::StoredSession {
+    /// The session's record for the store, if it is a persistent one with a store.
+    pub(crate) fn record(&self) -> Option<SessionRecord> {
         let inner = self.lock();
-        crate::store::StoredSession {
+        let durable = inner.durable.as_deref()?;
+        Some(SessionRecord {
             client_id: self.client_id.to_string(),
+            expiry_interval: durable.expiry_interval,
+            disconnected_at: durable.disconnected_at,
             subscriptions: inner
                 .subscriptions
                 .iter()
                 .map(|(filter, data)| (filter.clone(), data.options(), data.identifier))
                 .collect(),
-            state: inner.saved.as_deref().cloned().unwrap_or_default(),
-            pending: inner
-                .pending
-                .iter()
-                .map(|queued| queued.publish.clone())
-                .collect(),
-        }
+            will: durable.will.clone(),
+        })
     }
 }
 

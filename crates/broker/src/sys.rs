@@ -44,7 +44,9 @@ fn publish(shared: &Shared, topic: &str, value: String) {
     message.qos = QoS::AtMostOnce;
     message.retain = true;
     shared.router.retain(&message);
-    shared.router.route(None, &message, &shared.config.limits);
+    shared
+        .router
+        .route(None, &message, &shared.config.limits, None);
 }
 
 pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration) {

@@ -588,6 +588,14 @@ impl ServerConnection {
                 || self.core.outbound.queue_has_room())
     }
 
+    /// Whether [`deliver`](Self::deliver) would send a message of `qos` at once: connected, and
+    /// for QoS 1 and 2 room in the window (not only in the queue behind it), so that it gets
+    /// its packet identifier now.
+    pub fn can_send(&self, qos: QoS) -> bool {
+        self.core.phase == Phase::Connected
+            && (qos == QoS::AtMostOnce || self.core.outbound.has_room())
+    }
+
     /// The packet identifier of a delivery in flight (`None` while it waits in the queue, and
     /// once its flow has completed). A driver that keeps deliveries durable records it: a
     /// resumed session must resend a message with its original identifier (MQTT-4.4.0-1).

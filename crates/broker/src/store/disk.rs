@@ -1,0 +1,589 @@
+//! The durable store: an embedded transactional database (redb) in a directory, written by one
+//! thread that commits every change that arrived while the previous commit was syncing in one
+//! transaction (group commit: one fsync for all of them).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::record::{
+    FORMAT_VERSION, decode_counts, decode_entry, decode_message, decode_session, encode_counts,
+    encode_entry, encode_message, encode_session, entry_key, inbound_key, message_references,
+    packet_id_of, seq_of, session_range, with_references,
+};
+use super::{
+    Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store, StoreError, Ticket,
+    message_expired, session_expired,
+};
+use crate::lock;
+
+const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queues");
+const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
+const INBOUND: TableDefinition<&[u8], ()> = TableDefinition::new("inbound");
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// Failed ticket ranges remembered for `durable`'s answer; older failures are long decided.
+const FAILURES_KEPT: usize = 1024;
+
+/// Changes kept for a retry after failed commits; past it the oldest are given up.
+const MAX_RETRY: usize = 1 << 20;
+
+/// How often a failing store retries when nothing new arrives.
+const RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A [`Store`] on disk, in a directory of its own: `store.redb` (redb: a copy-on-write B-tree
+/// database, crash-safe, durable on commit) and `lock`, held while the store is open so that
+/// no second broker opens the same directory.
+#[derive(Debug)]
+pub struct DiskStore {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    dir: PathBuf,
+    pending: Mutex<Pending>,
+    arrived: Condvar,
+    /// The highest ticket decided (committed or failed).
+    decided: watch::Sender<u64>,
+    /// Ticket ranges whose commit failed, newest last.
+    failures: Mutex<VecDeque<(u64, u64, StoreError)>>,
+    commits: AtomicU64,
+    changes: AtomicU64,
+    /// Held for the store's life: the lock on `lock`.
+    _lock: File,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    changes: Vec<Change>,
+    last_ticket: u64,
+    closing: bool,
+}
+
+/// Counters of a [`DiskStore`]'s work, for benches and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskStats {
+    /// Transactions committed (each one fsync).
+    pub commits: u64,
+    /// Changes committed.
+    pub changes: u64,
+}
+
+/// A storage error; a full disk is told apart, as MQTT 5 has a reason code for it (0x97).
+fn io(error: impl std::fmt::Display) -> StoreError {
+    let text = error.to_string();
+    // ENOSPC and EDQUOT, as the OS words them in every io::Error's text.
+    if text.contains("os error 28") || text.contains("os error 122") {
+        StoreError::Full(text)
+    } else {
+        StoreError::Io(text)
+    }
+}
+
+impl DiskStore {
+    /// Opens the store in `dir`, creating the directory and the store if needed. Fails if
+    /// another process holds the directory's lock, or if the store has a newer format.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
+        let lock_file = File::create(dir.join("lock")).map_err(io)?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let db = Database::create(dir.join("store.redb")).map_err(io)?;
+        let txn = db.begin_write().map_err(io)?;
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let found = meta.get("format").map_err(io)?.map(|v| v.value());
+            match found {
+                Some(found) if found > FORMAT_VERSION => {
+                    return Err(StoreError::NewerFormat {
+                        dir,
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("format", FORMAT_VERSION).map_err(io)?;
+                }
+            }
+            // Every table exists from here on, so readers can open them.
+            txn.open_table(SESSIONS).map_err(io)?;
+            txn.open_table(MESSAGES).map_err(io)?;
+            txn.open_table(QUEUES).map_err(io)?;
+            txn.open_table(COUNTS).map_err(io)?;
+            txn.open_table(INBOUND).map_err(io)?;
+            txn.open_table(RETAINED).map_err(io)?;
+        }
+        txn.commit().map_err(io)?;
+        let (decided, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            db,
+            dir,
+            pending: Mutex::default(),
+            arrived: Condvar::new(),
+            decided,
+            failures: Mutex::default(),
+            commits: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            _lock: lock_file,
+        });
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("rallymq-store".into())
+            .spawn(move || writer_shared.write_loop())
+            .map_err(io)?;
+        Ok(Self {
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// What the store has done so far.
+    pub fn stats(&self) -> DiskStats {
+        DiskStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            changes: self.shared.changes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for DiskStore {
+    /// Commits what is pending, then closes.
+    fn drop(&mut self) {
+        lock(&self.shared.pending).closing = true;
+        self.shared.arrived.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Shared {
+    /// The writer thread: takes everything that arrived, commits it in one transaction, tells
+    /// the waiters, and again, until the store closes and nothing is left.
+    fn write_loop(&self) {
+        let mut retry: Vec<Change> = Vec::new();
+        let mut failing = false;
+        loop {
+            let (mut changes, upto, closing) = {
+                let mut pending = lock(&self.pending);
+                while pending.changes.is_empty() && !pending.closing {
+                    if retry.is_empty() {
+                        pending = self
+                            .arrived
+                            .wait(pending)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    } else {
+                        let (guard, timeout) = self
+                            .arrived
+                            .wait_timeout(pending, RETRY_INTERVAL)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        pending = guard;
+                        if timeout.timed_out() {
+                            break;
+                        }
+                    }
+                }
+                (
+                    std::mem::take(&mut pending.changes),
+                    pending.last_ticket,
+                    pending.closing,
+                )
+            };
+            if changes.is_empty() && retry.is_empty() {
+                if closing {
+                    return;
+                }
+                continue;
+            }
+            let first = *self.decided.borrow() + 1;
+            if !retry.is_empty() {
+                retry.append(&mut changes);
+                changes = std::mem::take(&mut retry);
+            }
+            let count = changes.len() as u64;
+            match self.commit(&changes) {
+                Ok(()) => {
+                    if failing {
+                        info!(dir = %self.dir.display(), "store writes succeed again");
+                        failing = false;
+                    }
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    self.changes.fetch_add(count, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if !failing {
+                        // Once per episode: a full disk fails every commit until it is not.
+                        error!(dir = %self.dir.display(), error = %e, "store write failed; nothing is acknowledged until writes succeed again");
+                        failing = true;
+                    }
+                    if upto >= first {
+                        let mut failures = lock(&self.failures);
+                        failures.push_back((first, upto, e));
+                        while failures.len() > FAILURES_KEPT {
+                            failures.pop_front();
+                        }
+                    }
+                    retry = changes;
+                    if retry.len() > MAX_RETRY {
+                        let dropped = retry.len() - MAX_RETRY;
+                        warn!(dropped, "store: changes given up after failed commits");
+                        retry.drain(..dropped);
+                    }
+                    if !closing {
+                        std::thread::sleep(RETRY_INTERVAL);
+                    }
+                }
+            }
+            self.decided.send_if_modified(|decided| {
+                let changed = upto > *decided;
+                *decided = (*decided).max(upto);
+                changed
+            });
+            // Closing: a failing store gives up what it could not write (nothing of it was
+            // acknowledged); otherwise what arrived meanwhile is committed first.
+            if closing && (failing || lock(&self.pending).changes.is_empty()) {
+                return;
+            }
+        }
+    }
+
+    /// Applies `changes` in one transaction and commits it durably.
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(io)?;
+        apply(&txn, changes)?;
+        txn.commit().map_err(io)
+    }
+
+    fn failure_of(&self, ticket: u64) -> Option<StoreError> {
+        lock(&self.failures)
+            .iter()
+            .rev()
+            .find(|(first, last, _)| (*first..=*last).contains(&ticket))
+            .map(|(_, _, error)| error.clone())
+    }
+}
+
+/// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
+/// queues are summed over the whole group and written once each.
+fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
+    let mut sessions = txn.open_table(SESSIONS).map_err(io)?;
+    let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+    let mut queues = txn.open_table(QUEUES).map_err(io)?;
+    let mut counts = txn.open_table(COUNTS).map_err(io)?;
+    let mut inbound = txn.open_table(INBOUND).map_err(io)?;
+    let mut retained = txn.open_table(RETAINED).map_err(io)?;
+    let mut references: HashMap<MessageId, i64> = HashMap::new();
+    let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
+    for change in changes {
+        match change {
+            Change::PutSession(record) => {
+                sessions
+                    .insert(record.client_id.as_str(), encode_session(record).as_slice())
+                    .map_err(io)?;
+            }
+            Change::DeleteSession(client_id) => {
+                sessions.remove(&**client_id).map_err(io)?;
+                counts.remove(&**client_id).map_err(io)?;
+                sizes.remove(&**client_id);
+                let (start, end) = session_range(client_id);
+                let keys: Vec<Vec<u8>> = queues
+                    .range(start.as_slice()..end.as_slice())
+                    .map_err(io)?
+                    .map(|item| item.map(|(key, _)| key.value().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(io)?;
+                for key in keys {
+                    if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
+                        let entry = decode_entry(old.value())?;
+                        *references.entry(entry.message).or_default() -= 1;
+                    }
+                }
+                let ids: Vec<Vec<u8>> = inbound
+                    .range(start.as_slice()..end.as_slice())
+                    .map_err(io)?
+                    .map(|item| item.map(|(key, _)| key.value().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(io)?;
+                for key in ids {
+                    inbound.remove(key.as_slice()).map_err(io)?;
+                }
+            }
+            Change::PutMessage(id, message) => {
+                messages
+                    .insert(*id, encode_message(0, message).as_slice())
+                    .map_err(io)?;
+            }
+            Change::AddEntry {
+                client_id,
+                seq,
+                entry,
+            } => {
+                let key = entry_key(client_id, *seq);
+                let replaced = queues
+                    .insert(key.as_slice(), encode_entry(entry).as_slice())
+                    .map_err(io)?
+                    .map(|old| decode_entry(old.value()))
+                    .transpose()?;
+                *references.entry(entry.message).or_default() += 1;
+                let size = sizes.entry(client_id).or_default();
+                size.0 += 1;
+                size.1 += i64::from(entry.size);
+                if let Some(old) = replaced {
+                    *references.entry(old.message).or_default() -= 1;
+                    size.0 -= 1;
+                    size.1 -= i64::from(old.size);
+                }
+            }
+            Change::UpdateEntry {
+                client_id,
+                seq,
+                entry,
+            } => {
+                let key = entry_key(client_id, *seq);
+                // Only an entry still queued: an update racing its deletion must not revive it.
+                if queues.get(key.as_slice()).map_err(io)?.is_some() {
+                    queues
+                        .insert(key.as_slice(), encode_entry(entry).as_slice())
+                        .map_err(io)?;
+                }
+            }
+            Change::DeleteEntry { client_id, seq } => {
+                let key = entry_key(client_id, *seq);
+                if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
+                    let entry = decode_entry(old.value())?;
+                    *references.entry(entry.message).or_default() -= 1;
+                    let size = sizes.entry(client_id).or_default();
+                    size.0 -= 1;
+                    size.1 -= i64::from(entry.size);
+                }
+            }
+            Change::PutInbound {
+                client_id,
+                packet_id,
+            } => {
+                inbound
+                    .insert(inbound_key(client_id, *packet_id).as_slice(), ())
+                    .map_err(io)?;
+            }
+            Change::DeleteInbound {
+                client_id,
+                packet_id,
+            } => {
+                inbound
+                    .remove(inbound_key(client_id, *packet_id).as_slice())
+                    .map_err(io)?;
+            }
+            Change::PutRetained(message) => {
+                if let Some(topic) = &message.publish.topic {
+                    retained
+                        .insert(topic.as_str(), encode_message(0, message).as_slice())
+                        .map_err(io)?;
+                }
+            }
+            Change::DeleteRetained(topic) => {
+                retained.remove(topic.as_str()).map_err(io)?;
+            }
+        }
+    }
+    for (id, delta) in references {
+        if delta == 0 {
+            continue;
+        }
+        let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let count = i64::from(message_references(&value)?) + delta;
+        if count <= 0 {
+            messages.remove(id).map_err(io)?;
+        } else {
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            messages
+                .insert(id, with_references(&value, count).as_slice())
+                .map_err(io)?;
+        }
+    }
+    for (client_id, (len, bytes)) in sizes {
+        let (old_len, old_bytes) = match counts.get(client_id).map_err(io)? {
+            Some(value) => decode_counts(value.value())?,
+            None => (0, 0),
+        };
+        let len = old_len.saturating_add_signed(len);
+        let bytes = old_bytes.saturating_add_signed(bytes);
+        if len == 0 {
+            counts.remove(client_id).map_err(io)?;
+        } else {
+            counts
+                .insert(client_id, encode_counts(len, bytes).as_slice())
+                .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for DiskStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let now = SystemTime::now();
+        let txn = self.shared.db.begin_read().map_err(io)?;
+        let sessions = txn.open_table(SESSIONS).map_err(io)?;
+        let messages = txn.open_table(MESSAGES).map_err(io)?;
+        let queues = txn.open_table(QUEUES).map_err(io)?;
+        let counts = txn.open_table(COUNTS).map_err(io)?;
+        let inbound = txn.open_table(INBOUND).map_err(io)?;
+        let retained = txn.open_table(RETAINED).map_err(io)?;
+        let mut expired = Vec::new();
+        let mut loaded = Loaded::default();
+        for item in sessions.iter().map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let client_id = key.value();
+            let record = decode_session(client_id, value.value())?;
+            if session_expired(&record, now) {
+                expired.push(Change::DeleteSession(client_id.into()));
+                continue;
+            }
+            let (queue_len, queue_bytes) = match counts.get(client_id).map_err(io)? {
+                Some(value) => decode_counts(value.value())?,
+                None => (0, 0),
+            };
+            let (start, end) = session_range(client_id);
+            let next_seq = match queues
+                .range(start.as_slice()..end.as_slice())
+                .map_err(io)?
+                .next_back()
+            {
+                Some(item) => seq_of(item.map_err(io)?.0.value())? + 1,
+                None => 0,
+            };
+            let mut ids = Vec::new();
+            for item in inbound
+                .range(start.as_slice()..end.as_slice())
+                .map_err(io)?
+            {
+                ids.push(packet_id_of(item.map_err(io)?.0.value())?);
+            }
+            loaded.sessions.push(LoadedSession {
+                record,
+                inbound: ids,
+                queue_len,
+                queue_bytes,
+                next_seq,
+            });
+        }
+        for item in retained.iter().map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let message = decode_message(value.value())?;
+            if message_expired(&message, now) {
+                if let Some(topic) = &message.publish.topic {
+                    expired.push(Change::DeleteRetained(topic.clone()));
+                }
+                continue;
+            }
+            debug_assert_eq!(message.publish.topic.as_deref(), Some(key.value()));
+            loaded.retained.push(message);
+        }
+        loaded.next_message_id = match messages.last().map_err(io)? {
+            Some((key, _)) => key.value() + 1,
+            None => 0,
+        };
+        if !expired.is_empty() {
+            // Decided before any change the broker makes once started.
+            self.write(expired);
+        }
+        Ok(loaded)
+    }
+
+    fn read_queue(
+        &self,
+        client_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LoadedEntry>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(io)?;
+        let queues = txn.open_table(QUEUES).map_err(io)?;
+        let messages = txn.open_table(MESSAGES).map_err(io)?;
+        let start = entry_key(client_id, from_seq);
+        let (_, end) = session_range(client_id);
+        let mut cache: HashMap<MessageId, Arc<super::StoredMessage>> = HashMap::new();
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
+            if entries.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(io)?;
+            let entry = decode_entry(value.value())?;
+            let message = match cache.get(&entry.message) {
+                Some(message) => message.clone(),
+                None => {
+                    let Some(value) = messages.get(entry.message).map_err(io)? else {
+                        return Err(StoreError::Corrupt(format!(
+                            "queue entry of {client_id} refers to message {} that is gone",
+                            entry.message
+                        )));
+                    };
+                    let message = Arc::new(decode_message(value.value())?);
+                    cache.insert(entry.message, message.clone());
+                    message
+                }
+            };
+            entries.push(LoadedEntry {
+                seq: seq_of(key.value())?,
+                entry,
+                message,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn write(&self, changes: Vec<Change>) -> Ticket {
+        let ticket = {
+            let mut pending = lock(&self.shared.pending);
+            pending.changes.extend(changes);
+            pending.last_ticket += 1;
+            pending.last_ticket
+        };
+        self.shared.arrived.notify_one();
+        Ticket(ticket)
+    }
+
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>> {
+        let shared = self.shared.clone();
+        let mut decided = self.shared.decided.subscribe();
+        Box::pin(async move {
+            if decided
+                .wait_for(|decided| *decided >= ticket.0)
+                .await
+                .is_err()
+            {
+                return Err(StoreError::Closed);
+            }
+            match shared.failure_of(ticket.0) {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! The one narrow interface between the broker and durable storage.
+//!
+//! The broker describes every change to what must survive a crash as a [`Change`]: a message
+//! routed to persistent sessions (stored once, however many sessions it was routed to), each
+//! session's queue entries and their stage, inbound QoS 2 identifiers awaiting PUBREL, session
+//! records (subscriptions, expiry, will) and retained messages. It hands groups of changes to
+//! [`Store::write`], which returns a [`Ticket`] at once, and awaits [`Store::durable`] for that
+//! ticket before it acknowledges anything that depends on them. A store commits everything
+//! that arrived meanwhile in one transaction (group commit), so that one fsync serves many
+//! connections.
+//!
+//! At start the broker reads what is stored with [`Store::load`] (session records, queue sizes,
+//! retained messages), and reads a session's queue entries in pages with
+//! [`Store::read_queue`] when the session's client comes back: queues of offline sessions
+//! stay on disk.
+//!
+//! Implementations: [`DiskStore`] (an embedded transactional database in a directory, the
+//! `rallymq broker` default), [`MemoryStore`] (the same model in memory: survives a broker
+//! restart within one process, for tests and embedders). A store on a distributed engine fits
+//! behind the same trait.
+
+mod disk;
+mod memory;
+mod record;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use rallymq_codec::{
+    PacketId, Publish, QoS, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
+};
+use rallymq_session::OutgoingStage;
+
+pub use disk::{DiskStats, DiskStore};
+pub use memory::MemoryStore;
+
+/// Identifies a stored message; the broker allocates them in increasing order from
+/// [`Loaded::next_message_id`].
+pub type MessageId = u64;
+
+/// A message as stored: the PUBLISH (topic, payload, the publisher's QoS, retain flag, MQTT 5
+/// properties; no packet identifier, DUP or topic alias) and when the broker received it, as
+/// wall-clock time, so that Message Expiry counts across a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The message.
+    pub publish: Publish,
+    /// When the broker received it.
+    pub received_at: SystemTime,
+}
+
+/// One message in a session's queue: waiting, or in flight with its packet identifier and
+/// stage. Entries are numbered per session (the queue's order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The message.
+    pub message: MessageId,
+    /// The QoS it is delivered with (the subscription's, at most the publisher's).
+    pub qos: QoS,
+    /// The RETAIN flag it is delivered with.
+    pub retain: bool,
+    /// The subscription identifiers it is delivered with.
+    pub subscription_ids: Vec<SubscriptionId>,
+    /// Set once it is in flight: its packet identifier and stage (PUBLISH sent, or PUBREC
+    /// received and PUBREL sent).
+    pub in_flight: Option<(PacketId, OutgoingStage)>,
+    /// Its topic and payload bytes, for the queue's size limit.
+    pub size: u32,
+}
+
+/// A persistent session's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The client identifier.
+    pub client_id: String,
+    /// Seconds the session lives after its connection closes (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// When its last connection closed; `None` while one is open (after a crash: the session
+    /// closed when the broker stopped).
+    pub disconnected_at: Option<SystemTime>,
+    /// Its subscriptions: filter, options as granted, subscription identifier.
+    pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<SubscriptionId>)>,
+    /// The will of its connection, kept while it may still be published.
+    pub will: Option<StoredWill>,
+}
+
+/// A will as stored: the message it publishes, its delay, and when it is due once its
+/// connection has closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    /// The message (topic, payload, QoS, retain, properties).
+    pub publish: Publish,
+    /// The Will Delay Interval, in seconds.
+    pub delay: u32,
+    /// When it is due; `None` while its connection is open.
+    pub due_at: Option<SystemTime>,
+}
+
+/// A change to what is stored. A group of them is applied in order and atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Stores or replaces a session's record.
+    PutSession(Box<SessionRecord>),
+    /// Removes a session: its record, queue and inbound identifiers.
+    DeleteSession(Arc<str>),
+    /// Stores a message routed to persistent sessions, before the entries that refer to it.
+    /// The store removes it once no entry refers to it.
+    PutMessage(MessageId, Arc<StoredMessage>),
+    /// Adds an entry to a session's queue.
+    AddEntry {
+        /// The session.
+        client_id: Arc<str>,
+        /// Its place in the queue.
+        seq: u64,
+        /// The entry.
+        entry: QueueEntry,
+    },
+    /// Replaces an entry that is in the queue (it went in flight, or moved on a stage).
+    UpdateEntry {
+        /// The session.
+        client_id: Arc<str>,
+        /// Its place in the queue.
+        seq: u64,
+        /// The entry.
+        entry: QueueEntry,
+    },
+    /// Removes an entry (delivered and acknowledged, expired or dropped).
+    DeleteEntry {
+        /// The session.
+        client_id: Arc<str>,
+        /// Its place in the queue.
+        seq: u64,
+    },
+    /// Records an inbound QoS 2 message's packet identifier until its PUBREL.
+    PutInbound {
+        /// The session.
+        client_id: Arc<str>,
+        /// The identifier.
+        packet_id: PacketId,
+    },
+    /// Forgets an inbound QoS 2 identifier (PUBREL came).
+    DeleteInbound {
+        /// The session.
+        client_id: Arc<str>,
+        /// The identifier.
+        packet_id: PacketId,
+    },
+    /// Stores or replaces the retained message of its topic.
+    PutRetained(Arc<StoredMessage>),
+    /// Removes the retained message of a topic.
+    DeleteRetained(TopicName),
+}
+
+/// A session as loaded at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSession {
+    /// Its record.
+    pub record: SessionRecord,
+    /// Inbound QoS 2 identifiers awaiting PUBREL.
+    pub inbound: Vec<PacketId>,
+    /// Entries in its queue.
+    pub queue_len: u64,
+    /// Their size (see [`QueueEntry::size`]).
+    pub queue_bytes: u64,
+    /// The number its next entry takes (one past its last).
+    pub next_seq: u64,
+}
+
+/// What a store holds, read at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Persistent sessions.
+    pub sessions: Vec<LoadedSession>,
+    /// Retained messages.
+    pub retained: Vec<StoredMessage>,
+    /// The first message identifier not in use.
+    pub next_message_id: MessageId,
+}
+
+/// A queue entry with its number and message, as [`Store::read_queue`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedEntry {
+    /// Its place in the queue.
+    pub seq: u64,
+    /// The entry.
+    pub entry: QueueEntry,
+    /// The message it delivers.
+    pub message: Arc<StoredMessage>,
+}
+
+/// Identifies a group of changes handed to [`Store::write`]; tickets increase, and the changes
+/// of a ticket are decided (committed or failed) after those of every earlier one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// What can go wrong with a store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing failed (I/O error, read-only file system...).
+    #[error("storage failed: {0}")]
+    Io(String),
+    /// The disk (or the user's quota) is full.
+    #[error("storage is full: {0}")]
+    Full(String),
+    /// What is stored cannot be read as this version stores it.
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
+    /// The store was written by a later version of rallymq.
+    #[error(
+        "the store in {dir} has format version {found}; this rallymq reads up to {supported}: \
+         upgrade rallymq, or start with another --data-dir"
+    )]
+    NewerFormat {
+        /// The directory.
+        dir: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The newest this version reads.
+        supported: u32,
+    },
+    /// Another process (another broker) has the store open.
+    #[error("the store in {0} is in use by another process (its lock file is held)")]
+    Locked(PathBuf),
+    /// The store is closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Durable storage for the broker (see the module docs).
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Everything stored, for a broker starting up; sessions whose expiry passed while the
+    /// broker was down, and retained messages whose Message Expiry passed, are left out (and
+    /// removed).
+    fn load(&self) -> Result<Loaded, StoreError>;
+
+    /// Up to `limit` entries of `client_id`'s queue, from entry `from_seq` on, in order, with
+    /// their messages. Sees every change whose ticket is durable.
+    fn read_queue(
+        &self,
+        client_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LoadedEntry>, StoreError>;
+
+    /// Hands a group of changes to the store, to be applied in order and atomically with
+    /// whatever else is committed with them; returns at once.
+    fn write(&self, changes: Vec<Change>) -> Ticket;
+
+    /// Resolves once the changes of `ticket`, and of every earlier ticket, are decided: `Ok`
+    /// if those of `ticket` are durable, or the error that kept them from being written.
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>>;
+}
+
+/// Whether an offline session's expiry has passed at `now` (a session still marked connected
+/// ended when the broker stopped, so its expiry counts from the load).
+pub(crate) fn session_expired(record: &SessionRecord, now: SystemTime) -> bool {
+    record.expiry_interval != u32::MAX
+        && record.disconnected_at.is_some_and(|at| {
+            at + std::time::Duration::from_secs(u64::from(record.expiry_interval)) <= now
+        })
+}
+
+/// Whether a message's Message Expiry Interval has passed at `now` (MQTT-3.3.2-5).
+pub(crate) fn message_expired(message: &StoredMessage, now: SystemTime) -> bool {
+    message
+        .publish
+        .properties
+        .message_expiry_interval
+        .is_some_and(|interval| {
+            message.received_at + std::time::Duration::from_secs(u64::from(interval)) <= now
+        })
+}

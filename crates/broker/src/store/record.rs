@@ -1,0 +1,447 @@
+//! How the durable store's records are laid out as bytes: keys that sort as the broker reads
+//! them (a session's queue in order), and values in a small versioned binary form. Messages
+//! are kept as MQTT 5 PUBLISH packets, encoded and decoded by `rallymq-codec`, so that every
+//! property survives without a second encoding of its own.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rallymq_codec::{
+    Limits, Packet, PacketId, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionId,
+    SubscriptionOptions, TopicFilter,
+};
+use rallymq_session::OutgoingStage;
+
+use super::{QueueEntry, SessionRecord, StoreError, StoredMessage, StoredWill};
+
+/// The layout version of every value below; a store written by a later layout is refused.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// The key of a queue entry, or the start of a session's range of them: the client id, a NUL
+/// (which no client id holds, MQTT-1.5.4-2), then the sequence number big-endian, so that a
+/// session's entries sort together and in order.
+pub(crate) fn entry_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(client_id.len() + 9);
+    key.extend_from_slice(client_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The key of an inbound QoS 2 identifier awaiting PUBREL.
+pub(crate) fn inbound_key(client_id: &str, packet_id: PacketId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(client_id.len() + 3);
+    key.extend_from_slice(client_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&packet_id.get().to_be_bytes());
+    key
+}
+
+/// The first key of a session's entries or identifiers, and the first key past them.
+pub(crate) fn session_range(client_id: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = Vec::with_capacity(client_id.len() + 1);
+    start.extend_from_slice(client_id.as_bytes());
+    start.push(0);
+    let mut end = start.clone();
+    // The NUL becomes 1: every key of this client sorts before it, and no other's in between.
+    if let Some(last) = end.last_mut() {
+        *last = 1;
+    }
+    (start, end)
+}
+
+/// The sequence number at the end of an entry key.
+pub(crate) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    let tail = key
+        .len()
+        .checked_sub(8)
+        .map(|at| &key[at..])
+        .ok_or_else(|| corrupt("queue key too short"))?;
+    Ok(u64::from_be_bytes(
+        tail.try_into().map_err(|_| corrupt("queue key"))?,
+    ))
+}
+
+/// The packet identifier at the end of an inbound key.
+pub(crate) fn packet_id_of(key: &[u8]) -> Result<PacketId, StoreError> {
+    let tail = key
+        .len()
+        .checked_sub(2)
+        .map(|at| &key[at..])
+        .ok_or_else(|| corrupt("inbound key too short"))?;
+    PacketId::new(u16::from_be_bytes([tail[0], tail[1]])).ok_or_else(|| corrupt("packet id 0"))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+pub(crate) fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+fn from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// A reader that fails with `Corrupt` instead of panicking on short input.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn need(&self, n: usize) -> Result<(), StoreError> {
+        if self.0.len() < n {
+            return Err(corrupt("record too short"));
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+
+    fn bytes(&mut self) -> Result<&[u8], StoreError> {
+        let len = self.u32()? as usize;
+        self.need(len)?;
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(head)
+    }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    // Records hold packets and strings below MQTT's 256 MB limit.
+    buf.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+    buf.put_slice(bytes);
+}
+
+/// A PUBLISH as stored: MQTT 5, QoS 0 (the QoS is kept apart), no packet identifier.
+fn put_publish(buf: &mut Vec<u8>, publish: &Publish) {
+    let mut stored = publish.clone();
+    buf.put_u8(publish.qos.bits());
+    stored.qos = QoS::AtMostOnce;
+    stored.packet_id = None;
+    stored.dup = false;
+    let mut bytes = BytesMut::new();
+    // A message the broker accepted encodes: it was decoded, or built through the codec.
+    if Packet::Publish(stored)
+        .encode(ProtocolVersion::V5, &mut bytes)
+        .is_err()
+    {
+        bytes.clear();
+    }
+    put_bytes(buf, &bytes);
+}
+
+fn read_publish(reader: &mut Reader<'_>) -> Result<Publish, StoreError> {
+    let qos = QoS::from_bits(reader.u8()?).map_err(|_| corrupt("QoS"))?;
+    let mut bytes = BytesMut::from(reader.bytes()?);
+    let limits = Limits {
+        max_packet_size: Limits::PROTOCOL_MAX_PACKET_SIZE,
+    };
+    match rallymq_codec::decode(&mut bytes, ProtocolVersion::V5, &limits) {
+        Ok(Some(Packet::Publish(mut publish))) => {
+            publish.qos = qos;
+            Ok(publish)
+        }
+        _ => Err(corrupt("stored PUBLISH")),
+    }
+}
+
+/// A stored message, with its reference count (queue entries pointing at it) in front.
+pub(crate) fn encode_message(references: u32, message: &StoredMessage) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(message.publish.payload.len() + 64);
+    buf.put_u32(references);
+    buf.put_u64(millis(message.received_at));
+    put_publish(&mut buf, &message.publish);
+    buf
+}
+
+/// The reference count of an encoded message.
+pub(crate) fn message_references(value: &[u8]) -> Result<u32, StoreError> {
+    Reader(value).u32()
+}
+
+/// The message with its reference count set to `references`.
+pub(crate) fn with_references(value: &[u8], references: u32) -> Vec<u8> {
+    let mut copy = value.to_vec();
+    if copy.len() >= 4 {
+        copy[..4].copy_from_slice(&references.to_be_bytes());
+    }
+    copy
+}
+
+pub(crate) fn decode_message(value: &[u8]) -> Result<StoredMessage, StoreError> {
+    let mut reader = Reader(value);
+    let _references = reader.u32()?;
+    let received_at = from_millis(reader.u64()?);
+    let publish = read_publish(&mut reader)?;
+    Ok(StoredMessage {
+        publish,
+        received_at,
+    })
+}
+
+pub(crate) fn encode_entry(entry: &QueueEntry) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(32);
+    buf.put_u64(entry.message);
+    buf.put_u8(entry.qos.bits());
+    let (packet_id, stage) = match entry.in_flight {
+        None => (0, 0),
+        Some((id, OutgoingStage::Published)) => (id.get(), 1),
+        Some((id, OutgoingStage::Released)) => (id.get(), 2),
+    };
+    buf.put_u8(u8::from(entry.retain) | (stage << 1));
+    buf.put_u16(packet_id);
+    buf.put_u32(entry.size);
+    buf.put_u8(u8::try_from(entry.subscription_ids.len()).unwrap_or(u8::MAX));
+    for id in entry.subscription_ids.iter().take(usize::from(u8::MAX)) {
+        buf.put_u32(id.get());
+    }
+    buf
+}
+
+pub(crate) fn decode_entry(value: &[u8]) -> Result<QueueEntry, StoreError> {
+    let mut reader = Reader(value);
+    let message = reader.u64()?;
+    let qos = QoS::from_bits(reader.u8()?).map_err(|_| corrupt("QoS"))?;
+    let flags = reader.u8()?;
+    let packet_id = reader.u16()?;
+    let size = reader.u32()?;
+    let in_flight = match (flags >> 1, PacketId::new(packet_id)) {
+        (0, _) => None,
+        (1, Some(id)) => Some((id, OutgoingStage::Published)),
+        (2, Some(id)) => Some((id, OutgoingStage::Released)),
+        _ => return Err(corrupt("entry stage")),
+    };
+    let count = reader.u8()?;
+    let mut subscription_ids = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        subscription_ids
+            .push(SubscriptionId::new(reader.u32()?).ok_or_else(|| corrupt("subscription id"))?);
+    }
+    Ok(QueueEntry {
+        message,
+        qos,
+        retain: flags & 1 != 0,
+        subscription_ids,
+        in_flight,
+        size,
+    })
+}
+
+/// A subscription's options in MQTT 5's byte layout (the SUBSCRIBE options byte).
+fn options_byte(options: &SubscriptionOptions) -> u8 {
+    options.qos.bits()
+        | (u8::from(options.no_local) << 2)
+        | (u8::from(options.retain_as_published) << 3)
+        | ((options.retain_handling as u8) << 4)
+}
+
+fn read_options(byte: u8) -> Result<SubscriptionOptions, StoreError> {
+    Ok(SubscriptionOptions {
+        qos: QoS::from_bits(byte & 0b11).map_err(|_| corrupt("QoS"))?,
+        no_local: byte & 0b100 != 0,
+        retain_as_published: byte & 0b1000 != 0,
+        retain_handling: match (byte >> 4) & 0b11 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendAtSubscribeIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return Err(corrupt("retain handling")),
+        },
+    })
+}
+
+pub(crate) fn encode_session(record: &SessionRecord) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    buf.put_u32(record.expiry_interval);
+    buf.put_u64(record.disconnected_at.map_or(0, millis));
+    buf.put_u32(u32::try_from(record.subscriptions.len()).unwrap_or(u32::MAX));
+    for (filter, options, identifier) in &record.subscriptions {
+        put_bytes(&mut buf, filter.as_str().as_bytes());
+        buf.put_u8(options_byte(options));
+        buf.put_u32(identifier.map_or(0, SubscriptionId::get));
+    }
+    match &record.will {
+        None => buf.put_u8(0),
+        Some(will) => {
+            buf.put_u8(1);
+            buf.put_u32(will.delay);
+            buf.put_u64(will.due_at.map_or(0, millis));
+            put_publish(&mut buf, &will.publish);
+        }
+    }
+    buf
+}
+
+pub(crate) fn decode_session(client_id: &str, value: &[u8]) -> Result<SessionRecord, StoreError> {
+    let mut reader = Reader(value);
+    let expiry_interval = reader.u32()?;
+    let disconnected_at = match reader.u64()? {
+        0 => None,
+        at => Some(from_millis(at)),
+    };
+    let count = reader.u32()?;
+    let mut subscriptions = Vec::with_capacity(count.min(1024) as usize);
+    for _ in 0..count {
+        let filter = TopicFilter::from_bytes(Bytes::copy_from_slice(reader.bytes()?))
+            .map_err(|_| corrupt("topic filter"))?;
+        let options = read_options(reader.u8()?)?;
+        let identifier = SubscriptionId::new(reader.u32()?);
+        subscriptions.push((filter, options, identifier));
+    }
+    let will = match reader.u8()? {
+        0 => None,
+        _ => {
+            let delay = reader.u32()?;
+            let due_at = match reader.u64()? {
+                0 => None,
+                at => Some(from_millis(at)),
+            };
+            let publish = read_publish(&mut reader)?;
+            Some(StoredWill {
+                publish,
+                delay,
+                due_at,
+            })
+        }
+    };
+    Ok(SessionRecord {
+        client_id: client_id.to_owned(),
+        expiry_interval,
+        disconnected_at,
+        subscriptions,
+        will,
+    })
+}
+
+/// A session's queue length and bytes, kept by the store as entries come and go.
+pub(crate) fn encode_counts(len: u64, bytes: u64) -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&len.to_be_bytes());
+    buf[8..].copy_from_slice(&bytes.to_be_bytes());
+    buf
+}
+
+pub(crate) fn decode_counts(value: &[u8]) -> Result<(u64, u64), StoreError> {
+    let mut reader = Reader(value);
+    Ok((reader.u64()?, reader.u64()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use rallymq_codec::TopicName;
+
+    use super::*;
+
+    fn message() -> StoredMessage {
+        let mut publish = Publish::new(TopicName::new("a/b").unwrap(), "payload");
+        publish.qos = QoS::ExactlyOnce;
+        publish.retain = true;
+        publish.properties.message_expiry_interval = Some(30);
+        publish.properties.content_type = Some("text/plain".try_into().unwrap());
+        StoredMessage {
+            publish,
+            received_at: from_millis(1_700_000_000_123),
+        }
+    }
+
+    #[test]
+    fn a_message_round_trips_with_its_references() {
+        let stored = message();
+        let value = encode_message(3, &stored);
+        assert_eq!(message_references(&value).unwrap(), 3);
+        assert_eq!(decode_message(&value).unwrap(), stored);
+        let fewer = with_references(&value, 2);
+        assert_eq!(message_references(&fewer).unwrap(), 2);
+        assert_eq!(decode_message(&fewer).unwrap(), stored);
+    }
+
+    #[test]
+    fn an_entry_round_trips_in_every_stage() {
+        for in_flight in [
+            None,
+            Some((PacketId::new(7).unwrap(), OutgoingStage::Published)),
+            Some((PacketId::new(65535).unwrap(), OutgoingStage::Released)),
+        ] {
+            let entry = QueueEntry {
+                message: 42,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                subscription_ids: vec![SubscriptionId::new(5).unwrap()],
+                in_flight,
+                size: 123,
+            };
+            assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);
+        }
+    }
+
+    #[test]
+    fn a_session_round_trips_with_subscriptions_and_will() {
+        let record = SessionRecord {
+            client_id: "c".into(),
+            expiry_interval: 600,
+            disconnected_at: Some(from_millis(1_700_000_000_000)),
+            subscriptions: vec![(
+                TopicFilter::new("x/#").unwrap(),
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::DoNotSend,
+                },
+                SubscriptionId::new(9),
+            )],
+            will: Some(StoredWill {
+                publish: message().publish,
+                delay: 5,
+                due_at: Some(from_millis(1_700_000_005_000)),
+            }),
+        };
+        assert_eq!(
+            decode_session("c", &encode_session(&record)).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn keys_sort_a_session_together_and_in_order() {
+        let (start, end) = session_range("ab");
+        let keys = [
+            entry_key("ab", 1),
+            entry_key("ab", 256),
+            entry_key("ab", u64::MAX),
+        ];
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(keys.iter().all(|key| *key >= start && *key < end));
+        // Another client whose id extends this one sorts outside the range.
+        assert!(entry_key("abc", 0) >= end);
+        assert_eq!(seq_of(&keys[1]).unwrap(), 256);
+    }
+
+    #[test]
+    fn truncated_records_are_corrupt_not_a_panic() {
+        let value = encode_message(1, &message());
+        for cut in 0..value.len() {
+            assert!(decode_message(&value[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
