@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Mutex;
 
-use rallymq_client::{Packet, PacketDirection, ProtocolVersion, ReasonCode};
+use rallymq_client::{Packet, PacketDirection, ProtocolVersion};
 
 /// The trace of one client.
 #[derive(Debug)]
@@ -66,7 +66,12 @@ impl Trace {
             Packet::Connect(_) => lines.push(format!("Client {id} {verb} CONNECT")),
             Packet::ConnAck(connack) => lines.push(format!(
                 "Client {id} {verb} CONNACK ({})",
-                self.connack_code(connack.reason_code)
+                // As it travelled: a reason code in MQTT 5, a return code before.
+                if self.version.is_v5() {
+                    connack.reason_code.as_u8()
+                } else {
+                    connack.return_code()
+                }
             )),
             Packet::Publish(publish) => {
                 let mut aliases = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,21 +170,6 @@ impl Trace {
         }
         lines
     }
-
-    /// CONNACK's code as it travelled: a reason code in MQTT 5, a return code (0 to 5) before.
-    fn connack_code(&self, code: ReasonCode) -> u8 {
-        if self.version.is_v5() {
-            return code.as_u8();
-        }
-        match code {
-            ReasonCode::Success => 0,
-            ReasonCode::UnsupportedProtocolVersion => 1,
-            ReasonCode::ClientIdentifierNotValid => 2,
-            ReasonCode::ServerUnavailable => 3,
-            ReasonCode::BadUserNameOrPassword => 4,
-            _ => 5,
-        }
-    }
 }
 
 /// The packet identifiers of the messages the client hands on, in order, for `%m` and `%j`:
@@ -272,6 +262,21 @@ mod tests {
             "Client d1 received PUBREC (Mid: 2)"
         );
         assert_eq!(line(Sent, &Packet::PingReq), "Client d1 sending PINGREQ");
+    }
+
+    #[test]
+    fn connack_shows_the_code_that_travelled() {
+        let packet = Packet::ConnAck(rallymq_codec::ConnAck {
+            session_present: false,
+            reason_code: rallymq_client::ReasonCode::NotAuthorized,
+            properties: Default::default(),
+        });
+        for (version, code) in [(ProtocolVersion::V3_1_1, 5), (ProtocolVersion::V5, 0x87)] {
+            assert_eq!(
+                Trace::new("c", version, false).lines(PacketDirection::Received, &packet),
+                [format!("Client c received CONNACK ({code})")]
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! tools printed are compared. A watcher built on `rallymq-client` observes the broker; every
 //! wait is bounded.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -11,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rallymq_client::{Client, ClientOptions, Message, Messages, ProtocolVersion, QoS};
 use rallymq_test_support::{Mosquitto, run_id};
+use support::{OurBroker, RALLYMQ};
 
-const RALLYMQ: &str = env!("CARGO_BIN_EXE_rallymq");
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The two implementations of each command.
@@ -90,51 +92,11 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Our broker as a child process on a free port.
-struct OurBroker {
-    child: Child,
-    port: u16,
-}
-
-impl OurBroker {
-    fn start() -> Self {
-        let mut child = Command::new(RALLYMQ)
-            .args(["broker", "--tcp", "127.0.0.1:0", "--sys-interval-secs", "0"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the broker starts");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let deadline = Instant::now() + WAIT;
-        let port = loop {
-            assert!(Instant::now() < deadline, "no listening line");
-            let line = lines.next().expect("the broker logs").expect("a line");
-            if let Some(port) = line
-                .split("listening: tcp://127.0.0.1:")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|port| port.parse().ok())
-            {
-                break port;
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, port }
-    }
-}
-
-impl Drop for OurBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Both brokers, named for messages.
 fn brokers() -> (OurBroker, Mosquitto, Vec<(&'static str, u16)>) {
     let ours = OurBroker::start();
     let mosquitto = Mosquitto::start();
-    let ports = vec![("rallymq", ours.port), ("mosquitto", mosquitto.tcp)];
+    let ports = vec![("rallymq", ours.tcp), ("mosquitto", mosquitto.tcp)];
     (ours, mosquitto, ports)
 }
 
