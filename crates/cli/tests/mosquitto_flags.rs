@@ -100,6 +100,14 @@ fn brokers() -> (OurBroker, Mosquitto, Vec<(&'static str, u16)>) {
     (ours, mosquitto, ports)
 }
 
+/// Runs `case` with rallymq's tool, then Mosquitto's, on `broker`; asserts that both gave
+/// the same result and returns it.
+fn same_from_both<T: PartialEq + std::fmt::Debug>(broker: &str, case: impl FnMut(Tool) -> T) -> T {
+    let [ours, theirs] = TOOLS.map(case);
+    assert_eq!(ours, theirs, "{broker}: rallymq, then mosquitto");
+    ours
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -169,8 +177,7 @@ fn will_flags_give_the_broker_the_same_will() {
     let (_ours, _mosquitto, brokers) = brokers();
     let rt = runtime();
     for (broker, port) in brokers {
-        let mut seen = Vec::new();
-        for tool in TOOLS {
+        let seen = same_from_both(broker, |tool| {
             let topic = format!("will/{}", run_id());
             let (watcher, mut wills) = rt.block_on(connect_watcher(port, ProtocolVersion::V5));
             rt.block_on(watcher.subscribe(&topic, QoS::ExactlyOnce))
@@ -211,21 +218,20 @@ fn will_flags_give_the_broker_the_same_will() {
             rt.block_on(later.subscribe(&topic, QoS::ExactlyOnce))
                 .unwrap();
             let stored = rt.block_on(next(&mut retained));
-            seen.push((
-                will.payload.clone(),
-                will.qos,
-                stored.payload.clone(),
-                stored.qos,
-                stored.retain,
-            ));
             for clear in [&topic, &ready] {
                 rt.block_on(watcher.publish(clear, "", QoS::AtMostOnce, true))
                     .unwrap();
             }
-        }
-        assert_eq!(seen[0], seen[1], "{broker}: rallymq, then mosquitto");
+            (
+                will.payload,
+                will.qos,
+                stored.payload,
+                stored.qos,
+                stored.retain,
+            )
+        });
         assert_eq!(
-            seen[0],
+            seen,
             (
                 "gone".into(),
                 QoS::AtLeastOnce,
@@ -329,8 +335,7 @@ fn unsubscribe_removes_a_subscription_of_a_persistent_session() {
     let rt = runtime();
     for (broker, port) in brokers {
         let port_s = port.to_string();
-        let mut seen = Vec::new();
-        for tool in TOOLS {
+        let seen = same_from_both(broker, |tool| {
             let id = format!("u-{}", run_id());
             let (a, b) = (format!("{id}/a"), format!("{id}/b"));
             let session = ["-p", &port_s, "-c", "-i", &id, "-q", "1", "-E"];
@@ -365,13 +370,9 @@ fn unsubscribe_removes_a_subscription_of_a_persistent_session() {
                 client.disconnect().await.unwrap();
                 first.topic.to_string()
             });
-            seen.push(first.trim_start_matches(&id).to_owned());
-        }
-        assert_eq!(
-            seen,
-            ["/b", "/b"],
-            "{broker}: only b is left, with both tools"
-        );
+            first.trim_start_matches(&id).to_owned()
+        });
+        assert_eq!(seen, "/b", "{broker}: only b is left, with both tools");
     }
 }
 
@@ -553,8 +554,7 @@ fn retained_only_prints_the_retained_and_exits_at_the_first_live_message() {
         let topic = format!("ro/{}", run_id());
         let (publisher, _) = rt.block_on(connect_watcher(port, ProtocolVersion::V3_1_1));
         rt.block_on(retain(&publisher, &[(&topic, b"stored", QoS::AtLeastOnce)]));
-        let mut outputs = Vec::new();
-        for tool in TOOLS {
+        let output = same_from_both(broker, |tool| {
             let mut sub = tool
                 .command(
                     "sub",
@@ -566,10 +566,9 @@ fn retained_only_prints_the_retained_and_exits_at_the_first_live_message() {
             rt.block_on(publisher.publish(&topic, "live", QoS::AtLeastOnce, false))
                 .unwrap();
             let out = finish(sub, &format!("{tool:?} sub --retained-only"));
-            outputs.push((lines, text(&out.stdout), out.status.code()));
-        }
-        assert_eq!(outputs[0], outputs[1], "{broker}");
-        assert_eq!(outputs[0].0, [format!("{topic} stored")], "{broker}");
+            (lines, text(&out.stdout), out.status.code())
+        });
+        assert_eq!(output.0, [format!("{topic} stored")], "{broker}");
         rt.block_on(publisher.publish(&topic, "", QoS::AtMostOnce, true))
             .unwrap();
     }
@@ -630,8 +629,7 @@ fn repeat_publishes_the_same_message_with_the_delay_between() {
     let rt = runtime();
     for (broker, port) in brokers {
         let port_s = port.to_string();
-        let mut seen = Vec::new();
-        for tool in TOOLS {
+        let seen = same_from_both(broker, |tool| {
             let topic = format!("rep/{}", run_id());
             let (watcher, mut messages) = rt.block_on(connect_watcher(port, ProtocolVersion::V5));
             rt.block_on(watcher.subscribe(&topic, QoS::AtLeastOnce))
@@ -660,13 +658,11 @@ fn repeat_publishes_the_same_message_with_the_delay_between() {
                 elapsed >= Duration::from_millis(400),
                 "{tool:?}: two delays"
             );
-            let got: Vec<_> = (0..3)
+            (0..3)
                 .map(|_| rt.block_on(next(&mut messages)).payload)
-                .collect();
-            seen.push(got);
-        }
-        assert_eq!(seen[0], seen[1], "{broker}");
-        assert_eq!(seen[0], ["again", "again", "again"].map(bytes::Bytes::from));
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(seen, ["again", "again", "again"].map(bytes::Bytes::from));
     }
     for tool in TOOLS {
         let out = tool.run("pub", &["-p", "1", "-t", "x", "-m", "y", "--repeat", "0"]);
