@@ -133,7 +133,8 @@ async fn next(messages: &mut Messages) -> Message {
         .expect("the watcher is connected")
 }
 
-/// Reads `child`'s stdout until a line containing `marker`, at most `WAIT`; returns the lines.
+/// Reads `child`'s stdout until a line containing `marker`, at most `WAIT` (else kills it and
+/// fails); returns the lines.
 fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
     let stdout = child.stdout.take().expect("piped");
     let (sender, receiver) = mpsc::channel();
@@ -149,9 +150,12 @@ fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = receiver
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {marker:?} in time; got {lines:?}"));
+        let Ok(line) = receiver.recv_timeout(left) else {
+            // Not left running after the test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no {marker:?} in time; got {lines:?}");
+        };
         let found = line.contains(marker);
         lines.push(line);
         if found {
