@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod output;
 mod pubsub;
+mod trace;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

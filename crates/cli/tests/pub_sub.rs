@@ -1,42 +1,16 @@
 //! `rallymq pub` and `rallymq sub` against our broker and Mosquitto: output, flags shared with
 //! mosquitto_pub/mosquitto_sub, and exit codes. Every wait is bounded.
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rallymq_test_support::Mosquitto;
+use support::{OurBroker, RALLYMQ};
 
-const RALLYMQ: &str = env!("CARGO_BIN_EXE_rallymq");
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Our broker as a child process on free ports; returns it and its TCP and WS ports.
-fn our_broker() -> (Child, u16, u16) {
-    let mut child = Command::new(RALLYMQ)
-        .args(["broker", "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the broker starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let (mut tcp, mut ws) = (None, None);
-    let deadline = Instant::now() + WAIT;
-    while tcp.is_none() || ws.is_none() {
-        assert!(Instant::now() < deadline, "no listening lines");
-        let line = lines.next().expect("the broker logs").expect("a line");
-        let port = |prefix: &str| {
-            line.split(prefix)
-                .nth(1)
-                .and_then(|rest| rest.split(['/', ' ']).next())
-                .and_then(|p| p.parse().ok())
-        };
-        tcp = tcp.or_else(|| port("listening: tcp://127.0.0.1:"));
-        ws = ws.or_else(|| port("listening: ws://127.0.0.1:"));
-    }
-    // Keep draining stderr so the broker never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, tcp.unwrap(), ws.unwrap())
-}
 
 fn run(args: &[&str]) -> Output {
     let mut child = Command::new(RALLYMQ)
@@ -134,7 +108,8 @@ fn exchange(port: u16, version: &str, url: Option<String>) {
 
 #[test]
 fn pub_and_sub_with_every_version_against_our_broker_and_mosquitto() {
-    let (mut broker, tcp, ws) = our_broker();
+    let broker = OurBroker::start();
+    let (tcp, ws) = (broker.tcp, broker.ws);
     let mosquitto = Mosquitto::start();
     for version in ["31", "mqttv311", "5"] {
         exchange(tcp, version, None);
@@ -146,13 +121,12 @@ fn pub_and_sub_with_every_version_against_our_broker_and_mosquitto() {
         "311",
         Some(format!("ws://127.0.0.1:{}/mqtt", mosquitto.ws)),
     );
-    let _ = broker.kill();
-    let _ = broker.wait();
 }
 
 #[test]
 fn line_mode_file_and_user_properties() {
-    let (mut broker, tcp, _) = our_broker();
+    let broker = OurBroker::start();
+    let tcp = broker.tcp;
     let port = tcp.to_string();
     let sub = start_sub(&["sub", "-p", &port, "-V", "5", "-t", "lines", "-C", "4"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -208,13 +182,12 @@ fn line_mode_file_and_user_properties() {
         "first line\nsecond line\nfrom a file\nprops\n"
     );
     let _ = std::fs::remove_file(file);
-    let _ = broker.kill();
-    let _ = broker.wait();
 }
 
 #[test]
 fn mosquitto_sub_receives_rallymq_pub_and_the_reverse() {
-    let (mut broker, tcp, _) = our_broker();
+    let broker = OurBroker::start();
+    let tcp = broker.tcp;
     let port = tcp.to_string();
     let sub = Command::new("mosquitto_sub")
         .args(["-p", &port, "-t", "x/#", "-C", "1", "-v", "-V", "mqttv5"])
@@ -253,8 +226,6 @@ fn mosquitto_sub_receives_rallymq_pub_and_the_reverse() {
         String::from_utf8_lossy(&finish(sub).stdout),
         "from mosquitto_pub\n"
     );
-    let _ = broker.kill();
-    let _ = broker.wait();
 }
 
 #[test]
@@ -282,11 +253,10 @@ fn exit_codes_a_script_can_test() {
         assert_eq!(run(args).status.code(), Some(2), "{args:?}");
     }
     // -W: a subscriber with nothing to receive gives up with 27.
-    let (mut broker, tcp, _) = our_broker();
+    let broker = OurBroker::start();
+    let tcp = broker.tcp;
     let started = Instant::now();
     let out = run(&["sub", "-p", &tcp.to_string(), "-t", "silence", "-W", "1"]);
     assert_eq!(out.status.code(), Some(27));
     assert!(started.elapsed() < Duration::from_secs(5));
-    let _ = broker.kill();
-    let _ = broker.wait();
 }

@@ -252,6 +252,7 @@ impl Driver {
         config.max_in_flight = self.options.max_in_flight;
         config.max_queued = self.options.max_queued;
         config.response_timeout = self.options.connect_timeout;
+        config.record_packets = self.options.observer().is_some();
         let mut engine = ClientConnection::new(config, self.state.take(), self.now());
         if let Err(error) = engine.connect(self.now()) {
             return End::Lost(error.into());
@@ -261,8 +262,10 @@ impl Driver {
         let mut io_error: Option<std::io::Error> = None;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            self.observe(&mut engine);
             while let Some(event) = engine.poll_event() {
                 if let Some(end) = self.on_event(&mut engine, event, local, &mut io_error) {
+                    self.observe(&mut engine);
                     self.state = Some(engine.session_state());
                     // The engine's last bytes (the DISCONNECT of `disconnect()`, or one telling
                     // the broker of a protocol error) are still to be written: `Closed` comes
@@ -276,6 +279,8 @@ impl Driver {
                     return end;
                 }
             }
+            // Handling events may have sent packets (restored subscriptions, deferred commands).
+            self.observe(&mut engine);
             let mut write_failed = false;
             while let Some(bytes) = engine.poll_transmit(self.now()) {
                 if let Err(error) = io.write_all(&bytes).await {
@@ -331,6 +336,16 @@ impl Driver {
                     self.messages_gone = true;
                     self.stash.clear();
                 }
+            }
+        }
+    }
+
+    /// Hands the packets the engine encoded and decoded since the last call to the packet
+    /// observer, if there is one (the engine records none otherwise).
+    fn observe(&self, engine: &mut ClientConnection) {
+        if let Some(observer) = self.options.observer() {
+            while let Some((direction, packet)) = engine.poll_recorded_packet() {
+                observer(direction, &packet);
             }
         }
     }

@@ -11,6 +11,8 @@
 //!   [`Client::connection_events`] tells when the connection goes and comes back.
 //! - A clean end: [`Client::disconnect`], or dropping the last handle, sends DISCONNECT, so
 //!   the broker does not publish the will.
+//! - A packet trace on request: [`ClientOptions::packet_observer`] sees each packet sent and
+//!   received (what `mosquitto_sub -d` prints).
 //! - A pluggable [`SessionStore`] (in memory by default) so that a restarted process resumes.
 //! - The protocol types a user needs ([`QoS`], [`Message`], [`TopicName`], [`ReasonCode`]...)
 //!   are re-exported: this crate is the only dependency an application needs.
@@ -59,11 +61,11 @@ pub use url::{BrokerUrl, Scheme};
 
 // The protocol types a client's user touches, so that depending on this crate is enough.
 pub use rallymq_codec::{
-    ConnAck, Message, ProtocolVersion, PublishProperties, QoS, ReasonCode, RetainHandling,
+    ConnAck, Message, Packet, ProtocolVersion, PublishProperties, QoS, ReasonCode, RetainHandling,
     SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName, UserProperty,
     Will,
 };
-pub use rallymq_session::{CloseReason, SessionState};
+pub use rallymq_session::{CloseReason, PacketDirection, SessionState};
 
 /// Locks a mutex of this crate. A panic while holding one would be a bug, and the data stays
 /// usable either way, so a poisoned lock is taken as it is.

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rallymq_codec::{Connect, MqttString, ProtocolVersion, QoS, TopicName, Will};
+use rallymq_codec::{Connect, MqttString, Packet, ProtocolVersion, QoS, TopicName, Will};
+use rallymq_session::PacketDirection;
 
 use crate::url::BrokerUrl;
 use crate::{Error, MemorySessionStore, SessionStore};
@@ -88,6 +89,8 @@ pub struct ClientOptions {
     pub session_store: Arc<dyn SessionStore>,
     /// TLS for `mqtts://` and `wss://`.
     pub tls: TlsOptions,
+    /// Called with each packet sent and received: see [`ClientOptions::packet_observer`].
+    observer: Option<Observer>,
     /// The first invalid setting, reported by `validate` and `Client::connect`.
     error: Option<Error>,
 }
@@ -126,6 +129,7 @@ impl ClientOptions {
             message_buffer: 1024,
             session_store: Arc::new(MemorySessionStore::new()),
             tls: TlsOptions::default(),
+            observer: None,
             error: None,
         };
         match BrokerUrl::parse(url) {
@@ -270,6 +274,35 @@ impl ClientOptions {
         self
     }
 
+    /// Calls `observer` with each packet the client sends ([`PacketDirection::Sent`], just
+    /// before its bytes are written) and receives ([`PacketDirection::Received`]), in order,
+    /// on every connection: for packet traces such as `mosquitto_sub -d` prints. The packets
+    /// are those the session engine encoded and decoded, not decoded again. The observer runs
+    /// on the connection's task, so it must return quickly. Without one, nothing is copied.
+    ///
+    /// ```
+    /// use rallymq_client::{ClientOptions, Packet, PacketDirection};
+    ///
+    /// let options = ClientOptions::new("mqtt://127.0.0.1:1883").packet_observer(
+    ///     |direction: PacketDirection, packet: &Packet| {
+    ///         eprintln!("{direction:?} {:?}", packet.packet_type());
+    ///     },
+    /// );
+    /// assert!(options.validate().is_ok());
+    /// ```
+    pub fn packet_observer(
+        mut self,
+        observer: impl Fn(PacketDirection, &Packet) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Observer(Arc::new(observer)));
+        self
+    }
+
+    /// The packet observer, for the driver.
+    pub(crate) fn observer(&self) -> Option<&PacketObserver> {
+        self.observer.as_ref().map(|observer| &observer.0)
+    }
+
     /// Uses `store` for the session state.
     pub fn session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
         self.session_store = store;
@@ -283,6 +316,19 @@ impl ClientOptions {
         } else {
             !self.connect.clean_start
         }
+    }
+}
+
+/// What [`ClientOptions::packet_observer`] calls.
+pub(crate) type PacketObserver = Arc<dyn Fn(PacketDirection, &Packet) + Send + Sync>;
+
+/// A packet observer in the options, which stay `Debug`.
+#[derive(Clone)]
+struct Observer(PacketObserver);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PacketObserver")
     }
 }
 

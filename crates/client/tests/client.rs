@@ -390,3 +390,79 @@ async fn try_publish_reports_full_instead_of_waiting() {
         "window and queue were used first ({accepted})"
     );
 }
+
+#[tokio::test]
+async fn the_packet_observer_sees_every_packet_sent_and_received_in_order() {
+    use rallymq_client::{Packet, PacketDirection};
+    use rallymq_codec::PacketType;
+
+    let broker = broker().await;
+    let [url, _] = urls(&broker);
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let seen: Arc<std::sync::Mutex<Vec<(PacketDirection, Packet)>>> = Arc::default();
+        let log = seen.clone();
+        let options = ClientOptions::new(&url).version(version).packet_observer(
+            move |direction, packet: &Packet| {
+                log.lock().unwrap().push((direction, packet.clone()));
+            },
+        );
+        let (client, mut messages, _) = Client::connect(options).await.expect("connects");
+        client
+            .subscribe("observed/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        client
+            .publish("observed/1", "hello", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let message = next(&mut messages).await;
+        client.disconnect().await.unwrap();
+
+        let seen = seen.lock().unwrap().clone();
+        let types: Vec<(PacketDirection, PacketType)> =
+            seen.iter().map(|(d, p)| (*d, p.packet_type())).collect();
+        use PacketDirection::{Received, Sent};
+        assert_eq!(
+            types[..4],
+            [
+                (Sent, PacketType::Connect),
+                (Received, PacketType::ConnAck),
+                (Sent, PacketType::Subscribe),
+                (Received, PacketType::SubAck),
+            ],
+            "{version:?}: {types:?}"
+        );
+        assert_eq!(types[4], (Sent, PacketType::Publish), "{types:?}");
+        assert_eq!(types.last(), Some(&(Sent, PacketType::Disconnect)));
+        // Between the PUBLISH and the DISCONNECT, in whichever order the broker sent them:
+        // its PUBACK, its PUBLISH to our subscription, and our PUBACK right after that.
+        let middle = &types[5..types.len() - 1];
+        assert_eq!(middle.len(), 3, "{types:?}");
+        assert!(
+            middle.contains(&(Received, PacketType::PubAck)),
+            "{types:?}"
+        );
+        let delivery = middle
+            .iter()
+            .position(|t| *t == (Received, PacketType::Publish))
+            .expect("the broker's PUBLISH was seen");
+        assert_eq!(middle[delivery + 1], (Sent, PacketType::PubAck));
+        // The packets themselves, not just their types.
+        let Packet::Publish(sent) = &seen[4].1 else {
+            unreachable!()
+        };
+        assert_eq!(sent.payload, "hello");
+        let received = seen
+            .iter()
+            .find_map(|(d, p)| match p {
+                Packet::Publish(publish) if *d == Received => Some(publish),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(received.payload, message.payload);
+        assert_eq!(
+            received.topic.as_ref().map(|t| t.to_string()),
+            Some(message.topic.to_string())
+        );
+    }
+}

@@ -10,11 +10,12 @@ use rallymq_codec::{
     TopicFilter, Unsubscribe, UnsubscribeProperties,
 };
 
-use crate::core::{Core, Outcome, Phase, fit_reason_code};
+use crate::core::{Core, Outcome, PacketRecorder, Phase, fit_reason_code};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::{
-    AckHandle, ClientEvent, CloseReason, Error, PublishToken, RequestToken, SessionState, Timestamp,
+    AckHandle, ClientEvent, CloseReason, Error, PacketDirection, PublishToken, RequestToken,
+    SessionState, Timestamp,
 };
 
 /// How a client connection behaves.
@@ -36,6 +37,11 @@ pub struct ClientConfig {
     pub manual_acks: bool,
     /// How long to wait for CONNACK, and for PINGRESP after a PINGREQ.
     pub response_timeout: Duration,
+    /// Keep a copy of every packet encoded for sending and every packet decoded, in the order
+    /// the engine handled them, for [`ClientConnection::poll_recorded_packet`]: a packet trace
+    /// such as `mosquitto_sub -d` prints, without decoding the bytes a second time. Off by
+    /// default; off, nothing is copied.
+    pub record_packets: bool,
 }
 
 impl ClientConfig {
@@ -48,6 +54,7 @@ impl ClientConfig {
             max_queued: 1024,
             manual_acks: false,
             response_timeout: Duration::from_secs(30),
+            record_packets: false,
         }
     }
 }
@@ -56,7 +63,7 @@ impl ClientConfig {
 /// order in which to call its methods.
 pub struct ClientConnection {
     config: ClientConfig,
-    core: Core,
+    core: Core<PacketRecorder>,
     events: VecDeque<ClientEvent>,
     /// Keep alive in force: the client's, or the server's Server Keep Alive (MQTT-3.2.2-21).
     keep_alive: Duration,
@@ -91,7 +98,11 @@ impl ClientConnection {
                 max_packet_size: max.get(),
             });
         }
-        let core = Core::new(decoder, version, outbound, inbound, config.manual_acks, now);
+        let mut core: Core<PacketRecorder> =
+            Core::new(decoder, version, outbound, inbound, config.manual_acks, now);
+        if config.record_packets {
+            core.log.start();
+        }
         Self {
             keep_alive: Duration::from_secs(u64::from(config.connect.keep_alive)),
             config,
@@ -302,6 +313,13 @@ impl ClientConnection {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// The next packet recorded with [`ClientConfig::record_packets`]: each packet encoded
+    /// (`Sent`) or decoded (`Received`), oldest first; always `None` when recording is off.
+    /// Drain it with the other outputs, after every input.
+    pub fn poll_recorded_packet(&mut self) -> Option<(PacketDirection, Packet)> {
+        self.core.log.pop()
     }
 
     /// When `handle_timeout` must be called next, if ever.

@@ -2,6 +2,8 @@
 //! path (window, queue, aliases, size limit) and the inbound publish path (aliases, Receive
 //! Maximum, QoS 2 deduplication, acknowledgements).
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use rallymq_codec::{
     Ack, Auth, Decoder, Disconnect, MqttString, Packet, PacketId, PacketType, ProtocolVersion,
@@ -13,8 +15,8 @@ use crate::inbound::{Arrival, Inbound};
 use crate::lazy::LazyMap;
 use crate::outbound::{AckResult, Outbound};
 use crate::{
-    AckHandle, CloseReason, Error, InboundMessage, OutgoingMessage, PublishOutcome, PublishToken,
-    Timestamp,
+    AckHandle, CloseReason, Error, InboundMessage, OutgoingMessage, PacketDirection,
+    PublishOutcome, PublishToken, Timestamp,
 };
 
 /// Where a connection is in its life.
@@ -36,7 +38,7 @@ pub(crate) enum Outcome {
     Released(PublishToken),
 }
 
-pub(crate) struct Core {
+pub(crate) struct Core<L: PacketLog = ()> {
     pub(crate) version: ProtocolVersion,
     pub(crate) phase: Phase,
     /// Boxed: every connection carries the field, few get to use it.
@@ -62,9 +64,45 @@ pub(crate) struct Core {
     pub(crate) pending_requests: LazyMap<PacketId, bool>,
     /// Outbound QoS 0 messages dropped for size, and similar drops, for the driver's counters.
     pub(crate) dropped: u64,
+    /// Copies of the packets encoded and decoded: nothing at all on the server side.
+    pub(crate) log: L,
 }
 
-impl Core {
+/// Where a connection keeps copies of the packets it encodes and decodes. The server records
+/// nothing: its `()` log takes no room in the connection and copies nothing.
+pub(crate) trait PacketLog: Default {
+    fn record(&mut self, direction: PacketDirection, packet: &Packet);
+}
+
+impl PacketLog for () {
+    fn record(&mut self, _: PacketDirection, _: &Packet) {}
+}
+
+/// The client's log: `None` while recording is off, so that only a check is paid then.
+#[derive(Default)]
+pub(crate) struct PacketRecorder(Option<VecDeque<(PacketDirection, Packet)>>);
+
+impl PacketRecorder {
+    /// Starts keeping a copy of every packet from now on.
+    pub(crate) fn start(&mut self) {
+        self.0.get_or_insert_default();
+    }
+
+    /// The oldest packet recorded and not yet taken.
+    pub(crate) fn pop(&mut self) -> Option<(PacketDirection, Packet)> {
+        self.0.as_mut()?.pop_front()
+    }
+}
+
+impl PacketLog for PacketRecorder {
+    fn record(&mut self, direction: PacketDirection, packet: &Packet) {
+        if let Some(recorded) = &mut self.0 {
+            recorded.push_back((direction, packet.clone()));
+        }
+    }
+}
+
+impl<L: PacketLog> Core<L> {
     pub(crate) fn new(
         decoder: Decoder,
         version: ProtocolVersion,
@@ -91,6 +129,7 @@ impl Core {
             send_problem_information: true,
             pending_requests: LazyMap::default(),
             dropped: 0,
+            log: L::default(),
         }
     }
 
@@ -143,6 +182,9 @@ impl Core {
             return Ok(None);
         }
         let packet = self.decoder.decode(&mut self.received)?;
+        if let Some(packet) = &packet {
+            self.log.record(PacketDirection::Received, packet);
+        }
         if self.received.is_empty() && self.received.capacity() > 64 * 1024 {
             // Give a large buffer back once drained: idle connections stay small.
             self.received = BytesMut::new();
@@ -185,6 +227,7 @@ impl Core {
             _ => packet,
         };
         packet.encode(self.version, &mut self.transmit)?;
+        self.log.record(PacketDirection::Sent, &packet);
         Ok(())
     }
 

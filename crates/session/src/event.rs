@@ -53,6 +53,15 @@ impl CloseReason {
     }
 }
 
+/// Which way a recorded packet went (see [`ClientConfig::record_packets`](crate::ClientConfig::record_packets)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PacketDirection {
+    /// Encoded for sending: it is in the bytes `poll_transmit` gives (or has given).
+    Sent,
+    /// Decoded from the bytes given to `handle_bytes`.
+    Received,
+}
+
 /// An application message received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundMessage {

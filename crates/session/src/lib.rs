@@ -42,7 +42,9 @@
 //!   `accept`, `refuse`, `deliver`, `answer_subscribe`, `answer_unsubscribe`, `acknowledge`,
 //!   `send_auth`, `disconnect`);
 //! - **outputs**: `poll_transmit(now)` gives bytes to write, `poll_event()` what happened,
-//!   `poll_timeout()` when to call `handle_timeout` next;
+//!   `poll_timeout()` when to call `handle_timeout` next; a client whose config sets
+//!   `record_packets` also gives a copy of each packet it encoded or decoded through
+//!   `poll_recorded_packet()`, for packet traces;
 //! - **state**: `session_state()` takes out what must survive the connection.
 //!
 //! After **every** input, drain the outputs: call `poll_transmit` until it returns `None`
@@ -86,7 +88,8 @@ mod time;
 pub use client::{ClientConfig, ClientConnection};
 pub use error::Error;
 pub use event::{
-    AckHandle, ClientEvent, CloseReason, InboundMessage, PublishOutcome, RequestToken, ServerEvent,
+    AckHandle, ClientEvent, CloseReason, InboundMessage, PacketDirection, PublishOutcome,
+    RequestToken, ServerEvent,
 };
 pub use server::{Accept, ServerConfig, ServerConnection};
 pub use state::{OutgoingMessage, OutgoingStage, PublishToken, QueuedMessage, SessionState};

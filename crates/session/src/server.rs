@@ -156,7 +156,7 @@ impl ServerConnection {
         );
         let inbound = Inbound::new(Vec::new(), config.receive_maximum.max(1));
         // The version is a placeholder until CONNECT says which one the client speaks.
-        let core = Core::new(
+        let core: Core = Core::new(
             Decoder::new(limits),
             ProtocolVersion::V5,
             outbound,

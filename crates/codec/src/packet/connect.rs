@@ -286,6 +286,12 @@ fn connack_return_code(code: ReasonCode) -> u8 {
 }
 
 impl ConnAck {
+    /// The MQTT 3.1 and 3.1.1 return code (0 to 5) this CONNACK carries on the wire before
+    /// MQTT 5: its reason code's, or the closest one for a code 3.1.1 does not have.
+    pub fn return_code(&self) -> u8 {
+        connack_return_code(self.reason_code)
+    }
+
     pub(crate) fn read(reader: &mut Reader<'_>, version: ProtocolVersion) -> Result<Self, Error> {
         let flags = reader.u8()?;
         if flags & 0xFE != 0 {
