@@ -69,7 +69,7 @@ async function waitForExit(child, timeout) {
  * its `listening: tcp://...` and `listening: ws://.../mqtt` log lines.
  */
 export async function startBroker({ tcp = 0, ws = 0, sysInterval } = {}) {
-  const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, '--ws', `127.0.0.1:${ws}`];
+  const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, '--ws', `127.0.0.1:${ws}`, '--in-memory'];
   if (sysInterval !== undefined) args.push('--sys-interval-secs', String(sysInterval));
   const child = spawn(binary('rallymq'), args, {
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -28,7 +28,7 @@ export function brokerBinary() {
 
 /** Starts the broker (WebSockets on `port`, 0 for any); resolves once it logs its ws:// address. */
 export function startBroker(port = 0, timeout = 15000) {
-  const child = spawn(brokerBinary(), ['broker', '--tcp', '127.0.0.1:0', '--ws', `127.0.0.1:${port}`, '--sys-interval-secs', '0'], {
+  const child = spawn(brokerBinary(), ['broker', '--tcp', '127.0.0.1:0', '--ws', `127.0.0.1:${port}`, '--sys-interval-secs', '0', '--in-memory'], {
     cwd: root,
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, RUST_LOG: 'info' },

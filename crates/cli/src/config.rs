@@ -1,10 +1,10 @@
 //! The `--config` file: TOML whose keys mirror the `rallymq broker` flags, merged with them.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rallymq_broker::BrokerConfig;
+use rallymq_broker::{BrokerConfig, Storage};
 use serde::Deserialize;
 
 use crate::BrokerArgs;
@@ -30,6 +30,9 @@ pub(crate) struct FileConfig {
     #[serde(alias = "max_keep_alive")]
     pub(crate) max_keepalive: Option<u16>,
     pub(crate) max_session_expiry: Option<u32>,
+    pub(crate) max_queued_bytes: Option<u64>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) in_memory: Option<bool>,
 }
 
 impl FileConfig {
@@ -57,6 +60,9 @@ impl FileConfig {
         })
     }
 }
+
+/// Where `rallymq broker` keeps its data unless told otherwise: beside where it runs.
+pub(crate) const DEFAULT_DATA_DIR: &str = "rallymq-data";
 
 /// `file = flag` when the flag was given.
 fn set<T>(flag: Option<T>, file: &mut Option<T>) {
@@ -99,6 +105,15 @@ impl Settings {
         set(args.max_queued_messages, &mut s.max_queued_messages);
         set(args.max_keepalive, &mut s.max_keepalive);
         set(args.max_session_expiry, &mut s.max_session_expiry);
+        set(args.max_queued_bytes, &mut s.max_queued_bytes);
+        if args.data_dir.is_some() {
+            // A directory named on the command line wins over the file's `in_memory`.
+            s.data_dir = args.data_dir.clone();
+            s.in_memory = Some(false);
+        }
+        if args.in_memory {
+            s.in_memory = Some(true);
+        }
         Self(s)
     }
 
@@ -163,6 +178,17 @@ impl Settings {
         if let Some(secs) = s.max_session_expiry {
             limits.max_session_expiry = secs;
         }
+        if let Some(bytes) = s.max_queued_bytes {
+            limits.max_queued_bytes = bytes;
+        }
+        config.storage = if s.in_memory == Some(true) {
+            Storage::InMemory
+        } else {
+            Storage::Directory(
+                s.data_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            )
+        };
         Ok(config)
     }
 }

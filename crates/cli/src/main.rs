@@ -137,6 +137,20 @@ pub(crate) struct BrokerArgs {
     /// Largest session expiry granted, in seconds.
     #[arg(long, value_name = "SECS", help_heading = "Limits")]
     pub(crate) max_session_expiry: Option<u32>,
+
+    /// Most bytes (topics and payloads) queued for one session; 0: no limit (Mosquitto's
+    /// max_queued_bytes).
+    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
+    pub(crate) max_queued_bytes: Option<u64>,
+
+    /// Where persistent sessions, queued and retained messages are kept, so that every
+    /// acknowledged message survives a restart or a crash (default ./rallymq-data).
+    #[arg(long, value_name = "DIR", help_heading = "Storage")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// Keep nothing on disk: a restart loses sessions, queued and retained messages.
+    #[arg(long, conflicts_with = "data_dir", help_heading = "Storage")]
+    pub(crate) in_memory: bool,
 }
 
 fn main() -> ExitCode {
@@ -288,6 +302,21 @@ mod tests {
         assert_eq!(config.ws, defaults.ws);
         assert_eq!(config.ws_paths, defaults.ws_paths);
         assert_eq!(config.sys_interval, defaults.sys_interval);
+        assert_eq!(
+            config.storage,
+            rallymq_broker::Storage::Directory("rallymq-data".into())
+        );
+    }
+
+    #[test]
+    fn storage_flags_choose_the_directory_or_memory() {
+        let config = broker_config(&parse(&["rallymq", "broker", "--data-dir", "/var/x"])).unwrap();
+        assert_eq!(
+            config.storage,
+            rallymq_broker::Storage::Directory("/var/x".into())
+        );
+        let config = broker_config(&parse(&["rallymq", "broker", "--in-memory"])).unwrap();
+        assert_eq!(config.storage, rallymq_broker::Storage::InMemory);
     }
 
     #[test]

@@ -28,9 +28,14 @@ struct Running {
 }
 
 impl Running {
+    /// Runs `rallymq ARGS`; a broker keeps nothing on disk unless the test names a
+    /// `--data-dir` (tests run side by side, and the default directory is shared).
     fn start(args: &[&str]) -> Self {
+        let in_memory = (args.first() == Some(&"broker") && !args.contains(&"--data-dir"))
+            .then_some("--in-memory");
         let mut child = Command::new(BIN)
             .args(args)
+            .args(in_memory)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -23,7 +23,7 @@ impl OurBroker {
     pub fn start() -> Self {
         let mut child = Command::new(RALLYMQ)
             .args(["broker", "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
-            .args(["--sys-interval-secs", "0"])
+            .args(["--sys-interval-secs", "0", "--in-memory"])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
