@@ -465,12 +465,13 @@ impl Driver {
                 // The message is safe once routed (queued for every subscriber) and, with a
                 // store, once what routing wrote is durable (`settle`).
                 if let Some(ack) = message.ack {
-                    let code = if matched == 0
-                        && self.engine.version().is_some_and(ProtocolVersion::is_v5)
-                    {
-                        ReasonCode::NoMatchingSubscribers
-                    } else {
-                        ReasonCode::Success
+                    let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
+                    let code = match (matched, outcome.full) {
+                        // Every matching subscriber's queue was full: nobody got it (MQTT 5
+                        // lets PUBACK and PUBREC say so).
+                        (0, 1..) if v5 => ReasonCode::QuotaExceeded,
+                        (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
+                        _ => ReasonCode::Success,
                     };
                     if ack.qos() == QoS::ExactlyOnce
                         && let Some(client_id) = self.durable_client_id()

@@ -224,6 +224,7 @@ impl Router {
             let enqueued = session.enqueue(copy, now, limits, persisting.as_mut());
             outcome.queued += usize::from(enqueued.queued);
             outcome.dropped += usize::from(enqueued.dropped);
+            outcome.full += usize::from(enqueued.full);
             if enqueued.congested {
                 outcome.congested.push(session);
             }
@@ -257,6 +258,8 @@ pub(crate) struct RouteOutcome {
     pub(crate) queued: usize,
     /// Copies dropped (queue full, or QoS 0 for an offline session).
     pub(crate) dropped: usize,
+    /// Of those, copies dropped because a queue was at its limit.
+    pub(crate) full: usize,
     /// Sessions whose queue is past its high-water mark: the publisher should wait for them.
     pub(crate) congested: Vec<Arc<Session>>,
     /// The store's ticket for what routing wrote (the message and its queue entries): the

@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime};
 use rallymq_codec::{PacketId, ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_session::{OutgoingStage, PublishToken, SessionState};
 use tokio::sync::oneshot;
+use tracing::warn;
 
 use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
@@ -282,6 +283,9 @@ pub(crate) struct SessionInner {
     pub(crate) stalled: bool,
     /// Topic and payload bytes of the messages in `pending`.
     pub(crate) pending_bytes: u64,
+    /// The queue dropped a message at its limit and has not drained below its high-water mark
+    /// since (the drop was logged).
+    pub(crate) dropping: bool,
     /// Present for a persistent session when the broker has a store. Boxed: most sessions are
     /// not.
     pub(crate) durable: Option<Box<Durable>>,
@@ -447,12 +451,14 @@ impl Session {
             return Enqueued {
                 queued: false,
                 dropped: true,
+                full: false,
                 congested: false,
             };
         }
         let mut enqueued = Enqueued {
             queued: true,
             dropped: false,
+            full: false,
             congested: false,
         };
         let size = message_size(&publish);
@@ -461,6 +467,12 @@ impl Session {
             limits.max_queued_bytes > 0 && bytes + u64::from(size) > limits.max_queued_bytes;
         if len >= limits.max_queued_messages as u64 || over_bytes {
             enqueued.dropped = true;
+            enqueued.full = true;
+            if !inner.dropping {
+                // Once per episode: a stuck subscriber would otherwise log every message.
+                inner.dropping = true;
+                warn!(client_id = %self.client_id, messages = len, bytes, "queue full: messages are dropped until it drains");
+            }
             // Only a message in memory can make room: the oldest one in the store is read
             // when its turn comes.
             match limits.queue_full {
@@ -540,6 +552,7 @@ impl Session {
         let len = inner.queue_size().0 as usize;
         if len < high_water(limits) {
             inner.stalled = false;
+            inner.dropping = false;
         }
         len >= high_water(limits) && !inner.stalled
     }
@@ -563,6 +576,8 @@ pub(crate) struct Enqueued {
     pub(crate) queued: bool,
     /// A message was dropped: this one, or the oldest waiting one to make room for it.
     pub(crate) dropped: bool,
+    /// The drop was the queue's limit (not a QoS 0 message for an offline session).
+    pub(crate) full: bool,
     /// The queue is at its high-water mark (and its client is not stuck): slow the publisher.
     pub(crate) congested: bool,
 }

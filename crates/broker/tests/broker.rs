@@ -903,6 +903,54 @@ async fn drop_oldest_policy_keeps_the_freshest_messages() {
     broker.shutdown(SHORT).await;
 }
 
+/// A full queue drops, as Mosquitto's does; an MQTT 5 publisher whose message no subscriber
+/// could take is told 0x97 Quota exceeded (not success), and the queue's byte limit counts
+/// like its message limit.
+#[tokio::test]
+async fn a_full_queue_drops_and_tells_v5_publishers_0x97() {
+    for (messages, bytes) in [(2, 0), (1000, 2 * 13)] {
+        let broker = start_broker(|config| {
+            config.limits.max_queued_messages = messages;
+            config.limits.max_queued_bytes = bytes;
+        })
+        .await;
+        let addr = tcp_addr(&broker);
+        let connect = persistent_connect(V5, "full", 60);
+        let (mut subscriber, _) = TestClient::tcp(addr, connect.clone()).await;
+        subscriber
+            .subscribe(vec![subscription("quota", QoS::AtLeastOnce)])
+            .await;
+        subscriber.disconnect(ReasonCode::Success).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut publisher, _) = TestClient::tcp(addr, connect_packet(V5, "pub")).await;
+        let mut codes = Vec::new();
+        for i in 0..3 {
+            // 5 bytes of topic and 8 of payload: 13 bytes each.
+            codes.push(
+                publisher
+                    .publish(message("quota", &format!("payload{i}"), QoS::AtLeastOnce))
+                    .await,
+            );
+        }
+        assert_eq!(
+            codes,
+            [
+                ReasonCode::Success,
+                ReasonCode::Success,
+                ReasonCode::QuotaExceeded
+            ],
+            "limits {messages} messages, {bytes} bytes"
+        );
+        let (mut subscriber, _) = TestClient::tcp(addr, connect).await;
+        let mut got = Vec::new();
+        while let Some(message) = subscriber.recv_within(SHORT).await {
+            got.push(payload_str(&message));
+        }
+        assert_eq!(got, ["payload0", "payload1"]);
+        broker.shutdown(SHORT).await;
+    }
+}
+
 #[tokio::test]
 async fn mqtt_3_3_2_5_expired_messages_are_not_delivered() {
     let broker = start_broker(|_| {}).await;
