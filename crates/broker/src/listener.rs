@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::Compression;
@@ -14,7 +15,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rallymq_websocket::tokio::WebSocketStream;
 use rallymq_websocket::{
     Config as WsConfig, Connection as WsConnection, Rejection, UpgradeRequest,
@@ -25,6 +26,10 @@ use tracing::{debug, warn};
 
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
+
+/// How long the listener waits before accepting again when the process has no file descriptor
+/// left.
+const DESCRIPTOR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// WebSocket subprotocols accepted for MQTT, in order of preference.
 pub(crate) const MQTT_SUBPROTOCOLS: [&str; 6] = [
@@ -182,6 +187,8 @@ async fn next_connection(
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<(TcpStream, SocketAddr)> {
+    // One warning per episode: until a connection is accepted again.
+    let mut out_of_descriptors = false;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -190,6 +197,19 @@ async fn next_connection(
         match accepted {
             Ok((stream, peer)) if admit(shared, &stream) => return Some((stream, peer)),
             Ok(_) => {}
+            // EMFILE or ENFILE: the socket stays in the backlog and the next accept fails at
+            // once, so retrying at once would spin a core and serve no one. Back off until a
+            // descriptor is free.
+            Err(error) if matches!(error.raw_os_error(), Some(23 | 24)) => {
+                if !out_of_descriptors {
+                    warn!(%error, "out of file descriptors: accepting again every {DESCRIPTOR_BACKOFF:?}");
+                    out_of_descriptors = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(DESCRIPTOR_BACKOFF) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
             Err(error) => debug!(%error, "accept failed"),
         }
     }
@@ -216,7 +236,13 @@ pub(crate) async fn serve_websocket(listener: TcpListener, shared: Arc<Shared>) 
                 let shared = service_shared.clone();
                 async move { Ok::<_, Infallible>(handle_http(request, shared, peer)) }
             });
+            // A socket that sends no complete request in time (nothing, half a request line, a
+            // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
+            // connection that sends no CONNECT is: otherwise such sockets hold connection slots
+            // (and file descriptors) for ever.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.config.limits.connect_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);

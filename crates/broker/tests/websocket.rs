@@ -204,3 +204,53 @@ async fn http_serves_the_index_and_the_client_and_refuses_bad_upgrades() {
     );
     broker.shutdown(SHORT).await;
 }
+
+/// Sockets on the HTTP/WebSocket port that never complete a request (silent, half a request
+/// line, a handshake trickled a byte at a time) are closed after the CONNECT timeout, as MQTT
+/// connections that send no CONNECT are: they cannot hold connection slots for ever.
+#[tokio::test]
+async fn idle_and_trickling_http_sockets_are_closed_after_the_connect_timeout() {
+    let broker = start_broker(|config| {
+        config.limits.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = broker.local_addr(ListenerKind::WebSocket).unwrap();
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /mqtt HTTP/1.1\r\n").await.unwrap();
+    let mut trickle = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n";
+    let trickling = tokio::spawn(async move {
+        for byte in request {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                return trickle;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        trickle
+    });
+    let closed_within = |mut socket: TcpStream| async move {
+        let mut buf = [0u8; 256];
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    for (what, socket) in [("silent", silent), ("half a request line", half)] {
+        let closed = closed_within(socket).await;
+        assert!(
+            closed.is_some_and(|after| after < Duration::from_secs(3)),
+            "{what}: {closed:?}"
+        );
+    }
+    let trickle = trickling.await.unwrap();
+    assert!(
+        closed_within(trickle).await.is_some(),
+        "trickling: still open"
+    );
+    broker.shutdown(SHORT).await;
+}

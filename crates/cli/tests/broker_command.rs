@@ -31,9 +31,23 @@ impl Running {
     /// Runs `rallymq ARGS`; a broker keeps nothing on disk unless the test names a
     /// `--data-dir` (tests run side by side, and the default directory is shared).
     fn start(args: &[&str]) -> Self {
+        Self::start_under(&[], args)
+    }
+
+    /// As `start`, run by `wrapper` (a command and its arguments, which runs the rest, such
+    /// as `prlimit --nofile=N`).
+    fn start_under(wrapper: &[&str], args: &[&str]) -> Self {
         let in_memory = (args.first() == Some(&"broker") && !args.contains(&"--data-dir"))
             .then_some("--in-memory");
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(args)
             .args(in_memory)
             .env("RUST_LOG", "info")
@@ -385,4 +399,55 @@ fn runtime_errors_are_one_line_and_exit_with_code_1() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// CPU time (user and system) a process has used so far, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc is there");
+    // The fields after the command name, which may hold spaces, in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a stat line")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel's USER_HZ, 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// With its file descriptors used up, the broker backs off instead of spinning on failing
+/// accepts, and serves again once descriptors are free.
+#[test]
+fn out_of_file_descriptors_the_broker_backs_off_and_recovers() {
+    let mut broker = Running::start_under(
+        &["prlimit", "--nofile=48:48"],
+        &["broker", "--tcp", "127.0.0.1:0", "--sys-interval-secs", "0"],
+    );
+    let (tcp, _) = broker.listening(1, 0);
+    // More idle sockets than the broker has descriptors: the rest wait in the backlog, and
+    // every accept fails with EMFILE.
+    let idle: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(("127.0.0.1", tcp[0])).expect("the backlog takes it"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let pid = broker.child.id();
+    let before = cpu_time(pid);
+    thread::sleep(Duration::from_secs(2));
+    let used = cpu_time(pid) - before;
+    assert!(
+        used < Duration::from_millis(500),
+        "the broker used {used:?} of CPU in 2 s while out of descriptors:\n{}",
+        broker.log()
+    );
+    assert!(
+        broker.log().contains("out of file descriptors"),
+        "logged:\n{}",
+        broker.log()
+    );
+    drop(idle);
+    let mut client = connect(tcp[0], "after-emfile");
+    expect_connack(&mut client);
+    broker.signal("TERM");
+    assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
 }
