@@ -2,6 +2,7 @@
 //! for each subscriber. Topic rules all come from `rallymq-topic`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -66,7 +67,13 @@ pub(crate) struct Router {
     index: RwLock<SubscriptionIndex<SessionRef, SubscriptionData>>,
     /// Retained messages with when they were stored: Message Expiry counts from then.
     retained: RwLock<RetainedIndex<(Publish, Instant)>>,
+    /// The most subscriptions the index held since it last gave memory back (written under
+    /// the index's write lock).
+    peak: AtomicUsize,
 }
+
+/// Below this many subscriptions at its largest, the index is not worth shrinking.
+const SHRINK_FROM: usize = 4096;
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -121,21 +128,41 @@ impl Router {
         filter: &TopicFilter,
         data: SubscriptionData,
     ) -> bool {
-        write(&self.index)
+        let mut index = write(&self.index);
+        let existed = index
             .insert(SessionRef(session.clone()), filter, data)
-            .is_some()
+            .is_some();
+        self.peak.fetch_max(index.len(), Ordering::Relaxed);
+        existed
     }
 
     /// Removes a subscription; returns whether it existed.
     pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
-        write(&self.index)
-            .remove(&SessionRef(session.clone()), filter)
-            .is_some()
+        let mut index = write(&self.index);
+        let removed = index.remove(&SessionRef(session.clone()), filter).is_some();
+        self.shrink_if_shrunk(&mut index);
+        removed
     }
 
     /// Removes every subscription of a session.
     pub(crate) fn remove_session(&self, session: &Arc<Session>) {
-        write(&self.index).remove_subscriber(&SessionRef(session.clone()));
+        let mut index = write(&self.index);
+        index.remove_subscriber(&SessionRef(session.clone()));
+        self.shrink_if_shrunk(&mut index);
+    }
+
+    /// Gives the index's spare room back once it holds a quarter of what it held at its
+    /// largest since the last time: it keeps its capacity otherwise (the next subscriptions
+    /// cost no allocation), so 100,000 subscriptions come and gone would hold their memory for
+    /// ever. Shrinking costs time in proportion to what is left, so it is paid at most once
+    /// per halving twice over: amortized, nothing per subscription.
+    fn shrink_if_shrunk(&self, index: &mut SubscriptionIndex<SessionRef, SubscriptionData>) {
+        let len = index.len();
+        let peak = self.peak.fetch_max(len, Ordering::Relaxed).max(len);
+        if peak >= SHRINK_FROM && len * 4 <= peak {
+            index.shrink_to_fit();
+            self.peak.store(len, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn subscription_count(&self) -> usize {

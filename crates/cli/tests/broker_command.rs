@@ -451,3 +451,73 @@ fn out_of_file_descriptors_the_broker_backs_off_and_recovers() {
     broker.signal("TERM");
     assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
 }
+
+/// The broker's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc is there");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// Memory is given back after load: 100,000 subscriptions from one client, gone when it
+/// leaves, leave the broker within 20% of its resident memory before them (the subscription
+/// index gives its room back, and the allocator its pages).
+#[test]
+fn memory_returns_to_its_baseline_after_100000_subscriptions_come_and_go() {
+    use rallymq_client::{Client, ClientOptions, QoS, Subscription, TopicFilter};
+
+    let mut broker =
+        Running::start(&["broker", "--tcp", "127.0.0.1:0", "--sys-interval-secs", "0"]);
+    let (tcp, _) = broker.listening(1, 0);
+    let pid = broker.child.id();
+    let url = format!("mqtt://127.0.0.1:{}", tcp[0]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = |subscriptions: usize| {
+        let url = url.clone();
+        runtime.block_on(async move {
+            let (client, _messages, _) = Client::connect(ClientOptions::new(&url))
+                .await
+                .expect("connects");
+            let filters: Vec<usize> = (0..subscriptions).collect();
+            for chunk in filters.chunks(500) {
+                let batch = chunk
+                    .iter()
+                    .map(|n| {
+                        let filter = format!("fleet/{}/{}/temperature", n / 1000, n % 1000);
+                        Subscription::new(TopicFilter::new(filter).unwrap(), QoS::AtMostOnce)
+                    })
+                    .collect();
+                client
+                    .subscribe_many(batch, Default::default())
+                    .await
+                    .expect("subscribed");
+            }
+            client.disconnect().await.expect("disconnected");
+        })
+    };
+    // A first small client, so that the baseline includes what any connection leaves.
+    session(10);
+    thread::sleep(Duration::from_secs(1));
+    let baseline = rss_kib(pid);
+    session(100_000);
+    let peak = rss_kib(pid);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut now = peak;
+    while now * 5 > baseline * 6 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        now = rss_kib(pid);
+    }
+    assert!(
+        now * 5 <= baseline * 6,
+        "resident memory {baseline} KiB before, {peak} KiB with the subscriptions, {now} KiB \
+         45 s after they went"
+    );
+    broker.signal("TERM");
+    assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
+}

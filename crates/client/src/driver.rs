@@ -96,8 +96,9 @@ pub(crate) struct Driver {
     messages_gone: bool,
     status: Arc<Status>,
     state: Option<SessionState>,
-    /// Subscriptions made, restored on a connection where the broker kept no session.
-    subscriptions: Vec<(Subscription, SubscribeProperties)>,
+    /// Subscriptions made, by filter (a new one replaces the old), restored on a connection
+    /// where the broker kept no session.
+    subscriptions: HashMap<TopicFilter, (Subscription, SubscribeProperties)>,
     publish_replies: HashMap<PublishToken, Reply<Ack>>,
     subscribe_replies: HashMap<RequestToken, Reply<Vec<ReasonCode>>>,
     unsubscribe_replies: HashMap<RequestToken, Reply<Vec<ReasonCode>>>,
@@ -142,7 +143,7 @@ impl Driver {
             messages_gone: false,
             status,
             state,
-            subscriptions: Vec::new(),
+            subscriptions: HashMap::new(),
             publish_replies: HashMap::new(),
             subscribe_replies: HashMap::new(),
             unsubscribe_replies: HashMap::new(),
@@ -375,7 +376,7 @@ impl Driver {
                     }),
                 }
                 if !session_present {
-                    for (subscription, properties) in self.subscriptions.clone() {
+                    for (subscription, properties) in self.subscriptions.values().cloned() {
                         if let Ok(token) = engine.subscribe(vec![subscription], properties) {
                             self.restoring.insert(token);
                         }
@@ -491,10 +492,10 @@ impl Driver {
                     return;
                 }
                 for subscription in &subscriptions {
-                    self.subscriptions
-                        .retain(|(known, _)| known.filter != subscription.filter);
-                    self.subscriptions
-                        .push((subscription.clone(), properties.clone()));
+                    self.subscriptions.insert(
+                        subscription.filter.clone(),
+                        (subscription.clone(), properties.clone()),
+                    );
                 }
                 match engine.subscribe(subscriptions, properties) {
                     Ok(token) => {
@@ -518,8 +519,9 @@ impl Driver {
                     });
                     return;
                 }
-                self.subscriptions
-                    .retain(|(known, _)| !filters.contains(&known.filter));
+                for filter in &filters {
+                    self.subscriptions.remove(filter);
+                }
                 match engine.unsubscribe(filters, properties) {
                     Ok(token) => {
                         self.unsubscribe_replies.insert(token, reply);
