@@ -395,7 +395,8 @@ impl Driver {
                 Box::pin(self.wait_for_subscribers()).await;
             }
         }
-        if self.durability.is_some() {
+        if self.needs_stored_page() {
+            // Boxed: rare, and its state would sit in every connection's task.
             Box::pin(self.read_stored_queue()).await;
         }
         self.drain_pending();
@@ -899,15 +900,29 @@ impl Driver {
         Some(entries)
     }
 
+    /// Whether the session's queue in memory has drained while more of it waits in the store
+    /// and the client can take more.
+    fn needs_stored_page(&self) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        if self.durability.is_none() || !self.engine.can_send(QoS::AtLeastOnce) {
+            return false;
+        }
+        let inner = session.lock();
+        inner.pending.is_empty()
+            && inner
+                .durable
+                .as_deref()
+                .is_some_and(|durable| durable.tail_len > 0)
+    }
+
     /// Refills the session's queue in memory from the store when it has drained and the client
     /// can take more: an offline session's queue, and a long one, stay on disk.
     async fn read_stored_queue(&mut self) {
         let Some(session) = self.session.clone() else {
             return;
         };
-        if !self.engine.can_send(QoS::AtLeastOnce) || !session.lock().pending.is_empty() {
-            return;
-        }
         let Some(entries) = self.read_page(&session).await else {
             return;
         };
