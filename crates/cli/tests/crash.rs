@@ -1023,9 +1023,10 @@ fn read_paho_report(paho: &mut Paho, until: Instant) -> Run {
                 .unwrap_or_else(|| panic!("paho_crash.py: unknown subscriber in {line:?}"))
                 .received
                 .push(((*publisher).to_owned(), number(seq), number(qos) as u8)),
-            ["kept-pubrel", name, count] => run.notes.push(format!(
-                "paho {name}: {count} times a QoS 2 message was kept at PUBREL across a failed \
-                 reconnect attempt (paho 2.1.0 would have published it again: see PahoClient)"
+            ["worked-around", name, kept, held] => run.notes.push(format!(
+                "paho {name}: {kept} times a QoS 2 message kept at PUBREL across a failed \
+                 reconnect attempt, {held} messages published during a CONNECT held until \
+                 its CONNACK (paho 2.1.0 bugs: see PahoClient)"
             )),
             ["retained", topic, payload] => {
                 run.retained

@@ -18,7 +18,7 @@ the retained messages under crash/RUN/. Then it prints its report, one record a 
     subscriber NAME SESSION_PRESENT_FLAGS
     received SUBSCRIBER PUBLISHER SEQ QOS        (in the order received)
     retained TOPIC PAYLOAD
-    kept-pubrel PUBLISHER COUNT                  (QoS 2 publishers: see PahoClient)
+    worked-around PUBLISHER KEPT_PUBREL HELD_IN_HANDSHAKE   (see PahoClient)
     done
 
 (lists comma-separated, `-` when empty; the Session Present flags are those of each reconnect,
@@ -65,19 +65,27 @@ class Failure(Exception):
 
 
 class PahoClient(mqtt.Client):
-    """paho's client with one bug worked around, so that the test checks the broker.
+    """paho's client with two bugs worked around, so that the test checks the broker.
 
-    paho-mqtt 2.1.0 prepares a reconnect attempt by resetting its outgoing messages
-    (`_messages_reconnect_reset_out`): a QoS 2 message whose PUBREL was sent becomes "resend
-    PUBREL", but one already in that state becomes "resend PUBLISH", DUP 0. So when an attempt
-    fails (the broker is still down) before one succeeds, the message is published again after
-    its PUBREL (against MQTT-4.3.3: the sender MUST NOT re-send the PUBLISH once it has sent
-    the corresponding PUBREL), under an identifier the broker has released, and a subscriber
-    gets it twice. This puts such a message back in the state the reset maps to "resend PUBREL"
-    before paho's reset runs, and counts how often that mattered.
+    - paho-mqtt 2.1.0 prepares a reconnect attempt by resetting its outgoing messages
+      (`_messages_reconnect_reset_out`): a QoS 2 message whose PUBREL was sent becomes "resend
+      PUBREL", but one already in that state becomes "resend PUBLISH", DUP 0. So when an
+      attempt fails (the broker is still down) before one succeeds, the message is published
+      again after its PUBREL (against MQTT-4.3.3: the sender MUST NOT re-send the PUBLISH once
+      it has sent the corresponding PUBREL), under an identifier the broker has released, and
+      a subscriber gets it twice. This puts such a message back in the state the reset maps to
+      "resend PUBREL" before paho's reset runs.
+    - paho sends a message published while its CONNECT waits for CONNACK at once, and resends
+      the unacknowledged ones of the previous connection on CONNACK: the new message overtakes
+      them, and reaches subscribers out of order. This keeps it until CONNACK (as a message
+      published while disconnected is kept), and has the resends on CONNACK queued before any
+      publish from another thread.
+
+    Each counts how often it mattered, for the test's output.
     """
 
     kept_pubrel = 0
+    held_in_handshake = 0
 
     def _messages_reconnect_reset_out(self):
         with self._out_message_mutex:
@@ -86,6 +94,18 @@ class PahoClient(mqtt.Client):
                     message.state = mqtt.mqtt_ms_wait_for_pubcomp
                     self.kept_pubrel += 1
         super()._messages_reconnect_reset_out()
+
+    def _send_publish(self, *args, **kwargs):
+        if self._sock is not None and not self.is_connected():
+            # paho's publish() then keeps the message for the CONNACK, in order.
+            self.held_in_handshake += 1
+            return mqtt.MQTT_ERR_NO_CONN
+        return super()._send_publish(*args, **kwargs)
+
+    def _handle_connack(self):
+        # publish() takes this lock (an RLock, which paho takes again inside).
+        with self._out_message_mutex:
+            return super()._handle_connack()
 
 
 class Peer:
@@ -335,7 +355,8 @@ def main():
             lines.extend(f"received {s.name} {p} {seq} {qos}" for p, seq, qos in s.received)
     lines.extend(f"retained {topic} {payload}" for topic, payload in retained.items())
     lines.extend(
-        f"kept-pubrel {p.name} {p.client.kept_pubrel}" for p in publishers if p.qos == 2
+        f"worked-around {p.name} {p.client.kept_pubrel} {p.client.held_in_handshake}"
+        for p in publishers
     )
     lines.append("done")
     print("\n".join(lines), flush=True)
