@@ -20,7 +20,9 @@ use crate::session::{
     Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
 };
 use crate::stats::Stats;
-use crate::store::{Change, DiskStore, Store, StoreError, StoredMessage, StoredWill, Ticket};
+use crate::store::{
+    Change, DiskStore, Group, Store, StoreError, StoredMessage, StoredWill, Ticket,
+};
 use crate::{Error, listener, sys};
 
 /// State every connection task shares.
@@ -135,7 +137,25 @@ impl Shared {
     /// Publishes a message into the broker: updates the retained store if it is retained, and
     /// routes it. The outcome's ticket is what the publisher's acknowledgement waits for.
     pub(crate) fn publish(&self, sender: Option<&str>, publish: &Publish) -> RouteOutcome {
+        self.publish_with(sender, publish, None)
+    }
+
+    /// [`Shared::publish`], writing `also` (a QoS 2 publisher's packet identifier) in the same
+    /// group as what routing writes: after a crash the store has both or neither.
+    pub(crate) fn publish_with(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        also: Option<Change>,
+    ) -> RouteOutcome {
         Stats::add(&self.stats.messages_received, 1);
+        // A message routed to several persistent sessions is written in several changes.
+        let _group = match &self.store {
+            Some(store) if publish.qos != QoS::AtMostOnce || also.is_some() => {
+                Some(Group::open(store.as_ref()))
+            }
+            _ => None,
+        };
         let received_at = SystemTime::now();
         let mut retained = Ticket::default();
         if publish.retain {
@@ -163,7 +183,10 @@ impl Shared {
         let mut outcome = self
             .router
             .route(sender, publish, &self.config.limits, persisting);
-        outcome.ticket = outcome.ticket.max(retained);
+        outcome.ticket = outcome
+            .ticket
+            .max(retained)
+            .max(self.write(also.into_iter().collect()));
         Stats::add(&self.stats.messages_sent, outcome.queued as u64);
         Stats::add(&self.stats.messages_dropped, outcome.dropped as u64);
         outcome

@@ -455,10 +455,22 @@ impl Driver {
             ServerEvent::Message(message) => {
                 let publish = message.publish;
                 Stats::add(&self.shared.stats.publish_received, 1);
+                // A QoS 2 identifier is committed with the message, before PUBREC: a publisher
+                // resending after a crash is not delivered twice.
+                let inbound = match &message.ack {
+                    Some(ack) if ack.qos() == QoS::ExactlyOnce => {
+                        self.durable_client_id()
+                            .map(|client_id| Change::PutInbound {
+                                client_id,
+                                packet_id: ack.packet_id(),
+                            })
+                    }
+                    _ => None,
+                };
                 let sender = self.session.as_deref().map(|s| &*s.client_id);
-                let outcome = self.shared.publish(sender, &publish);
+                let outcome = self.shared.publish_with(sender, &publish, inbound);
                 let matched = outcome.queued;
-                let mut ticket = outcome.ticket;
+                let ticket = outcome.ticket;
                 if !outcome.congested.is_empty() {
                     let congested = self.congested.get_or_insert_default();
                     congested.extend(outcome.congested);
@@ -474,16 +486,6 @@ impl Driver {
                         (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
                         _ => ReasonCode::Success,
                     };
-                    if ack.qos() == QoS::ExactlyOnce
-                        && let Some(client_id) = self.durable_client_id()
-                    {
-                        // Committed with the message, before PUBREC: a publisher resending
-                        // after a crash is not delivered twice.
-                        ticket = ticket.max(self.shared.write(vec![Change::PutInbound {
-                            client_id,
-                            packet_id: ack.packet_id(),
-                        }]));
-                    }
                     match self.durability.as_deref_mut() {
                         Some(durability) => durability.acks.push((ack, code, ticket)),
                         None => self.engine.acknowledge(ack, code),

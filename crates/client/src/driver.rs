@@ -459,7 +459,9 @@ impl Driver {
         let connected = engine.is_connected();
         match command {
             Command::Publish { publish, reply } => {
-                if !connected && publish.qos == QoS::AtMostOnce {
+                // Behind publishes kept while reconnecting, which go when CONNACK comes: the
+                // engine would send this one first (MQTT-4.6.0-1's order).
+                if !connected && (publish.qos == QoS::AtMostOnce || self.deferred_publishes > 0) {
                     self.defer(Command::Publish { publish, reply });
                     return;
                 }

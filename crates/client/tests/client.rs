@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind, MemoryStore};
-use rallymq_client::{Backoff, Client, ClientOptions, Error};
+use rallymq_client::{Backoff, Client, ClientOptions, ConnectionEvent, Error};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_session::{Accept, ServerConfig, ServerConnection, ServerEvent, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -147,6 +147,103 @@ async fn publish_resolves_only_after_the_acknowledgement() {
     assert_eq!(ack.reason_code, ReasonCode::Success);
     drop(client);
     let _ = tokio::time::timeout(WAIT, peer).await;
+}
+
+/// Reads from `socket` into `server` until the CONNECT has come.
+async fn until_connect(socket: &mut tokio::net::TcpStream, server: &mut ServerConnection) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        while let Some(event) = server.poll_event() {
+            if let ServerEvent::ConnectReceived { .. } = event {
+                return;
+            }
+        }
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the client closed before its CONNECT");
+        server.handle_bytes(Timestamp::ZERO, &buf[..n]);
+    }
+}
+
+/// Messages published while the client reconnects go out in the order they were published:
+/// one published during the backoff (kept by the driver until the next CONNACK) before one
+/// published while the next CONNECT waits for its CONNACK (which went to the engine at once,
+/// and so out first). The broker's crash test (crates/cli/tests/crash.rs) found them swapped.
+#[tokio::test]
+async fn mqtt_4_6_0_1_messages_published_while_reconnecting_go_out_in_publish_order() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connecting, connect_received) = tokio::sync::oneshot::channel::<()>();
+    let (answer, answer_now) = tokio::sync::oneshot::channel::<()>();
+    let (lose, lose_now) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(async move {
+        // The first connection is accepted, then lost.
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut server = ServerConnection::new(ServerConfig::default(), Timestamp::ZERO);
+        until_connect(&mut socket, &mut server).await;
+        server.accept(Timestamp::ZERO, Accept::default()).unwrap();
+        while let Some(bytes) = server.poll_transmit(Timestamp::ZERO) {
+            socket.write_all(&bytes).await.unwrap();
+        }
+        lose_now.await.unwrap();
+        drop(socket);
+        // The second one's CONNACK waits until the test has published again.
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut server = ServerConnection::new(ServerConfig::default(), Timestamp::ZERO);
+        until_connect(&mut socket, &mut server).await;
+        connecting.send(()).unwrap();
+        answer_now.await.unwrap();
+        server.accept(Timestamp::ZERO, Accept::default()).unwrap();
+        let mut payloads = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while payloads.len() < 2 {
+            while let Some(bytes) = server.poll_transmit(Timestamp::ZERO) {
+                socket.write_all(&bytes).await.unwrap();
+            }
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before its PUBLISHes");
+            server.handle_bytes(Timestamp::ZERO, &buf[..n]);
+            while let Some(event) = server.poll_event() {
+                if let ServerEvent::Message(message) = event {
+                    payloads.push(String::from_utf8(message.publish.payload.to_vec()).unwrap());
+                }
+            }
+        }
+        // The PUBACKs, on a connection that stays open.
+        while let Some(bytes) = server.poll_transmit(Timestamp::ZERO) {
+            socket.write_all(&bytes).await.unwrap();
+        }
+        (payloads, socket)
+    });
+    let options = ClientOptions::new(&format!("mqtt://{addr}")).reconnect(Some(Backoff {
+        min: Duration::from_millis(300),
+        max: Duration::from_millis(300),
+    }));
+    let (client, _messages, _) = Client::connect(options).await.unwrap();
+    let mut events = client.connection_events();
+    lose.send(()).unwrap();
+    let lost = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
+    assert!(
+        matches!(lost, Some(ConnectionEvent::Disconnected(_))),
+        "{lost:?}"
+    );
+    let first = client
+        .try_publish("order", "first", QoS::AtLeastOnce, false)
+        .unwrap();
+    tokio::time::timeout(WAIT, connect_received)
+        .await
+        .expect("the client reconnects")
+        .unwrap();
+    let second = client
+        .try_publish("order", "second", QoS::AtLeastOnce, false)
+        .unwrap();
+    // The driver takes the command while it waits for CONNACK.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    answer.send(()).unwrap();
+    let (payloads, _open) = tokio::time::timeout(WAIT, peer).await.unwrap().unwrap();
+    assert_eq!(payloads, ["first", "second"]);
+    for ack in [first, second] {
+        assert!(tokio::time::timeout(WAIT, ack).await.unwrap().is_ok());
+    }
 }
 
 #[tokio::test]

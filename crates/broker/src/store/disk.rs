@@ -58,6 +58,9 @@ struct Shared {
     dir: PathBuf,
     pending: Mutex<Pending>,
     arrived: Condvar,
+    /// Signalled when the last open group closes, and when a commit has taken its changes
+    /// (groups held back meanwhile may open).
+    gate: Condvar,
     /// The highest ticket decided (committed or failed).
     decided: watch::Sender<u64>,
     /// Ticket ranges whose commit failed, newest last.
@@ -73,6 +76,11 @@ struct Pending {
     changes: Vec<Change>,
     last_ticket: u64,
     closing: bool,
+    /// Groups open (`Store::begin_group`): the writer takes no changes while there are any.
+    open_groups: usize,
+    /// The writer waits for the open groups to close: new ones wait for it, so that groups
+    /// that keep overlapping cannot hold commits back for ever.
+    draining: bool,
 }
 
 /// Counters of a [`DiskStore`]'s work, for benches and metrics.
@@ -140,6 +148,7 @@ impl DiskStore {
             dir,
             pending: Mutex::default(),
             arrived: Condvar::new(),
+            gate: Condvar::new(),
             decided,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
@@ -207,6 +216,18 @@ impl Shared {
                             break;
                         }
                     }
+                }
+                // A group being written goes into this commit whole, or into a later one.
+                if pending.open_groups > 0 {
+                    pending.draining = true;
+                    while pending.open_groups > 0 {
+                        pending = self
+                            .gate
+                            .wait(pending)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    }
+                    pending.draining = false;
+                    self.gate.notify_all();
                 }
                 (
                     std::mem::take(&mut pending.changes),
@@ -569,6 +590,27 @@ impl Store for DiskStore {
         Ticket(ticket)
     }
 
+    fn begin_group(&self) {
+        let mut pending = lock(&self.shared.pending);
+        while pending.draining {
+            pending = self
+                .shared
+                .gate
+                .wait(pending)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        pending.open_groups += 1;
+    }
+
+    fn end_group(&self) {
+        let mut pending = lock(&self.shared.pending);
+        pending.open_groups = pending.open_groups.saturating_sub(1);
+        if pending.open_groups == 0 && pending.draining {
+            drop(pending);
+            self.shared.gate.notify_all();
+        }
+    }
+
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>> {
         let shared = self.shared.clone();
         let mut decided = self.shared.decided.subscribe();
@@ -585,5 +627,91 @@ impl Store for DiskStore {
                 None => Ok(()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use rallymq_codec::{Publish, TopicName};
+
+    use super::DiskStore;
+    use crate::store::{Change, Store, StoredMessage};
+
+    fn retained(topic: &str) -> Change {
+        Change::PutRetained(Arc::new(StoredMessage {
+            publish: Publish::new(TopicName::new(topic).expect("a valid topic"), "x"),
+            received_at: SystemTime::now(),
+        }))
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rallymq-disk-{name}-{}",
+            rallymq_test_support::run_id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// The writes of one group are committed together: none while the group is open (a crash
+    /// then keeps none of them), all in one transaction once it closes.
+    #[tokio::test]
+    async fn a_group_of_writes_is_committed_whole() {
+        let dir = scratch("group");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        store.begin_group();
+        let first = store.write(vec![retained("a")]);
+        let early = tokio::time::timeout(Duration::from_millis(300), store.durable(first)).await;
+        assert!(
+            early.is_err(),
+            "committed while its group was open: {early:?}"
+        );
+        let second = store.write(vec![retained("b")]);
+        store.end_group();
+        tokio::time::timeout(Duration::from_secs(10), store.durable(second))
+            .await
+            .expect("committed once the group closed")
+            .expect("the commit succeeds");
+        let stats = store.stats();
+        assert_eq!((stats.commits, stats.changes), (1, 2));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Groups that keep overlapping on other threads do not hold commits back for ever: a
+    /// commit waits for the groups open when it starts, and new ones wait for it.
+    #[tokio::test]
+    async fn overlapping_groups_do_not_starve_commits() {
+        let dir = scratch("starve");
+        let store = Arc::new(DiskStore::open(&dir).expect("the store opens"));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|n| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        store.begin_group();
+                        store.write(vec![retained(&format!("w{n}"))]);
+                        // Each group stays open a while, and the two overlap.
+                        std::thread::sleep(Duration::from_millis(2));
+                        store.end_group();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..5 {
+            let ticket = store.write(vec![retained("outside")]);
+            let result = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
+            assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for writer in writers {
+            writer.join().expect("the writer thread ends");
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -252,6 +252,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Resolves once the changes of `ticket`, and of every earlier ticket, are decided: `Ok`
     /// if those of `ticket` are durable, or the error that kept them from being written.
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Opens a group: every change written from now until [`Store::end_group`] is committed
+    /// with the others, all or none. The broker routes one message in several writes (the
+    /// message, an entry per persistent session, the retained update, the publisher's QoS 2
+    /// identifier); a crash between two commits would keep the identifier of a message that
+    /// some sessions lost, or the reverse. Groups of several threads may overlap; a store may
+    /// hold this call back while it closes a commit, briefly. The broker never opens a group
+    /// inside another, nor awaits or holds a lock a group takes while calling this. The
+    /// default, for a store that applies each write at once: nothing to do.
+    fn begin_group(&self) {}
+
+    /// Closes a group [`Store::begin_group`] opened.
+    fn end_group(&self) {}
+}
+
+/// A group of writes (see [`Store::begin_group`]), closed when dropped.
+pub(crate) struct Group<'a>(&'a dyn Store);
+
+impl<'a> Group<'a> {
+    pub(crate) fn open(store: &'a dyn Store) -> Self {
+        store.begin_group();
+        Self(store)
+    }
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        self.0.end_group();
+    }
 }
 
 /// Whether an offline session's expiry has passed at `now` (a session still marked connected
