@@ -687,8 +687,11 @@ impl Driver {
                     .write(vec![Change::DeleteSession(session.client_id.clone())]);
             }
         }
-        // The record as this connection made it (expiry, will; subscriptions if resumed).
-        self.shared.save_record(&session);
+        // The record as this connection made it (expiry, will; subscriptions if resumed),
+        // durable before CONNACK: a client told its session is kept finds it after a crash
+        // (Session Present 1).
+        let ticket = self.shared.save_record(&session);
+        self.raise_barrier(ticket);
         if let Some(durability) = self.durability.as_deref_mut() {
             durability.deliveries = handed_over;
         }
