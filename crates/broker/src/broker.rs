@@ -12,9 +12,10 @@ use rallymq_session::SessionState;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{BrokerConfig, Storage};
+use crate::listener::ListenerContext;
 use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
 use crate::session::{
     Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
@@ -23,6 +24,7 @@ use crate::stats::Stats;
 use crate::store::{
     Change, DiskStore, Group, Store, StoreError, StoredMessage, StoredWill, Ticket,
 };
+use crate::tls::Tls;
 use crate::{Error, listener, sys};
 
 /// State every connection task shares.
@@ -302,6 +304,38 @@ impl Shared {
     }
 }
 
+/// How often the TLS files are checked for a change.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads the TLS files when they change on disk (a certificate renewal); a broken file is
+/// reported, once per change, and the configuration in force stays.
+async fn watch_tls_files(tls: Arc<Tls>, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(TLS_WATCH_INTERVAL);
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !tls.changed_on_disk() {
+            reported = false;
+            continue;
+        }
+        match tls.reload() {
+            Ok(()) => {
+                info!("TLS certificate changed on disk: reloaded");
+                reported = false;
+            }
+            Err(error) if !reported => {
+                warn!(%error, "TLS files changed but cannot be used; the previous ones stay");
+                reported = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Publishes the will of a session restored from the store when it is due, unless its client
 /// comes back first (a resuming client cancels it, a clean start publishes it at once).
 async fn restored_will(
@@ -352,6 +386,22 @@ pub enum ListenerKind {
     Tcp,
     /// HTTP and MQTT over WebSockets.
     WebSocket,
+    /// MQTT over TLS.
+    Tls,
+    /// HTTPS and MQTT over WebSockets over TLS.
+    WebSocketTls,
+}
+
+impl ListenerKind {
+    /// Whether it is served over TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::WebSocketTls)
+    }
+
+    /// Whether it serves HTTP and WebSockets.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::WebSocket | Self::WebSocketTls)
+    }
 }
 
 /// A bound listener.
@@ -368,6 +418,8 @@ impl std::fmt::Display for BoundListener {
         match self.kind {
             ListenerKind::Tcp => write!(f, "tcp://{}", self.addr),
             ListenerKind::WebSocket => write!(f, "ws://{}/mqtt", self.addr),
+            ListenerKind::Tls => write!(f, "mqtts://{}", self.addr),
+            ListenerKind::WebSocketTls => write!(f, "wss://{}/mqtt", self.addr),
         }
     }
 }
@@ -409,37 +461,51 @@ impl Broker {
         store: Option<Arc<dyn Store>>,
     ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let all = config.all_listeners();
+        let tls = match &config.tls_files {
+            Some(settings) => Some(Arc::new(Tls::load(settings.clone())?)),
+            None if all.iter().any(|listener| listener.kind.is_tls()) => {
+                return Err(Error::TlsNotConfigured);
+            }
+            None => None,
+        };
         // Bind every address before serving any, so a port in use fails the start as a whole.
         let mut bound = Vec::new();
-        for (kind, addrs) in [
-            (ListenerKind::Tcp, &config.tcp),
-            (ListenerKind::WebSocket, &config.ws),
-        ] {
-            for addr in addrs {
-                let bind_error = |source| Error::Bind {
-                    addr: *addr,
-                    source,
-                };
-                let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-                let addr = listener.local_addr().map_err(bind_error)?;
-                bound.push((BoundListener { kind, addr }, listener));
-            }
+        for listener in all {
+            let addr = listener.addr;
+            let bind_error = |source| Error::Bind { addr, source };
+            let socket = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let addr = socket.local_addr().map_err(bind_error)?;
+            bound.push((
+                BoundListener {
+                    kind: listener.kind,
+                    addr,
+                },
+                listener,
+                socket,
+            ));
         }
         let sys_interval = config.sys_interval;
         let shared = Arc::new(Shared::new(config, shutdown_rx, store));
         shared.restore()?;
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
-        for (bound, listener) in bound {
+        for (bound, listener, socket) in bound {
             info!("listening: {bound}");
             listeners.push(bound);
-            let serve = match bound.kind {
-                ListenerKind::Tcp => tokio::spawn(listener::serve_tcp(listener, shared.clone())),
-                ListenerKind::WebSocket => {
-                    tokio::spawn(listener::serve_websocket(listener, shared.clone()))
-                }
+            let context = Arc::new(ListenerContext {
+                listener,
+                tls: tls.clone(),
+            });
+            let serve = if bound.kind.is_websocket() {
+                tokio::spawn(listener::serve_websocket(socket, shared.clone(), context))
+            } else {
+                tokio::spawn(listener::serve_mqtt(socket, shared.clone(), context))
             };
             tasks.push(serve);
+        }
+        if let Some(tls) = &tls {
+            tasks.push(tokio::spawn(watch_tls_files(tls.clone(), shared.clone())));
         }
         let stopping = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -467,6 +533,7 @@ impl Broker {
         }
         Ok(BrokerHandle {
             shared,
+            tls,
             listeners,
             shutdown: shutdown_tx,
             tasks,
@@ -487,6 +554,7 @@ impl Broker {
 #[must_use = "dropping the handle shuts the broker down"]
 pub struct BrokerHandle {
     shared: Arc<Shared>,
+    tls: Option<Arc<Tls>>,
     listeners: Vec<BoundListener>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -604,6 +672,18 @@ impl BrokerHandle {
             session,
             shared: self.shared.clone(),
         })
+    }
+
+    /// Reads the files that can change under a running broker again: the TLS certificate,
+    /// key and client CA (connections already open keep their session). On failure the
+    /// configuration in force stays, and the error says which file is at fault. The `rallymq`
+    /// command calls this on SIGHUP; the broker also does it by itself when the files change.
+    pub fn reload(&self) -> Result<(), Error> {
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+            info!("TLS certificate reloaded");
+        }
+        Ok(())
     }
 
     /// Clients connected now.

@@ -1,6 +1,9 @@
 //! What a broker is built with: its listeners and its limits.
 
 use std::net::SocketAddr;
+
+use crate::ListenerKind;
+use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +18,23 @@ pub struct BrokerConfig {
     pub tcp: Vec<SocketAddr>,
     /// Addresses for HTTP and MQTT over WebSockets. Port 0 binds a free port.
     pub ws: Vec<SocketAddr>,
+    /// Addresses for MQTT over TLS (`mqtts://`, conventionally port 8883); they need
+    /// `tls_files`.
+    pub tls: Vec<SocketAddr>,
+    /// Addresses for HTTP and MQTT over WebSockets over TLS (`https://`, `wss://`); they need
+    /// `tls_files`.
+    pub wss: Vec<SocketAddr>,
+    /// Listeners with settings of their own, beside those of `tcp`, `ws`, `tls` and `wss`
+    /// (which take the broker-wide `client_certificates` and `allowed_origins`).
+    pub listeners: Vec<Listener>,
+    /// The certificate, key and client CA of the TLS listeners.
+    pub tls_files: Option<TlsSettings>,
+    /// Whether the TLS listeners of `tls` and `wss` ask clients for certificates.
+    pub client_certificates: ClientCertificates,
+    /// `Origin` header values allowed on the WebSocket listeners of `ws` and `wss` (a
+    /// browser's page origin, such as `https://example.com`); empty allows any. A request from
+    /// another origin gets 403.
+    pub allowed_origins: Vec<String>,
     /// Paths on the WebSocket listeners where the upgrade to MQTT is accepted.
     pub ws_paths: Vec<String>,
     /// Limits that keep memory bounded.
@@ -43,6 +63,12 @@ impl Default for BrokerConfig {
         Self {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ws: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            tls: Vec::new(),
+            wss: Vec::new(),
+            listeners: Vec::new(),
+            tls_files: None,
+            client_certificates: ClientCertificates::default(),
+            allowed_origins: Vec::new(),
             ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
@@ -61,6 +87,28 @@ impl BrokerConfig {
         }
     }
 
+    /// Every listener: those of `tcp`, `ws`, `tls` and `wss` with the broker-wide settings,
+    /// then `listeners`.
+    pub fn all_listeners(&self) -> Vec<Listener> {
+        let kinds = [
+            (ListenerKind::Tcp, &self.tcp),
+            (ListenerKind::WebSocket, &self.ws),
+            (ListenerKind::Tls, &self.tls),
+            (ListenerKind::WebSocketTls, &self.wss),
+        ];
+        let mut all = Vec::new();
+        for (kind, addrs) in kinds {
+            for addr in addrs {
+                let mut listener = Listener::new(kind, *addr);
+                listener.client_certificates = self.client_certificates;
+                listener.allowed_origins = self.allowed_origins.clone();
+                all.push(listener);
+            }
+        }
+        all.extend(self.listeners.iter().cloned());
+        all
+    }
+
     /// The `rallymq broker` command's listeners: MQTT over TCP on 127.0.0.1:1883, HTTP and MQTT
     /// over WebSockets on 127.0.0.1:8080 (Mosquitto's and the usual WebSocket port).
     pub fn standard_ports() -> Self {
@@ -68,6 +116,32 @@ impl BrokerConfig {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
             ws: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             ..Self::default()
+        }
+    }
+}
+
+/// One listener with its own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// What it serves.
+    pub kind: ListenerKind,
+    /// Where. Port 0 binds a free port.
+    pub addr: SocketAddr,
+    /// TLS kinds: whether clients are asked for a certificate (verified against
+    /// [`TlsSettings::client_ca`]).
+    pub client_certificates: ClientCertificates,
+    /// WebSocket kinds: `Origin` header values allowed; empty allows any (403 otherwise).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Listener {
+    /// A listener of `kind` on `addr`: no client certificates asked for, any origin.
+    pub fn new(kind: ListenerKind, addr: SocketAddr) -> Self {
+        Self {
+            kind,
+            addr,
+            client_certificates: ClientCertificates::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -76,11 +76,16 @@ impl fmt::Display for Peer {
 ///
 /// Not an `async fn`: one keeps room for its arguments in its state for its whole life, even
 /// once they are moved into the driver, and this future is most of an idle connection's memory.
-pub(crate) fn serve<IO>(io: IO, shared: Arc<Shared>, peer: Peer) -> impl Future<Output = ()>
+pub(crate) fn serve<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    peer: Peer,
+    certificate_user: Option<Arc<str>>,
+) -> impl Future<Output = ()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    Driver::new(shared, peer).serve(io)
+    Driver::new(shared, peer, certificate_user).serve(io)
 }
 
 /// A publisher counted in `Shared::space_waiters` while it lives (also if its wait is dropped).
@@ -135,12 +140,30 @@ struct Driver {
     /// Boxed, and only while there are some: 8 bytes in every idle connection instead of 24.
     #[allow(clippy::box_collection)]
     congested: Option<Box<Vec<Arc<Session>>>>,
+    /// What only some connections have (a store's bookkeeping, a client certificate), boxed:
+    /// the connection future is most of an idle connection's memory.
+    extras: Option<Box<Extras>>,
+}
+
+/// What only some connections need.
+#[derive(Debug, Default)]
+struct Extras {
     /// Present when the broker has a store.
-    durability: Option<Box<Durability>>,
+    durability: Option<Durability>,
+    /// The name of the client certificate verified in the TLS handshake, if any.
+    certificate_user: Option<Arc<str>>,
+}
+
+fn durability(extras: &Option<Box<Extras>>) -> Option<&Durability> {
+    extras.as_deref()?.durability.as_ref()
+}
+
+fn durability_mut(extras: &mut Option<Box<Extras>>) -> Option<&mut Durability> {
+    extras.as_deref_mut()?.durability.as_mut()
 }
 
 impl Driver {
-    fn new(shared: Arc<Shared>, peer: Peer) -> Self {
+    fn new(shared: Arc<Shared>, peer: Peer, certificate_user: Option<Arc<str>>) -> Self {
         let limits = &shared.config.limits;
         let config = ServerConfig {
             connect_timeout: limits.connect_timeout,
@@ -161,7 +184,13 @@ impl Driver {
         // Every connection's clock counts from the broker's start: one `Instant` less in each.
         let now = Timestamp::from_since_epoch(shared.started.elapsed());
         let engine = ServerConnection::new(config, now);
-        let durability = shared.store.is_some().then(Box::default);
+        let durability = shared.store.is_some().then(Durability::default);
+        let extras = (durability.is_some() || certificate_user.is_some()).then(|| {
+            Box::new(Extras {
+                durability,
+                certificate_user,
+            })
+        });
         Self {
             engine,
             shared,
@@ -172,7 +201,7 @@ impl Driver {
             taken_over: None,
             counted_connected: false,
             congested: None,
-            durability,
+            extras,
         }
     }
 
@@ -400,7 +429,7 @@ impl Driver {
             Box::pin(self.read_stored_queue()).await;
         }
         self.drain_pending();
-        match &self.durability {
+        match durability(&self.extras) {
             Some(durability) if !durability.acks.is_empty() || durability.barrier.0 > 0 => {
                 Box::pin(self.settle()).await
             }
@@ -413,7 +442,7 @@ impl Driver {
     /// (0x97 when the disk is full, 0x80 otherwise); an MQTT 3 publisher cannot be told, and is
     /// disconnected. Returns `false` if the barrier for the next bytes failed.
     async fn settle(&mut self) -> bool {
-        let Some(durability) = self.durability.as_deref_mut() else {
+        let Some(durability) = durability_mut(&mut self.extras) else {
             return true;
         };
         let acks = std::mem::take(&mut durability.acks);
@@ -486,7 +515,7 @@ impl Driver {
                         (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
                         _ => ReasonCode::Success,
                     };
-                    match self.durability.as_deref_mut() {
+                    match durability_mut(&mut self.extras) {
                         Some(durability) => durability.acks.push((ack, code, ticket)),
                         None => self.engine.acknowledge(ack, code),
                     }
@@ -496,9 +525,7 @@ impl Driver {
             ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             ServerEvent::DeliveryAcknowledged(outcome)
             | ServerEvent::DeliveryCompleted(outcome) => {
-                let delivered = self
-                    .durability
-                    .as_deref_mut()
+                let delivered = durability_mut(&mut self.extras)
                     .and_then(|durability| durability.deliveries.remove(&outcome.token));
                 if let (Some((seq, _)), Some(session)) = (delivered, &self.session) {
                     self.shared.write(vec![Change::DeleteEntry {
@@ -508,7 +535,7 @@ impl Driver {
                 }
             }
             ServerEvent::DeliveryReleased(token) => {
-                let released = self.durability.as_deref_mut().and_then(|durability| {
+                let released = durability_mut(&mut self.extras).and_then(|durability| {
                     let (seq, entry) = durability.deliveries.get_mut(&token)?;
                     let (packet_id, _) = entry.in_flight?;
                     entry.in_flight = Some((packet_id, OutgoingStage::Released));
@@ -580,7 +607,7 @@ impl Driver {
 
     /// Makes `ticket` a condition for writing the next bytes.
     fn raise_barrier(&mut self, ticket: Ticket) {
-        if let Some(durability) = self.durability.as_deref_mut() {
+        if let Some(durability) = durability_mut(&mut self.extras) {
             durability.barrier = durability.barrier.max(ticket);
         }
     }
@@ -692,7 +719,7 @@ impl Driver {
         // (Session Present 1).
         let ticket = self.shared.save_record(&session);
         self.raise_barrier(ticket);
-        if let Some(durability) = self.durability.as_deref_mut() {
+        if let Some(durability) = durability_mut(&mut self.extras) {
             durability.deliveries = handed_over;
         }
         if let Some(state) = resumed.as_mut() {
@@ -714,7 +741,12 @@ impl Driver {
         if self.engine.accept(now, accept).is_ok() {
             self.shared.stats.client_connected();
             self.counted_connected = true;
-            info!(client_id = %client_id, peer = %self.peer, version = ?version, session_present, "client connected");
+            let certificate = self
+                .extras
+                .as_deref()
+                .and_then(|extras| extras.certificate_user.as_deref())
+                .unwrap_or("");
+            info!(client_id = %client_id, peer = %self.peer, certificate, version = ?version, session_present, "client connected");
         }
     }
 
@@ -824,8 +856,9 @@ impl Driver {
     /// MQTT-4.4.0-1), the others wait in memory.
     async fn resume_in_flight(&mut self, session: &Arc<Session>, state: &mut SessionState) {
         let handed_over = self
-            .durability
+            .extras
             .as_deref()
+            .and_then(|extras| extras.durability.as_ref())
             .is_some_and(|durability| !durability.deliveries.is_empty());
         if handed_over || !state.in_flight.is_empty() {
             return;
@@ -841,7 +874,7 @@ impl Driver {
                 message: loaded.entry.message,
                 size: loaded.entry.size,
             };
-            match (loaded.entry.in_flight, self.durability.as_deref_mut()) {
+            match (loaded.entry.in_flight, durability_mut(&mut self.extras)) {
                 (Some((packet_id, stage)), Some(durability)) if waiting.is_empty() => {
                     let token = PublishToken(state.next_token);
                     state.next_token += 1;
@@ -911,7 +944,7 @@ impl Driver {
         let Some(session) = &self.session else {
             return false;
         };
-        if self.durability.is_none() || !self.engine.can_send(QoS::AtLeastOnce) {
+        if durability(&self.extras).is_none() || !self.engine.can_send(QoS::AtLeastOnce) {
             return false;
         }
         let inner = session.lock();
@@ -1002,7 +1035,7 @@ impl Driver {
                 Ok(token) => {
                     Stats::add(&self.shared.stats.publish_sent, 1);
                     if let (Some(token), Some(stored), Some(mut entry), Some(durability)) =
-                        (token, stored, entry, self.durability.as_deref_mut())
+                        (token, stored, entry, durability_mut(&mut self.extras))
                     {
                         if let Some(packet_id) = self.engine.delivery_packet_id(token) {
                             entry.in_flight = Some((packet_id, OutgoingStage::Published));
@@ -1055,8 +1088,9 @@ impl Driver {
         let mut state = Some(self.engine.session_state());
         let will_pending = self.engine.poll_timeout().is_some();
         let deliveries = self
-            .durability
+            .extras
             .as_deref_mut()
+            .and_then(|extras| extras.durability.as_mut())
             .map(|durability| std::mem::take(&mut durability.deliveries))
             .unwrap_or_default();
         let mut reply = self.taken_over.take();
@@ -1252,7 +1286,7 @@ mod tests {
             addr: listener.local_addr().unwrap(),
             websocket: false,
         };
-        let future = serve(tcp, shared, peer);
+        let future = serve(tcp, shared, peer, None);
         let size = size_of_val(&future);
         assert!(size <= 680, "the connection future takes {size} bytes");
     }

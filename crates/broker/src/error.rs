@@ -20,6 +20,12 @@ pub enum Error {
     /// A topic or filter given to the in-process handle is not valid.
     #[error(transparent)]
     Topic(#[from] rallymq_topic::Error),
+    /// The TLS certificate, key or CA file could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A TLS listener is configured without certificate and key files.
+    #[error("a TLS listener needs a certificate and a key (--cert, --key)")]
+    TlsNotConfigured,
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

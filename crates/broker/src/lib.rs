@@ -33,14 +33,16 @@ mod session;
 mod stats;
 mod store;
 mod sys;
+mod tls;
 
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
-pub use config::{BrokerConfig, Limits, QueueFullPolicy, Storage};
+pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
 pub use store::{
     Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,
     QueueEntry, SessionRecord, Store, StoreError, StoredMessage, StoredWill, Ticket,
 };
+pub use tls::{CertificateName, ClientCertificates, TlsSettings};
 
 // The protocol types an embedder touches, so that depending on this crate is enough.
 pub use rallymq_codec::{

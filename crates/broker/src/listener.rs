@@ -20,12 +20,16 @@ use rallymq_websocket::tokio::WebSocketStream;
 use rallymq_websocket::{
     Config as WsConfig, Connection as WsConnection, Rejection, UpgradeRequest,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
+use crate::Listener;
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
+use crate::tls::Tls;
 
 /// How long the listener waits before accepting again when the process has no file descriptor
 /// left.
@@ -215,54 +219,141 @@ async fn next_connection(
     }
 }
 
-pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
-    while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
-        let peer = Peer {
-            addr: peer,
-            websocket: false,
-        };
-        tokio::spawn(connection::serve(stream, shared.clone(), peer));
+/// What a listener's connections need of its configuration.
+#[derive(Debug)]
+pub(crate) struct ListenerContext {
+    pub(crate) listener: Listener,
+    /// The TLS configuration in force, for the TLS kinds.
+    pub(crate) tls: Option<Arc<Tls>>,
+}
+
+impl ListenerContext {
+    /// Completes the TLS handshake of a TLS listener's socket within the CONNECT timeout;
+    /// `None` (logged) if it fails or takes too long.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        shared: &Shared,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream<TcpStream>, Option<Arc<str>>)> {
+        let tls = self.tls.as_ref()?;
+        let acceptor = tls.acceptor(self.listener.client_certificates);
+        let accepted = tokio::time::timeout(
+            shared.config.limits.connect_timeout,
+            acceptor.accept(stream),
+        )
+        .await;
+        match accepted {
+            Ok(Ok(stream)) => {
+                let user = tls.certificate_user(stream.get_ref().1).map(Arc::from);
+                Some((stream, user))
+            }
+            Ok(Err(error)) => {
+                debug!(%peer, %error, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
     }
 }
 
-pub(crate) async fn serve_websocket(listener: TcpListener, shared: Arc<Shared>) {
+/// Serves MQTT over TCP, or over TLS.
+pub(crate) async fn serve_mqtt(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    context: Arc<ListenerContext>,
+) {
     let mut shutdown = shared.shutdown.clone();
-    while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
-        let shared = shared.clone();
+    while let Some((stream, addr)) = next_connection(&listener, &shared, &mut shutdown).await {
+        let peer = Peer {
+            addr,
+            websocket: false,
+        };
+        if !context.listener.kind.is_tls() {
+            tokio::spawn(connection::serve(stream, shared.clone(), peer, None));
+            continue;
+        }
+        let (shared, context) = (shared.clone(), context.clone());
         tokio::spawn(async move {
-            let service_shared = shared.clone();
-            let service = service_fn(move |request| {
-                let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(handle_http(request, shared, peer)) }
-            });
-            // A socket that sends no complete request in time (nothing, half a request line, a
-            // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
-            // connection that sends no CONNECT is: otherwise such sockets hold connection slots
-            // (and file descriptors) for ever.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shared.config.limits.connect_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            // On shutdown, an idle keep-alive connection (a browser's) closes at once instead
-            // of holding the shutdown for its whole grace period; a request in progress ends.
-            let mut shutdown = shared.shutdown.clone();
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                _ = shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match context.handshake(stream, &shared, addr).await {
+                Some((stream, user)) => connection::serve(stream, shared, peer, user).await,
+                None => {
+                    shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 }
-            };
-            if let Err(error) = served {
-                debug!(%peer, %error, "HTTP connection ended with an error");
             }
-            // The upgraded MQTT connection counts itself; this socket's HTTP life is over.
-            shared.open_connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// Serves HTTP and MQTT over WebSockets, over TCP or TLS.
+pub(crate) async fn serve_websocket(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    context: Arc<ListenerContext>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
+        let (shared, context) = (shared.clone(), context.clone());
+        tokio::spawn(async move {
+            if context.listener.kind.is_tls() {
+                match context.handshake(stream, &shared, peer).await {
+                    Some((stream, user)) => serve_http(stream, shared, context, peer, user).await,
+                    None => {
+                        shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            } else {
+                serve_http(stream, shared, context, peer, None).await;
+            }
+        });
+    }
+}
+
+/// One HTTP connection, until it ends or is upgraded to MQTT over WebSockets.
+async fn serve_http<IO>(
+    stream: IO,
+    shared: Arc<Shared>,
+    context: Arc<ListenerContext>,
+    peer: SocketAddr,
+    certificate_user: Option<Arc<str>>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_shared = shared.clone();
+    let service = service_fn(move |request| {
+        let shared = service_shared.clone();
+        let context = context.clone();
+        let user = certificate_user.clone();
+        async move { Ok::<_, Infallible>(handle_http(request, shared, &context, peer, user)) }
+    });
+    // A socket that sends no complete request in time (nothing, half a request line, a
+    // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
+    // connection that sends no CONNECT is: otherwise such sockets hold connection slots
+    // (and file descriptors) for ever.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.limits.connect_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    // On shutdown, an idle keep-alive connection (a browser's) closes at once instead of
+    // holding the shutdown for its whole grace period; a request in progress ends.
+    let mut shutdown = shared.shutdown.clone();
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+    // The upgraded MQTT connection counts itself; this socket's HTTP life is over.
+    shared.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn response(
@@ -281,10 +372,28 @@ fn rejection(rejection: Rejection) -> Response<Full<Bytes>> {
     rejection.to_http_response().map(Full::new)
 }
 
+/// Whether the request's `Origin` (a browser's page) is allowed on this listener: any when
+/// the allow-list is empty; a request without the header (not from a browser) always.
+fn origin_allowed(request: &Request<Incoming>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match request.headers().get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|origin| {
+            allowed
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        }),
+    }
+}
+
 fn handle_http(
     mut request: Request<Incoming>,
     shared: Arc<Shared>,
+    context: &ListenerContext,
     peer: SocketAddr,
+    certificate_user: Option<Arc<str>>,
 ) -> Response<Full<Bytes>> {
     // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one.
     let hosts = request.headers().get_all(header::HOST).iter().count();
@@ -293,6 +402,13 @@ fn handle_http(
     }
     let path = request.uri().path().to_owned();
     let wants_upgrade = request.headers().contains_key(header::UPGRADE);
+    if wants_upgrade && !origin_allowed(&request, &context.listener.allowed_origins) {
+        return response(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "origin not allowed\n",
+        );
+    }
     if wants_upgrade && shared.config.ws_paths.contains(&path) {
         let upgrade = match UpgradeRequest::from_http(&request) {
             Ok(upgrade) => upgrade,
@@ -326,7 +442,7 @@ fn handle_http(
                         addr: peer,
                         websocket: true,
                     };
-                    connection::serve(stream, shared, peer).await;
+                    connection::serve(stream, shared, peer, certificate_user).await;
                 }
                 Err(error) => {
                     debug!(%peer, %error, "WebSocket upgrade failed");

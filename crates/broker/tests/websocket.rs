@@ -254,3 +254,56 @@ async fn idle_and_trickling_http_sockets_are_closed_after_the_connect_timeout() 
     );
     broker.shutdown(SHORT).await;
 }
+
+/// The status line and headers of the answer to a GET (an upgraded connection stays open, so
+/// the response is read up to its blank line).
+async fn response_head(addr: std::net::SocketAddr, path: &str, extra: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A WebSocket listener with an Origin allow-list upgrades pages of those origins (and clients
+/// that send no Origin, which are not browsers) and answers others 403.
+#[tokio::test]
+async fn websocket_origins_outside_the_allow_list_get_403() {
+    let broker = start_broker(|config| {
+        config.allowed_origins = vec!["https://scores.example.com".to_owned()];
+    })
+    .await;
+    let addr = broker.local_addr(ListenerKind::WebSocket).unwrap();
+    let upgrade = |origin: Option<&str>| {
+        let origin = origin.map_or(String::new(), |origin| format!("Origin: {origin}\r\n"));
+        format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n{origin}"
+        )
+    };
+    for (origin, status) in [
+        (Some("https://scores.example.com"), "101"),
+        (Some("HTTPS://SCORES.EXAMPLE.COM"), "101"),
+        (None, "101"),
+        (Some("https://evil.example.net"), "403"),
+        (Some("null"), "403"),
+    ] {
+        let response = response_head(addr, "/mqtt", &upgrade(origin)).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{origin:?}: {response}"
+        );
+    }
+    broker.shutdown(SHORT).await;
+}

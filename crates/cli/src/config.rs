@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rallymq_broker::{BrokerConfig, Storage};
+use rallymq_broker::{
+    BrokerConfig, CertificateName, ClientCertificates, Listener, ListenerKind, Storage, TlsSettings,
+};
 use serde::Deserialize;
 
 use crate::BrokerArgs;
@@ -16,6 +18,16 @@ use crate::BrokerArgs;
 pub(crate) struct FileConfig {
     pub(crate) tcp: Option<Vec<SocketAddr>>,
     pub(crate) ws: Option<Vec<SocketAddr>>,
+    pub(crate) tls: Option<Vec<SocketAddr>>,
+    pub(crate) wss: Option<Vec<SocketAddr>>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) require_certificate: Option<bool>,
+    pub(crate) certificate_name: Option<String>,
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    /// Listeners with settings of their own (`[[listener]]` tables).
+    pub(crate) listener: Option<Vec<ListenerTable>>,
     pub(crate) ws_paths: Option<Vec<String>>,
     pub(crate) sys_interval_secs: Option<u64>,
     pub(crate) max_connections: Option<usize>,
@@ -33,6 +45,19 @@ pub(crate) struct FileConfig {
     pub(crate) max_queued_bytes: Option<u64>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) in_memory: Option<bool>,
+}
+
+/// A `[[listener]]` table: one listener with its own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerTable {
+    /// `tcp`, `ws`, `tls` or `wss`.
+    pub(crate) kind: String,
+    pub(crate) addr: SocketAddr,
+    /// TLS kinds: `none` (default), `optional` or `required`.
+    pub(crate) client_certificates: Option<String>,
+    /// WebSocket kinds: browser page origins allowed; none listed: any.
+    pub(crate) allowed_origins: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -61,6 +86,31 @@ impl FileConfig {
     }
 }
 
+/// A `[[listener]]` table as the broker takes it.
+fn listener(table: ListenerTable) -> Result<Listener, String> {
+    let kind = match table.kind.as_str() {
+        "tcp" => ListenerKind::Tcp,
+        "ws" => ListenerKind::WebSocket,
+        "tls" => ListenerKind::Tls,
+        "wss" => ListenerKind::WebSocketTls,
+        other => return Err(format!("listener kind {other:?}: tcp, ws, tls or wss")),
+    };
+    let mut listener = Listener::new(kind, table.addr);
+    listener.client_certificates = match table.client_certificates.as_deref() {
+        None | Some("none") => ClientCertificates::NotAsked,
+        Some("optional") => ClientCertificates::Optional,
+        Some("required") => ClientCertificates::Required,
+        Some(other) => {
+            return Err(format!(
+                "listener {}: client_certificates {other:?}: none, optional or required",
+                table.addr
+            ));
+        }
+    };
+    listener.allowed_origins = table.allowed_origins.unwrap_or_default();
+    Ok(listener)
+}
+
 /// Where `rallymq broker` keeps its data unless told otherwise: beside where it runs.
 pub(crate) const DEFAULT_DATA_DIR: &str = "rallymq-data";
 
@@ -84,9 +134,26 @@ impl Settings {
     /// `--tcp` or `--ws` is given, the file's `tcp` and `ws` are both ignored.
     pub(crate) fn with_flags(self, args: &BrokerArgs) -> Self {
         let mut s = self.0;
-        if !args.tcp.is_empty() || !args.ws.is_empty() {
+        let listener_flags = !args.tcp.is_empty()
+            || !args.ws.is_empty()
+            || !args.tls.is_empty()
+            || !args.wss.is_empty();
+        if listener_flags {
             s.tcp = Some(args.tcp.clone());
             s.ws = Some(args.ws.clone());
+            s.tls = Some(args.tls.clone());
+            s.wss = Some(args.wss.clone());
+            s.listener = None;
+        }
+        set(args.cert.clone(), &mut s.cert);
+        set(args.key.clone(), &mut s.key);
+        set(args.ca.clone(), &mut s.ca);
+        if args.require_certificate {
+            s.require_certificate = Some(true);
+        }
+        set(args.certificate_name.clone(), &mut s.certificate_name);
+        if !args.allowed_origins.is_empty() {
+            s.allowed_origins = Some(args.allowed_origins.clone());
         }
         if !args.ws_paths.is_empty() {
             s.ws_paths = Some(args.ws_paths.clone());
@@ -122,12 +189,54 @@ impl Settings {
         let s = self.0;
         let mut config = BrokerConfig::standard_ports();
         // Listeners go as one group: naming any replaces all the default ones.
-        if s.tcp.is_some() || s.ws.is_some() {
+        if s.tcp.is_some()
+            || s.ws.is_some()
+            || s.tls.is_some()
+            || s.wss.is_some()
+            || s.listener.is_some()
+        {
             config.tcp = s.tcp.unwrap_or_default();
             config.ws = s.ws.unwrap_or_default();
+            config.tls = s.tls.unwrap_or_default();
+            config.wss = s.wss.unwrap_or_default();
+            for table in s.listener.unwrap_or_default() {
+                config.listeners.push(listener(table)?);
+            }
         }
-        if config.tcp.is_empty() && config.ws.is_empty() {
-            return Err("no listeners: give at least one of --tcp, --ws (or tcp, ws)".to_owned());
+        if config.all_listeners().is_empty() {
+            return Err(
+                "no listeners: give at least one of --tcp, --ws, --tls, --wss (or tcp, ws, tls, wss, [[listener]])"
+                    .to_owned(),
+            );
+        }
+        let certificate_name = match s.certificate_name.as_deref() {
+            None | Some("cn") => CertificateName::CommonName,
+            Some("san") => CertificateName::SubjectAltName,
+            Some(other) => {
+                return Err(format!("certificate_name: {other:?} is not cn or san"));
+            }
+        };
+        config.tls_files = match (s.cert, s.key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert,
+                key,
+                client_ca: s.ca.clone(),
+                certificate_name,
+            }),
+            (None, None) => None,
+            _ => return Err("cert and key go together".to_owned()),
+        };
+        if config.all_listeners().iter().any(|l| l.kind.is_tls()) && config.tls_files.is_none() {
+            return Err("a TLS listener (tls, wss) needs cert and key".to_owned());
+        }
+        config.client_certificates = match (s.ca.is_some(), s.require_certificate) {
+            (false, Some(true)) => return Err("require_certificate needs ca".to_owned()),
+            (false, _) => ClientCertificates::NotAsked,
+            (true, Some(true)) => ClientCertificates::Required,
+            (true, _) => ClientCertificates::Optional,
+        };
+        if let Some(origins) = s.allowed_origins {
+            config.allowed_origins = origins;
         }
         if let Some(paths) = s.ws_paths {
             if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
@@ -206,9 +315,10 @@ mod tests {
             .map(|line| {
                 line.strip_prefix("# ")
                     .filter(|l| {
-                        l.split_once(" = ").is_some_and(|(key, _)| {
-                            key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                        })
+                        l.starts_with("[[")
+                            || l.split_once(" = ").is_some_and(|(key, _)| {
+                                key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                            })
                     })
                     .unwrap_or(line)
             })
@@ -223,6 +333,12 @@ mod tests {
         assert!(file.max_queued_messages.is_some() && file.max_keepalive.is_some());
         assert!(file.max_session_expiry.is_some());
         assert!(file.outgoing_topic_alias_maximum.is_some());
+        assert!(file.tls.is_some() && file.wss.is_some() && file.listener.is_some());
+        assert!(file.cert.is_some() && file.key.is_some() && file.ca.is_some());
+        assert!(file.require_certificate.is_some() && file.certificate_name.is_some());
+        assert!(file.allowed_origins.is_some());
+        assert!(file.data_dir.is_some() && file.in_memory.is_some());
+        assert!(file.max_queued_bytes.is_some());
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
     }

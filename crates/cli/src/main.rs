@@ -81,6 +81,43 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) ws: Vec<SocketAddr>,
 
+    /// Listen for MQTT over TLS on ADDR (repeatable; conventionally port 8883). Needs --cert and
+    /// --key. Replaces the default listeners.
+    #[arg(long, value_name = "ADDR", help_heading = "TLS")]
+    pub(crate) tls: Vec<SocketAddr>,
+
+    /// Listen for HTTPS and MQTT over secure WebSockets on ADDR (repeatable). Needs --cert and
+    /// --key. Replaces the default listeners.
+    #[arg(long, value_name = "ADDR", help_heading = "TLS")]
+    pub(crate) wss: Vec<SocketAddr>,
+
+    /// The TLS listeners' certificate chain, PEM. Reloaded on SIGHUP and when it changes.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub(crate) cert: Option<PathBuf>,
+
+    /// The TLS listeners' private key, PEM.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub(crate) key: Option<PathBuf>,
+
+    /// CA certificates, PEM, that client certificates are verified against; clients are then
+    /// asked for one (--require-certificate makes it mandatory).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub(crate) ca: Option<PathBuf>,
+
+    /// Clients of the TLS listeners must present a certificate signed by --ca.
+    #[arg(long, requires = "ca", help_heading = "TLS")]
+    pub(crate) require_certificate: bool,
+
+    /// Which name of a client certificate is the client's user name: cn (the Common Name) or
+    /// san (the first DNS or e-mail Subject Alternative Name).
+    #[arg(long, value_name = "cn|san", help_heading = "TLS")]
+    pub(crate) certificate_name: Option<String>,
+
+    /// A browser page origin allowed to open WebSockets (repeatable, such as
+    /// https://example.com); without any, all are. Others get 403.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub(crate) allowed_origins: Vec<String>,
+
     /// An HTTP path where the WebSocket upgrade to MQTT is accepted (repeatable; default
     /// /mqtt and /).
     #[arg(long = "ws-path", value_name = "PATH")]
@@ -220,7 +257,17 @@ fn run_broker(args: BrokerArgs) -> Result<(), String> {
         // Handlers first: a signal that arrives once the listeners are up must not kill us.
         let mut signals = Signals::new()?;
         let broker = Broker::start(config).await.map_err(|e| e.to_string())?;
-        let signal = signals.recv().await;
+        let signal = loop {
+            match signals.recv().await {
+                "SIGHUP" => {
+                    // A broken file is reported; what is in force stays.
+                    if let Err(error) = broker.reload() {
+                        warn!("SIGHUP: {error}; keeping the previous files");
+                    }
+                }
+                signal => break signal,
+            }
+        };
         info!("{signal} received: shutting down (up to {SHUTDOWN_GRACE:?})");
         tokio::select! {
             () = broker.shutdown(SHUTDOWN_GRACE) => {
@@ -235,12 +282,14 @@ fn run_broker(args: BrokerArgs) -> Result<(), String> {
     })
 }
 
-/// SIGINT (Ctrl-C) and, on Unix, SIGTERM.
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM and SIGHUP (reload).
 struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -253,6 +302,7 @@ impl Signals {
         Ok(Self {
             terminate: install(SignalKind::terminate(), "SIGTERM")?,
             interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 
@@ -267,6 +317,7 @@ impl Signals {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
 
