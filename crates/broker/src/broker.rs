@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::admission::PerIp;
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) space: Notify,
     /// Publishers waiting on `space`: drains skip the notification while there are none.
     pub(crate) space_waiters: AtomicUsize,
+    /// Connections by client address, for the limits per address.
+    pub(crate) per_ip: Arc<PerIp>,
 }
 
 /// Shutdown reaches each connection through its [`ControlBox`], so that a connection waits on
@@ -83,6 +86,7 @@ impl Shared {
             connecting: Mutex::default(),
             space: Notify::new(),
             space_waiters: AtomicUsize::new(0),
+            per_ip: Arc::default(),
         }
     }
 

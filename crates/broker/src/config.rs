@@ -151,8 +151,29 @@ impl Listener {
 pub struct Limits {
     /// Most connections at once; more are closed on accept.
     pub max_connections: usize,
-    /// How long a new connection may take to send CONNECT.
+    /// Most connections at once from one client IP address; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Most new connections per second from one client IP address (a burst of as many is
+    /// allowed); 0: no limit. Past it, connections are closed on accept.
+    pub max_connection_rate_per_ip: u32,
+    /// How long a new connection may take to send CONNECT (and an HTTP client its request,
+    /// and a TLS client its handshake).
     pub connect_timeout: Duration,
+    /// How long a packet may take to arrive once its first byte has: a peer that trickles
+    /// one a byte at a time is closed (each byte it sends would keep its keep alive going).
+    pub packet_timeout: Duration,
+    /// Largest HTTP request head (request line and headers) on the WebSocket listeners,
+    /// the WebSocket handshake included; larger ones get 431.
+    pub max_http_header_size: usize,
+    /// Most subscriptions one client may hold; past it SUBSCRIBE is refused (0x97 Quota
+    /// exceeded in MQTT 5, 0x80 before). 0: no limit.
+    pub max_subscriptions: usize,
+    /// Most levels in a topic name or filter; 0: no limit. A longer topic is refused: a
+    /// PUBLISH with 0x90 (MQTT 5; dropped before), a SUBSCRIBE with 0x8F (0x80 before).
+    pub max_topic_levels: usize,
+    /// Longest topic name or filter, in bytes (MQTT's own limit is 65,535); refused as
+    /// `max_topic_levels` says.
+    pub max_topic_length: usize,
     /// Largest MQTT packet accepted (announced to MQTT 5 clients as Maximum Packet Size).
     pub max_packet_size: u32,
     /// Most unacknowledged QoS 1 and 2 messages a client may send at once (Receive Maximum).
@@ -186,11 +207,26 @@ pub struct Limits {
     pub max_keep_alive: Option<u16>,
 }
 
+impl Limits {
+    /// Whether a topic name or filter is within `max_topic_levels` and `max_topic_length`.
+    pub fn allows_topic(&self, topic: &str) -> bool {
+        (self.max_topic_length == 0 || topic.len() <= self.max_topic_length)
+            && (self.max_topic_levels == 0 || topic.split('/').count() <= self.max_topic_levels)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(30),
+            max_http_header_size: 16 * 1024,
+            max_subscriptions: 0,
+            max_topic_levels: 0,
+            max_topic_length: 65_535,
             max_packet_size: 1024 * 1024,
             receive_maximum: 128,
             topic_alias_maximum: 64,

@@ -167,6 +167,7 @@ impl Driver {
         let limits = &shared.config.limits;
         let config = ServerConfig {
             connect_timeout: limits.connect_timeout,
+            packet_timeout: limits.packet_timeout,
             max_packet_size: limits.max_packet_size,
             receive_maximum: limits.receive_maximum.max(1),
             topic_alias_maximum: limits.topic_alias_maximum,
@@ -484,6 +485,16 @@ impl Driver {
             ServerEvent::Message(message) => {
                 let publish = message.publish;
                 Stats::add(&self.shared.stats.publish_received, 1);
+                if let Some(refusal) = self.refuse_publish(&publish) {
+                    // Not routed; MQTT 3 has no negative acknowledgement, so it is acknowledged
+                    // and dropped there, as Mosquitto does.
+                    if let Some(ack) = message.ack {
+                        let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
+                        let code = if v5 { refusal } else { ReasonCode::Success };
+                        self.engine.acknowledge(ack, code);
+                    }
+                    return Next::Nothing;
+                }
                 // A QoS 2 identifier is committed with the message, before PUBREC: a publisher
                 // resending after a crash is not delivered twice.
                 let inbound = match &message.ack {
@@ -593,6 +604,14 @@ impl Driver {
             _ => {}
         }
         Next::Nothing
+    }
+
+    /// Why a PUBLISH from this client is not routed, if it is not: its topic is over the
+    /// limits of levels or length.
+    fn refuse_publish(&self, publish: &Publish) -> Option<ReasonCode> {
+        let topic = publish.topic.as_ref()?;
+        (!self.shared.config.limits.allows_topic(topic.as_str()))
+            .then_some(ReasonCode::TopicNameInvalid)
     }
 
     /// The client id of this connection's session if it is kept in the store.
@@ -768,6 +787,27 @@ impl Driver {
                     DisconnectProperties::default(),
                 );
                 return;
+            }
+            let limits = &self.shared.config.limits;
+            let refusal = if !limits.allows_topic(filter.as_str()) {
+                Some(ReasonCode::TopicFilterInvalid)
+            } else if limits.max_subscriptions > 0 && {
+                let inner = session.lock();
+                !inner.subscriptions.contains(filter)
+                    && inner.subscriptions.len() >= limits.max_subscriptions
+            } {
+                Some(ReasonCode::QuotaExceeded)
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                // MQTT 3.1.1 has one failure code, 0x80.
+                codes.push(if v5 {
+                    refusal
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
             }
             let granted = subscription.options.qos;
             let data = SubscriptionData::new(&subscription.options, granted, identifier);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flate2::Compression;
@@ -27,6 +27,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
 use crate::Listener;
+use crate::admission::IpSlot;
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
 use crate::tls::Tls;
@@ -172,25 +173,39 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-/// Accepts a socket if the connection limit allows; counts it open.
-fn admit(shared: &Shared, stream: &TcpStream) -> bool {
+/// An admitted socket: its place in its address's count (when limits per address are set)
+/// goes with it, and is given back when the connection ends.
+type Admitted = (TcpStream, SocketAddr, Option<Arc<IpSlot>>);
+
+/// Accepts a socket if the connection limits allow (in all, and per client address); counts it
+/// open.
+fn admit(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Option<Arc<IpSlot>>> {
+    let limits = &shared.config.limits;
+    let slot = match shared.per_ip.admit(peer.ip(), limits, Instant::now()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            // Debug, not warn: a flood would flood the log too.
+            debug!(%peer, ?refusal, "connection refused: limit per client address");
+            return None;
+        }
+    };
     let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
-    if open >= shared.config.limits.max_connections {
+    if open >= limits.max_connections {
         shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-        warn!(peer = ?stream.peer_addr().ok(), "connection refused: max_connections reached");
-        return false;
+        warn!(%peer, "connection refused: max_connections reached");
+        return None;
     }
     // Small MQTT packets must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
-    true
+    Some(slot)
 }
 
-/// The next connection the limit admits, or `None` once the broker shuts down.
+/// The next connection the limits admit, or `None` once the broker shuts down.
 async fn next_connection(
     listener: &TcpListener,
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, SocketAddr)> {
+) -> Option<Admitted> {
     // One warning per episode: until a connection is accepted again.
     let mut out_of_descriptors = false;
     loop {
@@ -199,8 +214,11 @@ async fn next_connection(
             _ = shutdown.changed() => return None,
         };
         match accepted {
-            Ok((stream, peer)) if admit(shared, &stream) => return Some((stream, peer)),
-            Ok(_) => {}
+            Ok((stream, peer)) => {
+                if let Some(slot) = admit(shared, &stream, peer) {
+                    return Some((stream, peer, slot));
+                }
+            }
             // EMFILE or ENFILE: the socket stays in the backlog and the next accept fails at
             // once, so retrying at once would spin a core and serve no one. Back off until a
             // descriptor is free.
@@ -267,17 +285,24 @@ pub(crate) async fn serve_mqtt(
     context: Arc<ListenerContext>,
 ) {
     let mut shutdown = shared.shutdown.clone();
-    while let Some((stream, addr)) = next_connection(&listener, &shared, &mut shutdown).await {
+    while let Some((stream, addr, slot)) = next_connection(&listener, &shared, &mut shutdown).await
+    {
         let peer = Peer {
             addr,
             websocket: false,
         };
-        if !context.listener.kind.is_tls() {
+        if !context.listener.kind.is_tls() && slot.is_none() {
+            // The common case spawns the connection itself: nothing else in its task.
             tokio::spawn(connection::serve(stream, shared.clone(), peer, None));
             continue;
         }
         let (shared, context) = (shared.clone(), context.clone());
         tokio::spawn(async move {
+            let _slot = slot;
+            if !context.listener.kind.is_tls() {
+                connection::serve(stream, shared, peer, None).await;
+                return;
+            }
             match context.handshake(stream, &shared, addr).await {
                 Some((stream, user)) => connection::serve(stream, shared, peer, user).await,
                 None => {
@@ -295,18 +320,21 @@ pub(crate) async fn serve_websocket(
     context: Arc<ListenerContext>,
 ) {
     let mut shutdown = shared.shutdown.clone();
-    while let Some((stream, peer)) = next_connection(&listener, &shared, &mut shutdown).await {
+    while let Some((stream, peer, slot)) = next_connection(&listener, &shared, &mut shutdown).await
+    {
         let (shared, context) = (shared.clone(), context.clone());
         tokio::spawn(async move {
             if context.listener.kind.is_tls() {
                 match context.handshake(stream, &shared, peer).await {
-                    Some((stream, user)) => serve_http(stream, shared, context, peer, user).await,
+                    Some((stream, user)) => {
+                        serve_http(stream, shared, context, peer, user, slot).await;
+                    }
                     None => {
                         shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
             } else {
-                serve_http(stream, shared, context, peer, None).await;
+                serve_http(stream, shared, context, peer, None, slot).await;
             }
         });
     }
@@ -319,6 +347,7 @@ async fn serve_http<IO>(
     context: Arc<ListenerContext>,
     peer: SocketAddr,
     certificate_user: Option<Arc<str>>,
+    slot: Option<Arc<IpSlot>>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -327,7 +356,8 @@ async fn serve_http<IO>(
         let shared = service_shared.clone();
         let context = context.clone();
         let user = certificate_user.clone();
-        async move { Ok::<_, Infallible>(handle_http(request, shared, &context, peer, user)) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(handle_http(request, shared, &context, peer, user, slot)) }
     });
     // A socket that sends no complete request in time (nothing, half a request line, a
     // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
@@ -336,6 +366,7 @@ async fn serve_http<IO>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.limits.connect_timeout)
+        .max_header_size(shared.config.limits.max_http_header_size)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -394,6 +425,7 @@ fn handle_http(
     context: &ListenerContext,
     peer: SocketAddr,
     certificate_user: Option<Arc<str>>,
+    slot: Option<Arc<IpSlot>>,
 ) -> Response<Full<Bytes>> {
     // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one.
     let hosts = request.headers().get_all(header::HOST).iter().count();
@@ -432,6 +464,8 @@ fn handle_http(
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            // The address's count holds while the MQTT connection lives.
+            let _slot = slot;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let connection =

@@ -407,6 +407,14 @@ impl Subscriptions {
         self.0 = None;
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |map| map.len())
+    }
+
+    pub(crate) fn contains(&self, filter: &TopicFilter) -> bool {
+        self.0.as_ref().is_some_and(|map| map.contains_key(filter))
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionData)> {
         self.0.iter().flat_map(|map| map.iter())
     }

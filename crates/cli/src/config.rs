@@ -43,6 +43,13 @@ pub(crate) struct FileConfig {
     pub(crate) max_keepalive: Option<u16>,
     pub(crate) max_session_expiry: Option<u32>,
     pub(crate) max_queued_bytes: Option<u64>,
+    pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) max_connection_rate_per_ip: Option<u32>,
+    pub(crate) packet_timeout_secs: Option<u64>,
+    pub(crate) max_http_header_size: Option<usize>,
+    pub(crate) max_subscriptions: Option<usize>,
+    pub(crate) max_topic_levels: Option<usize>,
+    pub(crate) max_topic_length: Option<usize>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) in_memory: Option<bool>,
 }
@@ -173,6 +180,16 @@ impl Settings {
         set(args.max_keepalive, &mut s.max_keepalive);
         set(args.max_session_expiry, &mut s.max_session_expiry);
         set(args.max_queued_bytes, &mut s.max_queued_bytes);
+        set(args.max_connections_per_ip, &mut s.max_connections_per_ip);
+        set(
+            args.max_connection_rate_per_ip,
+            &mut s.max_connection_rate_per_ip,
+        );
+        set(args.packet_timeout_secs, &mut s.packet_timeout_secs);
+        set(args.max_http_header_size, &mut s.max_http_header_size);
+        set(args.max_subscriptions, &mut s.max_subscriptions);
+        set(args.max_topic_levels, &mut s.max_topic_levels);
+        set(args.max_topic_length, &mut s.max_topic_length);
         if args.data_dir.is_some() {
             // A directory named on the command line wins over the file's `in_memory`.
             s.data_dir = args.data_dir.clone();
@@ -290,6 +307,30 @@ impl Settings {
         if let Some(bytes) = s.max_queued_bytes {
             limits.max_queued_bytes = bytes;
         }
+        if let Some(n) = s.max_connections_per_ip {
+            limits.max_connections_per_ip = n;
+        }
+        if let Some(n) = s.max_connection_rate_per_ip {
+            limits.max_connection_rate_per_ip = n;
+        }
+        if let Some(secs) = s.packet_timeout_secs {
+            if secs == 0 {
+                return Err("packet_timeout_secs must be at least 1".to_owned());
+            }
+            limits.packet_timeout = Duration::from_secs(secs);
+        }
+        if let Some(bytes) = s.max_http_header_size {
+            limits.max_http_header_size = bytes;
+        }
+        if let Some(n) = s.max_subscriptions {
+            limits.max_subscriptions = n;
+        }
+        if let Some(n) = s.max_topic_levels {
+            limits.max_topic_levels = n;
+        }
+        if let Some(n) = s.max_topic_length {
+            limits.max_topic_length = n;
+        }
         config.storage = if s.in_memory == Some(true) {
             Storage::InMemory
         } else {
@@ -339,6 +380,10 @@ mod tests {
         assert!(file.allowed_origins.is_some());
         assert!(file.data_dir.is_some() && file.in_memory.is_some());
         assert!(file.max_queued_bytes.is_some());
+        assert!(file.max_connections_per_ip.is_some() && file.max_connection_rate_per_ip.is_some());
+        assert!(file.packet_timeout_secs.is_some() && file.max_http_header_size.is_some());
+        assert!(file.max_subscriptions.is_some() && file.max_topic_levels.is_some());
+        assert!(file.max_topic_length.is_some());
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
     }

@@ -175,6 +175,35 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "SECS", help_heading = "Limits")]
     pub(crate) max_session_expiry: Option<u32>,
 
+    /// Most connections at once from one client IP address (0: no limit).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_connections_per_ip: Option<usize>,
+
+    /// Most new connections per second from one client IP address (0: no limit).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_connection_rate_per_ip: Option<u32>,
+
+    /// Seconds a packet may take to arrive once begun: a peer trickling one a byte at a time
+    /// is closed.
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) packet_timeout_secs: Option<u64>,
+
+    /// Largest HTTP request head (the WebSocket handshake included), in bytes.
+    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
+    pub(crate) max_http_header_size: Option<usize>,
+
+    /// Most subscriptions one client may hold (0: no limit).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_subscriptions: Option<usize>,
+
+    /// Most levels in a topic name or filter (0: no limit).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub(crate) max_topic_levels: Option<usize>,
+
+    /// Longest topic name or filter, in bytes.
+    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
+    pub(crate) max_topic_length: Option<usize>,
+
     /// Most bytes (topics and payloads) queued for one session; 0: no limit (Mosquitto's
     /// max_queued_bytes).
     #[arg(long, value_name = "BYTES", help_heading = "Limits")]

@@ -192,6 +192,11 @@ impl<L: PacketLog> Core<L> {
         Ok(packet)
     }
 
+    /// Whether part of a packet has arrived and waits for the rest.
+    pub(crate) fn has_partial_packet(&self) -> bool {
+        !self.received.is_empty()
+    }
+
     /// The packet type of the next buffered packet, from its first byte, if any byte is there.
     pub(crate) fn peek_packet_type(&self) -> Option<u8> {
         self.received.first().map(|byte| byte >> 4)

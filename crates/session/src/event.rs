@@ -33,6 +33,8 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// No CONNECT arrived in time (server side).
     ConnectTimeout,
+    /// A packet begun did not arrive whole in time (server side: trickled a byte at a time).
+    PacketTimeout,
     /// The connection attempt was refused (CONNACK with a failure, sent or received).
     Refused(ReasonCode),
     /// The transport ended without DISCONNECT.

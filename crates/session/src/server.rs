@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Most QoS 1 and 2 deliveries waiting for room in the window; past it `deliver` fails
     /// with [`Error::Full`].
     pub max_queued: usize,
+    /// How long a packet may take to arrive once its first byte has (after the CONNECT, which
+    /// has `connect_timeout`): a peer trickling a packet a byte at a time is closed, though
+    /// each byte it sends keeps the keep alive satisfied.
+    pub packet_timeout: Duration,
     /// The longest keep alive accepted, as Mosquitto's `max_keepalive`. An MQTT 5 client asking
     /// for more, or for none (0), is told this value as Server Keep Alive; an MQTT 3.1 or 3.1.1
     /// client doing so is refused with CONNACK return code 0x02 (identifier rejected), since
@@ -64,6 +68,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(30),
             max_packet_size: 1024 * 1024,
             receive_maximum: 128,
             topic_alias_maximum: 64,
@@ -119,7 +124,9 @@ pub struct ServerConnection {
     config: ServerConfig,
     core: Core,
     events: LazyDeque<ServerEvent>,
-    created_at: Timestamp,
+    /// When the connection was made or the last whole packet arrived: a packet begun since
+    /// must be complete within `packet_timeout` (the CONNECT within `connect_timeout`).
+    progress_at: Timestamp,
     /// The CONNECT, once received.
     connect: Option<Box<Connect>>,
     /// The protocol version, once CONNECT has come (the CONNECT itself is dropped once
@@ -168,7 +175,7 @@ impl ServerConnection {
             config,
             core,
             events: LazyDeque::default(),
-            created_at: now,
+            progress_at: now,
             connect: None,
             protocol: None,
             deciding: false,
@@ -498,9 +505,22 @@ impl ServerConnection {
             return;
         }
         if self.protocol.is_none() {
-            if now >= self.created_at + self.config.connect_timeout {
+            if now >= self.progress_at + self.config.connect_timeout {
                 self.close(now, CloseReason::ConnectTimeout);
             }
+            return;
+        }
+        if self
+            .packet_deadline()
+            .is_some_and(|deadline| now >= deadline)
+        {
+            // A packet trickled in a byte at a time keeps the keep alive satisfied for ever.
+            if self.core.version.is_v5() && self.core.phase == Phase::Connected {
+                self.core.send_control(Packet::Disconnect(Disconnect::new(
+                    ReasonCode::KeepAliveTimeout,
+                )));
+            }
+            self.close(now, CloseReason::PacketTimeout);
             return;
         }
         if self.core.phase == Phase::Connected
@@ -543,10 +563,14 @@ impl ServerConnection {
             return self.will_due_at();
         }
         if self.protocol.is_none() {
-            return Some(self.created_at + self.config.connect_timeout);
+            return Some(self.progress_at + self.config.connect_timeout);
         }
-        (self.core.phase == Phase::Connected && self.keep_alive != 0)
-            .then(|| self.keep_alive_deadline())
+        let keep_alive = (self.core.phase == Phase::Connected && self.keep_alive != 0)
+            .then(|| self.keep_alive_deadline());
+        match (keep_alive, self.packet_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ------------------------------------------------------------------ state
@@ -652,6 +676,13 @@ impl ServerConnection {
             .is_some_and(|max| connect.keep_alive == 0 || connect.keep_alive > max)
     }
 
+    /// When the packet begun since the last whole one must be complete, if one is begun.
+    fn packet_deadline(&self) -> Option<Timestamp> {
+        self.core
+            .has_partial_packet()
+            .then(|| self.progress_at + self.config.packet_timeout)
+    }
+
     fn keep_alive_deadline(&self) -> Timestamp {
         // One and a half times the keep alive, in milliseconds to keep odd values exact.
         let grace = Duration::from_millis(u64::from(self.keep_alive) * 1500);
@@ -706,7 +737,10 @@ impl ServerConnection {
                 break;
             }
             match self.core.try_next_packet() {
-                Ok(Some(packet)) => self.handle_packet(now, packet),
+                Ok(Some(packet)) => {
+                    self.progress_at = now;
+                    self.handle_packet(now, packet);
+                }
                 Ok(None) => break,
                 Err(error) => {
                     self.decode_failed(now, error);
@@ -1007,6 +1041,7 @@ mod tests {
     #[test]
     fn a_server_connection_stays_small() {
         let size = size_of::<ServerConnection>();
-        assert!(size <= 352, "ServerConnection takes {size} bytes");
+        // 360 since the trickled-packet timeout (its Duration in the config).
+        assert!(size <= 360, "ServerConnection takes {size} bytes");
     }
 }

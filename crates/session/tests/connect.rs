@@ -983,3 +983,52 @@ fn server_disconnect_is_there_to_write_after_closed() {
         matches!(&packets[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ServerShuttingDown)
     );
 }
+
+/// A packet begun must arrive whole within the packet timeout, though each byte it trickles
+/// in keeps the keep alive satisfied; a packet that arrives whole restarts the count.
+#[test]
+fn a_packet_trickled_past_the_packet_timeout_closes_the_connection() {
+    for version in [V311, V5] {
+        let config = ServerConfig {
+            packet_timeout: Duration::from_secs(5),
+            ..ServerConfig::default()
+        };
+        let mut pair = Pair::new(
+            ClientConfig::new(connect_packet(version, "trickle")),
+            config,
+        );
+        pair.connect();
+        let bytes = encode(
+            Packet::Publish(publish("t/1", QoS::AtMostOnce, b"abc")),
+            version,
+        );
+        // Whole packets a second apart for a while: no timeout.
+        for _ in 0..10 {
+            pair.now = pair.now + Duration::from_secs(1);
+            pair.server.handle_bytes(pair.now, &bytes);
+            pair.server.handle_timeout(pair.now);
+            assert!(!pair.server.is_closed(), "{version:?}");
+        }
+        // Then the next one a byte a second: closed once 5 s have passed since the last whole.
+        let mut closed_after = None;
+        for (n, byte) in bytes.iter().take(bytes.len() - 1).enumerate() {
+            pair.now = pair.now + Duration::from_secs(1);
+            pair.server.handle_bytes(pair.now, &[*byte]);
+            if let Some(deadline) = pair.server.poll_timeout() {
+                if pair.now >= deadline {
+                    pair.server.handle_timeout(pair.now);
+                }
+            }
+            if pair.server.is_closed() {
+                closed_after = Some(n + 1);
+                break;
+            }
+        }
+        assert_eq!(closed_after, Some(5), "{version:?}");
+        assert!(
+            server_events(&mut pair.server)
+                .iter()
+                .any(|event| matches!(event, ServerEvent::Closed(CloseReason::PacketTimeout)))
+        );
+    }
+}
