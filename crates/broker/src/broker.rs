@@ -592,6 +592,35 @@ impl BrokerHandle {
         &self.listeners
     }
 
+    /// Serves one MQTT connection over `io`, any byte stream (a Unix socket, an in-memory
+    /// pipe, a transport of the embedder's own), as a listener serves a socket: the
+    /// connection limit, the CONNECT timeout and every protocol rule apply. `peer` names the
+    /// client in the logs. Returns once the connection has ended; spawn it to serve it in the
+    /// background.
+    pub fn serve_connection<IO>(
+        &self,
+        io: IO,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        async move {
+            let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
+            if open >= shared.config.limits.max_connections {
+                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                warn!(%peer, "connection refused: max_connections reached");
+                return;
+            }
+            let peer = crate::connection::Peer {
+                addr: peer,
+                websocket: false,
+            };
+            crate::connection::serve(io, shared, peer, None).await;
+        }
+    }
+
     /// The address of the first listener of `kind`.
     pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
         self.listeners

@@ -1244,3 +1244,26 @@ async fn in_process_subscriptions_are_not_sessions() {
     client.expect_silence(SHORT).await;
     broker.shutdown(SHORT).await;
 }
+
+/// An embedder hands the broker any byte stream (here an in-memory pipe): it is served as a
+/// socket would be, with every rule.
+#[tokio::test]
+async fn a_connection_over_any_byte_stream() {
+    let broker = start_broker(|_| {}).await;
+    let (client_side, broker_side) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(broker.serve_connection(broker_side, "127.0.0.1:9".parse().unwrap()));
+    let (mut client, connected) = TestClient::over(client_side, connect_packet(V5, "piped")).await;
+    assert!(matches!(connected, ClientEvent::Connected { .. }));
+    client
+        .subscribe(vec![subscription("pipe/#", QoS::AtLeastOnce)])
+        .await;
+    broker
+        .publish("pipe/x", "through the pipe", QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(
+        payload_str(&client.recv().await.expect("delivered")),
+        "through the pipe"
+    );
+    assert!(broker.has_session("piped"));
+    broker.shutdown(SHORT).await;
+}
