@@ -1613,6 +1613,14 @@ fn ws_frame_with_mask(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     frame
 }
 
+/// A frame header announcing `len` bytes in the 64-bit form, masked, with no payload yet.
+fn ws_header_64(first: u8, len: u64) -> Vec<u8> {
+    let mut frame = vec![first, 0x80 | 127];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&MASK);
+    frame
+}
+
 const PINGREQ: [u8; 2] = [0xC0, 0x00];
 
 /// The upgrade request for MQTT over WebSockets on `/mqtt`, with `extra` header lines.
@@ -1630,6 +1638,134 @@ fn websocket_cases() -> Vec<Case> {
     // Client ids of their own: cases run at once.
     let connect = |id: &str| encode(V311, connect_packet(V311, id));
     let mut cases = vec![
+        // RFC 6455 §5.1: a server MUST close on an unmasked frame (1002, §7.4.1).
+        ws_frames(
+            "rfc6455_5_1_an_unmasked_frame_fails_with_1002",
+            true,
+            raw(&[vec![0x82, 0x02, 0xC0, 0x00]]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_1_an_unmasked_first_frame_fails_with_1002",
+            false,
+            raw(&[vec![0x82, 0x02, 0xC0, 0x00]]),
+            &["ws close 1002", "closed"],
+        ),
+        // §5.2: RSV bits without a negotiated extension fail the connection.
+        ws_frames(
+            "rfc6455_5_2_rsv1_without_an_extension_fails_with_1002",
+            true,
+            raw(&[ws_frame(0xC2, &PINGREQ)]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_2_rsv2_without_an_extension_fails_with_1002",
+            true,
+            raw(&[ws_frame(0xA2, &PINGREQ)]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_2_rsv3_without_an_extension_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x92, &PINGREQ)]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_2_reserved_data_opcode_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x83, &PINGREQ)]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_2_reserved_control_opcode_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x8B, &PINGREQ)]),
+            &["ws close 1002", "closed"],
+        ),
+        // §5.2: the length in its shortest form, and a 64-bit one with its top bit clear.
+        ws_frames(
+            "rfc6455_5_2_a_length_not_in_its_shortest_form_fails_with_1002",
+            true,
+            raw(&[{
+                let mut frame = vec![0x82, 0x80 | 126, 0x00, 0x02];
+                frame.extend_from_slice(&MASK);
+                let mut payload = PINGREQ;
+                rallymq_websocket::apply_mask(&mut payload, MASK);
+                frame.extend_from_slice(&payload);
+                frame
+            }]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_2_a_64_bit_length_with_its_top_bit_set_fails_with_1002",
+            true,
+            raw(&[ws_header_64(0x82, 1 << 63)]),
+            &["ws close 1002", "closed"],
+        ),
+        // §5.5: control frames carry at most 125 bytes and are not fragmented.
+        ws_frames(
+            "rfc6455_5_5_a_ping_of_126_bytes_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x89, &[b'p'; 126])]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_5_a_fragmented_ping_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x09, b"ping")]),
+            &["ws close 1002", "closed"],
+        ),
+        // §5.4: a continuation needs a message to continue, a new message waits for the end of
+        // the one in progress.
+        ws_frames(
+            "rfc6455_5_4_a_continuation_without_a_start_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x80, &PINGREQ)]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_5_4_a_binary_frame_inside_a_fragmented_message_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x02, &PINGREQ[..1]), ws_frame(0x82, &PINGREQ[1..])]),
+            &["ws close 1002", "closed"],
+        ),
+        // §5.5.1 and §7.4: a Close body is empty or a valid code and a UTF-8 reason.
+        ws_frames(
+            "rfc6455_5_5_1_a_close_frame_of_one_byte_fails_with_1002",
+            true,
+            raw(&[ws_frame(0x88, &[0x03])]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_7_4_1_close_code_1005_is_not_for_the_wire",
+            true,
+            raw(&[ws_frame(0x88, &1005u16.to_be_bytes())]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_7_4_1_close_code_1004_is_reserved",
+            true,
+            raw(&[ws_frame(0x88, &1004u16.to_be_bytes())]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_7_4_2_close_code_999_is_invalid",
+            true,
+            raw(&[ws_frame(0x88, &999u16.to_be_bytes())]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_7_4_2_close_code_5000_is_invalid",
+            true,
+            raw(&[ws_frame(0x88, &5000u16.to_be_bytes())]),
+            &["ws close 1002", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_8_1_a_close_reason_not_utf8_fails_with_1007",
+            true,
+            raw(&[ws_frame(0x88, &[0x03, 0xE8, 0xFF, 0xFE])]),
+            &["ws close 1007", "closed"],
+        ),
         // §5.5.1: a Close is answered with a Close (echoing its code), then the server closes
         // the TCP connection (§7.1.1); nothing is sent after it, not even an answer to a
         // packet that came behind the Close.
@@ -1656,6 +1792,46 @@ fn websocket_cases() -> Vec<Case> {
             true,
             raw(&[ws_frame(0x88, &1000u16.to_be_bytes()), pingreq.clone()]),
             &["ws close 1000", "closed"],
+        ),
+        // MQTT-6.0.0-1: MQTT goes in binary frames; other data frames close the connection.
+        // RFC 6455 §7.4.1: 1003 for data of a type the endpoint cannot accept; invalid UTF-8
+        // in a text message is 1007 first (§8.1).
+        ws_frames(
+            "mqtt_6_0_0_1_a_text_frame_closes_with_1003",
+            true,
+            raw(&[ws_frame(0x81, b"hello")]),
+            &["ws close 1003", "closed"],
+        ),
+        ws_frames(
+            "mqtt_6_0_0_1_a_connect_in_a_text_frame_closes_with_1003",
+            false,
+            raw(&[ws_frame(0x81, &connect("in-text"))]),
+            &["ws close 1003", "closed"],
+        ),
+        ws_frames(
+            "mqtt_6_0_0_1_a_fragmented_text_message_closes_with_1003",
+            true,
+            raw(&[ws_frame(0x01, b"hel"), ws_frame(0x80, b"lo")]),
+            &["ws close 1003", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_8_1_a_text_frame_not_utf8_fails_with_1007",
+            true,
+            raw(&[ws_frame(0x81, &[0xC3, 0x28])]),
+            &["ws close 1007", "closed"],
+        ),
+        // §7.4.1: 1009 for a message too big to process (the frame limit is 16 MiB).
+        ws_frames(
+            "rfc6455_7_4_1_a_frame_of_a_terabyte_fails_with_1009",
+            true,
+            raw(&[ws_header_64(0x82, 1 << 40)]),
+            &["ws close 1009", "closed"],
+        ),
+        ws_frames(
+            "rfc6455_7_4_1_a_frame_just_over_16_mib_fails_with_1009",
+            false,
+            raw(&[ws_header_64(0x82, (16 << 20) + 1)]),
+            &["ws close 1009", "closed"],
         ),
         // §5.5.2: a Ping is answered with a Pong carrying its payload; §5.4: control frames
         // may come between the fragments of a message.
