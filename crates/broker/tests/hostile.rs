@@ -1950,6 +1950,13 @@ fn websocket_cases() -> Vec<Case> {
             &[],
         )
         .expect(&["HTTP 400"]),
+        // RFC 6455 §4.2.1: only GET upgrades; RFC 9110 §15.5.6: a 405 lists what is allowed.
+        http(
+            "rfc6455_4_2_1_an_upgrade_by_post_gets_405_with_allow",
+            upgrade_request("Content-Length: 0\r\n").replacen("GET", "POST", 1),
+            &["allow"],
+        )
+        .expect(&["HTTP 405", "allow: GET"]),
         http(
             "rfc9112_3_2_an_upgrade_without_host_gets_400",
             without("Host"),
