@@ -2002,6 +2002,11 @@ fn websocket_cases() -> Vec<Case> {
 fn http_cases() -> Vec<Case> {
     let get =
         |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let request = |method: &str, target: &str| {
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
     let with_header = |line: &str| {
         format!("GET /rallymq.js HTTP/1.1\r\nHost: x\r\n{line}\r\nConnection: close\r\n\r\n")
     };
@@ -2194,6 +2199,16 @@ fn http_cases() -> Vec<Case> {
         )
         .closing()
         .expect(&["HTTP 400", "closed"]),
+        // RFC 9112 §6.1: with both Transfer-Encoding and Content-Length, the server MUST close
+        // after responding: what follows is never read as a second request (smuggling).
+        http(
+            "rfc9112_6_1_content_length_with_transfer_encoding_closes_after_the_response",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n\
+             0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            &["allow"],
+        )
+        .closing()
+        .expect(&["HTTP 405", "allow: GET, HEAD", "closed"]),
         // Two requests in one write get two answers, in order.
         http(
             "rfc9112_9_3_2_pipelined_requests_are_answered_in_order",
@@ -2204,7 +2219,66 @@ fn http_cases() -> Vec<Case> {
             &[],
         )
         .expect(&["HTTP 200", "HTTP 404"]),
+        // RFC 9110 §9.1: method names are case-sensitive, and an unknown one SHOULD get 501.
+        http(
+            "rfc9110_9_1_an_unknown_method_gets_501",
+            request("BREW", "/"),
+            &[],
+        )
+        .expect(&["HTTP 501"]),
+        http(
+            "rfc9110_9_1_a_lower_case_get_is_another_method",
+            request("get", "/"),
+            &[],
+        )
+        .expect(&["HTTP 501"]),
     ]);
+    // RFC 9110 §15.5.6: methods the files do not support get 405, with an Allow header.
+    for (name, method, target) in [
+        ("rfc9110_15_5_6_post_gets_405_with_allow", "POST", "/"),
+        (
+            "rfc9110_15_5_6_post_to_a_missing_file_gets_405_with_allow",
+            "POST",
+            "/nothing",
+        ),
+        (
+            "rfc9110_15_5_6_put_gets_405_with_allow",
+            "PUT",
+            "/rallymq.js",
+        ),
+        (
+            "rfc9110_15_5_6_delete_gets_405_with_allow",
+            "DELETE",
+            "/rallymq.js",
+        ),
+        (
+            "rfc9110_15_5_6_patch_gets_405_with_allow",
+            "PATCH",
+            "/rallymq.js",
+        ),
+        ("rfc9110_15_5_6_options_gets_405_with_allow", "OPTIONS", "/"),
+        (
+            "rfc9110_15_5_6_options_of_the_server_gets_405_with_allow",
+            "OPTIONS",
+            "*",
+        ),
+        ("rfc9110_15_5_6_trace_gets_405_with_allow", "TRACE", "/"),
+        (
+            "rfc9110_15_5_6_connect_gets_405_with_allow",
+            "CONNECT",
+            "127.0.0.1:1883",
+        ),
+        (
+            "rfc9110_15_5_6_post_to_a_directory_gets_405_with_allow",
+            "POST",
+            "/tennis",
+        ),
+    ] {
+        cases.push(
+            http(name, request(method, target), &["allow"])
+                .expect(&["HTTP 405", "allow: GET, HEAD"]),
+        );
+    }
     cases
 }
 
