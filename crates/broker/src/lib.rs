@@ -24,6 +24,16 @@
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
 mod admission;
+// The connection calls the authenticator once the lead wires it in (issue 14); until then
+// only the tests and `rallymq passwd` use this module.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "wired into CONNECT handling separately (issue 14)"
+    )
+)]
+mod auth;
 mod broker;
 mod config;
 mod connection;
@@ -36,6 +46,7 @@ mod store;
 mod sys;
 mod tls;
 
+pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;

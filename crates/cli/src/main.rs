@@ -1,6 +1,8 @@
 //! `rallymq`: the command that runs the rallymq MQTT broker (`rallymq broker`) and its
 //! clients (`rallymq pub`, `rallymq sub`, with mosquitto_pub and mosquitto_sub's flags).
 //!
+//! `rallymq passwd FILE USER` edits a password file, as mosquitto_passwd does.
+//!
 //! `rallymq broker` starts a broker on the embedded defaults (MQTT over TCP on
 //! 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080); `--tcp`, `--ws` and
 //! `--config FILE` change that. See `rallymq broker --help` and `rallymq.example.toml`.
@@ -9,6 +11,7 @@
 
 mod config;
 mod output;
+mod passwd;
 mod pubsub;
 mod trace;
 
@@ -52,6 +55,8 @@ enum Command {
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages, with mosquitto_sub's flags (-h is the host; help is --help).
     Sub(pubsub::SubArgs),
+    /// Add, update or delete a user of a password file, with mosquitto_passwd's flags.
+    Passwd(passwd::PasswdArgs),
 }
 
 /// `rallymq broker` flags. Every flag has a key of the same name (with `_` for `-`) in the
@@ -231,6 +236,15 @@ fn main() -> ExitCode {
         Command::Broker(args) => run_broker(args),
         Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
         Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
+        Command::Passwd(args) => {
+            return match passwd::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
