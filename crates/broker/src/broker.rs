@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::PerIp;
+use crate::auth::Authenticator;
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) space_waiters: AtomicUsize,
     /// Connections by client address, for the limits per address.
     pub(crate) per_ip: Arc<PerIp>,
+    /// Decides who each client is at CONNECT.
+    pub(crate) authenticator: Arc<Authenticator>,
 }
 
 /// Shutdown reaches each connection through its [`ControlBox`], so that a connection waits on
@@ -71,8 +74,10 @@ impl Shared {
         config: BrokerConfig,
         shutdown: watch::Receiver<bool>,
         store: Option<Arc<dyn Store>>,
+        authenticator: Arc<Authenticator>,
     ) -> Self {
         Self {
+            authenticator,
             config,
             router: Router::default(),
             registry: Registry::default(),
@@ -465,6 +470,7 @@ impl Broker {
         store: Option<Arc<dyn Store>>,
     ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let authenticator = Arc::new(Authenticator::new(config.auth.clone())?);
         let all = config.all_listeners();
         let tls = match &config.tls_files {
             Some(settings) => Some(Arc::new(Tls::load(settings.clone())?)),
@@ -490,7 +496,7 @@ impl Broker {
             ));
         }
         let sys_interval = config.sys_interval;
-        let shared = Arc::new(Shared::new(config, shutdown_rx, store));
+        let shared = Arc::new(Shared::new(config, shutdown_rx, store, authenticator));
         shared.restore()?;
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
@@ -715,6 +721,11 @@ impl BrokerHandle {
         if let Some(tls) = &self.tls {
             tls.reload()?;
             info!("TLS certificate reloaded");
+        }
+        let auth = &self.shared.config.auth;
+        if auth.password_file.is_some() || auth.jwt.is_some() {
+            self.shared.authenticator.reload()?;
+            info!("password file and token key reloaded");
         }
         Ok(())
     }

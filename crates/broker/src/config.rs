@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::auth::AuthConfig;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// Where persistent sessions, their queued messages and retained messages are kept.
     pub storage: Storage,
+    /// Who may connect: a password file, JSON Web Tokens, anonymous clients or not. With
+    /// nothing set, anyone may, under the user name they give.
+    pub auth: AuthConfig,
 }
 
 /// Where a broker keeps what must survive it.
@@ -73,6 +77,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
             storage: Storage::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

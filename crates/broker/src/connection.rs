@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::auth::Credentials;
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
@@ -152,6 +153,11 @@ struct Extras {
     durability: Option<Durability>,
     /// The name of the client certificate verified in the TLS handshake, if any.
     certificate_user: Option<Arc<str>>,
+    /// The user the client authenticated as, when it gave one.
+    user: Option<Arc<str>>,
+    /// When the client's credential (a token) stops being valid: the connection is closed
+    /// then.
+    credential_expiry: Option<Timestamp>,
 }
 
 fn durability(extras: &Option<Box<Extras>>) -> Option<&Durability> {
@@ -190,6 +196,7 @@ impl Driver {
             Box::new(Extras {
                 durability,
                 certificate_user,
+                ..Extras::default()
             })
         });
         Self {
@@ -260,13 +267,19 @@ impl Driver {
                 if self.engine.is_closed() && deadline.is_none() {
                     break;
                 }
+                let deadline = match (deadline, self.credential_expiry()) {
+                    (Some(deadline), Some(expiry)) => Some(deadline.min(expiry)),
+                    (deadline, expiry) => deadline.or(expiry),
+                };
                 let control = self.control.clone();
                 // The timer's branch comes first so that its instant is computed before the
                 // read borrows `self`: no `Instant` local is kept across the wait.
                 tokio::select! {
                     _ = tokio::time::sleep_until(self.instant(deadline.unwrap_or_default())),
                         if deadline.is_some() => {
-                        self.engine.handle_timeout(self.now());
+                        let now = self.now();
+                        self.engine.handle_timeout(now);
+                        self.end_expired_credential(now);
                     }
                     read = poll_fn(|cx| self.poll_read(cx, &mut io)), if transport_open => {
                         if matches!(read, Ok(0) | Err(_)) {
@@ -278,6 +291,29 @@ impl Driver {
                 }
             }
             self.finish();
+        }
+    }
+
+    /// When the client's credential expires, while the connection is open.
+    fn credential_expiry(&self) -> Option<Timestamp> {
+        let expiry = self.extras.as_deref()?.credential_expiry?;
+        (!self.engine.is_closed()).then_some(expiry)
+    }
+
+    /// Closes the connection once its credential has expired: a token is valid for a time,
+    /// and a connection must not outlive it (MQTT 5: DISCONNECT 0xA0 Maximum connect time).
+    fn end_expired_credential(&mut self, now: Timestamp) {
+        let Some(extras) = self.extras.as_deref_mut() else {
+            return;
+        };
+        if extras.credential_expiry.is_some_and(|expiry| expiry <= now) {
+            extras.credential_expiry = None;
+            info!(peer = %self.peer, user = extras.user.as_deref().unwrap_or(""), "credential expired: disconnecting");
+            self.engine.disconnect(
+                now,
+                ReasonCode::MaximumConnectTime,
+                DisconnectProperties::default(),
+            );
         }
     }
 
@@ -641,6 +677,44 @@ impl Driver {
             );
             return;
         }
+        // Who the client is, before it can touch a session: a refused CONNECT takes nothing
+        // over (Mosquitto and EMQX check credentials first too).
+        let certificate_user = self
+            .extras
+            .as_deref()
+            .and_then(|extras| extras.certificate_user.as_deref())
+            .map(str::to_owned);
+        let credentials = Credentials {
+            username: connect
+                .username
+                .as_ref()
+                .map(|name| name.as_str().to_owned()),
+            password: connect.password.clone(),
+            client_id: connect.client_id.as_str().to_owned(),
+            certificate_user,
+        };
+        let identity = match self
+            .shared
+            .authenticator
+            .authenticate_off_thread(self.peer.addr, credentials)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                let _ = self
+                    .engine
+                    .refuse(refusal.reason_code(), ConnAckProperties::default());
+                return;
+            }
+        };
+        if identity.user.is_some() || identity.expires_at.is_some() {
+            let extras = self.extras.get_or_insert_default();
+            extras.user = identity.user.as_deref().map(Arc::from);
+            extras.credential_expiry = identity.expires_at.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                now + left
+            });
+        }
         let limits = &self.shared.config.limits;
         let requested_expiry = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -765,7 +839,12 @@ impl Driver {
                 .as_deref()
                 .and_then(|extras| extras.certificate_user.as_deref())
                 .unwrap_or("");
-            info!(client_id = %client_id, peer = %self.peer, certificate, version = ?version, session_present, "client connected");
+            let user = self
+                .extras
+                .as_deref()
+                .and_then(|extras| extras.user.as_deref())
+                .unwrap_or("");
+            info!(client_id = %client_id, peer = %self.peer, user, certificate, version = ?version, session_present, "client connected");
         }
     }
 
@@ -1317,6 +1396,7 @@ mod tests {
             crate::BrokerConfig::default(),
             shutdown_rx,
             None,
+            Arc::new(crate::auth::Authenticator::new(Default::default()).unwrap()),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())

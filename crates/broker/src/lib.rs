@@ -24,15 +24,6 @@
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
 mod admission;
-// The connection calls the authenticator once the lead wires it in (issue 14); until then
-// only the tests and `rallymq passwd` use this module.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "wired into CONNECT handling separately (issue 14)"
-    )
-)]
 mod auth;
 mod broker;
 mod config;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rallymq_broker::{
-    BrokerConfig, CertificateName, ClientCertificates, Listener, ListenerKind, Storage, TlsSettings,
+    BrokerConfig, CertificateName, ClientCertificates, JwtConfig, Listener, ListenerKind, Storage,
+    TlsSettings,
 };
 use serde::Deserialize;
 
@@ -52,6 +53,12 @@ pub(crate) struct FileConfig {
     pub(crate) max_topic_length: Option<usize>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) in_memory: Option<bool>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) jwt_key: Option<PathBuf>,
+    pub(crate) jwt_user_claim: Option<String>,
+    pub(crate) jwt_issuer: Option<String>,
+    pub(crate) jwt_audience: Option<String>,
+    pub(crate) allow_anonymous: Option<bool>,
 }
 
 /// A `[[listener]]` table: one listener with its own settings.
@@ -198,6 +205,12 @@ impl Settings {
         if args.in_memory {
             s.in_memory = Some(true);
         }
+        set(args.password_file.clone(), &mut s.password_file);
+        set(args.jwt_key.clone(), &mut s.jwt_key);
+        set(args.jwt_user_claim.clone(), &mut s.jwt_user_claim);
+        set(args.jwt_issuer.clone(), &mut s.jwt_issuer);
+        set(args.jwt_audience.clone(), &mut s.jwt_audience);
+        set(args.allow_anonymous, &mut s.allow_anonymous);
         Self(s)
     }
 
@@ -338,6 +351,26 @@ impl Settings {
                 s.data_dir
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             )
+        };
+        config.auth.password_file = s.password_file;
+        config.auth.allow_anonymous = s.allow_anonymous;
+        config.auth.jwt = match s.jwt_key {
+            Some(key) => {
+                let mut jwt = JwtConfig::new(key);
+                if let Some(claim) = s.jwt_user_claim {
+                    jwt.user_claim = claim;
+                }
+                jwt.issuer = s.jwt_issuer;
+                jwt.audience = s.jwt_audience;
+                Some(jwt)
+            }
+            None if s.jwt_user_claim.is_some()
+                || s.jwt_issuer.is_some()
+                || s.jwt_audience.is_some() =>
+            {
+                return Err("jwt_user_claim, jwt_issuer and jwt_audience need jwt_key".to_owned());
+            }
+            None => None,
         };
         Ok(config)
     }

@@ -222,6 +222,49 @@ pub(crate) struct BrokerArgs {
     /// Keep nothing on disk: a restart loses sessions, queued and retained messages.
     #[arg(long, conflicts_with = "data_dir", help_heading = "Storage")]
     pub(crate) in_memory: bool,
+
+    /// Clients log in with a user name and password from this file, Mosquitto's format
+    /// (written by `rallymq passwd` or mosquitto_passwd). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub(crate) password_file: Option<PathBuf>,
+
+    /// Clients may log in with a JSON Web Token as their password, verified with this key: an
+    /// HMAC secret (at least 32 bytes) or a PEM public key (RSA, EC, Ed25519). Reloaded on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub(crate) jwt_key: Option<PathBuf>,
+
+    /// The token claim holding the user name (default sub).
+    #[arg(
+        long,
+        value_name = "CLAIM",
+        requires = "jwt_key",
+        help_heading = "Security"
+    )]
+    pub(crate) jwt_user_claim: Option<String>,
+
+    /// Tokens must have this issuer (iss).
+    #[arg(
+        long,
+        value_name = "ISS",
+        requires = "jwt_key",
+        help_heading = "Security"
+    )]
+    pub(crate) jwt_issuer: Option<String>,
+
+    /// Tokens must have this audience (aud).
+    #[arg(
+        long,
+        value_name = "AUD",
+        requires = "jwt_key",
+        help_heading = "Security"
+    )]
+    pub(crate) jwt_audience: Option<String>,
+
+    /// Whether clients without user name and password may connect (default: true only when
+    /// neither --password-file nor --jwt-key is given).
+    #[arg(long, value_name = "true|false", help_heading = "Security")]
+    pub(crate) allow_anonymous: Option<bool>,
 }
 
 fn main() -> ExitCode {
@@ -415,6 +458,34 @@ mod tests {
         );
         let config = broker_config(&parse(&["rallymq", "broker", "--in-memory"])).unwrap();
         assert_eq!(config.storage, rallymq_broker::Storage::InMemory);
+    }
+
+    #[test]
+    fn security_flags_reach_the_auth_config() {
+        let args = parse(&[
+            "rallymq",
+            "broker",
+            "--password-file",
+            "/etc/p",
+            "--jwt-key",
+            "/etc/k",
+            "--jwt-user-claim",
+            "username",
+            "--jwt-issuer",
+            "https://auth.example.com",
+            "--allow-anonymous",
+            "false",
+        ]);
+        let auth = broker_config(&args).unwrap().auth;
+        assert_eq!(auth.password_file, Some("/etc/p".into()));
+        assert_eq!(auth.allow_anonymous, Some(false));
+        let jwt = auth.jwt.expect("a JWT configuration");
+        assert_eq!(jwt.key_file, std::path::PathBuf::from("/etc/k"));
+        assert_eq!(jwt.user_claim, "username");
+        assert_eq!(jwt.issuer.as_deref(), Some("https://auth.example.com"));
+        assert_eq!(jwt.audience, None);
+        let auth = broker_config(&parse(&["rallymq", "broker"])).unwrap().auth;
+        assert_eq!(auth, rallymq_broker::AuthConfig::default());
     }
 
     #[test]
