@@ -1324,9 +1324,9 @@ impl Driver {
         fs::create_dir_all(&self.dir)?;
         let stat = rustix::fs::statvfs(&self.dir)?;
         let free = stat.f_bavail * stat.f_frsize;
-        // Trial runs took 290 to 340 bytes an entry after the fill (S = 1, the larger); fjall
-        // holds data in its journal and its tables for a while, so three times that.
-        let needed = self.entries * 1_000;
+        // The 1M-entry runs peaked at 430 bytes an entry (fjall after the fill, S = 1), with
+        // one store's files at a time on disk; 600 leaves some margin on a shared disk.
+        let needed = self.entries * 600;
         if self.cases.iter().any(|case| case == "backlog") && free < needed {
             return fail(format!(
                 "{} MiB free under {}, the backlog may need {} MiB",
