@@ -48,6 +48,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fjall::{
@@ -420,6 +421,9 @@ fn open_store(kind: Kind, dir: &Path, cache_bytes: usize) -> Outcome<Box<dyn Sto
     })
 }
 
+/// Whether redb repaired the file when this process opened it.
+static REDB_REPAIRED: AtomicBool = AtomicBool::new(false);
+
 type RedbDefinition = TableDefinition<'static, &'static [u8], &'static [u8]>;
 type RedbTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 
@@ -436,6 +440,9 @@ impl RedbStore {
     fn open(dir: &Path, cache_bytes: usize, quick_repair: bool) -> Outcome<Self> {
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
+            // Called only when the file was not closed cleanly and the open walks it to rebuild
+            // the allocator state (which quick repair saves at each commit instead).
+            .set_repair_callback(|_| REDB_REPAIRED.store(true, Ordering::Relaxed))
             .create(dir.join("broker.redb"))?;
         let store = Self { db, quick_repair };
         // Creates the tables, so that a read before the first write finds them.
@@ -884,9 +891,10 @@ fn step_steady(options: &StepOptions) -> Outcome<Figures> {
 }
 
 /// Fills the backlog: `sessions` offline sessions get `entries` queue entries, nothing
-/// acknowledged, in commits of `BACKLOG_BATCH` messages. The caller kills the process after it
-/// printed its figures, as a crash would.
-fn step_fill(options: &StepOptions) -> Outcome<Figures> {
+/// acknowledged, in commits of `BACKLOG_BATCH` messages. Returns the store still open: the
+/// caller kills the process after it printed the figures, as a crash would, so that the next
+/// open is the one after a crash (dropping the store would close it cleanly).
+fn step_fill(options: &StepOptions) -> Outcome<(Figures, Box<dyn Store>)> {
     let store = open_store(options.kind, &options.dir, options.cache_bytes)?;
     let mut publisher = Publisher::new(options.seed, options.sessions, options.fanout);
     store.commit(&publisher.sessions())?;
@@ -919,7 +927,7 @@ fn step_fill(options: &StepOptions) -> Outcome<Figures> {
     figures.set("fill_cpu_us_per_entry", cpu * 1e6 / queued as f64);
     figures.set("filled_mib", mib(disk_usage(&options.dir)?));
     figures.set("fill_rss_mib", mib(peak_rss()?));
-    Ok(figures)
+    Ok((figures, store))
 }
 
 /// Reads the first `RESUME_ENTRIES` entries of the middle session and each one's message, as
@@ -957,6 +965,10 @@ fn step_reopen(options: &StepOptions) -> Outcome<Figures> {
     figures.set("resume_ms", resumed.as_secs_f64() * 1e3);
     figures.set("resumed_entries", resumed_entries as f64);
     figures.set("open_write_mib", mib(write_bytes()? - bytes_before));
+    figures.set(
+        "redb_repaired",
+        f64::from(u8::from(REDB_REPAIRED.load(Ordering::Relaxed))),
+    );
     figures.set("open_rss_mib", mib(peak_rss()?));
     Ok(figures)
 }
@@ -1401,6 +1413,7 @@ impl Driver {
             ("fill_rss_mib", "fill peak RSS MiB"),
             ("crashed_open_ms", "open after crash ms (cold)"),
             ("crashed_open_write_mib", "written by that open MiB"),
+            ("crashed_redb_repaired", "redb repaired the file (1 = yes)"),
             ("crashed_resume_ms", "then 1,000 entries + messages ms"),
             ("crashed_resumed_entries", "entries read"),
             ("clean_open_ms", "open after clean close ms (cold)"),
@@ -1647,7 +1660,8 @@ fn run_child(args: &[String]) -> Outcome<()> {
     let figures = match step.as_str() {
         "steady" => step_steady(&options)?,
         "fill" => {
-            step_fill(&options)?.print()?;
+            let (figures, _open_store) = step_fill(&options)?;
+            figures.print()?;
             return crash();
         }
         "reopen" => step_reopen(&options)?,
