@@ -195,6 +195,24 @@ fn decrement(stored: &[u8]) -> Outcome<Option<Vec<u8>>> {
     }
 }
 
+/// The drain's work on the entries a scan took (key and value, in key order): each one's
+/// message read (to be sent) and the entry acknowledged by `ack`. Returns how many, and the
+/// key just after the last one, where the next scan starts.
+fn acknowledge_all(
+    start: &[u8],
+    taken: Vec<(Vec<u8>, Vec<u8>)>,
+    mut ack: impl FnMut(&[u8], u64) -> Outcome<()>,
+) -> Outcome<(usize, Vec<u8>)> {
+    let mut next = start.to_vec();
+    let count = taken.len();
+    for (key, entry) in taken {
+        ack(&key, message_id_of_entry(&entry)?)?;
+        next = key;
+        next.push(0);
+    }
+    Ok((count, next))
+}
+
 /// Seeded random numbers (splitmix64), so that every store gets the same replay.
 struct Rng(u64);
 
@@ -510,26 +528,20 @@ impl Store for RedbStore {
 
     fn drain(&self, start: &[u8], end: &[u8], limit: usize) -> Outcome<(usize, Vec<u8>)> {
         let txn = self.begin()?;
-        let mut next = start.to_vec();
-        let mut drained = 0;
-        {
+        let drained = {
             let mut messages = txn.open_table(redb_table(Table::Messages))?;
             let mut queue = txn.open_table(redb_table(Table::Queue))?;
             let mut taken = Vec::with_capacity(limit);
             for item in queue.range(start..end)?.take(limit) {
                 let (key, value) = item?;
-                taken.push((key.value().to_vec(), message_id_of_entry(value.value())?));
+                taken.push((key.value().to_vec(), value.value().to_vec()));
             }
-            for (key, message) in taken {
-                // The message is read to be sent, then acknowledged.
-                redb_ack(&mut queue, &mut messages, &key, message)?;
-                drained += 1;
-                next = key;
-                next.push(0);
-            }
-        }
+            acknowledge_all(start, taken, |key, message| {
+                redb_ack(&mut queue, &mut messages, key, message)
+            })?
+        };
         txn.commit()?;
-        Ok((drained, next))
+        Ok(drained)
     }
 
     fn scan(
@@ -649,17 +661,12 @@ impl Store for FjallStore {
             .take(limit)
         {
             let (key, value) = guard.into_inner()?;
-            taken.push((key.to_vec(), message_id_of_entry(&value)?));
+            taken.push((key.to_vec(), value.to_vec()));
         }
-        let mut next = start.to_vec();
-        let drained = taken.len();
-        for (key, message) in taken {
-            self.ack(&mut tx, &key, message)?;
-            next = key;
-            next.push(0);
-        }
+        let drained =
+            acknowledge_all(start, taken, |key, message| self.ack(&mut tx, key, message))?;
         tx.commit()?;
-        Ok((drained, next))
+        Ok(drained)
     }
 
     fn scan(
@@ -1136,10 +1143,9 @@ fn crash_check(driver: &Driver) -> Outcome<()> {
             // Even rounds: the writer kills itself right after commit `target` returned.
             // Odd rounds: killed from here while it goes on committing, at any point.
             let self_kill = round % 2 == 0;
-            let mut args = driver.step_args(kind, &dir, "crash-writer");
-            if self_kill {
-                args.extend(["--stop-after".into(), target.to_string()]);
-            }
+            let stop_after = [("--stop-after", target)];
+            let extra: &[(&str, u64)] = if self_kill { &stop_after } else { &[] };
+            let args = driver.step_args(kind, &dir, "crash-writer", extra);
             let mut child = Command::new(&driver.exe)
                 .args(&args)
                 .stdout(Stdio::piped())
@@ -1221,21 +1227,25 @@ impl Driver {
         Ok(dir)
     }
 
-    fn step_args(&self, kind: Kind, dir: &Path, step: &str) -> Vec<String> {
-        vec![
+    /// A child's command line: `step NAME`, the options every step takes, then `extra`.
+    fn step_args(&self, kind: Kind, dir: &Path, step: &str, extra: &[(&str, u64)]) -> Vec<String> {
+        let mut args = vec![
             "step".into(),
             step.into(),
             "--store".into(),
             kind.name().into(),
             "--dir".into(),
             dir.display().to_string(),
-            "--cache-mib".into(),
-            (self.cache_bytes >> 20).to_string(),
-            "--seed".into(),
-            self.seed.to_string(),
-            "--sessions".into(),
-            self.sessions.to_string(),
-        ]
+        ];
+        let common = [
+            ("--cache-mib", (self.cache_bytes >> 20) as u64),
+            ("--seed", self.seed),
+            ("--sessions", self.sessions as u64),
+        ];
+        for (name, value) in common.iter().chain(extra) {
+            args.extend([name.to_string(), value.to_string()]);
+        }
+        args
     }
 
     /// Runs a step in a child and returns its figures; `crashes`: the child ends by `SIGKILL`.
@@ -1283,17 +1293,13 @@ impl Driver {
 
     fn steady(&self, kind: Kind, fanout: usize, batch: usize) -> Outcome<Run> {
         let dir = self.fresh_dir(kind)?;
-        let mut args = self.step_args(kind, &dir, "steady");
-        args.extend([
-            "--fanout".into(),
-            fanout.to_string(),
-            "--batch".into(),
-            batch.to_string(),
-            "--seconds".into(),
-            self.steady_seconds.to_string(),
-            "--messages".into(),
-            self.steady_messages.to_string(),
-        ]);
+        let extra = [
+            ("--fanout", fanout as u64),
+            ("--batch", batch as u64),
+            ("--seconds", self.steady_seconds),
+            ("--messages", self.steady_messages),
+        ];
+        let args = self.step_args(kind, &dir, "steady", &extra);
         let deadline = Duration::from_secs(self.steady_seconds + 120);
         let run = self.run_step(&args, false, deadline)?;
         fs::remove_dir_all(&dir)?;
@@ -1302,31 +1308,23 @@ impl Driver {
 
     fn backlog(&self, kind: Kind, fanout: usize) -> Outcome<Run> {
         let dir = self.fresh_dir(kind)?;
-        let mut args = self.step_args(kind, &dir, "fill");
-        args.extend([
-            "--fanout".into(),
-            fanout.to_string(),
-            "--entries".into(),
-            self.entries.to_string(),
-            "--seconds".into(),
-            self.phase_seconds.to_string(),
-        ]);
+        let extra = [
+            ("--fanout", fanout as u64),
+            ("--entries", self.entries),
+            ("--seconds", self.phase_seconds),
+        ];
+        let args = self.step_args(kind, &dir, "fill", &extra);
         let deadline = Duration::from_secs(self.phase_seconds + 300);
         let mut run = self.run_step(&args, true, deadline)?;
         let entries = run.get("entries").copied().unwrap_or(0.0) as u64;
         for (step, prefix) in [("reopen", "crashed_"), ("reopen", "clean_")] {
-            let args = self.step_args(kind, &dir, step);
+            let args = self.step_args(kind, &dir, step, &[]);
             for (name, value) in self.run_step(&args, false, deadline)? {
                 run.insert(format!("{prefix}{name}"), value);
             }
         }
-        let mut args = self.step_args(kind, &dir, "drain");
-        args.extend([
-            "--entries".into(),
-            entries.to_string(),
-            "--seconds".into(),
-            self.phase_seconds.to_string(),
-        ]);
+        let extra = [("--entries", entries), ("--seconds", self.phase_seconds)];
+        let args = self.step_args(kind, &dir, "drain", &extra);
         run.extend(self.run_step(&args, false, deadline)?);
         fs::remove_dir_all(&dir)?;
         Ok(run)
