@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(auth.password_file, Some("/etc/p".into()));
         assert_eq!(auth.allow_anonymous, Some(false));
         let jwt = auth.jwt.expect("a JWT configuration");
-        assert_eq!(jwt.key_file, std::path::PathBuf::from("/etc/k"));
+        assert_eq!(jwt.key_file, PathBuf::from("/etc/k"));
         assert_eq!(jwt.user_claim, "username");
         assert_eq!(jwt.issuer.as_deref(), Some("https://auth.example.com"));
         assert_eq!(jwt.audience, None);
