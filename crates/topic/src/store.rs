@@ -245,6 +245,47 @@ pub(crate) fn level_at(topic: &str, offset: usize) -> (&str, usize) {
     }
 }
 
+/// The `+` branches still to follow, as (node, byte offset of the next topic level). Kept on
+/// the stack for the usual handful; a topic that branches more spills to the heap.
+pub(crate) struct PendingBranches {
+    inline: [(u32, u32); 8],
+    inline_len: usize,
+    spilled: Vec<(u32, u32)>,
+}
+
+impl PendingBranches {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [(0, 0); 8],
+            inline_len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, node_id: u32, offset: usize) {
+        // Offsets are at most MAX_TOPIC_LEN + 1.
+        let branch = (node_id, offset as u32);
+        if self.inline_len < self.inline.len() {
+            self.inline[self.inline_len] = branch;
+            self.inline_len += 1;
+        } else {
+            self.spilled.push(branch);
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<(u32, usize)> {
+        let (node_id, offset) = match self.spilled.pop() {
+            Some(branch) => branch,
+            None if self.inline_len > 0 => {
+                self.inline_len -= 1;
+                self.inline[self.inline_len]
+            }
+            None => return None,
+        };
+        Some((node_id, offset as usize))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
