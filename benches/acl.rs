@@ -130,10 +130,13 @@ fn report(acl: &Acl, reference: &ReferenceAcl, topics: &[TopicName]) {
     );
     assert_eq!(compiled, 0, "a compiled ACL check allocated");
 
+    let ids: Vec<String> = (0..1000).map(|i| format!("dev-{i}")).collect();
+    let mut clients: Vec<ClientAcl> = Vec::with_capacity(ids.len());
     let before = ALLOCATED.load(Ordering::Relaxed);
-    let clients: Vec<ClientAcl> = (0..1000)
-        .map(|i| acl.for_client(Some("user17"), &format!("dev-{i}"), None))
-        .collect();
+    clients.extend(
+        ids.iter()
+            .map(|id| acl.for_client(Some("user17"), id, None)),
+    );
     let names_bytes: usize = (0..1000)
         .map(|i| format!("dev-{i}").len() + "user17".len())
         .sum();
