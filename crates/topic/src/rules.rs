@@ -371,20 +371,13 @@ impl<V> RuleIndex<V> {
                 let literal = if level == "+" || node.literal_children == 0 {
                     None
                 } else {
-                    self.levels
-                        .get(level)
-                        .and_then(|level| self.edges.get(node_id, level))
+                    self.edges.literal(&self.levels, node_id, level)
                 };
                 let plus = if wildcards_apply { node.plus } else { NONE };
-                node_id = match (literal, plus) {
-                    (Some(literal), NONE) => literal,
-                    (Some(literal), plus) => {
-                        pending.push(plus, next_offset);
-                        literal
-                    }
-                    (None, NONE) => break,
-                    (None, plus) => plus,
+                let Some(next) = pending.follow(literal, plus, next_offset) else {
+                    break;
                 };
+                node_id = next;
                 offset = next_offset;
             }
         }

@@ -150,6 +150,11 @@ impl Edges {
     pub(crate) fn shrink_to_fit(&mut self) {
         self.0.shrink_to_fit();
     }
+
+    /// The child of `parent` through the literal level `level`, if there is one.
+    pub(crate) fn literal(&self, levels: &Interner, parent: u32, level: &str) -> Option<u32> {
+        levels.get(level).and_then(|level| self.get(parent, level))
+    }
 }
 
 /// Gives every distinct level string a `u32` id, counting how many nodes use it so that the
@@ -270,6 +275,27 @@ impl PendingBranches {
             self.inline_len += 1;
         } else {
             self.spilled.push(branch);
+        }
+    }
+
+    /// Where a walk goes from a node whose child for the next level is `literal` (if any)
+    /// and whose `+` child is `plus` ([`NONE`] if it has none or wildcards do not apply): to
+    /// the literal child, leaving the `+` one for later at `next_offset`, or to the `+`
+    /// child; `None` when neither exists and this branch ends.
+    pub(crate) fn follow(
+        &mut self,
+        literal: Option<u32>,
+        plus: u32,
+        next_offset: usize,
+    ) -> Option<u32> {
+        match (literal, plus) {
+            (Some(literal), NONE) => Some(literal),
+            (Some(literal), plus) => {
+                self.push(plus, next_offset);
+                Some(literal)
+            }
+            (None, NONE) => None,
+            (None, plus) => Some(plus),
         }
     }
 
