@@ -13,47 +13,15 @@
 //! criterion does not: allocations per check (the
 //! bench stops if a compiled check allocates) and the memory of one connection's `ClientAcl`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rallymq_benches::{CountingAllocator, allocated, allocations};
 use rallymq_broker::acl::reference::{ReferenceAcl, Wanted};
 use rallymq_broker::acl::{Acl, ClientAcl};
 use rallymq_topic::TopicName;
-
-/// Counts allocations and the bytes currently allocated.
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-
-// The only unsafe code here: the `GlobalAlloc` contract, forwarded unchanged to `System`.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -100,9 +68,9 @@ fn topics() -> Vec<TopicName> {
 }
 
 fn count_allocations(work: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     work();
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    allocations() - before
 }
 
 /// Prints allocations per check and a connection's memory; stops if a compiled check
@@ -132,7 +100,7 @@ fn report(acl: &Acl, reference: &ReferenceAcl, topics: &[TopicName]) {
 
     let ids: Vec<String> = (0..1000).map(|i| format!("dev-{i}")).collect();
     let mut clients: Vec<ClientAcl> = Vec::with_capacity(ids.len());
-    let before = ALLOCATED.load(Ordering::Relaxed);
+    let before = allocated();
     clients.extend(
         ids.iter()
             .map(|id| acl.for_client(Some("user17"), id, None)),
@@ -140,7 +108,7 @@ fn report(acl: &Acl, reference: &ReferenceAcl, topics: &[TopicName]) {
     let names_bytes: usize = (0..1000)
         .map(|i| format!("dev-{i}").len() + "user17".len())
         .sum();
-    let per_client = (ALLOCATED.load(Ordering::Relaxed) - before) as f64 / 1000.0;
+    let per_client = (allocated() - before) as f64 / 1000.0;
     println!(
         "memory per connection: {} B ClientAcl + {per_client:.0} B on the heap (its user name and \
          client id: {:.0} B on average)",
