@@ -220,22 +220,10 @@ fn access() -> impl Strategy<Value = Option<&'static str>> {
     ]
 }
 
-fn rule_filter() -> impl Strategy<Value = String> {
+/// Filters of one to `max - 1` levels of `levels`, and a `#` level after them half the time.
+fn filter_over(levels: &'static [&'static str], max: usize) -> impl Strategy<Value = String> {
     (
-        prop::collection::vec(
-            prop_oneof![
-                Just("a"),
-                Just("b"),
-                Just(""),
-                Just("$s"),
-                Just("$SYS"),
-                Just("+"),
-                Just("%u"),
-                Just("%c"),
-                Just("x%c"),
-            ],
-            1..4,
-        ),
+        prop::collection::vec(prop::sample::select(levels), 1..max),
         any::<bool>(),
     )
         .prop_map(|(levels, hash)| {
@@ -245,7 +233,11 @@ fn rule_filter() -> impl Strategy<Value = String> {
             }
             text
         })
-        .prop_filter("not empty", |text| !text.is_empty())
+}
+
+fn rule_filter() -> impl Strategy<Value = String> {
+    const LEVELS: &[&str] = &["a", "b", "", "$s", "$SYS", "+", "%u", "%c", "x%c"];
+    filter_over(LEVELS, 4).prop_filter("not empty", |text| !text.is_empty())
 }
 
 fn line() -> impl Strategy<Value = Line> {
@@ -297,32 +289,14 @@ fn topic() -> impl Strategy<Value = String> {
 }
 
 fn subscription() -> impl Strategy<Value = String> {
-    (
-        any::<bool>(),
-        prop::collection::vec(
-            prop_oneof![
-                Just("a"),
-                Just("b"),
-                Just(""),
-                Just("$s"),
-                Just("alice"),
-                Just("+")
-            ],
-            1..4,
-        ),
-        any::<bool>(),
-    )
-        .prop_map(|(shared, levels, hash)| {
-            let mut text = if shared {
-                "$share/g/".to_owned()
+    const LEVELS: &[&str] = &["a", "b", "", "$s", "alice", "+"];
+    (any::<bool>(), filter_over(LEVELS, 4))
+        .prop_map(|(shared, filter)| {
+            if shared {
+                format!("$share/g/{filter}")
             } else {
-                String::new()
-            };
-            text.push_str(&levels.join("/"));
-            if hash {
-                text.push_str("/#");
+                filter
             }
-            text
         })
         .prop_filter("a filter", |text| TopicFilter::new(text.as_str()).is_ok())
 }
@@ -346,6 +320,7 @@ fn client() -> impl Strategy<Value = (Option<&'static str>, &'static str)> {
 type TokenRule = (Permission, Action, String);
 
 fn token_rule() -> impl Strategy<Value = TokenRule> {
+    const LEVELS: &[&str] = &["a", "b", "$s", "+", "${username}", "%c"];
     (
         prop_oneof![Just(Permission::Allow), Just(Permission::Deny)],
         prop_oneof![
@@ -354,27 +329,7 @@ fn token_rule() -> impl Strategy<Value = TokenRule> {
             Just(Action::All)
         ],
         any::<bool>(),
-        (
-            prop::collection::vec(
-                prop_oneof![
-                    Just("a"),
-                    Just("b"),
-                    Just("$s"),
-                    Just("+"),
-                    Just("${username}"),
-                    Just("%c"),
-                ],
-                1..4,
-            ),
-            any::<bool>(),
-        )
-            .prop_map(|(levels, hash)| {
-                let mut text = levels.join("/");
-                if hash {
-                    text.push_str("/#");
-                }
-                text
-            }),
+        filter_over(LEVELS, 4),
     )
         .prop_map(|(permission, action, exact, topic)| {
             let topic = if exact { format!("eq {topic}") } else { topic };
