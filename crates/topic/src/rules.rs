@@ -437,17 +437,21 @@ mod tests {
         index
     }
 
+    /// The rule numbers a query reports, sorted.
+    fn found<'a>(query: impl FnOnce(&mut dyn FnMut(&'a Vec<usize>))) -> Vec<usize> {
+        let mut found = Vec::new();
+        query(&mut |rules| found.extend(rules));
+        found.sort_unstable();
+        found
+    }
+
     fn matching(
         index: &RuleIndex<Vec<usize>>,
         topic: &str,
         bindings: &[Option<&str>],
     ) -> Vec<usize> {
-        let mut found = Vec::new();
-        index.for_each_match(&TopicName::new(topic).unwrap(), bindings, |v| {
-            found.extend(v)
-        });
-        found.sort_unstable();
-        found
+        let topic = TopicName::new(topic).unwrap();
+        found(|visit| index.for_each_match(&topic, bindings, visit))
     }
 
     fn covering(
@@ -455,12 +459,8 @@ mod tests {
         filter: &str,
         bindings: &[Option<&str>],
     ) -> Vec<usize> {
-        let mut found = Vec::new();
-        index.for_each_covering(&TopicFilter::new(filter).unwrap(), bindings, |v| {
-            found.extend(v)
-        });
-        found.sort_unstable();
-        found
+        let filter = TopicFilter::new(filter).unwrap();
+        found(|visit| index.for_each_covering(&filter, bindings, visit))
     }
 
     #[test]
