@@ -27,6 +27,24 @@ pub enum Error {
     /// A TLS listener is configured without certificate and key files.
     #[error("a TLS listener needs a certificate and a key (--cert, --key)")]
     TlsNotConfigured,
+    /// The ACL file cannot be read.
+    #[error("cannot read the ACL file {}: {source}", path.display())]
+    AclFileRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line of the ACL file is not valid in Mosquitto's `acl_file` syntax.
+    #[error("{}:{line}: {problem}", path.display())]
+    AclFileSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+        /// What is wrong with it.
+        problem: crate::acl::AclProblem,
+    },
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

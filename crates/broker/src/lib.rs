@@ -23,6 +23,7 @@
 //! Memory stays bounded: connections that send no CONNECT in time are dropped, the number of
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
+pub mod acl;
 mod admission;
 mod auth;
 mod broker;
