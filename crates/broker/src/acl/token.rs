@@ -117,6 +117,39 @@ impl ClientRules {
         Ok(())
     }
 
+    /// The rules of a verified token, whose placeholders the verifier already replaced: their
+    /// text is taken literally, never expanded again. EMQX's `qos` and `retain` conditions
+    /// have no counterpart in these checks, so each is read the safe way: an allow rule with a
+    /// condition is left out (it would allow more without it), a deny rule with one denies
+    /// unconditionally.
+    pub(crate) fn from_token(token: &crate::auth::TokenRules) -> Self {
+        let mut rules = Self {
+            rules: Vec::with_capacity(token.rules.len()),
+            deny_unmatched: token.no_match == crate::auth::NoMatch::Deny,
+        };
+        for rule in &token.rules {
+            let conditional = rule.qos.is_some() || rule.retain.is_some();
+            if conditional && rule.permission == Permission::Allow {
+                continue;
+            }
+            let topic = if rule.exact {
+                RuleTopic::Exact(rule.topic.as_str().into())
+            } else {
+                match FilterTemplate::new(rule.topic.as_str(), &[]) {
+                    Ok(template) => RuleTopic::Filter(template),
+                    // A valid filter is a valid template without placeholders.
+                    Err(_) => continue,
+                }
+            };
+            rules.rules.push(ClientRule {
+                permission: rule.permission,
+                action: rule.action,
+                topic,
+            });
+        }
+        rules
+    }
+
     /// How many rules there are.
     pub fn len(&self) -> usize {
         self.rules.len()
