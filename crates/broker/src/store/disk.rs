@@ -200,7 +200,12 @@ impl Shared {
         loop {
             let (mut changes, upto, closing) = {
                 let mut pending = lock(&self.pending);
-                while pending.changes.is_empty() && !pending.closing {
+                // An empty write has a ticket too (`durable` on it waits for what came before):
+                // one not decided yet is work.
+                while pending.changes.is_empty()
+                    && pending.last_ticket <= *self.decided.borrow()
+                    && !pending.closing
+                {
                     if retry.is_empty() {
                         pending = self
                             .arrived
@@ -236,6 +241,8 @@ impl Shared {
                 )
             };
             if changes.is_empty() && retry.is_empty() {
+                // Only empty writes: decided, with nothing to commit.
+                self.decide(upto);
                 if closing {
                     return;
                 }
@@ -280,17 +287,22 @@ impl Shared {
                     }
                 }
             }
-            self.decided.send_if_modified(|decided| {
-                let changed = upto > *decided;
-                *decided = (*decided).max(upto);
-                changed
-            });
+            self.decide(upto);
             // Closing: a failing store gives up what it could not write (nothing of it was
             // acknowledged); otherwise what arrived meanwhile is committed first.
             if closing && (failing || lock(&self.pending).changes.is_empty()) {
                 return;
             }
         }
+    }
+
+    /// Tells the waiters that every ticket up to `upto` is decided.
+    fn decide(&self, upto: u64) {
+        self.decided.send_if_modified(|decided| {
+            let changed = upto > *decided;
+            *decided = (*decided).max(upto);
+            changed
+        });
     }
 
     /// Applies `changes` in one transaction and commits it durably.
@@ -711,6 +723,26 @@ mod tests {
         for writer in writers {
             writer.join().expect("the writer thread ends");
         }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `durable` on the ticket of an empty write resolves once everything written before it
+    /// is decided: `BrokerHandle::shutdown` waits so for what its connections wrote as they
+    /// closed (it waited forever: the writer only woke for changes).
+    #[tokio::test]
+    async fn an_empty_write_is_durable_once_the_writes_before_it_are() {
+        let dir = scratch("empty-write");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        let first = store.write(vec![retained("t")]);
+        let empty = store.write(Vec::new());
+        assert!(empty > first);
+        let bound = Duration::from_secs(5);
+        let durable = tokio::time::timeout(bound, store.durable(empty)).await;
+        assert_eq!(durable, Ok(Ok(())), "decided in time");
+        let alone = store.write(Vec::new());
+        let durable = tokio::time::timeout(bound, store.durable(alone)).await;
+        assert_eq!(durable, Ok(Ok(())), "an empty write after nothing else");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
