@@ -6,12 +6,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -25,6 +27,9 @@ use super::{
     message_expired, session_expired,
 };
 use crate::lock;
+
+/// The database's file in the store's directory.
+const FILE: &str = "store.redb";
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -54,7 +59,10 @@ pub struct DiskStore {
 
 #[derive(Debug)]
 struct Shared {
-    db: Database,
+    /// `None` from a failed commit until the writer opens the database again: after an I/O
+    /// error redb fails every operation ("Previous I/O error occurred") until it is closed
+    /// and opened anew, which recovers its file to the last commit.
+    db: RwLock<Option<Database>>,
     dir: PathBuf,
     pending: Mutex<Pending>,
     arrived: Condvar,
@@ -115,7 +123,7 @@ impl DiskStore {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let db = Database::create(dir.join("store.redb")).map_err(io)?;
+        let db = Database::create(dir.join(FILE)).map_err(io)?;
         let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
@@ -144,7 +152,7 @@ impl DiskStore {
         txn.commit().map_err(io)?;
         let (decided, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db)),
             dir,
             pending: Mutex::default(),
             arrived: Condvar::new(),
@@ -305,11 +313,55 @@ impl Shared {
         });
     }
 
-    /// Applies `changes` in one transaction and commits it durably.
+    /// Applies `changes` in one transaction and commits it durably. A failed commit closes
+    /// the database, for the next one to open it again.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+        let result = self.try_commit(changes);
+        if result.is_err() {
+            *self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+        result
+    }
+
+    fn try_commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut db = self.database();
+        if db.is_none() {
+            drop(db);
+            let reopened = Database::create(self.dir.join(FILE)).map_err(io)?;
+            *self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
+            db = self.database();
+        }
+        let txn = db
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .begin_write()
+            .map_err(io)?;
         apply(&txn, changes)?;
         txn.commit().map_err(io)
+    }
+
+    /// The database, while it is open.
+    fn database(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A read transaction; fails while the database is closed after a failed commit.
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        match &*self.database() {
+            Some(db) => db.begin_read().map_err(io),
+            None => Err(StoreError::Io(format!(
+                "{}: the store reopens after a failed write",
+                self.dir.display()
+            ))),
+        }
     }
 
     fn failure_of(&self, ticket: u64) -> Option<StoreError> {
@@ -481,7 +533,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 impl Store for DiskStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let now = SystemTime::now();
-        let txn = self.shared.db.begin_read().map_err(io)?;
+        let txn = self.shared.begin_read()?;
         let sessions = txn.open_table(SESSIONS).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
@@ -555,7 +607,7 @@ impl Store for DiskStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
-        let txn = self.shared.db.begin_read().map_err(io)?;
+        let txn = self.shared.begin_read()?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let start = entry_key(client_id, from_seq);
