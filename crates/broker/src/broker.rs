@@ -126,10 +126,20 @@ impl Shared {
             }
         }
         for session in self.registry.all() {
-            if let Some(attachment) = &session.lock().attachment {
+            let inner = session.lock();
+            if let Some(attachment) = &inner.attachment {
                 attachment.control.signal(signal::SHUTDOWN);
             }
+            // A closed connection waiting on its will's delay.
+            if let Some(waiter) = &inner.will_waiter {
+                waiter.signal(signal::SHUTDOWN);
+            }
         }
+    }
+
+    /// Whether the broker is shutting down (or its handle was dropped).
+    pub(crate) fn stopping(&self) -> bool {
+        *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
     }
 
     fn lock_connecting(&self) -> std::sync::MutexGuard<'_, Connecting> {
@@ -357,14 +367,21 @@ async fn restored_will(
         .due_at
         .and_then(|at| at.duration_since(SystemTime::now()).ok())
         .unwrap_or_default();
+    let mut shutdown = shared.shutdown.clone();
     let publish_now = tokio::select! {
         _ = tokio::time::sleep(due) => true,
+        _ = shutdown.changed() => false,
         _ = waiter.signalled() => matches!(
             waiter.try_recv(),
             Some(Control::EndWill { publish: true })
         ),
     };
     waiter.close();
+    if shared.stopping() {
+        // The will stays in the session's record: the next broker publishes it when due. (This
+        // task must not outlive the broker: it holds the store, and its directory's lock.)
+        return;
+    }
     if publish_now {
         shared.publish(Some(&session.client_id), &will.publish);
     }

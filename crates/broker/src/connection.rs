@@ -263,7 +263,15 @@ impl Driver {
                         self.engine.shrink_buffers();
                     }
                 }
-                let deadline = self.engine.poll_timeout();
+                let mut deadline = self.engine.poll_timeout();
+                if self.engine.is_closed() && deadline.is_some() && self.shared.stopping() {
+                    // A will waits on its delay as the broker stops: with a store it is in the
+                    // session's record, and the next broker publishes it when due (without one
+                    // nothing outlives the broker anyway). This task must not outlive the
+                    // broker: it holds the store, and its directory's lock.
+                    self.engine.cancel_will();
+                    deadline = None;
+                }
                 if self.engine.is_closed() && deadline.is_none() {
                     break;
                 }

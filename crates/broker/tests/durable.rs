@@ -1389,3 +1389,40 @@ async fn a_qos_2_delivery_whose_identifier_cannot_be_stored_is_not_sent() {
         node.stop(Stop::Shutdown).await;
     }
 }
+
+/// `BrokerHandle::shutdown` lets go of the directory: a broker started on it in the same
+/// process right after starts, also while a will waits on its delay (in the connection that
+/// ended, or restored from the store).
+#[tokio::test]
+async fn a_broker_restarted_in_the_same_process_takes_its_directory_while_a_will_is_delayed() {
+    let dir = DataDir::new();
+    let mut config = config();
+    config.storage = Storage::Directory(dir.to_path_buf());
+    let first = Broker::start(config.clone()).await.expect("starts");
+    let mut with_will = persistent(V5, "mortal");
+    let mut delayed = will("mortal");
+    delayed.properties = WillProperties {
+        will_delay_interval: Some(30),
+        ..Default::default()
+    }
+    .into();
+    with_will.will = Some(delayed);
+    let (mut mortal, _) = connect(tcp_addr(&first), with_will).await;
+    mortal.kill();
+    let deadline = Instant::now() + WAIT;
+    while first.clients_connected() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shut_down(first).await;
+    // The will's delay waits in the connection that ended.
+    let second = match Broker::start(config.clone()).await {
+        Ok(broker) => broker,
+        Err(error) => panic!("after a shutdown, with a will waiting in its connection: {error}"),
+    };
+    shut_down(second).await;
+    // Restored from the store, it waits in a task of the broker.
+    match Broker::start(config).await {
+        Ok(third) => shut_down(third).await,
+        Err(error) => panic!("after a shutdown, with a restored will waiting: {error}"),
+    }
+}
