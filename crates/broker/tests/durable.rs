@@ -103,15 +103,24 @@ fn config() -> BrokerConfig {
 struct Node {
     broker: BrokerHandle,
     store: Arc<TestStore>,
+    config: BrokerConfig,
 }
 
 impl Node {
     async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, config()).await
+    }
+
+    async fn start_with(dir: &Path, config: BrokerConfig) -> Self {
         let store = Arc::new(TestStore::open(dir).expect("the store opens"));
-        let broker = Broker::start_with_store(config(), store.clone())
+        let broker = Broker::start_with_store(config.clone(), store.clone())
             .await
             .expect("the broker starts");
-        Self { broker, store }
+        Self {
+            broker,
+            store,
+            config,
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -133,8 +142,9 @@ impl Node {
 
     async fn restart(self, stop: Stop) -> Self {
         let dir = self.store.dir().to_path_buf();
+        let config = self.config.clone();
         self.stop(stop).await;
-        Self::start(&dir).await
+        Self::start_with(&dir, config).await
     }
 
     /// Waits until the broker counts `n` clients connected: it has handled the others' ends.
@@ -628,6 +638,142 @@ async fn mqtt_3_1_2_4_a_v311_session_survives_a_restart_with_its_subscriptions_a
     }
 }
 
+/// MQTT-3.10.4-2: once unsubscribed, a filter adds no new messages to the session: across a
+/// restart too (UNSUBACK waits for the session's record).
+#[tokio::test]
+async fn mqtt_3_10_4_2_an_unsubscribed_filter_stays_unsubscribed_after_a_restart() {
+    for stop in STOPS {
+        for version in VERSIONS {
+            let context = format!("{version:?}, {stop:?}");
+            let dir = DataDir::new();
+            let node = Node::start(&dir).await;
+            let (mut keeper, _) = connect(node.addr(), persistent(version, "keeper")).await;
+            keeper
+                .subscribe(vec![
+                    subscription("a/#", QoS::AtLeastOnce),
+                    subscription("b/#", QoS::AtLeastOnce),
+                ])
+                .await;
+            keeper.unsubscribe("b/#").await;
+            keeper.disconnect(ReasonCode::Success).await;
+            node.wait_connected(0).await;
+            let node = node.restart(stop).await;
+            let mut publisher = client(node.addr(), version, "publisher").await;
+            published(&mut publisher, publish("b/1", "b", QoS::AtLeastOnce, false)).await;
+            published(&mut publisher, publish("a/1", "a", QoS::AtLeastOnce, false)).await;
+            let (mut keeper, present) = connect(node.addr(), persistent(version, "keeper")).await;
+            assert!(present, "{context}");
+            let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+            assert_eq!(got, ["a"], "{context}");
+            node.stop(Stop::Shutdown).await;
+        }
+    }
+}
+
+/// MQTT-3.1.2-4: a connection with Clean Start (Clean Session) discards the session it finds:
+/// also one restored from the store, with its queued messages, which leave the store.
+#[tokio::test]
+async fn mqtt_3_1_2_4_clean_start_after_a_restart_discards_the_stored_session_and_its_messages() {
+    for stop in STOPS {
+        for version in VERSIONS {
+            let context = format!("{version:?}, {stop:?}");
+            let dir = DataDir::new();
+            let node = Node::start(&dir).await;
+            offline_subscriber(&node, version, "keeper", "k/#").await;
+            node.wait_connected(0).await;
+            let mut publisher = client(node.addr(), version, "publisher").await;
+            for n in 0..3 {
+                published(
+                    &mut publisher,
+                    publish("k/1", &format!("m{n}"), QoS::AtLeastOnce, false),
+                )
+                .await;
+            }
+            drop(publisher);
+            let node = node.restart(stop).await;
+            let mut clean = persistent(version, "keeper");
+            clean.clean_start = true;
+            let (mut keeper, present) = connect(node.addr(), clean).await;
+            assert!(!present, "{context}");
+            assert!(drain(&mut keeper).await.is_empty(), "{context}");
+            keeper.disconnect(ReasonCode::Success).await;
+            node.wait_connected(0).await;
+            node.stop(stop).await;
+            assert_eq!(
+                messages_stored(&dir),
+                0,
+                "{context}: the queue left the store"
+            );
+            let loaded = stored(&dir);
+            for session in &loaded.sessions {
+                assert_eq!(session.queue_len, 0, "{context}");
+                assert!(session.record.subscriptions.is_empty(), "{context}");
+            }
+        }
+    }
+}
+
+/// The size of an offline session's queue is stored with it: after a restart the queue is as
+/// full as it was, and its limit (`Limits::max_queued_messages`) drops what does not fit, as
+/// before.
+#[tokio::test]
+async fn a_full_queue_is_still_full_after_a_restart() {
+    for stop in STOPS {
+        let context = format!("{stop:?}");
+        let dir = DataDir::new();
+        let mut config = config();
+        config.limits.max_queued_messages = 3;
+        let node = Node::start_with(&dir, config).await;
+        offline_subscriber(&node, V5, "keeper", "q/#").await;
+        node.wait_connected(0).await;
+        for n in 0..5 {
+            node.broker
+                .publish(&format!("q/{n}"), format!("m{n}"), QoS::AtLeastOnce, false)
+                .unwrap();
+        }
+        let node = node.restart(stop).await;
+        node.broker
+            .publish("q/5", "m5", QoS::AtLeastOnce, false)
+            .unwrap();
+        let (mut keeper, present) = connect(node.addr(), persistent(V5, "keeper")).await;
+        assert!(present, "{context}");
+        let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+        assert_eq!(got, ["m0", "m1", "m2"], "{context}");
+        node.stop(Stop::Shutdown).await;
+    }
+}
+
+/// An offline session's queue stays in the store and is read back in pages as its client
+/// drains it: a queue longer than a page, and than what a connected session keeps in memory,
+/// is delivered whole and in order after a restart.
+#[tokio::test]
+async fn a_long_queue_is_delivered_whole_and_in_order_after_a_restart() {
+    const MESSAGES: usize = 1_500;
+    for (version, stop) in [(V5, Stop::Crash), (V311, Stop::Shutdown)] {
+        let context = format!("{version:?}, {stop:?}");
+        let dir = DataDir::new();
+        let mut config = config();
+        config.limits.max_queued_messages = 2 * MESSAGES;
+        let node = Node::start_with(&dir, config).await;
+        offline_subscriber(&node, version, "keeper", "l/#").await;
+        node.wait_connected(0).await;
+        for n in 0..MESSAGES {
+            let qos = [QoS::AtLeastOnce, QoS::ExactlyOnce][n % 2];
+            node.broker
+                .publish("l/1", format!("{n}"), qos, false)
+                .unwrap();
+        }
+        let node = node.restart(stop).await;
+        let (mut keeper, present) = connect(node.addr(), persistent(version, "keeper")).await;
+        assert!(present, "{context}");
+        let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+        let want: Vec<_> = (0..MESSAGES).map(|n| n.to_string()).collect();
+        assert_eq!(got.len(), want.len(), "{context}");
+        assert!(got == want, "{context}: out of order");
+        node.stop(Stop::Shutdown).await;
+    }
+}
+
 // ------------------------------------------------------------------ expiry across a restart
 
 /// MQTT-4.1.0-2: the session state is discarded once its Session Expiry Interval has passed
@@ -769,20 +915,29 @@ enum Stopped {
 }
 
 /// MQTT-4.4.0-1: a resumed session gets its unacknowledged PUBLISH packets again, with DUP
-/// and their original packet identifiers, and its unacknowledged PUBRELs: after a restart
-/// too. A QoS 2 message whose PUBREC came is released again, never published a second time;
-/// once acknowledged, nothing is sent again after the next restart.
+/// and their original packet identifiers: after a restart too (QoS 1, no PUBACK). Once
+/// acknowledged, nothing is sent again after the next restart.
 #[tokio::test]
-async fn mqtt_4_4_0_1_deliveries_in_flight_are_resumed_at_their_step_after_a_restart() {
-    for at in [
-        Stopped::Qos1Published,
-        Stopped::Qos2Published,
-        Stopped::Qos2Released,
-    ] {
-        for stop in STOPS {
-            for version in VERSIONS {
-                in_flight_across(version, stop, at).await;
-            }
+async fn mqtt_4_4_0_1_a_qos_1_publish_in_flight_is_sent_again_with_dup_after_a_restart() {
+    in_flight_each_way(Stopped::Qos1Published).await;
+}
+
+/// MQTT-4.4.0-1, QoS 2 with no PUBREC yet: the PUBLISH again, with DUP and its identifier.
+#[tokio::test]
+async fn mqtt_4_4_0_1_a_qos_2_publish_in_flight_is_sent_again_with_dup_after_a_restart() {
+    in_flight_each_way(Stopped::Qos2Published).await;
+}
+
+/// MQTT-4.4.0-1, QoS 2 whose PUBREC came: its PUBREL again, never the PUBLISH a second time.
+#[tokio::test]
+async fn mqtt_4_4_0_1_a_released_qos_2_message_gets_pubrel_not_publish_after_a_restart() {
+    in_flight_each_way(Stopped::Qos2Released).await;
+}
+
+async fn in_flight_each_way(at: Stopped) {
+    for stop in STOPS {
+        for version in VERSIONS {
+            in_flight_across(version, stop, at).await;
         }
     }
 }
@@ -966,6 +1121,14 @@ async fn mqtt_3_1_2_8_the_will_of_a_client_connected_when_the_broker_stops_is_pu
                 [("will/mortal".to_owned(), "gone".to_owned())],
                 "{context}"
             );
+            // Published: gone from the record, never published again.
+            drop(watcher);
+            let node = node.restart(stop).await;
+            let (mut watcher, _) = connect(node.addr(), persistent(version, "watcher")).await;
+            assert!(
+                drain(&mut watcher).await.is_empty(),
+                "{context}: published twice"
+            );
             node.stop(Stop::Shutdown).await;
         }
     }
@@ -982,18 +1145,33 @@ enum Back {
     CleanStart,
 }
 
-/// MQTT-3.1.3-9: the will is not published if the session is resumed before the Will Delay
-/// Interval has passed; otherwise it is published once the delay has passed, or at once when
-/// the session ends first. The delay counts across a restart: from the connection's end when
-/// the broker shut down (it is in the session's record), from the restart when the broker
-/// died with the client connected.
+/// MQTT-3.1.3-9 (MQTT 5): a will is published once its Will Delay Interval has passed, and
+/// the delay counts across a restart: from the connection's end when the broker shut down (it
+/// is in the session's record), from the restart when the broker died with the client
+/// connected. Nothing before the delay, once after it.
 #[tokio::test]
-async fn mqtt_3_1_3_9_a_will_delay_runs_across_a_restart_and_a_client_back_within_it_cancels_the_will()
- {
-    for back in [Back::Never, Back::Resuming, Back::CleanStart] {
-        for stop in STOPS {
-            will_delay_across(stop, back).await;
-        }
+async fn mqtt_3_1_3_9_a_will_delay_runs_across_a_restart() {
+    for stop in STOPS {
+        will_delay_across(stop, Back::Never).await;
+    }
+}
+
+/// MQTT-3.1.3-9: the will is not published if the session is resumed before its delay has
+/// passed: also after a restart, and the next broker has no will to publish either.
+#[tokio::test]
+async fn mqtt_3_1_3_9_a_client_resuming_within_the_will_delay_after_a_restart_cancels_the_will() {
+    for stop in STOPS {
+        will_delay_across(stop, Back::Resuming).await;
+    }
+}
+
+/// MQTT 5 section 3.1.2.5: the will goes once its delay has passed or its session ends,
+/// whichever comes first: a client that comes back with Clean Start after a restart ends the
+/// session, and the will is published at once.
+#[tokio::test]
+async fn a_clean_start_within_the_will_delay_after_a_restart_publishes_the_will_at_once() {
+    for stop in STOPS {
+        will_delay_across(stop, Back::CleanStart).await;
     }
 }
 
