@@ -238,10 +238,12 @@ impl Shared {
     }
 
     /// Loads the store: retained messages, and persistent sessions as offline sessions whose
-    /// queues stay in the store until their clients come back.
-    fn restore(self: &Arc<Self>) -> Result<(), Error> {
+    /// queues stay in the store until their clients come back. Returns the tasks that publish
+    /// restored wills when due.
+    fn restore(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, Error> {
+        let mut wills = Vec::new();
         let Some(store) = &self.store else {
-            return Ok(());
+            return Ok(wills);
         };
         let loaded = store.load()?;
         self.next_message_id
@@ -299,10 +301,15 @@ impl Shared {
                 let waiter = Arc::new(ControlBox::default());
                 inner.will_waiter = Some(waiter.clone());
                 drop(inner);
-                tokio::spawn(restored_will(self.clone(), session.clone(), waiter, will));
+                wills.push(tokio::spawn(restored_will(
+                    self.clone(),
+                    session.clone(),
+                    waiter,
+                    will,
+                )));
             }
         }
-        Ok(())
+        Ok(wills)
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -514,9 +521,8 @@ impl Broker {
         }
         let sys_interval = config.sys_interval;
         let shared = Arc::new(Shared::new(config, shutdown_rx, store, authenticator));
-        shared.restore()?;
+        let mut tasks = shared.restore()?;
         let mut listeners = Vec::new();
-        let mut tasks = Vec::new();
         for (bound, listener, socket) in bound {
             info!("listening: {bound}");
             listeners.push(bound);
@@ -771,8 +777,13 @@ impl BrokerHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for task in self.tasks {
+        for task in &self.tasks {
             task.abort();
+        }
+        // Gone once their handles resolve: none of them holds the broker's state (and its
+        // store, whose directory's lock a broker started next would need) any more.
+        for task in self.tasks {
+            let _ = task.await;
         }
         // What the connections wrote as they closed is on disk before the broker is gone.
         if let Some(store) = &self.shared.store {

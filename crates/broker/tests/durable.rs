@@ -1379,6 +1379,50 @@ async fn a_second_broker_on_the_same_directory_is_refused_while_the_first_runs()
     shut_down(second).await;
 }
 
+/// Once `BrokerHandle::shutdown` has returned, nothing of the broker holds its store (for a
+/// disk store: its directory's lock), also with a will waiting on its delay in a closed
+/// connection, or restored from the store.
+#[tokio::test]
+async fn a_broker_holds_its_store_no_more_once_shut_down() {
+    let store = Arc::new(rallymq_broker::MemoryStore::new());
+    let broker = Broker::start_with_store(config(), store.clone())
+        .await
+        .unwrap();
+    shut_down(broker).await;
+    assert_eq!(Arc::strong_count(&store), 1, "an idle broker");
+
+    let broker = Broker::start_with_store(config(), store.clone())
+        .await
+        .unwrap();
+    let mut with_will = persistent(V5, "mortal");
+    let mut delayed = will("mortal");
+    delayed.properties = WillProperties {
+        will_delay_interval: Some(30),
+        ..Default::default()
+    }
+    .into();
+    with_will.will = Some(delayed);
+    let (mut mortal, _) = connect(tcp_addr(&broker), with_will).await;
+    mortal.kill();
+    let deadline = Instant::now() + WAIT;
+    while broker.clients_connected() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shut_down(broker).await;
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "a will waiting in its closed connection"
+    );
+
+    let broker = Broker::start_with_store(config(), store.clone())
+        .await
+        .unwrap();
+    assert!(broker.has_session("mortal"));
+    shut_down(broker).await;
+    assert_eq!(Arc::strong_count(&store), 1, "a restored will waiting");
+}
+
 /// A store written by a later version of rallymq (a higher format version in its `meta`
 /// table) is refused at start with a message that says so and what to do, and left as it is.
 #[tokio::test]
