@@ -1028,7 +1028,7 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it is durable; counts it off the tail. `None` when there is none.
+    /// written to it is decided; counts it off the tail. `None` when there is none.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
         let store = self.shared.store.clone()?;
         let (from, ticket) = {
@@ -1039,7 +1039,10 @@ impl Driver {
             }
             (durable.tail_from, durable.last_ticket)
         };
-        self.shared.durable(ticket).await.ok()?;
+        // Decided is enough: the store commits a failed write's changes with its next commit,
+        // and a ticket that failed stays failed, so waiting for success would leave the queue
+        // unread (messages acknowledged before it too) until the session's next write.
+        let _ = self.shared.durable(ticket).await;
         let entries = match store.read_queue(&session.client_id, from, PAGE) {
             Ok(entries) => entries,
             Err(error) => {

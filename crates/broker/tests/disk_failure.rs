@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rallymq_broker::{Broker, BrokerConfig, Storage};
 use rallymq_codec::{ProtocolVersion, Publish, QoS, ReasonCode, TopicName};
-use support::{TestClient, connect_packet, payload_str, subscription, tcp_addr, topic_str};
+use support::{
+    TestClient, connect_packet, payload_str, persistent_connect, subscription, tcp_addr, topic_str,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -150,6 +152,17 @@ async fn a_failing_disk_is_never_acknowledged_logged_once_and_recovered_from_wit
         publisher.publish(retained("big/first", "stored")).await,
         accepted
     );
+    // And one queued for an offline session.
+    let mut keeper = persistent_connect(V5, "keeper", 3600);
+    keeper.clean_start = true;
+    let (mut subscriber, _) = TestClient::tcp(tcp_addr(&broker), keeper.clone()).await;
+    subscriber
+        .subscribe(vec![subscription("queued/#", QoS::AtLeastOnce)])
+        .await;
+    subscriber.disconnect(ReasonCode::Success).await;
+    let mut queued = retained("queued/1", "before");
+    queued.retain = false;
+    assert_eq!(publisher.publish(queued).await, ReasonCode::Success);
 
     // The store's file may not grow: messages that need more room than it has fail.
     let size = std::fs::metadata(dir.0.join("store.redb")).unwrap().len();
@@ -171,6 +184,12 @@ async fn a_failing_disk_is_never_acknowledged_logged_once_and_recovered_from_wit
         "0x80 once the file cannot grow (EFBIG is no full disk)"
     );
     // Still failing: never told success.
+    let mut queued = retained("queued/2", "during");
+    queued.retain = false;
+    assert_eq!(
+        publisher.publish(queued).await,
+        ReasonCode::UnspecifiedError
+    );
     for n in 0..3 {
         let code = publisher
             .publish(retained(&format!("big/more-{n}"), payload.clone()))
@@ -211,6 +230,15 @@ async fn a_failing_disk_is_never_acknowledged_logged_once_and_recovered_from_wit
         "{}",
         logs.dump()
     );
+    // The message queued before the failure reaches its session.
+    keeper.clean_start = false;
+    let (mut subscriber, _) = TestClient::tcp(tcp_addr(&broker), keeper).await;
+    let first = subscriber
+        .recv()
+        .await
+        .expect("the message queued before the failure");
+    assert_eq!(payload_str(&first), "before");
+    drop(subscriber);
     drop(publisher);
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -1543,6 +1543,33 @@ async fn v5_publishers_are_told_0x97_when_the_disk_is_full_and_0x80_on_other_sto
     node.stop(Stop::Shutdown).await;
 }
 
+/// A failed write does not make a session's stored queue unreadable: a message acknowledged
+/// before a failure episode reaches its subscriber once writes succeed again, whatever was
+/// refused during the episode.
+#[tokio::test]
+async fn a_message_acknowledged_before_a_failed_write_is_delivered_once_writes_succeed_again() {
+    let dir = DataDir::new();
+    let node = Node::start(&dir).await;
+    offline_subscriber(&node, V5, "keeper", "df/#").await;
+    node.wait_connected(0).await;
+    let mut publisher = client(node.addr(), V5, "publisher").await;
+    let before = publisher
+        .publish(publish("df/1", "before", QoS::AtLeastOnce, false))
+        .await;
+    assert_eq!(before, ReasonCode::Success);
+    node.store.fail_writes(Some(io_error()));
+    let during = publisher
+        .publish(publish("df/2", "during", QoS::AtLeastOnce, false))
+        .await;
+    assert_eq!(during, ReasonCode::UnspecifiedError);
+    node.store.fail_writes(None);
+    let (mut keeper, present) = connect(node.addr(), persistent(V5, "keeper")).await;
+    assert!(present);
+    let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+    assert_eq!(got.first().map(String::as_str), Some("before"), "{got:?}");
+    node.stop(Stop::Shutdown).await;
+}
+
 /// MQTT 3.1.1 has no negative acknowledgement: while the store's writes fail, a QoS 1 or 2
 /// publisher whose message must be stored is disconnected, never acknowledged; once writes
 /// succeed again it connects and publishes as before.
