@@ -297,10 +297,18 @@ impl Shared {
                 will: will.clone(),
                 ..Durable::default()
             }));
-            if let Some(will) = will {
+            let waiter = will.as_ref().map(|_| {
                 let waiter = Arc::new(ControlBox::default());
                 inner.will_waiter = Some(waiter.clone());
-                drop(inner);
+                waiter
+            });
+            drop(inner);
+            if record.disconnected_at.is_none() {
+                // Recorded as ended now (and its will as due from now), so that a restart before
+                // its client comes back counts from here too, not from its own start.
+                self.save_record(&session);
+            }
+            if let (Some(will), Some(waiter)) = (will, waiter) {
                 wills.push(tokio::spawn(restored_will(
                     self.clone(),
                     session.clone(),

@@ -827,6 +827,35 @@ async fn mqtt_4_1_0_2_a_session_whose_expiry_passes_while_the_broker_is_down_is_
     }
 }
 
+/// MQTT-4.1.0-2, across two restarts: a session whose client was connected when the broker
+/// died ended then, as far as the broker can tell, at its restart; its expiry counts from there
+/// also if the broker stops again before the client comes back.
+#[tokio::test]
+async fn mqtt_4_1_0_2_a_restored_session_expiry_keeps_counting_across_the_next_restart() {
+    let dir = DataDir::new();
+    let node = Node::start(&dir).await;
+    let (connected, _) = connect(node.addr(), persistent_connect(V5, "brief", 1)).await;
+    node.wait_connected(1).await;
+    let node = node.restart(Stop::Crash).await;
+    let restarted = Instant::now();
+    drop(connected);
+    assert!(node.broker.has_session("brief"));
+    node.stop(Stop::Shutdown).await;
+    tokio::time::sleep(
+        (restarted + Duration::from_millis(1_500)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let names: Vec<_> = stored(&dir)
+        .sessions
+        .iter()
+        .map(|s| s.record.client_id.clone())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "expired a second after the first restart: {names:?}"
+    );
+}
+
 /// MQTT-3.3.2-5: a message whose Message Expiry Interval has passed is not delivered, counted
 /// in wall-clock time while the broker is down; one delivered after the restart carries the
 /// time it has left (MQTT-3.3.2-6), less than it was published with. The same for a retained
