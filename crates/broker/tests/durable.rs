@@ -827,6 +827,37 @@ async fn mqtt_4_1_0_2_a_session_whose_expiry_passes_while_the_broker_is_down_is_
     }
 }
 
+/// MQTT 5 lets a client change its Session Expiry Interval in DISCONNECT: 0 ends the session
+/// with the connection, and a shorter one counts from there, across a restart too.
+#[tokio::test]
+async fn a_session_expiry_set_by_disconnect_holds_across_a_restart() {
+    for stop in STOPS {
+        let context = format!("{stop:?}");
+        let dir = DataDir::new();
+        let node = Node::start(&dir).await;
+        for (client_id, expiry) in [("ends", 0), ("brief", 1), ("stays", 60)] {
+            let (mut client, _) = connect(node.addr(), persistent(V5, client_id)).await;
+            let mut disconnect = rallymq_codec::Disconnect::new(ReasonCode::Success);
+            disconnect.properties.session_expiry_interval = Some(expiry);
+            client.disconnect_with(disconnect).await;
+        }
+        node.wait_connected(0).await;
+        let closed = Instant::now();
+        node.stop(stop).await;
+        tokio::time::sleep(
+            (closed + Duration::from_millis(1_200)).saturating_duration_since(Instant::now()),
+        )
+        .await;
+        let loaded = stored(&dir);
+        let names: Vec<_> = loaded
+            .sessions
+            .iter()
+            .map(|s| (s.record.client_id.as_str(), s.record.expiry_interval))
+            .collect();
+        assert_eq!(names, [("stays", 60)], "{context}");
+    }
+}
+
 /// MQTT-4.1.0-2, across two restarts: a session whose client was connected when the broker
 /// died ended then, as far as the broker can tell, at its restart; its expiry counts from there
 /// also if the broker stops again before the client comes back.

@@ -295,7 +295,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     }
 
     pub async fn disconnect(&mut self, reason_code: ReasonCode) {
-        self.engine.disconnect(Disconnect::new(reason_code));
+        self.disconnect_with(Disconnect::new(reason_code)).await;
+    }
+
+    /// Sends `disconnect` (MQTT 5 properties: a new Session Expiry Interval...) and closes.
+    pub async fn disconnect_with(&mut self, disconnect: Disconnect) {
+        self.engine.disconnect(disconnect);
         self.flush().await;
         if let Some(mut io) = self.io.take() {
             let _ = io.shutdown().await;
