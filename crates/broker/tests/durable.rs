@@ -1735,3 +1735,72 @@ async fn a_broker_restarted_in_the_same_process_takes_its_directory_while_a_will
         Err(error) => panic!("after a shutdown, with a restored will waiting: {error}"),
     }
 }
+
+/// A message stored for a session and acknowledged within one group commit (the store commits
+/// together what arrives while its last commit syncs: a fast subscriber's whole flow, under
+/// load) leaves nothing behind.
+#[tokio::test]
+async fn a_message_queued_and_acknowledged_in_one_commit_leaves_the_store() {
+    use rallymq_broker::{Change, QueueEntry, StoredMessage};
+    let dir = DataDir::new();
+    let store = DiskStore::open(&*dir).unwrap();
+    let client_id: Arc<str> = "fast".into();
+    let message = StoredMessage {
+        publish: publish("t/1", "m", QoS::AtLeastOnce, false),
+        received_at: std::time::SystemTime::now(),
+    };
+    let entry = QueueEntry {
+        message: 7,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+        in_flight: None,
+        size: 4,
+    };
+    let ticket = store.write(vec![
+        Change::PutMessage(7, Arc::new(message)),
+        Change::AddEntry {
+            client_id: client_id.clone(),
+            seq: 0,
+            entry,
+        },
+        Change::DeleteEntry { client_id, seq: 0 },
+    ]);
+    tokio::time::timeout(WAIT, store.durable(ticket))
+        .await
+        .expect("in time")
+        .expect("durable");
+    drop(store);
+    assert_eq!(messages_stored(&dir), 0, "no entry refers to it");
+}
+
+/// What a connected persistent subscriber has received and acknowledged leaves the store,
+/// however the store grouped its commits (a message stored, delivered and acknowledged while
+/// the store syncs its previous commit is committed in one group with its acknowledgement).
+#[tokio::test]
+async fn messages_delivered_to_a_connected_persistent_session_leave_the_store() {
+    const MESSAGES: usize = 300;
+    let dir = DataDir::new();
+    let node = Node::start(&dir).await;
+    let (mut keeper, _) = connect(node.addr(), persistent(V5, "keeper")).await;
+    keeper
+        .subscribe(vec![subscription("c/#", QoS::AtLeastOnce)])
+        .await;
+    // The subscriber acknowledges as messages come, while they are published.
+    let receiving = tokio::spawn(async move {
+        let got = drain(&mut keeper).await;
+        keeper.disconnect(ReasonCode::Success).await;
+        got.len()
+    });
+    for n in 0..MESSAGES {
+        node.broker
+            .publish("c/1", format!("{n}"), QoS::AtLeastOnce, false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    assert_eq!(receiving.await.unwrap(), MESSAGES);
+    node.wait_connected(0).await;
+    node.stop(Stop::Shutdown).await;
+    assert_eq!(stored(&dir).sessions[0].queue_len, 0);
+    assert_eq!(messages_stored(&dir), 0, "acknowledged: nothing left");
+}

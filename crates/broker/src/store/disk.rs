@@ -496,16 +496,15 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     for (id, delta) in references {
-        if delta == 0 {
-            continue;
-        }
         let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
             continue;
         };
         let count = i64::from(message_references(&value)?) + delta;
         if count <= 0 {
+            // Also when the group added and removed as many entries as it (a message stored,
+            // delivered and acknowledged in one group): nothing refers to it.
             messages.remove(id).map_err(io)?;
-        } else {
+        } else if delta != 0 {
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             messages
                 .insert(id, with_references(&value, count).as_slice())
