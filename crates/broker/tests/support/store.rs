@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use rallymq_broker::{Change, DiskStore, Loaded, LoadedEntry, Store, StoreError, Ticket};
@@ -13,8 +13,9 @@ use rallymq_broker::{Change, DiskStore, Loaded, LoadedEntry, Store, StoreError, 
 #[derive(Debug)]
 pub struct TestStore {
     dir: PathBuf,
-    /// `None` once closed: later writes are lost and never become durable.
-    disk: Mutex<Option<DiskStore>>,
+    /// `None` once closed: later writes are lost and never become durable. (An `Arc`, so
+    /// that a group can be opened without holding the lock: opening may wait for a commit.)
+    disk: Mutex<Option<Arc<DiskStore>>>,
     /// The error every write fails with while set.
     failing: Mutex<Option<StoreError>>,
     /// Tickets written while failing, with their error.
@@ -32,7 +33,7 @@ impl TestStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
             dir: dir.to_path_buf(),
-            disk: Mutex::new(Some(DiskStore::open(dir)?)),
+            disk: Mutex::new(Some(Arc::new(DiskStore::open(dir)?))),
             failing: Mutex::new(None),
             failed: Mutex::new(HashMap::new()),
         })
@@ -52,7 +53,8 @@ impl TestStore {
 
     /// Closes the disk store at once, whatever the broker still does: what was handed to it
     /// is committed, anything written afterwards is lost and never durable, as when the
-    /// process dies. Releases the directory for the next broker.
+    /// process dies. Releases the directory for the next broker (groups are opened and closed
+    /// without an await between, so none holds the store meanwhile).
     pub fn close(&self) {
         let disk = lock(&self.disk).take();
         drop(disk);
@@ -90,6 +92,20 @@ impl Store for TestStore {
             lock(&self.failed).insert(ticket, error.clone());
         }
         ticket
+    }
+
+    fn begin_group(&self) {
+        let disk = lock(&self.disk).clone();
+        if let Some(disk) = disk {
+            disk.begin_group();
+        }
+    }
+
+    fn end_group(&self) {
+        let disk = lock(&self.disk).clone();
+        if let Some(disk) = disk {
+            disk.end_group();
+        }
     }
 
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>> {
