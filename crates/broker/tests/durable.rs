@@ -25,11 +25,11 @@ use rallymq_codec::{
     RetainHandling, Subscribe, SubscribeProperties, SubscriptionId, SubscriptionOptions,
     TopicFilter, TopicName, UserProperty, Will, WillProperties,
 };
-use rallymq_session::{ClientEvent, CloseReason};
+use rallymq_session::CloseReason;
 use support::store::TestStore;
 use support::{
-    NoPacket, Raw, TestClient, WAIT, connect_packet, message, payload_str, persistent_connect,
-    subscription, tcp_addr, topic_str,
+    NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, message, payload_str,
+    persistent_connect, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
@@ -149,16 +149,28 @@ impl Node {
 
     /// Waits until the broker counts `n` clients connected: it has handled the others' ends.
     async fn wait_connected(&self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.broker.clients_connected() != n {
-            assert!(
-                Instant::now() < deadline,
-                "{} clients connected, not {n}",
-                self.broker.clients_connected()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_clients(&self.broker, n).await;
     }
+}
+
+/// Waits until `broker` counts `n` clients connected: it has handled the others' ends.
+async fn wait_clients(broker: &BrokerHandle, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while broker.clients_connected() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} clients connected, not {n}",
+            broker.clients_connected()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A configuration with the broker's own disk store in `dir` (`Broker::start` opens it).
+fn directory_config(dir: &Path) -> BrokerConfig {
+    let mut config = config();
+    config.storage = Storage::Directory(dir.to_path_buf());
+    config
 }
 
 /// Shuts `broker` down, within a bound: its last step waits for the store.
@@ -176,30 +188,30 @@ fn stored(dir: &Path) -> Loaded {
         .expect("the store loads")
 }
 
+/// The client ids of the sessions stored in `dir`, read while no broker runs.
+fn stored_sessions(dir: &Path) -> Vec<String> {
+    stored(dir)
+        .sessions
+        .into_iter()
+        .map(|session| session.record.client_id)
+        .collect()
+}
+
 // ------------------------------------------------------------------ clients
 
 fn persistent(version: ProtocolVersion, client_id: &str) -> Connect {
     persistent_connect(version, client_id, HOUR)
 }
 
-/// Connects and returns the client with its Session Present flag.
-async fn connect(addr: SocketAddr, connect: Connect) -> (Client, bool) {
-    let (client, event) = TestClient::tcp(addr, connect).await;
-    match event {
-        ClientEvent::Connected {
-            session_present, ..
-        } => (client, session_present),
-        other => panic!("not connected: {other:?}"),
-    }
-}
-
 async fn client(addr: SocketAddr, version: ProtocolVersion, client_id: &str) -> Client {
-    connect(addr, connect_packet(version, client_id)).await.0
+    connected_present(addr, connect_packet(version, client_id))
+        .await
+        .0
 }
 
 /// A persistent session subscribed to `filter`, left offline.
 async fn offline_subscriber(node: &Node, version: ProtocolVersion, client_id: &str, filter: &str) {
-    let (mut client, _) = connect(node.addr(), persistent(version, client_id)).await;
+    let (mut client, _) = connected_present(node.addr(), persistent(version, client_id)).await;
     client
         .subscribe(vec![subscription(filter, QoS::ExactlyOnce)])
         .await;
@@ -231,6 +243,15 @@ async fn drain(client: &mut Client) -> Vec<Publish> {
         received.push(publish);
     }
     received
+}
+
+/// The payloads of [`drain`].
+async fn payloads(client: &mut Client) -> Vec<String> {
+    drain(client).await.iter().map(payload_str).collect()
+}
+
+async fn sleep_until(at: Instant) {
+    tokio::time::sleep(at.saturating_duration_since(Instant::now())).await;
 }
 
 fn identifiers(publish: &Publish) -> Vec<u32> {
@@ -420,7 +441,7 @@ async fn v5_session_across(stop: Stop) {
     let context = format!("{stop:?}");
     let dir = DataDir::new();
     let node = Node::start(&dir).await;
-    let (mut keeper, present) = connect(node.addr(), persistent(V5, "keeper")).await;
+    let (mut keeper, present) = connected_present(node.addr(), persistent(V5, "keeper")).await;
     assert!(!present);
     let subscriptions = [
         (
@@ -508,7 +529,7 @@ async fn v5_session_across(stop: Stop) {
     assert_eq!(recorded, expected, "{context}");
 
     let node = Node::start(&dir).await;
-    let (mut keeper, present) = connect(node.addr(), persistent(V5, "keeper")).await;
+    let (mut keeper, present) = connected_present(node.addr(), persistent(V5, "keeper")).await;
     assert!(present, "MQTT-3.2.2-2: Session Present ({context})");
     let got: Vec<Delivered> = drain(&mut keeper).await.iter().map(delivered).collect();
     let mut want: Vec<Delivered> = vec![
@@ -570,7 +591,8 @@ async fn mqtt_3_1_2_4_a_v311_session_survives_a_restart_with_its_subscriptions_a
         let context = format!("{stop:?}");
         let dir = DataDir::new();
         let node = Node::start(&dir).await;
-        let (mut keeper, present) = connect(node.addr(), persistent(V311, "keeper")).await;
+        let (mut keeper, present) =
+            connected_present(node.addr(), persistent(V311, "keeper")).await;
         assert!(!present);
         keeper
             .subscribe(vec![
@@ -615,7 +637,8 @@ async fn mqtt_3_1_2_4_a_v311_session_survives_a_restart_with_its_subscriptions_a
         );
 
         let node = Node::start(&dir).await;
-        let (mut keeper, present) = connect(node.addr(), persistent(V311, "keeper")).await;
+        let (mut keeper, present) =
+            connected_present(node.addr(), persistent(V311, "keeper")).await;
         assert!(present, "MQTT-3.2.2-2 ({context})");
         let got: Vec<_> = drain(&mut keeper)
             .await
@@ -647,7 +670,8 @@ async fn mqtt_3_10_4_2_an_unsubscribed_filter_stays_unsubscribed_after_a_restart
             let context = format!("{version:?}, {stop:?}");
             let dir = DataDir::new();
             let node = Node::start(&dir).await;
-            let (mut keeper, _) = connect(node.addr(), persistent(version, "keeper")).await;
+            let (mut keeper, _) =
+                connected_present(node.addr(), persistent(version, "keeper")).await;
             keeper
                 .subscribe(vec![
                     subscription("a/#", QoS::AtLeastOnce),
@@ -661,9 +685,10 @@ async fn mqtt_3_10_4_2_an_unsubscribed_filter_stays_unsubscribed_after_a_restart
             let mut publisher = client(node.addr(), version, "publisher").await;
             published(&mut publisher, publish("b/1", "b", QoS::AtLeastOnce, false)).await;
             published(&mut publisher, publish("a/1", "a", QoS::AtLeastOnce, false)).await;
-            let (mut keeper, present) = connect(node.addr(), persistent(version, "keeper")).await;
+            let (mut keeper, present) =
+                connected_present(node.addr(), persistent(version, "keeper")).await;
             assert!(present, "{context}");
-            let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+            let got = payloads(&mut keeper).await;
             assert_eq!(got, ["a"], "{context}");
             node.stop(Stop::Shutdown).await;
         }
@@ -693,7 +718,7 @@ async fn mqtt_3_1_2_4_clean_start_after_a_restart_discards_the_stored_session_an
             let node = node.restart(stop).await;
             let mut clean = persistent(version, "keeper");
             clean.clean_start = true;
-            let (mut keeper, present) = connect(node.addr(), clean).await;
+            let (mut keeper, present) = connected_present(node.addr(), clean).await;
             assert!(!present, "{context}");
             assert!(drain(&mut keeper).await.is_empty(), "{context}");
             keeper.disconnect(ReasonCode::Success).await;
@@ -735,9 +760,9 @@ async fn a_full_queue_is_still_full_after_a_restart() {
         node.broker
             .publish("q/5", "m5", QoS::AtLeastOnce, false)
             .unwrap();
-        let (mut keeper, present) = connect(node.addr(), persistent(V5, "keeper")).await;
+        let (mut keeper, present) = connected_present(node.addr(), persistent(V5, "keeper")).await;
         assert!(present, "{context}");
-        let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+        let got = payloads(&mut keeper).await;
         assert_eq!(got, ["m0", "m1", "m2"], "{context}");
         node.stop(Stop::Shutdown).await;
     }
@@ -764,9 +789,10 @@ async fn a_long_queue_is_delivered_whole_and_in_order_after_a_restart() {
                 .unwrap();
         }
         let node = node.restart(stop).await;
-        let (mut keeper, present) = connect(node.addr(), persistent(version, "keeper")).await;
+        let (mut keeper, present) =
+            connected_present(node.addr(), persistent(version, "keeper")).await;
         assert!(present, "{context}");
-        let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+        let got = payloads(&mut keeper).await;
         let want: Vec<_> = (0..MESSAGES).map(|n| n.to_string()).collect();
         assert_eq!(got.len(), want.len(), "{context}");
         assert!(got == want, "{context}: out of order");
@@ -786,7 +812,8 @@ async fn mqtt_4_1_0_2_a_session_whose_expiry_passes_while_the_broker_is_down_is_
         let context = format!("{stop:?}");
         let dir = DataDir::new();
         let node = Node::start(&dir).await;
-        let (mut brief, _) = connect(node.addr(), persistent_connect(V5, "brief", 2)).await;
+        let (mut brief, _) =
+            connected_present(node.addr(), persistent_connect(V5, "brief", 2)).await;
         brief
             .subscribe(vec![subscription("x/#", QoS::AtLeastOnce)])
             .await;
@@ -802,26 +829,19 @@ async fn mqtt_4_1_0_2_a_session_whose_expiry_passes_while_the_broker_is_down_is_
         .await;
         drop(publisher);
         node.stop(stop).await;
-        tokio::time::sleep(
-            (closed + Duration::from_millis(2_200)).saturating_duration_since(Instant::now()),
-        )
-        .await;
+        sleep_until(closed + Duration::from_millis(2_200)).await;
 
-        let loaded = stored(&dir);
-        let names: Vec<_> = loaded
-            .sessions
-            .iter()
-            .map(|s| s.record.client_id.as_str())
-            .collect();
-        assert_eq!(names, ["lasting"], "{context}");
+        assert_eq!(stored_sessions(&dir), ["lasting"], "{context}");
         let node = Node::start(&dir).await;
         assert!(!node.broker.has_session("brief"), "{context}");
-        let (mut brief, present) = connect(node.addr(), persistent_connect(V5, "brief", 2)).await;
+        let (mut brief, present) =
+            connected_present(node.addr(), persistent_connect(V5, "brief", 2)).await;
         assert!(!present, "{context}");
         assert!(drain(&mut brief).await.is_empty(), "{context}");
-        let (mut lasting, present) = connect(node.addr(), persistent(V5, "lasting")).await;
+        let (mut lasting, present) =
+            connected_present(node.addr(), persistent(V5, "lasting")).await;
         assert!(present, "{context}");
-        let got: Vec<_> = drain(&mut lasting).await.iter().map(payload_str).collect();
+        let got = payloads(&mut lasting).await;
         assert_eq!(got, ["queued"], "{context}");
         node.stop(Stop::Shutdown).await;
     }
@@ -836,7 +856,7 @@ async fn a_session_expiry_set_by_disconnect_holds_across_a_restart() {
         let dir = DataDir::new();
         let node = Node::start(&dir).await;
         for (client_id, expiry) in [("ends", 0), ("brief", 1), ("stays", 60)] {
-            let (mut client, _) = connect(node.addr(), persistent(V5, client_id)).await;
+            let (mut client, _) = connected_present(node.addr(), persistent(V5, client_id)).await;
             let mut disconnect = rallymq_codec::Disconnect::new(ReasonCode::Success);
             disconnect.properties.session_expiry_interval = Some(expiry);
             client.disconnect_with(disconnect).await;
@@ -844,10 +864,7 @@ async fn a_session_expiry_set_by_disconnect_holds_across_a_restart() {
         node.wait_connected(0).await;
         let closed = Instant::now();
         node.stop(stop).await;
-        tokio::time::sleep(
-            (closed + Duration::from_millis(1_200)).saturating_duration_since(Instant::now()),
-        )
-        .await;
+        sleep_until(closed + Duration::from_millis(1_200)).await;
         let loaded = stored(&dir);
         let names: Vec<_> = loaded
             .sessions
@@ -865,22 +882,15 @@ async fn a_session_expiry_set_by_disconnect_holds_across_a_restart() {
 async fn mqtt_4_1_0_2_a_restored_session_expiry_keeps_counting_across_the_next_restart() {
     let dir = DataDir::new();
     let node = Node::start(&dir).await;
-    let (connected, _) = connect(node.addr(), persistent_connect(V5, "brief", 1)).await;
+    let (connected, _) = connected_present(node.addr(), persistent_connect(V5, "brief", 1)).await;
     node.wait_connected(1).await;
     let node = node.restart(Stop::Crash).await;
     let restarted = Instant::now();
     drop(connected);
     assert!(node.broker.has_session("brief"));
     node.stop(Stop::Shutdown).await;
-    tokio::time::sleep(
-        (restarted + Duration::from_millis(1_500)).saturating_duration_since(Instant::now()),
-    )
-    .await;
-    let names: Vec<_> = stored(&dir)
-        .sessions
-        .iter()
-        .map(|s| s.record.client_id.clone())
-        .collect();
+    sleep_until(restarted + Duration::from_millis(1_500)).await;
+    let names = stored_sessions(&dir);
     assert!(
         names.is_empty(),
         "expired a second after the first restart: {names:?}"
@@ -916,10 +926,7 @@ async fn mqtt_3_3_2_5_a_message_whose_expiry_passes_while_the_broker_is_down_is_
         }
         drop(publisher);
         node.stop(stop).await;
-        tokio::time::sleep(
-            (sent_at + Duration::from_millis(1_200)).saturating_duration_since(Instant::now()),
-        )
-        .await;
+        sleep_until(sent_at + Duration::from_millis(1_200)).await;
         let node = Node::start(&dir).await;
 
         let left = |publish: &Publish| {
@@ -929,7 +936,7 @@ async fn mqtt_3_3_2_5_a_message_whose_expiry_passes_while_the_broker_is_down_is_
                 .expect("MQTT-3.3.2-6: the expiry is sent on");
             assert!((50..60).contains(&left), "{context}: {left} s left of 60");
         };
-        let (mut late, present) = connect(node.addr(), persistent(V5, "late5")).await;
+        let (mut late, present) = connected_present(node.addr(), persistent(V5, "late5")).await;
         assert!(present);
         let got = drain(&mut late).await;
         assert_eq!(
@@ -938,7 +945,7 @@ async fn mqtt_3_3_2_5_a_message_whose_expiry_passes_while_the_broker_is_down_is_
             "{context}"
         );
         got.iter().for_each(left);
-        let (mut late, present) = connect(node.addr(), persistent(V311, "late3")).await;
+        let (mut late, present) = connected_present(node.addr(), persistent(V311, "late3")).await;
         assert!(present);
         let got = drain(&mut late).await;
         assert_eq!(
@@ -1088,7 +1095,7 @@ async fn inbound_across(version: ProtocolVersion, stop: Stop) {
     let context = format!("{version:?}, {stop:?}");
     let dir = DataDir::new();
     let node = Node::start(&dir).await;
-    let (mut watcher, _) = connect(node.addr(), persistent(version, "watcher")).await;
+    let (mut watcher, _) = connected_present(node.addr(), persistent(version, "watcher")).await;
     watcher
         .subscribe(vec![subscription("in/#", QoS::ExactlyOnce)])
         .await;
@@ -1108,7 +1115,8 @@ async fn inbound_across(version: ProtocolVersion, stop: Stop) {
     drop(sender);
     let node = node.restart(stop).await;
 
-    let (mut watcher, present) = connect(node.addr(), persistent(version, "watcher")).await;
+    let (mut watcher, present) =
+        connected_present(node.addr(), persistent(version, "watcher")).await;
     assert!(present, "{context}");
     let (mut sender, connack) = Raw::connect(node.addr(), persistent(version, "sender")).await;
     assert!(connack.session_present, "{context}");
@@ -1150,6 +1158,19 @@ fn will(client_id: &str) -> Will {
     }
 }
 
+/// A persistent MQTT 5 session's CONNECT with a will delayed by `delay` seconds.
+fn with_delayed_will(client_id: &str, delay: u32) -> Connect {
+    let mut connect = persistent(V5, client_id);
+    let mut delayed = will(client_id);
+    delayed.properties = WillProperties {
+        will_delay_interval: Some(delay),
+        ..Default::default()
+    }
+    .into();
+    connect.will = Some(delayed);
+    connect
+}
+
 /// MQTT-3.1.2-8: the will is published when the network connection closes without a
 /// DISCONNECT: also the connection of a client that was connected when the broker went down.
 /// Shut down, the broker publishes it as it closes the connection; dead, it publishes it
@@ -1165,11 +1186,12 @@ async fn mqtt_3_1_2_8_the_will_of_a_client_connected_when_the_broker_stops_is_pu
             offline_subscriber(&node, version, "watcher", "will/#").await;
             let mut with_will = persistent(version, "mortal");
             with_will.will = Some(will("mortal"));
-            let (mortal, _) = connect(node.addr(), with_will).await;
+            let (mortal, _) = connected_present(node.addr(), with_will).await;
             node.wait_connected(1).await;
             let node = node.restart(stop).await;
             drop(mortal);
-            let (mut watcher, present) = connect(node.addr(), persistent(version, "watcher")).await;
+            let (mut watcher, present) =
+                connected_present(node.addr(), persistent(version, "watcher")).await;
             assert!(present, "{context}");
             let got: Vec<_> = drain(&mut watcher)
                 .await
@@ -1184,7 +1206,8 @@ async fn mqtt_3_1_2_8_the_will_of_a_client_connected_when_the_broker_stops_is_pu
             // Published: gone from the record, never published again.
             drop(watcher);
             let node = node.restart(stop).await;
-            let (mut watcher, _) = connect(node.addr(), persistent(version, "watcher")).await;
+            let (mut watcher, _) =
+                connected_present(node.addr(), persistent(version, "watcher")).await;
             assert!(
                 drain(&mut watcher).await.is_empty(),
                 "{context}: published twice"
@@ -1241,15 +1264,8 @@ async fn will_delay_across(stop: Stop, back: Back) {
     let dir = DataDir::new();
     let node = Node::start(&dir).await;
     offline_subscriber(&node, V5, "watcher", "will/#").await;
-    let mut with_will = persistent(V5, "mortal");
-    let mut delayed = will("mortal");
-    delayed.properties = WillProperties {
-        will_delay_interval: Some(DELAY),
-        ..Default::default()
-    }
-    .into();
-    with_will.will = Some(delayed);
-    let (mut mortal, _) = connect(node.addr(), with_will.clone()).await;
+    let with_will = with_delayed_will("mortal", DELAY);
+    let (mut mortal, _) = connected_present(node.addr(), with_will.clone()).await;
     node.wait_connected(1).await;
     if stop == Stop::Shutdown {
         // The connection ends first: the delay counts from here, in the record.
@@ -1260,13 +1276,14 @@ async fn will_delay_across(stop: Stop, back: Back) {
     let node = node.restart(stop).await;
     drop(mortal);
     let due = delay_from + Duration::from_secs(u64::from(DELAY));
-    let (mut watcher, present) = connect(node.addr(), persistent(V5, "watcher")).await;
+    let (mut watcher, present) = connected_present(node.addr(), persistent(V5, "watcher")).await;
     assert!(present, "{context}");
     match back {
         Back::Never => {
             watcher
                 .expect_silence(
-                    due.saturating_duration_since(Instant::now()) - Duration::from_millis(300),
+                    due.saturating_duration_since(Instant::now())
+                        .saturating_sub(Duration::from_millis(300)),
                 )
                 .await;
             let will = watcher
@@ -1277,7 +1294,7 @@ async fn will_delay_across(stop: Stop, back: Back) {
             watcher.expect_silence(QUIET).await;
         }
         Back::Resuming => {
-            let (mut mortal, present) = connect(node.addr(), with_will.clone()).await;
+            let (mut mortal, present) = connected_present(node.addr(), with_will.clone()).await;
             assert!(present, "{context}");
             watcher
                 .expect_silence(
@@ -1289,7 +1306,7 @@ async fn will_delay_across(stop: Stop, back: Back) {
             node.wait_connected(1).await;
             drop(watcher);
             let node = node.restart(stop).await;
-            let (mut watcher, _) = connect(node.addr(), persistent(V5, "watcher")).await;
+            let (mut watcher, _) = connected_present(node.addr(), persistent(V5, "watcher")).await;
             watcher
                 .expect_silence(Duration::from_secs(u64::from(DELAY)) + QUIET)
                 .await;
@@ -1300,7 +1317,7 @@ async fn will_delay_across(stop: Stop, back: Back) {
             let mut fresh = with_will.clone();
             fresh.clean_start = true;
             fresh.will = None;
-            let (_mortal, present) = connect(node.addr(), fresh).await;
+            let (_mortal, present) = connected_present(node.addr(), fresh).await;
             assert!(!present, "{context}");
             let will = watcher
                 .recv_within(Duration::from_millis(1_000))
@@ -1367,9 +1384,10 @@ async fn a_message_routed_to_many_persistent_sessions_is_stored_once() {
 
     let node = Node::start(&dir).await;
     for n in 0..SESSIONS {
-        let (mut client, present) = connect(node.addr(), persistent(V5, &format!("fan-{n}"))).await;
+        let (mut client, present) =
+            connected_present(node.addr(), persistent(V5, &format!("fan-{n}"))).await;
         assert!(present);
-        let got: Vec<_> = drain(&mut client).await.iter().map(payload_str).collect();
+        let got = payloads(&mut client).await;
         assert_eq!(got, ["shared"]);
         client.disconnect(ReasonCode::Success).await;
     }
@@ -1390,8 +1408,7 @@ async fn a_message_routed_to_many_persistent_sessions_is_stored_once() {
 #[tokio::test]
 async fn a_second_broker_on_the_same_directory_is_refused_while_the_first_runs() {
     let dir = DataDir::new();
-    let mut config = config();
-    config.storage = Storage::Directory(dir.to_path_buf());
+    let config = directory_config(&dir);
     let first = Broker::start(config.clone())
         .await
         .expect("the first starts");
@@ -1429,11 +1446,7 @@ async fn a_second_broker_on_the_same_directory_is_refused_while_the_first_runs()
     subscriber
         .subscribe(vec![subscription("lock/#", QoS::AtLeastOnce)])
         .await;
-    let mut got: Vec<_> = drain(&mut subscriber)
-        .await
-        .iter()
-        .map(payload_str)
-        .collect();
+    let mut got = payloads(&mut subscriber).await;
     got.sort();
     assert_eq!(got, ["kept", "still"]);
     shut_down(second).await;
@@ -1454,20 +1467,10 @@ async fn a_broker_holds_its_store_no_more_once_shut_down() {
     let broker = Broker::start_with_store(config(), store.clone())
         .await
         .unwrap();
-    let mut with_will = persistent(V5, "mortal");
-    let mut delayed = will("mortal");
-    delayed.properties = WillProperties {
-        will_delay_interval: Some(30),
-        ..Default::default()
-    }
-    .into();
-    with_will.will = Some(delayed);
-    let (mut mortal, _) = connect(tcp_addr(&broker), with_will).await;
+    let with_will = with_delayed_will("mortal", 30);
+    let (mut mortal, _) = connected_present(tcp_addr(&broker), with_will).await;
     mortal.kill();
-    let deadline = Instant::now() + WAIT;
-    while broker.clients_connected() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_clients(&broker, 0).await;
     shut_down(broker).await;
     assert_eq!(
         Arc::strong_count(&store),
@@ -1507,8 +1510,7 @@ async fn a_store_of_a_newer_format_version_is_refused_with_a_clear_message() {
         txn.commit().unwrap();
         current
     };
-    let mut config = config();
-    config.storage = Storage::Directory(dir.to_path_buf());
+    let config = directory_config(&dir);
     match Broker::start(config).await {
         Err(Error::Store(StoreError::NewerFormat {
             dir: refused,
@@ -1623,9 +1625,9 @@ async fn a_message_acknowledged_before_a_failed_write_is_delivered_once_writes_s
         .await;
     assert_eq!(during, ReasonCode::UnspecifiedError);
     node.store.fail_writes(None);
-    let (mut keeper, present) = connect(node.addr(), persistent(V5, "keeper")).await;
+    let (mut keeper, present) = connected_present(node.addr(), persistent(V5, "keeper")).await;
     assert!(present);
-    let got: Vec<_> = drain(&mut keeper).await.iter().map(payload_str).collect();
+    let got = payloads(&mut keeper).await;
     assert_eq!(got.first().map(String::as_str), Some("before"), "{got:?}");
     node.stop(Stop::Shutdown).await;
 }
@@ -1705,23 +1707,12 @@ async fn a_qos_2_delivery_whose_identifier_cannot_be_stored_is_not_sent() {
 #[tokio::test]
 async fn a_broker_restarted_in_the_same_process_takes_its_directory_while_a_will_is_delayed() {
     let dir = DataDir::new();
-    let mut config = config();
-    config.storage = Storage::Directory(dir.to_path_buf());
+    let config = directory_config(&dir);
     let first = Broker::start(config.clone()).await.expect("starts");
-    let mut with_will = persistent(V5, "mortal");
-    let mut delayed = will("mortal");
-    delayed.properties = WillProperties {
-        will_delay_interval: Some(30),
-        ..Default::default()
-    }
-    .into();
-    with_will.will = Some(delayed);
-    let (mut mortal, _) = connect(tcp_addr(&first), with_will).await;
+    let with_will = with_delayed_will("mortal", 30);
+    let (mut mortal, _) = connected_present(tcp_addr(&first), with_will).await;
     mortal.kill();
-    let deadline = Instant::now() + WAIT;
-    while first.clients_connected() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_clients(&first, 0).await;
     shut_down(first).await;
     // The will's delay waits in the connection that ended.
     let second = match Broker::start(config.clone()).await {
@@ -1782,7 +1773,7 @@ async fn messages_delivered_to_a_connected_persistent_session_leave_the_store() 
     const MESSAGES: usize = 300;
     let dir = DataDir::new();
     let node = Node::start(&dir).await;
-    let (mut keeper, _) = connect(node.addr(), persistent(V5, "keeper")).await;
+    let (mut keeper, _) = connected_present(node.addr(), persistent(V5, "keeper")).await;
     keeper
         .subscribe(vec![subscription("c/#", QoS::AtLeastOnce)])
         .await;

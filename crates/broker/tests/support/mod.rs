@@ -58,6 +58,20 @@ pub fn persistent_connect(version: ProtocolVersion, client_id: &str, expiry: u32
     connect
 }
 
+/// Connects over TCP, which must be accepted; returns the client and its Session Present flag.
+pub async fn connected_present(
+    addr: SocketAddr,
+    connect: Connect,
+) -> (TestClient<TcpStream>, bool) {
+    let (client, event) = TestClient::tcp(addr, connect).await;
+    match event {
+        ClientEvent::Connected {
+            session_present, ..
+        } => (client, session_present),
+        other => panic!("not connected: {other:?}"),
+    }
+}
+
 pub fn message(topic: &str, payload: &str, qos: QoS) -> Publish {
     let mut publish = Publish::new(
         TopicName::new(topic).unwrap(),
@@ -342,15 +356,19 @@ pub enum NoPacket {
 }
 
 impl Raw {
-    /// Connects with `connect` and returns the client and the CONNACK.
-    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
-        let version = connect.protocol;
-        let mut raw = Self {
+    /// A TCP connection that has sent nothing yet; what it reads is decoded as `version`.
+    pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Self {
+        Self {
             stream: TcpStream::connect(addr).await.expect("TCP connect"),
             version,
             received: BytesMut::new(),
             decoder: Decoder::with_version(version, Limits::default()),
-        };
+        }
+    }
+
+    /// Connects with `connect` and returns the client and the CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
+        let mut raw = Self::open(addr, connect.protocol).await;
         raw.send(Packet::from(connect)).await;
         match raw.next().await {
             Ok(Packet::ConnAck(connack)) => (raw, connack),
@@ -358,9 +376,15 @@ impl Raw {
         }
     }
 
+    /// Writes bytes as they are, at once (a byte at a time, if need be).
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
     pub async fn send(&mut self, packet: Packet) {
         let bytes = packet.to_bytes(self.version).expect("encodable");
-        self.stream.write_all(&bytes).await.expect("write");
+        self.write(&bytes).await;
     }
 
     /// The next packet within `within`.
@@ -391,5 +415,19 @@ impl Raw {
     /// The next packet, which must come within `WAIT`.
     pub async fn expect(&mut self) -> Packet {
         self.next().await.expect("a packet in time")
+    }
+
+    /// The next `n` packets, which must come within `WAIT` each.
+    pub async fn expect_n(&mut self, n: usize) -> Vec<Packet> {
+        let mut packets = Vec::with_capacity(n);
+        for _ in 0..n {
+            packets.push(self.expect().await);
+        }
+        packets
+    }
+
+    /// Asserts that nothing comes within `within`, and that the connection stays open.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        assert_eq!(self.next_within(within).await, Err(NoPacket::Timeout));
     }
 }
