@@ -126,10 +126,20 @@ impl Shared {
             }
         }
         for session in self.registry.all() {
-            if let Some(attachment) = &session.lock().attachment {
+            let inner = session.lock();
+            if let Some(attachment) = &inner.attachment {
                 attachment.control.signal(signal::SHUTDOWN);
             }
+            // A closed connection waiting on its will's delay.
+            if let Some(waiter) = &inner.will_waiter {
+                waiter.signal(signal::SHUTDOWN);
+            }
         }
+    }
+
+    /// Whether the broker is shutting down (or its handle was dropped).
+    pub(crate) fn stopping(&self) -> bool {
+        *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
     }
 
     fn lock_connecting(&self) -> std::sync::MutexGuard<'_, Connecting> {
@@ -228,10 +238,12 @@ impl Shared {
     }
 
     /// Loads the store: retained messages, and persistent sessions as offline sessions whose
-    /// queues stay in the store until their clients come back.
-    fn restore(self: &Arc<Self>) -> Result<(), Error> {
+    /// queues stay in the store until their clients come back. Returns the tasks that publish
+    /// restored wills when due.
+    fn restore(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, Error> {
+        let mut wills = Vec::new();
         let Some(store) = &self.store else {
-            return Ok(());
+            return Ok(wills);
         };
         let loaded = store.load()?;
         self.next_message_id
@@ -285,14 +297,27 @@ impl Shared {
                 will: will.clone(),
                 ..Durable::default()
             }));
-            if let Some(will) = will {
+            let waiter = will.as_ref().map(|_| {
                 let waiter = Arc::new(ControlBox::default());
                 inner.will_waiter = Some(waiter.clone());
-                drop(inner);
-                tokio::spawn(restored_will(self.clone(), session.clone(), waiter, will));
+                waiter
+            });
+            drop(inner);
+            if record.disconnected_at.is_none() {
+                // Recorded as ended now (and its will as due from now), so that a restart before
+                // its client comes back counts from here too, not from its own start.
+                self.save_record(&session);
+            }
+            if let (Some(will), Some(waiter)) = (will, waiter) {
+                wills.push(tokio::spawn(restored_will(
+                    self.clone(),
+                    session.clone(),
+                    waiter,
+                    will,
+                )));
             }
         }
-        Ok(())
+        Ok(wills)
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -357,14 +382,21 @@ async fn restored_will(
         .due_at
         .and_then(|at| at.duration_since(SystemTime::now()).ok())
         .unwrap_or_default();
+    let mut shutdown = shared.shutdown.clone();
     let publish_now = tokio::select! {
         _ = tokio::time::sleep(due) => true,
+        _ = shutdown.changed() => false,
         _ = waiter.signalled() => matches!(
             waiter.try_recv(),
             Some(Control::EndWill { publish: true })
         ),
     };
     waiter.close();
+    if shared.stopping() {
+        // The will stays in the session's record: the next broker publishes it when due. (This
+        // task must not outlive the broker: it holds the store, and its directory's lock.)
+        return;
+    }
     if publish_now {
         shared.publish(Some(&session.client_id), &will.publish);
     }
@@ -497,9 +529,8 @@ impl Broker {
         }
         let sys_interval = config.sys_interval;
         let shared = Arc::new(Shared::new(config, shutdown_rx, store, authenticator));
-        shared.restore()?;
+        let mut tasks = shared.restore()?;
         let mut listeners = Vec::new();
-        let mut tasks = Vec::new();
         for (bound, listener, socket) in bound {
             info!("listening: {bound}");
             listeners.push(bound);
@@ -754,8 +785,13 @@ impl BrokerHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for task in self.tasks {
+        for task in &self.tasks {
             task.abort();
+        }
+        // Gone once their handles resolve: none of them holds the broker's state (and its
+        // store, whose directory's lock a broker started next would need) any more.
+        for task in self.tasks {
+            let _ = task.await;
         }
         // What the connections wrote as they closed is on disk before the broker is gone.
         if let Some(store) = &self.shared.store {

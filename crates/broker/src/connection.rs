@@ -263,7 +263,15 @@ impl Driver {
                         self.engine.shrink_buffers();
                     }
                 }
-                let deadline = self.engine.poll_timeout();
+                let mut deadline = self.engine.poll_timeout();
+                if self.engine.is_closed() && deadline.is_some() && self.shared.stopping() {
+                    // A will waits on its delay as the broker stops: with a store it is in the
+                    // session's record, and the next broker publishes it when due (without one
+                    // nothing outlives the broker anyway). This task must not outlive the
+                    // broker: it holds the store, and its directory's lock.
+                    self.engine.cancel_will();
+                    deadline = None;
+                }
                 if self.engine.is_closed() && deadline.is_none() {
                     break;
                 }
@@ -1020,7 +1028,7 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it is durable; counts it off the tail. `None` when there is none.
+    /// written to it is decided; counts it off the tail. `None` when there is none.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
         let store = self.shared.store.clone()?;
         let (from, ticket) = {
@@ -1031,7 +1039,10 @@ impl Driver {
             }
             (durable.tail_from, durable.last_ticket)
         };
-        self.shared.durable(ticket).await.ok()?;
+        // Decided is enough: the store commits a failed write's changes with its next commit,
+        // and a ticket that failed stays failed, so waiting for success would leave the queue
+        // unread (messages acknowledged before it too) until the session's next write.
+        let _ = self.shared.durable(ticket).await;
         let entries = match store.read_queue(&session.client_id, from, PAGE) {
             Ok(entries) => entries,
             Err(error) => {

@@ -6,12 +6,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -25,6 +27,9 @@ use super::{
     message_expired, session_expired,
 };
 use crate::lock;
+
+/// The database's file in the store's directory.
+const FILE: &str = "store.redb";
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -54,7 +59,10 @@ pub struct DiskStore {
 
 #[derive(Debug)]
 struct Shared {
-    db: Database,
+    /// `None` from a failed commit until the writer opens the database again: after an I/O
+    /// error redb fails every operation ("Previous I/O error occurred") until it is closed
+    /// and opened anew, which recovers its file to the last commit.
+    db: RwLock<Option<Database>>,
     dir: PathBuf,
     pending: Mutex<Pending>,
     arrived: Condvar,
@@ -115,7 +123,7 @@ impl DiskStore {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let db = Database::create(dir.join("store.redb")).map_err(io)?;
+        let db = Database::create(dir.join(FILE)).map_err(io)?;
         let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
@@ -144,7 +152,7 @@ impl DiskStore {
         txn.commit().map_err(io)?;
         let (decided, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db)),
             dir,
             pending: Mutex::default(),
             arrived: Condvar::new(),
@@ -200,7 +208,12 @@ impl Shared {
         loop {
             let (mut changes, upto, closing) = {
                 let mut pending = lock(&self.pending);
-                while pending.changes.is_empty() && !pending.closing {
+                // An empty write has a ticket too (`durable` on it waits for what came before):
+                // one not decided yet is work.
+                while pending.changes.is_empty()
+                    && pending.last_ticket <= *self.decided.borrow()
+                    && !pending.closing
+                {
                     if retry.is_empty() {
                         pending = self
                             .arrived
@@ -236,6 +249,8 @@ impl Shared {
                 )
             };
             if changes.is_empty() && retry.is_empty() {
+                // Only empty writes: decided, with nothing to commit.
+                self.decide(upto);
                 if closing {
                     return;
                 }
@@ -280,11 +295,7 @@ impl Shared {
                     }
                 }
             }
-            self.decided.send_if_modified(|decided| {
-                let changed = upto > *decided;
-                *decided = (*decided).max(upto);
-                changed
-            });
+            self.decide(upto);
             // Closing: a failing store gives up what it could not write (nothing of it was
             // acknowledged); otherwise what arrived meanwhile is committed first.
             if closing && (failing || lock(&self.pending).changes.is_empty()) {
@@ -293,11 +304,64 @@ impl Shared {
         }
     }
 
-    /// Applies `changes` in one transaction and commits it durably.
+    /// Tells the waiters that every ticket up to `upto` is decided.
+    fn decide(&self, upto: u64) {
+        self.decided.send_if_modified(|decided| {
+            let changed = upto > *decided;
+            *decided = (*decided).max(upto);
+            changed
+        });
+    }
+
+    /// Applies `changes` in one transaction and commits it durably. A failed commit closes
+    /// the database, for the next one to open it again.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+        let result = self.try_commit(changes);
+        if result.is_err() {
+            *self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+        result
+    }
+
+    fn try_commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut db = self.database();
+        if db.is_none() {
+            drop(db);
+            let reopened = Database::create(self.dir.join(FILE)).map_err(io)?;
+            *self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
+            db = self.database();
+        }
+        let txn = db
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .begin_write()
+            .map_err(io)?;
         apply(&txn, changes)?;
         txn.commit().map_err(io)
+    }
+
+    /// The database, while it is open.
+    fn database(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A read transaction; fails while the database is closed after a failed commit.
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        match &*self.database() {
+            Some(db) => db.begin_read().map_err(io),
+            None => Err(StoreError::Io(format!(
+                "{}: the store reopens after a failed write",
+                self.dir.display()
+            ))),
+        }
     }
 
     fn failure_of(&self, ticket: u64) -> Option<StoreError> {
@@ -432,16 +496,15 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     for (id, delta) in references {
-        if delta == 0 {
-            continue;
-        }
         let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
             continue;
         };
         let count = i64::from(message_references(&value)?) + delta;
         if count <= 0 {
+            // Also when the group added and removed as many entries as it (a message stored,
+            // delivered and acknowledged in one group): nothing refers to it.
             messages.remove(id).map_err(io)?;
-        } else {
+        } else if delta != 0 {
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             messages
                 .insert(id, with_references(&value, count).as_slice())
@@ -469,7 +532,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 impl Store for DiskStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let now = SystemTime::now();
-        let txn = self.shared.db.begin_read().map_err(io)?;
+        let txn = self.shared.begin_read()?;
         let sessions = txn.open_table(SESSIONS).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
@@ -543,7 +606,7 @@ impl Store for DiskStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
-        let txn = self.shared.db.begin_read().map_err(io)?;
+        let txn = self.shared.begin_read()?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let start = entry_key(client_id, from_seq);
@@ -711,6 +774,26 @@ mod tests {
         for writer in writers {
             writer.join().expect("the writer thread ends");
         }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `durable` on the ticket of an empty write resolves once everything written before it
+    /// is decided: `BrokerHandle::shutdown` waits so for what its connections wrote as they
+    /// closed (it waited forever: the writer only woke for changes).
+    #[tokio::test]
+    async fn an_empty_write_is_durable_once_the_writes_before_it_are() {
+        let dir = scratch("empty-write");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        let first = store.write(vec![retained("t")]);
+        let empty = store.write(Vec::new());
+        assert!(empty > first);
+        let bound = Duration::from_secs(5);
+        let durable = tokio::time::timeout(bound, store.durable(empty)).await;
+        assert_eq!(durable, Ok(Ok(())), "decided in time");
+        let alone = store.write(Vec::new());
+        let durable = tokio::time::timeout(bound, store.durable(alone)).await;
+        assert_eq!(durable, Ok(Ok(())), "an empty write after nothing else");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
