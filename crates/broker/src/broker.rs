@@ -8,16 +8,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rallymq_codec::{Message, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
-use rallymq_session::SessionState;
+use rallymq_session::{ServerConfig, SessionState};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::PerIp;
-use crate::auth::Authenticator;
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
+use crate::policy::Policy;
 use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
 use crate::session::{
     Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
@@ -54,8 +54,11 @@ pub(crate) struct Shared {
     pub(crate) space_waiters: AtomicUsize,
     /// Connections by client address, for the limits per address.
     pub(crate) per_ip: Arc<PerIp>,
-    /// Decides who each client is at CONNECT.
-    pub(crate) authenticator: Arc<Authenticator>,
+    /// Who may connect and what they may do: the broker's policy first, then those of the
+    /// listeners with their own (`Peer::policy` indexes this).
+    pub(crate) policies: Vec<Policy>,
+    /// The protocol engine's settings, the same for every connection.
+    pub(crate) server_config: Arc<ServerConfig>,
 }
 
 /// Shutdown reaches each connection through its [`ControlBox`], so that a connection waits on
@@ -74,10 +77,11 @@ impl Shared {
         config: BrokerConfig,
         shutdown: watch::Receiver<bool>,
         store: Option<Arc<dyn Store>>,
-        authenticator: Arc<Authenticator>,
+        policies: Vec<Policy>,
     ) -> Self {
         Self {
-            authenticator,
+            policies,
+            server_config: Arc::new(server_config(&config.limits)),
             config,
             router: Router::default(),
             registry: Registry::default(),
@@ -502,8 +506,19 @@ impl Broker {
         store: Option<Arc<dyn Store>>,
     ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let authenticator = Arc::new(Authenticator::new(config.auth.clone())?);
         let all = config.all_listeners();
+        // The broker's policy, then one for each listener with its own.
+        let mut policies = vec![Policy::load(&config.security)?];
+        let mut listener_policies = Vec::new();
+        for listener in &all {
+            listener_policies.push(match &listener.security {
+                Some(security) => {
+                    policies.push(Policy::load(security)?);
+                    u8::try_from(policies.len() - 1).map_err(|_| Error::TooManyPolicies)?
+                }
+                None => 0,
+            });
+        }
         let tls = match &config.tls_files {
             Some(settings) => Some(Arc::new(Tls::load(settings.clone())?)),
             None if all.iter().any(|listener| listener.kind.is_tls()) => {
@@ -528,15 +543,16 @@ impl Broker {
             ));
         }
         let sys_interval = config.sys_interval;
-        let shared = Arc::new(Shared::new(config, shutdown_rx, store, authenticator));
+        let shared = Arc::new(Shared::new(config, shutdown_rx, store, policies));
         let mut tasks = shared.restore()?;
         let mut listeners = Vec::new();
-        for (bound, listener, socket) in bound {
+        for ((bound, listener, socket), policy) in bound.into_iter().zip(listener_policies) {
             info!("listening: {bound}");
             listeners.push(bound);
             let context = Arc::new(ListenerContext {
                 listener,
                 tls: tls.clone(),
+                policy,
             });
             let serve = if bound.kind.is_websocket() {
                 tokio::spawn(listener::serve_websocket(socket, shared.clone(), context))
@@ -653,6 +669,7 @@ impl BrokerHandle {
             let peer = crate::connection::Peer {
                 addr: peer,
                 websocket: false,
+                policy: 0,
             };
             crate::connection::serve(io, shared, peer, None).await;
         }
@@ -753,10 +770,17 @@ impl BrokerHandle {
             tls.reload()?;
             info!("TLS certificate reloaded");
         }
-        let auth = &self.shared.config.auth;
-        if auth.password_file.is_some() || auth.jwt.is_some() {
-            self.shared.authenticator.reload()?;
-            info!("password file and token key reloaded");
+        // All or nothing: every file is read before any takes effect.
+        let mut reloaded = Vec::new();
+        for policy in &self.shared.policies {
+            reloaded.push(policy.reload_prepared()?);
+        }
+        let mut any = false;
+        for (policy, prepared) in self.shared.policies.iter().zip(reloaded) {
+            any |= policy.commit_reload(prepared);
+        }
+        if any {
+            info!("password, token key and ACL files reloaded");
         }
         Ok(())
     }
@@ -797,5 +821,23 @@ impl BrokerHandle {
         if let Some(store) = &self.shared.store {
             let _ = store.durable(store.write(Vec::new())).await;
         }
+    }
+}
+
+/// The protocol engine's settings from the broker's limits.
+fn server_config(limits: &crate::Limits) -> ServerConfig {
+    ServerConfig {
+        connect_timeout: limits.connect_timeout,
+        packet_timeout: limits.packet_timeout,
+        max_packet_size: limits.max_packet_size,
+        receive_maximum: limits.receive_maximum.max(1),
+        topic_alias_maximum: limits.topic_alias_maximum,
+        outgoing_topic_alias_maximum: limits.outgoing_topic_alias_maximum,
+        max_in_flight: limits.max_in_flight.max(1),
+        // The session's queue in the broker is the real one; the engine keeps a little.
+        max_queued: 16,
+        max_keep_alive: limits.max_keep_alive,
+        // Acknowledged once routed: the single point where a durable store will wait.
+        manual_acks: true,
     }
 }

@@ -24,6 +24,9 @@ pub enum Error {
     /// The TLS certificate, key or CA file could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// More than 255 listeners have a security policy of their own.
+    #[error("at most 255 listeners may have security settings of their own")]
+    TooManyPolicies,
     /// A TLS listener is configured without certificate and key files.
     #[error("a TLS listener needs a certificate and a key (--cert, --key)")]
     TlsNotConfigured,

@@ -31,6 +31,7 @@ mod config;
 mod connection;
 mod error;
 mod listener;
+mod policy;
 mod router;
 mod session;
 mod stats;
@@ -42,6 +43,7 @@ pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
+pub use policy::Security;
 pub use store::{
     Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,
     QueueEntry, SessionRecord, Store, StoreError, StoredMessage, StoredWill, Ticket,

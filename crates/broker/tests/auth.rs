@@ -55,7 +55,7 @@ fn write_passwords(path: &Path, users: &[(&str, &str)]) {
 }
 
 async fn broker_with(auth: AuthConfig) -> BrokerHandle {
-    start_broker(|config| config.auth = auth).await
+    start_broker(|config| config.security.auth = auth).await
 }
 
 fn passwords_only(path: &Path) -> AuthConfig {
@@ -217,7 +217,7 @@ async fn a_broken_password_file_fails_the_start() {
     let file = dir.path("passwords");
     std::fs::write(&file, "alice\n").unwrap();
     let mut config = rallymq_broker::BrokerConfig::default();
-    config.auth = passwords_only(&file);
+    config.security.auth = passwords_only(&file);
     let error = rallymq_broker::Broker::start(config)
         .await
         .expect_err("a broken password file");

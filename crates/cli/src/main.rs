@@ -50,7 +50,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run an MQTT broker (TCP, and HTTP + MQTT over WebSockets).
-    Broker(BrokerArgs),
+    Broker(Box<BrokerArgs>),
     /// Publish messages, with mosquitto_pub's flags (-h is the host; help is --help).
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages, with mosquitto_sub's flags (-h is the host; help is --help).
@@ -265,6 +265,11 @@ pub(crate) struct BrokerArgs {
     /// neither --password-file nor --jwt-key is given).
     #[arg(long, value_name = "true|false", help_heading = "Security")]
     pub(crate) allow_anonymous: Option<bool>,
+
+    /// What each user may publish and receive, Mosquitto's acl_file format (topic, user,
+    /// pattern lines with %c and %u). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub(crate) acl_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -276,7 +281,7 @@ fn main() -> ExitCode {
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
     init_logging();
     let result = match cli.command {
-        Command::Broker(args) => run_broker(args),
+        Command::Broker(args) => run_broker(*args),
         Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
         Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
         Command::Passwd(args) => {
@@ -430,7 +435,7 @@ mod tests {
     fn parse(args: &[&str]) -> BrokerArgs {
         let cli = Cli::try_parse_from(args).expect("valid arguments");
         match cli.command {
-            Command::Broker(args) => args,
+            Command::Broker(args) => *args,
             other => panic!("not the broker command: {other:?}"),
         }
     }
@@ -476,7 +481,7 @@ mod tests {
             "--allow-anonymous",
             "false",
         ]);
-        let auth = broker_config(&args).unwrap().auth;
+        let auth = broker_config(&args).unwrap().security.auth;
         assert_eq!(auth.password_file, Some("/etc/p".into()));
         assert_eq!(auth.allow_anonymous, Some(false));
         let jwt = auth.jwt.expect("a JWT configuration");
@@ -484,7 +489,10 @@ mod tests {
         assert_eq!(jwt.user_claim, "username");
         assert_eq!(jwt.issuer.as_deref(), Some("https://auth.example.com"));
         assert_eq!(jwt.audience, None);
-        let auth = broker_config(&parse(&["rallymq", "broker"])).unwrap().auth;
+        let auth = broker_config(&parse(&["rallymq", "broker"]))
+            .unwrap()
+            .security
+            .auth;
         assert_eq!(auth, rallymq_broker::AuthConfig::default());
     }
 

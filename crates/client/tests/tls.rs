@@ -346,7 +346,7 @@ async fn paho_over_the_brokers_tls_listener_with_a_mosquitto_passwd_file() {
         client_ca: None,
         certificate_name: Default::default(),
     });
-    config.auth.password_file = Some(passwords);
+    config.security.auth.password_file = Some(passwords);
     let broker = Broker::start(config).await.expect("the broker starts");
     let mut received = broker.subscribe("paho/#", QoS::AtLeastOnce).unwrap();
     let port = broker.local_addr(ListenerKind::Tls).unwrap().port();

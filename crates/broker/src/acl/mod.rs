@@ -47,12 +47,15 @@
 //! Filters match as in MQTT: `#` matches its parent level, wildcard first levels do not match
 //! `$` topics (so `topic read #` does not grant `$SYS`).
 //!
-//! **SUBSCRIBE is not checked against the file.** Mosquitto 2.0's file check grants every
-//! subscription (its code says "FIXME - implement ACL subscription strings") and checks `read`
-//! on each message delivered, retained messages included: a client subscribed to `#` receives
-//! the topics it may read. [`ClientAcl::can_subscribe`] therefore refuses only through token
-//! rules, and [`ClientAcl::can_receive`] is the check to make for each delivery (wills and
-//! retained messages included).
+//! **SUBSCRIBE is checked against the file only where the answer is certain.** Mosquitto 2.0's
+//! file check grants every subscription (its code says "FIXME - implement ACL subscription
+//! strings") and checks `read` on each message delivered, retained messages included: a client
+//! subscribed to `#` receives the topics it may read. We do the same for deliveries
+//! ([`ClientAcl::can_receive`] is the check to make for each, wills and retained messages
+//! included), but [`ClientAcl::can_subscribe`] also refuses a subscription that could never
+//! deliver anything, so that the client is told (0x87, 3.1.1: 0x80) instead of waiting for
+//! nothing: a filter without wildcards whose topic the client may not read, and a filter a
+//! `deny` rule covers whole (section first, then patterns, as for messages).
 //!
 //! The broker is expected to apply the results as Mosquitto does: a refused PUBLISH is
 //! acknowledged and dropped (MQTT 5: PUBACK or PUBREC with 0x87 Not authorized; 3.1.1: the
@@ -279,14 +282,41 @@ impl ClientAcl {
         self.file_allows(topic, READ)
     }
 
-    /// Whether the client may subscribe to `filter`. Only token rules refuse subscriptions;
-    /// the ACL file grants them all, as Mosquitto 2.0's does, and is applied to each message
-    /// by [`ClientAcl::can_receive`].
+    /// Whether the client may subscribe to `filter`: token rules decide first; the file
+    /// refuses a subscription that could never deliver anything — a filter without wildcards
+    /// whose topic the client may not read, or one a `deny` rule covers whole — and grants the
+    /// others, whose messages [`ClientAcl::can_receive`] then checks one by one (Mosquitto 2.0
+    /// grants every subscription and only checks deliveries).
     pub fn can_subscribe(&self, filter: &TopicFilter) -> bool {
-        self.token
+        if let Some(decision) = self
+            .token
             .as_ref()
             .and_then(|token| token.subscribe(filter))
-            .unwrap_or(true)
+        {
+            return decision;
+        }
+        let Some(file) = &self.file else {
+            return true;
+        };
+        let text = filter.filter();
+        if !text.contains(['+', '#']) {
+            return TopicName::new(text).map_or(true, |topic| self.can_receive(&topic));
+        }
+        // As in `file_allows`: the section's rules first, then the patterns.
+        let mut bits = 0;
+        if let Some(section) = self.section {
+            file.sections[section].for_each_covering(filter, &[], |rule| bits |= rule);
+        }
+        if bits & (DENY | READ) != 0 {
+            return bits & DENY == 0;
+        }
+        let Patterns::For { user, client_id } = &self.patterns else {
+            return true;
+        };
+        let bindings = [user.as_deref(), Some(&**client_id)];
+        file.patterns
+            .for_each_covering(filter, &bindings, |rule| bits |= rule);
+        bits & DENY == 0
     }
 
     /// Steps 2 to 4 of the check (see the module docs).
@@ -313,6 +343,18 @@ impl ClientAcl {
             .for_each_match(topic, &bindings, |rule| bits |= rule);
         bits & DENY == 0 && bits & wanted != 0
     }
+}
+
+/// Whether any client may publish to `topic` (when no ACL applies to it): all but `$SYS`
+/// (bar a bridge's connection state) and `$share` topics.
+pub(crate) fn everyone_may_publish(topic: &TopicName) -> bool {
+    dollar_allows(topic.as_str(), WRITE)
+}
+
+/// Whether any client may receive a message on `topic` (when no ACL applies to it): all but
+/// `$share` topics.
+pub(crate) fn everyone_may_receive(topic: &TopicName) -> bool {
+    dollar_allows(topic.as_str(), READ)
 }
 
 /// Mosquitto's checks of `$` topics, made before any rule: no client publishes to `$SYS`

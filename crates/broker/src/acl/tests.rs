@@ -127,9 +127,14 @@ topic deny r/secret
         acl.for_client(Some("lim"), "c#1", None)
             .can_publish(&name("w/a"))
     );
-    // Subscriptions are all granted; deliveries are checked.
-    for wanted in ["#", "r/secret", "$SYS/#", "$share/g/#", "nothing/here"] {
+    // Wildcard subscriptions are granted, and their deliveries checked; a subscription to a
+    // single topic the client may not read is refused.
+    for wanted in ["#", "$SYS/#", "$share/g/#"] {
         assert!(lim.can_subscribe(&filter(wanted)), "{wanted}");
+    }
+    for wanted in ["r/secret", "nothing/here"] {
+        assert!(!lim.can_receive(&name(wanted)), "{wanted}");
+        assert!(!lim.can_subscribe(&filter(wanted)), "{wanted}");
     }
 }
 
@@ -480,10 +485,28 @@ proptest! {
         }
         for wanted in &filters {
             let parsed = filter(wanted);
-            let expected = token_reference(
+            let by_token = token_reference(
                 &token, deny_unmatched, user, client_id, Action::Subscribe, parsed.filter(), true,
-            ).unwrap_or(true);
-            prop_assert_eq!(ours.can_subscribe(&parsed), expected, "subscribe {} under {:?}", wanted, token);
+            );
+            let granted = ours.can_subscribe(&parsed);
+            if let Some(expected) = by_token {
+                prop_assert_eq!(granted, expected, "subscribe {} under {:?}", wanted, token);
+            } else if !parsed.filter().contains(['+', '#']) {
+                // One topic: subscribing is allowed exactly when receiving it is.
+                let topic = name(parsed.filter());
+                let expected = dollar_allows(parsed.filter(), READ)
+                    && file.check(&topic, Wanted::Read);
+                prop_assert_eq!(granted, expected, "subscribe {} under {:?}", wanted, token);
+            } else if !granted {
+                // A refused wildcard subscription could deliver none of the topics it matches.
+                for topic in &topics {
+                    let topic = name(topic);
+                    prop_assert!(
+                        !(parsed.matches(&topic) && ours.can_receive(&topic)),
+                        "subscribe {} refused, but {} may be received", wanted, topic.as_str()
+                    );
+                }
+            }
         }
     }
 }
