@@ -406,10 +406,11 @@ impl Driver {
                 reason_codes,
                 ..
             } => {
-                if !self.restoring.remove(&token)
-                    && let Some(reply) = self.subscribe_replies.remove(&token)
-                {
-                    let _ = reply.send(Ok(reason_codes));
+                // Nested rather than a let chain, which would need Rust 1.88 (the MSRV is 1.85).
+                if !self.restoring.remove(&token) {
+                    if let Some(reply) = self.subscribe_replies.remove(&token) {
+                        let _ = reply.send(Ok(reason_codes));
+                    }
                 }
             }
             ClientEvent::Unsubscribed {
