@@ -561,6 +561,11 @@ impl Store for DiskStore {
     fn write(&self, changes: Vec<Change>) -> Ticket {
         let ticket = {
             let mut pending = lock(&self.shared.pending);
+            if changes.is_empty() {
+                // Nothing to commit: a barrier on every earlier write, which is that write's
+                // ticket. A ticket of its own would wait for a commit that nothing triggers.
+                return Ticket(pending.last_ticket);
+            }
             pending.changes.extend(changes);
             pending.last_ticket += 1;
             pending.last_ticket
