@@ -1,6 +1,8 @@
 //! Benchmark package: the benches live in the `[[bench]]` targets, the load tools in
 //! `src/bin`; this library holds what the tools share.
 
+pub mod client;
+
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;

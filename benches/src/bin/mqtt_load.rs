@@ -53,18 +53,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rallymq_codec::{
-    Ack, Connect, Limits, MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
-    Subscribe, SubscribeProperties, Subscription, TopicFilter, TopicName,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rallymq_benches::client::{Client, Transport, VERSION, encode, invalid};
+use rallymq_benches::{BenchBroker, ProcIo, StoreCounts, cpu_seconds, proc_io, status_bytes};
+use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use rallymq_benches::{BenchBroker, ProcIo, StoreCounts, cpu_seconds, proc_io, status_bytes};
-
-const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 const PAYLOAD_LEN: usize = 64;
 /// QoS 0 PUBLISH packets per write.
 const BATCH: u64 = 32;
@@ -110,29 +105,6 @@ impl Shape {
         ]
         .into_iter()
         .find(|shape| shape.name() == text)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Transport {
-    Tcp,
-    Ws,
-}
-
-impl Transport {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Ws => "ws",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "tcp" | "mqtt" => Some(Self::Tcp),
-            "ws" => Some(Self::Ws),
-            _ => None,
-        }
     }
 }
 
@@ -282,100 +254,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-// ---- MQTT client side, on our codec and our WebSocket crate -----------------------------------
-
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-type Io = Box<dyn Stream>;
-
-fn invalid(error: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error.to_string())
-}
-
-fn encode(packet: &Packet, out: &mut BytesMut) {
-    // Every packet here is built from validated parts, so encoding cannot fail; if it ever
-    // did, the run would show it as missing traffic, not as a wrong number.
-    let _ = packet.encode(VERSION, out);
-}
-
-/// Opens the transport: plain TCP, or a WebSocket on `/mqtt` with subprotocol `mqtt` whose
-/// binary messages carry the MQTT byte stream.
-async fn open(addr: SocketAddr, transport: Transport) -> io::Result<Io> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    match transport {
-        Transport::Tcp => Ok(Box::new(tcp)),
-        Transport::Ws => Ok(Box::new(
-            rallymq_benches::mqtt_over_websocket(tcp, &addr.to_string()).await?,
-        )),
-    }
-}
-
-/// Reads until one whole packet is decoded.
-async fn read_packet(io: &mut Io, buf: &mut BytesMut) -> io::Result<Packet> {
-    let limits = Limits::default();
-    loop {
-        if let Some(packet) = rallymq_codec::decode(buf, VERSION, &limits).map_err(invalid)? {
-            return Ok(packet);
-        }
-        if io.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
-/// An MQTT 3.1.1 connection after CONNACK, with what was read past it.
-struct Client {
-    io: Io,
-    buf: BytesMut,
-}
-
-impl Client {
-    /// Connects with Clean Session `clean`; `false` asks for a persistent session.
-    async fn connect(
-        addr: SocketAddr,
-        transport: Transport,
-        client_id: &str,
-        clean: bool,
-    ) -> io::Result<Self> {
-        let mut io = open(addr, transport).await?;
-        let mut connect = Connect::new(VERSION, MqttString::new(client_id).map_err(invalid)?);
-        connect.clean_start = clean;
-        let mut out = BytesMut::new();
-        encode(&Packet::from(connect), &mut out);
-        io.write_all(&out).await?;
-        io.flush().await?;
-        let mut buf = BytesMut::new();
-        match read_packet(&mut io, &mut buf).await? {
-            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::Success => Ok(Self { io, buf }),
-            other => Err(invalid(format!("CONNECT answered with {other:?}"))),
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
-        let subscribe = Subscribe {
-            packet_id: PacketId::new(1).ok_or_else(|| invalid("packet id 0"))?,
-            properties: SubscribeProperties::default().into(),
-            subscriptions: vec![Subscription::new(
-                TopicFilter::new(filter).map_err(invalid)?,
-                qos,
-            )],
-        };
-        let mut out = BytesMut::new();
-        encode(&Packet::Subscribe(subscribe), &mut out);
-        self.io.write_all(&out).await?;
-        self.io.flush().await?;
-        loop {
-            if let Packet::SubAck(ack) = read_packet(&mut self.io, &mut self.buf).await? {
-                if ack.reason_codes.iter().any(|code| code.is_error()) {
-                    return Err(invalid(format!("SUBSCRIBE refused: {ack:?}")));
-                }
-                return Ok(());
-            }
-        }
-    }
 }
 
 fn publish_packet(topic: &str, qos: QoS) -> io::Result<Packet> {
@@ -543,7 +421,7 @@ async fn qos1_publisher(
 ) -> io::Result<()> {
     let mut packet = publish_packet(&topic, QoS::AtLeastOnce)?;
     let credits = Arc::new(Semaphore::new(window));
-    let Client { io, buf } = client;
+    let Client { io, buf, .. } = client;
     let (mut read, mut write) = tokio::io::split(io);
     let reader_credits = credits.clone();
     let reader = tokio::spawn(async move {
