@@ -602,6 +602,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         load_average()
     );
     print!("{out}");
+    out.clear();
     let (mut broker, _, _) = start_broker(runtime, options, port, data_dir.as_deref())?;
     let addr = broker.tcp;
     let mut sampler = RssSampler::start(broker.pid());
@@ -667,6 +668,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
             options.phase_timeout,
         )
         .await;
+        let elapsed = begun.elapsed().as_secs_f64();
         let stopped_for_disk = full.swap(true, Ordering::Relaxed);
         let _ = disk_watch.await;
         for task in tasks {
@@ -683,9 +685,9 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
                 mib(options.min_free)
             )));
         }
-        Ok::<_, io::Error>(acked.load(Ordering::Relaxed))
+        Ok::<_, io::Error>((acked.load(Ordering::Relaxed), elapsed))
     })?;
-    let elapsed = begun.elapsed().as_secs_f64();
+    let (published, elapsed) = published;
     let _ = writeln!(
         out,
         "publish: {published} messages acknowledged in {elapsed:.1} s: {:.0} msg/s, {:.0} entries/s",
