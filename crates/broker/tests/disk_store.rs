@@ -1,10 +1,15 @@
-//! The disk store's barrier: an empty write is a barrier on every earlier write, and resolves
-//! even when nothing else is written after it (the broker's shutdown waits on one).
+//! The disk store: an empty write is a barrier on every earlier write, and resolves even when
+//! nothing else is written after it (the broker's shutdown waits on one); a stored message
+//! lives exactly as long as queue entries refer to it.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use rallymq_broker::{Broker, BrokerConfig, DiskStore, Storage, Store};
+use rallymq_broker::{
+    Broker, BrokerConfig, Change, DiskStore, Publish, QoS, QueueEntry, Storage, Store,
+    StoredMessage, TopicName,
+};
 
 /// A fresh directory for one test, removed when dropped.
 struct TempDir(PathBuf);
@@ -46,4 +51,78 @@ async fn shutdown_with_a_disk_store_returns() {
     )
     .await;
     assert!(stopped.is_ok(), "shutdown did not return within 10 s");
+}
+
+/// A message as the broker stores it, for `client`'s queue.
+fn message_and_entry(id: u64, client: &Arc<str>) -> (Change, Change, Change) {
+    let publish = Publish::new(TopicName::new("t/1").expect("valid topic"), "payload");
+    let message = Arc::new(StoredMessage {
+        publish,
+        received_at: SystemTime::now(),
+    });
+    let entry = QueueEntry {
+        message: id,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+        in_flight: None,
+        size: 10,
+    };
+    (
+        Change::PutMessage(id, message),
+        Change::AddEntry {
+            client_id: client.clone(),
+            seq: 0,
+            entry,
+        },
+        Change::DeleteEntry {
+            client_id: client.clone(),
+            seq: 0,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
+    let dir = TempDir::new("acked-in-batch");
+    let client: Arc<str> = "subscriber".into();
+    {
+        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        // Stored, queued, delivered and acknowledged before the writer took any of it: one
+        // group, as when an online subscriber acknowledges within a commit's time.
+        let (put, add, delete) = message_and_entry(0, &client);
+        let ticket = store.write(vec![put, add, delete]);
+        let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
+        assert_eq!(decided, Ok(Ok(())));
+    }
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    // The first free id is one past the last message still stored: none is.
+    assert_eq!(
+        loaded.next_message_id, 0,
+        "the message no entry refers to is still stored"
+    );
+}
+
+#[tokio::test]
+async fn a_message_stored_before_its_entries_is_kept_for_them() {
+    let dir = TempDir::new("put-before-entries");
+    let client: Arc<str> = "subscriber".into();
+    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let (put, add, _) = message_and_entry(0, &client);
+    // The writer may take the message in one group and its entries in the next.
+    let first = store.write(vec![put]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(first))
+        .await
+        .expect("decided")
+        .expect("durable");
+    let second = store.write(vec![add]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(second))
+        .await
+        .expect("decided")
+        .expect("durable");
+    let entries = store
+        .read_queue(&client, 0, 10)
+        .expect("the entry's message is there");
+    assert_eq!(entries.len(), 1);
 }

@@ -2,7 +2,7 @@
 //! thread that commits every change that arrived while the previous commit was syncing in one
 //! transaction (group commit: one fsync for all of them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -298,6 +298,9 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut references: HashMap<MessageId, i64> = HashMap::new();
+    // Messages an entry stopped referring to in this group: one whose entries were all added
+    // and removed within the group has a net change of 0, and must still go.
+    let mut released: HashSet<MessageId> = HashSet::new();
     let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
     for change in changes {
         match change {
@@ -321,6 +324,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                     if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                         let entry = decode_entry(old.value())?;
                         *references.entry(entry.message).or_default() -= 1;
+                        released.insert(entry.message);
                     }
                 }
                 let ids: Vec<Vec<u8>> = inbound
@@ -355,6 +359,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 size.1 += i64::from(entry.size);
                 if let Some(old) = replaced {
                     *references.entry(old.message).or_default() -= 1;
+                    released.insert(old.message);
                     size.0 -= 1;
                     size.1 -= i64::from(old.size);
                 }
@@ -377,6 +382,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                     let entry = decode_entry(old.value())?;
                     *references.entry(entry.message).or_default() -= 1;
+                    released.insert(entry.message);
                     let size = sizes.entry(client_id).or_default();
                     size.0 -= 1;
                     size.1 -= i64::from(entry.size);
@@ -411,7 +417,9 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     for (id, delta) in references {
-        if delta == 0 {
+        // A message stored in this group with no entry yet is kept: its entries may come in
+        // the next group.
+        if delta == 0 && !released.contains(&id) {
             continue;
         }
         let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
@@ -420,7 +428,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         let count = i64::from(message_references(&value)?) + delta;
         if count <= 0 {
             messages.remove(id).map_err(io)?;
-        } else {
+        } else if delta != 0 {
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             messages
                 .insert(id, with_references(&value, count).as_slice())
