@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rallymq_broker::{
-    Broker, BrokerConfig, Change, DiskStore, Publish, QoS, QueueEntry, Storage, Store,
-    StoredMessage, TopicName,
+    Broker, BrokerConfig, Change, DiskStore, Publish, QoS, QueueEntry, SessionRecord, Storage,
+    Store, StoredMessage, TopicName,
 };
+use rallymq_codec::PacketId;
+use rallymq_session::OutgoingStage;
 
 /// A fresh directory for one test, removed when dropped.
 struct TempDir(PathBuf);
@@ -125,4 +127,57 @@ async fn a_message_stored_before_its_entries_is_kept_for_them() {
         .read_queue(&client, 0, 10)
         .expect("the entry's message is there");
     assert_eq!(entries.len(), 1);
+}
+
+#[tokio::test]
+async fn entries_added_and_deleted_in_one_commit_leave_the_rest_of_the_queue_as_it_was() {
+    let dir = TempDir::new("cancelled-in-batch");
+    let client: Arc<str> = "subscriber".into();
+    {
+        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let record = SessionRecord {
+            client_id: client.to_string(),
+            expiry_interval: u32::MAX,
+            disconnected_at: None,
+            subscriptions: Vec::new(),
+            will: None,
+        };
+        let (put, add, delete) = message_and_entry(0, &client);
+        let Change::AddEntry { entry, .. } = &add else {
+            unreachable!("message_and_entry returns an AddEntry second")
+        };
+        let mut in_flight = entry.clone();
+        in_flight.in_flight = PacketId::new(7).map(|id| (id, OutgoingStage::Published));
+        let update = Change::UpdateEntry {
+            client_id: client.clone(),
+            seq: 0,
+            entry: in_flight,
+        };
+        let second = Change::AddEntry {
+            client_id: client.clone(),
+            seq: 1,
+            entry: entry.clone(),
+        };
+        let changes = vec![
+            Change::PutSession(Box::new(record)),
+            put,
+            add,
+            update,
+            delete,
+            second,
+        ];
+        let ticket = store.write(changes);
+        let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
+        assert_eq!(decided, Ok(Ok(())));
+    }
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    assert_eq!(loaded.sessions.len(), 1);
+    assert_eq!(loaded.sessions[0].queue_len, 1, "one entry counted");
+    assert_eq!(loaded.sessions[0].next_seq, 2);
+    let entries = store.read_queue(&client, 0, 10).expect("reads");
+    let seqs: Vec<u64> = entries.iter().map(|loaded| loaded.seq).collect();
+    assert_eq!(seqs, [1], "only the entry never deleted is queued");
+    assert_eq!(entries[0].entry.in_flight, None);
+    assert_eq!(loaded.next_message_id, 1, "its message stays");
 }

@@ -302,7 +302,16 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     // and removed within the group has a net change of 0, and must still go.
     let mut released: HashSet<MessageId> = HashSet::new();
     let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
-    for change in changes {
+    let skip = cancelled(changes);
+    for (change, skip) in changes.iter().zip(skip) {
+        if skip {
+            // Its entry came and went within the group; its message may be left with none.
+            if let Change::AddEntry { entry, .. } = change {
+                references.entry(entry.message).or_default();
+                released.insert(entry.message);
+            }
+            continue;
+        }
         match change {
             Change::PutSession(record) => {
                 sessions
@@ -451,6 +460,50 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Which changes of a group need not touch the database: a queue entry added, then deleted
+/// within the group (with the updates between), as when an online subscriber acknowledges a
+/// message before the commit that stores it. Each would be a B-tree write, and a message to a
+/// persistent session makes three of them (added, in flight, deleted) for nothing.
+fn cancelled(changes: &[Change]) -> Vec<bool> {
+    let mut skip = vec![false; changes.len()];
+    // Entries added in this group and not deleted yet: where, and the updates since.
+    let mut added: HashMap<(&str, u64), (usize, Vec<usize>)> = HashMap::new();
+    // Entries added twice in the group (the second replaces the first): left to `apply`.
+    let mut twice: HashSet<(&str, u64)> = HashSet::new();
+    for (at, change) in changes.iter().enumerate() {
+        match change {
+            Change::AddEntry { client_id, seq, .. } => {
+                let key = (&**client_id, *seq);
+                if twice.contains(&key) || added.remove(&key).is_some() {
+                    twice.insert(key);
+                } else {
+                    added.insert(key, (at, Vec::new()));
+                }
+            }
+            Change::UpdateEntry { client_id, seq, .. } => {
+                if let Some((_, updates)) = added.get_mut(&(&**client_id, *seq)) {
+                    updates.push(at);
+                }
+            }
+            Change::DeleteEntry { client_id, seq } => {
+                if let Some((add, updates)) = added.remove(&(&**client_id, *seq)) {
+                    skip[add] = true;
+                    skip[at] = true;
+                    for update in updates {
+                        skip[update] = true;
+                    }
+                }
+            }
+            Change::DeleteSession(client_id) => {
+                // Its entries go with it, by range: none of them is paired past this point.
+                added.retain(|(client, _), _| *client != &**client_id);
+            }
+            _ => {}
+        }
+    }
+    skip
 }
 
 impl Store for DiskStore {
