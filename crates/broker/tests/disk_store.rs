@@ -181,3 +181,45 @@ async fn entries_added_and_deleted_in_one_commit_leave_the_rest_of_the_queue_as_
     assert_eq!(entries[0].entry.in_flight, None);
     assert_eq!(loaded.next_message_id, 1, "its message stays");
 }
+
+#[tokio::test]
+async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updated() {
+    let dir = TempDir::new("updated-then-deleted");
+    let client: Arc<str> = "subscriber".into();
+    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let (put, add, delete) = message_and_entry(0, &client);
+    let Change::AddEntry { entry, .. } = &add else {
+        unreachable!("message_and_entry returns an AddEntry second")
+    };
+    let entry = entry.clone();
+    let second = Change::AddEntry {
+        client_id: client.clone(),
+        seq: 1,
+        entry: entry.clone(),
+    };
+    let first = store.write(vec![put, add, second]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(first))
+        .await
+        .expect("decided")
+        .expect("durable");
+    // Both go in flight; the first is acknowledged, all before the next commit.
+    let mut in_flight = entry.clone();
+    in_flight.in_flight = PacketId::new(7).map(|id| (id, OutgoingStage::Published));
+    let update = |seq| Change::UpdateEntry {
+        client_id: client.clone(),
+        seq,
+        entry: in_flight.clone(),
+    };
+    let then = store.write(vec![update(0), delete, update(1)]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(then))
+        .await
+        .expect("decided")
+        .expect("durable");
+    let entries = store.read_queue(&client, 0, 10).expect("reads");
+    let seqs: Vec<u64> = entries.iter().map(|loaded| loaded.seq).collect();
+    assert_eq!(seqs, [1], "the acknowledged entry is gone");
+    assert_eq!(
+        entries[0].entry.in_flight, in_flight.in_flight,
+        "the other is in flight"
+    );
+}

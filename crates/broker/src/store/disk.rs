@@ -464,41 +464,59 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 
 /// Which changes of a group need not touch the database: a queue entry added, then deleted
 /// within the group (with the updates between), as when an online subscriber acknowledges a
-/// message before the commit that stores it. Each would be a B-tree write, and a message to a
-/// persistent session makes three of them (added, in flight, deleted) for nothing.
+/// message before the commit that stores it; and the updates of an entry deleted later in the
+/// group, as when a reconnected session's stored messages go in flight and are acknowledged.
+/// Each would be a B-tree write: a message to a persistent session makes three (added, in
+/// flight, deleted), one drained from the store two.
 fn cancelled(changes: &[Change]) -> Vec<bool> {
+    /// An entry touched in this group and not deleted yet: where it was added, if it was, and
+    /// its updates since.
+    #[derive(Default)]
+    struct Touched {
+        added: Option<usize>,
+        updates: Vec<usize>,
+    }
     let mut skip = vec![false; changes.len()];
-    // Entries added in this group and not deleted yet: where, and the updates since.
-    let mut added: HashMap<(&str, u64), (usize, Vec<usize>)> = HashMap::new();
-    // Entries added twice in the group (the second replaces the first): left to `apply`.
-    let mut twice: HashSet<(&str, u64)> = HashSet::new();
+    let mut touched: HashMap<(&str, u64), Touched> = HashMap::new();
+    // Entries added over an entry already touched (a replacement): left to `apply` as they are.
+    let mut replaced: HashSet<(&str, u64)> = HashSet::new();
     for (at, change) in changes.iter().enumerate() {
         match change {
             Change::AddEntry { client_id, seq, .. } => {
                 let key = (&**client_id, *seq);
-                if twice.contains(&key) || added.remove(&key).is_some() {
-                    twice.insert(key);
+                if replaced.contains(&key) || touched.remove(&key).is_some() {
+                    replaced.insert(key);
                 } else {
-                    added.insert(key, (at, Vec::new()));
+                    let added = Some(at);
+                    touched.insert(
+                        key,
+                        Touched {
+                            added,
+                            ..Touched::default()
+                        },
+                    );
                 }
             }
             Change::UpdateEntry { client_id, seq, .. } => {
-                if let Some((_, updates)) = added.get_mut(&(&**client_id, *seq)) {
-                    updates.push(at);
+                let key = (&**client_id, *seq);
+                if !replaced.contains(&key) {
+                    touched.entry(key).or_default().updates.push(at);
                 }
             }
             Change::DeleteEntry { client_id, seq } => {
-                if let Some((add, updates)) = added.remove(&(&**client_id, *seq)) {
-                    skip[add] = true;
-                    skip[at] = true;
-                    for update in updates {
+                if let Some(entry) = touched.remove(&(&**client_id, *seq)) {
+                    for update in entry.updates {
                         skip[update] = true;
+                    }
+                    if let Some(added) = entry.added {
+                        skip[added] = true;
+                        skip[at] = true;
                     }
                 }
             }
             Change::DeleteSession(client_id) => {
                 // Its entries go with it, by range: none of them is paired past this point.
-                added.retain(|(client, _), _| *client != &**client_id);
+                touched.retain(|(client, _), _| *client != &**client_id);
             }
             _ => {}
         }
