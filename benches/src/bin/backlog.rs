@@ -18,7 +18,8 @@
 //! each message stored once. Then:
 //!
 //! 1. the broker is killed with SIGKILL and started again on the same port and directory: the
-//!    time from the spawn to its `listening:` line and to a CONNACK;
+//!    time from the spawn to its `listening:` line and to a CONNACK (with `--cold`, the store's
+//!    files are first evicted from the OS page cache, as after a reboot);
 //! 2. it is stopped cleanly (stdin closed: connections closed, store closed) and started again,
 //!    timed the same way;
 //! 3. every session reconnects (Clean Session 0) and receives its queue; each payload carries
@@ -72,6 +73,8 @@ usage: backlog [options]
   --in-memory           the broker without its store (no restarts)
   --data-root DIR       where the store directory is made (the temporary directory)
   --keep                leave the store directory
+  --cold                evict the store's files from the OS page cache before each restart,
+                        as after a reboot (dd iflag=nocache)
   --min-free-gb N       stop publishing below this much free disk (15)
   --phase-timeout SECS  longest phase (1800)
   --bench-broker PATH   rallymq_bench_broker (default: next to this binary)";
@@ -87,6 +90,7 @@ struct Options {
     in_memory: bool,
     data_root: PathBuf,
     keep: bool,
+    cold: bool,
     min_free: u64,
     phase_timeout: Duration,
     bench_broker: Option<PathBuf>,
@@ -104,6 +108,7 @@ impl Default for Options {
             in_memory: false,
             data_root: std::env::temp_dir(),
             keep: false,
+            cold: false,
             min_free: 15 << 30,
             phase_timeout: Duration::from_secs(1800),
             bench_broker: None,
@@ -122,6 +127,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "--keep" => {
                 options.keep = true;
+                continue;
+            }
+            "--cold" => {
+                options.cold = true;
                 continue;
             }
             _ => {}
@@ -224,6 +233,29 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
         }
     }
     (allocated, apparent)
+}
+
+/// Drops the files under `dir` from the OS page cache, so that the next start reads them from
+/// the disk (`dd iflag=nocache count=0` asks the kernel to drop a whole file's cached pages).
+fn evict(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            evict(&path)?;
+            continue;
+        }
+        let status = Command::new("dd")
+            .arg(format!("if={}", path.display()))
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "dd could not evict {}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Free bytes on the file system holding `dir` (`df -Pk`).
@@ -736,11 +768,19 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         drop(sampler);
         broker.kill();
         drop(broker);
+        if let (true, Some(dir)) = (options.cold, &data_dir) {
+            evict(dir)?;
+        }
         let (mut restarted, listening, connack) =
             start_broker(runtime, options, port, data_dir.as_deref())?;
         let _ = writeln!(
             out,
-            "restart after SIGKILL: listening after {:.3} s, CONNACK after {:.3} s",
+            "restart after SIGKILL{}: listening after {:.3} s, CONNACK after {:.3} s",
+            if options.cold {
+                " (store evicted from the page cache)"
+            } else {
+                ""
+            },
             listening.as_secs_f64(),
             connack.as_secs_f64()
         );
@@ -748,12 +788,20 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         report_broker(&mut out, &mut restarted, &sampler);
         drop(sampler);
         let stopped_in = restarted.stop(Duration::from_secs(120));
+        if let (true, Some(dir)) = (options.cold, &data_dir) {
+            evict(dir)?;
+        }
         let (mut again, listening, connack) =
             start_broker(runtime, options, port, data_dir.as_deref())?;
         let _ = writeln!(
             out,
-            "restart after a clean stop (stopped in {:.3} s): listening after {:.3} s, CONNACK after {:.3} s",
+            "restart after a clean stop (stopped in {:.3} s){}: listening after {:.3} s, CONNACK after {:.3} s",
             stopped_in.as_secs_f64(),
+            if options.cold {
+                ", store evicted from the page cache"
+            } else {
+                ""
+            },
             listening.as_secs_f64(),
             connack.as_secs_f64()
         );
