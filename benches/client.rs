@@ -11,6 +11,11 @@ use rallymq_codec::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Connections a load tool opens at once.
+pub const CONNECT_CONCURRENCY: usize = 64;
 
 /// The protocol version every load client speaks.
 pub const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -157,4 +162,30 @@ impl Client {
             }
         }
     }
+}
+
+/// Connects a client for each of `ids`, [`CONNECT_CONCURRENCY`] at a time, with Clean Session
+/// `clean`; fails if any fails.
+pub async fn connect_all(
+    addr: SocketAddr,
+    transport: Transport,
+    ids: Vec<String>,
+    clean: bool,
+) -> io::Result<Vec<Client>> {
+    let gate = std::sync::Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let tasks: Vec<JoinHandle<io::Result<Client>>> = ids
+        .into_iter()
+        .map(|id| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
+                Client::connect(addr, transport, &id, clean).await
+            })
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        clients.push(task.await.map_err(io::Error::other)??);
+    }
+    Ok(clients)
 }

@@ -42,6 +42,13 @@ pub async fn mqtt_over_websocket<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(ws.into_byte_stream())
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// A process's resident memory (`VmRSS`) or its peak (`VmHWM`), from `/proc/PID/status`, in
 /// bytes.
 pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {

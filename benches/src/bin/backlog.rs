@@ -43,16 +43,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use rallymq_benches::client::{Client, Transport, VERSION, encode, invalid};
-use rallymq_benches::{BenchBroker, proc_io, status_bytes};
+use rallymq_benches::client::{
+    CONNECT_CONCURRENCY, Client, Transport, VERSION, connect_all, encode, invalid,
+};
+use rallymq_benches::{BenchBroker, StoreCounts, load_average, proc_io, status_bytes};
 use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 const TOPIC: &str = "backlog/data";
-/// Connections opened at once.
-const CONNECT_CONCURRENCY: usize = 64;
 /// Longest wait for a broker to print its listeners.
 const START_DEADLINE: Duration = Duration::from_secs(600);
 /// A phase that makes no progress for this long is given up.
@@ -267,6 +267,24 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The store's commits over a phase of `elapsed` seconds.
+fn report_commits(
+    out: &mut String,
+    before: Option<StoreCounts>,
+    after: Option<StoreCounts>,
+    elapsed: f64,
+) {
+    if let (Some(c0), Some(c1)) = (before, after) {
+        let commits = c1.commits - c0.commits;
+        let _ = writeln!(
+            out,
+            "  store: {commits} commits ({:.0}/s), {:.0} changes per commit",
+            commits as f64 / elapsed,
+            (c1.changes - c0.changes) as f64 / commits.max(1) as f64
+        );
+    }
+}
+
 /// What the broker's memory and store were at the end of a phase.
 fn report_broker(out: &mut String, broker: &mut BenchBroker, sampler: &RssSampler) {
     let pid = broker.pid();
@@ -294,32 +312,19 @@ fn report_broker(out: &mut String, broker: &mut BenchBroker, sampler: &RssSample
 
 // ---- the clients --------------------------------------------------------------------------------
 
-async fn connect_all(addr: SocketAddr, ids: Vec<String>, clean: bool) -> io::Result<Vec<Client>> {
-    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let tasks: Vec<JoinHandle<io::Result<Client>>> = ids
-        .into_iter()
-        .map(|id| {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
-                Client::connect(addr, Transport::Tcp, &id, clean).await
-            })
-        })
-        .collect();
-    let mut clients = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        clients.push(task.await.map_err(io::Error::other)??);
-    }
-    Ok(clients)
-}
-
 fn session_id(i: usize) -> String {
     format!("backlog-{i:05}")
 }
 
 /// Creates the sessions: subscribed at QoS 1, then offline.
 async fn create_sessions(addr: SocketAddr, sessions: usize) -> io::Result<()> {
-    let clients = connect_all(addr, (0..sessions).map(session_id).collect(), false).await?;
+    let clients = connect_all(
+        addr,
+        Transport::Tcp,
+        (0..sessions).map(session_id).collect(),
+        false,
+    )
+    .await?;
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let tasks: Vec<JoinHandle<io::Result<()>>> = clients
         .into_iter()
@@ -605,6 +610,26 @@ fn start_broker(
     Ok((broker, listening, spawned.elapsed()))
 }
 
+/// Starts the broker again on its store (evicted from the page cache first with `--cold`);
+/// returns it and a line with its times.
+fn restart(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    port: u16,
+    data_dir: &Option<PathBuf>,
+) -> io::Result<(BenchBroker, String)> {
+    if let (true, Some(dir)) = (options.cold, data_dir) {
+        evict(dir)?;
+    }
+    let (broker, listening, connack) = start_broker(runtime, options, port, data_dir.as_deref())?;
+    let line = format!(
+        "listening after {:.3} s, CONNACK after {:.3} s",
+        listening.as_secs_f64(),
+        connack.as_secs_f64()
+    );
+    Ok((broker, line))
+}
+
 fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<String> {
     let mut out = String::new();
     let entries = options.messages * options.sessions as u64;
@@ -667,7 +692,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         let ids = (0..options.publishers)
             .map(|i| format!("backlog-publisher-{i}"))
             .collect();
-        let publishers = connect_all(addr, ids, true).await?;
+        let publishers = connect_all(addr, Transport::Tcp, ids, true).await?;
         let per = options.messages / options.publishers as u64;
         let extra = options.messages % options.publishers as u64;
         let tasks: Vec<JoinHandle<io::Result<()>>> = publishers
@@ -726,15 +751,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         published as f64 / elapsed,
         (published * options.sessions as u64) as f64 / elapsed
     );
-    if let (Some(c0), Some(c1)) = (counts0, broker.store_counts()) {
-        let commits = c1.commits - c0.commits;
-        let _ = writeln!(
-            out,
-            "  store: {commits} commits ({:.0}/s), {:.0} changes per commit",
-            commits as f64 / elapsed,
-            (c1.changes - c0.changes) as f64 / commits.max(1) as f64
-        );
-    }
+    report_commits(&mut out, counts0, broker.store_counts(), elapsed);
     if let (Some(i0), Some(i1)) = (io0, proc_io(broker.pid())) {
         let written = i1.since(&i0);
         let _ = writeln!(
@@ -768,42 +785,22 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         drop(sampler);
         broker.kill();
         drop(broker);
-        if let (true, Some(dir)) = (options.cold, &data_dir) {
-            evict(dir)?;
-        }
-        let (mut restarted, listening, connack) =
-            start_broker(runtime, options, port, data_dir.as_deref())?;
-        let _ = writeln!(
-            out,
-            "restart after SIGKILL{}: listening after {:.3} s, CONNACK after {:.3} s",
-            if options.cold {
-                " (store evicted from the page cache)"
-            } else {
-                ""
-            },
-            listening.as_secs_f64(),
-            connack.as_secs_f64()
-        );
+        let cold = if options.cold {
+            " (store evicted from the page cache)"
+        } else {
+            ""
+        };
+        let (mut restarted, line) = restart(runtime, options, port, &data_dir)?;
+        let _ = writeln!(out, "restart after SIGKILL{cold}: {line}");
         sampler = RssSampler::start(restarted.pid());
         report_broker(&mut out, &mut restarted, &sampler);
         drop(sampler);
         let stopped_in = restarted.stop(Duration::from_secs(120));
-        if let (true, Some(dir)) = (options.cold, &data_dir) {
-            evict(dir)?;
-        }
-        let (mut again, listening, connack) =
-            start_broker(runtime, options, port, data_dir.as_deref())?;
+        let (mut again, line) = restart(runtime, options, port, &data_dir)?;
         let _ = writeln!(
             out,
-            "restart after a clean stop (stopped in {:.3} s){}: listening after {:.3} s, CONNACK after {:.3} s",
-            stopped_in.as_secs_f64(),
-            if options.cold {
-                ", store evicted from the page cache"
-            } else {
-                ""
-            },
-            listening.as_secs_f64(),
-            connack.as_secs_f64()
+            "restart after a clean stop (stopped in {:.3} s){cold}: {line}",
+            stopped_in.as_secs_f64()
         );
         sampler = RssSampler::start(again.pid());
         report_broker(&mut out, &mut again, &sampler);
@@ -864,15 +861,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
             Err(error) => format!(", stopped: {error}"),
         }
     );
-    if let (Some(c0), Some(c1)) = (counts0, broker.store_counts()) {
-        let commits = c1.commits - c0.commits;
-        let _ = writeln!(
-            out,
-            "  store: {commits} commits ({:.0}/s), {:.0} changes per commit",
-            commits as f64 / elapsed,
-            (c1.changes - c0.changes) as f64 / commits.max(1) as f64
-        );
-    }
+    report_commits(&mut out, counts0, broker.store_counts(), elapsed);
     report_broker(&mut out, &mut broker, &sampler);
     if let Some(dir) = &data_dir {
         let (allocated, apparent) = disk_usage(dir);
@@ -892,12 +881,6 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
 
 fn data_dir_is_full(root: &Path, min_free: u64) -> bool {
     free_bytes(root).is_some_and(|free| free < min_free)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() -> ExitCode {

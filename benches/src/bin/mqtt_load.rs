@@ -53,8 +53,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rallymq_benches::client::{Client, Transport, VERSION, encode, invalid};
-use rallymq_benches::{BenchBroker, ProcIo, StoreCounts, cpu_seconds, proc_io, status_bytes};
+use rallymq_benches::client::{Client, Transport, VERSION, connect_all, encode, invalid};
+use rallymq_benches::{
+    BenchBroker, ProcIo, StoreCounts, cpu_seconds, load_average, proc_io, status_bytes,
+};
 use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
@@ -68,8 +70,6 @@ const WARMUP: Duration = Duration::from_millis(500);
 const DRAIN: Duration = Duration::from_secs(2);
 /// Longest time to set up one shape's connections.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
-/// Connections opened at once in the idle shape.
-const CONNECT_CONCURRENCY: usize = 64;
 /// Read room kept free in a receive buffer.
 const READ_ROOM: usize = 16 * 1024;
 
@@ -543,30 +543,6 @@ impl Probe for Option<u32> {
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-async fn connect_all(
-    addr: SocketAddr,
-    transport: Transport,
-    ids: Vec<String>,
-    clean: bool,
-) -> io::Result<Vec<Client>> {
-    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let tasks: Vec<JoinHandle<io::Result<Client>>> = ids
-        .into_iter()
-        .map(|id| {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
-                Client::connect(addr, transport, &id, clean).await
-            })
-        })
-        .collect();
-    let mut clients = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        clients.push(task.await.map_err(io::Error::other)??);
-    }
-    Ok(clients)
-}
-
 async fn run_idle(
     addr: SocketAddr,
     transport: Transport,
@@ -965,12 +941,6 @@ fn median(values: &mut [f64]) -> Option<f64> {
     } else {
         values[mid]
     })
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn value_of(shape: Shape, outcome: &Outcome) -> Option<f64> {
