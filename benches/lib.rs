@@ -115,7 +115,7 @@ pub fn proc_io(pid: u32) -> Option<ProcIo> {
 /// The durable store's counters, as `rallymq_bench_broker` reports them (`DiskStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounts {
-    /// Transactions committed: one fsync each.
+    /// Transactions committed (each syncs the file: twice, with redb's quick repair).
     pub commits: u64,
     /// Changes committed.
     pub changes: u64,

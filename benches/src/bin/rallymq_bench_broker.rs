@@ -13,8 +13,8 @@
 //! `--data-dir DIR` makes it durable, with the store `rallymq broker --data-dir DIR` uses
 //! ([`DiskStore`]); without it, it keeps everything in memory. With `--exit-on-stdin-eof`, a
 //! line `stats` on stdin is answered on stdout with
-//! `store: commits C changes N` (the store's transactions, each one fsync, and the changes they
-//! committed; `store: none` in memory), so that a load tool can count fsyncs over a window.
+//! `store: commits C changes N` (the store's transactions and the changes they committed;
+//! `store: none` in memory), so that a load tool can count commits over a window.
 //!
 //! No tracing subscriber is installed: like Mosquitto with `log_type error`, nothing is logged
 //! per connection.
