@@ -118,6 +118,11 @@ struct Durability {
     /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
     /// stage, a subscription).
     barrier: Ticket,
+    /// The last write of its deliveries' progress (in flight, acknowledged): the next page of
+    /// the queue is read once it is durable, so that a session draining a long queue from the
+    /// store runs at most a page ahead of the store's writer instead of piling up changes in
+    /// memory.
+    delivered: Ticket,
 }
 
 struct Driver {
@@ -497,10 +502,13 @@ impl Driver {
                     .as_deref_mut()
                     .and_then(|durability| durability.deliveries.remove(&outcome.token));
                 if let (Some((seq, _)), Some(session)) = (delivered, &self.session) {
-                    self.shared.write(vec![Change::DeleteEntry {
+                    let ticket = self.shared.write(vec![Change::DeleteEntry {
                         client_id: session.client_id.clone(),
                         seq,
                     }]);
+                    if let Some(durability) = self.durability.as_deref_mut() {
+                        durability.delivered = ticket;
+                    }
                 }
             }
             ServerEvent::DeliveryReleased(token) => {
@@ -872,7 +880,11 @@ impl Driver {
             }
             (durable.tail_from, durable.last_ticket)
         };
-        self.shared.durable(ticket).await.ok()?;
+        let delivered = self
+            .durability
+            .as_deref()
+            .map_or(Ticket::default(), |durability| durability.delivered);
+        self.shared.durable(ticket.max(delivered)).await.ok()?;
         let entries = match store.read_queue(&session.client_id, from, PAGE) {
             Ok(entries) => entries,
             Err(error) => {
@@ -1011,6 +1023,9 @@ impl Driver {
             let ticket = self.shared.write(changes);
             if needs_barrier {
                 self.raise_barrier(ticket);
+            }
+            if let Some(durability) = self.durability.as_deref_mut() {
+                durability.delivered = ticket;
             }
         }
         // Only a drain that made room can end a publisher's wait: waking them all for
