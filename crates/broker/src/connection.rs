@@ -129,6 +129,11 @@ struct Durability {
     /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
     /// stage, a subscription).
     barrier: Ticket,
+    /// The last write of its deliveries' progress (in flight, acknowledged): the next page of
+    /// the queue is read once it is durable, so that a session draining a long queue from the
+    /// store runs at most a page ahead of the store's writer instead of piling up changes in
+    /// memory.
+    delivered: Ticket,
 }
 
 struct Driver {
@@ -586,10 +591,13 @@ impl Driver {
                 let delivered = durability_mut(&mut self.extras)
                     .and_then(|durability| durability.deliveries.remove(&outcome.token));
                 if let (Some((seq, _)), Some(session)) = (delivered, &self.session) {
-                    self.shared.write(vec![Change::DeleteEntry {
+                    let ticket = self.shared.write(vec![Change::DeleteEntry {
                         client_id: session.client_id.clone(),
                         seq,
                     }]);
+                    if let Some(durability) = durability_mut(&mut self.extras) {
+                        durability.delivered = ticket;
+                    }
                 }
             }
             ServerEvent::DeliveryReleased(token) => {
@@ -1100,10 +1108,13 @@ impl Driver {
             }
             (durable.tail_from, durable.last_ticket)
         };
+        // The next page waits until this session's deliveries so far are durable, so that a
+        // drain does not run ahead of the store's writer with its changes held in memory.
+        let delivered = durability(&self.extras).map_or(Ticket::default(), |d| d.delivered);
         // Decided is enough: the store commits a failed write's changes with its next commit,
         // and a ticket that failed stays failed, so waiting for success would leave the queue
         // unread (messages acknowledged before it too) until the session's next write.
-        let _ = self.shared.durable(ticket).await;
+        let _ = self.shared.durable(ticket.max(delivered)).await;
         let entries = match store.read_queue(&session.client_id, from, PAGE) {
             Ok(entries) => entries,
             Err(error) => {
@@ -1266,6 +1277,9 @@ impl Driver {
             let ticket = self.shared.write(changes);
             if needs_barrier {
                 self.raise_barrier(ticket);
+            }
+            if let Some(durability) = durability_mut(&mut self.extras) {
+                durability.delivered = ticket;
             }
         }
         // Only a drain that made room can end a publisher's wait: waking them all for

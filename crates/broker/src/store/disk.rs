@@ -2,7 +2,7 @@
 //! thread that commits every change that arrived while the previous commit was syncing in one
 //! transaction (group commit: one fsync for all of them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,12 @@ const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queues");
 const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
 const INBOUND: TableDefinition<&[u8], ()> = TableDefinition::new("inbound");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// redb's cache of pages, read and written (its default is 1 GiB). Pages beyond it are read
+/// again through the OS's page cache, which the process's RSS does not count: with the default,
+/// 10 million queued entries (a 1 GB store) kept the broker at 1.2 GB RSS; with this, 70 to
+/// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability").
+const CACHE_BYTES: usize = 32 << 20;
 
 /// Failed ticket ranges remembered for `durable`'s answer; older failures are long decided.
 const FAILURES_KEPT: usize = 1024;
@@ -123,7 +129,7 @@ impl DiskStore {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let db = Database::create(dir.join(FILE)).map_err(io)?;
+        let db = open_database(&dir.join(FILE))?;
         let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
@@ -330,18 +336,24 @@ impl Shared {
         let mut db = self.database();
         if db.is_none() {
             drop(db);
-            let reopened = Database::create(self.dir.join(FILE)).map_err(io)?;
+            let reopened = open_database(&self.dir.join(FILE))?;
             *self
                 .db
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
             db = self.database();
         }
-        let txn = db
+        let mut txn = db
             .as_ref()
             .ok_or(StoreError::Closed)?
             .begin_write()
             .map_err(io)?;
+        // Each commit records redb's allocator state (and commits in two phases), so that
+        // opening the store after a crash does not rebuild it by reading the whole file: with
+        // 10 million queued entries (1 GB) and the file out of the OS cache, as after a reboot,
+        // that took 13 s before the broker accepted connections, 0.13 s with this. It costs
+        // throughput (benches/README.md, "Durability").
+        txn.set_quick_repair(true);
         apply(&txn, changes)?;
         txn.commit().map_err(io)
     }
@@ -373,6 +385,14 @@ impl Shared {
     }
 }
 
+/// Opens (or creates) the database file, with the cache the broker can afford.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(io)
+}
+
 /// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
 /// queues are summed over the whole group and written once each.
 fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
@@ -383,8 +403,20 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut references: HashMap<MessageId, i64> = HashMap::new();
+    // Messages an entry stopped referring to in this group: one whose entries were all added
+    // and removed within the group has a net change of 0, and must still go.
+    let mut released: HashSet<MessageId> = HashSet::new();
     let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
-    for change in changes {
+    let skip = cancelled(changes);
+    for (change, skip) in changes.iter().zip(skip) {
+        if skip {
+            // Its entry came and went within the group; its message may be left with none.
+            if let Change::AddEntry { entry, .. } = change {
+                references.entry(entry.message).or_default();
+                released.insert(entry.message);
+            }
+            continue;
+        }
         match change {
             Change::PutSession(record) => {
                 sessions
@@ -406,6 +438,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                     if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                         let entry = decode_entry(old.value())?;
                         *references.entry(entry.message).or_default() -= 1;
+                        released.insert(entry.message);
                     }
                 }
                 let ids: Vec<Vec<u8>> = inbound
@@ -440,6 +473,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 size.1 += i64::from(entry.size);
                 if let Some(old) = replaced {
                     *references.entry(old.message).or_default() -= 1;
+                    released.insert(old.message);
                     size.0 -= 1;
                     size.1 -= i64::from(old.size);
                 }
@@ -462,6 +496,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                     let entry = decode_entry(old.value())?;
                     *references.entry(entry.message).or_default() -= 1;
+                    released.insert(entry.message);
                     let size = sizes.entry(client_id).or_default();
                     size.0 -= 1;
                     size.1 -= i64::from(entry.size);
@@ -496,6 +531,11 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     for (id, delta) in references {
+        // A message stored in this group with no entry yet is kept: its entries may come in
+        // the next group.
+        if delta == 0 && !released.contains(&id) {
+            continue;
+        }
         let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
             continue;
         };
@@ -527,6 +567,68 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Which changes of a group need not touch the database: a queue entry added, then deleted
+/// within the group (with the updates between), as when an online subscriber acknowledges a
+/// message before the commit that stores it; and the updates of an entry deleted later in the
+/// group, as when a reconnected session's stored messages go in flight and are acknowledged.
+/// Each would be a B-tree write: a message to a persistent session makes three (added, in
+/// flight, deleted), one drained from the store two.
+fn cancelled(changes: &[Change]) -> Vec<bool> {
+    /// An entry touched in this group and not deleted yet: where it was added, if it was, and
+    /// its updates since.
+    #[derive(Default)]
+    struct Touched {
+        added: Option<usize>,
+        updates: Vec<usize>,
+    }
+    let mut skip = vec![false; changes.len()];
+    let mut touched: HashMap<(&str, u64), Touched> = HashMap::new();
+    // Entries added over an entry already touched (a replacement): left to `apply` as they are.
+    let mut replaced: HashSet<(&str, u64)> = HashSet::new();
+    for (at, change) in changes.iter().enumerate() {
+        match change {
+            Change::AddEntry { client_id, seq, .. } => {
+                let key = (&**client_id, *seq);
+                if replaced.contains(&key) || touched.remove(&key).is_some() {
+                    replaced.insert(key);
+                } else {
+                    let added = Some(at);
+                    touched.insert(
+                        key,
+                        Touched {
+                            added,
+                            ..Touched::default()
+                        },
+                    );
+                }
+            }
+            Change::UpdateEntry { client_id, seq, .. } => {
+                let key = (&**client_id, *seq);
+                if !replaced.contains(&key) {
+                    touched.entry(key).or_default().updates.push(at);
+                }
+            }
+            Change::DeleteEntry { client_id, seq } => {
+                if let Some(entry) = touched.remove(&(&**client_id, *seq)) {
+                    for update in entry.updates {
+                        skip[update] = true;
+                    }
+                    if let Some(added) = entry.added {
+                        skip[added] = true;
+                        skip[at] = true;
+                    }
+                }
+            }
+            Change::DeleteSession(client_id) => {
+                // Its entries go with it, by range: none of them is paired past this point.
+                touched.retain(|(client, _), _| *client != &**client_id);
+            }
+            _ => {}
+        }
+    }
+    skip
 }
 
 impl Store for DiskStore {
@@ -645,6 +747,11 @@ impl Store for DiskStore {
     fn write(&self, changes: Vec<Change>) -> Ticket {
         let ticket = {
             let mut pending = lock(&self.shared.pending);
+            if changes.is_empty() {
+                // Nothing to commit: a barrier on every earlier write, which is that write's
+                // ticket. A ticket of its own would wait for a commit that nothing triggers.
+                return Ticket(pending.last_ticket);
+            }
             pending.changes.extend(changes);
             pending.last_ticket += 1;
             pending.last_ticket
@@ -787,7 +894,7 @@ mod tests {
         let store = DiskStore::open(&dir).expect("the store opens");
         let first = store.write(vec![retained("t")]);
         let empty = store.write(Vec::new());
-        assert!(empty > first);
+        assert!(empty >= first, "a barrier on the write before it");
         let bound = Duration::from_secs(5);
         let durable = tokio::time::timeout(bound, store.durable(empty)).await;
         assert_eq!(durable, Ok(Ok(())), "decided in time");
