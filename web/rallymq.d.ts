@@ -148,7 +148,12 @@ export interface ConnectOptions {
   /** Default: a random 'rallymq-…' id. Give a stable one to use persistence. */
   clientId?: string
   username?: string
-  password?: string | Uint8Array
+  /**
+   * The password, or a function called before each connection attempt (the first and every
+   * reconnect) that returns one or a promise of one: a fresh JSON Web Token, say. A thrown
+   * error or a rejected promise fails that attempt like a refused connection.
+   */
+  password?: string | Uint8Array | (() => string | Uint8Array | PromiseLike<string | Uint8Array>)
   /** 5 (default) or 4 (MQTT 3.1.1). */
   protocolVersion?: 4 | 5
   /** Seconds between PINGREQs (default 60; 0 disables); no PINGRESP in that time closes. */

@@ -6,7 +6,8 @@
  *
  *   const client = await connect('ws://host:8080/mqtt', {
  *     clientId,            // default: random 'rallymq-…' (give one to use persistence)
- *     username, password,  // password: string or Uint8Array
+ *     username, password,  // password: string, Uint8Array, or a function returning one (or a
+ *                          // promise of one), called before each (re)connect: a fresh token
  *     protocolVersion: 5,  // 5 (default) or 4 (MQTT 3.1.1)
  *     keepalive: 60,       // seconds; 0 disables PINGREQ
  *     clean: true,         // clean start on the first connection
@@ -486,6 +487,16 @@ export class Client {
   }
 
   open() {
+    const pw = this.o.password
+    if (typeof pw != 'function') return this.dial(pw)
+    // a fresh password (a token) for each attempt; a rejection fails the attempt
+    new Promise(r => r(pw())).then(
+      v => this.ended || this.dial(v),
+      e => this.ended || (this.no(e), this.emit('error', e), this.retry())
+    )
+  }
+
+  dial(password) {
     const WS = this.o.WebSocket || globalThis.WebSocket
     let ws
     try {
@@ -509,7 +520,7 @@ export class Client {
         keepalive: o.keepalive,
         clientId: this.clientId,
         username: o.username,
-        password: o.password,
+        password,
         will: o.will && { ...o.will, payload: bytes(o.will.payload) },
         properties,
       })

@@ -54,6 +54,45 @@ test('CONNECT carries the options', T, async () => {
   await server.close()
 })
 
+test('a password function gives each connection attempt a fresh password, sync or async', T, async () => {
+  const server = await fakeBroker()
+  let calls = 0
+  const tokens = ['token-1', 'token-2', 'token-3']
+  // A promise for the first attempts, a plain value for the third: both are accepted.
+  const password = () => (calls++ < 2 ? new Promise(r => setTimeout(() => r(tokens[calls - 1]), 10)) : tokens[calls - 1])
+  const connecting = connect(server.url, opts({ username: 'web', password }))
+  let peer = await server.accept()
+  assert.equal(text((await peer.connack()).password), 'token-1')
+  const client = await connecting
+  assert.equal(calls, 1)
+  for (const expected of ['token-2', 'token-3']) {
+    peer.drop()
+    peer = await server.accept()
+    assert.equal(text((await peer.connack()).password), expected)
+    await next(client, 'connect')
+  }
+  assert.equal(calls, 3)
+})
+
+test('a password function that throws or rejects fails that attempt; the client tries again', T, async () => {
+  const server = await fakeBroker()
+  const refused = new Error('no token: signed out')
+  await assert.rejects(connect(server.url, opts({ password: () => Promise.reject(refused) })), refused)
+  await assert.rejects(connect(server.url, opts({ password: () => { throw refused } })), refused)
+  await assert.rejects(server.accept(200), /no connection/)
+  // In the background, a failed attempt is retried and calls the function again.
+  let calls = 0
+  const client = createClient(server.url, opts({ password: () => (++calls == 1 ? Promise.reject(refused) : 'fresh') }))
+  const errors = []
+  client.on('error', e => errors.push(e))
+  const connected = next(client, 'connect')
+  const peer = await server.accept()
+  assert.equal(text((await peer.connack()).password), 'fresh')
+  await connected
+  assert.deepEqual(errors, [refused])
+  assert.equal(calls, 2)
+})
+
 test('a refused CONNACK rejects connect() with its reason code, without retrying', T, async () => {
   const server = await fakeBroker()
   const connecting = connect(server.url, opts())

@@ -23,12 +23,15 @@
 //! Memory stays bounded: connections that send no CONNECT in time are dropped, the number of
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
+pub mod acl;
 mod admission;
+mod auth;
 mod broker;
 mod config;
 mod connection;
 mod error;
 mod listener;
+mod policy;
 mod router;
 mod session;
 mod stats;
@@ -36,9 +39,11 @@ mod store;
 mod sys;
 mod tls;
 
+pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
+pub use policy::Security;
 pub use store::{
     Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,
     QueueEntry, SessionRecord, Store, StoreError, StoredMessage, StoredWill, Ticket,

@@ -266,6 +266,8 @@ pub(crate) struct ListenerContext {
     pub(crate) listener: Listener,
     /// The TLS configuration in force, for the TLS kinds.
     pub(crate) tls: Option<Arc<Tls>>,
+    /// Its security policy: an index into `Shared::policies`.
+    pub(crate) policy: u8,
 }
 
 impl ListenerContext {
@@ -313,6 +315,7 @@ pub(crate) async fn serve_mqtt(
         let peer = Peer {
             addr,
             websocket: false,
+            policy: context.policy,
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
             // The common case spawns the connection itself: nothing else in its task.
@@ -486,6 +489,7 @@ fn handle_http(
         let on_upgrade = hyper::upgrade::on(&mut request);
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        let policy = context.policy;
         tokio::spawn(async move {
             // The address's count holds while the MQTT connection lives.
             let _slot = slot;
@@ -498,6 +502,7 @@ fn handle_http(
                     let peer = Peer {
                         addr: peer,
                         websocket: true,
+                        policy,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
                 }
