@@ -193,6 +193,11 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "SECS", help_heading = "Limits")]
     pub(crate) packet_timeout_secs: Option<u64>,
 
+    /// Seconds a write to a client may wait without the client taking any of it: a client
+    /// that stops reading is closed.
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) send_timeout_secs: Option<u64>,
+
     /// Largest HTTP request head (the WebSocket handshake included), in bytes.
     #[arg(long, value_name = "BYTES", help_heading = "Limits")]
     pub(crate) max_http_header_size: Option<usize>,
