@@ -250,7 +250,18 @@ struct Reader<'e> {
     max_packet_size: Option<u32>,
     message_size_limit: Option<(u32, String)>,
     max_queued_messages: Option<usize>,
+    /// Comments above settings whose keys are written at the end (security, storage, packet
+    /// size), to go above those keys.
+    held: Vec<(Held, Vec<String>)>,
     not_carried: usize,
+}
+
+/// The groups of top-level keys written once the whole file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Security,
+    Storage,
+    PacketSize,
 }
 
 /// Why a logging setting does not carry over.
@@ -273,6 +284,7 @@ impl<'e> Reader<'e> {
             max_packet_size: None,
             message_size_limit: None,
             max_queued_messages: None,
+            held: Vec::new(),
             not_carried: 0,
         }
     }
@@ -325,6 +337,21 @@ impl<'e> Reader<'e> {
         }
     }
 
+    fn hold(&mut self, group: Held, comments: Vec<String>) {
+        self.held.push((group, comments));
+    }
+
+    /// Writes the comments held for `group`.
+    fn release(&mut self, group: Held) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(g, _)| *g == group);
+        self.held = later;
+        for (_, comments) in now {
+            self.top.comments(comments);
+        }
+    }
+
     #[allow(clippy::too_many_lines)] // one arm per Mosquitto key reads best as one match
     fn setting(
         &mut self,
@@ -370,7 +397,7 @@ impl<'e> Reader<'e> {
             }
             "port" => {
                 self.local_only = false;
-                self.top.comments(comments);
+                self.default_listener.header.extend(comments);
                 match first.parse::<u16>() {
                     Ok(port) if port > 0 => {
                         self.default_listener.port = Some(port);
@@ -382,7 +409,7 @@ impl<'e> Reader<'e> {
             }
             "bind_address" => {
                 self.local_only = false;
-                self.top.comments(comments);
+                self.default_listener.header.extend(comments);
                 self.default_listener.host = Some(rest.to_owned());
                 self.default_listener.touched = true;
                 self.default_listener.origin.get_or_insert(origin.to_owned());
@@ -465,7 +492,11 @@ impl<'e> Reader<'e> {
             | "plugin" => {
                 let per_listener = self.per_listener_settings;
                 let target = if per_listener { listener_target } else { Target::Top };
-                self.section(target).comments(comments);
+                if per_listener {
+                    self.section(target).comments(comments);
+                } else {
+                    self.hold(Held::Security, comments);
+                }
                 let keys = if per_listener {
                     let listener = self.listener_mut(state);
                     listener.touched = true;
@@ -546,14 +577,14 @@ impl<'e> Reader<'e> {
                 }
             }
             "max_packet_size" => {
-                self.top.comments(comments);
+                self.hold(Held::PacketSize, comments);
                 match first.parse::<u32>() {
                     Ok(n) if n >= 20 => self.max_packet_size = Some(n),
                     _ => self.not_carried(Target::Top, origin, line, "Mosquitto takes 20 bytes or more"),
                 }
             }
             "message_size_limit" => {
-                self.top.comments(comments);
+                self.hold(Held::PacketSize, comments);
                 match first.parse::<u32>() {
                     Ok(0) => self.message_size_limit = None,
                     Ok(n) => self.message_size_limit = Some((n, origin.to_owned())),
@@ -578,25 +609,29 @@ impl<'e> Reader<'e> {
             "queue_qos0_messages" | "upgrade_outgoing_qos" | "retain_available"
             | "allow_duplicate_messages" | "set_tcp_nodelay" => {
                 self.top.comments(comments);
-                let why = match key {
-                    "queue_qos0_messages" => "rallymq queues QoS 0 messages for offline persistent sessions, within max_queued_messages",
-                    "upgrade_outgoing_qos" => "rallymq delivers at the lower of the message's and the subscription's QoS, as MQTT requires",
-                    "retain_available" => "rallymq always keeps retained messages",
-                    "set_tcp_nodelay" => "rallymq always sets TCP_NODELAY",
-                    _ => "rallymq sends a message once to a client however many of its subscriptions match (MQTT 5 behaviour)",
+                // What rallymq always does, and why another value cannot be had.
+                let (same, why) = match key {
+                    "queue_qos0_messages" => (false, "rallymq drops QoS 0 messages for an offline session (Mosquitto's default)"),
+                    "upgrade_outgoing_qos" => (false, "rallymq delivers at the lower of the message's and the subscription's QoS, as MQTT requires"),
+                    "retain_available" => (true, "rallymq always keeps retained messages"),
+                    "set_tcp_nodelay" => (true, "rallymq always sets TCP_NODELAY"),
+                    _ => (false, "rallymq sends a client one copy of a message however many of its subscriptions match"),
                 };
-                self.not_carried(Target::Top, origin, line, why);
+                match parse_bool(first) {
+                    Some(value) if value == same => self.top.note(format!("{origin}: `{line}`: what rallymq does")),
+                    _ => self.not_carried(Target::Top, origin, line, why),
+                }
             }
             // ---- Storage -------------------------------------------------------------------
             "persistence" | "retained_persistence" => {
-                self.top.comments(comments);
+                self.hold(Held::Storage, comments);
                 match parse_bool(first) {
                     Some(value) => self.persistence = Some(value),
                     None => self.not_carried(Target::Top, origin, line, "not true or false"),
                 }
             }
             "persistence_location" => {
-                self.top.comments(comments);
+                self.hold(Held::Storage, comments);
                 self.persistence_location = Some(rest.to_owned());
             }
             "persistence_file" | "autosave_interval" | "autosave_on_changes" => {
@@ -691,7 +726,12 @@ impl<'e> Reader<'e> {
             Ok(n) if (min..=max).contains(&n) => self.top.set(key, n.to_string()),
             // Mosquitto reads a negative size as 0, no limit.
             Ok(n) if n < 0 && key == "max_queued_bytes" => self.top.set(key, "0".to_owned()),
-            _ => self.not_carried(Target::Top, origin, line, &format!("not a number from {min} to {max}")),
+            _ => self.not_carried(
+                Target::Top,
+                origin,
+                line,
+                &format!("not a number from {min} to {max}"),
+            ),
         }
     }
 
@@ -742,7 +782,9 @@ impl<'e> Reader<'e> {
             "try_private" => bridge.try_private = Some(boolean()?),
             "keepalive_interval" => match first.parse::<i64>() {
                 // Mosquitto raises a shorter interval to 5 seconds.
-                Ok(n) if n <= 65_535 => bridge.keepalive = Some(u16::try_from(n.max(5)).unwrap_or(5)),
+                Ok(n) if n <= 65_535 => {
+                    bridge.keepalive = Some(u16::try_from(n.max(5)).unwrap_or(5))
+                }
                 _ => return Err("not a number up to 65535".to_owned()),
             },
             "restart_timeout" => {
@@ -841,6 +883,7 @@ impl<'e> Reader<'e> {
         } else {
             self.top.note("Mosquitto takes any number of connections by default; rallymq at most max_connections (default 100000)".to_owned());
         }
+        self.release(Held::PacketSize);
         match (self.max_packet_size, self.message_size_limit.take()) {
             (Some(size), limit) => {
                 self.top.set("max_packet_size", size.to_string());
@@ -858,6 +901,7 @@ impl<'e> Reader<'e> {
                 "Mosquitto takes packets of any size by default; rallymq up to max_packet_size (default 1048576 bytes)".to_owned(),
             ),
         }
+        self.release(Held::Storage);
         if self.persistence == Some(true) {
             match self.persistence_location.as_deref() {
                 Some(dir) if !dir.is_empty() => {
@@ -872,9 +916,12 @@ impl<'e> Reader<'e> {
             );
             self.top.set("in_memory", "true".to_owned());
             if let Some(dir) = &self.persistence_location {
-                self.top.note(format!("persistence_location {dir} is not used: persistence is off"));
+                self.top.note(format!(
+                    "persistence_location {dir} is not used: persistence is off"
+                ));
             }
         }
+        self.release(Held::Security);
         if !self.per_listener_settings || local_only {
             security_keys(&self.security, self.local_only, &mut self.top);
         }
@@ -933,7 +980,12 @@ impl<'e> Reader<'e> {
                 notes.entries.extend(listener.body.entries);
                 let mut header = listener.header;
                 header.push(String::new());
-                self.top.entries.extend(header.into_iter().filter(|c| !c.is_empty()).map(Entry::Comment));
+                self.top.entries.extend(
+                    header
+                        .into_iter()
+                        .filter(|c| !c.is_empty())
+                        .map(Entry::Comment),
+                );
                 self.top.entries.extend(notes.entries);
                 return None;
             }
@@ -1017,7 +1069,11 @@ impl<'e> Reader<'e> {
                 Some("ipv6") => IpAddr::from([0u16; 8]),
                 _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             },
-            Some(host) => match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Some(host) => match host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+            {
                 Ok(ip) => ip,
                 Err(_) if host == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
                 Err(_) => match self.env.resolve(host) {
@@ -1062,7 +1118,11 @@ impl<'e> Reader<'e> {
                 section.set("addresses", format!("[{}]", list.join(", ")));
             }
         }
-        let transport = if bridge.cafile.is_some() || bridge.capath { "tls" } else { "tcp" };
+        let transport = if bridge.cafile.is_some() || bridge.capath {
+            "tls"
+        } else {
+            "tcp"
+        };
         section.set("transport", toml_string(transport));
         section.set(
             "protocol_version",
@@ -1077,7 +1137,9 @@ impl<'e> Reader<'e> {
                 section.set("password", toml_string(password));
             }
         } else if bridge.password.is_some() {
-            section.note("remote_password without remote_username is not used, as in Mosquitto".to_owned());
+            section.note(
+                "remote_password without remote_username is not used, as in Mosquitto".to_owned(),
+            );
         }
         for (key, value) in [
             ("ca_file", &bridge.cafile),
@@ -1089,9 +1151,15 @@ impl<'e> Reader<'e> {
             }
         }
         section.set("insecure", bridge.insecure.unwrap_or(false).to_string());
-        section.set("clean_session", bridge.clean_session.unwrap_or(false).to_string());
+        section.set(
+            "clean_session",
+            bridge.clean_session.unwrap_or(false).to_string(),
+        );
         section.set("keepalive", bridge.keepalive.unwrap_or(60).to_string());
-        section.set("try_private", bridge.try_private.unwrap_or(true).to_string());
+        section.set(
+            "try_private",
+            bridge.try_private.unwrap_or(true).to_string(),
+        );
         let (base, cap) = bridge.restart_timeout.unwrap_or((5, 30));
         section.set("restart_timeout", format!("[{base}, {cap}]"));
         if let Some(n) = self.max_queued_messages {
@@ -1142,7 +1210,10 @@ fn security_keys(
     if local_only && keys.allow_anonymous == Some(false) {
         section.note("allow_anonymous: Mosquitto 2 lets anonymous clients in when no listener is named, whatever allow_anonymous says".to_owned());
     } else if keys.allow_anonymous.is_none() && !local_only {
-        section.note("allow_anonymous: Mosquitto 2 refuses anonymous clients once a listener is named".to_owned());
+        section.note(
+            "allow_anonymous: Mosquitto 2 refuses anonymous clients once a listener is named"
+                .to_owned(),
+        );
     }
     if !anonymous && keys.password_file.is_none() {
         // Mosquitto then refuses every client that does not log in with a certificate; rallymq
@@ -1198,15 +1269,26 @@ fn bridge_not_carried(key: &str) -> &'static str {
         "start_type" | "idle_timeout" | "threshold" => {
             "rallymq bridges start with the broker and reconnect after restart_timeout (Mosquitto's automatic start type)"
         }
-        "round_robin" => "rallymq bridges try their addresses in turn and stay on the one that answers",
-        "bridge_identity" | "bridge_psk" => "rallymq has no TLS-PSK: use ca_file, cert_file and key_file",
-        "bridge_alpn" | "bridge_tls_version" | "bridge_ciphers" | "bridge_ciphers_tls1.3"
-        | "bridge_require_ocsp" => "rallymq (rustls) negotiates TLS 1.2 or 1.3 with its own cipher suites",
-        "bridge_bind_address" => "rallymq bridges connect from the address the system chooses",
-        "bridge_attempt_unsubscribe" | "bridge_outgoing_retain" | "bridge_max_packet_size"
-        | "bridge_max_topic_alias" | "bridge_receive_maximum" | "bridge_session_expiry_interval" => {
-            "rallymq bridges have no such setting"
+        "round_robin" => {
+            "rallymq bridges try their addresses in turn and stay on the one that answers"
         }
+        "bridge_identity" | "bridge_psk" => {
+            "rallymq has no TLS-PSK: use ca_file, cert_file and key_file"
+        }
+        "bridge_alpn"
+        | "bridge_tls_version"
+        | "bridge_ciphers"
+        | "bridge_ciphers_tls1.3"
+        | "bridge_require_ocsp" => {
+            "rallymq (rustls) negotiates TLS 1.2 or 1.3 with its own cipher suites"
+        }
+        "bridge_bind_address" => "rallymq bridges connect from the address the system chooses",
+        "bridge_attempt_unsubscribe"
+        | "bridge_outgoing_retain"
+        | "bridge_max_packet_size"
+        | "bridge_max_topic_alias"
+        | "bridge_receive_maximum"
+        | "bridge_session_expiry_interval" => "rallymq bridges have no such setting",
         _ => "not a Mosquitto 2.0 bridge setting",
     }
 }
@@ -1300,8 +1382,8 @@ mod tests {
 
     /// The TOML as a table, the `[[bridge]]` tables taken out (they have a parser of their own).
     fn table(toml_text: &str) -> (toml::Table, Vec<toml::Value>) {
-        let mut table: toml::Table = toml::from_str(toml_text)
-            .unwrap_or_else(|e| panic!("not TOML: {e}\n{toml_text}"));
+        let mut table: toml::Table =
+            toml::from_str(toml_text).unwrap_or_else(|e| panic!("not TOML: {e}\n{toml_text}"));
         let bridges = match table.remove("bridge") {
             Some(toml::Value::Array(bridges)) => bridges,
             _ => Vec::new(),
@@ -1333,7 +1415,11 @@ mod tests {
         assert_eq!(listeners[0].addr, addr("127.0.0.1:1883"));
         assert_eq!(listeners[0].kind, ListenerKind::Tcp);
         assert_eq!(config.security.auth.allow_anonymous, Some(true), "{out}");
-        assert_eq!(config.storage, Storage::InMemory, "persistence is off by default");
+        assert_eq!(
+            config.storage,
+            Storage::InMemory,
+            "persistence is off by default"
+        );
     }
 
     #[test]
@@ -1382,7 +1468,12 @@ mod tests {
             "{}",
             out.toml
         );
-        assert!(out.toml.contains("not carried over: listener at mosquitto.conf:8: a Unix socket"), "{}", out.toml);
+        assert!(
+            out.toml
+                .contains("not carried over: listener at mosquitto.conf:8: a Unix socket"),
+            "{}",
+            out.toml
+        );
         assert_eq!(out.not_carried, 1);
     }
 
@@ -1397,7 +1488,11 @@ mod tests {
         let out = convert("max_connections 10\nlistener 1884\nmax_connections 5\n").toml;
         let config = broker(&out);
         let addrs: Vec<SocketAddr> = config.all_listeners().iter().map(|l| l.addr).collect();
-        assert_eq!(addrs, vec![addr("0.0.0.0:1884"), addr("0.0.0.0:1883")], "{out}");
+        assert_eq!(
+            addrs,
+            vec![addr("0.0.0.0:1884"), addr("0.0.0.0:1883")],
+            "{out}"
+        );
         assert_eq!(config.limits.max_connections, 15, "the sum: {out}");
     }
 
@@ -1431,7 +1526,10 @@ mod tests {
         assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/ca.pem")));
         // The third listener's own certificate and its ciphers.
         assert_eq!(out.not_carried, 2, "{}", out.toml);
-        assert!(out.toml.contains("rallymq has one certificate for all its TLS listeners"));
+        assert!(
+            out.toml
+                .contains("rallymq has one certificate for all its TLS listeners")
+        );
     }
 
     #[test]
@@ -1443,7 +1541,11 @@ mod tests {
         let config = broker(&out.toml);
         assert_eq!(config.all_listeners().len(), 1, "{}", out.toml);
         assert_eq!(config.all_listeners()[0].addr, addr("0.0.0.0:1883"));
-        assert!(out.toml.contains("require_certificate with capath"), "{}", out.toml);
+        assert!(
+            out.toml.contains("require_certificate with capath"),
+            "{}",
+            out.toml
+        );
     }
 
     #[test]
@@ -1467,7 +1569,10 @@ mod tests {
         );
         let config = broker(&out.toml);
         assert!(config.all_listeners().iter().all(|l| l.security.is_none()));
-        assert_eq!(config.security.auth.password_file, Some(PathBuf::from("/p")));
+        assert_eq!(
+            config.security.auth.password_file,
+            Some(PathBuf::from("/p"))
+        );
         assert_eq!(config.security.auth.allow_anonymous, Some(true));
         assert_eq!(config.security.acl_file, Some(PathBuf::from("/a")));
     }
@@ -1485,7 +1590,10 @@ mod tests {
         assert_eq!(config.limits.max_queued_bytes, 100_000);
         assert_eq!(config.limits.max_packet_size, 4096);
         assert_eq!(config.limits.max_in_flight, 10);
-        assert_eq!(config.sys_interval, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            config.sys_interval,
+            Some(std::time::Duration::from_secs(30))
+        );
         assert_eq!(
             config.storage,
             Storage::Directory(PathBuf::from("/var/lib/mosquitto/"))
@@ -1502,9 +1610,15 @@ mod tests {
             dirs: vec![(
                 "/etc/mosquitto/conf.d",
                 vec![
-                    ("/etc/mosquitto/conf.d/a.conf".to_owned(), "listener 1884\nmax_keepalive 10\n".to_owned()),
+                    (
+                        "/etc/mosquitto/conf.d/a.conf".to_owned(),
+                        "listener 1884\nmax_keepalive 10\n".to_owned(),
+                    ),
                     // Starts again on the default listener: this creates 1883.
-                    ("/etc/mosquitto/conf.d/b.conf".to_owned(), "protocol websockets\nmax_keepalive 20\n".to_owned()),
+                    (
+                        "/etc/mosquitto/conf.d/b.conf".to_owned(),
+                        "protocol websockets\nmax_keepalive 20\n".to_owned(),
+                    ),
                 ],
             )],
         };
@@ -1528,10 +1642,18 @@ mod tests {
             "{}",
             out.toml
         );
-        assert_eq!(config.limits.max_keep_alive, Some(20), "the later file wins");
+        assert_eq!(
+            config.limits.max_keep_alive,
+            Some(20),
+            "the later file wins"
+        );
         // An include_dir in an included file is ignored, as Mosquitto does; a missing one noted.
         let out = convert("include_dir /nowhere\n");
-        assert!(out.toml.contains("cannot read the directory"), "{}", out.toml);
+        assert!(
+            out.toml.contains("cannot read the directory"),
+            "{}",
+            out.toml
+        );
     }
 
     #[test]
@@ -1578,9 +1700,17 @@ mod tests {
             Some(&toml::Value::from(vec!["h1:1883", "h2:1884", "[::1]:1885"]))
         );
         assert_eq!(second.get("transport"), Some(&toml::Value::from("tcp")));
-        assert_eq!(second.get("restart_timeout"), Some(&toml::Value::from(vec![20, 20])));
+        assert_eq!(
+            second.get("restart_timeout"),
+            Some(&toml::Value::from(vec![20, 20]))
+        );
         assert_eq!(second.get("clean_session"), Some(&toml::Value::from(false)));
-        assert!(out.toml.contains("not carried over: mosquitto.conf:19: `notifications false`"), "{}", out.toml);
+        assert!(
+            out.toml
+                .contains("not carried over: mosquitto.conf:19: `notifications false`"),
+            "{}",
+            out.toml
+        );
         // Without an address or a topic Mosquitto refuses the bridge: no table.
         let out = convert("connection x\ntopic a\n");
         assert!(table(&out.toml).1.is_empty(), "{}", out.toml);
@@ -1599,26 +1729,46 @@ mod tests {
             "mosquitto.conf:8: `no_such_key 1`: not a Mosquitto 2.0 setting",
             "mosquitto.conf:9: `max_packet_size 5`: Mosquitto takes 20 bytes or more",
         ] {
-            assert!(out.toml.contains(&format!("# not carried over: {line}")), "{line}\n{}", out.toml);
+            assert!(
+                out.toml.contains(&format!("# not carried over: {line}")),
+                "{line}\n{}",
+                out.toml
+            );
         }
         assert_eq!(out.not_carried, 5);
-        assert!(out.toml.contains("# Keep the logs\n# not carried over: mosquitto.conf:5"), "{}", out.toml);
-        assert!(!out.toml.contains("Our broker"), "a comment standing alone is left out");
+        assert!(
+            out.toml
+                .contains("# Keep the logs\n# not carried over: mosquitto.conf:5"),
+            "{}",
+            out.toml
+        );
+        assert!(
+            !out.toml.contains("Our broker"),
+            "a comment standing alone is left out"
+        );
         broker(&out.toml);
     }
 
     #[test]
     fn the_debian_examples_convert_to_a_config_the_broker_takes() {
         for (name, text) in [
-            ("example", include_str!("../tests/fixtures/migrate/debian-example-mosquitto.conf")),
-            ("etc", include_str!("../tests/fixtures/migrate/debian-etc-mosquitto.conf")),
+            (
+                "example",
+                include_str!("../tests/fixtures/migrate/debian-example-mosquitto.conf"),
+            ),
+            (
+                "etc",
+                include_str!("../tests/fixtures/migrate/debian-etc-mosquitto.conf"),
+            ),
         ] {
             let out = convert(text);
             let config = broker(&out.toml);
             assert_eq!(config.all_listeners().len(), 1, "{name}: {}", out.toml);
             assert_eq!(config.all_listeners()[0].addr, addr("127.0.0.1:1883"));
         }
-        let etc = convert(include_str!("../tests/fixtures/migrate/debian-etc-mosquitto.conf"));
+        let etc = convert(include_str!(
+            "../tests/fixtures/migrate/debian-etc-mosquitto.conf"
+        ));
         assert_eq!(
             broker(&etc.toml).storage,
             Storage::Directory(PathBuf::from("/var/lib/mosquitto/"))
@@ -1628,22 +1778,81 @@ mod tests {
     /// Lines Mosquitto knows, with values good and bad.
     fn known_line() -> impl Strategy<Value = String> {
         let keys = prop::sample::select(vec![
-            "listener", "port", "bind_address", "protocol", "socket_domain", "certfile",
-            "keyfile", "cafile", "capath", "require_certificate", "use_identity_as_username",
-            "max_connections", "websockets_origin", "http_dir", "per_listener_settings",
-            "password_file", "acl_file", "allow_anonymous", "auth_plugin", "psk_file",
-            "max_keepalive", "max_queued_messages", "max_queued_bytes", "max_packet_size",
-            "message_size_limit", "max_inflight_messages", "sys_interval", "persistence",
-            "persistence_location", "log_dest", "include_dir", "connection", "address",
-            "addresses", "topic", "bridge_protocol_version", "remote_clientid",
-            "remote_username", "remote_password", "bridge_cafile", "bridge_certfile",
-            "bridge_keyfile", "bridge_insecure", "cleansession", "keepalive_interval",
-            "try_private", "restart_timeout", "notifications", "ciphers", "# a comment", "",
+            "listener",
+            "port",
+            "bind_address",
+            "protocol",
+            "socket_domain",
+            "certfile",
+            "keyfile",
+            "cafile",
+            "capath",
+            "require_certificate",
+            "use_identity_as_username",
+            "max_connections",
+            "websockets_origin",
+            "http_dir",
+            "per_listener_settings",
+            "password_file",
+            "acl_file",
+            "allow_anonymous",
+            "auth_plugin",
+            "psk_file",
+            "max_keepalive",
+            "max_queued_messages",
+            "max_queued_bytes",
+            "max_packet_size",
+            "message_size_limit",
+            "max_inflight_messages",
+            "sys_interval",
+            "persistence",
+            "persistence_location",
+            "log_dest",
+            "include_dir",
+            "connection",
+            "address",
+            "addresses",
+            "topic",
+            "bridge_protocol_version",
+            "remote_clientid",
+            "remote_username",
+            "remote_password",
+            "bridge_cafile",
+            "bridge_certfile",
+            "bridge_keyfile",
+            "bridge_insecure",
+            "cleansession",
+            "keepalive_interval",
+            "try_private",
+            "restart_timeout",
+            "notifications",
+            "ciphers",
+            "# a comment",
+            "",
         ]);
         let values = prop::sample::select(vec![
-            "", "1883", "0", "-1", "65535", "70000", "true", "false", "websockets", "mqtt",
-            "ipv6", "127.0.0.1", "localhost", "::1", "/etc/x y", "a\"b\\c", "h1:1883 h2",
-            "5 30", "mqttv50", "mqttv31", "# x", "\u{1}\u{7f}é",
+            "",
+            "1883",
+            "0",
+            "-1",
+            "65535",
+            "70000",
+            "true",
+            "false",
+            "websockets",
+            "mqtt",
+            "ipv6",
+            "127.0.0.1",
+            "localhost",
+            "::1",
+            "/etc/x y",
+            "a\"b\\c",
+            "h1:1883 h2",
+            "5 30",
+            "mqttv50",
+            "mqttv31",
+            "# x",
+            "\u{1}\u{7f}é",
         ]);
         (keys, prop::collection::vec(values, 0..3))
             .prop_map(|(key, values)| format!("{key} {}", values.join(" ")))

@@ -172,7 +172,10 @@ fn the_debian_examples_migrate_to_a_config_the_broker_starts_with() {
         let listening = start_rallymq(&toml_text, &dir.0);
         // Mosquitto's localhost-only mode: one MQTT listener.
         assert_eq!(listening.len(), 1, "{name}");
-        assert!(listening[0].starts_with("tcp://127.0.0.1:"), "{listening:?}");
+        assert!(
+            listening[0].starts_with("tcp://127.0.0.1:"),
+            "{listening:?}"
+        );
         assert!(toml_text.contains("allow_anonymous = true"), "{toml_text}");
     }
 }
@@ -189,8 +192,8 @@ fn write_certificates(dir: &Path) {
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "rallymq migrate test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key"))
-        .expect("a CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key")).expect("a CA");
     let key = KeyPair::generate().expect("a key");
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
     params
@@ -295,7 +298,11 @@ fn a_file_with_every_setting_migrates_to_a_config_the_broker_starts_with() {
         .collect();
     let mut sorted = schemes.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, ["mqtts", "tcp", "tcp", "ws", "wss"], "{listening:?}");
+    assert_eq!(
+        sorted,
+        ["mqtts", "tcp", "tcp", "ws", "wss"],
+        "{listening:?}"
+    );
 }
 
 /// Mosquitto on `conf` (run in `dir`), once its ports accept connections.
@@ -313,7 +320,10 @@ fn start_mosquitto(conf: &Path, dir: &Path, ports: &[u16]) -> Process {
                 let log: Vec<String> = mosquitto.lines.try_iter().collect();
                 panic!("Mosquitto exited ({status}):\n{}", log.join("\n"));
             }
-            assert!(Instant::now() < deadline, "Mosquitto does not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "Mosquitto does not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -326,7 +336,12 @@ fn pubsub_check(secure: u16, public: u16, run: &str) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/migrate/pubsub_check.py");
     let mut child = Command::new("python3")
         .arg(script)
-        .args(["--secure", &secure.to_string(), "--public", &public.to_string()])
+        .args([
+            "--secure",
+            &secure.to_string(),
+            "--public",
+            &public.to_string(),
+        ])
         .args(["--run", run])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -435,5 +450,8 @@ fn pubsub_check_gives_the_same_results_on_mosquitto_and_on_the_migrated_rallymq(
         rallymq_results.contains(&"wrong-password-connack 134".to_owned()),
         "{rallymq_results:?}"
     );
-    assert_eq!(rallymq_compared, mosquitto_results, "rallymq against Mosquitto");
+    assert_eq!(
+        rallymq_compared, mosquitto_results,
+        "rallymq against Mosquitto"
+    );
 }
