@@ -124,7 +124,7 @@ pub(crate) struct BrokerArgs {
     pub(crate) certificate_name: Option<String>,
 
     /// A browser page origin allowed to open WebSockets (repeatable, such as
-    /// https://example.com); without any, all are. Others get 403.
+    /// `https://example.com`); without any, all are. Others get 403.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub(crate) allowed_origins: Vec<String>,
 
