@@ -369,6 +369,16 @@ impl<'e> Reader<'e> {
         let first = args.first().copied().unwrap_or_default();
         let listener_target = Target::Listener(state.listener);
         let bridge_target = state.bridge.map_or(Target::Top, Target::Bridge);
+        if let Some(why) = explained(LISTENER_NOT_CARRIED, key) {
+            self.section(listener_target).comments(comments);
+            self.not_carried(listener_target, origin, line, why);
+            return;
+        }
+        if let Some(why) = explained(TOP_NOT_CARRIED, key) {
+            self.top.comments(comments);
+            self.not_carried(Target::Top, origin, line, why);
+            return;
+        }
         match key {
             // ---- Listeners -----------------------------------------------------------------
             "listener" => {
@@ -402,7 +412,9 @@ impl<'e> Reader<'e> {
                     Ok(port) if port > 0 => {
                         self.default_listener.port = Some(port);
                         self.default_listener.touched = true;
-                        self.default_listener.origin.get_or_insert(origin.to_owned());
+                        self.default_listener
+                            .origin
+                            .get_or_insert(origin.to_owned());
                     }
                     _ => self.not_carried(Target::Top, origin, line, "not a port number"),
                 }
@@ -412,10 +424,19 @@ impl<'e> Reader<'e> {
                 self.default_listener.header.extend(comments);
                 self.default_listener.host = Some(rest.to_owned());
                 self.default_listener.touched = true;
-                self.default_listener.origin.get_or_insert(origin.to_owned());
+                self.default_listener
+                    .origin
+                    .get_or_insert(origin.to_owned());
             }
-            "protocol" | "socket_domain" | "certfile" | "keyfile" | "cafile" | "capath"
-            | "require_certificate" | "use_identity_as_username" | "max_connections"
+            "protocol"
+            | "socket_domain"
+            | "certfile"
+            | "keyfile"
+            | "cafile"
+            | "capath"
+            | "require_certificate"
+            | "use_identity_as_username"
+            | "max_connections"
             | "websockets_origin" => {
                 let listener = self.listener_mut(state);
                 listener.body.comments(comments);
@@ -446,9 +467,12 @@ impl<'e> Reader<'e> {
                         Ok(n) => listener.max_connections = Some(n.max(-1)),
                         Err(_) => bad = Some("not a number"),
                     },
-                    _ => listener.origins.extend(args.iter().map(|s| (*s).to_owned())),
+                    _ => listener
+                        .origins
+                        .extend(args.iter().map(|s| (*s).to_owned())),
                 }
-                if bad.is_none() && !(key == "protocol" && first == "mqtt")
+                if bad.is_none()
+                    && !(key == "protocol" && first == "mqtt")
                     && !(key == "max_connections" && first == "-1")
                 {
                     listener.touched = true;
@@ -457,29 +481,6 @@ impl<'e> Reader<'e> {
                     self.not_carried(listener_target, origin, line, why);
                 }
             }
-            "http_dir" => self.listener_note(state, comments, origin, line,
-                "rallymq's WebSocket listeners serve their own page at / (and the browser client at /rallymq.js); serve other files with a web server"),
-            "mount_point" => self.listener_note(state, comments, origin, line,
-                "rallymq has no mount points: clients see the whole topic tree (an acl_file can confine them)"),
-            "bind_interface" => self.listener_note(state, comments, origin, line,
-                "rallymq binds addresses, not interfaces: put the interface's address in the listener's addr"),
-            "use_username_as_clientid" => self.listener_note(state, comments, origin, line,
-                "rallymq keeps the client id the client sends"),
-            "use_subject_as_username" => self.listener_note(state, comments, origin, line,
-                "rallymq takes the certificate's Common Name (certificate_name = \"cn\") or first Subject Alternative Name (\"san\") as the user name, not the whole subject"),
-            "ciphers" | "ciphers_tls1.3" | "tls_version" | "dhparamfile" | "tls_engine"
-            | "tls_engine_kpass_sha1" | "tls_keyform" => self.listener_note(state, comments, origin, line,
-                "rallymq (rustls) offers TLS 1.2 and 1.3 with its own safe cipher suites; there is no choice to make"),
-            "crlfile" => self.listener_note(state, comments, origin, line,
-                "rallymq does not read certificate revocation lists: take the revoked certificates' CA out of `ca`, or the user out of the ACL"),
-            "psk_hint" => self.listener_note(state, comments, origin, line,
-                "rallymq has no TLS-PSK: use certificates"),
-            "max_qos" | "maximum_qos" => self.listener_note(state, comments, origin, line,
-                "rallymq grants QoS 0, 1 and 2 on every listener"),
-            "max_topic_alias" | "max_topic_alias_broker" => self.listener_note(state, comments, origin, line,
-                "per listener in Mosquitto; rallymq's topic_alias_maximum and outgoing_topic_alias_maximum hold for the whole broker (default 64)"),
-            "accept_protocol_versions" => self.listener_note(state, comments, origin, line,
-                "rallymq accepts MQTT 3.1, 3.1.1 and 5.0 on every listener"),
             // ---- Security ------------------------------------------------------------------
             "per_listener_settings" => {
                 self.top.comments(comments);
@@ -491,7 +492,11 @@ impl<'e> Reader<'e> {
             "password_file" | "acl_file" | "allow_anonymous" | "psk_file" | "auth_plugin"
             | "plugin" => {
                 let per_listener = self.per_listener_settings;
-                let target = if per_listener { listener_target } else { Target::Top };
+                let target = if per_listener {
+                    listener_target
+                } else {
+                    Target::Top
+                };
                 if per_listener {
                     self.section(target).comments(comments);
                 } else {
@@ -518,7 +523,9 @@ impl<'e> Reader<'e> {
                     }
                     _ => {
                         keys.other_auth = true;
-                        why = Some("rallymq loads no plugins; it authenticates with password_file, jwt_key (JSON Web Tokens) or client certificates. Until one is set up, the clients the plugin let in are refused");
+                        why = Some(
+                            "rallymq loads no plugins; it authenticates with password_file, jwt_key (JSON Web Tokens) or client certificates. Until one is set up, the clients the plugin let in are refused",
+                        );
                     }
                 }
                 if let Some(why) = why {
@@ -531,29 +538,28 @@ impl<'e> Reader<'e> {
                 self.not_carried(Target::Top, origin, line,
                     "rallymq loads no plugins; it authenticates with password_file, jwt_key (JSON Web Tokens) or client certificates");
             }
-            k if k.starts_with("auth_opt_") || k.starts_with("plugin_opt_") || k == "auth_plugin_deny_special_chars" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line, "an option of a plugin, which rallymq does not load");
-            }
-            "auto_id_prefix" | "allow_zero_length_clientid" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq gives a client that sends an empty client id (MQTT 3.1.1 with a clean session, or 5.0) an id of its own, always");
-            }
-            "clientid_prefixes" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq does not filter client ids: an acl_file `pattern` with %c confines what each client id may use");
-            }
-            "check_retain_source" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq checks the subscriber's read access to each retained message it sends, not the publisher's access now");
-            }
             // ---- Limits --------------------------------------------------------------------
-            "max_keepalive" => self.top_number(comments, origin, line, "max_keepalive", first, 0, 65_535),
-            "max_queued_bytes" => self.top_number(comments, origin, line, "max_queued_bytes", first, 0, i64::MAX),
-            "sys_interval" => self.top_number(comments, origin, line, "sys_interval_secs", first, 0, i64::MAX),
+            "max_keepalive" => {
+                self.top_number(comments, origin, line, "max_keepalive", first, 0, 65_535)
+            }
+            "max_queued_bytes" => self.top_number(
+                comments,
+                origin,
+                line,
+                "max_queued_bytes",
+                first,
+                0,
+                i64::MAX,
+            ),
+            "sys_interval" => self.top_number(
+                comments,
+                origin,
+                line,
+                "sys_interval_secs",
+                first,
+                0,
+                i64::MAX,
+            ),
             "max_queued_messages" => {
                 self.top.comments(comments);
                 match first.parse::<i64>() {
@@ -571,7 +577,9 @@ impl<'e> Reader<'e> {
                 self.top.comments(comments);
                 match first.parse::<i64>() {
                     // 0 (and 65535, which Mosquitto reads as 0) is no limit: the most a u16 holds.
-                    Ok(n) if n <= 0 || n >= 65_535 => self.top.set("max_in_flight", "65535".to_owned()),
+                    Ok(n) if n <= 0 || n >= 65_535 => {
+                        self.top.set("max_in_flight", "65535".to_owned())
+                    }
                     Ok(n) => self.top.set("max_in_flight", n.to_string()),
                     Err(_) => self.not_carried(Target::Top, origin, line, "not a number"),
                 }
@@ -580,7 +588,12 @@ impl<'e> Reader<'e> {
                 self.hold(Held::PacketSize, comments);
                 match first.parse::<u32>() {
                     Ok(n) if n >= 20 => self.max_packet_size = Some(n),
-                    _ => self.not_carried(Target::Top, origin, line, "Mosquitto takes 20 bytes or more"),
+                    _ => self.not_carried(
+                        Target::Top,
+                        origin,
+                        line,
+                        "Mosquitto takes 20 bytes or more",
+                    ),
                 }
             }
             "message_size_limit" => {
@@ -591,34 +604,33 @@ impl<'e> Reader<'e> {
                     Err(_) => self.not_carried(Target::Top, origin, line, "not a number"),
                 }
             }
-            "websockets_headers_size" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq reads WebSocket handshakes of up to max_http_header_size bytes (default 16384), larger than Mosquitto's buffer");
-            }
-            "max_inflight_bytes" | "memory_limit" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq bounds memory with max_in_flight, max_queued_messages and max_queued_bytes per session, and max_connections");
-            }
-            "persistent_client_expiration" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq keeps an MQTT 3.1.1 persistent session until the client cleans it; MQTT 5 clients set their own expiry, capped by max_session_expiry");
-            }
-            "queue_qos0_messages" | "upgrade_outgoing_qos" | "retain_available"
-            | "allow_duplicate_messages" | "set_tcp_nodelay" => {
+            "queue_qos0_messages"
+            | "upgrade_outgoing_qos"
+            | "retain_available"
+            | "allow_duplicate_messages"
+            | "set_tcp_nodelay" => {
                 self.top.comments(comments);
                 // What rallymq always does, and why another value cannot be had.
                 let (same, why) = match key {
-                    "queue_qos0_messages" => (false, "rallymq drops QoS 0 messages for an offline session (Mosquitto's default)"),
-                    "upgrade_outgoing_qos" => (false, "rallymq delivers at the lower of the message's and the subscription's QoS, as MQTT requires"),
+                    "queue_qos0_messages" => (
+                        false,
+                        "rallymq drops QoS 0 messages for an offline session (Mosquitto's default)",
+                    ),
+                    "upgrade_outgoing_qos" => (
+                        false,
+                        "rallymq delivers at the lower of the message's and the subscription's QoS, as MQTT requires",
+                    ),
                     "retain_available" => (true, "rallymq always keeps retained messages"),
                     "set_tcp_nodelay" => (true, "rallymq always sets TCP_NODELAY"),
-                    _ => (false, "rallymq sends a client one copy of a message however many of its subscriptions match"),
+                    _ => (
+                        false,
+                        "rallymq sends a client one copy of a message however many of its subscriptions match",
+                    ),
                 };
                 match parse_bool(first) {
-                    Some(value) if value == same => self.top.note(format!("{origin}: `{line}`: what rallymq does")),
+                    Some(value) if value == same => self
+                        .top
+                        .note(format!("{origin}: `{line}`: what rallymq does")),
                     _ => self.not_carried(Target::Top, origin, line, why),
                 }
             }
@@ -634,21 +646,7 @@ impl<'e> Reader<'e> {
                 self.hold(Held::Storage, comments);
                 self.persistence_location = Some(rest.to_owned());
             }
-            "persistence_file" | "autosave_interval" | "autosave_on_changes" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq writes every acknowledged message to its data_dir as it goes, in files of its own: there is no snapshot to name or schedule (mosquitto.db is not read)");
-            }
             // ---- Logging and process ------------------------------------------------------
-            k if k.starts_with("log_") || k == "connection_messages" || k == "websockets_log_level" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line, LOGGING);
-            }
-            "pid_file" | "user" | "daemon" => {
-                self.top.comments(comments);
-                self.not_carried(Target::Top, origin, line,
-                    "rallymq runs in the foreground as the user that starts it: let systemd (User=, PIDFile) or your supervisor do this");
-            }
             "include_dir" => {
                 self.top.comments(comments);
                 if !main {
@@ -680,8 +678,12 @@ impl<'e> Reader<'e> {
             _ if is_bridge_key(key) => {
                 let Some(index) = state.bridge else {
                     self.top.comments(comments);
-                    self.not_carried(Target::Top, origin, line,
-                        "a bridge setting before any `connection` line (Mosquitto refuses it)");
+                    self.not_carried(
+                        Target::Top,
+                        origin,
+                        line,
+                        "a bridge setting before any `connection` line (Mosquitto refuses it)",
+                    );
                     return;
                 };
                 self.section(bridge_target).comments(comments);
@@ -694,19 +696,6 @@ impl<'e> Reader<'e> {
                 self.not_carried(Target::Top, origin, line, "not a Mosquitto 2.0 setting");
             }
         }
-    }
-
-    fn listener_note(
-        &mut self,
-        state: &FileState,
-        comments: Vec<String>,
-        origin: &str,
-        line: &str,
-        why: &str,
-    ) {
-        let target = Target::Listener(state.listener);
-        self.section(target).comments(comments);
-        self.not_carried(target, origin, line, why);
     }
 
     /// A whole number in `min..=max` as a top-level key.
@@ -1227,6 +1216,124 @@ fn security_keys(
     }
 }
 
+/// Listener settings rallymq does not take, and why.
+const LISTENER_NOT_CARRIED: &[(&[&str], &str)] = &[
+    (
+        &["http_dir"],
+        "rallymq's WebSocket listeners serve their own page at / (and the browser client at /rallymq.js); serve other files with a web server",
+    ),
+    (
+        &["mount_point"],
+        "rallymq has no mount points: clients see the whole topic tree (an acl_file can confine them)",
+    ),
+    (
+        &["bind_interface"],
+        "rallymq binds addresses, not interfaces: put the interface's address in the listener's addr",
+    ),
+    (
+        &["use_username_as_clientid"],
+        "rallymq keeps the client id the client sends",
+    ),
+    (
+        &["use_subject_as_username"],
+        "rallymq takes the certificate's Common Name (certificate_name = \"cn\") or first Subject Alternative Name (\"san\") as the user name, not the whole subject",
+    ),
+    (
+        &[
+            "ciphers",
+            "ciphers_tls1.3",
+            "tls_version",
+            "dhparamfile",
+            "tls_engine",
+            "tls_engine_kpass_sha1",
+            "tls_keyform",
+        ],
+        "rallymq (rustls) offers TLS 1.2 and 1.3 with its own safe cipher suites; there is no choice to make",
+    ),
+    (
+        &["crlfile"],
+        "rallymq does not read certificate revocation lists: take the revoked certificates' CA out of `ca`, or the user out of the ACL",
+    ),
+    (&["psk_hint"], "rallymq has no TLS-PSK: use certificates"),
+    (
+        &["max_qos", "maximum_qos"],
+        "rallymq grants QoS 0, 1 and 2 on every listener",
+    ),
+    (
+        &["max_topic_alias", "max_topic_alias_broker"],
+        "per listener in Mosquitto; rallymq's topic_alias_maximum and outgoing_topic_alias_maximum hold for the whole broker (default 64)",
+    ),
+    (
+        &["accept_protocol_versions"],
+        "rallymq accepts MQTT 3.1, 3.1.1 and 5.0 on every listener",
+    ),
+];
+
+/// Broker settings rallymq does not take, and why (`*`: any key with that prefix).
+const TOP_NOT_CARRIED: &[(&[&str], &str)] = &[
+    (
+        &[
+            "auth_opt_*",
+            "plugin_opt_*",
+            "auth_plugin_deny_special_chars",
+        ],
+        "an option of a plugin, which rallymq does not load",
+    ),
+    (
+        &["auto_id_prefix", "allow_zero_length_clientid"],
+        "rallymq gives a client that sends an empty client id (MQTT 3.1.1 with a clean session, or 5.0) an id of its own, always",
+    ),
+    (
+        &["clientid_prefixes"],
+        "rallymq does not filter client ids: an acl_file `pattern` with %c confines what each client id may use",
+    ),
+    (
+        &["check_retain_source"],
+        "rallymq checks the subscriber's read access to each retained message it sends, not the publisher's access now",
+    ),
+    (
+        &["websockets_headers_size"],
+        "rallymq reads WebSocket handshakes of up to max_http_header_size bytes (default 16384), larger than Mosquitto's buffer",
+    ),
+    (
+        &["max_inflight_bytes", "memory_limit"],
+        "rallymq bounds memory with max_in_flight, max_queued_messages and max_queued_bytes per session, and max_connections",
+    ),
+    (
+        &["persistent_client_expiration"],
+        "rallymq keeps an MQTT 3.1.1 persistent session until the client cleans it; MQTT 5 clients set their own expiry, capped by max_session_expiry",
+    ),
+    (
+        &[
+            "persistence_file",
+            "autosave_interval",
+            "autosave_on_changes",
+        ],
+        "rallymq writes every acknowledged message to its data_dir as it goes, in files of its own: there is no snapshot to name or schedule (mosquitto.db is not read)",
+    ),
+    (
+        &["log_*", "connection_messages", "websockets_log_level"],
+        LOGGING,
+    ),
+    (
+        &["pid_file", "user", "daemon"],
+        "rallymq runs in the foreground as the user that starts it: let systemd (User=, PIDFile) or your supervisor do this",
+    ),
+];
+
+/// Why `key` is in `table`, if it is.
+fn explained(table: &[(&[&str], &'static str)], key: &str) -> Option<&'static str> {
+    table
+        .iter()
+        .find(|(keys, _)| {
+            keys.iter().any(|k| match k.strip_suffix('*') {
+                Some(prefix) => key.starts_with(prefix),
+                None => *k == key,
+            })
+        })
+        .map(|(_, why)| *why)
+}
+
 /// Whether `key` is a setting of a bridge.
 fn is_bridge_key(key: &str) -> bool {
     matches!(
@@ -1402,6 +1509,15 @@ mod tests {
             .unwrap_or_else(|e| panic!("refused by the broker: {e}\n{toml_text}"))
     }
 
+    /// The broker's listeners, what and where.
+    fn listeners(config: &BrokerConfig) -> Vec<(ListenerKind, SocketAddr)> {
+        config
+            .all_listeners()
+            .iter()
+            .map(|l| (l.kind, l.addr))
+            .collect()
+    }
+
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("an address")
     }
@@ -1451,13 +1567,8 @@ mod tests {
              listener 0 /run/mosquitto.sock\nallow_anonymous true\n",
         );
         let config = broker(&out.toml);
-        let got: Vec<(ListenerKind, SocketAddr)> = config
-            .all_listeners()
-            .iter()
-            .map(|l| (l.kind, l.addr))
-            .collect();
         assert_eq!(
-            got,
+            listeners(&config),
             vec![
                 (ListenerKind::Tcp, addr("127.0.0.1:1883")),
                 (ListenerKind::WebSocket, addr("0.0.0.0:9001")),
@@ -1628,13 +1739,8 @@ mod tests {
             &env,
         );
         let config = broker(&out.toml);
-        let got: Vec<(ListenerKind, SocketAddr)> = config
-            .all_listeners()
-            .iter()
-            .map(|l| (l.kind, l.addr))
-            .collect();
         assert_eq!(
-            got,
+            listeners(&config),
             vec![
                 (ListenerKind::Tcp, addr("0.0.0.0:1884")),
                 (ListenerKind::WebSocket, addr("0.0.0.0:1883")),
