@@ -505,7 +505,8 @@ fn mqtt_cases() -> Vec<Case> {
     };
 
     // ---- before CONNECT: the first packet must be a valid CONNECT (MQTT-3.1.0-1,
-    // MQTT-3.1.4-1); anything else is closed without a word.
+    // MQTT-3.1.4-1); anything else is closed, after a CONNACK with the reason (0x81, 0x82,
+    // 0x95) when the CONNECT names MQTT 5 (§4.13), without a word otherwise.
     before_connect(
         "mqtt_3_1_0_1_publish_before_connect",
         V311,
@@ -575,7 +576,7 @@ fn mqtt_cases() -> Vec<Case> {
         "mqtt_1_5_5_1_connect_remaining_length_not_in_its_shortest_form",
         V5,
         not_minimal,
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     // A wrong protocol name: the broker may close, or refuse the version (MQTT-3.1.2-1); it
     // answers as for an unknown level.
@@ -602,7 +603,7 @@ fn mqtt_cases() -> Vec<Case> {
         "mqtt_3_1_2_3_reserved_connect_flag",
         V5,
         connect_flags(V5, |_| {}, 0x01),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v311_mqtt_3_1_2_13_will_qos_without_will_flag",
@@ -614,7 +615,7 @@ fn mqtt_cases() -> Vec<Case> {
         "mqtt_3_1_2_11_will_qos_without_will_flag",
         V5,
         connect_flags(V5, |_| {}, 0x10),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v311_mqtt_3_1_2_14_will_qos_3",
@@ -626,7 +627,7 @@ fn mqtt_cases() -> Vec<Case> {
         "mqtt_3_1_2_12_will_qos_3",
         V5,
         connect_flags(V5, with_will, 0x18),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v311_mqtt_3_1_2_15_will_retain_without_will_flag",
@@ -638,7 +639,7 @@ fn mqtt_cases() -> Vec<Case> {
         "mqtt_3_1_2_13_will_retain_without_will_flag",
         V5,
         connect_flags(V5, |_| {}, 0x20),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v311_mqtt_3_1_2_22_password_without_user_name",
@@ -660,7 +661,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0, 1, b'c'],
             &[0, 2, 0xC3, 0x28],
         ),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "mqtt_1_5_4_1_utf16_surrogate_in_the_client_id",
@@ -670,7 +671,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0, 1, b'c'],
             &[0, 3, 0xED, 0xA0, 0x80],
         ),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v311_mqtt_1_5_3_2_nul_in_the_client_id",
@@ -682,7 +683,7 @@ fn mqtt_cases() -> Vec<Case> {
         "mqtt_1_5_4_2_nul_in_the_client_id",
         V5,
         patched(&connect_bytes(V5, |_| {}), &[0, 1, b'c'], &[0, 2, b'c', 0]),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "mqtt_3_1_4_1_connect_with_bytes_after_its_payload",
@@ -709,7 +710,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x21, 0x00, 0x07],
             &[0x21, 0x00, 0x00],
         ),
-        &["closed"],
+        &["CONNACK 0x82", "closed"],
     );
     before_connect(
         "v5_connect_with_maximum_packet_size_0",
@@ -721,7 +722,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x27, 0x0A, 0x0B, 0x0C, 0x0D],
             &[0x27, 0, 0, 0, 0],
         ),
-        &["closed"],
+        &["CONNACK 0x82", "closed"],
     );
     // Properties in the wrong packet (MQTT 5 §2.2.2.2: a Malformed Packet).
     let problem_info = |c: &mut Connect| {
@@ -736,7 +737,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x22, 0x0A, 0x0B],
             &[0x23, 0x0A, 0x0B],
         ),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v5_connect_with_a_subscription_identifier_property",
@@ -746,7 +747,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x17, 0x01],
             &[0x0B, 0x01],
         ),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     // MQTT 5 §2.2.2.2: a property more than once where that is not allowed is a Protocol Error.
     before_connect(
@@ -757,7 +758,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x19, 0x01],
             &[0x17, 0x01],
         ),
-        &["closed"],
+        &["CONNACK 0x82", "closed"],
     );
     before_connect(
         "v5_connect_with_an_unknown_property",
@@ -767,7 +768,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x19, 0x01],
             &[0x7F, 0x01],
         ),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v5_connect_with_request_problem_information_2",
@@ -777,7 +778,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x17, 0x01],
             &[0x17, 0x02],
         ),
-        &["closed"],
+        &["CONNACK 0x82", "closed"],
     );
     // MQTT 5 §3.1.2.11.10: Authentication Data without a method is a Protocol Error.
     before_connect(
@@ -790,7 +791,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x11, 0x0A, 0x0B, 0x0C, 0x0D],
             &[0x16, 0x00, 0x02, b'x', b'y'],
         ),
-        &["closed"],
+        &["CONNACK 0x82", "closed"],
     );
     let mut beyond = connect_bytes(V5, problem_info);
     beyond[12] = 0x7F;
@@ -798,7 +799,7 @@ fn mqtt_cases() -> Vec<Case> {
         "v5_connect_property_length_beyond_the_packet",
         V5,
         beyond,
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     before_connect(
         "v5_will_properties_with_a_session_expiry_property",
@@ -813,7 +814,7 @@ fn mqtt_cases() -> Vec<Case> {
             &[0x18, 0x0A, 0x0B, 0x0C, 0x0D],
             &[0x11, 0x0A, 0x0B, 0x0C, 0x0D],
         ),
-        &["closed"],
+        &["CONNACK 0x81", "closed"],
     );
     // MQTT 3.1: a client id of 1 to 23 characters, else CONNACK 0x02.
     before_connect(
@@ -839,7 +840,7 @@ fn mqtt_cases() -> Vec<Case> {
             packet.extend_from_slice(&connect_bytes(V5, |_| {})[2..]);
             packet
         },
-        &["closed"],
+        &["CONNACK 0x95", "closed"],
     );
 
     // ---- slow: nothing in time is closed (MQTT 5 §3.1.4 "a reasonable amount of time").
