@@ -29,8 +29,8 @@ use tracing::{debug, info, warn};
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, Control, ControlBox, Detached, Persisting, Queued, Session, SessionInner, StoredRef,
-    signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, Persisting, Queued, Session,
+    SessionInner, StoredRef, signal,
 };
 use crate::stats::Stats;
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
@@ -60,6 +60,8 @@ const LINGER: Duration = Duration::from_secs(2);
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     pub(crate) websocket: bool,
+    /// Its listener, for the admin API (see [`ConnectionInfo::listener`]).
+    pub(crate) listener: u16,
 }
 
 impl fmt::Display for Peer {
@@ -393,6 +395,14 @@ impl Driver {
                     self.engine.cancel_will();
                 }
             }
+            Control::Inspect(reply) => {
+                let _ = reply.send(self.engine.pending_messages());
+            }
+            Control::Disconnect => self.engine.disconnect(
+                self.now(),
+                ReasonCode::AdministrativeAction,
+                DisconnectProperties::default(),
+            ),
         }
     }
 
@@ -765,6 +775,26 @@ impl Driver {
                 .as_deref()
                 .and_then(|extras| extras.certificate_user.as_deref())
                 .unwrap_or("");
+            let user = match certificate {
+                "" => connect.username.as_deref().map(Arc::from),
+                name => Some(Arc::from(name)),
+            };
+            session.record_connection(
+                &self.control,
+                ConnectionInfo {
+                    peer: self.peer.addr,
+                    listener: self.peer.listener,
+                    websocket: self.peer.websocket,
+                    version,
+                    keep_alive: u16::try_from(self.engine.keep_alive().as_secs())
+                        .unwrap_or(u16::MAX),
+                    clean_start: connect.clean_start,
+                    expiry_interval: granted_expiry,
+                    user,
+                    connected_at: SystemTime::now(),
+                    disconnected_at: None,
+                },
+            );
             info!(client_id = %client_id, peer = %self.peer, certificate, version = ?version, session_present, "client connected");
         }
     }
@@ -1325,6 +1355,7 @@ mod tests {
         let peer = Peer {
             addr: listener.local_addr().unwrap(),
             websocket: false,
+            listener: 0,
         };
         let future = serve(tcp, shared, peer, None);
         let size = size_of_val(&future);

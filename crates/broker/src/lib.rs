@@ -23,6 +23,7 @@
 //! Memory stays bounded: connections that send no CONNECT in time are dropped, the number of
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
+mod admin;
 mod admission;
 // The connection calls the authenticator once the lead wires it in (issue 14); until then
 // only the tests and `rallymq passwd` use this module.
@@ -48,7 +49,7 @@ mod tls;
 
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
-pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
+pub use config::{AdminApi, AdminOpenTo, BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
 pub use store::{
     Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,

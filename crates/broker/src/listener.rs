@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
-use crate::Listener;
 use crate::admission::IpSlot;
+use crate::{Listener, admin};
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
 use crate::tls::Tls;
@@ -243,6 +243,8 @@ pub(crate) struct ListenerContext {
     pub(crate) listener: Listener,
     /// The TLS configuration in force, for the TLS kinds.
     pub(crate) tls: Option<Arc<Tls>>,
+    /// Its place among the broker's listeners (see [`Peer::listener`]).
+    pub(crate) index: u16,
 }
 
 impl ListenerContext {
@@ -290,6 +292,7 @@ pub(crate) async fn serve_mqtt(
         let peer = Peer {
             addr,
             websocket: false,
+            listener: context.index,
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
             // The common case spawns the connection itself: nothing else in its task.
@@ -357,7 +360,10 @@ async fn serve_http<IO>(
         let context = context.clone();
         let user = certificate_user.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(handle_http(request, shared, &context, peer, user, slot)) }
+        async move {
+            let response = handle_http(request, shared, &context, peer, user, slot).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     // A socket that sends no complete request in time (nothing, half a request line, a
     // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
@@ -419,7 +425,7 @@ fn origin_allowed(request: &Request<Incoming>, allowed: &[String]) -> bool {
     }
 }
 
-fn handle_http(
+async fn handle_http(
     mut request: Request<Incoming>,
     shared: Arc<Shared>,
     context: &ListenerContext,
@@ -461,6 +467,7 @@ fn handle_http(
             Err(error) => return rejection(Rejection::for_error(&error)),
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
+        let listener = context.index;
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -475,6 +482,7 @@ fn handle_http(
                     let peer = Peer {
                         addr: peer,
                         websocket: true,
+                        listener,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
                 }
@@ -488,6 +496,9 @@ fn handle_http(
     }
     if wants_upgrade {
         return rejection(Rejection::not_found());
+    }
+    if admin::serves(&path) {
+        return admin::handle(request, shared, peer).await;
     }
     serve_static(&request)
 }
