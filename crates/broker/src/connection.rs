@@ -29,8 +29,8 @@ use tracing::{debug, info, warn};
 use crate::broker::Shared;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Detached, Persisting, Queued, Session,
-    SessionInner, StoredRef, signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
+    Session, SessionInner, StoredRef, signal,
 };
 use crate::stats::Stats;
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
@@ -396,7 +396,7 @@ impl Driver {
                 }
             }
             Control::Inspect(reply) => {
-                let _ = reply.send(self.engine.pending_messages());
+                let _ = reply.send(EngineCounts::of(&self.engine.session_state()));
             }
             Control::Disconnect => self.engine.disconnect(
                 self.now(),

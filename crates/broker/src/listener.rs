@@ -27,10 +27,10 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
 use crate::admission::IpSlot;
-use crate::{Listener, admin};
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
 use crate::tls::Tls;
+use crate::{Listener, admin};
 
 /// How long the listener waits before accepting again when the process has no file descriptor
 /// left.

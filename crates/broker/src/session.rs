@@ -36,10 +36,8 @@ pub(crate) enum Control {
     /// publish it now if the new connection ended the session (clean start).
     EndWill { publish: bool },
     /// The admin API asks what the connection's engine holds: its QoS 1 and 2 deliveries in
-    /// flight and queued (see [`ServerConnection::pending_messages`]).
-    ///
-    /// [`ServerConnection::pending_messages`]: rallymq_session::ServerConnection::pending_messages
-    Inspect(oneshot::Sender<(usize, usize)>),
+    /// flight and queued.
+    Inspect(oneshot::Sender<EngineCounts>),
     /// The admin API disconnects the client: DISCONNECT 0x98 Administrative action in MQTT 5,
     /// the socket closed before.
     Disconnect,
@@ -190,6 +188,33 @@ pub(crate) struct ConnectionInfo {
     pub(crate) disconnected_at: Option<SystemTime>,
 }
 
+/// What a session engine holds of a session's outgoing messages (a connection's engine, or the
+/// state it saved when it closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct EngineCounts {
+    /// QoS 1 and 2 messages sent and not yet acknowledged (resent when an offline session's
+    /// client returns).
+    pub(crate) in_flight: usize,
+    /// QoS 1 and 2 messages waiting for room in the window.
+    pub(crate) queued: usize,
+    /// Their topic and payload bytes.
+    pub(crate) queued_bytes: u64,
+}
+
+impl EngineCounts {
+    pub(crate) fn of(state: &SessionState) -> Self {
+        Self {
+            in_flight: state.in_flight.len(),
+            queued: state.queued.len(),
+            queued_bytes: state
+                .queued
+                .iter()
+                .map(|queued| u64::from(message_size(&queued.publish)))
+                .sum(),
+        }
+    }
+}
+
 /// [`ConnectionInfo::listener`] of a connection that came through no listener.
 pub(crate) const NO_LISTENER: u16 = u16::MAX;
 
@@ -206,6 +231,8 @@ pub(crate) struct SessionSnapshot {
     pub(crate) subscription_count: usize,
     /// Messages waiting in the broker's queue (in memory and in the store), and their bytes.
     pub(crate) queued: (u64, u64),
+    /// What the engine state saved when the last connection closed holds (offline sessions).
+    pub(crate) saved: Option<EngineCounts>,
     /// Filled by [`Session::snapshot_with_subscriptions`] only, sorted by filter.
     pub(crate) subscriptions: Vec<(TopicFilter, SubscriptionData)>,
 }
@@ -530,6 +557,7 @@ impl Session {
             expiry_interval,
             subscription_count: inner.subscriptions.len(),
             queued: inner.queue_size(),
+            saved: inner.saved.as_deref().map(EngineCounts::of),
             subscriptions: Vec::new(),
         }
     }

@@ -23,7 +23,7 @@ use super::routes::{Operation, Page, Query, Route};
 use super::{ApiError, json_response, no_content, openapi, rfc3339};
 use crate::broker::Shared;
 use crate::config::QueueFullPolicy;
-use crate::session::{Control, ControlBox, Session, SessionSnapshot};
+use crate::session::{Control, ControlBox, EngineCounts, Session, SessionSnapshot};
 use crate::stats::Stats;
 use crate::{BoundListener, ListenerKind};
 
@@ -278,7 +278,9 @@ struct ClientItem {
     /// When an offline session expires.
     expires_at: Option<String>,
     subscriptions_cnt: usize,
-    /// QoS 1 and 2 messages sent and not yet acknowledged (connected clients).
+    /// QoS 1 and 2 messages sent and not yet acknowledged; for an offline session, those to
+    /// send again when its client returns. `null` when unknown (a connection too busy to
+    /// answer in time).
     inflight_cnt: Option<usize>,
     /// Messages waiting for the client.
     mqueue_len: u64,
@@ -320,13 +322,15 @@ fn wall_time(at: Instant) -> SystemTime {
     }
 }
 
-/// What the engine has, from [`Control::Inspect`].
-type Inspected = Option<(usize, usize)>;
+/// What the engine has: a connection's, from [`Control::Inspect`]; an offline session's, as
+/// saved.
+type Inspected = Option<EngineCounts>;
 
 fn client_item(shared: &Shared, snapshot: &SessionSnapshot, inspected: Inspected) -> ClientItem {
     let connection = snapshot.connection.as_ref();
     let connected = snapshot.connected();
-    let (engine_in_flight, engine_queued) = inspected.unwrap_or((0, 0));
+    let engine = inspected.or(snapshot.saved);
+    let counts = engine.unwrap_or_default();
     ClientItem {
         clientid: snapshot.client_id.to_string(),
         username: connection.and_then(|c| c.user.as_deref().map(str::to_owned)),
@@ -349,9 +353,9 @@ fn client_item(shared: &Shared, snapshot: &SessionSnapshot, inspected: Inspected
             .filter(|_| !connected)
             .map(|at| rfc3339(wall_time(at))),
         subscriptions_cnt: snapshot.subscription_count,
-        inflight_cnt: inspected.map(|_| engine_in_flight),
-        mqueue_len: snapshot.queued.0 + engine_queued as u64,
-        mqueue_bytes: snapshot.queued.1,
+        inflight_cnt: engine.map(|engine| engine.in_flight),
+        mqueue_len: snapshot.queued.0 + counts.queued as u64,
+        mqueue_bytes: snapshot.queued.1 + counts.queued_bytes,
     }
 }
 
@@ -376,10 +380,7 @@ fn client_not_found(id: &str) -> ApiError {
     )
 }
 
-async fn list_clients(
-    shared: &Shared,
-    query: &Query,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn list_clients(shared: &Shared, query: &Query) -> Result<Response<Full<Bytes>>, ApiError> {
     let prefix = query.text(&["prefix"]);
     let like = query.text(&["like_clientid"]);
     let user = query.text(&["username", "user"]);
@@ -401,10 +402,9 @@ async fn list_clients(
         .map(|session| session.snapshot())
         .filter(|snapshot| {
             let connection = snapshot.connection.as_ref();
-            user.is_none_or(|user| {
-                connection.and_then(|c| c.user.as_deref()) == Some(user)
-            }) && address
-                .is_none_or(|ip| connection.is_some_and(|c| c.peer.ip().to_canonical() == ip))
+            user.is_none_or(|user| connection.and_then(|c| c.user.as_deref()) == Some(user))
+                && address
+                    .is_none_or(|ip| connection.is_some_and(|c| c.peer.ip().to_canonical() == ip))
                 && state.is_none_or(|state| (state == "connected") == snapshot.connected())
         })
         .collect();
@@ -420,7 +420,11 @@ async fn list_clients(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn subscription_item(client_id: &str, filter: &TopicFilter, data: &crate::router::SubscriptionData) -> SubscriptionItem {
+fn subscription_item(
+    client_id: &str,
+    filter: &TopicFilter,
+    data: &crate::router::SubscriptionData,
+) -> SubscriptionItem {
     SubscriptionItem {
         clientid: client_id.to_owned(),
         topic: filter.as_str().to_owned(),
@@ -707,7 +711,8 @@ fn list_retained(shared: &Shared, query: &Query) -> Result<Response<Full<Bytes>>
 
 /// The topic of a retained-message route, validated.
 fn topic_param(topic: &str) -> Result<TopicName, ApiError> {
-    TopicName::new(topic).map_err(|error| ApiError::bad_request(format!("topic {topic:?}: {error}")))
+    TopicName::new(topic)
+        .map_err(|error| ApiError::bad_request(format!("topic {topic:?}: {error}")))
 }
 
 fn topic_not_found(topic: &str) -> ApiError {
@@ -836,9 +841,11 @@ fn message_of(request: PublishRequest, shared: &Shared) -> Result<Publish, ApiEr
     }
     let payload = match request.payload_encoding.as_deref() {
         None | Some("plain") => Bytes::from(request.payload),
-        Some("base64") => Bytes::from(BASE64.decode(request.payload.as_bytes()).map_err(
-            |error| ApiError::bad_request(format!("payload is not base64: {error}")),
-        )?),
+        Some("base64") => {
+            Bytes::from(BASE64.decode(request.payload.as_bytes()).map_err(|error| {
+                ApiError::bad_request(format!("payload is not base64: {error}"))
+            })?)
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "payload_encoding {other:?}: plain or base64"

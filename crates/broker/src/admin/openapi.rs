@@ -178,7 +178,7 @@ fn client_properties() -> Value {
         "expiry_interval": {"type": ["integer", "null"], "description": "Session Expiry Interval, seconds; 4294967295 never expires"},
         "expires_at": {"type": ["string", "null"], "format": "date-time", "description": "When an offline session expires"},
         "subscriptions_cnt": {"type": "integer"},
-        "inflight_cnt": {"type": ["integer", "null"], "description": "QoS 1 and 2 deliveries awaiting acknowledgement (connected clients)"},
+        "inflight_cnt": {"type": ["integer", "null"], "description": "QoS 1 and 2 deliveries awaiting acknowledgement; for an offline session, those to resend when it returns; null when unknown"},
         "mqueue_len": {"type": "integer", "description": "Messages waiting for the client"},
         "mqueue_bytes": {"type": "integer", "description": "Topic and payload bytes of those"},
     })
@@ -347,7 +347,9 @@ mod tests {
         served.sort();
         assert_eq!(described, served);
         let text = document.to_string();
-        let schemas = document["components"]["schemas"].as_object().expect("schemas");
+        let schemas = document["components"]["schemas"]
+            .as_object()
+            .expect("schemas");
         for reference in text.split("#/components/schemas/").skip(1) {
             let name = reference.split('"').next().unwrap_or_default();
             assert!(schemas.contains_key(name), "no schema {name}");

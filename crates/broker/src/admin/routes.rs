@@ -481,7 +481,11 @@ impl Query {
     /// value of its kind.
     pub(crate) fn parse(query: Option<&str>, route: &Route) -> Result<Self, ApiError> {
         let mut pairs: Vec<(&'static Param, String)> = Vec::new();
-        for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        for pair in query
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+        {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = percent_decode(name, true)?;
             let value = percent_decode(value, true)?;
@@ -540,9 +544,7 @@ impl Query {
 fn check_kind(param: &Param, value: &str) -> Result<(), ApiError> {
     let fits = match param.kind {
         Kind::String => true,
-        Kind::Integer { min, max } => value
-            .parse::<u64>()
-            .is_ok_and(|n| (min..=max).contains(&n)),
+        Kind::Integer { min, max } => value.parse::<u64>().is_ok_and(|n| (min..=max).contains(&n)),
         Kind::Boolean => matches!(value, "true" | "false"),
         Kind::Enum(values) => values.contains(&value),
     };
@@ -572,9 +574,7 @@ pub(crate) struct Page {
 impl Page {
     /// The range of `count` items this page holds (empty past the end).
     pub(crate) fn range(self, count: usize) -> std::ops::Range<usize> {
-        let start = (self.page - 1)
-            .saturating_mul(self.limit)
-            .min(count as u64) as usize;
+        let start = (self.page - 1).saturating_mul(self.limit).min(count as u64) as usize;
         let end = (start as u64).saturating_add(self.limit).min(count as u64) as usize;
         start..end
     }
@@ -598,7 +598,10 @@ mod tests {
             m("/api/v1/clients/{clientid}", false, "/api/v1/clients/a/b"),
             None
         );
-        assert_eq!(m("/api/v1/clients/{clientid}", false, "/api/v1/clients/"), None);
+        assert_eq!(
+            m("/api/v1/clients/{clientid}", false, "/api/v1/clients/"),
+            None
+        );
         assert_eq!(
             m("/api/v1/retained/{topic}", true, "/api/v1/retained/a/b//c"),
             Some(vec!["a/b//c".to_owned()])
@@ -607,7 +610,10 @@ mod tests {
             m("/api/v1/retained/{topic}", true, "/api/v1/retained//a"),
             Some(vec!["/a".to_owned()])
         );
-        assert_eq!(m("/api/v1/retained/{topic}", true, "/api/v1/retained/"), None);
+        assert_eq!(
+            m("/api/v1/retained/{topic}", true, "/api/v1/retained/"),
+            None
+        );
     }
 
     #[test]
