@@ -798,7 +798,7 @@ async fn finished(mut child: std::process::Child) -> std::process::Output {
 async fn mosquitto_clients_are_listed_and_receive_what_the_api_publishes() {
     let broker = start_broker(|_| {}).await;
     let (mqtt, http) = (tcp_addr(&broker), http_addr(&broker));
-    let mut sub = Command::new("mosquitto_sub")
+    let sub = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &mqtt.port().to_string()])
         .args(["-V", "mqttv5", "-i", "mosq-sub", "-u", "carol"])
         .args(["-t", "peers/#", "-q", "1", "-C", "1", "-v"])

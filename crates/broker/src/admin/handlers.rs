@@ -483,15 +483,15 @@ async fn disconnect_client(
         .as_ref()
         .map(|attachment| attachment.control.clone());
     match control {
-        Some(control) => {
-            if control.send(Control::Disconnect).is_ok() {
-                // The connection detaches as its close is handled, promptly; bounded anyway.
-                let deadline = Instant::now() + DETACH_TIMEOUT;
-                while attached(&session, &control) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+        Some(control) if control.send(Control::Disconnect).is_ok() => {
+            // The connection detaches as its close is handled, promptly; bounded anyway.
+            let deadline = Instant::now() + DETACH_TIMEOUT;
+            while attached(&session, &control) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        // Its driver has ended: it is detaching by itself.
+        Some(_) => {}
         None if !discard => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
