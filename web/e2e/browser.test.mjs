@@ -5,10 +5,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { after, before, test } from 'node:test';
+import { after, before } from 'node:test';
 
 import {
+  browserTest,
   build,
+  defer,
   example,
   freePort,
   launchBrowser,
@@ -22,30 +24,6 @@ import {
 
 let browser;
 let web;
-const cleanups = [];
-
-/** Runs `cleanup` at the end of the current test, whatever happens (see `test` below). */
-const defer = (cleanup) => cleanups.push(cleanup);
-
-async function runCleanups() {
-  while (cleanups.length) {
-    try {
-      await cleanups.pop()();
-    } catch (error) {
-      console.error('cleanup failed:', error);
-    }
-  }
-}
-
-function browserTest(name, timeout, body) {
-  test(name, { timeout }, async (t) => {
-    try {
-      await body(t);
-    } finally {
-      await runCleanups();
-    }
-  });
-}
 
 before(async () => {
   build();

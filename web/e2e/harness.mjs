@@ -11,6 +11,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+import { test } from 'node:test';
+
 import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -28,6 +30,32 @@ export async function until(what, check, timeout = 5000, every = 25) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
     await sleep(every);
   }
+}
+
+const cleanups = [];
+
+/** Runs `cleanup` at the end of the current test, whatever happens (see `browserTest`). */
+export const defer = (cleanup) => cleanups.push(cleanup);
+
+async function runCleanups() {
+  while (cleanups.length) {
+    try {
+      await cleanups.pop()();
+    } catch (error) {
+      console.error('cleanup failed:', error);
+    }
+  }
+}
+
+/** A test whose deferred cleanups run when it ends, passed or failed. */
+export function browserTest(name, timeout, body) {
+  test(name, { timeout }, async (t) => {
+    try {
+      await body(t);
+    } finally {
+      await runCleanups();
+    }
+  });
 }
 
 let targetDir = null;
@@ -65,12 +93,13 @@ async function waitForExit(child, timeout) {
 }
 
 /**
- * Starts `rallymq broker --tcp TCP --ws WS` (port 0: a free one) and reads the bound ports from
- * its `listening: tcp://...` and `listening: ws://.../mqtt` log lines.
+ * Starts `rallymq broker --tcp TCP --ws WS` (port 0: a free one) with `args` besides, and reads
+ * the bound ports from its `listening: tcp://...` and `listening: ws://.../mqtt` log lines.
  */
-export async function startBroker({ tcp = 0, ws = 0, sysInterval } = {}) {
+export async function startBroker({ tcp = 0, ws = 0, sysInterval, args: extra = [] } = {}) {
   const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, '--ws', `127.0.0.1:${ws}`, '--in-memory'];
   if (sysInterval !== undefined) args.push('--sys-interval-secs', String(sysInterval));
+  args.push(...extra);
   const child = spawn(binary('rallymq'), args, {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },

@@ -79,6 +79,10 @@ static ASSETS: &[Asset] = &[
     asset!("/dashboard/", "dashboard/index.html", HTML),
     asset!("/dashboard/dashboard.js", "dashboard/dashboard.js", JS),
     asset!("/dashboard/dashboard.css", "dashboard/dashboard.css", CSS),
+    asset!("/dashboard/api.js", "dashboard/api.js", JS),
+    asset!("/dashboard/format.js", "dashboard/format.js", JS),
+    asset!("/dashboard/tables.js", "dashboard/tables.js", JS),
+    asset!("/dashboard/topics.js", "dashboard/topics.js", JS),
 ];
 
 /// The gzip encoding of each asset, compressed once, on first use.
