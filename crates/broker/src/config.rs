@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// Where persistent sessions, their queued messages and retained messages are kept.
     pub storage: Storage,
+    /// Who may connect and what they may do, on every listener without a
+    /// [`Listener::security`] of its own.
+    pub security: Security,
     /// The admin HTTP API on the WebSocket listeners, and who may use it.
     pub admin: AdminApi,
 }
@@ -116,6 +120,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             storage: Storage::default(),
             admin: AdminApi::default(),
+            security: Security::default(),
         }
     }
 }
@@ -175,6 +180,10 @@ pub struct Listener {
     pub client_certificates: ClientCertificates,
     /// WebSocket kinds: `Origin` header values allowed; empty allows any (403 otherwise).
     pub allowed_origins: Vec<String>,
+    /// Who may connect here and what they may do, instead of the broker's
+    /// [`BrokerConfig::security`] (Mosquitto's `per_listener_settings`): say, a loopback
+    /// listener open to local services beside a public one that takes tokens only.
+    pub security: Option<Security>,
 }
 
 impl Listener {
@@ -185,6 +194,7 @@ impl Listener {
             addr,
             client_certificates: ClientCertificates::default(),
             allowed_origins: Vec::new(),
+            security: None,
         }
     }
 }

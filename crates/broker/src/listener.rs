@@ -249,6 +249,8 @@ pub(crate) struct ListenerContext {
     pub(crate) tls: Option<Arc<Tls>>,
     /// Its place among the broker's listeners (see [`Peer::listener`]).
     pub(crate) index: u16,
+    /// Its security policy: an index into `Shared::policies`.
+    pub(crate) policy: u8,
 }
 
 impl ListenerContext {
@@ -297,6 +299,7 @@ pub(crate) async fn serve_mqtt(
             addr,
             websocket: false,
             listener: context.index,
+            policy: context.policy,
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
             // The common case spawns the connection itself: nothing else in its task.
@@ -474,6 +477,7 @@ async fn handle_http(
         let listener = context.index;
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        let policy = context.policy;
         tokio::spawn(async move {
             // The address's count holds while the MQTT connection lives.
             let _slot = slot;
@@ -487,6 +491,7 @@ async fn handle_http(
                         addr: peer,
                         websocket: true,
                         listener,
+                        policy,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
                 }
