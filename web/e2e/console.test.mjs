@@ -1,18 +1,21 @@
 // Browser tests of the broker console (/dashboard/): each page in headless Chromium against the
 // real broker, fed by paho-mqtt, rallymq.js pages and a raw MQTT publisher, with screenshots at
 // phone (390x844) and desktop (1280x800) sizes saved to web/e2e/artifacts/ (ignored by git).
-// Includes the 100,000-topic check of the topic tree.
+// Includes the 100,000-topic check of the topic tree, and signing in over wss.
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
 
 import { decode, encode } from '../rallymq.js';
 import {
+  binary,
   browserTest,
   build,
   defer,
@@ -355,6 +358,51 @@ browserTest('the retained page browses by filter, shows a payload whole, and del
   await console_.waitForFunction(() => !document.querySelector('#retained-table tr[data-key="config/fan"]'));
   const left = await (await fetch(`${server.httpUrl}/api/v1/retained`)).json();
   assert.deepEqual(left.data.map((m) => m.topic), ['config/lamp', 'firmware/image']);
+});
+
+browserTest('over wss, away from loopback, the console asks for an admin: a user is refused (403), an admin gets in', 90_000, async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'rallymq-e2e-console-'));
+  defer(() => rmSync(dir, { recursive: true, force: true }));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const passwords = path.join(dir, 'passwords');
+  execFileSync(binary('rallymq'), ['passwd', '-c', '-b', passwords, 'root', 'r00t-pw']);
+  execFileSync(binary('rallymq'), ['passwd', '-b', passwords, 'alice', 'alice-pw']);
+  // --admin-open-to nowhere: the browser is treated as another machine would be.
+  const server = await broker({
+    tls: { cert, key },
+    args: ['--password-file', passwords, '--admin-user', 'root', '--admin-open-to', 'nowhere'],
+  });
+  assert.match(server.httpUrl, /^https:/);
+  const secure = await launchBrowser({ ignoreHTTPSErrors: true });
+  defer(() => secure.close());
+  const console_ = await secure.newPage({ width: 1280, height: 800 });
+
+  await console_.goto(`${server.httpUrl}/dashboard/#clients`);
+  // Neither MQTT (anonymous refused) nor the API (401) lets the page in: it asks.
+  await console_.waitForSelector('dialog#login[open]', { timeout: 10_000 });
+  await snap(console_, 'signin');
+  const signIn = async (user, password) => {
+    await console_.fill('#login-form [name=user]', user);
+    await console_.fill('#login-form [name=password]', password);
+    await console_.click('#login-form button[type=submit]');
+  };
+  await signIn('alice', 'alice-pw');
+  // alice's MQTT login works; the API refuses her: asked again, with the reason.
+  await console_.waitForFunction(() => document.getElementById('status').dataset.state === 'connected', null, { timeout: 10_000 });
+  await console_.waitForSelector('dialog#login[open]', { timeout: 10_000 });
+  assert.match(await console_.textContent('#login-reason'), /"alice" is not an admin/);
+  await signIn('root', 'r00t-pw');
+  await console_.waitForSelector('#clients-table tbody tr', { timeout: 10_000 });
+  assert.equal(await console_.locator('dialog#login[open]').count(), 0);
+  // The console itself, connected over wss as root.
+  const users = await texts(console_, '#clients-table td[data-label="User"]');
+  assert.deepEqual(users, ['root']);
+  assert.equal(await console_.textContent('#status'), 'connected');
 });
 
 browserTest('the topic tree holds 100,000 topics: it renders them and expanding a node stays fast', 240_000, async () => {

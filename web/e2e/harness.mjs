@@ -93,11 +93,15 @@ async function waitForExit(child, timeout) {
 }
 
 /**
- * Starts `rallymq broker --tcp TCP --ws WS` (port 0: a free one) with `args` besides, and reads
- * the bound ports from its `listening: tcp://...` and `listening: ws://.../mqtt` log lines.
+ * Starts `rallymq broker --tcp TCP --ws WS` (port 0: a free one; `--wss` with `tls`) with `args`
+ * besides, and reads the bound ports from its `listening: tcp://...` and `listening: ws://...`
+ * (or `wss://`) log lines.
  */
-export async function startBroker({ tcp = 0, ws = 0, sysInterval, args: extra = [] } = {}) {
-  const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, '--ws', `127.0.0.1:${ws}`, '--in-memory'];
+export async function startBroker({ tcp = 0, ws = 0, sysInterval, tls, args: extra = [] } = {}) {
+  // `tls: { cert, key }`: the WebSocket listener is wss, with that certificate.
+  const wsKind = tls ? 'wss' : 'ws';
+  const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, `--${wsKind}`, `127.0.0.1:${ws}`, '--in-memory'];
+  if (tls) args.push('--cert', tls.cert, '--key', tls.key);
   if (sysInterval !== undefined) args.push('--sys-interval-secs', String(sysInterval));
   args.push(...extra);
   const child = spawn(binary('rallymq'), args, {
@@ -114,8 +118,8 @@ export async function startBroker({ tcp = 0, ws = 0, sysInterval, args: extra = 
     });
     readline.createInterface({ input: child.stderr }).on('line', (line) => {
       log += line + '\n';
-      const match = /listening: (tcp|ws):\/\/127\.0\.0\.1:(\d+)/.exec(line);
-      if (match) ports[match[1]] = Number(match[2]);
+      const match = /listening: (tcp|wss?):\/\/127\.0\.0\.1:(\d+)/.exec(line);
+      if (match) ports[match[1] === 'tcp' ? 'tcp' : 'ws'] = Number(match[2]);
       if (ports.tcp && ports.ws) {
         clearTimeout(timer);
         resolve();
@@ -126,8 +130,8 @@ export async function startBroker({ tcp = 0, ws = 0, sysInterval, args: extra = 
   return {
     tcpPort: ports.tcp,
     wsPort: ports.ws,
-    wsUrl: `ws://127.0.0.1:${ports.ws}/mqtt`,
-    httpUrl: `http://127.0.0.1:${ports.ws}`,
+    wsUrl: `${wsKind}://127.0.0.1:${ports.ws}/mqtt`,
+    httpUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${ports.ws}`,
     log: () => log,
     async stop() {
       child.kill('SIGTERM');

@@ -507,7 +507,7 @@ async fn handle_http(
         return rejection(Rejection::not_found());
     }
     if admin::serves(&path) {
-        return admin::handle(request, shared, peer).await;
+        return admin::handle(request, shared, peer, context.policy).await;
     }
     serve_static(&request)
 }

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use rallymq_broker::{AdminOpenTo, BrokerHandle, ListenerKind, QoS};
 use rallymq_codec::{
@@ -17,6 +19,7 @@ use rallymq_codec::{
 };
 use rallymq_session::{ClientEvent, CloseReason};
 use serde_json::{Value, json};
+use support::credentials::{TempDir, hs256_token, jwt_auth, unix_now, write_passwords};
 use support::{
     TestClient, connect_packet, message, payload_str, persistent_connect, start_broker,
     subscription, tcp_addr, topic_str,
@@ -896,11 +899,9 @@ async fn access_is_open_to_loopback_by_default_and_can_be_closed_or_opened() {
         ("DELETE", "/api/v1/retained/a"),
         ("POST", "/api/v1/publish"),
     ] {
-        let reply = request(http, method, path, &[], None).await;
-        assert!(
-            reply.status == 401 || reply.status == 403,
-            "{method} {path}: {reply:?}"
-        );
+        request(http, method, path, &[], None)
+            .await
+            .assert_error(401, "UNAUTHORIZED");
     }
     // The description holds nothing of the broker's: open to all.
     assert_eq!(get(http, "/api/v1/openapi.json").await.status, 200);
@@ -918,6 +919,170 @@ async fn access_is_open_to_loopback_by_default_and_can_be_closed_or_opened() {
         .await
         .assert_error(404, "NOT_FOUND");
     off.shutdown(SHORT).await;
+}
+
+/// `Authorization: Basic` for `user` and `password` (RFC 7617).
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
+}
+
+/// The status and error code of `GET /api/v1/clients` with these headers.
+async fn clients_with(http: SocketAddr, headers: &[(&str, &str)]) -> Reply {
+    request(http, "GET", "/api/v1/clients", headers, None).await
+}
+
+#[tokio::test]
+async fn from_an_untrusted_address_an_admin_logs_in_with_basic_or_a_token_and_others_are_refused() {
+    let dir = TempDir::new("admin-api");
+    let passwords = dir.path("passwords");
+    write_passwords(&passwords, &[("root", "r00t-pw"), ("alice", "alice-pw")]);
+    let mut auth = jwt_auth(&dir);
+    auth.password_file = Some(passwords);
+    // Nowhere: as a request from another machine is treated by default.
+    let broker = start_broker(|config| {
+        config.security.auth = auth;
+        config.admin.open_to = AdminOpenTo::Nowhere;
+        config.admin.admin_users = vec!["root".into()];
+    })
+    .await;
+    let http = http_addr(&broker);
+
+    // No credentials: 401 with both challenges, Basic left out for the console's scripts (a
+    // browser would open its own dialog for it).
+    let reply = clients_with(http, &[]).await;
+    reply.assert_error(401, "UNAUTHORIZED");
+    let challenges: Vec<&str> = reply
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("www-authenticate"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(
+        challenges,
+        [
+            "Basic realm=\"rallymq admin API\", charset=\"UTF-8\"",
+            "Bearer realm=\"rallymq admin API\""
+        ]
+    );
+    let reply = clients_with(http, &[("X-Requested-With", "rallymq-console")]).await;
+    reply.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"rallymq admin API\"")
+    );
+
+    let hour = unix_now() + 3600;
+    let token = |claims: Value| format!("Bearer {}", hs256_token(&claims));
+    let other_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "carol", "role": "admin", "exp": hour}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another secret, 32 bytes or more").unwrap(),
+    )
+    .unwrap();
+    let admin_token = hs256_token(&json!({"sub": "carol", "role": "admin", "exp": hour}));
+    let cases: Vec<(&str, String, u16)> = vec![
+        // Wrong credentials: 401, an unknown user and a wrong password alike.
+        ("root, wrong password", basic("root", "guess"), 401),
+        ("unknown user", basic("mallory", "r00t-pw"), 401),
+        ("malformed Basic", "Basic !!!".into(), 401),
+        ("another scheme", "Digest username=\"root\"".into(), 401),
+        (
+            "expired admin token",
+            token(json!({"sub": "carol", "role": "admin", "exp": unix_now() - 10})),
+            401,
+        ),
+        (
+            "token signed with another key",
+            format!("Bearer {other_key}"),
+            401,
+        ),
+        (
+            "role claim of the wrong type",
+            token(json!({"sub": "carol", "role": 5, "exp": hour})),
+            401,
+        ),
+        // Someone else's valid credentials: 403.
+        (
+            "alice, a user but no admin",
+            basic("alice", "alice-pw"),
+            403,
+        ),
+        (
+            "token without the admin role",
+            token(json!({"sub": "bob", "role": "viewer", "exp": hour})),
+            403,
+        ),
+        // Admins.
+        ("root, in admin_users", basic("root", "r00t-pw"), 200),
+        (
+            "token with the admin role",
+            format!("Bearer {admin_token}"),
+            200,
+        ),
+        (
+            "token with admin among its roles",
+            token(json!({"sub": "dave", "role": ["viewer", "admin"], "exp": hour})),
+            200,
+        ),
+        (
+            "token of a user in admin_users",
+            token(json!({"sub": "root", "exp": hour})),
+            200,
+        ),
+        (
+            "admin token as the Basic password",
+            basic("", &admin_token),
+            200,
+        ),
+    ];
+    for (what, authorization, status) in cases {
+        let reply = clients_with(http, &[("Authorization", &authorization)]).await;
+        match status {
+            200 => assert_eq!(reply.status, 200, "{what}: {reply:?}"),
+            401 => reply.assert_error(401, "UNAUTHORIZED"),
+            _ => reply.assert_error(403, "FORBIDDEN"),
+        }
+        assert_eq!(reply.status, status, "{what}");
+    }
+    // An admin may change things, not only read them.
+    let reply = request(
+        http,
+        "POST",
+        "/api/v1/publish",
+        &[
+            ("Authorization", &basic("root", "r00t-pw")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"topic": "ops/note", "payload": "hi", "retain": true}"#),
+    )
+    .await;
+    assert!(reply.status < 300, "{reply:?}");
+    let reply = request(
+        http,
+        "DELETE",
+        "/api/v1/retained/ops/note",
+        &[("Authorization", &basic("alice", "alice-pw"))],
+        None,
+    )
+    .await;
+    reply.assert_error(403, "FORBIDDEN");
+    broker.shutdown(SHORT).await;
+}
+
+#[tokio::test]
+async fn without_a_password_file_or_jwt_key_a_user_name_proves_nothing_to_the_admin_api() {
+    // With no authentication configured, MQTT takes a user name as given: the admin API must
+    // not, or anyone could say "root".
+    let broker = start_broker(|config| {
+        config.admin.open_to = AdminOpenTo::Nowhere;
+        config.admin.admin_users = vec!["root".into()];
+    })
+    .await;
+    let http = http_addr(&broker);
+    clients_with(http, &[("Authorization", &basic("root", "anything"))])
+        .await
+        .assert_error(403, "FORBIDDEN");
+    broker.shutdown(SHORT).await;
 }
 
 #[tokio::test]

@@ -36,13 +36,15 @@ pub(crate) fn serves(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// Answers one request to the admin API.
+/// Answers one request to the admin API. `policy`: the security policy of the listener it
+/// came through, which checks its credentials.
 pub(crate) async fn handle(
     request: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    policy: u8,
 ) -> Response<Full<Bytes>> {
-    match serve(request, shared, peer).await {
+    match serve(request, shared, peer, policy).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -52,13 +54,14 @@ async fn serve(
     request: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    policy: u8,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if !shared.config.admin.enabled {
         return Err(ApiError::not_found("the admin API is turned off"));
     }
     let Matched { route, params } = routes::find(request.method(), request.uri().path())?;
     if !route.open {
-        access::check(&shared, peer, request.headers()).await?;
+        access::check(&shared, policy, peer, request.headers()).await?;
     }
     let query = Query::parse(request.uri().query(), route)?;
     handlers::dispatch(route, params, query, request, shared).await

@@ -43,10 +43,11 @@ pub(crate) fn document() -> Value {
             "title": "rallymq admin API",
             "version": "1",
             "description": "JSON over the broker's HTTP (ws and wss) listeners. Requests from \
-                loopback addresses need no credentials (by default); from elsewhere, HTTP Basic \
-                with a user of the broker's password file, or a bearer JSON Web Token the \
-                broker's JWT key verifies, of a user listed with --admin-user or whose `role` \
-                claim is \"admin\". Errors are {\"code\", \"message\"}; a method a path does not \
+                loopback addresses need no credentials (by default, --admin-open-to); from \
+                elsewhere, HTTP Basic with a user of the listener's password file (or a token as \
+                the password), or a bearer JSON Web Token its JWT key verifies, of a user listed \
+                with --admin-user or whose `role` claim holds \"admin\": 401 without valid \
+                credentials, 403 with someone else's. Errors are {\"code\", \"message\"}; a method a path does not \
                 have gets 405 with Allow; an unknown query parameter gets 400.",
             "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"}
         },
