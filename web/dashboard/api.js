@@ -74,7 +74,9 @@ export async function api(path, { method = 'GET', query, body } = {}) {
   const data = await response.json().catch(() => null);
   if (response.ok) return data;
   const error = new ApiError(response.status, data?.code || 'ERROR', data?.message || response.statusText);
-  if (response.status === 401 || response.status === 403) listeners.forEach((fn) => fn(error));
+  // A refusal of credentials since replaced (a request still in flight at sign-in) asks nothing.
+  const current = JSON.stringify(credentials.get()) === JSON.stringify(signedIn);
+  if ((response.status === 401 || response.status === 403) && current) listeners.forEach((fn) => fn(error));
   throw error;
 }
 

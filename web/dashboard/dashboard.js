@@ -4,7 +4,7 @@
 // when the broker asks for some, serve MQTT and the API.
 import { createClient } from '../rallymq.js';
 import { api, credentials, deleteRetained, onDenied } from './api.js';
-import { duration, h, number } from './format.js';
+import { duration, fitCanvas, h, number } from './format.js';
 import { ClientsPage, RetainedPage, SubscriptionsPage } from './tables.js';
 import { TopicDetail, TopicTree, TreeView } from './topics.js';
 
@@ -40,15 +40,7 @@ class Plot {
   draw() {
     const canvas = this.canvas;
     if (!canvas.clientWidth) return; // on a hidden page
-    const ratio = window.devicePixelRatio || 1;
-    const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
-    const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
-    if (canvas.width !== width || canvas.height !== height) {
-      canvas.width = width;
-      canvas.height = height;
-    }
-    const g = canvas.getContext('2d');
-    g.clearRect(0, 0, width, height);
+    const { g, width, height, ratio } = fitCanvas(canvas);
     const pad = 4 * ratio;
     const max = Math.max(1, ...this.samples.map(([, v]) => v)) * 1.1;
     // Grid: four horizontal lines, labelled with the scale.
@@ -296,8 +288,9 @@ login.addEventListener('close', () => {
   if (dismissed) return;
   const form = $('login-form');
   credentials.set(form.user.value, form.password.value);
-  connect().catch((error) => console.warn('console:', error));
   route();
+  // Again once the new MQTT connection is up: the lists then hold the console's own client.
+  connect().then(route, (error) => console.warn('console:', error));
 });
 
 onDenied((error) => askForCredentials(error.status === 401 ? 'The admin API asks for a user name and password.' : error.message));

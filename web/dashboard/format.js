@@ -119,8 +119,10 @@ export function h(tag, props, ...children) {
   return element;
 }
 
-/** Draws `values` as a line in `canvas`, scaled to its range. */
-export function sparkline(canvas, values, color = '#4fb3ff') {
+/**
+ * Sizes `canvas` to its CSS box in device pixels and clears it: { g, width, height, ratio }.
+ */
+export function fitCanvas(canvas) {
   const ratio = window.devicePixelRatio || 1;
   const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
   const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
@@ -130,6 +132,12 @@ export function sparkline(canvas, values, color = '#4fb3ff') {
   }
   const g = canvas.getContext('2d');
   g.clearRect(0, 0, width, height);
+  return { g, width, height, ratio };
+}
+
+/** Draws `values` as a line in `canvas`, scaled to its range. */
+export function sparkline(canvas, values, color = '#4fb3ff') {
+  const { g, width, height, ratio } = fitCanvas(canvas);
   if (values.length < 2) return;
   let min = Infinity;
   let max = -Infinity;

@@ -22,8 +22,8 @@ import {
   launchBrowser,
   paho,
   sleep,
-  startBroker,
   startStaticServer,
+  testBroker,
   until,
 } from './harness.mjs';
 
@@ -47,12 +47,6 @@ after(async () => {
   await browser?.close();
   await web?.stop();
 });
-
-async function broker(options) {
-  const started = await startBroker(options);
-  defer(() => started.stop());
-  return started;
-}
 
 async function page(viewport = SIZES[1]) {
   const opened = await browser.newPage({ width: viewport.width, height: viewport.height });
@@ -146,7 +140,7 @@ async function toggleRow(pageHandle, topic) {
 }
 
 browserTest('the overview charts clients, message rates, dropped and queued messages', 60_000, async () => {
-  const server = await broker({ sysInterval: 1 });
+  const server = await testBroker({ sysInterval: 1 });
   // An offline persistent session with a QoS 1 subscription: QoS 1 messages queue for it,
   // QoS 0 ones are dropped (counted).
   const harness = await page();
@@ -197,7 +191,7 @@ browserTest('the overview charts clients, message rates, dropped and queued mess
 
 browserTest('the topic tree shows topics live: rates, JSON pretty-printed, binary as hex, retained flags, sparklines', 60_000, async () => {
   // No $SYS: the tree's top level is what this test publishes.
-  const server = await broker({ sysInterval: 0 });
+  const server = await testBroker({ sysInterval: 0 });
   const raw = await rawPublisher(server.tcpPort);
   await raw.publish([
     { topic: 'plant/boiler/state', payload: '{"on":true,"setpoint":{"c":21.5}}', retain: true },
@@ -264,7 +258,7 @@ browserTest('the topic tree shows topics live: rates, JSON pretty-printed, binar
 });
 
 browserTest('the clients page searches, shows a client\'s details, and disconnects it (MQTT 5: 0x98)', 60_000, async () => {
-  const server = await broker();
+  const server = await testBroker();
   await pahoPeer('sub', server.tcpPort, 'sensors/#', 1);
   const harness = await page();
   await harness.goto(`${web.url}/e2e/harness.html`);
@@ -308,7 +302,7 @@ browserTest('the clients page searches, shows a client\'s details, and disconnec
 });
 
 browserTest('the subscriptions page lists and searches subscriptions', 60_000, async () => {
-  const server = await broker();
+  const server = await testBroker();
   await pahoPeer('sub', server.tcpPort, 'meters/+/kwh', 1);
   await pahoPeer('sub', server.tcpPort, 'alarms/#', 2);
   const console_ = await page();
@@ -331,7 +325,7 @@ browserTest('the subscriptions page lists and searches subscriptions', 60_000, a
 });
 
 browserTest('the retained page browses by filter, shows a payload whole, and deletes a message', 60_000, async () => {
-  const server = await broker();
+  const server = await testBroker();
   const raw = await rawPublisher(server.tcpPort);
   await raw.publish([
     { topic: 'config/lamp', payload: '{"brightness":80,"colour":"warm"}', retain: true },
@@ -373,7 +367,7 @@ browserTest('over wss, away from loopback, the console asks for an admin: a user
   execFileSync(binary('rallymq'), ['passwd', '-c', '-b', passwords, 'root', 'r00t-pw']);
   execFileSync(binary('rallymq'), ['passwd', '-b', passwords, 'alice', 'alice-pw']);
   // --admin-open-to nowhere: the browser is treated as another machine would be.
-  const server = await broker({
+  const server = await testBroker({
     tls: { cert, key },
     args: ['--password-file', passwords, '--admin-user', 'root', '--admin-open-to', 'nowhere'],
   });
@@ -397,7 +391,15 @@ browserTest('over wss, away from loopback, the console asks for an admin: a user
   await console_.waitForSelector('dialog#login[open]', { timeout: 10_000 });
   assert.match(await console_.textContent('#login-reason'), /"alice" is not an admin/);
   await signIn('root', 'r00t-pw');
-  await console_.waitForSelector('#clients-table tbody tr', { timeout: 10_000 });
+  await console_.waitForSelector('#clients-table tbody tr', { timeout: 10_000 }).catch(async (error) => {
+    const state = await console_.evaluate(() => ({
+      table: document.getElementById('clients-table').innerHTML,
+      dialog: document.getElementById('login').open,
+      reason: document.getElementById('login-reason').textContent,
+      status: document.getElementById('status').textContent,
+    }));
+    throw new Error(`${error.message}: ${JSON.stringify(state)}`);
+  });
   assert.equal(await console_.locator('dialog#login[open]').count(), 0);
   // The console itself, connected over wss as root.
   const users = await texts(console_, '#clients-table td[data-label="User"]');
@@ -410,7 +412,7 @@ browserTest('the topic tree holds 100,000 topics: it renders them and expanding 
   const PER_GROUP = 1000;
   const TOTAL = GROUPS * PER_GROUP;
   // The console gets every retained message when it subscribes: its queue must hold them.
-  const server = await broker({ sysInterval: 0, args: ['--max-queued-messages', String(TOTAL + 1000)] });
+  const server = await testBroker({ sysInterval: 0, args: ['--max-queued-messages', String(TOTAL + 1000)] });
   const raw = await rawPublisher(server.tcpPort);
   const published = Date.now();
   const messages = function* () {

@@ -140,6 +140,13 @@ export async function startBroker({ tcp = 0, ws = 0, sysInterval, tls, args: ext
   };
 }
 
+/** [`startBroker`], stopped when the current `browserTest` ends. */
+export async function testBroker(options) {
+  const started = await startBroker(options);
+  defer(() => started.stop());
+  return started;
+}
+
 /** Starts Mosquitto with a WebSocket listener and a TCP one, anonymous access allowed. */
 export async function startMosquitto() {
   const program = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto'].find(existsSync) || 'mosquitto';
