@@ -215,6 +215,11 @@ pub struct Limits {
     /// How long a packet may take to arrive once its first byte has: a peer that trickles
     /// one a byte at a time is closed (each byte it sends would keep its keep alive going).
     pub packet_timeout: Duration,
+    /// How long a write to a client may wait for the client to take any of it: a client
+    /// that stops reading while the broker has more for it than the network buffers hold is
+    /// closed once a write has made no progress for this long (EMQX's `send_timeout`). While
+    /// a write waits, the connection reads nothing, so its keep alive cannot end it.
+    pub send_timeout: Duration,
     /// Largest HTTP request head (request line and headers) on the WebSocket listeners,
     /// the WebSocket handshake included; larger ones get 431.
     pub max_http_header_size: usize,
@@ -276,6 +281,7 @@ impl Default for Limits {
             max_connection_rate_per_ip: 0,
             connect_timeout: Duration::from_secs(10),
             packet_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             max_http_header_size: 16 * 1024,
             max_subscriptions: 0,
             max_topic_levels: 0,

@@ -250,7 +250,10 @@ impl Driver {
                         }
                     };
                     if self.engine.is_closed() {
-                        let _ = io.shutdown().await;
+                        // A WebSocket's shutdown writes its Close frame: bounded as any write.
+                        // Once per connection: boxed, so that it takes no room in its future.
+                        let limit = self.shared.config.limits.send_timeout;
+                        let _ = Box::pin(within(limit, io.shutdown())).await;
                         if wrote {
                             // The close wrote a last packet (DISCONNECT, a refusing CONNACK)
                             // for the client to read. Boxed: runs once, and its state would
@@ -406,16 +409,30 @@ impl Driver {
         Poll::Ready(Ok(read.len()))
     }
 
-    /// Writes what the engine has to send; returns whether there was anything.
+    /// Writes what the engine has to send; returns whether there was anything. What the
+    /// transport cannot take at once must go on making progress within `send_timeout` (see
+    /// `within`); only then
+    /// is a timer armed, so the writes of the hot path arm none, and its state is boxed, so it
+    /// takes no room in the connection's future.
     async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<bool> {
+        let limit = self.shared.config.limits.send_timeout;
         let mut wrote = false;
         while let Some(bytes) = self.engine.poll_transmit(self.now()) {
             Stats::add(&self.shared.stats.bytes_sent, bytes.len() as u64);
-            io.write_all(&bytes).await?;
+            let mut rest = &bytes[..];
+            let written = poll_fn(|cx| Poll::Ready(poll_write_all(cx, io, &mut rest))).await;
+            match written {
+                Poll::Ready(result) => result?,
+                Poll::Pending => Box::pin(write_within(limit, io, rest)).await?,
+            }
             wrote = true;
         }
         if wrote {
-            io.flush().await?;
+            let flushed = poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_flush(cx))).await;
+            match flushed {
+                Poll::Ready(result) => result?,
+                Poll::Pending => Box::pin(within(limit, io.flush())).await?,
+            }
         }
         Ok(wrote)
     }
@@ -1509,6 +1526,55 @@ fn delivered_copy(loaded: &LoadedEntry) -> (Publish, Instant) {
         .unwrap_or_default();
     let now = Instant::now();
     (publish, now.checked_sub(waited).unwrap_or(now))
+}
+
+/// Writes as much of `rest` as `io` takes, advancing it; ready once all is written.
+fn poll_write_all<IO: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut IO,
+    rest: &mut &[u8],
+) -> Poll<std::io::Result<()>> {
+    while !rest.is_empty() {
+        let written = ready!(Pin::new(&mut *io).poll_write(cx, rest))?;
+        if written == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        *rest = &rest[written..];
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Writes all of `rest`, each part within `limit` of the last (see `within`).
+async fn write_within<IO: AsyncWrite + Unpin>(
+    limit: Duration,
+    io: &mut IO,
+    mut rest: &[u8],
+) -> std::io::Result<()> {
+    while !rest.is_empty() {
+        let written = within(limit, poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, rest))).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[written..];
+    }
+    Ok(())
+}
+
+/// Runs `io` (a write, a flush or a shutdown that had to wait) to its end, failing with
+/// `TimedOut` if it takes longer than `limit`: a client that stops reading fills the network
+/// buffers, after which the connection would wait in its write for as long as the client's
+/// TCP stack keeps the connection up, reading nothing, so that neither its keep alive nor a
+/// takeover or shutdown could end it.
+async fn within<T>(
+    limit: Duration,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client took none of a write for {limit:?}"),
+        ))
+    })
 }
 
 /// Reads and discards until the client closes its side, the transport fails, or `LINGER`

@@ -119,8 +119,38 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
     })
 }
 
-/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404.
+/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
+/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
+/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
 fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let known = [
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::CONNECT,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PATCH,
+        ];
+        if !known.contains(method) {
+            return response(
+                StatusCode::NOT_IMPLEMENTED,
+                "text/plain; charset=utf-8",
+                "not implemented\n",
+            );
+        }
+        let mut refused = response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        );
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return refused;
+    }
     let path = request.uri().path();
     // `dir/index.html` is `dir/`.
     let path = path
@@ -142,14 +172,7 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n",
         );
     };
-    let head = request.method() == Method::HEAD;
-    if !head && request.method() != Method::GET {
-        return response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n",
-        );
-    }
+    let head = method == Method::HEAD;
     let asset = &ASSETS[index];
     let gzip = request
         .headers()

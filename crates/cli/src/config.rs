@@ -47,6 +47,7 @@ pub(crate) struct FileConfig {
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) max_connection_rate_per_ip: Option<u32>,
     pub(crate) packet_timeout_secs: Option<u64>,
+    pub(crate) send_timeout_secs: Option<u64>,
     pub(crate) max_http_header_size: Option<usize>,
     pub(crate) max_subscriptions: Option<usize>,
     pub(crate) max_topic_levels: Option<usize>,
@@ -271,6 +272,7 @@ impl Settings {
             &mut s.max_connection_rate_per_ip,
         );
         set(args.packet_timeout_secs, &mut s.packet_timeout_secs);
+        set(args.send_timeout_secs, &mut s.send_timeout_secs);
         set(args.max_http_header_size, &mut s.max_http_header_size);
         set(args.max_subscriptions, &mut s.max_subscriptions);
         set(args.max_topic_levels, &mut s.max_topic_levels);
@@ -415,6 +417,12 @@ impl Settings {
             }
             limits.packet_timeout = Duration::from_secs(secs);
         }
+        if let Some(secs) = s.send_timeout_secs {
+            if secs == 0 {
+                return Err("send_timeout_secs must be at least 1".to_owned());
+            }
+            limits.send_timeout = Duration::from_secs(secs);
+        }
         if let Some(bytes) = s.max_http_header_size {
             limits.max_http_header_size = bytes;
         }
@@ -504,6 +512,7 @@ mod tests {
         assert!(file.max_queued_bytes.is_some());
         assert!(file.max_connections_per_ip.is_some() && file.max_connection_rate_per_ip.is_some());
         assert!(file.packet_timeout_secs.is_some() && file.max_http_header_size.is_some());
+        assert!(file.send_timeout_secs.is_some());
         assert!(file.max_subscriptions.is_some() && file.max_topic_levels.is_some());
         assert!(file.max_topic_length.is_some());
         // As shipped (all commented out) it is the embedded defaults.
