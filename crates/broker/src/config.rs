@@ -47,6 +47,48 @@ pub struct BrokerConfig {
     /// Who may connect and what they may do, on every listener without a
     /// [`Listener::security`] of its own.
     pub security: Security,
+    /// The admin HTTP API on the WebSocket listeners, and who may use it.
+    pub admin: AdminApi,
+}
+
+/// The admin HTTP API: JSON under `/api/v1/` on the WebSocket listeners (`ws` and `wss`), as the
+/// web console at `/dashboard/` uses it. `GET /api/v1/openapi.json` describes every route.
+///
+/// A request is let in when it comes from an address `open_to` trusts, or when it carries the
+/// credentials of an admin: HTTP Basic with a user and password of the broker's password file,
+/// or `Authorization: Bearer` with a JSON Web Token the broker's JWT key verifies, whose user is
+/// one of `admin_users` or whose `role` claim is `"admin"` (or a list holding `"admin"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminApi {
+    /// Whether `/api/v1/` is served at all (404 otherwise).
+    pub enabled: bool,
+    /// Where requests without credentials are let in from.
+    pub open_to: AdminOpenTo,
+    /// Users who may use the API from anywhere, with their credentials (`--admin-user`).
+    pub admin_users: Vec<String>,
+}
+
+impl Default for AdminApi {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            open_to: AdminOpenTo::Loopback,
+            admin_users: Vec::new(),
+        }
+    }
+}
+
+/// Where the admin API takes requests without credentials from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AdminOpenTo {
+    /// Loopback addresses (127.0.0.0/8, ::1): someone on the broker's own machine.
+    #[default]
+    Loopback,
+    /// Any address: for tests, or a broker behind a proxy that checks credentials itself.
+    Anywhere,
+    /// Nowhere: every request needs an admin's credentials.
+    Nowhere,
 }
 
 /// Where a broker keeps what must survive it.
@@ -77,6 +119,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
             storage: Storage::default(),
+            admin: AdminApi::default(),
             security: Security::default(),
         }
     }

@@ -32,8 +32,8 @@ use crate::broker::Shared;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, Control, ControlBox, Detached, Persisting, Queued, Session, SessionInner, StoredRef,
-    signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
+    Session, SessionInner, StoredRef, signal,
 };
 use crate::stats::Stats;
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
@@ -63,6 +63,8 @@ const LINGER: Duration = Duration::from_secs(2);
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     pub(crate) websocket: bool,
+    /// Its listener, for the admin API (see [`ConnectionInfo::listener`]).
+    pub(crate) listener: u16,
     /// The security policy of the listener it came through: an index into
     /// `Shared::policies`.
     pub(crate) policy: u8,
@@ -464,6 +466,14 @@ impl Driver {
                     self.engine.cancel_will();
                 }
             }
+            Control::Inspect(reply) => {
+                let _ = reply.send(EngineCounts::of(&self.engine.session_state()));
+            }
+            Control::Disconnect => self.engine.disconnect(
+                self.now(),
+                ReasonCode::AdministrativeAction,
+                DisconnectProperties::default(),
+            ),
         }
     }
 
@@ -958,8 +968,24 @@ impl Driver {
             let user = self
                 .extras
                 .as_deref()
-                .and_then(|extras| extras.user.as_deref())
-                .unwrap_or("");
+                .and_then(|extras| extras.user.clone());
+            session.record_connection(
+                &self.control,
+                ConnectionInfo {
+                    peer: self.peer.addr,
+                    listener: self.peer.listener,
+                    websocket: self.peer.websocket,
+                    version,
+                    keep_alive: u16::try_from(self.engine.keep_alive().as_secs())
+                        .unwrap_or(u16::MAX),
+                    clean_start: connect.clean_start,
+                    expiry_interval: granted_expiry,
+                    user: user.clone(),
+                    connected_at: SystemTime::now(),
+                    disconnected_at: None,
+                },
+            );
+            let user = user.as_deref().unwrap_or("");
             info!(client_id = %client_id, peer = %self.peer, user, certificate, version = ?version, session_present, "client connected");
         }
     }
@@ -1595,6 +1621,7 @@ mod tests {
         let peer = Peer {
             addr: listener.local_addr().unwrap(),
             websocket: false,
+            listener: 0,
             policy: 0,
         };
         let future = serve(tcp, shared, peer, None);

@@ -24,6 +24,7 @@
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
 pub mod acl;
+mod admin;
 mod admission;
 mod auth;
 mod broker;
@@ -41,7 +42,7 @@ mod tls;
 
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
-pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
+pub use config::{AdminApi, AdminOpenTo, BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
 pub use policy::Security;
 pub use store::{

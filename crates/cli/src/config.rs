@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rallymq_broker::{
-    BrokerConfig, CertificateName, ClientCertificates, JwtConfig, Listener, ListenerKind, Security,
-    Storage, TlsSettings,
+    AdminOpenTo, BrokerConfig, CertificateName, ClientCertificates, JwtConfig, Listener,
+    ListenerKind, Security, Storage, TlsSettings,
 };
 use serde::Deserialize;
 
@@ -61,6 +61,8 @@ pub(crate) struct FileConfig {
     pub(crate) jwt_audience: Option<String>,
     pub(crate) allow_anonymous: Option<bool>,
     pub(crate) acl_file: Option<PathBuf>,
+    pub(crate) admin_users: Option<Vec<String>>,
+    pub(crate) admin_open_to: Option<String>,
 }
 
 /// A `[[listener]]` table: one listener with its own settings.
@@ -290,6 +292,10 @@ impl Settings {
         set(args.jwt_audience.clone(), &mut s.jwt_audience);
         set(args.allow_anonymous, &mut s.allow_anonymous);
         set(args.acl_file.clone(), &mut s.acl_file);
+        if !args.admin_users.is_empty() {
+            s.admin_users = Some(args.admin_users.clone());
+        }
+        set(args.admin_open_to.clone(), &mut s.admin_open_to);
         Self(s)
     }
 
@@ -447,6 +453,21 @@ impl Settings {
             acl_file: s.acl_file,
         }
         .into_security()?;
+        if let Some(users) = s.admin_users {
+            config.admin.admin_users = users;
+        }
+        if let Some(open_to) = s.admin_open_to {
+            config.admin.open_to = match open_to.as_str() {
+                "loopback" => AdminOpenTo::Loopback,
+                "anywhere" => AdminOpenTo::Anywhere,
+                "nowhere" => AdminOpenTo::Nowhere,
+                other => {
+                    return Err(format!(
+                        "admin_open_to: {other:?} is not loopback, anywhere or nowhere"
+                    ));
+                }
+            };
+        }
         Ok(config)
     }
 }
@@ -481,6 +502,7 @@ mod tests {
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
         assert!(file.max_queued_messages.is_some() && file.max_keepalive.is_some());
         assert!(file.max_session_expiry.is_some());
+        assert!(file.admin_users.is_some() && file.admin_open_to.is_some());
         assert!(file.outgoing_topic_alias_maximum.is_some());
         assert!(file.tls.is_some() && file.wss.is_some() && file.listener.is_some());
         assert!(file.cert.is_some() && file.key.is_some() && file.ca.is_some());
