@@ -811,11 +811,14 @@ impl Driver {
             }
         };
         if identity.user.is_some() || identity.expires_at.is_some() {
+            // The clock read again: checking the credential took time (a password hash, a
+            // queue of them), and the connection must not end before the token does.
+            let checked_at = self.now();
             let extras = self.extras.get_or_insert_default();
             extras.user = identity.user.as_deref().map(Arc::from);
             extras.credential_expiry = identity.expires_at.map(|at| {
                 let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                now + left
+                checked_at + left
             });
         }
         let limits = &self.shared.config.limits;
