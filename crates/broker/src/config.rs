@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::bridge::BridgeConfig;
 use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ pub struct BrokerConfig {
     /// Who may connect and what they may do, on every listener without a
     /// [`Listener::security`] of its own.
     pub security: Security,
+    /// Connections to remote brokers that carry messages out, in or both ways (Mosquitto's
+    /// `connection` sections).
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// Where a broker keeps what must survive it.
@@ -78,6 +82,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             storage: Storage::default(),
             security: Security::default(),
+            bridges: Vec::new(),
         }
     }
 }

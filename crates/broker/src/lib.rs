@@ -26,6 +26,7 @@
 pub mod acl;
 mod admission;
 mod auth;
+mod bridge;
 mod broker;
 mod config;
 mod connection;
@@ -39,6 +40,7 @@ mod store;
 mod sys;
 mod tls;
 
+pub use bridge::{BridgeConfig, BridgeTopic, BridgeTransport, Direction, TopicLineError};
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
