@@ -80,10 +80,10 @@ pub struct BridgeConfig {
     pub clean_session: bool,
     /// Keep alive in seconds (`keepalive_interval`).
     pub keep_alive: u16,
-    /// Connect with the bridge bit (`try_private`): a remote broker that knows it sends the
-    /// bridge none of its own messages back, so that a two-way bridge makes no loop. A remote
-    /// that refuses it is connected to again without it. MQTT 5 remotes get No Local and
-    /// Retain As Published subscriptions either way.
+    /// Connect to an MQTT 3.1.1 remote with the bridge bit (`try_private`): a remote broker
+    /// that knows it sends the bridge none of its own messages back, so that a two-way bridge
+    /// makes no loop. A remote that refuses it is connected to again without it. MQTT 5
+    /// remotes get No Local and Retain As Published subscriptions instead.
     pub try_private: bool,
     /// The first and the longest delay between connection attempts (`restart_timeout BASE
     /// CAP`): an exponential backoff with jitter between them.

@@ -199,7 +199,9 @@ impl Bridge {
             .version(config.protocol)
             .clean_start(config.clean_session)
             .keep_alive(config.keep_alive)
-            .bridge_mode(self.try_private)
+            // MQTT 5 has No Local and Retain As Published for this, and Mosquitto refuses the
+            // bit on an MQTT 5 CONNECT.
+            .bridge_mode(self.try_private && !config.protocol.is_v5())
             .reconnect(Some(Backoff {
                 min,
                 max: max.max(min),
