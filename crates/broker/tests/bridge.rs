@@ -304,3 +304,216 @@ async fn bridge_mqttv50_to_mosquitto_carries_out_in_both_with_prefixes_qos_retai
 {
     bridge_to_mosquitto_carries_each_direction(ProtocolVersion::V5).await;
 }
+
+/// Mosquitto stopped and started again while QoS 1 messages flow out: every message our broker
+/// acknowledged to the local publisher reaches Mosquitto's subscriber, in the order published
+/// (a resent one may come twice: QoS 1 is at least once). The bridge's `$SYS` state goes to 0
+/// and back to 1. Mosquitto keeps its subscriber's session across the restart in its
+/// persistence file, saved as it stops (SIGTERM): a SIGKILL would lose what Mosquitto had
+/// acknowledged and not saved yet, which no bridge can make up for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_queues_qos1_while_mosquitto_restarts_and_delivers_every_acknowledged_message_in_order()
+ {
+    let store = std::env::temp_dir().join(format!("rallymq-bridge-{}", run_id()));
+    std::fs::create_dir_all(&store).unwrap();
+    let mut mosquitto = Mosquitto::start_with(&format!(
+        "allow_anonymous true\npersistence true\npersistence_location {}/\n",
+        store.display()
+    ));
+    let mut bridge = bridge(
+        "cloud",
+        mosquitto.tcp,
+        ProtocolVersion::V3_1_1,
+        &["seq/# out 1"],
+    );
+    bridge.max_queued_messages = 10_000;
+    let broker = broker_with(vec![bridge]).await;
+    let port = tcp_port(&broker);
+    wait_for_state(port, "cloud", "1").await;
+
+    // A persistent subscriber on Mosquitto, which reconnects by itself after the restart.
+    let subscriber_id = format!("sink-{}", run_id());
+    let options = ClientOptions::new(&format!("mqtt://127.0.0.1:{}", mosquitto.tcp))
+        .client_id(&subscriber_id)
+        .version(ProtocolVersion::V3_1_1)
+        .clean_start(false)
+        .reconnect(Some(rallymq_client::Backoff {
+            min: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        }));
+    let (sink, mut received, _) = Client::connect(options).await.expect("connected");
+    sink.subscribe("seq/#", QoS::AtLeastOnce).await.unwrap();
+    let local = publisher(port).await;
+
+    const TOTAL: u32 = 600;
+    let collector = tokio::spawn(async move {
+        let mut payloads = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut distinct = std::collections::HashSet::new();
+        while distinct.len() < TOTAL as usize {
+            match tokio::time::timeout_at(deadline, received.recv()).await {
+                Ok(Some(message)) => {
+                    let n: u32 = std::str::from_utf8(&message.payload)
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    distinct.insert(n);
+                    payloads.push(n);
+                }
+                _ => break,
+            }
+        }
+        payloads
+    });
+    for n in 0..TOTAL {
+        if n == TOTAL / 3 {
+            mosquitto.stop();
+            wait_for_state(port, "cloud", "0").await;
+        }
+        if n == 2 * TOTAL / 3 {
+            mosquitto.restart();
+        }
+        // Acknowledged by our broker, whether Mosquitto is there or not.
+        local
+            .publish("seq/n", n.to_string(), QoS::AtLeastOnce, false)
+            .await
+            .expect("acknowledged locally");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wait_for_state(port, "cloud", "1").await;
+    let payloads = timeout(Duration::from_secs(90), collector)
+        .await
+        .expect("the collector ends")
+        .unwrap();
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for n in &payloads {
+        if seen.insert(*n) {
+            firsts.push(*n);
+        }
+    }
+    let missing: Vec<u32> = (0..TOTAL).filter(|n| !seen.contains(n)).collect();
+    assert!(missing.is_empty(), "never arrived: {missing:?}");
+    assert!(
+        firsts.windows(2).all(|pair| pair[0] < pair[1]),
+        "out of order: {firsts:?}"
+    );
+    eprintln!(
+        "{TOTAL} messages, {} copies received ({} resent twice)",
+        payloads.len(),
+        payloads.len() - TOTAL as usize
+    );
+    broker.shutdown(Duration::from_secs(1)).await;
+    drop(mosquitto);
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// Two rallymq brokers, one bridging to the other both ways on `#`: a message published on
+/// either reaches the subscribers of both once, and never comes back.
+async fn two_rallymq_brokers_bridged_both_ways_make_no_loop(version: ProtocolVersion) {
+    let cloud = broker_with(Vec::new()).await;
+    let cloud_port = tcp_port(&cloud);
+    let edge = broker_with(vec![bridge("cloud", cloud_port, version, &["# both 1"])]).await;
+    let edge_port = tcp_port(&edge);
+    wait_for_state(edge_port, "cloud", "1").await;
+    let mut on_edge = Inbox::connect(edge_port, &["#"]).await;
+    let mut on_cloud = Inbox::connect(cloud_port, &["#"]).await;
+    let edge_publisher = publisher(edge_port).await;
+    let cloud_publisher = publisher(cloud_port).await;
+    until_subscribed(&cloud_publisher, "probe", &mut on_edge, "probe").await;
+    for (publisher, topic) in [(&edge_publisher, "from/edge"), (&cloud_publisher, "from/cloud")] {
+        publisher
+            .publish(topic, "x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    edge_publisher
+        .publish("retained/edge", "kept", QoS::AtLeastOnce, true)
+        .await
+        .unwrap();
+    for inbox in [&mut on_edge, &mut on_cloud] {
+        inbox.expect("from/edge").await;
+        inbox.expect("from/cloud").await;
+        assert!(inbox.expect("retained/edge").await.retain);
+        inbox.settle().await;
+    }
+    for (inbox, side) in [(&on_edge, "edge"), (&on_cloud, "cloud")] {
+        for topic in ["from/edge", "from/cloud", "retained/edge"] {
+            assert_eq!(inbox.count(topic), 1, "copies of {topic} on {side}: {:?}", inbox.topics());
+        }
+    }
+    edge.shutdown(Duration::from_secs(1)).await;
+    cloud.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rallymq_brokers_bridged_both_ways_over_mqttv311_with_try_private_make_no_loop() {
+    two_rallymq_brokers_bridged_both_ways_make_no_loop(ProtocolVersion::V3_1_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rallymq_brokers_bridged_both_ways_over_mqttv50_with_no_local_make_no_loop() {
+    two_rallymq_brokers_bridged_both_ways_make_no_loop(ProtocolVersion::V5).await;
+}
+
+/// Mosquitto's own bridge connecting to rallymq both ways with `try_private` (the bridge bit):
+/// rallymq sends it none of its own messages back, so each message reaches each side's
+/// subscribers once; and keeps the retain flag of what it bridges, so a retained message
+/// published on Mosquitto is retained here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_bridging_to_rallymq_with_try_private_gets_no_message_back_and_keeps_retain() {
+    let broker = broker_with(Vec::new()).await;
+    let port = tcp_port(&broker);
+    let bridge_id = format!("mosquitto-edge-{}", run_id());
+    let mosquitto = Mosquitto::start_with(&format!(
+        "allow_anonymous true\n\
+         connection to-rallymq\n\
+         address 127.0.0.1:{port}\n\
+         remote_clientid {bridge_id}\n\
+         bridge_protocol_version mqttv311\n\
+         try_private true\n\
+         cleansession true\n\
+         restart_timeout 1\n\
+         topic # both 1\n"
+    ));
+    let deadline = Instant::now() + WAIT;
+    while !broker.has_session(&bridge_id) {
+        assert!(Instant::now() < deadline, "Mosquitto's bridge never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut on_rallymq = Inbox::connect(port, &["#"]).await;
+    let mut on_mosquitto = Inbox::connect(mosquitto.tcp, &["#"]).await;
+    let rallymq_publisher = publisher(port).await;
+    let mosquitto_publisher = publisher(mosquitto.tcp).await;
+    // Both of Mosquitto's bridge subscriptions (here, and its own local one) are in place.
+    until_subscribed(&rallymq_publisher, "probe/in", &mut on_mosquitto, "probe/in").await;
+    until_subscribed(&mosquitto_publisher, "probe/out", &mut on_rallymq, "probe/out").await;
+    mosquitto_publisher
+        .publish("from/mosquitto", "m", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    rallymq_publisher
+        .publish("from/rallymq", "r", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    mosquitto_publisher
+        .publish("retained/mosquitto", "kept", QoS::AtLeastOnce, true)
+        .await
+        .unwrap();
+    for inbox in [&mut on_rallymq, &mut on_mosquitto] {
+        inbox.expect("from/mosquitto").await;
+        inbox.expect("from/rallymq").await;
+        inbox.expect("retained/mosquitto").await;
+        inbox.settle().await;
+    }
+    for (inbox, side) in [(&on_rallymq, "rallymq"), (&on_mosquitto, "Mosquitto")] {
+        for topic in ["from/mosquitto", "from/rallymq", "retained/mosquitto"] {
+            assert_eq!(inbox.count(topic), 1, "copies of {topic} on {side}: {:?}", inbox.topics());
+        }
+    }
+    // Bridged with its retain flag: stored retained here.
+    let mut late = Inbox::connect(port, &["retained/mosquitto"]).await;
+    let stored = late.expect("retained/mosquitto").await;
+    assert_eq!((&stored.payload[..], stored.retain), (&b"kept"[..], true));
+    broker.shutdown(Duration::from_secs(1)).await;
+}
