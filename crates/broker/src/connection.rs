@@ -170,6 +170,8 @@ struct Extras {
     credential_expiry: Option<Timestamp>,
     /// What the client may publish and receive, when an ACL file or its token says.
     acl: Option<ClientAcl>,
+    /// The policy's ACL reload `acl` was made from.
+    acl_generation: u64,
     /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
     /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
     /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
@@ -457,6 +459,7 @@ impl Driver {
     /// waits until what they wrote is durable and acknowledges. Returns `false` when the store
     /// failed a write that the next bytes depend on: they must not be written.
     async fn process_events(&mut self) -> bool {
+        self.refresh_acl();
         loop {
             // Each event is handled without awaiting, so that no event (a `ServerEvent` is
             // hundreds of bytes) is held across an await in every connection's task.
@@ -688,6 +691,26 @@ impl Driver {
             .unwrap_or(&policies[0])
     }
 
+    /// Takes the reloaded ACL's rules if the policy's file was reloaded since this client's
+    /// were made.
+    fn refresh_acl(&mut self) {
+        let Some(extras) = self.extras.as_deref() else {
+            return;
+        };
+        let (Some(current), Some(session)) = (&extras.acl, &self.session) else {
+            return;
+        };
+        let policy = self.policy();
+        let generation = policy.acl_generation();
+        if generation == extras.acl_generation {
+            return;
+        }
+        let acl = policy.current_acl(current, extras.user.as_deref(), &session.client_id);
+        let extras = self.extras.as_deref_mut().expect("checked above");
+        extras.acl = Some(acl);
+        extras.acl_generation = generation;
+    }
+
     fn client_acl(&self) -> Option<&ClientAcl> {
         self.extras.as_deref()?.acl.as_ref()
     }
@@ -806,9 +829,13 @@ impl Driver {
             )
         };
         let client_id: &str = &session.client_id;
+        // Read before the ACL: a reload in between is then seen at the next check.
+        let generation = self.policy().acl_generation();
         let client_acl = self.policy().client_acl(&identity, client_id);
         if let Some(client_acl) = client_acl {
-            self.extras.get_or_insert_default().acl = Some(client_acl);
+            let extras = self.extras.get_or_insert_default();
+            extras.acl = Some(client_acl);
+            extras.acl_generation = generation;
         }
         // A will the client may not publish is dropped, and the CONNECT accepted (as
         // Mosquitto does): it would be refused when sent.
@@ -1200,6 +1227,7 @@ impl Driver {
         if !self.engine.is_connected() {
             return;
         }
+        self.refresh_acl();
         let Some(session) = self.session.clone() else {
             return;
         };

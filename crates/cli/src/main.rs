@@ -3,6 +3,8 @@
 //!
 //! `rallymq passwd FILE USER` edits a password file, as mosquitto_passwd does.
 //!
+//! `rallymq migrate mosquitto.conf > rallymq.toml` converts a Mosquitto configuration.
+//!
 //! `rallymq broker` starts a broker on the embedded defaults (MQTT over TCP on
 //! 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080); `--tcp`, `--ws` and
 //! `--config FILE` change that. See `rallymq broker --help` and `rallymq.example.toml`.
@@ -10,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod migrate;
 mod output;
 mod passwd;
 mod pubsub;
@@ -57,6 +60,8 @@ enum Command {
     Sub(pubsub::SubArgs),
     /// Add, update or delete a user of a password file, with mosquitto_passwd's flags.
     Passwd(passwd::PasswdArgs),
+    /// Convert a Mosquitto configuration (mosquitto.conf) to a `broker --config` TOML file.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// `rallymq broker` flags. Every flag has a key of the same name (with `_` for `-`) in the
@@ -119,7 +124,7 @@ pub(crate) struct BrokerArgs {
     pub(crate) certificate_name: Option<String>,
 
     /// A browser page origin allowed to open WebSockets (repeatable, such as
-    /// https://example.com); without any, all are. Others get 403.
+    /// `https://example.com`); without any, all are. Others get 403.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub(crate) allowed_origins: Vec<String>,
 
@@ -284,6 +289,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => run_broker(*args),
         Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
         Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Passwd(args) => {
             return match passwd::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
