@@ -40,8 +40,8 @@ mod store;
 mod sys;
 mod tls;
 
-pub use bridge::{BridgeConfig, BridgeTopic, BridgeTransport, Direction, TopicLineError};
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
+pub use bridge::{BridgeConfig, BridgeTopic, BridgeTransport, Direction, TopicLineError};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;

@@ -100,7 +100,12 @@ impl Inbox {
         loop {
             let message = tokio::time::timeout_at(deadline, self.messages.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no message on {topic} within {WAIT:?}; saw {:?}", self.topics()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no message on {topic} within {WAIT:?}; saw {:?}",
+                        self.topics()
+                    )
+                })
                 .expect("the client is connected");
             self.seen.push(message.clone());
             if message.topic.as_str() == topic {
@@ -117,7 +122,10 @@ impl Inbox {
     }
 
     fn count(&self, topic: &str) -> usize {
-        self.seen.iter().filter(|m| m.topic.as_str() == topic).count()
+        self.seen
+            .iter()
+            .filter(|m| m.topic.as_str() == topic)
+            .count()
     }
 
     fn topics(&self) -> Vec<String> {
@@ -166,7 +174,10 @@ async fn until_subscribed(client: &Client, probe: &str, inbox: &mut Inbox, arriv
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{probe} never arrived as {arrives_as}");
+        assert!(
+            Instant::now() < deadline,
+            "{probe} never arrived as {arrives_as}"
+        );
     }
 }
 
@@ -211,7 +222,10 @@ async fn bridge_to_mosquitto_carries_each_direction(version: ProtocolVersion) {
         .await
         .unwrap();
     let a = remote.expect("remote/out/a").await;
-    assert_eq!((a.qos, a.retain, &a.payload[..]), (QoS::ExactlyOnce, false, &b"a"[..]));
+    assert_eq!(
+        (a.qos, a.retain, &a.payload[..]),
+        (QoS::ExactlyOnce, false, &b"a"[..])
+    );
     local_publisher
         .publish("capped/x", "x", QoS::ExactlyOnce, false)
         .await
@@ -237,8 +251,7 @@ async fn bridge_to_mosquitto_carries_each_direction(version: ProtocolVersion) {
     let mut with_properties =
         Message::new(rallymq_broker::TopicName::new("local/out/p").unwrap(), "p");
     with_properties.qos = QoS::AtLeastOnce;
-    with_properties.properties.user_properties =
-        vec![UserProperty::new("site", "edge-1").unwrap()];
+    with_properties.properties.user_properties = vec![UserProperty::new("site", "edge-1").unwrap()];
     with_properties.properties.content_type = Some("text/plain".try_into().unwrap());
     local_publisher
         .publish_message(with_properties)
@@ -256,15 +269,27 @@ async fn bridge_to_mosquitto_carries_each_direction(version: ProtocolVersion) {
     }
 
     // In: the remote prefix swapped for the local one, retained kept.
-    until_subscribed(&remote_publisher, "there/in/probe", &mut local, "here/in/probe").await;
+    until_subscribed(
+        &remote_publisher,
+        "there/in/probe",
+        &mut local,
+        "here/in/probe",
+    )
+    .await;
     remote_publisher
         .publish("there/in/b", "b", QoS::ExactlyOnce, true)
         .await
         .unwrap();
     let b = local.expect("here/in/b").await;
-    assert_eq!((b.qos, b.retain, &b.payload[..]), (QoS::ExactlyOnce, true, &b"b"[..]));
+    assert_eq!(
+        (b.qos, b.retain, &b.payload[..]),
+        (QoS::ExactlyOnce, true, &b"b"[..])
+    );
     let mut late = Inbox::connect(port, &["here/in/b"]).await;
-    assert!(late.expect("here/in/b").await.retain, "stored retained here");
+    assert!(
+        late.expect("here/in/b").await.retain,
+        "stored retained here"
+    );
 
     local_publisher
         .publish("here/in/c", "c", QoS::AtLeastOnce, false)
@@ -286,7 +311,12 @@ async fn bridge_to_mosquitto_carries_each_direction(version: ProtocolVersion) {
     local.settle().await;
     for (inbox, side) in [(&remote, "Mosquitto"), (&local, "rallymq")] {
         for topic in ["both/from-local", "both/from-remote"] {
-            assert_eq!(inbox.count(topic), 1, "copies of {topic} on {side}: {:?}", inbox.topics());
+            assert_eq!(
+                inbox.count(topic),
+                1,
+                "copies of {topic} on {side}: {:?}",
+                inbox.topics()
+            );
         }
     }
     // An `in` topic does not go out.
@@ -300,8 +330,7 @@ async fn bridge_mqttv311_to_mosquitto_carries_out_in_both_with_prefixes_qos_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bridge_mqttv50_to_mosquitto_carries_out_in_both_with_prefixes_qos_retain_and_properties()
-{
+async fn bridge_mqttv50_to_mosquitto_carries_out_in_both_with_prefixes_qos_retain_and_properties() {
     bridge_to_mosquitto_carries_each_direction(ProtocolVersion::V5).await;
 }
 
@@ -443,7 +472,10 @@ async fn two_rallymq_brokers_bridged_both_ways_make_no_loop(version: ProtocolVer
     let edge_publisher = publisher(edge_port).await;
     let cloud_publisher = publisher(cloud_port).await;
     until_subscribed(&cloud_publisher, "probe", &mut on_edge, "probe").await;
-    for (publisher, topic) in [(&edge_publisher, "from/edge"), (&cloud_publisher, "from/cloud")] {
+    for (publisher, topic) in [
+        (&edge_publisher, "from/edge"),
+        (&cloud_publisher, "from/cloud"),
+    ] {
         publisher
             .publish(topic, "x", QoS::AtLeastOnce, false)
             .await
@@ -461,7 +493,12 @@ async fn two_rallymq_brokers_bridged_both_ways_make_no_loop(version: ProtocolVer
     }
     for (inbox, side) in [(&on_edge, "edge"), (&on_cloud, "cloud")] {
         for topic in ["from/edge", "from/cloud", "retained/edge"] {
-            assert_eq!(inbox.count(topic), 1, "copies of {topic} on {side}: {:?}", inbox.topics());
+            assert_eq!(
+                inbox.count(topic),
+                1,
+                "copies of {topic} on {side}: {:?}",
+                inbox.topics()
+            );
         }
     }
     edge.shutdown(Duration::from_secs(1)).await;
@@ -500,7 +537,10 @@ async fn mosquitto_bridging_to_rallymq_with_try_private_gets_no_message_back_and
     ));
     let deadline = Instant::now() + WAIT;
     while !broker.has_session(&bridge_id) {
-        assert!(Instant::now() < deadline, "Mosquitto's bridge never connected");
+        assert!(
+            Instant::now() < deadline,
+            "Mosquitto's bridge never connected"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut on_rallymq = Inbox::connect(port, &["#"]).await;
@@ -508,8 +548,20 @@ async fn mosquitto_bridging_to_rallymq_with_try_private_gets_no_message_back_and
     let rallymq_publisher = publisher(port).await;
     let mosquitto_publisher = publisher(mosquitto.tcp).await;
     // Both of Mosquitto's bridge subscriptions (here, and its own local one) are in place.
-    until_subscribed(&rallymq_publisher, "probe/in", &mut on_mosquitto, "probe/in").await;
-    until_subscribed(&mosquitto_publisher, "probe/out", &mut on_rallymq, "probe/out").await;
+    until_subscribed(
+        &rallymq_publisher,
+        "probe/in",
+        &mut on_mosquitto,
+        "probe/in",
+    )
+    .await;
+    until_subscribed(
+        &mosquitto_publisher,
+        "probe/out",
+        &mut on_rallymq,
+        "probe/out",
+    )
+    .await;
     mosquitto_publisher
         .publish("from/mosquitto", "m", QoS::AtLeastOnce, false)
         .await
@@ -530,7 +582,12 @@ async fn mosquitto_bridging_to_rallymq_with_try_private_gets_no_message_back_and
     }
     for (inbox, side) in [(&on_rallymq, "rallymq"), (&on_mosquitto, "Mosquitto")] {
         for topic in ["from/mosquitto", "from/rallymq", "retained/mosquitto"] {
-            assert_eq!(inbox.count(topic), 1, "copies of {topic} on {side}: {:?}", inbox.topics());
+            assert_eq!(
+                inbox.count(topic),
+                1,
+                "copies of {topic} on {side}: {:?}",
+                inbox.topics()
+            );
         }
     }
     // Bridged with its retain flag: stored retained here.

@@ -130,7 +130,9 @@ fn bridge(table: BridgeTable) -> Result<BridgeConfig, String> {
         None | Some("mqttv311") => ProtocolVersion::V3_1_1,
         Some("mqttv50") => ProtocolVersion::V5,
         Some(other) => {
-            return Err(fail(format!("protocol_version {other:?}: mqttv311 or mqttv50")));
+            return Err(fail(format!(
+                "protocol_version {other:?}: mqttv311 or mqttv50"
+            )));
         }
     };
     if let Some(client_id) = table.client_id {
@@ -684,10 +686,22 @@ topics = ["# out"]
         for (table, error) in [
             ("name = \"x\"\ntopics = [\"#\"]", "no address"),
             ("name = \"x\"\naddress = \"h:1\"\ntopics = []", "no topics"),
-            ("name = \"x\"\naddress = \"h:1\"\ntopics = [\"# sideways\"]", "sideways"),
-            ("name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\ntransport = \"udp\"", "udp"),
-            ("name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\nprotocol_version = \"mqttv31\"", "mqttv31"),
-            ("name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\nrestart_timeout = [9, 2]", "restart_timeout"),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"# sideways\"]",
+                "sideways",
+            ),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\ntransport = \"udp\"",
+                "udp",
+            ),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\nprotocol_version = \"mqttv31\"",
+                "mqttv31",
+            ),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\nrestart_timeout = [9, 2]",
+                "restart_timeout",
+            ),
         ] {
             let file = FileConfig::parse(&format!("[[bridge]]\n{table}\n")).expect("TOML");
             let refused = Settings::from_file(file).into_broker_config().unwrap_err();

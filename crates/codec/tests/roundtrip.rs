@@ -317,7 +317,16 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         any::<bool>(),
     )
         .prop_map(
-            move |(clean_start, keep_alive, properties, client_id, will, username, password, bridge)| {
+            move |(
+                clean_start,
+                keep_alive,
+                properties,
+                client_id,
+                will,
+                username,
+                password,
+                bridge,
+            )| {
                 // Before MQTT 5 a password needs a user name (MQTT-3.1.2-22).
                 let password = if version.is_v5() || username.is_some() {
                     password

@@ -532,7 +532,9 @@ fn bridge_bit_in_the_protocol_level_marks_a_bridge_of_that_version() {
         assert_eq!(connect.protocol, version);
         assert!(connect.bridge, "level {level:#x} is a bridge's");
         let mut encoded = BytesMut::new();
-        Packet::Connect(connect).encode(version, &mut encoded).unwrap();
+        Packet::Connect(connect)
+            .encode(version, &mut encoded)
+            .unwrap();
         assert_eq!(&encoded[..], &bytes[..], "encoded back with the bit");
     }
     let Packet::Connect(plain) = decode_one(&connect_v3(b"MQTT", 4, 0x02, &[]), V311)

@@ -154,7 +154,9 @@ pub(crate) fn validate(bridges: &[BridgeConfig]) -> Result<(), crate::Error> {
         };
         let name = bridge.name.as_str();
         if name.is_empty() || name.contains(['/', '+', '#', '\0']) {
-            return Err(fail("a name is one topic level: not empty, no '/', '+' or '#'"));
+            return Err(fail(
+                "a name is one topic level: not empty, no '/', '+' or '#'",
+            ));
         }
         if !names.insert(name) {
             return Err(fail("two bridges have this name"));

@@ -30,7 +30,9 @@ const WINDOW: usize = 64;
 /// How long shutdown waits for the bridge's DISCONNECT to go out.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Connecting = Pin<Box<dyn Future<Output = Result<(Client, Messages, ConnAck), rallymq_client::Error>> + Send>>;
+type Connecting = Pin<
+    Box<dyn Future<Output = Result<(Client, Messages, ConnAck), rallymq_client::Error>> + Send>,
+>;
 
 /// Starts the bridge's task on the current runtime.
 pub(crate) fn spawn(shared: Arc<Shared>, config: BridgeConfig) -> JoinHandle<()> {
@@ -41,9 +43,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, config: BridgeConfig) -> JoinHandle<()>
 /// The remote side as it is now.
 enum Link {
     /// Not connected; the next attempt is at `retry_at`.
-    Down {
-        retry_at: tokio::time::Instant,
-    },
+    Down { retry_at: tokio::time::Instant },
     /// A first connection under way (the client retries by itself once it has had one).
     Connecting(Connecting),
     /// A client that has connected once; it reconnects by itself when the connection is lost.
@@ -361,10 +361,12 @@ impl Bridge {
 
     /// A message from the remote broker: published here under its local topic.
     fn on_incoming(&mut self, message: Message) {
-        let Some((topic, qos)) = self.config.topics.iter().find_map(|line| {
-            line.incoming(&message.topic)
-                .map(|topic| (topic, line.qos))
-        }) else {
+        let Some((topic, qos)) = self
+            .config
+            .topics
+            .iter()
+            .find_map(|line| line.incoming(&message.topic).map(|topic| (topic, line.qos)))
+        else {
             debug!(bridge = %self.config.name, topic = %message.topic, "no bridge topic takes this message in");
             return;
         };

@@ -119,7 +119,9 @@ impl BridgeTopic {
     ) -> Result<Self, String> {
         for prefix in [&local_prefix, &remote_prefix].into_iter().flatten() {
             if TopicName::new(prefix.as_str()).is_err() {
-                return Err(format!("prefix {prefix:?} is not a valid topic (no wildcards)"));
+                return Err(format!(
+                    "prefix {prefix:?} is not a valid topic (no wildcards)"
+                ));
             }
         }
         if pattern.is_none() && local_prefix.is_none() && remote_prefix.is_none() {
