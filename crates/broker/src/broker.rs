@@ -569,6 +569,7 @@ impl Broker {
                 socket,
             ));
         }
+        crate::bridge::validate(&config.bridges)?;
         let sys_interval = config.sys_interval;
         let mut shared = Shared::new(config, shutdown_rx, store, policies);
         shared.listeners = bound.iter().map(|(bound, _, _)| *bound).collect();
@@ -594,6 +595,9 @@ impl Broker {
         }
         if let Some(tls) = &tls {
             tasks.push(tokio::spawn(watch_tls_files(tls.clone(), shared.clone())));
+        }
+        for bridge in &shared.config.bridges {
+            tasks.push(crate::bridge::spawn(shared.clone(), bridge.clone()));
         }
         let stopping = shared.clone();
         tasks.push(tokio::spawn(async move {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::bridge::BridgeConfig;
 use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub struct BrokerConfig {
     pub security: Security,
     /// The admin HTTP API on the WebSocket listeners, and who may use it.
     pub admin: AdminApi,
+    /// Connections to remote brokers that carry messages out, in or both ways (Mosquitto's
+    /// `connection` sections).
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// The admin HTTP API: JSON under `/api/v1/` on the WebSocket listeners (`ws` and `wss`), as the
@@ -121,6 +125,7 @@ impl Default for BrokerConfig {
             storage: Storage::default(),
             admin: AdminApi::default(),
             security: Security::default(),
+            bridges: Vec::new(),
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
     Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
-    Session, SessionInner, StoredRef, signal,
+    Session, SessionInner, StoredRef, count_down_expiry, signal,
 };
 use crate::stats::Stats;
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
@@ -174,6 +174,11 @@ struct Extras {
     acl: Option<ClientAcl>,
     /// The policy's ACL reload `acl` was made from.
     acl_generation: u64,
+    /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
+    /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
+    /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
+    /// back to it (a two-way bridge would loop) and retained messages stay retained across.
+    bridge: bool,
 }
 
 fn durability(extras: &Option<Box<Extras>>) -> Option<&Durability> {
@@ -821,6 +826,9 @@ impl Driver {
                 checked_at + left
             });
         }
+        if connect.bridge {
+            self.extras.get_or_insert_default().bridge = true;
+        }
         let limits = &self.shared.config.limits;
         let requested_expiry = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -1039,7 +1047,12 @@ impl Driver {
                 continue;
             }
             let granted = subscription.options.qos;
-            let data = SubscriptionData::new(&subscription.options, granted, identifier);
+            let mut options = subscription.options;
+            if self.extras.as_deref().is_some_and(|extras| extras.bridge) {
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
+            let data = SubscriptionData::new(&options, granted, identifier);
             let existed = self.shared.router.subscribe(&session, filter, data.clone());
             session
                 .lock()
@@ -1293,17 +1306,9 @@ impl Driver {
                     });
                 }
             };
-            if let Some(interval) = publish.properties.message_expiry_interval {
-                // Message Expiry counts down while the message waits (MQTT-3.3.2-5, -6).
-                let waited = queued.since.elapsed().as_secs();
-                let Some(left) = u64::from(interval)
-                    .checked_sub(waited)
-                    .filter(|left| *left > 0)
-                else {
-                    forget(&mut changes);
-                    continue;
-                };
-                publish.properties.message_expiry_interval = Some(left as u32);
+            if !count_down_expiry(&mut publish, queued.since) {
+                forget(&mut changes);
+                continue;
             }
             // Checked on delivery, so that retained messages, wills and `$SYS` are covered,
             // and a subscription wider than the client may read gets only what it may.

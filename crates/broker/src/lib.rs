@@ -27,6 +27,7 @@ pub mod acl;
 mod admin;
 mod admission;
 mod auth;
+mod bridge;
 mod broker;
 mod config;
 mod connection;
@@ -41,6 +42,7 @@ mod sys;
 mod tls;
 
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
+pub use bridge::{BridgeConfig, BridgeTopic, BridgeTransport, Direction, TopicLineError};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{AdminApi, AdminOpenTo, BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;

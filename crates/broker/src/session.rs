@@ -338,6 +338,23 @@ impl Persisting<'_> {
     }
 }
 
+/// Counts `publish`'s Message Expiry down by the time it waited since `since` (MQTT-3.3.2-5,
+/// -6); `false` when it has expired and must not be sent.
+pub(crate) fn count_down_expiry(publish: &mut Publish, since: Instant) -> bool {
+    let Some(interval) = publish.properties.message_expiry_interval else {
+        return true;
+    };
+    let waited = since.elapsed().as_secs();
+    match u64::from(interval).checked_sub(waited) {
+        Some(left) if left > 0 => {
+            // Below `interval`, a u32.
+            publish.properties.message_expiry_interval = Some(left as u32);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// The size a message counts for in a queue's byte limit: its topic and payload.
 pub(crate) fn message_size(publish: &Publish) -> u32 {
     let topic = publish.topic.as_ref().map_or(0, |topic| topic.len());
