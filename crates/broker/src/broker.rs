@@ -25,7 +25,8 @@ use crate::session::{
 };
 use crate::stats::Stats;
 use crate::store::{
-    Change, DiskStore, Group, Store, StoreError, StoredMessage, StoredWill, Ticket,
+    Change, DiskStore, Group, LoadedEntry, LoadedSession, Store, StoreError, StoredMessage,
+    StoredWill, Ticket,
 };
 use crate::tls::Tls;
 use crate::{Error, listener, sys};
@@ -64,6 +65,10 @@ pub(crate) struct Shared {
     /// The protocol engine's settings, the same for every connection.
     pub(crate) server_config: Arc<ServerConfig>,
 }
+
+/// What [`Shared::restore`] returns: the tasks publishing restored wills, and the stored
+/// sessions of the bridges by name.
+type Restored = (Vec<JoinHandle<()>>, HashMap<String, LoadedSession>);
 
 /// Shutdown reaches each connection through its [`ControlBox`], so that a connection waits on
 /// one signal word rather than keeping a watch future of its own: an attached connection
@@ -238,6 +243,53 @@ impl Shared {
         }
     }
 
+    /// Reads the next page (up to `limit` entries) of `session`'s queue that is only in the
+    /// store, once what was written to it and `after` are decided, and counts it off the
+    /// tail. `None` when there is none (or no store).
+    pub(crate) async fn read_stored_tail(
+        &self,
+        session: &Session,
+        after: Ticket,
+        limit: usize,
+    ) -> Option<Vec<LoadedEntry>> {
+        let store = self.store.clone()?;
+        let (from, ticket) = {
+            let inner = session.lock();
+            let durable = inner.durable.as_deref()?;
+            if durable.tail_len == 0 {
+                return None;
+            }
+            (durable.tail_from, durable.last_ticket)
+        };
+        // Decided is enough: the store commits a failed write's changes with its next commit,
+        // and a ticket that failed stays failed, so waiting for success would leave the queue
+        // unread (messages acknowledged before it too) until the session's next write.
+        let _ = self.durable(ticket.max(after)).await;
+        let entries = match store.read_queue(&session.client_id, from, limit) {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(client_id = %session.client_id, %error, "reading the queue from the store failed");
+                return None;
+            }
+        };
+        let mut inner = session.lock();
+        let durable = inner.durable.as_deref_mut()?;
+        if entries.is_empty() {
+            // Fewer in the store than counted (writes that failed): nothing more to read.
+            durable.tail_len = 0;
+            durable.tail_bytes = 0;
+            return None;
+        }
+        for loaded in &entries {
+            durable.tail_len = durable.tail_len.saturating_sub(1);
+            durable.tail_bytes = durable
+                .tail_bytes
+                .saturating_sub(u64::from(loaded.entry.size));
+            durable.tail_from = loaded.seq + 1;
+        }
+        Some(entries)
+    }
+
     /// Writes the record of a persistent session (with a store).
     pub(crate) fn save_record(&self, session: &Session) -> Ticket {
         match session.record() {
@@ -248,11 +300,13 @@ impl Shared {
 
     /// Loads the store: retained messages, and persistent sessions as offline sessions whose
     /// queues stay in the store until their clients come back. Returns the tasks that publish
-    /// restored wills when due.
-    fn restore(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, Error> {
+    /// restored wills when due, and the stored sessions of the configured bridges by name
+    /// (kept out of the registry: a bridge's session is its own).
+    fn restore(self: &Arc<Self>) -> Result<Restored, Error> {
         let mut wills = Vec::new();
+        let mut bridges = HashMap::new();
         let Some(store) = &self.store else {
-            return Ok(wills);
+            return Ok((wills, bridges));
         };
         let loaded = store.load()?;
         self.next_message_id
@@ -269,6 +323,20 @@ impl Shared {
                 .retain_since(&message.publish, instant_of(message.received_at));
         }
         for stored in loaded.sessions {
+            if let Some(name) = crate::bridge::name_of_session(&stored.record.client_id) {
+                if self.config.bridges.iter().any(|bridge| bridge.name == name) {
+                    bridges.insert(name.to_owned(), stored);
+                } else {
+                    // Its bridge is configured no more: what it queued has nowhere to go.
+                    info!(
+                        bridge = name,
+                        queued = stored.queue_len,
+                        "dropping the stored queue of a bridge that is no longer configured"
+                    );
+                    self.write(vec![Change::DeleteSession(stored.record.client_id.into())]);
+                }
+                continue;
+            }
             let record = stored.record;
             let (session, _) = self.registry.get_or_create(&record.client_id);
             for (filter, options, identifier) in &record.subscriptions {
@@ -326,7 +394,7 @@ impl Shared {
                 )));
             }
         }
-        Ok(wills)
+        Ok((wills, bridges))
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -574,7 +642,7 @@ impl Broker {
         let mut shared = Shared::new(config, shutdown_rx, store, policies);
         shared.listeners = bound.iter().map(|(bound, _, _)| *bound).collect();
         let shared = Arc::new(shared);
-        let mut tasks = shared.restore()?;
+        let (mut tasks, mut stored_bridges) = shared.restore()?;
         let listeners = shared.listeners.clone();
         for (index, ((bound, listener, socket), policy)) in
             bound.into_iter().zip(listener_policies).enumerate()
@@ -597,7 +665,8 @@ impl Broker {
             tasks.push(tokio::spawn(watch_tls_files(tls.clone(), shared.clone())));
         }
         for bridge in &shared.config.bridges {
-            tasks.push(crate::bridge::spawn(shared.clone(), bridge.clone()));
+            let stored = stored_bridges.remove(&bridge.name);
+            tasks.push(crate::bridge::spawn(shared.clone(), bridge.clone(), stored));
         }
         let stopping = shared.clone();
         tasks.push(tokio::spawn(async move {

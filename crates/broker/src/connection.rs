@@ -24,7 +24,7 @@ use rallymq_session::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::acl::{self, ClientAcl};
 use crate::auth::Credentials;
@@ -33,7 +33,7 @@ use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
     Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
-    Session, SessionInner, StoredRef, count_down_expiry, signal,
+    Session, SessionInner, StoredRef, count_down_expiry, delivered_copy, signal,
 };
 use crate::stats::Stats;
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
@@ -1151,11 +1151,7 @@ impl Driver {
         let mut waiting = Vec::new();
         for loaded in entries {
             let (publish, since) = delivered_copy(&loaded);
-            let reference = StoredRef {
-                seq: loaded.seq,
-                message: loaded.entry.message,
-                size: loaded.entry.size,
-            };
+            let reference = StoredRef::of(&loaded);
             match (loaded.entry.in_flight, durability_mut(&mut self.extras)) {
                 (Some((packet_id, stage)), Some(durability)) if waiting.is_empty() => {
                     let token = PublishToken(state.next_token);
@@ -1183,47 +1179,12 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it is decided; counts it off the tail. `None` when there is none.
+    /// written to it, and this connection's deliveries so far, are decided.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
-        let store = self.shared.store.clone()?;
-        let (from, ticket) = {
-            let inner = session.lock();
-            let durable = inner.durable.as_deref()?;
-            if durable.tail_len == 0 {
-                return None;
-            }
-            (durable.tail_from, durable.last_ticket)
-        };
         // The next page waits until this session's deliveries so far are durable, so that a
         // drain does not run ahead of the store's writer with its changes held in memory.
         let delivered = durability(&self.extras).map_or(Ticket::default(), |d| d.delivered);
-        // Decided is enough: the store commits a failed write's changes with its next commit,
-        // and a ticket that failed stays failed, so waiting for success would leave the queue
-        // unread (messages acknowledged before it too) until the session's next write.
-        let _ = self.shared.durable(ticket.max(delivered)).await;
-        let entries = match store.read_queue(&session.client_id, from, PAGE) {
-            Ok(entries) => entries,
-            Err(error) => {
-                warn!(client_id = %session.client_id, %error, "reading the queue from the store failed");
-                return None;
-            }
-        };
-        let mut inner = session.lock();
-        let durable = inner.durable.as_deref_mut()?;
-        if entries.is_empty() {
-            // Fewer in the store than counted (writes that failed): nothing more to read.
-            durable.tail_len = 0;
-            durable.tail_bytes = 0;
-            return None;
-        }
-        for loaded in &entries {
-            durable.tail_len = durable.tail_len.saturating_sub(1);
-            durable.tail_bytes = durable
-                .tail_bytes
-                .saturating_sub(u64::from(loaded.entry.size));
-            durable.tail_from = loaded.seq + 1;
-        }
-        Some(entries)
+        self.shared.read_stored_tail(session, delivered, PAGE).await
     }
 
     /// Whether the session's queue in memory has drained while more of it waits in the store
@@ -1254,16 +1215,7 @@ impl Driver {
         };
         let mut inner = session.lock();
         for loaded in entries {
-            let (publish, since) = delivered_copy(&loaded);
-            inner.push_pending(Queued {
-                publish,
-                since,
-                stored: Some(StoredRef {
-                    seq: loaded.seq,
-                    message: loaded.entry.message,
-                    size: loaded.entry.size,
-                }),
-            });
+            inner.push_pending(Queued::loaded(&loaded));
         }
     }
 
@@ -1518,22 +1470,6 @@ fn will_message(will: &Will) -> Publish {
         .into();
     }
     publish
-}
-
-/// The PUBLISH a stored queue entry delivers, and since when it has waited (its Message
-/// Expiry counts from when the broker received it, across restarts).
-fn delivered_copy(loaded: &LoadedEntry) -> (Publish, Instant) {
-    let mut publish = loaded.message.publish.clone();
-    publish.qos = loaded.entry.qos;
-    publish.retain = loaded.entry.retain;
-    if !loaded.entry.subscription_ids.is_empty() {
-        publish.properties.subscription_identifiers = loaded.entry.subscription_ids.clone();
-    }
-    let waited = SystemTime::now()
-        .duration_since(loaded.message.received_at)
-        .unwrap_or_default();
-    let now = Instant::now();
-    (publish, now.checked_sub(waited).unwrap_or(now))
 }
 
 /// Writes as much of `rest` as `io` takes, advancing it; ready once all is written.

@@ -19,7 +19,8 @@ use tracing::warn;
 use crate::config::{Limits, QueueFullPolicy};
 use crate::router::SubscriptionData;
 use crate::store::{
-    Change, MessageId, QueueEntry, SessionRecord, Store, StoredMessage, StoredWill, Ticket,
+    Change, LoadedEntry, MessageId, QueueEntry, SessionRecord, Store, StoredMessage, StoredWill,
+    Ticket,
 };
 
 /// What the broker tells a live connection.
@@ -252,6 +253,34 @@ pub(crate) struct Queued {
     pub(crate) stored: Option<StoredRef>,
 }
 
+impl Queued {
+    /// A queue entry read from the store, waiting again.
+    pub(crate) fn loaded(loaded: &LoadedEntry) -> Self {
+        let (publish, since) = delivered_copy(loaded);
+        Self {
+            publish,
+            since,
+            stored: Some(StoredRef::of(loaded)),
+        }
+    }
+}
+
+/// The PUBLISH a stored queue entry delivers, and since when it has waited (its Message
+/// Expiry counts from when the broker received it, across restarts).
+pub(crate) fn delivered_copy(loaded: &LoadedEntry) -> (Publish, Instant) {
+    let mut publish = loaded.message.publish.clone();
+    publish.qos = loaded.entry.qos;
+    publish.retain = loaded.entry.retain;
+    if !loaded.entry.subscription_ids.is_empty() {
+        publish.properties.subscription_identifiers = loaded.entry.subscription_ids.clone();
+    }
+    let waited = SystemTime::now()
+        .duration_since(loaded.message.received_at)
+        .unwrap_or_default();
+    let now = Instant::now();
+    (publish, now.checked_sub(waited).unwrap_or(now))
+}
+
 /// A queue entry in the store: a queued message, or a delivery in flight, carries it so that
 /// its acknowledgement (or stage) can be recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +291,15 @@ pub(crate) struct StoredRef {
 }
 
 impl StoredRef {
+    /// The reference of an entry read from the store.
+    pub(crate) fn of(loaded: &LoadedEntry) -> Self {
+        Self {
+            seq: loaded.seq,
+            message: loaded.entry.message,
+            size: loaded.entry.size,
+        }
+    }
+
     /// The entry as stored, for a message delivered as `publish`.
     pub(crate) fn entry(
         &self,

@@ -4,15 +4,20 @@
 //! bridge connecting to rallymq with `try_private`), where every copy of every message is
 //! counted so that a loop shows.
 
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rallymq_broker::{
-    BridgeConfig, Broker, BrokerConfig, BrokerHandle, ListenerKind, Message, ProtocolVersion, QoS,
-    UserProperty,
+    BridgeConfig, Broker, BrokerConfig, BrokerHandle, DiskStore, ListenerKind, Message,
+    ProtocolVersion, QoS, Store, UserProperty,
 };
 use rallymq_client::{Client, ClientOptions, Messages, SubscribeProperties, Subscription};
 use rallymq_codec::TopicFilter;
 use rallymq_test_support::{Mosquitto, run_id};
+use support::store::TestStore;
 use tokio::time::{Instant, timeout};
 
 /// The longest any one expected thing may take.
@@ -457,6 +462,157 @@ async fn bridge_queues_qos1_while_mosquitto_restarts_and_delivers_every_acknowle
     broker.shutdown(Duration::from_secs(1)).await;
     drop(mosquitto);
     let _ = std::fs::remove_dir_all(&store);
+}
+
+/// How this broker stops before it starts again on its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// `BrokerHandle::shutdown`.
+    Shutdown,
+    /// The store closed under the running broker (nothing written afterwards reaches the
+    /// disk), then the broker dropped: as when the process is killed.
+    Crash,
+}
+
+/// A directory under the system's temporary directory, removed when dropped.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("rallymq-bridge-store-{}", run_id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A broker with `bridges` on the disk store in `dir`.
+async fn durable_broker(dir: &Path, bridges: Vec<BridgeConfig>) -> (BrokerHandle, Arc<TestStore>) {
+    let store = Arc::new(TestStore::open(dir).expect("the store opens"));
+    let config = BrokerConfig {
+        ws: Vec::new(),
+        sys_interval: None,
+        bridges,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::start_with_store(config, store.clone())
+        .await
+        .expect("the broker starts");
+    (broker, store)
+}
+
+/// Issue 16: with a store, the bridge's queue is durable. QoS 1 messages published here (and
+/// acknowledged) while Mosquitto is down survive a restart of this broker, a clean one or a
+/// crash, and reach Mosquitto's subscriber in order once both are back; each entry leaves the
+/// store once Mosquitto acknowledged it, so nothing is left to send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_queue_in_the_store_survives_a_restart_and_a_crash_of_this_broker() {
+    for stop in [Stop::Shutdown, Stop::Crash] {
+        bridge_queue_across(stop).await;
+    }
+}
+
+async fn bridge_queue_across(stop: Stop) {
+    const TOTAL: u32 = 300;
+    let dir = DataDir::new();
+    let mut mosquitto = Mosquitto::start();
+    let mut config = bridge(
+        "cloud",
+        mosquitto.tcp,
+        ProtocolVersion::V3_1_1,
+        &["seq/# out 1"],
+    );
+    config.max_queued_messages = 10_000;
+    let (broker, store) = durable_broker(&dir.0, vec![config.clone()]).await;
+    let port = tcp_port(&broker);
+    wait_for_state(port, "cloud", "1").await;
+    mosquitto.stop();
+    wait_for_state(port, "cloud", "0").await;
+    let local = publisher(port).await;
+    for n in 0..TOTAL {
+        local
+            .publish("seq/n", n.to_string(), QoS::AtLeastOnce, false)
+            .await
+            .expect("acknowledged locally");
+    }
+    match stop {
+        Stop::Shutdown => {
+            let _ = local.disconnect().await;
+            broker.shutdown(Duration::from_secs(1)).await;
+            store.close();
+        }
+        Stop::Crash => {
+            store.close();
+            drop(broker);
+            drop(local);
+        }
+    }
+    // Mosquitto back, with its subscriber, before this broker: every message the bridge
+    // sends finds it.
+    mosquitto.restart();
+    let mut sink = Inbox::connect(mosquitto.tcp, &["seq/#"]).await;
+    let (broker, store) = durable_broker(&dir.0, vec![config]).await;
+    let deadline = Instant::now() + WAIT;
+    let mut payloads = Vec::new();
+    while payloads.len() < TOTAL as usize {
+        let message = tokio::time::timeout_at(deadline, sink.messages.recv())
+            .await
+            .ok()
+            .flatten();
+        let Some(message) = message else {
+            panic!(
+                "{stop:?}: {} of {TOTAL} messages arrived within {WAIT:?}: {payloads:?}",
+                payloads.len()
+            );
+        };
+        let n: u32 = std::str::from_utf8(&message.payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        payloads.push(n);
+    }
+    assert_eq!(
+        payloads,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "{stop:?}: every message once, in order"
+    );
+    // Acknowledged by Mosquitto, so gone from the store (the deletions are written as the
+    // acknowledgements come: wait for them).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = bridge_queue_len(&store);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stop:?}: {left} entries left in the bridge's stored queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.shutdown(Duration::from_secs(1)).await;
+    store.close();
+    let stored = DiskStore::open(&dir.0)
+        .expect("the store opens")
+        .load()
+        .expect("the store loads");
+    assert!(
+        stored.sessions.iter().all(|session| session.queue_len == 0),
+        "{stop:?}: entries left after the shutdown: {:?}",
+        stored.sessions
+    );
+}
+
+/// The entries of the bridge's session committed to a running broker's store.
+fn bridge_queue_len(store: &TestStore) -> usize {
+    store
+        .read_queue("\0bridge-cloud", 0, 100_000)
+        .map_or(usize::MAX, |entries| entries.len())
 }
 
 /// Two rallymq brokers, one bridging to the other both ways on `#`: a message published on

@@ -6,7 +6,10 @@
 //! so that what the bridge brings in never goes back out, and retained messages stay retained)
 //! and publishes what comes `in`, with no ACL in the way. Its remote side is a
 //! [`rallymq_client`] connection. Messages for the remote broker wait in a bounded queue while
-//! it cannot be reached, and go out in order when it comes back.
+//! it cannot be reached, and go out in order when it comes back. With a store, the bridge's
+//! session is a persistent one: its QoS 1 and 2 messages are queue entries in the store, as a
+//! persistent client's are, removed only once the remote broker has acknowledged them, so that
+//! a restart (or a crash) of this broker loses none.
 
 mod run;
 mod topic;
@@ -183,6 +186,17 @@ pub(crate) fn validate(bridges: &[BridgeConfig]) -> Result<(), crate::Error> {
         }
     }
     Ok(())
+}
+
+/// The client id of a bridge's session in the router (and in the store): with a NUL, which no
+/// MQTT client id can hold, so that no client can take it.
+fn session_id(name: &str) -> String {
+    format!("\0bridge-{name}")
+}
+
+/// The name of the bridge whose session `client_id` is, if it is a bridge's.
+pub(crate) fn name_of_session(client_id: &str) -> Option<&str> {
+    client_id.strip_prefix("\0bridge-")
 }
 
 /// This machine's host name, for the default client id; `localhost` if it cannot be read.

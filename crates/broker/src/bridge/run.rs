@@ -18,14 +18,20 @@ use tracing::{debug, info, warn};
 use super::BridgeConfig;
 use crate::broker::Shared;
 use crate::router::SubscriptionData;
-use crate::session::{Attachment, ControlBox, Session, count_down_expiry};
+use crate::session::{
+    Attachment, ControlBox, Durable, Queued, Session, StoredRef, count_down_expiry,
+};
 use crate::stats::Stats;
+use crate::store::{Change, LoadedSession, Ticket};
 
 /// Most messages handed to the client and not yet acknowledged by the remote broker. The
 /// client's own window (and the remote's Receive Maximum) bounds what is on the wire; this
 /// keeps its queue behind the window short, so that nothing waits where the bridge cannot
 /// count it.
 const WINDOW: usize = 64;
+
+/// Queue entries read from the store at a time.
+const PAGE: usize = 256;
 
 /// How long shutdown waits for the bridge's DISCONNECT to go out.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -34,10 +40,22 @@ type Connecting = Pin<
     Box<dyn Future<Output = Result<(Client, Messages, ConnAck), rallymq_client::Error>> + Send>,
 >;
 
-/// Starts the bridge's task on the current runtime.
-pub(crate) fn spawn(shared: Arc<Shared>, config: BridgeConfig) -> JoinHandle<()> {
-    let bridge = Bridge::new(shared, config);
+/// Starts the bridge's task on the current runtime; `stored` is its session as the store
+/// kept it, if the broker has a store and the bridge ran before.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    config: BridgeConfig,
+    stored: Option<LoadedSession>,
+) -> JoinHandle<()> {
+    let bridge = Bridge::new(shared, config, stored);
     tokio::spawn(bridge.run())
+}
+
+/// A message for the remote broker, with its entry in the store if it has one: removed once
+/// the remote broker has acknowledged it (or it is dropped), not before.
+struct Outgoing {
+    publish: Publish,
+    stored: Option<StoredRef>,
 }
 
 /// The remote side as it is now.
@@ -73,9 +91,11 @@ struct Bridge {
     session: Arc<Session>,
     control: Arc<ControlBox>,
     /// Messages for the remote broker not handed to the client yet, oldest first.
-    outgoing: VecDeque<Publish>,
+    outgoing: VecDeque<Outgoing>,
     /// Messages handed to the client, oldest first, with their acknowledgements.
-    in_flight: VecDeque<(Publish, AckFuture)>,
+    in_flight: VecDeque<(Outgoing, AckFuture)>,
+    /// Store entries of messages done with (acknowledged or dropped), written once per turn.
+    forgotten: Vec<Change>,
     /// Whether the bridge is connected to the remote broker now (its state topic says).
     connected: bool,
     /// Connection attempts in a row that failed.
@@ -89,14 +109,34 @@ struct Bridge {
 }
 
 impl Bridge {
-    fn new(shared: Arc<Shared>, config: BridgeConfig) -> Self {
-        // Named with a NUL, which no MQTT client id can hold, and kept out of the registry, as
-        // the in-process subscriptions are: the index tells subscribers apart by name.
-        let session = Arc::new(Session::new(format!("\0bridge-{}", config.name).into()));
+    fn new(shared: Arc<Shared>, config: BridgeConfig, stored: Option<LoadedSession>) -> Self {
+        // Kept out of the registry, as the in-process subscriptions are: the index tells
+        // subscribers apart by name.
+        let session = Arc::new(Session::new(super::session_id(&config.name).into()));
         let control = Arc::new(ControlBox::default());
-        session.lock().attachment = Some(Attachment {
-            control: control.clone(),
-        });
+        {
+            let mut inner = session.lock();
+            inner.attachment = Some(Attachment {
+                control: control.clone(),
+            });
+            if shared.store.is_some() {
+                // A persistent session that never expires: the router writes its QoS 1 and 2
+                // messages to the store as it queues them; what an earlier run left waits in
+                // the store, first.
+                inner.persistent = true;
+                inner.durable = Some(Box::new(Durable {
+                    next_seq: stored.as_ref().map_or(0, |stored| stored.next_seq),
+                    tail_len: stored.as_ref().map_or(0, |stored| stored.queue_len),
+                    tail_bytes: stored.as_ref().map_or(0, |stored| stored.queue_bytes),
+                    expiry_interval: u32::MAX,
+                    ..Durable::default()
+                }));
+            }
+        }
+        if let Some(stored) = &stored {
+            info!(bridge = %config.name, queued = stored.queue_len, "bridge queue restored from the store");
+        }
+        shared.save_record(&session);
         Self {
             try_private: config.try_private,
             shared,
@@ -105,6 +145,7 @@ impl Bridge {
             control,
             outgoing: VecDeque::new(),
             in_flight: VecDeque::new(),
+            forgotten: Vec::new(),
             connected: false,
             attempt: 0,
             next_address: 0,
@@ -174,11 +215,17 @@ impl Bridge {
                 }
                 Wake::Acknowledged(ack) => self.on_acknowledged(ack),
             }
-            self.take_local_messages();
+            tokio::select! {
+                () = self.take_local_messages() => {}
+                // Reading the store waits for its writer, which a dying broker may not have.
+                _ = shutdown.changed() => break,
+            }
             if let Link::Up { client, .. } = &link {
                 self.hand_over(client);
             }
+            self.write_forgotten();
         }
+        self.write_forgotten();
         if let Link::Up { client, .. } = link {
             let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, client.disconnect()).await;
         }
@@ -300,8 +347,11 @@ impl Bridge {
                 retained.push(message);
             }
         }
-        for message in retained {
-            self.queue(message);
+        for publish in retained {
+            self.queue(Outgoing {
+                publish,
+                stored: None,
+            });
         }
     }
 
@@ -380,21 +430,23 @@ impl Bridge {
     }
 
     fn on_acknowledged(&mut self, ack: Result<rallymq_client::Ack, rallymq_client::Error>) {
-        let Some((publish, _)) = self.in_flight.pop_front() else {
+        let Some((outgoing, _)) = self.in_flight.pop_front() else {
             return;
         };
         match ack {
             Ok(ack) if ack.reason_code.is_error() => {
                 // Refused (not authorized, quota): sending it again would not help.
-                warn!(bridge = %self.config.name, topic = ?publish.topic.as_ref().map(TopicName::as_str), code = ?ack.reason_code, "the remote broker refused a bridged message");
+                warn!(bridge = %self.config.name, topic = ?outgoing.publish.topic.as_ref().map(TopicName::as_str), code = ?ack.reason_code, "the remote broker refused a bridged message");
                 Stats::add(&self.shared.stats.messages_dropped, 1);
+                self.forget(outgoing.stored);
             }
-            Ok(_) => {}
+            // PUBACK, or PUBCOMP: the remote broker has it, and the store need not any more.
+            Ok(_) => self.forget(outgoing.stored),
             Err(_) => {
                 // The client ended with it unacknowledged: it goes again, first.
                 self.requeue_in_flight();
-                if publish.qos != QoS::AtMostOnce {
-                    self.outgoing.push_front(publish);
+                if outgoing.publish.qos != QoS::AtMostOnce {
+                    self.outgoing.push_front(outgoing);
                 }
             }
         }
@@ -402,83 +454,126 @@ impl Bridge {
 
     /// Puts the messages handed to a client that ended back at the head of the queue, in
     /// order: the next client sends them first. QoS 0 ones are dropped, as they would be by a
-    /// lost connection.
+    /// lost connection (they are never stored).
     fn requeue_in_flight(&mut self) {
-        for (publish, _) in self.in_flight.drain(..).rev() {
-            if publish.qos != QoS::AtMostOnce {
-                self.outgoing.push_front(publish);
+        for (outgoing, _) in self.in_flight.drain(..).rev() {
+            if outgoing.publish.qos != QoS::AtMostOnce {
+                self.outgoing.push_front(outgoing);
             }
         }
     }
 
-    /// Moves what the router queued for the bridge's session into the bridge's queue, mapped
-    /// to remote topics.
-    fn take_local_messages(&mut self) {
+    /// Moves what the router queued for the bridge's session (in memory, then what waits in
+    /// the store only) into the bridge's queue, mapped to remote topics.
+    async fn take_local_messages(&mut self) {
         loop {
             // While connected, what the queue cannot take stays in the session's queue, whose
             // high-water mark slows this broker's publishers down to the remote's pace. While
             // not, it is dropped here instead: publishers need not wait for a broker that is
             // not there.
-            if self.connected && self.outgoing.len() >= self.config.max_queued_messages {
-                return;
+            let room = self
+                .config
+                .max_queued_messages
+                .saturating_sub(self.outgoing.len());
+            if self.connected && room == 0 {
+                break;
             }
-            let Some(queued) = self.session.lock().pop_pending() else {
+            let queued = self.session.lock().pop_pending();
+            if let Some(queued) = queued {
+                self.take(queued);
+                continue;
+            }
+            // The rest of the session's queue is in the store only (written while the
+            // queue in memory was long, or before a restart), after what was in memory.
+            let limit = if self.connected { room.min(PAGE) } else { PAGE };
+            let Some(entries) = self
+                .shared
+                .read_stored_tail(&self.session, Ticket::default(), limit)
+                .await
+            else {
                 break;
             };
-            let mut publish = queued.publish;
-            if !count_down_expiry(&mut publish, queued.since) {
-                continue;
+            for loaded in &entries {
+                self.take(Queued::loaded(loaded));
             }
-            let Some(topic) = &publish.topic else {
-                continue;
-            };
-            let Some((remote, qos)) = self
-                .config
-                .topics
-                .iter()
-                .find_map(|line| line.outgoing(topic).map(|remote| (remote, line.qos)))
-            else {
-                continue;
-            };
-            publish.topic = Some(remote);
-            publish.qos = publish.qos.min(qos);
-            self.queue(publish);
         }
         self.shared.space_freed();
     }
 
+    /// Takes one message of the session's queue into the bridge's, mapped to its remote topic;
+    /// drops it if it expired or no topic line takes it out.
+    fn take(&mut self, queued: Queued) {
+        let mut publish = queued.publish;
+        let remote = publish.topic.as_ref().and_then(|topic| {
+            self.config
+                .topics
+                .iter()
+                .find_map(|line| line.outgoing(topic).map(|remote| (remote, line.qos)))
+        });
+        match remote {
+            Some((remote, qos)) if count_down_expiry(&mut publish, queued.since) => {
+                publish.topic = Some(remote);
+                publish.qos = publish.qos.min(qos);
+                self.queue(Outgoing {
+                    publish,
+                    stored: queued.stored,
+                });
+            }
+            _ => self.forget(queued.stored),
+        }
+    }
+
     /// Adds a message for the remote broker to the queue, or drops it: QoS 0 while not
     /// connected, anything past `max_queued_messages`.
-    fn queue(&mut self, publish: Publish) {
-        if !self.connected && publish.qos == QoS::AtMostOnce {
+    fn queue(&mut self, outgoing: Outgoing) {
+        if !self.connected && outgoing.publish.qos == QoS::AtMostOnce {
             Stats::add(&self.shared.stats.messages_dropped, 1);
+            self.forget(outgoing.stored);
             return;
         }
         if self.outgoing.len() >= self.config.max_queued_messages {
             Stats::add(&self.shared.stats.messages_dropped, 1);
+            self.forget(outgoing.stored);
             if !self.dropping {
                 self.dropping = true;
                 warn!(bridge = %self.config.name, queued = self.outgoing.len(), "bridge queue full: messages for the remote broker are dropped until it drains");
             }
             return;
         }
-        self.outgoing.push_back(publish);
+        self.outgoing.push_back(outgoing);
+    }
+
+    /// The message's entry leaves the store (with the others of this turn).
+    fn forget(&mut self, stored: Option<StoredRef>) {
+        if let Some(stored) = stored {
+            self.forgotten.push(Change::DeleteEntry {
+                client_id: self.session.client_id.clone(),
+                seq: stored.seq,
+            });
+        }
+    }
+
+    fn write_forgotten(&mut self) {
+        if !self.forgotten.is_empty() {
+            self.shared.write(std::mem::take(&mut self.forgotten));
+        }
     }
 
     /// Hands queued messages to the client while it is connected and its window has room.
     fn hand_over(&mut self, client: &Client) {
         while self.in_flight.len() < WINDOW && client.is_connected() {
-            let Some(publish) = self.outgoing.pop_front() else {
+            let Some(outgoing) = self.outgoing.pop_front() else {
                 break;
             };
-            let Some(message) = Message::from_publish(publish.clone()) else {
+            let Some(message) = Message::from_publish(outgoing.publish.clone()) else {
+                self.forget(outgoing.stored);
                 continue;
             };
             match client.try_publish_message(message) {
-                Ok(ack) => self.in_flight.push_back((publish, ack)),
+                Ok(ack) => self.in_flight.push_back((outgoing, ack)),
                 Err(_) => {
                     // No room after all (or the client just ended): it waits, first in line.
-                    self.outgoing.push_front(publish);
+                    self.outgoing.push_front(outgoing);
                     break;
                 }
             }
