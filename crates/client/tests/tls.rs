@@ -11,63 +11,9 @@ use rallymq_broker::{
     Broker, BrokerConfig, BrokerHandle, ClientCertificates, ListenerKind, TlsSettings,
 };
 use rallymq_client::{Client, ClientOptions, Error, QoS};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use rallymq_test_support::Certificates;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A CA made for the test, and certificates it signs, as PEM files in a directory of their own.
-struct Certificates {
-    dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Certificates {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "rallymq-tls-{name}-{}",
-            rallymq_test_support::run_id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("rallymq test CA {name}"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { dir, ca }
-    }
-
-    fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    }
-
-    fn ca_file(&self, name: &str) -> PathBuf {
-        self.write(name, &self.ca.pem())
-    }
-
-    /// A certificate for localhost and 127.0.0.1 with Common Name `name`; its PEM files.
-    fn leaf(&self, name: &str) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params.distinguished_name.push(DnType::CommonName, name);
-        let certificate = params.signed_by(&key, &self.ca).unwrap();
-        (
-            self.write(&format!("{name}.pem"), &certificate.pem()),
-            self.write(&format!("{name}.key"), &key.serialize_pem()),
-        )
-    }
-}
-
-impl Drop for Certificates {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn tls_broker(
     cert: &Path,

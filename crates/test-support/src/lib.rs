@@ -1,6 +1,11 @@
 //! Test helpers shared by rallymq's test suites (h2's `tests/h2-support` pattern): a real
 //! Mosquitto broker on free ports, started and stopped by the test. A missing peer fails the
-//! test with a clear message; it is never skipped.
+//! test with a clear message; it is never skipped. Also certificates made for a test
+//! ([`Certificates`]).
+
+mod certificates;
+
+pub use certificates::Certificates;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
