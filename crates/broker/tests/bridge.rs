@@ -350,6 +350,12 @@ async fn bridge_queues_qos1_while_mosquitto_restarts_and_delivers_every_acknowle
  {
     let store = std::env::temp_dir().join(format!("rallymq-bridge-{}", run_id()));
     std::fs::create_dir_all(&store).unwrap();
+    // Mosquitto started as root runs as the user `mosquitto`: in a directory only root may
+    // write to, it saves nothing as it stops ("Error saving in-memory database ... Permission
+    // denied"), comes back without the sink's session, and what the bridge delivers before
+    // the sink has subscribed again is lost there (the test failed so when the bridge
+    // reconnected first).
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let mut mosquitto = Mosquitto::start_with(&format!(
         "allow_anonymous true\npersistence true\npersistence_location {}/\n",
         store.display()
@@ -446,6 +452,10 @@ async fn bridge_queues_qos1_while_mosquitto_restarts_and_delivers_every_acknowle
     }
     let missing: Vec<u32> = (0..TOTAL).filter(|n| !seen.contains(n)).collect();
     let resumed = timeout(Duration::from_secs(1), resumed).await;
+    assert!(
+        matches!(&resumed, Ok(Ok(resumed)) if resumed == &[true]),
+        "Mosquitto did not keep the sink's session across its restart: {resumed:?}"
+    );
     assert!(
         missing.is_empty(),
         "never arrived: {missing:?}; the sink's reconnection resumed its session: {resumed:?}"
