@@ -7,7 +7,7 @@
 //! ```text
 //! cargo build --release -p rallymq-benches --bin rallymq_bench_broker
 //! rallymq_bench_broker --tcp 127.0.0.1:1883 --ws 127.0.0.1:8080 [--threads N] [--exit-on-stdin-eof]
-//!                      [--data-dir DIR] [--max-queued-messages N]
+//!                      [--data-dir DIR] [--max-queued-messages N] [--bridge ADDR]
 //! ```
 //!
 //! `--data-dir DIR` makes it durable, with the store `rallymq broker --data-dir DIR` uses
@@ -15,6 +15,10 @@
 //! line `stats` on stdin is answered on stdout with
 //! `store: commits C changes N` (the store's transactions and the changes they committed;
 //! `store: none` in memory), so that a load tool can count commits over a window.
+//!
+//! `--bridge ADDR` adds a bridge named `bench` to the MQTT broker at `ADDR` (`host:port`, TCP,
+//! MQTT 3.1.1, the defaults of `[[bridge]]` otherwise) carrying `bench/#` out at QoS 1, with
+//! room for 1,000,000 queued messages (`bridge_load` measures it).
 //!
 //! No tracing subscriber is installed: like Mosquitto with `log_type error`, nothing is logged
 //! per connection.
@@ -24,7 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use rallymq_broker::{Broker, BrokerConfig, DiskStore, Store};
+use rallymq_broker::{BridgeConfig, Broker, BrokerConfig, DiskStore, Store};
 
 /// The `rallymq` binary's allocator: the process measured is the one people run.
 #[cfg(not(target_env = "msvc"))]
@@ -34,7 +38,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: rallymq_bench_broker [--tcp ADDR]... [--ws ADDR]... [--threads N] [--exit-on-stdin-eof]\n\
-         \x20                           [--data-dir DIR] [--max-queued-messages N]"
+         \x20                           [--data-dir DIR] [--max-queued-messages N] [--bridge ADDR]"
     );
     ExitCode::from(2)
 }
@@ -74,6 +78,15 @@ fn main() -> ExitCode {
                 Ok(n) if n > 0 => config.limits.max_queued_messages = n,
                 _ => return usage(),
             },
+            "--bridge" => {
+                let Ok(bridge) = BridgeConfig::new("bench", &value).topic("bench/# out 1") else {
+                    return usage();
+                };
+                let mut bridge = bridge;
+                bridge.client_id = format!("rallymq-bench-bridge-{}", std::process::id());
+                bridge.max_queued_messages = 1_000_000;
+                config.bridges.push(bridge);
+            }
             _ => return usage(),
         }
     }
