@@ -334,11 +334,8 @@ fn run(options: &Options) -> io::Result<()> {
     for round in 1..=options.rounds {
         let mut round_rates = [0.0; 2];
         for (index, kind) in ["rallymq", "mosquitto"].into_iter().enumerate() {
-            let cloud = Mosquitto::start(
-                &options.mosquitto,
-                "cloud",
-                "max_inflight_messages 1000",
-            )?;
+            let cloud =
+                Mosquitto::start(&options.mosquitto, "cloud", "max_inflight_messages 1000")?;
             let edge = start_edge(kind, cloud.port, options)?;
             let sample = runtime.block_on(measure(&edge, cloud.port, options))?;
             let cpu = sample

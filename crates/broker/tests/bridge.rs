@@ -707,6 +707,46 @@ async fn bridge_queue_across(stop: Stop) {
     );
 }
 
+/// A bridge taken out of the configuration leaves nothing behind: what it had queued in the
+/// store (for a remote broker that never came) is deleted at the next start, not kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_queue_of_a_bridge_no_longer_configured_is_deleted_at_start() {
+    let dir = DataDir::new();
+    // Nothing listens there: the bridge never connects, and its queue stays.
+    let config = bridge(
+        "gone",
+        free_port(),
+        ProtocolVersion::V3_1_1,
+        &["seq/# out 1"],
+    );
+    let (broker, store) = durable_broker(&dir.0, vec![config]).await;
+    let local = publisher(tcp_port(&broker)).await;
+    for n in 0..10 {
+        local
+            .publish("seq/n", n.to_string(), QoS::AtLeastOnce, false)
+            .await
+            .expect("acknowledged locally");
+    }
+    let _ = local.disconnect().await;
+    broker.shutdown(Duration::from_secs(1)).await;
+    store.close();
+    let queued = |dir: &Path| {
+        DiskStore::open(dir)
+            .expect("the store opens")
+            .load()
+            .expect("the store loads")
+            .sessions
+            .into_iter()
+            .map(|session| (session.record.client_id, session.queue_len))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(queued(&dir.0), vec![("\0bridge-gone".to_owned(), 10)]);
+    let (broker, store) = durable_broker(&dir.0, Vec::new()).await;
+    broker.shutdown(Duration::from_secs(1)).await;
+    store.close();
+    assert_eq!(queued(&dir.0), Vec::new());
+}
+
 /// The entries of the bridge's session committed to a running broker's store.
 fn bridge_queue_len(store: &TestStore) -> usize {
     store
