@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p rallymq-benches --bin bridge_load --bin rallymq_bench_broker
-//! target/release/bridge_load [--messages 20000] [--rounds 3] [--window 64]
+//! target/release/bridge_load [--messages 20000] [--rounds 3] [--window 64] [--durable]
 //!                            [--mosquitto-inflight 64] [--mosquitto PATH] [--bench-broker PATH]
 //! ```
 //!
@@ -12,7 +12,9 @@
 //! `--window` unacknowledged; a subscriber on the cloud (QoS 1) counts them. Throughput is the
 //! messages received per second, from the first publish to the last message received, once the
 //! bridge has carried a probe (it is connected and subscribed). Edge CPU is the edge process's
-//! user + system time over the same span (100% = one core).
+//! user + system time over the same span (100% = one core). With `--durable`, a third edge:
+//! rallymq with its disk store in a fresh temporary directory (`--data-dir`), where every
+//! bridged message is a queue entry written, then deleted once the cloud acknowledged it.
 //!
 //! Both edges keep every message (queues of 1,000,000); Mosquitto's bridge has at most
 //! `max_inflight_messages` unacknowledged messages to the cloud, set by `--mosquitto-inflight`
@@ -27,7 +29,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use rallymq_benches::{BenchBroker, cpu_seconds, load_average};
+use rallymq_benches::{BenchBroker, cpu_seconds, load_average, median};
 use rallymq_client::{AckFuture, Client, ClientOptions, QoS};
 
 /// How long a round's messages may take to arrive.
@@ -43,6 +45,7 @@ struct Options {
     mosquitto_inflight: usize,
     mosquitto: String,
     bench_broker: Option<PathBuf>,
+    durable: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -53,10 +56,15 @@ fn parse_args() -> Result<Options, String> {
         mosquitto_inflight: 64,
         mosquitto: "mosquitto".to_owned(),
         bench_broker: None,
+        durable: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut args = args.iter();
     while let Some(flag) = args.next() {
+        if flag == "--durable" {
+            options.durable = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || {
             value
@@ -140,21 +148,34 @@ impl Drop for Mosquitto {
 
 /// The bridging broker under test.
 enum Edge {
-    Rallymq(BenchBroker),
+    Rallymq {
+        broker: BenchBroker,
+        /// Its store's directory, removed when dropped (after the broker, declared first).
+        _store: Option<TempDir>,
+    },
     Mosquitto(Mosquitto),
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Edge {
     fn port(&self) -> u16 {
         match self {
-            Self::Rallymq(broker) => broker.tcp.port(),
+            Self::Rallymq { broker, .. } => broker.tcp.port(),
             Self::Mosquitto(mosquitto) => mosquitto.port,
         }
     }
 
     fn pid(&self) -> u32 {
         match self {
-            Self::Rallymq(broker) => broker.pid(),
+            Self::Rallymq { broker, .. } => broker.pid(),
             Self::Mosquitto(mosquitto) => mosquitto.child.id(),
         }
     }
@@ -273,20 +294,28 @@ async fn measure(edge: &Edge, cloud: u16, options: &Options) -> io::Result<Sampl
 
 fn start_edge(kind: &str, cloud: u16, options: &Options) -> io::Result<Edge> {
     match kind {
-        "rallymq" => {
+        "rallymq" | "rallymq-durable" => {
             let path = match &options.bench_broker {
                 Some(path) => path.clone(),
                 None => std::env::current_exe()?.with_file_name("rallymq_bench_broker"),
             };
             let tcp: SocketAddr = "127.0.0.1:0".parse().map_err(failed)?;
-            let extra = vec!["--bridge".to_owned(), format!("127.0.0.1:{cloud}")];
-            Ok(Edge::Rallymq(BenchBroker::start(
-                &path,
-                tcp,
-                None,
-                &extra,
-                START_DEADLINE,
-            )?))
+            let mut extra = vec!["--bridge".to_owned(), format!("127.0.0.1:{cloud}")];
+            let dir = (kind == "rallymq-durable").then(|| {
+                TempDir(std::env::temp_dir().join(format!(
+                    "rallymq-bridge-load-store-{}-{cloud}",
+                    std::process::id()
+                )))
+            });
+            if let Some(dir) = &dir {
+                extra.push("--data-dir".to_owned());
+                extra.push(dir.0.display().to_string());
+            }
+            let broker = BenchBroker::start(&path, tcp, None, &extra, START_DEADLINE)?;
+            Ok(Edge::Rallymq {
+                broker,
+                _store: dir,
+            })
         }
         _ => {
             let settings = format!(
@@ -305,16 +334,6 @@ fn start_edge(kind: &str, cloud: u16, options: &Options) -> io::Result<Edge> {
     }
 }
 
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
 fn run(options: &Options) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -329,11 +348,17 @@ fn run(options: &Options) -> io::Result<()> {
         options.mosquitto_inflight,
         load_average()
     );
-    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let mut ratios = Vec::new();
+    let mut edges = vec!["rallymq"];
+    if options.durable {
+        edges.push("rallymq-durable");
+    }
+    edges.push("mosquitto");
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); edges.len()];
+    // Per round, each rallymq edge's rate over Mosquitto's (the last edge).
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); edges.len() - 1];
     for round in 1..=options.rounds {
-        let mut round_rates = [0.0; 2];
-        for (index, kind) in ["rallymq", "mosquitto"].into_iter().enumerate() {
+        let mut round_rates = Vec::new();
+        for (index, kind) in edges.iter().enumerate() {
             let cloud =
                 Mosquitto::start(&options.mosquitto, "cloud", "max_inflight_messages 1000")?;
             let edge = start_edge(kind, cloud.port, options)?;
@@ -345,21 +370,27 @@ fn run(options: &Options) -> io::Result<()> {
                 .cpu
                 .map_or("?".to_owned(), |cpu| format!("{:.0}", sample.rate / cpu));
             println!(
-                "round {round} {kind:9}: {:>8.0} msg/s, edge CPU {cpu:>5}, {per_cpu} msg per edge CPU-s",
+                "round {round} {kind:15}: {:>8.0} msg/s, edge CPU {cpu:>5}, {per_cpu} msg per edge CPU-s",
                 sample.rate
             );
-            round_rates[index] = sample.rate;
+            round_rates.push(sample.rate);
             rates[index].push(sample.rate);
         }
-        ratios.push(round_rates[0] / round_rates[1]);
+        let mosquitto = round_rates.last().copied().unwrap_or(f64::NAN);
+        for (index, rate) in round_rates.iter().take(edges.len() - 1).enumerate() {
+            ratios[index].push(rate / mosquitto);
+        }
     }
-    let rallymq = median(&mut rates[0]).unwrap_or(f64::NAN);
-    let mosquitto = median(&mut rates[1]).unwrap_or(f64::NAN);
-    let ratio = median(&mut ratios).unwrap_or(f64::NAN);
-    println!(
-        "median: rallymq {rallymq:.0} msg/s, Mosquitto {mosquitto:.0} msg/s, \
-         ratio rallymq / Mosquitto {ratio:.2}"
-    );
+    let mut line = "median:".to_owned();
+    for (kind, rates) in edges.iter().zip(&mut rates) {
+        let rate = median(rates).unwrap_or(f64::NAN);
+        line.push_str(&format!(" {kind} {rate:.0} msg/s;"));
+    }
+    for (kind, ratios) in edges.iter().zip(&mut ratios) {
+        let ratio = median(ratios).unwrap_or(f64::NAN);
+        line.push_str(&format!(" ratio {kind} / mosquitto {ratio:.2};"));
+    }
+    println!("{}", line.trim_end_matches(';'));
     Ok(())
 }
 

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rallymq_benches::client::{Client, Transport, VERSION, connect_all, encode, invalid};
 use rallymq_benches::{
-    BenchBroker, ProcIo, StoreCounts, cpu_seconds, load_average, proc_io, status_bytes,
+    BenchBroker, ProcIo, StoreCounts, cpu_seconds, load_average, median, proc_io, status_bytes,
 };
 use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -930,19 +930,6 @@ impl Drop for BrokerProcess {
 }
 
 // ---- reports --------------------------------------------------------------------------------------
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    })
-}
 
 fn value_of(shape: Shape, outcome: &Outcome) -> Option<f64> {
     match shape {
