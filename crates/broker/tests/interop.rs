@@ -1164,7 +1164,16 @@ fn mqtt_3_1_0_1_protocol_violations_close_the_connection() {
             ("first packet not CONNECT", r#"["closed"]"#.to_owned()),
             ("invalid UTF-8 in topic", outcome("0x81")),
             ("invalid filter a/#/b", outcome("0x8f")),
-            ("reserved CONNECT flag set", r#"["closed"]"#.to_owned()),
+            // MQTT 5 lets the server say why before it closes (§4.13); we do, Mosquitto
+            // 2.0.11 closes without a word.
+            (
+                "reserved CONNECT flag set",
+                if version == "5" {
+                    r#"["CONNACK 0x81","closed"]"#.to_owned()
+                } else {
+                    r#"["closed"]"#.to_owned()
+                },
+            ),
             ("second CONNECT", outcome("0x82")),
             (
                 "unknown protocol level",
@@ -1187,7 +1196,7 @@ fn mqtt_3_1_0_1_protocol_violations_close_the_connection() {
             let mosquitto = endpoint.name == "Mosquitto";
             let normalised = |outcome: &str| {
                 if mosquitto {
-                    without_disconnects(outcome)
+                    without_disconnects(outcome).replace(r#""CONNACK 0x81","#, "")
                 } else {
                     outcome.to_owned()
                 }
