@@ -51,8 +51,9 @@ pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscri
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
 pub use store::{
-    Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,
-    QueueEntry, SessionRecord, Store, StoreError, StoredMessage, StoredWill, Ticket,
+    COMMIT_SECONDS_BUCKETS, Change, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore,
+    MessageId, QueueEntry, SessionRecord, Store, StoreError, StoreStats, StoredMessage,
+    StoredWill, Ticket,
 };
 pub use tls::{CertificateName, ClientCertificates, TlsSettings};
 
