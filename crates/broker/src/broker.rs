@@ -21,7 +21,7 @@ use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
 use crate::session::{
     Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
 };
-use crate::stats::Stats;
+use crate::stats::{Dropped, SocketRefusal, Stats};
 use crate::store::{
     Change, DiskStore, Group, Store, StoreError, StoredMessage, StoredWill, Ticket,
 };
@@ -154,7 +154,6 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
-        Stats::add(&self.stats.messages_received, 1);
         // A message routed to several persistent sessions is written in several changes.
         let _group = match &self.store {
             Some(store) if publish.qos != QoS::AtMostOnce || also.is_some() => {
@@ -193,8 +192,13 @@ impl Shared {
             .ticket
             .max(retained)
             .max(self.write(also.into_iter().collect()));
-        Stats::add(&self.stats.messages_sent, outcome.queued as u64);
-        Stats::add(&self.stats.messages_dropped, outcome.dropped as u64);
+        self.stats.routed(outcome.queued);
+        self.stats.dropped(Dropped::QueueFull, outcome.full as u64);
+        self.stats
+            .dropped(Dropped::OfflineQos0, (outcome.dropped - outcome.full) as u64);
+        if outcome.queued == 0 && outcome.dropped == 0 {
+            self.stats.dropped(Dropped::NoSubscribers, 1);
+        }
         outcome
     }
 
@@ -296,12 +300,17 @@ impl Shared {
         for session in self.registry.all() {
             // Checked and removed under the registry's lock: a connection attaching meanwhile
             // keeps its session.
+            let mut waiting = 0;
             let expired = self.registry.remove_if(
                 &session,
-                |inner| inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now),
+                |inner| {
+                    waiting = inner.queue_size().0;
+                    inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now)
+                },
                 || self.router.remove_session(&session),
             );
             if expired {
+                self.stats.dropped(Dropped::SessionEnded, waiting);
                 self.write(vec![Change::DeleteSession(session.client_id.clone())]);
             }
         }
@@ -610,12 +619,13 @@ impl BrokerHandle {
             let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
             if open >= shared.config.limits.max_connections {
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                shared.stats.socket_refused(SocketRefusal::MaxConnections);
                 warn!(%peer, "connection refused: max_connections reached");
                 return;
             }
             let peer = crate::connection::Peer {
                 addr: peer,
-                websocket: false,
+                via: None,
             };
             crate::connection::serve(io, shared, peer, None).await;
         }

@@ -39,6 +39,7 @@ mod config;
 mod connection;
 mod error;
 mod listener;
+mod metrics;
 mod router;
 mod session;
 mod stats;

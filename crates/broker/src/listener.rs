@@ -27,9 +27,10 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
 use crate::Listener;
-use crate::admission::IpSlot;
+use crate::admission::{IpSlot, Refusal};
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
+use crate::stats::SocketRefusal;
 use crate::tls::Tls;
 
 /// How long the listener waits before accepting again when the process has no file descriptor
@@ -100,19 +101,25 @@ fn gzipped(index: usize) -> Option<&'static Bytes> {
         .filter(|gzip| !gzip.is_empty())
 }
 
-/// Whether an `Accept-Encoding` header value accepts gzip (`gzip` or `*`, with a non-zero q).
-fn accepts_gzip(accept_encoding: &str) -> bool {
-    accept_encoding.split(',').any(|item| {
+/// The items an `Accept` or `Accept-Encoding` header value lists without refusing them (a q
+/// of 0), parameters left off.
+pub(crate) fn accepted(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').filter_map(|item| {
         let mut parts = item.split(';').map(str::trim);
-        let coding = parts.next().unwrap_or_default();
+        let accepted = parts.next().unwrap_or_default();
         let refused = parts.any(|param| {
             param
                 .strip_prefix("q=")
                 .and_then(|q| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        (!refused).then_some(accepted)
     })
+}
+
+/// Whether an `Accept-Encoding` header value accepts gzip (`gzip` or `*`, with a non-zero q).
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accepted(accept_encoding).any(|coding| coding.eq_ignore_ascii_case("gzip") || coding == "*")
 }
 
 /// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404.
@@ -184,6 +191,10 @@ fn admit(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Option
     let slot = match shared.per_ip.admit(peer.ip(), limits, Instant::now()) {
         Ok(slot) => slot,
         Err(refusal) => {
+            shared.stats.socket_refused(match refusal {
+                Refusal::TooManyOpen => SocketRefusal::PerAddress,
+                Refusal::TooFast => SocketRefusal::Rate,
+            });
             // Debug, not warn: a flood would flood the log too.
             debug!(%peer, ?refusal, "connection refused: limit per client address");
             return None;
@@ -192,6 +203,7 @@ fn admit(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Option
     let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
     if open >= limits.max_connections {
         shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+        shared.stats.socket_refused(SocketRefusal::MaxConnections);
         warn!(%peer, "connection refused: max_connections reached");
         return None;
     }
@@ -289,7 +301,7 @@ pub(crate) async fn serve_mqtt(
     {
         let peer = Peer {
             addr,
-            websocket: false,
+            via: Some(context.listener.kind),
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
             // The common case spawns the connection itself: nothing else in its task.
@@ -387,7 +399,7 @@ async fn serve_http<IO>(
     shared.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-fn response(
+pub(crate) fn response(
     status: StatusCode,
     content_type: &str,
     body: impl Into<Bytes>,
@@ -461,6 +473,7 @@ fn handle_http(
             Err(error) => return rejection(Rejection::for_error(&error)),
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
+        let via = Some(context.listener.kind);
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -474,7 +487,7 @@ fn handle_http(
                         WebSocketStream::new(TokioIo::new(upgraded), connection).into_byte_stream();
                     let peer = Peer {
                         addr: peer,
-                        websocket: true,
+                        via,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
                 }
@@ -488,6 +501,9 @@ fn handle_http(
     }
     if wants_upgrade {
         return rejection(Rejection::not_found());
+    }
+    if path == crate::metrics::PATH && shared.config.metrics {
+        return crate::metrics::respond(&request, &shared);
     }
     serve_static(&request)
 }
