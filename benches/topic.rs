@@ -8,49 +8,15 @@
 //! survives a noisy machine. Memory is counted by a `#[global_allocator]` wrapper; figures that
 //! criterion does not measure (memory, one-shot build and teardown times) are printed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rallymq_benches::{CountingAllocator, allocated};
 use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex, TopicFilter, TopicName, matches};
-
-/// Counts the bytes currently allocated, so memory per subscription is measured, not guessed.
-/// Requested sizes are counted: the allocator's own per-block overhead is not included.
-struct CountingAllocator;
-
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-
-// The only unsafe code here: the `GlobalAlloc` contract, forwarded unchanged to `System`.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
-
-fn allocated() -> usize {
-    ALLOCATED.load(Ordering::Relaxed)
-}
 
 const SITES: u64 = 1000;
 const DEVICES: u64 = 100;

@@ -228,10 +228,11 @@ export const CHROMIUM_FLAGS = [
 ];
 
 /**
- * Launches Debian's Chromium (CHROMIUM overrides /usr/bin/chromium) with a fresh profile.
+ * Launches Debian's Chromium (CHROMIUM overrides /usr/bin/chromium) with a fresh profile;
+ * `ignoreHTTPSErrors` accepts self-signed certificates.
  * A missing browser is an error, never a skip.
  */
-export async function launchBrowser() {
+export async function launchBrowser({ ignoreHTTPSErrors = false } = {}) {
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   if (!existsSync(executablePath)) {
     throw new Error(`no Chromium at ${executablePath}: run scripts/setup.sh (apt-get install -y chromium)`);
@@ -242,6 +243,8 @@ export async function launchBrowser() {
     executablePath,
     headless: true,
     args: CHROMIUM_FLAGS,
+    // For pages of a test broker's self-signed certificate (wss tests).
+    ignoreHTTPSErrors,
     timeout: 30_000,
   });
   return {

@@ -18,6 +18,14 @@
 //!   publisher;
 //! - `idle`: `--idle` (10,000) connections that send CONNECT, get CONNACK and then sit; the
 //!   broker's VmRSS (from `/proc/PID/status`) before and after, divided by the count.
+//! - `qos1-persistent` (not in the default list): `qos1` with every client on a persistent
+//!   session (Clean Session 0), the shape of the durability target. Run it with
+//!   `--brokers rallymq-durable,rallymq,mosquitto`: `rallymq-durable` is our broker with its
+//!   disk store in a fresh directory under `--data-root` (the temporary directory; keep it on
+//!   a real disk, not tmpfs), removed after; its summary adds the store's commits per second
+//!   (asked of the broker over its stdin; redb syncs twice per commit with quick repair, which
+//!   `perf stat -e syscalls:sys_enter_fdatasync -p PID` counts) and the bytes it wrote per
+//!   message (`/proc/PID/io`).
 //!
 //! Throughput is what subscribers *received*, per second, over `--duration` seconds after a
 //! 0.5 s warm-up. QoS 0 publishers write 32 pre-encoded PUBLISH packets per write and are
@@ -37,7 +45,7 @@
 //! setup), a deadline on connecting. The default `compare` (one round) takes about two minutes.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -46,16 +54,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rallymq_codec::{
-    Ack, Connect, Limits, MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
-    Subscribe, SubscribeProperties, Subscription, TopicFilter, TopicName,
+use rallymq_benches::client::{Client, Transport, VERSION, connect_all, encode, invalid};
+use rallymq_benches::{
+    BenchBroker, ProcIo, StoreCounts, cpu_seconds, load_average, proc_io, status_bytes,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 const PAYLOAD_LEN: usize = 64;
 /// QoS 0 PUBLISH packets per write.
 const BATCH: u64 = 32;
@@ -64,8 +71,6 @@ const WARMUP: Duration = Duration::from_millis(500);
 const DRAIN: Duration = Duration::from_secs(2);
 /// Longest time to set up one shape's connections.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
-/// Connections opened at once in the idle shape.
-const CONNECT_CONCURRENCY: usize = 64;
 /// Read room kept free in a receive buffer.
 const READ_ROOM: usize = 16 * 1024;
 
@@ -77,6 +82,7 @@ enum Shape {
     FanIn,
     FanOut,
     Qos1,
+    Qos1Persistent,
 }
 
 impl Shape {
@@ -86,36 +92,20 @@ impl Shape {
             Self::FanIn => "fan-in",
             Self::FanOut => "fan-out",
             Self::Qos1 => "qos1",
+            Self::Qos1Persistent => "qos1-persistent",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Self::Idle, Self::FanIn, Self::FanOut, Self::Qos1]
-            .into_iter()
-            .find(|shape| shape.name() == text)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Transport {
-    Tcp,
-    Ws,
-}
-
-impl Transport {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Ws => "ws",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "tcp" | "mqtt" => Some(Self::Tcp),
-            "ws" => Some(Self::Ws),
-            _ => None,
-        }
+        [
+            Self::Idle,
+            Self::FanIn,
+            Self::FanOut,
+            Self::Qos1,
+            Self::Qos1Persistent,
+        ]
+        .into_iter()
+        .find(|shape| shape.name() == text)
     }
 }
 
@@ -138,6 +128,8 @@ struct Options {
     /// Extra lines for mosquitto.conf (global section), e.g. `set_tcp_nodelay true`.
     mosquitto_options: Vec<String>,
     bench_broker: Option<PathBuf>,
+    /// Where `rallymq-durable` keeps its store (a fresh directory per measurement, removed).
+    data_root: PathBuf,
     // `run` only
     tcp: Option<SocketAddr>,
     ws: Option<SocketAddr>,
@@ -164,6 +156,7 @@ impl Default for Options {
             mosquitto: "mosquitto".to_owned(),
             mosquitto_options: Vec::new(),
             bench_broker: None,
+            data_root: std::env::temp_dir(),
             tcp: None,
             ws: None,
             pid: None,
@@ -171,6 +164,9 @@ impl Default for Options {
         }
     }
 }
+
+/// The brokers `compare` knows: ours in memory, ours with its disk store, Mosquitto.
+const BROKERS: [&str; 3] = ["rallymq", "rallymq-durable", "mosquitto"];
 
 const USAGE: &str = "\
 usage: mqtt_load compare [options]      start rallymq_bench_broker and mosquitto, compare them
@@ -182,9 +178,10 @@ options:
   --window N              QoS 0 copies in flight per subscriber; 0 = no flow control (2000)
   --qos1-window N         unacknowledged QoS 1 messages per publisher (16)
   --fan-in-publishers N   (8)     --fan-out-subscribers N (50)     --qos1-pairs N (50)
-  --shapes LIST           idle,fan-in,fan-out,qos1
+  --shapes LIST           idle,fan-in,fan-out,qos1 (also: qos1-persistent)
   --transports LIST       tcp,ws
-  --brokers LIST          rallymq,mosquitto (compare)
+  --brokers LIST          rallymq,mosquitto (compare; also: rallymq-durable)
+  --data-root DIR         where rallymq-durable keeps its store, on a real disk ($TMPDIR or /tmp)
   --broker-threads N      worker threads of rallymq_bench_broker (default: all cores)
   --client-threads N      worker threads of this load client (default: all cores)
   --mosquitto PATH        the mosquitto binary (mosquitto)
@@ -231,7 +228,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 if let Some(unknown) = options
                     .brokers
                     .iter()
-                    .find(|b| *b != "rallymq" && *b != "mosquitto")
+                    .find(|b| !BROKERS.contains(&b.as_str()))
                 {
                     return Err(format!("unknown broker {unknown}"));
                 }
@@ -241,6 +238,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--mosquitto" => options.mosquitto = value.clone(),
             "--mosquitto-option" => options.mosquitto_options.push(value.clone()),
             "--bench-broker" => options.bench_broker = Some(PathBuf::from(value)),
+            "--data-root" => options.data_root = PathBuf::from(value),
             "--tcp" | "--ws" => {
                 let addr = value
                     .parse()
@@ -257,93 +255,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-// ---- MQTT client side, on our codec and our WebSocket crate -----------------------------------
-
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-type Io = Box<dyn Stream>;
-
-fn invalid(error: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error.to_string())
-}
-
-fn encode(packet: &Packet, out: &mut BytesMut) {
-    // Every packet here is built from validated parts, so encoding cannot fail; if it ever
-    // did, the run would show it as missing traffic, not as a wrong number.
-    let _ = packet.encode(VERSION, out);
-}
-
-/// Opens the transport: plain TCP, or a WebSocket on `/mqtt` with subprotocol `mqtt` whose
-/// binary messages carry the MQTT byte stream.
-async fn open(addr: SocketAddr, transport: Transport) -> io::Result<Io> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    match transport {
-        Transport::Tcp => Ok(Box::new(tcp)),
-        Transport::Ws => Ok(Box::new(
-            rallymq_benches::mqtt_over_websocket(tcp, &addr.to_string()).await?,
-        )),
-    }
-}
-
-/// Reads until one whole packet is decoded.
-async fn read_packet(io: &mut Io, buf: &mut BytesMut) -> io::Result<Packet> {
-    let limits = Limits::default();
-    loop {
-        if let Some(packet) = rallymq_codec::decode(buf, VERSION, &limits).map_err(invalid)? {
-            return Ok(packet);
-        }
-        if io.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
-/// An MQTT 3.1.1 connection after CONNACK, with what was read past it.
-struct Client {
-    io: Io,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, transport: Transport, client_id: &str) -> io::Result<Self> {
-        let mut io = open(addr, transport).await?;
-        let connect = Connect::new(VERSION, MqttString::new(client_id).map_err(invalid)?);
-        let mut out = BytesMut::new();
-        encode(&Packet::from(connect), &mut out);
-        io.write_all(&out).await?;
-        io.flush().await?;
-        let mut buf = BytesMut::new();
-        match read_packet(&mut io, &mut buf).await? {
-            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::Success => Ok(Self { io, buf }),
-            other => Err(invalid(format!("CONNECT answered with {other:?}"))),
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
-        let subscribe = Subscribe {
-            packet_id: PacketId::new(1).ok_or_else(|| invalid("packet id 0"))?,
-            properties: SubscribeProperties::default().into(),
-            subscriptions: vec![Subscription::new(
-                TopicFilter::new(filter).map_err(invalid)?,
-                qos,
-            )],
-        };
-        let mut out = BytesMut::new();
-        encode(&Packet::Subscribe(subscribe), &mut out);
-        self.io.write_all(&out).await?;
-        self.io.flush().await?;
-        loop {
-            if let Packet::SubAck(ack) = read_packet(&mut self.io, &mut self.buf).await? {
-                if ack.reason_codes.iter().any(|code| code.is_error()) {
-                    return Err(invalid(format!("SUBSCRIBE refused: {ack:?}")));
-                }
-                return Ok(());
-            }
-        }
-    }
 }
 
 fn publish_packet(topic: &str, qos: QoS) -> io::Result<Packet> {
@@ -511,7 +422,7 @@ async fn qos1_publisher(
 ) -> io::Result<()> {
     let mut packet = publish_packet(&topic, QoS::AtLeastOnce)?;
     let credits = Arc::new(Semaphore::new(window));
-    let Client { io, buf } = client;
+    let Client { io, buf, .. } = client;
     let (mut read, mut write) = tokio::io::split(io);
     let reader_credits = credits.clone();
     let reader = tokio::spawn(async move {
@@ -580,51 +491,58 @@ struct Outcome {
     /// Broker bytes per idle connection (idle shape).
     bytes_per_connection: Option<f64>,
     connections: usize,
+    /// Copies received over the measured window.
+    received: u64,
+    /// What the broker process wrote over the window.
+    written: Option<ProcIo>,
+    /// What its store committed over the window.
+    store: Option<StoreCounts>,
+    /// The measured window, in seconds.
+    elapsed: f64,
 }
 
-/// The broker's resident memory in bytes.
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+impl Outcome {
+    /// Store transactions per second.
+    fn commits_per_second(&self) -> Option<f64> {
+        let store = self.store?;
+        (self.elapsed > 0.0).then(|| store.commits as f64 / self.elapsed)
+    }
+
+    /// `field` of what the broker wrote, per message received.
+    fn written_per_message(&self, field: impl Fn(&ProcIo) -> u64) -> Option<f64> {
+        let written = self.written?;
+        (self.received > 0).then(|| field(&written) as f64 / self.received as f64)
+    }
 }
 
-/// The broker's user + system CPU time in seconds (USER_HZ is 100 on Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+/// What is read from the broker at both ends of a measured window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    cpu: Option<f64>,
+    io: Option<ProcIo>,
+    store: Option<StoreCounts>,
+}
+
+/// How the broker under test is observed: by its pid, and for ours also through its stdin.
+trait Probe {
+    fn pid(&self) -> Option<u32>;
+
+    fn sample(&mut self) -> Sample {
+        Sample {
+            cpu: self.pid().and_then(cpu_seconds),
+            io: self.pid().and_then(proc_io),
+            store: None,
+        }
+    }
+}
+
+impl Probe for Option<u32> {
+    fn pid(&self) -> Option<u32> {
+        *self
+    }
 }
 
 static RUN: AtomicU64 = AtomicU64::new(0);
-
-async fn connect_all(
-    addr: SocketAddr,
-    transport: Transport,
-    ids: Vec<String>,
-) -> io::Result<Vec<Client>> {
-    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let tasks: Vec<JoinHandle<io::Result<Client>>> = ids
-        .into_iter()
-        .map(|id| {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
-                Client::connect(addr, transport, &id).await
-            })
-        })
-        .collect();
-    let mut clients = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        clients.push(task.await.map_err(io::Error::other)??);
-    }
-    Ok(clients)
-}
 
 async fn run_idle(
     addr: SocketAddr,
@@ -632,11 +550,12 @@ async fn run_idle(
     count: usize,
     pid: Option<u32>,
 ) -> io::Result<Outcome> {
+    let rss_bytes = |pid| status_bytes(pid, "VmRSS");
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = pid.and_then(rss_bytes);
     let ids = (0..count).map(|i| format!("idle-{run}-{i}")).collect();
-    let clients = tokio::time::timeout(SETUP_DEADLINE, connect_all(addr, transport, ids))
+    let clients = tokio::time::timeout(SETUP_DEADLINE, connect_all(addr, transport, ids, true))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle connections: too slow"))??;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -662,7 +581,7 @@ async fn run_throughput(
     addr: SocketAddr,
     transport: Transport,
     options: &Options,
-    pid: Option<u32>,
+    probe: &mut dyn Probe,
 ) -> io::Result<Outcome> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let base = format!("bench/{run}");
@@ -682,7 +601,7 @@ async fn run_throughput(
             options.fan_out_subscribers as u64,
             QoS::AtMostOnce,
         ),
-        Shape::Qos1 => {
+        Shape::Qos1 | Shape::Qos1Persistent => {
             let topics: Vec<String> = (0..options.qos1_pairs)
                 .map(|i| format!("{base}/q1/{i}"))
                 .collect();
@@ -696,19 +615,21 @@ async fn run_throughput(
         0
     };
     let flow = Arc::new(Flow::new(copies, limit));
+    // Publishers and subscribers alike: the durable broker stores both sessions.
+    let clean = shape != Shape::Qos1Persistent;
 
     let setup = async {
         let sub_ids = (0..subscriptions.len())
             .map(|i| format!("sub-{run}-{i}"))
             .collect();
-        let mut subscribers = connect_all(addr, transport, sub_ids).await?;
+        let mut subscribers = connect_all(addr, transport, sub_ids, clean).await?;
         for (client, filter) in subscribers.iter_mut().zip(&subscriptions) {
             client.subscribe(filter, qos).await?;
         }
         let pub_ids = (0..topics.len())
             .map(|i| format!("pub-{run}-{i}"))
             .collect();
-        let publishers = connect_all(addr, transport, pub_ids).await?;
+        let publishers = connect_all(addr, transport, pub_ids, clean).await?;
         Ok::<_, io::Error>((subscribers, publishers))
     };
     let (subscribers, publishers) = tokio::time::timeout(SETUP_DEADLINE, setup)
@@ -728,17 +649,17 @@ async fn run_throughput(
     }
 
     tokio::time::sleep(WARMUP).await;
-    let (r0, s0, c0, t0) = (
+    let (r0, s0, b0, t0) = (
         flow.received.load(Ordering::Relaxed),
         flow.sent.load(Ordering::Relaxed),
-        pid.and_then(cpu_seconds),
+        probe.sample(),
         Instant::now(),
     );
     tokio::time::sleep(options.duration).await;
-    let (r1, s1, c1, elapsed) = (
+    let (r1, s1, b1, elapsed) = (
         flow.received.load(Ordering::Relaxed),
         flow.sent.load(Ordering::Relaxed),
-        pid.and_then(cpu_seconds),
+        probe.sample(),
         t0.elapsed().as_secs_f64(),
     );
     flow.stop.store(true, Ordering::SeqCst);
@@ -770,9 +691,16 @@ async fn run_throughput(
         delivered: (r1 - r0) as f64 / elapsed,
         sent: (s1 - s0) as f64 / elapsed,
         lost,
-        cpu: c0.zip(c1).map(|(c0, c1)| (c1 - c0) / elapsed),
+        cpu: b0.cpu.zip(b1.cpu).map(|(c0, c1)| (c1 - c0) / elapsed),
         bytes_per_connection: None,
         connections: 0,
+        received: r1 - r0,
+        written: b0.io.zip(b1.io).map(|(w0, w1)| w1.since(&w0)),
+        store: b0.store.zip(b1.store).map(|(s0, s1)| StoreCounts {
+            commits: s1.commits - s0.commits,
+            changes: s1.changes - s0.changes,
+        }),
+        elapsed,
     })
 }
 
@@ -781,13 +709,13 @@ fn run_shape(
     shape: Shape,
     transport: Transport,
     addr: SocketAddr,
-    pid: Option<u32>,
+    probe: &mut dyn Probe,
     options: &Options,
 ) -> io::Result<Outcome> {
     runtime.block_on(async {
         match shape {
-            Shape::Idle => run_idle(addr, transport, options.idle, pid).await,
-            _ => run_throughput(shape, addr, transport, options, pid).await,
+            Shape::Idle => run_idle(addr, transport, options.idle, probe.pid()).await,
+            _ => run_throughput(shape, addr, transport, options, probe).await,
         }
     })
 }
@@ -808,29 +736,55 @@ fn describe(outcome: &Outcome, shape: Shape) -> String {
                 outcome.connections
             ),
         },
-        _ => format!(
-            "{:>9.0} msg/s delivered  {:>9.0} msg/s sent  undelivered {}{cpu}",
-            outcome.delivered, outcome.sent, outcome.lost
-        ),
+        _ => {
+            format!(
+                "{:>9.0} msg/s delivered  {:>9.0} msg/s sent  undelivered {}{cpu}",
+                outcome.delivered, outcome.sent, outcome.lost
+            ) + &store_line(outcome)
+        }
     }
+}
+
+/// What the broker wrote per message (system calls, sockets included, and file pages), and
+/// for a broker with a store, its commits per second.
+fn store_line(outcome: &Outcome) -> String {
+    let mut line = String::new();
+    if let (Some(wchar), Some(pages)) = (
+        outcome.written_per_message(|w| w.wchar),
+        outcome.written_per_message(|w| w.write_bytes),
+    ) {
+        let _ = write!(line, "  written/msg {wchar:.0} B (file pages {pages:.0} B)");
+    }
+    if let (Some(per_second), Some(store)) = (outcome.commits_per_second(), outcome.store) {
+        let _ = write!(
+            line,
+            "  commits/s {per_second:.0}  changes/commit {:.0}",
+            store.changes as f64 / store.commits.max(1) as f64
+        );
+    }
+    line
 }
 
 // ---- brokers --------------------------------------------------------------------------------------
 
-/// A broker process of ours; killed (by its own pid) when dropped.
+/// A broker under test, ours or Mosquitto; killed (by its own pid) when dropped, and its
+/// directory (Mosquitto's config, our store) removed.
 struct BrokerProcess {
-    child: Child,
+    process: Process,
     tcp: SocketAddr,
     ws: SocketAddr,
-    /// Mosquitto's generated config directory, removed with the process.
     dir: Option<PathBuf>,
 }
 
-impl BrokerProcess {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
+enum Process {
+    Ours(BenchBroker),
+    Mosquitto(Child),
+}
 
+/// Numbers the data directories of one run.
+static DATA_DIRS: AtomicU64 = AtomicU64::new(0);
+
+impl BrokerProcess {
     fn addr(&self, transport: Transport) -> SocketAddr {
         match transport {
             Transport::Tcp => self.tcp,
@@ -840,57 +794,42 @@ impl BrokerProcess {
 
     fn start(name: &str, options: &Options) -> io::Result<Self> {
         match name {
-            "rallymq" => Self::start_rallymq(options),
+            "rallymq" => Self::start_rallymq(options, false),
+            "rallymq-durable" => Self::start_rallymq(options, true),
             _ => Self::start_mosquitto(options),
         }
     }
 
-    fn start_rallymq(options: &Options) -> io::Result<Self> {
+    fn start_rallymq(options: &Options, durable: bool) -> io::Result<Self> {
         let path = match &options.bench_broker {
             Some(path) => path.clone(),
             None => std::env::current_exe()?.with_file_name("rallymq_bench_broker"),
         };
-        let mut command = Command::new(&path);
-        command
-            .args(["--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
-            .arg("--exit-on-stdin-eof")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut extra = Vec::new();
         if let Some(threads) = options.broker_threads {
-            command.args(["--threads", &threads.to_string()]);
+            extra.extend(["--threads".to_owned(), threads.to_string()]);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            return Err(io::Error::other("no stdout"));
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut tcp, mut ws) = (None, None);
-        while tcp.is_none() || ws.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::other("rallymq_bench_broker did not start"));
-            };
-            if let Some(rest) = line.strip_prefix("listening: tcp://") {
-                tcp = rest.parse().ok();
-            } else if let Some(rest) = line.strip_prefix("listening: ws://") {
-                ws = rest.trim_end_matches("/mqtt").parse().ok();
-            }
+        let dir = durable.then(|| {
+            options.data_root.join(format!(
+                "mqtt_load-data-{}-{}",
+                std::process::id(),
+                DATA_DIRS.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+        if let Some(dir) = &dir {
+            extra.push("--data-dir".to_owned());
+            extra.push(dir.display().to_string());
         }
-        // Keep reading so the broker never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        let (Some(tcp), Some(ws)) = (tcp, ws) else {
-            unreachable!("the loop above ends only with both addresses")
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let broker = BenchBroker::start(&path, any, Some(any), &extra, SETUP_DEADLINE)?;
+        let Some(ws) = broker.ws else {
+            unreachable!("BenchBroker::start returns once both listeners are known")
         };
         Ok(Self {
-            child,
-            tcp,
+            tcp: broker.tcp,
             ws,
-            dir: None,
+            process: Process::Ours(broker),
+            dir,
         })
     }
 
@@ -943,7 +882,7 @@ impl BrokerProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self {
-            child,
+            process: Process::Mosquitto(child),
             tcp,
             ws,
             dir: Some(dir),
@@ -951,10 +890,39 @@ impl BrokerProcess {
     }
 }
 
+impl Probe for BrokerProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(match &self.process {
+            Process::Ours(broker) => broker.pid(),
+            Process::Mosquitto(child) => child.id(),
+        })
+    }
+
+    fn sample(&mut self) -> Sample {
+        let pid = self.pid();
+        // The store first: its answer takes a round trip through the broker's stdin.
+        let store = match &mut self.process {
+            Process::Ours(broker) => broker.store_counts(),
+            Process::Mosquitto(_) => None,
+        };
+        Sample {
+            cpu: pid.and_then(cpu_seconds),
+            io: pid.and_then(proc_io),
+            store,
+        }
+    }
+}
+
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Killed before its directory is removed.
+        match &mut self.process {
+            Process::Ours(broker) => broker.kill(),
+            Process::Mosquitto(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -969,17 +937,11 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 {
+    Some(if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
     })
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn value_of(shape: Shape, outcome: &Outcome) -> Option<f64> {
@@ -997,14 +959,25 @@ fn medians(
     by_broker: &BTreeMap<String, Vec<Outcome>>,
     metric: impl Fn(&Outcome) -> Option<f64>,
 ) -> (Option<f64>, Option<f64>, Option<f64>) {
+    medians_of(by_broker, "rallymq", "mosquitto", metric)
+}
+
+/// Medians over rounds of `metric` for brokers `a` and `b`, and the median of the per-round
+/// ratios a / b.
+fn medians_of(
+    by_broker: &BTreeMap<String, Vec<Outcome>>,
+    a: &str,
+    b: &str,
+    metric: impl Fn(&Outcome) -> Option<f64>,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
     let values = |broker: &str| -> Vec<Option<f64>> {
         by_broker
             .get(broker)
             .map(|v| v.iter().map(&metric).collect())
             .unwrap_or_default()
     };
-    let ours = values("rallymq");
-    let theirs = values("mosquitto");
+    let ours = values(a);
+    let theirs = values(b);
     let mut ratios: Vec<f64> = ours
         .iter()
         .zip(&theirs)
@@ -1035,6 +1008,9 @@ fn summary(results: &Results, options: &Options) -> String {
                 options.fan_out_subscribers
             ),
             Shape::Qos1 => format!("qos1, msg/s ({} pairs)", options.qos1_pairs),
+            Shape::Qos1Persistent => {
+                format!("qos1-persistent, msg/s ({} pairs)", options.qos1_pairs)
+            }
         };
         let (ours, theirs, ratio_value) = medians(by_broker, |o| value_of(*shape, o));
         let (ours_eff, theirs_eff, ratio_eff) = if *shape == Shape::Idle {
@@ -1057,6 +1033,75 @@ fn summary(results: &Results, options: &Options) -> String {
             ratio(ratio_eff),
             percent(ours_cpu),
             percent(theirs_cpu),
+        );
+    }
+    if results
+        .values()
+        .any(|by_broker| by_broker.contains_key("rallymq-durable"))
+    {
+        out.push_str(&durability_summary(results));
+    }
+    out
+}
+
+/// rallymq with its store beside rallymq in memory and Mosquitto (medians over rounds, ratios
+/// per round), with the store's commits and bytes per message received. *Written* is `wchar`:
+/// our broker's socket writes are `send(2)` calls, which `wchar` does not count (the in-memory
+/// broker shows 0), so it is the store's `pwrite`s; *file pages* is `write_bytes`, the pages
+/// those writes dirtied.
+fn durability_summary(results: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n| shape | transport | durable msg/s | in-memory msg/s | mosquitto msg/s | durable / in-memory | durable / mosquitto | in-memory / mosquitto | commits/s | changes/commit | written B/msg | file pages B/msg | durable cpu | in-memory cpu |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let number = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let ratio = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}x"));
+    let percent = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}%", v * 100.0));
+    let delivered = |o: &Outcome| Some(o.delivered);
+    for ((shape, transport), by_broker) in results {
+        if *shape == Shape::Idle || !by_broker.contains_key("rallymq-durable") {
+            continue;
+        }
+        let (durable, memory, vs_memory) =
+            medians_of(by_broker, "rallymq-durable", "rallymq", delivered);
+        let (_, mosquitto, vs_mosquitto) =
+            medians_of(by_broker, "rallymq-durable", "mosquitto", delivered);
+        let (_, _, memory_vs_mosquitto) = medians_of(by_broker, "rallymq", "mosquitto", delivered);
+        let (commits, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| {
+            o.commits_per_second()
+        });
+        let (changes, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| {
+            o.store.map(|s| s.changes as f64 / s.commits.max(1) as f64)
+        });
+        let (written, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| {
+            o.written_per_message(|w| w.wchar)
+        });
+        let (pages, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| {
+            o.written_per_message(|w| w.write_bytes)
+        });
+        let (cpu, cpu_memory, _) = medians_of(by_broker, "rallymq-durable", "rallymq", |o| o.cpu);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            shape.name(),
+            transport.name(),
+            number(durable),
+            number(memory),
+            number(mosquitto),
+            ratio(vs_memory),
+            ratio(vs_mosquitto),
+            ratio(memory_vs_mosquitto),
+            number(commits),
+            number(changes),
+            number(written),
+            number(pages),
+            percent(cpu),
+            percent(cpu_memory),
         );
     }
     out
@@ -1085,27 +1130,21 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<(
     for round in 0..options.rounds {
         println!("-- round {} (load average {})", round + 1, load_average());
         for (index, (shape, transport)) in plan(options).into_iter().enumerate() {
+            // Each broker goes first in turn.
             let mut order = options.brokers.clone();
-            if (round + index) % 2 == 1 {
-                order.reverse();
-            }
+            let turn = (round + index) % order.len().max(1);
+            order.rotate_left(turn);
             for name in order {
-                // A fresh broker for every measurement: same starting state for both, and the
+                // A fresh broker for every measurement: same starting state for all, and the
                 // idle shape's RSS is not flattered by memory an earlier shape freed.
-                let broker = BrokerProcess::start(&name, options)?;
-                let outcome = run_shape(
-                    runtime,
-                    shape,
-                    transport,
-                    broker.addr(transport),
-                    Some(broker.pid()),
-                    options,
-                );
+                let mut broker = BrokerProcess::start(&name, options)?;
+                let addr = broker.addr(transport);
+                let outcome = run_shape(runtime, shape, transport, addr, &mut broker, options);
                 drop(broker);
                 match outcome {
                     Ok(outcome) => {
                         println!(
-                            "{:<8} {:<3} {:<9} {}",
+                            "{:<15} {:<3} {:<15} {}",
                             shape.name(),
                             transport.name(),
                             name,
@@ -1119,7 +1158,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<(
                             .push(outcome);
                     }
                     Err(error) => println!(
-                        "{:<8} {:<3} {:<9} failed: {error}",
+                        "{:<15} {:<3} {:<15} failed: {error}",
                         shape.name(),
                         transport.name(),
                         name
@@ -1144,16 +1183,17 @@ fn run_one(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<(
             let Some(addr) = addr else {
                 continue;
             };
-            match run_shape(runtime, shape, transport, addr, options.pid, options) {
+            let mut probe = options.pid;
+            match run_shape(runtime, shape, transport, addr, &mut probe, options) {
                 Ok(outcome) => println!(
-                    "{:<8} {:<3} {:<9} {}",
+                    "{:<15} {:<3} {:<15} {}",
                     shape.name(),
                     transport.name(),
                     options.name,
                     describe(&outcome, shape)
                 ),
                 Err(error) => println!(
-                    "{:<8} {:<3} {:<9} failed: {error}",
+                    "{:<15} {:<3} {:<15} failed: {error}",
                     shape.name(),
                     transport.name(),
                     options.name

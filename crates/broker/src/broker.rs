@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rallymq_codec::{Message, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
-use rallymq_session::SessionState;
+use rallymq_session::{ServerConfig, SessionState};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::admission::PerIp;
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
+use crate::policy::Policy;
 use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
 use crate::session::{
     Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
@@ -53,6 +54,11 @@ pub(crate) struct Shared {
     pub(crate) space_waiters: AtomicUsize,
     /// Connections by client address, for the limits per address.
     pub(crate) per_ip: Arc<PerIp>,
+    /// Who may connect and what they may do: the broker's policy first, then those of the
+    /// listeners with their own (`Peer::policy` indexes this).
+    pub(crate) policies: Vec<Policy>,
+    /// The protocol engine's settings, the same for every connection.
+    pub(crate) server_config: Arc<ServerConfig>,
 }
 
 /// Shutdown reaches each connection through its [`ControlBox`], so that a connection waits on
@@ -71,8 +77,11 @@ impl Shared {
         config: BrokerConfig,
         shutdown: watch::Receiver<bool>,
         store: Option<Arc<dyn Store>>,
+        policies: Vec<Policy>,
     ) -> Self {
         Self {
+            policies,
+            server_config: Arc::new(server_config(&config.limits)),
             config,
             router: Router::default(),
             registry: Registry::default(),
@@ -121,10 +130,20 @@ impl Shared {
             }
         }
         for session in self.registry.all() {
-            if let Some(attachment) = &session.lock().attachment {
+            let inner = session.lock();
+            if let Some(attachment) = &inner.attachment {
                 attachment.control.signal(signal::SHUTDOWN);
             }
+            // A closed connection waiting on its will's delay.
+            if let Some(waiter) = &inner.will_waiter {
+                waiter.signal(signal::SHUTDOWN);
+            }
         }
+    }
+
+    /// Whether the broker is shutting down (or its handle was dropped).
+    pub(crate) fn stopping(&self) -> bool {
+        *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
     }
 
     fn lock_connecting(&self) -> std::sync::MutexGuard<'_, Connecting> {
@@ -227,10 +246,12 @@ impl Shared {
     }
 
     /// Loads the store: retained messages, and persistent sessions as offline sessions whose
-    /// queues stay in the store until their clients come back.
-    fn restore(self: &Arc<Self>) -> Result<(), Error> {
+    /// queues stay in the store until their clients come back. Returns the tasks that publish
+    /// restored wills when due.
+    fn restore(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, Error> {
+        let mut wills = Vec::new();
         let Some(store) = &self.store else {
-            return Ok(());
+            return Ok(wills);
         };
         let loaded = store.load()?;
         self.next_message_id
@@ -284,14 +305,27 @@ impl Shared {
                 will: will.clone(),
                 ..Durable::default()
             }));
-            if let Some(will) = will {
+            let waiter = will.as_ref().map(|_| {
                 let waiter = Arc::new(ControlBox::default());
                 inner.will_waiter = Some(waiter.clone());
-                drop(inner);
-                tokio::spawn(restored_will(self.clone(), session.clone(), waiter, will));
+                waiter
+            });
+            drop(inner);
+            if record.disconnected_at.is_none() {
+                // Recorded as ended now (and its will as due from now), so that a restart before
+                // its client comes back counts from here too, not from its own start.
+                self.save_record(&session);
+            }
+            if let (Some(will), Some(waiter)) = (will, waiter) {
+                wills.push(tokio::spawn(restored_will(
+                    self.clone(),
+                    session.clone(),
+                    waiter,
+                    will,
+                )));
             }
         }
-        Ok(())
+        Ok(wills)
     }
 
     /// Drops offline sessions whose expiry has passed.
@@ -361,14 +395,21 @@ async fn restored_will(
         .due_at
         .and_then(|at| at.duration_since(SystemTime::now()).ok())
         .unwrap_or_default();
+    let mut shutdown = shared.shutdown.clone();
     let publish_now = tokio::select! {
         _ = tokio::time::sleep(due) => true,
+        _ = shutdown.changed() => false,
         _ = waiter.signalled() => matches!(
             waiter.try_recv(),
             Some(Control::EndWill { publish: true })
         ),
     };
     waiter.close();
+    if shared.stopping() {
+        // The will stays in the session's record: the next broker publishes it when due. (This
+        // task must not outlive the broker: it holds the store, and its directory's lock.)
+        return;
+    }
     if publish_now {
         shared.publish(Some(&session.client_id), &will.publish);
     }
@@ -475,6 +516,18 @@ impl Broker {
     ) -> Result<BrokerHandle, Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let all = config.all_listeners();
+        // The broker's policy, then one for each listener with its own.
+        let mut policies = vec![Policy::load(&config.security)?];
+        let mut listener_policies = Vec::new();
+        for listener in &all {
+            listener_policies.push(match &listener.security {
+                Some(security) => {
+                    policies.push(Policy::load(security)?);
+                    u8::try_from(policies.len() - 1).map_err(|_| Error::TooManyPolicies)?
+                }
+                None => 0,
+            });
+        }
         let tls = match &config.tls_files {
             Some(settings) => Some(Arc::new(Tls::load(settings.clone())?)),
             None if all.iter().any(|listener| listener.kind.is_tls()) => {
@@ -499,16 +552,16 @@ impl Broker {
             ));
         }
         let sys_interval = config.sys_interval;
-        let shared = Arc::new(Shared::new(config, shutdown_rx, store));
-        shared.restore()?;
+        let shared = Arc::new(Shared::new(config, shutdown_rx, store, policies));
+        let mut tasks = shared.restore()?;
         let mut listeners = Vec::new();
-        let mut tasks = Vec::new();
-        for (bound, listener, socket) in bound {
+        for ((bound, listener, socket), policy) in bound.into_iter().zip(listener_policies) {
             info!("listening: {bound}");
             listeners.push(bound);
             let context = Arc::new(ListenerContext {
                 listener,
                 tls: tls.clone(),
+                policy,
             });
             let serve = if bound.kind.is_websocket() {
                 tokio::spawn(listener::serve_websocket(socket, shared.clone(), context))
@@ -626,6 +679,7 @@ impl BrokerHandle {
             let peer = crate::connection::Peer {
                 addr: peer,
                 via: None,
+                policy: 0,
             };
             crate::connection::serve(io, shared, peer, None).await;
         }
@@ -726,6 +780,18 @@ impl BrokerHandle {
             tls.reload()?;
             info!("TLS certificate reloaded");
         }
+        // All or nothing: every file is read before any takes effect.
+        let mut reloaded = Vec::new();
+        for policy in &self.shared.policies {
+            reloaded.push(policy.reload_prepared()?);
+        }
+        let mut any = false;
+        for (policy, prepared) in self.shared.policies.iter().zip(reloaded) {
+            any |= policy.commit_reload(prepared);
+        }
+        if any {
+            info!("password, token key and ACL files reloaded");
+        }
         Ok(())
     }
 
@@ -753,12 +819,35 @@ impl BrokerHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for task in self.tasks {
+        for task in &self.tasks {
             task.abort();
+        }
+        // Gone once their handles resolve: none of them holds the broker's state (and its
+        // store, whose directory's lock a broker started next would need) any more.
+        for task in self.tasks {
+            let _ = task.await;
         }
         // What the connections wrote as they closed is on disk before the broker is gone.
         if let Some(store) = &self.shared.store {
             let _ = store.durable(store.write(Vec::new())).await;
         }
+    }
+}
+
+/// The protocol engine's settings from the broker's limits.
+fn server_config(limits: &crate::Limits) -> ServerConfig {
+    ServerConfig {
+        connect_timeout: limits.connect_timeout,
+        packet_timeout: limits.packet_timeout,
+        max_packet_size: limits.max_packet_size,
+        receive_maximum: limits.receive_maximum.max(1),
+        topic_alias_maximum: limits.topic_alias_maximum,
+        outgoing_topic_alias_maximum: limits.outgoing_topic_alias_maximum,
+        max_in_flight: limits.max_in_flight.max(1),
+        // The session's queue in the broker is the real one; the engine keeps a little.
+        max_queued: 16,
+        max_keep_alive: limits.max_keep_alive,
+        // Acknowledged once routed: the single point where a durable store will wait.
+        manual_acks: true,
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub struct BrokerConfig {
     pub metrics: bool,
     /// Where persistent sessions, their queued messages and retained messages are kept.
     pub storage: Storage,
+    /// Who may connect and what they may do, on every listener without a
+    /// [`Listener::security`] of its own.
+    pub security: Security,
 }
 
 /// Where a broker keeps what must survive it.
@@ -78,6 +82,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             metrics: true,
             storage: Storage::default(),
+            security: Security::default(),
         }
     }
 }
@@ -137,6 +142,10 @@ pub struct Listener {
     pub client_certificates: ClientCertificates,
     /// WebSocket kinds: `Origin` header values allowed; empty allows any (403 otherwise).
     pub allowed_origins: Vec<String>,
+    /// Who may connect here and what they may do, instead of the broker's
+    /// [`BrokerConfig::security`] (Mosquitto's `per_listener_settings`): say, a loopback
+    /// listener open to local services beside a public one that takes tokens only.
+    pub security: Option<Security>,
 }
 
 impl Listener {
@@ -147,6 +156,7 @@ impl Listener {
             addr,
             client_certificates: ClientCertificates::default(),
             allowed_origins: Vec::new(),
+            security: None,
         }
     }
 }

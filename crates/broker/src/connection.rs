@@ -20,15 +20,18 @@ use rallymq_codec::{
     PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, Unsubscribe, Will,
 };
 use rallymq_session::{
-    Accept, AckHandle, CloseReason, OutgoingMessage, OutgoingStage, PublishToken, ServerConfig,
-    ServerConnection, ServerEvent, SessionState, Timestamp,
+    Accept, AckHandle, CloseReason, OutgoingMessage, OutgoingStage, PublishToken, ServerConnection,
+    ServerEvent, SessionState, Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::ListenerKind;
+use crate::acl::{self, ClientAcl};
+use crate::auth::Credentials;
 use crate::broker::Shared;
+use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
     Attached, Control, ControlBox, Detached, Persisting, Queued, Session, SessionInner, StoredRef,
@@ -62,6 +65,9 @@ const LINGER: Duration = Duration::from_secs(2);
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     pub(crate) via: Via,
+    /// The security policy of the listener it came through: an index into
+    /// `Shared::policies`.
+    pub(crate) policy: u8,
 }
 
 impl fmt::Display for Peer {
@@ -124,6 +130,11 @@ struct Durability {
     /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
     /// stage, a subscription).
     barrier: Ticket,
+    /// The last write of its deliveries' progress (in flight, acknowledged): the next page of
+    /// the queue is read once it is durable, so that a session draining a long queue from the
+    /// store runs at most a page ahead of the store's writer instead of piling up changes in
+    /// memory.
+    delivered: Ticket,
 }
 
 struct Driver {
@@ -156,6 +167,15 @@ struct Extras {
     durability: Option<Durability>,
     /// The name of the client certificate verified in the TLS handshake, if any.
     certificate_user: Option<Arc<str>>,
+    /// The user the client authenticated as, when it gave one.
+    user: Option<Arc<str>>,
+    /// When the client's credential (a token) stops being valid: the connection is closed
+    /// then.
+    credential_expiry: Option<Timestamp>,
+    /// What the client may publish and receive, when an ACL file or its token says.
+    acl: Option<ClientAcl>,
+    /// The policy's ACL reload `acl` was made from.
+    acl_generation: u64,
 }
 
 fn durability(extras: &Option<Box<Extras>>) -> Option<&Durability> {
@@ -168,32 +188,18 @@ fn durability_mut(extras: &mut Option<Box<Extras>>) -> Option<&mut Durability> {
 
 impl Driver {
     fn new(shared: Arc<Shared>, peer: Peer, certificate_user: Option<Arc<str>>) -> Self {
-        let limits = &shared.config.limits;
-        let config = ServerConfig {
-            connect_timeout: limits.connect_timeout,
-            packet_timeout: limits.packet_timeout,
-            max_packet_size: limits.max_packet_size,
-            receive_maximum: limits.receive_maximum.max(1),
-            topic_alias_maximum: limits.topic_alias_maximum,
-            outgoing_topic_alias_maximum: limits.outgoing_topic_alias_maximum,
-            max_in_flight: limits.max_in_flight.max(1),
-            // The session's queue in the broker is the real one; the engine keeps a little.
-            max_queued: 16,
-            max_keep_alive: limits.max_keep_alive,
-            // Acknowledged once routed: the single point where a durable store will wait.
-            manual_acks: true,
-        };
         let connection_id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(ControlBox::default());
         shared.register_connection(connection_id, &control);
         // Every connection's clock counts from the broker's start: one `Instant` less in each.
         let now = Timestamp::from_since_epoch(shared.started.elapsed());
-        let engine = ServerConnection::new(config, now);
+        let engine = ServerConnection::new(shared.server_config.clone(), now);
         let durability = shared.store.is_some().then(Durability::default);
         let extras = (durability.is_some() || certificate_user.is_some()).then(|| {
             Box::new(Extras {
                 durability,
                 certificate_user,
+                ..Extras::default()
             })
         });
         Self {
@@ -266,7 +272,18 @@ impl Driver {
                         self.engine.shrink_buffers();
                     }
                 }
-                let deadline = self.engine.poll_timeout();
+                if self.engine.is_closed()
+                    && self.shared.stopping()
+                    && self.engine.poll_timeout().is_some()
+                {
+                    // A will waits on its delay as the broker stops: with a store it is in the
+                    // session's record, and the next broker publishes it when due (without one
+                    // nothing outlives the broker anyway). This task must not outlive the
+                    // broker: it holds the store, and its directory's lock.
+                    self.engine.cancel_will();
+                }
+                // (A closed connection has no credential expiry: its deadline is the engine's.)
+                let deadline = self.next_deadline();
                 if self.engine.is_closed() && deadline.is_none() {
                     break;
                 }
@@ -276,7 +293,7 @@ impl Driver {
                 tokio::select! {
                     _ = tokio::time::sleep_until(self.instant(deadline.unwrap_or_default())),
                         if deadline.is_some() => {
-                        self.engine.handle_timeout(self.now());
+                        self.on_deadline();
                     }
                     read = poll_fn(|cx| self.poll_read(cx, &mut io)), if transport_open => {
                         if matches!(read, Ok(0) | Err(_)) {
@@ -288,6 +305,43 @@ impl Driver {
                 }
             }
             self.finish();
+        }
+    }
+
+    /// The engine's next deadline, or the client's credential expiry if that comes first.
+    fn next_deadline(&self) -> Option<Timestamp> {
+        let engine = self.engine.poll_timeout();
+        let expiry = self
+            .extras
+            .as_deref()
+            .and_then(|extras| extras.credential_expiry)
+            .filter(|_| !self.engine.is_closed());
+        match (engine, expiry) {
+            (Some(engine), Some(expiry)) => Some(engine.min(expiry)),
+            (engine, expiry) => engine.or(expiry),
+        }
+    }
+
+    fn on_deadline(&mut self) {
+        let now = self.now();
+        self.engine.handle_timeout(now);
+        self.end_expired_credential(now);
+    }
+
+    /// Closes the connection once its credential has expired: a token is valid for a time,
+    /// and a connection must not outlive it (MQTT 5: DISCONNECT 0xA0 Maximum connect time).
+    fn end_expired_credential(&mut self, now: Timestamp) {
+        let Some(extras) = self.extras.as_deref_mut() else {
+            return;
+        };
+        if extras.credential_expiry.is_some_and(|expiry| expiry <= now) {
+            extras.credential_expiry = None;
+            info!(peer = %self.peer, user = extras.user.as_deref().unwrap_or(""), "credential expired: disconnecting");
+            self.engine.disconnect(
+                now,
+                ReasonCode::MaximumConnectTime,
+                DisconnectProperties::default(),
+            );
         }
     }
 
@@ -410,6 +464,7 @@ impl Driver {
     /// waits until what they wrote is durable and acknowledges. Returns `false` when the store
     /// failed a write that the next bytes depend on: they must not be written.
     async fn process_events(&mut self) -> bool {
+        self.refresh_acl();
         loop {
             // Each event is handled without awaiting, so that no event (a `ServerEvent` is
             // hundreds of bytes) is held across an await in every connection's task.
@@ -551,10 +606,13 @@ impl Driver {
                 let delivered = durability_mut(&mut self.extras)
                     .and_then(|durability| durability.deliveries.remove(&outcome.token));
                 if let (Some((seq, _)), Some(session)) = (delivered, &self.session) {
-                    self.shared.write(vec![Change::DeleteEntry {
+                    let ticket = self.shared.write(vec![Change::DeleteEntry {
                         client_id: session.client_id.clone(),
                         seq,
                     }]);
+                    if let Some(durability) = durability_mut(&mut self.extras) {
+                        durability.delivered = ticket;
+                    }
                 }
             }
             ServerEvent::DeliveryReleased(token) => {
@@ -622,8 +680,62 @@ impl Driver {
     /// limits of levels or length.
     fn refuse_publish(&self, publish: &Publish) -> Option<ReasonCode> {
         let topic = publish.topic.as_ref()?;
-        (!self.shared.config.limits.allows_topic(topic.as_str()))
-            .then_some(ReasonCode::TopicNameInvalid)
+        if !self.shared.config.limits.allows_topic(topic.as_str()) {
+            return Some(ReasonCode::TopicNameInvalid);
+        }
+        if !self.may_publish(topic) {
+            debug!(peer = %self.peer, topic = topic.as_str(), "publish not authorized");
+            return Some(ReasonCode::NotAuthorized);
+        }
+        None
+    }
+
+    /// The security policy of the listener this client came through.
+    fn policy(&self) -> &Policy {
+        let policies = &self.shared.policies;
+        policies
+            .get(usize::from(self.peer.policy))
+            .unwrap_or(&policies[0])
+    }
+
+    /// Takes the reloaded ACL's rules if the policy's file was reloaded since this client's
+    /// were made.
+    fn refresh_acl(&mut self) {
+        let Some(extras) = self.extras.as_deref() else {
+            return;
+        };
+        let (Some(current), Some(session)) = (&extras.acl, &self.session) else {
+            return;
+        };
+        let policy = self.policy();
+        let generation = policy.acl_generation();
+        if generation == extras.acl_generation {
+            return;
+        }
+        let acl = policy.current_acl(current, extras.user.as_deref(), &session.client_id);
+        let extras = self.extras.as_deref_mut().expect("checked above");
+        extras.acl = Some(acl);
+        extras.acl_generation = generation;
+    }
+
+    fn client_acl(&self) -> Option<&ClientAcl> {
+        self.extras.as_deref()?.acl.as_ref()
+    }
+
+    /// Whether this client may publish to `topic` (its will included).
+    fn may_publish(&self, topic: &rallymq_codec::TopicName) -> bool {
+        match self.client_acl() {
+            Some(acl) => acl.can_publish(topic),
+            None => acl::everyone_may_publish(topic),
+        }
+    }
+
+    /// Whether this client may be sent a message published to `topic`.
+    fn may_receive(&self, topic: &rallymq_codec::TopicName) -> bool {
+        match self.client_acl() {
+            Some(acl) => acl.can_receive(topic),
+            None => acl::everyone_may_receive(topic),
+        }
     }
 
     /// The client id of this connection's session if it is kept in the store.
@@ -652,6 +764,44 @@ impl Driver {
                 ConnAckProperties::default(),
             );
             return;
+        }
+        // Who the client is, before it can touch a session: a refused CONNECT takes nothing
+        // over (Mosquitto and EMQX check credentials first too).
+        let certificate_user = self
+            .extras
+            .as_deref()
+            .and_then(|extras| extras.certificate_user.as_deref())
+            .map(str::to_owned);
+        let credentials = Credentials {
+            username: connect
+                .username
+                .as_ref()
+                .map(|name| name.as_str().to_owned()),
+            password: connect.password.clone(),
+            client_id: connect.client_id.as_str().to_owned(),
+            certificate_user,
+        };
+        let identity = match self
+            .policy()
+            .authenticator
+            .authenticate_off_thread(self.peer.addr, credentials)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                let _ = self
+                    .engine
+                    .refuse(refusal.reason_code(), ConnAckProperties::default());
+                return;
+            }
+        };
+        if identity.user.is_some() || identity.expires_at.is_some() {
+            let extras = self.extras.get_or_insert_default();
+            extras.user = identity.user.as_deref().map(Arc::from);
+            extras.credential_expiry = identity.expires_at.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                now + left
+            });
         }
         let limits = &self.shared.config.limits;
         let requested_expiry = if version.is_v5() {
@@ -683,6 +833,20 @@ impl Driver {
             )
         };
         let client_id: &str = &session.client_id;
+        // Read before the ACL: a reload in between is then seen at the next check.
+        let generation = self.policy().acl_generation();
+        let client_acl = self.policy().client_acl(&identity, client_id);
+        if let Some(client_acl) = client_acl {
+            let extras = self.extras.get_or_insert_default();
+            extras.acl = Some(client_acl);
+            extras.acl_generation = generation;
+        }
+        // A will the client may not publish is dropped, and the CONNECT accepted (as
+        // Mosquitto does): it would be refused when sent.
+        let will_allowed = connect
+            .will
+            .as_ref()
+            .is_none_or(|will| self.may_publish(&will.topic));
         // Letters, digits and '-' only: a valid MQTT string.
         let assigned = needs_client_id
             .then(|| MqttString::new(client_id.to_owned()).expect("a generated id is valid"));
@@ -725,11 +889,16 @@ impl Driver {
                 let durable = inner.durable.get_or_insert_default();
                 durable.expiry_interval = granted_expiry;
                 durable.disconnected_at = None;
-                durable.will = connect.will.as_ref().map(|will| StoredWill {
-                    publish: will_message(will),
-                    delay: will.properties.will_delay_interval.unwrap_or(0),
-                    due_at: None,
-                });
+                durable.will =
+                    connect
+                        .will
+                        .as_ref()
+                        .filter(|_| will_allowed)
+                        .map(|will| StoredWill {
+                            publish: will_message(will),
+                            delay: will.properties.will_delay_interval.unwrap_or(0),
+                            due_at: None,
+                        });
             }
             let handed_over = inner
                 .durable
@@ -771,6 +940,10 @@ impl Driver {
             assigned_client_id: assigned,
             properties,
         };
+        if !will_allowed {
+            debug!(client_id = %client_id, peer = %self.peer, "will not authorized: dropped");
+            self.engine.cancel_will();
+        }
         if self.engine.accept(now, accept).is_ok() {
             self.shared.stats.client_connected(self.peer.via, version);
             self.connected_at = Some(tenths(self.now()));
@@ -778,7 +951,12 @@ impl Driver {
                 .extras
                 .as_deref()
                 .and_then(|extras| extras.certificate_user.as_deref());
-            let username = connect.username.as_ref().map(|name| name.as_str());
+            // The user authenticated as, or else the name the client gave.
+            let user = self
+                .extras
+                .as_deref()
+                .and_then(|extras| extras.user.as_deref())
+                .or(connect.username.as_ref().map(|name| name.as_str()));
             info!(
                 client_id = %client_id,
                 peer = %self.peer.addr,
@@ -786,7 +964,7 @@ impl Driver {
                 protocol = version_label(version),
                 clean_start = connect.clean_start,
                 keep_alive = self.engine.keep_alive().as_secs(),
-                username,
+                user,
                 certificate,
                 session_present,
                 "client connected"
@@ -816,6 +994,11 @@ impl Driver {
             let limits = &self.shared.config.limits;
             let refusal = if !limits.allows_topic(filter.as_str()) {
                 Some(ReasonCode::TopicFilterInvalid)
+            } else if self
+                .client_acl()
+                .is_some_and(|acl| !acl.can_subscribe(filter))
+            {
+                Some(ReasonCode::NotAuthorized)
             } else if limits.max_subscriptions > 0 && {
                 let inner = session.lock();
                 !inner.subscriptions.contains(filter)
@@ -966,7 +1149,7 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it is durable; counts it off the tail. `None` when there is none.
+    /// written to it is decided; counts it off the tail. `None` when there is none.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
         let store = self.shared.store.clone()?;
         let (from, ticket) = {
@@ -977,7 +1160,13 @@ impl Driver {
             }
             (durable.tail_from, durable.last_ticket)
         };
-        self.shared.durable(ticket).await.ok()?;
+        // The next page waits until this session's deliveries so far are durable, so that a
+        // drain does not run ahead of the store's writer with its changes held in memory.
+        let delivered = durability(&self.extras).map_or(Ticket::default(), |d| d.delivered);
+        // Decided is enough: the store commits a failed write's changes with its next commit,
+        // and a ticket that failed stays failed, so waiting for success would leave the queue
+        // unread (messages acknowledged before it too) until the session's next write.
+        let _ = self.shared.durable(ticket.max(delivered)).await;
         let entries = match store.read_queue(&session.client_id, from, PAGE) {
             Ok(entries) => entries,
             Err(error) => {
@@ -1050,6 +1239,7 @@ impl Driver {
         if !self.engine.is_connected() {
             return;
         }
+        self.refresh_acl();
         let Some(session) = self.session.clone() else {
             return;
         };
@@ -1095,6 +1285,17 @@ impl Driver {
                 };
                 publish.properties.message_expiry_interval = Some(left as u32);
             }
+            // Checked on delivery, so that retained messages, wills and `$SYS` are covered,
+            // and a subscription wider than the client may read gets only what it may.
+            if publish
+                .topic
+                .as_ref()
+                .is_some_and(|topic| !self.may_receive(topic))
+            {
+                self.shared.stats.dropped(Dropped::NotAuthorized, 1);
+                forget(&mut changes);
+                continue;
+            }
             let entry = stored.map(|stored| stored.entry(&publish, None));
             let (qos, payload) = (publish.qos, publish.payload.len());
             match self.engine.deliver(now, publish) {
@@ -1131,6 +1332,9 @@ impl Driver {
             let ticket = self.shared.write(changes);
             if needs_barrier {
                 self.raise_barrier(ticket);
+            }
+            if let Some(durability) = durability_mut(&mut self.extras) {
+                durability.delivered = ticket;
             }
         }
         // Only a drain that made room can end a publisher's wait: waking them all for
@@ -1372,6 +1576,7 @@ mod tests {
             crate::BrokerConfig::default(),
             shutdown_rx,
             None,
+            vec![Policy::load(&Default::default()).unwrap()],
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
@@ -1380,6 +1585,7 @@ mod tests {
         let peer = Peer {
             addr: listener.local_addr().unwrap(),
             via: Some(ListenerKind::Tcp),
+            policy: 0,
         };
         let future = serve(tcp, shared, peer, None);
         let size = size_of_val(&future);

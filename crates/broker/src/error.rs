@@ -24,9 +24,30 @@ pub enum Error {
     /// The TLS certificate, key or CA file could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// More than 255 listeners have a security policy of their own.
+    #[error("at most 255 listeners may have security settings of their own")]
+    TooManyPolicies,
     /// A TLS listener is configured without certificate and key files.
     #[error("a TLS listener needs a certificate and a key (--cert, --key)")]
     TlsNotConfigured,
+    /// The ACL file cannot be read.
+    #[error("cannot read the ACL file {}: {source}", path.display())]
+    AclFileRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line of the ACL file is not valid in Mosquitto's `acl_file` syntax.
+    #[error("{}:{line}: {problem}", path.display())]
+    AclFileSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+        /// What is wrong with it.
+        problem: crate::acl::AclProblem,
+    },
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

@@ -23,16 +23,8 @@
 //! Memory stays bounded: connections that send no CONNECT in time are dropped, the number of
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
+pub mod acl;
 mod admission;
-// The connection calls the authenticator once the lead wires it in (issue 14); until then
-// only the tests and `rallymq passwd` use this module.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "wired into CONNECT handling separately (issue 14)"
-    )
-)]
 mod auth;
 mod broker;
 mod config;
@@ -40,6 +32,7 @@ mod connection;
 mod error;
 mod listener;
 mod metrics;
+mod policy;
 mod router;
 mod session;
 mod stats;
@@ -51,6 +44,7 @@ pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
+pub use policy::Security;
 pub use store::{
     COMMIT_SECONDS_BUCKETS, Change, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore,
     MessageId, QueueEntry, SessionRecord, Store, StoreError, StoreStats, StoredMessage,

@@ -255,6 +255,8 @@ pub(crate) struct ListenerContext {
     pub(crate) listener: Listener,
     /// The TLS configuration in force, for the TLS kinds.
     pub(crate) tls: Option<Arc<Tls>>,
+    /// Its security policy: an index into `Shared::policies`.
+    pub(crate) policy: u8,
 }
 
 impl ListenerContext {
@@ -302,6 +304,7 @@ pub(crate) async fn serve_mqtt(
         let peer = Peer {
             addr,
             via: Some(context.listener.kind),
+            policy: context.policy,
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
             // The common case spawns the connection itself: nothing else in its task.
@@ -476,6 +479,7 @@ fn handle_http(
         let via = Some(context.listener.kind);
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        let policy = context.policy;
         tokio::spawn(async move {
             // The address's count holds while the MQTT connection lives.
             let _slot = slot;
@@ -488,6 +492,7 @@ fn handle_http(
                     let peer = Peer {
                         addr: peer,
                         via,
+                        policy,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
                 }

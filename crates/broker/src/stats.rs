@@ -46,7 +46,8 @@ pub(crate) enum Dropped {
     NoSubscribers,
     /// Not routed: its topic is over the limits of levels or length.
     TopicInvalid,
-    /// Not routed: the client may not publish there.
+    /// Not routed: the client may not publish there; or not delivered: the subscriber may
+    /// not read there (its ACL, checked on delivery).
     NotAuthorized,
     /// Not routed for another reason.
     Refused,

@@ -7,112 +7,27 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use rallymq_broker::{BrokerHandle, ListenerKind};
 use rallymq_codec::{
-    Ack, ConnAck, Connect, Decoder, Limits, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    ReasonCode, Subscribe, Subscription, TopicFilter, TopicName, Unsubscribe, Will,
+    Ack, ConnAck, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
+    Subscription, TopicFilter, TopicName, Unsubscribe, Will,
 };
 use rallymq_session::{ClientEvent, CloseReason};
 use rallymq_websocket::tokio::connect as ws_connect;
 use rallymq_websocket::{ClientRequest, Config, Event};
 use support::{
-    TestClient, WAIT, connect_packet, message, payload_str, persistent_connect, start_broker,
-    subscription, tcp_addr, topic_str,
+    NoPacket, Raw, TestClient, WAIT, connect_packet, message, payload_str, persistent_connect,
+    start_broker, subscription, tcp_addr, topic_str,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 /// How long "nothing arrives" is watched for.
 const SHORT: Duration = Duration::from_millis(300);
 
-// ------------------------------------------------------------------ a client by hand
-
-/// A 3.1.1 client writing bytes by hand and reading whole packets, every wait bounded.
-struct Raw {
-    stream: TcpStream,
-    received: BytesMut,
-    decoder: Decoder,
-}
-
-/// How a wait for a packet ended without one.
-#[derive(Debug, PartialEq, Eq)]
-enum NoPacket {
-    Closed,
-    Timeout,
-}
-
-impl Raw {
-    async fn open(addr: SocketAddr) -> Self {
-        Self {
-            stream: TcpStream::connect(addr).await.expect("TCP connect"),
-            received: BytesMut::new(),
-            decoder: Decoder::with_version(V311, Limits::default()),
-        }
-    }
-
-    /// Connects with `connect` and returns the CONNACK.
-    async fn connect(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
-        let mut raw = Self::open(addr).await;
-        raw.send(Packet::from(connect)).await;
-        match raw.next().await {
-            Ok(Packet::ConnAck(connack)) => (raw, connack),
-            other => panic!("no CONNACK: {other:?}"),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    async fn send(&mut self, packet: Packet) {
-        let bytes = packet.to_bytes(V311).expect("encodable");
-        self.write(&bytes).await;
-    }
-
-    async fn next_within(&mut self, within: Duration) -> Result<Packet, NoPacket> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(packet) = self
-                .decoder
-                .decode(&mut self.received)
-                .expect("valid 3.1.1")
-            {
-                return Ok(packet);
-            }
-            let mut buf = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Err(_) => return Err(NoPacket::Timeout),
-                Ok(Ok(0) | Err(_)) => return Err(NoPacket::Closed),
-                Ok(Ok(n)) => self.received.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Result<Packet, NoPacket> {
-        self.next_within(WAIT).await
-    }
-
-    async fn expect(&mut self) -> Packet {
-        self.next().await.expect("a packet in time")
-    }
-
-    async fn expect_n(&mut self, n: usize) -> Vec<Packet> {
-        let mut packets = Vec::with_capacity(n);
-        for _ in 0..n {
-            packets.push(self.expect().await);
-        }
-        packets
-    }
-
-    async fn expect_silence(&mut self) {
-        assert_eq!(self.next_within(SHORT).await, Err(NoPacket::Timeout));
-    }
-}
+// ------------------------------------------------------------------ packets by hand
 
 fn id(n: u16) -> PacketId {
     PacketId::new(n).expect("non-zero")
@@ -1024,7 +939,7 @@ async fn mqtt_3_8_4_4_several_filters_act_as_several_subscribes_with_one_suback(
         ]
     );
     assert!(matches!(raw.expect().await, Packet::PubRel(_)));
-    raw.expect_silence().await;
+    raw.expect_silence(SHORT).await;
     broker.shutdown(SHORT).await;
 }
 
@@ -1215,7 +1130,7 @@ async fn mqtt_3_10_4_3_deliveries_already_started_are_completed() {
         .publish("h/3", "after", QoS::AtLeastOnce, false)
         .unwrap();
     again.send(Packet::PubAck(Ack::new(ids[1].1))).await;
-    again.expect_silence().await;
+    again.expect_silence(SHORT).await;
     broker.shutdown(SHORT).await;
 }
 
@@ -1272,7 +1187,7 @@ async fn mqtt_3_10_4_6_several_filters_act_as_several_unsubscribes_with_one_unsu
         Packet::Publish(p) => assert_eq!(topic_str(&p), "x/2"),
         other => panic!("{other:?}"),
     }
-    raw.expect_silence().await;
+    raw.expect_silence(SHORT).await;
     broker.shutdown(SHORT).await;
 }
 
@@ -1588,7 +1503,7 @@ async fn mqtt_6_0_0_4_the_server_selects_mqtt() {
 async fn mqtt_7_0_0_2_a_client_of_the_standard_alone_is_served() {
     // The examples' bytes as the standard spells them: no credentials, no extension.
     let broker = start_broker(|_| {}).await;
-    let mut raw = Raw::open(tcp_addr(&broker)).await;
+    let mut raw = Raw::open(tcp_addr(&broker), V311).await;
     raw.write(&[
         0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x02, b'i',
         b'd',
@@ -1621,7 +1536,7 @@ async fn mqtt_7_0_0_2_a_client_of_the_standard_alone_is_served() {
 #[tokio::test]
 async fn mqtt_7_1_1_1_broker_reads_mqtt_from_a_tcp_byte_stream_however_it_is_cut() {
     let broker = start_broker(|_| {}).await;
-    let mut raw = Raw::open(tcp_addr(&broker)).await;
+    let mut raw = Raw::open(tcp_addr(&broker), V311).await;
     let mut bytes = connect_bytes("bytes");
     bytes.extend_from_slice(
         &subscribe_packet(1, &[("b", QoS::AtLeastOnce)])
@@ -1636,7 +1551,6 @@ async fn mqtt_7_1_1_1_broker_reads_mqtt_from_a_tcp_byte_stream_however_it_is_cut
     );
     for byte in bytes {
         raw.write(&[byte]).await;
-        raw.stream.flush().await.unwrap();
     }
     assert!(matches!(raw.expect().await, Packet::ConnAck(_)));
     assert!(matches!(raw.expect().await, Packet::SubAck(_)));

@@ -18,8 +18,8 @@ use rallymq_codec::{
 };
 use rallymq_session::{ClientConfig, ClientEvent, CloseReason, Timestamp};
 use support::{
-    TestClient, WAIT, connect_packet, message, payload_str, persistent_connect, start_broker,
-    subscription, tcp_addr, topic_str,
+    TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
+    start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,17 +44,6 @@ async fn connected(addr: SocketAddr, connect: Connect) -> Client {
         "not connected: {event:?}"
     );
     client
-}
-
-/// Connects and returns the client with its Session Present flag.
-async fn connected_present(addr: SocketAddr, connect: Connect) -> (Client, bool) {
-    let (client, event) = TestClient::tcp(addr, connect).await;
-    match event {
-        ClientEvent::Connected {
-            session_present, ..
-        } => (client, session_present),
-        other => panic!("not connected: {other:?}"),
-    }
 }
 
 /// A client that acknowledges by hand: what it receives stays unacknowledged until

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rallymq_broker::{
-    BrokerConfig, CertificateName, ClientCertificates, Listener, ListenerKind, Storage, TlsSettings,
+    BrokerConfig, CertificateName, ClientCertificates, JwtConfig, Listener, ListenerKind, Security,
+    Storage, TlsSettings,
 };
 use serde::Deserialize;
 
@@ -54,6 +55,13 @@ pub(crate) struct FileConfig {
     pub(crate) max_topic_length: Option<usize>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) in_memory: Option<bool>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) jwt_key: Option<PathBuf>,
+    pub(crate) jwt_user_claim: Option<String>,
+    pub(crate) jwt_issuer: Option<String>,
+    pub(crate) jwt_audience: Option<String>,
+    pub(crate) allow_anonymous: Option<bool>,
+    pub(crate) acl_file: Option<PathBuf>,
 }
 
 /// How the broker's log lines are written (`--log-format`, `log_format`).
@@ -78,6 +86,66 @@ pub(crate) struct ListenerTable {
     pub(crate) client_certificates: Option<String>,
     /// WebSocket kinds: browser page origins allowed; none listed: any.
     pub(crate) allowed_origins: Option<Vec<String>>,
+    /// Any of the security keys gives the listener a policy of its own, in place of the
+    /// broker's (as Mosquitto's `per_listener_settings`).
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) jwt_key: Option<PathBuf>,
+    pub(crate) jwt_user_claim: Option<String>,
+    pub(crate) jwt_issuer: Option<String>,
+    pub(crate) jwt_audience: Option<String>,
+    pub(crate) allow_anonymous: Option<bool>,
+    pub(crate) acl_file: Option<PathBuf>,
+}
+
+/// The security keys, as the top level and `[[listener]]` tables both have them.
+#[derive(Debug, Default)]
+struct SecurityKeys {
+    password_file: Option<PathBuf>,
+    jwt_key: Option<PathBuf>,
+    jwt_user_claim: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    allow_anonymous: Option<bool>,
+    acl_file: Option<PathBuf>,
+}
+
+impl SecurityKeys {
+    fn is_empty(&self) -> bool {
+        self.password_file.is_none()
+            && self.jwt_key.is_none()
+            && self.jwt_user_claim.is_none()
+            && self.jwt_issuer.is_none()
+            && self.jwt_audience.is_none()
+            && self.allow_anonymous.is_none()
+            && self.acl_file.is_none()
+    }
+
+    /// The keys as the broker takes them.
+    fn into_security(self) -> Result<Security, String> {
+        let mut security = Security::default();
+        security.auth.password_file = self.password_file;
+        security.auth.allow_anonymous = self.allow_anonymous;
+        security.acl_file = self.acl_file;
+        security.auth.jwt = match self.jwt_key {
+            Some(key) => {
+                let mut jwt = JwtConfig::new(key);
+                if let Some(claim) = self.jwt_user_claim {
+                    jwt.user_claim = claim;
+                }
+                jwt.issuer = self.jwt_issuer;
+                jwt.audience = self.jwt_audience;
+                Some(jwt)
+            }
+            None if self.jwt_user_claim.is_some()
+                || self.jwt_issuer.is_some()
+                || self.jwt_audience.is_some() =>
+            {
+                return Err("jwt_user_claim, jwt_issuer and jwt_audience need jwt_key".to_owned());
+            }
+            None => None,
+        };
+        Ok(security)
+    }
 }
 
 impl FileConfig {
@@ -128,6 +196,21 @@ fn listener(table: ListenerTable) -> Result<Listener, String> {
         }
     };
     listener.allowed_origins = table.allowed_origins.unwrap_or_default();
+    let keys = SecurityKeys {
+        password_file: table.password_file,
+        jwt_key: table.jwt_key,
+        jwt_user_claim: table.jwt_user_claim,
+        jwt_issuer: table.jwt_issuer,
+        jwt_audience: table.jwt_audience,
+        allow_anonymous: table.allow_anonymous,
+        acl_file: table.acl_file,
+    };
+    if !keys.is_empty() {
+        listener.security = Some(
+            keys.into_security()
+                .map_err(|e| format!("listener {}: {e}", table.addr))?,
+        );
+    }
     Ok(listener)
 }
 
@@ -215,6 +298,13 @@ impl Settings {
         if args.in_memory {
             s.in_memory = Some(true);
         }
+        set(args.password_file.clone(), &mut s.password_file);
+        set(args.jwt_key.clone(), &mut s.jwt_key);
+        set(args.jwt_user_claim.clone(), &mut s.jwt_user_claim);
+        set(args.jwt_issuer.clone(), &mut s.jwt_issuer);
+        set(args.jwt_audience.clone(), &mut s.jwt_audience);
+        set(args.allow_anonymous, &mut s.allow_anonymous);
+        set(args.acl_file.clone(), &mut s.acl_file);
         Self(s)
     }
 
@@ -364,6 +454,16 @@ impl Settings {
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             )
         };
+        config.security = SecurityKeys {
+            password_file: s.password_file,
+            jwt_key: s.jwt_key,
+            jwt_user_claim: s.jwt_user_claim,
+            jwt_issuer: s.jwt_issuer,
+            jwt_audience: s.jwt_audience,
+            allow_anonymous: s.allow_anonymous,
+            acl_file: s.acl_file,
+        }
+        .into_security()?;
         Ok(config)
     }
 }

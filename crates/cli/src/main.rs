@@ -3,6 +3,8 @@
 //!
 //! `rallymq passwd FILE USER` edits a password file, as mosquitto_passwd does.
 //!
+//! `rallymq migrate mosquitto.conf > rallymq.toml` converts a Mosquitto configuration.
+//!
 //! `rallymq broker` starts a broker on the embedded defaults (MQTT over TCP on
 //! 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080); `--tcp`, `--ws` and
 //! `--config FILE` change that. See `rallymq broker --help` and `rallymq.example.toml`.
@@ -10,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod migrate;
 mod output;
 mod passwd;
 mod pubsub;
@@ -50,13 +53,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run an MQTT broker (TCP, and HTTP + MQTT over WebSockets).
-    Broker(BrokerArgs),
+    Broker(Box<BrokerArgs>),
     /// Publish messages, with mosquitto_pub's flags (-h is the host; help is --help).
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages, with mosquitto_sub's flags (-h is the host; help is --help).
     Sub(pubsub::SubArgs),
     /// Add, update or delete a user of a password file, with mosquitto_passwd's flags.
     Passwd(passwd::PasswdArgs),
+    /// Convert a Mosquitto configuration (mosquitto.conf) to a `broker --config` TOML file.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// `rallymq broker` flags. Every flag has a key of the same name (with `_` for `-`) in the
@@ -121,7 +126,7 @@ pub(crate) struct BrokerArgs {
     pub(crate) certificate_name: Option<String>,
 
     /// A browser page origin allowed to open WebSockets (repeatable, such as
-    /// https://example.com); without any, all are. Others get 403.
+    /// `https://example.com`); without any, all are. Others get 403.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub(crate) allowed_origins: Vec<String>,
 
@@ -234,6 +239,54 @@ pub(crate) struct BrokerArgs {
     /// Keep nothing on disk: a restart loses sessions, queued and retained messages.
     #[arg(long, conflicts_with = "data_dir", help_heading = "Storage")]
     pub(crate) in_memory: bool,
+
+    /// Clients log in with a user name and password from this file, Mosquitto's format
+    /// (written by `rallymq passwd` or mosquitto_passwd). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub(crate) password_file: Option<PathBuf>,
+
+    /// Clients may log in with a JSON Web Token as their password, verified with this key: an
+    /// HMAC secret (at least 32 bytes) or a PEM public key (RSA, EC, Ed25519). Reloaded on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub(crate) jwt_key: Option<PathBuf>,
+
+    /// The token claim holding the user name (default sub).
+    #[arg(
+        long,
+        value_name = "CLAIM",
+        requires = "jwt_key",
+        help_heading = "Security"
+    )]
+    pub(crate) jwt_user_claim: Option<String>,
+
+    /// Tokens must have this issuer (iss).
+    #[arg(
+        long,
+        value_name = "ISS",
+        requires = "jwt_key",
+        help_heading = "Security"
+    )]
+    pub(crate) jwt_issuer: Option<String>,
+
+    /// Tokens must have this audience (aud).
+    #[arg(
+        long,
+        value_name = "AUD",
+        requires = "jwt_key",
+        help_heading = "Security"
+    )]
+    pub(crate) jwt_audience: Option<String>,
+
+    /// Whether clients without user name and password may connect (default: true only when
+    /// neither --password-file nor --jwt-key is given).
+    #[arg(long, value_name = "true|false", help_heading = "Security")]
+    pub(crate) allow_anonymous: Option<bool>,
+
+    /// What each user may publish and receive, Mosquitto's acl_file format (topic, user,
+    /// pattern lines with %c and %u). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub(crate) acl_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -248,9 +301,10 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         // Logging starts once the config file has said which format.
-        Command::Broker(args) => run_broker(args),
+        Command::Broker(args) => run_broker(*args),
         Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
         Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Passwd(args) => {
             return match passwd::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -419,7 +473,7 @@ mod tests {
     fn parse(args: &[&str]) -> BrokerArgs {
         let cli = Cli::try_parse_from(args).expect("valid arguments");
         match cli.command {
-            Command::Broker(args) => args,
+            Command::Broker(args) => *args,
             other => panic!("not the broker command: {other:?}"),
         }
     }
@@ -448,6 +502,37 @@ mod tests {
         );
         let config = broker_config(&parse(&["rallymq", "broker", "--in-memory"])).unwrap();
         assert_eq!(config.storage, rallymq_broker::Storage::InMemory);
+    }
+
+    #[test]
+    fn security_flags_reach_the_auth_config() {
+        let args = parse(&[
+            "rallymq",
+            "broker",
+            "--password-file",
+            "/etc/p",
+            "--jwt-key",
+            "/etc/k",
+            "--jwt-user-claim",
+            "username",
+            "--jwt-issuer",
+            "https://auth.example.com",
+            "--allow-anonymous",
+            "false",
+        ]);
+        let auth = broker_config(&args).unwrap().security.auth;
+        assert_eq!(auth.password_file, Some("/etc/p".into()));
+        assert_eq!(auth.allow_anonymous, Some(false));
+        let jwt = auth.jwt.expect("a JWT configuration");
+        assert_eq!(jwt.key_file, PathBuf::from("/etc/k"));
+        assert_eq!(jwt.user_claim, "username");
+        assert_eq!(jwt.issuer.as_deref(), Some("https://auth.example.com"));
+        assert_eq!(jwt.audience, None);
+        let auth = broker_config(&parse(&["rallymq", "broker"]))
+            .unwrap()
+            .security
+            .auth;
+        assert_eq!(auth, rallymq_broker::AuthConfig::default());
     }
 
     #[test]

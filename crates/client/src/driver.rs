@@ -406,9 +406,11 @@ impl Driver {
                 reason_codes,
                 ..
             } => {
-                if !self.restoring.remove(&token)
-                    && let Some(reply) = self.subscribe_replies.remove(&token)
-                {
+                // A token is in `restoring` (a re-subscription after reconnecting, which no
+                // caller awaits) or in `subscribe_replies`, never both: each SUBSCRIBE has its
+                // own. So no let chain (Rust 1.88; the MSRV is 1.85) is needed to skip the reply.
+                self.restoring.remove(&token);
+                if let Some(reply) = self.subscribe_replies.remove(&token) {
                     let _ = reply.send(Ok(reason_codes));
                 }
             }

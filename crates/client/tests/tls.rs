@@ -1,6 +1,7 @@
 //! `mqtts://` and `wss://` end to end: the broker's own TLS listeners (certificates made for
 //! the test), the client trusting the test's CA file, client certificates the broker asks
-//! for, certificates renewed under a running broker, and the Mosquitto tools as clients.
+//! for, certificates renewed under a running broker, and the Mosquitto tools and paho-mqtt as
+//! clients.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -291,5 +292,87 @@ async fn mosquitto_tools_over_the_brokers_tls_listener() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
+    broker.shutdown(Duration::from_millis(300)).await;
+}
+
+/// paho-mqtt (Python) over the broker's TLS listener, logging in with a password from a file
+/// `mosquitto_passwd` wrote; a wrong password is refused with return code 4, which paho
+/// reports as 0x86.
+const PAHO_TLS_PUBLISH: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+port, ca, user, password = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-tls-" + password,
+                     protocol=mqtt.MQTTv311)
+client.tls_set(ca_certs=ca)
+client.username_pw_set(user, password)
+answered = threading.Event()
+outcome = {}
+def on_connect(client, userdata, flags, reason_code, properties):
+    outcome["code"] = reason_code.value
+    answered.set()
+client.on_connect = on_connect
+client.connect("localhost", int(port))
+client.loop_start()
+if not answered.wait(10):
+    sys.exit("no CONNACK in 10 s")
+if outcome["code"] == 0:
+    client.publish("paho/tls", "from paho over TLS", qos=1).wait_for_publish(10)
+    client.disconnect()
+client.loop_stop()
+print(outcome["code"])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_over_the_brokers_tls_listener_with_a_mosquitto_passwd_file() {
+    let certificates = Certificates::new("paho");
+    let ca = certificates.ca_file("ca.pem");
+    let (cert, key) = certificates.leaf("server");
+    let passwords = certificates.dir.join("passwords");
+    let written = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args(["paho", "snake"])
+        .output()
+        .expect("mosquitto_passwd runs (apt-get install mosquitto)");
+    assert!(written.status.success(), "{written:?}");
+
+    let mut config = BrokerConfig::without_listeners();
+    config.tls = vec!["127.0.0.1:0".parse().unwrap()];
+    config.sys_interval = None;
+    config.tls_files = Some(TlsSettings {
+        cert,
+        key,
+        client_ca: None,
+        certificate_name: Default::default(),
+    });
+    config.security.auth.password_file = Some(passwords);
+    let broker = Broker::start(config).await.expect("the broker starts");
+    let mut received = broker.subscribe("paho/#", QoS::AtLeastOnce).unwrap();
+    let port = broker.local_addr(ListenerKind::Tls).unwrap().port();
+
+    let paho = move |password: &str| {
+        let output = Command::new("python3")
+            .args(["-c", PAHO_TLS_PUBLISH, &port.to_string()])
+            .arg(&ca)
+            .args(["paho", password])
+            .output()
+            .expect("python3 runs (pip install paho-mqtt)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let code = tokio::task::spawn_blocking(move || (paho("snake"), paho("python")))
+        .await
+        .unwrap();
+    assert_eq!(code, ("0".to_owned(), "134".to_owned()));
+    let message = tokio::time::timeout(WAIT, received.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(message.payload, "from paho over TLS");
     broker.shutdown(Duration::from_millis(300)).await;
 }

@@ -159,8 +159,10 @@ impl ClientConnection {
             // as it came would carry them.
             properties.subscription_identifiers.clear();
         }
-        if let Some(max_qos) = self.server_maximum_qos()
-            && publish.qos > max_qos
+        // `is_some_and` rather than a let chain, which would need Rust 1.88 (the MSRV is 1.85).
+        if self
+            .server_maximum_qos()
+            .is_some_and(|max_qos| publish.qos > max_qos)
         {
             return Err(Error::NotAllowed(ReasonCode::QoSNotSupported));
         }

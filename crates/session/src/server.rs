@@ -1,6 +1,7 @@
 //! The server side of an MQTT connection.
 
 use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,7 +122,9 @@ struct PendingWill {
 /// The server side of one MQTT connection, as a state machine. See the crate docs for the
 /// order in which to call its methods.
 pub struct ServerConnection {
-    config: ServerConfig,
+    /// Shared: a server gives every connection the same settings, and a copy would be most
+    /// of an idle connection's engine.
+    config: Arc<ServerConfig>,
     core: Core,
     events: LazyDeque<ServerEvent>,
     /// When the connection was made or the last whole packet arrived: a packet begun since
@@ -150,8 +153,10 @@ pub struct ServerConnection {
 }
 
 impl ServerConnection {
-    /// A server connection for a transport that has just been accepted.
-    pub fn new(config: ServerConfig, now: Timestamp) -> Self {
+    /// A server connection for a transport that has just been accepted. A server with many
+    /// connections passes each the same `Arc<ServerConfig>`; a `ServerConfig` works too.
+    pub fn new(config: impl Into<Arc<ServerConfig>>, now: Timestamp) -> Self {
+        let config = config.into();
         let limits = Limits {
             max_packet_size: config.max_packet_size,
         };

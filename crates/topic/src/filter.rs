@@ -130,7 +130,7 @@ fn validate_filter(text: &str) -> Result<u32, Error> {
 /// present, in one pass over the bytes (filters are validated for every SUBSCRIBE, so this is
 /// on a broker's hot path). The first offending level decides the wildcard error, as
 /// [`level_wildcard_error`] says; a NUL anywhere wins over it.
-fn validate_wildcards(filter: &str) -> Result<(), Error> {
+pub(crate) fn validate_wildcards(filter: &str) -> Result<(), Error> {
     let bytes = filter.as_bytes();
     let mut level_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {

@@ -11,6 +11,9 @@
 //!   groups come back as one [`Match::Shared`] each, with round-robin selection of a member.
 //! - [`RetainedIndex`]: the other direction, stored topic names queried with a filter, for
 //!   sending retained messages to a new subscription.
+//! - [`RuleIndex`]: access rules ([`FilterTemplate`]s, whose placeholders such as a client's
+//!   user name are filled per query), found by the topic names they match and the filters
+//!   they cover.
 //!
 //! It does no IO and keeps no clock, so it runs anywhere, `wasm32-unknown-unknown` included.
 //!
@@ -51,6 +54,7 @@ mod filter;
 mod matcher;
 mod name;
 mod retained;
+mod rules;
 mod store;
 mod subscriptions;
 
@@ -59,6 +63,7 @@ pub use filter::TopicFilter;
 pub use matcher::matches;
 pub use name::{MAX_TOPIC_LEN, TopicName};
 pub use retained::{RetainedIndex, RetainedMatches};
+pub use rules::{FilterTemplate, RuleIndex};
 pub use subscriptions::{Match, SharedGroup, SubscriptionIndex};
 
 /// The README's code, compiled and run as doctests, so that the README cannot drift from the

@@ -150,6 +150,11 @@ impl Edges {
     pub(crate) fn shrink_to_fit(&mut self) {
         self.0.shrink_to_fit();
     }
+
+    /// The child of `parent` through the literal level `level`, if there is one.
+    pub(crate) fn literal(&self, levels: &Interner, parent: u32, level: &str) -> Option<u32> {
+        levels.get(level).and_then(|level| self.get(parent, level))
+    }
 }
 
 /// Gives every distinct level string a `u32` id, counting how many nodes use it so that the
@@ -242,6 +247,68 @@ pub(crate) fn level_at(topic: &str, offset: usize) -> (&str, usize) {
     match rest.find('/') {
         Some(end) => (&rest[..end], offset + end + 1),
         None => (rest, topic.len() + 1),
+    }
+}
+
+/// The `+` branches still to follow, as (node, byte offset of the next topic level). Kept on
+/// the stack for the usual handful; a topic that branches more spills to the heap.
+pub(crate) struct PendingBranches {
+    inline: [(u32, u32); 8],
+    inline_len: usize,
+    spilled: Vec<(u32, u32)>,
+}
+
+impl PendingBranches {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [(0, 0); 8],
+            inline_len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, node_id: u32, offset: usize) {
+        // Offsets are at most MAX_TOPIC_LEN + 1.
+        let branch = (node_id, offset as u32);
+        if self.inline_len < self.inline.len() {
+            self.inline[self.inline_len] = branch;
+            self.inline_len += 1;
+        } else {
+            self.spilled.push(branch);
+        }
+    }
+
+    /// Where a walk goes from a node whose child for the next level is `literal` (if any)
+    /// and whose `+` child is `plus` ([`NONE`] if it has none or wildcards do not apply): to
+    /// the literal child, leaving the `+` one for later at `next_offset`, or to the `+`
+    /// child; `None` when neither exists and this branch ends.
+    pub(crate) fn follow(
+        &mut self,
+        literal: Option<u32>,
+        plus: u32,
+        next_offset: usize,
+    ) -> Option<u32> {
+        match (literal, plus) {
+            (Some(literal), NONE) => Some(literal),
+            (Some(literal), plus) => {
+                self.push(plus, next_offset);
+                Some(literal)
+            }
+            (None, NONE) => None,
+            (None, plus) => Some(plus),
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<(u32, usize)> {
+        let (node_id, offset) = match self.spilled.pop() {
+            Some(branch) => branch,
+            None if self.inline_len > 0 => {
+                self.inline_len -= 1;
+                self.inline[self.inline_len]
+            }
+            None => return None,
+        };
+        Some((node_id, offset as usize))
     }
 }
 

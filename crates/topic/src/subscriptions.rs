@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::exact::ExactFilters;
-use crate::store::{Edges, ID_LIMIT, Interner, NONE, Slab, level_at};
+use crate::store::{Edges, ID_LIMIT, Interner, NONE, PendingBranches, Slab, level_at};
 use crate::{TopicFilter, TopicName};
 
 /// The root node, which stands for the empty prefix and is never freed.
@@ -529,20 +529,13 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 let literal = if node.literal_children == 0 {
                     None
                 } else {
-                    self.levels
-                        .get(level)
-                        .and_then(|level| self.edges.get(node_id, level))
+                    self.edges.literal(&self.levels, node_id, level)
                 };
                 let plus = if wildcards_apply { node.plus } else { NONE };
-                node_id = match (literal, plus) {
-                    (Some(literal), NONE) => literal,
-                    (Some(literal), plus) => {
-                        pending.push(plus, next_offset);
-                        literal
-                    }
-                    (None, NONE) => break,
-                    (None, plus) => plus,
+                let Some(next) = pending.follow(literal, plus, next_offset) else {
+                    break;
                 };
+                node_id = next;
                 offset = next_offset;
             }
         }
@@ -783,47 +776,6 @@ fn take_entry<S: Eq, D>(entries: &mut Vec<Entry<S, D>>, subscriber: &S) -> Optio
     let entry = entries.swap_remove(position);
     shrink_if_sparse(entries);
     Some(entry.data)
-}
-
-/// The `+` branches still to follow, as (node, byte offset of the next topic level). Kept on
-/// the stack for the usual handful; a topic that branches more spills to the heap.
-struct PendingBranches {
-    inline: [(u32, u32); 8],
-    inline_len: usize,
-    spilled: Vec<(u32, u32)>,
-}
-
-impl PendingBranches {
-    fn new() -> Self {
-        Self {
-            inline: [(0, 0); 8],
-            inline_len: 0,
-            spilled: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, node_id: u32, offset: usize) {
-        // Offsets are at most MAX_TOPIC_LEN + 1.
-        let branch = (node_id, offset as u32);
-        if self.inline_len < self.inline.len() {
-            self.inline[self.inline_len] = branch;
-            self.inline_len += 1;
-        } else {
-            self.spilled.push(branch);
-        }
-    }
-
-    fn pop(&mut self) -> Option<(u32, usize)> {
-        let (node_id, offset) = match self.spilled.pop() {
-            Some(branch) => branch,
-            None if self.inline_len > 0 => {
-                self.inline_len -= 1;
-                self.inline[self.inline_len]
-            }
-            None => return None,
-        };
-        Some((node_id, offset as usize))
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use super::Refusal;
 use crate::Error;
+pub(crate) use crate::acl::{Action, Permission};
 
 /// The shortest HMAC secret accepted: RFC 7518 §3.2 requires a key at least as long as the
 /// hash output, 32 bytes for HS256 (48 for HS384, 64 for HS512).
@@ -118,26 +119,6 @@ pub(crate) struct TokenRule {
     /// For a PUBLISH: `Some(true)` matches only retained messages, `Some(false)` only
     /// non-retained ones; `None`: both. Ignored for a SUBSCRIBE.
     pub(crate) retain: Option<bool>,
-}
-
-/// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Permission {
-    /// The request goes through.
-    Allow,
-    /// The request is refused (MQTT 5: 0x87 Not authorized).
-    Deny,
-}
-
-/// What a rule is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    /// PUBLISH (and the will message's topic).
-    Publish,
-    /// SUBSCRIBE, and so the delivery of messages (retained ones included).
-    Subscribe,
-    /// Both.
-    All,
 }
 
 /// What a valid token says about its client.

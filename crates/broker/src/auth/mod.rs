@@ -176,6 +176,10 @@ impl Loaded {
     }
 }
 
+/// Files read by [`Authenticator::read_files`], waiting to be installed.
+#[derive(Debug)]
+pub(crate) struct ReadFiles(Loaded);
+
 /// Decides who a client is, from the configured files; reloadable while clients connect.
 #[derive(Debug)]
 pub(crate) struct Authenticator {
@@ -200,10 +204,22 @@ impl Authenticator {
 
     /// Reads the files again (on SIGHUP). All or nothing: when one is missing or broken, the
     /// files loaded before stay in force and the error says which file and line is wrong.
+    #[cfg(test)]
     pub(crate) fn reload(&self) -> Result<(), Error> {
-        let loaded = Loaded::load(&self.config)?;
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        let files = self.read_files()?;
+        self.install(files);
         Ok(())
+    }
+
+    /// The files read again, not in force yet: [`Self::install`] puts them in force, so that
+    /// several files can be reloaded all or nothing.
+    pub(crate) fn read_files(&self) -> Result<ReadFiles, Error> {
+        Loaded::load(&self.config).map(ReadFiles)
+    }
+
+    /// Puts files from [`Self::read_files`] in force.
+    pub(crate) fn install(&self, files: ReadFiles) {
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(files.0);
     }
 
     fn snapshot(&self) -> Arc<Loaded> {

@@ -2,16 +2,18 @@
 //! thread that commits every change that arrived while the previous commit was syncing in one
 //! transaction (group commit: one fsync for all of them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -26,6 +28,9 @@ use super::{
 };
 use crate::lock;
 
+/// The database's file in the store's directory.
+const FILE: &str = "store.redb";
+
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -33,6 +38,12 @@ const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queues");
 const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
 const INBOUND: TableDefinition<&[u8], ()> = TableDefinition::new("inbound");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// redb's cache of pages, read and written (its default is 1 GiB). Pages beyond it are read
+/// again through the OS's page cache, which the process's RSS does not count: with the default,
+/// 10 million queued entries (a 1 GB store) kept the broker at 1.2 GB RSS; with this, 70 to
+/// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability").
+const CACHE_BYTES: usize = 32 << 20;
 
 /// Failed ticket ranges remembered for `durable`'s answer; older failures are long decided.
 const FAILURES_KEPT: usize = 1024;
@@ -54,7 +65,10 @@ pub struct DiskStore {
 
 #[derive(Debug)]
 struct Shared {
-    db: Database,
+    /// `None` from a failed commit until the writer opens the database again: after an I/O
+    /// error redb fails every operation ("Previous I/O error occurred") until it is closed
+    /// and opened anew, which recovers its file to the last commit.
+    db: RwLock<Option<Database>>,
     dir: PathBuf,
     pending: Mutex<Pending>,
     arrived: Condvar,
@@ -111,7 +125,7 @@ impl DiskStore {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let db = Database::create(dir.join("store.redb")).map_err(io)?;
+        let db = open_database(&dir.join(FILE))?;
         let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
@@ -140,7 +154,7 @@ impl DiskStore {
         txn.commit().map_err(io)?;
         let (decided, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db)),
             dir,
             pending: Mutex::default(),
             arrived: Condvar::new(),
@@ -206,7 +220,12 @@ impl Shared {
         loop {
             let (mut changes, upto, closing) = {
                 let mut pending = lock(&self.pending);
-                while pending.changes.is_empty() && !pending.closing {
+                // An empty write has a ticket too (`durable` on it waits for what came before):
+                // one not decided yet is work.
+                while pending.changes.is_empty()
+                    && pending.last_ticket <= *self.decided.borrow()
+                    && !pending.closing
+                {
                     if retry.is_empty() {
                         pending = self
                             .arrived
@@ -242,6 +261,8 @@ impl Shared {
                 )
             };
             if changes.is_empty() && retry.is_empty() {
+                // Only empty writes: decided, with nothing to commit.
+                self.decide(upto);
                 if closing {
                     return;
                 }
@@ -290,11 +311,7 @@ impl Shared {
                     }
                 }
             }
-            self.decided.send_if_modified(|decided| {
-                let changed = upto > *decided;
-                *decided = (*decided).max(upto);
-                changed
-            });
+            self.decide(upto);
             // Closing: a failing store gives up what it could not write (nothing of it was
             // acknowledged); otherwise what arrived meanwhile is committed first.
             if closing && (failing || lock(&self.pending).changes.is_empty()) {
@@ -310,11 +327,70 @@ impl Shared {
         self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// Applies `changes` in one transaction and commits it durably.
+    /// Tells the waiters that every ticket up to `upto` is decided.
+    fn decide(&self, upto: u64) {
+        self.decided.send_if_modified(|decided| {
+            let changed = upto > *decided;
+            *decided = (*decided).max(upto);
+            changed
+        });
+    }
+
+    /// Applies `changes` in one transaction and commits it durably. A failed commit closes
+    /// the database, for the next one to open it again.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+        let result = self.try_commit(changes);
+        if result.is_err() {
+            *self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+        result
+    }
+
+    fn try_commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut db = self.database();
+        if db.is_none() {
+            drop(db);
+            let reopened = open_database(&self.dir.join(FILE))?;
+            *self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
+            db = self.database();
+        }
+        let mut txn = db
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .begin_write()
+            .map_err(io)?;
+        // Each commit records redb's allocator state (and commits in two phases), so that
+        // opening the store after a crash does not rebuild it by reading the whole file: with
+        // 10 million queued entries (1 GB) and the file out of the OS cache, as after a reboot,
+        // that took 13 s before the broker accepted connections, 0.13 s with this. It costs
+        // throughput (benches/README.md, "Durability").
+        txn.set_quick_repair(true);
         apply(&txn, changes)?;
         txn.commit().map_err(io)
+    }
+
+    /// The database, while it is open.
+    fn database(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A read transaction; fails while the database is closed after a failed commit.
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        match &*self.database() {
+            Some(db) => db.begin_read().map_err(io),
+            None => Err(StoreError::Io(format!(
+                "{}: the store reopens after a failed write",
+                self.dir.display()
+            ))),
+        }
     }
 
     fn failure_of(&self, ticket: u64) -> Option<StoreError> {
@@ -324,6 +400,14 @@ impl Shared {
             .find(|(first, last, _)| (*first..=*last).contains(&ticket))
             .map(|(_, _, error)| error.clone())
     }
+}
+
+/// Opens (or creates) the database file, with the cache the broker can afford.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(io)
 }
 
 /// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
@@ -336,8 +420,20 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut references: HashMap<MessageId, i64> = HashMap::new();
+    // Messages an entry stopped referring to in this group: one whose entries were all added
+    // and removed within the group has a net change of 0, and must still go.
+    let mut released: HashSet<MessageId> = HashSet::new();
     let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
-    for change in changes {
+    let skip = cancelled(changes);
+    for (change, skip) in changes.iter().zip(skip) {
+        if skip {
+            // Its entry came and went within the group; its message may be left with none.
+            if let Change::AddEntry { entry, .. } = change {
+                references.entry(entry.message).or_default();
+                released.insert(entry.message);
+            }
+            continue;
+        }
         match change {
             Change::PutSession(record) => {
                 sessions
@@ -359,6 +455,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                     if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                         let entry = decode_entry(old.value())?;
                         *references.entry(entry.message).or_default() -= 1;
+                        released.insert(entry.message);
                     }
                 }
                 let ids: Vec<Vec<u8>> = inbound
@@ -393,6 +490,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 size.1 += i64::from(entry.size);
                 if let Some(old) = replaced {
                     *references.entry(old.message).or_default() -= 1;
+                    released.insert(old.message);
                     size.0 -= 1;
                     size.1 -= i64::from(old.size);
                 }
@@ -415,6 +513,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                     let entry = decode_entry(old.value())?;
                     *references.entry(entry.message).or_default() -= 1;
+                    released.insert(entry.message);
                     let size = sizes.entry(client_id).or_default();
                     size.0 -= 1;
                     size.1 -= i64::from(entry.size);
@@ -449,7 +548,9 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     for (id, delta) in references {
-        if delta == 0 {
+        // A message stored in this group with no entry yet is kept: its entries may come in
+        // the next group.
+        if delta == 0 && !released.contains(&id) {
             continue;
         }
         let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
@@ -457,8 +558,10 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         };
         let count = i64::from(message_references(&value)?) + delta;
         if count <= 0 {
+            // Also when the group added and removed as many entries as it (a message stored,
+            // delivered and acknowledged in one group): nothing refers to it.
             messages.remove(id).map_err(io)?;
-        } else {
+        } else if delta != 0 {
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             messages
                 .insert(id, with_references(&value, count).as_slice())
@@ -483,10 +586,72 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Which changes of a group need not touch the database: a queue entry added, then deleted
+/// within the group (with the updates between), as when an online subscriber acknowledges a
+/// message before the commit that stores it; and the updates of an entry deleted later in the
+/// group, as when a reconnected session's stored messages go in flight and are acknowledged.
+/// Each would be a B-tree write: a message to a persistent session makes three (added, in
+/// flight, deleted), one drained from the store two.
+fn cancelled(changes: &[Change]) -> Vec<bool> {
+    /// An entry touched in this group and not deleted yet: where it was added, if it was, and
+    /// its updates since.
+    #[derive(Default)]
+    struct Touched {
+        added: Option<usize>,
+        updates: Vec<usize>,
+    }
+    let mut skip = vec![false; changes.len()];
+    let mut touched: HashMap<(&str, u64), Touched> = HashMap::new();
+    // Entries added over an entry already touched (a replacement): left to `apply` as they are.
+    let mut replaced: HashSet<(&str, u64)> = HashSet::new();
+    for (at, change) in changes.iter().enumerate() {
+        match change {
+            Change::AddEntry { client_id, seq, .. } => {
+                let key = (&**client_id, *seq);
+                if replaced.contains(&key) || touched.remove(&key).is_some() {
+                    replaced.insert(key);
+                } else {
+                    let added = Some(at);
+                    touched.insert(
+                        key,
+                        Touched {
+                            added,
+                            ..Touched::default()
+                        },
+                    );
+                }
+            }
+            Change::UpdateEntry { client_id, seq, .. } => {
+                let key = (&**client_id, *seq);
+                if !replaced.contains(&key) {
+                    touched.entry(key).or_default().updates.push(at);
+                }
+            }
+            Change::DeleteEntry { client_id, seq } => {
+                if let Some(entry) = touched.remove(&(&**client_id, *seq)) {
+                    for update in entry.updates {
+                        skip[update] = true;
+                    }
+                    if let Some(added) = entry.added {
+                        skip[added] = true;
+                        skip[at] = true;
+                    }
+                }
+            }
+            Change::DeleteSession(client_id) => {
+                // Its entries go with it, by range: none of them is paired past this point.
+                touched.retain(|(client, _), _| *client != &**client_id);
+            }
+            _ => {}
+        }
+    }
+    skip
+}
+
 impl Store for DiskStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let now = SystemTime::now();
-        let txn = self.shared.db.begin_read().map_err(io)?;
+        let txn = self.shared.begin_read()?;
         let sessions = txn.open_table(SESSIONS).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
@@ -560,7 +725,7 @@ impl Store for DiskStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<LoadedEntry>, StoreError> {
-        let txn = self.shared.db.begin_read().map_err(io)?;
+        let txn = self.shared.begin_read()?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let start = entry_key(client_id, from_seq);
@@ -599,6 +764,11 @@ impl Store for DiskStore {
     fn write(&self, changes: Vec<Change>) -> Ticket {
         let ticket = {
             let mut pending = lock(&self.shared.pending);
+            if changes.is_empty() {
+                // Nothing to commit: a barrier on every earlier write, which is that write's
+                // ticket. A ticket of its own would wait for a commit that nothing triggers.
+                return Ticket(pending.last_ticket);
+            }
             pending.changes.extend(changes);
             pending.last_ticket += 1;
             pending.last_ticket
@@ -734,6 +904,26 @@ mod tests {
         for writer in writers {
             writer.join().expect("the writer thread ends");
         }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `durable` on the ticket of an empty write resolves once everything written before it
+    /// is decided: `BrokerHandle::shutdown` waits so for what its connections wrote as they
+    /// closed (it waited forever: the writer only woke for changes).
+    #[tokio::test]
+    async fn an_empty_write_is_durable_once_the_writes_before_it_are() {
+        let dir = scratch("empty-write");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        let first = store.write(vec![retained("t")]);
+        let empty = store.write(Vec::new());
+        assert!(empty >= first, "a barrier on the write before it");
+        let bound = Duration::from_secs(5);
+        let durable = tokio::time::timeout(bound, store.durable(empty)).await;
+        assert_eq!(durable, Ok(Ok(())), "decided in time");
+        let alone = store.write(Vec::new());
+        let durable = tokio::time::timeout(bound, store.durable(alone)).await;
+        assert_eq!(durable, Ok(Ok(())), "an empty write after nothing else");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

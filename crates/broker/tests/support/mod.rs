@@ -3,15 +3,17 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod store;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
 use rallymq_codec::{
-    Connect, Disconnect, MqttString, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
-    SubscriptionOptions, TopicFilter, TopicName,
+    ConnAck, Connect, Decoder, Disconnect, Limits, MqttString, Packet, ProtocolVersion, Publish,
+    QoS, ReasonCode, Subscription, SubscriptionOptions, TopicFilter, TopicName,
 };
 use rallymq_session::{
     ClientConfig, ClientConnection, ClientEvent, CloseReason, PublishToken, SessionState, Timestamp,
@@ -54,6 +56,20 @@ pub fn persistent_connect(version: ProtocolVersion, client_id: &str, expiry: u32
         connect.properties.session_expiry_interval = Some(expiry);
     }
     connect
+}
+
+/// Connects over TCP, which must be accepted; returns the client and its Session Present flag.
+pub async fn connected_present(
+    addr: SocketAddr,
+    connect: Connect,
+) -> (TestClient<TcpStream>, bool) {
+    let (client, event) = TestClient::tcp(addr, connect).await;
+    match event {
+        ClientEvent::Connected {
+            session_present, ..
+        } => (client, session_present),
+        other => panic!("not connected: {other:?}"),
+    }
 }
 
 pub fn message(topic: &str, payload: &str, qos: QoS) -> Publish {
@@ -231,20 +247,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
 
     /// Publishes and, for QoS 1 and 2, waits for the flow to complete; returns the reason code.
     pub async fn publish(&mut self, publish: Publish) -> ReasonCode {
+        match self.publish_outcome(publish).await {
+            Ok(reason_code) => reason_code,
+            Err(closed) => panic!("publish not acknowledged: {closed:?}"),
+        }
+    }
+
+    /// Publishes and, for QoS 1 and 2, waits for the flow to complete or the connection to
+    /// end: the reason code, or how the connection ended (`None`: nothing within `WAIT`).
+    pub async fn publish_outcome(
+        &mut self,
+        publish: Publish,
+    ) -> Result<ReasonCode, Option<CloseReason>> {
         let now = self.now();
         let token: Option<PublishToken> = self.engine.publish(now, publish).expect("publish");
         let Some(token) = token else {
             self.flush().await;
-            return ReasonCode::Success;
+            return Ok(ReasonCode::Success);
         };
         match self
             .wait_for(|e| {
                 matches!(e, ClientEvent::PublishAcknowledged(o) | ClientEvent::PublishCompleted(o) if o.token == token)
+                    || matches!(e, ClientEvent::Closed(_))
             })
             .await
         {
-            Some(ClientEvent::PublishAcknowledged(o) | ClientEvent::PublishCompleted(o)) => o.reason_code,
-            other => panic!("publish not acknowledged: {other:?}"),
+            Some(ClientEvent::PublishAcknowledged(o) | ClientEvent::PublishCompleted(o)) => Ok(o.reason_code),
+            Some(ClientEvent::Closed(reason)) => Err(Some(reason)),
+            _ => Err(None),
         }
     }
 
@@ -279,7 +309,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     }
 
     pub async fn disconnect(&mut self, reason_code: ReasonCode) {
-        self.engine.disconnect(Disconnect::new(reason_code));
+        self.disconnect_with(Disconnect::new(reason_code)).await;
+    }
+
+    /// Sends `disconnect` (MQTT 5 properties: a new Session Expiry Interval...) and closes.
+    pub async fn disconnect_with(&mut self, disconnect: Disconnect) {
+        self.engine.disconnect(disconnect);
         self.flush().await;
         if let Some(mut io) = self.io.take() {
             let _ = io.shutdown().await;
@@ -302,6 +337,99 @@ pub fn topic_str(publish: &Publish) -> String {
         .as_ref()
         .map(|t| t.as_str().to_owned())
         .unwrap_or_default()
+}
+
+/// A client over a bare TCP stream, for flows the session engine would not stop halfway: raw
+/// packets out, decoded packets in, every wait bounded.
+pub struct Raw {
+    stream: TcpStream,
+    version: ProtocolVersion,
+    received: BytesMut,
+    decoder: Decoder,
+}
+
+/// How a wait for a packet ended without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPacket {
+    Closed,
+    Timeout,
+}
+
+impl Raw {
+    /// A TCP connection that has sent nothing yet; what it reads is decoded as `version`.
+    pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("TCP connect"),
+            version,
+            received: BytesMut::new(),
+            decoder: Decoder::with_version(version, Limits::default()),
+        }
+    }
+
+    /// Connects with `connect` and returns the client and the CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
+        let mut raw = Self::open(addr, connect.protocol).await;
+        raw.send(Packet::from(connect)).await;
+        match raw.next().await {
+            Ok(Packet::ConnAck(connack)) => (raw, connack),
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+
+    /// Writes bytes as they are, at once (a byte at a time, if need be).
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
+    pub async fn send(&mut self, packet: Packet) {
+        let bytes = packet.to_bytes(self.version).expect("encodable");
+        self.write(&bytes).await;
+    }
+
+    /// The next packet within `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Result<Packet, NoPacket> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(packet) = self
+                .decoder
+                .decode(&mut self.received)
+                .expect("a valid packet")
+            {
+                return Ok(packet);
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => return Err(NoPacket::Timeout),
+                Ok(Ok(0) | Err(_)) => return Err(NoPacket::Closed),
+                Ok(Ok(n)) => self.received.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// The next packet within `WAIT`.
+    pub async fn next(&mut self) -> Result<Packet, NoPacket> {
+        self.next_within(WAIT).await
+    }
+
+    /// The next packet, which must come within `WAIT`.
+    pub async fn expect(&mut self) -> Packet {
+        self.next().await.expect("a packet in time")
+    }
+
+    /// The next `n` packets, which must come within `WAIT` each.
+    pub async fn expect_n(&mut self, n: usize) -> Vec<Packet> {
+        let mut packets = Vec::with_capacity(n);
+        for _ in 0..n {
+            packets.push(self.expect().await);
+        }
+        packets
+    }
+
+    /// Asserts that nothing comes within `within`, and that the connection stays open.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        assert_eq!(self.next_within(within).await, Err(NoPacket::Timeout));
+    }
 }
 
 /// An HTTP response as read off the socket.

@@ -208,15 +208,17 @@ impl SubAck {
             Properties::default()
         };
         let reason_codes = read_reason_codes(reader, PacketType::SubAck)?;
-        if !version.is_v5()
-            && let Some(code) = reason_codes
+        // Nested rather than a let chain, which would need Rust 1.88 (the MSRV is 1.85).
+        if !version.is_v5() {
+            if let Some(code) = reason_codes
                 .iter()
                 .find(|rc| !matches!(rc.as_u8(), 0 | 1 | 2 | 0x80))
-        {
-            return Err(Error::InvalidReasonCode {
-                packet: PacketType::SubAck,
-                code: code.as_u8(),
-            });
+            {
+                return Err(Error::InvalidReasonCode {
+                    packet: PacketType::SubAck,
+                    code: code.as_u8(),
+                });
+            }
         }
         Ok(Self {
             packet_id,

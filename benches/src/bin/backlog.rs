@@ -1,0 +1,915 @@
+//! A large backlog for offline persistent sessions, through `rallymq_bench_broker` with its disk
+//! store: the broker's memory while it holds the backlog, the disk it takes, the time the
+//! broker takes to accept connections again after a crash and after a clean stop, and how fast
+//! the sessions drain it when they come back.
+//!
+//! ```text
+//! cargo build --release -p rallymq-benches --bins
+//! target/release/backlog                        # 1,000 sessions x 10,000 messages = 10 M entries
+//! target/release/backlog --messages 100         # a quick run: 100,000 entries
+//! target/release/backlog --in-memory --messages 1000   # the same backlog held in memory
+//! ```
+//!
+//! The pattern: `--sessions` (1,000) clients connect with Clean Session 0 (MQTT 3.1.1), each
+//! subscribes to `backlog/data` at QoS 1, and disconnects. `--publishers` (4) clients then
+//! publish `--messages` (10,000) QoS 1 messages of `--payload` (100) bytes to `backlog/data`
+//! between them, at most `--window` (32) unacknowledged each: every message is routed to every
+//! offline session, so the broker queues sessions x messages entries (10 million by default),
+//! each message stored once. Then:
+//!
+//! 1. the broker is killed with SIGKILL and started again on the same port and directory: the
+//!    time from the spawn to its `listening:` line and to a CONNACK (with `--cold`, the store's
+//!    files are first evicted from the OS page cache, as after a reboot);
+//! 2. it is stopped cleanly (stdin closed: connections closed, store closed) and started again,
+//!    timed the same way;
+//! 3. every session reconnects (Clean Session 0) and receives its queue; each payload carries
+//!    its publisher and sequence number, so the tool checks that every session got every
+//!    message once, in order per publisher. The drain rate is entries delivered per second,
+//!    from the first reconnect to the last entry.
+//!
+//! The broker's VmRSS is sampled every 100 ms (the highest sample of each phase is reported),
+//! with VmHWM (the process's peak) at the end of each phase; disk usage is the store
+//! directory's allocated blocks. The store directory lives under `--data-root` (the temporary
+//! directory); it must be a real disk, not tmpfs (`findmnt -T DIR`). It is removed at the end
+//! unless `--keep`. Publishing stops if the disk's free space falls below `--min-free-gb` (15).
+//! Every phase is bounded by `--phase-timeout` (1,800 s) and by a stall of 60 s without progress.
+use std::fmt::Write as _;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use rallymq_benches::client::{
+    CONNECT_CONCURRENCY, Client, Transport, VERSION, connect_all, encode, invalid,
+};
+use rallymq_benches::{BenchBroker, StoreCounts, load_average, proc_io, status_bytes};
+use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+const TOPIC: &str = "backlog/data";
+/// Longest wait for a broker to print its listeners.
+const START_DEADLINE: Duration = Duration::from_secs(600);
+/// A phase that makes no progress for this long is given up.
+const STALL: Duration = Duration::from_secs(60);
+/// How often the broker's memory is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Read room kept free in a receive buffer.
+const READ_ROOM: usize = 16 * 1024;
+
+const USAGE: &str = "\
+usage: backlog [options]
+  --sessions N          offline persistent sessions (1000)
+  --messages N          messages published, each queued for every session (10000)
+  --payload BYTES       payload size (100; at least 12)
+  --publishers N        publishing clients (4)
+  --window N            unacknowledged messages per publisher (32)
+  --threads N           worker threads of the broker (all cores)
+  --in-memory           the broker without its store (no restarts)
+  --data-root DIR       where the store directory is made (the temporary directory)
+  --keep                leave the store directory
+  --cold                evict the store's files from the OS page cache before each restart,
+                        as after a reboot (dd iflag=nocache)
+  --min-free-gb N       stop publishing below this much free disk (15)
+  --phase-timeout SECS  longest phase (1800)
+  --bench-broker PATH   rallymq_bench_broker (default: next to this binary)";
+
+#[derive(Debug, Clone)]
+struct Options {
+    sessions: usize,
+    messages: u64,
+    payload: usize,
+    publishers: usize,
+    window: usize,
+    threads: Option<usize>,
+    in_memory: bool,
+    data_root: PathBuf,
+    keep: bool,
+    cold: bool,
+    min_free: u64,
+    phase_timeout: Duration,
+    bench_broker: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            sessions: 1000,
+            messages: 10_000,
+            payload: 100,
+            publishers: 4,
+            window: 32,
+            threads: None,
+            in_memory: false,
+            data_root: std::env::temp_dir(),
+            keep: false,
+            cold: false,
+            min_free: 15 << 30,
+            phase_timeout: Duration::from_secs(1800),
+            bench_broker: None,
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut iter = args.iter();
+    while let Some(flag) = iter.next() {
+        match flag.as_str() {
+            "--in-memory" => {
+                options.in_memory = true;
+                continue;
+            }
+            "--keep" => {
+                options.keep = true;
+                continue;
+            }
+            "--cold" => {
+                options.cold = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {value}"))
+        };
+        match flag.as_str() {
+            "--sessions" => options.sessions = number()?.max(1) as usize,
+            "--messages" => options.messages = number()?.max(1),
+            "--payload" => options.payload = number()?.max(12) as usize,
+            "--publishers" => options.publishers = number()?.max(1) as usize,
+            "--window" => options.window = number()?.clamp(1, 65_000) as usize,
+            "--threads" => options.threads = Some(number()?.max(1) as usize),
+            "--data-root" => options.data_root = PathBuf::from(value),
+            "--min-free-gb" => options.min_free = number()? << 30,
+            "--phase-timeout" => options.phase_timeout = Duration::from_secs(number()?.max(1)),
+            "--bench-broker" => options.bench_broker = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(options)
+}
+
+// ---- observing the broker -------------------------------------------------------------------
+
+/// The broker's VmRSS, sampled in the background; the highest sample since the last `take`.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match status_bytes(pid, "VmRSS") {
+                        Some(rss) => {
+                            peak.fetch_max(rss, Ordering::Relaxed);
+                        }
+                        None => return,
+                    }
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            })
+        };
+        Self {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest sample since the last call.
+    fn take(&self) -> u64 {
+        self.peak.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Bytes allocated on disk to the files under `dir`, and their apparent size.
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut allocated = 0;
+    let mut apparent = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        if metadata.is_dir() {
+            let (a, b) = disk_usage(&entry.path());
+            allocated += a;
+            apparent += b;
+        } else {
+            allocated += metadata.blocks() * 512;
+            apparent += metadata.len();
+        }
+    }
+    (allocated, apparent)
+}
+
+/// Drops the files under `dir` from the OS page cache, so that the next start reads them from
+/// the disk (`dd iflag=nocache count=0` asks the kernel to drop a whole file's cached pages).
+fn evict(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            evict(&path)?;
+            continue;
+        }
+        let status = Command::new("dd")
+            .arg(format!("if={}", path.display()))
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "dd could not evict {}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes on the file system holding `dir` (`df -Pk`).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let output = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    let line = text.lines().nth(1)?;
+    let kb: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The store's commits over a phase of `elapsed` seconds.
+fn report_commits(
+    out: &mut String,
+    before: Option<StoreCounts>,
+    after: Option<StoreCounts>,
+    elapsed: f64,
+) {
+    if let (Some(c0), Some(c1)) = (before, after) {
+        let commits = c1.commits - c0.commits;
+        let _ = writeln!(
+            out,
+            "  store: {commits} commits ({:.0}/s), {:.0} changes per commit",
+            commits as f64 / elapsed,
+            (c1.changes - c0.changes) as f64 / commits.max(1) as f64
+        );
+    }
+}
+
+/// What the broker's memory and store were at the end of a phase.
+fn report_broker(out: &mut String, broker: &mut BenchBroker, sampler: &RssSampler) {
+    let pid = broker.pid();
+    let rss = status_bytes(pid, "VmRSS").unwrap_or(0);
+    let hwm = status_bytes(pid, "VmHWM").unwrap_or(0);
+    let _ = write!(
+        out,
+        "  broker VmRSS now {}, highest sample {}, VmHWM {}",
+        mib(rss),
+        mib(sampler.take().max(rss)),
+        mib(hwm)
+    );
+    if let Some(io) = proc_io(pid) {
+        let _ = write!(out, "; wrote {} (file pages)", mib(io.write_bytes));
+    }
+    if let Some(counts) = broker.store_counts() {
+        let _ = write!(
+            out,
+            "; store: {} commits, {} changes",
+            counts.commits, counts.changes
+        );
+    }
+    out.push('\n');
+}
+
+// ---- the clients --------------------------------------------------------------------------------
+
+fn session_id(i: usize) -> String {
+    format!("backlog-{i:05}")
+}
+
+/// Creates the sessions: subscribed at QoS 1, then offline.
+async fn create_sessions(addr: SocketAddr, sessions: usize) -> io::Result<()> {
+    let clients = connect_all(
+        addr,
+        Transport::Tcp,
+        (0..sessions).map(session_id).collect(),
+        false,
+    )
+    .await?;
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let tasks: Vec<JoinHandle<io::Result<()>>> = clients
+        .into_iter()
+        .map(|mut client| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
+                client.subscribe(TOPIC, QoS::AtLeastOnce).await?;
+                client.disconnect().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(io::Error::other)??;
+    }
+    Ok(())
+}
+
+/// The payload of message `seq` of publisher `publisher`: both numbers, then filler.
+fn payload(publisher: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(len);
+    payload.put_u32(publisher);
+    payload.put_u64(seq);
+    payload.resize(len, 0x5A);
+    payload
+}
+
+/// Publishes `count` QoS 1 messages, at most `window` unacknowledged; returns when all are
+/// acknowledged.
+async fn publish(
+    client: Client,
+    publisher: u32,
+    count: u64,
+    options: &Options,
+    acked: Arc<AtomicU64>,
+) -> io::Result<()> {
+    let Client { io, buf, .. } = client;
+    let (mut read, mut write) = tokio::io::split(io);
+    let credits = Arc::new(Semaphore::new(options.window));
+    let reader_credits = credits.clone();
+    let reader_acked = acked.clone();
+    let reader = tokio::spawn(async move {
+        let limits = Limits::default();
+        let mut buf = buf;
+        let mut total = 0;
+        while total < count {
+            let mut n = 0;
+            while let Some(packet) =
+                rallymq_codec::decode(&mut buf, VERSION, &limits).map_err(invalid)?
+            {
+                if matches!(packet, Packet::PubAck(_)) {
+                    n += 1;
+                }
+            }
+            total += n as u64;
+            reader_acked.fetch_add(n as u64, Ordering::Relaxed);
+            reader_credits.add_permits(n);
+            if total >= count {
+                break;
+            }
+            make_room(&mut buf);
+            if read.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok::<_, io::Error>(read)
+    });
+    let topic = TopicName::new(TOPIC).map_err(invalid)?;
+    let mut out = BytesMut::new();
+    let mut next_id: u16 = 0;
+    let mut seq = 0;
+    while seq < count {
+        let Ok(first) = credits.acquire().await else {
+            break;
+        };
+        first.forget();
+        let mut n = 1;
+        while n < count - seq
+            && let Ok(more) = credits.try_acquire()
+        {
+            more.forget();
+            n += 1;
+        }
+        for _ in 0..n {
+            next_id = next_id % u16::MAX + 1;
+            let mut message = Publish::new(topic.clone(), payload(publisher, seq, options.payload));
+            message.qos = QoS::AtLeastOnce;
+            message.packet_id = PacketId::new(next_id);
+            encode(&Packet::Publish(message), &mut out);
+            seq += 1;
+        }
+        write.write_all(&out).await?;
+        out.clear();
+    }
+    let read = reader.await.map_err(io::Error::other)??;
+    let mut client = Client {
+        io: Box::new(read.unsplit(write)),
+        buf: BytesMut::new(),
+        session_present: false,
+    };
+    client.io.flush().await?;
+    client.disconnect().await
+}
+
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(4 * READ_ROOM);
+    }
+}
+
+/// What the sessions received while draining.
+#[derive(Debug, Default)]
+struct Drained {
+    received: AtomicU64,
+    /// Messages received again, or out of order within a publisher's sequence.
+    disorder: AtomicU64,
+    /// Sessions whose CONNACK said no session was present.
+    not_present: AtomicU64,
+    /// Sessions that received all they expected.
+    complete: AtomicU64,
+}
+
+/// One session reconnects and receives `expected` messages (acknowledging each), checking
+/// that each publisher's come once and in order; gives up when `stop` is set.
+async fn drain_session(
+    client: Client,
+    expected: u64,
+    publishers: usize,
+    drained: Arc<Drained>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    if !client.session_present {
+        drained.not_present.fetch_add(1, Ordering::Relaxed);
+    }
+    let limits = Limits::default();
+    let mut next = vec![0u64; publishers];
+    let mut acks = BytesMut::new();
+    let mut got = 0;
+    let mut client = client;
+    while got < expected && !stop.load(Ordering::Relaxed) {
+        let mut count = 0;
+        while let Some(packet) =
+            rallymq_codec::decode(&mut client.buf, VERSION, &limits).map_err(invalid)?
+        {
+            let Packet::Publish(publish) = packet else {
+                continue;
+            };
+            count += 1;
+            if let Some(id) = publish.packet_id {
+                encode(&Packet::PubAck(Ack::new(id)), &mut acks);
+            }
+            let bytes = &publish.payload;
+            let in_order = bytes.len() >= 12 && {
+                let publisher = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&bytes[4..12]);
+                let seq = u64::from_be_bytes(seq);
+                match next.get_mut(publisher as usize) {
+                    Some(next) if *next == seq => {
+                        *next += 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if !in_order {
+                drained.disorder.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !acks.is_empty() {
+            client.io.write_all(&acks).await?;
+            acks.clear();
+        }
+        got += count;
+        drained.received.fetch_add(count, Ordering::Relaxed);
+        if got >= expected {
+            break;
+        }
+        make_room(&mut client.buf);
+        let read = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.io.read_buf(&mut client.buf),
+        );
+        match read.await {
+            Ok(Ok(0)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => {} // Checks `stop` again.
+        }
+    }
+    if got >= expected {
+        drained.complete.fetch_add(1, Ordering::Relaxed);
+    }
+    client.io.flush().await?;
+    client.disconnect().await
+}
+
+/// Waits for `done` while `progress` moves; gives up after `timeout` or a stall.
+async fn watch(
+    what: &str,
+    progress: impl Fn() -> u64,
+    done: impl Fn() -> bool,
+    timeout: Duration,
+) -> io::Result<()> {
+    let begun = Instant::now();
+    let mut last = (progress(), Instant::now());
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = progress();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > STALL {
+            return Err(io::Error::other(format!(
+                "{what}: no progress for {STALL:?}"
+            )));
+        }
+        if begun.elapsed() > timeout {
+            return Err(io::Error::other(format!("{what}: over {timeout:?}")));
+        }
+    }
+    Ok(())
+}
+
+// ---- the run ---------------------------------------------------------------------------------
+
+/// The store directory, removed when the run ends, however it ends (after the broker, which is
+/// declared later and so dropped first), unless kept.
+struct DataDir {
+    path: Option<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path
+            && !self.keep
+        {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// Starts the broker on `port`, timing it to its `listening:` line and to a CONNACK.
+fn start_broker(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    port: u16,
+    data_dir: Option<&Path>,
+) -> io::Result<(BenchBroker, Duration, Duration)> {
+    let path = match &options.bench_broker {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("rallymq_bench_broker"),
+    };
+    let mut extra = vec![
+        "--max-queued-messages".to_owned(),
+        // Above the backlog, and with room past its high-water mark (three quarters), so that
+        // publishers are never slowed for it and nothing is dropped.
+        (options.messages * 2).max(1000).to_string(),
+    ];
+    if let Some(threads) = options.threads {
+        extra.extend(["--threads".to_owned(), threads.to_string()]);
+    }
+    if let Some(dir) = data_dir {
+        extra.extend(["--data-dir".to_owned(), dir.display().to_string()]);
+    }
+    let spawned = Instant::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let broker = BenchBroker::start(&path, addr, None, &extra, START_DEADLINE)?;
+    let listening = broker.started_in;
+    runtime.block_on(async {
+        tokio::time::timeout(START_DEADLINE, async {
+            loop {
+                match Client::connect(addr, Transport::Tcp, "backlog-probe", true).await {
+                    Ok(client) => return client.disconnect().await,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        })
+        .await
+        .map_err(|_| io::Error::other("no CONNACK from the restarted broker"))?
+    })?;
+    Ok((broker, listening, spawned.elapsed()))
+}
+
+/// Starts the broker again on its store (evicted from the page cache first with `--cold`);
+/// returns it and a line with its times.
+fn restart(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    port: u16,
+    data_dir: &Option<PathBuf>,
+) -> io::Result<(BenchBroker, String)> {
+    if let (true, Some(dir)) = (options.cold, data_dir) {
+        evict(dir)?;
+    }
+    let (broker, listening, connack) = start_broker(runtime, options, port, data_dir.as_deref())?;
+    let line = format!(
+        "listening after {:.3} s, CONNACK after {:.3} s",
+        listening.as_secs_f64(),
+        connack.as_secs_f64()
+    );
+    Ok((broker, line))
+}
+
+fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<String> {
+    let mut out = String::new();
+    let entries = options.messages * options.sessions as u64;
+    let guard = DataDir {
+        path: (!options.in_memory).then(|| {
+            options
+                .data_root
+                .join(format!("backlog-data-{}", std::process::id()))
+        }),
+        keep: options.keep,
+    };
+    let data_dir = guard.path.clone();
+    let port = StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _ = writeln!(
+        out,
+        "backlog: {} sessions x {} messages of {} B = {} entries; {} publishers, window {}; {}; load average {}",
+        options.sessions,
+        options.messages,
+        options.payload,
+        entries,
+        options.publishers,
+        options.window,
+        match &data_dir {
+            Some(dir) => format!("store in {}", dir.display()),
+            None => "in memory".to_owned(),
+        },
+        load_average()
+    );
+    print!("{out}");
+    out.clear();
+    let (mut broker, _, _) = start_broker(runtime, options, port, data_dir.as_deref())?;
+    let addr = broker.tcp;
+    let mut sampler = RssSampler::start(broker.pid());
+
+    // Sessions.
+    let begun = Instant::now();
+    runtime.block_on(async {
+        tokio::time::timeout(
+            options.phase_timeout,
+            create_sessions(addr, options.sessions),
+        )
+        .await
+        .map_err(|_| io::Error::other("creating the sessions: too slow"))?
+    })?;
+    let _ = writeln!(
+        out,
+        "sessions: {} created and offline in {:.1} s",
+        options.sessions,
+        begun.elapsed().as_secs_f64()
+    );
+    report_broker(&mut out, &mut broker, &sampler);
+
+    // Backlog.
+    let counts0 = broker.store_counts();
+    let io0 = proc_io(broker.pid());
+    let begun = Instant::now();
+    let acked = Arc::new(AtomicU64::new(0));
+    let full = Arc::new(AtomicBool::new(false));
+    let published = runtime.block_on(async {
+        let ids = (0..options.publishers)
+            .map(|i| format!("backlog-publisher-{i}"))
+            .collect();
+        let publishers = connect_all(addr, Transport::Tcp, ids, true).await?;
+        let per = options.messages / options.publishers as u64;
+        let extra = options.messages % options.publishers as u64;
+        let tasks: Vec<JoinHandle<io::Result<()>>> = publishers
+            .into_iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let count = per + u64::from((i as u64) < extra);
+                let options = options.clone();
+                let acked = acked.clone();
+                tokio::spawn(async move { publish(client, i as u32, count, &options, acked).await })
+            })
+            .collect();
+        let root = options.data_root.clone();
+        let min_free = options.min_free;
+        let disk_watch = {
+            let full = full.clone();
+            tokio::task::spawn_blocking(move || {
+                while !full.load(Ordering::Relaxed) {
+                    if data_dir_is_full(&root, min_free) {
+                        full.store(true, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        };
+        let watched = watch(
+            "publishing",
+            || acked.load(Ordering::Relaxed),
+            || full.load(Ordering::Relaxed) || tasks.iter().all(JoinHandle::is_finished),
+            options.phase_timeout,
+        )
+        .await;
+        let elapsed = begun.elapsed().as_secs_f64();
+        let stopped_for_disk = full.swap(true, Ordering::Relaxed);
+        let _ = disk_watch.await;
+        for task in tasks {
+            if task.is_finished() {
+                task.await.map_err(io::Error::other)??;
+            } else {
+                task.abort();
+            }
+        }
+        watched?;
+        if stopped_for_disk {
+            return Err(io::Error::other(format!(
+                "stopped: under {} free on the disk",
+                mib(options.min_free)
+            )));
+        }
+        Ok::<_, io::Error>((acked.load(Ordering::Relaxed), elapsed))
+    })?;
+    let (published, elapsed) = published;
+    let _ = writeln!(
+        out,
+        "publish: {published} messages acknowledged in {elapsed:.1} s: {:.0} msg/s, {:.0} entries/s",
+        published as f64 / elapsed,
+        (published * options.sessions as u64) as f64 / elapsed
+    );
+    report_commits(&mut out, counts0, broker.store_counts(), elapsed);
+    if let (Some(i0), Some(i1)) = (io0, proc_io(broker.pid())) {
+        let written = i1.since(&i0);
+        let _ = writeln!(
+            out,
+            "  written: {} by write calls, {} of file pages: {:.0} B / {:.0} B per entry",
+            mib(written.wchar),
+            mib(written.write_bytes),
+            written.wchar as f64 / entries as f64,
+            written.write_bytes as f64 / entries as f64
+        );
+    }
+    report_broker(&mut out, &mut broker, &sampler);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = write!(out, "after 2 s idle:");
+    report_broker(&mut out, &mut broker, &sampler);
+    if let Some(dir) = &data_dir {
+        let (allocated, apparent) = disk_usage(dir);
+        let _ = writeln!(
+            out,
+            "  disk: {} allocated ({} apparent): {:.0} B per entry",
+            mib(allocated),
+            mib(apparent),
+            allocated as f64 / entries as f64
+        );
+    }
+    print!("{out}");
+    out.clear();
+
+    // Restarts.
+    if data_dir.is_some() {
+        drop(sampler);
+        broker.kill();
+        drop(broker);
+        let cold = if options.cold {
+            " (store evicted from the page cache)"
+        } else {
+            ""
+        };
+        let (mut restarted, line) = restart(runtime, options, port, &data_dir)?;
+        let _ = writeln!(out, "restart after SIGKILL{cold}: {line}");
+        sampler = RssSampler::start(restarted.pid());
+        report_broker(&mut out, &mut restarted, &sampler);
+        drop(sampler);
+        let stopped_in = restarted.stop(Duration::from_secs(120));
+        let (mut again, line) = restart(runtime, options, port, &data_dir)?;
+        let _ = writeln!(
+            out,
+            "restart after a clean stop (stopped in {:.3} s){cold}: {line}",
+            stopped_in.as_secs_f64()
+        );
+        sampler = RssSampler::start(again.pid());
+        report_broker(&mut out, &mut again, &sampler);
+        broker = again;
+        print!("{out}");
+        out.clear();
+    }
+
+    // Drain.
+    let counts0 = broker.store_counts();
+    let drained = Arc::new(Drained::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let begun = Instant::now();
+    let drain_result = runtime.block_on(async {
+        let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+        let tasks: Vec<JoinHandle<io::Result<()>>> = (0..options.sessions)
+            .map(|i| {
+                let (gate, drained, stop) = (gate.clone(), drained.clone(), stop.clone());
+                let expected = options.messages;
+                let publishers = options.publishers;
+                tokio::spawn(async move {
+                    let client = {
+                        let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
+                        Client::connect(addr, Transport::Tcp, &session_id(i), false).await?
+                    };
+                    drain_session(client, expected, publishers, drained, stop).await
+                })
+            })
+            .collect();
+        let watched = watch(
+            "draining",
+            || drained.received.load(Ordering::Relaxed),
+            || tasks.iter().all(JoinHandle::is_finished),
+            options.phase_timeout,
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let mut failures = 0;
+        for task in tasks {
+            if !matches!(task.await, Ok(Ok(()))) {
+                failures += 1;
+            }
+        }
+        watched.map(|()| failures)
+    });
+    let elapsed = begun.elapsed().as_secs_f64();
+    let received = drained.received.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "drain: {received} of {entries} entries in {elapsed:.1} s: {:.0} entries/s; {} sessions complete, {} without Session Present, {} out of order or repeated{}",
+        received as f64 / elapsed,
+        drained.complete.load(Ordering::Relaxed),
+        drained.not_present.load(Ordering::Relaxed),
+        drained.disorder.load(Ordering::Relaxed),
+        match &drain_result {
+            Ok(0) => String::new(),
+            Ok(failures) => format!(", {failures} sessions failed"),
+            Err(error) => format!(", stopped: {error}"),
+        }
+    );
+    report_commits(&mut out, counts0, broker.store_counts(), elapsed);
+    report_broker(&mut out, &mut broker, &sampler);
+    if let Some(dir) = &data_dir {
+        let (allocated, apparent) = disk_usage(dir);
+        let _ = writeln!(
+            out,
+            "  disk after the drain: {} allocated ({} apparent)",
+            mib(allocated),
+            mib(apparent)
+        );
+    }
+    drop(sampler);
+    broker.stop(Duration::from_secs(120));
+    drop(guard);
+    let _ = writeln!(out, "load average at the end {}", load_average());
+    Ok(out)
+}
+
+fn data_dir_is_full(root: &Path, min_free: u64) -> bool {
+    free_bytes(root).is_some_and(|free| free < min_free)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let options = match parse_args(&args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("{error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match rallymq_benches::multi_thread_runtime(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match run(&runtime, &options) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("backlog: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

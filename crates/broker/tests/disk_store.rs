@@ -1,0 +1,225 @@
+//! The disk store: an empty write is a barrier on every earlier write, and resolves even when
+//! nothing else is written after it (the broker's shutdown waits on one); a stored message
+//! lives exactly as long as queue entries refer to it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rallymq_broker::{
+    Broker, BrokerConfig, Change, DiskStore, Publish, QoS, QueueEntry, SessionRecord, Storage,
+    Store, StoredMessage, TopicName,
+};
+use rallymq_codec::PacketId;
+use rallymq_session::OutgoingStage;
+
+/// A fresh directory for one test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rallymq-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn an_empty_write_is_a_barrier_that_resolves() {
+    let dir = TempDir::new("empty-write");
+    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let barrier = store.write(Vec::new());
+    let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(barrier)).await;
+    assert_eq!(decided, Ok(Ok(())), "the barrier of nothing never resolved");
+}
+
+#[tokio::test]
+async fn shutdown_with_a_disk_store_returns() {
+    let dir = TempDir::new("shutdown");
+    let config = BrokerConfig {
+        storage: Storage::Directory(dir.0.clone()),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::start(config).await.expect("the broker starts");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(10),
+        broker.shutdown(Duration::from_millis(100)),
+    )
+    .await;
+    assert!(stopped.is_ok(), "shutdown did not return within 10 s");
+}
+
+/// A message as the broker stores it, for `client`'s queue.
+fn message_and_entry(id: u64, client: &Arc<str>) -> (Change, Change, Change) {
+    let publish = Publish::new(TopicName::new("t/1").expect("valid topic"), "payload");
+    let message = Arc::new(StoredMessage {
+        publish,
+        received_at: SystemTime::now(),
+    });
+    let entry = QueueEntry {
+        message: id,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+        in_flight: None,
+        size: 10,
+    };
+    (
+        Change::PutMessage(id, message),
+        Change::AddEntry {
+            client_id: client.clone(),
+            seq: 0,
+            entry,
+        },
+        Change::DeleteEntry {
+            client_id: client.clone(),
+            seq: 0,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
+    let dir = TempDir::new("acked-in-batch");
+    let client: Arc<str> = "subscriber".into();
+    {
+        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        // Stored, queued, delivered and acknowledged before the writer took any of it: one
+        // group, as when an online subscriber acknowledges within a commit's time.
+        let (put, add, delete) = message_and_entry(0, &client);
+        let ticket = store.write(vec![put, add, delete]);
+        let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
+        assert_eq!(decided, Ok(Ok(())));
+    }
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    // The first free id is one past the last message still stored: none is.
+    assert_eq!(
+        loaded.next_message_id, 0,
+        "the message no entry refers to is still stored"
+    );
+}
+
+#[tokio::test]
+async fn a_message_stored_before_its_entries_is_kept_for_them() {
+    let dir = TempDir::new("put-before-entries");
+    let client: Arc<str> = "subscriber".into();
+    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let (put, add, _) = message_and_entry(0, &client);
+    // The writer may take the message in one group and its entries in the next.
+    let first = store.write(vec![put]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(first))
+        .await
+        .expect("decided")
+        .expect("durable");
+    let second = store.write(vec![add]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(second))
+        .await
+        .expect("decided")
+        .expect("durable");
+    let entries = store
+        .read_queue(&client, 0, 10)
+        .expect("the entry's message is there");
+    assert_eq!(entries.len(), 1);
+}
+
+#[tokio::test]
+async fn entries_added_and_deleted_in_one_commit_leave_the_rest_of_the_queue_as_it_was() {
+    let dir = TempDir::new("cancelled-in-batch");
+    let client: Arc<str> = "subscriber".into();
+    {
+        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let record = SessionRecord {
+            client_id: client.to_string(),
+            expiry_interval: u32::MAX,
+            disconnected_at: None,
+            subscriptions: Vec::new(),
+            will: None,
+        };
+        let (put, add, delete) = message_and_entry(0, &client);
+        let Change::AddEntry { entry, .. } = &add else {
+            unreachable!("message_and_entry returns an AddEntry second")
+        };
+        let mut in_flight = entry.clone();
+        in_flight.in_flight = PacketId::new(7).map(|id| (id, OutgoingStage::Published));
+        let update = Change::UpdateEntry {
+            client_id: client.clone(),
+            seq: 0,
+            entry: in_flight,
+        };
+        let second = Change::AddEntry {
+            client_id: client.clone(),
+            seq: 1,
+            entry: entry.clone(),
+        };
+        let changes = vec![
+            Change::PutSession(Box::new(record)),
+            put,
+            add,
+            update,
+            delete,
+            second,
+        ];
+        let ticket = store.write(changes);
+        let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
+        assert_eq!(decided, Ok(Ok(())));
+    }
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    assert_eq!(loaded.sessions.len(), 1);
+    assert_eq!(loaded.sessions[0].queue_len, 1, "one entry counted");
+    assert_eq!(loaded.sessions[0].next_seq, 2);
+    let entries = store.read_queue(&client, 0, 10).expect("reads");
+    let seqs: Vec<u64> = entries.iter().map(|loaded| loaded.seq).collect();
+    assert_eq!(seqs, [1], "only the entry never deleted is queued");
+    assert_eq!(entries[0].entry.in_flight, None);
+    assert_eq!(loaded.next_message_id, 1, "its message stays");
+}
+
+#[tokio::test]
+async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updated() {
+    let dir = TempDir::new("updated-then-deleted");
+    let client: Arc<str> = "subscriber".into();
+    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let (put, add, delete) = message_and_entry(0, &client);
+    let Change::AddEntry { entry, .. } = &add else {
+        unreachable!("message_and_entry returns an AddEntry second")
+    };
+    let entry = entry.clone();
+    let second = Change::AddEntry {
+        client_id: client.clone(),
+        seq: 1,
+        entry: entry.clone(),
+    };
+    let first = store.write(vec![put, add, second]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(first))
+        .await
+        .expect("decided")
+        .expect("durable");
+    // Both go in flight; the first is acknowledged, all before the next commit.
+    let mut in_flight = entry.clone();
+    in_flight.in_flight = PacketId::new(7).map(|id| (id, OutgoingStage::Published));
+    let update = |seq| Change::UpdateEntry {
+        client_id: client.clone(),
+        seq,
+        entry: in_flight.clone(),
+    };
+    let then = store.write(vec![update(0), delete, update(1)]);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(then))
+        .await
+        .expect("decided")
+        .expect("durable");
+    let entries = store.read_queue(&client, 0, 10).expect("reads");
+    let seqs: Vec<u64> = entries.iter().map(|loaded| loaded.seq).collect();
+    assert_eq!(seqs, [1], "the acknowledged entry is gone");
+    assert_eq!(
+        entries[0].entry.in_flight, in_flight.in_flight,
+        "the other is in flight"
+    );
+}
