@@ -213,8 +213,10 @@ impl Shared {
             .max(self.write(also.into_iter().collect()));
         self.stats.routed(outcome.queued);
         self.stats.dropped(Dropped::QueueFull, outcome.full as u64);
-        self.stats
-            .dropped(Dropped::OfflineQos0, (outcome.dropped - outcome.full) as u64);
+        self.stats.dropped(
+            Dropped::OfflineQos0,
+            (outcome.dropped - outcome.full) as u64,
+        );
         if outcome.queued == 0 && outcome.dropped == 0 {
             self.stats.dropped(Dropped::NoSubscribers, 1);
         }

@@ -37,7 +37,7 @@ use crate::session::{
     Attached, Control, ControlBox, Detached, Persisting, Queued, Session, SessionInner, StoredRef,
     signal,
 };
-use crate::stats::{Disconnect, Dropped, Hex, Via, via_label, version_label};
+use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
@@ -755,14 +755,28 @@ impl Driver {
         }
     }
 
+    /// Refuses a CONNECT with `code`, and logs it with what the client said it was (the
+    /// refusal is counted when the connection closes, as one the engine makes itself is).
+    fn refuse(&mut self, connect: &rallymq_codec::Connect, code: ReasonCode) {
+        let user = connect.username.as_ref().map(|name| name.as_str());
+        info!(
+            client_id = %connect.client_id.as_str(),
+            peer = %self.peer.addr,
+            listener = via_label(self.peer.via),
+            protocol = version_label(connect.protocol),
+            user,
+            reason_code = %Hex(code),
+            reason = ?code,
+            "connection refused"
+        );
+        let _ = self.engine.refuse(code, ConnAckProperties::default());
+    }
+
     async fn on_connect(&mut self, connect: rallymq_codec::Connect, needs_client_id: bool) {
         let now = self.now();
         let version = connect.protocol;
         if connect.properties.authentication_method.is_some() {
-            let _ = self.engine.refuse(
-                ReasonCode::BadAuthenticationMethod,
-                ConnAckProperties::default(),
-            );
+            self.refuse(&connect, ReasonCode::BadAuthenticationMethod);
             return;
         }
         // Who the client is, before it can touch a session: a refused CONNECT takes nothing
@@ -789,9 +803,7 @@ impl Driver {
         {
             Ok(identity) => identity,
             Err(refusal) => {
-                let _ = self
-                    .engine
-                    .refuse(refusal.reason_code(), ConnAckProperties::default());
+                self.refuse(&connect, refusal.reason_code());
                 return;
             }
         };
@@ -967,6 +979,7 @@ impl Driver {
                 user,
                 certificate,
                 session_present,
+                reason_code = %Hex(ReasonCode::Success),
                 "client connected"
             );
         }
@@ -1346,30 +1359,26 @@ impl Driver {
     }
 
     fn on_closed(&mut self, reason: CloseReason) {
-        let stats = &self.shared.stats;
-        let listener = via_label(self.peer.via);
         if let CloseReason::Refused(code) = reason {
-            stats.connect_refused(code);
-            let protocol = self.engine.version().map(version_label);
-            info!(peer = %self.peer.addr, listener, protocol, reason_code = %Hex(code), reason = ?code, "connection refused");
+            self.shared.stats.connect_refused(code);
+            // The broker's own refusals were logged with the client id (Driver::refuse); the
+            // engine refuses by itself only a CONNECT it could not read (an unknown version).
+            if self.engine.version().is_none() {
+                let listener = via_label(self.peer.via);
+                info!(peer = %self.peer.addr, listener, reason_code = %Hex(code), reason = ?code, "connection refused");
+            }
         }
         let (cause, code) = Disconnect::of(&reason);
-        let connected_for = self.connected_at.take().map(|at| self.since(at));
-        if connected_for.is_some() {
-            stats.disconnect(cause, code);
-            stats.client_disconnected(self.peer.via, self.engine.version());
-        }
+        let detail = match &reason {
+            CloseReason::ProtocolViolation { detail, .. } => Some(detail.as_str()),
+            _ => None,
+        };
+        self.count_disconnect(cause, code, detail);
+        let stats = &self.shared.stats;
         let Some(session) = self.session.clone() else {
             debug!(peer = %self.peer, ?reason, "connection closed before CONNECT was accepted");
             return;
         };
-        if let Some(duration) = connected_for {
-            let detail = match &reason {
-                CloseReason::ProtocolViolation { detail, .. } => Some(detail.as_str()),
-                _ => None,
-            };
-            info!(client_id = %session.client_id, peer = %self.peer.addr, listener, cause = cause.label(), reason_code = code.map(Hex).map(tracing::field::display), detail, duration_secs = duration.as_secs_f64(), "client disconnected");
-        }
         let mut state = Some(self.engine.session_state());
         let will_pending = self.engine.poll_timeout().is_some();
         let deliveries = self
@@ -1443,12 +1452,35 @@ impl Driver {
         self.control.close();
         self.shared
             .unregister_connection(self.connection_id, &self.control);
-        if self.connected_at.is_some() {
-            let stats = &self.shared.stats;
-            stats.disconnect(Disconnect::ConnectionLost, None);
-            stats.client_disconnected(self.peer.via, self.engine.version());
-        }
+        // Ended without a close from the engine (its task ended).
+        self.count_disconnect(Disconnect::ConnectionLost, None, None);
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts and logs the end of a connection whose CONNECT was accepted, once.
+    fn count_disconnect(
+        &mut self,
+        cause: Disconnect,
+        code: Option<ReasonCode>,
+        detail: Option<&str>,
+    ) {
+        let Some(at) = self.connected_at.take() else {
+            return;
+        };
+        let stats = &self.shared.stats;
+        stats.disconnect(cause, code);
+        stats.client_disconnected(self.peer.via, self.engine.version());
+        info!(
+            client_id = self.session.as_ref().map(|session| tracing::field::display(&session.client_id)),
+            peer = %self.peer.addr,
+            listener = via_label(self.peer.via),
+            protocol = self.engine.version().map(version_label),
+            cause = cause.label(),
+            reason_code = code.map(Hex).map(tracing::field::display),
+            detail,
+            duration_secs = self.since(at).as_secs_f64(),
+            "client disconnected"
+        );
     }
 }
 

@@ -47,8 +47,8 @@ pub use error::Error;
 pub use policy::Security;
 pub use store::{
     COMMIT_SECONDS_BUCKETS, Change, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore,
-    MessageId, QueueEntry, SessionRecord, Store, StoreError, StoreStats, StoredMessage,
-    StoredWill, Ticket,
+    MessageId, QueueEntry, SessionRecord, Store, StoreError, StoreStats, StoredMessage, StoredWill,
+    Ticket,
 };
 pub use tls::{CertificateName, ClientCertificates, TlsSettings};
 

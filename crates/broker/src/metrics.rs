@@ -70,7 +70,11 @@ pub(crate) fn respond<B>(request: &Request<B>, shared: &Arc<Shared>) -> Response
         );
     }
     let length = body.len();
-    let body = if head { Bytes::new() } else { Bytes::from(body) };
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    };
     let mut ok = response(StatusCode::OK, content_type, body);
     let headers = ok.headers_mut();
     headers.insert(header::CONTENT_LENGTH, length.into());
@@ -292,9 +296,10 @@ impl Collector for BrokerCollector {
              not_authorized, refused) are counted in $SYS/broker/publish/messages/dropped.",
             None,
             MetricType::Counter,
-            Dropped::ALL.iter().zip(totals.dropped).map(|(cause, n)| {
-                ([("cause", cause.label())], ConstCounter::new(n))
-            }),
+            Dropped::ALL
+                .iter()
+                .zip(totals.dropped)
+                .map(|(cause, n)| ([("cause", cause.label())], ConstCounter::new(n))),
         )?;
         single(
             encoder,
@@ -511,10 +516,17 @@ fn max_open_files() -> Option<i64> {
 fn stat() -> Option<(f64, i64, Option<f64>)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name, in parentheses, may hold spaces: the fields follow its last ')'.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
     // Fields 14 and 15 (utime, stime), 20 (num_threads), 22 (starttime), counted from 1 with
     // the pid and the name as fields 1 and 2.
-    let field = |n: usize| fields.get(n - 3).and_then(|value| value.parse::<u64>().ok());
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|value| value.parse::<u64>().ok())
+    };
     let cpu = (field(14)? + field(15)?) as f64 / USER_HZ;
     let threads = i64::try_from(field(20)?).ok()?;
     let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
@@ -564,7 +576,10 @@ mod tests {
             .expect("after 1970")
             .as_secs_f64();
         let start = start.expect("the boot time is known");
-        assert!(start <= now + 1.0 && start > now - 86_400.0 * 365.0, "{start}");
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0 * 365.0,
+            "{start}"
+        );
         assert!(max_open_files().expect("a limit") > 0);
     }
 }

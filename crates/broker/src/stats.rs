@@ -395,7 +395,10 @@ impl Stats {
     pub(crate) fn publish_received(&self, qos: QoS, payload: usize) {
         let shard = self.shard();
         add(&shard.publish_received[qos_index(qos)], 1);
-        add(&shard.publish_received_bytes[qos_index(qos)], payload as u64);
+        add(
+            &shard.publish_received_bytes[qos_index(qos)],
+            payload as u64,
+        );
     }
 
     /// A PUBLISH to a client, with `payload` bytes.
@@ -429,7 +432,10 @@ impl Stats {
             totals.queued += get(&shard.queued);
             let sums = [
                 (&mut totals.publish_received, &shard.publish_received),
-                (&mut totals.publish_received_bytes, &shard.publish_received_bytes),
+                (
+                    &mut totals.publish_received_bytes,
+                    &shard.publish_received_bytes,
+                ),
                 (&mut totals.publish_sent, &shard.publish_sent),
                 (&mut totals.publish_sent_bytes, &shard.publish_sent_bytes),
             ];

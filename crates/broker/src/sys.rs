@@ -106,14 +106,8 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
                 "$SYS/broker/clients/maximum",
                 stats.clients_maximum.load(Ordering::Relaxed).to_string(),
             ),
-            (
-                "$SYS/broker/messages/received",
-                totals.routed.to_string(),
-            ),
-            (
-                "$SYS/broker/messages/sent",
-                totals.queued.to_string(),
-            ),
+            ("$SYS/broker/messages/received", totals.routed.to_string()),
+            ("$SYS/broker/messages/sent", totals.queued.to_string()),
             (
                 "$SYS/broker/publish/messages/received",
                 totals.publish_received.iter().sum::<u64>().to_string(),
@@ -130,10 +124,7 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
                 "$SYS/broker/bytes/received",
                 totals.bytes_received.to_string(),
             ),
-            (
-                "$SYS/broker/bytes/sent",
-                totals.bytes_sent.to_string(),
-            ),
+            ("$SYS/broker/bytes/sent", totals.bytes_sent.to_string()),
             (
                 "$SYS/broker/subscriptions/count",
                 shared.router.subscription_count().to_string(),

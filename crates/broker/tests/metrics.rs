@@ -62,7 +62,9 @@ impl Scrape {
             text.as_bytes(),
             PEER,
         )
-        .unwrap_or_else(|error| panic!("prometheus_client cannot read the scrape: {error}\n{text}"));
+        .unwrap_or_else(|error| {
+            panic!("prometheus_client cannot read the scrape: {error}\n{text}")
+        });
         let samples: Vec<Value> = serde_json::from_str(&out).expect("the script prints JSON");
         Self(
             samples
@@ -216,16 +218,43 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
     mosquitto(
         "mosquitto_pub",
         args(&[
-            "-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-i", &format!("pub-{id}"), "-q", "2",
-            "-r", "-t", "m/r", "-m", "kept",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-i",
+            &format!("pub-{id}"),
+            "-q",
+            "2",
+            "-r",
+            "-t",
+            "m/r",
+            "-m",
+            "kept",
         ]),
     )
     .await;
     let got = mosquitto(
         "mosquitto_sub",
         args(&[
-            "-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-i", &format!("sub-{id}"), "-q",
-            "0", "-t", "m/r", "-C", "1", "-W", "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv311",
+            "-i",
+            &format!("sub-{id}"),
+            "-q",
+            "0",
+            "-t",
+            "m/r",
+            "-C",
+            "1",
+            "-W",
+            "10",
         ]),
     )
     .await;
@@ -247,7 +276,8 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
         ),
         "{event:?}"
     );
-    let (mut leaver, _) = TestClient::tcp(addr, connect_packet(ProtocolVersion::V5, "leaver")).await;
+    let (mut leaver, _) =
+        TestClient::tcp(addr, connect_packet(ProtocolVersion::V5, "leaver")).await;
     leaver
         .disconnect(ReasonCode::DisconnectWithWillMessage)
         .await;
@@ -274,7 +304,11 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
                 0.0
             };
             let labels = [("listener", listener), ("protocol", protocol)];
-            assert_eq!(scrape.get("rallymq_connections", &labels), expected, "{labels:?}");
+            assert_eq!(
+                scrape.get("rallymq_connections", &labels),
+                expected,
+                "{labels:?}"
+            );
         }
     }
     assert_eq!(scrape.kind("rallymq_connections"), "gauge");
@@ -292,8 +326,12 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
     assert_eq!(scrape.kind("rallymq_connects_total"), "counter");
     // Disconnects: four normal DISCONNECTs (offline, publisher, mosquitto_pub, mosquitto_sub),
     // one with 0x04, one connection lost.
-    let disconnects =
-        |cause, code| scrape.get("rallymq_disconnects_total", &[("cause", cause), ("code", code)]);
+    let disconnects = |cause, code| {
+        scrape.get(
+            "rallymq_disconnects_total",
+            &[("cause", cause), ("code", code)],
+        )
+    };
     assert_eq!(disconnects("client", "0x00"), 4.0);
     assert_eq!(disconnects("client", "0x04"), 1.0);
     assert_eq!(disconnects("connection_lost", "none"), 1.0);
@@ -302,9 +340,16 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
     // Messages in, by QoS, with their payload bytes.
     let received = |qos| scrape.get("rallymq_messages_received_total", &[("qos", qos)]);
     let received_bytes = |qos| scrape.get("rallymq_messages_received_bytes_total", &[("qos", qos)]);
-    assert_eq!([received("0"), received("1"), received("2")], [2.0, 9.0, 1.0]);
     assert_eq!(
-        [received_bytes("0"), received_bytes("1"), received_bytes("2")],
+        [received("0"), received("1"), received("2")],
+        [2.0, 9.0, 1.0]
+    );
+    assert_eq!(
+        [
+            received_bytes("0"),
+            received_bytes("1"),
+            received_bytes("2")
+        ],
         [8.0, 5.0 * 5.0 + 4.0 * 4.0, 4.0]
     );
     // Out: six QoS 1 to the subscriber (the QoS 2 message downgraded to its QoS 1), the
@@ -340,15 +385,24 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
     // The store: commits, and a histogram of their durations that counts each.
     let commits = scrape.get("rallymq_store_commits_total", &[]);
     let failures = scrape.get("rallymq_store_commit_failures_total", &[]);
-    assert!(commits > 0.0, "the session and the queued messages were committed");
+    assert!(
+        commits > 0.0,
+        "the session and the queued messages were committed"
+    );
     assert_eq!(failures, 0.0);
-    assert_eq!(scrape.kind("rallymq_store_commit_duration_seconds_count"), "histogram");
+    assert_eq!(
+        scrape.kind("rallymq_store_commit_duration_seconds_count"),
+        "histogram"
+    );
     assert_eq!(
         scrape.get("rallymq_store_commit_duration_seconds_count", &[]),
         commits
     );
     assert_eq!(
-        scrape.get("rallymq_store_commit_duration_seconds_bucket", &[("le", "+Inf")]),
+        scrape.get(
+            "rallymq_store_commit_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
         commits
     );
     assert!(scrape.get("rallymq_store_commit_duration_seconds_sum", &[]) > 0.0);
@@ -357,15 +411,24 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
         .iter()
         .map(|sample| sample.value)
         .collect();
-    assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "{buckets:?}");
+    assert!(
+        buckets.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{buckets:?}"
+    );
 
     // The process.
     assert!(scrape.get("process_resident_memory_bytes", &[]) > 1_000_000.0);
     let open = scrape.get("process_open_fds", &[]);
-    assert!(open > 3.0 && open <= scrape.get("process_max_fds", &[]), "{open}");
+    assert!(
+        open > 3.0 && open <= scrape.get("process_max_fds", &[]),
+        "{open}"
+    );
     assert!(scrape.get("process_cpu_seconds_total", &[]) > 0.0);
     assert_eq!(
-        scrape.get("rallymq_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        scrape.get(
+            "rallymq_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
         1.0
     );
 
@@ -418,8 +481,18 @@ async fn metrics_head_and_methods_and_the_switch() {
         .parse()
         .expect("a number");
     // The process's figures change between the two requests; their size barely does.
-    assert!(length.abs_diff(get.body.len()) < 64, "{length} {}", get.body.len());
-    let post = http(http_addr(&broker), "POST", "/metrics", "Content-Length: 0\r\n").await;
+    assert!(
+        length.abs_diff(get.body.len()) < 64,
+        "{length} {}",
+        get.body.len()
+    );
+    let post = http(
+        http_addr(&broker),
+        "POST",
+        "/metrics",
+        "Content-Length: 0\r\n",
+    )
+    .await;
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
     broker.shutdown(Duration::from_secs(1)).await;

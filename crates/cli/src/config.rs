@@ -539,7 +539,10 @@ mod tests {
         assert_eq!(settings.log_format(), LogFormat::Json);
         assert!(!settings.into_broker_config().expect("valid").metrics);
         let error = FileConfig::parse("log_format = \"xml\"").expect_err("not a format");
-        assert!(error.contains("xml") || error.contains("variant"), "{error}");
+        assert!(
+            error.contains("xml") || error.contains("variant"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rallymq_broker::{Broker, BrokerConfig};
+use rallymq_broker::Broker;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -370,7 +370,7 @@ fn broker_settings(args: &BrokerArgs) -> Result<Settings, String> {
 
 /// The broker configuration from the config file (if any) and the flags.
 #[cfg(test)]
-fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
+fn broker_config(args: &BrokerArgs) -> Result<rallymq_broker::BrokerConfig, String> {
     broker_settings(args)?.into_broker_config()
 }
 
@@ -464,6 +464,7 @@ impl Signals {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use rallymq_broker::BrokerConfig;
 
     #[test]
     fn cli_is_well_formed() {

@@ -329,9 +329,9 @@ impl Drop for Group<'_> {
 /// ended when the broker stopped, so its expiry counts from the load).
 pub(crate) fn session_expired(record: &SessionRecord, now: SystemTime) -> bool {
     record.expiry_interval != u32::MAX
-        && record.disconnected_at.is_some_and(|at| {
-            at + Duration::from_secs(u64::from(record.expiry_interval)) <= now
-        })
+        && record
+            .disconnected_at
+            .is_some_and(|at| at + Duration::from_secs(u64::from(record.expiry_interval)) <= now)
 }
 
 /// Whether a message's Message Expiry Interval has passed at `now` (MQTT-3.3.2-5).
