@@ -158,6 +158,22 @@ async fn mosquitto(program: &'static str, args: Vec<String>) -> String {
         .unwrap_or_else(|error| panic!("{program} (is mosquitto-clients installed?): {error}"))
 }
 
+/// The metric names in the first column of the table in the README's "Metrics" section.
+fn documented_metrics() -> std::collections::BTreeSet<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("the broker's README");
+    let section = readme
+        .split("\n## ")
+        .find(|section| section.starts_with("Metrics"))
+        .expect("a Metrics section");
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn scratch_dir() -> PathBuf {
     std::env::temp_dir().join(format!("rallymq-metrics-{}", run_id()))
 }
@@ -431,6 +447,23 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
         ),
         1.0
     );
+
+    // The README's table names every metric served, and only those.
+    let documented = documented_metrics();
+    let served: std::collections::BTreeSet<String> = scrape
+        .0
+        .iter()
+        .map(|sample| {
+            let name = sample.name.as_str();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| documented.contains(*base))
+                .unwrap_or(name);
+            base.to_owned()
+        })
+        .collect();
+    assert_eq!(served, documented, "crates/broker/README.md, Metrics");
 
     // OpenMetrics for a scraper that asks (Prometheus's Accept header): the same values.
     let response = http(
