@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rallymq_broker::{BrokerHandle, ListenerKind, Storage};
 use rallymq_codec::{MqttString, ProtocolVersion, QoS, ReasonCode};
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use support::{
     TestClient, connect_packet, http, message, persistent_connect, start_broker, subscription,
-    tcp_addr,
+    tcp_addr, wait_clients,
 };
 
 /// How long a peer (a Mosquitto client, the Python parser) may run.
@@ -136,20 +136,6 @@ fn http_addr(broker: &BrokerHandle) -> SocketAddr {
         .expect("an HTTP listener")
 }
 
-/// Waits (at most 10 s) until only `clients` are connected: the broker has handled the others'
-/// ends, which it learns after they are gone.
-async fn settle(broker: &BrokerHandle, clients: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker.clients_connected() != clients {
-        assert!(
-            Instant::now() < deadline,
-            "{} clients still connected, not {clients}",
-            broker.clients_connected()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Runs a Mosquitto client to its end.
 async fn mosquitto(program: &'static str, args: Vec<String>) -> String {
     tokio::task::spawn_blocking(move || run_peer(Command::new(program).args(&args), PEER))
@@ -202,7 +188,7 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
         .subscribe(vec![subscription("q/#", QoS::AtLeastOnce)])
         .await;
     offline.disconnect(ReasonCode::Success).await;
-    settle(&broker, 1).await;
+    wait_clients(&broker, 1).await;
 
     // Our client over MQTT 3.1.1: 5 QoS 1 messages to the subscriber, 4 QoS 1 and one QoS 0
     // to the offline session (queued; dropped), one QoS 0 where no one subscribes.
@@ -300,7 +286,7 @@ async fn metrics_count_what_clients_did_as_prometheus_client_reads_them() {
     let (mut dropper, _) =
         TestClient::tcp(addr, connect_packet(ProtocolVersion::V3_1_1, "dropper")).await;
     dropper.kill();
-    settle(&broker, 1).await;
+    wait_clients(&broker, 1).await;
 
     let response = http(http_addr(&broker), "GET", "/metrics", "").await;
     assert_eq!(response.status, 200);

@@ -477,3 +477,16 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Ht
         body: raw[split + 4..].to_vec(),
     }
 }
+
+/// Waits until `broker` counts `n` clients connected: it has handled the others' ends.
+pub async fn wait_clients(broker: &BrokerHandle, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while broker.clients_connected() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} clients connected, not {n}",
+            broker.clients_connected()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
