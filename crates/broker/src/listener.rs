@@ -26,12 +26,12 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
-use crate::Listener;
 use crate::admission::{IpSlot, Refusal};
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
 use crate::stats::SocketRefusal;
 use crate::tls::Tls;
+use crate::{Listener, admin};
 
 /// How long the listener waits before accepting again when the process has no file descriptor
 /// left.
@@ -80,6 +80,10 @@ static ASSETS: &[Asset] = &[
     asset!("/dashboard/", "dashboard/index.html", HTML),
     asset!("/dashboard/dashboard.js", "dashboard/dashboard.js", JS),
     asset!("/dashboard/dashboard.css", "dashboard/dashboard.css", CSS),
+    asset!("/dashboard/api.js", "dashboard/api.js", JS),
+    asset!("/dashboard/format.js", "dashboard/format.js", JS),
+    asset!("/dashboard/tables.js", "dashboard/tables.js", JS),
+    asset!("/dashboard/topics.js", "dashboard/topics.js", JS),
 ];
 
 /// The gzip encoding of each asset, compressed once, on first use.
@@ -122,8 +126,38 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
     accepted(accept_encoding).any(|coding| coding.eq_ignore_ascii_case("gzip") || coding == "*")
 }
 
-/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404.
+/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
+/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
+/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
 fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let known = [
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::CONNECT,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PATCH,
+        ];
+        if !known.contains(method) {
+            return response(
+                StatusCode::NOT_IMPLEMENTED,
+                "text/plain; charset=utf-8",
+                "not implemented\n",
+            );
+        }
+        let mut refused = response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        );
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return refused;
+    }
     let path = request.uri().path();
     // `dir/index.html` is `dir/`.
     let path = path
@@ -145,14 +179,7 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n",
         );
     };
-    let head = request.method() == Method::HEAD;
-    if !head && request.method() != Method::GET {
-        return response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n",
-        );
-    }
+    let head = method == Method::HEAD;
     let asset = &ASSETS[index];
     let gzip = request
         .headers()
@@ -255,6 +282,8 @@ pub(crate) struct ListenerContext {
     pub(crate) listener: Listener,
     /// The TLS configuration in force, for the TLS kinds.
     pub(crate) tls: Option<Arc<Tls>>,
+    /// Its place among the broker's listeners (see [`Peer::listener`]).
+    pub(crate) index: u16,
     /// Its security policy: an index into `Shared::policies`.
     pub(crate) policy: u8,
 }
@@ -304,6 +333,7 @@ pub(crate) async fn serve_mqtt(
         let peer = Peer {
             addr,
             via: Some(context.listener.kind),
+            listener: context.index,
             policy: context.policy,
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
@@ -372,7 +402,10 @@ async fn serve_http<IO>(
         let context = context.clone();
         let user = certificate_user.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(handle_http(request, shared, &context, peer, user, slot)) }
+        async move {
+            let response = handle_http(request, shared, &context, peer, user, slot).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     // A socket that sends no complete request in time (nothing, half a request line, a
     // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
@@ -434,7 +467,7 @@ fn origin_allowed(request: &Request<Incoming>, allowed: &[String]) -> bool {
     }
 }
 
-fn handle_http(
+async fn handle_http(
     mut request: Request<Incoming>,
     shared: Arc<Shared>,
     context: &ListenerContext,
@@ -477,6 +510,7 @@ fn handle_http(
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
         let via = Some(context.listener.kind);
+        let listener = context.index;
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
         let policy = context.policy;
@@ -492,6 +526,7 @@ fn handle_http(
                     let peer = Peer {
                         addr: peer,
                         via,
+                        listener,
                         policy,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
@@ -509,6 +544,9 @@ fn handle_http(
     }
     if path == crate::metrics::PATH && shared.config.metrics {
         return crate::metrics::respond(&request, &shared);
+    }
+    if admin::serves(&path) {
+        return admin::handle(request, shared, peer, context.policy).await;
     }
     serve_static(&request)
 }

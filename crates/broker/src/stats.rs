@@ -54,11 +54,13 @@ pub(crate) enum Dropped {
     /// Waiting for a session that ended (a clean session's connection closed, an offline
     /// session expired, a clean start replaced it).
     SessionEnded,
+    /// Bridged, and refused by the remote broker (a PUBACK or PUBREC with an error code).
+    BridgeRefused,
 }
 
 impl Dropped {
     /// Every cause, in the order of the counters.
-    pub(crate) const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::QueueFull,
         Self::OfflineQos0,
         Self::Expired,
@@ -68,6 +70,7 @@ impl Dropped {
         Self::NotAuthorized,
         Self::Refused,
         Self::SessionEnded,
+        Self::BridgeRefused,
     ];
 
     /// The label value.
@@ -82,6 +85,7 @@ impl Dropped {
             Self::NotAuthorized => "not_authorized",
             Self::Refused => "refused",
             Self::SessionEnded => "session_ended",
+            Self::BridgeRefused => "bridge_refused",
         }
     }
 

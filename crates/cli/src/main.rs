@@ -210,6 +210,11 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "SECS", help_heading = "Limits")]
     pub(crate) packet_timeout_secs: Option<u64>,
 
+    /// Seconds a write to a client may wait without the client taking any of it: a client
+    /// that stops reading is closed.
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) send_timeout_secs: Option<u64>,
+
     /// Largest HTTP request head (the WebSocket handshake included), in bytes.
     #[arg(long, value_name = "BYTES", help_heading = "Limits")]
     pub(crate) max_http_header_size: Option<usize>,
@@ -287,6 +292,21 @@ pub(crate) struct BrokerArgs {
     /// pattern lines with %c and %u). Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE", help_heading = "Security")]
     pub(crate) acl_file: Option<PathBuf>,
+
+    /// A user who may use the admin HTTP API (/api/v1/) from anywhere, logging in with HTTP
+    /// Basic (password file) or a Bearer token; repeat for several. A token whose role claim
+    /// holds "admin" is an admin too.
+    #[arg(long = "admin-user", value_name = "USER", help_heading = "Admin API")]
+    pub(crate) admin_users: Vec<String>,
+
+    /// Where the admin API answers requests without credentials from: loopback (the default),
+    /// anywhere, or nowhere.
+    #[arg(
+        long,
+        value_name = "loopback|anywhere|nowhere",
+        help_heading = "Admin API"
+    )]
+    pub(crate) admin_open_to: Option<String>,
 }
 
 fn main() -> ExitCode {
