@@ -126,11 +126,10 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
     accepted(accept_encoding).any(|coding| coding.eq_ignore_ascii_case("gzip") || coding == "*")
 }
 
-/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
-/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
-/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
-fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let method = request.method();
+/// For a read-only resource (the static files, `/metrics`): `None` for GET and HEAD; 405 with
+/// the `Allow` header RFC 9110 §15.5.6 requires for the other methods, 501 for methods RFC
+/// 9110 does not define (§9.1).
+pub(crate) fn refuse_unless_get_or_head(method: &Method) -> Option<Response<Full<Bytes>>> {
     if method != Method::GET && method != Method::HEAD {
         let known = [
             Method::POST,
@@ -142,11 +141,11 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             Method::PATCH,
         ];
         if !known.contains(method) {
-            return response(
+            return Some(response(
                 StatusCode::NOT_IMPLEMENTED,
                 "text/plain; charset=utf-8",
                 "not implemented\n",
-            );
+            ));
         }
         let mut refused = response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -156,6 +155,16 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
         refused
             .headers_mut()
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return Some(refused);
+    }
+    None
+}
+
+/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
+/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
+/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
+fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(refused) = refuse_unless_get_or_head(request.method()) {
         return refused;
     }
     let path = request.uri().path();
@@ -179,7 +188,7 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n",
         );
     };
-    let head = method == Method::HEAD;
+    let head = request.method() == Method::HEAD;
     let asset = &ASSETS[index];
     let gzip = request
         .headers()

@@ -22,7 +22,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::broker::Shared;
-use crate::listener::{accepted, response};
+use crate::listener::{accepted, refuse_unless_get_or_head, response};
 use crate::stats::{Dropped, Hex, VERSIONS, VIAS, version_label, via_label};
 use crate::store::{COMMIT_SECONDS_BUCKETS, StoreStats};
 
@@ -35,18 +35,10 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves `GET` and `HEAD /metrics`: OpenMetrics to a scraper whose `Accept` lists it (as
 /// Prometheus's does), the Prometheus text format 0.0.4 to anyone else.
 pub(crate) fn respond<B>(request: &Request<B>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
-    let head = request.method() == Method::HEAD;
-    if !head && request.method() != Method::GET {
-        let mut refused = response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n",
-        );
-        refused
-            .headers_mut()
-            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+    if let Some(refused) = refuse_unless_get_or_head(request.method()) {
         return refused;
     }
+    let head = request.method() == Method::HEAD;
     let openmetrics = wants_openmetrics(request.headers());
     let registry = registry(shared);
     let mut body = String::with_capacity(16 * 1024);
