@@ -7,10 +7,12 @@ mod certificates;
 
 pub use certificates::Certificates;
 
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// How many times [`Mosquitto::start_with`] tries, each on new ports.
@@ -148,7 +150,7 @@ impl Mosquitto {
                     Instant::now() < deadline,
                     "Mosquitto does not listen on {port} within {START_TIMEOUT:?}"
                 );
-                std::thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20));
             }
         }
         Ok(broker)
@@ -173,7 +175,7 @@ impl Mosquitto {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.wait();
     }
@@ -199,7 +201,7 @@ impl Mosquitto {
                     Instant::now() < deadline,
                     "Mosquitto does not listen on {port} within {START_TIMEOUT:?}"
                 );
-                std::thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -210,5 +212,72 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Collects a pipe in a thread.
+pub fn drain_pipe(pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(pipe).read_to_string(&mut text);
+        text
+    })
+}
+
+/// Runs a peer to its end within `timeout`; its stdout, or why it failed.
+pub fn run_peer(command: &mut Command, timeout: Duration) -> Result<String, String> {
+    run_peer_fed(command, &[], timeout)
+}
+
+/// As [`run_peer`], with `input` on the peer's standard input.
+pub fn run_peer_fed(
+    command: &mut Command,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<String, String> {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: does not start: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        // In a thread: a peer that does not read would otherwise block the test on a full pipe.
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let stdout = drain_pipe(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain_pipe(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) if status.success() => Ok(stdout.trim().to_owned()),
+        Some(status) => Err(format!(
+            "{what}: {status}\n{}{}",
+            stderr.trim(),
+            stdout.trim()
+        )),
+        None => Err(format!(
+            "{what}: still running after {timeout:?}, killed\n{stderr}"
+        )),
     }
 }

@@ -21,7 +21,7 @@ use crate::router::SubscriptionData;
 use crate::session::{
     Attachment, ControlBox, Durable, Queued, Session, StoredRef, count_down_expiry,
 };
-use crate::stats::Stats;
+use crate::stats::Dropped;
 use crate::store::{Change, LoadedSession, Ticket};
 
 /// Most messages handed to the client and not yet acknowledged by the remote broker. The
@@ -437,7 +437,7 @@ impl Bridge {
             Ok(ack) if ack.reason_code.is_error() => {
                 // Refused (not authorized, quota): sending it again would not help.
                 warn!(bridge = %self.config.name, topic = ?outgoing.publish.topic.as_ref().map(TopicName::as_str), code = ?ack.reason_code, "the remote broker refused a bridged message");
-                Stats::add(&self.shared.stats.messages_dropped, 1);
+                self.shared.stats.dropped(Dropped::BridgeRefused, 1);
                 self.forget(outgoing.stored);
             }
             // PUBACK, or PUBCOMP: the remote broker has it, and the store need not any more.
@@ -510,8 +510,13 @@ impl Bridge {
                 .iter()
                 .find_map(|line| line.outgoing(topic).map(|remote| (remote, line.qos)))
         });
+        if !count_down_expiry(&mut publish, queued.since) {
+            self.shared.stats.dropped(Dropped::Expired, 1);
+            self.forget(queued.stored);
+            return;
+        }
         match remote {
-            Some((remote, qos)) if count_down_expiry(&mut publish, queued.since) => {
+            Some((remote, qos)) => {
                 publish.topic = Some(remote);
                 publish.qos = publish.qos.min(qos);
                 self.queue(Outgoing {
@@ -519,7 +524,7 @@ impl Bridge {
                     stored: queued.stored,
                 });
             }
-            _ => self.forget(queued.stored),
+            None => self.forget(queued.stored),
         }
     }
 
@@ -527,12 +532,12 @@ impl Bridge {
     /// connected, anything past `max_queued_messages`.
     fn queue(&mut self, outgoing: Outgoing) {
         if !self.connected && outgoing.publish.qos == QoS::AtMostOnce {
-            Stats::add(&self.shared.stats.messages_dropped, 1);
+            self.shared.stats.dropped(Dropped::OfflineQos0, 1);
             self.forget(outgoing.stored);
             return;
         }
         if self.outgoing.len() >= self.config.max_queued_messages {
-            Stats::add(&self.shared.stats.messages_dropped, 1);
+            self.shared.stats.dropped(Dropped::QueueFull, 1);
             self.forget(outgoing.stored);
             if !self.dropping {
                 self.dropping = true;
