@@ -88,6 +88,19 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
+/// Starts the Mosquitto `program` on the configuration file `config`, its output discarded
+/// (errors shown).
+pub fn spawn_mosquitto(program: &str, config: &Path) -> io::Result<Child> {
+    Command::new(program)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{program}: {e}")))
+}
+
 /// The median of `values` (sorted in place); `None` when there are none.
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {

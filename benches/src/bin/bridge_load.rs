@@ -26,10 +26,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use rallymq_benches::{BenchBroker, cpu_seconds, load_average, median};
+use rallymq_benches::{BenchBroker, cpu_seconds, load_average, median, spawn_mosquitto};
 use rallymq_client::{AckFuture, Client, ClientOptions, QoS};
 
 /// How long a round's messages may take to arrive.
@@ -116,14 +116,7 @@ impl Mosquitto {
                  listener {port} 127.0.0.1\n"
             ),
         )?;
-        let child = Command::new(program)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{program}: {e}")))?;
+        let child = spawn_mosquitto(program, &config)?;
         let mosquitto = Self { child, dir, port };
         let deadline = Instant::now() + START_DEADLINE;
         while StdTcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -48,7 +48,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rallymq_benches::client::{Client, Transport, VERSION, connect_all, encode, invalid};
 use rallymq_benches::{
-    BenchBroker, ProcIo, StoreCounts, cpu_seconds, load_average, median, proc_io, status_bytes,
+    BenchBroker, ProcIo, StoreCounts, cpu_seconds, load_average, median, proc_io, spawn_mosquitto,
+    status_bytes,
 };
 use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -864,14 +865,7 @@ impl BrokerProcess {
                 ws.port()
             ),
         )?;
-        let mut child = Command::new(&options.mosquitto)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", options.mosquitto)))?;
+        let mut child = spawn_mosquitto(&options.mosquitto, &config)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while StdTcpStream::connect(tcp).is_err() || StdTcpStream::connect(ws).is_err() {
             if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
