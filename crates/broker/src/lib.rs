@@ -27,6 +27,7 @@ pub mod acl;
 mod admission;
 mod auth;
 mod broker;
+mod cluster;
 mod config;
 mod connection;
 mod error;
