@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::cluster::ClusterConfig;
 use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ pub struct BrokerConfig {
     /// Who may connect and what they may do, on every listener without a
     /// [`Listener::security`] of its own.
     pub security: Security,
+    /// The cluster this broker is a node of (its clients share one MQTT space with the other
+    /// nodes' clients); `None` for a broker on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where a broker keeps what must survive it.
@@ -78,6 +82,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             storage: Storage::default(),
             security: Security::default(),
+            cluster: None,
         }
     }
 }
