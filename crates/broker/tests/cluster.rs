@@ -219,6 +219,8 @@ fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
                 .unwrap_or_default()
         })
         .filter_map(|subject| subject.as_str().map(str::to_owned))
+        // Not the NATS client's own reply inboxes (JetStream requests, the KV watch).
+        .filter(|subject| subject.starts_with("rmq.m."))
         .collect();
     subjects.sort();
     subjects
@@ -312,4 +314,75 @@ async fn cluster_start_fails_when_no_nats_server_answers() {
         matches!(error, rallymq_broker::Error::Cluster(_)),
         "{error}"
     );
+}
+
+/// Subscribes a fresh client on `node` to `topic` again and again (bounded) until the retained
+/// message it gets is `expected` (`None`: no retained message at all).
+async fn wait_for_retained(node: &BrokerHandle, topic: &str, expected: Option<&str>) {
+    let deadline = Instant::now() + WAIT;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut fresh = client(node, &format!("fresh-{attempt}"), &[topic]).await;
+        // Only what comes with RETAIN set, as a retained message does at SUBSCRIBE.
+        let got = fresh
+            .recv_within(Duration::from_millis(200))
+            .await
+            .filter(|publish| publish.retain)
+            .map(|publish| payload_str(&publish));
+        fresh.disconnect(rallymq_codec::ReasonCode::Success).await;
+        if got.as_deref() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic:?}: retained {got:?}, not {expected:?}, within {WAIT:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_retained_messages_reach_running_and_later_nodes_through_the_kv_bucket() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut publisher = client(&a, "retainer", &[]).await;
+    let mut retained = message("ret/dot.ted topic", "v1", QoS::AtLeastOnce);
+    retained.retain = true;
+    publisher.publish(retained.clone()).await;
+    retained.payload = "v2".into();
+    publisher.publish(retained.clone()).await;
+    // In the bucket, under the topic's key.
+    let key = "ret.dot=2Eted=20topic";
+    let bucket =
+        async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS answers"))
+            .get_key_value("rallymq_retained")
+            .await
+            .expect("the bucket exists");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = bucket.get(key).await.expect("the bucket answers");
+        if value.is_some_and(|value| value.ends_with(b"v2")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v2 is not in the bucket within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B had no subscriber when it was published, nor while the message crossed (long done
+    // after QUIET): B has it from the bucket, not from the message itself.
+    tokio::time::sleep(QUIET).await;
+    wait_for_retained(&b, "ret/dot.ted topic", Some("v2")).await;
+    // A node started afterwards reads every topic's last value at its start.
+    let c = node(&[&nats]).await;
+    wait_for_retained(&c, "ret/dot.ted topic", Some("v2")).await;
+    // Cleared on A (empty payload): cleared everywhere.
+    retained.payload = "".into();
+    publisher.publish(retained).await;
+    wait_for_retained(&b, "ret/dot.ted topic", None).await;
+    wait_for_retained(&c, "ret/dot.ted topic", None).await;
+    let d = node(&[&nats]).await;
+    wait_for_retained(&d, "ret/dot.ted topic", None).await;
 }

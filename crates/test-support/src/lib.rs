@@ -279,7 +279,29 @@ impl NatsServer {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        // JetStream answers in a cluster once its servers have elected a meta leader.
+        for server in &servers {
+            while n > 1 && !server.jetstream_leader_known() {
+                assert!(
+                    Instant::now() < deadline + START_TIMEOUT,
+                    "nats-server on {} has no JetStream meta leader",
+                    server.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         servers
+    }
+
+    /// Whether the server knows its cluster's JetStream meta leader.
+    pub fn jetstream_leader_known(&self) -> bool {
+        let body = self.monitor("/jsz").unwrap_or_default();
+        body.split("\"meta_cluster\"")
+            .nth(1)
+            .and_then(|rest| rest.split("\"leader\":").nth(1))
+            .is_some_and(|rest| {
+                rest.trim_start().starts_with("\"") && !rest.trim_start().starts_with("\"\"")
+            })
     }
 
     /// The client URL.

@@ -15,6 +15,10 @@
 //! through the oldest of the node's subscriptions whose filter matches the topic: exactly one
 //! copy while subscriptions stand still. Around a change, a copy can be lost (QoS 0 allows it)
 //! but never doubled.
+//!
+//! Retained messages are also put in a JetStream KV bucket ([`RETAINED_BUCKET`], one key per
+//! topic), which every node watches from its start: a node that joins later, or missed a
+//! message, gets every topic's last retained message into its local copy.
 
 mod subject;
 
@@ -72,6 +76,19 @@ const OUTBOUND_CAPACITY: usize = 8192;
 
 /// Received messages waiting for the router.
 const INBOUND_CAPACITY: usize = 1024;
+
+/// The JetStream KV bucket of retained messages: key [`subject::topic_key`], value the
+/// envelope of the message (a delete for a cleared one), one revision kept.
+pub(crate) const RETAINED_BUCKET: &str = "rallymq_retained";
+
+/// Retained messages waiting to be put in the bucket.
+const RETAINED_CAPACITY: usize = 8192;
+
+/// How many times a starting node tries to open (or create) the bucket.
+const BUCKET_ATTEMPTS: u32 = 5;
+
+/// How long a node waits before watching the bucket again when its watch failed.
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// How long an unsubscribed NATS subscription may take to hand over what it still holds.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -181,6 +198,8 @@ pub(crate) struct Link {
     node_id: String,
     client: async_nats::Client,
     outbound: mpsc::Sender<(String, Bytes)>,
+    /// Retained messages for the bucket: key, and the envelope (`None` clears the topic).
+    retained: mpsc::Sender<(String, Option<Bytes>)>,
     commands: mpsc::UnboundedSender<Command>,
     interest: Mutex<Interest>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
@@ -192,6 +211,8 @@ pub(crate) struct Link {
 #[derive(Debug)]
 struct Parts {
     outbound: mpsc::Receiver<(String, Bytes)>,
+    retained: mpsc::Receiver<(String, Option<Bytes>)>,
+    bucket: async_nats::jetstream::kv::Store,
     commands: mpsc::UnboundedReceiver<Command>,
 }
 
@@ -225,17 +246,25 @@ impl Link {
                     config.servers
                 ))
             })?;
+        let bucket = retained_bucket(&client).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
+        let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
         let (commands_tx, commands) = mpsc::unbounded_channel();
         Ok(Arc::new(Self {
             node_id,
             client,
             outbound: outbound_tx,
+            retained: retained_tx,
             commands: commands_tx,
             interest: Mutex::default(),
             dropped: AtomicU64::new(0),
-            parts: Mutex::new(Some(Parts { outbound, commands })),
+            parts: Mutex::new(Some(Parts {
+                outbound,
+                retained,
+                bucket,
+                commands,
+            })),
         }))
     }
 
@@ -251,6 +280,8 @@ impl Link {
         };
         vec![
             tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
+            tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
+            tokio::spawn(follow_retained(parts.bucket, Arc::downgrade(shared))),
             tokio::spawn(follow_interest(
                 self.client.clone(),
                 parts.commands,
@@ -270,6 +301,17 @@ impl Link {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        if publish.retain {
+            let value = (!publish.payload.is_empty()).then(|| envelope.clone());
+            if self
+                .retained
+                .try_send((subject::topic_key(topic.as_str()), value))
+                .is_err()
+            {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, "cluster: retained message not stored in the cluster (queue full)");
+            }
+        }
         if self
             .outbound
             .try_send((subject::topic_subject(topic.as_str()), envelope))
@@ -406,6 +448,127 @@ fn open(mut envelope: Bytes) -> Option<(Option<String>, Publish)> {
             Some(((!sender.is_empty()).then_some(sender), publish))
         }
         _ => None,
+    }
+}
+
+/// The bucket of retained messages, created by the first node that needs it.
+///
+/// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
+/// function first reads the account's JetStream settings in a form servers before 2.10 do not
+/// send (Debian's nats-server is 2.9).
+async fn retained_bucket(
+    client: &async_nats::Client,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    use async_nats::jetstream::{self, stream};
+    let context = jetstream::new(client.clone());
+    let config = stream::Config {
+        name: format!("KV_{RETAINED_BUCKET}"),
+        description: Some("rallymq: the last retained message of each MQTT topic".to_owned()),
+        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    // A NATS cluster that has just started answers JetStream requests once it has elected a
+    // leader: a few tries, a second apart.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // Creating is idempotent for the same settings; a bucket made otherwise is used as it is.
+        let created = context.create_stream(config.clone()).await.err();
+        match context.get_key_value(RETAINED_BUCKET).await {
+            Ok(bucket) => return Ok(bucket),
+            Err(error) if attempt >= BUCKET_ATTEMPTS => {
+                return Err(Error::Cluster(format!(
+                    "no bucket for retained messages (is JetStream enabled on the NATS \
+                     servers?): {error}{}",
+                    created
+                        .map(|e| format!(" (creating it: {e})"))
+                        .unwrap_or_default()
+                )));
+            }
+            Err(error) => {
+                debug!(%error, attempt, "cluster: no bucket for retained messages yet");
+                tokio::time::sleep(REWATCH_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Puts retained messages in the bucket, in order.
+async fn store_retained(
+    bucket: async_nats::jetstream::kv::Store,
+    mut retained: mpsc::Receiver<(String, Option<Bytes>)>,
+) {
+    while let Some((key, value)) = retained.recv().await {
+        let result = match value {
+            Some(value) => bucket
+                .put(&key, value)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => bucket.delete(&key).await.map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            warn!(%error, %key, "cluster: a retained message could not be stored in the cluster");
+        }
+    }
+}
+
+/// Keeps the local copy of retained messages in step with the bucket: every topic's last
+/// value first, then every change, whichever node made it.
+async fn follow_retained(
+    bucket: async_nats::jetstream::kv::Store,
+    shared: std::sync::Weak<Shared>,
+) {
+    use async_nats::jetstream::kv::Operation;
+    loop {
+        match bucket.watch_with_history(">").await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(error) => {
+                            warn!(%error, "cluster: watching retained messages failed");
+                            break;
+                        }
+                    };
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let Ok(topic) = subject::key_topic(&entry.key) else {
+                        continue;
+                    };
+                    let retained = match entry.operation {
+                        Operation::Put => match open(entry.value) {
+                            Some((_, publish))
+                                if publish.topic.as_ref().is_some_and(|t| t.as_str() == topic) =>
+                            {
+                                publish
+                            }
+                            _ => continue,
+                        },
+                        Operation::Delete | Operation::Purge => {
+                            let Ok(name) = rallymq_codec::TopicName::new(topic) else {
+                                continue;
+                            };
+                            // An empty retained message clears the topic.
+                            Publish::new(name, Bytes::new())
+                        }
+                    };
+                    shared.router.retain(&retained);
+                }
+            }
+            Err(error) => warn!(%error, "cluster: cannot watch retained messages"),
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(REWATCH_DELAY).await;
     }
 }
 

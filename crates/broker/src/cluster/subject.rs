@@ -56,6 +56,19 @@ pub(crate) fn topic_subject(topic: &str) -> String {
     subject
 }
 
+/// The key of a topic's retained message in the cluster's KV bucket: its subject without the
+/// prefix (tokens of letters, digits, `-`, `_` and `=`, which KV keys allow).
+pub(crate) fn topic_key(topic: &str) -> String {
+    let mut subject = topic_subject(topic);
+    subject.drain(..=PREFIX.len());
+    subject
+}
+
+/// The topic of a key made by [`topic_key`].
+pub(crate) fn key_topic(key: &str) -> Result<String, NotATopic> {
+    subject_topic(&format!("{PREFIX}.{key}"))
+}
+
 /// The subjects a node subscribes to for an MQTT filter (without any `$share/{group}/`): one,
 /// or two for a filter ending in `/#`, whose parent level MQTT also matches.
 pub(crate) fn filter_subjects(filter: &str) -> Vec<String> {
@@ -270,7 +283,10 @@ mod tests {
                 prop_assert!(!token.is_empty());
                 prop_assert!(token.bytes().all(|b| plain(b) || b == ESCAPE), "{token}");
             }
-            prop_assert_eq!(subject_topic(&subject), Ok(topic));
+            prop_assert_eq!(subject_topic(&subject), Ok(topic.clone()));
+            let key = topic_key(&topic);
+            prop_assert!(!key.starts_with('.') && !key.ends_with('.'));
+            prop_assert_eq!(key_topic(&key), Ok(topic));
         }
 
         #[test]
