@@ -386,3 +386,46 @@ async fn cluster_retained_messages_reach_running_and_later_nodes_through_the_kv_
     let d = node(&[&nats]).await;
     wait_for_retained(&d, "ret/dot.ted topic", None).await;
 }
+
+/// The NATS connection id (`cid`) of a node, from the server's monitoring port.
+fn node_connection_id(nats: &NatsServer, node: &BrokerHandle) -> Option<u64> {
+    let name = format!("rallymq-{}", node.node_id()?);
+    let connz: serde_json::Value = serde_json::from_str(&nats.monitor("/connz")?).ok()?;
+    connz["connections"]
+        .as_array()?
+        .iter()
+        .find(|connection| connection["name"] == name.as_str())?["cid"]
+        .as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_topic_too_long_for_a_nats_subject_stays_local_and_the_link_stays_up() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut on_b = client(&b, "on-b", &["#"]).await;
+    let mut on_a = client(&a, "on-a", &["#"]).await;
+    let mut publisher = client(&a, "pub", &[]).await;
+    warm_up(&mut publisher, "short", &mut [&mut on_b, &mut on_a]).await;
+    let before = node_connection_id(&nats, &a).expect("A is connected to NATS");
+    // 2,000 dots are 6,000 bytes of subject: past the server's 4 KiB protocol line, which
+    // would make it close A's connection.
+    let long = format!("long/{}", ".".repeat(2000));
+    publisher
+        .publish(message(&long, "long", QoS::AtMostOnce))
+        .await;
+    publish_each(&mut publisher, &["short"], 5).await;
+    assert_eq!(collect(&mut on_b, 5).await, once_each(&["short"], 5));
+    let mut expected = once_each(&["short"], 5);
+    expected.insert((long, "long".to_owned()), 1);
+    assert_eq!(
+        collect(&mut on_a, 6).await,
+        expected,
+        "local delivery is unaffected"
+    );
+    assert_eq!(
+        node_connection_id(&nats, &a),
+        Some(before),
+        "A's NATS connection stayed up"
+    );
+}

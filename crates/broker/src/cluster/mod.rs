@@ -90,6 +90,11 @@ const BUCKET_ATTEMPTS: u32 = 5;
 /// How long a node waits before watching the bucket again when its watch failed.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
+/// Longest subject a node sends: a NATS server closes a connection whose protocol line passes
+/// its `max_control_line` (4096 bytes by default), and a line holds the subject, a reply
+/// subject and lengths besides (the retained bucket's puts add `$KV.rallymq_retained.`).
+const MAX_SUBJECT_LEN: usize = 3900;
+
 /// How long an unsubscribed NATS subscription may take to hand over what it still holds.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -297,6 +302,14 @@ impl Link {
         if !crosses(topic.as_str()) {
             return;
         }
+        let subject = subject::topic_subject(topic.as_str());
+        if subject.len() > MAX_SUBJECT_LEN {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!(%topic, dropped, "cluster: topic too long for a NATS subject; not sent to other nodes");
+            }
+            return;
+        }
         let Some(envelope) = seal(sender, publish) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -312,11 +325,7 @@ impl Link {
                 warn!(%topic, "cluster: retained message not stored in the cluster (queue full)");
             }
         }
-        if self
-            .outbound
-            .try_send((subject::topic_subject(topic.as_str()), envelope))
-            .is_err()
-        {
+        if self.outbound.try_send((subject, envelope)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 warn!(
@@ -683,6 +692,11 @@ async fn subscription(
 ) {
     let mut subscribers = Vec::new();
     for subject in subjects {
+        if subject.len() > MAX_SUBJECT_LEN {
+            // No topic that long is sent either.
+            debug!(%subject, "cluster: filter too long for a NATS subject; not subscribed");
+            continue;
+        }
         match client.subscribe(subject.clone()).await {
             Ok(subscriber) => subscribers.push(subscriber),
             Err(error) => warn!(%error, %subject, "cluster: cannot subscribe"),
