@@ -1,11 +1,18 @@
-// Broker dashboard: clients, message rates, uptime and version, from $SYS/# (Mosquitto's
-// topic names) over the page's own MQTT connection. The plots are plain canvas.
+// The broker console: an overview (live charts from $SYS/# and counts from the admin API), the
+// topic tree, and the clients, subscriptions and retained pages (admin API). One MQTT
+// connection over the page's own origin feeds the charts and the tree; the same credentials,
+// when the broker asks for some, serve MQTT and the API.
 import { createClient } from '../rallymq.js';
+import { api, credentials, deleteRetained, onDenied } from './api.js';
+import { duration, fitCanvas, h, number } from './format.js';
+import { ClientsPage, RetainedPage, SubscriptionsPage } from './tables.js';
+import { TopicDetail, TopicTree, TreeView } from './topics.js';
 
 const params = new URLSearchParams(location.search);
 const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
 const brokerUrl = params.get('broker') || `${scheme}://${location.host}/mqtt`;
 const HISTORY = 90; // samples kept per plot
+const BROKER_POLL_MS = 5000;
 const decoder = new TextDecoder();
 const $ = (id) => document.getElementById(id);
 
@@ -13,6 +20,8 @@ function setStatus(state, text) {
   $('status').dataset.state = state;
   $('status').textContent = text || state;
 }
+
+// ---------------------------------------------------------------------------------- plots
 
 class Plot {
   constructor(figure, color) {
@@ -30,15 +39,8 @@ class Plot {
 
   draw() {
     const canvas = this.canvas;
-    const ratio = window.devicePixelRatio || 1;
-    const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
-    const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
-    if (canvas.width !== width || canvas.height !== height) {
-      canvas.width = width;
-      canvas.height = height;
-    }
-    const g = canvas.getContext('2d');
-    g.clearRect(0, 0, width, height);
+    if (!canvas.clientWidth) return; // on a hidden page
+    const { g, width, height, ratio } = fitCanvas(canvas);
     const pad = 4 * ratio;
     const max = Math.max(1, ...this.samples.map(([, v]) => v)) * 1.1;
     // Grid: four horizontal lines, labelled with the scale.
@@ -53,7 +55,7 @@ class Plot {
       g.lineTo(width, y);
       g.stroke();
     }
-    g.fillText(format(max), pad, pad + 10 * ratio);
+    g.fillText(number(max), pad, pad + 10 * ratio);
     if (this.samples.length === 0) return;
     // Time runs right to left from now; the span is the last HISTORY samples or one minute.
     const now = Date.now();
@@ -78,26 +80,12 @@ class Plot {
   }
 }
 
-function format(value) {
-  if (value >= 1e6) return `${(value / 1e6).toFixed(1)}M`;
-  if (value >= 1e4) return `${(value / 1e3).toFixed(1)}k`;
-  return value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(1);
-}
-
-function duration(seconds) {
-  const d = Math.floor(seconds / 86400);
-  const h = Math.floor((seconds % 86400) / 3600);
-  const m = Math.floor((seconds % 3600) / 60);
-  const s = Math.floor(seconds % 60);
-  return [d && `${d}d`, (d || h) && `${h}h`, (d || h || m) && `${m}m`, `${s}s`]
-    .filter(Boolean)
-    .join(' ');
-}
-
 const plots = {
   clients: new Plot($('plot-clients'), '#4fb3ff'),
   in: new Plot($('plot-in'), '#5fd38d'),
   out: new Plot($('plot-out'), '#f2b84b'),
+  dropped: new Plot($('plot-dropped'), '#ef6f6c'),
+  queued: new Plot($('plot-queued'), '#b48ef0'),
 };
 
 // A rate from a monotonically increasing counter: (difference) / (time between two samples).
@@ -125,14 +113,18 @@ class Rate {
 
   show(perSecond) {
     this.plot.push(perSecond);
-    this.label.textContent = format(perSecond);
+    this.label.textContent = number(perSecond);
   }
 }
 
-const rates = { in: new Rate(plots.in, $('rate-in')), out: new Rate(plots.out, $('rate-out')) };
+const rates = {
+  in: new Rate(plots.in, $('rate-in')),
+  out: new Rate(plots.out, $('rate-out')),
+  dropped: new Rate(plots.dropped, $('rate-dropped')),
+};
 let uptime = null; // [seconds, at ms]
 
-const handlers = {
+const sysHandlers = {
   '$SYS/broker/version': (text) => ($('version').textContent = text.replace(/^rallymq version /, '')),
   '$SYS/broker/uptime': (text) => {
     uptime = [parseFloat(text), Date.now()];
@@ -144,6 +136,7 @@ const handlers = {
   },
   '$SYS/broker/messages/received': (text) => rates.in.counter(Number(text), brokerTime()),
   '$SYS/broker/messages/sent': (text) => rates.out.counter(Number(text), brokerTime()),
+  '$SYS/broker/publish/messages/dropped': (text) => rates.dropped.counter(Number(text), brokerTime()),
   '$SYS/broker/load/messages/received/1min': (text) => rates.in.load(Number(text)),
   '$SYS/broker/load/messages/sent/1min': (text) => rates.out.load(Number(text)),
   '$SYS/broker/subscriptions/count': (text) => ($('subscriptions').textContent = text),
@@ -167,32 +160,188 @@ setInterval(() => {
 }, 1000);
 window.addEventListener('resize', () => Object.values(plots).forEach((plot) => plot.draw()));
 
-async function start() {
+/** Counts the admin API has and $SYS has not: queued messages, sessions, listeners, limits. */
+async function pollBroker() {
+  try {
+    const info = await api('broker');
+    plots.queued.push(info.counts.queued_messages);
+    $('queued').textContent = number(info.counts.queued_messages);
+    $('sessions').textContent = number(info.counts.sessions);
+    if ($('version').textContent === '–') $('version').textContent = info.version;
+    if (!uptime) uptime = [info.uptime, Date.now()];
+    const limits = Object.entries(info.limits).map(([name, value]) => [name.replace(/_/g, ' '), value ?? 'none']);
+    $('broker-details').replaceChildren(h('dl.kv', null,
+      info.listeners.map((l) => [h('dt', null, `listener (${l.type})`), h('dd', null, l.url)]),
+      h('dt', null, 'storage'), h('dd', null, info.storage),
+      limits.map(([name, value]) => [h('dt', null, name), h('dd', null, String(value))])));
+  } catch (error) {
+    if (error.status !== 401 && error.status !== 403) console.warn('console: /api/v1/broker:', error);
+  }
+}
+
+// ---------------------------------------------------------------------------- topic tree
+
+const tree = new TopicTree();
+const detail = new TopicDetail($('topic-detail'), {
+  onDeleteRetained: async (node) => {
+    if (!confirm(`Delete the retained message of ${node.topic}?`)) return;
+    try {
+      await deleteRetained(node.topic);
+      node.retain = false;
+      detail.refresh();
+      view.changed(null);
+    } catch (error) {
+      alert(error.message);
+    }
+  },
+});
+const view = new TreeView($('tree'), tree, {
+  onSelect: (node) => detail.show(node),
+  onRender: () => {
+    detail.update();
+    $('topic-counts').textContent = `${number(tree.topics)} topics`;
+  },
+});
+let treeWanted = false; // subscribe to # once the topics page has been opened
+$('topic-search').addEventListener('input', (event) => view.setFilter(event.target.value));
+
+function onMessage(topic, payload, packet) {
+  if (topic.startsWith('$SYS/')) {
+    const handler = sysHandlers[topic];
+    if (handler) handler(decoder.decode(payload).trim());
+  }
+  const { created } = tree.add(topic, payload, Boolean(packet.retain), packet.qos, Date.now());
+  view.changed(created);
+}
+
+// ---------------------------------------------------------------------------- connection
+
+let client = null;
+
+function connect() {
+  client?.end();
+  const signedIn = credentials.get();
   // createClient connects in the background and keeps trying: the page works when it is
   // opened before the broker starts, and after the broker restarts.
-  const client = createClient(brokerUrl, {
-    clientId: `dashboard-${Math.random().toString(16).slice(2, 10)}`,
+  client = createClient(brokerUrl, {
+    clientId: `console-${Math.random().toString(16).slice(2, 10)}`,
     protocolVersion: 5,
     keepalive: 30,
     clean: true,
     reconnect: true,
+    // Room for a burst of retained messages on subscribing to #.
+    queueLimit: 10_000,
+    username: signedIn?.user,
+    password: signedIn?.password,
   });
   window.rallymqClient = client;
-  client.on('message', (topic, payload) => {
-    const handler = handlers[topic];
-    if (handler) handler(decoder.decode(payload).trim());
-  });
+  client.on('message', onMessage);
   client.on('connect', () => setStatus('connected'));
   client.on('reconnect', () => setStatus('reconnecting', 'reconnecting…'));
   client.on('offline', () => setStatus('offline'));
-  client.on('close', () => setStatus('offline'));
-  client.on('error', (error) => console.warn('dashboard:', error));
-  await client.subscribe('$SYS/#', { qos: 0 });
-  setStatus('connected');
-  document.body.dataset.subscribed = 'true'; // the browser tests wait for this
+  client.on('close', () => client.connected || setStatus('offline'));
+  client.on('error', (error) => {
+    // 0x86 Bad user name or password, 0x87 Not authorized.
+    if (error && (error.code === 0x86 || error.code === 0x87)) {
+      setStatus('error', 'sign-in needed');
+      askForCredentials(signedIn ? 'The broker refused this user name and password.' : 'The broker asks for a user name and password.');
+    } else console.warn('console:', error);
+  });
+  const subscriptions = [{ filter: '$SYS/#', qos: 0 }];
+  if (treeWanted) subscriptions.push({ filter: '#', qos: 0, rap: true });
+  return client.subscribe(subscriptions).then(() => {
+    setStatus('connected');
+    document.body.dataset.subscribed = 'true'; // the browser tests wait for this
+    if (treeWanted) document.body.dataset.treeSubscribed = 'true';
+  });
 }
 
-start().catch((error) => {
-  setStatus('error', `${brokerUrl}: ${error && error.message || error}`);
+function watchTopics() {
+  if (treeWanted) return;
+  treeWanted = true;
+  client.subscribe({ filter: '#', qos: 0, rap: true }).then(
+    () => (document.body.dataset.treeSubscribed = 'true'),
+    (error) => console.warn('console: subscribing to #:', error),
+  );
+}
+
+// --------------------------------------------------------------------------------- login
+
+const login = $('login');
+let asking = false;
+let dismissed = false; // the dialog was closed without signing in: not asked again unprompted
+
+function askForCredentials(reason, prompted = false) {
+  if (asking || (dismissed && !prompted)) return;
+  asking = true;
+  $('login-reason').textContent = reason;
+  const form = $('login-form');
+  const signedIn = credentials.get();
+  form.user.value = signedIn?.user || '';
+  form.password.value = '';
+  login.showModal();
+}
+
+login.addEventListener('close', () => {
+  asking = false;
+  dismissed = login.returnValue !== 'ok';
+  if (dismissed) return;
+  const form = $('login-form');
+  credentials.set(form.user.value, form.password.value);
+  route();
+  // Again once the new MQTT connection is up: the lists then hold the console's own client.
+  connect().then(route, (error) => console.warn('console:', error));
+});
+
+onDenied((error) => askForCredentials(error.status === 401 ? 'The admin API asks for a user name and password.' : error.message));
+
+// ---------------------------------------------------------------------------------- pages
+
+const pages = {
+  clients: new ClientsPage({ form: $('client-search'), table: $('clients-table'), detail: $('client-detail') }),
+  subscriptions: new SubscriptionsPage({ form: $('subscription-search'), table: $('subscriptions-table') }),
+  retained: new RetainedPage({
+    form: $('retained-search'),
+    table: $('retained-table'),
+    onDeleted: (topic) => {
+      const node = tree.find(topic);
+      if (!node) return;
+      node.retain = false;
+      if (detail.node === node) detail.refresh();
+      view.changed(null);
+    },
+  }),
+};
+
+function route() {
+  const name = location.hash.slice(1) || 'overview';
+  const page = document.querySelector(`.page[data-page="${name}"]`) ? name : 'overview';
+  for (const section of document.querySelectorAll('.page')) section.hidden = section.dataset.page !== page;
+  for (const tab of document.querySelectorAll('.tabs a')) {
+    if (tab.dataset.page === page) tab.setAttribute('aria-current', 'page');
+    else tab.removeAttribute('aria-current');
+  }
+  document.body.dataset.page = page;
+  if (page === 'overview') {
+    Object.values(plots).forEach((plot) => plot.draw());
+  } else if (page === 'topics') {
+    watchTopics();
+    view.schedule();
+  } else {
+    pages[page].refresh();
+  }
+}
+
+window.addEventListener('hashchange', route);
+// Always, so that the queued-messages chart has its history whatever page is open.
+setInterval(pollBroker, BROKER_POLL_MS);
+pollBroker();
+
+// For the browser tests: the tree's model and view.
+window.rallymqConsole = { tree, view, pages };
+
+connect().catch((error) => {
+  setStatus('error', `${brokerUrl}: ${(error && error.message) || error}`);
   console.error(error);
 });
+route();

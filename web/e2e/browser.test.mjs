@@ -5,10 +5,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { after, before, test } from 'node:test';
+import { after, before } from 'node:test';
 
 import {
+  browserTest,
   build,
+  defer,
   example,
   freePort,
   launchBrowser,
@@ -17,35 +19,12 @@ import {
   startBroker,
   startMosquitto,
   startStaticServer,
+  testBroker,
   until,
 } from './harness.mjs';
 
 let browser;
 let web;
-const cleanups = [];
-
-/** Runs `cleanup` at the end of the current test, whatever happens (see `test` below). */
-const defer = (cleanup) => cleanups.push(cleanup);
-
-async function runCleanups() {
-  while (cleanups.length) {
-    try {
-      await cleanups.pop()();
-    } catch (error) {
-      console.error('cleanup failed:', error);
-    }
-  }
-}
-
-function browserTest(name, timeout, body) {
-  test(name, { timeout }, async (t) => {
-    try {
-      await body(t);
-    } finally {
-      await runCleanups();
-    }
-  });
-}
 
 before(async () => {
   build();
@@ -57,12 +36,6 @@ after(async () => {
   await browser?.close();
   await web?.stop();
 });
-
-async function broker(options) {
-  const started = await startBroker(options);
-  defer(() => started.stop());
-  return started;
-}
 
 async function page(viewport) {
   const opened = await browser.newPage(viewport);
@@ -135,7 +108,7 @@ async function waitForCard(pageHandle, id, message, timeout) {
 }
 
 browserTest('the tennis page shows a match within 1 s of its first publish and follows its updates', 120_000, async (t) => {
-  const server = await broker();
+  const server = await testBroker();
   const tennis = await page();
   const publisher = await pahoPeer('pub', server.tcpPort);
   await tennis.goto(`${server.httpUrl}/tennis/`);
@@ -232,7 +205,7 @@ async function exchangeWithPaho(url, tcpPort, version, label) {
 }
 
 browserTest('a page publishes QoS 1 and QoS 2 and a paho-mqtt subscriber receives each exactly once, and the reverse', 60_000, async () => {
-  const server = await broker();
+  const server = await testBroker();
   for (const version of [5, 4]) await exchangeWithPaho(server.wsUrl, server.tcpPort, version, 'rallymq');
 });
 
@@ -288,7 +261,7 @@ browserTest('with the broker down, a page publishes at QoS 1, is reloaded, the b
   await offline.reload();
   await offline.waitForSelector('body[data-ready]', { state: 'attached', timeout: 5000 });
 
-  const server = await broker({ tcp: tcpPort, ws: wsPort });
+  const server = await testBroker({ tcp: tcpPort, ws: wsPort });
   const subscriber = await pahoPeer('sub', tcpPort, 'e2e/offline', 1);
   // The reloaded page has only what it stored: a client with the same URL and id sends it.
   const connectAgain = () => offline.evaluate(({ url, options }) => new Promise((resolve) => {
@@ -311,7 +284,7 @@ browserTest('with the broker down, a page publishes at QoS 1, is reloaded, the b
 });
 
 browserTest('the tennis page at a 390x844 viewport has no horizontal scroll', 30_000, async () => {
-  const server = await broker();
+  const server = await testBroker();
   const publisher = await pahoPeer('pub', server.tcpPort);
   const matches = [
     score({ players: ['M. Navratilova-Longname-Hyphenated', 'G. Sabatini de la Cruz y Montenegro'], sets: [[7, 6], [6, 7], [6, 6]], points: ['10', '11'] }),
@@ -341,7 +314,7 @@ browserTest('the tennis page at a 390x844 viewport has no horizontal scroll', 30
 });
 
 browserTest('the dashboard shows clients, message rates, uptime and version from $SYS', 30_000, async () => {
-  const server = await broker({ sysInterval: 1 });
+  const server = await testBroker({ sysInterval: 1 });
   const dashboard = await page();
   await dashboard.goto(`${server.httpUrl}/dashboard/`);
   await dashboard.waitForFunction(() => /^\d+\.\d+\.\d+/.test(document.getElementById('version').textContent), null, { timeout: 5000 });
@@ -361,7 +334,7 @@ browserTest('the dashboard shows clients, message rates, uptime and version from
 });
 
 browserTest('the index console connects, subscribes, publishes and shows the message', 30_000, async () => {
-  const server = await broker();
+  const server = await testBroker();
   const index = await page();
   await index.goto(`${server.httpUrl}/`);
   assert.ok(await index.locator('a[href="tennis/"]').count());

@@ -11,6 +11,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+import { test } from 'node:test';
+
 import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -28,6 +30,32 @@ export async function until(what, check, timeout = 5000, every = 25) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
     await sleep(every);
   }
+}
+
+const cleanups = [];
+
+/** Runs `cleanup` at the end of the current test, whatever happens (see `browserTest`). */
+export const defer = (cleanup) => cleanups.push(cleanup);
+
+async function runCleanups() {
+  while (cleanups.length) {
+    try {
+      await cleanups.pop()();
+    } catch (error) {
+      console.error('cleanup failed:', error);
+    }
+  }
+}
+
+/** A test whose deferred cleanups run when it ends, passed or failed. */
+export function browserTest(name, timeout, body) {
+  test(name, { timeout }, async (t) => {
+    try {
+      await body(t);
+    } finally {
+      await runCleanups();
+    }
+  });
 }
 
 let targetDir = null;
@@ -65,12 +93,17 @@ async function waitForExit(child, timeout) {
 }
 
 /**
- * Starts `rallymq broker --tcp TCP --ws WS` (port 0: a free one) and reads the bound ports from
- * its `listening: tcp://...` and `listening: ws://.../mqtt` log lines.
+ * Starts `rallymq broker --tcp TCP --ws WS` (port 0: a free one; `--wss` with `tls`) with `args`
+ * besides, and reads the bound ports from its `listening: tcp://...` and `listening: ws://...`
+ * (or `wss://`) log lines.
  */
-export async function startBroker({ tcp = 0, ws = 0, sysInterval } = {}) {
-  const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, '--ws', `127.0.0.1:${ws}`, '--in-memory'];
+export async function startBroker({ tcp = 0, ws = 0, sysInterval, tls, args: extra = [] } = {}) {
+  // `tls: { cert, key }`: the WebSocket listener is wss, with that certificate.
+  const wsKind = tls ? 'wss' : 'ws';
+  const args = ['broker', '--tcp', `127.0.0.1:${tcp}`, `--${wsKind}`, `127.0.0.1:${ws}`, '--in-memory'];
+  if (tls) args.push('--cert', tls.cert, '--key', tls.key);
   if (sysInterval !== undefined) args.push('--sys-interval-secs', String(sysInterval));
+  args.push(...extra);
   const child = spawn(binary('rallymq'), args, {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },
@@ -85,8 +118,8 @@ export async function startBroker({ tcp = 0, ws = 0, sysInterval } = {}) {
     });
     readline.createInterface({ input: child.stderr }).on('line', (line) => {
       log += line + '\n';
-      const match = /listening: (tcp|ws):\/\/127\.0\.0\.1:(\d+)/.exec(line);
-      if (match) ports[match[1]] = Number(match[2]);
+      const match = /listening: (tcp|wss?):\/\/127\.0\.0\.1:(\d+)/.exec(line);
+      if (match) ports[match[1] === 'tcp' ? 'tcp' : 'ws'] = Number(match[2]);
       if (ports.tcp && ports.ws) {
         clearTimeout(timer);
         resolve();
@@ -97,14 +130,21 @@ export async function startBroker({ tcp = 0, ws = 0, sysInterval } = {}) {
   return {
     tcpPort: ports.tcp,
     wsPort: ports.ws,
-    wsUrl: `ws://127.0.0.1:${ports.ws}/mqtt`,
-    httpUrl: `http://127.0.0.1:${ports.ws}`,
+    wsUrl: `${wsKind}://127.0.0.1:${ports.ws}/mqtt`,
+    httpUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${ports.ws}`,
     log: () => log,
     async stop() {
       child.kill('SIGTERM');
       await waitForExit(child, 8000);
     },
   };
+}
+
+/** [`startBroker`], stopped when the current `browserTest` ends. */
+export async function testBroker(options) {
+  const started = await startBroker(options);
+  defer(() => started.stop());
+  return started;
 }
 
 /** Starts Mosquitto with a WebSocket listener and a TCP one, anonymous access allowed. */

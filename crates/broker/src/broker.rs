@@ -21,7 +21,8 @@ use crate::listener::ListenerContext;
 use crate::policy::Policy;
 use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
 use crate::session::{
-    Attachment, Control, ControlBox, Durable, Persisting, Registry, Session, signal,
+    Attachment, Control, ControlBox, Durable, NO_LISTENER, Persisting, Registry, Session,
+    SessionInner, signal,
 };
 use crate::stats::Stats;
 use crate::store::{
@@ -55,6 +56,9 @@ pub(crate) struct Shared {
     pub(crate) space_waiters: AtomicUsize,
     /// Connections by client address, for the limits per address.
     pub(crate) per_ip: Arc<PerIp>,
+    /// The bound listeners, in the order of the configuration: a connection's
+    /// [`Peer::listener`](crate::connection::Peer) indexes this.
+    pub(crate) listeners: Vec<BoundListener>,
     /// Who may connect and what they may do: the broker's policy first, then those of the
     /// listeners with their own (`Peer::policy` indexes this).
     pub(crate) policies: Vec<Policy>,
@@ -100,6 +104,7 @@ impl Shared {
             space_waiters: AtomicUsize::new(0),
             per_ip: Arc::default(),
             cluster: OnceLock::new(),
+            listeners: Vec::new(),
         }
     }
 
@@ -350,17 +355,39 @@ impl Shared {
     fn sweep_expired_sessions(&self) {
         let now = Instant::now();
         for session in self.registry.all() {
-            // Checked and removed under the registry's lock: a connection attaching meanwhile
-            // keeps its session.
-            let expired = self.registry.remove_if(
-                &session,
-                |inner| inner.attachment.is_none() && inner.expires_at.is_some_and(|at| at <= now),
-                || self.router.remove_session(&session),
-            );
-            if expired {
-                self.write(vec![Change::DeleteSession(session.client_id.clone())]);
-            }
+            self.remove_offline_session(&session, |inner| {
+                inner.expires_at.is_some_and(|at| at <= now)
+            });
         }
+    }
+
+    /// Removes `session` (its subscriptions, its record in the store) if it is offline and
+    /// `ends` says so; returns whether it was removed. Checked and removed under the
+    /// registry's lock: a connection attaching meanwhile keeps its session.
+    pub(crate) fn remove_offline_session(
+        &self,
+        session: &Arc<Session>,
+        ends: impl FnOnce(&mut SessionInner) -> bool,
+    ) -> bool {
+        let removed = self.registry.remove_if(
+            session,
+            |inner| inner.attachment.is_none() && ends(inner),
+            || self.router.remove_session(session),
+        );
+        if removed {
+            self.write(vec![Change::DeleteSession(session.client_id.clone())]);
+        }
+        removed
+    }
+
+    /// Deletes the retained message of `topic` without publishing anything (the admin API);
+    /// returns whether there was one.
+    pub(crate) fn clear_retained(&self, topic: &TopicName) -> bool {
+        let cleared = self.router.remove_retained(topic);
+        if cleared {
+            self.write(vec![Change::DeleteRetained(topic.clone())]);
+        }
+        cleared
     }
 }
 
@@ -564,6 +591,7 @@ impl Broker {
                 socket,
             ));
         }
+        crate::bridge::validate(&config.bridges)?;
         let sys_interval = config.sys_interval;
         let link = match &config.cluster {
             Some(settings) => {
@@ -572,7 +600,9 @@ impl Broker {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, shutdown_rx, store, policies));
+        let mut shared = Shared::new(config, shutdown_rx, store, policies);
+        shared.listeners = bound.iter().map(|(bound, _, _)| *bound).collect();
+        let shared = Arc::new(shared);
         let mut tasks = Vec::new();
         if let Some(link) = link {
             // Before the sessions are restored, so that their filters are subscribed to.
@@ -581,13 +611,15 @@ impl Broker {
             let _ = shared.cluster.set(link);
         }
         tasks.extend(shared.restore()?);
-        let mut listeners = Vec::new();
-        for ((bound, listener, socket), policy) in bound.into_iter().zip(listener_policies) {
+        let listeners = shared.listeners.clone();
+        for (index, ((bound, listener, socket), policy)) in
+            bound.into_iter().zip(listener_policies).enumerate()
+        {
             info!("listening: {bound}");
-            listeners.push(bound);
             let context = Arc::new(ListenerContext {
                 listener,
                 tls: tls.clone(),
+                index: u16::try_from(index).unwrap_or(NO_LISTENER),
                 policy,
             });
             let serve = if bound.kind.is_websocket() {
@@ -599,6 +631,9 @@ impl Broker {
         }
         if let Some(tls) = &tls {
             tasks.push(tokio::spawn(watch_tls_files(tls.clone(), shared.clone())));
+        }
+        for bridge in &shared.config.bridges {
+            tasks.push(crate::bridge::spawn(shared.clone(), bridge.clone()));
         }
         let stopping = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -705,6 +740,7 @@ impl BrokerHandle {
             let peer = crate::connection::Peer {
                 addr: peer,
                 websocket: false,
+                listener: NO_LISTENER,
                 policy: 0,
             };
             crate::connection::serve(io, shared, peer, None).await;

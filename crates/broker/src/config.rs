@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::ListenerKind;
+use crate::bridge::BridgeConfig;
 use crate::cluster::ClusterConfig;
 use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
@@ -51,6 +52,51 @@ pub struct BrokerConfig {
     /// The cluster this broker is a node of (its clients share one MQTT space with the other
     /// nodes' clients); `None` for a broker on its own.
     pub cluster: Option<ClusterConfig>,
+    /// The admin HTTP API on the WebSocket listeners, and who may use it.
+    pub admin: AdminApi,
+    /// Connections to remote brokers that carry messages out, in or both ways (Mosquitto's
+    /// `connection` sections).
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// The admin HTTP API: JSON under `/api/v1/` on the WebSocket listeners (`ws` and `wss`), as the
+/// web console at `/dashboard/` uses it. `GET /api/v1/openapi.json` describes every route.
+///
+/// A request is let in when it comes from an address `open_to` trusts, or when it carries the
+/// credentials of an admin: HTTP Basic with a user and password of the broker's password file,
+/// or `Authorization: Bearer` with a JSON Web Token the broker's JWT key verifies, whose user is
+/// one of `admin_users` or whose `role` claim is `"admin"` (or a list holding `"admin"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminApi {
+    /// Whether `/api/v1/` is served at all (404 otherwise).
+    pub enabled: bool,
+    /// Where requests without credentials are let in from.
+    pub open_to: AdminOpenTo,
+    /// Users who may use the API from anywhere, with their credentials (`--admin-user`).
+    pub admin_users: Vec<String>,
+}
+
+impl Default for AdminApi {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            open_to: AdminOpenTo::Loopback,
+            admin_users: Vec::new(),
+        }
+    }
+}
+
+/// Where the admin API takes requests without credentials from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AdminOpenTo {
+    /// Loopback addresses (127.0.0.0/8, ::1): someone on the broker's own machine.
+    #[default]
+    Loopback,
+    /// Any address: for tests, or a broker behind a proxy that checks credentials itself.
+    Anywhere,
+    /// Nowhere: every request needs an admin's credentials.
+    Nowhere,
 }
 
 /// Where a broker keeps what must survive it.
@@ -81,8 +127,10 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
             storage: Storage::default(),
+            admin: AdminApi::default(),
             security: Security::default(),
             cluster: None,
+            bridges: Vec::new(),
         }
     }
 }
@@ -177,6 +225,11 @@ pub struct Limits {
     /// How long a packet may take to arrive once its first byte has: a peer that trickles
     /// one a byte at a time is closed (each byte it sends would keep its keep alive going).
     pub packet_timeout: Duration,
+    /// How long a write to a client may wait for the client to take any of it: a client
+    /// that stops reading while the broker has more for it than the network buffers hold is
+    /// closed once a write has made no progress for this long (EMQX's `send_timeout`). While
+    /// a write waits, the connection reads nothing, so its keep alive cannot end it.
+    pub send_timeout: Duration,
     /// Largest HTTP request head (request line and headers) on the WebSocket listeners,
     /// the WebSocket handshake included; larger ones get 431.
     pub max_http_header_size: usize,
@@ -238,6 +291,7 @@ impl Default for Limits {
             max_connection_rate_per_ip: 0,
             connect_timeout: Duration::from_secs(10),
             packet_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             max_http_header_size: 16 * 1024,
             max_subscriptions: 0,
             max_topic_levels: 0,

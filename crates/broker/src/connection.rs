@@ -32,8 +32,8 @@ use crate::broker::Shared;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, Control, ControlBox, Detached, Persisting, Queued, Session, SessionInner, StoredRef,
-    signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
+    Session, SessionInner, StoredRef, count_down_expiry, signal,
 };
 use crate::stats::Stats;
 use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
@@ -63,6 +63,8 @@ const LINGER: Duration = Duration::from_secs(2);
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     pub(crate) websocket: bool,
+    /// Its listener, for the admin API (see [`ConnectionInfo::listener`]).
+    pub(crate) listener: u16,
     /// The security policy of the listener it came through: an index into
     /// `Shared::policies`.
     pub(crate) policy: u8,
@@ -170,6 +172,13 @@ struct Extras {
     credential_expiry: Option<Timestamp>,
     /// What the client may publish and receive, when an ACL file or its token says.
     acl: Option<ClientAcl>,
+    /// The policy's ACL reload `acl` was made from.
+    acl_generation: u64,
+    /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
+    /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
+    /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
+    /// back to it (a two-way bridge would loop) and retained messages stay retained across.
+    bridge: bool,
 }
 
 fn durability(extras: &Option<Box<Extras>>) -> Option<&Durability> {
@@ -246,7 +255,10 @@ impl Driver {
                         }
                     };
                     if self.engine.is_closed() {
-                        let _ = io.shutdown().await;
+                        // A WebSocket's shutdown writes its Close frame: bounded as any write.
+                        // Once per connection: boxed, so that it takes no room in its future.
+                        let limit = self.shared.config.limits.send_timeout;
+                        let _ = Box::pin(within(limit, io.shutdown())).await;
                         if wrote {
                             // The close wrote a last packet (DISCONNECT, a refusing CONNACK)
                             // for the client to read. Boxed: runs once, and its state would
@@ -402,16 +414,30 @@ impl Driver {
         Poll::Ready(Ok(read.len()))
     }
 
-    /// Writes what the engine has to send; returns whether there was anything.
+    /// Writes what the engine has to send; returns whether there was anything. What the
+    /// transport cannot take at once must go on making progress within `send_timeout` (see
+    /// `within`); only then
+    /// is a timer armed, so the writes of the hot path arm none, and its state is boxed, so it
+    /// takes no room in the connection's future.
     async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> std::io::Result<bool> {
+        let limit = self.shared.config.limits.send_timeout;
         let mut wrote = false;
         while let Some(bytes) = self.engine.poll_transmit(self.now()) {
             Stats::add(&self.shared.stats.bytes_sent, bytes.len() as u64);
-            io.write_all(&bytes).await?;
+            let mut rest = &bytes[..];
+            let written = poll_fn(|cx| Poll::Ready(poll_write_all(cx, io, &mut rest))).await;
+            match written {
+                Poll::Ready(result) => result?,
+                Poll::Pending => Box::pin(write_within(limit, io, rest)).await?,
+            }
             wrote = true;
         }
         if wrote {
-            io.flush().await?;
+            let flushed = poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_flush(cx))).await;
+            match flushed {
+                Poll::Ready(result) => result?,
+                Poll::Pending => Box::pin(within(limit, io.flush())).await?,
+            }
         }
         Ok(wrote)
     }
@@ -445,6 +471,14 @@ impl Driver {
                     self.engine.cancel_will();
                 }
             }
+            Control::Inspect(reply) => {
+                let _ = reply.send(EngineCounts::of(&self.engine.session_state()));
+            }
+            Control::Disconnect => self.engine.disconnect(
+                self.now(),
+                ReasonCode::AdministrativeAction,
+                DisconnectProperties::default(),
+            ),
         }
     }
 
@@ -452,6 +486,7 @@ impl Driver {
     /// waits until what they wrote is durable and acknowledges. Returns `false` when the store
     /// failed a write that the next bytes depend on: they must not be written.
     async fn process_events(&mut self) -> bool {
+        self.refresh_acl();
         loop {
             // Each event is handled without awaiting, so that no event (a `ServerEvent` is
             // hundreds of bytes) is held across an await in every connection's task.
@@ -683,6 +718,26 @@ impl Driver {
             .unwrap_or(&policies[0])
     }
 
+    /// Takes the reloaded ACL's rules if the policy's file was reloaded since this client's
+    /// were made.
+    fn refresh_acl(&mut self) {
+        let Some(extras) = self.extras.as_deref() else {
+            return;
+        };
+        let (Some(current), Some(session)) = (&extras.acl, &self.session) else {
+            return;
+        };
+        let policy = self.policy();
+        let generation = policy.acl_generation();
+        if generation == extras.acl_generation {
+            return;
+        }
+        let acl = policy.current_acl(current, extras.user.as_deref(), &session.client_id);
+        let extras = self.extras.as_deref_mut().expect("checked above");
+        extras.acl = Some(acl);
+        extras.acl_generation = generation;
+    }
+
     fn client_acl(&self) -> Option<&ClientAcl> {
         self.extras.as_deref()?.acl.as_ref()
     }
@@ -761,12 +816,18 @@ impl Driver {
             }
         };
         if identity.user.is_some() || identity.expires_at.is_some() {
+            // The clock read again: checking the credential took time (a password hash, a
+            // queue of them), and the connection must not end before the token does.
+            let checked_at = self.now();
             let extras = self.extras.get_or_insert_default();
             extras.user = identity.user.as_deref().map(Arc::from);
             extras.credential_expiry = identity.expires_at.map(|at| {
                 let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                now + left
+                checked_at + left
             });
+        }
+        if connect.bridge {
+            self.extras.get_or_insert_default().bridge = true;
         }
         let limits = &self.shared.config.limits;
         let requested_expiry = if version.is_v5() {
@@ -798,9 +859,13 @@ impl Driver {
             )
         };
         let client_id: &str = &session.client_id;
+        // Read before the ACL: a reload in between is then seen at the next check.
+        let generation = self.policy().acl_generation();
         let client_acl = self.policy().client_acl(&identity, client_id);
         if let Some(client_acl) = client_acl {
-            self.extras.get_or_insert_default().acl = Some(client_acl);
+            let extras = self.extras.get_or_insert_default();
+            extras.acl = Some(client_acl);
+            extras.acl_generation = generation;
         }
         // A will the client may not publish is dropped, and the CONNECT accepted (as
         // Mosquitto does): it would be refused when sent.
@@ -914,8 +979,24 @@ impl Driver {
             let user = self
                 .extras
                 .as_deref()
-                .and_then(|extras| extras.user.as_deref())
-                .unwrap_or("");
+                .and_then(|extras| extras.user.clone());
+            session.record_connection(
+                &self.control,
+                ConnectionInfo {
+                    peer: self.peer.addr,
+                    listener: self.peer.listener,
+                    websocket: self.peer.websocket,
+                    version,
+                    keep_alive: u16::try_from(self.engine.keep_alive().as_secs())
+                        .unwrap_or(u16::MAX),
+                    clean_start: connect.clean_start,
+                    expiry_interval: granted_expiry,
+                    user: user.clone(),
+                    connected_at: SystemTime::now(),
+                    disconnected_at: None,
+                },
+            );
+            let user = user.as_deref().unwrap_or("");
             info!(client_id = %client_id, peer = %self.peer, user, certificate, version = ?version, session_present, "client connected");
         }
     }
@@ -966,7 +1047,12 @@ impl Driver {
                 continue;
             }
             let granted = subscription.options.qos;
-            let data = SubscriptionData::new(&subscription.options, granted, identifier);
+            let mut options = subscription.options;
+            if self.extras.as_deref().is_some_and(|extras| extras.bridge) {
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
+            let data = SubscriptionData::new(&options, granted, identifier);
             let existed = self.shared.router.subscribe(&session, filter, data.clone());
             session
                 .lock()
@@ -1187,6 +1273,7 @@ impl Driver {
         if !self.engine.is_connected() {
             return;
         }
+        self.refresh_acl();
         let Some(session) = self.session.clone() else {
             return;
         };
@@ -1219,17 +1306,9 @@ impl Driver {
                     });
                 }
             };
-            if let Some(interval) = publish.properties.message_expiry_interval {
-                // Message Expiry counts down while the message waits (MQTT-3.3.2-5, -6).
-                let waited = queued.since.elapsed().as_secs();
-                let Some(left) = u64::from(interval)
-                    .checked_sub(waited)
-                    .filter(|left| *left > 0)
-                else {
-                    forget(&mut changes);
-                    continue;
-                };
-                publish.properties.message_expiry_interval = Some(left as u32);
+            if !count_down_expiry(&mut publish, queued.since) {
+                forget(&mut changes);
+                continue;
             }
             // Checked on delivery, so that retained messages, wills and `$SYS` are covered,
             // and a subscription wider than the client may read gets only what it may.
@@ -1457,6 +1536,55 @@ fn delivered_copy(loaded: &LoadedEntry) -> (Publish, Instant) {
     (publish, now.checked_sub(waited).unwrap_or(now))
 }
 
+/// Writes as much of `rest` as `io` takes, advancing it; ready once all is written.
+fn poll_write_all<IO: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut IO,
+    rest: &mut &[u8],
+) -> Poll<std::io::Result<()>> {
+    while !rest.is_empty() {
+        let written = ready!(Pin::new(&mut *io).poll_write(cx, rest))?;
+        if written == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        *rest = &rest[written..];
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Writes all of `rest`, each part within `limit` of the last (see `within`).
+async fn write_within<IO: AsyncWrite + Unpin>(
+    limit: Duration,
+    io: &mut IO,
+    mut rest: &[u8],
+) -> std::io::Result<()> {
+    while !rest.is_empty() {
+        let written = within(limit, poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, rest))).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[written..];
+    }
+    Ok(())
+}
+
+/// Runs `io` (a write, a flush or a shutdown that had to wait) to its end, failing with
+/// `TimedOut` if it takes longer than `limit`: a client that stops reading fills the network
+/// buffers, after which the connection would wait in its write for as long as the client's
+/// TCP stack keeps the connection up, reading nothing, so that neither its keep alive nor a
+/// takeover or shutdown could end it.
+async fn within<T>(
+    limit: Duration,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client took none of a write for {limit:?}"),
+        ))
+    })
+}
+
 /// Reads and discards until the client closes its side, the transport fails, or `LINGER`
 /// passes (see there).
 async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
@@ -1501,6 +1629,7 @@ mod tests {
         let peer = Peer {
             addr: listener.local_addr().unwrap(),
             websocket: false,
+            listener: 0,
             policy: 0,
         };
         let future = serve(tcp, shared, peer, None);

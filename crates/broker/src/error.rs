@@ -15,6 +15,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A bridge's configuration is not usable.
+    #[error("bridge {name:?}: {reason}")]
+    Bridge {
+        /// The bridge's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Shutdown,

@@ -24,8 +24,10 @@
 //! connections is capped, and each session has one bounded queue (see [`Limits`]).
 
 pub mod acl;
+mod admin;
 mod admission;
 mod auth;
+mod bridge;
 mod broker;
 mod cluster;
 mod config;
@@ -41,9 +43,10 @@ mod sys;
 mod tls;
 
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
+pub use bridge::{BridgeConfig, BridgeTopic, BridgeTransport, Direction, TopicLineError};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
 pub use cluster::ClusterConfig;
-pub use config::{BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
+pub use config::{AdminApi, AdminOpenTo, BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
 pub use policy::Security;
 pub use store::{

@@ -26,11 +26,11 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
-use crate::Listener;
 use crate::admission::IpSlot;
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
 use crate::tls::Tls;
+use crate::{Listener, admin};
 
 /// How long the listener waits before accepting again when the process has no file descriptor
 /// left.
@@ -79,6 +79,10 @@ static ASSETS: &[Asset] = &[
     asset!("/dashboard/", "dashboard/index.html", HTML),
     asset!("/dashboard/dashboard.js", "dashboard/dashboard.js", JS),
     asset!("/dashboard/dashboard.css", "dashboard/dashboard.css", CSS),
+    asset!("/dashboard/api.js", "dashboard/api.js", JS),
+    asset!("/dashboard/format.js", "dashboard/format.js", JS),
+    asset!("/dashboard/tables.js", "dashboard/tables.js", JS),
+    asset!("/dashboard/topics.js", "dashboard/topics.js", JS),
 ];
 
 /// The gzip encoding of each asset, compressed once, on first use.
@@ -115,8 +119,38 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
     })
 }
 
-/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404.
+/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
+/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
+/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
 fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let known = [
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::CONNECT,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PATCH,
+        ];
+        if !known.contains(method) {
+            return response(
+                StatusCode::NOT_IMPLEMENTED,
+                "text/plain; charset=utf-8",
+                "not implemented\n",
+            );
+        }
+        let mut refused = response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        );
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return refused;
+    }
     let path = request.uri().path();
     // `dir/index.html` is `dir/`.
     let path = path
@@ -138,14 +172,7 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n",
         );
     };
-    let head = request.method() == Method::HEAD;
-    if !head && request.method() != Method::GET {
-        return response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n",
-        );
-    }
+    let head = method == Method::HEAD;
     let asset = &ASSETS[index];
     let gzip = request
         .headers()
@@ -243,6 +270,8 @@ pub(crate) struct ListenerContext {
     pub(crate) listener: Listener,
     /// The TLS configuration in force, for the TLS kinds.
     pub(crate) tls: Option<Arc<Tls>>,
+    /// Its place among the broker's listeners (see [`Peer::listener`]).
+    pub(crate) index: u16,
     /// Its security policy: an index into `Shared::policies`.
     pub(crate) policy: u8,
 }
@@ -292,6 +321,7 @@ pub(crate) async fn serve_mqtt(
         let peer = Peer {
             addr,
             websocket: false,
+            listener: context.index,
             policy: context.policy,
         };
         if !context.listener.kind.is_tls() && slot.is_none() {
@@ -360,7 +390,10 @@ async fn serve_http<IO>(
         let context = context.clone();
         let user = certificate_user.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(handle_http(request, shared, &context, peer, user, slot)) }
+        async move {
+            let response = handle_http(request, shared, &context, peer, user, slot).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     // A socket that sends no complete request in time (nothing, half a request line, a
     // handshake trickled a byte at a time, an idle keep-alive) is closed, as an MQTT
@@ -422,7 +455,7 @@ fn origin_allowed(request: &Request<Incoming>, allowed: &[String]) -> bool {
     }
 }
 
-fn handle_http(
+async fn handle_http(
     mut request: Request<Incoming>,
     shared: Arc<Shared>,
     context: &ListenerContext,
@@ -464,6 +497,7 @@ fn handle_http(
             Err(error) => return rejection(Rejection::for_error(&error)),
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
+        let listener = context.index;
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
         let policy = context.policy;
@@ -479,6 +513,7 @@ fn handle_http(
                     let peer = Peer {
                         addr: peer,
                         websocket: true,
+                        listener,
                         policy,
                     };
                     connection::serve(stream, shared, peer, certificate_user).await;
@@ -493,6 +528,9 @@ fn handle_http(
     }
     if wants_upgrade {
         return rejection(Rejection::not_found());
+    }
+    if admin::serves(&path) {
+        return admin::handle(request, shared, peer, context.policy).await;
     }
     serve_static(&request)
 }

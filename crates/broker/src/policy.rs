@@ -3,6 +3,7 @@
 //! own.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::Error;
@@ -34,6 +35,9 @@ pub(crate) struct PreparedReload {
 pub(crate) struct Policy {
     pub(crate) authenticator: Arc<Authenticator>,
     acl: RwLock<Acl>,
+    /// Counts the ACL's reloads: a connection whose checks are of an older one takes the
+    /// new rules before its next check (a revoked permission holds at once, as in Mosquitto).
+    acl_generation: AtomicU64,
     acl_file: Option<PathBuf>,
     /// Whether the settings name any file, so that a reload has something to do.
     has_files: bool,
@@ -50,6 +54,7 @@ impl Policy {
         Ok(Self {
             authenticator: Arc::new(Authenticator::new(auth.clone())?),
             acl: RwLock::new(acl),
+            acl_generation: AtomicU64::new(0),
             acl_file: security.acl_file.clone(),
             has_files: auth.password_file.is_some()
                 || auth.jwt.is_some()
@@ -71,7 +76,8 @@ impl Policy {
     }
 
     /// Puts what [`Self::reload_prepared`] read in force; returns whether there was any.
-    /// Connections keep the rules they were given at CONNECT.
+    /// Connected clients are checked against the new ACL from their next message on (see
+    /// [`Self::current_acl`]); a new password file or key applies to the next CONNECT.
     pub(crate) fn commit_reload(&self, prepared: Option<PreparedReload>) -> bool {
         let Some(prepared) = prepared else {
             return false;
@@ -79,6 +85,7 @@ impl Policy {
         self.authenticator.install(prepared.auth);
         if let Some(acl) = prepared.acl {
             *self.acl.write().unwrap_or_else(|p| p.into_inner()) = acl;
+            self.acl_generation.fetch_add(1, Ordering::Release);
         }
         true
     }
@@ -92,5 +99,23 @@ impl Policy {
         let acl = self.acl.read().unwrap_or_else(|p| p.into_inner()).clone();
         let rules = identity.rules.as_ref().map(ClientRules::from_token);
         Some(acl.for_client(identity.user.as_deref(), client_id, rules))
+    }
+
+    /// Which reload of the ACL file [`Self::client_acl`] and [`Self::current_acl`] give.
+    pub(crate) fn acl_generation(&self) -> u64 {
+        self.acl_generation.load(Ordering::Acquire)
+    }
+
+    /// `client`'s checks against the ACL in force now (after a reload).
+    pub(crate) fn current_acl(
+        &self,
+        client: &ClientAcl,
+        user: Option<&str>,
+        client_id: &str,
+    ) -> ClientAcl {
+        self.acl
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .rebind(client, user, client_id)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use rallymq_codec::{
-    Publish, QoS, RetainHandling, SubscriptionId, SubscriptionOptions, TopicFilter,
+    Publish, QoS, RetainHandling, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
 };
 use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex};
 
@@ -215,6 +215,11 @@ impl Router {
         } else {
             retained.insert(topic.clone(), (stored_copy(publish), stored_at));
         }
+    }
+
+    /// Removes the retained message of `topic`; returns whether there was one.
+    pub(crate) fn remove_retained(&self, topic: &TopicName) -> bool {
+        write(&self.retained).remove(topic.as_str()).is_some()
     }
 
     /// The retained messages matching `filter`, with when each was stored.

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -34,6 +35,12 @@ pub(crate) enum Control {
     /// The session's will is pending (Will Delay) and the client came back: drop the will, or
     /// publish it now if the new connection ended the session (clean start).
     EndWill { publish: bool },
+    /// The admin API asks what the connection's engine holds: its QoS 1 and 2 deliveries in
+    /// flight and queued.
+    Inspect(oneshot::Sender<EngineCounts>),
+    /// The admin API disconnects the client: DISCONNECT 0x98 Administrative action in MQTT 5,
+    /// the socket closed before.
+    Disconnect,
 }
 
 /// Why a connection's driver was woken (bits of [`ControlBox`]'s signal word).
@@ -161,6 +168,81 @@ pub(crate) struct Attachment {
     pub(crate) control: Arc<ControlBox>,
 }
 
+/// What the admin API shows of a session's latest connection: recorded when its CONNECT is
+/// accepted, kept (with when it ended) while the session outlives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConnectionInfo {
+    pub(crate) peer: SocketAddr,
+    /// The index of its listener in [`Shared::listeners`](crate::broker::Shared), or
+    /// [`NO_LISTENER`] for a stream an embedder handed in.
+    pub(crate) listener: u16,
+    pub(crate) websocket: bool,
+    pub(crate) version: ProtocolVersion,
+    /// The keep alive in force, in seconds (0: none).
+    pub(crate) keep_alive: u16,
+    pub(crate) clean_start: bool,
+    /// The Session Expiry Interval granted at CONNECT, in seconds.
+    pub(crate) expiry_interval: u32,
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) connected_at: SystemTime,
+    pub(crate) disconnected_at: Option<SystemTime>,
+}
+
+/// What a session engine holds of a session's outgoing messages (a connection's engine, or the
+/// state it saved when it closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct EngineCounts {
+    /// QoS 1 and 2 messages sent and not yet acknowledged (resent when an offline session's
+    /// client returns).
+    pub(crate) in_flight: usize,
+    /// QoS 1 and 2 messages waiting for room in the window.
+    pub(crate) queued: usize,
+    /// Their topic and payload bytes.
+    pub(crate) queued_bytes: u64,
+}
+
+impl EngineCounts {
+    pub(crate) fn of(state: &SessionState) -> Self {
+        Self {
+            in_flight: state.in_flight.len(),
+            queued: state.queued.len(),
+            queued_bytes: state
+                .queued
+                .iter()
+                .map(|queued| u64::from(message_size(&queued.publish)))
+                .sum(),
+        }
+    }
+}
+
+/// [`ConnectionInfo::listener`] of a connection that came through no listener.
+pub(crate) const NO_LISTENER: u16 = u16::MAX;
+
+/// A session as the admin API shows it, copied under its lock.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionSnapshot {
+    pub(crate) client_id: Arc<str>,
+    /// The live connection's controls, while one is attached.
+    pub(crate) control: Option<Arc<ControlBox>>,
+    pub(crate) connection: Option<ConnectionInfo>,
+    pub(crate) expires_at: Option<Instant>,
+    /// The expiry interval the session would have if its connection closed now, in seconds.
+    pub(crate) expiry_interval: Option<u32>,
+    pub(crate) subscription_count: usize,
+    /// Messages waiting in the broker's queue (in memory and in the store), and their bytes.
+    pub(crate) queued: (u64, u64),
+    /// What the engine state saved when the last connection closed holds (offline sessions).
+    pub(crate) saved: Option<EngineCounts>,
+    /// Filled by [`Session::snapshot_with_subscriptions`] only, sorted by filter.
+    pub(crate) subscriptions: Vec<(TopicFilter, SubscriptionData)>,
+}
+
+impl SessionSnapshot {
+    pub(crate) fn connected(&self) -> bool {
+        self.control.is_some()
+    }
+}
+
 /// A message waiting for a session, with when it started waiting (Message Expiry counts down)
 /// and, for a persistent session with a store, its entry in the store.
 #[derive(Debug)]
@@ -256,6 +338,23 @@ impl Persisting<'_> {
     }
 }
 
+/// Counts `publish`'s Message Expiry down by the time it waited since `since` (MQTT-3.3.2-5,
+/// -6); `false` when it has expired and must not be sent.
+pub(crate) fn count_down_expiry(publish: &mut Publish, since: Instant) -> bool {
+    let Some(interval) = publish.properties.message_expiry_interval else {
+        return true;
+    };
+    let waited = since.elapsed().as_secs();
+    match u64::from(interval).checked_sub(waited) {
+        Some(left) if left > 0 => {
+            // Below `interval`, a u32.
+            publish.properties.message_expiry_interval = Some(left as u32);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// The size a message counts for in a queue's byte limit: its topic and payload.
 pub(crate) fn message_size(publish: &Publish) -> u32 {
     let topic = publish.topic.as_ref().map_or(0, |topic| topic.len());
@@ -289,6 +388,8 @@ pub(crate) struct SessionInner {
     /// Present for a persistent session when the broker has a store. Boxed: most sessions are
     /// not.
     pub(crate) durable: Option<Box<Durable>>,
+    /// The latest connection, for the admin API. Boxed: 8 bytes in a session that has none.
+    pub(crate) connection: Option<Box<ConnectionInfo>>,
 }
 
 impl SessionInner {
@@ -438,6 +539,58 @@ impl Session {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionInner> {
         crate::lock(&self.inner)
+    }
+
+    /// Records the connection behind `control` as the session's latest, if it is still the
+    /// one attached (a takeover may have come first).
+    pub(crate) fn record_connection(&self, control: &Arc<ControlBox>, info: ConnectionInfo) {
+        let mut inner = self.lock();
+        let ours = inner
+            .attachment
+            .as_ref()
+            .is_some_and(|attachment| Arc::ptr_eq(&attachment.control, control));
+        if ours {
+            inner.connection = Some(Box::new(info));
+        }
+    }
+
+    /// What the admin API lists of the session, copied under its lock.
+    pub(crate) fn snapshot(&self) -> SessionSnapshot {
+        let inner = self.lock();
+        let expiry_interval = match (&inner.saved, &inner.durable, &inner.connection) {
+            (Some(saved), _, _) => Some(saved.session_expiry_interval),
+            (None, Some(durable), _) => Some(durable.expiry_interval),
+            (None, None, Some(connection)) => Some(connection.expiry_interval),
+            _ => None,
+        };
+        SessionSnapshot {
+            client_id: self.client_id.clone(),
+            control: inner
+                .attachment
+                .as_ref()
+                .map(|attachment| attachment.control.clone()),
+            connection: inner.connection.as_deref().cloned(),
+            expires_at: inner.expires_at,
+            expiry_interval,
+            subscription_count: inner.subscriptions.len(),
+            queued: inner.queue_size(),
+            saved: inner.saved.as_deref().map(EngineCounts::of),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// [`Session::snapshot`] with the subscriptions, sorted by filter.
+    pub(crate) fn snapshot_with_subscriptions(&self) -> SessionSnapshot {
+        let mut snapshot = self.snapshot();
+        let mut subscriptions: Vec<_> = self
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(filter, data)| (filter.clone(), data.clone()))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        snapshot.subscriptions = subscriptions;
+        snapshot
     }
 
     /// Queues a message for the client, waiting since `since` (Message Expiry counts from then).
@@ -783,6 +936,9 @@ impl Registry {
             };
         }
         inner.attachment = None;
+        if let Some(connection) = inner.connection.as_deref_mut() {
+            connection.disconnected_at = Some(SystemTime::now());
+        }
         if !detached(&mut inner) {
             return Detached::Kept;
         }
@@ -826,12 +982,26 @@ impl Registry {
         self.lock().contains(client_id)
     }
 
-    /// Every session, for sweeps.
-    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+    /// The session of `client_id`, if there is one.
+    pub(crate) fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.lock()
+            .get(client_id)
+            .map(|SessionRef(session)| session.clone())
+    }
+
+    /// The sessions whose client id `keep` accepts, looked at under the registry's lock by id
+    /// only (no session is locked).
+    pub(crate) fn matching(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<Arc<Session>> {
         self.lock()
             .iter()
+            .filter(|SessionRef(session)| keep(&session.client_id))
             .map(|SessionRef(session)| session.clone())
             .collect()
+    }
+
+    /// Every session, for sweeps.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.matching(|_| true)
     }
 
     pub(crate) fn len(&self) -> usize {

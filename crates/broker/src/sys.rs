@@ -35,7 +35,7 @@ impl Load {
     }
 }
 
-fn publish(shared: &Shared, topic: &str, value: String) {
+pub(crate) fn publish(shared: &Shared, topic: &str, value: String) {
     // The names below are valid topic names, so this never fails.
     let Ok(topic) = TopicName::new(topic) else {
         return;

@@ -13,7 +13,9 @@ use rallymq_broker::{
 };
 use rallymq_codec::{MqttString, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 use rallymq_session::{ClientEvent, CloseReason};
-use support::{TestClient, connect_packet, message, start_broker, subscription, tcp_addr};
+use support::{
+    TestClient, connect_packet, message, payload_str, start_broker, subscription, tcp_addr,
+};
 use tokio::net::TcpStream;
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -353,6 +355,47 @@ async fn a_reload_takes_a_changed_acl_file_and_keeps_the_old_one_when_broken() {
     assert!(error.to_string().contains(":2:"), "{error}");
     assert_ne!(publish_news(&broker).await, ReasonCode::NotAuthorized);
     let _ = addr;
+    broker.shutdown(SHORT).await;
+}
+
+/// A reload holds for clients already connected, from their next message on: a permission
+/// taken away stops deliveries and publishes at once, as Mosquitto's reload does.
+#[tokio::test]
+async fn a_reload_applies_to_clients_already_connected() {
+    let dir = TempDir::new("reload-live");
+    let security = security(&dir, ACL);
+    let acl_path = security.acl_file.clone().unwrap();
+    let broker = start_broker(|config| config.security = security).await;
+    let addr = tcp_addr(&broker);
+    let mut alice = login(addr, V5, "alice", "alice", None).await;
+    alice
+        .subscribe(vec![subscription("news/#", QoS::AtLeastOnce)])
+        .await;
+    broker
+        .publish("news/1", "before", QoS::AtLeastOnce, false)
+        .unwrap();
+    let before = alice.recv_within(Duration::from_secs(5)).await;
+    assert_eq!(before.as_ref().map(payload_str).as_deref(), Some("before"));
+    assert_ne!(
+        alice
+            .publish(message("scores/1", "15-0", QoS::AtLeastOnce))
+            .await,
+        ReasonCode::NotAuthorized
+    );
+
+    // alice keeps her connection; news is no longer hers to read, scores no longer to write.
+    write_acl(&acl_path, "user alice\ntopic read scores/#\n");
+    broker.reload().unwrap();
+    broker
+        .publish("news/2", "after", QoS::AtLeastOnce, false)
+        .unwrap();
+    alice.expect_silence(Duration::from_millis(700)).await;
+    assert_eq!(
+        alice
+            .publish(message("scores/2", "30-0", QoS::AtLeastOnce))
+            .await,
+        ReasonCode::NotAuthorized
+    );
     broker.shutdown(SHORT).await;
 }
 

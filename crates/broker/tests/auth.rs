@@ -4,64 +4,24 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use rallymq_broker::{AuthConfig, BrokerHandle, HashScheme, JwtConfig, PasswordFile};
+use rallymq_broker::{AuthConfig, BrokerHandle};
 use rallymq_codec::{MqttString, ProtocolVersion, QoS, ReasonCode};
 use rallymq_session::{ClientEvent, CloseReason};
+use support::credentials::{
+    TempDir, hs256_token, jwt_auth, passwords_only, unix_now, write_passwords,
+};
 use support::{TestClient, connect_packet, start_broker, subscription, tcp_addr};
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const SHORT: Duration = Duration::from_millis(300);
-/// 32 bytes: the shortest HS256 secret the broker takes (RFC 7518 §3.2).
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "rallymq-auth-{name}-{}",
-            rallymq_test_support::run_id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Writes a password file with argon2id lines, as `rallymq passwd` does.
-fn write_passwords(path: &Path, users: &[(&str, &str)]) {
-    let mut file = PasswordFile::default();
-    for (user, password) in users {
-        file.set_password(user, password.as_bytes(), HashScheme::Argon2id)
-            .unwrap();
-    }
-    file.save(path).unwrap();
-}
 
 async fn broker_with(auth: AuthConfig) -> BrokerHandle {
     start_broker(|config| config.security.auth = auth).await
-}
-
-fn passwords_only(path: &Path) -> AuthConfig {
-    let mut auth = AuthConfig::default();
-    auth.password_file = Some(path.to_owned());
-    auth
 }
 
 /// The CONNACK (or close) a CONNECT with these credentials gets.
@@ -83,22 +43,6 @@ fn refused_with(event: &ClientEvent) -> Option<ReasonCode> {
         ClientEvent::Closed(CloseReason::Refused(code)) => Some(*code),
         _ => None,
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn hs256_token(claims: &serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -222,14 +166,6 @@ async fn a_broken_password_file_fails_the_start() {
         .await
         .expect_err("a broken password file");
     assert!(error.to_string().contains("passwords"), "{error}");
-}
-
-fn jwt_auth(dir: &TempDir) -> AuthConfig {
-    let key = dir.path("jwt.key");
-    std::fs::write(&key, SECRET).unwrap();
-    let mut auth = AuthConfig::default();
-    auth.jwt = Some(JwtConfig::new(key));
-    auth
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rallymq_broker::{
-    BrokerConfig, CertificateName, ClientCertificates, ClusterConfig, JwtConfig, Listener,
-    ListenerKind, Security, Storage, TlsSettings,
+    AdminOpenTo, BridgeConfig, BridgeTransport, BrokerConfig, CertificateName, ClientCertificates,
+    ClusterConfig, JwtConfig, Listener, ListenerKind, ProtocolVersion, Security, Storage,
+    TlsSettings,
 };
 use serde::Deserialize;
 
@@ -47,6 +48,7 @@ pub(crate) struct FileConfig {
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) max_connection_rate_per_ip: Option<u32>,
     pub(crate) packet_timeout_secs: Option<u64>,
+    pub(crate) send_timeout_secs: Option<u64>,
     pub(crate) max_http_header_size: Option<usize>,
     pub(crate) max_subscriptions: Option<usize>,
     pub(crate) max_topic_levels: Option<usize>,
@@ -62,6 +64,127 @@ pub(crate) struct FileConfig {
     pub(crate) acl_file: Option<PathBuf>,
     pub(crate) cluster: Option<Vec<String>>,
     pub(crate) node_id: Option<String>,
+    pub(crate) admin_users: Option<Vec<String>>,
+    pub(crate) admin_open_to: Option<String>,
+    /// Bridges to remote brokers (`[[bridge]]` tables).
+    pub(crate) bridge: Option<Vec<BridgeTable>>,
+}
+
+/// A `[[bridge]]` table: one connection to a remote broker, with Mosquitto's bridge options
+/// under the names `rallymq migrate` writes (Mosquitto's in the comments).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BridgeTable {
+    /// `connection NAME`.
+    pub(crate) name: String,
+    /// `address host:port`; or several, tried in turn, as `addresses`.
+    pub(crate) address: Option<String>,
+    pub(crate) addresses: Option<Vec<String>>,
+    /// `tcp`, `tls`, `ws` or `wss`; `tcp` by default, `tls` if `ca_file` is set.
+    pub(crate) transport: Option<String>,
+    pub(crate) ws_path: Option<String>,
+    /// `bridge_protocol_version`: `mqttv311` (default) or `mqttv50`.
+    pub(crate) protocol_version: Option<String>,
+    /// `remote_clientid`.
+    pub(crate) client_id: Option<String>,
+    /// `remote_username`, `remote_password`.
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    /// `bridge_cafile`, `bridge_certfile`, `bridge_keyfile`, `bridge_insecure`.
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) insecure: Option<bool>,
+    /// `cleansession`.
+    pub(crate) clean_session: Option<bool>,
+    /// `keepalive_interval`.
+    pub(crate) keepalive: Option<u16>,
+    pub(crate) try_private: Option<bool>,
+    /// `restart_timeout BASE CAP`, in seconds (one value: both).
+    pub(crate) restart_timeout: Option<Vec<u64>>,
+    pub(crate) max_queued_messages: Option<usize>,
+    /// Mosquitto `topic` lines, verbatim.
+    pub(crate) topics: Vec<String>,
+}
+
+/// A `[[bridge]]` table as the broker takes it.
+fn bridge(table: BridgeTable) -> Result<BridgeConfig, String> {
+    let name = table.name;
+    let fail = |why: String| format!("bridge {name:?}: {why}");
+    let addresses = match (table.address, table.addresses) {
+        (Some(address), None) => vec![address],
+        (None, Some(addresses)) if !addresses.is_empty() => addresses,
+        (None, _) => return Err(fail("no address (address or addresses)".to_owned())),
+        (Some(_), Some(_)) => return Err(fail("address or addresses, not both".to_owned())),
+    };
+    let mut config = BridgeConfig::new(&name, &addresses[0]);
+    config.addresses = addresses;
+    config.transport = match (table.transport.as_deref(), &table.ca_file) {
+        (None, None) | (Some("tcp"), _) => BridgeTransport::Tcp,
+        (None, Some(_)) | (Some("tls"), _) => BridgeTransport::Tls,
+        (Some("ws"), _) => BridgeTransport::WebSocket,
+        (Some("wss"), _) => BridgeTransport::WebSocketTls,
+        (Some(other), _) => return Err(fail(format!("transport {other:?}: tcp, tls, ws or wss"))),
+    };
+    if let Some(path) = table.ws_path {
+        if !path.starts_with('/') {
+            return Err(fail(format!("ws_path {path:?} must start with '/'")));
+        }
+        config.ws_path = path;
+    }
+    config.protocol = match table.protocol_version.as_deref() {
+        None | Some("mqttv311") => ProtocolVersion::V3_1_1,
+        Some("mqttv50") => ProtocolVersion::V5,
+        Some(other) => {
+            return Err(fail(format!(
+                "protocol_version {other:?}: mqttv311 or mqttv50"
+            )));
+        }
+    };
+    if let Some(client_id) = table.client_id {
+        config.client_id = client_id;
+    }
+    config.username = table.username;
+    config.password = table.password;
+    config.ca_file = table.ca_file;
+    config.certificate = match (table.cert_file, table.key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(fail("cert_file and key_file go together".to_owned())),
+    };
+    if let Some(insecure) = table.insecure {
+        config.insecure = insecure;
+    }
+    if let Some(clean) = table.clean_session {
+        config.clean_session = clean;
+    }
+    if let Some(keepalive) = table.keepalive {
+        config.keep_alive = keepalive;
+    }
+    if let Some(try_private) = table.try_private {
+        config.try_private = try_private;
+    }
+    if let Some(timeout) = table.restart_timeout {
+        config.restart_timeout = match timeout[..] {
+            [both] => (Duration::from_secs(both), Duration::from_secs(both)),
+            [base, cap] if base <= cap => (Duration::from_secs(base), Duration::from_secs(cap)),
+            _ => {
+                return Err(fail(
+                    "restart_timeout is [BASE, CAP] seconds, BASE at most CAP".to_owned(),
+                ));
+            }
+        };
+    }
+    if let Some(max) = table.max_queued_messages {
+        config.max_queued_messages = max;
+    }
+    for line in &table.topics {
+        config = config.topic(line).map_err(|e| fail(e.to_string()))?;
+    }
+    if config.topics.is_empty() {
+        return Err(fail("no topics: nothing would cross".to_owned()));
+    }
+    Ok(config)
 }
 
 /// A `[[listener]]` table: one listener with its own settings.
@@ -271,6 +394,7 @@ impl Settings {
             &mut s.max_connection_rate_per_ip,
         );
         set(args.packet_timeout_secs, &mut s.packet_timeout_secs);
+        set(args.send_timeout_secs, &mut s.send_timeout_secs);
         set(args.max_http_header_size, &mut s.max_http_header_size);
         set(args.max_subscriptions, &mut s.max_subscriptions);
         set(args.max_topic_levels, &mut s.max_topic_levels);
@@ -294,6 +418,10 @@ impl Settings {
             s.cluster = Some(args.cluster.clone());
         }
         set(args.node_id.clone(), &mut s.node_id);
+        if !args.admin_users.is_empty() {
+            s.admin_users = Some(args.admin_users.clone());
+        }
+        set(args.admin_open_to.clone(), &mut s.admin_open_to);
         Self(s)
     }
 
@@ -415,6 +543,12 @@ impl Settings {
             }
             limits.packet_timeout = Duration::from_secs(secs);
         }
+        if let Some(secs) = s.send_timeout_secs {
+            if secs == 0 {
+                return Err("send_timeout_secs must be at least 1".to_owned());
+            }
+            limits.send_timeout = Duration::from_secs(secs);
+        }
         if let Some(bytes) = s.max_http_header_size {
             limits.max_http_header_size = bytes;
         }
@@ -456,6 +590,24 @@ impl Settings {
             }
             None => None,
         };
+        if let Some(users) = s.admin_users {
+            config.admin.admin_users = users;
+        }
+        if let Some(open_to) = s.admin_open_to {
+            config.admin.open_to = match open_to.as_str() {
+                "loopback" => AdminOpenTo::Loopback,
+                "anywhere" => AdminOpenTo::Anywhere,
+                "nowhere" => AdminOpenTo::Nowhere,
+                other => {
+                    return Err(format!(
+                        "admin_open_to: {other:?} is not loopback, anywhere or nowhere"
+                    ));
+                }
+            };
+        }
+        for table in s.bridge.unwrap_or_default() {
+            config.bridges.push(bridge(table)?);
+        }
         Ok(config)
     }
 }
@@ -490,6 +642,7 @@ mod tests {
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
         assert!(file.max_queued_messages.is_some() && file.max_keepalive.is_some());
         assert!(file.max_session_expiry.is_some());
+        assert!(file.admin_users.is_some() && file.admin_open_to.is_some());
         assert!(file.outgoing_topic_alias_maximum.is_some());
         assert!(file.tls.is_some() && file.wss.is_some() && file.listener.is_some());
         assert!(file.cert.is_some() && file.key.is_some() && file.ca.is_some());
@@ -499,9 +652,14 @@ mod tests {
         assert!(file.max_queued_bytes.is_some());
         assert!(file.max_connections_per_ip.is_some() && file.max_connection_rate_per_ip.is_some());
         assert!(file.packet_timeout_secs.is_some() && file.max_http_header_size.is_some());
+        assert!(file.send_timeout_secs.is_some());
         assert!(file.max_subscriptions.is_some() && file.max_topic_levels.is_some());
         assert!(file.max_topic_length.is_some());
         assert!(file.cluster.is_some() && file.node_id.is_some());
+        let bridges = file.bridge.clone().expect("a [[bridge]] table");
+        let config = bridge(bridges[0].clone()).expect("the example bridge is valid");
+        assert_eq!(config.name, "cloud");
+        assert_eq!(config.topics.len(), 3);
         // As shipped (all commented out) it is the embedded defaults.
         assert_eq!(FileConfig::parse(text), Ok(FileConfig::default()));
     }
@@ -543,6 +701,83 @@ mod tests {
         assert!(Settings::from_file(alone).into_broker_config().is_err());
         let none = Settings::from_file(FileConfig::default()).into_broker_config();
         assert_eq!(none.expect("valid").cluster, None);
+    }
+
+    #[test]
+    fn bridge_tables_reach_the_broker_config_with_mosquitto_defaults() {
+        let file = FileConfig::parse(
+            r##"
+tcp = ["127.0.0.1:0"]
+[[bridge]]
+name = "cloud"
+addresses = ["h1:1883", "h2:1883"]
+protocol_version = "mqttv50"
+client_id = "edge1.cloud"
+username = "edge"
+password = "secret"
+restart_timeout = [2, 40]
+max_queued_messages = 50
+topics = ["sensors/# out 1 edge/ site1/", "commands/# in 2", '"" both 0 local/a remote/b']
+
+[[bridge]]
+name = "secure"
+address = "mqtt.example.com:8883"
+ca_file = "/etc/ssl/ca.pem"
+topics = ["# out"]
+"##,
+        )
+        .expect("valid");
+        let config = Settings::from_file(file)
+            .into_broker_config()
+            .expect("valid");
+        let [cloud, secure] = &config.bridges[..] else {
+            panic!("two bridges: {:?}", config.bridges);
+        };
+        assert_eq!(cloud.addresses, ["h1:1883", "h2:1883"]);
+        assert_eq!(cloud.protocol, ProtocolVersion::V5);
+        assert_eq!(cloud.client_id, "edge1.cloud");
+        assert_eq!(
+            (cloud.username.as_deref(), cloud.password.as_deref()),
+            (Some("edge"), Some("secret"))
+        );
+        assert_eq!(
+            cloud.restart_timeout,
+            (Duration::from_secs(2), Duration::from_secs(40))
+        );
+        assert_eq!(cloud.max_queued_messages, 50);
+        assert_eq!(cloud.topics[0].local_filter().as_str(), "edge/sensors/#");
+        assert_eq!(cloud.topics[0].remote_filter().as_str(), "site1/sensors/#");
+        assert_eq!(cloud.topics[2].remote_filter().as_str(), "remote/b");
+        // Mosquitto's defaults: TCP, MQTT 3.1.1, persistent session, try_private.
+        assert_eq!(secure.transport, BridgeTransport::Tls, "ca_file means TLS");
+        assert_eq!(secure.protocol, ProtocolVersion::V3_1_1);
+        assert!(!secure.clean_session && secure.try_private);
+        assert!(secure.client_id.ends_with(".secure"));
+
+        for (table, error) in [
+            ("name = \"x\"\ntopics = [\"#\"]", "no address"),
+            ("name = \"x\"\naddress = \"h:1\"\ntopics = []", "no topics"),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"# sideways\"]",
+                "sideways",
+            ),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\ntransport = \"udp\"",
+                "udp",
+            ),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\nprotocol_version = \"mqttv31\"",
+                "mqttv31",
+            ),
+            (
+                "name = \"x\"\naddress = \"h:1\"\ntopics = [\"#\"]\nrestart_timeout = [9, 2]",
+                "restart_timeout",
+            ),
+        ] {
+            let file = FileConfig::parse(&format!("[[bridge]]\n{table}\n")).expect("TOML");
+            let refused = Settings::from_file(file).into_broker_config().unwrap_err();
+            assert!(refused.contains(error), "{refused}");
+        }
     }
 
     #[test]

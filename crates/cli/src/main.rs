@@ -3,6 +3,8 @@
 //!
 //! `rallymq passwd FILE USER` edits a password file, as mosquitto_passwd does.
 //!
+//! `rallymq migrate mosquitto.conf > rallymq.toml` converts a Mosquitto configuration.
+//!
 //! `rallymq broker` starts a broker on the embedded defaults (MQTT over TCP on
 //! 127.0.0.1:1883, HTTP and MQTT over WebSockets on 127.0.0.1:8080); `--tcp`, `--ws` and
 //! `--config FILE` change that. See `rallymq broker --help` and `rallymq.example.toml`.
@@ -10,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod migrate;
 mod output;
 mod passwd;
 mod pubsub;
@@ -57,6 +60,8 @@ enum Command {
     Sub(pubsub::SubArgs),
     /// Add, update or delete a user of a password file, with mosquitto_passwd's flags.
     Passwd(passwd::PasswdArgs),
+    /// Convert a Mosquitto configuration (mosquitto.conf) to a `broker --config` TOML file.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// `rallymq broker` flags. Every flag has a key of the same name (with `_` for `-`) in the
@@ -193,6 +198,11 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "SECS", help_heading = "Limits")]
     pub(crate) packet_timeout_secs: Option<u64>,
 
+    /// Seconds a write to a client may wait without the client taking any of it: a client
+    /// that stops reading is closed.
+    #[arg(long, value_name = "SECS", help_heading = "Limits")]
+    pub(crate) send_timeout_secs: Option<u64>,
+
     /// Largest HTTP request head (the WebSocket handshake included), in bytes.
     #[arg(long, value_name = "BYTES", help_heading = "Limits")]
     pub(crate) max_http_header_size: Option<usize>,
@@ -290,6 +300,20 @@ pub(crate) struct BrokerArgs {
         help_heading = "Cluster"
     )]
     pub(crate) node_id: Option<String>,
+    /// A user who may use the admin HTTP API (/api/v1/) from anywhere, logging in with HTTP
+    /// Basic (password file) or a Bearer token; repeat for several. A token whose role claim
+    /// holds "admin" is an admin too.
+    #[arg(long = "admin-user", value_name = "USER", help_heading = "Admin API")]
+    pub(crate) admin_users: Vec<String>,
+
+    /// Where the admin API answers requests without credentials from: loopback (the default),
+    /// anywhere, or nowhere.
+    #[arg(
+        long,
+        value_name = "loopback|anywhere|nowhere",
+        help_heading = "Admin API"
+    )]
+    pub(crate) admin_open_to: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -304,6 +328,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => run_broker(*args),
         Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
         Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Passwd(args) => {
             return match passwd::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

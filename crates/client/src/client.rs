@@ -91,14 +91,14 @@ impl Client {
     /// successful connection, so that a wrong address or login is reported rather than
     /// retried forever.
     pub async fn connect(options: ClientOptions) -> Result<(Self, Messages, ConnAck), Error> {
-        let url = options.validated_url()?.clone();
+        let urls = options.validated_urls()?;
         let (commands, command_receiver) = mpsc::channel(options.max_queued.max(16));
         let (message_sender, receiver) = mpsc::channel(options.message_buffer.max(1));
         let (first, first_result) = oneshot::channel();
         let status = Arc::new(Status::default());
         let driver = Driver::new(
             options,
-            url,
+            urls,
             command_receiver,
             message_sender,
             status.clone(),

@@ -89,7 +89,10 @@ enum End {
 
 pub(crate) struct Driver {
     options: ClientOptions,
-    url: BrokerUrl,
+    /// The brokers to connect to, tried in turn (see [`ClientOptions::fallback_url`]).
+    urls: Vec<BrokerUrl>,
+    /// The one the next connection tries.
+    next_url: usize,
     commands: mpsc::Receiver<Command>,
     messages: mpsc::Sender<Message>,
     /// The `Messages` stream was dropped: received messages are discarded.
@@ -117,7 +120,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         options: ClientOptions,
-        url: BrokerUrl,
+        urls: Vec<BrokerUrl>,
         commands: mpsc::Receiver<Command>,
         messages: mpsc::Sender<Message>,
         status: Arc<Status>,
@@ -137,7 +140,8 @@ impl Driver {
         };
         Self {
             options,
-            url,
+            urls,
+            next_url: 0,
             commands,
             messages,
             messages_gone: false,
@@ -179,6 +183,8 @@ impl Driver {
                 End::Refused(code) => Error::Refused(code),
                 End::Lost(error) => error,
             };
+            // The next broker in the list, if there are several.
+            self.next_url = (self.next_url + 1) % self.urls.len();
             if let Some(first) = self.first_connect.take() {
                 // The first connection must succeed for `connect` to return a client.
                 let _ = first.send(Err(error.clone()));
@@ -237,9 +243,10 @@ impl Driver {
 
     /// One connection, from opening the transport to its end.
     async fn connection(&mut self, clean_start: bool) -> End {
+        let url = &self.urls[self.next_url % self.urls.len()];
         let opened = tokio::time::timeout(
             self.options.connect_timeout,
-            transport::open(&self.url, &self.options.tls),
+            transport::open(url, &self.options.tls),
         )
         .await;
         let mut io = match opened {

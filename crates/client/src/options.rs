@@ -66,6 +66,9 @@ impl Backoff {
 pub struct ClientOptions {
     /// Where to connect (`None` when the URL given was invalid: see `error`).
     url: Option<BrokerUrl>,
+    /// Other brokers to try, in turn after `url`, when a connection attempt fails or a
+    /// connection is lost (Mosquitto's bridge `address h1, h2`).
+    fallbacks: Vec<BrokerUrl>,
     /// The CONNECT to send (version, client id, clean start, keep alive, credentials, will,
     /// MQTT 5 properties such as user properties or a Receive Maximum).
     pub connect: Connect,
@@ -107,6 +110,11 @@ pub struct TlsOptions {
     /// A complete rustls configuration (custom verification, keys in memory); it takes
     /// precedence over the files above.
     pub config: Option<Arc<rustls::ClientConfig>>,
+    /// Accept a certificate whose names do not include the broker's host name, as long as it
+    /// is otherwise valid and issued by a trusted CA (`mosquitto_pub --insecure`, a bridge's
+    /// `bridge_insecure`). Only for testing: anyone holding any certificate from the CA can
+    /// then pose as the broker.
+    pub skip_host_name_verification: bool,
 }
 
 impl ClientOptions {
@@ -121,6 +129,7 @@ impl ClientOptions {
         let client_id = MqttString::new(format!("rallymq-{id}")).expect("a valid client id");
         let mut options = Self {
             url: None,
+            fallbacks: Vec::new(),
             connect: Connect::new(ProtocolVersion::V5, client_id),
             reconnect: Some(Backoff::default()),
             connect_timeout: Duration::from_secs(10),
@@ -160,12 +169,37 @@ impl ClientOptions {
         }
     }
 
-    /// The URL, once the options are valid.
-    pub(crate) fn validated_url(&self) -> Result<&BrokerUrl, Error> {
+    /// The URLs to try in turn, once the options are valid: the main one, then the fallbacks.
+    pub(crate) fn validated_urls(&self) -> Result<Vec<BrokerUrl>, Error> {
         self.validate()?;
-        self.url
-            .as_ref()
-            .ok_or_else(|| Error::InvalidUrl("no URL".into()))
+        let url = self
+            .url
+            .clone()
+            .ok_or_else(|| Error::InvalidUrl("no URL".into()))?;
+        Ok(std::iter::once(url)
+            .chain(self.fallbacks.iter().cloned())
+            .collect())
+    }
+
+    /// Adds a broker to try when the one before it in the list cannot be reached or its
+    /// connection is lost: the client goes round `url` and the fallbacks in turn, each after
+    /// the backoff's delay (with reconnecting on; the first connection tries `url` only).
+    /// Credentials in a fallback URL are ignored: the options' own apply to every broker.
+    pub fn fallback_url(mut self, url: &str) -> Self {
+        match BrokerUrl::parse(url) {
+            Ok(url) => self.fallbacks.push(url),
+            Err(error) => self.fail(error),
+        }
+        self
+    }
+
+    /// Connects as a bridge from another broker (Mosquitto's `try_private`): the protocol level
+    /// byte of CONNECT carries 0x80, and a broker that knows it sends this client none of its
+    /// own messages back and keeps retain flags as published. A broker that does not refuses
+    /// the connection (unsupported protocol version): connect again without it then.
+    pub fn bridge_mode(mut self, bridge: bool) -> Self {
+        self.connect.bridge = bridge;
+        self
     }
 
     /// Keeps the first error.

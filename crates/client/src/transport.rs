@@ -6,8 +6,11 @@ use std::task::{Context, Poll};
 
 use rallymq_websocket::tokio::{ByteStream, connect};
 use rallymq_websocket::{ClientRequest, Config};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -53,10 +56,20 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let tls_error = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("TLS: {e}"));
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
-        .with_root_certificates(roots);
+        .map_err(|e| tls_error(&e))?;
+    let builder = if tls.skip_host_name_verification {
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| tls_error(&e))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyHostName(verifier)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
     let config = match &tls.client_certificate {
         Some((certificate_file, key_file)) => {
             let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
@@ -74,6 +87,56 @@ pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// Verifies the broker's certificate as rustls does, but for its host name
+/// ([`TlsOptions::skip_host_name_verification`]).
+#[derive(Debug)]
+struct AnyHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 async fn tls(tcp: TcpStream, url: &BrokerUrl, options: &TlsOptions) -> Result<TlsStream, Error> {

@@ -314,9 +314,19 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         of(will),
         of(mqtt_string()),
         of(binary()),
+        any::<bool>(),
     )
         .prop_map(
-            move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
+            move |(
+                clean_start,
+                keep_alive,
+                properties,
+                client_id,
+                will,
+                username,
+                password,
+                bridge,
+            )| {
                 // Before MQTT 5 a password needs a user name (MQTT-3.1.2-22).
                 let password = if version.is_v5() || username.is_some() {
                     password
@@ -332,6 +342,7 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     will,
                     username,
                     password,
+                    bridge,
                 })
             },
         )

@@ -32,7 +32,7 @@ fn connect_v3(name: &[u8], level: u8, flags: u8, payload_tail: &[u8]) -> Vec<u8>
     let mut body = vec![0, name.len() as u8];
     body.extend_from_slice(name);
     body.extend_from_slice(&[level, flags, 0, 60]);
-    if level == 5 {
+    if level & 0x7f == 5 {
         body.push(0); // empty properties
     }
     body.extend_from_slice(&[0, 1, b'c']);
@@ -513,6 +513,41 @@ fn all_three_protocol_levels_are_accepted() {
         };
         assert_eq!(connect.protocol, version);
         assert_eq!(connect.client_id, "c");
+    }
+}
+
+/// Mosquitto's bridges (`try_private`) send the protocol level with 0x80 set: decoded as the
+/// level below it, marked as a bridge, and encoded back the same way.
+#[test]
+fn bridge_bit_in_the_protocol_level_marks_a_bridge_of_that_version() {
+    for (name, level, version) in [
+        (&b"MQIsdp"[..], 0x83, ProtocolVersion::V3_1),
+        (b"MQTT", 0x84, V311),
+        (b"MQTT", 0x85, V5),
+    ] {
+        let bytes = connect_v3(name, level, 0x02, &[]);
+        let Packet::Connect(connect) = decode_one(&bytes, V311).unwrap().unwrap() else {
+            panic!("not a CONNECT")
+        };
+        assert_eq!(connect.protocol, version);
+        assert!(connect.bridge, "level {level:#x} is a bridge's");
+        let mut encoded = BytesMut::new();
+        Packet::Connect(connect)
+            .encode(version, &mut encoded)
+            .unwrap();
+        assert_eq!(&encoded[..], &bytes[..], "encoded back with the bit");
+    }
+    let Packet::Connect(plain) = decode_one(&connect_v3(b"MQTT", 4, 0x02, &[]), V311)
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("not a CONNECT")
+    };
+    assert!(!plain.bridge);
+    // The bit alone, or on an unknown level, is still an unsupported level, named as sent.
+    for level in [0x80u8, 0x86, 0xff] {
+        let error = refused(&connect_v3(b"MQTT", level, 0x02, &[]), V311);
+        assert_eq!(error, Error::UnsupportedProtocolLevel(level));
     }
 }
 

@@ -202,6 +202,11 @@ impl<L: PacketLog> Core<L> {
         self.received.first().map(|byte| byte >> 4)
     }
 
+    /// The bytes received and not yet decoded.
+    pub(crate) fn undecoded(&self) -> &[u8] {
+        &self.received
+    }
+
     /// Queues raw bytes for sending (a CONNACK for a client whose version is unknown).
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         self.transmit.extend_from_slice(bytes);

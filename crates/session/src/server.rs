@@ -26,6 +26,19 @@ const CONNACK_UNSUPPORTED_VERSION: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 /// MQTT 5 packets, and the 3.1.1 layout's return code 1 is no MQTT 5 reason code.
 const CONNACK_UNSUPPORTED_VERSION_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x84, 0x00];
 
+/// Whether `bytes` begin a CONNECT that names MQTT 5: its fixed header, the protocol name
+/// `MQTT` and level 5, however malformed the rest.
+fn announces_v5(bytes: &[u8]) -> bool {
+    let Some((&0x10, rest)) = bytes.split_first() else {
+        return false;
+    };
+    // The Remaining Length: up to four bytes, the last without the continuation bit.
+    let Some(length) = rest.iter().take(4).position(|byte| byte & 0x80 == 0) else {
+        return false;
+    };
+    rest.get(length + 1..length + 8) == Some(&[0, 4, b'M', b'Q', b'T', b'T', 5][..])
+}
+
 /// How a server connection behaves: the limits it enforces on the client and announces in
 /// CONNACK (MQTT 5).
 #[derive(Debug, Clone)]
@@ -741,6 +754,9 @@ impl ServerConnection {
             if self.deciding && self.core.peek_packet_type() != Some(15) {
                 break;
             }
+            // Read before decoding, which takes a failed packet's bytes away: whether a CONNECT
+            // that fails names MQTT 5, so that the client can be told why.
+            let v5_connect = self.protocol.is_none() && announces_v5(self.core.undecoded());
             match self.core.try_next_packet() {
                 Ok(Some(packet)) => {
                     self.progress_at = now;
@@ -748,7 +764,7 @@ impl ServerConnection {
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    self.decode_failed(now, error);
+                    self.decode_failed(now, error, v5_connect);
                     break;
                 }
             }
@@ -756,7 +772,7 @@ impl ServerConnection {
         self.flush_close(now);
     }
 
-    fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error) {
+    fn decode_failed(&mut self, now: Timestamp, error: rallymq_codec::Error, v5_connect: bool) {
         if self.protocol.is_none() {
             if error.reason_code() == ReasonCode::UnsupportedProtocolVersion {
                 if matches!(
@@ -774,7 +790,18 @@ impl ServerConnection {
                     CloseReason::Refused(ReasonCode::UnsupportedProtocolVersion),
                 );
             } else {
-                // Not a valid CONNECT: close without a word (MQTT-3.1.0-1, MQTT-3.1.4-1).
+                // Not a valid CONNECT: close (MQTT-3.1.0-1, MQTT-3.1.4-1). An MQTT 5 client is
+                // told why first, as MQTT 5 allows (§4.13): CONNACK 0x81, 0x82 or the code that
+                // fits; MQTT 3.1.1 has no code for it.
+                if v5_connect {
+                    let code = error.reason_code();
+                    let code = if code.is_error() && code.is_valid_for(PacketType::ConnAck) {
+                        code
+                    } else {
+                        ReasonCode::MalformedPacket
+                    };
+                    self.core.send_raw(&[0x20, 0x03, 0x00, code.as_u8(), 0x00]);
+                }
                 self.close(
                     now,
                     CloseReason::ProtocolViolation {

@@ -422,10 +422,11 @@ fn mqtt_3_1_2_3_reserved_connect_flag_closes_the_connection() {
             ..
         })]
     ));
+    // MQTT 5 lets the server say why before it closes (§4.13): CONNACK 0x81.
     assert_eq!(
-        server.poll_transmit(T0),
-        None,
-        "no CONNACK to a malformed CONNECT"
+        server.poll_transmit(T0).as_deref(),
+        Some(&[0x20, 0x03, 0x00, 0x81, 0x00][..]),
+        "CONNACK 0x81 to a malformed CONNECT"
     );
 }
 
@@ -745,7 +746,7 @@ fn mqtt_3_1_3_8_refused_client_identifier_gets_connack_0x85_and_close() {
 }
 
 #[test]
-fn mqtt_3_1_4_1_malformed_connect_closes_the_connection() {
+fn mqtt_3_1_4_1_malformed_connect_gets_connack_0x81_and_the_connection_closes() {
     // The client identifier's length says 1 byte, and the packet ends before it.
     let mut bytes = raw_connect();
     bytes.pop();
@@ -760,7 +761,11 @@ fn mqtt_3_1_4_1_malformed_connect_closes_the_connection() {
             ..
         })]
     ));
-    assert_eq!(server.poll_transmit(T0), None);
+    assert_eq!(
+        server.poll_transmit(T0).as_deref(),
+        Some(&[0x20, 0x03, 0x00, 0x81, 0x00][..]),
+        "the reason goes in a CONNACK before the close"
+    );
 }
 
 #[test]

@@ -121,7 +121,7 @@ fn mqtt_3_1_0_2_v311_second_connect_closes() {
 
 /// "It is a Protocol Error to include Authentication Data if there is no Authentication
 /// Method" (MQTT 5 §3.1.2.11.10): such a CONNECT is not surfaced, and the connection closes as
-/// for any invalid CONNECT (MQTT-3.1.4-1), without CONNACK.
+/// for any invalid CONNECT (MQTT-3.1.4-1), after CONNACK 0x82 (Protocol Error) says why.
 #[test]
 fn mqtt_3_1_2_11_10_authentication_data_without_method_closes_the_connection() {
     // CONNECT v5, client id "c", with Authentication Data (0x16) "x" and no method.
@@ -131,7 +131,7 @@ fn mqtt_3_1_2_11_10_authentication_data_without_method_closes_the_connection() {
     let mut server = ServerConnection::new(ServerConfig::default(), T0);
     server.handle_bytes(T0, &connect);
     assert!(server.is_closed());
-    assert!(sent_by_server(&mut server).is_empty());
+    assert_eq!(sent_by_server(&mut server), [0x20, 0x03, 0x00, 0x82, 0x00]);
     let events = server_events(&mut server);
     assert!(
         matches!(

@@ -150,6 +150,56 @@ impl Mosquitto {
     }
 }
 
+impl Mosquitto {
+    /// The process id of the running Mosquitto.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops Mosquitto with SIGTERM (it saves its persistence file, if it has one, and closes
+    /// every connection) and waits until it has exited.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts Mosquitto again, after [`Mosquitto::stop`], with the same configuration and
+    /// ports, and waits until both ports accept connections.
+    pub fn restart(&mut self) {
+        self.child = Command::new(mosquitto_program())
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Mosquitto starts again");
+        let deadline = Instant::now() + START_TIMEOUT;
+        for port in [self.tcp, self.ws] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("Mosquitto exited on restart ({status}); port {port} taken?");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Mosquitto does not listen on {port} within {START_TIMEOUT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -320,6 +320,11 @@ impl Rejection {
                 HeaderValue::from_static("13"),
             ));
         }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110 §15.5.6: a 405 MUST list the methods the resource supports; a WebSocket
+            // endpoint's is the upgrade, a GET (RFC 6455 §4.1).
+            headers.push((header::ALLOW, HeaderValue::from_static("GET")));
+        }
         Self {
             status,
             headers,
@@ -919,5 +924,22 @@ mod tests {
         }
         assert_eq!(Rejection::for_error(&Error::MissingHost).status(), 400);
         assert_eq!(Rejection::for_error(&Error::MethodNotGet).status(), 405);
+    }
+
+    /// RFC 9110 §15.5.6: "The origin server MUST generate an Allow header field in a 405
+    /// (Method Not Allowed) response".
+    #[test]
+    fn a_405_lists_get_as_the_allowed_method() {
+        let rejection = Rejection::for_error(&Error::MethodNotGet);
+        assert_eq!(
+            rejection.to_http_response().headers().get(header::ALLOW),
+            Some(&HeaderValue::from_static("GET"))
+        );
+        let head = rejection.to_bytes();
+        assert!(
+            head.windows(12)
+                .any(|w| w.eq_ignore_ascii_case(b"allow: GET\r\n")),
+            "{head:?}"
+        );
     }
 }

@@ -178,7 +178,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         }
     }
 
-    /// After the close handshake: sends what is queued, and a server shuts its write side
+    /// After the close handshake, or once the connection has failed: sends what is queued
+    /// (the Close frame), and a server shuts its write side
     /// (RFC 6455 §7.1.1: the server closes the TCP connection first).
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_write_pending(cx))?;
@@ -258,6 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         ByteStream {
             ws: self,
             readable: Bytes::new(),
+            failure: None,
         }
     }
 }
@@ -284,12 +286,17 @@ fn poll_read_into<S: AsyncRead + Unpin>(
 ///
 /// This is how MQTT runs over WebSockets: hand a `ByteStream` to code that speaks MQTT over a
 /// plain stream. Pings are answered while reading. A text message is refused: the connection is
-/// closed with 1003 and the read fails with `InvalidData`. Shutting down sends a Close frame.
+/// closed with 1003 and the read fails with `InvalidData`. A frame that breaks the protocol
+/// fails the read the same way, after its Close frame (1002, 1007, 1009) has been sent: a reader
+/// that stops at the error loses nothing. Shutting down sends a Close frame.
 #[derive(Debug)]
 pub struct ByteStream<S> {
     ws: WebSocketStream<S>,
     /// Received payload bytes not yet read.
     readable: Bytes,
+    /// A read error held back until the Close frame it caused is written: most readers stop
+    /// at the first error, and the Close would stay unsent.
+    failure: Option<io::Error>,
 }
 
 impl<S> ByteStream<S> {
@@ -307,6 +314,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ByteStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.failure.is_some() {
+                // The Close goes out (and the transport is shut) first; whether the transport
+                // takes it or not, the error is reported.
+                let _ = ready!(this.ws.poll_finish(cx));
+                if let Some(failure) = this.failure.take() {
+                    return Poll::Ready(Err(failure));
+                }
+            }
             if !this.readable.is_empty() {
                 let n = this.readable.len().min(buf.remaining());
                 buf.put_slice(&this.readable[..n]);
@@ -315,20 +330,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ByteStream<S> {
             }
             match ready!(this.ws.poll_recv(cx)) {
                 None => return Poll::Ready(Ok(())),
+                // A protocol error queued its Close frame.
+                Some(Err(e)) if !this.ws.connection.pending_transmit().is_empty() => {
+                    this.failure = Some(e);
+                }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 Some(Ok(Event::BinaryChunk { data, .. } | Event::Binary(data))) => {
                     this.readable = data;
                 }
                 Some(Ok(Event::Text(_))) => {
-                    // Queued here, sent by the next poll of the stream.
                     let _ = this.ws.connection.close(
                         Some(CloseCode::UNSUPPORTED_DATA),
                         "text messages are not accepted",
                     );
-                    return Poll::Ready(Err(io::Error::new(
+                    this.failure = Some(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "text message on a binary byte stream",
-                    )));
+                    ));
                 }
                 Some(Ok(Event::Ping(_) | Event::Pong(_) | Event::Close(_))) => {}
             }

@@ -261,6 +261,52 @@ async fn the_byte_stream_refuses_text_with_1003() {
     server.await.unwrap();
 }
 
+/// A reader of the byte stream that stops at its first error, as most do (the MQTT broker
+/// does), still sends the Close the error calls for: 1003 for text, 1002 for an unmasked frame,
+/// 1007 for a close reason that is not UTF-8 (RFC 6455 §7.1.7: "SHOULD send a Close frame with
+/// an appropriate status code"). Before, the Close was queued for a next read that never came.
+#[tokio::test]
+async fn the_byte_stream_sends_the_close_before_it_reports_the_error() {
+    for (frame, code) in [
+        (&b"\x81\x82\x00\x00\x00\x00hi"[..], 1003u16),
+        (&b"\x82\x02hi"[..], 1002),
+        (&b"\x88\x84\x00\x00\x00\x00\x03\xe8\xff\xfe"[..], 1007),
+    ] {
+        let (mut client_io, server_io) = duplex(4096);
+        let server = tokio::spawn(async move {
+            let mut stream = accept(server_io, Config::default())
+                .await
+                .unwrap()
+                .into_byte_stream();
+            let mut buf = [0u8; 64];
+            let error = stream.read(&mut buf).await.unwrap_err();
+            // Dropped at once, without another read.
+            error.kind()
+        });
+        let request = ClientRequest::with_key("h", "/", [7; 16]).unwrap();
+        client_io.write_all(&request.to_bytes()).await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0; 1024];
+        let head_len = loop {
+            let n = client_io.read(&mut buf).await.unwrap();
+            received.extend_from_slice(&buf[..n]);
+            if let Some((_, len)) = request.parse_response(&received).unwrap() {
+                break len;
+            }
+        };
+        client_io.write_all(frame).await.unwrap();
+        assert_eq!(server.await.unwrap(), std::io::ErrorKind::InvalidData);
+        client_io.read_to_end(&mut received).await.unwrap();
+        let mut frames = bytes::BytesMut::from(&received[head_len..]);
+        let close = FrameDecoder::new(Role::Client, 1 << 10)
+            .decode(&mut frames)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no Close for {frame:02x?}"));
+        assert_eq!(close.opcode, OpCode::Close);
+        assert_eq!(close.payload[..2], code.to_be_bytes(), "for {frame:02x?}");
+    }
+}
+
 /// A peer that sends without reading: the echo server stops reading once 1 MiB of answers is
 /// unsent, so the peer's sends block instead of the server buffering everything.
 #[tokio::test]

@@ -185,7 +185,8 @@ impl Acl {
     }
 
     /// The checks of one connection: its user name (`None` for an anonymous client), client id
-    /// and the rules its token carries, if any. Call again when the ACL is reloaded.
+    /// and the rules its token carries, if any. When the ACL is reloaded, [`Acl::rebind`] gives
+    /// a connection the new file's checks.
     pub fn for_client(
         &self,
         user: Option<&str>,
@@ -193,6 +194,16 @@ impl Acl {
         token: Option<ClientRules>,
     ) -> ClientAcl {
         let token = token.map(|rules| Arc::new(TokenAcl::compile(rules, user, client_id)));
+        self.bind(user, client_id, token)
+    }
+
+    /// `client`'s checks with this (reloaded) file's rules; its token's rules stay as they
+    /// were: the token was not presented again.
+    pub fn rebind(&self, client: &ClientAcl, user: Option<&str>, client_id: &str) -> ClientAcl {
+        self.bind(user, client_id, client.token.clone())
+    }
+
+    fn bind(&self, user: Option<&str>, client_id: &str, token: Option<Arc<TokenAcl>>) -> ClientAcl {
         let Some(file) = &self.file else {
             return ClientAcl {
                 file: None,

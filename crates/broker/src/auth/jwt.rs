@@ -7,7 +7,8 @@
 //! Claims: `exp` and `nbf` (RFC 7519 §4.1.4-5) are checked against the broker's clock, `iss` and
 //! `aud` when configured; the user name is the string in a configurable claim (default `sub`);
 //! an optional claim (default `acl`, EMQX's name) carries publish and subscribe rules in EMQX's
-//! two shapes, see [`TokenRules`].
+//! two shapes, see [`TokenRules`]; an optional `role` claim (a string or a list of strings)
+//! names roles, of which the broker knows one: `admin`, for its admin HTTP API.
 
 use std::collections::HashSet;
 use std::fs;
@@ -128,7 +129,12 @@ pub(crate) struct VerifiedToken {
     /// `exp` (plus the leeway): when the connection must close.
     pub(crate) expires_at: Option<SystemTime>,
     pub(crate) rules: Option<TokenRules>,
+    /// The `role` claim's roles.
+    pub(crate) roles: Vec<String>,
 }
+
+/// The claim that names a token's roles.
+const ROLE_CLAIM: &str = "role";
 
 /// Checks tokens against one key and one set of claim settings.
 pub(crate) struct JwtVerifier {
@@ -242,10 +248,25 @@ impl JwtVerifier {
                     .ok_or_else(|| Refusal::BadToken("exp out of range".into()))?,
             ),
         };
+        let roles = match claims.get(ROLE_CLAIM) {
+            None => Vec::new(),
+            Some(Value::String(role)) => vec![role.clone()],
+            Some(Value::Array(roles)) => roles
+                .iter()
+                .map(|role| role.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| Refusal::BadToken("role: a list of strings expected".into()))?,
+            Some(_) => {
+                return Err(Refusal::BadToken(
+                    "role: a string or a list of strings expected".into(),
+                ));
+            }
+        };
         Ok(VerifiedToken {
             user,
             expires_at,
             rules,
+            roles,
         })
     }
 }

@@ -121,9 +121,16 @@ pub(crate) struct Identity {
     pub(crate) expires_at: Option<SystemTime>,
     /// Publish and subscribe rules the token carried.
     pub(crate) rules: Option<TokenRules>,
+    /// The roles the token's `role` claim names.
+    pub(crate) roles: Vec<String>,
 }
 
 impl Identity {
+    /// Whether the credential names this role (only a token's `role` claim does).
+    pub(crate) fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
     fn user(user: &str) -> Self {
         Self {
             user: Some(user.to_owned()),
@@ -222,6 +229,13 @@ impl Authenticator {
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(files.0);
     }
 
+    /// Whether a password file or a JWT key is loaded: without either, a user name is taken
+    /// as given and no password is checked, so that a user name proves nothing.
+    pub(crate) fn checks_credentials(&self) -> bool {
+        let loaded = self.snapshot();
+        loaded.passwords.is_some() || loaded.tokens.is_some()
+    }
+
     fn snapshot(&self) -> Arc<Loaded> {
         Arc::clone(&self.loaded.read().unwrap_or_else(|p| p.into_inner()))
     }
@@ -270,6 +284,7 @@ impl Authenticator {
                 user: Some(verified.user),
                 expires_at: verified.expires_at,
                 rules: verified.rules,
+                roles: verified.roles,
             });
         }
         let configured = loaded.passwords.is_some() || loaded.tokens.is_some();

@@ -628,6 +628,23 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
             _ => {}
         }
     }
+    // A message put in this group whose every entry came and went within it (an online
+    // subscriber acknowledged it before the commit) would be written and removed in the same
+    // transaction: it is not written at all. Its entries are all in its group (routing writes
+    // one message in one `Store::begin_group`), so none comes later.
+    let mut kept: HashMap<MessageId, bool> = HashMap::new();
+    for (at, change) in changes.iter().enumerate() {
+        if let Change::AddEntry { entry, .. } = change {
+            *kept.entry(entry.message).or_default() |= !skip[at];
+        }
+    }
+    for (at, change) in changes.iter().enumerate() {
+        if let Change::PutMessage(id, _) = change
+            && kept.get(id) == Some(&false)
+        {
+            skip[at] = true;
+        }
+    }
     skip
 }
 
@@ -815,6 +832,56 @@ mod tests {
             publish: Publish::new(TopicName::new(topic).expect("a valid topic"), "x"),
             received_at: SystemTime::now(),
         }))
+    }
+
+    fn entry(message: u64) -> crate::store::QueueEntry {
+        crate::store::QueueEntry {
+            message,
+            qos: rallymq_codec::QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            in_flight: None,
+            size: 1,
+        }
+    }
+
+    /// A message whose only entry came and went in the group is not written; one with an
+    /// entry left is, and so is one whose entries come in a later group.
+    #[test]
+    fn a_message_whose_entries_all_cancel_in_the_group_is_not_written() {
+        let client: Arc<str> = "c".into();
+        let put = |id| {
+            Change::PutMessage(
+                id,
+                Arc::new(StoredMessage {
+                    publish: Publish::new(TopicName::new("t").expect("a valid topic"), "x"),
+                    received_at: SystemTime::now(),
+                }),
+            )
+        };
+        let add = |seq, message| Change::AddEntry {
+            client_id: client.clone(),
+            seq,
+            entry: entry(message),
+        };
+        let delete = |seq| Change::DeleteEntry {
+            client_id: client.clone(),
+            seq,
+        };
+        let changes = vec![
+            put(1),
+            add(0, 1),
+            put(2),
+            add(1, 2),
+            add(2, 2),
+            put(3),
+            delete(0),
+            delete(1),
+        ];
+        assert_eq!(
+            super::cancelled(&changes),
+            [true, true, false, true, false, false, true, true]
+        );
     }
 
     fn scratch(name: &str) -> std::path::PathBuf {

@@ -27,6 +27,11 @@ pub struct Connect {
     pub username: Option<MqttString>,
     /// Password, if any (binary data, at most 65,535 bytes).
     pub password: Option<Bytes>,
+    /// The client is a bridge from another broker: the protocol level byte carries 0x80
+    /// (Mosquitto's `try_private`). A server that knows it sends the bridge none of its own
+    /// messages back and keeps their retain flag as published, so that a two-way bridge makes
+    /// no loop; a server that does not refuses the CONNECT (unsupported protocol level).
+    pub bridge: bool,
 }
 
 impl Connect {
@@ -41,9 +46,13 @@ impl Connect {
             will: None,
             username: None,
             password: None,
+            bridge: false,
         }
     }
 }
+
+/// The bit of the protocol level byte that marks a bridge (see [`Connect::bridge`]).
+const LEVEL_BRIDGE: u8 = 0x80;
 
 /// A will message, published by the server when the connection ends abnormally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,14 +92,23 @@ const FLAG_USERNAME: u8 = 0b1000_0000;
 impl Connect {
     pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, Error> {
         let name = reader.binary()?;
-        let level = reader.u8()?;
+        let raw_level = reader.u8()?;
+        let bridge = raw_level & LEVEL_BRIDGE != 0 && raw_level != LEVEL_BRIDGE;
+        let level = if bridge {
+            raw_level & !LEVEL_BRIDGE
+        } else {
+            raw_level
+        };
         let protocol = match (&name[..], level) {
             (b"MQIsdp", 3) => ProtocolVersion::V3_1,
             (b"MQTT", 4) => ProtocolVersion::V3_1_1,
             (b"MQTT", 5) => ProtocolVersion::V5,
-            (b"MQTT", 3) | (b"MQIsdp", 4 | 5) => return Err(Error::InvalidProtocolName { level }),
-            (b"MQTT" | b"MQIsdp", _) => return Err(Error::UnsupportedProtocolLevel(level)),
-            _ => return Err(Error::InvalidProtocolName { level }),
+            // Errors name the byte as sent, bridge bit included.
+            (b"MQTT", 3) | (b"MQIsdp", 4 | 5) => {
+                return Err(Error::InvalidProtocolName { level: raw_level });
+            }
+            (b"MQTT" | b"MQIsdp", _) => return Err(Error::UnsupportedProtocolLevel(raw_level)),
+            _ => return Err(Error::InvalidProtocolName { level: raw_level }),
         };
         let flags = reader.u8()?;
         if flags & FLAG_RESERVED != 0 {
@@ -153,6 +171,7 @@ impl Connect {
             will,
             username,
             password,
+            bridge,
         })
     }
 
@@ -199,7 +218,8 @@ impl Connect {
     pub(crate) fn write_body(&self, buf: &mut impl BufMut) {
         let v5 = self.protocol.is_v5();
         put_field(buf, self.protocol.protocol_name().as_bytes());
-        buf.put_u8(self.protocol.level());
+        let bridge = if self.bridge { LEVEL_BRIDGE } else { 0 };
+        buf.put_u8(self.protocol.level() | bridge);
         let mut flags = 0;
         if self.clean_start {
             flags |= FLAG_CLEAN_START;

@@ -1,0 +1,1 @@
+../../../../web/dashboard/api.js

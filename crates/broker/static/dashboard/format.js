@@ -1,0 +1,1 @@
+../../../../web/dashboard/format.js
