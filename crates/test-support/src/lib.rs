@@ -56,13 +56,33 @@ pub fn run_id() -> String {
 
 /// Debian installs `mosquitto` in /usr/sbin, which may not be on a user's PATH.
 pub fn mosquitto_program() -> &'static str {
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("mosquitto").is_file())
-    });
-    if !on_path && Path::new("/usr/sbin/mosquitto").is_file() {
-        "/usr/sbin/mosquitto"
+    sbin_program("mosquitto", "/usr/sbin/mosquitto")
+}
+
+/// Starts `program -c conf` with no standard streams; panics naming the Debian `package` that
+/// provides it when it cannot start.
+fn spawn_quiet(program: &str, conf: &Path, peer: &str, package: &str) -> Child {
+    Command::new(program)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{peer} does not start ({e}): install it with `apt-get install {package}`")
+        })
+}
+
+/// `name` if it is on the PATH, else `sbin_path` if that exists (Debian puts servers in
+/// /usr/sbin), else `name` (whose failure to start then names it).
+fn sbin_program(name: &'static str, sbin_path: &'static str) -> &'static str {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
+    if !on_path && Path::new(sbin_path).is_file() {
+        sbin_path
     } else {
-        "mosquitto"
+        name
     }
 }
 
@@ -115,18 +135,7 @@ impl Mosquitto {
             ),
         )
         .expect("the Mosquitto configuration is written");
-        let child = Command::new(program)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "Mosquitto does not start ({e}): install it with `apt-get install mosquitto`"
-                )
-            });
+        let child = spawn_quiet(program, &conf, "Mosquitto", "mosquitto");
         let mut broker = Self {
             child,
             dir,
@@ -210,14 +219,7 @@ impl Drop for Mosquitto {
 
 /// Debian installs `nats-server` in /usr/sbin, which may not be on a user's PATH.
 pub fn nats_program() -> &'static str {
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
-    });
-    if !on_path && Path::new("/usr/sbin/nats-server").is_file() {
-        "/usr/sbin/nats-server"
-    } else {
-        "nats-server"
-    }
+    sbin_program("nats-server", "/usr/sbin/nats-server")
 }
 
 /// One NATS server with JetStream on free ports of 127.0.0.1, its store in a temporary
@@ -285,19 +287,7 @@ impl NatsServer {
                     ),
                 )
                 .expect("the NATS configuration is written");
-                let child = Command::new(nats_program())
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "nats-server does not start ({e}): install it with \
-                             `apt-get install nats-server`"
-                        )
-                    });
+                let child = spawn_quiet(nats_program(), &conf, "nats-server", "nats-server");
                 Self {
                     child,
                     dir,
