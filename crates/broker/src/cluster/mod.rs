@@ -87,6 +87,9 @@ const RETAINED_CAPACITY: usize = 8192;
 /// How many times a starting node tries to open (or create) the bucket.
 const BUCKET_ATTEMPTS: u32 = 5;
 
+/// How long one try to open the bucket may take.
+const BUCKET_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a node waits before watching the bucket again when its watch failed.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
@@ -488,8 +491,21 @@ async fn retained_bucket(
     loop {
         attempt += 1;
         // Creating is idempotent for the same settings; a bucket made otherwise is used as it is.
-        let created = context.create_stream(config.clone()).await.err();
-        match context.get_key_value(RETAINED_BUCKET).await {
+        // Bounded here: the client's own request timeout does not cover a connection lost
+        // meanwhile (a start then hung for good).
+        let opened = tokio::time::timeout(BUCKET_TIMEOUT, async {
+            let created = context.create_stream(config.clone()).await.err();
+            (created, context.get_key_value(RETAINED_BUCKET).await)
+        })
+        .await;
+        let (created, opened) = match opened {
+            Ok((created, opened)) => (
+                created.map(|e| e.to_string()),
+                opened.map_err(|e| e.to_string()),
+            ),
+            Err(_) => (None, Err(format!("no answer within {BUCKET_TIMEOUT:?}"))),
+        };
+        match opened {
             Ok(bucket) => return Ok(bucket),
             Err(error) if attempt >= BUCKET_ATTEMPTS => {
                 return Err(Error::Cluster(format!(
