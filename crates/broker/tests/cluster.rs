@@ -429,3 +429,32 @@ async fn cluster_topic_too_long_for_a_nats_subject_stays_local_and_the_link_stay
         "A's NATS connection stayed up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_leaves_nats_when_shut_down_or_dropped() {
+    let nats = NatsServer::start();
+    for shut_down in [true, false] {
+        let node = node(&[&nats]).await;
+        let mut subscriber = client(&node, "holder", &["x/#"]).await;
+        wait_for_subjects(&nats, &node, &["rmq.m.x", "rmq.m.x.>"]).await;
+        assert!(node_connection_id(&nats, &node).is_some());
+        let name = format!("rallymq-{}", node.node_id().expect("a node id"));
+        subscriber.kill();
+        if shut_down {
+            node.shutdown(Duration::from_millis(100)).await;
+        } else {
+            drop(node);
+        }
+        let deadline = Instant::now() + WAIT;
+        while nats
+            .monitor("/connz")
+            .is_some_and(|connz| connz.contains(&format!("\"{name}\"")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name} still connected to NATS {WAIT:?} after its broker went (shut down: {shut_down})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

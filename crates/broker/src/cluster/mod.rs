@@ -289,11 +289,13 @@ impl Link {
         vec![
             tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
             tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
-            tokio::spawn(follow_retained(parts.bucket, Arc::downgrade(shared))),
-            tokio::spawn(follow_interest(
-                self.client.clone(),
-                parts.commands,
-                Arc::downgrade(shared),
+            tokio::spawn(until_shutdown(
+                shared,
+                follow_retained(parts.bucket, Arc::downgrade(shared)),
+            )),
+            tokio::spawn(until_shutdown(
+                shared,
+                follow_interest(self.client.clone(), parts.commands, Arc::downgrade(shared)),
             )),
         ]
     }
@@ -460,6 +462,23 @@ fn open(mut envelope: Bytes) -> Option<(Option<String>, Publish)> {
             Some(((!sender.is_empty()).then_some(sender), publish))
         }
         _ => None,
+    }
+}
+
+/// Runs `task` until the broker shuts down, or its handle is dropped without a shutdown (its
+/// tasks are not aborted then): the watch and the subscriptions would otherwise keep the NATS
+/// connection open.
+fn until_shutdown(
+    shared: &Shared,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut shutdown = shared.shutdown.clone();
+    async move {
+        tokio::select! {
+            () = task => {}
+            // Sent, or the handle dropped: either way the broker is going.
+            _ = shutdown.changed() => {}
+        }
     }
 }
 
