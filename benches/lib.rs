@@ -158,7 +158,7 @@ pub fn proc_io(pid: u32) -> Option<ProcIo> {
     })
 }
 
-/// The durable store's counters, as `rallymq_bench_broker` reports them (`DiskStats`).
+/// The durable store's counters, as `rallymq_bench_broker` reports them (`StoreStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounts {
     /// Transactions committed (each syncs the file: twice, with redb's quick repair).

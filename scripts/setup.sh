@@ -17,7 +17,7 @@ if ! command -v make >/dev/null; then
   $SUDO apt-get install -y -qq make >/dev/null
 fi
 
-# Python peers for interop tests.
+# Python peers for interop tests, and prometheus-client, whose parser reads /metrics in a test.
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 
 # Mosquitto (the reference broker) and its command-line clients, for the broker's interop tests.

@@ -24,7 +24,7 @@ use crate::session::{
     Attachment, Control, ControlBox, Durable, NO_LISTENER, Persisting, Registry, Session,
     SessionInner, signal,
 };
-use crate::stats::Stats;
+use crate::stats::{Dropped, SocketRefusal, Stats};
 use crate::store::{
     Change, DiskStore, Group, Store, StoreError, StoredMessage, StoredWill, Ticket,
 };
@@ -200,7 +200,6 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
-        Stats::add(&self.stats.messages_received, 1);
         // A message routed to several persistent sessions is written in several changes.
         let _group = match &self.store {
             Some(store) if publish.qos != QoS::AtMostOnce || also.is_some() => {
@@ -239,8 +238,15 @@ impl Shared {
             .ticket
             .max(retained)
             .max(self.write(also.into_iter().collect()));
-        Stats::add(&self.stats.messages_sent, outcome.queued as u64);
-        Stats::add(&self.stats.messages_dropped, outcome.dropped as u64);
+        self.stats.routed(outcome.queued);
+        self.stats.dropped(Dropped::QueueFull, outcome.full as u64);
+        self.stats.dropped(
+            Dropped::OfflineQos0,
+            (outcome.dropped - outcome.full) as u64,
+        );
+        if outcome.queued == 0 && outcome.dropped == 0 {
+            self.stats.dropped(Dropped::NoSubscribers, 1);
+        }
         outcome
     }
 
@@ -369,12 +375,17 @@ impl Shared {
         session: &Arc<Session>,
         ends: impl FnOnce(&mut SessionInner) -> bool,
     ) -> bool {
+        let mut waiting = 0;
         let removed = self.registry.remove_if(
             session,
-            |inner| inner.attachment.is_none() && ends(inner),
+            |inner| {
+                waiting = inner.queue_size().0;
+                inner.attachment.is_none() && ends(inner)
+            },
             || self.router.remove_session(session),
         );
         if removed {
+            self.stats.dropped(Dropped::SessionEnded, waiting);
             self.write(vec![Change::DeleteSession(session.client_id.clone())]);
         }
         removed
@@ -734,12 +745,13 @@ impl BrokerHandle {
             let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
             if open >= shared.config.limits.max_connections {
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                shared.stats.socket_refused(SocketRefusal::MaxConnections);
                 warn!(%peer, "connection refused: max_connections reached");
                 return;
             }
             let peer = crate::connection::Peer {
                 addr: peer,
-                websocket: false,
+                via: None,
                 listener: NO_LISTENER,
                 policy: 0,
             };

@@ -44,6 +44,10 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// How often the `$SYS` topics are published; `None` turns them off.
     pub sys_interval: Option<Duration>,
+    /// Whether the HTTP listeners (`ws`, `wss`) serve the broker's metrics at `/metrics`, in
+    /// the Prometheus text format, to anyone who asks, as Mosquitto's exporters and EMQX's
+    /// `/api/v5/prometheus/stats` do: counts and sizes, never a client id or a topic.
+    pub metrics: bool,
     /// Where persistent sessions, their queued messages and retained messages are kept.
     pub storage: Storage,
     /// Who may connect and what they may do, on every listener without a
@@ -126,6 +130,7 @@ impl Default for BrokerConfig {
             ws_paths: vec!["/mqtt".to_owned(), "/".to_owned()],
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
+            metrics: true,
             storage: Storage::default(),
             admin: AdminApi::default(),
             security: Security::default(),

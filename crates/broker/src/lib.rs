@@ -34,6 +34,7 @@ mod config;
 mod connection;
 mod error;
 mod listener;
+mod metrics;
 mod policy;
 mod router;
 mod session;
@@ -50,8 +51,9 @@ pub use config::{AdminApi, AdminOpenTo, BrokerConfig, Limits, Listener, QueueFul
 pub use error::Error;
 pub use policy::Security;
 pub use store::{
-    Change, DiskStats, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore, MessageId,
-    QueueEntry, SessionRecord, Store, StoreError, StoredMessage, StoredWill, Ticket,
+    COMMIT_SECONDS_BUCKETS, Change, DiskStore, Loaded, LoadedEntry, LoadedSession, MemoryStore,
+    MessageId, QueueEntry, SessionRecord, Store, StoreError, StoreStats, StoredMessage, StoredWill,
+    Ticket,
 };
 pub use tls::{CertificateName, ClientCertificates, TlsSettings};
 

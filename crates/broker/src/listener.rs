@@ -26,9 +26,10 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
-use crate::admission::IpSlot;
+use crate::admission::{IpSlot, Refusal};
 use crate::broker::Shared;
 use crate::connection::{self, Peer};
+use crate::stats::SocketRefusal;
 use crate::tls::Tls;
 use crate::{Listener, admin};
 
@@ -104,26 +105,31 @@ fn gzipped(index: usize) -> Option<&'static Bytes> {
         .filter(|gzip| !gzip.is_empty())
 }
 
-/// Whether an `Accept-Encoding` header value accepts gzip (`gzip` or `*`, with a non-zero q).
-fn accepts_gzip(accept_encoding: &str) -> bool {
-    accept_encoding.split(',').any(|item| {
+/// The items an `Accept` or `Accept-Encoding` header value lists without refusing them (a q
+/// of 0), parameters left off.
+pub(crate) fn accepted(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').filter_map(|item| {
         let mut parts = item.split(';').map(str::trim);
-        let coding = parts.next().unwrap_or_default();
+        let accepted = parts.next().unwrap_or_default();
         let refused = parts.any(|param| {
             param
                 .strip_prefix("q=")
                 .and_then(|q| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        (!refused).then_some(accepted)
     })
 }
 
-/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
-/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
-/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
-fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let method = request.method();
+/// Whether an `Accept-Encoding` header value accepts gzip (`gzip` or `*`, with a non-zero q).
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accepted(accept_encoding).any(|coding| coding.eq_ignore_ascii_case("gzip") || coding == "*")
+}
+
+/// For a read-only resource (the static files, `/metrics`): `None` for GET and HEAD; 405 with
+/// the `Allow` header RFC 9110 §15.5.6 requires for the other methods, 501 for methods RFC
+/// 9110 does not define (§9.1).
+pub(crate) fn refuse_unless_get_or_head(method: &Method) -> Option<Response<Full<Bytes>>> {
     if method != Method::GET && method != Method::HEAD {
         let known = [
             Method::POST,
@@ -135,11 +141,11 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             Method::PATCH,
         ];
         if !known.contains(method) {
-            return response(
+            return Some(response(
                 StatusCode::NOT_IMPLEMENTED,
                 "text/plain; charset=utf-8",
                 "not implemented\n",
-            );
+            ));
         }
         let mut refused = response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -149,6 +155,16 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
         refused
             .headers_mut()
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return Some(refused);
+    }
+    None
+}
+
+/// Serves a static file (GET and HEAD), a redirect from `/dir` to `/dir/`, or 404. Other
+/// methods get 405 with the `Allow` header RFC 9110 §15.5.6 requires, whatever the path (the
+/// files are read-only); methods RFC 9110 does not define get 501 (§9.1).
+fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(refused) = refuse_unless_get_or_head(request.method()) {
         return refused;
     }
     let path = request.uri().path();
@@ -172,7 +188,7 @@ fn serve_static(request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found\n",
         );
     };
-    let head = method == Method::HEAD;
+    let head = request.method() == Method::HEAD;
     let asset = &ASSETS[index];
     let gzip = request
         .headers()
@@ -211,6 +227,10 @@ fn admit(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Option
     let slot = match shared.per_ip.admit(peer.ip(), limits, Instant::now()) {
         Ok(slot) => slot,
         Err(refusal) => {
+            shared.stats.socket_refused(match refusal {
+                Refusal::TooManyOpen => SocketRefusal::PerAddress,
+                Refusal::TooFast => SocketRefusal::Rate,
+            });
             // Debug, not warn: a flood would flood the log too.
             debug!(%peer, ?refusal, "connection refused: limit per client address");
             return None;
@@ -219,6 +239,7 @@ fn admit(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Option
     let open = shared.open_connections.fetch_add(1, Ordering::Relaxed);
     if open >= limits.max_connections {
         shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+        shared.stats.socket_refused(SocketRefusal::MaxConnections);
         warn!(%peer, "connection refused: max_connections reached");
         return None;
     }
@@ -320,7 +341,7 @@ pub(crate) async fn serve_mqtt(
     {
         let peer = Peer {
             addr,
-            websocket: false,
+            via: Some(context.listener.kind),
             listener: context.index,
             policy: context.policy,
         };
@@ -423,7 +444,7 @@ async fn serve_http<IO>(
     shared.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-fn response(
+pub(crate) fn response(
     status: StatusCode,
     content_type: &str,
     body: impl Into<Bytes>,
@@ -497,6 +518,7 @@ async fn handle_http(
             Err(error) => return rejection(Rejection::for_error(&error)),
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
+        let via = Some(context.listener.kind);
         let listener = context.index;
         // The upgraded connection is counted like a TCP one.
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -512,7 +534,7 @@ async fn handle_http(
                         WebSocketStream::new(TokioIo::new(upgraded), connection).into_byte_stream();
                     let peer = Peer {
                         addr: peer,
-                        websocket: true,
+                        via,
                         listener,
                         policy,
                     };
@@ -528,6 +550,9 @@ async fn handle_http(
     }
     if wants_upgrade {
         return rejection(Rejection::not_found());
+    }
+    if path == crate::metrics::PATH && shared.config.metrics {
+        return crate::metrics::respond(&request, &shared);
     }
     if admin::serves(&path) {
         return admin::handle(request, shared, peer, context.policy).await;

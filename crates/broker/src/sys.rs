@@ -7,7 +7,6 @@ use std::time::Duration;
 use rallymq_codec::{Publish, QoS, TopicName};
 
 use crate::broker::Shared;
-use crate::stats::Stats;
 
 /// An exponentially weighted moving average per minute, as Mosquitto's `load/*` topics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,12 +63,13 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
             _ = shutdown.changed() => return,
         }
         let stats = &shared.stats;
+        let totals = stats.totals();
         let counters = [
-            ("messages/received", Stats::get(&stats.messages_received)),
-            ("messages/sent", Stats::get(&stats.messages_sent)),
-            ("bytes/received", Stats::get(&stats.bytes_received)),
-            ("bytes/sent", Stats::get(&stats.bytes_sent)),
-            ("connections", Stats::get(&stats.connections_total)),
+            ("messages/received", totals.routed),
+            ("messages/sent", totals.queued),
+            ("bytes/received", totals.bytes_received),
+            ("bytes/sent", totals.bytes_sent),
+            ("connections", stats.connections_total()),
         ];
         for ((name, total), load) in counters.iter().zip(loads.iter_mut()) {
             load.update(*total, interval);
@@ -106,34 +106,25 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
                 "$SYS/broker/clients/maximum",
                 stats.clients_maximum.load(Ordering::Relaxed).to_string(),
             ),
-            (
-                "$SYS/broker/messages/received",
-                Stats::get(&stats.messages_received).to_string(),
-            ),
-            (
-                "$SYS/broker/messages/sent",
-                Stats::get(&stats.messages_sent).to_string(),
-            ),
+            ("$SYS/broker/messages/received", totals.routed.to_string()),
+            ("$SYS/broker/messages/sent", totals.queued.to_string()),
             (
                 "$SYS/broker/publish/messages/received",
-                Stats::get(&stats.publish_received).to_string(),
+                totals.publish_received.iter().sum::<u64>().to_string(),
             ),
             (
                 "$SYS/broker/publish/messages/sent",
-                Stats::get(&stats.publish_sent).to_string(),
+                totals.publish_sent.iter().sum::<u64>().to_string(),
             ),
             (
                 "$SYS/broker/publish/messages/dropped",
-                Stats::get(&stats.messages_dropped).to_string(),
+                totals.lost().to_string(),
             ),
             (
                 "$SYS/broker/bytes/received",
-                Stats::get(&stats.bytes_received).to_string(),
+                totals.bytes_received.to_string(),
             ),
-            (
-                "$SYS/broker/bytes/sent",
-                Stats::get(&stats.bytes_sent).to_string(),
-            ),
+            ("$SYS/broker/bytes/sent", totals.bytes_sent.to_string()),
             (
                 "$SYS/broker/subscriptions/count",
                 shared.router.subscription_count().to_string(),

@@ -72,7 +72,12 @@ fn sys_names(text: &str) -> Vec<String> {
         };
         let name = &rest[..end.unwrap_or(rest.len())];
         // `%c` and `%u` are an ACL pattern's substitutions: a rule, not a topic published.
-        if name.starts_with("$SYS/") && !name.contains("...") && !name.contains('%') {
+        // A name ending in `/` is a prefix in code, not a topic.
+        if name.starts_with("$SYS/")
+            && !name.contains("...")
+            && !name.contains('%')
+            && !name.ends_with('/')
+        {
             names.push(name.trim_end_matches(['.', ':']).to_owned());
         }
     }
@@ -86,10 +91,19 @@ fn names(name: &str, topic: &str) -> bool {
 }
 
 /// Every `$SYS` topic a broker publishing each 100 ms sends to a `$SYS/#` subscriber over
-/// two seconds (many rounds).
+/// two seconds (many rounds). The broker has the bridges the docs name, to a port where no one
+/// listens: their state topics are published too.
 async fn published_sys_topics() -> BTreeSet<String> {
-    let broker =
-        start_broker(|config| config.sys_interval = Some(Duration::from_millis(100))).await;
+    let broker = start_broker(|config| {
+        config.sys_interval = Some(Duration::from_millis(100));
+        for name in ["NAME", "cloud"] {
+            let bridge = rallymq_broker::BridgeConfig::new(name, "127.0.0.1:1")
+                .topic("# out 0")
+                .expect("a valid topic line");
+            config.bridges.push(bridge);
+        }
+    })
+    .await;
     let connect = connect_packet(ProtocolVersion::V5, "sys-docs");
     let (mut client, _) = TestClient::tcp(tcp_addr(&broker), connect).await;
     client

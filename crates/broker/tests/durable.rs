@@ -29,7 +29,7 @@ use rallymq_session::CloseReason;
 use support::store::TestStore;
 use support::{
     NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, message, payload_str,
-    persistent_connect, subscription, tcp_addr, topic_str,
+    persistent_connect, subscription, tcp_addr, topic_str, wait_clients,
 };
 use tokio::net::TcpStream;
 
@@ -150,19 +150,6 @@ impl Node {
     /// Waits until the broker counts `n` clients connected: it has handled the others' ends.
     async fn wait_connected(&self, n: usize) {
         wait_clients(&self.broker, n).await;
-    }
-}
-
-/// Waits until `broker` counts `n` clients connected: it has handled the others' ends.
-async fn wait_clients(broker: &BrokerHandle, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while broker.clients_connected() != n {
-        assert!(
-            Instant::now() < deadline,
-            "{} clients connected, not {n}",
-            broker.clients_connected()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

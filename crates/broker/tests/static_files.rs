@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flate2::read::GzDecoder;
 use rallymq_broker::{Broker, BrokerConfig, ListenerKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+mod support;
+use support::http;
 
 const RESYNC: &str = "each served file of web/ needs a symbolic link at the same path under crates/broker/static/ \
      (e.g. `ln -s ../../../web/rallymq.js crates/broker/static/rallymq.js`) and a line in ASSETS";
@@ -94,48 +94,6 @@ fn static_copies_match_their_web_sources() {
 /// The URL path of a file under `static/`: `dir/index.html` is served at `dir/`.
 fn url_path(name: &str) -> String {
     format!("/{}", name.strip_suffix("index.html").unwrap_or(name))
-}
-
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> HttpResponse {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut raw))
-        .await
-        .expect("a response in time")
-        .unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete head");
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
-    HttpResponse {
-        status: status.parse().unwrap(),
-        headers: lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect(),
-        body: raw[split + 4..].to_vec(),
-    }
 }
 
 #[tokio::test]

@@ -32,6 +32,8 @@ pub(crate) struct FileConfig {
     pub(crate) listener: Option<Vec<ListenerTable>>,
     pub(crate) ws_paths: Option<Vec<String>>,
     pub(crate) sys_interval_secs: Option<u64>,
+    pub(crate) metrics: Option<bool>,
+    pub(crate) log_format: Option<LogFormat>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) connect_timeout_secs: Option<u64>,
     pub(crate) max_packet_size: Option<u32>,
@@ -185,6 +187,17 @@ fn bridge(table: BridgeTable) -> Result<BridgeConfig, String> {
         return Err(fail("no topics: nothing would cross".to_owned()));
     }
     Ok(config)
+}
+
+/// How the broker's log lines are written (`--log-format`, `log_format`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// A `[[listener]]` table: one listener with its own settings.
@@ -374,6 +387,10 @@ impl Settings {
             s.ws_paths = Some(args.ws_paths.clone());
         }
         set(args.sys_interval_secs, &mut s.sys_interval_secs);
+        if args.no_metrics {
+            s.metrics = Some(false);
+        }
+        set(args.log_format, &mut s.log_format);
         set(args.max_connections, &mut s.max_connections);
         set(args.connect_timeout_secs, &mut s.connect_timeout_secs);
         set(args.max_packet_size, &mut s.max_packet_size);
@@ -423,6 +440,11 @@ impl Settings {
         }
         set(args.admin_open_to.clone(), &mut s.admin_open_to);
         Self(s)
+    }
+
+    /// The format of the log lines (text unless a flag or the file says otherwise).
+    pub(crate) fn log_format(&self) -> LogFormat {
+        self.0.log_format.unwrap_or_default()
     }
 
     /// Checks the settings and fills what is unset from [`BrokerConfig::standard_ports`].
@@ -487,6 +509,9 @@ impl Settings {
         }
         if let Some(secs) = s.sys_interval_secs {
             config.sys_interval = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(metrics) = s.metrics {
+            config.metrics = metrics;
         }
         let limits = &mut config.limits;
         if let Some(n) = s.max_connections {
@@ -637,6 +662,7 @@ mod tests {
         let file = FileConfig::parse(&uncommented).expect("the example parses");
         assert!(file.tcp.is_some() && file.ws.is_some() && file.ws_paths.is_some());
         assert!(file.sys_interval_secs.is_some());
+        assert!(file.metrics.is_some() && file.log_format.is_some());
         assert!(file.max_connections.is_some() && file.connect_timeout_secs.is_some());
         assert!(file.max_packet_size.is_some() && file.receive_maximum.is_some());
         assert!(file.topic_alias_maximum.is_some() && file.max_in_flight.is_some());
@@ -701,6 +727,19 @@ mod tests {
         assert!(Settings::from_file(alone).into_broker_config().is_err());
         let none = Settings::from_file(FileConfig::default()).into_broker_config();
         assert_eq!(none.expect("valid").cluster, None);
+    }
+
+    #[test]
+    fn metrics_and_log_format_keys() {
+        let file = FileConfig::parse("metrics = false\nlog_format = \"json\"\n").expect("valid");
+        let settings = Settings::from_file(file);
+        assert_eq!(settings.log_format(), LogFormat::Json);
+        assert!(!settings.into_broker_config().expect("valid").metrics);
+        let error = FileConfig::parse("log_format = \"xml\"").expect_err("not a format");
+        assert!(
+            error.contains("xml") || error.contains("variant"),
+            "{error}"
+        );
     }
 
     #[test]

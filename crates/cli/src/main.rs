@@ -25,12 +25,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rallymq_broker::{Broker, BrokerConfig};
+use rallymq_broker::Broker;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::config::{FileConfig, Settings};
+use crate::config::{FileConfig, LogFormat, Settings};
 
 /// jemalloc, for a smaller idle connection than glibc's malloc gives at the same throughput
 /// (see the dependency's comment in Cargo.toml).
@@ -73,7 +73,9 @@ listens on tcp://127.0.0.1:1883 and ws://127.0.0.1:8080/mqtt. Giving any listene
 ALL the default listeners, as Mosquitto's `listener` does: `--tcp 0.0.0.0:1883` alone serves
 no WebSockets. Port 0 binds a free port; the log names it (`listening: tcp://ADDR`).
 
-Logs go to stderr; RUST_LOG sets the filter (default: info). SIGINT or SIGTERM shuts down
+Logs go to stderr, one line per event (--log-format json: one JSON object per line); RUST_LOG
+sets the filter (default: info): at info, one line per client connect, refusal and disconnect.
+GET /metrics on the HTTP listeners serves Prometheus metrics. SIGINT or SIGTERM shuts down
 gracefully: MQTT 5 clients get DISCONNECT 0x8B (Server shutting down), exit code 0.
 Exit codes: 0 after a clean shutdown, 1 for a runtime error (unreadable config, a port
 in use), 2 for a usage error.")]
@@ -136,6 +138,16 @@ pub(crate) struct BrokerArgs {
     /// Seconds between $SYS topic updates; 0 turns $SYS off (default 10).
     #[arg(long, value_name = "SECS")]
     pub(crate) sys_interval_secs: Option<u64>,
+
+    /// Do not serve /metrics (Prometheus text format) on the HTTP listeners. It is served by
+    /// default, read-only and to anyone, like $SYS: counts and sizes, no client ids or topics.
+    #[arg(long)]
+    pub(crate) no_metrics: bool,
+
+    /// How log lines are written to stderr: text (for people) or json (one JSON object per
+    /// line, for log collectors).
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
 
     /// Most connections at once.
     #[arg(long, value_name = "N", help_heading = "Limits")]
@@ -323,8 +335,11 @@ fn main() -> ExitCode {
     // (see the dependency's comment in Cargo.toml). Without it the broker only keeps more.
     #[cfg(not(target_env = "msvc"))]
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
-    init_logging();
+    if !matches!(cli.command, Command::Broker(_)) {
+        init_logging(LogFormat::Text);
+    }
     let result = match cli.command {
+        // Logging starts once the config file has said which format.
         Command::Broker(args) => run_broker(*args),
         Command::Pub(args) => return client_exit(pubsub::run_pub(args)),
         Command::Sub(args) => return client_exit(pubsub::run_sub(args)),
@@ -359,32 +374,49 @@ fn client_exit(result: Result<(), pubsub::Failure>) -> ExitCode {
     }
 }
 
-/// Logs to stderr, one compact line per event, filtered by RUST_LOG (default `info`).
-fn init_logging() {
+/// Logs to stderr, filtered by RUST_LOG (default `info`): one compact line per event, or one
+/// JSON object per line (the event's fields at the top level, beside `timestamp`, `level`,
+/// `target` and `message`).
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
-    tracing_subscriber::fmt()
-        .compact()
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logger
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => logger
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
-/// The broker configuration from the config file (if any) and the flags.
-fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
+/// The settings of the config file (if any) with the flags laid over them.
+fn broker_settings(args: &BrokerArgs) -> Result<Settings, String> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    Settings::from_file(file)
-        .with_flags(args)
-        .into_broker_config()
+    Ok(Settings::from_file(file).with_flags(args))
+}
+
+/// The broker configuration from the config file (if any) and the flags.
+#[cfg(test)]
+fn broker_config(args: &BrokerArgs) -> Result<rallymq_broker::BrokerConfig, String> {
+    broker_settings(args)?.into_broker_config()
 }
 
 fn run_broker(args: BrokerArgs) -> Result<(), String> {
-    let config = broker_config(&args)?;
+    let settings = broker_settings(&args)?;
+    init_logging(settings.log_format());
+    let config = settings.into_broker_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -471,6 +503,7 @@ impl Signals {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use rallymq_broker::BrokerConfig;
 
     #[test]
     fn cli_is_well_formed() {
@@ -513,6 +546,7 @@ mod tests {
         assert_eq!(config.ws, defaults.ws);
         assert_eq!(config.ws_paths, defaults.ws_paths);
         assert_eq!(config.sys_interval, defaults.sys_interval);
+        assert!(config.metrics, "/metrics is served by default");
         assert_eq!(
             config.storage,
             rallymq_broker::Storage::Directory("rallymq-data".into())
@@ -603,6 +637,19 @@ mod tests {
         assert_eq!(config.limits.max_keep_alive, None);
         assert_eq!(config.sys_interval, None);
         assert_eq!(config.ws_paths, vec!["/x".to_owned()]);
+    }
+
+    #[test]
+    fn no_metrics_and_log_format_flags() {
+        let args = parse(&["rallymq", "broker", "--no-metrics", "--log-format", "json"]);
+        let settings = broker_settings(&args).expect("no file to read");
+        assert_eq!(settings.log_format(), LogFormat::Json);
+        assert!(!settings.into_broker_config().expect("valid").metrics);
+        let settings = broker_settings(&parse(&["rallymq", "broker"])).expect("no file to read");
+        assert_eq!(settings.log_format(), LogFormat::Text, "text by default");
+        let error = Cli::try_parse_from(["rallymq", "broker", "--log-format", "xml"])
+            .expect_err("not a format");
+        assert_eq!(error.exit_code(), 2);
     }
 
     #[test]

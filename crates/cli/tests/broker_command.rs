@@ -91,6 +91,10 @@ impl Running {
                     panic!("rallymq exited before listening:\n{}", self.log())
                 }
             };
+            // With --log-format json, the line's text is its `message`.
+            let line = json_object(&line)
+                .and_then(|object| object.get("message")?.as_str().map(str::to_owned))
+                .unwrap_or(line);
             if let Some(port) = port_after(&line, "listening: tcp://127.0.0.1:", "") {
                 tcp_ports.push(port);
             } else if let Some(port) = port_after(&line, "listening: ws://127.0.0.1:", "/mqtt") {
@@ -98,6 +102,24 @@ impl Running {
             }
         }
         (tcp_ports, ws_ports)
+    }
+
+    /// Reads stderr until `count` lines are JSON objects whose `message` is `message`, and
+    /// returns them, within [`STARTUP`].
+    fn json_events(&mut self, message: &str, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + STARTUP;
+        let mut found = Vec::new();
+        while found.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "not {count} {message:?} lines within {STARTUP:?}:\n{}",
+                    self.log()
+                )
+            };
+            found.extend(json_object(&line).filter(|object| object["message"] == message));
+        }
+        found
     }
 
     fn signal(&self, name: &str) {
@@ -154,6 +176,13 @@ fn port_after(line: &str, prefix: &str, suffix: &str) -> Option<u16> {
     rest[..digits].parse().ok()
 }
 
+/// `line` as a JSON object, if it is one.
+fn json_object(line: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(line)
+        .ok()
+        .filter(serde_json::Value::is_object)
+}
+
 /// A unique scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -171,11 +200,20 @@ fn runs_to_exit(args: &[&str]) -> (ExitStatus, String) {
 // --- a few bytes of MQTT 5, written out by hand -------------------------------------------
 
 fn connect(port: u16, client_id: &str) -> TcpStream {
+    connect_with(port, 5, &[], client_id)
+}
+
+/// A clean CONNECT with protocol `level` (4: MQTT 3.1.1, 5: MQTT 5, with `properties`).
+fn connect_with(port: u16, level: u8, properties: &[u8], client_id: &str) -> TcpStream {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, IO).expect("the TCP listener accepts");
     stream.set_read_timeout(Some(IO)).expect("timeouts work");
     stream.set_write_timeout(Some(IO)).expect("timeouts work");
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0];
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60];
+    if level == 5 {
+        body.push(properties.len() as u8);
+        body.extend_from_slice(properties);
+    }
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
     body.extend_from_slice(client_id.as_bytes());
     let mut packet = vec![0x10, body.len() as u8];
@@ -520,4 +558,82 @@ fn memory_returns_to_its_baseline_after_100000_subscriptions_come_and_go() {
     );
     broker.signal("TERM");
     assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
+}
+
+#[test]
+fn log_format_json_one_object_per_connect_refusal_and_disconnect() {
+    let mut broker = Running::start(&["broker", "--tcp", "127.0.0.1:0", "--log-format", "json"]);
+    let (tcp, _) = broker.listening(1, 0);
+
+    // MQTT 5, leaving with DISCONNECT 0x04; MQTT 3.1.1, dropping its connection; MQTT 5 with an
+    // authentication method the broker does not offer, refused with 0x8C.
+    let mut v5 = connect(tcp[0], "json-v5");
+    expect_connack(&mut v5);
+    let mut v311 = connect_with(tcp[0], 4, &[], "json-v311");
+    assert_eq!(
+        read_packet(&mut v311),
+        (0x20, vec![0, 0]),
+        "CONNACK accepted"
+    );
+    let connected = broker.json_events("client connected", 2);
+    v5.write_all(&[0xE0, 0x01, 0x04])
+        .expect("DISCONNECT is sent");
+    drop(v311);
+    let disconnected = broker.json_events("client disconnected", 2);
+    let mut refused = connect_with(tcp[0], 5, &[0x15, 0, 4, b'S', b'C', b'R', b'M'], "json-no");
+    let (first, body) = read_packet(&mut refused);
+    assert_eq!((first, body.get(1)), (0x20, Some(&0x8C)), "CONNACK refused");
+    let refusals = broker.json_events("connection refused", 1);
+
+    let by_client = |events: &[serde_json::Value], id: &str| {
+        let found: Vec<_> = events.iter().filter(|e| e["client_id"] == id).collect();
+        assert_eq!(found.len(), 1, "one line for {id}: {events:?}");
+        found[0].clone()
+    };
+    for (id, protocol) in [("json-v5", "5.0"), ("json-v311", "3.1.1")] {
+        let line = by_client(&connected, id);
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert_eq!(line["protocol"], protocol, "{line}");
+        assert_eq!(line["listener"], "tcp", "{line}");
+        assert_eq!(line["reason_code"], "0x00", "{line}");
+        assert_eq!(line["keep_alive"], 60, "{line}");
+        let peer: SocketAddr = line["peer"]
+            .as_str()
+            .and_then(|peer| peer.parse().ok())
+            .unwrap_or_else(|| panic!("peer is an address: {line}"));
+        assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST, "{line}");
+    }
+    let v5_left = by_client(&disconnected, "json-v5");
+    assert_eq!(v5_left["cause"], "client", "{v5_left}");
+    assert_eq!(v5_left["reason_code"], "0x04", "{v5_left}");
+    assert_eq!(v5_left["protocol"], "5.0", "{v5_left}");
+    assert!(v5_left["duration_secs"].is_f64(), "{v5_left}");
+    assert_eq!(
+        v5_left["peer"],
+        by_client(&connected, "json-v5")["peer"],
+        "the same address as at connect"
+    );
+    let v311_left = by_client(&disconnected, "json-v311");
+    assert_eq!(v311_left["cause"], "connection_lost", "{v311_left}");
+    assert_eq!(v311_left["protocol"], "3.1.1", "{v311_left}");
+    assert!(
+        v311_left.get("reason_code").is_none(),
+        "no DISCONNECT: {v311_left}"
+    );
+    let refusal = &refusals[0];
+    assert_eq!(refusal["client_id"], "json-no", "{refusal}");
+    assert_eq!(refusal["reason_code"], "0x8C", "{refusal}");
+    assert_eq!(refusal["protocol"], "5.0", "{refusal}");
+
+    broker.signal("TERM");
+    assert_eq!(broker.wait().code(), Some(0), "{}", broker.log());
+    // Every line, from startup to shutdown, is one JSON object.
+    let log = broker.log();
+    for line in log.lines() {
+        assert!(
+            json_object(line).is_some(),
+            "not a JSON object: {line}\n{log}"
+        );
+    }
 }

@@ -2,10 +2,12 @@
 //! Mosquitto broker on free ports, started and stopped by the test. A missing peer fails the
 //! test with a clear message; it is never skipped.
 
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// How many times [`Mosquitto::start_with`] tries, each on new ports.
@@ -152,7 +154,7 @@ impl Mosquitto {
                     Instant::now() < deadline,
                     "Mosquitto does not listen on {port} within {START_TIMEOUT:?}"
                 );
-                std::thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20));
             }
         }
         Ok(broker)
@@ -177,7 +179,7 @@ impl Mosquitto {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.wait();
     }
@@ -203,7 +205,7 @@ impl Mosquitto {
                     Instant::now() < deadline,
                     "Mosquitto does not listen on {port} within {START_TIMEOUT:?}"
                 );
-                std::thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -305,7 +307,7 @@ impl NatsServer {
                     "nats-server does not listen on {} within {START_TIMEOUT:?}",
                     server.port
                 );
-                std::thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20));
             }
         }
         for server in &servers {
@@ -316,7 +318,7 @@ impl NatsServer {
                     server.port,
                     n - 1
                 );
-                std::thread::sleep(Duration::from_millis(50));
+                thread::sleep(Duration::from_millis(50));
             }
         }
         // JetStream answers in a cluster once its servers have elected a meta leader.
@@ -327,7 +329,7 @@ impl NatsServer {
                     "nats-server on {} has no JetStream meta leader",
                     server.port
                 );
-                std::thread::sleep(Duration::from_millis(50));
+                thread::sleep(Duration::from_millis(50));
             }
         }
         servers
@@ -375,7 +377,6 @@ impl NatsServer {
 /// The body of `GET path` on 127.0.0.1:`port`, read to the end (HTTP/1.0, so the server
 /// closes).
 fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
@@ -391,5 +392,72 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Collects a pipe in a thread.
+pub fn drain_pipe(pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(pipe).read_to_string(&mut text);
+        text
+    })
+}
+
+/// Runs a peer to its end within `timeout`; its stdout, or why it failed.
+pub fn run_peer(command: &mut Command, timeout: Duration) -> Result<String, String> {
+    run_peer_fed(command, &[], timeout)
+}
+
+/// As [`run_peer`], with `input` on the peer's standard input.
+pub fn run_peer_fed(
+    command: &mut Command,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<String, String> {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: does not start: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        // In a thread: a peer that does not read would otherwise block the test on a full pipe.
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let stdout = drain_pipe(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain_pipe(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) if status.success() => Ok(stdout.trim().to_owned()),
+        Some(status) => Err(format!(
+            "{what}: {status}\n{}{}",
+            stderr.trim(),
+            stdout.trim()
+        )),
+        None => Err(format!(
+            "{what}: still running after {timeout:?}, killed\n{stderr}"
+        )),
     }
 }

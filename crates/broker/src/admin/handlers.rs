@@ -24,7 +24,6 @@ use super::{ApiError, json_response, no_content, openapi, rfc3339};
 use crate::broker::Shared;
 use crate::config::QueueFullPolicy;
 use crate::session::{Control, ControlBox, EngineCounts, Session, SessionSnapshot};
-use crate::stats::Stats;
 use crate::{BoundListener, ListenerKind};
 
 /// How long a listing waits for connections to say what they have in flight; one that has
@@ -183,6 +182,7 @@ fn listener_url(shared: &Shared, index: u16) -> Option<String> {
 fn broker_info(shared: &Shared) -> BrokerInfo {
     let limits = &shared.config.limits;
     let stats = &shared.stats;
+    let totals = stats.totals();
     let (queued_messages, queued_bytes) =
         shared
             .registry
@@ -243,11 +243,11 @@ fn broker_info(shared: &Shared) -> BrokerInfo {
             retained: shared.router.retained_count(),
             queued_messages,
             queued_bytes,
-            messages_received: Stats::get(&stats.messages_received),
-            messages_sent: Stats::get(&stats.messages_sent),
-            messages_dropped: Stats::get(&stats.messages_dropped),
-            bytes_received: Stats::get(&stats.bytes_received),
-            bytes_sent: Stats::get(&stats.bytes_sent),
+            messages_received: totals.routed,
+            messages_sent: totals.queued,
+            messages_dropped: totals.lost(),
+            bytes_received: totals.bytes_received,
+            bytes_sent: totals.bytes_sent,
         },
     }
 }

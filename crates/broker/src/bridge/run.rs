@@ -19,7 +19,7 @@ use super::BridgeConfig;
 use crate::broker::Shared;
 use crate::router::SubscriptionData;
 use crate::session::{Attachment, ControlBox, Session, count_down_expiry};
-use crate::stats::Stats;
+use crate::stats::Dropped;
 
 /// Most messages handed to the client and not yet acknowledged by the remote broker. The
 /// client's own window (and the remote's Receive Maximum) bounds what is on the wire; this
@@ -387,7 +387,7 @@ impl Bridge {
             Ok(ack) if ack.reason_code.is_error() => {
                 // Refused (not authorized, quota): sending it again would not help.
                 warn!(bridge = %self.config.name, topic = ?publish.topic.as_ref().map(TopicName::as_str), code = ?ack.reason_code, "the remote broker refused a bridged message");
-                Stats::add(&self.shared.stats.messages_dropped, 1);
+                self.shared.stats.dropped(Dropped::BridgeRefused, 1);
             }
             Ok(_) => {}
             Err(_) => {
@@ -427,6 +427,7 @@ impl Bridge {
             };
             let mut publish = queued.publish;
             if !count_down_expiry(&mut publish, queued.since) {
+                self.shared.stats.dropped(Dropped::Expired, 1);
                 continue;
             }
             let Some(topic) = &publish.topic else {
@@ -451,11 +452,11 @@ impl Bridge {
     /// connected, anything past `max_queued_messages`.
     fn queue(&mut self, publish: Publish) {
         if !self.connected && publish.qos == QoS::AtMostOnce {
-            Stats::add(&self.shared.stats.messages_dropped, 1);
+            self.shared.stats.dropped(Dropped::OfflineQos0, 1);
             return;
         }
         if self.outgoing.len() >= self.config.max_queued_messages {
-            Stats::add(&self.shared.stats.messages_dropped, 1);
+            self.shared.stats.dropped(Dropped::QueueFull, 1);
             if !self.dropping {
                 self.dropping = true;
                 warn!(bridge = %self.config.name, queued = self.outgoing.len(), "bridge queue full: messages for the remote broker are dropped until it drains");

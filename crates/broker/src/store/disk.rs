@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use redb::{
@@ -23,8 +23,8 @@ use super::record::{
     packet_id_of, seq_of, session_range, with_references,
 };
 use super::{
-    Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store, StoreError, Ticket,
-    message_expired, session_expired,
+    COMMIT_SECONDS_BUCKETS, Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store,
+    StoreError, StoreStats, Ticket, message_expired, session_expired,
 };
 use crate::lock;
 
@@ -81,6 +81,11 @@ struct Shared {
     failures: Mutex<VecDeque<(u64, u64, StoreError)>>,
     commits: AtomicU64,
     changes: AtomicU64,
+    failed_commits: AtomicU64,
+    /// Commits by duration (see [`StoreStats::commit_seconds`]), and their total time in
+    /// nanoseconds. Written by the writer thread only, once per commit.
+    commit_seconds: [AtomicU64; COMMIT_SECONDS_BUCKETS.len() + 1],
+    commit_nanos: AtomicU64,
     /// Held for the store's life: the lock on `lock`.
     _lock: File,
 }
@@ -95,15 +100,6 @@ struct Pending {
     /// The writer waits for the open groups to close: new ones wait for it, so that groups
     /// that keep overlapping cannot hold commits back for ever.
     draining: bool,
-}
-
-/// Counters of a [`DiskStore`]'s work, for benches and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskStats {
-    /// Transactions committed (each one fsync).
-    pub commits: u64,
-    /// Changes committed.
-    pub changes: u64,
 }
 
 /// A storage error; a full disk is told apart, as MQTT 5 has a reason code for it (0x97).
@@ -167,6 +163,9 @@ impl DiskStore {
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            commit_seconds: Default::default(),
+            commit_nanos: AtomicU64::new(0),
             _lock: lock_file,
         });
         let writer_shared = shared.clone();
@@ -186,10 +185,17 @@ impl DiskStore {
     }
 
     /// What the store has done so far.
-    pub fn stats(&self) -> DiskStats {
-        DiskStats {
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            changes: self.shared.changes.load(Ordering::Relaxed),
+    pub fn stats(&self) -> StoreStats {
+        let shared = &self.shared;
+        StoreStats {
+            commits: shared.commits.load(Ordering::Relaxed),
+            changes: shared.changes.load(Ordering::Relaxed),
+            failed_commits: shared.failed_commits.load(Ordering::Relaxed),
+            commit_seconds: shared
+                .commit_seconds
+                .each_ref()
+                .map(|count| count.load(Ordering::Relaxed)),
+            commit_time: Duration::from_nanos(shared.commit_nanos.load(Ordering::Relaxed)),
         }
     }
 }
@@ -268,7 +274,10 @@ impl Shared {
                 changes = std::mem::take(&mut retry);
             }
             let count = changes.len() as u64;
-            match self.commit(&changes) {
+            let started = Instant::now();
+            let committed = self.commit(&changes);
+            self.commit_took(started.elapsed());
+            match committed {
                 Ok(()) => {
                     if failing {
                         info!(dir = %self.dir.display(), "store writes succeed again");
@@ -278,6 +287,7 @@ impl Shared {
                     self.changes.fetch_add(count, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    self.failed_commits.fetch_add(1, Ordering::Relaxed);
                     if !failing {
                         // Once per episode: a full disk fails every commit until it is not.
                         error!(dir = %self.dir.display(), error = %e, "store write failed; nothing is acknowledged until writes succeed again");
@@ -308,6 +318,13 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// Counts a commit that took `took` in the histogram.
+    fn commit_took(&self, took: Duration) {
+        self.commit_seconds[StoreStats::bucket_of(took)].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Tells the waiters that every ticket up to `upto` is decided.
@@ -777,6 +794,10 @@ impl Store for DiskStore {
         Ticket(ticket)
     }
 
+    fn stats(&self) -> Option<StoreStats> {
+        Some(Self::stats(self))
+    }
+
     fn begin_group(&self) {
         let mut pending = lock(&self.shared.pending);
         while pending.draining {
@@ -914,6 +935,8 @@ mod tests {
             .expect("the commit succeeds");
         let stats = store.stats();
         assert_eq!((stats.commits, stats.changes), (1, 2));
+        assert_eq!(stats.commit_seconds.iter().sum::<u64>(), 1, "{stats:?}");
+        assert!(stats.commit_time > Duration::ZERO, "{stats:?}");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -25,7 +25,7 @@ mod record;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use rallymq_codec::{
@@ -33,7 +33,7 @@ use rallymq_codec::{
 };
 use rallymq_session::OutgoingStage;
 
-pub use disk::{DiskStats, DiskStore};
+pub use disk::DiskStore;
 pub use memory::MemoryStore;
 
 /// Identifies a stored message; the broker allocates them in increasing order from
@@ -229,6 +229,42 @@ pub enum StoreError {
     Closed,
 }
 
+/// Upper bounds, in seconds, of the buckets of [`StoreStats::commit_seconds`]: from a commit
+/// that only wrote to the page cache (tmpfs, a disk that lies about syncing) to a disk that
+/// takes seconds to sync.
+pub const COMMIT_SECONDS_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// What a store has done so far, for metrics ([`Store::stats`]) and benches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Transactions committed (each one sync to disk).
+    pub commits: u64,
+    /// Changes committed.
+    pub changes: u64,
+    /// Commits that failed (their changes are retried in a later one).
+    pub failed_commits: u64,
+    /// Commits, successful or not, by how long they took: `commit_seconds[i]` counts those that
+    /// took more than the bound before `COMMIT_SECONDS_BUCKETS[i]` and at most it; the last
+    /// counts those that took longer than every bound. Not cumulative.
+    pub commit_seconds: [u64; COMMIT_SECONDS_BUCKETS.len() + 1],
+    /// The time all of them took.
+    pub commit_time: Duration,
+}
+
+impl StoreStats {
+    /// The bucket of [`StoreStats::commit_seconds`] a commit that took `took` falls in.
+    pub fn bucket_of(took: Duration) -> usize {
+        let seconds = took.as_secs_f64();
+        COMMIT_SECONDS_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(COMMIT_SECONDS_BUCKETS.len())
+    }
+}
+
 /// Durable storage for the broker (see the module docs).
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Everything stored, for a broker starting up; sessions whose expiry passed while the
@@ -265,6 +301,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Closes a group [`Store::begin_group`] opened.
     fn end_group(&self) {}
+
+    /// What the store has done so far, for the broker's metrics (`/metrics`); `None` (the
+    /// default) for a store that does not commit in transactions of its own.
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
 }
 
 /// A group of writes (see [`Store::begin_group`]), closed when dropped.
@@ -287,9 +329,9 @@ impl Drop for Group<'_> {
 /// ended when the broker stopped, so its expiry counts from the load).
 pub(crate) fn session_expired(record: &SessionRecord, now: SystemTime) -> bool {
     record.expiry_interval != u32::MAX
-        && record.disconnected_at.is_some_and(|at| {
-            at + std::time::Duration::from_secs(u64::from(record.expiry_interval)) <= now
-        })
+        && record
+            .disconnected_at
+            .is_some_and(|at| at + Duration::from_secs(u64::from(record.expiry_interval)) <= now)
 }
 
 /// Whether a message's Message Expiry Interval has passed at `now` (MQTT-3.3.2-5).
@@ -299,6 +341,6 @@ pub(crate) fn message_expired(message: &StoredMessage, now: SystemTime) -> bool 
         .properties
         .message_expiry_interval
         .is_some_and(|interval| {
-            message.received_at + std::time::Duration::from_secs(u64::from(interval)) <= now
+            message.received_at + Duration::from_secs(u64::from(interval)) <= now
         })
 }

@@ -432,3 +432,62 @@ impl Raw {
         assert_eq!(self.next_within(within).await, Err(NoPacket::Timeout));
     }
 }
+
+/// An HTTP response as read off the socket.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// One HTTP/1.1 request (`extra`: more header lines, each ending in CRLF) on a connection of
+/// its own, read to the end within 5 s.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> HttpResponse {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut raw))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    HttpResponse {
+        status: status.parse().unwrap(),
+        headers: lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// Waits until `broker` counts `n` clients connected: it has handled the others' ends.
+pub async fn wait_clients(broker: &BrokerHandle, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while broker.clients_connected() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} clients connected, not {n}",
+            broker.clients_connected()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
