@@ -29,6 +29,15 @@ if ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } \
   $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
 
+# nats-server (Debian's package, 2.9 with JetStream) for the cluster tests (crates/broker/tests/
+# cluster.rs start their own servers on free ports; the package's systemd unit is not needed).
+# (Debian puts nats-server in /usr/sbin too.)
+if ! { command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; }; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq nats-server >/dev/null
+fi
+
 # MQTT.js (npm mqtt, pinned by package-lock.json) for the broker's interop tests.
 (cd crates/broker/tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 

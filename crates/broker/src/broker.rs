@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::PerIp;
+use crate::cluster::{self, Link};
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::policy::Policy;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) policies: Vec<Policy>,
     /// The protocol engine's settings, the same for every connection.
     pub(crate) server_config: Arc<ServerConfig>,
+    /// The cluster this broker is a node of, once joined.
+    pub(crate) cluster: OnceLock<Arc<Link>>,
 }
 
 /// What [`Shared::restore`] returns: the tasks publishing restored wills, and the stored
@@ -105,6 +108,7 @@ impl Shared {
             space: Notify::new(),
             space_waiters: AtomicUsize::new(0),
             per_ip: Arc::default(),
+            cluster: OnceLock::new(),
             listeners: Vec::new(),
         }
     }
@@ -178,6 +182,24 @@ impl Shared {
     /// [`Shared::publish`], writing `also` (a QoS 2 publisher's packet identifier) in the same
     /// group as what routing writes: after a crash the store has both or neither.
     pub(crate) fn publish_with(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        also: Option<Change>,
+    ) -> RouteOutcome {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.forward(sender, publish);
+        }
+        self.publish_here(sender, publish, also)
+    }
+
+    /// Publishes a message another cluster node received, to this node's clients only.
+    pub(crate) fn publish_received(&self, sender: Option<&str>, publish: &Publish) {
+        self.publish_here(sender, publish, None);
+    }
+
+    /// [`Shared::publish_with`] on this node only.
+    fn publish_here(
         &self,
         sender: Option<&str>,
         publish: &Publish,
@@ -650,10 +672,25 @@ impl Broker {
         }
         crate::bridge::validate(&config.bridges)?;
         let sys_interval = config.sys_interval;
+        let link = match &config.cluster {
+            Some(settings) => {
+                let node_id = cluster::node_id(settings, &config.storage)?;
+                Some(Link::connect(settings, node_id).await?)
+            }
+            None => None,
+        };
         let mut shared = Shared::new(config, shutdown_rx, store, policies);
         shared.listeners = bound.iter().map(|(bound, _, _)| *bound).collect();
         let shared = Arc::new(shared);
-        let (mut tasks, mut stored_bridges) = shared.restore()?;
+        let mut tasks = Vec::new();
+        if let Some(link) = link {
+            // Before the sessions are restored, so that their filters are subscribed to.
+            shared.router.set_hook(link.clone());
+            tasks.extend(link.spawn(&shared));
+            let _ = shared.cluster.set(link);
+        }
+        let (wills, mut stored_bridges) = shared.restore()?;
+        tasks.extend(wills);
         let listeners = shared.listeners.clone();
         for (index, ((bound, listener, socket), policy)) in
             bound.into_iter().zip(listener_policies).enumerate()
@@ -900,6 +937,11 @@ impl BrokerHandle {
             info!("password, token key and ACL files reloaded");
         }
         Ok(())
+    }
+
+    /// This broker's node id in its cluster; `None` when it is not in one.
+    pub fn node_id(&self) -> Option<&str> {
+        self.shared.cluster.get().map(|link| link.node_id())
     }
 
     /// Clients connected now.

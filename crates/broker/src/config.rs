@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use crate::ListenerKind;
 use crate::bridge::BridgeConfig;
+use crate::cluster::ClusterConfig;
 use crate::policy::Security;
 use crate::tls::{ClientCertificates, TlsSettings};
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ pub struct BrokerConfig {
     /// Who may connect and what they may do, on every listener without a
     /// [`Listener::security`] of its own.
     pub security: Security,
+    /// The cluster this broker is a node of (its clients share one MQTT space with the other
+    /// nodes' clients); `None` for a broker on its own.
+    pub cluster: Option<ClusterConfig>,
     /// The admin HTTP API on the WebSocket listeners, and who may use it.
     pub admin: AdminApi,
     /// Connections to remote brokers that carry messages out, in or both ways (Mosquitto's
@@ -130,6 +134,7 @@ impl Default for BrokerConfig {
             storage: Storage::default(),
             admin: AdminApi::default(),
             security: Security::default(),
+            cluster: None,
             bridges: Vec::new(),
         }
     }

@@ -56,6 +56,9 @@ pub enum Error {
         /// What is wrong with it.
         problem: crate::acl::AclProblem,
     },
+    /// The cluster's NATS servers cannot be reached, or its settings are not valid.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

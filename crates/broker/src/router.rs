@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use rallymq_codec::{
@@ -61,9 +61,22 @@ struct Delivery {
     identifiers: Vec<SubscriptionId>,
 }
 
+/// Told of every subscription that comes or goes, in the order the index sees them: a cluster
+/// node keeps its interest in other nodes' messages in step with its clients' filters.
+pub(crate) trait SubscriptionHook: Send + Sync + std::fmt::Debug {
+    /// `session` subscribed to `filter`, which it did not hold.
+    fn subscribed(&self, session: &Arc<Session>, filter: &TopicFilter);
+    /// `session` no longer holds `filter`.
+    fn unsubscribed(&self, session: &Arc<Session>, filter: &TopicFilter);
+    /// `session` holds no filter any more.
+    fn removed(&self, session: &Arc<Session>);
+}
+
 /// The routing table and the retained messages.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
+    /// Called under the index's write lock, so that it sees changes in the index's order.
+    hook: OnceLock<Arc<dyn SubscriptionHook>>,
     index: RwLock<SubscriptionIndex<SessionRef, SubscriptionData>>,
     /// Retained messages with when they were stored: Message Expiry counts from then.
     retained: RwLock<RetainedIndex<(Publish, Instant)>>,
@@ -121,6 +134,11 @@ pub(crate) fn copy_for(
 }
 
 impl Router {
+    /// Sets the hook told of subscriptions, before any is made; once only.
+    pub(crate) fn set_hook(&self, hook: Arc<dyn SubscriptionHook>) {
+        let _ = self.hook.set(hook);
+    }
+
     /// Adds or replaces a subscription; returns whether it existed.
     pub(crate) fn subscribe(
         &self,
@@ -133,6 +151,9 @@ impl Router {
             .insert(SessionRef(session.clone()), filter, data)
             .is_some();
         self.peak.fetch_max(index.len(), Ordering::Relaxed);
+        if let (false, Some(hook)) = (existed, self.hook.get()) {
+            hook.subscribed(session, filter);
+        }
         existed
     }
 
@@ -141,6 +162,9 @@ impl Router {
         let mut index = write(&self.index);
         let removed = index.remove(&SessionRef(session.clone()), filter).is_some();
         self.shrink_if_shrunk(&mut index);
+        if let (true, Some(hook)) = (removed, self.hook.get()) {
+            hook.unsubscribed(session, filter);
+        }
         removed
     }
 
@@ -149,6 +173,9 @@ impl Router {
         let mut index = write(&self.index);
         index.remove_subscriber(&SessionRef(session.clone()));
         self.shrink_if_shrunk(&mut index);
+        if let Some(hook) = self.hook.get() {
+            hook.removed(session);
+        }
     }
 
     /// Gives the index's spare room back once it holds a quarter of what it held at its

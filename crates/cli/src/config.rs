@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rallymq_broker::{
     AdminOpenTo, BridgeConfig, BridgeTransport, BrokerConfig, CertificateName, ClientCertificates,
-    JwtConfig, Listener, ListenerKind, ProtocolVersion, Security, Storage, TlsSettings,
+    ClusterConfig, JwtConfig, Listener, ListenerKind, ProtocolVersion, Security, Storage,
+    TlsSettings,
 };
 use serde::Deserialize;
 
@@ -63,6 +64,8 @@ pub(crate) struct FileConfig {
     pub(crate) jwt_audience: Option<String>,
     pub(crate) allow_anonymous: Option<bool>,
     pub(crate) acl_file: Option<PathBuf>,
+    pub(crate) cluster: Option<Vec<String>>,
+    pub(crate) node_id: Option<String>,
     pub(crate) admin_users: Option<Vec<String>>,
     pub(crate) admin_open_to: Option<String>,
     /// Bridges to remote brokers (`[[bridge]]` tables).
@@ -428,6 +431,10 @@ impl Settings {
         set(args.jwt_audience.clone(), &mut s.jwt_audience);
         set(args.allow_anonymous, &mut s.allow_anonymous);
         set(args.acl_file.clone(), &mut s.acl_file);
+        if !args.cluster.is_empty() {
+            s.cluster = Some(args.cluster.clone());
+        }
+        set(args.node_id.clone(), &mut s.node_id);
         if !args.admin_users.is_empty() {
             s.admin_users = Some(args.admin_users.clone());
         }
@@ -597,6 +604,17 @@ impl Settings {
             acl_file: s.acl_file,
         }
         .into_security()?;
+        config.cluster = match s.cluster {
+            Some(servers) if !servers.is_empty() => Some(ClusterConfig {
+                node_id: s.node_id,
+                ..ClusterConfig::new(servers)
+            }),
+            Some(_) => return Err("cluster: name at least one NATS server".to_owned()),
+            None if s.node_id.is_some() => {
+                return Err("node_id is for a cluster node: set cluster too".to_owned());
+            }
+            None => None,
+        };
         if let Some(users) = s.admin_users {
             config.admin.admin_users = users;
         }
@@ -663,6 +681,7 @@ mod tests {
         assert!(file.send_timeout_secs.is_some());
         assert!(file.max_subscriptions.is_some() && file.max_topic_levels.is_some());
         assert!(file.max_topic_length.is_some());
+        assert!(file.cluster.is_some() && file.node_id.is_some());
         let bridges = file.bridge.clone().expect("a [[bridge]] table");
         let config = bridge(bridges[0].clone()).expect("the example bridge is valid");
         assert_eq!(config.name, "cloud");
@@ -687,6 +706,27 @@ mod tests {
         );
         assert_eq!(config.limits.max_packet_size, 4096);
         assert_eq!(config.sys_interval, None);
+    }
+
+    #[test]
+    fn cluster_servers_and_node_id_from_the_file() {
+        let file = FileConfig::parse(
+            "cluster = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1:4223\"]\nnode_id = \"a\"\n",
+        )
+        .expect("valid");
+        let config = Settings::from_file(file)
+            .into_broker_config()
+            .expect("valid");
+        let cluster = config.cluster.expect("a cluster");
+        assert_eq!(
+            cluster.servers,
+            ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+        );
+        assert_eq!(cluster.node_id.as_deref(), Some("a"));
+        let alone = FileConfig::parse("node_id = \"a\"\n").expect("valid");
+        assert!(Settings::from_file(alone).into_broker_config().is_err());
+        let none = Settings::from_file(FileConfig::default()).into_broker_config();
+        assert_eq!(none.expect("valid").cluster, None);
     }
 
     #[test]

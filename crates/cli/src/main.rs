@@ -293,6 +293,25 @@ pub(crate) struct BrokerArgs {
     #[arg(long, value_name = "FILE", help_heading = "Security")]
     pub(crate) acl_file: Option<PathBuf>,
 
+    /// Join the cluster of these NATS servers (comma-separated `nats://host:port`): clients of
+    /// every node share one MQTT space. See crates/broker/CLUSTER.md for what crosses nodes.
+    #[arg(
+        long,
+        value_name = "URL,...",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    pub(crate) cluster: Vec<String>,
+
+    /// This node's id in the cluster (ASCII letters, digits, - and _); default: generated once
+    /// and kept in the data directory's node-id file.
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "cluster",
+        help_heading = "Cluster"
+    )]
+    pub(crate) node_id: Option<String>,
     /// A user who may use the admin HTTP API (/api/v1/) from anywhere, logging in with HTTP
     /// Basic (password file) or a Bearer token; repeat for several. A token whose role claim
     /// holds "admin" is an admin too.
@@ -497,6 +516,26 @@ mod tests {
             Command::Broker(args) => *args,
             other => panic!("not the broker command: {other:?}"),
         }
+    }
+
+    #[test]
+    fn cluster_flag_takes_comma_separated_servers_and_a_node_id() {
+        let config = broker_config(&parse(&[
+            "rallymq",
+            "broker",
+            "--cluster",
+            "nats://10.0.0.1:4222,nats://10.0.0.2:4222",
+            "--node-id",
+            "b",
+        ]))
+        .expect("valid");
+        let cluster = config.cluster.expect("a cluster");
+        assert_eq!(
+            cluster.servers,
+            ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+        );
+        assert_eq!(cluster.node_id.as_deref(), Some("b"));
+        assert!(Cli::try_parse_from(["rallymq", "broker", "--node-id", "b"]).is_err());
     }
 
     #[test]

@@ -63,13 +63,33 @@ pub fn run_id() -> String {
 
 /// Debian installs `mosquitto` in /usr/sbin, which may not be on a user's PATH.
 pub fn mosquitto_program() -> &'static str {
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("mosquitto").is_file())
-    });
-    if !on_path && Path::new("/usr/sbin/mosquitto").is_file() {
-        "/usr/sbin/mosquitto"
+    sbin_program("mosquitto", "/usr/sbin/mosquitto")
+}
+
+/// Starts `program -c conf` with no standard streams; panics naming the Debian `package` that
+/// provides it when it cannot start.
+fn spawn_quiet(program: &str, conf: &Path, peer: &str, package: &str) -> Child {
+    Command::new(program)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{peer} does not start ({e}): install it with `apt-get install {package}`")
+        })
+}
+
+/// `name` if it is on the PATH, else `sbin_path` if that exists (Debian puts servers in
+/// /usr/sbin), else `name` (whose failure to start then names it).
+fn sbin_program(name: &'static str, sbin_path: &'static str) -> &'static str {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
+    if !on_path && Path::new(sbin_path).is_file() {
+        sbin_path
     } else {
-        "mosquitto"
+        name
     }
 }
 
@@ -122,18 +142,7 @@ impl Mosquitto {
             ),
         )
         .expect("the Mosquitto configuration is written");
-        let child = Command::new(program)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "Mosquitto does not start ({e}): install it with `apt-get install mosquitto`"
-                )
-            });
+        let child = spawn_quiet(program, &conf, "Mosquitto", "mosquitto");
         let mut broker = Self {
             child,
             dir,
@@ -208,6 +217,182 @@ impl Mosquitto {
 }
 
 impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian installs `nats-server` in /usr/sbin, which may not be on a user's PATH.
+pub fn nats_program() -> &'static str {
+    sbin_program("nats-server", "/usr/sbin/nats-server")
+}
+
+/// One NATS server with JetStream on free ports of 127.0.0.1, its store in a temporary
+/// directory; killed (and the directory removed) when dropped. A cluster of them is started
+/// with [`NatsServer::cluster`].
+pub struct NatsServer {
+    child: Child,
+    dir: PathBuf,
+    /// The client port.
+    pub port: u16,
+    /// The route port (cluster members connect to each other there).
+    pub route_port: u16,
+    /// The monitoring port (HTTP: `/varz`, `/routez`, `/jsz`).
+    pub http_port: u16,
+}
+
+impl NatsServer {
+    /// A server on its own.
+    pub fn start() -> Self {
+        let mut servers = Self::cluster(1);
+        servers.pop().expect("one server")
+    }
+
+    /// `n` servers routed to each other as one NATS cluster with JetStream, returned once every
+    /// one sees its `n - 1` routes. Panics with an explanation when nats-server is not
+    /// installed (`apt-get install nats-server`).
+    pub fn cluster(n: usize) -> Vec<Self> {
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let run = run_id();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route, _)| format!("nats://127.0.0.1:{route}"))
+            .collect();
+        let servers: Vec<Self> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, route_port, http_port))| {
+                let dir = std::env::temp_dir().join(format!("rallymq-nats-{run}-{i}"));
+                std::fs::create_dir_all(&dir).expect("a temporary directory");
+                let cluster = if n > 1 {
+                    format!(
+                        "cluster {{ name: rallymq-test, listen: \"127.0.0.1:{route_port}\", \
+                         routes: [{}] }}\n",
+                        routes
+                            .iter()
+                            .enumerate()
+                            .filter(|&(j, _)| j != i)
+                            .map(|(_, r)| format!("\"{r}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    String::new()
+                };
+                let conf = dir.join("nats.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "server_name: n{i}-{run}\nlisten: \"127.0.0.1:{port}\"\n\
+                         http: \"127.0.0.1:{http_port}\"\n\
+                         jetstream {{ store_dir: \"{}\" }}\n{cluster}",
+                        dir.join("js").display()
+                    ),
+                )
+                .expect("the NATS configuration is written");
+                let child = spawn_quiet(nats_program(), &conf, "nats-server", "nats-server");
+                Self {
+                    child,
+                    dir,
+                    port,
+                    route_port,
+                    http_port,
+                }
+            })
+            .collect();
+        let deadline = Instant::now() + START_TIMEOUT;
+        for server in &servers {
+            while TcpStream::connect(("127.0.0.1", server.port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server does not listen on {} within {START_TIMEOUT:?}",
+                    server.port
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for server in &servers {
+            while n > 1 && server.routes() < n - 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server on {} does not see its {} routes within {START_TIMEOUT:?}",
+                    server.port,
+                    n - 1
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // JetStream answers in a cluster once its servers have elected a meta leader.
+        for server in &servers {
+            while n > 1 && !server.jetstream_leader_known() {
+                assert!(
+                    Instant::now() < deadline + START_TIMEOUT,
+                    "nats-server on {} has no JetStream meta leader",
+                    server.port
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        servers
+    }
+
+    /// Whether the server knows its cluster's JetStream meta leader.
+    pub fn jetstream_leader_known(&self) -> bool {
+        let body = self.monitor("/jsz").unwrap_or_default();
+        body.split("\"meta_cluster\"")
+            .nth(1)
+            .and_then(|rest| rest.split("\"leader\":").nth(1))
+            .is_some_and(|rest| {
+                rest.trim_start().starts_with("\"") && !rest.trim_start().starts_with("\"\"")
+            })
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The body of a monitoring endpoint (`/connz?subs=1`, `/routez`, `/jsz`...), `None` if
+    /// the server does not answer.
+    pub fn monitor(&self, path: &str) -> Option<String> {
+        http_get(self.http_port, path)
+    }
+
+    /// How many routes the server has now (0 if its monitoring port does not answer).
+    pub fn routes(&self) -> usize {
+        let body = self.monitor("/routez").unwrap_or_default();
+        body.split("\"num_routes\":")
+            .nth(1)
+            .and_then(|rest| {
+                let digits: String = rest
+                    .trim_start()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`, read to the end (HTTP/1.0, so the server
+/// closes).
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,832 @@
+//! Cluster mode: several brokers sharing one MQTT space through NATS (issue 17).
+//!
+//! This is the first step: messages cross nodes on core NATS, at most once. Each node
+//! - publishes what its clients publish to the subject of its topic ([`subject`]), in an
+//!   envelope that carries the whole MQTT 5 PUBLISH (properties included) and the publisher's
+//!   client id (for No Local);
+//! - subscribes once per distinct filter its sessions hold (counted, and unsubscribed when the
+//!   last holder goes), told of them by the router's [`SubscriptionHook`];
+//! - connects with `no_echo`, so it never receives its own messages back;
+//! - routes what it receives through its local router, which re-checks every match: the
+//!   `$`-topic rule, `$share` groups and No Local stay the broker's own.
+//!
+//! NATS delivers a message once per matching subscription of a connection, and a node's
+//! filters overlap (`a/#` and `a/+`), so each received copy is delivered only if it came
+//! through the oldest of the node's subscriptions whose filter matches the topic: exactly one
+//! copy while subscriptions stand still. Around a change, a copy can be lost (QoS 0 allows it)
+//! but never doubled.
+//!
+//! Retained messages are also put in a JetStream KV bucket ([`RETAINED_BUCKET`], one key per
+//! topic), which every node watches from its start: a node that joins later, or missed a
+//! message, gets every topic's last retained message into its local copy.
+
+mod subject;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use rallymq_codec::{Limits, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter};
+use rallymq_topic::{Match, SubscriptionIndex};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::Error;
+use crate::broker::Shared;
+use crate::config::Storage;
+use crate::router::SubscriptionHook;
+use crate::session::Session;
+
+/// How a broker joins a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers (`nats://host:port`); any one of them is enough to join, the others are
+    /// tried when it goes away.
+    pub servers: Vec<String>,
+    /// This node's id (ASCII letters, digits, `-` and `_`). `None`: the one kept in the data
+    /// directory's `node-id` file, generated there the first time; a new one at every start
+    /// when the broker keeps nothing on disk.
+    pub node_id: Option<String>,
+}
+
+impl ClusterConfig {
+    /// Joins the cluster of these NATS servers with the node id kept in the data directory.
+    pub fn new(servers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            servers: servers.into_iter().map(Into::into).collect(),
+            node_id: None,
+        }
+    }
+}
+
+/// The file in the data directory that keeps a generated node id.
+const NODE_ID_FILE: &str = "node-id";
+
+/// The envelope's format version, first byte of every message a node publishes.
+const ENVELOPE_V1: u8 = 1;
+
+/// Messages waiting to be handed to the NATS client; past this many, new ones are dropped (and
+/// counted): a node does not buffer without bound for a slow or absent NATS server.
+const OUTBOUND_CAPACITY: usize = 8192;
+
+/// Received messages waiting for the router.
+const INBOUND_CAPACITY: usize = 1024;
+
+/// The JetStream KV bucket of retained messages: key [`subject::topic_key`], value the
+/// envelope of the message (a delete for a cleared one), one revision kept.
+pub(crate) const RETAINED_BUCKET: &str = "rallymq_retained";
+
+/// Retained messages waiting to be put in the bucket.
+const RETAINED_CAPACITY: usize = 8192;
+
+/// How many times a starting node tries to open (or create) the bucket.
+const BUCKET_ATTEMPTS: u32 = 5;
+
+/// How long one try to open the bucket may take.
+const BUCKET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a node waits before watching the bucket again when its watch failed.
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest subject a node sends: a NATS server closes a connection whose protocol line passes
+/// its `max_control_line` (4096 bytes by default), and a line holds the subject, a reply
+/// subject and lengths besides (the retained bucket's puts add `$KV.rallymq_retained.`).
+const MAX_SUBJECT_LEN: usize = 3900;
+
+/// How long an unsubscribed NATS subscription may take to hand over what it still holds.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a node shares this topic (or filter) with the others: `$SYS` topics describe the
+/// node that publishes them.
+fn crosses(topic: &str) -> bool {
+    !(topic == "$SYS" || topic.starts_with("$SYS/"))
+}
+
+/// Whether `id` is usable as a node id: it may become a NATS subject token or KV key.
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// This node's id: the configured one, else the one kept in the data directory (generated
+/// and written there the first time), else a new one.
+pub(crate) fn node_id(config: &ClusterConfig, storage: &Storage) -> Result<String, Error> {
+    let invalid = |id: &str| {
+        Error::Cluster(format!(
+            "node id {id:?}: use ASCII letters, digits, - and _ (at most 64)"
+        ))
+    };
+    if let Some(id) = &config.node_id {
+        return if valid_node_id(id) {
+            Ok(id.clone())
+        } else {
+            Err(invalid(id))
+        };
+    }
+    let Storage::Directory(dir) = storage else {
+        return generate_node_id();
+    };
+    let path = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if valid_node_id(id) {
+                Ok(id.to_owned())
+            } else {
+                Err(invalid(id))
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = generate_node_id()?;
+            write_node_id(dir, &path, &id)?;
+            Ok(id)
+        }
+        Err(source) => Err(Error::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_node_id(dir: &Path, path: &Path, id: &str) -> Result<(), Error> {
+    let error = |source| Error::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(error)?;
+    std::fs::write(path, format!("{id}\n")).map_err(error)
+}
+
+fn generate_node_id() -> Result<String, Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Cluster(format!("no randomness for a node id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the interest task is asked to do, in the order the router's index changed.
+#[derive(Debug)]
+enum Command {
+    /// A local session holds this filter now, and none did.
+    Subscribe(TopicFilter),
+    /// No local session holds this filter any more.
+    Unsubscribe(TopicFilter),
+}
+
+/// What subscriptions hand to the interest task.
+#[derive(Debug)]
+enum Inbound {
+    /// A message received through the subscription with this id.
+    Message(u64, async_nats::Message),
+    /// The subscription with this id is gone and has handed over all it held.
+    Drained(u64),
+}
+
+/// Which filters this node's sessions hold, counted.
+#[derive(Debug, Default)]
+struct Interest {
+    /// Each session's filters that cross the cluster (as subscribed: `$share/g/f` and `f` are
+    /// two subscriptions of one session).
+    by_session: HashMap<Arc<str>, Vec<TopicFilter>>,
+    /// How many subscriptions hold each filter (without its `$share/{group}/`).
+    counts: HashMap<Box<str>, usize>,
+}
+
+/// A node's link to the cluster: what the broker's publish path and router hook talk to.
+#[derive(Debug)]
+pub(crate) struct Link {
+    node_id: String,
+    client: async_nats::Client,
+    outbound: mpsc::Sender<(String, Bytes)>,
+    /// Retained messages for the bucket: key, and the envelope (`None` clears the topic).
+    retained: mpsc::Sender<(String, Option<Bytes>)>,
+    commands: mpsc::UnboundedSender<Command>,
+    interest: Mutex<Interest>,
+    /// Messages not sent to the cluster (queue full, too large, not encodable).
+    dropped: AtomicU64,
+    /// The receiving halves, taken by [`Link::spawn`].
+    parts: Mutex<Option<Parts>>,
+}
+
+#[derive(Debug)]
+struct Parts {
+    outbound: mpsc::Receiver<(String, Bytes)>,
+    retained: mpsc::Receiver<(String, Option<Bytes>)>,
+    bucket: async_nats::jetstream::kv::Store,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Link {
+    /// Connects to the cluster's NATS servers. Fails if none answers: a node that cannot reach
+    /// the cluster should not look like one that did. Once connected, the NATS client
+    /// reconnects by itself.
+    pub(crate) async fn connect(
+        config: &ClusterConfig,
+        node_id: String,
+    ) -> Result<Arc<Self>, Error> {
+        let mut addrs = Vec::new();
+        for server in &config.servers {
+            let addr: async_nats::ServerAddr = server
+                .parse()
+                .map_err(|e| Error::Cluster(format!("NATS server {server:?}: {e}")))?;
+            addrs.push(addr);
+        }
+        if addrs.is_empty() {
+            return Err(Error::Cluster("no NATS server given".to_owned()));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("rallymq-{node_id}"))
+            .no_echo()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(addrs)
+            .await
+            .map_err(|e| {
+                Error::Cluster(format!(
+                    "cannot reach the NATS servers {:?}: {e}",
+                    config.servers
+                ))
+            })?;
+        let bucket = retained_bucket(&client).await?;
+        info!(node = %node_id, servers = ?config.servers, "joined the cluster");
+        let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
+        let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        Ok(Arc::new(Self {
+            node_id,
+            client,
+            outbound: outbound_tx,
+            retained: retained_tx,
+            commands: commands_tx,
+            interest: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            parts: Mutex::new(Some(Parts {
+                outbound,
+                retained,
+                bucket,
+                commands,
+            })),
+        }))
+    }
+
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Starts the tasks that publish to the cluster and deliver what comes from it.
+    pub(crate) fn spawn(&self, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+        let Some(parts) = crate::lock(&self.parts).take() else {
+            return Vec::new();
+        };
+        vec![
+            tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
+            tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
+            tokio::spawn(until_shutdown(
+                shared,
+                follow_retained(parts.bucket, Arc::downgrade(shared)),
+            )),
+            tokio::spawn(until_shutdown(
+                shared,
+                follow_interest(self.client.clone(), parts.commands, Arc::downgrade(shared)),
+            )),
+        ]
+    }
+
+    /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
+    /// waits: when the NATS client falls behind, the message is dropped and counted.
+    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) {
+        let Some(topic) = &publish.topic else { return };
+        if !crosses(topic.as_str()) {
+            return;
+        }
+        let subject = subject::topic_subject(topic.as_str());
+        if subject.len() > MAX_SUBJECT_LEN {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!(%topic, dropped, "cluster: topic too long for a NATS subject; not sent to other nodes");
+            }
+            return;
+        }
+        let Some(envelope) = seal(sender, publish) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if publish.retain {
+            let value = (!publish.payload.is_empty()).then(|| envelope.clone());
+            if self
+                .retained
+                .try_send((subject::topic_key(topic.as_str()), value))
+                .is_err()
+            {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, "cluster: retained message not stored in the cluster (queue full)");
+            }
+        }
+        if self.outbound.try_send((subject, envelope)).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!(
+                    dropped,
+                    "cluster: the NATS client is behind; messages not sent to other nodes"
+                );
+            }
+        }
+    }
+
+    fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
+        crate::lock(&self.interest)
+    }
+
+    /// Counts one more holder of `filter`; the first asks for a NATS subscription.
+    fn hold(&self, interest: &mut Interest, filter: &TopicFilter) {
+        let count = interest.counts.entry(filter.filter().into()).or_default();
+        *count += 1;
+        if *count == 1 {
+            let _ = self.commands.send(Command::Subscribe(plain_filter(filter)));
+        }
+    }
+
+    /// Counts one holder of `filter` fewer; the last ends the NATS subscription.
+    fn release(&self, interest: &mut Interest, filter: &TopicFilter) {
+        let Some(count) = interest.counts.get_mut(filter.filter()) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            interest.counts.remove(filter.filter());
+            let _ = self
+                .commands
+                .send(Command::Unsubscribe(plain_filter(filter)));
+        }
+    }
+}
+
+/// `filter` without its `$share/{group}/`.
+fn plain_filter(filter: &TopicFilter) -> TopicFilter {
+    if filter.is_shared() {
+        // The part after `$share/{group}/` of a valid shared filter is a valid filter.
+        TopicFilter::new(filter.filter()).unwrap_or_else(|_| filter.clone())
+    } else {
+        filter.clone()
+    }
+}
+
+impl SubscriptionHook for Link {
+    fn subscribed(&self, session: &Arc<Session>, filter: &TopicFilter) {
+        if !crosses(filter.filter()) {
+            return;
+        }
+        let mut interest = self.interest();
+        interest
+            .by_session
+            .entry(session.client_id.clone())
+            .or_default()
+            .push(filter.clone());
+        self.hold(&mut interest, filter);
+    }
+
+    fn unsubscribed(&self, session: &Arc<Session>, filter: &TopicFilter) {
+        let mut interest = self.interest();
+        let Some(filters) = interest.by_session.get_mut(&session.client_id) else {
+            return;
+        };
+        let Some(position) = filters.iter().position(|held| held == filter) else {
+            return;
+        };
+        filters.swap_remove(position);
+        if filters.is_empty() {
+            interest.by_session.remove(&session.client_id);
+        }
+        self.release(&mut interest, filter);
+    }
+
+    fn removed(&self, session: &Arc<Session>) {
+        let mut interest = self.interest();
+        let Some(filters) = interest.by_session.remove(&session.client_id) else {
+            return;
+        };
+        for filter in &filters {
+            self.release(&mut interest, filter);
+        }
+    }
+}
+
+/// The envelope of a message sent to other nodes: the format version, the publisher's client
+/// id (length-prefixed; empty when published in-process), and the message as an MQTT 5
+/// PUBLISH, so that every property crosses with it. `None` if it cannot be encoded.
+fn seal(sender: Option<&str>, publish: &Publish) -> Option<Bytes> {
+    let sender = sender.unwrap_or_default();
+    let sender_len = u16::try_from(sender.len()).ok()?;
+    let mut copy = crate::router::stored_copy(publish);
+    // A QoS 1 or 2 PUBLISH carries a packet identifier; this one is never acknowledged.
+    if copy.qos != QoS::AtMostOnce {
+        copy.packet_id = PacketId::new(1);
+    }
+    let packet = Packet::Publish(copy);
+    let mut envelope =
+        BytesMut::with_capacity(3 + sender.len() + packet.encoded_len(ProtocolVersion::V5));
+    envelope.put_u8(ENVELOPE_V1);
+    envelope.put_u16(sender_len);
+    envelope.put_slice(sender.as_bytes());
+    packet.encode(ProtocolVersion::V5, &mut envelope).ok()?;
+    Some(envelope.freeze())
+}
+
+/// The publisher's client id and the message of an envelope made by [`seal`]; `None` for
+/// anything else (from an incompatible node, or not from a node at all).
+fn open(mut envelope: Bytes) -> Option<(Option<String>, Publish)> {
+    if envelope.len() < 3 || envelope.get_u8() != ENVELOPE_V1 {
+        return None;
+    }
+    let sender_len = usize::from(envelope.get_u16());
+    if envelope.len() < sender_len {
+        return None;
+    }
+    let sender = std::str::from_utf8(&envelope.split_to(sender_len))
+        .ok()?
+        .to_owned();
+    let mut buf = BytesMut::from(&envelope[..]);
+    let limits = Limits {
+        max_packet_size: Limits::PROTOCOL_MAX_PACKET_SIZE,
+    };
+    match rallymq_codec::decode(&mut buf, ProtocolVersion::V5, &limits) {
+        Ok(Some(Packet::Publish(publish))) if buf.is_empty() && publish.topic.is_some() => {
+            Some(((!sender.is_empty()).then_some(sender), publish))
+        }
+        _ => None,
+    }
+}
+
+/// Runs `task` until the broker shuts down, or its handle is dropped without a shutdown (its
+/// tasks are not aborted then): the watch and the subscriptions would otherwise keep the NATS
+/// connection open.
+fn until_shutdown(
+    shared: &Shared,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut shutdown = shared.shutdown.clone();
+    async move {
+        tokio::select! {
+            () = task => {}
+            // Sent, or the handle dropped: either way the broker is going.
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// The bucket of retained messages, created by the first node that needs it.
+///
+/// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
+/// function first reads the account's JetStream settings in a form servers before 2.10 do not
+/// send (Debian's nats-server is 2.9).
+async fn retained_bucket(
+    client: &async_nats::Client,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    use async_nats::jetstream::{self, stream};
+    let context = jetstream::new(client.clone());
+    let config = stream::Config {
+        name: format!("KV_{RETAINED_BUCKET}"),
+        description: Some("rallymq: the last retained message of each MQTT topic".to_owned()),
+        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    // A NATS cluster that has just started answers JetStream requests once it has elected a
+    // leader: a few tries, a second apart.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // Creating is idempotent for the same settings; a bucket made otherwise is used as it is.
+        // Bounded here: the client's own request timeout does not cover a connection lost
+        // meanwhile (a start then hung for good).
+        let opened = tokio::time::timeout(BUCKET_TIMEOUT, async {
+            let created = context.create_stream(config.clone()).await.err();
+            (created, context.get_key_value(RETAINED_BUCKET).await)
+        })
+        .await;
+        let (created, opened) = match opened {
+            Ok((created, opened)) => (
+                created.map(|e| e.to_string()),
+                opened.map_err(|e| e.to_string()),
+            ),
+            Err(_) => (None, Err(format!("no answer within {BUCKET_TIMEOUT:?}"))),
+        };
+        match opened {
+            Ok(bucket) => return Ok(bucket),
+            Err(error) if attempt >= BUCKET_ATTEMPTS => {
+                return Err(Error::Cluster(format!(
+                    "no bucket for retained messages (is JetStream enabled on the NATS \
+                     servers?): {error}{}",
+                    created
+                        .map(|e| format!(" (creating it: {e})"))
+                        .unwrap_or_default()
+                )));
+            }
+            Err(error) => {
+                debug!(%error, attempt, "cluster: no bucket for retained messages yet");
+                tokio::time::sleep(REWATCH_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Puts retained messages in the bucket, in order.
+async fn store_retained(
+    bucket: async_nats::jetstream::kv::Store,
+    mut retained: mpsc::Receiver<(String, Option<Bytes>)>,
+) {
+    while let Some((key, value)) = retained.recv().await {
+        let result = match value {
+            Some(value) => bucket
+                .put(&key, value)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => bucket.delete(&key).await.map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            warn!(%error, %key, "cluster: a retained message could not be stored in the cluster");
+        }
+    }
+}
+
+/// Keeps the local copy of retained messages in step with the bucket: every topic's last
+/// value first, then every change, whichever node made it.
+async fn follow_retained(
+    bucket: async_nats::jetstream::kv::Store,
+    shared: std::sync::Weak<Shared>,
+) {
+    use async_nats::jetstream::kv::Operation;
+    loop {
+        match bucket.watch_with_history(">").await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(error) => {
+                            warn!(%error, "cluster: watching retained messages failed");
+                            break;
+                        }
+                    };
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let Ok(topic) = subject::key_topic(&entry.key) else {
+                        continue;
+                    };
+                    let retained = match entry.operation {
+                        Operation::Put => match open(entry.value) {
+                            Some((_, publish))
+                                if publish.topic.as_ref().is_some_and(|t| t.as_str() == topic) =>
+                            {
+                                publish
+                            }
+                            _ => continue,
+                        },
+                        Operation::Delete | Operation::Purge => {
+                            let Ok(name) = rallymq_codec::TopicName::new(topic) else {
+                                continue;
+                            };
+                            // An empty retained message clears the topic.
+                            Publish::new(name, Bytes::new())
+                        }
+                    };
+                    shared.router.retain(&retained);
+                }
+            }
+            Err(error) => warn!(%error, "cluster: cannot watch retained messages"),
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(REWATCH_DELAY).await;
+    }
+}
+
+/// Hands messages to the NATS client in order.
+async fn publish_outbound(
+    client: async_nats::Client,
+    mut outbound: mpsc::Receiver<(String, Bytes)>,
+) {
+    let mut failures = 0u64;
+    while let Some((subject, envelope)) = outbound.recv().await {
+        if let Err(error) = client.publish(subject, envelope).await {
+            failures += 1;
+            if failures.is_power_of_two() {
+                warn!(%error, failures, "cluster: a message could not be sent to other nodes");
+            }
+        }
+    }
+}
+
+/// Keeps one NATS subscription per filter the node's sessions hold, and delivers what they
+/// receive through the local router: each message once, through the oldest subscription whose
+/// filter matches its topic (see the module's documentation).
+async fn follow_interest(
+    client: async_nats::Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let (inbound_tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
+    // Filter -> id of its live subscription.
+    let mut live: HashMap<TopicFilter, (u64, oneshot::Sender<()>)> = HashMap::new();
+    // Live and draining subscriptions by filter: the owners of received copies.
+    let mut owners: SubscriptionIndex<u64, ()> = SubscriptionIndex::new();
+    let mut filters: HashMap<u64, TopicFilter> = HashMap::new();
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Subscribe(filter)) => {
+                    next_id += 1;
+                    let id = next_id;
+                    let (cancel_tx, cancel) = oneshot::channel();
+                    owners.insert(id, &filter, ());
+                    filters.insert(id, filter.clone());
+                    tokio::spawn(subscription(
+                        client.clone(),
+                        id,
+                        subject::filter_subjects(filter.filter()),
+                        cancel,
+                        inbound_tx.clone(),
+                    ));
+                    live.insert(filter, (id, cancel_tx));
+                }
+                Some(Command::Unsubscribe(filter)) => {
+                    // Its copies still count as owned until it has drained.
+                    live.remove(&filter);
+                }
+                None => return,
+            },
+            Some(inbound) = inbound.recv() => match inbound {
+                Inbound::Message(id, message) => {
+                    let Some(shared) = shared.upgrade() else { return };
+                    deliver(&shared, &owners, id, message);
+                }
+                Inbound::Drained(id) => {
+                    if let Some(filter) = filters.remove(&id) {
+                        owners.remove(&id, &filter);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Delivers a received copy if it came through its owner.
+fn deliver(
+    shared: &Shared,
+    owners: &SubscriptionIndex<u64, ()>,
+    id: u64,
+    message: async_nats::Message,
+) {
+    let Ok(topic) = subject::subject_topic(message.subject.as_str()) else {
+        debug!(subject = %message.subject, "cluster: not a topic's subject; ignored");
+        return;
+    };
+    let Some((sender, publish)) = open(message.payload) else {
+        debug!(%topic, "cluster: not a rallymq node's message; ignored");
+        return;
+    };
+    let Some(name) = publish.topic.as_ref().filter(|name| name.as_str() == topic) else {
+        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
+        return;
+    };
+    let mut owner = None::<u64>;
+    owners.for_each_match(name, |found| {
+        if let Match::Subscription { subscriber, .. } = found {
+            owner = Some(owner.map_or(*subscriber, |owner| owner.min(*subscriber)));
+        }
+    });
+    if owner == Some(id) {
+        shared.publish_received(sender.as_deref(), &publish);
+    }
+}
+
+/// One filter's NATS subscriptions (two for a filter ending in `/#`), until cancelled; then
+/// unsubscribes, hands over what was received before, and says so.
+async fn subscription(
+    client: async_nats::Client,
+    id: u64,
+    subjects: Vec<String>,
+    mut cancel: oneshot::Receiver<()>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut subscribers = Vec::new();
+    for subject in subjects {
+        if subject.len() > MAX_SUBJECT_LEN {
+            // No topic that long is sent either.
+            debug!(%subject, "cluster: filter too long for a NATS subject; not subscribed");
+            continue;
+        }
+        match client.subscribe(subject.clone()).await {
+            Ok(subscriber) => subscribers.push(subscriber),
+            Err(error) => warn!(%error, %subject, "cluster: cannot subscribe"),
+        }
+    }
+    let mut merged = futures::stream::select_all(subscribers.iter_mut());
+    loop {
+        tokio::select! {
+            message = merged.next() => match message {
+                Some(message) => {
+                    if inbound.send(Inbound::Message(id, message)).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = &mut cancel => break,
+        }
+    }
+    drop(merged);
+    for subscriber in &mut subscribers {
+        let _ = subscriber.unsubscribe().await;
+    }
+    let drain = async {
+        for subscriber in &mut subscribers {
+            while let Some(message) = subscriber.next().await {
+                if inbound.send(Inbound::Message(id, message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    let _ = inbound.send(Inbound::Drained(id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rallymq_codec::{TopicName, UserProperty};
+
+    #[test]
+    fn an_envelope_carries_the_message_its_properties_and_its_sender() {
+        let mut publish = Publish::new(TopicName::new("a b/c.d/\u{e9}").unwrap(), "payload");
+        publish.qos = QoS::ExactlyOnce;
+        publish.retain = true;
+        publish.packet_id = PacketId::new(77);
+        publish.properties.content_type = Some("text/plain".try_into().unwrap());
+        publish
+            .properties
+            .user_properties
+            .push(UserProperty::new("k", "v").unwrap());
+        let (sender, opened) = open(seal(Some("client-1"), &publish).unwrap()).unwrap();
+        assert_eq!(sender.as_deref(), Some("client-1"));
+        assert_eq!(opened.topic, publish.topic);
+        assert_eq!(opened.payload, publish.payload);
+        assert_eq!(opened.qos, QoS::ExactlyOnce);
+        assert!(opened.retain);
+        assert_eq!(opened.properties, publish.properties);
+        let (sender, _) = open(seal(None, &publish).unwrap()).unwrap();
+        assert_eq!(sender, None);
+    }
+
+    #[test]
+    fn anything_but_an_envelope_is_refused() {
+        assert!(open(Bytes::from_static(b"")).is_none());
+        assert!(open(Bytes::from_static(b"hello world")).is_none());
+        let mut good = seal(None, &Publish::new(TopicName::new("t").unwrap(), "x"))
+            .unwrap()
+            .to_vec();
+        good.push(0);
+        assert!(open(Bytes::from(good.clone())).is_none(), "trailing bytes");
+        good.truncate(good.len() - 2);
+        assert!(open(Bytes::from(good)).is_none(), "cut short");
+    }
+
+    #[test]
+    fn node_ids_are_kept_in_the_data_directory() {
+        let dir = std::env::temp_dir().join(format!("rallymq-node-id-{}", std::process::id()));
+        let storage = Storage::Directory(dir.clone());
+        let config = ClusterConfig::new(["nats://127.0.0.1:4222"]);
+        let first = node_id(&config, &storage).unwrap();
+        assert!(valid_node_id(&first));
+        assert_eq!(node_id(&config, &storage).unwrap(), first);
+        assert_ne!(node_id(&config, &Storage::InMemory).unwrap(), first);
+        let named = ClusterConfig {
+            node_id: Some("node-a".to_owned()),
+            ..config.clone()
+        };
+        assert_eq!(node_id(&named, &storage).unwrap(), "node-a");
+        let bad = ClusterConfig {
+            node_id: Some("a.b".to_owned()),
+            ..config
+        };
+        assert!(matches!(node_id(&bad, &storage), Err(Error::Cluster(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,460 @@
+//! Cluster mode (issue 17), first step: QoS 0 messages cross rallymq nodes on core NATS, with
+//! real `nats-server` processes (Debian's package) started by the tests on free ports, with
+//! JetStream on and their store in a temporary directory. A missing nats-server fails the tests.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rallymq_broker::{BrokerHandle, ClusterConfig};
+use rallymq_codec::{ProtocolVersion, QoS};
+use rallymq_test_support::NatsServer;
+use support::{
+    TestClient, WAIT, connect_packet, message, payload_str, start_broker, subscription, tcp_addr,
+    topic_str,
+};
+use tokio::net::TcpStream;
+
+/// How long a client stays silent after its last expected message before its count is taken:
+/// a duplicate would arrive within it.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// Payloads of warm-up messages start with this; counts ignore them.
+const PROBE: &str = "probe";
+
+async fn node(servers: &[&NatsServer]) -> BrokerHandle {
+    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
+    start_broker(|config| config.cluster = Some(ClusterConfig::new(urls))).await
+}
+
+async fn client(node: &BrokerHandle, id: &str, filters: &[&str]) -> TestClient<TcpStream> {
+    let (mut client, _) =
+        TestClient::tcp(tcp_addr(node), connect_packet(ProtocolVersion::V5, id)).await;
+    if !filters.is_empty() {
+        let subscriptions = filters
+            .iter()
+            .map(|filter| subscription(filter, QoS::AtMostOnce))
+            .collect();
+        client.subscribe(subscriptions).await;
+    }
+    client
+}
+
+/// A node subscribes to other nodes' messages after its client's SUBACK, and NATS spreads
+/// interest between servers after that: publishes `topic` with probe payloads until every one
+/// of `receivers` has one (bounded), so that what follows is not lost to that window.
+async fn warm_up(
+    publisher: &mut TestClient<TcpStream>,
+    topic: &str,
+    receivers: &mut [&mut TestClient<TcpStream>],
+) {
+    let deadline = Instant::now() + WAIT;
+    let mut reached = vec![false; receivers.len()];
+    while reached.contains(&false) {
+        assert!(
+            Instant::now() < deadline,
+            "no probe on {topic:?} reached receivers {:?} within {WAIT:?}",
+            reached
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !**r)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        );
+        publisher
+            .publish(message(topic, PROBE, QoS::AtMostOnce))
+            .await;
+        for (receiver, reached) in receivers.iter_mut().zip(&mut reached) {
+            while let Some(publish) = receiver.recv_within(Duration::from_millis(50)).await {
+                *reached |= topic_str(&publish) == topic;
+            }
+        }
+    }
+}
+
+/// Every message (topic, payload) the client receives until it has `expected` of them and then
+/// stays quiet for [`QUIET`], probes left out, with how many copies of each arrived.
+async fn collect(
+    client: &mut TestClient<TcpStream>,
+    expected: usize,
+) -> BTreeMap<(String, String), usize> {
+    let deadline = Instant::now() + WAIT;
+    let mut received = BTreeMap::new();
+    let mut count = 0;
+    loop {
+        let wait = if count >= expected {
+            QUIET
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Some(publish) = client.recv_within(wait).await else {
+            return received;
+        };
+        let payload = payload_str(&publish);
+        if payload.starts_with(PROBE) {
+            continue;
+        }
+        count += 1;
+        *received.entry((topic_str(&publish), payload)).or_insert(0) += 1;
+    }
+}
+
+/// `n` numbered messages on each topic, as [`collect`] counts them (one copy each).
+fn once_each(topics: &[&str], n: usize) -> BTreeMap<(String, String), usize> {
+    topics
+        .iter()
+        .flat_map(|topic| (0..n).map(move |i| ((topic.to_string(), format!("{topic}#{i}")), 1)))
+        .collect()
+}
+
+async fn publish_each(publisher: &mut TestClient<TcpStream>, topics: &[&str], n: usize) {
+    for i in 0..n {
+        for topic in topics {
+            publisher
+                .publish(message(topic, &format!("{topic}#{i}"), QoS::AtMostOnce))
+                .await;
+        }
+    }
+}
+
+/// A topic with every kind of level NATS reserves or forbids: spaces, dots, `*` and `>`, the
+/// escape byte, non-ASCII, and an empty last level.
+const ODD: &str = "sp ace/dot.ted/caf\u{e9} \u{65e5}/*>=\t/";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    assert_ne!(a.node_id(), b.node_id());
+    assert!(a.node_id().is_some());
+
+    // On B, overlapping filters: NATS hands B one copy per matching subscription of its
+    // connection, and each client must still get one.
+    let mut hash = client(&b, "b-hash", &["c/#"]).await;
+    let mut plus = client(&b, "b-plus", &["c/+"]).await;
+    let mut exact = client(&b, "b-exact", &["c/b"]).await;
+    let mut both = client(&b, "b-both", &["c/#", "c/+"]).await;
+    let mut all = client(&b, "b-all", &["#"]).await;
+    let mut dollar = client(&b, "b-dollar", &["$app/#"]).await;
+    let mut odd = client(&b, "b-odd", &[ODD]).await;
+    let mut odd_wild = client(&b, "b-odd-wild", &["sp ace/+/caf\u{e9} \u{65e5}/#"]).await;
+    // On A, beside the publisher: gets A's messages from A itself, never back from NATS.
+    let mut local = client(&a, "a-local", &["c/#"]).await;
+    let mut publisher = client(&a, "a-pub", &[]).await;
+
+    warm_up(
+        &mut publisher,
+        "c/b",
+        &mut [
+            &mut hash, &mut plus, &mut exact, &mut both, &mut all, &mut local,
+        ],
+    )
+    .await;
+    warm_up(
+        &mut publisher,
+        "c",
+        &mut [&mut hash, &mut both, &mut all, &mut local],
+    )
+    .await;
+    warm_up(
+        &mut publisher,
+        "c/b/deep",
+        &mut [&mut hash, &mut both, &mut all, &mut local],
+    )
+    .await;
+    warm_up(&mut publisher, "$app/x", &mut [&mut dollar]).await;
+    warm_up(
+        &mut publisher,
+        ODD,
+        &mut [&mut odd, &mut odd_wild, &mut all],
+    )
+    .await;
+
+    const N: usize = 20;
+    publish_each(&mut publisher, &["c/b", "c", "c/b/deep", "$app/x", ODD], N).await;
+
+    assert_eq!(collect(&mut exact, N).await, once_each(&["c/b"], N));
+    assert_eq!(collect(&mut plus, N).await, once_each(&["c/b"], N));
+    // `#` also matches the parent level `c` (MQTT-4.7.1-2): NATS's `>` does not, so a node
+    // subscribes to the parent's subject too.
+    let family = once_each(&["c/b", "c", "c/b/deep"], N);
+    assert_eq!(collect(&mut hash, 3 * N).await, family);
+    assert_eq!(collect(&mut both, 3 * N).await, family);
+    assert_eq!(collect(&mut local, 3 * N).await, family);
+    // `#` does not match `$` topics (MQTT-4.7.2-1), though its NATS subject does.
+    assert_eq!(
+        collect(&mut all, 4 * N).await,
+        once_each(&["c/b", "c", "c/b/deep", ODD], N)
+    );
+    assert_eq!(collect(&mut dollar, N).await, once_each(&["$app/x"], N));
+    assert_eq!(collect(&mut odd, N).await, once_each(&[ODD], N));
+    assert_eq!(collect(&mut odd_wild, N).await, once_each(&[ODD], N));
+
+    // And back: B's message reaches A's subscriber once, and B's own once (not echoed).
+    let mut b_publisher = client(&b, "b-pub", &[]).await;
+    warm_up(&mut b_publisher, "c/from-b", &mut [&mut local, &mut hash]).await;
+    publish_each(&mut b_publisher, &["c/from-b"], N).await;
+    assert_eq!(collect(&mut local, N).await, once_each(&["c/from-b"], N));
+    assert_eq!(collect(&mut hash, N).await, once_each(&["c/from-b"], N));
+}
+
+/// The subjects a node's NATS connection is subscribed to, from the server's monitoring port.
+fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
+    let name = format!("rallymq-{}", node.node_id().expect("a cluster node"));
+    let body = nats
+        .monitor("/connz?subs=1")
+        .expect("the monitoring port answers");
+    let connz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let mut subjects: Vec<String> = connz["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .filter(|connection| connection["name"] == name.as_str())
+        .flat_map(|connection| {
+            connection["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|subject| subject.as_str().map(str::to_owned))
+        // Not the NATS client's own reply inboxes (JetStream requests, the KV watch).
+        .filter(|subject| subject.starts_with("rmq.m."))
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+/// Waits (bounded) until the node's subscriptions are `expected`.
+async fn wait_for_subjects(nats: &NatsServer, node: &BrokerHandle, expected: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let subjects = node_subjects(nats, node);
+        if subjects == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's NATS subscriptions are {subjects:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_goes() {
+    let nats = NatsServer::start();
+    let b = node(&[&nats]).await;
+    let mut one = client(&b, "one", &["s/#", "$share/g/s/#"]).await;
+    let mut two = client(&b, "two", &["s/#"]).await;
+    let in_process = b.subscribe("s/#", QoS::AtMostOnce).expect("valid filter");
+    // `$SYS` is each node's own.
+    let _sys = client(&b, "sys", &["$SYS/#"]).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.s", "rmq.m.s.>"]).await;
+
+    one.unsubscribe("s/#").await;
+    two.disconnect(rallymq_codec::ReasonCode::Success).await;
+    drop(in_process);
+    // `one` still holds the shared subscription to the same filter.
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(node_subjects(&nats, &b), ["rmq.m.s", "rmq.m.s.>"]);
+    one.unsubscribe("$share/g/s/#").await;
+    wait_for_subjects(&nats, &b, &[]).await;
+    let mut again = client(&b, "again", &["s/+"]).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.s.*"]).await;
+    again.disconnect(rallymq_codec::ReasonCode::Success).await;
+    wait_for_subjects(&nats, &b, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_on_three_routed_nats_servers_share_messages() {
+    let servers = NatsServer::cluster(3);
+    // Each node knows one server first and the others as fallbacks.
+    let a = node(&[&servers[0], &servers[1]]).await;
+    let b = node(&[&servers[1], &servers[2]]).await;
+    let c = node(&[&servers[2], &servers[0]]).await;
+    let mut on_b = client(&b, "on-b", &["r/+"]).await;
+    let mut on_c = client(&c, "on-c", &["r/#"]).await;
+    let mut on_a = client(&a, "on-a", &["r/from-c"]).await;
+    let mut from_a = client(&a, "from-a", &[]).await;
+    let mut from_c = client(&c, "from-c", &[]).await;
+
+    warm_up(&mut from_a, "r/x", &mut [&mut on_b, &mut on_c]).await;
+    warm_up(
+        &mut from_c,
+        "r/from-c",
+        &mut [&mut on_a, &mut on_b, &mut on_c],
+    )
+    .await;
+    const N: usize = 50;
+    publish_each(&mut from_a, &["r/x", "r"], N).await;
+    publish_each(&mut from_c, &["r/from-c"], N).await;
+    assert_eq!(
+        collect(&mut on_b, 2 * N).await,
+        once_each(&["r/x", "r/from-c"], N)
+    );
+    assert_eq!(
+        collect(&mut on_c, 3 * N).await,
+        once_each(&["r/x", "r", "r/from-c"], N)
+    );
+    assert_eq!(collect(&mut on_a, N).await, once_each(&["r/from-c"], N));
+}
+
+#[tokio::test]
+async fn cluster_start_fails_when_no_nats_server_answers() {
+    let port = rallymq_test_support::free_port();
+    let error = rallymq_broker::Broker::start(rallymq_broker::BrokerConfig {
+        cluster: Some(ClusterConfig::new([format!("nats://127.0.0.1:{port}")])),
+        ..rallymq_broker::BrokerConfig::default()
+    })
+    .await
+    .expect_err("no NATS server there");
+    assert!(
+        matches!(error, rallymq_broker::Error::Cluster(_)),
+        "{error}"
+    );
+}
+
+/// Subscribes a fresh client on `node` to `topic` again and again (bounded) until the retained
+/// message it gets is `expected` (`None`: no retained message at all).
+async fn wait_for_retained(node: &BrokerHandle, topic: &str, expected: Option<&str>) {
+    let deadline = Instant::now() + WAIT;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut fresh = client(node, &format!("fresh-{attempt}"), &[topic]).await;
+        // Only what comes with RETAIN set, as a retained message does at SUBSCRIBE.
+        let got = fresh
+            .recv_within(Duration::from_millis(200))
+            .await
+            .filter(|publish| publish.retain)
+            .map(|publish| payload_str(&publish));
+        fresh.disconnect(rallymq_codec::ReasonCode::Success).await;
+        if got.as_deref() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic:?}: retained {got:?}, not {expected:?}, within {WAIT:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_retained_messages_reach_running_and_later_nodes_through_the_kv_bucket() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut publisher = client(&a, "retainer", &[]).await;
+    let mut retained = message("ret/dot.ted topic", "v1", QoS::AtLeastOnce);
+    retained.retain = true;
+    publisher.publish(retained.clone()).await;
+    retained.payload = "v2".into();
+    publisher.publish(retained.clone()).await;
+    // In the bucket, under the topic's key.
+    let key = "ret.dot=2Eted=20topic";
+    let bucket =
+        async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS answers"))
+            .get_key_value("rallymq_retained")
+            .await
+            .expect("the bucket exists");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = bucket.get(key).await.expect("the bucket answers");
+        if value.is_some_and(|value| value.ends_with(b"v2")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v2 is not in the bucket within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B had no subscriber when it was published, nor while the message crossed (long done
+    // after QUIET): B has it from the bucket, not from the message itself.
+    tokio::time::sleep(QUIET).await;
+    wait_for_retained(&b, "ret/dot.ted topic", Some("v2")).await;
+    // A node started afterwards reads every topic's last value at its start.
+    let c = node(&[&nats]).await;
+    wait_for_retained(&c, "ret/dot.ted topic", Some("v2")).await;
+    // Cleared on A (empty payload): cleared everywhere.
+    retained.payload = "".into();
+    publisher.publish(retained).await;
+    wait_for_retained(&b, "ret/dot.ted topic", None).await;
+    wait_for_retained(&c, "ret/dot.ted topic", None).await;
+    let d = node(&[&nats]).await;
+    wait_for_retained(&d, "ret/dot.ted topic", None).await;
+}
+
+/// The NATS connection id (`cid`) of a node, from the server's monitoring port.
+fn node_connection_id(nats: &NatsServer, node: &BrokerHandle) -> Option<u64> {
+    let name = format!("rallymq-{}", node.node_id()?);
+    let connz: serde_json::Value = serde_json::from_str(&nats.monitor("/connz")?).ok()?;
+    connz["connections"]
+        .as_array()?
+        .iter()
+        .find(|connection| connection["name"] == name.as_str())?["cid"]
+        .as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_topic_too_long_for_a_nats_subject_stays_local_and_the_link_stays_up() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut on_b = client(&b, "on-b", &["#"]).await;
+    let mut on_a = client(&a, "on-a", &["#"]).await;
+    let mut publisher = client(&a, "pub", &[]).await;
+    warm_up(&mut publisher, "short", &mut [&mut on_b, &mut on_a]).await;
+    let before = node_connection_id(&nats, &a).expect("A is connected to NATS");
+    // 2,000 dots are 6,000 bytes of subject: past the server's 4 KiB protocol line, which
+    // would make it close A's connection.
+    let long = format!("long/{}", ".".repeat(2000));
+    publisher
+        .publish(message(&long, "long", QoS::AtMostOnce))
+        .await;
+    publish_each(&mut publisher, &["short"], 5).await;
+    assert_eq!(collect(&mut on_b, 5).await, once_each(&["short"], 5));
+    let mut expected = once_each(&["short"], 5);
+    expected.insert((long, "long".to_owned()), 1);
+    assert_eq!(
+        collect(&mut on_a, 6).await,
+        expected,
+        "local delivery is unaffected"
+    );
+    assert_eq!(
+        node_connection_id(&nats, &a),
+        Some(before),
+        "A's NATS connection stayed up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_leaves_nats_when_shut_down_or_dropped() {
+    let nats = NatsServer::start();
+    for shut_down in [true, false] {
+        let node = node(&[&nats]).await;
+        let mut subscriber = client(&node, "holder", &["x/#"]).await;
+        wait_for_subjects(&nats, &node, &["rmq.m.x", "rmq.m.x.>"]).await;
+        assert!(node_connection_id(&nats, &node).is_some());
+        let name = format!("rallymq-{}", node.node_id().expect("a node id"));
+        subscriber.kill();
+        if shut_down {
+            node.shutdown(Duration::from_millis(100)).await;
+        } else {
+            drop(node);
+        }
+        let deadline = Instant::now() + WAIT;
+        while nats
+            .monitor("/connz")
+            .is_some_and(|connz| connz.contains(&format!("\"{name}\"")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name} still connected to NATS {WAIT:?} after its broker went (shut down: {shut_down})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
