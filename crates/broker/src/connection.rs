@@ -576,10 +576,7 @@ impl Driver {
             .map_or(Ticket::default(), |durability| {
                 std::mem::take(&mut durability.barrier)
             });
-        let last = acks
-            .iter()
-            .map(|ack| ack.ticket)
-            .fold(barrier, Ticket::max);
+        let last = acks.iter().map(|ack| ack.ticket).fold(barrier, Ticket::max);
         // Every ticket up to the last is decided once it is; the rest answer at once.
         let _ = self.shared.durable(last).await;
         let barrier_held = self.shared.durable(barrier).await.is_ok();

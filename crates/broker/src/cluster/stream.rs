@@ -303,7 +303,11 @@ fn route(shared: &Shared, message: &jetstream::Message) -> Ticket {
         debug!(%topic, "cluster: not a rallymq node's message in the stream; ignored");
         return Ticket::default();
     };
-    if publish.topic.as_ref().is_none_or(|name| name.as_str() != topic) {
+    if publish
+        .topic
+        .as_ref()
+        .is_none_or(|name| name.as_str() != topic)
+    {
         debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
         return Ticket::default();
     }
@@ -312,10 +316,7 @@ fn route(shared: &Shared, message: &jetstream::Message) -> Ticket {
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One
 /// whose write failed is left unacknowledged: the stream delivers it again after its ack wait.
-async fn acknowledge(
-    mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>,
-    shared: Weak<Shared>,
-) {
+async fn acknowledge(mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>, shared: Weak<Shared>) {
     while let Some((ticket, message)) = acks.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;

@@ -221,7 +221,10 @@ mod tests {
     #[test]
     fn stream_subjects_are_apart_from_core_subjects_and_decode_only_there() {
         assert_eq!(stream_subject("a b/c"), "rmq.q.a=20b.c");
-        assert_eq!(stream_subject_topic("rmq.q.a=20b.c"), Ok("a b/c".to_owned()));
+        assert_eq!(
+            stream_subject_topic("rmq.q.a=20b.c"),
+            Ok("a b/c".to_owned())
+        );
         // A QoS 0 subscription (`#` is `rmq.m.>`) never sees a stream subject, and back.
         assert!(!nats_matches("rmq.m.>", &stream_subject("q/x")));
         assert_eq!(stream_subject_topic("rmq.m.a"), Err(NotATopic::Prefix));
