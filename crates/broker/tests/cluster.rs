@@ -1,4 +1,5 @@
-//! Cluster mode (issue 17), first step: QoS 0 messages cross rallymq nodes on core NATS, with
+//! Cluster mode (issue 17): QoS 0 messages cross rallymq nodes on core NATS, QoS 1 and 2
+//! through a JetStream stream, retained messages through a KV bucket, with
 //! real `nats-server` processes (Debian's package) started by the tests on free ports, with
 //! JetStream on and their store in a temporary directory. A missing nats-server fails the tests.
 

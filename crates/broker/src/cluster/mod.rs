@@ -1,7 +1,8 @@
 //! Cluster mode: several brokers sharing one MQTT space through NATS (issue 17).
 //!
-//! This is the first step: messages cross nodes on core NATS, at most once. Each node
-//! - publishes what its clients publish to the subject of its topic ([`subject`]), in an
+//! QoS 1 and 2 messages cross through one JetStream stream, at least once ([`stream`]). QoS 0
+//! messages cross on core NATS, at most once. Each node
+//! - publishes what its clients publish with QoS 0 to the subject of its topic ([`subject`]), in an
 //!   envelope that carries the whole MQTT 5 PUBLISH (properties included) and the publisher's
 //!   client id (for No Local);
 //! - subscribes once per distinct filter its sessions hold (counted, and unsubscribed when the
