@@ -187,15 +187,19 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
-        if let Some(cluster) = self.cluster.get() {
-            cluster.forward(sender, publish);
-        }
-        self.publish_here(sender, publish, also)
+        let stream = self
+            .cluster
+            .get()
+            .and_then(|cluster| cluster.forward(sender, publish));
+        let mut outcome = self.publish_here(sender, publish, also);
+        outcome.stream = stream;
+        outcome
     }
 
-    /// Publishes a message another cluster node received, to this node's clients only.
-    pub(crate) fn publish_received(&self, sender: Option<&str>, publish: &Publish) {
-        self.publish_here(sender, publish, None);
+    /// Publishes a message another cluster node received, to this node's clients only;
+    /// returns the store's ticket for what routing wrote.
+    pub(crate) fn publish_received(&self, sender: Option<&str>, publish: &Publish) -> Ticket {
+        self.publish_here(sender, publish, None).ticket
     }
 
     /// [`Shared::publish_with`] on this node only.
@@ -683,14 +687,17 @@ impl Broker {
         shared.listeners = bound.iter().map(|(bound, _, _)| *bound).collect();
         let shared = Arc::new(shared);
         let mut tasks = Vec::new();
-        if let Some(link) = link {
+        if let Some(link) = &link {
             // Before the sessions are restored, so that their filters are subscribed to.
             shared.router.set_hook(link.clone());
-            tasks.extend(link.spawn(&shared));
-            let _ = shared.cluster.set(link);
+            let _ = shared.cluster.set(link.clone());
         }
         let (wills, mut stored_bridges) = shared.restore()?;
         tasks.extend(wills);
+        if let Some(link) = link {
+            // After: the stream's messages are routed to the restored sessions.
+            tasks.extend(link.spawn(&shared));
+        }
         let listeners = shared.listeners.clone();
         for (index, ((bound, listener, socket), policy)) in
             bound.into_iter().zip(listener_policies).enumerate()

@@ -31,6 +31,7 @@ use crate::ListenerKind;
 use crate::acl::{self, ClientAcl};
 use crate::auth::Credentials;
 use crate::broker::Shared;
+use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
@@ -127,15 +128,12 @@ enum Next {
 }
 
 /// What a connection of a broker with a store keeps: the store entries of its deliveries in
-/// flight, the acknowledgements waiting for the store, and what must be durable before its
-/// next bytes are written. Boxed: only a broker with a store has it.
+/// flight, and what must be durable before its next bytes are written. Boxed: only a broker
+/// with a store has it.
 #[derive(Debug, Default)]
 struct Durability {
     /// Deliveries in flight that are entries in the store: token → (entry number, entry).
     deliveries: HashMap<PublishToken, (u64, QueueEntry)>,
-    /// Inbound QoS 1 and 2 messages to acknowledge once their ticket is durable, in arrival
-    /// order.
-    acks: Vec<(AckHandle, ReasonCode, Ticket)>,
     /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
     /// stage, a subscription).
     barrier: Ticket,
@@ -169,11 +167,25 @@ struct Driver {
     extras: Option<Box<Extras>>,
 }
 
+/// An inbound QoS 1 or 2 message's acknowledgement, waiting until the message is safe.
+#[derive(Debug)]
+struct PendingAck {
+    handle: AckHandle,
+    code: ReasonCode,
+    /// What routing wrote to the store.
+    ticket: Ticket,
+    /// Its write to the cluster's stream.
+    stream: Option<StreamAck>,
+}
+
 /// What only some connections need.
 #[derive(Debug, Default)]
 struct Extras {
     /// Present when the broker has a store.
     durability: Option<Durability>,
+    /// Inbound QoS 1 and 2 messages to acknowledge once what they wrote is durable (with a
+    /// store) and stored by the cluster's stream (in a cluster), in arrival order.
+    acks: Vec<PendingAck>,
     /// The name of the client certificate verified in the TLS handshake, if any.
     certificate_user: Option<Arc<str>>,
     /// The user the client authenticated as, when it gave one.
@@ -534,42 +546,56 @@ impl Driver {
             Box::pin(self.read_stored_queue()).await;
         }
         self.drain_pending();
-        match durability(&self.extras) {
-            Some(durability) if !durability.acks.is_empty() || durability.barrier.0 > 0 => {
-                Box::pin(self.settle()).await
-            }
-            _ => true,
+        let waiting = self.extras.as_deref().is_some_and(|extras| {
+            !extras.acks.is_empty()
+                || extras
+                    .durability
+                    .as_ref()
+                    .is_some_and(|durability| durability.barrier.0 > 0)
+        });
+        if waiting {
+            Box::pin(self.settle()).await
+        } else {
+            true
         }
     }
 
-    /// Waits until the store has made durable what this connection wrote, then acknowledges
-    /// the messages waiting for it: with success, or (MQTT 5) with the failure the store met
-    /// (0x97 when the disk is full, 0x80 otherwise); an MQTT 3 publisher cannot be told, and is
-    /// disconnected. Returns `false` if the barrier for the next bytes failed.
+    /// Waits until the store has made durable what this connection wrote and the cluster's
+    /// stream has stored its messages, then acknowledges the messages waiting for it: with
+    /// success, or (MQTT 5) with the failure met (0x97 when the disk is full, 0x80 otherwise);
+    /// an MQTT 3 publisher cannot be told, and is disconnected. Returns `false` if the barrier
+    /// for the next bytes failed.
     async fn settle(&mut self) -> bool {
-        let Some(durability) = durability_mut(&mut self.extras) else {
+        let Some(extras) = self.extras.as_deref_mut() else {
             return true;
         };
-        let acks = std::mem::take(&mut durability.acks);
-        let barrier = std::mem::take(&mut durability.barrier);
-        let last = acks
-            .iter()
-            .map(|(_, _, ticket)| *ticket)
-            .fold(barrier, Ticket::max);
+        let acks = std::mem::take(&mut extras.acks);
+        let barrier = extras
+            .durability
+            .as_mut()
+            .map_or(Ticket::default(), |durability| {
+                std::mem::take(&mut durability.barrier)
+            });
+        let last = acks.iter().map(|ack| ack.ticket).fold(barrier, Ticket::max);
         // Every ticket up to the last is decided once it is; the rest answer at once.
         let _ = self.shared.durable(last).await;
         let barrier_held = self.shared.durable(barrier).await.is_ok();
         let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
-        for (handle, code, ticket) in acks {
-            match self.shared.durable(ticket).await {
-                Ok(()) => self.engine.acknowledge(handle, code),
-                Err(error) if v5 => {
-                    let code = match error {
-                        StoreError::Full(_) => ReasonCode::QuotaExceeded,
-                        _ => ReasonCode::UnspecifiedError,
-                    };
-                    self.engine.acknowledge(handle, code);
-                }
+        for ack in acks {
+            let stored = match self.shared.durable(ack.ticket).await {
+                Ok(()) => match ack.stream {
+                    Some(stream) => stream.stored().await.map_err(|error| {
+                        debug!(%error, "a publish not acknowledged");
+                        ReasonCode::UnspecifiedError
+                    }),
+                    None => Ok(()),
+                },
+                Err(StoreError::Full(_)) => Err(ReasonCode::QuotaExceeded),
+                Err(_) => Err(ReasonCode::UnspecifiedError),
+            };
+            match stored {
+                Ok(()) => self.engine.acknowledge(ack.handle, ack.code),
+                Err(code) if v5 => self.engine.acknowledge(ack.handle, code),
                 Err(_) => {
                     // MQTT 3 has no negative acknowledgement: closing is how it is told.
                     self.engine.handle_transport_closed(self.now());
@@ -617,6 +643,7 @@ impl Driver {
                 let outcome = self.shared.publish_with(sender, &publish, inbound);
                 let matched = outcome.queued;
                 let ticket = outcome.ticket;
+                let stream = outcome.stream;
                 if !outcome.congested.is_empty() {
                     let congested = self.congested.get_or_insert_default();
                     congested.extend(outcome.congested);
@@ -632,9 +659,21 @@ impl Driver {
                         (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
                         _ => ReasonCode::Success,
                     };
-                    match durability_mut(&mut self.extras) {
-                        Some(durability) => durability.acks.push((ack, code, ticket)),
-                        None => self.engine.acknowledge(ack, code),
+                    // Acknowledgements go out in the order of their messages (MQTT-4.6.0-2):
+                    // behind any still waiting.
+                    let waits = stream.is_some()
+                        || self.extras.as_deref().is_some_and(|extras| {
+                            extras.durability.is_some() || !extras.acks.is_empty()
+                        });
+                    if waits {
+                        self.extras.get_or_insert_default().acks.push(PendingAck {
+                            handle: ack,
+                            code,
+                            ticket,
+                            stream,
+                        });
+                    } else {
+                        self.engine.acknowledge(ack, code);
                     }
                 }
             }

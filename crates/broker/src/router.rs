@@ -324,4 +324,7 @@ pub(crate) struct RouteOutcome {
     /// The store's ticket for what routing wrote (the message and its queue entries): the
     /// publisher is acknowledged once it is durable.
     pub(crate) ticket: Ticket,
+    /// In a cluster, a QoS 1 or 2 message's write to the cluster's stream: the publisher is
+    /// acknowledged once it is stored there too.
+    pub(crate) stream: Option<crate::cluster::StreamAck>,
 }

@@ -1,4 +1,5 @@
-//! Cluster mode (issue 17), first step: QoS 0 messages cross rallymq nodes on core NATS, with
+//! Cluster mode (issue 17): QoS 0 messages cross rallymq nodes on core NATS, QoS 1 and 2
+//! through a JetStream stream, retained messages through a KV bucket, with
 //! real `nats-server` processes (Debian's package) started by the tests on free ports, with
 //! JetStream on and their store in a temporary directory. A missing nats-server fails the tests.
 
@@ -8,11 +9,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rallymq_broker::{BrokerHandle, ClusterConfig};
-use rallymq_codec::{ProtocolVersion, QoS};
+use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
 use support::{
-    TestClient, WAIT, connect_packet, message, payload_str, start_broker, subscription, tcp_addr,
-    topic_str,
+    TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
+    start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
@@ -254,7 +255,7 @@ async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_
     wait_for_subjects(&nats, &b, &["rmq.m.s", "rmq.m.s.>"]).await;
 
     one.unsubscribe("s/#").await;
-    two.disconnect(rallymq_codec::ReasonCode::Success).await;
+    two.disconnect(ReasonCode::Success).await;
     drop(in_process);
     // `one` still holds the shared subscription to the same filter.
     tokio::time::sleep(QUIET).await;
@@ -263,7 +264,7 @@ async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_
     wait_for_subjects(&nats, &b, &[]).await;
     let mut again = client(&b, "again", &["s/+"]).await;
     wait_for_subjects(&nats, &b, &["rmq.m.s.*"]).await;
-    again.disconnect(rallymq_codec::ReasonCode::Success).await;
+    again.disconnect(ReasonCode::Success).await;
     wait_for_subjects(&nats, &b, &[]).await;
 }
 
@@ -330,7 +331,7 @@ async fn wait_for_retained(node: &BrokerHandle, topic: &str, expected: Option<&s
             .await
             .filter(|publish| publish.retain)
             .map(|publish| payload_str(&publish));
-        fresh.disconnect(rallymq_codec::ReasonCode::Success).await;
+        fresh.disconnect(ReasonCode::Success).await;
         if got.as_deref() == expected {
             return;
         }
@@ -457,4 +458,289 @@ async fn cluster_node_leaves_nats_when_shut_down_or_dropped() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A data directory in the temporary directory, removed when dropped.
+struct DataDir(std::path::PathBuf);
+
+impl DataDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "rallymq-cluster-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node with a disk store in `dir` and the node id `id`, on `servers`.
+async fn stored_node(servers: &[&NatsServer], id: &str, dir: &DataDir) -> BrokerHandle {
+    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
+    let id = id.to_owned();
+    let dir = dir.0.clone();
+    start_broker(move |config| {
+        config.storage = rallymq_broker::Storage::Directory(dir);
+        config.cluster = Some(ClusterConfig {
+            node_id: Some(id),
+            ..ClusterConfig::new(urls)
+        });
+    })
+    .await
+}
+
+/// A client subscribed with QoS `qos` to each of `filters`.
+async fn subscriber(
+    node: &BrokerHandle,
+    connect: rallymq_codec::Connect,
+    filters: &[&str],
+    qos: QoS,
+) -> (TestClient<TcpStream>, bool) {
+    let (mut client, present) = connected_present(tcp_addr(node), connect).await;
+    let subscriptions = filters
+        .iter()
+        .map(|filter| subscription(filter, qos))
+        .collect();
+    client.subscribe(subscriptions).await;
+    (client, present)
+}
+
+/// Publishes `payloads` on `topic` with `qos`, each acknowledged with success.
+async fn publish_acknowledged(
+    publisher: &mut TestClient<TcpStream>,
+    topic: &str,
+    payloads: impl IntoIterator<Item = String>,
+    qos: QoS,
+) {
+    for payload in payloads {
+        let code = publisher.publish(message(topic, &payload, qos)).await;
+        assert!(
+            matches!(
+                code,
+                ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+            ),
+            "{payload}: {code:?}"
+        );
+    }
+}
+
+/// The payloads the client receives until it has `expected` and stays quiet for [`QUIET`], in
+/// the order they arrived.
+async fn payloads(client: &mut TestClient<TcpStream>, expected: usize) -> Vec<String> {
+    let deadline = Instant::now() + 2 * WAIT;
+    let mut received = Vec::new();
+    loop {
+        let wait = if received.len() >= expected {
+            QUIET
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Some(publish) = client.recv_within(wait).await else {
+            return received;
+        };
+        received.push(payload_str(&publish));
+    }
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_2_qos1_crosses_nodes_at_least_once_in_order_through_the_stream() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let (mut on_b, _) = subscriber(
+        &b,
+        connect_packet(ProtocolVersion::V5, "b-sub"),
+        &["q1/#"],
+        QoS::AtLeastOnce,
+    )
+    .await;
+    let (mut on_a, _) = subscriber(
+        &a,
+        connect_packet(ProtocolVersion::V5, "a-sub"),
+        &["q1/#"],
+        QoS::AtLeastOnce,
+    )
+    .await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub")).await;
+    // No warm-up: the stream keeps what B has not read yet, whatever NATS's interest.
+    const N: usize = 50;
+    publish_acknowledged(
+        &mut publisher,
+        "q1/t",
+        numbered("m", 0..N),
+        QoS::AtLeastOnce,
+    )
+    .await;
+    let expected = numbered("m", 0..N);
+    assert_eq!(payloads(&mut on_b, N).await, expected);
+    // A's own subscriber gets A's messages from A, and not a second time from the stream.
+    assert_eq!(payloads(&mut on_a, N).await, expected);
+    let received = on_b.events.len();
+    assert_eq!(received, 0, "nothing else queued");
+    // They went through the stream (acknowledged before PUBACK), not core NATS.
+    assert_eq!(stream_messages(&nats), Some(N as u64));
+}
+
+/// How many messages the stream of QoS 1 and 2 messages holds, from the server's `/jsz`.
+fn stream_messages(nats: &NatsServer) -> Option<u64> {
+    let body = nats.monitor("/jsz?accounts=true&streams=true")?;
+    let (_, rest) = body
+        .split_once("\"name\": \"rallymq_messages\"")
+        .or_else(|| body.split_once("\"name\":\"rallymq_messages\""))?;
+    let (_, rest) = rest.split_once("\"messages\":")?;
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_crosses_nodes_exactly_once() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let c = node(&[&nats]).await;
+    // Overlapping filters on B: one copy per subscriber all the same.
+    let (mut hash, _) = subscriber(
+        &b,
+        connect_packet(ProtocolVersion::V5, "b-hash"),
+        &["q2/#"],
+        QoS::ExactlyOnce,
+    )
+    .await;
+    let (mut plus, _) = subscriber(
+        &b,
+        connect_packet(ProtocolVersion::V5, "b-plus"),
+        &["q2/+"],
+        QoS::ExactlyOnce,
+    )
+    .await;
+    let (mut on_c, _) = subscriber(
+        &c,
+        connect_packet(ProtocolVersion::V3_1_1, "c-sub"),
+        &["q2/x"],
+        QoS::ExactlyOnce,
+    )
+    .await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub")).await;
+    const N: usize = 30;
+    for i in 0..N {
+        publisher
+            .publish(message("q2/x", &format!("q2/x#{i}"), QoS::ExactlyOnce))
+            .await;
+    }
+    for client in [&mut hash, &mut plus, &mut on_c] {
+        assert_eq!(collect(client, N).await, once_each(&["q2/x"], N));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_qos1_published_while_a_node_is_down_reaches_its_persistent_subscriber_in_order() {
+    let nats = NatsServer::start();
+    let dir = DataDir::new("restart");
+    let a = node(&[&nats]).await;
+    let b = stored_node(&[&nats], "node-b", &dir).await;
+    let connect = || persistent_connect(ProtocolVersion::V5, "b-persistent", 600);
+    let (mut sub, _) = subscriber(&b, connect(), &["r/#"], QoS::AtLeastOnce).await;
+    let (mut first, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub-1")).await;
+    let (mut second, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub-2")).await;
+    publish_acknowledged(&mut first, "r/1", numbered("1-", 0..5), QoS::AtLeastOnce).await;
+    assert_eq!(payloads(&mut sub, 5).await, numbered("1-", 0..5));
+
+    // The subscriber goes, then its node; both publishers go on meanwhile.
+    sub.disconnect(ReasonCode::Success).await;
+    publish_acknowledged(&mut first, "r/1", numbered("1-", 5..15), QoS::AtLeastOnce).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    for i in 15..60 {
+        publish_acknowledged(&mut first, "r/1", [format!("1-{i}")], QoS::AtLeastOnce).await;
+        publish_acknowledged(&mut second, "r/2", [format!("2-{i}")], QoS::AtLeastOnce).await;
+    }
+
+    // Back under the same id: its consumer resumes where it acknowledged.
+    let b = stored_node(&[&nats], "node-b", &dir).await;
+    publish_acknowledged(&mut second, "r/2", numbered("2-", 60..70), QoS::AtLeastOnce).await;
+    let (mut sub, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "the session was kept on B's disk");
+    let received = payloads(&mut sub, 10 + 45 + 55).await;
+    let from = |prefix: &str| -> Vec<String> {
+        // At least once: what B routed but had not acknowledged to the stream when it stopped
+        // comes again; first copies must all be there, in order.
+        let mut first = Vec::new();
+        for payload in received.iter().filter(|p| p.starts_with(prefix)) {
+            if !first.contains(payload) {
+                first.push(payload.clone());
+            }
+        }
+        first
+    };
+    assert_eq!(from("1-"), numbered("1-", 5..60));
+    assert_eq!(from("2-"), numbered("2-", 15..70));
+}
+
+/// PUBACK waits for the stream: with two of three NATS servers gone, the stream has no quorum
+/// and the node does not acknowledge a QoS 1 publish as a success (MQTT 5: 0x80), nor at all
+/// to an MQTT 3.1.1 publisher (disconnected), while QoS 0 still goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_qos1_is_not_acknowledged_when_the_stream_has_no_quorum() {
+    let mut servers = NatsServer::cluster(3);
+    let a = node(&[&servers[0]]).await;
+    let (mut v5, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "pub-5")).await;
+    assert_eq!(
+        v5.publish(message("nq/t", "before", QoS::AtLeastOnce))
+            .await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    let streams = servers[0]
+        .monitor("/jsz?accounts=true&streams=true&config=true")
+        .unwrap_or_default();
+    assert!(
+        streams.contains("\"num_replicas\":3") || streams.contains("\"num_replicas\": 3"),
+        "the stream has a replica on each of the three servers: {streams}"
+    );
+    // Two of three: no leader for the stream's replicas.
+    servers.truncate(1);
+    // The stream answers within 5 s or the publish fails; 15 s leaves room on a busy machine.
+    let within = Duration::from_secs(15);
+    assert_eq!(
+        v5.publish_outcome_within(message("nq/t", "after", QoS::AtLeastOnce), within)
+            .await,
+        Ok(ReasonCode::UnspecifiedError),
+        "no PUBACK 0x80"
+    );
+    // QoS 0 does not wait for the stream.
+    assert_eq!(
+        v5.publish(message("nq/t", "qos0", QoS::AtMostOnce)).await,
+        ReasonCode::Success
+    );
+
+    let (mut v3, _) = TestClient::tcp(
+        tcp_addr(&a),
+        connect_packet(ProtocolVersion::V3_1_1, "pub-3"),
+    )
+    .await;
+    let outcome = v3
+        .publish_outcome_within(message("nq/t", "after", QoS::AtLeastOnce), within)
+        .await;
+    assert!(
+        matches!(outcome, Err(Some(_))),
+        "an MQTT 3.1.1 publisher is closed, not acknowledged: {outcome:?}"
+    );
 }

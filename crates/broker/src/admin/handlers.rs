@@ -949,13 +949,20 @@ async fn publish(
         .map_err(|error| ApiError::bad_request(format!("the body: {error}")))?;
     let publish = message_of(request, shared)?;
     let outcome = shared.publish(None, &publish);
-    shared.durable(outcome.ticket).await.map_err(|error| {
+    let unavailable = |error: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "STORE_FAILED",
             format!("the message could not be stored: {error}"),
         )
-    })?;
+    };
+    shared
+        .durable(outcome.ticket)
+        .await
+        .map_err(|error| unavailable(&error))?;
+    if let Some(stream) = outcome.stream {
+        stream.stored().await.map_err(|error| unavailable(&error))?;
+    }
     Ok(json_response(
         StatusCode::OK,
         &PublishResult {

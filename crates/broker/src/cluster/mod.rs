@@ -1,7 +1,8 @@
 //! Cluster mode: several brokers sharing one MQTT space through NATS (issue 17).
 //!
-//! This is the first step: messages cross nodes on core NATS, at most once. Each node
-//! - publishes what its clients publish to the subject of its topic ([`subject`]), in an
+//! QoS 1 and 2 messages cross through one JetStream stream, at least once ([`stream`]). QoS 0
+//! messages cross on core NATS, at most once. Each node
+//! - publishes what its clients publish with QoS 0 to the subject of its topic ([`subject`]), in an
 //!   envelope that carries the whole MQTT 5 PUBLISH (properties included) and the publisher's
 //!   client id (for No Local);
 //! - subscribes once per distinct filter its sessions hold (counted, and unsubscribed when the
@@ -20,7 +21,10 @@
 //! topic), which every node watches from its start: a node that joins later, or missed a
 //! message, gets every topic's last retained message into its local copy.
 
+mod stream;
 mod subject;
+
+pub(crate) use stream::StreamAck;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -206,6 +210,8 @@ pub(crate) struct Link {
     node_id: String,
     client: async_nats::Client,
     outbound: mpsc::Sender<(String, Bytes)>,
+    /// QoS 1 and 2 messages for the stream.
+    stream: stream::Writer,
     /// Retained messages for the bucket: key, and the envelope (`None` clears the topic).
     retained: mpsc::Sender<(String, Option<Bytes>)>,
     commands: mpsc::UnboundedSender<Command>,
@@ -222,6 +228,7 @@ struct Parts {
     retained: mpsc::Receiver<(String, Option<Bytes>)>,
     bucket: async_nats::jetstream::kv::Store,
     commands: mpsc::UnboundedReceiver<Command>,
+    stream: stream::Parts,
 }
 
 impl Link {
@@ -255,6 +262,7 @@ impl Link {
                 ))
             })?;
         let bucket = retained_bucket(&client).await?;
+        let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
@@ -263,6 +271,7 @@ impl Link {
             node_id,
             client,
             outbound: outbound_tx,
+            stream,
             retained: retained_tx,
             commands: commands_tx,
             interest: Mutex::default(),
@@ -272,6 +281,7 @@ impl Link {
                 retained,
                 bucket,
                 commands,
+                stream: stream_parts,
             })),
         }))
     }
@@ -281,12 +291,16 @@ impl Link {
         &self.node_id
     }
 
-    /// Starts the tasks that publish to the cluster and deliver what comes from it.
+    /// Starts the tasks that publish to the cluster and deliver what comes from it: after the
+    /// broker has restored its sessions, which the stream's messages are routed to.
     pub(crate) fn spawn(&self, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
         let Some(parts) = crate::lock(&self.parts).take() else {
             return Vec::new();
         };
+        let (write_stream, read_stream) = parts.stream.run(&self.node_id, Arc::downgrade(shared));
         vec![
+            tokio::spawn(write_stream),
+            tokio::spawn(until_shutdown(shared, read_stream)),
             tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
             tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
             tokio::spawn(until_shutdown(
@@ -301,23 +315,29 @@ impl Link {
     }
 
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
-    /// waits: when the NATS client falls behind, the message is dropped and counted.
-    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) {
-        let Some(topic) = &publish.topic else { return };
+    /// waits. QoS 0 goes on core NATS, and is dropped and counted when the NATS client falls
+    /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the
+    /// returned [`StreamAck`].
+    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Option<StreamAck> {
+        let topic = publish.topic.as_ref()?;
         if !crosses(topic.as_str()) {
-            return;
+            return None;
         }
-        let subject = subject::topic_subject(topic.as_str());
+        let subject = if publish.qos == QoS::AtMostOnce {
+            subject::topic_subject(topic.as_str())
+        } else {
+            subject::stream_subject(topic.as_str())
+        };
         if subject.len() > MAX_SUBJECT_LEN {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 warn!(%topic, dropped, "cluster: topic too long for a NATS subject; not sent to other nodes");
             }
-            return;
+            return None;
         }
         let Some(envelope) = seal(sender, publish) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
         if publish.retain {
             let value = (!publish.payload.is_empty()).then(|| envelope.clone());
@@ -330,6 +350,9 @@ impl Link {
                 warn!(%topic, "cluster: retained message not stored in the cluster (queue full)");
             }
         }
+        if publish.qos != QoS::AtMostOnce {
+            return Some(self.stream.write(subject, envelope));
+        }
         if self.outbound.try_send((subject, envelope)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
@@ -339,6 +362,7 @@ impl Link {
                 );
             }
         }
+        None
     }
 
     fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
@@ -504,39 +528,45 @@ async fn retained_bucket(
         discard: stream::DiscardPolicy::New,
         ..stream::Config::default()
     };
-    // A NATS cluster that has just started answers JetStream requests once it has elected a
-    // leader: a few tries, a second apart.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    with_retries("no bucket for retained messages", || async {
         // Creating is idempotent for the same settings; a bucket made otherwise is used as it is.
-        // Bounded here: the client's own request timeout does not cover a connection lost
-        // meanwhile (a start then hung for good).
-        let opened = tokio::time::timeout(BUCKET_TIMEOUT, async {
-            let created = context.create_stream(config.clone()).await.err();
-            (created, context.get_key_value(RETAINED_BUCKET).await)
+        let created = context.create_stream(config.clone()).await.err();
+        context.get_key_value(RETAINED_BUCKET).await.map_err(|e| {
+            format!(
+                "{e}{}",
+                created
+                    .map(|e| format!(" (creating it: {e})"))
+                    .unwrap_or_default()
+            )
         })
-        .await;
-        let (created, opened) = match opened {
-            Ok((created, opened)) => (
-                created.map(|e| e.to_string()),
-                opened.map_err(|e| e.to_string()),
-            ),
-            Err(_) => (None, Err(format!("no answer within {BUCKET_TIMEOUT:?}"))),
-        };
-        match opened {
-            Ok(bucket) => return Ok(bucket),
-            Err(error) if attempt >= BUCKET_ATTEMPTS => {
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds, at most [`BUCKET_ATTEMPTS`] times a second apart, each
+/// bounded by [`BUCKET_TIMEOUT`]: a NATS cluster that has just started answers JetStream
+/// requests once it has elected a leader, and the client's own request timeout does not cover
+/// a connection lost meanwhile (a start then hung for good). `what` leads the error.
+async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = tokio::time::timeout(BUCKET_TIMEOUT, attempt())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {BUCKET_TIMEOUT:?}")));
+        match result {
+            Ok(value) => return Ok(value),
+            Err(error) if tries >= BUCKET_ATTEMPTS => {
                 return Err(Error::Cluster(format!(
-                    "no bucket for retained messages (is JetStream enabled on the NATS \
-                     servers?): {error}{}",
-                    created
-                        .map(|e| format!(" (creating it: {e})"))
-                        .unwrap_or_default()
+                    "{what} (is JetStream enabled on the NATS servers?): {error}"
                 )));
             }
             Err(error) => {
-                debug!(%error, attempt, "cluster: no bucket for retained messages yet");
+                debug!(%error, tries, "cluster: {what} yet");
                 tokio::time::sleep(REWATCH_DELAY).await;
             }
         }

@@ -45,10 +45,23 @@ fn push_level(subject: &mut String, level: &str) {
     }
 }
 
+/// The subject prefix of QoS 1 and 2 messages, which the cluster's stream takes: apart from
+/// [`PREFIX`], or the stream would also store every QoS 0 message published on core NATS.
+pub(crate) const STREAM_PREFIX: &str = "rmq.q";
+
 /// The subject of a topic name (or of any string of `/`-separated levels).
 pub(crate) fn topic_subject(topic: &str) -> String {
-    let mut subject = String::with_capacity(PREFIX.len() + topic.len() + 8);
-    subject.push_str(PREFIX);
+    subject_under(PREFIX, topic)
+}
+
+/// The subject of a QoS 1 or 2 message's topic in the cluster's stream.
+pub(crate) fn stream_subject(topic: &str) -> String {
+    subject_under(STREAM_PREFIX, topic)
+}
+
+fn subject_under(prefix: &str, topic: &str) -> String {
+    let mut subject = String::with_capacity(prefix.len() + topic.len() + 8);
+    subject.push_str(prefix);
     for level in topic.split('/') {
         subject.push('.');
         push_level(&mut subject, level);
@@ -108,8 +121,17 @@ pub(crate) enum NotATopic {
 /// The topic of a subject made by [`topic_subject`]; any other subject is refused (it came
 /// from something else than a rallymq node).
 pub(crate) fn subject_topic(subject: &str) -> Result<String, NotATopic> {
+    topic_under(PREFIX, subject)
+}
+
+/// The topic of a subject made by [`stream_subject`].
+pub(crate) fn stream_subject_topic(subject: &str) -> Result<String, NotATopic> {
+    topic_under(STREAM_PREFIX, subject)
+}
+
+fn topic_under(prefix: &str, subject: &str) -> Result<String, NotATopic> {
     let rest = subject
-        .strip_prefix(PREFIX)
+        .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('.'))
         .ok_or(NotATopic::Prefix)?;
     let mut topic = Vec::with_capacity(rest.len());
@@ -194,6 +216,19 @@ mod tests {
         // Empty levels, the leading and trailing ones included.
         assert_eq!(topic_subject("/a//"), "rmq.m.=.a.=.=");
         assert_eq!(topic_subject("/"), "rmq.m.=.=");
+    }
+
+    #[test]
+    fn stream_subjects_are_apart_from_core_subjects_and_decode_only_there() {
+        assert_eq!(stream_subject("a b/c"), "rmq.q.a=20b.c");
+        assert_eq!(
+            stream_subject_topic("rmq.q.a=20b.c"),
+            Ok("a b/c".to_owned())
+        );
+        // A QoS 0 subscription (`#` is `rmq.m.>`) never sees a stream subject, and back.
+        assert!(!nats_matches("rmq.m.>", &stream_subject("q/x")));
+        assert_eq!(stream_subject_topic("rmq.m.a"), Err(NotATopic::Prefix));
+        assert_eq!(subject_topic("rmq.q.a"), Err(NotATopic::Prefix));
     }
 
     #[test]

@@ -260,6 +260,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
         &mut self,
         publish: Publish,
     ) -> Result<ReasonCode, Option<CloseReason>> {
+        self.publish_outcome_within(publish, WAIT).await
+    }
+
+    /// [`publish_outcome`](Self::publish_outcome), waiting at most `within`.
+    pub async fn publish_outcome_within(
+        &mut self,
+        publish: Publish,
+        within: Duration,
+    ) -> Result<ReasonCode, Option<CloseReason>> {
         let now = self.now();
         let token: Option<PublishToken> = self.engine.publish(now, publish).expect("publish");
         let Some(token) = token else {
@@ -267,7 +276,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
             return Ok(ReasonCode::Success);
         };
         match self
-            .wait_for(|e| {
+            .wait_for_within(within, |e| {
                 matches!(e, ClientEvent::PublishAcknowledged(o) | ClientEvent::PublishCompleted(o) if o.token == token)
                     || matches!(e, ClientEvent::Closed(_))
             })

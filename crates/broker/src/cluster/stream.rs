@@ -1,0 +1,333 @@
+//! QoS 1 and 2 between nodes: one JetStream stream ([`STREAM`]) that every node writes its
+//! clients' QoS 1 and 2 messages to, and reads through one durable consumer of its own.
+//!
+//! - A publisher's PUBACK or PUBREC waits for the stream's acknowledgement ([`StreamAck`]), so
+//!   what a node acknowledges is stored by JetStream (on a majority of its replicas). When
+//!   JetStream does not answer (no quorum, no server), the publish fails: MQTT 5 publishers get
+//!   0x80, MQTT 3 publishers are disconnected, as when the local store fails.
+//! - Each message carries a `Nats-Msg-Id` unique to it (node id, the node's start, a sequence),
+//!   so that the stream's duplicate window drops a second write of the same message.
+//! - Each node reads the whole stream through its durable consumer `node-<node id>`, skips
+//!   what it published itself (routed locally already), routes the rest through its local
+//!   router (which does the matching), and acknowledges a message once what routing wrote is
+//!   durable in its store. A node that comes back under the same id resumes after the last
+//!   message it acknowledged.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{open, subject, with_retries};
+use crate::Error;
+use crate::broker::Shared;
+use crate::store::Ticket;
+
+/// The stream of QoS 1 and 2 messages.
+pub(crate) const STREAM: &str = "rallymq_messages";
+
+/// Header naming the node that wrote a message to the stream.
+const NODE_HEADER: &str = "Rmq-Node";
+
+/// How long a node waits for the stream to acknowledge a message before failing its publish.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the stream keeps a message: a node away longer than this misses what it held.
+const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Messages waiting to be written to the stream; past this many, publishes fail at once.
+const OUTGOING_CAPACITY: usize = 8192;
+
+/// Routed messages waiting to be acknowledged to the stream.
+const ACK_CAPACITY: usize = 1024;
+
+/// How long a node waits before reading its consumer again when reading failed.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The most replicas the stream has (when the NATS cluster has that many servers).
+const MAX_REPLICAS: usize = 3;
+
+/// The name of a node's durable consumer.
+fn consumer_name(node_id: &str) -> String {
+    format!("node-{node_id}")
+}
+
+/// A QoS 1 or 2 message's write to the stream: resolves once JetStream has stored it.
+#[derive(Debug)]
+pub(crate) struct StreamAck(oneshot::Receiver<Result<(), String>>);
+
+impl StreamAck {
+    /// A write that failed before it was sent.
+    fn failed(reason: &str) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(reason.to_owned()));
+        Self(rx)
+    }
+
+    /// Waits until the stream has the message, or the write failed.
+    pub(crate) async fn stored(self) -> Result<(), Error> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::Cluster(format!(
+                "the cluster's stream did not store the message: {error}"
+            ))),
+            Err(_) => Err(Error::Cluster(
+                "the node left the cluster before the stream stored the message".to_owned(),
+            )),
+        }
+    }
+}
+
+/// A message on its way to the stream.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    subject: String,
+    envelope: Bytes,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The publishing side of the stream, held by the node's [`super::Link`].
+#[derive(Debug)]
+pub(super) struct Writer {
+    outgoing: mpsc::Sender<Outgoing>,
+}
+
+impl Writer {
+    /// Queues a message for the stream; never waits.
+    pub(super) fn write(&self, subject: String, envelope: Bytes) -> StreamAck {
+        let (done, ack) = oneshot::channel();
+        match self.outgoing.try_send(Outgoing {
+            subject,
+            envelope,
+            done,
+        }) {
+            Ok(()) => StreamAck(ack),
+            Err(_) => StreamAck::failed("too many messages waiting for the stream"),
+        }
+    }
+}
+
+/// What a node's stream tasks start from.
+#[derive(Debug)]
+pub(super) struct Parts {
+    context: jetstream::Context,
+    consumer: consumer::PullConsumer,
+    outgoing: mpsc::Receiver<Outgoing>,
+}
+
+/// Opens (or creates) the stream and (re)creates this node's consumer, so that nothing written
+/// after the node has started is missed, and a node that comes back under the same id resumes
+/// after the last message it acknowledged.
+pub(super) async fn open_stream(
+    client: &async_nats::Client,
+    node_id: &str,
+) -> Result<(Writer, Parts), Error> {
+    let mut context = jetstream::new(client.clone());
+    context.set_timeout(ACK_TIMEOUT);
+    // The servers a client is told of include the one it is connected to.
+    let servers = client.server_info().connect_urls.len().max(1);
+    let config = stream::Config {
+        name: STREAM.to_owned(),
+        description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
+        subjects: vec![format!("{}.>", subject::STREAM_PREFIX)],
+        storage: stream::StorageType::File,
+        num_replicas: servers.min(MAX_REPLICAS),
+        max_age: MAX_AGE,
+        ..stream::Config::default()
+    };
+    let name = consumer_name(node_id);
+    let consumer = with_retries("no stream for QoS 1 and 2 messages", || async {
+        let stream = context
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        // A consumer left by this node's previous run may hold messages delivered to it and
+        // never acknowledged: they would come back only after the ack wait, behind newer ones.
+        // Made again from the last acknowledged message, they come first, in order.
+        let start = match stream.consumer_info(&name).await {
+            Ok(info) => {
+                let floor = info.ack_floor.stream_sequence;
+                stream
+                    .delete_consumer(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Some(floor + 1)
+            }
+            Err(_) => None,
+        };
+        let deliver_policy = match start {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None => consumer::DeliverPolicy::New,
+        };
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("rallymq node {node_id}")),
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::Explicit,
+                filter_subject: format!("{}.>", subject::STREAM_PREFIX),
+                ..consumer::pull::Config::default()
+            })
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let (tx, outgoing) = mpsc::channel(OUTGOING_CAPACITY);
+    Ok((
+        Writer { outgoing: tx },
+        Parts {
+            context,
+            consumer,
+            outgoing,
+        },
+    ))
+}
+
+impl Parts {
+    /// The task that writes to the stream and the one that reads this node's consumer.
+    pub(super) fn run(
+        self,
+        node_id: &str,
+        shared: Weak<Shared>,
+    ) -> (
+        impl Future<Output = ()> + Send + 'static,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        (
+            write_stream(self.context, node_id.to_owned(), self.outgoing),
+            read_stream(self.consumer, node_id.to_owned(), shared),
+        )
+    }
+}
+
+/// Writes messages to the stream in order, and resolves each one's [`StreamAck`] when the
+/// stream acknowledges it.
+async fn write_stream(
+    context: jetstream::Context,
+    node_id: String,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+) {
+    // Message ids stay unique across this node's restarts: a reused id inside the stream's
+    // duplicate window would drop a new message as a duplicate.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let mut sequence = 0u64;
+    while let Some(Outgoing {
+        subject,
+        envelope,
+        done,
+    }) = outgoing.recv().await
+    {
+        sequence += 1;
+        let id = format!("{node_id}-{run:x}-{sequence}");
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(envelope)
+            .message_id(id)
+            .header(NODE_HEADER, node_id.as_str());
+        match context.send_publish(subject, publish).await {
+            Ok(ack) => {
+                tokio::spawn(async move {
+                    let _ = done.send(ack.await.map(drop).map_err(|e| e.to_string()));
+                });
+            }
+            Err(error) => {
+                let _ = done.send(Err(error.to_string()));
+            }
+        }
+    }
+}
+
+/// Reads this node's consumer: routes other nodes' messages here and acknowledges each once
+/// what routing wrote is durable.
+async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: Weak<Shared>) {
+    let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
+    tokio::spawn(acknowledge(acks, shared.clone()));
+    // Messages delivered again (an acknowledgement lost on a reconnection) were routed once.
+    let mut routed_up_to = 0u64;
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                warn!(%error, "cluster: cannot read the stream of QoS 1 and 2 messages");
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    debug!(%error, "cluster: reading the stream");
+                    continue;
+                }
+            };
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            let own = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(NODE_HEADER))
+                .is_some_and(|node| node.as_str() == node_id);
+            let ticket = if own || (sequence != 0 && sequence <= routed_up_to) {
+                Ticket::default()
+            } else {
+                routed_up_to = routed_up_to.max(sequence);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                route(&shared, &message)
+            };
+            if acks_tx.send((ticket, message)).await.is_err() {
+                return;
+            }
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
+    }
+}
+
+/// Routes a message of the stream to this node's clients; returns the store's ticket for
+/// what that wrote.
+fn route(shared: &Shared, message: &jetstream::Message) -> Ticket {
+    let Ok(topic) = subject::stream_subject_topic(message.subject.as_str()) else {
+        debug!(subject = %message.subject, "cluster: not a topic's subject in the stream; ignored");
+        return Ticket::default();
+    };
+    let Some((sender, publish)) = open(message.payload.clone()) else {
+        debug!(%topic, "cluster: not a rallymq node's message in the stream; ignored");
+        return Ticket::default();
+    };
+    if publish
+        .topic
+        .as_ref()
+        .is_none_or(|name| name.as_str() != topic)
+    {
+        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
+        return Ticket::default();
+    }
+    shared.publish_received(sender.as_deref(), &publish)
+}
+
+/// Acknowledges routed messages to the stream, in order, each once it is durable here. One
+/// whose write failed is left unacknowledged: the stream delivers it again after its ack wait.
+async fn acknowledge(mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>, shared: Weak<Shared>) {
+    while let Some((ticket, message)) = acks.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.durable(ticket).await {
+            warn!(%error, "cluster: a message from the stream was not stored here; not acknowledged");
+            continue;
+        }
+        drop(shared);
+        if let Err(error) = message.ack().await {
+            debug!(%error, "cluster: acknowledging a message of the stream");
+        }
+    }
+}
