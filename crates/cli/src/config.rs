@@ -342,6 +342,14 @@ fn listener(table: ListenerTable) -> Result<Listener, String> {
 /// Where `rallymq broker` keeps its data unless told otherwise: beside where it runs.
 pub(crate) const DEFAULT_DATA_DIR: &str = "rallymq-data";
 
+/// A `*_timeout_secs` setting: whole seconds, at least 1.
+fn timeout_secs(key: &str, secs: Option<u64>) -> Result<Option<Duration>, String> {
+    match secs {
+        Some(0) => Err(format!("{key} must be at least 1")),
+        secs => Ok(secs.map(Duration::from_secs)),
+    }
+}
+
 /// `file = flag` when the flag was given.
 fn set<T>(flag: Option<T>, file: &mut Option<T>) {
     if flag.is_some() {
@@ -517,11 +525,8 @@ impl Settings {
         if let Some(n) = s.max_connections {
             limits.max_connections = n;
         }
-        if let Some(secs) = s.connect_timeout_secs {
-            if secs == 0 {
-                return Err("connect_timeout_secs must be at least 1".to_owned());
-            }
-            limits.connect_timeout = Duration::from_secs(secs);
+        if let Some(timeout) = timeout_secs("connect_timeout_secs", s.connect_timeout_secs)? {
+            limits.connect_timeout = timeout;
         }
         if let Some(n) = s.max_packet_size {
             limits.max_packet_size = n;
@@ -562,17 +567,11 @@ impl Settings {
         if let Some(n) = s.max_connection_rate_per_ip {
             limits.max_connection_rate_per_ip = n;
         }
-        if let Some(secs) = s.packet_timeout_secs {
-            if secs == 0 {
-                return Err("packet_timeout_secs must be at least 1".to_owned());
-            }
-            limits.packet_timeout = Duration::from_secs(secs);
+        if let Some(timeout) = timeout_secs("packet_timeout_secs", s.packet_timeout_secs)? {
+            limits.packet_timeout = timeout;
         }
-        if let Some(secs) = s.send_timeout_secs {
-            if secs == 0 {
-                return Err("send_timeout_secs must be at least 1".to_owned());
-            }
-            limits.send_timeout = Duration::from_secs(secs);
+        if let Some(timeout) = timeout_secs("send_timeout_secs", s.send_timeout_secs)? {
+            limits.send_timeout = timeout;
         }
         if let Some(bytes) = s.max_http_header_size {
             limits.max_http_header_size = bytes;
