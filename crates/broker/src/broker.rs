@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use rallymq_codec::{Message, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use rallymq_codec::{
+    Message, Publish, QoS, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
+};
 use rallymq_session::{ServerConfig, SessionState};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
@@ -322,11 +324,38 @@ impl Shared {
         Some(entries)
     }
 
-    /// Writes the record of a persistent session (with a store).
+    /// Writes the record of a persistent session (with a store; in a cluster, to the
+    /// sessions bucket too).
     pub(crate) fn save_record(&self, session: &Session) -> Ticket {
-        match session.record() {
-            Some(record) => self.write(vec![Change::PutSession(Box::new(record))]),
-            None => Ticket::default(),
+        let Some(record) = session.record() else {
+            return Ticket::default();
+        };
+        if let Some(cluster) = self.cluster.get() {
+            cluster.sessions().save(&record);
+        }
+        self.write(vec![Change::PutSession(Box::new(record))])
+    }
+
+    /// Deletes an ended session's record (from the store; in a cluster, from the sessions
+    /// bucket too).
+    pub(crate) fn end_record(&self, client_id: &Arc<str>) -> Ticket {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.sessions().end(client_id);
+        }
+        self.write(vec![Change::DeleteSession(client_id.clone())])
+    }
+
+    /// Subscribes `session` to a record's subscriptions (restored, or handed over by another
+    /// cluster node).
+    pub(crate) fn install_subscriptions(
+        &self,
+        session: &Arc<Session>,
+        subscriptions: &[(TopicFilter, SubscriptionOptions, Option<SubscriptionId>)],
+    ) {
+        for (filter, options, identifier) in subscriptions {
+            let data = SubscriptionData::new(options, options.qos, *identifier);
+            self.router.subscribe(session, filter, data.clone());
+            session.lock().subscriptions.insert(filter.clone(), data);
         }
     }
 
@@ -371,11 +400,7 @@ impl Shared {
             }
             let record = stored.record;
             let (session, _) = self.registry.get_or_create(&record.client_id);
-            for (filter, options, identifier) in &record.subscriptions {
-                let data = SubscriptionData::new(options, options.qos, *identifier);
-                self.router.subscribe(&session, filter, data.clone());
-                session.lock().subscriptions.insert(filter.clone(), data);
-            }
+            self.install_subscriptions(&session, &record.subscriptions);
             // A session still marked connected ended when the broker stopped: now, as far as
             // its expiry and will are concerned.
             let disconnected_at = record.disconnected_at.unwrap_or(wall);
@@ -458,7 +483,7 @@ impl Shared {
         );
         if removed {
             self.stats.dropped(Dropped::SessionEnded, waiting);
-            self.write(vec![Change::DeleteSession(session.client_id.clone())]);
+            self.end_record(&session.client_id);
         }
         removed
     }
@@ -736,7 +761,12 @@ impl Broker {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => sweeper.sweep_expired_sessions(),
+                    _ = tick.tick() => {
+                        sweeper.sweep_expired_sessions();
+                        if let Some(cluster) = sweeper.cluster.get() {
+                            cluster.sessions().forget_idle(&sweeper);
+                        }
+                    }
                     _ = shutdown.changed() => return,
                 }
             }

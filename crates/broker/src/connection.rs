@@ -25,7 +25,7 @@ use rallymq_session::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::ListenerKind;
 use crate::acl::{self, ClientAcl};
@@ -39,7 +39,9 @@ use crate::session::{
     Session, SessionInner, StoredRef, count_down_expiry, delivered_copy, signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
-use crate::store::{Change, LoadedEntry, QueueEntry, StoreError, StoredWill, Ticket};
+use crate::store::{
+    Change, LoadedEntry, QueueEntry, SessionRecord, StoreError, StoredWill, Ticket,
+};
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
 /// `Driver::poll_read`).
@@ -912,7 +914,37 @@ impl Driver {
         // Take over a live connection of the same client id (MQTT-3.1.4-2), and settle a will
         // still waiting on its delay. Attaching is atomic per client id: from here on this
         // connection is the session's, and a later CONNECT takes it over in turn.
+        // In a cluster, the client id is claimed in the sessions bucket first: one connection
+        // of it in the whole cluster (see `cluster::sessions`).
+        let cluster = self.shared.cluster.get().filter(|_| !needs_client_id);
+        let claim = match cluster {
+            Some(cluster) => {
+                let fresh = SessionRecord {
+                    client_id: connect.client_id.as_str().to_owned(),
+                    expiry_interval: granted_expiry,
+                    disconnected_at: None,
+                    subscriptions: Vec::new(),
+                    will: None,
+                };
+                match Box::pin(cluster.sessions().claim(fresh, !connect.clean_start)).await {
+                    Ok(claim) => Some(claim),
+                    Err(error) => {
+                        warn!(%error, "connection refused");
+                        self.refuse(&connect, ReasonCode::ServerUnavailable);
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
         let registry = &self.shared.registry;
+        let attach = || {
+            registry.attach(
+                connect.client_id.as_str(),
+                &self.control,
+                !connect.clean_start,
+            )
+        };
         let Attached {
             session,
             existed,
@@ -921,12 +953,18 @@ impl Driver {
         } = if needs_client_id {
             // One no session has (MQTT-3.1.3-6): a client may have connected as rallymq-N.
             registry.attach_assigned(&format!("rallymq-{}", self.connection_id), &self.control)
+        } else if let (Some(cluster), Some(claim)) = (cluster, &claim) {
+            let client_id = connect.client_id.as_str();
+            match cluster.sessions().attach(client_id, claim, attach) {
+                Some(attached) => attached,
+                None => {
+                    // A later CONNECT of the same client id has the session already.
+                    self.refuse(&connect, ReasonCode::ServerBusy);
+                    return;
+                }
+            }
         } else {
-            registry.attach(
-                connect.client_id.as_str(),
-                &self.control,
-                !connect.clean_start,
-            )
+            attach()
         };
         let client_id: &str = &session.client_id;
         // Read before the ACL: a reload in between is then seen at the next check.
@@ -965,7 +1003,19 @@ impl Driver {
             });
         }
 
+        let existed = match (cluster, &claim) {
+            (Some(cluster), Some(claim)) => {
+                let resume = !connect.clean_start;
+                let sessions = cluster.sessions();
+                Box::pin(sessions.take_over(&self.shared, &session, claim, resume, existed)).await
+                    || existed
+            }
+            _ => existed,
+        };
+
+        // A cluster's sessions bucket keeps the record (expiry, will) without a store too.
         let has_store = self.shared.store.is_some();
+        let keeps_record = has_store || self.shared.cluster.get().is_some();
         let (mut resumed, handed_over) = {
             let mut inner = session.lock();
             let resumable = existed && inner.persistent && !connect.clean_start;
@@ -981,7 +1031,7 @@ impl Driver {
             inner.persistent = granted_expiry > 0;
             inner.expires_at = None;
             inner.version = Some(version);
-            if has_store && (granted_expiry > 0 || inner.durable.is_some()) {
+            if keeps_record && (granted_expiry > 0 || inner.durable.is_some()) {
                 let durable = inner.durable.get_or_insert_default();
                 durable.expiry_interval = granted_expiry;
                 durable.disconnected_at = None;
@@ -1479,8 +1529,7 @@ impl Driver {
                     }
                 }
                 Detached::Ended => {
-                    self.shared
-                        .write(vec![Change::DeleteSession(session.client_id.clone())]);
+                    self.shared.end_record(&session.client_id);
                 }
                 Detached::Kept => {
                     self.shared.save_record(&session);

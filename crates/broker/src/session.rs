@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
-use rallymq_codec::{PacketId, ProtocolVersion, Publish, QoS, TopicFilter};
+use rallymq_codec::{
+    PacketId, ProtocolVersion, Publish, QoS, SubscriptionId, SubscriptionOptions, TopicFilter,
+};
 use rallymq_session::{OutgoingStage, PublishToken, SessionState};
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -557,6 +559,14 @@ impl Subscriptions {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionData)> {
         self.0.iter().flat_map(|map| map.iter())
     }
+    /// The subscriptions as a session's record keeps them.
+    pub(crate) fn to_record(
+        &self,
+    ) -> Vec<(TopicFilter, SubscriptionOptions, Option<SubscriptionId>)> {
+        self.iter()
+            .map(|(filter, data)| (filter.clone(), data.options(), data.identifier))
+            .collect()
+    }
 }
 
 /// One session. Compared and hashed by client identifier, so the subscription index can use
@@ -790,11 +800,7 @@ impl Session {
             client_id: self.client_id.to_string(),
             expiry_interval: durable.expiry_interval,
             disconnected_at: durable.disconnected_at,
-            subscriptions: inner
-                .subscriptions
-                .iter()
-                .map(|(filter, data)| (filter.clone(), data.options(), data.identifier))
-                .collect(),
+            subscriptions: inner.subscriptions.to_record(),
             will: durable.will.clone(),
         })
     }
@@ -1014,6 +1020,20 @@ impl Registry {
             }
             _ => false,
         }
+    }
+
+    /// Removes the session of `client_id` and returns it, if there is one; `cleanup` runs
+    /// under the registry's lock after removing it (see [`Registry::detach`]). For a session
+    /// another cluster node takes over.
+    pub(crate) fn take(
+        &self,
+        client_id: &str,
+        cleanup: impl FnOnce(&Arc<Session>),
+    ) -> Option<Arc<Session>> {
+        let mut sessions = self.lock();
+        let SessionRef(session) = sessions.take(client_id)?;
+        cleanup(&session);
+        Some(session)
     }
 
     pub(crate) fn contains(&self, client_id: &str) -> bool {

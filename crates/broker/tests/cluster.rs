@@ -715,6 +715,13 @@ async fn cluster_qos1_is_not_acknowledged_when_the_stream_has_no_quorum() {
         streams.contains("\"num_replicas\":3") || streams.contains("\"num_replicas\": 3"),
         "the stream has a replica on each of the three servers: {streams}"
     );
+    // Connected before: without a quorum, the sessions bucket cannot take a CONNECT's claim
+    // either (refused with 0x88).
+    let (mut v3, _) = TestClient::tcp(
+        tcp_addr(&a),
+        connect_packet(ProtocolVersion::V3_1_1, "pub-3"),
+    )
+    .await;
     // Two of three: no leader for the stream's replicas.
     servers.truncate(1);
     // The stream answers within 5 s or the publish fails; 15 s leaves room on a busy machine.
@@ -731,11 +738,6 @@ async fn cluster_qos1_is_not_acknowledged_when_the_stream_has_no_quorum() {
         ReasonCode::Success
     );
 
-    let (mut v3, _) = TestClient::tcp(
-        tcp_addr(&a),
-        connect_packet(ProtocolVersion::V3_1_1, "pub-3"),
-    )
-    .await;
     let outcome = v3
         .publish_outcome_within(message("nq/t", "after", QoS::AtLeastOnce), within)
         .await;

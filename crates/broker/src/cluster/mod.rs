@@ -21,9 +21,11 @@
 //! topic), which every node watches from its start: a node that joins later, or missed a
 //! message, gets every topic's last retained message into its local copy.
 
+mod sessions;
 mod stream;
 mod subject;
 
+pub(crate) use sessions::Sessions;
 pub(crate) use stream::StreamAck;
 
 use std::collections::HashMap;
@@ -218,6 +220,8 @@ pub(crate) struct Link {
     interest: Mutex<Interest>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
     dropped: AtomicU64,
+    /// Who owns each client id's session, and takeovers between nodes.
+    sessions: Arc<Sessions>,
     /// The receiving halves, taken by [`Link::spawn`].
     parts: Mutex<Option<Parts>>,
 }
@@ -229,6 +233,7 @@ struct Parts {
     bucket: async_nats::jetstream::kv::Store,
     commands: mpsc::UnboundedReceiver<Command>,
     stream: stream::Parts,
+    sessions: sessions::Parts,
 }
 
 impl Link {
@@ -261,8 +266,16 @@ impl Link {
                     config.servers
                 ))
             })?;
-        let bucket = retained_bucket(&client).await?;
+        let bucket = open_bucket(
+            &client,
+            RETAINED_BUCKET,
+            "rallymq: the last retained message of each MQTT topic",
+            1,
+        )
+        .await?;
         let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
+        let (sessions, sessions_parts) =
+            Sessions::open(&client, &node_id, stream::replicas(&client)).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
@@ -276,12 +289,14 @@ impl Link {
             commands: commands_tx,
             interest: Mutex::default(),
             dropped: AtomicU64::new(0),
+            sessions,
             parts: Mutex::new(Some(Parts {
                 outbound,
                 retained,
                 bucket,
                 commands,
                 stream: stream_parts,
+                sessions: sessions_parts,
             })),
         }))
     }
@@ -291,6 +306,11 @@ impl Link {
         &self.node_id
     }
 
+    /// The sessions shared by the nodes.
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Starts the tasks that publish to the cluster and deliver what comes from it: after the
     /// broker has restored its sessions, which the stream's messages are routed to.
     pub(crate) fn spawn(&self, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
@@ -298,7 +318,14 @@ impl Link {
             return Vec::new();
         };
         let (write_stream, read_stream) = parts.stream.run(&self.node_id, Arc::downgrade(shared));
+        let (write_records, serve_takeovers) = sessions::run(
+            self.sessions.clone(),
+            parts.sessions,
+            Arc::downgrade(shared),
+        );
         vec![
+            tokio::spawn(until_shutdown(shared, write_records)),
+            tokio::spawn(until_shutdown(shared, serve_takeovers)),
             tokio::spawn(write_stream),
             tokio::spawn(until_shutdown(shared, read_stream)),
             tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
@@ -506,32 +533,37 @@ fn until_shutdown(
     }
 }
 
-/// The bucket of retained messages, created by the first node that needs it.
+/// A KV bucket (one revision per key, file storage, `replicas` copies), created by the first
+/// node that needs it.
 ///
 /// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
 /// function first reads the account's JetStream settings in a form servers before 2.10 do not
 /// send (Debian's nats-server is 2.9).
-async fn retained_bucket(
+async fn open_bucket(
     client: &async_nats::Client,
+    name: &str,
+    description: &str,
+    replicas: usize,
 ) -> Result<async_nats::jetstream::kv::Store, Error> {
     use async_nats::jetstream::{self, stream};
     let context = jetstream::new(client.clone());
     let config = stream::Config {
-        name: format!("KV_{RETAINED_BUCKET}"),
-        description: Some("rallymq: the last retained message of each MQTT topic".to_owned()),
-        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        name: format!("KV_{name}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
         ..stream::Config::default()
     };
-    with_retries("no bucket for retained messages", || async {
+    with_retries(&format!("no bucket {name}"), || async {
         // Creating is idempotent for the same settings; a bucket made otherwise is used as it is.
         let created = context.create_stream(config.clone()).await.err();
-        context.get_key_value(RETAINED_BUCKET).await.map_err(|e| {
+        context.get_key_value(name).await.map_err(|e| {
             format!(
                 "{e}{}",
                 created

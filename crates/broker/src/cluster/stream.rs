@@ -51,6 +51,17 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The most replicas the stream has (when the NATS cluster has that many servers).
 const MAX_REPLICAS: usize = 3;
 
+/// How many replicas the cluster's stream and sessions bucket have: one per NATS server the
+/// client is told of, at most [`MAX_REPLICAS`].
+pub(super) fn replicas(client: &async_nats::Client) -> usize {
+    // The servers a client is told of include the one it is connected to.
+    client
+        .server_info()
+        .connect_urls
+        .len()
+        .clamp(1, MAX_REPLICAS)
+}
+
 /// The name of a node's durable consumer.
 fn consumer_name(node_id: &str) -> String {
     format!("node-{node_id}")
@@ -128,14 +139,12 @@ pub(super) async fn open_stream(
 ) -> Result<(Writer, Parts), Error> {
     let mut context = jetstream::new(client.clone());
     context.set_timeout(ACK_TIMEOUT);
-    // The servers a client is told of include the one it is connected to.
-    let servers = client.server_info().connect_urls.len().max(1);
     let config = stream::Config {
         name: STREAM.to_owned(),
         description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
         subjects: vec![format!("{}.>", subject::STREAM_PREFIX)],
         storage: stream::StorageType::File,
-        num_replicas: servers.min(MAX_REPLICAS),
+        num_replicas: replicas(client),
         max_age: MAX_AGE,
         ..stream::Config::default()
     };

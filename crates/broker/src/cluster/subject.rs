@@ -77,6 +77,14 @@ pub(crate) fn topic_key(topic: &str) -> String {
     subject
 }
 
+/// The key of a client's session in the cluster's sessions bucket: the whole client id as one
+/// token (its `/` escaped like any other byte), so that no two ids share a key.
+pub(crate) fn client_key(client_id: &str) -> String {
+    let mut key = String::with_capacity(client_id.len() + 8);
+    push_level(&mut key, client_id);
+    key
+}
+
 /// The topic of a key made by [`topic_key`].
 pub(crate) fn key_topic(key: &str) -> Result<String, NotATopic> {
     subject_topic(&format!("{PREFIX}.{key}"))

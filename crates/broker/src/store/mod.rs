@@ -21,7 +21,7 @@
 
 mod disk;
 mod memory;
-mod record;
+pub(crate) mod record;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -83,12 +83,12 @@ pub(crate) fn millis(time: SystemTime) -> u64 {
     })
 }
 
-fn from_millis(millis: u64) -> SystemTime {
+pub(crate) fn from_millis(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
 }
 
 /// A reader that fails with `Corrupt` instead of panicking on short input.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl Reader<'_> {
     fn need(&self, n: usize) -> Result<(), StoreError> {
@@ -98,27 +98,27 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn u8(&mut self) -> Result<u8, StoreError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, StoreError> {
         self.need(1)?;
         Ok(self.0.get_u8())
     }
 
-    fn u16(&mut self) -> Result<u16, StoreError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, StoreError> {
         self.need(2)?;
         Ok(self.0.get_u16())
     }
 
-    fn u32(&mut self) -> Result<u32, StoreError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, StoreError> {
         self.need(4)?;
         Ok(self.0.get_u32())
     }
 
-    fn u64(&mut self) -> Result<u64, StoreError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, StoreError> {
         self.need(8)?;
         Ok(self.0.get_u64())
     }
 
-    fn bytes(&mut self) -> Result<&[u8], StoreError> {
+    pub(crate) fn bytes(&mut self) -> Result<&[u8], StoreError> {
         let len = self.u32()? as usize;
         self.need(len)?;
         let (head, rest) = self.0.split_at(len);
@@ -127,14 +127,14 @@ impl Reader<'_> {
     }
 }
 
-fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     // Records hold packets and strings below MQTT's 256 MB limit.
     buf.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
     buf.put_slice(bytes);
 }
 
 /// A PUBLISH as stored: MQTT 5, QoS 0 (the QoS is kept apart), no packet identifier.
-fn put_publish(buf: &mut Vec<u8>, publish: &Publish) {
+pub(crate) fn put_publish(buf: &mut Vec<u8>, publish: &Publish) {
     let mut stored = publish.clone();
     buf.put_u8(publish.qos.bits());
     stored.qos = QoS::AtMostOnce;
@@ -151,7 +151,7 @@ fn put_publish(buf: &mut Vec<u8>, publish: &Publish) {
     put_bytes(buf, &bytes);
 }
 
-fn read_publish(reader: &mut Reader<'_>) -> Result<Publish, StoreError> {
+pub(crate) fn read_publish(reader: &mut Reader<'_>) -> Result<Publish, StoreError> {
     let qos = QoS::from_bits(reader.u8()?).map_err(|_| corrupt("QoS"))?;
     let mut bytes = BytesMut::from(reader.bytes()?);
     let limits = Limits {

@@ -5,6 +5,7 @@
 
 pub mod credentials;
 pub mod store;
+pub mod storm;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

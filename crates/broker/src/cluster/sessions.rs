@@ -1,0 +1,907 @@
+//! Sessions shared by the nodes: who owns each client id's session, and cross-node takeover.
+//!
+//! - The JetStream KV bucket [`SESSIONS_BUCKET`] holds, per client id ([`subject::client_key`]),
+//!   the node that owns its session and the session's durable parts: the record the store
+//!   keeps (subscriptions with their options and identifiers, expiry, will, when it went
+//!   offline). A node writes it when one of its sessions is created, changes or ends (an ended
+//!   session leaves a record with no session in it: keys are never deleted, so that every
+//!   write is a compare-and-set on the key's revision).
+//! - A CONNECT on node B *claims* the client id: it reads the key and writes it back with B as
+//!   the owner, expecting the revision it read ([`Sessions::claim`]). When two connects race,
+//!   one write fails and its node reads again; the bucket orders all claims of a client id by
+//!   their revisions.
+//! - If another node A owned the session, B asks A on `rmq.node.<A>.takeover` (a NATS request
+//!   carrying B's revision). A disconnects its connection (MQTT 5: DISCONNECT 0x8E), drops the
+//!   session and answers with its state: subscriptions, the deliveries in flight and the queued
+//!   messages. B installs it, and the client gets Session Present 1 and what was queued on A.
+//!   With Clean Start, A ends the session instead (its will goes as for a local takeover).
+//! - A node gives a session up only to a claim later than its own: a request whose revision is
+//!   below the revision this node last wrote is stale and refused, and a local connection
+//!   whose claim is older than one this node gave the session up to (or than its own latest) is
+//!   refused before it attaches. So of many simultaneous connects, the one with the highest
+//!   revision stays, and every other is closed or refused.
+//! - If A does not answer (down, or too slow), B resumes from the record alone: the
+//!   subscriptions, without the messages that were queued on A.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use bytes::{BufMut, Bytes};
+use futures::StreamExt;
+use rallymq_codec::{PacketId, Publish};
+use rallymq_session::{OutgoingMessage, OutgoingStage, PublishToken, SessionState};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{subject, valid_node_id};
+use crate::Error;
+use crate::broker::Shared;
+use crate::session::{Control, Queued, Session, delivered_copy};
+use crate::stats::Dropped;
+use crate::store::record::{self, Reader};
+use crate::store::{SessionRecord, Ticket, session_expired};
+
+/// The JetStream KV bucket of sessions: key [`subject::client_key`], value the owner and the
+/// record (see [`encode_value`]), one revision kept.
+pub(crate) const SESSIONS_BUCKET: &str = "rallymq_sessions";
+
+/// The format version of the bucket's values, and of takeover requests and replies.
+const FORMAT_V1: u8 = 1;
+
+/// How many times a claim reads the key again after losing a race for it.
+const CLAIM_ATTEMPTS: u32 = 50;
+
+/// How long a claim may take in all before the CONNECT is refused.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the new owner waits for the old one's answer before resuming from the record.
+const ASK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long the old owner waits for its connection to close and hand over its state.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one write of a record may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Entries read from the store per page when an offline session's queue is handed over.
+const PAGE: usize = 256;
+
+/// A claimed key's entry is forgotten this long after its last use when no local session is
+/// left: by then no connection of the client id is between its claim and its attach.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// The subject a node answers takeover requests on.
+fn takeover_subject(node_id: &str) -> String {
+    format!("rmq.node.{node_id}.takeover")
+}
+
+/// What this node knows of a client id it claimed or gave up.
+#[derive(Debug)]
+struct Claimed {
+    /// The key's revision as this node last wrote it: its claim, then its updates.
+    revision: u64,
+    /// The highest revision of another node's claim this node gave the session up to.
+    released: u64,
+    /// Counts this node's claims of the key: a write queued under an earlier claim is dropped.
+    generation: u64,
+    /// When this entry last changed.
+    touched: Instant,
+}
+
+impl Claimed {
+    fn new() -> Self {
+        Self {
+            revision: 0,
+            released: 0,
+            generation: 0,
+            touched: Instant::now(),
+        }
+    }
+
+    /// Whether this node owns the key (as far as it knows).
+    fn owned(&self) -> bool {
+        self.revision > self.released
+    }
+}
+
+/// A write of a session's record, made in order by [`write_records`].
+#[derive(Debug)]
+struct Write {
+    client_id: Arc<str>,
+    /// [`Claimed::generation`] when it was queued.
+    generation: u64,
+    /// `None`: the session ended.
+    record: Option<SessionRecord>,
+}
+
+/// The previous owner of a claimed key, and the session it recorded.
+#[derive(Debug)]
+struct Previous {
+    owner: String,
+    /// `None`: the session had ended.
+    record: Option<SessionRecord>,
+}
+
+/// A CONNECT's claim of its client id: the key's revision it wrote, and what was there before.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    revision: u64,
+    previous: Option<Previous>,
+}
+
+/// The session state an old owner hands over.
+#[derive(Debug, Default, PartialEq)]
+struct Handover {
+    /// Subscriptions, expiry and will.
+    record: Option<SessionRecord>,
+    /// Deliveries in flight, oldest first, with their identifiers and stage.
+    in_flight: Vec<(PacketId, OutgoingStage, Publish)>,
+    /// Queued messages, oldest first, with how long each has waited (Message Expiry).
+    queued: Vec<(Publish, Duration)>,
+    /// Inbound QoS 2 identifiers awaiting PUBREL.
+    inbound: Vec<PacketId>,
+    next_packet_id: Option<PacketId>,
+}
+
+/// An old owner's answer to a takeover request.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    /// The session, taken off this node.
+    Handover(Box<Handover>),
+    /// The session ended here (the request asked for a clean start).
+    Ended,
+    /// No session of that client id here.
+    NoSession,
+    /// This node claimed the client id after the requester: the request lost.
+    Stale,
+}
+
+/// A node's side of the sessions bucket.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    node_id: String,
+    client: async_nats::Client,
+    bucket: kv::Store,
+    claims: Mutex<HashMap<Arc<str>, Claimed>>,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+/// What the session tasks start from.
+#[derive(Debug)]
+pub(super) struct Parts {
+    writes: mpsc::UnboundedReceiver<Write>,
+    requests: async_nats::Subscriber,
+}
+
+impl Sessions {
+    /// Opens the bucket and subscribes to this node's takeover requests, so that a node that
+    /// has joined answers them from the start.
+    pub(super) async fn open(
+        client: &async_nats::Client,
+        node_id: &str,
+        replicas: usize,
+    ) -> Result<(Arc<Self>, Parts), Error> {
+        let bucket = super::open_bucket(
+            client,
+            SESSIONS_BUCKET,
+            "rallymq: the owner and record of each client id's session",
+            replicas,
+        )
+        .await?;
+        let requests = client
+            .subscribe(takeover_subject(node_id))
+            .await
+            .map_err(|e| Error::Cluster(format!("cannot subscribe to takeover requests: {e}")))?;
+        let (writes_tx, writes) = mpsc::unbounded_channel();
+        Ok((
+            Arc::new(Self {
+                node_id: node_id.to_owned(),
+                client: client.clone(),
+                bucket,
+                claims: Mutex::default(),
+                writes: writes_tx,
+            }),
+            Parts { writes, requests },
+        ))
+    }
+
+    fn claims(&self) -> MutexGuard<'_, HashMap<Arc<str>, Claimed>> {
+        crate::lock(&self.claims)
+    }
+
+    /// Claims `fresh.client_id` for this node: writes `fresh` (with the previous record's
+    /// subscriptions when the CONNECT resumes and that session is live) as this node's,
+    /// compare-and-set on the revision read, reading again when another claim came first.
+    pub(crate) async fn claim(
+        &self,
+        mut fresh: SessionRecord,
+        resume: bool,
+    ) -> Result<Claim, Error> {
+        let key = subject::client_key(&fresh.client_id);
+        let attempts = async {
+            for _ in 0..CLAIM_ATTEMPTS {
+                let entry = self
+                    .bucket
+                    .entry(key.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let previous = entry
+                    .as_ref()
+                    .filter(|entry| entry.operation == Operation::Put)
+                    .and_then(|entry| decode_value(&fresh.client_id, &entry.value));
+                if let Some(Previous {
+                    record: Some(old), ..
+                }) = &previous
+                    && resume
+                    && live(old)
+                {
+                    fresh.subscriptions.clone_from(&old.subscriptions);
+                }
+                let value = encode_value(&self.node_id, Some(&fresh));
+                let written =
+                    match &entry {
+                        None => self.bucket.create(&key, value).await.map_err(|e| {
+                            (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())
+                        }),
+                        Some(entry) => self
+                            .bucket
+                            .update(&key, value, entry.revision)
+                            .await
+                            .map_err(|e| {
+                                (
+                                    e.kind() == UpdateErrorKind::WrongLastRevision,
+                                    e.to_string(),
+                                )
+                            }),
+                    };
+                match written {
+                    Ok(revision) => return Ok(Claim { revision, previous }),
+                    // Another claim came first: read what it wrote.
+                    Err((true, _)) => continue,
+                    Err((false, error)) => return Err(error),
+                }
+            }
+            Err(format!("lost {CLAIM_ATTEMPTS} races for it in a row"))
+        };
+        let result = tokio::time::timeout(CLAIM_TIMEOUT, attempts)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {CLAIM_TIMEOUT:?}")));
+        result.map_err(|error| {
+            Error::Cluster(format!(
+                "cannot claim the session of {:?} in the cluster: {error}",
+                fresh.client_id
+            ))
+        })
+    }
+
+    /// Runs `attach` (the local registry's attach) unless `claim` has lost already: to a later
+    /// claim this node made, or to another node's this node gave the session up to. Under the
+    /// claims' lock, so that a takeover request cannot come between the check and the attach.
+    pub(crate) fn attach<T>(
+        &self,
+        client_id: &str,
+        claim: &Claim,
+        attach: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let mut claims = self.claims();
+        let claimed = claims.entry(client_id.into()).or_insert_with(Claimed::new);
+        if claim.revision < claimed.revision.max(claimed.released) {
+            return None;
+        }
+        claimed.revision = claim.revision;
+        claimed.generation += 1;
+        claimed.touched = Instant::now();
+        Some(attach())
+    }
+
+    /// Takes the session over from its previous owner, once `claim` is attached to `session`:
+    /// asks that node for the session's state (or, without `resume`, to end it) and installs
+    /// what it hands over. Returns whether the connection resumes a session found elsewhere
+    /// (Session Present 1); `existed`: the session was in this node's registry.
+    pub(crate) async fn take_over(
+        &self,
+        shared: &Shared,
+        session: &Arc<Session>,
+        claim: &Claim,
+        resume: bool,
+        existed: bool,
+    ) -> bool {
+        let Some(previous) = &claim.previous else {
+            return false;
+        };
+        let record = previous
+            .record
+            .as_ref()
+            .filter(|record| resume && live(record));
+        if previous.owner == self.node_id {
+            // Its state is here, unless this node lost it (a restart without a store).
+            if existed {
+                return false;
+            }
+            if let Some(record) = record {
+                install_record(shared, session, record);
+            }
+            return record.is_some();
+        }
+        if let Some(record) = record {
+            // Before asking: what is routed meanwhile is queued here rather than lost.
+            install_record(shared, session, record);
+        }
+        let reply = self
+            .ask(&previous.owner, &session.client_id, claim.revision, !resume)
+            .await;
+        match reply {
+            Some(Reply::Handover(handover)) if resume => {
+                let present = record.is_some()
+                    || handover
+                        .record
+                        .as_ref()
+                        .is_some_and(|record| record.expiry_interval > 0);
+                if present {
+                    if record.is_none()
+                        && let Some(handed) = &handover.record
+                    {
+                        install_record(shared, session, handed);
+                    }
+                    install_handover(shared, session, *handover);
+                }
+                present
+            }
+            Some(_) => record.is_some(),
+            None => {
+                if record.is_some() {
+                    warn!(
+                        client_id = %session.client_id,
+                        owner = %previous.owner,
+                        "cluster: the session's node did not answer; resumed from its record, without the messages queued there"
+                    );
+                }
+                record.is_some()
+            }
+        }
+    }
+
+    /// Sends a takeover request to `owner`; `None` when it does not answer.
+    async fn ask(
+        &self,
+        owner: &str,
+        client_id: &str,
+        revision: u64,
+        discard: bool,
+    ) -> Option<Reply> {
+        if !valid_node_id(owner) {
+            return None;
+        }
+        let request = encode_request(client_id, revision, discard);
+        let answer = tokio::time::timeout(
+            ASK_TIMEOUT,
+            self.client.request(takeover_subject(owner), request),
+        )
+        .await;
+        match answer {
+            Ok(Ok(message)) => decode_reply(client_id, &message.payload),
+            Ok(Err(error)) => {
+                debug!(%error, %owner, %client_id, "cluster: takeover request not answered");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Writes the record of a session this node owns (in order, after the writes before it).
+    pub(crate) fn save(&self, record: &SessionRecord) {
+        self.queue(&record.client_id, Some(record.clone()));
+    }
+
+    /// Records that a session this node owns has ended.
+    pub(crate) fn end(&self, client_id: &str) {
+        self.queue(client_id, None);
+    }
+
+    fn queue(&self, client_id: &str, record: Option<SessionRecord>) {
+        let generation = match self.claims().get(client_id) {
+            Some(claimed) if claimed.owned() => claimed.generation,
+            // Not this node's to write (restored from the store, or taken by another node).
+            _ => return,
+        };
+        let _ = self.writes.send(Write {
+            client_id: client_id.into(),
+            generation,
+            record,
+        });
+    }
+
+    /// Forgets claims no connection can still be attaching under, of client ids with no
+    /// session here.
+    pub(crate) fn forget_idle(&self, shared: &Shared) {
+        let now = Instant::now();
+        self.claims().retain(|client_id, claimed| {
+            now.duration_since(claimed.touched) < FORGET_AFTER
+                || shared.registry.contains(client_id)
+        });
+    }
+}
+
+/// Whether a recorded session can be resumed: persistent and not expired.
+fn live(record: &SessionRecord) -> bool {
+    record.expiry_interval > 0 && !session_expired(record, SystemTime::now())
+}
+
+/// Replaces whatever `session` held here with `record`'s subscriptions, as a persistent
+/// session.
+fn install_record(shared: &Shared, session: &Arc<Session>, record: &SessionRecord) {
+    shared.router.remove_session(session);
+    {
+        let mut inner = session.lock();
+        let waiting = inner.queue_size().0;
+        shared.stats.dropped(Dropped::SessionEnded, waiting);
+        inner.clear_pending();
+        inner.subscriptions.clear();
+        inner.saved = None;
+        inner.durable = None;
+        inner.persistent = true;
+    }
+    shared.install_subscriptions(session, &record.subscriptions);
+}
+
+/// Adds what the old owner handed over to `session`: its engine state to resume, and its
+/// queued messages ahead of any routed here meanwhile.
+fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover) {
+    if let Some(record) = &handover.record {
+        shared.install_subscriptions(session, &record.subscriptions);
+    }
+    let mut state = SessionState {
+        inbound_awaiting_release: handover.inbound,
+        session_expiry_interval: handover
+            .record
+            .as_ref()
+            .map_or(0, |record| record.expiry_interval),
+        ..SessionState::default()
+    };
+    if let Some(next) = handover.next_packet_id {
+        state.next_packet_id = next;
+    }
+    for (packet_id, stage, mut publish) in handover.in_flight {
+        publish.packet_id = Some(packet_id);
+        state.in_flight.push(OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage,
+            publish,
+        });
+        state.next_token += 1;
+    }
+    let now = Instant::now();
+    let queued = handover
+        .queued
+        .into_iter()
+        .map(|(publish, waited)| Queued {
+            publish,
+            since: now.checked_sub(waited).unwrap_or(now),
+            stored: None,
+        })
+        .collect();
+    let mut inner = session.lock();
+    inner.prepend_pending(queued);
+    inner.saved = Some(Box::new(state));
+    inner.persistent = true;
+}
+
+/// The tasks of the sessions bucket: the ordered writer of records, and the server of
+/// takeover requests.
+pub(super) fn run(
+    sessions: Arc<Sessions>,
+    parts: Parts,
+    shared: std::sync::Weak<Shared>,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    (
+        write_records(sessions.clone(), parts.writes),
+        serve_takeovers(sessions, parts.requests, shared),
+    )
+}
+
+/// Writes records in the order they were queued, each a compare-and-set on the revision this
+/// node last wrote: a write after another node's claim fails, and is dropped.
+async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedReceiver<Write>) {
+    while let Some(write) = writes.recv().await {
+        let revision = match sessions.claims().get(&write.client_id) {
+            Some(claimed) if claimed.generation == write.generation && claimed.owned() => {
+                claimed.revision
+            }
+            _ => continue,
+        };
+        let key = subject::client_key(&write.client_id);
+        let value = encode_value(&sessions.node_id, write.record.as_ref());
+        let written =
+            tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
+                .await;
+        match written {
+            Ok(Ok(new)) => {
+                let mut claims = sessions.claims();
+                if let Some(claimed) = claims.get_mut(&write.client_id)
+                    && claimed.revision == revision
+                {
+                    claimed.revision = new;
+                    claimed.touched = Instant::now();
+                }
+            }
+            Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+                debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
+            }
+            Ok(Err(error)) => {
+                warn!(%error, client_id = %write.client_id, "cluster: a session's record could not be written");
+            }
+            Err(_) => {
+                warn!(client_id = %write.client_id, "cluster: writing a session's record timed out");
+            }
+        }
+    }
+}
+
+/// Answers takeover requests, each in a task of its own (one waits for its connection to
+/// close).
+async fn serve_takeovers(
+    sessions: Arc<Sessions>,
+    mut requests: async_nats::Subscriber,
+    shared: std::sync::Weak<Shared>,
+) {
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply else {
+            continue;
+        };
+        let Some((client_id, revision, discard)) = decode_request(&message.payload) else {
+            debug!("cluster: not a takeover request; ignored");
+            continue;
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let answer = hand_over(&shared, &sessions, &client_id, revision, discard).await;
+            let answer = encode_reply(&answer);
+            if let Err(error) = sessions.client.publish(reply, answer).await {
+                debug!(%error, "cluster: takeover answer not sent");
+            }
+        });
+    }
+}
+
+/// Gives the session of `client_id` up to a claim with `revision`: closes its connection
+/// (0x8E), removes it, and returns its state (or ends it, for a clean start).
+async fn hand_over(
+    shared: &Arc<Shared>,
+    sessions: &Sessions,
+    client_id: &str,
+    revision: u64,
+    discard: bool,
+) -> Reply {
+    let taken = {
+        let mut claims = sessions.claims();
+        let claimed = claims.entry(client_id.into()).or_insert_with(Claimed::new);
+        if claimed.revision >= revision {
+            return Reply::Stale;
+        }
+        claimed.released = claimed.released.max(revision);
+        claimed.touched = Instant::now();
+        shared
+            .registry
+            .take(client_id, |session| shared.router.remove_session(session))
+            .map(|session| {
+                let mut inner = session.lock();
+                let control = inner.attachment.take().map(|attachment| attachment.control);
+                let waiter = inner.will_waiter.take();
+                let (reply, state) = oneshot::channel();
+                let asked = control.and_then(|control| {
+                    control
+                        .send(Control::TakeOver {
+                            reply,
+                            resume: !discard,
+                        })
+                        .ok()
+                        .map(|()| state)
+                });
+                drop(inner);
+                (session, asked, waiter)
+            })
+    };
+    let Some((session, asked, waiter)) = taken else {
+        return Reply::NoSession;
+    };
+    let state = match asked {
+        Some(state) => tokio::time::timeout(HANDOVER_TIMEOUT, state)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    if let Some(waiter) = waiter {
+        // A will waiting on its delay: dropped when the session goes on, due now if it ends.
+        let _ = waiter.send(Control::EndWill { publish: discard });
+    }
+    // A SUBSCRIBE the connection handled before it saw the request.
+    shared.router.remove_session(&session);
+    if discard {
+        let waiting = session.lock().queue_size().0;
+        shared.stats.dropped(Dropped::SessionEnded, waiting);
+        shared.end_record(&session.client_id);
+        return Reply::Ended;
+    }
+    let mut handover = Handover::default();
+    let mut state = state
+        .or_else(|| session.lock().saved.take().map(|saved| *saved))
+        .unwrap_or_default();
+    let now = Instant::now();
+    for message in state.in_flight.drain(..) {
+        if let Some(packet_id) = message.publish.packet_id {
+            handover
+                .in_flight
+                .push((packet_id, message.stage, message.publish));
+        }
+    }
+    handover.queued.extend(
+        state
+            .queued
+            .drain(..)
+            .map(|queued| (queued.publish, Duration::ZERO)),
+    );
+    let will = {
+        let mut inner = session.lock();
+        while let Some(queued) = inner.pop_pending() {
+            handover
+                .queued
+                .push((queued.publish, now.duration_since(queued.since)));
+        }
+        inner
+            .durable
+            .as_ref()
+            .and_then(|durable| durable.will.clone())
+    };
+    // With a store, the rest of the queue is there; after a restart, the deliveries in flight
+    // are at its head.
+    while let Some(entries) = shared
+        .read_stored_tail(&session, Ticket::default(), PAGE)
+        .await
+    {
+        for loaded in entries {
+            let (publish, since) = delivered_copy(&loaded);
+            match loaded.entry.in_flight {
+                Some((packet_id, stage)) if handover.queued.is_empty() => {
+                    handover.in_flight.push((packet_id, stage, publish));
+                }
+                _ => handover.queued.push((publish, now.duration_since(since))),
+            }
+        }
+    }
+    handover.record = Some(SessionRecord {
+        client_id: client_id.to_owned(),
+        expiry_interval: state.session_expiry_interval,
+        disconnected_at: None,
+        subscriptions: session.lock().subscriptions.to_record(),
+        will,
+    });
+    handover.inbound = state.inbound_awaiting_release;
+    handover.next_packet_id = Some(state.next_packet_id);
+    // Not `end_record`: the bucket's key is the new owner's now.
+    shared.write(vec![crate::store::Change::DeleteSession(
+        session.client_id.clone(),
+    )]);
+    Reply::Handover(Box::new(handover))
+}
+
+/// A value of the bucket: the format version, the owner's node id (length-prefixed), then `0`
+/// for an ended session or `1` and its record in the store's layout.
+fn encode_value(owner: &str, record: Option<&SessionRecord>) -> Bytes {
+    let mut buf = Vec::with_capacity(64);
+    buf.put_u8(FORMAT_V1);
+    record::put_bytes(&mut buf, owner.as_bytes());
+    match record {
+        None => buf.put_u8(0),
+        Some(record) => {
+            buf.put_u8(1);
+            buf.extend_from_slice(&record::encode_session(record));
+        }
+    }
+    Bytes::from(buf)
+}
+
+/// The owner and record of a value made by [`encode_value`]; `None` for anything else.
+fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
+    let mut reader = Reader(value);
+    if reader.u8().ok()? != FORMAT_V1 {
+        return None;
+    }
+    let owner = std::str::from_utf8(reader.bytes().ok()?).ok()?.to_owned();
+    let record = match reader.u8().ok()? {
+        0 => None,
+        _ => Some(record::decode_session(client_id, reader.0).ok()?),
+    };
+    Some(Previous { owner, record })
+}
+
+/// A takeover request: the format version, the claim's revision, whether the session ends
+/// (clean start), and the client id.
+fn encode_request(client_id: &str, revision: u64, discard: bool) -> Bytes {
+    let mut buf = Vec::with_capacity(client_id.len() + 10);
+    buf.put_u8(FORMAT_V1);
+    buf.put_u64(revision);
+    buf.put_u8(u8::from(discard));
+    buf.extend_from_slice(client_id.as_bytes());
+    Bytes::from(buf)
+}
+
+fn decode_request(request: &[u8]) -> Option<(String, u64, bool)> {
+    let mut reader = Reader(request);
+    if reader.u8().ok()? != FORMAT_V1 {
+        return None;
+    }
+    let revision = reader.u64().ok()?;
+    let discard = reader.u8().ok()? != 0;
+    let client_id = std::str::from_utf8(reader.0).ok()?;
+    (!client_id.is_empty()).then(|| (client_id.to_owned(), revision, discard))
+}
+
+/// A reply: the format version, a kind byte, and for a handover the record (store layout),
+/// the deliveries in flight, the queued messages, the inbound identifiers and the next
+/// packet identifier.
+fn encode_reply(reply: &Reply) -> Bytes {
+    let mut buf = Vec::new();
+    buf.put_u8(FORMAT_V1);
+    let handover = match reply {
+        Reply::Handover(handover) => handover,
+        Reply::Ended => {
+            buf.put_u8(1);
+            return Bytes::from(buf);
+        }
+        Reply::NoSession => {
+            buf.put_u8(2);
+            return Bytes::from(buf);
+        }
+        Reply::Stale => {
+            buf.put_u8(3);
+            return Bytes::from(buf);
+        }
+    };
+    buf.put_u8(0);
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    match &handover.record {
+        Some(record) => {
+            buf.put_u8(1);
+            record::put_bytes(&mut buf, &record::encode_session(record));
+        }
+        None => buf.put_u8(0),
+    }
+    buf.put_u32(count(handover.in_flight.len()));
+    for (packet_id, stage, publish) in &handover.in_flight {
+        buf.put_u16(packet_id.get());
+        buf.put_u8(match stage {
+            OutgoingStage::Published => 0,
+            OutgoingStage::Released => 1,
+        });
+        record::put_publish(&mut buf, publish);
+    }
+    buf.put_u32(count(handover.queued.len()));
+    for (publish, waited) in &handover.queued {
+        buf.put_u64(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        record::put_publish(&mut buf, publish);
+    }
+    buf.put_u32(count(handover.inbound.len()));
+    for packet_id in &handover.inbound {
+        buf.put_u16(packet_id.get());
+    }
+    buf.put_u16(handover.next_packet_id.map_or(0, PacketId::get));
+    Bytes::from(buf)
+}
+
+fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
+    let mut reader = Reader(reply);
+    if reader.u8().ok()? != FORMAT_V1 {
+        return None;
+    }
+    match reader.u8().ok()? {
+        0 => {}
+        1 => return Some(Reply::Ended),
+        2 => return Some(Reply::NoSession),
+        3 => return Some(Reply::Stale),
+        _ => return None,
+    }
+    let mut handover = Handover::default();
+    if reader.u8().ok()? != 0 {
+        handover.record = Some(record::decode_session(client_id, reader.bytes().ok()?).ok()?);
+    }
+    // Counts come from the network: capacity is not reserved from them.
+    for _ in 0..reader.u32().ok()? {
+        let packet_id = PacketId::new(reader.u16().ok()?)?;
+        let stage = match reader.u8().ok()? {
+            0 => OutgoingStage::Published,
+            1 => OutgoingStage::Released,
+            _ => return None,
+        };
+        let publish = record::read_publish(&mut reader).ok()?;
+        handover.in_flight.push((packet_id, stage, publish));
+    }
+    for _ in 0..reader.u32().ok()? {
+        let waited = Duration::from_millis(reader.u64().ok()?);
+        let publish = record::read_publish(&mut reader).ok()?;
+        handover.queued.push((publish, waited));
+    }
+    for _ in 0..reader.u32().ok()? {
+        handover.inbound.push(PacketId::new(reader.u16().ok()?)?);
+    }
+    handover.next_packet_id = PacketId::new(reader.u16().ok()?);
+    reader
+        .0
+        .is_empty()
+        .then(|| Reply::Handover(Box::new(handover)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rallymq_codec::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName};
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            client_id: "a/b c".to_owned(),
+            expiry_interval: 600,
+            disconnected_at: None,
+            subscriptions: vec![(
+                TopicFilter::new("s/+").unwrap(),
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: true,
+                    ..SubscriptionOptions::default()
+                },
+                SubscriptionId::new(7),
+            )],
+            will: None,
+        }
+    }
+
+    #[test]
+    fn a_bucket_value_carries_the_owner_and_the_record() {
+        let value = encode_value("node-a", Some(&record()));
+        let previous = decode_value("a/b c", &value).unwrap();
+        assert_eq!(previous.owner, "node-a");
+        assert_eq!(previous.record, Some(record()));
+        let ended = decode_value("a/b c", &encode_value("node-b", None)).unwrap();
+        assert_eq!((ended.owner.as_str(), ended.record), ("node-b", None));
+        assert!(decode_value("x", b"").is_none());
+        assert!(decode_value("x", &value[..value.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn a_takeover_request_and_its_replies_survive_the_wire() {
+        let request = encode_request("c/1", 42, true);
+        assert_eq!(decode_request(&request), Some(("c/1".to_owned(), 42, true)));
+        assert_eq!(decode_request(&request[..5]), None);
+
+        let mut publish = Publish::new(TopicName::new("s/x").unwrap(), "payload");
+        publish.qos = QoS::AtLeastOnce;
+        let handover = Handover {
+            record: Some(record()),
+            in_flight: vec![(
+                PacketId::new(9).unwrap(),
+                OutgoingStage::Released,
+                publish.clone(),
+            )],
+            queued: vec![(publish, Duration::from_millis(1500))],
+            inbound: vec![PacketId::new(3).unwrap()],
+            next_packet_id: PacketId::new(10),
+        };
+        for reply in [
+            Reply::Handover(Box::new(handover)),
+            Reply::Ended,
+            Reply::NoSession,
+            Reply::Stale,
+        ] {
+            let bytes = encode_reply(&reply);
+            assert_eq!(decode_reply("a/b c", &bytes), Some(reply));
+            assert_eq!(decode_reply("a/b c", &bytes[..bytes.len() - 1]), None);
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Sessions shared by cluster nodes (issue 17): a persistent session resumes on another node
+//! with what was queued for it, a connection is taken over across nodes (MQTT 5: DISCONNECT
+//! 0x8E), simultaneous connects of one client id on two nodes leave one connection, and a clean
+//! start on one node ends the session on the other. Real `nats-server` processes (Debian's
+//! package), started on free ports; a missing nats-server fails the tests.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rallymq_broker::{BrokerHandle, ClusterConfig};
+use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
+use rallymq_session::CloseReason;
+use rallymq_test_support::NatsServer;
+use support::storm::{answers_ping, closed_by_broker, storm};
+use support::{
+    TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
+    start_broker, subscription, tcp_addr,
+};
+use tokio::net::TcpStream;
+
+/// How long a client stays silent after its last expected message before its messages are
+/// taken: a duplicate would arrive within it.
+const QUIET: Duration = Duration::from_millis(500);
+
+async fn node(nats: &NatsServer, id: &str) -> BrokerHandle {
+    let url = nats.url();
+    let id = id.to_owned();
+    start_broker(move |config| {
+        config.cluster = Some(ClusterConfig {
+            node_id: Some(id),
+            ..ClusterConfig::new([url])
+        })
+    })
+    .await
+}
+
+/// The payloads the client receives until it has `expected` and stays quiet for [`QUIET`], in
+/// the order they arrived.
+async fn payloads(client: &mut TestClient<TcpStream>, expected: usize) -> Vec<String> {
+    let deadline = Instant::now() + 2 * WAIT;
+    let mut received = Vec::new();
+    loop {
+        let wait = if received.len() >= expected {
+            QUIET
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Some(publish) = client.recv_within(wait).await else {
+            return received;
+        };
+        received.push(payload_str(&publish));
+    }
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Publishes `payloads` on `topic` with QoS 1, each acknowledged (a match or none).
+async fn publish_all(publisher: &mut TestClient<TcpStream>, topic: &str, payloads: &[String]) {
+    for payload in payloads {
+        let code = publisher
+            .publish(message(topic, payload, QoS::AtLeastOnce))
+            .await;
+        assert!(
+            matches!(
+                code,
+                ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+            ),
+            "{payload}: {code:?}"
+        );
+    }
+}
+
+/// Waits (bounded) until `node` has a session of `client_id` or not, as `expected` says.
+async fn wait_for_session(node: &BrokerHandle, client_id: &str, expected: bool) {
+    let deadline = Instant::now() + WAIT;
+    while node.has_session(client_id) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} has a session of {client_id:?}: {} after {WAIT:?}",
+            node.node_id(),
+            !expected
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_5_a_persistent_session_resumes_on_another_node_with_its_queue() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let connect = || persistent_connect(ProtocolVersion::V5, "mover", 600);
+    let (mut mover, present) = connected_present(tcp_addr(&a), connect()).await;
+    assert!(!present);
+    mover
+        .subscribe(vec![
+            subscription("mv/#", QoS::AtLeastOnce),
+            subscription("other/+", QoS::AtMostOnce),
+        ])
+        .await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "pub")).await;
+    publish_all(&mut publisher, "mv/t", &numbered("before-", 0..3)).await;
+    assert_eq!(payloads(&mut mover, 3).await, numbered("before-", 0..3));
+    mover.disconnect(ReasonCode::Success).await;
+    wait_for_session(&a, "mover", true).await;
+
+    // Queued on A for the offline session (routed there when published: PUBACK follows).
+    const N: usize = 30;
+    publish_all(&mut publisher, "mv/t", &numbered("queued-", 0..N)).await;
+
+    let (mut mover, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "Session Present 1 on the other node");
+    assert_eq!(
+        payloads(&mut mover, N).await,
+        numbered("queued-", 0..N),
+        "what was queued on A, once each, in order"
+    );
+    // The session left A: only B holds it.
+    assert!(!a.has_session("mover"));
+    assert!(b.has_session("mover"));
+    // Its subscription came along: new messages, published on A, reach it on B.
+    publish_all(&mut publisher, "mv/t", &numbered("after-", 0..5)).await;
+    assert_eq!(payloads(&mut mover, 5).await, numbered("after-", 0..5));
+
+    // And back to A: resumed again, with the subscriptions B was handed.
+    mover.disconnect(ReasonCode::Success).await;
+    wait_for_session(&b, "mover", true).await;
+    publish_all(&mut publisher, "mv/t", &numbered("back-", 0..5)).await;
+    // Published on A, queued on B through the stream: wait until B has routed them.
+    tokio::time::sleep(QUIET).await;
+    let (mut mover, present) = connected_present(tcp_addr(&a), connect()).await;
+    assert!(present);
+    assert_eq!(payloads(&mut mover, 5).await, numbered("back-", 0..5));
+    assert!(!b.has_session("mover"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_4_3_a_connection_on_a_gets_disconnect_0x8e_when_its_client_id_connects_on_b()
+ {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    for (first_connect, second_connect) in [
+        (
+            connect_packet(ProtocolVersion::V5, "twice"),
+            connect_packet(ProtocolVersion::V5, "twice"),
+        ),
+        (
+            persistent_connect(ProtocolVersion::V5, "twice-kept", 300),
+            persistent_connect(ProtocolVersion::V5, "twice-kept", 300),
+        ),
+    ] {
+        let client_id = first_connect.client_id.as_str().to_owned();
+        let (mut first, _) = connected_present(tcp_addr(&a), first_connect).await;
+        let (mut second, _) = connected_present(tcp_addr(&b), second_connect).await;
+        assert!(
+            matches!(
+                first.closed().await,
+                Some(CloseReason::PeerDisconnected {
+                    reason_code: ReasonCode::SessionTakenOver,
+                    ..
+                })
+            ),
+            "{client_id}: the first connection gets DISCONNECT 0x8E"
+        );
+        wait_for_session(&a, &client_id, false).await;
+        // The second is served.
+        second
+            .subscribe(vec![subscription("x", QoS::AtMostOnce)])
+            .await;
+        second.disconnect(ReasonCode::Success).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_4_clean_start_on_b_ends_the_session_on_a() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let (mut kept, _) = connected_present(
+        tcp_addr(&a),
+        persistent_connect(ProtocolVersion::V5, "cleaned", 600),
+    )
+    .await;
+    kept.subscribe(vec![subscription("cl/#", QoS::AtLeastOnce)])
+        .await;
+    kept.disconnect(ReasonCode::Success).await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "pub")).await;
+    publish_all(&mut publisher, "cl/t", &numbered("old-", 0..5)).await;
+
+    let (mut clean, present) =
+        connected_present(tcp_addr(&b), connect_packet(ProtocolVersion::V5, "cleaned")).await;
+    assert!(!present);
+    assert!(!a.has_session("cleaned"), "A dropped the session");
+    clean.expect_silence(QUIET).await;
+    clean.disconnect(ReasonCode::Success).await;
+    wait_for_session(&b, "cleaned", false).await;
+    // Nothing of the old session anywhere: a resume on A finds none.
+    let (mut again, present) = connected_present(
+        tcp_addr(&a),
+        persistent_connect(ProtocolVersion::V5, "cleaned", 600),
+    )
+    .await;
+    assert!(!present, "the old session ended everywhere");
+    publish_all(&mut publisher, "cl/t", &numbered("new-", 0..2)).await;
+    again.expect_silence(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_session_whose_node_is_gone_resumes_from_its_record() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let connect = || persistent_connect(ProtocolVersion::V5, "orphan", 600);
+    let (mut orphan, _) = connected_present(tcp_addr(&a), connect()).await;
+    orphan
+        .subscribe(vec![subscription("or/#", QoS::AtLeastOnce)])
+        .await;
+    // The record carries the subscription once A has written it.
+    tokio::time::sleep(QUIET).await;
+    orphan.kill();
+    let name = "rallymq-node-a";
+    drop(a);
+    // Gone from NATS: its takeover requests find no responder.
+    let deadline = Instant::now() + WAIT;
+    while nats
+        .monitor("/connz")
+        .is_some_and(|connz| connz.contains(&format!("\"{name}\"")))
+    {
+        assert!(Instant::now() < deadline, "{name} still connected to NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (mut orphan, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "resumed from the record");
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&b), connect_packet(ProtocolVersion::V5, "pub")).await;
+    publish_all(&mut publisher, "or/t", &numbered("m-", 0..3)).await;
+    assert_eq!(
+        payloads(&mut orphan, 3).await,
+        numbered("m-", 0..3),
+        "its subscription is in force on B"
+    );
+}
+
+/// Simultaneous connects per storm, split over the two nodes.
+const STORM: usize = 100;
+
+/// How long the connection left must stay open and served after a storm.
+const SETTLE: Duration = Duration::from_secs(2);
+
+#[test]
+fn cluster_mqtt_3_1_4_2_simultaneous_connects_of_one_client_id_on_two_nodes_leave_one_connection() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nats = NatsServer::start();
+    let (a, b) =
+        runtime.block_on(async { (node(&nats, "node-a").await, node(&nats, "node-b").await) });
+    let addrs: [SocketAddr; 2] = [tcp_addr(&a), tcp_addr(&b)];
+    for (round, version) in [
+        ProtocolVersion::V5,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let client_id = format!("storm-{}-{round}", rallymq_test_support::run_id());
+        let mut open = storm(&addrs, STORM, version, &client_id);
+        assert_eq!(
+            open.len(),
+            1,
+            "{version:?} round {round}: {} connections of one client id left open",
+            open.len()
+        );
+        // It stays: no late takeover request closes it.
+        std::thread::sleep(SETTLE);
+        assert!(
+            !closed_by_broker(&mut open[0], Duration::from_millis(100)),
+            "{version:?} round {round}: the connection left was closed later"
+        );
+        assert!(
+            answers_ping(&mut open[0]),
+            "{version:?} round {round}: the connection left is not served"
+        );
+        assert!(
+            a.has_session(&client_id) != b.has_session(&client_id),
+            "{version:?} round {round}: one node holds the session (A: {}, B: {})",
+            a.has_session(&client_id),
+            b.has_session(&client_id)
+        );
+        drop(open);
+    }
+    runtime.block_on(async {
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    });
+}
