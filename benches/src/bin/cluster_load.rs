@@ -24,6 +24,17 @@
 //! setups measured in the same round are the result.
 //!
 //! Bounded: fixed connections, fixed time per measurement, a deadline on setup.
+//!
+//! `--connects N` measures instead what a clustered CONNECT of a persistent session costs
+//! (its claim in the sessions bucket, and a takeover from the node that had it): `N`
+//! sequential connects of one MQTT 3.1.1 client (Clean Session 0, then DISCONNECT) per setup
+//! and round, timed from the TCP connect to CONNACK, after 20 unmeasured ones:
+//! - `single`: one broker, not clustered, the same client id each time (a local resume);
+//! - `cluster-new`: a clustered node, a new client id each time (the claim creates the key);
+//! - `cluster-same`: a clustered node, the same client id each time (the claim updates the
+//!   key; the previous owner is this node);
+//! - `cross-node`: the same client id on nodes A and B in turn (claim, takeover request to the
+//!   other node, handover of the session).
 
 use std::io;
 use std::process::ExitCode;
@@ -80,11 +91,12 @@ fn main() -> ExitCode {
         publishers: 4,
         window: 2000,
     };
+    let mut connects = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let (Some(flag), Some(value)) = (pair.first(), pair.get(1)) else {
             eprintln!(
-                "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N]"
+                "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N] [--connects N]"
             );
             return ExitCode::from(2);
         };
@@ -97,6 +109,7 @@ fn main() -> ExitCode {
             "--duration" => options.duration = Duration::from_secs(number.max(1)),
             "--publishers" => options.publishers = number.max(1) as usize,
             "--window" => options.window = number.max(BATCH),
+            "--connects" => connects = Some(number.max(1) as usize),
             _ => {
                 eprintln!("unknown option {flag}");
                 return ExitCode::from(2);
@@ -110,6 +123,9 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let nats = NatsServer::start();
+    if let Some(connects) = connects {
+        return measure_connects(&runtime, &nats, connects, options.rounds);
+    }
     let setups = [Setup::Single, Setup::ClusterLocal, Setup::CrossNode];
     let mut results: Vec<Vec<Measured>> = setups.iter().map(|_| Vec::new()).collect();
     for round in 0..options.rounds {
@@ -331,6 +347,137 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
         p50: at(0.50),
         p99: at(0.99),
     };
+    a.shutdown(Duration::from_millis(200)).await;
+    if let Some(b) = b {
+        b.shutdown(Duration::from_millis(200)).await;
+    }
+    Ok(measured)
+}
+
+/// What `--connects` measures: how a CONNECT finds its session (see the module's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectSetup {
+    Single,
+    ClusterNew,
+    ClusterSame,
+    CrossNode,
+}
+
+impl ConnectSetup {
+    const ALL: [Self; 4] = [
+        Self::Single,
+        Self::ClusterNew,
+        Self::ClusterSame,
+        Self::CrossNode,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::ClusterNew => "cluster-new",
+            Self::ClusterSame => "cluster-same",
+            Self::CrossNode => "cross-node",
+        }
+    }
+}
+
+/// Unmeasured connects before each measurement.
+const CONNECT_WARMUP: usize = 20;
+
+/// `--connects`: the connect latency of each [`ConnectSetup`], `rounds` times, and the medians.
+fn measure_connects(
+    runtime: &tokio::runtime::Runtime,
+    nats: &NatsServer,
+    connects: usize,
+    rounds: usize,
+) -> ExitCode {
+    let mut results: Vec<Vec<(f64, f64)>> = ConnectSetup::ALL.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, setup) in ConnectSetup::ALL.iter().enumerate() {
+            match runtime.block_on(connect_latencies(*setup, nats, connects, round)) {
+                Ok((p50, p99)) => {
+                    println!(
+                        "round {} {:>12}: p50 {:>8.2?}  p99 {:>8.2?}",
+                        round + 1,
+                        setup.name(),
+                        p50,
+                        p99
+                    );
+                    results[i].push((p50.as_secs_f64(), p99.as_secs_f64()));
+                }
+                Err(error) => {
+                    eprintln!("{}: {error}", setup.name());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!(
+        "\nmedians over {rounds} rounds ({connects} connects each; load {}):",
+        rallymq_benches::load_average()
+    );
+    let single = median(results[0].iter().map(|r| r.0).collect());
+    for (setup, measured) in ConnectSetup::ALL.iter().zip(&results) {
+        let p50 = median(measured.iter().map(|r| r.0).collect());
+        let p99 = median(measured.iter().map(|r| r.1).collect());
+        println!(
+            "{:>12}: p50 {:>8.2?} (+{:>8.2?} over single)  p99 {:>8.2?}",
+            setup.name(),
+            Duration::from_secs_f64(p50),
+            Duration::from_secs_f64((p50 - single).max(0.0)),
+            Duration::from_secs_f64(p99)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `connects` timed connects (after [`CONNECT_WARMUP`] others) in `setup`, on fresh brokers;
+/// their p50 and p99.
+async fn connect_latencies(
+    setup: ConnectSetup,
+    nats: &NatsServer,
+    connects: usize,
+    round: usize,
+) -> io::Result<(Duration, Duration)> {
+    let (a, b) = match setup {
+        ConnectSetup::Single => (node(None).await?, None),
+        ConnectSetup::CrossNode => (node(Some(nats)).await?, Some(node(Some(nats)).await?)),
+        _ => (node(Some(nats)).await?, None),
+    };
+    let tcp = |node: &BrokerHandle| {
+        node.local_addr(ListenerKind::Tcp)
+            .ok_or_else(|| io::Error::other("no TCP"))
+    };
+    let addrs = match &b {
+        Some(b) => vec![tcp(&a)?, tcp(b)?],
+        None => vec![tcp(&a)?],
+    };
+    let mut latencies = Vec::with_capacity(connects);
+    for i in 0..CONNECT_WARMUP + connects {
+        let client_id = match setup {
+            ConnectSetup::ClusterNew => format!("connects-{round}-{i}"),
+            _ => format!("connects-{round}"),
+        };
+        let addr = addrs[i % addrs.len()];
+        let began = Instant::now();
+        let client = tokio::time::timeout(
+            SETUP_DEADLINE,
+            Client::connect(addr, Transport::Tcp, &client_id, false),
+        )
+        .await
+        .map_err(io::Error::other)??;
+        let took = began.elapsed();
+        client.disconnect().await?;
+        if i >= CONNECT_WARMUP {
+            latencies.push(took);
+        }
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies.get(i).copied().unwrap_or_default()
+    };
+    let measured = (at(0.50), at(0.99));
     a.shutdown(Duration::from_millis(200)).await;
     if let Some(b) = b {
         b.shutdown(Duration::from_millis(200)).await;

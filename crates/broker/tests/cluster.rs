@@ -12,8 +12,8 @@ use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
 use support::{
-    TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
-    start_broker, subscription, tcp_addr, topic_str,
+    TestClient, WAIT, connect_packet, connected_present, message, payload_str,
+    payloads_until_quiet, persistent_connect, start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
@@ -534,19 +534,7 @@ async fn publish_acknowledged(
 /// The payloads the client receives until it has `expected` and stays quiet for [`QUIET`], in
 /// the order they arrived.
 async fn payloads(client: &mut TestClient<TcpStream>, expected: usize) -> Vec<String> {
-    let deadline = Instant::now() + 2 * WAIT;
-    let mut received = Vec::new();
-    loop {
-        let wait = if received.len() >= expected {
-            QUIET
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let Some(publish) = client.recv_within(wait).await else {
-            return received;
-        };
-        received.push(payload_str(&publish));
-    }
+    payloads_until_quiet(client, expected, QUIET).await
 }
 
 fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {

@@ -15,8 +15,8 @@ use rallymq_session::CloseReason;
 use rallymq_test_support::NatsServer;
 use support::storm::{answers_ping, closed_by_broker, storm};
 use support::{
-    TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
-    start_broker, subscription, tcp_addr,
+    TestClient, WAIT, connect_packet, connected_present, message, payloads_until_quiet,
+    persistent_connect, start_broker, subscription, tcp_addr,
 };
 use tokio::net::TcpStream;
 
@@ -39,19 +39,7 @@ async fn node(nats: &NatsServer, id: &str) -> BrokerHandle {
 /// The payloads the client receives until it has `expected` and stays quiet for [`QUIET`], in
 /// the order they arrived.
 async fn payloads(client: &mut TestClient<TcpStream>, expected: usize) -> Vec<String> {
-    let deadline = Instant::now() + 2 * WAIT;
-    let mut received = Vec::new();
-    loop {
-        let wait = if received.len() >= expected {
-            QUIET
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let Some(publish) = client.recv_within(wait).await else {
-            return received;
-        };
-        received.push(payload_str(&publish));
-    }
+    payloads_until_quiet(client, expected, QUIET).await
 }
 
 fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {

@@ -338,6 +338,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     }
 }
 
+/// The payloads `client` receives until it has `expected` of them (within twice [`WAIT`]) and
+/// then stays quiet for `quiet` (a duplicate would arrive within it), in the order they came.
+pub async fn payloads_until_quiet(
+    client: &mut TestClient<TcpStream>,
+    expected: usize,
+    quiet: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + 2 * WAIT;
+    let mut received = Vec::new();
+    loop {
+        let wait = if received.len() >= expected {
+            quiet
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Some(publish) = client.recv_within(wait).await else {
+            return received;
+        };
+        received.push(payload_str(&publish));
+    }
+}
+
 pub fn payload_str(publish: &Publish) -> String {
     String::from_utf8(publish.payload.to_vec()).unwrap()
 }
