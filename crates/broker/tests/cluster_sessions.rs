@@ -9,10 +9,11 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rallymq_broker::{BrokerHandle, ClusterConfig};
+use rallymq_broker::{BrokerHandle, ClusterConfig, Storage};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_session::CloseReason;
 use rallymq_test_support::NatsServer;
+use support::credentials::TempDir;
 use support::storm::{answers_ping, closed_by_broker, storm};
 use support::{
     TestClient, WAIT, connect_packet, connected_present, message, payloads_until_quiet,
@@ -25,9 +26,18 @@ use tokio::net::TcpStream;
 const QUIET: Duration = Duration::from_millis(500);
 
 async fn node(nats: &NatsServer, id: &str) -> BrokerHandle {
+    node_storing(nats, id, None).await
+}
+
+/// A node that keeps its sessions in `dir`, if given.
+async fn node_storing(nats: &NatsServer, id: &str, dir: Option<&TempDir>) -> BrokerHandle {
     let url = nats.url();
     let id = id.to_owned();
+    let storage = dir.map(|dir| Storage::Directory(dir.path("data")));
     start_broker(move |config| {
+        if let Some(storage) = storage {
+            config.storage = storage;
+        }
         config.cluster = Some(ClusterConfig {
             node_id: Some(id),
             ..ClusterConfig::new([url])
@@ -125,6 +135,31 @@ async fn cluster_mqtt_3_1_2_5_a_persistent_session_resumes_on_another_node_with_
     assert!(present);
     assert_eq!(payloads(&mut mover, 5).await, numbered("back-", 0..5));
     assert!(!b.has_session("mover"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_5_a_session_queued_in_a_nodes_store_moves_with_its_queue() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("cluster-sessions-store");
+    let a = node_storing(&nats, "node-a", Some(&dir)).await;
+    let b = node(&nats, "node-b").await;
+    let connect = || persistent_connect(ProtocolVersion::V3_1_1, "stored-mover", 0);
+    let (mut mover, _) = connected_present(tcp_addr(&a), connect()).await;
+    mover
+        .subscribe(vec![subscription("st/#", QoS::ExactlyOnce)])
+        .await;
+    mover.disconnect(ReasonCode::Success).await;
+    wait_for_session(&a, "stored-mover", true).await;
+    // An offline session's queue is in A's store only.
+    const N: usize = 40;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "pub")).await;
+    publish_all(&mut publisher, "st/t", &numbered("stored-", 0..N)).await;
+
+    let (mut mover, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present);
+    assert_eq!(payloads(&mut mover, N).await, numbered("stored-", 0..N));
+    assert!(!a.has_session("stored-mover"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
