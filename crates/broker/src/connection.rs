@@ -952,7 +952,12 @@ impl Driver {
             will_waiter,
         } = if needs_client_id {
             // One no session has (MQTT-3.1.3-6): a client may have connected as rallymq-N.
-            registry.attach_assigned(&format!("rallymq-{}", self.connection_id), &self.control)
+            // In a cluster the node's id is in it, so that no two nodes assign the same one.
+            let base = match self.shared.cluster.get() {
+                Some(cluster) => format!("rallymq-{}-{}", cluster.node_id(), self.connection_id),
+                None => format!("rallymq-{}", self.connection_id),
+            };
+            registry.attach_assigned(&base, &self.control)
         } else if let (Some(cluster), Some(claim)) = (cluster, &claim) {
             let client_id = connect.client_id.as_str();
             match cluster.sessions().attach(client_id, claim, attach) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rallymq_broker::{BrokerHandle, ClusterConfig, Storage};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
-use rallymq_session::CloseReason;
+use rallymq_session::{ClientEvent, CloseReason};
 use rallymq_test_support::NatsServer;
 use support::credentials::TempDir;
 use support::storm::{answers_ping, closed_by_broker, storm};
@@ -269,6 +269,36 @@ async fn cluster_a_session_whose_node_is_gone_resumes_from_its_record() {
         payloads(&mut orphan, 3).await,
         numbered("m-", 0..3),
         "its subscription is in force on B"
+    );
+}
+
+/// The client id `node` assigns to a client that sent an empty one.
+async fn assigned_id(node: &BrokerHandle) -> String {
+    let (_, connected) =
+        TestClient::tcp(tcp_addr(node), connect_packet(ProtocolVersion::V5, "")).await;
+    let ClientEvent::Connected { connack, .. } = connected else {
+        panic!("{connected:?}")
+    };
+    connack
+        .properties
+        .assigned_client_identifier
+        .as_ref()
+        .expect("an assigned client id")
+        .as_str()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_3_6_nodes_assign_client_ids_no_other_node_assigns() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    // Both nodes count connections from 1: the first ones would meet as `rallymq-1`.
+    let (on_a, on_b) = (assigned_id(&a).await, assigned_id(&b).await);
+    assert_ne!(on_a, on_b);
+    assert!(
+        on_a.contains("node-a") && on_b.contains("node-b"),
+        "{on_a}, {on_b}"
     );
 }
 
