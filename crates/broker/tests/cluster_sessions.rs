@@ -272,6 +272,39 @@ async fn cluster_a_session_whose_node_is_gone_resumes_from_its_record() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_takeover_from_another_node_publishes_the_will_only_of_a_session_that_ends() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let (mut watcher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "watcher")).await;
+    watcher
+        .subscribe(vec![subscription("wills/#", QoS::AtMostOnce)])
+        .await;
+    for (client_id, expiry, published) in [("ends", 0, true), ("goes-on", 600, false)] {
+        let with_will = || {
+            let mut connect = persistent_connect(ProtocolVersion::V5, client_id, expiry);
+            connect.will = Some(rallymq_codec::Will::new(
+                rallymq_codec::TopicName::new(format!("wills/{client_id}")).unwrap(),
+                "gone",
+            ));
+            connect
+        };
+        let (mut first, _) = connected_present(tcp_addr(&a), with_will()).await;
+        let (mut second, _) = connected_present(tcp_addr(&b), with_will()).await;
+        assert!(first.closed().await.is_some());
+        let will = watcher.recv_within(QUIET).await;
+        assert_eq!(
+            will.is_some(),
+            published,
+            "{client_id}: will published {will:?}"
+        );
+        // A normal DISCONNECT: its own will is not published.
+        second.disconnect(ReasonCode::Success).await;
+    }
+}
+
 /// The client id `node` assigns to a client that sent an empty one.
 async fn assigned_id(node: &BrokerHandle) -> String {
     let (_, connected) =

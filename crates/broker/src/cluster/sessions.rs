@@ -596,12 +596,12 @@ async fn hand_over(
                 let control = inner.attachment.take().map(|attachment| attachment.control);
                 let waiter = inner.will_waiter.take();
                 let (reply, state) = oneshot::channel();
+                // As in a local takeover: a session that ends with its connection publishes its
+                // will, one that goes on does not.
+                let resume = !discard && inner.persistent;
                 let asked = control.and_then(|control| {
                     control
-                        .send(Control::TakeOver {
-                            reply,
-                            resume: !discard,
-                        })
+                        .send(Control::TakeOver { reply, resume })
                         .ok()
                         .map(|()| state)
                 });
