@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use rallymq_broker::{BrokerHandle, ClusterConfig, Storage};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
-use rallymq_session::{ClientEvent, CloseReason};
+use rallymq_session::{ClientConfig, ClientEvent, CloseReason};
 use rallymq_test_support::NatsServer;
 use support::credentials::TempDir;
 use support::storm::{answers_ping, closed_by_broker, storm};
 use support::{
-    TestClient, WAIT, connect_packet, connected_present, message, payloads_until_quiet,
-    persistent_connect, start_broker, subscription, tcp_addr,
+    TestClient, WAIT, connect_packet, connected_present, message, payload_str,
+    payloads_until_quiet, persistent_connect, start_broker, subscription, tcp_addr,
 };
 use tokio::net::TcpStream;
 
@@ -303,6 +303,43 @@ async fn cluster_a_takeover_from_another_node_publishes_the_will_only_of_a_sessi
         // A normal DISCONNECT: its own will is not published.
         second.disconnect(ReasonCode::Success).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_4_0_1_a_delivery_in_flight_on_a_is_resent_on_b_with_dup() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let connect = || persistent_connect(ProtocolVersion::V5, "holder", 600);
+    let mut config = ClientConfig::new(connect());
+    // Nothing is acknowledged: what A sends stays in flight there.
+    config.manual_acks = true;
+    let (mut holder, _) = TestClient::tcp_with(tcp_addr(&a), config).await;
+    holder
+        .subscribe(vec![subscription("held/#", QoS::AtLeastOnce)])
+        .await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "pub")).await;
+    publish_all(&mut publisher, "held/t", &numbered("h-", 0..3)).await;
+    let first = holder
+        .wait_for(|event| matches!(event, ClientEvent::Message(_)))
+        .await;
+    assert!(first.is_some(), "A sent the first one");
+
+    // Taken over while connected: its connection hands its state to A's reply.
+    let (mut moved, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present);
+    let mut received = Vec::new();
+    while let Some(publish) = moved.recv_within(QUIET).await {
+        received.push((payload_str(&publish), publish.dup));
+    }
+    assert_eq!(
+        received.first(),
+        Some(&("h-0".to_owned(), true)),
+        "the delivery in flight comes first, again, with DUP: {received:?}"
+    );
+    let payloads: Vec<&str> = received.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(payloads, ["h-0", "h-1", "h-2"], "then the rest, once each");
 }
 
 /// The client id `node` assigns to a client that sent an empty one.
