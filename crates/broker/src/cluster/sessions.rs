@@ -414,12 +414,19 @@ impl Sessions {
     }
 
     /// Forgets claims no connection can still be attaching under, of client ids with no
-    /// session here.
+    /// session here. One with a session is looked at again [`FORGET_AFTER`] later, so that a
+    /// call costs a registry lookup for few of them.
     pub(crate) fn forget_idle(&self, shared: &Shared) {
         let now = Instant::now();
         self.claims().retain(|client_id, claimed| {
-            now.duration_since(claimed.touched) < FORGET_AFTER
-                || shared.registry.contains(client_id)
+            if now.duration_since(claimed.touched) < FORGET_AFTER {
+                return true;
+            }
+            let kept = shared.registry.contains(client_id);
+            if kept {
+                claimed.touched = now;
+            }
+            kept
         });
     }
 }
