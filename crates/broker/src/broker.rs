@@ -19,7 +19,7 @@ use crate::cluster::{self, Link};
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::policy::Policy;
-use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
+use crate::router::{RouteOutcome, Router, SubscriptionData, Targets, stored_copy};
 use crate::session::{
     Attachment, Control, ControlBox, Durable, NO_LISTENER, Persisting, Registry, Session,
     SessionInner, signal,
@@ -187,19 +187,33 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
-        let stream = self
+        let forwarded = self
             .cluster
             .get()
-            .and_then(|cluster| cluster.forward(sender, publish));
-        let mut outcome = self.publish_here(sender, publish, also);
-        outcome.stream = stream;
+            .map(|cluster| cluster.forward(sender, publish))
+            .unwrap_or_default();
+        let targets = Targets::Subscribers {
+            shared_groups: !forwarded.shared_groups,
+        };
+        let mut outcome = self.publish_here(sender, publish, also, targets);
+        outcome.stream = forwarded.stream;
         outcome
     }
 
-    /// Publishes a message another cluster node received, to this node's clients only;
-    /// returns the store's ticket for what routing wrote.
+    /// Publishes a message another cluster node received, to this node's clients only (not
+    /// to shared groups: they have their own way through the cluster); returns the store's
+    /// ticket for what routing wrote.
     pub(crate) fn publish_received(&self, sender: Option<&str>, publish: &Publish) -> Ticket {
-        self.publish_here(sender, publish, None).ticket
+        let targets = Targets::Subscribers {
+            shared_groups: false,
+        };
+        self.publish_here(sender, publish, None, targets).ticket
+    }
+
+    /// Publishes a message the cluster gave this node for the shared group of `filter`, to one
+    /// of the group's members here; nothing is queued when the group has none.
+    pub(crate) fn publish_to_group(&self, filter: &TopicFilter, publish: &Publish) -> RouteOutcome {
+        self.publish_here(None, publish, None, Targets::Group(filter))
     }
 
     /// [`Shared::publish_with`] on this node only.
@@ -208,6 +222,7 @@ impl Shared {
         sender: Option<&str>,
         publish: &Publish,
         also: Option<Change>,
+        targets: Targets<'_>,
     ) -> RouteOutcome {
         // A message routed to several persistent sessions is written in several changes.
         let _group = match &self.store {
@@ -218,7 +233,7 @@ impl Shared {
         };
         let received_at = SystemTime::now();
         let mut retained = Ticket::default();
-        if publish.retain {
+        if publish.retain && matches!(targets, Targets::Subscribers { .. }) {
             self.router.retain(publish);
             if let (Some(store), Some(topic)) = (&self.store, &publish.topic) {
                 let change = if publish.payload.is_empty() {
@@ -240,9 +255,16 @@ impl Shared {
             id: None,
             ticket: Ticket::default(),
         });
-        let mut outcome = self
-            .router
-            .route(sender, publish, &self.config.limits, persisting);
+        let limits = &self.config.limits;
+        let mut outcome = match targets {
+            Targets::Subscribers { shared_groups } => {
+                self.router
+                    .route_to(sender, publish, limits, persisting, shared_groups)
+            }
+            Targets::Group(filter) => self
+                .router
+                .route_to_group(filter, publish, limits, persisting),
+        };
         outcome.ticket = outcome
             .ticket
             .max(retained)

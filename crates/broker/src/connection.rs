@@ -125,6 +125,9 @@ impl Drop for SpaceWaiter<'_> {
 enum Next {
     Nothing,
     Connect(Box<rallymq_codec::Connect>, bool),
+    /// A SUBSCRIBE that sends retained messages, in a cluster: answered once the node's copy
+    /// of them has caught up with the cluster's.
+    Subscribe(Box<Subscribe>),
 }
 
 /// What a connection of a broker with a store keeps: the store entries of its deliveries in
@@ -530,6 +533,12 @@ impl Driver {
                     // in every idle connection's task.
                     Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
+                Next::Subscribe(subscribe) => {
+                    if let Some(cluster) = self.shared.cluster.get() {
+                        Box::pin(cluster.retained_caught_up()).await;
+                    }
+                    self.on_subscribe(*subscribe);
+                }
             }
             if self.congested.is_some() {
                 // A subscriber's queue reached its high-water mark: the rest of what this read
@@ -677,7 +686,17 @@ impl Driver {
                     }
                 }
             }
-            ServerEvent::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            ServerEvent::Subscribe(subscribe) => {
+                let sends_retained = subscribe.subscriptions.iter().any(|subscription| {
+                    !subscription.filter.is_shared()
+                        && subscription.options.retain_handling
+                            != rallymq_codec::RetainHandling::DoNotSend
+                });
+                if sends_retained && self.shared.cluster.get().is_some() {
+                    return Next::Subscribe(Box::new(subscribe));
+                }
+                self.on_subscribe(subscribe);
+            }
             ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             ServerEvent::DeliveryAcknowledged(outcome)
             | ServerEvent::DeliveryCompleted(outcome) => {

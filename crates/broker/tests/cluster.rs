@@ -203,7 +203,16 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
 
 /// The subjects a node's NATS connection is subscribed to, from the server's monitoring port.
 fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
-    let name = format!("rallymq-{}", node.node_id().expect("a cluster node"));
+    connection_subjects(nats, node, "")
+}
+
+/// The subjects of the node's connection named `rallymq-{node id}{suffix}` (`-shares`: the
+/// shared groups' queue subscriptions).
+fn connection_subjects(nats: &NatsServer, node: &BrokerHandle, suffix: &str) -> Vec<String> {
+    let name = format!(
+        "rallymq-{}{suffix}",
+        node.node_id().expect("a cluster node")
+    );
     let body = nats
         .monitor("/connz?subs=1")
         .expect("the monitoring port answers");
@@ -229,9 +238,20 @@ fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
 
 /// Waits (bounded) until the node's subscriptions are `expected`.
 async fn wait_for_subjects(nats: &NatsServer, node: &BrokerHandle, expected: &[&str]) {
+    wait_for_connection_subjects(nats, node, "", expected).await;
+}
+
+/// Waits (bounded) until the subscriptions of the node's connection `suffix` (see
+/// [`connection_subjects`]) are `expected`.
+async fn wait_for_connection_subjects(
+    nats: &NatsServer,
+    node: &BrokerHandle,
+    suffix: &str,
+    expected: &[&str],
+) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let subjects = node_subjects(nats, node);
+        let subjects = connection_subjects(nats, node, suffix);
         if subjects == expected {
             return;
         }
@@ -254,14 +274,15 @@ async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_
     let _sys = client(&b, "sys", &["$SYS/#"]).await;
     wait_for_subjects(&nats, &b, &["rmq.m.s", "rmq.m.s.>"]).await;
 
+    // The shared subscription is a queue subscription of its own (on the node's second
+    // connection), not a holder of the plain filter.
+    wait_for_connection_subjects(&nats, &b, "-shares", &["rmq.m.s", "rmq.m.s.>"]).await;
     one.unsubscribe("s/#").await;
     two.disconnect(ReasonCode::Success).await;
     drop(in_process);
-    // `one` still holds the shared subscription to the same filter.
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(node_subjects(&nats, &b), ["rmq.m.s", "rmq.m.s.>"]);
-    one.unsubscribe("$share/g/s/#").await;
     wait_for_subjects(&nats, &b, &[]).await;
+    one.unsubscribe("$share/g/s/#").await;
+    wait_for_connection_subjects(&nats, &b, "-shares", &[]).await;
     let mut again = client(&b, "again", &["s/+"]).await;
     wait_for_subjects(&nats, &b, &["rmq.m.s.*"]).await;
     again.disconnect(ReasonCode::Success).await;

@@ -946,8 +946,14 @@ mod tests {
                 (group.name().to_owned(), members)
             })
         };
-        assert_eq!(members(&index, "$share/g/a/+"), Some(("g".to_owned(), vec![(1, 1), (2, 2)])));
-        assert_eq!(members(&index, "$share/g/#"), Some(("g".to_owned(), vec![(3, 3)])));
+        assert_eq!(
+            members(&index, "$share/g/a/+"),
+            Some(("g".to_owned(), vec![(1, 1), (2, 2)]))
+        );
+        assert_eq!(
+            members(&index, "$share/g/#"),
+            Some(("g".to_owned(), vec![(3, 3)]))
+        );
         assert_eq!(members(&index, "$share/h/a/+"), None);
         assert_eq!(members(&index, "$share/g/a/b"), None);
         assert_eq!(members(&index, "a/+"), None, "not a shared filter");

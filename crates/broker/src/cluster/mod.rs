@@ -21,6 +21,7 @@
 //! topic), which every node watches from its start: a node that joins later, or missed a
 //! message, gets every topic's last retained message into its local copy.
 
+mod share;
 mod stream;
 mod subject;
 
@@ -36,7 +37,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use rallymq_codec::{Limits, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_topic::{Match, SubscriptionIndex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -104,6 +105,10 @@ const MAX_SUBJECT_LEN: usize = 3900;
 
 /// How long an unsubscribed NATS subscription may take to hand over what it still holds.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a SUBSCRIBE waits for the node's copy of the retained bucket to catch up with the
+/// bucket before it is answered from the copy as it is.
+const RETAINED_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Whether a node shares this topic (or filter) with the others: `$SYS` topics describe the
 /// node that publishes them.
@@ -200,8 +205,21 @@ struct Interest {
     /// Each session's filters that cross the cluster (as subscribed: `$share/g/f` and `f` are
     /// two subscriptions of one session).
     by_session: HashMap<Arc<str>, Vec<TopicFilter>>,
-    /// How many subscriptions hold each filter (without its `$share/{group}/`).
+    /// How many subscriptions hold each (not shared) filter.
     counts: HashMap<Box<str>, usize>,
+    /// How many local members each shared group (`$share/{group}/{filter}`) has.
+    groups: HashMap<TopicFilter, usize>,
+}
+
+/// What became of a message sent to the other nodes.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarded {
+    /// The cluster gives it to the shared groups (one member in the whole cluster each): the
+    /// publishing node leaves them out of its own routing.
+    pub(crate) shared_groups: bool,
+    /// A QoS 1 or 2 message's write to the stream, which the publisher's acknowledgement
+    /// waits for.
+    pub(crate) stream: Option<StreamAck>,
 }
 
 /// A node's link to the cluster: what the broker's publish path and router hook talk to.
@@ -212,9 +230,16 @@ pub(crate) struct Link {
     outbound: mpsc::Sender<(String, Bytes)>,
     /// QoS 1 and 2 messages for the stream.
     stream: stream::Writer,
-    /// Retained messages for the bucket: key, and the envelope (`None` clears the topic).
-    retained: mpsc::Sender<(String, Option<Bytes>)>,
+    /// Retained messages for the bucket: key, the envelope (`None` clears the topic), and
+    /// for QoS 1 and 2 who waits for the bucket's acknowledgement.
+    retained: mpsc::Sender<RetainedWrite>,
+    /// The highest revision of the retained bucket the node's copy has taken in.
+    retained_seen: watch::Sender<u64>,
+    /// The retained bucket's stream, asked for its last revision.
+    retained_stream: async_nats::jetstream::stream::Stream,
     commands: mpsc::UnboundedSender<Command>,
+    /// Shared groups this node joins and leaves.
+    groups: mpsc::UnboundedSender<share::GroupCommand>,
     interest: Mutex<Interest>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
     dropped: AtomicU64,
@@ -222,13 +247,24 @@ pub(crate) struct Link {
     parts: Mutex<Option<Parts>>,
 }
 
+/// A retained message on its way to the bucket: its key, its envelope (`None` clears the
+/// topic), and the publisher's wait for it (QoS 1 and 2).
+type RetainedWrite = (
+    String,
+    Option<Bytes>,
+    Option<oneshot::Sender<Result<(), String>>>,
+);
+
 #[derive(Debug)]
 struct Parts {
     outbound: mpsc::Receiver<(String, Bytes)>,
-    retained: mpsc::Receiver<(String, Option<Bytes>)>,
+    retained: mpsc::Receiver<RetainedWrite>,
     bucket: async_nats::jetstream::kv::Store,
     commands: mpsc::UnboundedReceiver<Command>,
     stream: stream::Parts,
+    /// The connection of the shared groups' queue subscriptions (echo on).
+    shares: async_nats::Client,
+    groups: mpsc::UnboundedReceiver<share::GroupCommand>,
 }
 
 impl Link {
@@ -249,31 +285,42 @@ impl Link {
         if addrs.is_empty() {
             return Err(Error::Cluster("no NATS server given".to_owned()));
         }
+        let unreachable = |e| {
+            Error::Cluster(format!(
+                "cannot reach the NATS servers {:?}: {e}",
+                config.servers
+            ))
+        };
         let client = async_nats::ConnectOptions::new()
             .name(format!("rallymq-{node_id}"))
             .no_echo()
             .connection_timeout(Duration::from_secs(5))
+            .connect(addrs.clone())
+            .await
+            .map_err(unreachable)?;
+        let shares = async_nats::ConnectOptions::new()
+            .name(format!("rallymq-{node_id}-shares"))
+            .connection_timeout(Duration::from_secs(5))
             .connect(addrs)
             .await
-            .map_err(|e| {
-                Error::Cluster(format!(
-                    "cannot reach the NATS servers {:?}: {e}",
-                    config.servers
-                ))
-            })?;
+            .map_err(unreachable)?;
         let bucket = retained_bucket(&client).await?;
         let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
         let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (groups_tx, groups) = mpsc::unbounded_channel();
         Ok(Arc::new(Self {
             node_id,
             client,
             outbound: outbound_tx,
             stream,
             retained: retained_tx,
+            retained_seen: watch::Sender::new(0),
+            retained_stream: bucket.stream.clone(),
             commands: commands_tx,
+            groups: groups_tx,
             interest: Mutex::default(),
             dropped: AtomicU64::new(0),
             parts: Mutex::new(Some(Parts {
@@ -282,6 +329,8 @@ impl Link {
                 bucket,
                 commands,
                 stream: stream_parts,
+                shares,
+                groups,
             })),
         }))
     }
@@ -305,7 +354,20 @@ impl Link {
             tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
             tokio::spawn(until_shutdown(
                 shared,
-                follow_retained(parts.bucket, Arc::downgrade(shared)),
+                follow_retained(
+                    parts.bucket,
+                    self.retained_seen.clone(),
+                    Arc::downgrade(shared),
+                ),
+            )),
+            tokio::spawn(until_shutdown(
+                shared,
+                share::follow_groups(
+                    parts.shares,
+                    stream::context(&self.client),
+                    parts.groups,
+                    Arc::downgrade(shared),
+                ),
             )),
             tokio::spawn(until_shutdown(
                 shared,
@@ -317,11 +379,15 @@ impl Link {
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
     /// waits. QoS 0 goes on core NATS, and is dropped and counted when the NATS client falls
     /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the
-    /// returned [`StreamAck`].
-    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Option<StreamAck> {
-        let topic = publish.topic.as_ref()?;
+    /// returned [`StreamAck`], which for a retained message covers the retained bucket's
+    /// write too.
+    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Forwarded {
+        let mut forwarded = Forwarded::default();
+        let Some(topic) = publish.topic.as_ref() else {
+            return forwarded;
+        };
         if !crosses(topic.as_str()) {
-            return None;
+            return forwarded;
         }
         let subject = if publish.qos == QoS::AtMostOnce {
             subject::topic_subject(topic.as_str())
@@ -333,25 +399,43 @@ impl Link {
             if dropped.is_power_of_two() {
                 warn!(%topic, dropped, "cluster: topic too long for a NATS subject; not sent to other nodes");
             }
-            return None;
+            return forwarded;
         }
         let Some(envelope) = seal(sender, publish) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return forwarded;
         };
+        let qos0 = publish.qos == QoS::AtMostOnce;
+        let mut retained = None;
         if publish.retain {
             let value = (!publish.payload.is_empty()).then(|| envelope.clone());
+            // A QoS 1 or 2 publisher is acknowledged once the bucket has it: a SUBSCRIBE on
+            // any node after that sees it.
+            let (done, written) = if qos0 {
+                (None, None)
+            } else {
+                let (done, written) = oneshot::channel();
+                (Some(done), Some(written))
+            };
+            retained = written;
             if self
                 .retained
-                .try_send((subject::topic_key(topic.as_str()), value))
+                .try_send((subject::topic_key(topic.as_str()), value, done))
                 .is_err()
             {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 warn!(%topic, "cluster: retained message not stored in the cluster (queue full)");
+                retained = retained.map(|_| stream::failed("too many retained messages waiting"));
             }
         }
-        if publish.qos != QoS::AtMostOnce {
-            return Some(self.stream.write(subject, envelope));
+        if !qos0 {
+            let ack = self.stream.write(subject, envelope);
+            forwarded.stream = Some(match retained {
+                Some(retained) => ack.with_retained(retained),
+                None => ack,
+            });
+            forwarded.shared_groups = true;
+            return forwarded;
         }
         if self.outbound.try_send((subject, envelope)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -361,45 +445,81 @@ impl Link {
                     "cluster: the NATS client is behind; messages not sent to other nodes"
                 );
             }
+        } else {
+            forwarded.shared_groups = true;
         }
-        None
+        forwarded
+    }
+
+    /// Waits (at most [`RETAINED_CATCH_UP`]) until this node's copy of the retained bucket
+    /// has taken in everything the bucket held when asked: a retained message acknowledged on
+    /// any node before a SUBSCRIBE here is then in the copy the SUBSCRIBE is answered from.
+    pub(crate) async fn retained_caught_up(&self) {
+        let catch_up = async {
+            let last = match self.retained_stream.get_info().await {
+                Ok(info) => info.state.last_sequence,
+                Err(error) => {
+                    debug!(%error, "cluster: the retained bucket's last revision is unknown");
+                    return;
+                }
+            };
+            let mut seen = self.retained_seen.subscribe();
+            let _ = seen.wait_for(|seen| *seen >= last).await;
+        };
+        if tokio::time::timeout(RETAINED_CATCH_UP, catch_up)
+            .await
+            .is_err()
+        {
+            debug!(
+                "cluster: the copy of the retained bucket is behind; answering from it as it is"
+            );
+        }
     }
 
     fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
         crate::lock(&self.interest)
     }
 
-    /// Counts one more holder of `filter`; the first asks for a NATS subscription.
+    /// Counts one more holder of `filter`; the first asks for a NATS subscription, or for a
+    /// shared filter, to join the group across the cluster.
     fn hold(&self, interest: &mut Interest, filter: &TopicFilter) {
+        if filter.is_shared() {
+            let count = interest.groups.entry(filter.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                let _ = self.groups.send(share::GroupCommand::Join(filter.clone()));
+            }
+            return;
+        }
         let count = interest.counts.entry(filter.filter().into()).or_default();
         *count += 1;
         if *count == 1 {
-            let _ = self.commands.send(Command::Subscribe(plain_filter(filter)));
+            let _ = self.commands.send(Command::Subscribe(filter.clone()));
         }
     }
 
-    /// Counts one holder of `filter` fewer; the last ends the NATS subscription.
+    /// Counts one holder of `filter` fewer; the last ends the NATS subscription (or leaves the
+    /// group).
     fn release(&self, interest: &mut Interest, filter: &TopicFilter) {
+        if filter.is_shared() {
+            let Some(count) = interest.groups.get_mut(filter) else {
+                return;
+            };
+            *count -= 1;
+            if *count == 0 {
+                interest.groups.remove(filter);
+                let _ = self.groups.send(share::GroupCommand::Leave(filter.clone()));
+            }
+            return;
+        }
         let Some(count) = interest.counts.get_mut(filter.filter()) else {
             return;
         };
         *count -= 1;
         if *count == 0 {
             interest.counts.remove(filter.filter());
-            let _ = self
-                .commands
-                .send(Command::Unsubscribe(plain_filter(filter)));
+            let _ = self.commands.send(Command::Unsubscribe(filter.clone()));
         }
-    }
-}
-
-/// `filter` without its `$share/{group}/`.
-fn plain_filter(filter: &TopicFilter) -> TopicFilter {
-    if filter.is_shared() {
-        // The part after `$share/{group}/` of a valid shared filter is a valid filter.
-        TopicFilter::new(filter.filter()).unwrap_or_else(|_| filter.clone())
-    } else {
-        filter.clone()
     }
 }
 
@@ -573,12 +693,13 @@ where
     }
 }
 
-/// Puts retained messages in the bucket, in order.
+/// Puts retained messages in the bucket, in order, and tells each QoS 1 or 2 publisher's
+/// wait how its write went.
 async fn store_retained(
     bucket: async_nats::jetstream::kv::Store,
-    mut retained: mpsc::Receiver<(String, Option<Bytes>)>,
+    mut retained: mpsc::Receiver<RetainedWrite>,
 ) {
-    while let Some((key, value)) = retained.recv().await {
+    while let Some((key, value, done)) = retained.recv().await {
         let result = match value {
             Some(value) => bucket
                 .put(&key, value)
@@ -587,8 +708,11 @@ async fn store_retained(
                 .map_err(|e| e.to_string()),
             None => bucket.delete(&key).await.map_err(|e| e.to_string()),
         };
-        if let Err(error) = result {
+        if let Err(error) = &result {
             warn!(%error, %key, "cluster: a retained message could not be stored in the cluster");
+        }
+        if let Some(done) = done {
+            let _ = done.send(result);
         }
     }
 }
@@ -597,6 +721,7 @@ async fn store_retained(
 /// value first, then every change, whichever node made it.
 async fn follow_retained(
     bucket: async_nats::jetstream::kv::Store,
+    seen: watch::Sender<u64>,
     shared: std::sync::Weak<Shared>,
 ) {
     use async_nats::jetstream::kv::Operation;
@@ -614,6 +739,9 @@ async fn follow_retained(
                     let Some(shared) = shared.upgrade() else {
                         return;
                     };
+                    // Taken in once this pass ends (an entry skipped below is taken in too).
+                    let revision = entry.revision;
+                    let _taken_in = TakenIn(&seen, revision);
                     let Ok(topic) = subject::key_topic(&entry.key) else {
                         continue;
                     };
@@ -644,6 +772,48 @@ async fn follow_retained(
         }
         tokio::time::sleep(REWATCH_DELAY).await;
     }
+}
+
+/// Raises the retained copy's revision when dropped: after the entry of that revision is in
+/// the copy, whichever way the pass over it ends.
+struct TakenIn<'a>(&'a watch::Sender<u64>, u64);
+
+impl Drop for TakenIn<'_> {
+    fn drop(&mut self) {
+        let revision = self.1;
+        self.0.send_if_modified(|seen| {
+            let newer = revision > *seen;
+            if newer {
+                *seen = revision;
+            }
+            newer
+        });
+    }
+}
+
+/// The publisher's client id and the message of what a node received from NATS (`topic`: its
+/// subject's topic), if it is a node's envelope and subject and message agree on the topic.
+fn received(
+    topic: Result<String, subject::NotATopic>,
+    payload: Bytes,
+) -> Option<(Option<String>, Publish)> {
+    let Ok(topic) = topic else {
+        debug!("cluster: not a topic's subject; ignored");
+        return None;
+    };
+    let Some((sender, publish)) = open(payload) else {
+        debug!(%topic, "cluster: not a rallymq node's message; ignored");
+        return None;
+    };
+    if publish
+        .topic
+        .as_ref()
+        .is_none_or(|name| name.as_str() != topic)
+    {
+        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
+        return None;
+    }
+    Some((sender, publish))
 }
 
 /// Hands messages to the NATS client in order.
@@ -723,16 +893,11 @@ fn deliver(
     id: u64,
     message: async_nats::Message,
 ) {
-    let Ok(topic) = subject::subject_topic(message.subject.as_str()) else {
-        debug!(subject = %message.subject, "cluster: not a topic's subject; ignored");
+    let topic = subject::subject_topic(message.subject.as_str());
+    let Some((sender, publish)) = received(topic, message.payload) else {
         return;
     };
-    let Some((sender, publish)) = open(message.payload) else {
-        debug!(%topic, "cluster: not a rallymq node's message; ignored");
-        return;
-    };
-    let Some(name) = publish.topic.as_ref().filter(|name| name.as_str() == topic) else {
-        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
+    let Some(name) = publish.topic.as_ref() else {
         return;
     };
     let mut owner = None::<u64>;
