@@ -201,13 +201,9 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
     assert_eq!(collect(&mut hash, N).await, once_each(&["c/from-b"], N));
 }
 
-/// The subjects a node's NATS connection is subscribed to, from the server's monitoring port.
-fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
-    connection_subjects(nats, node, "")
-}
-
-/// The subjects of the node's connection named `rallymq-{node id}{suffix}` (`-shares`: the
-/// shared groups' queue subscriptions).
+/// The subjects the node's NATS connection `rallymq-{node id}{suffix}` is subscribed to (`""`:
+/// its main one; `-shares`: the shared groups' queue subscriptions), from the server's
+/// monitoring port.
 fn connection_subjects(nats: &NatsServer, node: &BrokerHandle, suffix: &str) -> Vec<String> {
     let name = format!(
         "rallymq-{}{suffix}",

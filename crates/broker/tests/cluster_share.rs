@@ -154,7 +154,10 @@ fn tally(
 }
 
 fn once_each(messages: &[(String, String)]) -> BTreeMap<(String, String), usize> {
-    messages.iter().map(|message| (message.clone(), 1)).collect()
+    messages
+        .iter()
+        .map(|message| (message.clone(), 1))
+        .collect()
 }
 
 /// Three nodes on one NATS server; the group has two members on A (where the publisher is),
@@ -199,7 +202,11 @@ async fn cluster_shared_group_gets_each_message_once_across_three_nodes_at_every
             per_member[0] + per_member[1] > 0 && per_member[2] > 0 && per_member[3] > 0,
             "{qos:?}: the members got {per_member:?}"
         );
-        assert_eq!(received[4], once_each(&messages), "{qos:?}: the ordinary subscriber");
+        assert_eq!(
+            received[4],
+            once_each(&messages),
+            "{qos:?}: the ordinary subscriber"
+        );
     }
 }
 
@@ -229,7 +236,11 @@ async fn cluster_shared_member_that_leaves_leaves_the_rest_of_the_group_everythi
     let after = numbered("job/after", 40);
     publish_all(&mut publisher, &after, QoS::AtLeastOnce).await;
     let received = collect_all(&mut [&mut on_a], after.len()).await;
-    assert_eq!(received[0], once_each(&after), "QoS 1 after B's member left");
+    assert_eq!(
+        received[0],
+        once_each(&after),
+        "QoS 1 after B's member left"
+    );
 
     // QoS 0 has no taking back: B must have left the queue group first.
     let deadline = Instant::now() + WAIT;
@@ -295,5 +306,9 @@ async fn cluster_retained_acknowledged_on_one_node_is_seen_by_a_subscribe_on_ano
         // A late copy of the retained message, if any, is not taken for the next one.
         while subscriber.recv_within(Duration::ZERO).await.is_some() {}
     }
-    assert_eq!(stale, [], "SUBSCRIBEs on B answered without A's acknowledged value");
+    assert_eq!(
+        stale,
+        [],
+        "SUBSCRIBEs on B answered without A's acknowledged value"
+    );
 }

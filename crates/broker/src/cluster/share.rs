@@ -98,8 +98,9 @@ fn stream_filter(filter: &str) -> String {
     )
 }
 
-/// Keeps this node in the groups its sessions are members of: one task per group, ended when
-/// its last local member goes (or when this task ends).
+/// Keeps this node in the groups its sessions are members of: two tasks per group (QoS 0, and
+/// QoS 1 and 2), ended when its last local member goes, and aborted when this task ends (the
+/// broker's shutdown): none outlives the broker's state.
 pub(super) async fn follow_groups(
     client: async_nats::Client,
     context: jetstream::Context,
@@ -108,18 +109,19 @@ pub(super) async fn follow_groups(
 ) {
     // Dropping a sender ends the member's task.
     let mut joined: HashMap<TopicFilter, [oneshot::Sender<()>; 2]> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     while let Some(command) = commands.recv().await {
         match command {
             GroupCommand::Join(filter) => {
                 let (core_tx, core) = oneshot::channel();
                 let (stream_tx, stream) = oneshot::channel();
-                tokio::spawn(core_member(
+                tasks.spawn(core_member(
                     client.clone(),
                     filter.clone(),
                     core,
                     shared.clone(),
                 ));
-                tokio::spawn(stream_member(
+                tasks.spawn(stream_member(
                     context.clone(),
                     filter.clone(),
                     stream,
@@ -131,6 +133,8 @@ pub(super) async fn follow_groups(
                 joined.remove(&filter);
             }
         }
+        // Reap the ended ones.
+        while tasks.try_join_next().is_some() {}
     }
 }
 
@@ -243,73 +247,77 @@ async fn stream_member(
         }
     };
     let (acks_tx, acks) = mpsc::channel(messages::ACK_CAPACITY);
-    tokio::spawn(acknowledge(acks, shared.clone()));
-    let mut leaving = false;
-    while !leaving {
-        let pull = consumer
-            .batch()
-            .max_messages(PULL_BATCH)
-            .expires(PULL_EXPIRY)
-            .messages();
-        let mut batch = tokio::select! {
-            batch = pull => match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    debug!(%error, "cluster: pulling a shared group's messages");
-                    if pause(&mut cancel).await { continue } else { return }
-                }
-            },
-            _ = &mut cancel => return,
-        };
-        loop {
-            // Once leaving, the pull in progress is read to its end and given back.
-            let next = if leaving {
-                batch.next().await
-            } else {
-                tokio::select! {
-                    next = batch.next() => next,
-                    _ = &mut cancel => {
-                        leaving = true;
+    // Acknowledged within this task: aborted with it, it holds no broker state past the end.
+    let acknowledging = acknowledge(acks, shared.clone());
+    let pulling = async move {
+        let mut leaving = false;
+        while !leaving {
+            let pull = consumer
+                .batch()
+                .max_messages(PULL_BATCH)
+                .expires(PULL_EXPIRY)
+                .messages();
+            let mut batch = tokio::select! {
+                batch = pull => match batch {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        debug!(%error, "cluster: pulling a shared group's messages");
+                        if pause(&mut cancel).await { continue } else { return }
+                    }
+                },
+                _ = &mut cancel => return,
+            };
+            loop {
+                // Once leaving, the pull in progress is read to its end and given back.
+                let next = if leaving {
+                    batch.next().await
+                } else {
+                    tokio::select! {
+                        next = batch.next() => next,
+                        _ = &mut cancel => {
+                            leaving = true;
+                            continue;
+                        }
+                    }
+                };
+                let Some(message) = next else { break };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        debug!(%error, "cluster: reading a shared group's messages");
                         continue;
                     }
-                }
-            };
-            let Some(message) = next else { break };
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    debug!(%error, "cluster: reading a shared group's messages");
-                    continue;
-                }
-            };
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            let topic = subject::stream_subject_topic(message.subject.as_str());
-            let ticket = match for_group(&filter, topic, message.payload.clone()) {
-                // Not for this group (the consumer's subject is wider than the filter).
-                None => Default::default(),
-                Some(publish) => {
-                    let outcome = if leaving {
-                        Default::default()
-                    } else {
-                        shared.publish_to_group(&filter, &publish)
-                    };
-                    if outcome.queued == 0 && outcome.dropped == 0 {
+                };
+                let topic = subject::stream_subject_topic(message.subject.as_str());
+                let ticket = match for_group(&filter, topic, message.payload.clone()) {
+                    // Not for this group (the consumer's subject is wider than the filter).
+                    None => Some(Default::default()),
+                    Some(_) if leaving => None,
+                    Some(publish) => {
+                        let Some(shared) = shared.upgrade() else {
+                            return;
+                        };
+                        let outcome = shared.publish_to_group(&filter, &publish);
+                        (outcome.queued > 0 || outcome.dropped > 0).then_some(outcome.ticket)
+                    }
+                };
+                match ticket {
+                    Some(ticket) => {
+                        if acks_tx.send((ticket, message)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // No member here: another node's member takes it.
+                    None => {
                         if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
                             debug!(%error, "cluster: giving back a shared group's message");
                         }
-                        continue;
                     }
-                    outcome.ticket
                 }
-            };
-            drop(shared);
-            if acks_tx.send((ticket, message)).await.is_err() {
-                return;
             }
         }
-    }
+    };
+    tokio::join!(pulling, acknowledging);
 }
 
 #[cfg(test)]
