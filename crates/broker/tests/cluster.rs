@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
+use support::cluster::{node, subscribed_client};
 use support::{
     TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
     start_broker, subscription, tcp_addr, topic_str,
@@ -24,22 +25,8 @@ const QUIET: Duration = Duration::from_millis(400);
 /// Payloads of warm-up messages start with this; counts ignore them.
 const PROBE: &str = "probe";
 
-async fn node(servers: &[&NatsServer]) -> BrokerHandle {
-    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
-    start_broker(|config| config.cluster = Some(ClusterConfig::new(urls))).await
-}
-
 async fn client(node: &BrokerHandle, id: &str, filters: &[&str]) -> TestClient<TcpStream> {
-    let (mut client, _) =
-        TestClient::tcp(tcp_addr(node), connect_packet(ProtocolVersion::V5, id)).await;
-    if !filters.is_empty() {
-        let subscriptions = filters
-            .iter()
-            .map(|filter| subscription(filter, QoS::AtMostOnce))
-            .collect();
-        client.subscribe(subscriptions).await;
-    }
-    client
+    subscribed_client(node, id, filters, QoS::AtMostOnce).await
 }
 
 /// A node subscribes to other nodes' messages after its client's SUBACK, and NATS spreads

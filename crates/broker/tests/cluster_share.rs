@@ -7,13 +7,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rallymq_broker::{BrokerHandle, ClusterConfig};
-use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
+use rallymq_broker::BrokerHandle;
+use rallymq_codec::{QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
-use support::{
-    TestClient, WAIT, connect_packet, message, payload_str, start_broker, subscription, tcp_addr,
-    topic_str, wait_clients,
-};
+use support::cluster::{node, subscribed_client};
+use support::{TestClient, WAIT, message, payload_str, subscription, topic_str, wait_clients};
 use tokio::net::TcpStream;
 
 /// How long every client stays silent, once all expected messages are in, before the counts
@@ -27,24 +25,10 @@ const PROBE: &str = "probe";
 const GROUP: &str = "$share/workers/job/+";
 const PLAIN: &str = "job/+";
 
-async fn node(servers: &[&NatsServer]) -> BrokerHandle {
-    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
-    start_broker(|config| config.cluster = Some(ClusterConfig::new(urls))).await
-}
-
 /// A client on `node`, subscribed to `filters` with QoS 2 (so that it gets each message at the
 /// QoS it was published with).
 async fn client(node: &BrokerHandle, id: &str, filters: &[&str]) -> TestClient<TcpStream> {
-    let (mut client, _) =
-        TestClient::tcp(tcp_addr(node), connect_packet(ProtocolVersion::V5, id)).await;
-    if !filters.is_empty() {
-        let subscriptions = filters
-            .iter()
-            .map(|filter| subscription(filter, QoS::ExactlyOnce))
-            .collect();
-        client.subscribe(subscriptions).await;
-    }
-    client
+    subscribed_client(node, id, filters, QoS::ExactlyOnce).await
 }
 
 /// Publishes probes on `topic` with `qos` until every one of `members` has had one (bounded):

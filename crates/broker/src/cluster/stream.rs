@@ -283,7 +283,22 @@ async fn write_stream(
 /// what routing wrote is durable.
 async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: Weak<Shared>) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
-    tokio::spawn(acknowledge(acks, shared.clone()));
+    // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
+    // went on waiting for the store with the broker's state in hand, and a broker restarted
+    // at once on the same directory found its lock still taken.
+    tokio::join!(
+        route_stream(consumer, node_id, shared.clone(), acks_tx),
+        acknowledge(acks, shared)
+    );
+}
+
+/// Routes this node's consumer's messages, handing each to [`acknowledge`].
+async fn route_stream(
+    consumer: consumer::PullConsumer,
+    node_id: String,
+    shared: Weak<Shared>,
+    acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
+) {
     // Messages delivered again (an acknowledgement lost on a reconnection) were routed once.
     let mut routed_up_to = 0u64;
     loop {
