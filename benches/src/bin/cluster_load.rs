@@ -11,7 +11,9 @@
 //! - `single`: one broker, not clustered: the figure to compare with;
 //! - `cluster-local`: two clustered nodes, publishers and subscriber on node A (what forwarding
 //!   every message to NATS costs a node's own traffic);
-//! - `cross-node`: publishers on node A, the subscriber on node B.
+//! - `cross-node`: publishers on node A, the subscriber on node B;
+//! - `cross-shared`: as `cross-node`, the subscriber a member of the shared group
+//!   `$share/load/load/in/+`, which messages reach through a NATS queue group.
 //!
 //! The shape is fan-in over TCP, MQTT 3.1.1, QoS 0: `--publishers` publishers on
 //! `load/in/N`, one subscriber on `load/in/+`, 64-byte payloads carrying the send time.
@@ -48,6 +50,7 @@ enum Setup {
     Single,
     ClusterLocal,
     CrossNode,
+    CrossShared,
 }
 
 impl Setup {
@@ -56,6 +59,15 @@ impl Setup {
             Self::Single => "single",
             Self::ClusterLocal => "cluster-local",
             Self::CrossNode => "cross-node",
+            Self::CrossShared => "cross-shared",
+        }
+    }
+
+    /// What the subscriber subscribes to.
+    fn filter(self) -> &'static str {
+        match self {
+            Self::CrossShared => "$share/load/load/in/+",
+            _ => "load/in/+",
         }
     }
 }
@@ -110,7 +122,12 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let nats = NatsServer::start();
-    let setups = [Setup::Single, Setup::ClusterLocal, Setup::CrossNode];
+    let setups = [
+        Setup::Single,
+        Setup::ClusterLocal,
+        Setup::CrossNode,
+        Setup::CrossShared,
+    ];
     let mut results: Vec<Vec<Measured>> = setups.iter().map(|_| Vec::new()).collect();
     for round in 0..options.rounds {
         for (i, setup) in setups.iter().enumerate() {
@@ -181,7 +198,7 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
         .local_addr(ListenerKind::Tcp)
         .ok_or_else(|| io::Error::other("no TCP"))?;
     let subscribe_at = match (setup, &b) {
-        (Setup::CrossNode, Some(b)) => b.local_addr(ListenerKind::Tcp),
+        (Setup::CrossNode | Setup::CrossShared, Some(b)) => b.local_addr(ListenerKind::Tcp),
         _ => a.local_addr(ListenerKind::Tcp),
     }
     .ok_or_else(|| io::Error::other("no TCP"))?;
@@ -193,7 +210,7 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
 
     let mut subscriber = tokio::time::timeout(SETUP_DEADLINE, async {
         let mut client = Client::connect(subscribe_at, Transport::Tcp, "load-sub", true).await?;
-        client.subscribe("load/in/+", QoS::AtMostOnce).await?;
+        client.subscribe(setup.filter(), QoS::AtMostOnce).await?;
         Ok::<_, io::Error>(client)
     })
     .await

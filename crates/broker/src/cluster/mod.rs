@@ -9,7 +9,10 @@
 //!   last holder goes), told of them by the router's [`SubscriptionHook`];
 //! - connects with `no_echo`, so it never receives its own messages back;
 //! - routes what it receives through its local router, which re-checks every match: the
-//!   `$`-topic rule, `$share` groups and No Local stay the broker's own.
+//!   `$`-topic rule and No Local stay the broker's own;
+//! - takes part in the shared groups its sessions are members of, so that each message reaches
+//!   one member of a group in the whole cluster ([`share`]), and leaves the groups out of
+//!   everything else it routes.
 //!
 //! NATS delivers a message once per matching subscription of a connection, and a node's
 //! filters overlap (`a/#` and `a/+`), so each received copy is delivered only if it came
@@ -19,7 +22,9 @@
 //!
 //! Retained messages are also put in a JetStream KV bucket ([`RETAINED_BUCKET`], one key per
 //! topic), which every node watches from its start: a node that joins later, or missed a
-//! message, gets every topic's last retained message into its local copy.
+//! message, gets every topic's last retained message into its local copy. A retained QoS 1 or
+//! 2 publisher is acknowledged once the bucket has the message, and a SUBSCRIBE waits (briefly)
+//! until the node's copy has caught up with the bucket ([`Link::retained_caught_up`]).
 
 mod share;
 mod stream;
