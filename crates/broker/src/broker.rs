@@ -975,6 +975,9 @@ impl BrokerHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.leave().await;
+        }
         for task in &self.tasks {
             task.abort();
         }
