@@ -52,6 +52,8 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
     let mut shutdown = shared.shutdown.clone();
     let mut tick = tokio::time::interval(interval);
     let mut loads = [Load::default(); 5];
+    // The cluster's nodes given topics at the last interval.
+    let mut cluster_nodes = Vec::new();
     publish(
         &shared,
         "$SYS/broker/version",
@@ -136,6 +138,9 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
         ];
         for (topic, value) in values {
             publish(&shared, topic, value);
+        }
+        if let Some(cluster) = shared.cluster.get() {
+            cluster.publish_sys(&shared, &mut cluster_nodes);
         }
     }
 }

@@ -358,6 +358,13 @@ impl Link {
         self.nodes.states()
     }
 
+    /// Publishes the cluster's `$SYS` topics: `$SYS/broker/cluster/nodes` (live nodes) and, per
+    /// node, `$SYS/broker/cluster/node/<id>/...` (clients, minute rates); clears the topics of
+    /// the nodes in `published` that are gone, and leaves there the ones published now.
+    pub(crate) fn publish_sys(&self, shared: &Shared, published: &mut Vec<String>) {
+        nodes::publish_sys(&self.nodes.states(), shared, published);
+    }
+
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
     /// waits. QoS 0 goes on core NATS, and is dropped and counted when the NATS client falls
     /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the

@@ -602,6 +602,48 @@ impl Nodes {
     }
 }
 
+/// The `$SYS` topics of one node, with their values (`None`: cleared).
+fn node_topics(id: &str, state: Option<&NodeState>) -> [(String, Option<String>); 4] {
+    let topic = |name: &str| format!("$SYS/broker/cluster/node/{id}/{name}");
+    [
+        (topic("clients"), state.map(|s| s.beat.clients.to_string())),
+        (
+            topic("load/messages/received/1min"),
+            state.map(|s| format!("{:.2}", s.beat.messages_received_per_min)),
+        ),
+        (
+            topic("load/messages/sent/1min"),
+            state.map(|s| format!("{:.2}", s.beat.messages_sent_per_min)),
+        ),
+        (
+            topic("state"),
+            state.map(|s| if s.live { "live" } else { "silent" }.to_owned()),
+        ),
+    ]
+}
+
+/// See [`super::Link::publish_sys`].
+pub(super) fn publish_sys(states: &[NodeState], shared: &Shared, published: &mut Vec<String>) {
+    let live = states.iter().filter(|state| state.live).count();
+    crate::sys::publish(shared, "$SYS/broker/cluster/nodes", live.to_string());
+    for gone in published
+        .iter()
+        .filter(|id| !states.iter().any(|state| state.id == **id))
+    {
+        for (topic, _) in node_topics(gone, None) {
+            // An empty retained message clears the topic.
+            crate::sys::publish(shared, &topic, String::new());
+        }
+    }
+    published.clear();
+    for state in states {
+        for (topic, value) in node_topics(&state.id, Some(state)) {
+            crate::sys::publish(shared, &topic, value.unwrap_or_default());
+        }
+        published.push(state.id.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
