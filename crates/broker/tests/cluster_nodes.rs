@@ -175,7 +175,7 @@ async fn buckets(nats: &NatsServer) -> (Store, Store) {
 }
 
 async fn keys(bucket: &Store) -> Vec<String> {
-    let mut keys: Vec<String> = tokio::time::timeout(WAIT, async {
+    let mut keys: Vec<String> = tokio::time::timeout(WAIT * 3, async {
         bucket
             .keys()
             .await

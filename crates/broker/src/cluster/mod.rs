@@ -358,9 +358,9 @@ impl Link {
         self.nodes.states()
     }
 
-    /// Publishes the cluster's `$SYS` topics: `$SYS/broker/cluster/nodes` (live nodes) and, per
-    /// node, `$SYS/broker/cluster/node/<id>/...` (clients, minute rates); clears the topics of
-    /// the nodes in `published` that are gone, and leaves there the ones published now.
+    /// Publishes the cluster's `$SYS` topics (how many nodes are live; per node its clients,
+    /// minute rates and state, as CLUSTER.md lists them); clears the topics of the nodes in
+    /// `published` that are gone, and leaves there the ones published now.
     pub(crate) fn publish_sys(&self, shared: &Shared, published: &mut Vec<String>) {
         nodes::publish_sys(&self.nodes.states(), shared, published);
     }

@@ -72,7 +72,7 @@ pub(crate) struct Beat {
     pub(crate) address: Option<String>,
     /// Clients connected to the node.
     pub(crate) clients: u64,
-    /// Messages received per minute, averaged over a minute (as `$SYS/broker/load/*/1min`).
+    /// Messages received per minute, averaged over a minute (as the single node's `load` topics).
     pub(crate) messages_received_per_min: f64,
     /// Messages sent per minute, averaged over a minute.
     pub(crate) messages_sent_per_min: f64,
