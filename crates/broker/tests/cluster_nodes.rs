@@ -12,13 +12,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind};
+use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
 use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
@@ -34,6 +35,8 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 const CHILD_NATS: &str = "RALLYMQ_TEST_CHILD_NATS";
 /// The child node's id.
 const CHILD_ID: &str = "RALLYMQ_TEST_CHILD_NODE_ID";
+/// The child node's data directory, if it keeps one.
+const CHILD_DATA: &str = "RALLYMQ_TEST_CHILD_DATA_DIR";
 /// What the child prints before its address.
 const CHILD_ADDR: &str = "rallymq-child-node-tcp=";
 /// The longest a child node serves if nobody closes its standard input.
@@ -58,12 +61,16 @@ fn child_node() {
         panic!("{CHILD_NATS} and {CHILD_ID} are not set: this is run by the other tests");
     };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let data_dir = std::env::var_os(CHILD_DATA);
     let node = runtime.block_on(async {
         start_broker(|config| {
             config.cluster = Some(ClusterConfig {
                 node_id: Some(id),
                 ..ClusterConfig::new([nats])
             });
+            if let Some(dir) = data_dir {
+                config.storage = Storage::Directory(dir.into());
+            }
         })
         .await
     });
@@ -87,7 +94,16 @@ struct ChildNode {
 
 impl ChildNode {
     fn start(nats: &NatsServer, id: &str) -> Self {
-        let mut process = Command::new(std::env::current_exe().expect("this test binary"))
+        Self::start_with(nats, id, None)
+    }
+
+    /// A child node keeping its sessions in `data_dir`.
+    fn start_with(nats: &NatsServer, id: &str, data_dir: Option<&Path>) -> Self {
+        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+        if let Some(dir) = data_dir {
+            command.env(CHILD_DATA, dir);
+        }
+        let mut process = command
             .args(["child_node", "--exact", "--ignored", "--nocapture"])
             .env(CHILD_NATS, nats.url())
             .env(CHILD_ID, id)
@@ -490,4 +506,39 @@ async fn cluster_node_restarted_under_its_id_has_its_previous_runs_wills_publish
     })
     .await;
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_the_wills_the_cluster_published()
+ {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut watcher = connect(tcp_addr(&b), connect_packet(V5, "watcher")).await;
+    watcher
+        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
+        .await;
+    let data = support::credentials::TempDir::new("cluster-node-store");
+    let data_dir = data.path("node-a");
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (_, wills) = buckets(&nats).await;
+    // A persistent session: its record, will included, is in A's store.
+    let _kept = connect(a.addr, with_will("kept", QoS::AtLeastOnce, false, 1)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(&wills).await.len() == 1).then_some(())
+    })
+    .await;
+    a.kill();
+    let received = collect_wills(&mut watcher, 1, DETECTION).await;
+    assert_eq!(
+        received.get("wills/kept").map(|(n, _)| *n),
+        Some(1),
+        "{received:?}"
+    );
+    // Back with its store: the session is restored, and its will (due a second after the
+    // restart, as the single node counts it) is not published again.
+    let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    watcher.expect_silence(Duration::from_secs(4)).await;
+    let (_client, present) =
+        support::connected_present(a.addr, persistent_connect(V5, "kept", 60)).await;
+    assert!(present, "the session was restored from the store");
 }

@@ -249,6 +249,7 @@ impl Link {
     pub(crate) async fn connect(
         config: &ClusterConfig,
         node_id: String,
+        storage: &Storage,
     ) -> Result<Arc<Self>, Error> {
         let mut addrs = Vec::new();
         for server in &config.servers {
@@ -274,8 +275,18 @@ impl Link {
             })?;
         let bucket = retained_bucket(&client).await?;
         let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
-        let nodes =
-            nodes::Nodes::open(&client, &node_id, config.heartbeat, config.missed_beats).await?;
+        let data_dir = match storage {
+            Storage::Directory(dir) => Some(dir.as_path()),
+            _ => None,
+        };
+        let nodes = nodes::Nodes::open(
+            &client,
+            &node_id,
+            config.heartbeat,
+            config.missed_beats,
+            data_dir,
+        )
+        .await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
@@ -351,6 +362,12 @@ impl Link {
     /// Leaves the cluster cleanly: no other node publishes this node's clients' wills.
     pub(crate) async fn leave(&self) {
         self.nodes.leave().await;
+    }
+
+    /// Whether the sessions restored from the store keep their wills: not when the previous
+    /// run stopped without leaving the cluster, whose nodes publish them.
+    pub(crate) fn restored_wills_are_ours(&self) -> bool {
+        !self.nodes.previous_run_crashed()
     }
 
     /// The cluster's nodes as this node knows them, by id.

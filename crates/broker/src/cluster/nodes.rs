@@ -19,6 +19,7 @@
 //!   watch has stalled sees everyone silent, and must not publish live nodes' wills.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,6 +50,11 @@ const NODES_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The first token of a claim key.
 const CLAIM: &str = "claim";
+
+/// The file in the data directory that holds the running incarnation, deleted when the node
+/// leaves: found at a start, it says the previous run did not leave, so the cluster publishes
+/// the wills it had, not the sessions restored from the store.
+const RUN_FILE: &str = "cluster-run";
 
 /// How long a leaving node waits for NATS to take its last deletes.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -125,6 +131,10 @@ pub(super) struct Nodes {
     /// Held while a beat is written, and set once the node has left: no beat after the key's
     /// delete brings it back.
     left: tokio::sync::Mutex<bool>,
+    /// [`RUN_FILE`] in the data directory, if the node keeps one.
+    run_file: Option<PathBuf>,
+    /// The previous run with this data directory did not leave the cluster.
+    previous_run_crashed: bool,
     /// The receiving half of `changes`, and the previous incarnation to settle, taken by
     /// [`Nodes::spawn`].
     parts: Mutex<Option<(mpsc::UnboundedReceiver<WillChange>, Option<Seen>)>>,
@@ -170,6 +180,7 @@ impl Nodes {
         node_id: &str,
         heartbeat: Duration,
         missed_beats: u32,
+        data_dir: Option<&Path>,
     ) -> Result<Self, Error> {
         let nodes = kv_bucket(
             client,
@@ -209,6 +220,17 @@ impl Nodes {
                 )));
             }
         };
+        let run_file = data_dir.map(|dir| dir.join(RUN_FILE));
+        let previous_run_crashed = run_file.as_deref().is_some_and(Path::exists);
+        if let (Some(path), Some(dir)) = (&run_file, data_dir) {
+            let _ = std::fs::create_dir_all(dir);
+            std::fs::write(path, format!("{incarnation}\n")).map_err(|source| {
+                Error::WriteFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
         let (changes, receiver) = mpsc::unbounded_channel();
         Ok(Self {
             node_id: node_id.to_owned(),
@@ -222,6 +244,8 @@ impl Nodes {
             changes,
             seen: Mutex::default(),
             left: tokio::sync::Mutex::new(false),
+            run_file,
+            previous_run_crashed,
             parts: Mutex::new(Some((receiver, previous))),
         })
     }
@@ -310,6 +334,11 @@ impl Nodes {
         if !matches!(deleted, Ok(Ok(()))) {
             warn!(node = %self.node_id, "cluster: the heartbeat key could not be deleted; other nodes will take this node for dead");
         }
+        if let Some(path) = &self.run_file
+            && let Err(error) = std::fs::remove_file(path)
+        {
+            warn!(%error, path = %path.display(), "cluster: cannot delete the run file; the next start will leave the restored sessions' wills to the cluster");
+        }
         let keys: Vec<String> = crate::lock(&self.wills)
             .drain()
             .map(|(client_id, _)| will_key(&self.node_id, &self.incarnation, &client_id))
@@ -322,6 +351,13 @@ impl Nodes {
         })
         .await;
         info!(node = %self.node_id, "left the cluster");
+    }
+
+    /// Whether the previous run with this data directory stopped without leaving the cluster:
+    /// the wills of its sessions are then the cluster's to publish (they were recorded in
+    /// [`WILLS_BUCKET`]), not the restored sessions'.
+    pub(super) fn previous_run_crashed(&self) -> bool {
+        self.previous_run_crashed
     }
 
     /// Every node this node knows of, by id, with its liveness.
