@@ -20,6 +20,9 @@
 //! Retained messages are also put in a JetStream KV bucket ([`RETAINED_BUCKET`], one key per
 //! topic), which every node watches from its start: a node that joins later, or missed a
 //! message, gets every topic's last retained message into its local copy.
+//!
+//! Nodes keep heartbeat keys, and the wills of a dead node's clients are published once, by
+//! one surviving node ([`nodes`]).
 
 mod nodes;
 mod stream;
