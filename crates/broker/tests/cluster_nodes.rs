@@ -277,6 +277,28 @@ async fn collect_wills(
     }
 }
 
+/// A client of `node` subscribed to `wills/#` at QoS 1.
+async fn will_watcher(node: &BrokerHandle) -> TestClient<TcpStream> {
+    let mut watcher = connect(tcp_addr(node), connect_packet(V5, "watcher")).await;
+    watcher
+        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
+        .await;
+    watcher
+}
+
+/// How many copies of each topic [`collect_wills`] received.
+fn copies(received: &BTreeMap<String, (usize, Instant)>) -> BTreeMap<String, usize> {
+    received
+        .iter()
+        .map(|(topic, (n, _))| (topic.clone(), *n))
+        .collect()
+}
+
+/// One copy of each of `topics`.
+fn copies_of(topics: &[&str]) -> BTreeMap<String, usize> {
+    topics.iter().map(|topic| (topic.to_string(), 1)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mqtt_3_1_2_8_wills_of_a_killed_node_are_published_once_after_their_delay() {
     let nats = NatsServer::start();
@@ -285,10 +307,7 @@ async fn cluster_mqtt_3_1_2_8_wills_of_a_killed_node_are_published_once_after_th
     let mut a = ChildNode::start(&nats, "node-a");
     let (nodes, wills) = buckets(&nats).await;
 
-    let mut watcher = connect(tcp_addr(&b), connect_packet(V5, "watcher")).await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = will_watcher(&b).await;
     let mut prober = connect(tcp_addr(&c), connect_packet(V5, "prober")).await;
     warm_up(&mut prober, &mut watcher).await;
 
@@ -319,13 +338,10 @@ async fn cluster_mqtt_3_1_2_8_wills_of_a_killed_node_are_published_once_after_th
     a.kill();
     let killed = Instant::now();
     let received = collect_wills(&mut watcher, 3, DETECTION + Duration::from_secs(6)).await;
-    let counts: BTreeMap<&str, usize> = received
-        .iter()
-        .map(|(topic, (n, _))| (topic.as_str(), *n))
-        .collect();
+    let counts = copies(&received);
     assert_eq!(
         counts,
-        BTreeMap::from([("wills/kept", 1), ("wills/later", 1), ("wills/now", 1)]),
+        copies_of(&["wills/kept", "wills/later", "wills/now"]),
         "each will of A's connected clients once, none of the client that disconnected"
     );
     let after = |topic: &str| received[topic].1.duration_since(killed);
@@ -442,10 +458,7 @@ async fn cluster_clean_shutdown_publishes_no_will_twice() {
     let a = in_process_node(&nats, "node-a", false).await;
     let b = in_process_node(&nats, "node-b", false).await;
     let (nodes, wills) = buckets(&nats).await;
-    let mut watcher = connect(tcp_addr(&b), connect_packet(V5, "watcher")).await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = will_watcher(&b).await;
     let mut prober = connect(tcp_addr(&a), connect_packet(V5, "prober")).await;
     warm_up(&mut prober, &mut watcher).await;
     let _now = connect(tcp_addr(&a), with_will("now", QoS::AtLeastOnce, false, 0)).await;
@@ -463,11 +476,8 @@ async fn cluster_clean_shutdown_publishes_no_will_twice() {
     // As a single node: the will without delay goes as the broker closes the connection, the
     // delayed one waits for a next run that does not come (no store). Nobody else sends any.
     let received = collect_wills(&mut watcher, 1, WAIT).await;
-    let counts: BTreeMap<&str, usize> = received
-        .iter()
-        .map(|(topic, (n, _))| (topic.as_str(), *n))
-        .collect();
-    assert_eq!(counts, BTreeMap::from([("wills/now", 1)]));
+    let counts = copies(&received);
+    assert_eq!(counts, copies_of(&["wills/now"]));
     assert_eq!(keys(&nodes).await, ["node-b"], "A left: its key is deleted");
     // Long enough for B to have taken A for dead, had A not left.
     watcher.expect_silence(Duration::from_secs(5)).await;
@@ -480,10 +490,7 @@ async fn cluster_node_restarted_under_its_id_has_its_previous_runs_wills_publish
     let nats = NatsServer::start();
     let b = in_process_node(&nats, "node-b", false).await;
     let c = in_process_node(&nats, "node-c", false).await;
-    let mut watcher = connect(tcp_addr(&b), connect_packet(V5, "watcher")).await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = will_watcher(&b).await;
     let mut a = ChildNode::start(&nats, "node-a");
     let (_, wills) = buckets(&nats).await;
     let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 0)).await;
@@ -496,11 +503,8 @@ async fn cluster_node_restarted_under_its_id_has_its_previous_runs_wills_publish
     a.kill();
     let _a = ChildNode::start(&nats, "node-a");
     let received = collect_wills(&mut watcher, 1, DETECTION).await;
-    let counts: BTreeMap<&str, usize> = received
-        .iter()
-        .map(|(topic, (n, _))| (topic.as_str(), *n))
-        .collect();
-    assert_eq!(counts, BTreeMap::from([("wills/gone", 1)]));
+    let counts = copies(&received);
+    assert_eq!(counts, copies_of(&["wills/gone"]));
     eventually("the will's record deleted", WAIT, async || {
         keys(&wills).await.is_empty().then_some(())
     })
@@ -513,10 +517,7 @@ async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_
  {
     let nats = NatsServer::start();
     let b = in_process_node(&nats, "node-b", false).await;
-    let mut watcher = connect(tcp_addr(&b), connect_packet(V5, "watcher")).await;
-    watcher
-        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
-        .await;
+    let mut watcher = will_watcher(&b).await;
     let data = support::credentials::TempDir::new("cluster-node-store");
     let data_dir = data.path("node-a");
     let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
@@ -529,11 +530,7 @@ async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_
     .await;
     a.kill();
     let received = collect_wills(&mut watcher, 1, DETECTION).await;
-    assert_eq!(
-        received.get("wills/kept").map(|(n, _)| *n),
-        Some(1),
-        "{received:?}"
-    );
+    assert_eq!(copies(&received), copies_of(&["wills/kept"]));
     // Back with its store: the session is restored, and its will (due a second after the
     // restart, as the single node counts it) is not published again.
     let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
