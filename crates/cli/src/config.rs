@@ -615,7 +615,7 @@ impl Settings {
                     Some(ms) if ms < 10 => {
                         return Err("cluster_heartbeat_ms: at least 10".to_owned());
                     }
-                    Some(ms) => cluster.heartbeat = std::time::Duration::from_millis(ms),
+                    Some(ms) => cluster.heartbeat = Duration::from_millis(ms),
                     None => {}
                 }
                 match s.cluster_missed_beats {
@@ -763,10 +763,10 @@ mod tests {
         .expect("valid")
         .cluster
         .expect("a cluster");
-        assert_eq!(cluster.heartbeat, std::time::Duration::from_millis(250));
+        assert_eq!(cluster.heartbeat, Duration::from_millis(250));
         assert_eq!(cluster.missed_beats, 5);
         let defaults = parse(servers).expect("valid").cluster.expect("a cluster");
-        assert_eq!(defaults.heartbeat, std::time::Duration::from_secs(1));
+        assert_eq!(defaults.heartbeat, Duration::from_secs(1));
         assert_eq!(defaults.missed_beats, 3);
         assert!(parse(&format!("{servers}cluster_heartbeat_ms = 5\n")).is_err());
         assert!(parse(&format!("{servers}cluster_missed_beats = 0\n")).is_err());
