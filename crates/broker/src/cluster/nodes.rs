@@ -471,8 +471,18 @@ impl Nodes {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                shared.publish(Some(&client_id), &will);
+                let outcome = shared.publish(Some(&client_id), &will);
+                // Not kept across the wait: the broker's state (and its store) must not outlive
+                // a shutdown in this task.
                 drop(shared);
+                // The record goes once the will is where the other nodes read it (QoS 1 and 2:
+                // the stream); kept otherwise, for want of anything better than a log line.
+                if let Some(stream) = outcome.stream
+                    && let Err(error) = stream.stored().await
+                {
+                    warn!(%error, %key, "cluster: a dead node's will did not reach the stream");
+                    return;
+                }
                 if let Err(error) = bucket.delete(&key).await {
                     warn!(%error, %key, "cluster: a published will's record was not deleted");
                 }
