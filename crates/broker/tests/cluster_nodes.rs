@@ -539,3 +539,47 @@ async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_
         support::connected_present(a.addr, persistent_connect(V5, "kept", 60)).await;
     assert!(present, "the session was restored from the store");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_node_that_takes_its_claim_over()
+ {
+    let nats = NatsServer::start();
+    // C takes 8 silent beats to call a node dead, B 3: B claims A's wills first.
+    let c = start_broker(|config| {
+        config.cluster = Some(ClusterConfig {
+            node_id: Some("node-c".to_owned()),
+            missed_beats: 8,
+            ..ClusterConfig::new([nats.url()])
+        });
+    })
+    .await;
+    let mut watcher = will_watcher(&c).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let mut b = ChildNode::start(&nats, "node-b");
+    let (nodes, wills) = buckets(&nats).await;
+    let _late = connect(a.addr, with_will("late", QoS::AtLeastOnce, false, 12)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(&wills).await.len() == 1).then_some(())
+    })
+    .await;
+    a.kill();
+    let claim = eventually("B's claim on A", DETECTION, async || {
+        let key = keys(&nodes)
+            .await
+            .into_iter()
+            .find(|key| key.starts_with("claim.node-a."))?;
+        let holder = nodes.get(&key).await.ok()??;
+        holder.starts_with(b"node-b.").then_some(key)
+    })
+    .await;
+    // B dies with A's will still waiting on its delay.
+    b.kill();
+    let received = collect_wills(&mut watcher, 1, Duration::from_secs(30)).await;
+    assert_eq!(copies(&received), copies_of(&["wills/late"]));
+    let holder = nodes.get(&claim).await.unwrap().expect("the claim");
+    assert!(holder.starts_with(b"node-c."), "{holder:?}");
+    eventually("the will's record deleted", WAIT, async || {
+        keys(&wills).await.is_empty().then_some(())
+    })
+    .await;
+}

@@ -394,10 +394,16 @@ impl Nodes {
         }
     }
 
+    /// This node's run, as a claim's value names its claimer.
+    fn claimer(&self) -> Bytes {
+        Bytes::from(format!("{}.{}", self.node_id, self.incarnation))
+    }
+
     /// Claims the dead incarnation `dead` of node `id` and, when this node wins the claim,
-    /// publishes the wills recorded under it, each after its delay. `delete_key`: the dead
-    /// node's heartbeat key is still that incarnation's, and goes. `Err` when NATS did not
-    /// answer (try again later).
+    /// publishes the wills recorded under it, each after its delay, and takes over the claims
+    /// the dead incarnation held on others whose wills it had not all published. `delete_key`:
+    /// the dead node's heartbeat key is still that incarnation's, and goes. `Err` when NATS did
+    /// not answer (try again later).
     async fn reap(
         &self,
         shared: &Weak<Shared>,
@@ -407,11 +413,7 @@ impl Nodes {
     ) -> Result<(), String> {
         let incarnation = &dead.beat.incarnation;
         let claim = format!("{CLAIM}.{id}.{incarnation}");
-        match self
-            .nodes
-            .create(&claim, Bytes::from(self.node_id.clone()))
-            .await
-        {
+        match self.nodes.create(&claim, self.claimer()).await {
             Ok(_) => {}
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
                 debug!(node = %id, %incarnation, "cluster: another node publishes the dead node's wills");
@@ -428,20 +430,58 @@ impl Nodes {
             // It came back meanwhile, as a new incarnation: its key is its own.
             debug!(node = %id, %error, "cluster: the dead node's key was not deleted");
         }
-        let prefix = format!("{id}.{incarnation}.");
-        let mut keys = Vec::new();
-        match self.wills_bucket.keys().await {
-            Ok(mut listed) => {
-                while let Some(key) = listed.next().await {
-                    match key {
-                        Ok(key) if key.starts_with(&prefix) => keys.push(key),
-                        Ok(_) => {}
-                        Err(error) => warn!(%error, "cluster: listing the dead node's wills"),
-                    }
-                }
+        self.publish_wills(shared, id, incarnation, dead.changed)
+            .await;
+        self.take_over_claims(shared, id, incarnation, dead.changed)
+            .await;
+        Ok(())
+    }
+
+    /// Takes over (compare-and-set on their revision) the claims that the dead incarnation
+    /// held, and publishes what is left of their wills, due from `died` at the latest.
+    async fn take_over_claims(
+        &self,
+        shared: &Weak<Shared>,
+        id: &str,
+        incarnation: &str,
+        died: Instant,
+    ) {
+        let holder = format!("{id}.{incarnation}");
+        let prefix = format!("{CLAIM}.");
+        for key in list(&self.nodes, &prefix).await {
+            let entry = match self.nodes.entry(key.clone()).await {
+                Ok(Some(entry)) if entry.operation == Operation::Put => entry,
+                _ => continue,
+            };
+            if entry.value != holder.as_bytes() {
+                continue;
             }
-            Err(error) => warn!(%error, node = %id, "cluster: cannot list the dead node's wills"),
+            let Some((node, claimed)) = key[prefix.len()..].split_once('.') else {
+                continue;
+            };
+            if self
+                .nodes
+                .update(&key, self.claimer(), entry.revision)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            info!(node, incarnation = claimed, claimer = %id, "cluster: the node publishing a dead node's wills died; this node takes over");
+            self.publish_wills(shared, node, claimed, died).await;
         }
+    }
+
+    /// Publishes each will recorded under the incarnation `incarnation` of node `id` when its
+    /// delay has passed since `died`, then deletes its record.
+    async fn publish_wills(
+        &self,
+        shared: &Weak<Shared>,
+        id: &str,
+        incarnation: &str,
+        died: Instant,
+    ) {
+        let keys = list(&self.wills_bucket, &format!("{id}.{incarnation}.")).await;
         info!(node = %id, %incarnation, wills = keys.len(), "cluster: a node is dead; this node publishes its clients' wills");
         for key in keys {
             let entry = match self.wills_bucket.entry(key.clone()).await {
@@ -456,7 +496,7 @@ impl Nodes {
                 debug!(%key, "cluster: not a will record; ignored");
                 continue;
             };
-            let due = dead.changed + Duration::from_secs(u64::from(delay));
+            let due = died + Duration::from_secs(u64::from(delay));
             let bucket = self.wills_bucket.clone();
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -488,8 +528,25 @@ impl Nodes {
                 }
             });
         }
-        Ok(())
     }
+}
+
+/// The keys of `bucket` that start with `prefix`.
+async fn list(bucket: &Store, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    match bucket.keys().await {
+        Ok(mut listed) => {
+            while let Some(key) = listed.next().await {
+                match key {
+                    Ok(key) if key.starts_with(prefix) => keys.push(key),
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, %prefix, "cluster: listing a bucket's keys"),
+                }
+            }
+        }
+        Err(error) => warn!(%error, %prefix, "cluster: cannot list a bucket's keys"),
+    }
+    keys
 }
 
 /// Writes will records to the bucket, in order.
