@@ -14,7 +14,9 @@
 //!   claim key `claim.<node>.<incarnation>` in [`NODES_BUCKET`]; creating is a compare-and-set
 //!   that only one wins. The winner publishes each will after its delay, counted from the last
 //!   change of the dead node's key it saw, through the normal publish path (to every node, and
-//!   to the retained bucket when retained), and deletes each will's key once published.
+//!   to the retained bucket when retained), and deletes each will's key once published. It also
+//!   takes over (compare-and-set on the revision) the claims the dead run held, and publishes
+//!   what is left of those wills.
 //! - A node only judges others while its own beats come back through its watch: a node whose
 //!   watch has stalled sees everyone silent, and must not publish live nodes' wills.
 
