@@ -217,9 +217,9 @@ impl Nodes {
             }
             Ok(_) => None,
             Err(error) => {
-                return Err(Error::Cluster(format!(
-                    "cannot read this node's heartbeat key: {error}"
-                )));
+                // The other nodes see the old run die when this run's first beat replaces it.
+                warn!(%error, "cluster: cannot read this node's previous heartbeat");
+                None
             }
         };
         let run_file = data_dir.map(|dir| dir.join(RUN_FILE));
