@@ -367,6 +367,11 @@ impl Shared {
             .store(loaded.next_message_id, Ordering::Relaxed);
         let now = Instant::now();
         let wall = SystemTime::now();
+        // A cluster node's previous run that died left its wills to the other nodes.
+        let wills_are_ours = self
+            .cluster
+            .get()
+            .is_none_or(|cluster| cluster.restored_wills_are_ours());
         // A time in the past, as an `Instant` (Message Expiry and session expiry count from it).
         let instant_of = |at: SystemTime| {
             let ago = wall.duration_since(at).unwrap_or_default();
@@ -401,7 +406,7 @@ impl Shared {
             // A session still marked connected ended when the broker stopped: now, as far as
             // its expiry and will are concerned.
             let disconnected_at = record.disconnected_at.unwrap_or(wall);
-            let will = record.will.map(|mut will| {
+            let will = record.will.filter(|_| wills_are_ours).map(|mut will| {
                 if will.due_at.is_none() || record.disconnected_at.is_none() {
                     let delay = will.delay.min(record.expiry_interval);
                     will.due_at = Some(wall + Duration::from_secs(u64::from(delay)));
@@ -701,7 +706,7 @@ impl Broker {
         let link = match &config.cluster {
             Some(settings) => {
                 let node_id = cluster::node_id(settings, &config.storage)?;
-                Some(Link::connect(settings, node_id).await?)
+                Some(Link::connect(settings, node_id, &config.storage).await?)
             }
             None => None,
         };
@@ -996,6 +1001,9 @@ impl BrokerHandle {
         while self.shared.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.leave().await;
         }
         for task in &self.tasks {
             task.abort();

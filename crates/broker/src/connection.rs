@@ -752,6 +752,9 @@ impl Driver {
                 let publish = will_message(&will);
                 let sender = self.session.as_deref().map(|s| &*s.client_id);
                 self.shared.publish(sender, &publish);
+                if let (Some(cluster), Some(sender)) = (self.shared.cluster.get(), sender) {
+                    cluster.forget_will(sender, self.connection_id);
+                }
                 if let Some(session) = &self.session {
                     let published = {
                         let mut inner = session.lock();
@@ -1058,6 +1061,11 @@ impl Driver {
         if !will_allowed {
             debug!(client_id = %client_id, peer = %self.peer, "will not authorized: dropped");
             self.engine.cancel_will();
+        } else if let (Some(will), Some(cluster)) = (&connect.will, self.shared.cluster.get()) {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let delay = delay.min(granted_expiry);
+            let message = will_message(will);
+            cluster.record_will(&session.client_id, self.connection_id, &message, delay);
         }
         if self.engine.accept(now, accept).is_ok() {
             self.shared.stats.client_connected(self.peer.via, version);
@@ -1520,6 +1528,9 @@ impl Driver {
 
     fn finish(&mut self) {
         self.control.close();
+        if let (Some(cluster), Some(session)) = (self.shared.cluster.get(), &self.session) {
+            cluster.forget_will(&session.client_id, self.connection_id);
+        }
         self.shared
             .unregister_connection(self.connection_id, &self.control);
         // Ended without a close from the engine (its task ended).

@@ -25,11 +25,16 @@
 //! message, gets every topic's last retained message into its local copy. A retained QoS 1 or
 //! 2 publisher is acknowledged once the bucket has the message, and a SUBSCRIBE waits (briefly)
 //! until the node's copy has caught up with the bucket ([`Link::retained_caught_up`]).
+//!
+//! Nodes keep heartbeat keys, and the wills of a dead node's clients are published once, by
+//! one surviving node ([`nodes`]).
 
+mod nodes;
 mod share;
 mod stream;
 mod subject;
 
+pub(crate) use nodes::NodeState;
 pub(crate) use stream::StreamAck;
 
 use std::collections::HashMap;
@@ -62,6 +67,11 @@ pub struct ClusterConfig {
     /// directory's `node-id` file, generated there the first time; a new one at every start
     /// when the broker keeps nothing on disk.
     pub node_id: Option<String>,
+    /// How often the node writes its heartbeat (default 1 s).
+    pub heartbeat: Duration,
+    /// How many heartbeats a node may miss before the others take it for dead and publish its
+    /// clients' wills (default 3).
+    pub missed_beats: u32,
 }
 
 impl ClusterConfig {
@@ -70,6 +80,8 @@ impl ClusterConfig {
         Self {
             servers: servers.into_iter().map(Into::into).collect(),
             node_id: None,
+            heartbeat: nodes::DEFAULT_HEARTBEAT,
+            missed_beats: nodes::DEFAULT_MISSED_BEATS,
         }
     }
 }
@@ -248,6 +260,8 @@ pub(crate) struct Link {
     interest: Mutex<Interest>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
     dropped: AtomicU64,
+    /// Heartbeats, and the wills of this node's clients.
+    nodes: Arc<nodes::Nodes>,
     /// The receiving halves, taken by [`Link::spawn`].
     parts: Mutex<Option<Parts>>,
 }
@@ -279,6 +293,7 @@ impl Link {
     pub(crate) async fn connect(
         config: &ClusterConfig,
         node_id: String,
+        storage: &Storage,
     ) -> Result<Arc<Self>, Error> {
         let mut addrs = Vec::new();
         for server in &config.servers {
@@ -311,6 +326,18 @@ impl Link {
             .map_err(unreachable)?;
         let bucket = retained_bucket(&client).await?;
         let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
+        let data_dir = match storage {
+            Storage::Directory(dir) => Some(dir.as_path()),
+            _ => None,
+        };
+        let nodes = nodes::Nodes::open(
+            &client,
+            &node_id,
+            config.heartbeat,
+            config.missed_beats,
+            data_dir,
+        )
+        .await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
@@ -328,6 +355,7 @@ impl Link {
             groups: groups_tx,
             interest: Mutex::default(),
             dropped: AtomicU64::new(0),
+            nodes: Arc::new(nodes),
             parts: Mutex::new(Some(Parts {
                 outbound,
                 retained,
@@ -352,7 +380,8 @@ impl Link {
             return Vec::new();
         };
         let (write_stream, read_stream) = parts.stream.run(&self.node_id, Arc::downgrade(shared));
-        vec![
+        let mut tasks = self.nodes.spawn(shared);
+        tasks.extend([
             tokio::spawn(write_stream),
             tokio::spawn(until_shutdown(shared, read_stream)),
             tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
@@ -378,7 +407,49 @@ impl Link {
                 shared,
                 follow_interest(self.client.clone(), parts.commands, Arc::downgrade(shared)),
             )),
-        ]
+        ]);
+        tasks
+    }
+
+    /// Records the will of `client_id`'s connection `connection` in the cluster, for another
+    /// node to publish if this one dies: `delay` is its Will Delay Interval (at most the
+    /// session's expiry).
+    pub(crate) fn record_will(
+        &self,
+        client_id: &Arc<str>,
+        connection: u64,
+        will: &Publish,
+        delay: u32,
+    ) {
+        self.nodes.record_will(client_id, connection, will, delay);
+    }
+
+    /// The will `connection` recorded is published, discarded or cancelled.
+    pub(crate) fn forget_will(&self, client_id: &str, connection: u64) {
+        self.nodes.forget_will(client_id, connection);
+    }
+
+    /// Leaves the cluster cleanly: no other node publishes this node's clients' wills.
+    pub(crate) async fn leave(&self) {
+        self.nodes.leave().await;
+    }
+
+    /// Whether the sessions restored from the store keep their wills: not when the previous
+    /// run stopped without leaving the cluster, whose nodes publish them.
+    pub(crate) fn restored_wills_are_ours(&self) -> bool {
+        !self.nodes.previous_run_crashed()
+    }
+
+    /// The cluster's nodes as this node knows them, by id.
+    pub(crate) fn nodes(&self) -> Vec<NodeState> {
+        self.nodes.states()
+    }
+
+    /// Publishes the cluster's `$SYS` topics (how many nodes are live; per node its clients,
+    /// minute rates and state, as CLUSTER.md lists them); clears the topics of the nodes in
+    /// `published` that are gone, and leaves there the ones published now.
+    pub(crate) fn publish_sys(&self, shared: &Shared, published: &mut Vec<String>) {
+        nodes::publish_sys(&self.nodes.states(), shared, published);
     }
 
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
@@ -632,20 +703,38 @@ fn until_shutdown(
 }
 
 /// The bucket of retained messages, created by the first node that needs it.
+async fn retained_bucket(
+    client: &async_nats::Client,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    kv_bucket(
+        client,
+        RETAINED_BUCKET,
+        "rallymq: the last retained message of each MQTT topic",
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// A KV bucket (one revision per key, file storage), created by the first node that needs it;
+/// `max_age` zero keeps keys until deleted.
 ///
 /// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
 /// function first reads the account's JetStream settings in a form servers before 2.10 do not
 /// send (Debian's nats-server is 2.9).
-async fn retained_bucket(
+async fn kv_bucket(
     client: &async_nats::Client,
+    name: &str,
+    description: &str,
+    max_age: Duration,
 ) -> Result<async_nats::jetstream::kv::Store, Error> {
     use async_nats::jetstream::{self, stream};
     let context = jetstream::new(client.clone());
     let config = stream::Config {
-        name: format!("KV_{RETAINED_BUCKET}"),
-        description: Some("rallymq: the last retained message of each MQTT topic".to_owned()),
-        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        name: format!("KV_{name}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
+        max_age,
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
@@ -653,10 +742,10 @@ async fn retained_bucket(
         discard: stream::DiscardPolicy::New,
         ..stream::Config::default()
     };
-    with_retries("no bucket for retained messages", || async {
+    with_retries(&format!("no bucket {name}"), || async {
         // Creating is idempotent for the same settings; a bucket made otherwise is used as it is.
         let created = context.create_stream(config.clone()).await.err();
-        context.get_key_value(RETAINED_BUCKET).await.map_err(|e| {
+        context.get_key_value(name).await.map_err(|e| {
             format!(
                 "{e}{}",
                 created

@@ -77,6 +77,13 @@ pub(crate) fn topic_key(topic: &str) -> String {
     subject
 }
 
+/// A string (a client id) as one token of a subject or KV key: `/` is escaped too.
+pub(crate) fn token(text: &str) -> String {
+    let mut token = String::with_capacity(text.len() + 2);
+    push_level(&mut token, text);
+    token
+}
+
 /// The topic of a key made by [`topic_key`].
 pub(crate) fn key_topic(key: &str) -> Result<String, NotATopic> {
     subject_topic(&format!("{PREFIX}.{key}"))
