@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
-use support::cluster::{node, subscribed_client};
+use support::cluster::{PROBE, node, subscribed_client};
 use support::{
     TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
     start_broker, subscription, tcp_addr, topic_str,
@@ -22,43 +22,17 @@ use tokio::net::TcpStream;
 /// a duplicate would arrive within it.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// Payloads of warm-up messages start with this; counts ignore them.
-const PROBE: &str = "probe";
-
 async fn client(node: &BrokerHandle, id: &str, filters: &[&str]) -> TestClient<TcpStream> {
     subscribed_client(node, id, filters, QoS::AtMostOnce).await
 }
 
-/// A node subscribes to other nodes' messages after its client's SUBACK, and NATS spreads
-/// interest between servers after that: publishes `topic` with probe payloads until every one
-/// of `receivers` has one (bounded), so that what follows is not lost to that window.
+/// `support::cluster::warm_up` at QoS 0.
 async fn warm_up(
     publisher: &mut TestClient<TcpStream>,
     topic: &str,
     receivers: &mut [&mut TestClient<TcpStream>],
 ) {
-    let deadline = Instant::now() + WAIT;
-    let mut reached = vec![false; receivers.len()];
-    while reached.contains(&false) {
-        assert!(
-            Instant::now() < deadline,
-            "no probe on {topic:?} reached receivers {:?} within {WAIT:?}",
-            reached
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !**r)
-                .map(|(i, _)| i)
-                .collect::<Vec<_>>()
-        );
-        publisher
-            .publish(message(topic, PROBE, QoS::AtMostOnce))
-            .await;
-        for (receiver, reached) in receivers.iter_mut().zip(&mut reached) {
-            while let Some(publish) = receiver.recv_within(Duration::from_millis(50)).await {
-                *reached |= topic_str(&publish) == topic;
-            }
-        }
-    }
+    support::cluster::warm_up(publisher, topic, QoS::AtMostOnce, receivers).await;
 }
 
 /// Every message (topic, payload) the client receives until it has `expected` of them and then

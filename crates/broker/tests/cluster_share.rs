@@ -10,16 +10,13 @@ use std::time::{Duration, Instant};
 use rallymq_broker::BrokerHandle;
 use rallymq_codec::{QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
-use support::cluster::{node, subscribed_client};
+use support::cluster::{PROBE, node, subscribed_client, warm_up};
 use support::{TestClient, WAIT, message, payload_str, subscription, topic_str, wait_clients};
 use tokio::net::TcpStream;
 
 /// How long every client stays silent, once all expected messages are in, before the counts
 /// are taken: a second copy would arrive within it.
 const QUIET: Duration = Duration::from_millis(500);
-
-/// Payloads of warm-up messages start with this; counts leave them out.
-const PROBE: &str = "probe";
 
 /// The shared group of the tests, and the filter of its ordinary twin.
 const GROUP: &str = "$share/workers/job/+";
@@ -29,37 +26,6 @@ const PLAIN: &str = "job/+";
 /// QoS it was published with).
 async fn client(node: &BrokerHandle, id: &str, filters: &[&str]) -> TestClient<TcpStream> {
     subscribed_client(node, id, filters, QoS::ExactlyOnce).await
-}
-
-/// Publishes probes on `topic` with `qos` until every one of `members` has had one (bounded):
-/// a node joins a group's queue subscription and consumer after its member's SUBACK, so what is
-/// published before may not reach it.
-async fn warm_up(
-    publisher: &mut TestClient<TcpStream>,
-    topic: &str,
-    qos: QoS,
-    members: &mut [&mut TestClient<TcpStream>],
-) {
-    let deadline = Instant::now() + 2 * WAIT;
-    let mut reached = vec![false; members.len()];
-    while reached.contains(&false) {
-        assert!(
-            Instant::now() < deadline,
-            "no {qos:?} probe reached members {:?}",
-            reached
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !**r)
-                .map(|(i, _)| i)
-                .collect::<Vec<_>>()
-        );
-        publisher.publish(message(topic, PROBE, qos)).await;
-        for (member, reached) in members.iter_mut().zip(&mut reached) {
-            while let Some(publish) = member.recv_within(Duration::from_millis(20)).await {
-                *reached |= payload_str(&publish) == PROBE;
-            }
-        }
-    }
 }
 
 /// What each client receives (probes left out) until all of them together have `expected`
