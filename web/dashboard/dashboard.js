@@ -179,6 +179,29 @@ async function pollBroker() {
   }
 }
 
+/** The cluster's nodes (`/api/v1/cluster`), shown only on a cluster node. */
+async function pollCluster() {
+  try {
+    const cluster = await api('cluster');
+    $('cluster').hidden = cluster.node_id == null;
+    if (cluster.node_id == null) return;
+    $('cluster-summary').textContent = `${cluster.live_nodes} of ${cluster.nodes.length} nodes live · this node ${cluster.node_id}`;
+    const cell = (label, value) => h('td', { dataset: { label } }, value);
+    $('cluster-table').replaceChildren(h('table', null,
+      h('thead', null, h('tr', null, ['Node', 'State', 'Address', 'Clients', 'In / min', 'Out / min', 'Up since'].map((name) => h('th', null, name)))),
+      h('tbody', null, cluster.nodes.map((node) => h('tr', { dataset: { node: node.id, live: String(node.live) } },
+        cell('Node', node.this_node ? `${node.id} (this node)` : node.id),
+        cell('State', node.live ? 'live' : `silent ${duration(node.silent_secs)}`),
+        cell('Address', node.address ?? '–'),
+        cell('Clients', number(node.clients)),
+        cell('In / min', number(node.messages_received_per_min)),
+        cell('Out / min', number(node.messages_sent_per_min)),
+        cell('Up since', new Date(node.started_at).toLocaleString()))))));
+  } catch (error) {
+    if (error.status !== 401 && error.status !== 403) console.warn('console: /api/v1/cluster:', error);
+  }
+}
+
 // ---------------------------------------------------------------------------- topic tree
 
 const tree = new TopicTree();
@@ -336,6 +359,8 @@ window.addEventListener('hashchange', route);
 // Always, so that the queued-messages chart has its history whatever page is open.
 setInterval(pollBroker, BROKER_POLL_MS);
 pollBroker();
+setInterval(pollCluster, BROKER_POLL_MS);
+pollCluster();
 
 // For the browser tests: the tree's model and view.
 window.rallymqConsole = { tree, view, pages };

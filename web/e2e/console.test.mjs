@@ -22,6 +22,8 @@ import {
   launchBrowser,
   paho,
   sleep,
+  startBroker,
+  startNats,
   startStaticServer,
   testBroker,
   until,
@@ -501,4 +503,50 @@ browserTest('the topic tree holds 100,000 topics: it renders them and expanding 
     assert.ok(ms < 1500, `${what} took ${ms.toFixed(1)} ms`);
   }
   await snap(console_, 'topics-100k');
+});
+
+browserTest('the cluster panel lists the nodes with their clients and shows a killed node gone; a single node has no panel', 90_000, async () => {
+  const nats = await startNats();
+  defer(() => nats.stop());
+  const node = async (id) => {
+    const started = await startBroker({ sysInterval: 1, args: ['--cluster', nats.url, '--node-id', id] });
+    defer(() => started.stop());
+    return started;
+  };
+  const [a, b] = [await node('e2e-a'), await node('e2e-b')];
+  // Two clients on node b, which node a's panel learns of through b's heartbeat.
+  await pahoPeer('sub', b.tcpPort, 'cluster/#', 1);
+  await pahoPeer('sub', b.tcpPort, 'cluster/+', 0);
+
+  const overview = await page();
+  await overview.goto(`${a.httpUrl}/dashboard/`);
+  await overview.waitForSelector('#cluster:not([hidden])', { timeout: 10_000 });
+  const rows = () =>
+    overview.evaluate(() =>
+      Object.fromEntries([...document.querySelectorAll('#cluster-table tbody tr')].map((row) => [
+        row.dataset.node,
+        { live: row.dataset.live, clients: row.querySelector('[data-label="Clients"]').textContent },
+      ])));
+  await until('both nodes live, with node b\'s two clients', async () => {
+    const shown = await rows();
+    return shown['e2e-a']?.live === 'true' && shown['e2e-b']?.live === 'true' && shown['e2e-b'].clients === '2';
+  }, 15_000, 200);
+  assert.match(await overview.textContent('#cluster-summary'), /2 of 2 nodes live · this node e2e-a/);
+  await snap(overview, 'console-cluster');
+
+  // A crash: node b stops beating, a declares it dead and (claiming it) removes its key.
+  await b.kill();
+  await until('node b shown gone or silent', async () => {
+    const shown = await rows();
+    return shown['e2e-a']?.live === 'true' && (shown['e2e-b'] === undefined || shown['e2e-b'].live === 'false');
+  }, 20_000, 200);
+  assert.match(await overview.textContent('#cluster-summary'), /^1 of [12] nodes live/);
+
+  // A broker that is not in a cluster keeps the panel hidden.
+  const single = await testBroker({ sysInterval: 1 });
+  const plain = await page();
+  await plain.goto(`${single.httpUrl}/dashboard/`);
+  await plain.waitForSelector('body[data-subscribed]', { timeout: 5000 });
+  await sleep(1500);
+  assert.equal(await plain.evaluate(() => document.getElementById('cluster').hidden), true);
 });

@@ -137,6 +137,11 @@ export async function startBroker({ tcp = 0, ws = 0, sysInterval, tls, args: ext
       child.kill('SIGTERM');
       await waitForExit(child, 8000);
     },
+    /** Ends the broker as a crash does: SIGKILL, nothing said to its peers. */
+    async kill() {
+      child.kill('SIGKILL');
+      await waitForExit(child, 8000);
+    },
   };
 }
 
@@ -169,12 +174,6 @@ export async function startMosquitto() {
   const child = spawn(program, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr.on('data', (data) => (log += data));
-  const reachable = (port) =>
-    new Promise((resolve) => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.on('connect', () => (socket.destroy(), resolve(true)));
-      socket.on('error', () => resolve(false));
-    });
   await until(`Mosquitto on ${ws} and ${tcp}:\n${log}`, async () => {
     if (child.exitCode !== null) throw new Error(`mosquitto exited: ${log}`);
     return (await reachable(ws)) && (await reachable(tcp));
@@ -183,6 +182,38 @@ export async function startMosquitto() {
     tcpPort: tcp,
     wsPort: ws,
     wsUrl: `ws://127.0.0.1:${ws}/mqtt`,
+    async stop() {
+      child.kill('SIGTERM');
+      await waitForExit(child, 5000);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+const reachable = (port) =>
+  new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('connect', () => (socket.destroy(), resolve(true)));
+    socket.on('error', () => resolve(false));
+  });
+
+/** Starts a nats-server with JetStream (Debian's package) on a free port, its store in a temporary directory. */
+export async function startNats() {
+  const program = ['/usr/sbin/nats-server', '/usr/bin/nats-server'].find(existsSync) || 'nats-server';
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'rallymq-nats-'));
+  const child = spawn(program, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  child.stderr.on('data', (data) => (log += data));
+  await until(`nats-server on ${port}:\n${log}`, async () => {
+    if (child.exitCode !== null) throw new Error(`nats-server exited: ${log}`);
+    return reachable(port);
+  }, 10_000, 50);
+  return {
+    url: `nats://127.0.0.1:${port}`,
     async stop() {
       child.kill('SIGTERM');
       await waitForExit(child, 5000);

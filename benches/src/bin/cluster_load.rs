@@ -11,7 +11,9 @@
 //! - `single`: one broker, not clustered: the figure to compare with;
 //! - `cluster-local`: two clustered nodes, publishers and subscriber on node A (what forwarding
 //!   every message to NATS costs a node's own traffic);
-//! - `cross-node`: publishers on node A, the subscriber on node B.
+//! - `cross-node`: publishers on node A, the subscriber on node B;
+//! - `cross-shared`: as `cross-node`, the subscriber a member of the shared group
+//!   `$share/load/load/in/+`, which messages reach through a NATS queue group.
 //!
 //! The shape is fan-in over TCP, MQTT 3.1.1, QoS 0: `--publishers` publishers on
 //! `load/in/N`, one subscriber on `load/in/+`, 64-byte payloads carrying the send time.
@@ -59,6 +61,7 @@ enum Setup {
     Single,
     ClusterLocal,
     CrossNode,
+    CrossShared,
 }
 
 impl Setup {
@@ -67,6 +70,15 @@ impl Setup {
             Self::Single => "single",
             Self::ClusterLocal => "cluster-local",
             Self::CrossNode => "cross-node",
+            Self::CrossShared => "cross-shared",
+        }
+    }
+
+    /// What the subscriber subscribes to.
+    fn filter(self) -> &'static str {
+        match self {
+            Self::CrossShared => "$share/load/load/in/+",
+            _ => "load/in/+",
         }
     }
 }
@@ -126,7 +138,12 @@ fn main() -> ExitCode {
     if let Some(connects) = connects {
         return measure_connects(&runtime, &nats, connects, options.rounds);
     }
-    let setups = [Setup::Single, Setup::ClusterLocal, Setup::CrossNode];
+    let setups = [
+        Setup::Single,
+        Setup::ClusterLocal,
+        Setup::CrossNode,
+        Setup::CrossShared,
+    ];
     let mut results: Vec<Vec<Measured>> = setups.iter().map(|_| Vec::new()).collect();
     for round in 0..options.rounds {
         for (i, setup) in setups.iter().enumerate() {
@@ -197,7 +214,7 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
         .local_addr(ListenerKind::Tcp)
         .ok_or_else(|| io::Error::other("no TCP"))?;
     let subscribe_at = match (setup, &b) {
-        (Setup::CrossNode, Some(b)) => b.local_addr(ListenerKind::Tcp),
+        (Setup::CrossNode | Setup::CrossShared, Some(b)) => b.local_addr(ListenerKind::Tcp),
         _ => a.local_addr(ListenerKind::Tcp),
     }
     .ok_or_else(|| io::Error::other("no TCP"))?;
@@ -209,7 +226,7 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
 
     let mut subscriber = tokio::time::timeout(SETUP_DEADLINE, async {
         let mut client = Client::connect(subscribe_at, Transport::Tcp, "load-sub", true).await?;
-        client.subscribe("load/in/+", QoS::AtMostOnce).await?;
+        client.subscribe(setup.filter(), QoS::AtMostOnce).await?;
         Ok::<_, io::Error>(client)
     })
     .await

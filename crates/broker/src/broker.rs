@@ -21,7 +21,7 @@ use crate::cluster::{self, Link};
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::policy::Policy;
-use crate::router::{RouteOutcome, Router, SubscriptionData, stored_copy};
+use crate::router::{RouteOutcome, Router, SubscriptionData, Targets, stored_copy};
 use crate::session::{
     Attachment, Control, ControlBox, Durable, NO_LISTENER, Persisting, Registry, Session,
     SessionInner, signal,
@@ -189,19 +189,33 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
-        let stream = self
+        let forwarded = self
             .cluster
             .get()
-            .and_then(|cluster| cluster.forward(sender, publish));
-        let mut outcome = self.publish_here(sender, publish, also);
-        outcome.stream = stream;
+            .map(|cluster| cluster.forward(sender, publish))
+            .unwrap_or_default();
+        let targets = Targets::Subscribers {
+            shared_groups: !forwarded.shared_groups,
+        };
+        let mut outcome = self.publish_here(sender, publish, also, targets);
+        outcome.stream = forwarded.stream;
         outcome
     }
 
-    /// Publishes a message another cluster node received, to this node's clients only;
-    /// returns the store's ticket for what routing wrote.
+    /// Publishes a message another cluster node received, to this node's clients only (not
+    /// to shared groups: they have their own way through the cluster); returns the store's
+    /// ticket for what routing wrote.
     pub(crate) fn publish_received(&self, sender: Option<&str>, publish: &Publish) -> Ticket {
-        self.publish_here(sender, publish, None).ticket
+        let targets = Targets::Subscribers {
+            shared_groups: false,
+        };
+        self.publish_here(sender, publish, None, targets).ticket
+    }
+
+    /// Publishes a message the cluster gave this node for the shared group of `filter`, to one
+    /// of the group's members here; nothing is queued when the group has none.
+    pub(crate) fn publish_to_group(&self, filter: &TopicFilter, publish: &Publish) -> RouteOutcome {
+        self.publish_here(None, publish, None, Targets::Group(filter))
     }
 
     /// [`Shared::publish_with`] on this node only.
@@ -210,6 +224,7 @@ impl Shared {
         sender: Option<&str>,
         publish: &Publish,
         also: Option<Change>,
+        targets: Targets<'_>,
     ) -> RouteOutcome {
         // A message routed to several persistent sessions is written in several changes.
         let _group = match &self.store {
@@ -220,7 +235,7 @@ impl Shared {
         };
         let received_at = SystemTime::now();
         let mut retained = Ticket::default();
-        if publish.retain {
+        if publish.retain && matches!(targets, Targets::Subscribers { .. }) {
             self.router.retain(publish);
             if let (Some(store), Some(topic)) = (&self.store, &publish.topic) {
                 let change = if publish.payload.is_empty() {
@@ -242,9 +257,16 @@ impl Shared {
             id: None,
             ticket: Ticket::default(),
         });
-        let mut outcome = self
-            .router
-            .route(sender, publish, &self.config.limits, persisting);
+        let limits = &self.config.limits;
+        let mut outcome = match targets {
+            Targets::Subscribers { shared_groups } => {
+                self.router
+                    .route_to(sender, publish, limits, persisting, shared_groups)
+            }
+            Targets::Group(filter) => self
+                .router
+                .route_to_group(filter, publish, limits, persisting),
+        };
         outcome.ticket = outcome
             .ticket
             .max(retained)
@@ -374,6 +396,11 @@ impl Shared {
             .store(loaded.next_message_id, Ordering::Relaxed);
         let now = Instant::now();
         let wall = SystemTime::now();
+        // A cluster node's previous run that died left its wills to the other nodes.
+        let wills_are_ours = self
+            .cluster
+            .get()
+            .is_none_or(|cluster| cluster.restored_wills_are_ours());
         // A time in the past, as an `Instant` (Message Expiry and session expiry count from it).
         let instant_of = |at: SystemTime| {
             let ago = wall.duration_since(at).unwrap_or_default();
@@ -404,7 +431,7 @@ impl Shared {
             // A session still marked connected ended when the broker stopped: now, as far as
             // its expiry and will are concerned.
             let disconnected_at = record.disconnected_at.unwrap_or(wall);
-            let will = record.will.map(|mut will| {
+            let will = record.will.filter(|_| wills_are_ours).map(|mut will| {
                 if will.due_at.is_none() || record.disconnected_at.is_none() {
                     let delay = will.delay.min(record.expiry_interval);
                     will.due_at = Some(wall + Duration::from_secs(u64::from(delay)));
@@ -704,7 +731,7 @@ impl Broker {
         let link = match &config.cluster {
             Some(settings) => {
                 let node_id = cluster::node_id(settings, &config.storage)?;
-                Some(Link::connect(settings, node_id).await?)
+                Some(Link::connect(settings, node_id, &config.storage).await?)
             }
             None => None,
         };
@@ -1004,6 +1031,9 @@ impl BrokerHandle {
         while self.shared.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.leave().await;
         }
         for task in &self.tasks {
             task.abort();

@@ -127,6 +127,9 @@ impl Drop for SpaceWaiter<'_> {
 enum Next {
     Nothing,
     Connect(Box<rallymq_codec::Connect>, bool),
+    /// A SUBSCRIBE that sends retained messages, in a cluster: answered once the node's copy
+    /// of them has caught up with the cluster's.
+    Subscribe(Box<Subscribe>),
 }
 
 /// What a connection of a broker with a store keeps: the store entries of its deliveries in
@@ -532,6 +535,12 @@ impl Driver {
                     // in every idle connection's task.
                     Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
+                Next::Subscribe(subscribe) => {
+                    if let Some(cluster) = self.shared.cluster.get() {
+                        Box::pin(cluster.retained_caught_up()).await;
+                    }
+                    self.on_subscribe(*subscribe);
+                }
             }
             if self.congested.is_some() {
                 // A subscriber's queue reached its high-water mark: the rest of what this read
@@ -679,7 +688,17 @@ impl Driver {
                     }
                 }
             }
-            ServerEvent::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            ServerEvent::Subscribe(subscribe) => {
+                let sends_retained = subscribe.subscriptions.iter().any(|subscription| {
+                    !subscription.filter.is_shared()
+                        && subscription.options.retain_handling
+                            != rallymq_codec::RetainHandling::DoNotSend
+                });
+                if sends_retained && self.shared.cluster.get().is_some() {
+                    return Next::Subscribe(Box::new(subscribe));
+                }
+                self.on_subscribe(subscribe);
+            }
             ServerEvent::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             ServerEvent::DeliveryAcknowledged(outcome)
             | ServerEvent::DeliveryCompleted(outcome) => {
@@ -735,6 +754,9 @@ impl Driver {
                 let publish = will_message(&will);
                 let sender = self.session.as_deref().map(|s| &*s.client_id);
                 self.shared.publish(sender, &publish);
+                if let (Some(cluster), Some(sender)) = (self.shared.cluster.get(), sender) {
+                    cluster.forget_will(sender, self.connection_id);
+                }
                 if let Some(session) = &self.session {
                     let published = {
                         let mut inner = session.lock();
@@ -1094,6 +1116,11 @@ impl Driver {
         if !will_allowed {
             debug!(client_id = %client_id, peer = %self.peer, "will not authorized: dropped");
             self.engine.cancel_will();
+        } else if let (Some(will), Some(cluster)) = (&connect.will, self.shared.cluster.get()) {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let delay = delay.min(granted_expiry);
+            let message = will_message(will);
+            cluster.record_will(&session.client_id, self.connection_id, &message, delay);
         }
         if self.engine.accept(now, accept).is_ok() {
             self.shared.stats.client_connected(self.peer.via, version);
@@ -1555,6 +1582,9 @@ impl Driver {
 
     fn finish(&mut self) {
         self.control.close();
+        if let (Some(cluster), Some(session)) = (self.shared.cluster.get(), &self.session) {
+            cluster.forget_will(&session.client_id, self.connection_id);
+        }
         self.shared
             .unregister_connection(self.connection_id, &self.control);
         // Ended without a close from the engine (its task ended).

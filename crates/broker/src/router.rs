@@ -9,7 +9,7 @@ use std::time::Instant;
 use rallymq_codec::{
     Publish, QoS, RetainHandling, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
 };
-use rallymq_topic::{Match, RetainedIndex, SubscriptionIndex};
+use rallymq_topic::{Match, RetainedIndex, SharedGroup, SubscriptionIndex};
 
 use crate::config::Limits;
 use crate::session::{Persisting, Session, SessionRef};
@@ -238,14 +238,28 @@ impl Router {
         sender: Option<&str>,
         publish: &Publish,
         limits: &Limits,
+        persisting: Option<Persisting<'_>>,
+    ) -> RouteOutcome {
+        self.route_to(sender, publish, limits, persisting, true)
+    }
+
+    /// [`Router::route`], leaving out the shared groups unless `shared_groups`: in a cluster,
+    /// a message that crossed reaches each group through the cluster
+    /// ([`Router::route_to_group`]), once across all nodes.
+    pub(crate) fn route_to(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        limits: &Limits,
         mut persisting: Option<Persisting<'_>>,
+        shared_groups: bool,
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         let Some(topic) = &publish.topic else {
             return outcome;
         };
         let mut deliveries: HashMap<*const Session, Delivery> = HashMap::new();
-        let mut shared: Vec<(Arc<Session>, QoS, Option<SubscriptionId>)> = Vec::new();
+        let mut shared: Vec<Member> = Vec::new();
         {
             let index = read(&self.index);
             index.for_each_match(topic, |found| match found {
@@ -267,47 +281,83 @@ impl Router {
                     delivery.retain_as_published |= data.retain_as_published;
                     delivery.identifiers.extend(data.identifier);
                 }
-                Match::Shared(group) => {
-                    // One member per group; prefer a connected one.
-                    let picked = group
-                        .pick_round_robin_where(|member, _| member.0.lock().attachment.is_some())
-                        .or_else(|| group.pick_round_robin());
-                    if let Some((member, data)) = picked {
-                        shared.push((member.0.clone(), data.qos, data.identifier));
-                    }
+                Match::Shared(group) if shared_groups => {
+                    shared.extend(pick_member(group));
                 }
+                Match::Shared(_) => {}
             });
         }
         let now = Instant::now();
-        let mut offer = |session: Arc<Session>, copy: Publish| {
-            let enqueued = session.enqueue(copy, now, limits, persisting.as_mut());
-            outcome.queued += usize::from(enqueued.queued);
-            outcome.dropped += usize::from(enqueued.dropped);
-            outcome.full += usize::from(enqueued.full);
-            if enqueued.congested {
-                outcome.congested.push(session);
-            }
-        };
         for delivery in deliveries.into_values() {
             // Retain As Published keeps the flag; otherwise forwarded messages carry 0
             // (MQTT-3.3.1-12, MQTT-3.3.1-9 in 3.1.1).
             let retain = delivery.retain_as_published && publish.retain;
-            offer(
+            outcome.offer(
                 delivery.session,
                 copy_for(publish, delivery.qos, retain, delivery.identifiers),
+                now,
+                limits,
+                persisting.as_mut(),
             );
         }
-        for (session, qos, identifier) in shared {
-            offer(
-                session,
-                copy_for(publish, qos, false, identifier.into_iter().collect()),
-            );
+        for member in shared {
+            outcome.offer_shared(member, publish, now, limits, persisting.as_mut());
         }
         if let Some(persisting) = persisting {
             outcome.ticket = persisting.ticket;
         }
         outcome
     }
+
+    /// Routes `publish` to one member of the shared group of `filter` (`$share/{group}/...`)
+    /// only, if the group has a member here and its filter matches the topic (`$` rule
+    /// included): a cluster node's share of the group's messages. `queued` and `dropped` both 0
+    /// when it has none.
+    pub(crate) fn route_to_group(
+        &self,
+        filter: &TopicFilter,
+        publish: &Publish,
+        limits: &Limits,
+        mut persisting: Option<Persisting<'_>>,
+    ) -> RouteOutcome {
+        let mut outcome = RouteOutcome::default();
+        let Some(topic) = &publish.topic else {
+            return outcome;
+        };
+        if !rallymq_topic::matches(filter, topic) {
+            return outcome;
+        }
+        let picked = read(&self.index).shared_group(filter).and_then(pick_member);
+        if let Some(member) = picked {
+            outcome.offer_shared(member, publish, Instant::now(), limits, persisting.as_mut());
+        }
+        if let Some(persisting) = persisting {
+            outcome.ticket = persisting.ticket;
+        }
+        outcome
+    }
+}
+
+/// A shared group's member chosen for a message: its session, granted QoS and subscription
+/// identifier.
+type Member = (Arc<Session>, QoS, Option<SubscriptionId>);
+
+/// One member of a group, in turn, a connected one if there is one.
+fn pick_member(group: SharedGroup<'_, SessionRef, SubscriptionData>) -> Option<Member> {
+    let (member, data) = group
+        .pick_round_robin_where(|member, _| member.0.lock().attachment.is_some())
+        .or_else(|| group.pick_round_robin())?;
+    Some((member.0.clone(), data.qos, data.identifier))
+}
+
+/// Whom a publish is routed to on this node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Targets<'a> {
+    /// Every matching subscription; the shared groups too unless `shared_groups` is false
+    /// (in a cluster, they get a message that crossed through the cluster).
+    Subscribers { shared_groups: bool },
+    /// One member of the shared group of this filter (`$share/{group}/...`) only.
+    Group(&'a TopicFilter),
 }
 
 /// What routing one message did.
@@ -327,4 +377,37 @@ pub(crate) struct RouteOutcome {
     /// In a cluster, a QoS 1 or 2 message's write to the cluster's stream: the publisher is
     /// acknowledged once it is stored there too.
     pub(crate) stream: Option<crate::cluster::StreamAck>,
+}
+
+impl RouteOutcome {
+    /// Queues `copy` for `session` and counts what became of it.
+    fn offer(
+        &mut self,
+        session: Arc<Session>,
+        copy: Publish,
+        now: Instant,
+        limits: &Limits,
+        persisting: Option<&mut Persisting<'_>>,
+    ) {
+        let enqueued = session.enqueue(copy, now, limits, persisting);
+        self.queued += usize::from(enqueued.queued);
+        self.dropped += usize::from(enqueued.dropped);
+        self.full += usize::from(enqueued.full);
+        if enqueued.congested {
+            self.congested.push(session);
+        }
+    }
+
+    /// [`RouteOutcome::offer`] to a shared group's member: retain is 0 (MQTT-3.3.1-9 in 3.1.1).
+    fn offer_shared(
+        &mut self,
+        (session, qos, identifier): Member,
+        publish: &Publish,
+        now: Instant,
+        limits: &Limits,
+        persisting: Option<&mut Persisting<'_>>,
+    ) {
+        let copy = copy_for(publish, qos, false, identifier.into_iter().collect());
+        self.offer(session, copy, now, limits, persisting);
+    }
 }

@@ -10,15 +10,15 @@ use crate::broker::Shared;
 
 /// An exponentially weighted moving average per minute, as Mosquitto's `load/*` topics.
 #[derive(Debug, Default, Clone, Copy)]
-struct Load {
-    one: f64,
+pub(crate) struct Load {
+    pub(crate) one: f64,
     five: f64,
     fifteen: f64,
     last: u64,
 }
 
 impl Load {
-    fn update(&mut self, total: u64, interval: Duration) {
+    pub(crate) fn update(&mut self, total: u64, interval: Duration) {
         let per_minute =
             (total.saturating_sub(self.last)) as f64 * 60.0 / interval.as_secs_f64().max(0.001);
         self.last = total;
@@ -52,6 +52,8 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
     let mut shutdown = shared.shutdown.clone();
     let mut tick = tokio::time::interval(interval);
     let mut loads = [Load::default(); 5];
+    // The cluster's nodes given topics at the last interval.
+    let mut cluster_nodes = Vec::new();
     publish(
         &shared,
         "$SYS/broker/version",
@@ -136,6 +138,9 @@ pub(crate) async fn publish_periodically(shared: Arc<Shared>, interval: Duration
         ];
         for (topic, value) in values {
             publish(&shared, topic, value);
+        }
+        if let Some(cluster) = shared.cluster.get() {
+            cluster.publish_sys(&shared, &mut cluster_nodes);
         }
     }
 }

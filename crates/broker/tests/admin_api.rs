@@ -1241,6 +1241,7 @@ async fn every_documented_operation_is_served_as_documented_and_nothing_else_is(
     let probes: &[(&str, Option<Value>)] = &[
         ("getOpenApi", None),
         ("getBroker", None),
+        ("getCluster", None),
         ("listClients", None),
         ("getClient", None),
         ("listSubscriptions", None),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
+use support::cluster::{PROBE, node, subscribed_client};
 use support::{
     TestClient, WAIT, connect_packet, connected_present, message, payload_str,
     payloads_until_quiet, persistent_connect, start_broker, subscription, tcp_addr, topic_str,
@@ -21,57 +22,17 @@ use tokio::net::TcpStream;
 /// a duplicate would arrive within it.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// Payloads of warm-up messages start with this; counts ignore them.
-const PROBE: &str = "probe";
-
-async fn node(servers: &[&NatsServer]) -> BrokerHandle {
-    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
-    start_broker(|config| config.cluster = Some(ClusterConfig::new(urls))).await
-}
-
 async fn client(node: &BrokerHandle, id: &str, filters: &[&str]) -> TestClient<TcpStream> {
-    let (mut client, _) =
-        TestClient::tcp(tcp_addr(node), connect_packet(ProtocolVersion::V5, id)).await;
-    if !filters.is_empty() {
-        let subscriptions = filters
-            .iter()
-            .map(|filter| subscription(filter, QoS::AtMostOnce))
-            .collect();
-        client.subscribe(subscriptions).await;
-    }
-    client
+    subscribed_client(node, id, filters, QoS::AtMostOnce).await
 }
 
-/// A node subscribes to other nodes' messages after its client's SUBACK, and NATS spreads
-/// interest between servers after that: publishes `topic` with probe payloads until every one
-/// of `receivers` has one (bounded), so that what follows is not lost to that window.
+/// `support::cluster::warm_up` at QoS 0.
 async fn warm_up(
     publisher: &mut TestClient<TcpStream>,
     topic: &str,
     receivers: &mut [&mut TestClient<TcpStream>],
 ) {
-    let deadline = Instant::now() + WAIT;
-    let mut reached = vec![false; receivers.len()];
-    while reached.contains(&false) {
-        assert!(
-            Instant::now() < deadline,
-            "no probe on {topic:?} reached receivers {:?} within {WAIT:?}",
-            reached
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !**r)
-                .map(|(i, _)| i)
-                .collect::<Vec<_>>()
-        );
-        publisher
-            .publish(message(topic, PROBE, QoS::AtMostOnce))
-            .await;
-        for (receiver, reached) in receivers.iter_mut().zip(&mut reached) {
-            while let Some(publish) = receiver.recv_within(Duration::from_millis(50)).await {
-                *reached |= topic_str(&publish) == topic;
-            }
-        }
-    }
+    support::cluster::warm_up(publisher, topic, QoS::AtMostOnce, receivers).await;
 }
 
 /// Every message (topic, payload) the client receives until it has `expected` of them and then
@@ -201,9 +162,14 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
     assert_eq!(collect(&mut hash, N).await, once_each(&["c/from-b"], N));
 }
 
-/// The subjects a node's NATS connection is subscribed to, from the server's monitoring port.
-fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
-    let name = format!("rallymq-{}", node.node_id().expect("a cluster node"));
+/// The subjects the node's NATS connection `rallymq-{node id}{suffix}` is subscribed to (`""`:
+/// its main one; `-shares`: the shared groups' queue subscriptions), from the server's
+/// monitoring port.
+fn connection_subjects(nats: &NatsServer, node: &BrokerHandle, suffix: &str) -> Vec<String> {
+    let name = format!(
+        "rallymq-{}{suffix}",
+        node.node_id().expect("a cluster node")
+    );
     let body = nats
         .monitor("/connz?subs=1")
         .expect("the monitoring port answers");
@@ -229,9 +195,20 @@ fn node_subjects(nats: &NatsServer, node: &BrokerHandle) -> Vec<String> {
 
 /// Waits (bounded) until the node's subscriptions are `expected`.
 async fn wait_for_subjects(nats: &NatsServer, node: &BrokerHandle, expected: &[&str]) {
+    wait_for_connection_subjects(nats, node, "", expected).await;
+}
+
+/// Waits (bounded) until the subscriptions of the node's connection `suffix` (see
+/// [`connection_subjects`]) are `expected`.
+async fn wait_for_connection_subjects(
+    nats: &NatsServer,
+    node: &BrokerHandle,
+    suffix: &str,
+    expected: &[&str],
+) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let subjects = node_subjects(nats, node);
+        let subjects = connection_subjects(nats, node, suffix);
         if subjects == expected {
             return;
         }
@@ -254,14 +231,15 @@ async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_
     let _sys = client(&b, "sys", &["$SYS/#"]).await;
     wait_for_subjects(&nats, &b, &["rmq.m.s", "rmq.m.s.>"]).await;
 
+    // The shared subscription is a queue subscription of its own (on the node's second
+    // connection), not a holder of the plain filter.
+    wait_for_connection_subjects(&nats, &b, "-shares", &["rmq.m.s", "rmq.m.s.>"]).await;
     one.unsubscribe("s/#").await;
     two.disconnect(ReasonCode::Success).await;
     drop(in_process);
-    // `one` still holds the shared subscription to the same filter.
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(node_subjects(&nats, &b), ["rmq.m.s", "rmq.m.s.>"]);
-    one.unsubscribe("$share/g/s/#").await;
     wait_for_subjects(&nats, &b, &[]).await;
+    one.unsubscribe("$share/g/s/#").await;
+    wait_for_connection_subjects(&nats, &b, "-shares", &[]).await;
     let mut again = client(&b, "again", &["s/+"]).await;
     wait_for_subjects(&nats, &b, &["rmq.m.s.*"]).await;
     again.disconnect(ReasonCode::Success).await;

@@ -66,6 +66,8 @@ pub(crate) struct FileConfig {
     pub(crate) acl_file: Option<PathBuf>,
     pub(crate) cluster: Option<Vec<String>>,
     pub(crate) node_id: Option<String>,
+    pub(crate) cluster_heartbeat_ms: Option<u64>,
+    pub(crate) cluster_missed_beats: Option<u32>,
     pub(crate) admin_users: Option<Vec<String>>,
     pub(crate) admin_open_to: Option<String>,
     /// Bridges to remote brokers (`[[bridge]]` tables).
@@ -604,13 +606,33 @@ impl Settings {
         }
         .into_security()?;
         config.cluster = match s.cluster {
-            Some(servers) if !servers.is_empty() => Some(ClusterConfig {
-                node_id: s.node_id,
-                ..ClusterConfig::new(servers)
-            }),
+            Some(servers) if !servers.is_empty() => {
+                let mut cluster = ClusterConfig {
+                    node_id: s.node_id,
+                    ..ClusterConfig::new(servers)
+                };
+                match s.cluster_heartbeat_ms {
+                    Some(ms) if ms < 10 => {
+                        return Err("cluster_heartbeat_ms: at least 10".to_owned());
+                    }
+                    Some(ms) => cluster.heartbeat = Duration::from_millis(ms),
+                    None => {}
+                }
+                match s.cluster_missed_beats {
+                    Some(0) => return Err("cluster_missed_beats: at least 1".to_owned()),
+                    Some(beats) => cluster.missed_beats = beats,
+                    None => {}
+                }
+                Some(cluster)
+            }
             Some(_) => return Err("cluster: name at least one NATS server".to_owned()),
-            None if s.node_id.is_some() => {
-                return Err("node_id is for a cluster node: set cluster too".to_owned());
+            None if s.node_id.is_some()
+                || s.cluster_heartbeat_ms.is_some()
+                || s.cluster_missed_beats.is_some() =>
+            {
+                return Err(
+                    "node_id and cluster_* are for a cluster node: set cluster too".to_owned(),
+                );
             }
             None => None,
         };
@@ -681,6 +703,7 @@ mod tests {
         assert!(file.max_subscriptions.is_some() && file.max_topic_levels.is_some());
         assert!(file.max_topic_length.is_some());
         assert!(file.cluster.is_some() && file.node_id.is_some());
+        assert!(file.cluster_heartbeat_ms.is_some() && file.cluster_missed_beats.is_some());
         let bridges = file.bridge.clone().expect("a [[bridge]] table");
         let config = bridge(bridges[0].clone()).expect("the example bridge is valid");
         assert_eq!(config.name, "cloud");
@@ -726,6 +749,28 @@ mod tests {
         assert!(Settings::from_file(alone).into_broker_config().is_err());
         let none = Settings::from_file(FileConfig::default()).into_broker_config();
         assert_eq!(none.expect("valid").cluster, None);
+    }
+
+    #[test]
+    fn cluster_heartbeat_keys_from_the_file() {
+        let parse = |text: &str| {
+            Settings::from_file(FileConfig::parse(text).expect("valid")).into_broker_config()
+        };
+        let servers = "cluster = [\"nats://127.0.0.1:4222\"]\n";
+        let cluster = parse(&format!(
+            "{servers}cluster_heartbeat_ms = 250\ncluster_missed_beats = 5\n"
+        ))
+        .expect("valid")
+        .cluster
+        .expect("a cluster");
+        assert_eq!(cluster.heartbeat, Duration::from_millis(250));
+        assert_eq!(cluster.missed_beats, 5);
+        let defaults = parse(servers).expect("valid").cluster.expect("a cluster");
+        assert_eq!(defaults.heartbeat, Duration::from_secs(1));
+        assert_eq!(defaults.missed_beats, 3);
+        assert!(parse(&format!("{servers}cluster_heartbeat_ms = 5\n")).is_err());
+        assert!(parse(&format!("{servers}cluster_missed_beats = 0\n")).is_err());
+        assert!(parse("cluster_missed_beats = 2\n").is_err(), "no cluster");
     }
 
     #[test]

@@ -378,6 +378,22 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             .map(|entry| &entry.data)
     }
 
+    /// The shared group of exactly `filter` (`$share/{ShareName}/{filter}`), if it has members;
+    /// `None` for a filter that is not shared. A broker that balances a group across several
+    /// servers is handed a message for one group, where matching would report every group whose
+    /// filter matches (`$share/g/a/+` and `$share/g/#` are two groups of one name).
+    pub fn shared_group(&self, filter: &TopicFilter) -> Option<SharedGroup<'_, S, D>> {
+        let share_name = filter.share_name()?;
+        let node = self.nodes.get(self.find_path(filter.filter())?);
+        let group = node
+            .shared
+            .as_ref()?
+            .0
+            .iter()
+            .find(|group| &*group.name == share_name)?;
+        Some(SharedGroup { group })
+    }
+
     /// Removes the subscription of `subscriber` to exactly `filter` (an UNSUBSCRIBE), returning
     /// its data, or `None` if there was no such subscription.
     pub fn remove(&mut self, subscriber: &S, filter: &TopicFilter) -> Option<D> {
@@ -914,6 +930,35 @@ mod tests {
         assert_eq!(index.remove(&1, &filter("$share/g/a/+")), Some(1));
         assert_eq!(index.remove(&1, &filter("$share/g/a/+")), None);
         assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn mqtt_4_8_2_1_a_shared_group_is_found_by_its_name_and_filter() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1, &filter("$share/g/a/+"), 1);
+        index.insert(2, &filter("$share/g/a/+"), 2);
+        index.insert(3, &filter("$share/g/#"), 3);
+        index.insert(4, &filter("a/+"), 4);
+        let members = |index: &SubscriptionIndex<u32, u32>, text: &str| {
+            index.shared_group(&filter(text)).map(|group| {
+                let mut members: Members = group.members().map(|(s, d)| (*s, *d)).collect();
+                members.sort();
+                (group.name().to_owned(), members)
+            })
+        };
+        assert_eq!(
+            members(&index, "$share/g/a/+"),
+            Some(("g".to_owned(), vec![(1, 1), (2, 2)]))
+        );
+        assert_eq!(
+            members(&index, "$share/g/#"),
+            Some(("g".to_owned(), vec![(3, 3)]))
+        );
+        assert_eq!(members(&index, "$share/h/a/+"), None);
+        assert_eq!(members(&index, "$share/g/a/b"), None);
+        assert_eq!(members(&index, "a/+"), None, "not a shared filter");
+        index.remove(&3, &filter("$share/g/#"));
+        assert_eq!(members(&index, "$share/g/#"), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub(crate) async fn dispatch(
         Operation::GetRetained => get_retained(&shared, &param),
         Operation::DeleteRetained => delete_retained(&shared, &param),
         Operation::Publish => publish(&shared, request).await,
+        Operation::GetCluster => Ok(json_response(StatusCode::OK, &cluster_info(&shared))),
         Operation::OpenApi => Ok(openapi::response()),
     }
 }
@@ -249,6 +250,61 @@ fn broker_info(shared: &Shared) -> BrokerInfo {
             bytes_received: totals.bytes_received,
             bytes_sent: totals.bytes_sent,
         },
+    }
+}
+
+#[derive(Serialize)]
+struct ClusterInfo {
+    node_id: Option<String>,
+    live_nodes: usize,
+    nodes: Vec<ClusterNode>,
+}
+
+#[derive(Serialize)]
+struct ClusterNode {
+    id: String,
+    this_node: bool,
+    live: bool,
+    silent_secs: f64,
+    incarnation: String,
+    started_at: String,
+    beat_at: String,
+    address: Option<String>,
+    clients: u64,
+    messages_received_per_min: f64,
+    messages_sent_per_min: f64,
+}
+
+fn cluster_info(shared: &Shared) -> ClusterInfo {
+    let Some(cluster) = shared.cluster.get() else {
+        return ClusterInfo {
+            node_id: None,
+            live_nodes: 0,
+            nodes: Vec::new(),
+        };
+    };
+    let at = |millis: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(millis));
+    let nodes: Vec<ClusterNode> = cluster
+        .nodes()
+        .into_iter()
+        .map(|node| ClusterNode {
+            this_node: node.this_node,
+            live: node.live,
+            silent_secs: node.silent_for.as_secs_f64(),
+            started_at: at(node.beat.started_at),
+            beat_at: at(node.beat.beat_at),
+            incarnation: node.beat.incarnation,
+            address: node.beat.address,
+            clients: node.beat.clients,
+            messages_received_per_min: node.beat.messages_received_per_min,
+            messages_sent_per_min: node.beat.messages_sent_per_min,
+            id: node.id,
+        })
+        .collect();
+    ClusterInfo {
+        node_id: Some(cluster.node_id().to_owned()),
+        live_nodes: nodes.iter().filter(|node| node.live).count(),
+        nodes,
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) enum Operation {
     GetRetained,
     DeleteRetained,
     Publish,
+    GetCluster,
     OpenApi,
 }
 
@@ -346,6 +347,26 @@ pub(crate) static ROUTES: &[Route] = &[
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             StatusCode::SERVICE_UNAVAILABLE,
         ],
+        open: false,
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/cluster",
+        operation: Operation::GetCluster,
+        id: "getCluster",
+        tag: "broker",
+        summary: "The cluster's nodes as this node sees them: liveness, clients and rates",
+        description: "From the heartbeats each node writes in the NATS KV bucket \
+                      `rallymq_nodes`. A node is `live` while its heartbeat changed within \
+                      the last `missed_beats` intervals; a dead node stays listed, not live, \
+                      until its key is deleted by the node that publishes its clients' wills. \
+                      Without cluster mode, `node_id` is null and `nodes` empty.",
+        path_params: &[],
+        greedy_tail: false,
+        query: &[],
+        body: None,
+        ok: (StatusCode::OK, Some("Cluster")),
+        errors: &[BAD],
         open: false,
     },
     Route {

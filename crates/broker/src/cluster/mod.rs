@@ -9,7 +9,10 @@
 //!   last holder goes), told of them by the router's [`SubscriptionHook`];
 //! - connects with `no_echo`, so it never receives its own messages back;
 //! - routes what it receives through its local router, which re-checks every match: the
-//!   `$`-topic rule, `$share` groups and No Local stay the broker's own.
+//!   `$`-topic rule and No Local stay the broker's own;
+//! - takes part in the shared groups its sessions are members of, so that each message reaches
+//!   one member of a group in the whole cluster ([`share`]), and leaves the groups out of
+//!   everything else it routes.
 //!
 //! NATS delivers a message once per matching subscription of a connection, and a node's
 //! filters overlap (`a/#` and `a/+`), so each received copy is delivered only if it came
@@ -19,12 +22,20 @@
 //!
 //! Retained messages are also put in a JetStream KV bucket ([`RETAINED_BUCKET`], one key per
 //! topic), which every node watches from its start: a node that joins later, or missed a
-//! message, gets every topic's last retained message into its local copy.
+//! message, gets every topic's last retained message into its local copy. A retained QoS 1 or
+//! 2 publisher is acknowledged once the bucket has the message, and a SUBSCRIBE waits (briefly)
+//! until the node's copy has caught up with the bucket ([`Link::retained_caught_up`]).
+//!
+//! Nodes keep heartbeat keys, and the wills of a dead node's clients are published once, by
+//! one surviving node ([`nodes`]).
 
+mod nodes;
 mod sessions;
+mod share;
 mod stream;
 mod subject;
 
+pub(crate) use nodes::NodeState;
 pub(crate) use sessions::Sessions;
 pub(crate) use stream::StreamAck;
 
@@ -38,7 +49,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use rallymq_codec::{Limits, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter};
 use rallymq_topic::{Match, SubscriptionIndex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -58,6 +69,11 @@ pub struct ClusterConfig {
     /// directory's `node-id` file, generated there the first time; a new one at every start
     /// when the broker keeps nothing on disk.
     pub node_id: Option<String>,
+    /// How often the node writes its heartbeat (default 1 s).
+    pub heartbeat: Duration,
+    /// How many heartbeats a node may miss before the others take it for dead and publish its
+    /// clients' wills (default 3).
+    pub missed_beats: u32,
 }
 
 impl ClusterConfig {
@@ -66,6 +82,8 @@ impl ClusterConfig {
         Self {
             servers: servers.into_iter().map(Into::into).collect(),
             node_id: None,
+            heartbeat: nodes::DEFAULT_HEARTBEAT,
+            missed_beats: nodes::DEFAULT_MISSED_BEATS,
         }
     }
 }
@@ -106,6 +124,10 @@ const MAX_SUBJECT_LEN: usize = 3900;
 
 /// How long an unsubscribed NATS subscription may take to hand over what it still holds.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a SUBSCRIBE waits for the node's copy of the retained bucket to catch up with the
+/// bucket before it is answered from the copy as it is.
+const RETAINED_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Whether a node shares this topic (or filter) with the others: `$SYS` topics describe the
 /// node that publishes them.
@@ -202,8 +224,21 @@ struct Interest {
     /// Each session's filters that cross the cluster (as subscribed: `$share/g/f` and `f` are
     /// two subscriptions of one session).
     by_session: HashMap<Arc<str>, Vec<TopicFilter>>,
-    /// How many subscriptions hold each filter (without its `$share/{group}/`).
+    /// How many subscriptions hold each (not shared) filter.
     counts: HashMap<Box<str>, usize>,
+    /// How many local members each shared group (`$share/{group}/{filter}`) has.
+    groups: HashMap<TopicFilter, usize>,
+}
+
+/// What became of a message sent to the other nodes.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarded {
+    /// The cluster gives it to the shared groups (one member in the whole cluster each): the
+    /// publishing node leaves them out of its own routing.
+    pub(crate) shared_groups: bool,
+    /// A QoS 1 or 2 message's write to the stream, which the publisher's acknowledgement
+    /// waits for.
+    pub(crate) stream: Option<StreamAck>,
 }
 
 /// A node's link to the cluster: what the broker's publish path and router hook talk to.
@@ -214,25 +249,45 @@ pub(crate) struct Link {
     outbound: mpsc::Sender<(String, Bytes)>,
     /// QoS 1 and 2 messages for the stream.
     stream: stream::Writer,
-    /// Retained messages for the bucket: key, and the envelope (`None` clears the topic).
-    retained: mpsc::Sender<(String, Option<Bytes>)>,
+    /// Retained messages for the bucket: key, the envelope (`None` clears the topic), and
+    /// for QoS 1 and 2 who waits for the bucket's acknowledgement.
+    retained: mpsc::Sender<RetainedWrite>,
+    /// The highest revision of the retained bucket the node's copy has taken in.
+    retained_seen: watch::Sender<u64>,
+    /// The retained bucket's stream, asked for its last revision.
+    retained_stream: async_nats::jetstream::stream::Stream,
     commands: mpsc::UnboundedSender<Command>,
+    /// Shared groups this node joins and leaves.
+    groups: mpsc::UnboundedSender<share::GroupCommand>,
     interest: Mutex<Interest>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
     dropped: AtomicU64,
+    /// Heartbeats, and the wills of this node's clients.
+    nodes: Arc<nodes::Nodes>,
     /// Who owns each client id's session, and takeovers between nodes.
     sessions: Arc<Sessions>,
     /// The receiving halves, taken by [`Link::spawn`].
     parts: Mutex<Option<Parts>>,
 }
 
+/// A retained message on its way to the bucket: its key, its envelope (`None` clears the
+/// topic), and the publisher's wait for it (QoS 1 and 2).
+type RetainedWrite = (
+    String,
+    Option<Bytes>,
+    Option<oneshot::Sender<Result<(), String>>>,
+);
+
 #[derive(Debug)]
 struct Parts {
     outbound: mpsc::Receiver<(String, Bytes)>,
-    retained: mpsc::Receiver<(String, Option<Bytes>)>,
+    retained: mpsc::Receiver<RetainedWrite>,
     bucket: async_nats::jetstream::kv::Store,
     commands: mpsc::UnboundedReceiver<Command>,
     stream: stream::Parts,
+    /// The connection of the shared groups' queue subscriptions (echo on).
+    shares: async_nats::Client,
+    groups: mpsc::UnboundedReceiver<share::GroupCommand>,
     sessions: sessions::Parts,
 }
 
@@ -243,6 +298,7 @@ impl Link {
     pub(crate) async fn connect(
         config: &ClusterConfig,
         node_id: String,
+        storage: &Storage,
     ) -> Result<Arc<Self>, Error> {
         let mut addrs = Vec::new();
         for server in &config.servers {
@@ -254,41 +310,59 @@ impl Link {
         if addrs.is_empty() {
             return Err(Error::Cluster("no NATS server given".to_owned()));
         }
+        let unreachable = |e| {
+            Error::Cluster(format!(
+                "cannot reach the NATS servers {:?}: {e}",
+                config.servers
+            ))
+        };
         let client = async_nats::ConnectOptions::new()
             .name(format!("rallymq-{node_id}"))
             .no_echo()
             .connection_timeout(Duration::from_secs(5))
+            .connect(addrs.clone())
+            .await
+            .map_err(unreachable)?;
+        let shares = async_nats::ConnectOptions::new()
+            .name(format!("rallymq-{node_id}-shares"))
+            .connection_timeout(Duration::from_secs(5))
             .connect(addrs)
             .await
-            .map_err(|e| {
-                Error::Cluster(format!(
-                    "cannot reach the NATS servers {:?}: {e}",
-                    config.servers
-                ))
-            })?;
-        let bucket = open_bucket(
+            .map_err(unreachable)?;
+        let bucket = retained_bucket(&client).await?;
+        let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
+        let data_dir = match storage {
+            Storage::Directory(dir) => Some(dir.as_path()),
+            _ => None,
+        };
+        let nodes = nodes::Nodes::open(
             &client,
-            RETAINED_BUCKET,
-            "rallymq: the last retained message of each MQTT topic",
-            1,
+            &node_id,
+            config.heartbeat,
+            config.missed_beats,
+            data_dir,
         )
         .await?;
-        let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
         let (sessions, sessions_parts) =
             Sessions::open(&client, &node_id, stream::replicas(&client)).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
         let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (groups_tx, groups) = mpsc::unbounded_channel();
         Ok(Arc::new(Self {
             node_id,
             client,
             outbound: outbound_tx,
             stream,
             retained: retained_tx,
+            retained_seen: watch::Sender::new(0),
+            retained_stream: bucket.stream.clone(),
             commands: commands_tx,
+            groups: groups_tx,
             interest: Mutex::default(),
             dropped: AtomicU64::new(0),
+            nodes: Arc::new(nodes),
             sessions,
             parts: Mutex::new(Some(Parts {
                 outbound,
@@ -296,6 +370,8 @@ impl Link {
                 bucket,
                 commands,
                 stream: stream_parts,
+                shares,
+                groups,
                 sessions: sessions_parts,
             })),
         }))
@@ -323,7 +399,8 @@ impl Link {
             parts.sessions,
             Arc::downgrade(shared),
         );
-        vec![
+        let mut tasks = self.nodes.spawn(shared);
+        tasks.extend([
             tokio::spawn(until_shutdown(shared, write_records)),
             tokio::spawn(until_shutdown(shared, serve_takeovers)),
             tokio::spawn(write_stream),
@@ -332,23 +409,82 @@ impl Link {
             tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
             tokio::spawn(until_shutdown(
                 shared,
-                follow_retained(parts.bucket, Arc::downgrade(shared)),
+                follow_retained(
+                    parts.bucket,
+                    self.retained_seen.clone(),
+                    Arc::downgrade(shared),
+                ),
+            )),
+            tokio::spawn(until_shutdown(
+                shared,
+                share::follow_groups(
+                    parts.shares,
+                    stream::context(&self.client),
+                    parts.groups,
+                    Arc::downgrade(shared),
+                ),
             )),
             tokio::spawn(until_shutdown(
                 shared,
                 follow_interest(self.client.clone(), parts.commands, Arc::downgrade(shared)),
             )),
-        ]
+        ]);
+        tasks
+    }
+
+    /// Records the will of `client_id`'s connection `connection` in the cluster, for another
+    /// node to publish if this one dies: `delay` is its Will Delay Interval (at most the
+    /// session's expiry).
+    pub(crate) fn record_will(
+        &self,
+        client_id: &Arc<str>,
+        connection: u64,
+        will: &Publish,
+        delay: u32,
+    ) {
+        self.nodes.record_will(client_id, connection, will, delay);
+    }
+
+    /// The will `connection` recorded is published, discarded or cancelled.
+    pub(crate) fn forget_will(&self, client_id: &str, connection: u64) {
+        self.nodes.forget_will(client_id, connection);
+    }
+
+    /// Leaves the cluster cleanly: no other node publishes this node's clients' wills.
+    pub(crate) async fn leave(&self) {
+        self.nodes.leave().await;
+    }
+
+    /// Whether the sessions restored from the store keep their wills: not when the previous
+    /// run stopped without leaving the cluster, whose nodes publish them.
+    pub(crate) fn restored_wills_are_ours(&self) -> bool {
+        !self.nodes.previous_run_crashed()
+    }
+
+    /// The cluster's nodes as this node knows them, by id.
+    pub(crate) fn nodes(&self) -> Vec<NodeState> {
+        self.nodes.states()
+    }
+
+    /// Publishes the cluster's `$SYS` topics (how many nodes are live; per node its clients,
+    /// minute rates and state, as CLUSTER.md lists them); clears the topics of the nodes in
+    /// `published` that are gone, and leaves there the ones published now.
+    pub(crate) fn publish_sys(&self, shared: &Shared, published: &mut Vec<String>) {
+        nodes::publish_sys(&self.nodes.states(), shared, published);
     }
 
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
     /// waits. QoS 0 goes on core NATS, and is dropped and counted when the NATS client falls
     /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the
-    /// returned [`StreamAck`].
-    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Option<StreamAck> {
-        let topic = publish.topic.as_ref()?;
+    /// returned [`StreamAck`], which for a retained message covers the retained bucket's
+    /// write too.
+    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Forwarded {
+        let mut forwarded = Forwarded::default();
+        let Some(topic) = publish.topic.as_ref() else {
+            return forwarded;
+        };
         if !crosses(topic.as_str()) {
-            return None;
+            return forwarded;
         }
         let subject = if publish.qos == QoS::AtMostOnce {
             subject::topic_subject(topic.as_str())
@@ -360,25 +496,43 @@ impl Link {
             if dropped.is_power_of_two() {
                 warn!(%topic, dropped, "cluster: topic too long for a NATS subject; not sent to other nodes");
             }
-            return None;
+            return forwarded;
         }
         let Some(envelope) = seal(sender, publish) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return forwarded;
         };
+        let qos0 = publish.qos == QoS::AtMostOnce;
+        let mut retained = None;
         if publish.retain {
             let value = (!publish.payload.is_empty()).then(|| envelope.clone());
+            // A QoS 1 or 2 publisher is acknowledged once the bucket has it: a SUBSCRIBE on
+            // any node after that sees it.
+            let (done, written) = if qos0 {
+                (None, None)
+            } else {
+                let (done, written) = oneshot::channel();
+                (Some(done), Some(written))
+            };
+            retained = written;
             if self
                 .retained
-                .try_send((subject::topic_key(topic.as_str()), value))
+                .try_send((subject::topic_key(topic.as_str()), value, done))
                 .is_err()
             {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 warn!(%topic, "cluster: retained message not stored in the cluster (queue full)");
+                retained = retained.map(|_| stream::failed("too many retained messages waiting"));
             }
         }
-        if publish.qos != QoS::AtMostOnce {
-            return Some(self.stream.write(subject, envelope));
+        if !qos0 {
+            let ack = self.stream.write(subject, envelope);
+            forwarded.stream = Some(match retained {
+                Some(retained) => ack.with_retained(retained),
+                None => ack,
+            });
+            forwarded.shared_groups = true;
+            return forwarded;
         }
         if self.outbound.try_send((subject, envelope)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -388,45 +542,81 @@ impl Link {
                     "cluster: the NATS client is behind; messages not sent to other nodes"
                 );
             }
+        } else {
+            forwarded.shared_groups = true;
         }
-        None
+        forwarded
+    }
+
+    /// Waits (at most [`RETAINED_CATCH_UP`]) until this node's copy of the retained bucket
+    /// has taken in everything the bucket held when asked: a retained message acknowledged on
+    /// any node before a SUBSCRIBE here is then in the copy the SUBSCRIBE is answered from.
+    pub(crate) async fn retained_caught_up(&self) {
+        let catch_up = async {
+            let last = match self.retained_stream.get_info().await {
+                Ok(info) => info.state.last_sequence,
+                Err(error) => {
+                    debug!(%error, "cluster: the retained bucket's last revision is unknown");
+                    return;
+                }
+            };
+            let mut seen = self.retained_seen.subscribe();
+            let _ = seen.wait_for(|seen| *seen >= last).await;
+        };
+        if tokio::time::timeout(RETAINED_CATCH_UP, catch_up)
+            .await
+            .is_err()
+        {
+            debug!(
+                "cluster: the copy of the retained bucket is behind; answering from it as it is"
+            );
+        }
     }
 
     fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
         crate::lock(&self.interest)
     }
 
-    /// Counts one more holder of `filter`; the first asks for a NATS subscription.
+    /// Counts one more holder of `filter`; the first asks for a NATS subscription, or for a
+    /// shared filter, to join the group across the cluster.
     fn hold(&self, interest: &mut Interest, filter: &TopicFilter) {
+        if filter.is_shared() {
+            let count = interest.groups.entry(filter.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                let _ = self.groups.send(share::GroupCommand::Join(filter.clone()));
+            }
+            return;
+        }
         let count = interest.counts.entry(filter.filter().into()).or_default();
         *count += 1;
         if *count == 1 {
-            let _ = self.commands.send(Command::Subscribe(plain_filter(filter)));
+            let _ = self.commands.send(Command::Subscribe(filter.clone()));
         }
     }
 
-    /// Counts one holder of `filter` fewer; the last ends the NATS subscription.
+    /// Counts one holder of `filter` fewer; the last ends the NATS subscription (or leaves the
+    /// group).
     fn release(&self, interest: &mut Interest, filter: &TopicFilter) {
+        if filter.is_shared() {
+            let Some(count) = interest.groups.get_mut(filter) else {
+                return;
+            };
+            *count -= 1;
+            if *count == 0 {
+                interest.groups.remove(filter);
+                let _ = self.groups.send(share::GroupCommand::Leave(filter.clone()));
+            }
+            return;
+        }
         let Some(count) = interest.counts.get_mut(filter.filter()) else {
             return;
         };
         *count -= 1;
         if *count == 0 {
             interest.counts.remove(filter.filter());
-            let _ = self
-                .commands
-                .send(Command::Unsubscribe(plain_filter(filter)));
+            let _ = self.commands.send(Command::Unsubscribe(filter.clone()));
         }
-    }
-}
-
-/// `filter` without its `$share/{group}/`.
-fn plain_filter(filter: &TopicFilter) -> TopicFilter {
-    if filter.is_shared() {
-        // The part after `$share/{group}/` of a valid shared filter is a valid filter.
-        TopicFilter::new(filter.filter()).unwrap_or_else(|_| filter.clone())
-    } else {
-        filter.clone()
     }
 }
 
@@ -533,16 +723,40 @@ fn until_shutdown(
     }
 }
 
-/// A KV bucket (one revision per key, file storage, `replicas` copies), created by the first
-/// node that needs it.
+/// The bucket of retained messages, created by the first node that needs it.
+async fn retained_bucket(
+    client: &async_nats::Client,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    kv_bucket(
+        client,
+        RETAINED_BUCKET,
+        "rallymq: the last retained message of each MQTT topic",
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// A KV bucket (one revision per key, file storage, one replica), created by the first node
+/// that needs it; `max_age` zero keeps keys until deleted.
 ///
 /// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
 /// function first reads the account's JetStream settings in a form servers before 2.10 do not
 /// send (Debian's nats-server is 2.9).
-async fn open_bucket(
+async fn kv_bucket(
     client: &async_nats::Client,
     name: &str,
     description: &str,
+    max_age: Duration,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    kv_bucket_with(client, name, description, max_age, 0).await
+}
+
+/// [`kv_bucket`] with `replicas` copies of each key (0: the server's default, one).
+async fn kv_bucket_with(
+    client: &async_nats::Client,
+    name: &str,
+    description: &str,
+    max_age: Duration,
     replicas: usize,
 ) -> Result<async_nats::jetstream::kv::Store, Error> {
     use async_nats::jetstream::{self, stream};
@@ -552,6 +766,7 @@ async fn open_bucket(
         description: Some(description.to_owned()),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
+        max_age,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         allow_rollup: true,
@@ -605,12 +820,13 @@ where
     }
 }
 
-/// Puts retained messages in the bucket, in order.
+/// Puts retained messages in the bucket, in order, and tells each QoS 1 or 2 publisher's
+/// wait how its write went.
 async fn store_retained(
     bucket: async_nats::jetstream::kv::Store,
-    mut retained: mpsc::Receiver<(String, Option<Bytes>)>,
+    mut retained: mpsc::Receiver<RetainedWrite>,
 ) {
-    while let Some((key, value)) = retained.recv().await {
+    while let Some((key, value, done)) = retained.recv().await {
         let result = match value {
             Some(value) => bucket
                 .put(&key, value)
@@ -619,8 +835,11 @@ async fn store_retained(
                 .map_err(|e| e.to_string()),
             None => bucket.delete(&key).await.map_err(|e| e.to_string()),
         };
-        if let Err(error) = result {
+        if let Err(error) = &result {
             warn!(%error, %key, "cluster: a retained message could not be stored in the cluster");
+        }
+        if let Some(done) = done {
+            let _ = done.send(result);
         }
     }
 }
@@ -629,6 +848,7 @@ async fn store_retained(
 /// value first, then every change, whichever node made it.
 async fn follow_retained(
     bucket: async_nats::jetstream::kv::Store,
+    seen: watch::Sender<u64>,
     shared: std::sync::Weak<Shared>,
 ) {
     use async_nats::jetstream::kv::Operation;
@@ -646,6 +866,9 @@ async fn follow_retained(
                     let Some(shared) = shared.upgrade() else {
                         return;
                     };
+                    // Taken in once this pass ends (an entry skipped below is taken in too).
+                    let revision = entry.revision;
+                    let _taken_in = TakenIn(&seen, revision);
                     let Ok(topic) = subject::key_topic(&entry.key) else {
                         continue;
                     };
@@ -676,6 +899,48 @@ async fn follow_retained(
         }
         tokio::time::sleep(REWATCH_DELAY).await;
     }
+}
+
+/// Raises the retained copy's revision when dropped: after the entry of that revision is in
+/// the copy, whichever way the pass over it ends.
+struct TakenIn<'a>(&'a watch::Sender<u64>, u64);
+
+impl Drop for TakenIn<'_> {
+    fn drop(&mut self) {
+        let revision = self.1;
+        self.0.send_if_modified(|seen| {
+            let newer = revision > *seen;
+            if newer {
+                *seen = revision;
+            }
+            newer
+        });
+    }
+}
+
+/// The publisher's client id and the message of what a node received from NATS (`topic`: its
+/// subject's topic), if it is a node's envelope and subject and message agree on the topic.
+fn received(
+    topic: Result<String, subject::NotATopic>,
+    payload: Bytes,
+) -> Option<(Option<String>, Publish)> {
+    let Ok(topic) = topic else {
+        debug!("cluster: not a topic's subject; ignored");
+        return None;
+    };
+    let Some((sender, publish)) = open(payload) else {
+        debug!(%topic, "cluster: not a rallymq node's message; ignored");
+        return None;
+    };
+    if publish
+        .topic
+        .as_ref()
+        .is_none_or(|name| name.as_str() != topic)
+    {
+        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
+        return None;
+    }
+    Some((sender, publish))
 }
 
 /// Hands messages to the NATS client in order.
@@ -755,16 +1020,11 @@ fn deliver(
     id: u64,
     message: async_nats::Message,
 ) {
-    let Ok(topic) = subject::subject_topic(message.subject.as_str()) else {
-        debug!(subject = %message.subject, "cluster: not a topic's subject; ignored");
+    let topic = subject::subject_topic(message.subject.as_str());
+    let Some((sender, publish)) = received(topic, message.payload) else {
         return;
     };
-    let Some((sender, publish)) = open(message.payload) else {
-        debug!(%topic, "cluster: not a rallymq node's message; ignored");
-        return;
-    };
-    let Some(name) = publish.topic.as_ref().filter(|name| name.as_str() == topic) else {
-        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
+    let Some(name) = publish.topic.as_ref() else {
         return;
     };
     let mut owner = None::<u64>;

@@ -1,6 +1,6 @@
 //! Sessions shared by the nodes: who owns each client id's session, and cross-node takeover.
 //!
-//! - The JetStream KV bucket [`SESSIONS_BUCKET`] holds, per client id ([`subject::client_key`]),
+//! - The JetStream KV bucket [`SESSIONS_BUCKET`] holds, per client id ([`subject::token`]),
 //!   the node that owns its session and the session's durable parts: the record the store
 //!   keeps (subscriptions with their options and identifiers, expiry, will, when it went
 //!   offline). A node writes it when one of its sessions is created, changes or ends (an ended
@@ -43,7 +43,7 @@ use crate::stats::Dropped;
 use crate::store::record::{self, Reader};
 use crate::store::{SessionRecord, Ticket, session_expired};
 
-/// The JetStream KV bucket of sessions: key [`subject::client_key`], value the owner and the
+/// The JetStream KV bucket of sessions: key [`subject::token`], value the owner and the
 /// record (see [`encode_value`]), one revision kept.
 pub(crate) const SESSIONS_BUCKET: &str = "rallymq_sessions";
 
@@ -183,10 +183,11 @@ impl Sessions {
         node_id: &str,
         replicas: usize,
     ) -> Result<(Arc<Self>, Parts), Error> {
-        let bucket = super::open_bucket(
+        let bucket = super::kv_bucket_with(
             client,
             SESSIONS_BUCKET,
             "rallymq: the owner and record of each client id's session",
+            Duration::ZERO,
             replicas,
         )
         .await?;
@@ -219,7 +220,7 @@ impl Sessions {
         mut fresh: SessionRecord,
         resume: bool,
     ) -> Result<Claim, Error> {
-        let key = subject::client_key(&fresh.client_id);
+        let key = subject::token(&fresh.client_id);
         let attempts = async {
             for _ in 0..CLAIM_ATTEMPTS {
                 let entry = self
@@ -521,7 +522,7 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
             }
             _ => continue,
         };
-        let key = subject::client_key(&write.client_id);
+        let key = subject::token(&write.client_id);
         let value = encode_value(&sessions.node_id, write.record.as_ref());
         let written =
             tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{open, subject, with_retries};
+use super::{received, subject, with_retries};
 use crate::Error;
 use crate::broker::Shared;
 use crate::store::Ticket;
@@ -43,7 +43,7 @@ const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 const OUTGOING_CAPACITY: usize = 8192;
 
 /// Routed messages waiting to be acknowledged to the stream.
-const ACK_CAPACITY: usize = 1024;
+pub(super) const ACK_CAPACITY: usize = 1024;
 
 /// How long a node waits before reading its consumer again when reading failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -67,30 +67,58 @@ fn consumer_name(node_id: &str) -> String {
     format!("node-{node_id}")
 }
 
-/// A QoS 1 or 2 message's write to the stream: resolves once JetStream has stored it.
+/// A write the cluster acknowledges: resolves once JetStream has stored it, or failed.
+pub(super) type Written = oneshot::Receiver<Result<(), String>>;
+
+/// A QoS 1 or 2 message's write to the stream (and, retained, to the retained bucket):
+/// resolves once JetStream has stored it.
 #[derive(Debug)]
-pub(crate) struct StreamAck(oneshot::Receiver<Result<(), String>>);
+pub(crate) struct StreamAck {
+    stream: Written,
+    retained: Option<Written>,
+}
 
 impl StreamAck {
     /// A write that failed before it was sent.
     fn failed(reason: &str) -> Self {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Err(reason.to_owned()));
-        Self(rx)
-    }
-
-    /// Waits until the stream has the message, or the write failed.
-    pub(crate) async fn stored(self) -> Result<(), Error> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Error::Cluster(format!(
-                "the cluster's stream did not store the message: {error}"
-            ))),
-            Err(_) => Err(Error::Cluster(
-                "the node left the cluster before the stream stored the message".to_owned(),
-            )),
+        Self {
+            stream: failed(reason),
+            retained: None,
         }
     }
+
+    /// Waits for the retained bucket's write too.
+    pub(super) fn with_retained(self, retained: Written) -> Self {
+        Self {
+            retained: Some(retained),
+            ..self
+        }
+    }
+
+    /// Waits until the stream (and the retained bucket) has the message, or a write failed.
+    pub(crate) async fn stored(self) -> Result<(), Error> {
+        let written = |result: Result<Result<(), String>, _>, place: &str| match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::Cluster(format!(
+                "the cluster's {place} did not store the message: {error}"
+            ))),
+            Err(_) => Err(Error::Cluster(format!(
+                "the node left the cluster before the {place} stored the message"
+            ))),
+        };
+        written(self.stream.await, "stream")?;
+        match self.retained {
+            Some(retained) => written(retained.await, "retained bucket"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A write that failed before it was sent.
+pub(super) fn failed(reason: &str) -> Written {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Err(reason.to_owned()));
+    rx
 }
 
 /// A message on its way to the stream.
@@ -116,7 +144,10 @@ impl Writer {
             envelope,
             done,
         }) {
-            Ok(()) => StreamAck(ack),
+            Ok(()) => StreamAck {
+                stream: ack,
+                retained: None,
+            },
             Err(_) => StreamAck::failed("too many messages waiting for the stream"),
         }
     }
@@ -130,6 +161,13 @@ pub(super) struct Parts {
     outgoing: mpsc::Receiver<Outgoing>,
 }
 
+/// A JetStream context whose requests (writes included) fail after [`ACK_TIMEOUT`].
+pub(super) fn context(client: &async_nats::Client) -> jetstream::Context {
+    let mut context = jetstream::new(client.clone());
+    context.set_timeout(ACK_TIMEOUT);
+    context
+}
+
 /// Opens (or creates) the stream and (re)creates this node's consumer, so that nothing written
 /// after the node has started is missed, and a node that comes back under the same id resumes
 /// after the last message it acknowledged.
@@ -137,8 +175,7 @@ pub(super) async fn open_stream(
     client: &async_nats::Client,
     node_id: &str,
 ) -> Result<(Writer, Parts), Error> {
-    let mut context = jetstream::new(client.clone());
-    context.set_timeout(ACK_TIMEOUT);
+    let context = context(client);
     let config = stream::Config {
         name: STREAM.to_owned(),
         description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
@@ -255,7 +292,22 @@ async fn write_stream(
 /// what routing wrote is durable.
 async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: Weak<Shared>) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
-    tokio::spawn(acknowledge(acks, shared.clone()));
+    // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
+    // went on waiting for the store with the broker's state in hand, and a broker restarted
+    // at once on the same directory found its lock still taken.
+    tokio::join!(
+        route_stream(consumer, node_id, shared.clone(), acks_tx),
+        acknowledge(acks, shared)
+    );
+}
+
+/// Routes this node's consumer's messages, handing each to [`acknowledge`].
+async fn route_stream(
+    consumer: consumer::PullConsumer,
+    node_id: String,
+    shared: Weak<Shared>,
+    acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
+) {
     // Messages delivered again (an acknowledgement lost on a reconnection) were routed once.
     let mut routed_up_to = 0u64;
     loop {
@@ -304,28 +356,19 @@ async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: 
 /// Routes a message of the stream to this node's clients; returns the store's ticket for
 /// what that wrote.
 fn route(shared: &Shared, message: &jetstream::Message) -> Ticket {
-    let Ok(topic) = subject::stream_subject_topic(message.subject.as_str()) else {
-        debug!(subject = %message.subject, "cluster: not a topic's subject in the stream; ignored");
+    let topic = subject::stream_subject_topic(message.subject.as_str());
+    let Some((sender, publish)) = received(topic, message.payload.clone()) else {
         return Ticket::default();
     };
-    let Some((sender, publish)) = open(message.payload.clone()) else {
-        debug!(%topic, "cluster: not a rallymq node's message in the stream; ignored");
-        return Ticket::default();
-    };
-    if publish
-        .topic
-        .as_ref()
-        .is_none_or(|name| name.as_str() != topic)
-    {
-        debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
-        return Ticket::default();
-    }
     shared.publish_received(sender.as_deref(), &publish)
 }
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One
 /// whose write failed is left unacknowledged: the stream delivers it again after its ack wait.
-async fn acknowledge(mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>, shared: Weak<Shared>) {
+pub(super) async fn acknowledge(
+    mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>,
+    shared: Weak<Shared>,
+) {
     while let Some((ticket, message)) = acks.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;

@@ -77,12 +77,11 @@ pub(crate) fn topic_key(topic: &str) -> String {
     subject
 }
 
-/// The key of a client's session in the cluster's sessions bucket: the whole client id as one
-/// token (its `/` escaped like any other byte), so that no two ids share a key.
-pub(crate) fn client_key(client_id: &str) -> String {
-    let mut key = String::with_capacity(client_id.len() + 8);
-    push_level(&mut key, client_id);
-    key
+/// A string (a client id) as one token of a subject or KV key: `/` is escaped too.
+pub(crate) fn token(text: &str) -> String {
+    let mut token = String::with_capacity(text.len() + 2);
+    push_level(&mut token, text);
+    token
 }
 
 /// The topic of a key made by [`topic_key`].

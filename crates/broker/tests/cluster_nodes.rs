@@ -1,0 +1,585 @@
+//! Cluster mode (issue 17): node heartbeats, the wills of a dead node's clients, and the
+//! cluster in `$SYS` and the admin API, with a real `nats-server` (Debian's package; a missing
+//! one fails the tests).
+//!
+//! A node that must die for real runs in a child process: this test binary started again to
+//! run only the ignored [`child_node`] (which starts a broker from the environment it is given,
+//! prints its address and serves until its standard input closes), then killed with SIGKILL.
+//! Dropping or shutting down a `BrokerHandle` is a clean stop, which is not what is tested.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Store;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
+use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use rallymq_test_support::NatsServer;
+use serde_json::Value;
+use support::{
+    TestClient, WAIT, connect_packet, http, message, payload_str, persistent_connect, start_broker,
+    subscription, tcp_addr, topic_str,
+};
+use tokio::net::TcpStream;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// The environment that makes [`child_node`] start a node: the NATS server's URL.
+const CHILD_NATS: &str = "RALLYMQ_TEST_CHILD_NATS";
+/// The child node's id.
+const CHILD_ID: &str = "RALLYMQ_TEST_CHILD_NODE_ID";
+/// The child node's data directory, if it keeps one.
+const CHILD_DATA: &str = "RALLYMQ_TEST_CHILD_DATA_DIR";
+/// What the child prints before its address.
+const CHILD_ADDR: &str = "rallymq-child-node-tcp=";
+/// The longest a child node serves if nobody closes its standard input.
+const CHILD_LIFETIME: Duration = Duration::from_secs(120);
+
+/// How long a dead node takes to be seen dead (3 missed beats of 1 s) and its wills to be
+/// claimed, with room for a loaded machine.
+const DETECTION: Duration = Duration::from_secs(10);
+
+/// How long a client stays silent before it is taken to have received all it will.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// Payloads of warm-up messages start with this; counts ignore them.
+const PROBE: &str = "probe";
+
+/// Not a test: the body of a child node (see the module's documentation). Ignored, so that it
+/// runs only when a test starts it with `--ignored --exact child_node`.
+#[test]
+#[ignore = "run by the tests of this file in a child process"]
+fn child_node() {
+    let (Ok(nats), Ok(id)) = (std::env::var(CHILD_NATS), std::env::var(CHILD_ID)) else {
+        panic!("{CHILD_NATS} and {CHILD_ID} are not set: this is run by the other tests");
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let data_dir = std::env::var_os(CHILD_DATA);
+    let node = runtime.block_on(async {
+        start_broker(|config| {
+            config.cluster = Some(ClusterConfig {
+                node_id: Some(id),
+                ..ClusterConfig::new([nats])
+            });
+            if let Some(dir) = data_dir {
+                config.storage = Storage::Directory(dir.into());
+            }
+        })
+        .await
+    });
+    println!("{CHILD_ADDR}{}", tcp_addr(&node));
+    // Serves (on the runtime's threads) until the parent closes stdin or dies, or kills this
+    // process.
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+        let _ = closed_tx.send(());
+    });
+    let _ = closed.recv_timeout(CHILD_LIFETIME);
+    drop(node);
+}
+
+/// A node in a child process, killed when dropped.
+struct ChildNode {
+    process: Child,
+    addr: SocketAddr,
+}
+
+impl ChildNode {
+    fn start(nats: &NatsServer, id: &str) -> Self {
+        Self::start_with(nats, id, None)
+    }
+
+    /// A child node keeping its sessions in `data_dir`.
+    fn start_with(nats: &NatsServer, id: &str, data_dir: Option<&Path>) -> Self {
+        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+        if let Some(dir) = data_dir {
+            command.env(CHILD_DATA, dir);
+        }
+        let mut process = command
+            .args(["child_node", "--exact", "--ignored", "--nocapture"])
+            .env(CHILD_NATS, nats.url())
+            .env(CHILD_ID, id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the child node starts");
+        let stdout = process.stdout.take().expect("its stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix(CHILD_ADDR) {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address"));
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT * 2)
+            .expect("the child node prints its address");
+        Self { process, addr }
+    }
+
+    /// SIGKILL: the node gets no chance to leave the cluster or publish anything.
+    fn kill(&mut self) {
+        self.process.kill().expect("SIGKILL");
+        self.process.wait().expect("the child ends");
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+async fn in_process_node(nats: &NatsServer, id: &str, sys: bool) -> BrokerHandle {
+    start_broker(|config| {
+        config.cluster = Some(ClusterConfig {
+            node_id: Some(id.to_owned()),
+            ..ClusterConfig::new([nats.url()])
+        });
+        if sys {
+            config.sys_interval = Some(Duration::from_secs(1));
+        }
+    })
+    .await
+}
+
+/// A CONNECT with a will on `wills/<id>`, payload `<id> gone`.
+fn with_will(id: &str, qos: QoS, retain: bool, delay: u32) -> Connect {
+    let mut connect = persistent_connect(V5, id, 60);
+    let mut will = Will::new(
+        TopicName::new(format!("wills/{id}")).unwrap(),
+        Bytes::from(format!("{id} gone")),
+    );
+    will.qos = qos;
+    will.retain = retain;
+    if delay > 0 {
+        will.properties.will_delay_interval = Some(delay);
+    }
+    connect.will = Some(will);
+    connect
+}
+
+async fn connect(addr: SocketAddr, connect: Connect) -> TestClient<TcpStream> {
+    let (client, _) = TestClient::tcp(addr, connect).await;
+    client
+}
+
+async fn buckets(nats: &NatsServer) -> (Store, Store) {
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let nodes = jetstream
+        .get_key_value("rallymq_nodes")
+        .await
+        .expect("the nodes bucket");
+    let wills = jetstream
+        .get_key_value("rallymq_wills")
+        .await
+        .expect("the wills bucket");
+    (nodes, wills)
+}
+
+async fn keys(bucket: &Store) -> Vec<String> {
+    let mut keys: Vec<String> = tokio::time::timeout(WAIT * 3, async {
+        bucket
+            .keys()
+            .await
+            .expect("keys")
+            .try_collect()
+            .await
+            .expect("keys")
+    })
+    .await
+    .expect("the keys within the wait");
+    keys.sort();
+    keys
+}
+
+/// Waits (at most `within`) until `check` holds, then returns its last value.
+async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes probes on `wills/probe` from `publisher` until `receiver` has one: a node
+/// subscribes on NATS after SUBACK (see tests/cluster.rs).
+async fn warm_up(publisher: &mut TestClient<TcpStream>, receiver: &mut TestClient<TcpStream>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no probe crossed within {WAIT:?}"
+        );
+        publisher
+            .publish(message("wills/probe", PROBE, QoS::AtMostOnce))
+            .await;
+        if let Some(publish) = receiver.recv_within(Duration::from_millis(100)).await
+            && payload_str(&publish).starts_with(PROBE)
+        {
+            // Drain the other probes.
+            while receiver
+                .recv_within(Duration::from_millis(200))
+                .await
+                .is_some()
+            {}
+            return;
+        }
+    }
+}
+
+/// Every will (topic -> copies and the first one's arrival) `client` receives until it has
+/// `expected` and then stays quiet for [`QUIET`], or `within` ends.
+async fn collect_wills(
+    client: &mut TestClient<TcpStream>,
+    expected: usize,
+    within: Duration,
+) -> BTreeMap<String, (usize, Instant)> {
+    let deadline = Instant::now() + within;
+    let mut received: BTreeMap<String, (usize, Instant)> = BTreeMap::new();
+    loop {
+        let count: usize = received.values().map(|(n, _)| n).sum();
+        let wait = if count >= expected {
+            QUIET
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Some(publish) = client.recv_within(wait).await else {
+            return received;
+        };
+        if payload_str(&publish).starts_with(PROBE) {
+            continue;
+        }
+        let entry = received
+            .entry(topic_str(&publish))
+            .or_insert((0, Instant::now()));
+        entry.0 += 1;
+    }
+}
+
+/// A client of `node` subscribed to `wills/#` at QoS 1.
+async fn will_watcher(node: &BrokerHandle) -> TestClient<TcpStream> {
+    let mut watcher = connect(tcp_addr(node), connect_packet(V5, "watcher")).await;
+    watcher
+        .subscribe(vec![subscription("wills/#", QoS::AtLeastOnce)])
+        .await;
+    watcher
+}
+
+/// How many copies of each topic [`collect_wills`] received.
+fn copies(received: &BTreeMap<String, (usize, Instant)>) -> BTreeMap<String, usize> {
+    received
+        .iter()
+        .map(|(topic, (n, _))| (topic.clone(), *n))
+        .collect()
+}
+
+/// One copy of each of `topics`.
+fn copies_of(topics: &[&str]) -> BTreeMap<String, usize> {
+    topics.iter().map(|topic| (topic.to_string(), 1)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_wills_of_a_killed_node_are_published_once_after_their_delay() {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", true).await;
+    let c = in_process_node(&nats, "node-c", false).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let (nodes, wills) = buckets(&nats).await;
+
+    let mut watcher = will_watcher(&b).await;
+    let mut prober = connect(tcp_addr(&c), connect_packet(V5, "prober")).await;
+    warm_up(&mut prober, &mut watcher).await;
+
+    // On A: three clients whose wills are due when A dies, one that leaves normally.
+    let _now = connect(a.addr, with_will("now", QoS::AtMostOnce, false, 0)).await;
+    let _kept = connect(a.addr, with_will("kept", QoS::AtLeastOnce, true, 0)).await;
+    let _later = connect(a.addr, with_will("later", QoS::AtLeastOnce, false, 6)).await;
+    let mut polite = connect(a.addr, with_will("polite", QoS::AtLeastOnce, false, 0)).await;
+    polite.disconnect(ReasonCode::Success).await;
+    let recorded = eventually("the wills recorded in rallymq_wills", WAIT, async || {
+        let keys = keys(&wills).await;
+        (keys.len() == 3).then_some(keys)
+    })
+    .await;
+    for (key, client) in recorded.iter().zip(["kept", "later", "now"]) {
+        assert!(
+            key.starts_with("node-a.") && key.ends_with(&format!(".{client}")),
+            "{recorded:?}"
+        );
+    }
+    assert_eq!(
+        keys(&nodes).await,
+        ["node-a", "node-b", "node-c"],
+        "a heartbeat key per node"
+    );
+    watcher.expect_silence(Duration::from_millis(300)).await;
+
+    a.kill();
+    let killed = Instant::now();
+    let received = collect_wills(&mut watcher, 3, DETECTION + Duration::from_secs(6)).await;
+    let counts = copies(&received);
+    assert_eq!(
+        counts,
+        copies_of(&["wills/kept", "wills/later", "wills/now"]),
+        "each will of A's connected clients once, none of the client that disconnected"
+    );
+    let after = |topic: &str| received[topic].1.duration_since(killed);
+    // The delay counts from the last heartbeat of A seen, at most a beat before the kill.
+    assert!(
+        after("wills/later") >= Duration::from_secs(5),
+        "the will with a 6 s delay came {:?} after the kill",
+        after("wills/later")
+    );
+    assert!(after("wills/now") < after("wills/later"), "{received:?}");
+
+    // The retained will reached the retained bucket: a new subscriber on C has it.
+    let mut late = connect(tcp_addr(&c), connect_packet(V5, "late")).await;
+    late.subscribe(vec![subscription("wills/kept", QoS::AtLeastOnce)])
+        .await;
+    let retained = late.recv().await.expect("the retained will");
+    assert_eq!(payload_str(&retained), "kept gone");
+    assert!(retained.retain);
+
+    // A's key and its will records are gone; one claim on its incarnation.
+    let keys_now = eventually("A's heartbeat key deleted", WAIT, async || {
+        let keys = keys(&nodes).await;
+        (!keys.contains(&"node-a".to_owned())).then_some(keys)
+    })
+    .await;
+    let claims: Vec<&String> = keys_now
+        .iter()
+        .filter(|k| k.starts_with("claim."))
+        .collect();
+    assert_eq!(claims.len(), 1, "{keys_now:?}");
+    assert!(claims[0].starts_with("claim.node-a."), "{keys_now:?}");
+    assert!(
+        keys(&wills).await.is_empty(),
+        "published wills' records deleted"
+    );
+    // The heartbeat keys show two live nodes.
+    for id in ["node-b", "node-c"] {
+        let beat: Value =
+            serde_json::from_slice(&nodes.get(id).await.unwrap().expect("a beat")).unwrap();
+        let beat_at = beat["beat_at"].as_u64().expect("beat_at");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now.saturating_sub(beat_at) < 3000, "{id}: {beat}");
+    }
+
+    // $SYS on B counts two nodes, and shows C's clients.
+    let mut sys = connect(tcp_addr(&b), connect_packet(V5, "sys")).await;
+    sys.subscribe(vec![subscription("$SYS/broker/cluster/#", QoS::AtMostOnce)])
+        .await;
+    let mut topics = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    let said = |topics: &BTreeMap<String, String>, topic: &str, value: &str| {
+        topics.get(topic).map(String::as_str) == Some(value)
+    };
+    while !said(&topics, "$SYS/broker/cluster/nodes", "2")
+        || !said(&topics, "$SYS/broker/cluster/node/node-c/clients", "2")
+    {
+        let Some(publish) = sys
+            .recv_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+        else {
+            panic!("no $SYS cluster topics saying 2 nodes, 2 clients on C: {topics:?}");
+        };
+        topics.insert(topic_str(&publish), payload_str(&publish));
+    }
+    assert!(
+        topics.keys().all(
+            |topic| !topic.starts_with("$SYS/broker/cluster/node/node-a/")
+                || topics[topic].is_empty()
+        ),
+        "A's topics cleared: {topics:?}"
+    );
+
+    // The admin API of B lists the two live nodes.
+    let ws = b
+        .local_addr(ListenerKind::WebSocket)
+        .expect("a ws listener");
+    let reply = http(ws, "GET", "/api/v1/cluster", "").await;
+    assert_eq!(reply.status, 200);
+    let cluster: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(cluster["node_id"], "node-b", "{cluster}");
+    assert_eq!(cluster["live_nodes"], 2, "{cluster}");
+    let listed: BTreeMap<String, (bool, bool, u64)> = cluster["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|node| {
+            (
+                node["id"].as_str().unwrap().to_owned(),
+                (
+                    node["live"].as_bool().unwrap(),
+                    node["this_node"].as_bool().unwrap(),
+                    node["clients"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        BTreeMap::from([
+            ("node-b".to_owned(), (true, true, 2)),
+            ("node-c".to_owned(), (true, false, 2)),
+        ]),
+        "{cluster}"
+    );
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_clean_shutdown_publishes_no_will_twice() {
+    let nats = NatsServer::start();
+    let a = in_process_node(&nats, "node-a", false).await;
+    let b = in_process_node(&nats, "node-b", false).await;
+    let (nodes, wills) = buckets(&nats).await;
+    let mut watcher = will_watcher(&b).await;
+    let mut prober = connect(tcp_addr(&a), connect_packet(V5, "prober")).await;
+    warm_up(&mut prober, &mut watcher).await;
+    let _now = connect(tcp_addr(&a), with_will("now", QoS::AtLeastOnce, false, 0)).await;
+    let _later = connect(
+        tcp_addr(&a),
+        with_will("later", QoS::AtLeastOnce, false, 30),
+    )
+    .await;
+    eventually("two wills recorded", WAIT, async || {
+        (keys(&wills).await.len() == 2).then_some(())
+    })
+    .await;
+
+    a.shutdown(Duration::from_secs(2)).await;
+    // As a single node: the will without delay goes as the broker closes the connection, the
+    // delayed one waits for a next run that does not come (no store). Nobody else sends any.
+    let received = collect_wills(&mut watcher, 1, WAIT).await;
+    let counts = copies(&received);
+    assert_eq!(counts, copies_of(&["wills/now"]));
+    assert_eq!(keys(&nodes).await, ["node-b"], "A left: its key is deleted");
+    // Long enough for B to have taken A for dead, had A not left.
+    watcher.expect_silence(Duration::from_secs(5)).await;
+    assert_eq!(keys(&nodes).await, ["node-b"], "no claim on A");
+    assert!(keys(&wills).await.is_empty(), "A deleted its will records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_restarted_under_its_id_has_its_previous_runs_wills_published_once() {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", false).await;
+    let c = in_process_node(&nats, "node-c", false).await;
+    let mut watcher = will_watcher(&b).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let (_, wills) = buckets(&nats).await;
+    let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 0)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(&wills).await.len() == 1).then_some(())
+    })
+    .await;
+    // Killed and back at once, before the others take it for dead: the new run's heartbeat
+    // replaces the old one's.
+    a.kill();
+    let _a = ChildNode::start(&nats, "node-a");
+    let received = collect_wills(&mut watcher, 1, DETECTION).await;
+    let counts = copies(&received);
+    assert_eq!(counts, copies_of(&["wills/gone"]));
+    eventually("the will's record deleted", WAIT, async || {
+        keys(&wills).await.is_empty().then_some(())
+    })
+    .await;
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_the_wills_the_cluster_published()
+ {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut watcher = will_watcher(&b).await;
+    let data = support::credentials::TempDir::new("cluster-node-store");
+    let data_dir = data.path("node-a");
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (_, wills) = buckets(&nats).await;
+    // A persistent session: its record, will included, is in A's store.
+    let _kept = connect(a.addr, with_will("kept", QoS::AtLeastOnce, false, 1)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(&wills).await.len() == 1).then_some(())
+    })
+    .await;
+    a.kill();
+    let received = collect_wills(&mut watcher, 1, DETECTION).await;
+    assert_eq!(copies(&received), copies_of(&["wills/kept"]));
+    // Back with its store: the session is restored, and its will (due a second after the
+    // restart, as the single node counts it) is not published again.
+    let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    watcher.expect_silence(Duration::from_secs(4)).await;
+    let (_client, present) =
+        support::connected_present(a.addr, persistent_connect(V5, "kept", 60)).await;
+    assert!(present, "the session was restored from the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_node_that_takes_its_claim_over()
+ {
+    let nats = NatsServer::start();
+    // C takes 8 silent beats to call a node dead, B 3: B claims A's wills first.
+    let c = start_broker(|config| {
+        config.cluster = Some(ClusterConfig {
+            node_id: Some("node-c".to_owned()),
+            missed_beats: 8,
+            ..ClusterConfig::new([nats.url()])
+        });
+    })
+    .await;
+    let mut watcher = will_watcher(&c).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let mut b = ChildNode::start(&nats, "node-b");
+    let (nodes, wills) = buckets(&nats).await;
+    let _late = connect(a.addr, with_will("late", QoS::AtLeastOnce, false, 12)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(&wills).await.len() == 1).then_some(())
+    })
+    .await;
+    a.kill();
+    let claim = eventually("B's claim on A", DETECTION, async || {
+        let key = keys(&nodes)
+            .await
+            .into_iter()
+            .find(|key| key.starts_with("claim.node-a."))?;
+        let holder = nodes.get(&key).await.ok()??;
+        holder.starts_with(b"node-b.").then_some(key)
+    })
+    .await;
+    // B dies with A's will still waiting on its delay.
+    b.kill();
+    let received = collect_wills(&mut watcher, 1, Duration::from_secs(30)).await;
+    assert_eq!(copies(&received), copies_of(&["wills/late"]));
+    let holder = nodes.get(&claim).await.unwrap().expect("the claim");
+    assert!(holder.starts_with(b"node-c."), "{holder:?}");
+    eventually("the will's record deleted", WAIT, async || {
+        keys(&wills).await.is_empty().then_some(())
+    })
+    .await;
+}
