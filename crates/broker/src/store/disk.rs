@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -424,6 +425,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     // and removed within the group has a net change of 0, and must still go.
     let mut released: HashSet<MessageId> = HashSet::new();
     let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
+    let mut deleted = Deleted::default();
     let skip = cancelled(changes);
     for (change, skip) in changes.iter().zip(skip) {
         if skip {
@@ -441,6 +443,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                     .map_err(io)?;
             }
             Change::DeleteSession(client_id) => {
+                deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
                 sessions.remove(&**client_id).map_err(io)?;
                 counts.remove(&**client_id).map_err(io)?;
                 sizes.remove(&**client_id);
@@ -478,6 +481,11 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 seq,
                 entry,
             } => {
+                if deleted.contains(client_id, *seq) {
+                    // A number used again (a session deleted and made anew in the group): the
+                    // old entry goes before the new one comes.
+                    deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
+                }
                 let key = entry_key(client_id, *seq);
                 let replaced = queues
                     .insert(key.as_slice(), encode_entry(entry).as_slice())
@@ -500,6 +508,10 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 seq,
                 entry,
             } => {
+                // An entry deleted earlier in the group is gone: its update must not revive it.
+                if deleted.contains(client_id, *seq) {
+                    continue;
+                }
                 let key = entry_key(client_id, *seq);
                 // Only an entry still queued: an update racing its deletion must not revive it.
                 if queues.get(key.as_slice()).map_err(io)?.is_some() {
@@ -508,17 +520,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                         .map_err(io)?;
                 }
             }
-            Change::DeleteEntry { client_id, seq } => {
-                let key = entry_key(client_id, *seq);
-                if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
-                    let entry = decode_entry(old.value())?;
-                    *references.entry(entry.message).or_default() -= 1;
-                    released.insert(entry.message);
-                    let size = sizes.entry(client_id).or_default();
-                    size.0 -= 1;
-                    size.1 -= i64::from(entry.size);
-                }
-            }
+            Change::DeleteEntry { client_id, seq } => deleted.add(client_id, *seq),
             Change::PutInbound {
                 client_id,
                 packet_id,
@@ -547,6 +549,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
             }
         }
     }
+    deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
     for (id, delta) in references {
         // A message stored in this group with no entry yet is kept: its entries may come in
         // the next group.
@@ -584,6 +587,71 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The queue entries a group deletes, removed together at the end of its changes (or before a
+/// change that must come after them) in runs of consecutive numbers: an acknowledged session
+/// deletes its entries in order, and one range removal of a run costs a walk of the B-tree's
+/// leaves where a removal per entry costs a descent from the root each. A draining backlog
+/// deletes every entry it delivers.
+#[derive(Default)]
+struct Deleted<'c> {
+    /// Entry numbers by session, in the order deleted.
+    by_session: HashMap<&'c str, Vec<u64>>,
+    /// The same, to look up.
+    entries: HashSet<(&'c str, u64)>,
+}
+
+impl<'c> Deleted<'c> {
+    fn add(&mut self, client_id: &'c str, seq: u64) {
+        if self.entries.insert((client_id, seq)) {
+            self.by_session.entry(client_id).or_default().push(seq);
+        }
+    }
+
+    fn contains(&self, client_id: &str, seq: u64) -> bool {
+        self.entries.contains(&(client_id, seq))
+    }
+
+    /// Removes the entries, and counts their messages' references and their sessions' sizes
+    /// down.
+    fn remove_all(
+        &mut self,
+        queues: &mut Table<'_, &'static [u8], &'static [u8]>,
+        references: &mut HashMap<MessageId, i64>,
+        released: &mut HashSet<MessageId>,
+        sizes: &mut HashMap<&'c str, (i64, i64)>,
+    ) -> Result<(), StoreError> {
+        self.entries.clear();
+        for (client_id, mut seqs) in self.by_session.drain() {
+            seqs.sort_unstable();
+            let mut at = 0;
+            while at < seqs.len() {
+                let first = seqs[at];
+                let mut last = first;
+                at += 1;
+                while at < seqs.len() && seqs[at] == last + 1 {
+                    last = seqs[at];
+                    at += 1;
+                }
+                let (start, end) = (entry_key(client_id, first), entry_key(client_id, last));
+                // Every number from `first` to `last` is deleted: the range holds nothing else.
+                let removed = queues
+                    .extract_if(start.as_slice()..=end.as_slice(), |_, _| true)
+                    .map_err(io)?;
+                for item in removed {
+                    let (_, old) = item.map_err(io)?;
+                    let entry = decode_entry(old.value())?;
+                    *references.entry(entry.message).or_default() -= 1;
+                    released.insert(entry.message);
+                    let size = sizes.entry(client_id).or_default();
+                    size.0 -= 1;
+                    size.1 -= i64::from(entry.size);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which changes of a group need not touch the database: a queue entry added, then deleted
