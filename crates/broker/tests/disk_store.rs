@@ -84,6 +84,15 @@ fn message_and_entry(id: u64, client: &Arc<str>) -> (Change, Change, Change) {
     )
 }
 
+/// Writes `changes` and waits until they are durable.
+async fn write_durably(store: &DiskStore, changes: Vec<Change>) {
+    let ticket = store.write(changes);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
+        .await
+        .expect("decided")
+        .expect("durable");
+}
+
 #[tokio::test]
 async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
     let dir = TempDir::new("acked-in-batch");
@@ -197,11 +206,7 @@ async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updat
         seq: 1,
         entry: entry.clone(),
     };
-    let first = store.write(vec![put, add, second]);
-    tokio::time::timeout(Duration::from_secs(10), store.durable(first))
-        .await
-        .expect("decided")
-        .expect("durable");
+    write_durably(&store, vec![put, add, second]).await;
     // Both go in flight; the first is acknowledged, all before the next commit.
     let mut in_flight = entry.clone();
     in_flight.in_flight = PacketId::new(7).map(|id| (id, OutgoingStage::Published));
@@ -210,11 +215,7 @@ async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updat
         seq,
         entry: in_flight.clone(),
     };
-    let then = store.write(vec![update(0), delete, update(1)]);
-    tokio::time::timeout(Duration::from_secs(10), store.durable(then))
-        .await
-        .expect("decided")
-        .expect("durable");
+    write_durably(&store, vec![update(0), delete, update(1)]).await;
     let entries = store.read_queue(&client, 0, 10).expect("reads");
     let seqs: Vec<u64> = entries.iter().map(|loaded| loaded.seq).collect();
     assert_eq!(seqs, [1], "the acknowledged entry is gone");
@@ -262,11 +263,7 @@ async fn entries_deleted_in_runs_leave_the_queues_counts_and_messages_right() {
         let mut changes = vec![session(&first), session(&second), put0, put1];
         changes.extend((0..10).map(|seq| add(&first, seq, 0)));
         changes.extend((0..3).map(|seq| add(&second, seq, 1)));
-        let stored = store.write(changes);
-        tokio::time::timeout(Duration::from_secs(10), store.durable(stored))
-            .await
-            .expect("decided")
-            .expect("durable");
+        write_durably(&store, changes).await;
         let mut in_flight = entry.clone();
         in_flight.in_flight = PacketId::new(9).map(|id| (id, OutgoingStage::Published));
         let mut changes: Vec<Change> = [8, 7, 0, 1, 2, 5]
@@ -279,11 +276,7 @@ async fn entries_deleted_in_runs_leave_the_queues_counts_and_messages_right() {
             entry: in_flight,
         });
         changes.extend((0..3).rev().map(|seq| delete(&second, seq)));
-        let deleted = store.write(changes);
-        tokio::time::timeout(Duration::from_secs(10), store.durable(deleted))
-            .await
-            .expect("decided")
-            .expect("durable");
+        write_durably(&store, changes).await;
     }
     let store = DiskStore::open(&dir.0).expect("reopens");
     let loaded = store.load().expect("loads");
