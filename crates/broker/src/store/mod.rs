@@ -240,7 +240,7 @@ pub const COMMIT_SECONDS_BUCKETS: [f64; 14] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Transactions committed (each one sync to disk).
+    /// Transactions committed (each durable on disk when it returns).
     pub commits: u64,
     /// Changes committed.
     pub changes: u64,
@@ -252,6 +252,9 @@ pub struct StoreStats {
     pub commit_seconds: [u64; COMMIT_SECONDS_BUCKETS.len() + 1],
     /// The time all of them took.
     pub commit_time: Duration,
+    /// Syncs of the store's files to the disk (`fdatasync`): with redb's quick repair, two per
+    /// commit, and a few when the store opens or closes.
+    pub syncs: u64,
 }
 
 impl StoreStats {
