@@ -25,6 +25,7 @@ mod stream;
 mod subject;
 
 pub(crate) use stream::StreamAck;
+pub use stream::{StreamSettings, StreamStorage};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -56,6 +57,8 @@ pub struct ClusterConfig {
     /// directory's `node-id` file, generated there the first time; a new one at every start
     /// when the broker keeps nothing on disk.
     pub node_id: Option<String>,
+    /// The settings of the stream of QoS 1 and 2 messages, for the node that creates it.
+    pub stream: StreamSettings,
 }
 
 impl ClusterConfig {
@@ -64,6 +67,7 @@ impl ClusterConfig {
         Self {
             servers: servers.into_iter().map(Into::into).collect(),
             node_id: None,
+            stream: StreamSettings::default(),
         }
     }
 }
@@ -262,7 +266,7 @@ impl Link {
                 ))
             })?;
         let bucket = retained_bucket(&client).await?;
-        let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
+        let (stream, stream_parts) = stream::open_stream(&client, &node_id, &config.stream).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
