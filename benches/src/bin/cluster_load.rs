@@ -30,7 +30,8 @@
 //!   publisher's PUBACK, which in a cluster waits for the stream), p50 and p99, and what the
 //!   cluster adds;
 //! - `qos1`: QoS 1 throughput and latency, `--publishers` publishers with 16 unacknowledged
-//!   messages each, one QoS 1 subscriber acknowledging everything;
+//!   messages each and `--window` sent and not yet received in all, one QoS 1 subscriber
+//!   acknowledging everything;
 //! - `idle`: the RSS of a `rallymq broker` process (`--rallymq PATH`, the binary people run) per
 //!   1,000 idle connections, single and clustered, connected only and each with a filter of
 //!   its own.
@@ -549,14 +550,21 @@ fn latency_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, rounds: us
                         return ExitCode::FAILURE;
                     }
                 };
+                let puback = if qos == QoS::AtMostOnce {
+                    String::new()
+                } else {
+                    format!(
+                        "  PUBACK p50 {:>8.2?} p99 {:>8.2?}",
+                        quantile(&acked, 0.5),
+                        quantile(&acked, 0.99)
+                    )
+                };
                 println!(
-                    "round {} {qos:?} {:>10}: delivery p50 {:>8.2?} p99 {:>8.2?}  PUBACK p50 {:>8.2?} p99 {:>8.2?}",
+                    "round {} {qos:?} {:>10}: delivery p50 {:>8.2?} p99 {:>8.2?}{puback}",
                     round + 1,
                     setup.name(),
                     quantile(&delivered, 0.5),
                     quantile(&delivered, 0.99),
-                    quantile(&acked, 0.5),
-                    quantile(&acked, 0.99),
                 );
                 for (k, sorted) in [(s, &delivered), (2 + s, &acked)] {
                     p50s[k].push(quantile(sorted, 0.5).as_secs_f64());
@@ -594,12 +602,14 @@ async fn qos1_load(
     setup: Setup,
     nats: &NatsServer,
     publishers: usize,
+    window: u64,
     duration: Duration,
 ) -> io::Result<Measured> {
     let (nodes, publish_at, subscribe_at) = setup_nodes(setup, nats).await?;
     let mut subscriber = Client::connect(subscribe_at, Transport::Tcp, "q1-sub", true).await?;
     subscriber.subscribe("load/q1/+", QoS::AtLeastOnce).await?;
     let epoch = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -654,12 +664,13 @@ async fn qos1_load(
         let client =
             Client::connect(publish_at, Transport::Tcp, &format!("q1-pub-{p}"), true).await?;
         let topic = TopicName::new(format!("load/q1/{p}")).map_err(io::Error::other)?;
-        writers.push(tokio::spawn(qos1_publisher(
-            client,
-            topic,
-            epoch,
-            stop.clone(),
-        )));
+        let flow = Flow {
+            sent: sent.clone(),
+            received: received.clone(),
+            window,
+            stop: stop.clone(),
+        };
+        writers.push(tokio::spawn(qos1_publisher(client, topic, epoch, flow)));
     }
     tokio::time::sleep(WARMUP).await;
     let start = received.load(Ordering::Relaxed);
@@ -683,13 +694,24 @@ async fn qos1_load(
     })
 }
 
+/// The QoS 1 publishers' shared flow control: sent and received so far, and how many may be
+/// sent and not received.
+struct Flow {
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    window: u64,
+    stop: Arc<AtomicBool>,
+}
+
 /// One QoS 1 publisher of [`qos1_load`]: sends while fewer than [`QOS1_WINDOW`] of its
-/// messages wait for their PUBACK, until `stop`.
+/// messages wait for their PUBACK and the flow has room (a single node acknowledges at once, so
+/// without the flow's window the subscriber's queue, not the broker, would be measured), until
+/// `stop`.
 async fn qos1_publisher(
     client: Client,
     topic: TopicName,
     epoch: Instant,
-    stop: Arc<AtomicBool>,
+    flow: Flow,
 ) -> io::Result<()> {
     let Client { io, mut buf, .. } = client;
     let (mut read, mut write) = tokio::io::split(io);
@@ -697,9 +719,18 @@ async fn qos1_publisher(
     let mut unacked = 0usize;
     let mut id = 0u16;
     let mut out = BytesMut::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !flow.stop.load(Ordering::Relaxed) {
+        let in_flight = flow
+            .sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(flow.received.load(Ordering::Relaxed));
+        let mut room = flow.window.saturating_sub(in_flight);
+        if room == 0 && unacked == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
         out.clear();
-        while unacked < QOS1_WINDOW {
+        while unacked < QOS1_WINDOW && room > 0 {
             id = id % u16::MAX + 1;
             encode(
                 &timed_publish(
@@ -711,6 +742,8 @@ async fn qos1_publisher(
                 &mut out,
             );
             unacked += 1;
+            room -= 1;
+            flow.sent.fetch_add(1, Ordering::Relaxed);
         }
         if !out.is_empty() {
             write.write_all(&out).await?;
@@ -742,12 +775,14 @@ fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Opt
     let mut results: Vec<Vec<Measured>> = SINGLE_AND_CROSS.iter().map(|_| Vec::new()).collect();
     for round in 0..options.rounds {
         for (s, setup) in SINGLE_AND_CROSS.iter().enumerate() {
-            match runtime.block_on(qos1_load(
+            let load = qos1_load(
                 *setup,
                 nats,
                 options.publishers,
+                options.window,
                 options.duration,
-            )) {
+            );
+            match runtime.block_on(load) {
                 Ok(measured) => {
                     println!(
                         "round {} qos1 {:>10}: {:>8.0} msg/s  p50 {:>8.2?}  p99 {:>8.2?}",
@@ -767,10 +802,11 @@ fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Opt
         }
     }
     println!(
-        "\nQoS 1 medians over {} rounds ({} publishers, {QOS1_WINDOW} unacknowledged each, {:?} \
-         each; load {}):",
+        "\nQoS 1 medians over {} rounds ({} publishers, {QOS1_WINDOW} unacknowledged each, \
+         window {}, {:?} each; load {}):",
         options.rounds,
         options.publishers,
+        options.window,
         options.duration,
         rallymq_benches::load_average()
     );
@@ -876,7 +912,9 @@ fn idle_mode(
     rounds: usize,
 ) -> ExitCode {
     let Some(program) = program else {
-        eprintln!("--mode idle needs --rallymq PATH (cargo build --release -p rallymq-cli)");
+        eprintln!(
+            "--mode idle needs --rallymq PATH (cargo build --release -p rallymq --bin rallymq)"
+        );
         return ExitCode::from(2);
     };
     let url = nats.url();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rallymq_broker::{BrokerHandle, ClusterConfig, StreamSettings};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
-use rallymq_test_support::{NatsServer, stream_leader, wait_for_stream_leader};
+use rallymq_test_support::{NatsServer, wait_for_stream_leader};
 use support::{
     TestClient, connect_packet, connected_present, message, payload_str, persistent_connect,
     start_broker, subscription, tcp_addr,
@@ -203,11 +203,11 @@ async fn cluster_mqtt_4_6_0_6_qos1_in_order_while_the_stream_leaders_nats_server
     servers[leader].kill();
     // Two of three keep the quorum: a new leader, and publishes acknowledged again.
     wait_for_acks(&acked, 40, RECOVERY, "with the leader killed").await;
-    let new_leader = tokio::task::block_in_place(|| stream_leader(&servers, STREAM));
-    assert!(
-        new_leader.is_some_and(|new| new != leader),
-        "another server leads the stream: {new_leader:?} (killed {leader})"
-    );
+    // A killed server's monitoring port does not answer: the leader is another one.
+    let new_leader = tokio::task::block_in_place(|| {
+        wait_for_stream_leader(&servers, STREAM, Duration::from_secs(10))
+    });
+    assert_ne!(new_leader, leader, "another server leads the stream");
     servers[leader].restart();
     wait_for_acks(&acked, 40, RECOVERY, "after the restart").await;
     stop.store(true, Ordering::Relaxed);
@@ -238,6 +238,16 @@ async fn cluster_mqtt_4_6_0_6_qos1_in_order_while_the_stream_leaders_nats_server
         received.len(),
         received.len().saturating_sub(expected.len())
     );
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|payload| !received.contains(payload))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "missing {missing:?}\nB's consumer: {}",
+            consumer_state(&servers, b.node_id().unwrap_or_default()).await
+        );
+    }
     for (p, published) in published.iter().enumerate() {
         assert_eq!(
             first_copies(&received, &format!("{p}-")),
@@ -249,6 +259,32 @@ async fn cluster_mqtt_4_6_0_6_qos1_in_order_while_the_stream_leaders_nats_server
         );
     }
     drop((a, b));
+}
+
+/// The stream's and a node's consumer's state, as JetStream tells it, for a failure's message.
+async fn consumer_state(servers: &[NatsServer], node_id: &str) -> String {
+    let addrs: Vec<async_nats::ServerAddr> = servers
+        .iter()
+        .filter_map(|server| server.url().parse().ok())
+        .collect();
+    let Ok(client) = async_nats::connect(addrs).await else {
+        return "no NATS server answers".to_owned();
+    };
+    let context = async_nats::jetstream::new(client);
+    let Ok(mut stream) = context.get_stream(STREAM).await else {
+        return "no stream".to_owned();
+    };
+    let state = stream
+        .info()
+        .await
+        .map(|info| format!("{:?} {:?}", info.state, info.cluster))
+        .unwrap_or_else(|e| e.to_string());
+    let consumer = stream
+        .consumer_info(format!("node-{node_id}"))
+        .await
+        .map(|info| format!("{info:?}"))
+        .unwrap_or_else(|e| e.to_string());
+    format!("stream {state}\nconsumer {consumer}")
 }
 
 /// Publishes one QoS 1 message again and again (bounded by [`RECOVERY`]) until it is

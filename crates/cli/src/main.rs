@@ -332,7 +332,7 @@ pub(crate) struct BrokerArgs {
         requires = "cluster",
         help_heading = "Cluster"
     )]
-    pub(crate) cluster_storage: Option<crate::config::ClusterStorage>,
+    pub(crate) cluster_storage: Option<config::ClusterStorage>,
 
     /// How long the stream keeps a message, in seconds (default 86400; 0: no age limit): a node
     /// away longer misses what it held.
