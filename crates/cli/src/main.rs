@@ -599,7 +599,7 @@ mod tests {
         let stream = config.cluster.expect("a cluster").stream;
         assert_eq!(stream.replicas, Some(3));
         assert_eq!(stream.storage, rallymq_broker::StreamStorage::Memory);
-        assert_eq!(stream.max_age, std::time::Duration::from_secs(3600));
+        assert_eq!(stream.max_age, Duration::from_secs(3600));
         assert_eq!(stream.max_bytes, Some(1_000_000));
         for refused in [
             &["--cluster-replicas", "0"][..],
