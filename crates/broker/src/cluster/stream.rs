@@ -62,7 +62,7 @@ pub enum StreamStorage {
     Memory,
 }
 
-/// The settings of the stream of QoS 1 and 2 messages ([`STREAM`]), used by the node that
+/// The settings of the stream of QoS 1 and 2 messages (`rallymq_messages`), used by the node that
 /// creates it (the first one to start). A stream that exists is used as it is; a node whose
 /// settings differ from it says so in its log (`nats stream edit` changes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
