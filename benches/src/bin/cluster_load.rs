@@ -176,8 +176,14 @@ fn main() -> ExitCode {
         options.duration,
         rallymq_benches::load_average()
     );
+    print_medians(&setups, &results);
+    ExitCode::SUCCESS
+}
+
+/// Per setup, the medians of its rounds: rate (and its ratio to the first setup's), p50, p99.
+fn print_medians(setups: &[Setup], results: &[Vec<Measured>]) {
     let single = median(results[0].iter().map(|m| m.rate).collect());
-    for (setup, measured) in setups.iter().zip(&results) {
+    for (setup, measured) in setups.iter().zip(results) {
         let rate = median(measured.iter().map(|m| m.rate).collect());
         let p50 = median(measured.iter().map(|m| m.p50.as_secs_f64()).collect());
         let p99 = median(measured.iter().map(|m| m.p99.as_secs_f64()).collect());
@@ -190,7 +196,6 @@ fn main() -> ExitCode {
             Duration::from_secs_f64(p99)
         );
     }
-    ExitCode::SUCCESS
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -810,20 +815,7 @@ fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Opt
         options.duration,
         rallymq_benches::load_average()
     );
-    let single = median(results[0].iter().map(|m| m.rate).collect());
-    for (setup, measured) in SINGLE_AND_CROSS.iter().zip(&results) {
-        let rate = median(measured.iter().map(|m| m.rate).collect());
-        let p50 = median(measured.iter().map(|m| m.p50.as_secs_f64()).collect());
-        let p99 = median(measured.iter().map(|m| m.p99.as_secs_f64()).collect());
-        println!(
-            "{:>10}: {:>8.0} msg/s ({:.2} of single)  p50 {:>8.2?}  p99 {:>8.2?}",
-            setup.name(),
-            rate,
-            rate / single,
-            Duration::from_secs_f64(p50),
-            Duration::from_secs_f64(p99)
-        );
-    }
+    print_medians(&SINGLE_AND_CROSS, &results);
     ExitCode::SUCCESS
 }
 

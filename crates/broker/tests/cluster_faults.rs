@@ -32,30 +32,28 @@ const RECOVERY: Duration = Duration::from_secs(60);
 
 /// A node on `servers` (its NATS client may use any of them), the stream with 3 replicas.
 async fn node(servers: &[NatsServer]) -> BrokerHandle {
+    let stream = StreamSettings {
+        replicas: Some(3),
+        ..StreamSettings::default()
+    };
+    node_with(servers, stream).await
+}
+
+/// A node on `servers` that creates the stream with `stream` if it is the first.
+async fn node_with(servers: &[NatsServer], stream: StreamSettings) -> BrokerHandle {
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     start_broker(move |config| {
         config.cluster = Some(ClusterConfig {
-            stream: StreamSettings {
-                replicas: Some(3),
-                ..StreamSettings::default()
-            },
+            stream,
             ..ClusterConfig::new(urls)
         });
     })
     .await
 }
 
-/// The stream's replica count as server `server` reports it (`/jsz` with its configuration).
+/// The stream's replica count as server `server` reports it.
 fn stream_replicas(server: &NatsServer) -> Option<u64> {
-    let body = server.monitor("/jsz?accounts=true&streams=true&config=true")?;
-    let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-    jsz["account_details"]
-        .as_array()?
-        .iter()
-        .filter_map(|account| account["stream_detail"].as_array())
-        .flatten()
-        .find(|detail| detail["name"] == STREAM)?["config"]["num_replicas"]
-        .as_u64()
+    server.stream_detail(STREAM)?["config"]["num_replicas"].as_u64()
 }
 
 /// What one publisher did: the payloads acknowledged with success, in order, and how many
@@ -315,7 +313,8 @@ async fn publish_until_acknowledged(publisher: &mut TestClient<TcpStream>, paylo
     }
 }
 
-/// With two of three NATS servers SIGKILLed the stream has no quorum: the node stops
+/// PUBACK waits for the stream: with two of three NATS servers SIGKILLed the stream has no
+/// quorum, and the node stops
 /// acknowledging QoS 1 publishes (MQTT 5: PUBACK 0x80; MQTT 3.1.1: the connection is closed)
 /// while QoS 0 still goes. Once the two are restarted on their ports and store, the node
 /// acknowledges again by itself, on the same MQTT 5 connection, and what it acknowledges then
@@ -323,8 +322,14 @@ async fn publish_until_acknowledged(publisher: &mut TestClient<TcpStream>, paylo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_qos1_refused_without_stream_quorum_and_acknowledged_again_once_it_returns() {
     let mut servers = NatsServer::cluster(3);
-    // On the server that stays up: the node's own NATS connection never breaks.
-    let a = node(&servers[..1]).await;
+    // On the server that stays up: the node's own NATS connection never breaks. It makes the
+    // stream with the default settings: as many replicas as the servers NATS tells it of.
+    let a = node_with(&servers[..1], StreamSettings::default()).await;
+    assert_eq!(
+        stream_replicas(&servers[0]),
+        Some(3),
+        "a replica on each of the three servers"
+    );
     let b = node(&servers).await;
     let (mut sub, _) =
         TestClient::tcp(tcp_addr(&b), connect_packet(ProtocolVersion::V5, "b-sub")).await;

@@ -402,17 +402,24 @@ impl NatsServer {
         }
     }
 
-    /// The name of the server this one sees leading JetStream stream `stream` (from
-    /// `/jsz`), if it hosts a replica of it and knows a leader.
-    pub fn stream_leader_seen(&self, stream: &str) -> Option<String> {
-        let body = self.monitor("/jsz?accounts=true&streams=true")?;
+    /// What this server's `/jsz` says of JetStream stream `stream` (its `config`, `state` and
+    /// `cluster`: leader and replicas), if the server hosts a replica of it.
+    pub fn stream_detail(&self, stream: &str) -> Option<serde_json::Value> {
+        let body = self.monitor("/jsz?accounts=true&streams=true&config=true")?;
         let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
         jsz["account_details"]
             .as_array()?
             .iter()
             .filter_map(|account| account["stream_detail"].as_array())
             .flatten()
-            .find(|detail| detail["name"] == stream)?["cluster"]["leader"]
+            .find(|detail| detail["name"] == stream)
+            .cloned()
+    }
+
+    /// The name of the server this one sees leading JetStream stream `stream`, if it hosts a
+    /// replica of it and knows a leader.
+    pub fn stream_leader_seen(&self, stream: &str) -> Option<String> {
+        self.stream_detail(stream)?["cluster"]["leader"]
             .as_str()
             .filter(|leader| !leader.is_empty())
             .map(str::to_owned)
