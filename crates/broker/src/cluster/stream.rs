@@ -36,9 +36,6 @@ const NODE_HEADER: &str = "Rmq-Node";
 /// How long a node waits for the stream to acknowledge a message before failing its publish.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the stream keeps a message: a node away longer than this misses what it held.
-const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// Messages waiting to be written to the stream; past this many, publishes fail at once.
 const OUTGOING_CAPACITY: usize = 8192;
 
@@ -48,8 +45,121 @@ pub(super) const ACK_CAPACITY: usize = 1024;
 /// How long a node waits before reading its consumer again when reading failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// The most replicas the stream has (when the NATS cluster has that many servers).
-const MAX_REPLICAS: usize = 3;
+/// The most replicas the stream has by default (when the NATS cluster has that many servers).
+const DEFAULT_MAX_REPLICAS: usize = 3;
+
+/// The most replicas JetStream keeps of a stream.
+const JETSTREAM_MAX_REPLICAS: usize = 5;
+
+/// Where the servers keep the stream's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StreamStorage {
+    /// On disk: what a majority of replicas acknowledged survives their restarts.
+    #[default]
+    File,
+    /// In memory: faster, and lost when a majority of its servers stop together.
+    Memory,
+}
+
+/// The settings of the stream of QoS 1 and 2 messages (`rallymq_messages`), used by the node that
+/// creates it (the first one to start). A stream that exists is used as it is; a node whose
+/// settings differ from it says so in its log (`nats stream edit` changes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// How many servers keep a copy of each message (1 to 5); a publish is acknowledged once a
+    /// majority of them have it. `None`: as many as the servers the NATS client is told of, at
+    /// most 3 (1 on a single server).
+    pub replicas: Option<usize>,
+    /// Disk or memory.
+    pub storage: StreamStorage,
+    /// How long the stream keeps a message: a node away longer than this misses what it held.
+    /// Zero keeps messages until `max_bytes` (or for ever).
+    pub max_age: Duration,
+    /// The most bytes the stream keeps; past it, its oldest messages go. `None`: no limit.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for StreamSettings {
+    /// Replicas from the cluster's size (at most 3), on disk, one day, no size limit.
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            storage: StreamStorage::File,
+            max_age: Duration::from_secs(24 * 60 * 60),
+            max_bytes: None,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// The stream's JetStream configuration on a cluster of which the client is told of
+    /// `servers` servers.
+    fn config(&self, servers: usize) -> Result<stream::Config, Error> {
+        let replicas = match self.replicas {
+            None => servers.clamp(1, DEFAULT_MAX_REPLICAS),
+            Some(n) if (1..=JETSTREAM_MAX_REPLICAS).contains(&n) => n,
+            Some(n) => {
+                return Err(Error::Cluster(format!(
+                    "stream replicas {n}: JetStream keeps 1 to {JETSTREAM_MAX_REPLICAS}"
+                )));
+            }
+        };
+        let max_bytes = match self.max_bytes {
+            None => -1,
+            Some(bytes) => i64::try_from(bytes)
+                .ok()
+                .filter(|bytes| *bytes > 0)
+                .ok_or_else(|| {
+                    Error::Cluster(format!("stream max bytes {bytes}: 1 to {}", i64::MAX))
+                })?,
+        };
+        Ok(stream::Config {
+            name: STREAM.to_owned(),
+            description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
+            subjects: vec![format!("{}.>", subject::STREAM_PREFIX)],
+            storage: match self.storage {
+                StreamStorage::File => stream::StorageType::File,
+                StreamStorage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: replicas,
+            max_age: self.max_age,
+            max_bytes,
+            ..stream::Config::default()
+        })
+    }
+}
+
+/// What in an existing stream's configuration differs from the one this node would have made.
+fn differences(existing: &stream::Config, wanted: &stream::Config) -> Vec<String> {
+    let mut differences = Vec::new();
+    if existing.num_replicas != wanted.num_replicas {
+        differences.push(format!(
+            "replicas {} (configured {})",
+            existing.num_replicas, wanted.num_replicas
+        ));
+    }
+    if existing.storage != wanted.storage {
+        differences.push(format!(
+            "storage {:?} (configured {:?})",
+            existing.storage, wanted.storage
+        ));
+    }
+    if existing.max_age != wanted.max_age {
+        differences.push(format!(
+            "max age {:?} (configured {:?})",
+            existing.max_age, wanted.max_age
+        ));
+    }
+    // The server stores "no limit" as -1 whichever way it was asked for.
+    if existing.max_bytes.max(-1) != wanted.max_bytes.max(-1) {
+        differences.push(format!(
+            "max bytes {} (configured {})",
+            existing.max_bytes, wanted.max_bytes
+        ));
+    }
+    differences
+}
 
 /// The name of a node's durable consumer.
 fn consumer_name(node_id: &str) -> String {
@@ -163,25 +273,27 @@ pub(super) fn context(client: &async_nats::Client) -> jetstream::Context {
 pub(super) async fn open_stream(
     client: &async_nats::Client,
     node_id: &str,
+    settings: &StreamSettings,
 ) -> Result<(Writer, Parts), Error> {
     let context = context(client);
     // The servers a client is told of include the one it is connected to.
-    let servers = client.server_info().connect_urls.len().max(1);
-    let config = stream::Config {
-        name: STREAM.to_owned(),
-        description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
-        subjects: vec![format!("{}.>", subject::STREAM_PREFIX)],
-        storage: stream::StorageType::File,
-        num_replicas: servers.min(MAX_REPLICAS),
-        max_age: MAX_AGE,
-        ..stream::Config::default()
-    };
+    let config = settings.config(client.server_info().connect_urls.len())?;
     let name = consumer_name(node_id);
+    // Said once, not at every try.
+    let warned = std::sync::atomic::AtomicBool::new(false);
     let consumer = with_retries("no stream for QoS 1 and 2 messages", || async {
         let stream = context
             .get_or_create_stream(config.clone())
             .await
             .map_err(|e| e.to_string())?;
+        let differences = differences(&stream.cached_info().config, &config);
+        if !differences.is_empty() && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(
+                stream = STREAM,
+                differences = %differences.join(", "),
+                "cluster: the stream exists with other settings than this node's; used as it is"
+            );
+        }
         // A consumer left by this node's previous run may hold messages delivered to it and
         // never acknowledged: they would come back only after the ack wait, behind newer ones.
         // Made again from the last acknowledged message, they come first, in order.
