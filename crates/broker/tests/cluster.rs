@@ -671,3 +671,53 @@ async fn cluster_qos1_published_while_a_node_is_down_reaches_its_persistent_subs
     assert_eq!(from("1-"), numbered("1-", 5..60));
     assert_eq!(from("2-"), numbered("2-", 15..70));
 }
+
+/// Exactly once across restarts of the receiving node: what it routed into its store but had
+/// not yet acknowledged to the stream when it stopped comes again at its restart, and is not
+/// routed a second time (the store keeps the last routed stream sequence with the routing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_crosses_exactly_once_across_restarts_of_the_receiving_node() {
+    const ROUNDS: usize = 4;
+    const PER_ROUND: usize = 60;
+    let nats = NatsServer::start();
+    let dir = DataDir::new("exactly-once");
+    let a = node(&[&nats]).await;
+    let mut b = stored_node(&[&nats], "node-b2", &dir).await;
+    let connect = || persistent_connect(ProtocolVersion::V5, "b-exactly-once", 600);
+    let (mut sub, _) = subscriber(&b, connect(), &["x/#"], QoS::ExactlyOnce).await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub-x")).await;
+    publish_acknowledged(
+        &mut publisher,
+        "x/1",
+        numbered("p-", 0..5),
+        QoS::ExactlyOnce,
+    )
+    .await;
+    assert_eq!(payloads(&mut sub, 5).await, numbered("p-", 0..5));
+    sub.disconnect(ReasonCode::Success).await;
+
+    // Each round, node B stops while the messages of a burst are still reaching it.
+    for round in 0..ROUNDS {
+        let from = 5 + round * PER_ROUND;
+        let burst = tokio::spawn(async move {
+            let payloads = numbered("p-", from..from + PER_ROUND);
+            publish_acknowledged(&mut publisher, "x/1", payloads, QoS::ExactlyOnce).await;
+            publisher
+        });
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        b.shutdown(Duration::from_millis(100)).await;
+        publisher = burst.await.expect("the burst's publisher");
+        b = stored_node(&[&nats], "node-b2", &dir).await;
+    }
+
+    let total = 5 + ROUNDS * PER_ROUND;
+    let (mut sub, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "the session was kept on B's disk");
+    let received = payloads(&mut sub, total - 5).await;
+    assert_eq!(
+        received,
+        numbered("p-", 5..total),
+        "each QoS 2 message once, in order"
+    );
+}

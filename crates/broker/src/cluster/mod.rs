@@ -1005,7 +1005,7 @@ fn deliver(
         }
     });
     if owner == Some(id) {
-        shared.publish_received(sender.as_deref(), &publish);
+        shared.publish_received(sender.as_deref(), &publish, None);
     }
 }
 

@@ -13,7 +13,8 @@
 //!   durable in its store. A node that comes back under the same id resumes after the last
 //!   message it acknowledged.
 
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -25,10 +26,13 @@ use tracing::{debug, warn};
 use super::{received, subject, with_retries};
 use crate::Error;
 use crate::broker::Shared;
-use crate::store::Ticket;
+use crate::store::{Change, Ticket};
 
 /// The stream of QoS 1 and 2 messages.
 pub(crate) const STREAM: &str = "rallymq_messages";
+
+/// The store's name for how far this node routed its consumer of the stream.
+const CURSOR: &str = "cluster-stream";
 
 /// Header naming the node that wrote a message to the stream.
 const NODE_HEADER: &str = "Rmq-Node";
@@ -287,7 +291,7 @@ pub(super) async fn open_stream(
             .await
             .map_err(|e| e.to_string())?;
         let differences = differences(&stream.cached_info().config, &config);
-        if !differences.is_empty() && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !differences.is_empty() && !warned.swap(true, Ordering::Relaxed) {
             warn!(
                 stream = STREAM,
                 differences = %differences.join(", "),
@@ -395,12 +399,25 @@ async fn write_stream(
 /// what routing wrote is durable.
 async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: Weak<Shared>) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
+    let Some(restored) = shared
+        .upgrade()
+        .map(|shared| shared.restored_cursor(CURSOR))
+    else {
+        return;
+    };
+    let routed_up_to = Arc::new(AtomicU64::new(restored));
     // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
     // went on waiting for the store with the broker's state in hand, and a broker restarted
     // at once on the same directory found its lock still taken.
     tokio::join!(
-        route_stream(consumer, node_id, shared.clone(), acks_tx),
-        acknowledge(acks, shared)
+        route_stream(
+            consumer,
+            node_id,
+            shared.clone(),
+            acks_tx,
+            routed_up_to.clone()
+        ),
+        acknowledge(acks, shared, Some(routed_up_to))
     );
 }
 
@@ -410,9 +427,11 @@ async fn route_stream(
     node_id: String,
     shared: Weak<Shared>,
     acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
+    routed_up_to: Arc<AtomicU64>,
 ) {
-    // Messages delivered again (an acknowledgement lost on a reconnection) were routed once.
-    let mut routed_up_to = 0u64;
+    // Messages delivered again (an acknowledgement lost on a reconnection, or in a crash after
+    // the store had what routing them wrote) were routed once: up to `routed_up_to`, which the
+    // store keeps with what routing writes ([`CURSOR`]).
     loop {
         let mut messages = match consumer.messages().await {
             Ok(messages) => messages,
@@ -436,15 +455,16 @@ async fn route_stream(
                 .as_ref()
                 .and_then(|headers| headers.get(NODE_HEADER))
                 .is_some_and(|node| node.as_str() == node_id);
-            let ticket = if own || (sequence != 0 && sequence <= routed_up_to) {
-                Ticket::default()
-            } else {
-                routed_up_to = routed_up_to.max(sequence);
-                let Some(shared) = shared.upgrade() else {
-                    return;
+            let ticket =
+                if own || (sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire)) {
+                    Ticket::default()
+                } else {
+                    routed_up_to.fetch_max(sequence, Ordering::AcqRel);
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    route(&shared, &message, sequence)
                 };
-                route(&shared, &message)
-            };
             if acks_tx.send((ticket, message)).await.is_err() {
                 return;
             }
@@ -458,19 +478,26 @@ async fn route_stream(
 
 /// Routes a message of the stream to this node's clients; returns the store's ticket for
 /// what that wrote.
-fn route(shared: &Shared, message: &jetstream::Message) -> Ticket {
+fn route(shared: &Shared, message: &jetstream::Message, sequence: u64) -> Ticket {
     let topic = subject::stream_subject_topic(message.subject.as_str());
     let Some((sender, publish)) = received(topic, message.payload.clone()) else {
         return Ticket::default();
     };
-    shared.publish_received(sender.as_deref(), &publish)
+    let cursor = (sequence != 0).then(|| Change::PutCursor {
+        name: CURSOR.into(),
+        position: sequence,
+    });
+    shared.publish_received(sender.as_deref(), &publish, cursor)
 }
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One
-/// whose write failed is left unacknowledged: the stream delivers it again after its ack wait.
+/// whose write failed is left unacknowledged: the stream delivers it again after its ack wait,
+/// and `routed_up_to` (when the reader skips what it routed) goes back before it so that it
+/// is routed then.
 pub(super) async fn acknowledge(
     mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>,
     shared: Weak<Shared>,
+    routed_up_to: Option<Arc<AtomicU64>>,
 ) {
     while let Some((ticket, message)) = acks.recv().await {
         let Some(shared) = shared.upgrade() else {
@@ -478,6 +505,12 @@ pub(super) async fn acknowledge(
         };
         if let Err(error) = shared.durable(ticket).await {
             warn!(%error, "cluster: a message from the stream was not stored here; not acknowledged");
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            if let Some(routed_up_to) = &routed_up_to
+                && sequence != 0
+            {
+                routed_up_to.fetch_min(sequence - 1, Ordering::AcqRel);
+            }
             continue;
         }
         drop(shared);

@@ -41,6 +41,7 @@ const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queues");
 const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
 const INBOUND: TableDefinition<&[u8], ()> = TableDefinition::new("inbound");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 
 /// redb's cache of pages, read and written (its default is 1 GiB). Pages beyond it are read
 /// again through the OS's page cache, which the process's RSS does not count: with the default,
@@ -156,6 +157,7 @@ impl DiskStore {
             txn.open_table(COUNTS).map_err(io)?;
             txn.open_table(INBOUND).map_err(io)?;
             txn.open_table(RETAINED).map_err(io)?;
+            txn.open_table(CURSORS).map_err(io)?;
         }
         txn.commit().map_err(io)?;
         let (decided, _) = watch::channel(0);
@@ -501,6 +503,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut counts = txn.open_table(COUNTS).map_err(io)?;
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
+    let mut cursors = txn.open_table(CURSORS).map_err(io)?;
     let mut references: HashMap<MessageId, i64> = HashMap::new();
     // Messages an entry stopped referring to in this group: one whose entries were all added
     // and removed within the group has a net change of 0, and must still go.
@@ -627,6 +630,9 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
             }
             Change::DeleteRetained(topic) => {
                 retained.remove(topic.as_str()).map_err(io)?;
+            }
+            Change::PutCursor { name, position } => {
+                cursors.insert(&**name, position).map_err(io)?;
             }
         }
     }
@@ -824,6 +830,7 @@ impl Store for DiskStore {
         let counts = txn.open_table(COUNTS).map_err(io)?;
         let inbound = txn.open_table(INBOUND).map_err(io)?;
         let retained = txn.open_table(RETAINED).map_err(io)?;
+        let cursors = txn.open_table(CURSORS).map_err(io)?;
         let mut expired = Vec::new();
         let mut loaded = Loaded::default();
         for item in sessions.iter().map_err(io)? {
@@ -873,6 +880,12 @@ impl Store for DiskStore {
             }
             debug_assert_eq!(message.publish.topic.as_deref(), Some(key.value()));
             loaded.retained.push(message);
+        }
+        for item in cursors.iter().map_err(io)? {
+            let (name, position) = item.map_err(io)?;
+            loaded
+                .cursors
+                .insert(name.value().to_owned(), position.value());
         }
         loaded.next_message_id = match messages.last().map_err(io)? {
             Some((key, _)) => key.value() + 1,
