@@ -192,6 +192,8 @@ pub struct StoreCounts {
     pub commits: u64,
     /// Changes committed.
     pub changes: u64,
+    /// Syncs of the store's file (`fdatasync`).
+    pub syncs: u64,
 }
 
 /// A `rallymq_bench_broker` process started by a load tool: its listeners, its pid, its store's
@@ -306,9 +308,10 @@ impl BenchBroker {
             };
             let words: Vec<&str> = rest.split_whitespace().collect();
             return match words.as_slice() {
-                ["commits", commits, "changes", changes] => Some(StoreCounts {
+                ["commits", commits, "changes", changes, "syncs", syncs] => Some(StoreCounts {
                     commits: commits.parse().ok()?,
                     changes: changes.parse().ok()?,
+                    syncs: syncs.parse().ok()?,
                 }),
                 _ => None,
             };

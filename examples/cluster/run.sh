@@ -8,7 +8,8 @@
 #   mosquitto_pub -p 1883 -t demo/hello -m 'from 1'  # a publisher on node 1
 #
 # MQTT on 1883, 1884, 1885 (WebSockets on 8080, 8081, 8082); NATS clients on 4222-4224, routes
-# on 6222-6224, monitoring on 8222-8224. Everything in a temporary directory, removed at exit.
+# on 6222-6224, monitoring on 8222-8224. The stream of QoS 1/2 messages keeps a copy on each of
+# the three servers (--cluster-replicas 3). Everything in a temporary directory, removed at exit.
 set -euo pipefail
 rallymq=${1:-target/release/rallymq}
 nats=$(command -v nats-server || echo /usr/sbin/nats-server)
@@ -49,6 +50,7 @@ for i in 0 1 2; do
   "$rallymq" broker --in-memory --node-id "node$((i + 1))" \
     --tcp "127.0.0.1:$((1883 + i))" --ws "127.0.0.1:$((8080 + i))" \
     --cluster "nats://127.0.0.1:$((4222 + i)),nats://127.0.0.1:$((4222 + (i + 1) % 3))" \
+    --cluster-replicas 3 \
     > "$dir/node$((i + 1)).log" 2>&1 &
   pids+=($!)
 done

@@ -278,9 +278,11 @@ fn report_commits(
         let commits = c1.commits - c0.commits;
         let _ = writeln!(
             out,
-            "  store: {commits} commits ({:.0}/s), {:.0} changes per commit",
+            "  store: {commits} commits ({:.0}/s), {:.0} changes per commit, {} fdatasync ({:.0}/s)",
             commits as f64 / elapsed,
-            (c1.changes - c0.changes) as f64 / commits.max(1) as f64
+            (c1.changes - c0.changes) as f64 / commits.max(1) as f64,
+            c1.syncs - c0.syncs,
+            (c1.syncs - c0.syncs) as f64 / elapsed
         );
     }
 }

@@ -27,6 +27,17 @@
 //!
 //! Bounded: fixed connections, fixed time per measurement, a deadline on setup.
 //!
+//! Other modes (`--mode`), each single node beside cross-node in the same run:
+//! - `latency`: unloaded latency, one message at a time (QoS 0, then QoS 1: delivery and the
+//!   publisher's PUBACK, which in a cluster waits for the stream), p50 and p99, and what the
+//!   cluster adds;
+//! - `qos1`: QoS 1 throughput and latency, `--publishers` publishers with 16 unacknowledged
+//!   messages each and `--window` sent and not yet received in all, one QoS 1 subscriber
+//!   acknowledging everything;
+//! - `idle`: the RSS of a `rallymq broker` process (`--rallymq PATH`, the binary people run) per
+//!   1,000 idle connections, single and clustered, connected only and each with a filter of
+//!   its own.
+//!
 //! `--connects N` measures instead what a clustered CONNECT of a persistent session costs
 //! (its claim in the sessions bucket, and a takeover from the node that had it): `N`
 //! sequential connects of one MQTT 3.1.1 client (Clean Session 0, then DISCONNECT) per setup
@@ -105,13 +116,27 @@ fn main() -> ExitCode {
     };
     let mut connects = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut mode = String::from("qos0");
+    let mut rallymq: Option<std::path::PathBuf> = None;
     for pair in args.chunks(2) {
         let (Some(flag), Some(value)) = (pair.first(), pair.get(1)) else {
             eprintln!(
-                "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N] [--connects N]"
+                "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N] \
+                 [--mode qos0|latency|qos1|idle] [--rallymq PATH] [--connects N]"
             );
             return ExitCode::from(2);
         };
+        match flag.as_str() {
+            "--mode" => {
+                mode.clone_from(value);
+                continue;
+            }
+            "--rallymq" => {
+                rallymq = Some(value.into());
+                continue;
+            }
+            _ => {}
+        }
         let Ok(number) = value.parse::<u64>() else {
             eprintln!("{flag}: not a number: {value}");
             return ExitCode::from(2);
@@ -137,6 +162,16 @@ fn main() -> ExitCode {
     let nats = NatsServer::start();
     if let Some(connects) = connects {
         return measure_connects(&runtime, &nats, connects, options.rounds);
+    }
+    match mode.as_str() {
+        "qos0" => {}
+        "latency" => return latency_mode(&runtime, &nats, options.rounds),
+        "qos1" => return qos1_mode(&runtime, &nats, &options),
+        "idle" => return idle_mode(&runtime, &nats, rallymq.as_deref(), options.rounds),
+        other => {
+            eprintln!("--mode {other}: qos0, latency, qos1 or idle");
+            return ExitCode::from(2);
+        }
     }
     let setups = [
         Setup::Single,
@@ -174,8 +209,14 @@ fn main() -> ExitCode {
         options.duration,
         rallymq_benches::load_average()
     );
+    print_medians(&setups, &results);
+    ExitCode::SUCCESS
+}
+
+/// Per setup, the medians of its rounds: rate (and its ratio to the first setup's), p50, p99.
+fn print_medians(setups: &[Setup], results: &[Vec<Measured>]) {
     let single = median(results[0].iter().map(|m| m.rate).collect());
-    for (setup, measured) in setups.iter().zip(&results) {
+    for (setup, measured) in setups.iter().zip(results) {
         let rate = median(measured.iter().map(|m| m.rate).collect());
         let p50 = median(measured.iter().map(|m| m.p50.as_secs_f64()).collect());
         let p99 = median(measured.iter().map(|m| m.p99.as_secs_f64()).collect());
@@ -188,7 +229,6 @@ fn main() -> ExitCode {
             Duration::from_secs_f64(p99)
         );
     }
-    ExitCode::SUCCESS
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -369,6 +409,580 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
         b.shutdown(Duration::from_millis(200)).await;
     }
     Ok(measured)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `--mode latency`, `--mode qos1`, `--mode idle`: the cluster's cost beyond QoS 0 throughput.
+
+/// Round trips measured per QoS and setup in `--mode latency`, after [`LATENCY_WARMUP`].
+const LATENCY_SAMPLES: usize = 2000;
+/// Round trips before those measured (connections, NATS interest and the stream warm).
+const LATENCY_WARMUP: usize = 200;
+/// How long any one packet may take in the latency and QoS 1 runs.
+const PACKET_DEADLINE: Duration = Duration::from_secs(10);
+/// Unacknowledged QoS 1 messages per publisher in `--mode qos1`.
+const QOS1_WINDOW: usize = 16;
+/// Idle connections opened per broker in `--mode idle`.
+const IDLE_CONNECTIONS: usize = 1000;
+
+/// Setups compared by the extra modes: a node on its own, and publisher and subscriber on two
+/// clustered nodes.
+const SINGLE_AND_CROSS: [Setup; 2] = [Setup::Single, Setup::CrossNode];
+
+/// The `p`-quantile of sorted `values`.
+fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// The two nodes of `setup` (one for `Single`) and where to publish and subscribe.
+async fn setup_nodes(
+    setup: Setup,
+    nats: &NatsServer,
+) -> io::Result<(
+    Vec<BrokerHandle>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+)> {
+    let nodes = match setup {
+        Setup::Single => vec![node(None).await?],
+        _ => vec![node(Some(nats)).await?, node(Some(nats)).await?],
+    };
+    let addr = |node: &BrokerHandle| {
+        node.local_addr(ListenerKind::Tcp)
+            .ok_or_else(|| io::Error::other("no TCP"))
+    };
+    let publish_at = addr(&nodes[0])?;
+    let subscribe_at = addr(nodes.last().unwrap_or(&nodes[0]))?;
+    Ok((nodes, publish_at, subscribe_at))
+}
+
+async fn shut_down(nodes: Vec<BrokerHandle>) {
+    for node in nodes {
+        node.shutdown(Duration::from_millis(200)).await;
+    }
+}
+
+/// The next packet within [`PACKET_DEADLINE`].
+async fn next_packet(client: &mut Client) -> io::Result<Packet> {
+    tokio::time::timeout(
+        PACKET_DEADLINE,
+        rallymq_benches::client::read_packet(&mut client.io, &mut client.buf),
+    )
+    .await
+    .map_err(|_| io::Error::other(format!("no packet within {PACKET_DEADLINE:?}")))?
+}
+
+/// A PUBLISH of `qos` on `topic` whose payload starts with `at` (ns since the run's epoch).
+fn timed_publish(topic: &TopicName, qos: QoS, id: u16, at: u64) -> Packet {
+    let mut payload = BytesMut::with_capacity(PAYLOAD_LEN);
+    payload.put_u64(at);
+    payload.put_bytes(b'x', PAYLOAD_LEN - 8);
+    let mut publish = Publish::new(topic.clone(), payload.freeze());
+    publish.qos = qos;
+    if qos != QoS::AtMostOnce {
+        publish.packet_id = rallymq_codec::PacketId::new(id);
+    }
+    Packet::Publish(publish)
+}
+
+/// Unloaded latency: one message at a time from a publisher to a subscriber (on another node
+/// for `CrossNode`); the next goes once the previous has arrived (and, QoS 1, both PUBACKs
+/// are done). Returns the delivery latencies (send to receipt) and, for QoS 1, the PUBACK
+/// latencies (send to the publisher's PUBACK: in a cluster, the stream's round trip).
+async fn round_trips(
+    setup: Setup,
+    nats: &NatsServer,
+    qos: QoS,
+) -> io::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (nodes, publish_at, subscribe_at) = setup_nodes(setup, nats).await?;
+    let mut subscriber = Client::connect(subscribe_at, Transport::Tcp, "lat-sub", true).await?;
+    subscriber.subscribe("lat/t", qos).await?;
+    let mut publisher = Client::connect(publish_at, Transport::Tcp, "lat-pub", true).await?;
+    let topic = TopicName::new("lat/t").map_err(io::Error::other)?;
+    let epoch = Instant::now();
+    let mut delivered = Vec::with_capacity(LATENCY_SAMPLES);
+    let mut acknowledged = Vec::with_capacity(LATENCY_SAMPLES);
+    let mut out = BytesMut::new();
+    let mut i = 0usize;
+    // QoS 0 crosses once the subscriber's node has its NATS subscription: a message lost in
+    // that window is sent again (after 200 ms), not waited for.
+    while delivered.len() < LATENCY_SAMPLES {
+        let id = (i % usize::from(u16::MAX)) as u16 + 1;
+        let sent = Instant::now();
+        out.clear();
+        encode(
+            &timed_publish(&topic, qos, id, epoch.elapsed().as_nanos() as u64),
+            &mut out,
+        );
+        publisher.io.write_all(&out).await?;
+        let deliver = async {
+            let wait = if i < LATENCY_WARMUP && qos == QoS::AtMostOnce {
+                Duration::from_millis(200)
+            } else {
+                PACKET_DEADLINE
+            };
+            loop {
+                match tokio::time::timeout(
+                    wait,
+                    rallymq_benches::client::read_packet(&mut subscriber.io, &mut subscriber.buf),
+                )
+                .await
+                {
+                    Err(_) if wait < PACKET_DEADLINE => return Ok(None),
+                    Err(_) => return Err(io::Error::other("a message did not arrive")),
+                    Ok(Err(error)) => return Err(error),
+                    Ok(Ok(Packet::Publish(publish))) => {
+                        let at = sent.elapsed();
+                        if let Some(id) = publish.packet_id {
+                            let mut ack = BytesMut::new();
+                            encode(&Packet::PubAck(rallymq_codec::Ack::new(id)), &mut ack);
+                            subscriber.io.write_all(&ack).await?;
+                        }
+                        return Ok(Some(at));
+                    }
+                    Ok(Ok(_)) => {}
+                }
+            }
+        };
+        let ack = async {
+            if qos == QoS::AtMostOnce {
+                return Ok(Duration::ZERO);
+            }
+            loop {
+                if let Packet::PubAck(_) = next_packet(&mut publisher).await? {
+                    return Ok::<_, io::Error>(sent.elapsed());
+                }
+            }
+        };
+        let (delivery, ack) = tokio::join!(deliver, ack);
+        let (delivery, ack) = (delivery?, ack?);
+        i += 1;
+        if let Some(delivery) = delivery.filter(|_| i > LATENCY_WARMUP) {
+            delivered.push(delivery);
+            acknowledged.push(ack);
+        }
+    }
+    shut_down(nodes).await;
+    delivered.sort_unstable();
+    acknowledged.sort_unstable();
+    Ok((delivered, acknowledged))
+}
+
+/// `--mode latency`: [`round_trips`] for QoS 0 and 1, single node and cross-node, `rounds`
+/// times; prints each round and the medians of p50 and p99, and what the cluster adds.
+fn latency_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, rounds: usize) -> ExitCode {
+    println!(
+        "unloaded latency: one 64-byte message at a time, {LATENCY_SAMPLES} measured after \
+         {LATENCY_WARMUP}, MQTT 3.1.1 over TCP"
+    );
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        for round in 0..rounds {
+            for (s, setup) in SINGLE_AND_CROSS.iter().enumerate() {
+                let (delivered, acked) = match runtime.block_on(round_trips(*setup, nats, qos)) {
+                    Ok(measured) => measured,
+                    Err(error) => {
+                        eprintln!("{} {qos:?}: {error}", setup.name());
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let puback = if qos == QoS::AtMostOnce {
+                    String::new()
+                } else {
+                    format!(
+                        "  PUBACK p50 {:>8.2?} p99 {:>8.2?}",
+                        quantile(&acked, 0.5),
+                        quantile(&acked, 0.99)
+                    )
+                };
+                println!(
+                    "round {} {qos:?} {:>10}: delivery p50 {:>8.2?} p99 {:>8.2?}{puback}",
+                    round + 1,
+                    setup.name(),
+                    quantile(&delivered, 0.5),
+                    quantile(&delivered, 0.99),
+                );
+                for (k, sorted) in [(s, &delivered), (2 + s, &acked)] {
+                    p50s[k].push(quantile(sorted, 0.5).as_secs_f64());
+                    p99s[k].push(quantile(sorted, 0.99).as_secs_f64());
+                }
+            }
+        }
+        let at = |values: &mut Vec<f64>| {
+            Duration::from_secs_f64(rallymq_benches::median(values).unwrap_or(0.0))
+        };
+        let what = if qos == QoS::AtMostOnce {
+            vec![(0, "delivery")]
+        } else {
+            vec![(0, "delivery"), (2, "PUBACK")]
+        };
+        for (base, name) in what {
+            let (single50, cross50) = (at(&mut p50s[base]), at(&mut p50s[base + 1]));
+            let (single99, cross99) = (at(&mut p99s[base]), at(&mut p99s[base + 1]));
+            println!(
+                "median {qos:?} {name}: single p50 {single50:.2?} p99 {single99:.2?}; cross-node \
+                 p50 {cross50:.2?} p99 {cross99:.2?}; added p50 {:.2?} p99 {:.2?}",
+                cross50.saturating_sub(single50),
+                cross99.saturating_sub(single99)
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// QoS 1 load: `publishers` on the first node, each with at most [`QOS1_WINDOW`] messages
+/// unacknowledged, on `load/q1/N`; one QoS 1 subscriber on `load/q1/+` (on the other node for
+/// `CrossNode`) acknowledging everything. Throughput is what the subscriber received per second
+/// over `duration` after [`WARMUP`]; latency from send to receipt.
+async fn qos1_load(
+    setup: Setup,
+    nats: &NatsServer,
+    publishers: usize,
+    window: u64,
+    duration: Duration,
+) -> io::Result<Measured> {
+    let (nodes, publish_at, subscribe_at) = setup_nodes(setup, nats).await?;
+    let mut subscriber = Client::connect(subscribe_at, Transport::Tcp, "q1-sub", true).await?;
+    subscriber.subscribe("load/q1/+", QoS::AtLeastOnce).await?;
+    let epoch = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (received, stop, measuring) = (received.clone(), stop.clone(), measuring.clone());
+        tokio::spawn(async move {
+            let limits = Limits::default();
+            let mut latencies = Vec::new();
+            let mut acks = BytesMut::new();
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(
+                    Duration::from_millis(100),
+                    subscriber.io.read_buf(&mut subscriber.buf),
+                )
+                .await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => {}
+                    Err(_) => continue,
+                }
+                let now = epoch.elapsed().as_nanos() as u64;
+                while let Ok(Some(packet)) =
+                    rallymq_codec::decode(&mut subscriber.buf, VERSION, &limits)
+                {
+                    let Packet::Publish(publish) = packet else {
+                        continue;
+                    };
+                    received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = publish.packet_id {
+                        encode(&Packet::PubAck(rallymq_codec::Ack::new(id)), &mut acks);
+                    }
+                    if measuring.load(Ordering::Relaxed) && publish.payload.len() >= 8 {
+                        let mut at = [0u8; 8];
+                        at.copy_from_slice(&publish.payload[..8]);
+                        latencies.push(Duration::from_nanos(
+                            now.saturating_sub(u64::from_be_bytes(at)),
+                        ));
+                    }
+                }
+                if !acks.is_empty() {
+                    if subscriber.io.write_all(&acks).await.is_err() {
+                        break;
+                    }
+                    acks.clear();
+                }
+            }
+            latencies
+        })
+    };
+    let mut writers = Vec::new();
+    for p in 0..publishers {
+        let client =
+            Client::connect(publish_at, Transport::Tcp, &format!("q1-pub-{p}"), true).await?;
+        let topic = TopicName::new(format!("load/q1/{p}")).map_err(io::Error::other)?;
+        let flow = Flow {
+            sent: sent.clone(),
+            received: received.clone(),
+            window,
+            stop: stop.clone(),
+        };
+        writers.push(tokio::spawn(qos1_publisher(client, topic, epoch, flow)));
+    }
+    tokio::time::sleep(WARMUP).await;
+    let start = received.load(Ordering::Relaxed);
+    measuring.store(true, Ordering::Relaxed);
+    let began = Instant::now();
+    tokio::time::sleep(duration).await;
+    let count = received.load(Ordering::Relaxed) - start;
+    let elapsed = began.elapsed();
+    measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.map_err(io::Error::other)??;
+    }
+    let mut latencies = reader.await.map_err(io::Error::other)?;
+    latencies.sort_unstable();
+    shut_down(nodes).await;
+    Ok(Measured {
+        rate: count as f64 / elapsed.as_secs_f64(),
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+    })
+}
+
+/// The QoS 1 publishers' shared flow control: sent and received so far, and how many may be
+/// sent and not received.
+struct Flow {
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    window: u64,
+    stop: Arc<AtomicBool>,
+}
+
+/// One QoS 1 publisher of [`qos1_load`]: sends while fewer than [`QOS1_WINDOW`] of its
+/// messages wait for their PUBACK and the flow has room (a single node acknowledges at once, so
+/// without the flow's window the subscriber's queue, not the broker, would be measured), until
+/// `stop`.
+async fn qos1_publisher(
+    client: Client,
+    topic: TopicName,
+    epoch: Instant,
+    flow: Flow,
+) -> io::Result<()> {
+    let Client { io, mut buf, .. } = client;
+    let (mut read, mut write) = tokio::io::split(io);
+    let limits = Limits::default();
+    let mut unacked = 0usize;
+    let mut id = 0u16;
+    let mut out = BytesMut::new();
+    while !flow.stop.load(Ordering::Relaxed) {
+        let in_flight = flow
+            .sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(flow.received.load(Ordering::Relaxed));
+        let mut room = flow.window.saturating_sub(in_flight);
+        if room == 0 && unacked == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
+        out.clear();
+        while unacked < QOS1_WINDOW && room > 0 {
+            id = id % u16::MAX + 1;
+            encode(
+                &timed_publish(
+                    &topic,
+                    QoS::AtLeastOnce,
+                    id,
+                    epoch.elapsed().as_nanos() as u64,
+                ),
+                &mut out,
+            );
+            unacked += 1;
+            room -= 1;
+            flow.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if !out.is_empty() {
+            write.write_all(&out).await?;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), read.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => continue,
+        }
+        while let Some(packet) = rallymq_codec::decode(&mut buf, VERSION, &limits)
+            .map_err(rallymq_benches::client::invalid)?
+        {
+            match packet {
+                Packet::PubAck(ack) if ack.reason_code.is_error() => {
+                    return Err(io::Error::other(format!("PUBACK {:?}", ack.reason_code)));
+                }
+                Packet::PubAck(_) => unacked = unacked.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--mode qos1`: [`qos1_load`] single node and cross-node, `rounds` times; prints each round
+/// and the medians.
+fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Options) -> ExitCode {
+    let mut results: Vec<Vec<Measured>> = SINGLE_AND_CROSS.iter().map(|_| Vec::new()).collect();
+    for round in 0..options.rounds {
+        for (s, setup) in SINGLE_AND_CROSS.iter().enumerate() {
+            let load = qos1_load(
+                *setup,
+                nats,
+                options.publishers,
+                options.window,
+                options.duration,
+            );
+            match runtime.block_on(load) {
+                Ok(measured) => {
+                    println!(
+                        "round {} qos1 {:>10}: {:>8.0} msg/s  p50 {:>8.2?}  p99 {:>8.2?}",
+                        round + 1,
+                        setup.name(),
+                        measured.rate,
+                        measured.p50,
+                        measured.p99
+                    );
+                    results[s].push(measured);
+                }
+                Err(error) => {
+                    eprintln!("qos1 {}: {error}", setup.name());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!(
+        "\nQoS 1 medians over {} rounds ({} publishers, {QOS1_WINDOW} unacknowledged each, \
+         window {}, {:?} each; load {}):",
+        options.rounds,
+        options.publishers,
+        options.window,
+        options.duration,
+        rallymq_benches::load_average()
+    );
+    print_medians(&SINGLE_AND_CROSS, &results);
+    ExitCode::SUCCESS
+}
+
+/// A `rallymq broker` process (the binary people run) on a free port, in memory, `$SYS` off,
+/// joined to `cluster` if given; killed when dropped.
+struct RallymqProcess(std::process::Child);
+
+impl RallymqProcess {
+    fn start(program: &std::path::Path, port: u16, cluster: Option<&str>) -> io::Result<Self> {
+        let mut command = std::process::Command::new(program);
+        command
+            .args(["broker", "--tcp", &format!("127.0.0.1:{port}")])
+            .args(["--in-memory", "--sys-interval-secs", "0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(url) = cluster {
+            command.args(["--cluster", url]);
+        }
+        let process = Self(command.spawn()?);
+        let deadline = Instant::now() + SETUP_DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "{} does not listen on {port}",
+                    program.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(process)
+    }
+
+    fn rss(&self) -> io::Result<u64> {
+        rallymq_benches::status_bytes(self.0.id(), "VmRSS")
+            .ok_or_else(|| io::Error::other("no VmRSS"))
+    }
+}
+
+impl Drop for RallymqProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The RSS a `rallymq` process gains for [`IDLE_CONNECTIONS`] idle MQTT 3.1.1 connections,
+/// each subscribed to a filter of its own if `subscribed` (a NATS subscription each in a
+/// cluster); per 1,000 connections.
+async fn idle_rss(
+    program: &std::path::Path,
+    cluster: Option<&str>,
+    subscribed: bool,
+) -> io::Result<f64> {
+    let port = rallymq_test_support::free_port();
+    let broker = RallymqProcess::start(program, port, cluster)?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // One connection first, so that what every connection shares (buffers, the runtime's
+    // threads, the NATS link's first subscription) is in the baseline.
+    let mut first = Client::connect(addr, Transport::Tcp, "idle-first", true).await?;
+    first.subscribe("idle/first", QoS::AtMostOnce).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = broker.rss()?;
+    let ids = (0..IDLE_CONNECTIONS).map(|i| format!("idle-{i}")).collect();
+    let mut clients = rallymq_benches::client::connect_all(addr, Transport::Tcp, ids, true).await?;
+    if subscribed {
+        for (i, client) in clients.iter_mut().enumerate() {
+            client
+                .subscribe(&format!("idle/{i}"), QoS::AtLeastOnce)
+                .await?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = broker.rss()?;
+    drop(clients);
+    drop(first);
+    Ok((after as f64 - before as f64) * 1000.0 / IDLE_CONNECTIONS as f64)
+}
+
+/// `--mode idle`: [`idle_rss`] for a single `rallymq` and a clustered one (the NATS server of
+/// the run), connections alone and each with a subscription, `rounds` times; medians.
+fn idle_mode(
+    runtime: &tokio::runtime::Runtime,
+    nats: &NatsServer,
+    program: Option<&std::path::Path>,
+    rounds: usize,
+) -> ExitCode {
+    let Some(program) = program else {
+        eprintln!(
+            "--mode idle needs --rallymq PATH (cargo build --release -p rallymq --bin rallymq)"
+        );
+        return ExitCode::from(2);
+    };
+    let url = nats.url();
+    println!("RSS of a rallymq process per 1,000 idle connections ({IDLE_CONNECTIONS} opened):");
+    for subscribed in [false, true] {
+        let mut deltas: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for (m, cluster) in [None, Some(url.as_str())].into_iter().enumerate() {
+                match runtime.block_on(idle_rss(program, cluster, subscribed)) {
+                    Ok(delta) => {
+                        println!(
+                            "round {} {:>7} {:>12}: {:.0} KiB per 1,000",
+                            round + 1,
+                            if cluster.is_some() {
+                                "cluster"
+                            } else {
+                                "single"
+                            },
+                            if subscribed { "+1 filter" } else { "connected" },
+                            delta / 1024.0
+                        );
+                        deltas[m].push(delta);
+                    }
+                    Err(error) => {
+                        eprintln!("idle: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        let [single, clustered] = deltas.map(|d| median(d) / 1024.0);
+        println!(
+            "median, {}: single {single:.0} KiB, cluster {clustered:.0} KiB per 1,000 \
+             ({:.2}x)",
+            if subscribed {
+                "each with a filter of its own"
+            } else {
+                "connected only"
+            },
+            clustered / single
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// What `--connects` measures: how a CONNECT finds its session (see the module's docs).

@@ -22,10 +22,10 @@
 //!   session (Clean Session 0), the shape of the durability target. Run it with
 //!   `--brokers rallymq-durable,rallymq,mosquitto`: `rallymq-durable` is our broker with its
 //!   disk store in a fresh directory under `--data-root` (the temporary directory; keep it on
-//!   a real disk, not tmpfs), removed after; its summary adds the store's commits per second
-//!   (asked of the broker over its stdin; redb syncs twice per commit with quick repair, which
-//!   `perf stat -e syscalls:sys_enter_fdatasync -p PID` counts) and the bytes it wrote per
-//!   message (`/proc/PID/io`).
+//!   a real disk, not tmpfs), removed after; its summary adds the store's commits and
+//!   `fdatasync`s per second (asked of the broker over its stdin: the store counts the syncs
+//!   it asks of its file; redb syncs twice per commit with quick repair) and the bytes it wrote
+//!   per message (`/proc/PID/io`).
 //!
 //! Throughput is what subscribers *received*, per second, over `--duration` seconds after a
 //! 0.5 s warm-up. QoS 0 publishers write 32 pre-encoded PUBLISH packets per write and are
@@ -509,6 +509,12 @@ impl Outcome {
         (self.elapsed > 0.0).then(|| store.commits as f64 / self.elapsed)
     }
 
+    /// The store's `fdatasync`s per second.
+    fn syncs_per_second(&self) -> Option<f64> {
+        let store = self.store?;
+        (self.elapsed > 0.0).then(|| store.syncs as f64 / self.elapsed)
+    }
+
     /// `field` of what the broker wrote, per message received.
     fn written_per_message(&self, field: impl Fn(&ProcIo) -> u64) -> Option<f64> {
         let written = self.written?;
@@ -700,6 +706,7 @@ async fn run_throughput(
         store: b0.store.zip(b1.store).map(|(s0, s1)| StoreCounts {
             commits: s1.commits - s0.commits,
             changes: s1.changes - s0.changes,
+            syncs: s1.syncs - s0.syncs,
         }),
         elapsed,
     })
@@ -747,7 +754,7 @@ fn describe(outcome: &Outcome, shape: Shape) -> String {
 }
 
 /// What the broker wrote per message (system calls, sockets included, and file pages), and
-/// for a broker with a store, its commits per second.
+/// for a broker with a store, its commits and syncs per second.
 fn store_line(outcome: &Outcome) -> String {
     let mut line = String::new();
     if let (Some(wchar), Some(pages)) = (
@@ -762,6 +769,9 @@ fn store_line(outcome: &Outcome) -> String {
             "  commits/s {per_second:.0}  changes/commit {:.0}",
             store.changes as f64 / store.commits.max(1) as f64
         );
+    }
+    if let Some(per_second) = outcome.syncs_per_second() {
+        let _ = write!(line, "  fdatasync/s {per_second:.0}");
     }
     line
 }
@@ -1034,11 +1044,11 @@ fn durability_summary(results: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n| shape | transport | durable msg/s | in-memory msg/s | mosquitto msg/s | durable / in-memory | durable / mosquitto | in-memory / mosquitto | commits/s | changes/commit | written B/msg | file pages B/msg | durable cpu | in-memory cpu |"
+        "\n| shape | transport | durable msg/s | in-memory msg/s | mosquitto msg/s | durable / in-memory | durable / mosquitto | in-memory / mosquitto | commits/s | fdatasync/s | changes/commit | written B/msg | file pages B/msg | durable cpu | in-memory cpu |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let number = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     let ratio = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}x"));
@@ -1056,6 +1066,7 @@ fn durability_summary(results: &Results) -> String {
         let (commits, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| {
             o.commits_per_second()
         });
+        let (syncs, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| o.syncs_per_second());
         let (changes, _, _) = medians_of(by_broker, "rallymq-durable", "-", |o| {
             o.store.map(|s| s.changes as f64 / s.commits.max(1) as f64)
         });
@@ -1068,7 +1079,7 @@ fn durability_summary(results: &Results) -> String {
         let (cpu, cpu_memory, _) = medians_of(by_broker, "rallymq-durable", "rallymq", |o| o.cpu);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             shape.name(),
             transport.name(),
             number(durable),
@@ -1078,6 +1089,7 @@ fn durability_summary(results: &Results) -> String {
             ratio(vs_mosquitto),
             ratio(memory_vs_mosquitto),
             number(commits),
+            number(syncs),
             number(changes),
             number(written),
             number(pages),

@@ -13,8 +13,9 @@
 //! `--data-dir DIR` makes it durable, with the store `rallymq broker --data-dir DIR` uses
 //! ([`DiskStore`]); without it, it keeps everything in memory. With `--exit-on-stdin-eof`, a
 //! line `stats` on stdin is answered on stdout with
-//! `store: commits C changes N` (the store's transactions and the changes they committed;
-//! `store: none` in memory), so that a load tool can count commits over a window.
+//! `store: commits C changes N syncs S` (the store's transactions, the changes they committed
+//! and the `fdatasync`s of its file; `store: none` in memory), so that a load tool can count
+//! commits and syncs over a window.
 //!
 //! `--bridge ADDR` adds a bridge named `bench` to the MQTT broker at `ADDR` (`host:port`, TCP,
 //! MQTT 3.1.1, the defaults of `[[bridge]]` otherwise) carrying `bench/#` out at QoS 1, with
@@ -140,7 +141,10 @@ fn main() -> ExitCode {
             let answer = match &store {
                 Some(store) => {
                     let stats = store.stats();
-                    format!("store: commits {} changes {}", stats.commits, stats.changes)
+                    format!(
+                        "store: commits {} changes {} syncs {}",
+                        stats.commits, stats.changes, stats.syncs
+                    )
                 }
                 None => "store: none".to_owned(),
             };

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) server_config: Arc<ServerConfig>,
     /// The cluster this broker is a node of, once joined.
     pub(crate) cluster: OnceLock<Arc<Link>>,
+    /// The cursors of the feeds the broker routes from, as the store had them at start.
+    restored_cursors: OnceLock<HashMap<String, u64>>,
 }
 
 /// What [`Shared::restore`] returns: the tasks publishing restored wills, and the stored
@@ -111,6 +113,7 @@ impl Shared {
             space_waiters: AtomicUsize::new(0),
             per_ip: Arc::default(),
             cluster: OnceLock::new(),
+            restored_cursors: OnceLock::new(),
             listeners: Vec::new(),
         }
     }
@@ -197,25 +200,40 @@ impl Shared {
         let targets = Targets::Subscribers {
             shared_groups: !forwarded.shared_groups,
         };
-        let mut outcome = self.publish_here(sender, publish, also, targets);
+        let mut outcome = self.publish_here(sender, publish, also, None, targets);
         outcome.stream = forwarded.stream;
         outcome
     }
 
     /// Publishes a message another cluster node received, to this node's clients only (not
     /// to shared groups: they have their own way through the cluster); returns the store's
-    /// ticket for what routing wrote.
-    pub(crate) fn publish_received(&self, sender: Option<&str>, publish: &Publish) -> Ticket {
+    /// ticket for what routing wrote. `cursor` (the message's place in what it was read from)
+    /// is written with that, when routing wrote anything.
+    pub(crate) fn publish_received(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        cursor: Option<Change>,
+    ) -> Ticket {
         let targets = Targets::Subscribers {
             shared_groups: false,
         };
-        self.publish_here(sender, publish, None, targets).ticket
+        self.publish_here(sender, publish, None, cursor, targets)
+            .ticket
+    }
+
+    /// The cursor of feed `name` as the store had it at start (0: none).
+    pub(crate) fn restored_cursor(&self, name: &str) -> u64 {
+        self.restored_cursors
+            .get()
+            .and_then(|cursors| cursors.get(name).copied())
+            .unwrap_or(0)
     }
 
     /// Publishes a message the cluster gave this node for the shared group of `filter`, to one
     /// of the group's members here; nothing is queued when the group has none.
     pub(crate) fn publish_to_group(&self, filter: &TopicFilter, publish: &Publish) -> RouteOutcome {
-        self.publish_here(None, publish, None, Targets::Group(filter))
+        self.publish_here(None, publish, None, None, Targets::Group(filter))
     }
 
     /// [`Shared::publish_with`] on this node only.
@@ -224,6 +242,7 @@ impl Shared {
         sender: Option<&str>,
         publish: &Publish,
         also: Option<Change>,
+        cursor: Option<Change>,
         targets: Targets<'_>,
     ) -> RouteOutcome {
         // A message routed to several persistent sessions is written in several changes.
@@ -271,6 +290,10 @@ impl Shared {
             .ticket
             .max(retained)
             .max(self.write(also.into_iter().collect()));
+        // Nothing written, nothing to do twice: a message routed to no stored session.
+        if outcome.ticket > Ticket::default() {
+            outcome.ticket = outcome.ticket.max(self.write(cursor.into_iter().collect()));
+        }
         self.stats.routed(outcome.queued);
         self.stats.dropped(Dropped::QueueFull, outcome.full as u64);
         self.stats.dropped(
@@ -392,6 +415,7 @@ impl Shared {
             return Ok((wills, bridges));
         };
         let loaded = store.load()?;
+        let _ = self.restored_cursors.set(loaded.cursors.clone());
         self.next_message_id
             .store(loaded.next_message_id, Ordering::Relaxed);
         let now = Instant::now();

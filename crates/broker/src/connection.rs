@@ -147,6 +147,10 @@ struct Durability {
     /// store runs at most a page ahead of the store's writer instead of piling up changes in
     /// memory.
     delivered: Ticket,
+    /// `delivered` when the last page was read: the next page waits for it, not for the
+    /// latest, so that the store commits one page's progress while the session delivers the
+    /// next instead of the session stopping for every commit.
+    paced: Ticket,
 }
 
 struct Driver {
@@ -1347,12 +1351,14 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it, and this connection's deliveries so far, are decided.
+    /// written to it, and this connection's deliveries up to the page before, are decided.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
-        // The next page waits until this session's deliveries so far are durable, so that a
-        // drain does not run ahead of the store's writer with its changes held in memory.
-        let delivered = durability(&self.extras).map_or(Ticket::default(), |d| d.delivered);
-        self.shared.read_stored_tail(session, delivered, PAGE).await
+        // A drain runs at most a page ahead of the store's writer, so that its changes held
+        // in memory stay bounded (two pages per session), and no further.
+        let paced = durability_mut(&mut self.extras).map_or(Ticket::default(), |d| {
+            std::mem::replace(&mut d.paced, d.delivered)
+        });
+        self.shared.read_stored_tail(session, paced, PAGE).await
     }
 
     /// Whether the session's queue in memory has drained while more of it waits in the store

@@ -46,7 +46,7 @@ mod tls;
 pub use auth::{AuthConfig, HashScheme, JwtConfig, PasswordFile, Refusal};
 pub use bridge::{BridgeConfig, BridgeTopic, BridgeTransport, Direction, TopicLineError};
 pub use broker::{BoundListener, Broker, BrokerHandle, ListenerKind, LocalSubscription};
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, StreamSettings, StreamStorage};
 pub use config::{AdminApi, AdminOpenTo, BrokerConfig, Limits, Listener, QueueFullPolicy, Storage};
 pub use error::Error;
 pub use policy::Security;

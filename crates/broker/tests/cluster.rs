@@ -660,55 +660,52 @@ async fn cluster_qos1_published_while_a_node_is_down_reaches_its_persistent_subs
     assert_eq!(from("2-"), numbered("2-", 15..70));
 }
 
-/// PUBACK waits for the stream: with two of three NATS servers gone, the stream has no quorum
-/// and the node does not acknowledge a QoS 1 publish as a success (MQTT 5: 0x80), nor at all
-/// to an MQTT 3.1.1 publisher (disconnected), while QoS 0 still goes.
+/// Exactly once across restarts of the receiving node: what it routed into its store but had
+/// not yet acknowledged to the stream when it stopped comes again at its restart, and is not
+/// routed a second time (the store keeps the last routed stream sequence with the routing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_qos1_is_not_acknowledged_when_the_stream_has_no_quorum() {
-    let mut servers = NatsServer::cluster(3);
-    let a = node(&[&servers[0]]).await;
-    let (mut v5, _) =
-        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "pub-5")).await;
-    assert_eq!(
-        v5.publish(message("nq/t", "before", QoS::AtLeastOnce))
-            .await,
-        ReasonCode::NoMatchingSubscribers
-    );
-    let streams = servers[0]
-        .monitor("/jsz?accounts=true&streams=true&config=true")
-        .unwrap_or_default();
-    assert!(
-        streams.contains("\"num_replicas\":3") || streams.contains("\"num_replicas\": 3"),
-        "the stream has a replica on each of the three servers: {streams}"
-    );
-    // Connected before: without a quorum, the sessions bucket cannot take a CONNECT's claim
-    // either (refused with 0x88).
-    let (mut v3, _) = TestClient::tcp(
-        tcp_addr(&a),
-        connect_packet(ProtocolVersion::V3_1_1, "pub-3"),
+async fn cluster_mqtt_4_3_3_qos2_crosses_exactly_once_across_restarts_of_the_receiving_node() {
+    const ROUNDS: usize = 4;
+    const PER_ROUND: usize = 60;
+    let nats = NatsServer::start();
+    let dir = DataDir::new("exactly-once");
+    let a = node(&[&nats]).await;
+    let mut b = stored_node(&[&nats], "node-b2", &dir).await;
+    let connect = || persistent_connect(ProtocolVersion::V5, "b-exactly-once", 600);
+    let (mut sub, _) = subscriber(&b, connect(), &["x/#"], QoS::ExactlyOnce).await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub-x")).await;
+    publish_acknowledged(
+        &mut publisher,
+        "x/1",
+        numbered("p-", 0..5),
+        QoS::ExactlyOnce,
     )
     .await;
-    // Two of three: no leader for the stream's replicas.
-    servers.truncate(1);
-    // The stream answers within 5 s or the publish fails; 15 s leaves room on a busy machine.
-    let within = Duration::from_secs(15);
-    assert_eq!(
-        v5.publish_outcome_within(message("nq/t", "after", QoS::AtLeastOnce), within)
-            .await,
-        Ok(ReasonCode::UnspecifiedError),
-        "no PUBACK 0x80"
-    );
-    // QoS 0 does not wait for the stream.
-    assert_eq!(
-        v5.publish(message("nq/t", "qos0", QoS::AtMostOnce)).await,
-        ReasonCode::Success
-    );
+    assert_eq!(payloads(&mut sub, 5).await, numbered("p-", 0..5));
+    sub.disconnect(ReasonCode::Success).await;
 
-    let outcome = v3
-        .publish_outcome_within(message("nq/t", "after", QoS::AtLeastOnce), within)
-        .await;
-    assert!(
-        matches!(outcome, Err(Some(_))),
-        "an MQTT 3.1.1 publisher is closed, not acknowledged: {outcome:?}"
+    // Each round, node B stops while the messages of a burst are still reaching it.
+    for round in 0..ROUNDS {
+        let from = 5 + round * PER_ROUND;
+        let burst = tokio::spawn(async move {
+            let payloads = numbered("p-", from..from + PER_ROUND);
+            publish_acknowledged(&mut publisher, "x/1", payloads, QoS::ExactlyOnce).await;
+            publisher
+        });
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        b.shutdown(Duration::from_millis(100)).await;
+        publisher = burst.await.expect("the burst's publisher");
+        b = stored_node(&[&nats], "node-b2", &dir).await;
+    }
+
+    let total = 5 + ROUNDS * PER_ROUND;
+    let (mut sub, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "the session was kept on B's disk");
+    let received = payloads(&mut sub, total - 5).await;
+    assert_eq!(
+        received,
+        numbered("p-", 5..total),
+        "each QoS 2 message once, in order"
     );
 }

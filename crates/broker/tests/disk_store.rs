@@ -84,6 +84,15 @@ fn message_and_entry(id: u64, client: &Arc<str>) -> (Change, Change, Change) {
     )
 }
 
+/// Writes `changes` and waits until they are durable.
+async fn write_durably(store: &DiskStore, changes: Vec<Change>) {
+    let ticket = store.write(changes);
+    tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
+        .await
+        .expect("decided")
+        .expect("durable");
+}
+
 #[tokio::test]
 async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
     let dir = TempDir::new("acked-in-batch");
@@ -197,11 +206,7 @@ async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updat
         seq: 1,
         entry: entry.clone(),
     };
-    let first = store.write(vec![put, add, second]);
-    tokio::time::timeout(Duration::from_secs(10), store.durable(first))
-        .await
-        .expect("decided")
-        .expect("durable");
+    write_durably(&store, vec![put, add, second]).await;
     // Both go in flight; the first is acknowledged, all before the next commit.
     let mut in_flight = entry.clone();
     in_flight.in_flight = PacketId::new(7).map(|id| (id, OutgoingStage::Published));
@@ -210,11 +215,7 @@ async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updat
         seq,
         entry: in_flight.clone(),
     };
-    let then = store.write(vec![update(0), delete, update(1)]);
-    tokio::time::timeout(Duration::from_secs(10), store.durable(then))
-        .await
-        .expect("decided")
-        .expect("durable");
+    write_durably(&store, vec![update(0), delete, update(1)]).await;
     let entries = store.read_queue(&client, 0, 10).expect("reads");
     let seqs: Vec<u64> = entries.iter().map(|loaded| loaded.seq).collect();
     assert_eq!(seqs, [1], "the acknowledged entry is gone");
@@ -222,4 +223,83 @@ async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updat
         entries[0].entry.in_flight, in_flight.in_flight,
         "the other is in flight"
     );
+}
+
+/// The entries a commit deletes are removed in runs of consecutive numbers: deletions in any
+/// order, runs and lone entries, an update after its entry's deletion, and a whole queue
+/// emptied leave the queues, their counts and the messages as deleting one by one would.
+#[tokio::test]
+async fn entries_deleted_in_runs_leave_the_queues_counts_and_messages_right() {
+    let dir = TempDir::new("deleted-in-runs");
+    let (first, second): (Arc<str>, Arc<str>) = ("first".into(), "second".into());
+    let session = |client_id: &Arc<str>| {
+        Change::PutSession(Box::new(SessionRecord {
+            client_id: client_id.to_string(),
+            expiry_interval: u32::MAX,
+            disconnected_at: None,
+            subscriptions: Vec::new(),
+            will: None,
+        }))
+    };
+    let (put0, add, _) = message_and_entry(0, &first);
+    let (put1, _, _) = message_and_entry(1, &second);
+    let Change::AddEntry { entry, .. } = add else {
+        unreachable!("message_and_entry returns an AddEntry second")
+    };
+    let add = |client_id: &Arc<str>, seq, message| Change::AddEntry {
+        client_id: client_id.clone(),
+        seq,
+        entry: QueueEntry {
+            message,
+            ..entry.clone()
+        },
+    };
+    let delete = |client_id: &Arc<str>, seq| Change::DeleteEntry {
+        client_id: client_id.clone(),
+        seq,
+    };
+    {
+        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let mut changes = vec![session(&first), session(&second), put0, put1];
+        changes.extend((0..10).map(|seq| add(&first, seq, 0)));
+        changes.extend((0..3).map(|seq| add(&second, seq, 1)));
+        write_durably(&store, changes).await;
+        let mut in_flight = entry.clone();
+        in_flight.in_flight = PacketId::new(9).map(|id| (id, OutgoingStage::Published));
+        let mut changes: Vec<Change> = [8, 7, 0, 1, 2, 5]
+            .into_iter()
+            .map(|seq| delete(&first, seq))
+            .collect();
+        changes.push(Change::UpdateEntry {
+            client_id: first.clone(),
+            seq: 5,
+            entry: in_flight,
+        });
+        changes.extend((0..3).rev().map(|seq| delete(&second, seq)));
+        write_durably(&store, changes).await;
+    }
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    let counts = |client_id: &str| {
+        loaded
+            .sessions
+            .iter()
+            .find(|session| session.record.client_id == client_id)
+            .map(|session| (session.queue_len, session.queue_bytes))
+    };
+    assert_eq!(counts("first"), Some((4, 40)), "entries and bytes left");
+    assert_eq!(counts("second"), Some((0, 0)), "its queue is empty");
+    let seqs: Vec<u64> = store
+        .read_queue("first", 0, 20)
+        .expect("reads")
+        .iter()
+        .map(|loaded| loaded.seq)
+        .collect();
+    assert_eq!(seqs, [3, 4, 6, 9], "the entries not deleted, in order");
+    assert!(
+        store.read_queue("second", 0, 20).expect("reads").is_empty(),
+        "every entry of the emptied queue is gone"
+    );
+    // Message 1 lost its last entry and is gone; message 0 is still referred to.
+    assert_eq!(loaded.next_message_id, 1, "message 1 is still stored");
 }

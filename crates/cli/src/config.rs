@@ -7,7 +7,7 @@ use std::time::Duration;
 use rallymq_broker::{
     AdminOpenTo, BridgeConfig, BridgeTransport, BrokerConfig, CertificateName, ClientCertificates,
     ClusterConfig, JwtConfig, Listener, ListenerKind, ProtocolVersion, Security, Storage,
-    TlsSettings,
+    StreamSettings, StreamStorage, TlsSettings,
 };
 use serde::Deserialize;
 
@@ -68,6 +68,10 @@ pub(crate) struct FileConfig {
     pub(crate) node_id: Option<String>,
     pub(crate) cluster_heartbeat_ms: Option<u64>,
     pub(crate) cluster_missed_beats: Option<u32>,
+    pub(crate) cluster_replicas: Option<u8>,
+    pub(crate) cluster_storage: Option<ClusterStorage>,
+    pub(crate) cluster_max_age_secs: Option<u64>,
+    pub(crate) cluster_max_bytes: Option<u64>,
     pub(crate) admin_users: Option<Vec<String>>,
     pub(crate) admin_open_to: Option<String>,
     /// Bridges to remote brokers (`[[bridge]]` tables).
@@ -200,6 +204,16 @@ pub(crate) enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// Where the cluster's stream keeps its messages (`--cluster-storage`, `cluster_storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClusterStorage {
+    /// On the NATS servers' disks.
+    File,
+    /// In the NATS servers' memory.
+    Memory,
 }
 
 /// A `[[listener]]` table: one listener with its own settings.
@@ -445,6 +459,10 @@ impl Settings {
             s.cluster = Some(args.cluster.clone());
         }
         set(args.node_id.clone(), &mut s.node_id);
+        set(args.cluster_replicas, &mut s.cluster_replicas);
+        set(args.cluster_storage, &mut s.cluster_storage);
+        set(args.cluster_max_age_secs, &mut s.cluster_max_age_secs);
+        set(args.cluster_max_bytes, &mut s.cluster_max_bytes);
         if !args.admin_users.is_empty() {
             s.admin_users = Some(args.admin_users.clone());
         }
@@ -605,10 +623,20 @@ impl Settings {
             acl_file: s.acl_file,
         }
         .into_security()?;
+        let stream_set = s.cluster_replicas.is_some()
+            || s.cluster_storage.is_some()
+            || s.cluster_max_age_secs.is_some()
+            || s.cluster_max_bytes.is_some();
         config.cluster = match s.cluster {
             Some(servers) if !servers.is_empty() => {
                 let mut cluster = ClusterConfig {
                     node_id: s.node_id,
+                    stream: stream_settings(
+                        s.cluster_replicas,
+                        s.cluster_storage,
+                        s.cluster_max_age_secs,
+                        s.cluster_max_bytes,
+                    )?,
                     ..ClusterConfig::new(servers)
                 };
                 match s.cluster_heartbeat_ms {
@@ -627,6 +655,7 @@ impl Settings {
             }
             Some(_) => return Err("cluster: name at least one NATS server".to_owned()),
             None if s.node_id.is_some()
+                || stream_set
                 || s.cluster_heartbeat_ms.is_some()
                 || s.cluster_missed_beats.is_some() =>
             {
@@ -656,6 +685,38 @@ impl Settings {
         }
         Ok(config)
     }
+}
+
+/// The cluster stream's settings: the defaults but for what is set.
+fn stream_settings(
+    replicas: Option<u8>,
+    storage: Option<ClusterStorage>,
+    max_age_secs: Option<u64>,
+    max_bytes: Option<u64>,
+) -> Result<StreamSettings, String> {
+    let mut stream = StreamSettings::default();
+    if let Some(n) = replicas {
+        if !(1..=5).contains(&n) {
+            return Err(format!("cluster_replicas {n}: 1 to 5"));
+        }
+        stream.replicas = Some(usize::from(n));
+    }
+    if let Some(storage) = storage {
+        stream.storage = match storage {
+            ClusterStorage::File => StreamStorage::File,
+            ClusterStorage::Memory => StreamStorage::Memory,
+        };
+    }
+    if let Some(secs) = max_age_secs {
+        stream.max_age = Duration::from_secs(secs);
+    }
+    if let Some(bytes) = max_bytes {
+        if bytes == 0 || i64::try_from(bytes).is_err() {
+            return Err(format!("cluster_max_bytes {bytes}: 1 to {}", i64::MAX));
+        }
+        stream.max_bytes = Some(bytes);
+    }
+    Ok(stream)
 }
 
 #[cfg(test)]
@@ -704,6 +765,8 @@ mod tests {
         assert!(file.max_topic_length.is_some());
         assert!(file.cluster.is_some() && file.node_id.is_some());
         assert!(file.cluster_heartbeat_ms.is_some() && file.cluster_missed_beats.is_some());
+        assert!(file.cluster_replicas.is_some() && file.cluster_storage.is_some());
+        assert!(file.cluster_max_age_secs.is_some() && file.cluster_max_bytes.is_some());
         let bridges = file.bridge.clone().expect("a [[bridge]] table");
         let config = bridge(bridges[0].clone()).expect("the example bridge is valid");
         assert_eq!(config.name, "cloud");
@@ -745,8 +808,38 @@ mod tests {
             ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
         );
         assert_eq!(cluster.node_id.as_deref(), Some("a"));
+        assert_eq!(cluster.stream, StreamSettings::default());
         let alone = FileConfig::parse("node_id = \"a\"\n").expect("valid");
         assert!(Settings::from_file(alone).into_broker_config().is_err());
+        let stream_alone = FileConfig::parse("cluster_replicas = 3\n").expect("valid");
+        assert!(
+            Settings::from_file(stream_alone)
+                .into_broker_config()
+                .is_err()
+        );
+        let file = FileConfig::parse(
+            "cluster = [\"nats://127.0.0.1:4222\"]\ncluster_replicas = 1\n\
+             cluster_storage = \"memory\"\ncluster_max_age_secs = 0\ncluster_max_bytes = 4096\n",
+        )
+        .expect("valid");
+        let stream = Settings::from_file(file)
+            .into_broker_config()
+            .expect("valid")
+            .cluster
+            .expect("a cluster")
+            .stream;
+        assert_eq!(stream.replicas, Some(1));
+        assert_eq!(stream.storage, StreamStorage::Memory);
+        assert_eq!(stream.max_age, Duration::ZERO);
+        assert_eq!(stream.max_bytes, Some(4096));
+        for bad in ["cluster_replicas = 6\n", "cluster_max_bytes = 0\n"] {
+            let file = FileConfig::parse(&format!("cluster = [\"nats://127.0.0.1:4222\"]\n{bad}"))
+                .expect("parses");
+            assert!(
+                Settings::from_file(file).into_broker_config().is_err(),
+                "{bad}"
+            );
+        }
         let none = Settings::from_file(FileConfig::default()).into_broker_config();
         assert_eq!(none.expect("valid").cluster, None);
     }

@@ -312,6 +312,46 @@ pub(crate) struct BrokerArgs {
         help_heading = "Cluster"
     )]
     pub(crate) node_id: Option<String>,
+
+    /// How many NATS servers keep a copy of each QoS 1/2 message in the cluster's stream (1 to
+    /// 5), when this node creates it; default: the servers NATS tells of, at most 3.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u8).range(1..=5),
+        requires = "cluster",
+        help_heading = "Cluster"
+    )]
+    pub(crate) cluster_replicas: Option<u8>,
+
+    /// Where the stream keeps its messages: file (default; survives the servers' restarts) or
+    /// memory.
+    #[arg(
+        long,
+        value_name = "file|memory",
+        requires = "cluster",
+        help_heading = "Cluster"
+    )]
+    pub(crate) cluster_storage: Option<config::ClusterStorage>,
+
+    /// How long the stream keeps a message, in seconds (default 86400; 0: no age limit): a node
+    /// away longer misses what it held.
+    #[arg(
+        long,
+        value_name = "SECS",
+        requires = "cluster",
+        help_heading = "Cluster"
+    )]
+    pub(crate) cluster_max_age_secs: Option<u64>,
+
+    /// The most bytes the stream keeps, its oldest messages dropped past it (default: no limit).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        requires = "cluster",
+        help_heading = "Cluster"
+    )]
+    pub(crate) cluster_max_bytes: Option<u64>,
     /// A user who may use the admin HTTP API (/api/v1/) from anywhere, logging in with HTTP
     /// Basic (password file) or a Bearer token; repeat for several. A token whose role claim
     /// holds "admin" is an admin too.
@@ -535,7 +575,45 @@ mod tests {
             ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
         );
         assert_eq!(cluster.node_id.as_deref(), Some("b"));
+        assert_eq!(cluster.stream, rallymq_broker::StreamSettings::default());
         assert!(Cli::try_parse_from(["rallymq", "broker", "--node-id", "b"]).is_err());
+    }
+
+    #[test]
+    fn cluster_stream_flags_set_replicas_storage_age_and_size() {
+        let config = broker_config(&parse(&[
+            "rallymq",
+            "broker",
+            "--cluster",
+            "nats://10.0.0.1:4222",
+            "--cluster-replicas",
+            "3",
+            "--cluster-storage",
+            "memory",
+            "--cluster-max-age-secs",
+            "3600",
+            "--cluster-max-bytes",
+            "1000000",
+        ]))
+        .expect("valid");
+        let stream = config.cluster.expect("a cluster").stream;
+        assert_eq!(stream.replicas, Some(3));
+        assert_eq!(stream.storage, rallymq_broker::StreamStorage::Memory);
+        assert_eq!(stream.max_age, Duration::from_secs(3600));
+        assert_eq!(stream.max_bytes, Some(1_000_000));
+        for refused in [
+            &["--cluster-replicas", "0"][..],
+            &["--cluster-replicas", "6"],
+            &["--cluster-storage", "tape"],
+        ] {
+            let mut args = vec!["rallymq", "broker", "--cluster", "nats://10.0.0.1:4222"];
+            args.extend_from_slice(refused);
+            assert!(Cli::try_parse_from(&args).is_err(), "{refused:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["rallymq", "broker", "--cluster-replicas", "3"]).is_err(),
+            "a stream setting needs --cluster"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Test helpers shared by rallymq's test suites (h2's `tests/h2-support` pattern): a real
-//! Mosquitto broker on free ports, started and stopped by the test. A missing peer fails the
-//! test with a clear message; it is never skipped. Also certificates made for a test
+//! Mosquitto broker on free ports, started and stopped by the test, and NATS servers with
+//! JetStream (alone or routed as a cluster, killed and restarted on the same ports and store).
+//! A missing peer fails the test with a clear message; it is never skipped. Also certificates made for a test
 //! ([`Certificates`]).
 
 mod certificates;
@@ -235,6 +236,8 @@ pub fn nats_program() -> &'static str {
 pub struct NatsServer {
     child: Child,
     dir: PathBuf,
+    /// Its `server_name`, which `/jsz` uses to name a stream's leader.
+    name: String,
     /// The client port.
     pub port: u16,
     /// The route port (cluster members connect to each other there).
@@ -298,6 +301,7 @@ impl NatsServer {
                 Self {
                     child,
                     dir,
+                    name: format!("n{i}-{run}"),
                     port,
                     route_port,
                     http_port,
@@ -351,6 +355,76 @@ impl NatsServer {
             })
     }
 
+    /// Its server name in the cluster.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits until it has exited. Its
+    /// configuration and JetStream store stay for [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the server process is running (not killed, not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Starts the server again after [`NatsServer::kill`], on the same ports with the same
+    /// store (its routes to the others come back by themselves), and waits until it accepts
+    /// clients. Panics when it exits at start (a port taken meanwhile) or does not listen in
+    /// time.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_quiet(
+            nats_program(),
+            &self.dir.join("nats.conf"),
+            "nats-server",
+            "nats-server",
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "nats-server {} exited on restart ({status}); port {} taken?",
+                    self.name, self.port
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} does not listen on {} within {START_TIMEOUT:?} of its restart",
+                self.name,
+                self.port
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What this server's `/jsz` says of JetStream stream `stream` (its `config`, `state` and
+    /// `cluster`: leader and replicas), if the server hosts a replica of it.
+    pub fn stream_detail(&self, stream: &str) -> Option<serde_json::Value> {
+        let body = self.monitor("/jsz?accounts=true&streams=true&config=true")?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .filter_map(|account| account["stream_detail"].as_array())
+            .flatten()
+            .find(|detail| detail["name"] == stream)
+            .cloned()
+    }
+
+    /// The name of the server this one sees leading JetStream stream `stream`, if it hosts a
+    /// replica of it and knows a leader.
+    pub fn stream_leader_seen(&self, stream: &str) -> Option<String> {
+        self.stream_detail(stream)?["cluster"]["leader"]
+            .as_str()
+            .filter(|leader| !leader.is_empty())
+            .map(str::to_owned)
+    }
+
     /// The client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -376,6 +450,30 @@ impl NatsServer {
                 digits.parse().ok()
             })
             .unwrap_or(0)
+    }
+}
+
+/// Which of `servers` leads JetStream stream `stream` now: the one that names itself as its
+/// leader (a follower's view may lag behind an election), `None` while it has no leader.
+pub fn stream_leader(servers: &[NatsServer], stream: &str) -> Option<usize> {
+    servers
+        .iter()
+        .position(|server| server.stream_leader_seen(stream).as_deref() == Some(server.name()))
+}
+
+/// Waits (bounded by `within`) until one of `servers` leads `stream`; its index. Panics
+/// otherwise.
+pub fn wait_for_stream_leader(servers: &[NatsServer], stream: &str, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(leader) = stream_leader(servers, stream) {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server leads stream {stream} within {within:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -38,6 +38,7 @@ mod subject;
 pub(crate) use nodes::NodeState;
 pub(crate) use sessions::Sessions;
 pub(crate) use stream::StreamAck;
+pub use stream::{StreamSettings, StreamStorage};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -74,6 +75,8 @@ pub struct ClusterConfig {
     /// How many heartbeats a node may miss before the others take it for dead and publish its
     /// clients' wills (default 3).
     pub missed_beats: u32,
+    /// The settings of the stream of QoS 1 and 2 messages, for the node that creates it.
+    pub stream: StreamSettings,
 }
 
 impl ClusterConfig {
@@ -84,6 +87,7 @@ impl ClusterConfig {
             node_id: None,
             heartbeat: nodes::DEFAULT_HEARTBEAT,
             missed_beats: nodes::DEFAULT_MISSED_BEATS,
+            stream: StreamSettings::default(),
         }
     }
 }
@@ -330,7 +334,7 @@ impl Link {
             .await
             .map_err(unreachable)?;
         let bucket = retained_bucket(&client).await?;
-        let (stream, stream_parts) = stream::open_stream(&client, &node_id).await?;
+        let (stream, stream_parts) = stream::open_stream(&client, &node_id, &config.stream).await?;
         let data_dir = match storage {
             Storage::Directory(dir) => Some(dir.as_path()),
             _ => None,
@@ -1034,7 +1038,7 @@ fn deliver(
         }
     });
     if owner == Some(id) {
-        shared.publish_received(sender.as_deref(), &publish);
+        shared.publish_received(sender.as_deref(), &publish, None);
     }
 }
 

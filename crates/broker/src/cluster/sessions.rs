@@ -53,6 +53,9 @@ const FORMAT_V1: u8 = 1;
 /// How many times a claim reads the key again after losing a race for it.
 const CLAIM_ATTEMPTS: u32 = 50;
 
+/// How long a claim waits before trying again after the bucket failed to answer.
+const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// How long a claim may take in all before the CONNECT is refused.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -222,12 +225,19 @@ impl Sessions {
     ) -> Result<Claim, Error> {
         let key = subject::token(&fresh.client_id);
         let attempts = async {
+            let mut failure = None;
             for _ in 0..CLAIM_ATTEMPTS {
-                let entry = self
-                    .bucket
-                    .entry(key.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if failure.is_some() {
+                    // The bucket may be electing a leader: tried again until the timeout.
+                    tokio::time::sleep(CLAIM_RETRY_DELAY).await;
+                }
+                let entry = match self.bucket.entry(key.clone()).await {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        failure = Some(error.to_string());
+                        continue;
+                    }
+                };
                 let previous = entry
                     .as_ref()
                     .filter(|entry| entry.operation == Operation::Put)
@@ -261,10 +271,10 @@ impl Sessions {
                     Ok(revision) => return Ok(Claim { revision, previous }),
                     // Another claim came first: read what it wrote.
                     Err((true, _)) => continue,
-                    Err((false, error)) => return Err(error),
+                    Err((false, error)) => failure = Some(error),
                 }
             }
-            Err(format!("lost {CLAIM_ATTEMPTS} races for it in a row"))
+            Err(failure.unwrap_or_else(|| format!("lost {CLAIM_ATTEMPTS} races for it in a row")))
         };
         let result = tokio::time::timeout(CLAIM_TIMEOUT, attempts)
             .await

@@ -248,7 +248,7 @@ async fn stream_member(
     };
     let (acks_tx, acks) = mpsc::channel(messages::ACK_CAPACITY);
     // Acknowledged within this task: aborted with it, it holds no broker state past the end.
-    let acknowledging = acknowledge(acks, shared.clone());
+    let acknowledging = acknowledge(acks, shared.clone(), None);
     let pulling = async move {
         let mut leaving = false;
         while !leaving {

@@ -13,7 +13,8 @@
 //!   durable in its store. A node that comes back under the same id resumes after the last
 //!   message it acknowledged.
 
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -25,19 +26,19 @@ use tracing::{debug, warn};
 use super::{received, subject, with_retries};
 use crate::Error;
 use crate::broker::Shared;
-use crate::store::Ticket;
+use crate::store::{Change, Ticket};
 
 /// The stream of QoS 1 and 2 messages.
 pub(crate) const STREAM: &str = "rallymq_messages";
+
+/// The store's name for how far this node routed its consumer of the stream.
+const CURSOR: &str = "cluster-stream";
 
 /// Header naming the node that wrote a message to the stream.
 const NODE_HEADER: &str = "Rmq-Node";
 
 /// How long a node waits for the stream to acknowledge a message before failing its publish.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long the stream keeps a message: a node away longer than this misses what it held.
-const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Messages waiting to be written to the stream; past this many, publishes fail at once.
 const OUTGOING_CAPACITY: usize = 8192;
@@ -48,18 +49,131 @@ pub(super) const ACK_CAPACITY: usize = 1024;
 /// How long a node waits before reading its consumer again when reading failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// The most replicas the stream has (when the NATS cluster has that many servers).
-const MAX_REPLICAS: usize = 3;
+/// The most replicas the stream has by default (when the NATS cluster has that many servers).
+const DEFAULT_MAX_REPLICAS: usize = 3;
 
-/// How many replicas the cluster's stream and sessions bucket have: one per NATS server the
-/// client is told of, at most [`MAX_REPLICAS`].
+/// The most replicas JetStream keeps of a stream.
+const JETSTREAM_MAX_REPLICAS: usize = 5;
+
+/// Where the servers keep the stream's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StreamStorage {
+    /// On disk: what a majority of replicas acknowledged survives their restarts.
+    #[default]
+    File,
+    /// In memory: faster, and lost when a majority of its servers stop together.
+    Memory,
+}
+
+/// The settings of the stream of QoS 1 and 2 messages (`rallymq_messages`), used by the node that
+/// creates it (the first one to start). A stream that exists is used as it is; a node whose
+/// settings differ from it says so in its log (`nats stream edit` changes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// How many servers keep a copy of each message (1 to 5); a publish is acknowledged once a
+    /// majority of them have it. `None`: as many as the servers the NATS client is told of, at
+    /// most 3 (1 on a single server).
+    pub replicas: Option<usize>,
+    /// Disk or memory.
+    pub storage: StreamStorage,
+    /// How long the stream keeps a message: a node away longer than this misses what it held.
+    /// Zero keeps messages until `max_bytes` (or for ever).
+    pub max_age: Duration,
+    /// The most bytes the stream keeps; past it, its oldest messages go. `None`: no limit.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for StreamSettings {
+    /// Replicas from the cluster's size (at most 3), on disk, one day, no size limit.
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            storage: StreamStorage::File,
+            max_age: Duration::from_secs(24 * 60 * 60),
+            max_bytes: None,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// The stream's JetStream configuration on a cluster of which the client is told of
+    /// `servers` servers.
+    fn config(&self, servers: usize) -> Result<stream::Config, Error> {
+        let replicas = match self.replicas {
+            None => servers.clamp(1, DEFAULT_MAX_REPLICAS),
+            Some(n) if (1..=JETSTREAM_MAX_REPLICAS).contains(&n) => n,
+            Some(n) => {
+                return Err(Error::Cluster(format!(
+                    "stream replicas {n}: JetStream keeps 1 to {JETSTREAM_MAX_REPLICAS}"
+                )));
+            }
+        };
+        let max_bytes = match self.max_bytes {
+            None => -1,
+            Some(bytes) => i64::try_from(bytes)
+                .ok()
+                .filter(|bytes| *bytes > 0)
+                .ok_or_else(|| {
+                    Error::Cluster(format!("stream max bytes {bytes}: 1 to {}", i64::MAX))
+                })?,
+        };
+        Ok(stream::Config {
+            name: STREAM.to_owned(),
+            description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
+            subjects: vec![format!("{}.>", subject::STREAM_PREFIX)],
+            storage: match self.storage {
+                StreamStorage::File => stream::StorageType::File,
+                StreamStorage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: replicas,
+            max_age: self.max_age,
+            max_bytes,
+            ..stream::Config::default()
+        })
+    }
+}
+
+/// What in an existing stream's configuration differs from the one this node would have made.
+fn differences(existing: &stream::Config, wanted: &stream::Config) -> Vec<String> {
+    let mut differences = Vec::new();
+    if existing.num_replicas != wanted.num_replicas {
+        differences.push(format!(
+            "replicas {} (configured {})",
+            existing.num_replicas, wanted.num_replicas
+        ));
+    }
+    if existing.storage != wanted.storage {
+        differences.push(format!(
+            "storage {:?} (configured {:?})",
+            existing.storage, wanted.storage
+        ));
+    }
+    if existing.max_age != wanted.max_age {
+        differences.push(format!(
+            "max age {:?} (configured {:?})",
+            existing.max_age, wanted.max_age
+        ));
+    }
+    // The server stores "no limit" as -1 whichever way it was asked for.
+    if existing.max_bytes.max(-1) != wanted.max_bytes.max(-1) {
+        differences.push(format!(
+            "max bytes {} (configured {})",
+            existing.max_bytes, wanted.max_bytes
+        ));
+    }
+    differences
+}
+
+/// How many replicas the sessions bucket has: as the stream by default, one per NATS server
+/// the client is told of, at most [`DEFAULT_MAX_REPLICAS`].
 pub(super) fn replicas(client: &async_nats::Client) -> usize {
     // The servers a client is told of include the one it is connected to.
     client
         .server_info()
         .connect_urls
         .len()
-        .clamp(1, MAX_REPLICAS)
+        .clamp(1, DEFAULT_MAX_REPLICAS)
 }
 
 /// The name of a node's durable consumer.
@@ -174,23 +288,27 @@ pub(super) fn context(client: &async_nats::Client) -> jetstream::Context {
 pub(super) async fn open_stream(
     client: &async_nats::Client,
     node_id: &str,
+    settings: &StreamSettings,
 ) -> Result<(Writer, Parts), Error> {
     let context = context(client);
-    let config = stream::Config {
-        name: STREAM.to_owned(),
-        description: Some("rallymq: QoS 1 and 2 messages between nodes".to_owned()),
-        subjects: vec![format!("{}.>", subject::STREAM_PREFIX)],
-        storage: stream::StorageType::File,
-        num_replicas: replicas(client),
-        max_age: MAX_AGE,
-        ..stream::Config::default()
-    };
+    // The servers a client is told of include the one it is connected to.
+    let config = settings.config(client.server_info().connect_urls.len())?;
     let name = consumer_name(node_id);
+    // Said once, not at every try.
+    let warned = std::sync::atomic::AtomicBool::new(false);
     let consumer = with_retries("no stream for QoS 1 and 2 messages", || async {
         let stream = context
             .get_or_create_stream(config.clone())
             .await
             .map_err(|e| e.to_string())?;
+        let differences = differences(&stream.cached_info().config, &config);
+        if !differences.is_empty() && !warned.swap(true, Ordering::Relaxed) {
+            warn!(
+                stream = STREAM,
+                differences = %differences.join(", "),
+                "cluster: the stream exists with other settings than this node's; used as it is"
+            );
+        }
         // A consumer left by this node's previous run may hold messages delivered to it and
         // never acknowledged: they would come back only after the ack wait, behind newer ones.
         // Made again from the last acknowledged message, they come first, in order.
@@ -292,12 +410,25 @@ async fn write_stream(
 /// what routing wrote is durable.
 async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: Weak<Shared>) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
+    let Some(restored) = shared
+        .upgrade()
+        .map(|shared| shared.restored_cursor(CURSOR))
+    else {
+        return;
+    };
+    let routed_up_to = Arc::new(AtomicU64::new(restored));
     // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
     // went on waiting for the store with the broker's state in hand, and a broker restarted
     // at once on the same directory found its lock still taken.
     tokio::join!(
-        route_stream(consumer, node_id, shared.clone(), acks_tx),
-        acknowledge(acks, shared)
+        route_stream(
+            consumer,
+            node_id,
+            shared.clone(),
+            acks_tx,
+            routed_up_to.clone()
+        ),
+        acknowledge(acks, shared, Some(routed_up_to))
     );
 }
 
@@ -307,9 +438,11 @@ async fn route_stream(
     node_id: String,
     shared: Weak<Shared>,
     acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
+    routed_up_to: Arc<AtomicU64>,
 ) {
-    // Messages delivered again (an acknowledgement lost on a reconnection) were routed once.
-    let mut routed_up_to = 0u64;
+    // Messages delivered again (an acknowledgement lost on a reconnection, or in a crash after
+    // the store had what routing them wrote) were routed once: up to `routed_up_to`, which the
+    // store keeps with what routing writes ([`CURSOR`]).
     loop {
         let mut messages = match consumer.messages().await {
             Ok(messages) => messages,
@@ -333,15 +466,16 @@ async fn route_stream(
                 .as_ref()
                 .and_then(|headers| headers.get(NODE_HEADER))
                 .is_some_and(|node| node.as_str() == node_id);
-            let ticket = if own || (sequence != 0 && sequence <= routed_up_to) {
-                Ticket::default()
-            } else {
-                routed_up_to = routed_up_to.max(sequence);
-                let Some(shared) = shared.upgrade() else {
-                    return;
+            let ticket =
+                if own || (sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire)) {
+                    Ticket::default()
+                } else {
+                    routed_up_to.fetch_max(sequence, Ordering::AcqRel);
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    route(&shared, &message, sequence)
                 };
-                route(&shared, &message)
-            };
             if acks_tx.send((ticket, message)).await.is_err() {
                 return;
             }
@@ -355,19 +489,26 @@ async fn route_stream(
 
 /// Routes a message of the stream to this node's clients; returns the store's ticket for
 /// what that wrote.
-fn route(shared: &Shared, message: &jetstream::Message) -> Ticket {
+fn route(shared: &Shared, message: &jetstream::Message, sequence: u64) -> Ticket {
     let topic = subject::stream_subject_topic(message.subject.as_str());
     let Some((sender, publish)) = received(topic, message.payload.clone()) else {
         return Ticket::default();
     };
-    shared.publish_received(sender.as_deref(), &publish)
+    let cursor = (sequence != 0).then(|| Change::PutCursor {
+        name: CURSOR.into(),
+        position: sequence,
+    });
+    shared.publish_received(sender.as_deref(), &publish, cursor)
 }
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One
-/// whose write failed is left unacknowledged: the stream delivers it again after its ack wait.
+/// whose write failed is left unacknowledged: the stream delivers it again after its ack wait,
+/// and `routed_up_to` (when the reader skips what it routed) goes back before it so that it
+/// is routed then.
 pub(super) async fn acknowledge(
     mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>,
     shared: Weak<Shared>,
+    routed_up_to: Option<Arc<AtomicU64>>,
 ) {
     while let Some((ticket, message)) = acks.recv().await {
         let Some(shared) = shared.upgrade() else {
@@ -375,6 +516,12 @@ pub(super) async fn acknowledge(
         };
         if let Err(error) = shared.durable(ticket).await {
             warn!(%error, "cluster: a message from the stream was not stored here; not acknowledged");
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            if let Some(routed_up_to) = &routed_up_to
+                && sequence != 0
+            {
+                routed_up_to.fetch_min(sequence - 1, Ordering::AcqRel);
+            }
             continue;
         }
         drop(shared);

@@ -28,6 +28,7 @@ struct State {
     queues: BTreeMap<(Arc<str>, u64), QueueEntry>,
     inbound: BTreeSet<(Arc<str>, PacketId)>,
     retained: BTreeMap<String, Arc<StoredMessage>>,
+    cursors: HashMap<String, u64>,
     next_ticket: u64,
 }
 
@@ -100,6 +101,9 @@ impl State {
             Change::DeleteRetained(topic) => {
                 self.retained.remove(topic.as_str());
             }
+            Change::PutCursor { name, position } => {
+                self.cursors.insert(name.to_string(), position);
+            }
         }
     }
 
@@ -168,6 +172,7 @@ impl Store for MemoryStore {
                 .map(|message| (**message).clone())
                 .collect(),
             next_message_id: state.messages.keys().max().map_or(0, |id| id + 1),
+            cursors: state.cursors.clone(),
         })
     }
 

@@ -23,6 +23,7 @@ mod disk;
 mod memory;
 pub(crate) mod record;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -151,6 +152,15 @@ pub enum Change {
     PutRetained(Arc<StoredMessage>),
     /// Removes the retained message of a topic.
     DeleteRetained(TopicName),
+    /// Records how far the broker has read a feed it routes from (a cluster node's place in
+    /// the stream of QoS 1 and 2 messages), in the same group as what routing it wrote: after
+    /// a crash, what the feed gives again up to there was routed already.
+    PutCursor {
+        /// The feed.
+        name: Arc<str>,
+        /// The last position read and routed.
+        position: u64,
+    },
 }
 
 /// A session as loaded at start.
@@ -177,6 +187,8 @@ pub struct Loaded {
     pub retained: Vec<StoredMessage>,
     /// The first message identifier not in use.
     pub next_message_id: MessageId,
+    /// Each feed's cursor ([`Change::PutCursor`]).
+    pub cursors: HashMap<String, u64>,
 }
 
 /// A queue entry with its number and message, as [`Store::read_queue`] reads it.
@@ -240,7 +252,7 @@ pub const COMMIT_SECONDS_BUCKETS: [f64; 14] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Transactions committed (each one sync to disk).
+    /// Transactions committed (each durable on disk when it returns).
     pub commits: u64,
     /// Changes committed.
     pub changes: u64,
@@ -252,6 +264,9 @@ pub struct StoreStats {
     pub commit_seconds: [u64; COMMIT_SECONDS_BUCKETS.len() + 1],
     /// The time all of them took.
     pub commit_time: Duration,
+    /// Syncs of the store's files to the disk (`fdatasync`): with redb's quick repair, two per
+    /// commit, and a few when the store opens or closes.
+    pub syncs: u64,
 }
 
 impl StoreStats {

@@ -1319,6 +1319,45 @@ def scenario_cross(args):
     return result
 
 
+def scenario_cross_node(args):
+    """Publisher on one cluster node (--port), subscriber on another (--sub-port): QoS 0, 1
+    and 2 messages each arrive once, at their QoS, in order per QoS. QoS 0 crosses on core
+    NATS once the subscriber's node has subscribed there, shortly after SUBACK: probes first."""
+    if not args.sub_port:
+        raise Failure("cross_node needs --sub-port")
+    prefix = f"interop/{args.run}/cross-node/"
+    there = argparse.Namespace(**vars(args))
+    there.port = args.sub_port
+    subscriber = Peer(there, "sub")
+    subscriber.connect()
+    granted = subscriber.subscribe(prefix + "#", 2)
+    publisher = Peer(args, "pub")
+    publisher.connect()
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        publisher.publish(prefix + "probe", "probe", 0)
+        try:
+            if subscriber.messages.get(timeout=0.05).payload == b"probe":
+                break
+        except queue.Empty:
+            pass
+        if time.monotonic() > deadline:
+            raise Failure(f"no probe crossed within {TIMEOUT}s")
+    count = 5
+    for qos in (0, 1, 2):
+        for i in range(count):
+            publisher.publish(f"{prefix}{qos}", f"{qos}-{i}", qos)
+    got = [m for m in subscriber.receive_until("2-4", "the messages") + subscriber.drain()
+           if m["payload"] != "probe"]
+    by_qos = {}
+    for message in got:
+        by_qos.setdefault(message["topic"][len(prefix):], []).append(
+            [message["payload"], message["qos"]])
+    for peer in (subscriber, publisher):
+        peer.disconnect()
+    return {"granted": [granted], "received": by_qos}
+
+
 def scenario_unicode(args):
     """UTF-8 topics and filters, and binary payloads, arrive unchanged (MQTT 1.5.3/1.5.4)."""
     prefix = f"interop/{args.run}/ünïcødé/"
@@ -1696,6 +1735,7 @@ SCENARIOS = {
     "will": scenario_will,
     "shared": scenario_shared,
     "alias": scenario_alias,
+    "cross_node": scenario_cross_node,
     "resume": scenario_resume,
 }
 
@@ -1709,6 +1749,7 @@ def main():
     parser.add_argument("--path", default="/mqtt", help="WebSocket path")
     parser.add_argument("--tcp-port", type=int, help="the TCP port, for scenarios using both")
     parser.add_argument("--ws-port", type=int, help="the WebSocket port, for scenarios using both")
+    parser.add_argument("--sub-port", type=int, help="another node's port, for cross_node")
     parser.add_argument("--version", choices=["31", "311", "5"], default="311")
     args = parser.parse_args()
     args.run = uuid.uuid4().hex[:10]
