@@ -14,7 +14,8 @@ use rallymq_test_support::NatsServer;
 use support::cluster::{PROBE, node, subscribed_client};
 use support::{
     TestClient, WAIT, connect_packet, connected_present, message, payload_str,
-    payloads_until_quiet, persistent_connect, start_broker, subscription, tcp_addr, topic_str,
+    payloads_until_quiet, persistent_connect, recv_until_quiet, start_broker, subscription,
+    tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
@@ -41,25 +42,17 @@ async fn collect(
     client: &mut TestClient<TcpStream>,
     expected: usize,
 ) -> BTreeMap<(String, String), usize> {
-    let deadline = Instant::now() + WAIT;
     let mut received = BTreeMap::new();
-    let mut count = 0;
-    loop {
-        let wait = if count >= expected {
-            QUIET
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let Some(publish) = client.recv_within(wait).await else {
-            return received;
-        };
+    recv_until_quiet(client, expected, WAIT, QUIET, |publish| {
         let payload = payload_str(&publish);
         if payload.starts_with(PROBE) {
-            continue;
+            return false;
         }
-        count += 1;
         *received.entry((topic_str(&publish), payload)).or_insert(0) += 1;
-    }
+        true
+    })
+    .await;
+    received
 }
 
 /// `n` numbered messages on each topic, as [`collect`] counts them (one copy each).

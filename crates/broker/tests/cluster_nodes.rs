@@ -24,8 +24,8 @@ use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
 use support::{
-    TestClient, WAIT, connect_packet, http, message, payload_str, persistent_connect, start_broker,
-    subscription, tcp_addr, topic_str,
+    TestClient, WAIT, connect_packet, http, message, payload_str, persistent_connect,
+    recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
@@ -255,26 +255,19 @@ async fn collect_wills(
     expected: usize,
     within: Duration,
 ) -> BTreeMap<String, (usize, Instant)> {
-    let deadline = Instant::now() + within;
     let mut received: BTreeMap<String, (usize, Instant)> = BTreeMap::new();
-    loop {
-        let count: usize = received.values().map(|(n, _)| n).sum();
-        let wait = if count >= expected {
-            QUIET
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let Some(publish) = client.recv_within(wait).await else {
-            return received;
-        };
+    recv_until_quiet(client, expected, within, QUIET, |publish| {
         if payload_str(&publish).starts_with(PROBE) {
-            continue;
+            return false;
         }
         let entry = received
             .entry(topic_str(&publish))
             .or_insert((0, Instant::now()));
         entry.0 += 1;
-    }
+        true
+    })
+    .await;
+    received
 }
 
 /// A client of `node` subscribed to `wills/#` at QoS 1.

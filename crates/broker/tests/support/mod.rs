@@ -346,18 +346,39 @@ pub async fn payloads_until_quiet(
     expected: usize,
     quiet: Duration,
 ) -> Vec<String> {
-    let deadline = Instant::now() + 2 * WAIT;
     let mut received = Vec::new();
+    recv_until_quiet(client, expected, 2 * WAIT, quiet, |publish| {
+        received.push(payload_str(&publish));
+        true
+    })
+    .await;
+    received
+}
+
+/// Hands each message `client` receives to `take` (which says whether it counts) until
+/// `expected` have counted and then nothing came for `quiet` (a duplicate would have), or
+/// `within` ended first.
+pub async fn recv_until_quiet(
+    client: &mut TestClient<TcpStream>,
+    expected: usize,
+    within: Duration,
+    quiet: Duration,
+    mut take: impl FnMut(Publish) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    let mut count = 0;
     loop {
-        let wait = if received.len() >= expected {
+        let wait = if count >= expected {
             quiet
         } else {
             deadline.saturating_duration_since(Instant::now())
         };
         let Some(publish) = client.recv_within(wait).await else {
-            return received;
+            return;
         };
-        received.push(payload_str(&publish));
+        if take(publish) {
+            count += 1;
+        }
     }
 }
 
