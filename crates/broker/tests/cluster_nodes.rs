@@ -24,8 +24,8 @@ use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
 use support::{
-    TestClient, WAIT, connect_packet, http, message, payload_str, persistent_connect,
-    recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
+    TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
+    persistent_connect, recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
@@ -528,8 +528,7 @@ async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_
     // restart, as the single node counts it) is not published again.
     let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
     watcher.expect_silence(Duration::from_secs(4)).await;
-    let (_client, present) =
-        support::connected_present(a.addr, persistent_connect(V5, "kept", 60)).await;
+    let (_client, present) = connected_present(a.addr, persistent_connect(V5, "kept", 60)).await;
     assert!(present, "the session was restored from the store");
 }
 
@@ -575,4 +574,40 @@ async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_no
         keys(&wills).await.is_empty().then_some(())
     })
     .await;
+}
+
+/// A client of a killed node that connects again to its session on another node before its
+/// will's delay has passed: the will is not sent; one that does not come back has its will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_3_9_will_not_sent_when_the_session_resumes_on_another_node_within_the_delay()
+ {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", true).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let mut watcher = will_watcher(&b).await;
+    let mut prober = connect(tcp_addr(&b), connect_packet(V5, "prober")).await;
+    warm_up(&mut prober, &mut watcher).await;
+
+    let _back = connect(a.addr, with_will("back", QoS::AtLeastOnce, false, 8)).await;
+    let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 8)).await;
+    let (_, wills) = buckets(&nats).await;
+    eventually("both wills recorded", WAIT, async || {
+        (keys(&wills).await.len() == 2).then_some(())
+    })
+    .await;
+
+    a.kill();
+    // "back" connects to its session again, on B, well inside its 8 s delay.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut resumed = persistent_connect(V5, "back", 60);
+    resumed.clean_start = false;
+    let (_back_on_b, present) = connected_present(tcp_addr(&b), resumed).await;
+    assert!(present, "the session resumed on B from the sessions bucket");
+
+    let received = collect_wills(&mut watcher, 1, DETECTION + Duration::from_secs(8)).await;
+    assert_eq!(
+        copies(&received),
+        copies_of(&["wills/gone"]),
+        "the will of the client that came back is not sent, the other's is"
+    );
 }

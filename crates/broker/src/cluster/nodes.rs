@@ -500,6 +500,7 @@ impl Nodes {
             };
             let due = died + Duration::from_secs(u64::from(delay));
             let bucket = self.wills_bucket.clone();
+            let dead = id.to_owned();
             let shared = shared.clone();
             tokio::spawn(async move {
                 let Some(mut shutdown) = shared.upgrade().map(|s| s.shutdown.clone()) else {
@@ -509,6 +510,21 @@ impl Nodes {
                     () = tokio::time::sleep_until(due.into()) => {}
                     // The record stays: this node's own death makes another publish it.
                     _ = shutdown.changed() => return,
+                }
+                // A delayed will is not sent when its client made a new connection to the
+                // session before the delay ended [MQTT-3.1.3-9], here on another node.
+                let link = shared
+                    .upgrade()
+                    .and_then(|shared| shared.cluster.get().cloned());
+                if delay > 0
+                    && let Some(link) = link
+                    && link.sessions().resumed_elsewhere(&client_id, &dead).await
+                {
+                    debug!(%client_id, "cluster: a dead node's client came back elsewhere; its will is not sent");
+                    if let Err(error) = bucket.delete(&key).await {
+                        warn!(%error, %key, "cluster: a dropped will's record was not deleted");
+                    }
+                    return;
                 }
                 let Some(shared) = shared.upgrade() else {
                     return;

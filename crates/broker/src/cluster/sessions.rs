@@ -401,6 +401,23 @@ impl Sessions {
         }
     }
 
+    /// Whether `client_id`'s session lives on in another node than `left`: a client whose node
+    /// died came back elsewhere (its claim made that node the owner) and its session was kept.
+    /// `false` when the bucket does not answer.
+    pub(crate) async fn resumed_elsewhere(&self, client_id: &str, left: &str) -> bool {
+        match self.bucket.entry(subject::token(client_id)).await {
+            Ok(Some(entry)) if entry.operation == Operation::Put => {
+                decode_value(client_id, &entry.value)
+                    .is_some_and(|previous| previous.owner != left && previous.record.is_some())
+            }
+            Ok(_) => false,
+            Err(error) => {
+                debug!(%error, "cluster: reading a session's owner");
+                false
+            }
+        }
+    }
+
     /// Writes the record of a session this node owns (in order, after the writes before it).
     pub(crate) fn save(&self, record: &SessionRecord) {
         self.queue(&record.client_id, Some(record.clone()));
