@@ -179,28 +179,11 @@ fn main() -> ExitCode {
         Setup::CrossNode,
         Setup::CrossShared,
     ];
-    let mut results: Vec<Vec<Measured>> = setups.iter().map(|_| Vec::new()).collect();
-    for round in 0..options.rounds {
-        for (i, setup) in setups.iter().enumerate() {
-            match runtime.block_on(measure(*setup, &nats, &options)) {
-                Ok(measured) => {
-                    println!(
-                        "round {} {:>13}: {:>9.0} msg/s  p50 {:>8.2?}  p99 {:>8.2?}",
-                        round + 1,
-                        setup.name(),
-                        measured.rate,
-                        measured.p50,
-                        measured.p99
-                    );
-                    results[i].push(measured);
-                }
-                Err(error) => {
-                    eprintln!("{}: {error}", setup.name());
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    }
+    let Some(results) = measure_rounds(&runtime, &setups, options.rounds, "", |setup| {
+        measure(setup, &nats, &options)
+    }) else {
+        return ExitCode::FAILURE;
+    };
     println!(
         "\nmedians over {} rounds ({} publishers, window {}, {:?} each; load {}):",
         options.rounds,
@@ -807,38 +790,65 @@ async fn qos1_publisher(
     Ok(())
 }
 
-/// `--mode qos1`: [`qos1_load`] single node and cross-node, `rounds` times; prints each round
-/// and the medians.
-fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Options) -> ExitCode {
-    let mut results: Vec<Vec<Measured>> = SINGLE_AND_CROSS.iter().map(|_| Vec::new()).collect();
-    for round in 0..options.rounds {
-        for (s, setup) in SINGLE_AND_CROSS.iter().enumerate() {
-            let load = qos1_load(
-                *setup,
-                nats,
-                options.publishers,
-                options.window,
-                options.duration,
-            );
-            match runtime.block_on(load) {
+/// Measures each of `setups` with `load`, `rounds` times over, and prints each result after
+/// `label`: the results per setup, or `None` once one failed (said on stderr).
+fn measure_rounds<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    setups: &[Setup],
+    rounds: usize,
+    label: &str,
+    mut load: F,
+) -> Option<Vec<Vec<Measured>>>
+where
+    F: FnMut(Setup) -> Fut,
+    Fut: Future<Output = io::Result<Measured>>,
+{
+    let mut results: Vec<Vec<Measured>> = setups.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, setup) in setups.iter().enumerate() {
+            match runtime.block_on(load(*setup)) {
                 Ok(measured) => {
                     println!(
-                        "round {} qos1 {:>10}: {:>8.0} msg/s  p50 {:>8.2?}  p99 {:>8.2?}",
+                        "round {} {label}{:>13}: {:>9.0} msg/s  p50 {:>8.2?}  p99 {:>8.2?}",
                         round + 1,
                         setup.name(),
                         measured.rate,
                         measured.p50,
                         measured.p99
                     );
-                    results[s].push(measured);
+                    results[i].push(measured);
                 }
                 Err(error) => {
-                    eprintln!("qos1 {}: {error}", setup.name());
-                    return ExitCode::FAILURE;
+                    eprintln!("{label}{}: {error}", setup.name());
+                    return None;
                 }
             }
         }
     }
+    Some(results)
+}
+
+/// `--mode qos1`: [`qos1_load`] single node and cross-node, `rounds` times; prints each round
+/// and the medians.
+fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Options) -> ExitCode {
+    let measured = measure_rounds(
+        runtime,
+        &SINGLE_AND_CROSS,
+        options.rounds,
+        "qos1 ",
+        |setup| {
+            qos1_load(
+                setup,
+                nats,
+                options.publishers,
+                options.window,
+                options.duration,
+            )
+        },
+    );
+    let Some(results) = measured else {
+        return ExitCode::FAILURE;
+    };
     println!(
         "\nQoS 1 medians over {} rounds ({} publishers, {QOS1_WINDOW} unacknowledged each, \
          window {}, {:?} each; load {}):",
