@@ -702,3 +702,47 @@ async fn cluster_mqtt_4_3_3_qos2_crosses_exactly_once_across_restarts_of_the_rec
         "each QoS 2 message once, in order"
     );
 }
+
+/// A node that comes back with its store to a stream made anew (a new NATS cluster) does not
+/// skip the new stream's first messages as if it had routed them: its kept place was in the
+/// old stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_back_with_its_store_to_a_new_stream_reads_it_from_the_start() {
+    let dir = DataDir::new("new-stream");
+    let connect = || persistent_connect(ProtocolVersion::V5, "b-new-stream", 600);
+    let old_nats = NatsServer::start();
+    let a = node(&[&old_nats]).await;
+    let b = stored_node(&[&old_nats], "node-b3", &dir).await;
+    let (mut sub, _) = subscriber(&b, connect(), &["n/#"], QoS::AtLeastOnce).await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub-n")).await;
+    publish_acknowledged(
+        &mut publisher,
+        "n/1",
+        numbered("old-", 0..20),
+        QoS::AtLeastOnce,
+    )
+    .await;
+    assert_eq!(payloads(&mut sub, 20).await, numbered("old-", 0..20));
+    sub.disconnect(ReasonCode::Success).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    drop(publisher);
+    a.shutdown(Duration::from_secs(1)).await;
+    drop(old_nats);
+
+    let new_nats = NatsServer::start();
+    let a = node(&[&new_nats]).await;
+    let b = stored_node(&[&new_nats], "node-b3", &dir).await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "a-pub-n")).await;
+    publish_acknowledged(
+        &mut publisher,
+        "n/1",
+        numbered("new-", 0..10),
+        QoS::AtLeastOnce,
+    )
+    .await;
+    let (mut sub, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "the session was kept on B's disk");
+    assert_eq!(payloads(&mut sub, 10).await, numbered("new-", 0..10));
+}

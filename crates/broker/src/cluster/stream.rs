@@ -272,6 +272,8 @@ impl Writer {
 pub(super) struct Parts {
     context: jetstream::Context,
     consumer: consumer::PullConsumer,
+    /// The stream's last sequence when this node opened it.
+    last_sequence: u64,
     outgoing: mpsc::Receiver<Outgoing>,
 }
 
@@ -296,11 +298,12 @@ pub(super) async fn open_stream(
     let name = consumer_name(node_id);
     // Said once, not at every try.
     let warned = std::sync::atomic::AtomicBool::new(false);
-    let consumer = with_retries("no stream for QoS 1 and 2 messages", || async {
+    let (consumer, last_sequence) = with_retries("no stream for QoS 1 and 2 messages", || async {
         let stream = context
             .get_or_create_stream(config.clone())
             .await
             .map_err(|e| e.to_string())?;
+        let last_sequence = stream.cached_info().state.last_sequence;
         let differences = differences(&stream.cached_info().config, &config);
         if !differences.is_empty() && !warned.swap(true, Ordering::Relaxed) {
             warn!(
@@ -337,6 +340,7 @@ pub(super) async fn open_stream(
                 ..consumer::pull::Config::default()
             })
             .await
+            .map(|consumer| (consumer, last_sequence))
             .map_err(|e| e.to_string())
     })
     .await?;
@@ -346,6 +350,7 @@ pub(super) async fn open_stream(
         Parts {
             context,
             consumer,
+            last_sequence,
             outgoing,
         },
     ))
@@ -363,7 +368,12 @@ impl Parts {
     ) {
         (
             write_stream(self.context, node_id.to_owned(), self.outgoing),
-            read_stream(self.consumer, node_id.to_owned(), shared),
+            read_stream(
+                self.consumer,
+                self.last_sequence,
+                node_id.to_owned(),
+                shared,
+            ),
         )
     }
 }
@@ -408,14 +418,30 @@ async fn write_stream(
 
 /// Reads this node's consumer: routes other nodes' messages here and acknowledges each once
 /// what routing wrote is durable.
-async fn read_stream(consumer: consumer::PullConsumer, node_id: String, shared: Weak<Shared>) {
+async fn read_stream(
+    consumer: consumer::PullConsumer,
+    last_sequence: u64,
+    node_id: String,
+    shared: Weak<Shared>,
+) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
-    let Some(restored) = shared
+    let Some(mut restored) = shared
         .upgrade()
         .map(|shared| shared.restored_cursor(CURSOR))
     else {
         return;
     };
+    // A stream's sequence never goes back: one that ends before this node's kept place in it
+    // is not the stream the place was kept for (it was made anew), and would have its
+    // messages skipped.
+    if restored > last_sequence {
+        warn!(
+            cursor = restored,
+            last_sequence,
+            "cluster: the stream ends before this node's kept place in it (made anew?); reading it all"
+        );
+        restored = 0;
+    }
     let routed_up_to = Arc::new(AtomicU64::new(restored));
     // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
     // went on waiting for the store with the broker's state in hand, and a broker restarted
