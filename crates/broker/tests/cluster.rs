@@ -554,17 +554,7 @@ async fn cluster_mqtt_4_3_2_qos1_crosses_nodes_at_least_once_in_order_through_th
 
 /// How many messages the stream of QoS 1 and 2 messages holds, from the server's `/jsz`.
 fn stream_messages(nats: &NatsServer) -> Option<u64> {
-    let body = nats.monitor("/jsz?accounts=true&streams=true")?;
-    let (_, rest) = body
-        .split_once("\"name\": \"rallymq_messages\"")
-        .or_else(|| body.split_once("\"name\":\"rallymq_messages\""))?;
-    let (_, rest) = rest.split_once("\"messages\":")?;
-    let digits: String = rest
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    nats.stream_detail("rallymq_messages")?["state"]["messages"].as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -438,18 +438,10 @@ impl NatsServer {
 
     /// How many routes the server has now (0 if its monitoring port does not answer).
     pub fn routes(&self) -> usize {
-        let body = self.monitor("/routez").unwrap_or_default();
-        body.split("\"num_routes\":")
-            .nth(1)
-            .and_then(|rest| {
-                let digits: String = rest
-                    .trim_start()
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                digits.parse().ok()
-            })
-            .unwrap_or(0)
+        self.monitor("/routez")
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|routez| routez["num_routes"].as_u64())
+            .map_or(0, |routes| routes as usize)
     }
 }
 
