@@ -302,35 +302,9 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
         let received = received.clone();
         let stop = stop.clone();
         let measuring = measuring.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let read = tokio::time::timeout(
-                    Duration::from_millis(100),
-                    subscriber.io.read_buf(&mut subscriber.buf),
-                )
-                .await;
-                match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(_)) => {}
-                    Err(_) => continue,
-                }
-                let now = epoch.elapsed().as_nanos() as u64;
-                while let Ok(Some(packet)) =
-                    rallymq_codec::decode(&mut subscriber.buf, VERSION, &limits)
-                {
-                    if let Packet::Publish(publish) = packet {
-                        received.fetch_add(1, Ordering::Relaxed);
-                        if measuring.load(Ordering::Relaxed) && publish.payload.len() >= 8 {
-                            let mut at = [0u8; 8];
-                            at.copy_from_slice(&publish.payload[..8]);
-                            latencies.push(now.saturating_sub(u64::from_be_bytes(at)));
-                        }
-                    }
-                }
-            }
-            latencies
-        })
+        tokio::spawn(read_stamped(
+            subscriber, epoch, stop, received, measuring, false,
+        ))
     };
     let mut writers = Vec::new();
     for (i, mut publisher) in publishers.into_iter().enumerate() {
@@ -378,14 +352,10 @@ async fn measure(setup: Setup, nats: &NatsServer, options: &Options) -> io::Resu
     }
     let mut latencies = reader.await.map_err(io::Error::other)?;
     latencies.sort_unstable();
-    let at = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        Duration::from_nanos(latencies.get(i).copied().unwrap_or(0))
-    };
     let measured = Measured {
         rate: count as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
+        p50: quantile(&latencies, 0.50),
+        p99: quantile(&latencies, 0.99),
     };
     a.shutdown(Duration::from_millis(200)).await;
     if let Some(b) = b {
@@ -413,6 +383,57 @@ const IDLE_CONNECTIONS: usize = 1000;
 const SINGLE_AND_CROSS: [Setup; 2] = [Setup::Single, Setup::CrossNode];
 
 /// The `p`-quantile of sorted `values`.
+/// Reads `subscriber`'s messages until `stop` or the end of its connection, counting them in
+/// `received`; while `measuring`, takes each one's latency from the send time stamped in its
+/// first 8 bytes (nanoseconds since `epoch`). Acknowledges QoS 1 messages when `acknowledge`.
+async fn read_stamped(
+    mut subscriber: Client,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    measuring: Arc<AtomicBool>,
+    acknowledge: bool,
+) -> Vec<Duration> {
+    let limits = Limits::default();
+    let mut latencies = Vec::new();
+    let mut acks = BytesMut::new();
+    while !stop.load(Ordering::Relaxed) {
+        let read = tokio::time::timeout(
+            Duration::from_millis(100),
+            subscriber.io.read_buf(&mut subscriber.buf),
+        )
+        .await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => continue,
+        }
+        let now = epoch.elapsed().as_nanos() as u64;
+        while let Ok(Some(packet)) = rallymq_codec::decode(&mut subscriber.buf, VERSION, &limits) {
+            let Packet::Publish(publish) = packet else {
+                continue;
+            };
+            received.fetch_add(1, Ordering::Relaxed);
+            if acknowledge && let Some(id) = publish.packet_id {
+                encode(&Packet::PubAck(rallymq_codec::Ack::new(id)), &mut acks);
+            }
+            if measuring.load(Ordering::Relaxed) && publish.payload.len() >= 8 {
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&publish.payload[..8]);
+                let sent = u64::from_be_bytes(at);
+                latencies.push(Duration::from_nanos(now.saturating_sub(sent)));
+            }
+        }
+        if !acks.is_empty() {
+            if subscriber.io.write_all(&acks).await.is_err() {
+                break;
+            }
+            acks.clear();
+        }
+    }
+    latencies
+}
+
 fn quantile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or_default()
@@ -636,49 +657,9 @@ async fn qos1_load(
     let measuring = Arc::new(AtomicBool::new(false));
     let reader = {
         let (received, stop, measuring) = (received.clone(), stop.clone(), measuring.clone());
-        tokio::spawn(async move {
-            let limits = Limits::default();
-            let mut latencies = Vec::new();
-            let mut acks = BytesMut::new();
-            while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(
-                    Duration::from_millis(100),
-                    subscriber.io.read_buf(&mut subscriber.buf),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(_)) => {}
-                    Err(_) => continue,
-                }
-                let now = epoch.elapsed().as_nanos() as u64;
-                while let Ok(Some(packet)) =
-                    rallymq_codec::decode(&mut subscriber.buf, VERSION, &limits)
-                {
-                    let Packet::Publish(publish) = packet else {
-                        continue;
-                    };
-                    received.fetch_add(1, Ordering::Relaxed);
-                    if let Some(id) = publish.packet_id {
-                        encode(&Packet::PubAck(rallymq_codec::Ack::new(id)), &mut acks);
-                    }
-                    if measuring.load(Ordering::Relaxed) && publish.payload.len() >= 8 {
-                        let mut at = [0u8; 8];
-                        at.copy_from_slice(&publish.payload[..8]);
-                        latencies.push(Duration::from_nanos(
-                            now.saturating_sub(u64::from_be_bytes(at)),
-                        ));
-                    }
-                }
-                if !acks.is_empty() {
-                    if subscriber.io.write_all(&acks).await.is_err() {
-                        break;
-                    }
-                    acks.clear();
-                }
-            }
-            latencies
-        })
+        tokio::spawn(read_stamped(
+            subscriber, epoch, stop, received, measuring, true,
+        ))
     };
     let mut writers = Vec::new();
     for p in 0..publishers {
@@ -1114,11 +1095,7 @@ async fn connect_latencies(
         }
     }
     latencies.sort_unstable();
-    let at = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies.get(i).copied().unwrap_or_default()
-    };
-    let measured = (at(0.50), at(0.99));
+    let measured = (quantile(&latencies, 0.50), quantile(&latencies, 0.99));
     a.shutdown(Duration::from_millis(200)).await;
     if let Some(b) = b {
         b.shutdown(Duration::from_millis(200)).await;
