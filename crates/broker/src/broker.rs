@@ -414,8 +414,8 @@ impl Shared {
         let Some(store) = &self.store else {
             return Ok((wills, bridges));
         };
-        let loaded = store.load()?;
-        let _ = self.restored_cursors.set(loaded.cursors.clone());
+        let mut loaded = store.load()?;
+        let _ = self.restored_cursors.set(std::mem::take(&mut loaded.cursors));
         self.next_message_id
             .store(loaded.next_message_id, Ordering::Relaxed);
         let now = Instant::now();
