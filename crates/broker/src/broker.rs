@@ -415,7 +415,9 @@ impl Shared {
             return Ok((wills, bridges));
         };
         let mut loaded = store.load()?;
-        let _ = self.restored_cursors.set(std::mem::take(&mut loaded.cursors));
+        let _ = self
+            .restored_cursors
+            .set(std::mem::take(&mut loaded.cursors));
         self.next_message_id
             .store(loaded.next_message_id, Ordering::Relaxed);
         let now = Instant::now();
