@@ -7,15 +7,17 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rallymq_broker::{BrokerHandle, ClusterConfig, StreamSettings};
-use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
+use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode};
+use rallymq_session::{ClientConfig, ClientEvent};
 use rallymq_test_support::{NatsServer, wait_for_stream_leader};
 use support::{
-    TestClient, connect_packet, connected_present, message, payload_str, persistent_connect,
+    TestClient, WAIT, connect_packet, connected_present, message, payload_str, persistent_connect,
     start_broker, subscription, tcp_addr,
 };
 use tokio::net::TcpStream;
@@ -374,7 +376,9 @@ async fn cluster_qos1_refused_without_stream_quorum_and_acknowledged_again_once_
     servers[1].restart();
     servers[2].restart();
     let tries = publish_until_acknowledged(&mut v5, "after").await;
-    let (mut v3, _) = TestClient::tcp(
+    // A CONNECT claims its client id in the sessions bucket, whose own leader may still be
+    // being elected: refused (or unanswered) meanwhile, it is tried again, as a client does.
+    let mut v3 = connect_until_accepted(
         tcp_addr(&a),
         connect_packet(ProtocolVersion::V3_1_1, "pub-3"),
     )
@@ -392,4 +396,24 @@ async fn cluster_qos1_refused_without_stream_quorum_and_acknowledged_again_once_
         firsts, expected,
         "what is acknowledged after the return crosses ({tries} tries; received {received:?})"
     );
+}
+
+/// Connects until the broker accepts (CONNACK 0x00), each try bounded, all within [`RECOVERY`].
+async fn connect_until_accepted(addr: SocketAddr, connect: Connect) -> TestClient<TcpStream> {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let stream = TcpStream::connect(addr).await.expect("TCP connect");
+        let config = ClientConfig::new(connect.clone());
+        let tried = TestClient::over_with_within(stream, config, WAIT * 2).await;
+        if let Some((client, ClientEvent::Connected { connack, .. })) = tried
+            && connack.reason_code == ReasonCode::Success
+        {
+            return client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not accept a CONNECT within {RECOVERY:?} of the servers' return"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -123,6 +123,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
     /// As [`over`](Self::over), with a whole client configuration (manual acknowledgements,
     /// say).
     pub async fn over_with(io: IO, config: ClientConfig) -> (Self, ClientEvent) {
+        Self::over_with_within(io, config, WAIT)
+            .await
+            .expect("CONNACK or close in time")
+    }
+
+    /// As [`over_with`](Self::over_with), waiting `within` for CONNACK or the close; `None`
+    /// when neither came.
+    pub async fn over_with_within(
+        io: IO,
+        config: ClientConfig,
+        within: Duration,
+    ) -> Option<(Self, ClientEvent)> {
         let epoch = Instant::now();
         let resumes = !config.connect.clean_start;
         let mut client = Self {
@@ -138,10 +150,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
         };
         client.engine.connect(client.now()).unwrap();
         let event = client
-            .wait_for(|e| matches!(e, ClientEvent::Connected { .. } | ClientEvent::Closed(_)))
-            .await
-            .expect("CONNACK or close in time");
-        (client, event)
+            .wait_for_within(within, |e| {
+                matches!(e, ClientEvent::Connected { .. } | ClientEvent::Closed(_))
+            })
+            .await?;
+        Some((client, event))
     }
 
     fn now(&self) -> Timestamp {
