@@ -304,10 +304,18 @@ impl Driver {
                             Box::pin(linger(&mut io)).await;
                         }
                         transport_open = false;
-                    } else if self.engine.pending_messages() == (0, 0) {
-                        // Nothing in flight and everything written: the connection is quiet,
-                        // so it keeps no buffers while it waits.
-                        self.engine.shrink_buffers();
+                    } else {
+                        // Read first: whatever was routed up to it is by now queued here, in
+                        // the engine, or acknowledged.
+                        let position = self.shared.cluster.get().map(|c| c.routed_position());
+                        if self.engine.pending_messages() == (0, 0) {
+                            // Nothing in flight and everything written: the connection is
+                            // quiet, so it keeps no buffers while it waits.
+                            self.engine.shrink_buffers();
+                            if let (Some(position), Some(session)) = (position, &self.session) {
+                                session.advance_cursor(position, 0);
+                            }
+                        }
                     }
                 }
                 if self.engine.is_closed()
@@ -1269,6 +1277,7 @@ impl Driver {
                 stored_at,
                 &self.shared.config.limits,
                 persisting.as_mut(),
+                &crate::session::Origin::Local,
             );
             if outcome.dropped {
                 self.shared.stats.dropped(Dropped::QueueFull, 1);

@@ -611,3 +611,106 @@ async fn cluster_mqtt_3_1_3_9_will_not_sent_when_the_session_resumes_on_another_
         "the will of the client that came back is not sent, the other's is"
     );
 }
+
+/// Whether a PUBACK's reason code acknowledges (a node with no subscriber of its own says
+/// 0x10, the message crosses all the same).
+fn acknowledged(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+    )
+}
+
+/// Whether `payloads` (`<publisher>-<n>`) hold each of `expected` exactly once, each
+/// publisher's in order; the first problem otherwise.
+fn once_in_order(payloads: &[String], expected: &[String]) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    let mut last: BTreeMap<&str, u32> = BTreeMap::new();
+    for payload in payloads {
+        *seen.entry(payload.as_str()).or_insert(0usize) += 1;
+        let (publisher, n) = payload.rsplit_once('-').ok_or(format!("{payload:?}"))?;
+        let n: u32 = n.parse().map_err(|_| format!("{payload:?}"))?;
+        if let Some(before) = last.insert(publisher, n)
+            && before >= n
+        {
+            return Err(format!("{payload} came after {publisher}-{before}"));
+        }
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|payload| !seen.contains_key(payload.as_str()))
+        .collect();
+    let twice: Vec<(&&str, &usize)> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    if missing.is_empty() && twice.is_empty() && seen.len() == expected.len() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing {missing:?}, more than once {twice:?}, {} distinct of {}",
+            seen.len(),
+            expected.len()
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_2_qos1_queued_on_a_killed_node_reaches_the_session_resumed_on_another_node()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-replay-store");
+    let data_dir = data.path("node-a");
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let b = in_process_node(&nats, "node-b", false).await;
+
+    // The subscriber's session lives on A, offline.
+    let (mut subscriber, present) =
+        connected_present(a.addr, persistent_connect(V5, "replayed", 600)).await;
+    assert!(!present);
+    subscriber
+        .subscribe(vec![subscription("q/#", QoS::AtLeastOnce)])
+        .await;
+    subscriber.disconnect(ReasonCode::Success).await;
+
+    // Queued for it on A: from B (through the stream) and from A itself.
+    let mut on_b = connect(tcp_addr(&b), connect_packet(V5, "pub-b")).await;
+    let mut on_a = connect(a.addr, connect_packet(V5, "pub-a")).await;
+    let mut expected = Vec::new();
+    for n in 0..20 {
+        let payload = format!("b-{n}");
+        let code = on_b
+            .publish(message("q/b", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    for n in 0..10 {
+        let payload = format!("a-{n}");
+        let code = on_a
+            .publish(message("q/a", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    // A has routed them into the session's queue (in its store) by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill();
+
+    let mut resume = persistent_connect(V5, "replayed", 600);
+    resume.clean_start = false;
+    let (mut subscriber, present) = connected_present(tcp_addr(&b), resume).await;
+    assert!(present, "the session resumed on B from the sessions bucket");
+    // Published while B replays the stream: held back, then queued once.
+    for n in 0..10 {
+        let payload = format!("c-{n}");
+        let code = on_b
+            .publish(message("q/c", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    let received = support::payloads_until_quiet(&mut subscriber, expected.len(), QUIET).await;
+    if let Err(problem) = once_in_order(&received, &expected) {
+        panic!(
+            "what A had queued, and what came since, once each in order: {problem}; got {received:?}"
+        );
+    }
+}
