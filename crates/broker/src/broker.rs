@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::PerIp;
-use crate::cluster::{self, Link};
+use crate::cluster::{self, Link, Written};
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::policy::Policy;
@@ -429,14 +429,22 @@ impl Shared {
     /// Writes the record of a persistent session (with a store; in a cluster, to the
     /// sessions bucket too).
     pub(crate) fn save_record(&self, session: &Session) -> Ticket {
+        self.save_record_everywhere(session).0
+    }
+
+    /// [`Shared::save_record`], with the sessions bucket's write to wait for, in a cluster.
+    pub(crate) fn save_record_everywhere(&self, session: &Session) -> (Ticket, Option<Written>) {
         let Some(record) = session.record() else {
-            return Ticket::default();
+            return (Ticket::default(), None);
         };
-        if let Some(cluster) = self.cluster.get() {
+        let written = self.cluster.get().map(|cluster| {
             let cursor = session.stream_cursor.load(Ordering::Acquire);
-            cluster.sessions().save(&record, cursor);
-        }
-        self.write(vec![Change::PutSession(Box::new(record))])
+            cluster.sessions().save(&record, cursor)
+        });
+        (
+            self.write(vec![Change::PutSession(Box::new(record))]),
+            written,
+        )
     }
 
     /// Deletes an ended session's record (from the store; in a cluster, from the sessions

@@ -206,6 +206,9 @@ struct Extras {
     acl: Option<ClientAcl>,
     /// The policy's ACL reload `acl` was made from.
     acl_generation: u64,
+    /// In a cluster: the sessions bucket's write of the record, which the next bytes
+    /// (CONNACK, SUBACK, UNSUBACK) wait for.
+    record_written: Option<crate::cluster::Written>,
     /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
     /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
     /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
@@ -571,6 +574,7 @@ impl Driver {
         self.drain_pending();
         let waiting = self.extras.as_deref().is_some_and(|extras| {
             !extras.acks.is_empty()
+                || extras.record_written.is_some()
                 || extras
                     .durability
                     .as_ref()
@@ -599,10 +603,17 @@ impl Driver {
             .map_or(Ticket::default(), |durability| {
                 std::mem::take(&mut durability.barrier)
             });
+        let record_written = extras.record_written.take();
         let last = acks.iter().map(|ack| ack.ticket).fold(barrier, Ticket::max);
         // Every ticket up to the last is decided once it is; the rest answer at once.
         let _ = self.shared.durable(last).await;
-        let barrier_held = self.shared.durable(barrier).await.is_ok();
+        let mut barrier_held = self.shared.durable(barrier).await.is_ok();
+        if let Some(written) = record_written
+            && !matches!(written.await, Ok(Ok(())))
+        {
+            // The cluster does not have what the next bytes tell the client it has.
+            barrier_held = false;
+        }
         let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
         for ack in acks {
             let stored = match self.shared.durable(ack.ticket).await {
@@ -862,6 +873,16 @@ impl Driver {
             .then(|| session.client_id.clone())
     }
 
+    /// Writes the session's record (to the store; in a cluster, to the sessions bucket too)
+    /// and makes both writes a condition for writing the next bytes.
+    fn save_record_before_next_bytes(&mut self, session: &Session) {
+        let (ticket, written) = self.shared.save_record_everywhere(session);
+        self.raise_barrier(ticket);
+        if let Some(written) = written {
+            self.extras.get_or_insert_default().record_written = Some(written);
+        }
+    }
+
     /// Makes `ticket` a condition for writing the next bytes.
     fn raise_barrier(&mut self, ticket: Ticket) {
         if let Some(durability) = durability_mut(&mut self.extras) {
@@ -1103,7 +1124,7 @@ impl Driver {
         }
         // The record as this connection made it (expiry, will; subscriptions if resumed),
         // durable before CONNACK: a client told its session is kept finds it after a crash
-        // (Session Present 1).
+        // (Session Present 1). (In a cluster, the claim wrote the bucket's record already.)
         let ticket = self.shared.save_record(&session);
         self.raise_barrier(ticket);
         if let Some(durability) = durability_mut(&mut self.extras) {
@@ -1283,9 +1304,9 @@ impl Driver {
                 self.shared.stats.dropped(Dropped::QueueFull, 1);
             }
         }
-        // The subscriptions are in the record before SUBACK goes out.
-        let ticket = self.shared.save_record(&session);
-        self.raise_barrier(ticket);
+        // The subscriptions are in the record (in a cluster, in the sessions bucket too)
+        // before SUBACK goes out.
+        self.save_record_before_next_bytes(&session);
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -1309,8 +1330,7 @@ impl Driver {
             codes,
             SubAckProperties::default(),
         );
-        let ticket = self.shared.save_record(&session);
-        self.raise_barrier(ticket);
+        self.save_record_before_next_bytes(&session);
     }
 
     /// Reads the head of a resumed session's queue from the store when no delivery in flight

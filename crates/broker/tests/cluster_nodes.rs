@@ -20,11 +20,13 @@ use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
-use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use rallymq_codec::{
+    Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
+};
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
 use support::{
-    TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
+    NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
     persistent_connect, recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
@@ -713,4 +715,57 @@ async fn cluster_mqtt_4_3_2_qos1_queued_on_a_killed_node_reaches_the_session_res
             "what A had queued, and what came since, once each in order: {problem}; got {received:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_4_a_subscription_acknowledged_by_a_killed_node_is_in_the_session_resumed_elsewhere()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-suback-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (mut subscriber, connack) =
+        Raw::connect(a.addr, persistent_connect(V5, "subscribed", 600)).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+
+    // While the sessions bucket cannot take the record, the SUBSCRIBE is not acknowledged
+    // (A's own store has it at once; the wait for the retained copy gives up after 1 s).
+    nats.pause();
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: vec![subscription("late/1", QoS::AtLeastOnce)],
+        }))
+        .await;
+    let early = subscriber.next_within(Duration::from_millis(2500)).await;
+    nats.resume();
+    assert_eq!(
+        early.map(|packet| format!("{packet:?}")),
+        Err(NoPacket::Timeout),
+        "no SUBACK before the sessions bucket has the subscription"
+    );
+    match subscriber.next_within(WAIT).await {
+        Ok(Packet::SubAck(_)) => {}
+        other => panic!("SUBACK once NATS answers again: {other:?}"),
+    }
+    // At once after SUBACK.
+    a.kill();
+
+    let mut resume = persistent_connect(V5, "subscribed", 600);
+    resume.clean_start = false;
+    let (mut subscriber, present) = connected_present(tcp_addr(&b), resume).await;
+    assert!(present, "the session resumed on B");
+    let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "late-pub")).await;
+    let code = publisher
+        .publish(message("late/1", "late-1", QoS::AtLeastOnce))
+        .await;
+    assert!(acknowledged(code), "{code:?}");
+    let received = support::payloads_until_quiet(&mut subscriber, 1, QUIET).await;
+    assert_eq!(
+        received,
+        ["late-1"],
+        "the subscription SUBACK acknowledged is in the record B resumed"
+    );
 }

@@ -38,7 +38,7 @@ mod subject;
 
 pub(crate) use nodes::NodeState;
 pub(crate) use sessions::Sessions;
-pub(crate) use stream::StreamAck;
+pub(crate) use stream::{StreamAck, Written};
 pub use stream::{StreamSettings, StreamStorage};
 
 use std::collections::HashMap;

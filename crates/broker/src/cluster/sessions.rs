@@ -44,7 +44,7 @@ use rallymq_session::{OutgoingMessage, OutgoingStage, PublishToken, SessionState
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{subject, valid_node_id};
+use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
 use crate::session::{Control, Queued, Session, delivered_copy};
@@ -138,6 +138,8 @@ struct Write {
     record: Option<SessionRecord>,
     /// The session's stream cursor.
     cursor: u64,
+    /// Told when the bucket has the write (or refused it).
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// The previous owner of a claimed key, and the session it recorded.
@@ -502,9 +504,11 @@ impl Sessions {
     }
 
     /// Writes the record of a session this node owns, with its stream cursor (in order,
-    /// after the writes before it).
-    pub(crate) fn save(&self, record: &SessionRecord, cursor: u64) {
-        self.queue(&record.client_id, Some(record.clone()), cursor);
+    /// after the writes before it). The returned [`Written`] resolves once the bucket has
+    /// it: at once when the session is not this node's to write, with an error when the
+    /// bucket failed it.
+    pub(crate) fn save(&self, record: &SessionRecord, cursor: u64) -> Written {
+        self.queue(&record.client_id, Some(record.clone()), cursor)
     }
 
     /// Records that a session this node owns has ended.
@@ -512,21 +516,27 @@ impl Sessions {
         self.queue(client_id, None, 0);
     }
 
-    fn queue(&self, client_id: &str, record: Option<SessionRecord>, cursor: u64) {
+    fn queue(&self, client_id: &str, record: Option<SessionRecord>, cursor: u64) -> Written {
+        let (done, written) = oneshot::channel();
         let generation = match self.claims().get_mut(client_id) {
             Some(claimed) if claimed.owned() => {
                 claimed.cursor = (cursor, Instant::now());
                 claimed.generation
             }
             // Not this node's to write (restored from the store, or taken by another node).
-            _ => return,
+            _ => {
+                let _ = done.send(Ok(()));
+                return written;
+            }
         };
         let _ = self.writes.send(Write {
             client_id: client_id.into(),
             generation,
             record,
             cursor,
+            done: Some(done),
         });
+        written
     }
 
     /// Moves the stream cursors of the offline sessions this node owns, and writes the
@@ -558,7 +568,7 @@ impl Sessions {
                 && (touched || now.duration_since(at) >= CURSOR_REFRESH)
                 && let Some(record) = session.record()
             {
-                self.save(&record, cursor);
+                drop(self.save(&record, cursor));
             } else if touched {
                 // Not written yet: looked at again next time.
                 session.lock().stream_touched = true;
@@ -667,12 +677,22 @@ pub(super) fn run(
 /// Writes records in the order they were queued, each a compare-and-set on the revision this
 /// node last wrote: a write after another node's claim fails, and is dropped.
 async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedReceiver<Write>) {
-    while let Some(write) = writes.recv().await {
+    while let Some(mut write) = writes.recv().await {
+        let done = write.done.take();
+        let answer = |result: Result<(), String>| {
+            if let Some(done) = done {
+                let _ = done.send(result);
+            }
+        };
         let revision = match sessions.claims().get(&write.client_id) {
             Some(claimed) if claimed.generation == write.generation && claimed.owned() => {
                 claimed.revision
             }
-            _ => continue,
+            // A later claim's (here or on another node): this one's connection is closed.
+            _ => {
+                answer(Ok(()));
+                continue;
+            }
         };
         let key = subject::token(&write.client_id);
         let value = encode_value(&sessions.node_id, write.record.as_ref(), write.cursor);
@@ -688,15 +708,20 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
                     claimed.revision = new;
                     claimed.touched = Instant::now();
                 }
+                drop(claims);
+                answer(Ok(()));
             }
             Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
+                answer(Ok(()));
             }
             Ok(Err(error)) => {
                 warn!(%error, client_id = %write.client_id, "cluster: a session's record could not be written");
+                answer(Err(error.to_string()));
             }
             Err(_) => {
                 warn!(client_id = %write.client_id, "cluster: writing a session's record timed out");
+                answer(Err(format!("no answer within {WRITE_TIMEOUT:?}")));
             }
         }
     }

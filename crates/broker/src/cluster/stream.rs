@@ -182,7 +182,7 @@ fn consumer_name(node_id: &str) -> String {
 }
 
 /// A write the cluster acknowledges: resolves once JetStream has stored it, or failed.
-pub(super) type Written = oneshot::Receiver<Result<(), String>>;
+pub(crate) type Written = oneshot::Receiver<Result<(), String>>;
 
 /// A QoS 1 or 2 message's write to the stream (and, retained, to the retained bucket):
 /// resolves once JetStream has stored it.
