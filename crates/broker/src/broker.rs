@@ -439,7 +439,9 @@ impl Shared {
         };
         let written = self.cluster.get().map(|cluster| {
             let cursor = session.stream_cursor.load(Ordering::Acquire);
-            cluster.sessions().save(&record, cursor)
+            cluster
+                .sessions()
+                .save(&record, cursor, session.in_flight_record())
         });
         (
             self.write(vec![Change::PutSession(Box::new(record))]),

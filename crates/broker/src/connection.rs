@@ -35,8 +35,9 @@ use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
-    Session, SessionInner, StoredRef, count_down_expiry, delivered_copy, signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, InFlightRecord,
+    Persisting, Queued, Session, SessionInner, StoredRef, count_down_expiry, delivered_copy,
+    signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{
@@ -754,6 +755,7 @@ impl Driver {
                     }]);
                     self.raise_barrier(ticket);
                 }
+                self.record_released();
             }
             ServerEvent::MessageReleased(packet_id) => {
                 if let Some(client_id) = self.durable_client_id() {
@@ -871,6 +873,63 @@ impl Driver {
             .durable
             .is_some()
             .then(|| session.client_id.clone())
+    }
+
+    /// In a cluster, after a QoS 2 delivery's PUBREC: when nothing else routed to the
+    /// session waits, its stream cursor moves past the message, and the record (with the
+    /// identifiers released) is in the sessions bucket before PUBREL goes out. A node that
+    /// resumes the session after this one dies then neither replays the message nor uses an
+    /// identifier the client still holds. (When others wait, the cursor stays where it was:
+    /// after this node's death the message can come again.)
+    fn record_released(&mut self) {
+        let (Some(cluster), Some(session)) = (self.shared.cluster.get(), self.session.clone())
+        else {
+            return;
+        };
+        // Read first, as at a quiet point.
+        let position = cluster.routed_position();
+        let released = self.engine.released_packet_ids();
+        let (in_flight, queued) = self.engine.pending_messages();
+        let everything_released = queued == 0 && in_flight == released.len();
+        session.set_in_flight_record(InFlightRecord {
+            released,
+            first: None,
+        });
+        let before = session.stream_cursor.load(Ordering::Acquire);
+        if everything_released {
+            session.advance_cursor(position, 0);
+        }
+        if session.stream_cursor.load(Ordering::Acquire) != before {
+            self.save_record_before_next_bytes(&session);
+        }
+    }
+
+    /// In a cluster, as a QoS 2 delivery goes in flight under `packet_id`: when it is the
+    /// only message routed to the session since its stream cursor (everything else delivered
+    /// and released), the record names it as the first one in flight, in the sessions bucket
+    /// before the PUBLISH goes out. A node that resumes the session after this one dies sends
+    /// it again under that identifier with DUP, so the client gets it once.
+    fn record_first_in_flight(&mut self, session: &Session, packet_id: rallymq_codec::PacketId) {
+        if self.shared.cluster.get().is_none() {
+            return;
+        }
+        let released = self.engine.released_packet_ids();
+        let (in_flight, queued) = self.engine.pending_messages();
+        let first = {
+            let inner = session.lock();
+            inner.routed_since_cursor == 1
+                && inner.pending.is_empty()
+                && inner.queue_size().0 == 0
+                && inner.durable.is_some()
+        };
+        if !(first && queued == 0 && in_flight == released.len() + 1) {
+            return;
+        }
+        session.set_in_flight_record(InFlightRecord {
+            released,
+            first: Some(packet_id),
+        });
+        self.save_record_before_next_bytes(session);
     }
 
     /// Writes the session's record (to the store; in a cluster, to the sessions bucket too)
@@ -1435,6 +1494,9 @@ impl Driver {
         let now = self.now();
         let mut changes = Vec::new();
         let mut needs_barrier = false;
+        // The QoS 2 delivery put in flight when it is this drain's only one.
+        let mut delivered = 0usize;
+        let mut qos2_in_flight = None;
         let mut inner = session.lock();
         let waiting = inner.pending.len();
         while let Some(queued) = inner.pending.front() {
@@ -1482,6 +1544,11 @@ impl Driver {
             match self.engine.deliver(now, publish) {
                 Ok(token) => {
                     self.shared.stats.publish_sent(qos, payload);
+                    delivered += 1;
+                    if qos == QoS::ExactlyOnce {
+                        qos2_in_flight =
+                            token.and_then(|token| self.engine.delivery_packet_id(token));
+                    }
                     if let (Some(token), Some(stored), Some(mut entry), Some(durability)) =
                         (token, stored, entry, durability_mut(&mut self.extras))
                     {
@@ -1509,6 +1576,11 @@ impl Driver {
         }
         let drained = inner.pending.len() < waiting;
         drop(inner);
+        if delivered == 1
+            && let Some(packet_id) = qos2_in_flight
+        {
+            self.record_first_in_flight(&session, packet_id);
+        }
         if !changes.is_empty() {
             let ticket = self.shared.write(changes);
             if needs_barrier {

@@ -430,13 +430,14 @@ pub(crate) struct SessionInner {
     pub(crate) durable: Option<Box<Durable>>,
     /// The latest connection, for the admin API. Boxed: 8 bytes in a session that has none.
     pub(crate) connection: Option<Box<ConnectionInfo>>,
-    /// In a cluster, a session resumed from its record on another node that died: what
-    /// replaying the stream holds back and skips (see [`Replay`]). Boxed: most sessions never
-    /// have one.
+    /// In a cluster: what replaying the stream holds back and skips, and the QoS 2
+    /// deliveries released (see [`Replay`]). Boxed: most sessions never have one.
     pub(crate) replay: Option<Box<Replay>>,
     /// In a cluster: a message from the stream was queued since the session's record was
     /// last written (its stream cursor is worth writing again).
     pub(crate) stream_touched: bool,
+    /// In a cluster: messages from the stream queued since the stream cursor last moved.
+    pub(crate) routed_since_cursor: u32,
 }
 
 /// Where a message routed to a session comes from: in a cluster, its place in the stream
@@ -459,11 +460,28 @@ pub(crate) enum Origin {
 /// held back (the replay may bring it too); once the replay has read the stream up to
 /// `through`, the held messages it did not bring are queued after it, and the stream's
 /// messages up to `through` routed later are skipped.
+///
+/// It also keeps the packet identifiers of the session's QoS 2 deliveries in flight whose
+/// PUBREC came, as its record last carried them: a node that resumes the session releases
+/// them (PUBREL) instead of sending a new message under an identifier the client still holds.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
     pub(crate) holding: bool,
     pub(crate) held: Vec<(Origin, Publish, Instant)>,
     pub(crate) through: u64,
+    pub(crate) in_flight: InFlightRecord,
+}
+
+/// What a cluster session's record says of its QoS 2 deliveries in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct InFlightRecord {
+    /// Those whose PUBREC came (PUBREL sent): delivered.
+    pub(crate) released: Vec<PacketId>,
+    /// The identifier of the one delivery sent and not yet acknowledged, when it is the
+    /// first message routed to the session after its stream cursor: a node that resumes the
+    /// session sends the first message it replays under it, with DUP, so that a client that
+    /// had it already does not take it as new.
+    pub(crate) first: Option<PacketId>,
 }
 
 impl SessionInner {
@@ -629,7 +647,7 @@ impl Session {
     /// (`in_flight`: the connection's engine's count, or 0 to look at the saved state), not
     /// held by a replay.
     pub(crate) fn advance_cursor(&self, position: u64, in_flight: usize) {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let saved = inner
             .saved
             .as_ref()
@@ -638,17 +656,33 @@ impl Session {
             && saved == 0
             && inner.queue_size().0 == 0
             && inner.replay.as_ref().is_none_or(|replay| !replay.holding)
+            && self.stream_cursor.fetch_max(position, Ordering::AcqRel) < position
         {
-            self.stream_cursor.fetch_max(position, Ordering::AcqRel);
+            inner.routed_since_cursor = 0;
         }
     }
 
     /// Begins a replay: from now on what routing brings from the stream is held back.
     pub(crate) fn hold_stream(&self) {
-        self.lock().replay = Some(Box::new(Replay {
-            holding: true,
-            ..Replay::default()
-        }));
+        self.lock().replay.get_or_insert_default().holding = true;
+    }
+
+    /// What the record says of the session's QoS 2 deliveries in flight.
+    pub(crate) fn in_flight_record(&self) -> InFlightRecord {
+        self.lock()
+            .replay
+            .as_ref()
+            .map(|replay| replay.in_flight.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets what [`Session::in_flight_record`] says.
+    pub(crate) fn set_in_flight_record(&self, in_flight: InFlightRecord) {
+        let mut inner = self.lock();
+        if in_flight == InFlightRecord::default() && inner.replay.is_none() {
+            return;
+        }
+        inner.replay.get_or_insert_default().in_flight = in_flight;
     }
 
     /// Ends holding back (a replay done, or not needed): the held messages are returned, but
@@ -660,7 +694,7 @@ impl Session {
         &self,
         through: u64,
         replayed: &HashSet<Arc<str>>,
-        mut queue: impl FnMut(&Session, &mut SessionInner, Publish, Instant),
+        mut queue: impl FnMut(&Self, &mut SessionInner, Publish, Instant),
     ) {
         let mut inner = self.lock();
         let Some(replay) = inner.replay.as_deref_mut() else {
@@ -769,6 +803,7 @@ impl Session {
         }
         if !matches!(origin, Origin::Local) {
             inner.stream_touched = true;
+            inner.routed_since_cursor = inner.routed_since_cursor.saturating_add(1);
         }
         self.enqueue_locked(&mut inner, publish, since, limits, persisting)
     }

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
 use rallymq_codec::{
-    Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
+    Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
 };
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
@@ -768,4 +768,158 @@ async fn cluster_mqtt_3_1_2_4_a_subscription_acknowledged_by_a_killed_node_is_in
         ["late-1"],
         "the subscription SUBACK acknowledged is in the record B resumed"
     );
+}
+
+/// A QoS 2 receiver over a raw connection that keeps its session state across connections,
+/// as a client library does: a PUBLISH whose identifier awaits PUBREL is a resend (answered,
+/// not taken again); PUBREL frees its identifier.
+struct Qos2Receiver {
+    awaiting_release: HashSet<PacketId>,
+    payloads: Vec<String>,
+    /// PUBRELs received for identifiers not awaiting release.
+    unknown_releases: usize,
+}
+
+/// Where a QoS 2 flow stops for [`Qos2Receiver::receive_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH received, PUBREC not sent.
+    Published,
+    /// PUBREC sent and PUBREL received, PUBCOMP not sent.
+    Released,
+    /// PUBCOMP sent.
+    Completed,
+}
+
+impl Qos2Receiver {
+    fn new() -> Self {
+        Self {
+            awaiting_release: HashSet::new(),
+            payloads: Vec::new(),
+            unknown_releases: 0,
+        }
+    }
+
+    /// Reads from `raw`, answering, until `count` messages have come and the last one's flow
+    /// is at `stage` (its next answer not sent), the connection closes, or `within` ends.
+    async fn receive_until(&mut self, raw: &mut Raw, count: usize, stage: Stage, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let packet = match raw.next_within(left).await {
+                Ok(packet) => packet,
+                Err(_) => return,
+            };
+            match packet {
+                Packet::Publish(publish) => {
+                    let Some(packet_id) = publish.packet_id else {
+                        continue;
+                    };
+                    if self.awaiting_release.insert(packet_id) {
+                        self.payloads.push(payload_str(&publish));
+                    }
+                    if self.payloads.len() >= count && stage == Stage::Published {
+                        return;
+                    }
+                    raw.send(Packet::PubRec(Ack::new(packet_id))).await;
+                }
+                Packet::PubRel(ack) => {
+                    if !self.awaiting_release.remove(&ack.packet_id) {
+                        self.unknown_releases += 1;
+                    }
+                    if self.payloads.len() >= count
+                        && stage == Stage::Released
+                        && self.awaiting_release.is_empty()
+                    {
+                        return;
+                    }
+                    raw.send(Packet::PubComp(Ack::new(ack.packet_id))).await;
+                    if self.payloads.len() >= count
+                        && stage == Stage::Completed
+                        && self.awaiting_release.is_empty()
+                    {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A QoS 2 subscriber on A gets messages published on B one at a time (each flow complete
+/// before the next publish: it keeps up); A is SIGKILLed while the 26th is at `stage`; the
+/// subscriber resumes on B and every message arrives once, in order.
+async fn qos2_once_through_the_death_of_its_node(stage: Stage) {
+    const MESSAGES: usize = 40;
+    const KILLED_AT: usize = 26;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-qos2-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (mut raw, connack) = Raw::connect(a.addr, persistent_connect(V5, "exactly", 600)).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("x/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "exactly-pub")).await;
+    let mut receiver = Qos2Receiver::new();
+    for n in 0..MESSAGES {
+        let code = publisher
+            .publish(message("x/1", &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+        let killed_now = n + 1 == KILLED_AT;
+        let until = if killed_now { stage } else { Stage::Completed };
+        receiver
+            .receive_until(&mut raw, n + 1, until, WAIT * 2)
+            .await;
+        assert!(
+            receiver.payloads.len() > n,
+            "p-{n} arrived; got {:?}",
+            receiver.payloads
+        );
+        if killed_now {
+            a.kill();
+            let mut resume = persistent_connect(V5, "exactly", 600);
+            resume.clean_start = false;
+            let connack;
+            (raw, connack) = Raw::connect(tcp_addr(&b), resume).await;
+            assert!(connack.session_present, "the session resumed on B");
+            // What B resends of the flow A left (a PUBLISH with DUP, or a PUBREL) is
+            // answered here.
+            receiver
+                .receive_until(&mut raw, n + 1, Stage::Completed, QUIET)
+                .await;
+        }
+    }
+    // A duplicate would come within this.
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, through A's death at {stage:?}: {problem}");
+    }
+    assert!(
+        receiver.awaiting_release.is_empty(),
+        "every identifier released in the end: {:?} left",
+        receiver.awaiting_release
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_sent_when_its_node_died_comes_again_under_its_identifier_once() {
+    qos2_once_through_the_death_of_its_node(Stage::Published).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_released_when_its_node_died_is_released_not_sent_again() {
+    qos2_once_through_the_death_of_its_node(Stage::Released).await;
 }

@@ -35,16 +35,14 @@ const CONSUMER_INACTIVE: Duration = Duration::from_secs(60);
 
 /// Replays the stream after `cursor` to `session`, then ends its holding back.
 pub(super) async fn replay(
-    shared: Arc<Shared>,
-    context: jetstream::Context,
-    session: Arc<Session>,
+    shared: &Shared,
+    context: &jetstream::Context,
+    session: &Arc<Session>,
     cursor: u64,
-    node_id: String,
+    node_id: &str,
 ) {
     let mut replayed = HashSet::new();
-    let through = match read_after(&shared, &context, &session, cursor, &node_id, &mut replayed)
-        .await
-    {
+    let through = match read_after(shared, context, session, cursor, node_id, &mut replayed).await {
         Ok(through) => through,
         Err((through, error)) => {
             warn!(
@@ -57,7 +55,7 @@ pub(super) async fn replay(
             through
         }
     };
-    shared.end_replay(&session, through, &replayed);
+    shared.end_replay(session, through, &replayed);
 }
 
 /// Routes the stream's messages after `cursor` to `session`, up to the stream's last message

@@ -47,7 +47,7 @@ use tracing::{debug, warn};
 use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
-use crate::session::{Control, Queued, Session, delivered_copy};
+use crate::session::{Control, InFlightRecord, Queued, Session, delivered_copy};
 use crate::stats::Dropped;
 use crate::store::record::{self, Reader};
 use crate::store::{SessionRecord, Ticket, session_expired};
@@ -138,6 +138,8 @@ struct Write {
     record: Option<SessionRecord>,
     /// The session's stream cursor.
     cursor: u64,
+    /// Its QoS 2 deliveries in flight.
+    in_flight: InFlightRecord,
     /// Told when the bucket has the write (or refused it).
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
@@ -150,6 +152,8 @@ struct Previous {
     record: Option<SessionRecord>,
     /// The session's stream cursor (`None`: a value of the first format, without one).
     cursor: Option<u64>,
+    /// Its QoS 2 deliveries in flight, when the record was written.
+    in_flight: InFlightRecord,
 }
 
 /// A CONNECT's claim of its client id: the key's revision it wrote, the stream cursor it
@@ -287,7 +291,12 @@ impl Sessions {
                     fresh.subscriptions.clone_from(&old.subscriptions);
                     cursor = old_cursor.unwrap_or(cursor);
                 }
-                let value = encode_value(&self.node_id, Some(&fresh), cursor);
+                let value = encode_value(
+                    &self.node_id,
+                    Some(&fresh),
+                    cursor,
+                    &InFlightRecord::default(),
+                );
                 let written =
                     match &entry {
                         None => self.bucket.create(&key, value).await.map_err(|e| {
@@ -390,7 +399,8 @@ impl Sessions {
                 }
                 install_record(shared, session, record);
                 if let Some(cursor) = replay_from {
-                    self.replay(shared, session, cursor);
+                    self.replay(shared, session, cursor, &previous.in_flight)
+                        .await;
                 }
             }
             return record.is_some();
@@ -410,7 +420,8 @@ impl Sessions {
         let lost = matches!(reply, None | Some(Reply::NoSession));
         if let Some(cursor) = replay_from {
             if lost {
-                self.replay(shared, session, cursor);
+                self.replay(shared, session, cursor, &previous.in_flight)
+                    .await;
             } else {
                 shared.end_replay(session, 0, &HashSet::new());
             }
@@ -447,16 +458,27 @@ impl Sessions {
         }
     }
 
-    /// Replays the stream to `session` from `cursor` in a task of its own (the session holds
-    /// back what routing brings until it ends).
-    fn replay(&self, shared: &Arc<Shared>, session: &Arc<Session>, cursor: u64) {
-        tokio::spawn(super::replay::replay(
-            shared.clone(),
-            super::stream::context(&self.client),
-            session.clone(),
+    /// Replays the stream to `session` from `cursor` (the session holds back what routing
+    /// brings until it ends), with the deliveries `in_flight` put back first.
+    async fn replay(
+        &self,
+        shared: &Arc<Shared>,
+        session: &Arc<Session>,
+        cursor: u64,
+        in_flight: &InFlightRecord,
+    ) {
+        install_released(session, &in_flight.released);
+        super::replay::replay(
+            shared,
+            &super::stream::context(&self.client),
+            session,
             cursor,
-            self.node_id.clone(),
-        ));
+            &self.node_id,
+        )
+        .await;
+        if let Some(packet_id) = in_flight.first {
+            resend_first(shared, session, packet_id);
+        }
     }
 
     /// Sends a takeover request to `owner`; `None` when it does not answer.
@@ -507,16 +529,27 @@ impl Sessions {
     /// after the writes before it). The returned [`Written`] resolves once the bucket has
     /// it: at once when the session is not this node's to write, with an error when the
     /// bucket failed it.
-    pub(crate) fn save(&self, record: &SessionRecord, cursor: u64) -> Written {
-        self.queue(&record.client_id, Some(record.clone()), cursor)
+    pub(crate) fn save(
+        &self,
+        record: &SessionRecord,
+        cursor: u64,
+        in_flight: InFlightRecord,
+    ) -> Written {
+        self.queue(&record.client_id, Some(record.clone()), cursor, in_flight)
     }
 
     /// Records that a session this node owns has ended.
     pub(crate) fn end(&self, client_id: &str) {
-        self.queue(client_id, None, 0);
+        self.queue(client_id, None, 0, InFlightRecord::default());
     }
 
-    fn queue(&self, client_id: &str, record: Option<SessionRecord>, cursor: u64) -> Written {
+    fn queue(
+        &self,
+        client_id: &str,
+        record: Option<SessionRecord>,
+        cursor: u64,
+        in_flight: InFlightRecord,
+    ) -> Written {
         let (done, written) = oneshot::channel();
         let generation = match self.claims().get_mut(client_id) {
             Some(claimed) if claimed.owned() => {
@@ -534,6 +567,7 @@ impl Sessions {
             generation,
             record,
             cursor,
+            in_flight,
             done: Some(done),
         });
         written
@@ -568,7 +602,7 @@ impl Sessions {
                 && (touched || now.duration_since(at) >= CURSOR_REFRESH)
                 && let Some(record) = session.record()
             {
-                drop(self.save(&record, cursor));
+                drop(self.save(&record, cursor, session.in_flight_record()));
             } else if touched {
                 // Not written yet: looked at again next time.
                 session.lock().stream_touched = true;
@@ -615,6 +649,90 @@ fn install_record(shared: &Shared, session: &Arc<Session>, record: &SessionRecor
     }
     shared.install_subscriptions(session, &record.subscriptions);
 }
+
+/// Puts the QoS 2 deliveries a session's record says were released back in flight, at the
+/// PUBREL stage: the client gets PUBREL for each when it connects, and no new message goes
+/// out under an identifier it still holds.
+fn install_released(session: &Session, released: &[PacketId]) {
+    if released.is_empty() {
+        return;
+    }
+    let mut state = SessionState::default();
+    for packet_id in released {
+        let mut publish = Publish::new(RELEASED_TOPIC.clone(), Bytes::new());
+        publish.qos = rallymq_codec::QoS::ExactlyOnce;
+        publish.packet_id = Some(*packet_id);
+        state.in_flight.push(OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage: OutgoingStage::Released,
+            publish,
+        });
+        state.next_token += 1;
+    }
+    if let Some(last) = released.iter().max() {
+        state.next_packet_id = last.next();
+    }
+    session.lock().saved = Some(Box::new(state));
+}
+
+/// Sends the first message queued for `session` (the replay's first) under `packet_id` with
+/// DUP, as the delivery in flight its record named: a client that had it already answers
+/// PUBREC and does not take it as new. Only a QoS 2 message: anything else means the first
+/// replayed message is not the one the record meant (a subscription made since the cursor),
+/// and it goes out as usual.
+fn resend_first(shared: &Shared, session: &Session, packet_id: PacketId) {
+    let mut inner = session.lock();
+    if inner
+        .pending
+        .front()
+        .is_none_or(|queued| queued.publish.qos != rallymq_codec::QoS::ExactlyOnce)
+    {
+        return;
+    }
+    let Some(queued) = inner.pop_pending() else {
+        return;
+    };
+    let state = inner.saved.get_or_insert_default();
+    if state
+        .in_flight
+        .iter()
+        .any(|message| message.publish.packet_id == Some(packet_id))
+    {
+        // Released already: the record was written between the two.
+        inner.prepend_pending(vec![queued]);
+        return;
+    }
+    let mut publish = queued.publish;
+    publish.packet_id = Some(packet_id);
+    publish.dup = true;
+    state.in_flight.insert(
+        0,
+        OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage: OutgoingStage::Published,
+            publish,
+        },
+    );
+    state.next_token += 1;
+    if state.next_packet_id <= packet_id {
+        state.next_packet_id = packet_id.next();
+    }
+    drop(inner);
+    if let Some(stored) = queued.stored {
+        // In flight from the session's state now, not from the store's queue.
+        shared.write(vec![crate::store::Change::DeleteEntry {
+            client_id: session.client_id.clone(),
+            seq: stored.seq,
+        }]);
+    }
+}
+
+/// The topic of the placeholder messages [`install_released`] puts in flight: only their
+/// identifiers are ever sent (PUBREL).
+static RELEASED_TOPIC: std::sync::LazyLock<rallymq_codec::TopicName> =
+    std::sync::LazyLock::new(|| {
+        rallymq_codec::TopicName::new("$rallymq/released").expect("a valid topic name")
+    });
 
 /// Adds what the old owner handed over to `session`: its engine state to resume, and its
 /// queued messages ahead of any routed here meanwhile.
@@ -695,7 +813,12 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
             }
         };
         let key = subject::token(&write.client_id);
-        let value = encode_value(&sessions.node_id, write.record.as_ref(), write.cursor);
+        let value = encode_value(
+            &sessions.node_id,
+            write.record.as_ref(),
+            write.cursor,
+            &write.in_flight,
+        );
         let written =
             tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
                 .await;
@@ -879,12 +1002,25 @@ async fn hand_over(
 }
 
 /// A value of the bucket: the format version, the owner's node id (length-prefixed), the
-/// stream cursor, then `0` for an ended session or `1` and its record in the store's layout.
-fn encode_value(owner: &str, record: Option<&SessionRecord>, cursor: u64) -> Bytes {
+/// stream cursor, the released identifiers (a count, then each), then `0` for an ended
+/// session or `1` and its record in the store's layout.
+fn encode_value(
+    owner: &str,
+    record: Option<&SessionRecord>,
+    cursor: u64,
+    in_flight: &InFlightRecord,
+) -> Bytes {
     let mut buf = Vec::with_capacity(64);
     buf.put_u8(FORMAT_V2);
     record::put_bytes(&mut buf, owner.as_bytes());
     buf.put_u64(cursor);
+    // At most 65,535 identifiers exist.
+    let released = &in_flight.released;
+    buf.put_u16(u16::try_from(released.len()).unwrap_or(u16::MAX));
+    for packet_id in released.iter().take(usize::from(u16::MAX)) {
+        buf.put_u16(packet_id.get());
+    }
+    buf.put_u16(in_flight.first.map_or(0, PacketId::get));
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -904,8 +1040,14 @@ fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
         return None;
     }
     let owner = std::str::from_utf8(reader.bytes().ok()?).ok()?.to_owned();
+    let mut in_flight = InFlightRecord::default();
     let cursor = if version == FORMAT_V2 {
-        Some(reader.u64().ok()?)
+        let cursor = reader.u64().ok()?;
+        for _ in 0..reader.u16().ok()? {
+            in_flight.released.push(PacketId::new(reader.u16().ok()?)?);
+        }
+        in_flight.first = PacketId::new(reader.u16().ok()?);
+        Some(cursor)
     } else {
         None
     };
@@ -917,6 +1059,7 @@ fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
         owner,
         record,
         cursor,
+        in_flight,
     })
 }
 
@@ -1061,12 +1204,21 @@ mod tests {
 
     #[test]
     fn a_bucket_value_carries_the_owner_and_the_record() {
-        let value = encode_value("node-a", Some(&record()), 77);
+        let in_flight = InFlightRecord {
+            released: vec![PacketId::new(3).unwrap(), PacketId::new(65535).unwrap()],
+            first: PacketId::new(9),
+        };
+        let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();
         assert_eq!(previous.owner, "node-a");
         assert_eq!(previous.record, Some(record()));
         assert_eq!(previous.cursor, Some(77));
-        let ended = decode_value("a/b c", &encode_value("node-b", None, 0)).unwrap();
+        assert_eq!(previous.in_flight, in_flight);
+        let ended = decode_value(
+            "a/b c",
+            &encode_value("node-b", None, 0, &InFlightRecord::default()),
+        )
+        .unwrap();
         assert_eq!((ended.owner.as_str(), ended.record), ("node-b", None));
         assert!(decode_value("x", b"").is_none());
         assert!(decode_value("x", &value[..value.len() - 1]).is_none());
