@@ -80,6 +80,12 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the new owner waits for the old one's answer before resuming from the record.
 const ASK_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// How many times a node that still beats is asked for a session before it is taken as gone.
+const ASK_ATTEMPTS: u32 = 5;
+
+/// How long the new owner waits before asking a node that beats again.
+const ASK_RETRY_DELAY: Duration = Duration::from_millis(500);
+
 /// How long the old owner waits for its connection to close and hand over its state.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -420,9 +426,26 @@ impl Sessions {
             // Before asking: what is routed meanwhile is queued here rather than lost.
             install_record(shared, session, record);
         }
-        let reply = self
+        let mut reply = self
             .ask(&previous.owner, &session.client_id, claim.revision, !resume)
             .await;
+        // No answer from a node that still beats: its takeover subscription may not have
+        // reached this node's server yet (it has just started, or a server came back). Asked
+        // again: resuming without it would leave its connection open beside this one.
+        let mut asked = 1;
+        while reply.is_none()
+            && asked < ASK_ATTEMPTS
+            && shared
+                .cluster
+                .get()
+                .is_some_and(|link| link.node_is_live(&previous.owner))
+        {
+            tokio::time::sleep(ASK_RETRY_DELAY).await;
+            reply = self
+                .ask(&previous.owner, &session.client_id, claim.revision, !resume)
+                .await;
+            asked += 1;
+        }
         let lost = matches!(reply, None | Some(Reply::NoSession));
         if let Some(cursor) = replay_from {
             if lost {
