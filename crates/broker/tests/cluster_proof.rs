@@ -1,0 +1,1182 @@
+//! Issue 17's proof, in one run: three routed `nats-server` processes (Debian's package) with
+//! JetStream on file storage, the stream of QoS 1 and 2 messages replicated on all three, and
+//! three rallymq nodes in child processes, each with its own data directory and port, so that
+//! a node SIGKILLed comes back with its store where its clients knew it.
+//!
+//! Long-lived clients are `rallymq_client` clients, as an application runs them: each knows the
+//! three nodes, starting with its own, and on losing its connection goes to the next one,
+//! resumes its session (Clean Start 0, Session Expiry > 0) and sends again, with DUP, what was
+//! not acknowledged. Each records what it received and every reconnection; each publisher
+//! records what was acknowledged, and what was refused.
+//!
+//! During the run: node A is SIGKILLed; later the NATS server leading the stream is SIGKILLed;
+//! both are restarted; 100 simultaneous CONNECTs of one client id go to two nodes; two of the
+//! three NATS servers are SIGKILLed and restarted. Every point of the issue is then checked
+//! against what the clients recorded, and the test fails with every point that did not hold,
+//! each saying what went wrong (for lost messages: publisher, sequence numbers, subscriber,
+//! and the node the subscriber was on when A died).
+//!
+//! `RALLYMQ_PROOF_LOGS=DIR` keeps each node's standard error in `DIR/<node>.log` (with
+//! `RUST_LOG` set, the nodes log there); otherwise the logs go to a temporary directory that is
+//! removed. A missing nats-server fails the test.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rallymq_client::{Backoff, Client, ClientOptions, ConnectionEvent, ProtocolVersion, QoS};
+use rallymq_codec::{Connect, ReasonCode, TopicName, Will};
+use rallymq_test_support::{NatsServer, free_port, wait_for_stream_leader};
+use support::child::{ChildNode, ChildOptions};
+use support::cluster::publish_until_acknowledged;
+use support::credentials::TempDir;
+use support::storm::storm;
+use support::{TestClient, connect_packet, message, persistent_connect, subscription, topic_str};
+
+/// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only
+/// when a test starts it with `--ignored --exact child_node`.
+#[test]
+#[ignore = "run by the tests of this file in a child process"]
+fn child_node() {
+    support::child::run_child_node();
+}
+
+/// The stream of QoS 1 and 2 messages between nodes.
+const STREAM: &str = "rallymq_messages";
+
+/// The nodes, by index; clients of node `i` go to `i + 1`, then `i + 2`, when theirs goes.
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+/// The node that is SIGKILLed and restarted.
+const KILLED: usize = 0;
+
+/// The time between a publisher's acknowledged message and its next one.
+const PACE: Duration = Duration::from_millis(50);
+
+/// How long a publish may wait for its acknowledgement (the node waits 5 s for the stream; a
+/// client that moves to another node resends), before it is counted as not acknowledged and
+/// tried again.
+const ACK_WITHIN: Duration = Duration::from_secs(15);
+
+/// How many more acknowledgements of the QoS 1 publishers (all together) end a phase, and how
+/// long a phase lasts at least.
+const PHASE_ACKS: usize = 45;
+const PHASE_MIN: Duration = Duration::from_secs(2);
+
+/// How long the cluster may take to get going again: a phase's acknowledgements, a new stream
+/// leader, the servers' return.
+const RECOVERY: Duration = Duration::from_secs(30);
+
+/// How long the majority of NATS servers stays down.
+const MAJORITY_DOWN: Duration = Duration::from_secs(3);
+
+/// After the publishers stop: how long subscribers may take to get everything, and the quiet
+/// spell after the last message that ends the wait early.
+const DRAIN: Duration = Duration::from_secs(15);
+const QUIET: Duration = Duration::from_secs(2);
+
+/// How long a client waits between tries to reconnect.
+const BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+};
+
+/// Simultaneous CONNECTs of one client id, over two nodes.
+const STORM: usize = 100;
+
+/// Topics with retained messages.
+const RETAINED_TOPICS: usize = 3;
+
+/// Clients with wills on the killed node; the last of them has a persistent session (its will
+/// is in the node's store too, and must not be published again when the node comes back).
+const WILLS: usize = 3;
+
+/// How long a dead node takes to be seen dead (3 missed beats of 1 s) and its wills to be
+/// published, with room for a loaded machine.
+const DETECTION: Duration = Duration::from_secs(12);
+
+/// Seconds since the run began, for messages.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn at(self, at: Instant) -> String {
+        format!(
+            "{:.1} s",
+            at.saturating_duration_since(self.0).as_secs_f64()
+        )
+    }
+}
+
+/// What a client saw.
+#[derive(Clone, Default)]
+struct Log {
+    /// Messages received: when, topic, payload.
+    messages: Vec<(Instant, String, String)>,
+    /// Each CONNACK after the first: when, and its Session Present.
+    reconnects: Vec<(Instant, bool)>,
+    /// Each connection lost or attempt failed: when, and why.
+    ends: Vec<(Instant, String)>,
+}
+
+/// A `rallymq_client` client that knows the three nodes, and records what it sees.
+struct Tracked {
+    name: String,
+    client: Client,
+    /// The nodes in the order the client tries them.
+    order: [usize; 3],
+    log: Arc<Mutex<Log>>,
+}
+
+impl Tracked {
+    /// Connects `name` to node `first` (the others as fallbacks, in turn), with a persistent
+    /// session (MQTT 5: Session Expiry 600 s).
+    async fn connect(
+        name: &str,
+        addrs: &[SocketAddr; 3],
+        first: usize,
+        version: ProtocolVersion,
+    ) -> Self {
+        let order = [first % 3, (first + 1) % 3, (first + 2) % 3];
+        let mut options = ClientOptions::new(&format!("mqtt://{}", addrs[order[0]]))
+            .fallback_url(&format!("mqtt://{}", addrs[order[1]]))
+            .fallback_url(&format!("mqtt://{}", addrs[order[2]]))
+            .client_id(name)
+            .version(version)
+            .clean_start(false)
+            .keep_alive(30)
+            .reconnect(Some(BACKOFF));
+        if version.is_v5() {
+            options = options.session_expiry(600);
+        }
+        let (client, mut messages, _) = tokio::time::timeout(RECOVERY, Client::connect(options))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no CONNACK within {RECOVERY:?}"))
+            .unwrap_or_else(|error| panic!("{name}: not connected: {error}"));
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut events = client.connection_events();
+        tokio::spawn({
+            let log = log.clone();
+            async move {
+                while let Some(message) = messages.recv().await {
+                    let payload = String::from_utf8_lossy(&message.payload).into_owned();
+                    lock(&log).messages.push((
+                        Instant::now(),
+                        message.topic.as_str().to_owned(),
+                        payload,
+                    ));
+                }
+            }
+        });
+        tokio::spawn({
+            let log = log.clone();
+            async move {
+                while let Some(event) = events.recv().await {
+                    let now = Instant::now();
+                    match event {
+                        ConnectionEvent::Connected {
+                            session_present, ..
+                        } => lock(&log).reconnects.push((now, session_present)),
+                        ConnectionEvent::Disconnected(error) => {
+                            lock(&log).ends.push((now, error.to_string()))
+                        }
+                        ConnectionEvent::GaveUp(error) => {
+                            lock(&log).ends.push((now, format!("gave up: {error}")))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            client,
+            order,
+            log,
+        }
+    }
+
+    /// A copy of what it saw until now (the methods below read the log again: a copy, not a
+    /// guard, is what a caller holds).
+    fn log(&self) -> Log {
+        lock(&self.log).clone()
+    }
+
+    /// The node the client was connected to (or trying) at `at`: it moves on to the next one
+    /// after every connection lost or attempt failed.
+    fn node_at(&self, at: Instant) -> usize {
+        let ends = lock(&self.log)
+            .ends
+            .iter()
+            .filter(|(t, _)| *t <= at)
+            .count();
+        self.order[ends % 3]
+    }
+
+    /// The nodes it was on, in turn, as a string.
+    fn path(&self) -> String {
+        let ends = lock(&self.log).ends.len();
+        let mut nodes: Vec<&str> = Vec::new();
+        for i in 0..=ends {
+            let node = NODES[self.order[i % 3]];
+            if nodes.last() != Some(&node) {
+                nodes.push(node);
+            }
+        }
+        nodes.join(" -> ")
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What one publisher did.
+#[derive(Debug, Default)]
+struct Published {
+    /// Acknowledged with success: sequence number, when sent, when acknowledged.
+    acked: Vec<(u64, Instant, Instant)>,
+    /// Refused or not acknowledged within [`ACK_WITHIN`]: sequence number, when sent, how.
+    refused: Vec<(u64, Instant, String)>,
+    /// Still not acknowledged when the run's end gave up on it.
+    unfinished: Option<u64>,
+}
+
+/// How a publisher publishes.
+#[derive(Clone)]
+struct Plan {
+    /// The topics it publishes on, one message each in turn.
+    topics: Vec<String>,
+    qos: QoS,
+    retain: bool,
+    /// A try refused gets a new sequence number (QoS 2: a try refused may or may not have
+    /// been stored, so the next is a new message, not a resend); otherwise the same message is
+    /// tried again.
+    new_number_per_try: bool,
+}
+
+/// The payload of message `seq` of publisher `name`.
+fn payload(name: &str, seq: u64) -> String {
+    format!("{name}|{seq}")
+}
+
+/// The publisher and sequence number of a payload made by [`payload`].
+fn parse_payload(payload: &str) -> Option<(&str, u64)> {
+    let (name, seq) = payload.split_once('|')?;
+    Some((name, seq.parse().ok()?))
+}
+
+/// Publishes as `plan` says, each message after the last was acknowledged and [`PACE`], until
+/// `stop` (after an acknowledged message, or [`RECOVERY`] after `stop` at the latest), counting
+/// successes in `acks`.
+async fn publish_run(
+    publisher: Arc<Tracked>,
+    plan: Plan,
+    acks: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> Published {
+    let mut published = Published::default();
+    let mut seq = 0;
+    let mut stop_seen: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let seen = *stop_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() > RECOVERY {
+                published.unfinished = Some(seq);
+                return published;
+            }
+        }
+        let topic = &plan.topics[seq as usize % plan.topics.len()];
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(
+            ACK_WITHIN,
+            publisher
+                .client
+                .publish(topic, payload(&publisher.name, seq), plan.qos, plan.retain),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(ack))
+                if matches!(
+                    ack.reason_code,
+                    ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+                ) =>
+            {
+                published.acked.push((seq, sent, Instant::now()));
+                acks.fetch_add(1, Ordering::Relaxed);
+                seq += 1;
+                if stop.load(Ordering::Relaxed) {
+                    return published;
+                }
+            }
+            other => {
+                let how = match other {
+                    Ok(Ok(ack)) => format!("{:?}", ack.reason_code),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no acknowledgement within {ACK_WITHIN:?}"),
+                };
+                published.refused.push((seq, sent, how));
+                if plan.new_number_per_try {
+                    seq += 1;
+                }
+            }
+        }
+        tokio::time::sleep(PACE).await;
+    }
+}
+
+/// Waits until `acks` has grown by [`PHASE_ACKS`] since `from` and [`PHASE_MIN`] has passed
+/// (bounded by [`RECOVERY`]); `Err` saying how far it got otherwise.
+async fn phase(acks: &AtomicUsize, from: usize, what: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let deadline = started + RECOVERY;
+    while acks.load(Ordering::Relaxed) < from + PHASE_ACKS || started.elapsed() < PHASE_MIN {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{what}: {} of {PHASE_ACKS} QoS 1 publishes acknowledged within {RECOVERY:?}",
+                acks.load(Ordering::Relaxed) - from
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Sequence numbers as ranges: `3-7, 12`.
+fn ranges(numbers: &BTreeSet<u64>) -> String {
+    let mut out = String::new();
+    let mut numbers = numbers.iter().copied().peekable();
+    while let Some(start) = numbers.next() {
+        let mut end = start;
+        while numbers.peek() == Some(&(end + 1)) {
+            end = numbers.next().unwrap_or(end);
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        if start == end {
+            let _ = write!(out, "{start}");
+        } else {
+            let _ = write!(out, "{start}-{end}");
+        }
+    }
+    out
+}
+
+/// A CONNECT with a QoS 2 will on `will/<id>`, payload `<id> gone`; a persistent session (600
+/// s) if `persistent`.
+fn with_will(id: &str, persistent: bool) -> Connect {
+    let mut connect = if persistent {
+        persistent_connect(ProtocolVersion::V5, id, 600)
+    } else {
+        connect_packet(ProtocolVersion::V5, id)
+    };
+    let mut will = Will::new(
+        TopicName::new(format!("will/{id}")).expect("a valid topic"),
+        Bytes::from(format!("{id} gone")),
+    );
+    will.qos = QoS::ExactlyOnce;
+    connect.will = Some(will);
+    connect
+}
+
+/// One point of the issue and what went wrong with it.
+struct Point {
+    name: &'static str,
+    failures: Vec<String>,
+}
+
+impl Point {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            failures: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, failure: String) {
+        self.failures.push(failure);
+    }
+}
+
+/// The moments of the run that the checks refer to.
+struct Moments {
+    node_killed: Instant,
+    majority_killed: Option<Instant>,
+    majority_back: Option<Instant>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_a_majority_loss() {
+    let clock = Clock(Instant::now());
+    let mut servers = NatsServer::cluster(3);
+    let data = TempDir::new("cluster-proof");
+    let log_dir = std::env::var_os("RALLYMQ_PROOF_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data.path("logs"));
+    std::fs::create_dir_all(&log_dir).expect("the log directory");
+    let ports = [free_port(), free_port(), free_port()];
+    let node_options: Vec<ChildOptions> = (0..3)
+        .map(|i| {
+            // Each node knows all three servers, its own first.
+            let order = [&servers[i], &servers[(i + 1) % 3], &servers[(i + 2) % 3]];
+            ChildOptions {
+                data_dir: Some(data.path(NODES[i])),
+                port: ports[i],
+                log: Some(log_dir.join(format!("{}.log", NODES[i]))),
+                ..ChildOptions::new(&order, NODES[i])
+            }
+        })
+        .collect();
+    // The first node makes the stream; the others start once it is there.
+    let mut nodes = vec![ChildNode::spawn(&node_options[0])];
+    nodes.extend(std::thread::scope(|scope| {
+        let starting: Vec<_> = node_options[1..]
+            .iter()
+            .map(|options| scope.spawn(|| ChildNode::spawn(options)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|node| node.join().expect("a node starts"))
+            .collect::<Vec<_>>()
+    }));
+    let addrs: [SocketAddr; 3] = [nodes[0].addr, nodes[1].addr, nodes[2].addr];
+    let replicas = servers[0]
+        .stream_detail(STREAM)
+        .and_then(|detail| detail["config"]["num_replicas"].as_u64());
+    assert_eq!(replicas, Some(3), "the stream has a replica on each server");
+    eprintln!("{}: 3 NATS servers, 3 nodes up", clock.at(Instant::now()));
+
+    // Persistent QoS 1 subscribers, two per node, MQTT 5 and 3.1.1.
+    let mut q1_subscribers = Vec::new();
+    for s in 0..6 {
+        let version = if s % 2 == 0 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V3_1_1
+        };
+        let subscriber = Tracked::connect(&format!("q1-sub-{s}"), &addrs, s % 3, version).await;
+        let code = subscriber
+            .client
+            .subscribe("q1/#", QoS::AtLeastOnce)
+            .await
+            .expect("SUBACK");
+        assert_eq!(code, ReasonCode::GrantedQoS1, "q1-sub-{s}");
+        q1_subscribers.push(subscriber);
+    }
+    // Five QoS 2 pairs: the subscriber on the node after the publisher's.
+    let mut q2_subscribers = Vec::new();
+    for k in 0..5 {
+        let version = if k % 2 == 0 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V3_1_1
+        };
+        let subscriber = Tracked::connect(&format!("q2-sub-{k}"), &addrs, k + 1, version).await;
+        let code = subscriber
+            .client
+            .subscribe(&format!("q2/{k}"), QoS::ExactlyOnce)
+            .await
+            .expect("SUBACK");
+        assert_eq!(code, ReasonCode::GrantedQoS2, "q2-sub-{k}");
+        q2_subscribers.push(subscriber);
+    }
+    // Will watchers on the two nodes that stay, at QoS 2: a will published twice arrives twice.
+    let mut will_watchers = Vec::new();
+    for node in 1..3 {
+        let watcher = Tracked::connect(
+            &format!("will-watcher-{node}"),
+            &addrs,
+            node,
+            ProtocolVersion::V5,
+        )
+        .await;
+        watcher
+            .client
+            .subscribe("will/#", QoS::ExactlyOnce)
+            .await
+            .expect("SUBACK");
+        will_watchers.push(watcher);
+    }
+    // Clients with wills on the node to be killed; they do not come back.
+    let mut will_clients = Vec::new();
+    for w in 0..WILLS {
+        let (client, _) =
+            TestClient::tcp(addrs[KILLED], with_will(&format!("w{w}"), w == WILLS - 1)).await;
+        will_clients.push(client);
+    }
+
+    // Publishers: QoS 1 (one per node, MQTT 5 and 3.1.1), QoS 2 (one per pair), retained.
+    let acks = Arc::new(AtomicUsize::new(0));
+    let other_acks = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut publishers: Vec<(Arc<Tracked>, Plan, tokio::task::JoinHandle<Published>)> = Vec::new();
+    let mut start_publisher =
+        async |name: String, node: usize, version: ProtocolVersion, plan: Plan, counted: bool| {
+            let publisher = Arc::new(Tracked::connect(&name, &addrs, node, version).await);
+            let run = tokio::spawn(publish_run(
+                publisher.clone(),
+                plan.clone(),
+                if counted {
+                    acks.clone()
+                } else {
+                    other_acks.clone()
+                },
+                stop.clone(),
+            ));
+            publishers.push((publisher, plan, run));
+        };
+    for p in 0..3 {
+        let version = if p == 1 {
+            ProtocolVersion::V3_1_1
+        } else {
+            ProtocolVersion::V5
+        };
+        let plan = Plan {
+            topics: vec![format!("q1/{p}")],
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            new_number_per_try: false,
+        };
+        start_publisher(format!("q1-pub-{p}"), p, version, plan, true).await;
+    }
+    for k in 0..5 {
+        let version = if k % 2 == 1 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V3_1_1
+        };
+        let plan = Plan {
+            topics: vec![format!("q2/{k}")],
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            new_number_per_try: true,
+        };
+        start_publisher(format!("q2-pub-{k}"), k, version, plan, false).await;
+    }
+    let retained_plan = Plan {
+        topics: (0..RETAINED_TOPICS).map(|t| format!("ret/{t}")).collect(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        new_number_per_try: false,
+    };
+    start_publisher(
+        "retainer".to_owned(),
+        KILLED,
+        ProtocolVersion::V5,
+        retained_plan,
+        false,
+    )
+    .await;
+    eprintln!(
+        "{}: {} subscribers, {} publishers, {WILLS} will clients connected",
+        clock.at(Instant::now()),
+        q1_subscribers.len() + q2_subscribers.len() + will_watchers.len(),
+        publishers.len()
+    );
+
+    let mut progress = Point::new("the cluster keeps acknowledging in every phase");
+    let mut acked_phase = async |what: &str| {
+        let from = acks.load(Ordering::Relaxed);
+        if let Err(failure) = phase(&acks, from, what).await {
+            progress.fail(failure);
+        }
+        eprintln!(
+            "{}: {what}: {} QoS 1 acknowledgements",
+            clock.at(Instant::now()),
+            acks.load(Ordering::Relaxed)
+        );
+    };
+
+    acked_phase("before anything is killed").await;
+    nodes[KILLED].kill();
+    let node_killed = Instant::now();
+    eprintln!("{}: {} SIGKILLed", clock.at(node_killed), NODES[KILLED]);
+    acked_phase("with node-a killed").await;
+
+    let leader = tokio::task::block_in_place(|| {
+        wait_for_stream_leader(&servers, STREAM, Duration::from_secs(10))
+    });
+    servers[leader].kill();
+    eprintln!(
+        "{}: NATS server {leader} ({}), the stream's leader, SIGKILLed",
+        clock.at(Instant::now()),
+        servers[leader].name()
+    );
+    acked_phase("with node-a and the stream leader's server killed").await;
+
+    tokio::task::block_in_place(|| {
+        servers[leader].restart();
+        nodes[KILLED] = ChildNode::spawn(&node_options[KILLED]);
+    });
+    eprintln!(
+        "{}: NATS server {leader} and {} restarted",
+        clock.at(Instant::now()),
+        NODES[KILLED]
+    );
+    acked_phase("after the restarts").await;
+
+    // 100 simultaneous CONNECTs of one client id to node A (back) and node B.
+    let mut takeover =
+        Point::new("100 simultaneous connects of one client id leave one connection");
+    let storm_id = format!("storm-{}", rallymq_test_support::run_id());
+    let left = tokio::task::block_in_place(|| {
+        storm(
+            &[addrs[KILLED], addrs[(KILLED + 1) % 3]],
+            STORM,
+            ProtocolVersion::V5,
+            &storm_id,
+        )
+    });
+    if left.len() != 1 {
+        takeover.fail(format!(
+            "{} connections of client id {storm_id} left open on node-a and node-b, not 1",
+            left.len()
+        ));
+    }
+    drop(left);
+    eprintln!("{}: connect storm done", clock.at(Instant::now()));
+
+    // Two of three NATS servers down: no QoS 1/2 acknowledgement, then recovery.
+    let mut quorum = Point::new(
+        "with a majority of NATS servers down, QoS 1/2 is not acknowledged, and is again after",
+    );
+    let probe_node = (KILLED + 2) % 3;
+    let (mut probe, _) = TestClient::tcp(
+        addrs[probe_node],
+        connect_packet(ProtocolVersion::V5, "quorum-probe"),
+    )
+    .await;
+    let keep = (leader + 1) % 3;
+    let killed_servers = [(keep + 1) % 3, (keep + 2) % 3];
+    for &server in &killed_servers {
+        servers[server].kill();
+    }
+    let majority_killed = Instant::now();
+    eprintln!(
+        "{}: NATS servers {killed_servers:?} SIGKILLed",
+        clock.at(majority_killed)
+    );
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let outcome = probe
+            .publish_outcome_within(message("probe/t", "no quorum", qos), ACK_WITHIN)
+            .await;
+        match outcome {
+            Ok(code) if code.is_error() => {}
+            Err(Some(_)) => {}
+            other => quorum.fail(format!(
+                "a {qos:?} publish on {} without a majority of NATS servers: {other:?}, not a \
+                 refusal (0x80) or a disconnect",
+                NODES[probe_node]
+            )),
+        }
+    }
+    let held = MAJORITY_DOWN.saturating_sub(majority_killed.elapsed());
+    tokio::time::sleep(held).await;
+    tokio::task::block_in_place(|| {
+        for &server in &killed_servers {
+            servers[server].restart();
+        }
+    });
+    let majority_back = Instant::now();
+    eprintln!(
+        "{}: NATS servers {killed_servers:?} restarted",
+        clock.at(majority_back)
+    );
+    if let Err(failure) =
+        publish_until_acknowledged(&mut probe, "probe/t", "quorum back", RECOVERY, ACK_WITHIN).await
+    {
+        quorum.fail(format!(
+            "once the servers were back, on {}: {failure}",
+            NODES[probe_node]
+        ));
+    }
+    acked_phase("after the majority's return").await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for (publisher, plan, run) in publishers {
+        let published = run.await.expect("a publisher ran to its end");
+        results.push((publisher, plan, published));
+    }
+    let stopped = Instant::now();
+    eprintln!(
+        "{}: publishers stopped: {}",
+        clock.at(stopped),
+        results
+            .iter()
+            .map(|(publisher, _, published)| format!(
+                "{} {} acked, {} refused",
+                publisher.name,
+                published.acked.len(),
+                published.refused.len()
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+
+    // What every subscriber must get, by publisher name: the acknowledged sequence numbers.
+    let acked_by: BTreeMap<&str, BTreeSet<u64>> = results
+        .iter()
+        .map(|(publisher, _, published)| {
+            (
+                publisher.name.as_str(),
+                published.acked.iter().map(|(seq, _, _)| *seq).collect(),
+            )
+        })
+        .collect();
+    let expected_for = |topics_prefix: &str| -> usize {
+        results
+            .iter()
+            .filter(|(_, plan, _)| plan.topics[0].starts_with(topics_prefix))
+            .map(|(_, _, published)| published.acked.len())
+            .sum()
+    };
+    // Wait until every subscriber has every acknowledged message, or the drain ends.
+    let subscribers: Vec<(&Tracked, &str)> = q1_subscribers
+        .iter()
+        .map(|s| (s, "q1/"))
+        .chain(q2_subscribers.iter().map(|s| (s, "q2/")))
+        .collect();
+    let drain_deadline = Instant::now() + DRAIN;
+    loop {
+        let complete = subscribers.iter().all(|(subscriber, prefix)| {
+            let log = subscriber.log();
+            let wanted = if *prefix == "q1/" {
+                expected_for("q1/")
+            } else {
+                let k = &subscriber.name["q2-sub-".len()..];
+                acked_by
+                    .get(format!("q2-pub-{k}").as_str())
+                    .map_or(0, BTreeSet::len)
+            };
+            let distinct: BTreeSet<&str> = log
+                .messages
+                .iter()
+                .map(|(_, _, payload)| payload.as_str())
+                .collect();
+            distinct.len() >= wanted
+        });
+        let last = subscribers
+            .iter()
+            .filter_map(|(s, _)| lock(&s.log).messages.last().map(|m| m.0))
+            .max()
+            .unwrap_or(stopped);
+        if (complete && last.elapsed() >= QUIET) || Instant::now() >= drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{}: drained", clock.at(Instant::now()));
+
+    let moments = Moments {
+        node_killed,
+        majority_killed: Some(majority_killed),
+        majority_back: Some(majority_back),
+    };
+    let mut points = vec![progress, takeover, quorum];
+    points.push(check_qos1(&q1_subscribers, &results, &moments, clock));
+    points.push(check_qos2(&q2_subscribers, &results, &moments, clock));
+    points.push(check_sessions(
+        q1_subscribers
+            .iter()
+            .chain(&q2_subscribers)
+            .chain(&will_watchers)
+            .chain(results.iter().map(|(publisher, _, _)| publisher.as_ref())),
+        &results,
+        clock,
+    ));
+    points.push(check_retained(&addrs, &results).await);
+    points.push(check_wills(&will_watchers));
+    points.push(check_quorum_window(&results, &moments, clock));
+
+    let mut report = String::new();
+    for point in &points {
+        let verdict = if point.failures.is_empty() {
+            "holds"
+        } else {
+            "FAILS"
+        };
+        let _ = writeln!(report, "[{verdict}] {}", point.name);
+        for failure in &point.failures {
+            let _ = writeln!(report, "    - {failure}");
+        }
+    }
+    eprintln!("{report}");
+    drop(will_clients);
+    drop(nodes);
+    assert!(
+        points.iter().all(|point| point.failures.is_empty()),
+        "the issue's proof does not hold:\n{report}"
+    );
+}
+
+/// Every acknowledged QoS 1 message reaches every subscriber at least once, the first copies in
+/// each publisher's order.
+fn check_qos1(
+    subscribers: &[Tracked],
+    results: &[(Arc<Tracked>, Plan, Published)],
+    moments: &Moments,
+    clock: Clock,
+) -> Point {
+    let mut point = Point::new(
+        "every acknowledged QoS 1 message reaches every matching subscriber at least once, in \
+         order per publisher",
+    );
+    for subscriber in subscribers {
+        let log = subscriber.log();
+        let on_when_killed = NODES[subscriber.node_at(moments.node_killed)];
+        for (publisher, plan, published) in results {
+            if plan.qos != QoS::AtLeastOnce || plan.retain {
+                continue;
+            }
+            let firsts = first_copies(&log.messages, &publisher.name);
+            let received: BTreeSet<u64> = firsts.iter().map(|(seq, _)| *seq).collect();
+            let missing: BTreeSet<u64> = published
+                .acked
+                .iter()
+                .map(|(seq, _, _)| *seq)
+                .filter(|seq| !received.contains(seq))
+                .collect();
+            if !missing.is_empty() {
+                let acked_at: Vec<Instant> = published
+                    .acked
+                    .iter()
+                    .filter(|(seq, _, _)| missing.contains(seq))
+                    .map(|(_, _, at)| *at)
+                    .collect();
+                let publisher_on: BTreeSet<&str> = published
+                    .acked
+                    .iter()
+                    .filter(|(seq, _, _)| missing.contains(seq))
+                    .map(|(_, sent, _)| NODES[publisher.node_at(*sent)])
+                    .collect();
+                point.fail(format!(
+                    "{} (on {on_when_killed} when it was killed; path {}) is missing {} of {}'s \
+                     {} acknowledged messages: seq {} (acknowledged {} to {}, published on \
+                     {publisher_on:?}; node-a killed at {})",
+                    subscriber.name,
+                    subscriber.path(),
+                    missing.len(),
+                    publisher.name,
+                    published.acked.len(),
+                    ranges(&missing),
+                    clock.at(*acked_at.iter().min().unwrap_or(&moments.node_killed)),
+                    clock.at(*acked_at.iter().max().unwrap_or(&moments.node_killed)),
+                    clock.at(moments.node_killed),
+                ));
+            }
+            if let Some(window) = firsts.windows(2).find(|pair| pair[0].0 > pair[1].0) {
+                point.fail(format!(
+                    "{}: {}'s messages out of order: seq {} (received at {}) came before seq {} \
+                     (received at {})",
+                    subscriber.name,
+                    publisher.name,
+                    window[0].0,
+                    clock.at(window[0].1),
+                    window[1].0,
+                    clock.at(window[1].1)
+                ));
+            }
+        }
+    }
+    point
+}
+
+/// The first copy of each of `publisher`'s messages in `messages`: sequence number and arrival,
+/// in the order they came.
+fn first_copies(messages: &[(Instant, String, String)], publisher: &str) -> Vec<(u64, Instant)> {
+    let mut seen = BTreeSet::new();
+    messages
+        .iter()
+        .filter_map(|(at, _, payload)| {
+            let (name, seq) = parse_payload(payload)?;
+            (name == publisher && seen.insert(seq)).then_some((seq, *at))
+        })
+        .collect()
+}
+
+/// Every acknowledged QoS 2 message reaches its subscriber exactly once, in order; a refused
+/// one at most once.
+fn check_qos2(
+    subscribers: &[Tracked],
+    results: &[(Arc<Tracked>, Plan, Published)],
+    moments: &Moments,
+    clock: Clock,
+) -> Point {
+    let mut point = Point::new(
+        "every acknowledged QoS 2 message reaches its subscriber exactly once, in order",
+    );
+    for subscriber in subscribers {
+        let k = &subscriber.name["q2-sub-".len()..];
+        let publisher_name = format!("q2-pub-{k}");
+        let Some((publisher, _, published)) = results
+            .iter()
+            .find(|(publisher, _, _)| publisher.name == publisher_name)
+        else {
+            point.fail(format!("no publisher {publisher_name}"));
+            continue;
+        };
+        let log = subscriber.log();
+        let on_when_killed = NODES[subscriber.node_at(moments.node_killed)];
+        let mut copies: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut order: Vec<(u64, Instant)> = Vec::new();
+        for (at, _, payload) in &log.messages {
+            if let Some((name, seq)) = parse_payload(payload)
+                && name == publisher_name
+            {
+                *copies.entry(seq).or_default() += 1;
+                order.push((seq, *at));
+            }
+        }
+        let acked: BTreeSet<u64> = published.acked.iter().map(|(seq, _, _)| *seq).collect();
+        let missing: BTreeSet<u64> = acked
+            .iter()
+            .copied()
+            .filter(|seq| !copies.contains_key(seq))
+            .collect();
+        if !missing.is_empty() {
+            let acked_at: Vec<Instant> = published
+                .acked
+                .iter()
+                .filter(|(seq, _, _)| missing.contains(seq))
+                .map(|(_, _, at)| *at)
+                .collect();
+            point.fail(format!(
+                "{} (on {on_when_killed} when node-a was killed; path {}) is missing {} of \
+                 {publisher_name}'s {} acknowledged messages (publisher's path {}): seq {} \
+                 (acknowledged {} to {}; node-a killed at {})",
+                subscriber.name,
+                subscriber.path(),
+                missing.len(),
+                acked.len(),
+                publisher.path(),
+                ranges(&missing),
+                clock.at(*acked_at.iter().min().unwrap_or(&moments.node_killed)),
+                clock.at(*acked_at.iter().max().unwrap_or(&moments.node_killed)),
+                clock.at(moments.node_killed),
+            ));
+        }
+        let twice: BTreeSet<u64> = copies
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(seq, _)| *seq)
+            .collect();
+        if !twice.is_empty() {
+            let first_at = order
+                .iter()
+                .find(|(seq, _)| twice.contains(seq))
+                .map(|(_, at)| clock.at(*at))
+                .unwrap_or_default();
+            point.fail(format!(
+                "{} got more than one copy of {publisher_name}'s seq {} (the first such at {first_at}; \
+                 subscriber's path {}, publisher's path {})",
+                subscriber.name,
+                ranges(&twice),
+                subscriber.path(),
+                publisher.path(),
+            ));
+        }
+        let unknown: BTreeSet<u64> = copies
+            .keys()
+            .copied()
+            .filter(|seq| {
+                !acked.contains(seq) && !published.refused.iter().any(|(s, _, _)| s == seq)
+            })
+            .collect();
+        if !unknown.is_empty() {
+            point.fail(format!(
+                "{} got {publisher_name}'s seq {}, never published",
+                subscriber.name,
+                ranges(&unknown)
+            ));
+        }
+        if let Some(window) = order.windows(2).find(|pair| pair[0].0 >= pair[1].0) {
+            point.fail(format!(
+                "{}: {publisher_name}'s seq {} (at {}) came before seq {} (at {})",
+                subscriber.name,
+                window[0].0,
+                clock.at(window[0].1),
+                window[1].0,
+                clock.at(window[1].1)
+            ));
+        }
+    }
+    point
+}
+
+/// Every reconnection of a persistent client found its session (Session Present 1), and each
+/// subscriber got messages from every publisher after its last reconnection (its
+/// subscriptions came along: the client subscribes again only when the session is not
+/// present).
+fn check_sessions<'a>(
+    clients: impl Iterator<Item = &'a Tracked>,
+    results: &[(Arc<Tracked>, Plan, Published)],
+    clock: Clock,
+) -> Point {
+    let mut point = Point::new("Session Present = 1 on every reconnect, with subscriptions intact");
+    let mut reconnects = 0;
+    for client in clients {
+        let log = client.log();
+        reconnects += log.reconnects.len();
+        for (at, present) in &log.reconnects {
+            if !present {
+                point.fail(format!(
+                    "{} reconnected at {} with Session Present 0 (path {}; ends: {:?})",
+                    client.name,
+                    clock.at(*at),
+                    client.path(),
+                    log.ends
+                        .iter()
+                        .map(|(at, why)| format!("{} {why}", clock.at(*at)))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        let Some((last, _)) = log.reconnects.last() else {
+            continue;
+        };
+        let wanted: Vec<String> = if client.name.starts_with("q1-sub-") {
+            results
+                .iter()
+                .filter(|(_, plan, _)| plan.qos == QoS::AtLeastOnce && !plan.retain)
+                .map(|(publisher, _, _)| publisher.name.clone())
+                .collect()
+        } else if let Some(k) = client.name.strip_prefix("q2-sub-") {
+            vec![format!("q2-pub-{k}")]
+        } else {
+            Vec::new()
+        };
+        for publisher in &wanted {
+            let after = log
+                .messages
+                .iter()
+                .filter(|(at, _, payload)| {
+                    at > last
+                        && parse_payload(payload)
+                            .is_some_and(|(name, _)| name == publisher.as_str())
+                })
+                .count();
+            if after == 0 {
+                point.fail(format!(
+                    "{} got nothing from {publisher} after its last reconnection at {}",
+                    client.name,
+                    clock.at(*last)
+                ));
+            }
+        }
+    }
+    eprintln!("{reconnects} reconnections of persistent clients");
+    if reconnects == 0 {
+        point.fail("no client reconnected: the run proved nothing about sessions".to_owned());
+    }
+    point
+}
+
+/// A fresh subscriber on each node gets the last acknowledged value of every retained topic.
+async fn check_retained(
+    addrs: &[SocketAddr; 3],
+    results: &[(Arc<Tracked>, Plan, Published)],
+) -> Point {
+    let mut point = Point::new("a fresh subscriber on any node gets the last retained values");
+    let Some((publisher, plan, published)) = results.iter().find(|(_, plan, _)| plan.retain) else {
+        point.fail("no retained publisher".to_owned());
+        return point;
+    };
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for (seq, _, _) in &published.acked {
+        let topic = plan.topics[*seq as usize % plan.topics.len()].clone();
+        last.insert(topic, payload(&publisher.name, *seq));
+    }
+    for (node, addr) in addrs.iter().enumerate() {
+        let (mut fresh, _) = TestClient::tcp(
+            *addr,
+            connect_packet(ProtocolVersion::V5, &format!("fresh-{node}")),
+        )
+        .await;
+        fresh
+            .subscribe(vec![subscription("ret/#", QoS::AtLeastOnce)])
+            .await;
+        let mut got: BTreeMap<String, String> = BTreeMap::new();
+        while got.len() < last.len() {
+            let Some(publish) = fresh.recv().await else {
+                break;
+            };
+            got.insert(topic_str(&publish), support::payload_str(&publish));
+        }
+        if got != last {
+            point.fail(format!(
+                "a fresh subscriber on {} got {got:?}, not the last acknowledged {last:?}",
+                NODES[node]
+            ));
+        }
+    }
+    point
+}
+
+/// Each will of the killed node's clients reaches each watcher exactly once.
+fn check_wills(watchers: &[Tracked]) -> Point {
+    let mut point = Point::new("the wills of the killed node's clients are published once");
+    let expected: BTreeMap<String, usize> = (0..WILLS).map(|w| (format!("will/w{w}"), 1)).collect();
+    for watcher in watchers {
+        let log = watcher.log();
+        let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, topic, _) in &log.messages {
+            *copies.entry(topic.clone()).or_default() += 1;
+        }
+        if copies != expected {
+            point.fail(format!(
+                "{} got {copies:?}, not each will once: {expected:?} (detection allows \
+                 {DETECTION:?})",
+                watcher.name
+            ));
+        }
+    }
+    point
+}
+
+/// No publish sent after the majority of NATS servers went down was acknowledged with success
+/// before they came back.
+fn check_quorum_window(
+    results: &[(Arc<Tracked>, Plan, Published)],
+    moments: &Moments,
+    clock: Clock,
+) -> Point {
+    let mut point =
+        Point::new("no QoS 1/2 publish is acknowledged while a majority of NATS servers is down");
+    let (Some(down), Some(back)) = (moments.majority_killed, moments.majority_back) else {
+        return point;
+    };
+    let mut refused = 0;
+    for (publisher, _, published) in results {
+        refused += published
+            .refused
+            .iter()
+            .filter(|(_, sent, _)| *sent > down && *sent < back)
+            .count();
+        for (seq, sent, acked) in &published.acked {
+            if *sent > down && *acked < back {
+                point.fail(format!(
+                    "{} seq {seq}: sent at {} and acknowledged at {}, while the majority was \
+                     down ({} to {})",
+                    publisher.name,
+                    clock.at(*sent),
+                    clock.at(*acked),
+                    clock.at(down),
+                    clock.at(back)
+                ));
+            }
+        }
+    }
+    eprintln!("{refused} publishes refused while the majority was down");
+    point
+}
