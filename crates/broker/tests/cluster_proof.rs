@@ -115,6 +115,11 @@ impl Clock {
             at.saturating_duration_since(self.0).as_secs_f64()
         )
     }
+
+    /// Prints what happened now, for a reader of the test's output.
+    fn say(self, what: &str) {
+        eprintln!("{}: {what}", self.at(Instant::now()));
+    }
 }
 
 /// What a client saw.
@@ -261,6 +266,9 @@ struct Published {
     unfinished: Option<u64>,
 }
 
+/// A publisher, how it published, and what it was told.
+type Run = (Arc<Tracked>, Plan, Published);
+
 /// How a publisher publishes.
 #[derive(Clone)]
 struct Plan {
@@ -272,6 +280,51 @@ struct Plan {
     /// been stored, so the next is a new message, not a resend); otherwise the same message is
     /// tried again.
     new_number_per_try: bool,
+}
+
+impl Plan {
+    /// One topic, not retained; at QoS 2 a try refused is followed by a new message.
+    fn on(topic: String, qos: QoS) -> Self {
+        Self {
+            topics: vec![topic],
+            qos,
+            retain: false,
+            new_number_per_try: qos == QoS::ExactlyOnce,
+        }
+    }
+}
+
+/// MQTT 5, or 3.1.1.
+fn version(v5: bool) -> ProtocolVersion {
+    if v5 {
+        ProtocolVersion::V5
+    } else {
+        ProtocolVersion::V3_1_1
+    }
+}
+
+/// A [`Tracked`] client subscribed to `filter` at `qos`, which SUBACK must grant.
+async fn subscribed(
+    name: &str,
+    addrs: &[SocketAddr; 3],
+    node: usize,
+    version: ProtocolVersion,
+    filter: &str,
+    qos: QoS,
+) -> Tracked {
+    let subscriber = Tracked::connect(name, addrs, node, version).await;
+    let code = subscriber
+        .client
+        .subscribe(filter, qos)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: no SUBACK: {error}"));
+    let granted = match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    };
+    assert_eq!(code, granted, "{name} subscribing to {filter}");
+    subscriber
 }
 
 /// The payload of message `seq` of publisher `name`.
@@ -469,58 +522,31 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         .stream_detail(STREAM)
         .and_then(|detail| detail["config"]["num_replicas"].as_u64());
     assert_eq!(replicas, Some(3), "the stream has a replica on each server");
-    eprintln!("{}: 3 NATS servers, 3 nodes up", clock.at(Instant::now()));
+    clock.say("3 NATS servers, 3 nodes up");
 
     // Persistent QoS 1 subscribers, two per node, MQTT 5 and 3.1.1.
     let mut q1_subscribers = Vec::new();
     for s in 0..6 {
-        let version = if s % 2 == 0 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V3_1_1
-        };
-        let subscriber = Tracked::connect(&format!("q1-sub-{s}"), &addrs, s % 3, version).await;
-        let code = subscriber
-            .client
-            .subscribe("q1/#", QoS::AtLeastOnce)
-            .await
-            .expect("SUBACK");
-        assert_eq!(code, ReasonCode::GrantedQoS1, "q1-sub-{s}");
-        q1_subscribers.push(subscriber);
+        let name = format!("q1-sub-{s}");
+        let version = version(s % 2 == 0);
+        q1_subscribers
+            .push(subscribed(&name, &addrs, s % 3, version, "q1/#", QoS::AtLeastOnce).await);
     }
     // Five QoS 2 pairs: the subscriber on the node after the publisher's.
     let mut q2_subscribers = Vec::new();
     for k in 0..5 {
-        let version = if k % 2 == 0 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V3_1_1
-        };
-        let subscriber = Tracked::connect(&format!("q2-sub-{k}"), &addrs, k + 1, version).await;
-        let code = subscriber
-            .client
-            .subscribe(&format!("q2/{k}"), QoS::ExactlyOnce)
-            .await
-            .expect("SUBACK");
-        assert_eq!(code, ReasonCode::GrantedQoS2, "q2-sub-{k}");
-        q2_subscribers.push(subscriber);
+        let (name, filter) = (format!("q2-sub-{k}"), format!("q2/{k}"));
+        let version = version(k % 2 == 0);
+        q2_subscribers
+            .push(subscribed(&name, &addrs, k + 1, version, &filter, QoS::ExactlyOnce).await);
     }
     // Will watchers on the two nodes that stay, at QoS 2: a will published twice arrives twice.
     let mut will_watchers = Vec::new();
     for node in 1..3 {
-        let watcher = Tracked::connect(
-            &format!("will-watcher-{node}"),
-            &addrs,
-            node,
-            ProtocolVersion::V5,
-        )
-        .await;
-        watcher
-            .client
-            .subscribe("will/#", QoS::ExactlyOnce)
-            .await
-            .expect("SUBACK");
-        will_watchers.push(watcher);
+        let name = format!("will-watcher-{node}");
+        let version = ProtocolVersion::V5;
+        will_watchers
+            .push(subscribed(&name, &addrs, node, version, "will/#", QoS::ExactlyOnce).await);
     }
     // Clients with wills on the node to be killed; they do not come back.
     let mut will_clients = Vec::new();
@@ -559,32 +585,12 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
             publishers.push((publisher, plan, run));
         };
     for p in 0..3 {
-        let version = if p == 1 {
-            ProtocolVersion::V3_1_1
-        } else {
-            ProtocolVersion::V5
-        };
-        let plan = Plan {
-            topics: vec![format!("q1/{p}")],
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            new_number_per_try: false,
-        };
-        start_publisher(format!("q1-pub-{p}"), p, version, plan, true).await;
+        let plan = Plan::on(format!("q1/{p}"), QoS::AtLeastOnce);
+        start_publisher(format!("q1-pub-{p}"), p, version(p != 1), plan, true).await;
     }
     for k in 0..5 {
-        let version = if k % 2 == 1 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V3_1_1
-        };
-        let plan = Plan {
-            topics: vec![format!("q2/{k}")],
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            new_number_per_try: true,
-        };
-        start_publisher(format!("q2-pub-{k}"), k, version, plan, false).await;
+        let plan = Plan::on(format!("q2/{k}"), QoS::ExactlyOnce);
+        start_publisher(format!("q2-pub-{k}"), k, version(k % 2 == 1), plan, false).await;
     }
     let retained_plan = Plan {
         topics: (0..RETAINED_TOPICS).map(|t| format!("ret/{t}")).collect(),
@@ -600,12 +606,11 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         false,
     )
     .await;
-    eprintln!(
-        "{}: {} subscribers, {} publishers, {WILLS} will clients connected",
-        clock.at(Instant::now()),
+    clock.say(&format!(
+        "{} subscribers, {} publishers, {WILLS} will clients connected",
         q1_subscribers.len() + q2_subscribers.len() + will_watchers.len(),
         publishers.len()
-    );
+    ));
 
     let mut progress = Point::new("the cluster keeps acknowledging in every phase");
     let mut acked_phase = async |what: &str| {
@@ -613,40 +618,37 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         if let Err(failure) = phase(&acks, from, what).await {
             progress.fail(failure);
         }
-        eprintln!(
-            "{}: {what}: {} QoS 1 acknowledgements",
-            clock.at(Instant::now()),
+        clock.say(&format!(
+            "{what}: {} QoS 1 acknowledgements",
             acks.load(Ordering::Relaxed)
-        );
+        ));
     };
 
     acked_phase("before anything is killed").await;
     // Taken before the kill: the clients' ends that follow it count as after.
     let node_killed = Instant::now();
     nodes[KILLED].kill();
-    eprintln!("{}: {} SIGKILLed", clock.at(node_killed), NODES[KILLED]);
+    clock.say(&format!("{} SIGKILLed", NODES[KILLED]));
     acked_phase("with node-a killed").await;
 
     let leader = tokio::task::block_in_place(|| {
         wait_for_stream_leader(&servers, STREAM, Duration::from_secs(10))
     });
     servers[leader].kill();
-    eprintln!(
-        "{}: NATS server {leader} ({}), the stream's leader, SIGKILLed",
-        clock.at(Instant::now()),
+    clock.say(&format!(
+        "NATS server {leader} ({}), the stream's leader, SIGKILLed",
         servers[leader].name()
-    );
+    ));
     acked_phase("with node-a and the stream leader's server killed").await;
 
     tokio::task::block_in_place(|| {
         servers[leader].restart();
         nodes[KILLED] = ChildNode::spawn(&node_options[KILLED]);
     });
-    eprintln!(
-        "{}: NATS server {leader} and {} restarted",
-        clock.at(Instant::now()),
+    clock.say(&format!(
+        "NATS server {leader} and {} restarted",
         NODES[KILLED]
-    );
+    ));
     acked_phase("after the restarts").await;
 
     // 100 simultaneous CONNECTs of one client id to node A (back) and node B.
@@ -668,7 +670,7 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         ));
     }
     drop(left);
-    eprintln!("{}: connect storm done", clock.at(Instant::now()));
+    clock.say("connect storm done");
 
     // Two of three NATS servers down: no QoS 1/2 acknowledgement, then recovery.
     let mut quorum = Point::new(
@@ -686,10 +688,7 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         servers[server].kill();
     }
     let majority_killed = Instant::now();
-    eprintln!(
-        "{}: NATS servers {killed_servers:?} SIGKILLed",
-        clock.at(majority_killed)
-    );
+    clock.say(&format!("NATS servers {killed_servers:?} SIGKILLed"));
     for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let outcome = probe
             .publish_outcome_within(message("probe/t", "no quorum", qos), ACK_WITHIN)
@@ -712,10 +711,7 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         }
     });
     let majority_back = Instant::now();
-    eprintln!(
-        "{}: NATS servers {killed_servers:?} restarted",
-        clock.at(majority_back)
-    );
+    clock.say(&format!("NATS servers {killed_servers:?} restarted"));
     if let Err(failure) =
         publish_until_acknowledged(&mut probe, "probe/t", "quorum back", RECOVERY, ACK_WITHIN).await
     {
@@ -733,9 +729,8 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         results.push((publisher, plan, published));
     }
     let stopped = Instant::now();
-    eprintln!(
-        "{}: publishers stopped: {}",
-        clock.at(stopped),
+    clock.say(&format!(
+        "publishers stopped: {}",
         results
             .iter()
             .map(|(publisher, _, published)| format!(
@@ -746,7 +741,7 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
             ))
             .collect::<Vec<_>>()
             .join("; ")
-    );
+    ));
 
     // What every subscriber must get, by publisher name: the acknowledged sequence numbers.
     let acked_by: BTreeMap<&str, BTreeSet<u64>> = results
@@ -800,7 +795,7 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("{}: drained", clock.at(Instant::now()));
+    clock.say("drained");
     for (subscriber, _) in &subscribers {
         if let Some((delay, publisher, seq, at)) = slowest_delivery(subscriber, &results)
             && delay > Duration::from_secs(5)
@@ -884,12 +879,7 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
 
 /// Every acknowledged QoS 1 message reaches every subscriber at least once, the first copies in
 /// each publisher's order.
-fn check_qos1(
-    subscribers: &[Tracked],
-    results: &[(Arc<Tracked>, Plan, Published)],
-    moments: &Moments,
-    clock: Clock,
-) -> Point {
+fn check_qos1(subscribers: &[Tracked], results: &[Run], moments: &Moments, clock: Clock) -> Point {
     let mut point = Point::new(
         "every acknowledged QoS 1 message reaches every matching subscriber at least once, in \
          order per publisher",
@@ -913,21 +903,30 @@ fn check_qos1(
                     subscriber, publisher, published, &missing, moments, clock,
                 ));
             }
-            if let Some(window) = firsts.windows(2).find(|pair| pair[0].0 > pair[1].0) {
-                point.fail(format!(
-                    "{}: {}'s messages out of order: seq {} (received at {}) came before seq {} \
-                     (received at {})",
-                    subscriber.name,
-                    publisher.name,
-                    window[0].0,
-                    clock.at(window[0].1),
-                    window[1].0,
-                    clock.at(window[1].1)
-                ));
+            if let Some(failure) = out_of_order(&subscriber.name, &publisher.name, &firsts, clock) {
+                point.fail(failure);
             }
         }
     }
     point
+}
+
+/// The first place where `arrivals` (sequence numbers of `publisher`'s messages as
+/// `subscriber` received them) does not go up, as a failure.
+fn out_of_order(
+    subscriber: &str,
+    publisher: &str,
+    arrivals: &[(u64, Instant)],
+    clock: Clock,
+) -> Option<String> {
+    let pair = arrivals.windows(2).find(|pair| pair[0].0 >= pair[1].0)?;
+    Some(format!(
+        "{subscriber}: {publisher}'s seq {} (received at {}) came before seq {} (received at {})",
+        pair[0].0,
+        clock.at(pair[0].1),
+        pair[1].0,
+        clock.at(pair[1].1)
+    ))
 }
 
 /// What a subscriber missed of a publisher's acknowledged messages: which, when they were
@@ -988,7 +987,7 @@ fn describe_missing(
 /// arrival of the first copy, which message, and when it came.
 fn slowest_delivery(
     subscriber: &Tracked,
-    results: &[(Arc<Tracked>, Plan, Published)],
+    results: &[Run],
 ) -> Option<(Duration, String, u64, Instant)> {
     let acked: BTreeMap<(&str, u64), Instant> = results
         .iter()
@@ -1034,12 +1033,7 @@ fn first_copies(messages: &[(Instant, String, String)], publisher: &str) -> Vec<
 
 /// Every acknowledged QoS 2 message reaches its subscriber exactly once, in order; a refused
 /// one at most once.
-fn check_qos2(
-    subscribers: &[Tracked],
-    results: &[(Arc<Tracked>, Plan, Published)],
-    moments: &Moments,
-    clock: Clock,
-) -> Point {
+fn check_qos2(subscribers: &[Tracked], results: &[Run], moments: &Moments, clock: Clock) -> Point {
     let mut point = Point::new(
         "every acknowledged QoS 2 message reaches its subscriber exactly once, in order",
     );
@@ -1128,15 +1122,9 @@ fn check_qos2(
                 ranges(&unknown)
             ));
         }
-        if let Some(window) = order.windows(2).find(|pair| pair[0].0 >= pair[1].0) {
-            point.fail(format!(
-                "{}: {publisher_name}'s seq {} (at {}) came before seq {} (at {})",
-                subscriber.name,
-                window[0].0,
-                clock.at(window[0].1),
-                window[1].0,
-                clock.at(window[1].1)
-            ));
+        // Every copy, not only the first: a second copy is out of order too.
+        if let Some(failure) = out_of_order(&subscriber.name, &publisher_name, &order, clock) {
+            point.fail(failure);
         }
     }
     point
@@ -1148,7 +1136,7 @@ fn check_qos2(
 /// present).
 fn check_sessions<'a>(
     clients: impl Iterator<Item = &'a Tracked>,
-    results: &[(Arc<Tracked>, Plan, Published)],
+    results: &[Run],
     clock: Clock,
 ) -> Point {
     let mut point = Point::new("Session Present = 1 on every reconnect, with subscriptions intact");
@@ -1211,10 +1199,7 @@ fn check_sessions<'a>(
 }
 
 /// A fresh subscriber on each node gets the last acknowledged value of every retained topic.
-async fn check_retained(
-    addrs: &[SocketAddr; 3],
-    results: &[(Arc<Tracked>, Plan, Published)],
-) -> Point {
+async fn check_retained(addrs: &[SocketAddr; 3], results: &[Run]) -> Point {
     let mut point = Point::new("a fresh subscriber on any node gets the last retained values");
     let Some((publisher, plan, published)) = results.iter().find(|(_, plan, _)| plan.retain) else {
         point.fail("no retained publisher".to_owned());
@@ -1302,11 +1287,7 @@ async fn check_wills(
 
 /// No publish sent after the majority of NATS servers went down was acknowledged with success
 /// before they came back.
-fn check_quorum_window(
-    results: &[(Arc<Tracked>, Plan, Published)],
-    moments: &Moments,
-    clock: Clock,
-) -> Point {
+fn check_quorum_window(results: &[Run], moments: &Moments, clock: Clock) -> Point {
     let mut point =
         Point::new("no QoS 1/2 publish is acknowledged while a majority of NATS servers is down");
     let (Some(down), Some(back)) = (moments.majority_killed, moments.majority_back) else {
