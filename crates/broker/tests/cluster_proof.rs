@@ -848,10 +848,28 @@ async fn drain(subscribers: &[&Tracked], results: &[Run], stopped: Instant) {
     }
 }
 
-/// Prints what explains some failures without being a point of the issue: subscribers that got
-/// a message long after its acknowledgement, and tries a QoS 2 publisher was told were refused
+/// Prints what explains some failures without being a point of the issue: why clients' connections
+/// ended, subscribers that got a message long after its acknowledgement, and tries a QoS 2 publisher was told were refused
 /// (or never answered) that a subscriber got all the same.
 fn diagnose(subscribers: &[&Tracked], results: &[Run], clock: Clock) {
+    // Why connections ended (or attempts failed), and whose.
+    let mut ends: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
+    let publishers = results.iter().map(|(publisher, _, _)| publisher.as_ref());
+    for client in subscribers.iter().copied().chain(publishers) {
+        for (_, why) in client.log().ends {
+            *ends
+                .entry(why)
+                .or_default()
+                .entry(&client.name)
+                .or_default() += 1;
+        }
+    }
+    for (why, clients) in &ends {
+        eprintln!(
+            "connections ended ({}): {why}: {clients:?}",
+            clients.values().sum::<usize>()
+        );
+    }
     for subscriber in subscribers {
         if let Some((delay, publisher, seq, at)) = slowest_delivery(subscriber, results)
             && delay > Duration::from_secs(5)
@@ -1169,9 +1187,12 @@ fn check_sessions<'a>(
         let Some((last, _)) = log.reconnects.last() else {
             continue;
         };
+        // Publishers that had a message acknowledged after it was sent past the reconnection:
+        // one the subscription must have brought (a reconnection at the run's end proves none).
         let wanted = results
             .iter()
             .filter(|run| feeds(run, client))
+            .filter(|(_, _, published)| published.acked.iter().any(|(_, sent, _)| sent > last))
             .map(|(publisher, _, _)| publisher.name.as_str());
         for publisher in wanted {
             let after = log
