@@ -314,10 +314,9 @@ async fn subscribed(
     qos: QoS,
 ) -> Tracked {
     let subscriber = Tracked::connect(name, addrs, node, version).await;
-    let code = subscriber
-        .client
-        .subscribe(filter, qos)
+    let code = tokio::time::timeout(RECOVERY, subscriber.client.subscribe(filter, qos))
         .await
+        .unwrap_or_else(|_| panic!("{name}: no SUBACK within {RECOVERY:?}"))
         .unwrap_or_else(|error| panic!("{name}: no SUBACK: {error}"));
     let granted = match qos {
         QoS::AtMostOnce => ReasonCode::Success,
