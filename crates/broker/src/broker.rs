@@ -197,14 +197,17 @@ impl Shared {
             .get()
             .map(|cluster| cluster.forward(sender, publish))
             .unwrap_or_default();
-        let targets = Targets::Subscribers {
-            shared_groups: !forwarded.shared_groups,
+        // A QoS 1 or 2 message in the stream reaches this node's subscribers through the
+        // stream too, as any node's: once stored there (never before its publisher could be
+        // told it failed), and with its place in the stream, which a session's record keeps.
+        let targets = if forwarded.stream.is_some() {
+            Targets::Nobody
+        } else {
+            Targets::Subscribers {
+                shared_groups: !forwarded.shared_groups,
+            }
         };
-        let origin = forwarded
-            .message_id
-            .clone()
-            .map_or(Origin::Local, Origin::Own);
-        let mut outcome = self.publish_here(sender, publish, also, None, targets, &origin);
+        let mut outcome = self.publish_here(sender, publish, also, None, targets, Origin::Local);
         outcome.stream = forwarded.stream;
         outcome
     }
@@ -228,17 +231,18 @@ impl Shared {
         } else {
             Origin::Stream(sequence)
         };
-        self.publish_here(sender, publish, None, cursor, targets, &origin)
+        self.publish_here(sender, publish, None, cursor, targets, origin)
             .ticket
     }
 
-    /// Publishes a message read again from the cluster's stream to `session` only (a session
-    /// resumed from its record after its node died).
+    /// Publishes a message read again from the cluster's stream (at `sequence`) to
+    /// `session` only (a session resumed from its record after its node died).
     pub(crate) fn publish_replayed(
         &self,
         session: &Arc<Session>,
         sender: Option<&str>,
         publish: &Publish,
+        sequence: u64,
     ) -> Ticket {
         self.publish_here(
             sender,
@@ -246,25 +250,20 @@ impl Shared {
             None,
             None,
             Targets::Session(session),
-            &Origin::Replay,
+            Origin::Replay(sequence),
         )
         .ticket
     }
 
-    /// Ends `session`'s replay of the stream (read up to `through`, this node's messages in it
-    /// `replayed`): queues what routing held back meanwhile that the replay did not bring,
-    /// written to the store as routing would have.
-    pub(crate) fn end_replay(
-        &self,
-        session: &Session,
-        through: u64,
-        replayed: &std::collections::HashSet<Arc<str>>,
-    ) {
+    /// Ends `session`'s replay of the stream (read up to `through`): queues what routing
+    /// held back meanwhile that the replay did not bring, written to the store as routing
+    /// would have.
+    pub(crate) fn end_replay(&self, session: &Session, through: u64) {
         let limits = &self.config.limits;
-        session.end_hold(through, replayed, |session, inner, publish, since| {
+        session.end_hold(through, |session, inner, publish, since, sequence| {
             let _group = self.store.as_deref().map(Group::open);
             let held = publish.clone();
-            let persisting = self.store.as_deref().map(|store| Persisting {
+            let mut persisting = self.store.as_deref().map(|store| Persisting {
                 store,
                 next_message_id: &self.next_message_id,
                 message: &held,
@@ -272,8 +271,7 @@ impl Shared {
                 id: None,
                 ticket: Ticket::default(),
             });
-            let mut persisting = persisting;
-            session.enqueue_locked(inner, publish, since, limits, persisting.as_mut());
+            session.enqueue_locked(inner, publish, since, limits, persisting.as_mut(), sequence);
         });
     }
 
@@ -294,7 +292,7 @@ impl Shared {
             None,
             None,
             Targets::Group(filter),
-            &Origin::Local,
+            Origin::Local,
         )
     }
 
@@ -306,7 +304,7 @@ impl Shared {
         also: Option<Change>,
         cursor: Option<Change>,
         targets: Targets<'_>,
-        origin: &Origin,
+        origin: Origin,
     ) -> RouteOutcome {
         // A message routed to several persistent sessions is written in several changes.
         let _group = match &self.store {
@@ -317,7 +315,7 @@ impl Shared {
         };
         let received_at = SystemTime::now();
         let mut retained = Ticket::default();
-        if publish.retain && matches!(targets, Targets::Subscribers { .. }) {
+        if publish.retain && matches!(targets, Targets::Subscribers { .. } | Targets::Nobody) {
             self.router.retain(publish);
             if let (Some(store), Some(topic)) = (&self.store, &publish.topic) {
                 let change = if publish.payload.is_empty() {
@@ -342,7 +340,7 @@ impl Shared {
         let limits = &self.config.limits;
         let mut outcome = self
             .router
-            .route_to(sender, publish, limits, persisting, targets, origin);
+            .route_to(sender, publish, limits, persisting, targets, &origin);
         outcome.ticket = outcome
             .ticket
             .max(retained)

@@ -691,7 +691,9 @@ impl Driver {
                         // Every matching subscriber's queue was full: nobody got it (MQTT 5
                         // lets PUBACK and PUBREC say so).
                         (0, 1..) if v5 => ReasonCode::QuotaExceeded,
-                        (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
+                        // In a cluster a message in the stream is routed by every node,
+                        // this one too: who matches is not known here.
+                        (0, _) if v5 && stream.is_none() => ReasonCode::NoMatchingSubscribers,
                         _ => ReasonCode::Success,
                     };
                     // Acknowledgements go out in the order of their messages (MQTT-4.6.0-2):
@@ -1431,6 +1433,7 @@ impl Driver {
                     publish,
                     since,
                     stored: Some(reference),
+                    sequence: crate::session::UNKNOWN_SEQUENCE,
                 }),
             }
         }

@@ -263,6 +263,7 @@ impl Router {
         origin: &Origin,
     ) -> RouteOutcome {
         let (shared_groups, only) = match targets {
+            Targets::Nobody => return RouteOutcome::default(),
             Targets::Subscribers { shared_groups } => (shared_groups, None),
             Targets::Session(session) => (false, Some(Arc::as_ptr(session))),
             Targets::Group(filter) => {
@@ -387,6 +388,9 @@ pub(crate) enum Targets<'a> {
     Group(&'a TopicFilter),
     /// This session's own subscriptions only (a cluster session replaying the stream).
     Session(&'a Arc<Session>),
+    /// No subscriber here: a message in the cluster's stream, which brings it to this node's
+    /// subscribers too (its retained copy is kept all the same).
+    Nobody,
 }
 
 impl Targets<'_> {

@@ -253,6 +253,9 @@ pub(crate) struct Queued {
     pub(crate) publish: Publish,
     pub(crate) since: Instant,
     pub(crate) stored: Option<StoredRef>,
+    /// In a cluster, its sequence in the stream: 0 when it is not from the stream,
+    /// [`UNKNOWN_SEQUENCE`] when that is not known here.
+    pub(crate) sequence: u64,
 }
 
 impl Queued {
@@ -263,6 +266,7 @@ impl Queued {
             publish,
             since,
             stored: Some(StoredRef::of(loaded)),
+            sequence: UNKNOWN_SEQUENCE,
         }
     }
 }
@@ -441,19 +445,33 @@ pub(crate) struct SessionInner {
 }
 
 /// Where a message routed to a session comes from: in a cluster, its place in the stream
-/// of QoS 1 and 2 messages, so that a session that replays the stream gets it once.
-#[derive(Debug, Clone, Default)]
+/// of QoS 1 and 2 messages (every QoS 1 and 2 message there reaches its subscribers through
+/// the stream, on its own node too), so that a session that replays the stream gets it once
+/// and its record can say how far it got.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) enum Origin {
-    /// Not in the stream (QoS 0, a will, `$SYS`, a single node).
+    /// Not in the stream (QoS 0, `$SYS`, retained messages sent on SUBSCRIBE, a single node).
     #[default]
     Local,
-    /// Read from the stream at this sequence (another node's publish).
+    /// Read from the stream at this sequence.
     Stream(u64),
-    /// Published on this node and written to the stream under this message id.
-    Own(Arc<str>),
-    /// Read again from the stream by the session's replay: never held back.
-    Replay,
+    /// Read again from the stream at this sequence by the session's replay: never held back.
+    Replay(u64),
 }
+
+impl Origin {
+    /// The message's sequence in the stream; 0 when it is not from the stream.
+    pub(crate) fn sequence(self) -> u64 {
+        match self {
+            Self::Local => 0,
+            Self::Stream(sequence) | Self::Replay(sequence) => sequence,
+        }
+    }
+}
+
+/// [`Queued::sequence`] of a stream message whose sequence is not known here (read back from
+/// the store, or handed over by another node).
+pub(crate) const UNKNOWN_SEQUENCE: u64 = u64::MAX;
 
 /// A session replaying the cluster's stream from its record's cursor, because the node that
 /// held its queue died. While `holding`, what routing brings that is also in the stream is
@@ -686,15 +704,14 @@ impl Session {
     }
 
     /// Ends holding back (a replay done, or not needed): the held messages are returned, but
-    /// those the replay brought (stream sequence up to `through`, or this node's message ids
-    /// in `replayed`) are left out, and from now on routing skips the stream's messages up
-    /// to `through`. Under the lock the caller queues the returned messages in, through
-    /// `queue`, so that nothing routed meanwhile comes before them.
+    /// those the replay brought (stream sequence up to `through`) are left out, and from now
+    /// on routing skips the stream's messages up to `through`. Under the lock the caller
+    /// queues the returned messages in, through `queue`, so that nothing routed meanwhile
+    /// comes before them.
     pub(crate) fn end_hold(
         &self,
         through: u64,
-        replayed: &HashSet<Arc<str>>,
-        mut queue: impl FnMut(&Self, &mut SessionInner, Publish, Instant),
+        mut queue: impl FnMut(&Self, &mut SessionInner, Publish, Instant, u64),
     ) {
         let mut inner = self.lock();
         let Some(replay) = inner.replay.as_deref_mut() else {
@@ -704,13 +721,9 @@ impl Session {
         replay.through = through;
         let held = std::mem::take(&mut replay.held);
         for (origin, publish, since) in held {
-            let brought = match &origin {
-                Origin::Stream(seq) => *seq <= through,
-                Origin::Own(id) => replayed.contains(id),
-                Origin::Local | Origin::Replay => false,
-            };
-            if !brought {
-                queue(self, &mut inner, publish, since);
+            let sequence = origin.sequence();
+            if sequence > through {
+                queue(self, &mut inner, publish, since, sequence);
             }
         }
     }
@@ -791,8 +804,8 @@ impl Session {
                     // The replay brought it already.
                     return Enqueued::default();
                 }
-                Origin::Stream(_) | Origin::Own(_) if replay.holding => {
-                    replay.held.push((origin.clone(), publish, since));
+                Origin::Stream(_) if replay.holding => {
+                    replay.held.push((*origin, publish, since));
                     return Enqueued {
                         queued: true,
                         ..Enqueued::default()
@@ -805,10 +818,18 @@ impl Session {
             inner.stream_touched = true;
             inner.routed_since_cursor = inner.routed_since_cursor.saturating_add(1);
         }
-        self.enqueue_locked(&mut inner, publish, since, limits, persisting)
+        self.enqueue_locked(
+            &mut inner,
+            publish,
+            since,
+            limits,
+            persisting,
+            origin.sequence(),
+        )
     }
 
-    /// [`Session::enqueue`] under the session's lock, taken by the caller.
+    /// [`Session::enqueue`] under the session's lock, taken by the caller; `sequence` is the
+    /// message's in the cluster's stream (0: not from it).
     pub(crate) fn enqueue_locked(
         &self,
         inner: &mut SessionInner,
@@ -816,6 +837,7 @@ impl Session {
         since: Instant,
         limits: &Limits,
         persisting: Option<&mut Persisting<'_>>,
+        sequence: u64,
     ) -> Enqueued {
         let online = inner.attachment.is_some();
         if !online && publish.qos == QoS::AtMostOnce {
@@ -905,6 +927,7 @@ impl Session {
                 publish,
                 since,
                 stored,
+                sequence,
             });
         }
         enqueued.congested = self.congestion(inner, limits);

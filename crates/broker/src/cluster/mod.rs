@@ -244,8 +244,6 @@ pub(crate) struct Forwarded {
     /// A QoS 1 or 2 message's write to the stream, which the publisher's acknowledgement
     /// waits for.
     pub(crate) stream: Option<StreamAck>,
-    /// Its message id in the stream.
-    pub(crate) message_id: Option<Arc<str>>,
 }
 
 /// A node's link to the cluster: what the broker's publish path and router hook talk to.
@@ -544,8 +542,7 @@ impl Link {
             }
         }
         if !qos0 {
-            let (ack, message_id) = self.stream.write(subject, envelope);
-            forwarded.message_id = message_id;
+            let ack = self.stream.write(subject, envelope);
             forwarded.stream = Some(match retained {
                 Some(retained) => ack.with_retained(retained),
                 None => ack,

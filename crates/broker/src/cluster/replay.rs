@@ -14,7 +14,6 @@
 //! written comes again: QoS 1 at least once; a QoS 2 message completed in that window is
 //! delivered again, as a new message.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use super::stream::{NODE_HEADER, STREAM};
+use super::stream::STREAM;
 use super::{received, subject};
 use crate::broker::Shared;
 use crate::session::Session;
@@ -39,10 +38,8 @@ pub(super) async fn replay(
     context: &jetstream::Context,
     session: &Arc<Session>,
     cursor: u64,
-    node_id: &str,
 ) {
-    let mut replayed = HashSet::new();
-    let through = match read_after(shared, context, session, cursor, node_id, &mut replayed).await {
+    let through = match read_after(shared, context, session, cursor).await {
         Ok(through) => through,
         Err((through, error)) => {
             warn!(
@@ -55,19 +52,16 @@ pub(super) async fn replay(
             through
         }
     };
-    shared.end_replay(session, through, &replayed);
+    shared.end_replay(session, through);
 }
 
 /// Routes the stream's messages after `cursor` to `session`, up to the stream's last message
-/// when it began; returns how far it read (with the error, when it stopped early). The ids of
-/// this node's messages read go into `replayed`.
+/// when it began; returns how far it read (with the error, when it stopped early).
 async fn read_after(
     shared: &Shared,
     context: &jetstream::Context,
     session: &Arc<Session>,
     cursor: u64,
-    node_id: &str,
-    replayed: &mut HashSet<Arc<str>>,
 ) -> Result<u64, (u64, String)> {
     let mut stream = context
         .get_stream(STREAM)
@@ -112,19 +106,9 @@ async fn read_after(
                 // Delivered again: read already.
                 continue;
             }
-            let headers = message.headers.as_ref();
-            let own = headers
-                .and_then(|headers| headers.get(NODE_HEADER))
-                .is_some_and(|node| node.as_str() == node_id);
-            if own
-                && let Some(id) =
-                    headers.and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-            {
-                replayed.insert(id.as_str().into());
-            }
             let topic = subject::stream_subject_topic(message.subject.as_str());
             if let Some((sender, publish)) = received(topic, message.payload.clone()) {
-                shared.publish_replayed(session, sender.as_deref(), &publish);
+                shared.publish_replayed(session, sender.as_deref(), &publish, sequence);
                 count += 1;
             }
             through = sequence;

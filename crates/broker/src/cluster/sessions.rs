@@ -31,7 +31,7 @@
 //!   every second), and writes it to the record when it moved and the session got a
 //!   message since the last write, or every [`CURSOR_REFRESH`] otherwise.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -423,7 +423,7 @@ impl Sessions {
                 self.replay(shared, session, cursor, &previous.in_flight)
                     .await;
             } else {
-                shared.end_replay(session, 0, &HashSet::new());
+                shared.end_replay(session, 0);
             }
         }
         match reply {
@@ -473,7 +473,6 @@ impl Sessions {
             &super::stream::context(&self.client),
             session,
             cursor,
-            &self.node_id,
         )
         .await;
         if let Some(packet_id) = in_flight.first {
@@ -768,6 +767,7 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
             publish,
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
+            sequence: crate::session::UNKNOWN_SEQUENCE,
         })
         .collect();
     let mut inner = session.lock();

@@ -7,10 +7,11 @@
 //!   0x80, MQTT 3 publishers are disconnected, as when the local store fails.
 //! - Each message carries a `Nats-Msg-Id` unique to it (node id, the node's start, a sequence),
 //!   so that the stream's duplicate window drops a second write of the same message.
-//! - Each node reads the whole stream through its durable consumer `node-<node id>`, skips
-//!   what it published itself (routed locally already), routes the rest through its local
-//!   router (which does the matching), and acknowledges a message once what routing wrote is
-//!   durable in its store. A node that comes back under the same id resumes after the last
+//! - Each node reads the whole stream through its durable consumer `node-<node id>` and
+//!   routes every message through its local router (which does the matching), what it
+//!   published itself too: a QoS 1 or 2 message reaches no subscriber before the stream has
+//!   it, and every delivery has its place in the stream, which a session's record keeps. A
+//!   node acknowledges a message once what routing wrote is durable in its store. A node that comes back under the same id resumes after the last
 //!   message it acknowledged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,7 @@ pub(crate) const STREAM: &str = "rallymq_messages";
 const CURSOR: &str = "cluster-stream";
 
 /// Header naming the node that wrote a message to the stream.
-pub(super) const NODE_HEADER: &str = "Rmq-Node";
+const NODE_HEADER: &str = "Rmq-Node";
 
 /// How long a node waits for the stream to acknowledge a message before failing its publish.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -240,7 +241,7 @@ pub(super) fn failed(reason: &str) -> Written {
 pub(super) struct Outgoing {
     subject: String,
     envelope: Bytes,
-    id: Arc<str>,
+    id: String,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -256,29 +257,21 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Queues a message for the stream; never waits. Returns its message id too (`None`
-    /// when it was not queued).
-    pub(super) fn write(&self, subject: String, envelope: Bytes) -> (StreamAck, Option<Arc<str>>) {
+    /// Queues a message for the stream; never waits.
+    pub(super) fn write(&self, subject: String, envelope: Bytes) -> StreamAck {
         let (done, ack) = oneshot::channel();
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let id: Arc<str> = format!("{}-{sequence}", self.run).into();
         match self.outgoing.try_send(Outgoing {
             subject,
             envelope,
-            id: id.clone(),
+            id: format!("{}-{sequence}", self.run),
             done,
         }) {
-            Ok(()) => (
-                StreamAck {
-                    stream: ack,
-                    retained: None,
-                },
-                Some(id),
-            ),
-            Err(_) => (
-                StreamAck::failed("too many messages waiting for the stream"),
-                None,
-            ),
+            Ok(()) => StreamAck {
+                stream: ack,
+                retained: None,
+            },
+            Err(_) => StreamAck::failed("too many messages waiting for the stream"),
         }
     }
 }
@@ -404,13 +397,7 @@ impl Parts {
     ) {
         (
             write_stream(self.context, node_id.to_owned(), self.outgoing),
-            read_stream(
-                self.consumer,
-                self.last_sequence,
-                node_id.to_owned(),
-                shared,
-                self.routed,
-            ),
+            read_stream(self.consumer, self.last_sequence, shared, self.routed),
         )
     }
 }
@@ -431,7 +418,7 @@ async fn write_stream(
     {
         let publish = jetstream::message::PublishMessage::build()
             .payload(envelope)
-            .message_id(&*id)
+            .message_id(id)
             .header(NODE_HEADER, node_id.as_str());
         match context.send_publish(subject, publish).await {
             Ok(ack) => {
@@ -451,7 +438,6 @@ async fn write_stream(
 async fn read_stream(
     consumer: consumer::PullConsumer,
     last_sequence: u64,
-    node_id: String,
     shared: Weak<Shared>,
     routed: Arc<AtomicU64>,
 ) {
@@ -481,7 +467,6 @@ async fn read_stream(
     tokio::join!(
         route_stream(
             consumer,
-            node_id,
             shared.clone(),
             acks_tx,
             routed_up_to.clone(),
@@ -494,7 +479,6 @@ async fn read_stream(
 /// Routes this node's consumer's messages, handing each to [`acknowledge`].
 async fn route_stream(
     consumer: consumer::PullConsumer,
-    node_id: String,
     shared: Weak<Shared>,
     acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
     routed_up_to: Arc<AtomicU64>,
@@ -521,21 +505,15 @@ async fn route_stream(
                 }
             };
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
-            let own = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(NODE_HEADER))
-                .is_some_and(|node| node.as_str() == node_id);
-            let ticket =
-                if own || (sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire)) {
-                    Ticket::default()
-                } else {
-                    routed_up_to.fetch_max(sequence, Ordering::AcqRel);
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    route(&shared, &message, sequence)
+            let ticket = if sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire) {
+                Ticket::default()
+            } else {
+                routed_up_to.fetch_max(sequence, Ordering::AcqRel);
+                let Some(shared) = shared.upgrade() else {
+                    return;
                 };
+                route(&shared, &message, sequence)
+            };
             // After routing: a session found with nothing waiting once this is read has had
             // everything up to it.
             routed.fetch_max(sequence, Ordering::AcqRel);
