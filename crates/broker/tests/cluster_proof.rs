@@ -705,12 +705,13 @@ async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_
     }
     let held = MAJORITY_DOWN.saturating_sub(majority_killed.elapsed());
     tokio::time::sleep(held).await;
+    // Taken before the restarts: once a server listens again, acknowledgements may come.
+    let majority_back = Instant::now();
     tokio::task::block_in_place(|| {
         for &server in &killed_servers {
             servers[server].restart();
         }
     });
-    let majority_back = Instant::now();
     clock.say(&format!("NATS servers {killed_servers:?} restarted"));
     if let Err(failure) =
         publish_until_acknowledged(&mut probe, "probe/t", "quorum back", RECOVERY, ACK_WITHIN).await
