@@ -681,6 +681,8 @@ struct Qos2Receiver {
     payloads: Vec<String>,
     /// PUBRELs received for identifiers not awaiting release.
     unknown_releases: usize,
+    /// How long it takes before it answers a PUBLISH (a slow subscriber).
+    pace: Duration,
 }
 
 /// Where a QoS 2 flow stops for [`Qos2Receiver::receive_until`].
@@ -700,6 +702,7 @@ impl Qos2Receiver {
             awaiting_release: HashSet::new(),
             payloads: Vec::new(),
             unknown_releases: 0,
+            pace: Duration::ZERO,
         }
     }
 
@@ -724,6 +727,7 @@ impl Qos2Receiver {
                     if self.payloads.len() >= count && stage == Stage::Published {
                         return;
                     }
+                    tokio::time::sleep(self.pace).await;
                     raw.send(Packet::PubRec(Ack::new(packet_id))).await;
                 }
                 Packet::PubRel(ack) => {
@@ -825,4 +829,62 @@ async fn cluster_mqtt_4_3_3_qos2_sent_when_its_node_died_comes_again_under_its_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mqtt_4_3_3_qos2_released_when_its_node_died_is_released_not_sent_again() {
     qos2_once_through_the_death_of_its_node(Stage::Released).await;
+}
+
+/// A slow QoS 2 subscriber on A (a backlog waits for it) while its node is SIGKILLed: on B
+/// it gets every message once, in order (its record lists the deliveries past its cursor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_to_a_subscriber_with_a_backlog_once_through_the_death_of_its_node()
+{
+    const MESSAGES: usize = 120;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-qos2-backlog-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut v5 = persistent_connect(V5, "backlogged", 600);
+    v5.properties.receive_maximum = std::num::NonZeroU16::new(8);
+    let (mut raw, connack) = Raw::connect(a.addr, v5.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("y/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let publisher_addr = tcp_addr(&b);
+    let publishing = tokio::spawn(async move {
+        let mut publisher = connect(publisher_addr, connect_packet(V5, "backlog-pub")).await;
+        for n in 0..MESSAGES {
+            let code = publisher
+                .publish(message("y/1", &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    });
+    let mut receiver = Qos2Receiver::new();
+    receiver.pace = Duration::from_millis(15);
+    receiver
+        .receive_until(&mut raw, 40, Stage::Completed, WAIT * 4)
+        .await;
+    assert!(receiver.payloads.len() >= 40, "40 through A first");
+    a.kill();
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5).await;
+    assert!(connack.session_present, "the session resumed on B");
+    receiver.pace = Duration::ZERO;
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
+        .await;
+    publishing.await.expect("the publisher");
+    // A duplicate would come within this.
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, through A's death with a backlog: {problem}");
+    }
 }

@@ -10,10 +10,12 @@
 //! - When it has read that far, the held messages it did not bring are queued after it
 //!   ([`Shared::end_replay`]), and routing skips what it brought.
 //!
-//! What the session had been delivered and acknowledged after its record's cursor was last
-//! written comes again: QoS 1 at least once; a QoS 2 message completed in that window is
-//! delivered again, as a new message.
+//! The record lists the QoS 2 deliveries past the cursor by their sequence: completed and
+//! released ones are skipped, the one sent and not acknowledged goes again under its
+//! identifier with DUP (`sessions.rs`). A QoS 1 message acknowledged after the record was last
+//! written comes again (at least once).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +40,9 @@ pub(super) async fn replay(
     context: &jetstream::Context,
     session: &Arc<Session>,
     cursor: u64,
+    skip: &HashSet<u64>,
 ) {
-    let through = match read_after(shared, context, session, cursor).await {
+    let through = match read_after(shared, context, session, cursor, skip).await {
         Ok(through) => through,
         Err((through, error)) => {
             warn!(
@@ -55,13 +58,15 @@ pub(super) async fn replay(
     shared.end_replay(session, through);
 }
 
-/// Routes the stream's messages after `cursor` to `session`, up to the stream's last message
-/// when it began; returns how far it read (with the error, when it stopped early).
+/// Routes the stream's messages after `cursor` to `session`, but those at the sequences in
+/// `skip` (delivered already), up to the stream's last message when it began; returns how
+/// far it read (with the error, when it stopped early).
 async fn read_after(
     shared: &Shared,
     context: &jetstream::Context,
     session: &Arc<Session>,
     cursor: u64,
+    skip: &HashSet<u64>,
 ) -> Result<u64, (u64, String)> {
     let mut stream = context
         .get_stream(STREAM)
@@ -107,7 +112,9 @@ async fn read_after(
                 continue;
             }
             let topic = subject::stream_subject_topic(message.subject.as_str());
-            if let Some((sender, publish)) = received(topic, message.payload.clone()) {
+            if skip.contains(&sequence) {
+                // Delivered before its node died, as its record says.
+            } else if let Some((sender, publish)) = received(topic, message.payload.clone()) {
                 shared.publish_replayed(session, sender.as_deref(), &publish, sequence);
                 count += 1;
             }

@@ -31,7 +31,7 @@
 //!   every second), and writes it to the record when it moved and the session got a
 //!   message since the last write, or every [`CURSOR_REFRESH`] otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -459,7 +459,9 @@ impl Sessions {
     }
 
     /// Replays the stream to `session` from `cursor` (the session holds back what routing
-    /// brings until it ends), with the deliveries `in_flight` put back first.
+    /// brings until it ends), with the QoS 2 deliveries its record lists past the cursor put
+    /// back in flight under their identifiers (released ones at the PUBREL stage, not sent
+    /// again; completed ones not sent again).
     async fn replay(
         &self,
         shared: &Arc<Shared>,
@@ -468,16 +470,21 @@ impl Sessions {
         in_flight: &InFlightRecord,
     ) {
         install_released(session, &in_flight.released);
+        let skip: HashSet<u64> = in_flight
+            .released
+            .iter()
+            .map(|(sequence, _)| *sequence)
+            .chain(in_flight.done.iter().copied())
+            .collect();
         super::replay::replay(
             shared,
             &super::stream::context(&self.client),
             session,
             cursor,
+            &skip,
         )
         .await;
-        if let Some(packet_id) = in_flight.first {
-            resend_first(shared, session, packet_id);
-        }
+        resend_published(shared, session, &in_flight.published);
     }
 
     /// Sends a takeover request to `owner`; `None` when it does not answer.
@@ -652,12 +659,13 @@ fn install_record(shared: &Shared, session: &Arc<Session>, record: &SessionRecor
 /// Puts the QoS 2 deliveries a session's record says were released back in flight, at the
 /// PUBREL stage: the client gets PUBREL for each when it connects, and no new message goes
 /// out under an identifier it still holds.
-fn install_released(session: &Session, released: &[PacketId]) {
+fn install_released(session: &Session, released: &[(u64, PacketId)]) {
     if released.is_empty() {
         return;
     }
-    let mut state = SessionState::default();
-    for packet_id in released {
+    let mut inner = session.lock();
+    let state = inner.saved.get_or_insert_default();
+    for (_, packet_id) in released {
         let mut publish = Publish::new(RELEASED_TOPIC.clone(), Bytes::new());
         publish.qos = rallymq_codec::QoS::ExactlyOnce;
         publish.packet_id = Some(*packet_id);
@@ -668,62 +676,63 @@ fn install_released(session: &Session, released: &[PacketId]) {
         });
         state.next_token += 1;
     }
-    if let Some(last) = released.iter().max() {
+    if let Some(last) = released.iter().map(|(_, packet_id)| *packet_id).max() {
         state.next_packet_id = last.next();
     }
-    session.lock().saved = Some(Box::new(state));
 }
 
-/// Sends the first message queued for `session` (the replay's first) under `packet_id` with
-/// DUP, as the delivery in flight its record named: a client that had it already answers
-/// PUBREC and does not take it as new. Only a QoS 2 message: anything else means the first
-/// replayed message is not the one the record meant (a subscription made since the cursor),
-/// and it goes out as usual.
-fn resend_first(shared: &Shared, session: &Session, packet_id: PacketId) {
+/// Sends the replayed messages a session's record lists as in flight (`published`: stream
+/// sequence, identifier) under their identifiers with DUP, ahead of the rest: a client that
+/// had one answers PUBREC and does not take it as new.
+fn resend_published(shared: &Shared, session: &Session, published: &[(u64, PacketId)]) {
+    if published.is_empty() {
+        return;
+    }
+    let mut published = published.to_vec();
+    published.sort_unstable();
+    let mut forgotten = Vec::new();
     let mut inner = session.lock();
-    if inner
-        .pending
-        .front()
-        .is_none_or(|queued| queued.publish.qos != rallymq_codec::QoS::ExactlyOnce)
-    {
-        return;
+    let mut taken = Vec::new();
+    for (sequence, packet_id) in published {
+        let Some(at) = inner
+            .pending
+            .iter()
+            .position(|queued| queued.sequence == sequence)
+        else {
+            continue;
+        };
+        if let Some(queued) = inner.take_pending_at(at) {
+            taken.push((queued, packet_id));
+        }
     }
-    let Some(queued) = inner.pop_pending() else {
-        return;
-    };
     let state = inner.saved.get_or_insert_default();
-    if state
-        .in_flight
-        .iter()
-        .any(|message| message.publish.packet_id == Some(packet_id))
-    {
-        // Released already: the record was written between the two.
-        inner.prepend_pending(vec![queued]);
-        return;
-    }
-    let mut publish = queued.publish;
-    publish.packet_id = Some(packet_id);
-    publish.dup = true;
-    state.in_flight.insert(
-        0,
-        OutgoingMessage {
+    let mut highest = None;
+    for (queued, packet_id) in taken {
+        let mut publish = queued.publish;
+        publish.packet_id = Some(packet_id);
+        publish.dup = true;
+        state.in_flight.push(OutgoingMessage {
             token: PublishToken(state.next_token),
             stage: OutgoingStage::Published,
             publish,
-        },
-    );
-    state.next_token += 1;
-    if state.next_packet_id <= packet_id {
-        state.next_packet_id = packet_id.next();
+        });
+        state.next_token += 1;
+        highest = highest.max(Some(packet_id));
+        if let Some(stored) = queued.stored {
+            // In flight from the session's state now, not from the store's queue.
+            forgotten.push(crate::store::Change::DeleteEntry {
+                client_id: session.client_id.clone(),
+                seq: stored.seq,
+            });
+        }
+    }
+    if let Some(highest) = highest
+        && state.next_packet_id <= highest
+    {
+        state.next_packet_id = highest.next();
     }
     drop(inner);
-    if let Some(stored) = queued.stored {
-        // In flight from the session's state now, not from the store's queue.
-        shared.write(vec![crate::store::Change::DeleteEntry {
-            client_id: session.client_id.clone(),
-            seq: stored.seq,
-        }]);
-    }
+    shared.write(forgotten);
 }
 
 /// The topic of the placeholder messages [`install_released`] puts in flight: only their
@@ -1002,8 +1011,9 @@ async fn hand_over(
 }
 
 /// A value of the bucket: the format version, the owner's node id (length-prefixed), the
-/// stream cursor, the released identifiers (a count, then each), then `0` for an ended
-/// session or `1` and its record in the store's layout.
+/// stream cursor, the QoS 2 deliveries past it (published and released: a count, then
+/// sequence and identifier each; completed: a count, then each sequence), then `0` for an
+/// ended session or `1` and its record in the store's layout.
 fn encode_value(
     owner: &str,
     record: Option<&SessionRecord>,
@@ -1015,12 +1025,18 @@ fn encode_value(
     record::put_bytes(&mut buf, owner.as_bytes());
     buf.put_u64(cursor);
     // At most 65,535 identifiers exist.
-    let released = &in_flight.released;
-    buf.put_u16(u16::try_from(released.len()).unwrap_or(u16::MAX));
-    for packet_id in released.iter().take(usize::from(u16::MAX)) {
-        buf.put_u16(packet_id.get());
+    // At most 65,535 identifiers are in flight at once.
+    for deliveries in [&in_flight.published, &in_flight.released] {
+        buf.put_u16(u16::try_from(deliveries.len()).unwrap_or(u16::MAX));
+        for (sequence, packet_id) in deliveries.iter().take(usize::from(u16::MAX)) {
+            buf.put_u64(*sequence);
+            buf.put_u16(packet_id.get());
+        }
     }
-    buf.put_u16(in_flight.first.map_or(0, PacketId::get));
+    buf.put_u32(u32::try_from(in_flight.done.len()).unwrap_or(u32::MAX));
+    for sequence in in_flight.done.iter().take(u32::MAX as usize) {
+        buf.put_u64(*sequence);
+    }
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -1043,10 +1059,16 @@ fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
     let mut in_flight = InFlightRecord::default();
     let cursor = if version == FORMAT_V2 {
         let cursor = reader.u64().ok()?;
-        for _ in 0..reader.u16().ok()? {
-            in_flight.released.push(PacketId::new(reader.u16().ok()?)?);
+        // Counts come from the network: capacity is not reserved from them.
+        for deliveries in [&mut in_flight.published, &mut in_flight.released] {
+            for _ in 0..reader.u16().ok()? {
+                let sequence = reader.u64().ok()?;
+                deliveries.push((sequence, PacketId::new(reader.u16().ok()?)?));
+            }
         }
-        in_flight.first = PacketId::new(reader.u16().ok()?);
+        for _ in 0..reader.u32().ok()? {
+            in_flight.done.push(reader.u64().ok()?);
+        }
         Some(cursor)
     } else {
         None
@@ -1205,8 +1227,12 @@ mod tests {
     #[test]
     fn a_bucket_value_carries_the_owner_and_the_record() {
         let in_flight = InFlightRecord {
-            released: vec![PacketId::new(3).unwrap(), PacketId::new(65535).unwrap()],
-            first: PacketId::new(9),
+            published: vec![(80, PacketId::new(9).unwrap())],
+            released: vec![
+                (78, PacketId::new(3).unwrap()),
+                (79, PacketId::new(65535).unwrap()),
+            ],
+            done: vec![81, 90],
         };
         let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();
