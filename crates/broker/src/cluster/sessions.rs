@@ -399,6 +399,10 @@ impl Sessions {
         // The stream may hold what the session was routed and never got: replayed from the
         // record's cursor when the node that held it lost it.
         let replay_from = previous.cursor.filter(|_| record.is_some());
+        if record.is_some() {
+            // Its deliveries past the cursor, and the inbound QoS 2 messages answered.
+            session.set_in_flight_record(previous.in_flight.clone());
+        }
         if previous.owner == self.node_id {
             // Its state is here, unless this node lost it (a restart without a store).
             if existed {
@@ -1093,6 +1097,11 @@ fn encode_value(
     for sequence in in_flight.done.iter().take(u32::MAX as usize) {
         buf.put_u64(*sequence);
     }
+    buf.put_u16(u16::try_from(in_flight.inbound.len()).unwrap_or(u16::MAX));
+    for (packet_id, id) in in_flight.inbound.iter().take(usize::from(u16::MAX)) {
+        buf.put_u16(packet_id.get());
+        record::put_bytes(&mut buf, id.as_bytes());
+    }
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -1124,6 +1133,11 @@ fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
         }
         for _ in 0..reader.u32().ok()? {
             in_flight.done.push(reader.u64().ok()?);
+        }
+        for _ in 0..reader.u16().ok()? {
+            let packet_id = PacketId::new(reader.u16().ok()?)?;
+            let id = std::str::from_utf8(reader.bytes().ok()?).ok()?.to_owned();
+            in_flight.inbound.push((packet_id, id));
         }
         Some(cursor)
     } else {
@@ -1293,6 +1307,7 @@ mod tests {
                 (79, PacketId::new(65535).unwrap()),
             ],
             done: vec![81, 90],
+            inbound: vec![(PacketId::new(4).unwrap(), "node-a-17f-9".to_owned())],
         };
         let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();
