@@ -455,14 +455,23 @@ impl Sessions {
                 self.replay(shared, session, cursor, &previous.in_flight)
                     .await;
             } else if let Some(Reply::Handover(handover)) = &reply {
-                // What the old owner routed before it let the session go is in its handover:
-                // not queued here again.
+                // What the old owner routed before it let the session go is in its handover.
+                // What it had not routed yet, this node may have routed before the session
+                // was here (the nodes' consumers go at their own pace): the stream is read
+                // again after the old owner's place, but for what the handover has.
                 let handed: HashSet<u64> = handover
                     .queued
                     .iter()
                     .map(|(_, _, sequence)| *sequence)
                     .collect();
-                shared.end_replay(session, handover.routed, &handed);
+                super::replay::replay(
+                    shared,
+                    &super::stream::context(&self.client),
+                    session,
+                    handover.routed,
+                    &handed,
+                )
+                .await;
             } else {
                 shared.end_replay(session, 0, &HashSet::new());
             }
