@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod credentials;
+pub mod interop;
 pub mod store;
 pub mod storm;
 
