@@ -118,35 +118,25 @@ fn on_the_cluster(scenario: &str) -> Option<OnTheCluster> {
         }),
         "shared" => Some(OnTheCluster {
             why: "QoS 1 reaches a group through its consumer, from which each member node pulls \
-                  64 messages at a time: a burst of 10 goes to one node's pull, so not every \
-                  member is served; and the consumer is made after the first member's SUBACK, so \
-                  what is published before it exists does not reach the group (CLUSTER.md, \
-                  'Shared subscriptions across nodes'). Compared: each message to at most one \
-                  member, every one after the first that came, and the plain subscription's",
+                  64 messages at a time (CLUSTER.md, 'Shared subscriptions across nodes'): a \
+                  burst of 10 goes to one node's pull, so not every member is served; each \
+                  message still goes to one member",
             compared: |outcome| {
-                let Some(fields) = outcome.as_object_mut() else {
-                    return;
-                };
-                let number = |v: Option<serde_json::Value>| v.and_then(|v| v.as_u64());
-                let count = number(fields.remove("group_count"));
-                let distinct = number(fields.remove("group_distinct"));
-                let missing: Vec<String> = fields
-                    .remove("group_missing")
-                    .and_then(|v| serde_json::from_value(v).ok())
-                    .unwrap_or_default();
-                fields.remove("every_member_served");
-                let first_ones = (0..missing.len()).map(|i| format!("m{i}"));
-                fields.insert(
-                    "group_misses_only_its_first_messages".to_owned(),
-                    missing.iter().cloned().eq(first_ones).into(),
-                );
-                fields.insert(
-                    "group_gets_each_of_the_rest_once".to_owned(),
-                    (count.is_some()
-                        && count == distinct
-                        && count.map(|c| c + missing.len() as u64) == Some(10))
-                    .into(),
-                );
+                if let Some(fields) = outcome.as_object_mut() {
+                    fields.remove("every_member_served");
+                }
+            },
+        }),
+        "resume_many" => Some(OnTheCluster {
+            why: "the session moves from the node it was on to the node it resumes on, and a \
+                  message the new node routes to it while the old one hands its queue over comes \
+                  twice (CLUSTER.md, 'Sessions, what remains': the handover window; QoS 1 \
+                  allows it); seen under load: 20 to 48 of 300 twice. Compared: none missing, \
+                  first copies in order",
+            compared: |outcome| {
+                if let Some(fields) = outcome.as_object_mut() {
+                    fields.remove("duplicates");
+                }
             },
         }),
         _ => None,
