@@ -9,8 +9,9 @@
 //! The scenarios live in `tests/interop/paho_scenarios.py` (one scenario a run; it prints what
 //! it observed as one line of JSON, or exits 1 saying what did not happen in time), some of
 //! them driving a hand-written client where no library lets a test break the rules, and in
-//! `tests/interop/mqttjs_ws.js`. To run one by hand, `serve_for_manual_runs` (ignored) serves
-//! both brokers and prints their ports.
+//! `tests/interop/mqttjs_ws.js`. Their expected outcomes are in `tests/support/interop.rs`,
+//! shared with `tests/cluster_interop.rs`, which runs them on a cluster. To run one by hand,
+//! `serve_for_manual_runs` (ignored) serves both brokers and prints their ports.
 //!
 //! The peers are installed by `bash scripts/setup.sh` (Mosquitto and its clients from Debian,
 //! paho-mqtt from `scripts/requirements.txt`, MQTT.js from `tests/interop/package-lock.json`). A

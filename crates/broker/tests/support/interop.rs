@@ -886,7 +886,9 @@ pub const V5_CODES: PahoScenario = PahoScenario {
 pub const CROSS_EXPECTED: &str =
     r#"{"31-tc":true,"31-we":true,"311-tc":true,"311-we":true,"5-tc":true,"5-we":true}"#;
 
-/// Every scenario above, for a run of them all (the cluster's).
+/// Every scenario above, for a run of them all (the cluster's). Not here: `violations` and
+/// `max_keepalive` (`interop.rs`'s own: one connection at a time, nothing that crosses
+/// nodes), `cross` (it takes a TCP and a WebSocket port) and `cross_node` (two ports).
 pub const PAHO_SCENARIOS: &[PahoScenario] = &[
     QOS,
     RETAINED,
