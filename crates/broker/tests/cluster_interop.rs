@@ -369,10 +369,6 @@ async fn cluster_mqtt_4_6_0_6_mqttjs_publisher_and_subscriber_on_different_nodes
 #[test]
 #[ignore = "a tool for running peer scripts by hand, not a test"]
 fn serve_cluster_for_manual_runs() {
-    let secs = std::env::var("INTEROP_SERVE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
     let cluster = Cluster::start();
     let list = |ports: Vec<u16>| {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -383,5 +379,5 @@ fn serve_cluster_for_manual_runs() {
         list(cluster.ports(Transport::Tcp, 0)),
         list(cluster.ports(Transport::WebSockets, 0))
     );
-    thread::sleep(Duration::from_secs(secs));
+    thread::sleep(manual_serve_time());
 }

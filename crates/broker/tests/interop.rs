@@ -1048,10 +1048,6 @@ fn mqtt_3_3_2_11_mqttjs_gets_topic_aliases_from_the_broker() {
 #[test]
 #[ignore = "a tool for running peer scripts by hand, not a test"]
 fn serve_for_manual_runs() {
-    let secs = std::env::var("INTEROP_SERVE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
@@ -1060,5 +1056,5 @@ fn serve_for_manual_runs() {
             endpoint.name, endpoint.tcp, endpoint.ws
         );
     }
-    thread::sleep(Duration::from_secs(secs));
+    thread::sleep(manual_serve_time());
 }

@@ -114,6 +114,15 @@ pub fn paho_cross(tcp_port: u16, ws_port: u16) -> Result<String, String> {
     )
 }
 
+/// How long a `serve_..._for_manual_runs` tool serves: `INTEROP_SERVE_SECS`, 300 s by default.
+pub fn manual_serve_time() -> Duration {
+    let secs = std::env::var("INTEROP_SERVE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Outcomes.
 
