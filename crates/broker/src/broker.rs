@@ -255,24 +255,41 @@ impl Shared {
         .ticket
     }
 
-    /// Ends `session`'s replay of the stream (read up to `through`): queues what routing
-    /// held back meanwhile that the replay did not bring, written to the store as routing
-    /// would have.
-    pub(crate) fn end_replay(&self, session: &Session, through: u64) {
+    /// Ends `session`'s holding back: the stream read up to `through` by its replay (or the
+    /// messages up to `through` and those at the sequences in `handed` handed over by its old
+    /// node); queues what routing held back meanwhile but those, written to the store as
+    /// routing would have.
+    pub(crate) fn end_replay(
+        &self,
+        session: &Session,
+        through: u64,
+        handed: &std::collections::HashSet<u64>,
+    ) {
         let limits = &self.config.limits;
-        session.end_hold(through, |session, inner, publish, since, sequence| {
-            let _group = self.store.as_deref().map(Group::open);
-            let held = publish.clone();
-            let mut persisting = self.store.as_deref().map(|store| Persisting {
-                store,
-                next_message_id: &self.next_message_id,
-                message: &held,
-                received_at: SystemTime::now(),
-                id: None,
-                ticket: Ticket::default(),
-            });
-            session.enqueue_locked(inner, publish, since, limits, persisting.as_mut(), sequence);
-        });
+        session.end_hold(
+            through,
+            handed,
+            |session, inner, publish, since, sequence| {
+                let _group = self.store.as_deref().map(Group::open);
+                let held = publish.clone();
+                let mut persisting = self.store.as_deref().map(|store| Persisting {
+                    store,
+                    next_message_id: &self.next_message_id,
+                    message: &held,
+                    received_at: SystemTime::now(),
+                    id: None,
+                    ticket: Ticket::default(),
+                });
+                session.enqueue_locked(
+                    inner,
+                    publish,
+                    since,
+                    limits,
+                    persisting.as_mut(),
+                    sequence,
+                );
+            },
+        );
     }
 
     /// The cursor of feed `name` as the store had it at start (0: none).

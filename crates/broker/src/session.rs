@@ -758,6 +758,7 @@ impl Session {
     pub(crate) fn end_hold(
         &self,
         through: u64,
+        handed: &HashSet<u64>,
         mut queue: impl FnMut(&Self, &mut SessionInner, Publish, Instant, u64),
     ) {
         let mut inner = self.lock();
@@ -769,7 +770,7 @@ impl Session {
         let held = std::mem::take(&mut replay.held);
         for (origin, publish, since) in held {
             let sequence = origin.sequence();
-            if sequence > through {
+            if sequence > through && !handed.contains(&sequence) {
                 queue(self, &mut inner, publish, since, sequence);
             }
         }

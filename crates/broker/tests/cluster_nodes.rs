@@ -985,3 +985,54 @@ async fn cluster_mqtt_4_3_3_qos2_to_a_subscriber_with_a_backlog_once_through_the
         panic!("every QoS 2 message once, in order, through A's death with a backlog: {problem}");
     }
 }
+
+/// A QoS 2 subscriber moves from A to B (both alive) while messages flow: what A routed
+/// before it let the session go comes in its handover, what B routed meanwhile is not queued
+/// again, and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_nodes_arrives_once() {
+    const MESSAGES: usize = 300;
+    let nats = NatsServer::start();
+    let a = in_process_node(&nats, "node-a", false).await;
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut v5 = persistent_connect(V5, "mover2", 600);
+    let (mut raw, connack) = Raw::connect(tcp_addr(&a), v5.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("mv2/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let publisher_addr = tcp_addr(&a);
+    let publishing = tokio::spawn(async move {
+        let mut publisher = connect(publisher_addr, connect_packet(V5, "mover2-pub")).await;
+        for n in 0..MESSAGES {
+            let code = publisher
+                .publish(message("mv2/1", &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    });
+    let mut receiver = Qos2Receiver::new();
+    receiver
+        .receive_until(&mut raw, 60, Stage::Completed, WAIT * 4)
+        .await;
+    assert!(receiver.payloads.len() >= 60, "60 through A first");
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5).await;
+    assert!(connack.session_present, "the session moved to B");
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
+        .await;
+    publishing.await.expect("the publisher");
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, while the session moved: {problem}");
+    }
+}

@@ -55,7 +55,7 @@ pub(super) async fn replay(
             through
         }
     };
-    shared.end_replay(session, through);
+    shared.end_replay(session, through, &HashSet::new());
 }
 
 /// Routes the stream's messages after `cursor` to `session`, but those at the sequences in

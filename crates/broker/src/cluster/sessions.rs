@@ -47,7 +47,7 @@ use tracing::{debug, warn};
 use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
-use crate::session::{Control, InFlightRecord, Queued, Session, delivered_copy};
+use crate::session::{Control, InFlightRecord, Queued, Session, UNKNOWN_SEQUENCE, delivered_copy};
 use crate::stats::Dropped;
 use crate::store::record::{self, Reader};
 use crate::store::{SessionRecord, Ticket, session_expired};
@@ -56,11 +56,13 @@ use crate::store::{SessionRecord, Ticket, session_expired};
 /// record (see [`encode_value`]), one revision kept.
 pub(crate) const SESSIONS_BUCKET: &str = "rallymq_sessions";
 
-/// The format version of takeover requests and replies, and of the bucket's first values
-/// (without a stream cursor).
+/// The format version of takeover requests, and of the bucket's first values (without a
+/// stream cursor).
 const FORMAT_V1: u8 = 1;
 
-/// The format version of the bucket's values with a stream cursor.
+/// The format version of the bucket's values with a stream cursor, and of takeover replies
+/// (with the stream sequences of what is handed over; a node of the first format's reply is
+/// not read, and the session resumes as from a node that did not answer).
 const FORMAT_V2: u8 = 2;
 
 /// How often a session's cursor that moved is written when the session got nothing since.
@@ -172,8 +174,12 @@ struct Handover {
     record: Option<SessionRecord>,
     /// Deliveries in flight, oldest first, with their identifiers and stage.
     in_flight: Vec<(PacketId, OutgoingStage, Publish)>,
-    /// Queued messages, oldest first, with how long each has waited (Message Expiry).
-    queued: Vec<(Publish, Duration)>,
+    /// Queued messages, oldest first, with how long each has waited (Message Expiry) and
+    /// their stream sequence (`UNKNOWN_SEQUENCE` when not known).
+    queued: Vec<(Publish, Duration, u64)>,
+    /// The old owner's routed place in the stream just before it took the session out of its
+    /// router: everything up to it that the session matched is in this handover.
+    routed: u64,
     /// Inbound QoS 2 identifiers awaiting PUBREL.
     inbound: Vec<PacketId>,
     next_packet_id: Option<PacketId>,
@@ -422,8 +428,17 @@ impl Sessions {
             if lost {
                 self.replay(shared, session, cursor, &previous.in_flight)
                     .await;
+            } else if let Some(Reply::Handover(handover)) = &reply {
+                // What the old owner routed before it let the session go is in its handover:
+                // not queued here again.
+                let handed: HashSet<u64> = handover
+                    .queued
+                    .iter()
+                    .map(|(_, _, sequence)| *sequence)
+                    .collect();
+                shared.end_replay(session, handover.routed, &handed);
             } else {
-                shared.end_replay(session, 0);
+                shared.end_replay(session, 0, &HashSet::new());
             }
         }
         match reply {
@@ -772,11 +787,11 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
     let queued = handover
         .queued
         .into_iter()
-        .map(|(publish, waited)| Queued {
+        .map(|(publish, waited, sequence)| Queued {
             publish,
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
-            sequence: crate::session::UNKNOWN_SEQUENCE,
+            sequence,
         })
         .collect();
     let mut inner = session.lock();
@@ -897,6 +912,7 @@ async fn hand_over(
     revision: u64,
     discard: bool,
 ) -> Reply {
+    let routed;
     let taken = {
         let mut claims = sessions.claims();
         let claimed = claims.entry(client_id.into()).or_insert_with(Claimed::new);
@@ -905,6 +921,7 @@ async fn hand_over(
         }
         claimed.released = claimed.released.max(revision);
         claimed.touched = Instant::now();
+        routed = sessions.routed.load(Ordering::Acquire);
         shared
             .registry
             .take(client_id, |session| shared.router.remove_session(session))
@@ -948,7 +965,10 @@ async fn hand_over(
         shared.end_record(&session.client_id);
         return Reply::Ended;
     }
-    let mut handover = Handover::default();
+    let mut handover = Handover {
+        routed,
+        ..Handover::default()
+    };
     let mut state = state
         .or_else(|| session.lock().saved.take().map(|saved| *saved))
         .unwrap_or_default();
@@ -964,14 +984,16 @@ async fn hand_over(
         state
             .queued
             .drain(..)
-            .map(|queued| (queued.publish, Duration::ZERO)),
+            .map(|queued| (queued.publish, Duration::ZERO, UNKNOWN_SEQUENCE)),
     );
     let will = {
         let mut inner = session.lock();
         while let Some(queued) = inner.pop_pending() {
-            handover
-                .queued
-                .push((queued.publish, now.duration_since(queued.since)));
+            handover.queued.push((
+                queued.publish,
+                now.duration_since(queued.since),
+                queued.sequence,
+            ));
         }
         inner
             .durable
@@ -990,7 +1012,9 @@ async fn hand_over(
                 Some((packet_id, stage)) if handover.queued.is_empty() => {
                     handover.in_flight.push((packet_id, stage, publish));
                 }
-                _ => handover.queued.push((publish, now.duration_since(since))),
+                _ => handover
+                    .queued
+                    .push((publish, now.duration_since(since), UNKNOWN_SEQUENCE)),
             }
         }
     }
@@ -1108,11 +1132,11 @@ fn decode_request(request: &[u8]) -> Option<(String, u64, bool)> {
 }
 
 /// A reply: the format version, a kind byte, and for a handover the record (store layout),
-/// the deliveries in flight, the queued messages, the inbound identifiers and the next
-/// packet identifier.
+/// the deliveries in flight, the queued messages (each with its stream sequence), the
+/// inbound identifiers, the next packet identifier and the old owner's routed place.
 fn encode_reply(reply: &Reply) -> Bytes {
     let mut buf = Vec::new();
-    buf.put_u8(FORMAT_V1);
+    buf.put_u8(FORMAT_V2);
     let handover = match reply {
         Reply::Handover(handover) => handover,
         Reply::Ended => {
@@ -1147,8 +1171,9 @@ fn encode_reply(reply: &Reply) -> Bytes {
         record::put_publish(&mut buf, publish);
     }
     buf.put_u32(count(handover.queued.len()));
-    for (publish, waited) in &handover.queued {
+    for (publish, waited, sequence) in &handover.queued {
         buf.put_u64(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        buf.put_u64(*sequence);
         record::put_publish(&mut buf, publish);
     }
     buf.put_u32(count(handover.inbound.len()));
@@ -1156,12 +1181,13 @@ fn encode_reply(reply: &Reply) -> Bytes {
         buf.put_u16(packet_id.get());
     }
     buf.put_u16(handover.next_packet_id.map_or(0, PacketId::get));
+    buf.put_u64(handover.routed);
     Bytes::from(buf)
 }
 
 fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
     let mut reader = Reader(reply);
-    if reader.u8().ok()? != FORMAT_V1 {
+    if reader.u8().ok()? != FORMAT_V2 {
         return None;
     }
     match reader.u8().ok()? {
@@ -1188,13 +1214,15 @@ fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
     }
     for _ in 0..reader.u32().ok()? {
         let waited = Duration::from_millis(reader.u64().ok()?);
+        let sequence = reader.u64().ok()?;
         let publish = record::read_publish(&mut reader).ok()?;
-        handover.queued.push((publish, waited));
+        handover.queued.push((publish, waited, sequence));
     }
     for _ in 0..reader.u32().ok()? {
         handover.inbound.push(PacketId::new(reader.u16().ok()?)?);
     }
     handover.next_packet_id = PacketId::new(reader.u16().ok()?);
+    handover.routed = reader.u64().ok()?;
     reader
         .0
         .is_empty()
@@ -1265,9 +1293,10 @@ mod tests {
                 OutgoingStage::Released,
                 publish.clone(),
             )],
-            queued: vec![(publish, Duration::from_millis(1500))],
+            queued: vec![(publish, Duration::from_millis(1500), 41)],
             inbound: vec![PacketId::new(3).unwrap()],
             next_packet_id: PacketId::new(10),
+            routed: 40,
         };
         for reply in [
             Reply::Handover(Box::new(handover)),
