@@ -140,8 +140,8 @@ fn on_the_cluster(scenario: &str) -> Option<OnTheCluster> {
                   message the new node routes to it while the old one hands its queue over comes \
                   twice (CLUSTER.md, 'Sessions, what remains': the handover window; QoS 1 \
                   allows it); seen under load before the handover carried the old node's \
-                  routed place: 20 to 48 of 300 twice. Compared: none missing, first copies \
-                  in order",
+                  routed place: 20 to 48 of 300 twice. Compared: none missing (under load by \
+                  hand some are: a bug, see CLUSTER.md), first copies in order",
             expected: unchanged,
             compared: |outcome| {
                 if let Some(fields) = outcome.as_object_mut() {
