@@ -192,10 +192,32 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
+        self.publish_routed(sender, publish, also, None)
+    }
+
+    /// [`Shared::publish`] under `message_id` in the cluster's stream, where a second write of
+    /// the same id (within the stream's duplicate window) is dropped: for a message that may
+    /// be sent again (a dead node's will).
+    pub(crate) fn publish_identified(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        message_id: &str,
+    ) -> RouteOutcome {
+        self.publish_routed(sender, publish, None, Some(message_id))
+    }
+
+    fn publish_routed(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        also: Option<Change>,
+        message_id: Option<&str>,
+    ) -> RouteOutcome {
         let forwarded = self
             .cluster
             .get()
-            .map(|cluster| cluster.forward(sender, publish))
+            .map(|cluster| cluster.forward(sender, publish, message_id))
             .unwrap_or_default();
         // A QoS 1 or 2 message in the stream reaches this node's subscribers through the
         // stream too, as any node's: once stored there (never before its publisher could be

@@ -2,29 +2,25 @@
 //! cluster in `$SYS` and the admin API, with a real `nats-server` (Debian's package; a missing
 //! one fails the tests).
 //!
-//! A node that must die for real runs in a child process: this test binary started again to
-//! run only the ignored [`child_node`] (which starts a broker from the environment it is given,
-//! prints its address and serves until its standard input closes), then killed with SIGKILL.
-//! Dropping or shutting down a `BrokerHandle` is a clean stop, which is not what is tested.
+//! A node that must die for real runs in a child process ([`support::child::ChildNode`]), killed
+//! with SIGKILL.
 
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
+use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind};
 use rallymq_codec::{
     Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
 };
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
+use support::child::ChildNode;
 use support::{
     NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
     persistent_connect, recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
@@ -32,17 +28,6 @@ use support::{
 use tokio::net::TcpStream;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-/// The environment that makes [`child_node`] start a node: the NATS server's URL.
-const CHILD_NATS: &str = "RALLYMQ_TEST_CHILD_NATS";
-/// The child node's id.
-const CHILD_ID: &str = "RALLYMQ_TEST_CHILD_NODE_ID";
-/// The child node's data directory, if it keeps one.
-const CHILD_DATA: &str = "RALLYMQ_TEST_CHILD_DATA_DIR";
-/// What the child prints before its address.
-const CHILD_ADDR: &str = "rallymq-child-node-tcp=";
-/// The longest a child node serves if nobody closes its standard input.
-const CHILD_LIFETIME: Duration = Duration::from_secs(120);
 
 /// How long a dead node takes to be seen dead (3 missed beats of 1 s) and its wills to be
 /// claimed, with room for a loaded machine.
@@ -54,94 +39,12 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// Payloads of warm-up messages start with this; counts ignore them.
 const PROBE: &str = "probe";
 
-/// Not a test: the body of a child node (see the module's documentation). Ignored, so that it
-/// runs only when a test starts it with `--ignored --exact child_node`.
+/// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only
+/// when a test starts it with `--ignored --exact child_node`.
 #[test]
 #[ignore = "run by the tests of this file in a child process"]
 fn child_node() {
-    let (Ok(nats), Ok(id)) = (std::env::var(CHILD_NATS), std::env::var(CHILD_ID)) else {
-        panic!("{CHILD_NATS} and {CHILD_ID} are not set: this is run by the other tests");
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let data_dir = std::env::var_os(CHILD_DATA);
-    let node = runtime.block_on(async {
-        start_broker(|config| {
-            config.cluster = Some(ClusterConfig {
-                node_id: Some(id),
-                ..ClusterConfig::new([nats])
-            });
-            if let Some(dir) = data_dir {
-                config.storage = Storage::Directory(dir.into());
-            }
-        })
-        .await
-    });
-    println!("{CHILD_ADDR}{}", tcp_addr(&node));
-    // Serves (on the runtime's threads) until the parent closes stdin or dies, or kills this
-    // process.
-    let (closed_tx, closed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
-        let _ = closed_tx.send(());
-    });
-    let _ = closed.recv_timeout(CHILD_LIFETIME);
-    drop(node);
-}
-
-/// A node in a child process, killed when dropped.
-struct ChildNode {
-    process: Child,
-    addr: SocketAddr,
-}
-
-impl ChildNode {
-    fn start(nats: &NatsServer, id: &str) -> Self {
-        Self::start_with(nats, id, None)
-    }
-
-    /// A child node keeping its sessions in `data_dir`.
-    fn start_with(nats: &NatsServer, id: &str, data_dir: Option<&Path>) -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
-        if let Some(dir) = data_dir {
-            command.env(CHILD_DATA, dir);
-        }
-        let mut process = command
-            .args(["child_node", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_NATS, nats.url())
-            .env(CHILD_ID, id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the child node starts");
-        let stdout = process.stdout.take().expect("its stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.strip_prefix(CHILD_ADDR) {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address"));
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT * 2)
-            .expect("the child node prints its address");
-        Self { process, addr }
-    }
-
-    /// SIGKILL: the node gets no chance to leave the cluster or publish anything.
-    fn kill(&mut self) {
-        self.process.kill().expect("SIGKILL");
-        self.process.wait().expect("the child ends");
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
+    support::child::run_child_node();
 }
 
 async fn in_process_node(nats: &NatsServer, id: &str, sys: bool) -> BrokerHandle {

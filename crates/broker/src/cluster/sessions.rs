@@ -80,6 +80,12 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the new owner waits for the old one's answer before resuming from the record.
 const ASK_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// How many times a node that still beats is asked for a session before it is taken as gone.
+const ASK_ATTEMPTS: u32 = 5;
+
+/// How long the new owner waits before asking a node that beats again.
+const ASK_RETRY_DELAY: Duration = Duration::from_millis(500);
+
 /// How long the old owner waits for its connection to close and hand over its state.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -284,11 +290,14 @@ impl Sessions {
                     .filter(|entry| entry.operation == Operation::Put)
                     .and_then(|entry| decode_value(&fresh.client_id, &entry.value));
                 // A new session has had nothing routed to it: everything up to here is
-                // behind it. A resumed one keeps its cursor until it has caught up.
+                // behind it. A resumed one keeps its cursor, and what its record says of its
+                // deliveries past it, until it has caught up.
                 let mut cursor = self.routed.load(Ordering::Acquire);
+                let mut in_flight = InFlightRecord::default();
                 if let Some(Previous {
                     record: Some(old),
                     cursor: old_cursor,
+                    in_flight: old_in_flight,
                     ..
                 }) = &previous
                     && resume
@@ -296,13 +305,9 @@ impl Sessions {
                 {
                     fresh.subscriptions.clone_from(&old.subscriptions);
                     cursor = old_cursor.unwrap_or(cursor);
+                    in_flight.clone_from(old_in_flight);
                 }
-                let value = encode_value(
-                    &self.node_id,
-                    Some(&fresh),
-                    cursor,
-                    &InFlightRecord::default(),
-                );
+                let value = encode_value(&self.node_id, Some(&fresh), cursor, &in_flight);
                 let written =
                     match &entry {
                         None => self.bucket.create(&key, value).await.map_err(|e| {
@@ -420,9 +425,26 @@ impl Sessions {
             // Before asking: what is routed meanwhile is queued here rather than lost.
             install_record(shared, session, record);
         }
-        let reply = self
+        let mut reply = self
             .ask(&previous.owner, &session.client_id, claim.revision, !resume)
             .await;
+        // No answer from a node that still beats: its takeover subscription may not have
+        // reached this node's server yet (it has just started, or a server came back). Asked
+        // again: resuming without it would leave its connection open beside this one.
+        let mut asked = 1;
+        while reply.is_none()
+            && asked < ASK_ATTEMPTS
+            && shared
+                .cluster
+                .get()
+                .is_some_and(|link| link.node_is_live(&previous.owner))
+        {
+            tokio::time::sleep(ASK_RETRY_DELAY).await;
+            reply = self
+                .ask(&previous.owner, &session.client_id, claim.revision, !resume)
+                .await;
+            asked += 1;
+        }
         let lost = matches!(reply, None | Some(Reply::NoSession));
         if let Some(cursor) = replay_from {
             if lost {
@@ -964,6 +986,16 @@ async fn hand_over(
         shared.stats.dropped(Dropped::SessionEnded, waiting);
         shared.end_record(&session.client_id);
         return Reply::Ended;
+    }
+    if session
+        .lock()
+        .replay
+        .as_ref()
+        .is_some_and(|replay| replay.holding)
+    {
+        // Still resuming here from a node that died (replaying the stream): what it has is
+        // partial. The asker resumes from the record, whose cursor has not moved since.
+        return Reply::NoSession;
     }
     let mut handover = Handover {
         routed,
