@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rallymq_codec::{
     ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish,
-    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, Unsubscribe, Will,
+    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, TopicFilter, Unsubscribe,
+    Will,
 };
 use rallymq_session::{
     Accept, AckHandle, CloseReason, OutgoingMessage, OutgoingStage, PublishToken, ServerConnection,
@@ -128,9 +129,19 @@ impl Drop for SpaceWaiter<'_> {
 enum Next {
     Nothing,
     Connect(Box<rallymq_codec::Connect>, bool),
-    /// A SUBSCRIBE that sends retained messages, in a cluster: answered once the node's copy
-    /// of them has caught up with the cluster's.
+    /// A SUBSCRIBE that sends retained messages or joins shared groups, in a cluster:
+    /// answered once the node's copy of the retained messages has caught up with the
+    /// cluster's, and the groups' consumers exist.
     Subscribe(Box<Subscribe>),
+}
+
+/// Whether a SUBSCRIBE may send retained messages: a filter that is not shared, with Retain
+/// Handling other than 2.
+fn sends_retained(subscribe: &Subscribe) -> bool {
+    subscribe.subscriptions.iter().any(|subscription| {
+        !subscription.filter.is_shared()
+            && subscription.options.retain_handling != rallymq_codec::RetainHandling::DoNotSend
+    })
 }
 
 /// What a connection of a broker with a store keeps: the store entries of its deliveries in
@@ -573,8 +584,24 @@ impl Driver {
                     Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
                 Next::Subscribe(subscribe) => {
-                    if let Some(cluster) = self.shared.cluster.get() {
+                    if let Some(cluster) = self.shared.cluster.get()
+                        && sends_retained(&subscribe)
+                    {
                         Box::pin(cluster.retained_caught_up()).await;
+                    }
+                    // Before the subscriptions are in place: the node's member task, started
+                    // then, finds the groups' consumers made, rather than making them too (two
+                    // creations at once can restart a consumer after what was written between).
+                    let groups: Vec<TopicFilter> = subscribe
+                        .subscriptions
+                        .iter()
+                        .map(|subscription| subscription.filter.clone())
+                        .filter(|filter| filter.is_shared() && self.may_subscribe(filter))
+                        .collect();
+                    if let Some(cluster) = self.shared.cluster.get()
+                        && !groups.is_empty()
+                    {
+                        Box::pin(cluster.groups_ready(&groups)).await;
                     }
                     self.on_subscribe(*subscribe);
                 }
@@ -770,12 +797,13 @@ impl Driver {
                 }
             }
             ServerEvent::Subscribe(subscribe) => {
-                let sends_retained = subscribe.subscriptions.iter().any(|subscription| {
-                    !subscription.filter.is_shared()
-                        && subscription.options.retain_handling
-                            != rallymq_codec::RetainHandling::DoNotSend
-                });
-                if sends_retained && self.shared.cluster.get().is_some() {
+                let joins_groups = subscribe
+                    .subscriptions
+                    .iter()
+                    .any(|subscription| subscription.filter.is_shared());
+                if (sends_retained(&subscribe) || joins_groups)
+                    && self.shared.cluster.get().is_some()
+                {
                     return Next::Subscribe(Box::new(subscribe));
                 }
                 self.on_subscribe(subscribe);
@@ -932,6 +960,14 @@ impl Driver {
 
     fn client_acl(&self) -> Option<&ClientAcl> {
         self.extras.as_deref()?.acl.as_ref()
+    }
+
+    /// Whether this client may subscribe to `filter`, as far as its limits and ACL go.
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        self.shared.config.limits.allows_topic(filter.as_str())
+            && self
+                .client_acl()
+                .is_none_or(|acl| acl.can_subscribe(filter))
     }
 
     /// Whether this client may publish to `topic` (its will included).
