@@ -300,6 +300,53 @@ async fn cluster_node_covers_a_crowded_level_with_one_subscription() {
     wait_for_subjects(&nats, &b, &[]).await;
 }
 
+/// How many NATS subscriptions a node keeps for its filters' levels (`MAX_SUBSCRIPTIONS` in
+/// `src/cluster/mod.rs`).
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_with_too_many_levels_covers_every_topic_with_one_subscription() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut publisher = client(&a, "a-pub", &[]).await;
+    let mut other = client(&b, "b-other", &["other/+"]).await;
+    // Filters with first levels of their own, as `{client id}/cmd`.
+    let own: Vec<String> = (0..MAX_SUBSCRIPTIONS)
+        .map(|i| format!("own-{i}/cmd"))
+        .collect();
+    let own: Vec<&str> = own.iter().map(String::as_str).collect();
+    let mut many = client(&b, "b-many", &own).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.>"]).await;
+
+    warm_up(&mut publisher, "own-7/cmd", &mut [&mut many]).await;
+    warm_up(&mut publisher, "other/x", &mut [&mut other]).await;
+    const N: usize = 10;
+    publish_each(
+        &mut publisher,
+        &[
+            "own-7/cmd",
+            "own-7/unheld",
+            "own-999/cmd",
+            "other/x",
+            "nobody",
+        ],
+        N,
+    )
+    .await;
+    assert_eq!(collect(&mut many, N).await, once_each(&["own-7/cmd"], N));
+    assert_eq!(collect(&mut other, N).await, once_each(&["other/x"], N));
+
+    // Every topic stays covered while the node holds a filter.
+    many.disconnect(ReasonCode::Success).await;
+    tokio::time::sleep(QUIET).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.>"]).await;
+    publish_each(&mut publisher, &["other/y"], N).await;
+    assert_eq!(collect(&mut other, N).await, once_each(&["other/y"], N));
+    other.disconnect(ReasonCode::Success).await;
+    wait_for_subjects(&nats, &b, &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_nodes_on_three_routed_nats_servers_share_messages() {
     let servers = NatsServer::cluster(3);

@@ -8,7 +8,8 @@
 //! - subscribes on NATS for the distinct filters its sessions hold, told of them by the
 //!   router's [`SubscriptionHook`]: one subscription per filter while a first level (`a` of
 //!   `a/b/+`; every filter that starts with a wildcard counts as one level) has at most
-//!   [`PRECISE_PER_LEVEL`] filters, one subscription to the whole level once it has more (see
+//!   [`PRECISE_PER_LEVEL`] filters, one subscription to the whole level once it has more, and
+//!   one to every topic once the levels need more than [`MAX_SUBSCRIPTIONS`] (see
 //!   [`follow_interest`] for why);
 //! - connects with `no_echo`, so it never receives its own messages back;
 //! - routes what it receives through its local router, which re-checks every match: the
@@ -127,7 +128,12 @@ const MAX_SUBJECT_LEN: usize = 3900;
 
 /// How many distinct filters of one first level a node subscribes to one by one on NATS; past
 /// this many, one subscription to the whole level replaces them (see [`follow_interest`]).
-pub(crate) const PRECISE_PER_LEVEL: usize = 8;
+const PRECISE_PER_LEVEL: usize = 8;
+
+/// How many subscriptions a node keeps for its filters' levels (about 2 MiB of them); past
+/// this many (filters with first levels of their own: `{client id}/cmd`), one subscription to
+/// every topic replaces them all (see [`follow_interest`]).
+const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// How long a SUBSCRIBE waits for the node's copy of the retained bucket to catch up with the
 /// bucket before it is answered from the copy as it is.
@@ -901,8 +907,11 @@ async fn publish_outbound(
 /// (`device/1/cmd`, `device/2/cmd`, ...: typically one per client) is covered by one
 /// subscription to the whole level (`device/#`), and the node receives that level's messages
 /// from other nodes whether or not one of its clients wants them (the local router re-checks
-/// each). A level stays whole until its last filter goes. All subscriptions are read here, in
-/// one task.
+/// each). A level stays whole until its last filter goes. Filters with first levels of their
+/// own would still cost a subscription each, so once the levels need more than
+/// [`MAX_SUBSCRIPTIONS`], one subscription to every topic (`#`) replaces them, until the node
+/// holds no filter: the node then receives every QoS 0 message of the cluster (CLUSTER.md
+/// measures what an unwanted message costs it). All subscriptions are read here, in one task.
 async fn follow_interest(
     client: async_nats::Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
@@ -935,8 +944,11 @@ async fn follow_interest(
 /// The NATS subscriptions of a node's filters, by first level, and who owns a received copy.
 #[derive(Debug, Default)]
 struct Interest {
-    /// By first level ([`first_level`]).
+    /// By first level ([`first_level`]), while [`Interest::everything`] is not.
     levels: HashMap<Box<str>, Level>,
+    /// One subscription (this id) to every topic, for this many filters: once the levels
+    /// needed more than [`MAX_SUBSCRIPTIONS`].
+    everything: Option<(usize, u64)>,
     /// Live and draining subscriptions by the filter they cover: the owners of received copies.
     owners: SubscriptionIndex<u64, ()>,
     /// The filter each subscription in `owners` covers.
@@ -951,6 +963,16 @@ enum Level {
     Precise(Vec<(TopicFilter, u64)>),
     /// One subscription (this id) to the whole level, for this many filters.
     Whole(usize, u64),
+}
+
+impl Level {
+    /// How many subscriptions the level has.
+    fn subscriptions(&self) -> usize {
+        match self {
+            Self::Precise(precise) => precise.len(),
+            Self::Whole(..) => 1,
+        }
+    }
 }
 
 /// The key of `filter`'s first level: the level itself, or `#` for a filter that starts with a
@@ -978,6 +1000,10 @@ impl Interest {
         reading: &mut Reading,
         filter: TopicFilter,
     ) {
+        if let Some((filters, _)) = &mut self.everything {
+            *filters += 1;
+            return;
+        }
         let key: Box<str> = first_level(filter.filter()).into();
         let precise = match self.levels.get_mut(&key) {
             Some(Level::Whole(filters, _)) => {
@@ -994,6 +1020,10 @@ impl Interest {
                 _ => {
                     self.levels.insert(key, Level::Precise(vec![(filter, id)]));
                 }
+            }
+            let subscriptions: usize = self.levels.values().map(Level::subscriptions).sum();
+            if subscriptions > MAX_SUBSCRIPTIONS {
+                self.cover_everything(client, reading).await;
             }
             return;
         }
@@ -1012,8 +1042,43 @@ impl Interest {
         }
     }
 
+    /// Replaces every level's subscriptions with one to every topic.
+    async fn cover_everything(&mut self, client: &async_nats::Client, reading: &mut Reading) {
+        let Some(all) = whole_level("#") else {
+            return;
+        };
+        // The new one first, so that no message goes uncovered.
+        let id = self.subscribe(client, reading, all).await;
+        let mut filters = 0;
+        for (_, level) in self.levels.drain() {
+            match level {
+                Level::Precise(precise) => {
+                    filters += precise.len();
+                    for (_, id) in precise {
+                        unsubscribe(reading, id).await;
+                    }
+                }
+                Level::Whole(count, id) => {
+                    filters += count;
+                    unsubscribe(reading, id).await;
+                }
+            }
+        }
+        self.levels.shrink_to_fit();
+        self.everything = Some((filters, id));
+    }
+
     /// Stops covering `filter`, which no local session holds any more.
     async fn release(&mut self, reading: &mut Reading, filter: &TopicFilter) {
+        if let Some((filters, id)) = &mut self.everything {
+            *filters -= 1;
+            if *filters == 0 {
+                let id = *id;
+                self.everything = None;
+                unsubscribe(reading, id).await;
+            }
+            return;
+        }
         let key = first_level(filter.filter());
         // The level's last subscription, which ends with its last filter.
         let last = match self.levels.get_mut(key) {
