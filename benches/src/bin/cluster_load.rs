@@ -384,6 +384,10 @@ const PACKET_DEADLINE: Duration = Duration::from_secs(10);
 const QOS1_WINDOW: usize = 16;
 /// Idle connections opened per broker in `--mode idle`.
 const IDLE_CONNECTIONS: usize = 1000;
+/// How long `--mode idle` waits before reading a process's RSS: jemalloc gives freed pages back
+/// to the system over 10 s (its dirty page decay), so the RSS read after that is what the
+/// process keeps, not what connecting or unsubscribing allocated for a while.
+const SETTLE: Duration = Duration::from_secs(12);
 
 /// Setups compared by the extra modes: a node on its own, and publisher and subscriber on two
 /// clustered nodes.
@@ -983,7 +987,7 @@ impl IdleBroker {
         // threads, the NATS link's first subscription) is in the baseline.
         let mut first = Client::connect(addr, Transport::Tcp, "idle-first", true).await?;
         first.subscribe("idle/first", QoS::AtMostOnce).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(SETTLE).await;
         let before = broker.rss()?;
         let ids = (0..IDLE_CONNECTIONS).map(|i| format!("idle-{i}")).collect();
         let mut clients =
@@ -994,7 +998,7 @@ impl IdleBroker {
             }
         }
         clients.push(first);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(SETTLE).await;
         Ok(Self {
             broker,
             before,
@@ -1061,8 +1065,9 @@ impl Churn {
         )
     }
 
-    /// The RSS (bytes) a `rallymq` process gained with the churn's filters subscribed, and
-    /// what it kept 2 s after they were all unsubscribed, beside its RSS before.
+    /// The RSS (bytes) a `rallymq` process gained with the churn's filters subscribed (2 s
+    /// after), and what it kept [`SETTLE`] after they were all unsubscribed, beside its RSS
+    /// before.
     async fn measure(
         self,
         program: &std::path::Path,
@@ -1079,7 +1084,7 @@ impl Churn {
         // One subscription made and gone first: what the first one allocates is baseline.
         clients[0].subscribe("churn/warm", QoS::AtMostOnce).await?;
         clients[0].unsubscribe_all(&["churn/warm"]).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(SETTLE).await;
         let before = broker.rss()?;
         for (c, client) in clients.iter_mut().enumerate() {
             for packet in self.filters(c).chunks(CHURN_PACKET) {
@@ -1093,7 +1098,7 @@ impl Churn {
                 client.unsubscribe_all(packet).await?;
             }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(SETTLE).await;
         let after = broker.rss()?;
         Ok((peak as f64 - before as f64, after as f64 - before as f64))
     }
@@ -1218,7 +1223,9 @@ fn idle_mode(
             clustered / single
         );
     }
-    println!("RSS gained with filters subscribed, and kept 2 s after all were unsubscribed:");
+    println!(
+        "RSS gained with filters subscribed, and kept {SETTLE:?} after all were unsubscribed:"
+    );
     for churn in Churn::ALL {
         for cluster in [None, Some((url.as_str(), "churn"))] {
             match runtime.block_on(churn.measure(program, cluster)) {

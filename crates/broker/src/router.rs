@@ -163,10 +163,10 @@ impl Router {
         let mut index = write(&self.index);
         let removed = index.remove(&SessionRef(session.clone()), filter).is_some();
         self.shrink_if_shrunk(&mut index);
-        if let (true, Some(hook)) = (removed, self.hook.get()) {
-            if !index.has_subscribers(filter) {
-                hook.released(filter);
-            }
+        if let (true, Some(hook)) = (removed, self.hook.get())
+            && !index.has_subscribers(filter)
+        {
+            hook.released(filter);
         }
         removed
     }
