@@ -239,16 +239,27 @@ async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_
     wait_for_subjects(&nats, &b, &[]).await;
 }
 
+/// A NATS server, nodes A and B on it, and a client of A to publish.
+async fn two_nodes_and_a_publisher() -> (
+    NatsServer,
+    BrokerHandle,
+    BrokerHandle,
+    TestClient<TcpStream>,
+) {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let publisher = client(&a, "a-pub", &[]).await;
+    (nats, a, b, publisher)
+}
+
 /// How many filters of one first level a node subscribes to one by one on NATS
 /// (`PRECISE_PER_LEVEL` in `src/cluster/mod.rs`).
 const PRECISE_PER_LEVEL: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_node_covers_a_crowded_level_with_one_subscription() {
-    let nats = NatsServer::start();
-    let a = node(&[&nats]).await;
-    let b = node(&[&nats]).await;
-    let mut publisher = client(&a, "a-pub", &[]).await;
+    let (nats, _a, b, mut publisher) = two_nodes_and_a_publisher().await;
     // One client per filter, as devices with a topic of their own.
     let mut own = Vec::new();
     for i in 0..PRECISE_PER_LEVEL {
@@ -306,10 +317,7 @@ const MAX_SUBSCRIPTIONS: usize = 256;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_node_with_too_many_levels_covers_every_topic_with_one_subscription() {
-    let nats = NatsServer::start();
-    let a = node(&[&nats]).await;
-    let b = node(&[&nats]).await;
-    let mut publisher = client(&a, "a-pub", &[]).await;
+    let (nats, _a, b, mut publisher) = two_nodes_and_a_publisher().await;
     let mut other = client(&b, "b-other", &["other/+"]).await;
     // Filters with first levels of their own, as `{client id}/cmd`.
     let own: Vec<String> = (0..MAX_SUBSCRIPTIONS)
