@@ -35,8 +35,9 @@ use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
-    Session, SessionInner, StoredRef, count_down_expiry, delivered_copy, signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, InFlightRecord,
+    Persisting, Queued, Session, SessionInner, StoredRef, count_down_expiry, delivered_copy,
+    signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{
@@ -206,6 +207,9 @@ struct Extras {
     acl: Option<ClientAcl>,
     /// The policy's ACL reload `acl` was made from.
     acl_generation: u64,
+    /// In a cluster: the sessions bucket's write of the record, which the next bytes
+    /// (CONNACK, SUBACK, UNSUBACK) wait for.
+    record_written: Option<crate::cluster::Written>,
     /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
     /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
     /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
@@ -304,10 +308,18 @@ impl Driver {
                             Box::pin(linger(&mut io)).await;
                         }
                         transport_open = false;
-                    } else if self.engine.pending_messages() == (0, 0) {
-                        // Nothing in flight and everything written: the connection is quiet,
-                        // so it keeps no buffers while it waits.
-                        self.engine.shrink_buffers();
+                    } else {
+                        // Read first: whatever was routed up to it is by now queued here, in
+                        // the engine, or acknowledged.
+                        let position = self.shared.cluster.get().map(|c| c.routed_position());
+                        if self.engine.pending_messages() == (0, 0) {
+                            // Nothing in flight and everything written: the connection is
+                            // quiet, so it keeps no buffers while it waits.
+                            self.engine.shrink_buffers();
+                            if let (Some(position), Some(session)) = (position, &self.session) {
+                                session.advance_cursor(position, 0);
+                            }
+                        }
                     }
                 }
                 if self.engine.is_closed()
@@ -563,6 +575,7 @@ impl Driver {
         self.drain_pending();
         let waiting = self.extras.as_deref().is_some_and(|extras| {
             !extras.acks.is_empty()
+                || extras.record_written.is_some()
                 || extras
                     .durability
                     .as_ref()
@@ -591,10 +604,17 @@ impl Driver {
             .map_or(Ticket::default(), |durability| {
                 std::mem::take(&mut durability.barrier)
             });
+        let record_written = extras.record_written.take();
         let last = acks.iter().map(|ack| ack.ticket).fold(barrier, Ticket::max);
         // Every ticket up to the last is decided once it is; the rest answer at once.
         let _ = self.shared.durable(last).await;
-        let barrier_held = self.shared.durable(barrier).await.is_ok();
+        let mut barrier_held = self.shared.durable(barrier).await.is_ok();
+        if let Some(written) = record_written
+            && !matches!(written.await, Ok(Ok(())))
+        {
+            // The cluster does not have what the next bytes tell the client it has.
+            barrier_held = false;
+        }
         let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
         for ack in acks {
             let stored = match self.shared.durable(ack.ticket).await {
@@ -671,7 +691,9 @@ impl Driver {
                         // Every matching subscriber's queue was full: nobody got it (MQTT 5
                         // lets PUBACK and PUBREC say so).
                         (0, 1..) if v5 => ReasonCode::QuotaExceeded,
-                        (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
+                        // In a cluster a message in the stream is routed by every node,
+                        // this one too: who matches is not known here.
+                        (0, _) if v5 && stream.is_none() => ReasonCode::NoMatchingSubscribers,
                         _ => ReasonCode::Success,
                     };
                     // Acknowledgements go out in the order of their messages (MQTT-4.6.0-2):
@@ -735,6 +757,7 @@ impl Driver {
                     }]);
                     self.raise_barrier(ticket);
                 }
+                self.record_released();
             }
             ServerEvent::MessageReleased(packet_id) => {
                 if let Some(client_id) = self.durable_client_id() {
@@ -852,6 +875,73 @@ impl Driver {
             .durable
             .is_some()
             .then(|| session.client_id.clone())
+    }
+
+    /// In a cluster, after a QoS 2 delivery's PUBREC: when nothing else routed to the
+    /// session waits, its stream cursor moves past the message, and the record (with the
+    /// identifiers released) is in the sessions bucket before PUBREL goes out. A node that
+    /// resumes the session after this one dies then neither replays the message nor uses an
+    /// identifier the client still holds. (When others wait, the cursor stays where it was:
+    /// after this node's death the message can come again.)
+    fn record_released(&mut self) {
+        let (Some(cluster), Some(session)) = (self.shared.cluster.get(), self.session.clone())
+        else {
+            return;
+        };
+        // Read first, as at a quiet point.
+        let position = cluster.routed_position();
+        let released = self.engine.released_packet_ids();
+        let (in_flight, queued) = self.engine.pending_messages();
+        let everything_released = queued == 0 && in_flight == released.len();
+        session.set_in_flight_record(InFlightRecord {
+            released,
+            first: None,
+        });
+        let before = session.stream_cursor.load(Ordering::Acquire);
+        if everything_released {
+            session.advance_cursor(position, 0);
+        }
+        if session.stream_cursor.load(Ordering::Acquire) != before {
+            self.save_record_before_next_bytes(&session);
+        }
+    }
+
+    /// In a cluster, as a QoS 2 delivery goes in flight under `packet_id`: when it is the
+    /// only message routed to the session since its stream cursor (everything else delivered
+    /// and released), the record names it as the first one in flight, in the sessions bucket
+    /// before the PUBLISH goes out. A node that resumes the session after this one dies sends
+    /// it again under that identifier with DUP, so the client gets it once.
+    fn record_first_in_flight(&mut self, session: &Session, packet_id: rallymq_codec::PacketId) {
+        if self.shared.cluster.get().is_none() {
+            return;
+        }
+        let released = self.engine.released_packet_ids();
+        let (in_flight, queued) = self.engine.pending_messages();
+        let first = {
+            let inner = session.lock();
+            inner.routed_since_cursor == 1
+                && inner.pending.is_empty()
+                && inner.queue_size().0 == 0
+                && inner.durable.is_some()
+        };
+        if !(first && queued == 0 && in_flight == released.len() + 1) {
+            return;
+        }
+        session.set_in_flight_record(InFlightRecord {
+            released,
+            first: Some(packet_id),
+        });
+        self.save_record_before_next_bytes(session);
+    }
+
+    /// Writes the session's record (to the store; in a cluster, to the sessions bucket too)
+    /// and makes both writes a condition for writing the next bytes.
+    fn save_record_before_next_bytes(&mut self, session: &Session) {
+        let (ticket, written) = self.shared.save_record_everywhere(session);
+        self.raise_barrier(ticket);
+        if let Some(written) = written {
+            self.extras.get_or_insert_default().record_written = Some(written);
+        }
     }
 
     /// Makes `ticket` a condition for writing the next bytes.
@@ -1095,7 +1185,7 @@ impl Driver {
         }
         // The record as this connection made it (expiry, will; subscriptions if resumed),
         // durable before CONNACK: a client told its session is kept finds it after a crash
-        // (Session Present 1).
+        // (Session Present 1). (In a cluster, the claim wrote the bucket's record already.)
         let ticket = self.shared.save_record(&session);
         self.raise_barrier(ticket);
         if let Some(durability) = durability_mut(&mut self.extras) {
@@ -1269,14 +1359,15 @@ impl Driver {
                 stored_at,
                 &self.shared.config.limits,
                 persisting.as_mut(),
+                &crate::session::Origin::Local,
             );
             if outcome.dropped {
                 self.shared.stats.dropped(Dropped::QueueFull, 1);
             }
         }
-        // The subscriptions are in the record before SUBACK goes out.
-        let ticket = self.shared.save_record(&session);
-        self.raise_barrier(ticket);
+        // The subscriptions are in the record (in a cluster, in the sessions bucket too)
+        // before SUBACK goes out.
+        self.save_record_before_next_bytes(&session);
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -1300,8 +1391,7 @@ impl Driver {
             codes,
             SubAckProperties::default(),
         );
-        let ticket = self.shared.save_record(&session);
-        self.raise_barrier(ticket);
+        self.save_record_before_next_bytes(&session);
     }
 
     /// Reads the head of a resumed session's queue from the store when no delivery in flight
@@ -1343,6 +1433,7 @@ impl Driver {
                     publish,
                     since,
                     stored: Some(reference),
+                    sequence: crate::session::UNKNOWN_SEQUENCE,
                 }),
             }
         }
@@ -1406,6 +1497,9 @@ impl Driver {
         let now = self.now();
         let mut changes = Vec::new();
         let mut needs_barrier = false;
+        // The QoS 2 delivery put in flight when it is this drain's only one.
+        let mut delivered = 0usize;
+        let mut qos2_in_flight = None;
         let mut inner = session.lock();
         let waiting = inner.pending.len();
         while let Some(queued) = inner.pending.front() {
@@ -1453,6 +1547,11 @@ impl Driver {
             match self.engine.deliver(now, publish) {
                 Ok(token) => {
                     self.shared.stats.publish_sent(qos, payload);
+                    delivered += 1;
+                    if qos == QoS::ExactlyOnce {
+                        qos2_in_flight =
+                            token.and_then(|token| self.engine.delivery_packet_id(token));
+                    }
                     if let (Some(token), Some(stored), Some(mut entry), Some(durability)) =
                         (token, stored, entry, durability_mut(&mut self.extras))
                     {
@@ -1480,6 +1579,11 @@ impl Driver {
         }
         let drained = inner.pending.len() < waiting;
         drop(inner);
+        if delivered == 1
+            && let Some(packet_id) = qos2_in_flight
+        {
+            self.record_first_in_flight(&session, packet_id);
+        }
         if !changes.is_empty() {
             let ticket = self.shared.write(changes);
             if needs_barrier {

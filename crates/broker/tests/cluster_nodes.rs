@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,11 +20,13 @@ use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
-use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use rallymq_codec::{
+    Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
+};
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
 use support::{
-    TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
+    NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
     persistent_connect, recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
@@ -610,4 +612,314 @@ async fn cluster_mqtt_3_1_3_9_will_not_sent_when_the_session_resumes_on_another_
         copies_of(&["wills/gone"]),
         "the will of the client that came back is not sent, the other's is"
     );
+}
+
+/// Whether a PUBACK's reason code acknowledges (a node with no subscriber of its own says
+/// 0x10, the message crosses all the same).
+fn acknowledged(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+    )
+}
+
+/// Whether `payloads` (`<publisher>-<n>`) hold each of `expected` exactly once, each
+/// publisher's in order; the first problem otherwise.
+fn once_in_order(payloads: &[String], expected: &[String]) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    let mut last: BTreeMap<&str, u32> = BTreeMap::new();
+    for payload in payloads {
+        *seen.entry(payload.as_str()).or_insert(0usize) += 1;
+        let (publisher, n) = payload.rsplit_once('-').ok_or(format!("{payload:?}"))?;
+        let n: u32 = n.parse().map_err(|_| format!("{payload:?}"))?;
+        if let Some(before) = last.insert(publisher, n)
+            && before >= n
+        {
+            return Err(format!("{payload} came after {publisher}-{before}"));
+        }
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|payload| !seen.contains_key(payload.as_str()))
+        .collect();
+    let twice: Vec<(&&str, &usize)> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    if missing.is_empty() && twice.is_empty() && seen.len() == expected.len() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing {missing:?}, more than once {twice:?}, {} distinct of {}",
+            seen.len(),
+            expected.len()
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_2_qos1_queued_on_a_killed_node_reaches_the_session_resumed_on_another_node()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-replay-store");
+    let data_dir = data.path("node-a");
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let b = in_process_node(&nats, "node-b", false).await;
+
+    // The subscriber's session lives on A, offline.
+    let (mut subscriber, present) =
+        connected_present(a.addr, persistent_connect(V5, "replayed", 600)).await;
+    assert!(!present);
+    subscriber
+        .subscribe(vec![subscription("q/#", QoS::AtLeastOnce)])
+        .await;
+    subscriber.disconnect(ReasonCode::Success).await;
+
+    // Queued for it on A: from B (through the stream) and from A itself.
+    let mut on_b = connect(tcp_addr(&b), connect_packet(V5, "pub-b")).await;
+    let mut on_a = connect(a.addr, connect_packet(V5, "pub-a")).await;
+    let mut expected = Vec::new();
+    for n in 0..20 {
+        let payload = format!("b-{n}");
+        let code = on_b
+            .publish(message("q/b", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    for n in 0..10 {
+        let payload = format!("a-{n}");
+        let code = on_a
+            .publish(message("q/a", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    // A has routed them into the session's queue (in its store) by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill();
+
+    let mut resume = persistent_connect(V5, "replayed", 600);
+    resume.clean_start = false;
+    let (mut subscriber, present) = connected_present(tcp_addr(&b), resume).await;
+    assert!(present, "the session resumed on B from the sessions bucket");
+    // Published while B replays the stream: held back, then queued once.
+    for n in 0..10 {
+        let payload = format!("c-{n}");
+        let code = on_b
+            .publish(message("q/c", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    let received = support::payloads_until_quiet(&mut subscriber, expected.len(), QUIET).await;
+    if let Err(problem) = once_in_order(&received, &expected) {
+        panic!(
+            "what A had queued, and what came since, once each in order: {problem}; got {received:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_4_a_subscription_acknowledged_by_a_killed_node_is_in_the_session_resumed_elsewhere()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-suback-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (mut subscriber, connack) =
+        Raw::connect(a.addr, persistent_connect(V5, "subscribed", 600)).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+
+    // While the sessions bucket cannot take the record, the SUBSCRIBE is not acknowledged
+    // (A's own store has it at once; the wait for the retained copy gives up after 1 s).
+    nats.pause();
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: vec![subscription("late/1", QoS::AtLeastOnce)],
+        }))
+        .await;
+    let early = subscriber.next_within(Duration::from_millis(2500)).await;
+    nats.resume();
+    assert_eq!(
+        early.map(|packet| format!("{packet:?}")),
+        Err(NoPacket::Timeout),
+        "no SUBACK before the sessions bucket has the subscription"
+    );
+    match subscriber.next_within(WAIT).await {
+        Ok(Packet::SubAck(_)) => {}
+        other => panic!("SUBACK once NATS answers again: {other:?}"),
+    }
+    // At once after SUBACK.
+    a.kill();
+
+    let mut resume = persistent_connect(V5, "subscribed", 600);
+    resume.clean_start = false;
+    let (mut subscriber, present) = connected_present(tcp_addr(&b), resume).await;
+    assert!(present, "the session resumed on B");
+    let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "late-pub")).await;
+    let code = publisher
+        .publish(message("late/1", "late-1", QoS::AtLeastOnce))
+        .await;
+    assert!(acknowledged(code), "{code:?}");
+    let received = support::payloads_until_quiet(&mut subscriber, 1, QUIET).await;
+    assert_eq!(
+        received,
+        ["late-1"],
+        "the subscription SUBACK acknowledged is in the record B resumed"
+    );
+}
+
+/// A QoS 2 receiver over a raw connection that keeps its session state across connections,
+/// as a client library does: a PUBLISH whose identifier awaits PUBREL is a resend (answered,
+/// not taken again); PUBREL frees its identifier.
+struct Qos2Receiver {
+    awaiting_release: HashSet<PacketId>,
+    payloads: Vec<String>,
+    /// PUBRELs received for identifiers not awaiting release.
+    unknown_releases: usize,
+}
+
+/// Where a QoS 2 flow stops for [`Qos2Receiver::receive_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH received, PUBREC not sent.
+    Published,
+    /// PUBREC sent and PUBREL received, PUBCOMP not sent.
+    Released,
+    /// PUBCOMP sent.
+    Completed,
+}
+
+impl Qos2Receiver {
+    fn new() -> Self {
+        Self {
+            awaiting_release: HashSet::new(),
+            payloads: Vec::new(),
+            unknown_releases: 0,
+        }
+    }
+
+    /// Reads from `raw`, answering, until `count` messages have come and the last one's flow
+    /// is at `stage` (its next answer not sent), the connection closes, or `within` ends.
+    async fn receive_until(&mut self, raw: &mut Raw, count: usize, stage: Stage, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let packet = match raw.next_within(left).await {
+                Ok(packet) => packet,
+                Err(_) => return,
+            };
+            match packet {
+                Packet::Publish(publish) => {
+                    let Some(packet_id) = publish.packet_id else {
+                        continue;
+                    };
+                    if self.awaiting_release.insert(packet_id) {
+                        self.payloads.push(payload_str(&publish));
+                    }
+                    if self.payloads.len() >= count && stage == Stage::Published {
+                        return;
+                    }
+                    raw.send(Packet::PubRec(Ack::new(packet_id))).await;
+                }
+                Packet::PubRel(ack) => {
+                    if !self.awaiting_release.remove(&ack.packet_id) {
+                        self.unknown_releases += 1;
+                    }
+                    if self.payloads.len() >= count
+                        && stage == Stage::Released
+                        && self.awaiting_release.is_empty()
+                    {
+                        return;
+                    }
+                    raw.send(Packet::PubComp(Ack::new(ack.packet_id))).await;
+                    if self.payloads.len() >= count
+                        && stage == Stage::Completed
+                        && self.awaiting_release.is_empty()
+                    {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A QoS 2 subscriber on A gets messages published on B one at a time (each flow complete
+/// before the next publish: it keeps up); A is SIGKILLed while the 26th is at `stage`; the
+/// subscriber resumes on B and every message arrives once, in order.
+async fn qos2_once_through_the_death_of_its_node(stage: Stage) {
+    const MESSAGES: usize = 40;
+    const KILLED_AT: usize = 26;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-qos2-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (mut raw, connack) = Raw::connect(a.addr, persistent_connect(V5, "exactly", 600)).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("x/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "exactly-pub")).await;
+    let mut receiver = Qos2Receiver::new();
+    for n in 0..MESSAGES {
+        let code = publisher
+            .publish(message("x/1", &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+        let killed_now = n + 1 == KILLED_AT;
+        let until = if killed_now { stage } else { Stage::Completed };
+        receiver
+            .receive_until(&mut raw, n + 1, until, WAIT * 2)
+            .await;
+        assert!(
+            receiver.payloads.len() > n,
+            "p-{n} arrived; got {:?}",
+            receiver.payloads
+        );
+        if killed_now {
+            a.kill();
+            let mut resume = persistent_connect(V5, "exactly", 600);
+            resume.clean_start = false;
+            let connack;
+            (raw, connack) = Raw::connect(tcp_addr(&b), resume).await;
+            assert!(connack.session_present, "the session resumed on B");
+            // What B resends of the flow A left (a PUBLISH with DUP, or a PUBREL) is
+            // answered here.
+            receiver
+                .receive_until(&mut raw, n + 1, Stage::Completed, QUIET)
+                .await;
+        }
+    }
+    // A duplicate would come within this.
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, through A's death at {stage:?}: {problem}");
+    }
+    assert!(
+        receiver.awaiting_release.is_empty(),
+        "every identifier released in the end: {:?} left",
+        receiver.awaiting_release
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_sent_when_its_node_died_comes_again_under_its_identifier_once() {
+    qos2_once_through_the_death_of_its_node(Stage::Published).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_released_when_its_node_died_is_released_not_sent_again() {
+    qos2_once_through_the_death_of_its_node(Stage::Released).await;
 }

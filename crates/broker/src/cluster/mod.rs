@@ -34,6 +34,7 @@
 //! one surviving node ([`nodes`]).
 
 mod nodes;
+mod replay;
 mod sessions;
 mod share;
 mod stream;
@@ -41,7 +42,7 @@ mod subject;
 
 pub(crate) use nodes::NodeState;
 pub(crate) use sessions::Sessions;
-pub(crate) use stream::StreamAck;
+pub(crate) use stream::{StreamAck, Written};
 pub use stream::{StreamSettings, StreamStorage};
 
 use std::collections::HashMap;
@@ -263,6 +264,8 @@ pub(crate) struct Link {
     nodes: Arc<nodes::Nodes>,
     /// Who owns each client id's session, and takeovers between nodes.
     sessions: Arc<Sessions>,
+    /// The place in the stream up to which this node has routed every message.
+    routed: Arc<AtomicU64>,
     /// The receiving halves, taken by [`Link::spawn`].
     parts: Mutex<Option<Parts>>,
 }
@@ -340,8 +343,9 @@ impl Link {
             data_dir,
         )
         .await?;
+        let routed = stream_parts.routed();
         let (sessions, sessions_parts) =
-            Sessions::open(&client, &node_id, stream::replicas(&client)).await?;
+            Sessions::open(&client, &node_id, stream::replicas(&client), routed.clone()).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
@@ -360,6 +364,7 @@ impl Link {
             dropped: AtomicU64::new(0),
             nodes: Arc::new(nodes),
             sessions,
+            routed,
             parts: Mutex::new(Some(Parts {
                 outbound,
                 retained,
@@ -381,6 +386,13 @@ impl Link {
     /// The sessions shared by the nodes.
     pub(crate) fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// The place in the stream of QoS 1 and 2 messages up to which this node has routed
+    /// every message: read before finding a session with nothing waiting, it is where that
+    /// session's stream cursor can move to.
+    pub(crate) fn routed_position(&self) -> u64 {
+        self.routed.load(Ordering::Acquire)
     }
 
     /// Starts the tasks that publish to the cluster and deliver what comes from it: after the
@@ -1228,7 +1240,7 @@ fn deliver(
         }
     });
     if owner == Some(id) {
-        shared.publish_received(sender.as_deref(), &publish, None);
+        shared.publish_received(sender.as_deref(), &publish, 0, None);
     }
 }
 

@@ -20,10 +20,19 @@
 //!   whose claim is older than one this node gave the session up to (or than its own latest) is
 //!   refused before it attaches. So of many simultaneous connects, the one with the highest
 //!   revision stays, and every other is closed or refused.
-//! - If A does not answer (down, or too slow), B resumes from the record alone: the
-//!   subscriptions, without the messages that were queued on A.
+//! - If A does not answer (down, or too slow), or answers that it has no such session (it
+//!   restarted without its store), B resumes from the record: the subscriptions, and the
+//!   record's *stream cursor*, the place in the stream of QoS 1 and 2 messages up to which
+//!   everything routed to the session had been delivered and acknowledged. B replays the
+//!   stream from there to the session ([`super::replay`]): what A had queued or in flight
+//!   comes again (QoS 1 at least once).
+//! - A node moves a session's cursor to its routed place in the stream whenever the session
+//!   has nothing waiting (its connection is quiet; an offline one, at the broker's sweep
+//!   every second), and writes it to the record when it moved and the session got a
+//!   message since the last write, or every [`CURSOR_REFRESH`] otherwise.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,10 +44,10 @@ use rallymq_session::{OutgoingMessage, OutgoingStage, PublishToken, SessionState
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{subject, valid_node_id};
+use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
-use crate::session::{Control, Queued, Session, delivered_copy};
+use crate::session::{Control, InFlightRecord, Queued, Session, delivered_copy};
 use crate::stats::Dropped;
 use crate::store::record::{self, Reader};
 use crate::store::{SessionRecord, Ticket, session_expired};
@@ -47,8 +56,15 @@ use crate::store::{SessionRecord, Ticket, session_expired};
 /// record (see [`encode_value`]), one revision kept.
 pub(crate) const SESSIONS_BUCKET: &str = "rallymq_sessions";
 
-/// The format version of the bucket's values, and of takeover requests and replies.
+/// The format version of takeover requests and replies, and of the bucket's first values
+/// (without a stream cursor).
 const FORMAT_V1: u8 = 1;
+
+/// The format version of the bucket's values with a stream cursor.
+const FORMAT_V2: u8 = 2;
+
+/// How often a session's cursor that moved is written when the session got nothing since.
+const CURSOR_REFRESH: Duration = Duration::from_secs(60);
 
 /// How many times a claim reads the key again after losing a race for it.
 const CLAIM_ATTEMPTS: u32 = 50;
@@ -91,6 +107,8 @@ struct Claimed {
     generation: u64,
     /// When this entry last changed.
     touched: Instant,
+    /// The stream cursor this node last wrote to the record, and when.
+    cursor: (u64, Instant),
 }
 
 impl Claimed {
@@ -100,6 +118,7 @@ impl Claimed {
             released: 0,
             generation: 0,
             touched: Instant::now(),
+            cursor: (0, Instant::now()),
         }
     }
 
@@ -117,6 +136,12 @@ struct Write {
     generation: u64,
     /// `None`: the session ended.
     record: Option<SessionRecord>,
+    /// The session's stream cursor.
+    cursor: u64,
+    /// Its QoS 2 deliveries in flight.
+    in_flight: InFlightRecord,
+    /// Told when the bucket has the write (or refused it).
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// The previous owner of a claimed key, and the session it recorded.
@@ -125,12 +150,18 @@ struct Previous {
     owner: String,
     /// `None`: the session had ended.
     record: Option<SessionRecord>,
+    /// The session's stream cursor (`None`: a value of the first format, without one).
+    cursor: Option<u64>,
+    /// Its QoS 2 deliveries in flight, when the record was written.
+    in_flight: InFlightRecord,
 }
 
-/// A CONNECT's claim of its client id: the key's revision it wrote, and what was there before.
+/// A CONNECT's claim of its client id: the key's revision it wrote, the stream cursor it
+/// wrote, and what was there before.
 #[derive(Debug)]
 pub(crate) struct Claim {
     revision: u64,
+    cursor: u64,
     previous: Option<Previous>,
 }
 
@@ -169,6 +200,8 @@ pub(crate) struct Sessions {
     bucket: kv::Store,
     claims: Mutex<HashMap<Arc<str>, Claimed>>,
     writes: mpsc::UnboundedSender<Write>,
+    /// The node's routed place in the stream ([`super::stream::Parts::routed`]).
+    routed: Arc<AtomicU64>,
 }
 
 /// What the session tasks start from.
@@ -185,6 +218,7 @@ impl Sessions {
         client: &async_nats::Client,
         node_id: &str,
         replicas: usize,
+        routed: Arc<AtomicU64>,
     ) -> Result<(Arc<Self>, Parts), Error> {
         let bucket = super::kv_bucket_with(
             client,
@@ -206,6 +240,7 @@ impl Sessions {
                 bucket,
                 claims: Mutex::default(),
                 writes: writes_tx,
+                routed,
             }),
             Parts { writes, requests },
         ))
@@ -242,15 +277,26 @@ impl Sessions {
                     .as_ref()
                     .filter(|entry| entry.operation == Operation::Put)
                     .and_then(|entry| decode_value(&fresh.client_id, &entry.value));
+                // A new session has had nothing routed to it: everything up to here is
+                // behind it. A resumed one keeps its cursor until it has caught up.
+                let mut cursor = self.routed.load(Ordering::Acquire);
                 if let Some(Previous {
-                    record: Some(old), ..
+                    record: Some(old),
+                    cursor: old_cursor,
+                    ..
                 }) = &previous
                     && resume
                     && live(old)
                 {
                     fresh.subscriptions.clone_from(&old.subscriptions);
+                    cursor = old_cursor.unwrap_or(cursor);
                 }
-                let value = encode_value(&self.node_id, Some(&fresh));
+                let value = encode_value(
+                    &self.node_id,
+                    Some(&fresh),
+                    cursor,
+                    &InFlightRecord::default(),
+                );
                 let written =
                     match &entry {
                         None => self.bucket.create(&key, value).await.map_err(|e| {
@@ -268,7 +314,13 @@ impl Sessions {
                             }),
                     };
                 match written {
-                    Ok(revision) => return Ok(Claim { revision, previous }),
+                    Ok(revision) => {
+                        return Ok(Claim {
+                            revision,
+                            cursor,
+                            previous,
+                        });
+                    }
                     // Another claim came first: read what it wrote.
                     Err((true, _)) => continue,
                     Err((false, error)) => failure = Some(error),
@@ -313,12 +365,19 @@ impl Sessions {
     /// (Session Present 1); `existed`: the session was in this node's registry.
     pub(crate) async fn take_over(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         session: &Arc<Session>,
         claim: &Claim,
         resume: bool,
         existed: bool,
     ) -> bool {
+        let ours = claim
+            .previous
+            .as_ref()
+            .is_some_and(|previous| previous.owner == self.node_id);
+        if !(ours && existed) {
+            session.stream_cursor.store(claim.cursor, Ordering::Release);
+        }
         let Some(previous) = &claim.previous else {
             return false;
         };
@@ -326,23 +385,47 @@ impl Sessions {
             .record
             .as_ref()
             .filter(|record| resume && live(record));
+        // The stream may hold what the session was routed and never got: replayed from the
+        // record's cursor when the node that held it lost it.
+        let replay_from = previous.cursor.filter(|_| record.is_some());
         if previous.owner == self.node_id {
             // Its state is here, unless this node lost it (a restart without a store).
             if existed {
                 return false;
             }
             if let Some(record) = record {
+                if replay_from.is_some() {
+                    session.hold_stream();
+                }
                 install_record(shared, session, record);
+                if let Some(cursor) = replay_from {
+                    self.replay(shared, session, cursor, &previous.in_flight)
+                        .await;
+                }
             }
             return record.is_some();
         }
         if let Some(record) = record {
+            if replay_from.is_some() {
+                // Until the old owner answers: what is routed here meanwhile may come in its
+                // handover or the replay too.
+                session.hold_stream();
+            }
             // Before asking: what is routed meanwhile is queued here rather than lost.
             install_record(shared, session, record);
         }
         let reply = self
             .ask(&previous.owner, &session.client_id, claim.revision, !resume)
             .await;
+        let lost = matches!(reply, None | Some(Reply::NoSession));
+        if let Some(cursor) = replay_from {
+            if lost {
+                self.replay(shared, session, cursor, &previous.in_flight)
+                    .await;
+            } else {
+                shared.end_replay(session, 0);
+            }
+        }
         match reply {
             Some(Reply::Handover(handover)) if resume => {
                 let present = record.is_some()
@@ -366,11 +449,34 @@ impl Sessions {
                     warn!(
                         client_id = %session.client_id,
                         owner = %previous.owner,
-                        "cluster: the session's node did not answer; resumed from its record, without the messages queued there"
+                        replayed_from = ?previous.cursor,
+                        "cluster: the session's node did not answer; resumed from its record, the stream replayed from its cursor"
                     );
                 }
                 record.is_some()
             }
+        }
+    }
+
+    /// Replays the stream to `session` from `cursor` (the session holds back what routing
+    /// brings until it ends), with the deliveries `in_flight` put back first.
+    async fn replay(
+        &self,
+        shared: &Arc<Shared>,
+        session: &Arc<Session>,
+        cursor: u64,
+        in_flight: &InFlightRecord,
+    ) {
+        install_released(session, &in_flight.released);
+        super::replay::replay(
+            shared,
+            &super::stream::context(&self.client),
+            session,
+            cursor,
+        )
+        .await;
+        if let Some(packet_id) = in_flight.first {
+            resend_first(shared, session, packet_id);
         }
     }
 
@@ -418,27 +524,89 @@ impl Sessions {
         }
     }
 
-    /// Writes the record of a session this node owns (in order, after the writes before it).
-    pub(crate) fn save(&self, record: &SessionRecord) {
-        self.queue(&record.client_id, Some(record.clone()));
+    /// Writes the record of a session this node owns, with its stream cursor (in order,
+    /// after the writes before it). The returned [`Written`] resolves once the bucket has
+    /// it: at once when the session is not this node's to write, with an error when the
+    /// bucket failed it.
+    pub(crate) fn save(
+        &self,
+        record: &SessionRecord,
+        cursor: u64,
+        in_flight: InFlightRecord,
+    ) -> Written {
+        self.queue(&record.client_id, Some(record.clone()), cursor, in_flight)
     }
 
     /// Records that a session this node owns has ended.
     pub(crate) fn end(&self, client_id: &str) {
-        self.queue(client_id, None);
+        self.queue(client_id, None, 0, InFlightRecord::default());
     }
 
-    fn queue(&self, client_id: &str, record: Option<SessionRecord>) {
-        let generation = match self.claims().get(client_id) {
-            Some(claimed) if claimed.owned() => claimed.generation,
+    fn queue(
+        &self,
+        client_id: &str,
+        record: Option<SessionRecord>,
+        cursor: u64,
+        in_flight: InFlightRecord,
+    ) -> Written {
+        let (done, written) = oneshot::channel();
+        let generation = match self.claims().get_mut(client_id) {
+            Some(claimed) if claimed.owned() => {
+                claimed.cursor = (cursor, Instant::now());
+                claimed.generation
+            }
             // Not this node's to write (restored from the store, or taken by another node).
-            _ => return,
+            _ => {
+                let _ = done.send(Ok(()));
+                return written;
+            }
         };
         let _ = self.writes.send(Write {
             client_id: client_id.into(),
             generation,
             record,
+            cursor,
+            in_flight,
+            done: Some(done),
         });
+        written
+    }
+
+    /// Moves the stream cursors of the offline sessions this node owns, and writes the
+    /// records whose cursor moved (see the module's documentation).
+    pub(crate) fn refresh_cursors(&self, shared: &Shared) {
+        let position = self.routed.load(Ordering::Acquire);
+        let owned: Vec<(Arc<str>, (u64, Instant))> = self
+            .claims()
+            .iter()
+            .filter(|(_, claimed)| claimed.owned())
+            .map(|(client_id, claimed)| (client_id.clone(), claimed.cursor))
+            .collect();
+        let now = Instant::now();
+        for (client_id, (written, at)) in owned {
+            let Some(session) = shared.registry.get(&client_id) else {
+                continue;
+            };
+            let touched = {
+                let mut inner = session.lock();
+                if inner.attachment.is_none() {
+                    drop(inner);
+                    session.advance_cursor(position, 0);
+                    inner = session.lock();
+                }
+                std::mem::take(&mut inner.stream_touched)
+            };
+            let cursor = session.stream_cursor.load(Ordering::Acquire);
+            if cursor != written
+                && (touched || now.duration_since(at) >= CURSOR_REFRESH)
+                && let Some(record) = session.record()
+            {
+                drop(self.save(&record, cursor, session.in_flight_record()));
+            } else if touched {
+                // Not written yet: looked at again next time.
+                session.lock().stream_touched = true;
+            }
+        }
     }
 
     /// Forgets claims no connection can still be attaching under, of client ids with no
@@ -481,6 +649,90 @@ fn install_record(shared: &Shared, session: &Arc<Session>, record: &SessionRecor
     shared.install_subscriptions(session, &record.subscriptions);
 }
 
+/// Puts the QoS 2 deliveries a session's record says were released back in flight, at the
+/// PUBREL stage: the client gets PUBREL for each when it connects, and no new message goes
+/// out under an identifier it still holds.
+fn install_released(session: &Session, released: &[PacketId]) {
+    if released.is_empty() {
+        return;
+    }
+    let mut state = SessionState::default();
+    for packet_id in released {
+        let mut publish = Publish::new(RELEASED_TOPIC.clone(), Bytes::new());
+        publish.qos = rallymq_codec::QoS::ExactlyOnce;
+        publish.packet_id = Some(*packet_id);
+        state.in_flight.push(OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage: OutgoingStage::Released,
+            publish,
+        });
+        state.next_token += 1;
+    }
+    if let Some(last) = released.iter().max() {
+        state.next_packet_id = last.next();
+    }
+    session.lock().saved = Some(Box::new(state));
+}
+
+/// Sends the first message queued for `session` (the replay's first) under `packet_id` with
+/// DUP, as the delivery in flight its record named: a client that had it already answers
+/// PUBREC and does not take it as new. Only a QoS 2 message: anything else means the first
+/// replayed message is not the one the record meant (a subscription made since the cursor),
+/// and it goes out as usual.
+fn resend_first(shared: &Shared, session: &Session, packet_id: PacketId) {
+    let mut inner = session.lock();
+    if inner
+        .pending
+        .front()
+        .is_none_or(|queued| queued.publish.qos != rallymq_codec::QoS::ExactlyOnce)
+    {
+        return;
+    }
+    let Some(queued) = inner.pop_pending() else {
+        return;
+    };
+    let state = inner.saved.get_or_insert_default();
+    if state
+        .in_flight
+        .iter()
+        .any(|message| message.publish.packet_id == Some(packet_id))
+    {
+        // Released already: the record was written between the two.
+        inner.prepend_pending(vec![queued]);
+        return;
+    }
+    let mut publish = queued.publish;
+    publish.packet_id = Some(packet_id);
+    publish.dup = true;
+    state.in_flight.insert(
+        0,
+        OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage: OutgoingStage::Published,
+            publish,
+        },
+    );
+    state.next_token += 1;
+    if state.next_packet_id <= packet_id {
+        state.next_packet_id = packet_id.next();
+    }
+    drop(inner);
+    if let Some(stored) = queued.stored {
+        // In flight from the session's state now, not from the store's queue.
+        shared.write(vec![crate::store::Change::DeleteEntry {
+            client_id: session.client_id.clone(),
+            seq: stored.seq,
+        }]);
+    }
+}
+
+/// The topic of the placeholder messages [`install_released`] puts in flight: only their
+/// identifiers are ever sent (PUBREL).
+static RELEASED_TOPIC: std::sync::LazyLock<rallymq_codec::TopicName> =
+    std::sync::LazyLock::new(|| {
+        rallymq_codec::TopicName::new("$rallymq/released").expect("a valid topic name")
+    });
+
 /// Adds what the old owner handed over to `session`: its engine state to resume, and its
 /// queued messages ahead of any routed here meanwhile.
 fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover) {
@@ -515,6 +767,7 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
             publish,
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
+            sequence: crate::session::UNKNOWN_SEQUENCE,
         })
         .collect();
     let mut inner = session.lock();
@@ -542,15 +795,30 @@ pub(super) fn run(
 /// Writes records in the order they were queued, each a compare-and-set on the revision this
 /// node last wrote: a write after another node's claim fails, and is dropped.
 async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedReceiver<Write>) {
-    while let Some(write) = writes.recv().await {
+    while let Some(mut write) = writes.recv().await {
+        let done = write.done.take();
+        let answer = |result: Result<(), String>| {
+            if let Some(done) = done {
+                let _ = done.send(result);
+            }
+        };
         let revision = match sessions.claims().get(&write.client_id) {
             Some(claimed) if claimed.generation == write.generation && claimed.owned() => {
                 claimed.revision
             }
-            _ => continue,
+            // A later claim's (here or on another node): this one's connection is closed.
+            _ => {
+                answer(Ok(()));
+                continue;
+            }
         };
         let key = subject::token(&write.client_id);
-        let value = encode_value(&sessions.node_id, write.record.as_ref());
+        let value = encode_value(
+            &sessions.node_id,
+            write.record.as_ref(),
+            write.cursor,
+            &write.in_flight,
+        );
         let written =
             tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
                 .await;
@@ -563,15 +831,20 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
                     claimed.revision = new;
                     claimed.touched = Instant::now();
                 }
+                drop(claims);
+                answer(Ok(()));
             }
             Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
+                answer(Ok(()));
             }
             Ok(Err(error)) => {
                 warn!(%error, client_id = %write.client_id, "cluster: a session's record could not be written");
+                answer(Err(error.to_string()));
             }
             Err(_) => {
                 warn!(client_id = %write.client_id, "cluster: writing a session's record timed out");
+                answer(Err(format!("no answer within {WRITE_TIMEOUT:?}")));
             }
         }
     }
@@ -728,12 +1001,26 @@ async fn hand_over(
     Reply::Handover(Box::new(handover))
 }
 
-/// A value of the bucket: the format version, the owner's node id (length-prefixed), then `0`
-/// for an ended session or `1` and its record in the store's layout.
-fn encode_value(owner: &str, record: Option<&SessionRecord>) -> Bytes {
+/// A value of the bucket: the format version, the owner's node id (length-prefixed), the
+/// stream cursor, the released identifiers (a count, then each), then `0` for an ended
+/// session or `1` and its record in the store's layout.
+fn encode_value(
+    owner: &str,
+    record: Option<&SessionRecord>,
+    cursor: u64,
+    in_flight: &InFlightRecord,
+) -> Bytes {
     let mut buf = Vec::with_capacity(64);
-    buf.put_u8(FORMAT_V1);
+    buf.put_u8(FORMAT_V2);
     record::put_bytes(&mut buf, owner.as_bytes());
+    buf.put_u64(cursor);
+    // At most 65,535 identifiers exist.
+    let released = &in_flight.released;
+    buf.put_u16(u16::try_from(released.len()).unwrap_or(u16::MAX));
+    for packet_id in released.iter().take(usize::from(u16::MAX)) {
+        buf.put_u16(packet_id.get());
+    }
+    buf.put_u16(in_flight.first.map_or(0, PacketId::get));
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -744,18 +1031,36 @@ fn encode_value(owner: &str, record: Option<&SessionRecord>) -> Bytes {
     Bytes::from(buf)
 }
 
-/// The owner and record of a value made by [`encode_value`]; `None` for anything else.
+/// The owner, cursor and record of a value made by [`encode_value`] (or by a node of the
+/// first format, without a cursor); `None` for anything else.
 fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
     let mut reader = Reader(value);
-    if reader.u8().ok()? != FORMAT_V1 {
+    let version = reader.u8().ok()?;
+    if version != FORMAT_V1 && version != FORMAT_V2 {
         return None;
     }
     let owner = std::str::from_utf8(reader.bytes().ok()?).ok()?.to_owned();
+    let mut in_flight = InFlightRecord::default();
+    let cursor = if version == FORMAT_V2 {
+        let cursor = reader.u64().ok()?;
+        for _ in 0..reader.u16().ok()? {
+            in_flight.released.push(PacketId::new(reader.u16().ok()?)?);
+        }
+        in_flight.first = PacketId::new(reader.u16().ok()?);
+        Some(cursor)
+    } else {
+        None
+    };
     let record = match reader.u8().ok()? {
         0 => None,
         _ => Some(record::decode_session(client_id, reader.0).ok()?),
     };
-    Some(Previous { owner, record })
+    Some(Previous {
+        owner,
+        record,
+        cursor,
+        in_flight,
+    })
 }
 
 /// A takeover request: the format version, the claim's revision, whether the session ends
@@ -899,11 +1204,21 @@ mod tests {
 
     #[test]
     fn a_bucket_value_carries_the_owner_and_the_record() {
-        let value = encode_value("node-a", Some(&record()));
+        let in_flight = InFlightRecord {
+            released: vec![PacketId::new(3).unwrap(), PacketId::new(65535).unwrap()],
+            first: PacketId::new(9),
+        };
+        let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();
         assert_eq!(previous.owner, "node-a");
         assert_eq!(previous.record, Some(record()));
-        let ended = decode_value("a/b c", &encode_value("node-b", None)).unwrap();
+        assert_eq!(previous.cursor, Some(77));
+        assert_eq!(previous.in_flight, in_flight);
+        let ended = decode_value(
+            "a/b c",
+            &encode_value("node-b", None, 0, &InFlightRecord::default()),
+        )
+        .unwrap();
         assert_eq!((ended.owner.as_str(), ended.record), ("node-b", None));
         assert!(decode_value("x", b"").is_none());
         assert!(decode_value("x", &value[..value.len() - 1]).is_none());
