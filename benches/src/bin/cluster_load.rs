@@ -1105,7 +1105,7 @@ impl Churn {
 }
 
 /// Messages published in `--mode idle`'s traffic measurement.
-const TRAFFIC_MESSAGES: usize = 20_000;
+const TRAFFIC_MESSAGES: usize = 100_000;
 
 /// What a node whose connections hold `filters` receives from NATS, and the CPU it spends, when
 /// another node's client publishes [`TRAFFIC_MESSAGES`] QoS 0 messages on `idle/none`, a topic
