@@ -192,10 +192,32 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
+        self.publish_routed(sender, publish, also, None)
+    }
+
+    /// [`Shared::publish`] under `message_id` in the cluster's stream, where a second write of
+    /// the same id (within the stream's duplicate window) is dropped: for a message that may
+    /// be sent again (a dead node's will).
+    pub(crate) fn publish_identified(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        message_id: &str,
+    ) -> RouteOutcome {
+        self.publish_routed(sender, publish, None, Some(message_id))
+    }
+
+    fn publish_routed(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        also: Option<Change>,
+        message_id: Option<&str>,
+    ) -> RouteOutcome {
         let forwarded = self
             .cluster
             .get()
-            .map(|cluster| cluster.forward(sender, publish))
+            .map(|cluster| cluster.forward(sender, publish, message_id))
             .unwrap_or_default();
         // A QoS 1 or 2 message in the stream reaches this node's subscribers through the
         // stream too, as any node's: once stored there (never before its publisher could be
@@ -255,24 +277,41 @@ impl Shared {
         .ticket
     }
 
-    /// Ends `session`'s replay of the stream (read up to `through`): queues what routing
-    /// held back meanwhile that the replay did not bring, written to the store as routing
-    /// would have.
-    pub(crate) fn end_replay(&self, session: &Session, through: u64) {
+    /// Ends `session`'s holding back: the stream read up to `through` by its replay (or the
+    /// messages up to `through` and those at the sequences in `handed` handed over by its old
+    /// node); queues what routing held back meanwhile but those, written to the store as
+    /// routing would have.
+    pub(crate) fn end_replay(
+        &self,
+        session: &Session,
+        through: u64,
+        handed: &std::collections::HashSet<u64>,
+    ) {
         let limits = &self.config.limits;
-        session.end_hold(through, |session, inner, publish, since, sequence| {
-            let _group = self.store.as_deref().map(Group::open);
-            let held = publish.clone();
-            let mut persisting = self.store.as_deref().map(|store| Persisting {
-                store,
-                next_message_id: &self.next_message_id,
-                message: &held,
-                received_at: SystemTime::now(),
-                id: None,
-                ticket: Ticket::default(),
-            });
-            session.enqueue_locked(inner, publish, since, limits, persisting.as_mut(), sequence);
-        });
+        session.end_hold(
+            through,
+            handed,
+            |session, inner, publish, since, sequence| {
+                let _group = self.store.as_deref().map(Group::open);
+                let held = publish.clone();
+                let mut persisting = self.store.as_deref().map(|store| Persisting {
+                    store,
+                    next_message_id: &self.next_message_id,
+                    message: &held,
+                    received_at: SystemTime::now(),
+                    id: None,
+                    ticket: Ticket::default(),
+                });
+                session.enqueue_locked(
+                    inner,
+                    publish,
+                    since,
+                    limits,
+                    persisting.as_mut(),
+                    sequence,
+                );
+            },
+        );
     }
 
     /// The cursor of feed `name` as the store had it at start (0: none).

@@ -3,7 +3,7 @@
 //! and turns the engine's events into broker actions (sessions, routing, retained messages).
 //! No protocol rule is decided here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -36,8 +36,8 @@ use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
     Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, InFlightRecord,
-    Persisting, Queued, Session, SessionInner, StoredRef, count_down_expiry, delivered_copy,
-    signal,
+    Persisting, Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting,
+    count_down_expiry, delivered_copy, signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{
@@ -188,6 +188,28 @@ struct PendingAck {
     stream: Option<StreamAck>,
 }
 
+/// In a cluster: a connection's deliveries from the stream in its engine, for its session's
+/// record (`Connection::record_stream`).
+#[derive(Debug, Default)]
+struct StreamDeliveries {
+    by_token: HashMap<PublishToken, StreamDelivery>,
+    /// QoS 2 deliveries completed past the session's stream cursor, by sequence.
+    done: BTreeSet<u64>,
+}
+
+/// The most completed deliveries a session's record lists past its cursor: past it (a cursor
+/// held back that long), a node resuming the session may send some again.
+const MAX_DONE: usize = 10_000;
+
+/// A delivery from the stream in the engine.
+#[derive(Debug, Clone, Copy)]
+struct StreamDelivery {
+    sequence: u64,
+    qos: QoS,
+    /// Its PUBREC came.
+    released: bool,
+}
+
 /// What only some connections need.
 #[derive(Debug, Default)]
 struct Extras {
@@ -208,8 +230,10 @@ struct Extras {
     /// The policy's ACL reload `acl` was made from.
     acl_generation: u64,
     /// In a cluster: the sessions bucket's write of the record, which the next bytes
-    /// (CONNACK, SUBACK, UNSUBACK) wait for.
+    /// (SUBACK, UNSUBACK, a QoS 2 PUBLISH or PUBREL) wait for.
     record_written: Option<crate::cluster::Written>,
+    /// In a cluster: the deliveries in flight that came from the stream.
+    stream_deliveries: Option<Box<StreamDeliveries>>,
     /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
     /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
     /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
@@ -311,14 +335,11 @@ impl Driver {
                     } else {
                         // Read first: whatever was routed up to it is by now queued here, in
                         // the engine, or acknowledged.
-                        let position = self.shared.cluster.get().map(|c| c.routed_position());
                         if self.engine.pending_messages() == (0, 0) {
                             // Nothing in flight and everything written: the connection is
                             // quiet, so it keeps no buffers while it waits.
                             self.engine.shrink_buffers();
-                            if let (Some(position), Some(session)) = (position, &self.session) {
-                                session.advance_cursor(position, 0);
-                            }
+                            self.record_stream(false);
                         }
                     }
                 }
@@ -739,6 +760,17 @@ impl Driver {
                         durability.delivered = ticket;
                     }
                 }
+                if let Some(tracked) = self
+                    .extras
+                    .as_deref_mut()
+                    .and_then(|extras| extras.stream_deliveries.as_deref_mut())
+                    && let Some(delivery) = tracked.by_token.remove(&outcome.token)
+                {
+                    if delivery.qos == QoS::ExactlyOnce && tracked.done.len() < MAX_DONE {
+                        tracked.done.insert(delivery.sequence);
+                    }
+                    self.record_stream(false);
+                }
             }
             ServerEvent::DeliveryReleased(token) => {
                 let released = durability_mut(&mut self.extras).and_then(|durability| {
@@ -757,7 +789,15 @@ impl Driver {
                     }]);
                     self.raise_barrier(ticket);
                 }
-                self.record_released();
+                if let Some(delivery) = self
+                    .extras
+                    .as_deref_mut()
+                    .and_then(|extras| extras.stream_deliveries.as_deref_mut())
+                    .and_then(|tracked| tracked.by_token.get_mut(&token))
+                {
+                    delivery.released = true;
+                    self.record_stream(true);
+                }
             }
             ServerEvent::MessageReleased(packet_id) => {
                 if let Some(client_id) = self.durable_client_id() {
@@ -877,61 +917,67 @@ impl Driver {
             .then(|| session.client_id.clone())
     }
 
-    /// In a cluster, after a QoS 2 delivery's PUBREC: when nothing else routed to the
-    /// session waits, its stream cursor moves past the message, and the record (with the
-    /// identifiers released) is in the sessions bucket before PUBREL goes out. A node that
-    /// resumes the session after this one dies then neither replays the message nor uses an
-    /// identifier the client still holds. (When others wait, the cursor stays where it was:
-    /// after this node's death the message can come again.)
-    fn record_released(&mut self) {
+    /// In a cluster: moves the session's stream cursor as far as its deliveries allow (to
+    /// just before the oldest stream message not yet delivered and acknowledged, at most the
+    /// node's routed place), and sets what its record says of its QoS 2 deliveries past it;
+    /// with `wait`, the record is in the sessions bucket before the next bytes go out (a QoS
+    /// 2 PUBLISH, so that a node resuming the session sends it again under its identifier; a
+    /// PUBREL, so that it does not send it again at all).
+    fn record_stream(&mut self, wait: bool) {
         let (Some(cluster), Some(session)) = (self.shared.cluster.get(), self.session.clone())
         else {
             return;
         };
-        // Read first, as at a quiet point.
+        // Read first: whatever was routed up to it is by now waiting here, in the engine, or
+        // acknowledged.
         let position = cluster.routed_position();
-        let released = self.engine.released_packet_ids();
         let (in_flight, queued) = self.engine.pending_messages();
-        let everything_released = queued == 0 && in_flight == released.len();
-        session.set_in_flight_record(InFlightRecord {
-            released,
-            first: None,
-        });
-        let before = session.stream_cursor.load(Ordering::Acquire);
-        if everything_released {
-            session.advance_cursor(position, 0);
+        let tracked = self
+            .extras
+            .get_or_insert_default()
+            .stream_deliveries
+            .get_or_insert_default();
+        let oldest_in_engine = tracked
+            .by_token
+            .values()
+            .filter(|delivery| !delivery.released)
+            .map(|delivery| delivery.sequence)
+            .min();
+        let known = in_flight + queued <= tracked.by_token.len()
+            && oldest_in_engine != Some(UNKNOWN_SEQUENCE);
+        let oldest = match session.oldest_waiting() {
+            Waiting::Unknown => None,
+            Waiting::Nothing => Some(oldest_in_engine),
+            Waiting::Oldest(sequence) => {
+                Some(Some(oldest_in_engine.map_or(sequence, |e| e.min(sequence))))
+            }
+        };
+        if let (true, Some(oldest)) = (known, oldest) {
+            let cursor = oldest.map_or(position, |oldest| position.min(oldest - 1));
+            session.stream_cursor.fetch_max(cursor, Ordering::AcqRel);
         }
-        if session.stream_cursor.load(Ordering::Acquire) != before {
+        let cursor = session.stream_cursor.load(Ordering::Acquire);
+        tracked.done.retain(|sequence| *sequence > cursor);
+        let mut record = InFlightRecord {
+            done: tracked.done.iter().copied().collect(),
+            ..InFlightRecord::default()
+        };
+        for (token, delivery) in &tracked.by_token {
+            let packet_id = self.engine.delivery_packet_id(*token);
+            match (delivery.qos, packet_id) {
+                (QoS::ExactlyOnce, Some(packet_id)) if delivery.released => {
+                    record.released.push((delivery.sequence, packet_id));
+                }
+                (QoS::ExactlyOnce, Some(packet_id)) => {
+                    record.published.push((delivery.sequence, packet_id));
+                }
+                _ => {}
+            }
+        }
+        session.set_in_flight_record(record);
+        if wait {
             self.save_record_before_next_bytes(&session);
         }
-    }
-
-    /// In a cluster, as a QoS 2 delivery goes in flight under `packet_id`: when it is the
-    /// only message routed to the session since its stream cursor (everything else delivered
-    /// and released), the record names it as the first one in flight, in the sessions bucket
-    /// before the PUBLISH goes out. A node that resumes the session after this one dies sends
-    /// it again under that identifier with DUP, so the client gets it once.
-    fn record_first_in_flight(&mut self, session: &Session, packet_id: rallymq_codec::PacketId) {
-        if self.shared.cluster.get().is_none() {
-            return;
-        }
-        let released = self.engine.released_packet_ids();
-        let (in_flight, queued) = self.engine.pending_messages();
-        let first = {
-            let inner = session.lock();
-            inner.routed_since_cursor == 1
-                && inner.pending.is_empty()
-                && inner.queue_size().0 == 0
-                && inner.durable.is_some()
-        };
-        if !(first && queued == 0 && in_flight == released.len() + 1) {
-            return;
-        }
-        session.set_in_flight_record(InFlightRecord {
-            released,
-            first: Some(packet_id),
-        });
-        self.save_record_before_next_bytes(session);
     }
 
     /// Writes the session's record (to the store; in a cluster, to the sessions bucket too)
@@ -1433,7 +1479,7 @@ impl Driver {
                     publish,
                     since,
                     stored: Some(reference),
-                    sequence: crate::session::UNKNOWN_SEQUENCE,
+                    sequence: UNKNOWN_SEQUENCE,
                 }),
             }
         }
@@ -1497,9 +1543,8 @@ impl Driver {
         let now = self.now();
         let mut changes = Vec::new();
         let mut needs_barrier = false;
-        // The QoS 2 delivery put in flight when it is this drain's only one.
-        let mut delivered = 0usize;
-        let mut qos2_in_flight = None;
+        let cluster = self.shared.cluster.get().is_some();
+        let mut stream_qos2 = false;
         let mut inner = session.lock();
         let waiting = inner.pending.len();
         while let Some(queued) = inner.pending.front() {
@@ -1518,6 +1563,7 @@ impl Driver {
             };
             let mut publish = queued.publish;
             let stored = queued.stored;
+            let sequence = queued.sequence;
             let forget = |changes: &mut Vec<Change>| {
                 if let Some(stored) = stored {
                     changes.push(Change::DeleteEntry {
@@ -1547,10 +1593,24 @@ impl Driver {
             match self.engine.deliver(now, publish) {
                 Ok(token) => {
                     self.shared.stats.publish_sent(qos, payload);
-                    delivered += 1;
-                    if qos == QoS::ExactlyOnce {
-                        qos2_in_flight =
-                            token.and_then(|token| self.engine.delivery_packet_id(token));
+                    if let Some(token) = token
+                        && cluster
+                        && sequence != 0
+                    {
+                        let tracked = self
+                            .extras
+                            .get_or_insert_default()
+                            .stream_deliveries
+                            .get_or_insert_default();
+                        tracked.by_token.insert(
+                            token,
+                            StreamDelivery {
+                                sequence,
+                                qos,
+                                released: false,
+                            },
+                        );
+                        stream_qos2 |= qos == QoS::ExactlyOnce;
                     }
                     if let (Some(token), Some(stored), Some(mut entry), Some(durability)) =
                         (token, stored, entry, durability_mut(&mut self.extras))
@@ -1579,10 +1639,8 @@ impl Driver {
         }
         let drained = inner.pending.len() < waiting;
         drop(inner);
-        if delivered == 1
-            && let Some(packet_id) = qos2_in_flight
-        {
-            self.record_first_in_flight(&session, packet_id);
+        if stream_qos2 {
+            self.record_stream(true);
         }
         if !changes.is_empty() {
             let ticket = self.shared.write(changes);

@@ -440,8 +440,6 @@ pub(crate) struct SessionInner {
     /// In a cluster: a message from the stream was queued since the session's record was
     /// last written (its stream cursor is worth writing again).
     pub(crate) stream_touched: bool,
-    /// In a cluster: messages from the stream queued since the stream cursor last moved.
-    pub(crate) routed_since_cursor: u32,
 }
 
 /// Where a message routed to a session comes from: in a cluster, its place in the stream
@@ -469,6 +467,18 @@ impl Origin {
     }
 }
 
+/// What [`Session::oldest_waiting`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// No message from the stream waits.
+    Nothing,
+    /// The oldest waiting has this sequence (those behind it have higher ones).
+    Oldest(u64),
+    /// One's sequence is not known here (in the store only, read back from it, handed over
+    /// by another node), or a replay holds messages back.
+    Unknown,
+}
+
 /// [`Queued::sequence`] of a stream message whose sequence is not known here (read back from
 /// the store, or handed over by another node).
 pub(crate) const UNKNOWN_SEQUENCE: u64 = u64::MAX;
@@ -490,16 +500,18 @@ pub(crate) struct Replay {
     pub(crate) in_flight: InFlightRecord,
 }
 
-/// What a cluster session's record says of its QoS 2 deliveries in flight.
+/// What a cluster session's record says of its QoS 2 deliveries past its stream cursor, each
+/// by its sequence in the stream: a node that resumes the session after its node died
+/// replays the stream from the cursor, and by this sends each of them once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct InFlightRecord {
-    /// Those whose PUBREC came (PUBREL sent): delivered.
-    pub(crate) released: Vec<PacketId>,
-    /// The identifier of the one delivery sent and not yet acknowledged, when it is the
-    /// first message routed to the session after its stream cursor: a node that resumes the
-    /// session sends the first message it replays under it, with DUP, so that a client that
-    /// had it already does not take it as new.
-    pub(crate) first: Option<PacketId>,
+    /// Sent, not yet acknowledged (PUBREC), with their identifiers: sent again under them
+    /// with DUP, so that a client that had one does not take it as new.
+    pub(crate) published: Vec<(u64, PacketId)>,
+    /// PUBREC came (PUBREL sent): delivered, released again under their identifiers.
+    pub(crate) released: Vec<(u64, PacketId)>,
+    /// Completed (PUBCOMP): not sent again.
+    pub(crate) done: Vec<u64>,
 }
 
 impl SessionInner {
@@ -518,6 +530,15 @@ impl SessionInner {
     /// Takes the oldest message in memory (bytes counted off).
     pub(crate) fn pop_pending(&mut self) -> Option<Queued> {
         let queued = self.pending.pop_front()?;
+        self.pending_bytes = self
+            .pending_bytes
+            .saturating_sub(u64::from(message_size(&queued.publish)));
+        Some(queued)
+    }
+
+    /// Takes the message in memory at `at` (bytes counted off).
+    pub(crate) fn take_pending_at(&mut self, at: usize) -> Option<Queued> {
+        let queued = self.pending.remove(at)?;
         self.pending_bytes = self
             .pending_bytes
             .saturating_sub(u64::from(message_size(&queued.publish)));
@@ -571,6 +592,10 @@ impl Pending {
 
     pub(crate) fn push_front(&mut self, queued: Queued) {
         self.0.get_or_insert_default().push_front(queued);
+    }
+
+    pub(crate) fn remove(&mut self, at: usize) -> Option<Queued> {
+        self.0.as_mut()?.remove(at)
     }
 
     pub(crate) fn push_back(&mut self, queued: Queued) {
@@ -665,7 +690,7 @@ impl Session {
     /// (`in_flight`: the connection's engine's count, or 0 to look at the saved state), not
     /// held by a replay.
     pub(crate) fn advance_cursor(&self, position: u64, in_flight: usize) {
-        let mut inner = self.lock();
+        let inner = self.lock();
         let saved = inner
             .saved
             .as_ref()
@@ -674,9 +699,31 @@ impl Session {
             && saved == 0
             && inner.queue_size().0 == 0
             && inner.replay.as_ref().is_none_or(|replay| !replay.holding)
-            && self.stream_cursor.fetch_max(position, Ordering::AcqRel) < position
         {
-            inner.routed_since_cursor = 0;
+            self.stream_cursor.fetch_max(position, Ordering::AcqRel);
+        }
+    }
+
+    /// The stream sequence of the oldest stream message waiting for the session here (not
+    /// yet handed to its connection), for its cursor.
+    pub(crate) fn oldest_waiting(&self) -> Waiting {
+        let inner = self.lock();
+        let tail = inner
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.tail_len > 0);
+        if tail || inner.replay.as_ref().is_some_and(|replay| replay.holding) {
+            return Waiting::Unknown;
+        }
+        match inner
+            .pending
+            .iter()
+            .map(|queued| queued.sequence)
+            .find(|s| *s != 0)
+        {
+            None => Waiting::Nothing,
+            Some(UNKNOWN_SEQUENCE) => Waiting::Unknown,
+            Some(sequence) => Waiting::Oldest(sequence),
         }
     }
 
@@ -711,6 +758,7 @@ impl Session {
     pub(crate) fn end_hold(
         &self,
         through: u64,
+        handed: &HashSet<u64>,
         mut queue: impl FnMut(&Self, &mut SessionInner, Publish, Instant, u64),
     ) {
         let mut inner = self.lock();
@@ -722,7 +770,7 @@ impl Session {
         let held = std::mem::take(&mut replay.held);
         for (origin, publish, since) in held {
             let sequence = origin.sequence();
-            if sequence > through {
+            if sequence > through && !handed.contains(&sequence) {
                 queue(self, &mut inner, publish, since, sequence);
             }
         }
@@ -816,7 +864,6 @@ impl Session {
         }
         if !matches!(origin, Origin::Local) {
             inner.stream_touched = true;
-            inner.routed_since_cursor = inner.routed_since_cursor.saturating_add(1);
         }
         self.enqueue_locked(
             &mut inner,

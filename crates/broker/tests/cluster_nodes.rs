@@ -2,29 +2,25 @@
 //! cluster in `$SYS` and the admin API, with a real `nats-server` (Debian's package; a missing
 //! one fails the tests).
 //!
-//! A node that must die for real runs in a child process: this test binary started again to
-//! run only the ignored [`child_node`] (which starts a broker from the environment it is given,
-//! prints its address and serves until its standard input closes), then killed with SIGKILL.
-//! Dropping or shutting down a `BrokerHandle` is a clean stop, which is not what is tested.
+//! A node that must die for real runs in a child process ([`support::child::ChildNode`]), killed
+//! with SIGKILL.
 
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
+use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind};
 use rallymq_codec::{
     Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
 };
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
+use support::child::ChildNode;
 use support::{
     NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
     persistent_connect, recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
@@ -32,17 +28,6 @@ use support::{
 use tokio::net::TcpStream;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-/// The environment that makes [`child_node`] start a node: the NATS server's URL.
-const CHILD_NATS: &str = "RALLYMQ_TEST_CHILD_NATS";
-/// The child node's id.
-const CHILD_ID: &str = "RALLYMQ_TEST_CHILD_NODE_ID";
-/// The child node's data directory, if it keeps one.
-const CHILD_DATA: &str = "RALLYMQ_TEST_CHILD_DATA_DIR";
-/// What the child prints before its address.
-const CHILD_ADDR: &str = "rallymq-child-node-tcp=";
-/// The longest a child node serves if nobody closes its standard input.
-const CHILD_LIFETIME: Duration = Duration::from_secs(120);
 
 /// How long a dead node takes to be seen dead (3 missed beats of 1 s) and its wills to be
 /// claimed, with room for a loaded machine.
@@ -54,94 +39,12 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// Payloads of warm-up messages start with this; counts ignore them.
 const PROBE: &str = "probe";
 
-/// Not a test: the body of a child node (see the module's documentation). Ignored, so that it
-/// runs only when a test starts it with `--ignored --exact child_node`.
+/// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only
+/// when a test starts it with `--ignored --exact child_node`.
 #[test]
 #[ignore = "run by the tests of this file in a child process"]
 fn child_node() {
-    let (Ok(nats), Ok(id)) = (std::env::var(CHILD_NATS), std::env::var(CHILD_ID)) else {
-        panic!("{CHILD_NATS} and {CHILD_ID} are not set: this is run by the other tests");
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let data_dir = std::env::var_os(CHILD_DATA);
-    let node = runtime.block_on(async {
-        start_broker(|config| {
-            config.cluster = Some(ClusterConfig {
-                node_id: Some(id),
-                ..ClusterConfig::new([nats])
-            });
-            if let Some(dir) = data_dir {
-                config.storage = Storage::Directory(dir.into());
-            }
-        })
-        .await
-    });
-    println!("{CHILD_ADDR}{}", tcp_addr(&node));
-    // Serves (on the runtime's threads) until the parent closes stdin or dies, or kills this
-    // process.
-    let (closed_tx, closed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
-        let _ = closed_tx.send(());
-    });
-    let _ = closed.recv_timeout(CHILD_LIFETIME);
-    drop(node);
-}
-
-/// A node in a child process, killed when dropped.
-struct ChildNode {
-    process: Child,
-    addr: SocketAddr,
-}
-
-impl ChildNode {
-    fn start(nats: &NatsServer, id: &str) -> Self {
-        Self::start_with(nats, id, None)
-    }
-
-    /// A child node keeping its sessions in `data_dir`.
-    fn start_with(nats: &NatsServer, id: &str, data_dir: Option<&Path>) -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
-        if let Some(dir) = data_dir {
-            command.env(CHILD_DATA, dir);
-        }
-        let mut process = command
-            .args(["child_node", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_NATS, nats.url())
-            .env(CHILD_ID, id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the child node starts");
-        let stdout = process.stdout.take().expect("its stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.strip_prefix(CHILD_ADDR) {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address"));
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT * 2)
-            .expect("the child node prints its address");
-        Self { process, addr }
-    }
-
-    /// SIGKILL: the node gets no chance to leave the cluster or publish anything.
-    fn kill(&mut self) {
-        self.process.kill().expect("SIGKILL");
-        self.process.wait().expect("the child ends");
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
+    support::child::run_child_node();
 }
 
 async fn in_process_node(nats: &NatsServer, id: &str, sys: bool) -> BrokerHandle {
@@ -778,6 +681,8 @@ struct Qos2Receiver {
     payloads: Vec<String>,
     /// PUBRELs received for identifiers not awaiting release.
     unknown_releases: usize,
+    /// How long it takes before it answers a PUBLISH (a slow subscriber).
+    pace: Duration,
 }
 
 /// Where a QoS 2 flow stops for [`Qos2Receiver::receive_until`].
@@ -797,6 +702,7 @@ impl Qos2Receiver {
             awaiting_release: HashSet::new(),
             payloads: Vec::new(),
             unknown_releases: 0,
+            pace: Duration::ZERO,
         }
     }
 
@@ -821,6 +727,7 @@ impl Qos2Receiver {
                     if self.payloads.len() >= count && stage == Stage::Published {
                         return;
                     }
+                    tokio::time::sleep(self.pace).await;
                     raw.send(Packet::PubRec(Ack::new(packet_id))).await;
                 }
                 Packet::PubRel(ack) => {
@@ -922,4 +829,113 @@ async fn cluster_mqtt_4_3_3_qos2_sent_when_its_node_died_comes_again_under_its_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mqtt_4_3_3_qos2_released_when_its_node_died_is_released_not_sent_again() {
     qos2_once_through_the_death_of_its_node(Stage::Released).await;
+}
+
+/// A slow QoS 2 subscriber on A (a backlog waits for it) while its node is SIGKILLed: on B
+/// it gets every message once, in order (its record lists the deliveries past its cursor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_to_a_subscriber_with_a_backlog_once_through_the_death_of_its_node()
+{
+    const MESSAGES: usize = 120;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-qos2-backlog-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut v5 = persistent_connect(V5, "backlogged", 600);
+    v5.properties.receive_maximum = std::num::NonZeroU16::new(8);
+    let (mut raw, connack) = Raw::connect(a.addr, v5.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("y/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let publisher_addr = tcp_addr(&b);
+    let publishing = tokio::spawn(async move {
+        let mut publisher = connect(publisher_addr, connect_packet(V5, "backlog-pub")).await;
+        for n in 0..MESSAGES {
+            let code = publisher
+                .publish(message("y/1", &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    });
+    let mut receiver = Qos2Receiver::new();
+    receiver.pace = Duration::from_millis(15);
+    receiver
+        .receive_until(&mut raw, 40, Stage::Completed, WAIT * 4)
+        .await;
+    assert!(receiver.payloads.len() >= 40, "40 through A first");
+    a.kill();
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5).await;
+    assert!(connack.session_present, "the session resumed on B");
+    receiver.pace = Duration::ZERO;
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
+        .await;
+    publishing.await.expect("the publisher");
+    // A duplicate would come within this.
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, through A's death with a backlog: {problem}");
+    }
+}
+
+/// A QoS 2 subscriber moves from A to B (both alive) while messages flow: what A routed
+/// before it let the session go comes in its handover, what B routed meanwhile is not queued
+/// again, and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_nodes_arrives_once() {
+    const MESSAGES: usize = 300;
+    let nats = NatsServer::start();
+    let a = in_process_node(&nats, "node-a", false).await;
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut v5 = persistent_connect(V5, "mover2", 600);
+    let (mut raw, connack) = Raw::connect(tcp_addr(&a), v5.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("mv2/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let publisher_addr = tcp_addr(&a);
+    let publishing = tokio::spawn(async move {
+        let mut publisher = connect(publisher_addr, connect_packet(V5, "mover2-pub")).await;
+        for n in 0..MESSAGES {
+            let code = publisher
+                .publish(message("mv2/1", &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    });
+    let mut receiver = Qos2Receiver::new();
+    receiver
+        .receive_until(&mut raw, 60, Stage::Completed, WAIT * 4)
+        .await;
+    assert!(receiver.payloads.len() >= 60, "60 through A first");
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5).await;
+    assert!(connack.session_present, "the session moved to B");
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
+        .await;
+    publishing.await.expect("the publisher");
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, while the session moved: {problem}");
+    }
 }

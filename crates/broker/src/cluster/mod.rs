@@ -469,6 +469,14 @@ impl Link {
         !self.nodes.previous_run_crashed()
     }
 
+    /// Whether node `id` beats (as this node's watch of the heartbeats saw last).
+    pub(crate) fn node_is_live(&self, id: &str) -> bool {
+        self.nodes
+            .states()
+            .iter()
+            .any(|node| node.id == id && node.live)
+    }
+
     /// The cluster's nodes as this node knows them, by id.
     pub(crate) fn nodes(&self) -> Vec<NodeState> {
         self.nodes.states()
@@ -486,7 +494,13 @@ impl Link {
     /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the
     /// returned [`StreamAck`], which for a retained message covers the retained bucket's
     /// write too.
-    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Forwarded {
+    /// `message_id`: the message's id in the stream, when the caller gives one.
+    pub(crate) fn forward(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        message_id: Option<&str>,
+    ) -> Forwarded {
         let mut forwarded = Forwarded::default();
         let Some(topic) = publish.topic.as_ref() else {
             return forwarded;
@@ -534,7 +548,7 @@ impl Link {
             }
         }
         if !qos0 {
-            let ack = self.stream.write(subject, envelope);
+            let ack = self.stream.write(subject, envelope, message_id);
             forwarded.stream = Some(match retained {
                 Some(retained) => ack.with_retained(retained),
                 None => ack,
@@ -685,8 +699,12 @@ async fn retained_bucket(
     .await
 }
 
-/// A KV bucket (one revision per key, file storage, one replica), created by the first node
-/// that needs it; `max_age` zero keeps keys until deleted.
+/// A KV bucket (one revision per key, file storage, as many replicas as the stream of QoS 1
+/// and 2 messages by default: one per NATS server, at most 3), created by the first node that
+/// needs it; `max_age` zero keeps keys until deleted. With one replica, the death of the
+/// server holding a bucket stopped what it serves: retained QoS 1 publishes were refused,
+/// heartbeats failed (live nodes were taken for dead and their clients' wills published),
+/// wills could not be claimed.
 ///
 /// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
 /// function first reads the account's JetStream settings in a form servers before 2.10 do not
@@ -697,7 +715,7 @@ async fn kv_bucket(
     description: &str,
     max_age: Duration,
 ) -> Result<async_nats::jetstream::kv::Store, Error> {
-    kv_bucket_with(client, name, description, max_age, 0).await
+    kv_bucket_with(client, name, description, max_age, stream::replicas(client)).await
 }
 
 /// [`kv_bucket`] with `replicas` copies of each key (0: the server's default, one).

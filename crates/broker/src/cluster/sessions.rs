@@ -31,7 +31,7 @@
 //!   every second), and writes it to the record when it moved and the session got a
 //!   message since the last write, or every [`CURSOR_REFRESH`] otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,7 +47,7 @@ use tracing::{debug, warn};
 use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
-use crate::session::{Control, InFlightRecord, Queued, Session, delivered_copy};
+use crate::session::{Control, InFlightRecord, Queued, Session, UNKNOWN_SEQUENCE, delivered_copy};
 use crate::stats::Dropped;
 use crate::store::record::{self, Reader};
 use crate::store::{SessionRecord, Ticket, session_expired};
@@ -56,11 +56,13 @@ use crate::store::{SessionRecord, Ticket, session_expired};
 /// record (see [`encode_value`]), one revision kept.
 pub(crate) const SESSIONS_BUCKET: &str = "rallymq_sessions";
 
-/// The format version of takeover requests and replies, and of the bucket's first values
-/// (without a stream cursor).
+/// The format version of takeover requests, and of the bucket's first values (without a
+/// stream cursor).
 const FORMAT_V1: u8 = 1;
 
-/// The format version of the bucket's values with a stream cursor.
+/// The format version of the bucket's values with a stream cursor, and of takeover replies
+/// (with the stream sequences of what is handed over; a node of the first format's reply is
+/// not read, and the session resumes as from a node that did not answer).
 const FORMAT_V2: u8 = 2;
 
 /// How often a session's cursor that moved is written when the session got nothing since.
@@ -77,6 +79,12 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the new owner waits for the old one's answer before resuming from the record.
 const ASK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How many times a node that still beats is asked for a session before it is taken as gone.
+const ASK_ATTEMPTS: u32 = 5;
+
+/// How long the new owner waits before asking a node that beats again.
+const ASK_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// How long the old owner waits for its connection to close and hand over its state.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -172,8 +180,12 @@ struct Handover {
     record: Option<SessionRecord>,
     /// Deliveries in flight, oldest first, with their identifiers and stage.
     in_flight: Vec<(PacketId, OutgoingStage, Publish)>,
-    /// Queued messages, oldest first, with how long each has waited (Message Expiry).
-    queued: Vec<(Publish, Duration)>,
+    /// Queued messages, oldest first, with how long each has waited (Message Expiry) and
+    /// their stream sequence (`UNKNOWN_SEQUENCE` when not known).
+    queued: Vec<(Publish, Duration, u64)>,
+    /// The old owner's routed place in the stream just before it took the session out of its
+    /// router: everything up to it that the session matched is in this handover.
+    routed: u64,
     /// Inbound QoS 2 identifiers awaiting PUBREL.
     inbound: Vec<PacketId>,
     next_packet_id: Option<PacketId>,
@@ -414,16 +426,42 @@ impl Sessions {
             // Before asking: what is routed meanwhile is queued here rather than lost.
             install_record(shared, session, record);
         }
-        let reply = self
+        let mut reply = self
             .ask(&previous.owner, &session.client_id, claim.revision, !resume)
             .await;
+        // No answer from a node that still beats: its takeover subscription may not have
+        // reached this node's server yet (it has just started, or a server came back). Asked
+        // again: resuming without it would leave its connection open beside this one.
+        let mut asked = 1;
+        while reply.is_none()
+            && asked < ASK_ATTEMPTS
+            && shared
+                .cluster
+                .get()
+                .is_some_and(|link| link.node_is_live(&previous.owner))
+        {
+            tokio::time::sleep(ASK_RETRY_DELAY).await;
+            reply = self
+                .ask(&previous.owner, &session.client_id, claim.revision, !resume)
+                .await;
+            asked += 1;
+        }
         let lost = matches!(reply, None | Some(Reply::NoSession));
         if let Some(cursor) = replay_from {
             if lost {
                 self.replay(shared, session, cursor, &previous.in_flight)
                     .await;
+            } else if let Some(Reply::Handover(handover)) = &reply {
+                // What the old owner routed before it let the session go is in its handover:
+                // not queued here again.
+                let handed: HashSet<u64> = handover
+                    .queued
+                    .iter()
+                    .map(|(_, _, sequence)| *sequence)
+                    .collect();
+                shared.end_replay(session, handover.routed, &handed);
             } else {
-                shared.end_replay(session, 0);
+                shared.end_replay(session, 0, &HashSet::new());
             }
         }
         match reply {
@@ -459,7 +497,9 @@ impl Sessions {
     }
 
     /// Replays the stream to `session` from `cursor` (the session holds back what routing
-    /// brings until it ends), with the deliveries `in_flight` put back first.
+    /// brings until it ends), with the QoS 2 deliveries its record lists past the cursor put
+    /// back in flight under their identifiers (released ones at the PUBREL stage, not sent
+    /// again; completed ones not sent again).
     async fn replay(
         &self,
         shared: &Arc<Shared>,
@@ -468,16 +508,21 @@ impl Sessions {
         in_flight: &InFlightRecord,
     ) {
         install_released(session, &in_flight.released);
+        let skip: HashSet<u64> = in_flight
+            .released
+            .iter()
+            .map(|(sequence, _)| *sequence)
+            .chain(in_flight.done.iter().copied())
+            .collect();
         super::replay::replay(
             shared,
             &super::stream::context(&self.client),
             session,
             cursor,
+            &skip,
         )
         .await;
-        if let Some(packet_id) = in_flight.first {
-            resend_first(shared, session, packet_id);
-        }
+        resend_published(shared, session, &in_flight.published);
     }
 
     /// Sends a takeover request to `owner`; `None` when it does not answer.
@@ -652,12 +697,13 @@ fn install_record(shared: &Shared, session: &Arc<Session>, record: &SessionRecor
 /// Puts the QoS 2 deliveries a session's record says were released back in flight, at the
 /// PUBREL stage: the client gets PUBREL for each when it connects, and no new message goes
 /// out under an identifier it still holds.
-fn install_released(session: &Session, released: &[PacketId]) {
+fn install_released(session: &Session, released: &[(u64, PacketId)]) {
     if released.is_empty() {
         return;
     }
-    let mut state = SessionState::default();
-    for packet_id in released {
+    let mut inner = session.lock();
+    let state = inner.saved.get_or_insert_default();
+    for (_, packet_id) in released {
         let mut publish = Publish::new(RELEASED_TOPIC.clone(), Bytes::new());
         publish.qos = rallymq_codec::QoS::ExactlyOnce;
         publish.packet_id = Some(*packet_id);
@@ -668,62 +714,63 @@ fn install_released(session: &Session, released: &[PacketId]) {
         });
         state.next_token += 1;
     }
-    if let Some(last) = released.iter().max() {
+    if let Some(last) = released.iter().map(|(_, packet_id)| *packet_id).max() {
         state.next_packet_id = last.next();
     }
-    session.lock().saved = Some(Box::new(state));
 }
 
-/// Sends the first message queued for `session` (the replay's first) under `packet_id` with
-/// DUP, as the delivery in flight its record named: a client that had it already answers
-/// PUBREC and does not take it as new. Only a QoS 2 message: anything else means the first
-/// replayed message is not the one the record meant (a subscription made since the cursor),
-/// and it goes out as usual.
-fn resend_first(shared: &Shared, session: &Session, packet_id: PacketId) {
+/// Sends the replayed messages a session's record lists as in flight (`published`: stream
+/// sequence, identifier) under their identifiers with DUP, ahead of the rest: a client that
+/// had one answers PUBREC and does not take it as new.
+fn resend_published(shared: &Shared, session: &Session, published: &[(u64, PacketId)]) {
+    if published.is_empty() {
+        return;
+    }
+    let mut published = published.to_vec();
+    published.sort_unstable();
+    let mut forgotten = Vec::new();
     let mut inner = session.lock();
-    if inner
-        .pending
-        .front()
-        .is_none_or(|queued| queued.publish.qos != rallymq_codec::QoS::ExactlyOnce)
-    {
-        return;
+    let mut taken = Vec::new();
+    for (sequence, packet_id) in published {
+        let Some(at) = inner
+            .pending
+            .iter()
+            .position(|queued| queued.sequence == sequence)
+        else {
+            continue;
+        };
+        if let Some(queued) = inner.take_pending_at(at) {
+            taken.push((queued, packet_id));
+        }
     }
-    let Some(queued) = inner.pop_pending() else {
-        return;
-    };
     let state = inner.saved.get_or_insert_default();
-    if state
-        .in_flight
-        .iter()
-        .any(|message| message.publish.packet_id == Some(packet_id))
-    {
-        // Released already: the record was written between the two.
-        inner.prepend_pending(vec![queued]);
-        return;
-    }
-    let mut publish = queued.publish;
-    publish.packet_id = Some(packet_id);
-    publish.dup = true;
-    state.in_flight.insert(
-        0,
-        OutgoingMessage {
+    let mut highest = None;
+    for (queued, packet_id) in taken {
+        let mut publish = queued.publish;
+        publish.packet_id = Some(packet_id);
+        publish.dup = true;
+        state.in_flight.push(OutgoingMessage {
             token: PublishToken(state.next_token),
             stage: OutgoingStage::Published,
             publish,
-        },
-    );
-    state.next_token += 1;
-    if state.next_packet_id <= packet_id {
-        state.next_packet_id = packet_id.next();
+        });
+        state.next_token += 1;
+        highest = highest.max(Some(packet_id));
+        if let Some(stored) = queued.stored {
+            // In flight from the session's state now, not from the store's queue.
+            forgotten.push(crate::store::Change::DeleteEntry {
+                client_id: session.client_id.clone(),
+                seq: stored.seq,
+            });
+        }
+    }
+    if let Some(highest) = highest
+        && state.next_packet_id <= highest
+    {
+        state.next_packet_id = highest.next();
     }
     drop(inner);
-    if let Some(stored) = queued.stored {
-        // In flight from the session's state now, not from the store's queue.
-        shared.write(vec![crate::store::Change::DeleteEntry {
-            client_id: session.client_id.clone(),
-            seq: stored.seq,
-        }]);
-    }
+    shared.write(forgotten);
 }
 
 /// The topic of the placeholder messages [`install_released`] puts in flight: only their
@@ -763,11 +810,11 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
     let queued = handover
         .queued
         .into_iter()
-        .map(|(publish, waited)| Queued {
+        .map(|(publish, waited, sequence)| Queued {
             publish,
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
-            sequence: crate::session::UNKNOWN_SEQUENCE,
+            sequence,
         })
         .collect();
     let mut inner = session.lock();
@@ -888,6 +935,7 @@ async fn hand_over(
     revision: u64,
     discard: bool,
 ) -> Reply {
+    let routed;
     let taken = {
         let mut claims = sessions.claims();
         let claimed = claims.entry(client_id.into()).or_insert_with(Claimed::new);
@@ -896,6 +944,7 @@ async fn hand_over(
         }
         claimed.released = claimed.released.max(revision);
         claimed.touched = Instant::now();
+        routed = sessions.routed.load(Ordering::Acquire);
         shared
             .registry
             .take(client_id, |session| shared.router.remove_session(session))
@@ -939,7 +988,10 @@ async fn hand_over(
         shared.end_record(&session.client_id);
         return Reply::Ended;
     }
-    let mut handover = Handover::default();
+    let mut handover = Handover {
+        routed,
+        ..Handover::default()
+    };
     let mut state = state
         .or_else(|| session.lock().saved.take().map(|saved| *saved))
         .unwrap_or_default();
@@ -955,14 +1007,16 @@ async fn hand_over(
         state
             .queued
             .drain(..)
-            .map(|queued| (queued.publish, Duration::ZERO)),
+            .map(|queued| (queued.publish, Duration::ZERO, UNKNOWN_SEQUENCE)),
     );
     let will = {
         let mut inner = session.lock();
         while let Some(queued) = inner.pop_pending() {
-            handover
-                .queued
-                .push((queued.publish, now.duration_since(queued.since)));
+            handover.queued.push((
+                queued.publish,
+                now.duration_since(queued.since),
+                queued.sequence,
+            ));
         }
         inner
             .durable
@@ -981,7 +1035,9 @@ async fn hand_over(
                 Some((packet_id, stage)) if handover.queued.is_empty() => {
                     handover.in_flight.push((packet_id, stage, publish));
                 }
-                _ => handover.queued.push((publish, now.duration_since(since))),
+                _ => handover
+                    .queued
+                    .push((publish, now.duration_since(since), UNKNOWN_SEQUENCE)),
             }
         }
     }
@@ -1002,8 +1058,9 @@ async fn hand_over(
 }
 
 /// A value of the bucket: the format version, the owner's node id (length-prefixed), the
-/// stream cursor, the released identifiers (a count, then each), then `0` for an ended
-/// session or `1` and its record in the store's layout.
+/// stream cursor, the QoS 2 deliveries past it (published and released: a count, then
+/// sequence and identifier each; completed: a count, then each sequence), then `0` for an
+/// ended session or `1` and its record in the store's layout.
 fn encode_value(
     owner: &str,
     record: Option<&SessionRecord>,
@@ -1015,12 +1072,18 @@ fn encode_value(
     record::put_bytes(&mut buf, owner.as_bytes());
     buf.put_u64(cursor);
     // At most 65,535 identifiers exist.
-    let released = &in_flight.released;
-    buf.put_u16(u16::try_from(released.len()).unwrap_or(u16::MAX));
-    for packet_id in released.iter().take(usize::from(u16::MAX)) {
-        buf.put_u16(packet_id.get());
+    // At most 65,535 identifiers are in flight at once.
+    for deliveries in [&in_flight.published, &in_flight.released] {
+        buf.put_u16(u16::try_from(deliveries.len()).unwrap_or(u16::MAX));
+        for (sequence, packet_id) in deliveries.iter().take(usize::from(u16::MAX)) {
+            buf.put_u64(*sequence);
+            buf.put_u16(packet_id.get());
+        }
     }
-    buf.put_u16(in_flight.first.map_or(0, PacketId::get));
+    buf.put_u32(u32::try_from(in_flight.done.len()).unwrap_or(u32::MAX));
+    for sequence in in_flight.done.iter().take(u32::MAX as usize) {
+        buf.put_u64(*sequence);
+    }
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -1043,10 +1106,16 @@ fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
     let mut in_flight = InFlightRecord::default();
     let cursor = if version == FORMAT_V2 {
         let cursor = reader.u64().ok()?;
-        for _ in 0..reader.u16().ok()? {
-            in_flight.released.push(PacketId::new(reader.u16().ok()?)?);
+        // Counts come from the network: capacity is not reserved from them.
+        for deliveries in [&mut in_flight.published, &mut in_flight.released] {
+            for _ in 0..reader.u16().ok()? {
+                let sequence = reader.u64().ok()?;
+                deliveries.push((sequence, PacketId::new(reader.u16().ok()?)?));
+            }
         }
-        in_flight.first = PacketId::new(reader.u16().ok()?);
+        for _ in 0..reader.u32().ok()? {
+            in_flight.done.push(reader.u64().ok()?);
+        }
         Some(cursor)
     } else {
         None
@@ -1086,11 +1155,11 @@ fn decode_request(request: &[u8]) -> Option<(String, u64, bool)> {
 }
 
 /// A reply: the format version, a kind byte, and for a handover the record (store layout),
-/// the deliveries in flight, the queued messages, the inbound identifiers and the next
-/// packet identifier.
+/// the deliveries in flight, the queued messages (each with its stream sequence), the
+/// inbound identifiers, the next packet identifier and the old owner's routed place.
 fn encode_reply(reply: &Reply) -> Bytes {
     let mut buf = Vec::new();
-    buf.put_u8(FORMAT_V1);
+    buf.put_u8(FORMAT_V2);
     let handover = match reply {
         Reply::Handover(handover) => handover,
         Reply::Ended => {
@@ -1125,8 +1194,9 @@ fn encode_reply(reply: &Reply) -> Bytes {
         record::put_publish(&mut buf, publish);
     }
     buf.put_u32(count(handover.queued.len()));
-    for (publish, waited) in &handover.queued {
+    for (publish, waited, sequence) in &handover.queued {
         buf.put_u64(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        buf.put_u64(*sequence);
         record::put_publish(&mut buf, publish);
     }
     buf.put_u32(count(handover.inbound.len()));
@@ -1134,12 +1204,13 @@ fn encode_reply(reply: &Reply) -> Bytes {
         buf.put_u16(packet_id.get());
     }
     buf.put_u16(handover.next_packet_id.map_or(0, PacketId::get));
+    buf.put_u64(handover.routed);
     Bytes::from(buf)
 }
 
 fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
     let mut reader = Reader(reply);
-    if reader.u8().ok()? != FORMAT_V1 {
+    if reader.u8().ok()? != FORMAT_V2 {
         return None;
     }
     match reader.u8().ok()? {
@@ -1166,13 +1237,15 @@ fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
     }
     for _ in 0..reader.u32().ok()? {
         let waited = Duration::from_millis(reader.u64().ok()?);
+        let sequence = reader.u64().ok()?;
         let publish = record::read_publish(&mut reader).ok()?;
-        handover.queued.push((publish, waited));
+        handover.queued.push((publish, waited, sequence));
     }
     for _ in 0..reader.u32().ok()? {
         handover.inbound.push(PacketId::new(reader.u16().ok()?)?);
     }
     handover.next_packet_id = PacketId::new(reader.u16().ok()?);
+    handover.routed = reader.u64().ok()?;
     reader
         .0
         .is_empty()
@@ -1205,8 +1278,12 @@ mod tests {
     #[test]
     fn a_bucket_value_carries_the_owner_and_the_record() {
         let in_flight = InFlightRecord {
-            released: vec![PacketId::new(3).unwrap(), PacketId::new(65535).unwrap()],
-            first: PacketId::new(9),
+            published: vec![(80, PacketId::new(9).unwrap())],
+            released: vec![
+                (78, PacketId::new(3).unwrap()),
+                (79, PacketId::new(65535).unwrap()),
+            ],
+            done: vec![81, 90],
         };
         let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();
@@ -1239,9 +1316,10 @@ mod tests {
                 OutgoingStage::Released,
                 publish.clone(),
             )],
-            queued: vec![(publish, Duration::from_millis(1500))],
+            queued: vec![(publish, Duration::from_millis(1500), 41)],
             inbound: vec![PacketId::new(3).unwrap()],
             next_packet_id: PacketId::new(10),
+            routed: 40,
         };
         for reply in [
             Reply::Handover(Box::new(handover)),

@@ -47,6 +47,27 @@ const OUTGOING_CAPACITY: usize = 8192;
 /// Routed messages waiting to be acknowledged to the stream.
 pub(super) const ACK_CAPACITY: usize = 1024;
 
+/// How long one pull request of a node's consumer waits for messages. A request is held by
+/// one server: when that server dies, or the route to it, the request is lost, and only its
+/// expiry or the missed heartbeats tell. (async-nats's default, 30 s, held a node's messages
+/// back for up to that long after a server's death.)
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// The idle heartbeat of a pull request: two missed, and the request is taken for lost.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Reads `consumer` with [`PULL_EXPIRES`] and [`PULL_HEARTBEAT`].
+pub(super) async fn pull_messages(
+    consumer: &consumer::PullConsumer,
+) -> Result<consumer::pull::Stream, consumer::StreamError> {
+    consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+}
+
 /// How long a node waits before reading its consumer again when reading failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -257,14 +278,20 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Queues a message for the stream; never waits.
-    pub(super) fn write(&self, subject: String, envelope: Bytes) -> StreamAck {
+    /// Queues a message for the stream, under `id` or one of this node's; never waits.
+    pub(super) fn write(&self, subject: String, envelope: Bytes, id: Option<&str>) -> StreamAck {
         let (done, ack) = oneshot::channel();
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => {
+                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+                format!("{}-{sequence}", self.run)
+            }
+        };
         match self.outgoing.try_send(Outgoing {
             subject,
             envelope,
-            id: format!("{}-{sequence}", self.run),
+            id,
             done,
         }) {
             Ok(()) => StreamAck {
@@ -488,7 +515,7 @@ async fn route_stream(
     // the store had what routing them wrote) were routed once: up to `routed_up_to`, which the
     // store keeps with what routing writes ([`CURSOR`]).
     loop {
-        let mut messages = match consumer.messages().await {
+        let mut messages = match pull_messages(&consumer).await {
             Ok(messages) => messages,
             Err(error) => {
                 warn!(%error, "cluster: cannot read the stream of QoS 1 and 2 messages");
@@ -500,8 +527,10 @@ async fn route_stream(
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
-                    debug!(%error, "cluster: reading the stream");
-                    continue;
+                    // A pull request lost with its server (missed heartbeats), or the stream
+                    // unreadable: read again with a new request at once.
+                    warn!(%error, "cluster: reading the stream; reading it again");
+                    break;
                 }
             };
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
