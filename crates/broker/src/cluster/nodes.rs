@@ -17,8 +17,10 @@
 //!   to the retained bucket when retained), and deletes each will's key once published. It also
 //!   takes over (compare-and-set on the revision) the claims the dead run held, and publishes
 //!   what is left of those wills.
-//! - A node only judges others while its own beats come back through its watch: a node whose
-//!   watch has stalled sees everyone silent, and must not publish live nodes' wills.
+//! - A node only judges others while its own beats come back through its watch, and have for
+//!   as long as it gives others to beat: a node whose watch has stalled sees everyone silent,
+//!   and after an outage of the NATS servers everyone's last beat is old; neither must
+//!   publish live nodes' wills.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -130,6 +132,11 @@ pub(super) struct Nodes {
     changes: mpsc::UnboundedSender<WillChange>,
     /// Every node's last change seen by the watch.
     seen: Mutex<BTreeMap<String, Seen>>,
+    /// Since when this node's own beats have come back without a gap: it judges others only
+    /// once they have had as long as it allows them to beat. (After a majority of the NATS
+    /// servers came back, every node's last beat was old, and the first node to beat again
+    /// took the others for dead, publishing the wills of their live clients.)
+    watching_since: Mutex<Option<Instant>>,
     /// Held while a beat is written, and set once the node has left: no beat after the key's
     /// delete brings it back.
     left: tokio::sync::Mutex<bool>,
@@ -245,6 +252,7 @@ impl Nodes {
             wills: Mutex::default(),
             changes,
             seen: Mutex::default(),
+            watching_since: Mutex::default(),
             left: tokio::sync::Mutex::new(false),
             run_file,
             previous_run_crashed,
@@ -724,6 +732,15 @@ impl Nodes {
         match entry.operation {
             Operation::Put => {
                 let beat = serde_json::from_slice::<Beat>(&entry.value).ok()?;
+                if entry.key == self.node_id {
+                    let gap = seen
+                        .get(&entry.key)
+                        .is_none_or(|own| own.changed.elapsed() > self.dead_after());
+                    let mut watching_since = crate::lock(&self.watching_since);
+                    if gap || watching_since.is_none() {
+                        *watching_since = Some(Instant::now());
+                    }
+                }
                 let now = Seen {
                     beat,
                     revision: entry.revision,
@@ -748,7 +765,8 @@ impl Nodes {
         let seen = crate::lock(&self.seen);
         let watching = seen.get(&self.node_id).is_some_and(|own| {
             own.beat.incarnation == self.incarnation && own.changed.elapsed() <= dead_after
-        });
+        }) && crate::lock(&self.watching_since)
+            .is_some_and(|since| since.elapsed() > dead_after);
         if !watching {
             return Vec::new();
         }

@@ -290,11 +290,14 @@ impl Sessions {
                     .filter(|entry| entry.operation == Operation::Put)
                     .and_then(|entry| decode_value(&fresh.client_id, &entry.value));
                 // A new session has had nothing routed to it: everything up to here is
-                // behind it. A resumed one keeps its cursor until it has caught up.
+                // behind it. A resumed one keeps its cursor, and what its record says of its
+                // deliveries past it, until it has caught up.
                 let mut cursor = self.routed.load(Ordering::Acquire);
+                let mut in_flight = InFlightRecord::default();
                 if let Some(Previous {
                     record: Some(old),
                     cursor: old_cursor,
+                    in_flight: old_in_flight,
                     ..
                 }) = &previous
                     && resume
@@ -302,13 +305,9 @@ impl Sessions {
                 {
                     fresh.subscriptions.clone_from(&old.subscriptions);
                     cursor = old_cursor.unwrap_or(cursor);
+                    in_flight.clone_from(old_in_flight);
                 }
-                let value = encode_value(
-                    &self.node_id,
-                    Some(&fresh),
-                    cursor,
-                    &InFlightRecord::default(),
-                );
+                let value = encode_value(&self.node_id, Some(&fresh), cursor, &in_flight);
                 let written =
                     match &entry {
                         None => self.bucket.create(&key, value).await.map_err(|e| {
@@ -987,6 +986,16 @@ async fn hand_over(
         shared.stats.dropped(Dropped::SessionEnded, waiting);
         shared.end_record(&session.client_id);
         return Reply::Ended;
+    }
+    if session
+        .lock()
+        .replay
+        .as_ref()
+        .is_some_and(|replay| replay.holding)
+    {
+        // Still resuming here from a node that died (replaying the stream): what it has is
+        // partial. The asker resumes from the record, whose cursor has not moved since.
+        return Reply::NoSession;
     }
     let mut handover = Handover {
         routed,
