@@ -712,8 +712,15 @@ async fn qos1_load(
         writer.await.map_err(io::Error::other)??;
     }
     let mut latencies = Vec::new();
+    let mut split = Vec::new();
     for reader in readers {
-        latencies.extend(reader.await.map_err(io::Error::other)?);
+        let member = reader.await.map_err(io::Error::other)?;
+        split.push(member.len());
+        latencies.extend(member);
+    }
+    if shared_group {
+        // Messages each member received while measured (first: on the publishers' node).
+        println!("  {}: the members received {split:?}", setup.name());
     }
     latencies.sort_unstable();
     shut_down(nodes).await;
