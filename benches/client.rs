@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use rallymq_codec::{
     Connect, Disconnect, Limits, MqttString, Packet, PacketId, ProtocolVersion, QoS, ReasonCode,
-    Subscribe, SubscribeProperties, Subscription, TopicFilter,
+    Subscribe, SubscribeProperties, Subscription, TopicFilter, Unsubscribe, UnsubscribeProperties,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -141,24 +141,59 @@ impl Client {
 
     /// Subscribes to `filter` at `qos` and waits for the SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
+        self.subscribe_all(&[filter], qos).await
+    }
+
+    /// Subscribes to every one of `filters` at `qos` in one SUBSCRIBE and waits for the
+    /// SUBACK; fails if any is refused.
+    pub async fn subscribe_all(&mut self, filters: &[impl AsRef<str>], qos: QoS) -> io::Result<()> {
         let subscribe = Subscribe {
             packet_id: PacketId::new(1).ok_or_else(|| invalid("packet id 0"))?,
             properties: SubscribeProperties::default().into(),
-            subscriptions: vec![Subscription::new(
-                TopicFilter::new(filter).map_err(invalid)?,
-                qos,
-            )],
+            subscriptions: filters
+                .iter()
+                .map(|filter| {
+                    TopicFilter::new(filter.as_ref()).map(|filter| Subscription::new(filter, qos))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
         };
+        let ack = self.request(&Packet::Subscribe(subscribe)).await?;
+        match ack {
+            Packet::SubAck(ack) if ack.reason_codes.iter().any(|code| code.is_error()) => {
+                Err(invalid(format!("SUBSCRIBE refused: {ack:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Unsubscribes from every one of `filters` in one UNSUBSCRIBE and waits for the UNSUBACK.
+    pub async fn unsubscribe_all(&mut self, filters: &[impl AsRef<str>]) -> io::Result<()> {
+        let unsubscribe = Unsubscribe {
+            packet_id: PacketId::new(1).ok_or_else(|| invalid("packet id 0"))?,
+            properties: UnsubscribeProperties::default().into(),
+            filters: filters
+                .iter()
+                .map(|filter| TopicFilter::new(filter.as_ref()))
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
+        };
+        self.request(&Packet::Unsubscribe(unsubscribe))
+            .await
+            .map(drop)
+    }
+
+    /// Sends a SUBSCRIBE or UNSUBSCRIBE and returns its acknowledgement (SUBACK or UNSUBACK),
+    /// skipping any other packet before it.
+    async fn request(&mut self, request: &Packet) -> io::Result<Packet> {
         let mut out = BytesMut::new();
-        encode(&Packet::Subscribe(subscribe), &mut out);
+        encode(request, &mut out);
         self.io.write_all(&out).await?;
         self.io.flush().await?;
         loop {
-            if let Packet::SubAck(ack) = read_packet(&mut self.io, &mut self.buf).await? {
-                if ack.reason_codes.iter().any(|code| code.is_error()) {
-                    return Err(invalid(format!("SUBSCRIBE refused: {ack:?}")));
-                }
-                return Ok(());
+            let packet = read_packet(&mut self.io, &mut self.buf).await?;
+            if matches!(packet, Packet::SubAck(_) | Packet::UnsubAck(_)) {
+                return Ok(packet);
             }
         }
     }

@@ -34,9 +34,15 @@
 //! - `qos1`: QoS 1 throughput and latency, `--publishers` publishers with 16 unacknowledged
 //!   messages each and `--window` sent and not yet received in all, one QoS 1 subscriber
 //!   acknowledging everything;
+//! - `shared-qos1`: as `qos1`, the subscriber a shared group `$share/q1/load/q1/+` of two
+//!   members: both on the single node, or one on each node (publishers on node A), so that the
+//!   group's consumer on the stream spreads the messages over the nodes;
 //! - `idle`: the RSS of a `rallymq broker` process (`--rallymq PATH`, the binary people run) per
 //!   1,000 idle connections, single and clustered, connected only and each with a filter of
-//!   its own.
+//!   its own (under one first level, or each with a first level of its own); the RSS 100,000
+//!   filters take and what is left once they are unsubscribed; and how many messages NATS
+//!   sends a node for a level it covers whole that none of its clients wants, with the CPU
+//!   they cost it.
 //!
 //! `--connects N` measures instead what a clustered CONNECT of a persistent session costs
 //! (its claim in the sessions bucket, and a takeover from the node that had it): `N`
@@ -56,7 +62,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use rallymq_benches::client::{Client, Transport, VERSION, encode};
+use rallymq_benches::client::{Client, Transport, VERSION, encode, invalid};
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ClusterConfig, ListenerKind};
 use rallymq_codec::{Limits, Packet, Publish, QoS, TopicName};
 use rallymq_test_support::NatsServer;
@@ -122,7 +128,7 @@ fn main() -> ExitCode {
         let (Some(flag), Some(value)) = (pair.first(), pair.get(1)) else {
             eprintln!(
                 "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N] \
-                 [--mode qos0|latency|qos1|idle] [--rallymq PATH] [--connects N]"
+                 [--mode qos0|latency|qos1|shared-qos1|idle] [--rallymq PATH] [--connects N]"
             );
             return ExitCode::from(2);
         };
@@ -166,10 +172,11 @@ fn main() -> ExitCode {
     match mode.as_str() {
         "qos0" => {}
         "latency" => return latency_mode(&runtime, &nats, options.rounds),
-        "qos1" => return qos1_mode(&runtime, &nats, &options),
+        "qos1" => return qos1_mode(&runtime, &nats, &options, false),
+        "shared-qos1" => return qos1_mode(&runtime, &nats, &options, true),
         "idle" => return idle_mode(&runtime, &nats, rallymq.as_deref(), options.rounds),
         other => {
-            eprintln!("--mode {other}: qos0, latency, qos1 or idle");
+            eprintln!("--mode {other}: qos0, latency, qos1, shared-qos1 or idle");
             return ExitCode::from(2);
         }
     }
@@ -377,6 +384,10 @@ const PACKET_DEADLINE: Duration = Duration::from_secs(10);
 const QOS1_WINDOW: usize = 16;
 /// Idle connections opened per broker in `--mode idle`.
 const IDLE_CONNECTIONS: usize = 1000;
+/// How long `--mode idle` waits before reading a process's RSS: jemalloc gives freed pages back
+/// to the system over 10 s (its dirty page decay), so the RSS read after that is what the
+/// process keeps, not what connecting or unsubscribing allocated for a while.
+const SETTLE: Duration = Duration::from_secs(12);
 
 /// Setups compared by the extra modes: a node on its own, and publisher and subscriber on two
 /// clustered nodes.
@@ -638,29 +649,43 @@ fn latency_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, rounds: us
 
 /// QoS 1 load: `publishers` on the first node, each with at most [`QOS1_WINDOW`] messages
 /// unacknowledged, on `load/q1/N`; one QoS 1 subscriber on `load/q1/+` (on the other node for
-/// `CrossNode`) acknowledging everything. Throughput is what the subscriber received per second
-/// over `duration` after [`WARMUP`]; latency from send to receipt.
+/// `CrossNode`) acknowledging everything, or with `shared_group` two members of
+/// `$share/q1/load/q1/+`, one on each node (both on the single node). Throughput is what the
+/// subscribers received per second over `duration` after [`WARMUP`]; latency from send to
+/// receipt.
 async fn qos1_load(
     setup: Setup,
     nats: &NatsServer,
     publishers: usize,
     window: u64,
     duration: Duration,
+    shared_group: bool,
 ) -> io::Result<Measured> {
     let (nodes, publish_at, subscribe_at) = setup_nodes(setup, nats).await?;
-    let mut subscriber = Client::connect(subscribe_at, Transport::Tcp, "q1-sub", true).await?;
-    subscriber.subscribe("load/q1/+", QoS::AtLeastOnce).await?;
+    // The group's members: one beside the publishers, one on the other node (if any).
+    let subscribers = if shared_group {
+        vec![
+            (publish_at, "$share/q1/load/q1/+"),
+            (subscribe_at, "$share/q1/load/q1/+"),
+        ]
+    } else {
+        vec![(subscribe_at, "load/q1/+")]
+    };
     let epoch = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
-    let reader = {
+    let mut readers = Vec::new();
+    for (i, (addr, filter)) in subscribers.into_iter().enumerate() {
+        let mut subscriber =
+            Client::connect(addr, Transport::Tcp, &format!("q1-sub-{i}"), true).await?;
+        subscriber.subscribe(filter, QoS::AtLeastOnce).await?;
         let (received, stop, measuring) = (received.clone(), stop.clone(), measuring.clone());
-        tokio::spawn(read_stamped(
+        readers.push(tokio::spawn(read_stamped(
             subscriber, epoch, stop, received, measuring, true,
-        ))
-    };
+        )));
+    }
     let mut writers = Vec::new();
     for p in 0..publishers {
         let client =
@@ -686,7 +711,17 @@ async fn qos1_load(
     for writer in writers {
         writer.await.map_err(io::Error::other)??;
     }
-    let mut latencies = reader.await.map_err(io::Error::other)?;
+    let mut latencies = Vec::new();
+    let mut split = Vec::new();
+    for reader in readers {
+        let member = reader.await.map_err(io::Error::other)?;
+        split.push(member.len());
+        latencies.extend(member);
+    }
+    if shared_group {
+        // Messages each member received while measured (first: on the publishers' node).
+        println!("  {}: the members received {split:?}", setup.name());
+    }
     latencies.sort_unstable();
     shut_down(nodes).await;
     Ok(Measured {
@@ -809,30 +844,40 @@ where
     Some(results)
 }
 
-/// `--mode qos1`: [`qos1_load`] single node and cross-node, `rounds` times; prints each round
-/// and the medians.
-fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Options) -> ExitCode {
-    let measured = measure_rounds(
-        runtime,
-        &SINGLE_AND_CROSS,
-        options.rounds,
-        "qos1 ",
-        |setup| {
-            qos1_load(
-                setup,
-                nats,
-                options.publishers,
-                options.window,
-                options.duration,
-            )
-        },
-    );
+/// `--mode qos1` and `--mode shared-qos1` (`shared_group`): [`qos1_load`] single node and
+/// cross-node, `rounds` times; prints each round and the medians.
+fn qos1_mode(
+    runtime: &tokio::runtime::Runtime,
+    nats: &NatsServer,
+    options: &Options,
+    shared_group: bool,
+) -> ExitCode {
+    let label = if shared_group {
+        "shared-qos1 "
+    } else {
+        "qos1 "
+    };
+    let measured = measure_rounds(runtime, &SINGLE_AND_CROSS, options.rounds, label, |setup| {
+        qos1_load(
+            setup,
+            nats,
+            options.publishers,
+            options.window,
+            options.duration,
+            shared_group,
+        )
+    });
     let Some(results) = measured else {
         return ExitCode::FAILURE;
     };
     println!(
-        "\nQoS 1 medians over {} rounds ({} publishers, {QOS1_WINDOW} unacknowledged each, \
+        "\nQoS 1 medians{} over {} rounds ({} publishers, {QOS1_WINDOW} unacknowledged each, \
          window {}, {:?} each; load {}):",
+        if shared_group {
+            ", shared group of two members (cross-node: one on each node)"
+        } else {
+            ""
+        },
         options.rounds,
         options.publishers,
         options.window,
@@ -844,11 +889,15 @@ fn qos1_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, options: &Opt
 }
 
 /// A `rallymq broker` process (the binary people run) on a free port, in memory, `$SYS` off,
-/// joined to `cluster` if given; killed when dropped.
+/// joined to `cluster` if given (as node `node_id`); killed when dropped.
 struct RallymqProcess(std::process::Child);
 
 impl RallymqProcess {
-    fn start(program: &std::path::Path, port: u16, cluster: Option<&str>) -> io::Result<Self> {
+    fn start(
+        program: &std::path::Path,
+        port: u16,
+        cluster: Option<(&str, &str)>,
+    ) -> io::Result<Self> {
         let mut command = std::process::Command::new(program);
         command
             .args(["broker", "--tcp", &format!("127.0.0.1:{port}")])
@@ -856,8 +905,8 @@ impl RallymqProcess {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        if let Some(url) = cluster {
-            command.args(["--cluster", url]);
+        if let Some((url, node_id)) = cluster {
+            command.args(["--cluster", url, "--node-id", node_id]);
         }
         let process = Self(command.spawn()?);
         let deadline = Instant::now() + SETUP_DEADLINE;
@@ -877,6 +926,10 @@ impl RallymqProcess {
         rallymq_benches::status_bytes(self.0.id(), "VmRSS")
             .ok_or_else(|| io::Error::other("no VmRSS"))
     }
+
+    fn cpu_seconds(&self) -> io::Result<f64> {
+        rallymq_benches::cpu_seconds(self.0.id()).ok_or_else(|| io::Error::other("no CPU time"))
+    }
 }
 
 impl Drop for RallymqProcess {
@@ -886,41 +939,242 @@ impl Drop for RallymqProcess {
     }
 }
 
-/// The RSS a `rallymq` process gains for [`IDLE_CONNECTIONS`] idle MQTT 3.1.1 connections,
-/// each subscribed to a filter of its own if `subscribed` (a NATS subscription each in a
-/// cluster); per 1,000 connections.
-async fn idle_rss(
-    program: &std::path::Path,
-    cluster: Option<&str>,
-    subscribed: bool,
-) -> io::Result<f64> {
-    let port = rallymq_test_support::free_port();
-    let broker = RallymqProcess::start(program, port, cluster)?;
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    // One connection first, so that what every connection shares (buffers, the runtime's
-    // threads, the NATS link's first subscription) is in the baseline.
-    let mut first = Client::connect(addr, Transport::Tcp, "idle-first", true).await?;
-    first.subscribe("idle/first", QoS::AtMostOnce).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = broker.rss()?;
-    let ids = (0..IDLE_CONNECTIONS).map(|i| format!("idle-{i}")).collect();
-    let mut clients = rallymq_benches::client::connect_all(addr, Transport::Tcp, ids, true).await?;
-    if subscribed {
-        for (i, client) in clients.iter_mut().enumerate() {
-            client
-                .subscribe(&format!("idle/{i}"), QoS::AtLeastOnce)
-                .await?;
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = broker.rss()?;
-    drop(clients);
-    drop(first);
-    Ok((after as f64 - before as f64) * 1000.0 / IDLE_CONNECTIONS as f64)
+/// The filters of the idle connections in `--mode idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleFilters {
+    /// None: connected only.
+    None,
+    /// Each its own filter under one first level (`idle/N`): a node covers the level with one
+    /// NATS subscription.
+    OneLevel,
+    /// Each its own filter with a first level of its own (`idle-N/x`): a node subscribes to
+    /// each on NATS.
+    OwnLevel,
 }
 
-/// `--mode idle`: [`idle_rss`] for a single `rallymq` and a clustered one (the NATS server of
-/// the run), connections alone and each with a subscription, `rounds` times; medians.
+impl IdleFilters {
+    const ALL: [Self; 3] = [Self::None, Self::OneLevel, Self::OwnLevel];
+
+    /// Connection `i`'s filter.
+    fn filter(self, i: usize) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::OneLevel => Some(format!("idle/{i}")),
+            Self::OwnLevel => Some(format!("idle-{i}/x")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "connected only",
+            Self::OneLevel => "each a filter of its own under one level (idle/N)",
+            Self::OwnLevel => "each a filter with a first level of its own (idle-N/x)",
+        }
+    }
+}
+
+/// A `rallymq` process with [`IDLE_CONNECTIONS`] idle MQTT 3.1.1 connections, each subscribed
+/// to its filter of `filters`, and the RSS it had before them.
+struct IdleBroker {
+    broker: RallymqProcess,
+    before: u64,
+    _clients: Vec<Client>,
+}
+
+impl IdleBroker {
+    async fn start(
+        program: &std::path::Path,
+        cluster: Option<(&str, &str)>,
+        filters: IdleFilters,
+    ) -> io::Result<Self> {
+        let port = rallymq_test_support::free_port();
+        let broker = RallymqProcess::start(program, port, cluster)?;
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        // One connection first, so that what every connection shares (buffers, the runtime's
+        // threads, the NATS link's first subscription) is in the baseline.
+        let mut first = Client::connect(addr, Transport::Tcp, "idle-first", true).await?;
+        first.subscribe("idle/first", QoS::AtMostOnce).await?;
+        tokio::time::sleep(SETTLE).await;
+        let before = broker.rss()?;
+        let ids = (0..IDLE_CONNECTIONS).map(|i| format!("idle-{i}")).collect();
+        let mut clients =
+            rallymq_benches::client::connect_all(addr, Transport::Tcp, ids, true).await?;
+        for (i, client) in clients.iter_mut().enumerate() {
+            if let Some(filter) = filters.filter(i) {
+                client.subscribe(&filter, QoS::AtLeastOnce).await?;
+            }
+        }
+        clients.push(first);
+        tokio::time::sleep(SETTLE).await;
+        Ok(Self {
+            broker,
+            before,
+            _clients: clients,
+        })
+    }
+
+    /// What the RSS gained per 1,000 connections.
+    fn gained_per_1000(&self) -> io::Result<f64> {
+        let after = self.broker.rss()?;
+        Ok((after as f64 - self.before as f64) * 1000.0 / IDLE_CONNECTIONS as f64)
+    }
+}
+
+/// Filters subscribed and then unsubscribed in `--mode idle`'s churn: `connections` x
+/// `per_connection`, in SUBSCRIBE and UNSUBSCRIBE packets of [`CHURN_PACKET`] filters.
+#[derive(Debug, Clone, Copy)]
+struct Churn {
+    connections: usize,
+    per_connection: usize,
+    /// Each filter under one first level (`churn/C/I`), or with a first level of its own
+    /// (`churn-C-I/x`, a NATS subscription each in a cluster).
+    own_level: bool,
+}
+
+/// Filters per SUBSCRIBE or UNSUBSCRIBE packet in the churn.
+const CHURN_PACKET: usize = 100;
+
+impl Churn {
+    const ALL: [Self; 2] = [
+        Self {
+            connections: 100,
+            per_connection: 1000,
+            own_level: false,
+        },
+        Self {
+            connections: 10,
+            per_connection: 1000,
+            own_level: true,
+        },
+    ];
+
+    fn filters(self, connection: usize) -> Vec<String> {
+        (0..self.per_connection)
+            .map(|i| {
+                if self.own_level {
+                    format!("churn-{connection}-{i}/x")
+                } else {
+                    format!("churn/{connection}/{i}")
+                }
+            })
+            .collect()
+    }
+
+    fn name(self) -> String {
+        format!(
+            "{} filters {}",
+            self.connections * self.per_connection,
+            if self.own_level {
+                "each with a first level of its own (churn-C-I/x)"
+            } else {
+                "under one level (churn/C/I)"
+            }
+        )
+    }
+
+    /// The RSS (bytes) a `rallymq` process gained with the churn's filters subscribed (2 s
+    /// after), and what it kept [`SETTLE`] after they were all unsubscribed, beside its RSS
+    /// before.
+    async fn measure(
+        self,
+        program: &std::path::Path,
+        cluster: Option<(&str, &str)>,
+    ) -> io::Result<(f64, f64)> {
+        let port = rallymq_test_support::free_port();
+        let broker = RallymqProcess::start(program, port, cluster)?;
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let ids = (0..self.connections)
+            .map(|i| format!("churn-{i}"))
+            .collect();
+        let mut clients =
+            rallymq_benches::client::connect_all(addr, Transport::Tcp, ids, true).await?;
+        // One subscription made and gone first: what the first one allocates is baseline.
+        clients[0].subscribe("churn/warm", QoS::AtMostOnce).await?;
+        clients[0].unsubscribe_all(&["churn/warm"]).await?;
+        tokio::time::sleep(SETTLE).await;
+        let before = broker.rss()?;
+        for (c, client) in clients.iter_mut().enumerate() {
+            for packet in self.filters(c).chunks(CHURN_PACKET) {
+                client.subscribe_all(packet, QoS::AtMostOnce).await?;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let peak = broker.rss()?;
+        for (c, client) in clients.iter_mut().enumerate() {
+            for packet in self.filters(c).chunks(CHURN_PACKET) {
+                client.unsubscribe_all(packet).await?;
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        let after = broker.rss()?;
+        Ok((peak as f64 - before as f64, after as f64 - before as f64))
+    }
+}
+
+/// Messages published in `--mode idle`'s traffic measurement.
+const TRAFFIC_MESSAGES: usize = 100_000;
+
+/// What a node whose connections hold `filters` receives from NATS, and the CPU it spends, when
+/// another node's client publishes [`TRAFFIC_MESSAGES`] QoS 0 messages on `idle/none`, a topic
+/// none of its clients wants: (messages NATS sent it, its CPU microseconds per message
+/// published).
+async fn unwanted_traffic(
+    program: &std::path::Path,
+    nats: &NatsServer,
+    filters: IdleFilters,
+) -> io::Result<(u64, f64)> {
+    let url = nats.url();
+    let receiver = IdleBroker::start(program, Some((&url, "idle-b")), filters).await?;
+    let port = rallymq_test_support::free_port();
+    let _sender = RallymqProcess::start(program, port, Some((&url, "idle-a")))?;
+    let mut publisher = Client::connect(
+        ([127, 0, 0, 1], port).into(),
+        Transport::Tcp,
+        "idle-publisher",
+        true,
+    )
+    .await?;
+    let sent_to = |nats: &NatsServer| -> io::Result<u64> {
+        let connz = nats
+            .monitor("/connz?limit=1000")
+            .ok_or_else(|| io::Error::other("no /connz"))?;
+        let connz: serde_json::Value = serde_json::from_str(&connz).map_err(io::Error::other)?;
+        connz["connections"]
+            .as_array()
+            .and_then(|connections| {
+                connections
+                    .iter()
+                    .find(|connection| connection["name"] == "rallymq-idle-b")
+            })
+            .and_then(|connection| connection["out_msgs"].as_u64())
+            .ok_or_else(|| io::Error::other("node idle-b is not connected to NATS"))
+    };
+    let (messages_before, cpu_before) = (sent_to(nats)?, receiver.broker.cpu_seconds()?);
+    let mut out = BytesMut::new();
+    for i in 0..TRAFFIC_MESSAGES {
+        let mut publish =
+            Publish::new(TopicName::new("idle/none").map_err(invalid)?, vec![0u8; 64]);
+        publish.qos = QoS::AtMostOnce;
+        encode(&Packet::Publish(publish), &mut out);
+        if i % BATCH as usize == 0 {
+            publisher.io.write_all(&out).await?;
+            out.clear();
+            // Paced, so that no queue on the way drops what is measured.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    publisher.io.write_all(&out).await?;
+    publisher.io.flush().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = sent_to(nats)? - messages_before;
+    let cpu = receiver.broker.cpu_seconds()? - cpu_before;
+    Ok((messages, cpu * 1e6 / TRAFFIC_MESSAGES as f64))
+}
+
+/// `--mode idle`: what idle connections cost a single `rallymq` and a clustered one (the NATS
+/// server of the run), connections alone and with filters ([`IdleFilters`]), `rounds` times,
+/// medians; then whether unsubscribing many filters gives the memory back ([`Churn`]), and
+/// what covering a level costs in traffic ([`unwanted_traffic`]).
 fn idle_mode(
     runtime: &tokio::runtime::Runtime,
     nats: &NatsServer,
@@ -934,44 +1188,81 @@ fn idle_mode(
         return ExitCode::from(2);
     };
     let url = nats.url();
+    let report = |error: io::Error| {
+        eprintln!("idle: {error}");
+        ExitCode::FAILURE
+    };
     println!("RSS of a rallymq process per 1,000 idle connections ({IDLE_CONNECTIONS} opened):");
-    for subscribed in [false, true] {
+    for filters in IdleFilters::ALL {
         let mut deltas: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
-            for (m, cluster) in [None, Some(url.as_str())].into_iter().enumerate() {
-                match runtime.block_on(idle_rss(program, cluster, subscribed)) {
-                    Ok(delta) => {
-                        println!(
-                            "round {} {:>7} {:>12}: {:.0} KiB per 1,000",
-                            round + 1,
-                            if cluster.is_some() {
-                                "cluster"
-                            } else {
-                                "single"
-                            },
-                            if subscribed { "+1 filter" } else { "connected" },
-                            delta / 1024.0
-                        );
-                        deltas[m].push(delta);
-                    }
-                    Err(error) => {
-                        eprintln!("idle: {error}");
-                        return ExitCode::FAILURE;
-                    }
-                }
+            for (m, cluster) in [None, Some((url.as_str(), "idle-b"))]
+                .into_iter()
+                .enumerate()
+            {
+                let measured = runtime.block_on(async {
+                    IdleBroker::start(program, cluster, filters)
+                        .await?
+                        .gained_per_1000()
+                });
+                let delta = match measured {
+                    Ok(delta) => delta,
+                    Err(error) => return report(error),
+                };
+                println!(
+                    "round {} {:>7}, {}: {:.0} KiB per 1,000",
+                    round + 1,
+                    if cluster.is_some() {
+                        "cluster"
+                    } else {
+                        "single"
+                    },
+                    filters.name(),
+                    delta / 1024.0
+                );
+                deltas[m].push(delta);
             }
         }
         let [single, clustered] = deltas.map(|d| median(d) / 1024.0);
         println!(
-            "median, {}: single {single:.0} KiB, cluster {clustered:.0} KiB per 1,000 \
-             ({:.2}x)",
-            if subscribed {
-                "each with a filter of its own"
-            } else {
-                "connected only"
-            },
+            "median, {}: single {single:.0} KiB, cluster {clustered:.0} KiB per 1,000 ({:.2}x)",
+            filters.name(),
             clustered / single
         );
+    }
+    println!(
+        "RSS gained with filters subscribed, and kept {SETTLE:?} after all were unsubscribed:"
+    );
+    for churn in Churn::ALL {
+        for cluster in [None, Some((url.as_str(), "churn"))] {
+            match runtime.block_on(churn.measure(program, cluster)) {
+                Ok((peak, after)) => println!(
+                    "{:>7}, {}: +{:.0} KiB subscribed, {:+.0} KiB after",
+                    if cluster.is_some() {
+                        "cluster"
+                    } else {
+                        "single"
+                    },
+                    churn.name(),
+                    peak / 1024.0,
+                    after / 1024.0
+                ),
+                Err(error) => return report(error),
+            }
+        }
+    }
+    println!(
+        "A node whose {IDLE_CONNECTIONS} clients hold filters, while a client of another node \
+         publishes {TRAFFIC_MESSAGES} QoS 0 messages on idle/none (wanted by none of them):"
+    );
+    for filters in [IdleFilters::OneLevel, IdleFilters::OwnLevel] {
+        match runtime.block_on(unwanted_traffic(program, nats, filters)) {
+            Ok((messages, cpu)) => println!(
+                "{}: NATS sent it {messages} messages; its CPU {cpu:.2} us per message published",
+                filters.name()
+            ),
+            Err(error) => return report(error),
+        }
     }
     ExitCode::SUCCESS
 }

@@ -61,15 +61,14 @@ struct Delivery {
     identifiers: Vec<SubscriptionId>,
 }
 
-/// Told of every subscription that comes or goes, in the order the index sees them: a cluster
-/// node keeps its interest in other nodes' messages in step with its clients' filters.
+/// Told of every distinct filter that the node's sessions start or stop holding, in the order
+/// the index sees them: a cluster node keeps its interest in other nodes' messages in step with
+/// its clients' filters. The index knows which filters are held, so the hook keeps no copy.
 pub(crate) trait SubscriptionHook: Send + Sync + std::fmt::Debug {
-    /// `session` subscribed to `filter`, which it did not hold.
-    fn subscribed(&self, session: &Arc<Session>, filter: &TopicFilter);
-    /// `session` no longer holds `filter`.
-    fn unsubscribed(&self, session: &Arc<Session>, filter: &TopicFilter);
-    /// `session` holds no filter any more.
-    fn removed(&self, session: &Arc<Session>);
+    /// The first subscription to `filter` (for `$share/g/f`, the group's first member).
+    fn held(&self, filter: &TopicFilter);
+    /// No subscription to `filter` is left.
+    fn released(&self, filter: &TopicFilter);
 }
 
 /// The routing table and the retained messages.
@@ -147,12 +146,14 @@ impl Router {
         data: SubscriptionData,
     ) -> bool {
         let mut index = write(&self.index);
+        let hook = self.hook.get();
+        let held = hook.is_some() && index.has_subscribers(filter);
         let existed = index
             .insert(SessionRef(session.clone()), filter, data)
             .is_some();
         self.peak.fetch_max(index.len(), Ordering::Relaxed);
-        if let (false, Some(hook)) = (existed, self.hook.get()) {
-            hook.subscribed(session, filter);
+        if let (false, Some(hook)) = (held, hook) {
+            hook.held(filter);
         }
         existed
     }
@@ -162,8 +163,10 @@ impl Router {
         let mut index = write(&self.index);
         let removed = index.remove(&SessionRef(session.clone()), filter).is_some();
         self.shrink_if_shrunk(&mut index);
-        if let (true, Some(hook)) = (removed, self.hook.get()) {
-            hook.unsubscribed(session, filter);
+        if let (true, Some(hook)) = (removed, self.hook.get())
+            && !index.has_subscribers(filter)
+        {
+            hook.released(filter);
         }
         removed
     }
@@ -171,11 +174,21 @@ impl Router {
     /// Removes every subscription of a session.
     pub(crate) fn remove_session(&self, session: &Arc<Session>) {
         let mut index = write(&self.index);
-        index.remove_subscriber(&SessionRef(session.clone()));
-        self.shrink_if_shrunk(&mut index);
-        if let Some(hook) = self.hook.get() {
-            hook.removed(session);
+        let session = SessionRef(session.clone());
+        match self.hook.get() {
+            Some(hook) => {
+                index.remove_subscriber_with(&session, |filter| {
+                    // The index's filters were valid when subscribed.
+                    if let Ok(filter) = TopicFilter::new(filter) {
+                        hook.released(&filter);
+                    }
+                });
+            }
+            None => {
+                index.remove_subscriber(&session);
+            }
         }
+        self.shrink_if_shrunk(&mut index);
     }
 
     /// Gives the index's spare room back once it holds a quarter of what it held at its

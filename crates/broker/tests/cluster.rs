@@ -239,6 +239,122 @@ async fn cluster_node_subscribes_once_per_distinct_filter_until_its_last_holder_
     wait_for_subjects(&nats, &b, &[]).await;
 }
 
+/// A NATS server, nodes A and B on it, and a client of A to publish.
+async fn two_nodes_and_a_publisher() -> (
+    NatsServer,
+    BrokerHandle,
+    BrokerHandle,
+    TestClient<TcpStream>,
+) {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let publisher = client(&a, "a-pub", &[]).await;
+    (nats, a, b, publisher)
+}
+
+/// How many filters of one first level a node subscribes to one by one on NATS
+/// (`PRECISE_PER_LEVEL` in `src/cluster/mod.rs`).
+const PRECISE_PER_LEVEL: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_covers_a_crowded_level_with_one_subscription() {
+    let (nats, _a, b, mut publisher) = two_nodes_and_a_publisher().await;
+    // One client per filter, as devices with a topic of their own.
+    let mut own = Vec::new();
+    for i in 0..PRECISE_PER_LEVEL {
+        own.push(client(&b, &format!("b-{i}"), &[&format!("f/{i}")]).await);
+    }
+    let precise: Vec<String> = (0..PRECISE_PER_LEVEL)
+        .map(|i| format!("rmq.m.f.{i}"))
+        .collect();
+    let precise: Vec<&str> = precise.iter().map(String::as_str).collect();
+    wait_for_subjects(&nats, &b, &precise).await;
+    // One filter more: the whole level instead.
+    own.push(client(&b, "b-last", &["f/last"]).await);
+    let mut overlapping = client(&b, "b-overlapping", &["f/+", "+/0"]).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.*.0", "rmq.m.f", "rmq.m.f.>"]).await;
+
+    let topics: Vec<String> = (0..PRECISE_PER_LEVEL)
+        .map(|i| format!("f/{i}"))
+        .chain(["f/last".to_owned()])
+        .collect();
+    for (topic, client) in topics.iter().zip(&mut own) {
+        warm_up(&mut publisher, topic, &mut [client]).await;
+    }
+    const N: usize = 10;
+    let mut all: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // Received by B through the level's subscription, wanted by no client there but
+    // `b-overlapping` (`f/+`): `f` and `f/x/y` none.
+    all.extend(["f", "f/unheld", "f/x/y"]);
+    publish_each(&mut publisher, &all, N).await;
+    for (topic, client) in topics.iter().zip(&mut own) {
+        assert_eq!(collect(client, N).await, once_each(&[topic], N), "{topic}");
+    }
+    let mut overlapping_topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    overlapping_topics.push("f/unheld");
+    assert_eq!(
+        collect(&mut overlapping, (PRECISE_PER_LEVEL + 2) * N).await,
+        once_each(&overlapping_topics, N)
+    );
+
+    // The level stays whole while it has filters, and goes with the last.
+    overlapping.disconnect(ReasonCode::Success).await;
+    let mut last = own.pop().expect("the last client");
+    for client in &mut own {
+        client.disconnect(ReasonCode::Success).await;
+    }
+    wait_for_subjects(&nats, &b, &["rmq.m.f", "rmq.m.f.>"]).await;
+    publish_each(&mut publisher, &["f/0", "f/last"], N).await;
+    assert_eq!(collect(&mut last, N).await, once_each(&["f/last"], N));
+    last.disconnect(ReasonCode::Success).await;
+    wait_for_subjects(&nats, &b, &[]).await;
+}
+
+/// How many NATS subscriptions a node keeps for its filters' levels (`MAX_SUBSCRIPTIONS` in
+/// `src/cluster/mod.rs`).
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_with_too_many_levels_covers_every_topic_with_one_subscription() {
+    let (nats, _a, b, mut publisher) = two_nodes_and_a_publisher().await;
+    let mut other = client(&b, "b-other", &["other/+"]).await;
+    // Filters with first levels of their own, as `{client id}/cmd`.
+    let own: Vec<String> = (0..MAX_SUBSCRIPTIONS)
+        .map(|i| format!("own-{i}/cmd"))
+        .collect();
+    let own: Vec<&str> = own.iter().map(String::as_str).collect();
+    let mut many = client(&b, "b-many", &own).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.>"]).await;
+
+    warm_up(&mut publisher, "own-7/cmd", &mut [&mut many]).await;
+    warm_up(&mut publisher, "other/x", &mut [&mut other]).await;
+    const N: usize = 10;
+    publish_each(
+        &mut publisher,
+        &[
+            "own-7/cmd",
+            "own-7/unheld",
+            "own-999/cmd",
+            "other/x",
+            "nobody",
+        ],
+        N,
+    )
+    .await;
+    assert_eq!(collect(&mut many, N).await, once_each(&["own-7/cmd"], N));
+    assert_eq!(collect(&mut other, N).await, once_each(&["other/x"], N));
+
+    // Every topic stays covered while the node holds a filter.
+    many.disconnect(ReasonCode::Success).await;
+    tokio::time::sleep(QUIET).await;
+    wait_for_subjects(&nats, &b, &["rmq.m.>"]).await;
+    publish_each(&mut publisher, &["other/y"], N).await;
+    assert_eq!(collect(&mut other, N).await, once_each(&["other/y"], N));
+    other.disconnect(ReasonCode::Success).await;
+    wait_for_subjects(&nats, &b, &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_nodes_on_three_routed_nats_servers_share_messages() {
     let servers = NatsServer::cluster(3);

@@ -973,7 +973,10 @@ async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_d
 
     publisher_connect.clean_start = false;
     let (mut publisher, connack) = Raw::connect(tcp_addr(&b), publisher_connect).await;
-    assert!(connack.session_present, "the publisher's session resumed on B");
+    assert!(
+        connack.session_present,
+        "the publisher's session resumed on B"
+    );
     once.dup = true;
     publisher.send(Packet::Publish(once)).await;
     assert!(

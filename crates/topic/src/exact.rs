@@ -127,17 +127,20 @@ impl<T> ExactFilters<T> {
             |entry| entry.filter.as_bytes() == filter.as_bytes(),
             update,
             is_unused,
+            |_| {},
         )
     }
 
     /// As [`update`](Self::update), for the first filter with hash `hash` for which `wanted`
-    /// holds: for a caller that kept the hash but not the text.
+    /// holds: for a caller that kept the hash but not the text. `dropped` is given the text of
+    /// the filter if it is dropped.
     pub(crate) fn update_where<R>(
         &mut self,
         hash: u64,
         mut wanted: impl FnMut(&T) -> bool,
         update: impl FnOnce(&mut T) -> R,
         is_unused: impl FnOnce(&T) -> bool,
+        dropped: impl FnOnce(&str),
     ) -> Option<R> {
         let hasher = &self.hasher;
         // Checking the full hash as well: the table compares only a few bits of it before
@@ -148,6 +151,7 @@ impl<T> ExactFilters<T> {
             |entry| wanted(&entry.value) && hash_bytes(hasher, entry.filter.as_bytes()) == hash,
             update,
             is_unused,
+            dropped,
         )
     }
 
@@ -166,11 +170,16 @@ fn update_found<T, R>(
     is_it: impl FnMut(&ExactFilter<T>) -> bool,
     update: impl FnOnce(&mut T) -> R,
     is_unused: impl FnOnce(&T) -> bool,
+    dropped: impl FnOnce(&str),
 ) -> Option<R> {
     let mut entry = table.find_entry(hash, is_it).ok()?;
     let result = update(&mut entry.get_mut().value);
     if is_unused(&entry.get().value) {
-        entry.remove();
+        let (removed, _) = entry.remove();
+        // Stored from a `&str`, so valid UTF-8.
+        if let Ok(text) = std::str::from_utf8(removed.filter.as_bytes()) {
+            dropped(text);
+        }
     }
     Some(result)
 }
@@ -200,6 +209,7 @@ mod tests {
             |value| value.contains(&2),
             |value| value.retain(|&n| n != 2),
             Vec::is_empty,
+            |text| panic!("{text} still holds 1"),
         );
         assert_eq!(removed, Some(()));
         assert_eq!(filters.get(hash, "a/b"), Some(&vec![1]));
@@ -212,7 +222,15 @@ mod tests {
             filters.update(hash, "a/c", |value| value.len(), Vec::is_empty),
             None
         );
-        filters.update(hash, "a/b", Vec::clear, Vec::is_empty);
+        let mut dropped = None;
+        filters.update_where(
+            hash,
+            |value| value.contains(&1),
+            Vec::clear,
+            Vec::is_empty,
+            |text| dropped = Some(text.to_owned()),
+        );
+        assert_eq!(dropped.as_deref(), Some("a/b"));
         assert_eq!(filters.len(), 0);
     }
 

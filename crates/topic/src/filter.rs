@@ -9,7 +9,7 @@ use bytestring::ByteString;
 use crate::name::validate_length;
 use crate::{Error, TopicName};
 
-const SHARE_PREFIX: &str = "$share/";
+pub(crate) const SHARE_PREFIX: &str = "$share/";
 
 /// A valid MQTT topic filter: non-empty, UTF-8, at most 65,535 bytes, without U+0000, with `+`
 /// filling whole levels and `#` only as the whole last level. A filter of the form

@@ -6,6 +6,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::exact::ExactFilters;
+use crate::filter::SHARE_PREFIX;
 use crate::store::{Edges, ID_LIMIT, Interner, NONE, PendingBranches, Slab, level_at};
 use crate::{TopicFilter, TopicName};
 
@@ -433,10 +434,57 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
         Some(data)
     }
 
+    /// Whether any subscriber holds a subscription to exactly `filter`; for
+    /// `$share/{ShareName}/{filter}`, whether that group has a member.
+    ///
+    /// With [`remove_subscriber_with`](Self::remove_subscriber_with), a caller can follow which
+    /// distinct filters are held without keeping them a second time: a filter is new when this
+    /// is false before an [`insert`](Self::insert), and gone when it is false after a
+    /// [`remove`](Self::remove).
+    pub fn has_subscribers(&self, filter: &TopicFilter) -> bool {
+        if is_exact(filter) {
+            let hash = self.exact.hash(filter.filter());
+            return self
+                .exact
+                .get(hash, filter.filter())
+                .is_some_and(|entries| !entries.is_empty());
+        }
+        let Some(node_id) = self.find_path(filter.filter()) else {
+            return false;
+        };
+        let node = self.nodes.get(node_id);
+        match filter.share_name() {
+            None => !node.subscribers.is_empty(),
+            Some(share_name) => node
+                .shared
+                .as_ref()
+                .is_some_and(|groups| groups.0.iter().any(|group| &*group.name == share_name)),
+        }
+    }
+
     /// Removes every subscription of `subscriber` (a session that ends), returning how many
     /// there were. Costs time in proportion to that subscriber's subscriptions, not to the
     /// size of the index.
     pub fn remove_subscriber(&mut self, subscriber: &S) -> usize {
+        self.remove_subscriber_inner(subscriber, None)
+    }
+
+    /// [`remove_subscriber`](Self::remove_subscriber), calling `unheld` with each filter that
+    /// no subscriber holds any more once this one's subscriptions are gone (as subscribed:
+    /// `$share/{ShareName}/{filter}` for a group left without members), once each.
+    pub fn remove_subscriber_with(
+        &mut self,
+        subscriber: &S,
+        mut unheld: impl FnMut(&str),
+    ) -> usize {
+        self.remove_subscriber_inner(subscriber, Some(&mut unheld))
+    }
+
+    fn remove_subscriber_inner(
+        &mut self,
+        subscriber: &S,
+        mut unheld: Option<&mut dyn FnMut(&str)>,
+    ) -> usize {
         let Some(mut keys) = self.by_subscriber.remove(subscriber) else {
             return 0;
         };
@@ -454,6 +502,11 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                         |entries| entries.contains(subscriber),
                         |entries| entries.take(subscriber),
                         Subscribers::is_empty,
+                        |filter| {
+                            if let Some(unheld) = unheld.as_mut() {
+                                unheld(filter);
+                            }
+                        },
                     )
                     .is_some()
                 {
@@ -465,9 +518,16 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
             let key = key as u32;
             let node_id = key & !SHARED_BIT;
             let node = self.nodes.get_mut(node_id);
+            // The names of the groups this removal leaves without members.
+            let mut emptied: Vec<Box<str>> = Vec::new();
             if key & SHARED_BIT == 0 {
                 if node.subscribers.take(subscriber).is_some() {
                     removed += 1;
+                    if node.subscribers.is_empty() {
+                        if let Some(unheld) = unheld.as_mut() {
+                            unheld(&self.filter_text(None, node_id));
+                        }
+                    }
                 }
             } else if let Some(groups) = &mut node.shared {
                 for group in &mut groups.0 {
@@ -478,9 +538,20 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                     removed += before - group.members.len();
                     shrink_if_sparse(&mut group.members);
                 }
-                groups.0.retain(|group| !group.members.is_empty());
+                groups.0.retain_mut(|group| {
+                    let kept = !group.members.is_empty();
+                    if !kept && unheld.is_some() {
+                        emptied.push(std::mem::take(&mut group.name));
+                    }
+                    kept
+                });
                 if groups.0.is_empty() {
                     node.shared = None;
+                }
+            }
+            if let Some(unheld) = unheld.as_mut() {
+                for name in emptied {
+                    unheld(&self.filter_text(Some(&name), node_id));
                 }
             }
             self.prune(node_id);
@@ -565,6 +636,34 @@ impl<S: Eq + Hash + Clone, D> SubscriptionIndex<S, D> {
                 visit(Match::Shared(SharedGroup { group }));
             }
         }
+    }
+
+    /// The filter that ends at `node_id`, as subscribed: behind `$share/{share_name}/` when
+    /// a share name is given.
+    fn filter_text(&self, share_name: Option<&str>, mut node_id: u32) -> String {
+        let mut levels = Vec::new();
+        while node_id != ROOT {
+            let node = self.nodes.get(node_id);
+            levels.push(match node.level {
+                PLUS => "+",
+                HASH => "#",
+                literal => self.levels.text(literal),
+            });
+            node_id = node.parent;
+        }
+        let mut text = String::new();
+        if let Some(share_name) = share_name {
+            text.push_str(SHARE_PREFIX);
+            text.push_str(share_name);
+            text.push('/');
+        }
+        for (i, level) in levels.iter().rev().enumerate() {
+            if i > 0 {
+                text.push('/');
+            }
+            text.push_str(level);
+        }
+        text
     }
 
     /// The node where `filter` (without `$share/` prefix) ends, if it exists.

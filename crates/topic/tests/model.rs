@@ -131,16 +131,31 @@ proptest! {
                         }
                     };
                     prop_assert_eq!(index.insert(subscriber, &filter, data), expected);
+                    prop_assert!(index.has_subscribers(&filter));
                 }
                 SubscriptionOp::Remove(subscriber, filter) => {
                     let position = model.iter().position(|(s, f, _)| *s == subscriber && *f == filter);
                     let expected = position.map(|position| model.remove(position).2);
                     prop_assert_eq!(index.remove(&subscriber, &filter), expected);
+                    prop_assert_eq!(index.has_subscribers(&filter), model.iter().any(|(_, f, _)| *f == filter));
                 }
                 SubscriptionOp::RemoveSubscriber(subscriber) => {
                     let before = model.len();
+                    let mut expected_unheld: Vec<String> = model
+                        .iter()
+                        .filter(|(s, _, _)| *s == subscriber)
+                        .map(|(_, f, _)| f.as_str().to_owned())
+                        .filter(|f| !model.iter().any(|(s, other, _)| *s != subscriber && other.as_str() == f))
+                        .collect();
+                    expected_unheld.sort();
                     model.retain(|(s, _, _)| *s != subscriber);
-                    prop_assert_eq!(index.remove_subscriber(&subscriber), before - model.len());
+                    let mut unheld = Vec::new();
+                    prop_assert_eq!(
+                        index.remove_subscriber_with(&subscriber, |f| unheld.push(f.to_owned())),
+                        before - model.len()
+                    );
+                    unheld.sort();
+                    prop_assert_eq!(unheld, expected_unheld);
                 }
                 SubscriptionOp::ShrinkToFit => index.shrink_to_fit(),
             }

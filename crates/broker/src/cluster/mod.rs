@@ -5,8 +5,12 @@
 //! - publishes what its clients publish with QoS 0 to the subject of its topic ([`subject`]), in an
 //!   envelope that carries the whole MQTT 5 PUBLISH (properties included) and the publisher's
 //!   client id (for No Local);
-//! - subscribes once per distinct filter its sessions hold (counted, and unsubscribed when the
-//!   last holder goes), told of them by the router's [`SubscriptionHook`];
+//! - subscribes on NATS for the distinct filters its sessions hold, told of them by the
+//!   router's [`SubscriptionHook`]: one subscription per filter while a first level (`a` of
+//!   `a/b/+`; every filter that starts with a wildcard counts as one level) has at most
+//!   [`PRECISE_PER_LEVEL`] filters, one subscription to the whole level once it has more, and
+//!   one to every topic once the levels need more than [`MAX_SUBSCRIPTIONS`] (see
+//!   [`follow_interest`] for why);
 //! - connects with `no_echo`, so it never receives its own messages back;
 //! - routes what it receives through its local router, which re-checks every match: the
 //!   `$`-topic rule and No Local stay the broker's own;
@@ -59,7 +63,6 @@ use crate::Error;
 use crate::broker::Shared;
 use crate::config::Storage;
 use crate::router::SubscriptionHook;
-use crate::session::Session;
 
 /// How a broker joins a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +106,6 @@ const ENVELOPE_V1: u8 = 1;
 /// counted): a node does not buffer without bound for a slow or absent NATS server.
 const OUTBOUND_CAPACITY: usize = 8192;
 
-/// Received messages waiting for the router.
-const INBOUND_CAPACITY: usize = 1024;
-
 /// The JetStream KV bucket of retained messages: key [`subject::topic_key`], value the
 /// envelope of the message (a delete for a cleared one), one revision kept.
 pub(crate) const RETAINED_BUCKET: &str = "rallymq_retained";
@@ -127,8 +127,14 @@ const REWATCH_DELAY: Duration = Duration::from_secs(1);
 /// subject and lengths besides (the retained bucket's puts add `$KV.rallymq_retained.`).
 const MAX_SUBJECT_LEN: usize = 3900;
 
-/// How long an unsubscribed NATS subscription may take to hand over what it still holds.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many distinct filters of one first level a node subscribes to one by one on NATS; past
+/// this many, one subscription to the whole level replaces them (see [`follow_interest`]).
+const PRECISE_PER_LEVEL: usize = 8;
+
+/// How many subscriptions a node keeps for its filters' levels (about 2 MiB of them); past
+/// this many (filters with first levels of their own: `{client id}/cmd`), one subscription to
+/// every topic replaces them all (see [`follow_interest`]).
+const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// How long a SUBSCRIBE waits for the node's copy of the retained bucket to catch up with the
 /// bucket before it is answered from the copy as it is.
@@ -218,25 +224,13 @@ enum Command {
     Unsubscribe(TopicFilter),
 }
 
-/// What subscriptions hand to the interest task.
+/// What the interest task reads from its NATS subscriptions.
 #[derive(Debug)]
 enum Inbound {
     /// A message received through the subscription with this id.
     Message(u64, async_nats::Message),
     /// The subscription with this id is gone and has handed over all it held.
     Drained(u64),
-}
-
-/// Which filters this node's sessions hold, counted.
-#[derive(Debug, Default)]
-struct Interest {
-    /// Each session's filters that cross the cluster (as subscribed: `$share/g/f` and `f` are
-    /// two subscriptions of one session).
-    by_session: HashMap<Arc<str>, Vec<TopicFilter>>,
-    /// How many subscriptions hold each (not shared) filter.
-    counts: HashMap<Box<str>, usize>,
-    /// How many local members each shared group (`$share/{group}/{filter}`) has.
-    groups: HashMap<TopicFilter, usize>,
 }
 
 /// What became of a message sent to the other nodes.
@@ -268,7 +262,6 @@ pub(crate) struct Link {
     commands: mpsc::UnboundedSender<Command>,
     /// Shared groups this node joins and leaves.
     groups: mpsc::UnboundedSender<share::GroupCommand>,
-    interest: Mutex<Interest>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
     dropped: AtomicU64,
     /// Heartbeats, and the wills of this node's clients.
@@ -372,7 +365,6 @@ impl Link {
             retained_stream: bucket.stream.clone(),
             commands: commands_tx,
             groups: groups_tx,
-            interest: Mutex::default(),
             dropped: AtomicU64::new(0),
             nodes: Arc::new(nodes),
             sessions,
@@ -630,90 +622,31 @@ impl Link {
             }
         }
     }
+}
 
-    fn interest(&self) -> std::sync::MutexGuard<'_, Interest> {
-        crate::lock(&self.interest)
-    }
-
-    /// Counts one more holder of `filter`; the first asks for a NATS subscription, or for a
-    /// shared filter, to join the group across the cluster.
-    fn hold(&self, interest: &mut Interest, filter: &TopicFilter) {
-        if filter.is_shared() {
-            let count = interest.groups.entry(filter.clone()).or_default();
-            *count += 1;
-            if *count == 1 {
-                let _ = self.groups.send(share::GroupCommand::Join(filter.clone()));
-            }
+impl SubscriptionHook for Link {
+    /// Asks for the filter's NATS subscription, or for a shared filter, to join the group
+    /// across the cluster.
+    fn held(&self, filter: &TopicFilter) {
+        if !crosses(filter.filter()) {
             return;
         }
-        let count = interest.counts.entry(filter.filter().into()).or_default();
-        *count += 1;
-        if *count == 1 {
+        if filter.is_shared() {
+            let _ = self.groups.send(share::GroupCommand::Join(filter.clone()));
+        } else {
             let _ = self.commands.send(Command::Subscribe(filter.clone()));
         }
     }
 
-    /// Counts one holder of `filter` fewer; the last ends the NATS subscription (or leaves the
-    /// group).
-    fn release(&self, interest: &mut Interest, filter: &TopicFilter) {
-        if filter.is_shared() {
-            let Some(count) = interest.groups.get_mut(filter) else {
-                return;
-            };
-            *count -= 1;
-            if *count == 0 {
-                interest.groups.remove(filter);
-                let _ = self.groups.send(share::GroupCommand::Leave(filter.clone()));
-            }
-            return;
-        }
-        let Some(count) = interest.counts.get_mut(filter.filter()) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            interest.counts.remove(filter.filter());
-            let _ = self.commands.send(Command::Unsubscribe(filter.clone()));
-        }
-    }
-}
-
-impl SubscriptionHook for Link {
-    fn subscribed(&self, session: &Arc<Session>, filter: &TopicFilter) {
+    /// Ends the filter's NATS subscription (or leaves the group).
+    fn released(&self, filter: &TopicFilter) {
         if !crosses(filter.filter()) {
             return;
         }
-        let mut interest = self.interest();
-        interest
-            .by_session
-            .entry(session.client_id.clone())
-            .or_default()
-            .push(filter.clone());
-        self.hold(&mut interest, filter);
-    }
-
-    fn unsubscribed(&self, session: &Arc<Session>, filter: &TopicFilter) {
-        let mut interest = self.interest();
-        let Some(filters) = interest.by_session.get_mut(&session.client_id) else {
-            return;
-        };
-        let Some(position) = filters.iter().position(|held| held == filter) else {
-            return;
-        };
-        filters.swap_remove(position);
-        if filters.is_empty() {
-            interest.by_session.remove(&session.client_id);
-        }
-        self.release(&mut interest, filter);
-    }
-
-    fn removed(&self, session: &Arc<Session>) {
-        let mut interest = self.interest();
-        let Some(filters) = interest.by_session.remove(&session.client_id) else {
-            return;
-        };
-        for filter in &filters {
-            self.release(&mut interest, filter);
+        if filter.is_shared() {
+            let _ = self.groups.send(share::GroupCommand::Leave(filter.clone()));
+        } else {
+            let _ = self.commands.send(Command::Unsubscribe(filter.clone()));
         }
     }
 }
@@ -1021,57 +954,314 @@ async fn publish_outbound(
     }
 }
 
-/// Keeps one NATS subscription per filter the node's sessions hold, and delivers what they
-/// receive through the local router: each message once, through the oldest subscription whose
-/// filter matches its topic (see the module's documentation).
+/// Keeps NATS subscriptions that cover every filter the node's sessions hold, reads them all,
+/// and delivers what they receive through the local router: each message once, through the
+/// oldest subscription whose filter matches its topic (see the module's documentation).
+///
+/// A NATS subscription costs the node about 7 KiB however little it receives: async-nats
+/// gives each its own channel, whose first block of 32 messages is allocated at once
+/// (`cluster_load --mode idle` and CLUSTER.md have the figures). So a node subscribes filter by
+/// filter only while a first level has few of them ([`PRECISE_PER_LEVEL`]); a level with more
+/// (`device/1/cmd`, `device/2/cmd`, ...: typically one per client) is covered by one
+/// subscription to the whole level (`device/#`), and the node receives that level's messages
+/// from other nodes whether or not one of its clients wants them (the local router re-checks
+/// each). A level stays whole until its last filter goes. Filters with first levels of their
+/// own would still cost a subscription each, so once the levels need more than
+/// [`MAX_SUBSCRIPTIONS`], one subscription to every topic (`#`) replaces them, until the node
+/// holds no filter: the node then receives every QoS 0 message of the cluster (CLUSTER.md
+/// measures what an unwanted message costs it). All subscriptions are read here, in one task.
 async fn follow_interest(
     client: async_nats::Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
     shared: std::sync::Weak<Shared>,
 ) {
-    let (inbound_tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
-    // Filter -> id of its live subscription.
-    let mut live: HashMap<TopicFilter, (u64, oneshot::Sender<()>)> = HashMap::new();
-    // Live and draining subscriptions by filter: the owners of received copies.
-    let mut owners: SubscriptionIndex<u64, ()> = SubscriptionIndex::new();
-    let mut filters: HashMap<u64, TopicFilter> = HashMap::new();
-    let mut next_id = 0u64;
+    let mut interest = Interest::default();
+    let mut reading = futures::stream::SelectAll::new();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Subscribe(filter)) => {
-                    next_id += 1;
-                    let id = next_id;
-                    let (cancel_tx, cancel) = oneshot::channel();
-                    owners.insert(id, &filter, ());
-                    filters.insert(id, filter.clone());
-                    tokio::spawn(subscription(
-                        client.clone(),
-                        id,
-                        subject::filter_subjects(filter.filter()),
-                        cancel,
-                        inbound_tx.clone(),
-                    ));
-                    live.insert(filter, (id, cancel_tx));
+                    interest.hold(&client, &mut reading, filter).await;
                 }
                 Some(Command::Unsubscribe(filter)) => {
-                    // Its copies still count as owned until it has drained.
-                    live.remove(&filter);
+                    interest.release(&mut reading, &filter).await;
                 }
                 None => return,
             },
-            Some(inbound) = inbound.recv() => match inbound {
+            Some(inbound) = reading.next(), if !reading.is_empty() => match inbound {
                 Inbound::Message(id, message) => {
                     let Some(shared) = shared.upgrade() else { return };
-                    deliver(&shared, &owners, id, message);
+                    deliver(&shared, &interest.owners, id, message);
                 }
-                Inbound::Drained(id) => {
-                    if let Some(filter) = filters.remove(&id) {
-                        owners.remove(&id, &filter);
-                    }
-                }
+                Inbound::Drained(id) => interest.drained(id),
             },
         }
+    }
+}
+
+/// The NATS subscriptions of a node's filters, by first level, and who owns a received copy.
+#[derive(Debug, Default)]
+struct Interest {
+    /// By first level ([`first_level`]), while [`Interest::everything`] is not.
+    levels: HashMap<Box<str>, Level>,
+    /// One subscription (this id) to every topic, for this many filters: once the levels
+    /// needed more than [`MAX_SUBSCRIPTIONS`].
+    everything: Option<(usize, u64)>,
+    /// Live and draining subscriptions by the filter they cover: the owners of received copies.
+    owners: SubscriptionIndex<u64, ()>,
+    /// The filter each subscription in `owners` covers.
+    covered: HashMap<u64, TopicFilter>,
+    next_id: u64,
+}
+
+/// The subscriptions that cover the filters of one first level.
+#[derive(Debug)]
+enum Level {
+    /// One per filter, at most [`PRECISE_PER_LEVEL`]: each filter with its subscription's id.
+    Precise(Vec<(TopicFilter, u64)>),
+    /// One subscription (this id) to the whole level, for this many filters.
+    Whole(usize, u64),
+}
+
+impl Level {
+    /// How many subscriptions the level has.
+    fn subscriptions(&self) -> usize {
+        match self {
+            Self::Precise(precise) => precise.len(),
+            Self::Whole(..) => 1,
+        }
+    }
+}
+
+/// The key of `filter`'s first level: the level itself, or `#` for a filter that starts with a
+/// wildcard (a literal level is never `#`).
+fn first_level(filter: &str) -> &str {
+    match filter.split('/').next() {
+        Some("+" | "#") | None => "#",
+        Some(level) => level,
+    }
+}
+
+/// The filter that covers a whole first level (`level/#`, or `#` for the wildcard key).
+fn whole_level(level: &str) -> Option<TopicFilter> {
+    if level == "#" {
+        return TopicFilter::new("#").ok();
+    }
+    TopicFilter::new(format!("{level}/#")).ok()
+}
+
+impl Interest {
+    /// Covers `filter`, which no local session held.
+    async fn hold(
+        &mut self,
+        client: &async_nats::Client,
+        reading: &mut Reading,
+        filter: TopicFilter,
+    ) {
+        if let Some((filters, _)) = &mut self.everything {
+            *filters += 1;
+            return;
+        }
+        let key: Box<str> = first_level(filter.filter()).into();
+        let precise = match self.levels.get_mut(&key) {
+            Some(Level::Whole(filters, _)) => {
+                *filters += 1;
+                return;
+            }
+            Some(Level::Precise(precise)) => precise.len(),
+            None => 0,
+        };
+        if precise < PRECISE_PER_LEVEL {
+            let id = self.subscribe(client, reading, filter.clone()).await;
+            match self.levels.get_mut(&key) {
+                Some(Level::Precise(precise)) => precise.push((filter, id)),
+                _ => {
+                    self.levels.insert(key, Level::Precise(vec![(filter, id)]));
+                }
+            }
+            let subscriptions: usize = self.levels.values().map(Level::subscriptions).sum();
+            if subscriptions > MAX_SUBSCRIPTIONS {
+                self.cover_everything(client, reading).await;
+            }
+            return;
+        }
+        let Some(whole) = whole_level(&key) else {
+            return;
+        };
+        // The whole level first, so that no message of the level goes uncovered.
+        let id = self.subscribe(client, reading, whole).await;
+        if let Some(Level::Precise(precise)) = self
+            .levels
+            .insert(key, Level::Whole(PRECISE_PER_LEVEL + 1, id))
+        {
+            for (_, id) in precise {
+                unsubscribe(reading, id).await;
+            }
+        }
+    }
+
+    /// Replaces every level's subscriptions with one to every topic.
+    async fn cover_everything(&mut self, client: &async_nats::Client, reading: &mut Reading) {
+        let Some(all) = whole_level("#") else {
+            return;
+        };
+        // The new one first, so that no message goes uncovered.
+        let id = self.subscribe(client, reading, all).await;
+        let mut filters = 0;
+        for (_, level) in self.levels.drain() {
+            match level {
+                Level::Precise(precise) => {
+                    filters += precise.len();
+                    for (_, id) in precise {
+                        unsubscribe(reading, id).await;
+                    }
+                }
+                Level::Whole(count, id) => {
+                    filters += count;
+                    unsubscribe(reading, id).await;
+                }
+            }
+        }
+        self.levels.shrink_to_fit();
+        self.everything = Some((filters, id));
+    }
+
+    /// Stops covering `filter`, which no local session holds any more.
+    async fn release(&mut self, reading: &mut Reading, filter: &TopicFilter) {
+        if let Some((filters, id)) = &mut self.everything {
+            *filters -= 1;
+            if *filters == 0 {
+                let id = *id;
+                self.everything = None;
+                unsubscribe(reading, id).await;
+            }
+            return;
+        }
+        let key = first_level(filter.filter());
+        // The level's last subscription, which ends with its last filter.
+        let last = match self.levels.get_mut(key) {
+            None => return,
+            Some(Level::Whole(filters, id)) => {
+                *filters -= 1;
+                if *filters > 0 {
+                    return;
+                }
+                *id
+            }
+            Some(Level::Precise(precise)) => {
+                let Some(position) = precise.iter().position(|(held, _)| held == filter) else {
+                    return;
+                };
+                let (_, id) = precise.swap_remove(position);
+                if !precise.is_empty() {
+                    unsubscribe(reading, id).await;
+                    return;
+                }
+                id
+            }
+        };
+        self.levels.remove(key);
+        unsubscribe(reading, last).await;
+    }
+
+    /// Subscribes to the subjects of `filter` (two for a filter ending in `/#`) and reads them
+    /// from now on; returns the subscription's id.
+    async fn subscribe(
+        &mut self,
+        client: &async_nats::Client,
+        reading: &mut Reading,
+        filter: TopicFilter,
+    ) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut subscribers = Vec::new();
+        for subject in subject::filter_subjects(filter.filter()) {
+            if subject.len() > MAX_SUBJECT_LEN {
+                // No topic that long is sent either.
+                debug!(%subject, "cluster: filter too long for a NATS subject; not subscribed");
+                continue;
+            }
+            match client.subscribe(subject.clone()).await {
+                Ok(subscriber) => subscribers.push(subscriber),
+                Err(error) => warn!(%error, %subject, "cluster: cannot subscribe"),
+            }
+        }
+        self.owners.insert(id, &filter, ());
+        self.covered.insert(id, filter);
+        reading.push(Subscription {
+            id,
+            subscribers,
+            drained: false,
+        });
+        id
+    }
+
+    /// Subscription `id` has handed over all it received: its copies are no one's any more.
+    fn drained(&mut self, id: u64) {
+        if let Some(filter) = self.covered.remove(&id) {
+            self.owners.remove(&id, &filter);
+        }
+        // What this task keeps is as large as the node's subscriptions once were.
+        if self.covered.len() * 4 < self.covered.capacity() {
+            self.covered.shrink_to_fit();
+            self.levels.shrink_to_fit();
+            self.owners.shrink_to_fit();
+        }
+    }
+}
+
+/// Every NATS subscription of the node's filters, read together.
+type Reading = futures::stream::SelectAll<Subscription>;
+
+/// Unsubscribes subscription `id` on NATS; it is read until it has handed over what it
+/// received before.
+async fn unsubscribe(reading: &mut Reading, id: u64) {
+    if let Some(subscription) = reading
+        .iter_mut()
+        .find(|subscription| subscription.id == id)
+    {
+        for subscriber in &mut subscription.subscribers {
+            let _ = subscriber.unsubscribe().await;
+        }
+    }
+}
+
+/// One filter's NATS subscriptions (two for a filter ending in `/#`), as a stream of what they
+/// receive that ends with [`Inbound::Drained`] once they are unsubscribed and empty.
+#[derive(Debug)]
+struct Subscription {
+    id: u64,
+    subscribers: Vec<async_nats::Subscriber>,
+    drained: bool,
+}
+
+impl futures::Stream for Subscription {
+    type Item = Inbound;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Inbound>> {
+        use std::task::Poll;
+        if self.drained {
+            return Poll::Ready(None);
+        }
+        let id = self.id;
+        let mut open = false;
+        for subscriber in &mut self.subscribers {
+            match subscriber.poll_next_unpin(cx) {
+                Poll::Ready(Some(message)) => {
+                    return Poll::Ready(Some(Inbound::Message(id, message)));
+                }
+                Poll::Ready(None) => {}
+                Poll::Pending => open = true,
+            }
+        }
+        if open {
+            return Poll::Pending;
+        }
+        self.drained = true;
+        Poll::Ready(Some(Inbound::Drained(id)))
     }
 }
 
@@ -1098,58 +1288,6 @@ fn deliver(
     if owner == Some(id) {
         shared.publish_received(sender.as_deref(), &publish, 0, None);
     }
-}
-
-/// One filter's NATS subscriptions (two for a filter ending in `/#`), until cancelled; then
-/// unsubscribes, hands over what was received before, and says so.
-async fn subscription(
-    client: async_nats::Client,
-    id: u64,
-    subjects: Vec<String>,
-    mut cancel: oneshot::Receiver<()>,
-    inbound: mpsc::Sender<Inbound>,
-) {
-    let mut subscribers = Vec::new();
-    for subject in subjects {
-        if subject.len() > MAX_SUBJECT_LEN {
-            // No topic that long is sent either.
-            debug!(%subject, "cluster: filter too long for a NATS subject; not subscribed");
-            continue;
-        }
-        match client.subscribe(subject.clone()).await {
-            Ok(subscriber) => subscribers.push(subscriber),
-            Err(error) => warn!(%error, %subject, "cluster: cannot subscribe"),
-        }
-    }
-    let mut merged = futures::stream::select_all(subscribers.iter_mut());
-    loop {
-        tokio::select! {
-            message = merged.next() => match message {
-                Some(message) => {
-                    if inbound.send(Inbound::Message(id, message)).await.is_err() {
-                        return;
-                    }
-                }
-                None => break,
-            },
-            _ = &mut cancel => break,
-        }
-    }
-    drop(merged);
-    for subscriber in &mut subscribers {
-        let _ = subscriber.unsubscribe().await;
-    }
-    let drain = async {
-        for subscriber in &mut subscribers {
-            while let Some(message) = subscriber.next().await {
-                if inbound.send(Inbound::Message(id, message)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-    let _ = inbound.send(Inbound::Drained(id)).await;
 }
 
 #[cfg(test)]
