@@ -2,7 +2,7 @@
 //! thread that commits every change that arrived while the previous commit was syncing in one
 //! transaction (group commit: one fsync for all of them).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use redb::backends::FileBackend;
+use rustc_hash::{FxHashMap, FxHashSet};
 use redb::{
     BackendError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
     Table, TableDefinition, WriteTransaction,
@@ -504,11 +505,11 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut cursors = txn.open_table(CURSORS).map_err(io)?;
-    let mut references: HashMap<MessageId, i64> = HashMap::new();
+    let mut references: FxHashMap<MessageId, i64> = FxHashMap::default();
     // Messages an entry stopped referring to in this group: one whose entries were all added
     // and removed within the group has a net change of 0, and must still go.
-    let mut released: HashSet<MessageId> = HashSet::new();
-    let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
+    let mut released: FxHashSet<MessageId> = FxHashSet::default();
+    let mut sizes: FxHashMap<&str, (i64, i64)> = FxHashMap::default();
     let mut deleted = Deleted::default();
     let skip = cancelled(changes);
     for (change, skip) in changes.iter().zip(skip) {
@@ -598,10 +599,14 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 }
                 let key = entry_key(client_id, *seq);
                 // Only an entry still queued: an update racing its deletion must not revive it.
-                if queues.get(key.as_slice()).map_err(io)?.is_some() {
-                    queues
-                        .insert(key.as_slice(), encode_entry(entry).as_slice())
-                        .map_err(io)?;
+                // Inserting first and taking back the rare insert of an entry that was gone
+                // costs one descent of the B-tree per update where a lookup first costs two.
+                let was_queued = queues
+                    .insert(key.as_slice(), encode_entry(entry).as_slice())
+                    .map_err(io)?
+                    .is_some();
+                if !was_queued {
+                    queues.remove(key.as_slice()).map_err(io)?;
                 }
             }
             Change::DeleteEntry { client_id, seq } => deleted.add(client_id, *seq),
@@ -684,9 +689,9 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 #[derive(Default)]
 struct Deleted<'c> {
     /// Entry numbers by session, in the order deleted.
-    by_session: HashMap<&'c str, Vec<u64>>,
+    by_session: FxHashMap<&'c str, Vec<u64>>,
     /// The same, to look up.
-    entries: HashSet<(&'c str, u64)>,
+    entries: FxHashSet<(&'c str, u64)>,
 }
 
 impl<'c> Deleted<'c> {
@@ -705,9 +710,9 @@ impl<'c> Deleted<'c> {
     fn remove_all(
         &mut self,
         queues: &mut Table<'_, &'static [u8], &'static [u8]>,
-        references: &mut HashMap<MessageId, i64>,
-        released: &mut HashSet<MessageId>,
-        sizes: &mut HashMap<&'c str, (i64, i64)>,
+        references: &mut FxHashMap<MessageId, i64>,
+        released: &mut FxHashSet<MessageId>,
+        sizes: &mut FxHashMap<&'c str, (i64, i64)>,
     ) -> Result<(), StoreError> {
         self.entries.clear();
         for (client_id, mut seqs) in self.by_session.drain() {
@@ -756,9 +761,9 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
         updates: Vec<usize>,
     }
     let mut skip = vec![false; changes.len()];
-    let mut touched: HashMap<(&str, u64), Touched> = HashMap::new();
+    let mut touched: FxHashMap<(&str, u64), Touched> = FxHashMap::default();
     // Entries added over an entry already touched (a replacement): left to `apply` as they are.
-    let mut replaced: HashSet<(&str, u64)> = HashSet::new();
+    let mut replaced: FxHashSet<(&str, u64)> = FxHashSet::default();
     for (at, change) in changes.iter().enumerate() {
         match change {
             Change::AddEntry { client_id, seq, .. } => {
@@ -804,7 +809,7 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
     // subscriber acknowledged it before the commit) would be written and removed in the same
     // transaction: it is not written at all. Its entries are all in its group (routing writes
     // one message in one `Store::begin_group`), so none comes later.
-    let mut kept: HashMap<MessageId, bool> = HashMap::new();
+    let mut kept: FxHashMap<MessageId, bool> = FxHashMap::default();
     for (at, change) in changes.iter().enumerate() {
         if let Change::AddEntry { entry, .. } = change {
             *kept.entry(entry.message).or_default() |= !skip[at];
@@ -909,7 +914,7 @@ impl Store for DiskStore {
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let start = entry_key(client_id, from_seq);
         let (_, end) = session_range(client_id);
-        let mut cache: HashMap<MessageId, Arc<super::StoredMessage>> = HashMap::new();
+        let mut cache: FxHashMap<MessageId, Arc<super::StoredMessage>> = FxHashMap::default();
         let mut entries = Vec::with_capacity(limit.min(1024));
         for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
             if entries.len() >= limit {
