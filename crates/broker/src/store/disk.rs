@@ -28,7 +28,7 @@ use super::record::{
 };
 use super::{
     COMMIT_SECONDS_BUCKETS, Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store,
-    StoreError, StoreStats, Ticket, message_expired, session_expired,
+    StoreError, StoreStats, StoredMessage, Ticket, message_expired, session_expired,
 };
 use crate::lock;
 
@@ -49,6 +49,10 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// 10 million queued entries (a 1 GB store) kept the broker at 1.2 GB RSS; with this, 70 to
 /// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability").
 const CACHE_BYTES: usize = 32 << 20;
+
+/// Slots of [`Decoded`]: more than the messages a backlog's sessions are apart from each other
+/// when they drain together (10,000 in `backlog`), at a few hundred bytes each.
+const DECODED_SLOTS: usize = 1 << 14;
 
 /// Failed ticket ranges remembered for `durable`'s answer; older failures are long decided.
 const FAILURES_KEPT: usize = 1024;
@@ -91,6 +95,8 @@ struct Shared {
     /// nanoseconds. Written by the writer thread only, once per commit.
     commit_seconds: [AtomicU64; COMMIT_SECONDS_BUCKETS.len() + 1],
     commit_nanos: AtomicU64,
+    /// Messages read for queues lately, shared by the sessions that read them.
+    decoded: Decoded,
     /// The database file's syncs (`fdatasync`), counted by its backend.
     syncs: Arc<AtomicU64>,
     /// Held for the store's life: the lock on `lock`.
@@ -107,6 +113,53 @@ struct Pending {
     /// The writer waits for the open groups to close: new ones wait for it, so that groups
     /// that keep overlapping cannot hold commits back for ever.
     draining: bool,
+}
+
+/// The messages [`Store::read_queue`] decoded lately, by identifier (a direct-mapped cache): a
+/// message routed to many sessions is read back by each, and each would otherwise hold a
+/// decoded copy of its own. 1,000 sessions draining a backlog together held up to 512 entries
+/// each in memory, every one with its own copy. Identifiers are not used twice while a broker
+/// runs (they grow from [`Loaded::next_message_id`]), so an identifier found is the message;
+/// [`Store::load`] empties the cache, as a broker starting anew may count from a lower one.
+#[derive(Debug)]
+struct Decoded(Mutex<Vec<Option<(MessageId, Arc<StoredMessage>)>>>);
+
+impl Default for Decoded {
+    fn default() -> Self {
+        Self(Mutex::new(vec![None; DECODED_SLOTS]))
+    }
+}
+
+impl Decoded {
+    fn slot(id: MessageId) -> usize {
+        // The remainder is below DECODED_SLOTS, which fits in usize.
+        (id % DECODED_SLOTS as u64) as usize
+    }
+
+    /// The cached message of each of `ids`, where there is one.
+    fn get(&self, ids: impl Iterator<Item = MessageId>) -> Vec<Option<Arc<StoredMessage>>> {
+        let slots = lock(&self.0);
+        ids.map(|id| match &slots[Self::slot(id)] {
+            Some((cached, message)) if *cached == id => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// Keeps `messages`, in place of what their slots held.
+    fn put(&self, messages: FxHashMap<MessageId, Arc<StoredMessage>>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut slots = lock(&self.0);
+        for (id, message) in messages {
+            slots[Self::slot(id)] = Some((id, message));
+        }
+    }
+
+    fn clear(&self) {
+        lock(&self.0).fill(None);
+    }
 }
 
 /// A storage error; a full disk is told apart, as MQTT 5 has a reason code for it (0x97).
@@ -175,6 +228,7 @@ impl DiskStore {
             failed_commits: AtomicU64::new(0),
             commit_seconds: Default::default(),
             commit_nanos: AtomicU64::new(0),
+            decoded: Decoded::default(),
             syncs,
             _lock: lock_file,
         });
@@ -827,6 +881,7 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
 
 impl Store for DiskStore {
     fn load(&self) -> Result<Loaded, StoreError> {
+        self.shared.decoded.clear();
         let now = SystemTime::now();
         let txn = self.shared.begin_read()?;
         let sessions = txn.open_table(SESSIONS).map_err(io)?;
@@ -914,34 +969,42 @@ impl Store for DiskStore {
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let start = entry_key(client_id, from_seq);
         let (_, end) = session_range(client_id);
-        let mut cache: FxHashMap<MessageId, Arc<super::StoredMessage>> = FxHashMap::default();
-        let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut page = Vec::with_capacity(limit.min(1024));
         for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
-            if entries.len() >= limit {
+            if page.len() >= limit {
                 break;
             }
             let (key, value) = item.map_err(io)?;
-            let entry = decode_entry(value.value())?;
-            let message = match cache.get(&entry.message) {
-                Some(message) => message.clone(),
-                None => {
-                    let Some(value) = messages.get(entry.message).map_err(io)? else {
-                        return Err(StoreError::Corrupt(format!(
-                            "queue entry of {client_id} refers to message {} that is gone",
-                            entry.message
-                        )));
-                    };
-                    let message = Arc::new(decode_message(value.value())?);
-                    cache.insert(entry.message, message.clone());
-                    message
-                }
+            page.push((seq_of(key.value())?, decode_entry(value.value())?));
+        }
+        let mut shared = self.shared.decoded.get(page.iter().map(|(_, entry)| entry.message));
+        let mut decoded: FxHashMap<MessageId, Arc<StoredMessage>> = FxHashMap::default();
+        let mut entries = Vec::with_capacity(page.len());
+        for ((seq, entry), cached) in page.into_iter().zip(&mut shared) {
+            let message = match cached.take() {
+                Some(message) => message,
+                None => match decoded.get(&entry.message) {
+                    Some(message) => message.clone(),
+                    None => {
+                        let Some(value) = messages.get(entry.message).map_err(io)? else {
+                            return Err(StoreError::Corrupt(format!(
+                                "queue entry of {client_id} refers to message {} that is gone",
+                                entry.message
+                            )));
+                        };
+                        let message = Arc::new(decode_message(value.value())?);
+                        decoded.insert(entry.message, message.clone());
+                        message
+                    }
+                },
             };
             entries.push(LoadedEntry {
-                seq: seq_of(key.value())?,
+                seq,
                 entry,
                 message,
             });
         }
+        self.shared.decoded.put(decoded);
         Ok(entries)
     }
 
