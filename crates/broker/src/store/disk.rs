@@ -1135,6 +1135,57 @@ mod tests {
         );
     }
 
+    /// A message identifier counted again from a lower one after `load` (a broker starting anew
+    /// on the same store, its last messages gone) reads the message stored under it now, not
+    /// the one read under it before.
+    #[tokio::test]
+    async fn a_message_id_used_again_after_load_reads_the_new_message() {
+        let dir = scratch("decoded");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        let client: Arc<str> = "c".into();
+        let message = |payload: &'static str| {
+            Arc::new(StoredMessage {
+                publish: Publish::new(TopicName::new("t").expect("a valid topic"), payload),
+                received_at: SystemTime::now(),
+            })
+        };
+        let bound = Duration::from_secs(10);
+        let ticket = store.write(vec![
+            Change::PutMessage(7, message("first")),
+            Change::AddEntry {
+                client_id: client.clone(),
+                seq: 0,
+                entry: entry(7),
+            },
+        ]);
+        let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
+        assert_eq!(durable, Ok(Ok(())));
+        let read = store.read_queue(&client, 0, 10).expect("reads");
+        assert_eq!(read[0].message.publish.payload, "first");
+        let ticket = store.write(vec![Change::DeleteEntry {
+            client_id: client.clone(),
+            seq: 0,
+        }]);
+        let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
+        assert_eq!(durable, Ok(Ok(())));
+        assert_eq!(store.load().expect("loads").next_message_id, 0, "message 7 is gone");
+        let ticket = store.write(vec![
+            Change::PutMessage(7, message("second")),
+            Change::AddEntry {
+                client_id: client.clone(),
+                seq: 1,
+                entry: entry(7),
+            },
+        ]);
+        let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
+        assert_eq!(durable, Ok(Ok(())));
+        let read = store.read_queue(&client, 0, 10).expect("reads");
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].seq, &read[0].message.publish.payload[..]), (1, &b"second"[..]));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "rallymq-disk-{name}-{}",
