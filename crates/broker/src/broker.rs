@@ -17,13 +17,13 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::PerIp;
-use crate::cluster::{self, Link};
+use crate::cluster::{self, Link, Written};
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::policy::Policy;
 use crate::router::{RouteOutcome, Router, SubscriptionData, Targets, stored_copy};
 use crate::session::{
-    Attachment, Control, ControlBox, Durable, NO_LISTENER, Persisting, Registry, Session,
+    Attachment, Control, ControlBox, Durable, NO_LISTENER, Origin, Persisting, Registry, Session,
     SessionInner, signal,
 };
 use crate::stats::{Dropped, SocketRefusal, Stats};
@@ -192,34 +192,126 @@ impl Shared {
         publish: &Publish,
         also: Option<Change>,
     ) -> RouteOutcome {
+        self.publish_routed(sender, publish, also, None)
+    }
+
+    /// [`Shared::publish`] under `message_id` in the cluster's stream, where a second write of
+    /// the same id (within the stream's duplicate window) is dropped: for a message that may
+    /// be sent again (a dead node's will).
+    pub(crate) fn publish_identified(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        message_id: &str,
+    ) -> RouteOutcome {
+        self.publish_routed(sender, publish, None, Some(message_id))
+    }
+
+    fn publish_routed(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        also: Option<Change>,
+        message_id: Option<&str>,
+    ) -> RouteOutcome {
         let forwarded = self
             .cluster
             .get()
-            .map(|cluster| cluster.forward(sender, publish))
+            .map(|cluster| cluster.forward(sender, publish, message_id))
             .unwrap_or_default();
-        let targets = Targets::Subscribers {
-            shared_groups: !forwarded.shared_groups,
+        // A QoS 1 or 2 message in the stream reaches this node's subscribers through the
+        // stream too, as any node's: once stored there (never before its publisher could be
+        // told it failed), and with its place in the stream, which a session's record keeps.
+        let targets = if forwarded.stream.is_some() {
+            Targets::Nobody
+        } else {
+            Targets::Subscribers {
+                shared_groups: !forwarded.shared_groups,
+            }
         };
-        let mut outcome = self.publish_here(sender, publish, also, None, targets);
+        let mut outcome = self.publish_here(sender, publish, also, None, targets, Origin::Local);
         outcome.stream = forwarded.stream;
         outcome
     }
 
     /// Publishes a message another cluster node received, to this node's clients only (not
     /// to shared groups: they have their own way through the cluster); returns the store's
-    /// ticket for what routing wrote. `cursor` (the message's place in what it was read from)
-    /// is written with that, when routing wrote anything.
+    /// ticket for what routing wrote. `sequence` is the message's place in the stream it was
+    /// read from (0: none): the store keeps it with what routing wrote, when that is anything.
     pub(crate) fn publish_received(
         &self,
         sender: Option<&str>,
         publish: &Publish,
+        sequence: u64,
         cursor: Option<Change>,
     ) -> Ticket {
         let targets = Targets::Subscribers {
             shared_groups: false,
         };
-        self.publish_here(sender, publish, None, cursor, targets)
+        let origin = if sequence == 0 {
+            Origin::Local
+        } else {
+            Origin::Stream(sequence)
+        };
+        self.publish_here(sender, publish, None, cursor, targets, origin)
             .ticket
+    }
+
+    /// Publishes a message read again from the cluster's stream (at `sequence`) to
+    /// `session` only (a session resumed from its record after its node died).
+    pub(crate) fn publish_replayed(
+        &self,
+        session: &Arc<Session>,
+        sender: Option<&str>,
+        publish: &Publish,
+        sequence: u64,
+    ) -> Ticket {
+        self.publish_here(
+            sender,
+            publish,
+            None,
+            None,
+            Targets::Session(session),
+            Origin::Replay(sequence),
+        )
+        .ticket
+    }
+
+    /// Ends `session`'s holding back: the stream read up to `through` by its replay (or the
+    /// messages up to `through` and those at the sequences in `handed` handed over by its old
+    /// node); queues what routing held back meanwhile but those, written to the store as
+    /// routing would have.
+    pub(crate) fn end_replay(
+        &self,
+        session: &Session,
+        through: u64,
+        handed: &std::collections::HashSet<u64>,
+    ) {
+        let limits = &self.config.limits;
+        session.end_hold(
+            through,
+            handed,
+            |session, inner, publish, since, sequence| {
+                let _group = self.store.as_deref().map(Group::open);
+                let held = publish.clone();
+                let mut persisting = self.store.as_deref().map(|store| Persisting {
+                    store,
+                    next_message_id: &self.next_message_id,
+                    message: &held,
+                    received_at: SystemTime::now(),
+                    id: None,
+                    ticket: Ticket::default(),
+                });
+                session.enqueue_locked(
+                    inner,
+                    publish,
+                    since,
+                    limits,
+                    persisting.as_mut(),
+                    sequence,
+                );
+            },
+        );
     }
 
     /// The cursor of feed `name` as the store had it at start (0: none).
@@ -233,7 +325,14 @@ impl Shared {
     /// Publishes a message the cluster gave this node for the shared group of `filter`, to one
     /// of the group's members here; nothing is queued when the group has none.
     pub(crate) fn publish_to_group(&self, filter: &TopicFilter, publish: &Publish) -> RouteOutcome {
-        self.publish_here(None, publish, None, None, Targets::Group(filter))
+        self.publish_here(
+            None,
+            publish,
+            None,
+            None,
+            Targets::Group(filter),
+            Origin::Local,
+        )
     }
 
     /// [`Shared::publish_with`] on this node only.
@@ -244,6 +343,7 @@ impl Shared {
         also: Option<Change>,
         cursor: Option<Change>,
         targets: Targets<'_>,
+        origin: Origin,
     ) -> RouteOutcome {
         // A message routed to several persistent sessions is written in several changes.
         let _group = match &self.store {
@@ -254,7 +354,7 @@ impl Shared {
         };
         let received_at = SystemTime::now();
         let mut retained = Ticket::default();
-        if publish.retain && matches!(targets, Targets::Subscribers { .. }) {
+        if publish.retain && matches!(targets, Targets::Subscribers { .. } | Targets::Nobody) {
             self.router.retain(publish);
             if let (Some(store), Some(topic)) = (&self.store, &publish.topic) {
                 let change = if publish.payload.is_empty() {
@@ -277,15 +377,9 @@ impl Shared {
             ticket: Ticket::default(),
         });
         let limits = &self.config.limits;
-        let mut outcome = match targets {
-            Targets::Subscribers { shared_groups } => {
-                self.router
-                    .route_to(sender, publish, limits, persisting, shared_groups)
-            }
-            Targets::Group(filter) => self
-                .router
-                .route_to_group(filter, publish, limits, persisting),
-        };
+        let mut outcome = self
+            .router
+            .route_to(sender, publish, limits, persisting, targets, &origin);
         outcome.ticket = outcome
             .ticket
             .max(retained)
@@ -372,13 +466,24 @@ impl Shared {
     /// Writes the record of a persistent session (with a store; in a cluster, to the
     /// sessions bucket too).
     pub(crate) fn save_record(&self, session: &Session) -> Ticket {
+        self.save_record_everywhere(session).0
+    }
+
+    /// [`Shared::save_record`], with the sessions bucket's write to wait for, in a cluster.
+    pub(crate) fn save_record_everywhere(&self, session: &Session) -> (Ticket, Option<Written>) {
         let Some(record) = session.record() else {
-            return Ticket::default();
+            return (Ticket::default(), None);
         };
-        if let Some(cluster) = self.cluster.get() {
-            cluster.sessions().save(&record);
-        }
-        self.write(vec![Change::PutSession(Box::new(record))])
+        let written = self.cluster.get().map(|cluster| {
+            let cursor = session.stream_cursor.load(Ordering::Acquire);
+            cluster
+                .sessions()
+                .save(&record, cursor, session.in_flight_record())
+        });
+        (
+            self.write(vec![Change::PutSession(Box::new(record))]),
+            written,
+        )
     }
 
     /// Deletes an ended session's record (from the store; in a cluster, from the sessions
@@ -818,6 +923,7 @@ impl Broker {
                         sweeper.sweep_expired_sessions();
                         if let Some(cluster) = sweeper.cluster.get() {
                             cluster.sessions().forget_idle(&sweeper);
+                            cluster.sessions().refresh_cursors(&sweeper);
                         }
                     }
                     _ = shutdown.changed() => return,

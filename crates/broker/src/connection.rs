@@ -3,7 +3,7 @@
 //! and turns the engine's events into broker actions (sessions, routing, retained messages).
 //! No protocol rule is decided here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -35,8 +35,9 @@ use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
-    Session, SessionInner, StoredRef, count_down_expiry, delivered_copy, signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, InFlightRecord,
+    Persisting, Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting,
+    count_down_expiry, delivered_copy, signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{
@@ -190,6 +191,28 @@ struct PendingAck {
     stream: Option<StreamAck>,
 }
 
+/// In a cluster: a connection's deliveries from the stream in its engine, for its session's
+/// record (`Connection::record_stream`).
+#[derive(Debug, Default)]
+struct StreamDeliveries {
+    by_token: HashMap<PublishToken, StreamDelivery>,
+    /// QoS 2 deliveries completed past the session's stream cursor, by sequence.
+    done: BTreeSet<u64>,
+}
+
+/// The most completed deliveries a session's record lists past its cursor: past it (a cursor
+/// held back that long), a node resuming the session may send some again.
+const MAX_DONE: usize = 10_000;
+
+/// A delivery from the stream in the engine.
+#[derive(Debug, Clone, Copy)]
+struct StreamDelivery {
+    sequence: u64,
+    qos: QoS,
+    /// Its PUBREC came.
+    released: bool,
+}
+
 /// What only some connections need.
 #[derive(Debug, Default)]
 struct Extras {
@@ -209,6 +232,11 @@ struct Extras {
     acl: Option<ClientAcl>,
     /// The policy's ACL reload `acl` was made from.
     acl_generation: u64,
+    /// In a cluster: the sessions bucket's write of the record, which the next bytes
+    /// (SUBACK, UNSUBACK, a QoS 2 PUBLISH or PUBREL) wait for.
+    record_written: Option<crate::cluster::Written>,
+    /// In a cluster: the deliveries in flight that came from the stream.
+    stream_deliveries: Option<Box<StreamDeliveries>>,
     /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
     /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
     /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
@@ -307,10 +335,15 @@ impl Driver {
                             Box::pin(linger(&mut io)).await;
                         }
                         transport_open = false;
-                    } else if self.engine.pending_messages() == (0, 0) {
-                        // Nothing in flight and everything written: the connection is quiet,
-                        // so it keeps no buffers while it waits.
-                        self.engine.shrink_buffers();
+                    } else {
+                        // Read first: whatever was routed up to it is by now queued here, in
+                        // the engine, or acknowledged.
+                        if self.engine.pending_messages() == (0, 0) {
+                            // Nothing in flight and everything written: the connection is
+                            // quiet, so it keeps no buffers while it waits.
+                            self.engine.shrink_buffers();
+                            self.record_stream(false);
+                        }
                     }
                 }
                 if self.engine.is_closed()
@@ -566,6 +599,7 @@ impl Driver {
         self.drain_pending();
         let waiting = self.extras.as_deref().is_some_and(|extras| {
             !extras.acks.is_empty()
+                || extras.record_written.is_some()
                 || extras
                     .durability
                     .as_ref()
@@ -594,10 +628,17 @@ impl Driver {
             .map_or(Ticket::default(), |durability| {
                 std::mem::take(&mut durability.barrier)
             });
+        let record_written = extras.record_written.take();
         let last = acks.iter().map(|ack| ack.ticket).fold(barrier, Ticket::max);
         // Every ticket up to the last is decided once it is; the rest answer at once.
         let _ = self.shared.durable(last).await;
-        let barrier_held = self.shared.durable(barrier).await.is_ok();
+        let mut barrier_held = self.shared.durable(barrier).await.is_ok();
+        if let Some(written) = record_written
+            && !matches!(written.await, Ok(Ok(())))
+        {
+            // The cluster does not have what the next bytes tell the client it has.
+            barrier_held = false;
+        }
         let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
         for ack in acks {
             let stored = match self.shared.durable(ack.ticket).await {
@@ -674,7 +715,9 @@ impl Driver {
                         // Every matching subscriber's queue was full: nobody got it (MQTT 5
                         // lets PUBACK and PUBREC say so).
                         (0, 1..) if v5 => ReasonCode::QuotaExceeded,
-                        (0, _) if v5 => ReasonCode::NoMatchingSubscribers,
+                        // In a cluster a message in the stream is routed by every node,
+                        // this one too: who matches is not known here.
+                        (0, _) if v5 && stream.is_none() => ReasonCode::NoMatchingSubscribers,
                         _ => ReasonCode::Success,
                     };
                     // Acknowledgements go out in the order of their messages (MQTT-4.6.0-2):
@@ -720,6 +763,17 @@ impl Driver {
                         durability.delivered = ticket;
                     }
                 }
+                if let Some(tracked) = self
+                    .extras
+                    .as_deref_mut()
+                    .and_then(|extras| extras.stream_deliveries.as_deref_mut())
+                    && let Some(delivery) = tracked.by_token.remove(&outcome.token)
+                {
+                    if delivery.qos == QoS::ExactlyOnce && tracked.done.len() < MAX_DONE {
+                        tracked.done.insert(delivery.sequence);
+                    }
+                    self.record_stream(false);
+                }
             }
             ServerEvent::DeliveryReleased(token) => {
                 let released = durability_mut(&mut self.extras).and_then(|durability| {
@@ -737,6 +791,15 @@ impl Driver {
                         entry,
                     }]);
                     self.raise_barrier(ticket);
+                }
+                if let Some(delivery) = self
+                    .extras
+                    .as_deref_mut()
+                    .and_then(|extras| extras.stream_deliveries.as_deref_mut())
+                    .and_then(|tracked| tracked.by_token.get_mut(&token))
+                {
+                    delivery.released = true;
+                    self.record_stream(true);
                 }
             }
             ServerEvent::MessageReleased(packet_id) => {
@@ -855,6 +918,79 @@ impl Driver {
             .durable
             .is_some()
             .then(|| session.client_id.clone())
+    }
+
+    /// In a cluster: moves the session's stream cursor as far as its deliveries allow (to
+    /// just before the oldest stream message not yet delivered and acknowledged, at most the
+    /// node's routed place), and sets what its record says of its QoS 2 deliveries past it;
+    /// with `wait`, the record is in the sessions bucket before the next bytes go out (a QoS
+    /// 2 PUBLISH, so that a node resuming the session sends it again under its identifier; a
+    /// PUBREL, so that it does not send it again at all).
+    fn record_stream(&mut self, wait: bool) {
+        let (Some(cluster), Some(session)) = (self.shared.cluster.get(), self.session.clone())
+        else {
+            return;
+        };
+        // Read first: whatever was routed up to it is by now waiting here, in the engine, or
+        // acknowledged.
+        let position = cluster.routed_position();
+        let (in_flight, queued) = self.engine.pending_messages();
+        let tracked = self
+            .extras
+            .get_or_insert_default()
+            .stream_deliveries
+            .get_or_insert_default();
+        let oldest_in_engine = tracked
+            .by_token
+            .values()
+            .filter(|delivery| !delivery.released)
+            .map(|delivery| delivery.sequence)
+            .min();
+        let known = in_flight + queued <= tracked.by_token.len()
+            && oldest_in_engine != Some(UNKNOWN_SEQUENCE);
+        let oldest = match session.oldest_waiting() {
+            Waiting::Unknown => None,
+            Waiting::Nothing => Some(oldest_in_engine),
+            Waiting::Oldest(sequence) => {
+                Some(Some(oldest_in_engine.map_or(sequence, |e| e.min(sequence))))
+            }
+        };
+        if let (true, Some(oldest)) = (known, oldest) {
+            let cursor = oldest.map_or(position, |oldest| position.min(oldest - 1));
+            session.stream_cursor.fetch_max(cursor, Ordering::AcqRel);
+        }
+        let cursor = session.stream_cursor.load(Ordering::Acquire);
+        tracked.done.retain(|sequence| *sequence > cursor);
+        let mut record = InFlightRecord {
+            done: tracked.done.iter().copied().collect(),
+            ..InFlightRecord::default()
+        };
+        for (token, delivery) in &tracked.by_token {
+            let packet_id = self.engine.delivery_packet_id(*token);
+            match (delivery.qos, packet_id) {
+                (QoS::ExactlyOnce, Some(packet_id)) if delivery.released => {
+                    record.released.push((delivery.sequence, packet_id));
+                }
+                (QoS::ExactlyOnce, Some(packet_id)) => {
+                    record.published.push((delivery.sequence, packet_id));
+                }
+                _ => {}
+            }
+        }
+        session.set_in_flight_record(record);
+        if wait {
+            self.save_record_before_next_bytes(&session);
+        }
+    }
+
+    /// Writes the session's record (to the store; in a cluster, to the sessions bucket too)
+    /// and makes both writes a condition for writing the next bytes.
+    fn save_record_before_next_bytes(&mut self, session: &Session) {
+        let (ticket, written) = self.shared.save_record_everywhere(session);
+        self.raise_barrier(ticket);
+        if let Some(written) = written {
+            self.extras.get_or_insert_default().record_written = Some(written);
+        }
     }
 
     /// Makes `ticket` a condition for writing the next bytes.
@@ -1098,7 +1234,7 @@ impl Driver {
         }
         // The record as this connection made it (expiry, will; subscriptions if resumed),
         // durable before CONNACK: a client told its session is kept finds it after a crash
-        // (Session Present 1).
+        // (Session Present 1). (In a cluster, the claim wrote the bucket's record already.)
         let ticket = self.shared.save_record(&session);
         self.raise_barrier(ticket);
         if let Some(durability) = durability_mut(&mut self.extras) {
@@ -1272,14 +1408,15 @@ impl Driver {
                 stored_at,
                 &self.shared.config.limits,
                 persisting.as_mut(),
+                &crate::session::Origin::Local,
             );
             if outcome.dropped {
                 self.shared.stats.dropped(Dropped::QueueFull, 1);
             }
         }
-        // The subscriptions are in the record before SUBACK goes out.
-        let ticket = self.shared.save_record(&session);
-        self.raise_barrier(ticket);
+        // The subscriptions are in the record (in a cluster, in the sessions bucket too)
+        // before SUBACK goes out.
+        self.save_record_before_next_bytes(&session);
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -1303,8 +1440,7 @@ impl Driver {
             codes,
             SubAckProperties::default(),
         );
-        let ticket = self.shared.save_record(&session);
-        self.raise_barrier(ticket);
+        self.save_record_before_next_bytes(&session);
     }
 
     /// Reads the head of a resumed session's queue from the store when no delivery in flight
@@ -1346,6 +1482,7 @@ impl Driver {
                     publish,
                     since,
                     stored: Some(reference),
+                    sequence: UNKNOWN_SEQUENCE,
                 }),
             }
         }
@@ -1409,6 +1546,8 @@ impl Driver {
         let now = self.now();
         let mut changes = Vec::new();
         let mut needs_barrier = false;
+        let cluster = self.shared.cluster.get().is_some();
+        let mut stream_qos2 = false;
         let mut inner = session.lock();
         let waiting = inner.pending.len();
         while let Some(queued) = inner.pending.front() {
@@ -1427,6 +1566,7 @@ impl Driver {
             };
             let mut publish = queued.publish;
             let stored = queued.stored;
+            let sequence = queued.sequence;
             let forget = |changes: &mut Vec<Change>| {
                 if let Some(stored) = stored {
                     changes.push(Change::DeleteEntry {
@@ -1456,6 +1596,25 @@ impl Driver {
             match self.engine.deliver(now, publish) {
                 Ok(token) => {
                     self.shared.stats.publish_sent(qos, payload);
+                    if let Some(token) = token
+                        && cluster
+                        && sequence != 0
+                    {
+                        let tracked = self
+                            .extras
+                            .get_or_insert_default()
+                            .stream_deliveries
+                            .get_or_insert_default();
+                        tracked.by_token.insert(
+                            token,
+                            StreamDelivery {
+                                sequence,
+                                qos,
+                                released: false,
+                            },
+                        );
+                        stream_qos2 |= qos == QoS::ExactlyOnce;
+                    }
                     if let (Some(token), Some(stored), Some(mut entry), Some(durability)) =
                         (token, stored, entry, durability_mut(&mut self.extras))
                     {
@@ -1483,6 +1642,9 @@ impl Driver {
         }
         let drained = inner.pending.len() < waiting;
         drop(inner);
+        if stream_qos2 {
+            self.record_stream(true);
+        }
         if !changes.is_empty() {
             let ticket = self.shared.write(changes);
             if needs_barrier {

@@ -12,7 +12,7 @@ use rallymq_codec::{
 use rallymq_topic::{Match, RetainedIndex, SharedGroup, SubscriptionIndex};
 
 use crate::config::Limits;
-use crate::session::{Persisting, Session, SessionRef};
+use crate::session::{Origin, Persisting, Session, SessionRef};
 use crate::store::Ticket;
 
 /// What the broker keeps with each subscription.
@@ -240,7 +240,14 @@ impl Router {
         limits: &Limits,
         persisting: Option<Persisting<'_>>,
     ) -> RouteOutcome {
-        self.route_to(sender, publish, limits, persisting, true)
+        self.route_to(
+            sender,
+            publish,
+            limits,
+            persisting,
+            Targets::EVERYONE,
+            &Origin::Local,
+        )
     }
 
     /// [`Router::route`], leaving out the shared groups unless `shared_groups`: in a cluster,
@@ -252,8 +259,17 @@ impl Router {
         publish: &Publish,
         limits: &Limits,
         mut persisting: Option<Persisting<'_>>,
-        shared_groups: bool,
+        targets: Targets<'_>,
+        origin: &Origin,
     ) -> RouteOutcome {
+        let (shared_groups, only) = match targets {
+            Targets::Nobody => return RouteOutcome::default(),
+            Targets::Subscribers { shared_groups } => (shared_groups, None),
+            Targets::Session(session) => (false, Some(Arc::as_ptr(session))),
+            Targets::Group(filter) => {
+                return self.route_to_group(filter, publish, limits, persisting, origin);
+            }
+        };
         let mut outcome = RouteOutcome::default();
         let Some(topic) = &publish.topic else {
             return outcome;
@@ -264,6 +280,9 @@ impl Router {
             let index = read(&self.index);
             index.for_each_match(topic, |found| match found {
                 Match::Subscription { subscriber, data } => {
+                    if only.is_some_and(|only| !std::ptr::eq(only, Arc::as_ptr(&subscriber.0))) {
+                        return;
+                    }
                     // No Local: not back to the connection that published it (MQTT-3.8.3-3).
                     if data.no_local && sender == Some(&*subscriber.0.client_id) {
                         return;
@@ -298,10 +317,11 @@ impl Router {
                 now,
                 limits,
                 persisting.as_mut(),
+                origin,
             );
         }
         for member in shared {
-            outcome.offer_shared(member, publish, now, limits, persisting.as_mut());
+            outcome.offer_shared(member, publish, now, limits, persisting.as_mut(), origin);
         }
         if let Some(persisting) = persisting {
             outcome.ticket = persisting.ticket;
@@ -313,12 +333,13 @@ impl Router {
     /// only, if the group has a member here and its filter matches the topic (`$` rule
     /// included): a cluster node's share of the group's messages. `queued` and `dropped` both 0
     /// when it has none.
-    pub(crate) fn route_to_group(
+    fn route_to_group(
         &self,
         filter: &TopicFilter,
         publish: &Publish,
         limits: &Limits,
         mut persisting: Option<Persisting<'_>>,
+        origin: &Origin,
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         let Some(topic) = &publish.topic else {
@@ -329,7 +350,14 @@ impl Router {
         }
         let picked = read(&self.index).shared_group(filter).and_then(pick_member);
         if let Some(member) = picked {
-            outcome.offer_shared(member, publish, Instant::now(), limits, persisting.as_mut());
+            outcome.offer_shared(
+                member,
+                publish,
+                Instant::now(),
+                limits,
+                persisting.as_mut(),
+                origin,
+            );
         }
         if let Some(persisting) = persisting {
             outcome.ticket = persisting.ticket;
@@ -358,6 +386,18 @@ pub(crate) enum Targets<'a> {
     Subscribers { shared_groups: bool },
     /// One member of the shared group of this filter (`$share/{group}/...`) only.
     Group(&'a TopicFilter),
+    /// This session's own subscriptions only (a cluster session replaying the stream).
+    Session(&'a Arc<Session>),
+    /// No subscriber here: a message in the cluster's stream, which brings it to this node's
+    /// subscribers too (its retained copy is kept all the same).
+    Nobody,
+}
+
+impl Targets<'_> {
+    /// Every matching subscription and shared group.
+    pub(crate) const EVERYONE: Self = Self::Subscribers {
+        shared_groups: true,
+    };
 }
 
 /// What routing one message did.
@@ -388,8 +428,9 @@ impl RouteOutcome {
         now: Instant,
         limits: &Limits,
         persisting: Option<&mut Persisting<'_>>,
+        origin: &Origin,
     ) {
-        let enqueued = session.enqueue(copy, now, limits, persisting);
+        let enqueued = session.enqueue(copy, now, limits, persisting, origin);
         self.queued += usize::from(enqueued.queued);
         self.dropped += usize::from(enqueued.dropped);
         self.full += usize::from(enqueued.full);
@@ -406,8 +447,9 @@ impl RouteOutcome {
         now: Instant,
         limits: &Limits,
         persisting: Option<&mut Persisting<'_>>,
+        origin: &Origin,
     ) {
         let copy = copy_for(publish, qos, false, identifier.into_iter().collect());
-        self.offer(session, copy, now, limits, persisting);
+        self.offer(session, copy, now, limits, persisting, origin);
     }
 }

@@ -253,6 +253,9 @@ pub(crate) struct Queued {
     pub(crate) publish: Publish,
     pub(crate) since: Instant,
     pub(crate) stored: Option<StoredRef>,
+    /// In a cluster, its sequence in the stream: 0 when it is not from the stream,
+    /// [`UNKNOWN_SEQUENCE`] when that is not known here.
+    pub(crate) sequence: u64,
 }
 
 impl Queued {
@@ -263,6 +266,7 @@ impl Queued {
             publish,
             since,
             stored: Some(StoredRef::of(loaded)),
+            sequence: UNKNOWN_SEQUENCE,
         }
     }
 }
@@ -430,6 +434,84 @@ pub(crate) struct SessionInner {
     pub(crate) durable: Option<Box<Durable>>,
     /// The latest connection, for the admin API. Boxed: 8 bytes in a session that has none.
     pub(crate) connection: Option<Box<ConnectionInfo>>,
+    /// In a cluster: what replaying the stream holds back and skips, and the QoS 2
+    /// deliveries released (see [`Replay`]). Boxed: most sessions never have one.
+    pub(crate) replay: Option<Box<Replay>>,
+    /// In a cluster: a message from the stream was queued since the session's record was
+    /// last written (its stream cursor is worth writing again).
+    pub(crate) stream_touched: bool,
+}
+
+/// Where a message routed to a session comes from: in a cluster, its place in the stream
+/// of QoS 1 and 2 messages (every QoS 1 and 2 message there reaches its subscribers through
+/// the stream, on its own node too), so that a session that replays the stream gets it once
+/// and its record can say how far it got.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) enum Origin {
+    /// Not in the stream (QoS 0, `$SYS`, retained messages sent on SUBSCRIBE, a single node).
+    #[default]
+    Local,
+    /// Read from the stream at this sequence.
+    Stream(u64),
+    /// Read again from the stream at this sequence by the session's replay: never held back.
+    Replay(u64),
+}
+
+impl Origin {
+    /// The message's sequence in the stream; 0 when it is not from the stream.
+    pub(crate) fn sequence(self) -> u64 {
+        match self {
+            Self::Local => 0,
+            Self::Stream(sequence) | Self::Replay(sequence) => sequence,
+        }
+    }
+}
+
+/// What [`Session::oldest_waiting`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// No message from the stream waits.
+    Nothing,
+    /// The oldest waiting has this sequence (those behind it have higher ones).
+    Oldest(u64),
+    /// One's sequence is not known here (in the store only, read back from it, handed over
+    /// by another node), or a replay holds messages back.
+    Unknown,
+}
+
+/// [`Queued::sequence`] of a stream message whose sequence is not known here (read back from
+/// the store, or handed over by another node).
+pub(crate) const UNKNOWN_SEQUENCE: u64 = u64::MAX;
+
+/// A session replaying the cluster's stream from its record's cursor, because the node that
+/// held its queue died. While `holding`, what routing brings that is also in the stream is
+/// held back (the replay may bring it too); once the replay has read the stream up to
+/// `through`, the held messages it did not bring are queued after it, and the stream's
+/// messages up to `through` routed later are skipped.
+///
+/// It also keeps the packet identifiers of the session's QoS 2 deliveries in flight whose
+/// PUBREC came, as its record last carried them: a node that resumes the session releases
+/// them (PUBREL) instead of sending a new message under an identifier the client still holds.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    pub(crate) holding: bool,
+    pub(crate) held: Vec<(Origin, Publish, Instant)>,
+    pub(crate) through: u64,
+    pub(crate) in_flight: InFlightRecord,
+}
+
+/// What a cluster session's record says of its QoS 2 deliveries past its stream cursor, each
+/// by its sequence in the stream: a node that resumes the session after its node died
+/// replays the stream from the cursor, and by this sends each of them once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct InFlightRecord {
+    /// Sent, not yet acknowledged (PUBREC), with their identifiers: sent again under them
+    /// with DUP, so that a client that had one does not take it as new.
+    pub(crate) published: Vec<(u64, PacketId)>,
+    /// PUBREC came (PUBREL sent): delivered, released again under their identifiers.
+    pub(crate) released: Vec<(u64, PacketId)>,
+    /// Completed (PUBCOMP): not sent again.
+    pub(crate) done: Vec<u64>,
 }
 
 impl SessionInner {
@@ -448,6 +530,15 @@ impl SessionInner {
     /// Takes the oldest message in memory (bytes counted off).
     pub(crate) fn pop_pending(&mut self) -> Option<Queued> {
         let queued = self.pending.pop_front()?;
+        self.pending_bytes = self
+            .pending_bytes
+            .saturating_sub(u64::from(message_size(&queued.publish)));
+        Some(queued)
+    }
+
+    /// Takes the message in memory at `at` (bytes counted off).
+    pub(crate) fn take_pending_at(&mut self, at: usize) -> Option<Queued> {
+        let queued = self.pending.remove(at)?;
         self.pending_bytes = self
             .pending_bytes
             .saturating_sub(u64::from(message_size(&queued.publish)));
@@ -501,6 +592,10 @@ impl Pending {
 
     pub(crate) fn push_front(&mut self, queued: Queued) {
         self.0.get_or_insert_default().push_front(queued);
+    }
+
+    pub(crate) fn remove(&mut self, at: usize) -> Option<Queued> {
+        self.0.as_mut()?.remove(at)
     }
 
     pub(crate) fn push_back(&mut self, queued: Queued) {
@@ -575,6 +670,10 @@ impl Subscriptions {
 pub(crate) struct Session {
     pub(crate) client_id: Arc<str>,
     inner: Mutex<SessionInner>,
+    /// In a cluster: the place in the stream of QoS 1 and 2 messages up to which everything
+    /// routed to the session was delivered and acknowledged (its record carries it, so that
+    /// another node can replay the rest if this one dies).
+    pub(crate) stream_cursor: AtomicU64,
 }
 
 impl Session {
@@ -582,6 +681,98 @@ impl Session {
         Self {
             client_id,
             inner: Mutex::new(SessionInner::default()),
+            stream_cursor: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the session's stream cursor to `position` (the node's routed place in the stream,
+    /// read before this call) if nothing routed to it is waiting: not queued, not in flight
+    /// (`in_flight`: the connection's engine's count, or 0 to look at the saved state), not
+    /// held by a replay.
+    pub(crate) fn advance_cursor(&self, position: u64, in_flight: usize) {
+        let inner = self.lock();
+        let saved = inner
+            .saved
+            .as_ref()
+            .map_or(0, |saved| saved.in_flight.len() + saved.queued.len());
+        if in_flight == 0
+            && saved == 0
+            && inner.queue_size().0 == 0
+            && inner.replay.as_ref().is_none_or(|replay| !replay.holding)
+        {
+            self.stream_cursor.fetch_max(position, Ordering::AcqRel);
+        }
+    }
+
+    /// The stream sequence of the oldest stream message waiting for the session here (not
+    /// yet handed to its connection), for its cursor.
+    pub(crate) fn oldest_waiting(&self) -> Waiting {
+        let inner = self.lock();
+        let tail = inner
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.tail_len > 0);
+        if tail || inner.replay.as_ref().is_some_and(|replay| replay.holding) {
+            return Waiting::Unknown;
+        }
+        match inner
+            .pending
+            .iter()
+            .map(|queued| queued.sequence)
+            .find(|s| *s != 0)
+        {
+            None => Waiting::Nothing,
+            Some(UNKNOWN_SEQUENCE) => Waiting::Unknown,
+            Some(sequence) => Waiting::Oldest(sequence),
+        }
+    }
+
+    /// Begins a replay: from now on what routing brings from the stream is held back.
+    pub(crate) fn hold_stream(&self) {
+        self.lock().replay.get_or_insert_default().holding = true;
+    }
+
+    /// What the record says of the session's QoS 2 deliveries in flight.
+    pub(crate) fn in_flight_record(&self) -> InFlightRecord {
+        self.lock()
+            .replay
+            .as_ref()
+            .map(|replay| replay.in_flight.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets what [`Session::in_flight_record`] says.
+    pub(crate) fn set_in_flight_record(&self, in_flight: InFlightRecord) {
+        let mut inner = self.lock();
+        if in_flight == InFlightRecord::default() && inner.replay.is_none() {
+            return;
+        }
+        inner.replay.get_or_insert_default().in_flight = in_flight;
+    }
+
+    /// Ends holding back (a replay done, or not needed): the held messages are returned, but
+    /// those the replay brought (stream sequence up to `through`) are left out, and from now
+    /// on routing skips the stream's messages up to `through`. Under the lock the caller
+    /// queues the returned messages in, through `queue`, so that nothing routed meanwhile
+    /// comes before them.
+    pub(crate) fn end_hold(
+        &self,
+        through: u64,
+        handed: &HashSet<u64>,
+        mut queue: impl FnMut(&Self, &mut SessionInner, Publish, Instant, u64),
+    ) {
+        let mut inner = self.lock();
+        let Some(replay) = inner.replay.as_deref_mut() else {
+            return;
+        };
+        replay.holding = false;
+        replay.through = through;
+        let held = std::mem::take(&mut replay.held);
+        for (origin, publish, since) in held {
+            let sequence = origin.sequence();
+            if sequence > through && !handed.contains(&sequence) {
+                queue(self, &mut inner, publish, since, sequence);
+            }
         }
     }
 
@@ -652,8 +843,49 @@ impl Session {
         since: Instant,
         limits: &Limits,
         persisting: Option<&mut Persisting<'_>>,
+        origin: &Origin,
     ) -> Enqueued {
         let mut inner = self.lock();
+        if let Some(replay) = inner.replay.as_deref_mut() {
+            match origin {
+                Origin::Stream(seq) if !replay.holding && *seq <= replay.through => {
+                    // The replay brought it already.
+                    return Enqueued::default();
+                }
+                Origin::Stream(_) if replay.holding => {
+                    replay.held.push((*origin, publish, since));
+                    return Enqueued {
+                        queued: true,
+                        ..Enqueued::default()
+                    };
+                }
+                _ => {}
+            }
+        }
+        if !matches!(origin, Origin::Local) {
+            inner.stream_touched = true;
+        }
+        self.enqueue_locked(
+            &mut inner,
+            publish,
+            since,
+            limits,
+            persisting,
+            origin.sequence(),
+        )
+    }
+
+    /// [`Session::enqueue`] under the session's lock, taken by the caller; `sequence` is the
+    /// message's in the cluster's stream (0: not from it).
+    pub(crate) fn enqueue_locked(
+        &self,
+        inner: &mut SessionInner,
+        publish: Publish,
+        since: Instant,
+        limits: &Limits,
+        persisting: Option<&mut Persisting<'_>>,
+        sequence: u64,
+    ) -> Enqueued {
         let online = inner.attachment.is_some();
         if !online && publish.qos == QoS::AtMostOnce {
             // QoS 0 messages are not kept for offline sessions (MQTT 5 §3.1.2.4 allows either).
@@ -734,7 +966,7 @@ impl Session {
                     stored = Some(reference);
                 }
                 if stored.is_none() {
-                    enqueued.congested = self.congestion(&mut inner, limits);
+                    enqueued.congested = self.congestion(inner, limits);
                     return enqueued;
                 }
             }
@@ -742,9 +974,10 @@ impl Session {
                 publish,
                 since,
                 stored,
+                sequence,
             });
         }
-        enqueued.congested = self.congestion(&mut inner, limits);
+        enqueued.congested = self.congestion(inner, limits);
         if enqueued.queued
             && let Some(attachment) = &inner.attachment
         {
@@ -779,7 +1012,7 @@ fn high_water(limits: &Limits) -> usize {
 }
 
 /// What became of a message offered to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Enqueued {
     /// The message is in the queue.
     pub(crate) queued: bool,

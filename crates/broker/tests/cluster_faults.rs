@@ -287,32 +287,12 @@ async fn consumer_state(servers: &[NatsServer], node_id: &str) -> String {
     format!("stream {state}\nconsumer {consumer}")
 }
 
-/// Publishes one QoS 1 message again and again (bounded by [`RECOVERY`]) until it is
-/// acknowledged with success; how many tries that took.
+/// [`support::cluster::publish_until_acknowledged`] on `nq/t`, within [`RECOVERY`], which must
+/// succeed.
 async fn publish_until_acknowledged(publisher: &mut TestClient<TcpStream>, payload: &str) -> usize {
-    let deadline = Instant::now() + RECOVERY;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let outcome = publisher
-            .publish_outcome_within(message("nq/t", payload, QoS::AtLeastOnce), ACK_WITHIN)
-            .await;
-        if matches!(
-            outcome,
-            Ok(ReasonCode::Success | ReasonCode::NoMatchingSubscribers)
-        ) {
-            return tries;
-        }
-        assert!(
-            !matches!(outcome, Err(Some(_))),
-            "the MQTT 5 publisher was closed: {outcome:?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{payload}: not acknowledged within {RECOVERY:?} of the servers' return: {outcome:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::cluster::publish_until_acknowledged(publisher, "nq/t", payload, RECOVERY, ACK_WITHIN)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure} (since the servers' return)"))
 }
 
 /// PUBACK waits for the stream: with two of three NATS servers SIGKILLed the stream has no

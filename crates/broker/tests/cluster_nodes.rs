@@ -2,45 +2,32 @@
 //! cluster in `$SYS` and the admin API, with a real `nats-server` (Debian's package; a missing
 //! one fails the tests).
 //!
-//! A node that must die for real runs in a child process: this test binary started again to
-//! run only the ignored [`child_node`] (which starts a broker from the environment it is given,
-//! prints its address and serves until its standard input closes), then killed with SIGKILL.
-//! Dropping or shutting down a `BrokerHandle` is a clean stop, which is not what is tested.
+//! A node that must die for real runs in a child process ([`support::child::ChildNode`]), killed
+//! with SIGKILL.
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind, Storage};
-use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind};
+use rallymq_codec::{
+    Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
+};
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
+use support::child::ChildNode;
 use support::{
-    TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
+    NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, http, message, payload_str,
     persistent_connect, recv_until_quiet, start_broker, subscription, tcp_addr, topic_str,
 };
 use tokio::net::TcpStream;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-/// The environment that makes [`child_node`] start a node: the NATS server's URL.
-const CHILD_NATS: &str = "RALLYMQ_TEST_CHILD_NATS";
-/// The child node's id.
-const CHILD_ID: &str = "RALLYMQ_TEST_CHILD_NODE_ID";
-/// The child node's data directory, if it keeps one.
-const CHILD_DATA: &str = "RALLYMQ_TEST_CHILD_DATA_DIR";
-/// What the child prints before its address.
-const CHILD_ADDR: &str = "rallymq-child-node-tcp=";
-/// The longest a child node serves if nobody closes its standard input.
-const CHILD_LIFETIME: Duration = Duration::from_secs(120);
 
 /// How long a dead node takes to be seen dead (3 missed beats of 1 s) and its wills to be
 /// claimed, with room for a loaded machine.
@@ -52,94 +39,12 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// Payloads of warm-up messages start with this; counts ignore them.
 const PROBE: &str = "probe";
 
-/// Not a test: the body of a child node (see the module's documentation). Ignored, so that it
-/// runs only when a test starts it with `--ignored --exact child_node`.
+/// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only
+/// when a test starts it with `--ignored --exact child_node`.
 #[test]
 #[ignore = "run by the tests of this file in a child process"]
 fn child_node() {
-    let (Ok(nats), Ok(id)) = (std::env::var(CHILD_NATS), std::env::var(CHILD_ID)) else {
-        panic!("{CHILD_NATS} and {CHILD_ID} are not set: this is run by the other tests");
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let data_dir = std::env::var_os(CHILD_DATA);
-    let node = runtime.block_on(async {
-        start_broker(|config| {
-            config.cluster = Some(ClusterConfig {
-                node_id: Some(id),
-                ..ClusterConfig::new([nats])
-            });
-            if let Some(dir) = data_dir {
-                config.storage = Storage::Directory(dir.into());
-            }
-        })
-        .await
-    });
-    println!("{CHILD_ADDR}{}", tcp_addr(&node));
-    // Serves (on the runtime's threads) until the parent closes stdin or dies, or kills this
-    // process.
-    let (closed_tx, closed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
-        let _ = closed_tx.send(());
-    });
-    let _ = closed.recv_timeout(CHILD_LIFETIME);
-    drop(node);
-}
-
-/// A node in a child process, killed when dropped.
-struct ChildNode {
-    process: Child,
-    addr: SocketAddr,
-}
-
-impl ChildNode {
-    fn start(nats: &NatsServer, id: &str) -> Self {
-        Self::start_with(nats, id, None)
-    }
-
-    /// A child node keeping its sessions in `data_dir`.
-    fn start_with(nats: &NatsServer, id: &str, data_dir: Option<&Path>) -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
-        if let Some(dir) = data_dir {
-            command.env(CHILD_DATA, dir);
-        }
-        let mut process = command
-            .args(["child_node", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_NATS, nats.url())
-            .env(CHILD_ID, id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the child node starts");
-        let stdout = process.stdout.take().expect("its stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.strip_prefix(CHILD_ADDR) {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address"));
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT * 2)
-            .expect("the child node prints its address");
-        Self { process, addr }
-    }
-
-    /// SIGKILL: the node gets no chance to leave the cluster or publish anything.
-    fn kill(&mut self) {
-        self.process.kill().expect("SIGKILL");
-        self.process.wait().expect("the child ends");
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
+    support::child::run_child_node();
 }
 
 async fn in_process_node(nats: &NatsServer, id: &str, sys: bool) -> BrokerHandle {
@@ -610,4 +515,427 @@ async fn cluster_mqtt_3_1_3_9_will_not_sent_when_the_session_resumes_on_another_
         copies_of(&["wills/gone"]),
         "the will of the client that came back is not sent, the other's is"
     );
+}
+
+/// Whether a PUBACK's reason code acknowledges (a node with no subscriber of its own says
+/// 0x10, the message crosses all the same).
+fn acknowledged(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::Success | ReasonCode::NoMatchingSubscribers
+    )
+}
+
+/// Whether `payloads` (`<publisher>-<n>`) hold each of `expected` exactly once, each
+/// publisher's in order; the first problem otherwise.
+fn once_in_order(payloads: &[String], expected: &[String]) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    let mut last: BTreeMap<&str, u32> = BTreeMap::new();
+    for payload in payloads {
+        *seen.entry(payload.as_str()).or_insert(0usize) += 1;
+        let (publisher, n) = payload.rsplit_once('-').ok_or(format!("{payload:?}"))?;
+        let n: u32 = n.parse().map_err(|_| format!("{payload:?}"))?;
+        if let Some(before) = last.insert(publisher, n)
+            && before >= n
+        {
+            return Err(format!("{payload} came after {publisher}-{before}"));
+        }
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|payload| !seen.contains_key(payload.as_str()))
+        .collect();
+    let twice: Vec<(&&str, &usize)> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    if missing.is_empty() && twice.is_empty() && seen.len() == expected.len() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing {missing:?}, more than once {twice:?}, {} distinct of {}",
+            seen.len(),
+            expected.len()
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_2_qos1_queued_on_a_killed_node_reaches_the_session_resumed_on_another_node()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-replay-store");
+    let data_dir = data.path("node-a");
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let b = in_process_node(&nats, "node-b", false).await;
+
+    // The subscriber's session lives on A, offline.
+    let (mut subscriber, present) =
+        connected_present(a.addr, persistent_connect(V5, "replayed", 600)).await;
+    assert!(!present);
+    subscriber
+        .subscribe(vec![subscription("q/#", QoS::AtLeastOnce)])
+        .await;
+    subscriber.disconnect(ReasonCode::Success).await;
+
+    // Queued for it on A: from B (through the stream) and from A itself.
+    let mut on_b = connect(tcp_addr(&b), connect_packet(V5, "pub-b")).await;
+    let mut on_a = connect(a.addr, connect_packet(V5, "pub-a")).await;
+    let mut expected = Vec::new();
+    for n in 0..20 {
+        let payload = format!("b-{n}");
+        let code = on_b
+            .publish(message("q/b", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    for n in 0..10 {
+        let payload = format!("a-{n}");
+        let code = on_a
+            .publish(message("q/a", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    // A has routed them into the session's queue (in its store) by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill();
+
+    let mut resume = persistent_connect(V5, "replayed", 600);
+    resume.clean_start = false;
+    let (mut subscriber, present) = connected_present(tcp_addr(&b), resume).await;
+    assert!(present, "the session resumed on B from the sessions bucket");
+    // Published while B replays the stream: held back, then queued once.
+    for n in 0..10 {
+        let payload = format!("c-{n}");
+        let code = on_b
+            .publish(message("q/c", &payload, QoS::AtLeastOnce))
+            .await;
+        assert!(acknowledged(code), "{payload} acknowledged: {code:?}");
+        expected.push(payload);
+    }
+    let received = support::payloads_until_quiet(&mut subscriber, expected.len(), QUIET).await;
+    if let Err(problem) = once_in_order(&received, &expected) {
+        panic!(
+            "what A had queued, and what came since, once each in order: {problem}; got {received:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_4_a_subscription_acknowledged_by_a_killed_node_is_in_the_session_resumed_elsewhere()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-suback-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (mut subscriber, connack) =
+        Raw::connect(a.addr, persistent_connect(V5, "subscribed", 600)).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+
+    // While the sessions bucket cannot take the record, the SUBSCRIBE is not acknowledged
+    // (A's own store has it at once; the wait for the retained copy gives up after 1 s).
+    nats.pause();
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: vec![subscription("late/1", QoS::AtLeastOnce)],
+        }))
+        .await;
+    let early = subscriber.next_within(Duration::from_millis(2500)).await;
+    nats.resume();
+    assert_eq!(
+        early.map(|packet| format!("{packet:?}")),
+        Err(NoPacket::Timeout),
+        "no SUBACK before the sessions bucket has the subscription"
+    );
+    match subscriber.next_within(WAIT).await {
+        Ok(Packet::SubAck(_)) => {}
+        other => panic!("SUBACK once NATS answers again: {other:?}"),
+    }
+    // At once after SUBACK.
+    a.kill();
+
+    let mut resume = persistent_connect(V5, "subscribed", 600);
+    resume.clean_start = false;
+    let (mut subscriber, present) = connected_present(tcp_addr(&b), resume).await;
+    assert!(present, "the session resumed on B");
+    let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "late-pub")).await;
+    let code = publisher
+        .publish(message("late/1", "late-1", QoS::AtLeastOnce))
+        .await;
+    assert!(acknowledged(code), "{code:?}");
+    let received = support::payloads_until_quiet(&mut subscriber, 1, QUIET).await;
+    assert_eq!(
+        received,
+        ["late-1"],
+        "the subscription SUBACK acknowledged is in the record B resumed"
+    );
+}
+
+/// A QoS 2 receiver over a raw connection that keeps its session state across connections,
+/// as a client library does: a PUBLISH whose identifier awaits PUBREL is a resend (answered,
+/// not taken again); PUBREL frees its identifier.
+struct Qos2Receiver {
+    awaiting_release: HashSet<PacketId>,
+    payloads: Vec<String>,
+    /// PUBRELs received for identifiers not awaiting release.
+    unknown_releases: usize,
+    /// How long it takes before it answers a PUBLISH (a slow subscriber).
+    pace: Duration,
+}
+
+/// Where a QoS 2 flow stops for [`Qos2Receiver::receive_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH received, PUBREC not sent.
+    Published,
+    /// PUBREC sent and PUBREL received, PUBCOMP not sent.
+    Released,
+    /// PUBCOMP sent.
+    Completed,
+}
+
+impl Qos2Receiver {
+    fn new() -> Self {
+        Self {
+            awaiting_release: HashSet::new(),
+            payloads: Vec::new(),
+            unknown_releases: 0,
+            pace: Duration::ZERO,
+        }
+    }
+
+    /// Reads from `raw`, answering, until `count` messages have come and the last one's flow
+    /// is at `stage` (its next answer not sent), the connection closes, or `within` ends.
+    async fn receive_until(&mut self, raw: &mut Raw, count: usize, stage: Stage, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let packet = match raw.next_within(left).await {
+                Ok(packet) => packet,
+                Err(_) => return,
+            };
+            match packet {
+                Packet::Publish(publish) => {
+                    let Some(packet_id) = publish.packet_id else {
+                        continue;
+                    };
+                    if self.awaiting_release.insert(packet_id) {
+                        self.payloads.push(payload_str(&publish));
+                    }
+                    if self.payloads.len() >= count && stage == Stage::Published {
+                        return;
+                    }
+                    tokio::time::sleep(self.pace).await;
+                    raw.send(Packet::PubRec(Ack::new(packet_id))).await;
+                }
+                Packet::PubRel(ack) => {
+                    if !self.awaiting_release.remove(&ack.packet_id) {
+                        self.unknown_releases += 1;
+                    }
+                    if self.payloads.len() >= count
+                        && stage == Stage::Released
+                        && self.awaiting_release.is_empty()
+                    {
+                        return;
+                    }
+                    raw.send(Packet::PubComp(Ack::new(ack.packet_id))).await;
+                    if self.payloads.len() >= count
+                        && stage == Stage::Completed
+                        && self.awaiting_release.is_empty()
+                    {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A QoS 2 subscriber on A gets messages published on B one at a time (each flow complete
+/// before the next publish: it keeps up); A is SIGKILLed while the 26th is at `stage`; the
+/// subscriber resumes on B and every message arrives once, in order.
+async fn qos2_once_through_the_death_of_its_node(stage: Stage) {
+    const MESSAGES: usize = 40;
+    const KILLED_AT: usize = 26;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-qos2-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let (mut raw, connack) = Raw::connect(a.addr, persistent_connect(V5, "exactly", 600)).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("x/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "exactly-pub")).await;
+    let mut receiver = Qos2Receiver::new();
+    for n in 0..MESSAGES {
+        let code = publisher
+            .publish(message("x/1", &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+        let killed_now = n + 1 == KILLED_AT;
+        let until = if killed_now { stage } else { Stage::Completed };
+        receiver
+            .receive_until(&mut raw, n + 1, until, WAIT * 2)
+            .await;
+        assert!(
+            receiver.payloads.len() > n,
+            "p-{n} arrived; got {:?}",
+            receiver.payloads
+        );
+        if killed_now {
+            a.kill();
+            let mut resume = persistent_connect(V5, "exactly", 600);
+            resume.clean_start = false;
+            let connack;
+            (raw, connack) = Raw::connect(tcp_addr(&b), resume).await;
+            assert!(connack.session_present, "the session resumed on B");
+            // What B resends of the flow A left (a PUBLISH with DUP, or a PUBREL) is
+            // answered here.
+            receiver
+                .receive_until(&mut raw, n + 1, Stage::Completed, QUIET)
+                .await;
+        }
+    }
+    // A duplicate would come within this.
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, through A's death at {stage:?}: {problem}");
+    }
+    assert!(
+        receiver.awaiting_release.is_empty(),
+        "every identifier released in the end: {:?} left",
+        receiver.awaiting_release
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_sent_when_its_node_died_comes_again_under_its_identifier_once() {
+    qos2_once_through_the_death_of_its_node(Stage::Published).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_released_when_its_node_died_is_released_not_sent_again() {
+    qos2_once_through_the_death_of_its_node(Stage::Released).await;
+}
+
+/// A slow QoS 2 subscriber on A (a backlog waits for it) while its node is SIGKILLed: on B
+/// it gets every message once, in order (its record lists the deliveries past its cursor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_to_a_subscriber_with_a_backlog_once_through_the_death_of_its_node()
+{
+    const MESSAGES: usize = 120;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-qos2-backlog-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut v5 = persistent_connect(V5, "backlogged", 600);
+    v5.properties.receive_maximum = std::num::NonZeroU16::new(8);
+    let (mut raw, connack) = Raw::connect(a.addr, v5.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("y/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let publisher_addr = tcp_addr(&b);
+    let publishing = tokio::spawn(async move {
+        let mut publisher = connect(publisher_addr, connect_packet(V5, "backlog-pub")).await;
+        for n in 0..MESSAGES {
+            let code = publisher
+                .publish(message("y/1", &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    });
+    let mut receiver = Qos2Receiver::new();
+    receiver.pace = Duration::from_millis(15);
+    receiver
+        .receive_until(&mut raw, 40, Stage::Completed, WAIT * 4)
+        .await;
+    assert!(receiver.payloads.len() >= 40, "40 through A first");
+    a.kill();
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5).await;
+    assert!(connack.session_present, "the session resumed on B");
+    receiver.pace = Duration::ZERO;
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
+        .await;
+    publishing.await.expect("the publisher");
+    // A duplicate would come within this.
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, through A's death with a backlog: {problem}");
+    }
+}
+
+/// A QoS 2 subscriber moves from A to B (both alive) while messages flow: what A routed
+/// before it let the session go comes in its handover, what B routed meanwhile is not queued
+/// again, and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_nodes_arrives_once() {
+    const MESSAGES: usize = 300;
+    let nats = NatsServer::start();
+    let a = in_process_node(&nats, "node-a", false).await;
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut v5 = persistent_connect(V5, "mover2", 600);
+    let (mut raw, connack) = Raw::connect(tcp_addr(&a), v5.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription("mv2/#", QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+
+    let publisher_addr = tcp_addr(&a);
+    let publishing = tokio::spawn(async move {
+        let mut publisher = connect(publisher_addr, connect_packet(V5, "mover2-pub")).await;
+        for n in 0..MESSAGES {
+            let code = publisher
+                .publish(message("mv2/1", &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    });
+    let mut receiver = Qos2Receiver::new();
+    receiver
+        .receive_until(&mut raw, 60, Stage::Completed, WAIT * 4)
+        .await;
+    assert!(receiver.payloads.len() >= 60, "60 through A first");
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5).await;
+    assert!(connack.session_present, "the session moved to B");
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
+        .await;
+    publishing.await.expect("the publisher");
+    receiver
+        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, while the session moved: {problem}");
+    }
 }

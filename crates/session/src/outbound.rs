@@ -84,6 +84,15 @@ impl Outbound {
         self.in_flight.len()
     }
 
+    /// The identifiers of the in-flight messages whose PUBREC came (PUBREL sent).
+    pub(crate) fn released_packet_ids(&self) -> Vec<PacketId> {
+        self.in_flight
+            .iter()
+            .filter(|m| m.stage == OutgoingStage::Released)
+            .filter_map(|m| m.publish.packet_id)
+            .collect()
+    }
+
     pub(crate) fn has_room(&self) -> bool {
         self.in_flight.len() < usize::from(self.max_in_flight)
     }

@@ -645,6 +645,13 @@ impl ServerConnection {
         self.core.outbound.packet_id_of(token)
     }
 
+    /// The packet identifiers of the outgoing QoS 2 messages in flight whose PUBREC came:
+    /// delivered, with only PUBREL and PUBCOMP left (a broker that records them lets a
+    /// successor release them rather than use an identifier the client still holds).
+    pub fn released_packet_ids(&self) -> Vec<PacketId> {
+        self.core.outbound.released_packet_ids()
+    }
+
     /// QoS 1 and 2 deliveries in flight and queued.
     pub fn pending_messages(&self) -> (usize, usize) {
         (

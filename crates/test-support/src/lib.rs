@@ -367,6 +367,25 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
+    /// Stops the server's process (SIGSTOP) without closing anything: its clients' requests
+    /// wait unanswered, as behind a stalled network, until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a server stopped by [`NatsServer::pause`] go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill {signal} the NATS server");
+    }
+
     /// Whether the server process is running (not killed, not exited).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -30,6 +30,7 @@
 //! one surviving node ([`nodes`]).
 
 mod nodes;
+mod replay;
 mod sessions;
 mod share;
 mod stream;
@@ -37,7 +38,7 @@ mod subject;
 
 pub(crate) use nodes::NodeState;
 pub(crate) use sessions::Sessions;
-pub(crate) use stream::StreamAck;
+pub(crate) use stream::{StreamAck, Written};
 pub use stream::{StreamSettings, StreamStorage};
 
 use std::collections::HashMap;
@@ -270,6 +271,8 @@ pub(crate) struct Link {
     nodes: Arc<nodes::Nodes>,
     /// Who owns each client id's session, and takeovers between nodes.
     sessions: Arc<Sessions>,
+    /// The place in the stream up to which this node has routed every message.
+    routed: Arc<AtomicU64>,
     /// The receiving halves, taken by [`Link::spawn`].
     parts: Mutex<Option<Parts>>,
 }
@@ -347,8 +350,9 @@ impl Link {
             data_dir,
         )
         .await?;
+        let routed = stream_parts.routed();
         let (sessions, sessions_parts) =
-            Sessions::open(&client, &node_id, stream::replicas(&client)).await?;
+            Sessions::open(&client, &node_id, stream::replicas(&client), routed.clone()).await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);
@@ -368,6 +372,7 @@ impl Link {
             dropped: AtomicU64::new(0),
             nodes: Arc::new(nodes),
             sessions,
+            routed,
             parts: Mutex::new(Some(Parts {
                 outbound,
                 retained,
@@ -389,6 +394,13 @@ impl Link {
     /// The sessions shared by the nodes.
     pub(crate) fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// The place in the stream of QoS 1 and 2 messages up to which this node has routed
+    /// every message: read before finding a session with nothing waiting, it is where that
+    /// session's stream cursor can move to.
+    pub(crate) fn routed_position(&self) -> u64 {
+        self.routed.load(Ordering::Acquire)
     }
 
     /// Starts the tasks that publish to the cluster and deliver what comes from it: after the
@@ -465,6 +477,14 @@ impl Link {
         !self.nodes.previous_run_crashed()
     }
 
+    /// Whether node `id` beats (as this node's watch of the heartbeats saw last).
+    pub(crate) fn node_is_live(&self, id: &str) -> bool {
+        self.nodes
+            .states()
+            .iter()
+            .any(|node| node.id == id && node.live)
+    }
+
     /// The cluster's nodes as this node knows them, by id.
     pub(crate) fn nodes(&self) -> Vec<NodeState> {
         self.nodes.states()
@@ -482,7 +502,13 @@ impl Link {
     /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the
     /// returned [`StreamAck`], which for a retained message covers the retained bucket's
     /// write too.
-    pub(crate) fn forward(&self, sender: Option<&str>, publish: &Publish) -> Forwarded {
+    /// `message_id`: the message's id in the stream, when the caller gives one.
+    pub(crate) fn forward(
+        &self,
+        sender: Option<&str>,
+        publish: &Publish,
+        message_id: Option<&str>,
+    ) -> Forwarded {
         let mut forwarded = Forwarded::default();
         let Some(topic) = publish.topic.as_ref() else {
             return forwarded;
@@ -530,7 +556,7 @@ impl Link {
             }
         }
         if !qos0 {
-            let ack = self.stream.write(subject, envelope);
+            let ack = self.stream.write(subject, envelope, message_id);
             forwarded.stream = Some(match retained {
                 Some(retained) => ack.with_retained(retained),
                 None => ack,
@@ -740,8 +766,12 @@ async fn retained_bucket(
     .await
 }
 
-/// A KV bucket (one revision per key, file storage, one replica), created by the first node
-/// that needs it; `max_age` zero keeps keys until deleted.
+/// A KV bucket (one revision per key, file storage, as many replicas as the stream of QoS 1
+/// and 2 messages by default: one per NATS server, at most 3), created by the first node that
+/// needs it; `max_age` zero keeps keys until deleted. With one replica, the death of the
+/// server holding a bucket stopped what it serves: retained QoS 1 publishes were refused,
+/// heartbeats failed (live nodes were taken for dead and their clients' wills published),
+/// wills could not be claimed.
 ///
 /// Its stream is made here as async-nats's `create_key_value` makes a bucket's, because that
 /// function first reads the account's JetStream settings in a form servers before 2.10 do not
@@ -752,7 +782,7 @@ async fn kv_bucket(
     description: &str,
     max_age: Duration,
 ) -> Result<async_nats::jetstream::kv::Store, Error> {
-    kv_bucket_with(client, name, description, max_age, 0).await
+    kv_bucket_with(client, name, description, max_age, stream::replicas(client)).await
 }
 
 /// [`kv_bucket`] with `replicas` copies of each key (0: the server's default, one).
@@ -1038,7 +1068,7 @@ fn deliver(
         }
     });
     if owner == Some(id) {
-        shared.publish_received(sender.as_deref(), &publish, None);
+        shared.publish_received(sender.as_deref(), &publish, 0, None);
     }
 }
 

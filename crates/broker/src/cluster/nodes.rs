@@ -17,8 +17,10 @@
 //!   to the retained bucket when retained), and deletes each will's key once published. It also
 //!   takes over (compare-and-set on the revision) the claims the dead run held, and publishes
 //!   what is left of those wills.
-//! - A node only judges others while its own beats come back through its watch: a node whose
-//!   watch has stalled sees everyone silent, and must not publish live nodes' wills.
+//! - A node only judges others while its own beats come back through its watch, and have for
+//!   as long as it gives others to beat: a node whose watch has stalled sees everyone silent,
+//!   and after an outage of the NATS servers everyone's last beat is old; neither must
+//!   publish live nodes' wills.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -130,6 +132,11 @@ pub(super) struct Nodes {
     changes: mpsc::UnboundedSender<WillChange>,
     /// Every node's last change seen by the watch.
     seen: Mutex<BTreeMap<String, Seen>>,
+    /// Since when this node's own beats have come back without a gap: it judges others only
+    /// once they have had as long as it allows them to beat. (After a majority of the NATS
+    /// servers came back, every node's last beat was old, and the first node to beat again
+    /// took the others for dead, publishing the wills of their live clients.)
+    watching_since: Mutex<Option<Instant>>,
     /// Held while a beat is written, and set once the node has left: no beat after the key's
     /// delete brings it back.
     left: tokio::sync::Mutex<bool>,
@@ -245,6 +252,7 @@ impl Nodes {
             wills: Mutex::default(),
             changes,
             seen: Mutex::default(),
+            watching_since: Mutex::default(),
             left: tokio::sync::Mutex::new(false),
             run_file,
             previous_run_crashed,
@@ -526,20 +534,34 @@ impl Nodes {
                     }
                     return;
                 }
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                let outcome = shared.publish(Some(&client_id), &will);
-                // Not kept across the wait: the broker's state (and its store) must not outlive
-                // a shutdown in this task.
-                drop(shared);
                 // The record goes once the will is where the other nodes read it (QoS 1 and 2:
-                // the stream); kept otherwise, for want of anything better than a log line.
-                if let Some(stream) = outcome.stream
-                    && let Err(error) = stream.stored().await
-                {
-                    warn!(%error, %key, "cluster: a dead node's will did not reach the stream");
-                    return;
+                // the stream, tried again while it refuses, under one message id so that the
+                // stream keeps one copy of a write that timed out but was stored).
+                let message_id = format!("will.{key}");
+                let mut attempt = 0;
+                loop {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let outcome = shared.publish_identified(Some(&client_id), &will, &message_id);
+                    // Not kept across the wait: the broker's state (and its store) must not
+                    // outlive a shutdown in this task.
+                    drop(shared);
+                    let Some(stream) = outcome.stream else {
+                        break;
+                    };
+                    match stream.stored().await {
+                        Ok(()) => break,
+                        Err(error) if attempt + 1 >= WILL_ATTEMPTS => {
+                            warn!(%error, %key, "cluster: a dead node's will did not reach the stream; its record is kept");
+                            return;
+                        }
+                        Err(error) => {
+                            debug!(%error, %key, "cluster: a dead node's will did not reach the stream; trying again");
+                            attempt += 1;
+                            tokio::time::sleep(RETRY_DELAY).await;
+                        }
+                    }
                 }
                 if let Err(error) = bucket.delete(&key).await {
                     warn!(%error, %key, "cluster: a published will's record was not deleted");
@@ -549,23 +571,45 @@ impl Nodes {
     }
 }
 
-/// The keys of `bucket` that start with `prefix`.
+/// The keys of `bucket` that start with `prefix`. A listing that fails (the bucket's
+/// servers in election, or down) is tried again, [`LIST_ATTEMPTS`] times at most: a claimer
+/// that went on with none held the dead node's wills unpublished.
 async fn list(bucket: &Store, prefix: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    match bucket.keys().await {
-        Ok(mut listed) => {
-            while let Some(key) = listed.next().await {
-                match key {
-                    Ok(key) if key.starts_with(prefix) => keys.push(key),
-                    Ok(_) => {}
-                    Err(error) => warn!(%error, %prefix, "cluster: listing a bucket's keys"),
-                }
-            }
+    let mut failure = String::new();
+    for attempt in 0..LIST_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(RETRY_DELAY).await;
         }
-        Err(error) => warn!(%error, %prefix, "cluster: cannot list a bucket's keys"),
+        match list_once(bucket, prefix).await {
+            Ok(keys) => return keys,
+            Err(error) => failure = error,
+        }
     }
-    keys
+    warn!(error = %failure, %prefix, "cluster: cannot list a bucket's keys");
+    Vec::new()
 }
+
+async fn list_once(bucket: &Store, prefix: &str) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut listed = bucket.keys().await.map_err(|e| e.to_string())?;
+    while let Some(key) = listed.next().await {
+        match key {
+            Ok(key) if key.starts_with(prefix) => keys.push(key),
+            Ok(_) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Ok(keys)
+}
+
+/// How many times a failed listing of a bucket is tried.
+const LIST_ATTEMPTS: u32 = 30;
+
+/// How many times a dead node's will is sent to the stream before it is given up.
+const WILL_ATTEMPTS: u32 = 30;
+
+/// How long a node waits before trying again a listing or a will the cluster refused.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Writes will records to the bucket, in order.
 async fn write_wills(bucket: Store, mut changes: mpsc::UnboundedReceiver<WillChange>) {
@@ -688,6 +732,15 @@ impl Nodes {
         match entry.operation {
             Operation::Put => {
                 let beat = serde_json::from_slice::<Beat>(&entry.value).ok()?;
+                if entry.key == self.node_id {
+                    let gap = seen
+                        .get(&entry.key)
+                        .is_none_or(|own| own.changed.elapsed() > self.dead_after());
+                    let mut watching_since = crate::lock(&self.watching_since);
+                    if gap || watching_since.is_none() {
+                        *watching_since = Some(Instant::now());
+                    }
+                }
                 let now = Seen {
                     beat,
                     revision: entry.revision,
@@ -712,7 +765,8 @@ impl Nodes {
         let seen = crate::lock(&self.seen);
         let watching = seen.get(&self.node_id).is_some_and(|own| {
             own.beat.incarnation == self.incarnation && own.changed.elapsed() <= dead_after
-        });
+        }) && crate::lock(&self.watching_since)
+            .is_some_and(|since| since.elapsed() > dead_after);
         if !watching {
             return Vec::new();
         }

@@ -20,10 +20,19 @@
 //!   whose claim is older than one this node gave the session up to (or than its own latest) is
 //!   refused before it attaches. So of many simultaneous connects, the one with the highest
 //!   revision stays, and every other is closed or refused.
-//! - If A does not answer (down, or too slow), B resumes from the record alone: the
-//!   subscriptions, without the messages that were queued on A.
+//! - If A does not answer (down, or too slow), or answers that it has no such session (it
+//!   restarted without its store), B resumes from the record: the subscriptions, and the
+//!   record's *stream cursor*, the place in the stream of QoS 1 and 2 messages up to which
+//!   everything routed to the session had been delivered and acknowledged. B replays the
+//!   stream from there to the session ([`super::replay`]): what A had queued or in flight
+//!   comes again (QoS 1 at least once).
+//! - A node moves a session's cursor to its routed place in the stream whenever the session
+//!   has nothing waiting (its connection is quiet; an offline one, at the broker's sweep
+//!   every second), and writes it to the record when it moved and the session got a
+//!   message since the last write, or every [`CURSOR_REFRESH`] otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,10 +44,10 @@ use rallymq_session::{OutgoingMessage, OutgoingStage, PublishToken, SessionState
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{subject, valid_node_id};
+use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
-use crate::session::{Control, Queued, Session, delivered_copy};
+use crate::session::{Control, InFlightRecord, Queued, Session, UNKNOWN_SEQUENCE, delivered_copy};
 use crate::stats::Dropped;
 use crate::store::record::{self, Reader};
 use crate::store::{SessionRecord, Ticket, session_expired};
@@ -47,8 +56,17 @@ use crate::store::{SessionRecord, Ticket, session_expired};
 /// record (see [`encode_value`]), one revision kept.
 pub(crate) const SESSIONS_BUCKET: &str = "rallymq_sessions";
 
-/// The format version of the bucket's values, and of takeover requests and replies.
+/// The format version of takeover requests, and of the bucket's first values (without a
+/// stream cursor).
 const FORMAT_V1: u8 = 1;
+
+/// The format version of the bucket's values with a stream cursor, and of takeover replies
+/// (with the stream sequences of what is handed over; a node of the first format's reply is
+/// not read, and the session resumes as from a node that did not answer).
+const FORMAT_V2: u8 = 2;
+
+/// How often a session's cursor that moved is written when the session got nothing since.
+const CURSOR_REFRESH: Duration = Duration::from_secs(60);
 
 /// How many times a claim reads the key again after losing a race for it.
 const CLAIM_ATTEMPTS: u32 = 50;
@@ -61,6 +79,12 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the new owner waits for the old one's answer before resuming from the record.
 const ASK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How many times a node that still beats is asked for a session before it is taken as gone.
+const ASK_ATTEMPTS: u32 = 5;
+
+/// How long the new owner waits before asking a node that beats again.
+const ASK_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// How long the old owner waits for its connection to close and hand over its state.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,6 +115,8 @@ struct Claimed {
     generation: u64,
     /// When this entry last changed.
     touched: Instant,
+    /// The stream cursor this node last wrote to the record, and when.
+    cursor: (u64, Instant),
 }
 
 impl Claimed {
@@ -100,6 +126,7 @@ impl Claimed {
             released: 0,
             generation: 0,
             touched: Instant::now(),
+            cursor: (0, Instant::now()),
         }
     }
 
@@ -117,6 +144,12 @@ struct Write {
     generation: u64,
     /// `None`: the session ended.
     record: Option<SessionRecord>,
+    /// The session's stream cursor.
+    cursor: u64,
+    /// Its QoS 2 deliveries in flight.
+    in_flight: InFlightRecord,
+    /// Told when the bucket has the write (or refused it).
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// The previous owner of a claimed key, and the session it recorded.
@@ -125,12 +158,18 @@ struct Previous {
     owner: String,
     /// `None`: the session had ended.
     record: Option<SessionRecord>,
+    /// The session's stream cursor (`None`: a value of the first format, without one).
+    cursor: Option<u64>,
+    /// Its QoS 2 deliveries in flight, when the record was written.
+    in_flight: InFlightRecord,
 }
 
-/// A CONNECT's claim of its client id: the key's revision it wrote, and what was there before.
+/// A CONNECT's claim of its client id: the key's revision it wrote, the stream cursor it
+/// wrote, and what was there before.
 #[derive(Debug)]
 pub(crate) struct Claim {
     revision: u64,
+    cursor: u64,
     previous: Option<Previous>,
 }
 
@@ -141,8 +180,12 @@ struct Handover {
     record: Option<SessionRecord>,
     /// Deliveries in flight, oldest first, with their identifiers and stage.
     in_flight: Vec<(PacketId, OutgoingStage, Publish)>,
-    /// Queued messages, oldest first, with how long each has waited (Message Expiry).
-    queued: Vec<(Publish, Duration)>,
+    /// Queued messages, oldest first, with how long each has waited (Message Expiry) and
+    /// their stream sequence (`UNKNOWN_SEQUENCE` when not known).
+    queued: Vec<(Publish, Duration, u64)>,
+    /// The old owner's routed place in the stream just before it took the session out of its
+    /// router: everything up to it that the session matched is in this handover.
+    routed: u64,
     /// Inbound QoS 2 identifiers awaiting PUBREL.
     inbound: Vec<PacketId>,
     next_packet_id: Option<PacketId>,
@@ -169,6 +212,8 @@ pub(crate) struct Sessions {
     bucket: kv::Store,
     claims: Mutex<HashMap<Arc<str>, Claimed>>,
     writes: mpsc::UnboundedSender<Write>,
+    /// The node's routed place in the stream ([`super::stream::Parts::routed`]).
+    routed: Arc<AtomicU64>,
 }
 
 /// What the session tasks start from.
@@ -185,6 +230,7 @@ impl Sessions {
         client: &async_nats::Client,
         node_id: &str,
         replicas: usize,
+        routed: Arc<AtomicU64>,
     ) -> Result<(Arc<Self>, Parts), Error> {
         let bucket = super::kv_bucket_with(
             client,
@@ -206,6 +252,7 @@ impl Sessions {
                 bucket,
                 claims: Mutex::default(),
                 writes: writes_tx,
+                routed,
             }),
             Parts { writes, requests },
         ))
@@ -242,15 +289,25 @@ impl Sessions {
                     .as_ref()
                     .filter(|entry| entry.operation == Operation::Put)
                     .and_then(|entry| decode_value(&fresh.client_id, &entry.value));
+                // A new session has had nothing routed to it: everything up to here is
+                // behind it. A resumed one keeps its cursor, and what its record says of its
+                // deliveries past it, until it has caught up.
+                let mut cursor = self.routed.load(Ordering::Acquire);
+                let mut in_flight = InFlightRecord::default();
                 if let Some(Previous {
-                    record: Some(old), ..
+                    record: Some(old),
+                    cursor: old_cursor,
+                    in_flight: old_in_flight,
+                    ..
                 }) = &previous
                     && resume
                     && live(old)
                 {
                     fresh.subscriptions.clone_from(&old.subscriptions);
+                    cursor = old_cursor.unwrap_or(cursor);
+                    in_flight.clone_from(old_in_flight);
                 }
-                let value = encode_value(&self.node_id, Some(&fresh));
+                let value = encode_value(&self.node_id, Some(&fresh), cursor, &in_flight);
                 let written =
                     match &entry {
                         None => self.bucket.create(&key, value).await.map_err(|e| {
@@ -268,7 +325,13 @@ impl Sessions {
                             }),
                     };
                 match written {
-                    Ok(revision) => return Ok(Claim { revision, previous }),
+                    Ok(revision) => {
+                        return Ok(Claim {
+                            revision,
+                            cursor,
+                            previous,
+                        });
+                    }
                     // Another claim came first: read what it wrote.
                     Err((true, _)) => continue,
                     Err((false, error)) => failure = Some(error),
@@ -313,12 +376,19 @@ impl Sessions {
     /// (Session Present 1); `existed`: the session was in this node's registry.
     pub(crate) async fn take_over(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         session: &Arc<Session>,
         claim: &Claim,
         resume: bool,
         existed: bool,
     ) -> bool {
+        let ours = claim
+            .previous
+            .as_ref()
+            .is_some_and(|previous| previous.owner == self.node_id);
+        if !(ours && existed) {
+            session.stream_cursor.store(claim.cursor, Ordering::Release);
+        }
         let Some(previous) = &claim.previous else {
             return false;
         };
@@ -326,23 +396,73 @@ impl Sessions {
             .record
             .as_ref()
             .filter(|record| resume && live(record));
+        // The stream may hold what the session was routed and never got: replayed from the
+        // record's cursor when the node that held it lost it.
+        let replay_from = previous.cursor.filter(|_| record.is_some());
         if previous.owner == self.node_id {
             // Its state is here, unless this node lost it (a restart without a store).
             if existed {
                 return false;
             }
             if let Some(record) = record {
+                if replay_from.is_some() {
+                    session.hold_stream();
+                }
                 install_record(shared, session, record);
+                if let Some(cursor) = replay_from {
+                    self.replay(shared, session, cursor, &previous.in_flight)
+                        .await;
+                }
             }
             return record.is_some();
         }
         if let Some(record) = record {
+            if replay_from.is_some() {
+                // Until the old owner answers: what is routed here meanwhile may come in its
+                // handover or the replay too.
+                session.hold_stream();
+            }
             // Before asking: what is routed meanwhile is queued here rather than lost.
             install_record(shared, session, record);
         }
-        let reply = self
+        let mut reply = self
             .ask(&previous.owner, &session.client_id, claim.revision, !resume)
             .await;
+        // No answer from a node that still beats: its takeover subscription may not have
+        // reached this node's server yet (it has just started, or a server came back). Asked
+        // again: resuming without it would leave its connection open beside this one.
+        let mut asked = 1;
+        while reply.is_none()
+            && asked < ASK_ATTEMPTS
+            && shared
+                .cluster
+                .get()
+                .is_some_and(|link| link.node_is_live(&previous.owner))
+        {
+            tokio::time::sleep(ASK_RETRY_DELAY).await;
+            reply = self
+                .ask(&previous.owner, &session.client_id, claim.revision, !resume)
+                .await;
+            asked += 1;
+        }
+        let lost = matches!(reply, None | Some(Reply::NoSession));
+        if let Some(cursor) = replay_from {
+            if lost {
+                self.replay(shared, session, cursor, &previous.in_flight)
+                    .await;
+            } else if let Some(Reply::Handover(handover)) = &reply {
+                // What the old owner routed before it let the session go is in its handover:
+                // not queued here again.
+                let handed: HashSet<u64> = handover
+                    .queued
+                    .iter()
+                    .map(|(_, _, sequence)| *sequence)
+                    .collect();
+                shared.end_replay(session, handover.routed, &handed);
+            } else {
+                shared.end_replay(session, 0, &HashSet::new());
+            }
+        }
         match reply {
             Some(Reply::Handover(handover)) if resume => {
                 let present = record.is_some()
@@ -366,12 +486,42 @@ impl Sessions {
                     warn!(
                         client_id = %session.client_id,
                         owner = %previous.owner,
-                        "cluster: the session's node did not answer; resumed from its record, without the messages queued there"
+                        replayed_from = ?previous.cursor,
+                        "cluster: the session's node did not answer; resumed from its record, the stream replayed from its cursor"
                     );
                 }
                 record.is_some()
             }
         }
+    }
+
+    /// Replays the stream to `session` from `cursor` (the session holds back what routing
+    /// brings until it ends), with the QoS 2 deliveries its record lists past the cursor put
+    /// back in flight under their identifiers (released ones at the PUBREL stage, not sent
+    /// again; completed ones not sent again).
+    async fn replay(
+        &self,
+        shared: &Arc<Shared>,
+        session: &Arc<Session>,
+        cursor: u64,
+        in_flight: &InFlightRecord,
+    ) {
+        install_released(session, &in_flight.released);
+        let skip: HashSet<u64> = in_flight
+            .released
+            .iter()
+            .map(|(sequence, _)| *sequence)
+            .chain(in_flight.done.iter().copied())
+            .collect();
+        super::replay::replay(
+            shared,
+            &super::stream::context(&self.client),
+            session,
+            cursor,
+            &skip,
+        )
+        .await;
+        resend_published(shared, session, &in_flight.published);
     }
 
     /// Sends a takeover request to `owner`; `None` when it does not answer.
@@ -418,27 +568,89 @@ impl Sessions {
         }
     }
 
-    /// Writes the record of a session this node owns (in order, after the writes before it).
-    pub(crate) fn save(&self, record: &SessionRecord) {
-        self.queue(&record.client_id, Some(record.clone()));
+    /// Writes the record of a session this node owns, with its stream cursor (in order,
+    /// after the writes before it). The returned [`Written`] resolves once the bucket has
+    /// it: at once when the session is not this node's to write, with an error when the
+    /// bucket failed it.
+    pub(crate) fn save(
+        &self,
+        record: &SessionRecord,
+        cursor: u64,
+        in_flight: InFlightRecord,
+    ) -> Written {
+        self.queue(&record.client_id, Some(record.clone()), cursor, in_flight)
     }
 
     /// Records that a session this node owns has ended.
     pub(crate) fn end(&self, client_id: &str) {
-        self.queue(client_id, None);
+        self.queue(client_id, None, 0, InFlightRecord::default());
     }
 
-    fn queue(&self, client_id: &str, record: Option<SessionRecord>) {
-        let generation = match self.claims().get(client_id) {
-            Some(claimed) if claimed.owned() => claimed.generation,
+    fn queue(
+        &self,
+        client_id: &str,
+        record: Option<SessionRecord>,
+        cursor: u64,
+        in_flight: InFlightRecord,
+    ) -> Written {
+        let (done, written) = oneshot::channel();
+        let generation = match self.claims().get_mut(client_id) {
+            Some(claimed) if claimed.owned() => {
+                claimed.cursor = (cursor, Instant::now());
+                claimed.generation
+            }
             // Not this node's to write (restored from the store, or taken by another node).
-            _ => return,
+            _ => {
+                let _ = done.send(Ok(()));
+                return written;
+            }
         };
         let _ = self.writes.send(Write {
             client_id: client_id.into(),
             generation,
             record,
+            cursor,
+            in_flight,
+            done: Some(done),
         });
+        written
+    }
+
+    /// Moves the stream cursors of the offline sessions this node owns, and writes the
+    /// records whose cursor moved (see the module's documentation).
+    pub(crate) fn refresh_cursors(&self, shared: &Shared) {
+        let position = self.routed.load(Ordering::Acquire);
+        let owned: Vec<(Arc<str>, (u64, Instant))> = self
+            .claims()
+            .iter()
+            .filter(|(_, claimed)| claimed.owned())
+            .map(|(client_id, claimed)| (client_id.clone(), claimed.cursor))
+            .collect();
+        let now = Instant::now();
+        for (client_id, (written, at)) in owned {
+            let Some(session) = shared.registry.get(&client_id) else {
+                continue;
+            };
+            let touched = {
+                let mut inner = session.lock();
+                if inner.attachment.is_none() {
+                    drop(inner);
+                    session.advance_cursor(position, 0);
+                    inner = session.lock();
+                }
+                std::mem::take(&mut inner.stream_touched)
+            };
+            let cursor = session.stream_cursor.load(Ordering::Acquire);
+            if cursor != written
+                && (touched || now.duration_since(at) >= CURSOR_REFRESH)
+                && let Some(record) = session.record()
+            {
+                drop(self.save(&record, cursor, session.in_flight_record()));
+            } else if touched {
+                // Not written yet: looked at again next time.
+                session.lock().stream_touched = true;
+            }
+        }
     }
 
     /// Forgets claims no connection can still be attaching under, of client ids with no
@@ -481,6 +693,92 @@ fn install_record(shared: &Shared, session: &Arc<Session>, record: &SessionRecor
     shared.install_subscriptions(session, &record.subscriptions);
 }
 
+/// Puts the QoS 2 deliveries a session's record says were released back in flight, at the
+/// PUBREL stage: the client gets PUBREL for each when it connects, and no new message goes
+/// out under an identifier it still holds.
+fn install_released(session: &Session, released: &[(u64, PacketId)]) {
+    if released.is_empty() {
+        return;
+    }
+    let mut inner = session.lock();
+    let state = inner.saved.get_or_insert_default();
+    for (_, packet_id) in released {
+        let mut publish = Publish::new(RELEASED_TOPIC.clone(), Bytes::new());
+        publish.qos = rallymq_codec::QoS::ExactlyOnce;
+        publish.packet_id = Some(*packet_id);
+        state.in_flight.push(OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage: OutgoingStage::Released,
+            publish,
+        });
+        state.next_token += 1;
+    }
+    if let Some(last) = released.iter().map(|(_, packet_id)| *packet_id).max() {
+        state.next_packet_id = last.next();
+    }
+}
+
+/// Sends the replayed messages a session's record lists as in flight (`published`: stream
+/// sequence, identifier) under their identifiers with DUP, ahead of the rest: a client that
+/// had one answers PUBREC and does not take it as new.
+fn resend_published(shared: &Shared, session: &Session, published: &[(u64, PacketId)]) {
+    if published.is_empty() {
+        return;
+    }
+    let mut published = published.to_vec();
+    published.sort_unstable();
+    let mut forgotten = Vec::new();
+    let mut inner = session.lock();
+    let mut taken = Vec::new();
+    for (sequence, packet_id) in published {
+        let Some(at) = inner
+            .pending
+            .iter()
+            .position(|queued| queued.sequence == sequence)
+        else {
+            continue;
+        };
+        if let Some(queued) = inner.take_pending_at(at) {
+            taken.push((queued, packet_id));
+        }
+    }
+    let state = inner.saved.get_or_insert_default();
+    let mut highest = None;
+    for (queued, packet_id) in taken {
+        let mut publish = queued.publish;
+        publish.packet_id = Some(packet_id);
+        publish.dup = true;
+        state.in_flight.push(OutgoingMessage {
+            token: PublishToken(state.next_token),
+            stage: OutgoingStage::Published,
+            publish,
+        });
+        state.next_token += 1;
+        highest = highest.max(Some(packet_id));
+        if let Some(stored) = queued.stored {
+            // In flight from the session's state now, not from the store's queue.
+            forgotten.push(crate::store::Change::DeleteEntry {
+                client_id: session.client_id.clone(),
+                seq: stored.seq,
+            });
+        }
+    }
+    if let Some(highest) = highest
+        && state.next_packet_id <= highest
+    {
+        state.next_packet_id = highest.next();
+    }
+    drop(inner);
+    shared.write(forgotten);
+}
+
+/// The topic of the placeholder messages [`install_released`] puts in flight: only their
+/// identifiers are ever sent (PUBREL).
+static RELEASED_TOPIC: std::sync::LazyLock<rallymq_codec::TopicName> =
+    std::sync::LazyLock::new(|| {
+        rallymq_codec::TopicName::new("$rallymq/released").expect("a valid topic name")
+    });
+
 /// Adds what the old owner handed over to `session`: its engine state to resume, and its
 /// queued messages ahead of any routed here meanwhile.
 fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover) {
@@ -511,10 +809,11 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
     let queued = handover
         .queued
         .into_iter()
-        .map(|(publish, waited)| Queued {
+        .map(|(publish, waited, sequence)| Queued {
             publish,
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
+            sequence,
         })
         .collect();
     let mut inner = session.lock();
@@ -542,15 +841,30 @@ pub(super) fn run(
 /// Writes records in the order they were queued, each a compare-and-set on the revision this
 /// node last wrote: a write after another node's claim fails, and is dropped.
 async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedReceiver<Write>) {
-    while let Some(write) = writes.recv().await {
+    while let Some(mut write) = writes.recv().await {
+        let done = write.done.take();
+        let answer = |result: Result<(), String>| {
+            if let Some(done) = done {
+                let _ = done.send(result);
+            }
+        };
         let revision = match sessions.claims().get(&write.client_id) {
             Some(claimed) if claimed.generation == write.generation && claimed.owned() => {
                 claimed.revision
             }
-            _ => continue,
+            // A later claim's (here or on another node): this one's connection is closed.
+            _ => {
+                answer(Ok(()));
+                continue;
+            }
         };
         let key = subject::token(&write.client_id);
-        let value = encode_value(&sessions.node_id, write.record.as_ref());
+        let value = encode_value(
+            &sessions.node_id,
+            write.record.as_ref(),
+            write.cursor,
+            &write.in_flight,
+        );
         let written =
             tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
                 .await;
@@ -563,15 +877,20 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
                     claimed.revision = new;
                     claimed.touched = Instant::now();
                 }
+                drop(claims);
+                answer(Ok(()));
             }
             Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
+                answer(Ok(()));
             }
             Ok(Err(error)) => {
                 warn!(%error, client_id = %write.client_id, "cluster: a session's record could not be written");
+                answer(Err(error.to_string()));
             }
             Err(_) => {
                 warn!(client_id = %write.client_id, "cluster: writing a session's record timed out");
+                answer(Err(format!("no answer within {WRITE_TIMEOUT:?}")));
             }
         }
     }
@@ -615,6 +934,7 @@ async fn hand_over(
     revision: u64,
     discard: bool,
 ) -> Reply {
+    let routed;
     let taken = {
         let mut claims = sessions.claims();
         let claimed = claims.entry(client_id.into()).or_insert_with(Claimed::new);
@@ -623,6 +943,7 @@ async fn hand_over(
         }
         claimed.released = claimed.released.max(revision);
         claimed.touched = Instant::now();
+        routed = sessions.routed.load(Ordering::Acquire);
         shared
             .registry
             .take(client_id, |session| shared.router.remove_session(session))
@@ -666,7 +987,20 @@ async fn hand_over(
         shared.end_record(&session.client_id);
         return Reply::Ended;
     }
-    let mut handover = Handover::default();
+    if session
+        .lock()
+        .replay
+        .as_ref()
+        .is_some_and(|replay| replay.holding)
+    {
+        // Still resuming here from a node that died (replaying the stream): what it has is
+        // partial. The asker resumes from the record, whose cursor has not moved since.
+        return Reply::NoSession;
+    }
+    let mut handover = Handover {
+        routed,
+        ..Handover::default()
+    };
     let mut state = state
         .or_else(|| session.lock().saved.take().map(|saved| *saved))
         .unwrap_or_default();
@@ -682,14 +1016,16 @@ async fn hand_over(
         state
             .queued
             .drain(..)
-            .map(|queued| (queued.publish, Duration::ZERO)),
+            .map(|queued| (queued.publish, Duration::ZERO, UNKNOWN_SEQUENCE)),
     );
     let will = {
         let mut inner = session.lock();
         while let Some(queued) = inner.pop_pending() {
-            handover
-                .queued
-                .push((queued.publish, now.duration_since(queued.since)));
+            handover.queued.push((
+                queued.publish,
+                now.duration_since(queued.since),
+                queued.sequence,
+            ));
         }
         inner
             .durable
@@ -708,7 +1044,9 @@ async fn hand_over(
                 Some((packet_id, stage)) if handover.queued.is_empty() => {
                     handover.in_flight.push((packet_id, stage, publish));
                 }
-                _ => handover.queued.push((publish, now.duration_since(since))),
+                _ => handover
+                    .queued
+                    .push((publish, now.duration_since(since), UNKNOWN_SEQUENCE)),
             }
         }
     }
@@ -728,12 +1066,33 @@ async fn hand_over(
     Reply::Handover(Box::new(handover))
 }
 
-/// A value of the bucket: the format version, the owner's node id (length-prefixed), then `0`
-/// for an ended session or `1` and its record in the store's layout.
-fn encode_value(owner: &str, record: Option<&SessionRecord>) -> Bytes {
+/// A value of the bucket: the format version, the owner's node id (length-prefixed), the
+/// stream cursor, the QoS 2 deliveries past it (published and released: a count, then
+/// sequence and identifier each; completed: a count, then each sequence), then `0` for an
+/// ended session or `1` and its record in the store's layout.
+fn encode_value(
+    owner: &str,
+    record: Option<&SessionRecord>,
+    cursor: u64,
+    in_flight: &InFlightRecord,
+) -> Bytes {
     let mut buf = Vec::with_capacity(64);
-    buf.put_u8(FORMAT_V1);
+    buf.put_u8(FORMAT_V2);
     record::put_bytes(&mut buf, owner.as_bytes());
+    buf.put_u64(cursor);
+    // At most 65,535 identifiers exist.
+    // At most 65,535 identifiers are in flight at once.
+    for deliveries in [&in_flight.published, &in_flight.released] {
+        buf.put_u16(u16::try_from(deliveries.len()).unwrap_or(u16::MAX));
+        for (sequence, packet_id) in deliveries.iter().take(usize::from(u16::MAX)) {
+            buf.put_u64(*sequence);
+            buf.put_u16(packet_id.get());
+        }
+    }
+    buf.put_u32(u32::try_from(in_flight.done.len()).unwrap_or(u32::MAX));
+    for sequence in in_flight.done.iter().take(u32::MAX as usize) {
+        buf.put_u64(*sequence);
+    }
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -744,18 +1103,42 @@ fn encode_value(owner: &str, record: Option<&SessionRecord>) -> Bytes {
     Bytes::from(buf)
 }
 
-/// The owner and record of a value made by [`encode_value`]; `None` for anything else.
+/// The owner, cursor and record of a value made by [`encode_value`] (or by a node of the
+/// first format, without a cursor); `None` for anything else.
 fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
     let mut reader = Reader(value);
-    if reader.u8().ok()? != FORMAT_V1 {
+    let version = reader.u8().ok()?;
+    if version != FORMAT_V1 && version != FORMAT_V2 {
         return None;
     }
     let owner = std::str::from_utf8(reader.bytes().ok()?).ok()?.to_owned();
+    let mut in_flight = InFlightRecord::default();
+    let cursor = if version == FORMAT_V2 {
+        let cursor = reader.u64().ok()?;
+        // Counts come from the network: capacity is not reserved from them.
+        for deliveries in [&mut in_flight.published, &mut in_flight.released] {
+            for _ in 0..reader.u16().ok()? {
+                let sequence = reader.u64().ok()?;
+                deliveries.push((sequence, PacketId::new(reader.u16().ok()?)?));
+            }
+        }
+        for _ in 0..reader.u32().ok()? {
+            in_flight.done.push(reader.u64().ok()?);
+        }
+        Some(cursor)
+    } else {
+        None
+    };
     let record = match reader.u8().ok()? {
         0 => None,
         _ => Some(record::decode_session(client_id, reader.0).ok()?),
     };
-    Some(Previous { owner, record })
+    Some(Previous {
+        owner,
+        record,
+        cursor,
+        in_flight,
+    })
 }
 
 /// A takeover request: the format version, the claim's revision, whether the session ends
@@ -781,11 +1164,11 @@ fn decode_request(request: &[u8]) -> Option<(String, u64, bool)> {
 }
 
 /// A reply: the format version, a kind byte, and for a handover the record (store layout),
-/// the deliveries in flight, the queued messages, the inbound identifiers and the next
-/// packet identifier.
+/// the deliveries in flight, the queued messages (each with its stream sequence), the
+/// inbound identifiers, the next packet identifier and the old owner's routed place.
 fn encode_reply(reply: &Reply) -> Bytes {
     let mut buf = Vec::new();
-    buf.put_u8(FORMAT_V1);
+    buf.put_u8(FORMAT_V2);
     let handover = match reply {
         Reply::Handover(handover) => handover,
         Reply::Ended => {
@@ -820,8 +1203,9 @@ fn encode_reply(reply: &Reply) -> Bytes {
         record::put_publish(&mut buf, publish);
     }
     buf.put_u32(count(handover.queued.len()));
-    for (publish, waited) in &handover.queued {
+    for (publish, waited, sequence) in &handover.queued {
         buf.put_u64(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+        buf.put_u64(*sequence);
         record::put_publish(&mut buf, publish);
     }
     buf.put_u32(count(handover.inbound.len()));
@@ -829,12 +1213,13 @@ fn encode_reply(reply: &Reply) -> Bytes {
         buf.put_u16(packet_id.get());
     }
     buf.put_u16(handover.next_packet_id.map_or(0, PacketId::get));
+    buf.put_u64(handover.routed);
     Bytes::from(buf)
 }
 
 fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
     let mut reader = Reader(reply);
-    if reader.u8().ok()? != FORMAT_V1 {
+    if reader.u8().ok()? != FORMAT_V2 {
         return None;
     }
     match reader.u8().ok()? {
@@ -861,13 +1246,15 @@ fn decode_reply(client_id: &str, reply: &[u8]) -> Option<Reply> {
     }
     for _ in 0..reader.u32().ok()? {
         let waited = Duration::from_millis(reader.u64().ok()?);
+        let sequence = reader.u64().ok()?;
         let publish = record::read_publish(&mut reader).ok()?;
-        handover.queued.push((publish, waited));
+        handover.queued.push((publish, waited, sequence));
     }
     for _ in 0..reader.u32().ok()? {
         handover.inbound.push(PacketId::new(reader.u16().ok()?)?);
     }
     handover.next_packet_id = PacketId::new(reader.u16().ok()?);
+    handover.routed = reader.u64().ok()?;
     reader
         .0
         .is_empty()
@@ -899,11 +1286,25 @@ mod tests {
 
     #[test]
     fn a_bucket_value_carries_the_owner_and_the_record() {
-        let value = encode_value("node-a", Some(&record()));
+        let in_flight = InFlightRecord {
+            published: vec![(80, PacketId::new(9).unwrap())],
+            released: vec![
+                (78, PacketId::new(3).unwrap()),
+                (79, PacketId::new(65535).unwrap()),
+            ],
+            done: vec![81, 90],
+        };
+        let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();
         assert_eq!(previous.owner, "node-a");
         assert_eq!(previous.record, Some(record()));
-        let ended = decode_value("a/b c", &encode_value("node-b", None)).unwrap();
+        assert_eq!(previous.cursor, Some(77));
+        assert_eq!(previous.in_flight, in_flight);
+        let ended = decode_value(
+            "a/b c",
+            &encode_value("node-b", None, 0, &InFlightRecord::default()),
+        )
+        .unwrap();
         assert_eq!((ended.owner.as_str(), ended.record), ("node-b", None));
         assert!(decode_value("x", b"").is_none());
         assert!(decode_value("x", &value[..value.len() - 1]).is_none());
@@ -924,9 +1325,10 @@ mod tests {
                 OutgoingStage::Released,
                 publish.clone(),
             )],
-            queued: vec![(publish, Duration::from_millis(1500))],
+            queued: vec![(publish, Duration::from_millis(1500), 41)],
             inbound: vec![PacketId::new(3).unwrap()],
             next_packet_id: PacketId::new(10),
+            routed: 40,
         };
         for reply in [
             Reply::Handover(Box::new(handover)),

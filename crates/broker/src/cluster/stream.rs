@@ -7,10 +7,11 @@
 //!   0x80, MQTT 3 publishers are disconnected, as when the local store fails.
 //! - Each message carries a `Nats-Msg-Id` unique to it (node id, the node's start, a sequence),
 //!   so that the stream's duplicate window drops a second write of the same message.
-//! - Each node reads the whole stream through its durable consumer `node-<node id>`, skips
-//!   what it published itself (routed locally already), routes the rest through its local
-//!   router (which does the matching), and acknowledges a message once what routing wrote is
-//!   durable in its store. A node that comes back under the same id resumes after the last
+//! - Each node reads the whole stream through its durable consumer `node-<node id>` and
+//!   routes every message through its local router (which does the matching), what it
+//!   published itself too: a QoS 1 or 2 message reaches no subscriber before the stream has
+//!   it, and every delivery has its place in the stream, which a session's record keeps. A
+//!   node acknowledges a message once what routing wrote is durable in its store. A node that comes back under the same id resumes after the last
 //!   message it acknowledged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,27 @@ const OUTGOING_CAPACITY: usize = 8192;
 
 /// Routed messages waiting to be acknowledged to the stream.
 pub(super) const ACK_CAPACITY: usize = 1024;
+
+/// How long one pull request of a node's consumer waits for messages. A request is held by
+/// one server: when that server dies, or the route to it, the request is lost, and only its
+/// expiry or the missed heartbeats tell. (async-nats's default, 30 s, held a node's messages
+/// back for up to that long after a server's death.)
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// The idle heartbeat of a pull request: two missed, and the request is taken for lost.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Reads `consumer` with [`PULL_EXPIRES`] and [`PULL_HEARTBEAT`].
+pub(super) async fn pull_messages(
+    consumer: &consumer::PullConsumer,
+) -> Result<consumer::pull::Stream, consumer::StreamError> {
+    consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+}
 
 /// How long a node waits before reading its consumer again when reading failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -182,7 +204,7 @@ fn consumer_name(node_id: &str) -> String {
 }
 
 /// A write the cluster acknowledges: resolves once JetStream has stored it, or failed.
-pub(super) type Written = oneshot::Receiver<Result<(), String>>;
+pub(crate) type Written = oneshot::Receiver<Result<(), String>>;
 
 /// A QoS 1 or 2 message's write to the stream (and, retained, to the retained bucket):
 /// resolves once JetStream has stored it.
@@ -240,6 +262,7 @@ pub(super) fn failed(reason: &str) -> Written {
 pub(super) struct Outgoing {
     subject: String,
     envelope: Bytes,
+    id: String,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -247,15 +270,28 @@ pub(super) struct Outgoing {
 #[derive(Debug)]
 pub(super) struct Writer {
     outgoing: mpsc::Sender<Outgoing>,
+    /// The start of this run's message ids: the node's id and when it started, so that ids
+    /// stay unique across the node's restarts (a reused id inside the stream's duplicate
+    /// window would drop a new message as a duplicate).
+    run: String,
+    sequence: AtomicU64,
 }
 
 impl Writer {
-    /// Queues a message for the stream; never waits.
-    pub(super) fn write(&self, subject: String, envelope: Bytes) -> StreamAck {
+    /// Queues a message for the stream, under `id` or one of this node's; never waits.
+    pub(super) fn write(&self, subject: String, envelope: Bytes, id: Option<&str>) -> StreamAck {
         let (done, ack) = oneshot::channel();
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => {
+                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+                format!("{}-{sequence}", self.run)
+            }
+        };
         match self.outgoing.try_send(Outgoing {
             subject,
             envelope,
+            id,
             done,
         }) {
             Ok(()) => StreamAck {
@@ -275,6 +311,8 @@ pub(super) struct Parts {
     /// The stream's last sequence when this node opened it.
     last_sequence: u64,
     outgoing: mpsc::Receiver<Outgoing>,
+    /// The place in the stream up to which this node has routed every message.
+    routed: Arc<AtomicU64>,
 }
 
 /// A JetStream context whose requests (writes included) fail after [`ACK_TIMEOUT`].
@@ -298,65 +336,83 @@ pub(super) async fn open_stream(
     let name = consumer_name(node_id);
     // Said once, not at every try.
     let warned = std::sync::atomic::AtomicBool::new(false);
-    let (consumer, last_sequence) = with_retries("no stream for QoS 1 and 2 messages", || async {
-        let stream = context
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let last_sequence = stream.cached_info().state.last_sequence;
-        let differences = differences(&stream.cached_info().config, &config);
-        if !differences.is_empty() && !warned.swap(true, Ordering::Relaxed) {
-            warn!(
-                stream = STREAM,
-                differences = %differences.join(", "),
-                "cluster: the stream exists with other settings than this node's; used as it is"
-            );
-        }
-        // A consumer left by this node's previous run may hold messages delivered to it and
-        // never acknowledged: they would come back only after the ack wait, behind newer ones.
-        // Made again from the last acknowledged message, they come first, in order.
-        let start = match stream.consumer_info(&name).await {
-            Ok(info) => {
-                let floor = info.ack_floor.stream_sequence;
-                stream
-                    .delete_consumer(&name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Some(floor + 1)
+    let (consumer, last_sequence, routed) =
+        with_retries("no stream for QoS 1 and 2 messages", || async {
+            let stream = context
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let last_sequence = stream.cached_info().state.last_sequence;
+            let differences = differences(&stream.cached_info().config, &config);
+            if !differences.is_empty() && !warned.swap(true, Ordering::Relaxed) {
+                warn!(
+                    stream = STREAM,
+                    differences = %differences.join(", "),
+                    "cluster: the stream exists with other settings than this node's; used as it is"
+                );
             }
-            Err(_) => None,
-        };
-        let deliver_policy = match start {
-            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
-            None => consumer::DeliverPolicy::New,
-        };
-        stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("rallymq node {node_id}")),
-                deliver_policy,
-                ack_policy: consumer::AckPolicy::Explicit,
-                filter_subject: format!("{}.>", subject::STREAM_PREFIX),
-                ..consumer::pull::Config::default()
-            })
-            .await
-            .map(|consumer| (consumer, last_sequence))
-            .map_err(|e| e.to_string())
-    })
-    .await?;
+            // A consumer left by this node's previous run may hold messages delivered to it and
+            // never acknowledged: they would come back only after the ack wait, behind newer ones.
+            // Made again from the last acknowledged message, they come first, in order.
+            let start = match stream.consumer_info(&name).await {
+                Ok(info) => {
+                    let floor = info.ack_floor.stream_sequence;
+                    stream
+                        .delete_consumer(&name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Some(floor + 1)
+                }
+                Err(_) => None,
+            };
+            let (deliver_policy, routed) = match start {
+                Some(start_sequence) => (
+                    consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                    start_sequence - 1,
+                ),
+                None => (consumer::DeliverPolicy::New, last_sequence),
+            };
+            stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("rallymq node {node_id}")),
+                    deliver_policy,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    filter_subject: format!("{}.>", subject::STREAM_PREFIX),
+                    ..consumer::pull::Config::default()
+                })
+                .await
+                .map(|consumer| (consumer, last_sequence, routed))
+                .map_err(|e| e.to_string())
+        })
+        .await?;
     let (tx, outgoing) = mpsc::channel(OUTGOING_CAPACITY);
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
     Ok((
-        Writer { outgoing: tx },
+        Writer {
+            outgoing: tx,
+            run: format!("{node_id}-{run:x}"),
+            sequence: AtomicU64::new(0),
+        },
         Parts {
             context,
             consumer,
             last_sequence,
             outgoing,
+            routed: Arc::new(AtomicU64::new(routed)),
         },
     ))
 }
 
 impl Parts {
+    /// The place in the stream up to which this node has routed every message (the
+    /// consumer's in order; this node's own messages were routed when published).
+    pub(super) fn routed(&self) -> Arc<AtomicU64> {
+        self.routed.clone()
+    }
+
     /// The task that writes to the stream and the one that reads this node's consumer.
     pub(super) fn run(
         self,
@@ -368,12 +424,7 @@ impl Parts {
     ) {
         (
             write_stream(self.context, node_id.to_owned(), self.outgoing),
-            read_stream(
-                self.consumer,
-                self.last_sequence,
-                node_id.to_owned(),
-                shared,
-            ),
+            read_stream(self.consumer, self.last_sequence, shared, self.routed),
         )
     }
 }
@@ -385,20 +436,13 @@ async fn write_stream(
     node_id: String,
     mut outgoing: mpsc::Receiver<Outgoing>,
 ) {
-    // Message ids stay unique across this node's restarts: a reused id inside the stream's
-    // duplicate window would drop a new message as a duplicate.
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    let mut sequence = 0u64;
     while let Some(Outgoing {
         subject,
         envelope,
+        id,
         done,
     }) = outgoing.recv().await
     {
-        sequence += 1;
-        let id = format!("{node_id}-{run:x}-{sequence}");
         let publish = jetstream::message::PublishMessage::build()
             .payload(envelope)
             .message_id(id)
@@ -421,8 +465,8 @@ async fn write_stream(
 async fn read_stream(
     consumer: consumer::PullConsumer,
     last_sequence: u64,
-    node_id: String,
     shared: Weak<Shared>,
+    routed: Arc<AtomicU64>,
 ) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
     let Some(mut restored) = shared
@@ -442,6 +486,7 @@ async fn read_stream(
         );
         restored = 0;
     }
+    routed.fetch_max(restored, Ordering::AcqRel);
     let routed_up_to = Arc::new(AtomicU64::new(restored));
     // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
     // went on waiting for the store with the broker's state in hand, and a broker restarted
@@ -449,10 +494,10 @@ async fn read_stream(
     tokio::join!(
         route_stream(
             consumer,
-            node_id,
             shared.clone(),
             acks_tx,
-            routed_up_to.clone()
+            routed_up_to.clone(),
+            routed,
         ),
         acknowledge(acks, shared, Some(routed_up_to))
     );
@@ -461,16 +506,16 @@ async fn read_stream(
 /// Routes this node's consumer's messages, handing each to [`acknowledge`].
 async fn route_stream(
     consumer: consumer::PullConsumer,
-    node_id: String,
     shared: Weak<Shared>,
     acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
     routed_up_to: Arc<AtomicU64>,
+    routed: Arc<AtomicU64>,
 ) {
     // Messages delivered again (an acknowledgement lost on a reconnection, or in a crash after
     // the store had what routing them wrote) were routed once: up to `routed_up_to`, which the
     // store keeps with what routing writes ([`CURSOR`]).
     loop {
-        let mut messages = match consumer.messages().await {
+        let mut messages = match pull_messages(&consumer).await {
             Ok(messages) => messages,
             Err(error) => {
                 warn!(%error, "cluster: cannot read the stream of QoS 1 and 2 messages");
@@ -482,26 +527,25 @@ async fn route_stream(
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
-                    debug!(%error, "cluster: reading the stream");
-                    continue;
+                    // A pull request lost with its server (missed heartbeats), or the stream
+                    // unreadable: read again with a new request at once.
+                    warn!(%error, "cluster: reading the stream; reading it again");
+                    break;
                 }
             };
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
-            let own = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(NODE_HEADER))
-                .is_some_and(|node| node.as_str() == node_id);
-            let ticket =
-                if own || (sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire)) {
-                    Ticket::default()
-                } else {
-                    routed_up_to.fetch_max(sequence, Ordering::AcqRel);
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    route(&shared, &message, sequence)
+            let ticket = if sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire) {
+                Ticket::default()
+            } else {
+                routed_up_to.fetch_max(sequence, Ordering::AcqRel);
+                let Some(shared) = shared.upgrade() else {
+                    return;
                 };
+                route(&shared, &message, sequence)
+            };
+            // After routing: a session found with nothing waiting once this is read has had
+            // everything up to it.
+            routed.fetch_max(sequence, Ordering::AcqRel);
             if acks_tx.send((ticket, message)).await.is_err() {
                 return;
             }
@@ -524,7 +568,7 @@ fn route(shared: &Shared, message: &jetstream::Message, sequence: u64) -> Ticket
         name: CURSOR.into(),
         position: sequence,
     });
-    shared.publish_received(sender.as_deref(), &publish, cursor)
+    shared.publish_received(sender.as_deref(), &publish, sequence, cursor)
 }
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use rallymq_broker::{BrokerHandle, ClusterConfig};
-use rallymq_codec::{ProtocolVersion, QoS};
+use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
 use tokio::net::TcpStream;
 
@@ -68,5 +68,40 @@ pub async fn warm_up(
                 *reached |= topic_str(&publish) == topic;
             }
         }
+    }
+}
+
+/// Publishes one QoS 1 message on `topic` again and again, each try waiting `ack_within`, until
+/// it is acknowledged with success (as an application does after PUBACK 0x80); how many tries
+/// that took. `Err` (saying why) when `within` passes first or the publisher is closed.
+pub async fn publish_until_acknowledged(
+    publisher: &mut TestClient<TcpStream>,
+    topic: &str,
+    payload: &str,
+    within: Duration,
+    ack_within: Duration,
+) -> Result<usize, String> {
+    let deadline = Instant::now() + within;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let outcome = publisher
+            .publish_outcome_within(message(topic, payload, QoS::AtLeastOnce), ack_within)
+            .await;
+        if matches!(
+            outcome,
+            Ok(ReasonCode::Success | ReasonCode::NoMatchingSubscribers)
+        ) {
+            return Ok(tries);
+        }
+        if let Err(Some(closed)) = outcome {
+            return Err(format!("{payload}: the publisher was closed: {closed:?}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{payload}: not acknowledged within {within:?} ({tries} tries): {outcome:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

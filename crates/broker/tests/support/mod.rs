@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child;
 pub mod cluster;
 pub mod credentials;
 pub mod store;
