@@ -13,11 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use redb::backends::FileBackend;
-use rustc_hash::{FxHashMap, FxHashSet};
 use redb::{
     BackendError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
     Table, TableDefinition, WriteTransaction,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -122,7 +122,10 @@ struct Pending {
 /// runs (they grow from [`Loaded::next_message_id`]), so an identifier found is the message;
 /// [`Store::load`] empties the cache, as a broker starting anew may count from a lower one.
 #[derive(Debug)]
-struct Decoded(Mutex<Vec<Option<(MessageId, Arc<StoredMessage>)>>>);
+struct Decoded(Mutex<Vec<Option<DecodedSlot>>>);
+
+/// A slot of [`Decoded`]: the message and its identifier.
+type DecodedSlot = (MessageId, Arc<StoredMessage>);
 
 impl Default for Decoded {
     fn default() -> Self {
@@ -977,7 +980,10 @@ impl Store for DiskStore {
             let (key, value) = item.map_err(io)?;
             page.push((seq_of(key.value())?, decode_entry(value.value())?));
         }
-        let mut shared = self.shared.decoded.get(page.iter().map(|(_, entry)| entry.message));
+        let mut shared = self
+            .shared
+            .decoded
+            .get(page.iter().map(|(_, entry)| entry.message));
         let mut decoded: FxHashMap<MessageId, Arc<StoredMessage>> = FxHashMap::default();
         let mut entries = Vec::with_capacity(page.len());
         for ((seq, entry), cached) in page.into_iter().zip(&mut shared) {
@@ -1168,7 +1174,11 @@ mod tests {
         }]);
         let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
         assert_eq!(durable, Ok(Ok(())));
-        assert_eq!(store.load().expect("loads").next_message_id, 0, "message 7 is gone");
+        assert_eq!(
+            store.load().expect("loads").next_message_id,
+            0,
+            "message 7 is gone"
+        );
         let ticket = store.write(vec![
             Change::PutMessage(7, message("second")),
             Change::AddEntry {
@@ -1181,7 +1191,10 @@ mod tests {
         assert_eq!(durable, Ok(Ok(())));
         let read = store.read_queue(&client, 0, 10).expect("reads");
         assert_eq!(read.len(), 1);
-        assert_eq!((read[0].seq, &read[0].message.publish.payload[..]), (1, &b"second"[..]));
+        assert_eq!(
+            (read[0].seq, &read[0].message.publish.payload[..]),
+            (1, &b"second"[..])
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
