@@ -1149,46 +1149,35 @@ mod tests {
         let dir = scratch("decoded");
         let store = DiskStore::open(&dir).expect("the store opens");
         let client: Arc<str> = "c".into();
-        let message = |payload: &'static str| {
-            Arc::new(StoredMessage {
+        let commit = |changes| {
+            let ticket = store.write(changes);
+            tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
+        };
+        let queue = |seq, payload: &'static str| {
+            let message = StoredMessage {
                 publish: Publish::new(TopicName::new("t").expect("a valid topic"), payload),
                 received_at: SystemTime::now(),
-            })
+            };
+            vec![
+                Change::PutMessage(7, Arc::new(message)),
+                Change::AddEntry {
+                    client_id: client.clone(),
+                    seq,
+                    entry: entry(7),
+                },
+            ]
         };
-        let bound = Duration::from_secs(10);
-        let ticket = store.write(vec![
-            Change::PutMessage(7, message("first")),
-            Change::AddEntry {
-                client_id: client.clone(),
-                seq: 0,
-                entry: entry(7),
-            },
-        ]);
-        let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
-        assert_eq!(durable, Ok(Ok(())));
+        assert_eq!(commit(queue(0, "first")).await, Ok(Ok(())));
         let read = store.read_queue(&client, 0, 10).expect("reads");
         assert_eq!(read[0].message.publish.payload, "first");
-        let ticket = store.write(vec![Change::DeleteEntry {
+        let deleted = vec![Change::DeleteEntry {
             client_id: client.clone(),
             seq: 0,
-        }]);
-        let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
-        assert_eq!(durable, Ok(Ok(())));
-        assert_eq!(
-            store.load().expect("loads").next_message_id,
-            0,
-            "message 7 is gone"
-        );
-        let ticket = store.write(vec![
-            Change::PutMessage(7, message("second")),
-            Change::AddEntry {
-                client_id: client.clone(),
-                seq: 1,
-                entry: entry(7),
-            },
-        ]);
-        let durable = tokio::time::timeout(bound, store.durable(ticket)).await;
-        assert_eq!(durable, Ok(Ok(())));
+        }];
+        assert_eq!(commit(deleted).await, Ok(Ok(())));
+        let loaded = store.load().expect("loads");
+        assert_eq!(loaded.next_message_id, 0, "message 7 is gone");
+        assert_eq!(commit(queue(1, "second")).await, Ok(Ok(())));
         let read = store.read_queue(&client, 0, 10).expect("reads");
         assert_eq!(read.len(), 1);
         assert_eq!(
