@@ -207,7 +207,8 @@ impl Shared {
         self.publish_routed(sender, publish, None, Some(message_id))
     }
 
-    fn publish_routed(
+    /// [`Shared::publish_with`], under `message_id` in the cluster's stream when given.
+    pub(crate) fn publish_routed(
         &self,
         sender: Option<&str>,
         publish: &Publish,

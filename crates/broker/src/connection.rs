@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rallymq_codec::{
     ConnAckProperties, DisconnectProperties, MqttString, ProtocolVersion, Publish,
-    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, Unsubscribe, Will,
+    PublishProperties, QoS, ReasonCode, SubAckProperties, Subscribe, TopicFilter, Unsubscribe,
+    Will,
 };
 use rallymq_session::{
     Accept, AckHandle, CloseReason, OutgoingMessage, OutgoingStage, PublishToken, ServerConnection,
@@ -35,9 +36,9 @@ use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, InFlightRecord,
-    Persisting, Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting,
-    count_down_expiry, delivered_copy, signal,
+    Attached, ConnectionInfo, Control, ControlBox, Detached, EngineCounts, Persisting, Queued,
+    Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting, count_down_expiry, delivered_copy,
+    signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{
@@ -131,9 +132,19 @@ impl Drop for SpaceWaiter<'_> {
 enum Next {
     Nothing,
     Connect(Box<rallymq_codec::Connect>, bool),
-    /// A SUBSCRIBE that sends retained messages, in a cluster: answered once the node's copy
-    /// of them has caught up with the cluster's.
+    /// A SUBSCRIBE that sends retained messages or joins shared groups, in a cluster:
+    /// answered once the node's copy of the retained messages has caught up with the
+    /// cluster's, and the groups' consumers exist.
     Subscribe(Box<Subscribe>),
+}
+
+/// Whether a SUBSCRIBE may send retained messages: a filter that is not shared, with Retain
+/// Handling other than 2.
+fn sends_retained(subscribe: &Subscribe) -> bool {
+    subscribe.subscriptions.iter().any(|subscription| {
+        !subscription.filter.is_shared()
+            && subscription.options.retain_handling != rallymq_codec::RetainHandling::DoNotSend
+    })
 }
 
 /// What a connection of a broker with a store keeps: the store entries of its deliveries in
@@ -576,8 +587,24 @@ impl Driver {
                     Box::pin(self.on_connect(*connect, needs_client_id)).await;
                 }
                 Next::Subscribe(subscribe) => {
-                    if let Some(cluster) = self.shared.cluster.get() {
+                    if let Some(cluster) = self.shared.cluster.get()
+                        && sends_retained(&subscribe)
+                    {
                         Box::pin(cluster.retained_caught_up()).await;
+                    }
+                    // Before the subscriptions are in place: the node's member task, started
+                    // then, finds the groups' consumers made, rather than making them too (two
+                    // creations at once can restart a consumer after what was written between).
+                    let groups: Vec<TopicFilter> = subscribe
+                        .subscriptions
+                        .iter()
+                        .map(|subscription| subscription.filter.clone())
+                        .filter(|filter| filter.is_shared() && self.may_subscribe(filter))
+                        .collect();
+                    if let Some(cluster) = self.shared.cluster.get()
+                        && !groups.is_empty()
+                    {
+                        Box::pin(cluster.groups_ready(&groups)).await;
                     }
                     self.on_subscribe(*subscribe);
                 }
@@ -640,21 +667,42 @@ impl Driver {
             barrier_held = false;
         }
         let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
+        let mut settled = Vec::with_capacity(acks.len());
+        let mut answered = Vec::new();
         for ack in acks {
             let stored = match self.shared.durable(ack.ticket).await {
                 Ok(()) => match ack.stream {
-                    Some(stream) => stream.stored().await.map_err(|error| {
-                        debug!(%error, "a publish not acknowledged");
-                        ReasonCode::UnspecifiedError
-                    }),
+                    Some(stream) => {
+                        if ack.handle.qos() == QoS::ExactlyOnce {
+                            answered.push((ack.handle.packet_id(), stream.message_id().to_owned()));
+                        }
+                        stream.stored().await.map_err(|error| {
+                            debug!(%error, "a publish not acknowledged");
+                            ReasonCode::UnspecifiedError
+                        })
+                    }
                     None => Ok(()),
                 },
                 Err(StoreError::Full(_)) => Err(ReasonCode::QuotaExceeded),
                 Err(_) => Err(ReasonCode::UnspecifiedError),
             };
+            settled.push((ack.handle, ack.code, stored));
+        }
+        // In a cluster, an inbound QoS 2 message's stream id is in the session's record before
+        // PUBREC: a resend (DUP) of it to another node after this one dies is written under
+        // the same id, which the stream drops.
+        if !answered.is_empty()
+            && let Some(session) = self.session.clone()
+            && session.record_inbound(answered, None)
+            && let (_, Some(written)) = self.shared.save_record_everywhere(&session)
+            && !matches!(written.await, Ok(Ok(())))
+        {
+            debug!("an inbound QoS 2 message's id not in the session's record");
+        }
+        for (handle, success, stored) in settled {
             match stored {
-                Ok(()) => self.engine.acknowledge(ack.handle, ack.code),
-                Err(code) if v5 => self.engine.acknowledge(ack.handle, code),
+                Ok(()) => self.engine.acknowledge(handle, success),
+                Err(code) if v5 => self.engine.acknowledge(handle, code),
                 Err(_) => {
                     // MQTT 3 has no negative acknowledgement: closing is how it is told.
                     self.engine.handle_transport_closed(self.now());
@@ -699,7 +747,20 @@ impl Driver {
                     _ => None,
                 };
                 let sender = self.session.as_deref().map(|s| &*s.client_id);
-                let outcome = self.shared.publish_with(sender, &publish, inbound);
+                // A QoS 2 message whose identifier the session's record has (answered before,
+                // here or on a node that died) goes to the cluster's stream under the same
+                // id: a resend is dropped there.
+                let resent_id = match (&message.ack, &self.session) {
+                    (Some(ack), Some(session))
+                        if ack.qos() == QoS::ExactlyOnce && self.shared.cluster.get().is_some() =>
+                    {
+                        session.inbound_message_id(ack.packet_id())
+                    }
+                    _ => None,
+                };
+                let outcome =
+                    self.shared
+                        .publish_routed(sender, &publish, inbound, resent_id.as_deref());
                 let matched = outcome.queued;
                 let ticket = outcome.ticket;
                 let stream = outcome.stream;
@@ -739,12 +800,13 @@ impl Driver {
                 }
             }
             ServerEvent::Subscribe(subscribe) => {
-                let sends_retained = subscribe.subscriptions.iter().any(|subscription| {
-                    !subscription.filter.is_shared()
-                        && subscription.options.retain_handling
-                            != rallymq_codec::RetainHandling::DoNotSend
-                });
-                if sends_retained && self.shared.cluster.get().is_some() {
+                let joins_groups = subscribe
+                    .subscriptions
+                    .iter()
+                    .any(|subscription| subscription.filter.is_shared());
+                if (sends_retained(&subscribe) || joins_groups)
+                    && self.shared.cluster.get().is_some()
+                {
                     return Next::Subscribe(Box::new(subscribe));
                 }
                 self.on_subscribe(subscribe);
@@ -808,6 +870,15 @@ impl Driver {
                         client_id,
                         packet_id,
                     }]);
+                }
+                // In a cluster, the record forgets the identifier before PUBCOMP frees it for
+                // the client: a new message under it must not be taken for the old one's
+                // resend.
+                if let Some(session) = self.session.clone()
+                    && self.shared.cluster.get().is_some()
+                    && session.record_inbound(Vec::new(), Some(packet_id))
+                {
+                    self.save_record_before_next_bytes(&session);
                 }
             }
             ServerEvent::Auth(_) => {
@@ -894,6 +965,14 @@ impl Driver {
         self.extras.as_deref()?.acl.as_ref()
     }
 
+    /// Whether this client may subscribe to `filter`, as far as its limits and ACL go.
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        self.shared.config.limits.allows_topic(filter.as_str())
+            && self
+                .client_acl()
+                .is_none_or(|acl| acl.can_subscribe(filter))
+    }
+
     /// Whether this client may publish to `topic` (its will included).
     fn may_publish(&self, topic: &rallymq_codec::TopicName) -> bool {
         match self.client_acl() {
@@ -961,23 +1040,20 @@ impl Driver {
         }
         let cursor = session.stream_cursor.load(Ordering::Acquire);
         tracked.done.retain(|sequence| *sequence > cursor);
-        let mut record = InFlightRecord {
-            done: tracked.done.iter().copied().collect(),
-            ..InFlightRecord::default()
-        };
+        let (mut published, mut released) = (Vec::new(), Vec::new());
         for (token, delivery) in &tracked.by_token {
             let packet_id = self.engine.delivery_packet_id(*token);
             match (delivery.qos, packet_id) {
                 (QoS::ExactlyOnce, Some(packet_id)) if delivery.released => {
-                    record.released.push((delivery.sequence, packet_id));
+                    released.push((delivery.sequence, packet_id));
                 }
                 (QoS::ExactlyOnce, Some(packet_id)) => {
-                    record.published.push((delivery.sequence, packet_id));
+                    published.push((delivery.sequence, packet_id));
                 }
                 _ => {}
             }
         }
-        session.set_in_flight_record(record);
+        session.set_outgoing_record(published, released, tracked.done.iter().copied().collect());
         if wait {
             self.save_record_before_next_bytes(&session);
         }

@@ -512,6 +512,10 @@ pub(crate) struct InFlightRecord {
     pub(crate) released: Vec<(u64, PacketId)>,
     /// Completed (PUBCOMP): not sent again.
     pub(crate) done: Vec<u64>,
+    /// Inbound QoS 2 messages PUBREC answered and PUBREL not yet received: the packet
+    /// identifier and the id the message was written to the stream under. A resend (DUP) to
+    /// another node is written under the same id, which the stream drops as a duplicate.
+    pub(crate) inbound: Vec<(PacketId, String)>,
 }
 
 impl SessionInner {
@@ -748,6 +752,60 @@ impl Session {
             return;
         }
         inner.replay.get_or_insert_default().in_flight = in_flight;
+    }
+
+    /// Sets what the record says of the outgoing deliveries, keeping the inbound ones.
+    pub(crate) fn set_outgoing_record(
+        &self,
+        published: Vec<(u64, PacketId)>,
+        released: Vec<(u64, PacketId)>,
+        done: Vec<u64>,
+    ) {
+        let mut inner = self.lock();
+        if published.is_empty() && released.is_empty() && done.is_empty() && inner.replay.is_none()
+        {
+            return;
+        }
+        let record = &mut inner.replay.get_or_insert_default().in_flight;
+        record.published = published;
+        record.released = released;
+        record.done = done;
+    }
+
+    /// Records inbound QoS 2 messages answered (identifier, stream message id), or with
+    /// `release`, the one whose PUBREL came; whether anything changed.
+    pub(crate) fn record_inbound(
+        &self,
+        answered: Vec<(PacketId, String)>,
+        release: Option<PacketId>,
+    ) -> bool {
+        let mut inner = self.lock();
+        if answered.is_empty() && inner.replay.is_none() {
+            return false;
+        }
+        let inbound = &mut inner.replay.get_or_insert_default().in_flight.inbound;
+        let before = inbound.len();
+        if let Some(released) = release {
+            inbound.retain(|(packet_id, _)| *packet_id != released);
+        }
+        let changed = inbound.len() != before || !answered.is_empty();
+        for (packet_id, id) in answered {
+            inbound.retain(|(known, _)| *known != packet_id);
+            inbound.push((packet_id, id));
+        }
+        changed
+    }
+
+    /// The stream message id of the inbound QoS 2 message `packet_id`, when the record has it.
+    pub(crate) fn inbound_message_id(&self, packet_id: PacketId) -> Option<String> {
+        let inner = self.lock();
+        let replay = inner.replay.as_ref()?;
+        replay
+            .in_flight
+            .inbound
+            .iter()
+            .find(|(known, _)| *known == packet_id)
+            .map(|(_, id)| id.clone())
     }
 
     /// Ends holding back (a replay done, or not needed): the held messages are returned, but

@@ -939,3 +939,50 @@ async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_no
         panic!("every QoS 2 message once, in order, while the session moved: {problem}");
     }
 }
+
+/// A QoS 2 PUBLISH answered by A (PUBREC), whose PUBREC the client never got because A died,
+/// is sent again with DUP to B: the subscriber gets it once (A's record named its stream id
+/// before PUBREC, and B writes the resend under it, which the stream drops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_died_is_delivered_once()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-resend-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut subscriber = connect(tcp_addr(&b), connect_packet(V5, "resend-sub")).await;
+    subscriber
+        .subscribe(vec![subscription("r/#", QoS::ExactlyOnce)])
+        .await;
+
+    let mut publisher_connect = persistent_connect(V5, "resender", 600);
+    let (mut publisher, connack) = Raw::connect(a.addr, publisher_connect.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    let mut once = message("r/1", "once", QoS::ExactlyOnce);
+    once.packet_id = PacketId::new(7);
+    publisher.send(Packet::Publish(once.clone())).await;
+    assert!(
+        matches!(publisher.expect().await, Packet::PubRec(ack) if ack.packet_id == PacketId::new(7).unwrap()),
+        "A answers PUBREC"
+    );
+    let first = subscriber.recv().await.expect("the message");
+    assert_eq!(payload_str(&first), "once");
+    // The PUBREC is taken as lost with A.
+    a.kill();
+
+    publisher_connect.clean_start = false;
+    let (mut publisher, connack) = Raw::connect(tcp_addr(&b), publisher_connect).await;
+    assert!(connack.session_present, "the publisher's session resumed on B");
+    once.dup = true;
+    publisher.send(Packet::Publish(once)).await;
+    assert!(
+        matches!(publisher.expect().await, Packet::PubRec(ack) if ack.packet_id == PacketId::new(7).unwrap()),
+        "B answers the resend with PUBREC"
+    );
+    publisher
+        .send(Packet::PubRel(Ack::new(PacketId::new(7).unwrap())))
+        .await;
+    assert!(matches!(publisher.expect().await, Packet::PubComp(_)));
+    subscriber.expect_silence(QUIET).await;
+}

@@ -262,3 +262,35 @@ async fn cluster_retained_acknowledged_on_one_node_is_seen_by_a_subscribe_on_ano
         "SUBSCRIBEs on B answered without A's acknowledged value"
     );
 }
+
+/// A new shared group gets a QoS 1 message published on another node right after its first
+/// member's SUBACK, within the usual wait: the group's consumer on the stream exists before the
+/// SUBACK, made once (two creations at once restarted it past the message), and the member
+/// node pulls once it has a leader. 20 new groups, each a member on B and a publish on A once
+/// B's SUBACK is in. Before, 19 of 20 groups never got theirs; with the consumer made before
+/// SUBACK alongside the member node's, 1 or 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_new_shared_group_gets_a_qos1_message_published_right_after_its_suback() {
+    let servers = NatsServer::cluster(3);
+    let a = node(&[&servers[0]]).await;
+    let b = node(&[&servers[2]]).await;
+    let mut publisher = client(&a, "a-publisher", &[]).await;
+    let mut member = client(&b, "b-member", &[]).await;
+    let mut missed = Vec::new();
+    for i in 0..20 {
+        let topic = format!("new-group/{i}");
+        member
+            .subscribe(vec![subscription(
+                &format!("$share/g{i}/{topic}"),
+                QoS::AtLeastOnce,
+            )])
+            .await;
+        publisher
+            .publish(message(&topic, "right after SUBACK", QoS::AtLeastOnce))
+            .await;
+        if member.recv_within(WAIT).await.is_none() {
+            missed.push(i);
+        }
+    }
+    assert_eq!(missed, [] as [usize; 0], "groups that missed their message");
+}

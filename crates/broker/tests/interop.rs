@@ -9,8 +9,9 @@
 //! The scenarios live in `tests/interop/paho_scenarios.py` (one scenario a run; it prints what
 //! it observed as one line of JSON, or exits 1 saying what did not happen in time), some of
 //! them driving a hand-written client where no library lets a test break the rules, and in
-//! `tests/interop/mqttjs_ws.js`. To run one by hand, `serve_for_manual_runs` (ignored) serves
-//! both brokers and prints their ports.
+//! `tests/interop/mqttjs_ws.js`. Their expected outcomes are in `tests/support/interop.rs`,
+//! shared with `tests/cluster_interop.rs`, which runs them on a cluster. To run one by hand,
+//! `serve_for_manual_runs` (ignored) serves both brokers and prints their ports.
 //!
 //! The peers are installed by `bash scripts/setup.sh` (Mosquitto and its clients from Debian,
 //! paho-mqtt from `scripts/requirements.txt`, MQTT.js from `tests/interop/package-lock.json`). A
@@ -18,7 +19,6 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -26,15 +26,12 @@ use std::time::{Duration, Instant};
 
 use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, ListenerKind};
 use rallymq_test_support::{Mosquitto, run_id, run_peer};
+use support::interop::*;
 
-/// Longest a peer script may run.
-const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+mod support;
+
 /// Longest a single step with a command-line peer may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
 
 // ---------------------------------------------------------------------------------------------
 // Brokers under test: ours in-process, and Mosquitto as the reference.
@@ -133,52 +130,12 @@ struct Endpoint {
 // ---------------------------------------------------------------------------------------------
 // Running peers.
 
-/// Fails the test, never skips it, when a peer is not installed.
-fn require_peer(peer: &str, command: &mut Command, ok: impl Fn(&str) -> bool) {
-    let output = command.stdin(Stdio::null()).output().unwrap_or_else(|e| {
-        panic!("interop peer {peer} is missing ({e}); run bash scripts/setup.sh")
-    });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        ok(&text),
-        "interop peer {peer} is missing or broken; run bash scripts/setup.sh:\n{text}"
-    );
-}
-
-fn require_paho() {
-    require_peer(
-        "paho-mqtt (Python)",
-        Command::new("python3").args([
-            "-c",
-            "import paho.mqtt; print('paho', paho.mqtt.__version__)",
-        ]),
-        |out| out.starts_with("paho 2."),
-    );
-}
-
 fn require_mosquitto_clients() {
     for client in ["mosquitto_pub", "mosquitto_sub"] {
         require_peer(client, Command::new(client).arg("--help"), |out| {
             out.contains("mosquitto")
         });
     }
-}
-
-fn require_mqttjs() {
-    require_peer(
-        "MQTT.js (npm mqtt, run npm ci in crates/broker/tests/interop)",
-        Command::new("node")
-            .args([
-                "-e",
-                "console.log('mqtt', require('mqtt/package.json').version)",
-            ])
-            .current_dir(interop_dir()),
-        |out| out.starts_with("mqtt "),
-    );
 }
 
 /// A peer that runs alongside the test, read line by line (a `mosquitto_sub`).
@@ -289,61 +246,9 @@ impl Drop for Streaming {
     }
 }
 
-/// A peer run's outcome as a failure message shows it.
-trait Outcome: PartialEq {
-    fn readable(&self) -> String;
-}
-
-/// JSON or a line as it is, without `{:?}`'s escaped quotes.
-impl Outcome for String {
-    fn readable(&self) -> String {
-        self.clone()
-    }
-}
-
-/// Lines as a list.
-impl Outcome for Vec<String> {
-    fn readable(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-/// Records in `failures` how `observed` (a peer run) differs from `expected`, if it does.
-fn check_observed<T: Outcome>(
-    failures: &mut Vec<String>,
-    case: &str,
-    observed: Result<T, String>,
-    expected: &T,
-) {
-    match observed {
-        Ok(observed) if observed == *expected => {}
-        Ok(observed) => failures.push(format!(
-            "{case}:\n  expected {}\n  observed {}",
-            expected.readable(),
-            observed.readable()
-        )),
-        Err(error) => failures.push(format!("{case}: {error}")),
-    }
-}
-
-/// Asserts that no case failed, listing every failure.
-fn assert_no_failures(failures: Vec<String>) {
-    assert!(
-        failures.is_empty(),
-        "{} interop case(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
-// paho-mqtt (Python): tests/interop/paho_scenarios.py
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Tcp,
-    WebSockets,
-}
+// paho-mqtt (Python): tests/interop/paho_scenarios.py, with the expected outcomes in
+// tests/support/interop.rs.
 
 /// Runs one paho scenario against `endpoint`; its JSON outcome.
 fn paho(
@@ -352,56 +257,31 @@ fn paho(
     transport: Transport,
     version: &str,
 ) -> Result<String, String> {
-    let (transport, port) = match transport {
-        Transport::Tcp => ("tcp", endpoint.tcp),
-        Transport::WebSockets => ("websockets", endpoint.ws),
+    let port = match transport {
+        Transport::Tcp => endpoint.tcp,
+        Transport::WebSockets => endpoint.ws,
     };
-    run_peer(
-        Command::new("python3")
-            .arg(interop_dir().join("paho_scenarios.py"))
-            .arg(scenario)
-            .args(["--port", &port.to_string(), "--transport", transport])
-            .args(["--version", version]),
-        PEER_TIMEOUT,
-    )
+    support::interop::paho(scenario, &[port], transport, version)
 }
 
-/// Runs a paho scenario for each MQTT version over TCP and WebSockets against our broker, and
-/// over TCP against Mosquitto; every outcome must be the expected one.
-fn paho_matrix(scenario: &str, versions: &[&str], expected: impl Fn(&str) -> String) {
-    paho_matrix_per_broker(scenario, versions, |version, _| expected(version));
-}
-
-/// [`paho_matrix`] where the expected outcome may name the broker (`rallymq` or `Mosquitto`),
-/// for what the spec leaves open and the two brokers do differently.
-fn paho_matrix_per_broker(
-    scenario: &str,
-    versions: &[&str],
-    expected: impl Fn(&str, &str) -> String,
-) {
-    paho_cases(
-        scenario,
-        versions,
-        &[Transport::Tcp, Transport::WebSockets],
-        expected,
-    );
-}
-
-/// Runs a paho scenario for each MQTT version over `transports` against our broker, and over
-/// TCP against Mosquitto.
-fn paho_cases(
-    scenario: &str,
-    versions: &[&str],
-    transports: &[Transport],
-    expected: impl Fn(&str, &str) -> String,
-) {
+/// Runs `scenario` for each of its MQTT versions over each of its transports against our
+/// broker, and over TCP against Mosquitto; every outcome must be the expected one.
+fn paho_scenario(scenario: &PahoScenario) {
     require_paho();
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
-    paho_cases_on(&ours, &reference, scenario, versions, transports, expected);
+    paho_cases_on(
+        &ours,
+        &reference,
+        scenario.name,
+        scenario.versions,
+        scenario.transports,
+        scenario.expected,
+    );
 }
 
-/// [`paho_cases`] against brokers the caller started (with settings of its own).
+/// Runs a paho scenario for each MQTT version over `transports` against `ours`, and over TCP
+/// against `reference`, brokers the caller started (with settings of its own).
 fn paho_cases_on(
     ours: &OurBroker,
     reference: &Mosquitto,
@@ -445,364 +325,148 @@ fn paho_cases_on(
     assert_no_failures(failures);
 }
 
-/// A message as the paho script describes it (topic relative to the scenario's prefix).
-fn msg(topic: &str, payload: &str, qos: u8, retain: bool) -> String {
-    format!(r#"{{"payload":"{payload}","qos":{qos},"retain":{retain},"topic":"{topic}"}}"#)
-}
-
-fn list(messages: &[String]) -> String {
-    format!("[{}]", messages.join(","))
-}
-
-/// A scenario's whole result when it reports only the messages received.
-fn received(messages: &[String]) -> String {
-    format!(r#"{{"received":{}}}"#, list(messages))
-}
-
-/// QoS 0, 1 and 2 end to end with MQTT 3.1, 3.1.1 and 5.0; a message goes out at the lower of its QoS and the granted one
-/// (3.1.1 MQTT-3.8.4-6, 5.0 MQTT-3.8.4-8).
+/// [`QOS`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_8_4_6_paho_qos_0_1_2_round_trips_downgraded_to_granted_qos() {
-    paho_matrix("qos", &["31", "311", "5"], |_| {
-        let high = [
-            msg("0", "q0", 0, false),
-            msg("1", "q1", 1, false),
-            msg("2", "q2", 2, false),
-        ];
-        let low = [
-            msg("0", "q0", 0, false),
-            msg("1", "q1", 1, false),
-            msg("2", "q2", 1, false),
-        ];
-        format!(
-            r#"{{"granted":[2,1],"sub_qos1":{},"sub_qos2":{}}}"#,
-            list(&low),
-            list(&high)
-        )
-    });
+    paho_scenario(&QOS);
 }
 
-/// Retained messages: stored (MQTT-3.3.1-5), sent on subscribe with RETAIN 1 (3.1.1
-/// MQTT-3.3.1-6, -8), replaced, forwarded live with RETAIN 0 (3.1.1 MQTT-3.3.1-9), and removed
-/// by an empty payload, which is still forwarded (3.1.1 MQTT-3.3.1-10, -11; 5.0 MQTT-3.3.1-6,
-/// -7).
+/// [`RETAINED`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_1_5_paho_retained_set_replace_clear_and_sent_on_subscribe() {
-    paho_matrix("retained", &["31", "311", "5"], |_| {
-        format!(
-            r#"{{"after_clear":{},"live_clear":{},"live_replace":{},"on_subscribe_first":{},"on_subscribe_second":{}}}"#,
-            list(&[msg("", "end", 1, false)]),
-            list(&[msg("", "", 1, false)]),
-            list(&[msg("", "two", 1, false)]),
-            list(&[msg("", "one", 1, true)]),
-            list(&[msg("", "two", 1, true)]),
-        )
-    });
+    paho_scenario(&RETAINED);
 }
 
-/// The will is published when the network connection closes without DISCONNECT (MQTT-3.1.2-8)
-/// and discarded on DISCONNECT (3.1.1 MQTT-3.14.4-3 and MQTT-3.1.2-10; 5.0 MQTT-3.14.4-3 for
-/// reason 0x00), but sent after an MQTT 5 DISCONNECT 0x04.
+/// [`WILL`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_8_paho_will_on_abnormal_disconnect_not_after_disconnect() {
-    paho_matrix("will", &["31", "311", "5"], |version| {
-        let mut after_disconnect = Vec::new();
-        if version == "5" {
-            after_disconnect.push(msg("asked", "sent on request", 1, false));
-        }
-        after_disconnect.push(msg("marker", "end", 1, false));
-        format!(
-            r#"{{"after_disconnect":{},"after_kill":{}}}"#,
-            list(&after_disconnect),
-            list(&[msg("abnormal", "gone", 1, false)]),
-        )
-    });
+    paho_scenario(&WILL);
 }
 
-/// A shared subscription `$share/group/filter` gives each message to exactly one member of the
-/// group (MQTT 5 section 4.8.2), beside a plain subscription that gets every message. Mosquitto
-/// allows it for MQTT 3.1.1 clients too, and so do we.
+/// [`SHARED`] on our broker and on Mosquitto.
 #[test]
 fn paho_shared_subscription_gives_each_message_to_one_member() {
-    paho_matrix("shared", &["311", "5"], |_| {
-        r#"{"every_member_served":true,"granted":[1,1,1],"group_count":10,"group_distinct":10,"group_missing":[],"plain_count":10}"#.to_owned()
-    });
+    paho_scenario(&SHARED);
 }
 
-/// Topic aliases from client to broker (MQTT 5 section 3.3.2.3.4): set with a topic, used with
-/// an empty topic, remapped to another topic.
+/// [`ALIAS`] on our broker and on Mosquitto.
 #[test]
 fn paho_topic_alias_from_client_to_broker() {
-    paho_matrix("alias", &["5"], |_| {
-        received(&[
-            msg("a", "first", 1, false),
-            msg("a", "second", 1, false),
-            msg("b", "third", 1, false),
-            msg("b", "fourth", 1, false),
-        ])
-    });
+    paho_scenario(&ALIAS);
 }
 
-/// A persistent session resumes (3.1.1 MQTT-3.1.2-4, 5.0 MQTT-3.1.2-5): Session Present is
-/// set, the QoS 1 message published while offline is delivered (3.1.1 MQTT-3.1.2-5), the QoS 0
-/// one is not (as Mosquitto does by default), and the subscription still works.
+/// [`RESUME`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_4_paho_session_resume_delivers_messages_queued_offline() {
-    paho_matrix("resume", &["311", "5"], |_| {
-        format!(
-            r#"{{"first_session_present":false,"online":{},"queued":{},"resumed_session_present":true}}"#,
-            list(&[msg("", "online", 1, false)]),
-            list(&[msg("", "offline-qos1", 1, false)]),
-        )
-    });
+    paho_scenario(&RESUME);
 }
 
-/// Hundreds of QoS 1 and QoS 2 messages published back to back arrive, each once and in the
-/// order sent (MQTT-4.6.0-5), with flow control on both sides.
+/// [`BURST`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_4_6_0_5_paho_burst_of_qos1_and_qos2_messages_arrives_in_order() {
-    paho_matrix("burst", &["31", "311", "5"], |_| {
-        r#"{"extra":0,"qos1":"all in order","qos2":"all in order"}"#.to_owned()
-    });
+    paho_scenario(&BURST);
 }
 
-/// A 300 KiB payload, spread over many TCP segments and WebSocket frames, arrives intact.
+/// [`LARGE`] on our broker and on Mosquitto.
 #[test]
 fn paho_large_payload_arrives_intact() {
-    paho_matrix("large", &["311", "5"], |_| {
-        received(&[msg("", "307200 bytes, sha256 d3560a80a6bbac80", 1, false)])
-    });
+    paho_scenario(&LARGE);
 }
 
-/// A second connection with the same client id disconnects the first (MQTT-3.1.4-2), and the
-/// second one carries on.
-///
-/// What paho reports as the MQTT 5 reason differs, and neither is the 0x8E we send
-/// (MQTT-3.1.4-3): we send DISCONNECT with the reason code alone (remaining length 1, allowed by
-/// MQTT 5 section 3.14.2.1), and paho 2.1 reads a reason code only when the remaining length is
-/// over 2, so it reports 0; Mosquitto 2.0 closes the connection without a DISCONNECT, which
-/// paho reports as 0x80.
+/// [`TAKEOVER`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_4_2_paho_session_takeover_disconnects_the_first_connection() {
-    paho_matrix_per_broker("takeover", &["31", "311", "5"], |version, broker| {
-        let reason = match (version, broker) {
-            ("5", "Mosquitto") => r#""first_reason":128,"#,
-            ("5", _) => r#""first_reason":0,"#,
-            _ => "",
-        };
-        format!(
-            r#"{{"first_disconnected":true,{reason}"second_connected":true,"second_receives":{}}}"#,
-            list(&[msg("", "to the new connection", 1, false)])
-        )
-    });
+    paho_scenario(&TAKEOVER);
 }
 
-/// A Clean Session 1 connection (MQTT 5: Session Expiry 0) taken over by one asking for a
-/// persistent session: the old session ended with its connection (3.1.1 MQTT-3.1.2-6), so
-/// Session Present is 0 and the old subscription delivers nothing.
+/// [`TAKEOVER_CLEAN`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_6_paho_takeover_of_a_clean_session_starts_afresh() {
-    paho_matrix("takeover_clean", &["311", "5"], |_| {
-        r#"{"old_subscription_delivers":false,"session_present":false}"#.to_owned()
-    });
+    paho_scenario(&TAKEOVER_CLEAN);
 }
 
-/// Session takeover, case by case: a persistent session taken over by a clean connection
-/// starts afresh; taken over by a persistent one it carries on, subscription and all. The old
-/// connection's will goes out only when the takeover ends its session: a new connection came
-/// before the will was due (MQTT 5 section 3.1.2.5, MQTT-3.1.4-3), as Mosquitto does.
+/// [`TAKEOVER_CASES`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_4_3_paho_takeover_keeps_or_ends_the_session_and_its_will() {
-    paho_matrix("takeover_cases", &["311", "5"], |_| {
-        concat!(
-            r#"{"persistent_then_clean":{"old_subscription_delivers":false,"session_present":false},"#,
-            r#""persistent_then_persistent":{"old_subscription_delivers":true,"session_present":true},"#,
-            r#""wills":["persistent_then_clean"]}"#
-        )
-        .to_owned()
-    });
+    paho_scenario(&TAKEOVER_CASES);
 }
 
-/// MQTT 5 Will Delay across a takeover (MQTT-3.1.3-9, the delay or the session's end, whichever
-/// comes first): taken over by a clean start the session ends, so the will goes at once; taken
-/// over by a connection resuming the session, it is not sent at all. Mosquitto 2.0 sends no will
-/// in either case.
+/// [`TAKEOVER_WILL_DELAY`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_3_9_paho_v5_will_delay_across_takeover() {
-    paho_matrix_per_broker("takeover_will_delay", &["5"], |_, broker| {
-        let clean = if broker == "Mosquitto" {
-            "no will within 5 s"
-        } else {
-            "will at once"
-        };
-        format!(r#"{{"clean_takeover":"{clean}","resuming_takeover":"no will within 5 s"}}"#)
-    });
+    paho_scenario(&TAKEOVER_WILL_DELAY);
 }
 
-/// MQTT 5 subscription options: No Local (MQTT-3.8.3-3), Retain As Published (MQTT-3.3.1-12,
-/// -13) and Retain Handling 0, 1 and 2 (MQTT-3.3.1-9, -10, -11).
+/// [`OPTIONS`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_8_3_3_paho_v5_no_local_retain_as_published_retain_handling() {
-    paho_matrix("options", &["5"], |_| {
-        format!(
-            r#"{{"no_local":[],"retain_as_published":{},"retain_handling":{{"never":{{"again":[],"first":[],"granted":[1,1]}},"send":{{"again":["retained"],"first":["retained"],"granted":[1,1]}},"send_if_new":{{"again":[],"first":["retained"],"granted":[1,1]}}}}}}"#,
-            list(&[
-                msg("norap/x", "cleared flag", 1, false),
-                msg("rap/x", "kept flag", 1, true)
-            ])
-        )
-    });
+    paho_scenario(&OPTIONS);
 }
 
-/// MQTT 5 Message Expiry: a message that expired while its session was offline is not
-/// delivered; one still alive is, with its interval counted down (MQTT-3.3.2-5, -6).
+/// [`EXPIRY`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_2_5_paho_v5_message_expiry_while_offline() {
-    paho_matrix("expiry", &["5"], |_| {
-        r#"{"received":[{"expiry":"counted down","payload":"long","qos":1,"retain":false,"topic":""}]}"#.to_owned()
-    });
+    paho_scenario(&EXPIRY);
 }
 
-/// MQTT 5 Subscription Identifiers of every matching subscription come with a message
-/// (MQTT-3.3.4-3), in one copy or one per subscription (MQTT-3.3.4-4, -5).
+/// [`SUBID`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_4_3_paho_v5_subscription_identifiers_of_overlapping_subscriptions() {
-    paho_matrix("subid", &["5"], |_| {
-        r#"{"identifiers":{"a/b all three":[7,300],"a/c two":[7,300],"z/b none":[]}}"#.to_owned()
-    });
+    paho_scenario(&SUBID);
 }
 
-/// An empty client id is accepted with a clean session and gets a unique id (MQTT-3.1.3-6),
-/// told to MQTT 5 clients as an Assigned Client Identifier. paho makes up an id for MQTT 3.1,
-/// where an empty one is not allowed.
+/// [`ASSIGNED`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_3_6_paho_empty_client_id_is_assigned_one() {
-    paho_matrix("assigned", &["31", "311", "5"], |version| {
-        let assigned = if version == "5" {
-            r#""assigned":true,"#
-        } else {
-            ""
-        };
-        format!(
-            r#"{{{assigned}"received":{}}}"#,
-            list(&[msg("", "hello", 1, false)])
-        )
-    });
+    paho_scenario(&ASSIGNED);
 }
 
-/// After UNSUBSCRIBE the broker adds no new messages for that filter (MQTT-3.10.4-2), and the
-/// other subscriptions go on.
+/// [`UNSUBSCRIBE`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_10_4_2_paho_unsubscribe_stops_delivery() {
-    paho_matrix("unsubscribe", &["31", "311", "5"], |_| {
-        format!(
-            r#"{{"after":{},"before":{}}}"#,
-            list(&[msg("b", "end", 1, false)]),
-            list(&[msg("a", "before", 1, false)])
-        )
-    });
+    paho_scenario(&UNSUBSCRIBE);
 }
 
-/// MQTT 5 Will Delay: a client back within the delay cancels its will; one that does not come
-/// back has it published once the delay has passed.
+/// [`WILL_DELAY`] on our broker and on Mosquitto.
 #[test]
 fn paho_v5_will_delay_cancelled_by_reconnect_else_published() {
-    paho_matrix("will_delay", &["5"], |_| {
-        format!(
-            r#"{{"after_delays":{},"within_delay":[]}}"#,
-            list(&[msg("leaving", "after the delay", 1, false)])
-        )
-    });
+    paho_scenario(&WILL_DELAY);
 }
 
-/// Unacknowledged QoS 1 messages are sent again with DUP set, in order, when the persistent
-/// session comes back (MQTT-4.4.0-1; 3.1.1 MQTT-3.3.1-1).
+/// [`REDELIVER`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_4_4_0_1_paho_unacknowledged_messages_sent_again_on_resume() {
-    paho_matrix("redeliver", &["311", "5"], |_| {
-        let first: Vec<_> = (0..3)
-            .map(|i| msg("", &format!("m{i}"), 1, false))
-            .collect();
-        let again: Vec<_> = first
-            .iter()
-            .map(|m| m.replacen('{', r#"{"dup":true,"#, 1))
-            .collect();
-        format!(
-            r#"{{"again":{},"first":{},"resumed_session_present":true}}"#,
-            list(&again),
-            list(&first)
-        )
-    });
+    paho_scenario(&REDELIVER);
 }
 
-/// MQTT 5 Receive Maximum from the client: no more unacknowledged QoS 1 messages at once than
-/// it allows (MQTT-3.3.4-9); each acknowledgement lets the next one go.
+/// [`RECEIVE_MAX`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_4_9_paho_v5_client_receive_maximum_respected() {
-    paho_matrix("receive_max", &["5"], |_| {
-        r#"{"after_acks":["m2","m3","m4"],"before_ack":["m0","m1"],"extra":0}"#.to_owned()
-    });
+    paho_scenario(&RECEIVE_MAX);
 }
 
-/// MQTT 5 Maximum Packet Size from the client: a message too large for it is not sent
-/// (MQTT-3.1.2-24, -25) and the connection goes on.
+/// [`MAX_PACKET`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_24_paho_v5_client_maximum_packet_size_respected() {
-    paho_matrix("max_packet", &["5"], |_| {
-        format!(
-            r#"{{"received":{},"still_connected":true}}"#,
-            list(&[msg("", "fits", 1, false)])
-        )
-    });
+    paho_scenario(&MAX_PACKET);
 }
 
-/// MQTT 5 PUBLISH properties reach the subscriber unaltered: Response Topic (MQTT-3.3.2-15),
-/// Correlation Data (MQTT-3.3.2-16), User Properties in order (MQTT-3.3.2-17, -18), Content
-/// Type (MQTT-3.3.2-20) and Payload Format Indicator (MQTT-3.3.2-4).
+/// [`PROPERTIES`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_2_15_paho_v5_publish_properties_forwarded_unaltered() {
-    paho_matrix("properties", &["5"], |_| {
-        r#"{"received":[{"content_type":"text/plain","correlation":"0001636f7272","payload":"with properties","payload_format":1,"qos":1,"response_topic":"reply/here","retain":false,"topic":"","user":[["b","2"],["a","1"],["b","3"]]}]}"#.to_owned()
-    });
+    paho_scenario(&PROPERTIES);
 }
 
-/// Many retained messages on several levels: a new subscription gets exactly those its filter
-/// matches (3.1.1 MQTT-3.3.1-6, 5.0 MQTT-3.3.1-9), wildcards as in MQTT-4.7.1-2 and -3.
+/// [`RETAINED_MANY`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_1_6_paho_retained_messages_matching_each_filter() {
-    let mut all: Vec<String> = ["x", "y", "z"]
-        .into_iter()
-        .flat_map(|a| (0..10).map(move |b| format!("/{a}/{b}")))
-        .collect();
-    all.extend(["/x".into(), "/y".into(), "/x/1/deep".into()]);
-    all.sort();
-    let quoted = |topics: Vec<String>| {
-        let quoted: Vec<_> = topics.iter().map(|t| format!("\"{t}\"")).collect();
-        format!("[{}]", quoted.join(","))
-    };
-    let under_x = all
-        .iter()
-        .filter(|t| t.starts_with("/x"))
-        .cloned()
-        .collect();
-    let expected = format!(
-        r##"{{"#":{},"+":["/x","/y"],"+/+/+":["/x/1/deep"],"+/3":["/x/3","/y/3","/z/3"],"x/#":{},"x/+/deep":["/x/1/deep"],"y/7":["/y/7"]}}"##,
-        quoted(all.clone()),
-        quoted(under_x)
-    );
-    paho_matrix("retained_many", &["311", "5"], |_| expected.clone());
+    paho_scenario(&RETAINED_MANY);
 }
 
-/// A client with a 1 s keep alive idle for 3 s keeps its connection: its PINGREQs are
-/// answered (MQTT-3.12.4-1), and messages still flow.
+/// [`KEEPALIVE`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_12_4_1_paho_keep_alive_pings_answered() {
-    paho_matrix("keepalive", &["311", "5"], |_| {
-        format!(
-            r#"{{"received":{},"still_connected":true}}"#,
-            list(&[msg("", "still here", 1, false)])
-        )
-    });
+    paho_scenario(&KEEPALIVE);
 }
 
 /// The installed Mosquitto's version, from `mosquitto -h` ("mosquitto version 2.0.11").
@@ -864,199 +528,100 @@ fn mosquitto_max_keepalive_corrects_v5_and_refuses_v311_over_it() {
     );
 }
 
-/// QoS 2 exactly once, driven by hand over TCP: a PUBLISH sent again with DUP before PUBREL is
-/// answered with PUBREC and not delivered twice (3.1.1 MQTT-4.3.3-2); once PUBCOMP is sent the
-/// packet id is free, and a new message on it is delivered.
+/// [`QOS2_DUP`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_4_3_3_2_qos2_publish_sent_again_before_pubrel_delivered_once() {
-    paho_cases(
-        "qos2_dup",
-        &["31", "311", "5"],
-        &[Transport::Tcp],
-        |_, _| received(&[msg("", "once", 2, false), msg("", "next", 2, false)]),
-    );
+    paho_scenario(&QOS2_DUP);
 }
 
-/// A subscriber that stops reading stalls nobody: the publisher's 3,000 messages of 4 KiB all
-/// go out and a healthy subscriber gets them, while the stuck one's queue stays bounded.
+/// [`SLOW_CONSUMER`] on our broker and on Mosquitto.
 #[test]
 fn paho_stuck_subscriber_does_not_stall_the_publisher() {
-    // One protocol version: what is tested is the transport, and Mosquitto sometimes takes
-    // 15 s over this with two such runs at once.
-    paho_cases("slow_consumer", &["311"], &[Transport::Tcp], |_, _| {
-        r#"{"healthy_got_most":true,"publisher_done":true}"#.to_owned()
-    });
+    paho_scenario(&SLOW_CONSUMER);
 }
 
-/// MQTT 5 Session Expiry: the session outlives its connection for its interval
-/// (MQTT-3.1.2-23), and is gone after it.
+/// [`SESSION_EXPIRY`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_23_paho_v5_session_kept_for_its_expiry_interval_only() {
-    paho_matrix("session_expiry", &["5"], |_| {
-        r#"{"present_after_0.2s":true,"present_after_2.5s":false}"#.to_owned()
-    });
+    paho_scenario(&SESSION_EXPIRY);
 }
 
-/// A will with RETAIN set is stored as a retained message when published (3.1.1
-/// MQTT-3.1.2-17; 5.0 MQTT-3.1.2-15).
+/// [`WILL_RETAINED`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_17_paho_retained_will_is_retained() {
-    paho_matrix("will_retained", &["311", "5"], |_| {
-        received(&[msg("", "last words", 1, true)])
-    });
+    paho_scenario(&WILL_RETAINED);
 }
 
-/// Overlapping subscriptions of one client: we send the message once, at the highest QoS
-/// granted to any of them (3.1.1 MQTT-3.3.5-1; 5.0 MQTT-3.3.4-2).
-///
-/// Mosquitto 2.0 differs, within what MQTT 5 allows but not what 3.1.1 asks: to an MQTT 5
-/// client it sends one copy per subscription (which MQTT-3.3.4-2 permits), and to an MQTT 3.1.1
-/// client a single copy at the QoS of one subscription (1 here), not the highest (2).
+/// [`OVERLAP`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_5_1_paho_overlapping_subscriptions_one_copy_at_highest_qos() {
-    paho_matrix_per_broker("overlap", &["311", "5"], |version, broker| {
-        let copies = match (version, broker) {
-            ("311", "Mosquitto") => vec![msg("x", "once", 1, false)],
-            ("5", "Mosquitto") => vec![
-                msg("x", "once", 0, false),
-                msg("x", "once", 1, false),
-                msg("x", "once", 2, false),
-            ],
-            _ => vec![msg("x", "once", 2, false)],
-        };
-        received(&copies)
-    });
+    paho_scenario(&OVERLAP);
 }
 
-/// One publisher, 40 subscribers: each gets every QoS 1 message, in order.
+/// [`FANOUT`] on our broker and on Mosquitto.
 #[test]
 fn paho_fan_out_to_40_subscribers_all_in_order() {
-    paho_matrix("fanout", &["311", "5"], |_| {
-        r#"{"extra":0,"subscribers_with_all_in_order":40}"#.to_owned()
-    });
+    paho_scenario(&FANOUT);
 }
 
-/// MQTT 5: a will whose delay is longer than the session expiry is published when the session
-/// ends (MQTT-3.1.3-9).
+/// [`WILL_SESSION_END`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_3_9_paho_v5_will_sent_at_session_end_before_its_delay() {
-    paho_matrix("will_session_end", &["5"], |_| {
-        format!(
-            r#"{{"before_the_delay":true,"received":{}}}"#,
-            list(&[msg("", "session ended", 1, false)])
-        )
-    });
+    paho_scenario(&WILL_SESSION_END);
 }
 
-/// MQTT 5: a client that accepts topic aliases from the broker sees every message with its
-/// topic.
+/// [`ALIAS_IN`] on our broker and on Mosquitto.
 #[test]
 fn paho_v5_client_accepting_topic_aliases_sees_every_topic() {
-    paho_matrix("alias_in", &["5"], |_| {
-        r#"{"topics":["a","a","b","a","b"]}"#.to_owned()
-    });
+    paho_scenario(&ALIAS_IN);
 }
 
-/// MQTT 5: a paho subscriber announcing Topic Alias Maximum 10 gets aliases from our broker
-/// (on by default): each topic's first message sets one, the later ones come on the alias
-/// alone, none above 10 (MQTT-3.3.2-11), and every message resolves to its topic. Mosquitto
-/// sends no aliases.
+/// [`ALIAS_OUT`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_2_11_paho_v5_subscriber_gets_topic_aliases_from_the_broker() {
-    paho_matrix_per_broker("alias_out", &["5"], |_, broker| {
-        let (set, alone, highest) = if broker == "Mosquitto" {
-            (0, 0, 0)
-        } else {
-            (3, 5, 3)
-        };
-        format!(
-            concat!(
-                r#"{{"alone":{},"highest":{},"set":{},"topics":["court/1/score","court/2/score","#,
-                r#""court/1/score","court/3/score","court/2/score","court/1/score","court/3/score","#,
-                r#""court/1/score"]}}"#
-            ),
-            alone, highest, set
-        )
-    });
+    paho_scenario(&ALIAS_OUT);
 }
 
-/// MQTT 5: an expired retained message is not sent to a new subscriber (MQTT-3.3.2-5); one
-/// without expiry is.
+/// [`RETAINED_EXPIRY`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_3_2_5_paho_v5_expired_retained_message_not_sent() {
-    paho_matrix("retained_expiry", &["5"], |_| {
-        r#"{"received":["stays","end"]}"#.to_owned()
-    });
+    paho_scenario(&RETAINED_EXPIRY);
 }
 
-/// A shared subscription gets no retained messages when it is made, a plain one does (MQTT 5
-/// sections 3.3.1.3 and 4.8.2: retained messages go to new non-shared subscriptions).
-/// Mosquitto 2.0 sends them to shared subscriptions too.
+/// [`SHARED_RETAINED`] on our broker and on Mosquitto.
 #[test]
 fn paho_shared_subscription_gets_no_retained_messages() {
-    paho_matrix_per_broker("shared_retained", &["311", "5"], |_, broker| {
-        if broker == "Mosquitto" {
-            r#"{"member":["retained","live"],"plain":["retained","live"]}"#.to_owned()
-        } else {
-            r#"{"member":["live"],"plain":["retained","live"]}"#.to_owned()
-        }
-    });
+    paho_scenario(&SHARED_RETAINED);
 }
 
-/// MQTT 3.1.1: an empty client id with Clean Session 0 is refused with CONNACK 0x02
-/// (MQTT-3.1.3-8) and the connection is closed (MQTT-3.2.2-5). Driven by hand over TCP.
+/// [`EMPTY_ID_PERSISTENT`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_3_8_empty_client_id_with_persistent_session_refused() {
-    paho_cases(
-        "empty_id_persistent",
-        &["311"],
-        &[Transport::Tcp],
-        |_, _| r#"{"closed":true,"connack":"20020002"}"#.to_owned(),
-    );
+    paho_scenario(&EMPTY_ID_PERSISTENT);
 }
 
-/// QoS 2 to a subscriber across reconnections, driven by hand over TCP: a PUBLISH not yet
-/// acknowledged is sent again with DUP and its packet id; after PUBREC only the PUBREL is sent
-/// again, never the PUBLISH (MQTT-4.4.0-1); then delivery goes on as new.
+/// [`QOS2_RESUME`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_4_4_0_1_qos2_to_subscriber_resumed_publish_then_pubrel() {
-    paho_cases("qos2_resume", &["311", "5"], &[Transport::Tcp], |_, _| {
-        concat!(
-            r#"{"first":["PUBLISH",{"dup":false,"qos":2}],"#,
-            r#""first_again":["PUBLISH",{"dup":true,"qos":2},true],"#,
-            r#""first_release":["PUBREL",true],"first_session_present":true,"#,
-            r#""second":["PUBLISH",{"dup":false,"qos":2}],"second_again":["PUBREL",true],"#,
-            r#""second_release":["PUBREL",true],"then":["PUBLISH",{"dup":false,"qos":2}]}"#
-        )
-        .to_owned()
-    });
+    paho_scenario(&QOS2_RESUME);
 }
 
-/// Eight publishers, one wildcard subscriber: every QoS 1 message arrives, each publisher's in
-/// its order (MQTT-4.6.0-5).
+/// [`FANIN`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_4_6_0_5_paho_fan_in_from_8_publishers_in_order() {
-    paho_matrix("fanin", &["311", "5"], |_| {
-        r#"{"extra":0,"publishers_all_in_order":8}"#.to_owned()
-    });
+    paho_scenario(&FANIN);
 }
 
-/// UTF-8 topics and filters (wildcards beside multi-byte characters) and binary payloads go
-/// through unchanged.
+/// [`UNICODE`] on our broker and on Mosquitto.
 #[test]
 fn paho_utf8_topics_and_binary_payloads_unchanged() {
-    paho_matrix("unicode", &["31", "311", "5"], |_| {
-        r#"{"received":[["court-\u00df/\ud83c\udfbe","bytes 0 to 255"],["\u65e5\u672c/\ud83c\udfbe","\u30c6\u30cb\u30b9"]]}"#.to_owned()
-    });
+    paho_scenario(&UNICODE);
 }
 
-/// One SUBSCRIBE with several filters gets one return code each, in order (3.1.1
-/// MQTT-3.8.4-5), and each filter delivers at its own QoS.
+/// [`MULTI_SUB`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_8_4_5_paho_one_subscribe_several_filters() {
-    paho_matrix("multi_sub", &["31", "311", "5"], |_| {
-        r#"{"granted":[0,1,2],"received":[["a",0],["b",1],["c/d",2]]}"#.to_owned()
-    });
+    paho_scenario(&MULTI_SUB);
 }
 
 /// MQTT 3.1, 3.1.1 and 5.0 clients over TCP and WebSockets at once, six in all, each publishing
@@ -1067,20 +632,11 @@ fn paho_all_versions_over_tcp_and_websockets_talk_to_each_other() {
     require_paho();
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
-    let expected =
-        r#"{"31-tc":true,"31-we":true,"311-tc":true,"311-we":true,"5-tc":true,"5-we":true}"#;
     let mut failures = Vec::new();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
-        let result = run_peer(
-            Command::new("python3")
-                .arg(interop_dir().join("paho_scenarios.py"))
-                .args(["cross", "--port", "0"])
-                .args(["--tcp-port", &endpoint.tcp.to_string()])
-                .args(["--ws-port", &endpoint.ws.to_string()]),
-            PEER_TIMEOUT,
-        );
+        let result = paho_cross(endpoint.tcp, endpoint.ws);
         let case = format!("cross with {}", endpoint.name);
-        check_observed(&mut failures, &case, result, &expected.to_owned());
+        check_observed(&mut failures, &case, result, &CROSS_EXPECTED.to_owned());
     }
     assert_no_failures(failures);
 }
@@ -1180,52 +736,22 @@ fn without_disconnects(outcome: &str) -> String {
     kept
 }
 
-/// 300 QoS 1 messages queued for an offline persistent session all arrive in order when it
-/// comes back, more than any in-flight window holds at once (MQTT-4.6.0-5).
+/// [`RESUME_MANY`] on our broker and on Mosquitto.
 #[test]
 fn paho_resume_delivers_300_queued_messages_in_order() {
-    paho_matrix("resume_many", &["311", "5"], |_| {
-        r#"{"extra":0,"in_order":true}"#.to_owned()
-    });
+    paho_scenario(&RESUME_MANY);
 }
 
-/// A client silent past one and a half times its keep alive is disconnected (3.1.1
-/// MQTT-3.1.2-24, 5.0 MQTT-3.1.2-22), not before, and its will is published; we tell an MQTT 5
-/// client DISCONNECT 0x8D (Keep Alive timeout) first, Mosquitto just closes. Driven by hand.
+/// [`KEEPALIVE_EXPIRED`] on our broker and on Mosquitto.
 #[test]
 fn mqtt_3_1_2_24_silent_client_disconnected_after_keep_alive_and_will_sent() {
-    paho_cases(
-        "keepalive_expired",
-        &["311", "5"],
-        &[Transport::Tcp],
-        |version, broker| {
-            let told = if version == "5" && broker != "Mosquitto" {
-                "e0018d"
-            } else {
-                ""
-            };
-            format!(
-                r#"{{"closed":true,"connack":"0000","not_before_1.5s":true,"told":"{told}","will":{}}}"#,
-                list(&[msg("", "timed out", 1, false)])
-            )
-        },
-    );
+    paho_scenario(&KEEPALIVE_EXPIRED);
 }
 
-/// MQTT 5 reason codes and properties a client sees, as on Mosquitto: PUBACK 0x10 (No matching
-/// subscribers; paho reports the PUBCOMP's 0 for QoS 2), UNSUBACK 0x11 (No subscription
-/// existed), the subscription identifier on a retained message sent on subscribe
-/// (MQTT-3.3.4-3), and Session Expiry 0 on DISCONNECT ending the session.
+/// [`V5_CODES`] on our broker and on Mosquitto.
 #[test]
 fn paho_v5_reason_codes_and_disconnect_session_expiry() {
-    paho_matrix("v5_codes", &["5"], |_| {
-        concat!(
-            r#"{"present_after_expiry_0_on_disconnect":false,"qos1_no_subscribers":16,"#,
-            r#""qos2_no_subscribers":0,"retained_on_subscribe":[{"payload":"retained","qos":1,"#,
-            r#""retain":true,"subscription_ids":[42],"topic":"kept"}],"unsubscribe_unknown":[17]}"#
-        )
-        .to_owned()
-    });
+    paho_scenario(&V5_CODES);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1478,24 +1004,13 @@ fn mqttjs_over_websockets_subscribe_publish_qos1_receive() {
     require_mqttjs();
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
-    let expected = concat!(
-        r#"{"granted":[1],"#,
-        r#""message":{"topic":"TOPIC","payload":"hello from MQTT.js","qos":1,"retain":false},"#,
-        r#""retained":{"payload":"kept","qos":2,"retain":true}}"#
-    );
     let mut failures = Vec::new();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
         for version in ["3", "4", "5"] {
             let url = format!("ws://127.0.0.1:{}/mqtt", endpoint.ws);
-            let result = run_peer(
-                Command::new("node")
-                    .arg(interop_dir().join("mqttjs_ws.js"))
-                    .args([&url, version])
-                    .current_dir(interop_dir()),
-                PEER_TIMEOUT,
-            );
+            let result = mqttjs_ws(&url, version, &url);
             let case = format!("MQTT.js protocol {version} to {}", endpoint.name);
-            check_observed(&mut failures, &case, result, &expected.to_owned());
+            check_observed(&mut failures, &case, result, &MQTTJS_WS_EXPECTED.to_owned());
         }
     }
     assert_no_failures(failures);
@@ -1516,21 +1031,8 @@ fn mqtt_3_3_2_11_mqttjs_gets_topic_aliases_from_the_broker() {
         (reference.endpoint(), (0, 0, 0)),
     ] {
         let url = format!("ws://127.0.0.1:{}/mqtt", endpoint.ws);
-        let result = run_peer(
-            Command::new("node")
-                .arg(interop_dir().join("mqttjs_aliases.js"))
-                .arg(&url)
-                .current_dir(interop_dir()),
-            PEER_TIMEOUT,
-        );
-        let expected = format!(
-            concat!(
-                r#"{{"topics":["court/1/score","court/2/score","court/1/score","court/3/score","#,
-                r#""court/2/score","court/1/score","court/3/score","court/1/score"],"#,
-                r#""set":{},"alone":{},"highest":{}}}"#
-            ),
-            set, alone, highest
-        );
+        let result = mqttjs_aliases(&url, &url);
+        let expected = mqttjs_aliases_expected(set, alone, highest);
         let case = format!("MQTT.js topic aliases from {}", endpoint.name);
         check_observed(&mut failures, &case, result, &expected);
     }
@@ -1546,10 +1048,6 @@ fn mqtt_3_3_2_11_mqttjs_gets_topic_aliases_from_the_broker() {
 #[test]
 #[ignore = "a tool for running peer scripts by hand, not a test"]
 fn serve_for_manual_runs() {
-    let secs = std::env::var("INTEROP_SERVE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
     let ours = OurBroker::start();
     let reference = Mosquitto::start();
     for endpoint in [ours.endpoint(), reference.endpoint()] {
@@ -1558,5 +1056,5 @@ fn serve_for_manual_runs() {
             endpoint.name, endpoint.tcp, endpoint.ws
         );
     }
-    thread::sleep(Duration::from_secs(secs));
+    thread::sleep(manual_serve_time());
 }

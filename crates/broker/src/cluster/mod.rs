@@ -134,6 +134,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// bucket before it is answered from the copy as it is.
 const RETAINED_CATCH_UP: Duration = Duration::from_secs(1);
 
+/// How long a SUBSCRIBE waits for each of its new shared groups' consumer on the stream
+/// ([`Link::groups_ready`]) before it is answered without it.
+const GROUP_READY: Duration = Duration::from_secs(2);
+
 /// Whether a node shares this topic (or filter) with the others: `$SYS` topics describe the
 /// node that publishes them.
 fn crosses(topic: &str) -> bool {
@@ -600,6 +604,30 @@ impl Link {
             debug!(
                 "cluster: the copy of the retained bucket is behind; answering from it as it is"
             );
+        }
+    }
+
+    /// Makes sure each of `filters` (shared ones a SUBSCRIBE asks for) has its group's consumer
+    /// on the stream, waiting at most [`GROUP_READY`] for each: a new group's consumer starts
+    /// with what is written once it exists, so that a QoS 1 or 2 message published after the
+    /// SUBACK, which waits for this, reaches the group. Otherwise the node's member task made
+    /// it after the SUBACK, and what came in between did not reach the group (the new-group
+    /// test in `cluster_share.rs` lost 19 of 20).
+    pub(crate) async fn groups_ready(&self, filters: &[TopicFilter]) {
+        let context = stream::context(&self.client);
+        for filter in filters {
+            match tokio::time::timeout(GROUP_READY, share::group_consumer(&context, filter)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    debug!(%error, filter = filter.as_str(), "cluster: a shared group's consumer is not ready");
+                }
+                Err(_) => {
+                    debug!(
+                        filter = filter.as_str(),
+                        "cluster: a shared group's consumer is slow to come"
+                    );
+                }
+            }
         }
     }
 

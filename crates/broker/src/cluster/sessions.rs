@@ -399,6 +399,10 @@ impl Sessions {
         // The stream may hold what the session was routed and never got: replayed from the
         // record's cursor when the node that held it lost it.
         let replay_from = previous.cursor.filter(|_| record.is_some());
+        if record.is_some() {
+            // Its deliveries past the cursor, and the inbound QoS 2 messages answered.
+            session.set_in_flight_record(previous.in_flight.clone());
+        }
         if previous.owner == self.node_id {
             // Its state is here, unless this node lost it (a restart without a store).
             if existed {
@@ -451,14 +455,23 @@ impl Sessions {
                 self.replay(shared, session, cursor, &previous.in_flight)
                     .await;
             } else if let Some(Reply::Handover(handover)) = &reply {
-                // What the old owner routed before it let the session go is in its handover:
-                // not queued here again.
+                // What the old owner routed before it let the session go is in its handover.
+                // What it had not routed yet, this node may have routed before the session
+                // was here (the nodes' consumers go at their own pace): the stream is read
+                // again after the old owner's place, but for what the handover has.
                 let handed: HashSet<u64> = handover
                     .queued
                     .iter()
                     .map(|(_, _, sequence)| *sequence)
                     .collect();
-                shared.end_replay(session, handover.routed, &handed);
+                super::replay::replay(
+                    shared,
+                    &super::stream::context(&self.client),
+                    session,
+                    handover.routed,
+                    &handed,
+                )
+                .await;
             } else {
                 shared.end_replay(session, 0, &HashSet::new());
             }
@@ -1093,6 +1106,11 @@ fn encode_value(
     for sequence in in_flight.done.iter().take(u32::MAX as usize) {
         buf.put_u64(*sequence);
     }
+    buf.put_u16(u16::try_from(in_flight.inbound.len()).unwrap_or(u16::MAX));
+    for (packet_id, id) in in_flight.inbound.iter().take(usize::from(u16::MAX)) {
+        buf.put_u16(packet_id.get());
+        record::put_bytes(&mut buf, id.as_bytes());
+    }
     match record {
         None => buf.put_u8(0),
         Some(record) => {
@@ -1124,6 +1142,11 @@ fn decode_value(client_id: &str, value: &[u8]) -> Option<Previous> {
         }
         for _ in 0..reader.u32().ok()? {
             in_flight.done.push(reader.u64().ok()?);
+        }
+        for _ in 0..reader.u16().ok()? {
+            let packet_id = PacketId::new(reader.u16().ok()?)?;
+            let id = std::str::from_utf8(reader.bytes().ok()?).ok()?.to_owned();
+            in_flight.inbound.push((packet_id, id));
         }
         Some(cursor)
     } else {
@@ -1293,6 +1316,7 @@ mod tests {
                 (79, PacketId::new(65535).unwrap()),
             ],
             done: vec![81, 90],
+            inbound: vec![(PacketId::new(4).unwrap(), "node-a-17f-9".to_owned())],
         };
         let value = encode_value("node-a", Some(&record()), 77, &in_flight);
         let previous = decode_value("a/b c", &value).unwrap();

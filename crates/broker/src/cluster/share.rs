@@ -50,6 +50,12 @@ const GROUP_IDLE: Duration = Duration::from_secs(5 * 60);
 /// How long a node waits before trying again when opening or pulling a group's consumer failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// Longest a member waits for a new group's consumer to have a leader before it pulls.
+const LEADER_WAIT: Duration = Duration::from_secs(2);
+
+/// How often it asks meanwhile.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+
 /// What the groups task is told, in the order the router's index changed.
 #[derive(Debug)]
 pub(super) enum GroupCommand {
@@ -192,7 +198,7 @@ async fn core_member(
 
 /// Opens (or creates) the group's consumer on the stream. A new group starts with what is
 /// written from then on.
-async fn group_consumer(
+pub(super) async fn group_consumer(
     context: &jetstream::Context,
     filter: &TopicFilter,
 ) -> Result<consumer::PullConsumer, String> {
@@ -218,6 +224,30 @@ async fn group_consumer(
         .map_err(|e| e.to_string())
 }
 
+/// Waits (at most [`LEADER_WAIT`]) until the group's consumer has a leader. A new consumer
+/// has none for a moment (its replicas elect one), and a pull sent then goes unanswered: the
+/// NATS client waits out the pull's expiry and 5 s more before the next: without this wait a
+/// new group's first message came 6 s late (2 of 3 groups in `cluster_share.rs`'s new-group
+/// test).
+async fn until_led(consumer: &mut consumer::PullConsumer) {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        // No cluster information: one server, no election.
+        let led = consumer
+            .cached_info()
+            .cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.leader.is_some());
+        if led || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(LEADER_POLL).await;
+        if let Err(error) = consumer.info().await {
+            debug!(%error, "cluster: a shared group's consumer has no leader yet");
+        }
+    }
+}
+
 /// Sleeps for [`RETRY_DELAY`]; `false` if cancelled meanwhile.
 async fn pause(cancel: &mut oneshot::Receiver<()>) -> bool {
     tokio::select! {
@@ -235,7 +265,7 @@ async fn stream_member(
     mut cancel: oneshot::Receiver<()>,
     shared: Weak<Shared>,
 ) {
-    let consumer = loop {
+    let mut consumer = loop {
         match group_consumer(&context, &filter).await {
             Ok(consumer) => break consumer,
             Err(error) => {
@@ -246,6 +276,10 @@ async fn stream_member(
             }
         }
     };
+    tokio::select! {
+        () = until_led(&mut consumer) => {}
+        _ = &mut cancel => return,
+    }
     let (acks_tx, acks) = mpsc::channel(messages::ACK_CAPACITY);
     // Acknowledged within this task: aborted with it, it holds no broker state past the end.
     let acknowledging = acknowledge(acks, shared.clone(), None);

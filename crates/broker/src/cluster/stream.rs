@@ -212,6 +212,8 @@ pub(crate) type Written = oneshot::Receiver<Result<(), String>>;
 pub(crate) struct StreamAck {
     stream: Written,
     retained: Option<Written>,
+    /// The message's id in the stream (empty when it was not sent).
+    message_id: String,
 }
 
 impl StreamAck {
@@ -220,7 +222,14 @@ impl StreamAck {
         Self {
             stream: failed(reason),
             retained: None,
+            message_id: String::new(),
         }
+    }
+
+    /// The message's id in the stream: a second write under it (within the stream's
+    /// duplicate window) is dropped.
+    pub(crate) fn message_id(&self) -> &str {
+        &self.message_id
     }
 
     /// Waits for the retained bucket's write too.
@@ -291,12 +300,13 @@ impl Writer {
         match self.outgoing.try_send(Outgoing {
             subject,
             envelope,
-            id,
+            id: id.clone(),
             done,
         }) {
             Ok(()) => StreamAck {
                 stream: ack,
                 retained: None,
+                message_id: id,
             },
             Err(_) => StreamAck::failed("too many messages waiting for the stream"),
         }

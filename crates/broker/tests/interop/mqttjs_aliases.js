@@ -2,10 +2,10 @@
 // Topic aliases from the broker to MQTT.js (npm `mqtt`) over WebSockets, against a broker: ours
 // or Mosquitto.
 //
-//   node mqttjs_aliases.js URL    (URL like ws://127.0.0.1:PORT/mqtt)
+//   node mqttjs_aliases.js URL [PUB_URL]    (URLs like ws://127.0.0.1:PORT/mqtt)
 //
-// An MQTT 5 subscriber announcing Topic Alias Maximum 10 receives QoS 1 messages on three
-// topics. Prints one line of JSON: the topics as MQTT.js resolved them (after the run's
+// An MQTT 5 subscriber (on URL) announcing Topic Alias Maximum 10 receives QoS 1 messages on
+// three topics from a publisher (on PUB_URL, another node of a cluster, if given; else on URL). Prints one line of JSON: the topics as MQTT.js resolved them (after the run's
 // prefix), and how the broker used aliases: PUBLISHes that set one (topic and alias), that
 // came on one alone (empty topic), and the highest alias. On a failure or after 5 s prints a
 // clear message to stderr and exits with status 1.
@@ -13,9 +13,9 @@
 
 const mqtt = require('mqtt');
 
-const [url] = process.argv.slice(2);
+const [url, pubUrl = url] = process.argv.slice(2);
 if (!url) {
-  console.error('usage: node mqttjs_aliases.js ws://HOST:PORT/mqtt');
+  console.error('usage: node mqttjs_aliases.js ws://HOST:PORT/mqtt [ws://HOST:PORT/mqtt]');
   process.exit(2);
 }
 const run = Math.random().toString(16).slice(2, 12);
@@ -32,9 +32,9 @@ function fail(message) {
 
 const timer = setTimeout(() => fail('no result within 5s'), 5000);
 
-function connect(name, properties) {
+function connect(name, to, properties) {
   return new Promise((resolve, reject) => {
-    const client = mqtt.connect(url, {
+    const client = mqtt.connect(to, {
       protocolVersion: 5,
       clientId: `${name}-${run}`,
       reconnectPeriod: 0,
@@ -49,8 +49,8 @@ function connect(name, properties) {
 }
 
 async function main() {
-  const subscriber = await connect('sub', { topicAliasMaximum: 10 });
-  const publisher = await connect('pub', {});
+  const subscriber = await connect('sub', url, { topicAliasMaximum: 10 });
+  const publisher = await connect('pub', pubUrl, {});
   const use = { set: 0, alone: 0, highest: 0 };
   const received = [];
   const all = new Promise((resolve) => {

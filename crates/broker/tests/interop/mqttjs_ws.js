@@ -1,19 +1,20 @@
 #!/usr/bin/env node
 // Interop with MQTT.js (npm `mqtt`) over WebSockets, against a broker: ours or Mosquitto.
 //
-//   node mqttjs_ws.js URL VERSION    (URL like ws://127.0.0.1:PORT/mqtt; VERSION 3, 4 or 5
-//                                     for MQTT 3.1, 3.1.1 or 5.0)
+//   node mqttjs_ws.js URL VERSION [PUB_URL]   (URL like ws://127.0.0.1:PORT/mqtt; VERSION 3,
+//                                              4 or 5 for MQTT 3.1, 3.1.1 or 5.0)
 //
-// Connects a subscriber and a publisher, subscribes at QoS 1, publishes at QoS 1 and waits for
+// Connects a subscriber (to URL) and a publisher (to PUB_URL, another node of a cluster, if
+// given; else to URL), subscribes at QoS 1, publishes at QoS 1 and waits for
 // the message; then publishes a retained message at QoS 2 and subscribes to it. Prints what it observed as one line of JSON; on a failure or after 5 s prints a
 // clear message to stderr and exits with status 1.
 'use strict';
 
 const mqtt = require('mqtt');
 
-const [url, version] = process.argv.slice(2);
+const [url, version, pubUrl = url] = process.argv.slice(2);
 if (!url || !['3', '4', '5'].includes(version)) {
-  console.error('usage: node mqttjs_ws.js ws://HOST:PORT/mqtt 3|4|5');
+  console.error('usage: node mqttjs_ws.js ws://HOST:PORT/mqtt 3|4|5 [ws://HOST:PORT/mqtt]');
   process.exit(2);
 }
 const protocolVersion = Number(version);
@@ -29,9 +30,9 @@ function fail(message) {
 
 const timer = setTimeout(() => fail('no result within 5s'), 5000);
 
-function connect(name) {
+function connect(name, to) {
   return new Promise((resolve, reject) => {
-    const client = mqtt.connect(url, {
+    const client = mqtt.connect(to, {
       protocolVersion,
       // MQTT 3.1 names its protocol MQIsdp (and asks for the WebSocket subprotocol mqttv3.1).
       protocolId: protocolVersion === 3 ? 'MQIsdp' : 'MQTT',
@@ -47,8 +48,8 @@ function connect(name) {
 }
 
 async function main() {
-  const { client: subscriber } = await connect('sub');
-  const { client: publisher } = await connect('pub');
+  const { client: subscriber } = await connect('sub', url);
+  const { client: publisher } = await connect('pub', pubUrl);
   const received = new Promise((resolve) => {
     subscriber.once('message', (topicName, payload, packet) =>
       resolve({ topic: topicName, payload: payload.toString(), qos: packet.qos, retain: packet.retain }),

@@ -6,6 +6,7 @@
 pub mod child;
 pub mod cluster;
 pub mod credentials;
+pub mod interop;
 pub mod store;
 pub mod storm;
 
