@@ -2,7 +2,7 @@
 //! thread that commits every change that arrived while the previous commit was syncing in one
 //! transaction (group commit: one fsync for all of them).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use redb::{
     BackendError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
     Table, TableDefinition, WriteTransaction,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -27,7 +28,7 @@ use super::record::{
 };
 use super::{
     COMMIT_SECONDS_BUCKETS, Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store,
-    StoreError, StoreStats, Ticket, message_expired, session_expired,
+    StoreError, StoreStats, StoredMessage, Ticket, message_expired, session_expired,
 };
 use crate::lock;
 
@@ -48,6 +49,10 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// 10 million queued entries (a 1 GB store) kept the broker at 1.2 GB RSS; with this, 70 to
 /// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability").
 const CACHE_BYTES: usize = 32 << 20;
+
+/// Slots of [`Decoded`]: more than the messages a backlog's sessions are apart from each other
+/// when they drain together (10,000 in `backlog`), at a few hundred bytes each.
+const DECODED_SLOTS: usize = 1 << 14;
 
 /// Failed ticket ranges remembered for `durable`'s answer; older failures are long decided.
 const FAILURES_KEPT: usize = 1024;
@@ -90,6 +95,8 @@ struct Shared {
     /// nanoseconds. Written by the writer thread only, once per commit.
     commit_seconds: [AtomicU64; COMMIT_SECONDS_BUCKETS.len() + 1],
     commit_nanos: AtomicU64,
+    /// Messages read for queues lately, shared by the sessions that read them.
+    decoded: Decoded,
     /// The database file's syncs (`fdatasync`), counted by its backend.
     syncs: Arc<AtomicU64>,
     /// Held for the store's life: the lock on `lock`.
@@ -106,6 +113,56 @@ struct Pending {
     /// The writer waits for the open groups to close: new ones wait for it, so that groups
     /// that keep overlapping cannot hold commits back for ever.
     draining: bool,
+}
+
+/// The messages [`Store::read_queue`] decoded lately, by identifier (a direct-mapped cache): a
+/// message routed to many sessions is read back by each, and each would otherwise hold a
+/// decoded copy of its own. 1,000 sessions draining a backlog together held up to 512 entries
+/// each in memory, every one with its own copy. Identifiers are not used twice while a broker
+/// runs (they grow from [`Loaded::next_message_id`]), so an identifier found is the message;
+/// [`Store::load`] empties the cache, as a broker starting anew may count from a lower one.
+#[derive(Debug)]
+struct Decoded(Mutex<Vec<Option<DecodedSlot>>>);
+
+/// A slot of [`Decoded`]: the message and its identifier.
+type DecodedSlot = (MessageId, Arc<StoredMessage>);
+
+impl Default for Decoded {
+    fn default() -> Self {
+        Self(Mutex::new(vec![None; DECODED_SLOTS]))
+    }
+}
+
+impl Decoded {
+    fn slot(id: MessageId) -> usize {
+        // The remainder is below DECODED_SLOTS, which fits in usize.
+        (id % DECODED_SLOTS as u64) as usize
+    }
+
+    /// The cached message of each of `ids`, where there is one.
+    fn get(&self, ids: impl Iterator<Item = MessageId>) -> Vec<Option<Arc<StoredMessage>>> {
+        let slots = lock(&self.0);
+        ids.map(|id| match &slots[Self::slot(id)] {
+            Some((cached, message)) if *cached == id => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// Keeps `messages`, in place of what their slots held.
+    fn put(&self, messages: FxHashMap<MessageId, Arc<StoredMessage>>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut slots = lock(&self.0);
+        for (id, message) in messages {
+            slots[Self::slot(id)] = Some((id, message));
+        }
+    }
+
+    fn clear(&self) {
+        lock(&self.0).fill(None);
+    }
 }
 
 /// A storage error; a full disk is told apart, as MQTT 5 has a reason code for it (0x97).
@@ -174,6 +231,7 @@ impl DiskStore {
             failed_commits: AtomicU64::new(0),
             commit_seconds: Default::default(),
             commit_nanos: AtomicU64::new(0),
+            decoded: Decoded::default(),
             syncs,
             _lock: lock_file,
         });
@@ -504,11 +562,11 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut cursors = txn.open_table(CURSORS).map_err(io)?;
-    let mut references: HashMap<MessageId, i64> = HashMap::new();
+    let mut references: FxHashMap<MessageId, i64> = FxHashMap::default();
     // Messages an entry stopped referring to in this group: one whose entries were all added
     // and removed within the group has a net change of 0, and must still go.
-    let mut released: HashSet<MessageId> = HashSet::new();
-    let mut sizes: HashMap<&str, (i64, i64)> = HashMap::new();
+    let mut released: FxHashSet<MessageId> = FxHashSet::default();
+    let mut sizes: FxHashMap<&str, (i64, i64)> = FxHashMap::default();
     let mut deleted = Deleted::default();
     let skip = cancelled(changes);
     for (change, skip) in changes.iter().zip(skip) {
@@ -598,10 +656,14 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 }
                 let key = entry_key(client_id, *seq);
                 // Only an entry still queued: an update racing its deletion must not revive it.
-                if queues.get(key.as_slice()).map_err(io)?.is_some() {
-                    queues
-                        .insert(key.as_slice(), encode_entry(entry).as_slice())
-                        .map_err(io)?;
+                // Inserting first and taking back the rare insert of an entry that was gone
+                // costs one descent of the B-tree per update where a lookup first costs two.
+                let was_queued = queues
+                    .insert(key.as_slice(), encode_entry(entry).as_slice())
+                    .map_err(io)?
+                    .is_some();
+                if !was_queued {
+                    queues.remove(key.as_slice()).map_err(io)?;
                 }
             }
             Change::DeleteEntry { client_id, seq } => deleted.add(client_id, *seq),
@@ -684,9 +746,9 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 #[derive(Default)]
 struct Deleted<'c> {
     /// Entry numbers by session, in the order deleted.
-    by_session: HashMap<&'c str, Vec<u64>>,
+    by_session: FxHashMap<&'c str, Vec<u64>>,
     /// The same, to look up.
-    entries: HashSet<(&'c str, u64)>,
+    entries: FxHashSet<(&'c str, u64)>,
 }
 
 impl<'c> Deleted<'c> {
@@ -705,9 +767,9 @@ impl<'c> Deleted<'c> {
     fn remove_all(
         &mut self,
         queues: &mut Table<'_, &'static [u8], &'static [u8]>,
-        references: &mut HashMap<MessageId, i64>,
-        released: &mut HashSet<MessageId>,
-        sizes: &mut HashMap<&'c str, (i64, i64)>,
+        references: &mut FxHashMap<MessageId, i64>,
+        released: &mut FxHashSet<MessageId>,
+        sizes: &mut FxHashMap<&'c str, (i64, i64)>,
     ) -> Result<(), StoreError> {
         self.entries.clear();
         for (client_id, mut seqs) in self.by_session.drain() {
@@ -756,9 +818,9 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
         updates: Vec<usize>,
     }
     let mut skip = vec![false; changes.len()];
-    let mut touched: HashMap<(&str, u64), Touched> = HashMap::new();
+    let mut touched: FxHashMap<(&str, u64), Touched> = FxHashMap::default();
     // Entries added over an entry already touched (a replacement): left to `apply` as they are.
-    let mut replaced: HashSet<(&str, u64)> = HashSet::new();
+    let mut replaced: FxHashSet<(&str, u64)> = FxHashSet::default();
     for (at, change) in changes.iter().enumerate() {
         match change {
             Change::AddEntry { client_id, seq, .. } => {
@@ -804,7 +866,7 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
     // subscriber acknowledged it before the commit) would be written and removed in the same
     // transaction: it is not written at all. Its entries are all in its group (routing writes
     // one message in one `Store::begin_group`), so none comes later.
-    let mut kept: HashMap<MessageId, bool> = HashMap::new();
+    let mut kept: FxHashMap<MessageId, bool> = FxHashMap::default();
     for (at, change) in changes.iter().enumerate() {
         if let Change::AddEntry { entry, .. } = change {
             *kept.entry(entry.message).or_default() |= !skip[at];
@@ -822,6 +884,7 @@ fn cancelled(changes: &[Change]) -> Vec<bool> {
 
 impl Store for DiskStore {
     fn load(&self) -> Result<Loaded, StoreError> {
+        self.shared.decoded.clear();
         let now = SystemTime::now();
         let txn = self.shared.begin_read()?;
         let sessions = txn.open_table(SESSIONS).map_err(io)?;
@@ -909,34 +972,45 @@ impl Store for DiskStore {
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let start = entry_key(client_id, from_seq);
         let (_, end) = session_range(client_id);
-        let mut cache: HashMap<MessageId, Arc<super::StoredMessage>> = HashMap::new();
-        let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut page = Vec::with_capacity(limit.min(1024));
         for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
-            if entries.len() >= limit {
+            if page.len() >= limit {
                 break;
             }
             let (key, value) = item.map_err(io)?;
-            let entry = decode_entry(value.value())?;
-            let message = match cache.get(&entry.message) {
-                Some(message) => message.clone(),
-                None => {
-                    let Some(value) = messages.get(entry.message).map_err(io)? else {
-                        return Err(StoreError::Corrupt(format!(
-                            "queue entry of {client_id} refers to message {} that is gone",
-                            entry.message
-                        )));
-                    };
-                    let message = Arc::new(decode_message(value.value())?);
-                    cache.insert(entry.message, message.clone());
-                    message
-                }
+            page.push((seq_of(key.value())?, decode_entry(value.value())?));
+        }
+        let mut shared = self
+            .shared
+            .decoded
+            .get(page.iter().map(|(_, entry)| entry.message));
+        let mut decoded: FxHashMap<MessageId, Arc<StoredMessage>> = FxHashMap::default();
+        let mut entries = Vec::with_capacity(page.len());
+        for ((seq, entry), cached) in page.into_iter().zip(&mut shared) {
+            let message = match cached.take() {
+                Some(message) => message,
+                None => match decoded.get(&entry.message) {
+                    Some(message) => message.clone(),
+                    None => {
+                        let Some(value) = messages.get(entry.message).map_err(io)? else {
+                            return Err(StoreError::Corrupt(format!(
+                                "queue entry of {client_id} refers to message {} that is gone",
+                                entry.message
+                            )));
+                        };
+                        let message = Arc::new(decode_message(value.value())?);
+                        decoded.insert(entry.message, message.clone());
+                        message
+                    }
+                },
             };
             entries.push(LoadedEntry {
-                seq: seq_of(key.value())?,
+                seq,
                 entry,
                 message,
             });
         }
+        self.shared.decoded.put(decoded);
         Ok(entries)
     }
 
@@ -1065,6 +1139,53 @@ mod tests {
             super::cancelled(&changes),
             [true, true, false, true, false, false, true, true]
         );
+    }
+
+    /// A message identifier counted again from a lower one after `load` (a broker starting anew
+    /// on the same store, its last messages gone) reads the message stored under it now, not
+    /// the one read under it before.
+    #[tokio::test]
+    async fn a_message_id_used_again_after_load_reads_the_new_message() {
+        let dir = scratch("decoded");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        let client: Arc<str> = "c".into();
+        let commit = |changes| {
+            let ticket = store.write(changes);
+            tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
+        };
+        let queue = |seq, payload: &'static str| {
+            let message = StoredMessage {
+                publish: Publish::new(TopicName::new("t").expect("a valid topic"), payload),
+                received_at: SystemTime::now(),
+            };
+            vec![
+                Change::PutMessage(7, Arc::new(message)),
+                Change::AddEntry {
+                    client_id: client.clone(),
+                    seq,
+                    entry: entry(7),
+                },
+            ]
+        };
+        assert_eq!(commit(queue(0, "first")).await, Ok(Ok(())));
+        let read = store.read_queue(&client, 0, 10).expect("reads");
+        assert_eq!(read[0].message.publish.payload, "first");
+        let deleted = vec![Change::DeleteEntry {
+            client_id: client.clone(),
+            seq: 0,
+        }];
+        assert_eq!(commit(deleted).await, Ok(Ok(())));
+        let loaded = store.load().expect("loads");
+        assert_eq!(loaded.next_message_id, 0, "message 7 is gone");
+        assert_eq!(commit(queue(1, "second")).await, Ok(Ok(())));
+        let read = store.read_queue(&client, 0, 10).expect("reads");
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (read[0].seq, &read[0].message.publish.payload[..]),
+            (1, &b"second"[..])
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn scratch(name: &str) -> std::path::PathBuf {
