@@ -673,6 +673,51 @@ async fn cluster_mqtt_3_1_2_4_a_subscription_acknowledged_by_a_killed_node_is_in
     );
 }
 
+/// A raw MQTT 5 client connected to `addr` with `connect`, subscribed to `filter` at QoS 2.
+async fn raw_qos2_subscriber(addr: SocketAddr, connect: Connect, filter: &str) -> Raw {
+    let (mut raw, connack) = Raw::connect(addr, connect).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    raw.send(Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![subscription(filter, QoS::ExactlyOnce)],
+    }))
+    .await;
+    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+    raw
+}
+
+/// A publisher on `addr` sending `p-0` .. `p-{count - 1}` on `topic` at QoS 2, each
+/// acknowledged before the next, in a task of its own.
+fn publish_numbered_qos2(
+    addr: SocketAddr,
+    client_id: &'static str,
+    topic: &'static str,
+    count: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut publisher = connect(addr, connect_packet(V5, client_id)).await;
+        for n in 0..count {
+            let code = publisher
+                .publish(message(topic, &format!("p-{n}"), QoS::ExactlyOnce))
+                .await;
+            assert!(acknowledged(code), "p-{n}: {code:?}");
+        }
+    })
+}
+
+/// Reads on for [`QUIET`] (a duplicate would come within it), then checks that `receiver`
+/// got `p-0` .. `p-{count - 1}` once each, in order.
+async fn expect_each_once(receiver: &mut Qos2Receiver, raw: &mut Raw, count: usize, what: &str) {
+    receiver
+        .receive_until(raw, usize::MAX, Stage::Completed, QUIET)
+        .await;
+    let expected: Vec<String> = (0..count).map(|n| format!("p-{n}")).collect();
+    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
+        panic!("every QoS 2 message once, in order, {what}: {problem}");
+    }
+}
+
 /// A QoS 2 receiver over a raw connection that keeps its session state across connections,
 /// as a client library does: a PUBLISH whose identifier awaits PUBREL is a resend (answered,
 /// not taken again); PUBREL frees its identifier.
@@ -765,15 +810,7 @@ async fn qos2_once_through_the_death_of_its_node(stage: Stage) {
     let data_dir = data.path("node-a");
     let b = in_process_node(&nats, "node-b", false).await;
     let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
-    let (mut raw, connack) = Raw::connect(a.addr, persistent_connect(V5, "exactly", 600)).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    raw.send(Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        properties: Default::default(),
-        subscriptions: vec![subscription("x/#", QoS::ExactlyOnce)],
-    }))
-    .await;
-    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
+    let mut raw = raw_qos2_subscriber(a.addr, persistent_connect(V5, "exactly", 600), "x/#").await;
 
     let mut publisher = connect(tcp_addr(&b), connect_packet(V5, "exactly-pub")).await;
     let mut receiver = Qos2Receiver::new();
@@ -806,14 +843,13 @@ async fn qos2_once_through_the_death_of_its_node(stage: Stage) {
                 .await;
         }
     }
-    // A duplicate would come within this.
-    receiver
-        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
-        .await;
-    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
-    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
-        panic!("every QoS 2 message once, in order, through A's death at {stage:?}: {problem}");
-    }
+    expect_each_once(
+        &mut receiver,
+        &mut raw,
+        MESSAGES,
+        &format!("through A's death at {stage:?}"),
+    )
+    .await;
     assert!(
         receiver.awaiting_release.is_empty(),
         "every identifier released in the end: {:?} left",
@@ -844,26 +880,8 @@ async fn cluster_mqtt_4_3_3_qos2_to_a_subscriber_with_a_backlog_once_through_the
     let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
     let mut v5 = persistent_connect(V5, "backlogged", 600);
     v5.properties.receive_maximum = std::num::NonZeroU16::new(8);
-    let (mut raw, connack) = Raw::connect(a.addr, v5.clone()).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    raw.send(Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        properties: Default::default(),
-        subscriptions: vec![subscription("y/#", QoS::ExactlyOnce)],
-    }))
-    .await;
-    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
-
-    let publisher_addr = tcp_addr(&b);
-    let publishing = tokio::spawn(async move {
-        let mut publisher = connect(publisher_addr, connect_packet(V5, "backlog-pub")).await;
-        for n in 0..MESSAGES {
-            let code = publisher
-                .publish(message("y/1", &format!("p-{n}"), QoS::ExactlyOnce))
-                .await;
-            assert!(acknowledged(code), "p-{n}: {code:?}");
-        }
-    });
+    let mut raw = raw_qos2_subscriber(a.addr, v5.clone(), "y/#").await;
+    let publishing = publish_numbered_qos2(tcp_addr(&b), "backlog-pub", "y/1", MESSAGES);
     let mut receiver = Qos2Receiver::new();
     receiver.pace = Duration::from_millis(15);
     receiver
@@ -879,14 +897,13 @@ async fn cluster_mqtt_4_3_3_qos2_to_a_subscriber_with_a_backlog_once_through_the
         .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
         .await;
     publishing.await.expect("the publisher");
-    // A duplicate would come within this.
-    receiver
-        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
-        .await;
-    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
-    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
-        panic!("every QoS 2 message once, in order, through A's death with a backlog: {problem}");
-    }
+    expect_each_once(
+        &mut receiver,
+        &mut raw,
+        MESSAGES,
+        "through A's death with a backlog",
+    )
+    .await;
 }
 
 /// A QoS 2 subscriber moves from A to B (both alive) while messages flow: what A routed
@@ -899,26 +916,8 @@ async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_no
     let a = in_process_node(&nats, "node-a", false).await;
     let b = in_process_node(&nats, "node-b", false).await;
     let mut v5 = persistent_connect(V5, "mover2", 600);
-    let (mut raw, connack) = Raw::connect(tcp_addr(&a), v5.clone()).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    raw.send(Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        properties: Default::default(),
-        subscriptions: vec![subscription("mv2/#", QoS::ExactlyOnce)],
-    }))
-    .await;
-    assert!(matches!(raw.expect().await, Packet::SubAck(_)));
-
-    let publisher_addr = tcp_addr(&a);
-    let publishing = tokio::spawn(async move {
-        let mut publisher = connect(publisher_addr, connect_packet(V5, "mover2-pub")).await;
-        for n in 0..MESSAGES {
-            let code = publisher
-                .publish(message("mv2/1", &format!("p-{n}"), QoS::ExactlyOnce))
-                .await;
-            assert!(acknowledged(code), "p-{n}: {code:?}");
-        }
-    });
+    let mut raw = raw_qos2_subscriber(tcp_addr(&a), v5.clone(), "mv2/#").await;
+    let publishing = publish_numbered_qos2(tcp_addr(&a), "mover2-pub", "mv2/1", MESSAGES);
     let mut receiver = Qos2Receiver::new();
     receiver
         .receive_until(&mut raw, 60, Stage::Completed, WAIT * 4)
@@ -931,13 +930,7 @@ async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_no
         .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 6)
         .await;
     publishing.await.expect("the publisher");
-    receiver
-        .receive_until(&mut raw, usize::MAX, Stage::Completed, QUIET)
-        .await;
-    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("p-{n}")).collect();
-    if let Err(problem) = once_in_order(&receiver.payloads, &expected) {
-        panic!("every QoS 2 message once, in order, while the session moved: {problem}");
-    }
+    expect_each_once(&mut receiver, &mut raw, MESSAGES, "while the session moved").await;
 }
 
 /// A QoS 2 PUBLISH answered by A (PUBREC), whose PUBREC the client never got because A died,
