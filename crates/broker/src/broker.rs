@@ -28,8 +28,8 @@ use crate::session::{
 };
 use crate::stats::{Dropped, SocketRefusal, Stats};
 use crate::store::{
-    Change, DiskStore, Group, LoadedEntry, LoadedSession, Store, StoreError, StoredMessage,
-    StoredWill, Ticket,
+    Change, DiskStore, Group, LoadedEntry, LoadedSession, SessionRecord, Store, StoreError,
+    StoredMessage, StoredWill, Ticket,
 };
 use crate::tls::Tls;
 use crate::{Error, listener, sys};
@@ -475,15 +475,27 @@ impl Shared {
         let Some(record) = session.record() else {
             return (Ticket::default(), None);
         };
-        let written = self.cluster.get().map(|cluster| {
-            let cursor = session.stream_cursor.load(Ordering::Acquire);
-            cluster
-                .sessions()
-                .save(&record, cursor, session.in_flight_record())
-        });
+        let written = self.save_cluster_record_of(session, &record);
         (
             self.write(vec![Change::PutSession(Box::new(record))]),
             written,
+        )
+    }
+
+    /// Writes a persistent session's record to the cluster's sessions bucket only, with its
+    /// stream cursor and deliveries in flight (which the store's record does not keep): what a
+    /// QoS 2 flow changes; `None` off a cluster or without a record.
+    pub(crate) fn save_cluster_record(&self, session: &Session) -> Option<Written> {
+        self.save_cluster_record_of(session, &session.record()?)
+    }
+
+    fn save_cluster_record_of(&self, session: &Session, record: &SessionRecord) -> Option<Written> {
+        let cluster = self.cluster.get()?;
+        let cursor = session.stream_cursor.load(Ordering::Acquire);
+        Some(
+            cluster
+                .sessions()
+                .save(record, cursor, session.in_flight_record()),
         )
     }
 

@@ -694,7 +694,7 @@ impl Driver {
         if !answered.is_empty()
             && let Some(session) = self.session.clone()
             && session.record_inbound(answered, None)
-            && let (_, Some(written)) = self.shared.save_record_everywhere(&session)
+            && let Some(written) = self.shared.save_cluster_record(&session)
             && !matches!(written.await, Ok(Ok(())))
         {
             debug!("an inbound QoS 2 message's id not in the session's record");
@@ -878,7 +878,7 @@ impl Driver {
                     && self.shared.cluster.get().is_some()
                     && session.record_inbound(Vec::new(), Some(packet_id))
                 {
-                    self.save_record_before_next_bytes(&session);
+                    self.save_cluster_record_before_next_bytes(&session);
                 }
             }
             ServerEvent::Auth(_) => {
@@ -1055,7 +1055,7 @@ impl Driver {
         }
         session.set_outgoing_record(published, released, tracked.done.iter().copied().collect());
         if wait {
-            self.save_record_before_next_bytes(&session);
+            self.save_cluster_record_before_next_bytes(&session);
         }
     }
 
@@ -1065,6 +1065,14 @@ impl Driver {
         let (ticket, written) = self.shared.save_record_everywhere(session);
         self.raise_barrier(ticket);
         if let Some(written) = written {
+            self.extras.get_or_insert_default().record_written = Some(written);
+        }
+    }
+
+    /// Writes the session's record to the cluster's sessions bucket only (the store's record
+    /// has not changed) and makes that write a condition for writing the next bytes.
+    fn save_cluster_record_before_next_bytes(&mut self, session: &Session) {
+        if let Some(written) = self.shared.save_cluster_record(session) {
             self.extras.get_or_insert_default().record_written = Some(written);
         }
     }
