@@ -37,6 +37,12 @@ if ! { command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; }; the
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq nats-server >/dev/null
 fi
+# kill(1) (procps) pauses and resumes a NATS server in the cluster tests (SIGSTOP/SIGCONT).
+if [ ! -x /usr/bin/kill ] && [ ! -x /bin/kill ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq procps >/dev/null
+fi
 
 # MQTT.js (npm mqtt, pinned by package-lock.json) for the broker's interop tests.
 (cd crates/broker/tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
