@@ -132,10 +132,12 @@ pub(super) struct Nodes {
     changes: mpsc::UnboundedSender<WillChange>,
     /// Every node's last change seen by the watch.
     seen: Mutex<BTreeMap<String, Seen>>,
-    /// Since when this node's own beats have come back without a gap: it judges others only
-    /// once they have had as long as it allows them to beat. (After a majority of the NATS
-    /// servers came back, every node's last beat was old, and the first node to beat again
-    /// took the others for dead, publishing the wills of their live clients.)
+    /// Since when this node's own beats have come back without a gap (one more than half an
+    /// interval late): it judges others only once they have had as long as it allows them to
+    /// beat. (After a majority of the NATS servers came back, every node's last beat was old,
+    /// and the first node to beat again took the others for dead, publishing the wills of their
+    /// live clients; after the nodes bucket's leader died, a node whose server went with it was
+    /// taken for dead while it reconnected.)
     watching_since: Mutex<Option<Instant>>,
     /// Held while a beat is written, and set once the node has left: no beat after the key's
     /// delete brings it back.
@@ -733,9 +735,12 @@ impl Nodes {
             Operation::Put => {
                 let beat = serde_json::from_slice::<Beat>(&entry.value).ok()?;
                 if entry.key == self.node_id {
+                    // A beat late by half an interval is a hiccup of the bucket (its leader's
+                    // election after a server died): the others' beats were held up too, and
+                    // a node reconnecting to another server later still.
                     let gap = seen
                         .get(&entry.key)
-                        .is_none_or(|own| own.changed.elapsed() > self.dead_after());
+                        .is_none_or(|own| own.changed.elapsed() > self.heartbeat * 3 / 2);
                     let mut watching_since = crate::lock(&self.watching_since);
                     if gap || watching_since.is_none() {
                         *watching_since = Some(Instant::now());
