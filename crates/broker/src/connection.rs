@@ -21,8 +21,8 @@ use rallymq_codec::{
     Will,
 };
 use rallymq_session::{
-    Accept, AckHandle, CloseReason, OutgoingMessage, OutgoingStage, PublishToken, ServerConnection,
-    ServerEvent, SessionState, Timestamp,
+    Accept, AckHandle, CloseReason, OutgoingStage, PublishToken, ServerConnection, ServerEvent,
+    SessionState, Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
@@ -1549,15 +1549,7 @@ impl Driver {
             let reference = StoredRef::of(&loaded);
             match (loaded.entry.in_flight, durability_mut(&mut self.extras)) {
                 (Some((packet_id, stage)), Some(durability)) if waiting.is_empty() => {
-                    let token = PublishToken(state.next_token);
-                    state.next_token += 1;
-                    let mut publish = publish;
-                    publish.packet_id = Some(packet_id);
-                    state.in_flight.push(OutgoingMessage {
-                        token,
-                        stage,
-                        publish,
-                    });
+                    let token = state.push_in_flight(packet_id, stage, publish);
                     durability
                         .deliveries
                         .insert(token, (loaded.seq, loaded.entry));

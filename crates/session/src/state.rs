@@ -77,4 +77,23 @@ impl SessionState {
             && self.queued.is_empty()
             && self.inbound_awaiting_release.is_empty()
     }
+
+    /// Adds a message in flight under `packet_id` at `stage` (a driver restoring deliveries
+    /// it kept: resumed with DUP, or with PUBREL); returns the token it gets.
+    pub fn push_in_flight(
+        &mut self,
+        packet_id: PacketId,
+        stage: OutgoingStage,
+        mut publish: Publish,
+    ) -> PublishToken {
+        let token = PublishToken(self.next_token);
+        self.next_token += 1;
+        publish.packet_id = Some(packet_id);
+        self.in_flight.push(OutgoingMessage {
+            token,
+            stage,
+            publish,
+        });
+        token
+    }
 }

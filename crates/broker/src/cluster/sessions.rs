@@ -40,7 +40,7 @@ use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKin
 use bytes::{BufMut, Bytes};
 use futures::StreamExt;
 use rallymq_codec::{PacketId, Publish};
-use rallymq_session::{OutgoingMessage, OutgoingStage, PublishToken, SessionState};
+use rallymq_session::{OutgoingStage, SessionState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -718,13 +718,7 @@ fn install_released(session: &Session, released: &[(u64, PacketId)]) {
     for (_, packet_id) in released {
         let mut publish = Publish::new(RELEASED_TOPIC.clone(), Bytes::new());
         publish.qos = rallymq_codec::QoS::ExactlyOnce;
-        publish.packet_id = Some(*packet_id);
-        state.in_flight.push(OutgoingMessage {
-            token: PublishToken(state.next_token),
-            stage: OutgoingStage::Released,
-            publish,
-        });
-        state.next_token += 1;
+        state.push_in_flight(*packet_id, OutgoingStage::Released, publish);
     }
     if let Some(last) = released.iter().map(|(_, packet_id)| *packet_id).max() {
         state.next_packet_id = last.next();
@@ -759,14 +753,8 @@ fn resend_published(shared: &Shared, session: &Session, published: &[(u64, Packe
     let mut highest = None;
     for (queued, packet_id) in taken {
         let mut publish = queued.publish;
-        publish.packet_id = Some(packet_id);
         publish.dup = true;
-        state.in_flight.push(OutgoingMessage {
-            token: PublishToken(state.next_token),
-            stage: OutgoingStage::Published,
-            publish,
-        });
-        state.next_token += 1;
+        state.push_in_flight(packet_id, OutgoingStage::Published, publish);
         highest = highest.max(Some(packet_id));
         if let Some(stored) = queued.stored {
             // In flight from the session's state now, not from the store's queue.
@@ -809,14 +797,8 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
     if let Some(next) = handover.next_packet_id {
         state.next_packet_id = next;
     }
-    for (packet_id, stage, mut publish) in handover.in_flight {
-        publish.packet_id = Some(packet_id);
-        state.in_flight.push(OutgoingMessage {
-            token: PublishToken(state.next_token),
-            stage,
-            publish,
-        });
-        state.next_token += 1;
+    for (packet_id, stage, publish) in handover.in_flight {
+        state.push_in_flight(packet_id, stage, publish);
     }
     let now = Instant::now();
     let queued = handover
