@@ -77,7 +77,10 @@ usage: backlog [options]
                         as after a reboot (dd iflag=nocache)
   --min-free-gb N       stop publishing below this much free disk (15)
   --phase-timeout SECS  longest phase (1800)
-  --bench-broker PATH   rallymq_bench_broker (default: next to this binary)";
+  --bench-broker PATH   rallymq_bench_broker (default: next to this binary)
+  --fill-only           fill the backlog, restart, stop and keep the store (for --from-store)
+  --from-store DIR      drain a copy of the store a `--keep` run left in DIR (same --sessions and
+                        --messages), without filling it or restarting: to measure the drain alone";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -94,6 +97,8 @@ struct Options {
     min_free: u64,
     phase_timeout: Duration,
     bench_broker: Option<PathBuf>,
+    from_store: Option<PathBuf>,
+    fill_only: bool,
 }
 
 impl Default for Options {
@@ -112,6 +117,8 @@ impl Default for Options {
             min_free: 15 << 30,
             phase_timeout: Duration::from_secs(1800),
             bench_broker: None,
+            from_store: None,
+            fill_only: false,
         }
     }
 }
@@ -133,6 +140,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 options.cold = true;
                 continue;
             }
+            "--fill-only" => {
+                options.fill_only = true;
+                options.keep = true;
+                continue;
+            }
             _ => {}
         }
         let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -152,6 +164,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--min-free-gb" => options.min_free = number()? << 30,
             "--phase-timeout" => options.phase_timeout = Duration::from_secs(number()?.max(1)),
             "--bench-broker" => options.bench_broker = Some(PathBuf::from(value)),
+            "--from-store" => options.from_store = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -233,6 +246,31 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
         }
     }
     (allocated, apparent)
+}
+
+fn data_dir_text(dir: &Option<PathBuf>) -> String {
+    dir.as_ref()
+        .map_or_else(|| "memory".to_owned(), |dir| dir.display().to_string())
+}
+
+/// The CPU time (user and system) process `pid` has used, in seconds (Linux counts it in ticks
+/// of 10 ms: `CLK_TCK` is 100 on every architecture it runs on).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // utime and stime are the 14th and 15th fields: the 12th and 13th after the command name,
+    // which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Copies the store file a `--keep` run left in `source` into `dir` (its lock file stays: the
+/// broker makes its own).
+fn copy_store(source: &Path, dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(source.join("store.redb"), dir.join("store.redb"))?;
+    Ok(())
 }
 
 /// Drops the files under `dir` from the OS page cache, so that the next start reads them from
@@ -632,40 +670,18 @@ fn restart(
     Ok((broker, line))
 }
 
-fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<String> {
-    let mut out = String::new();
+/// The backlog's making: the sessions, the publishing, and the two restarts.
+fn fill_and_restart(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    port: u16,
+    data_dir: &Option<PathBuf>,
+    out: &mut String,
+    broker: &mut BenchBroker,
+    sampler: &mut RssSampler,
+) -> io::Result<()> {
     let entries = options.messages * options.sessions as u64;
-    let guard = DataDir {
-        path: (!options.in_memory).then(|| {
-            options
-                .data_root
-                .join(format!("backlog-data-{}", std::process::id()))
-        }),
-        keep: options.keep,
-    };
-    let data_dir = guard.path.clone();
-    let port = StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _ = writeln!(
-        out,
-        "backlog: {} sessions x {} messages of {} B = {} entries; {} publishers, window {}; {}; load average {}",
-        options.sessions,
-        options.messages,
-        options.payload,
-        entries,
-        options.publishers,
-        options.window,
-        match &data_dir {
-            Some(dir) => format!("store in {}", dir.display()),
-            None => "in memory".to_owned(),
-        },
-        load_average()
-    );
-    print!("{out}");
-    out.clear();
-    let (mut broker, _, _) = start_broker(runtime, options, port, data_dir.as_deref())?;
     let addr = broker.tcp;
-    let mut sampler = RssSampler::start(broker.pid());
-
     // Sessions.
     let begun = Instant::now();
     runtime.block_on(async {
@@ -682,7 +698,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         options.sessions,
         begun.elapsed().as_secs_f64()
     );
-    report_broker(&mut out, &mut broker, &sampler);
+    report_broker(out, broker, sampler);
 
     // Backlog.
     let counts0 = broker.store_counts();
@@ -753,7 +769,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         published as f64 / elapsed,
         (published * options.sessions as u64) as f64 / elapsed
     );
-    report_commits(&mut out, counts0, broker.store_counts(), elapsed);
+    report_commits(out, counts0, broker.store_counts(), elapsed);
     if let (Some(i0), Some(i1)) = (io0, proc_io(broker.pid())) {
         let written = i1.since(&i0);
         let _ = writeln!(
@@ -765,11 +781,11 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
             written.write_bytes as f64 / entries as f64
         );
     }
-    report_broker(&mut out, &mut broker, &sampler);
+    report_broker(out, broker, sampler);
     std::thread::sleep(Duration::from_secs(2));
     let _ = write!(out, "after 2 s idle:");
-    report_broker(&mut out, &mut broker, &sampler);
-    if let Some(dir) = &data_dir {
+    report_broker(out, broker, sampler);
+    if let Some(dir) = data_dir {
         let (allocated, apparent) = disk_usage(dir);
         let _ = writeln!(
             out,
@@ -784,35 +800,91 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
 
     // Restarts.
     if data_dir.is_some() {
-        drop(sampler);
         broker.kill();
-        drop(broker);
         let cold = if options.cold {
             " (store evicted from the page cache)"
         } else {
             ""
         };
-        let (mut restarted, line) = restart(runtime, options, port, &data_dir)?;
+        let (mut restarted, line) = restart(runtime, options, port, data_dir)?;
         let _ = writeln!(out, "restart after SIGKILL{cold}: {line}");
-        sampler = RssSampler::start(restarted.pid());
-        report_broker(&mut out, &mut restarted, &sampler);
-        drop(sampler);
+        *sampler = RssSampler::start(restarted.pid());
+        report_broker(out, &mut restarted, sampler);
         let stopped_in = restarted.stop(Duration::from_secs(120));
-        let (mut again, line) = restart(runtime, options, port, &data_dir)?;
+        let (again, line) = restart(runtime, options, port, data_dir)?;
         let _ = writeln!(
             out,
             "restart after a clean stop (stopped in {:.3} s){cold}: {line}",
             stopped_in.as_secs_f64()
         );
-        sampler = RssSampler::start(again.pid());
-        report_broker(&mut out, &mut again, &sampler);
-        broker = again;
+        *sampler = RssSampler::start(again.pid());
+        *broker = again;
+        report_broker(out, broker, sampler);
         print!("{out}");
         out.clear();
     }
 
+    Ok(())
+}
+
+fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<String> {
+    let mut out = String::new();
+    let entries = options.messages * options.sessions as u64;
+    let guard = DataDir {
+        path: (!options.in_memory).then(|| {
+            options
+                .data_root
+                .join(format!("backlog-data-{}", std::process::id()))
+        }),
+        keep: options.keep,
+    };
+    let data_dir = guard.path.clone();
+    let port = StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _ = writeln!(
+        out,
+        "backlog: {} sessions x {} messages of {} B = {} entries; {} publishers, window {}; {}; load average {}",
+        options.sessions,
+        options.messages,
+        options.payload,
+        entries,
+        options.publishers,
+        options.window,
+        match &data_dir {
+            Some(dir) => format!("store in {}", dir.display()),
+            None => "in memory".to_owned(),
+        },
+        load_average()
+    );
+    print!("{out}");
+    out.clear();
+    if let (Some(source), Some(dir)) = (&options.from_store, &data_dir) {
+        copy_store(source, dir)?;
+        let _ = writeln!(out, "store copied from {}", source.display());
+    }
+    let (mut broker, _, _) = start_broker(runtime, options, port, data_dir.as_deref())?;
+    let addr = broker.tcp;
+    let mut sampler = RssSampler::start(broker.pid());
+    if options.from_store.is_none() {
+        fill_and_restart(
+            runtime,
+            options,
+            port,
+            &data_dir,
+            &mut out,
+            &mut broker,
+            &mut sampler,
+        )?;
+        if options.fill_only {
+            drop(sampler);
+            broker.stop(Duration::from_secs(120));
+            let _ = writeln!(out, "store kept in {}", data_dir_text(&data_dir));
+            return Ok(out);
+        }
+    }
+
     // Drain.
     let counts0 = broker.store_counts();
+    let cpu0 = cpu_seconds(broker.pid());
     let drained = Arc::new(Drained::default());
     let stop = Arc::new(AtomicBool::new(false));
     let begun = Instant::now();
@@ -864,6 +936,15 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         }
     );
     report_commits(&mut out, counts0, broker.store_counts(), elapsed);
+    if let (Some(cpu0), Some(cpu1)) = (cpu0, cpu_seconds(broker.pid())) {
+        let _ = writeln!(
+            out,
+            "  broker CPU: {:.1} s ({:.0}% of a core), {:.2} µs per entry",
+            cpu1 - cpu0,
+            (cpu1 - cpu0) / elapsed * 100.0,
+            (cpu1 - cpu0) * 1e6 / received.max(1) as f64
+        );
+    }
     report_broker(&mut out, &mut broker, &sampler);
     if let Some(dir) = &data_dir {
         let (allocated, apparent) = disk_usage(dir);
