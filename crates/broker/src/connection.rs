@@ -42,7 +42,7 @@ use crate::session::{
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
 use crate::store::{
-    Change, DRAIN_AHEAD, LoadedEntry, QueueEntry, SessionRecord, StoreError, StoredWill, Ticket,
+    Change, LoadedEntry, QueueEntry, SessionRecord, StoreError, StoredWill, Ticket,
 };
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
@@ -1684,23 +1684,14 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it is decided, and, while the store's writer is behind, this connection's
-    /// deliveries up to the page before.
+    /// written to it, and this connection's deliveries up to the page before, are decided.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
-        // Behind, a drain runs at most a page ahead of the store's writer, so that its changes
-        // held in memory stay bounded (two pages per session).
+        // A drain runs at most a page ahead of the store's writer, so that its changes held
+        // in memory stay bounded (two pages per session), and no further.
         let paced = durability_mut(&mut self.extras).map_or(Ticket::default(), |d| {
             std::mem::replace(&mut d.paced, d.delivered)
         });
-        // While the writer keeps up, no wait: sessions that stopped for a commit every other
-        // page left it idle, and it commits fewer, larger groups.
-        let behind = self
-            .shared
-            .store
-            .as_ref()
-            .is_some_and(|store| store.waiting_changes() > DRAIN_AHEAD);
-        let after = if behind { paced } else { Ticket::default() };
-        self.shared.read_stored_tail(session, after, PAGE).await
+        self.shared.read_stored_tail(session, paced, PAGE).await
     }
 
     /// Whether the session's queue in memory has drained while more of it waits in the store

@@ -1157,10 +1157,6 @@ impl Store for DiskStore {
         Some(Self::stats(self))
     }
 
-    fn waiting_changes(&self) -> usize {
-        lock(&self.shared.pending).changes.len()
-    }
-
     fn begin_group(&self) {
         let mut pending = lock(&self.shared.pending);
         while pending.draining {

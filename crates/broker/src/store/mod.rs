@@ -37,13 +37,6 @@ use rallymq_session::OutgoingStage;
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
 
-/// Changes waiting for the store's writer ([`Store::waiting_changes`]) under which a session
-/// draining its stored queue reads its next page at once; past it, each session waits until
-/// its progress up to the page before is durable, so that what waits in memory stays bounded
-/// (about 80 bytes a change: 10 MiB). Sessions that waited for a commit at every other page
-/// left the writer idle 40% of a 10 M-entry drain.
-pub(crate) const DRAIN_AHEAD: usize = 64 * 1024;
-
 /// Identifies a stored message; the broker allocates them in increasing order from
 /// [`Loaded::next_message_id`].
 pub type MessageId = u64;
@@ -329,14 +322,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Closes a group [`Store::begin_group`] opened.
     fn end_group(&self) {}
-
-    /// Changes handed to [`Store::write`] that no commit has taken yet: how far the store is
-    /// behind. A session draining its queue from the store reads on without waiting for
-    /// commits while this stays under [`DRAIN_AHEAD`]. The default, for a store that applies
-    /// each write at once: 0.
-    fn waiting_changes(&self) -> usize {
-        0
-    }
 
     /// What the store has done so far, for the broker's metrics (`/metrics`); `None` (the
     /// default) for a store that does not commit in transactions of its own.
