@@ -49,8 +49,10 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// redb's cache of pages, read and written (its default is 1 GiB). Pages beyond it are read
 /// again through the OS's page cache, which the process's RSS does not count: with the default,
 /// 10 million queued entries (a 1 GB store) kept the broker at 1.2 GB RSS; with this, 70 to
-/// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability").
-const CACHE_BYTES: usize = 32 << 20;
+/// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability"). 16 MiB, not
+/// 32: 1,000 sessions draining 10 M entries peaked at VmHWM 192-200 MiB (201-210 MB, over the
+/// issue's 200 MB) with 32, 182-185 MiB with 16, the drain about 9% slower.
+const CACHE_BYTES: usize = 16 << 20;
 
 /// Slots of [`Decoded`]: more than the messages a backlog's sessions are apart from each other
 /// when they drain together (10,000 in `backlog`), at a few hundred bytes each.
