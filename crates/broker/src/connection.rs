@@ -1216,7 +1216,8 @@ impl Driver {
             registry.attach_assigned(&base, &self.control)
         } else if let (Some(cluster), Some(claim)) = (cluster, &claim) {
             let client_id = connect.client_id.as_str();
-            match cluster.sessions().attach(client_id, claim, attach) {
+            let key = |attached: &Attached| attached.session.client_id.clone();
+            match cluster.sessions().attach(client_id, claim, attach, key) {
                 Some(attached) => attached,
                 None => {
                     // A later CONNECT of the same client id has the session already.
