@@ -1333,6 +1333,13 @@ mod tests {
     use super::*;
     use rallymq_codec::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName};
 
+    /// A node keeps a claim per connected client id: CLUSTER.md's idle figures count on its
+    /// 40 bytes (an `Instant` in it would add 16).
+    #[test]
+    fn a_claim_takes_40_bytes() {
+        assert_eq!(std::mem::size_of::<Claimed>(), 40);
+    }
+
     fn record() -> SessionRecord {
         SessionRecord {
             client_id: "a/b c".to_owned(),
