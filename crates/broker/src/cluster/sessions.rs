@@ -1337,7 +1337,7 @@ mod tests {
     /// 40 bytes (an `Instant` in it would add 16).
     #[test]
     fn a_claim_takes_40_bytes() {
-        assert_eq!(std::mem::size_of::<Claimed>(), 40);
+        assert_eq!(size_of::<Claimed>(), 40);
     }
 
     fn record() -> SessionRecord {
