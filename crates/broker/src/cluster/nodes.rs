@@ -28,7 +28,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store};
+use async_nats::jetstream::{
+    self,
+    kv::{Operation, Store},
+};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use rallymq_codec::Publish;
@@ -37,6 +40,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::bucket::{self, NotWritten};
 use super::{kv_bucket, open, seal, subject, until_shutdown};
 use crate::Error;
 use crate::broker::Shared;
@@ -126,6 +130,8 @@ pub(super) struct Nodes {
     missed_beats: u32,
     nodes: Store,
     wills_bucket: Store,
+    /// The JetStream context of the claims' conditional writes ([`bucket::write_at`]).
+    context: jetstream::Context,
     /// Clients whose will is recorded, with the connection that recorded it: a connection
     /// taken over ends after its successor recorded its own will, which it must not delete.
     wills: Mutex<HashMap<Arc<str>, u64>>,
@@ -251,6 +257,7 @@ impl Nodes {
             missed_beats: missed_beats.max(1),
             nodes,
             wills_bucket,
+            context: jetstream::new(client.clone()),
             wills: Mutex::default(),
             changes,
             seen: Mutex::default(),
@@ -425,9 +432,9 @@ impl Nodes {
     ) -> Result<(), String> {
         let incarnation = &dead.beat.incarnation;
         let claim = format!("{CLAIM}.{id}.{incarnation}");
-        match self.nodes.create(&claim, self.claimer()).await {
+        match bucket::create(&self.context, &self.nodes, &claim, self.claimer()).await {
             Ok(_) => {}
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+            Err(NotWritten::Moved) => {
                 debug!(node = %id, %incarnation, "cluster: another node publishes the dead node's wills");
                 return Ok(());
             }
@@ -471,11 +478,15 @@ impl Nodes {
             let Some((node, claimed)) = key[prefix.len()..].split_once('.') else {
                 continue;
             };
-            if self
-                .nodes
-                .update(&key, self.claimer(), entry.revision)
-                .await
-                .is_err()
+            if bucket::write_at(
+                &self.context,
+                &self.nodes,
+                &key,
+                self.claimer(),
+                entry.revision,
+            )
+            .await
+            .is_err()
             {
                 continue;
             }
@@ -725,7 +736,7 @@ async fn settle(
 impl Nodes {
     /// Takes a change of the nodes bucket into account; returns the incarnation it shows dead:
     /// another node's key now holds a new incarnation, and the previous one did not leave.
-    fn saw(&self, entry: &async_nats::jetstream::kv::Entry) -> Option<Seen> {
+    fn saw(&self, entry: &jetstream::kv::Entry) -> Option<Seen> {
         if entry.key.contains('.') {
             // A claim.
             return None;

@@ -36,7 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+};
 use bytes::{BufMut, Bytes};
 use futures::StreamExt;
 use rallymq_codec::{PacketId, Publish};
@@ -44,6 +47,7 @@ use rallymq_session::{OutgoingStage, SessionState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::bucket::{self, NotWritten};
 use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
@@ -210,6 +214,8 @@ pub(crate) struct Sessions {
     node_id: String,
     client: async_nats::Client,
     bucket: kv::Store,
+    /// The JetStream context the bucket's conditional writes go through ([`bucket::write_at`]).
+    context: jetstream::Context,
     claims: Mutex<HashMap<Arc<str>, Claimed>>,
     writes: mpsc::UnboundedSender<Write>,
     /// The node's routed place in the stream ([`super::stream::Parts::routed`]).
@@ -250,6 +256,7 @@ impl Sessions {
                 node_id: node_id.to_owned(),
                 client: client.clone(),
                 bucket,
+                context: jetstream::new(client.clone()),
                 claims: Mutex::default(),
                 writes: writes_tx,
                 routed,
@@ -308,22 +315,11 @@ impl Sessions {
                     in_flight.clone_from(old_in_flight);
                 }
                 let value = encode_value(&self.node_id, Some(&fresh), cursor, &in_flight);
-                let written =
-                    match &entry {
-                        None => self.bucket.create(&key, value).await.map_err(|e| {
-                            (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())
-                        }),
-                        Some(entry) => self
-                            .bucket
-                            .update(&key, value, entry.revision)
-                            .await
-                            .map_err(|e| {
-                                (
-                                    e.kind() == UpdateErrorKind::WrongLastRevision,
-                                    e.to_string(),
-                                )
-                            }),
-                    };
+                // Keys are never deleted: no value yet is revision 0.
+                let expected = entry.as_ref().map_or(0, |entry| entry.revision);
+                let written = bucket::write_at(&self.context, &self.bucket, &key, value, expected)
+                    .await
+                    .map_err(|e| (e == NotWritten::Moved, e.to_string()));
                 match written {
                     Ok(revision) => {
                         return Ok(Claim {
@@ -860,9 +856,11 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
             write.cursor,
             &write.in_flight,
         );
-        let written =
-            tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
-                .await;
+        let written = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            bucket::write_at(&sessions.context, &sessions.bucket, &key, value, revision),
+        )
+        .await;
         match written {
             Ok(Ok(new)) => {
                 let mut claims = sessions.claims();
@@ -875,7 +873,7 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
                 drop(claims);
                 answer(Ok(()));
             }
-            Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+            Ok(Err(NotWritten::Moved)) => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
                 answer(Ok(()));
             }

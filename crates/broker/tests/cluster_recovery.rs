@@ -1,0 +1,118 @@
+//! Cluster mode (issue 17): the causes of the failures the issue's proof (`cluster_proof.rs`)
+//! met now and then, each in a test of its own that meets it every run or nearly. Real
+//! `nats-server` processes (Debian's package) on free ports; a missing one fails the tests.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rallymq_broker::{BrokerHandle, ClusterConfig};
+use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use rallymq_test_support::NatsServer;
+use support::{connected_present, persistent_connect, start_broker, subscription, tcp_addr};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// A node (in memory) of the cluster of `servers`, knowing them in this order.
+async fn node(servers: &[&NatsServer], id: &str) -> BrokerHandle {
+    let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
+    let id = id.to_owned();
+    start_broker(move |config| {
+        config.cluster = Some(ClusterConfig {
+            node_id: Some(id),
+            ..ClusterConfig::new(urls)
+        })
+    })
+    .await
+}
+
+/// Three nodes on three routed NATS servers, each given all three (its own first).
+async fn three_nodes(servers: &[NatsServer]) -> Vec<BrokerHandle> {
+    let mut nodes = Vec::new();
+    for (i, id) in ["node-a", "node-b", "node-c"].iter().enumerate() {
+        let order = [&servers[i], &servers[(i + 1) % 3], &servers[(i + 2) % 3]];
+        nodes.push(node(&order, id).await);
+    }
+    nodes
+}
+
+/// A CONNECT of `id` with a QoS 1 will: persistent (MQTT 5: expiry 60 s) unless `clean`; MQTT
+/// 5 with `clean_start` as given.
+fn connect_of(version: ProtocolVersion, id: &str, clean: bool, clean_start: bool) -> Connect {
+    let mut connect = if clean {
+        support::connect_packet(version, id)
+    } else {
+        persistent_connect(version, id, 60)
+    };
+    if version.is_v5() && !clean {
+        connect.clean_start = clean_start;
+    }
+    let mut will = Will::new(
+        TopicName::new(format!("sp-will/{id}")).unwrap(),
+        Bytes::from_static(b"gone"),
+    );
+    will.qos = QoS::AtLeastOnce;
+    connect.will = Some(will);
+    connect
+}
+
+/// A persistent session made on node B right after a clean session of the same client id ended
+/// on node A, then resumed on node C, is present there (MQTT-3.1.2-5 in MQTT 5; 3.1.1
+/// MQTT-3.1.2-4). The paho scenario set met Session Present 0 in about 3 of 100 tries of this
+/// sequence; here 3 to 7 of 100: A's write of the ended record and B's claim both expected the
+/// same revision of the key, and both succeeded (see `cluster/bucket.rs`), so C read A's ended
+/// record.
+async fn session_made_after_a_clean_one_resumes_on_a_third_node(version: ProtocolVersion) {
+    let servers = NatsServer::cluster(3);
+    let nodes = three_nodes(&servers).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(tcp_addr).collect();
+    const TRIES: usize = 100;
+    let mut absent = Vec::new();
+    for try_ in 0..TRIES {
+        let id = format!("sp-{try_}");
+        // A persistent session on C, taken over by a clean one on A, which ends there.
+        let (mut first, _) =
+            connected_present(addrs[2], connect_of(version, &id, false, true)).await;
+        first
+            .subscribe(vec![subscription("sp/first", QoS::AtLeastOnce)])
+            .await;
+        let (mut clean, _) =
+            connected_present(addrs[0], connect_of(version, &id, true, true)).await;
+        // As the paho scenario, which waited for what must not come before it disconnected.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clean.disconnect(ReasonCode::Success).await;
+        drop(first);
+        // A new persistent session on B (MQTT 3.1.1: the ended one resumed, none found).
+        let (mut made, _) =
+            connected_present(addrs[1], connect_of(version, &id, false, true)).await;
+        made.subscribe(vec![subscription("sp/t", QoS::AtLeastOnce)])
+            .await;
+        // Resumed on C.
+        let (mut back, present) =
+            connected_present(addrs[2], connect_of(version, &id, false, false)).await;
+        if !present {
+            absent.push(id.clone());
+        }
+        back.disconnect(ReasonCode::Success).await;
+        drop(made);
+    }
+    assert!(
+        absent.is_empty(),
+        "Session Present 0 on C in {} of {TRIES} tries: {absent:?}",
+        absent.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_5_a_session_made_after_a_clean_one_ended_elsewhere_resumes_on_a_third_node()
+ {
+    session_made_after_a_clean_one_resumes_on_a_third_node(V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_4_a_session_made_after_a_clean_one_ended_elsewhere_resumes_on_a_third_node()
+ {
+    session_made_after_a_clean_one_resumes_on_a_third_node(ProtocolVersion::V3_1_1).await;
+}
