@@ -5,13 +5,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 use rallymq_test_support::NatsServer;
-use support::{connected_present, persistent_connect, start_broker, subscription, tcp_addr};
+use support::{WAIT, connected_present, persistent_connect, start_broker, subscription, tcp_addr};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
@@ -115,4 +116,100 @@ async fn cluster_mqtt_3_1_2_5_a_session_made_after_a_clean_one_ended_elsewhere_r
 async fn cluster_mqtt_3_1_2_4_a_session_made_after_a_clean_one_ended_elsewhere_resumes_on_a_third_node()
  {
     session_made_after_a_clean_one_resumes_on_a_third_node(ProtocolVersion::V3_1_1).await;
+}
+
+/// The index of the server among `servers` that holds the NATS connection named `name`.
+fn server_of_connection(servers: &[NatsServer], name: &str) -> Option<usize> {
+    servers.iter().position(|server| {
+        server
+            .monitor("/connz?limit=1024")
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|connz| connz["connections"].as_array().cloned())
+            .is_some_and(|connections| connections.iter().any(|c| c["name"] == name))
+    })
+}
+
+/// Keys of the nodes bucket that claim a dead node's wills, read through `server` (a listing
+/// that fails, while the cluster settles after a server's death, is tried again).
+async fn claims(server: &NatsServer) -> Vec<String> {
+    let client = async_nats::connect(server.url()).await.expect("NATS");
+    let nodes = async_nats::jetstream::new(client)
+        .get_key_value("rallymq_nodes")
+        .await
+        .expect("the nodes bucket");
+    let deadline = Instant::now() + 3 * WAIT;
+    loop {
+        let listed: Result<Vec<String>, String> = async {
+            let keys = nodes.keys().await.map_err(|e| e.to_string())?;
+            keys.try_collect().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match listed {
+            Ok(keys) => {
+                return keys
+                    .into_iter()
+                    .filter(|k| k.starts_with("claim."))
+                    .collect();
+            }
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "the nodes bucket's keys: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node whose NATS server dies goes on with another (its beats too), but its watch of the
+/// others' beats stalls until its consumer misses heartbeats (about 10 s): it must not take
+/// the others for dead meanwhile (MQTT-3.1.2-8 is for a network connection that closed; the
+/// proof saw a live client's will published after a stalled watch took its node for dead). It
+/// took a node for dead when that one's last beat seen was a missed-beats period old while its
+/// own last one was a little younger: some of the time, so the judge's server is killed up to
+/// three times, each while the nodes bucket's leader is elsewhere (an election holds every
+/// beat up, which the nodes allow for already).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_a_node_whose_watch_stalls_takes_no_live_node_for_dead() {
+    const ROUNDS: usize = 3;
+    let mut servers = NatsServer::cluster(3);
+    let all: Vec<&NatsServer> = servers.iter().collect();
+    let judge = node(&all, "judge").await;
+    let mut others = Vec::new();
+    for i in 0..6 {
+        others.push(node(&all, &format!("other-{i}")).await);
+    }
+    for round in 0..ROUNDS {
+        let x = server_of_connection(&servers, "rallymq-judge").expect("the judge's NATS server");
+        let client = async_nats::connect(servers[(x + 1) % 3].url())
+            .await
+            .expect("NATS");
+        let deadline = Instant::now() + 4 * WAIT;
+        loop {
+            let leader = rallymq_test_support::stream_leader(&servers, "KV_rallymq_nodes");
+            if leader.is_some_and(|leader| leader != x) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no nodes bucket leader away from server {x}"
+            );
+            let _ = client
+                .request("$JS.API.STREAM.LEADER.STEPDOWN.KV_rallymq_nodes", "".into())
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Every node has seen every other beat, and judges again after the last round.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::task::block_in_place(|| servers[x].kill());
+        // Past the judge's missed-beats period (3 s), within its consumer's stall.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let claimed = claims(&servers[(x + 1) % 3]).await;
+        assert!(
+            claimed.is_empty(),
+            "round {round}: live nodes taken for dead after the judge's server died: {claimed:?}"
+        );
+        tokio::task::block_in_place(|| servers[x].restart());
+    }
+    drop(judge);
+    drop(others);
 }

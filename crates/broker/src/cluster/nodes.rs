@@ -659,7 +659,20 @@ async fn beat(nodes: Arc<Nodes>, shared: Arc<Shared>) {
         if *left {
             return;
         }
-        if let Err(error) = nodes.nodes.put(&nodes.node_id, value.into()).await {
+        // At most an interval: a put whose server died waits out the JetStream timeout (5 s)
+        // for an answer that never comes, and the next beat, on the connection to another
+        // server, came only after it; the others took this node for dead meanwhile.
+        let put = tokio::time::timeout(
+            nodes.heartbeat,
+            nodes.nodes.put(&nodes.node_id, value.into()),
+        )
+        .await;
+        let failed = match put {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {:?}", nodes.heartbeat)),
+        };
+        if let Some(error) = failed {
             failures += 1;
             if failures.is_power_of_two() {
                 warn!(%error, failures, "cluster: a heartbeat could not be written");
@@ -779,8 +792,14 @@ impl Nodes {
     fn silent(&self) -> Vec<(String, Seen)> {
         let dead_after = self.dead_after();
         let seen = crate::lock(&self.seen);
+        // Its own last beat seen at most half an interval late, as [`Nodes::saw`] counts a gap:
+        // a watch that stalls (its consumer's server died; it notices after missing its
+        // heartbeats, about 10 s) stops bringing every node's beats at once, and the others'
+        // last ones, seen up to an interval before its own, were past `dead_after` while its
+        // own was not yet: live nodes were taken for dead.
         let watching = seen.get(&self.node_id).is_some_and(|own| {
-            own.beat.incarnation == self.incarnation && own.changed.elapsed() <= dead_after
+            own.beat.incarnation == self.incarnation
+                && own.changed.elapsed() <= self.heartbeat * 3 / 2
         }) && crate::lock(&self.watching_since)
             .is_some_and(|since| since.elapsed() > dead_after);
         if !watching {
