@@ -897,6 +897,15 @@ fn diagnose(subscribers: &[&Tracked], results: &[Run], clock: Clock) {
         }
     }
     for (publisher, plan, published) in results {
+        // How its tries were refused: a QoS 2 try that timed out here is still in the
+        // client's flight, sent again with DUP after a reconnection, not refused by the node.
+        let mut hows: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, _, how) in &published.refused {
+            *hows.entry(how.as_str()).or_default() += 1;
+        }
+        if !hows.is_empty() {
+            eprintln!("{} refused: {hows:?}", publisher.name);
+        }
         let refused: BTreeSet<u64> = published.refused.iter().map(|(seq, ..)| *seq).collect();
         let acked: BTreeSet<u64> = published.acked.iter().map(|(seq, ..)| *seq).collect();
         let delivered: BTreeSet<u64> = subscribers
