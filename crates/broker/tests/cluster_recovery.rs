@@ -12,7 +12,12 @@ use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 use rallymq_test_support::NatsServer;
-use support::{WAIT, connected_present, persistent_connect, start_broker, subscription, tcp_addr};
+use support::child::ChildNode;
+use support::{
+    TestClient, WAIT, connected_present, message, payload_str, persistent_connect, start_broker,
+    subscription, tcp_addr,
+};
+use tokio::net::TcpStream;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
@@ -212,4 +217,95 @@ async fn cluster_mqtt_3_1_2_8_a_node_whose_watch_stalls_takes_no_live_node_for_d
     }
     drop(judge);
     drop(others);
+}
+
+/// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only
+/// when a test starts it with `--ignored --exact child_node`.
+#[test]
+#[ignore = "run by the tests of this file in a child process"]
+fn child_node() {
+    support::child::run_child_node();
+}
+
+/// The payloads `client` receives until it is quiet for [`QUIET`].
+async fn received(client: &mut TestClient<TcpStream>) -> Vec<String> {
+    let mut payloads = Vec::new();
+    while let Some(publish) = client.recv_within(QUIET).await {
+        payloads.push(payload_str(&publish));
+    }
+    payloads
+}
+
+/// How long a client stays silent before it is taken to have received all it will.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// A QoS 2 session resumed on node C from the record of its dead node A (the stream replayed to
+/// it), then taken over by node B while C lives, gets nothing again on B (MQTT-4.3.3: exactly
+/// once). C's handover told B the place up to which C's own consumer had routed, and B read
+/// the stream again after it; when C's consumer lagged behind the replay (its server had
+/// died), B sent again what C's replay had delivered: the proof's subscriber got 58 QoS 2
+/// messages a second time. Here C's consumer is deleted, so that its place stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_replayed_on_one_node_is_not_sent_again_by_the_node_that_takes_the_session_over()
+ {
+    const N: usize = 10;
+    let nats = NatsServer::start();
+    let mut a = ChildNode::start(&nats, "node-a");
+    let b = node(&[&nats], "node-b").await;
+    let c = node(&[&nats], "node-c").await;
+    let connect = || persistent_connect(V5, "mover", 600);
+    let (mut mover, _) = TestClient::tcp(a.addr, connect()).await;
+    mover
+        .subscribe(vec![subscription("mv/t", QoS::ExactlyOnce)])
+        .await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&b), support::connect_packet(V5, "pub")).await;
+    // Until the subscription on A is live (the record, with its cursor, written by then).
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        publisher
+            .publish(message("mv/t", "probe", QoS::ExactlyOnce))
+            .await;
+        if mover
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no probe reached the subscriber on A"
+        );
+    }
+    received(&mut mover).await;
+    // C's place in the stream stays where it is.
+    let jetstream =
+        async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
+    jetstream
+        .get_stream("rallymq_messages")
+        .await
+        .expect("the stream")
+        .delete_consumer("node-node-c")
+        .await
+        .expect("C's consumer deleted");
+    tokio::task::block_in_place(|| a.kill());
+    drop(mover);
+    for n in 0..N {
+        publisher
+            .publish(message("mv/t", &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+    }
+    let expected: Vec<String> = (0..N).map(|n| format!("p-{n}")).collect();
+    let (mut mover, present) = connected_present(tcp_addr(&c), connect()).await;
+    assert!(present, "resumed on C from the record");
+    assert_eq!(received(&mut mover).await, expected, "replayed on C");
+    mover.disconnect(ReasonCode::Success).await;
+    let (mut mover, present) = connected_present(tcp_addr(&b), connect()).await;
+    assert!(present, "taken over by B");
+    assert_eq!(
+        received(&mut mover).await,
+        Vec::<String>::new(),
+        "nothing again on B"
+    );
 }

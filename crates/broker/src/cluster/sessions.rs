@@ -1026,8 +1026,18 @@ async fn hand_over(
         // partial. The asker resumes from the record, whose cursor has not moved since.
         return Reply::NoSession;
     }
+    // A session resumed here from a dead node's record had the stream replayed to it up to
+    // `through`, past this node's routed place when the node's consumer lagged behind (its
+    // server died): what it has up to there is in this handover or delivered. The asker reading
+    // the stream after the node's place alone sent those again (the proof: 58 QoS 2 messages a
+    // second time).
+    let replayed = session
+        .lock()
+        .replay
+        .as_ref()
+        .map_or(0, |replay| replay.through);
     let mut handover = Handover {
-        routed,
+        routed: routed.max(replayed),
         ..Handover::default()
     };
     let mut state = state
