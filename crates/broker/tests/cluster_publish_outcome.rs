@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use rallymq_broker::{BrokerHandle, ClusterConfig};
-use rallymq_codec::{Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode};
+use rallymq_codec::{Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
 use support::{
     NoPacket, Raw, TestClient, connect_packet, message, payload_str, persistent_connect,
@@ -70,6 +70,48 @@ async fn publish_qos2(publisher: &mut Raw, payload: &str, packet_id: u16) -> Rea
     code
 }
 
+/// A publisher on `node`, whose first QoS 2 message has reached `subscriber`.
+async fn warmed_up(
+    node: &BrokerHandle,
+    subscriber: &mut TestClient<TcpStream>,
+    connect: Connect,
+) -> Raw {
+    let (mut publisher, connack) = Raw::connect(tcp_addr(node), connect).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        publish_qos2(&mut publisher, "warm", 1).await,
+        ReasonCode::Success
+    );
+    assert_eq!(payloads_through(subscriber, "warm").await, ["warm"]);
+    publisher
+}
+
+/// What `publisher` is told of a QoS 2 message it sends while the NATS server is stopped.
+async fn told_while_paused(
+    nats: &NatsServer,
+    publisher: &mut Raw,
+    payload: &str,
+) -> Result<Packet, NoPacket> {
+    nats.pause();
+    publisher.send(Packet::Publish(numbered(payload, 2))).await;
+    let told = publisher.next_within(NO_ANSWER).await;
+    nats.resume();
+    told
+}
+
+/// Publishes `payload` at QoS 2 under `packet_id` until it is acknowledged (within
+/// [`RECOVERY`]).
+async fn publish_until_acknowledged(publisher: &mut Raw, payload: &str, packet_id: u16) {
+    let deadline = tokio::time::Instant::now() + RECOVERY;
+    while publish_qos2(publisher, payload, packet_id).await != ReasonCode::Success {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no QoS 2 publish acknowledged within {RECOVERY:?} of NATS going on"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The payloads `subscriber` gets until `last` comes (within [`RECOVERY`]).
 async fn payloads_through(subscriber: &mut TestClient<TcpStream>, last: &str) -> Vec<String> {
     payloads_until_all(subscriber, &[last]).await
@@ -106,32 +148,13 @@ async fn cluster_mqtt_4_3_3_qos2_publish_the_stream_may_have_stored_is_not_refus
     let nats = NatsServer::start();
     let node = node(&nats).await;
     let mut subscriber = subscriber(&node).await;
-    let (mut publisher, _) = Raw::connect(tcp_addr(&node), connect_packet(V5, "pub")).await;
-    assert_eq!(
-        publish_qos2(&mut publisher, "warm", 1).await,
-        ReasonCode::Success
-    );
-    assert_eq!(payloads_through(&mut subscriber, "warm").await, ["warm"]);
-
-    nats.pause();
-    publisher
-        .send(Packet::Publish(numbered("unanswered", 2)))
-        .await;
-    let told = publisher.next_within(NO_ANSWER).await;
-    nats.resume();
-    match told {
+    let mut publisher = warmed_up(&node, &mut subscriber, connect_packet(V5, "pub")).await;
+    match told_while_paused(&nats, &mut publisher, "unanswered").await {
         Ok(Packet::Disconnect(_)) | Err(NoPacket::Closed) => {}
         other => panic!("a QoS 2 publish the stream did not answer: {other:?}, not a disconnect"),
     }
     let (mut later, _) = Raw::connect(tcp_addr(&node), connect_packet(V5, "later")).await;
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    while publish_qos2(&mut later, "later", 1).await != ReasonCode::Success {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no QoS 2 publish acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    publish_until_acknowledged(&mut later, "later", 1).await;
     let mut received = payloads_until_all(&mut subscriber, &["unanswered", "later"]).await;
     received.sort();
     assert_eq!(
@@ -149,34 +172,14 @@ async fn cluster_mqtt_4_3_3_qos2_publish_refused_for_want_of_its_record_is_never
     let nats = NatsServer::start();
     let node = node(&nats).await;
     let mut subscriber = subscriber(&node).await;
-    let (mut publisher, connack) =
-        Raw::connect(tcp_addr(&node), persistent_connect(V5, "kept-pub", 600)).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    assert_eq!(
-        publish_qos2(&mut publisher, "warm", 1).await,
-        ReasonCode::Success
-    );
-    assert_eq!(payloads_through(&mut subscriber, "warm").await, ["warm"]);
-
-    nats.pause();
-    publisher
-        .send(Packet::Publish(numbered("refused", 2)))
-        .await;
-    let told = publisher.next_within(NO_ANSWER).await;
-    nats.resume();
-    match told {
+    let connect = persistent_connect(V5, "kept-pub", 600);
+    let mut publisher = warmed_up(&node, &mut subscriber, connect).await;
+    match told_while_paused(&nats, &mut publisher, "refused").await {
         Ok(Packet::PubRec(ack)) if ack.reason_code.is_error() => {}
         other => panic!("a QoS 2 publish whose record could not be written: {other:?}"),
     }
     // The identifier is free again: a new message under it is a new message.
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    while publish_qos2(&mut publisher, "after", 2).await != ReasonCode::Success {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no QoS 2 publish acknowledged within {RECOVERY:?} of NATS going on"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    publish_until_acknowledged(&mut publisher, "after", 2).await;
     // The stream keeps order: a write of the refused message would come before.
     assert_eq!(
         payloads_through(&mut subscriber, "after").await,
