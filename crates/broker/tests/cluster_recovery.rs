@@ -144,11 +144,12 @@ async fn claims(server: &NatsServer) -> Vec<String> {
         .expect("the nodes bucket");
     let deadline = Instant::now() + 3 * WAIT;
     loop {
-        let listed: Result<Vec<String>, String> = async {
+        let listed: Result<Vec<String>, String> = tokio::time::timeout(WAIT, async {
             let keys = nodes.keys().await.map_err(|e| e.to_string())?;
             keys.try_collect().await.map_err(|e| e.to_string())
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no listing within {WAIT:?}")));
         match listed {
             Ok(keys) => {
                 return keys
