@@ -1,14 +1,15 @@
-//! Compare-and-set on a key of a JetStream KV bucket that holds on a replicated bucket.
+//! Compare-and-set on a key of a replicated JetStream KV bucket, that holds when two writers
+//! race.
 //!
 //! A KV update is a publish with `Nats-Expected-Last-Subject-Sequence`: the key's last
-//! revision must be the one given. On a replicated stream, nats-server before 2.9.21 checks that
-//! against what its leader has stored, not against what it has proposed and not yet stored
-//! (nats-server issue 4320): two writes expecting one revision, a few milliseconds apart, both
-//! succeed, and each writer takes itself for the key's owner. On Debian's 2.9.10 and three
-//! servers, 51 to 79 of 200 such pairs both succeeded. The sessions bucket lost claims that way
-//! (a node whose claim was written over kept a connection whose record another node then
-//! overwrote: a later resume found the session ended, Session Present 0), and so could the
-//! claims on a dead node's wills.
+//! revision must be the one given. On a replicated stream, nats-server checks that against what
+//! its leader has stored, not against what it has proposed and not yet stored (nats-server
+//! issue 4320, reported against 2.9.15-2.9.20; Debian ships 2.9.10): two writes expecting one
+//! revision, a few milliseconds apart, both succeed, and each writer takes itself for the
+//! key's owner. On Debian's 2.9.10 and three servers, 51 and 79 of 200 such pairs both
+//! succeeded. The sessions bucket lost a claim that way (a node's write of a clean session's
+//! end and another node's claim both succeeded; a third node then read the ended session:
+//! Session Present 0), and so could the claims on a dead node's wills.
 //!
 //! A write here carries a `Nats-Msg-Id` made of the key and the revision it expects: two writes
 //! expecting the same revision have the same id, and the stream's duplicate window, which the
