@@ -391,3 +391,42 @@ async fn a_failed_write_fails_the_messages_not_acknowledged_early_only() {
     expect_puback(&mut publisher, 2, ReasonCode::QuotaExceeded, "failed").await;
     node.stop().await;
 }
+
+/// The broker's `EARLY_LIMIT`: how many messages a connection acknowledges early before it waits
+/// for the store to make the first of them durable.
+const EARLY_LIMIT: u16 = 1024;
+
+/// A publisher acknowledged early is paced by the store all the same, every `EARLY_LIMIT`
+/// messages: past them, its next PUBACK waits for the commit, so that a store slower than its
+/// publishers does not pile up their changes in memory without bound.
+#[tokio::test]
+async fn early_acknowledgements_wait_for_the_store_after_the_limit() {
+    let node = Node::start().await;
+    let mut taker = subscriber(&node, V311, "taker", "l/#").await;
+    let mut publisher = publisher(&node, V311).await;
+    node.store.hold(true);
+    for id in 1..=EARLY_LIMIT + 1 {
+        publish(&mut publisher, "l/1", QoS::AtLeastOnce, false, id).await;
+        let delivered = receive(&mut taker, "l/1").await;
+        taker.send(Packet::PubAck(Ack::new(delivered))).await;
+        if id <= EARLY_LIMIT {
+            expect_puback(
+                &mut publisher,
+                id,
+                ReasonCode::Success,
+                &format!("message {id}"),
+            )
+            .await;
+        }
+    }
+    expect_quiet(&mut publisher, "past the limit, commit held").await;
+    node.store.hold(false);
+    expect_puback(
+        &mut publisher,
+        EARLY_LIMIT + 1,
+        ReasonCode::Success,
+        "after the commit",
+    )
+    .await;
+    node.stop().await;
+}
