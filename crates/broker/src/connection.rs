@@ -144,6 +144,18 @@ enum Next {
     /// answered once the node's copy of the retained messages has caught up with the
     /// cluster's, and the groups' consumers exist.
     Subscribe(Box<Subscribe>),
+    /// An event that comes after messages held for the session's record (`Extras::held`):
+    /// handled once they are routed.
+    AfterHeld(Box<ServerEvent>),
+}
+
+/// An inbound message waiting for the write of its session's record (in a cluster).
+#[derive(Debug)]
+struct HeldPublish {
+    publish: Publish,
+    ack: Option<AckHandle>,
+    /// The stream id a new QoS 2 message got in the record: the reason for the wait.
+    fresh_id: Option<String>,
 }
 
 /// Whether a SUBSCRIBE may send retained messages: a filter that is not shared, with Retain
@@ -273,6 +285,9 @@ struct Extras {
     record_written: Option<crate::cluster::Written>,
     /// In a cluster: the deliveries in flight that came from the stream.
     stream_deliveries: Option<Box<StreamDeliveries>>,
+    /// In a cluster: inbound messages waiting, in order, for the session's record to hold the
+    /// stream id of a new QoS 2 message among them.
+    held: Vec<HeldPublish>,
     /// The client is another broker's bridge (the protocol level's 0x80 bit, Mosquitto's
     /// `try_private`): its subscriptions take No Local and Retain As Published whatever its
     /// version, as Mosquitto does for bridges, so that what it publishes here is never sent
@@ -598,15 +613,24 @@ impl Driver {
     /// failed a write that the next bytes depend on: they must not be written.
     async fn process_events(&mut self) -> bool {
         self.refresh_acl();
+        // An event that waited for held messages (boxed: rare).
+        let mut after_held: Option<Box<ServerEvent>> = None;
         loop {
             // Each event is handled without awaiting, so that no event (a `ServerEvent` is
             // hundreds of bytes) is held across an await in every connection's task.
-            let next = match self.engine.poll_event() {
-                Some(event) => self.on_event(event),
-                None => break,
+            let next = match after_held.take() {
+                Some(event) => self.on_event(*event),
+                None => match self.engine.poll_event() {
+                    Some(event) => self.on_event(event),
+                    None => break,
+                },
             };
             match next {
                 Next::Nothing => {}
+                Next::AfterHeld(event) => {
+                    Box::pin(self.route_held()).await;
+                    after_held = Some(event);
+                }
                 Next::Connect(connect, needs_client_id) => {
                     // Boxed: runs once, and its state (takeover, timeout) would otherwise sit
                     // in every idle connection's task.
@@ -641,6 +665,17 @@ impl Driver {
                 // worth of messages (hundreds) from each of several publishers through, past
                 // the room between the mark and the queue limit, which then dropped QoS 0.
                 // Our own queue is drained first, in case this client is the subscriber.
+                self.drain_pending();
+                Box::pin(self.wait_for_subscribers()).await;
+            }
+        }
+        if self
+            .extras
+            .as_deref()
+            .is_some_and(|extras| !extras.held.is_empty())
+        {
+            Box::pin(self.route_held()).await;
+            if self.congested.is_some() {
                 self.drain_pending();
                 Box::pin(self.wait_for_subscribers()).await;
             }
@@ -719,7 +754,6 @@ impl Driver {
         };
         let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
         let mut settled = Vec::with_capacity(acks.len());
-        let mut answered = Vec::new();
         let mut acks = acks.into_iter();
         let mut undecided = None;
         for ack in acks.by_ref() {
@@ -745,18 +779,25 @@ impl Driver {
             let stored = match decided {
                 Ok(()) => match ack.stream {
                     Some(stream) => {
-                        if ack.handle.qos() == QoS::ExactlyOnce {
-                            answered.push((ack.handle.packet_id(), stream.message_id().to_owned()));
-                        }
+                        // A QoS 2 message the stream may have stored though the write failed
+                        // (sent, then no answer in time) is not refused: the client would
+                        // take it for not delivered and may publish it again as a new
+                        // message. Its connection is closed instead, and the resend (DUP,
+                        // same identifier, same stream id) settles it.
+                        let unknown = ack.handle.qos() == QoS::ExactlyOnce && stream.sent();
                         stream.stored().await.map_err(|error| {
                             debug!(%error, "a publish not acknowledged");
-                            ReasonCode::UnspecifiedError
+                            if unknown {
+                                None
+                            } else {
+                                Some(ReasonCode::UnspecifiedError)
+                            }
                         })
                     }
                     None => Ok(()),
                 },
-                Err(StoreError::Full(_)) => Err(ReasonCode::QuotaExceeded),
-                Err(_) => Err(ReasonCode::UnspecifiedError),
+                Err(StoreError::Full(_)) => Err(Some(ReasonCode::QuotaExceeded)),
+                Err(_) => Err(Some(ReasonCode::UnspecifiedError)),
             };
             settled.push((ack.handle, ack.code, stored));
         }
@@ -774,21 +815,10 @@ impl Driver {
             // Handled by the connection's loop, after it has written what is settled.
             self.control.signal(signals);
         }
-        // In a cluster, an inbound QoS 2 message's stream id is in the session's record before
-        // PUBREC: a resend (DUP) of it to another node after this one dies is written under
-        // the same id, which the stream drops.
-        if !answered.is_empty()
-            && let Some(session) = self.session.clone()
-            && session.record_inbound(answered, None)
-            && let Some(written) = self.shared.save_cluster_record(&session)
-            && !matches!(written.await, Ok(Ok(())))
-        {
-            debug!("an inbound QoS 2 message's id not in the session's record");
-        }
         for (handle, success, stored) in settled {
             match stored {
                 Ok(()) => self.engine.acknowledge(handle, success),
-                Err(code) if v5 => self.engine.acknowledge(handle, code),
+                Err(Some(code)) if v5 => self.engine.acknowledge(handle, code),
                 Err(_) => {
                     // MQTT 3 has no negative acknowledgement: closing is how it is told.
                     self.engine.handle_transport_closed(self.now());
@@ -821,7 +851,138 @@ impl Driver {
         }
     }
 
+    /// Routes an inbound message, and acknowledges it or queues its acknowledgement until
+    /// what routing wrote is safe (`settle`).
+    fn route_publish(&mut self, publish: Publish, ack_handle: Option<AckHandle>) {
+        // A QoS 2 identifier is committed with the message, before PUBREC: a publisher
+        // resending after a crash is not delivered twice.
+        let inbound = match &ack_handle {
+            Some(ack) if ack.qos() == QoS::ExactlyOnce => {
+                self.durable_client_id()
+                    .map(|client_id| Change::PutInbound {
+                        client_id,
+                        packet_id: ack.packet_id(),
+                    })
+            }
+            _ => None,
+        };
+        let sender = self.session.as_deref().map(|s| &*s.client_id);
+        // A QoS 2 message whose identifier the session's record has (answered before,
+        // here or on a node that died) goes to the cluster's stream under the same
+        // id: a resend is dropped there.
+        let resent_id = match (&ack_handle, &self.session) {
+            (Some(ack), Some(session))
+                if ack.qos() == QoS::ExactlyOnce && self.shared.cluster.get().is_some() =>
+            {
+                session.inbound_message_id(ack.packet_id())
+            }
+            _ => None,
+        };
+        let outcome = self
+            .shared
+            .publish_routed(sender, &publish, inbound, resent_id.as_deref());
+        let matched = outcome.queued;
+        let ticket = outcome.ticket;
+        let stream = outcome.stream;
+        if !outcome.congested.is_empty() {
+            let congested = self.congested.get_or_insert_default();
+            congested.extend(outcome.congested);
+        }
+        // The message is safe once routed (queued for every subscriber) and, with a
+        // store, once what routing wrote is durable (`settle`).
+        if let Some(ack) = ack_handle {
+            let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
+            let code = match (matched, outcome.full) {
+                // Every matching subscriber's queue was full: nobody got it (MQTT 5
+                // lets PUBACK and PUBREC say so).
+                (0, 1..) if v5 => ReasonCode::QuotaExceeded,
+                // In a cluster a message in the stream is routed by every node,
+                // this one too: who matches is not known here.
+                (0, _) if v5 && stream.is_none() => ReasonCode::NoMatchingSubscribers,
+                _ => ReasonCode::Success,
+            };
+            // Acknowledgements go out in the order of their messages (MQTT-4.6.0-2):
+            // behind any still waiting.
+            let waits = stream.is_some()
+                || self
+                    .extras
+                    .as_deref()
+                    .is_some_and(|extras| extras.durability.is_some() || !extras.acks.is_empty());
+            if waits {
+                // Not a retained message (its update must be committed), nor QoS 2 (its
+                // identifier must), nor one in the cluster's stream.
+                let early = outcome.early.filter(|_| {
+                    ack.qos() == QoS::AtLeastOnce && !publish.retain && stream.is_none()
+                });
+                if let Some(early) = &early {
+                    early.arm(&self.control);
+                }
+                self.extras.get_or_insert_default().acks.push(PendingAck {
+                    handle: ack,
+                    code,
+                    ticket,
+                    stream,
+                    early,
+                });
+            } else {
+                self.engine.acknowledge(ack, code);
+            }
+        }
+    }
+
+    /// Writes the session's record, which holds the stream ids of the held QoS 2 messages,
+    /// then routes the held messages in their order. A message whose id the cluster does not
+    /// have is not written to the stream: it is refused (MQTT 5: 0x80), or its client, which
+    /// MQTT 3 cannot tell, disconnected.
+    async fn route_held(&mut self) {
+        let Some(held) = self
+            .extras
+            .as_deref_mut()
+            .map(|extras| std::mem::take(&mut extras.held))
+        else {
+            return;
+        };
+        let recorded = match self
+            .session
+            .clone()
+            .and_then(|session| self.shared.save_cluster_record(&session))
+        {
+            Some(written) => matches!(written.await, Ok(Ok(()))),
+            None => true,
+        };
+        for HeldPublish {
+            publish,
+            ack,
+            fresh_id,
+        } in held
+        {
+            match (fresh_id, ack) {
+                (Some(_), Some(ack)) if !recorded => {
+                    debug!("an inbound QoS 2 message's stream id not in the session's record");
+                    if let Some(session) = &self.session {
+                        session.record_inbound(Vec::new(), Some(ack.packet_id()));
+                    }
+                    if self.engine.version().is_some_and(ProtocolVersion::is_v5) {
+                        self.engine.acknowledge(ack, ReasonCode::UnspecifiedError);
+                    } else {
+                        self.engine.handle_transport_closed(self.now());
+                        return;
+                    }
+                }
+                _ => self.route_publish(publish, ack),
+            }
+        }
+    }
+
     fn on_event(&mut self, event: ServerEvent) -> Next {
+        if !matches!(event, ServerEvent::Message(_))
+            && self
+                .extras
+                .as_deref()
+                .is_some_and(|extras| !extras.held.is_empty())
+        {
+            return Next::AfterHeld(Box::new(event));
+        }
         match event {
             ServerEvent::ConnectReceived {
                 connect,
@@ -842,78 +1003,34 @@ impl Driver {
                     }
                     return Next::Nothing;
                 }
-                // A QoS 2 identifier is committed with the message, before PUBREC: a publisher
-                // resending after a crash is not delivered twice.
-                let inbound = match &message.ack {
-                    Some(ack) if ack.qos() == QoS::ExactlyOnce => {
-                        self.durable_client_id()
-                            .map(|client_id| Change::PutInbound {
-                                client_id,
-                                packet_id: ack.packet_id(),
-                            })
-                    }
-                    _ => None,
-                };
-                let sender = self.session.as_deref().map(|s| &*s.client_id);
-                // A QoS 2 message whose identifier the session's record has (answered before,
-                // here or on a node that died) goes to the cluster's stream under the same
-                // id: a resend is dropped there.
-                let resent_id = match (&message.ack, &self.session) {
-                    (Some(ack), Some(session))
-                        if ack.qos() == QoS::ExactlyOnce && self.shared.cluster.get().is_some() =>
+                let held = self
+                    .extras
+                    .as_deref()
+                    .is_some_and(|extras| !extras.held.is_empty());
+                // In a cluster, a persistent session's new QoS 2 message gets its stream id in
+                // the session's record before the stream has it: a resend (DUP) to another
+                // node, after this one died between the two writes, is written under the same
+                // id, which the stream drops. It and what follows it wait for the record.
+                let fresh_id = match (&message.ack, &self.session, self.shared.cluster.get()) {
+                    (Some(ack), Some(session), Some(cluster))
+                        if ack.qos() == QoS::ExactlyOnce
+                            && session.keeps_record()
+                            && session.inbound_message_id(ack.packet_id()).is_none() =>
                     {
-                        session.inbound_message_id(ack.packet_id())
+                        let id = cluster.fresh_message_id();
+                        session.record_inbound(vec![(ack.packet_id(), id.clone())], None);
+                        Some(id)
                     }
                     _ => None,
                 };
-                let outcome =
-                    self.shared
-                        .publish_routed(sender, &publish, inbound, resent_id.as_deref());
-                let matched = outcome.queued;
-                let ticket = outcome.ticket;
-                let stream = outcome.stream;
-                if !outcome.congested.is_empty() {
-                    let congested = self.congested.get_or_insert_default();
-                    congested.extend(outcome.congested);
-                }
-                // The message is safe once routed (queued for every subscriber) and, with a
-                // store, once what routing wrote is durable (`settle`).
-                if let Some(ack) = message.ack {
-                    let v5 = self.engine.version().is_some_and(ProtocolVersion::is_v5);
-                    let code = match (matched, outcome.full) {
-                        // Every matching subscriber's queue was full: nobody got it (MQTT 5
-                        // lets PUBACK and PUBREC say so).
-                        (0, 1..) if v5 => ReasonCode::QuotaExceeded,
-                        // In a cluster a message in the stream is routed by every node,
-                        // this one too: who matches is not known here.
-                        (0, _) if v5 && stream.is_none() => ReasonCode::NoMatchingSubscribers,
-                        _ => ReasonCode::Success,
-                    };
-                    // Acknowledgements go out in the order of their messages (MQTT-4.6.0-2):
-                    // behind any still waiting.
-                    let waits = stream.is_some()
-                        || self.extras.as_deref().is_some_and(|extras| {
-                            extras.durability.is_some() || !extras.acks.is_empty()
-                        });
-                    if waits {
-                        // Not a retained message (its update must be committed), nor QoS 2
-                        // (its identifier must), nor one in the cluster's stream.
-                        let early = outcome.early.filter(|_| {
-                            ack.qos() == QoS::AtLeastOnce && !publish.retain && stream.is_none()
-                        });
-                        if let Some(early) = &early {
-                            early.arm(&self.control);
-                        }
-                        self.extras.get_or_insert_default().acks.push(PendingAck {
-                            handle: ack,
-                            code,
-                            ticket,
-                            stream,
-                            early,
-                        });
-                    } else {
-                        self.engine.acknowledge(ack, code);
-                    }
+                if held || fresh_id.is_some() {
+                    self.extras.get_or_insert_default().held.push(HeldPublish {
+                        publish,
+                        ack: message.ack,
+                        fresh_id,
+                    });
+                } else {
+                    self.route_publish(publish, message.ack);
                 }
             }
             ServerEvent::Subscribe(subscribe) => {

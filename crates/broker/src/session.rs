@@ -1192,6 +1192,12 @@ pub(crate) struct Enqueued {
 }
 
 impl Session {
+    /// Whether the session has a record ([`Session::record`] is `Some`): it outlives its
+    /// connection.
+    pub(crate) fn keeps_record(&self) -> bool {
+        self.lock().durable.is_some()
+    }
+
     /// The session's record for the store, if it is a persistent one with a store.
     pub(crate) fn record(&self) -> Option<SessionRecord> {
         let inner = self.lock();

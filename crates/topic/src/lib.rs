@@ -5,7 +5,8 @@
 //!
 //! - [`TopicName`] and [`TopicFilter`]: validated newtypes; a value that exists is valid.
 //!   A filter `$share/{ShareName}/{filter}` is a shared subscription.
-//! - [`matches()`]: whether a filter matches a name.
+//! - [`matches()`]: whether a filter matches a name; [`overlaps()`]: whether two filters match
+//!   a name in common.
 //! - [`SubscriptionIndex`]: a broker's subscriptions, answering "who receives a PUBLISH to this
 //!   topic" without allocating and without looking at filters that cannot match. Shared
 //!   groups come back as one [`Match::Shared`] each, with round-robin selection of a member.
@@ -60,7 +61,7 @@ mod subscriptions;
 
 pub use error::Error;
 pub use filter::TopicFilter;
-pub use matcher::matches;
+pub use matcher::{matches, overlaps};
 pub use name::{MAX_TOPIC_LEN, TopicName};
 pub use retained::{RetainedIndex, RetainedMatches};
 pub use rules::{FilterTemplate, RuleIndex};

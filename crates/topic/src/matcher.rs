@@ -42,6 +42,49 @@ pub(crate) fn matches_str(filter: &str, name: &str) -> bool {
     }
 }
 
+/// Whether some topic name matches both filters (for shared subscriptions, the parts after
+/// `$share/{ShareName}/`): `a/+` and `+/b` overlap (on `a/b`), `a/#` and `a` overlap, `#` and
+/// `$SYS/x` do not (MQTT-4.7.2-1).
+///
+/// ```
+/// use rallymq_topic::{TopicFilter, overlaps};
+///
+/// let filter = |text: &str| TopicFilter::new(text).unwrap();
+/// assert!(overlaps(&filter("a/+"), &filter("+/b")));
+/// assert!(overlaps(&filter("sport/#"), &filter("sport")));
+/// assert!(!overlaps(&filter("a/+"), &filter("b/#")));
+/// assert!(!overlaps(&filter("#"), &filter("$SYS/uptime")));
+/// ```
+pub fn overlaps(first: &TopicFilter, second: &TopicFilter) -> bool {
+    let (first, second) = (first.filter(), second.filter());
+    // A name starting with `$` is matched only by filters whose first level is literal.
+    let wildcard_first = |filter: &str| filter.starts_with(['+', '#']);
+    if (first.starts_with('$') && wildcard_first(second))
+        || (second.starts_with('$') && wildcard_first(first))
+    {
+        return false;
+    }
+    let mut first_levels = first.split('/');
+    let mut second_levels = second.split('/');
+    // Whether the common name so far is one empty level: the empty name, which is not one.
+    let mut empty_so_far = false;
+    let mut at_start = true;
+    loop {
+        match (first_levels.next(), second_levels.next()) {
+            // `#` as the parent level of a name that would be empty.
+            (None, Some("#")) | (Some("#"), None) if empty_so_far => return false,
+            // `#` is last and also matches the parent level: whatever the other has from here
+            // on, one name matches both.
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some(one), Some(other)) if one == "+" || other == "+" || one == other => {
+                empty_so_far = at_start && (one.is_empty() || other.is_empty());
+                at_start = false;
+            }
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +173,49 @@ mod tests {
         assert!(!check("$share/g/sport/#", "$share/g/sport/tennis"));
         assert!(!check("$share/g/#", "$SYS/x"));
         assert!(check("$share/g/$SYS/#", "$SYS/x"));
+    }
+
+    /// Every pair of filters of up to three levels over a small alphabet: they overlap exactly
+    /// when a name of up to four levels (the alphabet, and a level neither names) matches both.
+    #[test]
+    fn mqtt_4_7_1_2_overlaps_agrees_with_a_search_for_a_common_name() {
+        fn sequences(alphabet: &[&str], most: usize) -> Vec<String> {
+            let mut all: Vec<String> = alphabet.iter().map(|level| level.to_string()).collect();
+            let mut last = all.clone();
+            for _ in 1..most {
+                last = last
+                    .iter()
+                    .flat_map(|prefix| {
+                        alphabet
+                            .iter()
+                            .map(move |level| format!("{prefix}/{level}"))
+                    })
+                    .collect();
+                all.extend(last.iter().cloned());
+            }
+            all
+        }
+        let filters: Vec<TopicFilter> = sequences(&["a", "+", "#", "$s", ""], 3)
+            .into_iter()
+            .filter_map(|text| TopicFilter::new(text).ok())
+            .collect();
+        let names: Vec<String> = sequences(&["a", "$s", "", "c"], 4)
+            .into_iter()
+            .filter(|name| TopicName::new(name.as_str()).is_ok())
+            .collect();
+        for first in &filters {
+            for second in &filters {
+                let common = names.iter().any(|name| {
+                    matches_str(first.filter(), name) && matches_str(second.filter(), name)
+                });
+                assert_eq!(
+                    overlaps(first, second),
+                    common,
+                    "{} and {}",
+                    first.filter(),
+                    second.filter()
+                );
+            }
+        }
     }
 }

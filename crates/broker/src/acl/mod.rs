@@ -55,7 +55,8 @@
 //! included), but [`ClientAcl::can_subscribe`] also refuses a subscription that could never
 //! deliver anything, so that the client is told (0x87, 3.1.1: 0x80) instead of waiting for
 //! nothing: a filter without wildcards whose topic the client may not read, and a filter a
-//! `deny` rule covers whole (section first, then patterns, as for messages).
+//! `deny` rule covers whole (section first, then patterns, as for messages) unless a rule of
+//! the client's token allows receiving a topic the filter matches.
 //!
 //! The broker is expected to apply the results as Mosquitto does: a refused PUBLISH is
 //! acknowledged and dropped (MQTT 5: PUBACK or PUBREC with 0x87 Not authorized; 3.1.1: the
@@ -312,6 +313,14 @@ impl ClientAcl {
         let text = filter.filter();
         if !text.contains(['+', '#']) {
             return TopicName::new(text).map_or(true, |topic| self.can_receive(&topic));
+        }
+        // A token rule may allow receiving part of what the file refuses whole.
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|token| token.may_allow_receiving_within(filter))
+        {
+            return true;
         }
         // As in `file_allows`: the section's rules first, then the patterns.
         let mut bits = 0;

@@ -190,6 +190,35 @@ fn token_rules_come_before_the_file() {
     assert!(!client.can_receive(&name("feed/x")));
 }
 
+/// A subscription the file denies whole is refused only if the token allows receiving none
+/// of its topics: a token rule inside it (here `$s/%c`) lets it deliver that part.
+#[test]
+fn a_filter_the_file_denies_whole_is_granted_where_a_token_rule_allows_part_of_it() {
+    let acl = acl("topic deny $s/#\ntopic read feed/#\n");
+    let client = acl.for_client(None, "alice", None);
+    assert!(!client.can_subscribe(&filter("$s/#")));
+    let token = |rule: &str| {
+        let mut rules = ClientRules::new();
+        rules
+            .push(Permission::Allow, Action::Subscribe, rule)
+            .unwrap();
+        Some(rules)
+    };
+    let client = acl.for_client(None, "alice", token("$s/%c"));
+    assert!(client.can_receive(&name("$s/alice")));
+    assert!(!client.can_receive(&name("$s/bob")));
+    assert!(client.can_subscribe(&filter("$s/#")));
+    assert!(client.can_subscribe(&filter("$s/+")));
+    assert!(client.can_subscribe(&filter("$share/g/$s/+")));
+    // Rules that match nothing the filter does change nothing.
+    for rule in ["$t/#", "#", "+/x", "eq $s/+"] {
+        let client = acl.for_client(None, "alice", token(rule));
+        assert!(!client.can_subscribe(&filter("$s/#")), "{rule}");
+    }
+    let client = acl.for_client(None, "alice", token("eq $s/alice"));
+    assert!(client.can_subscribe(&filter("$s/+")));
+}
+
 #[test]
 fn parse_errors_name_the_file_and_line() {
     let error = Acl::parse(b"topic a\nuser\n", Path::new("/etc/rallymq/acl")).unwrap_err();

@@ -174,6 +174,9 @@ struct Entry {
 pub(crate) struct TokenAcl {
     filters: RuleIndex<Vec<Entry>>,
     exact: HashMap<Box<str>, Vec<Entry>>,
+    /// The filters of the rules that allow receiving, placeholders filled in (exact rules'
+    /// texts included): a subscription the file refuses may still deliver what they match.
+    receivable: Vec<TopicFilter>,
     deny_unmatched: bool,
     user: Option<Box<str>>,
     client_id: Box<str>,
@@ -183,6 +186,7 @@ impl TokenAcl {
     pub(crate) fn compile(rules: ClientRules, user: Option<&str>, client_id: &str) -> Self {
         let mut filters: RuleIndex<Vec<Entry>> = RuleIndex::new();
         let mut exact: HashMap<Box<str>, Vec<Entry>> = HashMap::new();
+        let mut receivable = Vec::new();
         for (order, rule) in rules.rules.into_iter().enumerate() {
             let entry = Entry {
                 // A token's rules fit in a packet, far fewer than 2^32.
@@ -190,6 +194,19 @@ impl TokenAcl {
                 permission: rule.permission,
                 action: rule.action,
             };
+            if rule.permission == Permission::Allow && rule.action.applies_to(Action::Subscribe) {
+                let text = match &rule.topic {
+                    RuleTopic::Filter(template) => fill(template, user, client_id),
+                    // An exact rule allows receiving only a topic named by its text.
+                    RuleTopic::Exact(text) => (!text.contains(['+', '#'])).then(|| text.clone()),
+                };
+                // A `$share/` rule matches no topic a client may receive (they are refused
+                // before any rule); as a `TopicFilter` it would be a shared subscription.
+                receivable.extend(
+                    text.filter(|text| !text.starts_with("$share/"))
+                        .and_then(|text| TopicFilter::new(&*text).ok()),
+                );
+            }
             match rule.topic {
                 RuleTopic::Filter(template) => filters.insert(&template).push(entry),
                 RuleTopic::Exact(text) => exact.entry(text).or_default().push(entry),
@@ -198,6 +215,7 @@ impl TokenAcl {
         Self {
             filters,
             exact,
+            receivable,
             deny_unmatched: rules.deny_unmatched,
             user: user.map(Into::into),
             client_id: client_id.into(),
@@ -223,6 +241,15 @@ impl TokenAcl {
         self.decide(Action::Subscribe, filter.filter(), |bindings, visit| {
             self.filters.for_each_covering(filter, bindings, visit)
         })
+    }
+
+    /// Whether some rule allows receiving a topic that `filter` matches (a shared
+    /// subscription by its filter part). A deny rule before it may still refuse that topic:
+    /// this tells only that the subscription is not certain to deliver nothing.
+    pub(crate) fn may_allow_receiving_within(&self, filter: &TopicFilter) -> bool {
+        self.receivable
+            .iter()
+            .any(|rule| rallymq_topic::overlaps(rule, filter))
     }
 
     /// The permission of the first rule for `action` among those `query` reports and those
@@ -258,6 +285,32 @@ impl TokenAcl {
             None => None,
         }
     }
+}
+
+/// `template`'s text with its placeholders filled in as [`RuleIndex`] fills them (scanning
+/// from the left, the first placeholder listed that starts at a place); `None` where one has no
+/// value or a value holding `+` or `#`, which makes the rule match nothing.
+fn fill(template: &FilterTemplate, user: Option<&str>, client_id: &str) -> Option<Box<str>> {
+    let text = template.as_str();
+    if !template.has_placeholders() {
+        return Some(text.into());
+    }
+    let values = [user, Some(client_id), user, Some(client_id)];
+    let mut filled = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while let Some(c) = rest.chars().next() {
+        for (placeholder, value) in TOKEN_PLACEHOLDERS.iter().zip(values) {
+            if let Some(after) = rest.strip_prefix(placeholder) {
+                let value = value.filter(|value| !value.contains(['+', '#']))?;
+                filled.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        filled.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    Some(filled.into())
 }
 
 #[cfg(test)]

@@ -493,6 +493,12 @@ impl Link {
         nodes::publish_sys(&self.nodes.states(), shared, published);
     }
 
+    /// A stream message id no write has had, for a message whose id must be recorded before
+    /// it is written ([`Cluster::forward`] under it).
+    pub(crate) fn fresh_message_id(&self) -> String {
+        self.stream.fresh_id()
+    }
+
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
     /// waits. QoS 0 goes on core NATS, and is dropped and counted when the NATS client falls
     /// behind. QoS 1 and 2 go to the stream: the publisher's acknowledgement waits for the

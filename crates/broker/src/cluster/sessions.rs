@@ -861,14 +861,29 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
             write.cursor,
             &write.in_flight,
         );
-        let written =
-            tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
-                .await;
+        let mut written = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            sessions.bucket.update(&key, value.clone(), revision),
+        )
+        .await;
+        // What the claim holds, which the new revision replaces.
+        let known = revision;
+        let mut revision = revision;
+        if let Ok(Err(error)) = &written
+            && error.kind() == UpdateErrorKind::WrongLastRevision
+            && let Some(late) = own_late_write(&sessions, &key, &write.client_id, revision).await
+        {
+            // A write of ours that timed out was applied after all: the key is still ours.
+            revision = late;
+            written =
+                tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
+                    .await;
+        }
         match written {
             Ok(Ok(new)) => {
                 let mut claims = sessions.claims();
                 if let Some(claimed) = claims.get_mut(&write.client_id)
-                    && claimed.revision == revision
+                    && claimed.revision == known
                 {
                     claimed.revision = new;
                     claimed.touched = Instant::now();
@@ -890,6 +905,22 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
             }
         }
     }
+}
+
+/// The key's revision if its value is one this node wrote after `known` (a write that timed
+/// out here but was applied): `None` if another node wrote it, or it cannot be read.
+async fn own_late_write(
+    sessions: &Sessions,
+    key: &str,
+    client_id: &str,
+    known: u64,
+) -> Option<u64> {
+    let entry = tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.entry(key.to_owned()))
+        .await
+        .ok()?
+        .ok()??;
+    let previous = decode_value(client_id, &entry.value)?;
+    (entry.revision > known && previous.owner == sessions.node_id).then_some(entry.revision)
 }
 
 /// Answers takeover requests, each in a task of its own (one waits for its connection to

@@ -14,9 +14,10 @@
 //!   node acknowledges a message once what routing wrote is durable in its store. A node that comes back under the same id resumes after the last
 //!   message it acknowledged.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
@@ -55,6 +56,125 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// The idle heartbeat of a pull request: two missed, and the request is taken for lost.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long the stream waits for a node's acknowledgement before delivering a message again.
+/// A message delivered to a pull request the node had given up (its server stopped, then went
+/// on) comes back only then: JetStream's default, 30 s, held such a message back that long.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a sequence the node has not routed, below ones it has, is waited for before it is
+/// taken for one this node's consumer never gets (a message deleted from the stream): several
+/// ack waits, for one delivered to a given-up request to come back.
+const GAP_GIVE_UP: Duration = Duration::from_secs(60);
+
+/// The stream sequences a node has routed: every one up to `floor`, and runs above it. A
+/// message delivered to a pull request the node gave up comes back after the ack wait, behind
+/// later ones: it must be routed then, not taken for a resend of one routed already.
+#[derive(Debug)]
+pub(super) struct Routed {
+    floor: u64,
+    /// Runs of routed sequences above `floor + 1`: first → last.
+    runs: BTreeMap<u64, u64>,
+    /// Since when the gap above `floor` has been open.
+    gap_since: Option<Instant>,
+}
+
+impl Routed {
+    pub(super) fn new(floor: u64) -> Self {
+        Self {
+            floor,
+            runs: BTreeMap::new(),
+            gap_since: None,
+        }
+    }
+
+    /// Every sequence up to this one has been routed (or given up on).
+    pub(super) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    pub(super) fn contains(&self, sequence: u64) -> bool {
+        sequence <= self.floor
+            || self
+                .runs
+                .range(..=sequence)
+                .next_back()
+                .is_some_and(|(_, last)| *last >= sequence)
+    }
+
+    /// Records `sequence` as routed.
+    pub(super) fn insert(&mut self, sequence: u64, now: Instant) {
+        if self.contains(sequence) {
+            return;
+        }
+        let mut first = sequence;
+        let mut last = sequence;
+        if let Some((&start, &end)) = self.runs.range(..sequence).next_back()
+            && end + 1 == sequence
+        {
+            self.runs.remove(&start);
+            first = start;
+        }
+        if let Some(end) = self.runs.remove(&(sequence + 1)) {
+            last = end;
+        }
+        self.runs.insert(first, last);
+        self.settle(now);
+    }
+
+    /// Forgets that `sequence` was routed (what routing wrote was not stored): it is routed
+    /// again when delivered again.
+    pub(super) fn remove(&mut self, sequence: u64, now: Instant) {
+        if sequence == 0 || !self.contains(sequence) {
+            return;
+        }
+        if sequence <= self.floor {
+            if sequence < self.floor {
+                self.runs.insert(sequence + 1, self.floor);
+            }
+            self.floor = sequence - 1;
+            self.gap_since = Some(now);
+            return;
+        }
+        if let Some((&start, &end)) = self.runs.range(..=sequence).next_back() {
+            self.runs.remove(&start);
+            if start < sequence {
+                self.runs.insert(start, sequence - 1);
+            }
+            if sequence < end {
+                self.runs.insert(sequence + 1, end);
+            }
+        }
+    }
+
+    /// Moves the floor over the runs that reach it, and over a gap open too long.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            let Some((&start, &end)) = self.runs.first_key_value() else {
+                self.gap_since = None;
+                return;
+            };
+            if start == self.floor + 1 {
+                self.runs.remove(&start);
+                self.floor = end;
+                self.gap_since = None;
+                continue;
+            }
+            let since = *self.gap_since.get_or_insert(now);
+            if now.duration_since(since) < GAP_GIVE_UP {
+                return;
+            }
+            warn!(
+                from = self.floor + 1,
+                to = start - 1,
+                "cluster: stream messages never delivered to this node; taken for deleted"
+            );
+            self.runs.remove(&start);
+            self.floor = end;
+            self.gap_since = Some(now);
+        }
+    }
+}
 
 /// Reads `consumer` with [`PULL_EXPIRES`] and [`PULL_HEARTBEAT`].
 pub(super) async fn pull_messages(
@@ -226,10 +346,10 @@ impl StreamAck {
         }
     }
 
-    /// The message's id in the stream: a second write under it (within the stream's
-    /// duplicate window) is dropped.
-    pub(crate) fn message_id(&self) -> &str {
-        &self.message_id
+    /// Whether the write was sent to the stream: if so, a failure may have come after the
+    /// stream stored it (an answer lost or too late).
+    pub(crate) fn sent(&self) -> bool {
+        !self.message_id.is_empty()
     }
 
     /// Waits for the retained bucket's write too.
@@ -287,16 +407,16 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    /// A message id no write has had: this run's next.
+    pub(super) fn fresh_id(&self) -> String {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{sequence}", self.run)
+    }
+
     /// Queues a message for the stream, under `id` or one of this node's; never waits.
     pub(super) fn write(&self, subject: String, envelope: Bytes, id: Option<&str>) -> StreamAck {
         let (done, ack) = oneshot::channel();
-        let id = match id {
-            Some(id) => id.to_owned(),
-            None => {
-                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-                format!("{}-{sequence}", self.run)
-            }
-        };
+        let id = id.map_or_else(|| self.fresh_id(), str::to_owned);
         match self.outgoing.try_send(Outgoing {
             subject,
             envelope,
@@ -389,6 +509,7 @@ pub(super) async fn open_stream(
                     deliver_policy,
                     ack_policy: consumer::AckPolicy::Explicit,
                     filter_subject: format!("{}.>", subject::STREAM_PREFIX),
+                    ack_wait: ACK_WAIT,
                     ..consumer::pull::Config::default()
                 })
                 .await
@@ -497,7 +618,7 @@ async fn read_stream(
         restored = 0;
     }
     routed.fetch_max(restored, Ordering::AcqRel);
-    let routed_up_to = Arc::new(AtomicU64::new(restored));
+    let routed_up_to = Arc::new(Mutex::new(Routed::new(restored)));
     // Acknowledged within this task, which the broker's shutdown aborts: a task of its own
     // went on waiting for the store with the broker's state in hand, and a broker restarted
     // at once on the same directory found its lock still taken.
@@ -518,12 +639,12 @@ async fn route_stream(
     consumer: consumer::PullConsumer,
     shared: Weak<Shared>,
     acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
-    routed_up_to: Arc<AtomicU64>,
+    routed_up_to: Arc<Mutex<Routed>>,
     routed: Arc<AtomicU64>,
 ) {
     // Messages delivered again (an acknowledgement lost on a reconnection, or in a crash after
-    // the store had what routing them wrote) were routed once: up to `routed_up_to`, which the
-    // store keeps with what routing writes ([`CURSOR`]).
+    // the store had what routing them wrote) were routed once: `routed_up_to` has them, and
+    // the store keeps its floor with what routing writes ([`CURSOR`]).
     loop {
         let mut messages = match pull_messages(&consumer).await {
             Ok(messages) => messages,
@@ -544,18 +665,30 @@ async fn route_stream(
                 }
             };
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
-            let ticket = if sequence != 0 && sequence <= routed_up_to.load(Ordering::Acquire) {
-                Ticket::default()
-            } else {
-                routed_up_to.fetch_max(sequence, Ordering::AcqRel);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                route(&shared, &message, sequence)
+            let floor = {
+                let mut routed_up_to = crate::lock(&routed_up_to);
+                if sequence != 0 && routed_up_to.contains(sequence) {
+                    None
+                } else {
+                    if sequence != 0 {
+                        routed_up_to.insert(sequence, Instant::now());
+                    }
+                    Some(routed_up_to.floor())
+                }
+            };
+            let ticket = match floor {
+                None => Ticket::default(),
+                Some(floor) => {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    route(&shared, &message, sequence, floor)
+                }
             };
             // After routing: a session found with nothing waiting once this is read has had
-            // everything up to it.
-            routed.fetch_max(sequence, Ordering::AcqRel);
+            // everything up to the floor.
+            let floor = crate::lock(&routed_up_to).floor();
+            routed.fetch_max(floor, Ordering::AcqRel);
             if acks_tx.send((ticket, message)).await.is_err() {
                 return;
             }
@@ -569,26 +702,29 @@ async fn route_stream(
 
 /// Routes a message of the stream to this node's clients; returns the store's ticket for
 /// what that wrote.
-fn route(shared: &Shared, message: &jetstream::Message, sequence: u64) -> Ticket {
+/// `floor`: every sequence up to it is routed, this one included.
+fn route(shared: &Shared, message: &jetstream::Message, sequence: u64, floor: u64) -> Ticket {
     let topic = subject::stream_subject_topic(message.subject.as_str());
     let Some((sender, publish)) = received(topic, message.payload.clone()) else {
         return Ticket::default();
     };
+    // The floor, not the sequence: after a crash, what a gap below this held is routed when
+    // it comes, not skipped.
     let cursor = (sequence != 0).then(|| Change::PutCursor {
         name: CURSOR.into(),
-        position: sequence,
+        position: floor,
     });
     shared.publish_received(sender.as_deref(), &publish, sequence, cursor)
 }
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One
 /// whose write failed is left unacknowledged: the stream delivers it again after its ack wait,
-/// and `routed_up_to` (when the reader skips what it routed) goes back before it so that it
-/// is routed then.
+/// and `routed_up_to` (when the reader skips what it routed) forgets it so that it is routed
+/// then.
 pub(super) async fn acknowledge(
     mut acks: mpsc::Receiver<(Ticket, jetstream::Message)>,
     shared: Weak<Shared>,
-    routed_up_to: Option<Arc<AtomicU64>>,
+    routed_up_to: Option<Arc<Mutex<Routed>>>,
 ) {
     while let Some((ticket, message)) = acks.recv().await {
         let Some(shared) = shared.upgrade() else {
@@ -597,10 +733,8 @@ pub(super) async fn acknowledge(
         if let Err(error) = shared.durable(ticket).await {
             warn!(%error, "cluster: a message from the stream was not stored here; not acknowledged");
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
-            if let Some(routed_up_to) = &routed_up_to
-                && sequence != 0
-            {
-                routed_up_to.fetch_min(sequence - 1, Ordering::AcqRel);
+            if let Some(routed_up_to) = &routed_up_to {
+                crate::lock(routed_up_to).remove(sequence, Instant::now());
             }
             continue;
         }
@@ -608,5 +742,47 @@ pub(super) async fn acknowledge(
         if let Err(error) = message.ack().await {
             debug!(%error, "cluster: acknowledging a message of the stream");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routed_keeps_a_gap_open_until_its_message_comes_or_it_is_given_up() {
+        let start = Instant::now();
+        let mut routed = Routed::new(10);
+        assert!(routed.contains(10) && !routed.contains(11));
+        routed.insert(12, start);
+        routed.insert(13, start);
+        assert_eq!(routed.floor(), 10);
+        assert!(
+            !routed.contains(11),
+            "a message delivered to a given-up request"
+        );
+        assert!(routed.contains(12) && routed.contains(13) && !routed.contains(14));
+        routed.insert(11, start);
+        assert_eq!(routed.floor(), 13);
+        // Runs merge from both sides.
+        routed.insert(17, start);
+        routed.insert(15, start);
+        routed.insert(16, start);
+        assert_eq!(routed.runs, BTreeMap::from([(15, 17)]));
+        // A write that failed: routed again when delivered again.
+        routed.remove(16, start);
+        assert_eq!(routed.runs, BTreeMap::from([(15, 15), (17, 17)]));
+        routed.remove(12, start);
+        assert_eq!(routed.floor(), 11);
+        assert!(!routed.contains(12) && routed.contains(13));
+        // A gap nothing fills is given up after a while, one gap at a time.
+        routed.insert(18, start + GAP_GIVE_UP / 2);
+        assert_eq!(routed.floor(), 11);
+        routed.insert(19, start + GAP_GIVE_UP);
+        assert_eq!(routed.floor(), 13, "12 given up; 14's wait starts now");
+        routed.insert(14, start + GAP_GIVE_UP);
+        routed.insert(16, start + GAP_GIVE_UP);
+        assert_eq!(routed.floor(), 19);
+        assert!(routed.runs.is_empty());
     }
 }
