@@ -6,26 +6,22 @@
 //! a retained one, a QoS 2 one; PUBACKs keep the order of their PUBLISHes (MQTT-4.6.0-2); and
 //! a failed write is reported for every message that was not acknowledged early.
 //!
-//! The broker runs on a store that holds its commits on command: `durable` does not resolve
-//! while they are held, as when a commit takes long on a slow disk.
+//! The broker runs on the test store (`support/store.rs`), whose commits the test holds:
+//! `durable` does not resolve while they are held, as when a commit takes long on a slow disk.
 
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use rallymq_broker::{
-    Broker, BrokerConfig, BrokerHandle, Change, Loaded, LoadedEntry, MemoryStore, Store,
-    StoreError, Ticket,
-};
+use rallymq_broker::{Broker, BrokerConfig, BrokerHandle, StoreError};
 use rallymq_codec::{
     Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, TopicName,
 };
+use support::store::{DataDir, TestStore};
 use support::{NoPacket, Raw, WAIT, connect_packet, persistent_connect, subscription, tcp_addr};
-use tokio::sync::watch;
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -37,93 +33,14 @@ const QUIET: Duration = Duration::from_millis(300);
 /// The session expiry of the persistent MQTT 5 sessions.
 const HOUR: u32 = 3600;
 
-// ------------------------------------------------------------------ a store holding commits
+// ------------------------------------------------------------------ a broker on a held store
 
-/// A [`MemoryStore`] whose commits can be held (no ticket becomes durable until they are let
-/// go) and can fail (every ticket written meanwhile is decided with the error).
-#[derive(Debug)]
-struct HeldStore {
-    inner: MemoryStore,
-    held: watch::Sender<bool>,
-    failing: Mutex<Failing>,
-}
-
-/// The error each write fails with while set, and the tickets written meanwhile.
-#[derive(Debug, Default)]
-struct Failing {
-    error: Option<StoreError>,
-    failed: Vec<(Ticket, StoreError)>,
-}
-
-impl HeldStore {
-    fn new() -> Self {
-        Self {
-            inner: MemoryStore::new(),
-            held: watch::channel(false).0,
-            failing: Mutex::new(Failing::default()),
-        }
-    }
-
-    /// Holds every commit from now on (`true`), or lets them all go (`false`).
-    fn hold(&self, held: bool) {
-        self.held.send_replace(held);
-    }
-
-    /// From now on every write fails with `error` (`None`: writes succeed again).
-    fn fail_writes(&self, error: Option<StoreError>) {
-        self.failing.lock().expect("not poisoned").error = error;
-    }
-}
-
-impl Store for HeldStore {
-    fn load(&self) -> Result<Loaded, StoreError> {
-        self.inner.load()
-    }
-
-    fn read_queue(
-        &self,
-        client_id: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<LoadedEntry>, StoreError> {
-        self.inner.read_queue(client_id, from_seq, limit)
-    }
-
-    fn write(&self, changes: Vec<Change>) -> Ticket {
-        let ticket = self.inner.write(changes);
-        let mut failing = self.failing.lock().expect("not poisoned");
-        if let Some(error) = failing.error.clone() {
-            failing.failed.push((ticket, error));
-        }
-        ticket
-    }
-
-    fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>> {
-        let inner = self.inner.durable(ticket);
-        let mut held = self.held.subscribe();
-        let failed = self
-            .failing
-            .lock()
-            .expect("not poisoned")
-            .failed
-            .iter()
-            .find(|(failed, _)| *failed == ticket)
-            .map(|(_, error)| error.clone());
-        Box::pin(async move {
-            inner.await?;
-            // The sender lives as long as the store, which outlives its broker.
-            let _ = held.wait_for(|held| !held).await;
-            match failed {
-                Some(error) => Err(error),
-                None => Ok(()),
-            }
-        })
-    }
-}
-
+/// A broker on a [`TestStore`], whose commits the test holds (`store.hold`) and fails
+/// (`store.fail_writes`).
 struct Node {
     broker: BrokerHandle,
-    store: Arc<HeldStore>,
+    store: Arc<TestStore>,
+    _dir: DataDir,
 }
 
 impl Node {
@@ -131,11 +48,16 @@ impl Node {
         let mut config = BrokerConfig::without_listeners();
         config.tcp = vec!["127.0.0.1:0".parse().expect("an address")];
         config.sys_interval = None;
-        let store = Arc::new(HeldStore::new());
+        let dir = DataDir::new();
+        let store = Arc::new(TestStore::open(&dir.0).expect("the store opens"));
         let broker = Broker::start_with_store(config, store.clone())
             .await
             .expect("the broker starts");
-        Self { broker, store }
+        Self {
+            broker,
+            store,
+            _dir: dir,
+        }
     }
 
     fn addr(&self) -> SocketAddr {
