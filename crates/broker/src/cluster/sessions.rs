@@ -805,6 +805,7 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
             sequence,
+            early: None,
         })
         .collect();
     let mut inner = session.lock();
