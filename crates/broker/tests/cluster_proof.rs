@@ -480,7 +480,7 @@ struct Moments {
     majority_back: Instant,
 }
 
-/// Not in the default run: it held 16 of its last 17 runs (the other: a QoS 2 subscriber moved
+/// Not in the default run: it held 19 of its last 20 runs (the other: a QoS 2 subscriber moved
 /// through three nodes around the majority's loss got 8 messages twice and missed one;
 /// CLUSTER.md), and a suite that fails at random lands nothing. Run it with `--ignored`;
 /// CLUSTER.md has its results.
