@@ -36,7 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+};
 use bytes::{BufMut, Bytes};
 use futures::StreamExt;
 use rallymq_codec::{PacketId, Publish};
@@ -44,6 +47,7 @@ use rallymq_session::{OutgoingStage, SessionState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::bucket::{self, NotWritten};
 use super::{Written, subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
@@ -216,6 +220,8 @@ pub(crate) struct Sessions {
     node_id: String,
     client: async_nats::Client,
     bucket: kv::Store,
+    /// The JetStream context the bucket's conditional writes go through ([`bucket::write_at`]).
+    context: jetstream::Context,
     claims: Mutex<HashMap<Arc<str>, Claimed>>,
     /// The origin of [`Sessions::seconds`].
     started: Instant,
@@ -258,6 +264,7 @@ impl Sessions {
                 node_id: node_id.to_owned(),
                 client: client.clone(),
                 bucket,
+                context: jetstream::new(client.clone()),
                 claims: Mutex::default(),
                 started: Instant::now(),
                 writes: writes_tx,
@@ -323,22 +330,11 @@ impl Sessions {
                     in_flight.clone_from(old_in_flight);
                 }
                 let value = encode_value(&self.node_id, Some(&fresh), cursor, &in_flight);
-                let written =
-                    match &entry {
-                        None => self.bucket.create(&key, value).await.map_err(|e| {
-                            (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())
-                        }),
-                        Some(entry) => self
-                            .bucket
-                            .update(&key, value, entry.revision)
-                            .await
-                            .map_err(|e| {
-                                (
-                                    e.kind() == UpdateErrorKind::WrongLastRevision,
-                                    e.to_string(),
-                                )
-                            }),
-                    };
+                // Keys are never deleted: no value yet is revision 0.
+                let expected = entry.as_ref().map_or(0, |entry| entry.revision);
+                let written = bucket::write_at(&self.context, &self.bucket, &key, value, expected)
+                    .await
+                    .map_err(|e| (e == NotWritten::Moved, e.to_string()));
                 match written {
                     Ok(revision) => {
                         return Ok(Claim {
@@ -836,6 +832,7 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
             since: now.checked_sub(waited).unwrap_or(now),
             stored: None,
             sequence,
+            early: None,
         })
         .collect();
     let mut inner = session.lock();
@@ -889,21 +886,28 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
         );
         let mut written = tokio::time::timeout(
             WRITE_TIMEOUT,
-            sessions.bucket.update(&key, value.clone(), revision),
+            bucket::write_at(
+                &sessions.context,
+                &sessions.bucket,
+                &key,
+                value.clone(),
+                revision,
+            ),
         )
         .await;
         // What the claim holds, which the new revision replaces.
         let known = revision;
         let mut revision = revision;
-        if let Ok(Err(error)) = &written
-            && error.kind() == UpdateErrorKind::WrongLastRevision
+        if let Ok(Err(NotWritten::Moved)) = &written
             && let Some(late) = own_late_write(&sessions, &key, &write.client_id, revision).await
         {
             // A write of ours that timed out was applied after all: the key is still ours.
             revision = late;
-            written =
-                tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.update(&key, value, revision))
-                    .await;
+            written = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                bucket::write_at(&sessions.context, &sessions.bucket, &key, value, revision),
+            )
+            .await;
         }
         match written {
             Ok(Ok(new)) => {
@@ -918,7 +922,7 @@ async fn write_records(sessions: Arc<Sessions>, mut writes: mpsc::UnboundedRecei
                 drop(claims);
                 answer(Ok(()));
             }
-            Ok(Err(error)) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+            Ok(Err(NotWritten::Moved)) => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
                 answer(Ok(()));
             }
@@ -1054,8 +1058,18 @@ async fn hand_over(
         // partial. The asker resumes from the record, whose cursor has not moved since.
         return Reply::NoSession;
     }
+    // A session resumed here from a dead node's record had the stream replayed to it up to
+    // `through`, past this node's routed place when the node's consumer lagged behind (its
+    // server died): what it has up to there is in this handover or delivered. The asker reading
+    // the stream after the node's place alone sent those again (the proof: 58 QoS 2 messages a
+    // second time).
+    let replayed = session
+        .lock()
+        .replay
+        .as_ref()
+        .map_or(0, |replay| replay.through);
     let mut handover = Handover {
-        routed,
+        routed: routed.max(replayed),
         ..Handover::default()
     };
     let mut state = state
