@@ -30,7 +30,8 @@
 //! Other modes (`--mode`), each single node beside cross-node in the same run:
 //! - `latency`: unloaded latency, one message at a time (QoS 0, then QoS 1: delivery and the
 //!   publisher's PUBACK, which in a cluster waits for the stream), p50 and p99, and what the
-//!   cluster adds;
+//!   cluster adds, with the subscriber on the publisher's node (`cluster-local`: its QoS 1
+//!   comes through the stream too) and on the other node;
 //! - `qos1`: QoS 1 throughput and latency, `--publishers` publishers with 16 unacknowledged
 //!   messages each and `--window` sent and not yet received in all, one QoS 1 subscriber
 //!   acknowledging everything;
@@ -393,6 +394,10 @@ const SETTLE: Duration = Duration::from_secs(12);
 /// clustered nodes.
 const SINGLE_AND_CROSS: [Setup; 2] = [Setup::Single, Setup::CrossNode];
 
+/// Setups of `--mode latency`: a single node, publisher and subscriber on one clustered node
+/// (its own subscriber's QoS 1 comes through the stream), and on two.
+const LATENCY_SETUPS: [Setup; 3] = [Setup::Single, Setup::ClusterLocal, Setup::CrossNode];
+
 /// The `p`-quantile of sorted `values`.
 /// Reads `subscriber`'s messages until `stop` or the end of its connection, counting them in
 /// `received`; while `measuring`, takes each one's latency from the send time stamped in its
@@ -468,7 +473,12 @@ async fn setup_nodes(
             .ok_or_else(|| io::Error::other("no TCP"))
     };
     let publish_at = addr(&nodes[0])?;
-    let subscribe_at = addr(nodes.last().unwrap_or(&nodes[0]))?;
+    // `cluster-local`: a node's own subscriber, whose QoS 1 and 2 messages come through the
+    // stream as another node's do.
+    let subscribe_at = match setup {
+        Setup::ClusterLocal => publish_at,
+        _ => addr(nodes.last().unwrap_or(&nodes[0]))?,
+    };
     Ok((nodes, publish_at, subscribe_at))
 }
 
@@ -591,11 +601,12 @@ fn latency_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, rounds: us
         "unloaded latency: one 64-byte message at a time, {LATENCY_SAMPLES} measured after \
          {LATENCY_WARMUP}, MQTT 3.1.1 over TCP"
     );
+    let setups = LATENCY_SETUPS.len();
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-        let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); 4];
-        let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); 2 * setups];
+        let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); 2 * setups];
         for round in 0..rounds {
-            for (s, setup) in SINGLE_AND_CROSS.iter().enumerate() {
+            for (s, setup) in LATENCY_SETUPS.iter().enumerate() {
                 let (delivered, acked) = match runtime.block_on(round_trips(*setup, nats, qos)) {
                     Ok(measured) => measured,
                     Err(error) => {
@@ -619,7 +630,7 @@ fn latency_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, rounds: us
                     quantile(&delivered, 0.5),
                     quantile(&delivered, 0.99),
                 );
-                for (k, sorted) in [(s, &delivered), (2 + s, &acked)] {
+                for (k, sorted) in [(s, &delivered), (setups + s, &acked)] {
                     p50s[k].push(quantile(sorted, 0.5).as_secs_f64());
                     p99s[k].push(quantile(sorted, 0.99).as_secs_f64());
                 }
@@ -631,17 +642,20 @@ fn latency_mode(runtime: &tokio::runtime::Runtime, nats: &NatsServer, rounds: us
         let what = if qos == QoS::AtMostOnce {
             vec![(0, "delivery")]
         } else {
-            vec![(0, "delivery"), (2, "PUBACK")]
+            vec![(0, "delivery"), (setups, "PUBACK")]
         };
         for (base, name) in what {
-            let (single50, cross50) = (at(&mut p50s[base]), at(&mut p50s[base + 1]));
-            let (single99, cross99) = (at(&mut p99s[base]), at(&mut p99s[base + 1]));
-            println!(
-                "median {qos:?} {name}: single p50 {single50:.2?} p99 {single99:.2?}; cross-node \
-                 p50 {cross50:.2?} p99 {cross99:.2?}; added p50 {:.2?} p99 {:.2?}",
-                cross50.saturating_sub(single50),
-                cross99.saturating_sub(single99)
-            );
+            let (single50, single99) = (at(&mut p50s[base]), at(&mut p99s[base]));
+            for (s, setup) in LATENCY_SETUPS.iter().enumerate().skip(1) {
+                let (p50, p99) = (at(&mut p50s[base + s]), at(&mut p99s[base + s]));
+                println!(
+                    "median {qos:?} {name}: single p50 {single50:.2?} p99 {single99:.2?}; {} \
+                     p50 {p50:.2?} p99 {p99:.2?}; added p50 {:.2?} p99 {:.2?}",
+                    setup.name(),
+                    p50.saturating_sub(single50),
+                    p99.saturating_sub(single99)
+                );
+            }
         }
     }
     ExitCode::SUCCESS

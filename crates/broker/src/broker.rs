@@ -295,13 +295,8 @@ impl Shared {
             |session, inner, publish, since, sequence| {
                 let _group = self.store.as_deref().map(Group::open);
                 let held = publish.clone();
-                let mut persisting = self.store.as_deref().map(|store| Persisting {
-                    store,
-                    next_message_id: &self.next_message_id,
-                    message: &held,
-                    received_at: SystemTime::now(),
-                    id: None,
-                    ticket: Ticket::default(),
+                let mut persisting = self.store.as_deref().map(|store| {
+                    Persisting::new(store, &self.next_message_id, &held, SystemTime::now())
                 });
                 session.enqueue_locked(
                     inner,
@@ -369,14 +364,10 @@ impl Shared {
                 retained = store.write(vec![change]);
             }
         }
-        let persisting = self.store.as_deref().map(|store| Persisting {
-            store,
-            next_message_id: &self.next_message_id,
-            message: publish,
-            received_at,
-            id: None,
-            ticket: Ticket::default(),
-        });
+        let persisting = self
+            .store
+            .as_deref()
+            .map(|store| Persisting::new(store, &self.next_message_id, publish, received_at));
         let limits = &self.config.limits;
         let mut outcome = self
             .router

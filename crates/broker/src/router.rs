@@ -338,6 +338,7 @@ impl Router {
         }
         if let Some(persisting) = persisting {
             outcome.ticket = persisting.ticket;
+            outcome.early = persisting.early_ack();
         }
         outcome
     }
@@ -374,6 +375,7 @@ impl Router {
         }
         if let Some(persisting) = persisting {
             outcome.ticket = persisting.ticket;
+            outcome.early = persisting.early_ack();
         }
         outcome
     }
@@ -430,6 +432,9 @@ pub(crate) struct RouteOutcome {
     /// In a cluster, a QoS 1 or 2 message's write to the cluster's stream: the publisher is
     /// acknowledged once it is stored there too.
     pub(crate) stream: Option<crate::cluster::StreamAck>,
+    /// Every entry routing wrote is in a queue in memory: the count of those not yet
+    /// acknowledged, which the publisher may wait on instead of the ticket.
+    pub(crate) early: Option<Arc<crate::session::EarlyAck>>,
 }
 
 impl RouteOutcome {

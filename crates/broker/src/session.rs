@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
@@ -54,6 +54,9 @@ pub(crate) mod signal {
     pub(crate) const CONTROL: u8 = 2;
     /// The broker is shutting down.
     pub(crate) const SHUTDOWN: u8 = 4;
+    /// Every stored entry of a message this connection published was acknowledged by its
+    /// subscriber ([`super::EarlyAck`]): its PUBACK need not wait for the store.
+    pub(crate) const ACKNOWLEDGED: u8 = 8;
 }
 
 /// The one way to wake a connection's driver: queued messages, [`Control`]s and shutdown set a
@@ -256,6 +259,9 @@ pub(crate) struct Queued {
     /// In a cluster, its sequence in the stream: 0 when it is not from the stream,
     /// [`UNKNOWN_SEQUENCE`] when that is not known here.
     pub(crate) sequence: u64,
+    /// With `stored`: the count its delivery's acknowledgement counts down, so that its
+    /// publisher may be acknowledged before the store commits (see [`EarlyAck`]).
+    pub(crate) early: Option<Arc<EarlyAck>>,
 }
 
 impl Queued {
@@ -267,6 +273,63 @@ impl Queued {
             since,
             stored: Some(StoredRef::of(loaded)),
             sequence: UNKNOWN_SEQUENCE,
+            early: None,
+        }
+    }
+}
+
+/// The entries a QoS 1 message left in persistent sessions' queues that their subscribers have
+/// not yet acknowledged. Once every one is acknowledged, what the message wrote to the store
+/// (the message, its entries) is undone by what the acknowledgements wrote (their deletions),
+/// and every session it was stored for has it: nothing about it needs to be durable, so its
+/// publisher's PUBACK may go out without waiting for the store's commit. A crash after that
+/// PUBACK loses nothing, since every recipient has the message.
+///
+/// The count starts at one, the hold of routing and then of the publisher's connection, which
+/// lets it go ([`EarlyAck::arm`]) only once the message went nowhere else durable: not
+/// retained, no entry in the store only (an offline session, or one behind on its queue), no
+/// entry dropped to make room. Without that release the count never reaches zero and the
+/// PUBACK waits for the store, as before.
+#[derive(Debug)]
+pub(crate) struct EarlyAck {
+    outstanding: AtomicU32,
+    /// The publisher's connection, woken when the count reaches zero.
+    publisher: OnceLock<Arc<ControlBox>>,
+}
+
+impl EarlyAck {
+    fn new() -> Self {
+        Self {
+            outstanding: AtomicU32::new(1),
+            publisher: OnceLock::new(),
+        }
+    }
+
+    /// The publisher's connection lets go of routing's hold and is woken (if not by its own
+    /// release) once every entry is acknowledged.
+    pub(crate) fn arm(&self, publisher: &Arc<ControlBox>) {
+        let _ = self.publisher.set(publisher.clone());
+        self.release();
+    }
+
+    /// An entry's delivery was acknowledged by its subscriber.
+    pub(crate) fn entry_acknowledged(&self) {
+        self.release();
+    }
+
+    /// Whether every entry, and the publisher's hold, is released.
+    pub(crate) fn done(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) == 0
+    }
+
+    fn release(&self) {
+        // The publisher is set before its hold is released, and the count only reaches zero
+        // after that release: whoever takes it to zero sees the publisher (AcqRel orders the
+        // chain of updates).
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(publisher) = self.publisher.get()
+        {
+            publisher.signal(signal::ACKNOWLEDGED);
         }
     }
 }
@@ -360,6 +423,47 @@ pub(crate) struct Persisting<'a> {
     pub(crate) id: Option<MessageId>,
     /// The highest ticket of what was written: the publisher waits for it.
     pub(crate) ticket: Ticket,
+    /// The count of its entries kept in memory, while every entry is (see [`EarlyAck`]).
+    early: Option<Arc<EarlyAck>>,
+    /// An entry went to the store only, or one was dropped: the publisher waits for the store.
+    early_lost: bool,
+}
+
+impl<'a> Persisting<'a> {
+    /// `message`, received at `received_at`, not stored yet.
+    pub(crate) fn new(
+        store: &'a dyn Store,
+        next_message_id: &'a AtomicU64,
+        message: &'a Publish,
+        received_at: SystemTime,
+    ) -> Self {
+        Self {
+            store,
+            next_message_id,
+            message,
+            received_at,
+            id: None,
+            ticket: Ticket::default(),
+            early: None,
+            early_lost: false,
+        }
+    }
+
+    /// The count the publisher's PUBACK may wait on instead of the store, if every entry
+    /// written is in a queue in memory (and there is one).
+    pub(crate) fn early_ack(&self) -> Option<Arc<EarlyAck>> {
+        self.early.clone().filter(|_| !self.early_lost)
+    }
+
+    /// Counts an entry kept in memory; its delivery's acknowledgement counts it off.
+    fn entry_in_memory(&mut self) -> Option<Arc<EarlyAck>> {
+        if self.early_lost {
+            return None;
+        }
+        let early = self.early.get_or_insert_with(|| Arc::new(EarlyAck::new()));
+        early.outstanding.fetch_add(1, Ordering::Relaxed);
+        Some(early.clone())
+    }
 }
 
 impl Persisting<'_> {
@@ -941,7 +1045,7 @@ impl Session {
         publish: Publish,
         since: Instant,
         limits: &Limits,
-        persisting: Option<&mut Persisting<'_>>,
+        mut persisting: Option<&mut Persisting<'_>>,
         sequence: u64,
     ) -> Enqueued {
         let online = inner.attachment.is_some();
@@ -980,8 +1084,9 @@ impl Session {
                 {
                     if let Some(dropped) = inner.pop_pending()
                         && let (Some(stored), Some(persisting)) =
-                            (dropped.stored, persisting.as_deref())
+                            (dropped.stored, persisting.as_deref_mut())
                     {
+                        persisting.early_lost = true;
                         persisting.store.write(vec![Change::DeleteEntry {
                             client_id: self.client_id.clone(),
                             seq: stored.seq,
@@ -993,6 +1098,7 @@ impl Session {
         }
         if enqueued.queued {
             let mut stored = None;
+            let mut early = None;
             if publish.qos != QoS::AtMostOnce
                 && let Some(persisting) = persisting
                 && inner.durable.is_some()
@@ -1020,8 +1126,10 @@ impl Session {
                     }
                     durable.tail_len += 1;
                     durable.tail_bytes += u64::from(size);
+                    persisting.early_lost = true;
                 } else {
                     stored = Some(reference);
+                    early = persisting.entry_in_memory();
                 }
                 if stored.is_none() {
                     enqueued.congested = self.congestion(inner, limits);
@@ -1033,6 +1141,7 @@ impl Session {
                 since,
                 stored,
                 sequence,
+                early,
             });
         }
         enqueued.congested = self.congestion(inner, limits);

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use rallymq_broker::{
 use rallymq_client::{Client, ClientOptions, Messages, SubscribeProperties, Subscription};
 use rallymq_codec::TopicFilter;
 use rallymq_test_support::{Certificates, Mosquitto, free_port, run_id};
-use support::store::TestStore;
+use support::store::{DataDir, TestStore};
 use tokio::time::{Instant, timeout};
 
 /// The longest any one expected thing may take.
@@ -571,23 +571,6 @@ enum Stop {
     /// The store closed under the running broker (nothing written afterwards reaches the
     /// disk), then the broker dropped: as when the process is killed.
     Crash,
-}
-
-/// A directory under the system's temporary directory, removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!("rallymq-bridge-store-{}", run_id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A broker with `bridges` on the disk store in `dir`.

@@ -12,7 +12,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use rallymq_codec::{
     TopicFilter, TopicName, UserProperty, Will, WillProperties,
 };
 use rallymq_session::CloseReason;
-use support::store::TestStore;
+use support::store::{DataDir, TestStore};
 use support::{
     NoPacket, Raw, TestClient, WAIT, connect_packet, connected_present, message, payload_str,
     persistent_connect, subscription, tcp_addr, topic_str, wait_clients,
@@ -51,34 +51,6 @@ const HOUR: u32 = 3600;
 type Client = TestClient<TcpStream>;
 
 // ------------------------------------------------------------------ a broker on a directory
-
-/// A fresh directory under the system's temporary directory, removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "rallymq-durable-{}",
-            rallymq_test_support::run_id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-}
-
-impl std::ops::Deref for DataDir {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// How a broker stops before the next one starts on its directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,7 @@
 //! Nodes keep heartbeat keys, and the wills of a dead node's clients are published once, by
 //! one surviving node ([`nodes`]).
 
+mod bucket;
 mod nodes;
 mod replay;
 mod sessions;

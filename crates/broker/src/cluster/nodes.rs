@@ -28,7 +28,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store};
+use async_nats::jetstream::{
+    self,
+    kv::{Operation, Store},
+};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use rallymq_codec::Publish;
@@ -37,6 +40,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::bucket::{self, NotWritten};
 use super::{kv_bucket, open, seal, subject, until_shutdown};
 use crate::Error;
 use crate::broker::Shared;
@@ -126,6 +130,8 @@ pub(super) struct Nodes {
     missed_beats: u32,
     nodes: Store,
     wills_bucket: Store,
+    /// The JetStream context of the claims' conditional writes ([`bucket::write_at`]).
+    context: jetstream::Context,
     /// Clients whose will is recorded, with the connection that recorded it: a connection
     /// taken over ends after its successor recorded its own will, which it must not delete.
     wills: Mutex<HashMap<Arc<str>, u64>>,
@@ -251,6 +257,7 @@ impl Nodes {
             missed_beats: missed_beats.max(1),
             nodes,
             wills_bucket,
+            context: jetstream::new(client.clone()),
             wills: Mutex::default(),
             changes,
             seen: Mutex::default(),
@@ -425,9 +432,9 @@ impl Nodes {
     ) -> Result<(), String> {
         let incarnation = &dead.beat.incarnation;
         let claim = format!("{CLAIM}.{id}.{incarnation}");
-        match self.nodes.create(&claim, self.claimer()).await {
+        match bucket::create(&self.context, &self.nodes, &claim, self.claimer()).await {
             Ok(_) => {}
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+            Err(NotWritten::Moved) => {
                 debug!(node = %id, %incarnation, "cluster: another node publishes the dead node's wills");
                 return Ok(());
             }
@@ -471,11 +478,15 @@ impl Nodes {
             let Some((node, claimed)) = key[prefix.len()..].split_once('.') else {
                 continue;
             };
-            if self
-                .nodes
-                .update(&key, self.claimer(), entry.revision)
-                .await
-                .is_err()
+            if bucket::write_at(
+                &self.context,
+                &self.nodes,
+                &key,
+                self.claimer(),
+                entry.revision,
+            )
+            .await
+            .is_err()
             {
                 continue;
             }
@@ -648,7 +659,20 @@ async fn beat(nodes: Arc<Nodes>, shared: Arc<Shared>) {
         if *left {
             return;
         }
-        if let Err(error) = nodes.nodes.put(&nodes.node_id, value.into()).await {
+        // At most an interval: a put whose server died waits out the JetStream timeout (5 s)
+        // for an answer that never comes, and the next beat, on the connection to another
+        // server, came only after it; the others took this node for dead meanwhile.
+        let put = tokio::time::timeout(
+            nodes.heartbeat,
+            nodes.nodes.put(&nodes.node_id, value.into()),
+        )
+        .await;
+        let failed = match put {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {:?}", nodes.heartbeat)),
+        };
+        if let Some(error) = failed {
             failures += 1;
             if failures.is_power_of_two() {
                 warn!(%error, failures, "cluster: a heartbeat could not be written");
@@ -725,7 +749,7 @@ async fn settle(
 impl Nodes {
     /// Takes a change of the nodes bucket into account; returns the incarnation it shows dead:
     /// another node's key now holds a new incarnation, and the previous one did not leave.
-    fn saw(&self, entry: &async_nats::jetstream::kv::Entry) -> Option<Seen> {
+    fn saw(&self, entry: &jetstream::kv::Entry) -> Option<Seen> {
         if entry.key.contains('.') {
             // A claim.
             return None;
@@ -768,8 +792,14 @@ impl Nodes {
     fn silent(&self) -> Vec<(String, Seen)> {
         let dead_after = self.dead_after();
         let seen = crate::lock(&self.seen);
+        // Its own last beat seen at most half an interval late, as [`Nodes::saw`] counts a gap:
+        // a watch that stalls (its consumer's server died; it notices after missing its
+        // heartbeats, about 10 s) stops bringing every node's beats at once, and the others'
+        // last ones, seen up to an interval before its own, were past `dead_after` while its
+        // own was not yet: live nodes were taken for dead.
         let watching = seen.get(&self.node_id).is_some_and(|own| {
-            own.beat.incarnation == self.incarnation && own.changed.elapsed() <= dead_after
+            own.beat.incarnation == self.incarnation
+                && own.changed.elapsed() <= self.heartbeat * 3 / 2
         }) && crate::lock(&self.watching_since)
             .is_some_and(|since| since.elapsed() > dead_after);
         if !watching {

@@ -1,6 +1,7 @@
 //! A [`DiskStore`] for restart and disk-failure tests: the broker's real store, which a test
-//! can make fail (the broker is told so, as when the disk is full) or stop dead (as when the
-//! process is killed: nothing the broker writes afterwards reaches the disk).
+//! can make fail (the broker is told so, as when the disk is full), hold (no commit becomes
+//! durable until it is let go, as on a slow disk) or stop dead (as when the process is killed:
+//! nothing the broker writes afterwards reaches the disk).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use rallymq_broker::{Change, DiskStore, Loaded, LoadedEntry, Store, StoreError, Ticket};
+use tokio::sync::watch;
 
 /// A [`DiskStore`] that fails writes on command, and can be closed under the broker's feet.
 #[derive(Debug)]
@@ -20,6 +22,36 @@ pub struct TestStore {
     failing: Mutex<Option<StoreError>>,
     /// Tickets written while failing, with their error.
     failed: Mutex<HashMap<Ticket, StoreError>>,
+    /// While `true`, no ticket is durable.
+    held: watch::Sender<bool>,
+}
+
+/// A fresh directory for a store under the system's temporary directory, removed when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "rallymq-test-store-{}",
+            rallymq_test_support::run_id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl std::ops::Deref for DataDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -36,6 +68,7 @@ impl TestStore {
             disk: Mutex::new(Some(Arc::new(DiskStore::open(dir)?))),
             failing: Mutex::new(None),
             failed: Mutex::new(HashMap::new()),
+            held: watch::channel(false).0,
         })
     }
 
@@ -49,6 +82,12 @@ impl TestStore {
     /// broker has in memory; only the broker's answer to the publisher differs.
     pub fn fail_writes(&self, error: Option<StoreError>) {
         *lock(&self.failing) = error;
+    }
+
+    /// Holds every commit from now on (`true`): `durable` resolves for none until they are let
+    /// go (`false`), though the disk store goes on committing.
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
     }
 
     /// Closes the disk store at once, whatever the broker still does: what was handed to it
@@ -114,8 +153,11 @@ impl Store for TestStore {
             _ => return Box::pin(std::future::pending()),
         };
         let failed = lock(&self.failed).get(&ticket).cloned();
+        let mut held = self.held.subscribe();
         Box::pin(async move {
             durable.await?;
+            // The sender lives as long as the store.
+            let _ = held.wait_for(|held| !held).await;
             match failed {
                 Some(error) => Err(error),
                 None => Ok(()),
