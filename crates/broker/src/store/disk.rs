@@ -12,8 +12,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
-use rallymq_codec::QoS;
-use rallymq_session::OutgoingStage;
 use redb::backends::FileBackend;
 use redb::{
     BackendError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
@@ -50,7 +48,7 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// again through the OS's page cache, which the process's RSS does not count: with the default,
 /// 10 million queued entries (a 1 GB store) kept the broker at 1.2 GB RSS; with this, 70 to
 /// 100 MiB, and filling the backlog was no slower (benches/README.md, "Durability"). 16 MiB, not
-/// 32: 1,000 sessions draining 10 M entries peaked at VmHWM 192-200 MiB (201-210 MB, over the
+/// 32: 1,000 sessions draining 10 M entries peaked at VmHWM 186-190 MiB (195-199 MB, at the
 /// issue's 200 MB) with 32, 182-185 MiB with 16, the drain about 9% slower.
 const CACHE_BYTES: usize = 16 << 20;
 
@@ -292,9 +290,6 @@ impl Shared {
     /// the waiters, and again, until the store closes and nothing is left.
     fn write_loop(&self) {
         let mut retry: Vec<Change> = Vec::new();
-        // QoS 1 in-flight updates the last commit left at the head of the pending changes
-        // (see [`plan`]): they make the writer go on at once.
-        let mut carried = 0;
         let mut failing = false;
         loop {
             let (mut changes, upto, closing) = {
@@ -351,36 +346,14 @@ impl Shared {
                 continue;
             }
             let first = *self.decided.borrow() + 1;
-            // What a failed commit left, then the new changes, which begin with what the last
-            // commit carried.
-            let carry_from = retry.len() + carried;
             if !retry.is_empty() {
                 retry.append(&mut changes);
                 changes = std::mem::take(&mut retry);
             }
-            // A closing store carries nothing past its last commit.
-            let steps = plan(&changes, (!closing).then_some(carry_from));
-            // Carried to the head of the next group now, while what arrived since is little:
-            // put in front of the whole group later, it moved 100,000s of changes and held
-            // the group twice over at the broker's peak (VmHWM +20 MiB in a 2 M drain).
-            let carry: Vec<Change> = changes
-                .iter()
-                .zip(&steps)
-                .filter(|(_, step)| **step == Step::Carry)
-                .map(|(change, _)| change.clone())
-                .collect();
-            carried = carry.len();
-            if carried > 0 {
-                lock(&self.pending).changes.splice(0..0, carry);
-            }
+            let count = changes.len() as u64;
             let started = Instant::now();
-            let committed = self.commit(&changes, &steps);
+            let committed = self.commit(&changes);
             self.commit_took(started.elapsed());
-            let count = (changes.len() - carried) as u64;
-            if carried > 0 && committed.is_err() {
-                let mut steps = steps.iter();
-                changes.retain(|_| steps.next() != Some(&Step::Carry));
-            }
             match committed {
                 Ok(()) => {
                     if failing {
@@ -442,8 +415,8 @@ impl Shared {
 
     /// Applies `changes` in one transaction and commits it durably. A failed commit closes
     /// the database, for the next one to open it again.
-    fn commit(&self, changes: &[Change], steps: &[Step]) -> Result<(), StoreError> {
-        let result = self.try_commit(changes, steps);
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let result = self.try_commit(changes);
         if result.is_err() {
             *self
                 .db
@@ -453,7 +426,7 @@ impl Shared {
         result
     }
 
-    fn try_commit(&self, changes: &[Change], steps: &[Step]) -> Result<(), StoreError> {
+    fn try_commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         let mut db = self.database();
         if db.is_none() {
             drop(db);
@@ -475,7 +448,7 @@ impl Shared {
         // that took 13 s before the broker accepted connections, 0.13 s with this. It costs
         // throughput (benches/README.md, "Durability").
         txn.set_quick_repair(true);
-        apply(&txn, changes, steps)?;
+        apply(&txn, changes)?;
         txn.commit().map_err(io)
     }
 
@@ -588,9 +561,9 @@ impl StorageBackend for CountedFile {
     }
 }
 
-/// Applies `changes` in order inside `txn`, as `steps` (from [`plan`]) says. Reference counts
-/// of messages and the sizes of queues are summed over the whole group and written once each.
-fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(), StoreError> {
+/// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
+/// queues are summed over the whole group and written once each.
+fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut sessions = txn.open_table(SESSIONS).map_err(io)?;
     let mut messages = txn.open_table(MESSAGES).map_err(io)?;
     let mut queues = txn.open_table(QUEUES).map_err(io)?;
@@ -598,24 +571,21 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut cursors = txn.open_table(CURSORS).map_err(io)?;
-    let mut references = References::default();
+    let mut references: FxHashMap<MessageId, i64> = FxHashMap::default();
+    // Messages an entry stopped referring to in this group: one whose entries were all added
+    // and removed within the group has a net change of 0, and must still go.
+    let mut released: FxHashSet<MessageId> = FxHashSet::default();
     let mut sizes: FxHashMap<&str, (i64, i64)> = FxHashMap::default();
     let mut deleted = Deleted::default();
-    for (change, step) in changes.iter().zip(steps) {
-        match step {
-            Step::Apply => {}
-            Step::Skip | Step::Carry => {
-                // Its entry came and went within the group; its message may be left with none.
-                if let Change::AddEntry { entry, .. } = change {
-                    references.release(entry.message, 0);
-                }
-                continue;
+    let skip = cancelled(changes);
+    for (change, skip) in changes.iter().zip(skip) {
+        if skip {
+            // Its entry came and went within the group; its message may be left with none.
+            if let Change::AddEntry { entry, .. } = change {
+                references.entry(entry.message).or_default();
+                released.insert(entry.message);
             }
-            Step::AfterDeletions => {
-                // A number used again (a session deleted and made anew in the group): the old
-                // entry goes before the new one comes.
-                deleted.remove_all(&mut queues, &mut references, &mut sizes)?;
-            }
+            continue;
         }
         match change {
             Change::PutSession(record) => {
@@ -624,7 +594,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
                     .map_err(io)?;
             }
             Change::DeleteSession(client_id) => {
-                deleted.remove_all(&mut queues, &mut references, &mut sizes)?;
+                deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
                 sessions.remove(&**client_id).map_err(io)?;
                 counts.remove(&**client_id).map_err(io)?;
                 sizes.remove(&**client_id);
@@ -638,7 +608,8 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
                 for key in keys {
                     if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
                         let entry = decode_entry(old.value())?;
-                        references.release(entry.message, 1);
+                        *references.entry(entry.message).or_default() -= 1;
+                        released.insert(entry.message);
                     }
                 }
                 let ids: Vec<Vec<u8>> = inbound
@@ -661,18 +632,24 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
                 seq,
                 entry,
             } => {
+                if deleted.contains(client_id, *seq) {
+                    // A number used again (a session deleted and made anew in the group): the
+                    // old entry goes before the new one comes.
+                    deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
+                }
                 let key = entry_key(client_id, *seq);
                 let replaced = queues
                     .insert(key.as_slice(), encode_entry(entry).as_slice())
                     .map_err(io)?
                     .map(|old| decode_entry(old.value()))
                     .transpose()?;
-                references.add(entry.message);
+                *references.entry(entry.message).or_default() += 1;
                 let size = sizes.entry(client_id).or_default();
                 size.0 += 1;
                 size.1 += i64::from(entry.size);
                 if let Some(old) = replaced {
-                    references.release(old.message, 1);
+                    *references.entry(old.message).or_default() -= 1;
+                    released.insert(old.message);
                     size.0 -= 1;
                     size.1 -= i64::from(old.size);
                 }
@@ -682,7 +659,10 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
                 seq,
                 entry,
             } => {
-                // An update of an entry deleted earlier in the group is a `Step::Skip`.
+                // An entry deleted earlier in the group is gone: its update must not revive it.
+                if deleted.contains(client_id, *seq) {
+                    continue;
+                }
                 let key = entry_key(client_id, *seq);
                 // Only an entry still queued: an update racing its deletion must not revive it.
                 // Inserting first and taking back the rare insert of an entry that was gone
@@ -727,12 +707,11 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
             }
         }
     }
-    deleted.remove_all(&mut queues, &mut references, &mut sizes)?;
-    for (id, (delta, released)) in references.0 {
+    deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
+    for (id, delta) in references {
         // A message stored in this group with no entry yet is kept: its entries may come in
-        // the next group. One whose entries were all added and removed within the group has a
-        // net change of 0, and must still go.
-        if delta == 0 && !released {
+        // the next group.
+        if delta == 0 && !released.contains(&id) {
             continue;
         }
         let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
@@ -768,25 +747,6 @@ fn apply(txn: &WriteTransaction, changes: &[Change], steps: &[Step]) -> Result<(
     Ok(())
 }
 
-/// The change of each message's reference count over a group, and whether an entry stopped
-/// referring to it (one whose entries were all added and removed within the group has a net
-/// change of 0, and must still go).
-#[derive(Default)]
-struct References(FxHashMap<MessageId, (i64, bool)>);
-
-impl References {
-    fn add(&mut self, message: MessageId) {
-        self.0.entry(message).or_default().0 += 1;
-    }
-
-    /// `count` entries stopped referring to `message`.
-    fn release(&mut self, message: MessageId, count: i64) {
-        let reference = self.0.entry(message).or_default();
-        reference.0 -= count;
-        reference.1 = true;
-    }
-}
-
 /// The queue entries a group deletes, removed together at the end of its changes (or before a
 /// change that must come after them) in runs of consecutive numbers: an acknowledged session
 /// deletes its entries in order, and one range removal of a run costs a walk of the B-tree's
@@ -796,11 +756,19 @@ impl References {
 struct Deleted<'c> {
     /// Entry numbers by session, in the order deleted.
     by_session: FxHashMap<&'c str, Vec<u64>>,
+    /// The same, to look up.
+    entries: FxHashSet<(&'c str, u64)>,
 }
 
 impl<'c> Deleted<'c> {
     fn add(&mut self, client_id: &'c str, seq: u64) {
-        self.by_session.entry(client_id).or_default().push(seq);
+        if self.entries.insert((client_id, seq)) {
+            self.by_session.entry(client_id).or_default().push(seq);
+        }
+    }
+
+    fn contains(&self, client_id: &str, seq: u64) -> bool {
+        self.entries.contains(&(client_id, seq))
     }
 
     /// Removes the entries, and counts their messages' references and their sessions' sizes
@@ -808,17 +776,13 @@ impl<'c> Deleted<'c> {
     fn remove_all(
         &mut self,
         queues: &mut Table<'_, &'static [u8], &'static [u8]>,
-        references: &mut References,
+        references: &mut FxHashMap<MessageId, i64>,
+        released: &mut FxHashSet<MessageId>,
         sizes: &mut FxHashMap<&'c str, (i64, i64)>,
     ) -> Result<(), StoreError> {
+        self.entries.clear();
         for (client_id, mut seqs) in self.by_session.drain() {
             seqs.sort_unstable();
-            seqs.dedup();
-            // Summed over the session's runs, and counted once.
-            let (mut len, mut bytes) = (0i64, 0i64);
-            // Consecutive entries mostly deliver the same few messages (sessions drain the
-            // same backlog): counted per message met, not per entry.
-            let mut message: Option<(MessageId, i64)> = None;
             let mut at = 0;
             while at < seqs.len() {
                 let first = seqs[at];
@@ -836,162 +800,76 @@ impl<'c> Deleted<'c> {
                 for item in removed {
                     let (_, old) = item.map_err(io)?;
                     let entry = decode_entry(old.value())?;
-                    len += 1;
-                    bytes += i64::from(entry.size);
-                    match &mut message {
-                        Some((id, count)) if *id == entry.message => *count += 1,
-                        _ => {
-                            if let Some((id, count)) = message {
-                                references.release(id, count);
-                            }
-                            message = Some((entry.message, 1));
-                        }
-                    }
+                    *references.entry(entry.message).or_default() -= 1;
+                    released.insert(entry.message);
+                    let size = sizes.entry(client_id).or_default();
+                    size.0 -= 1;
+                    size.1 -= i64::from(entry.size);
                 }
-            }
-            if let Some((id, count)) = message {
-                references.release(id, count);
-            }
-            if len > 0 {
-                let size = sizes.entry(client_id).or_default();
-                size.0 -= len;
-                size.1 -= bytes;
             }
         }
         Ok(())
     }
 }
 
-/// What [`apply`] does with a change of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Apply,
-    /// Not written: see [`plan`].
-    Skip,
-    /// An entry added again under a number deleted earlier in the group (a session deleted
-    /// and made anew): the deletions go first.
-    AfterDeletions,
-    /// A QoS 1 in-flight update left for the next group (see [`plan`]).
-    Carry,
-}
-
 /// Which changes of a group need not touch the database: a queue entry added, then deleted
 /// within the group (with the updates between), as when an online subscriber acknowledges a
-/// message before the commit that stores it; the updates of an entry deleted later in the
-/// group, as when a reconnected session's stored messages go in flight and are acknowledged;
-/// an update of an entry deleted earlier in the group (it must not revive it). Each would be a
-/// B-tree write: a message to a persistent session makes three (added, in flight, deleted),
-/// one drained from the store two.
-///
-/// From `carry_from` on (the changes new in this group; `None`: nothing is carried), a QoS 1
-/// delivery's step to "PUBLISH sent" that nothing in the group follows is `Step::Carry`: the
-/// writer puts it at the head of the next group instead, where its deletion (the PUBACK, a
-/// round trip later) mostly meets it and both are skipped. A draining session's entries go in
-/// flight while the writer commits, and 18% of them (10 M-entry `backlog`) were acknowledged
-/// only in the group after their update: each was a B-tree write in a leaf of its own.
-fn plan(changes: &[Change], carry_from: Option<usize>) -> Vec<Step> {
-    /// An entry touched in this group: where it was added, if it was, its last update since
-    /// (earlier ones are chained in `previous`), and whether it was deleted.
+/// message before the commit that stores it; and the updates of an entry deleted later in the
+/// group, as when a reconnected session's stored messages go in flight and are acknowledged.
+/// Each would be a B-tree write: a message to a persistent session makes three (added, in
+/// flight, deleted), one drained from the store two.
+fn cancelled(changes: &[Change]) -> Vec<bool> {
+    /// An entry touched in this group and not deleted yet: where it was added, if it was, and
+    /// its updates since.
     #[derive(Default)]
     struct Touched {
-        added: Option<u32>,
-        last_update: Option<u32>,
-        deleted: bool,
+        added: Option<usize>,
+        updates: Vec<usize>,
     }
-    const NONE: u32 = u32::MAX;
-    // Positions fit in u32: a group holds what arrived during one commit, far fewer changes.
-    let position = |at: usize| u32::try_from(at).unwrap_or(NONE);
-    let mut steps = vec![Step::Apply; changes.len()];
-    // The update before each update of the same entry, to skip them all with it.
-    let mut previous = vec![NONE; changes.len()];
+    let mut skip = vec![false; changes.len()];
     let mut touched: FxHashMap<(&str, u64), Touched> = FxHashMap::default();
     // Entries added over an entry already touched (a replacement): left to `apply` as they are.
     let mut replaced: FxHashSet<(&str, u64)> = FxHashSet::default();
-    let mut messages_put = false;
     for (at, change) in changes.iter().enumerate() {
         match change {
             Change::AddEntry { client_id, seq, .. } => {
                 let key = (&**client_id, *seq);
-                if replaced.contains(&key) {
-                    continue;
-                }
-                match touched.remove(&key) {
-                    Some(before) => {
-                        if before.deleted {
-                            steps[at] = Step::AfterDeletions;
-                        }
-                        replaced.insert(key);
-                    }
-                    None => {
-                        touched.insert(
-                            key,
-                            Touched {
-                                added: Some(position(at)),
-                                ..Touched::default()
-                            },
-                        );
-                    }
+                if replaced.contains(&key) || touched.remove(&key).is_some() {
+                    replaced.insert(key);
+                } else {
+                    let added = Some(at);
+                    touched.insert(
+                        key,
+                        Touched {
+                            added,
+                            ..Touched::default()
+                        },
+                    );
                 }
             }
             Change::UpdateEntry { client_id, seq, .. } => {
                 let key = (&**client_id, *seq);
-                if replaced.contains(&key) {
-                    continue;
-                }
-                let entry = touched.entry(key).or_default();
-                if entry.deleted {
-                    steps[at] = Step::Skip;
-                } else {
-                    previous[at] = entry.last_update.unwrap_or(NONE);
-                    entry.last_update = Some(position(at));
+                if !replaced.contains(&key) {
+                    touched.entry(key).or_default().updates.push(at);
                 }
             }
             Change::DeleteEntry { client_id, seq } => {
-                let key = (&**client_id, *seq);
-                let entry = touched.entry(key).or_default();
-                if entry.deleted {
-                    continue;
-                }
-                let mut update = entry.last_update.take().unwrap_or(NONE);
-                while let Some(at) = steps.get_mut(update as usize) {
-                    *at = Step::Skip;
-                    update = previous[update as usize];
-                }
-                match entry.added.take() {
-                    Some(added) => {
-                        steps[added as usize] = Step::Skip;
-                        steps[at] = Step::Skip;
-                        touched.remove(&key);
+                if let Some(entry) = touched.remove(&(&**client_id, *seq)) {
+                    for update in entry.updates {
+                        skip[update] = true;
                     }
-                    None => entry.deleted = true,
+                    if let Some(added) = entry.added {
+                        skip[added] = true;
+                        skip[at] = true;
+                    }
                 }
             }
             Change::DeleteSession(client_id) => {
                 // Its entries go with it, by range: none of them is paired past this point.
                 touched.retain(|(client, _), _| *client != &**client_id);
             }
-            Change::PutMessage(..) => messages_put = true,
             _ => {}
         }
-    }
-    if let Some(carry_from) = carry_from {
-        for entry in touched.values() {
-            let (None, Some(update), false) = (entry.added, entry.last_update, entry.deleted)
-            else {
-                continue;
-            };
-            let update = update as usize;
-            if update >= carry_from
-                && let Change::UpdateEntry { entry, .. } = &changes[update]
-                && entry.qos == QoS::AtLeastOnce
-                && matches!(entry.in_flight, Some((_, OutgoingStage::Published)))
-            {
-                steps[update] = Step::Carry;
-            }
-        }
-    }
-    if !messages_put {
-        return steps;
     }
     // A message put in this group whose every entry came and went within it (an online
     // subscriber acknowledged it before the commit) would be written and removed in the same
@@ -1000,17 +878,17 @@ fn plan(changes: &[Change], carry_from: Option<usize>) -> Vec<Step> {
     let mut kept: FxHashMap<MessageId, bool> = FxHashMap::default();
     for (at, change) in changes.iter().enumerate() {
         if let Change::AddEntry { entry, .. } = change {
-            *kept.entry(entry.message).or_default() |= steps[at] != Step::Skip;
+            *kept.entry(entry.message).or_default() |= !skip[at];
         }
     }
     for (at, change) in changes.iter().enumerate() {
         if let Change::PutMessage(id, _) = change
             && kept.get(id) == Some(&false)
         {
-            steps[at] = Step::Skip;
+            skip[at] = true;
         }
     }
-    steps
+    skip
 }
 
 impl Store for DiskStore {
@@ -1235,123 +1113,6 @@ mod tests {
         }
     }
 
-    fn in_flight(message: u64, qos: rallymq_codec::QoS) -> crate::store::QueueEntry {
-        crate::store::QueueEntry {
-            qos,
-            in_flight: Some((
-                rallymq_codec::PacketId::new(9).expect("not 0"),
-                rallymq_session::OutgoingStage::Published,
-            )),
-            ..entry(message)
-        }
-    }
-
-    /// A QoS 1 delivery's step to "PUBLISH sent" that nothing follows in its group is carried
-    /// to the next one (where its acknowledgement mostly meets it); not a QoS 2 one (its
-    /// identifier must be durable before the PUBLISH goes out), nor one followed by its
-    /// deletion, nor one that came carried already, nor any when the store closes.
-    #[test]
-    fn a_qos_1_in_flight_update_left_alone_in_its_group_is_carried_once() {
-        use super::Step::{Apply, Carry, Skip};
-        use rallymq_codec::QoS::{AtLeastOnce, ExactlyOnce};
-        let client: Arc<str> = "c".into();
-        let update = |seq, qos| Change::UpdateEntry {
-            client_id: client.clone(),
-            seq,
-            entry: in_flight(1, qos),
-        };
-        let delete = |seq| Change::DeleteEntry {
-            client_id: client.clone(),
-            seq,
-        };
-        let changes = vec![
-            update(0, AtLeastOnce),
-            update(1, AtLeastOnce),
-            update(2, AtLeastOnce),
-            update(3, ExactlyOnce),
-            delete(1),
-        ];
-        // The first change came carried from the group before.
-        assert_eq!(
-            super::plan(&changes, Some(1)),
-            [Apply, Skip, Carry, Apply, Apply]
-        );
-        assert_eq!(
-            super::plan(&changes, None),
-            [Apply, Skip, Apply, Apply, Apply]
-        );
-        // Carried to the next group, where its deletion came: neither is written, but the
-        // entry's deletion is.
-        let next = vec![update(2, AtLeastOnce), delete(2)];
-        assert_eq!(super::plan(&next, Some(1)), [Skip, Apply]);
-    }
-
-    /// A carried in-flight update reaches the disk by itself, without a later write to carry it,
-    /// and a store that closes writes what it carries.
-    #[tokio::test]
-    async fn a_carried_in_flight_update_is_committed_without_another_write() {
-        let dir = scratch("carried");
-        let client: Arc<str> = "c".into();
-        let message = Arc::new(StoredMessage {
-            publish: Publish::new(TopicName::new("t").expect("a valid topic"), "x"),
-            received_at: SystemTime::now(),
-        });
-        for closing in [false, true] {
-            let store = DiskStore::open(&dir).expect("the store opens");
-            let commit = |changes| {
-                let ticket = store.write(changes);
-                tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
-            };
-            let queued = vec![
-                Change::PutMessage(1, message.clone()),
-                Change::AddEntry {
-                    client_id: client.clone(),
-                    seq: 0,
-                    entry: entry(1),
-                },
-            ];
-            assert_eq!(commit(queued).await, Ok(Ok(())));
-            let update = vec![Change::UpdateEntry {
-                client_id: client.clone(),
-                seq: 0,
-                entry: in_flight(1, rallymq_codec::QoS::AtLeastOnce),
-            }];
-            assert_eq!(commit(update).await, Ok(Ok(())));
-            if closing {
-                drop(store);
-                let store = DiskStore::open(&dir).expect("the store opens again");
-                let read = store.read_queue(&client, 0, 10).expect("reads");
-                assert!(read[0].entry.in_flight.is_some(), "written on close");
-                let deleted = vec![Change::DeleteEntry {
-                    client_id: client.clone(),
-                    seq: 0,
-                }];
-                let ticket = store.write(deleted);
-                let done = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket));
-                assert_eq!(done.await, Ok(Ok(())));
-                continue;
-            }
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let read = store.read_queue(&client, 0, 10).expect("reads");
-                if read[0].entry.in_flight.is_some() {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the carried update was never committed"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let deleted = vec![Change::DeleteEntry {
-                client_id: client.clone(),
-                seq: 0,
-            }];
-            assert_eq!(commit(deleted).await, Ok(Ok(())));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
     /// A message whose only entry came and went in the group is not written; one with an
     /// entry left is, and so is one whose entries come in a later group.
     #[test]
@@ -1385,11 +1146,10 @@ mod tests {
             delete(0),
             delete(1),
         ];
-        let skipped: Vec<bool> = super::plan(&changes, None)
-            .iter()
-            .map(|step| *step == super::Step::Skip)
-            .collect();
-        assert_eq!(skipped, [true, true, false, true, false, false, true, true]);
+        assert_eq!(
+            super::cancelled(&changes),
+            [true, true, false, true, false, false, true, true]
+        );
     }
 
     /// A message identifier counted again from a lower one after `load` (a broker starting anew

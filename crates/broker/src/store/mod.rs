@@ -118,12 +118,7 @@ pub enum Change {
         /// The entry.
         entry: QueueEntry,
     },
-    /// Replaces an entry that is in the queue (it went in flight, or moved on a stage). A QoS 1
-    /// entry's step to in flight (PUBLISH sent) that nothing follows in its group may be
-    /// committed with the next group instead (the next commit, which the store starts at once):
-    /// its acknowledgement mostly comes by then, and neither touches the disk. After a crash
-    /// between the two commits it is sent again as a new delivery, as after a crash before its
-    /// own commit; no packet waits for it.
+    /// Replaces an entry that is in the queue (it went in flight, or moved on a stage).
     UpdateEntry {
         /// The session.
         client_id: Arc<str>,
@@ -293,8 +288,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn load(&self) -> Result<Loaded, StoreError>;
 
     /// Up to `limit` entries of `client_id`'s queue, from entry `from_seq` on, in order, with
-    /// their messages. Sees every change whose ticket is durable (a QoS 1 entry's step to in
-    /// flight: once the commit after it is, see [`Change::UpdateEntry`]).
+    /// their messages. Sees every change whose ticket is durable.
     fn read_queue(
         &self,
         client_id: &str,
