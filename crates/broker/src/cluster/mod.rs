@@ -141,6 +141,9 @@ const MAX_SUBSCRIPTIONS: usize = 256;
 /// bucket before it is answered from the copy as it is.
 const RETAINED_CATCH_UP: Duration = Duration::from_secs(1);
 
+/// How often a SUBSCRIBE waiting for this node's routing of the stream looks again.
+const ROUTED_POLL: Duration = Duration::from_millis(2);
+
 /// How long a SUBSCRIBE waits for each of its new shared groups' consumer on the stream
 /// ([`Link::groups_ready`]) before it is answered without it.
 const GROUP_READY: Duration = Duration::from_secs(2);
@@ -584,6 +587,9 @@ impl Link {
     /// Waits (at most [`RETAINED_CATCH_UP`]) until this node's copy of the retained bucket
     /// has taken in everything the bucket held when asked: a retained message acknowledged on
     /// any node before a SUBSCRIBE here is then in the copy the SUBSCRIBE is answered from.
+    /// And until this node has routed what the stream held then: such a message, routed
+    /// here after the subscription exists, would reach it twice (retained, and again as it
+    /// came through the stream).
     pub(crate) async fn retained_caught_up(&self) {
         let catch_up = async {
             let last = match self.retained_stream.get_info().await {
@@ -595,6 +601,19 @@ impl Link {
             };
             let mut seen = self.retained_seen.subscribe();
             let _ = seen.wait_for(|seen| *seen >= last).await;
+            let stream_last = match stream::context(&self.client)
+                .get_stream(stream::STREAM)
+                .await
+            {
+                Ok(stream) => stream.cached_info().state.last_sequence,
+                Err(error) => {
+                    debug!(%error, "cluster: the stream's last sequence is unknown");
+                    return;
+                }
+            };
+            while self.routed_position() < stream_last {
+                tokio::time::sleep(ROUTED_POLL).await;
+            }
         };
         if tokio::time::timeout(RETAINED_CATCH_UP, catch_up)
             .await
