@@ -154,8 +154,10 @@ enum Next {
 struct HeldPublish {
     publish: Publish,
     ack: Option<AckHandle>,
-    /// The stream id a new QoS 2 message got in the record: the reason for the wait.
-    fresh_id: Option<String>,
+    /// A QoS 2 message's id in the cluster's stream, from the session's record.
+    stream_id: Option<String>,
+    /// `stream_id` is new in the record: the reason for the wait.
+    fresh: bool,
 }
 
 /// Whether a SUBSCRIBE may send retained messages: a filter that is not shared, with Retain
@@ -853,7 +855,14 @@ impl Driver {
 
     /// Routes an inbound message, and acknowledges it or queues its acknowledgement until
     /// what routing wrote is safe (`settle`).
-    fn route_publish(&mut self, publish: Publish, ack_handle: Option<AckHandle>) {
+    /// `stream_id`: in a cluster, the id a QoS 2 message goes to the stream under (from the
+    /// session's record), so that a resend of it is dropped there.
+    fn route_publish(
+        &mut self,
+        publish: Publish,
+        ack_handle: Option<AckHandle>,
+        stream_id: Option<&str>,
+    ) {
         // A QoS 2 identifier is committed with the message, before PUBREC: a publisher
         // resending after a crash is not delivered twice.
         let inbound = match &ack_handle {
@@ -867,20 +876,9 @@ impl Driver {
             _ => None,
         };
         let sender = self.session.as_deref().map(|s| &*s.client_id);
-        // A QoS 2 message whose identifier the session's record has (answered before,
-        // here or on a node that died) goes to the cluster's stream under the same
-        // id: a resend is dropped there.
-        let resent_id = match (&ack_handle, &self.session) {
-            (Some(ack), Some(session))
-                if ack.qos() == QoS::ExactlyOnce && self.shared.cluster.get().is_some() =>
-            {
-                session.inbound_message_id(ack.packet_id())
-            }
-            _ => None,
-        };
         let outcome = self
             .shared
-            .publish_routed(sender, &publish, inbound, resent_id.as_deref());
+            .publish_routed(sender, &publish, inbound, stream_id);
         let matched = outcome.queued;
         let ticket = outcome.ticket;
         let stream = outcome.stream;
@@ -953,11 +951,12 @@ impl Driver {
         for HeldPublish {
             publish,
             ack,
-            fresh_id,
+            stream_id,
+            fresh,
         } in held
         {
-            match (fresh_id, ack) {
-                (Some(_), Some(ack)) if !recorded => {
+            match ack {
+                Some(ack) if fresh && !recorded => {
                     debug!("an inbound QoS 2 message's stream id not in the session's record");
                     if let Some(session) = &self.session {
                         session.record_inbound(Vec::new(), Some(ack.packet_id()));
@@ -969,7 +968,7 @@ impl Driver {
                         return;
                     }
                 }
-                _ => self.route_publish(publish, ack),
+                _ => self.route_publish(publish, ack, stream_id.as_deref()),
             }
         }
     }
@@ -1011,26 +1010,32 @@ impl Driver {
                 // the session's record before the stream has it: a resend (DUP) to another
                 // node, after this one died between the two writes, is written under the same
                 // id, which the stream drops. It and what follows it wait for the record.
-                let fresh_id = match (&message.ack, &self.session, self.shared.cluster.get()) {
-                    (Some(ack), Some(session), Some(cluster))
-                        if ack.qos() == QoS::ExactlyOnce
-                            && session.keeps_record()
-                            && session.inbound_message_id(ack.packet_id()).is_none() =>
-                    {
-                        let id = cluster.fresh_message_id();
-                        session.record_inbound(vec![(ack.packet_id(), id.clone())], None);
-                        Some(id)
+                // One the record has already (answered before, here or on a node that died)
+                // goes under the same id.
+                let mut fresh = false;
+                let stream_id = match (&message.ack, &self.session, self.shared.cluster.get()) {
+                    (Some(ack), Some(session), Some(cluster)) if ack.qos() == QoS::ExactlyOnce => {
+                        let recorded = session.inbound_message_id(ack.packet_id());
+                        if recorded.is_none() && session.keeps_record() {
+                            let id = cluster.fresh_message_id();
+                            session.record_inbound(vec![(ack.packet_id(), id.clone())], None);
+                            fresh = true;
+                            Some(id)
+                        } else {
+                            recorded
+                        }
                     }
                     _ => None,
                 };
-                if held || fresh_id.is_some() {
+                if held || fresh {
                     self.extras.get_or_insert_default().held.push(HeldPublish {
                         publish,
                         ack: message.ack,
-                        fresh_id,
+                        stream_id,
+                        fresh,
                     });
                 } else {
-                    self.route_publish(publish, message.ack);
+                    self.route_publish(publish, message.ack, stream_id.as_deref());
                 }
             }
             ServerEvent::Subscribe(subscribe) => {
