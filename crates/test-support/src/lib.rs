@@ -369,8 +369,33 @@ impl NatsServer {
 
     /// Stops the server's process (SIGSTOP) without closing anything: its clients' requests
     /// wait unanswered, as behind a stalled network, until [`NatsServer::resume`].
+    /// Returns once every thread of it has stopped: the signal only asks, and under load a
+    /// thread may still answer a request that came just after it.
     pub fn pause(&self) {
         self.signal("-STOP");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.stopped() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not stopped within {START_TIMEOUT:?} of SIGSTOP",
+                self.child.id()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether every thread of the server's process is stopped (state `T` in `/proc`).
+    fn stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the command's closing parenthesis.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        })
     }
 
     /// Lets a server stopped by [`NatsServer::pause`] go on (SIGCONT).
