@@ -83,6 +83,34 @@ fn configure_jemalloc() {
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
 }
 
+/// Runtime threads that share one jemalloc arena. jemalloc gives each new thread an arena of its
+/// own, up to four per core (made for processes with many more threads than cores), and each
+/// arena keeps partly filled pages of every size class it serves; the runtime has one worker
+/// per core. With one arena for the process (`narenas:1`, 2 cores), 1,000 idle clustered
+/// connections took ~90 KiB less (1,588 and 1,636 KiB against 1,704-1,724).
+#[cfg(not(target_env = "msvc"))]
+const THREADS_PER_ARENA: usize = 4;
+
+/// Binds the calling runtime thread to an arena shared with [`THREADS_PER_ARENA`] - 1 others
+/// (the first few share arena 0 with the main thread), unless `_RJEM_MALLOC_CONF` is set.
+#[cfg(not(target_env = "msvc"))]
+fn share_arena() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tikv_jemalloc_ctl::{Access, AsName};
+
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+        return;
+    }
+    let Ok(arenas) = b"arenas.narenas\0".name().read() else {
+        return;
+    };
+    let arenas: u32 = arenas;
+    let index = STARTED.fetch_add(1, Ordering::Relaxed) / THREADS_PER_ARENA;
+    let arena = u32::try_from(index).unwrap_or(u32::MAX) % arenas.max(1);
+    let _ = b"thread.arena\0".name().write(arena);
+}
+
 /// How long connections get to close after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -502,7 +530,9 @@ fn run_broker(args: BrokerArgs) -> Result<(), String> {
     let config = settings.into_broker_config()?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     #[cfg(not(target_env = "msvc"))]
-    runtime.on_thread_park(release_thread_cache);
+    runtime
+        .on_thread_start(share_arena)
+        .on_thread_park(release_thread_cache);
     let runtime = runtime
         .enable_all()
         .build()
@@ -612,6 +642,27 @@ mod tests {
         let decay = |name: &[u8]| -> isize { name.name().read().expect("a decay setting") };
         assert_eq!(decay(b"arena.0.dirty_decay_ms\0"), DIRTY_DECAY_MS);
         assert_eq!(decay(b"arenas.dirty_decay_ms\0"), DIRTY_DECAY_MS);
+    }
+
+    /// Runtime threads go to arena 0 (the main thread's) four by four, then to the next one.
+    #[cfg(not(target_env = "msvc"))]
+    #[test]
+    fn runtime_threads_share_arenas() {
+        use tikv_jemalloc_ctl::{Access, AsName};
+
+        let arenas: Vec<u32> = (0..THREADS_PER_ARENA + 1)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    share_arena();
+                    b"thread.arena\0".name().read().expect("the thread's arena")
+                })
+                .join()
+                .expect("the thread runs")
+            })
+            .collect();
+        let mut expected = vec![0; THREADS_PER_ARENA];
+        expected.push(1);
+        assert_eq!(arenas, expected);
     }
 
     fn parse(args: &[&str]) -> BrokerArgs {
