@@ -59,6 +59,12 @@ const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
 /// (the issue asks under 200 MB), the drain then a little slower (benches/README.md).
 const PAGE: usize = 64;
 
+/// How many pages a session draining its queue from the store reads ahead of the store's
+/// writer (see `Durability::paced`): each page leaves its entries' deletions waiting for the
+/// writer, a few bytes each, while the writer's commit (two `fdatasync`s and B-tree pages read
+/// back through the OS page cache) takes its time.
+const PACE_PAGES: usize = 2;
+
 /// How long a QoS 1 delivery from the store may stay in flight before its going in flight is
 /// written ([`Driver::record_in_flight`]); checked whenever the connection wakes.
 const RECORD_AFTER: Duration = Duration::from_millis(250);
@@ -187,15 +193,14 @@ struct Durability {
     /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
     /// stage, a subscription).
     barrier: Ticket,
-    /// The last write of its deliveries' progress (in flight, acknowledged): the next page of
-    /// the queue is read once it is durable, so that a session draining a long queue from the
-    /// store runs at most a page ahead of the store's writer instead of piling up changes in
-    /// memory.
+    /// The last write of its deliveries' progress (in flight, acknowledged), which paces the
+    /// reading of its queue's next pages from the store (`paced`).
     delivered: Ticket,
-    /// `delivered` when the last page was read: the next page waits for it, not for the
-    /// latest, so that the store commits one page's progress while the session delivers the
-    /// next instead of the session stopping for every commit.
-    paced: Ticket,
+    /// `delivered` when each of the last [`PACE_PAGES`] pages was read, oldest first: the next
+    /// page is read once the store's writer has taken the oldest, so that a session draining
+    /// a long queue runs at most that many pages ahead of the writer instead of piling up
+    /// changes in memory, and does not stop at every commit.
+    paced: [Ticket; PACE_PAGES],
     /// Of `deliveries`, those whose publisher may be acknowledged once they are (see
     /// [`EarlyAck`]): their acknowledgement counts them off.
     early: HashMap<PublishToken, Arc<EarlyAck>>,
@@ -1873,12 +1878,14 @@ impl Driver {
     }
 
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it, and this connection's deliveries up to the page before, are decided.
+    /// written to it is decided, and the store's writer has taken this connection's
+    /// deliveries' progress up to [`PACE_PAGES`] pages before.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
-        // A drain runs at most a page ahead of the store's writer, so that its changes held
-        // in memory stay bounded (two pages per session), and no further.
         let paced = durability_mut(&mut self.extras).map_or(Ticket::default(), |d| {
-            std::mem::replace(&mut d.paced, d.delivered)
+            let oldest = d.paced[0];
+            d.paced.rotate_left(1);
+            d.paced[PACE_PAGES - 1] = d.delivered;
+            oldest
         });
         self.shared.read_stored_tail(session, paced, PAGE).await
     }
