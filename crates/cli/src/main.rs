@@ -91,8 +91,20 @@ fn configure_jemalloc() {
 #[cfg(not(target_env = "msvc"))]
 const THREADS_PER_ARENA: usize = 4;
 
-/// Binds the calling runtime thread to an arena shared with [`THREADS_PER_ARENA`] - 1 others
-/// (the first few share arena 0 with the main thread), unless `_RJEM_MALLOC_CONF` is set.
+/// The arena of the runtime's `started`-th thread (counted from 0): [`THREADS_PER_ARENA`] to
+/// each, the first ones with the main thread in arena 0, and no more arenas than the `workers`
+/// need (of jemalloc's `arenas`), so that the blocking pool's threads, started and ended all
+/// along, go round the workers' arenas instead of making new ones.
+#[cfg(not(target_env = "msvc"))]
+fn runtime_arena(started: usize, workers: usize, arenas: u32) -> u32 {
+    let runtime_arenas = u32::try_from(workers.div_ceil(THREADS_PER_ARENA))
+        .unwrap_or(u32::MAX)
+        .clamp(1, arenas.max(1));
+    u32::try_from(started / THREADS_PER_ARENA).unwrap_or(u32::MAX) % runtime_arenas
+}
+
+/// Binds the calling runtime thread to its [`runtime_arena`] (the runtime has a worker per
+/// core), unless `_RJEM_MALLOC_CONF` is set.
 #[cfg(not(target_env = "msvc"))]
 fn share_arena() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,9 +118,11 @@ fn share_arena() {
         return;
     };
     let arenas: u32 = arenas;
-    let index = STARTED.fetch_add(1, Ordering::Relaxed) / THREADS_PER_ARENA;
-    let arena = u32::try_from(index).unwrap_or(u32::MAX) % arenas.max(1);
-    let _ = b"thread.arena\0".name().write(arena);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = STARTED.fetch_add(1, Ordering::Relaxed);
+    let _ = b"thread.arena\0"
+        .name()
+        .write(runtime_arena(started, workers, arenas));
 }
 
 /// How long connections get to close after SIGINT or SIGTERM.
@@ -644,25 +658,34 @@ mod tests {
         assert_eq!(decay(b"arenas.dirty_decay_ms\0"), DIRTY_DECAY_MS);
     }
 
-    /// Runtime threads go to arena 0 (the main thread's) four by four, then to the next one.
+    /// Runtime threads go to arena 0 (the main thread's) four by four, then to the next one,
+    /// round the arenas the workers need.
     #[cfg(not(target_env = "msvc"))]
     #[test]
     fn runtime_threads_share_arenas() {
         use tikv_jemalloc_ctl::{Access, AsName};
 
-        let arenas: Vec<u32> = (0..THREADS_PER_ARENA + 1)
-            .map(|_| {
-                std::thread::spawn(|| {
-                    share_arena();
-                    b"thread.arena\0".name().read().expect("the thread's arena")
-                })
-                .join()
-                .expect("the thread runs")
+        let arenas = |workers: usize, narenas: u32| -> Vec<u32> {
+            (0..12)
+                .map(|started| runtime_arena(started, workers, narenas))
+                .collect()
+        };
+        assert_eq!(arenas(2, 8), vec![0; 12]);
+        assert_eq!(arenas(8, 32), [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(arenas(16, 2), [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(arenas(12, 64), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]);
+        // The binding holds: each new thread is in the arena it was given.
+        let narenas: u32 = b"arenas.narenas\0".name().read().expect("the arena count");
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for started in 0..THREADS_PER_ARENA + 1 {
+            let arena: u32 = std::thread::spawn(|| {
+                share_arena();
+                b"thread.arena\0".name().read().expect("the thread's arena")
             })
-            .collect();
-        let mut expected = vec![0; THREADS_PER_ARENA];
-        expected.push(1);
-        assert_eq!(arenas, expected);
+            .join()
+            .expect("the thread runs");
+            assert_eq!(arena, runtime_arena(started, workers, narenas));
+        }
     }
 
     fn parse(args: &[&str]) -> BrokerArgs {
