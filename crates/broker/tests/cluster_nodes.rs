@@ -481,6 +481,58 @@ async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_no
     .await;
 }
 
+/// The incarnation a node's heartbeat key names (`Beat::incarnation`).
+async fn incarnation(nodes: &Store, id: &str) -> String {
+    let beat = nodes
+        .get(id)
+        .await
+        .expect("the nodes bucket")
+        .expect("a beat");
+    let beat: Value = serde_json::from_slice(&beat).expect("a beat's JSON");
+    beat["incarnation"]
+        .as_str()
+        .expect("an incarnation")
+        .to_owned()
+}
+
+/// A node's claim on a dead node that NATS stored but did not answer (the bucket's leader
+/// died after storing it, or the answer came after the timeout) is found taken when the
+/// claim is tried again, and holds the claimer's own name: the claimer publishes the wills.
+/// It took the key for another node's, and none of the dead node's wills was published (the
+/// proof: a run where neither watcher got any of node-a's three wills, node-a killed 2 s
+/// before the stream leader's server). The test writes the claim as that lost answer leaves
+/// it, B's name under A's dead incarnation, before B sees A dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_wills_published_by_the_claimer_whose_claim_was_stored_unanswered() {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut watcher = will_watcher(&b).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let (nodes, wills) = buckets(&nats).await;
+    let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 0)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(&wills).await.len() == 1).then_some(())
+    })
+    .await;
+    let dead = incarnation(&nodes, "node-a").await;
+    let claimer = format!("node-b.{}", incarnation(&nodes, "node-b").await);
+    a.kill();
+    nodes
+        .create(format!("claim.node-a.{dead}"), Bytes::from(claimer))
+        .await
+        .expect("the claim written as B's lost write left it");
+    let received = collect_wills(&mut watcher, 1, DETECTION).await;
+    assert_eq!(
+        copies(&received),
+        copies_of(&["wills/gone"]),
+        "B publishes the will of A's client under the claim that is its own"
+    );
+    eventually("the will's record deleted", WAIT, async || {
+        keys(&wills).await.is_empty().then_some(())
+    })
+    .await;
+}
+
 /// A client of a killed node that connects again to its session on another node before its
 /// will's delay has passed: the will is not sent; one that does not come back has its will.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
