@@ -1034,3 +1034,88 @@ async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_d
     assert!(matches!(publisher.expect().await, Packet::PubComp(_)));
     subscriber.expect_silence(QUIET).await;
 }
+
+/// The sessions bucket's value of `client_id` (a plain token) rewritten to name `owner`, as
+/// a claim of `owner` that copied the record leaves it (the layout of `encode_value` in
+/// `cluster/sessions.rs`: a format byte, the owner's length (u32) and bytes, the rest).
+async fn name_owner(sessions: &Store, client_id: &str, owner: &str) {
+    let value = sessions
+        .get(client_id)
+        .await
+        .expect("the sessions bucket")
+        .expect("the session's record");
+    let old_len = u32::from_be_bytes(value[1..5].try_into().unwrap()) as usize;
+    let mut rewritten = vec![value[0]];
+    rewritten.extend_from_slice(&u32::try_from(owner.len()).unwrap().to_be_bytes());
+    rewritten.extend_from_slice(owner.as_bytes());
+    rewritten.extend_from_slice(&value[5 + old_len..]);
+    sessions
+        .put(client_id, Bytes::from(rewritten))
+        .await
+        .expect("the record rewritten");
+}
+
+/// A node restarted with its store restores the sessions it had, though the cluster has
+/// moved them elsewhere meanwhile, and routes the stream's messages to those copies. When the
+/// sessions bucket names it the owner again without its knowing (a claim of its own that
+/// timed out but was stored: the proof, node-a's claim as the majority came back), the node
+/// that takes the session next asks it, and must not get that stale copy: a QoS 2 subscriber
+/// moved A -> C -> B got seq 21-101 a second time (A had routed them to its copy), and
+/// missed one (the copy's packet identifiers were the client's unreleased ones). A copy this
+/// node has not claimed since it started is no session to hand over: the asker resumes from
+/// the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session_is_not_handed_over()
+ {
+    const FIRST: usize = 5;
+    const MESSAGES: usize = 10;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-stale-copy-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let c = in_process_node(&nats, "node-c", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut v5 = persistent_connect(V5, "moved", 600);
+    let _first = raw_qos2_subscriber(a.addr, v5.clone(), "mv/#").await;
+    a.kill();
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5.clone()).await;
+    assert!(connack.session_present, "the session resumed on B");
+    // Back with its store: its copy of the session is in its router again.
+    let _a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut publisher = connect(tcp_addr(&c), connect_packet(V5, "moved-pub")).await;
+    let mut receiver = Qos2Receiver::new();
+    for n in 0..FIRST {
+        let code = publisher
+            .publish(message("mv/1", &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+    }
+    receiver
+        .receive_until(&mut raw, FIRST, Stage::Completed, WAIT * 2)
+        .await;
+    assert_eq!(receiver.payloads.len(), FIRST, "{:?}", receiver.payloads);
+    // B writes the record's cursor past them, A routes them to its copy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(raw);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let sessions = async_nats::jetstream::new(client)
+        .get_key_value("rallymq_sessions")
+        .await
+        .expect("the sessions bucket");
+    name_owner(&sessions, "moved", "node-a").await;
+
+    let (mut raw, connack) = Raw::connect(tcp_addr(&c), v5).await;
+    assert!(connack.session_present, "the session resumed on C");
+    for n in FIRST..MESSAGES {
+        let code = publisher
+            .publish(message("mv/1", &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+    }
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 2)
+        .await;
+    expect_each_once(&mut receiver, &mut raw, MESSAGES, "after the move to C").await;
+}
