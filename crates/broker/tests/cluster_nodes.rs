@@ -1055,18 +1055,20 @@ async fn name_owner(sessions: &Store, client_id: &str, owner: &str) {
         .expect("the record rewritten");
 }
 
+/// Where the client of [`qos2_after_a_restarted_nodes_stale_copy`] goes last.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// To C, after the bucket's record came to name A (a claim of A's stored unanswered).
+    CAfterAStoredClaim,
+    /// To A itself, which claims the session from B.
+    A,
+}
+
 /// A node restarted with its store restores the sessions it had, though the cluster has
-/// moved them elsewhere meanwhile, and routes the stream's messages to those copies. When the
-/// sessions bucket names it the owner again without its knowing (a claim of its own that
-/// timed out but was stored: the proof, node-a's claim as the majority came back), the node
-/// that takes the session next asks it, and must not get that stale copy: a QoS 2 subscriber
-/// moved A -> C -> B got seq 21-101 a second time (A had routed them to its copy), and
-/// missed one (the copy's packet identifiers were the client's unreleased ones). A copy this
-/// node has not claimed since it started is no session to hand over: the asker resumes from
-/// the record.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session_is_not_handed_over()
- {
+/// moved them elsewhere meanwhile, and routes the stream's messages to those copies: A is
+/// killed, the client resumes on B, A comes back with its store, five QoS 2 messages are
+/// completed on B, then the client goes to `next`; every message arrives once, in order.
+async fn qos2_after_a_restarted_nodes_stale_copy(next: Next) {
     const FIRST: usize = 5;
     const MESSAGES: usize = 10;
     let nats = NatsServer::start();
@@ -1082,7 +1084,7 @@ async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session
     let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5.clone()).await;
     assert!(connack.session_present, "the session resumed on B");
     // Back with its store: its copy of the session is in its router again.
-    let _a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
     let mut publisher = connect(tcp_addr(&c), connect_packet(V5, "moved-pub")).await;
     let mut receiver = Qos2Receiver::new();
     for n in 0..FIRST {
@@ -1099,15 +1101,20 @@ async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(raw);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let client = async_nats::connect(nats.url()).await.expect("NATS");
-    let sessions = async_nats::jetstream::new(client)
-        .get_key_value("rallymq_sessions")
-        .await
-        .expect("the sessions bucket");
-    name_owner(&sessions, "moved", "node-a").await;
-
-    let (mut raw, connack) = Raw::connect(tcp_addr(&c), v5).await;
-    assert!(connack.session_present, "the session resumed on C");
+    let to = match next {
+        Next::CAfterAStoredClaim => {
+            let client = async_nats::connect(nats.url()).await.expect("NATS");
+            let sessions = async_nats::jetstream::new(client)
+                .get_key_value("rallymq_sessions")
+                .await
+                .expect("the sessions bucket");
+            name_owner(&sessions, "moved", "node-a").await;
+            tcp_addr(&c)
+        }
+        Next::A => a.addr,
+    };
+    let (mut raw, connack) = Raw::connect(to, v5).await;
+    assert!(connack.session_present, "the session resumed ({next:?})");
     for n in FIRST..MESSAGES {
         let code = publisher
             .publish(message("mv/1", &format!("p-{n}"), QoS::ExactlyOnce))
@@ -1117,5 +1124,25 @@ async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session
     receiver
         .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 2)
         .await;
-    expect_each_once(&mut receiver, &mut raw, MESSAGES, "after the move to C").await;
+    expect_each_once(&mut receiver, &mut raw, MESSAGES, &format!("({next:?})")).await;
+}
+
+/// When the sessions bucket names the restarted node the owner again without its knowing (a
+/// claim of its own that timed out but was stored: the proof, node-a's claim as the majority
+/// came back), the node that takes the session next asks it, and must not get that stale
+/// copy: a QoS 2 subscriber moved A -> B -> C -> B got seq 21-101 a second time (A had
+/// routed them to its copy), and missed one. A copy this node has not claimed since it
+/// started is no session to hand over: the asker resumes from the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session_is_not_handed_over()
+ {
+    qos2_after_a_restarted_nodes_stale_copy(Next::CAfterAStoredClaim).await;
+}
+
+/// The client comes back to the restarted node itself: its copy makes way for what B hands
+/// over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_a_session_resumed_on_a_restarted_node_holding_a_stale_copy_arrives_once()
+ {
+    qos2_after_a_restarted_nodes_stale_copy(Next::A).await;
 }
