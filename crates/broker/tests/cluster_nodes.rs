@@ -175,6 +175,22 @@ async fn collect_wills(
     received
 }
 
+/// A client of `addr` with a QoS 1 will on `wills/<id>` after `delay` seconds, once its will
+/// is recorded in `wills` (the only record there).
+async fn with_recorded_will(
+    addr: SocketAddr,
+    wills: &Store,
+    id: &str,
+    delay: u32,
+) -> TestClient<TcpStream> {
+    let client = connect(addr, with_will(id, QoS::AtLeastOnce, false, delay)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(wills).await.len() == 1).then_some(())
+    })
+    .await;
+    client
+}
+
 /// A client of `node` subscribed to `wills/#` at QoS 1.
 async fn will_watcher(node: &BrokerHandle) -> TestClient<TcpStream> {
     let mut watcher = connect(tcp_addr(node), connect_packet(V5, "watcher")).await;
@@ -391,11 +407,7 @@ async fn cluster_node_restarted_under_its_id_has_its_previous_runs_wills_publish
     let mut watcher = will_watcher(&b).await;
     let mut a = ChildNode::start(&nats, "node-a");
     let (_, wills) = buckets(&nats).await;
-    let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 0)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _gone = with_recorded_will(a.addr, &wills, "gone", 0).await;
     // Killed and back at once, before the others take it for dead: the new run's heartbeat
     // replaces the old one's.
     a.kill();
@@ -421,11 +433,7 @@ async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_
     let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
     let (_, wills) = buckets(&nats).await;
     // A persistent session: its record, will included, is in A's store.
-    let _kept = connect(a.addr, with_will("kept", QoS::AtLeastOnce, false, 1)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _kept = with_recorded_will(a.addr, &wills, "kept", 1).await;
     a.kill();
     let received = collect_wills(&mut watcher, 1, DETECTION).await;
     assert_eq!(copies(&received), copies_of(&["wills/kept"]));
@@ -454,11 +462,7 @@ async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_no
     let mut a = ChildNode::start(&nats, "node-a");
     let mut b = ChildNode::start(&nats, "node-b");
     let (nodes, wills) = buckets(&nats).await;
-    let _late = connect(a.addr, with_will("late", QoS::AtLeastOnce, false, 12)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _late = with_recorded_will(a.addr, &wills, "late", 12).await;
     a.kill();
     let claim = eventually("B's claim on A", DETECTION, async || {
         let key = keys(&nodes)
@@ -509,11 +513,7 @@ async fn cluster_mqtt_3_1_2_8_wills_published_by_the_claimer_whose_claim_was_sto
     let mut watcher = will_watcher(&b).await;
     let mut a = ChildNode::start(&nats, "node-a");
     let (nodes, wills) = buckets(&nats).await;
-    let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 0)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _gone = with_recorded_will(a.addr, &wills, "gone", 0).await;
     let dead = incarnation(&nodes, "node-a").await;
     let claimer = format!("node-b.{}", incarnation(&nodes, "node-b").await);
     a.kill();
@@ -1055,6 +1055,21 @@ async fn name_owner(sessions: &Store, client_id: &str, owner: &str) {
         .expect("the record rewritten");
 }
 
+/// Publishes `p-<n>` for each `n` of `numbers` on `topic` at QoS 2, each acknowledged before
+/// the next.
+async fn publish_qos2_each(
+    publisher: &mut TestClient<TcpStream>,
+    topic: &str,
+    numbers: std::ops::Range<usize>,
+) {
+    for n in numbers {
+        let code = publisher
+            .publish(message(topic, &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+    }
+}
+
 /// Where the client of [`qos2_after_a_restarted_nodes_stale_copy`] goes last.
 #[derive(Debug, Clone, Copy)]
 enum Next {
@@ -1087,12 +1102,7 @@ async fn qos2_after_a_restarted_nodes_stale_copy(next: Next) {
     let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
     let mut publisher = connect(tcp_addr(&c), connect_packet(V5, "moved-pub")).await;
     let mut receiver = Qos2Receiver::new();
-    for n in 0..FIRST {
-        let code = publisher
-            .publish(message("mv/1", &format!("p-{n}"), QoS::ExactlyOnce))
-            .await;
-        assert!(acknowledged(code), "p-{n}: {code:?}");
-    }
+    publish_qos2_each(&mut publisher, "mv/1", 0..FIRST).await;
     receiver
         .receive_until(&mut raw, FIRST, Stage::Completed, WAIT * 2)
         .await;
@@ -1115,12 +1125,7 @@ async fn qos2_after_a_restarted_nodes_stale_copy(next: Next) {
     };
     let (mut raw, connack) = Raw::connect(to, v5).await;
     assert!(connack.session_present, "the session resumed ({next:?})");
-    for n in FIRST..MESSAGES {
-        let code = publisher
-            .publish(message("mv/1", &format!("p-{n}"), QoS::ExactlyOnce))
-            .await;
-        assert!(acknowledged(code), "p-{n}: {code:?}");
-    }
+    publish_qos2_each(&mut publisher, "mv/1", FIRST..MESSAGES).await;
     receiver
         .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 2)
         .await;
