@@ -228,6 +228,8 @@ pub(crate) struct Sessions {
     writes: mpsc::UnboundedSender<Write>,
     /// The node's routed place in the stream ([`super::stream::Parts::routed`]).
     routed: Arc<AtomicU64>,
+    /// Held while the node routes a stream message ([`super::stream::Parts::routing`]).
+    routing: Arc<Mutex<()>>,
 }
 
 /// What the session tasks start from.
@@ -245,6 +247,7 @@ impl Sessions {
         node_id: &str,
         replicas: usize,
         routed: Arc<AtomicU64>,
+        routing: Arc<Mutex<()>>,
     ) -> Result<(Arc<Self>, Parts), Error> {
         let bucket = super::kv_bucket_with(
             client,
@@ -269,6 +272,7 @@ impl Sessions {
                 started: Instant::now(),
                 writes: writes_tx,
                 routed,
+                routing,
             }),
             Parts { writes, requests },
         ))
@@ -1008,6 +1012,10 @@ async fn hand_over(
         }
         claimed.released = claimed.released.max(revision);
         claimed.touched = now;
+        // No message is routed between the read of the routed place and the session's leaving
+        // the router: everything up to it that the session matched is in the handover, and
+        // nothing past it.
+        let _routing = crate::lock(&sessions.routing);
         routed = sessions.routed.load(Ordering::Acquire);
         shared
             .registry
