@@ -409,8 +409,8 @@ impl Shared {
     }
 
     /// Reads the next page (up to `limit` entries) of `session`'s queue that is only in the
-    /// store, once what was written to it and `after` are decided, and counts it off the
-    /// tail. `None` when there is none (or no store).
+    /// store, once what was written to it is decided and the store has taken `after` from
+    /// its queue, and counts it off the tail. `None` when there is none (or no store).
     pub(crate) async fn read_stored_tail(
         &self,
         session: &Session,
@@ -429,7 +429,12 @@ impl Shared {
         // Decided is enough: the store commits a failed write's changes with its next commit,
         // and a ticket that failed stays failed, so waiting for success would leave the queue
         // unread (messages acknowledged before it too) until the session's next write.
-        let _ = self.durable(ticket.max(after)).await;
+        let _ = self.durable(ticket).await;
+        // `after` is a pace, not a condition of the read: the entries read are past what it
+        // changed, and their own writes are in `ticket`.
+        if after > Ticket::default() {
+            store.taken(after).await;
+        }
         let entries = match store.read_queue(&session.client_id, from, limit) {
             Ok(entries) => entries,
             Err(error) => {

@@ -3,7 +3,7 @@
 //! and turns the engine's events into broker actions (sessions, routing, retained messages).
 //! No protocol rule is decided here.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -58,6 +58,16 @@ const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
 /// 10 M entries the broker peaked at 310 MiB with 256, 225 MiB with 128 and 180 MiB with 64
 /// (the issue asks under 200 MB), the drain then a little slower (benches/README.md).
 const PAGE: usize = 64;
+
+/// How many pages a session draining its queue from the store reads ahead of the store's
+/// writer (see `Durability::paced`): each page leaves its entries' deletions waiting for the
+/// writer, a few bytes each, while the writer's commit (two `fdatasync`s and B-tree pages read
+/// back through the OS page cache) takes its time.
+const PACE_PAGES: usize = 2;
+
+/// How long a QoS 1 delivery from the store may stay in flight before its going in flight is
+/// written ([`Driver::record_in_flight`]); checked whenever the connection wakes.
+const RECORD_AFTER: Duration = Duration::from_millis(250);
 
 /// How many messages a connection acknowledges early (before what they wrote is durable, see
 /// `EarlyAck`) before it waits for the first of them to be durable. A publisher acknowledged
@@ -176,18 +186,21 @@ fn sends_retained(subscribe: &Subscribe) -> bool {
 struct Durability {
     /// Deliveries in flight that are entries in the store: token → (entry number, entry).
     deliveries: HashMap<PublishToken, (u64, QueueEntry)>,
+    /// QoS 1 deliveries whose going in flight is not written yet, oldest first, with when
+    /// they went: most are acknowledged within milliseconds, and their entry's deletion is
+    /// then the only write (see [`Driver::record_in_flight`]).
+    unrecorded: VecDeque<(PublishToken, Timestamp)>,
     /// Written before the next bytes go out (a QoS 2 delivery's packet identifier, a PUBREL's
     /// stage, a subscription).
     barrier: Ticket,
-    /// The last write of its deliveries' progress (in flight, acknowledged): the next page of
-    /// the queue is read once it is durable, so that a session draining a long queue from the
-    /// store runs at most a page ahead of the store's writer instead of piling up changes in
-    /// memory.
+    /// The last write of its deliveries' progress (in flight, acknowledged), which paces the
+    /// reading of its queue's next pages from the store (`paced`).
     delivered: Ticket,
-    /// `delivered` when the last page was read: the next page waits for it, not for the
-    /// latest, so that the store commits one page's progress while the session delivers the
-    /// next instead of the session stopping for every commit.
-    paced: Ticket,
+    /// `delivered` when each of the last [`PACE_PAGES`] pages was read, oldest first: the next
+    /// page is read once the store's writer has taken the oldest, so that a session draining
+    /// a long queue runs at most that many pages ahead of the writer instead of piling up
+    /// changes in memory, and does not stop at every commit.
+    paced: [Ticket; PACE_PAGES],
     /// Of `deliveries`, those whose publisher may be acknowledged once they are (see
     /// [`EarlyAck`]): their acknowledgement counts them off.
     early: HashMap<PublishToken, Arc<EarlyAck>>,
@@ -195,6 +208,31 @@ struct Durability {
     /// ticket of the first of them: at [`EARLY_LIMIT`] it waits for that ticket.
     early_count: u32,
     early_mark: Ticket,
+}
+
+impl Durability {
+    /// Adds to `changes` the in-flight writes of the QoS 1 deliveries sent by `sent_by` (all
+    /// when `None`) that are not acknowledged yet, oldest first.
+    fn record_unrecorded(
+        &mut self,
+        client_id: &Arc<str>,
+        sent_by: Option<Timestamp>,
+        changes: &mut Vec<Change>,
+    ) {
+        while let Some(&(token, sent)) = self.unrecorded.front() {
+            if sent_by.is_some_and(|sent_by| sent > sent_by) {
+                break;
+            }
+            self.unrecorded.pop_front();
+            if let Some((seq, entry)) = self.deliveries.get(&token) {
+                changes.push(Change::UpdateEntry {
+                    client_id: client_id.clone(),
+                    seq: *seq,
+                    entry: entry.clone(),
+                });
+            }
+        }
+    }
 }
 
 struct Driver {
@@ -358,7 +396,11 @@ impl Driver {
         async move {
             let mut transport_open = true;
             loop {
-                if !self.process_events().await && transport_open {
+                let events = self.process_events().await;
+                if durability(&self.extras).is_some_and(|d| !d.unrecorded.is_empty()) {
+                    self.record_in_flight(false);
+                }
+                if !events && transport_open {
                     // The store failed what the next bytes depend on (a PUBREL's stage, a QoS 2
                     // delivery's identifier): they are dropped with the connection, unsent.
                     while self.engine.poll_transmit(self.now()).is_some() {}
@@ -1813,13 +1855,37 @@ impl Driver {
         inner.prepend_pending(waiting);
     }
 
+    /// Writes that the QoS 1 deliveries sent [`RECORD_AFTER`] ago or earlier (all of them,
+    /// when `all`) went in flight, for those still unacknowledged: after a crash these are
+    /// sent again with DUP and their packet identifier (MQTT-4.4.0-1). Written late because
+    /// nearly every one is acknowledged first, and its entry's deletion is then the only
+    /// write: a draining session went in flight and was acknowledged 64 entries at a time, in
+    /// separate commits, and the in-flight writes were a third of the store's work. A QoS 1
+    /// delivery's in-flight write was never waited for: a crash lost the latest before too.
+    fn record_in_flight(&mut self, all: bool) {
+        let now = self.now();
+        let (Some(session), Some(durability)) = (&self.session, durability_mut(&mut self.extras))
+        else {
+            return;
+        };
+        let mut changes = Vec::new();
+        let sent_by = (!all)
+            .then(|| Timestamp::from_since_epoch(now.since_epoch().saturating_sub(RECORD_AFTER)));
+        durability.record_unrecorded(&session.client_id, sent_by, &mut changes);
+        if !changes.is_empty() {
+            durability.delivered = self.shared.write(changes);
+        }
+    }
+
     /// Reads the next page of the session's queue that is only in the store, once what was
-    /// written to it, and this connection's deliveries up to the page before, are decided.
+    /// written to it is decided, and the store's writer has taken this connection's
+    /// deliveries' progress up to [`PACE_PAGES`] pages before.
     async fn read_page(&mut self, session: &Arc<Session>) -> Option<Vec<LoadedEntry>> {
-        // A drain runs at most a page ahead of the store's writer, so that its changes held
-        // in memory stay bounded (two pages per session), and no further.
         let paced = durability_mut(&mut self.extras).map_or(Ticket::default(), |d| {
-            std::mem::replace(&mut d.paced, d.delivered)
+            let oldest = d.paced[0];
+            d.paced.rotate_left(1);
+            d.paced[PACE_PAGES - 1] = d.delivered;
+            oldest
         });
         self.shared.read_stored_tail(session, paced, PAGE).await
     }
@@ -1944,14 +2010,25 @@ impl Driver {
                     {
                         if let Some(packet_id) = self.engine.delivery_packet_id(token) {
                             entry.in_flight = Some((packet_id, OutgoingStage::Published));
-                            changes.push(Change::UpdateEntry {
-                                client_id: session.client_id.clone(),
-                                seq: stored.seq,
-                                entry: entry.clone(),
-                            });
-                            // QoS 2: its identifier is durable before the PUBLISH goes out,
-                            // or after a crash it would be delivered again under another.
-                            needs_barrier |= qos == QoS::ExactlyOnce;
+                            if qos == QoS::ExactlyOnce {
+                                // The entries in flight in the store stay a prefix of the
+                                // queue, which is how a restart finds them.
+                                durability.record_unrecorded(
+                                    &session.client_id,
+                                    None,
+                                    &mut changes,
+                                );
+                                changes.push(Change::UpdateEntry {
+                                    client_id: session.client_id.clone(),
+                                    seq: stored.seq,
+                                    entry: entry.clone(),
+                                });
+                                // Its identifier is durable before the PUBLISH goes out, or
+                                // after a crash it would be delivered again under another.
+                                needs_barrier = true;
+                            } else {
+                                durability.unrecorded.push_back((token, now));
+                            }
                         }
                         durability.deliveries.insert(token, (stored.seq, entry));
                         if let Some(early) = early {
@@ -2004,6 +2081,8 @@ impl Driver {
             CloseReason::ProtocolViolation { detail, .. } => Some(detail.as_str()),
             _ => None,
         };
+        // Before the count: what waits for it to see the connection gone sees this written.
+        self.record_in_flight(true);
         self.count_disconnect(cause, code, detail);
         let stats = &self.shared.stats;
         let Some(session) = self.session.clone() else {

@@ -88,6 +88,9 @@ struct Shared {
     gate: Condvar,
     /// The highest ticket decided (committed or failed).
     decided: watch::Sender<u64>,
+    /// The highest ticket whose changes the writer has taken from `pending` (at least
+    /// `decided`).
+    taken: watch::Sender<u64>,
     /// Ticket ranges whose commit failed, newest last.
     failures: Mutex<VecDeque<(u64, u64, StoreError)>>,
     commits: AtomicU64,
@@ -224,6 +227,7 @@ impl DiskStore {
         }
         txn.commit().map_err(io)?;
         let (decided, _) = watch::channel(0);
+        let (taken, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             dir,
@@ -231,6 +235,7 @@ impl DiskStore {
             arrived: Condvar::new(),
             gate: Condvar::new(),
             decided,
+            taken,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -337,6 +342,7 @@ impl Shared {
                     pending.closing,
                 )
             };
+            self.take(upto);
             if changes.is_empty() && retry.is_empty() {
                 // Only empty writes: decided, with nothing to commit.
                 self.decide(upto);
@@ -404,8 +410,18 @@ impl Shared {
         self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Tells the waiters that every ticket up to `upto` is taken from the queue.
+    fn take(&self, upto: u64) {
+        self.taken.send_if_modified(|taken| {
+            let changed = upto > *taken;
+            *taken = (*taken).max(upto);
+            changed
+        });
+    }
+
     /// Tells the waiters that every ticket up to `upto` is decided.
     fn decide(&self, upto: u64) {
+        self.take(upto);
         self.decided.send_if_modified(|decided| {
             let changed = upto > *decided;
             *decided = (*decided).max(upto);
@@ -1064,6 +1080,14 @@ impl Store for DiskStore {
             drop(pending);
             self.shared.gate.notify_all();
         }
+    }
+
+    fn taken(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
+        let mut taken = self.shared.taken.subscribe();
+        Box::pin(async move {
+            // Closed: the store is gone, and nothing waits in its queue any more.
+            let _ = taken.wait_for(|taken| *taken >= ticket.0).await;
+        })
     }
 
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>> {

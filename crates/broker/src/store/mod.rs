@@ -304,6 +304,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// if those of `ticket` are durable, or the error that kept them from being written.
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>>;
 
+    /// Resolves once the changes of `ticket`, and of every earlier ticket, no longer wait in
+    /// the store's queue: its writer has taken them into a commit (or decided them). A pace
+    /// for a writer that needs no durability, only that its changes do not pile up in memory
+    /// faster than the store takes them: a session draining its queue from the store. The
+    /// default, for a store without a queue of its own: once decided.
+    fn taken(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
+        let durable = self.durable(ticket);
+        Box::pin(async move {
+            let _ = durable.await;
+        })
+    }
+
     /// Opens a group: every change written from now until [`Store::end_group`] is committed
     /// with the others, all or none. The broker routes one message in several writes (the
     /// message, an entry per persistent session, the retained update, the publisher's QoS 2
