@@ -37,14 +37,12 @@ use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Detached, EarlyAck, EngineCounts, Persisting,
-    Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting, count_down_expiry,
-    delivered_copy, signal,
+    Attached, ConnectionInfo, Control, ControlBox, Deliveries, Detached, EarlyAck, EngineCounts,
+    Persisting, Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting,
+    count_down_expiry, delivered_copy, signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
-use crate::store::{
-    Change, LoadedEntry, QueueEntry, SessionRecord, StoreError, StoredWill, Ticket,
-};
+use crate::store::{Change, LoadedEntry, SessionRecord, StoreError, StoredWill, Ticket};
 
 /// Most bytes read at a time, into a buffer on the stack of the poll that reads (see
 /// `Driver::poll_read`).
@@ -185,7 +183,7 @@ fn sends_retained(subscribe: &Subscribe) -> bool {
 #[derive(Debug, Default)]
 struct Durability {
     /// Deliveries in flight that are entries in the store: token → (entry number, entry).
-    deliveries: HashMap<PublishToken, (u64, QueueEntry)>,
+    deliveries: Deliveries,
     /// QoS 1 deliveries whose going in flight is not written yet, oldest first, with when
     /// they went: most are acknowledged within milliseconds, and their entry's deletion is
     /// then the only write (see [`Driver::record_in_flight`]).
@@ -1096,7 +1094,9 @@ impl Driver {
             ServerEvent::DeliveryAcknowledged(outcome)
             | ServerEvent::DeliveryCompleted(outcome) => {
                 let delivered = durability_mut(&mut self.extras).and_then(|durability| {
-                    if let Some(early) = durability.early.remove(&outcome.token) {
+                    if !durability.early.is_empty()
+                        && let Some(early) = durability.early.remove(&outcome.token)
+                    {
                         early.entry_acknowledged();
                     }
                     durability.deliveries.remove(&outcome.token)
@@ -2211,7 +2211,7 @@ fn go_offline(
     inner: &mut SessionInner,
     expiry: u32,
     will_pending: bool,
-    deliveries: Option<HashMap<PublishToken, (u64, QueueEntry)>>,
+    deliveries: Option<Deliveries>,
 ) -> u64 {
     let first_stored = inner.pending.iter().find_map(|queued| queued.stored);
     let (count, bytes) = inner

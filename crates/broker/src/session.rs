@@ -392,6 +392,11 @@ pub(crate) const MEMORY_WINDOW: usize = 1024;
 
 /// What a persistent session keeps when the broker has a store: the part of its queue that is
 /// only in the store, and what its record holds.
+/// Deliveries in flight that are entries in the store: token → (entry number, entry). Hashed
+/// with FxHash: a draining session looks one up for every acknowledgement, and tokens come
+/// from the broker's own counter, not from clients.
+pub(crate) type Deliveries = rustc_hash::FxHashMap<PublishToken, (u64, QueueEntry)>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Durable {
     /// The number the next entry takes.
@@ -405,7 +410,7 @@ pub(crate) struct Durable {
     pub(crate) last_ticket: Ticket,
     /// Deliveries in flight (token → entry number and entry), handed from a closed
     /// connection to the next one.
-    pub(crate) deliveries: HashMap<PublishToken, (u64, QueueEntry)>,
+    pub(crate) deliveries: Deliveries,
     /// The will of the session's connection while it may still be published.
     pub(crate) will: Option<StoredWill>,
     /// The session's expiry interval, as granted.
