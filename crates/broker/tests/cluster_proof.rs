@@ -480,7 +480,7 @@ struct Moments {
     majority_back: Instant,
 }
 
-/// In the default run since it held its last 36 runs in a row (CLUSTER.md has its results,
+/// In the default run since it held its last 48 runs in a row (CLUSTER.md has its results,
 /// what failed before and why; a connect storm that left two connections once is not explained).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_proof_three_nodes_through_a_node_kill_a_stream_leader_kill_and_a_majority_loss() {
