@@ -1234,6 +1234,29 @@ mod tests {
 
     /// The writes of one group are committed together: none while the group is open (a crash
     /// then keeps none of them), all in one transaction once it closes.
+    /// `taken` follows the writer, not the write: changes held back by an open group are not
+    /// taken; once the group closes they are, and (with nothing slowing the commit) become
+    /// durable too.
+    #[tokio::test]
+    async fn changes_are_taken_when_the_writer_takes_them() {
+        let dir = scratch("taken");
+        let store = DiskStore::open(&dir).expect("the store opens");
+        store.begin_group();
+        let ticket = store.write(vec![retained("a")]);
+        let early = tokio::time::timeout(Duration::from_millis(300), store.taken(ticket)).await;
+        assert!(early.is_err(), "taken while its group was open");
+        store.end_group();
+        tokio::time::timeout(Duration::from_secs(10), store.taken(ticket))
+            .await
+            .expect("taken once the group closed");
+        tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
+            .await
+            .expect("committed")
+            .expect("the commit succeeds");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn a_group_of_writes_is_committed_whole() {
         let dir = scratch("group");
