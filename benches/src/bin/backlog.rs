@@ -350,6 +350,20 @@ fn report_commits(
     }
 }
 
+/// The broker's CPU over a phase of `elapsed` seconds that began when it had used `cpu0`, per
+/// queue entry of the phase's `entries`.
+fn report_cpu(out: &mut String, cpu0: Option<f64>, pid: u32, elapsed: f64, entries: u64) {
+    if let (Some(cpu0), Some(cpu1)) = (cpu0, cpu_seconds(pid)) {
+        let _ = writeln!(
+            out,
+            "  broker CPU: {:.1} s ({:.0}% of a core), {:.2} µs per entry",
+            cpu1 - cpu0,
+            (cpu1 - cpu0) / elapsed * 100.0,
+            (cpu1 - cpu0) * 1e6 / entries.max(1) as f64
+        );
+    }
+}
+
 /// What the broker's memory and store were at the end of a phase.
 fn report_broker(out: &mut String, broker: &mut Broker, sampler: &RssSampler) {
     let pid = broker.pid();
@@ -841,6 +855,7 @@ fn fill_and_restart(
     // Backlog.
     let counts0 = broker.store_counts();
     let io0 = proc_io(broker.pid());
+    let cpu0 = cpu_seconds(broker.pid());
     let begun = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
     let full = Arc::new(AtomicBool::new(false));
@@ -908,6 +923,13 @@ fn fill_and_restart(
         (published * options.sessions as u64) as f64 / elapsed
     );
     report_commits(out, counts0, broker.store_counts(), elapsed);
+    report_cpu(
+        out,
+        cpu0,
+        broker.pid(),
+        elapsed,
+        published * options.sessions as u64,
+    );
     if let (Some(i0), Some(i1)) = (io0, proc_io(broker.pid())) {
         let written = i1.since(&i0);
         let _ = writeln!(
@@ -1079,15 +1101,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         }
     );
     report_commits(&mut out, counts0, broker.store_counts(), elapsed);
-    if let (Some(cpu0), Some(cpu1)) = (cpu0, cpu_seconds(broker.pid())) {
-        let _ = writeln!(
-            out,
-            "  broker CPU: {:.1} s ({:.0}% of a core), {:.2} µs per entry",
-            cpu1 - cpu0,
-            (cpu1 - cpu0) / elapsed * 100.0,
-            (cpu1 - cpu0) * 1e6 / received.max(1) as f64
-        );
-    }
+    report_cpu(&mut out, cpu0, broker.pid(), elapsed, received);
     report_broker(&mut out, &mut broker, &sampler);
     if let Some(dir) = &data_dir {
         let (allocated, apparent) = disk_usage(dir);
