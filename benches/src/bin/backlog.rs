@@ -46,7 +46,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,7 +56,7 @@ use rallymq_benches::client::{
     CONNECT_CONCURRENCY, Client, Transport, VERSION, connect_all, encode, invalid,
 };
 use rallymq_benches::{
-    BenchBroker, StoreCounts, cpu_seconds, load_average, proc_io, spawn_mosquitto, status_bytes,
+    BenchBroker, MosquittoProcess, StoreCounts, cpu_seconds, load_average, proc_io, status_bytes,
 };
 use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
 use rallymq_test_support::{free_port, mosquitto_program};
@@ -650,29 +650,14 @@ impl Drop for DataDir {
 /// The broker measured: ours, or Mosquitto given the same backlog.
 enum Broker {
     Ours(BenchBroker),
-    Mosquitto(Mosquitto),
-}
-
-/// A Mosquitto process and its configuration's directory: killed (by its pid) and removed when
-/// dropped.
-struct Mosquitto {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    Mosquitto(MosquittoProcess),
 }
 
 impl Broker {
     fn pid(&self) -> u32 {
         match self {
             Self::Ours(broker) => broker.pid(),
-            Self::Mosquitto(mosquitto) => mosquitto.child.id(),
+            Self::Mosquitto(mosquitto) => mosquitto.pid(),
         }
     }
 
@@ -698,49 +683,23 @@ impl Broker {
     }
 }
 
-/// Starts Mosquitto on 127.0.0.1:`port` with the settings the module's documentation gives;
-/// returns once the port accepts connections.
-fn start_mosquitto(options: &Options, port: u16) -> io::Result<Mosquitto> {
-    let dir = std::env::temp_dir().join(format!("backlog-mosquitto-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "# written by backlog\n\
-             per_listener_settings false\n\
-             allow_anonymous true\n\
-             persistence false\n\
-             max_connections -1\n\
-             max_queued_messages 0\n\
-             max_queued_bytes 0\n\
-             max_inflight_messages {IN_FLIGHT}\n\
-             log_dest stderr\n\
-             log_type error\n\
-             log_type warning\n\
-             listener {port} 127.0.0.1\n"
-        ),
-    )?;
+/// Starts Mosquitto on 127.0.0.1:`port` with the settings the module's documentation gives.
+fn start_mosquitto(options: &Options, port: u16) -> io::Result<MosquittoProcess> {
+    let settings = format!(
+        "# written by backlog\n\
+         per_listener_settings false\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         max_connections -1\n\
+         max_queued_messages 0\n\
+         max_queued_bytes 0\n\
+         max_inflight_messages {IN_FLIGHT}\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n"
+    );
     let program = options.mosquitto_program.display().to_string();
-    let mut mosquitto = Mosquitto {
-        child: spawn_mosquitto(&program, &config)?,
-        dir,
-    };
-    let deadline = Instant::now() + MOSQUITTO_START;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = mosquitto.child.try_wait() {
-            return Err(io::Error::other(format!(
-                "{program} exited at start ({status}): port {port} taken?"
-            )));
-        }
-        if Instant::now() > deadline {
-            return Err(io::Error::other(format!(
-                "{program} does not listen on {port} within {MOSQUITTO_START:?}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(mosquitto)
+    MosquittoProcess::start(&program, "backlog", &settings, port, MOSQUITTO_START)
 }
 
 /// Starts the broker (ours, or Mosquitto with `--mosquitto`) on `port`, timing it to its
