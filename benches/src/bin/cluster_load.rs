@@ -106,6 +106,8 @@ struct Options {
     duration: Duration,
     publishers: usize,
     window: u64,
+    /// How long `--mode idle` waits before reading a process's RSS ([`SETTLE`]).
+    settle: Duration,
 }
 
 struct Measured {
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         duration: Duration::from_secs(5),
         publishers: 4,
         window: 2000,
+        settle: SETTLE,
     };
     let mut connects = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -129,7 +132,8 @@ fn main() -> ExitCode {
         let (Some(flag), Some(value)) = (pair.first(), pair.get(1)) else {
             eprintln!(
                 "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N] \
-                 [--mode qos0|latency|qos1|shared-qos1|idle] [--rallymq PATH] [--connects N]"
+                 [--mode qos0|latency|qos1|shared-qos1|idle] [--rallymq PATH] [--settle SECS] \
+                 [--connects N]"
             );
             return ExitCode::from(2);
         };
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             "--publishers" => options.publishers = number.max(1) as usize,
             "--window" => options.window = number.max(BATCH),
             "--connects" => connects = Some(number.max(1) as usize),
+            "--settle" => options.settle = Duration::from_secs(number),
             _ => {
                 eprintln!("unknown option {flag}");
                 return ExitCode::from(2);
@@ -175,7 +180,7 @@ fn main() -> ExitCode {
         "latency" => return latency_mode(&runtime, &nats, options.rounds),
         "qos1" => return qos1_mode(&runtime, &nats, &options, false),
         "shared-qos1" => return qos1_mode(&runtime, &nats, &options, true),
-        "idle" => return idle_mode(&runtime, &nats, rallymq.as_deref(), options.rounds),
+        "idle" => return idle_mode(&runtime, &nats, rallymq.as_deref(), &options),
         other => {
             eprintln!("--mode {other}: qos0, latency, qos1, shared-qos1 or idle");
             return ExitCode::from(2);
@@ -385,9 +390,12 @@ const PACKET_DEADLINE: Duration = Duration::from_secs(10);
 const QOS1_WINDOW: usize = 16;
 /// Idle connections opened per broker in `--mode idle`.
 const IDLE_CONNECTIONS: usize = 1000;
-/// How long `--mode idle` waits before reading a process's RSS: jemalloc gives freed pages back
-/// to the system over 10 s (its dirty page decay), so the RSS read after that is what the
-/// process keeps, not what connecting or unsubscribing allocated for a while.
+/// How long `--mode idle` waits by default (`--settle SECS`) before reading a process's RSS, so
+/// that it is what the process keeps, not what connecting or unsubscribing freed: jemalloc's
+/// background thread gives a freed page back between one and two decays after it was freed
+/// (it counts what was freed while it slept as freed when it wakes), and the `rallymq` binary's
+/// decay is 1 s. A binary run with jemalloc's default 10 s decay (`_RJEM_MALLOC_CONF=
+/// dirty_decay_ms:10000`) needs `--settle 22`.
 const SETTLE: Duration = Duration::from_secs(12);
 
 /// Setups compared by the extra modes: a node on its own, and publisher and subscriber on two
@@ -1000,6 +1008,7 @@ impl IdleBroker {
         program: &std::path::Path,
         cluster: Option<(&str, &str)>,
         filters: IdleFilters,
+        settle: Duration,
     ) -> io::Result<Self> {
         let port = rallymq_test_support::free_port();
         let broker = RallymqProcess::start(program, port, cluster)?;
@@ -1008,7 +1017,7 @@ impl IdleBroker {
         // threads, the NATS link's first subscription) is in the baseline.
         let mut first = Client::connect(addr, Transport::Tcp, "idle-first", true).await?;
         first.subscribe("idle/first", QoS::AtMostOnce).await?;
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let before = broker.rss()?;
         let ids = (0..IDLE_CONNECTIONS).map(|i| format!("idle-{i}")).collect();
         let mut clients =
@@ -1019,7 +1028,7 @@ impl IdleBroker {
             }
         }
         clients.push(first);
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         Ok(Self {
             broker,
             before,
@@ -1087,12 +1096,13 @@ impl Churn {
     }
 
     /// The RSS (bytes) a `rallymq` process gained with the churn's filters subscribed (2 s
-    /// after), and what it kept [`SETTLE`] after they were all unsubscribed, beside its RSS
+    /// after), and what it kept `settle` after they were all unsubscribed, beside its RSS
     /// before.
     async fn measure(
         self,
         program: &std::path::Path,
         cluster: Option<(&str, &str)>,
+        settle: Duration,
     ) -> io::Result<(f64, f64)> {
         let port = rallymq_test_support::free_port();
         let broker = RallymqProcess::start(program, port, cluster)?;
@@ -1105,7 +1115,7 @@ impl Churn {
         // One subscription made and gone first: what the first one allocates is baseline.
         clients[0].subscribe("churn/warm", QoS::AtMostOnce).await?;
         clients[0].unsubscribe_all(&["churn/warm"]).await?;
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let before = broker.rss()?;
         for (c, client) in clients.iter_mut().enumerate() {
             for packet in self.filters(c).chunks(CHURN_PACKET) {
@@ -1119,7 +1129,7 @@ impl Churn {
                 client.unsubscribe_all(packet).await?;
             }
         }
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let after = broker.rss()?;
         Ok((peak as f64 - before as f64, after as f64 - before as f64))
     }
@@ -1136,9 +1146,10 @@ async fn unwanted_traffic(
     program: &std::path::Path,
     nats: &NatsServer,
     filters: IdleFilters,
+    settle: Duration,
 ) -> io::Result<(u64, f64)> {
     let url = nats.url();
-    let receiver = IdleBroker::start(program, Some((&url, "idle-b")), filters).await?;
+    let receiver = IdleBroker::start(program, Some((&url, "idle-b")), filters, settle).await?;
     let port = rallymq_test_support::free_port();
     let _sender = RallymqProcess::start(program, port, Some((&url, "idle-a")))?;
     let mut publisher = Client::connect(
@@ -1193,8 +1204,9 @@ fn idle_mode(
     runtime: &tokio::runtime::Runtime,
     nats: &NatsServer,
     program: Option<&std::path::Path>,
-    rounds: usize,
+    options: &Options,
 ) -> ExitCode {
+    let (rounds, settle) = (options.rounds, options.settle);
     let Some(program) = program else {
         eprintln!(
             "--mode idle needs --rallymq PATH (cargo build --release -p rallymq --bin rallymq)"
@@ -1215,7 +1227,7 @@ fn idle_mode(
                 .enumerate()
             {
                 let measured = runtime.block_on(async {
-                    IdleBroker::start(program, cluster, filters)
+                    IdleBroker::start(program, cluster, filters, settle)
                         .await?
                         .gained_per_1000()
                 });
@@ -1245,11 +1257,11 @@ fn idle_mode(
         );
     }
     println!(
-        "RSS gained with filters subscribed, and kept {SETTLE:?} after all were unsubscribed:"
+        "RSS gained with filters subscribed, and kept {settle:?} after all were unsubscribed:"
     );
     for churn in Churn::ALL {
         for cluster in [None, Some((url.as_str(), "churn"))] {
-            match runtime.block_on(churn.measure(program, cluster)) {
+            match runtime.block_on(churn.measure(program, cluster, settle)) {
                 Ok((peak, after)) => println!(
                     "{:>7}, {}: +{:.0} KiB subscribed, {:+.0} KiB after",
                     if cluster.is_some() {
@@ -1270,7 +1282,7 @@ fn idle_mode(
          publishes {TRAFFIC_MESSAGES} QoS 0 messages on idle/none (wanted by none of them):"
     );
     for filters in [IdleFilters::OneLevel, IdleFilters::OwnLevel] {
-        match runtime.block_on(unwanted_traffic(program, nats, filters)) {
+        match runtime.block_on(unwanted_traffic(program, nats, filters, settle)) {
             Ok((messages, cpu)) => println!(
                 "{}: NATS sent it {messages} messages; its CPU {cpu:.2} us per message published",
                 filters.name()

@@ -31,10 +31,10 @@ use std::sync::Arc;
 
 use rallymq_broker::{BridgeConfig, Broker, BrokerConfig, DiskStore, Store};
 
-/// The `rallymq` binary's allocator: the process measured is the one people run.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+/// The `rallymq` binary's allocator, set up as the binary sets it up: the process measured is
+/// the one people run.
+#[path = "../../../crates/cli/src/allocator.rs"]
+mod allocator;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -45,6 +45,7 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     let mut config = BrokerConfig::without_listeners();
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut exit_on_stdin_eof = false;
@@ -102,9 +103,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match rallymq_benches::multi_thread_runtime(threads) {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    allocator::tune_runtime(runtime.worker_threads(threads));
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
-        Err(code) => return code,
+        Err(error) => {
+            eprintln!("cannot build the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     let started = runtime.block_on(async {
         let handle = match &store {

@@ -175,6 +175,22 @@ async fn collect_wills(
     received
 }
 
+/// A client of `addr` with a QoS 1 will on `wills/<id>` after `delay` seconds, once its will
+/// is recorded in `wills` (the only record there).
+async fn with_recorded_will(
+    addr: SocketAddr,
+    wills: &Store,
+    id: &str,
+    delay: u32,
+) -> TestClient<TcpStream> {
+    let client = connect(addr, with_will(id, QoS::AtLeastOnce, false, delay)).await;
+    eventually("the will recorded", WAIT, async || {
+        (keys(wills).await.len() == 1).then_some(())
+    })
+    .await;
+    client
+}
+
 /// A client of `node` subscribed to `wills/#` at QoS 1.
 async fn will_watcher(node: &BrokerHandle) -> TestClient<TcpStream> {
     let mut watcher = connect(tcp_addr(node), connect_packet(V5, "watcher")).await;
@@ -391,11 +407,7 @@ async fn cluster_node_restarted_under_its_id_has_its_previous_runs_wills_publish
     let mut watcher = will_watcher(&b).await;
     let mut a = ChildNode::start(&nats, "node-a");
     let (_, wills) = buckets(&nats).await;
-    let _gone = connect(a.addr, with_will("gone", QoS::AtLeastOnce, false, 0)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _gone = with_recorded_will(a.addr, &wills, "gone", 0).await;
     // Killed and back at once, before the others take it for dead: the new run's heartbeat
     // replaces the old one's.
     a.kill();
@@ -421,11 +433,7 @@ async fn cluster_mqtt_3_1_2_8_a_killed_node_with_a_store_does_not_publish_again_
     let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
     let (_, wills) = buckets(&nats).await;
     // A persistent session: its record, will included, is in A's store.
-    let _kept = connect(a.addr, with_will("kept", QoS::AtLeastOnce, false, 1)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _kept = with_recorded_will(a.addr, &wills, "kept", 1).await;
     a.kill();
     let received = collect_wills(&mut watcher, 1, DETECTION).await;
     assert_eq!(copies(&received), copies_of(&["wills/kept"]));
@@ -454,11 +462,7 @@ async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_no
     let mut a = ChildNode::start(&nats, "node-a");
     let mut b = ChildNode::start(&nats, "node-b");
     let (nodes, wills) = buckets(&nats).await;
-    let _late = connect(a.addr, with_will("late", QoS::AtLeastOnce, false, 12)).await;
-    eventually("the will recorded", WAIT, async || {
-        (keys(&wills).await.len() == 1).then_some(())
-    })
-    .await;
+    let _late = with_recorded_will(a.addr, &wills, "late", 12).await;
     a.kill();
     let claim = eventually("B's claim on A", DETECTION, async || {
         let key = keys(&nodes)
@@ -475,6 +479,54 @@ async fn cluster_mqtt_3_1_2_8_wills_whose_publisher_died_are_published_by_the_no
     assert_eq!(copies(&received), copies_of(&["wills/late"]));
     let holder = nodes.get(&claim).await.unwrap().expect("the claim");
     assert!(holder.starts_with(b"node-c."), "{holder:?}");
+    eventually("the will's record deleted", WAIT, async || {
+        keys(&wills).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// The incarnation a node's heartbeat key names (`Beat::incarnation`).
+async fn incarnation(nodes: &Store, id: &str) -> String {
+    let beat = nodes
+        .get(id)
+        .await
+        .expect("the nodes bucket")
+        .expect("a beat");
+    let beat: Value = serde_json::from_slice(&beat).expect("a beat's JSON");
+    beat["incarnation"]
+        .as_str()
+        .expect("an incarnation")
+        .to_owned()
+}
+
+/// A node's claim on a dead node that NATS stored but did not answer (the bucket's leader
+/// died after storing it, or the answer came after the timeout) is found taken when the
+/// claim is tried again, and holds the claimer's own name: the claimer publishes the wills.
+/// It took the key for another node's, and none of the dead node's wills was published (the
+/// proof: a run where neither watcher got any of node-a's three wills, node-a killed 2 s
+/// before the stream leader's server). The test writes the claim as that lost answer leaves
+/// it, B's name under A's dead incarnation, before B sees A dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_2_8_wills_published_by_the_claimer_whose_claim_was_stored_unanswered() {
+    let nats = NatsServer::start();
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut watcher = will_watcher(&b).await;
+    let mut a = ChildNode::start(&nats, "node-a");
+    let (nodes, wills) = buckets(&nats).await;
+    let _gone = with_recorded_will(a.addr, &wills, "gone", 0).await;
+    let dead = incarnation(&nodes, "node-a").await;
+    let claimer = format!("node-b.{}", incarnation(&nodes, "node-b").await);
+    a.kill();
+    nodes
+        .create(format!("claim.node-a.{dead}"), Bytes::from(claimer))
+        .await
+        .expect("the claim written as B's lost write left it");
+    let received = collect_wills(&mut watcher, 1, DETECTION).await;
+    assert_eq!(
+        copies(&received),
+        copies_of(&["wills/gone"]),
+        "B publishes the will of A's client under the claim that is its own"
+    );
     eventually("the will's record deleted", WAIT, async || {
         keys(&wills).await.is_empty().then_some(())
     })
@@ -981,4 +1033,121 @@ async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_d
         .await;
     assert!(matches!(publisher.expect().await, Packet::PubComp(_)));
     subscriber.expect_silence(QUIET).await;
+}
+
+/// The sessions bucket's value of `client_id` (a plain token) rewritten to name `owner`, as
+/// a claim of `owner` that copied the record leaves it (the layout of `encode_value` in
+/// `cluster/sessions.rs`: a format byte, the owner's length (u32) and bytes, the rest).
+async fn name_owner(sessions: &Store, client_id: &str, owner: &str) {
+    let value = sessions
+        .get(client_id)
+        .await
+        .expect("the sessions bucket")
+        .expect("the session's record");
+    let old_len = u32::from_be_bytes(value[1..5].try_into().unwrap()) as usize;
+    let mut rewritten = vec![value[0]];
+    rewritten.extend_from_slice(&u32::try_from(owner.len()).unwrap().to_be_bytes());
+    rewritten.extend_from_slice(owner.as_bytes());
+    rewritten.extend_from_slice(&value[5 + old_len..]);
+    sessions
+        .put(client_id, Bytes::from(rewritten))
+        .await
+        .expect("the record rewritten");
+}
+
+/// Publishes `p-<n>` for each `n` of `numbers` on `topic` at QoS 2, each acknowledged before
+/// the next.
+async fn publish_qos2_each(
+    publisher: &mut TestClient<TcpStream>,
+    topic: &str,
+    numbers: std::ops::Range<usize>,
+) {
+    for n in numbers {
+        let code = publisher
+            .publish(message(topic, &format!("p-{n}"), QoS::ExactlyOnce))
+            .await;
+        assert!(acknowledged(code), "p-{n}: {code:?}");
+    }
+}
+
+/// Where the client of [`qos2_after_a_restarted_nodes_stale_copy`] goes last.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// To C, after the bucket's record came to name A (a claim of A's stored unanswered).
+    CAfterAStoredClaim,
+    /// To A itself, which claims the session from B.
+    A,
+}
+
+/// A node restarted with its store restores the sessions it had, though the cluster has
+/// moved them elsewhere meanwhile, and routes the stream's messages to those copies: A is
+/// killed, the client resumes on B, A comes back with its store, five QoS 2 messages are
+/// completed on B, then the client goes to `next`; every message arrives once, in order.
+async fn qos2_after_a_restarted_nodes_stale_copy(next: Next) {
+    const FIRST: usize = 5;
+    const MESSAGES: usize = 10;
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-stale-copy-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let c = in_process_node(&nats, "node-c", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut v5 = persistent_connect(V5, "moved", 600);
+    let _first = raw_qos2_subscriber(a.addr, v5.clone(), "mv/#").await;
+    a.kill();
+    v5.clean_start = false;
+    let (mut raw, connack) = Raw::connect(tcp_addr(&b), v5.clone()).await;
+    assert!(connack.session_present, "the session resumed on B");
+    // Back with its store: its copy of the session is in its router again.
+    let a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut publisher = connect(tcp_addr(&c), connect_packet(V5, "moved-pub")).await;
+    let mut receiver = Qos2Receiver::new();
+    publish_qos2_each(&mut publisher, "mv/1", 0..FIRST).await;
+    receiver
+        .receive_until(&mut raw, FIRST, Stage::Completed, WAIT * 2)
+        .await;
+    assert_eq!(receiver.payloads.len(), FIRST, "{:?}", receiver.payloads);
+    // B writes the record's cursor past them, A routes them to its copy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(raw);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let to = match next {
+        Next::CAfterAStoredClaim => {
+            let client = async_nats::connect(nats.url()).await.expect("NATS");
+            let sessions = async_nats::jetstream::new(client)
+                .get_key_value("rallymq_sessions")
+                .await
+                .expect("the sessions bucket");
+            name_owner(&sessions, "moved", "node-a").await;
+            tcp_addr(&c)
+        }
+        Next::A => a.addr,
+    };
+    let (mut raw, connack) = Raw::connect(to, v5).await;
+    assert!(connack.session_present, "the session resumed ({next:?})");
+    publish_qos2_each(&mut publisher, "mv/1", FIRST..MESSAGES).await;
+    receiver
+        .receive_until(&mut raw, MESSAGES, Stage::Completed, WAIT * 2)
+        .await;
+    expect_each_once(&mut receiver, &mut raw, MESSAGES, &format!("({next:?})")).await;
+}
+
+/// When the sessions bucket names the restarted node the owner again without its knowing (a
+/// claim of its own that timed out but was stored: the proof, node-a's claim as the majority
+/// came back), the node that takes the session next asks it, and must not get that stale
+/// copy: a QoS 2 subscriber moved A -> B -> C -> B got seq 21-101 a second time (A had
+/// routed them to its copy), and missed one. A copy this node has not claimed since it
+/// started is no session to hand over: the asker resumes from the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_a_restarted_nodes_stale_copy_of_a_moved_session_is_not_handed_over()
+ {
+    qos2_after_a_restarted_nodes_stale_copy(Next::CAfterAStoredClaim).await;
+}
+
+/// The client comes back to the restarted node itself: its copy makes way for what B hands
+/// over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_a_session_resumed_on_a_restarted_node_holding_a_stale_copy_arrives_once()
+ {
+    qos2_after_a_restarted_nodes_stale_copy(Next::A).await;
 }

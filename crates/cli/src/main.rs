@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod allocator;
 mod config;
 mod migrate;
 mod output;
@@ -31,30 +32,6 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 use crate::config::{FileConfig, LogFormat, Settings};
-
-/// jemalloc, for a smaller idle connection than glibc's malloc gives at the same throughput
-/// (see the dependency's comment in Cargo.toml).
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Gives the calling thread's jemalloc cache back to its arena: called as a runtime thread
-/// goes idle. The cache keeps up to 20 freed blocks of each size for the thread's next
-/// allocations, and jemalloc trims it only as the thread allocates, so a thread that went idle
-/// after a burst kept them for good, with the pages they sit in: ~400 KiB after 1,000
-/// clustered CONNECTs (each boxes two futures, of 3.4 and 5.9 KB). Released at every park: a
-/// burst's last blocks are freed together just before it (released at most every 10 ms, the
-/// threads kept most of them).
-#[cfg(not(target_env = "msvc"))]
-fn release_thread_cache() {
-    use tikv_jemalloc_ctl::{Access, AsName};
-
-    // Disabling a thread's cache flushes it; enabled again, it starts empty.
-    let enabled = b"thread.tcache.enabled\0".name();
-    if enabled.write(false).is_ok() {
-        let _ = enabled.write(true);
-    }
-}
 
 /// How long connections get to close after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -389,10 +366,7 @@ pub(crate) struct BrokerArgs {
 fn main() -> ExitCode {
     // Usage errors print clap's message and exit with code 2; --help and --version exit 0.
     let cli = Cli::parse();
-    // Freed memory goes back to the system after a burst, not only when allocating again
-    // (see the dependency's comment in Cargo.toml). Without it the broker only keeps more.
-    #[cfg(not(target_env = "msvc"))]
-    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    allocator::configure();
     if !matches!(cli.command, Command::Broker(_)) {
         init_logging(LogFormat::Text);
     }
@@ -476,8 +450,7 @@ fn run_broker(args: BrokerArgs) -> Result<(), String> {
     init_logging(settings.log_format());
     let config = settings.into_broker_config()?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    #[cfg(not(target_env = "msvc"))]
-    runtime.on_thread_park(release_thread_cache);
+    allocator::tune_runtime(&mut runtime);
     let runtime = runtime
         .enable_all()
         .build()

@@ -90,7 +90,11 @@ fn acknowledged(ack: &PublishAck) -> Result<u64, NotWritten> {
 }
 
 /// Creates `key` with `value` unless it has a value (a deleted or purged key is created
-/// again); the new revision.
+/// again); the new revision. A key that holds `value` already is taken for this writer's:
+/// `value` must name its writer (no other writer writes the same bytes). A create whose
+/// answer was lost (the bucket's leader died after storing it, or the answer came after
+/// the timeout) is stored, and tried again it finds the key taken: without this, the
+/// writer took the key for another's, and the claim on a dead node's wills was nobody's.
 pub(super) async fn create(
     context: &jetstream::Context,
     bucket: &Store,
@@ -105,6 +109,7 @@ pub(super) async fn create(
         Ok(Some(entry)) if entry.operation != Operation::Put => {
             write_at(context, bucket, key, value, entry.revision).await
         }
+        Ok(Some(entry)) if entry.value == value => Ok(entry.revision),
         Ok(_) => Err(NotWritten::Moved),
         Err(error) => Err(NotWritten::Failed(error.to_string())),
     }

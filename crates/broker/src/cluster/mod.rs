@@ -352,8 +352,14 @@ impl Link {
         )
         .await?;
         let routed = stream_parts.routed();
-        let (sessions, sessions_parts) =
-            Sessions::open(&client, &node_id, stream::replicas(&client), routed.clone()).await?;
+        let (sessions, sessions_parts) = Sessions::open(
+            &client,
+            &node_id,
+            stream::replicas(&client),
+            routed.clone(),
+            stream_parts.routing(),
+        )
+        .await?;
         info!(node = %node_id, servers = ?config.servers, "joined the cluster");
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
         let (retained_tx, retained) = mpsc::channel(RETAINED_CAPACITY);

@@ -299,12 +299,18 @@ impl Nodes {
             && previous.beat.incarnation != self.incarnation
         {
             // This node's previous run stopped without leaving: its clients' wills are due.
+            // Tried until NATS answers: the other nodes judge the previous run once only, when
+            // they see this run's first beat, and their claim may fail as this one's did (a
+            // restart often comes with a server's return, and the buckets' elections).
             let nodes = self.clone();
-            let shared = Arc::downgrade(shared);
-            tasks.push(tokio::spawn(async move {
+            let weak = Arc::downgrade(shared);
+            tasks.push(tokio::spawn(until_shutdown(shared, async move {
                 let id = nodes.node_id.clone();
-                let _ = nodes.reap(&shared, &id, &previous, false).await;
-            }));
+                while let Err(error) = nodes.reap(&weak, &id, &previous, false).await {
+                    warn!(%error, "cluster: cannot claim this node's previous run's wills yet");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+            })));
         }
         tasks
     }
@@ -440,17 +446,20 @@ impl Nodes {
             }
             Err(error) => return Err(error.to_string()),
         }
-        if delete_key
-            && let Err(error) = self
-                .nodes
-                .delete_expect_revision(id, Some(dead.revision))
-                .await
-        {
-            // It came back meanwhile, as a new incarnation: its key is its own.
-            debug!(node = %id, %error, "cluster: the dead node's key was not deleted");
+        if delete_key {
+            let deleted = tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                self.nodes.delete_expect_revision(id, Some(dead.revision)),
+            )
+            .await;
+            if !matches!(deleted, Ok(Ok(()))) {
+                // It came back meanwhile, as a new incarnation: its key is its own (or NATS did
+                // not answer: the next incarnation's beat replaces it all the same).
+                debug!(node = %id, "cluster: the dead node's key was not deleted");
+            }
         }
         self.publish_wills(shared, id, incarnation, dead.changed)
-            .await;
+            .await?;
         self.take_over_claims(shared, id, incarnation, dead.changed)
             .await;
         Ok(())
@@ -467,7 +476,11 @@ impl Nodes {
     ) {
         let holder = format!("{id}.{incarnation}");
         let prefix = format!("{CLAIM}.");
-        for key in list(&self.nodes, &prefix).await {
+        let claims = list(&self.nodes, &prefix).await.unwrap_or_else(|error| {
+            warn!(%error, %prefix, "cluster: cannot list the claims; a dead claimer's are not taken over");
+            Vec::new()
+        });
+        for key in claims {
             let entry = match self.nodes.entry(key.clone()).await {
                 Ok(Some(entry)) if entry.operation == Operation::Put => entry,
                 _ => continue,
@@ -491,27 +504,30 @@ impl Nodes {
                 continue;
             }
             info!(node, incarnation = claimed, claimer = %id, "cluster: the node publishing a dead node's wills died; this node takes over");
-            self.publish_wills(shared, node, claimed, died).await;
+            if let Err(error) = self.publish_wills(shared, node, claimed, died).await {
+                warn!(%error, node, incarnation = claimed, "cluster: a claim taken over whose wills cannot be listed; not published");
+            }
         }
     }
 
     /// Publishes each will recorded under the incarnation `incarnation` of node `id` when its
-    /// delay has passed since `died`, then deletes its record.
+    /// delay has passed since `died`, then deletes its record. `Err` when the records cannot
+    /// be listed (nothing is published then).
     async fn publish_wills(
         &self,
         shared: &Weak<Shared>,
         id: &str,
         incarnation: &str,
         died: Instant,
-    ) {
-        let keys = list(&self.wills_bucket, &format!("{id}.{incarnation}.")).await;
+    ) -> Result<(), String> {
+        let keys = list(&self.wills_bucket, &format!("{id}.{incarnation}.")).await?;
         info!(node = %id, %incarnation, wills = keys.len(), "cluster: a node is dead; this node publishes its clients' wills");
         for key in keys {
-            let entry = match self.wills_bucket.entry(key.clone()).await {
+            let entry = match read(&self.wills_bucket, &key).await {
                 Ok(Some(entry)) if entry.operation == Operation::Put => entry,
                 Ok(_) => continue,
                 Err(error) => {
-                    warn!(%error, %key, "cluster: cannot read a dead node's will");
+                    warn!(%error, %key, "cluster: cannot read a dead node's will; not published");
                     continue;
                 }
             };
@@ -581,26 +597,47 @@ impl Nodes {
                 }
             });
         }
+        Ok(())
     }
 }
 
 /// The keys of `bucket` that start with `prefix`. A listing that fails (the bucket's
 /// servers in election, or down) is tried again, [`LIST_ATTEMPTS`] times at most: a claimer
-/// that went on with none held the dead node's wills unpublished.
-async fn list(bucket: &Store, prefix: &str) -> Vec<String> {
+/// that went on with none held the dead node's wills unpublished. `Err`: the last failure.
+async fn list(bucket: &Store, prefix: &str) -> Result<Vec<String>, String> {
+    retried(|| list_once(bucket, prefix)).await
+}
+
+/// The entry of `key` in `bucket`, a read that fails tried again as [`list`] is: a will
+/// whose read failed once was left unpublished.
+async fn read(bucket: &Store, key: &str) -> Result<Option<jetstream::kv::Entry>, String> {
+    retried(|| async { bucket.entry(key).await.map_err(|e| e.to_string()) }).await
+}
+
+/// `attempt` until it succeeds, [`LIST_ATTEMPTS`] times at most, [`RETRY_DELAY`] apart, each
+/// given [`ATTEMPT_TIMEOUT`]: a listing (an ordered consumer) can wait without an error while
+/// its server is gone (the proof: the node that claimed node-a's wills, node-a killed 2 s
+/// before the buckets' leader, logged nothing more of them, neither the listing's count nor
+/// a failure, and its watch of the heartbeats, which awaits the claim, waited with it).
+async fn retried<T, F: Future<Output = Result<T, String>>>(
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, String> {
     let mut failure = String::new();
-    for attempt in 0..LIST_ATTEMPTS {
-        if attempt > 0 {
+    for tried in 0..LIST_ATTEMPTS {
+        if tried > 0 {
             tokio::time::sleep(RETRY_DELAY).await;
         }
-        match list_once(bucket, prefix).await {
-            Ok(keys) => return keys,
-            Err(error) => failure = error,
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => failure = error,
+            Err(_) => failure = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
         }
     }
-    warn!(error = %failure, %prefix, "cluster: cannot list a bucket's keys");
-    Vec::new()
+    Err(failure)
 }
+
+/// How long one listing, read or delete of a bucket may take before it is taken as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn list_once(bucket: &Store, prefix: &str) -> Result<Vec<String>, String> {
     let mut keys = Vec::new();
@@ -686,6 +723,10 @@ async fn beat(nodes: Arc<Nodes>, shared: Arc<Shared>) {
 async fn watch(nodes: Arc<Nodes>, shared: Weak<Shared>) {
     // Incarnations claimed (by this node or another): judged once.
     let mut settled: HashSet<(String, String)> = HashSet::new();
+    // Dead incarnations whose claim NATS did not answer, tried again at every tick: one that
+    // came back as a new incarnation is not among the silent any more, and its change of
+    // incarnation is seen once (a claim that failed then left its wills to nobody).
+    let mut unsettled: BTreeMap<(String, String), (Seen, bool)> = BTreeMap::new();
     let mut tick = tokio::time::interval(nodes.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -702,7 +743,9 @@ async fn watch(nodes: Arc<Nodes>, shared: Weak<Shared>) {
                 entry = entries.next() => match entry {
                     Some(Ok(entry)) => {
                         if let Some(dead) = nodes.saw(&entry) {
-                            settle(&nodes, &shared, &mut settled, &entry.key, dead, false).await;
+                            let key = (entry.key.clone(), dead.beat.incarnation.clone());
+                            unsettled.insert(key, (dead, false));
+                            settle(&nodes, &shared, &mut settled, &mut unsettled).await;
                         }
                     }
                     Some(Err(error)) => {
@@ -713,8 +756,10 @@ async fn watch(nodes: Arc<Nodes>, shared: Weak<Shared>) {
                 },
                 _ = tick.tick() => {
                     for (id, dead) in nodes.silent() {
-                        settle(&nodes, &shared, &mut settled, &id, dead, true).await;
+                        let key = (id, dead.beat.incarnation.clone());
+                        unsettled.entry(key).or_insert((dead, true));
                     }
+                    settle(&nodes, &shared, &mut settled, &mut unsettled).await;
                 }
             }
         }
@@ -725,24 +770,29 @@ async fn watch(nodes: Arc<Nodes>, shared: Weak<Shared>) {
     }
 }
 
-/// Claims `dead` once; a claim that NATS did not answer is tried again at the next check.
+/// Claims each of the `unsettled` dead incarnations (node id, incarnation: its last change
+/// seen, and whether its heartbeat key goes) once; one that NATS did not answer stays, for the
+/// next tick.
 async fn settle(
     nodes: &Nodes,
     shared: &Weak<Shared>,
     settled: &mut HashSet<(String, String)>,
-    id: &str,
-    dead: Seen,
-    delete_key: bool,
+    unsettled: &mut BTreeMap<(String, String), (Seen, bool)>,
 ) {
-    let key = (id.to_owned(), dead.beat.incarnation.clone());
-    if settled.contains(&key) {
-        return;
-    }
-    match nodes.reap(shared, id, &dead, delete_key).await {
-        Ok(()) => {
-            settled.insert(key);
+    let due: Vec<((String, String), (Seen, bool))> = std::mem::take(unsettled)
+        .into_iter()
+        .filter(|(key, _)| !settled.contains(key))
+        .collect();
+    for (key, (dead, delete_key)) in due {
+        match nodes.reap(shared, &key.0, &dead, delete_key).await {
+            Ok(()) => {
+                settled.insert(key);
+            }
+            Err(error) => {
+                warn!(node = %key.0, %error, "cluster: cannot claim a dead node's wills yet");
+                unsettled.insert(key, (dead, delete_key));
+            }
         }
-        Err(error) => warn!(node = %id, %error, "cluster: cannot claim a dead node's wills yet"),
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -31,8 +31,12 @@ use crate::session::Session;
 /// How long the replay waits for the stream's next message before it gives up.
 const NEXT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many consumers a replay makes before it gives up.
-const ATTEMPTS: usize = 5;
+/// How long a replay goes on reading with new consumers without getting anywhere before it
+/// gives up. After a majority of the servers came back, the streams took writes again while
+/// JetStream's API still answered 503 ("temporarily unavailable") for more than 5 s: a replay
+/// that gave up after 5 tries a second apart left a session resumed then without the
+/// messages only it could bring (the proof: a QoS 2 subscriber missed 2).
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a replay waits before it reads on with a new consumer.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -67,7 +71,8 @@ pub(super) async fn replay(
 /// Routes the stream's messages after `cursor` to `session`, but those at the sequences in
 /// `skip` (delivered already), up to the stream's last message when it began; returns how
 /// far it read (with the last error, when it stopped early). A read that fails (a server or
-/// its route lost) goes on with a new consumer from where it got, [`ATTEMPTS`] times at most.
+/// its route lost) goes on with a new consumer from where it got, until [`PATIENCE`] has
+/// passed without a message read.
 async fn read_after(
     shared: &Shared,
     context: &jetstream::Context,
@@ -78,8 +83,9 @@ async fn read_after(
     let mut through = cursor;
     let mut last = None;
     let mut count = 0u64;
-    let mut failure = String::new();
-    for _ in 0..ATTEMPTS {
+    let mut progress = Instant::now();
+    loop {
+        let before = through;
         match read_once(shared, context, session, &mut through, &mut last, skip).await {
             Ok(read) => {
                 count += read;
@@ -95,12 +101,16 @@ async fn read_after(
             Err((read, error)) => {
                 count += read;
                 debug!(client_id = %session.client_id, through, %error, "cluster: replaying the stream; reading on");
-                failure = error;
+                if through > before {
+                    progress = Instant::now();
+                }
+                if progress.elapsed() >= PATIENCE {
+                    return Err((through, error));
+                }
                 tokio::time::sleep(RETRY_DELAY).await;
             }
         }
     }
-    Err((through, failure))
 }
 
 /// One consumer's part of [`read_after`]: from `through` (moved along) to `last` (read from

@@ -228,6 +228,8 @@ pub(crate) struct Sessions {
     writes: mpsc::UnboundedSender<Write>,
     /// The node's routed place in the stream ([`super::stream::Parts::routed`]).
     routed: Arc<AtomicU64>,
+    /// Held while the node routes a stream message ([`super::stream::Parts::routing`]).
+    routing: Arc<Mutex<()>>,
 }
 
 /// What the session tasks start from.
@@ -245,6 +247,7 @@ impl Sessions {
         node_id: &str,
         replicas: usize,
         routed: Arc<AtomicU64>,
+        routing: Arc<Mutex<()>>,
     ) -> Result<(Arc<Self>, Parts), Error> {
         let bucket = super::kv_bucket_with(
             client,
@@ -269,6 +272,7 @@ impl Sessions {
                 started: Instant::now(),
                 writes: writes_tx,
                 routed,
+                routing,
             }),
             Parts { writes, requests },
         ))
@@ -993,9 +997,13 @@ async fn hand_over(
     discard: bool,
 ) -> Reply {
     let routed;
+    let claimed_here;
     let taken = {
         let now = sessions.seconds();
         let mut claims = sessions.claims();
+        // Every session this node claimed or took over since it started has an entry, kept
+        // while the session is here (`forget_idle`).
+        claimed_here = claims.contains_key(client_id);
         let claimed = claims
             .entry(client_id.into())
             .or_insert_with(|| Claimed::new(now));
@@ -1004,6 +1012,10 @@ async fn hand_over(
         }
         claimed.released = claimed.released.max(revision);
         claimed.touched = now;
+        // No message is routed between the read of the routed place and the session's leaving
+        // the router: everything up to it that the session matched is in the handover, and
+        // nothing past it.
+        let _routing = crate::lock(&sessions.routing);
         routed = sessions.routed.load(Ordering::Acquire);
         shared
             .registry
@@ -1042,6 +1054,19 @@ async fn hand_over(
     }
     // A SUBSCRIBE the connection handled before it saw the request.
     shared.router.remove_session(&session);
+    if !claimed_here && !discard {
+        // Restored from this node's store at its start and not claimed since: the cluster may
+        // have moved the session elsewhere meanwhile, and this copy queued what the stream
+        // brought since (the proof: asked after a claim of its own that timed out but was
+        // stored, a restarted node handed over 81 messages its client had had from another
+        // node, under identifiers the client still held). The asker resumes from the record.
+        let waiting = session.lock().queue_size().0;
+        shared.stats.dropped(Dropped::SessionEnded, waiting);
+        shared.write(vec![crate::store::Change::DeleteSession(
+            session.client_id.clone(),
+        )]);
+        return Reply::NoSession;
+    }
     if discard {
         let waiting = session.lock().queue_size().0;
         shared.stats.dropped(Dropped::SessionEnded, waiting);

@@ -443,6 +443,8 @@ pub(super) struct Parts {
     outgoing: mpsc::Receiver<Outgoing>,
     /// The place in the stream up to which this node has routed every message.
     routed: Arc<AtomicU64>,
+    /// Held while the consumer routes a message and moves `routed` past it.
+    routing: Arc<Mutex<()>>,
 }
 
 /// A JetStream context whose requests (writes included) fail after [`ACK_TIMEOUT`].
@@ -533,6 +535,7 @@ pub(super) async fn open_stream(
             last_sequence,
             outgoing,
             routed: Arc::new(AtomicU64::new(routed)),
+            routing: Arc::default(),
         },
     ))
 }
@@ -542,6 +545,12 @@ impl Parts {
     /// consumer's in order; this node's own messages were routed when published).
     pub(super) fn routed(&self) -> Arc<AtomicU64> {
         self.routed.clone()
+    }
+
+    /// Held while this node's consumer routes a message and moves [`Parts::routed`] past it:
+    /// whoever holds it sees a routed place that covers every message routed so far.
+    pub(super) fn routing(&self) -> Arc<Mutex<()>> {
+        self.routing.clone()
     }
 
     /// The task that writes to the stream and the one that reads this node's consumer.
@@ -555,7 +564,13 @@ impl Parts {
     ) {
         (
             write_stream(self.context, node_id.to_owned(), self.outgoing),
-            read_stream(self.consumer, self.last_sequence, shared, self.routed),
+            read_stream(
+                self.consumer,
+                self.last_sequence,
+                shared,
+                self.routed,
+                self.routing,
+            ),
         )
     }
 }
@@ -598,6 +613,7 @@ async fn read_stream(
     last_sequence: u64,
     shared: Weak<Shared>,
     routed: Arc<AtomicU64>,
+    routing: Arc<Mutex<()>>,
 ) {
     let (acks_tx, acks) = mpsc::channel(ACK_CAPACITY);
     let Some(mut restored) = shared
@@ -629,6 +645,7 @@ async fn read_stream(
             acks_tx,
             routed_up_to.clone(),
             routed,
+            routing,
         ),
         acknowledge(acks, shared, Some(routed_up_to))
     );
@@ -641,6 +658,7 @@ async fn route_stream(
     acks_tx: mpsc::Sender<(Ticket, jetstream::Message)>,
     routed_up_to: Arc<Mutex<Routed>>,
     routed: Arc<AtomicU64>,
+    routing: Arc<Mutex<()>>,
 ) {
     // Messages delivered again (an acknowledgement lost on a reconnection, or in a crash after
     // the store had what routing them wrote) were routed once: `routed_up_to` has them, and
@@ -665,6 +683,11 @@ async fn route_stream(
                 }
             };
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            // Until `routed` has moved past it: a node handing a session over reads `routed`
+            // as the place up to which the handover holds what the session matched, and a
+            // message routed into it but not yet counted was read again by the next owner
+            // (the proof: a QoS 2 message from a resumed session's store twice).
+            let routing = crate::lock(&routing);
             let floor = {
                 let mut routed_up_to = crate::lock(&routed_up_to);
                 if sequence != 0 && routed_up_to.contains(sequence) {
@@ -689,6 +712,7 @@ async fn route_stream(
             // everything up to the floor.
             let floor = crate::lock(&routed_up_to).floor();
             routed.fetch_max(floor, Ordering::AcqRel);
+            drop(routing);
             if acks_tx.send((ticket, message)).await.is_err() {
                 return;
             }
