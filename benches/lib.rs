@@ -5,8 +5,8 @@ pub mod client;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -99,6 +99,71 @@ pub fn spawn_mosquitto(program: &str, config: &Path) -> io::Result<Child> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("{program}: {e}")))
+}
+
+/// A Mosquitto process listening on 127.0.0.1: killed (by its own pid) and its configuration's
+/// directory removed when dropped.
+#[derive(Debug)]
+pub struct MosquittoProcess {
+    child: Child,
+    dir: PathBuf,
+    /// Its MQTT over TCP port.
+    pub port: u16,
+}
+
+impl MosquittoProcess {
+    /// Starts `program` on a configuration of `settings` (global lines, each ending in a newline)
+    /// and a listener on 127.0.0.1:`port`, written in a fresh temporary directory named after
+    /// `name`; returns once the port accepts connections. Fails if Mosquitto exits first (the
+    /// port taken, a bad setting) or does not listen within `deadline`.
+    pub fn start(
+        program: &str,
+        name: &str,
+        settings: &str,
+        port: u16,
+        deadline: Duration,
+    ) -> io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "rallymq-{name}-mosquitto-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(&config, format!("{settings}listener {port} 127.0.0.1\n"))?;
+        let mut mosquitto = Self {
+            child: spawn_mosquitto(program, &config)?,
+            dir,
+            port,
+        };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = mosquitto.child.try_wait() {
+                return Err(io::Error::other(format!(
+                    "{program} ({name}) exited at start ({status}): port {port} taken?"
+                )));
+            }
+            if started.elapsed() > deadline {
+                return Err(io::Error::other(format!(
+                    "{program} ({name}) does not listen on {port} within {deadline:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(mosquitto)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for MosquittoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The median of `values` (sorted in place); `None` when there are none.

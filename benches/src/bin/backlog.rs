@@ -8,6 +8,7 @@
 //! target/release/backlog                        # 1,000 sessions x 10,000 messages = 10 M entries
 //! target/release/backlog --messages 100         # a quick run: 100,000 entries
 //! target/release/backlog --in-memory --messages 1000   # the same backlog held in memory
+//! target/release/backlog --mosquitto --messages 1000   # the same backlog through Mosquitto
 //! ```
 //!
 //! The pattern: `--sessions` (1,000) clients connect with Clean Session 0 (MQTT 3.1.1), each
@@ -33,9 +34,17 @@
 //! directory); it must be a real disk, not tmpfs (`findmnt -T DIR`). It is removed at the end
 //! unless `--keep`. Publishing stops if the disk's free space falls below `--min-free-gb` (15).
 //! Every phase is bounded by `--phase-timeout` (1,800 s) and by a stall of 60 s without progress.
+//!
+//! With `--mosquitto`, the same fill and drain go through Mosquitto (the peer the project's
+//! figures are read against), with no restarts, as with `--in-memory`: `persistence false`
+//! (Mosquitto holds queued messages in memory even with persistence on: its file is only a
+//! snapshot), queues unbounded (`max_queued_messages 0`, `max_queued_bytes 0`: its default of
+//! 1,000 messages would drop most of the backlog) and `max_inflight_messages 64`, the window our
+//! broker gives an MQTT 3.1.1 client (which sends no Receive Maximum), in place of Mosquitto's
+//! 20. Neither broker limits the message size.
 use std::fmt::Write as _;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -46,8 +55,11 @@ use bytes::{BufMut, BytesMut};
 use rallymq_benches::client::{
     CONNECT_CONCURRENCY, Client, Transport, VERSION, connect_all, encode, invalid,
 };
-use rallymq_benches::{BenchBroker, StoreCounts, load_average, proc_io, status_bytes};
+use rallymq_benches::{
+    BenchBroker, MosquittoProcess, StoreCounts, cpu_seconds, load_average, proc_io, status_bytes,
+};
 use rallymq_codec::{Ack, Limits, Packet, PacketId, Publish, QoS, TopicName};
+use rallymq_test_support::{free_port, mosquitto_program};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -61,6 +73,11 @@ const STALL: Duration = Duration::from_secs(60);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Read room kept free in a receive buffer.
 const READ_ROOM: usize = 16 * 1024;
+/// Unacknowledged QoS 1 messages to one client: our broker's default (`Limits::max_in_flight`),
+/// the window an MQTT 3.1.1 client gets, given to Mosquitto too.
+const IN_FLIGHT: u16 = 64;
+/// Longest wait for Mosquitto to listen.
+const MOSQUITTO_START: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "\
 usage: backlog [options]
@@ -71,6 +88,10 @@ usage: backlog [options]
   --window N            unacknowledged messages per publisher (32)
   --threads N           worker threads of the broker (all cores)
   --in-memory           the broker without its store (no restarts)
+  --mosquitto           the same backlog through Mosquitto: persistence off, queues unbounded,
+                        64 in flight per client (no restarts)
+  --mosquitto-program PATH  the mosquitto binary (mosquitto, or /usr/sbin/mosquitto when it is
+                        not on the PATH)
   --data-root DIR       where the store directory is made (the temporary directory)
   --keep                leave the store directory
   --cold                evict the store's files from the OS page cache before each restart,
@@ -93,6 +114,8 @@ struct Options {
     window: usize,
     threads: Option<usize>,
     in_memory: bool,
+    mosquitto: bool,
+    mosquitto_program: PathBuf,
     data_root: PathBuf,
     keep: bool,
     cold: bool,
@@ -113,6 +136,8 @@ impl Default for Options {
             window: 32,
             threads: None,
             in_memory: false,
+            mosquitto: false,
+            mosquitto_program: PathBuf::from(mosquitto_program()),
             data_root: std::env::temp_dir(),
             keep: false,
             cold: false,
@@ -132,6 +157,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         match flag.as_str() {
             "--in-memory" => {
                 options.in_memory = true;
+                continue;
+            }
+            "--mosquitto" => {
+                options.mosquitto = true;
                 continue;
             }
             "--keep" => {
@@ -167,8 +196,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--phase-timeout" => options.phase_timeout = Duration::from_secs(number()?.max(1)),
             "--bench-broker" => options.bench_broker = Some(PathBuf::from(value)),
             "--from-store" => options.from_store = Some(PathBuf::from(value)),
+            "--mosquitto-program" => options.mosquitto_program = PathBuf::from(value),
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    if options.mosquitto && (options.fill_only || options.from_store.is_some() || options.cold) {
+        return Err(
+            "--mosquitto keeps no store: no --fill-only, --from-store or --cold".to_owned(),
+        );
     }
     Ok(options)
 }
@@ -255,18 +290,6 @@ fn data_dir_text(dir: &Option<PathBuf>) -> String {
         .map_or_else(|| "memory".to_owned(), |dir| dir.display().to_string())
 }
 
-/// The CPU time (user and system) process `pid` has used, in seconds (Linux counts it in ticks
-/// of 10 ms: `CLK_TCK` is 100 on every architecture it runs on).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // utime and stime are the 14th and 15th fields: the 12th and 13th after the command name,
-    // which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
-}
-
 /// Copies the store file a `--keep` run left in `source` into `dir` (its lock file stays: the
 /// broker makes its own).
 fn copy_store(source: &Path, dir: &Path) -> io::Result<()> {
@@ -327,8 +350,22 @@ fn report_commits(
     }
 }
 
+/// The broker's CPU over a phase of `elapsed` seconds that began when it had used `cpu0`, per
+/// queue entry of the phase's `entries`.
+fn report_cpu(out: &mut String, cpu0: Option<f64>, pid: u32, elapsed: f64, entries: u64) {
+    if let (Some(cpu0), Some(cpu1)) = (cpu0, cpu_seconds(pid)) {
+        let _ = writeln!(
+            out,
+            "  broker CPU: {:.1} s ({:.0}% of a core), {:.2} µs per entry",
+            cpu1 - cpu0,
+            (cpu1 - cpu0) / elapsed * 100.0,
+            (cpu1 - cpu0) * 1e6 / entries.max(1) as f64
+        );
+    }
+}
+
 /// What the broker's memory and store were at the end of a phase.
-fn report_broker(out: &mut String, broker: &mut BenchBroker, sampler: &RssSampler) {
+fn report_broker(out: &mut String, broker: &mut Broker, sampler: &RssSampler) {
     let pid = broker.pid();
     let rss = status_bytes(pid, "VmRSS").unwrap_or(0);
     let hwm = status_bytes(pid, "VmHWM").unwrap_or(0);
@@ -610,13 +647,101 @@ impl Drop for DataDir {
     }
 }
 
-/// Starts the broker on `port`, timing it to its `listening:` line and to a CONNACK.
+/// The broker measured: ours, or Mosquitto given the same backlog.
+enum Broker {
+    Ours(BenchBroker),
+    Mosquitto(MosquittoProcess),
+}
+
+impl Broker {
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Ours(broker) => broker.pid(),
+            Self::Mosquitto(mosquitto) => mosquitto.pid(),
+        }
+    }
+
+    /// Our store's counters; `None` without a store.
+    fn store_counts(&mut self) -> Option<StoreCounts> {
+        match self {
+            Self::Ours(broker) => broker.store_counts(),
+            Self::Mosquitto(_) => None,
+        }
+    }
+
+    /// Ours stops as an operator stops it (stdin closed); Mosquitto, which holds nothing to
+    /// keep here, is killed. Returns how long it took.
+    fn stop(self, grace: Duration) -> Duration {
+        match self {
+            Self::Ours(broker) => broker.stop(grace),
+            Self::Mosquitto(mosquitto) => {
+                let begun = Instant::now();
+                drop(mosquitto);
+                begun.elapsed()
+            }
+        }
+    }
+}
+
+/// Starts Mosquitto on 127.0.0.1:`port` with the settings the module's documentation gives.
+fn start_mosquitto(options: &Options, port: u16) -> io::Result<MosquittoProcess> {
+    let settings = format!(
+        "# written by backlog\n\
+         per_listener_settings false\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         max_connections -1\n\
+         max_queued_messages 0\n\
+         max_queued_bytes 0\n\
+         max_inflight_messages {IN_FLIGHT}\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n"
+    );
+    let program = options.mosquitto_program.display().to_string();
+    MosquittoProcess::start(&program, "backlog", &settings, port, MOSQUITTO_START)
+}
+
+/// Starts the broker (ours, or Mosquitto with `--mosquitto`) on `port`, timing it to its
+/// `listening:` line (Mosquitto: to its port accepting connections) and to a CONNACK.
 fn start_broker(
     runtime: &tokio::runtime::Runtime,
     options: &Options,
     port: u16,
     data_dir: Option<&Path>,
-) -> io::Result<(BenchBroker, Duration, Duration)> {
+) -> io::Result<(Broker, Duration, Duration)> {
+    let spawned = Instant::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let broker = if options.mosquitto {
+        Broker::Mosquitto(start_mosquitto(options, port)?)
+    } else {
+        Broker::Ours(start_ours(options, addr, data_dir)?)
+    };
+    let listening = match &broker {
+        Broker::Ours(ours) => ours.started_in,
+        Broker::Mosquitto(_) => spawned.elapsed(),
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(START_DEADLINE, async {
+            loop {
+                match Client::connect(addr, Transport::Tcp, "backlog-probe", true).await {
+                    Ok(client) => return client.disconnect().await,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        })
+        .await
+        .map_err(|_| io::Error::other("no CONNACK from the restarted broker"))?
+    })?;
+    Ok((broker, listening, spawned.elapsed()))
+}
+
+/// Starts `rallymq_bench_broker` on `addr`, on its store in `data_dir` if given.
+fn start_ours(
+    options: &Options,
+    addr: SocketAddr,
+    data_dir: Option<&Path>,
+) -> io::Result<BenchBroker> {
     let path = match &options.bench_broker {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("rallymq_bench_broker"),
@@ -633,23 +758,7 @@ fn start_broker(
     if let Some(dir) = data_dir {
         extra.extend(["--data-dir".to_owned(), dir.display().to_string()]);
     }
-    let spawned = Instant::now();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let broker = BenchBroker::start(&path, addr, None, &extra, START_DEADLINE)?;
-    let listening = broker.started_in;
-    runtime.block_on(async {
-        tokio::time::timeout(START_DEADLINE, async {
-            loop {
-                match Client::connect(addr, Transport::Tcp, "backlog-probe", true).await {
-                    Ok(client) => return client.disconnect().await,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        })
-        .await
-        .map_err(|_| io::Error::other("no CONNACK from the restarted broker"))?
-    })?;
-    Ok((broker, listening, spawned.elapsed()))
+    BenchBroker::start(&path, addr, None, &extra, START_DEADLINE)
 }
 
 /// Starts the broker again on its store (evicted from the page cache first with `--cold`);
@@ -659,7 +768,7 @@ fn restart(
     options: &Options,
     port: u16,
     data_dir: &Option<PathBuf>,
-) -> io::Result<(BenchBroker, String)> {
+) -> io::Result<(Broker, String)> {
     if let (true, Some(dir)) = (options.cold, data_dir) {
         evict(dir)?;
     }
@@ -679,11 +788,11 @@ fn fill_and_restart(
     port: u16,
     data_dir: &Option<PathBuf>,
     out: &mut String,
-    broker: &mut BenchBroker,
+    broker: &mut Broker,
     sampler: &mut RssSampler,
 ) -> io::Result<()> {
     let entries = options.messages * options.sessions as u64;
-    let addr = broker.tcp;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Sessions.
     let begun = Instant::now();
     runtime.block_on(async {
@@ -705,6 +814,7 @@ fn fill_and_restart(
     // Backlog.
     let counts0 = broker.store_counts();
     let io0 = proc_io(broker.pid());
+    let cpu0 = cpu_seconds(broker.pid());
     let begun = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
     let full = Arc::new(AtomicBool::new(false));
@@ -772,6 +882,13 @@ fn fill_and_restart(
         (published * options.sessions as u64) as f64 / elapsed
     );
     report_commits(out, counts0, broker.store_counts(), elapsed);
+    report_cpu(
+        out,
+        cpu0,
+        broker.pid(),
+        elapsed,
+        published * options.sessions as u64,
+    );
     if let (Some(i0), Some(i1)) = (io0, proc_io(broker.pid())) {
         let written = i1.since(&i0);
         let _ = writeln!(
@@ -801,8 +918,8 @@ fn fill_and_restart(
     out.clear();
 
     // Restarts.
-    if data_dir.is_some() {
-        broker.kill();
+    if let (Some(_), Broker::Ours(ours)) = (data_dir, &mut *broker) {
+        ours.kill();
         let cold = if options.cold {
             " (store evicted from the page cache)"
         } else {
@@ -833,7 +950,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
     let mut out = String::new();
     let entries = options.messages * options.sessions as u64;
     let guard = DataDir {
-        path: (!options.in_memory).then(|| {
+        path: (!options.in_memory && !options.mosquitto).then(|| {
             options
                 .data_root
                 .join(format!("backlog-data-{}", std::process::id()))
@@ -841,7 +958,8 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         keep: options.keep,
     };
     let data_dir = guard.path.clone();
-    let port = StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // Below the ephemeral range: the broker binds it again after each restart.
+    let port = free_port();
     let _ = writeln!(
         out,
         "backlog: {} sessions x {} messages of {} B = {} entries; {} publishers, window {}; {}; load average {}",
@@ -853,6 +971,10 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         options.window,
         match &data_dir {
             Some(dir) => format!("store in {}", dir.display()),
+            None if options.mosquitto => format!(
+                "{} (persistence off, queues unbounded, {IN_FLIGHT} in flight)",
+                options.mosquitto_program.display()
+            ),
             None => "in memory".to_owned(),
         },
         load_average()
@@ -864,7 +986,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         let _ = writeln!(out, "store copied from {}", source.display());
     }
     let (mut broker, _, _) = start_broker(runtime, options, port, data_dir.as_deref())?;
-    let addr = broker.tcp;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut sampler = RssSampler::start(broker.pid());
     if options.from_store.is_none() {
         fill_and_restart(
@@ -938,15 +1060,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         }
     );
     report_commits(&mut out, counts0, broker.store_counts(), elapsed);
-    if let (Some(cpu0), Some(cpu1)) = (cpu0, cpu_seconds(broker.pid())) {
-        let _ = writeln!(
-            out,
-            "  broker CPU: {:.1} s ({:.0}% of a core), {:.2} µs per entry",
-            cpu1 - cpu0,
-            (cpu1 - cpu0) / elapsed * 100.0,
-            (cpu1 - cpu0) * 1e6 / received.max(1) as f64
-        );
-    }
+    report_cpu(&mut out, cpu0, broker.pid(), elapsed, received);
     report_broker(&mut out, &mut broker, &sampler);
     if let Some(dir) = &data_dir {
         let (allocated, apparent) = disk_usage(dir);

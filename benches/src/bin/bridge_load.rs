@@ -24,12 +24,12 @@
 //! messages).
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
-use std::process::{Child, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rallymq_benches::{BenchBroker, cpu_seconds, load_average, median, spawn_mosquitto};
+use rallymq_benches::{BenchBroker, MosquittoProcess, cpu_seconds, load_average, median};
 use rallymq_client::{AckFuture, Client, ClientOptions, QoS};
 
 /// How long a round's messages may take to arrive.
@@ -91,52 +91,19 @@ fn free_port() -> io::Result<u16> {
     Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A Mosquitto process on a free port with `settings` added to its configuration; killed (by
-/// its own pid) and its directory removed when dropped.
-struct Mosquitto {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(program: &str, name: &str, settings: &str) -> io::Result<Self> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!(
-            "rallymq-bridge-load-{name}-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "per_listener_settings false\npersistence false\nlog_type error\n\
-                 allow_anonymous true\nmax_queued_messages 1000000\n{settings}\n\
-                 listener {port} 127.0.0.1\n"
-            ),
-        )?;
-        let child = spawn_mosquitto(program, &config)?;
-        let mosquitto = Self { child, dir, port };
-        let deadline = Instant::now() + START_DEADLINE;
-        while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "Mosquitto ({name}) does not listen on {port}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(mosquitto)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A Mosquitto on a free port with `settings` added to its configuration.
+fn start_mosquitto(program: &str, name: &str, settings: &str) -> io::Result<MosquittoProcess> {
+    let settings = format!(
+        "per_listener_settings false\npersistence false\nlog_type error\n\
+         allow_anonymous true\nmax_queued_messages 1000000\n{settings}\n"
+    );
+    MosquittoProcess::start(
+        program,
+        &format!("bridge-load-{name}"),
+        &settings,
+        free_port()?,
+        START_DEADLINE,
+    )
 }
 
 /// The bridging broker under test.
@@ -146,7 +113,7 @@ enum Edge {
         /// Its store's directory, removed when dropped (after the broker, declared first).
         _store: Option<TempDir>,
     },
-    Mosquitto(Mosquitto),
+    Mosquitto(MosquittoProcess),
 }
 
 /// A directory removed when dropped.
@@ -169,7 +136,7 @@ impl Edge {
     fn pid(&self) -> u32 {
         match self {
             Self::Rallymq { broker, .. } => broker.pid(),
-            Self::Mosquitto(mosquitto) => mosquitto.child.id(),
+            Self::Mosquitto(mosquitto) => mosquitto.pid(),
         }
     }
 }
@@ -318,7 +285,7 @@ fn start_edge(kind: &str, cloud: u16, options: &Options) -> io::Result<Edge> {
                 options.mosquitto_inflight,
                 std::process::id()
             );
-            Ok(Edge::Mosquitto(Mosquitto::start(
+            Ok(Edge::Mosquitto(start_mosquitto(
                 &options.mosquitto,
                 "edge",
                 &settings,
@@ -352,8 +319,7 @@ fn run(options: &Options) -> io::Result<()> {
     for round in 1..=options.rounds {
         let mut round_rates = Vec::new();
         for (index, kind) in edges.iter().enumerate() {
-            let cloud =
-                Mosquitto::start(&options.mosquitto, "cloud", "max_inflight_messages 1000")?;
+            let cloud = start_mosquitto(&options.mosquitto, "cloud", "max_inflight_messages 1000")?;
             let edge = start_edge(kind, cloud.port, options)?;
             let sample = runtime.block_on(measure(&edge, cloud.port, options))?;
             let cpu = sample
