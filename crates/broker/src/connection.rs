@@ -1860,7 +1860,7 @@ impl Driver {
     /// sent again with DUP and their packet identifier (MQTT-4.4.0-1). Written late because
     /// nearly every one is acknowledged first, and its entry's deletion is then the only
     /// write: a draining session went in flight and was acknowledged 64 entries at a time, in
-    /// separate commits, and the in-flight writes were a third of the store's work. A QoS 1
+    /// separate commits, and the in-flight writes were half of its changes. A QoS 1
     /// delivery's in-flight write was never waited for: a crash lost the latest before too.
     fn record_in_flight(&mut self, all: bool) {
         let now = self.now();
