@@ -950,6 +950,50 @@ async fn mqtt_4_4_0_1_a_qos_1_publish_in_flight_is_sent_again_with_dup_after_a_r
     in_flight_each_way(Stopped::Qos1Published).await;
 }
 
+/// A persistent subscriber "taker" on `f/#` at `subscription_qos`, and what it got of
+/// `messages` (topic, payload, QoS), published in order by "giver", which stays connected.
+async fn delivered_to_taker(
+    node: &Node,
+    version: ProtocolVersion,
+    subscription_qos: QoS,
+    messages: &[(&str, &str, QoS)],
+) -> (Raw, Client, Vec<Publish>) {
+    let mut raw = raw_subscriber(node, version, "taker", "f/#", subscription_qos).await;
+    let mut publisher = client(node.addr(), version, "giver").await;
+    for &(topic, payload, qos) in messages {
+        published(&mut publisher, publish(topic, payload, qos, false)).await;
+    }
+    let mut got = Vec::new();
+    for _ in messages {
+        got.push(expect_publish(&mut raw).await);
+    }
+    (raw, publisher, got)
+}
+
+/// "taker" resuming its session (Session Present) on `node`.
+async fn taker_back(node: &Node, version: ProtocolVersion) -> Raw {
+    let (raw, connack) = Raw::connect(node.addr(), persistent(version, "taker")).await;
+    assert!(connack.session_present, "{version:?}");
+    raw
+}
+
+/// The next packet is `first` sent again: same payload and packet identifier, with DUP.
+async fn expect_resent(raw: &mut Raw, first: &Publish, context: &str) -> Publish {
+    let again = expect_publish(raw).await;
+    assert_eq!(
+        payload_str(&again),
+        payload_str(first),
+        "{context}: in order"
+    );
+    assert!(
+        again.dup,
+        "{context}: DUP on the resent {}",
+        payload_str(first)
+    );
+    assert_eq!(again.packet_id, first.packet_id, "{context}");
+    again
+}
+
 /// MQTT-4.4.0-1 across a crash while the subscriber is still connected: a QoS 1 delivery
 /// left unacknowledged a while (longer than the broker waits before writing that it went in
 /// flight; most are acknowledged sooner, and cost no write) is sent again with DUP and its
@@ -959,25 +1003,17 @@ async fn mqtt_4_4_0_1_a_qos_1_publish_long_in_flight_is_sent_again_with_dup_afte
     for version in VERSIONS {
         let dir = DataDir::new();
         let node = Node::start(&dir).await;
-        let mut raw = raw_subscriber(&node, version, "taker", "f/#", QoS::AtLeastOnce).await;
-        let mut publisher = client(node.addr(), version, "giver").await;
-        published(
-            &mut publisher,
-            publish("f/1", "first", QoS::AtLeastOnce, false),
-        )
-        .await;
-        let first = expect_publish(&mut raw).await;
-        let id = first.packet_id.expect("QoS 1 has a packet identifier");
+        let messages = [("f/1", "first", QoS::AtLeastOnce)];
+        let (mut raw, publisher, sent) =
+            delivered_to_taker(&node, version, QoS::AtLeastOnce, &messages).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         // The broker's connection wakes for it, and writes what is due.
         round_trip(&mut raw).await;
         let node = node.restart(Stop::Crash).await;
         drop((raw, publisher));
-        let (mut raw, connack) = Raw::connect(node.addr(), persistent(version, "taker")).await;
-        assert!(connack.session_present, "{version:?}");
-        let again = expect_publish(&mut raw).await;
-        assert!(again.dup, "{version:?}: DUP on the resent PUBLISH");
-        assert_eq!(again.packet_id, Some(id), "{version:?}");
+        let mut raw = taker_back(&node, version).await;
+        expect_resent(&mut raw, &sent[0], &format!("{version:?}")).await;
+        let id = sent[0].packet_id.expect("QoS 1 has a packet identifier");
         raw.send(Packet::PubAck(Ack::new(id))).await;
         expect_quiet(&mut raw).await;
         node.stop(Stop::Shutdown).await;
@@ -994,39 +1030,17 @@ async fn mqtt_4_4_0_1_qos_1_and_2_in_flight_are_sent_again_in_order_with_dup_aft
     for version in VERSIONS {
         let dir = DataDir::new();
         let node = Node::start(&dir).await;
-        let mut raw = raw_subscriber(&node, version, "taker", "f/#", QoS::ExactlyOnce).await;
-        let mut publisher = client(node.addr(), version, "giver").await;
-        published(
-            &mut publisher,
-            publish("f/1", "one", QoS::AtLeastOnce, false),
-        )
-        .await;
-        published(
-            &mut publisher,
-            publish("f/2", "two", QoS::ExactlyOnce, false),
-        )
-        .await;
-        let sent: Vec<Publish> = vec![
-            expect_publish(&mut raw).await,
-            expect_publish(&mut raw).await,
+        let messages = [
+            ("f/1", "one", QoS::AtLeastOnce),
+            ("f/2", "two", QoS::ExactlyOnce),
         ];
+        let (raw, publisher, sent) =
+            delivered_to_taker(&node, version, QoS::ExactlyOnce, &messages).await;
         let node = node.restart(Stop::Crash).await;
         drop((raw, publisher));
-        let (mut raw, connack) = Raw::connect(node.addr(), persistent(version, "taker")).await;
-        assert!(connack.session_present, "{version:?}");
+        let mut raw = taker_back(&node, version).await;
         for first in &sent {
-            let again = expect_publish(&mut raw).await;
-            assert_eq!(
-                payload_str(&again),
-                payload_str(first),
-                "{version:?}: in order"
-            );
-            assert!(
-                again.dup,
-                "{version:?}: DUP on the resent {}",
-                payload_str(first)
-            );
-            assert_eq!(again.packet_id, first.packet_id, "{version:?}");
+            expect_resent(&mut raw, first, &format!("{version:?}")).await;
         }
         expect_quiet(&mut raw).await;
         node.stop(Stop::Shutdown).await;
@@ -1061,11 +1075,10 @@ async fn in_flight_across(version: ProtocolVersion, stop: Stop, at: Stopped) {
         Stopped::Qos1Published => QoS::AtLeastOnce,
         _ => QoS::ExactlyOnce,
     };
-    let mut raw = raw_subscriber(&node, version, "taker", "f/#", qos).await;
-    let mut publisher = client(node.addr(), version, "giver").await;
-    published(&mut publisher, publish("f/1", "first", qos, false)).await;
+    let (mut raw, publisher, sent) =
+        delivered_to_taker(&node, version, qos, &[("f/1", "first", qos)]).await;
     drop(publisher);
-    let first = expect_publish(&mut raw).await;
+    let first = &sent[0];
     assert!(!first.dup, "{context}");
     let id = first.packet_id.expect("QoS > 0 has a packet identifier");
     if at == Stopped::Qos2Released {
@@ -1081,8 +1094,7 @@ async fn in_flight_across(version: ProtocolVersion, stop: Stop, at: Stopped) {
     node.wait_connected(0).await;
     let node = node.restart(stop).await;
 
-    let (mut raw, connack) = Raw::connect(node.addr(), persistent(version, "taker")).await;
-    assert!(connack.session_present, "{context}");
+    let mut raw = taker_back(&node, version).await;
     if at == Stopped::Qos2Released {
         assert!(
             matches!(raw.expect().await, Packet::PubRel(ack) if ack.packet_id == id),
@@ -1092,14 +1104,8 @@ async fn in_flight_across(version: ProtocolVersion, stop: Stop, at: Stopped) {
         expect_quiet(&mut raw).await;
         raw.send(Packet::PubComp(Ack::new(id))).await;
     } else {
-        let again = expect_publish(&mut raw).await;
-        assert!(again.dup, "{context}: DUP on the resent PUBLISH");
-        assert_eq!(again.packet_id, Some(id), "{context}");
-        assert_eq!(
-            (payload_str(&again).as_str(), again.qos),
-            ("first", qos),
-            "{context}"
-        );
+        let again = expect_resent(&mut raw, first, &context).await;
+        assert_eq!(again.qos, qos, "{context}");
         expect_quiet(&mut raw).await;
         if qos == QoS::AtLeastOnce {
             raw.send(Packet::PubAck(Ack::new(id))).await;
@@ -1115,8 +1121,7 @@ async fn in_flight_across(version: ProtocolVersion, stop: Stop, at: Stopped) {
     round_trip(&mut raw).await;
     drop(raw);
     let node = node.restart(stop).await;
-    let (mut raw, connack) = Raw::connect(node.addr(), persistent(version, "taker")).await;
-    assert!(connack.session_present, "{context}");
+    let mut raw = taker_back(&node, version).await;
     // Acknowledged before the restart: not sent again.
     expect_quiet(&mut raw).await;
     node.stop(Stop::Shutdown).await;
