@@ -412,21 +412,13 @@ impl Shared {
 
     /// Tells the waiters that every ticket up to `upto` is taken from the queue.
     fn take(&self, upto: u64) {
-        self.taken.send_if_modified(|taken| {
-            let changed = upto > *taken;
-            *taken = (*taken).max(upto);
-            changed
-        });
+        raise(&self.taken, upto);
     }
 
     /// Tells the waiters that every ticket up to `upto` is decided.
     fn decide(&self, upto: u64) {
         self.take(upto);
-        self.decided.send_if_modified(|decided| {
-            let changed = upto > *decided;
-            *decided = (*decided).max(upto);
-            changed
-        });
+        raise(&self.decided, upto);
     }
 
     /// Applies `changes` in one transaction and commits it durably. A failed commit closes
@@ -575,6 +567,15 @@ impl StorageBackend for CountedFile {
     fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
         self.file.query_lock_range(start, end)
     }
+}
+
+/// Raises a ticket mark to `upto` (it never goes back), waking its waiters only when it moved.
+fn raise(mark: &watch::Sender<u64>, upto: u64) {
+    mark.send_if_modified(|value| {
+        let changed = upto > *value;
+        *value = (*value).max(upto);
+        changed
+    });
 }
 
 /// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
