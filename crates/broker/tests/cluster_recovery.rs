@@ -142,7 +142,9 @@ async fn claims(server: &NatsServer) -> Vec<String> {
         .get_key_value("rallymq_nodes")
         .await
         .expect("the nodes bucket");
-    let deadline = Instant::now() + 3 * WAIT;
+    // Claims stay for a day, so a long wait hides none; a meta leader's election on loaded
+    // machines may take a while.
+    let deadline = Instant::now() + 12 * WAIT;
     loop {
         let listed: Result<Vec<String>, String> = tokio::time::timeout(WAIT, async {
             let keys = nodes.keys().await.map_err(|e| e.to_string())?;
@@ -214,7 +216,11 @@ async fn cluster_mqtt_3_1_2_8_a_node_whose_watch_stalls_takes_no_live_node_for_d
             claimed.is_empty(),
             "round {round}: live nodes taken for dead after the judge's server died: {claimed:?}"
         );
-        tokio::task::block_in_place(|| servers[x].restart());
+        tokio::task::block_in_place(|| {
+            servers[x].restart();
+            // The next round kills another server: this one must hold its replicas by then.
+            servers[x].wait_current(Duration::from_secs(60));
+        });
     }
     drop(judge);
     drop(others);

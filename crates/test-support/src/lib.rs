@@ -446,6 +446,27 @@ impl NatsServer {
         }
     }
 
+    /// Waits (bounded by `within`) until the server says through `/healthz` that its JetStream
+    /// is current: it has caught up with the meta group and with every stream and consumer it
+    /// holds a replica of. A restarted server listens long before that, and a cluster that loses
+    /// another server meanwhile has no quorum for what it has not caught up on. Panics
+    /// otherwise.
+    pub fn wait_current(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let health = self.monitor("/healthz").unwrap_or_default();
+            if health.contains("\"ok\"") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not current within {within:?}: {health}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// What this server's `/jsz` says of JetStream stream `stream` (its `config`, `state` and
     /// `cluster`: leader and replicas), if the server hosts a replica of it.
     pub fn stream_detail(&self, stream: &str) -> Option<serde_json::Value> {
