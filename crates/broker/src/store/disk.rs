@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use super::record::{
     FORMAT_VERSION, decode_counts, decode_entry, decode_message, decode_session, encode_counts,
-    encode_entry, encode_message, encode_session, entry_key, entry_message_and_size, inbound_key, message_references,
+    encode_entry, encode_message, encode_session, entry_key, inbound_key, message_references,
     packet_id_of, seq_of, session_range, with_references,
 };
 use super::{
@@ -810,31 +810,18 @@ impl<'c> Deleted<'c> {
                     at += 1;
                 }
                 let (start, end) = (entry_key(client_id, first), entry_key(client_id, last));
-                let size = sizes.entry(client_id).or_default();
-                let mut corrupt = None;
                 // Every number from `first` to `last` is deleted: the range holds nothing else.
-                // `retain_in` drops each entry where it lies, in place in its leaf; the
-                // extraction it replaces copied each out to return it (a quarter of the
-                // writer's time in a drain went to that copy and its cursor's moves).
-                queues
-                    .retain_in(start.as_slice()..=end.as_slice(), |_, value| {
-                        match entry_message_and_size(value) {
-                            Ok((message, bytes)) => {
-                                *references.entry(message).or_default() -= 1;
-                                released.insert(message);
-                                size.0 -= 1;
-                                size.1 -= i64::from(bytes);
-                                false
-                            }
-                            Err(error) => {
-                                corrupt = Some(error);
-                                true
-                            }
-                        }
-                    })
+                let removed = queues
+                    .extract_if(start.as_slice()..=end.as_slice(), |_, _| true)
                     .map_err(io)?;
-                if let Some(error) = corrupt {
-                    return Err(error);
+                for item in removed {
+                    let (_, old) = item.map_err(io)?;
+                    let entry = decode_entry(old.value())?;
+                    *references.entry(entry.message).or_default() -= 1;
+                    released.insert(entry.message);
+                    let size = sizes.entry(client_id).or_default();
+                    size.0 -= 1;
+                    size.1 -= i64::from(entry.size);
                 }
             }
         }

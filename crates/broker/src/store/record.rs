@@ -219,15 +219,6 @@ pub(crate) fn encode_entry(entry: &QueueEntry) -> Vec<u8> {
     buf
 }
 
-/// The message an encoded entry delivers and its size: what deleting it changes, read without
-/// decoding the rest.
-pub(crate) fn entry_message_and_size(value: &[u8]) -> Result<(u64, u32), StoreError> {
-    let mut reader = Reader(value);
-    let message = reader.u64()?;
-    let _qos_flags_and_packet_id = reader.u32()?;
-    Ok((message, reader.u32()?))
-}
-
 pub(crate) fn decode_entry(value: &[u8]) -> Result<QueueEntry, StoreError> {
     let mut reader = Reader(value);
     let message = reader.u64()?;
@@ -400,10 +391,6 @@ mod tests {
                 size: 123,
             };
             assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);
-            assert_eq!(
-                entry_message_and_size(&encode_entry(&entry)).unwrap(),
-                (42, 123)
-            );
         }
     }
 
