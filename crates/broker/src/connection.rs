@@ -1916,9 +1916,10 @@ impl Driver {
         let Some(entries) = self.read_page(&session).await else {
             return;
         };
+        let (wall, now) = (SystemTime::now(), Instant::now());
         let mut inner = session.lock();
         for loaded in entries {
-            inner.push_pending(Queued::loaded(&loaded));
+            inner.push_pending(Queued::loaded_at(&loaded, wall, now));
         }
     }
 

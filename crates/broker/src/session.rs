@@ -267,7 +267,12 @@ pub(crate) struct Queued {
 impl Queued {
     /// A queue entry read from the store, waiting again.
     pub(crate) fn loaded(loaded: &LoadedEntry) -> Self {
-        let (publish, since) = delivered_copy(loaded);
+        Self::loaded_at(loaded, SystemTime::now(), Instant::now())
+    }
+
+    /// [`Queued::loaded`] with the clocks read once for a whole page of entries.
+    pub(crate) fn loaded_at(loaded: &LoadedEntry, wall: SystemTime, now: Instant) -> Self {
+        let (publish, since) = delivered_copy_at(loaded, wall, now);
         Self {
             publish,
             since,
@@ -337,16 +342,26 @@ impl EarlyAck {
 /// The PUBLISH a stored queue entry delivers, and since when it has waited (its Message
 /// Expiry counts from when the broker received it, across restarts).
 pub(crate) fn delivered_copy(loaded: &LoadedEntry) -> (Publish, Instant) {
+    delivered_copy_at(loaded, SystemTime::now(), Instant::now())
+}
+
+/// [`delivered_copy`] with the clocks read by the caller (`wall` and `now` the same moment):
+/// once for a page of entries instead of twice per entry, which took 3% of a draining broker's
+/// CPU.
+pub(crate) fn delivered_copy_at(
+    loaded: &LoadedEntry,
+    wall: SystemTime,
+    now: Instant,
+) -> (Publish, Instant) {
     let mut publish = loaded.message.publish.clone();
     publish.qos = loaded.entry.qos;
     publish.retain = loaded.entry.retain;
     if !loaded.entry.subscription_ids.is_empty() {
         publish.properties.subscription_identifiers = loaded.entry.subscription_ids.clone();
     }
-    let waited = SystemTime::now()
+    let waited = wall
         .duration_since(loaded.message.received_at)
         .unwrap_or_default();
-    let now = Instant::now();
     (publish, now.checked_sub(waited).unwrap_or(now))
 }
 
@@ -390,13 +405,61 @@ impl StoredRef {
 /// read from the store as these drain. An offline session keeps none.
 pub(crate) const MEMORY_WINDOW: usize = 1024;
 
+/// Deliveries in flight that are entries in the store: token → (entry number, entry), kept in
+/// token order. A draining session looks one up for every acknowledgement, and a client
+/// acknowledges in the order it was sent (MQTT-4.6.0-2 asks it of QoS 1), so the one looked
+/// for is nearly always the first: a queue in order finds it at once, in memory that its
+/// neighbours share, where a hash map (FxHash) cost two cache misses per acknowledgement
+/// (4% of a draining broker's CPU went to its removals). Tokens come from the engine's
+/// counter, so they arrive in order; one out of order is placed by a binary search. Removing
+/// from the middle moves at most the connection's in-flight window (`max_in_flight`).
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries(VecDeque<(PublishToken, (u64, QueueEntry))>);
+
+impl Deliveries {
+    fn position(&self, token: PublishToken) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&token, |(held, _)| *held)
+    }
+
+    /// Adds (or replaces) the delivery of `token`.
+    pub(crate) fn insert(&mut self, token: PublishToken, delivery: (u64, QueueEntry)) {
+        match self.position(token) {
+            Ok(at) => self.0[at].1 = delivery,
+            Err(at) if at == self.0.len() => self.0.push_back((token, delivery)),
+            Err(at) => self.0.insert(at, (token, delivery)),
+        }
+    }
+
+    /// The delivery of `token`.
+    pub(crate) fn get(&self, token: &PublishToken) -> Option<&(u64, QueueEntry)> {
+        let at = self.position(*token).ok()?;
+        self.0.get(at).map(|(_, delivery)| delivery)
+    }
+
+    /// The delivery of `token`, to change.
+    pub(crate) fn get_mut(&mut self, token: &PublishToken) -> Option<&mut (u64, QueueEntry)> {
+        let at = self.position(*token).ok()?;
+        self.0.get_mut(at).map(|(_, delivery)| delivery)
+    }
+
+    /// Takes out the delivery of `token`.
+    pub(crate) fn remove(&mut self, token: &PublishToken) -> Option<(u64, QueueEntry)> {
+        // The first, nearly always: checked before the search.
+        let at = match self.0.front() {
+            Some((first, _)) if first == token => 0,
+            _ => self.position(*token).ok()?,
+        };
+        self.0.remove(at).map(|(_, delivery)| delivery)
+    }
+
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What a persistent session keeps when the broker has a store: the part of its queue that is
 /// only in the store, and what its record holds.
-/// Deliveries in flight that are entries in the store: token → (entry number, entry). Hashed
-/// with FxHash: a draining session looks one up for every acknowledgement, and tokens come
-/// from the broker's own counter, not from clients.
-pub(crate) type Deliveries = rustc_hash::FxHashMap<PublishToken, (u64, QueueEntry)>;
-
 #[derive(Debug, Default)]
 pub(crate) struct Durable {
     /// The number the next entry takes.
@@ -1475,5 +1538,50 @@ impl Registry {
 
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rallymq_codec::QoS;
+    use rallymq_session::PublishToken;
+
+    use super::Deliveries;
+    use crate::store::QueueEntry;
+
+    fn entry(message: u64) -> QueueEntry {
+        QueueEntry {
+            message,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            in_flight: None,
+            size: 1,
+        }
+    }
+
+    /// Deliveries are found by token whatever the order they came and go in: acknowledged in
+    /// order, out of order, put back out of order (a handover), replaced.
+    #[test]
+    fn deliveries_are_found_by_token_in_any_order() {
+        let mut deliveries = Deliveries::default();
+        for token in [1, 2, 3, 5, 4, 0] {
+            deliveries.insert(PublishToken(token), (token * 10, entry(token)));
+        }
+        deliveries.insert(PublishToken(3), (33, entry(3)));
+        assert_eq!(deliveries.get(&PublishToken(3)).map(|d| d.0), Some(33));
+        assert_eq!(deliveries.remove(&PublishToken(0)).map(|d| d.0), Some(0));
+        assert_eq!(deliveries.remove(&PublishToken(4)).map(|d| d.0), Some(40));
+        assert_eq!(deliveries.remove(&PublishToken(4)), None);
+        assert_eq!(deliveries.remove(&PublishToken(9)), None);
+        if let Some(delivery) = deliveries.get_mut(&PublishToken(5)) {
+            delivery.0 = 55;
+        }
+        let left: Vec<u64> = [1, 2, 3, 5]
+            .into_iter()
+            .filter_map(|token| deliveries.remove(&PublishToken(token)).map(|d| d.0))
+            .collect();
+        assert_eq!(left, [10, 20, 33, 55]);
+        assert!(deliveries.is_empty());
     }
 }
