@@ -772,20 +772,47 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 #[derive(Default)]
 struct Deleted<'c> {
     /// Entry numbers by session, in the order deleted.
-    by_session: FxHashMap<&'c str, Vec<u64>>,
-    /// The same, to look up.
-    entries: FxHashSet<(&'c str, u64)>,
+    by_session: FxHashMap<&'c str, Numbers>,
+}
+
+/// A session's entry numbers deleted in a group. A session acknowledges in order, so they
+/// nearly always come in ascending order and are looked up by a binary search: a set of them
+/// beside, hashed per deletion, took a share of the 8% of the store's writer that recording
+/// deletions took in a drain.
+struct Numbers {
+    seqs: Vec<u64>,
+    /// Every number is above the one before.
+    ascending: bool,
+    /// The highest: an entry added (a number never used yet) is above it, and is not looked for.
+    highest: u64,
 }
 
 impl<'c> Deleted<'c> {
     fn add(&mut self, client_id: &'c str, seq: u64) {
-        if self.entries.insert((client_id, seq)) {
-            self.by_session.entry(client_id).or_default().push(seq);
+        let numbers = self.by_session.entry(client_id).or_insert(Numbers {
+            seqs: Vec::new(),
+            ascending: true,
+            highest: seq,
+        });
+        if numbers.seqs.last().is_some_and(|last| seq <= *last) {
+            numbers.ascending = false;
         }
+        numbers.highest = numbers.highest.max(seq);
+        numbers.seqs.push(seq);
     }
 
     fn contains(&self, client_id: &str, seq: u64) -> bool {
-        self.entries.contains(&(client_id, seq))
+        if self.by_session.is_empty() {
+            return false;
+        }
+        self.by_session.get(client_id).is_some_and(|numbers| {
+            seq <= numbers.highest
+                && if numbers.ascending {
+                    numbers.seqs.binary_search(&seq).is_ok()
+                } else {
+                    numbers.seqs.contains(&seq)
+                }
+        })
     }
 
     /// Removes the entries, and counts their messages' references and their sessions' sizes
@@ -797,9 +824,21 @@ impl<'c> Deleted<'c> {
         released: &mut FxHashSet<MessageId>,
         sizes: &mut FxHashMap<&'c str, (i64, i64)>,
     ) -> Result<(), StoreError> {
-        self.entries.clear();
-        for (client_id, mut seqs) in self.by_session.drain() {
-            seqs.sort_unstable();
+        for (
+            client_id,
+            Numbers {
+                mut seqs,
+                ascending,
+                ..
+            },
+        ) in self.by_session.drain()
+        {
+            if !ascending {
+                // A number deleted twice in the group is removed once.
+                seqs.sort_unstable();
+                seqs.dedup();
+            }
+            let size = sizes.entry(client_id).or_default();
             let mut at = 0;
             while at < seqs.len() {
                 let first = seqs[at];
@@ -819,7 +858,6 @@ impl<'c> Deleted<'c> {
                     let entry = decode_entry(old.value())?;
                     *references.entry(entry.message).or_default() -= 1;
                     released.insert(entry.message);
-                    let size = sizes.entry(client_id).or_default();
                     size.0 -= 1;
                     size.1 -= i64::from(entry.size);
                 }
@@ -1175,6 +1213,33 @@ mod tests {
             super::cancelled(&changes),
             [true, true, false, true, false, false, true, true]
         );
+    }
+
+    /// A group's deleted entries are found whether they came in order or not, and an entry
+    /// added past them (a new number) is not among them.
+    #[test]
+    fn deleted_entries_are_found_in_or_out_of_order() {
+        let mut deleted = super::Deleted::default();
+        for seq in [3, 4, 6] {
+            deleted.add("a", seq);
+        }
+        for seq in [9, 2, 9] {
+            deleted.add("b", seq);
+        }
+        let found = |deleted: &super::Deleted<'_>, client, seqs: &[u64]| -> Vec<bool> {
+            seqs.iter()
+                .map(|seq| deleted.contains(client, *seq))
+                .collect()
+        };
+        assert_eq!(
+            found(&deleted, "a", &[2, 3, 4, 5, 6, 7]),
+            [false, true, true, false, true, false]
+        );
+        assert_eq!(
+            found(&deleted, "b", &[2, 3, 9, 10]),
+            [true, false, true, false]
+        );
+        assert_eq!(found(&deleted, "c", &[3]), [false]);
     }
 
     /// A message identifier counted again from a lower one after `load` (a broker starting anew
