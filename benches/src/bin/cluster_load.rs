@@ -109,9 +109,9 @@ struct Options {
     window: u64,
     /// How long `--mode idle` waits before reading a process's RSS ([`SETTLE`]).
     settle: Duration,
-    /// How many of [`IdleFilters::ALL`] `--mode idle` measures; all of them, and then the
-    /// churn and the traffic, by default.
-    idle_rows: usize,
+    /// How many of [`IdleFilters::ALL`] `--mode idle` measures (`--idle-rows`), without the
+    /// churn and the traffic; `None`: all of them, and then the churn and the traffic.
+    idle_rows: Option<usize>,
 }
 
 struct Measured {
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         publishers: 4,
         window: 2000,
         settle: SETTLE,
-        idle_rows: IdleFilters::ALL.len(),
+        idle_rows: None,
     };
     let mut connects = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
             "--connects" => connects = Some(number.max(1) as usize),
             "--settle" => options.settle = Duration::from_secs(number),
             "--idle-rows" => {
-                options.idle_rows = (number as usize).clamp(1, IdleFilters::ALL.len());
+                options.idle_rows = Some((number as usize).clamp(1, IdleFilters::ALL.len()));
             }
             _ => {
                 eprintln!("unknown option {flag}");
@@ -1227,7 +1227,8 @@ fn idle_mode(
         ExitCode::FAILURE
     };
     println!("RSS of a rallymq process per 1,000 idle connections ({IDLE_CONNECTIONS} opened):");
-    for filters in IdleFilters::ALL.into_iter().take(options.idle_rows) {
+    let rows = options.idle_rows.unwrap_or(IdleFilters::ALL.len());
+    for filters in IdleFilters::ALL.into_iter().take(rows) {
         let mut deltas: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
             for (m, cluster) in [None, Some((url.as_str(), "idle-b"))]
@@ -1264,7 +1265,7 @@ fn idle_mode(
             clustered / single
         );
     }
-    if options.idle_rows < IdleFilters::ALL.len() {
+    if options.idle_rows.is_some() {
         return ExitCode::SUCCESS;
     }
     println!(
