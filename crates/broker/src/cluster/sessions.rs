@@ -146,6 +146,16 @@ struct Loose {
 }
 
 impl Loose {
+    /// The claim of a session that has just left the registry.
+    fn from_claimed(claimed: &Claimed, now: u32) -> Self {
+        Self {
+            revision: claimed.revision,
+            released: 0,
+            generation: claimed.generation,
+            touched: now,
+        }
+    }
+
     /// Whether this node owns the key (as far as it knows): an ended session's last write is
     /// still its own.
     fn owned(&self) -> bool {
@@ -698,12 +708,7 @@ impl Sessions {
         }
         claims.loose.insert(
             session.client_id.clone(),
-            Loose {
-                revision: claimed.revision,
-                released: 0,
-                generation: claimed.generation,
-                touched: now,
-            },
+            Loose::from_claimed(&claimed, now),
         );
         drop(claims);
         let _ = self.writes.send(Write {
@@ -1114,12 +1119,7 @@ async fn hand_over(
         {
             claims.loose.insert(
                 session.client_id.clone(),
-                Loose {
-                    revision: claimed.revision,
-                    released: 0,
-                    generation: claimed.generation,
-                    touched: now,
-                },
+                Loose::from_claimed(&claimed, now),
             );
         }
         match claims.loose.get_mut(client_id) {
