@@ -101,6 +101,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Entries read from the store per page when an offline session's queue is handed over.
 const PAGE: usize = 256;
 
+/// How long a node whose write of a record found the key claimed elsewhere waits for the
+/// claimer's takeover request before it gives the session up itself: longer than a claimer
+/// asks ([`ASK_ATTEMPTS`] asks of up to [`ASK_TIMEOUT`], [`ASK_RETRY_DELAY`] apart).
+const UNASKED_GRACE: Duration = Duration::from_secs(25);
+
 /// A claim with no session here ([`Loose`]) is forgotten this long after its last use: by then
 /// no connection of the client id is between its claim and its attach.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -1026,6 +1031,13 @@ async fn write_records(
             Ok(Err(NotWritten::Moved)) => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
                 answer(Ok(()));
+                tokio::spawn(give_up_unasked(
+                    Arc::downgrade(&shared),
+                    sessions.clone(),
+                    write.client_id.clone(),
+                    write.generation,
+                    known,
+                ));
             }
             Ok(Err(error)) => {
                 warn!(%error, client_id = %write.client_id, "cluster: a session's record could not be written");
@@ -1082,6 +1094,39 @@ async fn serve_takeovers(
             }
         });
     }
+}
+
+/// A write of `client_id`'s record under this node's claim `generation` (at revision `known`)
+/// found the key claimed by another node. That node's takeover request closes the connection
+/// here; if the session is still here under the same claim once the claimer has stopped asking
+/// ([`UNASKED_GRACE`]), the request was lost (with a NATS server, or not sent to a node that
+/// looked dead) and the connection would stay open beside the claimer's for as long as its
+/// client kept it (MQTT-3.1.4-3). The session is then given up as a request would have it
+/// (DISCONNECT 0x8E, no will) and what it held dropped: the claimer resumed without an answer,
+/// from the record and the stream.
+async fn give_up_unasked(
+    shared: std::sync::Weak<Shared>,
+    sessions: Arc<Sessions>,
+    client_id: Arc<str>,
+    generation: u32,
+    known: u64,
+) {
+    tokio::time::sleep(UNASKED_GRACE).await;
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    if sessions.revision_of(&shared.registry, &client_id, generation) != Some(known) {
+        // Handed over, ended, or claimed here again meanwhile.
+        return;
+    }
+    let key = subject::token(&client_id);
+    let current = match tokio::time::timeout(WRITE_TIMEOUT, sessions.bucket.entry(key)).await {
+        Ok(Ok(entry)) => entry.map_or(0, |entry| entry.revision),
+        _ => return,
+    };
+    warn!(%client_id, "cluster: the session was claimed by another node that did not ask for it; its connection here is closed");
+    let given_up_to = current.max(known + 1);
+    let _dropped = hand_over(&shared, &sessions, &client_id, given_up_to, false).await;
 }
 
 /// Gives the session of `client_id` up to a claim with `revision`: closes its connection
