@@ -43,7 +43,8 @@
 //!   its own (under one first level, or each with a first level of its own); the RSS 100,000
 //!   filters take and what is left once they are unsubscribed; and how many messages NATS
 //!   sends a node for a level it covers whole that none of its clients wants, with the CPU
-//!   they cost it.
+//!   they cost it. `--idle-rows N` measures the first `N` rows of connections only (1:
+//!   connected only), without the filters' churn and traffic.
 //!
 //! `--connects N` measures instead what a clustered CONNECT of a persistent session costs
 //! (its claim in the sessions bucket, and a takeover from the node that had it): `N`
@@ -108,6 +109,9 @@ struct Options {
     window: u64,
     /// How long `--mode idle` waits before reading a process's RSS ([`SETTLE`]).
     settle: Duration,
+    /// How many of [`IdleFilters::ALL`] `--mode idle` measures (`--idle-rows`), without the
+    /// churn and the traffic; `None`: all of them, and then the churn and the traffic.
+    idle_rows: Option<usize>,
 }
 
 struct Measured {
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         publishers: 4,
         window: 2000,
         settle: SETTLE,
+        idle_rows: None,
     };
     let mut connects = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -133,7 +138,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cluster_load [--rounds N] [--duration SECS] [--publishers N] [--window N] \
                  [--mode qos0|latency|qos1|shared-qos1|idle] [--rallymq PATH] [--settle SECS] \
-                 [--connects N]"
+                 [--connects N] [--idle-rows N]"
             );
             return ExitCode::from(2);
         };
@@ -159,6 +164,9 @@ fn main() -> ExitCode {
             "--window" => options.window = number.max(BATCH),
             "--connects" => connects = Some(number.max(1) as usize),
             "--settle" => options.settle = Duration::from_secs(number),
+            "--idle-rows" => {
+                options.idle_rows = Some((number as usize).clamp(1, IdleFilters::ALL.len()));
+            }
             _ => {
                 eprintln!("unknown option {flag}");
                 return ExitCode::from(2);
@@ -1219,7 +1227,8 @@ fn idle_mode(
         ExitCode::FAILURE
     };
     println!("RSS of a rallymq process per 1,000 idle connections ({IDLE_CONNECTIONS} opened):");
-    for filters in IdleFilters::ALL {
+    let rows = options.idle_rows.unwrap_or(IdleFilters::ALL.len());
+    for filters in IdleFilters::ALL.into_iter().take(rows) {
         let mut deltas: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
             for (m, cluster) in [None, Some((url.as_str(), "idle-b"))]
@@ -1255,6 +1264,9 @@ fn idle_mode(
             filters.name(),
             clustered / single
         );
+    }
+    if options.idle_rows.is_some() {
+        return ExitCode::SUCCESS;
     }
     println!(
         "RSS gained with filters subscribed, and kept {settle:?} after all were unsubscribed:"

@@ -491,17 +491,17 @@ impl Shared {
         Some(
             cluster
                 .sessions()
-                .save(record, cursor, session.in_flight_record()),
+                .save(session, record, cursor, session.in_flight_record()),
         )
     }
 
     /// Deletes an ended session's record (from the store; in a cluster, from the sessions
     /// bucket too).
-    pub(crate) fn end_record(&self, client_id: &Arc<str>) -> Ticket {
+    pub(crate) fn end_record(&self, session: &Session) -> Ticket {
         if let Some(cluster) = self.cluster.get() {
-            cluster.sessions().end(client_id);
+            cluster.sessions().end(&self.registry, session);
         }
-        self.write(vec![Change::DeleteSession(client_id.clone())])
+        self.write(vec![Change::DeleteSession(session.client_id.clone())])
     }
 
     /// Subscribes `session` to a record's subscriptions (restored, or handed over by another
@@ -650,7 +650,7 @@ impl Shared {
         );
         if removed {
             self.stats.dropped(Dropped::SessionEnded, waiting);
-            self.end_record(&session.client_id);
+            self.end_record(session);
         }
         removed
     }

@@ -1501,8 +1501,11 @@ impl Driver {
             registry.attach_assigned(&base, &self.control)
         } else if let (Some(cluster), Some(claim)) = (cluster, &claim) {
             let client_id = connect.client_id.as_str();
-            let key = |attached: &Attached| attached.session.client_id.clone();
-            match cluster.sessions().attach(client_id, claim, attach, key) {
+            let session = |attached: &Attached| attached.session.clone();
+            match cluster
+                .sessions()
+                .attach(registry, client_id, claim, attach, session)
+            {
                 Some(attached) => attached,
                 None => {
                     // A later CONNECT of the same client id has the session already.
@@ -2139,7 +2142,7 @@ impl Driver {
                     }
                 }
                 Detached::Ended => {
-                    self.shared.end_record(&session.client_id);
+                    self.shared.end_record(&session);
                 }
                 Detached::Kept => {
                     self.shared.save_record(&session);

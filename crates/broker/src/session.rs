@@ -612,6 +612,9 @@ pub(crate) struct SessionInner {
     /// In a cluster: a message from the stream was queued since the session's record was
     /// last written (its stream cursor is worth writing again).
     pub(crate) stream_touched: bool,
+    /// In a cluster: this node's claim of the session's client id, while the session is
+    /// here (`cluster::sessions`). Boxed: a session off a cluster has none.
+    pub(crate) claim: Option<Box<crate::cluster::Claimed>>,
 }
 
 /// Where a message routed to a session comes from: in a cluster, its place in the stream

@@ -22,7 +22,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -830,24 +830,29 @@ fn feeds((publisher, plan, _): &Run, client: &Tracked) -> bool {
 /// [`QUIET`] has passed with nothing new (a duplicate would have come), or [`DRAIN`] has passed
 /// since `stopped`.
 async fn drain(subscribers: &[&Tracked], results: &[Run], stopped: Instant) {
-    let wanted = |subscriber: &Tracked| -> usize {
+    // Every acknowledged message by its payload, not a count of distinct payloads: a refused
+    // try that reached the subscriber all the same counted for an acknowledged one still on
+    // its way, and the drain ended before it came (the proof then missed it).
+    let has_all = |subscriber: &Tracked| -> bool {
+        let log = subscriber.log();
+        let got: HashSet<(&str, u64)> = log
+            .messages
+            .iter()
+            .filter_map(|(_, _, payload)| parse_payload(payload))
+            .collect();
         results
             .iter()
             .filter(|run| feeds(run, subscriber))
-            .map(|(_, _, published)| published.acked.len())
-            .sum()
+            .all(|(publisher, _, published)| {
+                published
+                    .acked
+                    .iter()
+                    .all(|(seq, _, _)| got.contains(&(publisher.name.as_str(), *seq)))
+            })
     };
     let deadline = stopped + DRAIN;
     loop {
-        let complete = subscribers.iter().all(|subscriber| {
-            let log = subscriber.log();
-            let distinct: BTreeSet<&str> = log
-                .messages
-                .iter()
-                .map(|(_, _, payload)| payload.as_str())
-                .collect();
-            distinct.len() >= wanted(subscriber)
-        });
+        let complete = subscribers.iter().all(|subscriber| has_all(subscriber));
         let last = subscribers
             .iter()
             .filter_map(|subscriber| subscriber.log().messages.last().map(|m| m.0))

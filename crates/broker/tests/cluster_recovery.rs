@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig};
 use rallymq_codec::{Connect, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use rallymq_session::{ClientEvent, CloseReason};
 use rallymq_test_support::NatsServer;
 use support::child::ChildNode;
 use support::{
@@ -224,6 +225,58 @@ async fn cluster_mqtt_3_1_2_8_a_node_whose_watch_stalls_takes_no_live_node_for_d
     }
     drop(judge);
     drop(others);
+}
+
+/// A node whose client's session another node claimed, but whose takeover request never came
+/// (lost with a NATS server, or asked of a node that looked dead meanwhile), closes that
+/// client's connection with DISCONNECT 0x8E once a write of the session's record finds the key
+/// claimed elsewhere (MQTT-3.1.4-3): otherwise the connection stayed open beside the new one
+/// for as long as its client kept it. The other node's claim is written here straight into the
+/// sessions bucket, as a claim whose request was lost looks from the old node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_4_3_a_session_claimed_elsewhere_without_a_request_has_its_connection_closed()
+ {
+    let server = NatsServer::start();
+    let a = node(&[&server], "node-a").await;
+    let client_id = "claimed-unasked";
+    let (mut client, _) =
+        connected_present(tcp_addr(&a), persistent_connect(V5, client_id, 300)).await;
+    let nats = async_nats::connect(server.url()).await.expect("NATS");
+    let sessions = async_nats::jetstream::new(nats)
+        .get_key_value("rallymq_sessions")
+        .await
+        .expect("the sessions bucket");
+    // The claim's write reached the bucket before CONNACK.
+    assert!(
+        sessions.entry(client_id).await.expect("a read").is_some(),
+        "node-a's claim is in the sessions bucket"
+    );
+    sessions
+        .put(
+            client_id,
+            Bytes::from_static(b"claimed by a node that never asked"),
+        )
+        .await
+        .expect("the other claim is written");
+    // A SUBSCRIBE writes the session's record, which finds the key moved.
+    client
+        .subscribe(vec![subscription("unasked/t", QoS::AtLeastOnce)])
+        .await;
+    let closed = client
+        .wait_for_within(Duration::from_secs(60), |event| {
+            matches!(event, ClientEvent::Closed(_))
+        })
+        .await;
+    assert!(
+        matches!(
+            closed,
+            Some(ClientEvent::Closed(CloseReason::PeerDisconnected {
+                reason_code: ReasonCode::SessionTakenOver,
+                ..
+            }))
+        ),
+        "the connection of a session claimed elsewhere gets DISCONNECT 0x8E: {closed:?}"
+    );
 }
 
 /// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only

@@ -42,7 +42,7 @@ mod stream;
 mod subject;
 
 pub(crate) use nodes::NodeState;
-pub(crate) use sessions::Sessions;
+pub(crate) use sessions::{Claimed, Sessions};
 pub(crate) use stream::{StreamAck, Written};
 pub use stream::{StreamSettings, StreamStorage};
 
