@@ -1067,6 +1067,19 @@ impl Driver {
                     }
                     _ => None,
                 };
+                if let (Some(ack), Some(session)) = (&message.ack, &self.session)
+                    && ack.qos() == QoS::ExactlyOnce
+                    && self.shared.cluster.get().is_some()
+                {
+                    debug!(
+                        client_id = %session.client_id,
+                        packet_id = ack.packet_id().get(),
+                        dup = publish.dup,
+                        stream_id = stream_id.as_deref().unwrap_or(""),
+                        fresh,
+                        "cluster: an inbound QoS 2 message"
+                    );
+                }
                 if held || fresh {
                     self.extras.get_or_insert_default().held.push(HeldPublish {
                         publish,

@@ -176,6 +176,14 @@ async fn read_once(
             if skip.contains(&sequence) {
                 // Delivered before its node died, as its record says.
             } else if let Some((sender, publish)) = received(topic, message.payload.clone()) {
+                if publish.qos == rallymq_codec::QoS::ExactlyOnce {
+                    debug!(
+                        client_id = %session.client_id,
+                        sequence,
+                        id = super::stream::message_id(&message),
+                        "cluster: replaying a QoS 2 message"
+                    );
+                }
                 shared.publish_replayed(session, sender.as_deref(), &publish, sequence);
                 count += 1;
             }

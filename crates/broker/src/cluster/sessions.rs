@@ -933,6 +933,13 @@ fn install_handover(shared: &Shared, session: &Arc<Session>, handover: Handover)
     for (packet_id, stage, publish) in handover.in_flight {
         state.push_in_flight(packet_id, stage, publish);
     }
+    debug!(
+        client_id = %session.client_id,
+        in_flight = state.in_flight.len(),
+        inbound = state.inbound_awaiting_release.len(),
+        queued = ?handover.queued.iter().map(|(_, _, sequence)| *sequence).collect::<Vec<_>>(),
+        "cluster: handover installed"
+    );
     let now = Instant::now();
     let queued = handover
         .queued

@@ -591,15 +591,28 @@ async fn write_stream(
     {
         let publish = jetstream::message::PublishMessage::build()
             .payload(envelope)
-            .message_id(id)
+            .message_id(id.clone())
             .header(NODE_HEADER, node_id.as_str());
         match context.send_publish(subject, publish).await {
             Ok(ack) => {
                 tokio::spawn(async move {
-                    let _ = done.send(ack.await.map(drop).map_err(|e| e.to_string()));
+                    let ack = ack.await;
+                    // Which write stored which sequence, and which the duplicate window
+                    // dropped: what tells a message written twice from one routed twice.
+                    match &ack {
+                        Ok(ack) => debug!(
+                            %id,
+                            sequence = ack.sequence,
+                            duplicate = ack.duplicate,
+                            "cluster: stream write acknowledged"
+                        ),
+                        Err(error) => debug!(%id, %error, "cluster: stream write failed"),
+                    }
+                    let _ = done.send(ack.map(drop).map_err(|e| e.to_string()));
                 });
             }
             Err(error) => {
+                debug!(%id, %error, "cluster: stream write not sent");
                 let _ = done.send(Err(error.to_string()));
             }
         }
@@ -732,6 +745,13 @@ fn route(shared: &Shared, message: &jetstream::Message, sequence: u64, floor: u6
     let Some((sender, publish)) = received(topic, message.payload.clone()) else {
         return Ticket::default();
     };
+    if publish.qos == rallymq_codec::QoS::ExactlyOnce {
+        debug!(
+            sequence,
+            id = message_id(message),
+            "cluster: routing a QoS 2 message of the stream"
+        );
+    }
     // The floor, not the sequence: after a crash, what a gap below this held is routed when
     // it comes, not skipped.
     let cursor = (sequence != 0).then(|| Change::PutCursor {
@@ -739,6 +759,15 @@ fn route(shared: &Shared, message: &jetstream::Message, sequence: u64, floor: u6
         position: floor,
     });
     shared.publish_received(sender.as_deref(), &publish, sequence, cursor)
+}
+
+/// A stream message's `Nats-Msg-Id`, for the log.
+pub(super) fn message_id(message: &async_nats::Message) -> &str {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map_or("", |value| value.as_str())
 }
 
 /// Acknowledges routed messages to the stream, in order, each once it is durable here. One
