@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admission::PerIp;
-use crate::cluster::{self, Link, Written};
+use crate::cluster::{self, Link, RecordWritten};
 use crate::config::{BrokerConfig, Storage};
 use crate::listener::ListenerContext;
 use crate::policy::Policy;
@@ -467,7 +467,10 @@ impl Shared {
     }
 
     /// [`Shared::save_record`], with the sessions bucket's write to wait for, in a cluster.
-    pub(crate) fn save_record_everywhere(&self, session: &Session) -> (Ticket, Option<Written>) {
+    pub(crate) fn save_record_everywhere(
+        &self,
+        session: &Session,
+    ) -> (Ticket, Option<RecordWritten>) {
         let Some(record) = session.record() else {
             return (Ticket::default(), None);
         };
@@ -481,11 +484,15 @@ impl Shared {
     /// Writes a persistent session's record to the cluster's sessions bucket only, with its
     /// stream cursor and deliveries in flight (which the store's record does not keep): what a
     /// QoS 2 flow changes; `None` off a cluster or without a record.
-    pub(crate) fn save_cluster_record(&self, session: &Session) -> Option<Written> {
+    pub(crate) fn save_cluster_record(&self, session: &Session) -> Option<RecordWritten> {
         self.save_cluster_record_of(session, &session.record()?)
     }
 
-    fn save_cluster_record_of(&self, session: &Session, record: &SessionRecord) -> Option<Written> {
+    fn save_cluster_record_of(
+        &self,
+        session: &Session,
+        record: &SessionRecord,
+    ) -> Option<RecordWritten> {
         let cluster = self.cluster.get()?;
         let cursor = session.stream_cursor.load(Ordering::Acquire);
         Some(

@@ -320,7 +320,7 @@ struct Extras {
     acl_generation: u64,
     /// In a cluster: the sessions bucket's write of the record, which the next bytes
     /// (SUBACK, UNSUBACK, a QoS 2 PUBLISH or PUBREL) wait for.
-    record_written: Option<crate::cluster::Written>,
+    record_written: Option<crate::cluster::RecordWritten>,
     /// In a cluster: the deliveries in flight that came from the stream.
     stream_deliveries: Option<Box<StreamDeliveries>>,
     /// In a cluster: inbound messages waiting, in order, for the session's record to hold the
@@ -773,7 +773,7 @@ impl Driver {
         let _ = self.shared.durable(head).await;
         let mut barrier_held = self.shared.durable(barrier).await.is_ok();
         if let Some(written) = record_written
-            && !matches!(written.await, Ok(Ok(())))
+            && !matches!(written.await, Ok(Ok(_)))
         {
             // The cluster does not have what the next bytes tell the client it has.
             barrier_held = false;
@@ -985,7 +985,10 @@ impl Driver {
             .clone()
             .and_then(|session| self.shared.save_cluster_record(&session))
         {
-            Some(written) => matches!(written.await, Ok(Ok(()))),
+            // Not written because another claim came meanwhile is not recorded: the new
+            // owner resumes from its own record, without this message's stream id, and
+            // writes a resend of it (DUP) to the stream under a new one.
+            Some(written) => matches!(written.await, Ok(Ok(crate::cluster::Recorded::Stored))),
             None => true,
         };
         for HeldPublish {

@@ -279,6 +279,64 @@ async fn cluster_mqtt_3_1_4_3_a_session_claimed_elsewhere_without_a_request_has_
     );
 }
 
+/// A QoS 2 message that comes to a node after its session was claimed elsewhere is not written
+/// to the stream (MQTT-4.3.3: a resend is never delivered twice). Its stream id goes into the
+/// session's record before the stream write, so that a resend to another node is written under
+/// the same id, which the stream's duplicate window drops; but a record write that finds the
+/// key claimed by another node stores nothing, and the new owner resumes from its own record,
+/// without that id. Its client resends the message there with DUP (its connection here ends),
+/// and the new owner writes it under a new id: the proof's subscriber got such a message twice
+/// at once, as the majority of NATS servers came back. The other claim is written here straight
+/// into the sessions bucket, as a claim whose takeover request has not come yet looks from the
+/// old node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_qos2_message_of_a_session_claimed_elsewhere_is_not_written_to_the_stream()
+ {
+    let server = NatsServer::start();
+    let a = node(&[&server], "node-a").await;
+    let b = node(&[&server], "node-b").await;
+    let (mut subscriber, _) =
+        TestClient::tcp(tcp_addr(&b), support::connect_packet(V5, "moved-watcher")).await;
+    subscriber
+        .subscribe(vec![subscription("moved/t", QoS::ExactlyOnce)])
+        .await;
+    let client_id = "claimed-while-publishing";
+    let (mut publisher, _) =
+        connected_present(tcp_addr(&a), persistent_connect(V5, client_id, 300)).await;
+    // The path works while the session is A's.
+    let before = publisher
+        .publish(message("moved/t", "before", QoS::ExactlyOnce))
+        .await;
+    assert_eq!(before, ReasonCode::Success, "the QoS 2 publish on A");
+    let got = subscriber.recv().await.map(|publish| payload_str(&publish));
+    assert_eq!(got.as_deref(), Some("before"), "the subscriber on B");
+    let nats = async_nats::connect(server.url()).await.expect("NATS");
+    let sessions = async_nats::jetstream::new(nats)
+        .get_key_value("rallymq_sessions")
+        .await
+        .expect("the sessions bucket");
+    sessions
+        .put(
+            client_id,
+            Bytes::from_static(b"claimed by a node whose request has not come yet"),
+        )
+        .await
+        .expect("the other claim is written");
+    let after = publisher
+        .publish_outcome(message("moved/t", "after", QoS::ExactlyOnce))
+        .await;
+    assert_eq!(
+        after,
+        Ok(ReasonCode::UnspecifiedError),
+        "a QoS 2 publish whose stream id the cluster's record of the session cannot hold is refused"
+    );
+    let got = subscriber
+        .recv_within(Duration::from_secs(5))
+        .await
+        .map(|publish| payload_str(&publish));
+    assert_eq!(got, None, "nothing reaches the subscriber");
+}
+
 /// Not a test: the body of a child node (see [`support::child`]). Ignored, so that it runs only
 /// when a test starts it with `--ignored --exact child_node`.
 #[test]

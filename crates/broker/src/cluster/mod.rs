@@ -42,8 +42,8 @@ mod stream;
 mod subject;
 
 pub(crate) use nodes::NodeState;
-pub(crate) use sessions::{Claimed, Sessions};
-pub(crate) use stream::{StreamAck, Written};
+pub(crate) use sessions::{Claimed, RecordWritten, Recorded, Sessions};
+pub(crate) use stream::StreamAck;
 pub use stream::{StreamSettings, StreamStorage};
 
 use std::collections::HashMap;

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::bucket::{self, NotWritten};
-use super::{Written, subject, valid_node_id};
+use super::{subject, valid_node_id};
 use crate::Error;
 use crate::broker::Shared;
 use crate::session::{
@@ -192,8 +192,23 @@ struct Write {
     /// Its QoS 2 deliveries in flight.
     in_flight: InFlightRecord,
     /// Told when the bucket has the write (or refused it).
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<oneshot::Sender<Result<Recorded, String>>>,
 }
+
+/// What became of a write of a session's record that the bucket did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// The bucket has it.
+    Stored,
+    /// Not written, and not to be: the session is no longer this node's claim (a later claim,
+    /// here or on another node, or none), so the record the cluster goes by is another's and
+    /// has none of what this write held.
+    Superseded,
+}
+
+/// A write of a session's record: resolves once the bucket has it, or it is known not to be
+/// written ([`Recorded`]), or failed.
+pub(crate) type RecordWritten = oneshot::Receiver<Result<Recorded, String>>;
 
 /// The previous owner of a claimed key, and the session it recorded.
 #[derive(Debug)]
@@ -660,16 +675,16 @@ impl Sessions {
     }
 
     /// Writes the record of a session this node owns, with its stream cursor (in order,
-    /// after the writes before it). The returned [`Written`] resolves once the bucket has
-    /// it: at once when the session is not this node's to write, with an error when the
-    /// bucket failed it.
+    /// after the writes before it). The returned [`RecordWritten`] resolves once the bucket
+    /// has it: at once with [`Recorded::Superseded`] when the session is not this node's to
+    /// write, with an error when the bucket failed it.
     pub(crate) fn save(
         &self,
         session: &Session,
         record: &SessionRecord,
         cursor: u64,
         in_flight: InFlightRecord,
-    ) -> Written {
+    ) -> RecordWritten {
         let (done, written) = oneshot::channel();
         let now = self.seconds();
         let generation = match session.lock().claim.as_deref_mut() {
@@ -680,7 +695,7 @@ impl Sessions {
             }
             // Not this node's to write (restored from the store, or taken by another node).
             None => {
-                let _ = done.send(Ok(()));
+                let _ = done.send(Ok(Recorded::Superseded));
                 return written;
             }
         };
@@ -983,7 +998,7 @@ async fn write_records(
 ) {
     while let Some(mut write) = writes.recv().await {
         let done = write.done.take();
-        let answer = |result: Result<(), String>| {
+        let answer = |result: Result<Recorded, String>| {
             if let Some(done) = done {
                 let _ = done.send(result);
             }
@@ -995,7 +1010,7 @@ async fn write_records(
         let Some(revision) = sessions.revision_of(registry, &write.client_id, write.generation)
         else {
             // A later claim's (here or on another node): this one's connection is closed.
-            answer(Ok(()));
+            answer(Ok(Recorded::Superseded));
             continue;
         };
         let key = subject::token(&write.client_id);
@@ -1033,11 +1048,11 @@ async fn write_records(
         match written {
             Ok(Ok(new)) => {
                 sessions.wrote(registry, &write.client_id, known, new);
-                answer(Ok(()));
+                answer(Ok(Recorded::Stored));
             }
             Ok(Err(NotWritten::Moved)) => {
                 debug!(client_id = %write.client_id, "cluster: session claimed elsewhere meanwhile; record not written");
-                answer(Ok(()));
+                answer(Ok(Recorded::Superseded));
                 tokio::spawn(give_up_unasked(
                     Arc::downgrade(&shared),
                     sessions.clone(),
