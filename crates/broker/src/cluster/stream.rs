@@ -589,9 +589,11 @@ async fn write_stream(
         done,
     }) = outgoing.recv().await
     {
+        // Cloned only for the log: a write per QoS 1/2 message.
+        let logged_id = tracing::enabled!(tracing::Level::DEBUG).then(|| id.clone());
         let publish = jetstream::message::PublishMessage::build()
             .payload(envelope)
-            .message_id(id.clone())
+            .message_id(id)
             .header(NODE_HEADER, node_id.as_str());
         match context.send_publish(subject, publish).await {
             Ok(ack) => {
@@ -599,20 +601,25 @@ async fn write_stream(
                     let ack = ack.await;
                     // Which write stored which sequence, and which the duplicate window
                     // dropped: what tells a message written twice from one routed twice.
-                    match &ack {
-                        Ok(ack) => debug!(
+                    match (&ack, &logged_id) {
+                        (Ok(ack), Some(id)) => debug!(
                             %id,
                             sequence = ack.sequence,
                             duplicate = ack.duplicate,
                             "cluster: stream write acknowledged"
                         ),
-                        Err(error) => debug!(%id, %error, "cluster: stream write failed"),
+                        (Err(error), Some(id)) => {
+                            debug!(%id, %error, "cluster: stream write failed");
+                        }
+                        (_, None) => {}
                     }
                     let _ = done.send(ack.map(drop).map_err(|e| e.to_string()));
                 });
             }
             Err(error) => {
-                debug!(%id, %error, "cluster: stream write not sent");
+                if let Some(id) = &logged_id {
+                    debug!(%id, %error, "cluster: stream write not sent");
+                }
                 let _ = done.send(Err(error.to_string()));
             }
         }
