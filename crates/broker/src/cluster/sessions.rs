@@ -110,6 +110,15 @@ const UNASKED_GRACE: Duration = Duration::from_secs(25);
 /// no connection of the client id is between its claim and its attach.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
+/// The revision of the claim `session` holds: `None` when it is not this node's to write.
+fn held_revision(session: &Session) -> Option<u64> {
+    session
+        .lock()
+        .claim
+        .as_ref()
+        .map(|claimed| claimed.revision)
+}
+
 /// The subject a node answers takeover requests on.
 fn takeover_subject(node_id: &str) -> String {
     format!("rmq.node.{node_id}.takeover")
@@ -431,13 +440,9 @@ impl Sessions {
         let now = self.seconds();
         let mut claims = self.claims();
         // The latest claim here: the session's, else a loose one's (or what it went to).
-        let held = registry.get(client_id).and_then(|session| {
-            session
-                .lock()
-                .claim
-                .as_ref()
-                .map(|claimed| claimed.revision)
-        });
+        let held = registry
+            .get(client_id)
+            .and_then(|session| held_revision(&session));
         let latest = held.or_else(|| {
             let loose = claims.loose.get(client_id)?;
             Some(loose.revision.max(loose.released))
@@ -1168,13 +1173,7 @@ async fn hand_over(
         // Every session this node claimed or took over since it started has a claim: in it
         // while it is here, loose for a while after (`forget_idle`).
         let here = shared.registry.get(client_id);
-        let held = here.as_ref().and_then(|session| {
-            session
-                .lock()
-                .claim
-                .as_ref()
-                .map(|claimed| claimed.revision)
-        });
+        let held = here.as_deref().and_then(held_revision);
         claimed_here = held.is_some() || claims.loose.contains_key(client_id);
         let latest = held.or_else(|| claims.loose.get(client_id).map(|loose| loose.revision));
         if latest.unwrap_or(0) >= revision {
