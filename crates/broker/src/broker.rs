@@ -409,7 +409,7 @@ impl Shared {
     }
 
     /// Reads the next page (up to `limit` entries) of `session`'s queue that is only in the
-    /// store, once what was written to it is decided and the store has taken `after` from
+    /// store, once what was written to it is committed and the store has taken `after` from
     /// its queue, and counts it off the tail. `None` when there is none (or no store).
     pub(crate) async fn read_stored_tail(
         &self,
@@ -426,10 +426,15 @@ impl Shared {
             }
             (durable.tail_from, durable.last_ticket)
         };
-        // Decided is enough: the store commits a failed write's changes with its next commit,
-        // and a ticket that failed stays failed, so waiting for success would leave the queue
-        // unread (messages acknowledged before it too) until the session's next write.
-        let _ = self.durable(ticket).await;
+        // Committed is enough: the read needs to see the entries, not that they survive a
+        // crash (their publishers' acknowledgements wait for that), and waiting for durable
+        // would make the store sync for a reader. A failed write counts as committed: the store
+        // commits its changes with its next commit, and a ticket that failed stays failed, so
+        // waiting for success would leave the queue unread (messages acknowledged before it
+        // too) until the session's next write.
+        if ticket > Ticket::default() {
+            store.committed(ticket).await;
+        }
         // `after` is a pace, not a condition of the read: the entries read are past what it
         // changed, and their own writes are in `ticket`.
         if after > Ticket::default() {

@@ -1167,10 +1167,14 @@ impl Driver {
             }
             ServerEvent::MessageReleased(packet_id) => {
                 if let Some(client_id) = self.durable_client_id() {
-                    self.shared.write(vec![Change::DeleteInbound {
+                    // Durable before PUBCOMP frees the identifier: after a crash, a new message
+                    // the client publishes under it must not be taken for the old one's resend
+                    // (and dropped).
+                    let ticket = self.shared.write(vec![Change::DeleteInbound {
                         client_id,
                         packet_id,
                     }]);
+                    self.raise_barrier(ticket);
                 }
                 // In a cluster, the record forgets the identifier before PUBCOMP frees it for
                 // the client: a new message under it must not be taken for the old one's

@@ -373,9 +373,17 @@ fn encode_store(encoder: &mut DescriptorEncoder<'_>, store: &StoreStats) -> fmt:
     single(
         encoder,
         "store_commits",
-        "Transactions the store committed (each one sync to disk).",
+        "Transactions the store committed.",
         None,
         ConstCounter::new(store.commits),
+    )?;
+    single(
+        encoder,
+        "store_durable_commits",
+        "Of the store's commits, those synced to disk (the others became durable with the next \
+         of these).",
+        None,
+        ConstCounter::new(store.durable_commits),
     )?;
     single(
         encoder,

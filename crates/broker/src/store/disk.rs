@@ -1,6 +1,15 @@
 //! The durable store: an embedded transactional database (redb) in a directory, written by one
-//! thread that commits every change that arrived while the previous commit was syncing in one
-//! transaction (group commit: one fsync for all of them).
+//! thread that commits every change that arrived while the previous commit was running in one
+//! transaction (group commit).
+//!
+//! A commit syncs the file (is durable) only when something waits for it to be: a
+//! [`Store::durable`] on one of its tickets (a publisher's acknowledgement, a QoS 2 stage), the
+//! store closing, or the bound on how long, and for how many commits, what is committed may stay
+//! in memory only ([`DURABLE_EVERY`], [`NON_DURABLE_COMMITS`]). Other commits are visible to
+//! readers at once and cost no `fdatasync`: a draining session's acknowledgements and in-flight
+//! marks, which a crash may lose (their messages are then delivered again, at least once).
+//! Commits stay in order, so a crash loses a suffix of them: the entries in flight in the store
+//! stay a prefix of each session's queue.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -14,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::future::BoxFuture;
 use redb::backends::FileBackend;
 use redb::{
-    BackendError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
-    Table, TableDefinition, WriteTransaction,
+    BackendError, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
+    StorageBackend, Table, TableDefinition, WriteTransaction,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::watch;
@@ -65,6 +74,19 @@ const MAX_RETRY: usize = 1 << 20;
 /// How often a failing store retries when nothing new arrives.
 const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long after the last durable commit a commit is durable anyway, though nothing waits for
+/// it: what a crash may lose of what nobody waited for (acknowledgements of deliveries, which
+/// are then delivered again) is at most this old.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Non-durable commits in a row at most: redb reuses the pages that commits free only once a
+/// durable commit follows them, so the file grows meanwhile.
+const NON_DURABLE_COMMITS: u32 = 64;
+
+/// Changes of non-durable commits kept for a retry at most (see `Shared::write_loop`); past it
+/// the next commit is durable.
+const LOGGED_CHANGES: usize = 1 << 16;
+
 /// A [`Store`] on disk, in a directory of its own: `store.redb` (redb: a copy-on-write B-tree
 /// database, crash-safe, durable on commit) and `lock`, held while the store is open so that
 /// no second broker opens the same directory.
@@ -86,14 +108,23 @@ struct Shared {
     /// Signalled when the last open group closes, and when a commit has taken its changes
     /// (groups held back meanwhile may open).
     gate: Condvar,
-    /// The highest ticket decided (committed or failed).
+    /// The highest ticket decided: durable, or failed.
     decided: watch::Sender<u64>,
+    /// The highest ticket committed (visible to readers, durable or not) or failed: at least
+    /// `decided`.
+    committed: watch::Sender<u64>,
     /// The highest ticket whose changes the writer has taken from `pending` (at least
-    /// `decided`).
+    /// `committed`).
     taken: watch::Sender<u64>,
+    /// The highest ticket a [`Store::durable`] waits for: the writer makes its next commit
+    /// durable while it is above `decided`.
+    wanted: AtomicU64,
+    /// [`DURABLE_EVERY`] (shorter or longer in tests).
+    durable_every: Duration,
     /// Ticket ranges whose commit failed, newest last.
     failures: Mutex<VecDeque<(u64, u64, StoreError)>>,
     commits: AtomicU64,
+    durable_commits: AtomicU64,
     changes: AtomicU64,
     failed_commits: AtomicU64,
     /// Commits by duration (see [`StoreStats::commit_seconds`]), and their total time in
@@ -189,6 +220,12 @@ impl DiskStore {
     /// Opens the store in `dir`, creating the directory and the store if needed. Fails if
     /// another process holds the directory's lock, or if the store has a newer format.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_bounded(dir, DURABLE_EVERY)
+    }
+
+    /// [`DiskStore::open`], with a commit durable at the latest `durable_every` after the last
+    /// durable one.
+    fn open_bounded(dir: impl AsRef<Path>, durable_every: Duration) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
         let lock_file = File::create(dir.join("lock")).map_err(io)?;
@@ -227,6 +264,7 @@ impl DiskStore {
         }
         txn.commit().map_err(io)?;
         let (decided, _) = watch::channel(0);
+        let (committed, _) = watch::channel(0);
         let (taken, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
@@ -235,9 +273,13 @@ impl DiskStore {
             arrived: Condvar::new(),
             gate: Condvar::new(),
             decided,
+            committed,
             taken,
+            wanted: AtomicU64::new(0),
+            durable_every,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
+            durable_commits: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             failed_commits: AtomicU64::new(0),
             commit_seconds: Default::default(),
@@ -267,6 +309,7 @@ impl DiskStore {
         let shared = &self.shared;
         StoreStats {
             commits: shared.commits.load(Ordering::Relaxed),
+            durable_commits: shared.durable_commits.load(Ordering::Relaxed),
             changes: shared.changes.load(Ordering::Relaxed),
             failed_commits: shared.failed_commits.load(Ordering::Relaxed),
             commit_seconds: shared
@@ -291,36 +334,61 @@ impl Drop for DiskStore {
 }
 
 impl Shared {
-    /// The writer thread: takes everything that arrived, commits it in one transaction, tells
-    /// the waiters, and again, until the store closes and nothing is left.
+    /// The writer thread: takes everything that arrived, commits it in one transaction (durable
+    /// or not, see the module docs), tells the waiters, and again, until the store closes and
+    /// nothing is left.
+    ///
+    /// A failed commit leaves the database as the last durable commit left it (it is opened
+    /// again): the non-durable commits since are lost with it. Their tickets fail with its own,
+    /// and their changes are retried with its own, except the deletions and updates of queue
+    /// entries (acknowledgements and in-flight marks, which a drain writes by the million: one
+    /// lost means a delivery again, as after a crash).
     fn write_loop(&self) {
         let mut retry: Vec<Change> = Vec::new();
+        // What the non-durable commits since the last durable one wrote, for a retry.
+        let mut logged: Vec<Change> = Vec::new();
         let mut failing = false;
+        let mut last_durable = Instant::now();
+        let mut non_durable: u32 = 0;
         loop {
-            let (mut changes, upto, closing) = {
+            let (mut changes, upto, closing, wanted) = {
                 let mut pending = lock(&self.pending);
-                // An empty write has a ticket too (`durable` on it waits for what came before):
-                // one not decided yet is work.
-                while pending.changes.is_empty()
-                    && pending.last_ticket <= *self.decided.borrow()
-                    && !pending.closing
-                {
+                loop {
+                    // A ticket someone waits durable for that is not yet is work, committed or
+                    // not: an empty durable commit makes the earlier ones durable.
+                    if !pending.changes.is_empty()
+                        || pending.last_ticket > *self.committed.borrow()
+                        || pending.closing
+                        || self.wanted.load(Ordering::SeqCst) > *self.decided.borrow()
+                    {
+                        break;
+                    }
                     pending.writer_idle = true;
-                    if retry.is_empty() {
-                        pending = self
-                            .arrived
-                            .wait(pending)
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        pending.writer_idle = false;
+                    let timeout = if !retry.is_empty() {
+                        Some(RETRY_INTERVAL)
+                    } else if non_durable > 0 {
+                        Some(self.durable_every.saturating_sub(last_durable.elapsed()))
                     } else {
-                        let (guard, timeout) = self
-                            .arrived
-                            .wait_timeout(pending, RETRY_INTERVAL)
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        pending = guard;
-                        pending.writer_idle = false;
-                        if timeout.timed_out() {
-                            break;
+                        None
+                    };
+                    match timeout {
+                        None => {
+                            pending = self
+                                .arrived
+                                .wait(pending)
+                                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                            pending.writer_idle = false;
+                        }
+                        Some(timeout) => {
+                            let (guard, result) = self
+                                .arrived
+                                .wait_timeout(pending, timeout)
+                                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                            pending = guard;
+                            pending.writer_idle = false;
+                            if result.timed_out() {
+                                break;
+                            }
                         }
                     }
                 }
@@ -340,25 +408,36 @@ impl Shared {
                     std::mem::take(&mut pending.changes),
                     pending.last_ticket,
                     pending.closing,
+                    // Read with the changes taken: a waiter on one of them makes this commit
+                    // durable, rather than a durable empty one after it.
+                    self.wanted.load(Ordering::SeqCst),
                 )
             };
             self.take(upto);
-            if changes.is_empty() && retry.is_empty() {
-                // Only empty writes: decided, with nothing to commit.
-                self.decide(upto);
+            let decided = *self.decided.borrow();
+            let durable = closing
+                || failing
+                || !retry.is_empty()
+                || wanted > decided
+                || non_durable >= NON_DURABLE_COMMITS
+                || logged.len() >= LOGGED_CHANGES
+                || last_durable.elapsed() >= self.durable_every;
+            if changes.is_empty() && retry.is_empty() && !(durable && non_durable > 0) {
+                // Nothing to commit; what is committed is durable unless a non-durable commit
+                // waits for a later one.
+                self.decide(upto, non_durable == 0);
                 if closing {
                     return;
                 }
                 continue;
             }
-            let first = *self.decided.borrow() + 1;
             if !retry.is_empty() {
                 retry.append(&mut changes);
                 changes = std::mem::take(&mut retry);
             }
             let count = changes.len() as u64;
             let started = Instant::now();
-            let committed = self.commit(&changes);
+            let committed = self.commit(&changes, durable);
             self.commit_took(started.elapsed());
             match committed {
                 Ok(()) => {
@@ -368,6 +447,21 @@ impl Shared {
                     }
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     self.changes.fetch_add(count, Ordering::Relaxed);
+                    if durable {
+                        self.durable_commits.fetch_add(1, Ordering::Relaxed);
+                        last_durable = Instant::now();
+                        non_durable = 0;
+                        logged.clear();
+                    } else {
+                        non_durable += 1;
+                        logged.extend(changes.into_iter().filter(|change| {
+                            !matches!(
+                                change,
+                                Change::DeleteEntry { .. } | Change::UpdateEntry { .. }
+                            )
+                        }));
+                    }
+                    self.decide(upto, durable);
                 }
                 Err(e) => {
                     self.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +470,8 @@ impl Shared {
                         error!(dir = %self.dir.display(), error = %e, "store write failed; nothing is acknowledged until writes succeed again");
                         failing = true;
                     }
+                    // Every ticket since the last durable commit is lost.
+                    let first = decided + 1;
                     if upto >= first {
                         let mut failures = lock(&self.failures);
                         failures.push_back((first, upto, e));
@@ -383,7 +479,9 @@ impl Shared {
                             failures.pop_front();
                         }
                     }
-                    retry = changes;
+                    logged.append(&mut changes);
+                    retry = std::mem::take(&mut logged);
+                    non_durable = 0;
                     if retry.len() > MAX_RETRY {
                         let dropped = retry.len() - MAX_RETRY;
                         warn!(dropped, "store: changes given up after failed commits");
@@ -392,9 +490,9 @@ impl Shared {
                     if !closing {
                         std::thread::sleep(RETRY_INTERVAL);
                     }
+                    self.decide(upto, true);
                 }
             }
-            self.decide(upto);
             // Closing: a failing store gives up what it could not write (nothing of it was
             // acknowledged); otherwise what arrived meanwhile is committed first.
             if closing && (failing || lock(&self.pending).changes.is_empty()) {
@@ -415,16 +513,33 @@ impl Shared {
         raise(&self.taken, upto);
     }
 
-    /// Tells the waiters that every ticket up to `upto` is decided.
-    fn decide(&self, upto: u64) {
+    /// Tells the waiters that every ticket up to `upto` is committed (or failed), and decided
+    /// when `durable`.
+    fn decide(&self, upto: u64, durable: bool) {
         self.take(upto);
-        raise(&self.decided, upto);
+        raise(&self.committed, upto);
+        if durable {
+            raise(&self.decided, upto);
+        }
     }
 
-    /// Applies `changes` in one transaction and commits it durably. A failed commit closes
-    /// the database, for the next one to open it again.
-    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let result = self.try_commit(changes);
+    /// Asks the writer to make `ticket` durable: its next commit is, or an empty one if
+    /// nothing else comes.
+    fn want_durable(&self, ticket: u64) {
+        if self.wanted.fetch_max(ticket, Ordering::SeqCst) >= ticket {
+            return;
+        }
+        // The writer reads `wanted` under this lock before it waits: either it sees the new
+        // value, or it is idle by now and is woken.
+        if lock(&self.pending).writer_idle {
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Applies `changes` in one transaction and commits it, durably when `durable`. A failed
+    /// commit closes the database, for the next one to open it again.
+    fn commit(&self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
+        let result = self.try_commit(changes, durable);
         if result.is_err() {
             *self
                 .db
@@ -434,7 +549,7 @@ impl Shared {
         result
     }
 
-    fn try_commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+    fn try_commit(&self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
         let mut db = self.database();
         if db.is_none() {
             drop(db);
@@ -454,8 +569,12 @@ impl Shared {
         // opening the store after a crash does not rebuild it by reading the whole file: with
         // 10 million queued entries (1 GB) and the file out of the OS cache, as after a reboot,
         // that took 13 s before the broker accepted connections, 0.13 s with this. It costs
-        // throughput (benches/README.md, "Durability").
-        txn.set_quick_repair(true);
+        // throughput (benches/README.md, "Durability"). Only a durable commit records it.
+        if durable {
+            txn.set_quick_repair(true);
+        } else {
+            txn.set_durability(Durability::None).map_err(io)?;
+        }
         apply(&txn, changes)?;
         txn.commit().map_err(io)
     }
@@ -1129,9 +1248,20 @@ impl Store for DiskStore {
         })
     }
 
+    fn committed(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
+        let mut committed = self.shared.committed.subscribe();
+        Box::pin(async move {
+            // Closed: the store is gone, and nothing waits in its queue any more.
+            let _ = committed.wait_for(|committed| *committed >= ticket.0).await;
+        })
+    }
+
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>> {
         let shared = self.shared.clone();
         let mut decided = self.shared.decided.subscribe();
+        if ticket.0 > *decided.borrow() {
+            self.shared.want_durable(ticket.0);
+        }
         Box::pin(async move {
             if decided
                 .wait_for(|decided| *decided >= ticket.0)
@@ -1153,6 +1283,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
+    use futures::FutureExt;
     use rallymq_codec::{Publish, TopicName};
 
     use super::DiskStore;
@@ -1380,6 +1511,138 @@ mod tests {
         for writer in writers {
             writer.join().expect("the writer thread ends");
         }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A commit nobody waits durable for is visible at once and costs no sync; `durable` on its
+    /// ticket then makes the writer run a durable commit (empty: nothing else came), which
+    /// syncs.
+    #[tokio::test]
+    async fn a_non_durable_commit_becomes_durable_when_a_waiter_asks() {
+        let dir = scratch("asked");
+        // No bound on its age within the test: only the waiter makes it durable.
+        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let before = store.stats();
+        let ticket = store.write(vec![retained("a")]);
+        tokio::time::timeout(Duration::from_secs(10), store.committed(ticket))
+            .await
+            .expect("committed");
+        let committed = store.stats();
+        assert_eq!(
+            (
+                committed.commits,
+                committed.durable_commits,
+                committed.syncs
+            ),
+            (before.commits + 1, before.durable_commits, before.syncs),
+            "committed without a sync: {committed:?}"
+        );
+        let read = store.load().expect("loads");
+        assert_eq!(
+            read.retained.len(),
+            1,
+            "a reader sees the non-durable commit"
+        );
+        assert_eq!(
+            store.durable(ticket).now_or_never(),
+            None,
+            "not durable before a waiter asked"
+        );
+        tokio::time::timeout(Duration::from_secs(10), store.durable(ticket))
+            .await
+            .expect("made durable once asked")
+            .expect("the commit succeeds");
+        let durable = store.stats();
+        assert_eq!(
+            durable.commits,
+            before.commits + 2,
+            "an empty durable commit"
+        );
+        assert_eq!(durable.durable_commits, before.durable_commits + 1);
+        assert!(durable.syncs > committed.syncs, "it synced: {durable:?}");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Changes someone waits durable for when the writer takes them are committed durably at
+    /// once, not in a non-durable commit followed by a durable one.
+    #[tokio::test]
+    async fn a_commit_with_a_durable_waiter_is_durable() {
+        let dir = scratch("waited");
+        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let before = store.stats();
+        // Held back by an open group until the waiter has asked.
+        store.begin_group();
+        let ticket = store.write(vec![retained("a")]);
+        let durable = store.durable(ticket);
+        store.end_group();
+        tokio::time::timeout(Duration::from_secs(10), durable)
+            .await
+            .expect("durable")
+            .expect("the commit succeeds");
+        let after = store.stats();
+        assert_eq!(
+            (after.commits, after.durable_commits),
+            (before.commits + 1, before.durable_commits + 1),
+            "one commit, durable: {after:?}"
+        );
+        assert!(after.syncs > before.syncs, "it synced: {after:?}");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With nobody waiting, a commit is durable at the latest the bound after the last durable
+    /// one: the writer, idle, runs an empty durable commit once the bound has passed.
+    #[tokio::test]
+    async fn what_nobody_waits_for_is_durable_within_the_bound() {
+        let dir = scratch("bound");
+        let bound = Duration::from_millis(200);
+        let store = DiskStore::open_bounded(&dir, bound).expect("opens");
+        let before = store.stats();
+        let ticket = store.write(vec![retained("a")]);
+        // Polled, not awaited: `durable` would ask for it.
+        let mut polls = 0;
+        while *store.shared.decided.borrow() < ticket.0 {
+            polls += 1;
+            assert!(
+                polls < 200,
+                "not durable 10 s after its write: {:?}",
+                store.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = store.stats();
+        assert!(
+            after.durable_commits > before.durable_commits,
+            "a durable commit: {after:?}"
+        );
+        assert!(after.syncs > before.syncs, "it synced: {after:?}");
+        assert_eq!(store.durable(ticket).now_or_never(), Some(Ok(())));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A non-durable commit survives the store's close: the close commits durably.
+    #[tokio::test]
+    async fn a_non_durable_commit_is_durable_after_close() {
+        let dir = scratch("close");
+        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let ticket = store.write(vec![retained("a")]);
+        tokio::time::timeout(Duration::from_secs(10), store.committed(ticket))
+            .await
+            .expect("committed");
+        let syncs = store.stats().syncs;
+        let shared = store.shared.clone();
+        drop(store);
+        assert!(
+            shared.syncs.load(std::sync::atomic::Ordering::Relaxed) > syncs,
+            "the close synced"
+        );
+        assert_eq!(*shared.decided.borrow(), ticket.0, "decided at close");
+        drop(shared);
+        let store = DiskStore::open(&dir).expect("opens again");
+        assert_eq!(store.load().expect("loads").retained.len(), 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -252,8 +252,11 @@ pub const COMMIT_SECONDS_BUCKETS: [f64; 14] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Transactions committed (each durable on disk when it returns).
+    /// Transactions committed.
     pub commits: u64,
+    /// Of `commits`, those durable on disk when they returned (the others became durable with
+    /// the next durable one).
+    pub durable_commits: u64,
     /// Changes committed.
     pub changes: u64,
     /// Commits that failed (their changes are retried in a later one).
@@ -265,7 +268,7 @@ pub struct StoreStats {
     /// The time all of them took.
     pub commit_time: Duration,
     /// Syncs of the store's files to the disk (`fdatasync`): with redb's quick repair, two per
-    /// commit, and a few when the store opens or closes.
+    /// durable commit, and a few when the store opens or closes.
     pub syncs: u64,
 }
 
@@ -288,7 +291,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn load(&self) -> Result<Loaded, StoreError>;
 
     /// Up to `limit` entries of `client_id`'s queue, from entry `from_seq` on, in order, with
-    /// their messages. Sees every change whose ticket is durable.
+    /// their messages. Sees every change whose ticket is committed ([`Store::committed`]).
     fn read_queue(
         &self,
         client_id: &str,
@@ -301,8 +304,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn write(&self, changes: Vec<Change>) -> Ticket;
 
     /// Resolves once the changes of `ticket`, and of every earlier ticket, are decided: `Ok`
-    /// if those of `ticket` are durable, or the error that kept them from being written.
+    /// if those of `ticket` are durable, or the error that kept them from being written. Asks
+    /// the store to make them durable: it need not until something waits for it.
     fn durable(&self, ticket: Ticket) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Resolves once the changes of `ticket`, and of every earlier ticket, are committed (a
+    /// [`Store::read_queue`] sees them) or failed, durable or not yet: a crash may still lose
+    /// them. What a reader of the store needs, and a store may commit what nobody waits durable
+    /// for without syncing it. The default, for a store whose commits are durable: once
+    /// decided.
+    fn committed(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
+        let durable = self.durable(ticket);
+        Box::pin(async move {
+            let _ = durable.await;
+        })
+    }
 
     /// Resolves once the changes of `ticket`, and of every earlier ticket, no longer wait in
     /// the store's queue: its writer has taken them into a commit (or decided them). A pace
