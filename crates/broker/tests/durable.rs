@@ -1198,6 +1198,45 @@ async fn inbound_across(version: ProtocolVersion, stop: Stop) {
     node.stop(Stop::Shutdown).await;
 }
 
+/// MQTT-4.3.3-12 (MQTT-4.3.3-2 in 3.1.1): once the receiver has sent PUBCOMP, a PUBLISH under
+/// that identifier is a new message. So PUBCOMP goes out only once the forgetting of the
+/// identifier is durable: lost in a crash after PUBCOMP, the identifier would be found again
+/// after the restart, and the client's next message under it taken for a resend and dropped.
+/// While the store makes nothing durable (held), the PUBREL gets no PUBCOMP; once it does, it
+/// comes. (Before, PUBCOMP went out at once: the window was one commit; with commits that need
+/// not sync, up to a second.)
+#[tokio::test]
+async fn mqtt_4_3_3_12_pubcomp_waits_until_the_released_identifier_is_durably_forgotten() {
+    for version in VERSIONS {
+        let context = format!("{version:?}");
+        let dir = DataDir::new();
+        let node = Node::start(&dir).await;
+        let (mut sender, _) = Raw::connect(node.addr(), persistent(version, "sender")).await;
+        let mut once = publish("in/1", "once", QoS::ExactlyOnce, false);
+        once.packet_id = Some(pid(7));
+        sender.send(Packet::Publish(once)).await;
+        assert!(
+            matches!(sender.expect().await, Packet::PubRec(ack) if ack.packet_id == pid(7)),
+            "{context}"
+        );
+        node.store.hold(true);
+        sender.send(Packet::PubRel(Ack::new(pid(7)))).await;
+        let early = sender.next_within(QUIET).await;
+        assert_eq!(
+            early,
+            Err(NoPacket::Timeout),
+            "{context}: PUBCOMP before the identifier's release was durable"
+        );
+        node.store.hold(false);
+        assert!(
+            matches!(sender.expect().await, Packet::PubComp(ack) if ack.packet_id == pid(7)),
+            "{context}: PUBCOMP once durable"
+        );
+        drop(sender);
+        node.stop(Stop::Shutdown).await;
+    }
+}
+
 // ------------------------------------------------------------------ wills
 
 fn will(client_id: &str) -> Will {
