@@ -2,12 +2,13 @@
 //! thread that commits every change that arrived while the previous commit was running in one
 //! transaction (group commit).
 //!
-//! A commit syncs the file (is durable) only when something waits for it to be: a
-//! [`Store::durable`] on one of its tickets (a publisher's acknowledgement, a QoS 2 stage), the
-//! store closing, or the bound on how long, and for how many commits, what is committed may stay
-//! in memory only ([`DURABLE_EVERY`], [`NON_DURABLE_COMMITS`]). Other commits are visible to
-//! readers at once and cost no `fdatasync`: a draining session's acknowledgements and in-flight
-//! marks, which a crash may lose (their messages are then delivered again, at least once).
+//! A commit of nothing but queue entries' deletions and updates (a draining session's
+//! acknowledgements and in-flight marks) syncs the file (is durable) only when something waits
+//! for it to be: a [`Store::durable`] on one of its tickets (a QoS 2 stage), the store closing,
+//! or the bound on how long, and for how many commits, what is committed may stay in memory only
+//! ([`DURABLE_EVERY`], [`NON_DURABLE_COMMITS`]). Until then it is visible to readers and costs no
+//! `fdatasync`; a crash may lose it (its messages are then delivered again, at least once). Every
+//! other commit is durable.
 //! Commits stay in order, so a crash loses a suffix of them: the entries in flight in the store
 //! stay a prefix of each session's queue.
 
@@ -82,10 +83,6 @@ const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Non-durable commits in a row at most: redb reuses the pages that commits free only once a
 /// durable commit follows them, so the file grows meanwhile.
 const NON_DURABLE_COMMITS: u32 = 64;
-
-/// Changes of non-durable commits kept for a retry at most (see `Shared::write_loop`); past it
-/// the next commit is durable.
-const LOGGED_CHANGES: usize = 1 << 16;
 
 /// A [`Store`] on disk, in a directory of its own: `store.redb` (redb: a copy-on-write B-tree
 /// database, crash-safe, durable on commit) and `lock`, held while the store is open so that
@@ -338,15 +335,16 @@ impl Shared {
     /// or not, see the module docs), tells the waiters, and again, until the store closes and
     /// nothing is left.
     ///
-    /// A failed commit leaves the database as the last durable commit left it (it is opened
-    /// again): the non-durable commits since are lost with it. Their tickets fail with its own,
-    /// and their changes are retried with its own, except the deletions and updates of queue
-    /// entries (acknowledgements and in-flight marks, which a drain writes by the million: one
-    /// lost means a delivery again, as after a crash).
+    /// Only a commit of nothing but queue entries' deletions and updates (acknowledgements and
+    /// in-flight marks, which a drain writes by the million) may be non-durable: anything else
+    /// (a routed message, a session record) nearly always has a waiter, which might come only
+    /// after the writer has taken it, and would then cost a durable empty commit after it. So a
+    /// failed commit, which leaves the database as the last durable commit left it (it is
+    /// opened again), loses no more than such changes with the non-durable commits before it:
+    /// their tickets fail with its own, and their messages are delivered again, as after a
+    /// crash.
     fn write_loop(&self) {
         let mut retry: Vec<Change> = Vec::new();
-        // What the non-durable commits since the last durable one wrote, for a retry.
-        let mut logged: Vec<Change> = Vec::new();
         let mut failing = false;
         let mut last_durable = Instant::now();
         let mut non_durable: u32 = 0;
@@ -420,8 +418,13 @@ impl Shared {
                 || !retry.is_empty()
                 || wanted > decided
                 || non_durable >= NON_DURABLE_COMMITS
-                || logged.len() >= LOGGED_CHANGES
-                || last_durable.elapsed() >= self.durable_every;
+                || last_durable.elapsed() >= self.durable_every
+                || !changes.iter().all(|change| {
+                    matches!(
+                        change,
+                        Change::DeleteEntry { .. } | Change::UpdateEntry { .. }
+                    )
+                });
             if changes.is_empty() && retry.is_empty() && !(durable && non_durable > 0) {
                 // Nothing to commit; what is committed is durable unless a non-durable commit
                 // waits for a later one.
@@ -451,15 +454,8 @@ impl Shared {
                         self.durable_commits.fetch_add(1, Ordering::Relaxed);
                         last_durable = Instant::now();
                         non_durable = 0;
-                        logged.clear();
                     } else {
                         non_durable += 1;
-                        logged.extend(changes.into_iter().filter(|change| {
-                            !matches!(
-                                change,
-                                Change::DeleteEntry { .. } | Change::UpdateEntry { .. }
-                            )
-                        }));
                     }
                     self.decide(upto, durable);
                 }
@@ -479,8 +475,7 @@ impl Shared {
                             failures.pop_front();
                         }
                     }
-                    logged.append(&mut changes);
-                    retry = std::mem::take(&mut logged);
+                    retry = changes;
                     non_durable = 0;
                     if retry.len() > MAX_RETRY {
                         let dropped = retry.len() - MAX_RETRY;
@@ -1515,16 +1510,41 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A commit nobody waits durable for is visible at once and costs no sync; `durable` on its
-    /// ticket then makes the writer run a durable commit (empty: nothing else came), which
-    /// syncs.
+    /// Stores message 1 and its entry 0 in "c"'s queue, durably; returns the acknowledgement of
+    /// that entry, a change that may be committed without a sync.
+    async fn queued(store: &DiskStore) -> Vec<Change> {
+        let client: Arc<str> = "c".into();
+        let message = StoredMessage {
+            publish: Publish::new(TopicName::new("t").expect("a valid topic"), "x"),
+            received_at: SystemTime::now(),
+        };
+        let ticket = store.write(vec![
+            Change::PutMessage(1, Arc::new(message)),
+            Change::AddEntry {
+                client_id: client.clone(),
+                seq: 0,
+                entry: entry(1),
+            },
+        ]);
+        let durable = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
+        assert_eq!(durable, Ok(Ok(())), "stored");
+        vec![Change::DeleteEntry {
+            client_id: client,
+            seq: 0,
+        }]
+    }
+
+    /// A commit of acknowledgements nobody waits durable for is visible at once and costs no
+    /// sync; `durable` on its ticket then makes the writer run a durable commit (empty: nothing
+    /// else came), which syncs.
     #[tokio::test]
     async fn a_non_durable_commit_becomes_durable_when_a_waiter_asks() {
         let dir = scratch("asked");
         // No bound on its age within the test: only the waiter makes it durable.
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let acknowledged = queued(&store).await;
         let before = store.stats();
-        let ticket = store.write(vec![retained("a")]);
+        let ticket = store.write(acknowledged);
         tokio::time::timeout(Duration::from_secs(10), store.committed(ticket))
             .await
             .expect("committed");
@@ -1538,12 +1558,8 @@ mod tests {
             (before.commits + 1, before.durable_commits, before.syncs),
             "committed without a sync: {committed:?}"
         );
-        let read = store.load().expect("loads");
-        assert_eq!(
-            read.retained.len(),
-            1,
-            "a reader sees the non-durable commit"
-        );
+        let read = store.read_queue("c", 0, 10).expect("reads");
+        assert!(read.is_empty(), "a reader sees the non-durable commit");
         assert_eq!(
             store.durable(ticket).now_or_never(),
             None,
@@ -1571,10 +1587,11 @@ mod tests {
     async fn a_commit_with_a_durable_waiter_is_durable() {
         let dir = scratch("waited");
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let acknowledged = queued(&store).await;
         let before = store.stats();
         // Held back by an open group until the waiter has asked.
         store.begin_group();
-        let ticket = store.write(vec![retained("a")]);
+        let ticket = store.write(acknowledged);
         let durable = store.durable(ticket);
         store.end_group();
         tokio::time::timeout(Duration::from_secs(10), durable)
@@ -1592,15 +1609,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A commit of anything but acknowledgements and in-flight marks (here a retained message)
+    /// is durable though nobody waits for it yet: its waiter nearly always comes.
+    #[tokio::test]
+    async fn a_commit_of_other_changes_is_durable_without_a_waiter() {
+        let dir = scratch("other");
+        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let before = store.stats();
+        let ticket = store.write(vec![retained("a")]);
+        tokio::time::timeout(Duration::from_secs(10), store.committed(ticket))
+            .await
+            .expect("committed");
+        let after = store.stats();
+        assert_eq!(
+            (after.commits, after.durable_commits),
+            (before.commits + 1, before.durable_commits + 1),
+            "{after:?}"
+        );
+        assert_eq!(store.durable(ticket).now_or_never(), Some(Ok(())));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// With nobody waiting, a commit is durable at the latest the bound after the last durable
     /// one: the writer, idle, runs an empty durable commit once the bound has passed.
     #[tokio::test]
     async fn what_nobody_waits_for_is_durable_within_the_bound() {
         let dir = scratch("bound");
-        let bound = Duration::from_millis(200);
-        let store = DiskStore::open_bounded(&dir, bound).expect("opens");
+        let store = DiskStore::open_bounded(&dir, Duration::from_millis(200)).expect("opens");
+        let acknowledged = queued(&store).await;
         let before = store.stats();
-        let ticket = store.write(vec![retained("a")]);
+        let ticket = store.write(acknowledged);
         // Polled, not awaited: `durable` would ask for it.
         let mut polls = 0;
         while *store.shared.decided.borrow() < ticket.0 {
@@ -1628,21 +1667,26 @@ mod tests {
     async fn a_non_durable_commit_is_durable_after_close() {
         let dir = scratch("close");
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
-        let ticket = store.write(vec![retained("a")]);
+        let acknowledged = queued(&store).await;
+        let durable_commits = store.stats().durable_commits;
+        let ticket = store.write(acknowledged);
         tokio::time::timeout(Duration::from_secs(10), store.committed(ticket))
             .await
             .expect("committed");
-        let syncs = store.stats().syncs;
+        let stats = store.stats();
+        assert_eq!(stats.durable_commits, durable_commits, "not durable yet");
         let shared = store.shared.clone();
         drop(store);
         assert!(
-            shared.syncs.load(std::sync::atomic::Ordering::Relaxed) > syncs,
+            shared.syncs.load(std::sync::atomic::Ordering::Relaxed) > stats.syncs,
             "the close synced"
         );
         assert_eq!(*shared.decided.borrow(), ticket.0, "decided at close");
         drop(shared);
         let store = DiskStore::open(&dir).expect("opens again");
-        assert_eq!(store.load().expect("loads").retained.len(), 1);
+        let loaded = store.load().expect("loads");
+        assert_eq!(loaded.sessions.len(), 0);
+        assert!(store.read_queue("c", 0, 10).expect("reads").is_empty());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
