@@ -155,6 +155,29 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
     assert_eq!(collect(&mut hash, N).await, once_each(&["c/from-b"], N));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_qos0_message_published_on_another_node_right_after_suback_reaches_the_subscriber()
+ {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut publisher = client(&a, "a-pub", &[]).await;
+    // Each filter with a first level of its own: B makes a NATS subscription for each, and
+    // its SUBACK is the first thing the test waits for; no warm-up.
+    for i in 0..30 {
+        let topic = format!("fresh-{i}/t");
+        let mut subscriber = client(&b, &format!("b-sub-{i}"), &[topic.as_str()]).await;
+        publisher
+            .publish(message(&topic, &format!("m-{i}"), QoS::AtMostOnce))
+            .await;
+        let received = subscriber
+            .recv_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{topic}: nothing within {WAIT:?} of the SUBACK"));
+        assert_eq!(payload_str(&received), format!("m-{i}"));
+    }
+}
+
 /// The subjects the node's NATS connection `rallymq-{node id}{suffix}` is subscribed to (`""`:
 /// its main one; `-shares`: the shared groups' queue subscriptions), from the server's
 /// monitoring port.
