@@ -1681,6 +1681,13 @@ impl Driver {
             cluster.record_will(&session.client_id, self.connection_id, &message, delay);
         }
         if self.engine.accept(now, accept).is_ok() {
+            if session_present {
+                // In a cluster: QoS 2 messages another node answered with PUBREC, which the
+                // session's record names; their PUBREL is answered with success here too.
+                for packet_id in session.recorded_inbound() {
+                    self.engine.expect_release(packet_id);
+                }
+            }
             self.shared.stats.client_connected(self.peer.via, version);
             self.connected_at = Some(tenths(self.now()));
             let certificate = self

@@ -1035,6 +1035,53 @@ async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_d
     subscriber.expect_silence(QUIET).await;
 }
 
+/// A QoS 2 PUBLISH answered by A (PUBREC), whose node then died: the client resumes on B and
+/// sends PUBREL, which B answers with PUBCOMP Success (the record named the identifier), not
+/// 0x92 (Packet Identifier not found); the subscriber got the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_10_pubrel_sent_to_another_node_after_its_node_died_gets_pubcomp_success()
+ {
+    let nats = NatsServer::start();
+    let data = support::credentials::TempDir::new("cluster-pubrel-store");
+    let data_dir = data.path("node-a");
+    let b = in_process_node(&nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
+    let mut subscriber = connect(tcp_addr(&b), connect_packet(V5, "release-sub")).await;
+    subscriber
+        .subscribe(vec![subscription("rel/#", QoS::ExactlyOnce)])
+        .await;
+
+    let mut publisher_connect = persistent_connect(V5, "releaser", 600);
+    let (mut publisher, connack) = Raw::connect(a.addr, publisher_connect.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    let mut once = message("rel/1", "once", QoS::ExactlyOnce);
+    once.packet_id = PacketId::new(7);
+    publisher.send(Packet::Publish(once)).await;
+    assert!(
+        matches!(publisher.expect().await, Packet::PubRec(ack) if ack.packet_id == PacketId::new(7).unwrap()),
+        "A answers PUBREC"
+    );
+    let first = subscriber.recv().await.expect("the message");
+    assert_eq!(payload_str(&first), "once");
+    a.kill();
+
+    publisher_connect.clean_start = false;
+    let (mut publisher, connack) = Raw::connect(tcp_addr(&b), publisher_connect).await;
+    assert!(
+        connack.session_present,
+        "the publisher's session resumed on B"
+    );
+    publisher
+        .send(Packet::PubRel(Ack::new(PacketId::new(7).unwrap())))
+        .await;
+    assert_eq!(
+        publisher.expect().await,
+        Packet::PubComp(Ack::new(PacketId::new(7).unwrap())),
+        "PUBCOMP Success"
+    );
+    subscriber.expect_silence(QUIET).await;
+}
+
 /// The sessions bucket's value of `client_id` (a plain token) rewritten to name `owner`, as
 /// a claim of `owner` that copied the record leaves it (the layout of `encode_value` in
 /// `cluster/sessions.rs`: a format byte, the owner's length (u32) and bytes, the rest).
