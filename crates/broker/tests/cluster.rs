@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rallymq_broker::{BrokerHandle, ClusterConfig};
+use rallymq_broker::{BrokerHandle, ClusterConfig, StreamSettings};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
 use support::cluster::{PROBE, node, subscribed_client};
@@ -533,6 +533,58 @@ async fn cluster_mqtt_3_3_2_5_a_retained_message_expires_from_when_the_cluster_s
         .message_expiry_interval
         .expect("its Message Expiry Interval");
     assert!(left <= 57, "what is left of 60 s after 3 s: {left}");
+}
+
+/// A node gone for longer than the stream keeps messages (its `max_age`) has its consumer
+/// removed by NATS (the consumer's inactive threshold); a live node's stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_gone_nodes_consumer_is_removed_after_the_streams_max_age() {
+    let nats = NatsServer::start();
+    let short = |id: &str| {
+        let (url, id) = (nats.url(), id.to_owned());
+        start_broker(move |config| {
+            config.cluster = Some(ClusterConfig {
+                node_id: Some(id),
+                stream: StreamSettings {
+                    max_age: Duration::from_secs(2),
+                    ..StreamSettings::default()
+                },
+                ..ClusterConfig::new([url])
+            });
+        })
+    };
+    let stays = short("stays").await;
+    let gone = short("gone").await;
+    let stream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"))
+        .get_stream("rallymq_messages")
+        .await
+        .expect("the stream");
+    for name in ["node-stays", "node-gone"] {
+        assert!(stream.consumer_info(name).await.is_ok(), "{name} made");
+    }
+    gone.shutdown(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + WAIT;
+    while stream.consumer_info("node-gone").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the gone node's consumer still there {WAIT:?} after it left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Longer than the threshold and than a pull request lasts (5 s): pulling keeps it.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        stream.consumer_info("node-stays").await.is_ok(),
+        "the live node's consumer stays"
+    );
+    // And still delivers: a QoS 1 message goes through the stream and its consumer.
+    let mut subscriber = subscribed_client(&stays, "keeper", &["keep/t"], QoS::AtLeastOnce).await;
+    let mut publisher = client(&stays, "keep-pub", &[]).await;
+    publisher
+        .publish(message("keep/t", "still", QoS::AtLeastOnce))
+        .await;
+    let got = subscriber.recv().await.map(|publish| payload_str(&publish));
+    assert_eq!(got.as_deref(), Some("still"));
 }
 
 /// The NATS connection id (`cid`) of a node, from the server's monitoring port.
