@@ -512,10 +512,11 @@ impl Shared {
     /// when `durable`.
     fn decide(&self, upto: u64, durable: bool) {
         self.take(upto);
-        raise(&self.committed, upto);
+        // Decided first: whoever sees a durable commit committed sees it decided too.
         if durable {
             raise(&self.decided, upto);
         }
+        raise(&self.committed, upto);
     }
 
     /// Asks the writer to make `ticket` durable: its next commit is, or an empty one if
