@@ -321,6 +321,9 @@ struct Extras {
     /// In a cluster: the sessions bucket's write of the record, which the next bytes
     /// (SUBACK, UNSUBACK, a QoS 2 PUBLISH or PUBREL) wait for.
     record_written: Option<crate::cluster::RecordWritten>,
+    /// In a cluster: the NATS server taking the node's NATS subscriptions for a SUBSCRIBE's
+    /// filters, which SUBACK waits for ([`crate::cluster::Link::subscriptions_synced`]).
+    subscriptions_synced: Option<crate::cluster::SubscriptionsSynced>,
     /// In a cluster: the deliveries in flight that came from the stream.
     stream_deliveries: Option<Box<StreamDeliveries>>,
     /// In a cluster: inbound messages waiting, in order, for the session's record to hold the
@@ -730,6 +733,7 @@ impl Driver {
         let waiting = self.extras.as_deref().is_some_and(|extras| {
             !extras.acks.is_empty()
                 || extras.record_written.is_some()
+                || extras.subscriptions_synced.is_some()
                 || extras
                     .durability
                     .as_ref()
@@ -763,6 +767,7 @@ impl Driver {
                 std::mem::take(&mut durability.barrier)
             });
         let record_written = extras.record_written.take();
+        let subscriptions_synced = extras.subscriptions_synced.take();
         // Up to the first that may go early, every ticket up to the last is decided once it
         // is; the rest answer at once.
         let head = acks
@@ -770,6 +775,9 @@ impl Driver {
             .take_while(|ack| ack.early.is_none())
             .map(|ack| ack.ticket)
             .fold(barrier, Ticket::max);
+        if let Some(synced) = subscriptions_synced {
+            synced.await;
+        }
         let _ = self.shared.durable(head).await;
         let mut barrier_held = self.shared.durable(barrier).await.is_ok();
         if let Some(written) = record_written
@@ -1473,11 +1481,29 @@ impl Driver {
         // connection is the session's, and a later CONNECT takes it over in turn.
         // In a cluster, the client id is claimed in the sessions bucket first: one connection
         // of it in the whole cluster (see `cluster::sessions`).
-        let cluster = self.shared.cluster.get().filter(|_| !needs_client_id);
+        // An id assigned to an MQTT 5 client whose session outlives its connection is claimed
+        // like any other, so that the client resumes with it on any node. It carries the
+        // node's run (see `Cluster::fresh_client_id`): no node assigns it again, even after a
+        // restart that kept the sessions. Other assigned ids are never used again by their
+        // client, and are not claimed.
+        let claimed_assigned = match self.shared.cluster.get() {
+            Some(cluster) if needs_client_id && version.is_v5() && granted_expiry > 0 => {
+                Some(cluster.fresh_client_id())
+            }
+            _ => None,
+        };
+        let cluster = self
+            .shared
+            .cluster
+            .get()
+            .filter(|_| !needs_client_id || claimed_assigned.is_some());
+        let claimed_id = claimed_assigned
+            .as_deref()
+            .unwrap_or(connect.client_id.as_str());
         let claim = match cluster {
             Some(cluster) => {
                 let fresh = SessionRecord {
-                    client_id: connect.client_id.as_str().to_owned(),
+                    client_id: claimed_id.to_owned(),
                     expiry_interval: granted_expiry,
                     disconnected_at: None,
                     subscriptions: Vec::new(),
@@ -1495,19 +1521,13 @@ impl Driver {
             None => None,
         };
         let registry = &self.shared.registry;
-        let attach = || {
-            registry.attach(
-                connect.client_id.as_str(),
-                &self.control,
-                !connect.clean_start,
-            )
-        };
+        let attach = || registry.attach(claimed_id, &self.control, !connect.clean_start);
         let Attached {
             session,
             existed,
             previous_state,
             will_waiter,
-        } = if needs_client_id {
+        } = if needs_client_id && claim.is_none() {
             // One no session has (MQTT-3.1.3-6): a client may have connected as rallymq-N.
             // In a cluster the node's id is in it, so that no two nodes assign the same one.
             let base = match self.shared.cluster.get() {
@@ -1516,11 +1536,10 @@ impl Driver {
             };
             registry.attach_assigned(&base, &self.control)
         } else if let (Some(cluster), Some(claim)) = (cluster, &claim) {
-            let client_id = connect.client_id.as_str();
             let session = |attached: &Attached| attached.session.clone();
             match cluster
                 .sessions()
-                .attach(registry, client_id, claim, attach, session)
+                .attach(registry, claimed_id, claim, attach, session)
             {
                 Some(attached) => attached,
                 None => {
@@ -1662,6 +1681,13 @@ impl Driver {
             cluster.record_will(&session.client_id, self.connection_id, &message, delay);
         }
         if self.engine.accept(now, accept).is_ok() {
+            if session_present {
+                // In a cluster: QoS 2 messages another node answered with PUBREC, which the
+                // session's record names; their PUBREL is answered with success here too.
+                for packet_id in session.recorded_inbound() {
+                    self.engine.expect_release(packet_id);
+                }
+            }
             self.shared.stats.client_connected(self.peer.via, version);
             self.connected_at = Some(tenths(self.now()));
             let certificate = self
@@ -1808,6 +1834,14 @@ impl Driver {
         // The subscriptions are in the record (in a cluster, in the sessions bucket too)
         // before SUBACK goes out.
         self.save_record_before_next_bytes(&session);
+        if let Some(synced) = self
+            .shared
+            .cluster
+            .get()
+            .and_then(|cluster| cluster.subscriptions_synced())
+        {
+            self.extras.get_or_insert_default().subscriptions_synced = Some(synced);
+        }
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {

@@ -1005,6 +1005,20 @@ impl Session {
         changed
     }
 
+    /// The identifiers of the inbound QoS 2 messages the record says were answered with
+    /// PUBREC and not released yet (in a cluster; empty otherwise).
+    pub(crate) fn recorded_inbound(&self) -> Vec<PacketId> {
+        let inner = self.lock();
+        inner.replay.as_ref().map_or_else(Vec::new, |replay| {
+            replay
+                .in_flight
+                .inbound
+                .iter()
+                .map(|(packet_id, _)| *packet_id)
+                .collect()
+        })
+    }
+
     /// The stream message id of the inbound QoS 2 message `packet_id`, when the record has it.
     pub(crate) fn inbound_message_id(&self, packet_id: PacketId) -> Option<String> {
         let inner = self.lock();

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rallymq_broker::{BrokerHandle, ClusterConfig};
+use rallymq_broker::{BrokerHandle, ClusterConfig, StreamSettings};
 use rallymq_codec::{ProtocolVersion, QoS, ReasonCode};
 use rallymq_test_support::NatsServer;
 use support::cluster::{PROBE, node, subscribed_client};
@@ -153,6 +153,29 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
     publish_each(&mut b_publisher, &["c/from-b"], N).await;
     assert_eq!(collect(&mut local, N).await, once_each(&["c/from-b"], N));
     assert_eq!(collect(&mut hash, N).await, once_each(&["c/from-b"], N));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_qos0_message_published_on_another_node_right_after_suback_reaches_the_subscriber()
+ {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut publisher = client(&a, "a-pub", &[]).await;
+    // Each filter with a first level of its own: B makes a NATS subscription for each, and
+    // its SUBACK is the first thing the test waits for; no warm-up.
+    for i in 0..30 {
+        let topic = format!("fresh-{i}/t");
+        let mut subscriber = client(&b, &format!("b-sub-{i}"), &[topic.as_str()]).await;
+        publisher
+            .publish(message(&topic, &format!("m-{i}"), QoS::AtMostOnce))
+            .await;
+        let received = subscriber
+            .recv_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{topic}: nothing within {WAIT:?} of the SUBACK"));
+        assert_eq!(payload_str(&received), format!("m-{i}"));
+    }
 }
 
 /// The subjects the node's NATS connection `rallymq-{node id}{suffix}` is subscribed to (`""`:
@@ -473,6 +496,95 @@ async fn cluster_retained_messages_reach_running_and_later_nodes_through_the_kv_
     wait_for_retained(&c, "ret/dot.ted topic", None).await;
     let d = node(&[&nats]).await;
     wait_for_retained(&d, "ret/dot.ted topic", None).await;
+}
+
+/// A retained message's Message Expiry counts from when the bucket stored it, on every node:
+/// a node started after it expired does not serve it (it served it for the whole interval
+/// again, counted from its start), and one still alive is sent with what is left of its
+/// interval (MQTT-3.3.2-6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_3_2_5_a_retained_message_expires_from_when_the_cluster_stored_it() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let mut publisher = client(&a, "expirer", &[]).await;
+    for (topic, payload, expiry) in [
+        ("exp/short", "expires", Some(2)),
+        ("exp/long", "lasts", Some(60)),
+        ("exp/kept", "stays", None),
+    ] {
+        let mut retained = message(topic, payload, QoS::AtLeastOnce);
+        retained.retain = true;
+        retained.properties.message_expiry_interval = expiry;
+        publisher.publish(retained).await;
+    }
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let late = node(&[&nats]).await;
+    // The bucket's history comes in order: once the last is there, the others were read.
+    wait_for_retained(&late, "exp/kept", Some("stays")).await;
+    let mut fresh = client(&late, "exp-short-reader", &["exp/short"]).await;
+    fresh.expect_silence(QUIET).await;
+    let mut fresh = client(&late, "exp-reader", &["exp/long"]).await;
+    let long = fresh
+        .recv()
+        .await
+        .expect("the retained message still alive");
+    let left = long
+        .properties
+        .message_expiry_interval
+        .expect("its Message Expiry Interval");
+    assert!(left <= 57, "what is left of 60 s after 3 s: {left}");
+}
+
+/// A node gone for longer than the stream keeps messages (its `max_age`) has its consumer
+/// removed by NATS (the consumer's inactive threshold); a live node's stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_gone_nodes_consumer_is_removed_after_the_streams_max_age() {
+    let nats = NatsServer::start();
+    let short = |id: &str| {
+        let (url, id) = (nats.url(), id.to_owned());
+        start_broker(move |config| {
+            config.cluster = Some(ClusterConfig {
+                node_id: Some(id),
+                stream: StreamSettings {
+                    max_age: Duration::from_secs(2),
+                    ..StreamSettings::default()
+                },
+                ..ClusterConfig::new([url])
+            });
+        })
+    };
+    let stays = short("stays").await;
+    let gone = short("gone").await;
+    let stream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"))
+        .get_stream("rallymq_messages")
+        .await
+        .expect("the stream");
+    for name in ["node-stays", "node-gone"] {
+        assert!(stream.consumer_info(name).await.is_ok(), "{name} made");
+    }
+    gone.shutdown(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + WAIT;
+    while stream.consumer_info("node-gone").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the gone node's consumer still there {WAIT:?} after it left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Longer than the threshold and than a pull request lasts (5 s): pulling keeps it.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        stream.consumer_info("node-stays").await.is_ok(),
+        "the live node's consumer stays"
+    );
+    // And still delivers: a QoS 1 message goes through the stream and its consumer.
+    let mut subscriber = subscribed_client(&stays, "keeper", &["keep/t"], QoS::AtLeastOnce).await;
+    let mut publisher = client(&stays, "keep-pub", &[]).await;
+    publisher
+        .publish(message("keep/t", "still", QoS::AtLeastOnce))
+        .await;
+    let got = subscriber.recv().await.map(|publish| payload_str(&publish));
+    assert_eq!(got.as_deref(), Some("still"));
 }
 
 /// The NATS connection id (`cid`) of a node, from the server's monitoring port.

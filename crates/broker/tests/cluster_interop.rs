@@ -110,10 +110,11 @@ fn unchanged(_: &mut serde_json::Value) {}
 fn on_the_cluster(scenario: &str) -> Option<OnTheCluster> {
     match scenario {
         "qos" => Some(OnTheCluster {
-            why: "a node subscribes on NATS after its client's SUBACK, so a QoS 0 message \
-                  published on another node right after SUBACK can be missed (CLUSTER.md, \
-                  'The subscription window'); the QoS 0 message is left out, QoS 0 across \
-                  nodes is the cross_node tests' (with probes first)",
+            why: "SUBACK waits for the node's own NATS server to take its subscription, but \
+                  NATS carries it to the other two servers on its own time, so a QoS 0 message \
+                  published through another server right after SUBACK can be missed \
+                  (CLUSTER.md, 'the subscription window'); the QoS 0 message is left out, QoS 0 \
+                  across nodes is the cross_node tests' (with probes first)",
             expected: unchanged,
             compared: |outcome| {
                 for key in ["sub_qos1", "sub_qos2"] {

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use rallymq_broker::{BrokerHandle, ClusterConfig, ListenerKind};
 use rallymq_codec::{
-    Ack, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, Subscribe, TopicName, Will,
+    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
+    TopicName, Will,
 };
 use rallymq_test_support::NatsServer;
 use serde_json::Value;
@@ -985,6 +986,51 @@ async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_no
     expect_each_once(&mut receiver, &mut raw, MESSAGES, "while the session moved").await;
 }
 
+/// What [`qos2_answered_by_a_node_that_died`] leaves: node B, a QoS 2 subscriber of B that got
+/// the message, and the publisher's PUBLISH and its CONNECT to resume with.
+struct AnsweredThenDied {
+    b: BrokerHandle,
+    subscriber: TestClient<TcpStream>,
+    resume: Connect,
+    publish: Publish,
+    _data: support::credentials::TempDir,
+}
+
+/// Node A (a child process, with a store) answers a persistent MQTT 5 publisher's QoS 2
+/// PUBLISH (identifier 7, on `{name}/1`) with PUBREC and delivers it to a subscriber on B;
+/// then A is SIGKILLed.
+async fn qos2_answered_by_a_node_that_died(nats: &NatsServer, name: &str) -> AnsweredThenDied {
+    let data = support::credentials::TempDir::new(&format!("cluster-{name}-store"));
+    let data_dir = data.path("node-a");
+    let b = in_process_node(nats, "node-b", false).await;
+    let mut a = ChildNode::start_with(nats, "node-a", Some(&data_dir));
+    let mut subscriber = connect(tcp_addr(&b), connect_packet(V5, &format!("{name}-sub"))).await;
+    subscriber
+        .subscribe(vec![subscription(&format!("{name}/#"), QoS::ExactlyOnce)])
+        .await;
+    let mut resume = persistent_connect(V5, &format!("{name}-pub"), 600);
+    let (mut publisher, connack) = Raw::connect(a.addr, resume.clone()).await;
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    let mut publish = message(&format!("{name}/1"), "once", QoS::ExactlyOnce);
+    publish.packet_id = PacketId::new(7);
+    publisher.send(Packet::Publish(publish.clone())).await;
+    assert!(
+        matches!(publisher.expect().await, Packet::PubRec(ack) if ack.packet_id == PacketId::new(7).unwrap()),
+        "A answers PUBREC"
+    );
+    let first = subscriber.recv().await.expect("the message");
+    assert_eq!(payload_str(&first), "once");
+    a.kill();
+    resume.clean_start = false;
+    AnsweredThenDied {
+        b,
+        subscriber,
+        resume,
+        publish,
+        _data: data,
+    }
+}
+
 /// A QoS 2 PUBLISH answered by A (PUBREC), whose PUBREC the client never got because A died,
 /// is sent again with DUP to B: the subscriber gets it once (A's record named its stream id
 /// before PUBREC, and B writes the resend under it, which the stream drops).
@@ -992,38 +1038,20 @@ async fn cluster_mqtt_4_3_3_qos2_published_while_a_session_moves_between_live_no
 async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_died_is_delivered_once()
  {
     let nats = NatsServer::start();
-    let data = support::credentials::TempDir::new("cluster-resend-store");
-    let data_dir = data.path("node-a");
-    let b = in_process_node(&nats, "node-b", false).await;
-    let mut a = ChildNode::start_with(&nats, "node-a", Some(&data_dir));
-    let mut subscriber = connect(tcp_addr(&b), connect_packet(V5, "resend-sub")).await;
-    subscriber
-        .subscribe(vec![subscription("r/#", QoS::ExactlyOnce)])
-        .await;
-
-    let mut publisher_connect = persistent_connect(V5, "resender", 600);
-    let (mut publisher, connack) = Raw::connect(a.addr, publisher_connect.clone()).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    let mut once = message("r/1", "once", QoS::ExactlyOnce);
-    once.packet_id = PacketId::new(7);
-    publisher.send(Packet::Publish(once.clone())).await;
-    assert!(
-        matches!(publisher.expect().await, Packet::PubRec(ack) if ack.packet_id == PacketId::new(7).unwrap()),
-        "A answers PUBREC"
-    );
-    let first = subscriber.recv().await.expect("the message");
-    assert_eq!(payload_str(&first), "once");
-    // The PUBREC is taken as lost with A.
-    a.kill();
-
-    publisher_connect.clean_start = false;
-    let (mut publisher, connack) = Raw::connect(tcp_addr(&b), publisher_connect).await;
+    let AnsweredThenDied {
+        b,
+        mut subscriber,
+        resume,
+        mut publish,
+        ..
+    } = qos2_answered_by_a_node_that_died(&nats, "resend").await;
+    let (mut publisher, connack) = Raw::connect(tcp_addr(&b), resume).await;
     assert!(
         connack.session_present,
         "the publisher's session resumed on B"
     );
-    once.dup = true;
-    publisher.send(Packet::Publish(once)).await;
+    publish.dup = true;
+    publisher.send(Packet::Publish(publish)).await;
     assert!(
         matches!(publisher.expect().await, Packet::PubRec(ack) if ack.packet_id == PacketId::new(7).unwrap()),
         "B answers the resend with PUBREC"
@@ -1032,6 +1060,35 @@ async fn cluster_mqtt_4_3_3_qos2_publish_resent_to_another_node_after_its_node_d
         .send(Packet::PubRel(Ack::new(PacketId::new(7).unwrap())))
         .await;
     assert!(matches!(publisher.expect().await, Packet::PubComp(_)));
+    subscriber.expect_silence(QUIET).await;
+}
+
+/// A QoS 2 PUBLISH answered by A (PUBREC), whose node then died: the client resumes on B and
+/// sends PUBREL, which B answers with PUBCOMP Success (the record named the identifier), not
+/// 0x92 (Packet Identifier not found); the subscriber got the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_3_3_10_pubrel_sent_to_another_node_after_its_node_died_gets_pubcomp_success()
+ {
+    let nats = NatsServer::start();
+    let AnsweredThenDied {
+        b,
+        mut subscriber,
+        resume,
+        ..
+    } = qos2_answered_by_a_node_that_died(&nats, "release").await;
+    let (mut publisher, connack) = Raw::connect(tcp_addr(&b), resume).await;
+    assert!(
+        connack.session_present,
+        "the publisher's session resumed on B"
+    );
+    publisher
+        .send(Packet::PubRel(Ack::new(PacketId::new(7).unwrap())))
+        .await;
+    assert_eq!(
+        publisher.expect().await,
+        Packet::PubComp(Ack::new(PacketId::new(7).unwrap())),
+        "PUBCOMP Success"
+    );
     subscriber.expect_silence(QUIET).await;
 }
 

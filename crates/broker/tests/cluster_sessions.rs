@@ -372,6 +372,49 @@ async fn cluster_mqtt_3_1_3_6_nodes_assign_client_ids_no_other_node_assigns() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_1_3_7_a_session_under_an_assigned_client_id_resumes_on_another_node() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let mut first = connect_packet(ProtocolVersion::V5, "");
+    first.properties.session_expiry_interval = Some(600);
+    let (mut client, connected) = TestClient::tcp(tcp_addr(&a), first).await;
+    let ClientEvent::Connected { connack, .. } = connected else {
+        panic!("{connected:?}")
+    };
+    let assigned = connack
+        .properties
+        .assigned_client_identifier
+        .as_ref()
+        .expect("an assigned client id")
+        .as_str()
+        .to_owned();
+    client
+        .subscribe(vec![subscription("asg/#", QoS::AtLeastOnce)])
+        .await;
+    client.disconnect(ReasonCode::Success).await;
+    wait_for_session(&a, &assigned, true).await;
+    let (mut publisher, _) =
+        TestClient::tcp(tcp_addr(&a), connect_packet(ProtocolVersion::V5, "asg-pub")).await;
+    publish_all(&mut publisher, "asg/t", &numbered("queued-", 0..3)).await;
+
+    // The client goes on as if it had sent the assigned id itself (MQTT-3.1.3-7), on B.
+    let (mut client, present) = connected_present(
+        tcp_addr(&b),
+        persistent_connect(ProtocolVersion::V5, &assigned, 600),
+    )
+    .await;
+    assert!(
+        present,
+        "Session Present 1 under {assigned} on the other node"
+    );
+    assert_eq!(payloads(&mut client, 3).await, numbered("queued-", 0..3));
+    assert!(!a.has_session(&assigned));
+    publish_all(&mut publisher, "asg/t", &numbered("after-", 0..2)).await;
+    assert_eq!(payloads(&mut client, 2).await, numbered("after-", 0..2));
+}
+
 /// Simultaneous connects per storm, split over the two nodes.
 const STORM: usize = 100;
 

@@ -330,7 +330,7 @@ pub(crate) struct BrokerArgs {
     pub(crate) cluster_storage: Option<config::ClusterStorage>,
 
     /// How long the stream keeps a message, in seconds (default 86400; 0: no age limit): a node
-    /// away longer misses what it held.
+    /// away longer misses what it held, and NATS removes its consumer.
     #[arg(
         long,
         value_name = "SECS",

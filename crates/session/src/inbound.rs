@@ -34,6 +34,10 @@ pub(crate) struct Inbound {
     /// The identifiers of `pending_ack` in the order their messages arrived: PUBACK and PUBREC
     /// go out in this order whatever order the driver answers in (MQTT-4.6.0-2, -3).
     arrival_order: LazyDeque<PacketId>,
+    /// QoS 2 identifiers whose message another holder of the session answered with PUBREC
+    /// (see `ServerSession::expect_release`): released on PUBREL, and never taken for a
+    /// resend of a PUBLISH.
+    answered_elsewhere: LazyMap<PacketId, ()>,
     receive_maximum: u16,
 }
 
@@ -43,6 +47,7 @@ impl Inbound {
             qos2_unreleased: awaiting_release.into_iter().map(|id| (id, ())).collect(),
             pending_ack: LazyMap::default(),
             arrival_order: LazyDeque::default(),
+            answered_elsewhere: LazyMap::default(),
             receive_maximum,
         }
     }
@@ -67,6 +72,10 @@ impl Inbound {
         }
         if self.unacknowledged() >= usize::from(self.receive_maximum) {
             return Arrival::OverReceiveMaximum;
+        }
+        if qos == QoS::ExactlyOnce {
+            // Its flow starts again here: the driver tells a resend apart.
+            self.answered_elsewhere.remove(&id);
         }
         self.pending_ack.insert(id, Pending { qos, answer: None });
         self.arrival_order.push_back(id);
@@ -116,7 +125,15 @@ impl Inbound {
                 self.arrival_order.remove(index);
             }
         }
-        self.qos2_unreleased.remove(&id).is_some()
+        self.qos2_unreleased.remove(&id).is_some() || self.answered_elsewhere.remove(&id).is_some()
+    }
+
+    /// `id`'s QoS 2 message was answered with PUBREC by another holder of the session: its
+    /// PUBREL is expected, unless this engine already tracks the identifier.
+    pub(crate) fn expect_release(&mut self, id: PacketId) {
+        if !self.qos2_unreleased.contains_key(&id) && !self.pending_ack.contains_key(&id) {
+            self.answered_elsewhere.insert(id, ());
+        }
     }
 
     /// Identifiers to keep with the session: QoS 2 messages acknowledged but not released.
@@ -145,6 +162,7 @@ impl Inbound {
 
     pub(crate) fn clear(&mut self) {
         self.qos2_unreleased.clear();
+        self.answered_elsewhere.clear();
         self.pending_ack.clear();
         self.arrival_order.take();
     }
@@ -152,6 +170,7 @@ impl Inbound {
     /// Frees the maps that are empty (the connection went quiet).
     pub(crate) fn release_if_empty(&mut self) {
         self.qos2_unreleased.release_if_empty();
+        self.answered_elsewhere.release_if_empty();
         self.pending_ack.release_if_empty();
         self.arrival_order.release_if_empty();
     }

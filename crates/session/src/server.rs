@@ -652,6 +652,16 @@ impl ServerConnection {
         self.core.outbound.released_packet_ids()
     }
 
+    /// Tells the engine that another holder of the session (in a cluster, another node)
+    /// answered the client's QoS 2 message `packet_id` with PUBREC, and the driver keeps it:
+    /// the client's PUBREL for it is answered with PUBCOMP Success rather than 0x92 (Packet
+    /// Identifier not found). Unlike an identifier in [`SessionState::inbound_awaiting_release`],
+    /// a PUBLISH under it is surfaced as a new message: the driver, which knows what it stored,
+    /// tells a resend apart. Ignored for an identifier the engine tracks already.
+    pub fn expect_release(&mut self, packet_id: PacketId) {
+        self.core.inbound.expect_release(packet_id);
+    }
+
     /// QoS 1 and 2 deliveries in flight and queued.
     pub fn pending_messages(&self) -> (usize, usize) {
         (

@@ -169,6 +169,39 @@ fn pubrel_for_unknown_identifier_gets_pubcomp_0x92() {
 }
 
 #[test]
+fn mqtt_4_3_3_10_pubrel_for_an_identifier_answered_elsewhere_gets_pubcomp_success() {
+    let mut pair = Pair::connected(V5);
+    // Another node answered PUBREC for 9 before this engine held the session.
+    pair.server.expect_release(pid(9));
+    pair.inject_to_server(&Packet::PubRel(Ack::new(pid(9))).to_bytes(V5).unwrap());
+    assert_eq!(
+        pair.packets_to_client(V5).pop(),
+        Some(Packet::PubComp(Ack::new(pid(9))))
+    );
+    // Released: a second PUBREL is for an identifier no flow holds.
+    pair.inject_to_server(&Packet::PubRel(Ack::new(pid(9))).to_bytes(V5).unwrap());
+    let mut unknown = Ack::new(pid(9));
+    unknown.reason_code = ReasonCode::PacketIdentifierNotFound;
+    assert_eq!(
+        pair.packets_to_client(V5).pop(),
+        Some(Packet::PubComp(unknown))
+    );
+}
+
+#[test]
+fn mqtt_4_3_3_2_a_publish_under_an_identifier_answered_elsewhere_is_surfaced() {
+    let mut pair = Pair::connected(V5);
+    pair.server.expect_release(pid(4));
+    pair.server_to_client = false;
+    let mut message = publish("a/b", QoS::ExactlyOnce, b"resent");
+    message.packet_id = Some(pid(4));
+    message.dup = true;
+    // The driver decides whether it is a resend of what it stored: the engine hands it over.
+    pair.inject_to_server(&Packet::Publish(message).to_bytes(V5).unwrap());
+    assert_eq!(pair.server_messages().len(), 1);
+}
+
+#[test]
 fn mqtt_4_4_0_2_failed_puback_ends_the_flow_without_resend() {
     let mut pair = Pair::connected(V5);
     pair.auto_broker = false;

@@ -148,6 +148,10 @@ const ROUTED_POLL: Duration = Duration::from_millis(2);
 /// ([`Link::groups_ready`]) before it is answered without it.
 const GROUP_READY: Duration = Duration::from_secs(2);
 
+/// How long a SUBACK waits at most for the NATS server to take the node's new NATS
+/// subscriptions ([`Link::subscriptions_synced`]).
+const SUBSCRIBE_SYNC_WAIT: Duration = Duration::from_secs(2);
+
 /// Whether a node shares this topic (or filter) with the others: `$SYS` topics describe the
 /// node that publishes them.
 fn crosses(topic: &str) -> bool {
@@ -222,8 +226,9 @@ fn generate_node_id() -> Result<String, Error> {
 /// What the interest task is asked to do, in the order the router's index changed.
 #[derive(Debug)]
 enum Command {
-    /// A local session holds this filter now, and none did.
-    Subscribe(TopicFilter),
+    /// A local session holds this filter now, and none did: the node's `mark`th such
+    /// request ([`Link::subscribes_asked`]).
+    Subscribe(TopicFilter, u64),
     /// No local session holds this filter any more.
     Unsubscribe(TopicFilter),
 }
@@ -235,6 +240,30 @@ enum Inbound {
     Message(u64, async_nats::Message),
     /// The subscription with this id is gone and has handed over all it held.
     Drained(u64),
+}
+
+/// The wait of [`Link::subscriptions_synced`]: awaited, it ends when the NATS server has taken
+/// the node's subscriptions up to `asked`, or after [`SUBSCRIBE_SYNC_WAIT`].
+#[derive(Debug)]
+pub(crate) struct SubscriptionsSynced {
+    synced: watch::Receiver<u64>,
+    asked: u64,
+}
+
+impl IntoFuture for SubscriptionsSynced {
+    type Output = ();
+    type IntoFuture = futures::future::BoxFuture<'static, ()>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let asked = self.asked;
+            let _ = tokio::time::timeout(
+                SUBSCRIBE_SYNC_WAIT,
+                self.synced.wait_for(|mark| *mark >= asked),
+            )
+            .await;
+        })
+    }
 }
 
 /// What became of a message sent to the other nodes.
@@ -264,6 +293,12 @@ pub(crate) struct Link {
     /// The retained bucket's stream, asked for its last revision.
     retained_stream: async_nats::jetstream::stream::Stream,
     commands: mpsc::UnboundedSender<Command>,
+    /// How many [`Command::Subscribe`] this node has sent: counted under this lock as each is
+    /// sent, so that the marks go into the channel in order.
+    subscribes_asked: Mutex<u64>,
+    /// The highest [`Command::Subscribe`] mark whose NATS subscriptions the NATS server has
+    /// taken (see [`follow_interest`]).
+    subscribes_synced: Arc<watch::Sender<u64>>,
     /// Shared groups this node joins and leaves.
     groups: mpsc::UnboundedSender<share::GroupCommand>,
     /// Messages not sent to the cluster (queue full, too large, not encodable).
@@ -374,6 +409,8 @@ impl Link {
             retained_seen: watch::Sender::new(0),
             retained_stream: bucket.stream.clone(),
             commands: commands_tx,
+            subscribes_asked: Mutex::new(0),
+            subscribes_synced: Arc::new(watch::Sender::new(0)),
             groups: groups_tx,
             dropped: AtomicU64::new(0),
             nodes: Arc::new(nodes),
@@ -390,6 +427,19 @@ impl Link {
                 sessions: sessions_parts,
             })),
         }))
+    }
+
+    /// Waits (at most [`SUBSCRIBE_SYNC_WAIT`]) until the NATS server has taken every NATS
+    /// subscription this node asked for so far; `None` when it has. A SUBACK waits for it, so
+    /// that a message another node publishes after the SUBACK reaches the subscriber (through
+    /// this node's NATS server; between NATS servers, interest travels on its own time).
+    pub(crate) fn subscriptions_synced(&self) -> Option<SubscriptionsSynced> {
+        let asked = *crate::lock(&self.subscribes_asked);
+        let synced = self.subscribes_synced.subscribe();
+        if *synced.borrow() >= asked {
+            return None;
+        }
+        Some(SubscriptionsSynced { synced, asked })
     }
 
     /// This node's id.
@@ -448,7 +498,12 @@ impl Link {
             )),
             tokio::spawn(until_shutdown(
                 shared,
-                follow_interest(self.client.clone(), parts.commands, Arc::downgrade(shared)),
+                follow_interest(
+                    self.client.clone(),
+                    parts.commands,
+                    self.subscribes_synced.clone(),
+                    Arc::downgrade(shared),
+                ),
             )),
         ]);
         tasks
@@ -507,6 +562,12 @@ impl Link {
     /// it is written ([`Cluster::forward`] under it).
     pub(crate) fn fresh_message_id(&self) -> String {
         self.stream.fresh_id()
+    }
+
+    /// A client id for a client that sent none, which no node assigns again: this node's
+    /// run (its id and start time) and a count.
+    pub(crate) fn fresh_client_id(&self) -> String {
+        format!("rallymq-{}", self.stream.fresh_id())
     }
 
     /// Sends a message published on this node to the other nodes (not `$SYS` topics). Never
@@ -666,7 +727,11 @@ impl SubscriptionHook for Link {
         if filter.is_shared() {
             let _ = self.groups.send(share::GroupCommand::Join(filter.clone()));
         } else {
-            let _ = self.commands.send(Command::Subscribe(filter.clone()));
+            let mut asked = crate::lock(&self.subscribes_asked);
+            *asked += 1;
+            let _ = self
+                .commands
+                .send(Command::Subscribe(filter.clone(), *asked));
         }
     }
 
@@ -899,7 +964,7 @@ async fn follow_retained(
                     let Ok(topic) = subject::key_topic(&entry.key) else {
                         continue;
                     };
-                    let retained = match entry.operation {
+                    let mut retained = match entry.operation {
                         Operation::Put => match open(entry.value) {
                             Some((_, publish))
                                 if publish.topic.as_ref().is_some_and(|t| t.as_str() == topic) =>
@@ -916,7 +981,28 @@ async fn follow_retained(
                             Publish::new(name, Bytes::new())
                         }
                     };
-                    shared.router.retain(&retained);
+                    // A Message Expiry counts from when the bucket stored the message, not
+                    // from when this node took it in: a node that starts later, or whose
+                    // watch is behind, must not keep an expired message or give it longer.
+                    let age = age_of(entry.created.unix_timestamp_nanos());
+                    let now = std::time::Instant::now();
+                    let stored_at = now.checked_sub(age).unwrap_or(now);
+                    if let Some(interval) = retained.properties.message_expiry_interval {
+                        let interval = Duration::from_secs(u64::from(interval));
+                        if age >= interval {
+                            if let Some(topic) = &retained.topic {
+                                shared.router.remove_retained(topic);
+                            }
+                            continue;
+                        }
+                        if stored_at == now && !age.is_zero() {
+                            // Older than this machine's clock reaches back: what is left of
+                            // the interval, from now.
+                            let left = (interval - age).as_secs_f64().ceil() as u32;
+                            retained.properties.message_expiry_interval = Some(left.max(1));
+                        }
+                    }
+                    shared.router.retain_since(&retained, stored_at);
                 }
             }
             Err(error) => warn!(%error, "cluster: cannot watch retained messages"),
@@ -926,6 +1012,17 @@ async fn follow_retained(
         }
         tokio::time::sleep(REWATCH_DELAY).await;
     }
+}
+
+/// How long ago, by this machine's clock, the NATS server stored an entry created at
+/// `created` (Unix time in nanoseconds); zero for one from the future (clocks apart).
+fn age_of(created: i128) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i128::try_from(since.as_nanos()).unwrap_or(i128::MAX)
+        });
+    u64::try_from(now.saturating_sub(created)).map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// Raises the retained copy's revision when dropped: after the entry of that revision is in
@@ -1002,9 +1099,15 @@ async fn publish_outbound(
 /// [`MAX_SUBSCRIPTIONS`], one subscription to every topic (`#`) replaces them, until the node
 /// holds no filter: the node then receives every QoS 0 message of the cluster (CLUSTER.md
 /// measures what an unwanted message costs it). All subscriptions are read here, in one task.
+///
+/// Once no command waits, the subscriptions made are confirmed with a request to a subject
+/// nobody subscribes to: the NATS server answers it ("no responders") after it has taken
+/// every SUB the connection sent before it, and `synced` then says up to which
+/// [`Command::Subscribe`] that holds.
 async fn follow_interest(
     client: async_nats::Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    synced: Arc<watch::Sender<u64>>,
     shared: std::sync::Weak<Shared>,
 ) {
     let mut interest = Interest::default();
@@ -1012,8 +1115,11 @@ async fn follow_interest(
     loop {
         tokio::select! {
             command = commands.recv() => match command {
-                Some(Command::Subscribe(filter)) => {
+                Some(Command::Subscribe(filter, mark)) => {
                     interest.hold(&client, &mut reading, filter).await;
+                    if commands.is_empty() {
+                        tokio::spawn(confirm_subscriptions(client.clone(), synced.clone(), mark));
+                    }
                 }
                 Some(Command::Unsubscribe(filter)) => {
                     interest.release(&mut reading, &filter).await;
@@ -1029,6 +1135,27 @@ async fn follow_interest(
             },
         }
     }
+}
+
+/// Raises `synced` to `mark` once the NATS server has taken the subscriptions sent before
+/// this (see [`follow_interest`]), or [`SUBSCRIBE_SYNC_WAIT`] has passed: a SUBACK is not held
+/// for longer while NATS is away.
+async fn confirm_subscriptions(
+    client: async_nats::Client,
+    synced: Arc<watch::Sender<u64>>,
+    mark: u64,
+) {
+    // Answered by the server itself: no node subscribes under `rmq.sync`.
+    let _ = tokio::time::timeout(
+        SUBSCRIBE_SYNC_WAIT,
+        client.request("rmq.sync", Bytes::new()),
+    )
+    .await;
+    synced.send_if_modified(|synced| {
+        let raised = *synced < mark;
+        *synced = (*synced).max(mark);
+        raised
+    });
 }
 
 /// The NATS subscriptions of a node's filters, by first level, and who owns a received copy.

@@ -219,8 +219,9 @@ pub struct StreamSettings {
     pub replicas: Option<usize>,
     /// Disk or memory.
     pub storage: StreamStorage,
-    /// How long the stream keeps a message: a node away longer than this misses what it held.
-    /// Zero keeps messages until `max_bytes` (or for ever).
+    /// How long the stream keeps a message: a node away longer than this misses what it held,
+    /// and NATS removes its consumer (its `inactive_threshold`). Zero keeps messages until
+    /// `max_bytes` (or for ever), and consumers for ever.
     pub max_age: Duration,
     /// The most bytes the stream keeps; past it, its oldest messages go. `None`: no limit.
     pub max_bytes: Option<u64>,
@@ -512,6 +513,10 @@ pub(super) async fn open_stream(
                     ack_policy: consumer::AckPolicy::Explicit,
                     filter_subject: format!("{}.>", subject::STREAM_PREFIX),
                     ack_wait: ACK_WAIT,
+                    // A node away longer than the stream keeps messages misses what it held
+                    // anyway: NATS then removes its consumer, which would otherwise stay for
+                    // good after the node is gone for good. Zero: never.
+                    inactive_threshold: settings.max_age,
                     ..consumer::pull::Config::default()
                 })
                 .await
