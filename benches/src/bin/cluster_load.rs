@@ -40,8 +40,10 @@
 //!   group's consumer on the stream spreads the messages over the nodes;
 //! - `idle`: the RSS of a `rallymq broker` process (`--rallymq PATH`, the binary people run) per
 //!   1,000 idle connections, single and clustered, connected only and each with a filter of
-//!   its own (under one first level, or each with a first level of its own); the RSS 100,000
-//!   filters take and what is left once they are unsubscribed; and how many messages NATS
+//!   its own (under one first level, or each with a first level of its own), for a first
+//!   batch of 1,000 and for a second made after it (what one more connection costs, without
+//!   what the first ones grow once, such as the NATS client's write buffer); the RSS
+//!   100,000 filters take and what is left once they are unsubscribed; and how many messages NATS
 //!   sends a node for a level it covers whole that none of its clients wants, with the CPU
 //!   they cost it. `--idle-rows N` measures the first `N` rows of connections only (1:
 //!   connected only), without the filters' churn and traffic.
@@ -985,7 +987,7 @@ enum IdleFilters {
 impl IdleFilters {
     const ALL: [Self; 3] = [Self::None, Self::OneLevel, Self::OwnLevel];
 
-    /// Connection `i`'s filter.
+    /// Connection `i`'s filter (`i` counts on over the batches).
     fn filter(self, i: usize) -> Option<String> {
         match self {
             Self::None => None,
@@ -1003,11 +1005,12 @@ impl IdleFilters {
     }
 }
 
-/// A `rallymq` process with [`IDLE_CONNECTIONS`] idle MQTT 3.1.1 connections, each subscribed
-/// to its filter of `filters`, and the RSS it had before them.
+/// A `rallymq` process with `batches` x [`IDLE_CONNECTIONS`] idle MQTT 3.1.1 connections, each
+/// subscribed to its filter of `filters`, and its RSS before them and after each batch.
 struct IdleBroker {
     broker: RallymqProcess,
-    before: u64,
+    /// The RSS before the first batch, then after each.
+    rss: Vec<u64>,
     _clients: Vec<Client>,
 }
 
@@ -1017,6 +1020,7 @@ impl IdleBroker {
         cluster: Option<(&str, &str)>,
         filters: IdleFilters,
         settle: Duration,
+        batches: usize,
     ) -> io::Result<Self> {
         let port = rallymq_test_support::free_port();
         let broker = RallymqProcess::start(program, port, cluster)?;
@@ -1026,28 +1030,39 @@ impl IdleBroker {
         let mut first = Client::connect(addr, Transport::Tcp, "idle-first", true).await?;
         first.subscribe("idle/first", QoS::AtMostOnce).await?;
         tokio::time::sleep(settle).await;
-        let before = broker.rss()?;
-        let ids = (0..IDLE_CONNECTIONS).map(|i| format!("idle-{i}")).collect();
-        let mut clients =
-            rallymq_benches::client::connect_all(addr, Transport::Tcp, ids, true).await?;
-        for (i, client) in clients.iter_mut().enumerate() {
-            if let Some(filter) = filters.filter(i) {
-                client.subscribe(&filter, QoS::AtLeastOnce).await?;
+        let mut rss = vec![broker.rss()?];
+        let mut clients = vec![first];
+        for batch in 0..batches {
+            let from = batch * IDLE_CONNECTIONS;
+            let ids = (from..from + IDLE_CONNECTIONS)
+                .map(|i| format!("idle-{i}"))
+                .collect();
+            let mut connected =
+                rallymq_benches::client::connect_all(addr, Transport::Tcp, ids, true).await?;
+            for (i, client) in connected.iter_mut().enumerate() {
+                if let Some(filter) = filters.filter(from + i) {
+                    client.subscribe(&filter, QoS::AtLeastOnce).await?;
+                }
             }
+            clients.append(&mut connected);
+            tokio::time::sleep(settle).await;
+            rss.push(broker.rss()?);
         }
-        clients.push(first);
-        tokio::time::sleep(settle).await;
         Ok(Self {
             broker,
-            before,
+            rss,
             _clients: clients,
         })
     }
 
-    /// What the RSS gained per 1,000 connections.
-    fn gained_per_1000(&self) -> io::Result<f64> {
-        let after = self.broker.rss()?;
-        Ok((after as f64 - self.before as f64) * 1000.0 / IDLE_CONNECTIONS as f64)
+    /// What the RSS gained per 1,000 connections with each batch: the first batch's figure
+    /// holds what the first connections' burst grows once (buffers kept at their largest),
+    /// the later ones' what one more connection costs.
+    fn gained_per_1000(&self) -> Vec<f64> {
+        self.rss
+            .windows(2)
+            .map(|pair| (pair[1] as f64 - pair[0] as f64) * 1000.0 / IDLE_CONNECTIONS as f64)
+            .collect()
     }
 }
 
@@ -1157,7 +1172,7 @@ async fn unwanted_traffic(
     settle: Duration,
 ) -> io::Result<(u64, f64)> {
     let url = nats.url();
-    let receiver = IdleBroker::start(program, Some((&url, "idle-b")), filters, settle).await?;
+    let receiver = IdleBroker::start(program, Some((&url, "idle-b")), filters, settle, 1).await?;
     let port = rallymq_test_support::free_port();
     let _sender = RallymqProcess::start(program, port, Some((&url, "idle-a")))?;
     let mut publisher = Client::connect(
@@ -1226,26 +1241,32 @@ fn idle_mode(
         eprintln!("idle: {error}");
         ExitCode::FAILURE
     };
-    println!("RSS of a rallymq process per 1,000 idle connections ({IDLE_CONNECTIONS} opened):");
+    println!(
+        "RSS of a rallymq process per 1,000 idle connections (two batches of \
+         {IDLE_CONNECTIONS}, each read {settle:?} after it; the second: what one more costs):"
+    );
     let rows = options.idle_rows.unwrap_or(IdleFilters::ALL.len());
     for filters in IdleFilters::ALL.into_iter().take(rows) {
-        let mut deltas: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        // [single, cluster] x [first batch, second batch]
+        let mut deltas: [[Vec<f64>; 2]; 2] = Default::default();
         for round in 0..rounds {
             for (m, cluster) in [None, Some((url.as_str(), "idle-b"))]
                 .into_iter()
                 .enumerate()
             {
                 let measured = runtime.block_on(async {
-                    IdleBroker::start(program, cluster, filters, settle)
-                        .await?
-                        .gained_per_1000()
+                    let broker = IdleBroker::start(program, cluster, filters, settle, 2).await?;
+                    Ok::<_, io::Error>(broker.gained_per_1000())
                 });
-                let delta = match measured {
-                    Ok(delta) => delta,
+                let batches = match measured {
+                    Ok(batches) => batches,
                     Err(error) => return report(error),
                 };
+                let &[first, second] = batches.as_slice() else {
+                    return report(io::Error::other("not two batches"));
+                };
                 println!(
-                    "round {} {:>7}, {}: {:.0} KiB per 1,000",
+                    "round {} {:>7}, {}: {:.0} KiB per 1,000, the second 1,000 {:.0} KiB",
                     round + 1,
                     if cluster.is_some() {
                         "cluster"
@@ -1253,16 +1274,22 @@ fn idle_mode(
                         "single"
                     },
                     filters.name(),
-                    delta / 1024.0
+                    first / 1024.0,
+                    second / 1024.0
                 );
-                deltas[m].push(delta);
+                deltas[m][0].push(first);
+                deltas[m][1].push(second);
             }
         }
-        let [single, clustered] = deltas.map(|d| median(d) / 1024.0);
+        let [[single, single_second], [clustered, clustered_second]] =
+            deltas.map(|batches| batches.map(|d| median(d) / 1024.0));
         println!(
-            "median, {}: single {single:.0} KiB, cluster {clustered:.0} KiB per 1,000 ({:.2}x)",
+            "median, {}: single {single:.0} KiB, cluster {clustered:.0} KiB per 1,000 ({:.2}x); \
+             the second 1,000: single {single_second:.0} KiB, cluster {clustered_second:.0} KiB \
+             ({:.2}x)",
             filters.name(),
-            clustered / single
+            clustered / single,
+            clustered_second / single_second
         );
     }
     if options.idle_rows.is_some() {

@@ -23,8 +23,8 @@ use crate::listener::ListenerContext;
 use crate::policy::Policy;
 use crate::router::{RouteOutcome, Router, SubscriptionData, Targets, stored_copy};
 use crate::session::{
-    Attachment, Control, ControlBox, Durable, NO_LISTENER, Origin, Persisting, Registry, Session,
-    SessionInner, signal,
+    Attachment, Control, ControlBox, Deadline, Durable, NO_LISTENER, Origin, Persisting, Registry,
+    Session, SessionInner, signal,
 };
 use crate::stats::{Dropped, SocketRefusal, Stats};
 use crate::store::{
@@ -593,7 +593,10 @@ impl Shared {
             let mut inner = session.lock();
             inner.persistent = true;
             inner.expires_at = (record.expiry_interval != u32::MAX).then(|| {
-                instant_of(disconnected_at) + Duration::from_secs(u64::from(record.expiry_interval))
+                Deadline::at(
+                    instant_of(disconnected_at)
+                        + Duration::from_secs(u64::from(record.expiry_interval)),
+                )
             });
             inner.saved = Some(Box::new(SessionState {
                 inbound_awaiting_release: stored.inbound,
@@ -638,7 +641,7 @@ impl Shared {
         let now = Instant::now();
         for session in self.registry.all() {
             self.remove_offline_session(&session, |inner| {
-                inner.expires_at.is_some_and(|at| at <= now)
+                inner.expires_at.is_some_and(|at| at.instant() <= now)
             });
         }
     }

@@ -37,8 +37,8 @@ use crate::cluster::StreamAck;
 use crate::policy::Policy;
 use crate::router::{SubscriptionData, copy_for};
 use crate::session::{
-    Attached, ConnectionInfo, Control, ControlBox, Deliveries, Detached, EarlyAck, EngineCounts,
-    Persisting, Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting,
+    Attached, ConnectionInfo, Control, ControlBox, Deadline, Deliveries, Detached, EarlyAck,
+    EngineCounts, Persisting, Queued, Session, SessionInner, StoredRef, UNKNOWN_SEQUENCE, Waiting,
     count_down_expiry, delivered_copy, signal,
 };
 use crate::stats::{Disconnect, Dropped, Hex, Via, version_label, via_label};
@@ -2178,8 +2178,9 @@ impl Driver {
                     }
                     inner.persistent = true;
                     inner.saved = Some(Box::new(state));
-                    inner.expires_at = (expiry != u32::MAX)
-                        .then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+                    inner.expires_at = (expiry != u32::MAX).then(|| {
+                        Deadline::at(Instant::now() + Duration::from_secs(u64::from(expiry)))
+                    });
                     let dropped = go_offline(inner, expiry, will_pending, deliveries.take());
                     stats.dropped(Dropped::OfflineQos0, dropped);
                     false
