@@ -1487,7 +1487,7 @@ impl Driver {
         // of it in the whole cluster (see `cluster::sessions`).
         // An id assigned to an MQTT 5 client whose session outlives its connection is claimed
         // like any other, so that the client resumes with it on any node. It carries the
-        // node's run (see `Cluster::fresh_client_id`): no node assigns it again, even after a
+        // node's run (see `Link::fresh_client_id`): no node assigns it again, even after a
         // restart that kept the sessions. Other assigned ids are never used again by their
         // client, and are not claimed.
         let claimed_assigned = match self.shared.cluster.get() {
