@@ -72,6 +72,11 @@ use rallymq_codec::{Limits, Packet, Publish, QoS, TopicName};
 use rallymq_test_support::NatsServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The `rallymq` binary's allocator, set up as the binary sets it up: the brokers measured in
+/// this process allocate as the one people run does.
+#[path = "../../../crates/cli/src/allocator.rs"]
+mod allocator;
+
 const PAYLOAD_LEN: usize = 64;
 const BATCH: u64 = 32;
 const WARMUP: Duration = Duration::from_millis(500);
@@ -175,11 +180,17 @@ fn main() -> ExitCode {
             }
         }
     }
-    let runtime = match rallymq_benches::multi_thread_runtime(
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
-    ) {
+    allocator::configure();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    allocator::tune_runtime(
+        runtime.worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get())),
+    );
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
-        Err(code) => return code,
+        Err(error) => {
+            eprintln!("cannot build the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     let nats = NatsServer::start();
     if let Some(connects) = connects {
