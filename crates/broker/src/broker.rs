@@ -34,6 +34,25 @@ use crate::store::{
 use crate::tls::Tls;
 use crate::{Error, listener, sys};
 
+/// The longest a publisher is paused for slow subscribers at a time.
+const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
+
+/// A publisher counted in `Shared::space_waiters` while it lives (also if its wait is dropped).
+struct SpaceWaiter<'a>(&'a Shared);
+
+impl<'a> SpaceWaiter<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.space_waiters.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for SpaceWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.space_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// State every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -169,9 +188,38 @@ impl Shared {
         crate::lock(&self.connecting)
     }
 
+    /// Waits until each of `congested` (sessions a publisher's messages filled past their
+    /// high-water mark) drains below it, for at most [`BACK_PRESSURE_LIMIT`] in all: a
+    /// subscriber that stays stuck then loses messages to its queue limit instead of stalling
+    /// everyone. Publishers' connections wait here before reading more, and so does what
+    /// receives the cluster's QoS 0 messages.
+    pub(crate) async fn wait_for_space(&self, congested: Vec<Arc<Session>>) {
+        let deadline = tokio::time::Instant::now() + BACK_PRESSURE_LIMIT;
+        let limits = &self.config.limits;
+        // Counted before each check of a queue, which takes the session's lock: a drain that
+        // finds no waiter counted released that lock before this check took it, so the check
+        // sees the room it made.
+        let _waiting = SpaceWaiter::new(self);
+        for session in congested {
+            loop {
+                let space = self.space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if !session.is_congested(limits) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                    // Stuck: not waited for again until it drains (its queue limit drops).
+                    session.lock().stalled = true;
+                    break;
+                }
+            }
+        }
+    }
+
     /// A subscriber's queue drained: wakes the publishers waiting for room, if any. Called
     /// after the session's lock is released, which orders it with a waiter's check (see
-    /// `Driver::wait_for_subscribers`).
+    /// [`Shared::wait_for_space`]).
     pub(crate) fn space_freed(&self) {
         if self.space_waiters.load(Ordering::SeqCst) > 0 {
             self.space.notify_waiters();
@@ -236,16 +284,17 @@ impl Shared {
     }
 
     /// Publishes a message another cluster node received, to this node's clients only (not
-    /// to shared groups: they have their own way through the cluster); returns the store's
-    /// ticket for what routing wrote. `sequence` is the message's place in the stream it was
-    /// read from (0: none): the store keeps it with what routing wrote, when that is anything.
+    /// to shared groups: they have their own way through the cluster); the outcome's ticket is
+    /// the store's for what routing wrote. `sequence` is the message's place in the stream it
+    /// was read from (0: none): the store keeps it with what routing wrote, when that is
+    /// anything.
     pub(crate) fn publish_received(
         &self,
         sender: Option<&str>,
         publish: &Publish,
         sequence: u64,
         cursor: Option<Change>,
-    ) -> Ticket {
+    ) -> RouteOutcome {
         let targets = Targets::Subscribers {
             shared_groups: false,
         };
@@ -255,7 +304,6 @@ impl Shared {
             Origin::Stream(sequence)
         };
         self.publish_here(sender, publish, None, cursor, targets, origin)
-            .ticket
     }
 
     /// Publishes a message read again from the cluster's stream (at `sequence`) to

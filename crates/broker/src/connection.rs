@@ -48,9 +48,6 @@ use crate::store::{Change, LoadedEntry, SessionRecord, StoreError, StoredWill, T
 /// `Driver::poll_read`).
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The longest a publisher is paused for slow subscribers at a time.
-const BACK_PRESSURE_LIMIT: Duration = Duration::from_secs(1);
-
 /// Queue entries read from the store at a time. A draining session holds about two pages (one
 /// being delivered, one whose acknowledgements wait for a commit): with 1,000 sessions draining
 /// 10 M entries the broker peaked at 310 MiB with 256, 225 MiB with 128 and 180 MiB with 64
@@ -126,22 +123,6 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     Driver::new(shared, peer, certificate_user).serve(io)
-}
-
-/// A publisher counted in `Shared::space_waiters` while it lives (also if its wait is dropped).
-struct SpaceWaiter<'a>(&'a Shared);
-
-impl<'a> SpaceWaiter<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        shared.space_waiters.fetch_add(1, Ordering::SeqCst);
-        Self(shared)
-    }
-}
-
-impl Drop for SpaceWaiter<'_> {
-    fn drop(&mut self) {
-        self.0.space_waiters.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// What handling one engine event leaves for the driver to await.
@@ -534,35 +515,12 @@ impl Driver {
     }
 
     /// Pauses this publisher until the subscribers it congested drain below their high-water
-    /// mark, for at most `BACK_PRESSURE_LIMIT` in all: a subscriber that stays stuck then loses
-    /// messages to its queue limit instead of stalling everyone.
+    /// mark ([`Shared::wait_for_space`]).
     async fn wait_for_subscribers(&mut self) {
-        let deadline = tokio::time::Instant::now() + BACK_PRESSURE_LIMIT;
-        let limits = &self.shared.config.limits;
-        // Counted before each check of a queue, which takes the session's lock: a drain that
-        // finds no waiter counted released that lock before this check took it, so the check
-        // sees the room it made.
-        let _waiting = SpaceWaiter::new(&self.shared);
-        for session in self
-            .congested
-            .take()
-            .map(|sessions| *sessions)
-            .unwrap_or_default()
-        {
-            loop {
-                let space = self.shared.space.notified();
-                tokio::pin!(space);
-                space.as_mut().enable();
-                if !session.is_congested(limits) {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, space).await.is_err() {
-                    // Stuck: not waited for again until it drains (its queue limit drops).
-                    session.lock().stalled = true;
-                    break;
-                }
-            }
-        }
+        let congested = self.congested.take().map(|sessions| *sessions);
+        self.shared
+            .wait_for_space(congested.unwrap_or_default())
+            .await;
     }
 
     /// Reads what the transport has, up to `READ_CHUNK`, and hands it to the engine. The

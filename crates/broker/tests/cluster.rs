@@ -155,6 +155,70 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
     assert_eq!(collect(&mut hash, N).await, once_each(&["c/from-b"], N));
 }
 
+/// How many messages the NATS server has received from the node's main connection.
+fn nats_messages_from(nats: &NatsServer, node: &BrokerHandle) -> u64 {
+    let name = format!("rallymq-{}", node.node_id().expect("a cluster node"));
+    let body = nats.monitor("/connz").expect("the monitoring port answers");
+    let connz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    connz["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .find(|connection| connection["name"] == name.as_str())
+        .and_then(|connection| connection["in_msgs"].as_u64())
+        .expect("the node's connection")
+}
+
+/// MQTT-4.6.0-6: a burst that crosses nodes keeps its order, topic by topic and across
+/// topics; the node sends it in batches, fewer NATS messages than MQTT ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_4_6_0_6_a_qos0_burst_crosses_nodes_whole_in_order_and_in_batches() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let b = node(&[&nats]).await;
+    let mut subscriber = client(&b, "b-sub", &["burst/+"]).await;
+    let mut publisher = client(&a, "a-pub", &[]).await;
+    warm_up(&mut publisher, "burst/x", &mut [&mut subscriber]).await;
+
+    // Runs on one topic, and topics taking turns message by message.
+    const N: usize = 3000;
+    let sent: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            let topic = match i {
+                ..1000 => "burst/a",
+                1000..2000 => "burst/b",
+                _ if i % 2 == 0 => "burst/a",
+                _ => "burst/b",
+            };
+            (topic.to_owned(), format!("{topic}#{i}"))
+        })
+        .collect();
+    let before = nats_messages_from(&nats, &a);
+    publisher
+        .publish_together(
+            sent.iter()
+                .map(|(topic, payload)| message(topic, payload, QoS::AtMostOnce)),
+        )
+        .await;
+    let mut received = Vec::new();
+    recv_until_quiet(&mut subscriber, N, WAIT, QUIET, |publish| {
+        if payload_str(&publish).starts_with(PROBE) {
+            return false;
+        }
+        received.push((topic_str(&publish), payload_str(&publish)));
+        true
+    })
+    .await;
+    assert_eq!(received.len(), N, "every message, once");
+    assert!(received == sent, "in the order published");
+    let nats_messages = nats_messages_from(&nats, &a) - before;
+    // Heartbeats and the like go on the same connection: a few more.
+    assert!(
+        nats_messages < N as u64 / 2,
+        "{nats_messages} NATS messages for {N} MQTT ones"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_qos0_message_published_on_another_node_right_after_suback_reaches_the_subscriber()
  {

@@ -4,7 +4,7 @@
 //! messages cross on core NATS, at most once. Each node
 //! - publishes what its clients publish with QoS 0 to the subject of its topic ([`subject`]), in an
 //!   envelope that carries the whole MQTT 5 PUBLISH (properties included) and the publisher's
-//!   client id (for No Local);
+//!   client id (for No Local), consecutive ones to one subject in one batch ([`outbound`]);
 //! - subscribes on NATS for the distinct filters its sessions hold, told of them by the
 //!   router's [`SubscriptionHook`]: one subscription per filter while a first level (`a` of
 //!   `a/b/+`; every filter that starts with a wildcard counts as one level) has at most
@@ -35,6 +35,7 @@
 
 mod bucket;
 mod nodes;
+mod outbound;
 mod replay;
 mod sessions;
 mod share;
@@ -46,7 +47,7 @@ pub(crate) use sessions::{Claimed, RecordWritten, Recorded, Sessions};
 pub(crate) use stream::StreamAck;
 pub use stream::{StreamSettings, StreamStorage};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,8 +101,13 @@ impl ClusterConfig {
 /// The file in the data directory that keeps a generated node id.
 const NODE_ID_FILE: &str = "node-id";
 
-/// The envelope's format version, first byte of every message a node publishes.
+/// The envelope's format version, first byte of every message a node publishes: one message's
+/// record follows ([`seal`]).
 const ENVELOPE_V1: u8 = 1;
+
+/// The first byte of a batch envelope: the records of several messages to one subject follow,
+/// each as in an [`ENVELOPE_V1`] envelope ([`outbound`] makes them; QoS 0 only).
+const ENVELOPE_BATCH: u8 = 2;
 
 /// Messages waiting to be handed to the NATS client; past this many, new ones are dropped (and
 /// counted): a node does not buffer without bound for a slow or absent NATS server.
@@ -243,11 +249,14 @@ enum Inbound {
 }
 
 /// The wait of [`Link::subscriptions_synced`]: awaited, it ends when the NATS server has taken
-/// the node's subscriptions up to `asked`, or after [`SUBSCRIBE_SYNC_WAIT`].
+/// the node's subscriptions up to `asked` and a heartbeat has listed its shared groups as
+/// they were then (`groups`: that change, and the heartbeats' progress), or after
+/// [`SUBSCRIBE_SYNC_WAIT`].
 #[derive(Debug)]
 pub(crate) struct SubscriptionsSynced {
     synced: watch::Receiver<u64>,
     asked: u64,
+    groups: Option<(watch::Receiver<u64>, u64)>,
 }
 
 impl IntoFuture for SubscriptionsSynced {
@@ -257,10 +266,12 @@ impl IntoFuture for SubscriptionsSynced {
     fn into_future(mut self) -> Self::IntoFuture {
         Box::pin(async move {
             let asked = self.asked;
-            let _ = tokio::time::timeout(
-                SUBSCRIBE_SYNC_WAIT,
-                self.synced.wait_for(|mark| *mark >= asked),
-            )
+            let _ = tokio::time::timeout(SUBSCRIBE_SYNC_WAIT, async {
+                let _ = self.synced.wait_for(|mark| *mark >= asked).await;
+                if let Some((mut announced, changed)) = self.groups {
+                    let _ = announced.wait_for(|mark| *mark >= changed).await;
+                }
+            })
             .await;
         })
     }
@@ -282,7 +293,7 @@ pub(crate) struct Forwarded {
 pub(crate) struct Link {
     node_id: String,
     client: async_nats::Client,
-    outbound: mpsc::Sender<(String, Bytes)>,
+    outbound: mpsc::Sender<outbound::Outgoing>,
     /// QoS 1 and 2 messages for the stream.
     stream: stream::Writer,
     /// Retained messages for the bucket: key, the envelope (`None` clears the topic), and
@@ -323,7 +334,7 @@ type RetainedWrite = (
 
 #[derive(Debug)]
 struct Parts {
-    outbound: mpsc::Receiver<(String, Bytes)>,
+    outbound: mpsc::Receiver<outbound::Outgoing>,
     retained: mpsc::Receiver<RetainedWrite>,
     bucket: async_nats::jetstream::kv::Store,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -430,16 +441,23 @@ impl Link {
     }
 
     /// Waits (at most [`SUBSCRIBE_SYNC_WAIT`]) until the NATS server has taken every NATS
-    /// subscription this node asked for so far; `None` when it has. A SUBACK waits for it, so
-    /// that a message another node publishes after the SUBACK reaches the subscriber (through
-    /// this node's NATS server; between NATS servers, interest travels on its own time).
+    /// subscription this node asked for so far, and a heartbeat lists the shared groups it has
+    /// now; `None` when both hold. A SUBACK waits for it, so that a message another node
+    /// publishes after the SUBACK reaches the subscriber (through this node's NATS server;
+    /// between NATS servers, interest travels on its own time), and a group's QoS 0 messages
+    /// reach its members one at a time ([`share::KnownGroups`]).
     pub(crate) fn subscriptions_synced(&self) -> Option<SubscriptionsSynced> {
         let asked = *crate::lock(&self.subscribes_asked);
         let synced = self.subscribes_synced.subscribe();
-        if *synced.borrow() >= asked {
+        let groups = self.nodes.groups_unannounced();
+        if *synced.borrow() >= asked && groups.is_none() {
             return None;
         }
-        Some(SubscriptionsSynced { synced, asked })
+        Some(SubscriptionsSynced {
+            synced,
+            asked,
+            groups,
+        })
     }
 
     /// This node's id.
@@ -477,7 +495,10 @@ impl Link {
             tokio::spawn(until_shutdown(shared, serve_takeovers)),
             tokio::spawn(write_stream),
             tokio::spawn(until_shutdown(shared, read_stream)),
-            tokio::spawn(publish_outbound(self.client.clone(), parts.outbound)),
+            tokio::spawn(outbound::publish_outbound(
+                self.client.clone(),
+                parts.outbound,
+            )),
             tokio::spawn(store_retained(parts.bucket.clone(), parts.retained)),
             tokio::spawn(until_shutdown(
                 shared,
@@ -637,7 +658,12 @@ impl Link {
             forwarded.shared_groups = true;
             return forwarded;
         }
-        if self.outbound.try_send((subject, envelope)).is_err() {
+        let outgoing = outbound::Outgoing {
+            subject,
+            envelope,
+            alone: self.nodes.groups_may_want(topic),
+        };
+        if self.outbound.try_send(outgoing).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 warn!(
@@ -725,6 +751,7 @@ impl SubscriptionHook for Link {
             return;
         }
         if filter.is_shared() {
+            self.nodes.join_group(filter.as_str());
             let _ = self.groups.send(share::GroupCommand::Join(filter.clone()));
         } else {
             let mut asked = crate::lock(&self.subscribes_asked);
@@ -741,6 +768,7 @@ impl SubscriptionHook for Link {
             return;
         }
         if filter.is_shared() {
+            self.nodes.leave_group(filter.as_str());
             let _ = self.groups.send(share::GroupCommand::Leave(filter.clone()));
         } else {
             let _ = self.commands.send(Command::Unsubscribe(filter.clone()));
@@ -772,22 +800,55 @@ fn seal(sender: Option<&str>, publish: &Publish) -> Option<Bytes> {
 /// The publisher's client id and the message of an envelope made by [`seal`]; `None` for
 /// anything else (from an incompatible node, or not from a node at all).
 fn open(mut envelope: Bytes) -> Option<(Option<String>, Publish)> {
-    if envelope.len() < 3 || envelope.get_u8() != ENVELOPE_V1 {
+    if envelope.first() != Some(&ENVELOPE_V1) {
         return None;
     }
-    let sender_len = usize::from(envelope.get_u16());
-    if envelope.len() < sender_len {
+    envelope.advance(1);
+    let mut records = BytesMut::from(&envelope[..]);
+    let record = read_record(&mut records)?;
+    records.is_empty().then_some(record)
+}
+
+/// Hands `each` the publisher's client id and the message of every record of an envelope,
+/// one made by [`seal`] or a batch of them ([`ENVELOPE_BATCH`]), in order. `None` when the
+/// envelope is neither, or a record is not whole: the records before it were handed over.
+fn open_each(mut envelope: Bytes, mut each: impl FnMut(Option<String>, Publish)) -> Option<()> {
+    match envelope.first() {
+        Some(&ENVELOPE_BATCH) => {}
+        Some(&ENVELOPE_V1) => {
+            let (sender, publish) = open(envelope)?;
+            each(sender, publish);
+            return Some(());
+        }
+        _ => return None,
+    }
+    envelope.advance(1);
+    let mut records = BytesMut::from(&envelope[..]);
+    while !records.is_empty() {
+        let (sender, publish) = read_record(&mut records)?;
+        each(sender, publish);
+    }
+    Some(())
+}
+
+/// Takes one record off `records`: the publisher's client id (length-prefixed; empty when
+/// published in-process) and the MQTT 5 PUBLISH.
+fn read_record(records: &mut BytesMut) -> Option<(Option<String>, Publish)> {
+    if records.len() < 2 {
         return None;
     }
-    let sender = std::str::from_utf8(&envelope.split_to(sender_len))
+    let sender_len = usize::from(records.get_u16());
+    if records.len() < sender_len {
+        return None;
+    }
+    let sender = std::str::from_utf8(&records.split_to(sender_len))
         .ok()?
         .to_owned();
-    let mut buf = BytesMut::from(&envelope[..]);
     let limits = Limits {
         max_packet_size: Limits::PROTOCOL_MAX_PACKET_SIZE,
     };
-    match rallymq_codec::decode(&mut buf, ProtocolVersion::V5, &limits) {
-        Ok(Some(Packet::Publish(publish))) if buf.is_empty() && publish.topic.is_some() => {
+    match rallymq_codec::decode(records, ProtocolVersion::V5, &limits) {
+        Ok(Some(Packet::Publish(publish))) if publish.topic.is_some() => {
             Some(((!sender.is_empty()).then_some(sender), publish))
         }
         _ => None,
@@ -1024,6 +1085,32 @@ fn received(
         debug!(%topic, "cluster: not a rallymq node's message; ignored");
         return None;
     };
+    on_topic(&topic, publish).map(|publish| (sender, publish))
+}
+
+/// As [`received`], for a QoS 0 message from NATS, which may be a batch: hands `each` every
+/// message of it whose topic is the subject's.
+fn received_each(
+    topic: Result<String, subject::NotATopic>,
+    payload: Bytes,
+    mut each: impl FnMut(Option<String>, Publish),
+) {
+    let Ok(topic) = topic else {
+        debug!("cluster: not a topic's subject; ignored");
+        return;
+    };
+    let opened = open_each(payload, |sender, publish| {
+        if let Some(publish) = on_topic(&topic, publish) {
+            each(sender, publish);
+        }
+    });
+    if opened.is_none() {
+        debug!(%topic, "cluster: not a rallymq node's message, or not whole; ignored");
+    }
+}
+
+/// `publish`, if its topic is `topic`, the topic of the subject it came on.
+fn on_topic(topic: &str, publish: Publish) -> Option<Publish> {
     if publish
         .topic
         .as_ref()
@@ -1032,23 +1119,7 @@ fn received(
         debug!(%topic, "cluster: subject and message disagree on the topic; ignored");
         return None;
     }
-    Some((sender, publish))
-}
-
-/// Hands messages to the NATS client in order.
-async fn publish_outbound(
-    client: async_nats::Client,
-    mut outbound: mpsc::Receiver<(String, Bytes)>,
-) {
-    let mut failures = 0u64;
-    while let Some((subject, envelope)) = outbound.recv().await {
-        if let Err(error) = client.publish(subject, envelope).await {
-            failures += 1;
-            if failures.is_power_of_two() {
-                warn!(%error, failures, "cluster: a message could not be sent to other nodes");
-            }
-        }
-    }
+    Some(publish)
 }
 
 /// Keeps NATS subscriptions that cover every filter the node's sessions hold, reads them all,
@@ -1080,6 +1151,11 @@ async fn follow_interest(
 ) {
     let mut interest = Interest::default();
     let mut reading = futures::stream::SelectAll::new();
+    // Delivering, and reading, wait while a subscriber's queue is past its high-water mark,
+    // as a local publisher's connection does; what the last NATS message brought and was not
+    // delivered yet waits in `pending`.
+    let mut paused: Option<futures::future::BoxFuture<'static, ()>> = None;
+    let mut pending = VecDeque::new();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -1094,10 +1170,15 @@ async fn follow_interest(
                 }
                 None => return,
             },
-            Some(inbound) = reading.next(), if !reading.is_empty() => match inbound {
+            () = async { if let Some(pause) = paused.as_mut() { pause.await } }, if paused.is_some() => {
+                let Some(shared) = shared.upgrade() else { return };
+                paused = deliver(shared, &mut pending);
+            }
+            Some(inbound) = reading.next(), if paused.is_none() && !reading.is_empty() => match inbound {
                 Inbound::Message(id, message) => {
                     let Some(shared) = shared.upgrade() else { return };
-                    deliver(&shared, &interest.owners, id, message);
+                    take_owned(&interest.owners, id, message, &mut pending);
+                    paused = deliver(shared, &mut pending);
                 }
                 Inbound::Drained(id) => interest.drained(id),
             },
@@ -1392,29 +1473,53 @@ impl futures::Stream for Subscription {
     }
 }
 
-/// Delivers a received copy if it came through its owner.
-fn deliver(
-    shared: &Shared,
+/// Puts in `pending` the messages of a received copy (several, for a batch) if it came
+/// through its owner, subscription `id`.
+fn take_owned(
     owners: &SubscriptionIndex<u64, ()>,
     id: u64,
     message: async_nats::Message,
+    pending: &mut VecDeque<(Option<String>, Publish)>,
 ) {
     let topic = subject::subject_topic(message.subject.as_str());
-    let Some((sender, publish)) = received(topic, message.payload) else {
-        return;
-    };
-    let Some(name) = publish.topic.as_ref() else {
-        return;
-    };
-    let mut owner = None::<u64>;
-    owners.for_each_match(name, |found| {
-        if let Match::Subscription { subscriber, .. } = found {
-            owner = Some(owner.map_or(*subscriber, |owner| owner.min(*subscriber)));
+    // The messages of a batch share their subject's topic, and so their owner.
+    let mut owned = None::<bool>;
+    received_each(topic, message.payload, |sender, publish| {
+        let Some(name) = publish.topic.as_ref() else {
+            return;
+        };
+        let owned = *owned.get_or_insert_with(|| {
+            let mut owner = None::<u64>;
+            owners.for_each_match(name, |found| {
+                if let Match::Subscription { subscriber, .. } = found {
+                    owner = Some(owner.map_or(*subscriber, |owner| owner.min(*subscriber)));
+                }
+            });
+            owner == Some(id)
+        });
+        if owned {
+            pending.push_back((sender, publish));
         }
     });
-    if owner == Some(id) {
-        shared.publish_received(sender.as_deref(), &publish, 0, None);
+}
+
+/// Delivers the `pending` messages in order until one fills a subscriber's queue past its
+/// high-water mark; then returns the wait for room, after which the rest goes.
+fn deliver(
+    shared: Arc<Shared>,
+    pending: &mut VecDeque<(Option<String>, Publish)>,
+) -> Option<futures::future::BoxFuture<'static, ()>> {
+    while let Some((sender, publish)) = pending.pop_front() {
+        let congested = shared
+            .publish_received(sender.as_deref(), &publish, 0, None)
+            .congested;
+        if !congested.is_empty() {
+            return Some(Box::pin(async move {
+                shared.wait_for_space(congested).await;
+            }));
+        }
     }
+    None
 }
 
 #[cfg(test)]
@@ -1455,6 +1560,56 @@ mod tests {
         assert!(open(Bytes::from(good.clone())).is_none(), "trailing bytes");
         good.truncate(good.len() - 2);
         assert!(open(Bytes::from(good)).is_none(), "cut short");
+    }
+
+    /// A batch envelope of `payloads` on topic `t`, as [`outbound`] makes them.
+    fn batch_of(payloads: &[&str]) -> Vec<u8> {
+        let mut batch = vec![ENVELOPE_BATCH];
+        for payload in payloads {
+            let publish = Publish::new(TopicName::new("t").unwrap(), (*payload).to_owned());
+            let envelope = seal(Some("c"), &publish);
+            batch.extend_from_slice(&envelope.unwrap()[1..]);
+        }
+        batch
+    }
+
+    fn payloads_of(envelope: Vec<u8>) -> (Option<()>, Vec<String>) {
+        let mut payloads = Vec::new();
+        let opened = open_each(Bytes::from(envelope), |sender, publish| {
+            assert_eq!(sender.as_deref(), Some("c"));
+            payloads.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+        });
+        (opened, payloads)
+    }
+
+    #[test]
+    fn a_batch_envelope_hands_over_each_message_in_order_and_only_whole_ones() {
+        assert_eq!(
+            payloads_of(batch_of(&["1", "2", "3"])),
+            (Some(()), vec!["1".into(), "2".into(), "3".into()])
+        );
+        let single = seal(Some("c"), &Publish::new(TopicName::new("t").unwrap(), "1")).unwrap();
+        assert_eq!(payloads_of(single.to_vec()), (Some(()), vec!["1".into()]));
+        let mut cut = batch_of(&["1", "2"]);
+        cut.truncate(cut.len() - 1);
+        assert_eq!(payloads_of(cut), (None, vec!["1".into()]), "cut short");
+        assert_eq!(payloads_of(vec![ENVELOPE_BATCH, 0]), (None, vec![]));
+        assert_eq!(payloads_of(b"hello world".to_vec()), (None, vec![]));
+        // The stream, the retained bucket and the wills hold single messages only.
+        assert!(open(Bytes::from(batch_of(&["1"]))).is_none());
+    }
+
+    #[test]
+    fn a_batch_message_on_another_topic_than_its_subject_is_ignored() {
+        let mut batch = batch_of(&["1"]);
+        let other = seal(Some("c"), &Publish::new(TopicName::new("u").unwrap(), "2")).unwrap();
+        batch.extend_from_slice(&other[1..]);
+        batch.extend_from_slice(&batch_of(&["3"])[1..]);
+        let mut payloads = Vec::new();
+        received_each(Ok("t".to_owned()), Bytes::from(batch), |_, publish| {
+            payloads.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+        });
+        assert_eq!(payloads, ["1", "3"]);
     }
 
     #[test]

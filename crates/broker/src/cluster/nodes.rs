@@ -22,7 +22,7 @@
 //!   and after an outage of the NATS servers everyone's last beat is old; neither must
 //!   publish live nodes' wills.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -36,11 +36,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use rallymq_codec::Publish;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::bucket::{self, NotWritten};
+use super::share::KnownGroups;
 use super::{kv_bucket, open, seal, subject, until_shutdown};
 use crate::Error;
 use crate::broker::Shared;
@@ -90,6 +91,34 @@ pub(crate) struct Beat {
     pub(crate) messages_received_per_min: f64,
     /// Messages sent per minute, averaged over a minute.
     pub(crate) messages_sent_per_min: f64,
+    /// The shared groups the node has members of (`$share/g/f`), at most
+    /// [`MAX_BEAT_GROUPS_BYTES`] of them: the other nodes send a QoS 0 message they may want
+    /// alone, not in a batch ([`super::share::KnownGroups`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) groups: Vec<String>,
+    /// The node has more groups than `groups` lists: any message may be wanted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) groups_elided: bool,
+}
+
+/// Most bytes of group filters a beat lists ([`Beat::groups`]); a node with more says so
+/// instead ([`Beat::groups_elided`]), and no node batches its QoS 0 messages then.
+const MAX_BEAT_GROUPS_BYTES: usize = 16 * 1024;
+
+impl Beat {
+    /// The beat with `groups` listed, as many as [`MAX_BEAT_GROUPS_BYTES`] allows.
+    fn with_groups(mut self, groups: &BTreeSet<String>) -> Self {
+        let mut bytes = 0;
+        for group in groups {
+            bytes += group.len();
+            if bytes > MAX_BEAT_GROUPS_BYTES {
+                self.groups_elided = true;
+                break;
+            }
+            self.groups.push(group.clone());
+        }
+        self
+    }
 }
 
 /// A node as this node knows it.
@@ -111,6 +140,13 @@ struct Seen {
     beat: Beat,
     revision: u64,
     changed: Instant,
+}
+
+impl Seen {
+    /// The shared groups its beat lists, and whether it has more.
+    fn groups(&self) -> (&[String], bool) {
+        (&self.beat.groups, self.beat.groups_elided)
+    }
 }
 
 /// A will's record, in the order the connections made them.
@@ -152,6 +188,14 @@ pub(super) struct Nodes {
     run_file: Option<PathBuf>,
     /// The previous run with this data directory did not leave the cluster.
     previous_run_crashed: bool,
+    /// The shared groups this node has members of, listed by its beats.
+    local_groups: Mutex<BTreeSet<String>>,
+    /// How many times `local_groups` changed; a beat is written at once after a change.
+    groups_changed: watch::Sender<u64>,
+    /// Up to which change of `local_groups` a written beat lists them.
+    groups_announced: watch::Sender<u64>,
+    /// The shared groups of every node, from the beats seen.
+    known_groups: KnownGroups,
     /// The receiving half of `changes`, and the previous incarnation to settle, taken by
     /// [`Nodes::spawn`].
     parts: Mutex<Option<(mpsc::UnboundedReceiver<WillChange>, Option<Seen>)>>,
@@ -265,6 +309,10 @@ impl Nodes {
             left: tokio::sync::Mutex::new(false),
             run_file,
             previous_run_crashed,
+            local_groups: Mutex::default(),
+            groups_changed: watch::Sender::new(0),
+            groups_announced: watch::Sender::new(0),
+            known_groups: KnownGroups::default(),
             parts: Mutex::new(Some((receiver, previous))),
         })
     }
@@ -416,7 +464,40 @@ impl Nodes {
             clients: shared.stats.clients_connected.load(Ordering::Relaxed) as u64,
             messages_received_per_min: loads[0].one,
             messages_sent_per_min: loads[1].one,
+            groups: Vec::new(),
+            groups_elided: false,
         }
+        .with_groups(&crate::lock(&self.local_groups))
+    }
+
+    /// This node has members of the shared group `group` (`$share/g/f`) now: its next beat,
+    /// written at once, lists it.
+    pub(super) fn join_group(&self, group: &str) {
+        if crate::lock(&self.local_groups).insert(group.to_owned()) {
+            self.groups_changed.send_modify(|changes| *changes += 1);
+        }
+    }
+
+    /// This node has no member of the shared group `group` any more.
+    pub(super) fn leave_group(&self, group: &str) {
+        if crate::lock(&self.local_groups).remove(group) {
+            self.groups_changed.send_modify(|changes| *changes += 1);
+        }
+    }
+
+    /// `None` if a beat written lists the groups this node has now; otherwise what to wait
+    /// for: how far the beats have listed the changes, and the change to reach (see
+    /// [`super::share::KnownGroups`] for what other nodes do until they see it).
+    pub(super) fn groups_unannounced(&self) -> Option<(watch::Receiver<u64>, u64)> {
+        let changed = *self.groups_changed.borrow();
+        let announced = self.groups_announced.subscribe();
+        let behind = *announced.borrow() < changed;
+        behind.then_some((announced, changed))
+    }
+
+    /// Whether a shared group of some node may want a QoS 0 message on `topic`.
+    pub(super) fn groups_may_want(&self, topic: &rallymq_codec::TopicName) -> bool {
+        self.known_groups.may_want(topic)
     }
 
     /// This node's run, as a claim's value names its claimer.
@@ -686,8 +767,14 @@ async fn beat(nodes: Arc<Nodes>, shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut loads = [Load::default(); 2];
     let mut failures = 0u64;
+    let mut groups_changed = nodes.groups_changed.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            // The other nodes learn of a group from a beat: one goes at once.
+            Ok(()) = groups_changed.changed() => {}
+        }
+        let listing = *groups_changed.borrow_and_update();
         let beat = nodes.beat_now(&shared, &mut loads, nodes.heartbeat);
         let Ok(value) = serde_json::to_vec(&beat) else {
             continue;
@@ -705,7 +792,14 @@ async fn beat(nodes: Arc<Nodes>, shared: Arc<Shared>) {
         )
         .await;
         let failed = match put {
-            Ok(Ok(_)) => None,
+            Ok(Ok(_)) => {
+                nodes.groups_announced.send_if_modified(|announced| {
+                    let newer = listing > *announced;
+                    *announced = (*announced).max(listing);
+                    newer
+                });
+                None
+            }
             Ok(Err(error)) => Some(error.to_string()),
             Err(_) => Some(format!("no answer within {:?}", nodes.heartbeat)),
         };
@@ -825,16 +919,27 @@ impl Nodes {
                     revision: entry.revision,
                     changed: Instant::now(),
                 };
-                let before = seen.insert(entry.key.clone(), now)?;
+                let before = seen.insert(entry.key.clone(), now);
+                if before.as_ref().map(Seen::groups) != seen.get(&entry.key).map(Seen::groups) {
+                    self.know_groups(&seen);
+                }
+                let before = before?;
                 (entry.key != self.node_id
                     && before.beat.incarnation != seen[&entry.key].beat.incarnation)
                     .then_some(before)
             }
             Operation::Delete | Operation::Purge => {
-                seen.remove(&entry.key);
+                if seen.remove(&entry.key).is_some() {
+                    self.know_groups(&seen);
+                }
                 None
             }
         }
+    }
+
+    /// Takes the groups of the nodes `seen` lists (a dead node's until its key goes).
+    fn know_groups(&self, seen: &BTreeMap<String, Seen>) {
+        self.known_groups.replace(seen.values().map(Seen::groups));
     }
 
     /// Other nodes silent for too long, while this node's own beats come back (its watch is
@@ -908,6 +1013,46 @@ pub(super) fn publish_sys(states: &[NodeState], shared: &Shared, published: &mut
 mod tests {
     use super::*;
     use rallymq_codec::{QoS, TopicName};
+
+    fn beat() -> Beat {
+        Beat {
+            incarnation: "1".to_owned(),
+            started_at: 1,
+            beat_at: 2,
+            address: None,
+            clients: 0,
+            messages_received_per_min: 0.0,
+            messages_sent_per_min: 0.0,
+            groups: Vec::new(),
+            groups_elided: false,
+        }
+    }
+
+    #[test]
+    fn a_beat_lists_the_nodes_groups_up_to_its_limit() {
+        let groups: BTreeSet<String> = ["$share/g/a", "$share/h/b/#"].map(str::to_owned).into();
+        let listed = beat().with_groups(&groups);
+        assert_eq!(listed.groups, ["$share/g/a", "$share/h/b/#"]);
+        assert!(!listed.groups_elided);
+        let json = serde_json::to_string(&listed).unwrap();
+        assert_eq!(serde_json::from_str::<Beat>(&json).unwrap(), listed);
+
+        let many: BTreeSet<String> = (0..MAX_BEAT_GROUPS_BYTES / 10)
+            .map(|i| format!("$share/g/{i:05}"))
+            .collect();
+        let listed = beat().with_groups(&many);
+        assert!(listed.groups_elided);
+        assert!(listed.groups.iter().map(String::len).sum::<usize>() <= MAX_BEAT_GROUPS_BYTES);
+        assert!(!listed.groups.is_empty());
+    }
+
+    #[test]
+    fn a_beat_without_groups_reads_as_one_with_none() {
+        // What a node of an earlier version writes.
+        let json = r#"{"incarnation":"1","started_at":1,"beat_at":2,"address":null,"clients":0,"messages_received_per_min":0.0,"messages_sent_per_min":0.0}"#;
+        assert_eq!(serde_json::from_str::<Beat>(json).unwrap(), beat());
+        assert_eq!(serde_json::to_string(&beat()).unwrap(), json);
+    }
 
     #[test]
     fn a_will_record_carries_its_delay_client_and_message() {

@@ -8,7 +8,8 @@
 //!   the node's second NATS connection. NATS gives each message to one subscription of a queue
 //!   group. That connection keeps echo on: with the first one's `no_echo`, the publishing
 //!   node's own members would never get its messages, and a group whose members are all on
-//!   the publishing node would get nothing.
+//!   the publishing node would get nothing. NATS gives a whole NATS message to one member, so
+//!   nodes send a message a group may want alone, not in a batch ([`KnownGroups`]).
 //! - QoS 1 and 2: the group's durable pull consumer [`consumer_name`] on the stream, which
 //!   every member node pulls from: JetStream gives each message to one pull, and takes it back
 //!   (after the ack wait) from a node that did not acknowledge it.
@@ -22,18 +23,20 @@
 //! when a node leaves a group are given back the same way.
 
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
-use rallymq_codec::{Publish, TopicFilter};
+use rallymq_codec::{Publish, TopicFilter, TopicName};
+use rallymq_topic::SubscriptionIndex;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::stream::{self as messages, acknowledge};
-use super::{MAX_SUBJECT_LEN, received, subject};
+use super::{MAX_SUBJECT_LEN, received, received_each, subject};
 use crate::broker::Shared;
 
 /// Messages one pull asks for.
@@ -63,6 +66,72 @@ pub(super) enum GroupCommand {
     Join(TopicFilter),
     /// No local session is a member of this group any more.
     Leave(TopicFilter),
+}
+
+/// The shared groups of the whole cluster, as the nodes' heartbeats list them
+/// ([`super::nodes::Beat::groups`]): a QoS 0 message one of them may want is sent to NATS
+/// alone, not in a batch, so that NATS's queue group hands it to one member on its own
+/// ([`super::outbound`]).
+///
+/// A node learns of a new group from the heartbeat its node writes at once, as its watch of
+/// the bucket brings it; meanwhile a batch can still reach the group, whose node then gives
+/// all its messages to its own members: balanced less evenly for that moment, none lost.
+#[derive(Debug, Default)]
+pub(super) struct KnownGroups {
+    /// Some node has a group: spares a message the lock while no node has one.
+    any: AtomicBool,
+    known: RwLock<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// A node has more groups than its heartbeat lists: any message may be wanted.
+    everything: bool,
+    /// Every group listed, by the node (its place in the list) that listed it.
+    groups: SubscriptionIndex<usize, ()>,
+}
+
+impl KnownGroups {
+    /// Whether a shared group of some node may want a message on `topic`.
+    pub(super) fn may_want(&self, topic: &TopicName) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let known = self
+            .known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.everything {
+            return true;
+        }
+        let mut wanted = false;
+        known.groups.for_each_match(topic, |_| wanted = true);
+        wanted
+    }
+
+    /// Takes the groups of every node known: per node, the groups its beat lists and whether
+    /// it has more than it lists.
+    pub(super) fn replace<'a>(&self, nodes: impl IntoIterator<Item = (&'a [String], bool)>) {
+        let mut known = Known::default();
+        for (node, (groups, elided)) in nodes.into_iter().enumerate() {
+            known.everything |= elided;
+            for group in groups {
+                match TopicFilter::new(group.as_str()) {
+                    Ok(filter) if filter.is_shared() => {
+                        known.groups.insert(node, &filter, ());
+                    }
+                    // From a newer node, perhaps: taken as a group of every topic.
+                    _ => known.everything = true,
+                }
+            }
+        }
+        let any = known.everything || !known.groups.is_empty();
+        *self
+            .known
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = known;
+        self.any.store(any, Ordering::Release);
+    }
 }
 
 /// A stable name for a group, the same on every node (and every version): NATS queue group
@@ -144,16 +213,37 @@ pub(super) async fn follow_groups(
     }
 }
 
-/// The message of a NATS message for the group of `filter`, if it is one and matches.
+/// The message of a stream message for the group of `filter`, if it is one and matches.
 fn for_group(
     filter: &TopicFilter,
     topic: Result<String, subject::NotATopic>,
     payload: bytes::Bytes,
 ) -> Option<Publish> {
     let (_, publish) = received(topic, payload)?;
-    let name = publish.topic.as_ref()?;
+    group_wants(filter, &publish).then_some(publish)
+}
+
+/// As [`for_group`] for a core NATS message, which may be a batch: hands `each` its messages
+/// that match.
+fn each_for_group(
+    filter: &TopicFilter,
+    topic: Result<String, subject::NotATopic>,
+    payload: bytes::Bytes,
+    mut each: impl FnMut(Publish),
+) {
+    received_each(topic, payload, |_, publish| {
+        if group_wants(filter, &publish) {
+            each(publish);
+        }
+    });
+}
+
+fn group_wants(filter: &TopicFilter, publish: &Publish) -> bool {
     // The `$` rule (MQTT-4.7.2-1) is ours: `#`'s subject `>` takes `$` topics too.
-    rallymq_topic::matches(filter, name).then_some(publish)
+    publish
+        .topic
+        .as_ref()
+        .is_some_and(|name| rallymq_topic::matches(filter, name))
 }
 
 /// A group's QoS 0 messages: a queue subscription to the filter's subjects until cancelled.
@@ -182,9 +272,9 @@ async fn core_member(
                 let Some(message) = message else { return };
                 let Some(shared) = shared.upgrade() else { return };
                 let topic = subject::subject_topic(message.subject.as_str());
-                if let Some(publish) = for_group(&filter, topic, message.payload) {
+                each_for_group(&filter, topic, message.payload, |publish| {
                     shared.publish_to_group(&filter, &publish);
-                }
+                });
             }
             _ = &mut cancel => break,
         }
@@ -357,6 +447,43 @@ async fn stream_member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn topic(text: &str) -> TopicName {
+        TopicName::new(text).unwrap()
+    }
+
+    #[test]
+    fn known_groups_say_which_topics_a_group_of_any_node_may_want() {
+        let known = KnownGroups::default();
+        assert!(!known.may_want(&topic("a/b")));
+        let a = vec!["$share/g/a/+".to_owned()];
+        let b = vec!["$share/h/c/#".to_owned(), "$share/g/a/+".to_owned()];
+        known.replace([
+            (a.as_slice(), false),
+            (b.as_slice(), false),
+            (&[][..], false),
+        ]);
+        assert!(known.may_want(&topic("a/b")));
+        assert!(known.may_want(&topic("c")));
+        assert!(known.may_want(&topic("c/d/e")));
+        assert!(!known.may_want(&topic("a/b/c")));
+        assert!(!known.may_want(&topic("b")));
+        // MQTT-4.7.2-1: `#` does not take `$` topics.
+        let all = vec!["$share/g/#".to_owned()];
+        known.replace([(all.as_slice(), false)]);
+        assert!(known.may_want(&topic("x/y")));
+        assert!(!known.may_want(&topic("$x/y")));
+        known.replace([(&[][..], true)]);
+        assert!(
+            known.may_want(&topic("$x/y")),
+            "a node with more than it lists"
+        );
+        let unknown = vec!["not a group".to_owned()];
+        known.replace([(unknown.as_slice(), false)]);
+        assert!(known.may_want(&topic("b")), "what this node cannot read");
+        known.replace([]);
+        assert!(!known.may_want(&topic("a/b")));
+    }
 
     fn filter(text: &str) -> TopicFilter {
         TopicFilter::new(text).unwrap()

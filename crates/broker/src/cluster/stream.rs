@@ -770,7 +770,9 @@ fn route(shared: &Shared, message: &jetstream::Message, sequence: u64, floor: u6
         name: CURSOR.into(),
         position: floor,
     });
-    shared.publish_received(sender.as_deref(), &publish, sequence, cursor)
+    shared
+        .publish_received(sender.as_deref(), &publish, sequence, cursor)
+        .ticket
 }
 
 /// A stream message's `Nats-Msg-Id`, for the log.

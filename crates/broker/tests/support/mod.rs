@@ -263,6 +263,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TestClient<IO> {
         }
     }
 
+    /// Publishes QoS 0 messages, all written at once (a burst reaching the broker together).
+    pub async fn publish_together(&mut self, publishes: impl IntoIterator<Item = Publish>) {
+        let now = self.now();
+        for publish in publishes {
+            assert_eq!(publish.qos, QoS::AtMostOnce, "a burst is QoS 0");
+            self.engine.publish(now, publish).expect("publish");
+        }
+        self.flush().await;
+    }
+
     /// Publishes and, for QoS 1 and 2, waits for the flow to complete; returns the reason code.
     pub async fn publish(&mut self, publish: Publish) -> ReasonCode {
         match self.publish_outcome(publish).await {
