@@ -16,8 +16,8 @@ use tracing::warn;
 
 use super::ENVELOPE_BATCH;
 
-/// Largest batch envelope a node makes: well under NATS's default `max_payload` (1 MiB), so
-/// that a batch is never refused where its messages alone would pass.
+/// Largest batch envelope a node makes, or the NATS server's `max_payload` if smaller (1 MiB
+/// by default): a batch is never refused where its messages alone would pass.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// Most messages taken from the queue at once.
@@ -43,7 +43,14 @@ pub(super) async fn publish_outbound(
     let mut queued = Vec::with_capacity(TAKE);
     let mut sending = Vec::new();
     while outbound.recv_many(&mut queued, TAKE).await > 0 {
-        batch(&mut queued, &mut sending);
+        // Asked each time there is something to batch: the server the client is connected to
+        // may change.
+        let limit = if queued.len() > 1 {
+            MAX_BATCH_BYTES.min(client.server_info().max_payload)
+        } else {
+            MAX_BATCH_BYTES
+        };
+        batch(&mut queued, limit, &mut sending);
         for (subject, payload) in sending.drain(..) {
             if let Err(error) = client.publish(subject, payload).await {
                 failures += 1;
@@ -57,8 +64,8 @@ pub(super) async fn publish_outbound(
 
 /// Turns `queued` (emptied) into the NATS messages to send, in order: each run of consecutive
 /// messages to one subject, none of them [`Outgoing::alone`], as batch envelopes of at most
-/// [`MAX_BATCH_BYTES`]; a message alone, or in a run of one, as its own envelope.
-fn batch(queued: &mut Vec<Outgoing>, sending: &mut Vec<(String, Bytes)>) {
+/// `limit` bytes; a message alone, or in a run of one, as its own envelope.
+fn batch(queued: &mut Vec<Outgoing>, limit: usize, sending: &mut Vec<(String, Bytes)>) {
     let mut queued = queued.drain(..).peekable();
     while let Some(first) = queued.next() {
         let mut batch: Option<BytesMut> = None;
@@ -67,12 +74,12 @@ fn batch(queued: &mut Vec<Outgoing>, sending: &mut Vec<(String, Bytes)>) {
             if first.alone
                 || next.alone
                 || next.subject != first.subject
-                || size + next.envelope.len() > MAX_BATCH_BYTES
+                || size + next.envelope.len() > limit
             {
                 break;
             }
             let batch = batch.get_or_insert_with(|| {
-                let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES.min(size * 8));
+                let mut batch = BytesMut::with_capacity(limit.min(size * 8));
                 batch.put_u8(ENVELOPE_BATCH);
                 batch.put_slice(&first.envelope[1..]);
                 batch
@@ -105,7 +112,7 @@ mod tests {
     fn sent(queued: Vec<Outgoing>) -> Vec<(String, Vec<String>)> {
         let mut queued = queued;
         let mut sending = Vec::new();
-        batch(&mut queued, &mut sending);
+        batch(&mut queued, MAX_BATCH_BYTES, &mut sending);
         assert!(queued.is_empty());
         sending
             .into_iter()
@@ -172,7 +179,7 @@ mod tests {
         let mut queued = vec![outgoing("a", "1", false)];
         let envelope = queued[0].envelope.clone();
         let mut sending = Vec::new();
-        batch(&mut queued, &mut sending);
+        batch(&mut queued, MAX_BATCH_BYTES, &mut sending);
         assert_eq!(sending, [("a".to_owned(), envelope.clone())]);
         assert!(open(envelope).is_some());
     }
@@ -188,11 +195,18 @@ mod tests {
         );
         let mut queued: Vec<Outgoing> = (0..7).map(|_| outgoing("a", &big, false)).collect();
         let mut sending = Vec::new();
-        batch(&mut queued, &mut sending);
+        batch(&mut queued, MAX_BATCH_BYTES, &mut sending);
         assert!(
             sending
                 .iter()
                 .all(|(_, payload)| payload.len() <= MAX_BATCH_BYTES)
         );
+        // A server whose `max_payload` is smaller: what it takes.
+        let mut queued: Vec<Outgoing> = (0..7).map(|_| outgoing("a", "x", false)).collect();
+        let one = queued[0].envelope.len();
+        let mut sending = Vec::new();
+        batch(&mut queued, 3 * one, &mut sending);
+        assert_eq!(sending.len(), 3, "two batches of three and one alone");
+        assert!(sending.iter().all(|(_, payload)| payload.len() <= 3 * one));
     }
 }
