@@ -317,6 +317,41 @@ struct Extras {
     bridge: bool,
 }
 
+impl Extras {
+    /// Holds nothing: the box can go. What a cluster's SUBSCRIBE or a QoS 1 publish left in
+    /// it for `settle` is gone once settled, and an idle connection then keeps no box (a
+    /// clustered node's idle connections with a subscription cost 1.26x a single node's before).
+    fn is_vacant(&self) -> bool {
+        // Every field named: one added later must be considered here.
+        let Self {
+            durability,
+            acks,
+            certificate_user,
+            user,
+            credential_expiry,
+            acl,
+            acl_generation,
+            record_written,
+            subscriptions_synced,
+            stream_deliveries,
+            held,
+            bridge,
+        } = self;
+        durability.is_none()
+            && acks.is_empty()
+            && certificate_user.is_none()
+            && user.is_none()
+            && credential_expiry.is_none()
+            && acl.is_none()
+            && *acl_generation == 0
+            && record_written.is_none()
+            && subscriptions_synced.is_none()
+            && stream_deliveries.is_none()
+            && held.is_empty()
+            && !bridge
+    }
+}
+
 fn durability(extras: &Option<Box<Extras>>) -> Option<&Durability> {
     extras.as_deref()?.durability.as_ref()
 }
@@ -833,6 +868,9 @@ impl Driver {
                     return barrier_held;
                 }
             }
+        }
+        if self.extras.as_deref().is_some_and(Extras::is_vacant) {
+            self.extras = None;
         }
         barrier_held
     }
@@ -2358,6 +2396,22 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
+
+    #[test]
+    fn extras_are_vacant_only_when_they_hold_nothing() {
+        assert!(Extras::default().is_vacant());
+        let held: [fn(&mut Extras); 4] = [
+            |extras| extras.durability = Some(Durability::default()),
+            |extras| extras.user = Some("u".into()),
+            |extras| extras.bridge = true,
+            |extras| extras.acl_generation = 1,
+        ];
+        for hold in held {
+            let mut extras = Extras::default();
+            hold(&mut extras);
+            assert!(!extras.is_vacant(), "{extras:?}");
+        }
+    }
 
     /// The connection's future is most of an idle connection's memory: tokio allocates it in
     /// a 128-byte-aligned task cell with about 100 bytes of its own, so up to 664 bytes (in
