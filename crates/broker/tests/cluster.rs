@@ -614,6 +614,43 @@ async fn cluster_a_gone_nodes_consumer_is_removed_after_the_streams_max_age() {
     assert_eq!(got.as_deref(), Some("still"));
 }
 
+/// A retained message's Message Expiry counts from when the bucket stored it, on every node:
+/// a node started after it expired does not serve it (it served it for the whole interval
+/// again, counted from its start), and one still alive is sent with what is left of its
+/// interval (MQTT-3.3.2-6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mqtt_3_3_2_5_a_retained_message_expires_from_when_the_cluster_stored_it() {
+    let nats = NatsServer::start();
+    let a = node(&[&nats]).await;
+    let mut publisher = client(&a, "expirer", &[]).await;
+    for (topic, payload, expiry) in [
+        ("exp/short", "expires", Some(2)),
+        ("exp/long", "lasts", Some(60)),
+        ("exp/kept", "stays", None),
+    ] {
+        let mut retained = message(topic, payload, QoS::AtLeastOnce);
+        retained.retain = true;
+        retained.properties.message_expiry_interval = expiry;
+        publisher.publish(retained).await;
+    }
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let late = node(&[&nats]).await;
+    // The bucket's history comes in order: once the last is there, the others were read.
+    wait_for_retained(&late, "exp/kept", Some("stays")).await;
+    let mut fresh = client(&late, "exp-short-reader", &["exp/short"]).await;
+    fresh.expect_silence(QUIET).await;
+    let mut fresh = client(&late, "exp-reader", &["exp/long"]).await;
+    let long = fresh
+        .recv()
+        .await
+        .expect("the retained message still alive");
+    let left = long
+        .properties
+        .message_expiry_interval
+        .expect("its Message Expiry Interval");
+    assert!(left <= 57, "what is left of 60 s after 3 s: {left}");
+}
+
 /// The NATS connection id (`cid`) of a node, from the server's monitoring port.
 fn node_connection_id(nats: &NatsServer, node: &BrokerHandle) -> Option<u64> {
     let name = format!("rallymq-{}", node.node_id()?);

@@ -1025,7 +1025,7 @@ async fn follow_retained(
                     let Ok(topic) = subject::key_topic(&entry.key) else {
                         continue;
                     };
-                    let retained = match entry.operation {
+                    let mut retained = match entry.operation {
                         Operation::Put => match open(entry.value) {
                             Some((_, publish))
                                 if publish.topic.as_ref().is_some_and(|t| t.as_str() == topic) =>
@@ -1042,7 +1042,31 @@ async fn follow_retained(
                             Publish::new(name, Bytes::new())
                         }
                     };
-                    shared.router.retain(&retained);
+                    let Some(interval) = retained.properties.message_expiry_interval else {
+                        shared.router.retain(&retained);
+                        continue;
+                    };
+                    // A Message Expiry counts from when the bucket stored the message, not
+                    // from when this node took it in (MQTT-3.3.2-5): a node that starts later,
+                    // or whose watch is behind, must not keep an expired message or give it
+                    // longer.
+                    let age = age_of(entry.created.unix_timestamp_nanos());
+                    let interval = Duration::from_secs(u64::from(interval));
+                    if age >= interval {
+                        if let Some(topic) = &retained.topic {
+                            shared.router.remove_retained(topic);
+                        }
+                        continue;
+                    }
+                    let now = std::time::Instant::now();
+                    let stored_at = now.checked_sub(age).unwrap_or_else(|| {
+                        // Older than this machine's clock reaches back: what is left of the
+                        // interval, counted from now.
+                        let left = (interval - age).as_secs_f64().ceil() as u32;
+                        retained.properties.message_expiry_interval = Some(left.max(1));
+                        now
+                    });
+                    shared.router.retain_since(&retained, stored_at);
                 }
             }
             Err(error) => warn!(%error, "cluster: cannot watch retained messages"),
@@ -1052,6 +1076,17 @@ async fn follow_retained(
         }
         tokio::time::sleep(REWATCH_DELAY).await;
     }
+}
+
+/// How long ago, by this machine's clock, the NATS server stored an entry created at
+/// `created` (Unix time in nanoseconds); zero for one from the future (clocks apart).
+fn age_of(created: i128) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i128::try_from(since.as_nanos()).unwrap_or(i128::MAX)
+        });
+    u64::try_from(now.saturating_sub(created)).map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// Raises the retained copy's revision when dropped: after the entry of that revision is in
