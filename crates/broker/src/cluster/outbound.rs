@@ -10,6 +10,8 @@
 //! group somewhere in the cluster may want goes alone ([`Outgoing::alone`]): the group's
 //! members on every node then take turns message by message.
 
+use std::sync::atomic::Ordering;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -42,15 +44,19 @@ pub(super) async fn publish_outbound(
     let mut failures = 0u64;
     let mut queued = Vec::with_capacity(TAKE);
     let mut sending = Vec::new();
+    let statistics = client.statistics();
+    // The server's `max_payload`, asked again after each (re)connection: the server may be
+    // another one.
+    let mut limit = (u64::MAX, MAX_BATCH_BYTES);
     while outbound.recv_many(&mut queued, TAKE).await > 0 {
-        // Asked each time there is something to batch: the server the client is connected to
-        // may change.
-        let limit = if queued.len() > 1 {
-            MAX_BATCH_BYTES.min(client.server_info().max_payload)
-        } else {
-            MAX_BATCH_BYTES
-        };
-        batch(&mut queued, limit, &mut sending);
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        if connects != limit.0 {
+            limit = (
+                connects,
+                MAX_BATCH_BYTES.min(client.server_info().max_payload),
+            );
+        }
+        batch(&mut queued, limit.1, &mut sending);
         for (subject, payload) in sending.drain(..) {
             if let Err(error) = client.publish(subject, payload).await {
                 failures += 1;
