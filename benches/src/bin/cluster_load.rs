@@ -181,11 +181,8 @@ fn main() -> ExitCode {
         }
     }
     allocator::configure();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    allocator::tune_runtime(
-        runtime.worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get())),
-    );
-    let runtime = match runtime.enable_all().build() {
+    // One worker per core, as the binary runs.
+    let runtime = match allocator::runtime(None) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot build the runtime: {error}");

@@ -103,9 +103,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    allocator::tune_runtime(runtime.worker_threads(threads));
-    let runtime = match runtime.enable_all().build() {
+    let runtime = match allocator::runtime(Some(threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot build the runtime: {error}");

@@ -1,6 +1,6 @@
 //! The `rallymq` binary's allocator and how its runtime threads use it. Also compiled into
-//! benches' `rallymq_bench_broker` (by path), so that the broker the load tools measure runs
-//! as the binary does.
+//! benches' `rallymq_bench_broker` and `cluster_load` (by path), so that the brokers the load
+//! tools measure run as the binary does.
 
 /// Sets jemalloc up for the broker; called first thing in `main`.
 pub(crate) fn configure() {
@@ -8,8 +8,19 @@ pub(crate) fn configure() {
     configure_jemalloc();
 }
 
+/// The broker's multi-thread runtime (`worker_threads`, or one per core), its threads tuned
+/// by [`tune_runtime`].
+pub(crate) fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    tune_runtime(&mut builder);
+    builder.enable_all().build()
+}
+
 /// Has the runtime's threads share arenas and give their caches back as they go idle.
-pub(crate) fn tune_runtime(builder: &mut tokio::runtime::Builder) {
+fn tune_runtime(builder: &mut tokio::runtime::Builder) {
     #[cfg(not(target_env = "msvc"))]
     builder
         .on_thread_start(share_arena)

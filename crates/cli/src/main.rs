@@ -449,12 +449,8 @@ fn run_broker(args: BrokerArgs) -> Result<(), String> {
     let settings = broker_settings(&args)?;
     init_logging(settings.log_format());
     let config = settings.into_broker_config()?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    allocator::tune_runtime(&mut runtime);
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    let runtime =
+        allocator::runtime(None).map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
     runtime.block_on(async move {
         // Handlers first: a signal that arrives once the listeners are up must not kill us.
         let mut signals = Signals::new()?;
