@@ -157,16 +157,9 @@ async fn cluster_qos0_crosses_nodes_on_one_nats_server_once_per_subscriber() {
 
 /// How many messages the NATS server has received from the node's main connection.
 fn nats_messages_from(nats: &NatsServer, node: &BrokerHandle) -> u64 {
-    let name = format!("rallymq-{}", node.node_id().expect("a cluster node"));
-    let body = nats.monitor("/connz").expect("the monitoring port answers");
-    let connz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    connz["connections"]
-        .as_array()
-        .expect("connections")
-        .iter()
-        .find(|connection| connection["name"] == name.as_str())
-        .and_then(|connection| connection["in_msgs"].as_u64())
-        .expect("the node's connection")
+    node_connection(nats, node).expect("the node's connection")["in_msgs"]
+        .as_u64()
+        .expect("in_msgs")
 }
 
 /// MQTT-4.6.0-6: a burst that crosses nodes keeps its order, topic by topic and across
@@ -651,15 +644,20 @@ async fn cluster_mqtt_3_3_2_5_a_retained_message_expires_from_when_the_cluster_s
     assert!(left <= 57, "what is left of 60 s after 3 s: {left}");
 }
 
-/// The NATS connection id (`cid`) of a node, from the server's monitoring port.
-fn node_connection_id(nats: &NatsServer, node: &BrokerHandle) -> Option<u64> {
+/// The server's monitoring entry of a node's main NATS connection.
+fn node_connection(nats: &NatsServer, node: &BrokerHandle) -> Option<serde_json::Value> {
     let name = format!("rallymq-{}", node.node_id()?);
     let connz: serde_json::Value = serde_json::from_str(&nats.monitor("/connz")?).ok()?;
     connz["connections"]
         .as_array()?
         .iter()
-        .find(|connection| connection["name"] == name.as_str())?["cid"]
-        .as_u64()
+        .find(|connection| connection["name"] == name.as_str())
+        .cloned()
+}
+
+/// The NATS connection id (`cid`) of a node, from the server's monitoring port.
+fn node_connection_id(nats: &NatsServer, node: &BrokerHandle) -> Option<u64> {
+    node_connection(nats, node)?["cid"].as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

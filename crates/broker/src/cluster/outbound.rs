@@ -114,13 +114,17 @@ mod tests {
         }
     }
 
-    /// The subject and the payloads of each NATS message `batch` makes of `queued`.
-    fn sent(queued: Vec<Outgoing>) -> Vec<(String, Vec<String>)> {
-        let mut queued = queued;
+    /// The NATS messages `batch` makes of `queued`, at most `limit` bytes each.
+    fn batched(mut queued: Vec<Outgoing>, limit: usize) -> Vec<(String, Bytes)> {
         let mut sending = Vec::new();
-        batch(&mut queued, MAX_BATCH_BYTES, &mut sending);
+        batch(&mut queued, limit, &mut sending);
         assert!(queued.is_empty());
         sending
+    }
+
+    /// The subject and the payloads of each NATS message `batch` makes of `queued`.
+    fn sent(queued: Vec<Outgoing>) -> Vec<(String, Vec<String>)> {
+        batched(queued, MAX_BATCH_BYTES)
             .into_iter()
             .map(|(subject, payload)| {
                 let mut payloads = Vec::new();
@@ -182,36 +186,33 @@ mod tests {
 
     #[test]
     fn a_run_of_one_keeps_the_single_envelope_older_nodes_read() {
-        let mut queued = vec![outgoing("a", "1", false)];
+        let queued = vec![outgoing("a", "1", false)];
         let envelope = queued[0].envelope.clone();
-        let mut sending = Vec::new();
-        batch(&mut queued, MAX_BATCH_BYTES, &mut sending);
-        assert_eq!(sending, [("a".to_owned(), envelope.clone())]);
+        assert_eq!(
+            batched(queued, MAX_BATCH_BYTES),
+            [("a".to_owned(), envelope.clone())]
+        );
         assert!(open(envelope).is_some());
     }
 
     #[test]
     fn a_batch_stays_under_its_size_limit() {
+        let seven = |payload: &str| (0..7).map(|_| outgoing("a", payload, false)).collect();
         let big = "x".repeat(MAX_BATCH_BYTES / 3);
-        let queued = (0..7).map(|_| outgoing("a", &big, false)).collect();
-        let runs = sent(queued);
+        let runs = sent(seven(&big));
         assert_eq!(
             runs.iter().map(|(_, p)| p.len()).collect::<Vec<_>>(),
             [2, 2, 2, 1]
         );
-        let mut queued: Vec<Outgoing> = (0..7).map(|_| outgoing("a", &big, false)).collect();
-        let mut sending = Vec::new();
-        batch(&mut queued, MAX_BATCH_BYTES, &mut sending);
+        let sending = batched(seven(&big), MAX_BATCH_BYTES);
         assert!(
             sending
                 .iter()
                 .all(|(_, payload)| payload.len() <= MAX_BATCH_BYTES)
         );
         // A server whose `max_payload` is smaller: what it takes.
-        let mut queued: Vec<Outgoing> = (0..7).map(|_| outgoing("a", "x", false)).collect();
-        let one = queued[0].envelope.len();
-        let mut sending = Vec::new();
-        batch(&mut queued, 3 * one, &mut sending);
+        let one = outgoing("a", "x", false).envelope.len();
+        let sending = batched(seven("x"), 3 * one);
         assert_eq!(sending.len(), 3, "two batches of three and one alone");
         assert!(sending.iter().all(|(_, payload)| payload.len() <= 3 * one));
     }
