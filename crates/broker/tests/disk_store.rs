@@ -225,11 +225,10 @@ async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updat
     );
 }
 
-/// The entries a commit deletes are removed in runs of consecutive numbers: deletions in any
-/// order, runs and lone entries, an update after its entry's deletion, and a whole queue
-/// emptied leave the queues, their counts and the messages as deleting one by one would.
+/// Deletions in any order, runs and lone entries, an update after its entry's deletion, and a
+/// whole queue emptied leave the queues, their counts and the messages right.
 #[tokio::test]
-async fn entries_deleted_in_runs_leave_the_queues_counts_and_messages_right() {
+async fn entries_deleted_in_any_order_leave_the_queues_counts_and_messages_right() {
     let dir = TempDir::new("deleted-in-runs");
     let (first, second): (Arc<str>, Arc<str>) = ("first".into(), "second".into());
     let session = |client_id: &Arc<str>| {
@@ -302,4 +301,75 @@ async fn entries_deleted_in_runs_leave_the_queues_counts_and_messages_right() {
     );
     // Message 1 lost its last entry and is gone; message 0 is still referred to.
     assert_eq!(loaded.next_message_id, 1, "message 1 is still stored");
+}
+
+/// A queue longer than one chunk of the store (64 numbers to a B-tree value): it reads from any
+/// number with any limit across chunks, a chunk emptied whole goes, the next number after a
+/// restart follows the last entry left, and deleting the session releases every message.
+#[tokio::test]
+async fn a_queue_across_chunks_reads_numbers_and_deletes_right() {
+    let dir = TempDir::new("chunks");
+    let client: Arc<str> = "across".into();
+    let (put, add, _) = message_and_entry(0, &client);
+    let Change::AddEntry { entry, .. } = add else {
+        unreachable!("message_and_entry returns an AddEntry second")
+    };
+    let session = Change::PutSession(Box::new(SessionRecord {
+        client_id: client.to_string(),
+        expiry_interval: u32::MAX,
+        disconnected_at: None,
+        subscriptions: Vec::new(),
+        will: None,
+    }));
+    let add = |seq| Change::AddEntry {
+        client_id: client.clone(),
+        seq,
+        entry: entry.clone(),
+    };
+    let delete = |seq| Change::DeleteEntry {
+        client_id: client.clone(),
+        seq,
+    };
+    let seqs = |store: &DiskStore, from, limit| -> Vec<u64> {
+        store
+            .read_queue(&client, from, limit)
+            .expect("reads")
+            .iter()
+            .map(|loaded| loaded.seq)
+            .collect()
+    };
+    {
+        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let mut changes = vec![session, put];
+        changes.extend((0..200).map(add));
+        write_durably(&store, changes).await;
+        // Chunk 0 whole, and 130 to 139 in chunk 2; then entries added past 200 in a later
+        // commit, and the last ones deleted again.
+        let mut changes: Vec<Change> = (0..64).chain(130..140).map(delete).collect();
+        changes.extend((200..210).map(add));
+        write_durably(&store, changes).await;
+        write_durably(&store, (195..210).map(delete).collect()).await;
+        assert_eq!(seqs(&store, 0, 3), [64, 65, 66]);
+        assert_eq!(seqs(&store, 126, 6), [126, 127, 128, 129, 140, 141]);
+        assert_eq!(seqs(&store, 190, 100), [190, 191, 192, 193, 194]);
+        assert!(seqs(&store, 195, 100).is_empty());
+        assert_eq!(seqs(&store, 0, 1000).len(), 200 - 64 - 10 - 5);
+    }
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    let session = &loaded.sessions[0];
+    assert_eq!(
+        (session.queue_len, session.queue_bytes, session.next_seq),
+        (121, 1210, 195)
+    );
+    write_durably(&store, vec![Change::DeleteSession(client.clone())]).await;
+    assert!(seqs(&store, 0, 1000).is_empty());
+    drop(store);
+    let store = DiskStore::open(&dir.0).expect("reopens");
+    let loaded = store.load().expect("loads");
+    assert!(loaded.sessions.is_empty());
+    assert_eq!(
+        loaded.next_message_id, 0,
+        "the message went with its last entry"
+    );
 }

@@ -12,7 +12,8 @@
 //! Commits stay in order, so a crash loses a suffix of them: the entries in flight in the store
 //! stay a prefix of each session's queue.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -31,10 +32,12 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use super::QueueEntry;
 use super::record::{
-    FORMAT_VERSION, decode_counts, decode_entry, decode_message, decode_session, encode_counts,
-    encode_entry, encode_message, encode_session, entry_key, inbound_key, message_references,
-    packet_id_of, seq_of, session_range, with_references,
+    ENTRIES_PER_CHUNK, FORMAT_VERSION, chunk_of, decode_chunk, decode_counts, decode_entry,
+    decode_message, decode_session, encode_chunk, encode_counts, encode_message, encode_session,
+    inbound_key, last_place, message_references, number_of, packet_id_of, queue_key, session_range,
+    with_references,
 };
 use super::{
     COMMIT_SECONDS_BUCKETS, Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store,
@@ -48,7 +51,10 @@ const FILE: &str = "store.redb";
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queues");
+/// Sessions' queues in chunks ([`ENTRIES_PER_CHUNK`] sequence numbers to a value).
+const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue_chunks");
+/// Sessions' queues as format 1 kept them, an entry to a value: read once, to upgrade.
+const QUEUES_FORMAT_1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queues");
 const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
 const INBOUND: TableDefinition<&[u8], ()> = TableDefinition::new("inbound");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
@@ -245,7 +251,18 @@ impl DiskStore {
                         supported: FORMAT_VERSION,
                     });
                 }
-                Some(_) => {}
+                Some(FORMAT_VERSION) => {}
+                Some(found) => {
+                    // Format 1, the only earlier one.
+                    let (entries, chunks) = chunk_format_1_queues(&txn)?;
+                    info!(
+                        store = %dir.display(),
+                        entries,
+                        chunks,
+                        "the store's queues were upgraded from format {found} to {FORMAT_VERSION}"
+                    );
+                    meta.insert("format", FORMAT_VERSION).map_err(io)?;
+                }
                 None => {
                     meta.insert("format", FORMAT_VERSION).map_err(io)?;
                 }
@@ -693,8 +710,55 @@ fn raise(mark: &watch::Sender<u64>, upto: u64) {
     });
 }
 
+/// Moves a format 1 store's queue entries (one B-tree value each) into chunks, and drops their
+/// table. Returns how many entries went into how many chunks.
+fn chunk_format_1_queues(txn: &WriteTransaction) -> Result<(u64, u64), StoreError> {
+    let (mut entries, mut chunks) = (0, 0);
+    {
+        let old = txn.open_table(QUEUES_FORMAT_1).map_err(io)?;
+        let mut queues = txn.open_table(QUEUES).map_err(io)?;
+        // The chunk being filled: its key and entries. Format 1's keys sort a session's
+        // entries together and in order, so a chunk's entries come one after the other.
+        let mut filling: Option<(Vec<u8>, BTreeMap<u8, QueueEntry>)> = None;
+        let mut flush = |filling: Option<(Vec<u8>, BTreeMap<u8, QueueEntry>)>| {
+            let Some((key, entries)) = filling else {
+                return Ok::<_, StoreError>(());
+            };
+            let value = encode_chunk(entries.iter().map(|(place, entry)| (*place, entry)));
+            queues
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(io)?;
+            Ok(())
+        };
+        for item in old.iter().map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let key = key.value();
+            let (number, place) = chunk_of(number_of(key)?);
+            // The client id and its NUL stay; the sequence number becomes the chunk's.
+            let mut chunk_key = key[..key.len() - 8].to_vec();
+            chunk_key.extend_from_slice(&number.to_be_bytes());
+            if filling
+                .as_ref()
+                .is_none_or(|(filled, _)| *filled != chunk_key)
+            {
+                flush(filling.take())?;
+                filling = Some((chunk_key, BTreeMap::new()));
+                chunks += 1;
+            }
+            if let Some((_, filled)) = &mut filling {
+                filled.insert(place, decode_entry(value.value())?);
+            }
+            entries += 1;
+        }
+        flush(filling)?;
+    }
+    txn.delete_table(QUEUES_FORMAT_1).map_err(io)?;
+    Ok((entries, chunks))
+}
+
 /// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
-/// queues are summed over the whole group and written once each.
+/// queues are summed over the whole group and written once each, and so is every queue chunk
+/// the group touches.
 fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut sessions = txn.open_table(SESSIONS).map_err(io)?;
     let mut messages = txn.open_table(MESSAGES).map_err(io)?;
@@ -703,19 +767,14 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
     let mut retained = txn.open_table(RETAINED).map_err(io)?;
     let mut cursors = txn.open_table(CURSORS).map_err(io)?;
-    let mut references: FxHashMap<MessageId, i64> = FxHashMap::default();
-    // Messages an entry stopped referring to in this group: one whose entries were all added
-    // and removed within the group has a net change of 0, and must still go.
-    let mut released: FxHashSet<MessageId> = FxHashSet::default();
-    let mut sizes: FxHashMap<&str, (i64, i64)> = FxHashMap::default();
-    let mut deleted = Deleted::default();
+    let mut chunks = Chunks::default();
     let skip = cancelled(changes);
     for (change, skip) in changes.iter().zip(skip) {
         if skip {
             // Its entry came and went within the group; its message may be left with none.
             if let Change::AddEntry { entry, .. } = change {
-                references.entry(entry.message).or_default();
-                released.insert(entry.message);
+                chunks.references.entry(entry.message).or_default();
+                chunks.released.insert(entry.message);
             }
             continue;
         }
@@ -726,24 +785,10 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                     .map_err(io)?;
             }
             Change::DeleteSession(client_id) => {
-                deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
+                chunks.delete_session(&mut queues, client_id)?;
                 sessions.remove(&**client_id).map_err(io)?;
                 counts.remove(&**client_id).map_err(io)?;
-                sizes.remove(&**client_id);
                 let (start, end) = session_range(client_id);
-                let keys: Vec<Vec<u8>> = queues
-                    .range(start.as_slice()..end.as_slice())
-                    .map_err(io)?
-                    .map(|item| item.map(|(key, _)| key.value().to_vec()))
-                    .collect::<Result<_, _>>()
-                    .map_err(io)?;
-                for key in keys {
-                    if let Some(old) = queues.remove(key.as_slice()).map_err(io)? {
-                        let entry = decode_entry(old.value())?;
-                        *references.entry(entry.message).or_default() -= 1;
-                        released.insert(entry.message);
-                    }
-                }
                 let ids: Vec<Vec<u8>> = inbound
                     .range(start.as_slice()..end.as_slice())
                     .map_err(io)?
@@ -763,51 +808,13 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 client_id,
                 seq,
                 entry,
-            } => {
-                if deleted.contains(client_id, *seq) {
-                    // A number used again (a session deleted and made anew in the group): the
-                    // old entry goes before the new one comes.
-                    deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
-                }
-                let key = entry_key(client_id, *seq);
-                let replaced = queues
-                    .insert(key.as_slice(), encode_entry(entry).as_slice())
-                    .map_err(io)?
-                    .map(|old| decode_entry(old.value()))
-                    .transpose()?;
-                *references.entry(entry.message).or_default() += 1;
-                let size = sizes.entry(client_id).or_default();
-                size.0 += 1;
-                size.1 += i64::from(entry.size);
-                if let Some(old) = replaced {
-                    *references.entry(old.message).or_default() -= 1;
-                    released.insert(old.message);
-                    size.0 -= 1;
-                    size.1 -= i64::from(old.size);
-                }
-            }
+            } => chunks.add(&queues, client_id, *seq, entry)?,
             Change::UpdateEntry {
                 client_id,
                 seq,
                 entry,
-            } => {
-                // An entry deleted earlier in the group is gone: its update must not revive it.
-                if deleted.contains(client_id, *seq) {
-                    continue;
-                }
-                let key = entry_key(client_id, *seq);
-                // Only an entry still queued: an update racing its deletion must not revive it.
-                // Inserting first and taking back the rare insert of an entry that was gone
-                // costs one descent of the B-tree per update where a lookup first costs two.
-                let was_queued = queues
-                    .insert(key.as_slice(), encode_entry(entry).as_slice())
-                    .map_err(io)?
-                    .is_some();
-                if !was_queued {
-                    queues.remove(key.as_slice()).map_err(io)?;
-                }
-            }
-            Change::DeleteEntry { client_id, seq } => deleted.add(client_id, *seq),
+            } => chunks.update(&queues, client_id, *seq, entry)?,
+            Change::DeleteEntry { client_id, seq } => chunks.delete(&queues, client_id, *seq)?,
             Change::PutInbound {
                 client_id,
                 packet_id,
@@ -839,7 +846,13 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
             }
         }
     }
-    deleted.remove_all(&mut queues, &mut references, &mut released, &mut sizes)?;
+    chunks.write_all(&mut queues)?;
+    let Chunks {
+        references,
+        released,
+        sizes,
+        ..
+    } = chunks;
     for (id, delta) in references {
         // A message stored in this group with no entry yet is kept: its entries may come in
         // the next group.
@@ -879,103 +892,182 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The queue entries a group deletes, removed together at the end of its changes (or before a
-/// change that must come after them) in runs of consecutive numbers: an acknowledged session
-/// deletes its entries in order, and one range removal of a run costs a walk of the B-tree's
-/// leaves where a removal per entry costs a descent from the root each. A draining backlog
-/// deletes every entry it delivers.
+/// The queue chunks a group touches, read once from the database, changed in memory in the
+/// group's order and written back once at its end; and what their changes did to messages'
+/// reference counts and queues' sizes.
 #[derive(Default)]
-struct Deleted<'c> {
-    /// Entry numbers by session, in the order deleted.
-    by_session: FxHashMap<&'c str, Numbers>,
+struct Chunks<'c> {
+    /// By session and chunk number.
+    open: FxHashMap<(&'c str, u64), Chunk>,
+    /// The change of each message's reference count.
+    references: FxHashMap<MessageId, i64>,
+    /// Messages an entry stopped referring to in this group: one whose entries were all added
+    /// and removed within the group has a net change of 0, and must still go.
+    released: FxHashSet<MessageId>,
+    /// The change of each session's queue length and bytes.
+    sizes: FxHashMap<&'c str, (i64, i64)>,
 }
 
-/// A session's entry numbers deleted in a group. A session acknowledges in order, so they
-/// nearly always come in ascending order and are looked up by a binary search: a set of them
-/// beside, hashed per deletion, took a share of the 8% of the store's writer that recording
-/// deletions took in a drain.
-struct Numbers {
-    seqs: Vec<u64>,
-    /// Every number is above the one before.
-    ascending: bool,
-    /// The highest: an entry added (a number never used yet) is above it, and is not looked for.
-    highest: u64,
+/// One chunk of a session's queue as the group has left it so far.
+struct Chunk {
+    /// Its entries by place.
+    entries: BTreeMap<u8, QueueEntry>,
+    /// It is in the database.
+    stored: bool,
+    /// The group changed it.
+    changed: bool,
 }
 
-impl<'c> Deleted<'c> {
-    fn add(&mut self, client_id: &'c str, seq: u64) {
-        let numbers = self.by_session.entry(client_id).or_insert(Numbers {
-            seqs: Vec::new(),
-            ascending: true,
-            highest: seq,
-        });
-        if numbers.seqs.last().is_some_and(|last| seq <= *last) {
-            numbers.ascending = false;
-        }
-        numbers.highest = numbers.highest.max(seq);
-        numbers.seqs.push(seq);
-    }
-
-    fn contains(&self, client_id: &str, seq: u64) -> bool {
-        if self.by_session.is_empty() {
-            return false;
-        }
-        self.by_session.get(client_id).is_some_and(|numbers| {
-            seq <= numbers.highest
-                && if numbers.ascending {
-                    numbers.seqs.binary_search(&seq).is_ok()
-                } else {
-                    numbers.seqs.contains(&seq)
+impl<'c> Chunks<'c> {
+    /// The chunk that holds `seq`, read from the database the first time the group touches it.
+    fn chunk(
+        &mut self,
+        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        client_id: &'c str,
+        seq: u64,
+    ) -> Result<(&mut Chunk, u8), StoreError> {
+        let (number, place) = chunk_of(seq);
+        let chunk = match self.open.entry((client_id, number)) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(vacant) => {
+                let mut entries = BTreeMap::new();
+                let value = queues
+                    .get(queue_key(client_id, number).as_slice())
+                    .map_err(io)?;
+                if let Some(value) = &value {
+                    for item in decode_chunk(value.value())? {
+                        let (place, entry) = item?;
+                        entries.insert(place, entry);
+                    }
                 }
-        })
+                vacant.insert(Chunk {
+                    entries,
+                    stored: value.is_some(),
+                    changed: false,
+                })
+            }
+        };
+        Ok((chunk, place))
     }
 
-    /// Removes the entries, and counts their messages' references and their sessions' sizes
-    /// down.
-    fn remove_all(
+    /// Counts a removed entry out of its message and its session's size.
+    fn removed(&mut self, client_id: &'c str, old: &QueueEntry) {
+        *self.references.entry(old.message).or_default() -= 1;
+        self.released.insert(old.message);
+        let size = self.sizes.entry(client_id).or_default();
+        size.0 -= 1;
+        size.1 -= i64::from(old.size);
+    }
+
+    /// Adds an entry, or replaces the one with its number.
+    fn add(
+        &mut self,
+        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        client_id: &'c str,
+        seq: u64,
+        entry: &QueueEntry,
+    ) -> Result<(), StoreError> {
+        let (chunk, place) = self.chunk(queues, client_id, seq)?;
+        chunk.changed = true;
+        let replaced = chunk.entries.insert(place, entry.clone());
+        if let Some(old) = replaced {
+            self.removed(client_id, &old);
+        }
+        *self.references.entry(entry.message).or_default() += 1;
+        let size = self.sizes.entry(client_id).or_default();
+        size.0 += 1;
+        size.1 += i64::from(entry.size);
+        Ok(())
+    }
+
+    /// Updates an entry still queued: an update racing its deletion must not revive it.
+    fn update(
+        &mut self,
+        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        client_id: &'c str,
+        seq: u64,
+        entry: &QueueEntry,
+    ) -> Result<(), StoreError> {
+        let (chunk, place) = self.chunk(queues, client_id, seq)?;
+        if let Some(queued) = chunk.entries.get_mut(&place) {
+            *queued = entry.clone();
+            chunk.changed = true;
+        }
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        client_id: &'c str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let (chunk, place) = self.chunk(queues, client_id, seq)?;
+        if let Some(old) = chunk.entries.remove(&place) {
+            chunk.changed = true;
+            self.removed(client_id, &old);
+        }
+        Ok(())
+    }
+
+    /// Removes every chunk of a session, counting their entries out of their messages. Its
+    /// size goes with its record, so its changes in the group are forgotten.
+    fn delete_session(
         &mut self,
         queues: &mut Table<'_, &'static [u8], &'static [u8]>,
-        references: &mut FxHashMap<MessageId, i64>,
-        released: &mut FxHashSet<MessageId>,
-        sizes: &mut FxHashMap<&'c str, (i64, i64)>,
+        client_id: &'c str,
     ) -> Result<(), StoreError> {
-        for (
-            client_id,
-            Numbers {
-                mut seqs,
-                ascending,
-                ..
-            },
-        ) in self.by_session.drain()
-        {
-            if !ascending {
-                // A number deleted twice in the group is removed once.
-                seqs.sort_unstable();
-                seqs.dedup();
+        // What the group did to its chunks so far goes to the database first, so that every
+        // entry is counted out once, from there.
+        let mut own = Chunks::default();
+        let keys: Vec<(&'c str, u64)> = self
+            .open
+            .keys()
+            .filter(|(client, _)| *client == client_id)
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(chunk) = self.open.remove(&key) {
+                own.open.insert(key, chunk);
             }
-            let size = sizes.entry(client_id).or_default();
-            let mut at = 0;
-            while at < seqs.len() {
-                let first = seqs[at];
-                let mut last = first;
-                at += 1;
-                while at < seqs.len() && seqs[at] == last + 1 {
-                    last = seqs[at];
-                    at += 1;
-                }
-                let (start, end) = (entry_key(client_id, first), entry_key(client_id, last));
-                // Every number from `first` to `last` is deleted: the range holds nothing else.
-                let removed = queues
-                    .extract_if(start.as_slice()..=end.as_slice(), |_, _| true)
+        }
+        own.write_all(queues)?;
+        self.sizes.remove(client_id);
+        let (start, end) = session_range(client_id);
+        let removed = queues
+            .extract_if(start.as_slice()..end.as_slice(), |_, _| true)
+            .map_err(io)?;
+        for item in removed {
+            let (_, value) = item.map_err(io)?;
+            for entry in decode_chunk(value.value())? {
+                let (_, entry) = entry?;
+                *self.references.entry(entry.message).or_default() -= 1;
+                self.released.insert(entry.message);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the changed chunks, in key order, and removes those left empty.
+    fn write_all(
+        &mut self,
+        queues: &mut Table<'_, &'static [u8], &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        let mut changed: Vec<((&str, u64), Chunk)> = self
+            .open
+            .drain()
+            .filter(|(_, chunk)| chunk.changed)
+            .collect();
+        changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        for ((client_id, number), chunk) in changed {
+            let key = queue_key(client_id, number);
+            if !chunk.entries.is_empty() {
+                let value = encode_chunk(chunk.entries.iter().map(|(place, e)| (*place, e)));
+                queues
+                    .insert(key.as_slice(), value.as_slice())
                     .map_err(io)?;
-                for item in removed {
-                    let (_, old) = item.map_err(io)?;
-                    let entry = decode_entry(old.value())?;
-                    *references.entry(entry.message).or_default() -= 1;
-                    released.insert(entry.message);
-                    size.0 -= 1;
-                    size.1 -= i64::from(entry.size);
-                }
+            } else if chunk.stored {
+                queues.remove(key.as_slice()).map_err(io)?;
             }
         }
         Ok(())
@@ -1093,7 +1185,12 @@ impl Store for DiskStore {
                 .map_err(io)?
                 .next_back()
             {
-                Some(item) => seq_of(item.map_err(io)?.0.value())? + 1,
+                Some(item) => {
+                    let (key, value) = item.map_err(io)?;
+                    let place = last_place(value.value())?
+                        .ok_or_else(|| StoreError::Corrupt("an empty queue chunk".into()))?;
+                    number_of(key.value())? * ENTRIES_PER_CHUNK + u64::from(place) + 1
+                }
                 None => 0,
             };
             let mut ids = Vec::new();
@@ -1149,15 +1246,23 @@ impl Store for DiskStore {
         let txn = self.shared.begin_read()?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
-        let start = entry_key(client_id, from_seq);
+        let start = queue_key(client_id, chunk_of(from_seq).0);
         let (_, end) = session_range(client_id);
         let mut page = Vec::with_capacity(limit.min(1024));
-        for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
-            if page.len() >= limit {
-                break;
-            }
+        'chunks: for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
             let (key, value) = item.map_err(io)?;
-            page.push((seq_of(key.value())?, decode_entry(value.value())?));
+            let first = number_of(key.value())? * ENTRIES_PER_CHUNK;
+            for entry in decode_chunk(value.value())? {
+                let (place, entry) = entry?;
+                let seq = first + u64::from(place);
+                if seq < from_seq {
+                    continue;
+                }
+                if page.len() >= limit {
+                    break 'chunks;
+                }
+                page.push((seq, entry));
+            }
         }
         let mut shared = self
             .shared
@@ -1342,31 +1447,144 @@ mod tests {
         );
     }
 
-    /// A group's deleted entries are found whether they came in order or not, and an entry
-    /// added past them (a new number) is not among them.
-    #[test]
-    fn deleted_entries_are_found_in_or_out_of_order() {
-        let mut deleted = super::Deleted::default();
-        for seq in [3, 4, 6] {
-            deleted.add("a", seq);
-        }
-        for seq in [9, 2, 9] {
-            deleted.add("b", seq);
-        }
-        let found = |deleted: &super::Deleted<'_>, client, seqs: &[u64]| -> Vec<bool> {
-            seqs.iter()
-                .map(|seq| deleted.contains(client, *seq))
-                .collect()
+    /// A store of format 1 (a B-tree value per queue entry) opens as format 2: its queues are
+    /// in chunks, read, counted and numbered as before, and deleting their entries releases
+    /// their messages.
+    #[tokio::test]
+    async fn a_format_1_store_is_upgraded_with_its_queues_whole() {
+        use redb::{ReadableTable, ReadableTableMetadata};
+
+        use super::{COUNTS, MESSAGES, META, QUEUES, QUEUES_FORMAT_1, SESSIONS};
+        use crate::store::SessionRecord;
+        use crate::store::record::{
+            encode_counts, encode_entry, encode_message, encode_session, queue_key,
         };
+
+        let dir = scratch("format-1");
+        std::fs::create_dir_all(&dir).expect("made");
+        let message = |payload: &'static str| StoredMessage {
+            publish: Publish::new(TopicName::new("t").expect("a valid topic"), payload),
+            received_at: SystemTime::now(),
+        };
+        // Session "a": entries 3..=70 and 100 to message 1 (chunks 0 and 1), 200 to message 2
+        // (chunk 3); session "b": entry 0 to message 2.
+        let a_seqs: Vec<u64> = (3..=70).chain([100, 200]).collect();
+        {
+            let db = redb::Database::create(dir.join(super::FILE)).expect("created");
+            let txn = db.begin_write().expect("begins");
+            {
+                txn.open_table(META)
+                    .expect("opens")
+                    .insert("format", 1)
+                    .expect("inserts");
+                let mut sessions = txn.open_table(SESSIONS).expect("opens");
+                let mut messages = txn.open_table(MESSAGES).expect("opens");
+                let mut queues = txn.open_table(QUEUES_FORMAT_1).expect("opens");
+                let mut counts = txn.open_table(COUNTS).expect("opens");
+                for client_id in ["a", "b"] {
+                    let record = SessionRecord {
+                        client_id: client_id.into(),
+                        expiry_interval: u32::MAX,
+                        disconnected_at: None,
+                        subscriptions: Vec::new(),
+                        will: None,
+                    };
+                    sessions
+                        .insert(client_id, encode_session(&record).as_slice())
+                        .expect("inserts");
+                }
+                messages
+                    .insert(1, encode_message(69, &message("one")).as_slice())
+                    .expect("inserts");
+                messages
+                    .insert(2, encode_message(2, &message("two")).as_slice())
+                    .expect("inserts");
+                for seq in &a_seqs {
+                    let id = if *seq == 200 { 2 } else { 1 };
+                    queues
+                        .insert(
+                            queue_key("a", *seq).as_slice(),
+                            encode_entry(&entry(id)).as_slice(),
+                        )
+                        .expect("inserts");
+                }
+                queues
+                    .insert(
+                        queue_key("b", 0).as_slice(),
+                        encode_entry(&entry(2)).as_slice(),
+                    )
+                    .expect("inserts");
+                counts
+                    .insert("a", encode_counts(70, 70).as_slice())
+                    .expect("inserts");
+                counts
+                    .insert("b", encode_counts(1, 1).as_slice())
+                    .expect("inserts");
+            }
+            txn.commit().expect("commits");
+        }
+        let store = DiskStore::open(&dir).expect("the format 1 store opens");
+        let loaded = store.load().expect("loads");
+        let session = |client_id: &str| {
+            loaded
+                .sessions
+                .iter()
+                .find(|session| session.record.client_id == client_id)
+                .map(|session| (session.queue_len, session.next_seq))
+        };
+        assert_eq!(session("a"), Some((70, 201)));
+        assert_eq!(session("b"), Some((1, 1)));
+        let read = store.read_queue("a", 0, 1000).expect("reads");
+        let seqs: Vec<u64> = read.iter().map(|loaded| loaded.seq).collect();
+        assert_eq!(seqs, a_seqs);
+        assert_eq!(read[0].message.publish.payload, "one");
+        assert_eq!(read[69].message.publish.payload, "two");
+        let from: Vec<u64> = store
+            .read_queue("a", 64, 5)
+            .expect("reads")
+            .iter()
+            .map(|loaded| loaded.seq)
+            .collect();
+        assert_eq!(from, [64, 65, 66, 67, 68]);
+        {
+            let txn = store.shared.begin_read().expect("reads");
+            assert!(
+                txn.open_table(QUEUES_FORMAT_1).is_err(),
+                "the format 1 table is gone"
+            );
+            let chunks = txn.open_table(QUEUES).expect("opens");
+            assert_eq!(
+                chunks.len().expect("counts"),
+                4,
+                "chunks 0, 1 and 3 of a, 0 of b"
+            );
+        }
+        let client: Arc<str> = "a".into();
+        let deletes: Vec<Change> = a_seqs
+            .iter()
+            .filter(|seq| **seq != 200)
+            .map(|seq| Change::DeleteEntry {
+                client_id: client.clone(),
+                seq: *seq,
+            })
+            .collect();
+        let ticket = store.write(deletes);
         assert_eq!(
-            found(&deleted, "a", &[2, 3, 4, 5, 6, 7]),
-            [false, true, true, false, true, false]
+            tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await,
+            Ok(Ok(()))
         );
-        assert_eq!(
-            found(&deleted, "b", &[2, 3, 9, 10]),
-            [true, false, true, false]
+        drop(store);
+        let store = DiskStore::open(&dir).expect("reopens");
+        let loaded = store.load().expect("loads");
+        assert_eq!(loaded.next_message_id, 3, "message 2 is still queued");
+        let txn = store.shared.begin_read().expect("reads");
+        let messages = txn.open_table(MESSAGES).expect("opens");
+        assert!(
+            messages.get(1).expect("reads").is_none(),
+            "message 1 is released"
         );
-        assert_eq!(found(&deleted, "c", &[3]), [false]);
+        drop((messages, txn, store));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A message identifier counted again from a lower one after `load` (a broker starting anew

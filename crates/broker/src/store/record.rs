@@ -14,17 +14,34 @@ use rallymq_session::OutgoingStage;
 
 use super::{QueueEntry, SessionRecord, StoreError, StoredMessage, StoredWill};
 
-/// The layout version of every value below; a store written by a later layout is refused.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The layout version of every value below; a store written by a later layout is refused, one
+/// written by an earlier one is brought up to this one when it is opened. Version 1 kept one
+/// B-tree entry per queue entry; version 2 keeps a session's queue in chunks
+/// ([`ENTRIES_PER_CHUNK`]).
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
-/// The key of a queue entry, or the start of a session's range of them: the client id, a NUL
-/// (which no client id holds, MQTT-1.5.4-2), then the sequence number big-endian, so that a
-/// session's entries sort together and in order.
-pub(crate) fn entry_key(client_id: &str, seq: u64) -> Vec<u8> {
+/// How many consecutive sequence numbers of a session's queue share one B-tree value (a chunk).
+/// A draining session reads, marks in flight and deletes its entries in order: one value per
+/// 64 entries costs the store one B-tree lookup and one write where an entry of its own cost one
+/// each per entry, which took most of the store's time in a drain (benches/README.md,
+/// "Durability"). 64, so that a chunk's entries are one `u64` bitmap.
+pub(crate) const ENTRIES_PER_CHUNK: u64 = 64;
+
+/// The number of the chunk that holds sequence number `seq`, and the entry's place in it.
+pub(crate) fn chunk_of(seq: u64) -> (u64, u8) {
+    // The remainder is below 64.
+    (seq / ENTRIES_PER_CHUNK, (seq % ENTRIES_PER_CHUNK) as u8)
+}
+
+/// The key of a queue chunk (in format 1: of a queue entry), or the start of a session's range
+/// of them: the client id, a NUL (which no client id holds, MQTT-1.5.4-2), then the chunk's
+/// number (format 1: the entry's sequence number) big-endian, so that a session's chunks sort
+/// together and in order.
+pub(crate) fn queue_key(client_id: &str, number: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(client_id.len() + 9);
     key.extend_from_slice(client_id.as_bytes());
     key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(&number.to_be_bytes());
     key
 }
 
@@ -50,8 +67,8 @@ pub(crate) fn session_range(client_id: &str) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// The sequence number at the end of an entry key.
-pub(crate) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+/// The number at the end of a queue key.
+pub(crate) fn number_of(key: &[u8]) -> Result<u64, StoreError> {
     let tail = key
         .len()
         .checked_sub(8)
@@ -200,8 +217,15 @@ pub(crate) fn decode_message(value: &[u8]) -> Result<StoredMessage, StoreError> 
     })
 }
 
+/// An entry alone, as format 1 stored it.
+#[cfg(test)]
 pub(crate) fn encode_entry(entry: &QueueEntry) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(32);
+    let mut buf = Vec::new();
+    write_entry(&mut buf, entry);
+    buf
+}
+
+fn write_entry(buf: &mut Vec<u8>, entry: &QueueEntry) {
     buf.put_u64(entry.message);
     buf.put_u8(entry.qos.bits());
     let (packet_id, stage) = match entry.in_flight {
@@ -216,11 +240,13 @@ pub(crate) fn encode_entry(entry: &QueueEntry) -> Vec<u8> {
     for id in entry.subscription_ids.iter().take(usize::from(u8::MAX)) {
         buf.put_u32(id.get());
     }
-    buf
 }
 
 pub(crate) fn decode_entry(value: &[u8]) -> Result<QueueEntry, StoreError> {
-    let mut reader = Reader(value);
+    read_entry(&mut Reader(value))
+}
+
+fn read_entry(reader: &mut Reader<'_>) -> Result<QueueEntry, StoreError> {
     let message = reader.u64()?;
     let qos = QoS::from_bits(reader.u8()?).map_err(|_| corrupt("QoS"))?;
     let flags = reader.u8()?;
@@ -246,6 +272,46 @@ pub(crate) fn decode_entry(value: &[u8]) -> Result<QueueEntry, StoreError> {
         in_flight,
         size,
     })
+}
+
+/// A chunk's value: a bitmap of the places that hold an entry (bit `i`: place `i`), then those
+/// entries in order, each as [`encode_entry`] lays it out. `entries` come in ascending places,
+/// each below [`ENTRIES_PER_CHUNK`].
+pub(crate) fn encode_chunk<'e>(entries: impl Iterator<Item = (u8, &'e QueueEntry)>) -> Vec<u8> {
+    let mut present = 0u64;
+    let mut body = Vec::with_capacity(1024);
+    for (place, entry) in entries {
+        present |= 1 << place;
+        write_entry(&mut body, entry);
+    }
+    let mut buf = Vec::with_capacity(8 + body.len());
+    buf.put_u64(present);
+    buf.extend_from_slice(&body);
+    buf
+}
+
+/// The entries of a chunk's value, with their places, in ascending order.
+pub(crate) fn decode_chunk(
+    value: &[u8],
+) -> Result<impl Iterator<Item = Result<(u8, QueueEntry), StoreError>> + '_, StoreError> {
+    let mut reader = Reader(value);
+    let mut present = reader.u64()?;
+    Ok(std::iter::from_fn(move || {
+        if present == 0 {
+            return None;
+        }
+        // Below 64.
+        let place = present.trailing_zeros() as u8;
+        present &= present - 1;
+        Some(read_entry(&mut reader).map(|entry| (place, entry)))
+    }))
+}
+
+/// The highest place of a chunk's value that holds an entry (`None`: an empty chunk, which the
+/// store never keeps).
+pub(crate) fn last_place(value: &[u8]) -> Result<Option<u8>, StoreError> {
+    let present = Reader(value).u64()?;
+    Ok((present != 0).then(|| 63 - present.leading_zeros() as u8))
 }
 
 /// A subscription's options in MQTT 5's byte layout (the SUBSCRIBE options byte).
@@ -376,22 +442,56 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_round_trips_in_every_stage() {
-        for in_flight in [
-            None,
-            Some((PacketId::new(7).unwrap(), OutgoingStage::Published)),
-            Some((PacketId::new(65535).unwrap(), OutgoingStage::Released)),
-        ] {
+    fn a_chunk_round_trips_its_entries_in_every_stage_and_place() {
+        let entries: Vec<(u8, QueueEntry)> = [
+            (0, None),
+            (
+                5,
+                Some((PacketId::new(7).unwrap(), OutgoingStage::Published)),
+            ),
+            (
+                63,
+                Some((PacketId::new(65535).unwrap(), OutgoingStage::Released)),
+            ),
+        ]
+        .into_iter()
+        .map(|(place, in_flight)| {
             let entry = QueueEntry {
-                message: 42,
+                message: 42 + u64::from(place),
                 qos: QoS::AtLeastOnce,
-                retain: true,
-                subscription_ids: vec![SubscriptionId::new(5).unwrap()],
+                retain: place == 5,
+                subscription_ids: vec![SubscriptionId::new(5).unwrap(); usize::from(place % 3)],
                 in_flight,
                 size: 123,
             };
-            assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);
+            (place, entry)
+        })
+        .collect();
+        let value = encode_chunk(entries.iter().map(|(place, entry)| (*place, entry)));
+        let decoded: Vec<(u8, QueueEntry)> = decode_chunk(&value)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(decoded, entries);
+        assert_eq!(last_place(&value).unwrap(), Some(63));
+        assert_eq!(last_place(&encode_chunk(std::iter::empty())).unwrap(), None);
+        // One entry decodes as format 1 stored it, for the upgrade of such a store.
+        assert_eq!(
+            decode_entry(&encode_entry(&entries[1].1)).unwrap(),
+            entries[1].1
+        );
+        for cut in 0..value.len() {
+            let read: Result<Vec<_>, _> = decode_chunk(&value[..cut]).and_then(|e| e.collect());
+            assert!(read.is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_sequence_number_falls_in_its_chunk() {
+        assert_eq!(chunk_of(0), (0, 0));
+        assert_eq!(chunk_of(63), (0, 63));
+        assert_eq!(chunk_of(64), (1, 0));
+        assert_eq!(chunk_of(u64::MAX), (u64::MAX / 64, 63));
     }
 
     #[test]
@@ -426,15 +526,15 @@ mod tests {
     fn keys_sort_a_session_together_and_in_order() {
         let (start, end) = session_range("ab");
         let keys = [
-            entry_key("ab", 1),
-            entry_key("ab", 256),
-            entry_key("ab", u64::MAX),
+            queue_key("ab", 1),
+            queue_key("ab", 256),
+            queue_key("ab", u64::MAX),
         ];
         assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
         assert!(keys.iter().all(|key| *key >= start && *key < end));
         // Another client whose id extends this one sorts outside the range.
-        assert!(entry_key("abc", 0) >= end);
-        assert_eq!(seq_of(&keys[1]).unwrap(), 256);
+        assert!(queue_key("abc", 0) >= end);
+        assert_eq!(number_of(&keys[1]).unwrap(), 256);
     }
 
     #[test]
