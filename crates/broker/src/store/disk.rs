@@ -34,10 +34,10 @@ use tracing::{error, info, warn};
 
 use super::QueueEntry;
 use super::record::{
-    ENTRIES_PER_CHUNK, FORMAT_VERSION, chunk_of, decode_chunk, decode_counts, decode_entry,
-    decode_message, decode_session, encode_chunk, encode_counts, encode_message, encode_session,
-    inbound_key, last_place, message_references, number_of, packet_id_of, queue_key, session_range,
-    with_references,
+    ChunkValue, ENTRIES_PER_CHUNK, FORMAT_VERSION, RemovedEntry, chunk_of, decode_chunk,
+    decode_counts, decode_entry, decode_message, decode_session, encode_chunk, encode_counts,
+    encode_message, encode_session, inbound_key, last_place, message_references, number_of,
+    packet_id_of, queue_key, session_range, with_references,
 };
 use super::{
     COMMIT_SECONDS_BUCKETS, Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store,
@@ -910,8 +910,7 @@ struct Chunks<'c> {
 
 /// One chunk of a session's queue as the group has left it so far.
 struct Chunk {
-    /// Its entries by place.
-    entries: BTreeMap<u8, QueueEntry>,
+    value: ChunkValue,
     /// It is in the database.
     stored: bool,
     /// The group changed it.
@@ -930,33 +929,34 @@ impl<'c> Chunks<'c> {
         let chunk = match self.open.entry((client_id, number)) {
             Entry::Occupied(open) => open.into_mut(),
             Entry::Vacant(vacant) => {
-                let mut entries = BTreeMap::new();
-                let value = queues
+                let stored = queues
                     .get(queue_key(client_id, number).as_slice())
                     .map_err(io)?;
-                if let Some(value) = &value {
-                    for item in decode_chunk(value.value())? {
-                        let (place, entry) = item?;
-                        entries.insert(place, entry);
-                    }
-                }
-                vacant.insert(Chunk {
-                    entries,
-                    stored: value.is_some(),
-                    changed: false,
-                })
+                let chunk = match stored {
+                    Some(value) => Chunk {
+                        value: ChunkValue::read(value.value())?,
+                        stored: true,
+                        changed: false,
+                    },
+                    None => Chunk {
+                        value: ChunkValue::empty(),
+                        stored: false,
+                        changed: false,
+                    },
+                };
+                vacant.insert(chunk)
             }
         };
         Ok((chunk, place))
     }
 
     /// Counts a removed entry out of its message and its session's size.
-    fn removed(&mut self, client_id: &'c str, old: &QueueEntry) {
-        *self.references.entry(old.message).or_default() -= 1;
-        self.released.insert(old.message);
+    fn removed(&mut self, client_id: &'c str, (message, bytes): RemovedEntry) {
+        *self.references.entry(message).or_default() -= 1;
+        self.released.insert(message);
         let size = self.sizes.entry(client_id).or_default();
         size.0 -= 1;
-        size.1 -= i64::from(old.size);
+        size.1 -= i64::from(bytes);
     }
 
     /// Adds an entry, or replaces the one with its number.
@@ -969,9 +969,8 @@ impl<'c> Chunks<'c> {
     ) -> Result<(), StoreError> {
         let (chunk, place) = self.chunk(queues, client_id, seq)?;
         chunk.changed = true;
-        let replaced = chunk.entries.insert(place, entry.clone());
-        if let Some(old) = replaced {
-            self.removed(client_id, &old);
+        if let Some(old) = chunk.value.insert(place, entry)? {
+            self.removed(client_id, old);
         }
         *self.references.entry(entry.message).or_default() += 1;
         let size = self.sizes.entry(client_id).or_default();
@@ -989,8 +988,7 @@ impl<'c> Chunks<'c> {
         entry: &QueueEntry,
     ) -> Result<(), StoreError> {
         let (chunk, place) = self.chunk(queues, client_id, seq)?;
-        if let Some(queued) = chunk.entries.get_mut(&place) {
-            *queued = entry.clone();
+        if chunk.value.update(place, entry)? {
             chunk.changed = true;
         }
         Ok(())
@@ -1003,9 +1001,9 @@ impl<'c> Chunks<'c> {
         seq: u64,
     ) -> Result<(), StoreError> {
         let (chunk, place) = self.chunk(queues, client_id, seq)?;
-        if let Some(old) = chunk.entries.remove(&place) {
+        if let Some(old) = chunk.value.remove(place)? {
             chunk.changed = true;
-            self.removed(client_id, &old);
+            self.removed(client_id, old);
         }
         Ok(())
     }
@@ -1061,10 +1059,9 @@ impl<'c> Chunks<'c> {
         changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         for ((client_id, number), chunk) in changed {
             let key = queue_key(client_id, number);
-            if !chunk.entries.is_empty() {
-                let value = encode_chunk(chunk.entries.iter().map(|(place, e)| (*place, e)));
+            if !chunk.value.is_empty() {
                 queues
-                    .insert(key.as_slice(), value.as_slice())
+                    .insert(key.as_slice(), chunk.value.as_bytes())
                     .map_err(io)?;
             } else if chunk.stored {
                 queues.remove(key.as_slice()).map_err(io)?;

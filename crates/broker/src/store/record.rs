@@ -12,7 +12,7 @@ use rallymq_codec::{
 };
 use rallymq_session::OutgoingStage;
 
-use super::{QueueEntry, SessionRecord, StoreError, StoredMessage, StoredWill};
+use super::{MessageId, QueueEntry, SessionRecord, StoreError, StoredMessage, StoredWill};
 
 /// The layout version of every value below; a store written by a later layout is refused, one
 /// written by an earlier one is brought up to this one when it is opened. Version 1 kept one
@@ -307,6 +307,130 @@ pub(crate) fn decode_chunk(
     }))
 }
 
+/// A chunk's value edited in place: an entry is found by walking the lengths of the ones
+/// before it, and added, replaced or removed by moving the bytes after it. The store changes a
+/// chunk a few entries at a time (a draining session deletes from its front) and writes it
+/// back once per commit: decoding all of its entries for each change and encoding them again
+/// cost the store's writer more than the changes.
+pub(crate) struct ChunkValue(Vec<u8>);
+
+/// What an entry removed from a chunk referred to: its message and its size.
+pub(crate) type RemovedEntry = (MessageId, u32);
+
+/// An entry's length in a chunk from its fixed part: 17 bytes, then 4 per subscription id.
+const ENTRY_FIXED: usize = 17;
+
+impl ChunkValue {
+    /// A chunk with no entry.
+    pub(crate) fn empty() -> Self {
+        Self(vec![0; 8])
+    }
+
+    /// The value read from the store. A value too short for its bitmap is corrupt; the
+    /// entries are checked as they are walked.
+    pub(crate) fn read(value: &[u8]) -> Result<Self, StoreError> {
+        Reader(value).u64()?;
+        Ok(Self(value.to_vec()))
+    }
+
+    fn present(&self) -> u64 {
+        u64::from_be_bytes(self.0[..8].try_into().unwrap_or_default())
+    }
+
+    fn set_present(&mut self, present: u64) {
+        self.0[..8].copy_from_slice(&present.to_be_bytes());
+    }
+
+    /// No entry is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.present() == 0
+    }
+
+    /// The bytes to store.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The length of the entry at byte `at`.
+    fn entry_len(&self, at: usize) -> Result<usize, StoreError> {
+        let count = *self
+            .0
+            .get(at + ENTRY_FIXED - 1)
+            .ok_or_else(|| corrupt("queue chunk entry"))?;
+        let len = ENTRY_FIXED + 4 * usize::from(count);
+        if at + len > self.0.len() {
+            return Err(corrupt("queue chunk entry"));
+        }
+        Ok(len)
+    }
+
+    /// Where the entry at `place` starts (or would start), past the entries before it.
+    fn offset_of(&self, place: u8) -> Result<usize, StoreError> {
+        let mut before = self.present() & ((1u64 << place) - 1);
+        let mut at = 8;
+        while before != 0 {
+            at += self.entry_len(at)?;
+            before &= before - 1;
+        }
+        Ok(at)
+    }
+
+    /// The message and size of the entry at byte `at`, whose length is checked.
+    fn removed_at(&self, at: usize) -> RemovedEntry {
+        let mut reader = Reader(&self.0[at..]);
+        let message = reader.u64().unwrap_or_default();
+        let mut reader = Reader(&self.0[at + 12..]);
+        (message, reader.u32().unwrap_or_default())
+    }
+
+    /// Puts `entry` at `place`; returns the entry it replaced, if there was one.
+    pub(crate) fn insert(
+        &mut self,
+        place: u8,
+        entry: &QueueEntry,
+    ) -> Result<Option<RemovedEntry>, StoreError> {
+        let at = self.offset_of(place)?;
+        let bit = 1u64 << place;
+        let mut bytes = Vec::with_capacity(ENTRY_FIXED + 4 * entry.subscription_ids.len());
+        write_entry(&mut bytes, entry);
+        let present = self.present();
+        if present & bit != 0 {
+            let len = self.entry_len(at)?;
+            let old = self.removed_at(at);
+            self.0.splice(at..at + len, bytes);
+            Ok(Some(old))
+        } else {
+            self.0.splice(at..at, bytes);
+            self.set_present(present | bit);
+            Ok(None)
+        }
+    }
+
+    /// Replaces the entry at `place` if there is one; says whether there was.
+    pub(crate) fn update(&mut self, place: u8, entry: &QueueEntry) -> Result<bool, StoreError> {
+        if self.present() & (1u64 << place) == 0 {
+            return Ok(false);
+        }
+        self.insert(place, entry)?;
+        Ok(true)
+    }
+
+    /// Removes the entry at `place`; returns what it referred to, if there was one.
+    pub(crate) fn remove(&mut self, place: u8) -> Result<Option<RemovedEntry>, StoreError> {
+        let bit = 1u64 << place;
+        let present = self.present();
+        if present & bit == 0 {
+            return Ok(None);
+        }
+        let at = self.offset_of(place)?;
+        let len = self.entry_len(at)?;
+        let old = self.removed_at(at);
+        self.0.drain(at..at + len);
+        self.set_present(present & !bit);
+        Ok(Some(old))
+    }
+}
+
 /// The highest place of a chunk's value that holds an entry (`None`: an empty chunk, which the
 /// store never keeps).
 pub(crate) fn last_place(value: &[u8]) -> Result<Option<u8>, StoreError> {
@@ -483,6 +607,70 @@ mod tests {
         for cut in 0..value.len() {
             let read: Result<Vec<_>, _> = decode_chunk(&value[..cut]).and_then(|e| e.collect());
             assert!(read.is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A chunk edited in place holds what a map of its entries edited the same way holds,
+        /// byte for byte as encoding that map lays it out, and says what each change removed.
+        #[test]
+        fn a_chunk_edited_in_place_is_the_chunk_of_its_entries(
+            changes in proptest::collection::vec((0u8..3, 0u8..64, 0u64..1000, 0usize..3), 0..200)
+        ) {
+            let mut chunk = ChunkValue::empty();
+            let mut model: std::collections::BTreeMap<u8, QueueEntry> = Default::default();
+            for (kind, place, message, ids) in changes {
+                let entry = QueueEntry {
+                    message,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: vec![SubscriptionId::new(3).unwrap(); ids],
+                    in_flight: None,
+                    size: u32::try_from(message).unwrap() + 1,
+                };
+                let summary = |old: Option<QueueEntry>| old.map(|old| (old.message, old.size));
+                match kind {
+                    0 => {
+                        let replaced = chunk.insert(place, &entry).unwrap();
+                        proptest::prop_assert_eq!(replaced, summary(model.insert(place, entry)));
+                    }
+                    1 => {
+                        let queued = model.contains_key(&place);
+                        proptest::prop_assert_eq!(chunk.update(place, &entry).unwrap(), queued);
+                        if queued {
+                            model.insert(place, entry);
+                        }
+                    }
+                    _ => {
+                        let removed = chunk.remove(place).unwrap();
+                        proptest::prop_assert_eq!(removed, summary(model.remove(&place)));
+                    }
+                }
+            }
+            let encoded = encode_chunk(model.iter().map(|(place, entry)| (*place, entry)));
+            proptest::prop_assert_eq!(chunk.as_bytes(), encoded.as_slice());
+            proptest::prop_assert_eq!(chunk.is_empty(), model.is_empty());
+            let read = ChunkValue::read(&encoded).unwrap();
+            proptest::prop_assert_eq!(read.as_bytes(), encoded.as_slice());
+        }
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_an_error_when_edited_not_a_panic() {
+        let entry = QueueEntry {
+            message: 1,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![SubscriptionId::new(3).unwrap(); 2],
+            in_flight: None,
+            size: 1,
+        };
+        let value = encode_chunk([(0, &entry), (1, &entry)].into_iter());
+        assert!(ChunkValue::read(&value[..7]).is_err());
+        for cut in 8..value.len() {
+            // The bitmap promises two entries; the bytes end before them.
+            let mut chunk = ChunkValue::read(&value[..cut]).unwrap();
+            assert!(chunk.remove(1).is_err(), "cut at {cut}");
         }
     }
 
