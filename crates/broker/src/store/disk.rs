@@ -90,6 +90,17 @@ const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// durable commit follows them, so the file grows meanwhile.
 const NON_DURABLE_COMMITS: u32 = 64;
 
+/// How long after the start of its last commit the writer waits before committing nothing but
+/// acknowledgements (queue entries' deletions and updates) that nobody waits for, so that more
+/// of them share the commit. Each commit rewrites every chunk it touches and has a cost of its
+/// own: 1,000 sessions draining 10 M entries made 240 commits a second of 4,000 changes each
+/// without this. A durable waiter, a reader waiting for the writer to take its acknowledgements
+/// (`Store::taken`), or a change of another kind ends the wait.
+const ACK_GATHER: Duration = Duration::from_millis(5);
+
+/// Acknowledgements that end [`ACK_GATHER`]'s wait by their number.
+const ACK_GATHER_CHANGES: usize = 50_000;
+
 /// A [`Store`] on disk, in a directory of its own: `store.redb` (redb: a copy-on-write B-tree
 /// database, crash-safe, durable on commit) and `lock`, held while the store is open so that
 /// no second broker opens the same directory.
@@ -122,6 +133,8 @@ struct Shared {
     /// The highest ticket a [`Store::durable`] waits for: the writer makes its next commit
     /// durable while it is above `decided`.
     wanted: AtomicU64,
+    /// The highest ticket a [`Store::taken`] waits for: it ends the writer's gathering.
+    wanted_taken: AtomicU64,
     /// [`DURABLE_EVERY`] (shorter or longer in tests).
     durable_every: Duration,
     /// Ticket ranges whose commit failed, newest last.
@@ -156,6 +169,12 @@ struct Pending {
     /// variable's notification is a `futex` call whether anyone waits or not: one per write,
     /// four per QoS 1 message to a persistent session, while the writer was busy anyway.)
     writer_idle: bool,
+    /// Every change in `changes` is a queue entry's deletion or update (see
+    /// [`is_acknowledgement`]).
+    acks_only: bool,
+    /// The writer waits on `arrived` for more acknowledgements to commit with those it has
+    /// (see [`ACK_GATHER`]): a write of anything else wakes it.
+    gathering: bool,
 }
 
 /// The messages [`Store::read_queue`] decoded lately, by identifier (a direct-mapped cache): a
@@ -290,6 +309,7 @@ impl DiskStore {
             committed,
             taken,
             wanted: AtomicU64::new(0),
+            wanted_taken: AtomicU64::new(0),
             durable_every,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
@@ -365,18 +385,42 @@ impl Shared {
         let mut failing = false;
         let mut last_durable = Instant::now();
         let mut non_durable: u32 = 0;
+        let mut last_commit = Instant::now();
         loop {
-            let (mut changes, upto, closing, wanted) = {
+            let (mut changes, upto, closing, wanted, acks_only) = {
                 let mut pending = lock(&self.pending);
                 loop {
                     // A ticket someone waits durable for that is not yet is work, committed or
                     // not: an empty durable commit makes the earlier ones durable.
+                    let waited_for = self.wanted.load(Ordering::SeqCst) > *self.decided.borrow();
                     if !pending.changes.is_empty()
                         || pending.last_ticket > *self.committed.borrow()
                         || pending.closing
-                        || self.wanted.load(Ordering::SeqCst) > *self.decided.borrow()
+                        || waited_for
                     {
-                        break;
+                        let gather = if pending.acks_only
+                            && !pending.changes.is_empty()
+                            && !pending.closing
+                            && !waited_for
+                            && retry.is_empty()
+                            && pending.changes.len() < ACK_GATHER_CHANGES
+                            && self.wanted_taken.load(Ordering::SeqCst) <= *self.taken.borrow()
+                        {
+                            ACK_GATHER.checked_sub(last_commit.elapsed())
+                        } else {
+                            None
+                        };
+                        let Some(gather) = gather else {
+                            break;
+                        };
+                        pending.gathering = true;
+                        pending = self
+                            .arrived
+                            .wait_timeout(pending, gather)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0;
+                        pending.gathering = false;
+                        continue;
                     }
                     pending.writer_idle = true;
                     let timeout = if !retry.is_empty() {
@@ -426,6 +470,7 @@ impl Shared {
                     // Read with the changes taken: a waiter on one of them makes this commit
                     // durable, rather than a durable empty one after it.
                     self.wanted.load(Ordering::SeqCst),
+                    std::mem::take(&mut pending.acks_only),
                 )
             };
             self.take(upto);
@@ -436,12 +481,7 @@ impl Shared {
                 || wanted > decided
                 || non_durable >= NON_DURABLE_COMMITS
                 || last_durable.elapsed() >= self.durable_every
-                || !changes.iter().all(|change| {
-                    matches!(
-                        change,
-                        Change::DeleteEntry { .. } | Change::UpdateEntry { .. }
-                    )
-                });
+                || !acks_only;
             if changes.is_empty() && retry.is_empty() && !(durable && non_durable > 0) {
                 // Nothing to commit; what is committed is durable unless a non-durable commit
                 // waits for a later one.
@@ -457,6 +497,7 @@ impl Shared {
             }
             let count = changes.len() as u64;
             let started = Instant::now();
+            last_commit = started;
             let committed = self.commit(&changes, durable);
             self.commit_took(started.elapsed());
             match committed {
@@ -544,7 +585,8 @@ impl Shared {
         }
         // The writer reads `wanted` under this lock before it waits: either it sees the new
         // value, or it is idle by now and is woken.
-        if lock(&self.pending).writer_idle {
+        let pending = lock(&self.pending);
+        if pending.writer_idle || pending.gathering {
             self.arrived.notify_one();
         }
     }
@@ -754,6 +796,15 @@ fn chunk_format_1_queues(txn: &WriteTransaction) -> Result<(u64, u64), StoreErro
     }
     txn.delete_table(QUEUES_FORMAT_1).map_err(io)?;
     Ok((entries, chunks))
+}
+
+/// A queue entry's deletion or update: what a draining session writes for every entry it is
+/// sent and acknowledges, and what a commit may leave non-durable.
+fn is_acknowledgement(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::DeleteEntry { .. } | Change::UpdateEntry { .. }
+    )
 }
 
 /// Applies `changes` in order inside `txn`. Reference counts of messages and the sizes of
@@ -1303,9 +1354,14 @@ impl Store for DiskStore {
                 // ticket. A ticket of its own would wait for a commit that nothing triggers.
                 return Ticket(pending.last_ticket);
             }
+            let acks = changes.iter().all(is_acknowledgement);
+            pending.acks_only = (pending.acks_only || pending.changes.is_empty()) && acks;
             pending.changes.extend(changes);
             pending.last_ticket += 1;
-            (pending.last_ticket, pending.writer_idle)
+            (
+                pending.last_ticket,
+                pending.writer_idle || (pending.gathering && !acks),
+            )
         };
         if writer_idle {
             self.shared.arrived.notify_one();
@@ -1340,6 +1396,12 @@ impl Store for DiskStore {
 
     fn taken(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
         let mut taken = self.shared.taken.subscribe();
+        if ticket.0 > *taken.borrow()
+            && self.shared.wanted_taken.fetch_max(ticket.0, Ordering::SeqCst) < ticket.0
+            && lock(&self.shared.pending).gathering
+        {
+            self.shared.arrived.notify_one();
+        }
         Box::pin(async move {
             // Closed: the store is gone, and nothing waits in its queue any more.
             let _ = taken.wait_for(|taken| *taken >= ticket.0).await;
