@@ -1297,7 +1297,13 @@ impl Store for DiskStore {
         let start = queue_key(client_id, chunk_of(from_seq).0);
         let (_, end) = session_range(client_id);
         let mut page = Vec::with_capacity(limit.min(1024));
-        'chunks: for item in queues.range(start.as_slice()..end.as_slice()).map_err(io)? {
+        let mut chunks = queues.range(start.as_slice()..end.as_slice()).map_err(io)?;
+        // Checked before the next chunk is read: a page that ends with a chunk (as a page of
+        // 64 from a multiple of 64 does) reads no leaf of the B-tree past it.
+        'chunks: while page.len() < limit {
+            let Some(item) = chunks.next() else {
+                break;
+            };
             let (key, value) = item.map_err(io)?;
             let first = number_of(key.value())? * ENTRIES_PER_CHUNK;
             for entry in decode_chunk(value.value())? {
