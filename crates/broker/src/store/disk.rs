@@ -1107,7 +1107,7 @@ impl<'c> Chunks<'c> {
             .drain()
             .filter(|(_, chunk)| chunk.changed)
             .collect();
-        changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        changed.sort_unstable_by_key(|(key, _)| *key);
         for ((client_id, number), chunk) in changed {
             let key = queue_key(client_id, number);
             if !chunk.value.is_empty() {
