@@ -1,6 +1,10 @@
 //! The durable store: an embedded transactional database (redb) in a directory, written by one
 //! thread that commits every change that arrived while the previous commit was running in one
-//! transaction (group commit).
+//! transaction (group commit). Changes nobody waits for yet wait up to [`GATHER`] after the
+//! start of the last commit for more to join them; a waiter ends that wait.
+//!
+//! A session's queue is kept in chunks of 64 entry numbers (`ENTRIES_PER_CHUNK`), one B-tree
+//! value each (`record::ChunkValue`), which a commit edits in memory and writes back once.
 //!
 //! A commit of nothing but queue entries' deletions and updates (a draining session's
 //! acknowledgements and in-flight marks) syncs the file (is durable) only when something waits
