@@ -974,6 +974,9 @@ struct Chunks<'c> {
     sizes: FxHashMap<&'c str, (i64, i64)>,
 }
 
+/// The table of queue chunks, open for writing.
+type QueueTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
 /// One chunk of a session's queue as the group has left it so far.
 struct Chunk {
     value: ChunkValue,
@@ -987,7 +990,7 @@ impl<'c> Chunks<'c> {
     /// The chunk that holds `seq`, read from the database the first time the group touches it.
     fn chunk(
         &mut self,
-        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        queues: &QueueTable<'_>,
         client_id: &'c str,
         seq: u64,
     ) -> Result<(&mut Chunk, u8), StoreError> {
@@ -1028,7 +1031,7 @@ impl<'c> Chunks<'c> {
     /// Adds an entry, or replaces the one with its number.
     fn add(
         &mut self,
-        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        queues: &QueueTable<'_>,
         client_id: &'c str,
         seq: u64,
         entry: &QueueEntry,
@@ -1048,7 +1051,7 @@ impl<'c> Chunks<'c> {
     /// Updates an entry still queued: an update racing its deletion must not revive it.
     fn update(
         &mut self,
-        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        queues: &QueueTable<'_>,
         client_id: &'c str,
         seq: u64,
         entry: &QueueEntry,
@@ -1062,7 +1065,7 @@ impl<'c> Chunks<'c> {
 
     fn delete(
         &mut self,
-        queues: &Table<'_, &'static [u8], &'static [u8]>,
+        queues: &QueueTable<'_>,
         client_id: &'c str,
         seq: u64,
     ) -> Result<(), StoreError> {
@@ -1078,7 +1081,7 @@ impl<'c> Chunks<'c> {
     /// size goes with its record, so its changes in the group are forgotten.
     fn delete_session(
         &mut self,
-        queues: &mut Table<'_, &'static [u8], &'static [u8]>,
+        queues: &mut QueueTable<'_>,
         client_id: &'c str,
     ) -> Result<(), StoreError> {
         // What the group did to its chunks so far goes to the database first, so that every
@@ -1113,10 +1116,7 @@ impl<'c> Chunks<'c> {
     }
 
     /// Writes the changed chunks, in key order, and removes those left empty.
-    fn write_all(
-        &mut self,
-        queues: &mut Table<'_, &'static [u8], &'static [u8]>,
-    ) -> Result<(), StoreError> {
+    fn write_all(&mut self, queues: &mut QueueTable<'_>) -> Result<(), StoreError> {
         let mut changed: Vec<((&str, u64), Chunk)> = self
             .open
             .drain()
