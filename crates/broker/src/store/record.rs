@@ -375,12 +375,13 @@ impl ChunkValue {
         Ok(at)
     }
 
-    /// The message and size of the entry at byte `at`, whose length is checked.
-    fn removed_at(&self, at: usize) -> RemovedEntry {
-        let mut reader = Reader(&self.0[at..]);
-        let message = reader.u64().unwrap_or_default();
-        let mut reader = Reader(&self.0[at + 12..]);
-        (message, reader.u32().unwrap_or_default())
+    /// The message and size of the entry at byte `at`.
+    fn removed_at(&self, at: usize) -> Result<RemovedEntry, StoreError> {
+        let mut reader = Reader(self.0.get(at..).unwrap_or_default());
+        let message = reader.u64()?;
+        // Its QoS, flags and packet identifier.
+        reader.u32()?;
+        Ok((message, reader.u32()?))
     }
 
     /// Puts `entry` at `place`; returns the entry it replaced, if there was one.
@@ -396,7 +397,7 @@ impl ChunkValue {
         let present = self.present();
         if present & bit != 0 {
             let len = self.entry_len(at)?;
-            let old = self.removed_at(at);
+            let old = self.removed_at(at)?;
             self.0.splice(at..at + len, bytes);
             Ok(Some(old))
         } else {
@@ -424,7 +425,7 @@ impl ChunkValue {
         }
         let at = self.offset_of(place)?;
         let len = self.entry_len(at)?;
-        let old = self.removed_at(at);
+        let old = self.removed_at(at)?;
         self.0.drain(at..at + len);
         self.set_present(present & !bit);
         Ok(Some(old))
