@@ -275,18 +275,17 @@ fn read_entry(reader: &mut Reader<'_>) -> Result<QueueEntry, StoreError> {
 }
 
 /// A chunk's value: a bitmap of the places that hold an entry (bit `i`: place `i`), then those
-/// entries in order, each as [`encode_entry`] lays it out. `entries` come in ascending places,
-/// each below [`ENTRIES_PER_CHUNK`].
+/// entries in order, each laid out as format 1 stored an entry alone. `entries` come in
+/// ascending places, each below [`ENTRIES_PER_CHUNK`].
 pub(crate) fn encode_chunk<'e>(entries: impl Iterator<Item = (u8, &'e QueueEntry)>) -> Vec<u8> {
     let mut present = 0u64;
-    let mut body = Vec::with_capacity(1024);
+    // The bitmap's place, filled in once the entries are written.
+    let mut buf = vec![0; 8];
     for (place, entry) in entries {
         present |= 1 << place;
-        write_entry(&mut body, entry);
+        write_entry(&mut buf, entry);
     }
-    let mut buf = Vec::with_capacity(8 + body.len());
-    buf.put_u64(present);
-    buf.extend_from_slice(&body);
+    buf[..8].copy_from_slice(&present.to_be_bytes());
     buf
 }
 
