@@ -882,27 +882,14 @@ impl Driver {
         barrier_held
     }
 
-    /// Waits until every entry `early` counts is acknowledged or `ticket` is decided, or the
-    /// connection is signalled for something else; returns those other signals, for the
-    /// connection's loop.
+    /// Waits until every entry `early` counts is acknowledged or `ticket` is decided (asked of
+    /// the store only after [`EARLY_HEAD_START`]), or the connection is signalled for something
+    /// else; returns those other signals, for the connection's loop.
     async fn early_or_durable(&self, early: &EarlyAck, ticket: Ticket) -> u8 {
-        let head_start = tokio::time::sleep(EARLY_HEAD_START);
-        tokio::pin!(head_start);
-        loop {
-            if early.done() {
-                return 0;
-            }
-            tokio::select! {
-                _ = &mut head_start => break,
-                signals = self.control.signalled() => {
-                    let others = signals & !signal::ACKNOWLEDGED;
-                    if others != 0 {
-                        return others;
-                    }
-                }
-            }
-        }
-        let durable = self.shared.durable(ticket);
+        let durable = async {
+            tokio::time::sleep(EARLY_HEAD_START).await;
+            self.shared.durable(ticket).await
+        };
         tokio::pin!(durable);
         loop {
             if early.done() {
