@@ -1086,18 +1086,13 @@ impl<'c> Chunks<'c> {
     ) -> Result<(), StoreError> {
         // What the group did to its chunks so far goes to the database first, so that every
         // entry is counted out once, from there.
-        let mut own = Chunks::default();
-        let keys: Vec<(&'c str, u64)> = self
-            .open
-            .keys()
-            .filter(|(client, _)| *client == client_id)
-            .copied()
-            .collect();
-        for key in keys {
-            if let Some(chunk) = self.open.remove(&key) {
-                own.open.insert(key, chunk);
-            }
-        }
+        let mut own = Chunks {
+            open: self
+                .open
+                .extract_if(|(client, _), _| *client == client_id)
+                .collect(),
+            ..Chunks::default()
+        };
         own.write_all(queues)?;
         self.sizes.remove(client_id);
         let (start, end) = session_range(client_id);
