@@ -362,7 +362,23 @@ async fn a_queue_across_chunks_reads_numbers_and_deletes_right() {
         (session.queue_len, session.queue_bytes, session.next_seq),
         (121, 1210, 195)
     );
-    write_durably(&store, vec![Change::DeleteSession(client.clone())]).await;
+    // Chunks the same commit changed first (a new one, to another message, and a stored one)
+    // go with the session too, and release their messages.
+    let (put_other, add_other, _) = message_and_entry(1, &client);
+    let Change::AddEntry { entry: other, .. } = add_other else {
+        unreachable!("message_and_entry returns an AddEntry second")
+    };
+    let deleted = vec![
+        put_other,
+        Change::AddEntry {
+            client_id: client.clone(),
+            seq: 300,
+            entry: other,
+        },
+        delete(64),
+        Change::DeleteSession(client.clone()),
+    ];
+    write_durably(&store, deleted).await;
     assert!(seqs(&store, 0, 1000).is_empty());
     drop(store);
     let store = DiskStore::open(&dir.0).expect("reopens");
