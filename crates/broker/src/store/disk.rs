@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 use super::QueueEntry;
 use super::record::{
-    ChunkValue, ENTRIES_PER_CHUNK, FORMAT_VERSION, RemovedEntry, chunk_of, decode_chunk,
+    ChunkValue, Counts, ENTRIES_PER_CHUNK, FORMAT_VERSION, RemovedEntry, chunk_of, decode_chunk,
     decode_counts, decode_entry, decode_message, decode_session, encode_chunk, encode_counts,
     encode_message, encode_session, inbound_key, last_place, message_references, number_of,
     packet_id_of, queue_key, session_range, with_references,
@@ -277,14 +277,21 @@ impl DiskStore {
                     });
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(found) => {
-                    // Format 1, the only earlier one.
+                Some(1) => {
                     let (entries, chunks) = chunk_format_1_queues(&txn)?;
                     info!(
                         store = %dir.display(),
                         entries,
                         chunks,
-                        "the store's queues were upgraded from format {found} to {FORMAT_VERSION}"
+                        "the store's queues were upgraded from format 1 to {FORMAT_VERSION}"
+                    );
+                    meta.insert("format", FORMAT_VERSION).map_err(io)?;
+                }
+                Some(found) => {
+                    // Format 2's counts read as format 3's with their heads at 0.
+                    info!(
+                        store = %dir.display(),
+                        "the store was upgraded from format {found} to {FORMAT_VERSION}"
                     );
                     meta.insert("format", FORMAT_VERSION).map_err(io)?;
                 }
@@ -851,7 +858,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                     .map_err(io)?;
             }
             Change::DeleteSession(client_id) => {
-                chunks.delete_session(&mut queues, client_id)?;
+                chunks.delete_session(&mut queues, &counts, client_id)?;
                 sessions.remove(&**client_id).map_err(io)?;
                 counts.remove(&**client_id).map_err(io)?;
                 let (start, end) = session_range(client_id);
@@ -874,13 +881,15 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 client_id,
                 seq,
                 entry,
-            } => chunks.add(&queues, client_id, *seq, entry)?,
+            } => chunks.add(&queues, &counts, client_id, *seq, entry)?,
             Change::UpdateEntry {
                 client_id,
                 seq,
                 entry,
-            } => chunks.update(&queues, client_id, *seq, entry)?,
-            Change::DeleteEntry { client_id, seq } => chunks.delete(&queues, client_id, *seq)?,
+            } => chunks.update(&queues, &counts, client_id, *seq, entry)?,
+            Change::DeleteEntry { client_id, seq } => {
+                chunks.delete(&queues, &counts, client_id, *seq)?
+            }
             Change::PutInbound {
                 client_id,
                 packet_id,
@@ -917,6 +926,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         references,
         released,
         sizes,
+        heads,
         ..
     } = chunks;
     for (id, delta) in references {
@@ -940,22 +950,64 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 .map_err(io)?;
         }
     }
-    for (client_id, (len, bytes)) in sizes {
-        let (old_len, old_bytes) = match counts.get(client_id).map_err(io)? {
-            Some(value) => decode_counts(value.value())?,
-            None => (0, 0),
+    let mut touched: Vec<&str> = sizes.keys().copied().collect();
+    touched.extend(
+        heads
+            .iter()
+            .filter(|(client_id, head)| head.moved() && !sizes.contains_key(*client_id))
+            .map(|(client_id, _)| *client_id),
+    );
+    for client_id in touched {
+        let (stored, head) = match heads.get(client_id) {
+            Some(head) => (head.stored, head.now),
+            None => {
+                let stored = stored_counts(&counts, client_id)?;
+                (stored, stored.head)
+            }
         };
-        let len = old_len.saturating_add_signed(len);
-        let bytes = old_bytes.saturating_add_signed(bytes);
+        let (len, bytes) = sizes.get(client_id).copied().unwrap_or_default();
+        let len = stored.len.saturating_add_signed(len);
+        let bytes = stored.bytes.saturating_add_signed(bytes);
         if len == 0 {
+            // Every chunk that held an entry is gone with its last entry, so no chunk holds
+            // an entry below the head, and the numbers start again from 0.
             counts.remove(client_id).map_err(io)?;
         } else {
             counts
-                .insert(client_id, encode_counts(len, bytes).as_slice())
+                .insert(
+                    client_id,
+                    encode_counts(Counts { len, bytes, head }).as_slice(),
+                )
                 .map_err(io)?;
         }
     }
     Ok(())
+}
+
+/// The table of queue counts, open for writing.
+type CountsTable<'t> = Table<'t, &'static str, &'static [u8]>;
+
+/// A session's counts as stored (all zero when none are).
+fn stored_counts(counts: &CountsTable<'_>, client_id: &str) -> Result<Counts, StoreError> {
+    match counts.get(client_id).map_err(io)? {
+        Some(value) => decode_counts(value.value()),
+        None => Ok(Counts::default()),
+    }
+}
+
+/// A session's queue head in a group: as stored, and as the group has moved it.
+struct Head {
+    stored: Counts,
+    now: u64,
+    /// A chunk before the one of a deleted first entry holds entries: the head cannot move
+    /// up to it in this group (see [`Chunks::catch_up`]).
+    stuck: bool,
+}
+
+impl Head {
+    fn moved(&self) -> bool {
+        self.now != self.stored.head
+    }
 }
 
 /// The queue chunks a group touches, read once from the database, changed in memory in the
@@ -972,6 +1024,10 @@ struct Chunks<'c> {
     released: FxHashSet<MessageId>,
     /// The change of each session's queue length and bytes.
     sizes: FxHashMap<&'c str, (i64, i64)>,
+    /// The heads of the sessions whose chunks the group read or whose entries it deleted.
+    heads: FxHashMap<&'c str, Head>,
+    /// Each session's lowest chunk the group has open.
+    lowest_open: FxHashMap<&'c str, u64>,
 }
 
 /// The table of queue chunks, open for writing.
@@ -987,14 +1043,35 @@ struct Chunk {
 }
 
 impl<'c> Chunks<'c> {
-    /// The chunk that holds `seq`, read from the database the first time the group touches it.
+    /// The head of `client_id`'s queue, read from its counts the first time the group needs it.
+    fn head(&mut self, counts: &CountsTable<'_>, client_id: &'c str) -> Result<u64, StoreError> {
+        if let Some(head) = self.heads.get(client_id) {
+            return Ok(head.now);
+        }
+        let stored = stored_counts(counts, client_id)?;
+        self.heads.insert(
+            client_id,
+            Head {
+                stored,
+                now: stored.head,
+                stuck: false,
+            },
+        );
+        Ok(stored.head)
+    }
+
+    /// The chunk that holds `seq`, read from the database the first time the group touches it,
+    /// without the entries below the queue's head that it may still hold.
     fn chunk(
         &mut self,
         queues: &QueueTable<'_>,
+        counts: &CountsTable<'_>,
         client_id: &'c str,
         seq: u64,
     ) -> Result<(&mut Chunk, u8), StoreError> {
         let (number, place) = chunk_of(seq);
+        // Read before the chunk, which it trims.
+        let head = self.head(counts, client_id)?;
         let chunk = match self.open.entry((client_id, number)) {
             Entry::Occupied(open) => open.into_mut(),
             Entry::Vacant(vacant) => {
@@ -1002,21 +1079,77 @@ impl<'c> Chunks<'c> {
                     .get(queue_key(client_id, number).as_slice())
                     .map_err(io)?;
                 let chunk = match stored {
-                    Some(value) => Chunk {
-                        value: ChunkValue::read(value.value())?,
-                        stored: true,
-                        changed: false,
-                    },
+                    Some(value) => {
+                        let mut value = ChunkValue::read(value.value())?;
+                        let (head_number, head_place) = chunk_of(head);
+                        if head_number > number {
+                            value = ChunkValue::empty();
+                        } else if head_number == number {
+                            value.forget_below(head_place)?;
+                        }
+                        Chunk {
+                            // One left with nothing above the head goes.
+                            changed: value.is_empty(),
+                            value,
+                            stored: true,
+                        }
+                    }
                     None => Chunk {
                         value: ChunkValue::empty(),
                         stored: false,
                         changed: false,
                     },
                 };
+                let lowest = self.lowest_open.entry(client_id).or_insert(number);
+                *lowest = (*lowest).min(number);
                 vacant.insert(chunk)
             }
         };
         Ok((chunk, place))
+    }
+
+    /// Moves `client_id`'s head up to chunk `number` when no chunk before it holds an entry
+    /// (a session whose first entries came and went within their groups never stored them);
+    /// says whether the head is in chunk `number` now.
+    fn catch_up(
+        &mut self,
+        queues: &QueueTable<'_>,
+        client_id: &'c str,
+        head: u64,
+        number: u64,
+    ) -> Result<bool, StoreError> {
+        let head_number = chunk_of(head).0;
+        if head_number == number {
+            return Ok(true);
+        }
+        let Some(state) = self.heads.get(client_id) else {
+            return Ok(false);
+        };
+        if head_number > number
+            || state.stuck
+            || self
+                .lowest_open
+                .get(client_id)
+                .is_some_and(|lowest| *lowest < number)
+        {
+            return Ok(false);
+        }
+        let from = queue_key(client_id, head_number);
+        let to = queue_key(client_id, number);
+        let caught_up = queues
+            .range(from.as_slice()..to.as_slice())
+            .map_err(io)?
+            .next()
+            .is_none();
+        if let Some(head) = self.heads.get_mut(client_id) {
+            if caught_up {
+                head.now = number * ENTRIES_PER_CHUNK;
+            } else {
+                // Not again in this group: the chunk found stays until a later one.
+                head.stuck = true;
+            }
+        }
+        Ok(caught_up)
     }
 
     /// Counts a removed entry out of its message and its session's size.
@@ -1032,11 +1165,12 @@ impl<'c> Chunks<'c> {
     fn add(
         &mut self,
         queues: &QueueTable<'_>,
+        counts: &CountsTable<'_>,
         client_id: &'c str,
         seq: u64,
         entry: &QueueEntry,
     ) -> Result<(), StoreError> {
-        let (chunk, place) = self.chunk(queues, client_id, seq)?;
+        let (chunk, place) = self.chunk(queues, counts, client_id, seq)?;
         chunk.changed = true;
         if let Some(old) = chunk.value.insert(place, entry)? {
             self.removed(client_id, old);
@@ -1052,28 +1186,56 @@ impl<'c> Chunks<'c> {
     fn update(
         &mut self,
         queues: &QueueTable<'_>,
+        counts: &CountsTable<'_>,
         client_id: &'c str,
         seq: u64,
         entry: &QueueEntry,
     ) -> Result<(), StoreError> {
-        let (chunk, place) = self.chunk(queues, client_id, seq)?;
+        let (chunk, place) = self.chunk(queues, counts, client_id, seq)?;
         if chunk.value.update(place, entry)? {
             chunk.changed = true;
         }
         Ok(())
     }
 
+    /// Deletes an entry. The queue's first entry (a draining session's acknowledgement) moves
+    /// the head past it, and its chunk is written only once it is empty (removed) or for
+    /// another change: the head is in the session's counts, which the group writes anyway.
     fn delete(
         &mut self,
         queues: &QueueTable<'_>,
+        counts: &CountsTable<'_>,
         client_id: &'c str,
         seq: u64,
     ) -> Result<(), StoreError> {
-        let (chunk, place) = self.chunk(queues, client_id, seq)?;
-        if let Some(old) = chunk.value.remove(place)? {
-            chunk.changed = true;
-            self.removed(client_id, old);
+        let head = self.head(counts, client_id)?;
+        if seq < head {
+            return Ok(());
         }
+        let number = chunk_of(seq).0;
+        let (chunk, place) = self.chunk(queues, counts, client_id, seq)?;
+        let first = chunk.value.first_place() == Some(place);
+        let Some(old) = chunk.value.remove(place)? else {
+            return Ok(());
+        };
+        let next = chunk.value.first_place();
+        if !first || next.is_none() {
+            // Written with the change, or removed once empty.
+            chunk.changed = true;
+        }
+        if first {
+            if self.catch_up(queues, client_id, head, number)? {
+                if let Some(head) = self.heads.get_mut(client_id) {
+                    head.now = match next {
+                        Some(next) => number * ENTRIES_PER_CHUNK + u64::from(next),
+                        None => (number + 1) * ENTRIES_PER_CHUNK,
+                    };
+                }
+            } else if let Some(chunk) = self.open.get_mut(&(client_id, number)) {
+                chunk.changed = true;
+            }
+        }
+        self.removed(client_id, old);
         Ok(())
     }
 
@@ -1082,10 +1244,13 @@ impl<'c> Chunks<'c> {
     fn delete_session(
         &mut self,
         queues: &mut QueueTable<'_>,
+        counts: &CountsTable<'_>,
         client_id: &'c str,
     ) -> Result<(), StoreError> {
         // What the group did to its chunks so far goes to the database first, so that every
-        // entry is counted out once, from there.
+        // entry is counted out once, from there; those below the head were counted out when
+        // it passed them.
+        let head = self.head(counts, client_id)?;
         let mut own = Chunks {
             open: self
                 .open
@@ -1095,16 +1260,21 @@ impl<'c> Chunks<'c> {
         };
         own.write_all(queues)?;
         self.sizes.remove(client_id);
+        self.heads.remove(client_id);
+        self.lowest_open.remove(client_id);
         let (start, end) = session_range(client_id);
         let removed = queues
             .extract_if(start.as_slice()..end.as_slice(), |_, _| true)
             .map_err(io)?;
         for item in removed {
-            let (_, value) = item.map_err(io)?;
+            let (key, value) = item.map_err(io)?;
+            let first = number_of(key.value())? * ENTRIES_PER_CHUNK;
             for entry in decode_chunk(value.value())? {
-                let (_, entry) = entry?;
-                *self.references.entry(entry.message).or_default() -= 1;
-                self.released.insert(entry.message);
+                let (place, entry) = entry?;
+                if first + u64::from(place) >= head {
+                    *self.references.entry(entry.message).or_default() -= 1;
+                    self.released.insert(entry.message);
+                }
             }
         }
         Ok(())
@@ -1233,9 +1403,9 @@ impl Store for DiskStore {
                 expired.push(Change::DeleteSession(client_id.into()));
                 continue;
             }
-            let (queue_len, queue_bytes) = match counts.get(client_id).map_err(io)? {
+            let stored = match counts.get(client_id).map_err(io)? {
                 Some(value) => decode_counts(value.value())?,
-                None => (0, 0),
+                None => Counts::default(),
             };
             let (start, end) = session_range(client_id);
             let next_seq = match queues
@@ -1250,7 +1420,8 @@ impl Store for DiskStore {
                     number_of(key.value())? * ENTRIES_PER_CHUNK + u64::from(place) + 1
                 }
                 None => 0,
-            };
+            }
+            .max(stored.head);
             let mut ids = Vec::new();
             for item in inbound
                 .range(start.as_slice()..end.as_slice())
@@ -1261,8 +1432,8 @@ impl Store for DiskStore {
             loaded.sessions.push(LoadedSession {
                 record,
                 inbound: ids,
-                queue_len,
-                queue_bytes,
+                queue_len: stored.len,
+                queue_bytes: stored.bytes,
                 next_seq,
             });
         }
@@ -1304,6 +1475,12 @@ impl Store for DiskStore {
         let txn = self.shared.begin_read()?;
         let queues = txn.open_table(QUEUES).map_err(io)?;
         let messages = txn.open_table(MESSAGES).map_err(io)?;
+        let counts = txn.open_table(COUNTS).map_err(io)?;
+        // The chunk that holds the head may still hold entries below it, which are gone.
+        let from_seq = match counts.get(client_id).map_err(io)? {
+            Some(value) => from_seq.max(decode_counts(value.value())?.head),
+            None => from_seq,
+        };
         let start = queue_key(client_id, chunk_of(from_seq).0);
         let (_, end) = session_range(client_id);
         let mut page = Vec::with_capacity(limit.min(1024));
@@ -1456,6 +1633,9 @@ impl Store for DiskStore {
 }
 
 #[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
@@ -1523,18 +1703,16 @@ mod tests {
         );
     }
 
-    /// A store of format 1 (a B-tree value per queue entry) opens as format 2: its queues are
-    /// in chunks, read, counted and numbered as before, and deleting their entries releases
-    /// their messages.
+    /// A store of format 1 (a B-tree value per queue entry) opens in the current format: its
+    /// queues are in chunks, read, counted and numbered as before, and deleting their entries
+    /// releases their messages.
     #[tokio::test]
     async fn a_format_1_store_is_upgraded_with_its_queues_whole() {
         use redb::{ReadableTable, ReadableTableMetadata};
 
         use super::{COUNTS, MESSAGES, META, QUEUES, QUEUES_FORMAT_1, SESSIONS};
         use crate::store::SessionRecord;
-        use crate::store::record::{
-            encode_counts, encode_entry, encode_message, encode_session, queue_key,
-        };
+        use crate::store::record::{encode_entry, encode_message, encode_session, queue_key};
 
         let dir = scratch("format-1");
         std::fs::create_dir_all(&dir).expect("made");
@@ -1590,11 +1768,13 @@ mod tests {
                         encode_entry(&entry(2)).as_slice(),
                     )
                     .expect("inserts");
+                // Format 1 and 2 counts: length and bytes, no head.
+                let counts_of = |len: u64| [len.to_be_bytes(), len.to_be_bytes()].concat();
                 counts
-                    .insert("a", encode_counts(70, 70).as_slice())
+                    .insert("a", counts_of(70).as_slice())
                     .expect("inserts");
                 counts
-                    .insert("b", encode_counts(1, 1).as_slice())
+                    .insert("b", counts_of(1).as_slice())
                     .expect("inserts");
             }
             txn.commit().expect("commits");

@@ -17,8 +17,10 @@ use super::{MessageId, QueueEntry, SessionRecord, StoreError, StoredMessage, Sto
 /// The layout version of every value below; a store written by a later layout is refused, one
 /// written by an earlier one is brought up to this one when it is opened. Version 1 kept one
 /// B-tree entry per queue entry; version 2 keeps a session's queue in chunks
-/// ([`ENTRIES_PER_CHUNK`]).
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// ([`ENTRIES_PER_CHUNK`]); version 3 adds the queue's head to its counts (entries numbered
+/// below it are gone, though a chunk may still hold them), which version 2 would read as
+/// entries still queued.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// How many consecutive sequence numbers of a session's queue share one B-tree value (a chunk).
 /// A draining session reads, marks in flight and deletes its entries in order: one value per
@@ -415,6 +417,23 @@ impl ChunkValue {
         Ok(true)
     }
 
+    /// The lowest place that holds an entry, if one does.
+    pub(crate) fn first_place(&self) -> Option<u8> {
+        let present = self.present();
+        // Below 64.
+        (present != 0).then(|| present.trailing_zeros() as u8)
+    }
+
+    /// Drops the entries at places below `place` (gone already: below the queue's head),
+    /// without saying what they referred to.
+    pub(crate) fn forget_below(&mut self, place: u8) -> Result<(), StoreError> {
+        let at = self.offset_of(place)?;
+        self.0.drain(8..at);
+        let kept = self.present() & !((1u64 << place) - 1);
+        self.set_present(kept);
+        Ok(())
+    }
+
     /// Removes the entry at `place`; returns what it referred to, if there was one.
     pub(crate) fn remove(&mut self, place: u8) -> Result<Option<RemovedEntry>, StoreError> {
         let bit = 1u64 << place;
@@ -524,16 +543,33 @@ pub(crate) fn decode_session(client_id: &str, value: &[u8]) -> Result<SessionRec
 }
 
 /// A session's queue length and bytes, kept by the store as entries come and go.
-pub(crate) fn encode_counts(len: u64, bytes: u64) -> [u8; 16] {
-    let mut buf = [0u8; 16];
-    buf[..8].copy_from_slice(&len.to_be_bytes());
-    buf[8..].copy_from_slice(&bytes.to_be_bytes());
+/// A session's queue counts: its entries, their bytes, and its head (every entry numbered
+/// below it is gone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) len: u64,
+    pub(crate) bytes: u64,
+    pub(crate) head: u64,
+}
+
+pub(crate) fn encode_counts(counts: Counts) -> [u8; 24] {
+    let mut buf = [0u8; 24];
+    buf[..8].copy_from_slice(&counts.len.to_be_bytes());
+    buf[8..16].copy_from_slice(&counts.bytes.to_be_bytes());
+    buf[16..].copy_from_slice(&counts.head.to_be_bytes());
     buf
 }
 
-pub(crate) fn decode_counts(value: &[u8]) -> Result<(u64, u64), StoreError> {
+/// Reads counts as [`encode_counts`] writes them, or as format 2 did (without a head).
+pub(crate) fn decode_counts(value: &[u8]) -> Result<Counts, StoreError> {
     let mut reader = Reader(value);
-    Ok((reader.u64()?, reader.u64()?))
+    let (len, bytes) = (reader.u64()?, reader.u64()?);
+    let head = if reader.0.is_empty() {
+        0
+    } else {
+        reader.u64()?
+    };
+    Ok(Counts { len, bytes, head })
 }
 
 #[cfg(test)]
