@@ -41,7 +41,7 @@ use super::record::{
     ChunkValue, Counts, ENTRIES_PER_CHUNK, FORMAT_VERSION, RemovedEntry, chunk_of, decode_chunk,
     decode_counts, decode_entry, decode_message, decode_session, encode_chunk, encode_counts,
     encode_message, encode_session, inbound_key, last_place, message_references, number_of,
-    packet_id_of, queue_key, session_range, with_references,
+    packet_id_of, queue_key, session_range,
 };
 use super::{
     COMMIT_SECONDS_BUCKETS, Change, Loaded, LoadedEntry, LoadedSession, MessageId, Store,
@@ -55,6 +55,11 @@ const FILE: &str = "store.redb";
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// Each stored message's reference count (its queue entries), a row for each message in
+/// [`MESSAGES`]. Formats 1 and 2 kept the count in front of the message, which a drain
+/// rewrote whole for every commit that counted one of its entries out; this table's rows are
+/// 12 bytes. The count in front of a message is no longer read.
+const REFERENCES: TableDefinition<u64, u32> = TableDefinition::new("references");
 /// Sessions' queues in chunks ([`ENTRIES_PER_CHUNK`] sequence numbers to a value).
 const QUEUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue_chunks");
 /// Sessions' queues as format 1 kept them, an entry to a value: read once, to upgrade.
@@ -138,9 +143,11 @@ struct Shared {
     /// The highest ticket a [`Store::durable`] waits for: the writer makes its next commit
     /// durable while it is above `decided`.
     wanted: AtomicU64,
-    /// The highest ticket a [`Store::taken`] or [`Store::committed`] waits for: it ends the
-    /// writer's gathering.
+    /// The highest ticket a [`Store::taken`] waits for: the gathering writer takes the changes
+    /// up to it (and commits them when the gathering ends).
     awaited: AtomicU64,
+    /// The highest ticket a [`Store::committed`] waits for: it ends the writer's gathering.
+    commit_awaited: AtomicU64,
     /// [`DURABLE_EVERY`] (shorter or longer in tests).
     durable_every: Duration,
     /// Ticket ranges whose commit failed, newest last.
@@ -277,20 +284,20 @@ impl DiskStore {
                     });
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(1) => {
-                    let (entries, chunks) = chunk_format_1_queues(&txn)?;
+                Some(found) => {
+                    // Format 1 kept an entry to a B-tree value; format 2's queue counts read as
+                    // format 3's with their heads at 0.
+                    let (entries, chunks) = if found == 1 {
+                        chunk_format_1_queues(&txn)?
+                    } else {
+                        (0, 0)
+                    };
+                    let messages = count_references_apart(&txn)?;
                     info!(
                         store = %dir.display(),
                         entries,
                         chunks,
-                        "the store's queues were upgraded from format 1 to {FORMAT_VERSION}"
-                    );
-                    meta.insert("format", FORMAT_VERSION).map_err(io)?;
-                }
-                Some(found) => {
-                    // Format 2's counts read as format 3's with their heads at 0.
-                    info!(
-                        store = %dir.display(),
+                        messages,
                         "the store was upgraded from format {found} to {FORMAT_VERSION}"
                     );
                     meta.insert("format", FORMAT_VERSION).map_err(io)?;
@@ -302,6 +309,7 @@ impl DiskStore {
             // Every table exists from here on, so readers can open them.
             txn.open_table(SESSIONS).map_err(io)?;
             txn.open_table(MESSAGES).map_err(io)?;
+            txn.open_table(REFERENCES).map_err(io)?;
             txn.open_table(QUEUES).map_err(io)?;
             txn.open_table(COUNTS).map_err(io)?;
             txn.open_table(INBOUND).map_err(io)?;
@@ -323,6 +331,7 @@ impl DiskStore {
             taken,
             wanted: AtomicU64::new(0),
             awaited: AtomicU64::new(0),
+            commit_awaited: AtomicU64::new(0),
             durable_every,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
@@ -399,6 +408,9 @@ impl Shared {
         let mut last_durable = Instant::now();
         let mut non_durable: u32 = 0;
         let mut last_commit = Instant::now();
+        // Changes taken from `pending` while gathering, for the next commit.
+        let mut gathered: Vec<Change> = Vec::new();
+        let mut gathered_acks_only = false;
         loop {
             let (mut changes, upto, closing, wanted, acks_only) = {
                 let mut pending = lock(&self.pending);
@@ -406,17 +418,19 @@ impl Shared {
                     // A ticket someone waits durable for that is not yet is work, committed or
                     // not: an empty durable commit makes the earlier ones durable.
                     let waited_for = self.wanted.load(Ordering::SeqCst) > *self.decided.borrow();
-                    if !pending.changes.is_empty()
+                    let has_changes = !pending.changes.is_empty() || !gathered.is_empty();
+                    if has_changes
                         || pending.last_ticket > *self.committed.borrow()
                         || pending.closing
                         || waited_for
                     {
-                        let gather = if !pending.changes.is_empty()
+                        let gather = if has_changes
                             && !pending.closing
                             && !waited_for
                             && retry.is_empty()
-                            && pending.changes.len() < GATHER_CHANGES
-                            && self.awaited.load(Ordering::SeqCst) <= *self.taken.borrow()
+                            && pending.changes.len() + gathered.len() < GATHER_CHANGES
+                            && self.commit_awaited.load(Ordering::SeqCst)
+                                <= *self.committed.borrow()
                         {
                             GATHER.checked_sub(last_commit.elapsed())
                         } else {
@@ -425,6 +439,17 @@ impl Shared {
                         let Some(gather) = gather else {
                             break;
                         };
+                        if self.awaited.load(Ordering::SeqCst) > *self.taken.borrow()
+                            && pending.open_groups == 0
+                        {
+                            // A session paced by the writer waits for these: taken now, they
+                            // no longer pile up in `pending`, and are committed with those
+                            // that follow them once the gathering ends.
+                            gathered_acks_only = (gathered_acks_only || gathered.is_empty())
+                                && std::mem::take(&mut pending.acks_only);
+                            gathered.append(&mut pending.changes);
+                            self.take(pending.last_ticket);
+                        }
                         pending.gathering = true;
                         pending = self
                             .arrived
@@ -475,14 +500,26 @@ impl Shared {
                     pending.draining = false;
                     self.gate.notify_all();
                 }
+                let acks_only = if gathered.is_empty() {
+                    std::mem::take(&mut pending.acks_only)
+                } else {
+                    let acks_only = gathered_acks_only
+                        && (pending.changes.is_empty() || std::mem::take(&mut pending.acks_only));
+                    gathered.append(&mut pending.changes);
+                    acks_only
+                };
                 (
-                    std::mem::take(&mut pending.changes),
+                    if gathered.is_empty() {
+                        std::mem::take(&mut pending.changes)
+                    } else {
+                        std::mem::take(&mut gathered)
+                    },
                     pending.last_ticket,
                     pending.closing,
                     // Read with the changes taken: a waiter on one of them makes this commit
                     // durable, rather than a durable empty one after it.
                     self.wanted.load(Ordering::SeqCst),
-                    std::mem::take(&mut pending.acks_only),
+                    acks_only,
                 )
             };
             self.take(upto);
@@ -509,9 +546,10 @@ impl Shared {
             }
             let count = changes.len() as u64;
             let started = Instant::now();
-            last_commit = started;
+
             let committed = self.commit(&changes, durable);
-            self.commit_took(started.elapsed());
+            last_commit = Instant::now();
+            self.commit_took(last_commit - started);
             match committed {
                 Ok(()) => {
                     if failing {
@@ -605,8 +643,8 @@ impl Shared {
 
     /// Ends the writer's gathering (see [`GATHER`]) for someone waiting for it to take or
     /// commit `ticket`.
-    fn await_writer(&self, ticket: u64) {
-        if self.awaited.fetch_max(ticket, Ordering::SeqCst) < ticket
+    fn await_writer(&self, awaited: &AtomicU64, ticket: u64) {
+        if awaited.fetch_max(ticket, Ordering::SeqCst) < ticket
             && lock(&self.pending).gathering
         {
             self.arrived.notify_one();
@@ -820,6 +858,22 @@ fn chunk_format_1_queues(txn: &WriteTransaction) -> Result<(u64, u64), StoreErro
     Ok((entries, chunks))
 }
 
+/// Formats 1 and 2 kept a message's reference count in front of it: gives each message its
+/// row in [`REFERENCES`]. Returns how many messages there are.
+fn count_references_apart(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let messages = txn.open_table(MESSAGES).map_err(io)?;
+    let mut references = txn.open_table(REFERENCES).map_err(io)?;
+    let mut counted = 0;
+    for item in messages.iter().map_err(io)? {
+        let (id, value) = item.map_err(io)?;
+        references
+            .insert(id.value(), message_references(value.value())?)
+            .map_err(io)?;
+        counted += 1;
+    }
+    Ok(counted)
+}
+
 /// A queue entry's deletion or update: what a draining session writes for every entry it is
 /// sent and acknowledges, and what a commit may leave non-durable.
 fn is_acknowledgement(change: &Change) -> bool {
@@ -835,6 +889,7 @@ fn is_acknowledgement(change: &Change) -> bool {
 fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
     let mut sessions = txn.open_table(SESSIONS).map_err(io)?;
     let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+    let mut counted = txn.open_table(REFERENCES).map_err(io)?;
     let mut queues = txn.open_table(QUEUES).map_err(io)?;
     let mut counts = txn.open_table(COUNTS).map_err(io)?;
     let mut inbound = txn.open_table(INBOUND).map_err(io)?;
@@ -876,6 +931,7 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 messages
                     .insert(*id, encode_message(0, message).as_slice())
                     .map_err(io)?;
+                counted.insert(*id, 0).map_err(io)?;
             }
             Change::AddEntry {
                 client_id,
@@ -935,18 +991,19 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         if delta == 0 && !released.contains(&id) {
             continue;
         }
-        let Some(value) = messages.get(id).map_err(io)?.map(|v| v.value().to_vec()) else {
+        // No row: the message is not stored (gone already, or never written).
+        let Some(count) = counted.get(id).map_err(io)?.map(|v| v.value()) else {
             continue;
         };
-        let count = i64::from(message_references(&value)?) + delta;
+        let count = i64::from(count) + delta;
         if count <= 0 {
             // Also when the group added and removed as many entries as it (a message stored,
             // delivered and acknowledged in one group): nothing refers to it.
             messages.remove(id).map_err(io)?;
+            counted.remove(id).map_err(io)?;
         } else if delta != 0 {
-            let count = u32::try_from(count).unwrap_or(u32::MAX);
-            messages
-                .insert(id, with_references(&value, count).as_slice())
+            counted
+                .insert(id, u32::try_from(count).unwrap_or(u32::MAX))
                 .map_err(io)?;
         }
     }
@@ -1591,7 +1648,7 @@ impl Store for DiskStore {
     fn taken(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
         let mut taken = self.shared.taken.subscribe();
         if ticket.0 > *taken.borrow() {
-            self.shared.await_writer(ticket.0);
+            self.shared.await_writer(&self.shared.awaited, ticket.0);
         }
         Box::pin(async move {
             // Closed: the store is gone, and nothing waits in its queue any more.
@@ -1602,7 +1659,7 @@ impl Store for DiskStore {
     fn committed(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
         let mut committed = self.shared.committed.subscribe();
         if ticket.0 > *committed.borrow() {
-            self.shared.await_writer(ticket.0);
+            self.shared.await_writer(&self.shared.commit_awaited, ticket.0);
         }
         Box::pin(async move {
             // Closed: the store is gone, and nothing waits in its queue any more.
@@ -1710,7 +1767,7 @@ mod tests {
     async fn a_format_1_store_is_upgraded_with_its_queues_whole() {
         use redb::{ReadableTable, ReadableTableMetadata};
 
-        use super::{COUNTS, MESSAGES, META, QUEUES, QUEUES_FORMAT_1, SESSIONS};
+        use super::{COUNTS, MESSAGES, META, QUEUES, QUEUES_FORMAT_1, REFERENCES, SESSIONS};
         use crate::store::SessionRecord;
         use crate::store::record::{encode_entry, encode_message, encode_session, queue_key};
 
@@ -1839,7 +1896,21 @@ mod tests {
             messages.get(1).expect("reads").is_none(),
             "message 1 is released"
         );
-        drop((messages, txn, store));
+        let references = txn.open_table(REFERENCES).expect("opens");
+        let counted: Vec<(u64, u32)> = references
+            .iter()
+            .expect("iterates")
+            .map(|item| {
+                let (id, count) = item.expect("reads");
+                (id.value(), count.value())
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            [(2, 2)],
+            "message 2's count, taken from in front of it"
+        );
+        drop((messages, references, txn, store));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

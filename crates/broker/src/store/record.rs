@@ -185,7 +185,8 @@ pub(crate) fn read_publish(reader: &mut Reader<'_>) -> Result<Publish, StoreErro
     }
 }
 
-/// A stored message, with its reference count (queue entries pointing at it) in front.
+/// A stored message, with a reference count (queue entries pointing at it) in front: format 3
+/// counts in a table of its own and writes 0 here.
 pub(crate) fn encode_message(references: u32, message: &StoredMessage) -> Vec<u8> {
     let mut buf = Vec::with_capacity(message.publish.payload.len() + 64);
     buf.put_u32(references);
@@ -194,18 +195,9 @@ pub(crate) fn encode_message(references: u32, message: &StoredMessage) -> Vec<u8
     buf
 }
 
-/// The reference count of an encoded message.
+/// The reference count in front of an encoded message (read to upgrade a format 1 or 2 store).
 pub(crate) fn message_references(value: &[u8]) -> Result<u32, StoreError> {
     Reader(value).u32()
-}
-
-/// The message with its reference count set to `references`.
-pub(crate) fn with_references(value: &[u8], references: u32) -> Vec<u8> {
-    let mut copy = value.to_vec();
-    if copy.len() >= 4 {
-        copy[..4].copy_from_slice(&references.to_be_bytes());
-    }
-    copy
 }
 
 pub(crate) fn decode_message(value: &[u8]) -> Result<StoredMessage, StoreError> {
@@ -596,9 +588,6 @@ mod tests {
         let value = encode_message(3, &stored);
         assert_eq!(message_references(&value).unwrap(), 3);
         assert_eq!(decode_message(&value).unwrap(), stored);
-        let fewer = with_references(&value, 2);
-        assert_eq!(message_references(&fewer).unwrap(), 2);
-        assert_eq!(decode_message(&fewer).unwrap(), stored);
     }
 
     #[test]

@@ -9,8 +9,7 @@ use rallymq_codec::{PacketId, Publish, QoS, TopicName};
 use rallymq_session::OutgoingStage;
 use redb::ReadableTable;
 
-use super::{DiskStore, MESSAGES};
-use crate::store::record::message_references;
+use super::{DiskStore, MESSAGES, REFERENCES};
 use crate::store::{Change, QueueEntry, SessionRecord, Store, StoredMessage};
 
 /// A fresh directory for one test, removed when dropped.
@@ -42,21 +41,31 @@ async fn write_durably(store: &DiskStore, changes: Vec<Change>) {
         .expect("durable");
 }
 
-/// Every stored message with its reference count.
+/// Every stored message with its reference count; each message has a count, and each count
+/// a message.
 fn stored_references(store: &DiskStore) -> BTreeMap<u64, u32> {
     let txn = store.shared.begin_read().expect("reads");
     let messages = txn.open_table(MESSAGES).expect("opens");
-    messages
+    let references = txn.open_table(REFERENCES).expect("opens");
+    let counted: BTreeMap<u64, u32> = references
         .iter()
         .expect("iterates")
         .map(|item| {
-            let (id, value) = item.expect("reads");
-            (
-                id.value(),
-                message_references(value.value()).expect("a reference count"),
-            )
+            let (id, count) = item.expect("reads");
+            (id.value(), count.value())
         })
-        .collect()
+        .collect();
+    let stored: Vec<u64> = messages
+        .iter()
+        .expect("iterates")
+        .map(|item| item.expect("reads").0.value())
+        .collect();
+    assert_eq!(
+        stored,
+        counted.keys().copied().collect::<Vec<u64>>(),
+        "the messages stored are those counted"
+    );
+    counted
 }
 
 /// A small seeded generator, so that a failure repeats.
