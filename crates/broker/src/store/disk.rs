@@ -108,6 +108,12 @@ const NON_DURABLE_COMMITS: u32 = 64;
 /// wait, so that no waiter waits longer for it.
 const GATHER: Duration = Duration::from_millis(5);
 
+/// A chunk emptied by its session's head passing it stays (its entries are below the head,
+/// gone) until the head has passed this many more: they are removed together, neighbours in the
+/// B-tree, where one at a time each removal copied its leaf again (a third of the writer's time
+/// in a drain).
+const SWEEP_CHUNKS: u64 = 8;
+
 /// Changes that end [`GATHER`]'s wait by their number.
 const GATHER_CHANGES: usize = 50_000;
 
@@ -644,9 +650,7 @@ impl Shared {
     /// Ends the writer's gathering (see [`GATHER`]) for someone waiting for it to take or
     /// commit `ticket`.
     fn await_writer(&self, awaited: &AtomicU64, ticket: u64) {
-        if awaited.fetch_max(ticket, Ordering::SeqCst) < ticket
-            && lock(&self.pending).gathering
-        {
+        if awaited.fetch_max(ticket, Ordering::SeqCst) < ticket && lock(&self.pending).gathering {
             self.arrived.notify_one();
         }
     }
@@ -1025,11 +1029,22 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         let (len, bytes) = sizes.get(client_id).copied().unwrap_or_default();
         let len = stored.len.saturating_add_signed(len);
         let bytes = stored.bytes.saturating_add_signed(bytes);
+        let (start, end) = session_range(client_id);
         if len == 0 {
-            // Every chunk that held an entry is gone with its last entry, so no chunk holds
-            // an entry below the head, and the numbers start again from 0.
+            // The chunks left below the head go with the last entry, and with them what the
+            // head was for: the numbers may start again from 0.
+            queues
+                .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
+                .map_err(io)?;
             counts.remove(client_id).map_err(io)?;
         } else {
+            let head_chunk = chunk_of(head).0;
+            if head_chunk / SWEEP_CHUNKS != chunk_of(stored.head).0 / SWEEP_CHUNKS {
+                let below = queue_key(client_id, head_chunk);
+                queues
+                    .retain_in(start.as_slice()..below.as_slice(), |_, _| false)
+                    .map_err(io)?;
+            }
             counts
                 .insert(
                     client_id,
@@ -1276,11 +1291,11 @@ impl<'c> Chunks<'c> {
             return Ok(());
         };
         let next = chunk.value.first_place();
-        if !first || next.is_none() {
-            // Written with the change, or removed once empty.
+        if !first {
             chunk.changed = true;
-        }
-        if first {
+        } else {
+            // One emptied stays below the head until it is swept with its neighbours (see
+            // `SWEEP_CHUNKS`).
             if self.catch_up(queues, client_id, head, number)? {
                 if let Some(head) = self.heads.get_mut(client_id) {
                     head.now = match next {
@@ -1659,7 +1674,8 @@ impl Store for DiskStore {
     fn committed(&self, ticket: Ticket) -> BoxFuture<'static, ()> {
         let mut committed = self.shared.committed.subscribe();
         if ticket.0 > *committed.borrow() {
-            self.shared.await_writer(&self.shared.commit_awaited, ticket.0);
+            self.shared
+                .await_writer(&self.shared.commit_awaited, ticket.0);
         }
         Box::pin(async move {
             // Closed: the store is gone, and nothing waits in its queue any more.

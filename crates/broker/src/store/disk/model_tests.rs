@@ -9,7 +9,8 @@ use rallymq_codec::{PacketId, Publish, QoS, TopicName};
 use rallymq_session::OutgoingStage;
 use redb::ReadableTable;
 
-use super::{DiskStore, MESSAGES, REFERENCES};
+use super::{DiskStore, MESSAGES, QUEUES, REFERENCES, SWEEP_CHUNKS};
+use crate::store::record::{ENTRIES_PER_CHUNK, number_of, session_range};
 use crate::store::{Change, QueueEntry, SessionRecord, Store, StoredMessage};
 
 /// A fresh directory for one test, removed when dropped.
@@ -66,6 +67,18 @@ fn stored_references(store: &DiskStore) -> BTreeMap<u64, u32> {
         "the messages stored are those counted"
     );
     counted
+}
+
+/// The numbers of the chunks stored for `client_id`.
+fn stored_chunks(store: &DiskStore, client_id: &str) -> Vec<u64> {
+    let txn = store.shared.begin_read().expect("reads");
+    let queues = txn.open_table(QUEUES).expect("opens");
+    let (start, end) = session_range(client_id);
+    queues
+        .range(start.as_slice()..end.as_slice())
+        .expect("reads")
+        .map(|item| number_of(item.expect("reads").0.value()).expect("a chunk key"))
+        .collect()
 }
 
 /// A small seeded generator, so that a failure repeats.
@@ -240,6 +253,22 @@ async fn queues_and_references_match_a_model_through_random_drains_and_reopens()
                 references,
                 "seed {seed} round {round}: messages and their reference counts"
             );
+            for (at, client_id) in clients.iter().enumerate() {
+                // Chunks emptied by the head stay until they are swept, a few at a time; an
+                // empty queue keeps none.
+                let first_live = queues[at]
+                    .first_key_value()
+                    .map_or(u64::MAX, |(seq, _)| seq / ENTRIES_PER_CHUNK);
+                let below = stored_chunks(&store, client_id)
+                    .into_iter()
+                    .filter(|number| *number < first_live)
+                    .count() as u64;
+                assert!(
+                    below <= SWEEP_CHUNKS && (below == 0 || !queues[at].is_empty()),
+                    "seed {seed} round {round}: {client_id} keeps {below} chunks below its first \
+                     entry"
+                );
+            }
             let reopened = random.below(6) == 0;
             if reopened {
                 drop(store);
