@@ -995,20 +995,24 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         if delta == 0 && !released.contains(&id) {
             continue;
         }
-        // No row: the message is not stored (gone already, or never written).
-        let Some(count) = counted.get(id).map_err(io)?.map(|v| v.value()) else {
-            continue;
+        // Read and replaced where it lies: one walk down the B-tree, not two.
+        let count = {
+            // No row: the message is not stored (gone already, or never written).
+            let Some(mut row) = counted.get_mut(id).map_err(io)? else {
+                continue;
+            };
+            let count = i64::from(row.value()) + delta;
+            if count > 0 && delta != 0 {
+                row.insert(u32::try_from(count).unwrap_or(u32::MAX))
+                    .map_err(io)?;
+            }
+            count
         };
-        let count = i64::from(count) + delta;
         if count <= 0 {
             // Also when the group added and removed as many entries as it (a message stored,
             // delivered and acknowledged in one group): nothing refers to it.
             messages.remove(id).map_err(io)?;
             counted.remove(id).map_err(io)?;
-        } else if delta != 0 {
-            counted
-                .insert(id, u32::try_from(count).unwrap_or(u32::MAX))
-                .map_err(io)?;
         }
     }
     let mut touched: Vec<&str> = sizes.keys().copied().collect();
