@@ -1298,16 +1298,22 @@ impl<'c> Chunks<'c> {
             return Ok(());
         };
         let next = chunk.value.first_place();
-        if !first {
+        // Emptied before its last place, it is the queue's tail: entries added later go into
+        // it, above the head, which stays in it. It is removed now, not swept: the sweep takes
+        // only chunks below the head's.
+        if !first || (next.is_none() && u64::from(place) + 1 < ENTRIES_PER_CHUNK) {
             chunk.changed = true;
-        } else {
-            // One emptied stays below the head until it is swept with its neighbours (see
-            // `SWEEP_CHUNKS`).
+        }
+        if first {
+            // One emptied at its last place stays below the head until it is swept with its
+            // neighbours (see `SWEEP_CHUNKS`).
             if self.catch_up(queues, client_id, head, number)? {
                 if let Some(head) = self.heads.get_mut(client_id) {
+                    // Past the deleted entry only, when nothing follows it yet: the numbers
+                    // after it are those of entries still to come.
                     head.now = match next {
                         Some(next) => number * ENTRIES_PER_CHUNK + u64::from(next),
-                        None => (number + 1) * ENTRIES_PER_CHUNK,
+                        None => seq + 1,
                     };
                 }
             } else if let Some(chunk) = self.open.get_mut(&(client_id, number)) {

@@ -18,8 +18,8 @@ use super::{MessageId, QueueEntry, SessionRecord, StoreError, StoredMessage, Sto
 /// written by an earlier one is brought up to this one when it is opened. Version 1 kept one
 /// B-tree entry per queue entry; version 2 keeps a session's queue in chunks
 /// ([`ENTRIES_PER_CHUNK`]); version 3 adds the queue's head to its counts (entries numbered
-/// below it are gone, though a chunk may still hold them), which version 2 would read as
-/// entries still queued.
+/// below it are gone, though a chunk may still hold them, which version 2 would read as
+/// entries still queued) and keeps messages' reference counts in a table of their own.
 pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// How many consecutive sequence numbers of a session's queue share one B-tree value (a chunk).
@@ -534,9 +534,8 @@ pub(crate) fn decode_session(client_id: &str, value: &[u8]) -> Result<SessionRec
     })
 }
 
-/// A session's queue length and bytes, kept by the store as entries come and go.
-/// A session's queue counts: its entries, their bytes, and its head (every entry numbered
-/// below it is gone).
+/// A session's queue counts, kept by the store as entries come and go: its entries, their
+/// bytes, and its head (every entry numbered below it is gone).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     pub(crate) len: u64,
@@ -544,6 +543,7 @@ pub(crate) struct Counts {
     pub(crate) head: u64,
 }
 
+/// Counts as format 3 stores them: length, bytes and head, big-endian.
 pub(crate) fn encode_counts(counts: Counts) -> [u8; 24] {
     let mut buf = [0u8; 24];
     buf[..8].copy_from_slice(&counts.len.to_be_bytes());
@@ -637,10 +637,12 @@ mod tests {
 
     proptest::proptest! {
         /// A chunk edited in place holds what a map of its entries edited the same way holds,
-        /// byte for byte as encoding that map lays it out, and says what each change removed.
+        /// byte for byte as encoding that map lays it out, says what each change removed, and
+        /// which place is its first; the entries below a place can be dropped at once (a
+        /// queue's head passed them).
         #[test]
         fn a_chunk_edited_in_place_is_the_chunk_of_its_entries(
-            changes in proptest::collection::vec((0u8..3, 0u8..64, 0u64..1000, 0usize..3), 0..200)
+            changes in proptest::collection::vec((0u8..7, 0u8..64, 0u64..1000, 0usize..3), 0..200)
         ) {
             let mut chunk = ChunkValue::empty();
             let mut model: std::collections::BTreeMap<u8, QueueEntry> = Default::default();
@@ -655,22 +657,28 @@ mod tests {
                 };
                 let summary = |old: Option<QueueEntry>| old.map(|old| (old.message, old.size));
                 match kind {
-                    0 => {
+                    0..=2 => {
                         let replaced = chunk.insert(place, &entry).unwrap();
                         proptest::prop_assert_eq!(replaced, summary(model.insert(place, entry)));
                     }
-                    1 => {
+                    3 => {
                         let queued = model.contains_key(&place);
                         proptest::prop_assert_eq!(chunk.update(place, &entry).unwrap(), queued);
                         if queued {
                             model.insert(place, entry);
                         }
                     }
+                    // Rarer than the others, so that chunks fill up between.
+                    6 => {
+                        chunk.forget_below(place).unwrap();
+                        model.retain(|kept, _| *kept >= place);
+                    }
                     _ => {
                         let removed = chunk.remove(place).unwrap();
                         proptest::prop_assert_eq!(removed, summary(model.remove(&place)));
                     }
                 }
+                proptest::prop_assert_eq!(chunk.first_place(), model.keys().next().copied());
             }
             let encoded = encode_chunk(model.iter().map(|(place, entry)| (*place, entry)));
             proptest::prop_assert_eq!(chunk.as_bytes(), encoded.as_slice());
@@ -705,6 +713,27 @@ mod tests {
         assert_eq!(chunk_of(63), (0, 63));
         assert_eq!(chunk_of(64), (1, 0));
         assert_eq!(chunk_of(u64::MAX), (u64::MAX / 64, 63));
+    }
+
+    #[test]
+    fn counts_round_trip_and_format_2_counts_read_with_the_head_at_0() {
+        let counts = Counts {
+            len: 70,
+            bytes: 7_000,
+            head: 129,
+        };
+        assert_eq!(decode_counts(&encode_counts(counts)).unwrap(), counts);
+        let format_2 = [70u64.to_be_bytes(), 7_000u64.to_be_bytes()].concat();
+        assert_eq!(
+            decode_counts(&format_2).unwrap(),
+            Counts { head: 0, ..counts }
+        );
+        for cut in [0, 7, 15, 17, 23] {
+            assert!(
+                decode_counts(&encode_counts(counts)[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

@@ -143,104 +143,115 @@ async fn queues_and_references_match_a_model_through_random_drains_and_reopens()
         write_durably(&store, clients.iter().map(session).collect()).await;
         for round in 0..60 {
             let mut changes = Vec::new();
-            // Messages for one to three sessions, a few entries each.
-            for _ in 0..random.below(12) {
-                let id = next_message;
-                next_message += 1;
-                changes.push(Change::PutMessage(
-                    id,
-                    Arc::new(StoredMessage {
-                        publish: Publish::new(TopicName::new("m").expect("valid"), "payload"),
-                        received_at: SystemTime::now(),
-                    }),
-                ));
-                for (at, client_id) in clients.iter().enumerate() {
-                    if random.below(3) == 0 && at != 0 && at != keep {
-                        continue;
-                    }
-                    // m1's queue grows long, across chunks.
-                    let most = match at {
-                        1 => 24,
-                        _ if at == keep => 0,
-                        _ => 4,
-                    };
-                    for _ in 0..=random.below(most) {
-                        // Sometimes a gap: numbers whose entries came and went unstored.
-                        if random.below(10) == 0 {
-                            next_seq[at] += random.below(150);
-                        }
-                        let seq = next_seq[at];
-                        next_seq[at] += 1;
-                        let size = 1 + random.below(50) as u32;
-                        changes.push(Change::AddEntry {
-                            client_id: client_id.clone(),
-                            seq,
-                            entry: entry(id, size, false),
-                        });
-                        queues[at].insert(seq, (id, size, false));
-                    }
-                }
-            }
-            for (at, client_id) in clients[..keep].iter().enumerate() {
-                let delete = |seq| Change::DeleteEntry {
-                    client_id: client_id.clone(),
-                    seq,
-                };
-                match random.below(8) {
-                    // Drained from the front.
-                    0..=3 => {
-                        for _ in 0..random.below(70) {
-                            let Some((seq, _)) = queues[at].pop_first() else {
-                                break;
+            // The deletions go before the additions in half of the groups: a queue emptied,
+            // then given new entries in one commit.
+            let deletions_first = random.below(2) == 0;
+            for deleting in [deletions_first, !deletions_first] {
+                if !deleting {
+                    // Messages for one to three sessions, a few entries each.
+                    for _ in 0..random.below(12) {
+                        let id = next_message;
+                        next_message += 1;
+                        changes.push(Change::PutMessage(
+                            id,
+                            Arc::new(StoredMessage {
+                                publish: Publish::new(
+                                    TopicName::new("m").expect("valid"),
+                                    "payload",
+                                ),
+                                received_at: SystemTime::now(),
+                            }),
+                        ));
+                        for (at, client_id) in clients.iter().enumerate() {
+                            if random.below(3) == 0 && at != 0 && at != keep {
+                                continue;
+                            }
+                            // m1's queue grows long, across chunks.
+                            let most = match at {
+                                1 => 24,
+                                _ if at == keep => 0,
+                                _ => 4,
                             };
-                            changes.push(delete(seq));
-                        }
-                    }
-                    // One out of order, and updated after it went.
-                    4 => {
-                        let live: Vec<u64> = queues[at].keys().copied().collect();
-                        if !live.is_empty() {
-                            let seq = live[random.below(live.len() as u64) as usize];
-                            let (message, size, _) = queues[at][&seq];
-                            queues[at].remove(&seq);
-                            changes.push(delete(seq));
-                            changes.push(Change::UpdateEntry {
-                                client_id: client_id.clone(),
-                                seq,
-                                entry: entry(message, size, true),
-                            });
-                        }
-                    }
-                    // Numbers deleted already, or never used: nothing happens.
-                    5 => {
-                        for _ in 0..3 {
-                            let seq = random.below(next_seq[at] + 1);
-                            if !queues[at].contains_key(&seq) {
-                                changes.push(delete(seq));
+                            for _ in 0..=random.below(most) {
+                                // Sometimes a gap: numbers whose entries came and went unstored.
+                                if random.below(10) == 0 {
+                                    next_seq[at] += random.below(150);
+                                }
+                                let seq = next_seq[at];
+                                next_seq[at] += 1;
+                                let size = 1 + random.below(50) as u32;
+                                changes.push(Change::AddEntry {
+                                    client_id: client_id.clone(),
+                                    seq,
+                                    entry: entry(id, size, false),
+                                });
+                                queues[at].insert(seq, (id, size, false));
                             }
                         }
                     }
-                    // One in flight.
-                    6 => {
-                        if let Some((seq, (message, size, in_flight))) =
-                            queues[at].iter_mut().nth(random.below(5) as usize)
-                        {
-                            *in_flight = true;
-                            changes.push(Change::UpdateEntry {
-                                client_id: client_id.clone(),
-                                seq: *seq,
-                                entry: entry(*message, *size, true),
-                            });
+                    continue;
+                }
+                for (at, client_id) in clients[..keep].iter().enumerate() {
+                    let delete = |seq| Change::DeleteEntry {
+                        client_id: client_id.clone(),
+                        seq,
+                    };
+                    match random.below(8) {
+                        // Drained from the front.
+                        0..=3 => {
+                            for _ in 0..random.below(70) {
+                                let Some((seq, _)) = queues[at].pop_first() else {
+                                    break;
+                                };
+                                changes.push(delete(seq));
+                            }
                         }
+                        // One out of order, and updated after it went.
+                        4 => {
+                            let live: Vec<u64> = queues[at].keys().copied().collect();
+                            if !live.is_empty() {
+                                let seq = live[random.below(live.len() as u64) as usize];
+                                let (message, size, _) = queues[at][&seq];
+                                queues[at].remove(&seq);
+                                changes.push(delete(seq));
+                                changes.push(Change::UpdateEntry {
+                                    client_id: client_id.clone(),
+                                    seq,
+                                    entry: entry(message, size, true),
+                                });
+                            }
+                        }
+                        // Numbers deleted already, or never used: nothing happens.
+                        5 => {
+                            for _ in 0..3 {
+                                let seq = random.below(next_seq[at] + 1);
+                                if !queues[at].contains_key(&seq) {
+                                    changes.push(delete(seq));
+                                }
+                            }
+                        }
+                        // One in flight.
+                        6 => {
+                            if let Some((seq, (message, size, in_flight))) =
+                                queues[at].iter_mut().nth(random.below(5) as usize)
+                            {
+                                *in_flight = true;
+                                changes.push(Change::UpdateEntry {
+                                    client_id: client_id.clone(),
+                                    seq: *seq,
+                                    entry: entry(*message, *size, true),
+                                });
+                            }
+                        }
+                        // Deleted, and begun again from number 0.
+                        _ if random.below(4) == 0 => {
+                            changes.push(Change::DeleteSession(client_id.clone()));
+                            changes.push(session(client_id));
+                            queues[at].clear();
+                            next_seq[at] = 0;
+                        }
+                        _ => {}
                     }
-                    // Deleted, and begun again from number 0.
-                    _ if random.below(4) == 0 => {
-                        changes.push(Change::DeleteSession(client_id.clone()));
-                        changes.push(session(client_id));
-                        queues[at].clear();
-                        next_seq[at] = 0;
-                    }
-                    _ => {}
                 }
             }
             write_durably(&store, changes).await;
