@@ -1036,22 +1036,20 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
         let (len, bytes) = sizes.get(client_id).copied().unwrap_or_default();
         let len = stored.len.saturating_add_signed(len);
         let bytes = stored.bytes.saturating_add_signed(bytes);
-        let (start, end) = session_range(client_id);
-        if len == 0 {
-            // The chunks left below the head go with the last entry, and with them what the
-            // head was for: the numbers may start again from 0.
+        let head_chunk = chunk_of(head).0;
+        if len == 0 || head_chunk / SWEEP_CHUNKS != chunk_of(stored.head).0 / SWEEP_CHUNKS {
+            // The chunks wholly below the head hold no entry. With the last entry they all go,
+            // and with them what the head was for: the numbers may start again from 0. (A
+            // chunk the head is in and that holds none above it went when it emptied.)
+            let (start, _) = session_range(client_id);
+            let below = queue_key(client_id, head_chunk);
             queues
-                .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
+                .retain_in(start.as_slice()..below.as_slice(), |_, _| false)
                 .map_err(io)?;
+        }
+        if len == 0 {
             counts.remove(client_id).map_err(io)?;
         } else {
-            let head_chunk = chunk_of(head).0;
-            if head_chunk / SWEEP_CHUNKS != chunk_of(stored.head).0 / SWEEP_CHUNKS {
-                let below = queue_key(client_id, head_chunk);
-                queues
-                    .retain_in(start.as_slice()..below.as_slice(), |_, _| false)
-                    .map_err(io)?;
-            }
             counts
                 .insert(
                     client_id,
