@@ -2,7 +2,6 @@
 //! nothing else is written after it (the broker's shutdown waits on one); a stored message
 //! lives exactly as long as queue entries refer to it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,28 +11,12 @@ use rallymq_broker::{
 };
 use rallymq_codec::PacketId;
 use rallymq_session::OutgoingStage;
-
-/// A fresh directory for one test, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("rallymq-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use rallymq_test_support::TempDir;
 
 #[tokio::test]
 async fn an_empty_write_is_a_barrier_that_resolves() {
     let dir = TempDir::new("empty-write");
-    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
     let barrier = store.write(Vec::new());
     let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(barrier)).await;
     assert_eq!(decided, Ok(Ok(())), "the barrier of nothing never resolved");
@@ -43,7 +26,7 @@ async fn an_empty_write_is_a_barrier_that_resolves() {
 async fn shutdown_with_a_disk_store_returns() {
     let dir = TempDir::new("shutdown");
     let config = BrokerConfig {
-        storage: Storage::Directory(dir.0.clone()),
+        storage: Storage::Directory(dir.path().to_path_buf()),
         ..BrokerConfig::default()
     };
     let broker = Broker::start(config).await.expect("the broker starts");
@@ -98,7 +81,7 @@ async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
     let dir = TempDir::new("acked-in-batch");
     let client: Arc<str> = "subscriber".into();
     {
-        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
         // Stored, queued, delivered and acknowledged before the writer took any of it: one
         // group, as when an online subscriber acknowledges within a commit's time.
         let (put, add, delete) = message_and_entry(0, &client);
@@ -106,7 +89,7 @@ async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
         let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
         assert_eq!(decided, Ok(Ok(())));
     }
-    let store = DiskStore::open(&dir.0).expect("reopens");
+    let store = DiskStore::open(dir.path()).expect("reopens");
     let loaded = store.load().expect("loads");
     // The first free id is one past the last message still stored: none is.
     assert_eq!(
@@ -119,7 +102,7 @@ async fn a_message_acknowledged_within_its_own_commit_is_not_kept() {
 async fn a_message_stored_before_its_entries_is_kept_for_them() {
     let dir = TempDir::new("put-before-entries");
     let client: Arc<str> = "subscriber".into();
-    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
     let (put, add, _) = message_and_entry(0, &client);
     // The writer may take the message in one group and its entries in the next.
     let first = store.write(vec![put]);
@@ -143,7 +126,7 @@ async fn entries_added_and_deleted_in_one_commit_leave_the_rest_of_the_queue_as_
     let dir = TempDir::new("cancelled-in-batch");
     let client: Arc<str> = "subscriber".into();
     {
-        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
         let record = SessionRecord {
             client_id: client.to_string(),
             expiry_interval: u32::MAX,
@@ -179,7 +162,7 @@ async fn entries_added_and_deleted_in_one_commit_leave_the_rest_of_the_queue_as_
         let decided = tokio::time::timeout(Duration::from_secs(10), store.durable(ticket)).await;
         assert_eq!(decided, Ok(Ok(())));
     }
-    let store = DiskStore::open(&dir.0).expect("reopens");
+    let store = DiskStore::open(dir.path()).expect("reopens");
     let loaded = store.load().expect("loads");
     assert_eq!(loaded.sessions.len(), 1);
     assert_eq!(loaded.sessions[0].queue_len, 1, "one entry counted");
@@ -195,7 +178,7 @@ async fn entries_added_and_deleted_in_one_commit_leave_the_rest_of_the_queue_as_
 async fn an_entry_updated_and_deleted_in_one_commit_is_gone_and_the_others_updated() {
     let dir = TempDir::new("updated-then-deleted");
     let client: Arc<str> = "subscriber".into();
-    let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+    let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
     let (put, add, delete) = message_and_entry(0, &client);
     let Change::AddEntry { entry, .. } = &add else {
         unreachable!("message_and_entry returns an AddEntry second")
@@ -258,7 +241,7 @@ async fn entries_deleted_in_any_order_leave_the_queues_counts_and_messages_right
         seq,
     };
     {
-        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
         let mut changes = vec![session(&first), session(&second), put0, put1];
         changes.extend((0..10).map(|seq| add(&first, seq, 0)));
         changes.extend((0..3).map(|seq| add(&second, seq, 1)));
@@ -277,7 +260,7 @@ async fn entries_deleted_in_any_order_leave_the_queues_counts_and_messages_right
         changes.extend((0..3).rev().map(|seq| delete(&second, seq)));
         write_durably(&store, changes).await;
     }
-    let store = DiskStore::open(&dir.0).expect("reopens");
+    let store = DiskStore::open(dir.path()).expect("reopens");
     let loaded = store.load().expect("loads");
     let counts = |client_id: &str| {
         loaded
@@ -339,7 +322,7 @@ async fn a_queue_across_chunks_reads_numbers_and_deletes_right() {
             .collect()
     };
     {
-        let store = DiskStore::open(&dir.0).expect("a fresh directory opens");
+        let store = DiskStore::open(dir.path()).expect("a fresh directory opens");
         let mut changes = vec![session, put];
         changes.extend((0..200).map(add));
         write_durably(&store, changes).await;
@@ -355,7 +338,7 @@ async fn a_queue_across_chunks_reads_numbers_and_deletes_right() {
         assert!(seqs(&store, 195, 100).is_empty());
         assert_eq!(seqs(&store, 0, 1000).len(), 200 - 64 - 10 - 5);
     }
-    let store = DiskStore::open(&dir.0).expect("reopens");
+    let store = DiskStore::open(dir.path()).expect("reopens");
     let loaded = store.load().expect("loads");
     let session = &loaded.sessions[0];
     assert_eq!(
@@ -381,7 +364,7 @@ async fn a_queue_across_chunks_reads_numbers_and_deletes_right() {
     write_durably(&store, deleted).await;
     assert!(seqs(&store, 0, 1000).is_empty());
     drop(store);
-    let store = DiskStore::open(&dir.0).expect("reopens");
+    let store = DiskStore::open(dir.path()).expect("reopens");
     let loaded = store.load().expect("loads");
     assert!(loaded.sessions.is_empty());
     assert_eq!(

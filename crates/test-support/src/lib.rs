@@ -2,7 +2,7 @@
 //! Mosquitto broker on free ports, started and stopped by the test, and NATS servers with
 //! JetStream (alone or routed as a cluster, killed and restarted on the same ports and store).
 //! A missing peer fails the test with a clear message; it is never skipped. Also certificates made for a test
-//! ([`Certificates`]).
+//! ([`Certificates`]) and temporary directories removed when dropped ([`TempDir`]).
 
 mod certificates;
 
@@ -60,6 +60,31 @@ pub fn run_id() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A fresh directory under the system's temporary one, named for a test and unique within the
+/// process ([`run_id`]), removed with what it holds when dropped (also when the test panics).
+/// Not created: the code under test makes it, as a store does its directory.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `rallymq-NAME-RUN` in the temporary directory, emptied if it was left there.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("rallymq-{name}-{}", run_id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Debian installs `mosquitto` in /usr/sbin, which may not be on a user's PATH.

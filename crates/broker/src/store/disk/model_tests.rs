@@ -7,31 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use rallymq_codec::{PacketId, Publish, QoS, TopicName};
 use rallymq_session::OutgoingStage;
+use rallymq_test_support::TempDir;
 use redb::ReadableTable;
 
 use super::{DiskStore, MESSAGES, QUEUES, REFERENCES, SWEEP_CHUNKS};
 use crate::store::record::{ENTRIES_PER_CHUNK, number_of, session_range};
 use crate::store::{Change, QueueEntry, SessionRecord, Store, StoredMessage};
-
-/// A fresh directory for one test, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "rallymq-disk-{name}-{}",
-            rallymq_test_support::run_id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes `changes` and waits until they are durable.
 async fn write_durably(store: &DiskStore, changes: Vec<Change>) {
@@ -44,7 +25,7 @@ async fn write_durably(store: &DiskStore, changes: Vec<Change>) {
 
 /// Every stored message with its reference count; each message has a count, and each count
 /// a message.
-fn stored_references(store: &DiskStore) -> BTreeMap<u64, u32> {
+pub(super) fn stored_references(store: &DiskStore) -> BTreeMap<u64, u32> {
     let txn = store.shared.begin_read().expect("reads");
     let messages = txn.open_table(MESSAGES).expect("opens");
     let references = txn.open_table(REFERENCES).expect("opens");
@@ -139,7 +120,7 @@ async fn queues_and_references_match_a_model_through_random_drains_and_reopens()
         let mut queues: Vec<ModelQueue> = vec![ModelQueue::new(); clients.len()];
         let mut next_seq = vec![0u64; clients.len()];
         let mut next_message = 0u64;
-        let mut store = DiskStore::open(&dir.0).expect("opens");
+        let mut store = DiskStore::open(dir.path()).expect("opens");
         write_durably(&store, clients.iter().map(session).collect()).await;
         for round in 0..60 {
             let mut changes = Vec::new();
@@ -283,7 +264,7 @@ async fn queues_and_references_match_a_model_through_random_drains_and_reopens()
             let reopened = random.below(6) == 0;
             if reopened {
                 drop(store);
-                store = DiskStore::open(&dir.0).expect("reopens");
+                store = DiskStore::open(dir.path()).expect("reopens");
                 let loaded = store.load().expect("loads");
                 for (at, client_id) in clients.iter().enumerate() {
                     let session = loaded
@@ -353,7 +334,7 @@ async fn queues_and_references_match_a_model_through_random_drains_and_reopens()
         )
         .await;
         drop(store);
-        let store = DiskStore::open(&dir.0).expect("reopens");
+        let store = DiskStore::open(dir.path()).expect("reopens");
         store.load().expect("loads");
         assert!(
             stored_references(&store).is_empty(),
@@ -370,7 +351,7 @@ async fn queues_and_references_match_a_model_through_random_drains_and_reopens()
 async fn the_head_moves_past_earlier_chunks_only_when_they_hold_no_entry() {
     let dir = TempDir::new("gap");
     let client: Arc<str> = "gap".into();
-    let store = DiskStore::open(&dir.0).expect("opens");
+    let store = DiskStore::open(dir.path()).expect("opens");
     let entry = QueueEntry {
         message: 0,
         qos: QoS::AtLeastOnce,
@@ -431,7 +412,7 @@ async fn the_head_moves_past_earlier_chunks_only_when_they_hold_no_entry() {
         "chunk 3, added in the group, is before chunk 4"
     );
     drop(store);
-    let store = DiskStore::open(&dir.0).expect("reopens");
+    let store = DiskStore::open(dir.path()).expect("reopens");
     let loaded = store.load().expect("loads");
     assert_eq!(
         (loaded.sessions[0].queue_len, loaded.sessions[0].next_seq),
