@@ -1018,14 +1018,8 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
             counted.remove(id).map_err(io)?;
         }
     }
-    let mut touched: Vec<&str> = sizes.keys().copied().collect();
-    touched.extend(
-        heads
-            .iter()
-            .filter(|(client_id, head)| head.moved() && !sizes.contains_key(*client_id))
-            .map(|(client_id, _)| *client_id),
-    );
-    for client_id in touched {
+    // A head moves only with a deletion, which changes its session's size too.
+    for (client_id, (len, bytes)) in sizes {
         let (stored, head) = match heads.get(client_id) {
             Some(head) => (head.stored, head.now),
             None => {
@@ -1033,7 +1027,6 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
                 (stored, stored.head)
             }
         };
-        let (len, bytes) = sizes.get(client_id).copied().unwrap_or_default();
         let len = stored.len.saturating_add_signed(len);
         let bytes = stored.bytes.saturating_add_signed(bytes);
         let head_chunk = chunk_of(head).0;
@@ -1079,12 +1072,6 @@ struct Head {
     /// A chunk before the one of a deleted first entry holds entries: the head cannot move
     /// up to it in this group (see [`Chunks::catch_up`]).
     stuck: bool,
-}
-
-impl Head {
-    fn moved(&self) -> bool {
-        self.now != self.stored.head
-    }
 }
 
 /// The queue chunks a group touches, read once from the database, changed in memory in the
