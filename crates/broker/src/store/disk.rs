@@ -1057,8 +1057,12 @@ fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
 /// The table of queue counts, open for writing.
 type CountsTable<'t> = Table<'t, &'static str, &'static [u8]>;
 
-/// A session's counts as stored (all zero when none are).
-fn stored_counts(counts: &CountsTable<'_>, client_id: &str) -> Result<Counts, StoreError> {
+/// A session's counts as stored (all zero when none are), from the counts table open for
+/// reading or writing.
+fn stored_counts(
+    counts: &impl ReadableTable<&'static str, &'static [u8]>,
+    client_id: &str,
+) -> Result<Counts, StoreError> {
     match counts.get(client_id).map_err(io)? {
         Some(value) => decode_counts(value.value()),
         None => Ok(Counts::default()),
@@ -1263,8 +1267,9 @@ impl<'c> Chunks<'c> {
     }
 
     /// Deletes an entry. The queue's first entry (a draining session's acknowledgement) moves
-    /// the head past it, and its chunk is written only once it is empty (removed) or for
-    /// another change: the head is in the session's counts, which the group writes anyway.
+    /// the head past it and leaves its chunk unwritten: the head is in the session's counts,
+    /// which the group writes anyway. A chunk it empties goes now if it is the queue's tail,
+    /// else with the sweep of the chunks below the head.
     fn delete(
         &mut self,
         queues: &QueueTable<'_>,
@@ -1473,10 +1478,7 @@ impl Store for DiskStore {
                 expired.push(Change::DeleteSession(client_id.into()));
                 continue;
             }
-            let stored = match counts.get(client_id).map_err(io)? {
-                Some(value) => decode_counts(value.value())?,
-                None => Counts::default(),
-            };
+            let stored = stored_counts(&counts, client_id)?;
             let (start, end) = session_range(client_id);
             let next_seq = match queues
                 .range(start.as_slice()..end.as_slice())
@@ -1547,10 +1549,7 @@ impl Store for DiskStore {
         let messages = txn.open_table(MESSAGES).map_err(io)?;
         let counts = txn.open_table(COUNTS).map_err(io)?;
         // The chunk that holds the head may still hold entries below it, which are gone.
-        let from_seq = match counts.get(client_id).map_err(io)? {
-            Some(value) => from_seq.max(decode_counts(value.value())?.head),
-            None => from_seq,
-        };
+        let from_seq = from_seq.max(stored_counts(&counts, client_id)?.head);
         let start = queue_key(client_id, chunk_of(from_seq).0);
         let (_, end) = session_range(client_id);
         let mut page = Vec::with_capacity(limit.min(1024));
