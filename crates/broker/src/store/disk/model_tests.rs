@@ -78,14 +78,16 @@ impl Random {
 /// What a session's queue holds: entry number → (message, size, in flight).
 type ModelQueue = BTreeMap<u64, (u64, u32, bool)>;
 
-/// Random groups of changes to three sessions sharing messages (and a fourth that keeps them): entries added with gaps in
-/// their numbers, drained from the front (the queue's head moves), deleted out of order, twice,
-/// below the head, updated after their deletion, sessions deleted and begun again, the store
-/// reopened between groups. After every group the queues read as the model says, from any
-/// number, and each stored message's reference count is the number of entries that refer to
-/// it (a message none refers to is gone); after a reopen the counts and next numbers agree
-/// with the model; once every session is deleted no message is left. Fails if an entry drained
-/// past the head comes back, or if one is counted out of its message twice or never.
+/// Random groups of changes to three sessions sharing messages (and a fourth that keeps them):
+/// entries added with gaps in their numbers, drained from the front (the queue's head moves),
+/// deleted out of order, twice, below the head, updated after their deletion, sessions deleted
+/// and begun again, a group's deletions before or after its additions, the store reopened
+/// between groups. After every group the queues read as the model says, from any number; each
+/// stored message's reference count is the number of entries that refer to it (a message none
+/// refers to is gone); no more than [`SWEEP_CHUNKS`] chunks stay below a queue's first entry.
+/// After a reopen the counts and next numbers agree with the model; once every session is
+/// deleted no message is left. Fails if an entry drained past the head comes back or is hidden
+/// below it, or if one is counted out of its message twice or never.
 #[tokio::test]
 async fn queues_and_references_match_a_model_through_random_drains_and_reopens() {
     let dir = TempDir::new("model");
