@@ -199,6 +199,32 @@ struct Pending {
     gathering: bool,
 }
 
+impl Pending {
+    /// Moves the changes waiting here into `gathered`, the writer's next commit.
+    fn take_into(&mut self, gathered: &mut Gathered) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let acks_only = std::mem::take(&mut self.acks_only);
+        if gathered.changes.is_empty() {
+            // Moved, not copied: tens of thousands of changes in a drain's commit.
+            std::mem::swap(&mut gathered.changes, &mut self.changes);
+            gathered.acks_only = acks_only;
+        } else {
+            gathered.acks_only &= acks_only;
+            gathered.changes.append(&mut self.changes);
+        }
+    }
+}
+
+/// What the writer has taken from [`Pending`] for its next commit.
+#[derive(Default)]
+struct Gathered {
+    changes: Vec<Change>,
+    /// Every one of `changes` is a queue entry's deletion or update (as [`Pending::acks_only`]).
+    acks_only: bool,
+}
+
 /// The messages [`Store::read_queue`] decoded lately, by identifier (a direct-mapped cache): a
 /// message routed to many sessions is read back by each, and each would otherwise hold a
 /// decoded copy of its own. 1,000 sessions draining a backlog together held up to 512 entries
@@ -418,8 +444,7 @@ impl Shared {
         let mut non_durable: u32 = 0;
         let mut last_commit = Instant::now();
         // Changes taken from `pending` while gathering, for the next commit.
-        let mut gathered: Vec<Change> = Vec::new();
-        let mut gathered_acks_only = false;
+        let mut gathered = Gathered::default();
         loop {
             let (mut changes, upto, closing, wanted, acks_only) = {
                 let mut pending = lock(&self.pending);
@@ -427,7 +452,7 @@ impl Shared {
                     // A ticket someone waits durable for that is not yet is work, committed or
                     // not: an empty durable commit makes the earlier ones durable.
                     let waited_for = self.wanted.load(Ordering::SeqCst) > *self.decided.borrow();
-                    let has_changes = !pending.changes.is_empty() || !gathered.is_empty();
+                    let has_changes = !pending.changes.is_empty() || !gathered.changes.is_empty();
                     if has_changes
                         || pending.last_ticket > *self.committed.borrow()
                         || pending.closing
@@ -437,7 +462,7 @@ impl Shared {
                             && !pending.closing
                             && !waited_for
                             && retry.is_empty()
-                            && pending.changes.len() + gathered.len() < GATHER_CHANGES
+                            && pending.changes.len() + gathered.changes.len() < GATHER_CHANGES
                             && self.commit_awaited.load(Ordering::SeqCst)
                                 <= *self.committed.borrow()
                         {
@@ -455,9 +480,7 @@ impl Shared {
                             // A session paced by the writer waits for these: taken now, they
                             // no longer pile up in `pending`, and are committed with those
                             // that follow them once the gathering ends.
-                            gathered_acks_only = (gathered_acks_only || gathered.is_empty())
-                                && std::mem::take(&mut pending.acks_only);
-                            gathered.append(&mut pending.changes);
+                            pending.take_into(&mut gathered);
                             self.take(pending.last_ticket);
                         }
                         pending.gathering = true;
@@ -510,20 +533,10 @@ impl Shared {
                     pending.draining = false;
                     self.gate.notify_all();
                 }
-                let acks_only = if gathered.is_empty() {
-                    std::mem::take(&mut pending.acks_only)
-                } else {
-                    let acks_only = gathered_acks_only
-                        && (pending.changes.is_empty() || std::mem::take(&mut pending.acks_only));
-                    gathered.append(&mut pending.changes);
-                    acks_only
-                };
+                pending.take_into(&mut gathered);
+                let Gathered { changes, acks_only } = std::mem::take(&mut gathered);
                 (
-                    if gathered.is_empty() {
-                        std::mem::take(&mut pending.changes)
-                    } else {
-                        std::mem::take(&mut gathered)
-                    },
+                    changes,
                     pending.last_ticket,
                     pending.closing,
                     // Read with the changes taken: a waiter on one of them makes this commit
