@@ -99,6 +99,8 @@ usage: backlog [options]
   --min-free-gb N       stop publishing below this much free disk (15)
   --phase-timeout SECS  longest phase (1800)
   --bench-broker PATH   rallymq_bench_broker (default: next to this binary)
+  --live                connect the sessions before publishing: the rate at which they get the
+                        messages live, without a backlog (no restarts), to read the drain against
   --fill-only           fill the backlog, restart, stop and keep the store (for --from-store)
   --from-store DIR      drain a copy of the store a `--fill-only` run left in DIR (same --sessions
                         and --messages), without filling it or restarting: to profile the drain.
@@ -124,6 +126,7 @@ struct Options {
     bench_broker: Option<PathBuf>,
     from_store: Option<PathBuf>,
     fill_only: bool,
+    live: bool,
 }
 
 impl Default for Options {
@@ -146,6 +149,7 @@ impl Default for Options {
             bench_broker: None,
             from_store: None,
             fill_only: false,
+            live: false,
         }
     }
 }
@@ -169,6 +173,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "--cold" => {
                 options.cold = true;
+                continue;
+            }
+            "--live" => {
+                options.live = true;
                 continue;
             }
             "--fill-only" => {
@@ -199,6 +207,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--mosquitto-program" => options.mosquitto_program = PathBuf::from(value),
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    if options.live && (options.fill_only || options.from_store.is_some()) {
+        return Err("--live fills no backlog: no --fill-only or --from-store".to_owned());
     }
     if options.mosquitto && (options.fill_only || options.from_store.is_some() || options.cold) {
         return Err(
@@ -508,6 +519,31 @@ async fn publish(
     client.disconnect().await
 }
 
+/// Connects the publishers and starts them: `--messages` between them, counted in `acked`
+/// as they are acknowledged.
+async fn spawn_publishers(
+    addr: SocketAddr,
+    options: &Options,
+    acked: &Arc<AtomicU64>,
+) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
+    let ids = (0..options.publishers)
+        .map(|i| format!("backlog-publisher-{i}"))
+        .collect();
+    let publishers = connect_all(addr, Transport::Tcp, ids, true).await?;
+    let per = options.messages / options.publishers as u64;
+    let extra = options.messages % options.publishers as u64;
+    Ok(publishers
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let count = per + u64::from((i as u64) < extra);
+            let options = options.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move { publish(client, i as u32, count, &options, acked).await })
+        })
+        .collect())
+}
+
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_ROOM {
         buf.reserve(4 * READ_ROOM);
@@ -517,6 +553,8 @@ fn make_room(buf: &mut BytesMut) {
 /// What the sessions received while draining.
 #[derive(Debug, Default)]
 struct Drained {
+    /// Sessions connected again.
+    connected: AtomicU64,
     received: AtomicU64,
     /// Messages received again, or out of order within a publisher's sequence.
     disorder: AtomicU64,
@@ -600,6 +638,32 @@ async fn drain_session(
     }
     client.io.flush().await?;
     client.disconnect().await
+}
+
+/// Reconnects every session (Clean Session 0), each then receiving `--messages` messages
+/// (see [`drain_session`]).
+fn spawn_receivers(
+    addr: SocketAddr,
+    options: &Options,
+    drained: &Arc<Drained>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<io::Result<()>>> {
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    (0..options.sessions)
+        .map(|i| {
+            let (gate, drained, stop) = (gate.clone(), drained.clone(), stop.clone());
+            let expected = options.messages;
+            let publishers = options.publishers;
+            tokio::spawn(async move {
+                let client = {
+                    let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
+                    Client::connect(addr, Transport::Tcp, &session_id(i), false).await?
+                };
+                drained.connected.fetch_add(1, Ordering::Relaxed);
+                drain_session(client, expected, publishers, drained, stop).await
+            })
+        })
+        .collect()
 }
 
 /// Waits for `done` while `progress` moves; gives up after `timeout` or a stall.
@@ -819,22 +883,7 @@ fn fill_and_restart(
     let acked = Arc::new(AtomicU64::new(0));
     let full = Arc::new(AtomicBool::new(false));
     let published = runtime.block_on(async {
-        let ids = (0..options.publishers)
-            .map(|i| format!("backlog-publisher-{i}"))
-            .collect();
-        let publishers = connect_all(addr, Transport::Tcp, ids, true).await?;
-        let per = options.messages / options.publishers as u64;
-        let extra = options.messages % options.publishers as u64;
-        let tasks: Vec<JoinHandle<io::Result<()>>> = publishers
-            .into_iter()
-            .enumerate()
-            .map(|(i, client)| {
-                let count = per + u64::from((i as u64) < extra);
-                let options = options.clone();
-                let acked = acked.clone();
-                tokio::spawn(async move { publish(client, i as u32, count, &options, acked).await })
-            })
-            .collect();
+        let tasks = spawn_publishers(addr, options, &acked).await?;
         let root = options.data_root.clone();
         let min_free = options.min_free;
         let disk_watch = {
@@ -946,6 +995,94 @@ fn fill_and_restart(
     Ok(())
 }
 
+/// `--live`: the sessions are made, connected again and subscribed before anything is
+/// published, so that each message goes to them as it comes, without a backlog: the rate at
+/// which the same broker delivers what it acknowledges, to read the drain's rate against.
+fn live(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    addr: SocketAddr,
+    out: &mut String,
+    broker: &mut Broker,
+    sampler: &RssSampler,
+) -> io::Result<()> {
+    let entries = options.messages * options.sessions as u64;
+    runtime.block_on(async {
+        tokio::time::timeout(
+            options.phase_timeout,
+            create_sessions(addr, options.sessions),
+        )
+        .await
+        .map_err(|_| io::Error::other("creating the sessions: too slow"))?
+    })?;
+    let drained = Arc::new(Drained::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let (result, elapsed, published, counts0, cpu0) = runtime.block_on(async {
+        let receivers = spawn_receivers(addr, options, &drained, &stop);
+        let connected = watch(
+            "connecting",
+            || drained.connected.load(Ordering::Relaxed),
+            || drained.connected.load(Ordering::Relaxed) >= options.sessions as u64,
+            options.phase_timeout,
+        )
+        .await;
+        let counts0 = broker.store_counts();
+        let cpu0 = cpu_seconds(broker.pid());
+        let begun = Instant::now();
+        let mut published_in = None;
+        let result = async {
+            connected?;
+            let publishers = spawn_publishers(addr, options, &acked).await?;
+            let watched = watch(
+                "delivering live",
+                || drained.received.load(Ordering::Relaxed) + acked.load(Ordering::Relaxed),
+                || receivers.iter().all(JoinHandle::is_finished),
+                options.phase_timeout,
+            )
+            .await;
+            for task in publishers {
+                task.await.map_err(io::Error::other)??;
+                published_in = Some(begun.elapsed());
+            }
+            watched
+        }
+        .await;
+        let elapsed = begun.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let mut failures = 0;
+        for task in receivers {
+            if !matches!(task.await, Ok(Ok(()))) {
+                failures += 1;
+            }
+        }
+        let result = result.map(|()| failures);
+        (result, elapsed, published_in, counts0, cpu0)
+    });
+    let received = drained.received.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "live: {received} of {entries} entries delivered in {elapsed:.1} s: {:.0} entries/s; {} sessions complete, {} without Session Present, {} out of order or repeated{}{}",
+        received as f64 / elapsed,
+        drained.complete.load(Ordering::Relaxed),
+        drained.not_present.load(Ordering::Relaxed),
+        drained.disorder.load(Ordering::Relaxed),
+        published.map_or(String::new(), |at| format!(
+            "; the publishers' last acknowledgement after {:.1} s",
+            at.as_secs_f64()
+        )),
+        match &result {
+            Ok(0) => String::new(),
+            Ok(failures) => format!(", {failures} sessions failed"),
+            Err(error) => format!(", stopped: {error}"),
+        }
+    );
+    report_commits(out, counts0, broker.store_counts(), elapsed);
+    report_cpu(out, cpu0, broker.pid(), elapsed, received);
+    report_broker(out, broker, sampler);
+    Ok(())
+}
+
 fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<String> {
     let mut out = String::new();
     let entries = options.messages * options.sessions as u64;
@@ -988,6 +1125,15 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
     let (mut broker, _, _) = start_broker(runtime, options, port, data_dir.as_deref())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut sampler = RssSampler::start(broker.pid());
+    if options.live {
+        let live = live(runtime, options, addr, &mut out, &mut broker, &sampler);
+        drop(sampler);
+        broker.stop(Duration::from_secs(120));
+        drop(guard);
+        live?;
+        let _ = writeln!(out, "load average at the end {}", load_average());
+        return Ok(out);
+    }
     if options.from_store.is_none() {
         fill_and_restart(
             runtime,
@@ -1013,21 +1159,7 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
     let stop = Arc::new(AtomicBool::new(false));
     let begun = Instant::now();
     let drain_result = runtime.block_on(async {
-        let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-        let tasks: Vec<JoinHandle<io::Result<()>>> = (0..options.sessions)
-            .map(|i| {
-                let (gate, drained, stop) = (gate.clone(), drained.clone(), stop.clone());
-                let expected = options.messages;
-                let publishers = options.publishers;
-                tokio::spawn(async move {
-                    let client = {
-                        let _permit = gate.acquire_owned().await.map_err(io::Error::other)?;
-                        Client::connect(addr, Transport::Tcp, &session_id(i), false).await?
-                    };
-                    drain_session(client, expected, publishers, drained, stop).await
-                })
-            })
-            .collect();
+        let tasks = spawn_receivers(addr, options, &drained, &stop);
         let watched = watch(
             "draining",
             || drained.received.load(Ordering::Relaxed),
