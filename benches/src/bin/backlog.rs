@@ -9,6 +9,7 @@
 //! target/release/backlog --messages 100         # a quick run: 100,000 entries
 //! target/release/backlog --in-memory --messages 1000   # the same backlog held in memory
 //! target/release/backlog --mosquitto --messages 1000   # the same backlog through Mosquitto
+//! target/release/backlog --live         # the same messages to the sessions connected
 //! ```
 //!
 //! The pattern: `--sessions` (1,000) clients connect with Clean Session 0 (MQTT 3.1.1), each
@@ -27,6 +28,11 @@
 //!    its publisher and sequence number, so the tool checks that every session got every
 //!    message once, in order per publisher. The drain rate is entries delivered per second,
 //!    from the first reconnect to the last entry.
+//!
+//! With `--live`, the sessions are made the same way, then all connect again before anything
+//! is published: each message goes to them as it comes, with no backlog and no restart. The
+//! rate (entries delivered per second from the first PUBLISH to the last entry) is how fast the
+//! same broker delivers these messages at all, which the drain's rate is read against.
 //!
 //! The broker's VmRSS is sampled every 100 ms (the highest sample of each phase is reported),
 //! with VmHWM (the process's peak) at the end of each phase; disk usage is the store
