@@ -1040,18 +1040,26 @@ fn live(
         let result = async {
             connected?;
             let publishers = spawn_publishers(addr, options, &acked).await?;
-            let watched = watch(
+            let progress =
+                || drained.received.load(Ordering::Relaxed) + acked.load(Ordering::Relaxed);
+            watch(
+                "publishing live",
+                progress,
+                || publishers.iter().all(JoinHandle::is_finished),
+                options.phase_timeout,
+            )
+            .await?;
+            published_in = Some(begun.elapsed());
+            for task in publishers {
+                task.await.map_err(io::Error::other)??;
+            }
+            watch(
                 "delivering live",
-                || drained.received.load(Ordering::Relaxed) + acked.load(Ordering::Relaxed),
+                progress,
                 || receivers.iter().all(JoinHandle::is_finished),
                 options.phase_timeout,
             )
-            .await;
-            for task in publishers {
-                task.await.map_err(io::Error::other)??;
-                published_in = Some(begun.elapsed());
-            }
-            watched
+            .await
         }
         .await;
         let elapsed = begun.elapsed().as_secs_f64();
