@@ -1218,7 +1218,18 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         );
     }
     drop(sampler);
-    broker.stop(Duration::from_secs(120));
+    let stopped_in = broker.stop(Duration::from_secs(120));
+    if let Some(dir) = &data_dir {
+        // The store gives back the space the drain freed as it closes (`DiskStore`).
+        let (allocated, apparent) = disk_usage(dir);
+        let _ = writeln!(
+            out,
+            "stopped in {:.3} s; the store then {} allocated ({} apparent)",
+            stopped_in.as_secs_f64(),
+            mib(allocated),
+            mib(apparent)
+        );
+    }
     drop(guard);
     let _ = writeln!(out, "load average at the end {}", load_average());
     Ok(out)

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::future::BoxFuture;
 use redb::backends::FileBackend;
 use redb::{
-    BackendError, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
-    StorageBackend, Table, TableDefinition, WriteTransaction,
+    BackendError, CompactionMode, Database, Durability, ReadTransaction, ReadableDatabase,
+    ReadableTable, StorageBackend, Table, TableDefinition, WriteTransaction,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::watch;
@@ -117,6 +117,10 @@ const GATHER: Duration = Duration::from_millis(5);
 /// in a drain).
 const SWEEP_CHUNKS: u64 = 8;
 
+/// Free space in the store's file past which it is compacted when it closes, if that is also
+/// more than half the file (see `Shared::compact_if_mostly_free`).
+const COMPACT_FREE_BYTES: u64 = 64 << 20;
+
 /// Changes that end [`GATHER`]'s wait by their number.
 const GATHER_CHANGES: usize = 50_000;
 
@@ -159,6 +163,8 @@ struct Shared {
     commit_awaited: AtomicU64,
     /// [`DURABLE_EVERY`] (shorter or longer in tests).
     durable_every: Duration,
+    /// [`COMPACT_FREE_BYTES`] (less in tests).
+    compact_free_bytes: u64,
     /// Ticket ranges whose commit failed, newest last.
     failures: Mutex<VecDeque<(u64, u64, StoreError)>>,
     commits: AtomicU64,
@@ -296,6 +302,15 @@ impl DiskStore {
     /// [`DiskStore::open`], with a commit durable at the latest `durable_every` after the last
     /// durable one.
     fn open_bounded(dir: impl AsRef<Path>, durable_every: Duration) -> Result<Self, StoreError> {
+        Self::open_with(dir, durable_every, COMPACT_FREE_BYTES)
+    }
+
+    /// [`DiskStore::open_bounded`], compacting at close past `compact_free_bytes` free.
+    fn open_with(
+        dir: impl AsRef<Path>,
+        durable_every: Duration,
+        compact_free_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
         let lock_file = File::create(dir.join("lock")).map_err(io)?;
@@ -368,6 +383,7 @@ impl DiskStore {
             awaited: AtomicU64::new(0),
             commit_awaited: AtomicU64::new(0),
             durable_every,
+            compact_free_bytes,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
             durable_commits: AtomicU64::new(0),
@@ -414,13 +430,15 @@ impl DiskStore {
 }
 
 impl Drop for DiskStore {
-    /// Commits what is pending, then closes.
+    /// Commits what is pending, gives back the space a drained backlog left (see
+    /// [`Shared::compact_if_mostly_free`]), then closes.
     fn drop(&mut self) {
         lock(&self.shared.pending).closing = true;
         self.shared.arrived.notify_all();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        self.shared.compact_if_mostly_free();
     }
 }
 
@@ -622,6 +640,55 @@ impl Shared {
             // acknowledged); otherwise what arrived meanwhile is committed first.
             if closing && (failing || lock(&self.pending).changes.is_empty()) {
                 return;
+            }
+        }
+    }
+
+    /// Compacts the closed store's file when most of it is free, by at least
+    /// [`COMPACT_FREE_BYTES`] (`compact_free_bytes`): redb reuses the pages a drained backlog freed but never gives
+    /// them back to the file system, so a store that once held 10 M entries kept its 320 MiB
+    /// after they were delivered. Done when the store closes, as Mosquitto writes its
+    /// persistence file anew at a clean stop: the restart after a crash, which the broker must
+    /// make fast, does not wait for it, and no reader is left (one that is makes redb refuse,
+    /// and the file stays as it is). A failure is logged and leaves the file as it was: redb
+    /// compacts in transactions of its own.
+    fn compact_if_mostly_free(&self) {
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(db) = db.as_mut() else {
+            return;
+        };
+        let path = self.dir.join(FILE);
+        let file_bytes = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+        let before = file_bytes(&path);
+        let used = match db.begin_write().and_then(|txn| {
+            let stats = txn.stats();
+            txn.abort()?;
+            Ok(stats?)
+        }) {
+            Ok(stats) => stats.allocated_pages() * stats.page_size() as u64,
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "store: reading its size to compact it failed");
+                return;
+            }
+        };
+        let free = before.saturating_sub(used);
+        if free < self.compact_free_bytes || free < before / 2 {
+            return;
+        }
+        let started = Instant::now();
+        match db.compact(CompactionMode::Balanced) {
+            Ok(_) => info!(
+                dir = %self.dir.display(),
+                before_mib = before >> 20,
+                after_mib = file_bytes(&path) >> 20,
+                seconds = started.elapsed().as_secs_f64(),
+                "store compacted at close"
+            ),
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "store: compacting at close failed; the file stays as it is")
             }
         }
     }
@@ -1970,6 +2037,68 @@ mod tests {
         );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store that closes with most of its file free (a backlog that was delivered) gives the
+    /// space back, and what it still holds is whole when it opens again; one with less than
+    /// half of its file free is left as it is.
+    #[test]
+    fn a_store_mostly_free_at_close_gives_its_space_back() {
+        // Less than in use, so that the test writes megabytes, not the hundreds a real one
+        // takes.
+        const FREE: u64 = 2 << 20;
+        let dir = rallymq_test_support::TempDir::new("compact");
+        let file = dir.path().join(super::FILE);
+        let file_bytes = || std::fs::metadata(&file).expect("the file is there").len();
+        let open = || {
+            DiskStore::open_with(dir.path(), super::DURABLE_EVERY, FREE).expect("the store opens")
+        };
+        let topic = |i: usize| TopicName::new(format!("big/{i}")).expect("a valid topic");
+        let big = |i: usize| {
+            Change::PutRetained(Arc::new(StoredMessage {
+                publish: Publish::new(topic(i), vec![i as u8; 1 << 20]),
+                received_at: SystemTime::now(),
+            }))
+        };
+        let delete = |range: std::ops::Range<usize>| {
+            let store = open();
+            store.write(range.map(|i| Change::DeleteRetained(topic(i))).collect());
+        };
+        let topics = || {
+            let store = open();
+            let mut topics: Vec<String> = store
+                .load()
+                .expect("loads")
+                .retained
+                .iter()
+                .filter_map(|message| message.publish.topic.as_ref().map(|t| t.to_string()))
+                .collect();
+            topics.sort();
+            (store, topics)
+        };
+        // One close each, so that the later ones lie past the earlier ones in the file: the
+        // first ones freed leave the rest where it is, and the file as long.
+        for range in [0..3, 3..14] {
+            open().write(range.map(big).collect());
+        }
+        let full = file_bytes();
+        assert!(full >= 14 << 20, "{full} bytes after writing 14 MiB");
+
+        // 3 values of 14 freed: more than `FREE`, far less than half the file.
+        delete(0..3);
+        assert_eq!(file_bytes(), full, "compacted with less than half free");
+
+        // 12 of 14 freed: the space goes back; the last two stay where they are, past it.
+        delete(3..12);
+        let compacted = file_bytes();
+        assert!(compacted < full / 3, "{compacted} bytes left of {full}");
+
+        // What it holds is whole, and it takes writes as before.
+        let (store, kept) = topics();
+        assert_eq!(kept, ["big/12", "big/13"]);
+        store.write(vec![retained("after")]);
+        drop(store);
+        assert_eq!(topics().1, ["after", "big/12", "big/13"]);
     }
 
     fn scratch(name: &str) -> std::path::PathBuf {
