@@ -430,8 +430,8 @@ impl DiskStore {
 }
 
 impl Drop for DiskStore {
-    /// Commits what is pending, gives back the space a drained backlog left (see
-    /// [`Shared::compact_if_mostly_free`]), then closes.
+    /// Commits what is pending, gives back the space a delivered backlog left when most of the
+    /// file is free (at least 64 MiB), then closes.
     fn drop(&mut self) {
         lock(&self.shared.pending).closing = true;
         self.shared.arrived.notify_all();
