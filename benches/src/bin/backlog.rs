@@ -412,6 +412,42 @@ fn session_id(i: usize) -> String {
     format!("backlog-{i:05}")
 }
 
+/// Makes the sessions (see [`create_sessions`]), within `--phase-timeout`.
+fn make_sessions(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    addr: SocketAddr,
+) -> io::Result<()> {
+    runtime.block_on(async {
+        tokio::time::timeout(
+            options.phase_timeout,
+            create_sessions(addr, options.sessions),
+        )
+        .await
+        .map_err(|_| io::Error::other("creating the sessions: too slow"))?
+    })
+}
+
+/// Waits for the sessions' tasks; how many failed.
+async fn failures(tasks: Vec<JoinHandle<io::Result<()>>>) -> usize {
+    let mut failures = 0;
+    for task in tasks {
+        if !matches!(task.await, Ok(Ok(()))) {
+            failures += 1;
+        }
+    }
+    failures
+}
+
+/// How a phase ended, for the end of its line: nothing when every session got everything.
+fn outcome(result: &io::Result<usize>) -> String {
+    match result {
+        Ok(0) => String::new(),
+        Ok(failures) => format!(", {failures} sessions failed"),
+        Err(error) => format!(", stopped: {error}"),
+    }
+}
+
 /// Creates the sessions: subscribed at QoS 1, then offline.
 async fn create_sessions(addr: SocketAddr, sessions: usize) -> io::Result<()> {
     let clients = connect_all(
@@ -568,6 +604,18 @@ struct Drained {
     not_present: AtomicU64,
     /// Sessions that received all they expected.
     complete: AtomicU64,
+}
+
+impl Drained {
+    /// How the sessions fared, for a phase's line.
+    fn summary(&self) -> String {
+        format!(
+            "{} sessions complete, {} without Session Present, {} out of order or repeated",
+            self.complete.load(Ordering::Relaxed),
+            self.not_present.load(Ordering::Relaxed),
+            self.disorder.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// One session reconnects and receives `expected` messages (acknowledging each), checking
@@ -865,14 +913,7 @@ fn fill_and_restart(
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Sessions.
     let begun = Instant::now();
-    runtime.block_on(async {
-        tokio::time::timeout(
-            options.phase_timeout,
-            create_sessions(addr, options.sessions),
-        )
-        .await
-        .map_err(|_| io::Error::other("creating the sessions: too slow"))?
-    })?;
+    make_sessions(runtime, options, addr)?;
     let _ = writeln!(
         out,
         "sessions: {} created and offline in {:.1} s",
@@ -1013,14 +1054,7 @@ fn live(
     sampler: &RssSampler,
 ) -> io::Result<()> {
     let entries = options.messages * options.sessions as u64;
-    runtime.block_on(async {
-        tokio::time::timeout(
-            options.phase_timeout,
-            create_sessions(addr, options.sessions),
-        )
-        .await
-        .map_err(|_| io::Error::other("creating the sessions: too slow"))?
-    })?;
+    make_sessions(runtime, options, addr)?;
     let drained = Arc::new(Drained::default());
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -1064,32 +1098,21 @@ fn live(
         .await;
         let elapsed = begun.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        let mut failures = 0;
-        for task in receivers {
-            if !matches!(task.await, Ok(Ok(()))) {
-                failures += 1;
-            }
-        }
+        let failures = failures(receivers).await;
         let result = result.map(|()| failures);
         (result, elapsed, published_in, counts0, cpu0)
     });
     let received = drained.received.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
-        "live: {received} of {entries} entries delivered in {elapsed:.1} s: {:.0} entries/s; {} sessions complete, {} without Session Present, {} out of order or repeated{}{}",
+        "live: {received} of {entries} entries delivered in {elapsed:.1} s: {:.0} entries/s; {}{}{}",
         received as f64 / elapsed,
-        drained.complete.load(Ordering::Relaxed),
-        drained.not_present.load(Ordering::Relaxed),
-        drained.disorder.load(Ordering::Relaxed),
+        drained.summary(),
         published.map_or(String::new(), |at| format!(
             "; the publishers' last acknowledgement after {:.1} s",
             at.as_secs_f64()
         )),
-        match &result {
-            Ok(0) => String::new(),
-            Ok(failures) => format!(", {failures} sessions failed"),
-            Err(error) => format!(", stopped: {error}"),
-        }
+        outcome(&result)
     );
     report_commits(out, counts0, broker.store_counts(), elapsed);
     report_cpu(out, cpu0, broker.pid(), elapsed, received);
@@ -1182,28 +1205,17 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
         )
         .await;
         stop.store(true, Ordering::Relaxed);
-        let mut failures = 0;
-        for task in tasks {
-            if !matches!(task.await, Ok(Ok(()))) {
-                failures += 1;
-            }
-        }
+        let failures = failures(tasks).await;
         watched.map(|()| failures)
     });
     let elapsed = begun.elapsed().as_secs_f64();
     let received = drained.received.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
-        "drain: {received} of {entries} entries in {elapsed:.1} s: {:.0} entries/s; {} sessions complete, {} without Session Present, {} out of order or repeated{}",
+        "drain: {received} of {entries} entries in {elapsed:.1} s: {:.0} entries/s; {}{}",
         received as f64 / elapsed,
-        drained.complete.load(Ordering::Relaxed),
-        drained.not_present.load(Ordering::Relaxed),
-        drained.disorder.load(Ordering::Relaxed),
-        match &drain_result {
-            Ok(0) => String::new(),
-            Ok(failures) => format!(", {failures} sessions failed"),
-            Err(error) => format!(", stopped: {error}"),
-        }
+        drained.summary(),
+        outcome(&drain_result)
     );
     report_commits(&mut out, counts0, broker.store_counts(), elapsed);
     report_cpu(&mut out, cpu0, broker.pid(), elapsed, received);
