@@ -117,9 +117,32 @@ const GATHER: Duration = Duration::from_millis(5);
 /// in a drain).
 const SWEEP_CHUNKS: u64 = 8;
 
-/// Free space in the store's file past which it is compacted when it closes, if that is also
-/// more than half the file (see `Shared::compact_if_mostly_free`).
+/// When a closing store compacts its file (see `Shared::compact_if_mostly_free`): at least
+/// this much of it free, and more than half of it.
 const COMPACT_FREE_BYTES: u64 = 64 << 20;
+
+/// ... and at most this much of it in use: compacting moves what is in use, so a stop takes
+/// longer with more, and a broker killed during it repairs the file at its next start (redb's
+/// compaction does not record its allocator's state), which walks what is in use.
+const COMPACT_MAX_IN_USE: u64 = 128 << 20;
+
+/// When a closing store compacts its file.
+#[derive(Debug, Clone, Copy)]
+struct CompactAt {
+    /// At least this much free (and more than half the file).
+    free: u64,
+    /// At most this much in use.
+    in_use: u64,
+}
+
+impl Default for CompactAt {
+    fn default() -> Self {
+        Self {
+            free: COMPACT_FREE_BYTES,
+            in_use: COMPACT_MAX_IN_USE,
+        }
+    }
+}
 
 /// Changes that end [`GATHER`]'s wait by their number.
 const GATHER_CHANGES: usize = 50_000;
@@ -163,8 +186,8 @@ struct Shared {
     commit_awaited: AtomicU64,
     /// [`DURABLE_EVERY`] (shorter or longer in tests).
     durable_every: Duration,
-    /// [`COMPACT_FREE_BYTES`] (less in tests).
-    compact_free_bytes: u64,
+    /// [`CompactAt::default`] (less in tests).
+    compact_at: CompactAt,
     /// Ticket ranges whose commit failed, newest last.
     failures: Mutex<VecDeque<(u64, u64, StoreError)>>,
     commits: AtomicU64,
@@ -302,14 +325,14 @@ impl DiskStore {
     /// [`DiskStore::open`], with a commit durable at the latest `durable_every` after the last
     /// durable one.
     fn open_bounded(dir: impl AsRef<Path>, durable_every: Duration) -> Result<Self, StoreError> {
-        Self::open_with(dir, durable_every, COMPACT_FREE_BYTES)
+        Self::open_with(dir, durable_every, CompactAt::default())
     }
 
-    /// [`DiskStore::open_bounded`], compacting at close past `compact_free_bytes` free.
+    /// [`DiskStore::open_bounded`], compacting its file at close as `compact_at` says.
     fn open_with(
         dir: impl AsRef<Path>,
         durable_every: Duration,
-        compact_free_bytes: u64,
+        compact_at: CompactAt,
     ) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
@@ -383,7 +406,7 @@ impl DiskStore {
             awaited: AtomicU64::new(0),
             commit_awaited: AtomicU64::new(0),
             durable_every,
-            compact_free_bytes,
+            compact_at,
             failures: Mutex::default(),
             commits: AtomicU64::new(0),
             durable_commits: AtomicU64::new(0),
@@ -431,7 +454,7 @@ impl DiskStore {
 
 impl Drop for DiskStore {
     /// Commits what is pending, gives back the space a delivered backlog left when most of the
-    /// file is free (at least 64 MiB), then closes.
+    /// file is free (at least 64 MiB) and at most 128 MiB is in use, then closes.
     fn drop(&mut self) {
         lock(&self.shared.pending).closing = true;
         self.shared.arrived.notify_all();
@@ -644,14 +667,14 @@ impl Shared {
         }
     }
 
-    /// Compacts the closed store's file when most of it is free, by at least
-    /// [`COMPACT_FREE_BYTES`] (`compact_free_bytes`): redb reuses the pages a drained backlog freed but never gives
-    /// them back to the file system, so a store that once held 10 M entries kept its 320 MiB
-    /// after they were delivered. Done when the store closes, as Mosquitto writes its
-    /// persistence file anew at a clean stop: the restart after a crash, which the broker must
-    /// make fast, does not wait for it, and no reader is left (one that is makes redb refuse,
-    /// and the file stays as it is). A failure is logged and leaves the file as it was: redb
-    /// compacts in transactions of its own.
+    /// Compacts the closed store's file when most of it is free and little is in use (see
+    /// [`CompactAt`]): redb reuses the pages a delivered backlog freed but never gives them back
+    /// to the file system, so a store that once held 10 M entries kept its 318 MiB after they
+    /// were delivered. Done when the store closes, as Mosquitto writes its persistence file
+    /// anew at a clean stop: the restart after a crash, which the broker must make fast, does
+    /// not wait for it, and no reader is left (one that is makes redb refuse, and the file
+    /// stays as it is). A failure is logged and leaves the file as it was: redb compacts in
+    /// transactions of its own.
     fn compact_if_mostly_free(&self) {
         let mut db = self
             .db
@@ -675,7 +698,8 @@ impl Shared {
             }
         };
         let free = before.saturating_sub(used);
-        if free < self.compact_free_bytes || free < before / 2 {
+        let at = self.compact_at;
+        if free < at.free || free < before / 2 || used > at.in_use {
             return;
         }
         let started = Instant::now();
@@ -2041,17 +2065,21 @@ mod tests {
 
     /// A store that closes with most of its file free (a backlog that was delivered) gives the
     /// space back, and what it still holds is whole when it opens again; one with less than
-    /// half of its file free is left as it is.
+    /// half of its file free, or too much still in use, is left as it is.
     #[test]
     fn a_store_mostly_free_at_close_gives_its_space_back() {
-        // Less than in use, so that the test writes megabytes, not the hundreds a real one
-        // takes.
+        // Megabytes, not the hundreds a real store takes.
         const FREE: u64 = 2 << 20;
+        const IN_USE: u64 = 8 << 20;
         let dir = rallymq_test_support::TempDir::new("compact");
         let file = dir.path().join(super::FILE);
         let file_bytes = || std::fs::metadata(&file).expect("the file is there").len();
         let open = || {
-            DiskStore::open_with(dir.path(), super::DURABLE_EVERY, FREE).expect("the store opens")
+            let at = super::CompactAt {
+                free: FREE,
+                in_use: IN_USE,
+            };
+            DiskStore::open_with(dir.path(), super::DURABLE_EVERY, at).expect("the store opens")
         };
         let topic = |i: usize| TopicName::new(format!("big/{i}")).expect("a valid topic");
         let big = |i: usize| {
@@ -2088,8 +2116,12 @@ mod tests {
         delete(0..3);
         assert_eq!(file_bytes(), full, "compacted with less than half free");
 
+        // 8 of 14 freed: more than half the file, but more than `IN_USE` still in use.
+        delete(3..8);
+        assert_eq!(file_bytes(), full, "compacted with more than IN_USE in use");
+
         // 12 of 14 freed: the space goes back; the last two stay where they are, past it.
-        delete(3..12);
+        delete(8..12);
         let compacted = file_bytes();
         assert!(compacted < full / 3, "{compacted} bytes left of {full}");
 
