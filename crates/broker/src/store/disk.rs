@@ -1916,7 +1916,8 @@ mod tests {
         use crate::store::SessionRecord;
         use crate::store::record::{encode_entry, encode_message, encode_session, queue_key};
 
-        let dir = scratch("format-1");
+        let temp = rallymq_test_support::TempDir::new("disk-format-1");
+        let dir = temp.path();
         std::fs::create_dir_all(&dir).expect("made");
         let message = |payload: &'static str| StoredMessage {
             publish: Publish::new(TopicName::new("t").expect("a valid topic"), payload),
@@ -2041,7 +2042,6 @@ mod tests {
             "message 1 is released; message 2's count is taken from in front of it"
         );
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A message identifier counted again from a lower one after `load` (a broker starting anew
@@ -2049,7 +2049,8 @@ mod tests {
     /// the one read under it before.
     #[tokio::test]
     async fn a_message_id_used_again_after_load_reads_the_new_message() {
-        let dir = scratch("decoded");
+        let temp = rallymq_test_support::TempDir::new("disk-decoded");
+        let dir = temp.path();
         let store = DiskStore::open(&dir).expect("the store opens");
         let client: Arc<str> = "c".into();
         let commit = |changes| {
@@ -2088,7 +2089,6 @@ mod tests {
             (1, &b"second"[..])
         );
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A store that closes with most of its file free (a backlog that was delivered) gives the
@@ -2174,15 +2174,6 @@ mod tests {
         assert_eq!(topics().1, ["after", "big/12", "big/13"]);
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "rallymq-disk-{name}-{}",
-            rallymq_test_support::run_id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
     /// The writes of one group are committed together: none while the group is open (a crash
     /// then keeps none of them), all in one transaction once it closes.
     /// `taken` follows the writer, not the write: changes held back by an open group are not
@@ -2190,7 +2181,8 @@ mod tests {
     /// durable too.
     #[tokio::test]
     async fn changes_are_taken_when_the_writer_takes_them() {
-        let dir = scratch("taken");
+        let temp = rallymq_test_support::TempDir::new("disk-taken");
+        let dir = temp.path();
         let store = DiskStore::open(&dir).expect("the store opens");
         store.begin_group();
         let ticket = store.write(vec![retained("a")]);
@@ -2205,12 +2197,12 @@ mod tests {
             .expect("committed")
             .expect("the commit succeeds");
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn a_group_of_writes_is_committed_whole() {
-        let dir = scratch("group");
+        let temp = rallymq_test_support::TempDir::new("disk-group");
+        let dir = temp.path();
         let store = DiskStore::open(&dir).expect("the store opens");
         let syncs_at_open = store.stats().syncs;
         store.begin_group();
@@ -2232,14 +2224,14 @@ mod tests {
         assert!(stats.commit_time > Duration::ZERO, "{stats:?}");
         assert!(stats.syncs > syncs_at_open, "the commit synced: {stats:?}");
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Groups that keep overlapping on other threads do not hold commits back for ever: a
     /// commit waits for the groups open when it starts, and new ones wait for it.
     #[tokio::test]
     async fn overlapping_groups_do_not_starve_commits() {
-        let dir = scratch("starve");
+        let temp = rallymq_test_support::TempDir::new("disk-starve");
+        let dir = temp.path();
         let store = Arc::new(DiskStore::open(&dir).expect("the store opens"));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers: Vec<_> = (0..2)
@@ -2266,7 +2258,6 @@ mod tests {
             writer.join().expect("the writer thread ends");
         }
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Stores message 1 and its entry 0 in "c"'s queue, durably; returns the acknowledgement of
@@ -2298,7 +2289,8 @@ mod tests {
     /// else came), which syncs.
     #[tokio::test]
     async fn a_non_durable_commit_becomes_durable_when_a_waiter_asks() {
-        let dir = scratch("asked");
+        let temp = rallymq_test_support::TempDir::new("disk-asked");
+        let dir = temp.path();
         // No bound on its age within the test: only the waiter makes it durable.
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
         let acknowledged = queued(&store).await;
@@ -2337,14 +2329,14 @@ mod tests {
         assert_eq!(durable.durable_commits, before.durable_commits + 1);
         assert!(durable.syncs > committed.syncs, "it synced: {durable:?}");
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Changes someone waits durable for when the writer takes them are committed durably at
     /// once, not in a non-durable commit followed by a durable one.
     #[tokio::test]
     async fn a_commit_with_a_durable_waiter_is_durable() {
-        let dir = scratch("waited");
+        let temp = rallymq_test_support::TempDir::new("disk-waited");
+        let dir = temp.path();
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
         let acknowledged = queued(&store).await;
         let before = store.stats();
@@ -2365,14 +2357,14 @@ mod tests {
         );
         assert!(after.syncs > before.syncs, "it synced: {after:?}");
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A commit of anything but acknowledgements and in-flight marks (here a retained message)
     /// is durable though nobody waits for it yet: its waiter nearly always comes.
     #[tokio::test]
     async fn a_commit_of_other_changes_is_durable_without_a_waiter() {
-        let dir = scratch("other");
+        let temp = rallymq_test_support::TempDir::new("disk-other");
+        let dir = temp.path();
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
         let before = store.stats();
         let ticket = store.write(vec![retained("a")]);
@@ -2387,14 +2379,14 @@ mod tests {
         );
         assert_eq!(store.durable(ticket).now_or_never(), Some(Ok(())));
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// With nobody waiting, a commit is durable at the latest the bound after the last durable
     /// one: the writer, idle, runs an empty durable commit once the bound has passed.
     #[tokio::test]
     async fn what_nobody_waits_for_is_durable_within_the_bound() {
-        let dir = scratch("bound");
+        let temp = rallymq_test_support::TempDir::new("disk-bound");
+        let dir = temp.path();
         let store = DiskStore::open_bounded(&dir, Duration::from_millis(200)).expect("opens");
         let acknowledged = queued(&store).await;
         let before = store.stats();
@@ -2418,13 +2410,13 @@ mod tests {
         assert!(after.syncs > before.syncs, "it synced: {after:?}");
         assert_eq!(store.durable(ticket).now_or_never(), Some(Ok(())));
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A non-durable commit survives the store's close: the close commits durably.
     #[tokio::test]
     async fn a_non_durable_commit_is_durable_after_close() {
-        let dir = scratch("close");
+        let temp = rallymq_test_support::TempDir::new("disk-close");
+        let dir = temp.path();
         let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
         let acknowledged = queued(&store).await;
         let durable_commits = store.stats().durable_commits;
@@ -2447,7 +2439,6 @@ mod tests {
         assert_eq!(loaded.sessions.len(), 0);
         assert!(store.read_queue("c", 0, 10).expect("reads").is_empty());
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `durable` on the ticket of an empty write resolves once everything written before it
@@ -2455,7 +2446,8 @@ mod tests {
     /// closed (it waited forever: the writer only woke for changes).
     #[tokio::test]
     async fn an_empty_write_is_durable_once_the_writes_before_it_are() {
-        let dir = scratch("empty-write");
+        let temp = rallymq_test_support::TempDir::new("disk-empty-write");
+        let dir = temp.path();
         let store = DiskStore::open(&dir).expect("the store opens");
         let first = store.write(vec![retained("t")]);
         let empty = store.write(Vec::new());
@@ -2467,6 +2459,5 @@ mod tests {
         let durable = tokio::time::timeout(bound, store.durable(alone)).await;
         assert_eq!(durable, Ok(Ok(())), "an empty write after nothing else");
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
