@@ -1918,7 +1918,7 @@ mod tests {
 
         let temp = rallymq_test_support::TempDir::new("disk-format-1");
         let dir = temp.path();
-        std::fs::create_dir_all(&dir).expect("made");
+        std::fs::create_dir_all(dir).expect("made");
         let message = |payload: &'static str| StoredMessage {
             publish: Publish::new(TopicName::new("t").expect("a valid topic"), payload),
             received_at: SystemTime::now(),
@@ -1982,7 +1982,7 @@ mod tests {
             }
             txn.commit().expect("commits");
         }
-        let store = DiskStore::open(&dir).expect("the format 1 store opens");
+        let store = DiskStore::open(dir).expect("the format 1 store opens");
         let loaded = store.load().expect("loads");
         let session = |client_id: &str| {
             loaded
@@ -2033,7 +2033,7 @@ mod tests {
             Ok(Ok(()))
         );
         drop(store);
-        let store = DiskStore::open(&dir).expect("reopens");
+        let store = DiskStore::open(dir).expect("reopens");
         let loaded = store.load().expect("loads");
         assert_eq!(loaded.next_message_id, 3, "message 2 is still queued");
         assert_eq!(
@@ -2051,7 +2051,7 @@ mod tests {
     async fn a_message_id_used_again_after_load_reads_the_new_message() {
         let temp = rallymq_test_support::TempDir::new("disk-decoded");
         let dir = temp.path();
-        let store = DiskStore::open(&dir).expect("the store opens");
+        let store = DiskStore::open(dir).expect("the store opens");
         let client: Arc<str> = "c".into();
         let commit = |changes| {
             let ticket = store.write(changes);
@@ -2183,7 +2183,7 @@ mod tests {
     async fn changes_are_taken_when_the_writer_takes_them() {
         let temp = rallymq_test_support::TempDir::new("disk-taken");
         let dir = temp.path();
-        let store = DiskStore::open(&dir).expect("the store opens");
+        let store = DiskStore::open(dir).expect("the store opens");
         store.begin_group();
         let ticket = store.write(vec![retained("a")]);
         let early = tokio::time::timeout(Duration::from_millis(300), store.taken(ticket)).await;
@@ -2203,7 +2203,7 @@ mod tests {
     async fn a_group_of_writes_is_committed_whole() {
         let temp = rallymq_test_support::TempDir::new("disk-group");
         let dir = temp.path();
-        let store = DiskStore::open(&dir).expect("the store opens");
+        let store = DiskStore::open(dir).expect("the store opens");
         let syncs_at_open = store.stats().syncs;
         store.begin_group();
         let first = store.write(vec![retained("a")]);
@@ -2232,7 +2232,7 @@ mod tests {
     async fn overlapping_groups_do_not_starve_commits() {
         let temp = rallymq_test_support::TempDir::new("disk-starve");
         let dir = temp.path();
-        let store = Arc::new(DiskStore::open(&dir).expect("the store opens"));
+        let store = Arc::new(DiskStore::open(dir).expect("the store opens"));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers: Vec<_> = (0..2)
             .map(|n| {
@@ -2292,7 +2292,7 @@ mod tests {
         let temp = rallymq_test_support::TempDir::new("disk-asked");
         let dir = temp.path();
         // No bound on its age within the test: only the waiter makes it durable.
-        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let store = DiskStore::open_bounded(dir, Duration::from_secs(3600)).expect("opens");
         let acknowledged = queued(&store).await;
         let before = store.stats();
         let ticket = store.write(acknowledged);
@@ -2337,7 +2337,7 @@ mod tests {
     async fn a_commit_with_a_durable_waiter_is_durable() {
         let temp = rallymq_test_support::TempDir::new("disk-waited");
         let dir = temp.path();
-        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let store = DiskStore::open_bounded(dir, Duration::from_secs(3600)).expect("opens");
         let acknowledged = queued(&store).await;
         let before = store.stats();
         // Held back by an open group until the waiter has asked.
@@ -2365,7 +2365,7 @@ mod tests {
     async fn a_commit_of_other_changes_is_durable_without_a_waiter() {
         let temp = rallymq_test_support::TempDir::new("disk-other");
         let dir = temp.path();
-        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let store = DiskStore::open_bounded(dir, Duration::from_secs(3600)).expect("opens");
         let before = store.stats();
         let ticket = store.write(vec![retained("a")]);
         tokio::time::timeout(Duration::from_secs(10), store.committed(ticket))
@@ -2387,7 +2387,7 @@ mod tests {
     async fn what_nobody_waits_for_is_durable_within_the_bound() {
         let temp = rallymq_test_support::TempDir::new("disk-bound");
         let dir = temp.path();
-        let store = DiskStore::open_bounded(&dir, Duration::from_millis(200)).expect("opens");
+        let store = DiskStore::open_bounded(dir, Duration::from_millis(200)).expect("opens");
         let acknowledged = queued(&store).await;
         let before = store.stats();
         let ticket = store.write(acknowledged);
@@ -2417,7 +2417,7 @@ mod tests {
     async fn a_non_durable_commit_is_durable_after_close() {
         let temp = rallymq_test_support::TempDir::new("disk-close");
         let dir = temp.path();
-        let store = DiskStore::open_bounded(&dir, Duration::from_secs(3600)).expect("opens");
+        let store = DiskStore::open_bounded(dir, Duration::from_secs(3600)).expect("opens");
         let acknowledged = queued(&store).await;
         let durable_commits = store.stats().durable_commits;
         let ticket = store.write(acknowledged);
@@ -2434,7 +2434,7 @@ mod tests {
         );
         assert_eq!(*shared.decided.borrow(), ticket.0, "decided at close");
         drop(shared);
-        let store = DiskStore::open(&dir).expect("opens again");
+        let store = DiskStore::open(dir).expect("opens again");
         let loaded = store.load().expect("loads");
         assert_eq!(loaded.sessions.len(), 0);
         assert!(store.read_queue("c", 0, 10).expect("reads").is_empty());
@@ -2448,7 +2448,7 @@ mod tests {
     async fn an_empty_write_is_durable_once_the_writes_before_it_are() {
         let temp = rallymq_test_support::TempDir::new("disk-empty-write");
         let dir = temp.path();
-        let store = DiskStore::open(&dir).expect("the store opens");
+        let store = DiskStore::open(dir).expect("the store opens");
         let first = store.write(vec![retained("t")]);
         let empty = store.write(Vec::new());
         assert!(empty >= first, "a barrier on the write before it");
