@@ -692,6 +692,14 @@ impl Shared {
             return;
         };
         let at = self.compact_at;
+        let path = self.dir.join(FILE);
+        let file_bytes = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+        let before = file_bytes(&path);
+        // A file shorter than the free space asked for has less free: nothing is read (every
+        // store a test or a short run closes).
+        if before < at.free {
+            return;
+        }
         // Each table's length is in its header: no page is walked.
         let rows = db.begin_read().map_err(io).and_then(|txn| {
             let mut rows = 0;
@@ -712,9 +720,6 @@ impl Shared {
                 return;
             }
         }
-        let path = self.dir.join(FILE);
-        let file_bytes = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
-        let before = file_bytes(&path);
         let used = match db.begin_write().and_then(|txn| {
             let stats = txn.stats();
             txn.abort()?;
@@ -2091,7 +2096,7 @@ mod tests {
         drop(store);
     }
 
-    /// A store that closes with most of its file free (a backlog that was delivered) gives the
+    /// A store that closes with much of its file free (a backlog that was delivered) gives the
     /// space back, and what it still holds is whole when it opens again; one with too much or
     /// too many rows still in use is left as it is.
     #[test]
@@ -2118,9 +2123,9 @@ mod tests {
                 received_at: SystemTime::now(),
             }))
         };
-        let delete = |range: std::ops::Range<usize>| {
+        let delete = |topics: &mut dyn Iterator<Item = TopicName>| {
             let store = open();
-            store.write(range.map(|i| Change::DeleteRetained(topic(i))).collect());
+            store.write(topics.map(Change::DeleteRetained).collect());
         };
         let topics = || {
             let store = open();
@@ -2144,25 +2149,18 @@ mod tests {
         assert!(full >= 14 << 20, "{full} bytes after writing 14 MiB");
 
         // 8 of 14 freed: more than `FREE`, but more than `IN_USE` still in use.
-        delete(0..8);
+        delete(&mut (0..8).map(topic));
         assert_eq!(file_bytes(), full, "compacted with more than IN_USE in use");
 
         // 12 of 14 freed, but more than `ROWS` rows: small values, still in use.
         let small = |i: usize| format!("small/{i}");
         open().write((0..ROWS as usize).map(|i| retained(&small(i))).collect());
-        delete(8..12);
+        delete(&mut (8..12).map(topic));
         assert_eq!(file_bytes(), full, "compacted with more than ROWS rows");
 
         // The small ones gone too: the space goes back; the last two big ones stay where they
         // are, past it.
-        {
-            let store = open();
-            store.write(
-                (0..ROWS as usize)
-                    .map(|i| Change::DeleteRetained(TopicName::new(small(i)).expect("valid")))
-                    .collect(),
-            );
-        }
+        delete(&mut (0..ROWS as usize).map(|i| TopicName::new(small(i)).expect("valid")));
         let compacted = file_bytes();
         assert!(compacted < full / 3, "{compacted} bytes left of {full}");
 
