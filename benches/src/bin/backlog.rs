@@ -439,6 +439,23 @@ async fn failures(tasks: Vec<JoinHandle<io::Result<()>>>) -> usize {
     failures
 }
 
+/// A phase's line: how many entries the sessions got of how many, how fast, how they fared, and
+/// `tail`.
+fn write_phase(
+    out: &mut String,
+    phase: &str,
+    (received, entries, elapsed): (u64, u64, f64),
+    drained: &Drained,
+    tail: &str,
+) {
+    let _ = writeln!(
+        out,
+        "{phase}: {received} of {entries} entries in {elapsed:.1} s: {:.0} entries/s; {}{tail}",
+        received as f64 / elapsed,
+        drained.summary(),
+    );
+}
+
 /// How a phase ended, for the end of its line: nothing when every session got everything.
 fn outcome(result: &io::Result<usize>) -> String {
     match result {
@@ -1103,16 +1120,18 @@ fn live(
         (result, elapsed, published_in, counts0, cpu0)
     });
     let received = drained.received.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "live: {received} of {entries} entries delivered in {elapsed:.1} s: {:.0} entries/s; {}{}{}",
-        received as f64 / elapsed,
-        drained.summary(),
-        published.map_or(String::new(), |at| format!(
+    let publishers = published.map_or(String::new(), |at| {
+        format!(
             "; the publishers' last acknowledgement after {:.1} s",
             at.as_secs_f64()
-        )),
-        outcome(&result)
+        )
+    });
+    write_phase(
+        out,
+        "live",
+        (received, entries, elapsed),
+        &drained,
+        &(publishers + &outcome(&result)),
     );
     report_commits(out, counts0, broker.store_counts(), elapsed);
     report_cpu(out, cpu0, broker.pid(), elapsed, received);
@@ -1210,12 +1229,12 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options) -> io::Result<Strin
     });
     let elapsed = begun.elapsed().as_secs_f64();
     let received = drained.received.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "drain: {received} of {entries} entries in {elapsed:.1} s: {:.0} entries/s; {}{}",
-        received as f64 / elapsed,
-        drained.summary(),
-        outcome(&drain_result)
+    write_phase(
+        &mut out,
+        "drain",
+        (received, entries, elapsed),
+        &drained,
+        &outcome(&drain_result),
     );
     report_commits(&mut out, counts0, broker.store_counts(), elapsed);
     report_cpu(&mut out, cpu0, broker.pid(), elapsed, received);
